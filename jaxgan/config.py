@@ -1,0 +1,188 @@
+"""The config schema, its validation, and its JSON form.
+
+`base_config()` is the schema: every key a run may set, with its default. Config files start from it
+and change values; a key that is not in the schema is rejected (typos fail loudly instead of being
+ignored). `validate()` checks values and raises `ConfigError` with one line naming the key, before
+anything is compiled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message is one line that names the key and what to do."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key of a jaxgan run, with defaults. Key names are a public contract."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # registry name, see jaxgan/data/
+  c.data.path = ""  # where the source reads from (unused by 'synthetic')
+  c.data.image_size = 32
+  c.data.num_classes = 8  # 0 trains an unconditional model
+  c.data.random_flip = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "dcgan"  # registry name, see jaxgan/models/
+  c.model.z_dim = 100
+  c.model.g_width = 64  # channels of G's last hidden layer (ngf); doubles per halving of resolution
+  c.model.d_width = 64  # channels of D's first layer (ndf)
+  c.model.max_width = 512  # cap on channels at low resolutions
+  c.model.embed_dim = 64  # class embedding joined to z in G
+  c.model.d_norm = "batch"  # 'batch' | 'layer' | 'none' (WGAN-GP needs per-sample D: not 'batch')
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
+  c.loss.gp_weight = 10.0  # gradient-penalty weight for 'wgan_gp'
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.g_lr = 2e-4
+  c.optim.d_lr = 2e-4
+  c.optim.b1 = 0.5
+  c.optim.b2 = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # global, over all devices and processes
+  c.train.num_steps = 2000
+  c.train.n_critic = 1  # D updates per G update (each on its own real batch)
+  c.train.dtype = "float32"  # compute dtype; parameters stay float32
+  c.train.ema_half_life_images = 10_000  # EMA of G, half-life counted in images (StyleGAN2-ADA)
+  c.train.ema_rampup = 0.05  # half-life <= rampup * images seen early on (0 disables)
+  c.train.log_every = 50
+  c.train.sample_every = 500
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the data axis; -1 takes all
+  return c
+
+
+def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+  """('train.batch_size', 64), ... for every leaf key."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat_items(value, name + ".")
+    else:
+      yield name, value
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Rejects keys that the schema does not have (a typo in a config file or a stale key)."""
+  known = {k for k, _ in flat_items(base_config())}
+  unknown = sorted(k for k, _ in flat_items(config) if k not in known)
+  if unknown:
+    raise ConfigError(f"unknown config key {unknown[0]}: not in the schema of jaxgan/config.py "
+                      f"(check the spelling){'; also ' + ', '.join(unknown[1:]) if unknown[1:] else ''}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config key {key}: {message}")
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
+  value = get(config, key)
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+           f"must be a positive integer, got {value!r}")
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """config['a.b.c'] by dotted name."""
+  node: Any = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks every value that could fail later; raises ConfigError naming the key.
+
+  Runs before data loading and compilation, so a bad config costs seconds, not a compile.
+  """
+  # Imported here: the registries live in the same layer and pull in flax.
+  from jaxgan import data as data_lib
+  from jaxgan import losses
+  from jaxgan import models
+
+  check_known_keys(config)
+  _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
+           f"must be a non-negative integer, got {config.seed!r}")
+  for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
+              "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
+              "train.n_critic", "train.log_every", "train.sample_every", "train.checkpoint_every",
+              "train.keep_checkpoints", "train.samples_per_class"):
+    _positive_int(config, key)
+  nc = config.data.num_classes
+  _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
+           f"must be 0 (unconditional) or a positive integer, got {nc!r}")
+
+  _require(config.model.name in models.MODELS, "model.name",
+           f"unknown model {config.model.name!r}; choose one of {models.MODELS.names()}")
+  _require(config.loss.name in losses.LOSSES, "loss.name",
+           f"unknown loss {config.loss.name!r}; choose one of {losses.LOSSES.names()}")
+  _require(config.data.source in data_lib.SOURCES, "data.source",
+           f"unknown data source {config.data.source!r}; choose one of {data_lib.SOURCES.names()}")
+  _require(config.train.dtype in DTYPES, "train.dtype",
+           f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
+  _require(config.model.d_norm in ("batch", "layer", "none"), "model.d_norm",
+           f"must be 'batch', 'layer' or 'none', got {config.model.d_norm!r}")
+
+  sizes = models.MODELS.get(config.model.name).supported_image_sizes
+  _require(config.data.image_size in sizes, "data.image_size",
+           f"model {config.model.name!r} builds images of size {list(sizes)}, "
+           f"got {config.data.image_size}")
+
+  loss = losses.LOSSES.get(config.loss.name)
+  if loss.needs_per_sample_critic:
+    _require(config.model.d_norm != "batch", "model.d_norm",
+             f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
+             "mixes; set --config.model.d_norm=layer (or none)")
+  _require(config.loss.gp_weight >= 0, "loss.gp_weight", f"must be >= 0, got {config.loss.gp_weight}")
+
+  for key in ("optim.g_lr", "optim.d_lr"):
+    _require(get(config, key) > 0, key, f"must be > 0, got {get(config, key)}")
+  for key in ("optim.b1", "optim.b2"):
+    _require(0 <= get(config, key) < 1, key, f"must be in [0, 1), got {get(config, key)}")
+  _require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
+           f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
+  _require(config.train.ema_rampup >= 0, "train.ema_rampup",
+           f"must be >= 0, got {config.train.ema_rampup}")
+
+  mesh_data = config.mesh.data
+  _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data <= num_devices),
+           "mesh.data", f"must be -1 (all devices) or 1..{num_devices}, got {mesh_data}")
+  data_devices = num_devices if mesh_data == -1 else mesh_data
+  _require(config.train.batch_size % data_devices == 0, "train.batch_size",
+           f"global batch {config.train.batch_size} is not divisible by the {data_devices} "
+           "devices of the data axis; use a multiple of it")
+
+  data_lib.SOURCES.get(config.data.source).validate(config)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Reads a config.json written by a run, on top of the current schema (new keys get defaults)."""
+  config = base_config()
+  loaded = ml_collections.ConfigDict(json.loads(text))
+  check_known_keys(loaded)
+  for key, value in flat_items(loaded):
+    parent, _, leaf = key.rpartition(".")
+    node = get(config, parent) if parent else config
+    node[leaf] = value
+  return config

@@ -1,0 +1,76 @@
+"""GAN losses, picked by `loss.name` from the LOSSES registry.
+
+Each loss maps float32 logits to scalar means: `d_loss(real, fake)` for the discriminator and
+`g_loss(fake)` for the generator. WGAN-GP additionally asks the step for a gradient penalty on
+random interpolates (`gradient_penalty`), which needs a per-sample critic (no BatchNorm in D).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxgan.registry import Registry
+
+Array = jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  d_loss: Callable[[Array, Array], Array]
+  g_loss: Callable[[Array], Array]
+  uses_gradient_penalty: bool = False
+
+  @property
+  def needs_per_sample_critic(self) -> bool:
+    return self.uses_gradient_penalty
+
+
+LOSSES: Registry[Loss] = Registry("loss")
+
+# Non-saturating (Goodfellow et al. 2014): D minimises BCE, G maximises log D(G(z)).
+# softplus(-x) = -log(sigmoid(x)), computed stably.
+LOSSES.register("non_saturating")(Loss(
+    d_loss=lambda real, fake: jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake)),
+    g_loss=lambda fake: jnp.mean(jax.nn.softplus(-fake)),
+))
+
+# Hinge (Lim & Ye 2017; SAGAN, BigGAN).
+LOSSES.register("hinge")(Loss(
+    d_loss=lambda real, fake: jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)),
+    g_loss=lambda fake: -jnp.mean(fake),
+))
+
+# WGAN-GP (Gulrajani et al. 2017): the penalty term is added by the train step.
+LOSSES.register("wgan_gp")(Loss(
+    d_loss=lambda real, fake: jnp.mean(fake) - jnp.mean(real),
+    g_loss=lambda fake: -jnp.mean(fake),
+    uses_gradient_penalty=True,
+))
+
+# Least squares (Mao et al. 2017), targets a=0 (fake), b=1 (real), c=1 (what G wants).
+LOSSES.register("least_squares")(Loss(
+    d_loss=lambda real, fake: 0.5 * jnp.mean((real - 1.0) ** 2) + 0.5 * jnp.mean(fake**2),
+    g_loss=lambda fake: 0.5 * jnp.mean((fake - 1.0) ** 2),
+))
+
+
+def gradient_penalty(critic: Callable[[Array], Array], real: Array, fake: Array,
+                     key: jax.Array) -> Array:
+  """mean((||grad_x critic(x_hat)||_2 - 1)^2) at x_hat = eps * real + (1 - eps) * fake.
+
+  `critic` maps a batch of images to per-sample logits; since each logit depends only on its own
+  sample, the gradient of their sum gives every per-sample gradient in one backward pass.
+  """
+  eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  x_hat = eps * real + (1.0 - eps) * fake
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(x_hat)
+  norms = jnp.sqrt(jnp.sum(grads.astype(jnp.float32) ** 2, axis=tuple(range(1, grads.ndim))) + 1e-12)
+  return jnp.mean((norms - 1.0) ** 2)
+
+
+def build_loss(config) -> Loss:
+  return LOSSES.get(config.loss.name, "loss.name")

@@ -1,0 +1,48 @@
+"""Generator/discriminator families, picked by `model.name` from the MODELS registry.
+
+An entry is a `ModelSpec`: the image sizes it can build and a `build(config) -> (G, D)` function
+returning Flax modules called as `G(z, labels, train=...)` -> images in [-1, 1] (NHWC, float32) and
+`D(images, labels, train=...)` -> float32 logits of shape [batch].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxgan.models.dcgan import Discriminator, Generator
+from jaxgan.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  build: Callable[..., tuple[nn.Module, nn.Module]]
+  supported_image_sizes: tuple[int, ...]
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def compute_dtype(config):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.dtype]
+
+
+def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
+  dtype = compute_dtype(config)
+  m, d = config.model, config.data
+  g = Generator(image_size=d.image_size, num_classes=d.num_classes, z_dim=m.z_dim,
+                width=m.g_width, max_width=m.max_width, embed_dim=m.embed_dim, dtype=dtype)
+  disc = Discriminator(image_size=d.image_size, num_classes=d.num_classes, width=m.d_width,
+                       max_width=m.max_width, norm=m.d_norm, dtype=dtype)
+  return g, disc
+
+
+MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256)))
+
+
+def build_models(config) -> tuple[nn.Module, nn.Module]:
+  """(G, D) for `model.name`."""
+  return MODELS.get(config.model.name, "model.name").build(config)

@@ -1,0 +1,98 @@
+"""DCGAN generator and discriminator (Radford et al. 2015), class-conditional when asked.
+
+G: z (+ learned class embedding) -> dense 4x4 -> [ConvTranspose 4x4/2, BatchNorm, ReLU]* -> tanh.
+D: [Conv 4x4/2, norm, LeakyReLU 0.2]* down to 4x4 -> linear logit, plus the projection term
+   <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional.
+Channel widths double per halving of resolution (capped at `max_width`), as in the paper's 64x64
+net (ngf*8 at 4x4). Parameters are float32; `dtype` sets the compute dtype (bfloat16 on
+accelerators), BatchNorm statistics are reduced in float32 by Flax, logits are returned in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# DCGAN's initialisation: N(0, 0.02) for every weight.
+_init = nn.initializers.normal(0.02)
+
+
+def _num_doublings(image_size: int) -> int:
+  """Resolution doublings between the 4x4 base and `image_size`."""
+  n = int(round(math.log2(image_size / 4)))
+  if 4 * 2**n != image_size or n < 1:
+    raise ValueError(f"image size {image_size} is not 4 * 2^k with k >= 1")
+  return n
+
+
+class Generator(nn.Module):
+  image_size: int
+  num_classes: int = 0
+  z_dim: int = 100
+  width: int = 64
+  max_width: int = 512
+  embed_dim: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
+               train: bool = True) -> jnp.ndarray:
+    n = _num_doublings(self.image_size)
+    widths = [min(self.width * 2**i, self.max_width) for i in reversed(range(n))]
+    h = z.astype(self.dtype)
+    if self.num_classes > 0:
+      emb = nn.Embed(self.num_classes, self.embed_dim, embedding_init=_init,
+                     name="class_embed")(labels)
+      h = jnp.concatenate([h, emb.astype(self.dtype)], axis=-1)
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                     epsilon=1e-5, dtype=self.dtype, name=name)
+    h = nn.Dense(4 * 4 * widths[0], kernel_init=_init, use_bias=False, dtype=self.dtype,
+                 name="project")(h)
+    h = h.reshape(h.shape[0], 4, 4, widths[0])
+    h = nn.relu(norm("project_bn")(h))
+    for i, w in enumerate(widths[1:]):
+      h = nn.ConvTranspose(w, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                           kernel_init=_init, dtype=self.dtype, name=f"up{i}")(h)
+      h = nn.relu(norm(f"up{i}_bn")(h))
+    h = nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_init,
+                         dtype=self.dtype, name="to_rgb")(h)
+    return jnp.tanh(h.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  image_size: int
+  num_classes: int = 0
+  width: int = 64
+  max_width: int = 512
+  norm: str = "batch"  # 'batch' | 'layer' | 'none'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
+               train: bool = True) -> jnp.ndarray:
+    n = _num_doublings(self.image_size)
+    h = x.astype(self.dtype)
+    for i in range(n):
+      w = min(self.width * 2**i, self.max_width)
+      h = nn.Conv(w, (4, 4), strides=(2, 2), padding="SAME", use_bias=(i == 0 or self.norm == "none"),
+                  kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
+      if i > 0:  # DCGAN: no normalisation on the first layer
+        if self.norm == "batch":
+          h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=self.dtype, name=f"down{i}_bn")(h)
+        elif self.norm == "layer":
+          h = nn.LayerNorm(dtype=self.dtype, name=f"down{i}_ln")(h)
+      h = nn.leaky_relu(h, 0.2)
+    features = h.reshape(h.shape[0], -1)
+    # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map.
+    logit = nn.Dense(1, kernel_init=_init, dtype=self.dtype, name="logit")(features)[:, 0]
+    logit = logit.astype(jnp.float32)
+    if self.num_classes > 0:
+      pooled = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
+      emb = nn.Embed(self.num_classes, pooled.shape[-1], embedding_init=_init,
+                     name="class_projection")(labels)
+      logit = logit + jnp.sum(emb.astype(jnp.float32) * pooled, axis=-1)
+    return logit

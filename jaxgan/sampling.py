@@ -1,0 +1,108 @@
+"""Sampling from the EMA generator and writing image grids."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+
+
+def make_sampler(generator: nn.Module) -> Callable[..., jax.Array]:
+  """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode."""
+
+  @jax.jit
+  def sample(ema_params, g_batch_stats, z, labels):
+    variables = {"params": ema_params}
+    if g_batch_stats:
+      variables["batch_stats"] = g_batch_stats
+    images = generator.apply(variables, z, labels, train=False)
+    return to_uint8(images)
+
+  return sample
+
+
+def sample_images(sampler, ema_params, g_batch_stats, z, labels) -> np.ndarray:
+  """Host uint8 images from the EMA generator (G's BatchNorm running statistics)."""
+  return np.asarray(jax.device_get(sampler(ema_params, g_batch_stats, z, labels)))
+
+
+def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
+  """[-1, 1] floats -> uint8 [0, 255], rounding to nearest."""
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def latents(seed: int, num: int, z_dim: int) -> jax.Array:
+  """Standard-normal latents from a seed (the same on every machine)."""
+  return jax.random.normal(jax.random.PRNGKey(seed), (num, z_dim), jnp.float32)
+
+
+def grid_inputs(seed: int, num_classes: int, per_class: int, z_dim: int
+                ) -> tuple[jax.Array, Optional[jax.Array], int]:
+  """Fixed noise and labels for training grids: one row per class (8 rows unconditional)."""
+  rows = num_classes if num_classes > 0 else 8
+  z = latents(seed, rows * per_class, z_dim)
+  labels = (jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)
+            if num_classes > 0 else None)
+  return z, labels, per_class
+
+
+def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160) -> np.ndarray:
+  """uint8 [N, H, W, 3] -> one uint8 image, row-major, `cols` per row, grey gutters."""
+  n, h, w, c = images.shape
+  rows = math.ceil(n / cols)
+  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, cols)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  """Writes atomically (temp file + rename) so a reader never sees half a PNG."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  Image.fromarray(image).save(tmp, format="PNG")
+  os.replace(tmp, path)
+
+
+def load_generator(workdir: str):
+  """(config, generator, ema_params, g_batch_stats, class_names, step) from the latest checkpoint.
+
+  Restores on the default device with the run's own config (WORKDIR/config.json), so a sampling
+  host needs neither the data nor the original mesh.
+  """
+  # Imported here: sampling's core (make_sampler, grids) must not pull orbax into light users.
+  from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import config as config_lib
+  from jaxgan import models as models_lib
+  from jaxgan import state as state_lib
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxgan training workdir?")
+  with open(config_path, encoding="utf-8") as f:
+    config = config_lib.from_json(f.read())
+  generator, discriminator = models_lib.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  abstract = jax.eval_shape(lambda: state_lib.init_state(config, generator, discriminator,
+                                                         g_tx, d_tx, config.seed))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    restored = checkpointer.restore_latest(target)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  step, state, meta = restored
+  return (config, generator, state.ema_params, state.g_batch_stats,
+          list(meta.get("class_names", [])), step)

@@ -1,0 +1,67 @@
+"""The train state: one pytree holding everything a run needs to continue exactly.
+
+Parameters and optimizer states are float32 whatever the compute dtype. The EMA generator shares
+G's BatchNorm running statistics (as StyleGAN2-ADA copies buffers) and keeps its own parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray  # int32 scalar: G updates done
+  images_seen: jnp.ndarray  # int32 scalar: real images shown to D (overflows past 2^31)
+  rng: jnp.ndarray  # uint32[2]: the run's base key; step keys are fold_in(rng, step)
+  nonfinite_streak: jnp.ndarray  # int32 scalar: consecutive skipped (non-finite) steps
+  g_params: PyTree
+  g_batch_stats: PyTree
+  d_params: PyTree
+  d_batch_stats: PyTree
+  g_opt_state: PyTree
+  d_opt_state: PyTree
+  ema_params: PyTree
+
+
+def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5)."""
+  o = config.optim
+  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
+
+
+def init_state(config, generator: nn.Module, discriminator: nn.Module,
+               g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
+               seed: int) -> TrainState:
+  """A fresh state from `seed`. Pure and jittable: the trainer jits it with output shardings so
+  parameters are created directly where they live."""
+  root = jax.random.PRNGKey(seed)
+  g_key, d_key, run_key = jax.random.split(root, 3)
+  size, nc = config.data.image_size, config.data.num_classes
+  z = jnp.zeros((2, config.model.z_dim), jnp.float32)
+  labels = jnp.zeros((2,), jnp.int32) if nc > 0 else None
+  images = jnp.zeros((2, size, size, 3), jnp.float32)
+  g_vars = generator.init(g_key, z, labels, train=False)
+  d_vars = discriminator.init(d_key, images, labels, train=False)
+  g_params, d_params = g_vars["params"], d_vars["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      images_seen=jnp.zeros((), jnp.int32),
+      rng=run_key,
+      nonfinite_streak=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      g_batch_stats=g_vars.get("batch_stats", {}),
+      d_params=d_params,
+      d_batch_stats=d_vars.get("batch_stats", {}),
+      g_opt_state=g_tx.init(g_params),
+      d_opt_state=d_tx.init(d_params),
+      ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
+  )

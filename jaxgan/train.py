@@ -1,0 +1,40 @@
+"""`python -m jaxgan.train --config configs/X.py --workdir DIR [--config.key=value ...]`."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxgan import checkpoint, config as config_lib, trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume even though the config differs from the checkpoint's.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)
+  try:
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                               allow_config_change=FLAGS.allow_config_change)
+  except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,194 @@
+"""The training loop: wires config, data, state, the jitted step and the outputs together.
+
+It orchestrates only; the math lives in steps.py, models/ and losses.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
+from jaxgan import data as data_lib
+from jaxgan import losses as losses_lib
+from jaxgan import models as models_lib
+from jaxgan import sampling
+from jaxgan import sharding
+from jaxgan import state as state_lib
+from jaxgan import steps
+from jaxgan import writers
+
+log = logging.getLogger(__name__)
+
+# Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class")
+
+
+class TrainingError(RuntimeError):
+  """A run cannot start or continue; the message says why and what to do."""
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it writable before any compute is spent."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise TrainingError(f"workdir {workdir} is not writable ({e.strerror}); "
+                        "pass a --workdir you can write to") from e
+
+
+def config_differences(old: dict, new: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
+  """(key, old, new) for every key whose value differs, except those in RESUMABLE_KEYS."""
+  old_flat = dict(config_lib.flat_items(ml_collections.ConfigDict(old)))
+  diffs = []
+  for key, value in config_lib.flat_items(new):
+    if key in old_flat and old_flat[key] != value and key not in RESUMABLE_KEYS:
+      diffs.append((key, old_flat[key], value))
+  return diffs
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption notices)."""
+
+  def __init__(self):
+    self.signal: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals stay with their owner
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> state_lib.TrainState:
+  """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
+  config_lib.validate(config, jax.device_count())
+  prepare_workdir(workdir)
+  is_main = jax.process_index() == 0
+  cfg = config.train
+
+  mesh = sharding.make_mesh(config)
+  generator, discriminator = models_lib.build_models(config)
+  loss = losses_lib.build_loss(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  init = functools.partial(state_lib.init_state, config, generator, discriminator, g_tx, d_tx,
+                           config.seed)
+  abstract_state = jax.eval_shape(init)
+  state_sh = sharding.state_shardings(mesh, abstract_state)
+  batch_sh = sharding.batch_sharding(mesh)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
+  restored = checkpointer.restore_latest(ckpt_lib.abstract_like(abstract_state, state_sh))
+  if restored is not None:
+    start_step, state, meta = restored
+    diffs = config_differences(meta.get("config", {}), config)
+    if diffs and not allow_config_change:
+      listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+      raise TrainingError(f"config differs from checkpoint step {start_step} in {workdir} "
+                          f"({listing}); pass --allow_config_change to continue anyway")
+    log.info("resuming from checkpoint step %d of %s", start_step, workdir)
+    if is_main:
+      writers.drop_rows_after(workdir, start_step)
+  else:
+    start_step = 0
+    state = jax.jit(init, out_shardings=state_sh)()
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
+
+  source = data_lib.build_source(config)
+  per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
+  batches = data_lib.prefetch(source.batches(per_process, start_step, jax.process_index(),
+                                             jax.process_count()))
+  train_step = jax.jit(
+      steps.with_state_rng(steps.make_train_step(config, generator, discriminator, loss,
+                                                 g_tx, d_tx)),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
+      donate_argnums=0)
+  sampler = sampling.make_sampler(generator)
+  grid_z, grid_labels, grid_cols = sampling.grid_inputs(
+      config.seed, config.data.num_classes, cfg.samples_per_class, config.model.z_dim)
+  writer = writers.MetricsWriter(workdir, enabled=is_main)
+  images_per_step = cfg.batch_size * cfg.n_critic
+
+  def meta(step: int) -> dict:
+    return {"config": config.to_dict(), "class_names": list(source.class_names), "step": step,
+            "data_position": step}
+
+  def save_samples(step: int) -> None:
+    images = sampling.sample_images(sampler, state.ema_params, state.g_batch_stats, grid_z,
+                                    grid_labels)
+    grid = sampling.make_grid(images, grid_cols)
+    if is_main:
+      sampling.save_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+      writer.write_image(step, "samples", grid)
+
+  step = start_step
+  progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
+                  dynamic_ncols=True, desc="train")
+  interval_start, interval_steps = None, 0
+  try:
+    with _StopRequest() as stop:
+      while step < cfg.num_steps:
+        batch = sharding.put_batch(next(batches), batch_sh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        progress.update(1)
+        if interval_start is None:  # time from the first finished step: excludes compilation
+          jax.block_until_ready(metrics)
+          interval_start, interval_steps = time.perf_counter(), 0
+        else:
+          interval_steps += 1
+        last = step == cfg.num_steps or stop.signal is not None
+        if step % cfg.log_every == 0 or last:
+          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          elapsed = time.perf_counter() - interval_start
+          ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
+          values.update(images_per_sec=ips, images_seen=int(jax.device_get(state.images_seen)))
+          writer.write_scalars(step, values)
+          progress.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}",
+                               img_s=f"{ips:.0f}")
+          interval_start, interval_steps = time.perf_counter(), 0
+        if step % cfg.sample_every == 0 or last:
+          save_samples(step)
+        if step % cfg.checkpoint_every == 0 or last:
+          checkpointer.save(step, state, meta(step))
+        if stop.signal is not None:
+          checkpointer.wait()
+          name = signal.Signals(stop.signal).name
+          msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
+          log.warning(msg)
+          if is_main:
+            print(msg, flush=True)
+          break
+  finally:
+    progress.close()
+    checkpointer.close()
+    writer.close()
+  return state

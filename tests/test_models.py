@@ -1,0 +1,58 @@
+"""DCGAN shapes for every supported size, conditional and not, in both compute dtypes."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxgan import models
+from jaxgan.models.dcgan import Discriminator, Generator
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_shapes(size, num_classes):
+  g = Generator(image_size=size, num_classes=num_classes, z_dim=16, width=8, embed_dim=4)
+  d = Discriminator(image_size=size, num_classes=num_classes, width=8)
+  z = jnp.zeros((3, 16))
+  labels = jnp.zeros((3,), jnp.int32) if num_classes else None
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
+  images = jax.eval_shape(lambda v: g.apply(v, z, labels, train=False), g_vars)
+  assert images.shape == (3, size, size, 3) and images.dtype == jnp.float32
+  d_vars = jax.eval_shape(lambda x: d.init(jax.random.PRNGKey(0), x, labels, train=False), images)
+  logits = jax.eval_shape(lambda v, x: d.apply(v, x, labels, train=False), d_vars, images)
+  assert logits.shape == (3,) and logits.dtype == jnp.float32
+  assert ("class_embed" in g_vars["params"]) == bool(num_classes)
+  assert ("class_projection" in d_vars["params"]) == bool(num_classes)
+
+
+def test_dcgan64_widths_follow_the_paper():
+  g = Generator(image_size=64, z_dim=100, width=64)
+  v = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)), train=False))
+  assert v["params"]["project"]["kernel"].shape == (100, 4 * 4 * 512)
+  assert [v["params"][f"up{i}"]["kernel"].shape[-1] for i in range(3)] == [256, 128, 64]
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs(make_config):
+  config = make_config(**{"train.dtype": "bfloat16"})
+  g, d = models.build_models(config)
+  z, labels = jnp.ones((2, 8)), jnp.array([0, 2])
+  g_vars = g.init(jax.random.PRNGKey(0), z, labels, train=False)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g_vars["params"]))
+  images = g.apply(g_vars, z, labels, train=False)
+  assert images.dtype == jnp.float32 and bool(jnp.all(jnp.abs(images) <= 1.0))
+  d_vars = d.init(jax.random.PRNGKey(1), images, labels, train=False)
+  assert d.apply(d_vars, images, labels, train=False).dtype == jnp.float32
+
+
+def test_conditioning_changes_the_output():
+  g = Generator(image_size=16, num_classes=4, z_dim=8, width=8, embed_dim=4)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 8))
+  v = g.init(jax.random.PRNGKey(1), z, jnp.array([0, 0]), train=False)
+  a = g.apply(v, z, jnp.array([0, 0]), train=False)
+  b = g.apply(v, z, jnp.array([1, 3]), train=False)
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-7  # exactly 0 if the labels were ignored
+
+
+def test_registry_rejects_unknown_model():
+  with pytest.raises(KeyError, match="dcgan"):
+    models.MODELS.get("stylegan9", "model.name")

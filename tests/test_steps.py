@@ -1,0 +1,130 @@
+"""The pure train step: updates, determinism, one G forward, n_critic, EMA, non-finite skips."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import losses, models, state as state_lib, steps
+from jaxgan.data import SyntheticCatalog
+from jaxgan.models import dcgan
+
+
+def _setup(config):
+  g, d = models.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  init = functools.partial(state_lib.init_state, config, g, d, g_tx, d_tx, config.seed)
+  step_fn = steps.make_train_step(config, g, d, losses.build_loss(config), g_tx, d_tx)
+  return init, step_fn
+
+
+def _batches(config, n):
+  source = SyntheticCatalog(config.data.image_size, config.data.num_classes, config.seed)
+  it = source.batches(config.train.batch_size * config.train.n_critic, 0)
+  return [next(it) for _ in range(n)]
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_step_updates_everything_it_should(make_config):
+  config = make_config()
+  init, step_fn = _setup(config)
+  state = init()
+  train_step = jax.jit(steps.with_state_rng(step_fn))
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(new.step) == 1 and int(new.images_seen) == 8
+  for name in ("g_params", "d_params", "ema_params", "g_batch_stats", "d_batch_stats"):
+    assert not _leaves_equal(getattr(new, name), getattr(state, name)), name
+  assert set(metrics) >= {"d_loss", "g_loss", "d_real", "d_fake", "ema_beta", "nonfinite"}
+  assert all(np.isfinite(float(v)) for v in metrics.values()) and int(metrics["nonfinite"]) == 0
+
+
+def test_same_seed_gives_bit_identical_parameters(make_config):
+  config = make_config()
+  init, step_fn = _setup(config)
+  train_step = jax.jit(steps.with_state_rng(step_fn), donate_argnums=0)
+  batches = _batches(config, 3)
+  results = []
+  for _ in range(2):
+    state = jax.jit(init)()
+    for batch in batches:
+      state, _ = train_step(state, batch)
+    results.append(jax.device_get(state))
+  assert _leaves_equal(results[0], results[1])
+  # ... and a different seed gives different parameters.
+  other = make_config(seed=1)
+  init1, _ = _setup(other)
+  assert not _leaves_equal(jax.device_get(init1().g_params), results[0].g_params)
+
+
+@pytest.mark.parametrize("n_critic", [1, 3])
+def test_generator_runs_forward_once_per_d_update(make_config, monkeypatch, n_critic):
+  calls = []
+  original = dcgan.Generator.__call__
+
+  def counting(self, *args, **kwargs):
+    calls.append(1)
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(dcgan.Generator, "__call__", counting)
+  config = make_config(**{"train.n_critic": n_critic})
+  init, step_fn = _setup(config)
+  state = jax.eval_shape(init)
+  calls.clear()
+  batch = _batches(config, 1)[0]
+  jax.make_jaxpr(steps.with_state_rng(step_fn))(state, batch)
+  # One forward per D update; the last one is reused for the G update through jax.vjp.
+  assert len(calls) == n_critic
+
+
+def test_wgan_gp_with_several_critic_steps(make_config):
+  config = make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer", "train.n_critic": 2})
+  init, step_fn = _setup(config)
+  batch = _batches(config, 1)[0]
+  assert batch["image"].shape[0] == 16  # n_critic real batches of 8
+  new, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), batch)
+  assert int(new.images_seen) == 16 and float(metrics["gradient_penalty"]) >= 0
+  assert np.isfinite(float(metrics["d_loss"]))
+
+
+def test_nonfinite_step_leaves_state_unchanged(make_config):
+  config = make_config()
+  init, step_fn = _setup(config)
+  state = init()
+  bias = state.g_params["to_rgb"]["bias"]
+  state = state.replace(g_params={**state.g_params,
+                                  "to_rgb": {**state.g_params["to_rgb"], "bias": bias + jnp.nan}})
+  train_step = jax.jit(steps.with_state_rng(step_fn))
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(metrics["nonfinite"]) == 1
+  assert int(new.step) == 1 and int(new.nonfinite_streak) == 1
+  for name in ("d_params", "d_opt_state", "g_opt_state", "ema_params", "d_batch_stats"):
+    assert _leaves_equal(getattr(new, name), getattr(state, name)), name
+  again, _ = train_step(new, _batches(config, 2)[1])
+  assert int(again.nonfinite_streak) == 2
+
+
+def test_ema_half_life_in_images(make_config):
+  config = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.0})
+  beta = float(steps.ema_beta(config, jnp.asarray(10_000)))
+  # After half-life / batch steps the old weights count for one half.
+  np.testing.assert_allclose(beta ** (800 / config.train.batch_size), 0.5, rtol=1e-5)
+  ramped = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.5})
+  assert float(steps.ema_beta(ramped, jnp.asarray(0))) == 0.0  # EMA starts as a copy of G
+  assert float(steps.ema_beta(ramped, jnp.asarray(100))) < beta
+  disabled = make_config(**{"train.ema_half_life_images": 0})
+  assert float(steps.ema_beta(disabled, jnp.asarray(10_000))) == 0.0
+
+
+def test_bfloat16_step_runs_with_float32_state(make_config):
+  config = make_config(**{"train.dtype": "bfloat16"})
+  init, step_fn = _setup(config)
+  new, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), _batches(config, 1)[0])
+  assert all(x.dtype in (jnp.float32, jnp.int32, jnp.uint32)
+             for x in jax.tree_util.tree_leaves(new))
+  assert np.isfinite(float(metrics["g_loss"]))
