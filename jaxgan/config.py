@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_width = 512  # cap on channels at low resolutions
   c.model.embed_dim = 64  # class embedding joined to z in G
   c.model.d_norm = "batch"  # 'batch' | 'layer' | 'none' (WGAN-GP needs per-sample D: not 'batch')
+  # Lowering of G's transposed convs (same function and parameters): 'phase_grad' | 'dilated' |
+  # 'subpixel'; see jaxgan/models/layers.py and docs/benchmarks.md.
+  c.model.upsample_impl = "phase_grad"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
@@ -65,7 +68,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the data axis; -1 takes all
+  c.mesh.data = -1  # replicas on the 'data' axis; -1 takes every device that fsdp leaves
+  c.mesh.fsdp = 1  # devices that split parameters and optimizer states (1 = pure data parallel)
+
+  # Multi-process runs: 'auto' lets JAX detect the cluster (TPU pods, SLURM, Open MPI); host:port
+  # with num_processes and process_id launches explicitly (launch/local_multiprocess.sh); empty
+  # means one process (or automatic when started as one of several SLURM tasks).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # host:port of process 0
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
   return c
 
 
@@ -116,6 +128,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   from jaxgan import data as data_lib
   from jaxgan import losses
   from jaxgan import models
+  from jaxgan.models.layers import UPSAMPLE_IMPLS
 
   check_known_keys(config)
   _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
@@ -140,6 +153,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(config.model.d_norm in ("batch", "layer", "none"), "model.d_norm",
            f"must be 'batch', 'layer' or 'none', got {config.model.d_norm!r}")
 
+  _require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
+           f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
   sizes = models.MODELS.get(config.model.name).supported_image_sizes
   _require(config.data.image_size in sizes, "data.image_size",
            f"model {config.model.name!r} builds images of size {list(sizes)}, "
@@ -161,15 +176,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(config.train.ema_rampup >= 0, "train.ema_rampup",
            f"must be >= 0, got {config.train.ema_rampup}")
 
-  mesh_data = config.mesh.data
-  _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data <= num_devices),
-           "mesh.data", f"must be -1 (all devices) or 1..{num_devices}, got {mesh_data}")
-  data_devices = num_devices if mesh_data == -1 else mesh_data
-  _require(config.train.batch_size % data_devices == 0, "train.batch_size",
-           f"global batch {config.train.batch_size} is not divisible by the {data_devices} "
-           "devices of the data axis; use a multiple of it")
+  _positive_int(config, "mesh.fsdp")
+  fsdp, mesh_data = config.mesh.fsdp, config.mesh.data
+  _require(num_devices % fsdp == 0 or mesh_data != -1, "mesh.fsdp",
+           f"{fsdp} does not divide the {num_devices} devices; pick a divisor or set mesh.data")
+  _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data * fsdp <= num_devices),
+           "mesh.data", f"must be -1 (all devices) or at most {num_devices // fsdp} with "
+           f"mesh.fsdp={fsdp} on {num_devices} devices, got {mesh_data}")
+  mesh_devices = num_devices // fsdp * fsdp if mesh_data == -1 else mesh_data * fsdp
+  _require(config.train.batch_size % mesh_devices == 0, "train.batch_size",
+           f"global batch {config.train.batch_size} is not divisible by the {mesh_devices} "
+           "devices of the mesh; use a multiple of it")
+  validate_distributed(config)
 
   data_lib.SOURCES.get(config.data.source).validate(config)
+
+
+def validate_distributed(config: ml_collections.ConfigDict) -> None:
+  """The keys `jax.distributed` needs; checked before the backend starts."""
+  d = config.distributed
+  if d.coordinator_address and d.coordinator_address != "auto":
+    _require(":" in d.coordinator_address, "distributed.coordinator_address",
+             f"must be host:port, got {d.coordinator_address!r}")
+    _require(isinstance(d.num_processes, int) and d.num_processes >= 1,
+             "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
+    _require(isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
+             "distributed.process_id", f"must be in 0..{d.num_processes - 1}, got {d.process_id}")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -41,11 +41,13 @@ def generate(workdir: str, num: int, out: str, label: Optional[str] = None, seed
   """Writes the images and returns the paths written."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+  from jaxgan import models, sampling, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   if num <= 0:
     raise ValueError(f"--num must be positive, got {num}")
-  config, generator, ema_params, g_stats, class_names, _ = sampling.load_generator(workdir)
+  config, _, state, meta = workdir_lib.load_latest(workdir)
+  generator, _ = models.build_models(config)
+  class_names = list(meta.get("class_names", []))
   nc = config.data.num_classes
   labels = None
   if nc > 0:
@@ -54,8 +56,8 @@ def generate(workdir: str, num: int, out: str, label: Optional[str] = None, seed
   elif label is not None:
     resolve_label(label, class_names, nc)  # raises the one-line error
   z = sampling.latents(seed, num, config.model.z_dim)
-  images = sampling.sample_images(sampling.make_sampler(generator), ema_params, g_stats, z,
-                                  labels)
+  images = sampling.sample_images(sampling.make_sampler(generator), state.ema_params,
+                                  state.g_batch_stats, z, labels)
   if out.endswith(os.sep) or os.path.isdir(out):
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{i:06d}.png") for i in range(num)]

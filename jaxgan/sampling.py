@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Optional
@@ -14,10 +15,13 @@ from PIL import Image
 
 
 
-def make_sampler(generator: nn.Module) -> Callable[..., jax.Array]:
-  """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode."""
+def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
+  """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode.
 
-  @jax.jit
+  `out_sharding` (replicated, in training) makes every process hold the whole output.
+  """
+
+  @functools.partial(jax.jit, out_shardings=out_sharding)
   def sample(ema_params, g_batch_stats, z, labels):
     variables = {"params": ema_params}
     if g_batch_stats:
@@ -71,38 +75,3 @@ def save_png(image: np.ndarray, path: str) -> None:
   tmp = f"{path}.tmp"
   Image.fromarray(image).save(tmp, format="PNG")
   os.replace(tmp, path)
-
-
-def load_generator(workdir: str):
-  """(config, generator, ema_params, g_batch_stats, class_names, step) from the latest checkpoint.
-
-  Restores on the default device with the run's own config (WORKDIR/config.json), so a sampling
-  host needs neither the data nor the original mesh.
-  """
-  # Imported here: sampling's core (make_sampler, grids) must not pull orbax into light users.
-  from jaxgan import checkpoint as ckpt_lib
-  from jaxgan import config as config_lib
-  from jaxgan import models as models_lib
-  from jaxgan import state as state_lib
-
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxgan training workdir?")
-  with open(config_path, encoding="utf-8") as f:
-    config = config_lib.from_json(f.read())
-  generator, discriminator = models_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  abstract = jax.eval_shape(lambda: state_lib.init_state(config, generator, discriminator,
-                                                         g_tx, d_tx, config.seed))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  try:
-    restored = checkpointer.restore_latest(target)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  step, state, meta = restored
-  return (config, generator, state.ema_params, state.g_batch_stats,
-          list(meta.get("class_names", [])), step)

@@ -1,25 +1,71 @@
-"""Device mesh and shardings: the batch is split over the 'data' axis, the state is replicated.
+"""Device mesh, shardings and multi-host start-up: JAX's own SPMD machinery, nothing home-made.
 
-Everything goes through `jax.jit` with `NamedSharding`s; XLA inserts the gradient all-reduce and
-the cross-device BatchNorm reductions (statistics cover the global batch).
+The mesh has two axes: 'data' (pure data parallelism: a replica of the state per group) and
+'fsdp' (fully sharded data parallelism: parameters and optimizer states split over it). The batch
+is split over both, so every device gets a different slice. Under `jax.jit` XLA inserts the
+collectives: the gradient all-reduce (reduce-scatter with fsdp), the parameter all-gathers, and the
+cross-device BatchNorm reductions (statistics cover the global batch).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+# Leaves smaller than this stay replicated under fsdp: splitting a bias saves nothing and costs a
+# collective per use.
+MIN_FSDP_SIZE = 2**12
+
+
+def initialize_distributed(config) -> None:
+  """Starts `jax.distributed` when the run spans several processes.
+
+  - `distributed.coordinator_address = 'auto'`: JAX detects everything itself (Cloud TPU pods,
+    SLURM, Open MPI); the launch scripts in launch/ pass this.
+  - `distributed.coordinator_address = 'host:port'`: explicit, with `num_processes`, `process_id`.
+  - empty, but running as one of several SLURM tasks: automatic, as with 'auto'.
+  - otherwise: a single process, nothing to do.
+  Must run before anything touches the JAX backend.
+  """
+  d = config.distributed
+  if d.coordinator_address == "auto" or (not d.coordinator_address and _slurm_multitask()):
+    jax.distributed.initialize()
+  elif d.coordinator_address:
+    jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                               num_processes=d.num_processes, process_id=d.process_id)
+  else:
+    return
+  log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+           jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _slurm_multitask() -> bool:
+  """Started by srun as one of several tasks (jax.distributed reads the rest from SLURM_*)."""
+  return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def mesh_shape(config, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes; `mesh.data = -1` takes the devices that fsdp leaves."""
+  fsdp = config.mesh.fsdp
+  data = num_devices // fsdp if config.mesh.data == -1 else config.mesh.data
+  return data, fsdp
 
 
 def make_mesh(config) -> Mesh:
-  """A 1-D mesh of `mesh.data` devices (-1: all devices of all processes)."""
+  """The ('data', 'fsdp') mesh over the first data * fsdp devices of all processes."""
   devices = jax.devices()
-  n = len(devices) if config.mesh.data == -1 else config.mesh.data
-  return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
+  data, fsdp = mesh_shape(config, len(devices))
+  return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -27,15 +73,43 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the data axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def leaf_spec(shape: tuple[int, ...], fsdp: int) -> P:
+  """Replicated, or split over 'fsdp' along the largest dimension that divides evenly."""
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_FSDP_SIZE:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[axis] = FSDP_AXIS
+      return P(*spec)
+  return P()
 
 
 def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
-  """Sharding of every state leaf: replicated (pure data parallelism)."""
-  return jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+  """A NamedSharding for every state leaf: parameters, EMA and optimizer moments are split over
+  'fsdp' (same rule by shape, so a parameter and its Adam moments live together); scalars,
+  keys and small leaves are replicated."""
+  fsdp = mesh.shape[FSDP_AXIS]
+  return jax.tree_util.tree_map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, fsdp)),
+                                abstract_state)
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles the global batch from this process's share of it."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def put_replicated(value: Any, mesh: Mesh) -> Any:
+  """A host value that every process holds identically, as a replicated global array."""
+  sharding = replicated(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), value)
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy copies of replicated arrays, also when other processes hold devices of the array."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging as std_logging
 import sys
 
@@ -16,6 +17,9 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume even though the config differs from the checkpoint's.")
+flags.DEFINE_bool("compile_only", False,
+                  "Lower and compile the train step for the configured mesh, print per-device "
+                  "memory and FLOPs as JSON, and exit without training.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,8 +29,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)
   try:
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                               allow_config_change=FLAGS.allow_config_change)
+    if FLAGS.compile_only:
+      print(json.dumps(trainer.compile_report(FLAGS.config)))
+    else:
+      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                 allow_config_change=FLAGS.allow_config_change)
   except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -5,12 +5,13 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -31,8 +32,11 @@ from jaxgan import writers
 log = logging.getLogger(__name__)
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
+# The mesh and process layout may change too: checkpoints restore onto any device count.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class")
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
+                  "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
+                  "distributed.num_processes", "distributed.process_id")
 
 
 class TrainingError(RuntimeError):
@@ -85,14 +89,25 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> state_lib.TrainState:
-  """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
-  config_lib.validate(config, jax.device_count())
-  prepare_workdir(workdir)
-  is_main = jax.process_index() == 0
-  cfg = config.train
+@dataclasses.dataclass
+class Run:
+  """What a run is made of, before any state exists."""
 
+  mesh: Any
+  generator: Any
+  discriminator: Any
+  init: Callable[[], state_lib.TrainState]
+  abstract_state: Any
+  state_shardings: Any
+  batch_sharding: Any
+  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+
+
+def build_run(config: ml_collections.ConfigDict) -> Run:
+  """Validates the config and builds mesh, models, shardings and the jitted step (not compiled)."""
+  config_lib.validate_distributed(config)
+  sharding.initialize_distributed(config)
+  config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config)
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -102,14 +117,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   abstract_state = jax.eval_shape(init)
   state_sh = sharding.state_shardings(mesh, abstract_state)
   batch_sh = sharding.batch_sharding(mesh)
+  step_fn = steps.make_train_step(config, generator, discriminator, loss, g_tx, d_tx)
+  train_step = jax.jit(steps.with_state_rng(step_fn), in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  return Run(mesh, generator, discriminator, init, abstract_state, state_sh, batch_sh,
+              train_step)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> dict:
+  """Shapes of one global batch, for lowering without data."""
+  n = config.train.batch_size * config.train.n_critic
+  size = config.data.image_size
+  return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8, sharding=batch_sharding),
+          "label": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sharding)}
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict:
+  """Lowers and compiles the train step for the configured mesh without creating a state or
+  reading data; returns per-device memory and FLOPs as XLA reports them."""
+  run = build_run(config)
+  state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
+  compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()
+  report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),
+                  "device_kind": jax.devices()[0].device_kind,
+                  "global_batch": config.train.batch_size}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                  "alias_size_in_bytes", "generated_code_size_in_bytes"):
+      if hasattr(memory, field):
+        report[f"per_device_{field}"] = int(getattr(memory, field))
+    report["per_device_peak_estimate_bytes"] = int(
+        getattr(memory, "argument_size_in_bytes", 0) + getattr(memory, "output_size_in_bytes", 0)
+        + getattr(memory, "temp_size_in_bytes", 0) - getattr(memory, "alias_size_in_bytes", 0))
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
+    cost = cost[0] if cost else None
+  if cost:
+    report["per_device_flops"] = float(cost.get("flops", float("nan")))
+    report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
+  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+      (run.abstract_state.g_params, run.abstract_state.d_params)))
+  report["parameters_g_plus_d"] = params
+  return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> state_lib.TrainState:
+  """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
+  run = build_run(config)
+  prepare_workdir(workdir)
+  is_main = jax.process_index() == 0
+  cfg = config.train
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
-  restored = checkpointer.restore_latest(ckpt_lib.abstract_like(abstract_state, state_sh))
+  restored = checkpointer.restore_latest(
+      ckpt_lib.abstract_like(run.abstract_state, run.state_shardings))
   if restored is not None:
     start_step, state, meta = restored
     diffs = config_differences(meta.get("config", {}), config)
     if diffs and not allow_config_change:
       listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+      checkpointer.close()
       raise TrainingError(f"config differs from checkpoint step {start_step} in {workdir} "
                           f"({listing}); pass --allow_config_change to continue anyway")
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
@@ -117,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writers.drop_rows_after(workdir, start_step)
   else:
     start_step = 0
-    state = jax.jit(init, out_shardings=state_sh)()
+    state = jax.jit(run.init, out_shardings=run.state_shardings)()
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
@@ -126,14 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
   batches = data_lib.prefetch(source.batches(per_process, start_step, jax.process_index(),
                                              jax.process_count()))
-  train_step = jax.jit(
-      steps.with_state_rng(steps.make_train_step(config, generator, discriminator, loss,
-                                                 g_tx, d_tx)),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
-      donate_argnums=0)
-  sampler = sampling.make_sampler(generator)
+  sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config.data.num_classes, cfg.samples_per_class, config.model.z_dim)
+  grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
   writer = writers.MetricsWriter(workdir, enabled=is_main)
   images_per_step = cfg.batch_size * cfg.n_critic
 
@@ -142,10 +207,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "data_position": step}
 
   def save_samples(step: int) -> None:
-    images = sampling.sample_images(sampler, state.ema_params, state.g_batch_stats, grid_z,
-                                    grid_labels)
-    grid = sampling.make_grid(images, grid_cols)
+    # Every process takes part in the sampling computation; process 0 writes the grid.
+    images = sharding.to_host(sampler(state.ema_params, state.g_batch_stats, grid_z, grid_labels))
     if is_main:
+      grid = sampling.make_grid(images, grid_cols)
       sampling.save_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
       writer.write_image(step, "samples", grid)
 
@@ -156,8 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     with _StopRequest() as stop:
       while step < cfg.num_steps:
-        batch = sharding.put_batch(next(batches), batch_sh)
-        state, metrics = train_step(state, batch)
+        batch = sharding.put_batch(next(batches), run.batch_sharding)
+        state, metrics = run.train_step(state, batch)
         step += 1
         progress.update(1)
         if interval_start is None:  # time from the first finished step: excludes compilation
@@ -167,10 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           interval_steps += 1
         last = step == cfg.num_steps or stop.signal is not None
         if step % cfg.log_every == 0 or last:
-          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          values = {k: float(v) for k, v in sharding.to_host(metrics).items()}
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
-          values.update(images_per_sec=ips, images_seen=int(jax.device_get(state.images_seen)))
+          values.update(images_per_sec=ips,
+                        images_seen=int(sharding.to_host(state.images_seen)))
           writer.write_scalars(step, values)
           progress.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}",
                                img_s=f"{ips:.0f}")

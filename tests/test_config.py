@@ -39,7 +39,7 @@ def test_batch_must_divide_over_devices(make_config):
   config = make_config(**{"train.batch_size": 12})
   config_lib.validate(config, num_devices=4)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size: global batch 12 is not "
-                     "divisible by the 8 devices"):
+                     "divisible by the 8 devices of the mesh"):
     config_lib.validate(config, num_devices=8)
 
 

@@ -36,12 +36,13 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(make_config):
   config = make_config(**{"train.dtype": "bfloat16"})
   g, d = models.build_models(config)
   z, labels = jnp.ones((2, 8)), jnp.array([0, 2])
-  g_vars = g.init(jax.random.PRNGKey(0), z, labels, train=False)
+  g_vars = jax.jit(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))()
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g_vars["params"]))
-  images = g.apply(g_vars, z, labels, train=False)
+  images = jax.jit(lambda v: g.apply(v, z, labels, train=False))(g_vars)
   assert images.dtype == jnp.float32 and bool(jnp.all(jnp.abs(images) <= 1.0))
-  d_vars = d.init(jax.random.PRNGKey(1), images, labels, train=False)
-  assert d.apply(d_vars, images, labels, train=False).dtype == jnp.float32
+  d_vars = jax.eval_shape(lambda x: d.init(jax.random.PRNGKey(1), x, labels, train=False), images)
+  logits = jax.eval_shape(lambda v, x: d.apply(v, x, labels, train=False), d_vars, images)
+  assert logits.dtype == jnp.float32
 
 
 def test_conditioning_changes_the_output():

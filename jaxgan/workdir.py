@@ -1,0 +1,47 @@
+"""Reading a training workdir: its resolved config and its latest checkpoint, on one device.
+
+Used by `generate` and by tools that inspect runs; training itself restores through the trainer
+with the run's own mesh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
+from jaxgan import models as models_lib
+from jaxgan import state as state_lib
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json on top of the current schema."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?")
+  with open(path, encoding="utf-8") as f:
+    return config_lib.from_json(f.read())
+
+
+def load_latest(workdir: str) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
+  """(config, step, state, meta) of the newest readable checkpoint, on the default device."""
+  config = load_config(workdir)
+  generator, discriminator = models_lib.build_models(config)
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  abstract = jax.eval_shape(lambda: state_lib.init_state(config, generator, discriminator,
+                                                         g_tx, d_tx, config.seed))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target: Any = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    restored = checkpointer.restore_latest(target)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  step, state, meta = restored
+  return config, step, state, meta

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs N jaxgan training processes on this machine, joined through jax.distributed (CPU
+# collectives), to test multi-process code paths without a cluster.
+#
+#   launch/local_multiprocess.sh N --config configs/default.py --workdir runs/mp [--config.k=v ...]
+#
+# Every process gets the same arguments plus its process id; process 0 is the coordinator and the
+# only one that writes logs, samples and metrics. Checkpoints are written by all of them together.
+set -euo pipefail
+
+if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: $0 NUM_PROCESSES [jaxgan.train arguments...]" >&2
+  exit 2
+fi
+num="$1"
+shift
+port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
+python="${PYTHON:-python}"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap cleanup INT TERM
+
+for ((i = 0; i < num; i++)); do
+  "$python" -m jaxgan.train "$@" \
+    --config.distributed.coordinator_address="localhost:${port}" \
+    --config.distributed.num_processes="${num}" \
+    --config.distributed.process_id="${i}" &
+  pids+=("$!")
+done
+
+status=0
+for pid in "${pids[@]}"; do
+  if ! wait "$pid"; then
+    status=1
+    cleanup  # one process failed: the others would wait for it forever
+  fi
+done
+exit "$status"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the same jaxgan training command on every worker of an existing Cloud TPU VM pod slice.
+#
+#   launch/tpu_pod.sh TPU_NAME ZONE -- --config configs/default.py --workdir gs://bucket/runs/x
+#
+# Environment (optional): PROJECT (gcloud project), REPO_DIR (where the code goes on the workers,
+# default ~/jaxgan), JAX_TPU_SPEC (default 'jax[tpu]'). The workdir must be shared storage that
+# every worker can write (a GCS bucket), since checkpoints are written collectively.
+#
+# Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
+# on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
+set -euo pipefail
+
+if [[ $# -lt 3 || "$3" != "--" ]]; then
+  echo "usage: $0 TPU_NAME ZONE -- [jaxgan.train arguments...]" >&2
+  exit 2
+fi
+tpu="$1"
+zone="$2"
+shift 3
+repo_dir="${REPO_DIR:-~/jaxgan}"
+jax_spec="${JAX_TPU_SPEC:-jax[tpu]}"
+project_flag=()
+[[ -n "${PROJECT:-}" ]] && project_flag=(--project "$PROJECT")
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+ssh_all() {
+  gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" "${project_flag[@]}" --worker=all \
+    --command "$1"
+}
+
+# 1. Code: a tarball of the working tree (without run outputs) on every worker.
+tarball="$(mktemp -t jaxgan.XXXXXX.tar.gz)"
+tar -C "$here" --exclude=.git --exclude=runs --exclude='*.egg-info' -czf "$tarball" .
+gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zone" \
+  "${project_flag[@]}" --worker=all
+rm -f "$tarball"
+
+# 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only).
+ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $repo_dir && \
+  python3 -m pip install -q -e . && python3 -m pip install -q -U '$jax_spec'"
+
+# 3. Train: the same command everywhere; each worker feeds its share of the global batch.
+args=""
+for a in "$@"; do args+=" $(printf '%q' "$a")"; done
+ssh_all "cd $repo_dir && python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
