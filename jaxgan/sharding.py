@@ -113,3 +113,26 @@ def put_replicated(value: Any, mesh: Mesh) -> Any:
 def to_host(tree: Any) -> Any:
   """Numpy copies of replicated arrays, also when other processes hold devices of the array."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def gradient_bytes_per_step(g_params: int, d_params: int, n_critic: int, data: int, fsdp: int,
+                            bytes_per_value: int = 4) -> dict[str, float]:
+  """Bytes each device sends per train step for parameters and gradients (bandwidth-optimal ring
+  collectives; BatchNorm statistics, a few KB, are left out).
+
+  Pure data parallelism (fsdp = 1): an all-reduce of every gradient, 2 (N - 1) / N * size,
+  once for G and `n_critic` times for D.
+  With fsdp = F: per use of a parameter set, an all-gather of the parameters for the forward and
+  again for the backward pass (2 (F - 1) / F * size), a reduce-scatter of the gradient
+  ((F - 1) / F * size), and an all-reduce of the 1/F gradient shard over the data axis.
+  """
+
+  def per_update(params: int) -> float:
+    size = params * bytes_per_value
+    if fsdp == 1:
+      return 2 * (data - 1) / data * size
+    return (3 * (fsdp - 1) / fsdp * size) + 2 * (data - 1) / data * size / fsdp
+
+  g = per_update(g_params)
+  d = n_critic * per_update(d_params)
+  return {"g_bytes": g, "d_bytes": d, "total_bytes": g + d}

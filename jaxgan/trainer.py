@@ -156,9 +156,13 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   if cost:
     report["per_device_flops"] = float(cost.get("flops", float("nan")))
     report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
-  params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
-      (run.abstract_state.g_params, run.abstract_state.d_params)))
-  report["parameters_g_plus_d"] = params
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+  g_params, d_params = count(run.abstract_state.g_params), count(run.abstract_state.d_params)
+  report.update(g_parameters=g_params, d_parameters=d_params)
+  comm = sharding.gradient_bytes_per_step(g_params, d_params, config.train.n_critic,
+                                          run.mesh.shape[sharding.DATA_AXIS],
+                                          run.mesh.shape[sharding.FSDP_AXIS])
+  report["per_device_collective_bytes_per_step"] = comm["total_bytes"]
   return report
 
 

@@ -71,6 +71,16 @@ def test_leaf_spec_rule():
   assert sharding.leaf_spec((4, 4, 64, 128), 1) == jax.sharding.PartitionSpec()
 
 
+def test_gradient_bytes_formula():
+  # 1M parameters (4 MB) on 8 data-parallel devices: 2 * 7/8 * 4 MB per all-reduce.
+  dp = sharding.gradient_bytes_per_step(1_000_000, 500_000, 2, data=8, fsdp=1)
+  assert dp["g_bytes"] == pytest.approx(7e6) and dp["d_bytes"] == pytest.approx(2 * 3.5e6)
+  one = sharding.gradient_bytes_per_step(1_000_000, 500_000, 1, data=1, fsdp=1)
+  assert one["total_bytes"] == 0
+  fsdp = sharding.gradient_bytes_per_step(1_000_000, 0, 1, data=2, fsdp=4)
+  assert fsdp["g_bytes"] == pytest.approx(3 * 0.75 * 4e6 + 1.0 * 4e6 / 4)
+
+
 TRAIN = """
 import sys
 from jaxgan import trainer
@@ -124,6 +134,8 @@ def test_compile_only_prints_memory_and_flops(tmp_path):
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["per_device_flops"] > 1e8
   assert report["per_device_peak_estimate_bytes"] > 0
+  assert report["g_parameters"] == 502_211 and report["d_parameters"] == 168_865
+  assert report["per_device_collective_bytes_per_step"] == 0  # one device
   assert report["mesh"] == {"data": 1, "fsdp": 1}
   assert not (tmp_path / "w").exists()  # nothing trained, nothing written
 
