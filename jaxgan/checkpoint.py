@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from typing import Any, Optional
 
 import flax.serialization
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
+    # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
@@ -39,11 +45,38 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
-    """Starts writing checkpoint `step` (returns before the files are complete)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(meta)), force=True)
+  def save(self, step: int, state: Any, meta: dict) -> bool:
+    """Starts writing checkpoint `step` (returns before the files are complete).
+
+    A failed write (disk full, permissions, a lost bucket) is reported, not raised: the run goes
+    on, and the previous checkpoint stays valid because orbax only renames a step into place once
+    it is complete. Returns False when the write could not be started.
+    """
+    self._report_async_errors()  # an earlier write's failure; try this one anyway
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+          meta=ocp.args.JsonSave(meta)), force=True)
+      return True
+    except Exception as e:  # pylint: disable=broad-except
+      self._report_failure(step, e)
+      return False
+
+  def _report_failure(self, step: Optional[int], error: BaseException) -> None:
+    previous = self.latest_step()
+    where = f"step {step}" if step is not None else "a checkpoint"
+    log.error("writing %s to %s failed (%s: %s); the previous checkpoint (%s) is still valid",
+              where, self.directory, type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "",
+              f"step {previous}" if previous is not None else "none")
+
+  def _report_async_errors(self) -> bool:
+    """Surfaces an error of an earlier asynchronous save; True when there was none."""
+    try:
+      self._manager.check_for_errors()
+      return True
+    except Exception as e:  # pylint: disable=broad-except
+      self._report_failure(None, e)
+      return False
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
@@ -60,7 +93,8 @@ class Checkpointer:
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
     """The newest readable checkpoint as (step, state, meta), or None when there is none.
 
-    A checkpoint that fails to read is reported and skipped in favour of the previous one.
+    A checkpoint that fails to read is reported, moved aside to `<directory>.corrupt/` (so the
+    run can write that step again and never trips on it twice), and the previous one is tried.
     """
     steps = self.steps()
     for step in reversed(steps):
@@ -68,19 +102,39 @@ class Checkpointer:
         state, meta = self.restore(step, abstract_state)
         return step, state, meta
       except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        message = str(e).splitlines()[0][:200] if str(e) else ""
+        log.warning("checkpoint %s/%d is unreadable (%s: %s); moving it to %s.corrupt/ and "
+                    "trying the previous one", self.directory, step, type(e).__name__, message,
+                    self.directory)
+        self._move_aside(step)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "
                             "move the directory away to start fresh")
     return None
 
-  def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+  def _move_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      source = os.path.join(self.directory, str(step))
+      target_dir = self.directory + ".corrupt"
+      os.makedirs(target_dir, exist_ok=True)
+      target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+      if os.path.exists(source):
+        shutil.move(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"jaxgan_move_aside_{step}")
+    self._manager.reload()
+
+  def wait(self) -> bool:
+    """Blocks until every started save is complete on disk; False (reported) if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._report_failure(None, e)
+      return False
+    return self._report_async_errors()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 

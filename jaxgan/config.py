@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 500
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before the run stops
+  c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
 
   c.mesh = ml_collections.ConfigDict()
@@ -136,7 +138,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.log_every", "train.sample_every", "train.checkpoint_every",
-              "train.keep_checkpoints", "train.samples_per_class"):
+              "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps"):
     _positive_int(config, key)
   nc = config.data.num_classes
   _require(isinstance(nc, int) and nc >= 0, "data.num_classes",

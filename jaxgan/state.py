@@ -23,6 +23,7 @@ class TrainState:
   images_seen: jnp.ndarray  # int32 scalar: real images shown to D (overflows past 2^31)
   rng: jnp.ndarray  # uint32[2]: the run's base key; step keys are fold_in(rng, step)
   nonfinite_streak: jnp.ndarray  # int32 scalar: consecutive skipped (non-finite) steps
+  nonfinite_total: jnp.ndarray  # int32 scalar: all skipped steps of the run
   g_params: PyTree
   g_batch_stats: PyTree
   d_params: PyTree
@@ -57,6 +58,7 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
       images_seen=jnp.zeros((), jnp.int32),
       rng=run_key,
       nonfinite_streak=jnp.zeros((), jnp.int32),
+      nonfinite_total=jnp.zeros((), jnp.int32),
       g_params=g_params,
       g_batch_stats=g_vars.get("batch_stats", {}),
       d_params=d_params,

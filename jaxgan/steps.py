@@ -144,9 +144,12 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     new_state = new_state.replace(
         step=state.step + 1,
         images_seen=state.images_seen + b * n_critic,
-        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+        nonfinite_total=state.nonfinite_total + 1 - finite.astype(jnp.int32))
     metrics = {"d_loss": jnp.mean(jnp.stack(d_values)), "g_loss": g_value, "ema_beta": beta,
-               "nonfinite": 1 - finite.astype(jnp.int32), **aux}
+               "nonfinite": 1 - finite.astype(jnp.int32),
+               "nonfinite_streak": new_state.nonfinite_streak,
+               "nonfinite_total": new_state.nonfinite_total, **aux}
     return new_state, metrics
 
   return step_fn

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # The mesh and process layout may change too: checkpoints restore onto any device count.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
+                  "train.max_nonfinite_steps", "train.tensorboard",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id")
 
@@ -56,14 +57,20 @@ def prepare_workdir(workdir: str) -> None:
                         "pass a --workdir you can write to") from e
 
 
-def config_differences(old: dict, new: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
-  """(key, old, new) for every key whose value differs, except those in RESUMABLE_KEYS."""
+def config_differences(old: dict, new: ml_collections.ConfigDict
+                       ) -> tuple[list[tuple[str, object, object]], list[tuple[str, object, object]]]:
+  """(key, old, new) for every key whose value differs: (blocking, allowed) where `allowed` are
+  the RESUMABLE_KEYS (schedule, logging, layout) and `blocking` everything else."""
   old_flat = dict(config_lib.flat_items(ml_collections.ConfigDict(old)))
-  diffs = []
+  blocking, allowed = [], []
   for key, value in config_lib.flat_items(new):
-    if key in old_flat and old_flat[key] != value and key not in RESUMABLE_KEYS:
-      diffs.append((key, old_flat[key], value))
-  return diffs
+    if key in old_flat and old_flat[key] != value:
+      (allowed if key in RESUMABLE_KEYS else blocking).append((key, old_flat[key], value))
+  return blocking, allowed
+
+
+def _listing(diffs) -> str:
+  return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
 
 
 class _StopRequest:
@@ -166,6 +173,16 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   return report
 
 
+def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
+  if streak >= limit:
+    good = checkpointer.latest_step()
+    raise TrainingError(
+        f"{streak} consecutive non-finite steps up to step {step} (limit "
+        f"train.max_nonfinite_steps={limit}); the last good checkpoint is "
+        f"{'step ' + str(good) if good is not None else 'none'} in {checkpointer.directory}: "
+        "lower the learning rates or use bfloat16 -> float32, then rerun to resume from it")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
@@ -179,13 +196,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt_lib.abstract_like(run.abstract_state, run.state_shardings))
   if restored is not None:
     start_step, state, meta = restored
-    diffs = config_differences(meta.get("config", {}), config)
-    if diffs and not allow_config_change:
-      listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+    blocking, allowed = config_differences(meta.get("config", {}), config)
+    if blocking and not allow_config_change:
       checkpointer.close()
       raise TrainingError(f"config differs from checkpoint step {start_step} in {workdir} "
-                          f"({listing}); pass --allow_config_change to continue anyway")
+                          f"({_listing(blocking)}); pass --allow_config_change to continue anyway")
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
+    if allowed:
+      log.info("config changes since that checkpoint (allowed): %s", _listing(allowed))
+    if blocking:
+      log.warning("config changes since that checkpoint, accepted by --allow_config_change: %s",
+                  _listing(blocking))
     if is_main:
       writers.drop_rows_after(workdir, start_step)
   else:
@@ -203,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config.data.num_classes, cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
-  writer = writers.MetricsWriter(workdir, enabled=is_main)
+  writer = writers.MetricsWriter(workdir, enabled=is_main, tensorboard=cfg.tensorboard)
   images_per_step = cfg.batch_size * cfg.n_critic
 
   def meta(step: int) -> dict:
@@ -222,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
                   dynamic_ncols=True, desc="train")
   interval_start, interval_steps = None, 0
+  pending_streak = None  # the previous step's skip streak, read one step late to keep dispatch async
   try:
     with _StopRequest() as stop:
       while step < cfg.num_steps:
@@ -229,6 +251,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = run.train_step(state, batch)
         step += 1
         progress.update(1)
+        if pending_streak is not None:
+          _check_nonfinite(int(sharding.to_host(pending_streak)), step - 1, cfg.max_nonfinite_steps,
+                           checkpointer)
+        pending_streak = metrics["nonfinite_streak"]
         if interval_start is None:  # time from the first finished step: excludes compilation
           jax.block_until_ready(metrics)
           interval_start, interval_steps = time.perf_counter(), 0
@@ -237,6 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last = step == cfg.num_steps or stop.signal is not None
         if step % cfg.log_every == 0 or last:
           values = {k: float(v) for k, v in sharding.to_host(metrics).items()}
+          _check_nonfinite(int(values["nonfinite_streak"]), step, cfg.max_nonfinite_steps,
+                           checkpointer)
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
           values.update(images_per_sec=ips,

@@ -1,0 +1,128 @@
+"""The one image loader: any catalog photo -> square RGB uint8 at the training size, or a reason.
+
+Used by `jaxgan.prepare` and by the on-the-fly sources (folder, manifest, tfds), so every path
+converts images the same way:
+
+1. open lazily and check the header: not an image / empty / more than `max_pixels` pixels / a side
+   shorter than `min_source_size` are rejected *before* decoding (no out-of-memory on a bomb);
+2. first frame of animations (GIF, WebP); EXIF orientation applied;
+3. colour: grayscale, palette, CMYK and 16-bit (scaled, not clipped) become 8-bit RGB;
+   transparency is composited onto the background colour (white by default, never black);
+4. aspect ratio kept by padding to a square with the background colour, centred;
+5. resized with PIL's Lanczos filter (antialiased: it widens its support when downscaling) on the
+   8-bit sRGB values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+  image_size: int
+  background: tuple[int, int, int] = (255, 255, 255)
+  min_source_size: int = 8
+  max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """An image (uint8 [size, size, 3]) or, when rejected, None and the reason."""
+
+  image: Optional[np.ndarray]
+  reason: str = ""
+
+
+def is_image_path(path: str) -> bool:
+  """Image extension (any case) and not hidden."""
+  name = os.path.basename(path)
+  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+  """8-bit RGB, with transparency composited onto `background`."""
+  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # 16/32-bit grayscale: scale the full range to 8 bits (PIL's convert would clip at 255).
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+  elif img.mode == "F":
+    arr = np.asarray(img, dtype=np.float64)
+    scale = 255.0 if arr.max() <= 1.0 else 1.0
+    img = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
+  has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+  if has_alpha:
+    rgba = img.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, background + (255,))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+  return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, RGB
+
+
+def _square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+  w, h = img.size
+  if w == h:
+    return img
+  side = max(w, h)
+  canvas = Image.new("RGB", (side, side), background)
+  canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+  return canvas
+
+
+def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
+  """Steps 2-5 on an opened (header-checked) image."""
+  if getattr(img, "n_frames", 1) > 1:
+    img.seek(0)
+  img = ImageOps.exif_transpose(img)
+  img = _square(_to_rgb(img, options.background), options.background)
+  if img.size[0] != options.image_size:
+    img = img.resize((options.image_size, options.image_size), RESAMPLE)
+  return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
+  """Loads a file path or encoded bytes; never raises for bad input, returns the reason."""
+  try:
+    if isinstance(source, str):
+      if os.path.getsize(source) == 0:
+        return Loaded(None, "empty file")
+      handle = open(source, "rb")
+    else:
+      if not source:
+        return Loaded(None, "empty file")
+      handle = io.BytesIO(source)
+  except OSError as e:
+    return Loaded(None, f"unreadable: {e.strerror or e}")
+  with handle:
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(handle)
+    except Image.DecompressionBombError:
+      return Loaded(None, f"too large: more than {options.max_pixels} pixels")
+    except (UnidentifiedImageError, ValueError):
+      return Loaded(None, "not an image")
+    except OSError as e:
+      return Loaded(None, f"unreadable: {e}")
+    with img:
+      w, h = img.size
+      if w * h > options.max_pixels:
+        return Loaded(None, f"too large: {w}x{h} is more than {options.max_pixels} pixels")
+      if min(w, h) < options.min_source_size:
+        return Loaded(None, f"too small: {w}x{h}, data.min_source_size is {options.min_source_size}")
+      try:
+        img.load()
+        return Loaded(convert(img, options))
+      except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return Loaded(None, f"truncated or corrupt: {e}")

@@ -1,0 +1,146 @@
+"""The image loader on every kind of bad or unusual input: exact outcome for each."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgan.data.images import LoadOptions, is_image_path, load_image
+
+OPTS = LoadOptions(image_size=32, min_source_size=8)
+
+
+def _encode(img, fmt, **kwargs):
+  buf = io.BytesIO()
+  img.save(buf, format=fmt, **kwargs)
+  return buf.getvalue()
+
+
+def _write(tmp_path, name, data):
+  path = tmp_path / name
+  path.write_bytes(data)
+  return str(path)
+
+
+def test_plain_jpeg_is_resized(tmp_path):
+  img = Image.new("RGB", (100, 100), (200, 30, 30))
+  out = load_image(_write(tmp_path, "a.jpg", _encode(img, "JPEG", quality=95)), OPTS)
+  assert out.reason == "" and out.image.shape == (32, 32, 3) and out.image.dtype == np.uint8
+  assert abs(int(out.image[16, 16, 0]) - 200) < 6 and out.image[16, 16, 1] < 40
+
+
+def test_truncated_jpeg_is_rejected(tmp_path):
+  data = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+  out = load_image(_write(tmp_path, "t.jpg", data[: len(data) // 2]), OPTS)
+  assert out.image is None and out.reason.startswith("truncated or corrupt")
+
+
+def test_zero_bytes_is_rejected(tmp_path):
+  assert load_image(_write(tmp_path, "z.jpg", b""), OPTS).reason == "empty file"
+
+
+def test_text_named_jpg_is_rejected(tmp_path):
+  out = load_image(_write(tmp_path, "x.jpg", b"this is not a photo\n" * 10), OPTS)
+  assert out.image is None and out.reason == "not an image"
+
+
+def test_cmyk_becomes_rgb(tmp_path):
+  img = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red in CMYK
+  out = load_image(_write(tmp_path, "c.jpg", _encode(img, "JPEG", quality=95)), OPTS)
+  r, g, b = (int(v) for v in out.image[16, 16])
+  assert out.image.shape == (32, 32, 3) and r > 200 and g < 60 and b < 60
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+  arr = np.full((40, 40), 32768, np.uint16)  # mid grey in 16 bits
+  out = load_image(_write(tmp_path, "g16.png", _encode(Image.fromarray(arr), "PNG")), OPTS)
+  assert out.image.shape == (32, 32, 3)
+  np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
+
+
+def test_transparent_background_becomes_white_not_black(tmp_path):
+  img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # fully transparent black
+  img.paste((0, 0, 255, 255), (10, 10, 30, 30))  # an opaque blue product
+  out = load_image(_write(tmp_path, "t.png", _encode(img, "PNG")), OPTS)
+  np.testing.assert_array_equal(out.image[1, 1], [255, 255, 255])
+  assert tuple(out.image[16, 16]) == (0, 0, 255)
+
+
+def test_transparent_palette_and_custom_background(tmp_path):
+  img = Image.new("P", (20, 20), 0)
+  img.putpalette([0, 0, 0, 10, 200, 10] + [0] * 762)
+  img.paste(1, (5, 5, 15, 15))
+  data = _encode(img, "PNG", transparency=0)
+  out = load_image(_write(tmp_path, "p.png", data), LoadOptions(20, background=(240, 240, 0)))
+  assert tuple(out.image[0, 0]) == (240, 240, 0) and tuple(out.image[10, 10]) == (10, 200, 10)
+
+
+def _png_header_only(width, height):
+  """A PNG whose header claims width x height, with no pixel data to speak of."""
+  def chunk(kind, payload):
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_huge_dimensions_rejected_from_the_header(tmp_path):
+  out = load_image(_write(tmp_path, "huge.png", _png_header_only(100_000, 100_000)), OPTS)
+  assert out.image is None and out.reason.startswith("too large")
+  out = load_image(_write(tmp_path, "big.png", _png_header_only(9000, 9000)), OPTS)
+  assert out.reason == "too large: 9000x9000 is more than 64000000 pixels"
+
+
+def test_one_pixel_is_too_small(tmp_path):
+  out = load_image(_write(tmp_path, "1.png", _encode(Image.new("RGB", (1, 1)), "PNG")), OPTS)
+  assert out.reason == "too small: 1x1, data.min_source_size is 8"
+
+
+def test_very_wide_is_padded_to_a_square(tmp_path):
+  img = Image.new("RGB", (400, 40), (20, 20, 20))
+  out = load_image(_write(tmp_path, "wide.png", _encode(img, "PNG")), OPTS)
+  assert out.image.shape == (32, 32, 3)
+  np.testing.assert_array_equal(out.image[0, 16], [255, 255, 255])  # padding above
+  np.testing.assert_array_equal(out.image[31, 16], [255, 255, 255])  # and below
+  assert out.image[16, 16].max() < 40  # the product, centred
+
+
+def test_exif_rotation_is_applied(tmp_path):
+  img = Image.new("RGB", (40, 20), (255, 0, 0))
+  img.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 CW to display"
+  out = load_image(_write(tmp_path, "r.jpg", _encode(img, "JPEG", quality=95, exif=exif)), OPTS)
+  top, bottom = out.image[6, 16], out.image[26, 16]
+  assert top[0] > 200 and top[2] < 60  # red went to the top
+  assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("fmt,ext", [("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif")])
+def test_other_formats(tmp_path, fmt, ext):
+  img = Image.new("RGB", (24, 24), (0, 128, 0))
+  out = load_image(_write(tmp_path, f"i.{ext}", _encode(img, fmt)), OPTS)
+  assert out.reason == "" and out.image.shape == (32, 32, 3)
+  assert out.image[16, 16, 1] > 100 and out.image[16, 16, 0] < 40
+
+
+def test_gif_takes_the_first_frame(tmp_path):
+  frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255)]]
+  buf = io.BytesIO()
+  frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+  out = load_image(_write(tmp_path, "anim.gif", buf.getvalue()), LoadOptions(16))
+  assert out.image[8, 8, 0] > 200 and out.image[8, 8, 2] < 60
+
+
+def test_grayscale_and_missing_file(tmp_path):
+  out = load_image(_write(tmp_path, "g.png", _encode(Image.new("L", (20, 20), 77), "PNG")), OPTS)
+  np.testing.assert_array_equal(out.image[5, 5], [77, 77, 77])
+  assert load_image(str(tmp_path / "missing.jpg"), OPTS).reason.startswith("unreadable")
+
+
+def test_image_path_filter():
+  assert is_image_path("a/B/photo.JPG") and is_image_path("x.webp") and is_image_path("y.Png")
+  assert not is_image_path("a/.hidden.jpg") and not is_image_path("notes.txt")

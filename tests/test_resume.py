@@ -1,0 +1,184 @@
+"""Preemption safety: SIGKILL/SIGTERM, damaged checkpoints, config changes, non-finite steps,
+failing checkpoint writes."""
+
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxgan import losses, trainer, workdir as workdir_lib, writers
+from tests.conftest import REPO, tiny_config
+
+TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
+              "--config.model.z_dim=8", "--config.model.g_width=8", "--config.model.d_width=8",
+              "--config.model.embed_dim=4", "--config.train.batch_size=8",
+              "--config.train.ema_half_life_images=64", "--config.train.tensorboard=False"]
+
+
+def _default_config_with(flags):
+  """configs/default.py with `--config.k=v` flags applied, as the CLI would."""
+  spec = importlib.util.spec_from_file_location("default_cfg", os.path.join(REPO, "configs", "default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for flag in flags:
+    key, value = flag[len("--config."):].split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    old = node[leaf]
+    node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
+  return config
+
+
+def _train_cmd(workdir, flags):
+  return [sys.executable, "-m", "jaxgan.train", "--config", "configs/default.py", "--workdir",
+          str(workdir), *flags]
+
+
+def _assert_same_state(a, b):
+  la, lb = jax.tree_util.tree_leaves(jax.device_get(a)), jax.tree_util.tree_leaves(jax.device_get(b))
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _kill_after_checkpoint(cmd, checkpoint_dir, min_step):
+  """Starts `cmd`, SIGKILLs it as soon as a checkpoint >= min_step is complete."""
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()] if os.path.isdir(checkpoint_dir) else []
+    if steps and max(steps) >= min_step:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      return max(steps)
+    time.sleep(0.02)
+  proc.kill()
+  raise AssertionError(f"run ended before a checkpoint >= {min_step}: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
+  flags = TINY_FLAGS + ["--config.train.num_steps=300", "--config.train.checkpoint_every=25",
+                        "--config.train.log_every=25", "--config.train.sample_every=1000"]
+  workdir = tmp_path / "killed"
+  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 50)
+  assert killed_at < 300  # really mid-run
+  done = subprocess.run(_train_cmd(workdir, flags), cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
+  _, step, resumed, _ = workdir_lib.load_latest(str(workdir))
+  assert step == 300
+  _assert_same_state(resumed, reference)
+  # The log has each step once, in order, despite the kill.
+  steps = [r["step"] for r in writers.read_metrics(str(workdir))]
+  assert steps == list(range(25, 301, 25))
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+  flags = TINY_FLAGS + ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+                        "--config.train.log_every=10", "--config.train.sample_every=100000"]
+  workdir = tmp_path / "w"
+  proc = subprocess.Popen(_train_cmd(workdir, flags), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "SIGTERM received: stopped after step" in out
+  stopped = int(out.split("stopped after step ")[1].split(",")[0])
+  _, step, state, _ = workdir_lib.load_latest(str(workdir))
+  assert step == stopped == int(state.step) and 0 < stopped < 100000
+
+
+def _corrupt(step_dir):
+  """Truncates every data file of a checkpoint step to zero bytes."""
+  count = 0
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), "w"):
+        count += 1
+  assert count > 0
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+  config = tiny_config(**{"train.tensorboard": False})
+  reference = trainer.train_and_evaluate(config, str(tmp_path / "ref"))
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(config, str(workdir))
+  _corrupt(workdir / "checkpoints" / "4")
+  # A half-written step left by a crash must be ignored too.
+  (workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1234").mkdir()
+  with caplog.at_level(logging.WARNING):
+    resumed = trainer.train_and_evaluate(config, str(workdir))
+  assert any("checkpoints/4 is unreadable" in r.getMessage() for r in caplog.records)
+  assert os.listdir(str(workdir / "checkpoints") + ".corrupt")  # moved aside, not deleted
+  _assert_same_state(resumed, reference)  # retrained 2 -> 4 exactly as before
+
+
+def test_allowed_and_forced_config_changes(tmp_path, caplog):
+  workdir = str(tmp_path / "w")
+  trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False, "train.num_steps": 2}), workdir)
+  with caplog.at_level(logging.INFO):
+    state = trainer.train_and_evaluate(
+        tiny_config(**{"train.tensorboard": False, "train.log_every": 1}), workdir)
+  assert int(state.step) == 4
+  assert any("(allowed): train.log_every: 2 -> 1; train.num_steps: 2 -> 4" in r.getMessage()
+             for r in caplog.records)
+  with pytest.raises(trainer.TrainingError, match=r"train.batch_size: 8 -> 16"):
+    trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6}), workdir)
+  state = trainer.train_and_evaluate(
+      tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 6}),
+      workdir, allow_config_change=True)
+  assert int(state.step) == 6
+
+
+def _nan_loss():
+  if "always_nan_for_tests" not in losses.LOSSES:
+    nan = lambda *logits: logits[0].mean() * np.nan
+    losses.LOSSES.register("always_nan_for_tests")(losses.Loss(d_loss=nan, g_loss=nan))
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
+  _nan_loss()
+  config = tiny_config(**{"loss.name": "always_nan_for_tests", "train.max_nonfinite_steps": 3,
+                          "train.num_steps": 50, "train.log_every": 10, "train.tensorboard": False})
+  with pytest.raises(trainer.TrainingError,
+                     match=r"3 consecutive non-finite steps up to step 3 .*last good checkpoint is "
+                           r"step 2"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  _, _, state, _ = workdir_lib.load_latest(str(tmp_path / "w"))
+  fresh = jax.jit(trainer.build_run(config).init)()
+  _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
+
+
+def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, caplog):
+  original = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step == 4:
+      raise OSError(28, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  workdir = str(tmp_path / "w")
+  with caplog.at_level(logging.ERROR):
+    state = trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), workdir)
+  assert int(state.step) == 4  # the run went on
+  assert any("writing step 4" in r.getMessage() and "No space left" in r.getMessage()
+             and "previous checkpoint (step 2) is still valid" in r.getMessage()
+             for r in caplog.records)
+  _, step, restored, _ = workdir_lib.load_latest(workdir)
+  assert step == 2 and int(restored.step) == 2
