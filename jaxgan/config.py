@@ -30,7 +30,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # where the source reads from (unused by 'synthetic')
   c.data.image_size = 32
   c.data.num_classes = 8  # 0 trains an unconditional model
-  c.data.random_flip = False
+  c.data.random_flip = False  # horizontal flips of real images (on device, seeded)
+  # Real catalogs (folder / manifest / tfds / prepared sources, see jaxgan/data/).
+  c.data.image_column = ""  # manifest: column holding an image path (absolute or from image_dir)
+  c.data.id_column = "id"  # manifest: id column, used with image_pattern when image_column is ""
+  c.data.image_dir = ""  # manifest: folder of the images (default: the manifest's folder)
+  c.data.image_pattern = "{id}.jpg"  # manifest: file name from the id
+  c.data.label_column = ""  # manifest: class column (e.g. articleType); "" = unconditional
+  c.data.min_class_count = 1  # rarer classes are merged into 'other' or dropped
+  c.data.rare_classes = "other"  # 'other' | 'drop'
+  c.data.tfds_name = ""  # tfds: e.g. 'fashion_mnist', 'cifar10', 'stanford_online_products'
+  c.data.tfds_data_dir = ""
+  c.data.tfds_split = "train"
+  c.data.tfds_image_key = "image"
+  c.data.tfds_label_key = "label"  # "" = unconditional
+  c.data.min_source_size = 8  # images with a shorter side are skipped
+  c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
+  c.data.max_bad_fraction = 0.01  # stop when more of the images are unusable
+  c.data.cache_dir = ""  # decoded images in a memory-mapped file here ("" = in memory)
+  c.data.workers = 0  # decoding processes (0 = every core)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dcgan"  # registry name, see jaxgan/models/

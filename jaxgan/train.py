@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgan import checkpoint, config as config_lib, trainer
+from jaxgan import checkpoint, config as config_lib, data, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -34,7 +34,8 @@ def main(argv):
     else:
       trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                  allow_config_change=FLAGS.allow_config_change)
-  except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError) as e:
+  except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError,
+          data.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

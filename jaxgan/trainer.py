@@ -190,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   prepare_workdir(workdir)
   is_main = jax.process_index() == 0
   cfg = config.train
+  source = data_lib.build_source(config)  # reads and checks the data before anything compiles
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
   restored = checkpointer.restore_latest(
@@ -216,7 +217,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
 
-  source = data_lib.build_source(config)
   per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
   batches = data_lib.prefetch(source.batches(per_process, start_step, jax.process_index(),
                                              jax.process_count()))
@@ -268,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
           values.update(images_per_sec=ips,
-                        images_seen=int(sharding.to_host(state.images_seen)))
+                        images_seen=int(sharding.to_host(state.images_seen)),
+                        data_bad_files=getattr(source, "bad_files", 0))
           writer.write_scalars(step, values)
           progress.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}",
                                img_s=f"{ips:.0f}")

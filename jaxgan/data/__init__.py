@@ -17,15 +17,26 @@ import queue
 import threading
 from typing import Iterator, TypeVar
 
+from jaxgan.data.arrays import ArraySource, DataError
+from jaxgan.data.folder import FolderSource
+from jaxgan.data.manifest import ManifestSource
+from jaxgan.data.prepared import PreparedSource
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
+from jaxgan.data.tfds_source import TfdsSource
 from jaxgan.registry import Registry
 
+# TensorFlow is imported by the real sources only when they load data (jaxgan.tf_host).
 SOURCES: Registry = Registry("data source")
 SOURCES.register("synthetic")(SyntheticCatalog)
+SOURCES.register("folder")(FolderSource)
+SOURCES.register("manifest")(ManifestSource)
+SOURCES.register("tfds")(TfdsSource)
+SOURCES.register("prepared")(PreparedSource)
 
 T = TypeVar("T")
 
-__all__ = ["SOURCES", "CATEGORY_NAMES", "SyntheticCatalog", "build_source", "prefetch"]
+__all__ = ["SOURCES", "CATEGORY_NAMES", "ArraySource", "DataError", "SyntheticCatalog",
+           "build_source", "prefetch"]
 
 
 def build_source(config):

@@ -1,0 +1,241 @@
+"""Decoded catalogs as uint8 arrays, served by a tf.data pipeline whose order is a pure function
+of (seed, position).
+
+Every real source (folder, manifest, tfds, prepared) ends as an `ArraySource`: images
+uint8 [N, S, S, 3] (in memory, or a memory-mapped cache file for sets larger than RAM) and labels
+int32 [N]. Example `p` of the infinite stream is `index_shuffle(p mod N, seed=(seed, p div N))`: a
+seeded permutation per epoch that needs no state, so the iterator position is just the step and a
+resumed run sees exactly the data of an uninterrupted one, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxgan import tf_host
+from jaxgan.data.images import Loaded, LoadOptions, load_image
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+  """A data set that cannot be trained on; the message names the file and what to do."""
+
+
+def num_workers(requested: int = 0) -> int:
+  """Decoding processes: `requested`, or every core when 0."""
+  return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def _load(args: tuple[str, LoadOptions]) -> Loaded:
+  return load_image(*args)
+
+
+def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
+               desc: str = "decode", cache_file: Optional[str] = None
+               ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+  """Loads every path with the one image loader, in parallel, with a progress bar.
+
+  Returns (images uint8 [M, S, S, 3] of the accepted files in input order, their indices into
+  `paths`, skipped [{'path', 'reason'}]). With `cache_file`, images go to a memory-mapped .npy.
+  """
+  size = options.image_size
+  n = len(paths)
+  workers = min(num_workers(workers), max(n, 1))
+  if cache_file:
+    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    out = np.lib.format.open_memmap(cache_file + ".tmp.npy", "w+", np.uint8, (n, size, size, 3))
+  else:
+    out = np.empty((n, size, size, 3), np.uint8)
+  keep = np.zeros(n, bool)
+  skipped = []
+  jobs = ((p, options) for p in paths)
+  progress = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200)
+  if workers > 1:
+    # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      results = pool.imap(_load, jobs, chunksize=64)
+      _collect(results, paths, out, keep, skipped, progress)
+  else:
+    _collect(map(_load, jobs), paths, out, keep, skipped, progress)
+  progress.close()
+  indices = np.flatnonzero(keep)
+  if cache_file:
+    images = np.lib.format.open_memmap(cache_file + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
+    for start in range(0, len(indices), 4096):
+      images[start:start + 4096] = out[indices[start:start + 4096]]
+    images.flush()
+    del out
+    os.remove(cache_file + ".tmp.npy")
+  else:
+    images = out[indices] if len(indices) != n else out
+  return images, indices, skipped
+
+
+def _collect(results, paths, out, keep, skipped, progress) -> None:
+  for i, loaded in enumerate(results):
+    if loaded.image is None:
+      skipped.append({"path": paths[i], "reason": loaded.reason})
+    else:
+      out[i] = loaded.image
+      keep[i] = True
+    progress.update(1)
+
+
+def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float, where: str) -> None:
+  """Logs every skipped file; raises DataError when too many of them are bad."""
+  for item in skipped[:20]:
+    log.warning("skipping %s: %s", item["path"], item["reason"])
+  if len(skipped) > 20:
+    log.warning("... and %d more skipped files", len(skipped) - 20)
+  if total and len(skipped) / total > max_bad_fraction:
+    first = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+    raise DataError(f"{len(skipped)} of {total} images in {where} are unusable, more than "
+                    f"data.max_bad_fraction={max_bad_fraction} (first: {first}); fix or remove "
+                    "them, or raise data.max_bad_fraction")
+
+
+class ArraySource:
+  """Labelled uint8 images, streamed in a seeded, stateless order through tf.data."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+               seed: int, bad_files: int = 0):
+    if len(images) == 0:
+      raise DataError("the data set has no usable images")
+    self.images = images
+    self.labels = np.asarray(labels, np.int32)
+    self.class_names = list(class_names)
+    self.seed = seed
+    self.bad_files = bad_files  # reported in the metrics
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.images)
+
+  def indices(self, positions):
+    """Dataset indices of stream positions (a tf int64 tensor): a permutation per epoch."""
+    tf = tf_host.import_tensorflow()
+    n = self.num_examples
+    epoch, offset = positions // n, positions % n
+    # The raw op, with a [n, 3] seed per element: (a constant tag, run seed, epoch). (The public
+    # tf.random.experimental.index_shuffle pads [n, 2] seeds along the wrong axis.)
+    fill = lambda value: tf.fill(tf.shape(positions), tf.constant(value, tf.int64))
+    seeds = tf.stack([fill(0x6A61), fill(self.seed), epoch], -1)
+    return tf.raw_ops.RandomIndexShuffle(index=offset, seed=seeds, max_index=fill(n - 1), rounds=4)
+
+  def dataset(self, batch_size: int, start_step: int, process_index: int = 0,
+              process_count: int = 1):
+    """tf.data.Dataset of this process's share of each global batch, from `start_step` on."""
+    tf = tf_host.import_tensorflow()
+    global_batch = batch_size * process_count
+    offsets = tf.range(batch_size, dtype=tf.int64) + process_index * batch_size
+
+    def positions(step):
+      return step * global_batch + offsets
+
+    if isinstance(self.images, np.memmap):  # larger than RAM: gather from the mapped file
+      gather = lambda idx: tf.numpy_function(lambda i: np.ascontiguousarray(self.images[i]),
+                                             [idx], tf.uint8, stateful=False)
+    else:
+      images = tf.constant(self.images)
+      gather = lambda idx: tf.gather(images, idx)
+    labels = tf.constant(self.labels)
+    size = self.images.shape[1]
+
+    def load(step):
+      idx = self.indices(positions(step))
+      image = tf.ensure_shape(gather(idx), (batch_size, size, size, 3))
+      return {"image": image, "label": tf.gather(labels, idx)}
+
+    ds = tf.data.Dataset.range(start_step, 2**62)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+  def batches(self, batch_size: int, start_step: int, process_index: int = 0,
+              process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    return self.dataset(batch_size, start_step, process_index, process_count).as_numpy_iterator()
+
+
+def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
+                  ) -> tuple[np.ndarray, list[str], np.ndarray]:
+  """Sorted class names and integer labels; classes with fewer than `min_count` examples are
+  merged into one 'other' class (last) or dropped. Returns (labels, class_names, kept mask)."""
+  values, counts = np.unique(np.asarray(names, dtype=object).astype(str), return_counts=True)
+  common = [v for v, c in zip(values, counts) if c >= min_count]
+  rare_set = {v for v, c in zip(values, counts) if c < min_count}
+  class_names = sorted(common) + (["other"] if rare == "other" and rare_set else [])
+  index = {name: i for i, name in enumerate(class_names)}
+  labels = np.full(len(names), -1, np.int32)
+  for i, name in enumerate(names):
+    name = str(name)
+    if name in index and name not in rare_set:
+      labels[i] = index[name]
+    elif name in rare_set and rare == "other":
+      labels[i] = index["other"]
+  return labels, class_names, labels >= 0
+
+
+def load_options(config) -> LoadOptions:
+  d = config.data
+  return LoadOptions(image_size=d.image_size, min_source_size=d.min_source_size,
+                     max_pixels=d.max_pixels)
+
+
+def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
+  """data.num_classes must match what the data holds (0 for unconditional training)."""
+  from jaxgan.config import ConfigError  # same layer; lazy to keep import order simple
+
+  want = config.data.num_classes
+  if want not in (0, len(class_names)):
+    shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
+    raise ConfigError(f"config key data.num_classes: {where} has {len(class_names)} classes "
+                      f"({shown}), got {want}; set --config.data.num_classes={len(class_names)} "
+                      "(or 0 to train unconditionally)")
+
+
+def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
+                   where: str, missing: Sequence[dict] = ()) -> ArraySource:
+  """Decodes `paths` (cached when data.cache_dir is set), drops and reports bad files, and wraps
+  the rest in an ArraySource. Labels are zeroed for unconditional training."""
+  require_num_classes(config, class_names, where)
+  d = config.data
+  cache_file = None
+  if d.cache_dir:
+    import hashlib
+    import json
+    key = hashlib.sha256(json.dumps([list(paths), d.image_size, d.min_source_size, d.max_pixels])
+                         .encode()).hexdigest()[:16]
+    cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
+  if cache_file and os.path.exists(cache_file + ".npy") and os.path.exists(cache_file + ".json"):
+    import json
+    images = np.load(cache_file + ".npy", mmap_mode="r")
+    with open(cache_file + ".json", encoding="utf-8") as f:
+      meta = json.load(f)
+    indices, skipped = np.asarray(meta["indices"], np.int64), meta["skipped"]
+    log.info("decoded images of %s from cache %s.npy", where, cache_file)
+  else:
+    images, indices, skipped = decode_all(paths, load_options(config), d.workers,
+                                          desc=f"decode {os.path.basename(where.rstrip('/'))}",
+                                          cache_file=cache_file)
+    if cache_file:
+      import json
+      with open(cache_file + ".json", "w", encoding="utf-8") as f:
+        json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
+  for item in list(missing)[:20]:
+    log.warning("skipping %s: %s", item["path"], item["reason"])
+  check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
+  labels = np.asarray(labels, np.int32)[indices] if d.num_classes else np.zeros(len(indices), np.int32)
+  if len(indices) == 0:
+    first = (list(missing) + skipped)[:1]
+    raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
+                                                       f"{first[0]['reason']})" if first else ""))
+  return ArraySource(images, labels, class_names if d.num_classes else [], config.seed,
+                     bad_files=len(skipped))

@@ -1,0 +1,56 @@
+"""`data.source = 'folder'`: a directory of product photos; label = first-level subfolder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_labels
+from jaxgan.data.images import is_image_path
+
+
+def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
+  """(image paths, their first-level folder names or "" when flat, skipped), sorted, recursive.
+
+  Hidden files and folders are ignored; extensions match case-insensitively. When the root has
+  class folders, images lying directly in it belong to no class and are skipped.
+  """
+  if not os.path.isdir(root):
+    raise DataError(f"data.path {root!r} is not a directory; point it at your image folder")
+  paths, folders = [], []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    rel = os.path.relpath(dirpath, root)
+    top = "" if rel == "." else rel.split(os.sep)[0]
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      if is_image_path(path):
+        paths.append(path)
+        folders.append(top)
+  skipped = []
+  if any(folders):
+    kept = [(p, f) for p, f in zip(paths, folders) if f]
+    skipped = [{"path": p, "reason": "outside the class folders"} for p, f in zip(paths, folders)
+               if not f]
+    paths, folders = [p for p, _ in kept], [f for _, f in kept]
+  return paths, folders, skipped
+
+
+class FolderSource(ArraySource):
+  @staticmethod
+  def validate(config) -> None:
+    from jaxgan.config import ConfigError
+
+    if not config.data.path:
+      raise ConfigError("config key data.path: the folder source needs the image directory")
+
+  @classmethod
+  def from_config(cls, config) -> ArraySource:
+    root = config.data.path
+    paths, folders, outside = scan_folder(root)
+    if any(folders):
+      labels, class_names, _ = encode_labels(folders)
+    else:
+      labels, class_names = np.zeros(len(paths), np.int32), []
+    return decoded_source(config, paths, labels, class_names, root, missing=outside)

@@ -1,0 +1,125 @@
+"""Prepared data sets: what `python -m jaxgan.prepare` writes and `data.source = 'prepared'` reads.
+
+Layout of OUT/:
+  dataset_info.json          num_examples, image_size, class_names, class_counts, skipped, shards
+  train-00000-of-0000N.tfrecord ...   tf.train.Examples: 'image' (raw uint8 bytes, S*S*3),
+                                      'label' (int64)
+Images are stored pre-resized and undecoded (raw bytes), so reading is a memcpy, and the files
+are byte-identical when the same input is prepared again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from jaxgan import tf_host
+from jaxgan.data.arrays import ArraySource, DataError, require_num_classes
+
+INFO_FILE = "dataset_info.json"
+EXAMPLES_PER_SHARD = 4096
+
+
+def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
+                   class_names: Sequence[str], skipped: list[dict], extra: dict | None = None) -> dict:
+  """Writes the shards and dataset_info.json (atomically: temp files renamed at the end)."""
+  tf = tf_host.import_tensorflow()
+  os.makedirs(out_dir, exist_ok=True)
+  n = len(images)
+  num_shards = max(1, -(-n // EXAMPLES_PER_SHARD))
+  shards = []
+  for s in range(num_shards):
+    name = f"train-{s:05d}-of-{num_shards:05d}.tfrecord"
+    tmp = os.path.join(out_dir, name + ".tmp")
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[images[i].tobytes()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(labels[i])])),
+        }
+        writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                     .SerializeToString())
+    os.replace(tmp, os.path.join(out_dir, name))
+    shards.append(name)
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names)) if class_names else []
+  info = {
+      "num_examples": int(n),
+      "image_size": int(images.shape[1]) if n else 0,
+      "class_names": list(class_names),
+      "class_counts": {c: int(k) for c, k in zip(class_names, counts)},
+      "skipped": list(skipped),
+      "shards": shards,
+      "format": "tfrecord: image = raw uint8 bytes [image_size, image_size, 3], label = int64",
+      **(extra or {}),
+  }
+  tmp = os.path.join(out_dir, INFO_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, os.path.join(out_dir, INFO_FILE))
+  return info
+
+
+def read_info(out_dir: str) -> dict:
+  path = os.path.join(out_dir, INFO_FILE)
+  if not os.path.isfile(path):
+    raise DataError(f"{path} not found: data.path must be a folder written by "
+                    "`python -m jaxgan.prepare`")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(images uint8 [N, S, S, 3], labels int32 [N], info) from the shards, in order."""
+  tf = tf_host.import_tensorflow()
+  info = read_info(out_dir)
+  size, n = info["image_size"], info["num_examples"]
+  files = [os.path.join(out_dir, s) for s in info["shards"]]
+  for f in files:
+    if not os.path.isfile(f):
+      raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
+  spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+  def parse(records):
+    ex = tf.io.parse_example(records, spec)
+    return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
+
+  images = np.empty((n, size, size, 3), np.uint8)
+  labels = np.empty((n,), np.int32)
+  at = 0
+  ds = tf.data.TFRecordDataset(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  for img, lab in ds.prefetch(2).as_numpy_iterator():
+    if at + len(img) > n:
+      raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare again")
+    images[at:at + len(img)], labels[at:at + len(img)] = img, lab
+    at += len(img)
+  if at != n:
+    raise DataError(f"{out_dir} holds {at} examples, {INFO_FILE} says {n}: a shard is truncated; "
+                    "prepare the data set again")
+  return images, labels, info
+
+
+class PreparedSource(ArraySource):
+  @staticmethod
+  def validate(config) -> None:
+    from jaxgan.config import ConfigError
+
+    if not config.data.path:
+      raise ConfigError("config key data.path: the prepared source needs the folder written by "
+                        "`python -m jaxgan.prepare`")
+    info = read_info(config.data.path)
+    if info["image_size"] != config.data.image_size:
+      raise ConfigError(f"config key data.image_size: {config.data.path} was prepared at "
+                        f"{info['image_size']}, got {config.data.image_size}; set "
+                        f"--config.data.image_size={info['image_size']} or prepare again")
+    require_num_classes(config, info["class_names"], config.data.path)
+
+  @classmethod
+  def from_config(cls, config) -> ArraySource:
+    images, labels, info = read_prepared(config.data.path)
+    conditional = config.data.num_classes > 0
+    return ArraySource(images, labels if conditional else np.zeros_like(labels),
+                       info["class_names"] if conditional else [], config.seed)

@@ -1,0 +1,233 @@
+"""Real-catalog sources (folder, manifest, tfds, prepared), the tf.data order, and prepare."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgan import config as config_lib
+from jaxgan import prepare as prepare_cli
+from jaxgan.data import SOURCES, ArraySource, DataError, build_source
+from jaxgan.data.arrays import encode_labels
+from tests.conftest import tiny_config
+
+CATALOG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                       "data", "catalog")
+
+
+def _img(path, colour, size=(20, 20), fmt=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.new("RGB", size, colour).save(path, format=fmt)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  root = tmp_path / "photos"
+  _img(str(root / "shirts" / "a.png"), (200, 0, 0))
+  _img(str(root / "shirts" / "summer" / "b.JPG"), (190, 10, 0), fmt="JPEG")  # nested, upper case
+  _img(str(root / "shoes" / "c.webp"), (0, 0, 200), fmt="WEBP")
+  _img(str(root / "shoes" / "d.png"), (0, 10, 190))
+  _img(str(root / "shoes" / ".hidden.png"), (0, 255, 0))  # hidden: ignored
+  _img(str(root / ".cache" / "e.png"), (0, 255, 0))  # hidden folder: ignored
+  (root / "shoes" / "notes.txt").write_text("not an image")  # other extension: ignored
+  (root / "shoes" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # bad: skipped, counted
+  _img(str(root / "loose.png"), (9, 9, 9))  # outside the class folders
+  return root
+
+
+def _config(**kw):
+  c = tiny_config(**{"data.workers": 1, **kw})
+  return c
+
+
+def test_folder_source(folder):
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+                      "data.max_bad_fraction": 0.5})
+  config_lib.validate(config, 1)
+  source = build_source(config)
+  assert source.class_names == ["shirts", "shoes"]
+  assert source.num_examples == 4 and source.bad_files == 1
+  reds = source.images[source.labels == 0][:, 8, 8, 0]
+  blues = source.images[source.labels == 1][:, 8, 8, 2]
+  assert (reds > 150).all() and (blues > 150).all()
+
+
+def test_folder_too_many_bad_files_stops_with_the_list(folder):
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2})
+  with pytest.raises(DataError, match=r"1 of 5 images .* data.max_bad_fraction=0.01 \(first: "
+                                      r".*broken.jpg: not an image"):
+    build_source(config)
+
+
+def test_folder_class_count_must_match(folder):
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 3,
+                      "data.max_bad_fraction": 0.5})
+  with pytest.raises(config_lib.ConfigError, match=r"data.num_classes: .* has 2 classes "
+                                                   r"\(shirts, shoes\), got 3"):
+    build_source(config)
+
+
+def test_flat_folder_is_unconditional(tmp_path):
+  for i in range(3):
+    _img(str(tmp_path / "flat" / f"{i}.png"), (i * 50, 0, 0))
+  config = _config(**{"data.source": "folder", "data.path": str(tmp_path / "flat"),
+                      "data.num_classes": 0})
+  source = build_source(config)
+  assert source.class_names == [] and source.num_examples == 3 and set(source.labels) == {0}
+
+
+def _manifest(tmp_path, rows, name="styles.csv"):
+  images = tmp_path / "images"
+  for row in rows:
+    if row.get("exists", True):
+      _img(str(images / f"{row['id']}.jpg"), row.get("colour", (100, 100, 100)), fmt="JPEG")
+  path = tmp_path / name
+  if name.endswith(".csv"):
+    path.write_text("id,articleType\n" + "".join(f"{r['id']},{r['type']}\n" for r in rows))
+  else:
+    path.write_text("".join(json.dumps({"file": f"images/{r['id']}.jpg", "type": r["type"]}) + "\n"
+                            for r in rows))
+  return path, images
+
+
+MANIFEST_ROWS = ([{"id": i, "type": "Tshirts"} for i in range(4)]
+                 + [{"id": 10 + i, "type": "Watches"} for i in range(3)]
+                 + [{"id": 20, "type": "Scarves"}, {"id": 30, "type": "Tshirts", "exists": False}])
+
+
+@pytest.mark.parametrize("rare,classes,count", [("other", ["Tshirts", "Watches", "other"], 8),
+                                                ("drop", ["Tshirts", "Watches"], 7)])
+def test_manifest_csv(tmp_path, rare, classes, count):
+  path, images = _manifest(tmp_path, MANIFEST_ROWS)
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.image_dir": str(images), "data.label_column": "articleType",
+                      "data.min_class_count": 2, "data.rare_classes": rare,
+                      "data.num_classes": len(classes)})
+  config_lib.validate(config, 1)
+  source = build_source(config)
+  assert source.class_names == classes and source.num_examples == count
+  assert source.bad_files == 0  # the missing file is reported, not counted as a bad image
+
+
+def test_manifest_jsonl_with_image_column(tmp_path):
+  path, _ = _manifest(tmp_path, MANIFEST_ROWS[:7], name="skus.jsonl")
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.image_column": "file", "data.label_column": "type",
+                      "data.num_classes": 2})
+  source = build_source(config)
+  assert source.class_names == ["Tshirts", "Watches"] and source.num_examples == 7
+
+
+def test_manifest_unknown_column(tmp_path):
+  path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.image_dir": str(images), "data.label_column": "colour"})
+  with pytest.raises(DataError, match=r"no column 'colour' \(columns: id, articleType\)"):
+    build_source(config)
+
+
+def test_encode_labels():
+  labels, names, kept = encode_labels(["b", "a", "b", "c", "b", "a"], min_count=2, rare="other")
+  assert names == ["a", "b", "other"] and labels.tolist() == [1, 0, 1, 2, 1, 0] and kept.all()
+
+
+def test_tfds_source_with_mock_data():
+  import tensorflow_datasets as tfds
+
+  config = _config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
+                      "data.num_classes": 10})
+  with tfds.testing.mock_data(num_examples=12):
+    source = build_source(config)
+  assert source.num_examples == 12 and source.images.shape == (12, 16, 16, 3)
+  assert source.class_names[0] == "T-shirt/top" and len(source.class_names) == 10
+  assert source.labels.min() >= 0 and source.labels.max() < 10
+
+
+def _array_source(n=10, seed=0):
+  images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+  return ArraySource(images, np.arange(n) % 3, ["a", "b", "c"], seed)
+
+
+def test_order_is_a_seeded_permutation_per_epoch_and_resumable():
+  source = _array_source()
+  stream = source.batches(5, 0)
+  first = [next(stream)["image"][:, 0, 0, 0] for _ in range(4)]  # 2 epochs of 10
+  assert sorted(np.concatenate(first[:2])) == list(range(10))
+  assert sorted(np.concatenate(first[2:])) == list(range(10))
+  assert not np.array_equal(np.concatenate(first[:2]), np.concatenate(first[2:]))
+  resumed = next(source.batches(5, 3))["image"][:, 0, 0, 0]
+  np.testing.assert_array_equal(resumed, first[3])
+  halves = [next(source.batches(5, 1, p, 2))["image"][:, 0, 0, 0] for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves),
+                                np.concatenate([first[2], first[3]]))  # global batch 10 at step 1
+  other_seed = next(_array_source(seed=1).batches(10, 0))["image"][:, 0, 0, 0]
+  assert not np.array_equal(other_seed, np.concatenate(first[:2]))
+
+
+def _hash_dir(path):
+  return {name: hashlib.sha256(open(os.path.join(path, name), "rb").read()).hexdigest()
+          for name in sorted(os.listdir(path))}
+
+
+def test_prepare_is_reproducible_and_readable(folder, tmp_path):
+  args = ["--images", str(folder), "--image-size", "16", "--workers", "2"]
+  assert prepare_cli.main(args + ["--out", str(tmp_path / "a")]) == 0
+  assert prepare_cli.main(args + ["--out", str(tmp_path / "b")]) == 0
+  assert _hash_dir(tmp_path / "a") == _hash_dir(tmp_path / "b")
+  info = json.load(open(tmp_path / "a" / "dataset_info.json"))
+  assert info["num_examples"] == 4 and info["image_size"] == 16
+  assert info["class_names"] == ["shirts", "shoes"]
+  assert sum(info["class_counts"].values()) == info["num_examples"]
+  reasons = {os.path.basename(s["path"]): s["reason"] for s in info["skipped"]}
+  assert reasons == {"broken.jpg": "not an image", "loose.png": "outside the class folders"}
+  config = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
+                      "data.num_classes": 2})
+  config_lib.validate(config, 1)
+  prepared = build_source(config)
+  direct = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
+  np.testing.assert_array_equal(prepared.images, direct.images)
+  np.testing.assert_array_equal(prepared.labels, direct.labels)
+  with pytest.raises(config_lib.ConfigError, match="data.image_size: .* was prepared at 16, got 32"):
+    config_lib.validate(_config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
+                                   "data.num_classes": 2, "data.image_size": 32}), 1)
+
+
+def test_file_cache_gives_the_same_data(folder, tmp_path):
+  base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+          "data.max_bad_fraction": 0.5}
+  memory = build_source(_config(**base))
+  cached = build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "cache")}))
+  again = build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "cache")}))
+  assert isinstance(again.images, np.memmap)
+  for source in (cached, again):
+    np.testing.assert_array_equal(np.asarray(source.images), memory.images)
+  np.testing.assert_array_equal(next(again.batches(4, 3))["image"], next(memory.batches(4, 3))["image"])
+
+
+def test_every_source_is_registered():
+  assert set(SOURCES.names()) == {"synthetic", "folder", "manifest", "tfds", "prepared"}
+
+
+@pytest.mark.skipif(not os.path.isdir(CATALOG), reason="../shared/data/catalog is not present")
+def test_catalog_slice_prepares_and_trains(tmp_path):
+  """300 real product photos with articleType labels: prepare, then train a few steps."""
+  from jaxgan import trainer
+
+  rows = open(os.path.join(CATALOG, "styles.csv")).read().splitlines()[:301]
+  (tmp_path / "styles.csv").write_text("\n".join(rows) + "\n")
+  out = tmp_path / "prepared"
+  assert prepare_cli.main(["--images", os.path.join(CATALOG, "images"), "--manifest",
+                           str(tmp_path / "styles.csv"), "--label-column", "articleType",
+                           "--image-size", "16", "--min-class-count", "10", "--out", str(out)]) == 0
+  info = json.load(open(out / "dataset_info.json"))
+  assert info["num_examples"] + len(info["skipped"]) == 300
+  assert sum(info["class_counts"].values()) == info["num_examples"]
+  config = tiny_config(**{"data.source": "prepared", "data.path": str(out),
+                          "data.num_classes": len(info["class_names"]), "train.num_steps": 3,
+                          "train.log_every": 3, "train.tensorboard": False})
+  state = trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert int(state.step) == 3
