@@ -67,9 +67,30 @@ def _kill_after_checkpoint(cmd, checkpoint_dir, min_step):
   raise AssertionError(f"run ended before a checkpoint >= {min_step}: {proc.stderr.read()[-2000:]}")
 
 
-def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
+def _prepared_flags(tmp_path):
+  """A small prepared catalog (two classes of coloured shapes) and the flags to train on it."""
+  from PIL import Image
+
+  from jaxgan import prepare
+
+  for i in range(24):
+    cls = "bags" if i % 2 else "shoes"
+    img = Image.new("RGB", (24, 24), (255, 255, 255))
+    img.paste((i * 10 % 256, 40, 200 if i % 2 else 20), (4, 4 + i % 5, 20, 20))
+    (tmp_path / "raw" / cls).mkdir(parents=True, exist_ok=True)
+    img.save(tmp_path / "raw" / cls / f"{i}.png")
+  assert prepare.main(["--images", str(tmp_path / "raw"), "--image-size", "16", "--workers", "1",
+                       "--out", str(tmp_path / "prepared")]) == 0
+  return ["--config.data.source=prepared", f"--config.data.path={tmp_path / 'prepared'}",
+          "--config.data.num_classes=2", "--config.data.random_flip=True"]
+
+
+@pytest.mark.parametrize("source", ["synthetic", "prepared"])
+def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path, source):
   flags = TINY_FLAGS + ["--config.train.num_steps=300", "--config.train.checkpoint_every=25",
                         "--config.train.log_every=25", "--config.train.sample_every=1000"]
+  if source == "prepared":
+    flags += _prepared_flags(tmp_path)
   workdir = tmp_path / "killed"
   killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 50)
   assert killed_at < 300  # really mid-run

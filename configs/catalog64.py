@@ -1,0 +1,27 @@
+"""Class-conditional DCGAN on a prepared product catalog at 64x64.
+
+Prepare the catalog first (README, "Train on your catalog"), then:
+  python -m jaxgan.train --config configs/catalog64.py --workdir runs/catalog64 \
+      --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
+"""
+
+from jaxgan.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.data.source = "prepared"
+  config.data.path = ""  # the folder written by `python -m jaxgan.prepare`
+  config.data.image_size = 64
+  config.data.num_classes = 0  # set to the number of class_names in dataset_info.json
+  config.data.random_flip = True
+  config.model.name = "dcgan"
+  config.model.g_width = 64
+  config.model.d_width = 64
+  config.train.batch_size = 128
+  config.train.num_steps = 100_000
+  config.train.ema_half_life_images = 10_000
+  config.train.log_every = 100
+  config.train.sample_every = 2_000
+  config.train.checkpoint_every = 5_000
+  return config

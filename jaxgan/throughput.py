@@ -1,0 +1,132 @@
+"""Throughput measurements behind `python -m jaxgan.benchmark`: the real train step, and input.
+
+Timings are medians of individually timed repetitions after a warm-up; nothing here is a unit
+test of speed.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgan import flops as flops_lib
+from jaxgan import models as models_lib
+from jaxgan import trainer
+
+# Dense peak FLOP/s per chip by (device kind substring, compute dtype): vendor data sheets
+# (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units).
+PEAK_FLOPS = {
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 494e12,
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 494e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 156e12,
+    ("TPU v4", "bfloat16"): 275e12,
+    ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5e", "bfloat16"): 197e12,
+    ("TPU v5p", "bfloat16"): 459e12, ("TPU v5", "bfloat16"): 459e12,
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
+  for (kind, kind_dtype), value in PEAK_FLOPS.items():
+    if kind in device_kind and kind_dtype == dtype:
+      return value
+  return None
+
+
+def step_flops_per_image(config) -> float:
+  """Analytic train-step FLOPs per image from the layer shapes of the configured G and D."""
+  g, d = models_lib.build_models(config)
+  size, nc = config.data.image_size, config.data.num_classes
+  z = jnp.zeros((1, config.model.z_dim))
+  labels = jnp.zeros((1,), jnp.int32) if nc else None
+  x = jnp.zeros((1, size, size, 3))
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
+  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
+  g_fwd = flops_lib.forward_flops(lambda v: g.apply(v, z, labels, train=False), g_vars)
+  d_fwd = flops_lib.forward_flops(lambda v: d.apply(v, x, labels, train=False), d_vars)
+  return flops_lib.train_step_flops_per_image(g_fwd, d_fwd, config.train.n_critic)
+
+
+def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
+  """Times the train step that training uses (trainer.build_run), on device-resident data."""
+  run = trainer.build_run(config)
+  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  n = config.train.batch_size * config.train.n_critic
+  size = config.data.image_size
+  key = jax.random.PRNGKey(0)
+  make_batch = jax.jit(lambda k: {
+      "image": jax.random.randint(k, (n, size, size, 3), 0, 256).astype(jnp.uint8),
+      "label": jax.random.randint(k, (n,), 0, max(config.data.num_classes, 1)),
+  }, out_shardings=run.batch_sharding)
+  batch = make_batch(key)
+  for _ in range(warmup):
+    state, metrics = run.train_step(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = run.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  device = jax.devices()[0]
+  per_image = step_flops_per_image(config)
+  images_per_sec = config.train.batch_size / step_s
+  tflops = per_image * images_per_sec / 1e12
+  peak = peak_flops(device.device_kind, config.train.dtype)
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  return {
+      "model": config.model.name, "image_size": size, "batch_size": config.train.batch_size,
+      "dtype": config.train.dtype, "upsample_impl": config.model.upsample_impl,
+      "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
+      "flops_per_image": per_image, "tflops": tflops,
+      "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
+      "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use"),
+      "device_kind": device.device_kind, "num_devices": jax.device_count(),
+      "timed_steps": steps,
+  }
+
+
+def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: int = 64,
+                    batch_size: int = 256, batches: int = 200, workers: int = 0,
+                    limit: int = 0) -> list[dict]:
+  """Images/s of (a) decoding a raw JPEG folder with every core (what the folder and manifest
+  sources do) and (b) serving prepared shards through the tf.data pipeline."""
+  from jaxgan.data import arrays, folder, prepared  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
+
+  results = []
+  if images_dir:
+    paths, _, _ = folder.scan_folder(images_dir)
+    paths = paths[:limit] if limit else paths
+    start = time.perf_counter()
+    images, _, skipped = arrays.decode_all(paths, LoadOptions(image_size), workers, desc="decode")
+    seconds = time.perf_counter() - start
+    results.append({"input": "raw_folder", "path": images_dir, "images": len(paths),
+                    "skipped": len(skipped), "image_size": image_size, "seconds": seconds,
+                    "images_per_sec": len(paths) / seconds,
+                    "workers": arrays.num_workers(workers)})
+  if prepared_dir:
+    start = time.perf_counter()
+    data, labels, info = prepared.read_prepared(prepared_dir)
+    load_seconds = time.perf_counter() - start
+    source = arrays.ArraySource(data, labels, info["class_names"], seed=0)
+    stream = source.batches(batch_size, 0)
+    for _ in range(10):  # warm-up: tf.data graph building and autotuning
+      next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+      batch = next(stream)
+    seconds = time.perf_counter() - start
+    assert batch["image"].shape == (batch_size, info["image_size"], info["image_size"], 3)
+    results.append({"input": "prepared", "path": prepared_dir, "images": len(data),
+                    "image_size": info["image_size"], "load_seconds": load_seconds,
+                    "batch_size": batch_size, "batches": batches,
+                    "images_per_sec": batch_size * batches / seconds,
+                    "cpu_count": os.cpu_count()})
+  return results
