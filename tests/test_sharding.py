@@ -86,21 +86,26 @@ import sys
 from jaxgan import trainer
 from tests.conftest import tiny_config
 trainer.train_and_evaluate(tiny_config(**{'train.batch_size': 16, 'train.num_steps': int(sys.argv[2]),
-                                          'mesh.fsdp': int(sys.argv[3])}), sys.argv[1])
+                                          'mesh.fsdp': int(sys.argv[3]),
+                                          'train.tensorboard': False}), sys.argv[1])
 """
 
 
 def test_checkpoint_moves_between_device_counts(tmp_path):
   workdir = str(tmp_path / "w")
-  for devices, steps, fsdp in ((8, 2, 4), (2, 4, 1), (1, 6, 1)):
+  for devices, steps, fsdp in ((8, 2, 4), (2, 4, 1)):
     proc = _python(TRAIN, devices, workdir, str(steps), str(fsdp))
     assert proc.returncode == 0, proc.stderr[-3000:]
+  # ... and on this process's single device.
+  from jaxgan import trainer
+  trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
+                                            "train.tensorboard": False}), workdir)
   _, step, state, _ = workdir_lib.load_latest(workdir)
   assert step == 6 and int(state.step) == 6 and int(state.images_seen) == 6 * 16
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.g_params))
 
 
-SMALL = ["--config.data.image_size=16", "--config.data.num_classes=3", "--config.model.z_dim=8",
+SMALL = ["--config.train.tensorboard=False", "--config.data.image_size=16", "--config.data.num_classes=3", "--config.model.z_dim=8",
          "--config.model.g_width=8", "--config.model.d_width=8", "--config.model.embed_dim=4",
          "--config.train.batch_size=8", "--config.train.num_steps=5", "--config.train.log_every=5",
          "--config.train.sample_every=5", "--config.train.checkpoint_every=5"]
