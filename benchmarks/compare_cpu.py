@@ -1,0 +1,63 @@
+"""jaxgan's DCGAN-64 train step vs the straightforward Flax port, in one process, on this machine.
+
+  python benchmarks/compare_cpu.py --batch 32 --steps 20 [--dtypes float32,bfloat16]
+
+Each configuration is measured by the same method (warm-up, then the median of individually timed
+steps); rows are printed as a Markdown table with the ratio jaxgan / straightforward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import flax_straightforward  # noqa: E402
+import jax  # noqa: E402
+
+from jaxgan import throughput  # noqa: E402
+
+
+def dcgan64(batch: int, dtype: str, upsample_impl: str = "phase_grad"):
+  spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "benchmark", "dcgan64.py")
+  namespace: dict = {}
+  exec(compile(open(spec).read(), spec, "exec"), namespace)  # the shipped benchmark config
+  config = namespace["get_config"]()
+  config.train.batch_size, config.train.dtype = batch, dtype
+  config.model.upsample_impl = upsample_impl
+  return config
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--dtypes", default="float32")
+  a = p.parse_args()
+  rows = []
+  for dtype in a.dtypes.split(","):
+    base = flax_straightforward.benchmark(a.batch, dtype, a.steps)
+    ours = throughput.benchmark_step(dcgan64(a.batch, dtype), a.steps, 3)
+    dilated = throughput.benchmark_step(dcgan64(a.batch, dtype, "dilated"), a.steps, 3)
+    for row in (base, ours, dilated):
+      print(json.dumps(row), flush=True)
+    rows.append((dtype, base, ours, dilated))
+  print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
+        f"batch {a.batch}, median of {a.steps} steps")
+  print("\n| dtype | straightforward port img/s | jaxgan img/s | jaxgan (XLA transposed conv) img/s "
+        "| jaxgan / port |")
+  print("|---|---|---|---|---|")
+  for dtype, base, ours, dilated in rows:
+    print(f"| {dtype} | {base['images_per_sec']:.1f} | {ours['images_per_sec']:.1f} | "
+          f"{dilated['images_per_sec']:.1f} | {ours['images_per_sec'] / base['images_per_sec']:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()

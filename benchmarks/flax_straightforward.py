@@ -1,0 +1,120 @@
+"""A straightforward Flax Linen port of DCGAN-64, the baseline jaxgan's step is compared with.
+
+What a user would write first from the PyTorch example: nn.ConvTranspose / nn.Conv, BatchNorm,
+BCE, optax Adam 2e-4 / 0.5, one jitted step (D update on real + fake, then G update through the
+updated D) that runs G forward twice (once for D, again for G's gradient), float32 images in, no
+buffer donation. Same math as jaxgan's DCGAN (same layer shapes and initialisation).
+
+  python benchmarks/flax_straightforward.py --batch 64 --dtype float32 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+INIT = nn.initializers.normal(0.02)
+
+
+class G(nn.Module):
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, train=True):
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    h = nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=INIT, dtype=self.dtype)(z)
+    h = nn.relu(bn()(h.reshape(-1, 4, 4, 512)))
+    for c in (256, 128, 64):
+      h = nn.relu(bn()(nn.ConvTranspose(c, (4, 4), (2, 2), "SAME", use_bias=False, kernel_init=INIT,
+                                        dtype=self.dtype)(h)))
+    return jnp.tanh(nn.ConvTranspose(3, (4, 4), (2, 2), "SAME", kernel_init=INIT, dtype=self.dtype)(h)
+                    .astype(jnp.float32))
+
+
+class D(nn.Module):
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    h = x.astype(self.dtype)
+    for i, c in enumerate((64, 128, 256, 512)):
+      h = nn.Conv(c, (4, 4), (2, 2), "SAME", use_bias=i == 0, kernel_init=INIT, dtype=self.dtype)(h)
+      if i:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(h)
+      h = nn.leaky_relu(h, 0.2)
+    return nn.Dense(1, kernel_init=INIT, dtype=self.dtype)(h.reshape(h.shape[0], -1))[:, 0].astype(jnp.float32)
+
+
+def bce(logits, target):
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
+
+
+def make(batch: int, dtype):
+  g, d = G(dtype), D(dtype)
+  tx_g, tx_d = optax.adam(2e-4, 0.5), optax.adam(2e-4, 0.5)
+  kg, kd = jax.random.split(jax.random.PRNGKey(0))
+  gv = g.init(kg, jnp.zeros((2, 100)), train=False)
+  dv = d.init(kd, jnp.zeros((2, 64, 64, 3)), train=False)
+  state = dict(gp=gv["params"], gs=gv["batch_stats"], dp=dv["params"], ds=dv["batch_stats"],
+               go=tx_g.init(gv["params"]), do=tx_d.init(dv["params"]))
+
+  @jax.jit
+  def step(state, real, key):
+    z = jax.random.normal(key, (batch, 100))
+    fake, _ = g.apply({"params": state["gp"], "batch_stats": state["gs"]}, z, mutable=["batch_stats"])
+
+    def d_loss(dp):
+      out, s = d.apply({"params": dp, "batch_stats": state["ds"]}, real, mutable=["batch_stats"])
+      out_f, s = d.apply({"params": dp, "batch_stats": s["batch_stats"]}, jax.lax.stop_gradient(fake),
+                         mutable=["batch_stats"])
+      return bce(out, 1.0) + bce(out_f, 0.0), s["batch_stats"]
+
+    (_, ds), grads = jax.value_and_grad(d_loss, has_aux=True)(state["dp"])
+    upd, do = tx_d.update(grads, state["do"], state["dp"])
+    dp = optax.apply_updates(state["dp"], upd)
+
+    def g_loss(gp):  # G forward again, as a first port does
+      f, s = g.apply({"params": gp, "batch_stats": state["gs"]}, z, mutable=["batch_stats"])
+      out, _ = d.apply({"params": dp, "batch_stats": ds}, f, mutable=["batch_stats"])
+      return bce(out, 1.0), s["batch_stats"]
+
+    (_, gs), grads = jax.value_and_grad(g_loss, has_aux=True)(state["gp"])
+    upd, go = tx_g.update(grads, state["go"], state["gp"])
+    return dict(gp=optax.apply_updates(state["gp"], upd), gs=gs, dp=dp, ds=ds, go=go, do=do)
+
+  return state, step
+
+
+def benchmark(batch: int, dtype: str, steps: int = 20, warmup: int = 3) -> dict:
+  state, step = make(batch, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
+  real = jax.random.uniform(jax.random.PRNGKey(1), (batch, 64, 64, 3), minval=-1.0, maxval=1.0)
+  key = jax.random.PRNGKey(2)
+  for _ in range(warmup):
+    state = step(state, real, key)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state = jax.block_until_ready(step(state, real, key))
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  return {"impl": "flax_straightforward", "batch_size": batch, "dtype": dtype,
+          "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
+          "device_kind": jax.devices()[0].device_kind, "timed_steps": steps}
+
+
+if __name__ == "__main__":
+  p = argparse.ArgumentParser()
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--steps", type=int, default=20)
+  a = p.parse_args()
+  print(json.dumps(benchmark(a.batch, a.dtype, a.steps)))

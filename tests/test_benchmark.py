@@ -1,0 +1,74 @@
+"""`python -m jaxgan.benchmark`: runs on CPU for every registered model; analytic FLOPs."""
+
+import json
+import os
+
+import pytest
+
+from jaxgan import flops, models, throughput
+from tests.conftest import run_module, tiny_config
+
+KEYS = {"model", "image_size", "batch_size", "dtype", "step_ms", "images_per_sec",
+        "flops_per_image", "tflops", "mfu", "peak_memory_bytes", "device_kind", "num_devices"}
+
+
+@pytest.mark.parametrize("name", models.MODELS.names())
+def test_step_benchmark_runs_for_every_model(name):
+  result = throughput.benchmark_step(tiny_config(**{"model.name": name}), steps=2, warmup=1)
+  assert KEYS <= set(result)
+  assert result["step_ms"] > 0 and result["images_per_sec"] > 0 and result["flops_per_image"] > 0
+  assert result["device_kind"] == "cpu" and result["mfu"] is None  # no peak figure for a CPU
+
+
+def test_dcgan64_flops_match_the_hand_count():
+  # Multiply-adds of the forward passes at batch 1 (see docs/benchmarks.md):
+  # G: 100x8192 dense + three 4x4/2 transposed convs of 33.5M MACs + 3.1M to RGB.
+  g = 100 * 8192 + 3 * (16 * 512 * 256 * 16) + 1024 * 64 * 3 * 16
+  # D: 3.1M + three 33.5M convs + the 8192-input logit.
+  d = 1024 * 3 * 64 * 16 + 3 * (256 * 64 * 128 * 16) + 8192
+  config = tiny_config(**{"data.image_size": 64, "data.num_classes": 0, "model.z_dim": 100,
+                          "model.g_width": 64, "model.d_width": 64})
+  expected = flops.train_step_flops_per_image(2 * g, 2 * d)
+  assert throughput.step_flops_per_image(config) == pytest.approx(expected, rel=1e-9)
+  assert expected == pytest.approx(2.2888e9, rel=1e-4)
+
+
+def test_peak_table():
+  assert throughput.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+  assert throughput.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert throughput.peak_flops("cpu", "float32") is None
+
+
+def test_cli_step_and_input(tmp_path):
+  step = run_module("jaxgan.benchmark", "--config", "configs/default.py", "--steps", "2",
+                    "--warmup", "1", "--config.data.image_size=16", "--config.model.g_width=8",
+                    "--config.model.d_width=8", "--config.train.batch_size=8")
+  assert step.returncode == 0, step.stderr[-2000:]
+  row = json.loads(step.stdout.strip().splitlines()[-1])
+  assert KEYS <= set(row) and row["batch_size"] == 8
+
+  from PIL import Image
+
+  from jaxgan import prepare
+  for i in range(6):
+    Image.new("RGB", (30, 20), (i * 40, 0, 0)).save(tmp_path / f"{i}.jpg")
+  assert prepare.main(["--images", str(tmp_path), "--image-size", "16", "--workers", "1",
+                       "--out", str(tmp_path / "prep")]) == 0
+  inp = run_module("jaxgan.benchmark", "input", "--images", str(tmp_path), "--prepared",
+                   str(tmp_path / "prep"), "--image_size", "16", "--batch_size", "4",
+                   "--batches", "5")
+  assert inp.returncode == 0, inp.stderr[-2000:]
+  rows = [json.loads(line) for line in inp.stdout.splitlines() if line.startswith("{")]
+  assert [r["input"] for r in rows] == ["raw_folder", "prepared"]
+  assert rows[0]["images"] == 6 and all(r["images_per_sec"] > 0 for r in rows)
+
+
+def test_benchmark_imports_without_tensorflow():
+  code = ("import sys; sys.modules['tensorflow'] = None\n"
+          "import jaxgan.benchmark, jaxgan.throughput, jaxgan.generate, jaxgan.steps\n"
+          "print('ok')")
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
