@@ -72,3 +72,11 @@ def test_benchmark_imports_without_tensorflow():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_gpu_comparison_script_parses():
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(["bash", "-n", os.path.join(root, "benchmarks", "compare_dcgan64.sh")],
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,7 @@
+"""Evaluation metrics on feature sets (FID, KID, precision/recall; see distances.py)."""
+
+from jaxgan.metrics.distances import (fid, frechet_distance, feature_statistics,
+                                      kernel_inception_distance, per_class_fid, precision_recall)
+
+__all__ = ["fid", "frechet_distance", "feature_statistics", "kernel_inception_distance",
+           "per_class_fid", "precision_recall"]
