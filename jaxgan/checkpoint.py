@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.serialization
 import jax
@@ -29,12 +29,16 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
   """Saves and restores (state, meta) pairs under `directory`, keeping the last `keep`."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
     # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True,
+    # Readers (generate, tools) must not touch a directory a live run may be writing.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           cleanup_tmp_directories=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
@@ -90,27 +94,47 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
-  def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
+  def restore_latest(self, abstract_state: Any,
+                     accept_meta: Optional[Callable[[int, dict], bool]] = None
+                     ) -> Optional[tuple[int, Any, dict]]:
     """The newest readable checkpoint as (step, state, meta), or None when there is none.
 
-    A checkpoint that fails to read is reported, moved aside to `<directory>.corrupt/` (so the
-    run can write that step again and never trips on it twice), and the previous one is tried.
+    For each step, newest first, `meta` is read first and handed to `accept_meta(step, meta)`,
+    which may raise (e.g. a config that changes the math) before any state is read; it returns
+    True when the checkpoint was written by the same model and optimizer config. A step whose
+    files then fail to read is reported and skipped in favour of the previous one; it is moved
+    aside to `<directory>.corrupt/` (so the run can write that step again) only when the config
+    matched, i.e. when the failure can only be damage, and never by a read-only reader.
     """
     steps = self.steps()
     for step in reversed(steps):
+      same_config = False
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._skip(step, e, move=True)
+        continue
+      if accept_meta is not None:
+        same_config = accept_meta(step, meta)
       try:
         state, meta = self.restore(step, abstract_state)
         return step, state, meta
       except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
-        message = str(e).splitlines()[0][:200] if str(e) else ""
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); moving it to %s.corrupt/ and "
-                    "trying the previous one", self.directory, step, type(e).__name__, message,
-                    self.directory)
-        self._move_aside(step)
+        self._skip(step, e, move=same_config)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "
-                            "move the directory away to start fresh")
+                            "if the model config changed, restore it; otherwise move the "
+                            "directory away to start fresh")
     return None
+
+  def _skip(self, step: int, error: BaseException, move: bool) -> None:
+    message = str(error).splitlines()[0][:200] if str(error) else ""
+    move = move and not self.read_only
+    log.warning("checkpoint %s/%d is unreadable (%s: %s); %strying the previous one",
+                self.directory, step, type(error).__name__, message,
+                f"moving it to {self.directory}.corrupt/ and " if move else "")
+    if move:
+      self._move_aside(step)
 
   def _move_aside(self, step: int) -> None:
     if jax.process_index() == 0:

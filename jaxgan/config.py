@@ -93,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Multi-process runs: 'auto' lets JAX detect the cluster (TPU pods, SLURM, Open MPI); host:port
   # with num_processes and process_id launches explicitly (launch/local_multiprocess.sh); empty
-  # means one process (or automatic when started as one of several SLURM tasks).
+  # means one process. launch/tpu_pod.sh and launch/slurm_gpu.sbatch pass 'auto'.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ""  # host:port of process 0
   c.distributed.num_processes = 1
@@ -139,7 +139,7 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Checks every value that could fail later; raises ConfigError naming the key.
 
   Runs before data loading and compilation, so a bad config costs seconds, not a compile.
@@ -207,6 +207,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(config.train.batch_size % mesh_devices == 0, "train.batch_size",
            f"global batch {config.train.batch_size} is not divisible by the {mesh_devices} "
            "devices of the mesh; use a multiple of it")
+  if num_processes > 1:
+    _require(mesh_devices == num_devices, "mesh.data",
+             f"a {num_processes}-process run must use every device ({num_devices}); "
+             f"mesh.data * mesh.fsdp covers {mesh_devices}: set mesh.data=-1")
+    _require(config.train.batch_size % num_processes == 0, "train.batch_size",
+             f"global batch {config.train.batch_size} is not divisible by the {num_processes} "
+             "processes")
   validate_distributed(config)
 
   data_lib.SOURCES.get(config.data.source).validate(config)

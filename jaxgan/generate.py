@@ -70,10 +70,12 @@ def generate(workdir: str, num: int, out: str, label: Optional[str] = None, seed
 
 def main(argv):
   del argv
+  from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")

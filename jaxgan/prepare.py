@@ -60,6 +60,10 @@ def prepare(args: argparse.Namespace) -> dict:
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
   images, indices, bad = arrays.decode_all(paths, options, args.workers, desc="prepare")
+  if len(indices) == 0:
+    first = (skipped + bad)[:1]
+    raise arrays.DataError(f"no usable images under {args.images}" + (
+        f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": args.manifest or args.images, "label_column": args.label_column,
@@ -73,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   try:
     info = prepare(args)
-  except DataError as e:
+  except (DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {info['num_examples']} images of {len(info['class_names'])} classes to "

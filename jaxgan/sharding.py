@@ -10,7 +10,6 @@ cross-device BatchNorm reductions (statistics cover the global batch).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
@@ -33,12 +32,11 @@ def initialize_distributed(config) -> None:
   - `distributed.coordinator_address = 'auto'`: JAX detects everything itself (Cloud TPU pods,
     SLURM, Open MPI); the launch scripts in launch/ pass this.
   - `distributed.coordinator_address = 'host:port'`: explicit, with `num_processes`, `process_id`.
-  - empty, but running as one of several SLURM tasks: automatic, as with 'auto'.
   - otherwise: a single process, nothing to do.
   Must run before anything touches the JAX backend.
   """
   d = config.distributed
-  if d.coordinator_address == "auto" or (not d.coordinator_address and _slurm_multitask()):
+  if d.coordinator_address == "auto":
     jax.distributed.initialize()
   elif d.coordinator_address:
     jax.distributed.initialize(coordinator_address=d.coordinator_address,
@@ -47,11 +45,6 @@ def initialize_distributed(config) -> None:
     return
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-def _slurm_multitask() -> bool:
-  """Started by srun as one of several tasks (jax.distributed reads the rest from SLURM_*)."""
-  return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int]:

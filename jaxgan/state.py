@@ -20,7 +20,7 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray  # int32 scalar: G updates done
-  images_seen: jnp.ndarray  # int32 scalar: real images shown to D (overflows past 2^31)
+  images_seen: jnp.ndarray  # int32 scalar: real images shown to D, for the logs (wraps past 2^31)
   rng: jnp.ndarray  # uint32[2]: the run's base key; step keys are fold_in(rng, step)
   nonfinite_streak: jnp.ndarray  # int32 scalar: consecutive skipped (non-finite) steps
   nonfinite_total: jnp.ndarray  # int32 scalar: all skipped steps of the run

@@ -43,11 +43,15 @@ def _all_finite(*trees) -> jnp.ndarray:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def ema_beta(config, images_seen: jnp.ndarray) -> jnp.ndarray:
-  """Per-step EMA decay from a half-life in images, with StyleGAN2-ADA's ramp-up."""
+def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:
+  """Per-step EMA decay from a half-life in images, with StyleGAN2-ADA's ramp-up.
+
+  Images seen are counted from the step in float32 (no int32 wrap-around on long runs).
+  """
   half_life = jnp.asarray(float(config.train.ema_half_life_images), jnp.float32)
   if config.train.ema_rampup > 0:
-    half_life = jnp.minimum(half_life, images_seen.astype(jnp.float32) * config.train.ema_rampup)
+    images_seen = step.astype(jnp.float32) * float(config.train.batch_size * config.train.n_critic)
+    half_life = jnp.minimum(half_life, images_seen * config.train.ema_rampup)
   batch = float(config.train.batch_size)
   return jnp.where(half_life > 0, 0.5 ** (batch / jnp.maximum(half_life, 1e-8)), 0.0)
 
@@ -131,7 +135,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
 
-    beta = ema_beta(config, state.images_seen)
+    beta = ema_beta(config, state.step)
     ema_params = jax.tree_util.tree_map(lambda e, p: beta * e + (1.0 - beta) * p,
                                         state.ema_params, g_params)
 

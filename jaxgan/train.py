@@ -38,6 +38,10 @@ def main(argv):
           data.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except ImportError as e:  # e.g. TensorFlow missing on a host that reads real catalogs
+    print(f"error: {e}; install it (pip install -e .) or use --config.data.source=synthetic",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def run() -> None:

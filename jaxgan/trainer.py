@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 # The mesh and process layout may change too: checkpoints restore onto any device count.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
-                  "train.max_nonfinite_steps", "train.tensorboard",
+                  "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
+                  "data.cache_dir",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id")
 
@@ -48,7 +49,8 @@ def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable before any compute is spent."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    # One probe per process: on a shared filesystem processes must not remove each other's.
+    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -114,7 +116,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   """Validates the config and builds mesh, models, shardings and the jitted step (not compiled)."""
   config_lib.validate_distributed(config)
   sharding.initialize_distributed(config)
-  config_lib.validate(config, jax.device_count())
+  config_lib.validate(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(config)
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -173,6 +175,15 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   return report
 
 
+def _agreed_signal(local: Optional[int]) -> Optional[int]:
+  """The first signal any process received (a small all-gather per step, multi-process only)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  seen = np.asarray(multihost_utils.process_allgather(np.int32(local or 0)))
+  received = [int(v) for v in seen.ravel() if v]
+  return received[0] if received else None
+
+
 def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
   if streak >= limit:
     good = checkpointer.latest_step()
@@ -193,21 +204,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   source = data_lib.build_source(config)  # reads and checks the data before anything compiles
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
-  restored = checkpointer.restore_latest(
-      ckpt_lib.abstract_like(run.abstract_state, run.state_shardings))
-  if restored is not None:
-    start_step, state, meta = restored
+
+  def accept(step: int, meta: dict) -> bool:
+    """Refuses a checkpoint whose config changes the math (before its state is read)."""
     blocking, allowed = config_differences(meta.get("config", {}), config)
     if blocking and not allow_config_change:
-      checkpointer.close()
-      raise TrainingError(f"config differs from checkpoint step {start_step} in {workdir} "
+      raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({_listing(blocking)}); pass --allow_config_change to continue anyway")
-    log.info("resuming from checkpoint step %d of %s", start_step, workdir)
     if allowed:
-      log.info("config changes since that checkpoint (allowed): %s", _listing(allowed))
+      log.info("config changes since checkpoint step %d (allowed): %s", step, _listing(allowed))
     if blocking:
-      log.warning("config changes since that checkpoint, accepted by --allow_config_change: %s",
-                  _listing(blocking))
+      log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: %s",
+                  step, _listing(blocking))
+    return not blocking
+
+  try:
+    restored = checkpointer.restore_latest(
+        ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), accept)
+  except TrainingError:
+    checkpointer.close()
+    raise
+  if restored is not None:
+    start_step, state, meta = restored
+    log.info("resuming from checkpoint step %d of %s", start_step, workdir)
     if is_main:
       writers.drop_rows_after(workdir, start_step)
   else:
@@ -260,6 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           interval_start, interval_steps = time.perf_counter(), 0
         else:
           interval_steps += 1
+        if jax.process_count() > 1:
+          # Every process must stop at the same step (the save and sampling are collective);
+          # a signal seen by any process stops all of them.
+          stop.signal = _agreed_signal(stop.signal)
         last = step == cfg.num_steps or stop.signal is not None
         if step % cfg.log_every == 0 or last:
           values = {k: float(v) for k, v in sharding.to_host(metrics).items()}

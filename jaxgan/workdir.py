@@ -36,7 +36,8 @@ def load_latest(workdir: str) -> tuple[ml_collections.ConfigDict, int, state_lib
                                                          g_tx, d_tx, config.seed))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: Any = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False,
+                                       read_only=True)
   try:
     restored = checkpointer.restore_latest(target)
   finally:

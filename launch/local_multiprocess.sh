@@ -19,9 +19,14 @@ python="${PYTHON:-python}"
 
 pids=()
 cleanup() {
+  # SIGTERM first (the trainer checkpoints and exits), SIGKILL after a grace period for a process
+  # stuck in a collective whose peer is gone.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep "${JAXGAN_KILL_GRACE:-20}" &
+  wait "$!" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
-trap cleanup INT TERM
+trap 'cleanup; exit 130' INT TERM
 
 for ((i = 0; i < num; i++)); do
   "$python" -m jaxgan.train "$@" \
@@ -31,11 +36,13 @@ for ((i = 0; i < num; i++)); do
   pids+=("$!")
 done
 
+# Whichever process ends first: if it failed, the others would wait for it forever.
 status=0
-for pid in "${pids[@]}"; do
-  if ! wait "$pid"; then
+for ((i = 0; i < num; i++)); do
+  if ! wait -n; then
     status=1
-    cleanup  # one process failed: the others would wait for it forever
+    cleanup
+    break
   fi
 done
 exit "$status"

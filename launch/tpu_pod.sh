@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the same jaxgan training command on every worker of an existing Cloud TPU VM pod slice.
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE -- --config configs/default.py --workdir gs://bucket/runs/x
+#   launch/tpu_pod.sh TPU_NAME ZONE -- --config configs/default.py --workdir /mnt/shared/runs/x
 #
 # Environment (optional): PROJECT (gcloud project), REPO_DIR (where the code goes on the workers,
-# default ~/jaxgan), JAX_TPU_SPEC (default 'jax[tpu]'). The workdir must be shared storage that
-# every worker can write (a GCS bucket), since checkpoints are written collectively.
+# default ~/jaxgan), JAX_TPU_SPEC (default 'jax[tpu]'). The workdir must be a shared POSIX path that
+# every worker can write (an NFS/Filestore mount, or a bucket mounted with gcsfuse), since
+# checkpoints are written collectively; gs:// URIs are not supported yet.
 #
 # Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
@@ -22,10 +23,11 @@ repo_dir="${REPO_DIR:-~/jaxgan}"
 jax_spec="${JAX_TPU_SPEC:-jax[tpu]}"
 project_flag=()
 [[ -n "${PROJECT:-}" ]] && project_flag=(--project "$PROJECT")
+# "${a[@]}" of an empty array fails under set -u on bash < 4.4 (macOS): expand it guarded.
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
 ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" "${project_flag[@]}" --worker=all \
+  gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" ${project_flag[@]+"${project_flag[@]}"} --worker=all \
     --command "$1"
 }
 
@@ -33,7 +35,7 @@ ssh_all() {
 tarball="$(mktemp -t jaxgan.XXXXXX.tar.gz)"
 tar -C "$here" --exclude=.git --exclude=runs --exclude='*.egg-info' -czf "$tarball" .
 gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zone" \
-  "${project_flag[@]}" --worker=all
+  ${project_flag[@]+"${project_flag[@]}"} --worker=all
 rm -f "$tarball"
 
 # 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only).

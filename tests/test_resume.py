@@ -203,3 +203,14 @@ def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, cap
              for r in caplog.records)
   _, step, restored, _ = workdir_lib.load_latest(workdir)
   assert step == 2 and int(restored.step) == 2
+
+
+def test_shape_changing_config_is_refused_before_reading_state(tmp_path):
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), str(workdir))
+  with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16"):
+    trainer.train_and_evaluate(tiny_config(**{"model.g_width": 16, "train.num_steps": 6}),
+                               str(workdir))
+  # Nothing was taken for damage: every checkpoint is still in place.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")

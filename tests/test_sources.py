@@ -231,3 +231,22 @@ def test_catalog_slice_prepares_and_trains(tmp_path):
                           "train.log_every": 3, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert int(state.step) == 3
+
+
+def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
+  latin = tmp_path / "latin.csv"
+  latin.write_bytes("id,articleType\n1,Caf\xe9\n".encode("latin-1"))
+  with pytest.raises(DataError, match="is not UTF-8 text"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(latin),
+                            "data.label_column": "articleType"}))
+  path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
+  with pytest.raises(DataError, match="data.image_pattern '{sku}.jpg' cannot be filled"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(path),
+                            "data.image_dir": str(images), "data.image_pattern": "{sku}.jpg"}))
+  damaged = tmp_path / "prepared"
+  damaged.mkdir()
+  (damaged / "dataset_info.json").write_text("{not json")
+  with pytest.raises(DataError, match="is damaged"):
+    build_source(_config(**{"data.source": "prepared", "data.path": str(damaged)}))
+  assert prepare_cli.main(["--images", str(tmp_path / "nothing-here"), "--out",
+                           str(tmp_path / "o")]) == 2

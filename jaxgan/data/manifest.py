@@ -13,17 +13,20 @@ def read_rows(path: str) -> list[dict]:
   """Rows of a .csv (header line) or .jsonl (one object per line) file."""
   if not os.path.isfile(path):
     raise DataError(f"data.path {path!r} is not a file; point it at your CSV or JSONL manifest")
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    if path.lower().endswith((".jsonl", ".json")):
-      rows = []
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
-      return rows
-    return list(csv.DictReader(f))
+  try:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+      if path.lower().endswith((".jsonl", ".json")):
+        rows = []
+        for n, line in enumerate(f, 1):
+          if line.strip():
+            try:
+              rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+              raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
+        return rows
+      return list(csv.DictReader(f))
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
 
 
 def scan_manifest(path: str, image_column: str = "", id_column: str = "id", image_dir: str = "",
@@ -41,11 +44,19 @@ def scan_manifest(path: str, image_column: str = "", id_column: str = "id", imag
                       "set data.image_column / data.id_column / data.label_column")
   paths, labels, skipped = [], [], []
   for n, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
+    key = image_column or id_column
+    if not isinstance(row, dict) or row.get(key) in (None, ""):
+      skipped.append({"path": f"{path}:{n}", "reason": f"no {key} (line {n})"})
+      continue
     if image_column:
       image = os.path.join(base, str(row[image_column]))
     else:
-      image = os.path.join(base, image_pattern.format(id=row[id_column], **{
-          k: v for k, v in row.items() if k != "id" and isinstance(k, str)}))
+      fields = {k: v for k, v in row.items() if k != "id" and isinstance(k, str)}
+      try:
+        image = os.path.join(base, image_pattern.format(id=row[id_column], **fields))
+      except (KeyError, IndexError, ValueError) as e:
+        raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
+                        f"line {n} ({type(e).__name__}: {e}); use {{id}} or column names") from e
     label = str(row[label_column]).strip() if label_column and row.get(label_column) is not None else ""
     if label_column and not label:
       skipped.append({"path": image, "reason": f"no {label_column} (line {n})"})

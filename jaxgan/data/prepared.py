@@ -68,8 +68,15 @@ def read_info(out_dir: str) -> dict:
   if not os.path.isfile(path):
     raise DataError(f"{path} not found: data.path must be a folder written by "
                     "`python -m jaxgan.prepare`")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+    missing = [k for k in ("num_examples", "image_size", "class_names", "shards") if k not in info]
+    if missing:
+      raise KeyError(", ".join(missing))
+    return info
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data set again") from e
 
 
 def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -91,11 +98,15 @@ def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
   labels = np.empty((n,), np.int32)
   at = 0
   ds = tf.data.TFRecordDataset(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-  for img, lab in ds.prefetch(2).as_numpy_iterator():
-    if at + len(img) > n:
-      raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare again")
-    images[at:at + len(img)], labels[at:at + len(img)] = img, lab
-    at += len(img)
+  try:
+    for img, lab in ds.prefetch(2).as_numpy_iterator():
+      if at + len(img) > n:
+        raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare again")
+      images[at:at + len(img)], labels[at:at + len(img)] = img, lab
+      at += len(img)
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    raise DataError(f"a shard of {out_dir} is damaged ({type(e).__name__}); prepare the data set "
+                    "again") from e
   if at != n:
     raise DataError(f"{out_dir} holds {at} examples, {INFO_FILE} says {n}: a shard is truncated; "
                     "prepare the data set again")
