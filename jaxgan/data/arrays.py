@@ -29,8 +29,14 @@ class DataError(ValueError):
 
 
 def num_workers(requested: int = 0) -> int:
-  """Decoding processes: `requested`, or every core when 0."""
-  return requested if requested > 0 else (os.cpu_count() or 1)
+  """Decoding processes: `requested`, or every core this process may run on when 0 (the
+  affinity mask, which SLURM and containers narrow, not the machine's core count)."""
+  if requested > 0:
+    return requested
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
 
 
 def _load(args: tuple[str, LoadOptions]) -> Loaded:
@@ -50,7 +56,10 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
   workers = min(num_workers(workers), max(n, 1))
   if cache_file:
     os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-    out = np.lib.format.open_memmap(cache_file + ".tmp.npy", "w+", np.uint8, (n, size, size, 3))
+    # Private temporary names (several processes may build the same cache at once), published
+    # with an atomic rename: a reader never maps a file that is being written or truncated.
+    private = f"{cache_file}.{os.getpid()}"
+    out = np.lib.format.open_memmap(private + ".all.npy", "w+", np.uint8, (n, size, size, 3))
   else:
     out = np.empty((n, size, size, 3), np.uint8)
   keep = np.zeros(n, bool)
@@ -67,12 +76,14 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
   progress.close()
   indices = np.flatnonzero(keep)
   if cache_file:
-    images = np.lib.format.open_memmap(cache_file + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
+    kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
     for start in range(0, len(indices), 4096):
-      images[start:start + 4096] = out[indices[start:start + 4096]]
-    images.flush()
-    del out
-    os.remove(cache_file + ".tmp.npy")
+      kept[start:start + 4096] = out[indices[start:start + 4096]]
+    kept.flush()
+    del out, kept
+    os.remove(private + ".all.npy")
+    os.replace(private + ".npy", cache_file + ".npy")
+    images = np.load(cache_file + ".npy", mmap_mode="r")
   else:
     images = out[indices] if len(indices) != n else out
   return images, indices, skipped
@@ -227,8 +238,10 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
                                           cache_file=cache_file)
     if cache_file:
       import json
-      with open(cache_file + ".json", "w", encoding="utf-8") as f:
+      tmp = f"{cache_file}.{os.getpid()}.json"
+      with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
+      os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
