@@ -11,7 +11,6 @@ buffer donation. Same math as jaxgan's DCGAN (same layer shapes and initialisati
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import time

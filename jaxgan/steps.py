@@ -10,7 +10,7 @@ and the skip streak), so one bad batch never poisons the parameters.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax

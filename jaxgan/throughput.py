@@ -13,7 +13,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 

@@ -125,6 +125,16 @@ class ArraySource:
     self.seed = seed
     self.bad_files = bad_files  # reported in the metrics
 
+  @classmethod
+  def for_config(cls, config, images: np.ndarray, labels: np.ndarray,
+                 class_names: Sequence[str], bad_files: int = 0) -> "ArraySource":
+    """The source a run trains on: labels kept for conditional training (data.num_classes > 0),
+    all zero and no class names for unconditional training."""
+    conditional = config.data.num_classes > 0
+    labels = np.asarray(labels, np.int32)
+    return ArraySource(images, labels if conditional else np.zeros_like(labels),
+                       class_names if conditional else [], config.seed, bad_files=bad_files)
+
   @property
   def num_examples(self) -> int:
     return len(self.images)
@@ -245,10 +255,9 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
-  labels = np.asarray(labels, np.int32)[indices] if d.num_classes else np.zeros(len(indices), np.int32)
   if len(indices) == 0:
     first = (list(missing) + skipped)[:1]
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
                                                        f"{first[0]['reason']})" if first else ""))
-  return ArraySource(images, labels, class_names if d.num_classes else [], config.seed,
-                     bad_files=len(skipped))
+  return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
+                               class_names, bad_files=len(skipped))

@@ -131,6 +131,4 @@ class PreparedSource(ArraySource):
   @classmethod
   def from_config(cls, config) -> ArraySource:
     images, labels, info = read_prepared(config.data.path)
-    conditional = config.data.num_classes > 0
-    return ArraySource(images, labels if conditional else np.zeros_like(labels),
-                       info["class_names"] if conditional else [], config.seed)
+    return ArraySource.for_config(config, images, labels, info["class_names"])

@@ -67,6 +67,4 @@ class TfdsSource(ArraySource):
                                             d.tfds_image_key, d.tfds_label_key,
                                             load_options(config))
     require_num_classes(config, class_names, f"tfds {d.tfds_name}")
-    conditional = d.num_classes > 0
-    return ArraySource(images, labels if conditional else np.zeros_like(labels),
-                       class_names if conditional else [], config.seed)
+    return ArraySource.for_config(config, images, labels, class_names)
