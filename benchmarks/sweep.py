@@ -1,0 +1,66 @@
+"""jaxgan's DCGAN-64 step in several variants and batch sizes, in one process (one JAX start-up).
+
+  python benchmarks/sweep.py --batches 128,1024,4096 \
+      --variants bfloat16:phase_grad,float32:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16 \
+      [--steps 30] [--deadline_s 420]
+
+A variant is `DTYPE:UPSAMPLE_IMPL` (jaxgan's real train step, `configs/benchmark/dcgan64.py` with
+`train.dtype` and `model.upsample_impl` set) or `port:DTYPE` (the straightforward Flax port in
+`flax_straightforward.py`). Variants run in the order given, batch sizes inside each; once
+`--deadline_s` has passed no new measurement starts, so a time-boxed machine still returns every
+row finished so far. Each row is one JSON line (median of individually synchronised steps after a
+warm-up); a variant that fails prints an `error` row and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import compare_cpu  # noqa: E402  (dcgan64: the shipped benchmark config)
+import flax_straightforward  # noqa: E402
+
+from jaxgan import throughput  # noqa: E402
+
+
+def measure(variant: str, batch: int, steps: int) -> dict:
+  kind, arg = variant.split(":")
+  if kind == "port":
+    return flax_straightforward.benchmark(batch, arg, steps)
+  row = throughput.benchmark_step(compare_cpu.dcgan64(batch, kind, arg), steps, 5)
+  row["impl"] = "jaxgan"
+  return row
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--batches", default="128,1024,4096")
+  p.add_argument("--variants", default="bfloat16:phase_grad,float32:phase_grad")
+  p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--deadline_s", type=float, default=420.0)
+  a = p.parse_args()
+  start = time.monotonic()
+  for variant in a.variants.split(","):
+    for batch in (int(b) for b in a.batches.split(",")):
+      if time.monotonic() - start > a.deadline_s:
+        print(json.dumps({"variant": variant, "batch_size": batch, "skipped": "deadline"}), flush=True)
+        continue
+      t0 = time.monotonic()
+      try:
+        row = measure(variant, batch, a.steps)
+      except Exception as e:  # pylint: disable=broad-except  (one failing variant must not stop the rest)
+        traceback.print_exc()
+        row = {"variant": variant, "batch_size": batch, "error": f"{type(e).__name__}: {e}"[:300]}
+      row["variant"] = variant
+      row["wall_s"] = round(time.monotonic() - t0, 1)
+      print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+  main()
