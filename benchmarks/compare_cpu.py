@@ -23,7 +23,7 @@ import jax  # noqa: E402
 from jaxgan import throughput  # noqa: E402
 
 
-def dcgan64(batch: int, dtype: str, upsample_impl: str = "phase_grad"):
+def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto"):
   spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "benchmark", "dcgan64.py")
   namespace: dict = {}

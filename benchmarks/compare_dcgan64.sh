@@ -20,36 +20,42 @@ steps="${STEPS:-30}"
 csv="$(IFS=,; echo "${batches[*]}")"
 
 for b in "${batches[@]}"; do
-  for mode in bf16_channels_last fp32; do
+  for mode in ${TORCH_MODES:-bf16_channels_last fp32}; do
     timeout 120 "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" --batch "$b" \
       --steps "$steps" | grep '^{' | tee -a "$out"
   done
 done
 XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" \
   --deadline_s "${DEADLINE_S:-330}" \
-  --variants "${VARIANTS:-bfloat16:phase_grad,float32:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16}" \
+  --variants "${VARIANTS:-bfloat16:phase_conv,float32:phase_conv,bfloat16:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16}" \
   | grep '^{' | tee -a "$out"
 
 "$python" - "$out" <<'PY'
 import datetime, json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ok = [r for r in rows if "images_per_sec" in r]
-jax_rows = {(r["batch_size"], r["variant"]): r for r in ok if "variant" in r}
 torch_rows = {(r["batch_size"], r["impl"]): r for r in ok if str(r.get("impl", "")).startswith("torch")}
-kind = next((r["device_kind"] for r in jax_rows.values()), "?")
-f = lambda r: f"{r['images_per_sec']:,.0f}" if r else "-"
-ratio = lambda a, c: f"{a['images_per_sec'] / c['images_per_sec']:.2f}x" if a and c else "-"
-print(f"\n{datetime.date.today()}, {kind}, median of timed steps")
-print("| batch | jaxgan bf16 img/s | MFU | torch bf16+CL img/s | jaxgan/torch bf16 | jaxgan fp32 img/s "
-      "| torch fp32 img/s | jaxgan/torch fp32 | jaxgan bf16 dilated | jaxgan bf16 subpixel | Flax port bf16 |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+jax_rows = {(r["batch_size"], r["variant"]): r for r in ok if "variant" in r}
+variants = list(dict.fromkeys(r["variant"] for r in ok if "variant" in r))
+kind = next((r["device_kind"] for r in ok if "variant" in r), "?")
+print(f"\n{datetime.date.today()}, {kind}, median of timed steps; ratio = images/s over torch's "
+      "in the same dtype (bf16: autocast + channels_last; fp32: TF32)")
+print("| variant | batch | images/s | step ms | MFU | vs torch |")
+print("|---|---|---|---|---|---|")
 for b in sorted({k[0] for k in list(jax_rows) + list(torch_rows)}):
-  jb, jf = jax_rows.get((b, "bfloat16:phase_grad")), jax_rows.get((b, "float32:phase_grad"))
-  tb, tf = torch_rows.get((b, "torch_bf16_channels_last")), torch_rows.get((b, "torch_fp32"))
-  mfu = f"{jb['mfu']:.1%}" if jb and jb.get("mfu") else "-"
-  print(f"| {b} | {f(jb)} | {mfu} | {f(tb)} | {ratio(jb, tb)} | {f(jf)} | {f(tf)} | {ratio(jf, tf)} "
-        f"| {f(jax_rows.get((b, 'bfloat16:dilated')))} | {f(jax_rows.get((b, 'bfloat16:subpixel')))} "
-        f"| {f(jax_rows.get((b, 'port:bfloat16')))} |")
+  for name in ("torch_bf16_channels_last", "torch_fp32"):
+    r = torch_rows.get((b, name))
+    if r:
+      print(f"| {name} | {b} | {r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | - | 1.00x |")
+  for v in variants:
+    r = jax_rows.get((b, v))
+    if not r:
+      continue
+    t = torch_rows.get((b, "torch_fp32" if r["dtype"] == "float32" else "torch_bf16_channels_last"))
+    mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+    ratio = f"{r['images_per_sec'] / t['images_per_sec']:.2f}x" if t else "-"
+    name = v if v.startswith("port") else f"jaxgan {v}"
+    print(f"| {name} | {b} | {r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | {mfu} | {ratio} |")
 for r in rows:
   if "error" in r or "skipped" in r:
     print("not measured:", json.dumps(r))

@@ -58,9 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_width = 512  # cap on channels at low resolutions
   c.model.embed_dim = 64  # class embedding joined to z in G
   c.model.d_norm = "batch"  # 'batch' | 'layer' | 'none' (WGAN-GP needs per-sample D: not 'batch')
-  # Lowering of G's transposed convs (same function and parameters): 'phase_grad' | 'dilated' |
-  # 'subpixel'; see jaxgan/models/layers.py and docs/benchmarks.md.
-  c.model.upsample_impl = "phase_grad"
+  # Lowering of G's transposed convs (same function and parameters): 'auto' (fastest measured on
+  # this backend) | 'phase_grad' | 'dilated' | 'subpixel' | 'phase_conv'; see
+  # jaxgan/models/layers.py and docs/benchmarks.md.
+  c.model.upsample_impl = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py

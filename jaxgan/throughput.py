@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
 from jaxgan import trainer
+from jaxgan.models import layers
 
 # Dense peak FLOP/s per chip by (device kind substring, compute dtype): vendor data sheets
 # (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units).
@@ -38,7 +39,15 @@ def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
 
 
 def step_flops_per_image(config) -> float:
-  """Analytic train-step FLOPs per image from the layer shapes of the configured G and D."""
+  """Analytic train-step FLOPs per image from the layer shapes of the configured G and D.
+
+  These are the model's FLOPs, the same for every lowering: counted on the 'dilated' lowering,
+  where only the taps that meet real input pixels count. (A lowering that multiplies zeros, like
+  the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU must not credit it.)
+  """
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.upsample_impl = "dilated"
   g, d = models_lib.build_models(config)
   size, nc = config.data.image_size, config.data.num_classes
   z = jnp.zeros((1, config.model.z_dim))
@@ -81,7 +90,7 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return {
       "model": config.model.name, "image_size": size, "batch_size": config.train.batch_size,
-      "dtype": config.train.dtype, "upsample_impl": config.model.upsample_impl,
+      "dtype": config.train.dtype, "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
       "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,

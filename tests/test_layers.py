@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.models.layers import UPSAMPLE_IMPLS, UpConv
+from jaxgan.models.layers import UPSAMPLE_IMPLS, UpConv, resolve_upsample_impl
 
 
 @pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
@@ -28,3 +28,9 @@ def test_upconv_matches_conv_transpose(impl):
 def test_unknown_impl_is_rejected():
   with pytest.raises(ValueError, match="phase_grad"):
     UpConv(2, impl="fft").init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 1)))
+
+
+def test_auto_picks_the_lowering_measured_fastest_per_backend():
+  assert resolve_upsample_impl("auto", "cpu") == "phase_grad"
+  assert resolve_upsample_impl("auto", "gpu") == "subpixel"
+  assert resolve_upsample_impl("dilated", "gpu") == "dilated"

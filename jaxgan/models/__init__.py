@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgan.models.dcgan import Discriminator, Generator
+from jaxgan.models.layers import resolve_upsample_impl
 from jaxgan.registry import Registry
 
 
@@ -35,7 +36,7 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
   m, d = config.model, config.data
   g = Generator(image_size=d.image_size, num_classes=d.num_classes, z_dim=m.z_dim,
                 width=m.g_width, max_width=m.max_width, embed_dim=m.embed_dim,
-                upsample_impl=m.upsample_impl, dtype=dtype)
+                upsample_impl=resolve_upsample_impl(m.upsample_impl), dtype=dtype)
   disc = Discriminator(image_size=d.image_size, num_classes=d.num_classes, width=m.d_width,
                        max_width=m.max_width, norm=m.d_norm, dtype=dtype)
   return g, disc

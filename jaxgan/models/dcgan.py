@@ -38,7 +38,7 @@ class Generator(nn.Module):
   width: int = 64
   max_width: int = 512
   embed_dim: int = 64
-  upsample_impl: str = "phase_grad"  # how the 4x4/2 transposed convs are lowered (layers.UpConv)
+  upsample_impl: str = "auto"  # how the 4x4/2 transposed convs are lowered (layers.UpConv)
   dtype: Any = jnp.float32
 
   @nn.compact
