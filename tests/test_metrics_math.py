@@ -41,6 +41,17 @@ def test_fid_is_stable_for_singular_covariances():
   assert np.isfinite(value) and value > 0
 
 
+@pytest.mark.parametrize("n1, n2", [(10, 10), (7, 13), (40, 30)])
+def test_few_sample_fid_equals_the_covariance_formula(n1, n2):
+  # n < d takes the nuclear-norm path in fid(); it must equal the d x d statistics formula.
+  a, b = _gaussian(n1, 64, 5), _gaussian(n2, 64, 6, shift=0.2) * 1.3
+  want = metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b))
+  # rel 1e-7, not 1e-9: in the d x d formula each of the ~d - n zero eigenvalues of the singular
+  # product comes back as roundoff ~1e-13, whose square root (~3e-7) enters the trace.
+  assert metrics.fid(a, b) == pytest.approx(want, rel=1e-7)
+  assert abs(metrics.fid(a, a)) < 1e-9
+
+
 def _kid_direct(x, y):
   d = x.shape[1]
   k = lambda a, b: (a @ b / d + 1) ** 3

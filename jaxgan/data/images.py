@@ -86,7 +86,7 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
     img.seek(0)
   img = ImageOps.exif_transpose(img)
   img = _square(_to_rgb(img, options.background), options.background)
-  if img.size[0] != options.image_size:
+  if options.image_size and img.size[0] != options.image_size:  # 0: keep the native size
     img = img.resize((options.image_size, options.image_size), RESAMPLE)
   return np.asarray(img, dtype=np.uint8)
 

@@ -2,7 +2,7 @@
 
 These are the standard definitions, written to be numerically stable and checked against direct
 scipy/numpy computations in tests/test_metrics_math.py. The Inception features they are meant
-for come from jaxgan/metrics/inception.py (issue 6, not yet built).
+for come from jaxgan/metrics/features.py.
 """
 
 from __future__ import annotations
@@ -44,7 +44,22 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 
 def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
-  return frechet_distance(*feature_statistics(real_features), *feature_statistics(fake_features))
+  """FID of two feature sets. With fewer samples than dimensions (small evaluations) the same
+  value is computed from the features themselves: with S1 = A^T A and S2 = B^T B (A, B the
+  centred features over sqrt(n - 1)), the eigenvalues of S1 S2 are the squared singular values
+  of A B^T, so Tr((S1 S2)^(1/2)) is the nuclear norm of the small n1 x n2 matrix A B^T: exact,
+  and no d x d eigendecompositions."""
+  x, y = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+  d = x.shape[1] if x.ndim == 2 else 0
+  if x.ndim != 2 or y.ndim != 2 or min(len(x), len(y)) < 2 or y.shape[1] != d:
+    raise ValueError(f"need two [N >= 2, D] feature sets, got {x.shape} and {y.shape}")
+  if max(len(x), len(y)) >= d:
+    return frechet_distance(*feature_statistics(x), *feature_statistics(y))
+  a = (x - x.mean(0)) / np.sqrt(len(x) - 1)
+  b = (y - y.mean(0)) / np.sqrt(len(y) - 1)
+  trace_sqrt = float(np.sum(np.linalg.svd(a @ b.T, compute_uv=False)))
+  diff = x.mean(0) - y.mean(0)
+  return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * trace_sqrt)
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100,

@@ -198,13 +198,18 @@ def find_weights(path: str = "") -> str:
   raise FileNotFoundError(HOW_TO_GET_WEIGHTS)
 
 
+def weights_digest(path: str = "") -> str:
+  """Short SHA-256 of the weights file (`find_weights(path)`): names caches derived from it."""
+  with open(find_weights(path), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def load_params(path: str = "", cache_dir: str = "") -> dict:
   """Flax params of FIDInception, converted once from the TorchScript file and cached as .npz
   under `cache_dir` (default $JAXGAN_CACHE or ~/.cache/jaxgan)."""
   source = find_weights(path)
   cache_dir = cache_dir or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
-  with open(source, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  digest = weights_digest(source)
   cached = os.path.join(cache_dir, f"fid_inception_{digest}.npz")
   if os.path.exists(cached):
     flat = dict(np.load(cached))

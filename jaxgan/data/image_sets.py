@@ -1,0 +1,57 @@
+"""Whole image sets for evaluation: a folder of image files (any nesting, native sizes) or a
+prepared data set, as uint8 RGB arrays.
+
+Folder images go through the one loader (`images.load_image`: RGB, transparency onto white,
+padded to a square) at their native size; resizing to the metric's input size is the metric's
+job (`metrics.features`), so every image is resized exactly once, by the pinned filter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxgan.data import prepared
+from jaxgan.data.arrays import DataError
+from jaxgan.data.images import LoadOptions, is_image_path, load_image
+
+
+def list_images(root: str) -> list[str]:
+  """Every image file under `root`, sorted (a stable order: the same set gives the same array)."""
+  paths = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+           if is_image_path(os.path.join(d, f))]
+  return sorted(paths)
+
+
+def load_image_set(path: str) -> tuple[list[np.ndarray], list[dict]]:
+  """(images, skipped) of a folder or prepared data set; skipped lists {'path', 'reason'}."""
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: not a folder; pass a folder of images or a prepared data set")
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    images, _, _ = prepared.read_prepared(path)
+    return list(images), []
+  paths = list_images(path)
+  if not paths:
+    raise DataError(f"{path}: no image files ({', '.join(sorted({'.jpg', '.png', '.webp'}))}...) "
+                    "found in it or below it")
+  images, skipped = [], []
+  options = LoadOptions(image_size=0)
+  for p in paths:
+    loaded = load_image(p, options)
+    if loaded.image is None:
+      skipped.append({"path": p, "reason": loaded.reason})
+    else:
+      images.append(loaded.image)
+  if not images:
+    raise DataError(f"{path}: none of its {len(paths)} image files could be read "
+                    f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+  return images, skipped
+
+
+def group_by_shape(images: list[np.ndarray]) -> dict[tuple, list[int]]:
+  """Indices of the images of each shape (batches must share a shape)."""
+  groups: dict[tuple, list[int]] = {}
+  for i, image in enumerate(images):
+    groups.setdefault(image.shape, []).append(i)
+  return groups

