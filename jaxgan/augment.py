@@ -1,0 +1,248 @@
+"""Differentiable augmentation of D's inputs, picked by name from the AUGMENTS registry.
+
+Both real and fake images (NHWC, float in [-1, 1]) go through the same random pipeline before the
+discriminator, and gradients flow through it to G: D then judges reals and fakes under the same
+augmented distribution, so G is not pushed to reproduce the augmentations. Use independent keys for
+reals and fakes. Everything is a pure function of an explicit key: deterministic given the key,
+jit-friendly, no global state.
+
+- 'diffaugment' (Zhao et al. 2020): policy 'color,translation,cutout' applied to every image.
+- 'ada' (Karras et al. 2020): each op applied per image with probability p, and p tuned by the
+  overfitting heuristic (`AugmentState`, `accumulate`, `maybe_update`). A REDUCED 'bgc'-like
+  pipeline, not the paper's full set. Included, in order: x-flip, 90-degree rotation (square
+  images), integer translation (up to 1/8 of the size, reflect pad), isotropic scaling (lognormal,
+  std 0.2 ln2, bilinear, reflect pad), brightness (add N(0, 0.2)), contrast (scale about mid-grey 0
+  by lognormal(0, 0.5 ln2)), saturation (scale the deviation from the per-pixel channel mean by
+  lognormal(0, ln2)). Left out: arbitrary rotation, anisotropic scaling, fractional translation,
+  the paper's upsampled, wavelet-filtered geometric resampling, luma flip, hue rotation, and the
+  whole 'filter' (image-space filtering), 'noise' (additive noise) and 'cutout' groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgan.registry import Registry
+
+Array = jnp.ndarray
+DEFAULT_POLICY = "color,translation,cutout"
+
+
+def _uniform(key: jax.Array, x: Array, lo: float = 0.0, hi: float = 1.0) -> Array:
+  """One U(lo, hi) value per image, shaped [B, 1, 1, 1] to broadcast over the pixels."""
+  return jax.random.uniform(key, (x.shape[0], 1, 1, 1), x.dtype, lo, hi)
+
+
+def _max_shift(n: int) -> int:
+  return int(n * 0.125 + 0.5)  # 1/8 of the size, rounded as in the DiffAugment reference code
+
+
+def _reflect(idx: Array, n: int) -> Array:
+  """Mirrors out-of-range indices back into [0, n) without repeating the edge ('reflect' pad)."""
+  period = max(2 * (n - 1), 1)
+  m = jnp.mod(idx, period)
+  return jnp.where(m >= n, period - m, m)
+
+
+def translate(images: Array, shift_y: Array, shift_x: Array, pad: str = "zero") -> Array:
+  """out[b, i, j] = images[b, i - shift_y[b], j - shift_x[b]]; integer [B] shifts, exact gathers.
+
+  Pixels shifted in from outside are 0 (`pad='zero'`) or mirrored (`pad='reflect'`).
+  """
+  _, h, w, _ = images.shape
+  iy = jnp.arange(h)[None, :] - shift_y[:, None]
+  ix = jnp.arange(w)[None, :] - shift_x[:, None]
+  fix = (lambda i, n: jnp.clip(i, 0, n - 1)) if pad == "zero" else _reflect
+  out = jax.vmap(lambda img, a, b: img[a][:, b])(images, fix(iy, h), fix(ix, w))
+  if pad == "zero":
+    inside = ((iy >= 0) & (iy < h))[:, :, None, None] & ((ix >= 0) & (ix < w))[:, None, :, None]
+    out = jnp.where(inside, out, jnp.zeros((), out.dtype))
+  return out
+
+
+def _random_shifts(key: jax.Array, images: Array) -> tuple[Array, Array]:
+  ky, kx = jax.random.split(key)
+  b, h, w, _ = images.shape
+  sy = jax.random.randint(ky, (b,), -_max_shift(h), _max_shift(h) + 1)
+  sx = jax.random.randint(kx, (b,), -_max_shift(w), _max_shift(w) + 1)
+  return sy, sx
+
+
+# --- DiffAugment ops (Zhao et al. 2020, reference parameters). -----------------------------------
+
+def rand_brightness(images: Array, key: jax.Array) -> Array:
+  return images + _uniform(key, images, -0.5, 0.5)
+
+
+def rand_saturation(images: Array, key: jax.Array) -> Array:
+  mean = jnp.mean(images, axis=-1, keepdims=True)  # per-pixel grey level
+  return mean + (images - mean) * _uniform(key, images, 0.0, 2.0)
+
+
+def rand_contrast(images: Array, key: jax.Array) -> Array:
+  mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)  # per-image mean
+  return mean + (images - mean) * _uniform(key, images, 0.5, 1.5)
+
+
+def rand_translation(images: Array, key: jax.Array) -> Array:
+  return translate(images, *_random_shifts(key, images), pad="zero")
+
+
+def rand_cutout(images: Array, key: jax.Array) -> Array:
+  """Zeroes one square of half the image size per image.
+
+  Unlike the reference code, whose squares may be clipped by the border, the square always lies
+  fully inside, so every image loses exactly the same area.
+  """
+  b, h, w, _ = images.shape
+  ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+  ky, kx = jax.random.split(key)
+  oy = jax.random.randint(ky, (b, 1), 0, h - ch + 1)
+  ox = jax.random.randint(kx, (b, 1), 0, w - cw + 1)
+  rows = (jnp.arange(h)[None] >= oy) & (jnp.arange(h)[None] < oy + ch)
+  cols = (jnp.arange(w)[None] >= ox) & (jnp.arange(w)[None] < ox + cw)
+  cut = rows[:, :, None, None] & cols[:, None, :, None]
+  return jnp.where(cut, jnp.zeros((), images.dtype), images)
+
+
+_DIFF_OPS: dict[str, tuple[Callable[[Array, jax.Array], Array], ...]] = {
+    "color": (rand_brightness, rand_saturation, rand_contrast),
+    "translation": (rand_translation,),
+    "cutout": (rand_cutout,),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def parse_policy(policy: str) -> tuple[Callable[[Array, jax.Array], Array], ...]:
+  """'color,translation' -> the ops, in policy order; cached, so each string is parsed once."""
+  names = [n.strip() for n in policy.split(",") if n.strip()]
+  unknown = [n for n in names if n not in _DIFF_OPS]
+  if unknown:
+    raise ValueError(f"unknown DiffAugment op(s) {unknown}; choose from {sorted(_DIFF_OPS)}")
+  return tuple(op for n in names for op in _DIFF_OPS[n])
+
+
+def diffaugment(images: Array, key: jax.Array, policy: str = DEFAULT_POLICY) -> Array:
+  """DiffAugment: every op of `policy` applied to every image, each with its own key."""
+  ops = parse_policy(policy)
+  for op, k in zip(ops, jax.random.split(key, max(len(ops), 1))):
+    images = op(images, k)
+  return images
+
+
+# --- ADA pipeline (Karras et al. 2020), reduced 'bgc' set: see the module docstring. -------------
+
+def _resample_rows(x: Array, s: Array) -> Array:
+  """Zooms axis 1 by s [B] about the centre: linear interpolation, reflect padding."""
+  n = x.shape[1]
+  src = (jnp.arange(n, dtype=x.dtype)[None] - (n - 1) / 2) / s[:, None] + (n - 1) / 2  # [B, n]
+  lo = jnp.floor(src)
+  frac = (src - lo)[:, :, None, None]
+  lo = lo.astype(jnp.int32)
+  rows = jax.vmap(lambda img, i: img[i])
+  return rows(x, _reflect(lo, n)) * (1 - frac) + rows(x, _reflect(lo + 1, n)) * frac
+
+
+def _scale(images: Array, s: Array) -> Array:
+  """Isotropic zoom by s [B]: separable bilinear resampling (rows, then columns)."""
+  x = _resample_rows(images, s)
+  return jnp.swapaxes(_resample_rows(jnp.swapaxes(x, 1, 2), s), 1, 2)
+
+
+def ada_augment(images: Array, key: jax.Array, p: Array | float) -> Array:
+  """Each op applied to each image with probability p (a traced scalar); p = 0 is the identity.
+
+  Skipped ops are selected away with `where`, so unaugmented images come back bit-exact.
+  """
+  b, h, w, _ = images.shape
+  keys = iter(jax.random.split(key, 14))
+  p = jnp.asarray(p, images.dtype)
+
+  def gate(x: Array, y: Array) -> Array:
+    on = jax.random.uniform(next(keys), (b, 1, 1, 1)) < p
+    return jnp.where(on, y, x)
+
+  def normal(std: float) -> Array:
+    return jax.random.normal(next(keys), (b, 1, 1, 1), images.dtype) * std
+
+  x = images
+  # As in ADA, an applied flip / rotation draws its parameter uniformly, identity included.
+  flip = jax.random.bernoulli(next(keys), 0.5, (b, 1, 1, 1))
+  x = gate(x, jnp.where(flip, x[:, :, ::-1], x))
+  if h == w:  # 90-degree rotations keep the shape only for square images
+    k = jax.random.randint(next(keys), (b,), 0, 4)
+    rots = jnp.stack([jnp.rot90(x, r, axes=(1, 2)) for r in range(4)])
+    x = gate(x, rots[k, jnp.arange(b)])
+  x = gate(x, translate(x, *_random_shifts(next(keys), x), pad="reflect"))
+  x = gate(x, _scale(x, jnp.exp(normal(0.2 * math.log(2)))[:, 0, 0, 0]))
+  x = gate(x, x + normal(0.2))  # brightness
+  x = gate(x, x * jnp.exp(normal(0.5 * math.log(2))))  # contrast about mid-grey, as ADA's matrix
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  return gate(x, mean + (x - mean) * jnp.exp(normal(math.log(2))))  # saturation
+
+
+# --- ADA's p heuristic. --------------------------------------------------------------------------
+
+class AugmentState(NamedTuple):
+  """ADA's p plus the sign(D(real)) accumulators; a pytree the trainer can carry and checkpoint."""
+  p: Array  # float32 scalar
+  signs_sum: Array  # float32 scalar: sum of sign(D(real)) since the last update
+  count: Array  # int32 scalar: number of logits summed
+
+
+def init_state(p: float = 0.0) -> AugmentState:
+  return AugmentState(jnp.float32(p), jnp.float32(0.0), jnp.int32(0))
+
+
+def ada_update(p: Array, real_logits_sign_mean: Array, images_in_interval: Array | int,
+               target: float = 0.6, ada_kimg: float = 500.0) -> Array:
+  """p <- clip(p + sign(r_t - target) * images / (ada_kimg * 1000), 0, 1).
+
+  With the step scaled by the images seen, p can go from 0 to 1 in `ada_kimg` thousand images.
+  """
+  step = jnp.asarray(images_in_interval, jnp.float32) / (ada_kimg * 1000.0)
+  direction = jnp.sign(jnp.asarray(real_logits_sign_mean, jnp.float32) - target)
+  return jnp.clip(jnp.asarray(p, jnp.float32) + direction * step, 0.0, 1.0)
+
+
+def accumulate(state: AugmentState, real_logits: Array) -> AugmentState:
+  """Adds sign(D(real)) of this step's augmented reals (global logits, not one device's)."""
+  signs = jnp.sign(real_logits.astype(jnp.float32))
+  return state._replace(signs_sum=state.signs_sum + jnp.sum(signs),
+                        count=state.count + jnp.int32(real_logits.size))
+
+
+def maybe_update(state: AugmentState, step: Array | int, interval: int, batch_size: int,
+                 target: float = 0.6, ada_kimg: float = 500.0) -> AugmentState:
+  """After accumulating 0-based step `step`: every `interval` steps, update p and reset the sums.
+
+  The paper (and StyleGAN2-ADA) use interval 4, target 0.6, ada_kimg 500.
+  """
+  boundary = (jnp.asarray(step) + 1) % interval == 0
+  r_t = state.signs_sum / jnp.maximum(state.count, 1).astype(jnp.float32)
+  new_p = ada_update(state.p, r_t, batch_size * interval, target, ada_kimg)
+  return AugmentState(
+      p=jnp.where(boundary & (state.count > 0), new_p, state.p),
+      signs_sum=jnp.where(boundary, jnp.float32(0.0), state.signs_sum),
+      count=jnp.where(boundary, jnp.int32(0), state.count))
+
+
+# --- Registry. -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  apply: Callable[[Array, jax.Array, Array], Array]  # (images, key, p) -> images
+  adaptive: bool = False  # True: the trainer tunes p with accumulate / maybe_update
+
+
+AUGMENTS: Registry[Augment] = Registry("augment")
+
+AUGMENTS.register("none")(Augment(apply=lambda images, key, p: images))
+AUGMENTS.register("diffaugment")(Augment(apply=lambda images, key, p: diffaugment(images, key)))
+AUGMENTS.register("ada")(Augment(apply=ada_augment, adaptive=True))

@@ -1,0 +1,278 @@
+"""ResNet GAN of the SNGAN / BigGAN family (Miyato et al. 2018; Brock et al. 2019).
+
+G: z split into (n + 1) chunks (hierarchical latents). Chunk 0 -> SN dense -> 4x4 map; up block i
+   is conditioned (conditional BatchNorm) on [z chunk i + 1, shared class embedding]. Up block:
+   CBN, ReLU, 2x nearest upsample, SN conv3x3, CBN, ReLU, SN conv3x3, plus upsample + SN conv1x1.
+   Output: BN, ReLU, SN conv3x3 to RGB, tanh.
+D: SN residual down blocks (the first "optimized" as in SNGAN), ReLU, global sum pooling,
+   SN dense logit, plus the projection term <embed(y), pooled> (Miyato & Koyama 2018).
+Both can place one SAGAN self-attention block after the block whose output has
+`attention_resolution` (0: none).
+
+Channel widths (`channel_widths`): w_k = min(width * 2^k, max_width) for k = 0..n, n = number of
+doublings from 4x4. G's 4x4 base has w_n and its up blocks output w_{n-1}, ..., w_0 (the last
+block at full resolution has `width`); D's down blocks output w_0, ..., w_{n-1} (mirror image).
+With width=ch and max_width=16ch this is BigGAN's 128x128 net exactly (G ch*[16,16,8,4,2,1],
+D ch*[1,2,4,8,16], without BigGAN's extra non-downsampling D block at 4x4); at 256 it differs
+from BigGAN's G only at 16x16 (16ch rather than 8ch). SNGAN's constant-width 32x32 nets are
+max_width = width (256 for G, 128 for D); a cap in between, e.g. width=64, max_width=256, gives
+G 256, 256, 128, 64 from 4x4 to 32x32.
+
+Spectral normalisation is Flax's `nn.SpectralNorm` with one power iteration per call; its `u` and
+`sigma` live in the 'batch_stats' collection (beside BatchNorm's statistics, so the train step
+that carries that collection updates them) and are updated only when `train=True`.
+Initialisation: orthogonal for every conv, dense and embedding (BigGAN's G_init = D_init = 'ortho').
+Parameters are float32; `dtype` is the compute dtype; attention softmax, the D head and all
+outputs are float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgan.models.conditioning import ClassEmbed
+from jaxgan.models.dcgan import _num_doublings
+
+_init = nn.initializers.orthogonal()
+
+
+def channel_widths(width: int, max_width: int, image_size: int) -> list[int]:
+  """[w_0, ..., w_n] with w_k = min(width * 2^k, max_width), n = doublings from 4 to image_size."""
+  return [min(width * 2**k, max_width) for k in range(_num_doublings(image_size) + 1)]
+
+
+def _class_tuple(num_classes: int | Sequence[int]) -> tuple[int, ...]:
+  """Accepts an int (0: unconditional) as well as a tuple of per-attribute class counts."""
+  if isinstance(num_classes, int):
+    return (num_classes,) if num_classes > 0 else ()
+  return tuple(int(c) for c in num_classes)
+
+
+def _sn_conv(x: jnp.ndarray, features: int, kernel: int, *, train: bool, dtype: Any, name: str,
+             use_bias: bool = True) -> jnp.ndarray:
+  """Spectrally normalised 'SAME' conv; params at `name`, SN state at `name`_sn."""
+  conv = nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
+                 kernel_init=_init, dtype=dtype, name=name)
+  return nn.SpectralNorm(conv, name=f"{name}_sn")(x, update_stats=train)
+
+
+def _sn_dense(x: jnp.ndarray, features: int, *, train: bool, dtype: Any, name: str) -> jnp.ndarray:
+  dense = nn.Dense(features, kernel_init=_init, dtype=dtype, name=name)
+  return nn.SpectralNorm(dense, name=f"{name}_sn")(x, update_stats=train)
+
+
+def _upsample(x: jnp.ndarray) -> jnp.ndarray:
+  """2x nearest-neighbour upsampling (NHWC)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _avg_pool(x: jnp.ndarray) -> jnp.ndarray:
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _split_latent(z: jnp.ndarray, parts: int) -> list[jnp.ndarray]:
+  """`parts` contiguous chunks of z's last axis; the first z_dim % parts get one extra entry (so
+  any z_dim >= parts works, unlike BigGAN, which drops the remainder)."""
+  d = z.shape[-1]
+  if d < parts:
+    raise ValueError(f"z_dim {d} is smaller than the {parts} latent chunks this size needs")
+  sizes = [d // parts + (i < d % parts) for i in range(parts)]
+  starts = [sum(sizes[:i]) for i in range(parts)]
+  return [z[..., s:s + n] for s, n in zip(starts, sizes)]
+
+
+class ConditionalBatchNorm(nn.Module):
+  """BatchNorm without its own affine, then per-sample gain 1 + Dense(cond) and bias Dense(cond).
+
+  The projections are not spectrally normalised and have no bias (the BN has none either).
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, cond: jnp.ndarray, train: bool) -> jnp.ndarray:
+    c = x.shape[-1]
+    h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
+                     momentum=self.momentum, epsilon=self.epsilon, dtype=self.dtype, name="bn")(x)
+    cond = cond.astype(self.dtype)
+    gain = 1 + nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="gain")(cond)
+    bias = nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="bias")(cond)
+    return h * gain[:, None, None, :] + bias[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+  """SAGAN self-attention (Zhang et al. 2019) as in BigGAN: x + gamma * o(softmax(theta phi^T) g),
+  with phi and g max-pooled 2x2 (4x fewer keys), gamma initialised to 0 so the block starts as
+  the identity."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    b, h, w, c = x.shape
+    ck, cv = max(c // 8, 1), max(c // 2, 1)
+    conv = lambda y, f, name: _sn_conv(y, f, 1, train=train, dtype=self.dtype, name=name,
+                                       use_bias=False)
+    theta = conv(x, ck, "theta").reshape(b, h * w, ck)
+    phi = _max_pool(conv(x, ck, "phi")).reshape(b, -1, ck)
+    g = _max_pool(conv(x, cv, "g")).reshape(b, -1, cv)
+    logits = jnp.einsum("bqc,bkc->bqk", theta, phi, preferred_element_type=jnp.float32)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    o = jnp.einsum("bqk,bkc->bqc", attn, g).reshape(b, h, w, cv)
+    o = conv(o, c, "out")
+    gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+    return x + gamma.astype(self.dtype) * o
+
+
+class UpBlock(nn.Module):
+  """BigGAN G block: CBN, ReLU, up, conv3x3, CBN, ReLU, conv3x3; shortcut: up, conv1x1."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, cond: jnp.ndarray, train: bool) -> jnp.ndarray:
+    conv = lambda y, k, name: _sn_conv(y, self.features, k, train=train, dtype=self.dtype,
+                                       name=name)
+    h = nn.relu(ConditionalBatchNorm(dtype=self.dtype, name="bn1")(x, cond, train))
+    h = conv(_upsample(h), 3, "conv1")
+    h = nn.relu(ConditionalBatchNorm(dtype=self.dtype, name="bn2")(h, cond, train))
+    h = conv(h, 3, "conv2")
+    return h + conv(_upsample(x), 1, "shortcut")
+
+
+class DownBlock(nn.Module):
+  """SNGAN/BigGAN D block, pre-activation: ReLU, conv3x3, ReLU, conv3x3, avgpool; shortcut:
+  conv1x1, avgpool. `optimized` (the first block, on RGB input): no leading ReLU, and the
+  shortcut pools before its conv (4x cheaper, and ReLU on the image would drop information)."""
+
+  features: int
+  optimized: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    conv = lambda y, k, name: _sn_conv(y, self.features, k, train=train, dtype=self.dtype,
+                                       name=name)
+    h = x if self.optimized else nn.relu(x)
+    h = conv(nn.relu(conv(h, 3, "conv1")), 3, "conv2")
+    h = _avg_pool(h)
+    if self.optimized:
+      return h + conv(_avg_pool(x), 1, "shortcut")
+    return h + _avg_pool(conv(x, 1, "shortcut"))
+
+
+def _check_attention(resolution: int, allowed: Sequence[int], who: str) -> None:
+  if resolution and resolution not in allowed:
+    raise ValueError(f"{who}: attention_resolution {resolution} is not one of its block output "
+                     f"resolutions {tuple(allowed)} (0 for none)")
+
+
+class ResNetGenerator(nn.Module):
+  """`G(z [b, z_dim], labels [b] / [b, A] int | None, train) -> float32 [b, s, s, 3] in [-1, 1]`."""
+
+  image_size: int
+  num_classes: tuple[int, ...] = ()  # classes per attribute; () = unconditional
+  z_dim: int = 120
+  width: int = 64
+  max_width: int = 1024
+  shared_dim: int = 128  # BigGAN's shared class embedding, fed to every block's CBN
+  attention_resolution: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
+               train: bool = True) -> jnp.ndarray:
+    widths = channel_widths(self.width, self.max_width, self.image_size)
+    n = len(widths) - 1
+    _check_attention(self.attention_resolution, [8 * 2**i for i in range(n)], "ResNetGenerator")
+    if z.shape[-1] != self.z_dim:
+      raise ValueError(f"z has {z.shape[-1]} dims, expected z_dim={self.z_dim}")
+    chunks = [c.astype(self.dtype) for c in _split_latent(z, n + 1)]
+    classes = _class_tuple(self.num_classes)
+    shared = None
+    if classes:
+      if labels is None:
+        raise ValueError("a conditional generator needs labels")
+      shared = ClassEmbed(classes, self.shared_dim, embedding_init=_init, dtype=self.dtype,
+                          name="shared")(labels)
+    h = _sn_dense(chunks[0], 4 * 4 * widths[n], train=train, dtype=self.dtype, name="project")
+    h = h.reshape(h.shape[0], 4, 4, widths[n])
+    for i in range(n):
+      cond = chunks[i + 1] if shared is None else jnp.concatenate([chunks[i + 1], shared], -1)
+      h = UpBlock(widths[n - 1 - i], dtype=self.dtype, name=f"up{i}")(h, cond, train)
+      if 8 * 2**i == self.attention_resolution:
+        h = SelfAttention(dtype=self.dtype, name="attention")(h, train)
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                     name="out_bn")(h)
+    h = _sn_conv(nn.relu(h), 3, 3, train=train, dtype=self.dtype, name="to_rgb")
+    return jnp.tanh(h.astype(jnp.float32))
+
+
+class ResNetDiscriminator(nn.Module):
+  """`D(images [b, s, s, 3], labels [b] or [b, A] int | None, train) -> float32 logits [b]`."""
+
+  image_size: int
+  num_classes: tuple[int, ...] = ()  # classes per attribute; () = unconditional
+  width: int = 64
+  max_width: int = 1024
+  attention_resolution: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
+               train: bool = True) -> jnp.ndarray:
+    widths = channel_widths(self.width, self.max_width, self.image_size)
+    n = len(widths) - 1
+    _check_attention(self.attention_resolution,
+                     [self.image_size // 2**(i + 1) for i in range(n)], "ResNetDiscriminator")
+    h = x.astype(self.dtype)
+    for i in range(n):
+      h = DownBlock(widths[i], optimized=(i == 0), dtype=self.dtype, name=f"down{i}")(h, train)
+      if self.image_size // 2**(i + 1) == self.attention_resolution:
+        h = SelfAttention(dtype=self.dtype, name="attention")(h, train)
+    # Sum (not mean) pooling, as in SNGAN/BigGAN; the head runs in float32 (it is tiny).
+    pooled = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+    logit = _sn_dense(pooled, 1, train=train, dtype=jnp.float32, name="logit")[:, 0]
+    classes = _class_tuple(self.num_classes)
+    if classes:
+      if labels is None:
+        raise ValueError("a conditional discriminator needs labels")
+      emb = ClassEmbed(classes, pooled.shape[-1], embedding_init=_init, dtype=jnp.float32,
+                       name="projection")(labels)
+      logit = logit + jnp.sum(emb * pooled, axis=-1)
+    return logit
+
+
+def orthogonal_penalty(params: Any) -> jnp.ndarray:
+  """BigGAN's off-diagonal orthogonal regulariser: sum over every conv/dense kernel (leaves named
+  'kernel' with ndim >= 2, reshaped to W [-1, out]) of ||W^T W * (1 - I)||_F^2.
+
+  Only correlations *between* output filters are penalised, not their norms (which SN sets).
+  Embeddings are excluded (BigGAN excludes its shared embedding). BigGAN adds beta = 1e-4 times
+  the gradient 2 (W^T W * (1 - I)) W by hand, which is the gradient of *half* this penalty: add
+  `0.5 * beta * orthogonal_penalty(g_params)` to the G loss to reproduce it.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    last = path[-1] if path else None
+    name = getattr(last, "key", getattr(last, "name", None))
+    if name != "kernel" or jnp.ndim(leaf) < 2:
+      continue
+    w = jnp.reshape(leaf, (-1, leaf.shape[-1])).astype(jnp.float32)
+    gram = w.T @ w
+    off = gram * (1.0 - jnp.eye(gram.shape[0], dtype=jnp.float32))
+    total = total + jnp.sum(off * off)
+  return total
