@@ -62,10 +62,33 @@ def base_config() -> ml_collections.ConfigDict:
   # this backend) | 'phase_grad' | 'dilated' | 'subpixel' | 'phase_conv'; see
   # jaxgan/models/layers.py and docs/benchmarks.md.
   c.model.upsample_impl = "auto"
+  # ResNet family ('resnet', jaxgan/models/resnet.py): BigGAN's shared class embedding size, a
+  # self-attention block at this resolution (0 = none), BigGAN's orthogonal regularisation of G
+  # (weight; 0 = off, BigGAN uses 1e-4).
+  c.model.shared_dim = 128
+  c.model.attention_resolution = 0
+  c.model.orthogonal_reg = 0.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
   c.loss.gp_weight = 10.0  # gradient-penalty weight for 'wgan_gp'
+  # R1 (Mescheder et al. 2018): gamma/2 E||grad D(real)||^2, lazily every r1_interval D updates
+  # (scaled by the interval; D's Adam lr and betas corrected as in StyleGAN2). 0 = off.
+  c.loss.r1_gamma = 0.0
+  c.loss.r1_interval = 16
+  # LeCam (Tseng et al. 2021): weight * (E(D(real) - a_fake)^2 + E(D(fake) - a_real)^2) with
+  # a_* EMAs of D's outputs (state). 0 = off.
+  c.loss.lecam_weight = 0.0
+  c.loss.lecam_ema_decay = 0.99
+
+  # Differentiable augmentation of real and fake images before D (jaxgan/augment.py).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.name = "none"  # 'none' | 'diffaugment' | 'ada'
+  c.augment.policy = "color,translation,cutout"  # diffaugment's ops
+  c.augment.ada_target = 0.6  # ADA: target E[sign(D(real))]
+  c.augment.ada_kimg = 500  # ADA: thousands of images for p to move from 0 to 1
+  c.augment.ada_interval = 4  # ADA: steps between p updates
+  c.augment.ada_p_init = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 2e-4
@@ -163,6 +186,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan import data as data_lib
   from jaxgan import losses
   from jaxgan import models
+  from jaxgan import augment as augment_lib
   from jaxgan.metrics import suite as metrics_suite
   from jaxgan.models.layers import UPSAMPLE_IMPLS
 
@@ -202,6 +226,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
              "mixes; set --config.model.d_norm=layer (or none)")
   _require(config.loss.gp_weight >= 0, "loss.gp_weight", f"must be >= 0, got {config.loss.gp_weight}")
+  for key in ("loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
+    _require(get(config, key) >= 0, key, f"must be >= 0, got {get(config, key)}")
+  _positive_int(config, "loss.r1_interval")
+  _positive_int(config, "augment.ada_interval")
+  _require(0 <= config.loss.lecam_ema_decay < 1, "loss.lecam_ema_decay",
+           f"must be in [0, 1), got {config.loss.lecam_ema_decay}")
+  _require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
+           f"unknown augmentation {config.augment.name!r}; choose one of "
+           f"{augment_lib.AUGMENTS.names()}")
+  if config.augment.name == "diffaugment":
+    try:
+      augment_lib.parse_policy(config.augment.policy)
+    except ValueError as e:
+      raise ConfigError(f"config key augment.policy: {e}") from None
+  _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
+           f"must be in [0, 1], got {config.augment.ada_p_init}")
+  if config.loss.r1_gamma > 0 and config.model.name == "dcgan":
+    _require(config.model.d_norm != "batch", "model.d_norm",
+             "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
+             "--config.model.d_norm=layer (or none)")
 
   for key in ("optim.g_lr", "optim.d_lr"):
     _require(get(config, key) > 0, key, f"must be > 0, got {get(config, key)}")

@@ -74,3 +74,19 @@ def gradient_penalty(critic: Callable[[Array], Array], real: Array, fake: Array,
 
 def build_loss(config) -> Loss:
   return LOSSES.get(config.loss.name, "loss.name")
+
+
+def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
+  """E ||d critic(x) / dx||^2 over the real batch (Mescheder et al. 2018); the step weighs it by
+  gamma / 2. Summing the logits gives every sample's own input gradient in one backward pass."""
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+  return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
+
+
+def lecam_penalty(real_logits: Array, fake_logits: Array, anchor_real: Array,
+                  anchor_fake: Array) -> Array:
+  """LeCam regulariser (Tseng et al. 2021, eq. 3): E(D(x) - a_F)^2 + E(D(G(z)) - a_R)^2, with
+  the anchors a_R, a_F moving averages of D's outputs on reals and fakes (held constant here)."""
+  anchor_real, anchor_fake = jax.lax.stop_gradient(anchor_real), jax.lax.stop_gradient(anchor_fake)
+  return (jnp.mean(jnp.square(real_logits - anchor_fake))
+          + jnp.mean(jnp.square(fake_logits - anchor_real)))

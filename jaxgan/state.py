@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgan import augment as augment_lib
+
 PyTree = Any
 
 
@@ -31,12 +33,23 @@ class TrainState:
   g_opt_state: PyTree
   d_opt_state: PyTree
   ema_params: PyTree
+  augment: PyTree  # augment.AugmentState: ADA's p and its sign accumulators (p = 0 unless 'ada')
+  lecam: PyTree  # {'real', 'fake'}: EMAs of D's mean outputs, LeCam's anchors
 
 
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5)."""
+  """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5).
+
+  With lazy R1 every k D updates, D's lr and betas are corrected by k / (k + 1) (StyleGAN2,
+  Karras et al. 2020, appendix B) so the regularised optimisation matches the per-step one.
+  """
   o = config.optim
-  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
+  d_lr, d_b1, d_b2 = o.d_lr, o.b1, o.b2
+  k = config.loss.r1_interval
+  if config.loss.r1_gamma > 0 and k > 1:
+    ratio = k / (k + 1)
+    d_lr, d_b1, d_b2 = d_lr * ratio, d_b1**ratio, d_b2**ratio
+  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(d_lr, b1=d_b1, b2=d_b2)
 
 
 def init_state(config, generator: nn.Module, discriminator: nn.Module,
@@ -66,4 +79,7 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
       ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
+      augment=augment_lib.init_state(config.augment.ada_p_init if config.augment.name == "ada"
+                                     else 0.0),
+      lecam={"real": jnp.zeros((), jnp.float32), "fake": jnp.zeros((), jnp.float32)},
   )

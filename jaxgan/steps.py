@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgan import augment as augment_lib
 from jaxgan import losses as losses_lib
+from jaxgan.models.resnet import orthogonal_penalty
 from jaxgan.state import TrainState
 
 Batch = dict[str, jnp.ndarray]
@@ -66,24 +68,54 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   conditional = config.data.num_classes > 0
   gp_weight = config.loss.gp_weight
   random_flip = config.data.random_flip
+  r1_gamma, r1_interval = config.loss.r1_gamma, config.loss.r1_interval
+  lecam_weight, lecam_decay = config.loss.lecam_weight, config.loss.lecam_ema_decay
+  ortho_weight = config.model.orthogonal_reg
+  aug = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
+  if config.augment.name == "diffaugment":  # the configured policy, not the registry default
+    policy = config.augment.policy
+    aug = augment_lib.Augment(apply=lambda x, k, p: augment_lib.diffaugment(x, k, policy))
+  augment = aug.apply
 
-  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key):
+  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam, step):
+    real_key, fake_key, gp_key = jax.random.split(key, 3)
+
     def d_objective(params):
-      real_logits, stats = _apply(discriminator, params, d_stats, real, labels)
+      # The same differentiable augmentation for reals and fakes (each its own draw), so D never
+      # sees an un-augmented image and G is trained through the augmentation.
+      d_of_real = lambda x, st: _apply(discriminator, params, st, augment(x, real_key, aug_p), labels)
+      real_logits, stats = d_of_real(real, d_stats)
       # Real and fake go through D separately (own batch statistics), as in DCGAN.
-      fake_logits, stats = _apply(discriminator, params, stats, fake, labels)
+      fake_logits, stats = _apply(discriminator, params, stats, augment(fake, fake_key, aug_p),
+                                  labels)
       value = loss.d_loss(real_logits, fake_logits)
       aux = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
       if loss.uses_gradient_penalty:
         critic = lambda x: _apply(discriminator, params, stats, x, labels)[0]
-        gp = losses_lib.gradient_penalty(critic, real, fake, key)
+        gp = losses_lib.gradient_penalty(critic, real, fake, gp_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
-      return value, (stats, aux)
+      if r1_gamma > 0:
+        # Lazy R1 on the un-augmented reals (as StyleGAN2-ADA): only every r1_interval-th D
+        # update computes it (lax.cond skips the double backward otherwise), scaled by the interval.
+        due = step % r1_interval == 0
+        r1 = jax.lax.cond(due, lambda: losses_lib.r1_penalty(
+            lambda x: d_of_real(x, stats)[0], real), lambda: jnp.zeros((), jnp.float32))
+        value = value + (0.5 * r1_gamma * r1_interval) * r1
+        aux["r1_penalty"] = r1
+      if lecam_weight > 0:
+        reg = losses_lib.lecam_penalty(real_logits, fake_logits, lecam["real"], lecam["fake"])
+        value = value + lecam_weight * reg
+        aux["lecam"] = reg
+      return value, (stats, aux, real_logits, fake_logits)
 
-    (value, (stats, aux)), grads = jax.value_and_grad(d_objective, has_aux=True)(d_params)
+    (value, (stats, aux, real_logits, fake_logits)), grads = jax.value_and_grad(
+        d_objective, has_aux=True)(d_params)
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
-    return optax.apply_updates(d_params, updates), stats, d_opt_state, value, aux, grads
+    lecam = {"real": lecam_decay * lecam["real"] + (1 - lecam_decay) * jnp.mean(real_logits),
+             "fake": lecam_decay * lecam["fake"] + (1 - lecam_decay) * jnp.mean(fake_logits)}
+    return (optax.apply_updates(d_params, updates), stats, d_opt_state, value, aux, grads,
+            real_logits, lecam)
 
   def step_fn(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     images = to_model_range(batch["image"])
@@ -92,7 +124,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     # batch sharded on axis 0 needs no data movement.
     images = images.reshape((b, n_critic) + images.shape[1:])
     all_labels = batch["label"].reshape(b, n_critic)
-    keys = jax.random.split(rng, 3 * n_critic + 1)
+    keys = jax.random.split(rng, 3 * n_critic + 2)
+    aug_state, lecam, aug_p = state.augment, state.lecam, state.augment.p
 
     def real_slice(k):
       real = images[:, k]
@@ -108,9 +141,10 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       real, labels = real_slice(k)
       z = jax.random.normal(keys[3 * k], (b, z_dim))
       fake, _ = _apply(generator, state.g_params, state.g_batch_stats, z, labels)
-      d_params, d_stats, d_opt_state, value, aux, grads = d_update(
+      d_params, d_stats, d_opt_state, value, aux, grads, real_logits, lecam = d_update(
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-          keys[3 * k + 1])
+          keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
+      aug_state = augment_lib.accumulate(aug_state, real_logits)
       d_values.append(value)
       d_grads_all.append(grads)
 
@@ -121,17 +155,28 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     z = jax.random.normal(keys[3 * k], (b, z_dim))
     g_forward = lambda p: _apply(generator, p, state.g_batch_stats, z, labels)
     fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-    d_params, d_stats, d_opt_state, d_value, aux, d_grads = d_update(
+    d_params, d_stats, d_opt_state, d_value, aux, d_grads, real_logits, lecam = d_update(
         d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-        keys[3 * k + 1])
+        keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
+    aug_state = augment_lib.accumulate(aug_state, real_logits)
+    if aug.adaptive:
+      c = config.augment
+      aug_state = augment_lib.maybe_update(aug_state, state.step, c.ada_interval,
+                                           config.train.batch_size * n_critic, c.ada_target,
+                                           float(c.ada_kimg))
     d_values.append(d_value)
     d_grads_all.append(d_grads)
 
     # G update through the updated D: dL/dfake from D, then back through G's saved forward.
     # D's statistics from this pass are not kept: they belong to the G phase.
-    g_objective = lambda x: loss.g_loss(_apply(discriminator, d_params, d_stats, x, labels)[0])
+    g_key = keys[3 * n_critic + 1]
+    g_objective = lambda x: loss.g_loss(
+        _apply(discriminator, d_params, d_stats, augment(x, g_key, aug_p), labels)[0])
     g_value, d_fake_grad = jax.value_and_grad(g_objective)(fake)
     (g_grads,) = g_vjp(d_fake_grad)
+    if ortho_weight > 0:  # BigGAN: half the penalty's gradient, see models/resnet.py
+      ortho = jax.grad(lambda p: 0.5 * ortho_weight * orthogonal_penalty(p))(state.g_params)
+      g_grads = jax.tree_util.tree_map(jnp.add, g_grads, ortho)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
 
@@ -142,7 +187,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     finite = _all_finite(d_values, g_value, d_grads_all, g_grads)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
-        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params)
+        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,
+        augment=aug_state, lecam=lecam)
     # Skip the whole update when anything is non-finite; only the counters move.
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
     new_state = new_state.replace(
@@ -153,7 +199,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     metrics = {"d_loss": jnp.mean(jnp.stack(d_values)), "g_loss": g_value, "ema_beta": beta,
                "nonfinite": 1 - finite.astype(jnp.int32),
                "nonfinite_streak": new_state.nonfinite_streak,
-               "nonfinite_total": new_state.nonfinite_total, **aux}
+               "nonfinite_total": new_state.nonfinite_total, "augment_p": new_state.augment.p,
+               **aux}
     return new_state, metrics
 
   return step_fn

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxgan.models.dcgan import Discriminator, Generator
 from jaxgan.models.layers import resolve_upsample_impl
+from jaxgan.models.resnet import ResNetDiscriminator, ResNetGenerator
 from jaxgan.registry import Registry
 
 
@@ -43,6 +44,22 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
 
 
 MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256)))
+
+
+def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
+  dtype = compute_dtype(config)
+  m, d = config.model, config.data
+  classes = (d.num_classes,) if d.num_classes > 0 else ()
+  g = ResNetGenerator(image_size=d.image_size, num_classes=classes, z_dim=m.z_dim,
+                      width=m.g_width, max_width=m.max_width, shared_dim=m.shared_dim,
+                      attention_resolution=m.attention_resolution, dtype=dtype)
+  disc = ResNetDiscriminator(image_size=d.image_size, num_classes=classes, width=m.d_width,
+                             max_width=m.max_width, attention_resolution=m.attention_resolution,
+                             dtype=dtype)
+  return g, disc
+
+
+MODELS.register("resnet")(ModelSpec(_build_resnet, (32, 64, 128, 256)))
 
 
 def build_models(config) -> tuple[nn.Module, nn.Module]:

@@ -1,0 +1,100 @@
+"""R1, LeCam, the lazy-R1 optimizer correction, and the train step with the ResNet GAN,
+DiffAugment/ADA, R1, LeCam and orthogonal regularisation switched on."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_config
+from jaxgan import config as config_lib
+from jaxgan import losses, state as state_lib, trainer
+
+
+def test_r1_matches_a_direct_computation():
+  w = jnp.array([0.5, -2.0, 3.0])
+  critic = lambda x: jnp.sum(w * x**2, axis=(1, 2, 3))  # per-sample logits; grad = 2 w x
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 2, 3))
+  want = np.mean(np.sum((2 * np.asarray(w) * np.asarray(x)) ** 2, axis=(1, 2, 3)))
+  np.testing.assert_allclose(losses.r1_penalty(critic, x), want, rtol=1e-6)
+
+
+def test_lecam_matches_the_formula():
+  real, fake = jnp.array([1.0, 2.0, 3.0]), jnp.array([-1.0, 0.0])
+  want = np.mean((np.array([1, 2, 3]) - (-0.5)) ** 2) + np.mean((np.array([-1, 0]) - 1.5) ** 2)
+  np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
+
+
+def test_lazy_r1_corrects_d_adam():
+  config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4, "optim.d_lr": 1e-3,
+                          "optim.b1": 0.0})
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  params = {"w": jnp.ones(3)}
+  grads = {"w": jnp.array([1.0, -1.0, 2.0])}
+  # Adam's first step is -lr * g / |g| (bias-corrected): its size shows the corrected lr.
+  d_step, _ = d_tx.update(grads, d_tx.init(params), params)
+  g_step, _ = g_tx.update(grads, g_tx.init(params), params)
+  np.testing.assert_allclose(np.abs(d_step["w"]), 1e-3 * 4 / 5, rtol=1e-4)
+  np.testing.assert_allclose(np.abs(g_step["w"]), config.optim.g_lr, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"loss.r1_gamma": 1.0}, "model.d_norm"),  # DCGAN with BatchNorm in D
+    ({"augment.name": "mixup"}, "augment.name"),
+    ({"augment.name": "diffaugment", "augment.policy": "color,blur"}, "augment.policy"),
+    ({"model.name": "resnet", "data.image_size": 16}, "data.image_size"),
+])
+def test_bad_regulariser_configs_fail_validation(overrides, key):
+  with pytest.raises(config_lib.ConfigError, match=key):
+    config_lib.validate(tiny_config(**overrides), 1, 1)
+
+
+def _resnet_config(**overrides):
+  return tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.z_dim": 12,
+                        "model.g_width": 4, "model.d_width": 4, "model.max_width": 8,
+                        "model.shared_dim": 4,
+                        "loss.name": "hinge", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
+                        "loss.lecam_weight": 0.3, "model.orthogonal_reg": 1e-4,
+                        "augment.name": "diffaugment", **overrides})
+
+
+def _run_steps(config, n, size):
+  run = trainer.build_run(config)
+  state = jax.jit(run.init)()
+  rng = np.random.default_rng(0)
+  snapshots, metrics = [jax.device_get(state)], []
+  for _ in range(n):
+    batch = {"image": rng.integers(0, 256, (8, size, size, 3)).astype(np.uint8),
+             "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+    state, m = run.train_step(state, batch)  # donates the previous state: keep host copies
+    snapshots.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return snapshots, metrics
+
+
+def test_resnet_step_with_ada_lecam_and_orthogonal_regularisation():
+  config = _resnet_config(**{"augment.name": "ada", "augment.ada_interval": 1,
+                             "augment.ada_kimg": 1, "augment.ada_p_init": 0.5,
+                             "augment.ada_target": 0.6, "loss.r1_gamma": 0.0})
+  (s0, s1, s2), metrics = _run_steps(config, 2, 32)
+  assert metrics[0]["nonfinite"] == 0 and metrics[1]["nonfinite"] == 0
+  assert metrics[0]["lecam"] >= 0 and float(s1.lecam["real"]) != 0.0
+  # Spectral-norm power iterations live in batch_stats and move every step.
+  sn = lambda s: [x for p, x in jax.tree_util.tree_leaves_with_path(s.d_batch_stats)
+                  if "/u" in jax.tree_util.keystr(p)]
+  assert sn(s0) and not np.allclose(sn(s0)[0], sn(s1)[0])
+  # ADA: one update per step after 8 images with ada_kimg=1 moves p by exactly 8 / 1000, up when
+  # sign(D(real)) averages above the target, down otherwise.
+  for before, after in ((s0, s1), (s1, s2)):
+    assert abs(abs(float(after.augment.p) - float(before.augment.p)) - 8 / 1000) < 1e-6
+  assert float(metrics[1]["augment_p"]) == pytest.approx(float(s2.augment.p))
+
+
+def test_lazy_r1_runs_every_interval_with_diffaugment():
+  config = tiny_config(**{"model.d_norm": "layer", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
+                          "augment.name": "diffaugment"})
+  _, metrics = _run_steps(config, 3, 16)
+  assert [m["nonfinite"] for m in metrics] == [0, 0, 0]
+  r1 = [float(m["r1_penalty"]) for m in metrics]
+  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0  # D updates 0 and 2 of every 2
