@@ -42,9 +42,46 @@ def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def latents(seed: int, num: int, z_dim: int) -> jax.Array:
-  """Standard-normal latents from a seed (the same on every machine)."""
-  return jax.random.normal(jax.random.PRNGKey(seed), (num, z_dim), jnp.float32)
+def latents(seed: int, num: int, z_dim: int, truncation: float = 0.0) -> jax.Array:
+  """Standard-normal latents from a seed (the same on every machine).
+
+  `truncation` > 0 is BigGAN's truncation trick: values outside [-t, t] are resampled, i.e.
+  the latents follow the normal distribution truncated to [-t, t] (more typical, less varied
+  samples as t shrinks).
+  """
+  key = jax.random.PRNGKey(seed)
+  if truncation > 0:
+    return jax.random.truncated_normal(key, -truncation, truncation, (num, z_dim), jnp.float32)
+  return jax.random.normal(key, (num, z_dim), jnp.float32)
+
+
+def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+  """Spherical interpolation between latents (rows of a and b) at fractions t: stays at the norm
+  Gaussian latents have, where a straight line would pass through low-norm, atypical z."""
+  a_n = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+  b_n = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+  omega = jnp.arccos(jnp.clip(jnp.sum(a_n * b_n, -1, keepdims=True), -1.0, 1.0))
+  so = jnp.sin(omega)
+  safe = so > 1e-6
+  wa = jnp.where(safe, jnp.sin((1.0 - t) * omega) / jnp.where(safe, so, 1.0), 1.0 - t)
+  wb = jnp.where(safe, jnp.sin(t * omega) / jnp.where(safe, so, 1.0), t)
+  return wa * a + wb * b
+
+
+def interpolation_inputs(seed: int, num_classes: int, steps: int, z_dim: int,
+                         truncation: float = 0.0) -> tuple[jax.Array, Optional[jax.Array], int]:
+  """Latent interpolation grid: one row per class (8 rows unconditional), `steps` columns moving
+  from one latent to another by slerp; the same two latents in every row, so columns compare
+  classes at a fixed z."""
+  rows = num_classes if num_classes > 0 else 8
+  ends = latents(seed, 2 * (1 if num_classes > 0 else rows), z_dim, truncation)
+  starts, stops = ends[0::2], ends[1::2]
+  t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
+  z = slerp(starts[:, None, :], stops[:, None, :], t)  # [rows or 1, steps, z]
+  z = jnp.broadcast_to(z, (rows, steps, z_dim)).reshape(rows * steps, z_dim)
+  labels = (jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), steps)
+            if num_classes > 0 else None)
+  return z, labels, steps
 
 
 def grid_inputs(seed: int, num_classes: int, per_class: int, z_dim: int

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -75,6 +76,30 @@ def test_generate_is_deterministic(runs, tmp_path):
   assert len(singles) == 3 and all(os.path.exists(p) for p in singles)
   with pytest.raises(ValueError, match="choose one of: tshirt, trousers, dress"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
+
+
+def test_truncation_and_interpolation_grids(runs, tmp_path):
+  from PIL import Image
+
+  from jaxgan import sampling
+
+  root, _, _ = runs
+  workdir = str(root / "full")
+  z = np.asarray(sampling.latents(0, 512, 8, truncation=0.7))
+  assert np.abs(z).max() <= 0.7 and z.std() > 0.3  # resampled into range, not clipped to it
+  a = generate.generate(workdir, 4, str(tmp_path / "t.png"), truncation=0.5)
+  b = generate.generate(workdir, 4, str(tmp_path / "u.png"), truncation=0.5)
+  assert open(a[0], "rb").read() == open(b[0], "rb").read()
+  grid = generate.generate(workdir, 1, str(tmp_path / "i.png"), interpolate=5)
+  # tiny_config: 3 classes x 5 columns of 16px images with 2px gutters.
+  assert Image.open(grid[0]).size == (5 * 18 + 2, 3 * 18 + 2)
+  one = generate.generate(workdir, 1, str(tmp_path / "j.png"), interpolate=4, label="1")
+  assert Image.open(one[0]).size == (4 * 18 + 2, 18 + 2)
+  ends = sampling.latents(0, 2, 8)
+  path = np.asarray(sampling.slerp(ends[0:1], ends[1:2], jnp.linspace(0, 1, 3)[:, None]))
+  np.testing.assert_allclose(path[[0, 2]], np.asarray(ends), atol=1e-5)
+  with pytest.raises(ValueError, match="--truncation"):
+    generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=-1)
 
 
 def test_unwritable_workdir_fails_before_compiling(tmp_path):

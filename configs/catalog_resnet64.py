@@ -1,0 +1,48 @@
+"""BigGAN-style ResNet GAN with spectral norm and DiffAugment on a prepared catalog, 64x64.
+
+For small catalogs (a few thousand images per class): hinge loss, SN in G and D, shared class
+embedding + hierarchical z, projection D, self-attention at 32x32, DiffAugment
+(color, translation, cutout), LeCam, FID/KID every 5k steps with a best-FID checkpoint.
+  python -m jaxgan.prepare ... --image-size 64 --out data/catalog64
+  python -m jaxgan.train --config configs/catalog_resnet64.py --workdir runs/resnet64 \
+      --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
+"""
+
+from jaxgan.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.data.source = "prepared"
+  config.data.path = ""  # the folder written by `python -m jaxgan.prepare`
+  config.data.image_size = 64
+  config.data.num_classes = 0  # set to the number of class_names in dataset_info.json
+  config.data.random_flip = True
+  config.model.name = "resnet"
+  config.model.z_dim = 120
+  config.model.g_width = 64  # BigGAN ch: G 16ch..ch capped at max_width
+  config.model.d_width = 64
+  config.model.max_width = 512
+  config.model.shared_dim = 128
+  config.model.attention_resolution = 32
+  config.model.orthogonal_reg = 1e-4
+  config.loss.name = "hinge"
+  config.loss.lecam_weight = 0.3
+  config.augment.name = "diffaugment"
+  config.augment.policy = "color,translation,cutout"
+  # BigGAN's optimiser: Adam(0, 0.999), D a little faster than G.
+  config.optim.g_lr = 1e-4
+  config.optim.d_lr = 4e-4
+  config.optim.b1 = 0.0
+  config.optim.b2 = 0.999
+  config.train.batch_size = 128
+  config.train.n_critic = 2
+  config.train.num_steps = 100_000
+  config.train.dtype = "bfloat16"
+  config.train.ema_half_life_images = 10_000
+  config.train.log_every = 100
+  config.train.sample_every = 2_000
+  config.train.checkpoint_every = 5_000
+  config.train.eval_every = 5_000
+  config.train.eval_num_samples = 10_000
+  return config
