@@ -8,16 +8,18 @@ embedding + hierarchical z, projection D, self-attention at 32x32, DiffAugment
       --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
 """
 
-from jaxgan.config import base_config
+import importlib.util
+import os
+
+# The data side (prepared catalog, 64x64, flips, schedule) is configs/catalog64.py's.
+_spec = importlib.util.spec_from_file_location(
+    "catalog64", os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog64.py"))
+_catalog64 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_catalog64)
 
 
 def get_config():
-  config = base_config()
-  config.data.source = "prepared"
-  config.data.path = ""  # the folder written by `python -m jaxgan.prepare`
-  config.data.image_size = 64
-  config.data.num_classes = 0  # set to the number of class_names in dataset_info.json
-  config.data.random_flip = True
+  config = _catalog64.get_config()
   config.model.name = "resnet"
   config.model.z_dim = 120
   config.model.g_width = 64  # BigGAN ch: G 16ch..ch capped at max_width
@@ -35,14 +37,8 @@ def get_config():
   config.optim.d_lr = 4e-4
   config.optim.b1 = 0.0
   config.optim.b2 = 0.999
-  config.train.batch_size = 128
   config.train.n_critic = 2
-  config.train.num_steps = 100_000
   config.train.dtype = "bfloat16"
-  config.train.ema_half_life_images = 10_000
-  config.train.log_every = 100
-  config.train.sample_every = 2_000
-  config.train.checkpoint_every = 5_000
   config.train.eval_every = 5_000
   config.train.eval_num_samples = 10_000
   return config
