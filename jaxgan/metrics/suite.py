@@ -1,7 +1,8 @@
 """The metric registry and the cache of real-data features.
 
-A metric is a function `(real_features, fake_features) -> {name: value}` over [N, 2048]
-Inception features, registered by name in METRICS and picked by `eval.metrics`. Reference
+A metric is a function `(real_features, fake_features, real_labels, fake_labels) ->
+{name: value}` over [N, 2048] Inception features (labels: int [N] of the first attribute, or None
+when unknown), registered by name in METRICS and picked by `eval.metrics`. Reference
 (real-data) features are cached as .npz keyed by what determines them: the data set's identity,
 the image size, the number of images and the Inception weights (StyleGAN2-ADA caches its
 reference statistics the same way), so a run, its restarts and `jaxgan.evaluate` extract the
@@ -20,24 +21,38 @@ import numpy as np
 from jaxgan.metrics import distances
 from jaxgan.registry import Registry
 
-Metric = Callable[[np.ndarray, np.ndarray], dict]
+Metric = Callable[..., dict]
 METRICS: Registry[Metric] = Registry("metric")
 
 
 @METRICS.register("fid")
-def _fid(real: np.ndarray, fake: np.ndarray) -> dict:
+def _fid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   return {"fid": distances.fid(real, fake)}
 
 
 @METRICS.register("kid")
-def _kid(real: np.ndarray, fake: np.ndarray) -> dict:
+def _kid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   # Subsets of at most 1000 (Binkowski et al.); 100 subsets, a fixed seed: repeatable values.
   mean, std = distances.kernel_inception_distance(real, fake, num_subsets=100, subset_size=1000)
   return {"kid_mean": mean, "kid_std": std}
 
 
+@METRICS.register("per_class_fid")
+def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.ndarray],
+                   fake_labels: Optional[np.ndarray]) -> dict:
+  """FID within each class of a conditional model: 'fid_class_<k>' (None for classes with fewer
+  than 2 samples on either side). Small per-class N makes these biased upwards: compare classes
+  of the same run, not across runs with different N."""
+  if real_labels is None or fake_labels is None:
+    raise ValueError("per_class_fid needs class labels: use `evaluate --workdir` on a "
+                     "conditional run, not two unlabelled sets")
+  first = lambda labels: np.asarray(labels).reshape(len(labels), -1)[:, 0]
+  per_class = distances.per_class_fid(real, first(real_labels), fake, first(fake_labels))
+  return {f"fid_class_{k}": v for k, v in per_class.items()}
+
+
 @METRICS.register("pr")
-def _precision_recall(real: np.ndarray, fake: np.ndarray) -> dict:
+def _precision_recall(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   precision, recall = distances.precision_recall(real, fake, k=3)
   return {"precision": precision, "recall": recall}
 
@@ -50,11 +65,13 @@ def parse_names(names: str) -> list[str]:
   return out
 
 
-def compute(real: np.ndarray, fake: np.ndarray, names: list[str]) -> dict:
+def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
+            real_labels: Optional[np.ndarray] = None, fake_labels: Optional[np.ndarray] = None
+            ) -> dict:
   """Every named metric of the two feature sets, as one flat dict of floats."""
   results: dict = {}
   for name in names:
-    results.update(METRICS.get(name, "eval.metrics")(real, fake))
+    results.update(METRICS.get(name, "eval.metrics")(real, fake, real_labels, fake_labels))
   return results
 
 
