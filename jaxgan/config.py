@@ -29,7 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "synthetic"  # registry name, see jaxgan/data/
   c.data.path = ""  # where the source reads from (unused by 'synthetic')
   c.data.image_size = 32
-  c.data.num_classes = 8  # 0 trains an unconditional model
+  c.data.num_classes = 8  # 0 trains an unconditional model; classes of the first attribute
+  # Several attributes at once (e.g. articleType and baseColour): comma-separated class counts of
+  # attributes 2..A, e.g. "46"; "" = one attribute. Labels are then int32 [N, A].
+  c.data.extra_num_classes = ""
   c.data.random_flip = False  # horizontal flips of real images (on device, seeded)
   # Real catalogs (folder / manifest / tfds / prepared sources, see jaxgan/data/).
   c.data.image_column = ""  # manifest: column holding an image path (absolute or from image_dir)
@@ -37,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_dir = ""  # manifest: folder of the images (default: the manifest's folder)
   c.data.image_pattern = "{id}.jpg"  # manifest: file name from the id
   c.data.label_column = ""  # manifest: class column (e.g. articleType); "" = unconditional
+  c.data.label_columns = ""  # manifest: comma-separated extra attribute columns (e.g. baseColour)
   c.data.min_class_count = 1  # rarer classes are merged into 'other' or dropped
   c.data.rare_classes = "other"  # 'other' | 'drop'
   c.data.tfds_name = ""  # tfds: e.g. 'fashion_mnist', 'cifar10', 'stanford_online_products'
@@ -169,6 +173,38 @@ def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
            f"must be a positive integer, got {value!r}")
 
 
+def parse_class_counts(text: str) -> tuple[int, ...]:
+  """'46,3' -> (46, 3); '' -> (). Raises ValueError naming the bad item."""
+  if not isinstance(text, str):
+    raise ValueError(f"must be a string of comma-separated class counts, e.g. '46', got {text!r}")
+  counts = []
+  for item in (t.strip() for t in text.split(",")) if text.strip() else ():
+    if not item.isdigit() or int(item) <= 0:
+      raise ValueError(f"{item!r} in {text!r} is not a positive integer; give comma-separated "
+                       "class counts, e.g. '46'")
+    counts.append(int(item))
+  return tuple(counts)
+
+
+def attribute_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Classes per conditioning attribute: () unconditional, (num_classes,) for one attribute,
+  (num_classes, *extra_num_classes) for several."""
+  if config.data.num_classes <= 0:
+    return ()
+  return (config.data.num_classes, *parse_class_counts(config.data.extra_num_classes))
+
+
+def label_shape(config: ml_collections.ConfigDict, n: int) -> tuple[int, ...]:
+  """Shape of `n` labels: [n] for one attribute (or none), [n, A] for A > 1 attributes."""
+  a = len(attribute_classes(config))
+  return (n, a) if a > 1 else (n,)
+
+
+def split_columns(text: str) -> list[str]:
+  """'baseColour, season' -> ['baseColour', 'season']."""
+  return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
   """config['a.b.c'] by dotted name."""
   node: Any = config
@@ -201,6 +237,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   nc = config.data.num_classes
   _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
            f"must be 0 (unconditional) or a positive integer, got {nc!r}")
+  try:
+    extra = parse_class_counts(config.data.extra_num_classes)
+  except ValueError as e:
+    raise ConfigError(f"config key data.extra_num_classes: {e}") from None
+  _require(not extra or nc > 0, "data.extra_num_classes",
+           f"{config.data.extra_num_classes!r} needs data.num_classes > 0 (the first attribute's "
+           "classes); set it, or set data.extra_num_classes='' to train unconditionally")
+  _require(isinstance(config.data.label_columns, str), "data.label_columns",
+           f"must be a comma-separated string of column names, got {config.data.label_columns!r}")
 
   _require(config.model.name in models.MODELS, "model.name",
            f"unknown model {config.model.name!r}; choose one of {models.MODELS.names()}")
@@ -208,6 +253,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"unknown loss {config.loss.name!r}; choose one of {losses.LOSSES.names()}")
   _require(config.data.source in data_lib.SOURCES, "data.source",
            f"unknown data source {config.data.source!r}; choose one of {data_lib.SOURCES.names()}")
+  _require(not extra or getattr(data_lib.SOURCES.get(config.data.source), "multi_attribute", False),
+           "data.extra_num_classes", f"the {config.data.source!r} source serves one attribute; "
+           "use data.source='prepared' (prepare --label-column A --label-column B) or 'manifest' "
+           "(data.label_columns), or set data.extra_num_classes=''")
   _require(config.train.dtype in DTYPES, "train.dtype",
            f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
   _require(config.model.d_norm in ("batch", "layer", "none"), "model.d_norm",

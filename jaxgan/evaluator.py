@@ -2,8 +2,8 @@
 
 Reals: the first N images of the data source's seeded order (capped at the data set's size), their
 Inception features cached by `metrics.suite` per (data set, image size, N, weights). Fakes: EMA
-samples from latents of a fixed seed; conditional models draw the fakes' labels from the reals'
-labels, so both sets have the same class mix.
+samples from latents of a fixed seed; conditional models draw the fakes' label rows (one value per
+attribute) from the reals' label rows, so both sets have the same mix of classes and combinations.
 """
 
 from __future__ import annotations
@@ -79,14 +79,19 @@ class Evaluator:
       self._reference[num] = cached
     return self._reference[num]
 
+  def fake_labels(self, real_labels: np.ndarray, num: int, seed: int) -> Optional[np.ndarray]:
+    """Label rows for `num` fakes, drawn from the reals' rows (None when unconditional)."""
+    if self.config.data.num_classes <= 0:
+      return None
+    return np.random.default_rng(seed).choice(real_labels, num).astype(np.int32)
+
   def fake_images(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
                   seed: int) -> np.ndarray:
     """`num` uint8 samples of the EMA generator in fixed-size batches (one compilation)."""
     z_dim, conditional = self.config.model.z_dim, self.config.data.num_classes > 0
     batch = self.extractor.global_batch
     z_all = np.asarray(sampling.latents(seed, num, z_dim))
-    labels_all = (np.random.default_rng(seed).choice(real_labels, num).astype(np.int32)
-                  if conditional else None)
+    labels_all = self.fake_labels(real_labels, num, seed)
     out = []
     for start in range(0, num, batch):
       z = np.zeros((batch, z_dim), np.float32)
@@ -94,7 +99,7 @@ class Evaluator:
       z[:len(part)] = part
       labels = None
       if conditional:
-        labels = np.zeros((batch,), np.int32)
+        labels = np.zeros((batch,) + labels_all.shape[1:], np.int32)
         labels[:len(part)] = labels_all[start:start + batch]
       z_dev, labels_dev = self.place((jnp.asarray(z), None if labels is None else jnp.asarray(labels)))
       images = np.asarray(sharding.to_host(self.sampler(ema_params, g_batch_stats, z_dev, labels_dev)))
@@ -108,7 +113,10 @@ class Evaluator:
     real, real_labels = self.reference(num_real or self.config.eval.num_real or num_samples)
     fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
     fake = self.extractor(fakes, desc="inception (fakes)")
-    results = suite.compute(real, fake, names or self.names)
+    conditional = self.config.data.num_classes > 0
+    results = suite.compute(real, fake, names or self.names,
+                            real_labels if conditional else None,
+                            self.fake_labels(real_labels, num_samples, seed))
     results.update(num_samples=int(num_samples), num_real=int(len(real)),
                    inception_images_per_sec=self.extractor.last_images_per_sec,
                    seconds=time.perf_counter() - start)

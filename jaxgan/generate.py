@@ -1,11 +1,17 @@
-"""`python -m jaxgan.generate --workdir DIR --num 64 --out grid.png [--label NAME_OR_INDEX]
-[--truncation 0.7] [--interpolate 8]`.
+"""`python -m jaxgan.generate --workdir DIR --num 64 --out grid.png [--label NAME_OR_INDEX |
+--label ATTRIBUTE=NAME ...] [--truncation 0.7] [--interpolate 8]`.
 
 Samples the EMA generator of the latest checkpoint. `--truncation t` draws latents from the normal
 truncated to [-t, t] (BigGAN's truncation trick). `--interpolate N` writes a grid with one row
 per class and N columns moving between two latents (spherical interpolation). `--out` naming a directory (trailing slash or
 existing directory) writes `--num` single PNGs instead of one grid. Output is byte-identical for
 the same checkpoint, seed and arguments.
+
+Multi-attribute models (e.g. articleType and baseColour): `--label articleType=Tshirts --label
+"baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts` names a class of the first
+attribute. The first attribute, when not given, takes all its classes in turn (one row per class
+with --interpolate); every other attribute not given is drawn uniformly at random from --seed
+(per image; per row with --interpolate), so the output stays deterministic.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from absl import app, flags, logging
 
@@ -21,17 +27,22 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
 flags.DEFINE_integer("num", 64, "Number of images.")
 flags.DEFINE_string("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
-flags.DEFINE_string("label", None, "Class name or index (conditional models); default: all "
-                    "classes in turn.")
-flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
+                          "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
+                          "--label 'baseColour=Navy Blue'); default: all classes of the first "
+                          "attribute in turn, other attributes drawn at random from --seed.")
+flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not given by --label).")
 flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
                    "(0 = off; BigGAN uses 0.5-1.0).")
 flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
                      "class (0 = plain samples).")
 flags.mark_flags_as_required(["workdir"])
 
+Attributes = list[tuple[str, list[str]]]
 
-def resolve_label(label: str, class_names: list[str], num_classes: int) -> int:
+
+def resolve_label(label: str, class_names: list[str], num_classes: int,
+                  attribute: Optional[str] = None) -> int:
   """A class name or index -> index, with a one-line error listing the valid choices."""
   if num_classes == 0:
     raise ValueError("--label: this model is unconditional; drop --label")
@@ -40,14 +51,72 @@ def resolve_label(label: str, class_names: list[str], num_classes: int) -> int:
   if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
     return int(label)
   choices = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
+  if attribute is not None:
+    raise ValueError(f"--label {attribute}={label!r}: not a class of {attribute}; choose one of: "
+                     f"{choices}")
   raise ValueError(f"--label {label!r} is not a class of this model; choose one of: {choices}")
 
 
-def generate(workdir: str, num: int, out: str, label: Optional[str] = None, seed: int = 0,
-             truncation: float = 0.0, interpolate: int = 0) -> list[str]:
-  """Writes the images and returns the paths written."""
+def model_attributes(meta: dict, classes: Sequence[int]) -> Attributes:
+  """(name, class names) per attribute from the checkpoint meta; runs written before
+  multi-attribute support name their one attribute 'class'."""
+  stored = [(str(n), list(c)) for n, c in meta.get("attributes", [])]
+  if len(stored) == len(classes):
+    return stored
+  names = list(meta.get("class_names", []))
+  return [("class" if i == 0 else f"attribute{i}", names if i == 0 else [])
+          for i in range(len(classes))]
+
+
+def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Sequence[int]
+                   ) -> dict[int, int]:
+  """--label values -> {attribute index: class index}. A value is a first-attribute class when it
+  names one or has no '='; otherwise ATTRIBUTE=VALUE."""
+  chosen: dict[int, int] = {}
+  for text in labels:
+    first_names = attributes[0][1] if attributes else []
+    if "=" not in text or text in first_names or not classes:
+      i, value, named = 0, text, None
+    else:
+      name, value = (t.strip() for t in text.split("=", 1))
+      names = [a for a, _ in attributes]
+      if name not in names:
+        raise ValueError(f"--label {text!r}: this model has no attribute {name!r}; choose one "
+                         f"of: {', '.join(names)}")
+      i, named = names.index(name), name
+    if i in chosen:
+      raise ValueError(f"--label {text!r}: attribute {attributes[i][0]!r} is given twice; "
+                       "give each attribute once")
+    n = classes[i] if classes else 0
+    chosen[i] = resolve_label(value, attributes[i][1] if classes else [], n, named)
+  return chosen
+
+
+def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: int, repeat: int):
+  """[n, A] labels: column 0 is `first`; column i is the chosen class, or uniform draws from the
+  seed, one per `repeat` consecutive images (a row of an interpolation grid)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  n = len(first)
+  columns = [first]
+  for i, num in enumerate(classes[1:], 1):
+    if i in chosen:
+      columns.append(jnp.full((n,), chosen[i], jnp.int32))
+    else:
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), i)  # not the latents' key
+      draws = jax.random.randint(key, (-(-n // repeat),), 0, num, jnp.int32)
+      columns.append(jnp.repeat(draws, repeat)[:n])
+  return jnp.stack(columns, axis=1)
+
+
+def generate(workdir: str, num: int, out: str,
+             label: Union[str, Sequence[str], None] = None, seed: int = 0,
+             truncation: float = 0.0, interpolate: int = 0) -> list[str]:
+  """Writes the images and returns the paths written. `label`: one --label value or several."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   if num <= 0:
@@ -56,25 +125,28 @@ def generate(workdir: str, num: int, out: str, label: Optional[str] = None, seed
     raise ValueError(f"--truncation must be >= 0 (0 = off), got {truncation}")
   if interpolate < 0 or interpolate == 1:
     raise ValueError(f"--interpolate needs at least 2 columns (0 = off), got {interpolate}")
+  given = [label] if isinstance(label, str) else list(label or [])
   config, _, state, meta = workdir_lib.load_latest(workdir)
   generator, _ = models.build_models(config)
-  class_names = list(meta.get("class_names", []))
+  classes = config_lib.attribute_classes(config)
   nc = config.data.num_classes
-  labels = None
-  if nc > 0:
-    labels = (jnp.full((num,), resolve_label(label, class_names, nc), jnp.int32)
-              if label is not None else jnp.arange(num, dtype=jnp.int32) % nc)
-  elif label is not None:
-    resolve_label(label, class_names, nc)  # raises the one-line error
+  # {attribute: class} from --label; raises the one-line error for unconditional models.
+  chosen = resolve_labels(given, model_attributes(meta, classes), classes)
   z = sampling.latents(seed, num, config.model.z_dim, truncation)
   cols = math.ceil(math.sqrt(num))
+  labels = None
   if interpolate:
     z, labels, cols = sampling.interpolation_inputs(seed, nc, interpolate, config.model.z_dim,
                                                     truncation)
-    if label is not None and nc > 0:  # one class: one row
-      index = resolve_label(label, class_names, nc)
+    if 0 in chosen:  # one class of the first attribute: one row
+      index = chosen[0]
       z, labels = z[index * interpolate:(index + 1) * interpolate], labels[:interpolate] * 0 + index
     num = len(z)
+  elif nc > 0:
+    labels = (jnp.full((num,), chosen[0], jnp.int32) if 0 in chosen
+              else jnp.arange(num, dtype=jnp.int32) % nc)
+  if len(classes) > 1:
+    labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
   images = sampling.sample_images(sampling.make_sampler(generator), state.ema_params,
                                   state.g_batch_stats, z, labels)
   if out.endswith(os.sep) or os.path.isdir(out):

@@ -1,9 +1,14 @@
 """`python -m jaxgan.prepare --images DIR [--manifest FILE --id-column id --label-column
-articleType] --image-size 64 --out OUT [--min-class-count 20]`.
+articleType [--label-column baseColour ...]] --image-size 64 --out OUT [--min-class-count 20]`.
 
 Validates and converts every image with the one loader (all cores, progress bar), then writes
 pre-resized TFRecord shards and OUT/dataset_info.json for `data.source = 'prepared'`. Preparing
 the same input again gives byte-identical files.
+
+Several --label-column flags make a multi-attribute set: each column is encoded on its own (the
+same --min-class-count / --rare-classes rule per column; a row dropped by any column is dropped),
+labels are stored as one int64 per column, and dataset_info.json lists them under `attributes`.
+One column gives exactly the single-attribute format.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--id-column", default="id")
   p.add_argument("--image-column", default="", help="manifest column holding image paths")
   p.add_argument("--image-pattern", default="{id}.jpg")
-  p.add_argument("--label-column", default="", help="manifest column of the class")
+  p.add_argument("--label-column", action="append", default=[],
+                 help="manifest column of the class; repeat for several attributes "
+                      "(e.g. --label-column articleType --label-column baseColour)")
   p.add_argument("--min-class-count", type=int, default=1)
   p.add_argument("--rare-classes", choices=("other", "drop"), default="other")
   p.add_argument("--min-source-size", type=int, default=8)
@@ -34,7 +41,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.image_size < 1 or args.min_class_count < 1:
     p.error("--image-size and --min-class-count must be positive")
+  if len(label_columns(args)) > 1 and not args.manifest:
+    p.error("several --label-column need --manifest (a folder has one label: its subfolder)")
   return args
+
+
+def label_columns(args: argparse.Namespace) -> list[str]:
+  """The --label-column values (a plain string is accepted for callers that build args)."""
+  columns = args.label_column or []
+  return [c for c in ([columns] if isinstance(columns, str) else columns) if c]
 
 
 def prepare(args: argparse.Namespace) -> dict:
@@ -42,19 +57,28 @@ def prepare(args: argparse.Namespace) -> dict:
   from jaxgan.data import arrays, folder, manifest, prepared  # pylint: disable=g-import-not-at-top
   from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
 
+  columns = label_columns(args)
   if args.manifest:
-    paths, names, skipped = manifest.scan_manifest(
-        args.manifest, args.image_column, args.id_column, args.images, args.image_pattern,
-        args.label_column)
+    paths, values, skipped = manifest.scan_manifest_columns(
+        args.manifest, args.image_column, args.id_column, args.images, args.image_pattern, columns)
   else:
     paths, names, skipped = folder.scan_folder(args.images)
-  conditional = bool(args.label_column) if args.manifest else any(names)
-  if conditional:
-    labels, class_names, kept = arrays.encode_labels(names, args.min_class_count, args.rare_classes)
-    skipped += [{"path": p, "reason": f"class {n!r} has fewer than {args.min_class_count} images "
-                                      "(dropped)"} for p, n, k in zip(paths, names, kept) if not k]
+    values = [names] if any(names) else []
+  attributes = None
+  if values:
+    labels, class_names, kept_by = arrays.encode_attributes(values, args.min_class_count,
+                                                            args.rare_classes)
+    kept = np.logical_and.reduce(kept_by)
+    for i in np.flatnonzero(~kept):
+      a = next(a for a, k in enumerate(kept_by) if not k[i])  # the first column that drops it
+      what = f"class {values[a][i]!r}" if len(values) == 1 else f"{columns[a]} {values[a][i]!r}"
+      skipped.append({"path": paths[i], "reason": f"{what} has fewer than {args.min_class_count} "
+                                                  "images (dropped)"})
     paths = [p for p, k in zip(paths, kept) if k]
-    labels = labels[kept]
+    labels = labels[kept] if len(values) > 1 else labels[kept, 0]
+    if len(values) > 1:
+      attributes = list(zip(columns, class_names))
+    class_names = class_names[0]
   else:
     labels, class_names = np.zeros(len(paths), np.int32), []
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
@@ -66,8 +90,9 @@ def prepare(args: argparse.Namespace) -> dict:
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
-      extra={"source": args.manifest or args.images, "label_column": args.label_column,
-             "min_class_count": args.min_class_count, "rare_classes": args.rare_classes})
+      extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",
+             "min_class_count": args.min_class_count, "rare_classes": args.rare_classes},
+      attributes=attributes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -80,7 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {info['num_examples']} images of {len(info['class_names'])} classes to "
+  attributes = info.get("attributes")
+  classes = (" x ".join(f"{len(a['class_names'])} {a['column']}" for a in attributes) if attributes
+             else str(len(info["class_names"])))
+  print(f"wrote {info['num_examples']} images of {classes} classes to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
   return 0
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-
 
 
 def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
@@ -84,13 +83,23 @@ def interpolation_inputs(seed: int, num_classes: int, steps: int, z_dim: int,
   return z, labels, steps
 
 
-def grid_inputs(seed: int, num_classes: int, per_class: int, z_dim: int
+def grid_inputs(seed: int, num_classes: int | Sequence[int], per_class: int, z_dim: int
                 ) -> tuple[jax.Array, Optional[jax.Array], int]:
-  """Fixed noise and labels for training grids: one row per class (8 rows unconditional)."""
-  rows = num_classes if num_classes > 0 else 8
+  """Fixed noise and labels for training grids: one row per class (8 rows unconditional).
+
+  `num_classes` is a class count or the classes per attribute (`config.attribute_classes`); with
+  several attributes the rows are the first attribute's classes and every other attribute is
+  fixed at class 0, so labels are [n, A] and the grid keeps one row per first-attribute class.
+  """
+  classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
+  first = classes[0] if classes and classes[0] > 0 else 0
+  rows = first if first > 0 else 8
   z = latents(seed, rows * per_class, z_dim)
-  labels = (jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)
-            if num_classes > 0 else None)
+  if not first:
+    return z, None, per_class
+  labels = jnp.repeat(jnp.arange(first, dtype=jnp.int32), per_class)
+  if len(classes) > 1:
+    labels = jnp.zeros((len(labels), len(classes)), jnp.int32).at[:, 0].set(labels)
   return z, labels, per_class
 
 

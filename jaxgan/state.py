@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxgan import augment as augment_lib
+from jaxgan import config as config_lib
 
 PyTree = Any
 
@@ -61,7 +62,7 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
   g_key, d_key, run_key = jax.random.split(root, 3)
   size, nc = config.data.image_size, config.data.num_classes
   z = jnp.zeros((2, config.model.z_dim), jnp.float32)
-  labels = jnp.zeros((2,), jnp.int32) if nc > 0 else None
+  labels = jnp.zeros(config_lib.label_shape(config, 2), jnp.int32) if nc > 0 else None
   images = jnp.zeros((2, size, size, 3), jnp.float32)
   g_vars = generator.init(g_key, z, labels, train=False)
   d_vars = discriminator.init(d_key, images, labels, train=False)

@@ -62,7 +62,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
                     loss: losses_lib.Loss, g_tx: optax.GradientTransformation,
                     d_tx: optax.GradientTransformation
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-  """Builds the pure step. `batch` holds `n_critic * batch_size` uint8 images and int32 labels."""
+  """Builds the pure step. `batch` holds `n_critic * batch_size` uint8 images and int32 labels
+  ([n] for one attribute, [n, A] for several)."""
   n_critic = config.train.n_critic
   z_dim = config.model.z_dim
   conditional = config.data.num_classes > 0
@@ -123,7 +124,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     # Interleaved split [b * n_critic] -> [b, n_critic]: every device keeps its own rows, so a
     # batch sharded on axis 0 needs no data movement.
     images = images.reshape((b, n_critic) + images.shape[1:])
-    all_labels = batch["label"].reshape(b, n_critic)
+    all_labels = batch["label"].reshape((b, n_critic) + batch["label"].shape[1:])  # keeps [.., A]
     keys = jax.random.split(rng, 3 * n_critic + 2)
     aug_state, lecam, aug_p = state.augment, state.lecam, state.augment.p
 

@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxgan import config as config_lib
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
 from jaxgan import trainer
@@ -51,7 +52,7 @@ def step_flops_per_image(config) -> float:
   g, d = models_lib.build_models(config)
   size, nc = config.data.image_size, config.data.num_classes
   z = jnp.zeros((1, config.model.z_dim))
-  labels = jnp.zeros((1,), jnp.int32) if nc else None
+  labels = jnp.zeros(config_lib.label_shape(config, 1), jnp.int32) if nc else None
   x = jnp.zeros((1, size, size, 3))
   g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
   d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
@@ -67,9 +68,11 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   n = config.train.batch_size * config.train.n_critic
   size = config.data.image_size
   key = jax.random.PRNGKey(0)
+  classes = config_lib.attribute_classes(config)
+  high = jnp.asarray(classes) if len(classes) > 1 else max(config.data.num_classes, 1)
   make_batch = jax.jit(lambda k: {
       "image": jax.random.randint(k, (n, size, size, 3), 0, 256).astype(jnp.uint8),
-      "label": jax.random.randint(k, (n,), 0, max(config.data.num_classes, 1)),
+      "label": jax.random.randint(k, config_lib.label_shape(config, n), 0, high),
   }, out_shardings=run.batch_sharding)
   batch = make_batch(key)
   for _ in range(warmup):

@@ -140,7 +140,8 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
   n = config.train.batch_size * config.train.n_critic
   size = config.data.image_size
   return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8, sharding=batch_sharding),
-          "label": jax.ShapeDtypeStruct((n,), np.int32, sharding=batch_sharding)}
+          "label": jax.ShapeDtypeStruct(config_lib.label_shape(config, n), np.int32,
+                                        sharding=batch_sharding)}
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict:
@@ -243,14 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                              jax.process_count()))
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
-      config.seed, config.data.num_classes, cfg.samples_per_class, config.model.z_dim)
+      config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
   writer = writers.MetricsWriter(workdir, enabled=is_main, tensorboard=cfg.tensorboard)
   images_per_step = cfg.batch_size * cfg.n_critic
 
   def meta(step: int) -> dict:
-    return {"config": config.to_dict(), "class_names": list(source.class_names), "step": step,
-            "data_position": step}
+    return {"config": config.to_dict(), "class_names": list(source.class_names),
+            "attributes": [[name, list(names)] for name, names in data_lib.attribute_names(source)],
+            "step": step, "data_position": step}
 
   def save_samples(step: int) -> None:
     # Every process takes part in the sampling computation; process 0 writes the grid.

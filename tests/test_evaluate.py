@@ -96,10 +96,13 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   mtime = os.path.getmtime(reference)
 
   code, out, err = _run(capsys, "--workdir", workdir, "--num-samples", "6", "--checkpoint",
-                        "best", "--batch-size", "3", "--cache-dir", cache)
+                        "best", "--batch-size", "3", "--cache-dir", cache,
+                        "--metrics", "fid,kid,pr,per_class_fid")
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
+  # tiny_config has 3 classes; with 6 samples a class may have < 2 on a side (then null).
+  assert {"fid_class_0", "fid_class_1", "fid_class_2"} & set(result)
   # Same checkpoint, latents, labels and cached reals: the FID training logged for this step.
   np.testing.assert_allclose(result["fid"], evals[best_step]["eval/fid"], rtol=1e-4)
   assert os.path.getmtime(reference) == mtime

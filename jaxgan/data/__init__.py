@@ -3,10 +3,13 @@
 A source is a class with:
   - `validate(config)` (static): raises ConfigError for values it cannot serve;
   - `from_config(config)` (class method): builds it;
-  - `class_names`: list of label names ([] when unconditional);
+  - `class_names`: list of label names ([] when unconditional), of the first attribute;
+  - `attribute_names` (optional; see `attribute_names` below): [(column, class names)] of every
+    attribute, for sources that serve several (`multi_attribute = True`, data.extra_num_classes);
   - `batches(batch_size, start_step, process_index, process_count)`: an iterator of this process's
-    share of each global batch, as numpy {'image': uint8 NHWC, 'label': int32 N}, starting at
-    `start_step` so that a resumed run sees exactly the data of an uninterrupted one.
+    share of each global batch, as numpy {'image': uint8 NHWC, 'label': int32 [N] (one attribute)
+    or [N, A] (several)}, starting at `start_step` so that a resumed run sees exactly the data of
+    an uninterrupted one.
 Images stay uint8 on the host; `to_model_range` maps them to [-1, 1] on the device, which moves
 4x fewer bytes host-to-device than float32.
 """
@@ -36,7 +39,16 @@ SOURCES.register("prepared")(PreparedSource)
 T = TypeVar("T")
 
 __all__ = ["SOURCES", "CATEGORY_NAMES", "ArraySource", "DataError", "SyntheticCatalog",
-           "build_source", "prefetch"]
+           "attribute_names", "build_source", "prefetch"]
+
+
+def attribute_names(source) -> list[tuple[str, list[str]]]:
+  """[(column, class names)] of every attribute of `source` ([] when unconditional); a source
+  without `attribute_names` has one attribute, 'class'."""
+  names = getattr(source, "attribute_names", None)
+  if names is None:
+    names = [("class", list(source.class_names))] if source.class_names else []
+  return [(str(c), list(n)) for c, n in names]
 
 
 def build_source(config):

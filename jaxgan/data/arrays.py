@@ -3,9 +3,10 @@ of (seed, position).
 
 Every real source (folder, manifest, tfds, prepared) ends as an `ArraySource`: images
 uint8 [N, S, S, 3] (in memory, or a memory-mapped cache file for sets larger than RAM) and labels
-int32 [N]. Example `p` of the infinite stream is `index_shuffle(p mod N, seed=(seed, p div N))`: a
-seeded permutation per epoch that needs no state, so the iterator position is just the step and a
-resumed run sees exactly the data of an uninterrupted one, on any number of processes.
+int32 [N] (one attribute) or [N, A] (A attributes, e.g. articleType and baseColour). Example `p`
+of the infinite stream is `index_shuffle(p mod N, seed=(seed, p div N))`: a seeded permutation per
+epoch that needs no state, so the iterator position is just the step and a resumed run sees
+exactly the data of an uninterrupted one, on any number of processes.
 """
 
 from __future__ import annotations
@@ -112,28 +113,45 @@ def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float,
                     "them, or raise data.max_bad_fraction")
 
 
+Attributes = Sequence[tuple[str, Sequence[str]]]  # [(column name, class names), ...]
+
+
 class ArraySource:
-  """Labelled uint8 images, streamed in a seeded, stateless order through tf.data."""
+  """Labelled uint8 images, streamed in a seeded, stateless order through tf.data.
+
+  `class_names` are the first attribute's; `attribute_names` lists (column, class names) of every
+  attribute ([] when unconditional).
+  """
+
+  multi_attribute = False  # whether this source can serve data.extra_num_classes (config.validate)
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-               seed: int, bad_files: int = 0):
+               seed: int, bad_files: int = 0, attribute_names: Optional[Attributes] = None):
     if len(images) == 0:
       raise DataError("the data set has no usable images")
     self.images = images
     self.labels = np.asarray(labels, np.int32)
     self.class_names = list(class_names)
+    if attribute_names is None:
+      attribute_names = [("class", self.class_names)] if self.class_names else []
+    self.attribute_names = [(str(c), list(n)) for c, n in attribute_names]
     self.seed = seed
     self.bad_files = bad_files  # reported in the metrics
 
   @classmethod
   def for_config(cls, config, images: np.ndarray, labels: np.ndarray,
-                 class_names: Sequence[str], bad_files: int = 0) -> "ArraySource":
+                 class_names: Sequence[str], bad_files: int = 0,
+                 attribute_names: Optional[Attributes] = None) -> "ArraySource":
     """The source a run trains on: labels kept for conditional training (data.num_classes > 0),
-    all zero and no class names for unconditional training."""
-    conditional = config.data.num_classes > 0
+    [N] for one attribute and [N, A] for several; all zero [N], no class names, unconditional."""
     labels = np.asarray(labels, np.int32)
-    return ArraySource(images, labels if conditional else np.zeros_like(labels),
-                       class_names if conditional else [], config.seed, bad_files=bad_files)
+    if config.data.num_classes <= 0:
+      return ArraySource(images, np.zeros(len(labels), np.int32), [], config.seed,
+                         bad_files=bad_files, attribute_names=[])
+    if labels.ndim == 2 and labels.shape[1] == 1:
+      labels = labels[:, 0]
+    return ArraySource(images, labels, class_names, config.seed, bad_files=bad_files,
+                       attribute_names=attribute_names)
 
   @property
   def num_examples(self) -> int:
@@ -204,6 +222,16 @@ def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
   return labels, class_names, labels >= 0
 
 
+def encode_attributes(columns: Sequence[Sequence[str]], min_count: int = 1, rare: str = "other"
+                      ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray]]:
+  """`encode_labels` for each attribute column (values per row) on its own: (labels int32
+  [N, A] (-1 where dropped), class names per attribute, kept mask per attribute). A row is kept
+  when every attribute keeps it."""
+  encoded = [encode_labels(values, min_count, rare) for values in columns]
+  labels = np.stack([e[0] for e in encoded], axis=1) if encoded else np.zeros((0, 0), np.int32)
+  return labels, [e[1] for e in encoded], [e[2] for e in encoded]
+
+
 def load_options(config) -> LoadOptions:
   d = config.data
   return LoadOptions(image_size=d.image_size, min_source_size=d.min_source_size,
@@ -222,11 +250,36 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
                       "(or 0 to train unconditionally)")
 
 
+def require_attributes(config, attributes: Attributes, where: str) -> None:
+  """data.num_classes and data.extra_num_classes must match the attributes the data holds
+  (any data may be trained unconditionally, with data.num_classes = 0)."""
+  from jaxgan.config import ConfigError, attribute_classes  # same layer; lazy as above
+
+  want = attribute_classes(config)
+  have = tuple(len(names) for _, names in attributes)
+  if len(want) <= 1 and len(have) <= 1:
+    require_num_classes(config, attributes[0][1] if attributes else [], where)
+    return
+  if not want or want == have or 0 in have:  # 0: no rows at all, reported by the caller
+    return
+  key = "data.num_classes" if not have or want[0] != have[0] else "data.extra_num_classes"
+  held = ", ".join(f"{c}: {len(n)} classes" for c, n in attributes) or "no labels"
+  extra = ",".join(str(n) for n in have[1:]) or "''"
+  fix = (f"--config.data.num_classes={have[0]} --config.data.extra_num_classes={extra} (or "
+         "--config.data.num_classes=0 to train unconditionally)" if have
+         else "--config.data.num_classes=0 --config.data.extra_num_classes=''")
+  raise ConfigError(f"config key {key}: {where} has {len(have)} attribute(s) ({held}), the config "
+                    f"asks for classes {list(want)}; set {fix}")
+
+
 def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
-                   where: str, missing: Sequence[dict] = ()) -> ArraySource:
+                   where: str, missing: Sequence[dict] = (),
+                   attribute_names: Optional[Attributes] = None) -> ArraySource:
   """Decodes `paths` (cached when data.cache_dir is set), drops and reports bad files, and wraps
-  the rest in an ArraySource. Labels are zeroed for unconditional training."""
-  require_num_classes(config, class_names, where)
+  the rest in an ArraySource. Labels ([N] or [N, A]) are zeroed for unconditional training."""
+  if attribute_names is None:
+    attribute_names = [("class", class_names)] if class_names else []
+  require_attributes(config, attribute_names, where)
   d = config.data
   cache_file = None
   if d.cache_dir:
@@ -260,4 +313,5 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
                                                        f"{first[0]['reason']})" if first else ""))
   return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
-                               class_names, bad_files=len(skipped))
+                               class_names, bad_files=len(skipped),
+                               attribute_names=attribute_names)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+from typing import Sequence
 
-from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_labels
+import numpy as np
+
+from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_attributes
 
 
 def read_rows(path: str) -> list[dict]:
@@ -33,16 +36,28 @@ def scan_manifest(path: str, image_column: str = "", id_column: str = "id", imag
                   image_pattern: str = "{id}.jpg", label_column: str = ""
                   ) -> tuple[list[str], list[str], list[dict]]:
   """(existing image paths, their label values, skipped rows as {'path', 'reason'})."""
+  columns = [label_column] if label_column else []
+  paths, values, skipped = scan_manifest_columns(path, image_column, id_column, image_dir,
+                                                 image_pattern, columns)
+  return paths, values[0] if label_column else [""] * len(paths), skipped
+
+
+def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "id",
+                          image_dir: str = "", image_pattern: str = "{id}.jpg",
+                          label_columns: Sequence[str] = ()
+                          ) -> tuple[list[str], list[list[str]], list[dict]]:
+  """(existing image paths, values of each label column [[per row] per column], skipped rows as
+  {'path', 'reason'}). A row missing any label value is skipped."""
   rows = read_rows(path)
   if not rows:
     raise DataError(f"{path} has no rows")
   base = image_dir or os.path.dirname(os.path.abspath(path))
-  needed = [c for c in (image_column or id_column, label_column) if c]
+  needed = [c for c in (image_column or id_column, *label_columns) if c]
   for column in needed:
     if column not in rows[0]:
       raise DataError(f"{path} has no column {column!r} (columns: {', '.join(rows[0])}); "
-                      "set data.image_column / data.id_column / data.label_column")
-  paths, labels, skipped = [], [], []
+                      "set data.image_column / data.id_column / data.label_column(s)")
+  paths, values, skipped = [], [[] for _ in label_columns], []
   for n, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
     key = image_column or id_column
     if not isinstance(row, dict) or row.get(key) in (None, ""):
@@ -57,18 +72,30 @@ def scan_manifest(path: str, image_column: str = "", id_column: str = "id", imag
       except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
                         f"line {n} ({type(e).__name__}: {e}); use {{id}} or column names") from e
-    label = str(row[label_column]).strip() if label_column and row.get(label_column) is not None else ""
-    if label_column and not label:
-      skipped.append({"path": image, "reason": f"no {label_column} (line {n})"})
+    labels = [str(row[c]).strip() if row.get(c) is not None else "" for c in label_columns]
+    empty = [c for c, v in zip(label_columns, labels) if not v]
+    if empty:
+      skipped.append({"path": image, "reason": f"no {empty[0]} (line {n})"})
     elif not os.path.isfile(image):
       skipped.append({"path": image, "reason": f"missing file (line {n})"})
     else:
       paths.append(image)
-      labels.append(label)
-  return paths, labels, skipped
+      for column, value in zip(values, labels):
+        column.append(value)
+  return paths, values, skipped
+
+
+def label_columns(config) -> list[str]:
+  """data.label_column followed by data.label_columns' extra attribute columns."""
+  from jaxgan.config import split_columns
+
+  d = config.data
+  return ([d.label_column] if d.label_column else []) + split_columns(d.label_columns)
 
 
 class ManifestSource(ArraySource):
+  multi_attribute = True  # data.label_columns
+
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError
@@ -80,16 +107,31 @@ class ManifestSource(ArraySource):
       raise ConfigError(f"config key data.rare_classes: must be 'other' or 'drop', got {d.rare_classes!r}")
     if d.min_class_count < 1:
       raise ConfigError(f"config key data.min_class_count: must be >= 1, got {d.min_class_count}")
+    from jaxgan.config import attribute_classes, split_columns
+
+    extra = split_columns(d.label_columns)
+    if extra and not d.label_column:
+      raise ConfigError(f"config key data.label_columns: {d.label_columns!r} are extra attributes "
+                        "after data.label_column; set data.label_column (the first attribute)")
+    classes = attribute_classes(config)
+    if len(classes) > 1 and len(classes) - 1 != len(extra):
+      raise ConfigError(f"config key data.extra_num_classes: {d.extra_num_classes!r} gives "
+                        f"{len(classes) - 1} extra attribute(s) but data.label_columns names "
+                        f"{len(extra)} ({d.label_columns!r}); give one class count per column")
 
   @classmethod
   def from_config(cls, config) -> ArraySource:
     d = config.data
-    paths, names, missing = scan_manifest(d.path, d.image_column, d.id_column, d.image_dir,
-                                          d.image_pattern, d.label_column)
-    if d.label_column:
-      labels, class_names, kept = encode_labels(names, d.min_class_count, d.rare_classes)
+    columns = label_columns(config)
+    paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
+                                                   d.image_dir, d.image_pattern, columns)
+    if columns:
+      labels, names, kept = encode_attributes(values, d.min_class_count, d.rare_classes)
+      kept = np.logical_and.reduce(kept)
       paths = [p for p, k in zip(paths, kept) if k]
-      labels = labels[kept]
+      labels = labels[kept] if len(columns) > 1 else labels[kept, 0]
+      attributes = list(zip(columns, names))
     else:
-      labels, class_names = [0] * len(paths), []
-    return decoded_source(config, paths, labels, class_names, d.path, missing=missing)
+      labels, attributes = np.zeros(len(paths), np.int32), []
+    return decoded_source(config, paths, labels, attributes[0][1] if attributes else [], d.path,
+                          missing=missing, attribute_names=attributes)

@@ -1,9 +1,11 @@
 """Prepared data sets: what `python -m jaxgan.prepare` writes and `data.source = 'prepared'` reads.
 
 Layout of OUT/:
-  dataset_info.json          num_examples, image_size, class_names, class_counts, skipped, shards
+  dataset_info.json          num_examples, image_size, class_names, class_counts, skipped, shards;
+                             with several label columns also attributes: [{column, class_names,
+                             class_counts}, ...] (class_names/class_counts describe the first)
   train-00000-of-0000N.tfrecord ...   tf.train.Examples: 'image' (raw uint8 bytes, S*S*3),
-                                      'label' (int64)
+                                      'label' (int64; A int64 values with A > 1 attributes)
 Images are stored pre-resized and undecoded (raw bytes), so reading is a memcpy, and the files
 are byte-identical when the same input is prepared again.
 """
@@ -12,21 +14,36 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from jaxgan import tf_host
-from jaxgan.data.arrays import ArraySource, DataError, require_num_classes
+from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
 
 INFO_FILE = "dataset_info.json"
 EXAMPLES_PER_SHARD = 4096
 
 
+def _counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+  return {c: int(k) for c, k in zip(class_names, counts)}
+
+
 def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
-                   class_names: Sequence[str], skipped: list[dict], extra: dict | None = None) -> dict:
-  """Writes the shards and dataset_info.json (atomically: temp files renamed at the end)."""
+                   class_names: Sequence[str], skipped: list[dict], extra: dict | None = None,
+                   attributes: Optional[Attributes] = None) -> dict:
+  """Writes the shards and dataset_info.json (atomically: temp files renamed at the end).
+
+  `labels` are int [N] for one attribute, or [N, A] with `attributes` [(column, class names)]
+  for A > 1 (`class_names` then describes the first attribute).
+  """
   tf = tf_host.import_tensorflow()
+  labels = np.asarray(labels)
+  multi = labels.ndim == 2
+  if multi and len(attributes or ()) != labels.shape[1]:
+    raise ValueError(f"labels of shape {labels.shape} need {labels.shape[1]} attributes, got "
+                     f"{len(attributes or ())}")
   os.makedirs(out_dir, exist_ok=True)
   n = len(images)
   num_shards = max(1, -(-n // EXAMPLES_PER_SHARD))
@@ -38,23 +55,29 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
       for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
         feature = {
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[images[i].tobytes()])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(labels[i])])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[int(v) for v in labels[i]] if multi else [int(labels[i])])),
         }
         writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
                      .SerializeToString())
     os.replace(tmp, os.path.join(out_dir, name))
     shards.append(name)
-  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names)) if class_names else []
+  first = labels[:, 0] if multi else labels
   info = {
       "num_examples": int(n),
       "image_size": int(images.shape[1]) if n else 0,
       "class_names": list(class_names),
-      "class_counts": {c: int(k) for c, k in zip(class_names, counts)},
+      "class_counts": _counts(first, class_names) if class_names else {},
       "skipped": list(skipped),
       "shards": shards,
-      "format": "tfrecord: image = raw uint8 bytes [image_size, image_size, 3], label = int64",
+      "format": "tfrecord: image = raw uint8 bytes [image_size, image_size, 3], label = int64"
+                + (f" [{labels.shape[1]}], one per entry of attributes" if multi else ""),
       **(extra or {}),
   }
+  if multi:
+    info["attributes"] = [{"column": c, "class_names": list(names),
+                           "class_counts": _counts(labels[:, i], names)}
+                          for i, (c, names) in enumerate(attributes)]
   tmp = os.path.join(out_dir, INFO_FILE + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
@@ -74,28 +97,42 @@ def read_info(out_dir: str) -> dict:
     missing = [k for k in ("num_examples", "image_size", "class_names", "shards") if k not in info]
     if missing:
       raise KeyError(", ".join(missing))
+    for a in info.get("attributes", []):
+      if not isinstance(a, dict) or "column" not in a or "class_names" not in a:
+        raise KeyError("attributes[].column, attributes[].class_names")
     return info
   except (json.JSONDecodeError, KeyError, TypeError) as e:
     raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data set again") from e
 
 
+def attribute_names(info: dict) -> list[tuple[str, list[str]]]:
+  """[(column, class names)] of every attribute of a prepared set ([] when unconditional)."""
+  if "attributes" in info:
+    return [(a["column"], list(a["class_names"])) for a in info["attributes"]]
+  names = list(info["class_names"])
+  return [(info.get("label_column") or "class", names)] if names else []
+
+
 def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """(images uint8 [N, S, S, 3], labels int32 [N], info) from the shards, in order."""
+  """(images uint8 [N, S, S, 3], labels int32 [N] (or [N, A] for A > 1 attributes), info) from
+  the shards, in order."""
   tf = tf_host.import_tensorflow()
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
+  a = len(info["attributes"]) if "attributes" in info else 1
   files = [os.path.join(out_dir, s) for s in info["shards"]]
   for f in files:
     if not os.path.isfile(f):
       raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
-  spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+  spec = {"image": tf.io.FixedLenFeature([], tf.string),
+          "label": tf.io.FixedLenFeature([a] if a > 1 else [], tf.int64)}
 
   def parse(records):
     ex = tf.io.parse_example(records, spec)
     return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
 
   images = np.empty((n, size, size, 3), np.uint8)
-  labels = np.empty((n,), np.int32)
+  labels = np.empty((n, a) if a > 1 else (n,), np.int32)
   at = 0
   ds = tf.data.TFRecordDataset(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
   try:
@@ -114,6 +151,8 @@ def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 class PreparedSource(ArraySource):
+  multi_attribute = True  # prepare --label-column A --label-column B
+
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError
@@ -126,9 +165,10 @@ class PreparedSource(ArraySource):
       raise ConfigError(f"config key data.image_size: {config.data.path} was prepared at "
                         f"{info['image_size']}, got {config.data.image_size}; set "
                         f"--config.data.image_size={info['image_size']} or prepare again")
-    require_num_classes(config, info["class_names"], config.data.path)
+    require_attributes(config, attribute_names(info), config.data.path)
 
   @classmethod
   def from_config(cls, config) -> ArraySource:
     images, labels, info = read_prepared(config.data.path)
-    return ArraySource.for_config(config, images, labels, info["class_names"])
+    return ArraySource.for_config(config, images, labels, info["class_names"],
+                                  attribute_names=attribute_names(info))

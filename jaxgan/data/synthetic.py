@@ -165,6 +165,7 @@ class SyntheticCatalog:
     self.num_classes = num_classes
     self.seed = seed
     self.class_names = CATEGORY_NAMES[:num_classes] if num_classes else []
+    self.attribute_names = [("category", list(self.class_names))] if num_classes else []
 
   @classmethod
   def from_config(cls, config) -> "SyntheticCatalog":

@@ -67,4 +67,5 @@ class TfdsSource(ArraySource):
                                             d.tfds_image_key, d.tfds_label_key,
                                             load_options(config))
     require_num_classes(config, class_names, f"tfds {d.tfds_name}")
-    return ArraySource.for_config(config, images, labels, class_names)
+    attributes = [(d.tfds_label_key, class_names)] if class_names else []
+    return ArraySource.for_config(config, images, labels, class_names, attribute_names=attributes)

@@ -2,7 +2,8 @@
 
 An entry is a `ModelSpec`: the image sizes it can build and a `build(config) -> (G, D)` function
 returning Flax modules called as `G(z, labels, train=...)` -> images in [-1, 1] (NHWC, float32) and
-`D(images, labels, train=...)` -> float32 logits of shape [batch].
+`D(images, labels, train=...)` -> float32 logits of shape [batch]. Labels are int [b] for one
+attribute and [b, A] for several (`config.attribute_classes` gives the classes per attribute).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.config import attribute_classes
 from jaxgan.models.dcgan import Discriminator, Generator
 from jaxgan.models.layers import resolve_upsample_impl
 from jaxgan.models.resnet import ResNetDiscriminator, ResNetGenerator
@@ -35,10 +37,11 @@ def compute_dtype(config):
 def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
   dtype = compute_dtype(config)
   m, d = config.model, config.data
-  g = Generator(image_size=d.image_size, num_classes=d.num_classes, z_dim=m.z_dim,
+  classes = attribute_classes(config)
+  g = Generator(image_size=d.image_size, num_classes=classes, z_dim=m.z_dim,
                 width=m.g_width, max_width=m.max_width, embed_dim=m.embed_dim,
                 upsample_impl=resolve_upsample_impl(m.upsample_impl), dtype=dtype)
-  disc = Discriminator(image_size=d.image_size, num_classes=d.num_classes, width=m.d_width,
+  disc = Discriminator(image_size=d.image_size, num_classes=classes, width=m.d_width,
                        max_width=m.max_width, norm=m.d_norm, dtype=dtype)
   return g, disc
 
@@ -49,7 +52,7 @@ MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256)))
 def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
   dtype = compute_dtype(config)
   m, d = config.model, config.data
-  classes = (d.num_classes,) if d.num_classes > 0 else ()
+  classes = attribute_classes(config)
   g = ResNetGenerator(image_size=d.image_size, num_classes=classes, z_dim=m.z_dim,
                       width=m.g_width, max_width=m.max_width, shared_dim=m.shared_dim,
                       attention_resolution=m.attention_resolution, dtype=dtype)

@@ -7,10 +7,17 @@ combinations of seen values, and one attribute reduces to a plain class embeddin
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+
+def class_tuple(num_classes: int | Sequence[int]) -> tuple[int, ...]:
+  """Classes per attribute: an int n > 0 is one attribute, 0 none; a sequence is kept."""
+  if isinstance(num_classes, int):
+    return (num_classes,) if num_classes > 0 else ()
+  return tuple(int(c) for c in num_classes)
 
 
 def as_label_matrix(labels: jnp.ndarray, num_attributes: int) -> jnp.ndarray:

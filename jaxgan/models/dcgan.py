@@ -4,6 +4,8 @@ G: z (+ learned class embedding) -> dense 4x4 -> [ConvTranspose 4x4/2, BatchNorm
    (the transposed convolutions are `layers.UpConv`: same parameters and function, faster lowering).
 D: [Conv 4x4/2, norm, LeakyReLU 0.2]* down to 4x4 -> linear logit, plus the projection term
    <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional.
+Labels are int [b] (one attribute) or [b, A] (several, e.g. articleType and baseColour); with
+several, embed(y) is `conditioning.ClassEmbed`'s sum of one embedding per attribute.
 Channel widths double per halving of resolution (capped at `max_width`), as in the paper's 64x64
 net (ngf*8 at 4x4). Parameters are float32; `dtype` sets the compute dtype (bfloat16 on
 accelerators), BatchNorm statistics are reduced in float32 by Flax, logits are returned in float32.
@@ -12,15 +14,25 @@ accelerators), BatchNorm statistics are reduced in float32 by Flax, logits are r
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.models.conditioning import ClassEmbed, class_tuple
 from jaxgan.models.layers import UpConv
 
 # DCGAN's initialisation: N(0, 0.02) for every weight.
 _init = nn.initializers.normal(0.02)
+
+
+def _class_embedding(num_classes: int | Sequence[int], features: int, name: str) -> nn.Module:
+  """The label embedding: a plain nn.Embed for one attribute, so the parameter tree (and every
+  checkpoint of a one-attribute run) stays as before; a ClassEmbed sum for several."""
+  classes = class_tuple(num_classes)
+  if len(classes) == 1:
+    return nn.Embed(classes[0], features, embedding_init=_init, name=name)
+  return ClassEmbed(classes, features, embedding_init=_init, name=name)
 
 
 def _num_doublings(image_size: int) -> int:
@@ -33,7 +45,7 @@ def _num_doublings(image_size: int) -> int:
 
 class Generator(nn.Module):
   image_size: int
-  num_classes: int = 0
+  num_classes: int | tuple[int, ...] = 0  # classes per attribute; 0 or () = unconditional
   z_dim: int = 100
   width: int = 64
   max_width: int = 512
@@ -47,9 +59,8 @@ class Generator(nn.Module):
     n = _num_doublings(self.image_size)
     widths = [min(self.width * 2**i, self.max_width) for i in reversed(range(n))]
     h = z.astype(self.dtype)
-    if self.num_classes > 0:
-      emb = nn.Embed(self.num_classes, self.embed_dim, embedding_init=_init,
-                     name="class_embed")(labels)
+    if class_tuple(self.num_classes):
+      emb = _class_embedding(self.num_classes, self.embed_dim, "class_embed")(labels)
       h = jnp.concatenate([h, emb.astype(self.dtype)], axis=-1)
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                      epsilon=1e-5, dtype=self.dtype, name=name)
@@ -68,7 +79,7 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
   image_size: int
-  num_classes: int = 0
+  num_classes: int | tuple[int, ...] = 0  # classes per attribute; 0 or () = unconditional
   width: int = 64
   max_width: int = 512
   norm: str = "batch"  # 'batch' | 'layer' | 'none'
@@ -94,9 +105,8 @@ class Discriminator(nn.Module):
     # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map.
     logit = nn.Dense(1, kernel_init=_init, dtype=self.dtype, name="logit")(features)[:, 0]
     logit = logit.astype(jnp.float32)
-    if self.num_classes > 0:
+    if class_tuple(self.num_classes):
       pooled = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
-      emb = nn.Embed(self.num_classes, pooled.shape[-1], embedding_init=_init,
-                     name="class_projection")(labels)
+      emb = _class_embedding(self.num_classes, pooled.shape[-1], "class_projection")(labels)
       logit = logit + jnp.sum(emb.astype(jnp.float32) * pooled, axis=-1)
     return logit

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgan.models.conditioning import ClassEmbed
+from jaxgan.models.conditioning import ClassEmbed, class_tuple
 from jaxgan.models.dcgan import _num_doublings
 
 _init = nn.initializers.orthogonal()
@@ -43,13 +43,6 @@ _init = nn.initializers.orthogonal()
 def channel_widths(width: int, max_width: int, image_size: int) -> list[int]:
   """[w_0, ..., w_n] with w_k = min(width * 2^k, max_width), n = doublings from 4 to image_size."""
   return [min(width * 2**k, max_width) for k in range(_num_doublings(image_size) + 1)]
-
-
-def _class_tuple(num_classes: int | Sequence[int]) -> tuple[int, ...]:
-  """Accepts an int (0: unconditional) as well as a tuple of per-attribute class counts."""
-  if isinstance(num_classes, int):
-    return (num_classes,) if num_classes > 0 else ()
-  return tuple(int(c) for c in num_classes)
 
 
 def _sn_conv(x: jnp.ndarray, features: int, kernel: int, *, train: bool, dtype: Any, name: str,
@@ -201,7 +194,7 @@ class ResNetGenerator(nn.Module):
     if z.shape[-1] != self.z_dim:
       raise ValueError(f"z has {z.shape[-1]} dims, expected z_dim={self.z_dim}")
     chunks = [c.astype(self.dtype) for c in _split_latent(z, n + 1)]
-    classes = _class_tuple(self.num_classes)
+    classes = class_tuple(self.num_classes)
     shared = None
     if classes:
       if labels is None:
@@ -246,7 +239,7 @@ class ResNetDiscriminator(nn.Module):
     # Sum (not mean) pooling, as in SNGAN/BigGAN; the head runs in float32 (it is tiny).
     pooled = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
     logit = _sn_dense(pooled, 1, train=train, dtype=jnp.float32, name="logit")[:, 0]
-    classes = _class_tuple(self.num_classes)
+    classes = class_tuple(self.num_classes)
     if classes:
       if labels is None:
         raise ValueError("a conditional discriminator needs labels")
