@@ -354,7 +354,7 @@ def load_params(path: str = "", cache_dir: str = "") -> dict:
   else:
     flat = _convert(source)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = cached + ".tmp.npz"
+    tmp = f"{cached}.{os.getpid()}.tmp.npz"  # per process: concurrent converters never share a temp file
     np.savez(tmp, **flat)
     os.replace(tmp, cached)
   tree: dict = {}
