@@ -120,6 +120,13 @@ class Checkpointer:
         state, meta = self.restore(step, abstract_state)
         return step, state, meta
       except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
+        if "structure" in str(e).lower():
+          # A state layout of another jaxgan version is not damage: never move it aside (older
+          # steps share the layout, so falling back would not help either).
+          raise CheckpointError(
+              f"checkpoint step {step} in {self.directory} holds a train state of a different "
+              "layout (written by another jaxgan version); resume it with that version, or "
+              "start a fresh workdir") from e
         self._skip(step, e, move=same_config)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "

@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
   c.loss.gp_weight = 10.0  # gradient-penalty weight for 'wgan_gp'
   # R1 (Mescheder et al. 2018): gamma/2 E||grad D(real)||^2, lazily every r1_interval D updates
-  # (scaled by the interval; D's Adam lr and betas corrected as in StyleGAN2). 0 = off.
+  # (scaled by the interval, added to that ordinary D step). 0 = off.
   c.loss.r1_gamma = 0.0
   c.loss.r1_interval = 16
   # LeCam (Tseng et al. 2021): weight * (E(D(real) - a_fake)^2 + E(D(fake) - a_real)^2) with
@@ -289,6 +289,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       augment_lib.parse_policy(config.augment.policy)
     except ValueError as e:
       raise ConfigError(f"config key augment.policy: {e}") from None
+  _require(config.augment.ada_kimg > 0, "augment.ada_kimg",
+           f"must be > 0 (thousands of images for p to go 0 -> 1), got {config.augment.ada_kimg}")
+  _require(-1 < config.augment.ada_target < 1, "augment.ada_target",
+           f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
   _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
            f"must be in [0, 1], got {config.augment.ada_p_init}")
   if config.loss.r1_gamma > 0 and config.model.name == "dcgan":

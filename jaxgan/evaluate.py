@@ -101,8 +101,13 @@ def main(argv=None) -> int:
   if args.num_samples < 2:
     print(f"error: --num-samples must be >= 2, got {args.num_samples}", file=sys.stderr)
     return 2
+  from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+
   try:
     results = evaluate_workdir(args) if args.workdir else evaluate_sets(args)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except (FileNotFoundError, KeyError, ValueError) as e:  # DataError is a ValueError
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"error: {message}", file=sys.stderr)

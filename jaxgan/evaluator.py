@@ -1,14 +1,17 @@
 """FID/KID/precision-recall of a generator against its training data (training and evaluate).
 
 Reals: the first N images of the data source's seeded order (capped at the data set's size), their
-Inception features cached by `metrics.suite` per (data set, image size, N, weights). Fakes: EMA
+Inception features cached by `metrics.suite` per (content hash of those images and labels,
+weights). Fakes: EMA
 samples from latents of a fixed seed; conditional models draw the fakes' label rows (one value per
 attribute) from the reals' label rows, so both sets have the same mix of classes and combinations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -16,15 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan import checkpoint as ckpt_lib
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan.metrics import suite
 from jaxgan.metrics.features import FeatureExtractor
 
 log = logging.getLogger(__name__)
-
-# Data keys that change how examples are produced, not which: left out of the cache identity.
-_DATA_KEYS_NOT_IN_IDENTITY = ("workers", "cache_dir", "random_flip")
 
 
 def collect_images(source, num: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +42,14 @@ def collect_images(source, num: int, chunk: int = 256) -> tuple[np.ndarray, np.n
   return np.concatenate(images)[:num], np.concatenate(labels)[:num].astype(np.int32)
 
 
-def reference_identity(config, num: int, weights_id: str) -> dict:
-  data = {k: v for k, v in config.data.to_dict().items() if k not in _DATA_KEYS_NOT_IN_IDENTITY}
-  return {"data": data, "num_images": num, "weights": weights_id, "resize": "bilinear-299-v1"}
+def reference_identity(images: np.ndarray, labels: np.ndarray, weights_id: str) -> dict:
+  """What determines the reference features: the images and labels themselves (a content hash:
+  a re-prepared data set, another project's same-named path or another seed's subset can never
+  hit a stale entry), the Inception weights and the resize convention."""
+  digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+  digest.update(np.ascontiguousarray(labels).tobytes())
+  return {"content_sha256": digest.hexdigest(), "num_images": int(len(images)),
+          "shape": list(images.shape[1:]), "weights": weights_id, "resize": "bilinear-299-v1"}
 
 
 class Evaluator:
@@ -65,11 +71,14 @@ class Evaluator:
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of the first `num` real images, from the cache when present."""
     if num not in self._reference:
-      identity = reference_identity(self.config, num, self.extractor.weights_id)
+      # Collecting (decoded, in memory) and hashing the reals is cheap; Inception is not.
+      images, labels = collect_images(self.source, num)
+      identity = reference_identity(images, labels, self.extractor.weights_id)
       path = suite.reference_path(self.cache, identity)
       cached = suite.load_reference(path)
+      if cached is not None and len(cached[0]) != len(images):
+        cached = None  # a damaged or foreign file: recompute
       if cached is None:
-        images, labels = collect_images(self.source, num)
         features = self.extractor(images, desc="inception (reals)")
         log.info("real features: %d images at %.1f img/s, cached in %s", len(images),
                  self.extractor.last_images_per_sec or 0.0, path)
@@ -121,3 +130,55 @@ class Evaluator:
                    inception_images_per_sec=self.extractor.last_images_per_sec,
                    seconds=time.perf_counter() - start)
     return results
+
+
+class PeriodicEval:
+  """FID/KID every `train.eval_every` steps, logged as eval/*, and the best-FID checkpoint kept in
+  WORKDIR/checkpoints_best (one step, its meta holding the FID); the best so far survives
+  restarts because it is read back from that checkpoint's meta."""
+
+  def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable):
+    self.config, self.writer, self.meta = config, writer, meta
+    self.evaluator = evaluator
+    self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
+    # FIDs compare only at the same sample counts and weights: a best FID measured under other
+    # eval settings is forgotten (the next evaluation becomes the best).
+    self.settings = {"num_samples": config.train.eval_num_samples,
+                     "num_real": config.eval.num_real or config.train.eval_num_samples,
+                     "weights": self.evaluator.extractor.weights_id}
+    self.best_fid = float("inf")
+    best_step = self.best.latest_step()
+    if best_step is not None:
+      try:
+        meta = self.best.restore_meta(best_step)
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", e)
+        meta = {}
+      if meta.get("eval_settings") == self.settings:
+        self.best_fid = float(meta.get("fid", float("inf")))
+      elif meta:
+        log.info("eval settings changed since the best-FID checkpoint (step %d): new best", best_step)
+
+  def __call__(self, step: int, state) -> dict:
+    results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
+                                      self.config.train.eval_num_samples)
+    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
+                                     if isinstance(v, (int, float))})
+    fid = results.get("fid")
+    if fid is not None and jax.process_count() > 1:
+      # Saving is collective: every process must take the same decision, so all use process 0's
+      # FID (per-process Inception runs may differ in the last digits).
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      fid = float(multihost_utils.broadcast_one_to_all(np.float64(fid)))
+      results["fid"] = fid
+    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
+                                              if isinstance(v, float)))
+    if fid is not None and fid < self.best_fid:
+      self.best_fid = fid
+      self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
+                                   "eval_settings": self.settings})
+    return results
+
+  def close(self) -> None:
+    self.best.close()

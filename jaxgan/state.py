@@ -41,16 +41,12 @@ class TrainState:
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5).
 
-  With lazy R1 every k D updates, D's lr and betas are corrected by k / (k + 1) (StyleGAN2,
-  Karras et al. 2020, appendix B) so the regularised optimisation matches the per-step one.
+  Lazy R1 needs no k/(k+1) correction here: StyleGAN2 corrects because its regulariser takes a
+  separate, extra optimizer step every k minibatches, while jaxgan adds the (k-scaled) penalty to
+  the k-th ordinary D step, so D still takes exactly one Adam step per minibatch.
   """
   o = config.optim
-  d_lr, d_b1, d_b2 = o.d_lr, o.b1, o.b2
-  k = config.loss.r1_interval
-  if config.loss.r1_gamma > 0 and k > 1:
-    ratio = k / (k + 1)
-    d_lr, d_b1, d_b2 = d_lr * ratio, d_b1**ratio, d_b2**ratio
-  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(d_lr, b1=d_b1, b2=d_b2)
+  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
 
 
 def init_state(config, generator: nn.Module, discriminator: nn.Module,

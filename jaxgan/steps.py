@@ -145,7 +145,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       d_params, d_stats, d_opt_state, value, aux, grads, real_logits, lecam = d_update(
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
           keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
-      aug_state = augment_lib.accumulate(aug_state, real_logits)
+      if aug.adaptive:  # sign(D(real)) feeds ADA's p only
+        aug_state = augment_lib.accumulate(aug_state, real_logits)
       d_values.append(value)
       d_grads_all.append(grads)
 
@@ -159,8 +160,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     d_params, d_stats, d_opt_state, d_value, aux, d_grads, real_logits, lecam = d_update(
         d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
         keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
-    aug_state = augment_lib.accumulate(aug_state, real_logits)
     if aug.adaptive:
+      aug_state = augment_lib.accumulate(aug_state, real_logits)
       c = config.augment
       aug_state = augment_lib.maybe_update(aug_state, state.step, c.ada_interval,
                                            config.train.batch_size * n_critic, c.ada_target,

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
-                  "data.cache_dir", "train.eval_every", "train.eval_num_samples", "eval.metrics",
+                  "data.cache_dir", "model.upsample_impl", "train.eval_every", "train.eval_num_samples", "eval.metrics",
                   "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id")
@@ -262,7 +262,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       sampling.save_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
       writer.write_image(step, "samples", grid)
 
-  evaluate = _make_periodic_eval(config, workdir, run, source, sampler, writer, meta)
+  evaluate = None
+  if cfg.eval_every:
+    evaluate = evaluator_lib.PeriodicEval(
+        config, workdir, evaluator_lib.Evaluator(
+            config, run.generator, source, sampler,
+            place=lambda tree: sharding.put_replicated(tree, run.mesh)), writer, meta)
 
   step = start_step
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
@@ -307,7 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           save_samples(step)
         if step % cfg.checkpoint_every == 0 or last:
           checkpointer.save(step, state, meta(step))
-        if evaluate and (step % cfg.eval_every == 0 or step == cfg.num_steps):
+        # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
+        if evaluate and stop.signal is None and (step % cfg.eval_every == 0
+                                                 or step == cfg.num_steps):
           evaluate(step, state)
         if stop.signal is not None:
           checkpointer.wait()
@@ -324,42 +331,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       evaluate.close()
     writer.close()
   return state
-
-
-class _PeriodicEval:
-  """FID/KID every `train.eval_every` steps, logged as eval/*, and the best-FID checkpoint kept in
-  WORKDIR/checkpoints_best (one step, its meta holding the FID); the best so far survives
-  restarts because it is read back from that checkpoint's meta."""
-
-  def __init__(self, config, workdir, run, source, sampler, writer, meta):
-    self.config, self.writer, self.meta = config, writer, meta
-    self.evaluator = evaluator_lib.Evaluator(
-        config, run.generator, source, sampler,
-        place=lambda tree: sharding.put_replicated(tree, run.mesh))
-    self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
-    best_step = self.best.latest_step()
-    self.best_fid = (float(self.best.restore_meta(best_step).get("fid", float("inf")))
-                     if best_step is not None else float("inf"))
-
-  def __call__(self, step: int, state) -> dict:
-    results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
-                                      self.config.train.eval_num_samples)
-    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
-                                     if isinstance(v, (int, float))})
-    fid = results.get("fid")
-    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
-                                              if isinstance(v, float)))
-    if fid is not None and fid < self.best_fid:
-      self.best_fid = fid
-      self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results})
-    return results
-
-  def close(self) -> None:
-    self.best.close()
-
-
-def _make_periodic_eval(config, workdir, run, source, sampler, writer, meta
-                        ) -> Optional[_PeriodicEval]:
-  if not config.train.eval_every:
-    return None
-  return _PeriodicEval(config, workdir, run, source, sampler, writer, meta)

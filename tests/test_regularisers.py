@@ -4,7 +4,6 @@ R1, LeCam and orthogonal regularisation switched on, and with the ResNet GAN."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import tiny_config
@@ -26,22 +25,22 @@ def test_lecam_matches_the_formula():
   np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
 
 
-def test_lazy_r1_corrects_d_adam():
+def test_lazy_r1_leaves_d_adam_alone():
+  # R1 joins the k-th ordinary D step (no extra regulariser step as in StyleGAN2), so D's Adam
+  # keeps its configured lr: the first Adam step is -lr * g / |g|.
   config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4, "optim.d_lr": 1e-3,
                           "optim.b1": 0.0})
-  g_tx, d_tx = state_lib.make_optimizers(config)
+  _, d_tx = state_lib.make_optimizers(config)
   params = {"w": jnp.ones(3)}
   grads = {"w": jnp.array([1.0, -1.0, 2.0])}
-  # Adam's first step is -lr * g / |g| (bias-corrected): its size shows the corrected lr.
   d_step, _ = d_tx.update(grads, d_tx.init(params), params)
-  g_step, _ = g_tx.update(grads, g_tx.init(params), params)
-  np.testing.assert_allclose(np.abs(d_step["w"]), 1e-3 * 4 / 5, rtol=1e-4)
-  np.testing.assert_allclose(np.abs(g_step["w"]), config.optim.g_lr, rtol=1e-4)
+  np.testing.assert_allclose(np.abs(d_step["w"]), 1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("overrides, key", [
     ({"loss.r1_gamma": 1.0}, "model.d_norm"),  # DCGAN with BatchNorm in D
     ({"augment.name": "mixup"}, "augment.name"),
+    ({"augment.name": "ada", "augment.ada_kimg": 0}, "augment.ada_kimg"),
     ({"augment.name": "diffaugment", "augment.policy": "color,blur"}, "augment.policy"),
     ({"model.name": "resnet", "data.image_size": 16}, "data.image_size"),
 ])

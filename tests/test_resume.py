@@ -214,3 +214,26 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path):
   # Nothing was taken for damage: every checkpoint is still in place.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
+
+
+def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
+  """A checkpoint whose state pytree has another layout (another jaxgan version) is not damage:
+  one clear error, and the files stay where they are."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  writer.save(1, {"a": jnp.ones(3)}, {"config": {}})
+  writer.close()
+  reader = ckpt_lib.Checkpointer(directory, async_save=False)
+  abstract = {"a": jax.ShapeDtypeStruct((3,), jnp.float32),
+              "b": jax.ShapeDtypeStruct((2,), jnp.float32)}
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+  with pytest.raises(ckpt_lib.CheckpointError, match="different layout"):
+    reader.restore_latest(target, lambda step, meta: True)
+  reader.close()
+  assert os.path.isdir(os.path.join(directory, "1"))
+  assert not os.path.exists(directory + ".corrupt")

@@ -3,9 +3,10 @@ batched and sharded over the local devices.
 
 The resize is pinned because FID moves with it: bilinear interpolation with half-pixel centres
 (align_corners=False), no antialiasing, on float32 pixel values in [0, 255], then
-(x - 128) / 128. That is what TF's `resize_bilinear` in the original FID code, pytorch-fid and
-StyleGAN2-ADA's metric network (`F.interpolate(mode='bilinear', align_corners=False)`) do for
-the usual case of upsampling small GAN images; images already 299x299 pass through unchanged.
+(x - 128) / 128 (the TF FID graph's scaling). The resize is pytorch-fid's and StyleGAN2-ADA's
+(`F.interpolate(mode='bilinear', align_corners=False)`); the original TF graph's TF1
+ResizeBilinear (no half-pixel centres) samples slightly differently. Images already 299x299 pass
+through unchanged.
 """
 
 from __future__ import annotations
