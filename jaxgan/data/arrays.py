@@ -223,13 +223,16 @@ def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
 
 
 def encode_attributes(columns: Sequence[Sequence[str]], min_count: int = 1, rare: str = "other"
-                      ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray]]:
-  """`encode_labels` for each attribute column (values per row) on its own: (labels int32
-  [N, A] (-1 where dropped), class names per attribute, kept mask per attribute). A row is kept
-  when every attribute keeps it."""
+                      ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray], np.ndarray]:
+  """`encode_labels` for each attribute column (values per row) on its own. Returns the labels of
+  the kept rows (int32 [n] for one column, [n, A] for several), the class names per attribute,
+  the kept mask per attribute (over all rows) and the rows kept by every attribute."""
   encoded = [encode_labels(values, min_count, rare) for values in columns]
-  labels = np.stack([e[0] for e in encoded], axis=1) if encoded else np.zeros((0, 0), np.int32)
-  return labels, [e[1] for e in encoded], [e[2] for e in encoded]
+  labels = np.stack([e[0] for e in encoded], axis=1)
+  kept_by = [e[2] for e in encoded]
+  kept = np.logical_and.reduce(kept_by)
+  labels = labels[kept] if len(columns) > 1 else labels[kept, 0]
+  return labels, [e[1] for e in encoded], kept_by, kept
 
 
 def load_options(config) -> LoadOptions:

@@ -126,10 +126,8 @@ class ManifestSource(ArraySource):
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
                                                    d.image_dir, d.image_pattern, columns)
     if columns:
-      labels, names, kept = encode_attributes(values, d.min_class_count, d.rare_classes)
-      kept = np.logical_and.reduce(kept)
+      labels, names, _, kept = encode_attributes(values, d.min_class_count, d.rare_classes)
       paths = [p for p, k in zip(paths, kept) if k]
-      labels = labels[kept] if len(columns) > 1 else labels[kept, 0]
       attributes = list(zip(columns, names))
     else:
       labels, attributes = np.zeros(len(paths), np.int32), []
