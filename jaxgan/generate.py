@@ -1,17 +1,21 @@
 """`python -m jaxgan.generate --workdir DIR --num 64 --out grid.png [--label NAME_OR_INDEX |
---label ATTRIBUTE=NAME ...] [--truncation 0.7] [--interpolate 8]`.
+--label ATTRIBUTE=NAME ...] [--truncation 0.7] [--interpolate 8 [--between [ATTRIBUTE=]FROM:TO]]`.
 
 Samples the EMA generator of the latest checkpoint. `--truncation t` draws latents from the normal
 truncated to [-t, t] (BigGAN's truncation trick). `--interpolate N` writes a grid with one row
-per class and N columns moving between two latents (spherical interpolation). `--out` naming a directory (trailing slash or
-existing directory) writes `--num` single PNGs instead of one grid. Output is byte-identical for
-the same checkpoint, seed and arguments.
+per class and N columns moving between two latents (spherical interpolation). With `--between
+FROM:TO` it is a class interpolation instead (as in BigGAN): ceil(--num / N) rows, each with one
+fixed latent, and N columns moving the label embedding linearly from class FROM to class TO (soft
+labels); `--between ATTRIBUTE=FROM:TO` picks the attribute (default: the first). `--out` naming a
+directory (trailing slash or existing directory) writes the images as single PNGs instead of one
+grid. Output is byte-identical for the same checkpoint, seed and arguments.
 
 Multi-attribute models (e.g. articleType and baseColour): `--label articleType=Tshirts --label
 "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts` names a class of the first
 attribute. The first attribute, when not given, takes all its classes in turn (one row per class
 with --interpolate); every other attribute not given is drawn uniformly at random from --seed
-(per image; per row with --interpolate), so the output stays deterministic.
+(per image; per row with --interpolate), so the output stays deterministic. With --between, the
+attributes other than the interpolated one come from --label or are drawn per row.
 """
 
 from __future__ import annotations
@@ -35,26 +39,29 @@ flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not give
 flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
                    "(0 = off; BigGAN uses 0.5-1.0).")
 flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
-                     "class (0 = plain samples).")
+                     "class (0 = plain samples); with --between, of a class-interpolation grid.")
+flags.DEFINE_string("between", None, "FROM:TO or ATTRIBUTE=FROM:TO (class names or indices, e.g. "
+                    "'baseColour=Black:Navy Blue'): rows of one latent each, --interpolate columns "
+                    "moving the class embedding from FROM to TO; ceil(--num / N) rows.")
 flags.mark_flags_as_required(["workdir"])
 
 Attributes = list[tuple[str, list[str]]]
 
 
 def resolve_label(label: str, class_names: list[str], num_classes: int,
-                  attribute: Optional[str] = None) -> int:
-  """A class name or index -> index, with a one-line error listing the valid choices."""
+                  attribute: Optional[str] = None, flag: str = "--label") -> int:
+  """A class name or index -> index, with a one-line error (naming `flag`) listing the choices."""
   if num_classes == 0:
-    raise ValueError("--label: this model is unconditional; drop --label")
+    raise ValueError(f"{flag}: this model is unconditional; drop {flag}")
   if label in class_names:
     return class_names.index(label)
   if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
     return int(label)
   choices = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
   if attribute is not None:
-    raise ValueError(f"--label {attribute}={label!r}: not a class of {attribute}; choose one of: "
+    raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; choose one of: "
                      f"{choices}")
-  raise ValueError(f"--label {label!r} is not a class of this model; choose one of: {choices}")
+  raise ValueError(f"{flag} {label!r} is not a class of this model; choose one of: {choices}")
 
 
 def model_attributes(meta: dict, classes: Sequence[int]) -> Attributes:
@@ -92,11 +99,40 @@ def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Seque
   return chosen
 
 
+def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
+                    ) -> tuple[int, int, int]:
+  """--between [ATTRIBUTE=]FROM:TO -> (attribute index, FROM class, TO class). Without a known
+  ATTRIBUTE= prefix the classes are the first attribute's; names may hold spaces (and ':', so every
+  split is tried and the first whose two sides are both classes wins)."""
+  if not classes:
+    raise ValueError("--between: this model is unconditional; drop --between")
+  names = [a for a, _ in attributes]
+  prefix, sep, rest = text.partition("=")
+  i, value, named = ((names.index(prefix.strip()), rest, prefix.strip())
+                     if sep and prefix.strip() in names else (0, text, None))
+  splits = [(value[:k].strip(), value[k + 1:].strip()) for k, ch in enumerate(value) if ch == ":"]
+  if not splits:
+    raise ValueError(f"--between {text!r}: expected FROM:TO or ATTRIBUTE=FROM:TO (class names or "
+                     "indices)")
+  resolve = lambda v: resolve_label(v, attributes[i][1], classes[i], named, "--between")
+  for a, b in splits:
+    try:
+      return i, resolve(a), resolve(b)
+    except ValueError:
+      continue
+  if sep and named is None:  # 'colour=Black:White' with no attribute 'colour': name the choices
+    raise ValueError(f"--between {text!r}: this model has no attribute {prefix.strip()!r}; choose "
+                     f"one of: {', '.join(names)}")
+  a, b = splits[0]
+  return i, resolve(a), resolve(b)  # raises the error that names the unknown class
+
+
 def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: int, repeat: int):
   """[n, A] labels: column 0 is `first`; column i is the chosen class, or uniform draws from the
   seed, one per `repeat` consecutive images (a row of an interpolation grid)."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from jaxgan import sampling  # pylint: disable=g-import-not-at-top
 
   n = len(first)
   columns = [first]
@@ -104,16 +140,17 @@ def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: i
     if i in chosen:
       columns.append(jnp.full((n,), chosen[i], jnp.int32))
     else:
-      key = jax.random.fold_in(jax.random.PRNGKey(seed), i)  # not the latents' key
-      draws = jax.random.randint(key, (-(-n // repeat),), 0, num, jnp.int32)
+      draws = sampling.attribute_draws(seed, i, -(-n // repeat), num)  # not the latents' key
       columns.append(jnp.repeat(draws, repeat)[:n])
   return jnp.stack(columns, axis=1)
 
 
 def generate(workdir: str, num: int, out: str,
              label: Union[str, Sequence[str], None] = None, seed: int = 0,
-             truncation: float = 0.0, interpolate: int = 0) -> list[str]:
-  """Writes the images and returns the paths written. `label`: one --label value or several."""
+             truncation: float = 0.0, interpolate: int = 0,
+             between: Optional[str] = None) -> list[str]:
+  """Writes the images and returns the paths written. `label`: one --label value or several;
+  `between`: a --between value (needs `interpolate`)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -125,17 +162,30 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError(f"--truncation must be >= 0 (0 = off), got {truncation}")
   if interpolate < 0 or interpolate == 1:
     raise ValueError(f"--interpolate needs at least 2 columns (0 = off), got {interpolate}")
+  if between is not None and not interpolate:
+    raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   given = [label] if isinstance(label, str) else list(label or [])
   config, _, state, meta = workdir_lib.load_latest(workdir)
   generator, _ = models.build_models(config)
   classes = config_lib.attribute_classes(config)
   nc = config.data.num_classes
+  attributes = model_attributes(meta, classes)
   # {attribute: class} from --label; raises the one-line error for unconditional models.
-  chosen = resolve_labels(given, model_attributes(meta, classes), classes)
+  chosen = resolve_labels(given, attributes, classes)
   z = sampling.latents(seed, num, config.model.z_dim, truncation)
   cols = math.ceil(math.sqrt(num))
   labels = None
-  if interpolate:
+  if between is not None:
+    attribute, start, stop = resolve_between(between, attributes, classes)
+    if attribute in chosen:
+      raise ValueError(f"--between {between!r} and --label both set attribute "
+                       f"{attributes[attribute][0]!r}; drop that --label")
+    # Soft labels [rows * N, sum(classes)]: every attribute is already in them.
+    z, labels, cols = sampling.label_interpolation_inputs(
+        seed, classes, attribute, start, stop, interpolate, math.ceil(num / interpolate),
+        config.model.z_dim, truncation, chosen)
+    num = len(z)
+  elif interpolate:
     z, labels, cols = sampling.interpolation_inputs(seed, nc, interpolate, config.model.z_dim,
                                                     truncation)
     if 0 in chosen:  # one class of the first attribute: one row
@@ -145,7 +195,7 @@ def generate(workdir: str, num: int, out: str,
   elif nc > 0:
     labels = (jnp.full((num,), chosen[0], jnp.int32) if 0 in chosen
               else jnp.arange(num, dtype=jnp.int32) % nc)
-  if len(classes) > 1:
+  if len(classes) > 1 and between is None:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
   images = sampling.sample_images(sampling.make_sampler(generator), state.ema_params,
                                   state.g_batch_stats, z, labels)
@@ -166,7 +216,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed,
-                     FLAGS.truncation, FLAGS.interpolate)
+                     FLAGS.truncation, FLAGS.interpolate, FLAGS.between)
   except (ValueError, FileNotFoundError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -83,6 +83,50 @@ def interpolation_inputs(seed: int, num_classes: int, steps: int, z_dim: int,
   return z, labels, steps
 
 
+def attribute_draws(seed: int, attribute: int, num: int, num_classes: int) -> jax.Array:
+  """`num` classes of `attribute` drawn uniformly from the seed, int32 [num]. The key is the seed's
+  folded with the attribute index: not the latents' key, and independent across attributes."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), attribute)
+  return jax.random.randint(key, (num,), 0, num_classes, jnp.int32)
+
+
+def label_interpolation_inputs(seed: int, classes: Sequence[int], attribute: int, start: int,
+                               stop: int, steps: int, rows: int, z_dim: int,
+                               truncation: float = 0.0, fixed: Optional[dict[int, int]] = None
+                               ) -> tuple[jax.Array, jax.Array, int]:
+  """Class interpolation grid (BigGAN-style): (z [rows * steps, z_dim], soft labels
+  [rows * steps, sum(classes)], cols = steps).
+
+  Row r keeps one latent (`latents(seed, rows, ...)`, so the change along a row is the class's
+  alone); column t in linspace(0, 1, steps) weights `attribute`'s classes (1 - t) * one-hot(start)
+  + t * one-hot(stop). Every other attribute i is one-hot of `fixed[i]` when given, else one class
+  per row drawn by `attribute_draws` (the convention of generate's random attributes).
+  Labels are the per-attribute weight blocks concatenated, as the generators take soft labels.
+  """
+  classes, fixed = tuple(classes), dict(fixed or {})
+  if not 0 <= attribute < len(classes):
+    raise ValueError(f"attribute {attribute} out of range for {len(classes)} attribute(s)")
+  for i, c in [(attribute, start), (attribute, stop), *fixed.items()]:
+    if not (0 <= i < len(classes) and 0 <= c < classes[i]):
+      raise ValueError(f"class {c} of attribute {i} out of range for classes {classes}")
+  if attribute in fixed:
+    raise ValueError(f"attribute {attribute} is interpolated, so it cannot also be fixed")
+  if steps < 2 or rows < 1:
+    raise ValueError(f"need steps >= 2 and rows >= 1, got steps={steps}, rows={rows}")
+  z = jnp.repeat(latents(seed, rows, z_dim, truncation), steps, axis=0)
+  t = jnp.tile(jnp.linspace(0.0, 1.0, steps), rows)[:, None]  # [rows * steps, 1]
+  blocks = []
+  for i, n in enumerate(classes):
+    if i == attribute:
+      eye = jnp.eye(n, dtype=jnp.float32)
+      blocks.append((1.0 - t) * eye[start] + t * eye[stop])
+    else:
+      index = (jnp.full((rows,), fixed[i], jnp.int32) if i in fixed
+               else attribute_draws(seed, i, rows, n))
+      blocks.append(jnp.repeat(jax.nn.one_hot(index, n, dtype=jnp.float32), steps, axis=0))
+  return z, jnp.concatenate(blocks, axis=1), steps
+
+
 def grid_inputs(seed: int, num_classes: int | Sequence[int], per_class: int, z_dim: int
                 ) -> tuple[jax.Array, Optional[jax.Array], int]:
   """Fixed noise and labels for training grids: one row per class (8 rows unconditional).

@@ -5,7 +5,8 @@ G: z (+ learned class embedding) -> dense 4x4 -> [ConvTranspose 4x4/2, BatchNorm
 D: [Conv 4x4/2, norm, LeakyReLU 0.2]* down to 4x4 -> linear logit, plus the projection term
    <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional.
 Labels are int [b] (one attribute) or [b, A] (several, e.g. articleType and baseColour); with
-several, embed(y) is `conditioning.ClassEmbed`'s sum of one embedding per attribute.
+several, embed(y) is `conditioning.ClassEmbed`'s sum of one embedding per attribute. G also takes
+soft labels: float class weights [b, sum(classes)] (`conditioning.embed_labels`).
 Channel widths double per halving of resolution (capped at `max_width`), as in the paper's 64x64
 net (ngf*8 at 4x4). Parameters are float32; `dtype` sets the compute dtype (bfloat16 on
 accelerators), BatchNorm statistics are reduced in float32 by Flax, logits are returned in float32.
@@ -19,20 +20,22 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxgan.models.conditioning import ClassEmbed, class_tuple
+from jaxgan.models.conditioning import ClassEmbed, class_tuple, embed_labels
 from jaxgan.models.layers import UpConv
 
 # DCGAN's initialisation: N(0, 0.02) for every weight.
 _init = nn.initializers.normal(0.02)
 
 
-def _class_embedding(num_classes: int | Sequence[int], features: int, name: str) -> nn.Module:
-  """The label embedding: a plain nn.Embed for one attribute, so the parameter tree (and every
-  checkpoint of a one-attribute run) stays as before; a ClassEmbed sum for several."""
+def _class_embedding(num_classes: int | Sequence[int], features: int, name: str,
+                     labels: jnp.ndarray) -> jnp.ndarray:
+  """The label embedding [b, features] of int or soft labels (`conditioning.embed_labels`): a
+  plain nn.Embed for one attribute, so the parameter tree (and every checkpoint of a one-attribute
+  run) stays as before; a ClassEmbed sum for several."""
   classes = class_tuple(num_classes)
   if len(classes) == 1:
-    return nn.Embed(classes[0], features, embedding_init=_init, name=name)
-  return ClassEmbed(classes, features, embedding_init=_init, name=name)
+    return embed_labels([nn.Embed(classes[0], features, embedding_init=_init, name=name)], labels)
+  return ClassEmbed(classes, features, embedding_init=_init, name=name)(labels)
 
 
 def _num_doublings(image_size: int) -> int:
@@ -60,7 +63,7 @@ class Generator(nn.Module):
     widths = [min(self.width * 2**i, self.max_width) for i in reversed(range(n))]
     h = z.astype(self.dtype)
     if class_tuple(self.num_classes):
-      emb = _class_embedding(self.num_classes, self.embed_dim, "class_embed")(labels)
+      emb = _class_embedding(self.num_classes, self.embed_dim, "class_embed", labels)
       h = jnp.concatenate([h, emb.astype(self.dtype)], axis=-1)
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                      epsilon=1e-5, dtype=self.dtype, name=name)
@@ -107,6 +110,6 @@ class Discriminator(nn.Module):
     logit = logit.astype(jnp.float32)
     if class_tuple(self.num_classes):
       pooled = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
-      emb = _class_embedding(self.num_classes, pooled.shape[-1], "class_projection")(labels)
+      emb = _class_embedding(self.num_classes, pooled.shape[-1], "class_projection", labels)
       logit = logit + jnp.sum(emb.astype(jnp.float32) * pooled, axis=-1)
     return logit

@@ -174,7 +174,10 @@ def _check_attention(resolution: int, allowed: Sequence[int], who: str) -> None:
 
 
 class ResNetGenerator(nn.Module):
-  """`G(z [b, z_dim], labels [b] / [b, A] int | None, train) -> float32 [b, s, s, 3] in [-1, 1]`."""
+  """`G(z [b, z_dim], labels [b] / [b, A] int | None, train) -> float32 [b, s, s, 3] in [-1, 1]`.
+
+  Labels may also be soft: float class weights [b, sum(classes)] (`conditioning.embed_labels`).
+  """
 
   image_size: int
   num_classes: tuple[int, ...] = ()  # classes per attribute; () = unconditional

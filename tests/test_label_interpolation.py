@@ -1,0 +1,199 @@
+"""Class interpolation: soft labels in the generators, label_interpolation_inputs, generate --between."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgan import generate, sampling
+from jaxgan.models.conditioning import ClassEmbed
+from jaxgan.models.dcgan import Generator
+from tests.conftest import run_module, tiny_config
+from tests.test_attributes import catalog, two_columns  # noqa: F401  (fixtures reused)
+from tests.test_resnet import Z_DIM, _models
+
+B = 4
+
+
+def _int_labels(classes):
+  """Varied int labels [B] (one attribute) or [B, A], and their one-hot float concatenation."""
+  cols = [(jnp.arange(B, dtype=jnp.int32) * (i + 1) + 1) % n for i, n in enumerate(classes)]
+  ints = cols[0] if len(cols) == 1 else jnp.stack(cols, axis=1)
+  soft = jnp.concatenate([jax.nn.one_hot(c, n) for c, n in zip(cols, classes)], axis=1)
+  return ints, soft
+
+
+def _generator(kind, classes):
+  if kind == "dcgan":
+    return Generator(16, classes, z_dim=Z_DIM, width=8, embed_dim=4), 16
+  return _models(32, classes)[0], 32
+
+
+@pytest.mark.parametrize("classes", [(3,), (3, 4)], ids=["one", "two"])
+@pytest.mark.parametrize("kind", ["dcgan", "resnet"])
+def test_one_hot_soft_labels_match_int_labels(kind, classes):
+  g, _ = _generator(kind, classes)
+  ints, soft = _int_labels(classes)
+  z = jax.random.normal(jax.random.PRNGKey(1), (B, Z_DIM))
+  variables = g.init(jax.random.PRNGKey(0), z, ints, train=False)
+  # Initialising with soft labels builds the same parameters: old checkpoints keep loading.
+  soft_vars = g.init(jax.random.PRNGKey(0), z, soft, train=False)
+  assert jax.tree_util.tree_structure(soft_vars) == jax.tree_util.tree_structure(variables)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(soft_vars)):
+    np.testing.assert_array_equal(a, b)
+  # Unit-variance tables (DCGAN initialises them at N(0, 0.02)): the labels then visibly matter.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, x: (jax.random.normal(jax.random.PRNGKey(x.size), x.shape)
+                       if "embedding" in jax.tree_util.keystr(path) else x), variables)
+  apply = jax.jit(lambda v, labels: g.apply(v, z, labels, train=False))
+  from_ints, from_soft = np.asarray(apply(variables, ints)), np.asarray(apply(variables, soft))
+  # Freshly initialised DCGAN outputs are ~1e-4 (N(0, 0.02) weights): tolerances are relative.
+  scale = np.abs(from_ints).max()
+  np.testing.assert_allclose(from_soft, from_ints, rtol=1e-5, atol=1e-6 * scale)
+  # The labels matter: other one-hot rows give other images (so the match above is not vacuous).
+  other = np.asarray(apply(variables, jnp.roll(soft, 1, axis=0)))
+  assert np.abs(other - from_ints).max() > 0.1 * scale
+
+
+def test_mixture_embeds_as_the_mixture_of_embeddings():
+  m = ClassEmbed((3, 4), 5)
+  params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))
+  t0 = np.asarray(params["params"]["attr0"]["embedding"])
+  t1 = np.asarray(params["params"]["attr1"]["embedding"])
+  soft = jnp.array([[0.5, 0.5, 0.0, 0.0, 0.0, 1.0, 0.0],
+                    [0.0, 0.0, 1.0, 0.25, 0.0, 0.0, 0.75]])
+  want = np.stack([0.5 * (t0[0] + t0[1]) + t1[2], t0[2] + 0.25 * t1[0] + 0.75 * t1[3]])
+  np.testing.assert_allclose(np.asarray(m.apply(params, soft)), want, rtol=1e-6, atol=1e-6)
+  # One attribute (the single-table path dcgan's plain nn.Embed also takes).
+  one = ClassEmbed((3,), 5)
+  p1 = one.init(jax.random.PRNGKey(0), jnp.zeros((1,), jnp.int32))
+  table = np.asarray(p1["params"]["attr0"]["embedding"])
+  np.testing.assert_allclose(np.asarray(one.apply(p1, jnp.array([[0.5, 0.0, 0.5]]))),
+                             0.5 * (table[:1] + table[2:]), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match=r"^soft labels of shape \(1, 6\); expected \[batch, 7\]"):
+    m.apply(params, jnp.zeros((1, 6)))
+  g = Generator(16, 3, z_dim=Z_DIM, width=8, embed_dim=4)
+  z = jnp.zeros((1, Z_DIM))
+  gv = g.init(jax.random.PRNGKey(0), z, jnp.zeros((1,), jnp.int32), train=False)
+  with pytest.raises(ValueError, match=r"expected \[batch, 3\]"):
+    g.apply(gv, z, jnp.zeros((1, 4)), train=False)
+
+
+def test_label_interpolation_inputs():
+  classes, rows, steps = (3, 4), 3, 5
+  z, labels, cols = sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
+  assert cols == steps and z.shape == (rows * steps, 6) and labels.shape == (rows * steps, 7)
+  grid = np.asarray(labels).reshape(rows, steps, 7)
+  np.testing.assert_array_equal(grid[:, 0, 3:], np.tile([1, 0, 0, 0], (rows, 1)))
+  np.testing.assert_array_equal(grid[:, -1, 3:], np.tile([0, 0, 0, 1], (rows, 1)))
+  np.testing.assert_allclose(grid[:, 2, 3:], np.tile([0.5, 0, 0, 0.5], (rows, 1)), atol=1e-6)
+  np.testing.assert_allclose(grid[..., :3].sum(-1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(grid[..., 3:].sum(-1), 1.0, atol=1e-6)
+  # Attribute 0 is not given: one-hot, constant along a row, drawn from the seed's folded key.
+  np.testing.assert_array_equal(grid[..., :3], grid[:, :1, :3].repeat(steps, axis=1))
+  drawn = jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(7), 0), (rows,), 0, 3)
+  np.testing.assert_array_equal(grid[:, 0, :3], np.eye(3)[np.asarray(drawn)])
+  # One latent per row, the seed's.
+  zz = np.asarray(z).reshape(rows, steps, 6)
+  np.testing.assert_array_equal(zz, np.repeat(np.asarray(sampling.latents(7, rows, 6))[:, None],
+                                              steps, axis=1))
+  assert np.abs(zz[0, 0] - zz[1, 0]).max() > 1e-3
+  again = sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
+  np.testing.assert_array_equal(again[0], z)
+  np.testing.assert_array_equal(again[1], labels)
+  fixed = np.asarray(sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6,
+                                                         fixed={0: 2})[1])
+  np.testing.assert_array_equal(fixed[:, :3], np.tile([0, 0, 1], (rows * steps, 1)))
+  z1, one, _ = sampling.label_interpolation_inputs(0, (5,), 0, 4, 1, 2, 1, 6, truncation=0.5)
+  np.testing.assert_array_equal(one, [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]])
+  assert np.abs(np.asarray(z1)).max() <= 0.5
+  with pytest.raises(ValueError, match="cannot also be fixed"):
+    sampling.label_interpolation_inputs(0, classes, 1, 0, 3, 2, 1, 6, fixed={1: 0})
+
+
+@pytest.fixture(scope="module")
+def workdir(two_columns, tmp_path_factory):  # noqa: F811
+  """A 1-step DCGAN run on (articleType: Shoes, Tshirts, Watches; baseColour: Black, Navy Blue)."""
+  from jaxgan import trainer
+
+  path = str(tmp_path_factory.mktemp("between") / "w")
+  config = tiny_config(**{"data.source": "prepared", "data.path": str(two_columns),
+                          "data.num_classes": 3, "data.extra_num_classes": "2",
+                          "train.num_steps": 1, "train.n_critic": 1, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, path)
+  return path
+
+
+def test_generate_between(workdir, tmp_path):
+  from jaxgan import workdir as workdir_lib
+
+  between = "baseColour=Black:Navy Blue"
+  a = generate.generate(workdir, 5, str(tmp_path / "a.png"), interpolate=3, between=between)
+  assert Image.open(a[0]).size == (3 * 18 + 2, 2 * 18 + 2)  # ceil(5 / 3) rows of 3 columns
+  b = generate.generate(workdir, 5, str(tmp_path / "b.png"), interpolate=3, between=between)
+  assert open(a[0], "rb").read() == open(b[0], "rb").read()
+  bare = generate.generate(workdir, 4, str(tmp_path / "c.png"), interpolate=4,
+                           between="Shoes:Watches", label="baseColour=Black")
+  assert Image.open(bare[0]).size == (4 * 18 + 2, 18 + 2)
+  # The grid's end columns are the int-labelled images of the same latents.
+  singles = generate.generate(workdir, 4, str(tmp_path / "singles") + "/", interpolate=2,
+                              between=between, label="articleType=Tshirts")
+  assert len(singles) == 4
+  got = np.stack([np.asarray(Image.open(p)) for p in singles]).astype(int)
+  config, _, state, _ = workdir_lib.load_latest(workdir)
+  from jaxgan import models
+
+  sampler = sampling.make_sampler(models.build_models(config)[0])
+  z = sampling.latents(0, 2, config.model.z_dim)
+  for column, colour in enumerate([0, 1]):  # Black, Navy Blue
+    labels = jnp.array([[1, colour]] * 2, jnp.int32)  # Tshirts
+    want = sampling.sample_images(sampler, state.ema_params, state.g_batch_stats, z, labels)
+    assert np.abs(got[column::2] - want.astype(int)).max() <= 1
+  assert np.abs(got[0] - got[1]).max() > 0  # the two classes differ
+
+
+@pytest.mark.parametrize("between, label, message", [
+    ("baseColour=Black:Purple", None,
+     r"^--between baseColour='Purple': not a class of baseColour; choose one of: Black, Navy Blue$"),
+    ("colour=Black:Navy Blue", None,
+     r"^--between 'colour=Black:Navy Blue': this model has no attribute 'colour'; choose one of: "
+     r"articleType, baseColour$"),
+    ("Shoes:Boots", None, r"^--between 'Boots' is not a class of this model; choose one of: "
+                          r"Shoes, Tshirts, Watches$"),
+    ("Shoes", None, r"^--between 'Shoes': expected FROM:TO or ATTRIBUTE=FROM:TO"),
+    ("baseColour=0:1", "baseColour=Black",
+     r"^--between 'baseColour=0:1' and --label both set attribute 'baseColour'; drop that --label$"),
+])
+def test_generate_between_errors(workdir, tmp_path, between, label, message):
+  with pytest.raises(ValueError, match=message):
+    generate.generate(workdir, 2, str(tmp_path / "x.png"), label=label, interpolate=2,
+                      between=between)
+  assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_between_needs_interpolate_and_a_conditional_model(tmp_path):
+  with pytest.raises(ValueError, match=r"^--between needs --interpolate N"):
+    generate.generate(str(tmp_path / "none"), 2, str(tmp_path / "x.png"), between="0:1")
+  with pytest.raises(ValueError, match=r"^--between: this model is unconditional; drop --between$"):
+    generate.resolve_between("0:1", [], ())
+  # Indices work, and class names may hold ':' and spaces.
+  attributes = [("kind", ["a:b", "c"]), ("colour", ["Navy Blue", "Black"])]
+  assert generate.resolve_between("a:b:c", attributes, (2, 2)) == (0, 0, 1)
+  assert generate.resolve_between("colour=Black : Navy Blue", attributes, (2, 2)) == (1, 1, 0)
+  assert generate.resolve_between("1:0", attributes, (2, 2)) == (0, 1, 0)
+
+
+def test_cli_between(workdir, tmp_path):
+  out = tmp_path / "cli.png"
+  ok = run_module("jaxgan.generate", "--workdir", workdir, "--num", "2", "--out", str(out),
+                  "--interpolate", "3", "--between", "baseColour=Black:Navy Blue")
+  assert ok.returncode == 0, ok.stderr
+  assert Image.open(out).size == (3 * 18 + 2, 18 + 2)  # ceil(2 / 3) = 1 row
+  bad = run_module("jaxgan.generate", "--workdir", workdir, "--out", str(tmp_path / "y.png"),
+                   "--between", "Shoes:Watches")
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == ("error: --between needs --interpolate N (the "
+                                                 "columns from FROM to TO, N >= 2)")
