@@ -25,16 +25,26 @@ for b in "${batches[@]}"; do
       --steps "$steps" | grep '^{' | tee -a "$out"
   done
 done
-XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" \
-  --deadline_s "${DEADLINE_S:-330}" \
-  --variants "${VARIANTS:-bfloat16:phase_conv,float32:phase_conv,bfloat16:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16}" \
-  | grep '^{' | tee -a "$out"
+# XLA_FLAG_SETS: ';'-separated extra XLA_FLAGS, one JAX process (and one deadline) per set, its rows
+# tagged with the set (the XLA-flags lever); unset = one process with the environment's XLA_FLAGS.
+IFS=';' read -r -a flag_sets <<< "${XLA_FLAG_SETS:-}"
+[[ ${#flag_sets[@]} -gt 0 ]] || flag_sets=("")
+for flag_set in "${flag_sets[@]}"; do
+  XLA_FLAGS="${XLA_FLAGS:-} $flag_set" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
+    --deadline_s "${DEADLINE_S:-330}" \
+    --variants "${VARIANTS:-bfloat16:subpixel,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
+    | grep '^{' | tee -a "$out"
+done
 
 "$python" - "$out" <<'PY'
 import datetime, json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ok = [r for r in rows if "images_per_sec" in r]
 torch_rows = {(r["batch_size"], r["impl"]): r for r in ok if str(r.get("impl", "")).startswith("torch")}
+for r in ok:
+  if r.get("xla_flags"):  # rows of an XLA_FLAG_SETS entry: a variant of their own
+    r["variant"] = f"{r['variant']} [{r['xla_flags']}]"
 jax_rows = {(r["batch_size"], r["variant"]): r for r in ok if "variant" in r}
 variants = list(dict.fromkeys(r["variant"] for r in ok if "variant" in r))
 kind = next((r["device_kind"] for r in ok if "variant" in r), "?")

@@ -44,6 +44,8 @@ def main():
   p.add_argument("--variants", default="bfloat16:phase_grad,float32:phase_grad")
   p.add_argument("--steps", type=int, default=30)
   p.add_argument("--deadline_s", type=float, default=420.0)
+  p.add_argument("--tag", default="", help="the extra XLA_FLAGS this process runs with (rows "
+                 "carry it as `xla_flags`)")
   a = p.parse_args()
   start = time.monotonic()
   for variant in a.variants.split(","):
@@ -58,6 +60,8 @@ def main():
         traceback.print_exc()
         row = {"variant": variant, "batch_size": batch, "error": f"{type(e).__name__}: {e}"[:300]}
       row["variant"] = variant
+      if a.tag.strip():
+        row["xla_flags"] = a.tag.strip()
       row["wall_s"] = round(time.monotonic() - t0, 1)
       print(json.dumps(row), flush=True)
 
