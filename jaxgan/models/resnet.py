@@ -267,8 +267,23 @@ def orthogonal_penalty(params: Any) -> jnp.ndarray:
     name = getattr(last, "key", getattr(last, "name", None))
     if name != "kernel" or jnp.ndim(leaf) < 2:
       continue
-    w = jnp.reshape(leaf, (-1, leaf.shape[-1])).astype(jnp.float32)
-    gram = w.T @ w
-    off = gram * (1.0 - jnp.eye(gram.shape[0], dtype=jnp.float32))
-    total = total + jnp.sum(off * off)
+    total = total + _off_diagonal_gram_sq(
+        jnp.reshape(leaf, (-1, leaf.shape[-1])).astype(jnp.float32))
   return total
+
+
+def _off_diagonal_gram_sq(w: jnp.ndarray) -> jnp.ndarray:
+  """sum_{i != j} (w_i . w_j)^2 over the columns w_i of w [rows, cols].
+
+  With fewer rows than columns (G's projection layer: z chunk -> 4*4*C, a 16k x 16k Gram at 128)
+  the same value comes from the small Gram: ||W^T W||_F^2 = ||W W^T||_F^2, minus the diagonal
+  sum_i ||w_i||^4. The subtraction cannot cancel badly there: W^T W has rank <= rows < cols, so
+  its off-diagonal part is at least ~1/rows of the diagonal part.
+  """
+  rows, cols = w.shape
+  if rows < cols:
+    small = w @ w.T
+    return jnp.sum(small * small) - jnp.sum(jnp.sum(w * w, axis=0) ** 2)
+  gram = w.T @ w
+  off = gram * (1.0 - jnp.eye(cols, dtype=jnp.float32))
+  return jnp.sum(off * off)
