@@ -76,8 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
   c.loss.gp_weight = 10.0  # gradient-penalty weight for 'wgan_gp'
-  # R1 (Mescheder et al. 2018): gamma/2 E||grad D(real)||^2, lazily every r1_interval D updates
-  # (scaled by the interval, added to that ordinary D step). 0 = off.
+  # R1 (Mescheder et al. 2018): gamma/2 E||grad D(real)||^2, lazily every r1_interval steps as
+  # StyleGAN2's extra D step (scaled by the interval; D's Adam lr/betas corrected). 0 = off.
   c.loss.r1_gamma = 0.0
   c.loss.r1_interval = 16
   # LeCam (Tseng et al. 2021): weight * (E(D(real) - a_fake)^2 + E(D(fake) - a_real)^2) with

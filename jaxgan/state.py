@@ -41,12 +41,17 @@ class TrainState:
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5).
 
-  Lazy R1 needs no k/(k+1) correction here: StyleGAN2 corrects because its regulariser takes a
-  separate, extra optimizer step every k minibatches, while jaxgan adds the (k-scaled) penalty to
-  the k-th ordinary D step, so D still takes exactly one Adam step per minibatch.
+  With lazy R1 (StyleGAN2's lazy regularisation) D takes an extra regulariser step every k =
+  `loss.r1_interval` minibatches, k + 1 Adam steps where plain training takes k. As in StyleGAN2,
+  D's lr is scaled by c = k / (k + 1) and its betas raised to the power c, so per minibatch D moves
+  (and its moments forget) as it would without the extra step.
   """
   o = config.optim
-  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(o.d_lr, b1=o.b1, b2=o.b2)
+  d_lr, b1, b2 = o.d_lr, o.b1, o.b2
+  if config.loss.r1_gamma > 0:
+    c = config.loss.r1_interval / (config.loss.r1_interval + 1)
+    d_lr, b1, b2 = d_lr * c, b1 ** c, b2 ** c
+  return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(d_lr, b1=b1, b2=b2)
 
 
 def init_state(config, generator: nn.Module, discriminator: nn.Module,

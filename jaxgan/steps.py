@@ -1,7 +1,8 @@
 """The pure train step: `(state, batch, rng) -> (state, metrics)`.
 
-One step = `train.n_critic` D updates (each on its own slice of the real batch, fresh z) followed by
-one G update through the *updated* D. G's forward for the last D update is reused for the G update
+One step = `train.n_critic` D updates (each on its own slice of the real batch, fresh z), every
+`loss.r1_interval`-th step StyleGAN2's separate lazy-R1 D phase, then one G update through the
+*updated* D. G's forward for the last D update is reused for the G update
 through `jax.vjp`, so G runs forward once per G update, not twice.
 
 A step whose losses or gradients are not finite leaves the state unchanged (except the step count
@@ -78,14 +79,14 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     aug = augment_lib.Augment(apply=lambda x, k, p: augment_lib.diffaugment(x, k, policy))
   augment = aug.apply
 
-  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam, step):
+  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam):
     real_key, fake_key, gp_key = jax.random.split(key, 3)
 
     def d_objective(params):
       # The same differentiable augmentation for reals and fakes (each its own draw), so D never
       # sees an un-augmented image and G is trained through the augmentation.
-      d_of_real = lambda x, st: _apply(discriminator, params, st, augment(x, real_key, aug_p), labels)
-      real_logits, stats = d_of_real(real, d_stats)
+      real_logits, stats = _apply(discriminator, params, d_stats, augment(real, real_key, aug_p),
+                                  labels)
       # Real and fake go through D separately (own batch statistics), as in DCGAN.
       fake_logits, stats = _apply(discriminator, params, stats, augment(fake, fake_key, aug_p),
                                   labels)
@@ -96,14 +97,6 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         gp = losses_lib.gradient_penalty(critic, real, fake, gp_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
-      if r1_gamma > 0:
-        # Lazy R1 on the un-augmented reals (as StyleGAN2-ADA): only every r1_interval-th D
-        # update computes it (lax.cond skips the double backward otherwise), scaled by the interval.
-        due = step % r1_interval == 0
-        r1 = jax.lax.cond(due, lambda: losses_lib.r1_penalty(
-            lambda x: d_of_real(x, stats)[0], real), lambda: jnp.zeros((), jnp.float32))
-        value = value + (0.5 * r1_gamma * r1_interval) * r1
-        aux["r1_penalty"] = r1
       if lecam_weight > 0:
         reg = losses_lib.lecam_penalty(real_logits, fake_logits, lecam["real"], lecam["fake"])
         value = value + lecam_weight * reg
@@ -117,6 +110,29 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
              "fake": lecam_decay * lecam["fake"] + (1 - lecam_decay) * jnp.mean(fake_logits)}
     return (optax.apply_updates(d_params, updates), stats, d_opt_state, value, aux, grads,
             real_logits, lecam)
+
+  def r1_update(d_params, d_stats, d_opt_state, real, labels, key, aug_p, step):
+    """StyleGAN2's lazy regularisation phase: every r1_interval-th step, one extra D Adam step on
+    r1_interval * gamma/2 * R1 alone (make_optimizers corrects D's lr and betas for the extra
+    step). R1 is the gradient w.r.t. the un-augmented reals, through the augmentation as in
+    StyleGAN2-ADA. lax.cond skips the double backward on the other steps."""
+
+    def regularise(_):
+      def objective(params):
+        critic = lambda x: _apply(discriminator, params, d_stats, augment(x, key, aug_p),
+                                  labels)[0]  # SN's power-iteration state stays the main phase's
+        r1 = losses_lib.r1_penalty(critic, real)
+        return (0.5 * r1_gamma * r1_interval) * r1, r1
+
+      (_, r1), grads = jax.value_and_grad(objective, has_aux=True)(d_params)
+      updates, opt_state = d_tx.update(grads, d_opt_state, d_params)
+      return optax.apply_updates(d_params, updates), opt_state, r1, grads
+
+    def skip(_):
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, d_params)
+      return d_params, d_opt_state, jnp.zeros((), jnp.float32), zeros
+
+    return jax.lax.cond(step % r1_interval == 0, regularise, skip, None)
 
   def step_fn(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     images = to_model_range(batch["image"])
@@ -144,7 +160,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       fake, _ = _apply(generator, state.g_params, state.g_batch_stats, z, labels)
       d_params, d_stats, d_opt_state, value, aux, grads, real_logits, lecam = d_update(
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-          keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
+          keys[3 * k + 1], aug_p, lecam)
       if aug.adaptive:  # sign(D(real)) feeds ADA's p only
         aug_state = augment_lib.accumulate(aug_state, real_logits)
       d_values.append(value)
@@ -159,7 +175,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
     d_params, d_stats, d_opt_state, d_value, aux, d_grads, real_logits, lecam = d_update(
         d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-        keys[3 * k + 1], aug_p, lecam, state.step * n_critic + k)
+        keys[3 * k + 1], aug_p, lecam)
     if aug.adaptive:
       aug_state = augment_lib.accumulate(aug_state, real_logits)
       c = config.augment
@@ -168,6 +184,11 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
                                            float(c.ada_kimg))
     d_values.append(d_value)
     d_grads_all.append(d_grads)
+    if r1_gamma > 0:
+      d_params, d_opt_state, r1, r1_grads = r1_update(
+          d_params, d_stats, d_opt_state, real, labels, keys[3 * n_critic], aug_p, state.step)
+      aux["r1_penalty"] = r1
+      d_grads_all.append(r1_grads)
 
     # G update through the updated D: dL/dfake from D, then back through G's saved forward.
     # D's statistics from this pass are not kept: they belong to the G phase.

@@ -1,9 +1,10 @@
-"""R1, LeCam, the lazy-R1 optimizer correction, and the train step with ADA, DiffAugment, lazy
+"""R1, LeCam, the lazy-R1 phase and its optimizer correction, and the train step with ADA, DiffAugment, lazy
 R1, LeCam and orthogonal regularisation switched on, and with the ResNet GAN."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config
@@ -25,16 +26,30 @@ def test_lecam_matches_the_formula():
   np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
 
 
-def test_lazy_r1_leaves_d_adam_alone():
-  # R1 joins the k-th ordinary D step (no extra regulariser step as in StyleGAN2), so D's Adam
-  # keeps its configured lr: the first Adam step is -lr * g / |g|.
-  config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4, "optim.d_lr": 1e-3,
-                          "optim.b1": 0.0})
-  _, d_tx = state_lib.make_optimizers(config)
-  params = {"w": jnp.ones(3)}
-  grads = {"w": jnp.array([1.0, -1.0, 2.0])}
-  d_step, _ = d_tx.update(grads, d_tx.init(params), params)
-  np.testing.assert_allclose(np.abs(d_step["w"]), 1e-3, rtol=1e-4)
+def _adam_reference(grads, lr, b1, b2, eps=1e-8):
+  """Plain Adam with bias correction, step by step (numpy)."""
+  m = v = np.zeros_like(grads[0])
+  steps = []
+  for t, g in enumerate(grads, 1):
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    steps.append(-lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps))
+  return steps
+
+
+@pytest.mark.parametrize("gamma, c", [(0.0, 1.0), (1.0, 4 / 5)])
+def test_lazy_r1_corrects_d_adam_as_stylegan2(gamma, c):
+  # k = 4: D takes 5 Adam steps per 4 minibatches, so lr * 4/5 and betas ** (4/5); G untouched.
+  config = tiny_config(**{"loss.r1_gamma": gamma, "loss.r1_interval": 4, "optim.d_lr": 1e-3,
+                          "optim.g_lr": 1e-3, "optim.b1": 0.5, "optim.b2": 0.9})
+  g_tx, d_tx = state_lib.make_optimizers(config)
+  grads = [np.array([1.0, -1.0, 2.0]), np.array([0.5, 3.0, -1.0]), np.array([-2.0, 1.0, 1.0])]
+  for tx, scale in ((d_tx, c), (g_tx, 1.0)):
+    params = {"w": jnp.ones(3)}
+    opt_state = tx.init(params)
+    want = _adam_reference(grads, 1e-3 * scale, 0.5**scale, 0.9**scale)
+    for g, w in zip(grads, want):
+      update, opt_state = tx.update({"w": jnp.asarray(g)}, opt_state, params)
+      np.testing.assert_allclose(update["w"], w, rtol=1e-5)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -96,4 +111,20 @@ def test_lazy_r1_runs_every_interval_with_diffaugment():
   _, metrics = _run_steps(config, 3, 16)
   assert [m["nonfinite"] for m in metrics] == [0, 0, 0]
   r1 = [float(m["r1_penalty"]) for m in metrics]
-  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0  # D updates 0 and 2 of every 2
+  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0  # steps 0 and 2 of every 2
+
+
+def _adam_count(opt_state):
+  adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))
+
+
+def test_lazy_r1_is_a_separate_d_phase():
+  # StyleGAN2's Dreg: on due steps D takes its ordinary Adam step and then one more on R1 alone;
+  # G's Adam takes one step per step either way.
+  config = tiny_config(**{"model.d_norm": "layer", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
+                          "train.n_critic": 2})
+  snapshots, metrics = _run_steps(config, 3, 16)
+  assert [m["nonfinite"] for m in metrics] == [0, 0, 0]
+  assert [_adam_count(s.d_opt_state) for s in snapshots] == [0, 3, 5, 8]  # 2 + R1, 2, 2 + R1
+  assert [_adam_count(s.g_opt_state) for s in snapshots] == [0, 1, 2, 3]
