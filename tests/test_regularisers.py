@@ -69,9 +69,10 @@ def _run_steps(config, n, size):
   state = jax.jit(run.init)()
   rng = np.random.default_rng(0)
   snapshots, metrics = [jax.device_get(state)], []
+  images = config.train.batch_size * config.train.n_critic
   for _ in range(n):
-    batch = {"image": rng.integers(0, 256, (8, size, size, 3)).astype(np.uint8),
-             "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+    batch = {"image": rng.integers(0, 256, (images, size, size, 3)).astype(np.uint8),
+             "label": rng.integers(0, 3, (images,)).astype(np.int32)}
     state, m = run.train_step(state, batch)  # donates the previous state: keep host copies
     snapshots.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
@@ -93,6 +94,11 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   assert float(metrics[1]["augment_p"]) == pytest.approx(float(s2.augment.p))
 
 
+def _adam_count(opt_state):
+  adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))
+
+
 def test_resnet_train_step_updates_spectral_norm_state():
   # The same config as test_benchmark's resnet case: one compiled program (persistent cache).
   config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
@@ -105,26 +111,15 @@ def test_resnet_train_step_updates_spectral_norm_state():
   assert sn(s0) and not np.allclose(sn(s0)[0], sn(s1)[0])
 
 
-def test_lazy_r1_runs_every_interval_with_diffaugment():
+def test_lazy_r1_is_a_separate_d_phase_with_diffaugment_and_n_critic():
   config = tiny_config(**{"model.d_norm": "layer", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
-                          "augment.name": "diffaugment"})
-  _, metrics = _run_steps(config, 3, 16)
-  assert [m["nonfinite"] for m in metrics] == [0, 0, 0]
-  r1 = [float(m["r1_penalty"]) for m in metrics]
-  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0  # steps 0 and 2 of every 2
-
-
-def _adam_count(opt_state):
-  adam = lambda x: isinstance(x, optax.ScaleByAdamState)
-  return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))
-
-
-def test_lazy_r1_is_a_separate_d_phase():
-  # StyleGAN2's Dreg: on due steps D takes its ordinary Adam step and then one more on R1 alone;
-  # G's Adam takes one step per step either way.
-  config = tiny_config(**{"model.d_norm": "layer", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
-                          "train.n_critic": 2})
+                          "augment.name": "diffaugment", "train.n_critic": 2,
+                          "train.batch_size": 4})
   snapshots, metrics = _run_steps(config, 3, 16)
   assert [m["nonfinite"] for m in metrics] == [0, 0, 0]
-  assert [_adam_count(s.d_opt_state) for s in snapshots] == [0, 3, 5, 8]  # 2 + R1, 2, 2 + R1
+  # StyleGAN2's Dreg: on due steps (0 and 2 of every 2) D takes its n_critic ordinary Adam steps
+  # and then one more on R1 alone; G's Adam one step per step either way.
+  r1 = [float(m["r1_penalty"]) for m in metrics]
+  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0
+  assert [_adam_count(s.d_opt_state) for s in snapshots] == [0, 3, 5, 8]
   assert [_adam_count(s.g_opt_state) for s in snapshots] == [0, 1, 2, 3]
