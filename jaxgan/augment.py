@@ -7,27 +7,42 @@ reals and fakes. Everything is a pure function of an explicit key: deterministic
 jit-friendly, no global state.
 
 - 'diffaugment' (Zhao et al. 2020): policy 'color,translation,cutout' applied to every image.
-- 'ada' (Karras et al. 2020): each op applied per image with probability p, and p tuned by the
-  overfitting heuristic (`AugmentState`, `accumulate`, `maybe_update`). A REDUCED 'bgc'-like
-  pipeline, not the paper's full set. Included, in order: x-flip, 90-degree rotation (square
-  images), integer translation (up to 1/8 of the size, reflect pad), isotropic scaling (lognormal,
-  std 0.2 ln2, bilinear, reflect pad), brightness (add N(0, 0.2)), contrast (scale about mid-grey 0
-  by lognormal(0, 0.5 ln2)), saturation (scale the deviation from the per-pixel channel mean by
-  lognormal(0, ln2)). Left out: arbitrary rotation, anisotropic scaling, fractional translation,
-  the paper's upsampled, wavelet-filtered geometric resampling, luma flip, hue rotation, and the
-  whole 'filter' (image-space filtering), 'noise' (additive noise) and 'cutout' groups.
+- 'ada' (Karras et al. 2020): StyleGAN2-ADA's recommended 'bgc' pipeline, each op applied per image
+  with probability p, and p tuned by the overfitting heuristic (`AugmentState`, `accumulate`,
+  `maybe_update`). Parameter draws, matrices and resampling live in `jaxgan.augment_ada`. In order:
+  * blit, exact integer gathers: x-flip (i in {0, 1}); rotation by k * 90 degrees (k in {0..3};
+    square images only, skipped otherwise); integer translation (round(U(-1/8, 1/8) * size)
+    pixels, one gate for both axes, reflect pad).
+  * geom, accumulated into one 3x3 matrix per image (pixel units about the image centre) and
+    resampled ONCE, bilinearly, with reflect padding: isotropic scaling (lognormal, std 0.2 ln2);
+    pre-rotation (U(-pi, pi)); anisotropic scaling (x by lognormal std 0.2 ln2, y by its inverse);
+    post-rotation (U(-pi, pi)); fractional translation (N(0, 1/8 * size) pixels per axis). The two
+    rotations are each gated with probability 1 - sqrt(1 - p), all other ops with p.
+  * color, accumulated into one 4x4 matrix per image (homogeneous RGB, luma axis
+    v = (1, 1, 1) / sqrt(3)) applied once: brightness (add N(0, 0.2)); contrast (scale about
+    mid-grey 0 by lognormal std 0.5 ln2); luma flip (I - 2 v v^T i, i in {0, 1}: negates the luma
+    component, keeps the chroma); hue rotation (U(-pi, pi) about v); saturation (scale the
+    component orthogonal to v by lognormal std ln2). One-channel images use the matrix's grey
+    response, as the official code does.
+  Left out: the anti-aliasing of the official geometric resampling (2x upsampling and downsampling
+  with a wavelet (sym6) low-pass filter around the bilinear sampling), so aliasing under strong
+  minification is not suppressed. Out-of-range sampling mirrors again and again (periodic
+  reflection), where the official code reflect-pads once by a bounded margin and reads zeros
+  beyond. The blit ops are exact gathers rather than part of the matrix (the same result). Also
+  left out, as they are not part of 'bgc': the 'filter' (image-space frequency-band filtering),
+  'noise' (additive Gaussian noise) and 'cutout' groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxgan import augment_ada as ada
 from jaxgan.registry import Registry
 
 Array = jnp.ndarray
@@ -43,13 +58,6 @@ def _max_shift(n: int) -> int:
   return int(n * 0.125 + 0.5)  # 1/8 of the size, rounded as in the DiffAugment reference code
 
 
-def _reflect(idx: Array, n: int) -> Array:
-  """Mirrors out-of-range indices back into [0, n) without repeating the edge ('reflect' pad)."""
-  period = max(2 * (n - 1), 1)
-  m = jnp.mod(idx, period)
-  return jnp.where(m >= n, period - m, m)
-
-
 def translate(images: Array, shift_y: Array, shift_x: Array, pad: str = "zero") -> Array:
   """out[b, i, j] = images[b, i - shift_y[b], j - shift_x[b]]; integer [B] shifts, exact gathers.
 
@@ -58,7 +66,7 @@ def translate(images: Array, shift_y: Array, shift_x: Array, pad: str = "zero") 
   _, h, w, _ = images.shape
   iy = jnp.arange(h)[None, :] - shift_y[:, None]
   ix = jnp.arange(w)[None, :] - shift_x[:, None]
-  fix = (lambda i, n: jnp.clip(i, 0, n - 1)) if pad == "zero" else _reflect
+  fix = (lambda i, n: jnp.clip(i, 0, n - 1)) if pad == "zero" else ada.reflect_index
   out = jax.vmap(lambda img, a, b: img[a][:, b])(images, fix(iy, h), fix(ix, w))
   if pad == "zero":
     inside = ((iy >= 0) & (iy < h))[:, :, None, None] & ((ix >= 0) & (ix < w))[:, None, :, None]
@@ -136,55 +144,28 @@ def diffaugment(images: Array, key: jax.Array, policy: str = DEFAULT_POLICY) -> 
   return images
 
 
-# --- ADA pipeline (Karras et al. 2020), reduced 'bgc' set: see the module docstring. -------------
-
-def _resample_rows(x: Array, s: Array) -> Array:
-  """Zooms axis 1 by s [B] about the centre: linear interpolation, reflect padding."""
-  n = x.shape[1]
-  src = (jnp.arange(n, dtype=x.dtype)[None] - (n - 1) / 2) / s[:, None] + (n - 1) / 2  # [B, n]
-  lo = jnp.floor(src)
-  frac = (src - lo)[:, :, None, None]
-  lo = lo.astype(jnp.int32)
-  rows = jax.vmap(lambda img, i: img[i])
-  return rows(x, _reflect(lo, n)) * (1 - frac) + rows(x, _reflect(lo + 1, n)) * frac
-
-
-def _scale(images: Array, s: Array) -> Array:
-  """Isotropic zoom by s [B]: separable bilinear resampling (rows, then columns)."""
-  x = _resample_rows(images, s)
-  return jnp.swapaxes(_resample_rows(jnp.swapaxes(x, 1, 2), s), 1, 2)
-
+# --- ADA pipeline (Karras et al. 2020), the 'bgc' set: see the module docstring. ----------------
 
 def ada_augment(images: Array, key: jax.Array, p: Array | float) -> Array:
   """Each op applied to each image with probability p (a traced scalar); p = 0 is the identity.
 
-  Skipped ops are selected away with `where`, so unaugmented images come back bit-exact.
+  blit as exact gathers, then geom as one resampling, then color as one matrix. Images that draw
+  no geometric (colour) op skip the resampling (colour matrix) by `where`, so unaugmented images
+  come back bit-exact.
   """
   b, h, w, _ = images.shape
-  keys = iter(jax.random.split(key, 14))
-  p = jnp.asarray(p, images.dtype)
+  per_image = lambda m: m[:, None, None, None]
+  blit, geom, color = ada.sample(key, b, h, w, p)
 
-  def gate(x: Array, y: Array) -> Array:
-    on = jax.random.uniform(next(keys), (b, 1, 1, 1)) < p
-    return jnp.where(on, y, x)
-
-  def normal(std: float) -> Array:
-    return jax.random.normal(next(keys), (b, 1, 1, 1), images.dtype) * std
-
-  x = images
-  # As in ADA, an applied flip / rotation draws its parameter uniformly, identity included.
-  flip = jax.random.bernoulli(next(keys), 0.5, (b, 1, 1, 1))
-  x = gate(x, jnp.where(flip, x[:, :, ::-1], x))
+  x = jnp.where(per_image(blit.flip), images[:, :, ::-1], images)
   if h == w:  # 90-degree rotations keep the shape only for square images
-    k = jax.random.randint(next(keys), (b,), 0, 4)
     rots = jnp.stack([jnp.rot90(x, r, axes=(1, 2)) for r in range(4)])
-    x = gate(x, rots[k, jnp.arange(b)])
-  x = gate(x, translate(x, *_random_shifts(next(keys), x), pad="reflect"))
-  x = gate(x, _scale(x, jnp.exp(normal(0.2 * math.log(2)))[:, 0, 0, 0]))
-  x = gate(x, x + normal(0.2))  # brightness
-  x = gate(x, x * jnp.exp(normal(0.5 * math.log(2))))  # contrast about mid-grey, as ADA's matrix
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  return gate(x, mean + (x - mean) * jnp.exp(normal(math.log(2))))  # saturation
+    x = rots[blit.k, jnp.arange(b)]
+  x = translate(x, blit.ty, blit.tx, pad="reflect")  # a zero shift is an exact identity gather
+
+  x = jnp.where(per_image(geom.applied), ada.affine_resample(x, ada.geometric_matrix(geom)), x)
+
+  return jnp.where(per_image(color.applied), ada.apply_color_matrix(x, ada.color_matrix(color)), x)
 
 
 # --- ADA's p heuristic. --------------------------------------------------------------------------

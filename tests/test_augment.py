@@ -1,6 +1,7 @@
-"""Augmentations: shapes, determinism, gradients, exact geometry, and ADA's p heuristic."""
+"""Augmentations: shapes, determinism, gradients, exact geometry, ADA's 'bgc' ops, p heuristic."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,42 +9,69 @@ import numpy as np
 import pytest
 
 from jaxgan import augment
+from jaxgan import augment_ada as ada
 
 SHAPE = (4, 16, 16, 3)
 X = jax.random.uniform(jax.random.PRNGKey(0), SHAPE, jnp.float32, -1.0, 1.0)
 W = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
 K1, K2 = jax.random.PRNGKey(2), jax.random.PRNGKey(3)
 
-# p is an argument, so p = 0 and p = 1 share one compiled program.
-_ada = jax.jit(augment.ada_augment)
-
-AUGS = {
-    "color": functools.partial(augment.diffaugment, policy="color"),
-    "translation": functools.partial(augment.diffaugment, policy="translation"),
-    "cutout": functools.partial(augment.diffaugment, policy="cutout"),
-    "color,translation": functools.partial(augment.diffaugment, policy="color,translation"),
-    "diffaugment": augment.diffaugment,
-    "ada_p1": lambda x, key: _ada(x, key, 1.0),
+AUGS = {  # (images, key, p) -> images, as the registry's Augment.apply
+    "color": lambda x, key, p: augment.diffaugment(x, key, policy="color"),
+    "translation": lambda x, key, p: augment.diffaugment(x, key, policy="translation"),
+    "cutout": lambda x, key, p: augment.diffaugment(x, key, policy="cutout"),
+    "color,translation": lambda x, key, p: augment.diffaugment(x, key, policy="color,translation"),
+    "diffaugment": lambda x, key, p: augment.diffaugment(x, key),
+    "ada": augment.ada_augment,
 }
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _out_and_grad(name, x, key, p):
+  """The augmented images and the gradient of sum(out * W) w.r.t. x: ONE compile per name (the
+  tests run on 2 CPU cores), and p is traced, so p = 0 and p = 1 share the program."""
+  out, vjp = jax.vjp(lambda x: AUGS[name](x, key, p), x)
+  return out, vjp(W)[0]
 
 
 @pytest.mark.parametrize("name", list(AUGS))
 def test_shape_dtype_determinism_and_gradient(name):
-  aug = jax.jit(AUGS[name])
-  out = aug(X, K1)
+  aug = lambda key: _out_and_grad(name, X, key, 1.0)
+  out, grad = aug(K1)
   assert out.shape == X.shape and out.dtype == X.dtype
-  np.testing.assert_array_equal(out, aug(X, K1))  # same key, same images
-  assert not np.array_equal(out, aug(X, K2))  # another key, other images
+  np.testing.assert_array_equal(out, aug(K1)[0])  # same key, same images
+  assert not np.array_equal(out, aug(K2)[0])  # another key, other images
   assert not np.array_equal(out, X)
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(AUGS[name](x, K1) * W)))(X)
   assert grad.shape == X.shape and np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
 def test_none_and_ada_at_p0_are_the_identity():
   np.testing.assert_array_equal(augment.AUGMENTS.get("none").apply(X, K1, 1.0), X)
-  np.testing.assert_array_equal(_ada(X, K1, 0.0), X)
-  np.testing.assert_array_equal(_ada(X, K2, 0.0), X)
-  assert not np.array_equal(_ada(X, K1, 1.0), X)  # the same program, p traced
+  x = X.at[0, 0, 0].set(jnp.array([-0.0, 1.0, -1.0]))  # bit-exact: the sign of zero survives
+  for key in (K1, K2):
+    out, grad = _out_and_grad("ada", x, key, 0.0)
+    np.testing.assert_array_equal(np.asarray(out).view(np.uint32), np.asarray(x).view(np.uint32))
+    np.testing.assert_array_equal(grad, W)  # the identity's gradient
+  out = np.asarray(_out_and_grad("ada", x, K1, 1.0)[0])  # the same program, p traced
+  assert all(not np.array_equal(out[b], x[b]) for b in range(SHAPE[0]))  # p = 1: every image
+
+
+def test_ada_gates_each_image_on_its_own():
+  """Small p: the images that drew no op come back bit-exact (no identity resampling or colour
+  matrix applied to them), the others changed."""
+  sample = jax.jit(lambda key: ada.sample(key, SHAPE[0], 16, 16, 0.05))
+  for seed in range(100):  # a key that draws both kinds of image in the batch
+    blit, geom, color = sample(jax.random.PRNGKey(seed))
+    touched = (np.asarray(blit.flip) | (np.asarray(blit.k) != 0) | (np.asarray(blit.ty) != 0)
+               | (np.asarray(blit.tx) != 0) | np.asarray(geom.applied) | np.asarray(color.applied))
+    if 0 < touched.sum() < SHAPE[0]:
+      break
+  else:
+    pytest.fail("no key drew a mixed batch")
+  x = np.asarray(X.at[:, 0, 0, 0].set(-0.0))  # a -0.0 per image: identity maths would make it +0.0
+  out = np.asarray(_out_and_grad("ada", jnp.asarray(x), jax.random.PRNGKey(seed), 0.05)[0])
+  for b in range(SHAPE[0]):
+    assert np.array_equal(out[b].view(np.uint32), x[b].view(np.uint32)) != touched[b], b
 
 
 def test_registry():
@@ -51,8 +79,10 @@ def test_registry():
   assert augment.AUGMENTS.get("ada").adaptive
   assert not augment.AUGMENTS.get("diffaugment").adaptive
   assert not augment.AUGMENTS.get("none").adaptive
-  apply = jax.jit(augment.AUGMENTS.get("diffaugment").apply)
-  np.testing.assert_array_equal(apply(X, K1, 0.3), jax.jit(augment.diffaugment)(X, K1))
+  assert augment.AUGMENTS.get("ada").apply is augment.ada_augment
+  apply = augment.AUGMENTS.get("diffaugment").apply
+  both = jax.jit(lambda x, key: (apply(x, key, 0.3), augment.diffaugment(x, key)))  # one compile
+  np.testing.assert_array_equal(*both(X, K1))
   with pytest.raises(KeyError, match="unknown augment"):
     augment.AUGMENTS.get("mixup")
 
@@ -126,8 +156,251 @@ def test_cutout_zeroes_one_half_size_square_per_image():
   assert len(positions) > 1
 
 
-def test_ada_scale_by_one_is_the_identity():
-  np.testing.assert_allclose(augment._scale(X, jnp.ones(SHAPE[0])), X, atol=1e-6)
+# --- ADA 'bgc': geometry. ------------------------------------------------------------------------
+
+_resample = jax.jit(ada.affine_resample)
+_geometric_matrix = jax.jit(ada.geometric_matrix)
+
+
+def _mats(*rows):
+  """One 3x3 matrix per image from rows of constants."""
+  return jnp.broadcast_to(jnp.array(rows, jnp.float32), (SHAPE[0], 3, 3))
+
+
+def test_affine_resample_identity_is_exact():
+  np.testing.assert_array_equal(_resample(X, _mats([1, 0, 0], [0, 1, 0], [0, 0, 1])), X)
+
+
+def test_affine_resample_quarter_turn_and_integer_shift_match_the_exact_gathers():
+  # Output (x, y) samples the source at (-y, x): the counter-clockwise quarter turn of jnp.rot90.
+  quarter = _resample(X, _mats([0, -1, 0], [1, 0, 0], [0, 0, 1]))
+  np.testing.assert_array_equal(quarter, jnp.rot90(X, 1, axes=(1, 2)))
+  # Sampling at (x - 3, y + 2): a shift by 3 right and 2 up, reflected at the borders.
+  shifted = _resample(X, _mats([1, 0, -3], [0, 1, 2], [0, 0, 1]))
+  np.testing.assert_array_equal(
+      shifted, augment.translate(X, jnp.full(4, -2), jnp.full(4, 3), pad="reflect"))
+
+
+def _np_resample(img, g_inv):
+  """Independent reference: per-pixel bilinear interpolation, indices mirrored at the borders."""
+  h, w, _ = img.shape
+
+  def mirror(i, n):
+    while i < 0 or i >= n:
+      i = -i if i < 0 else 2 * (n - 1) - i
+    return i
+
+  out = np.zeros_like(img)
+  for i in range(h):
+    for j in range(w):
+      sx, sy, _ = g_inv @ np.array([j - (w - 1) / 2, i - (h - 1) / 2, 1.0])
+      sx, sy = sx + (w - 1) / 2, sy + (h - 1) / 2
+      x0, y0 = math.floor(sx), math.floor(sy)
+      fx, fy = sx - x0, sy - y0
+      for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+          out[i, j] += wy * wx * img[mirror(y0 + dy, h), mirror(x0 + dx, w)]
+  return out
+
+
+def test_affine_resample_matches_a_numpy_bilinear_reference():
+  img = np.asarray(jax.random.normal(K1, (2, 5, 7, 3)))  # non-square: catches swapped axes
+  g_inv = np.array([[[0.8, -0.5, 1.3], [0.4, 1.1, -0.7], [0, 0, 1]],  # inside and out (mirrored)
+                    [[1.9, 0.3, 6.2], [-0.2, 2.4, -9.1], [0, 0, 1]]], np.float64)
+  out = np.asarray(_resample(jnp.asarray(img), jnp.asarray(g_inv)))
+  for b in range(2):
+    np.testing.assert_allclose(out[b], _np_resample(img[b], g_inv[b]), atol=2e-5)
+
+
+def _np_geom(scale, rot_pre, aniso, rot_post, tx, ty):
+  """Forward matrix of the documented order: scale, rotate, anisotropic scale, rotate, shift."""
+  rot = lambda t: np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+  s = lambda sx, sy: np.diag([sx, sy, 1.0])
+  shift = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1.0]])
+  return shift @ rot(rot_post) @ s(aniso, 1 / aniso) @ rot(rot_pre) @ s(scale, scale)
+
+
+def _geom(**kw):
+  values = dict(scale=1.0, rot_pre=0.0, aniso=1.0, rot_post=0.0, tx=0.0, ty=0.0) | kw
+  return ada.GeomParams(**{k: jnp.full(SHAPE[0], v, jnp.float32) for k, v in values.items()},
+                        applied=jnp.ones(SHAPE[0], bool))
+
+
+def test_geometric_matrix_inverts_the_ops_in_the_papers_order():
+  np.testing.assert_array_equal(_geometric_matrix(_geom())[0], np.eye(3))  # off: exact
+  values = dict(scale=1.3, rot_pre=0.4, aniso=0.7, rot_post=-1.1, tx=2.5, ty=-1.5)
+  g_inv = np.asarray(_geometric_matrix(_geom(**values)))
+  np.testing.assert_allclose(g_inv[0], np.linalg.inv(_np_geom(**values)), atol=1e-5)
+  # A quarter turn as a geometric op: clockwise on screen (y points down) = jnp.rot90 k=3.
+  turned = _resample(X, _geometric_matrix(_geom(rot_pre=math.pi / 2)))
+  np.testing.assert_allclose(turned, jnp.rot90(X, 3, axes=(1, 2)), atol=1e-5)
+
+
+# --- ADA 'bgc': colour. --------------------------------------------------------------------------
+
+@jax.jit
+def _color_matrix_and_images(x, c):
+  m = ada.color_matrix(c)
+  return m, ada.apply_color_matrix(x, m)
+
+
+_recolor = lambda x, c: _color_matrix_and_images(x, c)[1]
+
+
+def _color(**kw):
+  values = dict(brightness=0.0, contrast=1.0, lumaflip=0.0, hue=0.0, saturation=1.0) | kw
+  return ada.ColorParams(
+      **{k: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (SHAPE[0],)) for k, v in values.items()},
+      applied=jnp.ones(SHAPE[0], bool))
+
+
+def _luma_chroma(x):
+  x = np.asarray(x, np.float64)
+  luma = x.mean(-1, keepdims=True)
+  return luma, x - luma
+
+
+def test_color_matrix_off_is_exactly_the_identity():
+  m, out = _color_matrix_and_images(X, _color())
+  np.testing.assert_array_equal(m[0], np.eye(4))
+  np.testing.assert_array_equal(out, X)
+
+
+def test_brightness_contrast_saturation_move_as_constructed():
+  luma, chroma = _luma_chroma(X)
+  np.testing.assert_allclose(_recolor(X, _color(brightness=0.3)), X + 0.3, atol=1e-6)
+  np.testing.assert_allclose(_recolor(X, _color(contrast=2.0)), 2 * X, atol=1e-6)
+  np.testing.assert_allclose(_recolor(X, _color(saturation=3.0)), luma + 3 * chroma, atol=1e-5)
+  np.testing.assert_allclose(_recolor(X, _color(saturation=0.0)), np.broadcast_to(luma, SHAPE),
+                             atol=1e-6)  # fully desaturated: grey, the luma kept
+  # Brightness first, then contrast: the offset is scaled too.
+  np.testing.assert_allclose(_recolor(X, _color(brightness=0.3, contrast=2.0)), 2 * (X + 0.3),
+                             atol=1e-5)
+
+
+def test_hue_rotation_keeps_luma_and_chroma_and_a_third_turn_permutes_channels():
+  luma, chroma = _luma_chroma(X)
+  out_luma, out_chroma = _luma_chroma(_recolor(X, _color(hue=jnp.array([-2.9, -0.7, 1.0, 3.1]))))
+  np.testing.assert_allclose(out_luma, luma, atol=1e-5)  # luma (mean over channels) of every pixel
+  np.testing.assert_allclose(np.linalg.norm(out_chroma, axis=-1), np.linalg.norm(chroma, axis=-1),
+                             atol=1e-5)
+  assert np.abs(out_chroma - chroma).max() > 0.5  # yet the colours moved
+  # A third of a turn about (1, 1, 1) sends red to green, green to blue, blue to red.
+  third = _recolor(X, _color(hue=2 * math.pi / 3))
+  np.testing.assert_allclose(third, jnp.roll(X, 1, axis=-1), atol=1e-5)
+  red = jnp.broadcast_to(jnp.array([1.0, -1.0, -1.0]), SHAPE)
+  np.testing.assert_allclose(_recolor(red, _color(hue=2 * math.pi / 3)),
+                             jnp.broadcast_to(jnp.array([-1.0, 1.0, -1.0]), SHAPE), atol=1e-5)
+
+
+def test_luma_flip_negates_luma_keeps_chroma_and_twice_is_the_identity():
+  luma, chroma = _luma_chroma(X)
+  flipped = _recolor(X, _color(lumaflip=1.0))
+  out_luma, out_chroma = _luma_chroma(flipped)
+  np.testing.assert_allclose(out_luma, -luma, atol=1e-5)
+  np.testing.assert_allclose(out_chroma, chroma, atol=1e-5)
+  np.testing.assert_allclose(_recolor(flipped, _color(lumaflip=1.0)), X, atol=1e-5)
+  m = _color_matrix_and_images(X, _color(lumaflip=1.0))[0]
+  np.testing.assert_allclose(m @ m, jnp.broadcast_to(jnp.eye(4), m.shape), atol=1e-6)
+
+
+def test_one_channel_images_get_the_grey_response():
+  grey = X[..., :1]
+  c = _color(brightness=0.25, contrast=1.5, hue=1.0, saturation=2.0)
+  # Hue rotation and saturation leave grey alone; brightness then contrast as for colour.
+  np.testing.assert_allclose(_recolor(grey, c), 1.5 * (grey + 0.25), atol=1e-5)
+  np.testing.assert_allclose(_recolor(grey, _color(lumaflip=1.0)), -grey, atol=1e-5)
+
+
+# --- ADA 'bgc': parameter distributions and per-op gates. ----------------------------------------
+
+N = 20000
+
+
+@functools.lru_cache(maxsize=None)
+def _samples(p: float):
+  """N draws of each group (one compile, p traced; cached per p): blit 16x16, geom 16x32 (distinct
+  sizes catch swapped axes), colour, and blit 16x32 (no quarter turns)."""
+  return jax.device_get(_draw_samples(p))
+
+
+@jax.jit
+def _draw_samples(p):
+  blit, _, color = ada.sample(K1, N, 16, 16, p)
+  wide_blit, geom, _ = ada.sample(K2, N, 16, 32, p)
+  return blit, geom, color, wide_blit
+
+
+def _on(values, neutral):
+  return np.asarray(values) != neutral
+
+
+def test_blit_parameters():
+  full = _samples(1.0)[0]
+  assert abs(np.mean(full.flip) - 0.5) < 0.02
+  np.testing.assert_allclose(np.bincount(np.asarray(full.k), minlength=4) / N, 0.25, atol=0.02)
+  t = np.concatenate([full.ty, full.tx])
+  assert t.min() == -2 and t.max() == 2  # round(U(-1/8, 1/8) * 16)
+  np.testing.assert_allclose(np.bincount(t + 2) / (2 * N), [1 / 8, 1 / 4, 1 / 4, 1 / 4, 1 / 8],
+                             atol=0.02)
+  half = _samples(0.5)[0]
+  assert abs(np.mean(half.flip) - 0.25) < 0.02
+  assert abs(np.mean(_on(half.k, 0)) - 0.375) < 0.02
+  assert abs(np.mean(_on(half.ty, 0) | _on(half.tx, 0)) - 0.5 * (1 - 1 / 16)) < 0.02
+  wide = _samples(1.0)[3]
+  assert np.all(wide.k == 0)  # no quarter turns if h != w
+  assert np.abs(wide.tx).max() == 4 and np.abs(wide.ty).max() == 2  # 1/8 of 32 and of 16
+
+
+def test_geometric_parameters():
+  h, w = 16, 32
+  g = _samples(1.0)[1]
+  assert np.all(g.applied)
+  assert abs(np.mean(np.log2(g.scale))) < 0.01
+  np.testing.assert_allclose(np.std(np.log2(g.scale)), 0.2, rtol=0.05)
+  np.testing.assert_allclose(np.std(np.log2(g.aniso)), 0.2, rtol=0.05)
+  np.testing.assert_allclose([np.std(g.tx), np.std(g.ty)], [0.125 * w, 0.125 * h], rtol=0.05)
+  for angle in (g.rot_pre, g.rot_post):  # U(-pi, pi)
+    assert np.all(np.abs(angle) <= math.pi) and np.abs(angle).max() > 3.1
+    np.testing.assert_allclose(np.std(angle), math.pi / math.sqrt(3), rtol=0.05)
+  g = _samples(0.5)[1]
+  on = {k: _on(getattr(g, k), v) for k, v in
+        dict(scale=1, rot_pre=0, aniso=1, rot_post=0, tx=0).items()}
+  p_rot = 1 - math.sqrt(0.5)
+  for k, want in dict(scale=0.5, rot_pre=p_rot, aniso=0.5, rot_post=p_rot, tx=0.5).items():
+    assert abs(np.mean(on[k]) - want) < 0.02, k
+  assert abs(np.mean(on["rot_pre"] | on["rot_post"]) - 0.5) < 0.02  # some rotation: p
+  assert abs(np.mean(on["rot_pre"] & on["rot_post"]) - p_rot ** 2) < 0.02  # independent gates
+  np.testing.assert_array_equal(on["tx"], _on(g.ty, 0))  # one gate for both axes
+  np.testing.assert_array_equal(g.applied, np.any(list(on.values()), axis=0))
+  assert abs(np.mean(g.applied) - (1 - 0.5 ** 3 * (1 - p_rot) ** 2)) < 0.02
+
+
+def test_color_parameters():
+  c = _samples(1.0)[2]
+  assert abs(np.mean(c.brightness)) < 0.01 and abs(np.mean(np.log2(c.contrast))) < 0.02
+  np.testing.assert_allclose(np.std(c.brightness), 0.2, rtol=0.05)
+  np.testing.assert_allclose(np.std(np.log2(c.contrast)), 0.5, rtol=0.05)
+  np.testing.assert_allclose(np.std(np.log2(c.saturation)), 1.0, rtol=0.05)
+  assert set(np.unique(c.lumaflip)) == {0.0, 1.0} and abs(np.mean(c.lumaflip) - 0.5) < 0.02
+  assert np.all(np.abs(c.hue) <= math.pi)
+  np.testing.assert_allclose(np.std(c.hue), math.pi / math.sqrt(3), rtol=0.05)
+  c = _samples(0.5)[2]
+  on = [_on(c.brightness, 0), _on(c.contrast, 1), _on(c.hue, 0), _on(c.saturation, 1)]
+  for o in on:
+    assert abs(np.mean(o) - 0.5) < 0.02
+  assert abs(np.mean(c.lumaflip) - 0.25) < 0.02
+  assert abs(np.mean(on[0] & on[1]) - 0.25) < 0.02  # independent gates
+  assert abs(np.mean(c.applied) - (1 - 0.5 ** 5)) < 0.02
+  assert not np.any(_samples(0.0)[2].applied) and not np.any(_samples(0.0)[1].applied)
+
+
+def test_ada_on_one_channel_non_square_images():
+  x = X[:2, :, :12, :1]
+  ada_fn = jax.jit(augment.ada_augment)
+  np.testing.assert_array_equal(ada_fn(x, K1, 0.0), x)
+  out = ada_fn(x, K1, 1.0)
+  assert out.shape == x.shape and np.all(np.isfinite(out)) and not np.array_equal(out, x)
 
 
 STEP = 64 * 4 / (500 * 1000)  # batch * interval / (ada_kimg * 1000)
