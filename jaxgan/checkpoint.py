@@ -8,6 +8,7 @@ checkpoint; `restore_latest` additionally falls back to an older step when the n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -20,6 +21,25 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  """Orbax warns 'Given directory is read only' for every read-only manager: noise for readers
+  (`generate`, `evaluate`) that ask for exactly that."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _without_read_only_notice(active: bool):
+  absl_logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+  if active:
+    absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
 
 
 class CheckpointError(RuntimeError):
@@ -40,8 +60,9 @@ class Checkpointer:
                                            cleanup_tmp_directories=not read_only,
                                            read_only=read_only,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    with _without_read_only_notice(read_only):
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "meta"))
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
