@@ -150,3 +150,38 @@ def test_launch_scripts_parse():
     proc = subprocess.run(["bash", "-n", os.path.join(REPO, "launch", name)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, (name, proc.stderr)
+
+
+SPLIT_EXTRACTION = """
+import json, sys
+import jax, numpy as np
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from jaxgan.evaluator import extract_across_processes
+seen = []
+def extract(x):  # a stand-in for Inception: per-image features that depend on the image only
+  seen.append(len(x))
+  return x.reshape(len(x), -1)[:, :4].astype(np.float32) + 0.5
+images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+five = extract_across_processes(extract, images)
+one = extract_across_processes(extract, images[:1])  # process 1 gets nothing to extract
+print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist()}))
+"""
+
+
+def test_evaluation_splits_inception_across_processes():
+  port = 20000 + os.getpid() % 20000
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
+  procs = [subprocess.Popen([sys.executable, "-c", SPLIT_EXTRACTION, f"localhost:{port}", str(i)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+  want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
+  # Process 0 extracts images 0-2, process 1 images 3-4; both end with all five, in order.
+  assert results[0]["seen"] == [3, 1] and results[1]["seen"] == [2]
+  for r in results:
+    np.testing.assert_array_equal(r["five"], want)
+    np.testing.assert_array_equal(r["one"], want[:1])
