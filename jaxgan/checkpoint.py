@@ -23,23 +23,25 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-class _DropReadOnlyNotice(logging.Filter):
-  """Orbax warns 'Given directory is read only' for every read-only manager: noise for readers
-  (`generate`, `evaluate`) that ask for exactly that."""
+class _DropReadOnlyNotices(logging.Filter):
+  """Orbax warns three times for every read-only manager ('Given directory is read only',
+  'read_only=True, setting ...'): noise for readers (`generate`, `evaluate`) that ask for it."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Given directory is read only")
+    message = record.getMessage()
+    return not (message.startswith("Given directory is read only")
+                or message.startswith("CheckpointManagerOptions.read_only=True"))
 
 
 @contextlib.contextmanager
-def _without_read_only_notice(active: bool):
-  absl_logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+def _without_read_only_notices(active: bool):
+  absl_logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
   if active:
-    absl_logger.addFilter(notice)
+    absl_logger.addFilter(notices)
   try:
     yield
   finally:
-    absl_logger.removeFilter(notice)
+    absl_logger.removeFilter(notices)
 
 
 class CheckpointError(RuntimeError):
@@ -56,11 +58,11 @@ class Checkpointer:
     # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
     # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
     # Readers (generate, tools) must not touch a directory a live run may be writing.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           cleanup_tmp_directories=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=async_save)
-    with _without_read_only_notice(read_only):
+    with _without_read_only_notices(read_only):
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                             cleanup_tmp_directories=not read_only,
+                                             read_only=read_only,
+                                             enable_async_checkpointing=async_save)
       self._manager = ocp.CheckpointManager(self.directory, options=options,
                                             item_names=("state", "meta"))
 
