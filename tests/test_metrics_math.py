@@ -102,3 +102,15 @@ def test_per_class_fid():
   assert set(out) == {0, 1}
   assert out[0] == pytest.approx(metrics.fid(x[:20], y[:20]))
   assert metrics.per_class_fid(x, labels, y[:1], labels[:1])[1] is None
+
+
+def test_per_class_fid_metric_reports_each_class_with_its_sample_count():
+  from jaxgan.metrics import suite
+
+  x, y = _gaussian(40, 3, 9), _gaussian(30, 3, 10)
+  real_labels = np.stack([np.repeat([0, 1], 20), np.zeros(40, int)], axis=1)  # [N, A]: first col
+  fake_labels = np.stack([np.repeat([0, 1, 2], 10), np.ones(30, int)], axis=1)
+  out = suite.compute(x, y, ["per_class_fid"], real_labels, fake_labels)
+  assert out["fid_class_0_n"] == 10 and out["fid_class_1_n"] == 10 and out["fid_class_2_n"] == 0
+  assert out["fid_class_0"] == pytest.approx(metrics.fid(x[:20], y[:10]))
+  assert out["fid_class_2"] is None

@@ -41,14 +41,20 @@ def _kid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
 def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.ndarray],
                    fake_labels: Optional[np.ndarray]) -> dict:
   """FID within each class of a conditional model: 'fid_class_<k>' (None for classes with fewer
-  than 2 samples on either side). Small per-class N makes these biased upwards: compare classes
-  of the same run, not across runs with different N."""
+  than 2 samples on either side) and 'fid_class_<k>_n', the smaller side's sample count. Small
+  per-class N makes these biased upwards (a class with tens of images gives a number, not a
+  measurement): read each with its N, and compare classes of the same run, not across runs with
+  different N."""
   if real_labels is None or fake_labels is None:
     raise ValueError("per_class_fid needs class labels: use `evaluate --workdir` on a "
                      "conditional run, not two unlabelled sets")
   first = lambda labels: np.asarray(labels).reshape(len(labels), -1)[:, 0]
-  per_class = distances.per_class_fid(real, first(real_labels), fake, first(fake_labels))
-  return {f"fid_class_{k}": v for k, v in per_class.items()}
+  real_first, fake_first = first(real_labels), first(fake_labels)
+  out = {}
+  for k, v in distances.per_class_fid(real, real_first, fake, fake_first).items():
+    out[f"fid_class_{k}"] = v
+    out[f"fid_class_{k}_n"] = int(min(np.sum(real_first == k), np.sum(fake_first == k)))
+  return out
 
 
 @METRICS.register("pr")
