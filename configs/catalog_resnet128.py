@@ -7,17 +7,15 @@ accelerator job: one step is ~4x the 64x64 work per image).
       --config.data.path=data/catalog128 --config.data.num_classes=<len(class_names)>
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "catalog_resnet64", os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog_resnet64.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from jaxgan.config import load_config_file
+
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog_resnet64.py")
 
 
 def get_config():
-  config = _base.get_config()
+  config = load_config_file(_BASE)
   config.data.image_size = 128
   config.model.attention_resolution = 64
   config.model.max_width = 1024

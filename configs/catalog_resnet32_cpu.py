@@ -8,17 +8,15 @@ LeCam 0.3 gave FID 126 at 200k images, this 96; see docs/quality.md). Run 3,125 
       --config.data.path=data/catalog32 --config.data.num_classes=<len(class_names)>
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "catalog_resnet64", os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog_resnet64.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from jaxgan.config import load_config_file
+
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog_resnet64.py")
 
 
 def get_config():
-  config = _base.get_config()
+  config = load_config_file(_BASE)
   config.data.image_size = 32
   config.model.attention_resolution = 0
   config.model.g_width = 16

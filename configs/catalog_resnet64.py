@@ -8,18 +8,16 @@ embedding + hierarchical z, projection D, self-attention at 32x32, DiffAugment
       --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
 """
 
-import importlib.util
 import os
 
+from jaxgan.config import load_config_file
+
 # The data side (prepared catalog, 64x64, flips, schedule) is configs/catalog64.py's.
-_spec = importlib.util.spec_from_file_location(
-    "catalog64", os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog64.py"))
-_catalog64 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_catalog64)
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog64.py")
 
 
 def get_config():
-  config = _catalog64.get_config()
+  config = load_config_file(_BASE)
   config.model.name = "resnet"
   config.model.z_dim = 120
   config.model.g_width = 64  # BigGAN ch: G 16ch..ch capped at max_width

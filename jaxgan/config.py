@@ -8,7 +8,9 @@ anything is compiled.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -368,3 +370,11 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     node = get(config, parent) if parent else config
     node[leaf] = value
   return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file at `path` (configs that build on another load it so)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

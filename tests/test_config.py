@@ -76,16 +76,11 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-  import importlib.util
-
   configs_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
   names = sorted(n for n in os.listdir(configs_dir) if n.endswith(".py"))
   assert "default.py" in names
   for name in names:
-    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(configs_dir, name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config_file(os.path.join(configs_dir, name))
     if config.data.source != "synthetic":
       # Real sources check their data at validation; the keys and every other value are checked
       # here on the synthetic catalog (their data is tested in test_sources.py).
@@ -101,17 +96,12 @@ def test_shipped_configs_are_valid():
 def test_every_shipped_config_validates_and_builds(name):
   """Each config validates (prepared-data configs pointed at synthetic data) and its models
   trace at its image size."""
-  import importlib.util
-
   import jax
   import jax.numpy as jnp
 
   from jaxgan import models
 
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", name))
   if config.data.source == "prepared":
     with config.unlocked():
       config.data.source, config.data.num_classes = "synthetic", 8

@@ -1,7 +1,6 @@
 """Preemption safety: SIGKILL/SIGTERM, damaged checkpoints, config changes, non-finite steps,
 failing checkpoint writes."""
 
-import importlib.util
 import logging
 import os
 import signal
@@ -14,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxgan import losses, trainer, workdir as workdir_lib, writers
+from jaxgan import config as config_lib, losses, trainer, workdir as workdir_lib, writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -25,10 +24,7 @@ TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
 
 def _default_config_with(flags):
   """configs/default.py with `--config.k=v` flags applied, as the CLI would."""
-  spec = importlib.util.spec_from_file_location("default_cfg", os.path.join(REPO, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py"))
   for flag in flags:
     key, value = flag[len("--config."):].split("=", 1)
     *parents, leaf = key.split(".")
