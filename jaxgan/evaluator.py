@@ -63,15 +63,13 @@ def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images
     return extract(images)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  per = -(-len(images) // count)  # equal parts (the last padded): all-gather needs one shape
+  # Equal parts (the last padded with blank images): the all-gather needs one shape everywhere.
+  per = -(-len(images) // count)
   part = images[jax.process_index() * per:(jax.process_index() + 1) * per]
-  local = extract(part) if len(part) else None
-  dim = int(multihost_utils.process_allgather(np.int32(0 if local is None else local.shape[1])).max())
-  padded = np.zeros((per, dim), np.float32)
-  if local is not None:
-    padded[:len(local)] = local
-  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, per, dim]
-  return gathered.reshape(count * per, dim)[:len(images)]
+  if len(part) < per:
+    part = np.concatenate([part, np.zeros((per - len(part),) + images.shape[1:], images.dtype)])
+  gathered = np.asarray(multihost_utils.process_allgather(extract(part)))  # [P, per, dim]
+  return gathered.reshape((count * per,) + gathered.shape[2:])[:len(images)]
 
 
 def _agreed(flag: bool) -> bool:

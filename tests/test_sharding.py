@@ -164,7 +164,7 @@ def extract(x):  # a stand-in for Inception: per-image features that depend on t
   return x.reshape(len(x), -1)[:, :4].astype(np.float32) + 0.5
 images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
 five = extract_across_processes(extract, images)
-one = extract_across_processes(extract, images[:1])  # process 1 gets nothing to extract
+one = extract_across_processes(extract, images[:1])  # process 1 extracts only padding
 print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist()}))
 """
 
@@ -180,8 +180,9 @@ def test_evaluation_splits_inception_across_processes():
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
   images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
   want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
-  # Process 0 extracts images 0-2, process 1 images 3-4; both end with all five, in order.
-  assert results[0]["seen"] == [3, 1] and results[1]["seen"] == [2]
+  # Process 0 extracts images 0-2, process 1 images 3-4 plus a blank pad (for the single image:
+  # the image, and a pad); both end with all the features, in order.
+  assert results[0]["seen"] == [3, 1] and results[1]["seen"] == [3, 1]
   for r in results:
     np.testing.assert_array_equal(r["five"], want)
     np.testing.assert_array_equal(r["one"], want[:1])
