@@ -23,7 +23,9 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray  # int32 scalar: G updates done
-  images_seen: jnp.ndarray  # int32 scalar: real images shown to D, for the logs (wraps past 2^31)
+  # int32 scalar: real images shown to D. Wraps past 2^31, so the logs count images from the step
+  # in Python ints instead; kept so checkpoints keep their layout.
+  images_seen: jnp.ndarray
   rng: jnp.ndarray  # uint32[2]: the run's base key; step keys are fold_in(rng, step)
   nonfinite_streak: jnp.ndarray  # int32 scalar: consecutive skipped (non-finite) steps
   nonfinite_total: jnp.ndarray  # int32 scalar: all skipped steps of the run

@@ -130,7 +130,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
     def skip(_):
       zeros = jax.tree_util.tree_map(jnp.zeros_like, d_params)
-      return d_params, d_opt_state, jnp.zeros((), jnp.float32), zeros
+      # NaN = "not computed on this step": step_metrics averages R1 over the due steps only.
+      return d_params, d_opt_state, jnp.full((), jnp.nan, jnp.float32), zeros
 
     return jax.lax.cond(step % r1_interval == 0, regularise, skip, None)
 

@@ -27,6 +27,7 @@ from jaxgan import models as models_lib
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
+from jaxgan import step_metrics
 from jaxgan import steps
 from jaxgan import writers
 
@@ -273,12 +274,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
                   dynamic_ncols=True, desc="train")
   interval_start, interval_steps = None, 0
+  interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   pending_streak = None  # the previous step's skip streak, read one step late to keep dispatch async
   try:
     with _StopRequest() as stop:
       while step < cfg.num_steps:
         batch = sharding.put_batch(next(batches), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
+        interval.add(metrics)
         step += 1
         progress.update(1)
         if pending_streak is not None:
@@ -296,16 +299,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           stop.signal = _agreed_signal(stop.signal)
         last = step == cfg.num_steps or stop.signal is not None
         if step % cfg.log_every == 0 or last:
-          values = {k: float(v) for k, v in sharding.to_host(metrics).items()}
+          values = interval.summary()
           _check_nonfinite(int(values["nonfinite_streak"]), step, cfg.max_nonfinite_steps,
                            checkpointer)
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
           values.update(images_per_sec=ips,
-                        images_seen=int(sharding.to_host(state.images_seen)),
+                        # From the step in Python ints: exact past 2^31 (state.images_seen wraps).
+                        images_seen=step * images_per_step,
                         data_bad_files=getattr(source, "bad_files", 0))
           writer.write_scalars(step, values)
-          progress.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}",
+          progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
+                               g_loss=f"{values.get('g_loss', np.nan):.3f}",
                                img_s=f"{ips:.0f}")
           interval_start, interval_steps = time.perf_counter(), 0
         if step % cfg.sample_every == 0 or last:
