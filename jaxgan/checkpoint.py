@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import flax.serialization
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
@@ -131,17 +132,18 @@ class Checkpointer:
     """
     steps = self.steps()
     for step in reversed(steps):
-      same_config = False
+      same_config, error = False, None
       try:
         meta = self.restore_meta(step)
       except Exception as e:  # pylint: disable=broad-except
-        self._skip(step, e, move=True)
+        error = e
+      if not _everywhere(error is None):
+        self._skip(step, error, move=True)
         continue
       if accept_meta is not None:
         same_config = accept_meta(step, meta)
       try:
         state, meta = self.restore(step, abstract_state)
-        return step, state, meta
       except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
         if "structure" in str(e).lower():
           # A state layout of another jaxgan version is not damage: never move it aside (older
@@ -150,14 +152,19 @@ class Checkpointer:
               f"checkpoint step {step} in {self.directory} holds a train state of a different "
               "layout (written by another jaxgan version); resume it with that version, or "
               "start a fresh workdir") from e
-        self._skip(step, e, move=same_config)
+        error = e
+      if _everywhere(error is None):
+        return step, state, meta
+      self._skip(step, error, move=same_config)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "
                             "if the model config changed, restore it; otherwise move the "
                             "directory away to start fresh")
     return None
 
-  def _skip(self, step: int, error: BaseException, move: bool) -> None:
+  def _skip(self, step: int, error: Optional[BaseException], move: bool) -> None:
+    if error is None:
+      error = CheckpointError("another process could not read it")
     message = str(error).splitlines()[0][:200] if str(error) else ""
     move = move and not self.read_only
     log.warning("checkpoint %s/%d is unreadable (%s: %s); %strying the previous one",
@@ -190,6 +197,15 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._manager.close()
+
+
+def _everywhere(ok: bool) -> bool:
+  """True when `ok` holds on every process. Restoring is collective: if one process fell back to
+  an older step while the others resumed the newest, they would train from different states (or
+  hang in the next collective), so a step one process cannot read is skipped by all."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -1,6 +1,7 @@
 """Preemption safety: SIGKILL/SIGTERM, damaged checkpoints, config changes, non-finite steps,
 failing checkpoint writes."""
 
+import json
 import logging
 import os
 import signal
@@ -233,3 +234,57 @@ def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
   reader.close()
   assert os.path.isdir(os.path.join(directory, "1"))
   assert not os.path.exists(directory + ".corrupt")
+
+
+AGREED_FALLBACK = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from jaxgan import checkpoint
+directory, me = sys.argv[3], jax.process_index()
+replicated = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), PartitionSpec())
+state = lambda v: {"w": jax.make_array_from_callback(
+    (4,), replicated, lambda index: np.full((4,), v, np.float32)[index])}
+saver = checkpoint.Checkpointer(directory, keep=3, async_save=False)
+for step in (1, 2):
+  saver.save(step, state(float(step)), {"step": step})
+saver.close()
+reader = checkpoint.Checkpointer(directory, keep=3)
+if me == 1:  # damage only this process sees in step 2 (e.g. a shard only it reads)
+  original = reader.restore
+  def restore(step, target):
+    restored = original(step, target)  # orbax's restore ends in a barrier: take part in it
+    if step == 2:
+      raise OSError("truncated shard")
+    return restored
+  reader.restore = restore
+target = checkpoint.abstract_like(state(0.0), {"w": replicated})
+step, restored, _ = reader.restore_latest(target, lambda step, meta: True)
+w = float(np.asarray(restored["w"].addressable_data(0))[0])
+reader.close()
+print(json.dumps({"step": step, "w": w}))
+"""
+
+
+def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
+  """A step one process cannot read is skipped by all: no process resumes another state."""
+  from tests.conftest import xla_flags
+
+  port = 20000 + (os.getpid() + 7919) % 20000
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
+  directory = str(tmp_path / "checkpoints")
+  procs = [subprocess.Popen([sys.executable, "-c", AGREED_FALLBACK, f"localhost:{port}", str(i),
+                             directory], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert results == [{"step": 1, "w": 1.0}, {"step": 1, "w": 1.0}]
+  assert "another process could not read it" in outs[0][1]  # process 0 says why it fell back
+  assert os.listdir(directory + ".corrupt")  # step 2 moved aside (by process 0), not deleted
