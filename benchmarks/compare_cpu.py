@@ -23,7 +23,8 @@ import jax  # noqa: E402
 from jaxgan import throughput  # noqa: E402
 
 
-def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto"):
+def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl: str = "auto"):
+  """`configs/benchmark/dcgan64.py` at this batch size, compute dtype and G/D conv lowerings."""
   spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "benchmark", "dcgan64.py")
   namespace: dict = {}
@@ -31,6 +32,7 @@ def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto"):
   config = namespace["get_config"]()
   config.train.batch_size, config.train.dtype = batch, dtype
   config.model.upsample_impl = upsample_impl
+  config.model.downsample_impl = downsample_impl
   return config
 
 

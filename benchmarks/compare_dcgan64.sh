@@ -7,7 +7,8 @@
 # torch eager bf16 autocast + channels_last and torch eager fp32/TF32
 # (benchmarks/torch_dcgan_reference.py, one process each), then in one JAX process
 # (benchmarks/sweep.py) jaxgan's real train step in bf16 and fp32 with the default transposed-conv
-# lowering, bf16 with the other two lowerings, and the straightforward Flax port in bf16; then
+# lowering, bf16 with D's space-to-depth conv lowering (`:s2d`), bf16 with the other two
+# transposed-conv lowerings, and the straightforward Flax port in bf16; then
 # prints a Markdown table with images/s, MFU and the ratios jaxgan / torch. Sized for < 8 minutes
 # on an H100/H200 (DEADLINE_S bounds the JAX sweep; rows not started by then say so).
 set -uo pipefail
@@ -33,7 +34,7 @@ for flag_set in "${flag_sets[@]}"; do
   XLA_FLAGS="${XLA_FLAGS:-} $flag_set" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
     --deadline_s "${DEADLINE_S:-330}" \
-    --variants "${VARIANTS:-bfloat16:subpixel,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
+    --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
     | grep '^{' | tee -a "$out"
 done
 

@@ -4,12 +4,13 @@
       --variants bfloat16:phase_grad,float32:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16 \
       [--steps 30] [--deadline_s 420]
 
-A variant is `DTYPE:UPSAMPLE_IMPL` (jaxgan's real train step, `configs/benchmark/dcgan64.py` with
-`train.dtype` and `model.upsample_impl` set) or `port:DTYPE` (the straightforward Flax port in
-`flax_straightforward.py`). Variants run in the order given, batch sizes inside each; once
-`--deadline_s` has passed no new measurement starts, so a time-boxed machine still returns every
-row finished so far. Each row is one JSON line (median of individually synchronised steps after a
-warm-up); a variant that fails prints an `error` row and the sweep goes on.
+A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL]` (jaxgan's real train step,
+`configs/benchmark/dcgan64.py` with `train.dtype`, `model.upsample_impl` and, when given,
+`model.downsample_impl` set; e.g. `bfloat16:subpixel:s2d`) or `port:DTYPE` (the straightforward
+Flax port in `flax_straightforward.py`). Variants run in the order given, batch sizes inside
+each; once `--deadline_s` has passed no new measurement starts, so a time-boxed machine still
+returns every row finished so far. Each row is one JSON line (median of individually synchronised
+steps after a warm-up); a variant that fails prints an `error` row and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from jaxgan import throughput  # noqa: E402
 
 
 def measure(variant: str, batch: int, steps: int) -> dict:
-  kind, arg = variant.split(":")
+  kind, arg, *rest = variant.split(":")
   if kind == "port":
     return flax_straightforward.benchmark(batch, arg, steps)
-  row = throughput.benchmark_step(compare_cpu.dcgan64(batch, kind, arg), steps, 5)
+  row = throughput.benchmark_step(compare_cpu.dcgan64(batch, kind, arg, *rest), steps, 5)
   row["impl"] = "jaxgan"
   return row
 

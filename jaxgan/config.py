@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   # this backend) | 'phase_grad' | 'dilated' | 'subpixel' | 'phase_conv'; see
   # jaxgan/models/layers.py and docs/benchmarks.md.
   c.model.upsample_impl = "auto"
+  # Lowering of DCGAN D's 4x4/2 convs (same function and parameters): 'auto' ('strided' until a
+  # GPU measurement says otherwise) | 'strided' | 's2d' (space-to-depth, then a stride-1 2x2 conv);
+  # see jaxgan/models/layers.py.
+  c.model.downsample_impl = "auto"
   # ResNet family ('resnet', jaxgan/models/resnet.py): BigGAN's shared class embedding size, a
   # self-attention block at this resolution (0 = none), BigGAN's orthogonal regularisation of G
   # (weight; 0 = off, BigGAN uses 1e-4).
@@ -226,7 +230,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan import models
   from jaxgan import augment as augment_lib
   from jaxgan.metrics import suite as metrics_suite
-  from jaxgan.models.layers import UPSAMPLE_IMPLS
+  from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
 
   check_known_keys(config)
   _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
@@ -266,6 +270,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
   _require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
            f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
+  _require(config.model.downsample_impl in DOWNSAMPLE_IMPLS, "model.downsample_impl",
+           f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
   sizes = models.MODELS.get(config.model.name).supported_image_sizes
   _require(config.data.image_size in sizes, "data.image_size",
            f"model {config.model.name!r} builds images of size {list(sizes)}, "

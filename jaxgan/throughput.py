@@ -42,13 +42,16 @@ def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
 def step_flops_per_image(config) -> float:
   """Analytic train-step FLOPs per image from the layer shapes of the configured G and D.
 
-  These are the model's FLOPs, the same for every lowering: counted on the 'dilated' lowering,
-  where only the taps that meet real input pixels count. (A lowering that multiplies zeros, like
-  the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU must not credit it.)
+  These are the model's FLOPs, the same for every lowering: counted on G's 'dilated' lowering,
+  where only the taps that meet real input pixels count, and D's 'strided' one. (A lowering that
+  multiplies zeros, like the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU
+  must not credit it. D's 's2d' counts the same taps as 'strided' today; fixing the lowering keeps
+  the count independent of it.)
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.upsample_impl = "dilated"
+    config.model.downsample_impl = "strided"
   g, d = models_lib.build_models(config)
   size, nc = config.data.image_size, config.data.num_classes
   z = jnp.zeros((1, config.model.z_dim))
@@ -94,6 +97,7 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   return {
       "model": config.model.name, "image_size": size, "batch_size": config.train.batch_size,
       "dtype": config.train.dtype, "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
+      "downsample_impl": layers.resolve_downsample_impl(config.model.downsample_impl),
       "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
-                  "data.cache_dir", "model.upsample_impl", "train.eval_every", "train.eval_num_samples", "eval.metrics",
+                  "data.cache_dir", "model.upsample_impl", "model.downsample_impl",
+                  "train.eval_every", "train.eval_num_samples", "eval.metrics",
                   "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id")

@@ -27,6 +27,7 @@ from tests.conftest import REPO, run_module
     ("optim.b1", 1.0, "optim.b1"),
     ("loss.name", "wgan_gp", "model.d_norm: loss 'wgan_gp' penalises per-sample gradients"),
     ("mesh.data", 3, "mesh.data"),
+    ("model.downsample_impl", "fft", "model.downsample_impl: must be one of"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})

@@ -1,4 +1,5 @@
-"""UpConv: every lowering computes nn.ConvTranspose(4x4, stride 2, SAME) and its gradients."""
+"""UpConv / DownConv: every lowering computes nn.ConvTranspose / nn.Conv (4x4, stride 2, SAME)
+and its gradients."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.models.layers import UPSAMPLE_IMPLS, UpConv, resolve_upsample_impl
+from jaxgan.models.layers import (DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS, DownConv, UpConv,
+                                  resolve_downsample_impl, resolve_upsample_impl)
 
 
 @pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
@@ -34,3 +36,65 @@ def test_auto_picks_the_lowering_measured_fastest_per_backend():
   assert resolve_upsample_impl("auto", "cpu") == "phase_grad"
   assert resolve_upsample_impl("auto", "gpu") == "subpixel"
   assert resolve_upsample_impl("dilated", "gpu") == "dilated"
+
+
+def _strided_conv(features):
+  return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME")
+
+
+@pytest.mark.parametrize("impl", DOWNSAMPLE_IMPLS)
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 16, 12, 5)])
+def test_downconv_matches_strided_conv(impl, shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  reference = _strided_conv(4)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  variables = jax.tree_util.tree_map(lambda v: v + 0.1, variables)  # non-zero bias too
+  layer = DownConv(4, impl=impl)
+  np.testing.assert_allclose(layer.apply(variables, x), reference.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  b, h, w, _ = shape
+  weights = jax.random.normal(jax.random.PRNGKey(2), (b, h // 2, w // 2, 4))
+  loss = lambda module: lambda v, x: jnp.sum(module.apply(v, x) * weights)
+  got = jax.grad(loss(layer), (0, 1))(variables, x)
+  want = jax.grad(loss(reference), (0, 1))(variables, x)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", DOWNSAMPLE_IMPLS)
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_downconv_has_the_parameters_of_nn_conv(impl, use_bias):
+  """Parameter trees, shapes and dtypes as nn.Conv's: checkpoints load whichever lowering."""
+  x = jnp.zeros((1, 8, 8, 3))
+  ours = jax.eval_shape(lambda: DownConv(6, use_bias=use_bias, impl=impl).init(
+      jax.random.PRNGKey(0), x))
+  theirs = jax.eval_shape(lambda: nn.Conv(6, (4, 4), strides=(2, 2), padding="SAME",
+                                          use_bias=use_bias).init(jax.random.PRNGKey(0), x))
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+  shapes = lambda t: [(l.shape, l.dtype) for l in jax.tree_util.tree_leaves(t)]
+  assert shapes(ours) == shapes(theirs)
+
+
+@pytest.mark.parametrize("impl", DOWNSAMPLE_IMPLS)
+def test_downconv_bfloat16_compute(impl):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  variables = _strided_conv(4).init(jax.random.PRNGKey(1), x)
+  y = DownConv(4, impl=impl, dtype=jnp.bfloat16).apply(variables, x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), _strided_conv(4).apply(variables, x),
+                             rtol=0.05, atol=0.05)
+
+
+def test_downconv_rejects_unknown_impl_and_odd_sizes():
+  with pytest.raises(ValueError, match="s2d"):
+    DownConv(2, impl="fft").init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))
+  for impl in DOWNSAMPLE_IMPLS:
+    with pytest.raises(ValueError, match="even"):
+      DownConv(2, impl=impl).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 4, 1)))
+
+
+def test_downsample_auto_stays_strided_until_measured_on_a_gpu():
+  assert resolve_downsample_impl("auto", "cpu") == "strided"
+  assert resolve_downsample_impl("auto", "gpu") == "strided"
+  assert resolve_downsample_impl("auto") == "strided"
+  assert resolve_downsample_impl("s2d", "cpu") == "s2d"

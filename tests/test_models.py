@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxgan import models
@@ -87,3 +88,44 @@ def test_one_attribute_dcgan_keeps_its_parameter_tree():
   labels = jnp.zeros((2,), jnp.int32)
   v = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((2, 8)), labels, train=False))
   assert v["params"]["class_embed"]["embedding"].shape == (4, 4)
+
+
+def test_discriminator_downsample_impls_agree():
+  """'strided' and 's2d' D: one parameter tree, the same logits and input gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  labels = jnp.array([1, 3])
+  make = lambda impl: Discriminator(image_size=16, num_classes=4, width=8, norm="none",
+                                    downsample_impl=impl)
+  v = make("strided").init(jax.random.PRNGKey(1), x, labels, train=False)
+  v_s2d = make("s2d").init(jax.random.PRNGKey(1), x, labels, train=False)
+  assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(v_s2d)
+  assert set(v["params"]) == {"down0", "down1", "logit", "class_projection"}
+  assert set(v["params"]["down1"]) == {"kernel", "bias"}  # norm='none': biases, as nn.Conv had
+  run = lambda impl: jax.value_and_grad(
+      lambda x: jnp.sum(make(impl).apply(v, x, labels, train=False) ** 2))(x)
+  (a, da), (b, db) = run("strided"), run("s2d")
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  np.testing.assert_allclose(da, db, rtol=1e-4, atol=1e-6)
+  # ...and really two lowerings: only 'strided' has stride-2 convolutions.
+  strides = lambda impl: {e.params["window_strides"] for e in jax.make_jaxpr(
+      lambda x: make(impl).apply(v, x, labels, train=False))(x).jaxpr.eqns
+                          if e.primitive.name == "conv_general_dilated"}
+  assert strides("strided") == {(2, 2)} and strides("s2d") == {(1, 1)}
+
+
+def test_dcgan_builder_passes_the_downsample_impl(make_config):
+  assert models.build_models(make_config())[1].downsample_impl == "strided"  # 'auto'
+  config = make_config(**{"model.downsample_impl": "s2d"})
+  assert models.build_models(config)[1].downsample_impl == "s2d"
+
+
+@pytest.mark.parametrize("impl", ["strided", "s2d"])
+def test_discriminator_keeps_its_parameter_tree(impl):
+  """D's convs are layers.DownConv, with nn.Conv's parameters: older checkpoints still load."""
+  d = Discriminator(image_size=16, width=8, downsample_impl=impl)
+  v = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False))
+  shapes = jax.tree_util.tree_map(lambda a: a.shape, v["params"])
+  assert shapes == {"down0": {"kernel": (4, 4, 3, 8), "bias": (8,)},
+                    "down1": {"kernel": (4, 4, 8, 16)},  # no bias before BatchNorm
+                    "down1_bn": {"scale": (16,), "bias": (16,)},
+                    "logit": {"kernel": (256, 1), "bias": (1,)}}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxgan.config import attribute_classes
 from jaxgan.models.dcgan import Discriminator, Generator
-from jaxgan.models.layers import resolve_upsample_impl
+from jaxgan.models.layers import resolve_downsample_impl, resolve_upsample_impl
 from jaxgan.models.resnet import ResNetDiscriminator, ResNetGenerator
 from jaxgan.registry import Registry
 
@@ -42,7 +42,8 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
                 width=m.g_width, max_width=m.max_width, embed_dim=m.embed_dim,
                 upsample_impl=resolve_upsample_impl(m.upsample_impl), dtype=dtype)
   disc = Discriminator(image_size=d.image_size, num_classes=classes, width=m.d_width,
-                       max_width=m.max_width, norm=m.d_norm, dtype=dtype)
+                       max_width=m.max_width, norm=m.d_norm,
+                       downsample_impl=resolve_downsample_impl(m.downsample_impl), dtype=dtype)
   return g, disc
 
 

@@ -3,7 +3,8 @@
 G: z (+ learned class embedding) -> dense 4x4 -> [ConvTranspose 4x4/2, BatchNorm, ReLU]* -> tanh
    (the transposed convolutions are `layers.UpConv`: same parameters and function, faster lowering).
 D: [Conv 4x4/2, norm, LeakyReLU 0.2]* down to 4x4 -> linear logit, plus the projection term
-   <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional.
+   <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional (the strided convs
+   are `layers.DownConv`: same parameters and function as nn.Conv, a choice of lowering).
 Labels are int [b] (one attribute) or [b, A] (several, e.g. articleType and baseColour); with
 several, embed(y) is `conditioning.ClassEmbed`'s sum of one embedding per attribute. G also takes
 soft labels: float class weights [b, sum(classes)] (`conditioning.embed_labels`).
@@ -21,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgan.models.conditioning import ClassEmbed, class_tuple, embed_labels
-from jaxgan.models.layers import UpConv
+from jaxgan.models.layers import DownConv, UpConv
 
 # DCGAN's initialisation: N(0, 0.02) for every weight.
 _init = nn.initializers.normal(0.02)
@@ -86,6 +87,7 @@ class Discriminator(nn.Module):
   width: int = 64
   max_width: int = 512
   norm: str = "batch"  # 'batch' | 'layer' | 'none'
+  downsample_impl: str = "auto"  # how the 4x4/2 convs are lowered (layers.DownConv)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -95,8 +97,8 @@ class Discriminator(nn.Module):
     h = x.astype(self.dtype)
     for i in range(n):
       w = min(self.width * 2**i, self.max_width)
-      h = nn.Conv(w, (4, 4), strides=(2, 2), padding="SAME", use_bias=(i == 0 or self.norm == "none"),
-                  kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
+      h = DownConv(w, use_bias=(i == 0 or self.norm == "none"), impl=self.downsample_impl,
+                   kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
       if i > 0:  # DCGAN: no normalisation on the first layer
         if self.norm == "batch":
           h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

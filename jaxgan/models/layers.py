@@ -151,3 +151,77 @@ class UpConv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y
+
+
+DOWNSAMPLE_IMPLS = ("auto", "strided", "s2d")
+
+
+def resolve_downsample_impl(impl: str, backend: str | None = None) -> str:
+  """'auto' -> 'strided' on every backend: 's2d' measured mostly slower per layer on XLA:CPU and
+  is unmeasured on GPUs, so 'auto' changes only after a GPU measurement says it should.
+  Parameters are the same for every lowering, so a checkpoint trained with one loads with any
+  other."""
+  del backend  # kept for symmetry with resolve_upsample_impl; 'auto' will depend on it
+  return "strided" if impl == "auto" else impl
+
+
+def _conv_strided(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  # (1, 1) padding is what nn.Conv's 'SAME' pads for a 4x4/2 conv of an even-sized input.
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_by_space_to_depth(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """`_conv_strided` as a space-to-depth by 2 and one stride-1 2x2 conv over 4x the channels.
+
+  Output row m reads padded rows 2m .. 2m + 3 through kernel rows 0 .. 3, i.e. space-to-depth
+  rows (m, m + 1) at parity p through kernel row 2j + p for window row j: the 4x4 kernel split by
+  parity, the same regrouping as `_conv_transpose_by_phase_conv`. The conv and both its gradients
+  are stride-1 (no zero-dilated input gradient), and a 3-channel input becomes 12 channels.
+  """
+  b, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  hp, wp = (h + 2) // 2, (w + 2) // 2
+  xs = xp.reshape(b, hp, 2, wp, 2, cin).transpose(0, 1, 3, 2, 4, 5)  # b r s py px c
+  xs = xs.reshape(b, hp, wp, 4 * cin)
+  k2 = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)  # jy jx py px i o
+  k2 = k2.reshape(2, 2, 4 * cin, cout)
+  return jax.lax.conv_general_dilated(xs, k2, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class DownConv(nn.Module):
+  """`nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME')` on even-sized inputs, same
+  parameters ('kernel' [4, 4, in, out], 'bias'), same function, two lowerings:
+
+  - 'strided': XLA's stride-2 convolution. On GPUs its input gradient is a convolution over the
+    zero-dilated output gradient (the cost 'subpixel' removed from G's transposed convs);
+  - 's2d': a space-to-depth by 2 and a stride-1 2x2 conv over 4x the input channels
+    (`_conv_by_space_to_depth`): every gradient stride-1, and D's 3-channel first layer gets 12
+    channels for the matrix units. Slower than 'strided' on XLA:CPU in most layers.
+
+  Odd heights or widths are rejected by both (nn.Conv would pad them asymmetrically, and the
+  space-to-depth needs even sizes), so every lowering computes the same function.
+  """
+
+  features: int
+  use_bias: bool = True
+  impl: str = "auto"
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    _, h, w, cin = x.shape
+    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
+    impl = resolve_downsample_impl(self.impl)
+    if impl not in DOWNSAMPLE_IMPLS:
+      raise ValueError(f"unknown DownConv impl {self.impl!r}; use one of {DOWNSAMPLE_IMPLS}")
+    if h % 2 or w % 2:
+      raise ValueError(f"DownConv needs an even height and width, got {h}x{w}")
+    conv = _conv_strided if impl == "strided" else _conv_by_space_to_depth
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    return y
