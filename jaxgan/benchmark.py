@@ -1,7 +1,9 @@
 """`python -m jaxgan.benchmark --config configs/benchmark/dcgan64.py [--config.train.batch_size=1024]`
 times the real train step and prints one JSON line;
 `python -m jaxgan.benchmark input --images DIR --prepared OUT [--image_size 64]` measures input
-throughput (raw JPEG decoding and prepared shards), one JSON line each.
+throughput (raw JPEG decoding and prepared shards), one JSON line each;
+`python -m jaxgan.benchmark profile --config ... [--profile_steps 5] [--trace_dir DIR]` traces the
+train step and prints where its time goes (by op kind, by model layer, top ops) as one JSON line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
 flags.DEFINE_integer("steps", 30, "Timed steps (step benchmark); the median is reported.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation, autotuning).")
+flags.DEFINE_integer("profile_steps", 5, "Traced steps (profile).")
+flags.DEFINE_string("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
+flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
 flags.DEFINE_string("images", "", "Raw image folder (input benchmark).")
 flags.DEFINE_string("prepared", "", "Prepared data set folder (input benchmark).")
 flags.DEFINE_integer("image_size", 64, "Decode size (input benchmark, raw folder).")
@@ -36,7 +41,7 @@ def main(argv):
     for row in throughput.benchmark_input(FLAGS.images, FLAGS.prepared, FLAGS.image_size,
                                           FLAGS.batch_size, FLAGS.batches, limit=FLAGS.limit):
       print(json.dumps(row))
-  elif mode == "step":
+  elif mode in ("step", "profile"):
     if FLAGS.config is None:
       print("error: --config is required, e.g. --config configs/benchmark/dcgan64.py",
             file=sys.stderr)
@@ -44,12 +49,17 @@ def main(argv):
     from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
 
     try:
-      print(json.dumps(throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)))
+      if mode == "step":
+        row = throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+      else:
+        row = throughput.profile_step(FLAGS.config, FLAGS.profile_steps, FLAGS.warmup,
+                                      FLAGS.trace_dir, FLAGS.top)
+      print(json.dumps(row))
     except config_lib.ConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   else:
-    print(f"error: unknown mode {mode!r}; use 'input' or nothing (step benchmark)", file=sys.stderr)
+    print(f"error: unknown mode {mode!r}; use 'input', 'profile' or nothing (step benchmark)", file=sys.stderr)
     sys.exit(2)
 
 

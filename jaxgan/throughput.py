@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from typing import Optional
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from jaxgan import config as config_lib
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
+from jaxgan import profiling
 from jaxgan import trainer
 from jaxgan.models import layers
 
@@ -64,8 +66,9 @@ def step_flops_per_image(config) -> float:
   return flops_lib.train_step_flops_per_image(g_fwd, d_fwd, config.train.n_critic)
 
 
-def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
-  """Times the train step that training uses (trainer.build_run), on device-resident data."""
+def _ready_step(config, warmup: int):
+  """The train step that training uses (trainer.build_run), a fresh state and one device-resident
+  random batch, after `warmup` steps (compilation, autotuning)."""
   run = trainer.build_run(config)
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   n = config.train.batch_size * config.train.n_critic
@@ -80,7 +83,14 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   batch = make_batch(key)
   for _ in range(warmup):
     state, metrics = run.train_step(state, batch)
-  jax.block_until_ready((state, metrics))
+  jax.block_until_ready(state)
+  return run, state, batch
+
+
+def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
+  """Times the train step that training uses (trainer.build_run), on device-resident data."""
+  run, state, batch = _ready_step(config, warmup)
+  size = config.data.image_size
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -145,3 +155,33 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
                     "images_per_sec": batch_size * batches / seconds,
                     "cpu_count": os.cpu_count()})
   return results
+
+
+def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
+                 top: int = 15) -> dict:
+  """Where the train step's time goes (`profiling.breakdown`): `steps` steps traced after the
+  warm-up, op times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
+  the top ops. The trace stays in `trace_dir` when given (TensorBoard's profile plugin reads it)."""
+  run, state, batch = _ready_step(config, warmup)
+  hlo = run.train_step.lower(state, batch).compile().as_text()
+  holder = {"state": state}
+
+  def run_steps():
+    start = time.perf_counter()
+    for _ in range(steps):
+      holder["state"], metrics = run.train_step(holder["state"], batch)
+    jax.block_until_ready((holder["state"], metrics))
+    holder["wall_s"] = time.perf_counter() - start
+
+  with tempfile.TemporaryDirectory() as scratch:
+    report = profiling.trace_ops(run_steps, hlo, steps, trace_dir or scratch, top)
+  device = jax.devices()[0]
+  return {"model": config.model.name, "image_size": config.data.image_size,
+          "batch_size": config.train.batch_size, "dtype": config.train.dtype,
+          "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
+          "downsample_impl": layers.resolve_downsample_impl(config.model.downsample_impl),
+          "device_kind": device.device_kind, "num_devices": jax.device_count(),
+          "profiled_steps": steps,
+          # Back-to-back steps under the profiler: dispatch overlaps, tracing adds a little.
+          "traced_wall_ms_per_step": round(holder["wall_s"] / steps * 1e3, 3),
+          **report}

@@ -49,6 +49,16 @@ def test_cli_step_and_input(tmp_path):
   assert step.returncode == 0, step.stderr[-2000:]
   row = json.loads(step.stdout.strip().splitlines()[-1])
   assert KEYS <= set(row) and row["batch_size"] == 8
+  profile = run_module("jaxgan.benchmark", "profile", "--config", "configs/default.py",
+                       "--profile_steps", "2", "--warmup", "1", "--config.data.image_size=16",
+                       "--config.model.g_width=8", "--config.model.d_width=8",
+                       "--config.train.batch_size=8", "--trace_dir", str(tmp_path / "trace"))
+  assert profile.returncode == 0, profile.stderr[-2000:]
+  report = json.loads(profile.stdout.strip().splitlines()[-1])
+  assert report["op_ms_per_step"] > 0 and report["by_kind"]["conv"]["share"] > 0
+  layers = " ".join(report["by_layer"])
+  assert "Generator/" in layers and "Discriminator/" in layers
+  assert list((tmp_path / "trace").rglob("*.xplane.pb"))  # kept for TensorBoard
 
   from PIL import Image
 
