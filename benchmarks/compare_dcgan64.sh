@@ -31,10 +31,23 @@ done
 IFS=';' read -r -a flag_sets <<< "${XLA_FLAG_SETS:-}"
 [[ ${#flag_sets[@]} -gt 0 ]] || flag_sets=("")
 for flag_set in "${flag_sets[@]}"; do
-  XLA_FLAGS="${XLA_FLAGS:-} $flag_set" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  # Unquoted on purpose: word splitting drops stray blanks; XLA reads a blank XLA_FLAGS as a
+  # file name and aborts, so an empty combination must leave XLA_FLAGS unset.
+  flags="$(echo ${XLA_FLAGS:-} $flag_set)"
+  if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
+  env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
     --deadline_s "${DEADLINE_S:-330}" \
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
+    | grep '^{' | tee -a "$out"
+done
+
+# PROFILE_BATCHES (e.g. "1024 4096"): after the sweep, where jaxgan's bf16 step spends its time
+# (`python -m jaxgan.benchmark profile`: device time by op kind and model layer, top ops), one JSON
+# line per batch, also appended to OUT_JSONL. Off by default (about 30 s per batch on an H200).
+for b in ${PROFILE_BATCHES:-}; do
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 180 "$python" -m jaxgan.benchmark profile \
+    --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \
     | grep '^{' | tee -a "$out"
 done
 
@@ -42,6 +55,7 @@ done
 import datetime, json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ok = [r for r in rows if "images_per_sec" in r]
+profiles = [r for r in rows if "by_kind" in r]
 torch_rows = {(r["batch_size"], r["impl"]): r for r in ok if str(r.get("impl", "")).startswith("torch")}
 for r in ok:
   if r.get("xla_flags"):  # rows of an XLA_FLAG_SETS entry: a variant of their own
@@ -70,4 +84,9 @@ for b in sorted({k[0] for k in list(jax_rows) + list(torch_rows)}):
 for r in rows:
   if "error" in r or "skipped" in r:
     print("not measured:", json.dumps(r))
+for r in profiles:
+  kinds = ", ".join(f"{k} {v['share']:.0%}" for k, v in r["by_kind"].items())
+  layers = ", ".join(f"{k} {v['ms']:.2f} ms" for k, v in list(r["by_layer"].items())[:6])
+  print(f"profile batch {r['batch_size']} ({r['timing_source']} time, {r['op_ms_per_step']:.2f} ms "
+        f"of ops per step): {kinds}; top layers: {layers}")
 PY

@@ -138,9 +138,10 @@ def module_name(hlo_text: str) -> str:
   return match.group(1) if match else ""
 
 
-def op_times_ns(trace_dir: str, module: str) -> dict[str, float]:
-  """Total time per HLO op of `module` in the newest trace under `trace_dir`: device planes when
-  the trace has them (GPU/TPU kernels), else the host's XLA:CPU thunks."""
+def op_times_ns(trace_dir: str, module: str) -> tuple[dict[str, float], str]:
+  """(total time per HLO op of `module`, 'device' | 'host') from the newest trace under
+  `trace_dir`: device planes when the trace has such events (GPU/TPU kernels), else the host's
+  (XLA:CPU thunks; on an accelerator that would be launch time, hence the label)."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
 
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
@@ -157,7 +158,9 @@ def op_times_ns(trace_dir: str, module: str) -> dict[str, float]:
         stats = dict(event.stats)
         if stats.get("hlo_op") and str(stats.get("hlo_module", "")).startswith(module):
           by_plane[on_device][str(stats["hlo_op"])] += event.duration_ns
-  return dict(by_plane[True] or by_plane[False])
+  if by_plane[True]:
+    return dict(by_plane[True]), "device"
+  return dict(by_plane[False]), "host"
 
 
 def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
@@ -196,6 +199,6 @@ def trace_ops(run_steps, hlo_text: str, steps: int, trace_dir: str,
 
   with jax.profiler.trace(trace_dir):
     run_steps()
-  module = module_name(hlo_text)
-  return breakdown(op_times_ns(trace_dir, module), index_hlo(hlo_text), steps, top)
+  op_ns, source = op_times_ns(trace_dir, module_name(hlo_text))
+  return {"timing_source": source, **breakdown(op_ns, index_hlo(hlo_text), steps, top)}
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -87,9 +88,23 @@ def test_benchmark_imports_without_tensorflow():
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
-def test_gpu_comparison_script_parses():
+def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
+  """The one-call GPU script, on the CPU: no torch runs (TORCH_MODES blank) and a variant that
+  fails validation at once, so the sweep's JAX process starts, reports, and the table prints,
+  without compiling. With XLA_FLAGS unset, as on a fresh GPU machine (a blank XLA_FLAGS once
+  made XLA abort there)."""
   import subprocess
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(["bash", "-n", os.path.join(root, "benchmarks", "compare_dcgan64.sh")],
-                        capture_output=True, text=True)
-  assert proc.returncode == 0, proc.stderr
+  script = os.path.join(root, "benchmarks", "compare_dcgan64.sh")
+  assert subprocess.run(["bash", "-n", script]).returncode == 0
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = tmp_path / "rows.jsonl"
+  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES=" ", VARIANTS="float32:no_such_impl",
+             PYTHON=sys.executable)
+  proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(rows) == 1 and rows[0]["variant"] == "float32:no_such_impl", rows
+  assert "model.upsample_impl" in rows[0]["error"]
+  assert "not measured:" in proc.stdout and "| variant | batch |" in proc.stdout
