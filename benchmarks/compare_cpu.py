@@ -47,18 +47,20 @@ def main():
     base = flax_straightforward.benchmark(a.batch, dtype, a.steps)
     ours = throughput.benchmark_step(dcgan64(a.batch, dtype), a.steps, 3)
     dilated = throughput.benchmark_step(dcgan64(a.batch, dtype, "dilated"), a.steps, 3)
-    for row in (base, ours, dilated):
+    s2d = throughput.benchmark_step(dcgan64(a.batch, dtype, "auto", "s2d"), a.steps, 3)
+    for row in (base, ours, dilated, s2d):
       print(json.dumps(row), flush=True)
-    rows.append((dtype, base, ours, dilated))
+    rows.append((dtype, base, ours, dilated, s2d))
   print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
         f"batch {a.batch}, median of {a.steps} steps")
   print("\n| dtype | straightforward port img/s | jaxgan img/s | jaxgan (XLA transposed conv) img/s "
-        "| jaxgan / port |")
-  print("|---|---|---|---|---|")
-  for dtype, base, ours, dilated in rows:
+        "| jaxgan (D space-to-depth) img/s | jaxgan / port |")
+  print("|---|---|---|---|---|---|")
+  for dtype, base, ours, dilated, s2d in rows:
     print(f"| {dtype} | {base['images_per_sec']:.1f} | {ours['images_per_sec']:.1f} | "
-          f"{dilated['images_per_sec']:.1f} | {ours['images_per_sec'] / base['images_per_sec']:.2f}x |")
+          f"{dilated['images_per_sec']:.1f} | {s2d['images_per_sec']:.1f} | "
+          f"{ours['images_per_sec'] / base['images_per_sec']:.2f}x |")
 
 
 if __name__ == "__main__":
