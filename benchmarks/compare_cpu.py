@@ -23,8 +23,10 @@ import jax  # noqa: E402
 from jaxgan import throughput  # noqa: E402
 
 
-def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl: str = "auto"):
-  """`configs/benchmark/dcgan64.py` at this batch size, compute dtype and G/D conv lowerings."""
+def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl: str = "auto",
+            steps_per_call: int = 1):
+  """`configs/benchmark/dcgan64.py` at this batch size, compute dtype, G/D conv lowerings and
+  train steps per compiled call."""
   spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "benchmark", "dcgan64.py")
   namespace: dict = {}
@@ -33,6 +35,7 @@ def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl
   config.train.batch_size, config.train.dtype = batch, dtype
   config.model.upsample_impl = upsample_impl
   config.model.downsample_impl = downsample_impl
+  config.train.steps_per_call = steps_per_call
   return config
 
 

@@ -4,9 +4,10 @@
       --variants bfloat16:phase_grad,float32:phase_grad,bfloat16:dilated,bfloat16:subpixel,port:bfloat16 \
       [--steps 30] [--deadline_s 420]
 
-A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL]` (jaxgan's real train step,
+A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL[:STEPS_PER_CALL]]` (jaxgan's real train step,
 `configs/benchmark/dcgan64.py` with `train.dtype`, `model.upsample_impl` and, when given,
-`model.downsample_impl` set; e.g. `bfloat16:subpixel:s2d`) or `port:DTYPE` (the straightforward
+`model.downsample_impl` and `train.steps_per_call` set; e.g. `bfloat16:subpixel:s2d`,
+`bfloat16:subpixel:auto:8`) or `port:DTYPE` (the straightforward
 Flax port in `flax_straightforward.py`). Variants run in the order given, batch sizes inside
 each; once `--deadline_s` has passed no new measurement starts, so a time-boxed machine still
 returns every row finished so far. Each row is one JSON line (median of individually synchronised
@@ -34,7 +35,9 @@ def measure(variant: str, batch: int, steps: int) -> dict:
   kind, arg, *rest = variant.split(":")
   if kind == "port":
     return flax_straightforward.benchmark(batch, arg, steps)
-  row = throughput.benchmark_step(compare_cpu.dcgan64(batch, kind, arg, *rest), steps, 5)
+  down, *per_call = rest or ["auto"]
+  config = compare_cpu.dcgan64(batch, kind, arg, down, *(int(k) for k in per_call))
+  row = throughput.benchmark_step(config, steps, 5)
   row["impl"] = "jaxgan"
   return row
 

@@ -65,9 +65,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every device of the mesh."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Batch axis split over every device of the mesh: the leading axis, or the second one for
+  batches stacked per step (train.steps_per_call > 1; every device keeps its rows of each step)."""
+  return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def leaf_spec(shape: tuple[int, ...], fsdp: int) -> P:

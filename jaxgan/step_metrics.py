@@ -42,20 +42,28 @@ def summarise(rows: list[Mapping[str, Any]]) -> dict[str, float]:
 
 
 class Interval:
-  """Collects the device metrics of each step between two log rows; `summary` fetches them once
+  """Collects the device metrics of each call between two log rows; `summary` fetches them once
   (one host transfer per interval instead of a sync per step) and reduces them."""
 
   def __init__(self, to_host: Callable[[Any], Any]):
     self._to_host = to_host
-    self._steps: list[Any] = []
+    self._calls: list[tuple[Any, bool]] = []
 
-  def add(self, metrics: Mapping[str, Any]) -> None:
-    self._steps.append(metrics)
+  def add(self, metrics: Mapping[str, Any], stacked: bool = False) -> None:
+    """One call's metrics: one step's, or several steps' stacked on a leading axis."""
+    self._calls.append((metrics, stacked))
 
   def __len__(self) -> int:
-    return len(self._steps)
+    return len(self._calls)
 
   def summary(self) -> dict[str, float]:
     """The interval's row; starts the next interval."""
-    rows, self._steps = self._to_host(self._steps), []
+    calls, self._calls = self._calls, []
+    rows = []
+    for metrics, stacked in zip(self._to_host([m for m, _ in calls]), [s for _, s in calls]):
+      if stacked:
+        rows.extend({key: values[i] for key, values in metrics.items()}
+                    for i in range(len(next(iter(metrics.values())))))
+      else:
+        rows.append(metrics)
     return summarise(rows)

@@ -230,6 +230,20 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   return step_fn
 
 
+def scan_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+               steps_per_call: int) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """`steps_per_call` train steps in one call: `batch` leaves have a leading axis of that length
+  (one batch per step) and every metric comes back with it. The same steps with the same keys
+  (they are drawn from state.step), one dispatch."""
+  if steps_per_call == 1:
+    return train_step
+
+  def several(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
+    return jax.lax.scan(train_step, state, batches)
+
+  return several
+
+
 def with_state_rng(step_fn: Callable[[TrainState, Batch, jax.Array], Any]
                    ) -> Callable[[TrainState, Batch], Any]:
   """`(state, batch) -> ...` drawing the step key as fold_in(state.rng, state.step): randomness

@@ -68,7 +68,8 @@ def step_flops_per_image(config) -> float:
 
 def _ready_step(config, warmup: int):
   """The train step that training uses (trainer.build_run), a fresh state and one device-resident
-  random batch, after `warmup` steps (compilation, autotuning)."""
+  random batch (stacked per step with train.steps_per_call > 1), after `warmup` calls
+  (compilation, autotuning)."""
   run = trainer.build_run(config)
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   n = config.train.batch_size * config.train.n_critic
@@ -76,9 +77,10 @@ def _ready_step(config, warmup: int):
   key = jax.random.PRNGKey(0)
   classes = config_lib.attribute_classes(config)
   high = jnp.asarray(classes) if len(classes) > 1 else max(config.data.num_classes, 1)
+  lead = (run.steps_per_call,) if run.steps_per_call > 1 else ()
   make_batch = jax.jit(lambda k: {
-      "image": jax.random.randint(k, (n, size, size, 3), 0, 256).astype(jnp.uint8),
-      "label": jax.random.randint(k, config_lib.label_shape(config, n), 0, high),
+      "image": jax.random.randint(k, lead + (n, size, size, 3), 0, 256).astype(jnp.uint8),
+      "label": jax.random.randint(k, lead + config_lib.label_shape(config, n), 0, high),
   }, out_shardings=run.batch_sharding)
   batch = make_batch(key)
   for _ in range(warmup):
@@ -88,7 +90,9 @@ def _ready_step(config, warmup: int):
 
 
 def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
-  """Times the train step that training uses (trainer.build_run), on device-resident data."""
+  """Times the train step that training uses (trainer.build_run), on device-resident data:
+  `steps` timed calls after `warmup`; with train.steps_per_call = k each call runs k steps and
+  `step_ms` is its time / k."""
   run, state, batch = _ready_step(config, warmup)
   size = config.data.image_size
   times = []
@@ -96,8 +100,8 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
     start = time.perf_counter()
     state, metrics = run.train_step(state, batch)
     jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
+    times.append((time.perf_counter() - start) / run.steps_per_call)
+  step_s = statistics.median(times)  # per train step, also when one call runs several
   device = jax.devices()[0]
   per_image = step_flops_per_image(config)
   images_per_sec = config.train.batch_size / step_s
@@ -113,7 +117,7 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
       "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use"),
       "device_kind": device.device_kind, "num_devices": jax.device_count(),
-      "timed_steps": steps,
+      "timed_steps": steps, "steps_per_call": run.steps_per_call,
   }
 
 
@@ -159,8 +163,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
 
 def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
                  top: int = 15) -> dict:
-  """Where the train step's time goes (`profiling.breakdown`): `steps` steps traced after the
-  warm-up, op times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
+  """Where the train step's time goes (`profiling.breakdown`): `steps` calls traced after the
+  warm-up (each `train.steps_per_call` steps; times are per train step), op times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
   the top ops. The trace stays in `trace_dir` when given (TensorBoard's profile plugin reads it)."""
   run, state, batch = _ready_step(config, warmup)
   hlo = run.train_step.lower(state, batch).compile().as_text()
@@ -174,14 +178,16 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
     holder["wall_s"] = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as scratch:
-    report = profiling.trace_ops(run_steps, hlo, steps, trace_dir or scratch, top)
+    report = profiling.trace_ops(run_steps, hlo, steps * run.steps_per_call, trace_dir or scratch,
+                                 top)
   device = jax.devices()[0]
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,
           "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
           "downsample_impl": layers.resolve_downsample_impl(config.model.downsample_impl),
           "device_kind": device.device_kind, "num_devices": jax.device_count(),
-          "profiled_steps": steps,
+          "profiled_steps": steps * run.steps_per_call, "steps_per_call": run.steps_per_call,
           # Back-to-back steps under the profiler: dispatch overlaps, tracing adds a little.
-          "traced_wall_ms_per_step": round(holder["wall_s"] / steps * 1e3, 3),
+          "traced_wall_ms_per_step": round(holder["wall_s"] / (steps * run.steps_per_call) * 1e3,
+                                           3),
           **report}

@@ -39,6 +39,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
                   "data.cache_dir", "model.upsample_impl", "model.downsample_impl",
+                  "train.steps_per_call",
                   "train.eval_every", "train.eval_num_samples", "eval.metrics",
                   "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
@@ -114,6 +115,7 @@ class Run:
   state_shardings: Any
   batch_sharding: Any
   train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+  steps_per_call: int  # train steps per train_step call (batch and metrics stacked when > 1)
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
@@ -129,20 +131,26 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
                            config.seed)
   abstract_state = jax.eval_shape(init)
   state_sh = sharding.state_shardings(mesh, abstract_state)
-  batch_sh = sharding.batch_sharding(mesh)
+  k = config.train.steps_per_call
+  batch_sh = sharding.batch_sharding(mesh, stacked=k > 1)
   step_fn = steps.make_train_step(config, generator, discriminator, loss, g_tx, d_tx)
-  train_step = jax.jit(steps.with_state_rng(step_fn), in_shardings=(state_sh, batch_sh),
+  train_step = jax.jit(steps.scan_steps(steps.with_state_rng(step_fn), k),
+                       in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   return Run(mesh, generator, discriminator, init, abstract_state, state_sh, batch_sh,
-              train_step)
+             train_step, k)
 
 
 def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> dict:
-  """Shapes of one global batch, for lowering without data."""
+  """Shapes of one call's global batch (stacked per step when train.steps_per_call > 1), for
+  lowering without data."""
   n = config.train.batch_size * config.train.n_critic
   size = config.data.image_size
-  return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8, sharding=batch_sharding),
-          "label": jax.ShapeDtypeStruct(config_lib.label_shape(config, n), np.int32,
+  k = config.train.steps_per_call
+  lead = (k,) if k > 1 else ()
+  return {"image": jax.ShapeDtypeStruct(lead + (n, size, size, 3), np.uint8,
+                                        sharding=batch_sharding),
+          "label": jax.ShapeDtypeStruct(lead + config_lib.label_shape(config, n), np.int32,
                                         sharding=batch_sharding)}
 
 
@@ -202,7 +210,8 @@ def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
-  run = build_run(config)
+  run = build_run(config)  # validates the config (before anything compiles)
+  config_lib.validate_schedule(config)
   prepare_workdir(workdir)
   is_main = jax.process_index() == 0
   cfg = config.train
@@ -237,13 +246,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  k = run.steps_per_call
+  if start_step % k:
+    checkpointer.close()
+    raise TrainingError(f"checkpoint step {start_step} in {workdir} is not a multiple of "
+                        f"train.steps_per_call={k}; resume with a steps_per_call that divides it "
+                        "(1 always does), then change it at a later checkpoint")
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
 
   per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
-  batches = data_lib.prefetch(source.batches(per_process, start_step, jax.process_index(),
-                                             jax.process_count()))
+  batches = data_lib.prefetch(data_lib.stack_batches(
+      source.batches(per_process, start_step, jax.process_index(), jax.process_count()), k))
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
@@ -282,18 +297,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       while step < cfg.num_steps:
         batch = sharding.put_batch(next(batches), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
-        interval.add(metrics)
-        step += 1
-        progress.update(1)
+        interval.add(metrics, stacked=k > 1)
+        step += k
+        progress.update(k)
         if pending_streak is not None:
-          _check_nonfinite(int(sharding.to_host(pending_streak)), step - 1, cfg.max_nonfinite_steps,
-                           checkpointer)
-        pending_streak = metrics["nonfinite_streak"]
-        if interval_start is None:  # time from the first finished step: excludes compilation
+          _check_nonfinite(int(np.max(sharding.to_host(pending_streak))), step - k,
+                           cfg.max_nonfinite_steps, checkpointer)
+        pending_streak = metrics["nonfinite_streak"]  # [k] when stacked: any step may trip it
+        if interval_start is None:  # time from the first finished call: excludes compilation
           jax.block_until_ready(metrics)
           interval_start, interval_steps = time.perf_counter(), 0
         else:
-          interval_steps += 1
+          interval_steps += k
         if jax.process_count() > 1:
           # Every process must stop at the same step (the save and sampling are collective);
           # a signal seen by any process stops all of them.

@@ -46,16 +46,19 @@ def test_peak_table():
 def test_cli_step_and_input(tmp_path):
   step = run_module("jaxgan.benchmark", "--config", "configs/default.py", "--steps", "2",
                     "--warmup", "1", "--config.data.image_size=16", "--config.model.g_width=8",
-                    "--config.model.d_width=8", "--config.train.batch_size=8")
+                    "--config.model.d_width=8", "--config.train.batch_size=8",
+                    "--config.train.steps_per_call=2")  # two steps per timed call (lax.scan)
   assert step.returncode == 0, step.stderr[-2000:]
   row = json.loads(step.stdout.strip().splitlines()[-1])
-  assert KEYS <= set(row) and row["batch_size"] == 8
+  assert KEYS <= set(row) and row["batch_size"] == 8 and row["steps_per_call"] == 2
   profile = run_module("jaxgan.benchmark", "profile", "--config", "configs/default.py",
                        "--profile_steps", "2", "--warmup", "1", "--config.data.image_size=16",
                        "--config.model.g_width=8", "--config.model.d_width=8",
-                       "--config.train.batch_size=8", "--trace_dir", str(tmp_path / "trace"))
+                       "--config.train.batch_size=8", "--config.train.steps_per_call=2",
+                       "--trace_dir", str(tmp_path / "trace"))
   assert profile.returncode == 0, profile.stderr[-2000:]
   report = json.loads(profile.stdout.strip().splitlines()[-1])
+  assert report["profiled_steps"] == 4 and report["steps_per_call"] == 2
   assert report["op_ms_per_step"] > 0 and report["by_kind"]["conv"]["share"] > 0
   layers = " ".join(report["by_layer"])
   assert "Generator/" in layers and "Discriminator/" in layers

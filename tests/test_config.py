@@ -28,6 +28,7 @@ from tests.conftest import REPO, run_module
     ("loss.name", "wgan_gp", "model.d_norm: loss 'wgan_gp' penalises per-sample gradients"),
     ("mesh.data", 3, "mesh.data"),
     ("model.downsample_impl", "fft", "model.downsample_impl: must be one of"),
+    ("train.steps_per_call", 0, "train.steps_per_call"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})
@@ -35,6 +36,17 @@ def test_invalid_values_name_the_key(make_config, key, value, message):
     config_lib.validate(config, num_devices=1)
   assert message in str(info.value)
   assert "\n" not in str(info.value)
+
+
+def test_schedule_must_fit_steps_per_call(make_config):
+  config = make_config(**{"train.steps_per_call": 2})
+  config_lib.validate(config, num_devices=1)
+  config_lib.validate_schedule(config)  # 4 steps, every 2
+  config = make_config(**{"train.steps_per_call": 3})
+  config_lib.validate(config, num_devices=1)  # the benchmark needs no schedule
+  with pytest.raises(config_lib.ConfigError, match="train.num_steps: 4 is not a multiple of "
+                     "train.steps_per_call=3"):
+    config_lib.validate_schedule(config)
 
 
 def test_batch_must_divide_over_devices(make_config):

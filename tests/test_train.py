@@ -57,6 +57,27 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(runs):
   assert [r["step"] for r in writers.read_metrics(str(root / "resumed"))] == [2, 4]
 
 
+def test_several_steps_per_call_train_the_same_steps(runs, tmp_path):
+  """train.steps_per_call=2 (a lax.scan over two stacked batches): the same steps, keys and
+  batches as one step per call, and the log rows summarise the same steps."""
+  root, full, _ = runs
+  workdir = tmp_path / "scan"
+  scanned = trainer.train_and_evaluate(tiny_config(**{"train.steps_per_call": 2}), str(workdir))
+  assert int(scanned.step) == 4
+  for x, y in zip(_leaves(full), _leaves(scanned)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  rows, reference = writers.read_metrics(str(workdir)), writers.read_metrics(str(root / "full"))
+  assert [r["step"] for r in rows] == [2, 4] and rows[-1]["images_seen"] == 4 * 8
+  for row, ref in zip(rows, reference):
+    assert row["d_loss"] == pytest.approx(ref["d_loss"], rel=1e-5)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  # A checkpoint step that is not a multiple of steps_per_call cannot be resumed with it.
+  with pytest.raises(trainer.TrainingError, match="not a multiple of train.steps_per_call=3"):
+    trainer.train_and_evaluate(tiny_config(**{
+        "train.steps_per_call": 3, "train.num_steps": 6, "train.log_every": 3,
+        "train.sample_every": 3, "train.checkpoint_every": 3}), str(workdir))
+
+
 def test_resume_refuses_a_config_that_changes_the_math(runs):
   root, _, _ = runs
   config = tiny_config(**{"optim.g_lr": 1e-3, "train.num_steps": 6})

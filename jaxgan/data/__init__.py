@@ -20,6 +20,8 @@ import queue
 import threading
 from typing import Iterator, TypeVar
 
+import numpy as np
+
 from jaxgan.data.arrays import ArraySource, DataError
 from jaxgan.data.folder import FolderSource
 from jaxgan.data.manifest import ManifestSource
@@ -54,6 +56,20 @@ def attribute_names(source) -> list[tuple[str, list[str]]]:
 def build_source(config):
   """The data source named by `data.source`."""
   return SOURCES.get(config.data.source, "data.source").from_config(config)
+
+
+def stack_batches(iterator: Iterator[dict], k: int) -> Iterator[dict]:
+  """Groups every `k` batches into one with a leading axis of `k` (train.steps_per_call); an
+  incomplete group at the end is dropped. k = 1 passes batches through."""
+  if k == 1:
+    yield from iterator
+    return
+  group = []
+  for batch in iterator:
+    group.append(batch)
+    if len(group) == k:
+      yield {key: np.stack([b[key] for b in group]) for key in group[0]}
+      group = []
 
 
 def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:
