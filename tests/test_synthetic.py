@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxgan.data import CATEGORY_NAMES, SOURCES, prefetch
+from jaxgan.data import CATEGORY_NAMES, SOURCES, prefetch, stack_batches
 from jaxgan.data.synthetic import SyntheticCatalog
 
 
@@ -80,3 +80,12 @@ def test_prefetch_keeps_order_and_reraises():
   assert next(stream) == 1
   with pytest.raises(RuntimeError, match="bad file"):
     next(stream)
+
+
+def test_stack_batches_groups_steps_in_order():
+  batches = [{"image": np.full((2, 1), i), "label": np.array([i, -i])} for i in range(5)]
+  stacked = list(stack_batches(iter(batches), 2))
+  assert len(stacked) == 2  # the incomplete fifth batch is dropped
+  assert stacked[1]["image"].shape == (2, 2, 1)
+  np.testing.assert_array_equal(stacked[1]["label"], [[2, -2], [3, -3]])
+  assert list(stack_batches(iter(batches), 1)) == batches
