@@ -105,7 +105,27 @@ def _conv_transpose_by_phase_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.nd
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)  # b, h, p, w, q, c
 
 
-class UpConv(nn.Module):
+class _Conv4x4Stride2(nn.Module):
+  """What UpConv and DownConv share: their fields, and the parameters of a Flax 4x4 convolution
+  ('kernel' [4, 4, in, out] and 'bias' [out], float32 whatever the compute dtype)."""
+
+  features: int
+  use_bias: bool = True
+  impl: str = "auto"
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  def _kernel(self, cin: int) -> jnp.ndarray:
+    return self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
+
+  def _add_bias(self, y: jnp.ndarray) -> jnp.ndarray:
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", nn.initializers.zeros, (self.features,),
+                          jnp.float32).astype(self.dtype)
+
+
+class UpConv(_Conv4x4Stride2):
   """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`, same parameters
   ('kernel' [4, 4, in, out], 'bias'), same function, two lowerings:
 
@@ -120,16 +140,10 @@ class UpConv(nn.Module):
     pixel like the transposed convolution itself, versus 36 for 'subpixel'.
   """
 
-  features: int
-  use_bias: bool = True
-  impl: str = "auto"
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
-
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     cin = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
+    kernel = self._kernel(cin)
     impl = resolve_upsample_impl(self.impl)
     if impl == "dilated":
       y = _conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype))
@@ -148,9 +162,7 @@ class UpConv(nn.Module):
       y = _conv_transpose_by_phase_conv(x.astype(self.dtype), kernel.astype(self.dtype))
     else:
       raise ValueError(f"unknown UpConv impl {self.impl!r}; use one of {UPSAMPLE_IMPLS}")
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
-    return y
+    return self._add_bias(y)
 
 
 DOWNSAMPLE_IMPLS = ("auto", "strided", "s2d")
@@ -191,7 +203,7 @@ def _conv_by_space_to_depth(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-class DownConv(nn.Module):
+class DownConv(_Conv4x4Stride2):
   """`nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME')` on even-sized inputs, same
   parameters ('kernel' [4, 4, in, out], 'bias'), same function, two lowerings:
 
@@ -205,16 +217,10 @@ class DownConv(nn.Module):
   space-to-depth needs even sizes), so every lowering computes the same function.
   """
 
-  features: int
-  use_bias: bool = True
-  impl: str = "auto"
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
-
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     _, h, w, cin = x.shape
-    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
+    kernel = self._kernel(cin)
     impl = resolve_downsample_impl(self.impl)
     if impl not in DOWNSAMPLE_IMPLS:
       raise ValueError(f"unknown DownConv impl {self.impl!r}; use one of {DOWNSAMPLE_IMPLS}")
@@ -222,6 +228,4 @@ class DownConv(nn.Module):
       raise ValueError(f"DownConv needs an even height and width, got {h}x{w}")
     conv = _conv_strided if impl == "strided" else _conv_by_space_to_depth
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
-    return y
+    return self._add_bias(y)
