@@ -33,7 +33,9 @@ IFS=';' read -r -a flag_sets <<< "${XLA_FLAG_SETS:-}"
 for flag_set in "${flag_sets[@]}"; do
   # Unquoted on purpose: word splitting drops stray blanks; XLA reads a blank XLA_FLAGS as a
   # file name and aborts, so an empty combination must leave XLA_FLAGS unset.
+  set -f  # no globbing of the flags while they are split
   flags="$(echo ${XLA_FLAGS:-} $flag_set)"
+  set +f
   if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
   env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
@@ -44,9 +46,11 @@ done
 
 # PROFILE_BATCHES (e.g. "1024 4096"): after the sweep, where jaxgan's bf16 step spends its time
 # (`python -m jaxgan.benchmark profile`: device time by op kind and model layer, top ops), one JSON
-# line per batch, also appended to OUT_JSONL. Off by default (about 30 s per batch on an H200).
+# line per batch, also appended to OUT_JSONL. Off by default (a start-up and a compile per batch).
+# XLA's command buffers (CUDA graphs) are off for it: they credit their kernels to one op.
 for b in ${PROFILE_BATCHES:-}; do
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 180 "$python" -m jaxgan.benchmark profile \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    timeout 150 "$python" -m jaxgan.benchmark profile \
     --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \
     | grep '^{' | tee -a "$out"
 done

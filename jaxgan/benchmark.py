@@ -49,6 +49,8 @@ def main(argv):
     from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
 
     try:
+      if mode == "profile" and FLAGS.profile_steps < 1:
+        raise config_lib.ConfigError(f"--profile_steps must be >= 1, got {FLAGS.profile_steps}")
       if mode == "step":
         row = throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)
       else:

@@ -202,7 +202,12 @@ class Checkpointer:
 def _everywhere(ok: bool) -> bool:
   """True when `ok` holds on every process. Restoring is collective: if one process fell back to
   an older step while the others resumed the newest, they would train from different states (or
-  hang in the next collective), so a step one process cannot read is skipped by all."""
+  hang in the next collective), so a step one process cannot read is skipped by all.
+
+  Limit: orbax's restore ends in a barrier. A read error raised inside it on some processes only
+  leaves the others waiting at that barrier (orbax's timeout: 300 s) rather than here, and is not
+  recovered cleanly; failures every process sees (shared storage), and failures after orbax
+  returns, are."""
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))

@@ -3,8 +3,11 @@
 
 The trace is read with `jax.profiler.ProfileData` (no TensorBoard or TensorFlow needed). On GPUs
 and TPUs the times are device kernel times; on the CPU they are XLA:CPU thunk times, which overlap
-across threads, so their sum can exceed the wall time. Control-flow ops (while, conditional, call)
-are left out: their bodies' ops are timed themselves, and counting both would count twice.
+across threads, so their sum can exceed the wall time; several devices' times are averaged.
+Control-flow ops (while, conditional, call) are left out of the breakdown, since their bodies' ops
+are usually timed themselves, and reported as `unattributed_ms` with any op the HLO does not
+name: on GPUs, XLA's command buffers (CUDA graphs) credit their kernels to such a call, so profile
+with `--xla_gpu_enable_command_buffer=` (benchmarks/compare_dcgan64.sh does).
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def index_hlo(hlo_text: str) -> dict[str, OpInfo]:
       called = _CALLS.search(line)
       if opcode in _CONTROL:
         kind = "control"
-      elif opcode == "fusion" and called:
+      elif opcode in ("fusion", "async-start", "async-update", "async-done") and called:
         kind = _fusion_kind(body_kinds(called.group(1)))
       else:
         kind = _own_kind(opcode, line)
@@ -139,9 +142,10 @@ def module_name(hlo_text: str) -> str:
 
 
 def op_times_ns(trace_dir: str, module: str) -> tuple[dict[str, float], str]:
-  """(total time per HLO op of `module`, 'device' | 'host') from the newest trace under
-  `trace_dir`: device planes when the trace has such events (GPU/TPU kernels), else the host's
-  (XLA:CPU thunks; on an accelerator that would be launch time, hence the label)."""
+  """(time per HLO op of `module` per device, 'device' | 'host') from the newest trace under
+  `trace_dir`: device planes when the trace has such events (GPU/TPU kernels; the sum over the
+  devices that ran the module, divided by their number), else the host's (XLA:CPU thunks; on an
+  accelerator that would be launch time, hence the label)."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
 
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
@@ -149,25 +153,29 @@ def op_times_ns(trace_dir: str, module: str) -> tuple[dict[str, float], str]:
   if not files:
     raise FileNotFoundError(f"no profiler trace (*.xplane.pb) under {trace_dir}")
   data = ProfileData.from_file(files[-1])
-  by_plane: dict[bool, dict[str, float]] = {True: collections.Counter(),
-                                            False: collections.Counter()}
+  device_ns: dict[str, float] = collections.Counter()
+  host_ns: dict[str, float] = collections.Counter()
+  devices = 0
   for plane in data.planes:
     on_device = plane.name.startswith("/device:")
+    found = False
     for line in plane.lines:
       for event in line.events:
         stats = dict(event.stats)
         if stats.get("hlo_op") and str(stats.get("hlo_module", "")).startswith(module):
-          by_plane[on_device][str(stats["hlo_op"])] += event.duration_ns
-  if by_plane[True]:
-    return dict(by_plane[True]), "device"
-  return dict(by_plane[False]), "host"
+          (device_ns if on_device else host_ns)[str(stats["hlo_op"])] += event.duration_ns
+          found = True
+    devices += int(on_device and found)
+  if device_ns:
+    return {op: ns / devices for op, ns in device_ns.items()}, "device"
+  return dict(host_ns), "host"
 
 
 def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
               top: int = 15) -> dict:
   """Milliseconds per step by kind, by layer, and the `top` ops, with their shares."""
-  counted = {op: ns for op, ns in op_ns.items() if index.get(op, OpInfo("other", "")).kind
-             != "control"}
+  counted = {op: ns for op, ns in op_ns.items() if op in index and index[op].kind != "control"}
+  unattributed = sorted(((ns, op) for op, ns in op_ns.items() if op not in counted), reverse=True)
   total = sum(counted.values()) or 1.0
   by_kind: dict[str, float] = collections.Counter()
   by_layer: dict[str, float] = collections.Counter()
@@ -183,6 +191,9 @@ def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
     layers = layers[:top] + [("(rest)", sum(v for _, v in layers[top:]))]
   return {
       "op_ms_per_step": ms(total),
+      # Control flow (whose bodies are timed on their own) and ops the HLO does not name.
+      "unattributed_ms": ms(sum(ns for ns, _ in unattributed)),
+      "unattributed_ops": [op for _, op in unattributed[:3]],
       "by_kind": {k: {"ms": ms(v), "share": share(v)} for k, v in ranked(by_kind)},
       "by_layer": {k: {"ms": ms(v), "share": share(v)} for k, v in layers},
       "top_ops": [{"op": op, "kind": index.get(op, OpInfo("other", "other")).kind,
@@ -199,6 +210,11 @@ def trace_ops(run_steps, hlo_text: str, steps: int, trace_dir: str,
 
   with jax.profiler.trace(trace_dir):
     run_steps()
-  op_ns, source = op_times_ns(trace_dir, module_name(hlo_text))
+  module = module_name(hlo_text)
+  op_ns, source = op_times_ns(trace_dir, module)
+  if not op_ns:
+    raise RuntimeError(f"the profiler trace in {trace_dir} has no op of {module!r}: this backend "
+                       "does not annotate ops with hlo_op/hlo_module, or the traced calls ran "
+                       "another executable")
   return {"timing_source": source, **breakdown(op_ns, index_hlo(hlo_text), steps, top)}
 

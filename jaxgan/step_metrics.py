@@ -2,11 +2,12 @@
 
 Logging one step in `log_every` shows noise, and hides whatever happens on the other steps (lazy
 R1 runs on every `r1_interval`-th step only, so with log_every 100 and r1_interval 16 a logged
-step never had an R1 phase). As in the Flax examples, every step's metrics are kept on the device
-and reduced once per interval: means for losses and D outputs, sums for event counts, the last
-value for counters and schedules. A metric that is NaN on a step was not computed on that step
-(R1 off its interval) and is left out of its mean; a metric with no value in the whole interval is
-left out of the row.
+step never had an R1 phase). As in the Flax examples, every step's metrics stay on the device
+until the log row, are fetched once and reduced on the host: means for losses and D outputs, sums
+for event counts, the last value for counters and schedules. The OCCASIONAL metrics are NaN on the
+steps that did not compute them (R1 off its interval) and are averaged over the steps that did (and
+left out of a row whose interval computed none); any other NaN, e.g. the loss of a skipped
+non-finite step, stays in the mean, so the row shows it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 # Reduction per metric name; anything not listed is averaged over the steps that computed it.
 SUM = ("nonfinite",)  # events: steps skipped in the interval
 LAST = ("nonfinite_streak", "nonfinite_total", "augment_p", "ema_beta")  # state, not samples
+OCCASIONAL = ("r1_penalty",)  # NaN = not computed on that step (steps.py)
 
 
 def summarise(rows: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -33,11 +35,12 @@ def summarise(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     elif key in SUM:
       out[key] = float(np.sum(values))
     else:
-      computed = values[~np.isnan(values)]
-      if computed.size:
-        with warnings.catch_warnings():  # an inf loss stays inf in the mean: that is the signal
+      if key in OCCASIONAL:
+        values = values[~np.isnan(values)]
+      if values.size:
+        with warnings.catch_warnings():  # an inf/NaN loss stays in the mean: that is the signal
           warnings.simplefilter("ignore", RuntimeWarning)
-          out[key] = float(np.mean(computed))
+          out[key] = float(np.mean(values))
   return out
 
 

@@ -11,6 +11,7 @@ and the skip streak), so one bad batch never poisons the parameters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -238,6 +239,7 @@ def scan_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metri
   if steps_per_call == 1:
     return train_step
 
+  @functools.wraps(train_step)  # keeps the name: traces and HLO say jit_train_step
   def several(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
     return jax.lax.scan(train_step, state, batches)
 

@@ -47,8 +47,8 @@ def step_flops_per_image(config) -> float:
   These are the model's FLOPs, the same for every lowering: counted on G's 'dilated' lowering,
   where only the taps that meet real input pixels count, and D's 'strided' one. (A lowering that
   multiplies zeros, like the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU
-  must not credit it. D's 's2d' counts the same taps as 'strided' today; fixing the lowering keeps
-  the count independent of it.)
+  must not credit it. D's 's2d' does exactly the multiply-adds of 'strided'; fixing D's lowering
+  too keeps the count from depending on how a future lowering is written.)
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -166,20 +166,26 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
   """Where the train step's time goes (`profiling.breakdown`): `steps` calls traced after the
   warm-up (each `train.steps_per_call` steps; times are per train step), op times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
   the top ops. The trace stays in `trace_dir` when given (TensorBoard's profile plugin reads it)."""
-  run, state, batch = _ready_step(config, warmup)
-  hlo = run.train_step.lower(state, batch).compile().as_text()
+  if steps < 1:
+    raise ValueError(f"profile needs at least one traced call, got {steps}")
+  run, state, batch = _ready_step(config, 0)
+  # One executable for the warm-up, the traced calls and the HLO that names their ops (a second
+  # compile could autotune to other fusions).
+  compiled = run.train_step.lower(state, batch).compile()
+  for _ in range(warmup):
+    state, _ = compiled(state, batch)
   holder = {"state": state}
 
   def run_steps():
     start = time.perf_counter()
     for _ in range(steps):
-      holder["state"], metrics = run.train_step(holder["state"], batch)
+      holder["state"], metrics = compiled(holder["state"], batch)
     jax.block_until_ready((holder["state"], metrics))
     holder["wall_s"] = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as scratch:
-    report = profiling.trace_ops(run_steps, hlo, steps * run.steps_per_call, trace_dir or scratch,
-                                 top)
+    report = profiling.trace_ops(run_steps, compiled.as_text(), steps * run.steps_per_call,
+                                 trace_dir or scratch, top)
   device = jax.devices()[0]
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,

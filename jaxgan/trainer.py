@@ -162,7 +162,8 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()
   report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),
                   "device_kind": jax.devices()[0].device_kind,
-                  "global_batch": config.train.batch_size}
+                  "global_batch": config.train.batch_size,
+                  "steps_per_call": run.steps_per_call}  # memory and FLOPs are per call
   memory = compiled.memory_analysis()
   if memory is not None:
     for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
@@ -238,6 +239,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   except TrainingError:
     checkpointer.close()
     raise
+  k = run.steps_per_call
+  if restored is not None and restored[0] % k:
+    checkpointer.close()
+    raise TrainingError(f"checkpoint step {restored[0]} in {workdir} is not a multiple of "
+                        f"train.steps_per_call={k}; resume with a steps_per_call that divides it "
+                        "(1 always does), then change it at a later checkpoint")
   if restored is not None:
     start_step, state, meta = restored
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
@@ -246,12 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
-  k = run.steps_per_call
-  if start_step % k:
-    checkpointer.close()
-    raise TrainingError(f"checkpoint step {start_step} in {workdir} is not a multiple of "
-                        f"train.steps_per_call={k}; resume with a steps_per_call that divides it "
-                        "(1 always does), then change it at a later checkpoint")
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
@@ -316,19 +317,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last = step == cfg.num_steps or stop.signal is not None
         if step % cfg.log_every == 0 or last:
           values = interval.summary()
-          _check_nonfinite(int(values["nonfinite_streak"]), step, cfg.max_nonfinite_steps,
-                           checkpointer)
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
           values.update(images_per_sec=ips,
-                        # From the step in Python ints: exact past 2^31 (state.images_seen wraps).
+                        # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
+                        # assumes the batch size was not changed with --allow_config_change.
                         images_seen=step * images_per_step,
                         data_bad_files=getattr(source, "bad_files", 0))
-          writer.write_scalars(step, values)
+          writer.write_scalars(step, values)  # before the check below: the row shows the losses
           progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                                g_loss=f"{values.get('g_loss', np.nan):.3f}",
                                img_s=f"{ips:.0f}")
           interval_start, interval_steps = time.perf_counter(), 0
+          # This call's steps (the loop checks each call one call late, and this may be the last).
+          _check_nonfinite(int(np.max(sharding.to_host(metrics["nonfinite_streak"]))), step,
+                           cfg.max_nonfinite_steps, checkpointer)
         if step % cfg.sample_every == 0 or last:
           save_samples(step)
         if step % cfg.checkpoint_every == 0 or last:

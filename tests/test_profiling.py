@@ -81,6 +81,8 @@ def test_breakdown_leaves_control_flow_out_and_shares_add_up():
         "transpose_fusion": 1e6, "while.10": 50e6, "unknown.1": 0.0}
   report = profiling.breakdown(ns, index, steps=2, top=2)
   assert report["op_ms_per_step"] == pytest.approx(5.0)  # 10 ms over 2 steps; the while is not
+  assert report["unattributed_ms"] == pytest.approx(25.0)  # it, and the op the HLO lacks
+  assert report["unattributed_ops"] == ["while.10", "unknown.1"]
   assert report["by_kind"]["conv"] == {"ms": 4.0, "share": 0.8}
   assert sum(v["share"] for v in report["by_kind"].values()) == pytest.approx(1.0)
   assert list(report["by_layer"]) == ["Discriminator/down0 fwd", "Discriminator/down0 bwd", "(rest)"]

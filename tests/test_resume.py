@@ -269,7 +269,9 @@ print(json.dumps({"step": step, "w": w}))
 
 
 def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
-  """A step one process cannot read is skipped by all: no process resumes another state."""
+  """A step one process rejects after orbax has read it (damage only it detects) is skipped by
+  all: no process resumes another state. (A read error inside orbax's collective restore on one
+  process only is not covered: see checkpoint._everywhere.)"""
   from tests.conftest import xla_flags
 
   port = 20000 + (os.getpid() + 7919) % 20000

@@ -25,14 +25,15 @@ def test_losses_are_interval_means_and_r1_is_averaged_over_its_due_steps():
   assert row["nonfinite_streak"] == 0 and row["augment_p"] == pytest.approx(0.4)  # state: last
 
 
-def test_a_metric_computed_on_no_step_of_the_interval_is_left_out():
+def test_an_occasional_metric_computed_on_no_step_of_the_interval_is_left_out():
   rows = [{"d_loss": 1.0, "r1_penalty": float("nan")}, {"d_loss": 2.0, "r1_penalty": float("nan")}]
   assert step_metrics.summarise(rows) == {"d_loss": 1.5}
   assert step_metrics.summarise([]) == {}
 
 
-def test_an_infinite_loss_stays_visible():
+def test_a_non_finite_loss_stays_visible():
   assert step_metrics.summarise([{"g_loss": 1.0}, {"g_loss": float("inf")}])["g_loss"] == np.inf
+  assert np.isnan(step_metrics.summarise([{"d_loss": 1.0}, {"d_loss": float("nan")}])["d_loss"])
 
 
 def test_interval_fetches_once_and_restarts():
