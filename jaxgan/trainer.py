@@ -314,7 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           # Every process must stop at the same step (the save and sampling are collective);
           # a signal seen by any process stops all of them.
           stop.signal = _agreed_signal(stop.signal)
-        last = step == cfg.num_steps or stop.signal is not None
+        # Read the flag once per step: a signal that lands after this line (say while the log row
+        # is written) must wait for the next step, not stop this one without its checkpoint.
+        stopping = stop.signal
+        last = step == cfg.num_steps or stopping is not None
         if step % cfg.log_every == 0 or last:
           values = interval.summary()
           elapsed = time.perf_counter() - interval_start
@@ -337,12 +340,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % cfg.checkpoint_every == 0 or last:
           checkpointer.save(step, state, meta(step))
         # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
-        if evaluate and stop.signal is None and (step % cfg.eval_every == 0
-                                                 or step == cfg.num_steps):
+        if evaluate and stopping is None and (step % cfg.eval_every == 0
+                                              or step == cfg.num_steps):
           evaluate(step, state)
-        if stop.signal is not None:
+        if stopping is not None:
           checkpointer.wait()
-          name = signal.Signals(stop.signal).name
+          name = signal.Signals(stopping).name
           msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
           log.warning(msg)
           if is_main:

@@ -117,8 +117,31 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   assert proc.returncode == 0, err[-2000:]
   assert "SIGTERM received: stopped after step" in out
   stopped = int(out.split("stopped after step ")[1].split(",")[0])
+  listing = sorted(os.listdir(workdir / "checkpoints")) if (workdir / "checkpoints").exists() else None
+  assert listing and str(stopped) in listing, (listing, err[-3000:])
   _, step, state, _ = workdir_lib.load_latest(str(workdir))
   assert step == stopped == int(state.step) and 0 < stopped < 100000
+
+
+def test_a_signal_during_the_log_row_stops_after_the_next_step_with_its_checkpoint(
+    tmp_path, monkeypatch):
+  """The stop flag is read once per step: a SIGTERM landing while a log row is written (after
+  the step decided it was not the last) stops the run one step later, checkpointed. It used to
+  stop at once, with no checkpoint of the step it reported."""
+  original = writers.MetricsWriter.write_scalars
+
+  def write_then_signal(self, step, values):
+    original(self, step, values)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(writers.MetricsWriter, "write_scalars", write_then_signal)
+  config = tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 100,
+                          "train.sample_every": 100, "train.tensorboard": False})
+  state = trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert int(state.step) == 3
+  _, step, restored, _ = workdir_lib.load_latest(str(tmp_path / "w"))
+  assert step == 3 == int(restored.step)
 
 
 def _corrupt(step_dir):
