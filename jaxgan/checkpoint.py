@@ -130,7 +130,7 @@ class Checkpointer:
     aside to `<directory>.corrupt/` (so the run can write that step again) only when the config
     matched, i.e. when the failure can only be damage, and never by a read-only reader.
     """
-    steps = self.steps()
+    steps = _agreed_steps(self.steps())
     for step in reversed(steps):
       same_config, error = False, None
       try:
@@ -211,6 +211,18 @@ def _everywhere(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _agreed_steps(steps: list[int]) -> list[int]:
+  """Process 0's list of steps, on every process: all must try the same steps in the same order
+  (each try is collective), also when one process's view of the directory lags. A step missing
+  from another process's view then fails to read there, and `_everywhere` skips it."""
+  if jax.process_count() == 1:
+    return steps
+  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+  mine = np.full((count,), -1, np.int64)
+  mine[:min(count, len(steps))] = steps[:count]
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

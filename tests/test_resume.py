@@ -274,6 +274,12 @@ saver = checkpoint.Checkpointer(directory, keep=3, async_save=False)
 for step in (1, 2):
   saver.save(step, state(float(step)), {"step": step})
 saver.close()
+target = checkpoint.abstract_like(state(0.0), {"w": replicated})
+lagging = checkpoint.Checkpointer(directory, keep=3)
+if me == 1:  # this process's listing lags: it does not see step 2 yet
+  lagging.steps = lambda: [1]
+first, _, _ = lagging.restore_latest(target, lambda step, meta: True)
+lagging.close()
 reader = checkpoint.Checkpointer(directory, keep=3)
 if me == 1:  # damage only this process sees in step 2 (e.g. a shard only it reads)
   original = reader.restore
@@ -283,18 +289,18 @@ if me == 1:  # damage only this process sees in step 2 (e.g. a shard only it rea
       raise OSError("truncated shard")
     return restored
   reader.restore = restore
-target = checkpoint.abstract_like(state(0.0), {"w": replicated})
 step, restored, _ = reader.restore_latest(target, lambda step, meta: True)
 w = float(np.asarray(restored["w"].addressable_data(0))[0])
 reader.close()
-print(json.dumps({"step": step, "w": w}))
+print(json.dumps({"first": first, "step": step, "w": w}))
 """
 
 
 def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
-  """A step one process rejects after orbax has read it (damage only it detects) is skipped by
-  all: no process resumes another state. (A read error inside orbax's collective restore on one
-  process only is not covered: see checkpoint._everywhere.)"""
+  """Every process tries process 0's list of steps, and a step one process rejects after orbax
+  has read it (damage only it detects) is skipped by all: no process resumes another state. (A
+  read error inside orbax's collective restore on one process only is not covered: see
+  checkpoint._everywhere.)"""
   from tests.conftest import xla_flags
 
   port = 20000 + (os.getpid() + 7919) % 20000
@@ -310,6 +316,8 @@ def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-  assert results == [{"step": 1, "w": 1.0}, {"step": 1, "w": 1.0}]
+  # Process 1's lagging listing does not make it resume another step than process 0.
+  assert [r["first"] for r in results] == [2, 2]
+  assert [(r["step"], r["w"]) for r in results] == [(1, 1.0), (1, 1.0)]
   assert "another process could not read it" in outs[0][1]  # process 0 says why it fell back
   assert os.listdir(directory + ".corrupt")  # step 2 moved aside (by process 0), not deleted
