@@ -220,8 +220,8 @@ def _agreed_steps(steps: list[int]) -> list[int]:
   if jax.process_count() == 1:
     return steps
   count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
-  mine = np.full((count,), -1, np.int64)
-  mine[:min(count, len(steps))] = steps[:count]
+  # Every process passes an array of that shape; only process 0's values are broadcast.
+  mine = np.asarray(steps if jax.process_index() == 0 else [-1] * count, np.int64)
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 

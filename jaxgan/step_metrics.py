@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-# Reduction per metric name; anything not listed is averaged over the steps that computed it.
+# Reduction per metric name; anything else is the mean over the interval's steps (OCCASIONAL ones:
+# over the steps that computed them).
 SUM = ("nonfinite",)  # events: steps skipped in the interval
 LAST = ("nonfinite_streak", "nonfinite_total", "augment_p", "ema_beta")  # state, not samples
 OCCASIONAL = ("r1_penalty",)  # NaN = not computed on that step (steps.py)

@@ -292,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   dynamic_ncols=True, desc="train")
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
-  pending_streak = None  # the previous step's skip streak, read one step late to keep dispatch async
+  pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
   try:
     with _StopRequest() as stop:
       while step < cfg.num_steps:
