@@ -24,9 +24,9 @@ from jaxgan import throughput  # noqa: E402
 
 
 def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl: str = "auto",
-            steps_per_call: int = 1):
-  """`configs/benchmark/dcgan64.py` at this batch size, compute dtype, G/D conv lowerings and
-  train steps per compiled call."""
+            steps_per_call: int = 1, norm_impl: str = "auto"):
+  """`configs/benchmark/dcgan64.py` at this batch size, compute dtype, G/D conv lowerings,
+  train steps per compiled call and BatchNorm implementation."""
   spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "benchmark", "dcgan64.py")
   namespace: dict = {}
@@ -36,6 +36,7 @@ def dcgan64(batch: int, dtype: str, upsample_impl: str = "auto", downsample_impl
   config.model.upsample_impl = upsample_impl
   config.model.downsample_impl = downsample_impl
   config.train.steps_per_call = steps_per_call
+  config.model.norm_impl = norm_impl
   return config
 
 
@@ -51,18 +52,20 @@ def main():
     ours = throughput.benchmark_step(dcgan64(a.batch, dtype), a.steps, 3)
     dilated = throughput.benchmark_step(dcgan64(a.batch, dtype, "dilated"), a.steps, 3)
     s2d = throughput.benchmark_step(dcgan64(a.batch, dtype, "auto", "s2d"), a.steps, 3)
-    for row in (base, ours, dilated, s2d):
+    flax_bn = throughput.benchmark_step(dcgan64(a.batch, dtype, norm_impl="flax"), a.steps, 3)
+    for row in (base, ours, dilated, s2d, flax_bn):
       print(json.dumps(row), flush=True)
-    rows.append((dtype, base, ours, dilated, s2d))
+    rows.append((dtype, base, ours, dilated, s2d, flax_bn))
   print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
         f"batch {a.batch}, median of {a.steps} steps")
   print("\n| dtype | straightforward port img/s | jaxgan img/s | jaxgan (XLA transposed conv) img/s "
-        "| jaxgan (D space-to-depth) img/s | jaxgan / port |")
-  print("|---|---|---|---|---|---|")
-  for dtype, base, ours, dilated, s2d in rows:
+        "| jaxgan (D space-to-depth) img/s | jaxgan (Flax BatchNorm) img/s | jaxgan / port |")
+  print("|---|---|---|---|---|---|---|")
+  for dtype, base, ours, dilated, s2d, flax_bn in rows:
     print(f"| {dtype} | {base['images_per_sec']:.1f} | {ours['images_per_sec']:.1f} | "
           f"{dilated['images_per_sec']:.1f} | {s2d['images_per_sec']:.1f} | "
+          f"{flax_bn['images_per_sec']:.1f} | "
           f"{ours['images_per_sec'] / base['images_per_sec']:.2f}x |")
 
 

@@ -7,7 +7,8 @@
 A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL[:STEPS_PER_CALL]]` (jaxgan's real train step,
 `configs/benchmark/dcgan64.py` with `train.dtype`, `model.upsample_impl` and, when given,
 `model.downsample_impl` and `train.steps_per_call` set; e.g. `bfloat16:subpixel:s2d`,
-`bfloat16:subpixel:auto:8`) or `port:DTYPE` (the straightforward
+`bfloat16:subpixel:auto:8`), optionally followed by `:KEY=VALUE` config overrides (e.g.
+`bfloat16:subpixel:model.norm_impl=fused`), or `port:DTYPE` (the straightforward
 Flax port in `flax_straightforward.py`). Variants run in the order given, batch sizes inside
 each; once `--deadline_s` has passed no new measurement starts, so a time-boxed machine still
 returns every row finished so far. Each row is one JSON line (median of individually synchronised
@@ -31,12 +32,26 @@ import flax_straightforward  # noqa: E402
 from jaxgan import throughput  # noqa: E402
 
 
+def parse_variant(variant: str) -> tuple[list[str], dict[str, str]]:
+  """(positional fields, {dotted config key: value}) of a variant; see the module docstring."""
+  fields = variant.split(":")
+  overrides = dict(f.split("=", 1) for f in fields if "=" in f)
+  unknown = [key for key in overrides if key.count(".") != 1]
+  if unknown:
+    raise ValueError(f"variant {variant!r}: {unknown} are not config keys like model.norm_impl")
+  return [f for f in fields if "=" not in f], overrides
+
+
 def measure(variant: str, batch: int, steps: int) -> dict:
-  kind, arg, *rest = variant.split(":")
+  (kind, arg, *rest), overrides = parse_variant(variant)
   if kind == "port":
     return flax_straightforward.benchmark(batch, arg, steps)
   down, *per_call = rest or ["auto"]
   config = compare_cpu.dcgan64(batch, kind, arg, down, *(int(k) for k in per_call))
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    current = config[section][name]  # KeyError names an unknown key
+    config[section][name] = type(current)(value)
   row = throughput.benchmark_step(config, steps, 5)
   row["impl"] = "jaxgan"
   return row

@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   # GPU measurement says otherwise) | 'strided' | 's2d' (space-to-depth, then a stride-1 2x2 conv);
   # see jaxgan/models/layers.py.
   c.model.downsample_impl = "auto"
+  # DCGAN's BatchNorm + activation (same function and parameters): 'auto' ('fused' on CPU, where it
+  # is measured faster; 'flax' elsewhere until measured) | 'flax' | 'fused' (hand-written gradient);
+  # see jaxgan/models/batchnorm.py.
+  c.model.norm_impl = "auto"
   # ResNet family ('resnet', jaxgan/models/resnet.py): BigGAN's shared class embedding size, a
   # self-attention block at this resolution (0 = none), BigGAN's orthogonal regularisation of G
   # (weight; 0 = off, BigGAN uses 1e-4).
@@ -247,6 +251,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan import models
   from jaxgan import augment as augment_lib
   from jaxgan.metrics import suite as metrics_suite
+  from jaxgan.models.batchnorm import NORM_IMPLS
   from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
 
   check_known_keys(config)
@@ -289,6 +294,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
   _require(config.model.downsample_impl in DOWNSAMPLE_IMPLS, "model.downsample_impl",
            f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
+  _require(config.model.norm_impl in NORM_IMPLS, "model.norm_impl",
+           f"must be one of {list(NORM_IMPLS)}, got {config.model.norm_impl!r}")
   sizes = models.MODELS.get(config.model.name).supported_image_sizes
   _require(config.data.image_size in sizes, "data.image_size",
            f"model {config.model.name!r} builds images of size {list(sizes)}, "

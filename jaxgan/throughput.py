@@ -21,6 +21,7 @@ from jaxgan import models as models_lib
 from jaxgan import profiling
 from jaxgan import trainer
 from jaxgan.models import layers
+from jaxgan.models.batchnorm import resolve_norm_impl
 
 # Dense peak FLOP/s per chip by (device kind substring, compute dtype): vendor data sheets
 # (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units).
@@ -64,6 +65,15 @@ def step_flops_per_image(config) -> float:
   g_fwd = flops_lib.forward_flops(lambda v: g.apply(v, z, labels, train=False), g_vars)
   d_fwd = flops_lib.forward_flops(lambda v: d.apply(v, x, labels, train=False), d_vars)
   return flops_lib.train_step_flops_per_image(g_fwd, d_fwd, config.train.n_critic)
+
+
+def implementations(config) -> dict:
+  """Which lowering of G's up-convs and D's down-convs and which BatchNorm the step runs ('auto'
+  resolved for this backend), for result rows."""
+  m = config.model
+  return {"upsample_impl": layers.resolve_upsample_impl(m.upsample_impl),
+          "downsample_impl": layers.resolve_downsample_impl(m.downsample_impl),
+          "norm_impl": resolve_norm_impl(m.norm_impl)}
 
 
 def _ready_step(config, warmup: int):
@@ -110,8 +120,7 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return {
       "model": config.model.name, "image_size": size, "batch_size": config.train.batch_size,
-      "dtype": config.train.dtype, "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
-      "downsample_impl": layers.resolve_downsample_impl(config.model.downsample_impl),
+      "dtype": config.train.dtype, **implementations(config),
       "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
@@ -189,9 +198,8 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
   device = jax.devices()[0]
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,
-          "upsample_impl": layers.resolve_upsample_impl(config.model.upsample_impl),
-          "downsample_impl": layers.resolve_downsample_impl(config.model.downsample_impl),
-          "device_kind": device.device_kind, "num_devices": jax.device_count(),
+          **implementations(config), "device_kind": device.device_kind,
+          "num_devices": jax.device_count(),
           "profiled_steps": steps * run.steps_per_call, "steps_per_call": run.steps_per_call,
           # Back-to-back steps under the profiler: dispatch overlaps, tracing adds a little.
           "traced_wall_ms_per_step": round(holder["wall_s"] / (steps * run.steps_per_call) * 1e3,

@@ -102,12 +102,15 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert subprocess.run(["bash", "-n", script]).returncode == 0
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = tmp_path / "rows.jsonl"
-  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES=" ", VARIANTS="float32:no_such_impl",
+  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES=" ",
+             VARIANTS="float32:no_such_impl,float32:auto:model.norm_impl=no_such_impl",
              PYTHON=sys.executable)
   proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert len(rows) == 1 and rows[0]["variant"] == "float32:no_such_impl", rows
+  assert [r["variant"] for r in rows] == ["float32:no_such_impl",
+                                          "float32:auto:model.norm_impl=no_such_impl"], rows
   assert "model.upsample_impl" in rows[0]["error"]
+  assert "model.norm_impl" in rows[1]["error"]  # a KEY=VALUE field reaches the config
   assert "not measured:" in proc.stdout and "| variant | batch |" in proc.stdout

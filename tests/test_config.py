@@ -28,6 +28,7 @@ from tests.conftest import REPO, run_module
     ("loss.name", "wgan_gp", "model.d_norm: loss 'wgan_gp' penalises per-sample gradients"),
     ("mesh.data", 3, "mesh.data"),
     ("model.downsample_impl", "fft", "model.downsample_impl: must be one of"),
+    ("model.norm_impl", "cudnn", "model.norm_impl: must be one of"),
     ("train.steps_per_call", 0, "train.steps_per_call"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgan.config import attribute_classes
+from jaxgan.models.batchnorm import resolve_norm_impl
 from jaxgan.models.dcgan import Discriminator, Generator
 from jaxgan.models.layers import resolve_downsample_impl, resolve_upsample_impl
 from jaxgan.models.resnet import ResNetDiscriminator, ResNetGenerator
@@ -40,10 +41,12 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
   classes = attribute_classes(config)
   g = Generator(image_size=d.image_size, num_classes=classes, z_dim=m.z_dim,
                 width=m.g_width, max_width=m.max_width, embed_dim=m.embed_dim,
-                upsample_impl=resolve_upsample_impl(m.upsample_impl), dtype=dtype)
+                upsample_impl=resolve_upsample_impl(m.upsample_impl),
+                norm_impl=resolve_norm_impl(m.norm_impl), dtype=dtype)
   disc = Discriminator(image_size=d.image_size, num_classes=classes, width=m.d_width,
                        max_width=m.max_width, norm=m.d_norm,
-                       downsample_impl=resolve_downsample_impl(m.downsample_impl), dtype=dtype)
+                       downsample_impl=resolve_downsample_impl(m.downsample_impl),
+                       norm_impl=resolve_norm_impl(m.norm_impl), dtype=dtype)
   return g, disc
 
 

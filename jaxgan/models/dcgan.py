@@ -5,6 +5,8 @@ G: z (+ learned class embedding) -> dense 4x4 -> [ConvTranspose 4x4/2, BatchNorm
 D: [Conv 4x4/2, norm, LeakyReLU 0.2]* down to 4x4 -> linear logit, plus the projection term
    <embed(y), sum-pooled features> of Miyato & Koyama (2018) when conditional (the strided convs
    are `layers.DownConv`: same parameters and function as nn.Conv, a choice of lowering).
+BatchNorm and the activation after it are Flax's (`norm_impl='flax'`) or one module with a
+hand-written gradient (`'fused'`, `batchnorm.BatchNormAct`): the same parameters and function.
 Labels are int [b] (one attribute) or [b, A] (several, e.g. articleType and baseColour); with
 several, embed(y) is `conditioning.ClassEmbed`'s sum of one embedding per attribute. G also takes
 soft labels: float class weights [b, sum(classes)] (`conditioning.embed_labels`).
@@ -21,6 +23,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.models.batchnorm import BatchNormAct, activation
 from jaxgan.models.conditioning import ClassEmbed, class_tuple, embed_labels
 from jaxgan.models.layers import DownConv, UpConv
 
@@ -39,6 +42,19 @@ def _class_embedding(num_classes: int | Sequence[int], features: int, name: str,
   return ClassEmbed(classes, features, embedding_init=_init, name=name)(labels)
 
 
+def _batch_norm_act(impl: str, slope: float, train: bool, dtype: Any, name: str):
+  """BatchNorm (DCGAN's momentum and epsilon), then ReLU (slope 0) or LeakyReLU(slope): Flax's
+  nn.BatchNorm differentiated by JAX ('flax') or `batchnorm.BatchNormAct` ('fused'); one
+  parameter tree for both."""
+  kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+  if impl == "fused":
+    return BatchNormAct(slope=slope, **kwargs)
+  if impl != "flax":
+    raise ValueError(f"unknown BatchNorm impl {impl!r}; use 'flax' or 'fused'")
+  norm = nn.BatchNorm(**kwargs)
+  return lambda h: activation(norm(h), slope)
+
+
 def _num_doublings(image_size: int) -> int:
   """Resolution doublings between the 4x4 base and `image_size`."""
   n = int(round(math.log2(image_size / 4)))
@@ -55,6 +71,7 @@ class Generator(nn.Module):
   max_width: int = 512
   embed_dim: int = 64
   upsample_impl: str = "auto"  # how the 4x4/2 transposed convs are lowered (layers.UpConv)
+  norm_impl: str = "flax"  # BatchNorm + ReLU: 'flax' | 'fused' (batchnorm.BatchNormAct)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -66,16 +83,15 @@ class Generator(nn.Module):
     if class_tuple(self.num_classes):
       emb = _class_embedding(self.num_classes, self.embed_dim, "class_embed", labels)
       h = jnp.concatenate([h, emb.astype(self.dtype)], axis=-1)
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                     epsilon=1e-5, dtype=self.dtype, name=name)
+    norm_relu = lambda name: _batch_norm_act(self.norm_impl, 0.0, train, self.dtype, name)
     h = nn.Dense(4 * 4 * widths[0], kernel_init=_init, use_bias=False, dtype=self.dtype,
                  name="project")(h)
     h = h.reshape(h.shape[0], 4, 4, widths[0])
-    h = nn.relu(norm("project_bn")(h))
+    h = norm_relu("project_bn")(h)
     for i, w in enumerate(widths[1:]):
       h = UpConv(w, use_bias=False, impl=self.upsample_impl, kernel_init=_init,
                  dtype=self.dtype, name=f"up{i}")(h)
-      h = nn.relu(norm(f"up{i}_bn")(h))
+      h = norm_relu(f"up{i}_bn")(h)
     h = UpConv(3, impl=self.upsample_impl, kernel_init=_init, dtype=self.dtype,
                name="to_rgb")(h)
     return jnp.tanh(h.astype(jnp.float32))
@@ -88,6 +104,7 @@ class Discriminator(nn.Module):
   max_width: int = 512
   norm: str = "batch"  # 'batch' | 'layer' | 'none'
   downsample_impl: str = "auto"  # how the 4x4/2 convs are lowered (layers.DownConv)
+  norm_impl: str = "flax"  # BatchNorm + LeakyReLU when norm='batch': 'flax' | 'fused'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -99,13 +116,12 @@ class Discriminator(nn.Module):
       w = min(self.width * 2**i, self.max_width)
       h = DownConv(w, use_bias=(i == 0 or self.norm == "none"), impl=self.downsample_impl,
                    kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
-      if i > 0:  # DCGAN: no normalisation on the first layer
-        if self.norm == "batch":
-          h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=self.dtype, name=f"down{i}_bn")(h)
-        elif self.norm == "layer":
+      if i > 0 and self.norm == "batch":  # DCGAN: no normalisation on the first layer
+        h = _batch_norm_act(self.norm_impl, 0.2, train, self.dtype, f"down{i}_bn")(h)
+      else:
+        if i > 0 and self.norm == "layer":
           h = nn.LayerNorm(dtype=self.dtype, name=f"down{i}_ln")(h)
-      h = nn.leaky_relu(h, 0.2)
+        h = nn.leaky_relu(h, 0.2)
     features = h.reshape(h.shape[0], -1)
     # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map.
     logit = nn.Dense(1, kernel_init=_init, dtype=self.dtype, name="logit")(features)[:, 0]
