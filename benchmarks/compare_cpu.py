@@ -3,7 +3,8 @@
   python benchmarks/compare_cpu.py --batch 32 --steps 20 [--dtypes float32,bfloat16]
 
 Each configuration is measured by the same method (warm-up, then the median of individually timed
-steps); rows are printed as a Markdown table with the ratio jaxgan / straightforward.
+steps, the configurations timed in turn each round so that the machine's drift hits all alike);
+rows are printed as a Markdown table with the ratio jaxgan / straightforward.
 """
 
 from __future__ import annotations
@@ -48,14 +49,19 @@ def main():
   a = p.parse_args()
   rows = []
   for dtype in a.dtypes.split(","):
-    base = flax_straightforward.benchmark(a.batch, dtype, a.steps)
-    ours = throughput.benchmark_step(dcgan64(a.batch, dtype), a.steps, 3)
-    dilated = throughput.benchmark_step(dcgan64(a.batch, dtype, "dilated"), a.steps, 3)
-    s2d = throughput.benchmark_step(dcgan64(a.batch, dtype, "auto", "s2d"), a.steps, 3)
-    flax_bn = throughput.benchmark_step(dcgan64(a.batch, dtype, norm_impl="flax"), a.steps, 3)
-    for row in (base, ours, dilated, s2d, flax_bn):
+    # Port, jaxgan, jaxgan with XLA's transposed conv, with D's space-to-depth, with Flax's
+    # BatchNorm: all compiled first, then timed in turn each round (throughput.time_alternately).
+    configs = [dcgan64(a.batch, dtype), dcgan64(a.batch, dtype, "dilated"),
+               dcgan64(a.batch, dtype, "auto", "s2d"), dcgan64(a.batch, dtype, norm_impl="flax")]
+    ready = [throughput.step_call(config, 3) for config in configs]
+    times = throughput.time_alternately(
+        [flax_straightforward.ready(a.batch, dtype)] + [call for call, _ in ready], a.steps)
+    ours = [throughput.step_row(config, k, t)
+            for config, (_, k), t in zip(configs, ready, times[1:])]
+    base = flax_straightforward.row(a.batch, dtype, times[0])
+    for row in [base] + ours:
       print(json.dumps(row), flush=True)
-    rows.append((dtype, base, ours, dilated, s2d, flax_bn))
+    rows.append((dtype, base, *ours))
   print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
         f"batch {a.batch}, median of {a.steps} steps")

@@ -10,7 +10,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,19 +99,50 @@ def _ready_step(config, warmup: int):
   return run, state, batch
 
 
-def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
-  """Times the train step that training uses (trainer.build_run), on device-resident data:
-  `steps` timed calls after `warmup`; with train.steps_per_call = k each call runs k steps and
-  `step_ms` is its time / k."""
+def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list[list[float]]:
+  """Seconds per call of each of `calls` (each runs one thing to completion), timed in turn in
+  every round: A B C A B C ... so that a drift in the machine's speed (other tenants, clocks)
+  hits all of them alike and their ratios hold, which timing A's rounds, then B's, does not."""
+  times: list[list[float]] = [[] for _ in calls]
+  for _ in range(rounds):
+    for i, call in enumerate(calls):
+      start = time.perf_counter()
+      call()
+      times[i].append(time.perf_counter() - start)
+  return times
+
+
+def step_call(config, warmup: int = 5) -> tuple[Callable[[], None], int]:
+  """(call, steps per call): `call()` runs the train step that training uses (trainer.build_run)
+  once on device-resident data and waits for it, carrying its own state; compiled and warmed up
+  (`warmup` calls) before it is returned."""
   run, state, batch = _ready_step(config, warmup)
-  size = config.data.image_size
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = run.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - start) / run.steps_per_call)
-  step_s = statistics.median(times)  # per train step, also when one call runs several
+  holder = [state]
+
+  def call() -> None:
+    holder[0], metrics = run.train_step(holder[0], batch)
+    jax.block_until_ready((holder[0], metrics))
+
+  return call, run.steps_per_call
+
+
+def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list[dict]:
+  """Times the train step of each config (`step_call`): all are compiled and warmed up, then
+  timed alternately (`time_alternately`, `steps` rounds). With train.steps_per_call = k each call
+  runs k steps and `step_ms` is its time / k."""
+  ready = [step_call(config, warmup) for config in configs]
+  times = time_alternately([call for call, _ in ready], steps)
+  return [step_row(config, k, t) for config, (_, k), t in zip(configs, ready, times)]
+
+
+def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
+  """`benchmark_steps` of one config."""
+  return benchmark_steps([config], steps, warmup)[0]
+
+
+def step_row(config, steps_per_call: int, call_times: list[float]) -> dict:
+  """The benchmark's JSON row for `config` from the seconds of each timed call."""
+  step_s = statistics.median(call_times) / steps_per_call  # per train step
   device = jax.devices()[0]
   per_image = step_flops_per_image(config)
   images_per_sec = config.train.batch_size / step_s
@@ -119,14 +150,14 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   peak = peak_flops(device.device_kind, config.train.dtype)
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return {
-      "model": config.model.name, "image_size": size, "batch_size": config.train.batch_size,
-      "dtype": config.train.dtype, **implementations(config),
-      "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
+      "model": config.model.name, "image_size": config.data.image_size,
+      "batch_size": config.train.batch_size, "dtype": config.train.dtype,
+      **implementations(config), "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
       "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use"),
       "device_kind": device.device_kind, "num_devices": jax.device_count(),
-      "timed_steps": steps, "steps_per_call": run.steps_per_call,
+      "timed_steps": len(call_times), "steps_per_call": steps_per_call,
   }
 
 

@@ -24,6 +24,22 @@ def test_step_benchmark_runs_for_every_model(name):
   assert result["device_kind"] == "cpu" and result["mfu"] is None  # no peak figure for a CPU
 
 
+def test_steps_are_timed_in_turn_and_each_keeps_its_state(make_config):
+  """Several configs: every call of each is timed, round by round (A B A B, not A A B B), and a
+  step call carries its state forward (the step donates it: reusing the old one would fail)."""
+  order = []
+  calls = [lambda: order.append("a"), lambda: order.append("b")]
+  times = throughput.time_alternately(calls, 3)
+  assert order == ["a", "b"] * 3 and [len(t) for t in times] == [3, 3]
+  call, per_call = throughput.step_call(make_config(), warmup=1)
+  assert per_call == 1
+  call()
+  call()
+  rows = throughput.benchmark_steps([make_config(), make_config(**{"model.norm_impl": "flax"})],
+                                    steps=2, warmup=1)
+  assert [r["norm_impl"] for r in rows] == ["fused", "flax"] and rows[0]["timed_steps"] == 2
+
+
 def test_dcgan64_flops_match_the_hand_count():
   # Multiply-adds of the forward passes at batch 1 (see docs/benchmarks.md):
   # G: 100x8192 dense + three 4x4/2 transposed convs of 33.5M MACs + 3.1M to RGB.
