@@ -35,11 +35,30 @@ from jaxgan import throughput  # noqa: E402
 def parse_variant(variant: str) -> tuple[list[str], dict[str, str]]:
   """(positional fields, {dotted config key: value}) of a variant; see the module docstring."""
   fields = variant.split(":")
-  overrides = dict(f.split("=", 1) for f in fields if "=" in f)
-  unknown = [key for key in overrides if key.count(".") != 1]
-  if unknown:
-    raise ValueError(f"variant {variant!r}: {unknown} are not config keys like model.norm_impl")
-  return [f for f in fields if "=" not in f], overrides
+  first_override = next((i for i, f in enumerate(fields) if "=" in f), len(fields))
+  positional, overrides = fields[:first_override], fields[first_override:]
+  if len(positional) < 2 or any("=" not in f for f in overrides):
+    raise ValueError(f"variant {variant!r}: write DTYPE:UPSAMPLE[:DOWNSAMPLE[:STEPS_PER_CALL]] "
+                     "(or port:DTYPE), then any :KEY=VALUE overrides")
+  pairs = dict(f.split("=", 1) for f in overrides)
+  if positional[0] == "port" and pairs:
+    raise ValueError(f"variant {variant!r}: the Flax port takes no config overrides")
+  return positional, pairs
+
+
+def override(config, key: str, text: str) -> None:
+  """Sets dotted `key` of `config` from `text`, typed like the value it replaces."""
+  section, _, name = key.partition(".")
+  if section not in config or name not in config[section]:
+    raise KeyError(f"{key} is not a config key (e.g. model.norm_impl)")
+  current = config[section][name]
+  if isinstance(current, bool):  # bool("False") is True: parse the word
+    if text.lower() not in ("true", "false"):
+      raise ValueError(f"{key}={text}: write true or false")
+    value = text.lower() == "true"
+  else:
+    value = type(current)(text)
+  config[section][name] = value
 
 
 def measure(variant: str, batch: int, steps: int) -> dict:
@@ -48,10 +67,8 @@ def measure(variant: str, batch: int, steps: int) -> dict:
     return flax_straightforward.benchmark(batch, arg, steps)
   down, *per_call = rest or ["auto"]
   config = compare_cpu.dcgan64(batch, kind, arg, down, *(int(k) for k in per_call))
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    current = config[section][name]  # KeyError names an unknown key
-    config[section][name] = type(current)(value)
+  for key, text in overrides.items():
+    override(config, key, text)
   row = throughput.benchmark_step(config, steps, 5)
   row["impl"] = "jaxgan"
   return row

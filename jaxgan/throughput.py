@@ -132,7 +132,16 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   runs k steps and `step_ms` is its time / k."""
   ready = [step_call(config, warmup) for config in configs]
   times = time_alternately([call for call, _ in ready], steps)
-  return [step_row(config, k, t) for config, (_, k), t in zip(configs, ready, times)]
+  # The device's peak is one figure for everything resident: a step's own only when alone.
+  peak = peak_memory_bytes() if len(configs) == 1 else None
+  return [step_row(config, k, t, peak) for config, (_, k), t in zip(configs, ready, times)]
+
+
+def peak_memory_bytes() -> Optional[int]:
+  """The first device's peak allocation so far, where the backend reports it (not on CPUs)."""
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  return (stats or {}).get("peak_bytes_in_use")
 
 
 def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
@@ -140,7 +149,8 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
   return benchmark_steps([config], steps, warmup)[0]
 
 
-def step_row(config, steps_per_call: int, call_times: list[float]) -> dict:
+def step_row(config, steps_per_call: int, call_times: list[float],
+             peak_memory: Optional[int] = None) -> dict:
   """The benchmark's JSON row for `config` from the seconds of each timed call."""
   step_s = statistics.median(call_times) / steps_per_call  # per train step
   device = jax.devices()[0]
@@ -148,14 +158,13 @@ def step_row(config, steps_per_call: int, call_times: list[float]) -> dict:
   images_per_sec = config.train.batch_size / step_s
   tflops = per_image * images_per_sec / 1e12
   peak = peak_flops(device.device_kind, config.train.dtype)
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return {
       "model": config.model.name, "image_size": config.data.image_size,
       "batch_size": config.train.batch_size, "dtype": config.train.dtype,
       **implementations(config), "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
       "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
-      "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use"),
+      "peak_memory_bytes": peak_memory,
       "device_kind": device.device_kind, "num_devices": jax.device_count(),
       "timed_steps": len(call_times), "steps_per_call": steps_per_call,
   }

@@ -78,24 +78,58 @@ def test_fused_eval_mode_uses_the_running_statistics(slope):
 
 
 def test_fused_gradient_is_differentiable_again():
-  """R1 differentiates D's input gradient once more: the hand-written backward must be
-  differentiable, and agree with differentiating Flax's twice."""
+  """Second derivatives (of the input gradient's norm, as a gradient penalty takes them) agree
+  with differentiating Flax's twice: the hand-written backward is itself differentiable."""
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 3, 4)) + 0.3
   w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
   run_flax, run_fused, _, fused = _pair(0.2, jnp.float32)
   v, _ = _variables(fused, x)
 
-  def r1(run):
-    def grad_norm(params):
+  def second(run):
+    def grad_norm(params, x):
       out = lambda x: jnp.sum(run({"params": params, "batch_stats": v["batch_stats"]}, x)[0] * w)
       return jnp.sum(jax.grad(out)(x) ** 2)
-    return jax.grad(grad_norm)(v["params"])
+    return jax.grad(grad_norm, argnums=(0, 1))(v["params"], x)
 
-  a, b = r1(run_flax), r1(run_fused)
+  (pa, xa), (pb, xb) = second(run_flax), second(run_fused)
   # dx depends on the bias only through the activation's mask: its second derivative is 0.
-  assert float(jnp.max(jnp.abs(a["scale"]))) > 1e-3  # a real second-order signal
-  for name in ("scale", "bias"):
-    np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5)
+  for a in (pa["scale"], xa):
+    assert float(jnp.max(jnp.abs(a))) > 1e-3  # a real second-order signal
+  for a, b in ((pa["scale"], pb["scale"]), (pa["bias"], pb["bias"]), (xa, xb)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_activation_derivative_at_exactly_zero_matches_jax_nn(slope):
+  """A constant channel with bias 0 normalises to z == 0 everywhere: relu'(0) = 0,
+  leaky_relu'(0) = 1, as jax.nn defines them, and ReLU's output is +0.0."""
+  x = jnp.concatenate([jnp.full((4, 2, 2, 1), 3.0),
+                       jax.random.normal(jax.random.PRNGKey(1), (4, 2, 2, 1))], axis=-1)
+  w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  run_flax, run_fused, _, fused = _pair(slope, jnp.float32)
+  v = fused.init(jax.random.PRNGKey(0), x)  # scale 1, bias 0
+  grads = [jax.grad(lambda p: jnp.sum(run({**v, "params": p}, x)[0] * w))(v["params"])
+           for run in (run_flax, run_fused)]
+  assert float(grads[0]["bias"][0]) == pytest.approx(0.0 if slope == 0 else float(jnp.sum(w[..., 0])))
+  for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  if slope == 0.0:
+    assert not np.any(np.signbit(np.asarray(run_fused(v, x)[0][..., 0])))
+
+
+def test_output_dtype_and_statistics_follow_nn_batchnorm():
+  """dtype None: x's dtype promoted with the float32 parameters; an explicit bfloat16 output
+  still takes its statistics from the unrounded float32 input."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 3, 3, 2)) * 5 + 100
+  for dtype, x_in in ((None, x.astype(jnp.bfloat16)), (jnp.bfloat16, x)):
+    kw = dict(use_running_average=False, momentum=0.9, dtype=dtype)
+    flax_bn, fused = nn.BatchNorm(**kw), BatchNormAct(slope=0.2, **kw)
+    v = flax_bn.init(jax.random.PRNGKey(0), x_in)
+    y_a, s_a = flax_bn.apply(v, x_in, mutable=["batch_stats"])
+    y_b, s_b = fused.apply(v, x_in, mutable=["batch_stats"])
+    assert y_a.dtype == y_b.dtype
+    for a, b in zip(jax.tree_util.tree_leaves(s_a), jax.tree_util.tree_leaves(s_b)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_dcgan_norm_impls_agree_and_share_parameters():

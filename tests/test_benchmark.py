@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from jaxgan import flops, models, throughput
+from jaxgan.models.batchnorm import resolve_norm_impl
 from tests.conftest import run_module, tiny_config
 
 KEYS = {"model", "image_size", "batch_size", "dtype", "step_ms", "images_per_sec",
@@ -37,7 +38,8 @@ def test_steps_are_timed_in_turn_and_each_keeps_its_state(make_config):
   call()
   rows = throughput.benchmark_steps([make_config(), make_config(**{"model.norm_impl": "flax"})],
                                     steps=2, warmup=1)
-  assert [r["norm_impl"] for r in rows] == ["fused", "flax"] and rows[0]["timed_steps"] == 2
+  assert [r["norm_impl"] for r in rows] == [resolve_norm_impl("auto"), "flax"]
+  assert rows[0]["timed_steps"] == 2 and rows[0]["peak_memory_bytes"] is None  # several resident
 
 
 def test_dcgan64_flops_match_the_hand_count():
@@ -128,5 +130,26 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert [r["variant"] for r in rows] == ["float32:no_such_impl",
                                           "float32:auto:model.norm_impl=no_such_impl"], rows
   assert "model.upsample_impl" in rows[0]["error"]
-  assert "model.norm_impl" in rows[1]["error"]  # a KEY=VALUE field reaches the config
+  assert "model.norm_impl: must be one of" in rows[1]["error"]  # KEY=VALUE reached the config
   assert "not measured:" in proc.stdout and "| variant | batch |" in proc.stdout
+
+
+def test_sweep_variants_parse_and_type_their_overrides():
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "benchmarks"))
+  import compare_cpu
+  import sweep
+  assert sweep.parse_variant("bfloat16:subpixel:s2d:8:model.norm_impl=fused") == (
+      ["bfloat16", "subpixel", "s2d", "8"], {"model.norm_impl": "fused"})
+  for bad in ("bfloat16:model.norm_impl=fused", "bfloat16:subpixel:a=1:s2d",
+              "port:bfloat16:model.norm_impl=fused"):
+    with pytest.raises(ValueError, match="variant"):
+      sweep.parse_variant(bad)
+  config = compare_cpu.dcgan64(4, "float32")
+  sweep.override(config, "train.tensorboard", "False")  # bool("False") would be True
+  sweep.override(config, "optim.g_lr", "1e-3")
+  sweep.override(config, "model.norm_impl", "flax")
+  assert (config.train.tensorboard, config.optim.g_lr, config.model.norm_impl) == (
+      False, 1e-3, "flax")
+  with pytest.raises(KeyError, match="model.nope is not a config key"):
+    sweep.override(config, "model.nope", "1")

@@ -46,6 +46,11 @@ def _passes(z: jnp.ndarray, slope: float) -> jnp.ndarray:
   return z > 0 if slope == 0.0 else z >= 0
 
 
+def _activate(z: jnp.ndarray, slope: float, passes: jnp.ndarray) -> jnp.ndarray:
+  """z where `passes`, else slope * z; for ReLU exactly 0 there (never -0.0, or NaN from 0 * inf)."""
+  return jnp.where(passes, z, 0.0 if slope == 0.0 else slope * z)
+
+
 def _moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Per-channel mean and biased variance in float32, E[x^2] - E[x]^2 as Flax's fast variance (one
   pass: both sums come from one reduction over the batch and space)."""
@@ -56,33 +61,40 @@ def _moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   return mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_act(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float,
-                   slope: float) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """(act(BatchNorm(x)) in x's dtype, batch mean, batch variance) over all but the last axis.
+def _pre_activation(x, mean, inv, scale, bias):
+  # One expression for the forward pass and the backward's recomputation, so that both round
+  # alike and agree on the activation's mask even where z is within an ulp of 0.
+  return (x.astype(jnp.float32) - mean) * (inv * scale) + bias
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_act(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float,
+                   slope: float, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """(act(BatchNorm(x)) in `dtype`, batch mean, batch variance) over all but the last axis.
+
+  Reverse-mode only (as every custom_vjp), to any order: the backward pass is plain JAX.
   The mean and variance are returned for the running statistics only: their cotangents are
   ignored, so callers must not differentiate through them (BatchNormAct stops their gradient).
   """
-  return _forward(x, scale, bias, epsilon, slope)[0]
+  return _forward(x, scale, bias, epsilon, slope, dtype)[0]
 
 
-def _forward(x, scale, bias, epsilon, slope):
+def _forward(x, scale, bias, epsilon, slope, dtype):
   mean, var = _moments(x)
   inv = jax.lax.rsqrt(var + epsilon)
-  z = (x.astype(jnp.float32) - mean) * (inv * scale) + bias
-  y = jnp.where(_passes(z, slope), z, slope * z).astype(x.dtype)
+  z = _pre_activation(x, mean, inv, scale, bias)
+  y = _activate(z, slope, _passes(z, slope)).astype(dtype)
   return (y, mean, var), (x, mean, inv, scale, bias)
 
 
-def _backward(epsilon, slope, residuals, cotangents):
-  del epsilon  # inv already holds it
+def _backward(epsilon, slope, dtype, residuals, cotangents):
+  del epsilon, dtype  # inv already holds epsilon; dx takes x's dtype
   x, mean, inv, scale, bias = residuals
   dy = cotangents[0].astype(jnp.float32)  # cotangents of mean and var: see the docstring
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   x_hat = (x.astype(jnp.float32) - mean) * inv
-  dz = jnp.where(_passes(x_hat * scale + bias, slope), dy, slope * dy)
+  dz = _activate(dy, slope, _passes(_pre_activation(x, mean, inv, scale, bias), slope))
   dbias = jnp.sum(dz, axes)
   dscale = jnp.sum(dz * x_hat, axes)
   # d/dx of (x - mean) * inv with mean and inv functions of the batch: the textbook BN gradient.
@@ -100,7 +112,7 @@ class BatchNormAct(nn.Module):
   use_running_average: bool = False
   momentum: float = 0.99
   epsilon: float = 1e-5
-  dtype: Any = None  # output dtype; None keeps x's
+  dtype: Any = None  # output dtype; None: x's promoted with param_dtype (as nn.BatchNorm)
   param_dtype: Any = jnp.float32
 
   @nn.compact
@@ -110,13 +122,14 @@ class BatchNormAct(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
-    dtype = self.dtype or x.dtype
-    x = x.astype(dtype)
+    # As nn.BatchNorm: statistics from x as given, the output in `dtype`, or in x's dtype promoted
+    # with the parameters' when `dtype` is None.
+    dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
     if self.use_running_average:
-      z = (x.astype(jnp.float32) - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon)
-                                                     * scale) + bias
-      return activation(z, self.slope).astype(dtype)
-    y, mean, var = batch_norm_act(x, scale, bias, self.epsilon, self.slope)
+      inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
+      z = _pre_activation(x, ra_mean.value, inv, scale, bias)
+      return _activate(z, self.slope, _passes(z, self.slope)).astype(dtype)
+    y, mean, var = batch_norm_act(x, scale, bias, self.epsilon, self.slope, dtype)
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
