@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan import sharding, workdir as workdir_lib
+from jaxgan import sharding, trainer, workdir as workdir_lib
 from tests.conftest import REPO, run_module, tiny_config, xla_flags
 
 
@@ -143,6 +143,14 @@ def test_compile_only_prints_memory_and_flops(tmp_path):
   assert report["per_device_collective_bytes_per_step"] == 0  # one device
   assert report["mesh"] == {"data": 1, "fsdp": 1}
   assert not (tmp_path / "w").exists()  # nothing trained, nothing written
+
+
+def test_compile_report_flops_are_one_steps_also_when_a_call_runs_several(make_config):
+  """XLA's cost analysis counts a loop body once: with train.steps_per_call = 3 the reported
+  FLOPs stay one step's (within the scan's own bookkeeping), as compile_report documents."""
+  one = trainer.compile_report(make_config())["per_device_flops"]
+  three = trainer.compile_report(make_config(**{"train.steps_per_call": 3}))["per_device_flops"]
+  assert three == pytest.approx(one, rel=0.05)
 
 
 def test_launch_scripts_parse():
