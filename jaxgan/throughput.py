@@ -76,11 +76,12 @@ def implementations(config) -> dict:
           "norm_impl": resolve_norm_impl(m.norm_impl)}
 
 
-def _ready_step(config, warmup: int):
-  """The train step that training uses (trainer.build_run), a fresh state and one device-resident
-  random batch (stacked per step with train.steps_per_call > 1), after `warmup` calls
-  (compilation, autotuning)."""
+def _ready_step(config, warmup: int, step: Optional[Callable] = None):
+  """The train step that training uses (trainer.build_run; or `step`, a variant of it taking and
+  returning the same things), a fresh state and one device-resident random batch (stacked per
+  step with train.steps_per_call > 1), after `warmup` calls (compilation, autotuning)."""
   run = trainer.build_run(config)
+  step = step or run.train_step
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   n = config.train.batch_size * config.train.n_critic
   size = config.data.image_size
@@ -94,7 +95,7 @@ def _ready_step(config, warmup: int):
   }, out_shardings=run.batch_sharding)
   batch = make_batch(key)
   for _ in range(warmup):
-    state, metrics = run.train_step(state, batch)
+    state, metrics = step(state, batch)
   jax.block_until_ready(state)
   return run, state, batch
 
@@ -112,15 +113,17 @@ def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list
   return times
 
 
-def step_call(config, warmup: int = 5) -> tuple[Callable[[], None], int]:
-  """(call, steps per call): `call()` runs the train step that training uses (trainer.build_run)
-  once on device-resident data and waits for it, carrying its own state; compiled and warmed up
-  (`warmup` calls) before it is returned."""
-  run, state, batch = _ready_step(config, warmup)
+def step_call(config, warmup: int = 5, step: Optional[Callable] = None
+              ) -> tuple[Callable[[], None], int]:
+  """(call, steps per call): `call()` runs the train step that training uses (trainer.build_run;
+  or `step`, a variant of it) once on device-resident data and waits for it, carrying its own
+  state; compiled and warmed up (`warmup` calls) before it is returned."""
+  run, state, batch = _ready_step(config, warmup, step)
+  step = step or run.train_step
   holder = [state]
 
   def call() -> None:
-    holder[0], metrics = run.train_step(holder[0], batch)
+    holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready((holder[0], metrics))
 
   return call, run.steps_per_call

@@ -150,3 +150,21 @@ def test_sweep_variants_parse_and_type_their_overrides():
       False, 1e-3, "flax")
   with pytest.raises(KeyError, match="model.nope is not a config key"):
     sweep.override(config, "model.nope", "1")
+
+
+def test_donation_script_compares_the_donated_step_with_an_undonated_copy():
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, "benchmarks", "donation.py"), "--batch", "4",
+       "--steps", "2", "data.image_size=16", "model.g_width=8", "model.d_width=8"],
+      capture_output=True, text=True, timeout=300, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert [r["variant"] for r in rows] == ["donated", "not donated"]
+  donated, kept = rows
+  # Donation lets the new state reuse the old one's buffers; the copy without it cannot.
+  assert donated["alias_size_in_bytes"] > 0.9 * donated["output_size_in_bytes"]
+  assert kept["alias_size_in_bytes"] == 0
+  assert donated["argument_size_in_bytes"] == kept["argument_size_in_bytes"]
+  assert "| donated |" in proc.stdout and "| not donated |" in proc.stdout
