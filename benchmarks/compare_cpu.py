@@ -49,27 +49,31 @@ def main():
   a = p.parse_args()
   rows = []
   for dtype in a.dtypes.split(","):
-    # Port, jaxgan, jaxgan with XLA's transposed conv, with D's space-to-depth, with Flax's
-    # BatchNorm: all compiled first, then timed in turn each round (throughput.time_alternately).
+    # Port, port reusing G's forward, jaxgan, jaxgan with XLA's transposed conv, with D's
+    # space-to-depth, with Flax's BatchNorm: all compiled first, then timed in turn each round
+    # (throughput.time_alternately).
     configs = [dcgan64(a.batch, dtype), dcgan64(a.batch, dtype, "dilated"),
                dcgan64(a.batch, dtype, "auto", "s2d"), dcgan64(a.batch, dtype, norm_impl="flax")]
     ready = [throughput.step_call(config, 3) for config in configs]
-    times = throughput.time_alternately(
-        [flax_straightforward.ready(a.batch, dtype)] + [call for call, _ in ready], a.steps)
+    ports = [flax_straightforward.ready(a.batch, dtype, reuse_g_forward=r) for r in (False, True)]
+    times = throughput.time_alternately(ports + [call for call, _ in ready], a.steps)
     ours = [throughput.step_row(config, k, t)
-            for config, (_, k), t in zip(configs, ready, times[1:])]
-    base = flax_straightforward.row(a.batch, dtype, times[0])
-    for row in [base] + ours:
+            for config, (_, k), t in zip(configs, ready, times[2:])]
+    base, reuse = (flax_straightforward.row(a.batch, dtype, t, r)
+                   for t, r in zip(times[:2], (False, True)))
+    for row in [base, reuse] + ours:
       print(json.dumps(row), flush=True)
-    rows.append((dtype, base, *ours))
+    rows.append((dtype, base, reuse, *ours))
   print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
         f"batch {a.batch}, median of {a.steps} steps")
-  print("\n| dtype | straightforward port img/s | jaxgan img/s | jaxgan (XLA transposed conv) img/s "
-        "| jaxgan (D space-to-depth) img/s | jaxgan (Flax BatchNorm) img/s | jaxgan / port |")
-  print("|---|---|---|---|---|---|---|")
-  for dtype, base, ours, dilated, s2d, flax_bn in rows:
-    print(f"| {dtype} | {base['images_per_sec']:.1f} | {ours['images_per_sec']:.1f} | "
+  print("\n| dtype | straightforward port img/s | port, one G forward img/s | jaxgan img/s "
+        "| jaxgan (XLA transposed conv) img/s | jaxgan (D space-to-depth) img/s "
+        "| jaxgan (Flax BatchNorm) img/s | jaxgan / port |")
+  print("|---|---|---|---|---|---|---|---|")
+  for dtype, base, reuse, ours, dilated, s2d, flax_bn in rows:
+    print(f"| {dtype} | {base['images_per_sec']:.1f} | {reuse['images_per_sec']:.1f} | "
+          f"{ours['images_per_sec']:.1f} | "
           f"{dilated['images_per_sec']:.1f} | {s2d['images_per_sec']:.1f} | "
           f"{flax_bn['images_per_sec']:.1f} | "
           f"{ours['images_per_sec'] / base['images_per_sec']:.2f}x |")

@@ -58,7 +58,9 @@ def bce(logits, target):
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
-def make(batch: int, dtype):
+def make(batch: int, dtype, reuse_g_forward: bool = False):
+  """(state, jitted step). `reuse_g_forward`: run G forward once and reuse it for G's update
+  (jax.vjp), as jaxgan does: the one-G-forward lever, isolated in the port (same function)."""
   g, d = G(dtype), D(dtype)
   tx_g, tx_d = optax.adam(2e-4, 0.5), optax.adam(2e-4, 0.5)
   kg, kd = jax.random.split(jax.random.PRNGKey(0))
@@ -70,7 +72,13 @@ def make(batch: int, dtype):
   @jax.jit
   def step(state, real, key):
     z = jax.random.normal(key, (batch, 100))
-    fake, _ = g.apply({"params": state["gp"], "batch_stats": state["gs"]}, z, mutable=["batch_stats"])
+    g_forward = lambda gp: g.apply({"params": gp, "batch_stats": state["gs"]}, z,
+                                   mutable=["batch_stats"])
+    if reuse_g_forward:
+      fake, g_vjp, g_vars = jax.vjp(g_forward, state["gp"], has_aux=True)
+      g_stats = g_vars["batch_stats"]
+    else:
+      fake, _ = g_forward(state["gp"])
 
     def d_loss(dp):
       out, s = d.apply({"params": dp, "batch_stats": state["ds"]}, real, mutable=["batch_stats"])
@@ -83,21 +91,29 @@ def make(batch: int, dtype):
     dp = optax.apply_updates(state["dp"], upd)
 
     def g_loss(gp):  # G forward again, as a first port does
-      f, s = g.apply({"params": gp, "batch_stats": state["gs"]}, z, mutable=["batch_stats"])
+      f, s = g_forward(gp)
       out, _ = d.apply({"params": dp, "batch_stats": ds}, f, mutable=["batch_stats"])
       return bce(out, 1.0), s["batch_stats"]
 
-    (_, gs), grads = jax.value_and_grad(g_loss, has_aux=True)(state["gp"])
+    if reuse_g_forward:  # dL/dfake through the updated D, then back through the saved G forward
+      fake_loss = lambda f: bce(d.apply({"params": dp, "batch_stats": ds}, f,
+                                        mutable=["batch_stats"])[0], 1.0)
+      (grads,) = g_vjp(jax.grad(fake_loss)(fake))
+      gs = g_stats
+    else:
+      (_, gs), grads = jax.value_and_grad(g_loss, has_aux=True)(state["gp"])
     upd, go = tx_g.update(grads, state["go"], state["gp"])
     return dict(gp=optax.apply_updates(state["gp"], upd), gs=gs, dp=dp, ds=ds, go=go, do=do)
 
   return state, step
 
 
-def ready(batch: int, dtype: str, warmup: int = 3) -> Callable[[], None]:
+def ready(batch: int, dtype: str, warmup: int = 3, reuse_g_forward: bool = False
+          ) -> Callable[[], None]:
   """`call()` runs one step of the port on device-resident data and waits for it, carrying its
   own state; compiled and warmed up before it is returned."""
-  state, step = make(batch, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
+  state, step = make(batch, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype],
+                     reuse_g_forward)
   real = jax.random.uniform(jax.random.PRNGKey(1), (batch, 64, 64, 3), minval=-1.0, maxval=1.0)
   key = jax.random.PRNGKey(2)
   holder = [state]
@@ -110,16 +126,18 @@ def ready(batch: int, dtype: str, warmup: int = 3) -> Callable[[], None]:
   return call
 
 
-def row(batch: int, dtype: str, call_times: list[float]) -> dict:
+def row(batch: int, dtype: str, call_times: list[float], reuse_g_forward: bool = False) -> dict:
   step_s = statistics.median(call_times)
-  return {"impl": "flax_straightforward", "batch_size": batch, "dtype": dtype,
+  return {"impl": "flax_straightforward" + ("+reuse_g_forward" if reuse_g_forward else ""),
+          "batch_size": batch, "dtype": dtype,
           "step_ms": step_s * 1e3, "images_per_sec": batch / step_s,
           "device_kind": jax.devices()[0].device_kind, "timed_steps": len(call_times)}
 
 
-def benchmark(batch: int, dtype: str, steps: int = 20, warmup: int = 3) -> dict:
-  (times,) = throughput.time_alternately([ready(batch, dtype, warmup)], steps)
-  return row(batch, dtype, times)
+def benchmark(batch: int, dtype: str, steps: int = 20, warmup: int = 3,
+              reuse_g_forward: bool = False) -> dict:
+  (times,) = throughput.time_alternately([ready(batch, dtype, warmup, reuse_g_forward)], steps)
+  return row(batch, dtype, times, reuse_g_forward)
 
 
 if __name__ == "__main__":

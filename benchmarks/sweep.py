@@ -8,8 +8,9 @@ A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL[:STEPS_PER_CALL]]` (jaxgan's 
 `configs/benchmark/dcgan64.py` with `train.dtype`, `model.upsample_impl` and, when given,
 `model.downsample_impl` and `train.steps_per_call` set; e.g. `bfloat16:subpixel:s2d`,
 `bfloat16:subpixel:auto:8`), optionally followed by `:KEY=VALUE` config overrides (e.g.
-`bfloat16:subpixel:model.norm_impl=fused`), or `port:DTYPE` (the straightforward
-Flax port in `flax_straightforward.py`). Variants run in the order given, batch sizes inside
+`bfloat16:subpixel:model.norm_impl=fused`), or `port:DTYPE[:reuse_g]` (the straightforward
+Flax port in `flax_straightforward.py`; `reuse_g`: with G's forward reused for G's update, the
+one-G-forward lever in isolation). Variants run in the order given, batch sizes inside
 each; once `--deadline_s` has passed no new measurement starts, so a time-boxed machine still
 returns every row finished so far. Each row is one JSON line (median of individually synchronised
 steps after a warm-up); a variant that fails prints an `error` row and the sweep goes on.
@@ -64,7 +65,9 @@ def override(config, key: str, text: str) -> None:
 def measure(variant: str, batch: int, steps: int) -> dict:
   (kind, arg, *rest), overrides = parse_variant(variant)
   if kind == "port":
-    return flax_straightforward.benchmark(batch, arg, steps)
+    if rest not in ([], ["reuse_g"]):
+      raise ValueError(f"variant {variant!r}: write port:DTYPE or port:DTYPE:reuse_g")
+    return flax_straightforward.benchmark(batch, arg, steps, reuse_g_forward=rest == ["reuse_g"])
   down, *per_call = rest or ["auto"]
   config = compare_cpu.dcgan64(batch, kind, arg, down, *(int(k) for k in per_call))
   for key, text in overrides.items():

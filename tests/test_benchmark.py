@@ -4,6 +4,9 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxgan import flops, models, throughput
@@ -168,3 +171,22 @@ def test_donation_script_compares_the_donated_step_with_an_undonated_copy():
   assert kept["alias_size_in_bytes"] == 0
   assert donated["argument_size_in_bytes"] == kept["argument_size_in_bytes"]
   assert "| donated |" in proc.stdout and "| not donated |" in proc.stdout
+
+
+def test_port_reusing_g_forward_is_the_same_step():
+  """The one-G-forward lever, isolated in the benchmark's Flax port: reusing G's forward through
+  jax.vjp computes the same update as running G again."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "benchmarks"))
+  import flax_straightforward as port
+  real = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=-1.0, maxval=1.0)
+  new = {}
+  for reuse in (False, True):
+    state, step = port.make(2, jnp.float32, reuse_g_forward=reuse)
+    new[reuse] = step(state, real, jax.random.PRNGKey(2))
+  changed = 0
+  for a, b, old in zip(jax.tree_util.tree_leaves(new[False]), jax.tree_util.tree_leaves(new[True]),
+                       jax.tree_util.tree_leaves(state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    changed += int(not np.allclose(a, old))
+  assert changed > 10  # the step really updated G and D
