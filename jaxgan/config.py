@@ -114,10 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64  # global, over all devices and processes
   c.train.num_steps = 2000
   c.train.n_critic = 1  # D updates per G update (each on its own real batch)
-  # Train steps per compiled call (a lax.scan over stacked batches): one dispatch and one host
-  # round trip per call instead of per step, for small per-device batches where the host is the
-  # bottleneck. The same steps, keys and batches (results agree to float rounding, not bit for
-  # bit: XLA compiles the scanned step on its own); num_steps and every *_every must be multiples.
+  # Train steps per compiled call (an unrolled lax.scan over stacked batches): one dispatch and
+  # one host round trip per call instead of per step, for small per-device batches where the host
+  # is the bottleneck; compile time grows with it. The same steps, keys and batches (results agree
+  # to float rounding, not bit for bit: XLA compiles the call on its own); num_steps and every
+  # *_every must be multiples.
   c.train.steps_per_call = 1
   c.train.dtype = "float32"  # compute dtype; parameters stay float32
   c.train.ema_half_life_images = 10_000  # EMA of G, half-life counted in images (StyleGAN2-ADA)

@@ -235,13 +235,18 @@ def scan_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metri
                steps_per_call: int) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """`steps_per_call` train steps in one call: `batch` leaves have a leading axis of that length
   (one batch per step) and every metric comes back with it. The same steps with the same keys
-  (they are drawn from state.step), one dispatch."""
+  (they are drawn from state.step), one dispatch.
+
+  The scan is fully unrolled: XLA:CPU does not give convolutions inside a loop body its fast
+  kernels (DCGAN-64 ran 6x slower per step as a rolled loop of 2, docs/benchmarks.md), and an
+  unrolled call leaves the backend no loop to run at all. The cost is compile time, which grows
+  with `steps_per_call`."""
   if steps_per_call == 1:
     return train_step
 
   @functools.wraps(train_step)  # keeps the name: traces and HLO say jit_train_step
   def several(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
-    return jax.lax.scan(train_step, state, batches)
+    return jax.lax.scan(train_step, state, batches, unroll=True)
 
   return several
 

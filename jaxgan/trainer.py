@@ -164,9 +164,8 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),
                   "device_kind": jax.devices()[0].device_kind,
                   "global_batch": config.train.batch_size,
-                  # Memory figures are the whole call's. FLOPs and bytes accessed are one train
-                  # step's even when a call runs several: XLA's cost analysis counts the body
-                  # of the lax.scan loop once (tests/test_sharding.py checks it).
+                  # Memory, FLOPs and bytes accessed are the whole call's: steps_per_call steps,
+                  # unrolled (steps.scan_steps), so XLA's cost analysis counts each of them.
                   "steps_per_call": run.steps_per_call}
   memory = compiled.memory_analysis()
   if memory is not None:
