@@ -4,8 +4,10 @@ What a user would write first from the PyTorch example: nn.ConvTranspose / nn.Co
 BCE, optax Adam 2e-4 / 0.5, one jitted step (D update on real + fake, then G update through the
 updated D) that runs G forward twice (once for D, again for G's gradient), float32 images in, no
 buffer donation. Same math as jaxgan's DCGAN (same layer shapes and initialisation).
+`--reuse_g_forward` runs G forward once and reuses it for G's update (jax.vjp), as jaxgan does:
+the one-G-forward lever in isolation.
 
-  python benchmarks/flax_straightforward.py --batch 64 --dtype float32 --steps 20
+  python benchmarks/flax_straightforward.py --batch 64 --dtype float32 --steps 20 [--reuse_g_forward]
 """
 
 from __future__ import annotations
@@ -145,5 +147,6 @@ if __name__ == "__main__":
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--reuse_g_forward", action="store_true")
   a = p.parse_args()
-  print(json.dumps(benchmark(a.batch, a.dtype, a.steps)))
+  print(json.dumps(benchmark(a.batch, a.dtype, a.steps, reuse_g_forward=a.reuse_g_forward)))

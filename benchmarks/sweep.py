@@ -7,7 +7,7 @@
 A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL[:STEPS_PER_CALL]]` (jaxgan's real train step,
 `configs/benchmark/dcgan64.py` with `train.dtype`, `model.upsample_impl` and, when given,
 `model.downsample_impl` and `train.steps_per_call` set; e.g. `bfloat16:subpixel:s2d`,
-`bfloat16:subpixel:auto:8`), optionally followed by `:KEY=VALUE` config overrides (e.g.
+`bfloat16:subpixel:auto:4`), optionally followed by `:KEY=VALUE` config overrides (e.g.
 `bfloat16:subpixel:model.norm_impl=fused`), or `port:DTYPE[:reuse_g]` (the straightforward
 Flax port in `flax_straightforward.py`; `reuse_g`: with G's forward reused for G's update, the
 one-G-forward lever in isolation). Variants run in the order given, batch sizes inside
@@ -40,10 +40,10 @@ def parse_variant(variant: str) -> tuple[list[str], dict[str, str]]:
   positional, overrides = fields[:first_override], fields[first_override:]
   if len(positional) < 2 or any("=" not in f for f in overrides):
     raise ValueError(f"variant {variant!r}: write DTYPE:UPSAMPLE[:DOWNSAMPLE[:STEPS_PER_CALL]] "
-                     "(or port:DTYPE), then any :KEY=VALUE overrides")
+                     "then any :KEY=VALUE overrides, or port:DTYPE[:reuse_g]")
   pairs = dict(f.split("=", 1) for f in overrides)
-  if positional[0] == "port" and pairs:
-    raise ValueError(f"variant {variant!r}: the Flax port takes no config overrides")
+  if positional[0] == "port" and (pairs or positional[2:] not in ([], ["reuse_g"])):
+    raise ValueError(f"variant {variant!r}: the Flax port is port:DTYPE or port:DTYPE:reuse_g")
   return positional, pairs
 
 
@@ -65,8 +65,6 @@ def override(config, key: str, text: str) -> None:
 def measure(variant: str, batch: int, steps: int) -> dict:
   (kind, arg, *rest), overrides = parse_variant(variant)
   if kind == "port":
-    if rest not in ([], ["reuse_g"]):
-      raise ValueError(f"variant {variant!r}: write port:DTYPE or port:DTYPE:reuse_g")
     return flax_straightforward.benchmark(batch, arg, steps, reuse_g_forward=rest == ["reuse_g"])
   down, *per_call = rest or ["auto"]
   config = compare_cpu.dcgan64(batch, kind, arg, down, *(int(k) for k in per_call))

@@ -164,8 +164,9 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),
                   "device_kind": jax.devices()[0].device_kind,
                   "global_batch": config.train.batch_size,
-                  # Memory, FLOPs and bytes accessed are the whole call's: steps_per_call steps,
-                  # unrolled (steps.scan_steps), so XLA's cost analysis counts each of them.
+                  # Memory is the whole call's; FLOPs and bytes accessed are per train step: a
+                  # call is steps_per_call unrolled steps (steps.scan_steps), which XLA's cost
+                  # analysis counts in full, so they are divided by it.
                   "steps_per_call": run.steps_per_call}
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -180,8 +181,9 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
     cost = cost[0] if cost else None
   if cost:
-    report["per_device_flops"] = float(cost.get("flops", float("nan")))
-    report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
+    k = run.steps_per_call
+    report["per_device_flops"] = float(cost.get("flops", float("nan"))) / k
+    report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan"))) / k
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
   g_params, d_params = count(run.abstract_state.g_params), count(run.abstract_state.d_params)
   report.update(g_parameters=g_params, d_parameters=d_params)

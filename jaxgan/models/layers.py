@@ -171,8 +171,8 @@ DOWNSAMPLE_IMPLS = ("auto", "strided", "s2d")
 def resolve_downsample_impl(impl: str, backend: str | None = None) -> str:
   """'auto' -> 'strided' on every backend: 's2d' timed even to 5 % slower for the whole DCGAN-64
   step on XLA:CPU (docs/benchmarks.md) and is unmeasured on GPUs, so 'auto' changes only after a
-  GPU measurement says it should. Parameters are the same for every lowering, so a checkpoint trained with one loads with any
-  other."""
+  GPU measurement says it should. Parameters are the same for every lowering, so a checkpoint
+  trained with one loads with any other."""
   del backend  # kept for symmetry with resolve_upsample_impl; 'auto' will depend on it
   return "strided" if impl == "auto" else impl
 
