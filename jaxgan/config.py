@@ -72,9 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
   # GPU measurement says otherwise) | 'strided' | 's2d' (space-to-depth, then a stride-1 2x2 conv);
   # see jaxgan/models/layers.py.
   c.model.downsample_impl = "auto"
-  # DCGAN's BatchNorm + activation (same function and parameters): 'auto' ('fused' on CPU, where it
-  # is measured faster; 'flax' elsewhere until measured) | 'flax' | 'fused' (hand-written gradient);
-  # see jaxgan/models/batchnorm.py.
+  # BatchNorm + activation in DCGAN and ResNet G (same function and parameters): 'auto' ('fused'
+  # on CPU, where it is measured faster; 'flax' elsewhere until measured) | 'flax' | 'fused'
+  # (hand-written gradient); see jaxgan/models/batchnorm.py.
   c.model.norm_impl = "auto"
   # ResNet family ('resnet', jaxgan/models/resnet.py): BigGAN's shared class embedding size, a
   # self-attention block at this resolution (0 = none), BigGAN's orthogonal regularisation of G

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxgan import models
-from jaxgan.models.batchnorm import BatchNormAct, activation, resolve_norm_impl
+from jaxgan.models.batchnorm import (AffineBatchNormAct, BatchNormAct, activation,
+                                     resolve_norm_impl)
 from jaxgan.models.dcgan import Discriminator, Generator
 
 
@@ -170,5 +171,55 @@ def test_norm_impl_auto_and_the_builder(make_config):
   assert resolve_norm_impl("flax", "cpu") == "flax"
   g, d = models.build_models(make_config())
   assert g.norm_impl == d.norm_impl == resolve_norm_impl("auto")
+  g, _ = models.build_models(make_config(**{"model.name": "resnet", "model.norm_impl": "fused"}))
+  assert g.norm_impl == "fused"
   g, d = models.build_models(make_config(**{"model.norm_impl": "flax"}))
   assert g.norm_impl == d.norm_impl == "flax"
+
+
+def test_per_sample_affine_matches_batchnorm_then_affine_then_relu():
+  """Conditional BatchNorm's form: a per-sample scale and bias [N, 1, 1, C] (from the class and
+  z), gradients for x and both of them, first and second order."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 3, 5)) * 2 + 0.5
+  scale = 1 + 0.3 * jax.random.normal(jax.random.PRNGKey(2), (4, 1, 1, 5))
+  bias = 0.3 * jax.random.normal(jax.random.PRNGKey(3), (4, 1, 1, 5))
+  w = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+  kw = dict(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  plain = nn.BatchNorm(use_scale=False, use_bias=False, **kw)
+  fused = AffineBatchNormAct(slope=0.0, **kw)
+  v = plain.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree_util.tree_structure(v)
+          == jax.tree_util.tree_structure(fused.init(jax.random.PRNGKey(0), x, scale, bias)))
+  runs = {
+      "flax": lambda x, s, b: jax.nn.relu(plain.apply(v, x, mutable=["batch_stats"])[0] * s + b),
+      "fused": lambda x, s, b: fused.apply(v, x, s, b, mutable=["batch_stats"])[0],
+  }
+  first = {k: jax.grad(lambda x, s, b: jnp.sum(f(x, s, b) * w), argnums=(0, 1, 2))(x, scale, bias)
+           for k, f in runs.items()}
+  for a, b in zip(first["flax"], first["fused"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  second = {k: jax.grad(lambda s: jnp.sum(jax.grad(
+      lambda x: jnp.sum(f(x, s, bias) * w))(x) ** 2))(scale) for k, f in runs.items()}
+  assert float(jnp.max(jnp.abs(second["flax"]))) > 1e-3
+  np.testing.assert_allclose(second["flax"], second["fused"], rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_generator_norm_impls_agree_and_share_parameters():
+  """ResNet G with the fused conditional BatchNorm: one parameter tree, the same images and
+  running statistics in train mode (gradients: the per-sample test above)."""
+  from jaxgan.models.resnet import ResNetGenerator
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 16))
+  labels = jnp.array([0, 1, 2, 1])
+  g = lambda impl: ResNetGenerator(image_size=32, num_classes=(3,), z_dim=16, width=8,
+                                   max_width=16, shared_dim=8, norm_impl=impl)
+  v = g("flax").init(jax.random.PRNGKey(1), z, labels, train=True)
+  assert (jax.tree_util.tree_structure(v)
+          == jax.tree_util.tree_structure(g("fused").init(jax.random.PRNGKey(1), z, labels,
+                                                          train=True)))
+  out = {impl: g(impl).apply(v, z, labels, train=True, mutable=["batch_stats"])
+         for impl in ("flax", "fused")}
+  for a, b in zip(jax.tree_util.tree_leaves(out["flax"]), jax.tree_util.tree_leaves(out["fused"])):
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 1e-5 * max(np.max(np.abs(a)), 1.0)
+  has_custom_vjp = lambda impl: "custom_vjp_call" in str(jax.make_jaxpr(
+      lambda z: g(impl).apply(v, z, labels, train=True, mutable=["batch_stats"]))(z))
+  assert has_custom_vjp("fused") and not has_custom_vjp("flax")

@@ -59,7 +59,8 @@ def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
   classes = attribute_classes(config)
   g = ResNetGenerator(image_size=d.image_size, num_classes=classes, z_dim=m.z_dim,
                       width=m.g_width, max_width=m.max_width, shared_dim=m.shared_dim,
-                      attention_resolution=m.attention_resolution, dtype=dtype)
+                      attention_resolution=m.attention_resolution,
+                      norm_impl=resolve_norm_impl(m.norm_impl), dtype=dtype)
   disc = ResNetDiscriminator(image_size=d.image_size, num_classes=classes, width=m.d_width,
                              max_width=m.max_width, attention_resolution=m.attention_resolution,
                              dtype=dtype)

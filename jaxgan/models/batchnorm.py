@@ -19,7 +19,7 @@ rounding to the compute dtype at the output; the batch variance is the biased on
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -70,7 +70,9 @@ def _pre_activation(x, mean, inv, scale, bias):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def batch_norm_act(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float,
                    slope: float, dtype: Any) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """(act(BatchNorm(x)) in `dtype`, batch mean, batch variance) over all but the last axis.
+  """(act(x_hat * scale + bias) in `dtype`, batch mean, batch variance), x_hat being x normalised
+  over all but the last axis; `scale` and `bias` are per channel [C] or per sample [N, 1, 1, C]
+  (conditional BatchNorm).
 
   Reverse-mode only (as every custom_vjp), to any order: the backward pass is plain JAX.
   The mean and variance are returned for the running statistics only: their cotangents are
@@ -87,6 +89,13 @@ def _forward(x, scale, bias, epsilon, slope, dtype):
   return (y, mean, var), (x, mean, inv, scale, bias)
 
 
+def _sum_to(t: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+  """`t` summed over the axes that `shape` broadcasts ([C]: all but the last; [N, 1, 1, C]: space)."""
+  full = (1,) * (t.ndim - len(shape)) + tuple(shape)
+  axes = tuple(i for i, (n, m) in enumerate(zip(t.shape, full)) if m == 1 and n != 1)
+  return jnp.sum(t, axes, keepdims=True).reshape(shape)
+
+
 def _backward(epsilon, slope, dtype, residuals, cotangents):
   del epsilon, dtype  # inv already holds epsilon; dx takes x's dtype
   x, mean, inv, scale, bias = residuals
@@ -95,14 +104,40 @@ def _backward(epsilon, slope, dtype, residuals, cotangents):
   count = x.size // x.shape[-1]
   x_hat = (x.astype(jnp.float32) - mean) * inv
   dz = _activate(dy, slope, _passes(_pre_activation(x, mean, inv, scale, bias), slope))
-  dbias = jnp.sum(dz, axes)
-  dscale = jnp.sum(dz * x_hat, axes)
-  # d/dx of (x - mean) * inv with mean and inv functions of the batch: the textbook BN gradient.
-  dx = (scale * inv / count) * (count * dz - dbias - x_hat * dscale)
+  dbias = _sum_to(dz, bias.shape)
+  dscale = _sum_to(dz * x_hat, scale.shape)
+  # d/dx of (x - mean) * inv with mean and inv functions of the batch: the textbook BN gradient,
+  # dx = inv / M * (M dx_hat - sum(dx_hat) - x_hat sum(dx_hat x_hat)) with dx_hat = dz * scale.
+  if scale.ndim == 1:  # per channel: the two sums are scale * dbias and scale * dscale
+    dx = (scale * inv / count) * (count * dz - dbias - x_hat * dscale)
+  else:  # per sample (conditional BatchNorm)
+    dx_hat = dz * scale
+    dx = (inv / count) * (count * dx_hat - jnp.sum(dx_hat, axes)
+                          - x_hat * jnp.sum(dx_hat * x_hat, axes))
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 batch_norm_act.defvjp(_forward, _backward)
+
+
+def _normalize_act(module: nn.Module, x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+                   dtype: Any) -> jnp.ndarray:
+  """act(BatchNorm(x) * scale + bias) for `module` (BatchNormAct or AffineBatchNormAct): declares
+  its 'batch_stats' mean and var as nn.BatchNorm does and updates them by its running-average
+  rule (not while initialising)."""
+  features = (x.shape[-1],)
+  ra_mean = module.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
+  ra_var = module.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
+  if module.use_running_average:
+    inv = jax.lax.rsqrt(ra_var.value + module.epsilon)
+    z = _pre_activation(x, ra_mean.value, inv, scale, bias)
+    return _activate(z, module.slope, _passes(z, module.slope)).astype(dtype)
+  y, mean, var = batch_norm_act(x, scale, bias, module.epsilon, module.slope, dtype)
+  if not module.is_initializing():
+    m = module.momentum
+    ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+    ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+  return y
 
 
 class BatchNormAct(nn.Module):
@@ -120,18 +155,38 @@ class BatchNormAct(nn.Module):
     features = (x.shape[-1],)
     scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
     # As nn.BatchNorm: statistics from x as given, the output in `dtype`, or in x's dtype promoted
     # with the parameters' when `dtype` is None.
-    dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-    if self.use_running_average:
-      inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-      z = _pre_activation(x, ra_mean.value, inv, scale, bias)
-      return _activate(z, self.slope, _passes(z, self.slope)).astype(dtype)
-    y, mean, var = batch_norm_act(x, scale, bias, self.epsilon, self.slope, dtype)
-    if not self.is_initializing():
-      m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-      ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
-    return y
+    return _normalize_act(self, x, scale, bias,
+                          self.dtype or jnp.result_type(x.dtype, self.param_dtype))
+
+
+class AffineBatchNormAct(nn.Module):
+  """act(BatchNorm(x) * scale + bias) with the scale and bias given, per channel [C] or per sample
+  [N, 1, 1, C]: conditional BatchNorm's normalisation, affine and activation in one op. Its
+  variables are those of nn.BatchNorm(use_scale=False, use_bias=False): running statistics only."""
+  slope: float = 0.0
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None  # output dtype; None: x's promoted with the scale's and bias's
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+    return _normalize_act(self, x, scale, bias,
+                          self.dtype or jnp.result_type(x.dtype, scale.dtype, bias.dtype))
+
+
+def norm_act(impl: str, slope: float, use_running_average: bool, dtype: Any, name: str,
+             momentum: float = 0.9, epsilon: float = 1e-5) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """BatchNorm (by default DCGAN's and BigGAN's momentum and epsilon), then ReLU (slope 0) or
+  LeakyReLU(slope): Flax's nn.BatchNorm differentiated by JAX ('flax') or BatchNormAct
+  ('fused'); one parameter tree for both, under `name`."""
+  kwargs = dict(use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
+                dtype=dtype, name=name)
+  if impl == "fused":
+    return BatchNormAct(slope=slope, **kwargs)
+  if impl != "flax":
+    raise ValueError(f"unknown BatchNorm impl {impl!r}; use 'flax' or 'fused'")
+  norm = nn.BatchNorm(**kwargs)
+  return lambda h: activation(norm(h), slope)

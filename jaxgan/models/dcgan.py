@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxgan.models.batchnorm import BatchNormAct, activation
+from jaxgan.models.batchnorm import norm_act
 from jaxgan.models.conditioning import ClassEmbed, class_tuple, embed_labels
 from jaxgan.models.layers import DownConv, UpConv
 
@@ -40,19 +40,6 @@ def _class_embedding(num_classes: int | Sequence[int], features: int, name: str,
   if len(classes) == 1:
     return embed_labels([nn.Embed(classes[0], features, embedding_init=_init, name=name)], labels)
   return ClassEmbed(classes, features, embedding_init=_init, name=name)(labels)
-
-
-def _batch_norm_act(impl: str, slope: float, train: bool, dtype: Any, name: str):
-  """BatchNorm (DCGAN's momentum and epsilon), then ReLU (slope 0) or LeakyReLU(slope): Flax's
-  nn.BatchNorm differentiated by JAX ('flax') or `batchnorm.BatchNormAct` ('fused'); one
-  parameter tree for both."""
-  kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
-  if impl == "fused":
-    return BatchNormAct(slope=slope, **kwargs)
-  if impl != "flax":
-    raise ValueError(f"unknown BatchNorm impl {impl!r}; use 'flax' or 'fused'")
-  norm = nn.BatchNorm(**kwargs)
-  return lambda h: activation(norm(h), slope)
 
 
 def _num_doublings(image_size: int) -> int:
@@ -83,7 +70,7 @@ class Generator(nn.Module):
     if class_tuple(self.num_classes):
       emb = _class_embedding(self.num_classes, self.embed_dim, "class_embed", labels)
       h = jnp.concatenate([h, emb.astype(self.dtype)], axis=-1)
-    norm_relu = lambda name: _batch_norm_act(self.norm_impl, 0.0, train, self.dtype, name)
+    norm_relu = lambda name: norm_act(self.norm_impl, 0.0, not train, self.dtype, name)
     h = nn.Dense(4 * 4 * widths[0], kernel_init=_init, use_bias=False, dtype=self.dtype,
                  name="project")(h)
     h = h.reshape(h.shape[0], 4, 4, widths[0])
@@ -117,7 +104,7 @@ class Discriminator(nn.Module):
       h = DownConv(w, use_bias=(i == 0 or self.norm == "none"), impl=self.downsample_impl,
                    kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
       if i > 0 and self.norm == "batch":  # DCGAN: no normalisation on the first layer
-        h = _batch_norm_act(self.norm_impl, 0.2, train, self.dtype, f"down{i}_bn")(h)
+        h = norm_act(self.norm_impl, 0.2, not train, self.dtype, f"down{i}_bn")(h)
       else:
         if i > 0 and self.norm == "layer":
           h = nn.LayerNorm(dtype=self.dtype, name=f"down{i}_ln")(h)

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgan.models.batchnorm import AffineBatchNormAct, norm_act
 from jaxgan.models.conditioning import ClassEmbed, class_tuple
 from jaxgan.models.dcgan import _num_doublings
 
@@ -84,25 +85,32 @@ def _split_latent(z: jnp.ndarray, parts: int) -> list[jnp.ndarray]:
   return [z[..., s:s + n] for s, n in zip(starts, sizes)]
 
 
-class ConditionalBatchNorm(nn.Module):
-  """BatchNorm without its own affine, then per-sample gain 1 + Dense(cond) and bias Dense(cond).
+class ConditionalBatchNormReLU(nn.Module):
+  """ReLU(BatchNorm(x) * (1 + Dense(cond)) + Dense(cond)): BatchNorm without its own affine, then
+  a per-sample gain and bias, then ReLU. `norm_impl` 'flax': nn.BatchNorm differentiated by JAX;
+  'fused': `batchnorm.AffineBatchNormAct` (one parameter tree for both).
 
   The projections are not spectrally normalised and have no bias (the BN has none either).
   """
 
   momentum: float = 0.9
   epsilon: float = 1e-5
+  norm_impl: str = "flax"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray, train: bool) -> jnp.ndarray:
     c = x.shape[-1]
-    h = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
-                     momentum=self.momentum, epsilon=self.epsilon, dtype=self.dtype, name="bn")(x)
+    kwargs = dict(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+                  dtype=self.dtype, name="bn")
     cond = cond.astype(self.dtype)
     gain = 1 + nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="gain")(cond)
     bias = nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="bias")(cond)
-    return h * gain[:, None, None, :] + bias[:, None, None, :]
+    gain, bias = gain[:, None, None, :], bias[:, None, None, :]
+    if self.norm_impl == "fused":
+      return AffineBatchNormAct(slope=0.0, **kwargs)(x, gain, bias)
+    h = nn.BatchNorm(use_scale=False, use_bias=False, **kwargs)(x)
+    return nn.relu(h * gain + bias)
 
 
 class SelfAttention(nn.Module):
@@ -133,15 +141,18 @@ class UpBlock(nn.Module):
   """BigGAN G block: CBN, ReLU, up, conv3x3, CBN, ReLU, conv3x3; shortcut: up, conv1x1."""
 
   features: int
+  norm_impl: str = "flax"  # ConditionalBatchNormReLU's
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray, train: bool) -> jnp.ndarray:
     conv = lambda y, k, name: _sn_conv(y, self.features, k, train=train, dtype=self.dtype,
                                        name=name)
-    h = nn.relu(ConditionalBatchNorm(dtype=self.dtype, name="bn1")(x, cond, train))
+    norm_relu = lambda name: ConditionalBatchNormReLU(norm_impl=self.norm_impl, dtype=self.dtype,
+                                                      name=name)
+    h = norm_relu("bn1")(x, cond, train)
     h = conv(_upsample(h), 3, "conv1")
-    h = nn.relu(ConditionalBatchNorm(dtype=self.dtype, name="bn2")(h, cond, train))
+    h = norm_relu("bn2")(h, cond, train)
     h = conv(h, 3, "conv2")
     return h + conv(_upsample(x), 1, "shortcut")
 
@@ -186,6 +197,7 @@ class ResNetGenerator(nn.Module):
   max_width: int = 1024
   shared_dim: int = 128  # BigGAN's shared class embedding, fed to every block's CBN
   attention_resolution: int = 0
+  norm_impl: str = "flax"  # BatchNorm + ReLU: 'flax' | 'fused' (models/batchnorm.py)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -208,12 +220,12 @@ class ResNetGenerator(nn.Module):
     h = h.reshape(h.shape[0], 4, 4, widths[n])
     for i in range(n):
       cond = chunks[i + 1] if shared is None else jnp.concatenate([chunks[i + 1], shared], -1)
-      h = UpBlock(widths[n - 1 - i], dtype=self.dtype, name=f"up{i}")(h, cond, train)
+      h = UpBlock(widths[n - 1 - i], norm_impl=self.norm_impl, dtype=self.dtype,
+                  name=f"up{i}")(h, cond, train)
       if 8 * 2**i == self.attention_resolution:
         h = SelfAttention(dtype=self.dtype, name="attention")(h, train)
-    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name="out_bn")(h)
-    h = _sn_conv(nn.relu(h), 3, 3, train=train, dtype=self.dtype, name="to_rgb")
+    h = norm_act(self.norm_impl, 0.0, not train, self.dtype, "out_bn")(h)
+    h = _sn_conv(h, 3, 3, train=train, dtype=self.dtype, name="to_rgb")
     return jnp.tanh(h.astype(jnp.float32))
 
 
