@@ -3,6 +3,7 @@
 `BatchNormAct` has exactly nn.BatchNorm's variables ('params': scale, bias; 'batch_stats': mean,
 var) and computes act(nn.BatchNorm(x)), so checkpoints move freely between `model.norm_impl`
 'flax' (nn.BatchNorm, then the activation, differentiated by JAX) and 'fused' (this module).
+`AffineBatchNormAct` is the same with a given per-sample scale and bias (conditional BatchNorm).
 
 Why: differentiating BatchNorm + activation leaves XLA separate reductions for the scale, bias,
 mean and variance gradients and an activation mask or output kept from the forward pass. The
@@ -10,7 +11,7 @@ closed-form gradient needs two passes over the activation: one multi-output redu
 (sum dz, sum dz * x_hat) and one elementwise pass for dx, recomputing x_hat and the activation's
 mask from the saved input x instead of storing them. On XLA:CPU that made forward + backward
 1.2-1.8x faster per layer (docs/benchmarks.md); on accelerators the same layers are memory-bound,
-so it removes memory traffic, the cost that dominates them there.
+so the expectation (not yet measured there) is that the saved memory traffic pays there too.
 
 Numerics: statistics and normalisation in float32 whatever the input dtype (as Flax does), one
 rounding to the compute dtype at the output; the batch variance is the biased one (as Flax's).
