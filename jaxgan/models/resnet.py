@@ -109,6 +109,8 @@ class ConditionalBatchNormReLU(nn.Module):
     gain, bias = gain[:, None, None, :], bias[:, None, None, :]
     if self.norm_impl == "fused":
       return AffineBatchNormAct(slope=0.0, **kwargs)(x, gain, bias)
+    if self.norm_impl != "flax":
+      raise ValueError(f"unknown BatchNorm impl {self.norm_impl!r}; use 'flax' or 'fused'")
     h = nn.BatchNorm(use_scale=False, use_bias=False, **kwargs)(x)
     return nn.relu(h * gain + bias)
 
