@@ -78,6 +78,34 @@ def test_transparent_palette_and_custom_background(tmp_path):
   assert tuple(out.image[0, 0]) == (240, 240, 0) and tuple(out.image[10, 10]) == (10, 200, 10)
 
 
+def test_colour_key_transparency_becomes_the_background(tmp_path):
+  # PNG tRNS colour keys on RGB and L images (not only palettes) mark transparent pixels.
+  rgb = Image.new("RGB", (20, 20), (0, 0, 0))
+  rgb.paste((0, 0, 255), (5, 5, 15, 15))
+  grey = Image.new("L", (20, 20), 0)
+  grey.paste(90, (5, 5, 15, 15))
+  for name, img, key, inside in [("rgb.png", rgb, (0, 0, 0), (0, 0, 255)),
+                                 ("l.png", grey, 0, (90, 90, 90))]:
+    out = load_image(_write(tmp_path, name, _encode(img, "PNG", transparency=key)), LoadOptions(20))
+    assert tuple(out.image[0, 0]) == (255, 255, 255), name
+    assert tuple(out.image[10, 10]) == inside, name
+
+
+def test_truncated_animated_gif_is_rejected_not_raised(tmp_path):
+  # PIL raises IndexError (not OSError) from n_frames on some cuts of a multi-frame GIF.
+  rng = np.random.default_rng(0)
+  frames = [Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8)).convert("P")
+            for _ in range(2)]
+  buf = io.BytesIO()
+  frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+  data = buf.getvalue()
+  reasons = {load_image(data[:cut], LoadOptions(16)).reason.split(":")[0]
+             for cut in range(len(data) // 2, len(data) - 1, 7)}
+  assert "truncated or corrupt" in reasons  # and the loop above raised nothing
+  out = load_image(_write(tmp_path, "whole.gif", data), LoadOptions(16))
+  assert out.reason == "" and out.image.shape == (16, 16, 3)
+
+
 def _png_header_only(width, height):
   """A PNG whose header claims width x height, with no pixel data to speak of."""
   def chunk(kind, payload):

@@ -62,7 +62,9 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     arr = np.asarray(img, dtype=np.float64)
     scale = 255.0 if arr.max() <= 1.0 else 1.0
     img = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
-  has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+  # "transparency" in info: a palette entry (P) or a colour key (RGB/L PNG tRNS); convert("RGBA")
+  # turns either into alpha 0, which must become the background, not the key's colour.
+  has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
   if has_alpha:
     rgba = img.convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, background + (255,))
@@ -124,5 +126,9 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
       try:
         img.load()
         return Loaded(convert(img, options))
-      except (OSError, SyntaxError, ValueError, EOFError) as e:
-        return Loaded(None, f"truncated or corrupt: {e}")
+      except MemoryError:
+        raise  # the host, not the file: a multi-day run must not skip its way through the data
+      except Exception as e:  # pylint: disable=broad-except
+        # PIL's plugins raise more than OSError on damaged data (a truncated animated GIF raises
+        # IndexError from n_frames): any failure here is this file's, skipped and counted.
+        return Loaded(None, f"truncated or corrupt: {type(e).__name__}: {e}")
