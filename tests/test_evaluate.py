@@ -115,3 +115,18 @@ def test_unknown_metric_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match="eval.metrics"):
     config_lib.validate(config, 1, 1)
   assert "pr" in suite.METRICS
+
+
+def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path):
+  from PIL import Image
+
+  from jaxgan.data import image_sets
+  from jaxgan.data.folder import scan_folder
+  for rel in ["x/a.png", "b.png", ".ipynb_checkpoints/a-checkpoint.png", "x/.thumbs/t.png"]:
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 10), (9, 9, 9)).save(tmp_path / rel)
+  want = [str(tmp_path / "b.png"), str(tmp_path / "x" / "a.png")]
+  assert image_sets.list_images(str(tmp_path)) == want
+  assert sorted(scan_folder(str(tmp_path))[0] + [p["path"] for p in scan_folder(str(tmp_path))[2]]) == want
+  images, skipped = image_sets.load_image_set(str(tmp_path))
+  assert len(images) == 2 and images[0].shape == (12, 12, 3) and not skipped

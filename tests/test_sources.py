@@ -132,6 +132,9 @@ def test_manifest_unknown_column(tmp_path):
 def test_encode_labels():
   labels, names, kept = encode_labels(["b", "a", "b", "c", "b", "a"], min_count=2, rare="other")
   assert names == ["a", "b", "other"] and labels.tolist() == [1, 0, 1, 2, 1, 0] and kept.all()
+  # The data's own "other" class takes the rare ones: one class of that name, not two.
+  labels, names, _ = encode_labels(["other", "other", "a", "a", "rare"], min_count=2, rare="other")
+  assert names == ["a", "other"] and labels.tolist() == [1, 1, 0, 0, 1]
 
 
 def test_tfds_source_with_mock_data():
@@ -206,6 +209,11 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
   for source in (cached, again):
     np.testing.assert_array_equal(np.asarray(source.images), memory.images)
   np.testing.assert_array_equal(next(again.batches(4, 3))["image"], next(memory.batches(4, 3))["image"])
+  # An image replaced in place (new content, new size/mtime) is decoded again, not served stale.
+  _img(str(folder / "shirts" / "a.png"), (0, 250, 0), size=(50, 40))
+  fresh = build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "cache")}))
+  assert tuple(np.asarray(fresh.images)[0, 8, 8]) == (0, 250, 0)  # a.png sorts first
+  assert tuple(np.asarray(again.images)[0, 8, 8]) == (200, 0, 0)
 
 
 def test_every_source_is_registered():

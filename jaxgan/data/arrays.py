@@ -11,6 +11,7 @@ exactly the data of an uninterrupted one, on any number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgan import tf_host
-from jaxgan.data.images import Loaded, LoadOptions, load_image
+from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +207,14 @@ class ArraySource:
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
   """Sorted class names and integer labels; classes with fewer than `min_count` examples are
-  merged into one 'other' class (last) or dropped. Returns (labels, class_names, kept mask)."""
+  merged into one 'other' class (last, or the data's own 'other') or dropped. Returns (labels, class_names, kept mask)."""
   values, counts = np.unique(np.asarray(names, dtype=object).astype(str), return_counts=True)
   common = [v for v, c in zip(values, counts) if c >= min_count]
   rare_set = {v for v, c in zip(values, counts) if c < min_count}
-  class_names = sorted(common) + (["other"] if rare == "other" and rare_set else [])
+  # A common class already called "other" absorbs the rare ones (two classes of one name would
+  # leave the first empty and make the class count one too high).
+  merged = rare == "other" and rare_set and "other" not in common
+  class_names = sorted(common) + (["other"] if merged else [])
   index = {name: i for i, name in enumerate(class_names)}
   labels = np.full(len(names), -1, np.int32)
   for i, name in enumerate(names):
@@ -275,6 +279,23 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
                     f"asks for classes {list(want)}; set {fix}")
 
 
+def decode_cache_key(paths: Sequence[str], options: LoadOptions) -> str:
+  """Names one decode of `paths`: each file's path, size and modification time (an image replaced
+  in place is decoded again), the load options and the loader's version."""
+  import hashlib
+  import json
+
+  def stamp(path: str) -> list:
+    try:
+      st = os.stat(path)
+      return [path, st.st_size, st.st_mtime_ns]
+    except OSError:  # vanished since the scan: decoding will report it
+      return [path, -1, -1]
+
+  described = [LOADER_VERSION, dataclasses.asdict(options), [stamp(p) for p in paths]]
+  return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
 def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
                    where: str, missing: Sequence[dict] = (),
                    attribute_names: Optional[Attributes] = None) -> ArraySource:
@@ -286,10 +307,7 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   d = config.data
   cache_file = None
   if d.cache_dir:
-    import hashlib
-    import json
-    key = hashlib.sha256(json.dumps([list(paths), d.image_size, d.min_source_size, d.max_pixels])
-                         .encode()).hexdigest()[:16]
+    key = decode_cache_key(paths, load_options(config))
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
   if cache_file and os.path.exists(cache_file + ".npy") and os.path.exists(cache_file + ".json"):
     import json
@@ -310,6 +328,9 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
       os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
+  if len(missing) > 20:
+    log.warning("... %d files of %s skipped in all before decoding (listed, not images, so not "
+                "counted against data.max_bad_fraction)", len(missing), where)
   check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
   if len(indices) == 0:
     first = (list(missing) + skipped)[:1]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_labels
-from jaxgan.data.images import is_image_path
+from jaxgan.data.images import find_images
 
 
 def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
@@ -19,15 +19,10 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
   if not os.path.isdir(root):
     raise DataError(f"data.path {root!r} is not a directory; point it at your image folder")
   paths, folders = [], []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    rel = os.path.relpath(dirpath, root)
-    top = "" if rel == "." else rel.split(os.sep)[0]
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      if is_image_path(path):
-        paths.append(path)
-        folders.append(top)
+  for path in find_images(root):
+    rel = os.path.relpath(os.path.dirname(path), root)
+    paths.append(path)
+    folders.append("" if rel == "." else rel.split(os.sep)[0])
   skipped = []
   if any(folders):
     kept = [(p, f) for p, f in zip(paths, folders) if f]

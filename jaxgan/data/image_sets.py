@@ -14,14 +14,13 @@ import numpy as np
 
 from jaxgan.data import prepared
 from jaxgan.data.arrays import DataError
-from jaxgan.data.images import LoadOptions, is_image_path, load_image
+from jaxgan.data.images import LoadOptions, find_images, load_image
 
 
 def list_images(root: str) -> list[str]:
-  """Every image file under `root`, sorted (a stable order: the same set gives the same array)."""
-  paths = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files
-           if is_image_path(os.path.join(d, f))]
-  return sorted(paths)
+  """Every image file under `root` but in hidden folders, sorted (a stable order: the same set
+  gives the same array)."""
+  return sorted(find_images(root))
 
 
 def load_image_set(path: str) -> tuple[list[np.ndarray], list[dict]]:

@@ -19,7 +19,7 @@ import dataclasses
 import io
 import os
 import warnings
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +37,11 @@ class LoadOptions:
   max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+# Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
+# so a loader fix is never served the old pixels.
+LOADER_VERSION = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """An image (uint8 [size, size, 3]) or, when rejected, None and the reason."""
@@ -49,6 +54,17 @@ def is_image_path(path: str) -> bool:
   """Image extension (any case) and not hidden."""
   name = os.path.basename(path)
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(root: str) -> Iterator[str]:
+  """Image files under `root`, recursively, in a stable (sorted, depth-first) order; hidden files
+  and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped."""
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      if is_image_path(path):
+        yield path
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
