@@ -41,8 +41,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.image_size < 1 or args.min_class_count < 1:
     p.error("--image-size and --min-class-count must be positive")
-  if len(label_columns(args)) > 1 and not args.manifest:
-    p.error("several --label-column need --manifest (a folder has one label: its subfolder)")
+  if label_columns(args) and not args.manifest:
+    p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
   return args
 
 

@@ -121,6 +121,28 @@ def test_manifest_jsonl_with_image_column(tmp_path):
   assert source.class_names == ["Tshirts", "Watches"] and source.num_examples == 7
 
 
+def test_manifest_json_array_and_bad_json_rows(tmp_path):
+  from jaxgan.data.manifest import read_rows
+  rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]
+  (tmp_path / "a.json").write_text(json.dumps(rows, indent=1))  # an array over several lines
+  assert read_rows(str(tmp_path / "a.json")) == rows
+  (tmp_path / "b.json").write_text("".join(json.dumps(r) + "\n" for r in rows))  # JSON Lines
+  assert read_rows(str(tmp_path / "b.json")) == rows
+  (tmp_path / "c.jsonl").write_text(json.dumps(rows[0]) + '\n"hello"\n')
+  with pytest.raises(DataError, match=r"c.jsonl:2: a str, not a JSON object"):
+    read_rows(str(tmp_path / "c.jsonl"))
+  (tmp_path / "d.json").write_text(json.dumps([rows[0], ["a.jpg"]]))
+  with pytest.raises(DataError, match=r"d.json: item 1 of the array is a list"):
+    read_rows(str(tmp_path / "d.json"))
+
+
+def test_prepare_refuses_a_label_column_without_a_manifest(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    prepare_cli.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"),
+                      "--label-column", "articleType"])
+  assert "--label-column needs --manifest" in capsys.readouterr().err
+
+
 def test_manifest_unknown_column(tmp_path):
   path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
   config = _config(**{"data.source": "manifest", "data.path": str(path),

@@ -13,23 +13,39 @@ from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_at
 
 
 def read_rows(path: str) -> list[dict]:
-  """Rows of a .csv (header line) or .jsonl (one object per line) file."""
+  """Rows of a .csv (header line), .jsonl (one object per line) or .json (an array of objects,
+  or JSON Lines) file."""
   if not os.path.isfile(path):
     raise DataError(f"data.path {path!r} is not a file; point it at your CSV or JSONL manifest")
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:
-      if path.lower().endswith((".jsonl", ".json")):
-        rows = []
-        for n, line in enumerate(f, 1):
-          if line.strip():
-            try:
-              rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-              raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
-        return rows
-      return list(csv.DictReader(f))
+      if not path.lower().endswith((".jsonl", ".json")):
+        return list(csv.DictReader(f))
+      text = f.read()
   except UnicodeDecodeError as e:
     raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
+  if path.lower().endswith(".json") and text.lstrip().startswith("["):
+    try:
+      rows = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from e
+    for n, row in enumerate(rows):
+      if not isinstance(row, dict):
+        raise DataError(f"{path}: item {n} of the array is a {type(row).__name__}, not an object "
+                        "with the image and label columns")
+    return rows
+  rows = []
+  for n, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{n}: a {type(row).__name__}, not a JSON object; write one "
+                        "object per line")
+      rows.append(row)
+  return rows
 
 
 def scan_manifest(path: str, image_column: str = "", id_column: str = "id", image_dir: str = "",
@@ -56,7 +72,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   for column in needed:
     if column not in rows[0]:
       raise DataError(f"{path} has no column {column!r} (columns: {', '.join(rows[0])}); "
-                      "set data.image_column / data.id_column / data.label_column(s)")
+                      "set data.image_column / data.id_column / data.label_column(s) (prepare: "
+                      "--image-column / --id-column / --label-column)")
   paths, values, skipped = [], [[] for _ in label_columns], []
   for n, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
     key = image_column or id_column
