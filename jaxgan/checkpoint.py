@@ -80,7 +80,10 @@ class Checkpointer:
     on, and the previous checkpoint stays valid because orbax only renames a step into place once
     it is complete. Returns False when the write could not be started.
     """
-    self._report_async_errors()  # an earlier write's failure; try this one anyway
+    # An earlier background write's failure, reported (and cleared) here, then try this one
+    # anyway. wait(), not check_for_errors(): orbax keeps that error until the writer thread is
+    # joined, and the join inside manager.save() would otherwise raise it as this save's failure.
+    self.wait()
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),

@@ -298,6 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
+  saved = False  # whether the latest checkpoint save could be started
   try:
     with _StopRequest() as stop:
       while step < cfg.num_steps:
@@ -315,13 +316,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           interval_start, interval_steps = time.perf_counter(), 0
         else:
           interval_steps += k
-        if jax.process_count() > 1:
-          # Every process must stop at the same step (the save and sampling are collective);
-          # a signal seen by any process stops all of them.
-          stop.signal = _agreed_signal(stop.signal)
         # Read the flag once per step: a signal that lands after this line (say while the log row
         # is written) must wait for the next step, not stop this one without its checkpoint.
-        stopping = stop.signal
+        # With several processes, every one must stop at the same step (the save and sampling
+        # are collective): a signal seen by any process stops all of them. The local flag is
+        # only read, never overwritten, so a signal arriving during the exchange is not lost.
+        stopping = (_agreed_signal(stop.signal) if jax.process_count() > 1 else stop.signal)
         last = step == cfg.num_steps or stopping is not None
         if step % cfg.log_every == 0 or last:
           values = interval.summary()
@@ -343,15 +343,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % cfg.sample_every == 0 or last:
           save_samples(step)
         if step % cfg.checkpoint_every == 0 or last:
-          checkpointer.save(step, state, meta(step))
+          saved = checkpointer.save(step, state, meta(step))
         # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
         if evaluate and stopping is None and (step % cfg.eval_every == 0
                                               or step == cfg.num_steps):
           evaluate(step, state)
         if stopping is not None:
-          checkpointer.wait()
           name = signal.Signals(stopping).name
-          msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
+          if saved and checkpointer.wait():  # `last` holds here, so this step's save was tried
+            msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
+          else:
+            previous = checkpointer.latest_step()
+            msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
+                   "written (error above); a rerun resumes from " +
+                   (f"step {previous}" if previous is not None else "the start (no checkpoint)"))
           log.warning(msg)
           if is_main:
             print(msg, flush=True)
