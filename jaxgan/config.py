@@ -121,8 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   # *_every must be multiples.
   c.train.steps_per_call = 1
   c.train.dtype = "float32"  # compute dtype; parameters stay float32
-  c.train.ema_half_life_images = 10_000  # EMA of G, half-life counted in images (StyleGAN2-ADA)
-  c.train.ema_rampup = 0.05  # half-life <= rampup * images seen early on (0 disables)
+  c.train.ema_half_life_images = 10_000  # EMA of G, half-life in G's images (StyleGAN2-ADA)
+  c.train.ema_rampup = 0.05  # half-life <= rampup * G's images so far (0 disables)
   c.train.log_every = 50
   c.train.sample_every = 500
   c.train.checkpoint_every = 1000

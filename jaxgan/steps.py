@@ -22,6 +22,7 @@ import optax
 from jaxgan import augment as augment_lib
 from jaxgan import losses as losses_lib
 from jaxgan.models.resnet import orthogonal_penalty
+from jaxgan import state as state_lib
 from jaxgan.state import TrainState
 
 Batch = dict[str, jnp.ndarray]
@@ -50,13 +51,14 @@ def _all_finite(*trees) -> jnp.ndarray:
 def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:
   """Per-step EMA decay from a half-life in images, with StyleGAN2-ADA's ramp-up.
 
-  Images seen are counted from the step in float32 (no int32 wrap-around on long runs).
+  Images are G's: `batch_size` per step (one G update), for the decay and the ramp-up alike (with
+  n_critic > 1 D sees n_critic times as many reals, which must not end the ramp-up early). They
+  are counted from the step in float32 (no int32 wrap-around on long runs).
   """
   half_life = jnp.asarray(float(config.train.ema_half_life_images), jnp.float32)
-  if config.train.ema_rampup > 0:
-    images_seen = step.astype(jnp.float32) * float(config.train.batch_size * config.train.n_critic)
-    half_life = jnp.minimum(half_life, images_seen * config.train.ema_rampup)
   batch = float(config.train.batch_size)
+  if config.train.ema_rampup > 0:
+    half_life = jnp.minimum(half_life, step.astype(jnp.float32) * batch * config.train.ema_rampup)
   return jnp.where(half_life > 0, 0.5 ** (batch / jnp.maximum(half_life, 1e-8)), 0.0)
 
 
@@ -72,6 +74,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   gp_weight = config.loss.gp_weight
   random_flip = config.data.random_flip
   r1_gamma, r1_interval = config.loss.r1_gamma, config.loss.r1_interval
+  r1_gain = 0.5 * r1_gamma * state_lib.r1_period(config)  # gamma/2, times D steps per R1 phase
   lecam_weight, lecam_decay = config.loss.lecam_weight, config.loss.lecam_ema_decay
   ortho_weight = config.model.orthogonal_reg
   aug = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
@@ -114,8 +117,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
   def r1_update(d_params, d_stats, d_opt_state, real, labels, key, aug_p, step):
     """StyleGAN2's lazy regularisation phase: every r1_interval-th step, one extra D Adam step on
-    r1_interval * gamma/2 * R1 alone (make_optimizers corrects D's lr and betas for the extra
-    step). R1 is the gradient w.r.t. the un-augmented reals, through the augmentation as in
+    k * gamma/2 * R1 alone, k = r1_interval * n_critic D steps per phase (make_optimizers corrects
+    D's lr and betas for the extra step). R1 is the gradient w.r.t. the un-augmented reals, through the augmentation as in
     StyleGAN2-ADA. lax.cond skips the double backward on the other steps."""
 
     def regularise(_):
@@ -123,7 +126,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         critic = lambda x: _apply(discriminator, params, d_stats, augment(x, key, aug_p),
                                   labels)[0]  # SN's power-iteration state stays the main phase's
         r1 = losses_lib.r1_penalty(critic, real)
-        return (0.5 * r1_gamma * r1_interval) * r1, r1
+        return r1_gain * r1, r1
 
       (_, r1), grads = jax.value_and_grad(objective, has_aux=True)(d_params)
       updates, opt_state = d_tx.update(grads, d_opt_state, d_params)

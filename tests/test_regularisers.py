@@ -126,3 +126,17 @@ def test_lazy_r1_is_a_separate_d_phase_with_diffaugment_and_n_critic():
   assert logged["r1_penalty"] == pytest.approx((r1[0] + r1[2]) / 2)
   assert [_adam_count(s.d_opt_state) for s in snapshots] == [0, 3, 5, 8]
   assert [_adam_count(s.g_opt_state) for s in snapshots] == [0, 1, 2, 3]
+
+
+
+def test_lazy_r1_corrections_count_d_steps_not_train_steps():
+  """StyleGAN2's corrections are per D step: with r1_interval 2 and n_critic 2 one R1 phase
+  covers k = 4 ordinary D steps, so R1's gain is 4 * gamma/2 and D's lr and betas take c = 4/5."""
+  config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 2, "train.n_critic": 2,
+                          "optim.d_lr": 1e-3, "optim.b1": 0.5, "optim.b2": 0.99})
+  assert state_lib.r1_period(config) == 4
+  _, d_tx = state_lib.make_optimizers(config)
+  # One Adam step from zero moments moves a weight by lr * g / (|g| + eps), i.e. ~lr.
+  params = {"w": jnp.zeros(())}
+  updates, _ = d_tx.update({"w": jnp.ones(())}, d_tx.init(params), params)
+  np.testing.assert_allclose(-float(updates["w"]), 1e-3 * 4 / 5, rtol=1e-4)

@@ -119,6 +119,13 @@ def test_ema_half_life_in_images(make_config):
   assert float(steps.ema_beta(ramped, jnp.asarray(10))) < beta  # 80 images seen: ramping up
   disabled = make_config(**{"train.ema_half_life_images": 0})
   assert float(steps.ema_beta(disabled, jnp.asarray(10_000))) == 0.0
+  # Ramp-up and decay count the same images (G's, batch_size per step): extra critic steps
+  # must not end the ramp-up n_critic times earlier.
+  critics = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.5,
+                           "train.n_critic": 5})
+  for step in (10, 100, 10_000):
+    assert float(steps.ema_beta(critics, jnp.asarray(step))) == float(
+        steps.ema_beta(ramped, jnp.asarray(step)))
 
 
 def test_bfloat16_step_runs_with_float32_state(make_config):
