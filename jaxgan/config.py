@@ -297,13 +297,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
   _require(config.model.norm_impl in NORM_IMPLS, "model.norm_impl",
            f"must be one of {list(NORM_IMPLS)}, got {config.model.norm_impl!r}")
-  sizes = models.MODELS.get(config.model.name).supported_image_sizes
-  _require(config.data.image_size in sizes, "data.image_size",
-           f"model {config.model.name!r} builds images of size {list(sizes)}, "
-           f"got {config.data.image_size}")
+  model = models.MODELS.get(config.model.name)
+  _require(config.data.image_size in model.supported_image_sizes, "data.image_size",
+           f"model {config.model.name!r} builds images of size "
+           f"{list(model.supported_image_sizes)}, got {config.data.image_size}")
+  model.validate(config)
 
   loss = losses.LOSSES.get(config.loss.name)
-  if loss.needs_per_sample_critic:
+  if loss.needs_per_sample_critic and model.d_norm_applies:
     _require(config.model.d_norm != "batch", "model.d_norm",
              f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
              "mixes; set --config.model.d_norm=layer (or none)")
@@ -328,7 +329,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
   _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
            f"must be in [0, 1], got {config.augment.ada_p_init}")
-  if config.loss.r1_gamma > 0 and config.model.name == "dcgan":
+  if config.loss.r1_gamma > 0 and model.d_norm_applies:
     _require(config.model.d_norm != "batch", "model.d_norm",
              "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
              "--config.model.d_norm=layer (or none)")
@@ -350,7 +351,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   for name in [m.strip() for m in config.eval.metrics.split(",") if m.strip()]:
     _require(name in metrics_suite.METRICS, "eval.metrics",
              f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
+    _require(nc > 0 or not getattr(metrics_suite.METRICS.get(name), "needs_labels", False),
+             "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
   _positive_int(config, "eval.batch_size")
+  _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
+           f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
+  if config.train.eval_every:
+    from jaxgan.metrics import inception  # pylint: disable=g-import-not-at-top
+
+    try:  # now, not after the first eval_every steps
+      inception.find_weights(config.eval.weights)
+    except FileNotFoundError as e:
+      raise ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)") from None
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num-samples", "--num_samples", type=int, default=10_000, dest="num_samples",
                  help="generated samples (workdir mode); reals: as many, capped at the data set")
   p.add_argument("--num-real", "--num_real", type=int, default=0, dest="num_real",
-                 help="real images for the reference (workdir mode; 0 = --num-samples)")
+                 help="real images for the reference (workdir mode; 0 = the run's "
+                 "eval.num_real, or --num-samples when that is 0 too)")
   p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                  help="workdir mode: the newest checkpoint, or the best-FID one of training")
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
@@ -85,7 +86,8 @@ def evaluate_workdir(args) -> dict:
   generator, _ = models_lib.build_models(config)
   evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config))
   results = evaluator.evaluate(state.ema_params, state.g_batch_stats, args.num_samples,
-                               num_real=args.num_real or args.num_samples, seed=args.seed)
+                               num_real=args.num_real or config.eval.num_real or args.num_samples,
+                               seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir))
   return results
 

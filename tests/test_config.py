@@ -39,6 +39,37 @@ def test_invalid_values_name_the_key(make_config, key, value, message):
   assert "\n" not in str(info.value)
 
 
+RESNET32 = {"model.name": "resnet", "data.image_size": 32}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({**RESNET32, "model.attention_resolution": 32},  # a G block's size, but not a D block's
+     "model.attention_resolution: 32 is not a resolution both ResNet G and D have at image size 32; "
+     "choose one of [8, 16]"),
+    ({**RESNET32, "model.attention_resolution": 48}, "model.attention_resolution: 48"),
+    ({**RESNET32, "model.z_dim": 3}, "model.z_dim: 3 is smaller than the 4 latent chunks"),
+    ({**RESNET32, "model.shared_dim": 0}, "model.shared_dim: must be a positive integer"),
+    ({"data.num_classes": 0, "eval.metrics": "fid,per_class_fid"},
+     "eval.metrics: 'per_class_fid' needs a conditional run"),
+    ({"eval.num_real": -1}, "eval.num_real: must be an integer >= 0"),
+    ({"train.eval_every": 2, "eval.weights": "/nonexistent/inception.pt"},
+     "eval.weights: /nonexistent/inception.pt: no such weights file"),
+])
+def test_invalid_combinations_name_the_key(make_config, overrides, message):
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(make_config(**overrides), num_devices=1)
+  assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resnet_d_has_no_batchnorm_to_refuse(make_config):
+  # model.d_norm is a DCGAN D setting: per-sample-gradient losses need no change of it for ResNet.
+  for overrides in ({"loss.name": "wgan_gp"}, {"loss.r1_gamma": 1.0}):
+    config_lib.validate(make_config(**RESNET32, **overrides, **{"model.d_norm": "batch"}), 1)
+  for size, attention in ((32, 16), (64, 32), (128, 64)):
+    config_lib.validate(make_config(**{**RESNET32, "data.image_size": size,
+                                       "model.attention_resolution": attention}), 1)
+
+
 def test_schedule_must_fit_steps_per_call(make_config):
   config = make_config(**{"train.steps_per_call": 2})
   config_lib.validate(config, num_devices=1)

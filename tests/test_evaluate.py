@@ -79,7 +79,7 @@ def test_bad_input_is_one_line(args, message, capsys):
 
 def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys):
   cache = str(tmp_path / "cache")
-  config = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 6,
+  config = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 6, "eval.num_real": 8,
                           "eval.batch_size": 3, "eval.cache_dir": cache})
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(config, workdir)
@@ -101,6 +101,7 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
+  assert result["num_real"] == 8 == evals[best_step]["eval/num_real"]  # the run's eval.num_real
   # tiny_config has 3 classes; with 6 samples a class may have < 2 on a side (then null).
   assert {"fid_class_0", "fid_class_1", "fid_class_2"} & set(result)
   # Same checkpoint, latents, labels and cached reals: the FID training logged for this step.

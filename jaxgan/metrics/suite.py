@@ -57,6 +57,9 @@ def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.
   return out
 
 
+_per_class_fid.needs_labels = True  # config.validate refuses it for unconditional runs
+
+
 @METRICS.register("pr")
 def _precision_recall(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   precision, recall = distances.precision_recall(real, fake, k=3)

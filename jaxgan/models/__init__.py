@@ -14,18 +14,29 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxgan.config import attribute_classes
+from jaxgan.config import ConfigError, attribute_classes
 from jaxgan.models.batchnorm import resolve_norm_impl
 from jaxgan.models.dcgan import Discriminator, Generator
 from jaxgan.models.layers import resolve_downsample_impl, resolve_upsample_impl
-from jaxgan.models.resnet import ResNetDiscriminator, ResNetGenerator
+from jaxgan.models.resnet import (ResNetDiscriminator, ResNetGenerator, attention_resolutions,
+                                  latent_chunks)
 from jaxgan.registry import Registry
+
+
+def _no_checks(config) -> None:
+  del config
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """`validate(config)` raises config.ConfigError for model keys this family cannot build (run
+  by config.validate, before anything is compiled); `d_norm_applies`: whether D honours
+  `model.d_norm` (the ResNet D has no normalisation but spectral norm)."""
+
   build: Callable[..., tuple[nn.Module, nn.Module]]
   supported_image_sizes: tuple[int, ...]
+  validate: Callable[..., None] = _no_checks
+  d_norm_applies: bool = True
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -67,7 +78,24 @@ def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
   return g, disc
 
 
-MODELS.register("resnet")(ModelSpec(_build_resnet, (32, 64, 128, 256)))
+def _validate_resnet(config) -> None:
+  m, size = config.model, config.data.image_size
+  allowed = attention_resolutions(size)
+  if m.attention_resolution != 0 and m.attention_resolution not in allowed:
+    raise ConfigError(f"config key model.attention_resolution: {m.attention_resolution} is not a "
+                      f"resolution both ResNet G and D have at image size {size}; choose one of "
+                      f"{list(allowed)}, or 0 for no attention")
+  if m.z_dim < latent_chunks(size):
+    raise ConfigError(f"config key model.z_dim: {m.z_dim} is smaller than the "
+                      f"{latent_chunks(size)} latent chunks ResNet G splits z into at image size "
+                      f"{size}; use at least that (BigGAN: 120)")
+  if not (isinstance(m.shared_dim, int) and m.shared_dim > 0):
+    raise ConfigError(f"config key model.shared_dim: must be a positive integer (the shared class "
+                      f"embedding; 0 would make G ignore its labels), got {m.shared_dim!r}")
+
+
+MODELS.register("resnet")(ModelSpec(_build_resnet, (32, 64, 128, 256), _validate_resnet,
+                                    d_norm_applies=False))
 
 
 def build_models(config) -> tuple[nn.Module, nn.Module]:

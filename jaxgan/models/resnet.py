@@ -180,6 +180,17 @@ class DownBlock(nn.Module):
     return h + _avg_pool(conv(x, 1, "shortcut"))
 
 
+def attention_resolutions(image_size: int) -> tuple[int, ...]:
+  """Where both G and D can hold their self-attention block: a resolution that is a G block's
+  output (8 .. image_size) and a D block's (4 .. image_size / 2)."""
+  return tuple(8 * 2**i for i in range(_num_doublings(image_size) - 1))
+
+
+def latent_chunks(image_size: int) -> int:
+  """z is split into one chunk for the projection and one per up block: z_dim must be >= this."""
+  return _num_doublings(image_size) + 1
+
+
 def _check_attention(resolution: int, allowed: Sequence[int], who: str) -> None:
   if resolution and resolution not in allowed:
     raise ValueError(f"{who}: attention_resolution {resolution} is not one of its block output "
