@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -44,8 +45,25 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, plus one line (not ml_collections' traceback) for a bad --config.KEY."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an override of a key that is not in the config, with a
+    # message of nested reprs; keep its words: the bad key and its "Did you mean ...?".
+    detail = " ".join(re.sub(r"\\+n|\\+'|^['\"]+|['\"]+$", " ", str(e)).split())
+    detail = re.sub(r"^(\w+)\b", r"unknown key '\1'.", detail)
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    key = re.match(r"unknown key '(\w+)'", detail)
+    named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
+    print(f"error: {' '.join(named[:1] or overrides)}: {detail} (the keys are those of "
+          "jaxgan/config.py)", file=sys.stderr)
+    sys.exit(2)
+
+
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

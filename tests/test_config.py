@@ -111,28 +111,16 @@ def test_json_round_trip(make_config):
 def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   workdir = tmp_path / "w"
   typo = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
-                    "--config.train.batch_sizee=3")
-  assert typo.returncode != 0 and "batch_sizee" in typo.stderr
+                    "--config.seed=1", "--config.train.batch_sizee=3")
+  assert typo.returncode == 2
+  assert typo.stderr.strip().splitlines() == [  # one line, not ml_collections' traceback
+      "error: --config.train.batch_sizee: unknown key 'batch_sizee'. Did you mean \"batch_size\" "
+      "instead of \"batch_sizee\"? (the keys are those of jaxgan/config.py)"]
   bad = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
                    "--config.data.image_size=40")
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config key data.image_size:")
   assert not workdir.exists()  # failed before any work, nothing written
-
-
-def test_shipped_configs_are_valid():
-  configs_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-  names = sorted(n for n in os.listdir(configs_dir) if n.endswith(".py"))
-  assert "default.py" in names
-  for name in names:
-    config = config_lib.load_config_file(os.path.join(configs_dir, name))
-    if config.data.source != "synthetic":
-      # Real sources check their data at validation; the keys and every other value are checked
-      # here on the synthetic catalog (their data is tested in test_sources.py).
-      config.data.source = "synthetic"
-      config.data.num_classes = min(config.data.num_classes, 8)
-    config_lib.validate(config, num_devices=1)
-    json.loads(config_lib.to_json(config))
 
 
 @pytest.mark.parametrize("name", sorted(
@@ -151,6 +139,7 @@ def test_every_shipped_config_validates_and_builds(name):
     with config.unlocked():
       config.data.source, config.data.num_classes = "synthetic", 8
   config_lib.validate(config, 1, 1)
+  json.loads(config_lib.to_json(config))
   g, d = models.build_models(config)
   z = jnp.zeros((2, config.model.z_dim))
   labels = jnp.zeros((2,), jnp.int32) if config.data.num_classes else None
