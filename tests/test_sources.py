@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -68,6 +69,15 @@ def test_folder_class_count_must_match(folder):
   with pytest.raises(config_lib.ConfigError, match=r"data.num_classes: .* has 2 classes "
                                                    r"\(shirts, shoes\), got 3"):
     build_source(config)
+
+
+def test_labelled_folder_trained_unconditionally_is_warned_about(folder, caplog):
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 0,
+                      "data.max_bad_fraction": 0.5})
+  with caplog.at_level(logging.WARNING):
+    source = build_source(config)
+  assert set(source.labels) == {0}
+  assert "has 2 classes but data.num_classes=0: training unconditionally" in caplog.text
 
 
 def test_flat_folder_is_unconditional(tmp_path):

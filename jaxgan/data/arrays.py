@@ -245,11 +245,20 @@ def load_options(config) -> LoadOptions:
                      max_pixels=d.max_pixels)
 
 
+def _warn_unconditional(where: str, classes: int) -> None:
+  # Not an error (any data may be trained unconditionally), but a conditional config that forgot
+  # data.num_classes would otherwise train for days without labels, silently.
+  log.warning("%s has %d classes but data.num_classes=0: training unconditionally (set "
+              "--config.data.num_classes=%d to condition on them)", where, classes, classes)
+
+
 def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
   """data.num_classes must match what the data holds (0 for unconditional training)."""
   from jaxgan.config import ConfigError  # same layer; lazy to keep import order simple
 
   want = config.data.num_classes
+  if want == 0 and class_names:
+    _warn_unconditional(where, len(class_names))
   if want not in (0, len(class_names)):
     shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
     raise ConfigError(f"config key data.num_classes: {where} has {len(class_names)} classes "
@@ -267,6 +276,8 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
   if len(want) <= 1 and len(have) <= 1:
     require_num_classes(config, attributes[0][1] if attributes else [], where)
     return
+  if not want and have and 0 not in have:
+    _warn_unconditional(where, have[0])
   if not want or want == have or 0 in have:  # 0: no rows at all, reported by the caller
     return
   key = "data.num_classes" if not have or want[0] != have[0] else "data.extra_num_classes"
