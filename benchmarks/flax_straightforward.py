@@ -29,13 +29,15 @@ INIT = nn.initializers.normal(0.02)
 
 class G(nn.Module):
   dtype: jnp.dtype = jnp.float32
+  width: int = 64  # ngf (the benchmark's 64; tests shrink it)
 
   @nn.compact
   def __call__(self, z, train=True):
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    h = nn.Dense(4 * 4 * 512, use_bias=False, kernel_init=INIT, dtype=self.dtype)(z)
-    h = nn.relu(bn()(h.reshape(-1, 4, 4, 512)))
-    for c in (256, 128, 64):
+    w = self.width
+    h = nn.Dense(4 * 4 * 8 * w, use_bias=False, kernel_init=INIT, dtype=self.dtype)(z)
+    h = nn.relu(bn()(h.reshape(-1, 4, 4, 8 * w)))
+    for c in (4 * w, 2 * w, w):
       h = nn.relu(bn()(nn.ConvTranspose(c, (4, 4), (2, 2), "SAME", use_bias=False, kernel_init=INIT,
                                         dtype=self.dtype)(h)))
     return jnp.tanh(nn.ConvTranspose(3, (4, 4), (2, 2), "SAME", kernel_init=INIT, dtype=self.dtype)(h)
@@ -44,11 +46,12 @@ class G(nn.Module):
 
 class D(nn.Module):
   dtype: jnp.dtype = jnp.float32
+  width: int = 64  # ndf
 
   @nn.compact
   def __call__(self, x, train=True):
     h = x.astype(self.dtype)
-    for i, c in enumerate((64, 128, 256, 512)):
+    for i, c in enumerate(self.width * m for m in (1, 2, 4, 8)):
       h = nn.Conv(c, (4, 4), (2, 2), "SAME", use_bias=i == 0, kernel_init=INIT, dtype=self.dtype)(h)
       if i:
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(h)
@@ -60,10 +63,11 @@ def bce(logits, target):
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
-def make(batch: int, dtype, reuse_g_forward: bool = False):
+def make(batch: int, dtype, reuse_g_forward: bool = False, width: int = 64):
   """(state, jitted step). `reuse_g_forward`: run G forward once and reuse it for G's update
-  (jax.vjp), as jaxgan does: the one-G-forward lever, isolated in the port (same function)."""
-  g, d = G(dtype), D(dtype)
+  (jax.vjp), as jaxgan does: the one-G-forward lever, isolated in the port (same function).
+  `width`: ngf = ndf (64, as benchmarked; tests use less)."""
+  g, d = G(dtype, width), D(dtype, width)
   tx_g, tx_d = optax.adam(2e-4, 0.5), optax.adam(2e-4, 0.5)
   kg, kd = jax.random.split(jax.random.PRNGKey(0))
   gv = g.init(kg, jnp.zeros((2, 100)), train=False)

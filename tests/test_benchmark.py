@@ -183,7 +183,7 @@ def test_port_reusing_g_forward_is_the_same_step():
   real = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=-1.0, maxval=1.0)
   new = {}
   for reuse in (False, True):
-    state, step = port.make(2, jnp.float32, reuse_g_forward=reuse)
+    state, step = port.make(2, jnp.float32, reuse_g_forward=reuse, width=8)
     new[reuse] = step(state, real, jax.random.PRNGKey(2))
   changed = 0
   for a, b, old in zip(jax.tree_util.tree_leaves(new[False]), jax.tree_util.tree_leaves(new[True]),
