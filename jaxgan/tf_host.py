@@ -8,6 +8,9 @@ accelerator memory from JAX.
 from __future__ import annotations
 
 import functools
+import logging
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
@@ -17,6 +20,12 @@ def import_tensorflow():
 
   try:
     tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # already initialised by someone else: nothing more we can do
-    pass
+  except RuntimeError:
+    # TensorFlow was initialised by other code first: its GPUs can no longer be hidden. Say so
+    # when it has any, since it may then hold accelerator memory that JAX needs.
+    gpus = tf.config.get_visible_devices("GPU")
+    if gpus:
+      log.warning("TensorFlow was initialised before jaxgan could hide %d GPU(s) from it and may "
+                  "hold their memory; let nothing use TensorFlow before jaxgan's data pipeline "
+                  "starts (it hides them then)", len(gpus))
   return tf
