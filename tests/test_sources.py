@@ -131,6 +131,17 @@ def test_manifest_jsonl_with_image_column(tmp_path):
   assert source.class_names == ["Tshirts", "Watches"] and source.num_examples == 7
 
 
+def test_manifest_na_label_is_missing_not_a_class(tmp_path):
+  from jaxgan.data.manifest import scan_manifest_columns
+  rows = [{"id": 1, "type": "Watches"}, {"id": 2, "type": "NA"}, {"id": 3, "type": "NaN"},
+          {"id": 4, "type": "Tshirts"}]
+  path, images = _manifest(tmp_path, rows)
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
+                                                 ["articleType"])
+  assert values == [["Watches", "Tshirts"]] and len(paths) == 2
+  assert [s["reason"] for s in skipped] == ["no articleType (line 3)", "no articleType (line 4)"]
+
+
 def test_manifest_json_array_and_bad_json_rows(tmp_path):
   from jaxgan.data.manifest import read_rows
   rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]

@@ -12,6 +12,11 @@ import numpy as np
 from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_attributes
 
 
+# Label values that mean "not recorded" in exported catalogs (pandas reads these as missing, and
+# the Kaggle fashion catalog's styles.csv writes NA): such a row has no label, it is not a class.
+MISSING_VALUES = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "<NA>", "#N/A"})
+
+
 def read_rows(path: str) -> list[dict]:
   """Rows of a .csv (header line), .jsonl (one object per line) or .json (an array of objects,
   or JSON Lines) file."""
@@ -63,7 +68,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                           label_columns: Sequence[str] = ()
                           ) -> tuple[list[str], list[list[str]], list[dict]]:
   """(existing image paths, values of each label column [[per row] per column], skipped rows as
-  {'path', 'reason'}). A row missing any label value is skipped."""
+  {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is skipped."""
   rows = read_rows(path)
   if not rows:
     raise DataError(f"{path} has no rows")
@@ -90,7 +95,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
                         f"line {n} ({type(e).__name__}: {e}); use {{id}} or column names") from e
     labels = [str(row[c]).strip() if row.get(c) is not None else "" for c in label_columns]
-    empty = [c for c, v in zip(label_columns, labels) if not v]
+    empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} (line {n})"})
     elif not os.path.isfile(image):
