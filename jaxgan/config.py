@@ -53,7 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_source_size = 8  # images with a shorter side are skipped
   c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
   c.data.max_bad_fraction = 0.01  # stop when more of the images are unusable
-  c.data.cache_dir = ""  # decoded images in a memory-mapped file here ("" = in memory)
+  # Decoded images in a memory-mapped file here ("" = in memory), keyed by the files' paths, sizes
+  # and mtimes: changing the data writes a new file (old ones are not deleted).
+  c.data.cache_dir = ""
   c.data.workers = 0  # decoding processes (0 = every core)
 
   c.model = ml_collections.ConfigDict()
@@ -63,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.d_width = 64  # channels of D's first layer (ndf)
   c.model.max_width = 512  # cap on channels at low resolutions
   c.model.embed_dim = 64  # class embedding joined to z in G
-  c.model.d_norm = "batch"  # 'batch' | 'layer' | 'none' (WGAN-GP needs per-sample D: not 'batch')
+  c.model.d_norm = "batch"  # DCGAN's D: 'batch' | 'layer' | 'none' (WGAN-GP, R1: not 'batch')
   # Lowering of G's transposed convs (same function and parameters): 'auto' (fastest measured on
   # this backend) | 'phase_grad' | 'dilated' | 'subpixel' | 'phase_conv'; see
   # jaxgan/models/layers.py and docs/benchmarks.md.
@@ -87,7 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
   c.loss.gp_weight = 10.0  # gradient-penalty weight for 'wgan_gp'
   # R1 (Mescheder et al. 2018): gamma/2 E||grad D(real)||^2, lazily every r1_interval steps as
-  # StyleGAN2's extra D step (scaled by the interval; D's Adam lr/betas corrected). 0 = off.
+  # StyleGAN2's extra D step (scaled by the D steps per phase, r1_interval * n_critic; D's Adam
+  # lr/betas corrected). 0 = off.
   c.loss.r1_gamma = 0.0
   c.loss.r1_interval = 16
   # LeCam (Tseng et al. 2021): weight * (E(D(real) - a_fake)^2 + E(D(fake) - a_real)^2) with
@@ -356,13 +359,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _positive_int(config, "eval.batch_size")
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
-  if config.train.eval_every:
-    from jaxgan.metrics import inception  # pylint: disable=g-import-not-at-top
-
-    try:  # now, not after the first eval_every steps
-      inception.find_weights(config.eval.weights)
-    except FileNotFoundError as e:
-      raise ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)") from None
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data

@@ -26,7 +26,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--images", required=True, help="image folder (class subfolders, or flat)")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--image-size", type=int, default=64)
-  p.add_argument("--manifest", default="", help="CSV or JSONL of SKU metadata")
+  p.add_argument("--manifest", default="", help="CSV, JSONL or JSON file of SKU metadata")
   p.add_argument("--id-column", default="id")
   p.add_argument("--image-column", default="", help="manifest column holding image paths")
   p.add_argument("--image-pattern", default="{id}.jpg")

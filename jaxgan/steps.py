@@ -22,8 +22,7 @@ import optax
 from jaxgan import augment as augment_lib
 from jaxgan import losses as losses_lib
 from jaxgan.models.resnet import orthogonal_penalty
-from jaxgan import state as state_lib
-from jaxgan.state import TrainState
+from jaxgan.state import TrainState, r1_period
 
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
@@ -74,7 +73,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   gp_weight = config.loss.gp_weight
   random_flip = config.data.random_flip
   r1_gamma, r1_interval = config.loss.r1_gamma, config.loss.r1_interval
-  r1_gain = 0.5 * r1_gamma * state_lib.r1_period(config)  # gamma/2, times D steps per R1 phase
+  r1_gain = 0.5 * r1_gamma * r1_period(config)  # gamma/2, times the D steps per R1 phase
   lecam_weight, lecam_decay = config.loss.lecam_weight, config.loss.lecam_ema_decay
   ortho_weight = config.model.orthogonal_reg
   aug = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
@@ -117,9 +116,10 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
   def r1_update(d_params, d_stats, d_opt_state, real, labels, key, aug_p, step):
     """StyleGAN2's lazy regularisation phase: every r1_interval-th step, one extra D Adam step on
-    k * gamma/2 * R1 alone, k = r1_interval * n_critic D steps per phase (make_optimizers corrects
-    D's lr and betas for the extra step). R1 is the gradient w.r.t. the un-augmented reals, through the augmentation as in
-    StyleGAN2-ADA. lax.cond skips the double backward on the other steps."""
+    k * gamma/2 * R1 alone, k = r1_interval * n_critic D steps per phase (make_optimizers
+    corrects D's lr and betas for the extra step). R1 is the gradient w.r.t. the un-augmented
+    reals, through the augmentation as in StyleGAN2-ADA. lax.cond skips the double backward on
+    the other steps."""
 
     def regularise(_):
       def objective(params):

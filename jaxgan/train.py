@@ -57,8 +57,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     key = re.match(r"unknown key '(\w+)'", detail)
     named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
-    print(f"error: {' '.join(named[:1] or overrides)}: {detail} (the keys are those of "
-          "jaxgan/config.py)", file=sys.stderr)
+    if not named:  # not an override's key (say, a bug in the config file): the real traceback
+      raise
+    print(f"error: {named[0]}: {detail} (the keys are those of jaxgan/config.py)",
+          file=sys.stderr)
     sys.exit(2)
 
 

@@ -30,6 +30,7 @@ from jaxgan import state as state_lib
 from jaxgan import step_metrics
 from jaxgan import steps
 from jaxgan import writers
+from jaxgan.metrics import inception
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
   run = build_run(config)  # validates the config (before anything compiles)
+  if config.train.eval_every:
+    try:  # now, not after the first eval_every steps (training only: compile_only needs none)
+      inception.find_weights(config.eval.weights)
+    except FileNotFoundError as e:
+      raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
+                                   ) from None
   config_lib.validate_schedule(config)
   prepare_workdir(workdir)
   is_main = jax.process_index() == 0

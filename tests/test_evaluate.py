@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from jaxgan import evaluate, trainer
+from jaxgan import config as config_lib, evaluate, trainer
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import draw_product
 from jaxgan.metrics import suite
@@ -110,12 +110,18 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
 
 
 def test_unknown_metric_is_a_config_error():
-  from jaxgan import config as config_lib
-
   config = tiny_config(**{"eval.metrics": "fid,inception_score"})
   with pytest.raises(config_lib.ConfigError, match="eval.metrics"):
     config_lib.validate(config, 1, 1)
   assert "pr" in suite.METRICS
+
+
+def test_missing_weights_stop_training_before_it_starts(tmp_path):
+  config = tiny_config(**{"train.eval_every": 2, "eval.weights": "/nonexistent/inception.pt"})
+  with pytest.raises(config_lib.ConfigError,
+                     match="config key eval.weights: /nonexistent/inception.pt: no such weights"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path):
@@ -128,6 +134,7 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
     Image.new("RGB", (12, 10), (9, 9, 9)).save(tmp_path / rel)
   want = [str(tmp_path / "b.png"), str(tmp_path / "x" / "a.png")]
   assert image_sets.list_images(str(tmp_path)) == want
-  assert sorted(scan_folder(str(tmp_path))[0] + [p["path"] for p in scan_folder(str(tmp_path))[2]]) == want
+  paths, _, outside = scan_folder(str(tmp_path))
+  assert sorted(paths + [p["path"] for p in outside]) == want
   images, skipped = image_sets.load_image_set(str(tmp_path))
   assert len(images) == 2 and images[0].shape == (12, 12, 3) and not skipped

@@ -128,15 +128,21 @@ def test_lazy_r1_is_a_separate_d_phase_with_diffaugment_and_n_critic():
   assert [_adam_count(s.g_opt_state) for s in snapshots] == [0, 1, 2, 3]
 
 
-
 def test_lazy_r1_corrections_count_d_steps_not_train_steps():
   """StyleGAN2's corrections are per D step: with r1_interval 2 and n_critic 2 one R1 phase
-  covers k = 4 ordinary D steps, so R1's gain is 4 * gamma/2 and D's lr and betas take c = 4/5."""
+  covers k = 4 ordinary D steps, so D's lr and betas take c = k/(k+1) = 4/5 (and R1's gain,
+  gamma/2 * r1_period, is 4 * gamma/2)."""
   config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 2, "train.n_critic": 2,
                           "optim.d_lr": 1e-3, "optim.b1": 0.5, "optim.b2": 0.99})
   assert state_lib.r1_period(config) == 4
   _, d_tx = state_lib.make_optimizers(config)
-  # One Adam step from zero moments moves a weight by lr * g / (|g| + eps), i.e. ~lr.
-  params = {"w": jnp.zeros(())}
-  updates, _ = d_tx.update({"w": jnp.ones(())}, d_tx.init(params), params)
-  np.testing.assert_allclose(-float(updates["w"]), 1e-3 * 4 / 5, rtol=1e-4)
+  c = 4 / 5
+  lr, b1, b2 = 1e-3 * c, 0.5 ** c, 0.99 ** c
+  # Two Adam steps with gradients 1 then -3: the second update depends on lr, b1 and b2.
+  params, opt_state = {"w": jnp.zeros(())}, d_tx.init({"w": jnp.zeros(())})
+  m = v = 0.0
+  for t, g in enumerate((1.0, -3.0), 1):
+    updates, opt_state = d_tx.update({"w": jnp.asarray(g)}, opt_state, params)
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    want = -lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + 1e-8)
+    np.testing.assert_allclose(float(updates["w"]), want, rtol=1e-5)

@@ -77,7 +77,7 @@ def test_labelled_folder_trained_unconditionally_is_warned_about(folder, caplog)
   with caplog.at_level(logging.WARNING):
     source = build_source(config)
   assert set(source.labels) == {0}
-  assert "has 2 classes but data.num_classes=0: training unconditionally" in caplog.text
+  assert "has 2 classes but data.num_classes=0: its labels are not used" in caplog.text
 
 
 def test_flat_folder_is_unconditional(tmp_path):
@@ -149,6 +149,10 @@ def test_manifest_json_array_and_bad_json_rows(tmp_path):
   assert read_rows(str(tmp_path / "a.json")) == rows
   (tmp_path / "b.json").write_text("".join(json.dumps(r) + "\n" for r in rows))  # JSON Lines
   assert read_rows(str(tmp_path / "b.json")) == rows
+  # JSON allows U+2028 unescaped inside a string: it must not split the line.
+  odd = {"file": "c.jpg", "type": "Line\u2028Separator"}
+  (tmp_path / "b.jsonl").write_text(json.dumps(odd, ensure_ascii=False) + "\n", encoding="utf-8")
+  assert read_rows(str(tmp_path / "b.jsonl")) == [odd]
   (tmp_path / "c.jsonl").write_text(json.dumps(rows[0]) + '\n"hello"\n')
   with pytest.raises(DataError, match=r"c.jsonl:2: a str, not a JSON object"):
     read_rows(str(tmp_path / "c.jsonl"))

@@ -207,7 +207,8 @@ class ArraySource:
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
   """Sorted class names and integer labels; classes with fewer than `min_count` examples are
-  merged into one 'other' class (last, or the data's own 'other') or dropped. Returns (labels, class_names, kept mask)."""
+  merged into one 'other' class (last, or the data's own 'other') or dropped. Returns (labels,
+  class_names, kept mask)."""
   values, counts = np.unique(np.asarray(names, dtype=object).astype(str), return_counts=True)
   common = [v for v, c in zip(values, counts) if c >= min_count]
   rare_set = {v for v, c in zip(values, counts) if c < min_count}
@@ -248,7 +249,7 @@ def load_options(config) -> LoadOptions:
 def _warn_unconditional(where: str, classes: int) -> None:
   # Not an error (any data may be trained unconditionally), but a conditional config that forgot
   # data.num_classes would otherwise train for days without labels, silently.
-  log.warning("%s has %d classes but data.num_classes=0: training unconditionally (set "
+  log.warning("%s has %d classes but data.num_classes=0: its labels are not used (set "
               "--config.data.num_classes=%d to condition on them)", where, classes, classes)
 
 

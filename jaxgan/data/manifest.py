@@ -1,4 +1,5 @@
-"""`data.source = 'manifest'`: a CSV or JSONL of SKU metadata naming the images and their labels."""
+"""`data.source = 'manifest'`: a CSV, JSONL or JSON file of SKU metadata naming the images and
+their labels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def read_rows(path: str) -> list[dict]:
   """Rows of a .csv (header line), .jsonl (one object per line) or .json (an array of objects,
   or JSON Lines) file."""
   if not os.path.isfile(path):
-    raise DataError(f"data.path {path!r} is not a file; point it at your CSV or JSONL manifest")
+    raise DataError(f"data.path {path!r} is not a file; point it at your CSV, JSONL or JSON "
+                    "manifest")
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:
       if not path.lower().endswith((".jsonl", ".json")):
@@ -40,7 +42,7 @@ def read_rows(path: str) -> list[dict]:
                         "with the image and label columns")
     return rows
   rows = []
-  for n, line in enumerate(text.splitlines(), 1):
+  for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may be in a string
     if line.strip():
       try:
         row = json.loads(line)
@@ -68,7 +70,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                           label_columns: Sequence[str] = ()
                           ) -> tuple[list[str], list[list[str]], list[dict]]:
   """(existing image paths, values of each label column [[per row] per column], skipped rows as
-  {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is skipped."""
+  {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is
+  skipped."""
   rows = read_rows(path)
   if not rows:
     raise DataError(f"{path} has no rows")
@@ -124,7 +127,8 @@ class ManifestSource(ArraySource):
 
     d = config.data
     if not d.path:
-      raise ConfigError("config key data.path: the manifest source needs a .csv or .jsonl file")
+      raise ConfigError("config key data.path: the manifest source needs a .csv, .jsonl or "
+                        ".json file")
     if d.rare_classes not in ("other", "drop"):
       raise ConfigError(f"config key data.rare_classes: must be 'other' or 'drop', got {d.rare_classes!r}")
     if d.min_class_count < 1:

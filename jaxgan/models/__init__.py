@@ -89,7 +89,7 @@ def _validate_resnet(config) -> None:
     raise ConfigError(f"config key model.z_dim: {m.z_dim} is smaller than the "
                       f"{latent_chunks(size)} latent chunks ResNet G splits z into at image size "
                       f"{size}; use at least that (BigGAN: 120)")
-  if not (isinstance(m.shared_dim, int) and m.shared_dim > 0):
+  if attribute_classes(config) and not (isinstance(m.shared_dim, int) and m.shared_dim > 0):
     raise ConfigError(f"config key model.shared_dim: must be a positive integer (the shared class "
                       f"embedding; 0 would make G ignore its labels), got {m.shared_dim!r}")
 
