@@ -192,8 +192,24 @@ class PeriodicEval:
         log.info("eval settings changed since the best-FID checkpoint (step %d): new best", best_step)
 
   def __call__(self, step: int, state) -> dict:
-    results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
-                                      self.config.train.eval_num_samples)
+    try:
+      results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
+                                        self.config.train.eval_num_samples)
+      failed = 0
+    except Exception as e:  # pylint: disable=broad-except
+      # An evaluation (Inception out of memory, a damaged reference file) is not worth the run:
+      # logged, marked in the metrics, retried at the next eval_every.
+      log.error("step %d: evaluation failed (%s: %s); training goes on", step, type(e).__name__,
+                str(e).splitlines()[0][:300] if str(e) else "")
+      results, failed = {}, 1
+    if jax.process_count() > 1:
+      # The best-FID save below is collective: if any process failed, none saves.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      failed = int(np.max(multihost_utils.process_allgather(np.int32(failed))))
+    if failed:
+      self.writer.write_scalars(step, {"eval/failed": 1})
+      return {}
     self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
                                      if isinstance(v, (int, float))})
     fid = results.get("fid")
@@ -207,9 +223,11 @@ class PeriodicEval:
     log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
                                               if isinstance(v, float)))
     if fid is not None and fid < self.best_fid:
-      self.best_fid = fid
-      self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
-                                   "eval_settings": self.settings})
+      # The best FID moves only with a started save, so memory never claims a better model
+      # than checkpoints_best holds.
+      if self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
+                                      "eval_settings": self.settings}):
+        self.best_fid = fid
     return results
 
   def close(self) -> None:

@@ -217,7 +217,7 @@ def main(argv):
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed,
                      FLAGS.truncation, FLAGS.interpolate, FLAGS.between)
-  except (ValueError, FileNotFoundError, CheckpointError) as e:
+  except (ValueError, OSError, CheckpointError) as e:  # OSError: also an unwritable --out
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")

@@ -260,14 +260,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     start_step, state, meta = restored
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
-    if is_main:
-      writers.drop_rows_after(workdir, start_step)
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    # Rows after the start step are logged again (also when a run killed before its first
+    # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
+    writers.drop_rows_after(workdir, start_step)
+    config_path = os.path.join(workdir, "config.json")
+    with open(config_path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
+    os.replace(config_path + ".tmp", config_path)  # readers (generate) never see half a file
 
   per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
   batches = data_lib.prefetch(data_lib.stack_batches(
@@ -289,7 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     images = sharding.to_host(sampler(state.ema_params, state.g_batch_stats, grid_z, grid_labels))
     if is_main:
       grid = sampling.make_grid(images, grid_cols)
-      sampling.save_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+      path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+      try:
+        sampling.save_png(grid, path)
+      except OSError as e:  # disk full, a lost mount: a missing grid is not worth the run
+        log.error("step %d: writing %s failed (%s); training goes on", step, path, e)
       writer.write_image(step, "samples", grid)
 
   evaluate = None
@@ -343,18 +350,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                                g_loss=f"{values.get('g_loss', np.nan):.3f}",
                                img_s=f"{ips:.0f}")
-          interval_start, interval_steps = time.perf_counter(), 0
           # This call's steps (the loop checks each call one call late, and this may be the last).
           _check_nonfinite(int(np.max(sharding.to_host(metrics["nonfinite_streak"]))), step,
                            cfg.max_nonfinite_steps, checkpointer)
-        if step % cfg.sample_every == 0 or last:
-          save_samples(step)
+        # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
+        # request it is what the grace period is for.
         if step % cfg.checkpoint_every == 0 or last:
           saved = checkpointer.save(step, state, meta(step))
+        if step % cfg.sample_every == 0 or step == cfg.num_steps:
+          save_samples(step)
         # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
         if evaluate and stopping is None and (step % cfg.eval_every == 0
                                               or step == cfg.num_steps):
           evaluate(step, state)
+        if step % cfg.log_every == 0 or last:
+          # The next row's images/s times training only: not this row's checkpoint, samples and
+          # evaluation (which made the row after an evaluation read 15x slow).
+          interval_start, interval_steps = time.perf_counter(), 0
         if stopping is not None:
           name = signal.Signals(stopping).name
           if saved and checkpointer.wait():  # `last` holds here, so this step's save was tried

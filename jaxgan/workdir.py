@@ -24,7 +24,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?")
   with open(path, encoding="utf-8") as f:
-    return config_lib.from_json(f.read())
+    text = f.read()
+  try:
+    return config_lib.from_json(text)
+  except ValueError as e:  # json's decode error, or a key this jaxgan does not know
+    raise ValueError(f"{path} is not a readable jaxgan config ({e}); restore it from the run's "
+                     "checkpoint meta or rerun training") from None
 
 
 def load_latest(workdir: str, subdir: str = "checkpoints"

@@ -1,7 +1,9 @@
 """Run outputs: metrics.jsonl and TensorBoard event files (scalars and sample grids).
 
 Only process 0 writes. TensorBoard goes through `tf.summary` on the CPU, imported lazily; on a
-host without TensorFlow the run continues with a warning and JSONL only.
+host without TensorFlow the run continues with a warning and JSONL only. A failed write (disk
+full, a lost mount) is logged and the run goes on: outputs are not worth a multi-day run, and the
+checkpoints, which are, have their own failure handling.
 """
 
 from __future__ import annotations
@@ -46,22 +48,31 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    with open(self._jsonl_path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    try:
+      with open(self._jsonl_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    except OSError as e:
+      log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
     if self._tb is not None:
       tf = tf_host.import_tensorflow()
-      with self._tb.as_default(step=int(step)):
-        for k, v in row.items():
-          if k != "step" and isinstance(v, (int, float)):
-            tf.summary.scalar(k, v)
+      try:
+        with self._tb.as_default(step=int(step)):
+          for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+              tf.summary.scalar(k, v)
+      except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError and kin)
+        log.error("step %d: TensorBoard scalars failed (%s); training goes on", step, e)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """One uint8 HWC image (a sample grid) to TensorBoard."""
     if not self.enabled or self._tb is None:
       return
     tf = tf_host.import_tensorflow()
-    with self._tb.as_default(step=int(step)):
-      tf.summary.image(name, image[None], max_outputs=1)
+    try:
+      with self._tb.as_default(step=int(step)):
+        tf.summary.image(name, image[None], max_outputs=1)
+    except Exception as e:  # pylint: disable=broad-except
+      log.error("step %d: TensorBoard image %r failed (%s); training goes on", step, name, e)
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -73,21 +84,44 @@ class MetricsWriter:
       self._tb = None
 
 
+def _read_rows(path: str) -> tuple[list[dict], int]:
+  """(rows, number of unreadable lines). A line cut short by a kill mid-write is unreadable."""
+  rows, bad = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        row = None
+      if isinstance(row, dict):
+        rows.append(row)
+      else:
+        bad += 1
+        log.warning("%s:%d: not a metrics row (cut short by a kill?), skipped", path, n)
+  return rows, bad
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """All rows of WORKDIR/metrics.jsonl (an empty list when there are none yet)."""
+  """All rows of WORKDIR/metrics.jsonl (an empty list when there are none yet); unreadable
+  lines are skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _read_rows(path)[0] if os.path.exists(path) else []
 
 
 def drop_rows_after(workdir: str, step: int) -> None:
-  """Removes metrics rows logged after `step` (a resumed run logs those steps again)."""
+  """Removes metrics rows logged after `step` (a restarted run logs those steps again) and lines
+  a kill cut short (the next row would otherwise be glued onto one)."""
   path = os.path.join(workdir, "metrics.jsonl")
-  rows = read_metrics(workdir)
+  if not os.path.exists(path):
+    return
+  rows, bad = _read_rows(path)
   kept = [r for r in rows if r.get("step", 0) <= step]
-  if len(kept) != len(rows):
+  with open(path, "rb") as f:
+    f.seek(max(os.path.getsize(path) - 1, 0))
+    unterminated = f.read(1) not in (b"", b"\n")  # a whole row but its newline
+  if len(kept) != len(rows) or bad or unterminated:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -114,3 +114,17 @@ def test_per_class_fid_metric_reports_each_class_with_its_sample_count():
   assert out["fid_class_0_n"] == 10 and out["fid_class_1_n"] == 10 and out["fid_class_2_n"] == 0
   assert out["fid_class_0"] == pytest.approx(metrics.fid(x[:20], y[:10]))
   assert out["fid_class_2"] is None
+
+
+def test_reference_cache_round_trip_and_damaged_files_are_recomputed(tmp_path):
+  from jaxgan.metrics import suite
+  path = suite.reference_path(str(tmp_path), {"data": "x"})
+  features, labels = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([0, 1])
+  suite.save_reference(path, features, labels, {"data": "x"})
+  got = suite.load_reference(path)
+  np.testing.assert_array_equal(got[0], features)
+  np.testing.assert_array_equal(got[1], labels)
+  data = open(path, "rb").read()
+  for damaged in (data[: len(data) // 2], b""):  # truncated (BadZipFile), empty (EOFError)
+    open(path, "wb").write(damaged)
+    assert suite.load_reference(path) is None

@@ -274,6 +274,69 @@ def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, m
   assert ckpt_lib.Checkpointer(directory, read_only=True).steps() == [1, 3]
 
 
+def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path, monkeypatch,
+                                                                        caplog):
+  """A multi-day run survives a failed metrics row and sample grid (disk full): logged, and
+  training and checkpoints go on. A metrics.jsonl left by a run killed before its first
+  checkpoint (last row cut mid-write) is trimmed to the restart, not appended to."""
+  from jaxgan import sampling
+
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n{"step": 6, "d_lo')
+  real_open, failed = open, []
+
+  def open_failing_once(path, mode="r", *args, **kwargs):
+    if "a" in mode and str(path).endswith("metrics.jsonl") and not failed:
+      failed.append(path)
+      raise OSError(28, "No space left on device")
+    return real_open(path, mode, *args, **kwargs)
+
+  def png_fails(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(writers, "open", open_failing_once, raising=False)
+  monkeypatch.setattr(sampling, "save_png", png_fails)
+  config = tiny_config(**{"train.tensorboard": False, "train.sample_every": 2})
+  with caplog.at_level(logging.ERROR):
+    state = trainer.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 4 and failed
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  assert [r["step"] for r in writers.read_metrics(str(workdir))] == [4]  # row 2 was lost
+  assert "writing " + str(workdir / "metrics.jsonl") + " failed" in caplog.text
+  assert "step_0000002.png failed" in caplog.text
+
+
+def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
+  from types import SimpleNamespace
+
+  from jaxgan import evaluator as evaluator_lib
+
+  class OutOfMemory:
+    extractor = SimpleNamespace(weights_id="w")
+
+    def evaluate(self, *args, **kwargs):
+      raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while extracting features")
+
+  rows = []
+  writer = SimpleNamespace(write_scalars=lambda step, values: rows.append((step, dict(values))))
+  periodic = evaluator_lib.PeriodicEval(tiny_config(), str(tmp_path), OutOfMemory(), writer,
+                                        meta=lambda step: {})
+  state = SimpleNamespace(ema_params={}, g_batch_stats={})
+  with caplog.at_level(logging.ERROR):
+    assert periodic(4, state) == {}
+  periodic.close()
+  assert rows == [(4, {"eval/failed": 1})] and periodic.best_fid == float("inf")
+  assert "step 4: evaluation failed (RuntimeError: RESOURCE_EXHAUSTED" in caplog.text
+  assert not os.listdir(tmp_path / "checkpoints_best")
+
+
+def test_an_unreadable_config_json_is_named(tmp_path):
+  (tmp_path / "config.json").write_text("")
+  with pytest.raises(ValueError, match=r"config.json is not a readable jaxgan config"):
+    workdir_lib.load_config(str(tmp_path))
+
+
 def test_shape_changing_config_is_refused_before_reading_state(tmp_path):
   workdir = tmp_path / "w"
   trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), str(workdir))
