@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -307,8 +308,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             place=lambda tree: sharding.put_replicated(tree, run.mesh)), writer, meta)
 
   step = start_step
+  # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a
+  # minute there, or a 3-day run writes hundreds of MB of progress.
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
-                  dynamic_ncols=True, desc="train")
+                  dynamic_ncols=True, desc="train",
+                  mininterval=0.1 if sys.stderr.isatty() else 60.0)
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
