@@ -12,16 +12,27 @@ if FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 # One persistent XLA compilation cache per test session, shared with every subprocess: the tests
 # train the same tiny model in many processes, and each would otherwise compile it again.
+OWN_CACHE_DIR = ""  # set where this process made the cache (the xdist controller): removed at exit
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
 
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgan-test-xla-cache-")
+  OWN_CACHE_DIR = tempfile.mkdtemp(prefix="jaxgan-test-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = OWN_CACHE_DIR
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Removes the session's compilation cache (tens of MB a run, left in /tmp before)."""
+  del session, exitstatus
+  if OWN_CACHE_DIR:
+    import shutil
+
+    shutil.rmtree(OWN_CACHE_DIR, ignore_errors=True)
 
 
 def xla_flags(devices: int) -> str:

@@ -134,12 +134,12 @@ def test_cli_train_then_generate(tmp_path):
   """The issue's smoke command on the default config, then `generate` from its checkpoint."""
   workdir = tmp_path / "w"
   proc = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
-                    "--config.train.num_steps=20", "--config.train.log_every=10",
-                    "--config.train.sample_every=20", "--config.train.checkpoint_every=20")
+                    "--config.train.num_steps=4", "--config.train.log_every=2",
+                    "--config.train.sample_every=4", "--config.train.checkpoint_every=4")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert [r["step"] for r in writers.read_metrics(str(workdir))] == [10, 20]
-  assert (workdir / "samples" / "step_0000020.png").exists()
-  assert (workdir / "checkpoints" / "20").is_dir()
+  assert [r["step"] for r in writers.read_metrics(str(workdir))] == [2, 4]
+  assert (workdir / "samples" / "step_0000004.png").exists()
+  assert (workdir / "checkpoints" / "4").is_dir()
   gen = run_module("jaxgan.generate", "--workdir", str(workdir), "--num", "16", "--out",
                    str(tmp_path / "grid.png"), "--label", "watch")
   assert gen.returncode == 0, gen.stderr[-2000:]
