@@ -205,6 +205,15 @@ def _agreed_signal(local: Optional[int]) -> Optional[int]:
   return received[0] if received else None
 
 
+def _same_everywhere(flag: bool) -> bool:
+  """Process 0's `flag` on every process (for decisions that start collective work)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
   if streak >= limit:
     good = checkpointer.latest_step()
@@ -306,6 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, workdir, evaluator_lib.Evaluator(
             config, run.generator, source, sampler,
             place=lambda tree: sharding.put_replicated(tree, run.mesh)), writer, meta)
+    if start_step and (start_step % cfg.eval_every == 0 or start_step == cfg.num_steps):
+      # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
+      # resumes exactly there: evaluate that step now, unless its row was written.
+      missed = _same_everywhere(is_main and not writers.has_row(workdir, start_step, "eval/"))
+      if missed:
+        evaluate(start_step, state)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a

@@ -110,6 +110,12 @@ def read_metrics(workdir: str) -> list[dict]:
   return _read_rows(path)[0] if os.path.exists(path) else []
 
 
+def has_row(workdir: str, step: int, prefix: str) -> bool:
+  """Whether metrics.jsonl holds a row of `step` with a key starting with `prefix` ('eval/')."""
+  return any(r.get("step") == step and any(k.startswith(prefix) for k in r)
+             for r in read_metrics(workdir))
+
+
 def drop_rows_after(workdir: str, step: int) -> None:
   """Removes metrics rows logged after `step` (a restarted run logs those steps again) and lines
   a kill cut short (the next row would otherwise be glued onto one)."""

@@ -138,3 +138,30 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
   assert sorted(paths + [p["path"] for p in outside]) == want
   images, skipped = image_sets.load_image_set(str(tmp_path))
   assert len(images) == 2 and images[0].shape == (12, 12, 3) and not skipped
+
+
+def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, monkeypatch):
+  """Killed while evaluating step 4 (its checkpoint complete), the run resumes at step 4 and
+  evaluates it first; once its eval row is written, a restart does not evaluate it again."""
+  from jaxgan import evaluator as evaluator_lib
+
+  calls = []
+
+  def fake_eval(self, step, state):
+    calls.append(step)
+    if step == 4 and len(calls) == 2:  # the first run's second evaluation: killed inside it
+      raise KeyboardInterrupt
+    self.writer.write_scalars(step, {"eval/fid": 1.0})
+    return {"fid": 1.0}
+
+  monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
+  config = tiny_config(**{"train.eval_every": 2, "train.tensorboard": False,
+                          "eval.cache_dir": str(tmp_path / "cache")})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(config, workdir)
+  assert calls == [2, 4] and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  trainer.train_and_evaluate(config, workdir)
+  assert calls == [2, 4, 4]
+  trainer.train_and_evaluate(config, workdir)
+  assert calls == [2, 4, 4]
