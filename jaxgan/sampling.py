@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -163,5 +164,10 @@ def save_png(image: np.ndarray, path: str) -> None:
   """Writes atomically (temp file + rename) so a reader never sees half a PNG."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
-  Image.fromarray(image).save(tmp, format="PNG")
-  os.replace(tmp, path)
+  try:
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # a failed write (disk full) leaves no partial file
+      os.remove(tmp)
+    raise

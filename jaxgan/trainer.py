@@ -315,24 +315,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, workdir, evaluator_lib.Evaluator(
             config, run.generator, source, sampler,
             place=lambda tree: sharding.put_replicated(tree, run.mesh)), writer, meta)
-    if start_step and (start_step % cfg.eval_every == 0 or start_step == cfg.num_steps):
-      # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
-      # resumes exactly there: evaluate that step now, unless its row was written.
-      missed = _same_everywhere(is_main and not writers.has_row(workdir, start_step, "eval/"))
-      if missed:
-        evaluate(start_step, state)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a
-  # minute there, or a 3-day run writes hundreds of MB of progress.
+  # minute there (and set_postfix below does not force one), or a 3-day run writes hundreds of
+  # MB of progress.
+  interactive = sys.stderr.isatty()
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
-                  dynamic_ncols=True, desc="train",
-                  mininterval=0.1 if sys.stderr.isatty() else 60.0)
+                  dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 60.0,
+                  maxinterval=10.0 if interactive else 60.0)
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
   saved = False  # whether the latest checkpoint save could be started
   try:
+    if evaluate and start_step and (start_step % cfg.eval_every == 0
+                                    or start_step == cfg.num_steps):
+      # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
+      # resumes exactly there: evaluate that step now, unless it has a successful eval row
+      # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
+      if _same_everywhere(is_main and not writers.has_row(workdir, start_step,
+                                                          "eval/num_samples")):
+        evaluate(start_step, state)
     with _StopRequest() as stop:
       while step < cfg.num_steps:
         batch = sharding.put_batch(next(batches), run.batch_sharding)
@@ -368,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_scalars(step, values)  # before the check below: the row shows the losses
           progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                                g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                               img_s=f"{ips:.0f}")
+                               img_s=f"{ips:.0f}", refresh=interactive)
           # This call's steps (the loop checks each call one call late, and this may be the last).
           _check_nonfinite(int(np.max(sharding.to_host(metrics["nonfinite_streak"]))), step,
                            cfg.max_nonfinite_steps, checkpointer)

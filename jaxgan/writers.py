@@ -80,7 +80,10 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except Exception as e:  # pylint: disable=broad-except  (a lost mount must not end a run)
+        log.error("closing TensorBoard's event file failed (%s)", e)
       self._tb = None
 
 

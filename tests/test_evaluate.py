@@ -142,7 +142,8 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
 
 def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, monkeypatch):
   """Killed while evaluating step 4 (its checkpoint complete), the run resumes at step 4 and
-  evaluates it first; once its eval row is written, a restart does not evaluate it again."""
+  evaluates it first, then goes on; a failed final evaluation (eval/failed) is retried on
+  restart, a successful one is not."""
   from jaxgan import evaluator as evaluator_lib
 
   calls = []
@@ -151,17 +152,22 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
     calls.append(step)
     if step == 4 and len(calls) == 2:  # the first run's second evaluation: killed inside it
       raise KeyboardInterrupt
-    self.writer.write_scalars(step, {"eval/fid": 1.0})
+    if step == 6 and calls.count(6) == 1:  # the final evaluation fails once
+      self.writer.write_scalars(step, {"eval/failed": 1})
+      return {}
+    self.writer.write_scalars(step, {"eval/fid": 1.0, "eval/num_samples": 6})
     return {"fid": 1.0}
 
   monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
-  config = tiny_config(**{"train.eval_every": 2, "train.tensorboard": False,
+  config = tiny_config(**{"train.eval_every": 2, "train.num_steps": 6, "train.tensorboard": False,
                           "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "run")
   with pytest.raises(KeyboardInterrupt):
     trainer.train_and_evaluate(config, workdir)
   assert calls == [2, 4] and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  trainer.train_and_evaluate(config, workdir)  # resumes at 4 (not the last step): 4 first
+  assert calls == [2, 4, 4, 6]
+  trainer.train_and_evaluate(config, workdir)  # at the last step, whose evaluation failed
+  assert calls == [2, 4, 4, 6, 6]
   trainer.train_and_evaluate(config, workdir)
-  assert calls == [2, 4, 4]
-  trainer.train_and_evaluate(config, workdir)
-  assert calls == [2, 4, 4]
+  assert calls == [2, 4, 4, 6, 6]

@@ -307,6 +307,17 @@ def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path
   assert "step_0000002.png failed" in caplog.text
 
 
+@pytest.mark.parametrize("tail", ['{"step": 4, "eval/fi', '{"step": 4, "eval/fid": 3.0}'])
+def test_a_row_cut_by_a_kill_is_dropped_and_the_next_row_stays_whole(tmp_path, tail):
+  """Cut mid-row, or a whole row without its newline: the next append must not be glued on."""
+  (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n' + tail)
+  writers.drop_rows_after(str(tmp_path), 4)
+  writers.MetricsWriter(str(tmp_path), tensorboard=False).write_scalars(6, {"d_loss": 1.0})
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == (
+      [2, 4, 6] if tail.endswith("fi") else [2, 4, 4, 6])
+
+
 def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
   from types import SimpleNamespace
 

@@ -166,3 +166,11 @@ def test_training_and_generation_work_without_tensorflow(tmp_path):
   assert proc.stdout.strip().endswith("ok")
   assert "no TensorBoard events" in proc.stderr
   assert (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
+  """Redirected (a cluster job's log file), the bar must not write a line per log row."""
+  config = tiny_config(**{"train.num_steps": 8, "train.log_every": 2, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  err = capsys.readouterr().err
+  assert 1 <= err.count("train:") <= 2, err  # the first draw and the final one
