@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from jaxgan import multihost
+
 log = logging.getLogger(__name__)
 
 
@@ -211,9 +213,7 @@ def _everywhere(ok: bool) -> bool:
   leaves the others waiting at that barrier (orbax's timeout: 300 s) rather than here, and is not
   recovered cleanly; failures every process sees (shared storage), and failures after orbax
   returns, are."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+  return multihost.all_processes(ok)
 
 
 def _agreed_steps(steps: list[int]) -> list[int]:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import multihost
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan.metrics import suite
@@ -72,15 +73,6 @@ def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images
   return gathered.reshape((count * per,) + gathered.shape[2:])[:len(images)]
 
 
-def _agreed(flag: bool) -> bool:
-  """True only if `flag` holds on every process (e.g. a cache every process could read)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
-
-
 class Evaluator:
   """Computes `eval.metrics` for EMA generator weights against cached real features."""
 
@@ -107,7 +99,8 @@ class Evaluator:
       cached = suite.load_reference(path)
       if cached is not None and len(cached[0]) != len(images):
         cached = None  # a damaged or foreign file: recompute
-      if not _agreed(cached is not None):  # extraction is collective: all or none recompute
+      # Extraction is collective: all processes use the cache, or all recompute.
+      if not multihost.all_processes(cached is not None):
         cached = None
       if cached is None:
         features = extract_across_processes(
@@ -202,24 +195,17 @@ class PeriodicEval:
       log.error("step %d: evaluation failed (%s: %s); training goes on", step, type(e).__name__,
                 str(e).splitlines()[0][:300] if str(e) else "")
       results, failed = {}, 1
-    if jax.process_count() > 1:
-      # The best-FID save below is collective: if any process failed, none saves.
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      failed = int(np.max(multihost_utils.process_allgather(np.int32(failed))))
-    if failed:
+    # The best-FID save below is collective: if any process failed, none saves.
+    if multihost.any_process(failed):
       self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
     self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
                                      if isinstance(v, (int, float))})
     fid = results.get("fid")
-    if fid is not None and jax.process_count() > 1:
+    if fid is not None:
       # Saving is collective: every process must take the same decision, so all use process 0's
       # FID (the gathered features are the same everywhere; this guards the reduction too).
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      fid = float(multihost_utils.broadcast_one_to_all(np.float64(fid)))
-      results["fid"] = fid
+      fid = results["fid"] = multihost.from_process_0(float(fid))
     log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
                                               if isinstance(v, float)))
     if fid is not None and fid < self.best_fid:

@@ -25,6 +25,7 @@ from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
+from jaxgan import multihost
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
@@ -196,24 +197,6 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   return report
 
 
-def _agreed_signal(local: Optional[int]) -> Optional[int]:
-  """The first signal any process received (a small all-gather per step, multi-process only)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  seen = np.asarray(multihost_utils.process_allgather(np.int32(local or 0)))
-  received = [int(v) for v in seen.ravel() if v]
-  return received[0] if received else None
-
-
-def _same_everywhere(flag: bool) -> bool:
-  """Process 0's `flag` on every process (for decisions that start collective work)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
 def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
   if streak >= limit:
     good = checkpointer.latest_step()
@@ -334,8 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
       # resumes exactly there: evaluate that step now, unless it has a successful eval row
       # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
-      if _same_everywhere(is_main and not writers.has_row(workdir, start_step,
-                                                          "eval/num_samples")):
+      if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
+                                                                  "eval/num_samples")):
         evaluate(start_step, state)
     with _StopRequest() as stop:
       while step < cfg.num_steps:
@@ -358,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # With several processes, every one must stop at the same step (the save and sampling
         # are collective): a signal seen by any process stops all of them. The local flag is
         # only read, never overwritten, so a signal arriving during the exchange is not lost.
-        stopping = (_agreed_signal(stop.signal) if jax.process_count() > 1 else stop.signal)
+        stopping = multihost.first_signal(stop.signal)
         last = step == cfg.num_steps or stopping is not None
         if step % cfg.log_every == 0 or last:
           values = interval.summary()

@@ -1,0 +1,51 @@
+"""Decisions every process must take alike.
+
+Saving, restoring, sampling and evaluating are collective: if one process chose differently from
+the others, they would diverge or hang in the next collective. Each helper is one small
+collective (an all-gather or a broadcast of a scalar); on a single process it returns its input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+
+def _gather(value: np.ndarray) -> np.ndarray:
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return np.asarray(multihost_utils.process_allgather(value))
+
+
+def all_processes(flag: bool) -> bool:
+  """True only if `flag` holds on every process (a file every process could read, ...)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.all(_gather(np.int32(flag))))
+
+
+def any_process(flag: bool) -> bool:
+  """True if `flag` holds on some process (a failure any process saw, ...)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(_gather(np.int32(flag))))
+
+
+def first_signal(local: Optional[int]) -> Optional[int]:
+  """The signal of the first process (by index) that received one, or None."""
+  if jax.process_count() == 1:
+    return local
+  received = [int(v) for v in _gather(np.int32(local or 0)).ravel() if v]
+  return received[0] if received else None
+
+
+def from_process_0(value):
+  """Process 0's `value` (a scalar or array of the same shape everywhere) on every process."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  out = multihost_utils.broadcast_one_to_all(np.asarray(value))
+  return type(value)(out) if isinstance(value, (bool, int, float)) else np.asarray(out)
