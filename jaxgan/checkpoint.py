@@ -55,9 +55,13 @@ class Checkpointer:
   """Saves and restores (state, meta) pairs under `directory`, keeping the last `keep`."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, retry_delay_s: float = 2.0):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    # A failed read of a step's state is tried once more after this pause before the step is
+    # taken for damage: network file systems fail transiently, and damage costs the newest
+    # checkpoint (moved aside, training resumes from the one before).
+    self.retry_delay_s = retry_delay_s
     # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
     # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
     # Readers (generate, tools) must not touch a directory a live run may be writing.
@@ -147,19 +151,26 @@ class Checkpointer:
         continue
       if accept_meta is not None:
         same_config = accept_meta(step, meta)
-      try:
-        state, meta = self.restore(step, abstract_state)
-      except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
-        if "structure" in str(e).lower():
-          # A state layout of another jaxgan version is not damage: never move it aside (older
-          # steps share the layout, so falling back would not help either).
-          raise CheckpointError(
-              f"checkpoint step {step} in {self.directory} holds a train state of a different "
-              "layout (written by another jaxgan version); resume it with that version, or "
-              "start a fresh workdir") from e
-        error = e
-      if _everywhere(error is None):
-        return step, state, meta
+      for attempt in range(2):  # a second read after a pause: see retry_delay_s
+        error = None
+        try:
+          state, meta = self.restore(step, abstract_state)
+        except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
+          if "structure" in str(e).lower():
+            # A state layout of another jaxgan version is not damage: never move it aside (older
+            # steps share the layout, so falling back would not help either).
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} holds a train state of a different "
+                "layout (written by another jaxgan version); resume it with that version, or "
+                "start a fresh workdir") from e
+          error = e
+        if _everywhere(error is None):  # every process retries together: restoring is collective
+          return step, state, meta
+        if attempt == 0:
+          log.warning("reading checkpoint %s/%d failed (%s); trying again in %.0f s",
+                      self.directory, step,
+                      type(error).__name__ if error else "on another process", self.retry_delay_s)
+          time.sleep(self.retry_delay_s)
       self._skip(step, error, move=same_config)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "

@@ -181,6 +181,38 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   _assert_same_state(resumed, reference)  # retrained 2 -> 4 exactly as before
 
 
+def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, caplog):
+  """A storage hiccup on the newest step's first read (network file systems have them) must not
+  move that step aside and resume from an older one."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  for step in (1, 2):
+    writer.save(step, {"w": jnp.full(3, float(step))}, {"step": step})
+  writer.close()
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  original, failures = reader.restore, []
+
+  def flaky(step, abstract_state):
+    if not failures:
+      failures.append(step)
+      raise OSError(5, "Input/output error")
+    return original(step, abstract_state)
+
+  reader.restore = flaky
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+  target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+  with caplog.at_level(logging.WARNING):
+    step, state, _ = reader.restore_latest(target)
+  reader.close()
+  assert failures == [2] and step == 2 and float(state["w"][0]) == 2.0
+  assert "trying again" in caplog.text and not os.path.exists(directory + ".corrupt")
+
+
 def test_allowed_and_forced_config_changes(tmp_path, caplog):
   workdir = str(tmp_path / "w")
   trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False, "train.num_steps": 2}), workdir)
