@@ -1,12 +1,7 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
-import json
-import os
-import subprocess
-import sys
-
 from jaxgan import multihost
-from tests.conftest import REPO, xla_flags
+from tests.conftest import run_two_processes
 
 TWO_PROCESSES = r"""
 import json, sys
@@ -31,17 +26,6 @@ def test_one_process_takes_its_own_decisions():
 
 
 def test_two_processes_agree():
-  port = 20000 + (os.getpid() + 104729) % 20000
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
-  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, f"localhost:{port}", str(i)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  results, _ = run_two_processes(TWO_PROCESSES, salt=104729)
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
                                       "signal": [15, None], "from_0": [True, 1.5]}

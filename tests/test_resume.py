@@ -456,23 +456,12 @@ def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
   has read it (damage only it detects) is skipped by all: no process resumes another state. (A
   read error inside orbax's collective restore on one process only is not covered: see
   checkpoint._everywhere.)"""
-  from tests.conftest import xla_flags
+  from tests.conftest import run_two_processes
 
-  port = 20000 + (os.getpid() + 7919) % 20000
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
   directory = str(tmp_path / "checkpoints")
-  procs = [subprocess.Popen([sys.executable, "-c", AGREED_FALLBACK, f"localhost:{port}", str(i),
-                             directory], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  results, errs = run_two_processes(AGREED_FALLBACK, directory, salt=7919)
   # Process 1's lagging listing does not make it resume another step than process 0.
   assert [r["first"] for r in results] == [2, 2]
   assert [(r["step"], r["w"]) for r in results] == [(1, 1.0), (1, 1.0)]
-  assert "another process could not read it" in outs[0][1]  # process 0 says why it fell back
+  assert "another process could not read it" in errs[0]  # process 0 says why it fell back
   assert os.listdir(directory + ".corrupt")  # step 2 moved aside (by process 0), not deleted

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgan import sharding, trainer, workdir as workdir_lib
-from tests.conftest import REPO, run_module, tiny_config, xla_flags
+from tests.conftest import REPO, run_module, run_two_processes, tiny_config, xla_flags
 
 
 def _python(code, devices, *args, timeout=300):
@@ -178,14 +178,7 @@ print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist()}))
 
 
 def test_evaluation_splits_inception_across_processes():
-  port = 20000 + os.getpid() % 20000
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
-  procs = [subprocess.Popen([sys.executable, "-c", SPLIT_EXTRACTION, f"localhost:{port}", str(i)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outs = [p.communicate(timeout=120) for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  results, _ = run_two_processes(SPLIT_EXTRACTION)
   images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
   want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
   # Process 0 extracts images 0-2, process 1 images 3-4 plus a blank pad (for the single image:
