@@ -59,7 +59,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
     if not named:  # not an override's key (say, a bug in the config file): the real traceback
       raise
-    print(f"error: {named[0]}: {detail} (the keys are those of jaxgan/config.py)",
+    print(f"error: {named[0]}: {detail} (the keys are those of jaxgan/config/schema.py)",
           file=sys.stderr)
     sys.exit(2)
 

@@ -115,7 +115,7 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert typo.returncode == 2
   assert typo.stderr.strip().splitlines() == [  # one line, not ml_collections' traceback
       "error: --config.train.batch_sizee: unknown key 'batch_sizee'. Did you mean \"batch_size\" "
-      "instead of \"batch_sizee\"? (the keys are those of jaxgan/config.py)"]
+      "instead of \"batch_sizee\"? (the keys are those of jaxgan/config/schema.py)"]
   # A bug inside a config file is not dressed up as a bad override: its traceback stays.
   (tmp_path / "buggy.py").write_text("from jaxgan.config import base_config\n\n"
                                      "def get_config():\n  return base_config().trian\n")

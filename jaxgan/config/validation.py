@@ -1,0 +1,187 @@
+"""Config validation: every value that could fail later, checked before data loading and compiling.
+
+Each check raises `ConfigError` with one line that names the key and says what to do, so a bad
+config costs seconds, not a compile. Registries (models, losses, data sources, augmentations,
+metrics) are asked about their own keys, so a new entry brings its checks with it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxgan.config.schema import (DTYPES, ConfigError, check_known_keys, get,
+                                  parse_class_counts)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config key {key}: {message}")
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
+  value = get(config, key)
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+           f"must be a positive integer, got {value!r}")
+
+
+def validate_schedule(config: ml_collections.ConfigDict) -> None:
+  """Training's schedule fits train.steps_per_call: the loop logs, samples, checkpoints and
+  evaluates between calls, so every interval is a multiple of the steps one call runs. (Only the
+  training loop needs this; the benchmark and compile_only run the step without a schedule.)"""
+  k = config.train.steps_per_call
+  for key in ("train.num_steps", "train.log_every", "train.sample_every",
+              "train.checkpoint_every", "train.eval_every"):
+    value = config.train[key.split(".")[1]]
+    _require(value % k == 0, key, f"{value} is not a multiple of train.steps_per_call={k} (the "
+             "loop acts between calls); make it one, or lower train.steps_per_call")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Checks every value that could fail later; raises ConfigError naming the key.
+
+  Runs before data loading and compilation, so a bad config costs seconds, not a compile.
+  """
+  # Imported here: the registries live in the same layer and pull in flax.
+  from jaxgan import data as data_lib
+  from jaxgan import losses
+  from jaxgan import models
+  from jaxgan import augment as augment_lib
+  from jaxgan.metrics import suite as metrics_suite
+  from jaxgan.models.batchnorm import NORM_IMPLS
+  from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
+
+  check_known_keys(config)
+  _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
+           f"must be a non-negative integer, got {config.seed!r}")
+  for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
+              "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
+              "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
+              "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps"):
+    _positive_int(config, key)
+  nc = config.data.num_classes
+  _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
+           f"must be 0 (unconditional) or a positive integer, got {nc!r}")
+  try:
+    extra = parse_class_counts(config.data.extra_num_classes)
+  except ValueError as e:
+    raise ConfigError(f"config key data.extra_num_classes: {e}") from None
+  _require(not extra or nc > 0, "data.extra_num_classes",
+           f"{config.data.extra_num_classes!r} needs data.num_classes > 0 (the first attribute's "
+           "classes); set it, or set data.extra_num_classes='' to train unconditionally")
+  _require(isinstance(config.data.label_columns, str), "data.label_columns",
+           f"must be a comma-separated string of column names, got {config.data.label_columns!r}")
+
+  _require(config.model.name in models.MODELS, "model.name",
+           f"unknown model {config.model.name!r}; choose one of {models.MODELS.names()}")
+  _require(config.loss.name in losses.LOSSES, "loss.name",
+           f"unknown loss {config.loss.name!r}; choose one of {losses.LOSSES.names()}")
+  _require(config.data.source in data_lib.SOURCES, "data.source",
+           f"unknown data source {config.data.source!r}; choose one of {data_lib.SOURCES.names()}")
+  _require(not extra or getattr(data_lib.SOURCES.get(config.data.source), "multi_attribute", False),
+           "data.extra_num_classes", f"the {config.data.source!r} source serves one attribute; "
+           "use data.source='prepared' (prepare --label-column A --label-column B) or 'manifest' "
+           "(data.label_columns), or set data.extra_num_classes=''")
+  _require(config.train.dtype in DTYPES, "train.dtype",
+           f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
+  _require(config.model.d_norm in ("batch", "layer", "none"), "model.d_norm",
+           f"must be 'batch', 'layer' or 'none', got {config.model.d_norm!r}")
+
+  _require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
+           f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
+  _require(config.model.downsample_impl in DOWNSAMPLE_IMPLS, "model.downsample_impl",
+           f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
+  _require(config.model.norm_impl in NORM_IMPLS, "model.norm_impl",
+           f"must be one of {list(NORM_IMPLS)}, got {config.model.norm_impl!r}")
+  model = models.MODELS.get(config.model.name)
+  _require(config.data.image_size in model.supported_image_sizes, "data.image_size",
+           f"model {config.model.name!r} builds images of size "
+           f"{list(model.supported_image_sizes)}, got {config.data.image_size}")
+  model.validate(config)
+
+  loss = losses.LOSSES.get(config.loss.name)
+  if loss.needs_per_sample_critic and model.d_norm_applies:
+    _require(config.model.d_norm != "batch", "model.d_norm",
+             f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
+             "mixes; set --config.model.d_norm=layer (or none)")
+  _require(config.loss.gp_weight >= 0, "loss.gp_weight", f"must be >= 0, got {config.loss.gp_weight}")
+  for key in ("loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
+    _require(get(config, key) >= 0, key, f"must be >= 0, got {get(config, key)}")
+  _positive_int(config, "loss.r1_interval")
+  _positive_int(config, "augment.ada_interval")
+  _require(0 <= config.loss.lecam_ema_decay < 1, "loss.lecam_ema_decay",
+           f"must be in [0, 1), got {config.loss.lecam_ema_decay}")
+  _require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
+           f"unknown augmentation {config.augment.name!r}; choose one of "
+           f"{augment_lib.AUGMENTS.names()}")
+  if config.augment.name == "diffaugment":
+    try:
+      augment_lib.parse_policy(config.augment.policy)
+    except ValueError as e:
+      raise ConfigError(f"config key augment.policy: {e}") from None
+  _require(config.augment.ada_kimg > 0, "augment.ada_kimg",
+           f"must be > 0 (thousands of images for p to go 0 -> 1), got {config.augment.ada_kimg}")
+  _require(-1 < config.augment.ada_target < 1, "augment.ada_target",
+           f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
+  _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
+           f"must be in [0, 1], got {config.augment.ada_p_init}")
+  if config.loss.r1_gamma > 0 and model.d_norm_applies:
+    _require(config.model.d_norm != "batch", "model.d_norm",
+             "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
+             "--config.model.d_norm=layer (or none)")
+
+  for key in ("optim.g_lr", "optim.d_lr"):
+    _require(get(config, key) > 0, key, f"must be > 0, got {get(config, key)}")
+  for key in ("optim.b1", "optim.b2"):
+    _require(0 <= get(config, key) < 1, key, f"must be in [0, 1), got {get(config, key)}")
+  _require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
+           f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
+  _require(config.train.ema_rampup >= 0, "train.ema_rampup",
+           f"must be >= 0, got {config.train.ema_rampup}")
+  _require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
+           "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
+           f"{config.train.eval_every!r}")
+  if config.train.eval_every:
+    _require(config.train.eval_num_samples >= 2, "train.eval_num_samples",
+             f"must be >= 2, got {config.train.eval_num_samples}")
+  for name in [m.strip() for m in config.eval.metrics.split(",") if m.strip()]:
+    _require(name in metrics_suite.METRICS, "eval.metrics",
+             f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
+    _require(nc > 0 or not getattr(metrics_suite.METRICS.get(name), "needs_labels", False),
+             "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
+  _positive_int(config, "eval.batch_size")
+  _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
+           f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
+
+  _positive_int(config, "mesh.fsdp")
+  fsdp, mesh_data = config.mesh.fsdp, config.mesh.data
+  _require(num_devices % fsdp == 0 or mesh_data != -1, "mesh.fsdp",
+           f"{fsdp} does not divide the {num_devices} devices; pick a divisor or set mesh.data")
+  _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data * fsdp <= num_devices),
+           "mesh.data", f"must be -1 (all devices) or at most {num_devices // fsdp} with "
+           f"mesh.fsdp={fsdp} on {num_devices} devices, got {mesh_data}")
+  mesh_devices = num_devices // fsdp * fsdp if mesh_data == -1 else mesh_data * fsdp
+  _require(config.train.batch_size % mesh_devices == 0, "train.batch_size",
+           f"global batch {config.train.batch_size} is not divisible by the {mesh_devices} "
+           "devices of the mesh; use a multiple of it")
+  if num_processes > 1:
+    _require(mesh_devices == num_devices, "mesh.data",
+             f"a {num_processes}-process run must use every device ({num_devices}); "
+             f"mesh.data * mesh.fsdp covers {mesh_devices}: set mesh.data=-1")
+    _require(config.train.batch_size % num_processes == 0, "train.batch_size",
+             f"global batch {config.train.batch_size} is not divisible by the {num_processes} "
+             "processes")
+  validate_distributed(config)
+
+  data_lib.SOURCES.get(config.data.source).validate(config)
+
+
+def validate_distributed(config: ml_collections.ConfigDict) -> None:
+  """The keys `jax.distributed` needs; checked before the backend starts."""
+  d = config.distributed
+  if d.coordinator_address and d.coordinator_address != "auto":
+    _require(":" in d.coordinator_address, "distributed.coordinator_address",
+             f"must be host:port, got {d.coordinator_address!r}")
+    _require(isinstance(d.num_processes, int) and d.num_processes >= 1,
+             "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
+    _require(isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
+             "distributed.process_id", f"must be in 0..{d.num_processes - 1}, got {d.process_id}")

@@ -1,0 +1,99 @@
+"""The layering of docs/architecture.md, read from the source: every jaxgan import (lazy ones
+inside functions included) goes to the same layer or one below, and module-level imports have no
+cycles. A new module must be placed in a layer here and in the doc."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxgan"
+
+# Top to bottom, as in docs/architecture.md's "Who owns what"; everything else is a foundation.
+LAYERS = {
+    "cli": {"jaxgan.train", "jaxgan.generate", "jaxgan.evaluate", "jaxgan.prepare",
+            "jaxgan.benchmark"},
+    "orchestration": {"jaxgan.trainer", "jaxgan.throughput"},
+    "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.workdir"},
+    "state": {"jaxgan.state"},
+}
+RANK = {"cli": 4, "orchestration": 3, "step": 2, "state": 1, "foundation": 0}
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+  if parts[-1] == "__init__":
+    parts.pop()
+  return ".".join(parts)
+
+
+def layer(module: str) -> str:
+  return next((name for name, members in LAYERS.items() if module in members), "foundation")
+
+
+def modules() -> dict[str, pathlib.Path]:
+  return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def jaxgan_imports(path: pathlib.Path, known: set[str], module_level_only: bool) -> set[str]:
+  """The jaxgan modules `path` imports (`from jaxgan import x` counts as jaxgan.x when x is a
+  module, else as jaxgan itself)."""
+  tree = ast.parse(path.read_text())
+  nodes = tree.body if module_level_only else ast.walk(tree)
+  found = set()
+  for node in nodes:
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.split(".")[0] == "jaxgan"}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+        node.module.split(".")[0] == "jaxgan"):
+      for alias in node.names:
+        sub = f"{node.module}.{alias.name}"
+        found.add(sub if sub in known else node.module)
+  return found - {"jaxgan"}
+
+
+def test_every_import_goes_to_the_same_layer_or_below():
+  mods = modules()
+  assert len(mods) > 30 and set().union(*LAYERS.values()) <= set(mods), "stale LAYERS"
+  upward = []
+  for name, path in mods.items():
+    for target in jaxgan_imports(path, set(mods), module_level_only=False):
+      if RANK[layer(target)] > RANK[layer(name)]:
+        upward.append(f"{name} ({layer(name)}) imports {target} ({layer(target)})")
+  assert not upward, upward
+
+
+def test_module_level_imports_have_no_cycle():
+  mods = modules()
+  graph = {name: jaxgan_imports(path, set(mods), module_level_only=True)
+           for name, path in mods.items()}
+  # A package's __init__ runs before its submodules; importing jaxgan.x.y imports jaxgan.x.
+  for name in mods:
+    for target in list(graph[name]):
+      parent = target.rpartition(".")[0]
+      if parent in graph and parent not in ("jaxgan", name) and not name.startswith(parent + "."):
+        graph[name].add(parent)
+  state: dict[str, int] = {}  # 1 visiting, 2 done
+
+  def visit(node: str, trail: list[str]) -> None:
+    if state.get(node) == 2:
+      return
+    if state.get(node) == 1:
+      pytest.fail("import cycle: " + " -> ".join(trail[trail.index(node):] + [node]))
+    state[node] = 1
+    for target in sorted(graph.get(node, ())):
+      visit(target, trail + [node])
+    state[node] = 2
+
+  for name in sorted(graph):
+    visit(name, [])
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+  """The two tests above can fail: a foundation importing the trainer is caught."""
+  bad = tmp_path / "bad.py"
+  bad.write_text("def f():\n  from jaxgan import trainer\n")
+  known = set(modules())
+  targets = jaxgan_imports(bad, known, module_level_only=False)
+  assert targets == {"jaxgan.trainer"} and RANK[layer("jaxgan.trainer")] > RANK["foundation"]
+  assert jaxgan_imports(bad, known, module_level_only=True) == set()
