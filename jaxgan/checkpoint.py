@@ -51,6 +51,11 @@ class CheckpointError(RuntimeError):
   """No checkpoint could be read."""
 
 
+class LayoutError(CheckpointError):
+  """A checkpoint's state holds other keys than the train state it is read into: written by
+  another jaxgan version (or model), not damaged."""
+
+
 class Checkpointer:
   """Saves and restores (state, meta) pairs under `directory`, keeping the last `keep`."""
 
@@ -70,8 +75,12 @@ class Checkpointer:
                                              cleanup_tmp_directories=not read_only,
                                              read_only=read_only,
                                              enable_async_checkpointing=async_save)
-      self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=("state", "meta"))
+      # Handlers named up front (not inferred from the first save/restore's args), so a reader
+      # can ask for a step's tree metadata before it has restored anything.
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -118,6 +127,13 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
     target = flax.serialization.to_state_dict(abstract_state)
+    # Compared from the checkpoint's own tree metadata, before reading any array, so that a
+    # layout change is told apart from damage by what is on disk, not by an error's wording.
+    difference = _layout_difference(self._manager.item_metadata(step)["state"], target)
+    if difference:
+      raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
+                        f"different layout ({difference}): written by another jaxgan version or "
+                        "model; resume it with that version, or start a fresh workdir")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
@@ -135,52 +151,61 @@ class Checkpointer:
     For each step, newest first, `meta` is read first and handed to `accept_meta(step, meta)`,
     which may raise (e.g. a config that changes the math) before any state is read; it returns
     True when the checkpoint was written by the same model and optimizer config. A step whose
-    files then fail to read is reported and skipped in favour of the previous one; it is moved
-    aside to `<directory>.corrupt/` (so the run can write that step again) only when the config
-    matched, i.e. when the failure can only be damage, and never by a read-only reader.
+    meta or state fails to read (twice, `retry_delay_s` apart) is reported and skipped in favour
+    of the previous one; it is moved aside to `<directory>.corrupt/` (so the run can write that
+    step again) only when the failure can only be damage: every process saw its files, the config
+    matched (for the state), and the reader is not read-only.
     """
     steps = _agreed_steps(self.steps())
     for step in reversed(steps):
-      same_config, error = False, None
-      try:
-        meta = self.restore_meta(step)
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-      if not _everywhere(error is None):
-        self._skip(step, error, move=True)
+      meta, error, visible = self._read_agreed(step, lambda: self.restore_meta(step))
+      if error is not None:
+        self._skip(step, error, move=visible)
         continue
-      if accept_meta is not None:
-        same_config = accept_meta(step, meta)
-      for attempt in range(2):  # a second read after a pause: see retry_delay_s
-        error = None
-        try:
-          state, meta = self.restore(step, abstract_state)
-        except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
-          if "structure" in str(e).lower():
-            # A state layout of another jaxgan version is not damage: never move it aside (older
-            # steps share the layout, so falling back would not help either).
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} holds a train state of a different "
-                "layout (written by another jaxgan version); resume it with that version, or "
-                "start a fresh workdir") from e
-          error = e
-        if _everywhere(error is None):  # every process retries together: restoring is collective
-          return step, state, meta
-        if attempt == 0:
-          log.warning("reading checkpoint %s/%d failed (%s); trying again in %.0f s",
-                      self.directory, step,
-                      type(error).__name__ if error else "on another process", self.retry_delay_s)
-          time.sleep(self.retry_delay_s)
-      self._skip(step, error, move=same_config)
+      same_config = accept_meta(step, meta) if accept_meta is not None else False
+      restored, error, visible = self._read_agreed(step, lambda: self.restore(step, abstract_state))
+      if error is None:
+        state, meta = restored
+        return step, state, meta
+      self._skip(step, error, move=same_config and visible)
     if steps:
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "
                             "if the model config changed, restore it; otherwise move the "
                             "directory away to start fresh")
     return None
 
-  def _skip(self, step: int, error: Optional[BaseException], move: bool) -> None:
-    if error is None:
-      error = CheckpointError("another process could not read it")
+  def _read_agreed(self, step: int, read: Callable[[], Any]
+                   ) -> tuple[Any, Optional[BaseException], bool]:
+    """(result, None, True) when `read()` of `step` succeeds on every process, else (None, error,
+    visible), after a second try `retry_delay_s` later (network file systems fail transiently).
+
+    Every process decides alike: reading is collective (orbax ends it in a barrier), so a step
+    one process cannot read is skipped by all. A step directory that some process does not see
+    (its view lags) is not read at all, since orbax would fail there before its barrier and leave
+    the others waiting in it; `visible` is False then, and the step is no evidence of damage.
+    """
+    path = os.path.join(self.directory, str(step))
+    error: Optional[BaseException] = None
+    for attempt in range(2):
+      error, visible = None, multihost.all_processes(os.path.isdir(path))
+      if not visible:
+        error = CheckpointError(f"{path} is not visible on every process")
+      else:
+        try:
+          result = read()
+        except LayoutError:
+          raise  # not damage: never moved aside, and older steps share the layout
+        except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
+          error = e
+        if _everywhere(error is None):
+          return result, None, True
+      if attempt == 0:
+        log.warning("reading checkpoint %s failed (%s); trying again in %.0f s", path,
+                    type(error).__name__ if error else "on another process", self.retry_delay_s)
+        time.sleep(self.retry_delay_s)
+    return None, error or CheckpointError("another process could not read it"), visible
+
+  def _skip(self, step: int, error: BaseException, move: bool) -> None:
     message = str(error).splitlines()[0][:200] if str(error) else ""
     move = move and not self.read_only
     log.warning("checkpoint %s/%d is unreadable (%s: %s); %strying the previous one",
@@ -237,6 +262,26 @@ def _agreed_steps(steps: list[int]) -> list[int]:
   # Every process passes an array of that shape; only process 0's values are broadcast.
   mine = np.asarray(steps if jax.process_index() == 0 else [-1] * count, np.int64)
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+
+
+def _key_paths(tree: Any) -> set[str]:
+  """'a/b/c' for every leaf of a nested-dict tree (orbax's metadata tree or a state dict)."""
+  def name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(name(k) for k in path) for path, _ in leaves}
+
+
+def _layout_difference(saved: Any, target: Any) -> Optional[str]:
+  """What differs between the leaf paths of a checkpoint and of the state to read, or None."""
+  saved_paths, target_paths = _key_paths(saved), _key_paths(target)
+  missing, unexpected = sorted(target_paths - saved_paths), sorted(saved_paths - target_paths)
+  parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
+           (("keys missing", missing), ("keys not in this version", unexpected)) if keys]
+  return "; ".join(parts) or None
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -181,36 +181,61 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   _assert_same_state(resumed, reference)  # retrained 2 -> 4 exactly as before
 
 
-def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, caplog):
-  """A storage hiccup on the newest step's first read (network file systems have them) must not
-  move that step aside and resume from an older one."""
+def _two_step_checkpoints(directory):
   import jax.numpy as jnp
 
   from jaxgan import checkpoint as ckpt_lib
 
-  directory = str(tmp_path / "checkpoints")
   writer = ckpt_lib.Checkpointer(directory, async_save=False)
   for step in (1, 2):
     writer.save(step, {"w": jnp.full(3, float(step))}, {"step": step})
   writer.close()
-  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
-  original, failures = reader.restore, []
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+  return ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
 
-  def flaky(step, abstract_state):
+
+@pytest.mark.parametrize("which", ["restore", "restore_meta"])
+def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, caplog, which):
+  """A storage hiccup on the newest step's first read of its state or of its meta (network file
+  systems have them) must not move that step aside and resume from an older one."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  original, failures = getattr(reader, which), []
+
+  def flaky(step, *args):
     if not failures:
       failures.append(step)
       raise OSError(5, "Input/output error")
-    return original(step, abstract_state)
+    return original(step, *args)
 
-  reader.restore = flaky
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
-  target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+  setattr(reader, which, flaky)
   with caplog.at_level(logging.WARNING):
     step, state, _ = reader.restore_latest(target)
   reader.close()
   assert failures == [2] and step == 2 and float(state["w"][0]) == 2.0
   assert "trying again" in caplog.text and not os.path.exists(directory + ".corrupt")
+
+
+def test_a_step_gone_from_view_is_skipped_not_taken_for_damage(tmp_path, caplog):
+  """A listed step whose directory is not there when read (another process's, or the file
+  system's, lagging view) is skipped without being read or moved aside."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  os.rename(os.path.join(directory, "2"), str(tmp_path / "elsewhere"))
+  reader.steps = lambda: [1, 2]  # the manager's listing, taken before the directory went away
+  with caplog.at_level(logging.WARNING):
+    step, state, _ = reader.restore_latest(target)
+  reader.close()
+  assert step == 1 and float(state["w"][0]) == 1.0
+  assert "checkpoints/2 is not visible on every process" in caplog.text
+  assert not os.path.exists(directory + ".corrupt")
 
 
 def test_allowed_and_forced_config_changes(tmp_path, caplog):
@@ -407,7 +432,7 @@ def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
               "b": jax.ShapeDtypeStruct((2,), jnp.float32)}
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
-  with pytest.raises(ckpt_lib.CheckpointError, match="different layout"):
+  with pytest.raises(ckpt_lib.LayoutError, match="different layout .1 keys missing, e.g. b.:"):
     reader.restore_latest(target, lambda step, meta: True)
   reader.close()
   assert os.path.isdir(os.path.join(directory, "1"))
