@@ -69,7 +69,8 @@ def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images
   part = images[jax.process_index() * per:(jax.process_index() + 1) * per]
   if len(part) < per:
     part = np.concatenate([part, np.zeros((per - len(part),) + images.shape[1:], images.dtype)])
-  gathered = np.asarray(multihost_utils.process_allgather(extract(part)))  # [P, per, dim]
+  features = multihost.agreed(lambda: extract(part), "feature extraction")
+  gathered = np.asarray(multihost_utils.process_allgather(features))  # [P, per, dim]
   return gathered.reshape((count * per,) + gathered.shape[2:])[:len(images)]
 
 
@@ -93,12 +94,8 @@ class Evaluator:
     """(features, labels) of the first `num` real images, from the cache when present."""
     if num not in self._reference:
       # Collecting (decoded, in memory) and hashing the reals is cheap; Inception is not.
-      images, labels = collect_images(self.source, num)
-      identity = reference_identity(images, labels, self.extractor.weights_id)
-      path = suite.reference_path(self.cache, identity)
-      cached = suite.load_reference(path)
-      if cached is not None and len(cached[0]) != len(images):
-        cached = None  # a damaged or foreign file: recompute
+      images, labels, identity, path, cached = multihost.agreed(
+          lambda: self._local_reference(num), "reading the real images")
       # Extraction is collective: all processes use the cache, or all recompute.
       if not multihost.all_processes(cached is not None):
         cached = None
@@ -108,10 +105,24 @@ class Evaluator:
         log.info("real features: %d images at %.1f img/s, cached in %s", len(images),
                  self.extractor.last_images_per_sec or 0.0, path)
         if jax.process_index() == 0:
-          suite.save_reference(path, features, labels, identity)
+          try:
+            suite.save_reference(path, features, labels, identity)
+          except OSError as e:  # a cache, not a result: the evaluation goes on without it
+            log.warning("could not cache the real features in %s (%s); set eval.cache_dir to "
+                        "a writable folder to reuse them", path, e)
         cached = (features, labels)
       self._reference[num] = cached
     return self._reference[num]
+
+  def _local_reference(self, num: int) -> tuple:
+    """This process's reals, their cache identity and path, and the cached features or None."""
+    images, labels = collect_images(self.source, num)
+    identity = reference_identity(images, labels, self.extractor.weights_id)
+    path = suite.reference_path(self.cache, identity)
+    cached = suite.load_reference(path)
+    if cached is not None and len(cached[0]) != len(images):
+      cached = None  # a damaged or foreign file: recompute
+    return images, labels, identity, path, cached
 
   def fake_labels(self, real_labels: np.ndarray, num: int, seed: int) -> Optional[np.ndarray]:
     """Label rows for `num` fakes, drawn from the reals' rows (None when unconditional)."""
@@ -172,17 +183,24 @@ class PeriodicEval:
                      "num_real": config.eval.num_real or config.train.eval_num_samples,
                      "weights": self.evaluator.extractor.weights_id}
     self.best_fid = float("inf")
-    best_step = self.best.latest_step()
-    if best_step is not None:
+    # Process 0's view of the best step and FID, on every process: the saves they decide are
+    # collective, so a process with a lagging directory view or a failed read must not differ.
+    latest = self.best.latest_step()
+    best_step = multihost.from_process_0(-1 if latest is None else int(latest))
+    if best_step >= 0:
       try:
-        meta = self.best.restore_meta(best_step)
+        meta, error = self.best.restore_meta(best_step), None
       except Exception as e:  # pylint: disable=broad-except
-        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", e)
+        meta, error = {}, e
+      if not multihost.all_processes(error is None):
+        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best",
+                    error or "on another process")
         meta = {}
       if meta.get("eval_settings") == self.settings:
         self.best_fid = float(meta.get("fid", float("inf")))
       elif meta:
         log.info("eval settings changed since the best-FID checkpoint (step %d): new best", best_step)
+      self.best_fid = multihost.from_process_0(float(self.best_fid))
 
   def __call__(self, step: int, state) -> dict:
     try:
@@ -211,8 +229,9 @@ class PeriodicEval:
     if fid is not None and fid < self.best_fid:
       # The best FID moves only with a started save, so memory never claims a better model
       # than checkpoints_best holds.
-      if self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
-                                      "eval_settings": self.settings}):
+      started = self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
+                                             "eval_settings": self.settings})
+      if multihost.all_processes(started):  # agreed: the next save decision must be alike
         self.best_fid = fid
     return results
 

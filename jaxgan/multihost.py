@@ -7,10 +7,17 @@ collective (an all-gather or a broadcast of a scalar); on a single process it re
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import jax
 import numpy as np
+
+
+T = TypeVar("T")
+
+
+class PeerError(RuntimeError):
+  """Work failed on another process; this one stops at the same point (see `agreed`)."""
 
 
 def _gather(value: np.ndarray) -> np.ndarray:
@@ -49,3 +56,18 @@ def from_process_0(value):
 
   out = multihost_utils.broadcast_one_to_all(np.asarray(value))
   return type(value)(out) if isinstance(value, (bool, int, float)) else np.asarray(out)
+
+
+def agreed(work: Callable[[], T], what: str) -> T:
+  """`work()`, then every process learns whether it failed anywhere, and if so all raise (the
+  error itself where it happened, PeerError elsewhere). Put around local work that precedes a
+  collective: a process that failed alone would otherwise leave the others waiting in it."""
+  try:
+    result, error = work(), None
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every process)
+    result, error = None, e
+  if any_process(error is not None):
+    if error is not None:
+      raise error
+    raise PeerError(f"{what} failed on another process (its log says why)")
+  return result

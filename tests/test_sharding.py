@@ -173,7 +173,16 @@ def extract(x):  # a stand-in for Inception: per-image features that depend on t
 images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
 five = extract_across_processes(extract, images)
 one = extract_across_processes(extract, images[:1])  # process 1 extracts only padding
-print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist()}))
+def fails_on_1(x):  # e.g. out of memory on one host only
+  if jax.process_index() == 1:
+    raise MemoryError("RESOURCE_EXHAUSTED on process 1")
+  return extract(x)
+try:
+  extract_across_processes(fails_on_1, images)
+  failure = None
+except Exception as e:  # both processes must get here, neither left waiting in the all-gather
+  failure = f"{type(e).__name__}: {e}"
+print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist(), "failure": failure}))
 """
 
 
@@ -183,7 +192,11 @@ def test_evaluation_splits_inception_across_processes():
   want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
   # Process 0 extracts images 0-2, process 1 images 3-4 plus a blank pad (for the single image:
   # the image, and a pad); both end with all the features, in order.
-  assert results[0]["seen"] == [3, 1] and results[1]["seen"] == [3, 1]
+  assert results[0]["seen"] == [3, 1, 3] and results[1]["seen"] == [3, 1]
+  # A failure on one process reaches the other before the all-gather (no hang): both raise.
+  assert results[1]["failure"] == "MemoryError: RESOURCE_EXHAUSTED on process 1"
+  assert results[0]["failure"] == ("PeerError: feature extraction failed on another process "
+                                   "(its log says why)")
   for r in results:
     np.testing.assert_array_equal(r["five"], want)
     np.testing.assert_array_equal(r["one"], want[:1])

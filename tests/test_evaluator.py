@@ -1,0 +1,99 @@
+"""evaluator: the real-feature cache and the best-FID bookkeeping, with a stand-in Inception (the
+real network's tests are test_features.py / test_evaluate.py)."""
+
+import logging
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import tiny_config
+from jaxgan import evaluator
+
+
+class Extractor:
+  """Per-image features that depend on the image only, as Inception's do."""
+  global_batch, weights_id, last_images_per_sec = 4, "stub", None
+
+  def __init__(self):
+    self.calls = 0
+
+  def __call__(self, images, desc=""):
+    self.calls += 1
+    return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+
+
+class Source:
+  num_examples = 6
+
+  def batches(self, batch_size, start_step):
+    rng = np.random.default_rng(0)
+    while True:
+      yield {"image": rng.integers(0, 255, (batch_size, 4, 4, 3), np.uint8),
+             "label": np.zeros(batch_size, np.int32)}
+
+
+def test_an_unwritable_cache_costs_the_cache_not_the_evaluation(tmp_path, caplog):
+  cache = tmp_path / "cache"
+  cache.write_text("a file where the cache folder should be")  # unwritable, even for root
+  config = tiny_config(**{"eval.cache_dir": str(cache)})
+  ev = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=Extractor())
+  with caplog.at_level(logging.WARNING):
+    features, labels = ev.reference(6)
+  assert features.shape == (6, 8) and labels.shape == (6,)
+  assert "could not cache the real features" in caplog.text
+
+
+def test_the_real_features_are_cached_and_reused(tmp_path):
+  config = tiny_config(**{"eval.cache_dir": str(tmp_path)})
+  first, second = Extractor(), Extractor()
+  a, _ = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=first).reference(6)
+  b, _ = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=second).reference(6)
+  assert first.calls == 1 and second.calls == 0  # the second evaluator read the cache file
+  np.testing.assert_array_equal(a, b)
+
+
+class Writer:
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, scalars))
+
+
+class FixedFid:
+  """An Evaluator whose evaluate() returns the next FID of a list."""
+
+  def __init__(self, fids):
+    self.fids, self.extractor = list(fids), Extractor()
+
+  def evaluate(self, *args, **kwargs):
+    return {"fid": self.fids.pop(0)}
+
+
+def _state(value):
+  return type("State", (), {"ema_params": None, "g_batch_stats": None,
+                            "w": jnp.full(2, value)})()
+
+
+def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_path, monkeypatch):
+  # PeriodicEval saves the whole state; a plain dict stands in for the TrainState here.
+  saved = []
+  config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
+  workdir = str(tmp_path / "w")
+  periodic = evaluator.PeriodicEval(config, workdir, FixedFid([30.0, 40.0]), Writer(),
+                                    meta=lambda step: {"step": step})
+  real_save = periodic.best.save
+  monkeypatch.setattr(periodic.best, "save", lambda step, state, meta: saved.append(step) or
+                      real_save(step, {"w": state.w}, meta))
+  periodic(2, _state(2.0))
+  periodic(4, _state(4.0))  # worse: not saved
+  periodic.close()
+  assert saved == [2]
+
+  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0]), Writer(), lambda s: {})
+  assert again.best_fid == 30.0  # read back from checkpoints_best's meta
+  again.close()
+  # Other eval settings: FIDs are not comparable, so the old best is forgotten.
+  other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
+  fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {})
+  assert fresh.best_fid == float("inf")
+  fresh.close()
