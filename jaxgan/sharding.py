@@ -31,7 +31,8 @@ def initialize_distributed(config) -> None:
 
   - `distributed.coordinator_address = 'auto'`: JAX detects everything itself (Cloud TPU pods,
     SLURM, Open MPI); the launch scripts in launch/ pass this.
-  - `distributed.coordinator_address = 'host:port'`: explicit, with `num_processes`, `process_id`.
+  - `distributed.coordinator_address = 'host:port'`: explicit, with `num_processes`, `process_id`;
+    each process keeps all its local devices (no cluster detection).
   - otherwise: a single process, nothing to do.
   Must run before anything touches the JAX backend.
   """
@@ -39,8 +40,11 @@ def initialize_distributed(config) -> None:
   if d.coordinator_address == "auto":
     jax.distributed.initialize()
   elif d.coordinator_address:
+    # Detection off: everything is given, and under a SLURM or Open MPI allocation JAX's
+    # detection would still fill in local_device_ids (one GPU per process) behind our back.
     jax.distributed.initialize(coordinator_address=d.coordinator_address,
-                               num_processes=d.num_processes, process_id=d.process_id)
+                               num_processes=d.num_processes, process_id=d.process_id,
+                               cluster_detection_method="deactivate")
   else:
     return
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",

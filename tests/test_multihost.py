@@ -4,13 +4,20 @@ from jaxgan import multihost
 from tests.conftest import run_two_processes
 
 TWO_PROCESSES = r"""
-import json, sys
+import json, os, sys
 import jax
-jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
-                           process_id=int(sys.argv[2]))
-from jaxgan import multihost
+from jaxgan import config, multihost, sharding
+# A SLURM allocation around an explicit host:port launch: JAX's cluster auto-detection must stay
+# off then, or it would pin each process to the GPU of SLURM_LOCALID (one GPU per process).
+os.environ.update(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                  SLURM_PROCID=sys.argv[2], SLURM_LOCALID=sys.argv[2])
+c = config.base_config()
+c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
+c.distributed.process_id = int(sys.argv[2])
+sharding.initialize_distributed(c)
 me = jax.process_index()
 print(json.dumps({
+    "cuda_visible_devices": jax.config.values["jax_cuda_visible_devices"],
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
     "any": [multihost.any_process(me == 1), multihost.any_process(False)],
     "signal": [multihost.first_signal(15 if me == 1 else None), multihost.first_signal(None)],
@@ -28,4 +35,5 @@ def test_one_process_takes_its_own_decisions():
 def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES, salt=104729)
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
-                                      "signal": [15, None], "from_0": [True, 1.5]}
+                                      "signal": [15, None], "from_0": [True, 1.5],
+                                      "cuda_visible_devices": "all"}
