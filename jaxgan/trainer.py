@@ -222,6 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   cfg = config.train
   source = data_lib.build_source(config)  # reads and checks the data before anything compiles
+  if jax.process_count() > 1:
+    data_lib.check_same_on_every_process(source)
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 

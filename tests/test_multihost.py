@@ -5,7 +5,7 @@ from tests.conftest import run_two_processes
 
 TWO_PROCESSES = r"""
 import json, os, sys
-import jax
+import jax, numpy as np
 from jaxgan import config, multihost, sharding
 # A SLURM allocation around an explicit host:port launch: JAX's cluster auto-detection must stay
 # off then, or it would pin each process to the GPU of SLURM_LOCALID (one GPU per process).
@@ -16,7 +16,18 @@ c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
 c.distributed.process_id = int(sys.argv[2])
 sharding.initialize_distributed(c)
 me = jax.process_index()
+from jaxgan import data
+def data_check(labels):
+  try:
+    data.check_same_on_every_process(data.ArraySource(images, labels, ["a", "b"], seed=0))
+    return "same"
+  except data.DataError as e:
+    return str(e)
+images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+same = data_check(np.array([0, 1, 0, 1]))
+differ = data_check(np.array([0, 1, 0, 1 - me]))  # process 1 labels one image otherwise
 print(json.dumps({
+    "data": [same, differ[:39]],
     "cuda_visible_devices": jax.config.values["jax_cuda_visible_devices"],
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
     "any": [multihost.any_process(me == 1), multihost.any_process(False)],
@@ -36,4 +47,5 @@ def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES, salt=104729)
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
                                       "signal": [15, None], "from_0": [True, 1.5],
-                                      "cuda_visible_devices": "all"}
+                                      "cuda_visible_devices": "all",
+                                      "data": ["same", "the processes read different data (this"]}

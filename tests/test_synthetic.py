@@ -89,3 +89,22 @@ def test_stack_batches_groups_steps_in_order():
   assert stacked[1]["image"].shape == (2, 2, 1)
   np.testing.assert_array_equal(stacked[1]["label"], [[2, -2], [3, -3]])
   assert list(stack_batches(iter(batches), 1)) == batches
+
+
+def test_fingerprint_sees_size_labels_and_images():
+  """What processes compare to make sure they read the same data (data.fingerprint)."""
+  from jaxgan import data
+
+  images = np.zeros((5, 4, 4, 3), np.uint8)
+  labels = np.array([0, 1, 0, 1, 0])
+  base = data.fingerprint(data.ArraySource(images, labels, ["a", "b"], seed=0))
+  other_pixel = images.copy()
+  other_pixel[4, 0, 0, 0] = 1  # the last image is always in the sample
+  variants = [data.ArraySource(images[:4], labels[:4], ["a", "b"], seed=0),
+              data.ArraySource(images, np.array([1, 1, 0, 1, 0]), ["a", "b"], seed=0),
+              data.ArraySource(other_pixel, labels, ["a", "b"], seed=0),
+              data.ArraySource(images, labels, ["a", "c"], seed=0)]
+  assert len({base, *(data.fingerprint(v) for v in variants)}) == 5
+  assert base == data.fingerprint(data.ArraySource(images.copy(), labels, ["a", "b"], seed=3))
+  streams = [data.fingerprint(data.SyntheticCatalog(16, 3, seed)) for seed in (0, 0, 1)]
+  assert streams[0] == streams[1] != streams[2] and 0 <= base < 2**31

@@ -16,11 +16,15 @@ Images stay uint8 on the host; `to_model_range` maps them to [-1, 1] on the devi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
 import threading
 from typing import Iterator, TypeVar
 
 import numpy as np
+
+from jaxgan import multihost
 
 from jaxgan.data.arrays import ArraySource, DataError
 from jaxgan.data.folder import FolderSource
@@ -41,7 +45,8 @@ SOURCES.register("prepared")(PreparedSource)
 T = TypeVar("T")
 
 __all__ = ["SOURCES", "CATEGORY_NAMES", "ArraySource", "DataError", "SyntheticCatalog",
-           "attribute_names", "build_source", "prefetch"]
+           "attribute_names", "build_source", "check_same_on_every_process", "fingerprint",
+           "prefetch"]
 
 
 def attribute_names(source) -> list[tuple[str, list[str]]]:
@@ -56,6 +61,39 @@ def attribute_names(source) -> list[tuple[str, list[str]]]:
 def build_source(config):
   """The data source named by `data.source`."""
   return SOURCES.get(config.data.source, "data.source").from_config(config)
+
+
+def fingerprint(source) -> int:
+  """A 31-bit digest of what `source` serves: its size, attributes and labels, and an evenly
+  spaced sample of up to 64 of its images (a stream's first 4), cheap even for a large set."""
+  digest = hashlib.sha256(json.dumps([getattr(source, "num_examples", None),
+                                      attribute_names(source)]).encode())
+  images = getattr(source, "images", None)
+  if images is not None:
+    picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), 64)).astype(np.int64))
+    digest.update(np.ascontiguousarray(images[picks]).tobytes())
+    digest.update(np.ascontiguousarray(source.labels).tobytes())
+  else:
+    batch = next(iter(source.batches(4, 0)))
+    digest.update(np.ascontiguousarray(batch["image"]).tobytes())
+    digest.update(np.ascontiguousarray(batch["label"]).tobytes())
+  # 31 bits: it travels through a collective as int32 (JAX without x64).
+  return int.from_bytes(digest.digest()[:4], "big") & 0x7FFFFFFF
+
+
+def check_same_on_every_process(source) -> None:
+  """Raises DataError on every process when some process built other data than process 0 did.
+
+  Each process reads the data itself and takes its share of each batch by position, so a file
+  that failed to read on one host only, or a data.path that differs between hosts, would shift
+  every index there: examples silently duplicated or never seen, for the whole run."""
+  mine = fingerprint(source)
+  if not multihost.all_processes(mine == multihost.from_process_0(mine)):
+    raise DataError(
+        "the processes read different data (this one: "
+        f"{getattr(source, 'num_examples', '?')} examples, {getattr(source, 'bad_files', 0)} "
+        f"unreadable files, fingerprint {mine:08x}); give every host the same complete data.path "
+        "(a shared file system, or identical copies), and check the logs for skipped files")
 
 
 def stack_batches(iterator: Iterator[dict], k: int) -> Iterator[dict]:
