@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -31,6 +31,7 @@ from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import step_metrics
 from jaxgan import steps
+from jaxgan import stopping as stopping_lib
 from jaxgan import writers
 from jaxgan.metrics import inception
 
@@ -82,29 +83,6 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
 
 def _listing(diffs) -> str:
   return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
-
-
-class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption notices)."""
-
-  def __init__(self):
-    self.signal: Optional[int] = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: signals stay with their owner
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    self.signal = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -322,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
                                                                   "eval/num_samples")):
         evaluate(start_step, state)
-    with _StopRequest() as stop:
+    with stopping_lib.StopRequest() as stop:
       while step < cfg.num_steps:
         batch = sharding.put_batch(next(batches), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
@@ -338,14 +316,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           interval_start, interval_steps = time.perf_counter(), 0
         else:
           interval_steps += k
-        # Read the flag once per step: a signal that lands after this line (say while the log row
-        # is written) must wait for the next step, not stop this one without its checkpoint.
-        # With several processes, every one must stop at the same step (the save and sampling
-        # are collective): a signal seen by any process stops all of them. The local flag is
-        # only read, never overwritten, so a signal arriving during the exchange is not lost.
-        stopping = multihost.first_signal(stop.signal)
+        # Read the flag once per call: a signal that lands after this line (say while the log
+        # row is written) must wait for the next call, not stop this one without its checkpoint.
+        row = step % cfg.log_every == 0 or step == cfg.num_steps
+        stopping = stop.check(step // k, exchange=row)  # log rows wait for the step anyway
         last = step == cfg.num_steps or stopping is not None
-        if step % cfg.log_every == 0 or last:
+        if row or last:
           values = interval.summary()
           elapsed = time.perf_counter() - interval_start
           ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")

@@ -1,0 +1,53 @@
+"""Stop requests: SIGTERM/SIGINT (preemption notices) become a flag the training loop checks
+after each call, and every process stops after the same step."""
+
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+import jax
+
+from jaxgan import multihost
+
+
+class StopRequest:
+  """A context that holds the first SIGTERM/SIGINT received while it is open.
+
+  `check()` is the loop's question "stop after this call?". With several processes every one must
+  stop at the same step (the checkpoint and samples are collective), so the answer is agreed: a
+  signal seen by any process stops all of them. The local flag is only read, never overwritten,
+  so a signal arriving during that exchange is not lost.
+  """
+
+  def __init__(self, exchange_every_calls: int = 8):
+    # The exchange is an all-gather queued behind the call's step, so the host waits for the step
+    # instead of moving the next batch meanwhile: done every few calls (a stop then waits at most
+    # that many calls, seconds of a cluster's usual 30 s+ grace period) and when asked to.
+    self.exchange_every_calls = exchange_every_calls
+    self.signal: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> "StopRequest":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals stay with their owner
+        pass
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    self.signal = signum
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def check(self, call: int, exchange: bool = False) -> Optional[int]:
+    """The signal to stop on after call number `call`, or None; the same on every process.
+
+    `exchange` forces the processes' exchange (pass it where the host waits for the step anyway,
+    e.g. at log rows); `call` must count alike on every process."""
+    if jax.process_count() > 1 and not exchange and call % self.exchange_every_calls:
+      return None
+    return multihost.first_signal(self.signal)
