@@ -9,10 +9,12 @@ train step and prints where its time goes (by op kind, by model layer, top ops) 
 from __future__ import annotations
 
 import json
-import sys
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxgan import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
@@ -29,44 +31,56 @@ flags.DEFINE_integer("batches", 200, "Timed batches (input benchmark, prepared).
 flags.DEFINE_integer("limit", 0, "Decode at most this many raw images (0 = all).")
 
 
+def _check_flags(mode: str) -> None:
+  """Flag values that would otherwise fail after compiling, or with a traceback."""
+  if mode not in ("step", "profile", "input"):
+    cli.fail(f"unknown mode {mode!r}; use 'input', 'profile' or nothing (step benchmark)")
+  if mode == "input":
+    if not (FLAGS.images or FLAGS.prepared):
+      cli.fail("the input benchmark needs --images DIR and/or --prepared DIR")
+    for flag in ("images", "prepared"):
+      if FLAGS[flag].value and not os.path.isdir(FLAGS[flag].value):
+        cli.fail(f"--{flag} {FLAGS[flag].value}: not a folder")
+    return
+  if FLAGS.config is None:
+    cli.fail("--config is required, e.g. --config configs/benchmark/dcgan64.py")
+  for flag, low in (("steps", 1), ("warmup", 0), ("profile_steps", 1)):
+    if FLAGS[flag].value < low:
+      cli.fail(f"--{flag} must be >= {low}, got {FLAGS[flag].value}")
+  if mode == "profile" and FLAGS.trace_dir:
+    try:  # now, not after the compile
+      os.makedirs(FLAGS.trace_dir, exist_ok=True)
+      if not os.access(FLAGS.trace_dir, os.W_OK):
+        raise PermissionError("not writable")
+    except OSError as e:
+      cli.fail(f"--trace_dir {FLAGS.trace_dir}: {e.strerror or e}; pass a folder you can write")
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   mode = argv[1] if len(argv) > 1 else "step"
+  _check_flags(mode)
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import throughput  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
 
-  if mode == "input":
-    if not (FLAGS.images or FLAGS.prepared):
-      print("error: the input benchmark needs --images DIR and/or --prepared DIR", file=sys.stderr)
-      sys.exit(2)
-    for row in throughput.benchmark_input(FLAGS.images, FLAGS.prepared, FLAGS.image_size,
-                                          FLAGS.batch_size, FLAGS.batches, limit=FLAGS.limit):
-      print(json.dumps(row))
-  elif mode in ("step", "profile"):
-    if FLAGS.config is None:
-      print("error: --config is required, e.g. --config configs/benchmark/dcgan64.py",
-            file=sys.stderr)
-      sys.exit(2)
-    from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
-
-    try:
-      if mode == "profile" and FLAGS.profile_steps < 1:
-        raise config_lib.ConfigError(f"--profile_steps must be >= 1, got {FLAGS.profile_steps}")
-      if mode == "step":
-        row = throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)
-      else:
-        row = throughput.profile_step(FLAGS.config, FLAGS.profile_steps, FLAGS.warmup,
-                                      FLAGS.trace_dir, FLAGS.top)
-      print(json.dumps(row))
-    except config_lib.ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  else:
-    print(f"error: unknown mode {mode!r}; use 'input', 'profile' or nothing (step benchmark)", file=sys.stderr)
-    sys.exit(2)
+  try:
+    if mode == "input":
+      rows = throughput.benchmark_input(FLAGS.images, FLAGS.prepared, FLAGS.image_size,
+                                        FLAGS.batch_size, FLAGS.batches, limit=FLAGS.limit)
+    elif mode == "step":
+      rows = [throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)]
+    else:
+      rows = [throughput.profile_step(FLAGS.config, FLAGS.profile_steps, FLAGS.warmup,
+                                      FLAGS.trace_dir, FLAGS.top)]
+  except (config_lib.ConfigError, DataError) as e:
+    cli.fail(str(e))
+  for row in rows:
+    print(json.dumps(row))
 
 
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

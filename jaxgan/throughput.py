@@ -117,8 +117,9 @@ def step_call(config, warmup: int = 5, step: Optional[Callable] = None
               ) -> tuple[Callable[[], None], int]:
   """(call, steps per call): `call()` runs the train step that training uses (trainer.build_run;
   or `step`, a variant of it) once on device-resident data and waits for it, carrying its own
-  state; compiled and warmed up (`warmup` calls) before it is returned."""
-  run, state, batch = _ready_step(config, warmup, step)
+  state; compiled and warmed up (`warmup` calls, at least one) before it is returned."""
+  # At least one untimed call: the first one compiles, and must never be timed as a step.
+  run, state, batch = _ready_step(config, max(warmup, 1), step)
   step = step or run.train_step
   holder = [state]
 
@@ -170,6 +171,10 @@ def step_row(config, steps_per_call: int, call_times: list[float],
       "peak_memory_bytes": peak_memory,
       "device_kind": device.device_kind, "num_devices": jax.device_count(),
       "timed_steps": len(call_times), "steps_per_call": steps_per_call,
+      # images_per_sec (and flops_per_image) count the batch once per step, as the speed goal
+      # does; training's metrics.jsonl counts the reals D sees, n_critic batches per step.
+      "n_critic": config.train.n_critic,
+      "train_images_per_sec": images_per_sec * config.train.n_critic,
   }
 
 

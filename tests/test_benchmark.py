@@ -55,6 +55,64 @@ def test_dcgan64_flops_match_the_hand_count():
   assert expected == pytest.approx(2.2888e9, rel=1e-4)
 
 
+def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed():
+  config = tiny_config(**{"train.n_critic": 2, "model.d_norm": "layer"})
+  row = throughput.step_row(config, 1, [0.5, 0.25, 0.5])
+  assert row["images_per_sec"] == 8 / 0.5 and row["n_critic"] == 2
+  assert row["train_images_per_sec"] == 2 * 8 / 0.5  # as training's metrics.jsonl counts them
+  calls = []
+  call, _ = throughput.step_call(tiny_config(), warmup=0,
+                                 step=lambda state, batch: calls.append(1) or (state, {}))
+  assert len(calls) == 1  # --warmup 0 still compiles outside the timed calls
+  call()
+  assert len(calls) == 2
+
+
+BAD_FLAGS = r"""
+import contextlib, io, json, sys
+from jaxgan import benchmark, cli
+cases = [["step", "--config", "configs/default.py", "--steps", "0"],
+         ["profile", "--config", "configs/default.py", "--trace_dir", sys.argv[1]],
+         ["input", "--images", sys.argv[2]],
+         ["sweep"]]
+out = []
+for case in cases:
+  benchmark.FLAGS.unparse_flags()
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      argv = cli.parse_flags(["benchmark", *case[1:]])
+      benchmark._check_flags(case[0])
+      code = 0
+    except SystemExit as e:
+      code = e.code
+  out.append([code, err.getvalue().strip()])
+print(json.dumps(out))
+"""
+
+
+def test_bad_flags_are_one_line_before_any_compile(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  import subprocess
+
+  proc = subprocess.run([sys.executable, "-c", BAD_FLAGS, str(tmp_path / "a_file" / "trace"),
+                         str(tmp_path / "missing")], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
+                    "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
+  results.append([typo.returncode, typo.stderr.strip()])
+  assert [code for code, _ in results] == [2] * 5, results
+  assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
+  messages = [msg for _, msg in results]
+  assert messages[0] == "error: --steps must be >= 1, got 0"
+  assert messages[1].startswith(f"error: --trace_dir {tmp_path / 'a_file' / 'trace'}: ")
+  assert messages[2] == f"error: --images {tmp_path / 'missing'}: not a folder"
+  assert messages[3].startswith("error: unknown mode 'sweep'")
+  assert messages[4].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+
+
 def test_peak_table():
   assert throughput.peak_flops("NVIDIA H200", "bfloat16") == 989e12
   assert throughput.peak_flops("TPU v5 lite", "bfloat16") == 197e12
