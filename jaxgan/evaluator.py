@@ -16,13 +16,11 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
 from jaxgan import sampling
-from jaxgan import sharding
 from jaxgan.metrics import suite
 from jaxgan.metrics.features import FeatureExtractor
 
@@ -133,23 +131,11 @@ class Evaluator:
   def fake_images(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
                   seed: int) -> np.ndarray:
     """`num` uint8 samples of the EMA generator in fixed-size batches (one compilation)."""
-    z_dim, conditional = self.config.model.z_dim, self.config.data.num_classes > 0
-    batch = self.extractor.global_batch
-    z_all = np.asarray(sampling.latents(seed, num, z_dim))
-    labels_all = self.fake_labels(real_labels, num, seed)
-    out = []
-    for start in range(0, num, batch):
-      z = np.zeros((batch, z_dim), np.float32)
-      part = z_all[start:start + batch]
-      z[:len(part)] = part
-      labels = None
-      if conditional:
-        labels = np.zeros((batch,) + labels_all.shape[1:], np.int32)
-        labels[:len(part)] = labels_all[start:start + batch]
-      z_dev, labels_dev = self.place((jnp.asarray(z), None if labels is None else jnp.asarray(labels)))
-      images = np.asarray(sharding.to_host(self.sampler(ema_params, g_batch_stats, z_dev, labels_dev)))
-      out.append(images[:len(part)])
-    return np.concatenate(out)
+    z = sampling.latents(seed, num, self.config.model.z_dim)
+    labels = self.fake_labels(real_labels, num, seed)
+    return np.concatenate(list(sampling.sample_in_chunks(
+        self.sampler, ema_params, g_batch_stats, z, labels, self.extractor.global_batch,
+        self.place)))
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
                seed: int = 0, names: Optional[list[str]] = None) -> dict:

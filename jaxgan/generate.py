@@ -8,7 +8,9 @@ FROM:TO` it is a class interpolation instead (as in BigGAN): ceil(--num / N) row
 fixed latent, and N columns moving the label embedding linearly from class FROM to class TO (soft
 labels); `--between ATTRIBUTE=FROM:TO` picks the attribute (default: the first). `--out` naming a
 directory (trailing slash or existing directory) writes the images as single PNGs instead of one
-grid. Output is byte-identical for the same checkpoint, seed and arguments.
+grid, --batch at a time (so `--num 50000 --out fakes/` for `evaluate --fake` fits any device).
+`--checkpoint best` samples the best-FID checkpoint instead of the newest. Output is
+byte-identical for the same checkpoint, seed and arguments.
 
 Multi-attribute models (e.g. articleType and baseColour): `--label articleType=Tshirts --label
 "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts` names a class of the first
@@ -22,10 +24,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+import re
 from typing import Optional, Sequence, Union
 
+import numpy as np
 from absl import app, flags, logging
+
+from jaxgan import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
@@ -40,6 +45,9 @@ flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into 
                    "(0 = off; BigGAN uses 0.5-1.0).")
 flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
                      "class (0 = plain samples); with --between, of a class-interpolation grid.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to sample: the "
+                  "newest, or the best-FID one (kept when train.eval_every > 0).")
+flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works).")
 flags.DEFINE_string("between", None, "FROM:TO or ATTRIBUTE=FROM:TO (class names or indices, e.g. "
                     "'baseColour=Black:Navy Blue'): rows of one latent each, --interpolate columns "
                     "moving the class embedding from FROM to TO; ceil(--num / N) rows.")
@@ -148,9 +156,11 @@ def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: i
 def generate(workdir: str, num: int, out: str,
              label: Union[str, Sequence[str], None] = None, seed: int = 0,
              truncation: float = 0.0, interpolate: int = 0,
-             between: Optional[str] = None) -> list[str]:
+             between: Optional[str] = None, checkpoint: str = "latest",
+             batch: int = 256) -> list[str]:
   """Writes the images and returns the paths written. `label`: one --label value or several;
-  `between`: a --between value (needs `interpolate`)."""
+  `between`: a --between value (needs `interpolate`); `checkpoint`: 'latest' or 'best' (FID);
+  `batch`: images per generator call."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -164,8 +174,14 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError(f"--interpolate needs at least 2 columns (0 = off), got {interpolate}")
   if between is not None and not interpolate:
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
+  if batch <= 0:
+    raise ValueError(f"--batch must be positive, got {batch}")
+  if checkpoint not in ("latest", "best"):
+    raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
+  singles = out.endswith(os.sep) or os.path.isdir(out)
   given = [label] if isinstance(label, str) else list(label or [])
-  config, _, state, meta = workdir_lib.load_latest(workdir)
+  config, _, state, meta = workdir_lib.load_latest(
+      workdir, "checkpoints_best" if checkpoint == "best" else "checkpoints")
   generator, _ = models.build_models(config)
   classes = config_lib.attribute_classes(config)
   nc = config.data.num_classes
@@ -197,16 +213,36 @@ def generate(workdir: str, num: int, out: str,
               else jnp.arange(num, dtype=jnp.int32) % nc)
   if len(classes) > 1 and between is None:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
-  images = sampling.sample_images(sampling.make_sampler(generator), state.ema_params,
-                                  state.g_batch_stats, z, labels)
-  if out.endswith(os.sep) or os.path.isdir(out):
-    os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, f"{i:06d}.png") for i in range(num)]
-    for image, path in zip(images, paths):
-      sampling.save_png(image, path)
-    return paths
-  sampling.save_png(sampling.make_grid(images, cols=cols), out)
-  return [out]
+  chunks = sampling.sample_in_chunks(sampling.make_sampler(generator), state.ema_params,
+                                     state.g_batch_stats, z, labels, min(batch, num))
+  try:
+    if singles:
+      return _write_singles(chunks, out, num)
+    images = np.concatenate(list(chunks))
+    sampling.save_png(sampling.make_grid(images, cols=cols), out)
+    return [out]
+  except OSError as e:
+    raise OSError(f"--out {out}: {e.strerror or e}; pass a path you can write") from e
+
+
+def _write_singles(chunks, out: str, num: int) -> list[str]:
+  """000000.png ... in `out`, a chunk at a time (any --num fits in memory). A folder already
+  holding numbered PNGs past --num (an earlier, larger run) is refused: `evaluate --fake` would
+  read the two runs' images as one set."""
+  from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(out, exist_ok=True)
+  stale = sorted(n for n in os.listdir(out)
+                 if re.fullmatch(r"\d{6}\.png", n) and int(n[:6]) >= num)
+  if stale:
+    raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
+                     f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
+  paths = []
+  for images in chunks:
+    for image in images:
+      paths.append(os.path.join(out, f"{len(paths):06d}.png"))
+      sampling.save_png(image, paths[-1])
+  return paths
 
 
 def main(argv):
@@ -216,10 +252,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed,
-                     FLAGS.truncation, FLAGS.interpolate, FLAGS.between)
+                     FLAGS.truncation, FLAGS.interpolate, FLAGS.between, FLAGS.checkpoint,
+                     FLAGS.batch)
   except (ValueError, OSError, CheckpointError) as e:  # OSError: also an unwritable --out
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
 
 

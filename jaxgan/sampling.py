@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 import os
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,33 @@ def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.A
 def sample_images(sampler, ema_params, g_batch_stats, z, labels) -> np.ndarray:
   """Host uint8 images from the EMA generator (G's BatchNorm running statistics)."""
   return np.asarray(jax.device_get(sampler(ema_params, g_batch_stats, z, labels)))
+
+
+def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
+                     place: Callable[[Any], Any] = lambda x: x) -> Iterator[np.ndarray]:
+  """Host uint8 images of the rows of `z` (and `labels`: None, int classes or soft weights),
+  `chunk` rows per sampler call, in order.
+
+  The last call is padded with zero rows (dropped from its output), so one compilation serves
+  any number of images and the device holds one chunk at a time: 50k images for FID fit where
+  one call would run out of memory. `place` puts each (z, labels) chunk where the sampler wants
+  it (a mesh). Each image depends only on its own row (G samples with BatchNorm's running
+  statistics), so chunking changes no image beyond float rounding of other batch shapes."""
+  z = np.asarray(z)
+  labels = None if labels is None else np.asarray(labels)
+  for start in range(0, len(z), chunk):
+    count = min(chunk, len(z) - start)
+    z_part = _pad_rows(z[start:start + count], chunk)
+    l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)
+    z_dev, l_dev = place((jnp.asarray(z_part), None if l_part is None else jnp.asarray(l_part)))
+    out = sampler(ema_params, g_batch_stats, z_dev, l_dev).addressable_data(0)
+    yield np.asarray(jax.device_get(out))[:count]
+
+
+def _pad_rows(rows: np.ndarray, count: int) -> np.ndarray:
+  if len(rows) == count:
+    return rows
+  return np.concatenate([rows, np.zeros((count - len(rows),) + rows.shape[1:], rows.dtype)])
 
 
 def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
