@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ def _counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
 def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
                    class_names: Sequence[str], skipped: list[dict], extra: dict | None = None,
                    attributes: Optional[Attributes] = None) -> dict:
-  """Writes the shards and dataset_info.json (atomically: temp files renamed at the end).
+  """Writes the shards, then dataset_info.json, each through a temp file and a rename; the set
+  is readable only once dataset_info.json is (an earlier set in `out_dir` is replaced).
 
   `labels` are int [N] for one attribute, or [N, A] with `attributes` [(column, class names)]
   for A > 1 (`class_names` then describes the first attribute).
@@ -45,21 +47,35 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
     raise ValueError(f"labels of shape {labels.shape} need {labels.shape[1]} attributes, got "
                      f"{len(attributes or ())}")
   os.makedirs(out_dir, exist_ok=True)
+  # Preparing again into an existing set: its info goes first, so a write that fails halfway
+  # leaves a folder that refuses to load (no dataset_info.json) rather than the old info over
+  # a mix of new and old shards of the same names.
+  info_path = os.path.join(out_dir, INFO_FILE)
+  if os.path.exists(info_path):
+    os.remove(info_path)
   n = len(images)
   num_shards = max(1, -(-n // EXAMPLES_PER_SHARD))
   shards = []
   for s in range(num_shards):
     name = f"train-{s:05d}-of-{num_shards:05d}.tfrecord"
     tmp = os.path.join(out_dir, name + ".tmp")
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
-        feature = {
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[images[i].tobytes()])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(v) for v in labels[i]] if multi else [int(labels[i])])),
-        }
-        writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                     .SerializeToString())
+    try:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
+          feature = {
+              "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                  value=[images[i].tobytes()])),
+              "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                  value=[int(v) for v in labels[i]] if multi else [int(labels[i])])),
+          }
+          writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                       .SerializeToString())
+    except BaseException as e:  # no partial shard left behind
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      if isinstance(e, tf.errors.OpError):  # disk full, permissions: not OSErrors in TensorFlow
+        raise OSError(f"writing {os.path.join(out_dir, name)} failed: {e.message}") from e
+      raise
     os.replace(tmp, os.path.join(out_dir, name))
     shards.append(name)
   first = labels[:, 0] if multi else labels
@@ -78,11 +94,15 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
     info["attributes"] = [{"column": c, "class_names": list(names),
                            "class_counts": _counts(labels[:, i], names)}
                           for i, (c, names) in enumerate(attributes)]
-  tmp = os.path.join(out_dir, INFO_FILE + ".tmp")
+  tmp = info_path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, os.path.join(out_dir, INFO_FILE))
+  os.replace(tmp, info_path)
+  # Shards of an earlier, larger preparation (other -of- counts) are not this set's.
+  for name in os.listdir(out_dir):
+    if re.fullmatch(r"train-\d{5}-of-\d{5}\.tfrecord", name) and name not in shards:
+      os.remove(os.path.join(out_dir, name))
   return info
 
 
