@@ -33,6 +33,13 @@ def to_model_range(images: jnp.ndarray) -> jnp.ndarray:
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
+def random_flip(images: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+  """Mirrors each NHWC image left-right (the width axis) with probability 1/2: a pure function of
+  `key`, so a resumed run flips exactly as an uninterrupted one."""
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1], images)
+
+
 def _apply(module: nn.Module, params: Any, stats: Any, *args, train: bool = True):
   """Calls a module in train mode, returning (output, updated BatchNorm stats)."""
   variables = {"params": params}
@@ -71,7 +78,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   z_dim = config.model.z_dim
   conditional = config.data.num_classes > 0
   gp_weight = config.loss.gp_weight
-  random_flip = config.data.random_flip
+  flip_reals = config.data.random_flip
   r1_gamma, r1_interval = config.loss.r1_gamma, config.loss.r1_interval
   r1_gain = 0.5 * r1_gamma * r1_period(config)  # gamma/2, times the D steps per R1 phase
   lecam_weight, lecam_decay = config.loss.lecam_weight, config.loss.lecam_ema_decay
@@ -151,9 +158,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
     def real_slice(k):
       real = images[:, k]
-      if random_flip:
-        flip = jax.random.bernoulli(keys[3 * k + 2], 0.5, (b, 1, 1, 1))
-        real = jnp.where(flip, real[:, :, ::-1], real)
+      if flip_reals:
+        real = random_flip(real, keys[3 * k + 2])
       return real, (all_labels[:, k] if conditional else None)
 
     d_params, d_stats, d_opt_state = state.d_params, state.d_batch_stats, state.d_opt_state

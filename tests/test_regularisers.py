@@ -80,13 +80,24 @@ def _run_steps(config, n, size):
 
 
 def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
-  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 1,
-                          "augment.ada_kimg": 1, "augment.ada_p_init": 0.5,
-                          "augment.ada_target": 0.6, "loss.lecam_weight": 0.3,
-                          "model.orthogonal_reg": 1e-4})
+  overrides = {"augment.name": "ada", "augment.ada_interval": 1, "augment.ada_kimg": 1,
+               "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3}
+  config = tiny_config(**overrides, **{"model.orthogonal_reg": 1e-4})
   (s0, s1, s2), metrics = _run_steps(config, 2, 16)
   assert metrics[0]["nonfinite"] == 0 and metrics[1]["nonfinite"] == 0
-  assert metrics[0]["lecam"] >= 0 and float(s1.lecam["real"]) != 0.0
+  # LeCam's anchors are EMAs (decay 0.99, from 0) of D's mean outputs, which the step logs.
+  assert metrics[0]["lecam"] > 0
+  for before, after, m in ((s0, s1, metrics[0]), (s1, s2, metrics[1])):
+    for side in ("real", "fake"):
+      want = 0.99 * float(before.lecam[side]) + 0.01 * float(m["d_" + side])
+      assert float(after.lecam[side]) == pytest.approx(want, rel=1e-5), side
+  # The orthogonal penalty is on G alone: the same first step without it moves D identically
+  # and G differently.
+  (_, plain), _ = _run_steps(tiny_config(**overrides, **{"model.orthogonal_reg": 0.0}), 1, 16)
+  leaves = jax.tree_util.tree_leaves
+  for x, y in zip(leaves(s1.d_params), leaves(plain.d_params)):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, y) for x, y in zip(leaves(s1.g_params), leaves(plain.g_params)))
   # ADA: one update per step after 8 images with ada_kimg=1 moves p by exactly 8 / 1000, up when
   # sign(D(real)) averages above the target, down otherwise.
   for before, after in ((s0, s1), (s1, s2)):

@@ -181,6 +181,31 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   _assert_same_state(resumed, reference)  # retrained 2 -> 4 exactly as before
 
 
+def test_old_checkpoints_are_pruned_and_none_readable_stops_the_run(tmp_path, monkeypatch):
+  """keep_checkpoints=2 leaves the newest two steps. When every step left is unreadable the run
+  stops with CheckpointError: training from scratch would silently throw the run away."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  config = tiny_config(**{"train.tensorboard": False, "train.checkpoint_every": 1,
+                          "train.keep_checkpoints": 2})
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "4"]
+  for step in ("3", "4"):
+    _corrupt(workdir / "checkpoints" / step)
+
+  class NoRetryDelay(ckpt_lib.Checkpointer):  # the retry of a failed read waits 2 s
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs, retry_delay_s=0.0)
+
+  monkeypatch.setattr(ckpt_lib, "Checkpointer", NoRetryDelay)
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"no readable checkpoint .*tried steps \[3, 4\]"):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert os.listdir(workdir / "checkpoints") == []  # moved aside, and no fresh run wrote any
+  assert len(os.listdir(str(workdir / "checkpoints") + ".corrupt")) == 2
+
+
 def _two_step_checkpoints(directory):
   import jax.numpy as jnp
 
@@ -249,10 +274,14 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
              for r in caplog.records)
   with pytest.raises(trainer.TrainingError, match=r"train.batch_size: 8 -> 16"):
     trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6}), workdir)
-  state = trainer.train_and_evaluate(
-      tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 6}),
-      workdir, allow_config_change=True)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = trainer.train_and_evaluate(
+        tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 6}),
+        workdir, allow_config_change=True)
   assert int(state.step) == 6
+  assert ("config changes since checkpoint step 4, accepted by --allow_config_change: "
+          "optim.d_lr: 0.0002 -> 0.0001") in caplog.text
 
 
 def _nan_loss():

@@ -34,7 +34,8 @@ def folder(tmp_path):
   _img(str(root / "shoes" / ".hidden.png"), (0, 255, 0))  # hidden: ignored
   _img(str(root / ".cache" / "e.png"), (0, 255, 0))  # hidden folder: ignored
   (root / "shoes" / "notes.txt").write_text("not an image")  # other extension: ignored
-  (root / "shoes" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # bad: skipped, counted
+  # Bad: skipped, counted. In the first class, so labels shifted by the drop would show.
+  (root / "shirts" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
   _img(str(root / "loose.png"), (9, 9, 9))  # outside the class folders
   return root
 
@@ -51,6 +52,7 @@ def test_folder_source(folder):
   source = build_source(config)
   assert source.class_names == ["shirts", "shoes"]
   assert source.num_examples == 4 and source.bad_files == 1
+  assert source.labels.tolist() == [0, 0, 1, 1]  # a.png, summer/b.JPG | c.webp, d.png
   reds = source.images[source.labels == 0][:, 8, 8, 0]
   blues = source.images[source.labels == 1][:, 8, 8, 2]
   assert (reds > 150).all() and (blues > 150).all()
@@ -199,6 +201,11 @@ def test_tfds_source_with_mock_data():
 def _array_source(n=10, seed=0):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
   return ArraySource(images, np.arange(n) % 3, ["a", "b", "c"], seed)
+
+
+def test_array_source_needs_one_label_per_image():
+  with pytest.raises(DataError, match="3 images but 2 labels"):
+    ArraySource(np.zeros((3, 4, 4, 3), np.uint8), np.zeros(2), ["a"], 0)
 
 
 def test_order_is_a_seeded_permutation_per_epoch_and_resumable():

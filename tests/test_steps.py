@@ -5,11 +5,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxgan import losses, models, state as state_lib, steps
 from jaxgan.data import SyntheticCatalog
 from jaxgan.models import dcgan
+from tests.conftest import tiny_config
 
 
 def _setup(config):
@@ -31,17 +33,74 @@ def _leaves_equal(a, b):
              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-def test_step_updates_everything_it_should(make_config):
-  config = make_config()
+def _adam_count(opt_state):
+  adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def _default_step():
+  """(config, init, jitted step) of the default tiny config: compiled once for the module."""
+  config = tiny_config()
   init, step_fn = _setup(config)
+  return config, init, jax.jit(steps.with_state_rng(step_fn))
+
+
+def test_step_updates_everything_it_should():
+  config, init, train_step = _default_step()
   state = init()
-  train_step = jax.jit(steps.with_state_rng(step_fn))
   new, metrics = train_step(state, _batches(config, 1)[0])
   assert int(new.step) == 1 and int(new.images_seen) == 8
   for name in ("g_params", "d_params", "ema_params", "g_batch_stats", "d_batch_stats"):
     assert not _leaves_equal(getattr(new, name), getattr(state, name)), name
   assert set(metrics) >= {"d_loss", "g_loss", "d_real", "d_fake", "ema_beta", "nonfinite"}
   assert all(np.isfinite(float(v)) for v in metrics.values()) and int(metrics["nonfinite"]) == 0
+
+
+def test_a_finite_step_resets_the_nonfinite_streak_but_not_the_total():
+  config, init, train_step = _default_step()
+  state = init().replace(nonfinite_streak=jnp.asarray(5, jnp.int32),
+                         nonfinite_total=jnp.asarray(7, jnp.int32))
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(metrics["nonfinite"]) == 0
+  assert int(new.nonfinite_streak) == 0 == int(metrics["nonfinite_streak"])
+  assert int(new.nonfinite_total) == 7 == int(metrics["nonfinite_total"])
+
+
+def test_ema_is_the_beta_weighted_average_of_the_updated_generator():
+  """ema' = beta * ema + (1 - beta) * G', with G' the params after this step's G update."""
+  config, init, train_step = _default_step()
+  batches = _batches(config, 2)
+  # Ramp-up: no G images seen at step 0, so beta = 0 and the EMA is a copy of the new G.
+  first, metrics = train_step(init(), batches[0])
+  assert float(metrics["ema_beta"]) == 0.0
+  for e, g in zip(jax.tree_util.tree_leaves(first.ema_params),
+                  jax.tree_util.tree_leaves(first.g_params)):
+    np.testing.assert_array_equal(e, g)
+  # At step 1000 the ramp-up (0.05 * 8000 images) is past the half-life of 64 images: beta =
+  # 0.5 ** (8 / 64). An EMA apart from G tells beta's and (1 - beta)'s terms apart.
+  ema = jax.tree_util.tree_map(lambda x: x + 0.5, first.g_params)
+  state = first.replace(step=jnp.asarray(1000, jnp.int32), ema_params=ema)
+  new, metrics = train_step(state, batches[1])
+  beta = float(metrics["ema_beta"])
+  assert beta == pytest.approx(0.5 ** (8 / 64), rel=1e-6)
+  assert not _leaves_equal(new.g_params, first.g_params)
+  leaves = jax.tree_util.tree_leaves
+  for e, old, g in zip(leaves(new.ema_params), leaves(ema), leaves(new.g_params)):
+    np.testing.assert_allclose(e, beta * np.asarray(old) + (1 - beta) * np.asarray(g),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_random_flip_mirrors_the_width_of_about_half_the_batch():
+  images = jax.random.randint(jax.random.PRNGKey(0), (64, 3, 5, 2), 0, 256).astype(jnp.uint8)
+  out = np.asarray(steps.random_flip(images, jax.random.PRNGKey(1)))
+  images = np.asarray(images)
+  mirrored = np.flip(images, axis=2)  # NHWC: axis 2 is the width
+  flipped = np.all(out == mirrored, axis=(1, 2, 3))
+  kept = np.all(out == images, axis=(1, 2, 3))
+  assert np.all(flipped != kept)  # every image is either mirrored or untouched, never both
+  assert 20 <= flipped.sum() <= 44  # Bernoulli(1/2) over 64 images
+  np.testing.assert_array_equal(out, steps.random_flip(images, jax.random.PRNGKey(1)))
 
 
 def test_same_seed_gives_bit_identical_parameters(make_config):
@@ -88,25 +147,26 @@ def test_wgan_gp_with_several_critic_steps(make_config):
   batch = _batches(config, 1)[0]
   assert batch["image"].shape[0] == 16  # n_critic real batches of 8
   new, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), batch)
-  assert int(new.images_seen) == 16 and float(metrics["gradient_penalty"]) >= 0
-  assert np.isfinite(float(metrics["d_loss"]))
+  # Two critic updates (one per real slice), then one G update.
+  assert _adam_count(new.d_opt_state) == 2 and _adam_count(new.g_opt_state) == 1
+  assert float(metrics["gradient_penalty"]) > 0 and np.isfinite(float(metrics["d_loss"]))
 
 
-def test_nonfinite_step_leaves_state_unchanged(make_config):
-  config = make_config()
-  init, step_fn = _setup(config)
+def test_nonfinite_step_leaves_state_unchanged():
+  config, init, train_step = _default_step()
   state = init()
   bias = state.g_params["to_rgb"]["bias"]
   state = state.replace(g_params={**state.g_params,
                                   "to_rgb": {**state.g_params["to_rgb"], "bias": bias + jnp.nan}})
-  train_step = jax.jit(steps.with_state_rng(step_fn))
   new, metrics = train_step(state, _batches(config, 1)[0])
   assert int(metrics["nonfinite"]) == 1
-  assert int(new.step) == 1 and int(new.nonfinite_streak) == 1
-  for name in ("d_params", "d_opt_state", "g_opt_state", "ema_params", "d_batch_stats"):
-    assert _leaves_equal(getattr(new, name), getattr(state, name)), name
+  assert int(new.step) == 1 and int(new.nonfinite_streak) == 1 == int(new.nonfinite_total)
+  for name in ("g_params", "g_batch_stats", "d_params", "d_batch_stats", "g_opt_state",
+               "d_opt_state", "ema_params", "augment", "lecam"):
+    for x, y in zip(*(jax.tree_util.tree_leaves(getattr(s, name)) for s in (new, state))):
+      np.testing.assert_array_equal(x, y, err_msg=name)  # NaN counts as equal to NaN
   again, _ = train_step(new, _batches(config, 2)[1])
-  assert int(again.nonfinite_streak) == 2
+  assert int(again.nonfinite_streak) == 2 == int(again.nonfinite_total)
 
 
 def test_ema_half_life_in_images(make_config):

@@ -130,6 +130,8 @@ class ArraySource:
                seed: int, bad_files: int = 0, attribute_names: Optional[Attributes] = None):
     if len(images) == 0:
       raise DataError("the data set has no usable images")
+    if len(labels) != len(images):  # a misaligned list would train every image on a wrong label
+      raise DataError(f"{len(images)} images but {len(labels)} labels: need one label per image")
     self.images = images
     self.labels = np.asarray(labels, np.int32)
     self.class_names = list(class_names)
