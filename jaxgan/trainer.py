@@ -221,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     restored = checkpointer.restore_latest(
         ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), accept)
-  except TrainingError:
+  except BaseException:  # a refused config, no readable step, ...: release orbax's threads
     checkpointer.close()
     raise
   k = run.steps_per_call
