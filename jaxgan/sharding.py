@@ -122,17 +122,22 @@ def gradient_bytes_per_step(g_params: int, d_params: int, n_critic: int, data: i
 
   Pure data parallelism (fsdp = 1): an all-reduce of every gradient, 2 (N - 1) / N * size,
   once for G and `n_critic` times for D.
-  With fsdp = F: per use of a parameter set, an all-gather of the parameters for the forward and
-  again for the backward pass (2 (F - 1) / F * size), a reduce-scatter of the gradient
-  ((F - 1) / F * size), and an all-reduce of the 1/F gradient shard over the data axis.
+  With fsdp = F, every use of a parameter set gathers it ((F - 1) / F * size per all-gather),
+  and every update of one reduce-scatters its gradient ((F - 1) / F * size) and all-reduces the
+  1/F shard over the data axis. Uses per step: G forward and backward (2 gathers) plus one
+  forward per extra critic update; D forward and backward per D update (2 gathers each) and for
+  G's update (D forward and its input-gradient pass: 2 more, no D gradient).
   """
+  gather = (fsdp - 1) / fsdp
 
-  def per_update(params: int) -> float:
+  def update(params: int) -> float:  # the gradient's reduction, per update of a parameter set
     size = params * bytes_per_value
     if fsdp == 1:
       return 2 * (data - 1) / data * size
-    return (3 * (fsdp - 1) / fsdp * size) + 2 * (data - 1) / data * size / fsdp
+    return gather * size + 2 * (data - 1) / data * size / fsdp
 
-  g = per_update(g_params)
-  d = n_critic * per_update(d_params)
+  g_gathers = 2 + (n_critic - 1) if fsdp > 1 else 0
+  d_gathers = 2 * n_critic + 2 if fsdp > 1 else 0
+  g = update(g_params) + g_gathers * gather * g_params * bytes_per_value
+  d = n_critic * update(d_params) + d_gathers * gather * d_params * bytes_per_value
   return {"g_bytes": g, "d_bytes": d, "total_bytes": g + d}

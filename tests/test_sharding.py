@@ -77,8 +77,15 @@ def test_gradient_bytes_formula():
   assert dp["g_bytes"] == pytest.approx(7e6) and dp["d_bytes"] == pytest.approx(2 * 3.5e6)
   one = sharding.gradient_bytes_per_step(1_000_000, 500_000, 1, data=1, fsdp=1)
   assert one["total_bytes"] == 0
+  # fsdp 4 x data 2, 4 MB of G: two gathers and a reduce-scatter (3/4 of 4 MB each), and the
+  # 1 MB gradient shard all-reduced over 2 (2 * 1/2 * 1 MB).
   fsdp = sharding.gradient_bytes_per_step(1_000_000, 0, 1, data=2, fsdp=4)
   assert fsdp["g_bytes"] == pytest.approx(3 * 0.75 * 4e6 + 1.0 * 4e6 / 4)
+  # D is also gathered twice for G's update (forward and input gradient, no D gradient), and an
+  # extra critic update adds D's two gathers, reduce-scatter and shard all-reduce, and G's forward.
+  two = sharding.gradient_bytes_per_step(1_000_000, 1_000_000, 2, data=2, fsdp=4)
+  assert two["d_bytes"] == pytest.approx(2 * (3 * 3e6 + 1e6) + 2 * 3e6)
+  assert two["g_bytes"] == pytest.approx(fsdp["g_bytes"] + 3e6)
 
 
 TRAIN = """
