@@ -1,15 +1,18 @@
 """The pinned Inception input resize, and batched, padded, sharded feature extraction."""
 
 import json
+import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import REPO, xla_flags
-from jaxgan.metrics.features import INCEPTION_SIZE, resize_for_inception
+from jaxgan.metrics import inception
+from jaxgan.metrics.features import INCEPTION_SIZE, FeatureExtractor, resize_for_inception
 
 
 def _bilinear_half_pixel(image: np.ndarray, out: int) -> np.ndarray:
@@ -47,30 +50,66 @@ def test_299_inputs_are_only_scaled():
                                 (image.astype(np.float32) - 128.0) / 128.0)
 
 
+def _random_inception_params(net):
+  """Random He-scaled kernels and unit BN for FIDInception: these tests need no real weights.
+  Drawn with NumPy: jax.random compiles a threefry program per kernel shape, ~28 s here."""
+  shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
+  rng = np.random.default_rng(1)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "weight":
+      fan_in = leaf.shape[0] * leaf.shape[1] * leaf.shape[2]
+      return rng.standard_normal(leaf.shape, np.float32) * np.float32((2.0 / fan_in) ** 0.5)
+    return np.full(leaf.shape, 1.0 if name == "var" else 0.0, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def test_real_network_features_of_resized_images_with_padding():
+  """The default network end to end: uint8 16x16 images -> the pinned resize -> FIDInception, in
+  batches of 2 with the last one padded, equal to one unbatched apply of the network."""
+  net = inception.FIDInception()
+  params = _random_inception_params(net)
+  images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+  extractor = FeatureExtractor(params=params, weights_id="random", batch_size=2)
+  got = extractor(images)
+  want = np.asarray(jax.jit(net.apply)(params, resize_for_inception(jnp.asarray(images))))
+  assert got.shape == (3, 2048) and got.dtype == np.float32
+  assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_a_stand_in_network_needs_its_own_params_and_name():
+  with pytest.raises(ValueError, match="needs its params and a weights_id"):
+    FeatureExtractor(network=inception.FIDInception(), weights_id="x")
+  with pytest.raises(ValueError, match="needs its params and a weights_id"):
+    FeatureExtractor(network=inception.FIDInception(), params={})
+
+
+# Batching, padding and sharding over 4 fake devices need no Inception (two Inception compiles
+# cost ~30 s here): a stand-in small enough to compile in a second, whose features still depend
+# on every pixel of its own image only, so a dropped, misplaced or mixed image would show.
 SHARDED = r"""
-import json, sys
+import json
+import flax.linen as nn
 import jax, jax.numpy as jnp, numpy as np
-from jaxgan.metrics import inception
 from jaxgan.metrics.features import FeatureExtractor, resize_for_inception
 
-net = inception.FIDInception()
-shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
-leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
-keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+class StandIn(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Conv(8, (5, 5), strides=(4, 4))(x))
+    return nn.Dense(16)(x.mean((1, 2)))
 
-def fill(path, leaf, key):  # random He-scaled kernels, unit BN: the layout test needs no real weights
-  name = path[-1].key
-  if name == "weight":
-    return jax.random.normal(key, leaf.shape) * (2.0 / (leaf.shape[0] * leaf.shape[1] * leaf.shape[2])) ** 0.5
-  return jnp.ones(leaf.shape) if name == "var" else jnp.zeros(leaf.shape)
-
-params = jax.tree_util.tree_unflatten(tree, [fill(p, l, k) for (p, l), k in zip(leaves, keys)])
+net = StandIn()
+params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
 images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype(np.uint8)
-extractor = FeatureExtractor(params=params, weights_id="random", batch_size=1)
+extractor = FeatureExtractor(params=params, weights_id="stand-in", batch_size=1, network=net)
 got = extractor(images)
 want = np.concatenate([np.asarray(jax.jit(net.apply)(params, resize_for_inception(images[i:i + 1])))
                        for i in range(5)])
 print(json.dumps({"devices": len(jax.local_devices()), "global_batch": extractor.global_batch,
+                  "shape": got.shape, "dtype": str(got.dtype),
                   "max_rel": float(np.abs(got - want).max() / np.abs(want).max()),
                   "images_per_sec": extractor.last_images_per_sec}))
 """
@@ -79,9 +118,10 @@ print(json.dumps({"devices": len(jax.local_devices()), "global_batch": extractor
 def test_extraction_is_sharded_padded_and_matches_one_device():
   env = {"XLA_FLAGS": xla_flags(4), "PYTHONPATH": REPO}
   proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, env={**__import__("os").environ, **env})
+                        text=True, timeout=300, env={**os.environ, **env})
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4 and out["global_batch"] == 4  # 5 images: one full batch + padding
+  assert out["shape"] == [5, 16] and out["dtype"] == "float32"  # the network's width, not 2048
   assert out["max_rel"] < 1e-5
   assert out["images_per_sec"] > 0
