@@ -66,17 +66,6 @@ def test_prepared_set_against_a_folder(tmp_path, capsys):
   assert result["num_real"] == 6 and result["fid"] > 0 and "precision" not in result
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--real", "/nonexistent/a", "--fake", "/nonexistent/b"], "/nonexistent/a: not a folder"),
-    (["--real", "/tmp"], "both --real PATH and --fake PATH"),
-    ([], "either --workdir DIR or both"),
-    (["--workdir", "/nonexistent/run"], "config.json not found"),
-])
-def test_bad_input_is_one_line(args, message, capsys):
-  code, out, err = _run(capsys, *args)
-  assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1
-
-
 def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys):
   cache = str(tmp_path / "cache")
   config = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 6, "eval.num_real": 8,

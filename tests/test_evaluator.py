@@ -103,7 +103,11 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--real", "{tmp}/a", "--fake", "{tmp}/b"], "--real {tmp}/a: no such folder"),
     (["--real", "{tmp}", "--fake", "{tmp}/missing"], "--fake {tmp}/missing: no such folder"),
+    (["--real", "{tmp}"], "two-set mode needs both --real PATH and --fake PATH"),
+    ([], "pass either --workdir DIR or both"),
+    (["--workdir", "{tmp}/run"], "{tmp}/run/config.json not found"),
     (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
     (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be >= 0"),
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
