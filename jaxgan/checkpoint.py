@@ -129,7 +129,11 @@ class Checkpointer:
     target = flax.serialization.to_state_dict(abstract_state)
     # Compared from the checkpoint's own tree metadata, before reading any array, so that a
     # layout change is told apart from damage by what is on disk, not by an error's wording.
-    difference = _layout_difference(self._manager.item_metadata(step)["state"], target)
+    saved = self._manager.item_metadata(step)["state"]
+    if not _key_paths(saved):  # no tree metadata (a missing _METADATA file): damage, not layout
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no readable tree "
+                            "metadata")
+    difference = _layout_difference(saved, target)
     if difference:
       raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
                         f"different layout ({difference}): written by another jaxgan version or "
@@ -158,12 +162,12 @@ class Checkpointer:
     """
     steps = _agreed_steps(self.steps())
     for step in reversed(steps):
-      meta, error, visible = self._read_agreed(step, lambda: self.restore_meta(step))
+      meta, error, visible = self.read_agreed(step, lambda: self.restore_meta(step))
       if error is not None:
         self._skip(step, error, move=visible)
         continue
       same_config = accept_meta(step, meta) if accept_meta is not None else False
-      restored, error, visible = self._read_agreed(step, lambda: self.restore(step, abstract_state))
+      restored, error, visible = self.read_agreed(step, lambda: self.restore(step, abstract_state))
       if error is None:
         state, meta = restored
         return step, state, meta
@@ -174,8 +178,8 @@ class Checkpointer:
                             "directory away to start fresh")
     return None
 
-  def _read_agreed(self, step: int, read: Callable[[], Any]
-                   ) -> tuple[Any, Optional[BaseException], bool]:
+  def read_agreed(self, step: int, read: Callable[[], Any]
+                  ) -> tuple[Any, Optional[BaseException], bool]:
     """(result, None, True) when `read()` of `step` succeeds on every process, else (None, error,
     visible), after a second try `retry_delay_s` later (network file systems fail transiently).
 
@@ -191,12 +195,16 @@ class Checkpointer:
       if not visible:
         error = CheckpointError(f"{path} is not visible on every process")
       else:
+        layout: Optional[LayoutError] = None
         try:
           result = read()
-        except LayoutError:
-          raise  # not damage: never moved aside, and older steps share the layout
+        except LayoutError as e:
+          layout = e
         except Exception as e:  # corrupt or truncated files: fall back, never loop on a crash
           error = e
+        # Not damage: raised on every process (never moved aside; older steps share the layout).
+        if multihost.any_process(layout is not None):
+          raise layout or LayoutError(f"{path}: another process found a different layout")
         if _everywhere(error is None):
           return result, None, True
       if attempt == 0:

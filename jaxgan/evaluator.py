@@ -174,13 +174,11 @@ class PeriodicEval:
     latest = self.best.latest_step()
     best_step = multihost.from_process_0(-1 if latest is None else int(latest))
     if best_step >= 0:
-      try:
-        meta, error = self.best.restore_meta(best_step), None
-      except Exception as e:  # pylint: disable=broad-except
-        meta, error = {}, e
-      if not multihost.all_processes(error is None):
-        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best",
-                    error or "on another process")
+      # Read as restoring does (agreed, visibility first): orbax's read ends in a barrier that a
+      # process failing before it would leave the others waiting in.
+      meta, error, _ = self.best.read_agreed(best_step, lambda: self.best.restore_meta(best_step))
+      if error is not None:
+        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", error)
         meta = {}
       if meta.get("eval_settings") == self.settings:
         self.best_fid = float(meta.get("fid", float("inf")))

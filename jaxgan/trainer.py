@@ -319,7 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # Read the flag once per call: a signal that lands after this line (say while the log
         # row is written) must wait for the next call, not stop this one without its checkpoint.
         row = step % cfg.log_every == 0 or step == cfg.num_steps
-        stopping = stop.check(step // k, exchange=row)  # log rows wait for the step anyway
+        eval_due = evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+        # Log rows wait for the step anyway; before an evaluation a late stop would cost minutes.
+        stopping = stop.check(step // k, exchange=row or eval_due)
         last = step == cfg.num_steps or stopping is not None
         if row or last:
           values = interval.summary()
@@ -344,8 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % cfg.sample_every == 0 or step == cfg.num_steps:
           save_samples(step)
         # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
-        if evaluate and stopping is None and (step % cfg.eval_every == 0
-                                              or step == cfg.num_steps):
+        if eval_due and stopping is None:
           evaluate(step, state)
         if step % cfg.log_every == 0 or last:
           # The next row's images/s times training only: not this row's checkpoint, samples and

@@ -5,7 +5,6 @@ cycles. A new module must be placed in a layer here and in the doc."""
 import ast
 import pathlib
 
-import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxgan"
 
@@ -73,27 +72,53 @@ def test_module_level_imports_have_no_cycle():
       parent = target.rpartition(".")[0]
       if parent in graph and parent not in ("jaxgan", name) and not name.startswith(parent + "."):
         graph[name].add(parent)
+  cycle = find_cycle(graph)
+  assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def find_cycle(graph: dict[str, set[str]]):
+  """One cycle of `graph` as [a, b, ..., a], or None (depth-first search)."""
   state: dict[str, int] = {}  # 1 visiting, 2 done
 
-  def visit(node: str, trail: list[str]) -> None:
+  def visit(node: str, trail: list[str]):
     if state.get(node) == 2:
-      return
+      return None
     if state.get(node) == 1:
-      pytest.fail("import cycle: " + " -> ".join(trail[trail.index(node):] + [node]))
+      return trail[trail.index(node):] + [node]
     state[node] = 1
     for target in sorted(graph.get(node, ())):
-      visit(target, trail + [node])
+      found = visit(target, trail + [node])
+      if found:
+        return found
     state[node] = 2
+    return None
 
   for name in sorted(graph):
-    visit(name, [])
+    found = visit(name, [])
+    if found:
+      return found
+  return None
 
 
-def test_the_checker_sees_an_upward_import(tmp_path):
-  """The two tests above can fail: a foundation importing the trainer is caught."""
+def test_the_checkers_see_an_upward_import_and_a_cycle(tmp_path):
+  """The two tests above can fail: a foundation importing the trainer is caught, and so is a
+  cycle."""
+  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+  assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
   bad = tmp_path / "bad.py"
   bad.write_text("def f():\n  from jaxgan import trainer\n")
   known = set(modules())
   targets = jaxgan_imports(bad, known, module_level_only=False)
   assert targets == {"jaxgan.trainer"} and RANK[layer("jaxgan.trainer")] > RANK["foundation"]
   assert jaxgan_imports(bad, known, module_level_only=True) == set()
+
+
+def test_image_decoding_workers_do_not_load_jax():
+  """prepare's decoding workers (spawned) import jaxgan.data.images: JAX there would cost each
+  worker ~1.5 s and ~130 MB for nothing."""
+  import subprocess
+  import sys
+
+  code = "import sys, jaxgan.data.images; print('jax' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"

@@ -50,3 +50,18 @@ def test_a_failed_rewrite_leaves_no_loadable_mix(tmp_path, monkeypatch):
   assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
   with pytest.raises(DataError, match="dataset_info.json not found"):
     prepared.read_prepared(out)  # not the old info over a new and an old shard
+
+
+def test_a_tensorflow_write_error_is_an_oserror_naming_the_shard(tmp_path, monkeypatch):
+  from jaxgan import tf_host
+
+  tf = tf_host.import_tensorflow()
+
+  def full_disk(path):
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+  monkeypatch.setattr(tf.io, "TFRecordWriter", full_disk)
+  out = tmp_path / "set"
+  with pytest.raises(OSError, match=r"train-00000-of-00001.tfrecord failed: No space left"):
+    prepared.write_prepared(str(out), _images(2, 10), np.zeros(2), ["a"], [])
+  assert os.listdir(out) == []

@@ -245,6 +245,20 @@ def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, capl
   assert "trying again" in caplog.text and not os.path.exists(directory + ".corrupt")
 
 
+def test_a_step_without_tree_metadata_is_damage_not_another_layout(tmp_path):
+  """A lost state/_METADATA file reads as no keys at all: that is damage (fall back to the
+  previous step), not a train state of another version (which stops the resume)."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  os.remove(os.path.join(directory, "2", "state", "_METADATA"))
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  step, state, _ = reader.restore_latest(target)
+  reader.close()
+  assert step == 1 and float(state["w"][0]) == 1.0
+
+
 def test_a_step_gone_from_view_is_skipped_not_taken_for_damage(tmp_path, caplog):
   """A listed step whose directory is not there when read (another process's, or the file
   system's, lagging view) is skipped without being read or moved aside."""

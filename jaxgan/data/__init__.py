@@ -24,7 +24,6 @@ from typing import Iterator, TypeVar
 
 import numpy as np
 
-from jaxgan import multihost
 
 from jaxgan.data.arrays import ArraySource, DataError
 from jaxgan.data.folder import FolderSource
@@ -87,6 +86,9 @@ def check_same_on_every_process(source) -> None:
   Each process reads the data itself and takes its share of each batch by position, so a file
   that failed to read on one host only, or a data.path that differs between hosts, would shift
   every index there: examples silently duplicated or never seen, for the whole run."""
+  # Here, not at the top: image-decoding workers import this package and must not load JAX.
+  from jaxgan import multihost  # pylint: disable=g-import-not-at-top
+
   mine = fingerprint(source)
   if not multihost.all_processes(mine == multihost.from_process_0(mine)):
     raise DataError(
