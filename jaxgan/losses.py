@@ -83,6 +83,20 @@ def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
   return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
 
 
+def lecam_anchors(ema: dict, real_logits: Array, fake_logits: Array, decay: float,
+                  updates: Array) -> tuple[dict, dict]:
+  """(new EMA state, anchors) from this batch's mean D outputs, as LeCam's reference code does
+  (TF's assign_moving_average with zero_debias=True, updated before the penalty is taken).
+
+  `ema` {'real', 'fake'} holds the biased averages (from 0); the anchors divide them by
+  1 - decay^updates, `updates` counting this one, so they are unbiased from the first step (a
+  plain EMA from 0 would pull every logit towards 0 for the first few hundred steps)."""
+  means = {"real": jnp.mean(real_logits), "fake": jnp.mean(fake_logits)}
+  ema = {k: decay * ema[k] + (1.0 - decay) * jax.lax.stop_gradient(means[k]) for k in means}
+  correction = 1.0 - jnp.asarray(decay, jnp.float32) ** updates
+  return ema, {k: v / correction for k, v in ema.items()}
+
+
 def lecam_penalty(real_logits: Array, fake_logits: Array, anchor_real: Array,
                   anchor_fake: Array) -> Array:
   """LeCam regulariser (Tseng et al. 2021, eq. 3): E(D(x) - a_F)^2 + E(D(G(z)) - a_R)^2, with

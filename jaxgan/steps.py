@@ -89,7 +89,9 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     aug = augment_lib.Augment(apply=lambda x, k, p: augment_lib.diffaugment(x, k, policy))
   augment = aug.apply
 
-  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam):
+  def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam,
+               d_updates):
+    """One D Adam step; `d_updates` counts D updates so far, this one included (LeCam)."""
     real_key, fake_key, gp_key = jax.random.split(key, 3)
 
     def d_objective(params):
@@ -107,17 +109,17 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         gp = losses_lib.gradient_penalty(critic, real, fake, gp_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
+      new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,
+                                                    lecam_decay, d_updates)
       if lecam_weight > 0:
-        reg = losses_lib.lecam_penalty(real_logits, fake_logits, lecam["real"], lecam["fake"])
+        reg = losses_lib.lecam_penalty(real_logits, fake_logits, anchors["real"], anchors["fake"])
         value = value + lecam_weight * reg
         aux["lecam"] = reg
-      return value, (stats, aux, real_logits, fake_logits)
+      return value, (stats, aux, real_logits, new_lecam)
 
-    (value, (stats, aux, real_logits, fake_logits)), grads = jax.value_and_grad(
+    (value, (stats, aux, real_logits, lecam)), grads = jax.value_and_grad(
         d_objective, has_aux=True)(d_params)
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
-    lecam = {"real": lecam_decay * lecam["real"] + (1 - lecam_decay) * jnp.mean(real_logits),
-             "fake": lecam_decay * lecam["fake"] + (1 - lecam_decay) * jnp.mean(fake_logits)}
     return (optax.apply_updates(d_params, updates), stats, d_opt_state, value, aux, grads,
             real_logits, lecam)
 
@@ -155,6 +157,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     all_labels = batch["label"].reshape((b, n_critic) + batch["label"].shape[1:])  # keeps [.., A]
     keys = jax.random.split(rng, 3 * n_critic + 2)
     aug_state, lecam, aug_p = state.augment, state.lecam, state.augment.p
+    # D updates before this step (float: LeCam's debiasing raises the decay to its power).
+    d_updates_before = state.step.astype(jnp.float32) * n_critic
 
     def real_slice(k):
       real = images[:, k]
@@ -171,7 +175,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       fake, _ = _apply(generator, state.g_params, state.g_batch_stats, z, labels)
       d_params, d_stats, d_opt_state, value, aux, grads, real_logits, lecam = d_update(
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-          keys[3 * k + 1], aug_p, lecam)
+          keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
       if aug.adaptive:  # sign(D(real)) feeds ADA's p only
         aug_state = augment_lib.accumulate(aug_state, real_logits)
       d_values.append(value)
@@ -186,7 +190,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
     d_params, d_stats, d_opt_state, d_value, aux, d_grads, real_logits, lecam = d_update(
         d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-        keys[3 * k + 1], aug_p, lecam)
+        keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
     if aug.adaptive:
       aug_state = augment_lib.accumulate(aug_state, real_logits)
       c = config.augment

@@ -26,6 +26,18 @@ def test_lecam_matches_the_formula():
   np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
 
 
+def test_lecam_anchors_are_debiased_from_the_first_update():
+  """As LeCam's reference (zero-debiased EMA, updated with this batch before the penalty): the
+  first anchors are that batch's means, not 1 % of them."""
+  zero = {"real": jnp.zeros(()), "fake": jnp.zeros(())}
+  ema, anchors = losses.lecam_anchors(zero, jnp.array([1.0, 3.0]), jnp.array([-4.0]), 0.99, 1.0)
+  assert float(anchors["real"]) == pytest.approx(2.0) and float(anchors["fake"]) == pytest.approx(-4.0)
+  assert float(ema["real"]) == pytest.approx(0.02)  # the stored state stays the biased average
+  ema, anchors = losses.lecam_anchors(ema, jnp.array([6.0]), jnp.array([0.0]), 0.99, 2.0)
+  # (0.99 * 0.01 * 2 + 0.01 * 6) / (1 - 0.99^2): the two batches weighted 0.99 : 1.
+  assert float(anchors["real"]) == pytest.approx((0.99 * 0.02 + 0.06) / (1 - 0.99 ** 2), rel=1e-5)
+
+
 def _adam_reference(grads, lr, b1, b2, eps=1e-8):
   """Plain Adam with bias correction, step by step (numpy)."""
   m = v = np.zeros_like(grads[0])
@@ -85,7 +97,8 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   config = tiny_config(**overrides, **{"model.orthogonal_reg": 1e-4})
   (s0, s1, s2), metrics = _run_steps(config, 2, 16)
   assert metrics[0]["nonfinite"] == 0 and metrics[1]["nonfinite"] == 0
-  # LeCam's anchors are EMAs (decay 0.99, from 0) of D's mean outputs, which the step logs.
+  # LeCam's state: EMAs (decay 0.99, from 0) of D's mean outputs, which the step logs (the
+  # anchors divide them by 1 - 0.99^updates: test_lecam_anchors_are_debiased...).
   assert metrics[0]["lecam"] > 0
   for before, after, m in ((s0, s1, metrics[0]), (s1, s2, metrics[1])):
     for side in ("real", "fake"):
