@@ -28,7 +28,8 @@ jit-friendly, no global state.
   with a wavelet (sym6) low-pass filter around the bilinear sampling), so aliasing under strong
   minification is not suppressed. Out-of-range sampling mirrors again and again (periodic
   reflection), where the official code reflect-pads once by a bounded margin and reads zeros
-  beyond. The blit ops are exact gathers rather than part of the matrix (the same result). Also
+  beyond. The blit ops are exact gathers for images without geometric ops, and part of the one
+  matrix for the others (as in the official code: a single resampling, one reflection). Also
   left out, as they are not part of 'bgc': the 'filter' (image-space frequency-band filtering),
   'noise' (additive Gaussian noise) and 'cutout' groups.
 """
@@ -154,16 +155,23 @@ def ada_augment(images: Array, key: jax.Array, p: Array | float) -> Array:
   come back bit-exact.
   """
   b, h, w, _ = images.shape
-  per_image = lambda m: m[:, None, None, None]
-  blit, geom, color = ada.sample(key, b, h, w, p)
+  return apply_ada(images, *ada.sample(key, b, h, w, p))
 
+
+def apply_ada(images: Array, blit: ada.BlitParams, geom: ada.GeomParams,
+              color: ada.ColorParams) -> Array:
+  """The 'bgc' pipeline for drawn parameters (`ada_augment` draws them)."""
+  b, h, w, _ = images.shape
+  per_image = lambda m: m[:, None, None, None]
   x = jnp.where(per_image(blit.flip), images[:, :, ::-1], images)
   if h == w:  # 90-degree rotations keep the shape only for square images
     rots = jnp.stack([jnp.rot90(x, r, axes=(1, 2)) for r in range(4)])
     x = rots[blit.k, jnp.arange(b)]
   x = translate(x, blit.ty, blit.tx, pad="reflect")  # a zero shift is an exact identity gather
-
-  x = jnp.where(per_image(geom.applied), ada.affine_resample(x, ada.geometric_matrix(geom)), x)
+  # With a geometric op, one resampling of the ORIGINAL through blit and geometry together
+  # (reflecting once, at the original's borders); the gathers above serve the other images.
+  x = jnp.where(per_image(geom.applied),
+                ada.affine_resample(images, ada.blit_matrix(blit, geom)), x)
 
   return jnp.where(per_image(color.applied), ada.apply_color_matrix(x, ada.color_matrix(color)), x)
 

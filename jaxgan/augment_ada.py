@@ -2,7 +2,8 @@
 
 The pipeline that chains them is `jaxgan.augment.ada_augment`. Three groups, in the paper's order:
 
-- blit (`sample_blit`): x-flip, 90-degree rotation, integer translation; done as exact gathers.
+- blit (`sample_blit`): x-flip, 90-degree rotation, integer translation; exact gathers, or, for
+  an image that also draws a geometric op, folded into its matrix (`blit_matrix`).
 - geom (`sample_geometric`, `geometric_matrix`, `affine_resample`): isotropic scaling, pre-rotation,
   anisotropic scaling, post-rotation, fractional translation, accumulated into one 3x3 matrix per
   image, then ONE bilinear resampling with reflect padding.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +161,27 @@ def scale2d(sx: Array, sy: Array) -> Array:
 def rotate2d(theta: Array) -> Array:
   c, s = jnp.cos(theta), jnp.sin(theta)
   return _matrices([[c, -s, 0], [s, c, 0], [0, 0, 1]], theta.shape[0])
+
+
+def blit_matrix(bp: BlitParams, then: Optional[GeomParams] = None) -> Array:
+  """[B, 3, 3] inverse of the blit ops (x-flip, then k counter-clockwise quarter turns, then the
+  integer shift), in `geometric_matrix`'s convention: flip^-1 R^-1 T^-1; with `then`, followed by
+  those geometric ops: flip^-1 R^-1 T^-1 G^-1.
+
+  Images that also draw a geometric op are resampled ONCE from the original with
+  blit_matrix @ geometric_matrix, as the official pipeline does; gathering the blit first and
+  resampling the result would reflect twice at the borders (a mirror of a mirror).
+  """
+  sx = jnp.where(bp.flip, -1.0, 1.0)
+  flip = scale2d(sx, jnp.ones_like(sx))
+  # Output (x, y) of one quarter turn samples (-y, x) (jnp.rot90 axes (1, 2), about the centre):
+  # rotate2d(k * pi / 2), with exact cosines and sines.
+  cos = jnp.take(jnp.array([1.0, 0.0, -1.0, 0.0]), bp.k)
+  sin = jnp.take(jnp.array([0.0, 1.0, 0.0, -1.0]), bp.k)
+  turn = _matrices([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]], bp.k.shape[0])
+  shift = translate2d(-bp.tx.astype(jnp.float32), -bp.ty.astype(jnp.float32))
+  ops = (flip, turn, shift) + ((geometric_matrix(then),) if then is not None else ())
+  return functools.reduce(_matmul, ops)
 
 
 def geometric_matrix(g: GeomParams) -> Array:

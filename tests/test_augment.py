@@ -236,6 +236,33 @@ def test_geometric_matrix_inverts_the_ops_in_the_papers_order():
   np.testing.assert_allclose(turned, jnp.rot90(X, 3, axes=(1, 2)), atol=1e-5)
 
 
+def _blit(flip, k, ty, tx):
+  full = lambda v, dtype: jnp.asarray(v, dtype).reshape(-1) * jnp.ones(SHAPE[0], dtype)
+  return ada.BlitParams(full(flip, bool), full(k, jnp.int32), full(ty, jnp.int32),
+                        full(tx, jnp.int32))
+
+
+def test_blit_as_a_matrix_is_the_exact_gathers():
+  """The blit ops folded into the resampling matrix give, pixel for pixel, what the gathers give
+  (flip, then quarter turns, then the shift, reflected at the borders)."""
+  no_color = ada.ColorParams(*(jnp.zeros(SHAPE[0]),) * 5, applied=jnp.zeros(SHAPE[0], bool))
+  not_geom = _geom()._replace(applied=jnp.zeros(SHAPE[0], bool))
+  for flip, k, ty, tx in [(True, 0, 0, 0), (False, 1, 0, 0), (True, 3, 2, -5), (False, 2, -7, 3)]:
+    blit = _blit(flip, k, ty, tx)
+    gathered = augment.apply_ada(X, blit, not_geom, no_color)
+    np.testing.assert_allclose(_resample(X, ada.blit_matrix(blit)), gathered, atol=1e-6)
+
+
+def test_blit_and_geometry_resample_once_reflecting_once():
+  """An integer shift of 2 then a fractional shift of 2.5 is ONE shift of 4.5 of the original,
+  reflected once at its borders, as in the official pipeline (resampling the already-reflected
+  shift would mirror a mirror near the edge)."""
+  no_color = ada.ColorParams(*(jnp.zeros(SHAPE[0]),) * 5, applied=jnp.zeros(SHAPE[0], bool))
+  out = augment.apply_ada(X, _blit(False, 0, 0, 2), _geom(tx=2.5), no_color)
+  np.testing.assert_allclose(out, _resample(X, _mats([1, 0, -4.5], [0, 1, 0], [0, 0, 1])),
+                             atol=1e-6)
+
+
 # --- ADA 'bgc': colour. --------------------------------------------------------------------------
 
 @jax.jit
