@@ -77,7 +77,8 @@ def test_two_attribute_labels(make_config, family):
   g_embed, d_embed = (("class_embed", "class_projection") if family == "dcgan"
                       else ("shared", "projection"))
   assert [g_vars["params"][g_embed][f"attr{i}"]["embedding"].shape[0] for i in range(2)] == [3, 5]
-  assert [d_vars["params"][d_embed][f"attr{i}"]["embedding"].shape[0] for i in range(2)] == [3, 5]
+  table = "embedding" if family == "dcgan" else "kernel"  # ResNet's: SN'd dense on one-hot labels
+  assert [d_vars["params"][d_embed][f"attr{i}"][table].shape[0] for i in range(2)] == [3, 5]
   with pytest.raises(ValueError, match=r"expected \[batch, 2\]"):
     jax.eval_shape(lambda v: g.apply(v, z, labels[:, :1], train=False), g_vars)
 

@@ -56,7 +56,7 @@ def test_shapes(size, num_classes):
   assert dv["params"]["down0"]["conv1"]["kernel"].shape[-1] == w[0]
   for i, n_cls in enumerate(num_classes):
     assert gv["params"]["shared"][f"attr{i}"]["embedding"].shape == (n_cls, 8)
-    assert dv["params"]["projection"][f"attr{i}"]["embedding"].shape == (n_cls, w[n - 1])
+    assert dv["params"]["projection"][f"attr{i}"]["kernel"].shape == (n_cls, w[n - 1])
   if not num_classes:
     assert "shared" not in gv["params"] and "projection" not in dv["params"]
 
@@ -132,6 +132,22 @@ def test_real_apply_updates_spectral_norm_state_only_in_train_mode():
     for a, b in zip(jax.tree_util.tree_leaves(new["batch_stats"]),
                     jax.tree_util.tree_leaves(ev["batch_stats"])):
       np.testing.assert_array_equal(a, b)
+
+
+def test_the_projection_embedding_is_spectrally_normalised():
+  """Scaling D's class tables by 100 leaves the logits alone (BigGAN's SNEmbedding); a plain
+  embedding would scale the class term by 100. Soft one-hot labels embed as the integers do."""
+  from jaxgan.models.resnet import SNProjectionEmbed
+
+  module = SNProjectionEmbed((3, 4))
+  labels = jnp.array([[0, 1], [2, 3], [1, 0]], jnp.int32)
+  variables = module.init(jax.random.PRNGKey(0), labels, 6, False)
+  apply = jax.jit(lambda v, y: module.apply(v, y, 6, True, mutable=["batch_stats"])[0])
+  base = apply(variables, labels)
+  scaled = {**variables, "params": jax.tree_util.tree_map(lambda t: 100 * t, variables["params"])}
+  np.testing.assert_allclose(apply(scaled, labels), base, rtol=1e-4)
+  soft = jnp.concatenate([jax.nn.one_hot(labels[:, 0], 3), jax.nn.one_hot(labels[:, 1], 4)], -1)
+  np.testing.assert_allclose(apply(variables, soft), base, rtol=1e-6)
 
 
 def test_spectral_norm_converges_to_largest_singular_value():

@@ -5,7 +5,8 @@ G: z split into (n + 1) chunks (hierarchical latents). Chunk 0 -> SN dense -> 4x
    CBN, ReLU, 2x nearest upsample, SN conv3x3, CBN, ReLU, SN conv3x3, plus upsample + SN conv1x1.
    Output: BN, ReLU, SN conv3x3 to RGB, tanh.
 D: SN residual down blocks (the first "optimized" as in SNGAN), ReLU, global sum pooling,
-   SN dense logit, plus the projection term <embed(y), pooled> (Miyato & Koyama 2018).
+   SN dense logit, plus the projection term <embed(y), pooled> (Miyato & Koyama 2018), its
+   embedding spectrally normalised too (BigGAN's SNEmbedding).
 Both can place one SAGAN self-attention block after the block whose output has
 `attention_resolution` (0: none).
 
@@ -33,9 +34,10 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgan.models.batchnorm import AffineBatchNormAct, norm_act
-from jaxgan.models.conditioning import ClassEmbed, class_tuple
+from jaxgan.models.conditioning import ClassEmbed, as_label_matrix, class_tuple, is_soft
 from jaxgan.models.dcgan import _num_doublings
 
 _init = nn.initializers.orthogonal()
@@ -271,10 +273,38 @@ class ResNetDiscriminator(nn.Module):
     if classes:
       if labels is None:
         raise ValueError("a conditional discriminator needs labels")
-      emb = ClassEmbed(classes, pooled.shape[-1], embedding_init=_init, dtype=jnp.float32,
-                       name="projection")(labels)
+      emb = SNProjectionEmbed(classes, name="projection")(labels, pooled.shape[-1], train)
       logit = logit + jnp.sum(emb * pooled, axis=-1)
     return logit
+
+
+class SNProjectionEmbed(nn.Module):
+  """The projection D's class embedding, spectrally normalised as BigGAN's SNEmbedding: without
+  it, <embed(y), pooled> would be the one term of D's logit with no Lipschitz bound.
+
+  Per attribute i a table [classes_i, features] (a bias-free dense layer applied to the one-hot
+  label, so Flax's SpectralNorm sees the table as its matrix), summed over attributes. Labels are
+  int [b] / [b, A], or float class weights [b, sum(classes)] (`conditioning.embed_labels`).
+  """
+
+  num_classes: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, labels: jnp.ndarray, features: int, train: bool) -> jnp.ndarray:
+    if is_soft(labels):
+      weights = jnp.split(jnp.asarray(labels, jnp.float32),
+                          np.cumsum(self.num_classes)[:-1].tolist(), axis=-1)
+    else:
+      matrix = as_label_matrix(labels, len(self.num_classes))
+      weights = [jax.nn.one_hot(matrix[:, i], n, dtype=jnp.float32)
+                 for i, n in enumerate(self.num_classes)]
+    out = jnp.zeros((weights[0].shape[0], features), jnp.float32)
+    for i, w in enumerate(weights):
+      # HIGHEST: a one-hot row must select its table row exactly (no TF32 / bf16 passes).
+      table = nn.Dense(features, use_bias=False, kernel_init=_init, dtype=jnp.float32,
+                       precision=jax.lax.Precision.HIGHEST, name=f"attr{i}")
+      out = out + nn.SpectralNorm(table, name=f"attr{i}_sn")(w, update_stats=train)
+    return out
 
 
 def orthogonal_penalty(params: Any) -> jnp.ndarray:
