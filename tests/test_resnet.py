@@ -127,6 +127,10 @@ def test_real_apply_updates_spectral_norm_state_only_in_train_mode():
       if k.endswith("/u']"):
         assert not np.allclose(before[k], after[k]), k
 
+  # G's conditional BatchNorm gains and biases are SN'd (BigGAN's bn_linear), D's class tables too.
+  assert any("['gain_sn']" in k for k in _sn_state(gv["batch_stats"]))
+  assert any("['bias_sn']" in k for k in _sn_state(gv["batch_stats"]))
+  assert any("['projection']['attr1_sn']" in k for k in _sn_state(dv["batch_stats"]))
   _, _, g_eval, d_eval = run(g_new, d_new, False)
   for new, ev in ((g_new, g_eval), (d_new, d_eval)):
     for a, b in zip(jax.tree_util.tree_leaves(new["batch_stats"]),

@@ -56,8 +56,9 @@ def _sn_conv(x: jnp.ndarray, features: int, kernel: int, *, train: bool, dtype: 
   return nn.SpectralNorm(conv, name=f"{name}_sn")(x, update_stats=train)
 
 
-def _sn_dense(x: jnp.ndarray, features: int, *, train: bool, dtype: Any, name: str) -> jnp.ndarray:
-  dense = nn.Dense(features, kernel_init=_init, dtype=dtype, name=name)
+def _sn_dense(x: jnp.ndarray, features: int, *, train: bool, dtype: Any, name: str,
+              use_bias: bool = True) -> jnp.ndarray:
+  dense = nn.Dense(features, use_bias=use_bias, kernel_init=_init, dtype=dtype, name=name)
   return nn.SpectralNorm(dense, name=f"{name}_sn")(x, update_stats=train)
 
 
@@ -92,7 +93,8 @@ class ConditionalBatchNormReLU(nn.Module):
   a per-sample gain and bias, then ReLU. `norm_impl` 'flax': nn.BatchNorm differentiated by JAX;
   'fused': `batchnorm.AffineBatchNormAct` (one parameter tree for both).
 
-  The projections are not spectrally normalised and have no bias (the BN has none either).
+  The projections are spectrally normalised and have no bias, as BigGAN's `bn_linear` (SNLinear,
+  bias=False, with a shared embedding); the BN has no affine of its own either.
   """
 
   momentum: float = 0.9
@@ -106,8 +108,8 @@ class ConditionalBatchNormReLU(nn.Module):
     kwargs = dict(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
                   dtype=self.dtype, name="bn")
     cond = cond.astype(self.dtype)
-    gain = 1 + nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="gain")(cond)
-    bias = nn.Dense(c, use_bias=False, kernel_init=_init, dtype=self.dtype, name="bias")(cond)
+    gain = 1 + _sn_dense(cond, c, train=train, dtype=self.dtype, name="gain", use_bias=False)
+    bias = _sn_dense(cond, c, train=train, dtype=self.dtype, name="bias", use_bias=False)
     gain, bias = gain[:, None, None, :], bias[:, None, None, :]
     if self.norm_impl == "fused":
       return AffineBatchNormAct(slope=0.0, **kwargs)(x, gain, bias)
