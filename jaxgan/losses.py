@@ -99,8 +99,10 @@ def lecam_anchors(ema: dict, real_logits: Array, fake_logits: Array, decay: floa
 
 def lecam_penalty(real_logits: Array, fake_logits: Array, anchor_real: Array,
                   anchor_fake: Array) -> Array:
-  """LeCam regulariser (Tseng et al. 2021, eq. 3): E(D(x) - a_F)^2 + E(D(G(z)) - a_R)^2, with
-  the anchors a_R, a_F moving averages of D's outputs on reals and fakes (held constant here)."""
+  """LeCam regulariser (Tseng et al. 2021) as its reference code computes it:
+  E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2, with the anchors a_R, a_F moving averages of
+  D's outputs on reals and fakes (held constant here). The ReLU (not in the paper's eq. 3) leaves
+  a real scored below the fakes' anchor, or a fake above the reals', to the adversarial loss."""
   anchor_real, anchor_fake = jax.lax.stop_gradient(anchor_real), jax.lax.stop_gradient(anchor_fake)
-  return (jnp.mean(jnp.square(real_logits - anchor_fake))
-          + jnp.mean(jnp.square(fake_logits - anchor_real)))
+  return (jnp.mean(jnp.square(jax.nn.relu(real_logits - anchor_fake)))
+          + jnp.mean(jnp.square(jax.nn.relu(anchor_real - fake_logits))))

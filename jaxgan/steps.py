@@ -33,6 +33,12 @@ def to_model_range(images: jnp.ndarray) -> jnp.ndarray:
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
+def applied_d_updates(state: TrainState, n_critic: int) -> jnp.ndarray:
+  """D updates applied before this step, float32 (LeCam's debiasing raises its decay to this
+  power): n_critic per step, except on steps skipped as non-finite, which revert all of them."""
+  return (state.step - state.nonfinite_total).astype(jnp.float32) * n_critic
+
+
 def random_flip(images: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
   """Mirrors each NHWC image left-right (the width axis) with probability 1/2: a pure function of
   `key`, so a resumed run flips exactly as an uninterrupted one."""
@@ -157,8 +163,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     all_labels = batch["label"].reshape((b, n_critic) + batch["label"].shape[1:])  # keeps [.., A]
     keys = jax.random.split(rng, 3 * n_critic + 2)
     aug_state, lecam, aug_p = state.augment, state.lecam, state.augment.p
-    # D updates before this step (float: LeCam's debiasing raises the decay to its power).
-    d_updates_before = state.step.astype(jnp.float32) * n_critic
+    d_updates_before = applied_d_updates(state, n_critic)
 
     def real_slice(k):
       real = images[:, k]

@@ -24,6 +24,22 @@ def test_lecam_matches_the_formula():
   real, fake = jnp.array([1.0, 2.0, 3.0]), jnp.array([-1.0, 0.0])
   want = np.mean((np.array([1, 2, 3]) - (-0.5)) ** 2) + np.mean((np.array([-1, 0]) - 1.5) ** 2)
   np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
+  # As LeCam's code (relu): a real below the fakes' anchor, or a fake above the reals' anchor,
+  # adds nothing.
+  real, fake = jnp.array([-1.0, 2.0]), jnp.array([3.0, 0.0])
+  want = np.mean(np.array([0.0, 2.5]) ** 2) + np.mean(np.array([0.0, 1.5]) ** 2)
+  np.testing.assert_allclose(losses.lecam_penalty(real, fake, 1.5, -0.5), want, rtol=1e-6)
+
+
+def test_lecam_counts_only_the_d_updates_applied():
+  """A step skipped as non-finite reverts all its n_critic D updates (and LeCam's averages), so
+  the debiasing count leaves it out: 5 steps, 2 skipped, 2 critics -> 6 updates."""
+  from types import SimpleNamespace
+
+  from jaxgan import steps
+
+  state = SimpleNamespace(step=jnp.int32(5), nonfinite_total=jnp.int32(2))
+  assert float(steps.applied_d_updates(state, 2)) == 6.0
 
 
 def test_lecam_anchors_are_debiased_from_the_first_update():
