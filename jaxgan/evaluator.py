@@ -102,15 +102,30 @@ class Evaluator:
             lambda x: self.extractor(x, desc="inception (reals)"), images)
         log.info("real features: %d images at %.1f img/s, cached in %s", len(images),
                  self.extractor.last_images_per_sec or 0.0, path)
-        if jax.process_index() == 0:
-          try:
-            suite.save_reference(path, features, labels, identity)
-          except OSError as e:  # a cache, not a result: the evaluation goes on without it
-            log.warning("could not cache the real features in %s (%s); set eval.cache_dir to "
-                        "a writable folder to reuse them", path, e)
+        self._save_reference(path, features, labels, identity)
         cached = (features, labels)
       self._reference[num] = cached
     return self._reference[num]
+
+  @staticmethod
+  def _save_reference(path: str, features: np.ndarray, labels: np.ndarray,
+                      identity: dict) -> None:
+    """Process 0 writes the cache file; then every other process writes its own copy if it does
+    not see one (a cache dir local to each host), so that every host hits at the next start
+    while a shared cache dir is written once. Every process holds all the features."""
+    def save():
+      try:
+        suite.save_reference(path, features, labels, identity)
+      except OSError as e:  # a cache, not a result: the evaluation goes on without it
+        log.warning("could not cache the real features in %s (%s); set eval.cache_dir to a "
+                    "writable folder to reuse them", path, e)
+
+    if jax.process_index() == 0:
+      save()
+    if jax.process_count() > 1:
+      multihost.all_processes(True)  # process 0's write is complete (a barrier)
+      if jax.process_index() != 0 and not os.path.exists(path):
+        save()
 
   def _local_reference(self, num: int) -> tuple:
     """This process's reals, their cache identity and path, and the cached features or None."""

@@ -189,17 +189,39 @@ try:
   failure = None
 except Exception as e:  # both processes must get here, neither left waiting in the all-gather
   failure = f"{type(e).__name__}: {e}"
-print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist(), "failure": failure}))
+# The real-feature cache: process 0 writes it; a process whose (host-local) cache dir lacks the
+# file writes its own copy, so every host hits at the next start.
+import os
+from jaxgan import evaluator
+from tests.conftest import tiny_config
+class Extractor:
+  global_batch, weights_id, last_images_per_sec = 2, "stub", None
+  def __call__(self, x, desc=""):
+    return extract(x)
+class Source:
+  num_examples = 5
+  def batches(self, batch_size, start):
+    while True:
+      yield {"image": images[:batch_size], "label": np.zeros(batch_size, np.int32)}
+cache = os.path.join(sys.argv[3], f"host{jax.process_index()}")
+ev = evaluator.Evaluator(tiny_config(**{"eval.cache_dir": cache}), None, Source(),
+                         sampler=None, extractor=Extractor())
+ev.reference(5)
+cached = sorted(os.listdir(os.path.join(cache, "reference")))
+print(json.dumps({"seen": seen, "five": five.tolist(), "one": one.tolist(), "failure": failure,
+                  "cached": cached}))
 """
 
 
-def test_evaluation_splits_inception_across_processes():
-  results, _ = run_two_processes(SPLIT_EXTRACTION)
+def test_evaluation_splits_inception_across_processes(tmp_path):
+  results, _ = run_two_processes(SPLIT_EXTRACTION, str(tmp_path))
   images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
   want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
   # Process 0 extracts images 0-2, process 1 images 3-4 plus a blank pad (for the single image:
   # the image, and a pad); both end with all the features, in order.
-  assert results[0]["seen"] == [3, 1, 3] and results[1]["seen"] == [3, 1]
+  assert results[0]["seen"] == [3, 1, 3, 3] and results[1]["seen"] == [3, 1, 3]
+  # Each process's own cache dir (a host-local ~/.cache) holds the reference features.
+  assert results[0]["cached"] == results[1]["cached"] and len(results[0]["cached"]) == 1
   # A failure on one process reaches the other before the all-gather (no hang): both raise.
   assert results[1]["failure"] == "MemoryError: RESOURCE_EXHAUSTED on process 1"
   assert results[0]["failure"] == ("PeerError: feature extraction failed on another process "
