@@ -292,6 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
   saved = False  # whether the latest checkpoint save could be started
   try:
+    if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
+      # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
+      grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
+      if multihost.from_process_0(is_main and not os.path.exists(grid)):
+        save_samples(start_step)
     if evaluate and start_step and (start_step % cfg.eval_every == 0
                                     or start_step == cfg.num_steps):
       # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it

@@ -79,6 +79,19 @@ def test_several_steps_per_call_train_the_same_steps(runs, tmp_path):
         "train.sample_every": 3, "train.checkpoint_every": 3}), str(workdir))
 
 
+def test_a_due_sample_grid_lost_to_a_kill_is_drawn_on_resume(runs, tmp_path):
+  """Killed after the final checkpoint but while its grid was drawn: the rerun (nothing left to
+  train) draws that grid, the same image an uninterrupted run wrote."""
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  grid = copy / "samples" / "step_0000004.png"
+  want = grid.read_bytes()
+  grid.unlink()
+  trainer.train_and_evaluate(tiny_config(), str(copy))
+  assert grid.read_bytes() == want
+
+
 def test_resume_refuses_a_config_that_changes_the_math(runs):
   root, _, _ = runs
   config = tiny_config(**{"optim.g_lr": 1e-3, "train.num_steps": 6})
