@@ -4,17 +4,19 @@ import os
 import signal
 
 import jax
+import pytest
 
 from jaxgan import multihost, stopping
 
 
-def test_a_signal_is_held_and_handlers_restored():
-  before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_is_held_and_handlers_restored(sig):
+  before = signal.getsignal(sig)
   with stopping.StopRequest() as stop:
     assert stop.check(0) is None
-    os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread before kill returns
-    assert stop.check(1) == signal.SIGTERM
-  assert signal.getsignal(signal.SIGTERM) is before
+    os.kill(os.getpid(), sig)  # handled in the main thread before kill returns
+    assert stop.check(1) == sig
+  assert signal.getsignal(sig) is before
 
 
 def test_several_processes_exchange_every_few_calls_or_when_asked(monkeypatch):
