@@ -32,15 +32,10 @@ def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.A
   return sample
 
 
-def sample_images(sampler, ema_params, g_batch_stats, z, labels) -> np.ndarray:
-  """Host uint8 images from the EMA generator (G's BatchNorm running statistics)."""
-  return np.asarray(jax.device_get(sampler(ema_params, g_batch_stats, z, labels)))
-
-
 def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
                      place: Callable[[Any], Any] = lambda x: x) -> Iterator[np.ndarray]:
-  """Host uint8 images of the rows of `z` (and `labels`: None, int classes or soft weights),
-  `chunk` rows per sampler call, in order.
+  """Host uint8 images of the EMA generator (G's BatchNorm running statistics) for the rows of
+  `z` (and `labels`: None, int classes or soft weights), `chunk` rows per sampler call, in order.
 
   The last call is padded with zero rows (dropped from its output), so one compilation serves
   any number of images and the device holds one chunk at a time: 50k images for FID fit where
