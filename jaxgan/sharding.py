@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,19 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(config) -> Mesh:
-  """The ('data', 'fsdp') mesh over the first data * fsdp devices of all processes."""
+  """The ('data', 'fsdp') mesh over all devices, or the first data * fsdp of one process.
+
+  Over all devices the order is JAX's topology-aware one (`create_device_mesh`): on TPU slices
+  'fsdp', the axis with the most traffic, runs along physical torus neighbours, which a plain
+  reshape of `jax.devices()` does not promise. A process's devices may then hold scattered rows
+  of the batch; `process_rows` tells the input pipeline which ones."""
   devices = jax.devices()
   data, fsdp = mesh_shape(config, len(devices))
-  return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), BATCH_AXES)
+  if data * fsdp == len(devices):
+    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  else:  # a sub-mesh (single process only, see validation): no topology to honour
+    grid = np.asarray(devices[:data * fsdp]).reshape(data, fsdp)
+  return Mesh(grid, BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -94,6 +104,22 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
   fsdp = mesh.shape[FSDP_AXIS]
   return jax.tree_util.tree_map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, fsdp)),
                                 abstract_state)
+
+
+def process_rows(sharding: NamedSharding, num_rows: int, devices=None) -> np.ndarray:
+  """Sorted indices of the rows of a [num_rows, ...] batch (split along its first axis by
+  `sharding`, e.g. `batch_sharding(mesh)`; a stacked batch splits each step's rows alike) that
+  `devices` hold: by default this process's devices.
+
+  `jax.make_array_from_process_local_data` fills a process's devices from its local rows in
+  this order, so a process that loads exactly these rows of the global batch builds the same
+  global batch under any process layout, also when its devices are not contiguous in the mesh.
+  A row held by several devices (replication) is listed once."""
+  wanted = set(sharding.addressable_devices if devices is None else devices)
+  rows = [np.arange(num_rows)[index[0]]
+          for device, index in sharding.devices_indices_map((num_rows,)).items()
+          if device in wanted]
+  return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -245,9 +245,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       f.write(config_lib.to_json(config))
     os.replace(config_path + ".tmp", config_path)  # readers (generate) never see half a file
 
-  per_process = cfg.batch_size // jax.process_count() * cfg.n_critic
+  # This process loads the rows of each global batch that its devices hold (by position, so the
+  # global batch is the same under any process layout and device order).
+  rows_per_step = cfg.batch_size * cfg.n_critic
+  rows = sharding.process_rows(sharding.batch_sharding(run.mesh), rows_per_step)
   batches = data_lib.prefetch(data_lib.stack_batches(
-      source.batches(per_process, start_step, jax.process_index(), jax.process_count()), k))
+      source.batches(rows_per_step, start_step, rows), k))
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)

@@ -40,15 +40,17 @@ def xla_flags(devices: int) -> str:
   return f"{FAST_COMPILE_FLAG} --xla_force_host_platform_device_count={devices}"
 
 
-def run_two_processes(script: str, *args: str, salt: int = 0) -> tuple[list, list[str]]:
+def run_two_processes(script: str, *args: str, salt: int = 0, devices: int = 1
+                      ) -> tuple[list, list[str]]:
   """Runs `script` (python -c) as processes 0 and 1 of a jax.distributed job on the CPU, each
-  given `localhost:PORT`, its index and `args`; returns (the last stdout line of each as JSON,
-  the stderr of each). `salt` varies the port between tests that may run at the same time."""
+  with `devices` fake devices and given `localhost:PORT`, its index and `args`; returns (the
+  last stdout line of each as JSON, the stderr of each). `salt` varies the port between tests
+  that may run at the same time."""
   import json
   import subprocess
 
   port = 20000 + (os.getpid() + salt) % 20000
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
   procs = [subprocess.Popen([sys.executable, "-c", script, f"localhost:{port}", str(i), *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]

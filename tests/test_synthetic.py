@@ -42,10 +42,14 @@ def test_resume_position_and_process_split_give_the_same_data():
   first_three = [next(stream) for _ in range(3)]
   resumed = next(source.batches(8, 2))  # restart at step 2
   np.testing.assert_array_equal(resumed["image"], first_three[2]["image"])
-  # Two processes with 4 each see the two halves of the same global batch of 8.
-  halves = [next(source.batches(4, 2, p, 2)) for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]),
-                                first_three[2]["image"])
+  # Two processes holding scattered rows of the global batch of 8 see those rows of it.
+  rows = [np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])]
+  parts = [next(source.batches(8, 2, r)) for r in rows]
+  for r, part in zip(rows, parts):
+    np.testing.assert_array_equal(part["image"], first_three[2]["image"][r])
+    np.testing.assert_array_equal(part["label"], first_three[2]["label"][r])
+  with pytest.raises(ValueError, match="below the batch size 8"):
+    next(source.batches(8, 0, np.array([8])))
 
 
 def test_labels_cover_the_requested_classes_only():

@@ -6,10 +6,12 @@ A source is a class with:
   - `class_names`: list of label names ([] when unconditional), of the first attribute;
   - `attribute_names` (optional; see `attribute_names` below): [(column, class names)] of every
     attribute, for sources that serve several (`multi_attribute = True`, data.extra_num_classes);
-  - `batches(batch_size, start_step, process_index, process_count)`: an iterator of this process's
-    share of each global batch, as numpy {'image': uint8 NHWC, 'label': int32 [N] (one attribute)
-    or [N, A] (several)}, starting at `start_step` so that a resumed run sees exactly the data of
-    an uninterrupted one.
+  - `batches(batch_size, start_step, rows=None)`: an iterator of the `rows` (indices; all when
+    None) of each global batch of `batch_size`, as numpy {'image': uint8 NHWC, 'label': int32
+    [N] (one attribute) or [N, A] (several)}, from `start_step` on. Row r of step s is stream
+    position s * batch_size + r, so a resumed run sees exactly the data of an uninterrupted one
+    and a process that loads the rows its devices hold (`sharding.process_rows`) builds the
+    same global batch under any process layout.
 Images stay uint8 on the host; `to_model_range` maps them to [-1, 1] on the device, which moves
 4x fewer bytes host-to-device than float32.
 """

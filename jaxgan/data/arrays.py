@@ -171,15 +171,16 @@ class ArraySource:
     seeds = tf.stack([fill(0x6A61), fill(self.seed), epoch], -1)
     return tf.raw_ops.RandomIndexShuffle(index=offset, seed=seeds, max_index=fill(n - 1), rounds=4)
 
-  def dataset(self, batch_size: int, start_step: int, process_index: int = 0,
-              process_count: int = 1):
-    """tf.data.Dataset of this process's share of each global batch, from `start_step` on."""
+  def dataset(self, batch_size: int, start_step: int, rows: Optional[np.ndarray] = None):
+    """tf.data.Dataset of `rows` (all by default) of each global batch of `batch_size`, from
+    `start_step` on: row r of step s is stream position s * batch_size + r."""
     tf = tf_host.import_tensorflow()
-    global_batch = batch_size * process_count
-    offsets = tf.range(batch_size, dtype=tf.int64) + process_index * batch_size
+    rows = check_rows(rows, batch_size)
+    offsets = tf.constant(rows, tf.int64)
+    num_rows = len(rows)
 
     def positions(step):
-      return step * global_batch + offsets
+      return step * batch_size + offsets
 
     if isinstance(self.images, np.memmap):  # larger than RAM: gather from the mapped file
       gather = lambda idx: tf.numpy_function(lambda i: np.ascontiguousarray(self.images[i]),
@@ -192,7 +193,7 @@ class ArraySource:
 
     def load(step):
       idx = self.indices(positions(step))
-      image = tf.ensure_shape(gather(idx), (batch_size, size, size, 3))
+      image = tf.ensure_shape(gather(idx), (num_rows, size, size, 3))
       return {"image": image, "label": tf.gather(labels, idx)}
 
     ds = tf.data.Dataset.range(start_step, 2**62)
@@ -201,9 +202,20 @@ class ArraySource:
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-  def batches(self, batch_size: int, start_step: int, process_index: int = 0,
-              process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    return self.dataset(batch_size, start_step, process_index, process_count).as_numpy_iterator()
+  def batches(self, batch_size: int, start_step: int, rows: Optional[np.ndarray] = None
+              ) -> Iterator[dict[str, np.ndarray]]:
+    return self.dataset(batch_size, start_step, rows).as_numpy_iterator()
+
+
+def check_rows(rows: Optional[np.ndarray], batch_size: int) -> np.ndarray:
+  """The rows of a global batch a process serves, as int64; all of them when None."""
+  if rows is None:
+    return np.arange(batch_size, dtype=np.int64)
+  rows = np.asarray(rows, np.int64)
+  if rows.ndim != 1 or len(rows) == 0 or rows.min() < 0 or rows.max() >= batch_size:
+    raise ValueError(f"rows must be a non-empty list of indices below the batch size "
+                     f"{batch_size}, got {rows!r}")
+  return rows
 
 
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"

@@ -9,10 +9,12 @@ which antialiases edges; a 64-image batch at 64x64 takes a few milliseconds on o
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from jaxgan.data.arrays import check_rows
 
 Points = list[tuple[float, float]]
 # A drawer gets (draw, transform, rng, colour) and paints one product in canonical coordinates
@@ -190,18 +192,16 @@ class SyntheticCatalog:
     label = category if self.num_classes else 0
     return draw_product(category, self.image_size, rng), label
 
-  def batches(self, batch_size: int, start_step: int, process_index: int = 0,
-              process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of every global batch, from `start_step` on.
+  def batches(self, batch_size: int, start_step: int, rows: Optional[np.ndarray] = None
+              ) -> Iterator[dict[str, np.ndarray]]:
+    """`rows` (all by default) of every global batch of `batch_size`, from `start_step` on.
 
-    The global batch of step s holds examples [s * G, (s + 1) * G) with G = batch_size *
-    process_count; process p takes its contiguous slice, so any process layout sees the same data.
+    Row r of step s is example s * batch_size + r, so any process layout sees the same data.
     """
-    global_batch = batch_size * process_count
+    rows = check_rows(rows, batch_size)
     step = start_step
     while True:
-      first = step * global_batch + process_index * batch_size
-      pairs = [self.example(first + j) for j in range(batch_size)]
+      pairs = [self.example(step * batch_size + int(r)) for r in rows]
       yield {"image": np.stack([p[0] for p in pairs]),
              "label": np.asarray([p[1] for p in pairs], np.int32)}
       step += 1
