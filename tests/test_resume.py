@@ -448,12 +448,22 @@ def test_an_unreadable_config_json_is_named(tmp_path):
     workdir_lib.load_config(str(tmp_path))
 
 
-def test_shape_changing_config_is_refused_before_reading_state(tmp_path):
+def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeypatch):
+  from jaxgan import checkpoint as ckpt_lib
+
   workdir = tmp_path / "w"
   trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), str(workdir))
+  opened, closed = [], []
+  real_init, real_close = ckpt_lib.Checkpointer.__init__, ckpt_lib.Checkpointer.close
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "__init__",
+                      lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "close",
+                      lambda self: (closed.append(self), real_close(self))[1])
   with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16"):
     trainer.train_and_evaluate(tiny_config(**{"model.g_width": 16, "train.num_steps": 6}),
                                str(workdir))
+  # The refused restore released the checkpointer (orbax's threads), as the run would have.
+  assert opened and opened == closed
   # Nothing was taken for damage: every checkpoint is still in place.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
