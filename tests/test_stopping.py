@@ -29,3 +29,49 @@ def test_several_processes_exchange_every_few_calls_or_when_asked(monkeypatch):
   # Only calls 4 and 8 exchange (the flag waits for them); a log row's call exchanges at once.
   assert answers == [None, None, None, 15, None, None, None, 15]
   assert stop.check(5, exchange=True) == 15 and len(exchanged) == 3
+
+
+def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the_eval(
+    tmp_path, monkeypatch):
+  """The trainer asks for the exchange where the host waits anyway (log rows) and before a due
+  evaluation (a stop seen late there would cost minutes of Inception); a stop that lands on a
+  due evaluation's step checkpoints and skips the evaluation."""
+  from jaxgan import evaluator as evaluator_lib
+  from jaxgan import trainer
+  from jaxgan.metrics import inception
+  from tests.conftest import tiny_config
+
+  evaluated, exchanged = [], []
+
+  class Periodic:  # the evaluation's place in the loop, without Inception
+    def __init__(self, *args, **kwargs):
+      pass
+
+    def __call__(self, step, state):
+      evaluated.append(step)
+      return {}
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
+  monkeypatch.setattr(evaluator_lib, "Evaluator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(inception, "find_weights", lambda weights: "stand-in")
+  real_check = stopping.StopRequest.check
+
+  def check(self, call, exchange=False):
+    if exchange:
+      exchanged.append(call)
+    if call == 6:  # a preemption notice during step 6, which has an evaluation due
+      self.signal = signal.SIGTERM
+    return real_check(self, call, exchange)
+
+  monkeypatch.setattr(stopping.StopRequest, "check", check)
+  state = trainer.train_and_evaluate(tiny_config(**{
+      "train.num_steps": 12, "train.log_every": 4, "train.eval_every": 3,
+      "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False}),
+      str(tmp_path))
+  assert int(state.step) == 6
+  assert exchanged == [3, 4, 6]
+  assert evaluated == [3]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
