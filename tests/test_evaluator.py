@@ -120,3 +120,55 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
+
+
+BEST_FID_TWO_PROCESSES = r"""
+import collections, json, os, sys
+import jax, numpy as np
+from jax.sharding import Mesh
+from jaxgan import config, evaluator, sharding
+from tests.conftest import tiny_config
+c = config.base_config()
+c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
+c.distributed.process_id = int(sys.argv[2])
+sharding.initialize_distributed(c)
+me = jax.process_index()
+mesh = Mesh(np.array(jax.devices()), ("data",))
+State = collections.namedtuple("State", "ema_params g_batch_stats")
+state = State({"w": sharding.put_replicated(np.arange(4, dtype=np.float32), mesh)}, {})
+
+class Stub:  # each process's own FIDs: process 1's disagree with process 0's
+  def __init__(self, fids):
+    self.fids = list(fids)
+    self.extractor = type("Extractor", (), {"weights_id": "stub"})()
+  def evaluate(self, *args, **kwargs):
+    return {"fid": self.fids.pop(0)}
+
+class Writer:
+  def write_scalars(self, step, scalars):
+    pass
+
+config = tiny_config(**{"train.eval_every": 2})
+workdir = sys.argv[3]
+fids = [[12.0, 10.0, 11.0], [11.0, 30.0, 5.0]][me]
+periodic = evaluator.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {})
+seen = []
+for step in (2, 4, 6):
+  seen.append([periodic(step, state)["fid"], periodic.best_fid])
+periodic.close()
+again = evaluator.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {})
+print(json.dumps({"seen": seen, "reread": again.best_fid,
+                  "steps": sorted(os.listdir(os.path.join(workdir, "checkpoints_best")))}))
+again.close()
+"""
+
+
+def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
+  """The best-FID save is collective: with per-process FIDs that disagree (a process's own
+  reduction), both use process 0's and save alike; alone, process 1 would have saved step 6."""
+  from conftest import run_two_processes
+
+  results, _ = run_two_processes(BEST_FID_TWO_PROCESSES, str(tmp_path), salt=31337)
+  for r in results:
+    assert r["seen"] == [[12.0, 12.0], [10.0, 10.0], [11.0, 10.0]]
+    assert r["reread"] == 10.0 and r["steps"] == ["4"]
