@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -271,6 +272,48 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
   fresh = build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "cache")}))
   assert tuple(np.asarray(fresh.images)[0, 8, 8]) == (0, 250, 0)  # a.png sorts first
   assert tuple(np.asarray(again.images)[0, 8, 8]) == (200, 0, 0)
+
+
+def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folder, tmp_path,
+                                                                           caplog, monkeypatch):
+  from jaxgan.data import arrays, images as images_lib
+
+  cache = tmp_path / "cache"
+  base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+          "data.max_bad_fraction": 0.5, "data.cache_dir": str(cache)}
+  first = build_source(_config(**base))
+  # Only the published pair is left: no temporaries (private names carry host, pid and a
+  # random part, so writers on hosts with equal pids never share one).
+  names = sorted(os.listdir(cache))
+  assert len(names) == 2 and names[0].endswith(".json") and names[1].endswith(".npy")
+  # An index that does not fit the array (another writer's, or damaged) is a miss, not labels
+  # shifted against the images.
+  index = cache / names[0]
+  meta = json.loads(index.read_text())
+  index.write_text(json.dumps({"indices": meta["indices"][:-1], "skipped": meta["skipped"]}))
+  with caplog.at_level(logging.WARNING):
+    again = build_source(_config(**base))
+  assert "its index lists 3 images, its array holds 4; decoding again" in caplog.text
+  np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+  np.testing.assert_array_equal(again.labels, first.labels)
+  # A file unreadable now (EIO: maybe the storage's passing failure) is skipped this run, and
+  # the cache is not marked complete, so the next run reads it again instead of dropping it.
+  shutil.rmtree(cache)
+  real_load = images_lib.load_image
+
+  def flaky(source, options):
+    if str(source).endswith("d.png"):
+      return images_lib.Loaded(None, "unreadable: Input/output error")
+    return real_load(source, options)
+
+  monkeypatch.setattr(arrays, "load_image", flaky)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    partial = build_source(_config(**{**base, "data.workers": 1}))
+  assert partial.num_examples == 3 and "not marked complete" in caplog.text
+  assert [n for n in os.listdir(cache) if n.endswith(".json")] == []
+  monkeypatch.setattr(arrays, "load_image", real_load)
+  assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
 
 
 def test_every_source_is_registered():

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgan import tf_host
+from jaxgan.atomic_write import private_name
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,21 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
   workers = min(num_workers(workers), max(n, 1))
   if cache_file:
     os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-    # Private temporary names (several processes may build the same cache at once), published
-    # with an atomic rename: a reader never maps a file that is being written or truncated.
-    private = f"{cache_file}.{os.getpid()}"
+    # Published by a rename: a reader never maps a file that is being written or truncated.
+    private = private_name(cache_file)
     out = np.lib.format.open_memmap(private + ".all.npy", "w+", np.uint8, (n, size, size, 3))
-  else:
-    out = np.empty((n, size, size, 3), np.uint8)
+    try:
+      return _decode_into(paths, options, workers, desc, out, cache_file, private)
+    finally:  # a crash or Ctrl-C leaves no full-size temporary behind
+      for leftover in (private + ".all.npy", private + ".npy"):
+        if os.path.exists(leftover):
+          os.remove(leftover)
+  return _decode_into(paths, options, workers, desc, np.empty((n, size, size, 3), np.uint8))
+
+
+def _decode_into(paths, options, workers, desc, out, cache_file=None, private=None):
+  n = len(paths)
+  size = options.image_size
   keep = np.zeros(n, bool)
   skipped = []
   jobs = ((p, options) for p in paths)
@@ -83,7 +93,6 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
       kept[start:start + 4096] = out[indices[start:start + 4096]]
     kept.flush()
     del out, kept
-    os.remove(private + ".all.npy")
     os.replace(private + ".npy", cache_file + ".npy")
     images = np.load(cache_file + ".npy", mmap_mode="r")
   else:
@@ -322,6 +331,46 @@ def decode_cache_key(paths: Sequence[str], options: LoadOptions) -> str:
   return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
 
+def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray, list[dict]]]:
+  """(images, kept indices, skipped) from a complete decode cache, or None. An index that does
+  not fit the images (two writers' halves, a damaged file) is a miss: decoded again."""
+  import json
+
+  if not (os.path.exists(cache_file + ".npy") and os.path.exists(cache_file + ".json")):
+    return None
+  try:
+    images = np.load(cache_file + ".npy", mmap_mode="r")
+    with open(cache_file + ".json", encoding="utf-8") as f:
+      meta = json.load(f)
+    indices, skipped = np.asarray(meta["indices"], np.int64), list(meta["skipped"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    log.warning("decode cache %s unreadable (%s); decoding again", cache_file, e)
+    return None
+  if len(indices) != len(images):
+    log.warning("decode cache %s: its index lists %d images, its array holds %d; decoding again",
+                cache_file, len(indices), len(images))
+    return None
+  return images, indices, skipped
+
+
+def write_decode_index(cache_file: str, indices: np.ndarray, skipped: list[dict]) -> None:
+  """Publishes the decode's index beside its array, which marks the cache complete; not when a
+  file was skipped as unreadable, which may be the storage's passing failure (EIO, a stale
+  handle), not the file's: cached, it would drop that image from every later run."""
+  import json
+
+  transient = [s for s in skipped if s["reason"].startswith("unreadable")]
+  if transient:
+    log.warning("decode cache %s not marked complete: %d file(s) were unreadable (first: %s: "
+                "%s), which may be passing; the next run decodes again", cache_file,
+                len(transient), transient[0]["path"], transient[0]["reason"])
+    return
+  tmp = private_name(cache_file) + ".json"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
+  os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache
+
+
 def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
                    where: str, missing: Sequence[dict] = (),
                    attribute_names: Optional[Attributes] = None) -> ArraySource:
@@ -335,23 +384,16 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   if d.cache_dir:
     key = decode_cache_key(paths, load_options(config))
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
-  if cache_file and os.path.exists(cache_file + ".npy") and os.path.exists(cache_file + ".json"):
-    import json
-    images = np.load(cache_file + ".npy", mmap_mode="r")
-    with open(cache_file + ".json", encoding="utf-8") as f:
-      meta = json.load(f)
-    indices, skipped = np.asarray(meta["indices"], np.int64), meta["skipped"]
+  cached = read_decode_cache(cache_file) if cache_file else None
+  if cached is not None:
+    images, indices, skipped = cached
     log.info("decoded images of %s from cache %s.npy", where, cache_file)
   else:
     images, indices, skipped = decode_all(paths, load_options(config), d.workers,
                                           desc=f"decode {os.path.basename(where.rstrip('/'))}",
                                           cache_file=cache_file)
     if cache_file:
-      import json
-      tmp = f"{cache_file}.{os.getpid()}.json"
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
-      os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache
+      write_decode_index(cache_file, indices, skipped)
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   if len(missing) > 20:

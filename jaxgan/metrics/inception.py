@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan.atomic_write import private_name
 from jaxgan.metrics import torch_archive
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ def load_params(path: str = "", cache_dir: str = "") -> dict:
   if flat is None:
     flat = _convert(source)
     # A cache, not a result: an unwritable cache_dir costs the conversion next time, nothing else.
-    tmp = f"{cached}.{os.getpid()}.tmp.npz"  # per process: concurrent converters never share a temp file
+    tmp = private_name(cached) + ".tmp.npz"  # concurrent converters never share a temp file
     try:
       os.makedirs(cache_dir, exist_ok=True)
       np.savez(tmp, **flat)

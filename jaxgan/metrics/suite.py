@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from jaxgan.atomic_write import private_name
 from jaxgan.metrics import distances
 from jaxgan.registry import Registry
 
@@ -107,7 +108,7 @@ def save_reference(path: str, features: np.ndarray, labels: np.ndarray,
                    identity: dict[str, Any]) -> None:
   """Atomic write (temp file + rename): concurrent runs never read half a cache file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  tmp = private_name(path) + ".tmp.npz"
   np.savez(tmp, features=features, labels=labels,
            identity=json.dumps(identity, sort_keys=True, default=str))
   os.replace(tmp, path)
