@@ -122,3 +122,9 @@ def test_image_decoding_workers_do_not_load_jax():
   code = "import sys, jaxgan.data.images; print('jax' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+  # A spawned worker also imports the parent's __main__ module: the CLIs that decode images.
+  for cli in ("train", "prepare", "benchmark", "evaluate"):
+    code = (f"import sys, jaxgan.{cli}; print(sorted(m for m in ('jax', 'flax', 'orbax', "
+            "'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", cli
