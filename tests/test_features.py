@@ -78,6 +78,13 @@ def test_a_stand_in_network_or_params_need_their_own_name():
       FeatureExtractor(**kwargs)
 
 
+def test_only_uint8_pixels_are_taken():
+  """Float images ([0, 1] or [-1, 1]) would pass as nearly black pixels: a meaningless FID."""
+  extractor = FeatureExtractor(params={}, weights_id="x")
+  with pytest.raises(ValueError, match="expected uint8 images .N, H, W, 3., got float32"):
+    extractor(np.zeros((2, 8, 8, 3), np.float32))
+
+
 # Batching, padding and sharding over 4 fake devices need no Inception (two Inception compiles
 # cost ~30 s here): a stand-in small enough to compile in a second, whose features still depend
 # on every pixel of its own image only, so a dropped, misplaced or mixed image would show.

@@ -89,6 +89,51 @@ def test_precision_recall_match_brute_force():
   assert far == (0.0, 0.0)
 
 
+def test_kid_averages_random_subsets_when_the_sets_are_larger():
+  """Subsets smaller than the sets: the mean and std are over independent random subsets (the
+  seeded draws, a then b per subset), each the unbiased MMD^2 of the direct formula."""
+  x, y = _gaussian(30, 4, 21), _gaussian(25, 4, 22, shift=0.3)
+  mean, std = metrics.kernel_inception_distance(x, y, num_subsets=4, subset_size=10, seed=5)
+  rng = np.random.default_rng(5)
+  values = []
+  for _ in range(4):
+    a, b = x[rng.choice(30, 10, replace=False)], y[rng.choice(25, 10, replace=False)]
+    values.append(_kid_direct(a, b))
+  assert mean == pytest.approx(np.mean(values), rel=1e-10)
+  assert std == pytest.approx(np.std(values), rel=1e-10) and std > 0
+
+
+def test_precision_recall_by_hand_in_one_dimension():
+  # Reals 0, 1, 2, 3, 10 with k=1: squared radii 1, 1, 1, 1, 49. Fakes 0.5, 1.5 lie inside;
+  # 20 is 100 from 10 (> 49): precision 2/3. Fakes' radii 1, 1, 342.25 (20 to 1.5): every real
+  # is inside (3 and 10 through 20's radius), recall 1.
+  real, fake = np.array([[0.0], [1], [2], [3], [10]]), np.array([[0.5], [1.5], [20]])
+  assert metrics.precision_recall(real, fake, k=1) == pytest.approx((2 / 3, 1.0))
+  # k=2: reals' radii 4, 1, 1, 4, 64; 20 is still out. Fakes' radii 380.25, 342.25, 380.25.
+  assert metrics.precision_recall(real, fake, k=2) == pytest.approx((2 / 3, 1.0))
+  # Without the outlying fake (radii 1, 1): 3 (2.25 from 1.5) and 10 fall outside, recall 3/5.
+  assert metrics.precision_recall(real, fake[:2], k=1) == pytest.approx((1.0, 0.6))
+
+
+def test_the_suite_uses_the_reference_settings(monkeypatch):
+  """KID: 100 subsets of at most 1000 (StyleGAN2-ADA's kid50k); precision/recall: k = 3."""
+  from jaxgan.metrics import distances, suite
+
+  seen = {}
+
+  def recorder(name):
+    def record(real, fake, **kwargs):
+      seen[name] = kwargs
+      return 0.0, 0.0
+    return record
+
+  monkeypatch.setattr(distances, "kernel_inception_distance", recorder("kid"))
+  monkeypatch.setattr(distances, "precision_recall", recorder("pr"))
+  x = _gaussian(8, 3, 1)
+  suite.compute(x, x, ["kid", "pr"], None, None)
+  assert seen == {"kid": {"num_subsets": 100, "subset_size": 1000}, "pr": {"k": 3}}
+
+
 def test_per_class_fid():
   x, y = _gaussian(40, 3, 9), _gaussian(40, 3, 10)
   labels = np.repeat([0, 1], 20)

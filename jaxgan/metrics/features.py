@@ -110,8 +110,10 @@ class FeatureExtractor:
 
   def __call__(self, images: np.ndarray, desc: str = "") -> np.ndarray:
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected uint8 images [N, H, W, 3], got shape {images.shape}")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      # Float images in [0, 1] or [-1, 1] would be read as nearly black pixels: a meaningless FID.
+      raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape} "
+                       "(convert with sampling.to_uint8 or np.round(...).astype(np.uint8))")
     n = len(images)
     apply = self._compiled_for((self.global_batch,) + images.shape[1:], images.dtype)
     out = np.zeros((n, apply.out_info.shape[-1]), np.float32)  # 2048 for FIDInception
