@@ -86,6 +86,9 @@ def prepare(args: argparse.Namespace) -> dict:
     first = (skipped + bad)[:1]
     raise arrays.DataError(f"no usable images under {args.images}" + (
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
+  if class_names:
+    arrays.require_every_class(labels[indices], attributes or [("class", class_names)],
+                               args.manifest or args.images)
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",

@@ -187,6 +187,39 @@ def test_encode_labels():
   assert names == ["a", "other"] and labels.tolist() == [1, 1, 0, 0, 1]
 
 
+def test_joint_dropping_leaves_no_class_below_the_minimum():
+  from jaxgan.data.arrays import encode_attributes
+
+  # 'S' and 'X' are rare types (dropped); with them go both 'Green' rows, so Green, which had 2
+  # rows before, has none: it must not stay a class.
+  types = ["T", "T", "W", "W", "S", "X"]
+  colours = ["Blue", "Blue", "Blue", "Blue", "Green", "Green"]
+  labels, names, kept_by, kept = encode_attributes([types, colours], 2, "drop")
+  assert names == [["T", "W"], ["Blue"]]
+  assert labels.tolist() == [[0, 0], [0, 0], [1, 0], [1, 0]] and kept.tolist() == [True] * 4 + [False] * 2
+  assert kept_by[0].tolist() == [True] * 4 + [False] * 2 and kept_by[1].all()
+
+
+def test_a_class_whose_files_all_fail_is_refused(tmp_path, capsys):
+  root = tmp_path / "photos"
+  _img(str(root / "shirts" / "a.png"), (200, 0, 0))
+  _img(str(root / "shirts" / "b.png"), (190, 0, 0))
+  (root / "shoes").mkdir()
+  (root / "shoes" / "c.png").write_bytes(b"not a png")
+  config = _config(**{"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
+                      "data.max_bad_fraction": 0.5})
+  with pytest.raises(DataError, match=r"class 'shoes' has no usable image left: its files were "
+                                      r"all skipped"):
+    build_source(config)
+  assert prepare_cli.main(["--images", str(root), "--out", str(tmp_path / "p"),
+                           "--image-size", "16", "--workers", "1"]) == 2
+  assert "class 'shoes' has no usable image left" in capsys.readouterr().err
+  # Unconditional training does not need the classes.
+  assert build_source(_config(**{"data.source": "folder", "data.path": str(root),
+                                 "data.num_classes": 0, "data.max_bad_fraction": 0.5})
+                      ).num_examples == 2
+
+
 def test_tfds_source_with_mock_data():
   import tensorflow_datasets as tfds
 

@@ -110,6 +110,19 @@ def _collect(results, paths, out, keep, skipped, progress) -> None:
     progress.update(1)
 
 
+def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) -> None:
+  """Raises DataError naming a class left without images (every file of it skipped): it would
+  still be a class of the model, and its grid rows and samples would be generated from nothing."""
+  labels = np.asarray(labels).reshape(len(labels), -1)
+  for a, (column, names) in enumerate(attributes):
+    counts = np.bincount(labels[:, a], minlength=len(names))
+    empty = [str(names[i]) for i in np.flatnonzero(counts == 0)]
+    if empty:
+      raise DataError(f"{where}: {column} {empty[0]!r} has no usable image left"
+                      f"{f' ({len(empty)} classes in all)' if len(empty) > 1 else ''}: its files "
+                      "were all skipped (see the log); fix them or remove the class")
+
+
 def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float, where: str) -> None:
   """Logs every skipped file; raises DataError when too many of them are bad."""
   for item in skipped[:20]:
@@ -252,15 +265,29 @@ def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
 
 def encode_attributes(columns: Sequence[Sequence[str]], min_count: int = 1, rare: str = "other"
                       ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray], np.ndarray]:
-  """`encode_labels` for each attribute column (values per row) on its own. Returns the labels of
-  the kept rows (int32 [n] for one column, [n, A] for several), the class names per attribute,
-  the kept mask per attribute (over all rows) and the rows kept by every attribute."""
-  encoded = [encode_labels(values, min_count, rare) for values in columns]
+  """`encode_labels` for each attribute column (values per row). Returns the labels of the kept
+  rows (int32 [n] for one column, [n, A] for several), the class names per attribute, the kept
+  mask per attribute (over all rows: False where that column dropped the row) and the rows kept
+  by every attribute.
+
+  With rare='drop' a row dropped by one column leaves the others' counts, so the columns are
+  encoded again on the rows left until none drops more: otherwise a class could pass
+  `min_count` on rows that are then dropped, and be trained with no example at all."""
+  n = len(columns[0])
+  values = [np.asarray(v, dtype=object) for v in columns]
+  kept = np.ones(n, bool)
+  kept_by = [np.ones(n, bool) for _ in columns]
+  while True:
+    rows = np.flatnonzero(kept)
+    encoded = [encode_labels(v[rows], min_count, rare) for v in values]
+    for by, e in zip(kept_by, encoded):
+      by[rows[~e[2]]] = False
+    still = np.logical_and.reduce([e[2] for e in encoded])
+    if still.all():
+      break
+    kept[rows[~still]] = False
   labels = np.stack([e[0] for e in encoded], axis=1)
-  kept_by = [e[2] for e in encoded]
-  kept = np.logical_and.reduce(kept_by)
-  labels = labels[kept] if len(columns) > 1 else labels[kept, 0]
-  return labels, [e[1] for e in encoded], kept_by, kept
+  return labels if len(columns) > 1 else labels[:, 0], [e[1] for e in encoded], kept_by, kept
 
 
 def load_options(config) -> LoadOptions:
@@ -404,6 +431,8 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     first = (list(missing) + skipped)[:1]
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
                                                        f"{first[0]['reason']})" if first else ""))
+  if d.num_classes > 0:
+    require_every_class(np.asarray(labels)[indices], attribute_names, where)
   return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
                                class_names, bad_files=len(skipped),
                                attribute_names=attribute_names)
