@@ -179,6 +179,48 @@ def test_manifest_unknown_column(tmp_path):
     build_source(config)
 
 
+def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
+  from jaxgan.data import manifest
+
+  small = tmp_path / "small.csv"
+  small.write_text('id,type\n1,a\n2,"b\n3,c\n4,d\n')
+  with caplog.at_level(logging.WARNING):
+    rows = manifest.read_rows(str(small))
+  assert len(rows) == 2  # what CSV says: row 2's field runs to the end of the file
+  assert f"{small}:3: a row runs over lines 3-5" in caplog.text
+  large = tmp_path / "large.csv"  # the merged field outgrows csv's limit
+  large.write_text('id,type\n1,a\n2,"b\n' + "".join(f"{i},{'x' * 100}\n" for i in range(3, 3000)))
+  with pytest.raises(DataError, match=r"large.csv:3: not valid CSV \(field larger than field "
+                                      r"limit.*a quote opened in the row starting on this line"):
+    manifest.read_rows(str(large))
+
+
+def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp_path,
+                                                                            monkeypatch):
+  from jaxgan.data.folder import scan_folder
+
+  root, elsewhere = tmp_path / "photos", tmp_path / "shared" / "shoes"
+  _img(str(root / "shirts" / "a.png"), (200, 0, 0))
+  _img(str(elsewhere / "b.png"), (0, 0, 200))
+  os.symlink(elsewhere, root / "shoes")
+  os.symlink(root, root / "shirts" / "loop")  # a link back up the tree is not walked again
+  paths, folders, _ = scan_folder(str(root))
+  assert folders == ["shirts", "shoes"]
+  assert [os.path.basename(p) for p in paths] == ["a.png", "b.png"]
+  # A folder that cannot be listed (permissions, a lost mount) is named, not silently missing.
+  real_scandir = os.scandir
+
+  def scandir(path="."):
+    if os.path.basename(str(path)) == "shoes":
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", scandir)
+  with pytest.raises(DataError, match=r"shoes: cannot list folder \(Permission denied\); make it "
+                                      r"readable or remove it"):
+    scan_folder(str(root))
+
+
 def test_encode_labels():
   labels, names, kept = encode_labels(["b", "a", "b", "c", "b", "a"], min_count=2, rare="other")
   assert names == ["a", "b", "other"] and labels.tolist() == [1, 0, 1, 2, 1, 0] and kept.all()

@@ -19,10 +19,14 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
   if not os.path.isdir(root):
     raise DataError(f"data.path {root!r} is not a directory; point it at your image folder")
   paths, folders = [], []
-  for path in find_images(root):
-    rel = os.path.relpath(os.path.dirname(path), root)
-    paths.append(path)
-    folders.append("" if rel == "." else rel.split(os.sep)[0])
+  try:
+    for path in find_images(root):
+      rel = os.path.relpath(os.path.dirname(path), root)
+      paths.append(path)
+      folders.append("" if rel == "." else rel.split(os.sep)[0])
+  except OSError as e:
+    raise DataError(f"{e.filename}: {e.strerror}; make it readable or remove it from "
+                    f"{root}") from None
   skipped = []
   if any(folders):
     kept = [(p, f) for p, f in zip(paths, folders) if f]

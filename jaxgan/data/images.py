@@ -58,8 +58,20 @@ def is_image_path(path: str) -> bool:
 
 def find_images(root: str) -> Iterator[str]:
   """Image files under `root`, recursively, in a stable (sorted, depth-first) order; hidden files
-  and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped."""
-  for dirpath, dirnames, filenames in os.walk(root):
+  and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are
+  followed (a class folder is often a link into shared storage), each real folder once; a folder
+  that cannot be listed raises OSError, rather than a class silently missing."""
+  seen = set()
+
+  def fail(error: OSError) -> None:
+    raise OSError(error.errno, f"cannot list folder ({error.strerror})", error.filename)
+
+  for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a link back up the tree, or a second link to one folder
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)

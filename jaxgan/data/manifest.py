@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from typing import Sequence
 
@@ -12,10 +13,32 @@ import numpy as np
 
 from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_attributes
 
+log = logging.getLogger(__name__)
 
 # Label values that mean "not recorded" in exported catalogs (pandas reads these as missing, and
 # the Kaggle fashion catalog's styles.csv writes NA): such a row has no label, it is not a class.
 MISSING_VALUES = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "<NA>", "#N/A"})
+
+
+def _csv_rows(path: str, f) -> list[dict]:
+  reader = csv.DictReader(f)
+  rows, spanning, end = [], None, 1  # end: the last line of the last row read (the header's)
+  try:
+    for row in reader:
+      if spanning is None and reader.line_num > end + 1:
+        spanning = (end + 1, reader.line_num)
+      rows.append(row)
+      end = reader.line_num
+  except csv.Error as e:
+    raise DataError(f"{path}:{end + 1}: not valid CSV ({e}); a quote opened in the row starting "
+                    "on this line is probably not closed") from None
+  if spanning:
+    # Legal CSV (a quoted field with line breaks), but an unclosed quote reads the same way and
+    # merges every row after it into one field: say where, since the row count alone hides it.
+    log.warning("%s:%d: a row runs over lines %d-%d (a quoted field with line breaks, or an "
+                "unclosed quote that swallows the rows after it); check the quoting there",
+                path, spanning[0], *spanning)
+  return rows
 
 
 def read_rows(path: str) -> list[dict]:
@@ -27,7 +50,7 @@ def read_rows(path: str) -> list[dict]:
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:
       if not path.lower().endswith((".jsonl", ".json")):
-        return list(csv.DictReader(f))
+        return _csv_rows(path, f)
       text = f.read()
   except UnicodeDecodeError as e:
     raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
