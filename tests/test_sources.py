@@ -14,7 +14,7 @@ from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
 from jaxgan.data.arrays import encode_labels
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 CATALOG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                        "data", "catalog")
@@ -389,6 +389,34 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   assert [n for n in os.listdir(cache) if n.endswith(".json")] == []
   monkeypatch.setattr(arrays, "load_image", real_load)
   assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
+
+
+EXIT_AFTER_A_MAPPED_STREAM = r"""
+import sys
+import numpy as np
+from jaxgan.data.arrays import ArraySource
+images = np.lib.format.open_memmap(sys.argv[1], "w+", np.uint8, (500, 16, 16, 3))
+images.flush()
+stream = ArraySource(np.load(sys.argv[1], mmap_mode="r"), np.zeros(500, np.int32), ["a"],
+                     seed=0).batches(256, 0)
+for _ in range(5):
+  next(stream)
+print("done", flush=True)
+"""
+
+
+def test_a_process_reading_a_memory_mapped_set_exits():
+  """The stream left open at exit (as a run's is): with a numpy callback inside tf.data for the
+  mapped file, this process hung in the interpreter's shutdown, every time at these sizes."""
+  import subprocess
+  import sys
+  import tempfile
+
+  with tempfile.TemporaryDirectory() as tmp:
+    proc = subprocess.run([sys.executable, "-c", EXIT_AFTER_A_MAPPED_STREAM,
+                           os.path.join(tmp, "images.npy")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
 
 
 def test_every_source_is_registered():
