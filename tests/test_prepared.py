@@ -65,3 +65,35 @@ def test_a_tensorflow_write_error_is_an_oserror_naming_the_shard(tmp_path, monke
   with pytest.raises(OSError, match=r"train-00000-of-00001.tfrecord failed: No space left"):
     prepared.write_prepared(str(out), _images(2, 10), np.zeros(2), ["a"], [])
   assert os.listdir(out) == []
+
+
+def test_with_a_cache_dir_the_images_are_memory_mapped_and_reused(tmp_path, monkeypatch):
+  from tests.conftest import tiny_config
+
+  monkeypatch.setattr(prepared, "EXAMPLES_PER_SHARD", 2)
+  out, cache = str(tmp_path / "set"), str(tmp_path / "cache")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 4, 4, 3)).astype(np.uint8)
+  prepared.write_prepared(out, images, np.array([0, 1, 1, 0, 1]), ["a", "b"], [])
+  config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                          "data.num_classes": 2, "data.cache_dir": cache})
+  in_memory = prepared.PreparedSource.from_config(
+      tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                     "data.num_classes": 2}))
+  first = prepared.PreparedSource.from_config(config)
+  assert isinstance(first.images, np.memmap) and not isinstance(in_memory.images, np.memmap)
+  np.testing.assert_array_equal(np.asarray(first.images), in_memory.images)
+  np.testing.assert_array_equal(first.labels, in_memory.labels)
+  assert len(os.listdir(cache)) == 2  # images and labels, no temporaries
+  # A second run maps the cache without reading the shards.
+  monkeypatch.setattr(prepared, "_fill", lambda *a: pytest.fail("shards read again"))
+  again = prepared.PreparedSource.from_config(config)
+  np.testing.assert_array_equal(np.asarray(again.images), in_memory.images)
+  np.testing.assert_array_equal(again.labels, in_memory.labels)
+  # Preparing again (other images) names another cache file: never served stale.
+  monkeypatch.undo()
+  monkeypatch.setattr(prepared, "EXAMPLES_PER_SHARD", 2)
+  prepared.write_prepared(out, images[::-1].copy(), np.array([1, 0, 1, 1, 0]), ["a", "b"], [])
+  fresh = prepared.PreparedSource.from_config(config)
+  np.testing.assert_array_equal(np.asarray(fresh.images), images[::-1])
+  np.testing.assert_array_equal(fresh.labels, [1, 0, 1, 1, 0])

@@ -53,8 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_source_size = 8  # images with a shorter side are skipped
   c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
   c.data.max_bad_fraction = 0.01  # stop when more of the images are unusable
-  # Decoded images in a memory-mapped file here ("" = in memory), keyed by the files' paths, sizes
-  # and mtimes: changing the data writes a new file (old ones are not deleted).
+  # Decoded images (folder, manifest) or a prepared set's images in a memory-mapped file here
+  # ("" = in memory: each process holds its own copy), keyed by the files' paths, sizes and
+  # mtimes: changing the data writes a new file (old ones are not deleted).
   c.data.cache_dir = ""
   c.data.workers = 0  # decoding processes (0 = every core)
 

@@ -12,6 +12,7 @@ are byte-identical when the same input is prepared again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxgan import tf_host
+from jaxgan.atomic_write import private_name
 from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
 
 INFO_FILE = "dataset_info.json"
@@ -56,12 +58,15 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
   n = len(images)
   num_shards = max(1, -(-n // EXAMPLES_PER_SHARD))
   shards = []
+  content = hashlib.sha256()  # of every image and label: names caches of this set's content
   for s in range(num_shards):
     name = f"train-{s:05d}-of-{num_shards:05d}.tfrecord"
     tmp = os.path.join(out_dir, name + ".tmp")
     try:
       with tf.io.TFRecordWriter(tmp) as writer:
         for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
+          content.update(np.ascontiguousarray(images[i]).data)
+          content.update(np.asarray(labels[i], np.int64).tobytes())
           feature = {
               "image": tf.train.Feature(bytes_list=tf.train.BytesList(
                   value=[images[i].tobytes()])),
@@ -86,6 +91,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
       "class_counts": _counts(first, class_names) if class_names else {},
       "skipped": list(skipped),
       "shards": shards,
+      "content_sha256": content.hexdigest(),
       "format": "tfrecord: image = raw uint8 bytes [image_size, image_size, 3], label = int64"
                 + (f" [{labels.shape[1]}], one per entry of attributes" if multi else ""),
       **(extra or {}),
@@ -133,9 +139,11 @@ def attribute_names(info: dict) -> list[tuple[str, list[str]]]:
   return [(info.get("label_column") or "class", names)] if names else []
 
 
-def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.ndarray, dict]:
   """(images uint8 [N, S, S, 3], labels int32 [N] (or [N, A] for A > 1 attributes), info) from
-  the shards, in order."""
+  the shards, in order. With `images_file`, the images are written there (a .npy, published
+  whole by a rename, after the labels beside it: `labels_file`) and returned memory-mapped
+  instead of held in memory."""
   tf = tf_host.import_tensorflow()
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
@@ -151,8 +159,33 @@ def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     ex = tf.io.parse_example(records, spec)
     return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
 
-  images = np.empty((n, size, size, 3), np.uint8)
+  private = private_name(images_file) + ".npy" if images_file else ""
+  if private:
+    os.makedirs(os.path.dirname(os.path.abspath(images_file)), exist_ok=True)
+    images = np.lib.format.open_memmap(private, "w+", np.uint8, (n, size, size, 3))
+  else:
+    images = np.empty((n, size, size, 3), np.uint8)
   labels = np.empty((n, a) if a > 1 else (n,), np.int32)
+  try:
+    _fill(out_dir, files, parse, images, labels)
+    if private:
+      images.flush()
+      del images
+      labels_tmp = private_name(labels_file(images_file)) + ".npy"
+      np.save(labels_tmp, labels)
+      os.replace(labels_tmp, labels_file(images_file))
+      os.replace(private, images_file)  # last: the images' presence marks a complete cache
+      images = np.load(images_file, mmap_mode="r")
+  finally:
+    if private and os.path.exists(private):
+      os.remove(private)
+  return images, labels, info
+
+
+def _fill(out_dir: str, files: list[str], parse, images: np.ndarray, labels: np.ndarray) -> None:
+  """Reads the shards' examples into `images` and `labels`, in order."""
+  tf = tf_host.import_tensorflow()
+  n = len(images)
   at = 0
   ds = tf.data.TFRecordDataset(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
   try:
@@ -167,7 +200,39 @@ def read_prepared(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
   if at != n:
     raise DataError(f"{out_dir} holds {at} examples, {INFO_FILE} says {n}: a shard is truncated; "
                     "prepare the data set again")
-  return images, labels, info
+
+
+def labels_file(images_file: str) -> str:
+  return images_file[:-len(".npy")] + ".labels.npy"
+
+
+def read_cached(images_file: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """(memory-mapped images, labels) of a complete cache file pair, or None (absent or damaged:
+  the shards are read again)."""
+  if not os.path.exists(images_file):
+    return None
+  try:
+    images = np.load(images_file, mmap_mode="r")
+    labels = np.load(labels_file(images_file))
+  except (OSError, ValueError):
+    return None
+  return (images, labels) if len(images) == len(labels) else None
+
+
+def images_cache_file(out_dir: str, cache_dir: str) -> str:
+  """Where `data.cache_dir` keeps a prepared set's images as one memory-mapped .npy: named by the
+  set's info (which holds a digest of its content) and each shard's size and mtime, so a
+  re-prepared set is never served stale."""
+  digest = hashlib.sha256()
+  with open(os.path.join(out_dir, INFO_FILE), "rb") as f:
+    digest.update(f.read())
+  for shard in read_info(out_dir)["shards"]:
+    try:
+      st = os.stat(os.path.join(out_dir, shard))
+      digest.update(f"{shard}:{st.st_size}:{st.st_mtime_ns}".encode())
+    except OSError:  # missing: reading the shards says so
+      digest.update(f"{shard}:missing".encode())
+  return os.path.join(cache_dir, f"prepared-{digest.hexdigest()[:16]}.npy")
 
 
 class PreparedSource(ArraySource):
@@ -189,6 +254,14 @@ class PreparedSource(ArraySource):
 
   @classmethod
   def from_config(cls, config) -> ArraySource:
-    images, labels, info = read_prepared(config.data.path)
+    """The shards read into memory, or with `data.cache_dir` into a memory-mapped file there
+    (sets larger than RAM; processes of one host then share one copy in the page cache)."""
+    d = config.data
+    images_file = images_cache_file(d.path, d.cache_dir) if d.cache_dir else ""
+    cached = read_cached(images_file) if images_file else None
+    if cached is not None:
+      (images, labels), info = cached, read_info(d.path)
+    else:
+      images, labels, info = read_prepared(d.path, images_file)
     return ArraySource.for_config(config, images, labels, info["class_names"],
                                   attribute_names=attribute_names(info))
