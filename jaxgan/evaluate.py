@@ -3,8 +3,9 @@
   python -m jaxgan.evaluate --workdir DIR [--num-samples 10000] [--checkpoint latest|best]
       EMA samples of the run's checkpoint against the first N images of its training data
       (real features cached per data set, size, N and weights).
-  python -m jaxgan.evaluate --real PATH_A --fake PATH_B
-      two image folders or prepared data sets, all images of each.
+  python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
+      two image folders or prepared data sets, all images of each (at their native sizes, or
+      loaded at --image-size as training loads them).
 
 Conventions (Inception weights, the pinned 299 resize, sample counts): docs/metrics.md.
 """
@@ -42,17 +43,31 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--cache-dir", "--cache_dir", default="", dest="cache_dir",
                  help="converted weights and real features (default $JAXGAN_CACHE or ~/.cache/jaxgan)")
   p.add_argument("--seed", type=int, default=0, help="latents and fake labels (workdir mode)")
+  p.add_argument("--image-size", "--image_size", type=int, default=0, dest="image_size",
+                 help="two-set mode: load folder images at this size (padded to a square and "
+                 "resized as training does, e.g. the model's resolution) instead of their "
+                 "native sizes; 0 = native")
   return p
 
 
-def _features_of_set(extractor, path: str, desc: str) -> tuple[np.ndarray, int]:
+# Native sizes: Inception compiles once per distinct image shape, each takes memory at full size.
+MANY_SHAPES = 8
+
+
+def _features_of_set(extractor, path: str, desc: str, image_size: int = 0
+                     ) -> tuple[np.ndarray, int]:
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
-  images, skipped = image_sets.load_image_set(path)
+  images, skipped = image_sets.load_image_set(path, image_size)
   for s in skipped:
     print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+  groups = image_sets.group_by_shape(images)
+  if len(groups) > MANY_SHAPES:
+    print(f"warning: {path} holds images of {len(groups)} sizes: Inception compiles once per "
+          "size; pass --image-size (e.g. the model's resolution) to load them at one size",
+          file=sys.stderr)
   features = np.zeros((len(images), 2048), np.float32)
-  for shape, idx in sorted(image_sets.group_by_shape(images).items()):
+  for shape, idx in sorted(groups.items()):
     features[idx] = extractor(np.stack([images[i] for i in idx]), desc=f"{desc} {shape[0]}px")
   return features, len(skipped)
 
@@ -64,8 +79,8 @@ def evaluate_sets(args) -> dict:
   names = suite.parse_names(args.metrics)
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
-  real, real_skipped = _features_of_set(extractor, args.real, "inception (real)")
-  fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)")
+  real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size)
+  fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size)
   results = suite.compute(real, fake, names)
   results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
                  skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
@@ -105,6 +120,10 @@ def _bad_argument(args) -> str:
     return f"--num-samples must be >= 2, got {args.num_samples}"
   if args.num_real < 0:
     return f"--num-real must be >= 0 (0 = the run's eval.num_real), got {args.num_real}"
+  if args.image_size < 0 or (args.image_size and args.workdir):
+    return (f"--image-size must be >= 1 (0 = native sizes), got {args.image_size}"
+            if args.image_size < 0 else "--image-size is for two-set mode (--real/--fake); "
+            "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
   unknown = [n for n in (m.strip() for m in args.metrics.split(",")) if n and n not in suite.METRICS]

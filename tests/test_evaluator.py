@@ -113,6 +113,8 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--image-size", "-1"], "--image-size must be >= 1"),
+    (["--workdir", "{tmp}", "--image-size", "64"], "--image-size is for two-set mode"),
 ])
 def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
   from jaxgan import evaluate
@@ -120,6 +122,45 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
+
+
+def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):
+  """evaluate --real/--fake: native sizes compile Inception once per size (warned when many);
+  --image-size loads every image as training does, at one size."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+  from jaxgan.data import DataError, image_sets, prepared
+
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for i in range(evaluate.MANY_SHAPES + 1):  # nine sizes, one non-square
+    Image.new("RGB", (20 + i, 20 + i + (i == 0) * 10), (40 * (i % 6), 0, 0)).save(
+        folder / f"{i}.png")
+
+  class Extractor:
+    shapes = []
+
+    def __call__(self, images, desc=""):
+      self.shapes.append(images.shape[1:])
+      return np.zeros((len(images), 2048), np.float32)
+
+  extractor = Extractor()
+  features, skipped = evaluate._features_of_set(extractor, str(folder), "real")
+  assert features.shape == (9, 2048) and skipped == 0 and len(extractor.shapes) == 9
+  assert (30, 30, 3) in extractor.shapes  # 20x30 padded to a square, not resized
+  assert "holds images of 9 sizes" in capsys.readouterr().err
+  extractor.shapes.clear()
+  evaluate._features_of_set(extractor, str(folder), "real", image_size=16)
+  assert extractor.shapes == [(16, 16, 3)] and "sizes" not in capsys.readouterr().err
+  images, _ = image_sets.load_image_set(str(folder), 16)
+  # The non-square black one: padded with white to a square, then resized (not stretched).
+  assert images[0][0, 0].min() > 240 and images[0][8, 8].max() < 10
+  prepared.write_prepared(str(tmp_path / "set"), np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2),
+                          [], [])
+  with pytest.raises(DataError, match="was prepared at 8x8, not the 16 asked for"):
+    image_sets.load_image_set(str(tmp_path / "set"), 16)
+  assert len(image_sets.load_image_set(str(tmp_path / "set"), 8)[0]) == 2
 
 
 BEST_FID_TWO_PROCESSES = r"""

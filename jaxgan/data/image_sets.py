@@ -2,8 +2,10 @@
 prepared data set, as uint8 RGB arrays.
 
 Folder images go through the one loader (`images.load_image`: RGB, transparency onto white,
-padded to a square) at their native size; resizing to the metric's input size is the metric's
-job (`metrics.features`), so every image is resized exactly once, by the pinned filter.
+padded to a square) at their native size, so that resizing to the metric's input size is the
+metric's job (`metrics.features`) and every image is resized exactly once, by the pinned filter;
+or, with `image_size`, at that size as training loads them (a folder of large photos to compare
+with a model's samples: bounded memory, one compiled shape).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ def list_images(root: str) -> list[str]:
   return sorted(find_images(root))
 
 
-def load_image_set(path: str) -> tuple[list[np.ndarray], list[dict]]:
-  """(images, skipped) of a folder or prepared data set; skipped lists {'path', 'reason'}."""
+def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], list[dict]]:
+  """(images, skipped) of a folder or prepared data set, at their native size or `image_size`;
+  skipped lists {'path', 'reason'}."""
   if not os.path.isdir(path):
     raise DataError(f"{path}: not a folder; pass a folder of images or a prepared data set")
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    size = prepared.read_info(path)["image_size"]
+    if image_size and size != image_size:
+      raise DataError(f"{path} was prepared at {size}x{size}, not the {image_size} asked for; "
+                      f"pass --image-size {size} or prepare it again")
     images, _, _ = prepared.read_prepared(path)
     return list(images), []
   paths = list_images(path)
@@ -35,7 +42,7 @@ def load_image_set(path: str) -> tuple[list[np.ndarray], list[dict]]:
     raise DataError(f"{path}: no image files ({', '.join(sorted({'.jpg', '.png', '.webp'}))}...) "
                     "found in it or below it")
   images, skipped = [], []
-  options = LoadOptions(image_size=0)
+  options = LoadOptions(image_size=image_size)
   for p in paths:
     loaded = load_image(p, options)
     if loaded.image is None:
