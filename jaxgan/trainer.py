@@ -200,8 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   cfg = config.train
   source = data_lib.build_source(config)  # reads and checks the data before anything compiles
+  data_fingerprint = data_lib.fingerprint(source)
   if jax.process_count() > 1:
-    data_lib.check_same_on_every_process(source)
+    data_lib.check_same_on_every_process(source, data_fingerprint)
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
@@ -233,6 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     start_step, state, meta = restored
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
+    if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+      # Allowed (data sets grow), but the stream is a function of the data: from here the run
+      # sees other batches than an uninterrupted one would have.
+      log.warning("the data changed since checkpoint step %d (fingerprint %08x, now %08x): "
+                  "training continues on the new data, in a new order", start_step,
+                  meta["data_fingerprint"], data_fingerprint)
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
@@ -261,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def meta(step: int) -> dict:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
             "attributes": [[name, list(names)] for name, names in data_lib.attribute_names(source)],
-            "step": step, "data_position": step}
+            "step": step, "data_position": step, "data_fingerprint": data_fingerprint}
 
   def save_samples(step: int) -> None:
     # Every process takes part in the sampling computation; process 0 writes the grid.

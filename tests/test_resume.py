@@ -543,3 +543,27 @@ def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
   assert [(r["step"], r["w"]) for r in results] == [(1, 1.0), (1, 1.0)]
   assert "another process could not read it" in errs[0]  # process 0 says why it fell back
   assert os.listdir(directory + ".corrupt")  # step 2 moved aside (by process 0), not deleted
+
+
+def test_resuming_on_changed_data_is_warned(tmp_path, caplog):
+  """The stream is a function of the data: a resume on a grown data set trains on, but says that
+  it no longer sees what an uninterrupted run would have."""
+  from PIL import Image
+
+  root = tmp_path / "photos"
+  for i, cls in enumerate(["a", "a", "b", "b"]):
+    (root / cls).mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(root / cls / f"{i}.png")
+  overrides = {"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
+               "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
+  workdir = str(tmp_path / "w")
+  trainer.train_and_evaluate(tiny_config(**overrides), workdir)
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 4}), workdir)
+  assert "data changed" not in caplog.text  # the same data: resumed silently
+  Image.new("RGB", (20, 20), (0, 200, 0)).save(root / "b" / "new.png")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 6}), workdir)
+  assert int(state.step) == 6
+  assert "the data changed since checkpoint step 4 (fingerprint" in caplog.text

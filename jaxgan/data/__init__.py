@@ -82,7 +82,7 @@ def fingerprint(source) -> int:
   return int.from_bytes(digest.digest()[:4], "big") & 0x7FFFFFFF
 
 
-def check_same_on_every_process(source) -> None:
+def check_same_on_every_process(source, mine: int | None = None) -> None:
   """Raises DataError on every process when some process built other data than process 0 did.
 
   Each process reads the data itself and takes its share of each batch by position, so a file
@@ -91,7 +91,7 @@ def check_same_on_every_process(source) -> None:
   # Here, not at the top: image-decoding workers import this package and must not load JAX.
   from jaxgan import multihost  # pylint: disable=g-import-not-at-top
 
-  mine = fingerprint(source)
+  mine = fingerprint(source) if mine is None else mine
   if not multihost.all_processes(mine == multihost.from_process_0(mine)):
     raise DataError(
         "the processes read different data (this one: "
