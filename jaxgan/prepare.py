@@ -55,7 +55,7 @@ def label_columns(args: argparse.Namespace) -> list[str]:
 def prepare(args: argparse.Namespace) -> dict:
   """Runs the whole preparation; returns the dataset_info written."""
   from jaxgan.data import arrays, folder, manifest, prepared  # pylint: disable=g-import-not-at-top
-  from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.images import LOADER_VERSION, LoadOptions  # pylint: disable=g-import-not-at-top
 
   columns = label_columns(args)
   if args.manifest:
@@ -92,7 +92,8 @@ def prepare(args: argparse.Namespace) -> dict:
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",
-             "min_class_count": args.min_class_count, "rare_classes": args.rare_classes},
+             "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
+             "loader_version": LOADER_VERSION},
       attributes=attributes)
 
 

@@ -61,6 +61,18 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
   np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
 
 
+def test_16bit_png_colour_key_becomes_the_background(tmp_path):
+  """A 16-bit grey PNG with a tRNS colour key: the keyed pixels are transparent (white), not the
+  key's grey. Rebuilding the image to scale it to 8 bits used to drop the key."""
+  arr = np.full((40, 40), 1000, np.uint16)  # transparent background (the key) ...
+  arr[10:30, 10:30] = 16384  # ... around an opaque dark-grey product
+  img = Image.new("I;16", (40, 40))
+  img.frombytes(arr.astype("<u2").tobytes())
+  out = load_image(_write(tmp_path, "k16.png", _encode(img, "PNG", transparency=1000)), OPTS)
+  np.testing.assert_array_equal(out.image[1, 1], [255, 255, 255])
+  np.testing.assert_allclose(out.image[16, 16].astype(int), [64, 64, 64], atol=1)
+
+
 def test_transparent_background_becomes_white_not_black(tmp_path):
   img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # fully transparent black
   img.paste((0, 0, 255, 255), (10, 10, 30, 30))  # an opaque blue product

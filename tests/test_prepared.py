@@ -97,3 +97,27 @@ def test_with_a_cache_dir_the_images_are_memory_mapped_and_reused(tmp_path, monk
   fresh = prepared.PreparedSource.from_config(config)
   np.testing.assert_array_equal(np.asarray(fresh.images), images[::-1])
   np.testing.assert_array_equal(fresh.labels, [1, 0, 1, 1, 0])
+
+
+def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
+  import json
+  import logging
+
+  from jaxgan.data.images import LOADER_VERSION
+  from tests.conftest import tiny_config
+
+  out = str(tmp_path / "set")
+  prepared.write_prepared(out, _images(2, 5), np.zeros(2), [], [],
+                          extra={"loader_version": LOADER_VERSION})
+  config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                          "data.num_classes": 0})
+  with caplog.at_level(logging.WARNING):
+    prepared.PreparedSource.from_config(config)
+  assert "image loader version" not in caplog.text
+  info_path = os.path.join(out, prepared.INFO_FILE)
+  info = json.load(open(info_path))
+  info["loader_version"] = LOADER_VERSION - 1
+  json.dump(info, open(info_path, "w"))
+  with caplog.at_level(logging.WARNING):
+    prepared.PreparedSource.from_config(config)
+  assert f"prepared with image loader version {LOADER_VERSION - 1}, this jaxgan's is" in caplog.text

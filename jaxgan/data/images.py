@@ -39,7 +39,7 @@ class LoadOptions:
 
 # Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
 # so a loader fix is never served the old pixels.
-LOADER_VERSION = 2
+LOADER_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,11 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     # 16/32-bit grayscale: scale the full range to 8 bits (PIL's convert would clip at 255).
     arr = np.asarray(img, dtype=np.float64)
     top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    key = img.info.get("transparency")  # a PNG tRNS colour key, in the original 16-bit values
     img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if isinstance(key, int):  # rebuilt from the array: the key would be lost (or mean 8-bit)
+      img = Image.merge("LA", (img, Image.fromarray(np.where(arr == key, 0, 255).astype(np.uint8),
+                                                     "L")))
   elif img.mode == "F":
     arr = np.asarray(img, dtype=np.float64)
     scale = 255.0 if arr.max() <= 1.0 else 1.0

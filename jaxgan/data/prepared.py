@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from typing import Optional, Sequence
@@ -23,6 +24,9 @@ import numpy as np
 from jaxgan import tf_host
 from jaxgan.atomic_write import private_name
 from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
+from jaxgan.data.images import LOADER_VERSION
+
+log = logging.getLogger(__name__)
 
 INFO_FILE = "dataset_info.json"
 EXAMPLES_PER_SHARD = 4096
@@ -263,5 +267,10 @@ class PreparedSource(ArraySource):
       (images, labels), info = cached, read_info(d.path)
     else:
       images, labels, info = read_prepared(d.path, images_file)
+    if info.get("loader_version", LOADER_VERSION) != LOADER_VERSION:
+      log.warning("%s was prepared with image loader version %s, this jaxgan's is %d: files the "
+                  "loader has been fixed for since (jaxgan/data/images.py) keep their old pixels "
+                  "there; prepare it again to pick the fixes up", d.path,
+                  info["loader_version"], LOADER_VERSION)
     return ArraySource.for_config(config, images, labels, info["class_names"],
                                   attribute_names=attribute_names(info))
