@@ -4,6 +4,8 @@ import logging
 import sys
 import types
 
+import pytest
+
 from jaxgan import tf_host
 
 
@@ -20,7 +22,16 @@ def _fake_tensorflow(initialised: bool, gpus: list):
   return types.SimpleNamespace(config=config), hidden
 
 
-def test_gpus_are_hidden_or_the_failure_is_reported(monkeypatch, caplog):
+@pytest.fixture
+def fresh_import():
+  """Clears import_tensorflow's cache before and after, also when the test fails: the fake
+  module must never reach the tests that follow."""
+  tf_host.import_tensorflow.cache_clear()
+  yield
+  tf_host.import_tensorflow.cache_clear()
+
+
+def test_gpus_are_hidden_or_the_failure_is_reported(monkeypatch, caplog, fresh_import):
   for initialised, gpus, warned in [(False, ["GPU:0"], False), (True, [], False),
                                     (True, ["GPU:0", "GPU:1"], True)]:
     fake, hidden = _fake_tensorflow(initialised, gpus)
@@ -31,4 +42,3 @@ def test_gpus_are_hidden_or_the_failure_is_reported(monkeypatch, caplog):
       assert tf_host.import_tensorflow() is fake
     assert hidden == ([] if initialised else [([], "GPU")])
     assert ("could hide 2 GPU(s)" in caplog.text) == warned, caplog.text
-  tf_host.import_tensorflow.cache_clear()  # the real module for the tests that follow
