@@ -68,9 +68,17 @@ def make_mesh(config) -> Mesh:
   of the batch; `process_rows` tells the input pipeline which ones."""
   devices = jax.devices()
   data, fsdp = mesh_shape(config, len(devices))
+  grid = None
   if data * fsdp == len(devices):
-    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
-  else:  # a sub-mesh (single process only, see validation): no topology to honour
+    try:
+      grid = mesh_utils.create_device_mesh((data, fsdp), devices,
+                                           allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError) as e:
+      # Shapes JAX cannot lay onto the torus (or several slices): still a valid mesh, with
+      # collectives that may cross more links.
+      log.warning("mesh %dx%d: no topology-aware device order (%s); using jax.devices() order",
+                  data, fsdp, e)
+  if grid is None:  # also a sub-mesh (single process only, see validation)
     grid = np.asarray(devices[:data * fsdp]).reshape(data, fsdp)
   return Mesh(grid, BATCH_AXES)
 

@@ -264,3 +264,20 @@ def test_evaluation_splits_inception_across_processes(tmp_path):
   for r in results:
     np.testing.assert_array_equal(r["five"], want)
     np.testing.assert_array_equal(r["one"], want[:1])
+
+
+def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplog):
+  """create_device_mesh refuses some TPU shapes (an axis that is no product of physical axes,
+  several slices): the run still gets a mesh, in jax.devices() order, with a warning."""
+  import logging
+
+  from jax.experimental import mesh_utils
+
+  def refuse(*args, **kwargs):
+    raise NotImplementedError("axis 2 is not a product of physical axes")
+
+  monkeypatch.setattr(mesh_utils, "create_device_mesh", refuse)
+  with caplog.at_level(logging.WARNING):
+    mesh = sharding.make_mesh(tiny_config())
+  assert list(mesh.devices.flat) == jax.devices()[:1] and dict(mesh.shape) == {"data": 1, "fsdp": 1}
+  assert "no topology-aware device order (axis 2 is not a product" in caplog.text
