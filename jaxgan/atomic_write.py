@@ -1,4 +1,5 @@
-"""Temporary names for files published by an atomic rename (write, then `os.replace`).
+"""Shared cache files: temporary names for files published by an atomic rename (write, then
+`os.replace`), and a lock so that one process builds a cache while the others wait for it.
 
 Caches (decoded images, reference features, converted Inception weights) may be written by
 several processes at once, on several hosts sharing one folder: each must write under its own
@@ -7,9 +8,11 @@ name, so none truncates a file another is writing, and readers only ever see who
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
+from typing import Iterator
 
 
 def private_name(path: str) -> str:
@@ -17,3 +20,25 @@ def private_name(path: str) -> str:
   the folder: the pid alone is not enough, since containers often give every host's process the
   same one."""
   return f"{path}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+  """Holds an exclusive lock on the file `path` (created if needed) while the block runs: the
+  processes of a host, or of hosts sharing the folder, build a cache one at a time, and those
+  that waited find it built. Where the file system has no locks, the block runs unlocked (each
+  process may then build its own copy; the renames keep that safe)."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handle = open(path, "a", encoding="utf-8")
+  except (ImportError, OSError):
+    yield
+    return
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:  # e.g. ENOLCK on a file system without locks
+      pass
+    yield

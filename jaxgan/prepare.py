@@ -82,6 +82,12 @@ def prepare(args: argparse.Namespace) -> dict:
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
   images, indices, bad = arrays.decode_all(paths, options, args.workers, desc="prepare")
+  lost = [b for b in bad if b.get("transient")]
+  if lost:
+    logging.getLogger(__name__).warning(
+        "%d file(s) could not be read because of storage errors, also when retried (first: %s: "
+        "%s): the set lacks them; prepare again once the storage is healthy", len(lost),
+        lost[0]["path"], lost[0]["reason"])
   if len(indices) == 0:
     first = (skipped + bad)[:1]
     raise arrays.DataError(f"no usable images under {args.images}" + (

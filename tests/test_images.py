@@ -1,6 +1,7 @@
 """The image loader on every kind of bad or unusual input: exact outcome for each."""
 
 import io
+import os
 import struct
 import zlib
 
@@ -184,3 +185,19 @@ def test_grayscale_and_missing_file(tmp_path):
 def test_image_path_filter():
   assert is_image_path("a/B/photo.JPG") and is_image_path("x.webp") and is_image_path("y.Png")
   assert not is_image_path("a/.hidden.jpg") and not is_image_path("notes.txt")
+
+
+def test_storage_errors_are_transient_and_the_files_own_are_not(tmp_path, monkeypatch):
+  import errno
+
+  from jaxgan.data import images as images_lib
+
+  path = _write(tmp_path, "a.png", _encode(Image.new("RGB", (20, 20)), "PNG"))
+  for code, transient in ((errno.EIO, True), (errno.ESTALE, True), (errno.EACCES, False)):
+    def failing_open(*args, code=code, **kwargs):
+      raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(images_lib, "open", failing_open, raising=False)
+    loaded = load_image(path, OPTS)
+    assert loaded.image is None and loaded.reason == f"unreadable: {os.strerror(code)}"
+    assert loaded.transient == transient

@@ -359,8 +359,8 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   first = build_source(_config(**base))
   # Only the published pair is left: no temporaries (private names carry host, pid and a
   # random part, so writers on hosts with equal pids never share one).
-  names = sorted(os.listdir(cache))
-  assert len(names) == 2 and names[0].endswith(".json") and names[1].endswith(".npy")
+  names = sorted(os.listdir(cache))  # beside the lock that let one process build it
+  assert len(names) == 3 and [n.rsplit(".", 1)[1] for n in names] == ["json", "lock", "npy"]
   # An index that does not fit the array (another writer's, or damaged) is a miss, not labels
   # shifted against the images.
   index = cache / names[0]
@@ -371,24 +371,40 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   assert "its index lists 3 images, its array holds 4; decoding again" in caplog.text
   np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
   np.testing.assert_array_equal(again.labels, first.labels)
-  # A file unreadable now (EIO: maybe the storage's passing failure) is skipped this run, and
-  # the cache is not marked complete, so the next run reads it again instead of dropping it.
+  # A storage error (EIO) that has passed by the end of the decode: the retry reads the file.
   shutil.rmtree(cache)
   real_load = images_lib.load_image
+  failures = {"d.png": 1}
 
   def flaky(source, options):
-    if str(source).endswith("d.png"):
-      return images_lib.Loaded(None, "unreadable: Input/output error")
+    name = os.path.basename(str(source))
+    if failures.get(name, 0) > 0:
+      failures[name] -= 1
+      return images_lib.Loaded(None, "unreadable: Input/output error", transient=True)
     return real_load(source, options)
 
   monkeypatch.setattr(arrays, "load_image", flaky)
+  assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
+  assert len([n for n in os.listdir(cache) if n.endswith((".json", ".npy"))]) == 2
+  # One that persists past the retry: skipped this run, and nothing is published (neither the
+  # index nor the array, which would replace another process's complete one), so the next run
+  # reads the file again instead of dropping it for good.
+  shutil.rmtree(cache)
+  failures["d.png"] = 2
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     partial = build_source(_config(**{**base, "data.workers": 1}))
   assert partial.num_examples == 3 and "not marked complete" in caplog.text
-  assert [n for n in os.listdir(cache) if n.endswith(".json")] == []
-  monkeypatch.setattr(arrays, "load_image", real_load)
+  assert [n for n in os.listdir(cache) if n.endswith((".json", ".npy"))] == []
+  np.testing.assert_array_equal(np.asarray(partial.images)[:3], np.asarray(first.images)[:3])
   assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
+  # A file's own failure (permission denied) is no reason to decode everything at every start.
+  shutil.rmtree(cache)
+  monkeypatch.setattr(arrays, "load_image", lambda source, options: (
+      images_lib.Loaded(None, "unreadable: Permission denied") if str(source).endswith("d.png")
+      else real_load(source, options)))
+  assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 3
+  assert len([n for n in os.listdir(cache) if n.endswith((".json", ".npy"))]) == 2
 
 
 EXIT_AFTER_A_MAPPED_STREAM = r"""

@@ -11,6 +11,7 @@ exactly the data of an uninterrupted one, on any number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgan import tf_host
-from jaxgan.atomic_write import private_name
+from jaxgan.atomic_write import exclusive, private_name
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   else:
     _collect(map(_load, jobs), paths, out, keep, skipped, progress)
   progress.close()
+  skipped = _retry_transient(skipped, options, out, keep)
+  skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
   indices = np.flatnonzero(keep)
   if cache_file:
     kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
@@ -93,21 +96,46 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
       kept[start:start + 4096] = out[indices[start:start + 4096]]
     kept.flush()
     del out, kept
-    os.replace(private + ".npy", cache_file + ".npy")
-    images = np.load(cache_file + ".npy", mmap_mode="r")
+    # Only a complete decode is published: one that lost files to the storage's passing errors
+    # must not replace a complete array another process published (its index would no longer
+    # fit). It is used from its private file, unlinked once mapped.
+    published = cache_file + ".npy" if is_complete(skipped) else private + ".npy"
+    if published != private + ".npy":
+      os.replace(private + ".npy", published)
+    images = np.load(published, mmap_mode="r")
   else:
     images = out[indices] if len(indices) != n else out
   return images, indices, skipped
 
 
+def is_complete(skipped: list[dict]) -> bool:
+  """Whether a decode may be cached: no file was lost to an error that may pass."""
+  return not any(s.get("transient") for s in skipped)
+
+
 def _collect(results, paths, out, keep, skipped, progress) -> None:
   for i, loaded in enumerate(results):
     if loaded.image is None:
-      skipped.append({"path": paths[i], "reason": loaded.reason})
+      skipped.append({"path": paths[i], "reason": loaded.reason, "index": i,
+                      **({"transient": True} if loaded.transient else {})})
     else:
       out[i] = loaded.image
       keep[i] = True
     progress.update(1)
+
+
+def _retry_transient(skipped: list[dict], options: LoadOptions, out, keep) -> list[dict]:
+  """Reads the files that failed with a storage error once more (the storage's hiccup has
+  usually passed by the end of a decode); returns what is still skipped."""
+  still = []
+  for item in skipped:
+    loaded = load_image(item["path"], options) if item.get("transient") else None
+    if loaded is not None and loaded.image is not None:
+      out[item["index"]] = loaded.image
+      keep[item["index"]] = True
+    else:
+      still.append(item if loaded is None else {**item, "reason": loaded.reason})
+  return still
 
 
 def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) -> None:
@@ -371,11 +399,11 @@ def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray,
 
 def write_decode_index(cache_file: str, indices: np.ndarray, skipped: list[dict]) -> None:
   """Publishes the decode's index beside its array, which marks the cache complete; not when a
-  file was skipped as unreadable, which may be the storage's passing failure (EIO, a stale
-  handle), not the file's: cached, it would drop that image from every later run."""
+  file was lost to a storage error that may pass (EIO, a stale handle, also after a retry), not
+  the file's: cached, it would drop that image from every later run."""
   import json
 
-  transient = [s for s in skipped if s["reason"].startswith("unreadable")]
+  transient = [s for s in skipped if s.get("transient")]
   if transient:
     log.warning("decode cache %s not marked complete: %d file(s) were unreadable (first: %s: "
                 "%s), which may be passing; the next run decodes again", cache_file,
@@ -400,16 +428,19 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   if d.cache_dir:
     key = decode_cache_key(paths, load_options(config))
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
-  cached = read_decode_cache(cache_file) if cache_file else None
-  if cached is not None:
-    images, indices, skipped = cached
-    log.info("decoded images of %s from cache %s.npy", where, cache_file)
-  else:
-    images, indices, skipped = decode_all(paths, load_options(config), d.workers,
-                                          desc=f"decode {os.path.basename(where.rstrip('/'))}",
-                                          cache_file=cache_file)
-    if cache_file:
-      write_decode_index(cache_file, indices, skipped)
+  # One process decodes into a shared cache while the others (of this host, or of hosts sharing
+  # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
+  with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
+    cached = read_decode_cache(cache_file) if cache_file else None
+    if cached is not None:
+      images, indices, skipped = cached
+      log.info("decoded images of %s from cache %s.npy", where, cache_file)
+    else:
+      images, indices, skipped = decode_all(paths, load_options(config), d.workers,
+                                            desc=f"decode {os.path.basename(where.rstrip('/'))}",
+                                            cache_file=cache_file)
+      if cache_file:
+        write_decode_index(cache_file, indices, skipped)
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   if len(missing) > 20:

@@ -16,6 +16,7 @@ converts images the same way:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import warnings
@@ -44,10 +45,23 @@ LOADER_VERSION = 3
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-  """An image (uint8 [size, size, 3]) or, when rejected, None and the reason."""
+  """An image (uint8 [size, size, 3]) or, when rejected, None and the reason; `transient` when
+  the failure may be the storage's and pass (a retry, or the next run, may read the file)."""
 
   image: Optional[np.ndarray]
   reason: str = ""
+  transient: bool = False
+
+
+# Read errors of the storage, not of the file: a network file system's hiccup, a stale handle,
+# too many open files. Permission denied or a missing file are the file's, and stay.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
+                              errno.ENOTCONN, errno.EMFILE, errno.ENFILE, errno.EINTR})
+
+
+def _unreadable(error: OSError) -> Loaded:
+  return Loaded(None, f"unreadable: {error.strerror or error}",
+                transient=error.errno in TRANSIENT_ERRNOS)
 
 
 def is_image_path(path: str) -> bool:
@@ -137,7 +151,7 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
         return Loaded(None, "empty file")
       handle = io.BytesIO(source)
   except OSError as e:
-    return Loaded(None, f"unreadable: {e.strerror or e}")
+    return _unreadable(e)
   with handle:
     try:
       with warnings.catch_warnings():
@@ -148,7 +162,7 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
     except (UnidentifiedImageError, ValueError):
       return Loaded(None, "not an image")
     except OSError as e:
-      return Loaded(None, f"unreadable: {e}")
+      return _unreadable(e) if e.errno in TRANSIENT_ERRNOS else Loaded(None, f"unreadable: {e}")
     with img:
       w, h = img.size
       if w * h > options.max_pixels:
@@ -161,6 +175,8 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
       except MemoryError:
         raise  # the host, not the file: a multi-day run must not skip its way through the data
       except Exception as e:  # pylint: disable=broad-except
+        if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:  # the storage, mid-read
+          return _unreadable(e)
         # PIL's plugins raise more than OSError on damaged data (a truncated animated GIF raises
         # IndexError from n_frames): any failure here is this file's, skipped and counted.
         return Loaded(None, f"truncated or corrupt: {type(e).__name__}: {e}")

@@ -12,6 +12,7 @@ are byte-identical when the same input is prepared again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxgan import tf_host
-from jaxgan.atomic_write import private_name
+from jaxgan.atomic_write import exclusive, private_name
 from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
 from jaxgan.data.images import LOADER_VERSION
 
@@ -164,6 +165,7 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
     return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
 
   private = private_name(images_file) + ".npy" if images_file else ""
+  labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
   if private:
     os.makedirs(os.path.dirname(os.path.abspath(images_file)), exist_ok=True)
     images = np.lib.format.open_memmap(private, "w+", np.uint8, (n, size, size, 3))
@@ -175,14 +177,14 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
     if private:
       images.flush()
       del images
-      labels_tmp = private_name(labels_file(images_file)) + ".npy"
       np.save(labels_tmp, labels)
       os.replace(labels_tmp, labels_file(images_file))
       os.replace(private, images_file)  # last: the images' presence marks a complete cache
       images = np.load(images_file, mmap_mode="r")
   finally:
-    if private and os.path.exists(private):
-      os.remove(private)
+    for leftover in (private, labels_tmp):
+      if leftover and os.path.exists(leftover):
+        os.remove(leftover)
   return images, labels, info
 
 
@@ -262,11 +264,14 @@ class PreparedSource(ArraySource):
     (sets larger than RAM; processes of one host then share one copy in the page cache)."""
     d = config.data
     images_file = images_cache_file(d.path, d.cache_dir) if d.cache_dir else ""
-    cached = read_cached(images_file) if images_file else None
-    if cached is not None:
-      (images, labels), info = cached, read_info(d.path)
-    else:
-      images, labels, info = read_prepared(d.path, images_file)
+    # One process of those sharing data.cache_dir reads the shards into it; the others wait for
+    # the file and map it.
+    with exclusive(images_file + ".lock") if images_file else contextlib.nullcontext():
+      cached = read_cached(images_file) if images_file else None
+      if cached is not None:
+        (images, labels), info = cached, read_info(d.path)
+      else:
+        images, labels, info = read_prepared(d.path, images_file)
     if info.get("loader_version", LOADER_VERSION) != LOADER_VERSION:
       log.warning("%s was prepared with image loader version %s, this jaxgan's is %d: files the "
                   "loader has been fixed for since (jaxgan/data/images.py) keep their old pixels "
