@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from jaxgan import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from jaxgan import checkpoint, multihost, trainer  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
   logging.set_verbosity(logging.WARNING)
@@ -40,7 +40,7 @@ def main(argv):
       trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                  allow_config_change=FLAGS.allow_config_change)
   except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError,
-          data.DataError) as e:
+          data.DataError, multihost.PeerError) as e:
     cli.fail(str(e))
   except ImportError as e:  # e.g. TensorFlow missing on a host that reads real catalogs
     cli.fail(f"{e}; install it (pip install -e .) or use --config.data.source=synthetic")

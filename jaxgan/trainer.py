@@ -188,18 +188,25 @@ def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
-  run = build_run(config)  # validates the config (before anything compiles)
-  if config.train.eval_every:
-    try:  # now, not after the first eval_every steps (training only: compile_only needs none)
-      inception.find_weights(config.eval.weights)
-    except FileNotFoundError as e:
-      raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
-                                   ) from None
-  config_lib.validate_schedule(config)
-  prepare_workdir(workdir)
+
+  def start() -> tuple[Run, Any]:
+    """Everything checked before anything compiles: config, weights, workdir, data."""
+    run = build_run(config)  # validates the config
+    if config.train.eval_every:
+      try:  # now, not after the first eval_every steps (training only: compile_only needs none)
+        inception.find_weights(config.eval.weights)
+      except FileNotFoundError as e:
+        raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
+                                     ) from None
+    config_lib.validate_schedule(config)
+    prepare_workdir(workdir)
+    return run, data_lib.build_source(config)
+
+  # Agreed: a process that fails alone (a data.path or weights file missing on its host, files
+  # it cannot read) would leave the others waiting in the first collective below.
+  run, source = multihost.agreed(start, "starting the run")
   is_main = jax.process_index() == 0
   cfg = config.train
-  source = data_lib.build_source(config)  # reads and checks the data before anything compiles
   data_fingerprint = data_lib.fingerprint(source)
   if jax.process_count() > 1:
     data_lib.check_same_on_every_process(source, data_fingerprint)

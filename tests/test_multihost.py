@@ -49,3 +49,41 @@ def test_two_processes_agree():
                                       "signal": [15, None], "from_0": [True, 1.5],
                                       "cuda_visible_devices": "all",
                                       "data": ["same", "the processes read different data (this"]}
+
+
+START_FAILS_ON_ONE = r"""
+import json, os, sys
+import jax
+from jaxgan import config, multihost, sharding, trainer
+from tests.conftest import tiny_config
+c = config.base_config()
+c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
+c.distributed.process_id = int(sys.argv[2])
+sharding.initialize_distributed(c)
+me = jax.process_index()
+# Process 1's host lacks the data: its data.path does not exist there.
+path = sys.argv[3] if me == 0 else os.path.join(sys.argv[3], "missing")
+run = tiny_config(**{"data.source": "folder", "data.path": path, "data.num_classes": 0,
+                     "data.workers": 1, "train.tensorboard": False})
+try:
+  trainer.train_and_evaluate(run, os.path.join(sys.argv[4], "w"))
+  outcome = "trained"
+except Exception as e:
+  outcome = f"{type(e).__name__}: {e}"
+print(json.dumps({"outcome": outcome}))
+"""
+
+
+def test_a_start_failing_on_one_process_stops_every_process(tmp_path):
+  """Checks before the first collective are agreed: the process that failed names why, the
+  others stop too instead of waiting for it in the data fingerprint exchange."""
+  from PIL import Image
+
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for i in range(4):
+    Image.new("RGB", (20, 20), (50 * i, 0, 0)).save(folder / f"{i}.png")
+  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), salt=6151)
+  assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
+  assert results[1]["outcome"].startswith(("ConfigError: config key data.path",
+                                           "DataError: data.path")), results[1]

@@ -122,3 +122,9 @@ def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     prepared.PreparedSource.from_config(config)
   assert f"prepared with image loader version {LOADER_VERSION - 1}, this jaxgan's is" in caplog.text
+  del info["loader_version"]  # a set prepared before versions were recorded
+  json.dump(info, open(info_path, "w"))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    prepared.PreparedSource.from_config(config)
+  assert "prepared with image loader version (not recorded), this jaxgan's is" in caplog.text

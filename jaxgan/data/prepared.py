@@ -272,10 +272,11 @@ class PreparedSource(ArraySource):
         (images, labels), info = cached, read_info(d.path)
       else:
         images, labels, info = read_prepared(d.path, images_file)
-    if info.get("loader_version", LOADER_VERSION) != LOADER_VERSION:
+    recorded = info.get("loader_version")
+    if recorded != LOADER_VERSION:  # None: prepared before versions were recorded
       log.warning("%s was prepared with image loader version %s, this jaxgan's is %d: files the "
                   "loader has been fixed for since (jaxgan/data/images.py) keep their old pixels "
                   "there; prepare it again to pick the fixes up", d.path,
-                  info["loader_version"], LOADER_VERSION)
+                  "(not recorded)" if recorded is None else recorded, LOADER_VERSION)
     return ArraySource.for_config(config, images, labels, info["class_names"],
                                   attribute_names=attribute_names(info))
