@@ -188,15 +188,21 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
     rows = manifest.read_rows(str(small))
   assert len(rows) == 2  # what CSV says: row 2's field runs to the end of the file
   assert f"{small}:3: a row runs over lines 3-5" in caplog.text
-  large = tmp_path / "large.csv"  # the merged field outgrows csv's limit
-  large.write_text('id,type\n1,a\n2,"b\n' + "".join(f"{i},{'x' * 100}\n" for i in range(3, 3000)))
-  with pytest.raises(DataError, match=r"large.csv:3: not valid CSV \(field larger than field "
+  blank = tmp_path / "blank.csv"  # blank lines are skipped, not a row over several lines
+  blank.write_text("id,type\n\n1,a\n2,b\n")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert len(manifest.read_rows(str(blank))) == 2
+  assert "runs over" not in caplog.text
+  large = tmp_path / "large.csv"  # the merged field outgrows csv's limit; blank lines before it
+  large.write_text('id,type\n1,a\n\n2,"b\n' + "".join(f"{i},{'x' * 100}\n" for i in range(3, 3000)))
+  with pytest.raises(DataError, match=r"large.csv:4: not valid CSV \(field larger than field "
                                       r"limit.*a quote opened in the row starting on this line"):
     manifest.read_rows(str(large))
 
 
 def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, caplog):
   from jaxgan.data.folder import scan_folder
 
   root, elsewhere = tmp_path / "photos", tmp_path / "shared" / "shoes"
@@ -204,8 +210,10 @@ def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp
   _img(str(elsewhere / "b.png"), (0, 0, 200))
   os.symlink(elsewhere, root / "shoes")
   os.symlink(root, root / "shirts" / "loop")  # a link back up the tree is not walked again
-  paths, folders, _ = scan_folder(str(root))
+  with caplog.at_level(logging.WARNING):
+    paths, folders, _ = scan_folder(str(root))
   assert folders == ["shirts", "shoes"]
+  assert f"loop: skipped, its folder {os.path.realpath(root)} is already listed" in caplog.text
   assert [os.path.basename(p) for p in paths] == ["a.png", "b.png"]
   # A folder that cannot be listed (permissions, a lost mount) is named, not silently missing.
   real_scandir = os.scandir

@@ -54,8 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
   c.data.max_bad_fraction = 0.01  # stop when more of the images are unusable
   # Decoded images (folder, manifest) or a prepared set's images in a memory-mapped file here
-  # ("" = in memory: each process holds its own copy), keyed by the files' paths, sizes and
-  # mtimes: changing the data writes a new file (old ones are not deleted).
+  # ("" = in memory: each process holds its own copy), built by one process while the others
+  # wait, and keyed by what they were read from (images: each file's path, size and mtime;
+  # prepared sets: their info, with a content digest, and each shard's size and mtime): changed
+  # data writes a new file (old ones are not deleted).
   c.data.cache_dir = ""
   c.data.workers = 0  # decoding processes (0 = every core)
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import logging
 import os
 import warnings
 from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
@@ -83,6 +86,8 @@ def find_images(root: str) -> Iterator[str]:
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
     if real in seen:  # a link back up the tree, or a second link to one folder
+      log.warning("%s: skipped, its folder %s is already listed under another name", dirpath,
+                  real)
       dirnames[:] = []
       continue
     seen.add(real)

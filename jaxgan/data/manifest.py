@@ -25,20 +25,30 @@ def _csv_rows(path: str, f) -> list[dict]:
   rows, spanning, end = [], None, 1  # end: the last line of the last row read (the header's)
   try:
     for row in reader:
-      if spanning is None and reader.line_num > end + 1:
-        spanning = (end + 1, reader.line_num)
+      if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
+        spanning = (end, reader.line_num)  # (blank lines between rows also move line_num)
       rows.append(row)
       end = reader.line_num
   except csv.Error as e:
-    raise DataError(f"{path}:{end + 1}: not valid CSV ({e}); a quote opened in the row starting "
-                    "on this line is probably not closed") from None
+    raise DataError(f"{path}:{_next_content_line(path, end)}: not valid CSV ({e}); a quote "
+                    "opened in the row starting on this line is probably not closed") from None
   if spanning:
+    spanning = (_next_content_line(path, spanning[0]), spanning[1])
     # Legal CSV (a quoted field with line breaks), but an unclosed quote reads the same way and
     # merges every row after it into one field: say where, since the row count alone hides it.
     log.warning("%s:%d: a row runs over lines %d-%d (a quoted field with line breaks, or an "
                 "unclosed quote that swallows the rows after it); check the quoting there",
                 path, spanning[0], *spanning)
   return rows
+
+
+def _next_content_line(path: str, after: int) -> int:
+  """The number of the first non-blank line after line `after` (where the failing row starts)."""
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    for number, line in enumerate(f, 1):
+      if number > after and line.strip():
+        return number
+  return after + 1
 
 
 def read_rows(path: str) -> list[dict]:
