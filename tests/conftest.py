@@ -40,6 +40,20 @@ def xla_flags(devices: int) -> str:
   return f"{FAST_COMPILE_FLAG} --xla_force_host_platform_device_count={devices}"
 
 
+# The start of a run_two_processes script: joins the job through the project's own start-up
+# (sharding.initialize_distributed, as the CLIs do); `me` is this process's index.
+JOIN_TWO_PROCESSES = r"""
+import sys
+import jax
+from jaxgan import config as _config, sharding as _sharding
+_c = _config.base_config()
+_c.distributed.coordinator_address, _c.distributed.num_processes = sys.argv[1], 2
+_c.distributed.process_id = int(sys.argv[2])
+_sharding.initialize_distributed(_c)
+me = jax.process_index()
+"""
+
+
 def run_two_processes(script: str, *args: str, salt: int = 0, devices: int = 1
                       ) -> tuple[list, list[str]]:
   """Runs `script` (python -c) as processes 0 and 1 of a jax.distributed job on the CPU, each

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import JOIN_TWO_PROCESSES, tiny_config
 from jaxgan import evaluator
 
 
@@ -163,17 +163,12 @@ def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):
   assert len(image_sets.load_image_set(str(tmp_path / "set"), 8)[0]) == 2
 
 
-BEST_FID_TWO_PROCESSES = r"""
-import collections, json, os, sys
-import jax, numpy as np
+BEST_FID_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
+import collections, json, os
+import numpy as np
 from jax.sharding import Mesh
-from jaxgan import config, evaluator, sharding
+from jaxgan import evaluator, sharding
 from tests.conftest import tiny_config
-c = config.base_config()
-c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
-c.distributed.process_id = int(sys.argv[2])
-sharding.initialize_distributed(c)
-me = jax.process_index()
 mesh = Mesh(np.array(jax.devices()), ("data",))
 State = collections.namedtuple("State", "ema_params g_batch_stats")
 state = State({"w": sharding.put_replicated(np.arange(4, dtype=np.float32), mesh)}, {})

@@ -1,7 +1,7 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
 from jaxgan import multihost
-from tests.conftest import run_two_processes
+from tests.conftest import JOIN_TWO_PROCESSES, run_two_processes
 
 TWO_PROCESSES = r"""
 import json, os, sys
@@ -51,16 +51,10 @@ def test_two_processes_agree():
                                       "data": ["same", "the processes read different data (this"]}
 
 
-START_FAILS_ON_ONE = r"""
-import json, os, sys
-import jax
-from jaxgan import config, multihost, sharding, trainer
+START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""
+import json, os
+from jaxgan import trainer
 from tests.conftest import tiny_config
-c = config.base_config()
-c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
-c.distributed.process_id = int(sys.argv[2])
-sharding.initialize_distributed(c)
-me = jax.process_index()
 # Process 1's host lacks the data: its data.path does not exist there.
 path = sys.argv[3] if me == 0 else os.path.join(sys.argv[3], "missing")
 run = tiny_config(**{"data.source": "folder", "data.path": path, "data.num_classes": 0,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxgan import sharding, trainer, workdir as workdir_lib
-from tests.conftest import REPO, run_module, run_two_processes, tiny_config, xla_flags
+from tests.conftest import (JOIN_TWO_PROCESSES, REPO, run_module, run_two_processes, tiny_config,
+                            xla_flags)
 
 
 def _python(code, devices, *args, timeout=300):
@@ -139,17 +140,13 @@ def test_two_processes_match_one(tmp_path):
   assert [r["step"] for r in rows] == [5]
 
 
-SCATTERED_ROWS = r"""
-import json, sys
-import jax, numpy as np
+SCATTERED_ROWS = JOIN_TWO_PROCESSES + r"""
+import json
+import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from jaxgan import config, sharding
+from jaxgan import sharding
 from jaxgan.data import SyntheticCatalog
-c = config.base_config()
-c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
-c.distributed.process_id = int(sys.argv[2])
-sharding.initialize_distributed(c)
 d = jax.devices()  # two per process: [p0 d0, p0 d1, p1 d0, p1 d1]
 # A mesh in which each process's devices are not contiguous (as a TPU torus order can make).
 mesh = Mesh(np.array([d[0], d[2], d[1], d[3]]).reshape(4, 1), sharding.BATCH_AXES)
