@@ -85,6 +85,7 @@ class Evaluator:
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
     self.sampler = sampler or sampling.make_sampler(generator)
+    self.statistics = sampling.make_ema_statistics(config, generator)
     self.place = place  # puts latents/labels where the sampler wants them (the run's mesh)
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,
@@ -151,8 +152,9 @@ class Evaluator:
     """`num` uint8 samples of the EMA generator in fixed-size batches (one compilation)."""
     z = sampling.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
+    statistics = self.statistics(ema_params, g_batch_stats)
     return np.concatenate(list(sampling.sample_in_chunks(
-        self.sampler, ema_params, g_batch_stats, z, labels, self.extractor.global_batch,
+        self.sampler, ema_params, statistics, z, labels, self.extractor.global_batch,
         self.place)))
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,

@@ -213,8 +213,10 @@ def generate(workdir: str, num: int, out: str,
               else jnp.arange(num, dtype=jnp.int32) % nc)
   if len(classes) > 1 and between is None:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
+  statistics = sampling.make_ema_statistics(config, generator)(state.ema_params,
+                                                                state.g_batch_stats)
   chunks = sampling.sample_in_chunks(sampling.make_sampler(generator), state.ema_params,
-                                     state.g_batch_stats, z, labels, min(batch, num))
+                                     statistics, z, labels, min(batch, num))
   try:
     if singles:
       return _write_singles(chunks, out, num)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxgan.config import attribute_classes
+
 
 def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
   """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode.
@@ -32,15 +34,93 @@ def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.A
   return sample
 
 
+def _is_norm_statistic(path) -> bool:
+  """BatchNorm's running mean and variance (spectral norm's vectors share the collection)."""
+  return getattr(path[-1], "key", None) in ("mean", "var")
+
+
+def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
+                        num_batches: int, batch_size: int, seed: int = 0,
+                        out_sharding=None) -> Callable[[Any, Any], Any]:
+  """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
+  generator's own: averaged over `num_batches` batches of `batch_size` fixed latents (and
+  uniform class labels over `classes`, the classes per attribute) run in training mode; other
+  leaves (spectral norm's vectors) are kept. BigGAN's "standing statistics".
+
+  Why: the EMA generator's weights are an average, but the running statistics are the raw G's,
+  gathered from its activations; normalising the EMA G's activations with them shifts every
+  layer (docs/architecture.md has the measurement). Each batch's statistics are read from the
+  running-average update `m * old + (1 - m) * batch` that training mode performs, started once
+  from zeros and once from ones: the difference is the momentum `m`, so no module's momentum
+  needs to be known here.
+  """
+  key = jax.random.PRNGKey(seed)
+  classes = tuple(classes)
+
+  def inputs(k):
+    kz, kl = jax.random.split(jax.random.fold_in(key, k))
+    z = jax.random.normal(kz, (batch_size, z_dim), jnp.float32)
+    if not classes:
+      return z, None
+    labels = jnp.stack([jax.random.randint(jax.random.fold_in(kl, a), (batch_size,), 0, n)
+                        for a, n in enumerate(classes)], -1).astype(jnp.int32)
+    return z, labels if len(classes) > 1 else labels[:, 0]
+
+  def updated_from(params, batch_stats, value, k):
+    start = jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.full_like(x, value) if _is_norm_statistic(p) else x, batch_stats)
+    z, labels = inputs(k)
+    _, updates = generator.apply({"params": params, "batch_stats": start}, z, labels, train=True,
+                                 mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  @functools.partial(jax.jit, out_shardings=out_sharding)
+  def standing(params, batch_stats):
+    from_zeros = updated_from(params, batch_stats, 0.0, 0)
+    momentum = jax.tree_util.tree_map(lambda a, b: a - b,
+                                      updated_from(params, batch_stats, 1.0, 0), from_zeros)
+
+    def add_batch(total, k):
+      new = updated_from(params, batch_stats, 0.0, k)
+      return jax.tree_util.tree_map(lambda t, x: t + x, total, new), None
+
+    total, _ = jax.lax.scan(add_batch, from_zeros, jnp.arange(1, num_batches))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, old, t, m: t / (num_batches * (1.0 - m)) if _is_norm_statistic(p) else old,
+        batch_stats, total, momentum)
+
+  return standing
+
+
+def make_ema_statistics(config, generator: nn.Module, out_sharding=None
+                        ) -> Callable[[Any, Any], Any]:
+  """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
+  statistics (`eval.standing_stats_batches` batches of `train.batch_size`), or the raw G's
+  running statistics unchanged when that is 0 or G has no BatchNorm."""
+  batches = config.eval.standing_stats_batches
+  if batches <= 0:
+    return lambda ema_params, g_batch_stats: g_batch_stats
+  standing = make_standing_stats(generator, config.model.z_dim, attribute_classes(config),
+                                 batches, config.train.batch_size, config.seed, out_sharding)
+
+  def statistics(ema_params, g_batch_stats):
+    has_norm = any(_is_norm_statistic(p) for p, _ in
+                   jax.tree_util.tree_leaves_with_path(g_batch_stats or {}))
+    return standing(ema_params, g_batch_stats) if has_norm else g_batch_stats
+
+  return statistics
+
+
 def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
                      place: Callable[[Any], Any] = lambda x: x) -> Iterator[np.ndarray]:
-  """Host uint8 images of the EMA generator (G's BatchNorm running statistics) for the rows of
-  `z` (and `labels`: None, int classes or soft weights), `chunk` rows per sampler call, in order.
+  """Host uint8 images of the EMA generator (normalised with `g_batch_stats`, e.g. those of
+  `make_ema_statistics`) for the rows of `z` (and `labels`: None, int classes or soft weights),
+  `chunk` rows per sampler call, in order.
 
   The last call is padded with zero rows (dropped from its output), so one compilation serves
   any number of images and the device holds one chunk at a time: 50k images for FID fit where
   one call would run out of memory. `place` puts each (z, labels) chunk where the sampler wants
-  it (a mesh). Each image depends only on its own row (G samples with BatchNorm's running
+  it (a mesh). Each image depends only on its own row (G samples in inference mode, with fixed
   statistics), so chunking changes no image beyond float rounding of other batch shapes."""
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)

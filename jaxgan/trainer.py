@@ -47,6 +47,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.steps_per_call",
                   "train.eval_every", "train.eval_num_samples", "eval.metrics",
                   "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
+                  "eval.standing_stats_batches",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id")
 
@@ -266,6 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = data_lib.prefetch(data_lib.stack_batches(
       source.batches(rows_per_step, start_step, rows), k))
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
+  ema_statistics = sampling.make_ema_statistics(config, run.generator,
+                                                sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
@@ -279,7 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def save_samples(step: int) -> None:
     # Every process takes part in the sampling computation; process 0 writes the grid.
-    images = sharding.to_host(sampler(state.ema_params, state.g_batch_stats, grid_z, grid_labels))
+    statistics = ema_statistics(state.ema_params, state.g_batch_stats)
+    images = sharding.to_host(sampler(state.ema_params, statistics, grid_z, grid_labels))
     if is_main:
       grid = sampling.make_grid(images, grid_cols)
       path = os.path.join(workdir, "samples", f"step_{step:07d}.png")

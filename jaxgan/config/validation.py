@@ -149,6 +149,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(nc > 0 or not getattr(metrics_suite.METRICS.get(name), "needs_labels", False),
              "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
   _positive_int(config, "eval.batch_size")
+  _require(isinstance(config.eval.standing_stats_batches, int)
+           and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
+           "must be an integer >= 0 (0 = the raw G's running statistics), got "
+           f"{config.eval.standing_stats_batches!r}")
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
 
