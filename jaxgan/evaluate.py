@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--cache-dir", "--cache_dir", default="", dest="cache_dir",
                  help="converted weights and real features (default $JAXGAN_CACHE or ~/.cache/jaxgan)")
   p.add_argument("--seed", type=int, default=0, help="latents and fake labels (workdir mode)")
+  p.add_argument("--standing-stats-batches", "--standing_stats_batches", type=int, default=-1,
+                 dest="standing_stats_batches", help="workdir mode: batches of standing "
+                 "BatchNorm statistics for the EMA generator (-1 = the run's "
+                 "eval.standing_stats_batches, 0 = the raw G's running statistics)")
   p.add_argument("--image-size", "--image_size", type=int, default=0, dest="image_size",
                  help="two-set mode: load folder images at this size (padded to a square and "
                  "resized as training does, e.g. the model's resolution) instead of their "
@@ -101,6 +105,8 @@ def evaluate_workdir(args) -> dict:
     config.eval.batch_size = args.batch_size or config.eval.batch_size
     config.eval.weights = args.weights or config.eval.weights
     config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
+    if args.standing_stats_batches >= 0:
+      config.eval.standing_stats_batches = args.standing_stats_batches
   suite.parse_names(args.metrics)
   generator, _ = models_lib.build_models(config)
   evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config))

@@ -85,7 +85,8 @@ class Evaluator:
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
     self.sampler = sampler or sampling.make_sampler(generator)
-    self.statistics = sampling.make_ema_statistics(config, generator)
+    self.statistics = sampling.make_ema_statistics(config, generator,
+                                                   label_rows=getattr(source, "labels", None))
     self.place = place  # puts latents/labels where the sampler wants them (the run's mesh)
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,
@@ -188,7 +189,8 @@ class PeriodicEval:
     self.settings = {"num_samples": config.train.eval_num_samples,
                      "num_real": config.eval.num_real or config.train.eval_num_samples,
                      "weights": self.evaluator.extractor.weights_id,
-                     "preprocessing": PREPROCESSING_ID}
+                     "preprocessing": PREPROCESSING_ID,
+                     "standing_stats_batches": config.eval.standing_stats_batches}
     self.best_fid = float("inf")
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.

@@ -39,49 +39,63 @@ def _is_norm_statistic(path) -> bool:
   return getattr(path[-1], "key", None) in ("mean", "var")
 
 
+# Rows per standing-statistics batch at most: the batch statistics' expectations do not depend on
+# the batch size (the variance's bias, 1 - 1/n, is < 0.4 % from here on), and a tool sampling a
+# pod-trained run on one device must not need the pod's batch in memory.
+MAX_STANDING_BATCH = 256
+# The running averages start from this once (and from 0 once): the difference of the two
+# updates, divided by it, is each module's momentum. Large, so that the batch statistics' part
+# of the update cannot cancel digits of it (float32).
+_PROBE = 1e20
+
+
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
+                        label_rows: Optional[np.ndarray] = None,
                         out_sharding=None) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
-  generator's own: averaged over `num_batches` batches of `batch_size` fixed latents (and
-  uniform class labels over `classes`, the classes per attribute) run in training mode; other
-  leaves (spectral norm's vectors) are kept. BigGAN's "standing statistics".
+  generator's own: averaged over `num_batches` batches of `batch_size` fixed latents run in
+  training mode; other leaves (spectral norm's vectors) are kept. BigGAN's "standing
+  statistics". Labels are drawn from `label_rows` (the data's labels: its class mix and
+  attribute combinations), or uniformly per attribute over `classes` without them.
 
   Why: the EMA generator's weights are an average, but the running statistics are the raw G's,
   gathered from its activations; normalising the EMA G's activations with them shifts every
   layer (docs/architecture.md has the measurement). Each batch's statistics are read from the
-  running-average update `m * old + (1 - m) * batch` that training mode performs, started once
-  from zeros and once from ones: the difference is the momentum `m`, so no module's momentum
-  needs to be known here.
+  running-average update `m * old + (1 - m) * batch` that training mode performs, started from
+  0; `m` comes from one update started from a large value, so no module's momentum needs to be
+  known here.
   """
-  key = jax.random.PRNGKey(seed)
   classes = tuple(classes)
+  rng = np.random.default_rng([seed, 0x5751])
+  z = rng.standard_normal((num_batches, batch_size, z_dim)).astype(np.float32)
+  labels = None
+  if classes and label_rows is not None and len(label_rows):
+    rows = np.asarray(label_rows, np.int32)
+    labels = rows[rng.integers(0, len(rows), (num_batches, batch_size))]
+  elif classes:
+    labels = np.stack([rng.integers(0, n, (num_batches, batch_size)) for n in classes],
+                      -1).astype(np.int32)
+    labels = labels if len(classes) > 1 else labels[..., 0]
 
-  def inputs(k):
-    kz, kl = jax.random.split(jax.random.fold_in(key, k))
-    z = jax.random.normal(kz, (batch_size, z_dim), jnp.float32)
-    if not classes:
-      return z, None
-    labels = jnp.stack([jax.random.randint(jax.random.fold_in(kl, a), (batch_size,), 0, n)
-                        for a, n in enumerate(classes)], -1).astype(jnp.int32)
-    return z, labels if len(classes) > 1 else labels[:, 0]
-
-  def updated_from(params, batch_stats, value, k):
+  def updated_from(params, batch_stats, value, z_k, labels_k):
     start = jax.tree_util.tree_map_with_path(
         lambda p, x: jnp.full_like(x, value) if _is_norm_statistic(p) else x, batch_stats)
-    z, labels = inputs(k)
-    _, updates = generator.apply({"params": params, "batch_stats": start}, z, labels, train=True,
-                                 mutable=["batch_stats"])
+    _, updates = generator.apply({"params": params, "batch_stats": start}, z_k, labels_k,
+                                 train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def standing(params, batch_stats):
-    from_zeros = updated_from(params, batch_stats, 0.0, 0)
-    momentum = jax.tree_util.tree_map(lambda a, b: a - b,
-                                      updated_from(params, batch_stats, 1.0, 0), from_zeros)
+    label = (lambda k: None) if labels is None else (lambda k: labels[k])
+    from_zeros = updated_from(params, batch_stats, 0.0, z[0], label(0))
+    momentum = jax.tree_util.tree_map(
+        lambda a, b: (a - b) / _PROBE,
+        updated_from(params, batch_stats, _PROBE, z[0], label(0)), from_zeros)
 
     def add_batch(total, k):
-      new = updated_from(params, batch_stats, 0.0, k)
+      new = updated_from(params, batch_stats, 0.0, jnp.asarray(z)[k],
+                         None if labels is None else jnp.asarray(labels)[k])
       return jax.tree_util.tree_map(lambda t, x: t + x, total, new), None
 
     total, _ = jax.lax.scan(add_batch, from_zeros, jnp.arange(1, num_batches))
@@ -92,16 +106,18 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   return standing
 
 
-def make_ema_statistics(config, generator: nn.Module, out_sharding=None
-                        ) -> Callable[[Any, Any], Any]:
+def make_ema_statistics(config, generator: nn.Module, label_rows: Optional[np.ndarray] = None,
+                        out_sharding=None) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
-  statistics (`eval.standing_stats_batches` batches of `train.batch_size`), or the raw G's
-  running statistics unchanged when that is 0 or G has no BatchNorm."""
+  statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
+  MAX_STANDING_BATCH; labels from `label_rows`, the data's, when given), or the raw G's running
+  statistics unchanged when that is 0 or G has no BatchNorm."""
   batches = config.eval.standing_stats_batches
   if batches <= 0:
     return lambda ema_params, g_batch_stats: g_batch_stats
   standing = make_standing_stats(generator, config.model.z_dim, attribute_classes(config),
-                                 batches, config.train.batch_size, config.seed, out_sharding)
+                                 batches, min(config.train.batch_size, MAX_STANDING_BATCH),
+                                 config.seed, label_rows, out_sharding)
 
   def statistics(ema_params, g_batch_stats):
     has_norm = any(_is_norm_statistic(p) for p, _ in

@@ -38,6 +38,8 @@ def initialize_distributed(config) -> None:
   Must run before anything touches the JAX backend.
   """
   d = config.distributed
+  if jax.distributed.is_initialized():  # the trainer starts it before its agreed checks
+    return
   if d.coordinator_address == "auto":
     jax.distributed.initialize()
   elif d.coordinator_address:

@@ -203,8 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     prepare_workdir(workdir)
     return run, data_lib.build_source(config)
 
-  # Agreed: a process that fails alone (a data.path or weights file missing on its host, files
-  # it cannot read) would leave the others waiting in the first collective below.
+  # Joined first (alone, a failing process would leave the others in jax.distributed's
+  # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
+  # its host, files it cannot read) would leave the others waiting in the first collective.
+  config_lib.validate_distributed(config)
+  sharding.initialize_distributed(config)
   run, source = multihost.agreed(start, "starting the run")
   is_main = jax.process_index() == 0
   cfg = config.train
@@ -267,8 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = data_lib.prefetch(data_lib.stack_batches(
       source.batches(rows_per_step, start_step, rows), k))
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
-  ema_statistics = sampling.make_ema_statistics(config, run.generator,
-                                                sharding.replicated(run.mesh))
+  ema_statistics = sampling.make_ema_statistics(
+      config, run.generator, label_rows=getattr(source, "labels", None),
+      out_sharding=sharding.replicated(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)

@@ -107,6 +107,9 @@ def test_generate_is_deterministic(runs, tmp_path):
   assert open(a[0], "rb").read() == open(b[0], "rb").read()
   c = generate.generate(workdir, 6, str(tmp_path / "c.png"), seed=4)
   assert open(a[0], "rb").read() != open(c[0], "rb").read()
+  # The EMA generator's standing BatchNorm statistics (the default) vs the raw G's, with 0.
+  raw = generate.generate(workdir, 6, str(tmp_path / "raw.png"), seed=3, standing_stats_batches=0)
+  assert open(a[0], "rb").read() != open(raw[0], "rb").read()
   singles = generate.generate(workdir, 3, str(tmp_path / "single") + "/", label="2")
   assert len(singles) == 3 and all(os.path.exists(p) for p in singles)
   with pytest.raises(ValueError, match="choose one of: tshirt, trousers, dress"):

@@ -124,12 +124,17 @@ def _collect(results, paths, out, keep, skipped, progress) -> None:
     progress.update(1)
 
 
+MAX_RETRIES = 64
+
+
 def _retry_transient(skipped: list[dict], options: LoadOptions, out, keep) -> list[dict]:
   """Reads the files that failed with a storage error once more (the storage's hiccup has
-  usually passed by the end of a decode); returns what is still skipped."""
+  usually passed by the end of a decode), unless there are more than MAX_RETRIES of them (an
+  outage: retrying one by one would only add timeouts); returns what is still skipped."""
+  retry = sum(1 for s in skipped if s.get("transient")) <= MAX_RETRIES
   still = []
   for item in skipped:
-    loaded = load_image(item["path"], options) if item.get("transient") else None
+    loaded = load_image(item["path"], options) if retry and item.get("transient") else None
     if loaded is not None and loaded.image is not None:
       out[item["index"]] = loaded.image
       keep[item["index"]] = True
