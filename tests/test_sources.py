@@ -415,6 +415,24 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   assert len([n for n in os.listdir(cache) if n.endswith((".json", ".npy"))]) == 2
 
 
+def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):
+  from jaxgan.data import arrays, images as images_lib
+
+  calls = []
+  monkeypatch.setattr(arrays, "load_image", lambda path, options: calls.append(path) or
+                      images_lib.Loaded(np.zeros((2, 2, 3), np.uint8)))
+  out, keep = np.ones((70, 2, 2, 3), np.uint8), np.zeros(70, bool)
+  item = lambda i, transient: {"path": f"{i}.png", "reason": "unreadable: x", "index": i,
+                               **({"transient": True} if transient else {})}
+  # A few: read again (and kept when they read now); a file's own failure is not retried.
+  left = arrays._retry_transient([item(0, True), item(1, False)], None, out, keep)
+  assert calls == ["0.png"] and keep[0] and not out[0].any() and left == [item(1, False)]
+  # An outage (more than MAX_RETRIES): no retry, one timeout per file would only add up.
+  many = [item(i, True) for i in range(arrays.MAX_RETRIES + 1)]
+  calls.clear()
+  assert arrays._retry_transient(many, None, out, keep) == many and calls == []
+
+
 EXIT_AFTER_A_MAPPED_STREAM = r"""
 import sys
 import numpy as np
