@@ -54,7 +54,7 @@ def label_columns(args: argparse.Namespace) -> list[str]:
 
 def prepare(args: argparse.Namespace) -> dict:
   """Runs the whole preparation; returns the dataset_info written."""
-  from jaxgan.data import arrays, folder, manifest, prepared  # pylint: disable=g-import-not-at-top
+  from jaxgan.data import arrays, decode, folder, manifest, prepared  # pylint: disable=g-import-not-at-top
   from jaxgan.data.images import LOADER_VERSION, LoadOptions  # pylint: disable=g-import-not-at-top
 
   columns = label_columns(args)
@@ -81,7 +81,7 @@ def prepare(args: argparse.Namespace) -> dict:
     labels, class_names = np.zeros(len(paths), np.int32), []
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
-  images, indices, bad = arrays.decode_all(paths, options, args.workers, desc="prepare")
+  images, indices, bad = decode.decode_all(paths, options, args.workers, desc="prepare")
   lost = [b for b in bad if b.get("transient")]
   if lost:
     logging.getLogger(__name__).warning(

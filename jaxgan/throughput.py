@@ -183,7 +183,7 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
                     limit: int = 0) -> list[dict]:
   """Images/s of (a) decoding a raw JPEG folder with every core (what the folder and manifest
   sources do) and (b) serving prepared shards through the tf.data pipeline."""
-  from jaxgan.data import arrays, folder, prepared  # pylint: disable=g-import-not-at-top
+  from jaxgan.data import arrays, decode, folder, prepared  # pylint: disable=g-import-not-at-top
   from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
 
   results = []
@@ -191,12 +191,12 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
     paths, _, _ = folder.scan_folder(images_dir)
     paths = paths[:limit] if limit else paths
     start = time.perf_counter()
-    images, _, skipped = arrays.decode_all(paths, LoadOptions(image_size), workers, desc="decode")
+    images, _, skipped = decode.decode_all(paths, LoadOptions(image_size), workers, desc="decode")
     seconds = time.perf_counter() - start
     results.append({"input": "raw_folder", "path": images_dir, "images": len(paths),
                     "skipped": len(skipped), "image_size": image_size, "seconds": seconds,
                     "images_per_sec": len(paths) / seconds,
-                    "workers": arrays.num_workers(workers)})
+                    "workers": decode.num_workers(workers)})
   if prepared_dir:
     start = time.perf_counter()
     data, labels, info = prepared.read_prepared(prepared_dir)

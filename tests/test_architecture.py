@@ -114,12 +114,12 @@ def test_the_checkers_see_an_upward_import_and_a_cycle(tmp_path):
 
 
 def test_image_decoding_workers_do_not_load_jax():
-  """prepare's decoding workers (spawned) import jaxgan.data.images: JAX there would cost each
-  worker ~1.5 s and ~130 MB for nothing."""
+  """Decoding workers (spawned) import jaxgan.data.decode, where their function lives (and with
+  it the jaxgan.data package): JAX there would cost each worker ~1.5 s and ~130 MB for nothing."""
   import subprocess
   import sys
 
-  code = "import sys, jaxgan.data.images; print('jax' in sys.modules)"
+  code = "import sys, jaxgan.data.decode; print('jax' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
   # A spawned worker also imports the parent's __main__ module: the CLIs that decode images.

@@ -359,7 +359,7 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
 
 def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folder, tmp_path,
                                                                            caplog, monkeypatch):
-  from jaxgan.data import arrays, images as images_lib
+  from jaxgan.data import decode, images as images_lib
 
   cache = tmp_path / "cache"
   base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
@@ -391,7 +391,7 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
       return images_lib.Loaded(None, "unreadable: Input/output error", transient=True)
     return real_load(source, options)
 
-  monkeypatch.setattr(arrays, "load_image", flaky)
+  monkeypatch.setattr(decode, "load_image", flaky)
   assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
   assert len([n for n in os.listdir(cache) if n.endswith((".json", ".npy"))]) == 2
   # One that persists past the retry: skipped this run, and nothing is published (neither the
@@ -408,7 +408,7 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 4
   # A file's own failure (permission denied) is no reason to decode everything at every start.
   shutil.rmtree(cache)
-  monkeypatch.setattr(arrays, "load_image", lambda source, options: (
+  monkeypatch.setattr(decode, "load_image", lambda source, options: (
       images_lib.Loaded(None, "unreadable: Permission denied") if str(source).endswith("d.png")
       else real_load(source, options)))
   assert build_source(_config(**{**base, "data.workers": 1})).num_examples == 3
@@ -416,21 +416,21 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
 
 
 def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):
-  from jaxgan.data import arrays, images as images_lib
+  from jaxgan.data import decode, images as images_lib
 
   calls = []
-  monkeypatch.setattr(arrays, "load_image", lambda path, options: calls.append(path) or
+  monkeypatch.setattr(decode, "load_image", lambda path, options: calls.append(path) or
                       images_lib.Loaded(np.zeros((2, 2, 3), np.uint8)))
   out, keep = np.ones((70, 2, 2, 3), np.uint8), np.zeros(70, bool)
   item = lambda i, transient: {"path": f"{i}.png", "reason": "unreadable: x", "index": i,
                                **({"transient": True} if transient else {})}
   # A few: read again (and kept when they read now); a file's own failure is not retried.
-  left = arrays._retry_transient([item(0, True), item(1, False)], None, out, keep)
+  left = decode._retry_transient([item(0, True), item(1, False)], None, out, keep)
   assert calls == ["0.png"] and keep[0] and not out[0].any() and left == [item(1, False)]
   # An outage (more than MAX_RETRIES): no retry, one timeout per file would only add up.
-  many = [item(i, True) for i in range(arrays.MAX_RETRIES + 1)]
+  many = [item(i, True) for i in range(decode.MAX_RETRIES + 1)]
   calls.clear()
-  assert arrays._retry_transient(many, None, out, keep) == many and calls == []
+  assert decode._retry_transient(many, None, out, keep) == many and calls == []
 
 
 EXIT_AFTER_A_MAPPED_STREAM = r"""

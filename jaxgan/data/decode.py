@@ -1,0 +1,194 @@
+"""Decoding image files into uint8 arrays: every core, the one loader, and a decode cache.
+
+`decode_all` runs `images.load_image` over a list of paths in spawned worker processes (which
+import this module and the loader only: no JAX, no TensorFlow) with a progress bar; files that
+fail are skipped with their reason. With a cache file, the accepted images go to a memory-mapped
+.npy beside an index (`read_decode_cache` / `write_decode_index`), named by `decode_cache_key`:
+one decode serves every later run and every process of a host (`atomic_write`: private
+temporary names, one builder under a lock). A file lost to the storage's passing error is
+retried once and never cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxgan.atomic_write import private_name
+from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
+
+log = logging.getLogger(__name__)
+
+
+def num_workers(requested: int = 0) -> int:
+  """Decoding processes: `requested`, or every core this process may run on when 0 (the
+  affinity mask, which SLURM and containers narrow, not the machine's core count)."""
+  if requested > 0:
+    return requested
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def _load(args: tuple[str, LoadOptions]) -> Loaded:
+  return load_image(*args)
+
+
+def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
+               desc: str = "decode", cache_file: Optional[str] = None
+               ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+  """Loads every path with the one image loader, in parallel, with a progress bar.
+
+  Returns (images uint8 [M, S, S, 3] of the accepted files in input order, their indices into
+  `paths`, skipped [{'path', 'reason'}]). With `cache_file`, images go to a memory-mapped .npy.
+  """
+  size = options.image_size
+  n = len(paths)
+  workers = min(num_workers(workers), max(n, 1))
+  if cache_file:
+    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    # Published by a rename: a reader never maps a file that is being written or truncated.
+    private = private_name(cache_file)
+    out = np.lib.format.open_memmap(private + ".all.npy", "w+", np.uint8, (n, size, size, 3))
+    try:
+      return _decode_into(paths, options, workers, desc, out, cache_file, private)
+    finally:  # a crash or Ctrl-C leaves no full-size temporary behind
+      for leftover in (private + ".all.npy", private + ".npy"):
+        if os.path.exists(leftover):
+          os.remove(leftover)
+  return _decode_into(paths, options, workers, desc, np.empty((n, size, size, 3), np.uint8))
+
+
+def _decode_into(paths, options, workers, desc, out, cache_file=None, private=None):
+  n = len(paths)
+  size = options.image_size
+  keep = np.zeros(n, bool)
+  skipped = []
+  jobs = ((p, options) for p in paths)
+  progress = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200)
+  if workers > 1:
+    # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      results = pool.imap(_load, jobs, chunksize=64)
+      _collect(results, paths, out, keep, skipped, progress)
+  else:
+    _collect(map(_load, jobs), paths, out, keep, skipped, progress)
+  progress.close()
+  skipped = _retry_transient(skipped, options, out, keep)
+  skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
+  indices = np.flatnonzero(keep)
+  if cache_file:
+    kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
+    for start in range(0, len(indices), 4096):
+      kept[start:start + 4096] = out[indices[start:start + 4096]]
+    kept.flush()
+    del out, kept
+    # Only a complete decode is published: one that lost files to the storage's passing errors
+    # must not replace a complete array another process published (its index would no longer
+    # fit). It is used from its private file, unlinked once mapped.
+    published = cache_file + ".npy" if is_complete(skipped) else private + ".npy"
+    if published != private + ".npy":
+      os.replace(private + ".npy", published)
+    images = np.load(published, mmap_mode="r")
+  else:
+    images = out[indices] if len(indices) != n else out
+  return images, indices, skipped
+
+
+def is_complete(skipped: list[dict]) -> bool:
+  """Whether a decode may be cached: no file was lost to an error that may pass."""
+  return not any(s.get("transient") for s in skipped)
+
+
+def _collect(results, paths, out, keep, skipped, progress) -> None:
+  for i, loaded in enumerate(results):
+    if loaded.image is None:
+      skipped.append({"path": paths[i], "reason": loaded.reason, "index": i,
+                      **({"transient": True} if loaded.transient else {})})
+    else:
+      out[i] = loaded.image
+      keep[i] = True
+    progress.update(1)
+
+
+MAX_RETRIES = 64
+
+
+def _retry_transient(skipped: list[dict], options: LoadOptions, out, keep) -> list[dict]:
+  """Reads the files that failed with a storage error once more (the storage's hiccup has
+  usually passed by the end of a decode), unless there are more than MAX_RETRIES of them (an
+  outage: retrying one by one would only add timeouts); returns what is still skipped."""
+  retry = sum(1 for s in skipped if s.get("transient")) <= MAX_RETRIES
+  still = []
+  for item in skipped:
+    loaded = load_image(item["path"], options) if retry and item.get("transient") else None
+    if loaded is not None and loaded.image is not None:
+      out[item["index"]] = loaded.image
+      keep[item["index"]] = True
+    else:
+      still.append(item if loaded is None else {**item, "reason": loaded.reason})
+  return still
+
+
+def decode_cache_key(paths: Sequence[str], options: LoadOptions) -> str:
+  """Names one decode of `paths`: each file's path, size and modification time (an image replaced
+  in place is decoded again), the load options and the loader's version."""
+  import hashlib
+  import json
+
+  def stamp(path: str) -> list:
+    try:
+      st = os.stat(path)
+      return [path, st.st_size, st.st_mtime_ns]
+    except OSError:  # vanished since the scan: decoding will report it
+      return [path, -1, -1]
+
+  described = [LOADER_VERSION, dataclasses.asdict(options), [stamp(p) for p in paths]]
+  return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
+def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray, list[dict]]]:
+  """(images, kept indices, skipped) from a complete decode cache, or None. An index that does
+  not fit the images (two writers' halves, a damaged file) is a miss: decoded again."""
+  import json
+
+  if not (os.path.exists(cache_file + ".npy") and os.path.exists(cache_file + ".json")):
+    return None
+  try:
+    images = np.load(cache_file + ".npy", mmap_mode="r")
+    with open(cache_file + ".json", encoding="utf-8") as f:
+      meta = json.load(f)
+    indices, skipped = np.asarray(meta["indices"], np.int64), list(meta["skipped"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    log.warning("decode cache %s unreadable (%s); decoding again", cache_file, e)
+    return None
+  if len(indices) != len(images):
+    log.warning("decode cache %s: its index lists %d images, its array holds %d; decoding again",
+                cache_file, len(indices), len(images))
+    return None
+  return images, indices, skipped
+
+
+def write_decode_index(cache_file: str, indices: np.ndarray, skipped: list[dict]) -> None:
+  """Publishes the decode's index beside its array, which marks the cache complete; not when a
+  file was lost to a storage error that may pass (EIO, a stale handle, also after a retry), not
+  the file's: cached, it would drop that image from every later run."""
+  import json
+
+  transient = [s for s in skipped if s.get("transient")]
+  if transient:
+    log.warning("decode cache %s not marked complete: %d file(s) were unreadable (first: %s: "
+                "%s), which may be passing; the next run decodes again", cache_file,
+                len(transient), transient[0]["path"], transient[0]["reason"])
+    return
+  tmp = private_name(cache_file) + ".json"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
+  os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache
