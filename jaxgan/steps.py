@@ -111,8 +111,12 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       value = loss.d_loss(real_logits, fake_logits)
       aux = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
       if loss.uses_gradient_penalty:
-        critic = lambda x: _apply(discriminator, params, stats, x, labels)[0]
-        gp = losses_lib.gradient_penalty(critic, real, fake, gp_key)
+        # As R1 below: D is made 1-Lipschitz on what it judges, the augmented interpolates, with
+        # the gradient taken w.r.t. the un-augmented ones through the augmentation (own draw).
+        eps_key, gp_aug_key = jax.random.split(gp_key)
+        critic = lambda x: _apply(discriminator, params, stats, augment(x, gp_aug_key, aug_p),
+                                  labels)[0]
+        gp = losses_lib.gradient_penalty(critic, real, fake, eps_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
       new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,

@@ -152,6 +152,19 @@ def test_wgan_gp_with_several_critic_steps(make_config):
   assert float(metrics["gradient_penalty"]) > 0 and np.isfinite(float(metrics["d_loss"]))
 
 
+def test_wgan_gp_is_taken_through_the_augmentation(make_config, monkeypatch):
+  """D judges augmented images only, so its gradient penalty is on what it judges: through an
+  augmentation that discards its input, D's output does not depend on the interpolate and every
+  per-sample gradient norm is 0, giving a penalty of exactly (0 - 1)^2 = 1."""
+  from jaxgan import augment as augment_lib
+  monkeypatch.setattr(augment_lib, "diffaugment", lambda x, key, policy: jnp.zeros_like(x))
+  config = make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer",
+                          "augment.name": "diffaugment"})
+  init, step_fn = _setup(config)
+  _, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), _batches(config, 1)[0])
+  assert float(metrics["gradient_penalty"]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_nonfinite_step_leaves_state_unchanged():
   config, init, train_step = _default_step()
   state = init()
