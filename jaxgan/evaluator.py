@@ -80,13 +80,16 @@ class Evaluator:
 
   def __init__(self, config, generator, source, sampler: Optional[Callable] = None,
                place: Callable[[Any], Any] = lambda x: x,
-               extractor: Optional[FeatureExtractor] = None):
+               extractor: Optional[FeatureExtractor] = None,
+               statistics: Optional[Callable[[Any, Any], Any]] = None):
+    """`statistics`: the EMA generator's BatchNorm statistics (`sampling.make_ema_statistics`),
+    given by the trainer to share its grids' computation; built from `config` without it."""
     self.config = config
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
     self.sampler = sampler or sampling.make_sampler(generator)
-    self.statistics = sampling.make_ema_statistics(config, generator,
-                                                   label_rows=getattr(source, "labels", None))
+    self.statistics = statistics or sampling.make_ema_statistics(
+        config, generator, label_rows=getattr(source, "labels", None))
     self.place = place  # puts latents/labels where the sampler wants them (the run's mesh)
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,

@@ -51,8 +51,8 @@ _PROBE = 1e20
 
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
-                        label_rows: Optional[np.ndarray] = None,
-                        out_sharding=None) -> Callable[[Any, Any], Any]:
+                        label_rows: Optional[np.ndarray] = None, out_sharding=None,
+                        batch_sharding=None) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
   generator's own: averaged over `num_batches` batches of `batch_size` fixed latents run in
   training mode; other leaves (spectral norm's vectors) are kept. BigGAN's "standing
@@ -64,9 +64,15 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   layer (docs/architecture.md has the measurement). Each batch's statistics are read from the
   running-average update `m * old + (1 - m) * batch` that training mode performs, started from
   0; `m` comes from one update started from a large value, so no module's momentum needs to be
-  known here.
+  known here. `batch_sharding` (the run's, splitting the leading axis over the mesh) splits each
+  batch's rows over the devices instead of computing them on every device; ignored where it
+  does not divide `batch_size`.
   """
   classes = tuple(classes)
+  if batch_sharding is not None and batch_size % batch_sharding.num_devices:
+    batch_sharding = None
+  split = (lambda x: x) if batch_sharding is None else (
+      lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
   rng = np.random.default_rng([seed, 0x5751])
   z = rng.standard_normal((num_batches, batch_size, z_dim)).astype(np.float32)
   labels = None
@@ -81,7 +87,9 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   def updated_from(params, batch_stats, value, z_k, labels_k):
     start = jax.tree_util.tree_map_with_path(
         lambda p, x: jnp.full_like(x, value) if _is_norm_statistic(p) else x, batch_stats)
-    _, updates = generator.apply({"params": params, "batch_stats": start}, z_k, labels_k,
+    # Split rows: the batch means become all-reduces over the mesh (GSPMD), as in training.
+    _, updates = generator.apply({"params": params, "batch_stats": start}, split(z_k),
+                                 None if labels_k is None else split(labels_k),
                                  train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
@@ -107,22 +115,34 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
 
 
 def make_ema_statistics(config, generator: nn.Module, label_rows: Optional[np.ndarray] = None,
-                        out_sharding=None) -> Callable[[Any, Any], Any]:
+                        out_sharding=None, batch_sharding=None) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
   MAX_STANDING_BATCH; labels from `label_rows`, the data's, when given), or the raw G's running
-  statistics unchanged when that is 0 or G has no BatchNorm."""
+  statistics unchanged when that is 0 or G has no BatchNorm.
+
+  A call with the very objects of the previous call returns its result again: the trainer's
+  grid and evaluation of one step share one computation (and, sharing this function, one
+  compilation)."""
   batches = config.eval.standing_stats_batches
   if batches <= 0:
     return lambda ema_params, g_batch_stats: g_batch_stats
   standing = make_standing_stats(generator, config.model.z_dim, attribute_classes(config),
                                  batches, min(config.train.batch_size, MAX_STANDING_BATCH),
-                                 config.seed, label_rows, out_sharding)
+                                 config.seed, label_rows, out_sharding, batch_sharding)
+  # The last call's arguments and result. The arguments are held, so their ids cannot be
+  # reused by other objects while compared; jax arrays are immutable, so the same objects mean
+  # the same values (a donated state's arrays are deleted, not changed).
+  last: list = []
 
   def statistics(ema_params, g_batch_stats):
+    if last and last[0] is ema_params and last[1] is g_batch_stats:
+      return last[2]
     has_norm = any(_is_norm_statistic(p) for p, _ in
                    jax.tree_util.tree_leaves_with_path(g_batch_stats or {}))
-    return standing(ema_params, g_batch_stats) if has_norm else g_batch_stats
+    result = standing(ema_params, g_batch_stats) if has_norm else g_batch_stats
+    last[:] = [ema_params, g_batch_stats, result]
+    return result
 
   return statistics
 

@@ -272,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   ema_statistics = sampling.make_ema_statistics(
       config, run.generator, label_rows=getattr(source, "labels", None),
-      out_sharding=sharding.replicated(run.mesh))
+      out_sharding=sharding.replicated(run.mesh),
+      batch_sharding=sharding.batch_sharding(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
@@ -302,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     evaluate = evaluator_lib.PeriodicEval(
         config, workdir, evaluator_lib.Evaluator(
             config, run.generator, source, sampler,
-            place=lambda tree: sharding.put_replicated(tree, run.mesh)), writer, meta)
+            place=lambda tree: sharding.put_replicated(tree, run.mesh),
+            statistics=ema_statistics), writer, meta)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a

@@ -54,6 +54,24 @@ def test_the_real_features_are_cached_and_reused(tmp_path):
   np.testing.assert_array_equal(a, b)
 
 
+def test_the_fakes_use_the_statistics_the_evaluator_is_given():
+  """The trainer hands its own EMA statistics function over, to share its grids' computation."""
+  given, seen = [], []
+
+  def statistics(ema_params, g_batch_stats):
+    given.append((ema_params, g_batch_stats))
+    return {"standing": 1}
+
+  def sampler(params, stats, z, labels):
+    seen.append(stats)
+    return jnp.zeros((len(z), 2, 2, 3), jnp.uint8)
+
+  ev = evaluator.Evaluator(tiny_config(), None, Source(), sampler=sampler, extractor=Extractor(),
+                           statistics=statistics)
+  ev.fake_images("ema", {"raw": 0}, 6, np.zeros(6, np.int32), seed=0)
+  assert given == [("ema", {"raw": 0})] and seen and all(s == {"standing": 1} for s in seen)
+
+
 class Writer:
   def __init__(self):
     self.rows = []

@@ -1,12 +1,17 @@
 """sampling: the EMA generator's standing BatchNorm statistics."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxgan import models, sampling
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config, xla_flags
 
 
 def _generator_and_variables(config):
@@ -67,6 +72,56 @@ def test_the_ema_statistics_follow_the_config():
   assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(own),
                                                   jax.tree_util.tree_leaves(stats)))
   assert sampling.make_ema_statistics(config, g)(params, {}) == {}  # no BatchNorm: nothing to do
+
+
+def test_the_ema_statistics_are_reused_for_the_same_weights_only():
+  """The trainer's grid and evaluation of one step pass the same objects: one computation."""
+  config = tiny_config(**{"eval.standing_stats_batches": 1})
+  g, params, stats = _generator_and_variables(config)
+  statistics = sampling.make_ema_statistics(config, g)
+  first = statistics(params, stats)
+  assert statistics(params, stats) is first
+  moved = jax.tree_util.tree_map(lambda x: x * 1.5, params)  # the next step's weights
+  second = statistics(moved, stats)
+  assert second is not first and not all(
+      np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(first),
+                                           jax.tree_util.tree_leaves(second)))
+  assert statistics(params, stats) is not first  # only the last call is kept
+
+
+SPLIT = """
+import json
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxgan import models, sampling
+from tests.conftest import tiny_config
+from tests.test_sampling import _generator_and_variables
+
+config = tiny_config(**{"train.batch_size": 8})
+g, params, stats = _generator_and_variables(config)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+out = {}
+for name, batch_sharding in (("whole", None), ("split", NamedSharding(mesh, P("data")))):
+  standing = sampling.make_standing_stats(g, config.model.z_dim, (3,), 2, 8, seed=1,
+                                          batch_sharding=batch_sharding)
+  out[name] = [np.asarray(x) for x in jax.tree_util.tree_leaves(standing(params, stats))]
+  out[name + "_all_reduce"] = "all-reduce" in standing.lower(params, stats).compile().as_text()
+print(json.dumps({"max_diff": max(float(np.max(np.abs(a - b)))
+                                  for a, b in zip(out["whole"], out["split"])),
+                  "whole_all_reduce": out["whole_all_reduce"],
+                  "split_all_reduce": out["split_all_reduce"]}))
+"""
+
+
+def test_standing_statistics_split_the_batch_over_the_mesh():
+  """Each batch's rows are split over the devices (its means all-reduced), not computed on every
+  device, and the statistics are those of the whole batch."""
+  proc = subprocess.run([sys.executable, "-c", SPLIT], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, XLA_FLAGS=xla_flags(4)), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["split_all_reduce"] and not out["whole_all_reduce"]
+  assert out["max_diff"] < 1e-4
 
 
 def test_standing_statistics_stay_exact_for_large_activations():
