@@ -97,6 +97,14 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   np.testing.assert_allclose(result["fid"], evals[best_step]["eval/fid"], rtol=1e-4)
   assert os.path.getmtime(reference) == mtime
 
+  # The raw G's running statistics instead of the EMA G's standing ones: other samples.
+  assert config.eval.standing_stats_batches > 0
+  code, out, err = _run(capsys, "--workdir", workdir, "--num-samples", "6", "--checkpoint",
+                        "best", "--batch-size", "3", "--cache-dir", cache, "--metrics", "fid",
+                        "--standing-stats-batches", "0")
+  assert code == 0, err
+  assert abs(json.loads(out)["fid"] - result["fid"]) > 1e-3 * result["fid"]
+
 
 def test_unknown_metric_is_a_config_error():
   config = tiny_config(**{"eval.metrics": "fid,inception_score"})
