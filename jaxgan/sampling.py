@@ -49,6 +49,19 @@ MAX_STANDING_BATCH = 256
 _PROBE = 1e20
 
 
+def label_counts(label_rows: np.ndarray) -> dict:
+  """The data's label rows as {'rows': distinct rows, 'counts': how often each occurs}: what
+  standing statistics need of them, small enough for a checkpoint's metadata (JSON), so that
+  `generate`, which has no data, draws labels as training and evaluation do."""
+  rows, counts = np.unique(np.asarray(label_rows, np.int32), axis=0, return_counts=True)
+  return {"rows": rows.tolist(), "counts": counts.tolist()}
+
+
+def label_rows_from_counts(counts: dict) -> np.ndarray:
+  """The label rows `label_counts` describes, sorted (the order standing statistics use)."""
+  return np.repeat(np.asarray(counts["rows"], np.int32), np.asarray(counts["counts"]), axis=0)
+
+
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
                         label_rows: Optional[np.ndarray] = None, out_sharding=None,
@@ -77,7 +90,9 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   z = rng.standard_normal((num_batches, batch_size, z_dim)).astype(np.float32)
   labels = None
   if classes and label_rows is not None and len(label_rows):
-    rows = np.asarray(label_rows, np.int32)
+    # Sorted: the statistics depend on the rows' counts only, so the same from the data (in any
+    # order) as from a checkpoint's label_counts.
+    rows = label_rows_from_counts(label_counts(label_rows))
     labels = rows[rng.integers(0, len(rows), (num_batches, batch_size))]
   elif classes:
     labels = np.stack([rng.integers(0, n, (num_batches, batch_size)) for n in classes],

@@ -269,9 +269,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rows = sharding.process_rows(sharding.batch_sharding(run.mesh), rows_per_step)
   batches = data_lib.prefetch(data_lib.stack_batches(
       source.batches(rows_per_step, start_step, rows), k))
+  labels = getattr(source, "labels", None)
+  label_counts = sampling.label_counts(labels) if labels is not None and len(labels) else None
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   ema_statistics = sampling.make_ema_statistics(
-      config, run.generator, label_rows=getattr(source, "labels", None),
+      config, run.generator, label_rows=labels,
       out_sharding=sharding.replicated(run.mesh),
       batch_sharding=sharding.batch_sharding(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(
@@ -283,7 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def meta(step: int) -> dict:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
             "attributes": [[name, list(names)] for name, names in data_lib.attribute_names(source)],
-            "step": step, "data_position": step, "data_fingerprint": data_fingerprint}
+            "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
+            **({"label_counts": label_counts} if label_counts else {})}
 
   def save_samples(step: int) -> None:
     # Every process takes part in the sampling computation; process 0 writes the grid.

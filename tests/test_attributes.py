@@ -135,6 +135,22 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
   _, _, _, meta = workdir_lib.load_latest(workdir)
   assert meta["attributes"] == [["articleType", ["Shoes", "Tshirts", "Watches"]],
                                 ["baseColour", ["Black", "Navy Blue"]]]
+  # The data's label mix, for generate's standing statistics: the counts of its (type, colour)
+  # rows, the Purple row dropped with its rare colour.
+  from jaxgan import sampling
+  assert meta["label_counts"] == sampling.label_counts(build_source(config).labels)
+  assert sum(meta["label_counts"]["counts"]) == 12 and len(meta["label_counts"]["rows"]) == 6
+  drawn = []
+  real_make = sampling.make_ema_statistics
+
+  def recording(config, generator, label_rows=None, **kw):
+    drawn.append(label_rows)
+    return real_make(config, generator, label_rows, **kw)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(sampling, "make_ema_statistics", recording)
+    generate.generate(workdir, 2, str(tmp_path / "mix.png"))
+  np.testing.assert_array_equal(drawn[0], sampling.label_rows_from_counts(meta["label_counts"]))
   grid = Image.open(os.path.join(workdir, "samples", "step_0000002.png"))
   assert grid.size == (2 * 18 + 2, 3 * 18 + 2)  # one row per articleType
   out = generate.generate(workdir, 4, str(tmp_path / "navy.png"),

@@ -46,7 +46,7 @@ def test_standing_statistics_average_the_generators_own_batch_statistics(family)
                                           batch_size=4, seed=5, label_rows=label_rows)(params, stats)
   rng = np.random.default_rng([5, 0x5751])  # the same fixed latents and labels it draws
   z = rng.standard_normal((2, 4, config.model.z_dim)).astype(np.float32)
-  labels = label_rows[rng.integers(0, 5, (2, 4))].astype(np.int32)
+  labels = np.sort(label_rows)[rng.integers(0, 5, (2, 4))].astype(np.int32)  # rows in sorted order
   moments = [_batch_moments(g, params, stats, z[k], labels[k]) for k in range(2)]
   want = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *moments)
   leaves = jax.tree_util.tree_leaves_with_path(standing)
@@ -58,6 +58,29 @@ def test_standing_statistics_average_the_generators_own_batch_statistics(family)
       assert not np.allclose(got, old)
     else:  # spectral norm's vectors: kept as they were, not advanced by a power iteration
       np.testing.assert_array_equal(got, old)
+
+
+def test_standing_statistics_depend_on_the_label_counts_only():
+  """So `generate`, which has only the checkpoint's label_counts, matches training and evaluation,
+  which have the data's rows in the data's order."""
+  config = tiny_config(**{"train.batch_size": 4})
+  g, params, stats = _generator_and_variables(config)
+  rows = np.array([2, 0, 2, 1, 2, 0])
+  counts = sampling.label_counts(rows)
+  assert counts == {"rows": [0, 1, 2], "counts": [2, 1, 3]}
+  np.testing.assert_array_equal(sampling.label_rows_from_counts(counts), [0, 0, 1, 2, 2, 2])
+  two = sampling.label_counts(np.array([[1, 0], [0, 1], [1, 0]]))  # attribute combinations
+  assert two == {"rows": [[0, 1], [1, 0]], "counts": [1, 2]}
+
+  def standing(label_rows):
+    return sampling.make_standing_stats(g, config.model.z_dim, (3,), 2, 4, seed=3,
+                                        label_rows=label_rows)(params, stats)
+
+  want = standing(rows)
+  for other in (rows[::-1], sampling.label_rows_from_counts(counts)):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, standing(other), want)
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(standing(np.array([0, 1, 2]))), jax.tree_util.tree_leaves(want)))
 
 
 def test_the_ema_statistics_follow_the_config():
