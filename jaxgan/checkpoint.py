@@ -156,26 +156,36 @@ class Checkpointer:
     which may raise (e.g. a config that changes the math) before any state is read; it returns
     True when the checkpoint was written by the same model and optimizer config. A step whose
     meta or state fails to read (twice, `retry_delay_s` apart) is reported and skipped in favour
-    of the previous one; it is moved aside to `<directory>.corrupt/` (so the run can write that
-    step again) only when the failure can only be damage: every process saw its files, the config
-    matched (for the state), and the reader is not read-only.
+    of the previous one. Once an older step has restored, the newer failed ones are moved aside
+    to `<directory>.corrupt/` (so the run can write those steps again) where the failure can only
+    be damage: every process saw its files, the config matched (for the state), and the reader
+    is not read-only. When no step restores, nothing is moved: a failure common to every step
+    (out of memory after a mesh change, a storage outage, another orbax) is not damage, and
+    moving every step aside would let the next start begin the run again from step 0.
     """
     steps = _agreed_steps(self.steps())
+    damaged: list[int] = []  # newer steps that failed as only damage does
     for step in reversed(steps):
       meta, error, visible = self.read_agreed(step, lambda: self.restore_meta(step))
       if error is not None:
-        self._skip(step, error, move=visible)
+        self._skip(step, error)
+        damaged += [step] if visible else []
         continue
       same_config = accept_meta(step, meta) if accept_meta is not None else False
       restored, error, visible = self.read_agreed(step, lambda: self.restore(step, abstract_state))
       if error is None:
+        for newer in damaged if not self.read_only else []:
+          log.warning("moving unreadable checkpoint %s/%d to %s.corrupt/ (step %d restored)",
+                      self.directory, newer, self.directory, step)
+          self._move_aside(newer)
         state, meta = restored
         return step, state, meta
-      self._skip(step, error, move=same_config and visible)
+      self._skip(step, error)
+      damaged += [step] if same_config and visible else []
     if steps:
-      raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}); "
-                            "if the model config changed, restore it; otherwise move the "
-                            "directory away to start fresh")
+      raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}; "
+                            "errors above); if the model config changed, restore it; if it is "
+                            "damaged, move the directory away to start fresh")
     return None
 
   def read_agreed(self, step: int, read: Callable[[], Any]
@@ -213,14 +223,10 @@ class Checkpointer:
         time.sleep(self.retry_delay_s)
     return None, error or CheckpointError("another process could not read it"), visible
 
-  def _skip(self, step: int, error: BaseException, move: bool) -> None:
+  def _skip(self, step: int, error: BaseException) -> None:
     message = str(error).splitlines()[0][:200] if str(error) else ""
-    move = move and not self.read_only
-    log.warning("checkpoint %s/%d is unreadable (%s: %s); %strying the previous one",
-                self.directory, step, type(error).__name__, message,
-                f"moving it to {self.directory}.corrupt/ and " if move else "")
-    if move:
-      self._move_aside(step)
+    log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                self.directory, step, type(error).__name__, message)
 
   def _move_aside(self, step: int) -> None:
     if jax.process_index() == 0:

@@ -183,7 +183,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
 
 def test_old_checkpoints_are_pruned_and_none_readable_stops_the_run(tmp_path, monkeypatch):
   """keep_checkpoints=2 leaves the newest two steps. When every step left is unreadable the run
-  stops with CheckpointError: training from scratch would silently throw the run away."""
+  stops with CheckpointError, every time: training from scratch would silently throw the run
+  away, and so would moving every step aside (the next start would find none)."""
   from jaxgan import checkpoint as ckpt_lib
 
   config = tiny_config(**{"train.tensorboard": False, "train.checkpoint_every": 1,
@@ -199,11 +200,36 @@ def test_old_checkpoints_are_pruned_and_none_readable_stops_the_run(tmp_path, mo
       super().__init__(*args, **kwargs, retry_delay_s=0.0)
 
   monkeypatch.setattr(ckpt_lib, "Checkpointer", NoRetryDelay)
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match=r"no readable checkpoint .*tried steps \[3, 4\]"):
-    trainer.train_and_evaluate(config, str(workdir))
-  assert os.listdir(workdir / "checkpoints") == []  # moved aside, and no fresh run wrote any
-  assert len(os.listdir(str(workdir / "checkpoints") + ".corrupt")) == 2
+  for _ in range(2):
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"no readable checkpoint .*tried steps \[3, 4\]"):
+      trainer.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "4"]  # left, and no fresh run
+  assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
+
+
+def test_a_failure_of_every_step_moves_none_aside(tmp_path):
+  """A restore that fails for a reason common to every step (device memory after a mesh
+  change, say) is not damage: the steps stay where they are for the rerun that fixes it."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+
+  def out_of_memory(step, *args):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+  reader.restore = out_of_memory
+  for _ in range(2):
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"tried steps \[1, 2\]"):
+      reader.restore_latest(target, lambda step, meta: True)  # the run's own config
+  reader.close()
+  assert sorted(os.listdir(directory)) == ["1", "2"] and not os.path.exists(directory + ".corrupt")
+  fixed = ckpt_lib.Checkpointer(directory)  # the cause mended: the run resumes where it was
+  step, state, _ = fixed.restore_latest(target)
+  fixed.close()
+  assert step == 2 and float(state["w"][0]) == 2.0
 
 
 def _two_step_checkpoints(directory):
