@@ -104,18 +104,19 @@ def rand_translation(images: Array, key: jax.Array) -> Array:
 
 
 def rand_cutout(images: Array, key: jax.Array) -> Array:
-  """Zeroes one square of half the image size per image.
-
-  Unlike the reference code, whose squares may be clipped by the border, the square always lies
-  fully inside, so every image loses exactly the same area.
-  """
+  """Zeroes one square of half the image size per image, as DiffAugment's reference does: its
+  centre is uniform over the whole image and the border clips it. (A square kept fully inside
+  would cover the image centre, where catalog products sit, 94 % of the time at 64x64; the
+  reference's covers it 24 % of the time.)"""
   b, h, w, _ = images.shape
   ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
   ky, kx = jax.random.split(key)
-  oy = jax.random.randint(ky, (b, 1), 0, h - ch + 1)
-  ox = jax.random.randint(kx, (b, 1), 0, w - cw + 1)
-  rows = (jnp.arange(h)[None] >= oy) & (jnp.arange(h)[None] < oy + ch)
-  cols = (jnp.arange(w)[None] >= ox) & (jnp.arange(w)[None] < ox + cw)
+  # The reference's centre offsets: 0..h (even sizes) or 0..h-1 (odd), the square from
+  # offset - size // 2.
+  top = jax.random.randint(ky, (b, 1), 0, h + (1 - ch % 2)) - ch // 2
+  left = jax.random.randint(kx, (b, 1), 0, w + (1 - cw % 2)) - cw // 2
+  rows = (jnp.arange(h)[None] >= top) & (jnp.arange(h)[None] < top + ch)
+  cols = (jnp.arange(w)[None] >= left) & (jnp.arange(w)[None] < left + cw)
   cut = rows[:, :, None, None] & cols[:, None, :, None]
   return jnp.where(cut, jnp.zeros((), images.dtype), images)
 

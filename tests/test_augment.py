@@ -143,17 +143,33 @@ def test_random_translation_is_an_integer_shift_with_zero_border():
   assert len(set(shifts)) > 1  # per-image shifts
 
 
-def test_cutout_zeroes_one_half_size_square_per_image():
-  out = np.asarray(jax.jit(augment.rand_cutout)(jnp.ones(SHAPE), K1))
-  positions = set()
-  for b in range(SHAPE[0]):
-    zero = np.all(out[b] == 0, axis=-1)
-    assert np.all((out[b] == 0) | (out[b] == 1))
-    assert zero.sum() == 8 * 8 and np.sum(out[b] == 0) == 8 * 8 * 3
-    rows, cols = np.nonzero(zero)
-    assert rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7  # a square, inside
-    positions.add((rows.min(), cols.min()))
-  assert len(positions) > 1
+def test_cutout_zeroes_one_half_size_square_per_image_clipped_by_the_border():
+  out = np.asarray(jax.jit(augment.rand_cutout)(jnp.ones((400, 16, 16, 3)), K1))
+  assert np.all((out == 0) | (out == 1))
+  zero = np.all(out == 0, axis=-1)
+  assert np.array_equal(zero, np.any(out == 0, axis=-1))  # every channel alike
+  sides = set()
+  for b in range(len(out)):
+    rows, cols = np.nonzero(zero[b])
+    assert len(rows)  # the reference never misses the image: its centre lies inside
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert zero[b].sum() == height * width  # one rectangle
+    # 8 wide, or clipped by the border it touches.
+    assert height == 8 or (height < 8 and (rows.min() == 0 or rows.max() == 15))
+    assert width == 8 or (width < 8 and (cols.min() == 0 or cols.max() == 15))
+    sides.add((height, width))
+  assert (8, 8) in sides and len(sides) > 4
+
+
+def test_cutout_places_its_centre_uniformly_as_the_reference():
+  """DiffAugment's rand_cutout: the centre offset is uniform over 0..16 at 16x16, the square
+  from offset - 4, so a pixel at row r is cut for 8 of the 17 offsets inside, fewer at the
+  border: P(centre pixel) = (8/17)^2 = 0.221, P(corner pixel) = (5/17)^2 = 0.087."""
+  out = np.asarray(jax.jit(augment.rand_cutout)(jnp.ones((8000, 16, 16, 1)), K2))[..., 0]
+  assert np.mean(out[:, 8, 8] == 0) == pytest.approx((8 / 17) ** 2, abs=0.02)
+  assert np.mean(out[:, 0, 0] == 0) == pytest.approx((5 / 17) ** 2, abs=0.015)
+  assert np.mean(out == 0) == pytest.approx(np.mean([min(o + 4, 16) - max(o - 4, 0)
+                                                     for o in range(17)]) ** 2 / 256, abs=0.01)
 
 
 # --- ADA 'bgc': geometry. ------------------------------------------------------------------------
