@@ -55,6 +55,22 @@ def test_conditioning_changes_the_output():
   assert float(jnp.max(jnp.abs(a - b))) > 1e-7  # exactly 0 if the labels were ignored
 
 
+def test_dcgan_layer_norm_normalises_each_sample_over_its_whole_feature_map():
+  """WGAN-GP's layer norm (improved_wgan_training: moments over C, H, W per sample): a location
+  that responds more strongly keeps standing out after it."""
+  d = Discriminator(image_size=16, width=4, norm="layer")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  x = x.at[:, :4, :4].multiply(20.0)  # one corner of each image much stronger
+  variables = d.init(jax.random.PRNGKey(1), x, train=True)
+  assert variables["params"]["down1_ln"]["scale"].shape == (8,)  # per channel
+  _, inter = d.apply(variables, x, train=True, capture_intermediates=True)
+  h = np.asarray(inter["intermediates"]["down1_ln"]["__call__"][0])  # [2, 4, 4, 8], scale 1
+  np.testing.assert_allclose(h.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(h.var(axis=(1, 2, 3)), 1.0, rtol=1e-2)  # eps: small variances
+  per_pixel = h.var(axis=-1)  # over channels alone it would be 1 at every location
+  assert per_pixel[:, 0, 0].min() > 5 * per_pixel[:, 2:, 2:].max()
+
+
 def test_registry_rejects_unknown_model():
   with pytest.raises(KeyError, match="dcgan"):
     models.MODELS.get("stylegan9", "model.name")

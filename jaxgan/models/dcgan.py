@@ -107,7 +107,11 @@ class Discriminator(nn.Module):
         h = norm_act(self.norm_impl, 0.2, not train, self.dtype, f"down{i}_bn")(h)
       else:
         if i > 0 and self.norm == "layer":
-          h = nn.LayerNorm(dtype=self.dtype, name=f"down{i}_ln")(h)
+          # As WGAN-GP's reference: each sample normalised over its whole feature map (H, W and
+          # C), scale and offset per channel, eps 1e-5. Over C alone, every pixel's features
+          # would be rescaled on their own, erasing how strongly each location responds.
+          h = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1,
+                           dtype=self.dtype, name=f"down{i}_ln")(h)
         h = nn.leaky_relu(h, 0.2)
     features = h.reshape(h.shape[0], -1)
     # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map.
