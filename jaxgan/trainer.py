@@ -183,7 +183,8 @@ def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
         f"{streak} consecutive non-finite steps up to step {step} (limit "
         f"train.max_nonfinite_steps={limit}); the last good checkpoint is "
         f"{'step ' + str(good) if good is not None else 'none'} in {checkpointer.directory}: "
-        "lower the learning rates or use bfloat16 -> float32, then rerun to resume from it")
+        "lower the learning rates (optim.*) or set train.dtype=float32, then rerun with "
+        "--allow_config_change to resume from it")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -319,7 +320,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   maxinterval=10.0 if interactive else 60.0)
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
-  pending_streak = None  # the previous call's skip streak, read one call late: dispatch stays async
   saved = False  # whether the latest checkpoint save could be started
   try:
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
@@ -342,10 +342,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         interval.add(metrics, stacked=k > 1)
         step += k
         progress.update(k)
-        if pending_streak is not None:
-          _check_nonfinite(int(np.max(sharding.to_host(pending_streak))), step - k,
-                           cfg.max_nonfinite_steps, checkpointer)
-        pending_streak = metrics["nonfinite_streak"]  # [k] when stacked: any step may trip it
         if interval_start is None:  # time from the first finished call: excludes compilation
           jax.block_until_ready(metrics)
           interval_start, interval_steps = time.perf_counter(), 0
@@ -371,12 +367,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                                g_loss=f"{values.get('g_loss', np.nan):.3f}",
                                img_s=f"{ips:.0f}", refresh=interactive)
-          # This call's steps (the loop checks each call one call late, and this may be the last).
+        checkpoint_due = step % cfg.checkpoint_every == 0 or last
+        if row or checkpoint_due:
+          # Only where the loop waits for the step anyway (not every call, which would keep the
+          # host one call ahead at most), and before any checkpoint past the limit is written.
+          # Skipped steps leave the weights as they were, so a late stop loses nothing.
           _check_nonfinite(int(np.max(sharding.to_host(metrics["nonfinite_streak"]))), step,
                            cfg.max_nonfinite_steps, checkpointer)
         # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
         # request it is what the grace period is for.
-        if step % cfg.checkpoint_every == 0 or last:
+        if checkpoint_due:
           saved = checkpointer.save(step, state, meta(step))
         if step % cfg.sample_every == 0 or step == cfg.num_steps:
           save_samples(step)
@@ -400,6 +400,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           if is_main:
             print(msg, flush=True)
           break
+      else:
+        if step > start_step and not (saved and checkpointer.wait()):
+          previous = checkpointer.latest_step()
+          raise TrainingError(
+              f"trained to step {step}, but its checkpoint could not be written to "
+              f"{checkpointer.directory} (error above); a rerun resumes from "
+              + (f"step {previous}" if previous is not None else "the start (no checkpoint)")
+              + " and writes it: free space or fix the storage first")
   finally:
     progress.close()
     checkpointer.close()

@@ -334,8 +334,10 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
   _nan_loss()
   config = tiny_config(**{"loss.name": "always_nan_for_tests", "train.max_nonfinite_steps": 3,
                           "train.num_steps": 50, "train.log_every": 10, "train.tensorboard": False})
+  # Checked at log rows and before checkpoints (every 2 steps), not every call: the streak of
+  # 4 at step 4 stops the run before its checkpoint is written.
   with pytest.raises(trainer.TrainingError,
-                     match=r"3 consecutive non-finite steps up to step 3 .*last good checkpoint is "
+                     match=r"4 consecutive non-finite steps up to step 4 .*last good checkpoint is "
                            r"step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   _, _, state, _ = workdir_lib.load_latest(str(tmp_path / "w"))
@@ -343,24 +345,43 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
 
 
+def test_the_loop_waits_for_the_device_only_at_rows_checkpoints_and_grids(tmp_path, monkeypatch):
+  """Reading a value back each call would keep the host at most one call ahead of the device."""
+  from jaxgan import sharding
+
+  reads, original = [], sharding.to_host
+  monkeypatch.setattr(sharding, "to_host", lambda tree: reads.append(1) or original(tree))
+  config = tiny_config(**{"train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4,
+                          "train.sample_every": 8, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert len(reads) == 2 * 2 + 1  # per row: its metrics and the skip streak; one grid
+
+
 def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, caplog):
-  original = ocp.CheckpointManager.save
+  original, failing = ocp.CheckpointManager.save, {4, 6}
 
   def failing_save(self, step, *args, **kwargs):
-    if step == 4:
+    if step in failing:
       raise OSError(28, "No space left on device")
     return original(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
   workdir = str(tmp_path / "w")
-  with caplog.at_level(logging.ERROR):
-    state = trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), workdir)
-  assert int(state.step) == 4  # the run went on
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 6})
+  # A failed write costs its checkpoint, not the run; but a run whose last checkpoint could not
+  # be written does not end as if it were complete (a rerun resumes and writes it).
+  with caplog.at_level(logging.ERROR), pytest.raises(
+      trainer.TrainingError, match=r"trained to step 6, but its checkpoint could not be written "
+                                   r".*a rerun resumes from step 2"):
+    trainer.train_and_evaluate(config, workdir)
   assert any("writing step 4" in r.getMessage() and "No space left" in r.getMessage()
              and "previous checkpoint (step 2) is still valid" in r.getMessage()
              for r in caplog.records)
   _, step, restored, _ = workdir_lib.load_latest(workdir)
   assert step == 2 and int(restored.step) == 2
+  failing.clear()  # space freed: the rerun trains 2 -> 6 and writes the checkpoints
+  assert int(trainer.train_and_evaluate(config, workdir).step) == 6
+  assert workdir_lib.load_latest(workdir)[1] == 6
 
 
 def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, monkeypatch,

@@ -133,7 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 500
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
-  c.train.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before the run stops
+  # Consecutive skipped (non-finite) steps before the run stops; checked at log rows and before
+  # checkpoints (skipped steps change no weights, so a later stop loses nothing).
+  c.train.max_nonfinite_steps = 20
   c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
   # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never), FID/KID of
