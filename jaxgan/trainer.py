@@ -37,21 +37,6 @@ from jaxgan.metrics import inception
 
 log = logging.getLogger(__name__)
 
-# Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
-# The mesh and process layout may change too: checkpoints restore onto any device count.
-RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
-                  "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
-                  "data.cache_dir", "model.upsample_impl", "model.downsample_impl",
-                  "model.norm_impl",
-                  "train.steps_per_call",
-                  "train.eval_every", "train.eval_num_samples", "eval.metrics",
-                  "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
-                  "eval.standing_stats_batches",
-                  "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
-                  "distributed.num_processes", "distributed.process_id")
-
-
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
 
@@ -68,22 +53,6 @@ def prepare_workdir(workdir: str) -> None:
   except OSError as e:
     raise TrainingError(f"workdir {workdir} is not writable ({e.strerror}); "
                         "pass a --workdir you can write to") from e
-
-
-def config_differences(old: dict, new: ml_collections.ConfigDict
-                       ) -> tuple[list[tuple[str, object, object]], list[tuple[str, object, object]]]:
-  """(key, old, new) for every key whose value differs: (blocking, allowed) where `allowed` are
-  the RESUMABLE_KEYS (schedule, logging, layout) and `blocking` everything else."""
-  old_flat = dict(config_lib.flat_items(ml_collections.ConfigDict(old)))
-  blocking, allowed = [], []
-  for key, value in config_lib.flat_items(new):
-    if key in old_flat and old_flat[key] != value:
-      (allowed if key in RESUMABLE_KEYS else blocking).append((key, old_flat[key], value))
-  return blocking, allowed
-
-
-def _listing(diffs) -> str:
-  return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
 
 
 @dataclasses.dataclass
@@ -220,15 +189,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def accept(step: int, meta: dict) -> bool:
     """Refuses a checkpoint whose config changes the math (before its state is read)."""
-    blocking, allowed = config_differences(meta.get("config", {}), config)
+    blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
+    listing = config_lib.describe_differences
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
-                          f"({_listing(blocking)}); pass --allow_config_change to continue anyway")
+                          f"({listing(blocking)}); pass --allow_config_change to continue anyway")
     if allowed:
-      log.info("config changes since checkpoint step %d (allowed): %s", step, _listing(allowed))
+      log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
     if blocking:
       log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: %s",
-                  step, _listing(blocking))
+                  step, listing(blocking))
     return not blocking
 
   try:

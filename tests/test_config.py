@@ -156,3 +156,17 @@ def test_every_shipped_config_validates_and_builds(name):
   assert images.shape == (2, size, size, 3)
   jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)), labels,
                                 train=False))
+
+
+def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config):
+  """A checkpoint written before a key existed trained with the default's behaviour: resuming
+  with another value changes the math and is refused like any other change."""
+  from jaxgan.config import config_differences, describe_differences
+
+  old = make_config().to_dict()
+  del old["loss"]["lecam_weight"]  # as written before the key existed
+  assert config_differences(old, make_config()) == ([], [])  # the default: nothing changed
+  blocking, allowed = config_differences(old, make_config(**{"loss.lecam_weight": 0.1,
+                                                             "train.log_every": 7}))
+  assert describe_differences(blocking) == "loss.lecam_weight: 0.0 -> 0.1"
+  assert [key for key, _, _ in allowed] == ["train.log_every"]

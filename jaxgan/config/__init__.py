@@ -1,15 +1,18 @@
-"""The run config: its schema (`schema.py`) and its validation (`validation.py`).
+"""The run config: its schema (`schema.py`), its validation (`validation.py`) and the changes a
+resumed run may make (`resume.py`).
 
 Everything a caller needs is re-exported here, so `from jaxgan import config as config_lib` and
 `config_lib.validate(...)` read the same whichever file a function lives in.
 """
 
+from jaxgan.config.resume import RESUMABLE_KEYS, config_differences, describe_differences
 from jaxgan.config.schema import (DTYPES, ConfigError, attribute_classes, base_config,
                                   check_known_keys, flat_items, from_json, get, label_shape,
                                   load_config_file, parse_class_counts, split_columns, to_json)
 from jaxgan.config.validation import validate, validate_distributed, validate_schedule
 
 __all__ = [
+    "RESUMABLE_KEYS", "config_differences", "describe_differences",
     "DTYPES", "ConfigError", "attribute_classes", "base_config", "check_known_keys", "flat_items",
     "from_json", "get", "label_shape", "load_config_file", "parse_class_counts", "split_columns",
     "to_json", "validate", "validate_distributed", "validate_schedule",

@@ -1,0 +1,47 @@
+"""Which config changes a resumed run may make: a checkpoint's config against the new one."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxgan.config.schema import base_config, flat_items
+
+# Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
+# The mesh and process layout may change too: checkpoints restore onto any device count.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
+                  "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
+                  "data.cache_dir", "model.upsample_impl", "model.downsample_impl",
+                  "model.norm_impl", "train.steps_per_call",
+                  "train.eval_every", "train.eval_num_samples", "eval.metrics",
+                  "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
+                  "eval.standing_stats_batches",
+                  "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
+                  "distributed.num_processes", "distributed.process_id")
+
+Difference = tuple[str, object, object]
+
+
+def config_differences(old: dict, new: ml_collections.ConfigDict
+                       ) -> tuple[list[Difference], list[Difference]]:
+  """(key, old, new) for every key whose value differs: (blocking, allowed) where `allowed` are
+  the RESUMABLE_KEYS (schedule, logging, layout) and `blocking` everything else.
+
+  A key the checkpoint's config lacks (written before the key existed) counts as its default
+  value then: the run trained with the behaviour the default keeps, so setting it to anything
+  else on resume is a change like any other."""
+  old_flat = dict(flat_items(ml_collections.ConfigDict(old)))
+  defaults = dict(flat_items(base_config()))
+  blocking, allowed = [], []
+  for key, value in flat_items(new):
+    if key not in old_flat and key not in defaults:
+      continue
+    before = old_flat.get(key, defaults.get(key))
+    if before != value:
+      (allowed if key in RESUMABLE_KEYS else blocking).append((key, before, value))
+  return blocking, allowed
+
+
+def describe_differences(differences: list[Difference]) -> str:
+  """'key: old -> new; ...' for messages."""
+  return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences)
