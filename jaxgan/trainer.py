@@ -5,6 +5,7 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -36,6 +37,10 @@ from jaxgan import writers
 from jaxgan.metrics import inception
 
 log = logging.getLogger(__name__)
+
+# Calls the host may dispatch ahead of the device: enough to hide its per-call work and pauses,
+# few enough that queued batches (each on the device from its dispatch) stay a few batches.
+MAX_CALLS_AHEAD = 4
 
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
@@ -290,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   maxinterval=10.0 if interactive else 60.0)
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
+  in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   saved = False  # whether the latest checkpoint save could be started
   try:
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
@@ -310,6 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = sharding.put_batch(next(batches), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
         interval.add(metrics, stacked=k > 1)
+        in_flight.append(metrics["nonfinite_streak"])
+        if len(in_flight) > MAX_CALLS_AHEAD:
+          jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
         step += k
         progress.update(k)
         if interval_start is None:  # time from the first finished call: excludes compilation

@@ -353,8 +353,13 @@ def test_the_loop_waits_for_the_device_only_at_rows_checkpoints_and_grids(tmp_pa
   monkeypatch.setattr(sharding, "to_host", lambda tree: reads.append(1) or original(tree))
   config = tiny_config(**{"train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4,
                           "train.sample_every": 8, "train.tensorboard": False})
+  waits, block = [], jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda tree: waits.append(1) or block(tree))
   trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert len(reads) == 2 * 2 + 1  # per row: its metrics and the skip streak; one grid
+  # Bounded lookahead instead: a wait once the first call is done (timing starts), then one
+  # for each call beyond MAX_CALLS_AHEAD (the queued batches sit on the device).
+  assert len(waits) == 1 + 8 - trainer.MAX_CALLS_AHEAD
 
 
 def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, caplog):
