@@ -177,7 +177,7 @@ class Checkpointer:
         for newer in damaged if not self.read_only else []:
           log.warning("moving unreadable checkpoint %s/%d to %s.corrupt/ (step %d restored)",
                       self.directory, newer, self.directory, step)
-          self._move_aside(newer)
+          self.move_aside(newer)
         state, meta = restored
         return step, state, meta
       self._skip(step, error)
@@ -228,10 +228,11 @@ class Checkpointer:
     log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
                 self.directory, step, type(error).__name__, message)
 
-  def _move_aside(self, step: int) -> None:
+  def move_aside(self, step: int, suffix: str = ".corrupt") -> None:
+    """Moves step `step` to `<directory><suffix>/<step>-<time>` (kept, not deleted); collective."""
     if jax.process_index() == 0:
       source = os.path.join(self.directory, str(step))
-      target_dir = self.directory + ".corrupt"
+      target_dir = self.directory + suffix
       os.makedirs(target_dir, exist_ok=True)
       target = os.path.join(target_dir, f"{step}-{int(time.time())}")
       if os.path.exists(source):

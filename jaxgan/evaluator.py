@@ -181,9 +181,15 @@ class Evaluator:
 class PeriodicEval:
   """FID/KID every `train.eval_every` steps, logged as eval/*, and the best-FID checkpoint kept in
   WORKDIR/checkpoints_best (one step, its meta holding the FID); the best so far survives
-  restarts because it is read back from that checkpoint's meta."""
+  restarts because it is read back from that checkpoint's meta.
 
-  def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable):
+  `start_step`: the step the run starts from. A best checkpoint past it belongs to a stretch the
+  run does not continue (another run in this workdir, or steps after the checkpoint resumed
+  from, which the run trains and evaluates again): it is moved to `checkpoints_best.superseded/`
+  and not compared with, so `generate --checkpoint best` never returns another run's model."""
+
+  def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable,
+               start_step: int):
     self.config, self.writer, self.meta = config, writer, meta
     self.evaluator = evaluator
     self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
@@ -199,6 +205,12 @@ class PeriodicEval:
     # collective, so a process with a lagging directory view or a failed read must not differ.
     latest = self.best.latest_step()
     best_step = multihost.from_process_0(-1 if latest is None else int(latest))
+    if best_step > start_step:
+      log.warning("best-FID checkpoint step %d is past this run's start (step %d): moving it to "
+                  "%s.superseded/; the run evaluates its own steps", best_step, start_step,
+                  self.best.directory)
+      self.best.move_aside(best_step, ".superseded")
+      best_step = -1
     if best_step >= 0:
       # Read as restoring does (agreed, visibility first): orbax's read ends in a barrier that a
       # process failing before it would leave the others waiting in.
@@ -227,8 +239,6 @@ class PeriodicEval:
     if multihost.any_process(failed):
       self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
-    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
-                                     if isinstance(v, (int, float))})
     fid = results.get("fid")
     if fid is not None:
       # Saving is collective: every process must take the same decision, so all use process 0's
@@ -237,12 +247,17 @@ class PeriodicEval:
     log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
                                               if isinstance(v, float)))
     if fid is not None and fid < self.best_fid:
-      # The best FID moves only with a started save, so memory never claims a better model
-      # than checkpoints_best holds.
       started = self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
                                              "eval_settings": self.settings})
-      if multihost.all_processes(started):  # agreed: the next save decision must be alike
+      # Complete before the eval row is written: a run resuming at this step re-evaluates it
+      # only without its row, so a kill during the write must not leave the row without the
+      # best. The best FID moves only with the save done, so memory never claims a better
+      # model than checkpoints_best holds.
+      done = started and self.best.wait()
+      if multihost.all_processes(done):  # agreed: the next save decision must be alike
         self.best_fid = fid
+    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
+                                     if isinstance(v, (int, float))})
     return results
 
   def close(self) -> None:

@@ -283,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, workdir, evaluator_lib.Evaluator(
             config, run.generator, source, sampler,
             place=lambda tree: sharding.put_replicated(tree, run.mesh),
-            statistics=ema_statistics), writer, meta)
+            statistics=ema_statistics), writer, meta, start_step)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a

@@ -3,6 +3,7 @@ bad arguments, with a stand-in Inception (the real network's tests are test_feat
 test_evaluate.py, which need its weights)."""
 
 import logging
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +102,7 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "w")
   periodic = evaluator.PeriodicEval(config, workdir, FixedFid([30.0, 40.0]), Writer(),
-                                    meta=lambda step: {"step": step})
+                                    meta=lambda step: {"step": step}, start_step=0)
   real_save = periodic.best.save
   monkeypatch.setattr(periodic.best, "save", lambda step, state, meta: saved.append(step) or
                       real_save(step, {"w": state.w}, meta))
@@ -110,19 +111,60 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   periodic.close()
   assert saved == [2]
 
-  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0]), Writer(), lambda s: {})
+  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0]), Writer(), lambda s: {}, 4)
   assert again.best_fid == 30.0  # read back from checkpoints_best's meta
   again.close()
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
-  fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {})
+  fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
   # So do the EMA generator's BatchNorm statistics (standing vs the raw G's: ~12 % of FID).
   shared = tiny_config(**{"train.eval_every": 2, "eval.standing_stats_batches": 0})
-  fresh = evaluator.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {})
+  fresh = evaluator.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
+
+
+def test_a_best_past_the_start_step_is_set_aside_not_compared_with(tmp_path):
+  """A best from steps the run does not continue (another run in this workdir; a stretch after
+  the checkpoint resumed from) must neither be the bar to beat nor what --checkpoint best gives."""
+  config = tiny_config(**{"train.eval_every": 2})
+  workdir = str(tmp_path / "w")
+  first = evaluator.PeriodicEval(config, workdir, FixedFid([10.0]), Writer(), lambda s: {}, 0)
+  first.best.save = lambda step, state, meta, save=first.best.save: save(step, {"w": state.w},
+                                                                         meta)
+  first(4, _state(4.0))
+  first.close()
+  kept = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
+  assert kept.best_fid == 10.0  # resumed at (or after) the best's step: it is this run's
+  kept.close()
+  again = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2)
+  assert again.best_fid == float("inf")
+  again.close()
+  assert os.listdir(os.path.join(workdir, "checkpoints_best")) == []
+  assert [n.split("-")[0] for n in os.listdir(os.path.join(workdir, "checkpoints_best.superseded"))
+          ] == ["4"]
+
+
+def test_the_eval_row_follows_the_completed_best_save(tmp_path):
+  """A run resuming at an evaluated step re-evaluates it only if its row is missing: the row must
+  not be on disk before the best checkpoint it stands for."""
+  workdir = str(tmp_path / "w")
+  on_disk = []
+
+  class CheckingWriter(Writer):
+    def write_scalars(self, step, scalars):
+      on_disk.append(os.listdir(os.path.join(workdir, "checkpoints_best")))
+      super().write_scalars(step, scalars)
+
+  periodic = evaluator.PeriodicEval(tiny_config(**{"train.eval_every": 2}), workdir,
+                                    FixedFid([10.0]), CheckingWriter(), lambda s: {}, 0)
+  periodic.best.save = lambda step, state, meta, save=periodic.best.save: save(
+      step, {"w": state.w}, meta)
+  periodic(2, _state(2.0))
+  periodic.close()
+  assert on_disk == [["2"]]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -210,12 +252,14 @@ class Writer:
 config = tiny_config(**{"train.eval_every": 2})
 workdir = sys.argv[3]
 fids = [[12.0, 10.0, 11.0], [11.0, 30.0, 5.0]][me]
-periodic = evaluator.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {})
+periodic = evaluator.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {},
+                                  start_step=0)
 seen = []
 for step in (2, 4, 6):
   seen.append([periodic(step, state)["fid"], periodic.best_fid])
 periodic.close()
-again = evaluator.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {})
+again = evaluator.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {},
+                               start_step=6)
 print(json.dumps({"seen": seen, "reread": again.best_fid,
                   "steps": sorted(os.listdir(os.path.join(workdir, "checkpoints_best")))}))
 again.close()

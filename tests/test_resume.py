@@ -484,7 +484,7 @@ def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
   rows = []
   writer = SimpleNamespace(write_scalars=lambda step, values: rows.append((step, dict(values))))
   periodic = evaluator_lib.PeriodicEval(tiny_config(), str(tmp_path), OutOfMemory(), writer,
-                                        meta=lambda step: {})
+                                        meta=lambda step: {}, start_step=0)
   state = SimpleNamespace(ema_params={}, g_batch_stats={})
   with caplog.at_level(logging.ERROR):
     assert periodic(4, state) == {}
