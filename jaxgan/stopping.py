@@ -12,7 +12,8 @@ from jaxgan import multihost
 
 
 class StopRequest:
-  """A context that holds the first SIGTERM/SIGINT received while it is open.
+  """A context that holds the first SIGTERM/SIGINT received while it is open; a SIGINT after
+  that one raises KeyboardInterrupt (Ctrl-C twice interrupts at once).
 
   `check()` is the loop's question "stop after this call?". With several processes every one must
   stop at the same step (the checkpoint and samples are collective), so the answer is agreed: a
@@ -37,7 +38,12 @@ class StopRequest:
     return self
 
   def _handle(self, signum, frame) -> None:
-    self.signal = signum
+    if signum == signal.SIGINT and self.signal is not None:
+      # A second Ctrl-C: the user will not wait for the graceful stop (a hung collective, a long
+      # evaluation); interrupt as Python would.
+      raise KeyboardInterrupt
+    if self.signal is None:  # the first one names the stop
+      self.signal = signum
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():

@@ -19,6 +19,17 @@ def test_a_signal_is_held_and_handlers_restored(sig):
   assert signal.getsignal(sig) is before
 
 
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_ctrl_c_interrupts_at_once(first):
+  with stopping.StopRequest() as stop:
+    os.kill(os.getpid(), first)
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+    assert stop.check(1) == first
+    os.kill(os.getpid(), signal.SIGTERM)  # preemption notices repeat: no interrupt
+    assert stop.check(2) == first
+
+
 def test_several_processes_exchange_every_few_calls_or_when_asked(monkeypatch):
   exchanged = []
   monkeypatch.setattr(jax, "process_count", lambda: 2)
