@@ -165,8 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
 
-  def start() -> tuple[Run, Any]:
-    """Everything checked before anything compiles: config, weights, workdir, data."""
+  def start() -> tuple[Run, Any, int]:
+    """Everything checked before anything compiles: config, weights, workdir, data (read for
+    its fingerprint)."""
     run = build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)
@@ -176,17 +177,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      ) from None
     config_lib.validate_schedule(config)
     prepare_workdir(workdir)
-    return run, data_lib.build_source(config)
+    source = data_lib.build_source(config)
+    return run, source, data_lib.fingerprint(source)
 
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
   config_lib.validate_distributed(config)
   sharding.initialize_distributed(config)
-  run, source = multihost.agreed(start, "starting the run")
+  run, source, data_fingerprint = multihost.agreed(start, "starting the run")
   is_main = jax.process_index() == 0
   cfg = config.train
-  data_fingerprint = data_lib.fingerprint(source)
   if jax.process_count() > 1:
     data_lib.check_same_on_every_process(source, data_fingerprint)
 
@@ -230,7 +231,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
-  if is_main:
+  def write_run_files() -> None:
+    if not is_main:
+      return
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
     writers.drop_rows_after(workdir, start_step)
@@ -238,6 +241,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(config_path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
     os.replace(config_path + ".tmp", config_path)  # readers (generate) never see half a file
+
+  # Agreed, as everything local before a collective: process 0 writes alone.
+  multihost.agreed(write_run_files, "writing the workdir's config.json and metrics.jsonl")
 
   # This process loads the rows of each global batch that its devices hold (by position, so the
   # global batch is the same under any process layout and device order).
@@ -279,11 +285,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   evaluate = None
   if cfg.eval_every:
-    evaluate = evaluator_lib.PeriodicEval(
-        config, workdir, evaluator_lib.Evaluator(
-            config, run.generator, source, sampler,
-            place=lambda tree: sharding.put_replicated(tree, run.mesh),
-            statistics=ema_statistics), writer, meta, start_step)
+    # Each host loads (and may convert) the Inception weights: agreed before the collectives.
+    evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
+        config, run.generator, source, sampler,
+        place=lambda tree: sharding.put_replicated(tree, run.mesh),
+        statistics=ema_statistics), "loading the Inception weights")
+    evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a

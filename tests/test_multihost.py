@@ -81,3 +81,27 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path):
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
   assert results[1]["outcome"].startswith(("ConfigError: config key data.path",
                                            "DataError: data.path")), results[1]
+
+
+WRITE_FAILS_ON_PROCESS_0 = JOIN_TWO_PROCESSES + r"""
+import json, os
+from jaxgan import trainer
+from tests.conftest import tiny_config
+workdir = os.path.join(sys.argv[3], "w")
+os.makedirs(os.path.join(workdir, "config.json.tmp"), exist_ok=True)  # unwritable as a file
+try:
+  trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False}), workdir)
+  outcome = "trained"
+except Exception as e:
+  outcome = f"{type(e).__name__}: {e}"
+print(json.dumps({"outcome": outcome}))
+"""
+
+
+def test_a_workdir_write_failing_on_process_0_stops_every_process(tmp_path):
+  """Process 0 alone writes config.json: its failure is agreed, not left for the others to
+  wait on in the first collective."""
+  results, _ = run_two_processes(WRITE_FAILS_ON_PROCESS_0, str(tmp_path), salt=7919)
+  assert results[0]["outcome"].startswith("IsADirectoryError"), results[0]
+  assert results[1]["outcome"] == ("PeerError: writing the workdir's config.json and "
+                                   "metrics.jsonl failed on another process (its log says why)")
