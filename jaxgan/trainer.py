@@ -353,7 +353,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                                g_loss=f"{values.get('g_loss', np.nan):.3f}",
                                img_s=f"{ips:.0f}", refresh=interactive)
-        checkpoint_due = step % cfg.checkpoint_every == 0 or last
+        # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
+        # kill then would cost every step since the last checkpoint.
+        checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
         if row or checkpoint_due:
           # Only where the loop waits for the step anyway (not every call, which would keep the
           # host one call ahead at most), and before any checkpoint past the limit is written.

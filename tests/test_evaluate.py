@@ -168,3 +168,25 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
   assert calls == [2, 4, 4, 6, 6]
   trainer.train_and_evaluate(config, workdir)
   assert calls == [2, 4, 4, 6, 6]
+
+
+def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
+  """Evaluating takes minutes in which a preemption notice cannot be acted on: the steps up to
+  an evaluation are checkpointed before it, also off the checkpoint schedule."""
+  from jaxgan import evaluator as evaluator_lib
+
+  workdir = str(tmp_path / "run")
+  seen = []
+
+  def fake_eval(self, step, state):
+    seen.append(sorted(os.listdir(os.path.join(workdir, "checkpoints"))))
+    return {}
+
+  monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
+  config = tiny_config(**{"train.eval_every": 3, "train.checkpoint_every": 100,
+                          "train.num_steps": 4, "train.tensorboard": False,
+                          "eval.cache_dir": str(tmp_path / "cache")})
+  trainer.train_and_evaluate(config, workdir)
+  # Step 3's write started before its evaluation (asynchronous: maybe under a temporary name).
+  assert any(name.split(".")[0] == "3" for name in seen[0])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
