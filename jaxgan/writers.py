@@ -135,3 +135,47 @@ def drop_rows_after(workdir: str, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     os.replace(tmp, path)
+
+
+def _event_records(tf, path: str) -> tuple[list[bytes], bool]:
+  """(the readable records of a TFRecord event file, whether its end was cut short)."""
+  records, iterator = [], iter(tf.data.TFRecordDataset(path))
+  while True:
+    try:
+      records.append(bytes(next(iterator).numpy()))
+    except StopIteration:
+      return records, False
+    except tf.errors.DataLossError:  # a record a kill cut short: everything before it counts
+      return records, True
+
+
+def drop_events_after(workdir: str, step: int) -> None:
+  """drop_rows_after for WORKDIR/tensorboard's event files: events of steps after `step` are
+  removed, since the restarted run writes those steps again and TensorBoard would draw both
+  (TF2 writers emit no SessionLog.START, its cue to purge them). Needs TensorFlow (else there
+  are no event files of ours to fix); a failure is logged, not raised: outputs are not worth
+  the run."""
+  folder = os.path.join(workdir, "tensorboard")
+  if not os.path.isdir(folder):
+    return
+  try:
+    tf = tf_host.import_tensorflow()
+  except ImportError:
+    return
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if not name.startswith("events.out.tfevents") or not os.path.isfile(path):
+      continue
+    try:
+      records, cut = _event_records(tf, path)
+      kept = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
+      if len(kept) == len(records) and not cut:
+        continue
+      tmp = path + ".tmp"
+      with tf.io.TFRecordWriter(tmp) as f:
+        for record in kept:
+          f.write(record)
+      os.replace(tmp, path)
+    except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError, OSError, ...)
+      log.error("dropping TensorBoard events after step %d from %s failed (%s); its curves may "
+                "show those steps twice", step, path, e)

@@ -1,8 +1,10 @@
 """writers: metrics.jsonl rows stay strict JSON (any reader parses them) whatever the values."""
 
 import json
+import os
 
 import numpy as np
+import pytest
 
 from jaxgan import writers
 
@@ -17,3 +19,40 @@ def test_rows_are_strict_json_with_non_finite_values_as_strings(tmp_path):
   row = json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
   assert row == {"step": 3, "d_loss": "nan", "g_loss": "inf", "lr": 0.5, "data_bad_files": 2}
   assert writers.read_metrics(str(tmp_path)) == [row]
+
+
+def _events(folder):
+  """(tag, step) of every summary value in the folder's event files, in file order."""
+  import tensorflow as tf
+
+  out = []
+  for name in sorted(os.listdir(folder)):
+    for record in tf.data.TFRecordDataset(os.path.join(folder, name)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      out += [(v.tag, event.step) for v in event.summary.value]
+  return out
+
+
+def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
+  """Killed at step 4 after its checkpoint at 2, a run logs 3 and 4 again: TensorBoard must see
+  each (tag, step) once, as metrics.jsonl does."""
+  pytest.importorskip("tensorflow")
+  first = writers.MetricsWriter(str(tmp_path))
+  for step in (1, 2, 3, 4):
+    first.write_scalars(step, {"d_loss": float(step)})
+  first.write_image(4, "samples", np.zeros((4, 4, 3), np.uint8))
+  first.close()
+  folder = tmp_path / "tensorboard"
+  (name,) = os.listdir(folder)
+  with open(folder / name, "ab") as f:  # the kill cut a record short
+    f.write(b"\x10\x00\x00")
+  writers.drop_events_after(str(tmp_path), 2)
+  assert _events(folder) == [("d_loss", 1), ("d_loss", 2)]
+  again = writers.MetricsWriter(str(tmp_path))
+  for step in (3, 4):
+    again.write_scalars(step, {"d_loss": 10.0 + step})
+  again.close()
+  events = _events(folder)
+  assert sorted(events) == [("d_loss", 1), ("d_loss", 2), ("d_loss", 3), ("d_loss", 4)]
+  writers.drop_events_after(str(tmp_path), 4)  # nothing past 4: files left as they are
+  assert _events(folder) == events
