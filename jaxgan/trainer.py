@@ -38,9 +38,9 @@ from jaxgan.metrics import inception
 
 log = logging.getLogger(__name__)
 
-# Calls the host may dispatch ahead of the device: enough to hide its per-call work and pauses,
+# Steps the host may dispatch ahead of the device: enough to hide its per-call work and pauses,
 # few enough that queued batches (each on the device from its dispatch) stay a few batches.
-MAX_CALLS_AHEAD = 4
+MAX_STEPS_AHEAD = 4
 
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
@@ -150,15 +150,23 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   return report
 
 
-def _check_nonfinite(streak: int, step: int, limit: int, checkpointer) -> None:
-  if streak >= limit:
-    good = checkpointer.latest_step()
+def _resume_point(checkpointer) -> str:
+  """Where a rerun would resume, for messages."""
+  latest = checkpointer.latest_step()
+  return f"step {latest}" if latest is not None else "the start (no checkpoint)"
+
+
+def _check_nonfinite(streaks: list, step: int, limit: int, checkpointer) -> None:
+  """Stops the run if any of `streaks` (the device skip streaks of the calls since the last
+  check; read back here, in one transfer) reached `limit`; empties the list."""
+  longest = max((int(np.max(s)) for s in sharding.to_host(streaks)), default=0)
+  streaks.clear()
+  if longest >= limit:
     raise TrainingError(
-        f"{streak} consecutive non-finite steps up to step {step} (limit "
-        f"train.max_nonfinite_steps={limit}); the last good checkpoint is "
-        f"{'step ' + str(good) if good is not None else 'none'} in {checkpointer.directory}: "
-        "lower the learning rates (optim.*) or set train.dtype=float32, then rerun with "
-        "--allow_config_change to resume from it")
+        f"{longest} consecutive non-finite steps by step {step} (limit "
+        f"train.max_nonfinite_steps={limit}); a rerun resumes from "
+        f"{_resume_point(checkpointer)} in {checkpointer.directory}: lower the learning rates "
+        "(optim.*) or set train.dtype=float32, then rerun with --allow_config_change")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -304,6 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   interval_start, interval_steps = None, 0
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
+  max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
+  streaks: list = []  # each call's skip streak since the last check, on the device
   saved = False  # whether the latest checkpoint save could be started
   try:
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
@@ -325,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = run.train_step(state, batch)
         interval.add(metrics, stacked=k > 1)
         in_flight.append(metrics["nonfinite_streak"])
-        if len(in_flight) > MAX_CALLS_AHEAD:
+        streaks.append(metrics["nonfinite_streak"])  # [k] when stacked: any step may trip it
+        if len(in_flight) > max_calls_ahead:
           jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
         step += k
         progress.update(k)
@@ -361,8 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           # Only where the loop waits for the step anyway (not every call, which would keep the
           # host one call ahead at most), and before any checkpoint past the limit is written.
           # Skipped steps leave the weights as they were, so a late stop loses nothing.
-          _check_nonfinite(int(np.max(sharding.to_host(metrics["nonfinite_streak"]))), step,
-                           cfg.max_nonfinite_steps, checkpointer)
+          _check_nonfinite(streaks, step, cfg.max_nonfinite_steps, checkpointer)
         # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
         # request it is what the grace period is for.
         if checkpoint_due:
@@ -378,25 +388,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           interval_start, interval_steps = time.perf_counter(), 0
         if stopping is not None:
           name = signal.Signals(stopping).name
-          if saved and checkpointer.wait():  # `last` holds here, so this step's save was tried
+          # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
+          if multihost.all_processes(saved and checkpointer.wait()):
             msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
           else:
-            previous = checkpointer.latest_step()
             msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
-                   "written (error above); a rerun resumes from " +
-                   (f"step {previous}" if previous is not None else "the start (no checkpoint)"))
+                   f"written (error above); a rerun resumes from {_resume_point(checkpointer)}")
           log.warning(msg)
           if is_main:
             print(msg, flush=True)
           break
       else:
-        if step > start_step and not (saved and checkpointer.wait()):
-          previous = checkpointer.latest_step()
+        if step > start_step and not multihost.all_processes(saved and checkpointer.wait()):
           raise TrainingError(
               f"trained to step {step}, but its checkpoint could not be written to "
               f"{checkpointer.directory} (error above); a rerun resumes from "
-              + (f"step {previous}" if previous is not None else "the start (no checkpoint)")
-              + " and writes it: free space or fix the storage first")
+              f"{_resume_point(checkpointer)} and writes it: free space or fix the storage first")
   finally:
     progress.close()
     checkpointer.close()

@@ -337,12 +337,30 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
   # Checked at log rows and before checkpoints (every 2 steps), not every call: the streak of
   # 4 at step 4 stops the run before its checkpoint is written.
   with pytest.raises(trainer.TrainingError,
-                     match=r"4 consecutive non-finite steps up to step 4 .*last good checkpoint is "
+                     match=r"4 consecutive non-finite steps by step 4 .*a rerun resumes from "
                            r"step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   _, _, state, _ = workdir_lib.load_latest(str(tmp_path / "w"))
   fresh = jax.jit(trainer.build_run(config).init)()
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
+
+
+def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
+  """The streak is read at rows and checkpoints only: every call's since the last check counts,
+  not just the last (which is 0 again once a finite step follows)."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  calm = [jnp.int32(0), jnp.array([0, 1], jnp.int32)]  # a stacked call: [k]
+  trainer._check_nonfinite(calm, 4, 3, checkpointer)
+  assert calm == []  # emptied: the next check covers the calls after this one
+  streaks = [jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)]
+  with pytest.raises(trainer.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
+                                                  r"resumes from the start \(no checkpoint\)"):
+    trainer._check_nonfinite(streaks, 8, 3, checkpointer)
+  checkpointer.close()
 
 
 def test_the_loop_waits_for_the_device_only_at_rows_checkpoints_and_grids(tmp_path, monkeypatch):
@@ -358,8 +376,9 @@ def test_the_loop_waits_for_the_device_only_at_rows_checkpoints_and_grids(tmp_pa
   trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert len(reads) == 2 * 2 + 1  # per row: its metrics and the skip streak; one grid
   # Bounded lookahead instead: a wait once the first call is done (timing starts), then one
-  # for each call beyond MAX_CALLS_AHEAD (the queued batches sit on the device).
-  assert len(waits) == 1 + 8 - trainer.MAX_CALLS_AHEAD
+  # for each call beyond MAX_STEPS_AHEAD (one step per call; the queued batches sit on the
+  # device).
+  assert len(waits) == 1 + 8 - trainer.MAX_STEPS_AHEAD
 
 
 def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, caplog):

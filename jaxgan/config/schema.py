@@ -133,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 500
   c.train.checkpoint_every = 1000  # also every train.eval_every step, before evaluating
   c.train.keep_checkpoints = 3
-  # Consecutive skipped (non-finite) steps before the run stops; checked at log rows and before
+  # Consecutive skipped (non-finite) steps before the run stops; read back at log rows and before
   # checkpoints (skipped steps change no weights, so a later stop loses nothing).
   c.train.max_nonfinite_steps = 20
   c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
