@@ -13,7 +13,7 @@ from jaxgan import multihost
 
 class StopRequest:
   """A context that holds the first SIGTERM/SIGINT received while it is open; a SIGINT after
-  that one raises KeyboardInterrupt (Ctrl-C twice interrupts at once).
+  that one ends the process at once (Ctrl-C twice: quit without waiting).
 
   `check()` is the loop's question "stop after this call?". With several processes every one must
   stop at the same step (the checkpoint and samples are collective), so the answer is agreed: a
@@ -38,12 +38,13 @@ class StopRequest:
     return self
 
   def _handle(self, signum, frame) -> None:
-    if signum == signal.SIGINT and self.signal is not None:
-      # A second Ctrl-C: the user will not wait for the graceful stop (a hung collective, a long
-      # evaluation); interrupt as Python would.
-      raise KeyboardInterrupt
     if self.signal is None:  # the first one names the stop
       self.signal = signum
+    # From now on Ctrl-C quits at once: the user will not wait for the graceful stop (a hung
+    # collective, a long evaluation). The OS's default action, not a Python exception: Python
+    # runs handlers only between bytecodes, never while the main thread waits in the runtime.
+    # (SIGTERM keeps this handler: preemption notices may repeat.)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
