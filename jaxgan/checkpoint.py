@@ -229,16 +229,20 @@ class Checkpointer:
                 self.directory, step, type(error).__name__, message)
 
   def move_aside(self, step: int, suffix: str = ".corrupt") -> None:
-    """Moves step `step` to `<directory><suffix>/<step>-<time>` (kept, not deleted); collective."""
-    if jax.process_index() == 0:
+    """Moves step `step` to `<directory><suffix>/<step>-<time>` (kept, not deleted); collective:
+    process 0 moves it, and a failure there is raised on every process (agreed), not left for
+    the others to wait on."""
+    def move() -> None:
+      if jax.process_index() != 0:
+        return
       source = os.path.join(self.directory, str(step))
       target_dir = self.directory + suffix
       os.makedirs(target_dir, exist_ok=True)
       target = os.path.join(target_dir, f"{step}-{int(time.time())}")
       if os.path.exists(source):
         shutil.move(source, target)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"jaxgan_move_aside_{step}")
+
+    multihost.agreed(move, f"moving checkpoint {self.directory}/{step} aside")
     self._manager.reload()
 
   def wait(self) -> bool:
