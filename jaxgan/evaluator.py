@@ -89,7 +89,7 @@ class Evaluator:
     self.source = source
     self.sampler = sampler or sampling.make_sampler(generator)
     self.statistics = statistics or sampling.make_ema_statistics(
-        config, generator, label_rows=getattr(source, "labels", None))
+        config, generator, sampling.label_counts(getattr(source, "labels", None)))
     self.place = place  # puts latents/labels where the sampler wants them (the run's mesh)
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,

@@ -221,10 +221,8 @@ def generate(workdir: str, num: int, out: str,
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
   # The data's label mix, as training and evaluation drew it (uniform for runs from before it
   # was recorded).
-  label_rows = (sampling.label_rows_from_counts(meta["label_counts"])
-                if "label_counts" in meta else None)
-  statistics = sampling.make_ema_statistics(config, generator, label_rows)(state.ema_params,
-                                                                           state.g_batch_stats)
+  statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"))(
+      state.ema_params, state.g_batch_stats)
   chunks = sampling.sample_in_chunks(sampling.make_sampler(generator), state.ema_params,
                                      statistics, z, labels, min(batch, num))
   try:

@@ -49,28 +49,34 @@ MAX_STANDING_BATCH = 256
 _PROBE = 1e20
 
 
-def label_counts(label_rows: np.ndarray) -> dict:
-  """The data's label rows as {'rows': distinct rows, 'counts': how often each occurs}: what
-  standing statistics need of them, small enough for a checkpoint's metadata (JSON), so that
-  `generate`, which has no data, draws labels as training and evaluation do."""
+def label_counts(label_rows: np.ndarray) -> Optional[dict]:
+  """The data's label rows as {'rows': distinct rows (sorted), 'counts': how often each occurs},
+  or None without rows: what standing statistics need of them, small enough for a checkpoint's
+  metadata (JSON), so that `generate`, which has no data, draws labels as training and
+  evaluation do."""
+  if label_rows is None or not len(label_rows):
+    return None
   rows, counts = np.unique(np.asarray(label_rows, np.int32), axis=0, return_counts=True)
   return {"rows": rows.tolist(), "counts": counts.tolist()}
 
 
-def label_rows_from_counts(counts: dict) -> np.ndarray:
-  """The label rows `label_counts` describes, sorted (the order standing statistics use)."""
-  return np.repeat(np.asarray(counts["rows"], np.int32), np.asarray(counts["counts"]), axis=0)
+def _draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np.ndarray:
+  """Rows drawn in proportion to their counts: index i of the sorted rows, each repeated its
+  count times, without building that (data-sized) array."""
+  ends = np.cumsum(np.asarray(counts["counts"], np.int64))
+  positions = rng.integers(0, ends[-1], shape)
+  return np.asarray(counts["rows"], np.int32)[np.searchsorted(ends, positions, side="right")]
 
 
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
-                        label_rows: Optional[np.ndarray] = None, out_sharding=None,
+                        label_counts: Optional[dict] = None, out_sharding=None,
                         batch_sharding=None) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
   generator's own: averaged over `num_batches` batches of `batch_size` fixed latents run in
   training mode; other leaves (spectral norm's vectors) are kept. BigGAN's "standing
-  statistics". Labels are drawn from `label_rows` (the data's labels: its class mix and
-  attribute combinations), or uniformly per attribute over `classes` without them.
+  statistics". Labels are drawn from `label_counts` (of the data's label rows: its class mix
+  and attribute combinations), or uniformly per attribute over `classes` without them.
 
   Why: the EMA generator's weights are an average, but the running statistics are the raw G's,
   gathered from its activations; normalising the EMA G's activations with them shifts every
@@ -89,11 +95,9 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   rng = np.random.default_rng([seed, 0x5751])
   z = rng.standard_normal((num_batches, batch_size, z_dim)).astype(np.float32)
   labels = None
-  if classes and label_rows is not None and len(label_rows):
-    # Sorted: the statistics depend on the rows' counts only, so the same from the data (in any
-    # order) as from a checkpoint's label_counts.
-    rows = label_rows_from_counts(label_counts(label_rows))
-    labels = rows[rng.integers(0, len(rows), (num_batches, batch_size))]
+  if classes and label_counts:
+    # From the counts: the same from the data (in any order) as from a checkpoint's meta.
+    labels = _draw_label_rows(label_counts, rng, (num_batches, batch_size))
   elif classes:
     labels = np.stack([rng.integers(0, n, (num_batches, batch_size)) for n in classes],
                       -1).astype(np.int32)
@@ -129,11 +133,11 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   return standing
 
 
-def make_ema_statistics(config, generator: nn.Module, label_rows: Optional[np.ndarray] = None,
+def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dict] = None,
                         out_sharding=None, batch_sharding=None) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
-  MAX_STANDING_BATCH; labels from `label_rows`, the data's, when given), or the raw G's running
+  MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given), or the raw G's running
   statistics unchanged when that is 0 or G has no BatchNorm.
 
   A call with the very objects of the previous call returns its result again: the trainer's
@@ -144,7 +148,7 @@ def make_ema_statistics(config, generator: nn.Module, label_rows: Optional[np.nd
     return lambda ema_params, g_batch_stats: g_batch_stats
   standing = make_standing_stats(generator, config.model.z_dim, attribute_classes(config),
                                  batches, min(config.train.batch_size, MAX_STANDING_BATCH),
-                                 config.seed, label_rows, out_sharding, batch_sharding)
+                                 config.seed, label_counts, out_sharding, batch_sharding)
   # The last call's arguments and result. The arguments are held, so their ids cannot be
   # reused by other objects while compared; jax arrays are immutable, so the same objects mean
   # the same values (a donated state's arrays are deleted, not changed).

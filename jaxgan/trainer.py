@@ -260,11 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rows = sharding.process_rows(sharding.batch_sharding(run.mesh), rows_per_step)
   batches = data_lib.prefetch(data_lib.stack_batches(
       source.batches(rows_per_step, start_step, rows), k))
-  labels = getattr(source, "labels", None)
-  label_counts = sampling.label_counts(labels) if labels is not None and len(labels) else None
+  label_counts = sampling.label_counts(getattr(source, "labels", None))  # the data's label mix
   sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
   ema_statistics = sampling.make_ema_statistics(
-      config, run.generator, label_rows=labels,
+      config, run.generator, label_counts,
       out_sharding=sharding.replicated(run.mesh),
       batch_sharding=sharding.batch_sharding(run.mesh))
   grid_z, grid_labels, grid_cols = sampling.grid_inputs(

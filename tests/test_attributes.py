@@ -143,14 +143,14 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
   drawn = []
   real_make = sampling.make_ema_statistics
 
-  def recording(config, generator, label_rows=None, **kw):
-    drawn.append(label_rows)
-    return real_make(config, generator, label_rows, **kw)
+  def recording(config, generator, label_counts=None, **kw):
+    drawn.append(label_counts)
+    return real_make(config, generator, label_counts, **kw)
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(sampling, "make_ema_statistics", recording)
     generate.generate(workdir, 2, str(tmp_path / "mix.png"))
-  np.testing.assert_array_equal(drawn[0], sampling.label_rows_from_counts(meta["label_counts"]))
+  assert drawn == [meta["label_counts"]]
   grid = Image.open(os.path.join(workdir, "samples", "step_0000002.png"))
   assert grid.size == (2 * 18 + 2, 3 * 18 + 2)  # one row per articleType
   out = generate.generate(workdir, 4, str(tmp_path / "navy.png"),
