@@ -170,3 +170,10 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
                                                              "train.log_every": 7}))
   assert describe_differences(blocking) == "loss.lecam_weight: 0.0 -> 0.1"
   assert [key for key, _, _ in allowed] == ["train.log_every"]
+  assert config_differences({}, make_config(**{"loss.lecam_weight": 0.1})) == ([], [])  # unknown
+  tupled = make_config()
+  tupled.unlock()
+  tupled.data.extra = (1, 2)  # JSON writes it as [1, 2]: not a change
+  listed = tupled.to_dict()
+  listed["data"]["extra"] = [1, 2]
+  assert config_differences(listed, tupled) == ([], [])

@@ -30,6 +30,8 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
   A key the checkpoint's config lacks (written before the key existed) counts as its default
   value then: the run trained with the behaviour the default keeps, so setting it to anything
   else on resume is a change like any other."""
+  if not old:  # no config recorded: nothing to compare with
+    return [], []
   old_flat = dict(flat_items(ml_collections.ConfigDict(old)))
   defaults = dict(flat_items(base_config()))
   blocking, allowed = [], []
@@ -37,9 +39,14 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
     if key not in old_flat and key not in defaults:
       continue
     before = old_flat.get(key, defaults.get(key))
-    if before != value:
+    if _plain(before) != _plain(value):
       (allowed if key in RESUMABLE_KEYS else blocking).append((key, before, value))
   return blocking, allowed
+
+
+def _plain(value: object) -> object:
+  """Tuples as lists: the checkpoint's config went through JSON, which has no tuples."""
+  return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def describe_differences(differences: list[Difference]) -> str:
