@@ -461,6 +461,37 @@ def test_a_process_reading_a_memory_mapped_set_exits():
   assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
 
 
+def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batches(tmp_path):
+  import threading
+
+  from jaxgan.data import arrays
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (300, 4, 4, 3), np.uint8)
+  np.save(tmp_path / "images.npy", images)
+  labels = rng.integers(0, 3, 300).astype(np.int32)
+  mapped = ArraySource(np.load(tmp_path / "images.npy", mmap_mode="r"), labels, ["a", "b", "c"],
+                       seed=1)
+  in_memory = ArraySource(images, labels, ["a", "b", "c"], seed=1)
+  threads, take = set(), np.take
+
+  def recording_take(a, idx, axis=None):
+    threads.add(threading.current_thread().name)
+    return take(a, idx, axis=axis)
+
+  stream = mapped.batches(64, 3, rows=np.arange(8, 64))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(arrays.np, "take", recording_take)
+    got = [next(stream) for _ in range(3)]
+  stream.close()
+  want = in_memory.batches(64, 3, rows=np.arange(8, 64))
+  for a in got:
+    b = next(want)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  assert len({t for t in threads if t.startswith("jaxgan-gather")}) > 1
+
+
 def test_every_source_is_registered():
   assert set(SOURCES.names()) == {"synthetic", "folder", "manifest", "tfds", "prepared"}
 

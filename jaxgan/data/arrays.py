@@ -11,6 +11,7 @@ exactly the data of an uninterrupted one, on any number of processes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -133,9 +134,40 @@ class ArraySource:
     core, measured). So an in-memory set is not copied into a TensorFlow constant (twice the
     memory), and a memory-mapped one needs no Python callback inside tf.data: a numpy_function
     stage there left the interpreter hanging at exit (measured: batch 1024 of 64x64)."""
-    for idx in self.index_dataset(batch_size, start_step, rows).as_numpy_iterator():
-      yield {"image": np.take(self.images, idx, axis=0),
-             "label": np.take(self.labels, idx, axis=0)}
+    pool = None
+    if isinstance(self.images, np.memmap):
+      # Rows of a mapped file not in the page cache are read by page faults, one at a time per
+      # thread: several threads keep several reads in flight (numpy copies without the GIL).
+      # Measured with the page cache dropped before each batch of 1024 64x64 rows (2-core VM,
+      # 2026-12-02, 10 pairs): 8 threads were faster in 8 of 10 pairs, by 10-50 %; the VM
+      # host's own disk cache warmed across the runs (420 -> 20 ms), so these are not true cold
+      # reads. In memory, one thread is as fast.
+      pool = concurrent.futures.ThreadPoolExecutor(GATHER_THREADS, "jaxgan-gather")
+    try:
+      for idx in self.index_dataset(batch_size, start_step, rows).as_numpy_iterator():
+        yield {"image": _gather(self.images, idx, pool),
+               "label": np.take(self.labels, idx, axis=0)}
+    finally:
+      if pool is not None:
+        pool.shutdown(wait=False)
+
+
+# Threads that gather the rows of a memory-mapped set (see ArraySource.batches).
+GATHER_THREADS = 8
+
+
+def _gather(images: np.ndarray, idx: np.ndarray,
+            pool: Optional[concurrent.futures.ThreadPoolExecutor]) -> np.ndarray:
+  """images[idx], split over `pool`'s threads when given."""
+  if pool is None or len(idx) < 2 * GATHER_THREADS:
+    return np.take(images, idx, axis=0)
+  out = np.empty((len(idx),) + images.shape[1:], images.dtype)
+
+  def fill(part: np.ndarray) -> None:
+    out[part] = np.take(images, idx[part], axis=0)
+
+  list(pool.map(fill, np.array_split(np.arange(len(idx)), GATHER_THREADS)))  # re-raises errors
+  return out
 
 
 def check_rows(rows: Optional[np.ndarray], batch_size: int) -> np.ndarray:
