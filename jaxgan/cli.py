@@ -3,11 +3,12 @@ override into one error line, and the one-line error exit."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, Optional
 
-from absl import app
+from absl import flags
 
 
 def fail(message: str) -> NoReturn:
@@ -16,10 +17,35 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
+def _flag_value(argv: list[str], name: str) -> Optional[str]:
+  """The value of `--name VALUE` or `--name=VALUE` in argv, or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, plus one line (not ml_collections' traceback) for a bad --config.KEY."""
+  """absl's parsing, with every usage error as one `error:` line and exit status 2 (absl exits
+  with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY)."""
+  config_file = _flag_value(argv[1:], "config")
+  if config_file is None and any(a.startswith("--config.") for a in argv[1:]):
+    fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
+  # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
+  path = config_file if config_file is None or os.path.exists(config_file) else (
+      config_file.split(":")[0])
+  if path is not None and not os.path.isfile(path):
+    fail(f"--config {config_file}: no such file; pass a config file, e.g. configs/default.py")
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    required = re.match(r"flag --([\w.]+)=None: Flag --\1 must have a value other than None",
+                        message)
+    fail(f"--{required.group(1)} is required (see --help)" if required else
+         message.removeprefix("flag ") + " (see --help)")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an override of a key that is not in the config, with a
     # message of nested reprs; keep its words: the bad key and its "Did you mean ...?".

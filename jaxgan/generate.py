@@ -270,7 +270,7 @@ def main(argv):
 
 
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,25 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert not workdir.exists()  # failed before any work, nothing written
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/nope.py", "--workdir", "W"],
+     "error: --config configs/nope.py: no such file; pass a config file, e.g. configs/default.py"),
+    (["--workdir", "W", "--config.train.num_steps=2"],
+     "error: --config.KEY overrides need --config FILE too (e.g. --config configs/default.py)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size=abc"],
+     "error: --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc' "
+     "(see --help)"),
+    (["--config", "configs/default.py"], "error: --workdir is required (see --help)"),
+])
+def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
+  """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
+  file gave ml_collections' traceback, and overrides without --config an 'unknown flag'."""
+  args = [str(tmp_path / "w") if a == "W" else a for a in args]
+  proc = run_module("jaxgan.train", *args)
+  assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [message])
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("name", sorted(
     os.path.relpath(p, os.path.join(REPO, "configs"))
     for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)))
