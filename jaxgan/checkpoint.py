@@ -137,7 +137,8 @@ class Checkpointer:
     if difference:
       raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
                         f"different layout ({difference}): written by another jaxgan version or "
-                        "model; resume it with that version, or start a fresh workdir")
+                        "model config; resume it with that version and config, or start a fresh "
+                        "workdir")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
@@ -283,23 +284,37 @@ def _agreed_steps(steps: list[int]) -> list[int]:
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
-def _key_paths(tree: Any) -> set[str]:
-  """'a/b/c' for every leaf of a nested-dict tree (orbax's metadata tree or a state dict)."""
+def _leaf_shapes(tree: Any) -> dict[str, Optional[tuple]]:
+  """{'a/b/c': shape (None where a leaf has none)} for every leaf of a nested-dict tree (orbax's
+  metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
   def name(key: Any) -> str:
     for attr in ("key", "idx", "name"):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(name(k) for k in path) for path, _ in leaves}
+  return {"/".join(name(k) for k in path): (tuple(leaf.shape) if hasattr(leaf, "shape") else None)
+          for path, leaf in leaves}
+
+
+def _key_paths(tree: Any) -> set[str]:
+  """'a/b/c' for every leaf of a nested-dict tree."""
+  return set(_leaf_shapes(tree))
 
 
 def _layout_difference(saved: Any, target: Any) -> Optional[str]:
-  """What differs between the leaf paths of a checkpoint and of the state to read, or None."""
-  saved_paths, target_paths = _key_paths(saved), _key_paths(target)
-  missing, unexpected = sorted(target_paths - saved_paths), sorted(saved_paths - target_paths)
+  """What differs between the leaves (paths and shapes) of a checkpoint and of the state to
+  read, or None. Shapes are compared from the metadata: orbax would fail on each array in
+  turn, with a traceback per array."""
+  saved_shapes, target_shapes = _leaf_shapes(saved), _leaf_shapes(target)
+  missing = sorted(set(target_shapes) - set(saved_shapes))
+  unexpected = sorted(set(saved_shapes) - set(target_shapes))
+  reshaped = [f"{k} {saved_shapes[k]} saved, {target_shapes[k]} now" for k in sorted(
+      set(saved_shapes) & set(target_shapes))
+      if None not in (saved_shapes[k], target_shapes[k]) and saved_shapes[k] != target_shapes[k]]
   parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
-           (("keys missing", missing), ("keys not in this version", unexpected)) if keys]
+           (("keys missing", missing), ("keys not in this version", unexpected),
+            ("shapes differ", reshaped)) if keys]
   return "; ".join(parts) or None
 
 

@@ -563,6 +563,24 @@ def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
   assert not os.path.exists(directory + ".corrupt")
 
 
+def test_a_resume_with_other_parameter_shapes_is_one_error_not_a_read_per_array(tmp_path, caplog):
+  """--allow_config_change with a wider model: the shapes are compared from the checkpoint's
+  metadata before any array is read (orbax failed on each array in turn, with a traceback each,
+  twice, and the run then claimed no checkpoint was readable)."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  workdir = str(tmp_path / "w")
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.tensorboard": False}),
+                             workdir)
+  wider = tiny_config(**{"model.g_width": 16, "train.tensorboard": False})
+  with caplog.at_level(logging.WARNING), pytest.raises(
+      ckpt_lib.LayoutError, match=r"checkpoint step 2 .* different layout \(\d+ shapes differ, "
+                                  r"e.g. ema_params/\S+ \(.*\) saved, \(.*\) now\)"):
+    trainer.train_and_evaluate(wider, workdir, allow_config_change=True)
+  assert "trying again" not in caplog.text and "Traceback" not in caplog.text
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+
+
 AGREED_FALLBACK = """
 import json, sys
 import jax, numpy as np
