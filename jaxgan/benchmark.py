@@ -41,9 +41,22 @@ def _check_flags(mode: str) -> None:
     for flag in ("images", "prepared"):
       if FLAGS[flag].value and not os.path.isdir(FLAGS[flag].value):
         cli.fail(f"--{flag} {FLAGS[flag].value}: not a folder")
+    if FLAGS.prepared and not os.path.isfile(os.path.join(FLAGS.prepared, "dataset_info.json")):
+      cli.fail(f"--prepared {FLAGS.prepared}: not a prepared set (no dataset_info.json); write "
+               "one with python -m jaxgan.prepare")
+    for flag in ("image_size", "batch_size", "batches"):
+      if FLAGS[flag].value < 1:
+        cli.fail(f"--{flag} must be >= 1, got {FLAGS[flag].value}")
     return
   if FLAGS.config is None:
     cli.fail("--config is required, e.g. --config configs/benchmark/dcgan64.py")
+  # The input benchmark's flags, given to a step benchmark, would be ignored without a word.
+  stray = [f for f in ("images", "prepared", "image_size", "batch_size", "batches", "limit")
+           if FLAGS[f].present]
+  if stray:
+    cli.fail(f"--{stray[0]} is a flag of the input benchmark; the {mode} benchmark takes the "
+             "batch and image size from the config: --config.train.batch_size=N, "
+             "--config.data.image_size=N")
   for flag, low in (("steps", 1), ("warmup", 0), ("profile_steps", 1)):
     if FLAGS[flag].value < low:
       cli.fail(f"--{flag} must be >= {low}, got {FLAGS[flag].value}")

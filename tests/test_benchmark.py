@@ -74,7 +74,10 @@ from jaxgan import benchmark, cli
 cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["profile", "--config", "configs/default.py", "--trace_dir", sys.argv[1]],
          ["input", "--images", sys.argv[2]],
-         ["sweep"]]
+         ["sweep"],
+         ["input", "--prepared", sys.argv[4], "--batches", "0"],
+         ["input", "--prepared", sys.argv[3]],
+         ["step", "--config", "configs/default.py", "--batch_size", "1024"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -95,22 +98,31 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   (tmp_path / "a_file").write_text("")
   import subprocess
 
+  (tmp_path / "raw").mkdir()  # a folder, but no prepared set
+  (tmp_path / "set").mkdir()
+  (tmp_path / "set" / "dataset_info.json").write_text("{}")
   proc = subprocess.run([sys.executable, "-c", BAD_FLAGS, str(tmp_path / "a_file" / "trace"),
-                         str(tmp_path / "missing")], capture_output=True, text=True,
+                         str(tmp_path / "missing"), str(tmp_path / "raw"), str(tmp_path / "set")],
+                        capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 0, proc.stderr[-2000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 5, results
+  assert [code for code, _ in results] == [2] * 8, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
   assert messages[1].startswith(f"error: --trace_dir {tmp_path / 'a_file' / 'trace'}: ")
   assert messages[2] == f"error: --images {tmp_path / 'missing'}: not a folder"
   assert messages[3].startswith("error: unknown mode 'sweep'")
-  assert messages[4].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  assert messages[4] == "error: --batches must be >= 1, got 0"  # a traceback before
+  assert messages[5] == (f"error: --prepared {tmp_path / 'raw'}: not a prepared set (no "
+                         "dataset_info.json); write one with python -m jaxgan.prepare")
+  assert messages[6].startswith("error: --batch_size is a flag of the input benchmark; the step "
+                                "benchmark takes the batch and image size from the config")
+  assert messages[7].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
 
 
 def test_peak_table():
