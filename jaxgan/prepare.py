@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -44,6 +45,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   if label_columns(args) and not args.manifest:
     p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
   return args
+
+
+def bad_path(args: argparse.Namespace) -> str:
+  """What is wrong with the paths given, or '': checked first, in the flags' own names (not
+  after minutes of decoding, nor as the data.* config keys the loaders name)."""
+  if not os.path.isdir(args.images):
+    return f"--images {args.images}: not a folder"
+  if args.manifest and not os.path.isfile(args.manifest):
+    return f"--manifest {args.manifest}: not a file"
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    return f"--out {args.out}: a file is there; pass a folder"
+  return ""
+
+
+def warn_untrainable_size(image_size: int) -> None:
+  """A warning when no registered model builds `image_size`: the set could not be trained."""
+  from jaxgan import models  # pylint: disable=g-import-not-at-top  (JAX, only for the check)
+
+  sizes = {name: list(models.MODELS.get(name).supported_image_sizes) for name in models.MODELS}
+  if not any(image_size in s for s in sizes.values()):
+    logging.getLogger(__name__).warning(
+        "--image-size %d: no model builds that size (%s); data.image_size must match it to "
+        "train on this set", image_size, "; ".join(f"{n}: {s}" for n, s in sizes.items()))
 
 
 def label_columns(args: argparse.Namespace) -> list[str]:
@@ -106,6 +130,11 @@ def prepare(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   args = parse_args(argv)
+  problem = bad_path(args)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+  warn_untrainable_size(args.image_size)
   from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
 
   try:

@@ -534,3 +534,25 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
     build_source(_config(**{"data.source": "prepared", "data.path": str(damaged)}))
   assert prepare_cli.main(["--images", str(tmp_path / "nothing-here"), "--out",
                            str(tmp_path / "o")]) == 2
+
+
+def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, caplog):
+  """Before any image is decoded, in the flags' own names (the loaders say data.path)."""
+  (tmp_path / "photos").mkdir()
+  Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "a.png")
+  (tmp_path / "afile").write_text("")
+  photos, out = str(tmp_path / "photos"), str(tmp_path / "out")
+  for args, message in (
+      (["--images", str(tmp_path / "nope"), "--out", out],
+       f"--images {tmp_path / 'nope'}: not a folder"),
+      (["--images", photos, "--manifest", str(tmp_path / "m.csv"), "--label-column", "c", "--out",
+        out], f"--manifest {tmp_path / 'm.csv'}: not a file"),
+      (["--images", photos, "--out", str(tmp_path / "afile")],
+       f"--out {tmp_path / 'afile'}: a file is there; pass a folder")):
+    assert prepare_cli.main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+  with caplog.at_level(logging.WARNING):
+    assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "48",
+                             "--workers", "1"]) == 0
+  assert "--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]" in caplog.text
+
