@@ -536,6 +536,22 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
                            str(tmp_path / "o")]) == 2
 
 
+def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
+  from jaxgan.config import ConfigError
+
+  junk = tmp_path / "junk"
+  junk.mkdir()
+  (junk / "notes.txt").write_text("not an image")
+  with pytest.raises(DataError, match=r"^no images in .*junk"):  # not a class-count complaint
+    build_source(_config(**{"data.source": "folder", "data.path": str(junk)}))
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  Image.new("RGB", (20, 20)).save(flat / "a.png")
+  with pytest.raises(ConfigError, match=r"has no class labels, got 3; set "
+                                        r"--config.data.num_classes=0 to train unconditionally"):
+    build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
+
+
 def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, caplog):
   """Before any image is decoded, in the flags' own names (the loaders say data.path)."""
   (tmp_path / "photos").mkdir()

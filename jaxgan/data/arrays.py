@@ -251,6 +251,10 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
   want = config.data.num_classes
   if want == 0 and class_names:
     _warn_unconditional(where, len(class_names))
+  if want and not class_names:
+    raise ConfigError(f"config key data.num_classes: {where} has no class labels, got {want}; "
+                      "set --config.data.num_classes=0 to train unconditionally (a folder's "
+                      "classes are its first-level subfolders)")
   if want not in (0, len(class_names)):
     shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
     raise ConfigError(f"config key data.num_classes: {where} has {len(class_names)} classes "
@@ -287,6 +291,10 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
                    attribute_names: Optional[Attributes] = None) -> ArraySource:
   """Decodes `paths` (cached when data.cache_dir is set), drops and reports bad files, and wraps
   the rest in an ArraySource. Labels ([N] or [N, A]) are zeroed for unconditional training."""
+  if not len(paths):  # before the labels: no images is the problem then, not their classes
+    first = list(missing)[:1]
+    raise DataError(f"no images in {where}" + (f" (first file skipped: {first[0]['path']}: "
+                                               f"{first[0]['reason']})" if first else ""))
   if attribute_names is None:
     attribute_names = [("class", class_names)] if class_names else []
   require_attributes(config, attribute_names, where)
