@@ -182,6 +182,9 @@ def generate(workdir: str, num: int, out: str,
   if checkpoint not in ("latest", "best"):
     raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
   singles = out.endswith(os.sep) or os.path.isdir(out)
+  if not singles and not out.lower().endswith(".png"):  # PNG bytes in a .jpg, or in 'samples'
+    raise ValueError(f"--out {out}: a grid is one PNG file, so name it *.png (or end the path "
+                     "with / for one PNG per image)")
   given = [label] if isinstance(label, str) else list(label or [])
   config, _, state, meta = workdir_lib.load_latest(
       workdir, "checkpoints_best" if checkpoint == "best" else "checkpoints")

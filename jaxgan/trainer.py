@@ -48,6 +48,8 @@ class TrainingError(RuntimeError):
 
 def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable before any compute is spent."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise TrainingError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
   try:
     os.makedirs(workdir, exist_ok=True)
     # One probe per process: on a shared filesystem processes must not remove each other's.

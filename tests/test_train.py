@@ -129,6 +129,8 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path):
   assert np.abs(whole - parts).max() <= 1  # other batch shapes may round differently
   with pytest.raises(ValueError, match=r"already holds 2 numbered PNGs past --num=3"):
     generate.generate(workdir, 3, str(tmp_path / "parts"))
+  with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
+    generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   with pytest.raises(OSError, match=r"^--out .*a_file/x.png: "):
     (tmp_path / "a_file").write_text("")
     generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
@@ -172,6 +174,8 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(trainer.TrainingError, match="is not writable"):
     trainer.train_and_evaluate(tiny_config(), str(blocker / "w"))
+  with pytest.raises(trainer.TrainingError, match=r"workdir .*file is a file, not a folder"):
+    trainer.train_and_evaluate(tiny_config(), str(blocker))
 
 
 def test_cli_train_then_generate(tmp_path):
