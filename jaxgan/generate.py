@@ -68,7 +68,8 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
     return class_names.index(label)
   if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
     return int(label)
-  choices = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
+  choices = (", ".join(class_names) + f" (or an index 0..{num_classes - 1})" if class_names
+             else f"0..{num_classes - 1}")
   if attribute is not None:
     raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; choose one of: "
                      f"{choices}")

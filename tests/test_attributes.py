@@ -167,7 +167,8 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
                            label="baseColour=Black")
   assert Image.open(rows[0]).size == (3 * 18 + 2, 3 * 18 + 2)
   with pytest.raises(ValueError,
-                     match=r"not a class of baseColour; choose one of: Black, Navy Blue$"):
+                     match=r"not a class of baseColour; choose one of: Black, Navy Blue "
+                                       r"\(or an index 0..1\)$"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="baseColour=Purple")
   with pytest.raises(ValueError, match=r"no attribute 'colour'; choose one of: articleType, "
                                        r"baseColour$"):

@@ -161,12 +161,12 @@ def test_generate_between(workdir, tmp_path):
 
 @pytest.mark.parametrize("between, label, message", [
     ("baseColour=Black:Purple", None,
-     r"^--between baseColour='Purple': not a class of baseColour; choose one of: Black, Navy Blue$"),
+     r"^--between baseColour='Purple': not a class of baseColour; choose one of: Black, Navy Blue \(or an index 0..1\)$"),
     ("colour=Black:Navy Blue", None,
      r"^--between 'colour=Black:Navy Blue': this model has no attribute 'colour'; choose one of: "
      r"articleType, baseColour$"),
     ("Shoes:Boots", None, r"^--between 'Boots' is not a class of this model; choose one of: "
-                          r"Shoes, Tshirts, Watches$"),
+                          r"Shoes, Tshirts, Watches \(or an index 0..2\)$"),
     ("Shoes", None, r"^--between 'Shoes': expected FROM:TO or ATTRIBUTE=FROM:TO"),
     ("baseColour=0:1", "baseColour=Black",
      r"^--between 'baseColour=0:1' and --label both set attribute 'baseColour'; drop that --label$"),
