@@ -24,7 +24,8 @@ import compare_cpu  # noqa: E402  (dcgan64: the shipped benchmark config)
 import sweep  # noqa: E402  (override)
 import jax  # noqa: E402
 
-from jaxgan import checkpoint, sharding, throughput, trainer  # noqa: E402
+from jaxgan import checkpoint, sharding, throughput  # noqa: E402
+from jaxgan import run as run_lib  # noqa: E402
 
 
 def memory(compiled) -> dict:
@@ -47,12 +48,12 @@ def main():
   config = compare_cpu.dcgan64(a.batch, a.dtype)
   for pair in a.overrides:
     sweep.override(config, *pair.split("=", 1))
-  run = trainer.build_run(config)
+  run = run_lib.build_run(config)
   # The same step function and shardings as training's, without donate_argnums.
   kept = jax.jit(run.train_step.__wrapped__, in_shardings=(run.state_shardings, run.batch_sharding),
                  out_shardings=(run.state_shardings, sharding.replicated(run.mesh)))
   args = (checkpoint.abstract_like(run.abstract_state, run.state_shardings),
-          trainer.abstract_batch(config, run.batch_sharding))
+          run_lib.abstract_batch(config, run.batch_sharding))
   # Each executable is compiled once: its memory analysis is reported and it is what is timed.
   compiled = {"donated": run.train_step.lower(*args).compile(),
               "not donated": kept.lower(*args).compile()}

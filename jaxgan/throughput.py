@@ -19,7 +19,7 @@ from jaxgan import config as config_lib
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
 from jaxgan import profiling
-from jaxgan import trainer
+from jaxgan import run as run_lib
 from jaxgan.models import layers
 from jaxgan.models.batchnorm import resolve_norm_impl
 
@@ -77,10 +77,10 @@ def implementations(config) -> dict:
 
 
 def _ready_step(config, warmup: int, step: Optional[Callable] = None):
-  """The train step that training uses (trainer.build_run; or `step`, a variant of it taking and
+  """The train step that training uses (run_lib.build_run; or `step`, a variant of it taking and
   returning the same things), a fresh state and one device-resident random batch (stacked per
   step with train.steps_per_call > 1), after `warmup` calls (compilation, autotuning)."""
-  run = trainer.build_run(config)
+  run = run_lib.build_run(config)
   step = step or run.train_step
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   n = config.train.batch_size * config.train.n_critic
@@ -115,7 +115,7 @@ def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list
 
 def step_call(config, warmup: int = 5, step: Optional[Callable] = None
               ) -> tuple[Callable[[], None], int]:
-  """(call, steps per call): `call()` runs the train step that training uses (trainer.build_run;
+  """(call, steps per call): `call()` runs the train step that training uses (run_lib.build_run;
   or `step`, a variant of it) once on device-resident data and waits for it, carrying its own
   state; compiled and warmed up (`warmup` calls, at least one) before it is returned."""
   # At least one untimed call: the first one compiles, and must never be timed as a step.

@@ -29,13 +29,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   from jaxgan import checkpoint, multihost, trainer  # pylint: disable=g-import-not-at-top
+  from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)
   try:
     if FLAGS.compile_only:
-      print(json.dumps(trainer.compile_report(FLAGS.config)))
+      print(json.dumps(run_lib.compile_report(FLAGS.config)))
     else:
       trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                  allow_config_change=FLAGS.allow_config_change)

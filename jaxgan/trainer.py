@@ -6,14 +6,12 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import functools
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,14 +22,12 @@ from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
-from jaxgan import losses as losses_lib
-from jaxgan import models as models_lib
 from jaxgan import multihost
+from jaxgan import run as run_lib
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import step_metrics
-from jaxgan import steps
 from jaxgan import stopping as stopping_lib
 from jaxgan import writers
 from jaxgan.metrics import inception
@@ -62,96 +58,6 @@ def prepare_workdir(workdir: str) -> None:
                         "pass a --workdir you can write to") from e
 
 
-@dataclasses.dataclass
-class Run:
-  """What a run is made of, before any state exists."""
-
-  mesh: Any
-  generator: Any
-  discriminator: Any
-  init: Callable[[], state_lib.TrainState]
-  abstract_state: Any
-  state_shardings: Any
-  batch_sharding: Any
-  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
-  steps_per_call: int  # train steps per train_step call (batch and metrics stacked when > 1)
-
-
-def build_run(config: ml_collections.ConfigDict) -> Run:
-  """Validates the config and builds mesh, models, shardings and the jitted step (not compiled)."""
-  config_lib.validate_distributed(config)
-  sharding.initialize_distributed(config)
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  mesh = sharding.make_mesh(config)
-  generator, discriminator = models_lib.build_models(config)
-  loss = losses_lib.build_loss(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  init = functools.partial(state_lib.init_state, config, generator, discriminator, g_tx, d_tx,
-                           config.seed)
-  abstract_state = jax.eval_shape(init)
-  state_sh = sharding.state_shardings(mesh, abstract_state)
-  k = config.train.steps_per_call
-  batch_sh = sharding.batch_sharding(mesh, stacked=k > 1)
-  step_fn = steps.make_train_step(config, generator, discriminator, loss, g_tx, d_tx)
-  train_step = jax.jit(steps.scan_steps(steps.with_state_rng(step_fn), k),
-                       in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  return Run(mesh, generator, discriminator, init, abstract_state, state_sh, batch_sh,
-             train_step, k)
-
-
-def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> dict:
-  """Shapes of one call's global batch (stacked per step when train.steps_per_call > 1), for
-  lowering without data."""
-  n = config.train.batch_size * config.train.n_critic
-  size = config.data.image_size
-  k = config.train.steps_per_call
-  lead = (k,) if k > 1 else ()
-  return {"image": jax.ShapeDtypeStruct(lead + (n, size, size, 3), np.uint8,
-                                        sharding=batch_sharding),
-          "label": jax.ShapeDtypeStruct(lead + config_lib.label_shape(config, n), np.int32,
-                                        sharding=batch_sharding)}
-
-
-def compile_report(config: ml_collections.ConfigDict) -> dict:
-  """Lowers and compiles the train step for the configured mesh without creating a state or
-  reading data; returns per-device memory and FLOPs as XLA reports them."""
-  run = build_run(config)
-  state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
-  compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()
-  report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),
-                  "device_kind": jax.devices()[0].device_kind,
-                  "global_batch": config.train.batch_size,
-                  # Memory is the whole call's; FLOPs and bytes accessed are per train step: a
-                  # call is steps_per_call unrolled steps (steps.scan_steps), which XLA's cost
-                  # analysis counts in full, so they are divided by it.
-                  "steps_per_call": run.steps_per_call}
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                  "alias_size_in_bytes", "generated_code_size_in_bytes"):
-      if hasattr(memory, field):
-        report[f"per_device_{field}"] = int(getattr(memory, field))
-    report["per_device_peak_estimate_bytes"] = int(
-        getattr(memory, "argument_size_in_bytes", 0) + getattr(memory, "output_size_in_bytes", 0)
-        + getattr(memory, "temp_size_in_bytes", 0) - getattr(memory, "alias_size_in_bytes", 0))
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per partition
-    cost = cost[0] if cost else None
-  if cost:
-    k = run.steps_per_call
-    report["per_device_flops"] = float(cost.get("flops", float("nan"))) / k
-    report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan"))) / k
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-  g_params, d_params = count(run.abstract_state.g_params), count(run.abstract_state.d_params)
-  report.update(g_parameters=g_params, d_parameters=d_params)
-  comm = sharding.gradient_bytes_per_step(g_params, d_params, config.train.n_critic,
-                                          run.mesh.shape[sharding.DATA_AXIS],
-                                          run.mesh.shape[sharding.FSDP_AXIS])
-  report["per_device_collective_bytes_per_step"] = comm["total_bytes"]
-  return report
-
-
 def _resume_point(checkpointer) -> str:
   """Where a rerun would resume, for messages."""
   latest = checkpointer.latest_step()
@@ -175,10 +81,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
 
-  def start() -> tuple[Run, Any, int]:
+  def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
     its fingerprint)."""
-    run = build_run(config)  # validates the config
+    run = run_lib.build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)
         inception.find_weights(config.eval.weights)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxgan import config as config_lib
-from jaxgan import losses, state as state_lib, step_metrics, trainer
+from jaxgan import losses, run as run_lib, state as state_lib, step_metrics
 
 
 def test_r1_matches_a_direct_computation():
@@ -93,7 +93,7 @@ def test_bad_regulariser_configs_fail_validation(overrides, key):
 
 
 def _run_steps(config, n, size):
-  run = trainer.build_run(config)
+  run = run_lib.build_run(config)
   state = jax.jit(run.init)()
   rng = np.random.default_rng(0)
   snapshots, metrics = [jax.device_get(state)], []

@@ -14,7 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxgan import config as config_lib, losses, trainer, workdir as workdir_lib, writers
+from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
+from jaxgan import writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -341,7 +342,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
                            r"step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   _, _, state, _ = workdir_lib.load_latest(str(tmp_path / "w"))
-  fresh = jax.jit(trainer.build_run(config).init)()
+  fresh = jax.jit(run_lib.build_run(config).init)()
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan import sharding, trainer, workdir as workdir_lib
+from jaxgan import run as run_lib, sharding, workdir as workdir_lib
 from tests.conftest import (JOIN_TWO_PROCESSES, REPO, run_module, run_two_processes, tiny_config,
                             xla_flags)
 
@@ -23,14 +23,14 @@ def _python(code, devices, *args, timeout=300):
 EQUIVALENCE = """
 import json, sys
 import jax, numpy as np
-from jaxgan import trainer, sharding
+from jaxgan import run as run_lib, sharding
 from jaxgan.data import SyntheticCatalog
 from tests.conftest import tiny_config
 
 def run(mesh_data, fsdp):
   c = tiny_config(**{'train.batch_size': 16, 'model.g_width': 16, 'model.d_width': 16,
                      'mesh.data': mesh_data, 'mesh.fsdp': fsdp})
-  r = trainer.build_run(c)
+  r = run_lib.build_run(c)
   state = jax.jit(r.init, out_shardings=r.state_shardings)()
   specs = [s.spec for s in jax.tree_util.tree_leaves(r.state_shardings)]
   specs = {'replicated': sum(s == jax.sharding.PartitionSpec() for s in specs),
@@ -187,8 +187,8 @@ def test_compile_only_prints_memory_and_flops(tmp_path):
 def test_compile_report_flops_are_per_step_also_when_a_call_runs_several(make_config):
   """With train.steps_per_call = 3 a call is three unrolled steps; XLA counts all three and the
   report divides by them (a rolled loop would have been counted once: nothing to divide)."""
-  one = trainer.compile_report(make_config())["per_device_flops"]
-  three = trainer.compile_report(make_config(**{"train.steps_per_call": 3}))["per_device_flops"]
+  one = run_lib.compile_report(make_config())["per_device_flops"]
+  three = run_lib.compile_report(make_config(**{"train.steps_per_call": 3}))["per_device_flops"]
   assert three == pytest.approx(one, rel=0.05)
 
 
