@@ -12,13 +12,17 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from jaxgan import tf_host
 
 log = logging.getLogger(__name__)
+
+# Temporary copies of event files being rewritten (drop_events_after): no "tfevents" in the name,
+# or TensorBoard would read a half-written one.
+_REWRITE_PREFIX = ".jaxgan-rewrite-"
 
 
 def _plain(value: Any) -> Any:
@@ -137,45 +141,59 @@ def drop_rows_after(workdir: str, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _event_records(tf, path: str) -> tuple[list[bytes], bool]:
-  """(the readable records of a TFRecord event file, whether its end was cut short)."""
-  records, iterator = [], iter(tf.data.TFRecordDataset(path))
+def _records(tf, path: str) -> Iterator[bytes]:
+  """The readable records of a TFRecord file, in order; a record a kill cut short (or damage)
+  ends them, with a warning."""
+  iterator = iter(tf.data.TFRecordDataset(path))
   while True:
     try:
-      records.append(bytes(next(iterator).numpy()))
+      yield bytes(next(iterator).numpy())
     except StopIteration:
-      return records, False
-    except tf.errors.DataLossError:  # a record a kill cut short: everything before it counts
-      return records, True
+      return
+    except tf.errors.DataLossError:
+      log.warning("%s: a damaged or cut-short record; the records after it are dropped", path)
+      return
 
 
 def drop_events_after(workdir: str, step: int) -> None:
   """drop_rows_after for WORKDIR/tensorboard's event files: events of steps after `step` are
   removed, since the restarted run writes those steps again and TensorBoard would draw both
-  (TF2 writers emit no SessionLog.START, its cue to purge them). Needs TensorFlow (else there
-  are no event files of ours to fix); a failure is logged, not raised: outputs are not worth
-  the run."""
+  (TF2 writers emit no SessionLog.START, its cue to purge them). A file is read once to check
+  (record by record, not held in memory) and rewritten only when it has such events or a cut
+  record. Needs TensorFlow (which writes the files); a failure is logged, not raised: outputs
+  are not worth the run."""
   folder = os.path.join(workdir, "tensorboard")
   if not os.path.isdir(folder):
     return
   try:
     tf = tf_host.import_tensorflow()
-  except ImportError:
+  except Exception as e:  # pylint: disable=broad-except  (absent, or a broken install)
+    log.warning("TensorBoard events after step %d are kept (TensorFlow: %s)", step, e)
     return
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
-    if not name.startswith("events.out.tfevents") or not os.path.isfile(path):
+    if name.startswith(_REWRITE_PREFIX):  # left by a kill during a rewrite
+      os.remove(path)
       continue
+    if "tfevents" not in name or not os.path.isfile(path):
+      continue
+    # Not named *tfevents*: TensorBoard reads every such file, a half-written copy included.
+    tmp = os.path.join(folder, f"{_REWRITE_PREFIX}{os.getpid()}")
     try:
-      records, cut = _event_records(tf, path)
-      kept = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
-      if len(kept) == len(records) and not cut:
+      size = os.path.getsize(path)
+      read = 0
+      later = False
+      for record in _records(tf, path):
+        read += len(record) + 16  # TFRecord framing: length, its CRC, data, its CRC
+        later = later or tf.compat.v1.Event.FromString(record).step > step
+      if not later and read == size:
         continue
-      tmp = path + ".tmp"
-      with tf.io.TFRecordWriter(tmp) as f:
-        for record in kept:
-          f.write(record)
+      with tf.io.TFRecordWriter(tmp) as out:
+        for record in _records(tf, path):
+          if tf.compat.v1.Event.FromString(record).step <= step:
+            out.write(record)
       os.replace(tmp, path)
     except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError, OSError, ...)
       log.error("dropping TensorBoard events after step %d from %s failed (%s); its curves may "
                 "show those steps twice", step, path, e)
+

@@ -54,5 +54,8 @@ def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
   again.close()
   events = _events(folder)
   assert sorted(events) == [("d_loss", 1), ("d_loss", 2), ("d_loss", 3), ("d_loss", 4)]
+  (folder / ".jaxgan-rewrite-123").write_bytes(b"half a copy")  # left by a kill mid-rewrite
+  stamps = {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder) if "tfevents" in n}
   writers.drop_events_after(str(tmp_path), 4)  # nothing past 4: files left as they are
   assert _events(folder) == events
+  assert {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder)} == stamps
