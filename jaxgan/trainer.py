@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -64,11 +65,14 @@ def _resume_point(checkpointer) -> str:
   return f"step {latest}" if latest is not None else "the start (no checkpoint)"
 
 
-def _check_nonfinite(streaks: list, step: int, limit: int, checkpointer) -> None:
-  """Stops the run if any of `streaks` (the device skip streaks of the calls since the last
-  check; read back here, in one transfer) reached `limit`; empties the list."""
-  longest = max((int(np.max(s)) for s in sharding.to_host(streaks)), default=0)
-  streaks.clear()
+# The longest skip streak so far, kept on the device from each call's streaks ([k] when stacked):
+# read back only where the loop checks it.
+_longest_streak = jax.jit(lambda longest, streak: jnp.maximum(longest, jnp.max(streak)))
+
+
+def _check_nonfinite(longest_streak: Any, step: int, limit: int, checkpointer) -> None:
+  """Stops the run if the longest skip streak since the last check reached `limit`."""
+  longest = int(sharding.to_host(longest_streak))
   if longest >= limit:
     raise TrainingError(
         f"{longest} consecutive non-finite steps by step {step} (limit "
@@ -221,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
-  streaks: list = []  # each call's skip streak since the last check, on the device
+  longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
   saved = False  # whether the latest checkpoint save could be started
   try:
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
@@ -243,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = run.train_step(state, batch)
         interval.add(metrics, stacked=k > 1)
         in_flight.append(metrics["nonfinite_streak"])
-        streaks.append(metrics["nonfinite_streak"])  # [k] when stacked: any step may trip it
+        longest_streak = _longest_streak(longest_streak, metrics["nonfinite_streak"])
         if len(in_flight) > max_calls_ahead:
           jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
         step += k
@@ -280,7 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           # Only where the loop waits for the step anyway (not every call, which would keep the
           # host one call ahead at most), and before any checkpoint past the limit is written.
           # Skipped steps leave the weights as they were, so a late stop loses nothing.
-          _check_nonfinite(streaks, step, cfg.max_nonfinite_steps, checkpointer)
+          _check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
+          longest_streak = np.int32(0)
         # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
         # request it is what the grace period is for.
         if checkpoint_due:
@@ -297,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if stopping is not None:
           name = signal.Signals(stopping).name
           # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
-          if multihost.all_processes(saved and checkpointer.wait()):
+          written = checkpointer.wait() and saved
+          if multihost.all_processes(written):
             msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
           else:
             msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
@@ -307,7 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             print(msg, flush=True)
           break
       else:
-        if step > start_step and not multihost.all_processes(saved and checkpointer.wait()):
+        written = checkpointer.wait() and saved  # waited for on every process alike
+        if step > start_step and not multihost.all_processes(written):
           raise TrainingError(
               f"trained to step {step}, but its checkpoint could not be written to "
               f"{checkpointer.directory} (error above); a rerun resumes from "

@@ -347,20 +347,23 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
 
 
 def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
-  """The streak is read at rows and checkpoints only: every call's since the last check counts,
-  not just the last (which is 0 again once a finite step follows)."""
+  """The streak is read at rows and checkpoints only: the longest of every call's since the last
+  check counts, not just the last (which is 0 again once a finite step follows)."""
   import jax.numpy as jnp
 
   from jaxgan import checkpoint as ckpt_lib
 
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
-  calm = [jnp.int32(0), jnp.array([0, 1], jnp.int32)]  # a stacked call: [k]
-  trainer._check_nonfinite(calm, 4, 3, checkpointer)
-  assert calm == []  # emptied: the next check covers the calls after this one
-  streaks = [jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)]
+  longest = np.int32(0)
+  for streak in (jnp.int32(0), jnp.array([0, 1], jnp.int32)):  # a stacked call: [k]
+    longest = trainer._longest_streak(longest, streak)
+  trainer._check_nonfinite(longest, 4, 3, checkpointer)  # 1 < 3: goes on
+  longest = np.int32(0)
+  for streak in (jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)):
+    longest = trainer._longest_streak(longest, streak)
   with pytest.raises(trainer.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
                                                   r"resumes from the start \(no checkpoint\)"):
-    trainer._check_nonfinite(streaks, 8, 3, checkpointer)
+    trainer._check_nonfinite(longest, 8, 3, checkpointer)
   checkpointer.close()
 
 
