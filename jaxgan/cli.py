@@ -18,26 +18,31 @@ def fail(message: str) -> NoReturn:
 
 
 def _flag_value(argv: list[str], name: str) -> Optional[str]:
-  """The value of `--name VALUE` or `--name=VALUE` in argv, or None."""
+  """The value of the last `--name VALUE` or `--name=VALUE` in argv (absl's pick), or None."""
+  value = None
   for i, arg in enumerate(argv):
     if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{name}" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with every usage error as one `error:` line and exit status 2 (absl exits
   with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY)."""
-  config_file = _flag_value(argv[1:], "config")
-  if config_file is None and any(a.startswith("--config.") for a in argv[1:]):
-    fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
-  # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
-  path = config_file if config_file is None or os.path.exists(config_file) else (
-      config_file.split(":")[0])
-  if path is not None and not os.path.isfile(path):
-    fail(f"--config {config_file}: no such file; pass a config file, e.g. configs/default.py")
+  # Checked before absl, where ml_collections would raise a traceback or an "unknown flag";
+  # only for tools with a --config flag, and not where absl must act first (help, flag files).
+  args = argv[1:]
+  if "config" in flags.FLAGS and not any(a.startswith(("--help", "--flagfile")) for a in args):
+    config_file = _flag_value(args, "config")
+    if config_file is None and any(a.startswith("--config.") for a in args):
+      fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
+    # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
+    path = config_file if config_file is None or os.path.exists(config_file) else (
+        config_file.split(":")[0])
+    if path is not None and not os.path.isfile(path):
+      fail(f"--config {config_file}: no such file; pass a config file, e.g. configs/default.py")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
