@@ -47,6 +47,10 @@ def _check_flags(mode: str) -> None:
     for flag in ("image_size", "batch_size", "batches"):
       if FLAGS[flag].value < 1:
         cli.fail(f"--{flag} must be >= 1, got {FLAGS[flag].value}")
+    stray = [f for f in ("config", "steps", "warmup", "profile_steps", "trace_dir", "top")
+             if FLAGS[f].present]
+    if stray:  # ignored without a word otherwise
+      cli.fail(f"--{stray[0]} is a flag of the step and profile benchmarks, not of 'input'")
     return
   if FLAGS.config is None:
     cli.fail("--config is required, e.g. --config configs/benchmark/dcgan64.py")
@@ -54,9 +58,10 @@ def _check_flags(mode: str) -> None:
   stray = [f for f in ("images", "prepared", "image_size", "batch_size", "batches", "limit")
            if FLAGS[f].present]
   if stray:
-    cli.fail(f"--{stray[0]} is a flag of the input benchmark; the {mode} benchmark takes the "
-             "batch and image size from the config: --config.train.batch_size=N, "
-             "--config.data.image_size=N")
+    sizes = ("; the batch and image size come from the config: --config.train.batch_size=N, "
+             "--config.data.image_size=N" if stray[0] in ("image_size", "batch_size") else "")
+    cli.fail(f"--{stray[0]} is a flag of the input benchmark (python -m jaxgan.benchmark input), "
+             f"not of the {mode} benchmark{sizes}")
   for flag, low in (("steps", 1), ("warmup", 0), ("profile_steps", 1)):
     if FLAGS[flag].value < low:
       cli.fail(f"--{flag} must be >= {low}, got {FLAGS[flag].value}")

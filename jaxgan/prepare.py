@@ -50,8 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def bad_path(args: argparse.Namespace) -> str:
   """What is wrong with the paths given, or '': checked first, in the flags' own names (not
   after minutes of decoding, nor as the data.* config keys the loaders name)."""
-  if not os.path.isdir(args.images):
-    return f"--images {args.images}: not a folder"
+  if (args.images or not args.manifest) and not os.path.isdir(args.images):
+    return f"--images {args.images}: not a folder"  # '' with a manifest: paths relative to it
   if args.manifest and not os.path.isfile(args.manifest):
     return f"--manifest {args.manifest}: not a file"
   if os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -77,7 +77,8 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["sweep"],
          ["input", "--prepared", sys.argv[4], "--batches", "0"],
          ["input", "--prepared", sys.argv[3]],
-         ["step", "--config", "configs/default.py", "--batch_size", "1024"]]
+         ["step", "--config", "configs/default.py", "--batch_size", "1024"],
+         ["input", "--prepared", sys.argv[4], "--steps", "5"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -110,7 +111,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 8, results
+  assert [code for code, _ in results] == [2] * 9, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -120,9 +121,12 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   assert messages[4] == "error: --batches must be >= 1, got 0"  # a traceback before
   assert messages[5] == (f"error: --prepared {tmp_path / 'raw'}: not a prepared set (no "
                          "dataset_info.json); write one with python -m jaxgan.prepare")
-  assert messages[6].startswith("error: --batch_size is a flag of the input benchmark; the step "
-                                "benchmark takes the batch and image size from the config")
-  assert messages[7].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  assert messages[6].startswith("error: --batch_size is a flag of the input benchmark (python -m "
+                                "jaxgan.benchmark input), not of the step benchmark; the batch "
+                                "and image size come from the config: --config.train.batch_size")
+  assert messages[7] == ("error: --steps is a flag of the step and profile benchmarks, not of "
+                         "'input'")
+  assert messages[8].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
 
 
 def test_peak_table():

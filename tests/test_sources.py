@@ -475,9 +475,9 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
   in_memory = ArraySource(images, labels, ["a", "b", "c"], seed=1)
   threads, take = set(), np.take
 
-  def recording_take(a, idx, axis=None):
+  def recording_take(a, idx, axis=None, out=None):
     threads.add(threading.current_thread().name)
-    return take(a, idx, axis=axis)
+    return take(a, idx, axis=axis, out=out)
 
   stream = mapped.batches(64, 3, rows=np.arange(8, 64))
   with pytest.MonkeyPatch.context() as patch:

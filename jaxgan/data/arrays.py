@@ -162,11 +162,13 @@ def _gather(images: np.ndarray, idx: np.ndarray,
   if pool is None or len(idx) < 2 * GATHER_THREADS:
     return np.take(images, idx, axis=0)
   out = np.empty((len(idx),) + images.shape[1:], images.dtype)
+  bounds = np.linspace(0, len(idx), GATHER_THREADS + 1).astype(int)
 
-  def fill(part: np.ndarray) -> None:
-    out[part] = np.take(images, idx[part], axis=0)
+  def fill(part: int) -> None:  # straight into its slice of `out`: one copy
+    lo, hi = bounds[part], bounds[part + 1]
+    np.take(images, idx[lo:hi], axis=0, out=out[lo:hi])
 
-  list(pool.map(fill, np.array_split(np.arange(len(idx)), GATHER_THREADS)))  # re-raises errors
+  list(pool.map(fill, range(GATHER_THREADS)))  # re-raises a thread's error
   return out
 
 
