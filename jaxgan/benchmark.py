@@ -1,6 +1,6 @@
 """`python -m jaxgan.benchmark --config configs/benchmark/dcgan64.py [--config.train.batch_size=1024]`
 times the real train step and prints one JSON line;
-`python -m jaxgan.benchmark input --images DIR --prepared OUT [--image_size 64]` measures input
+`python -m jaxgan.benchmark input --images DIR --prepared SET [--image_size 64]` measures input
 throughput (raw JPEG decoding and prepared shards), one JSON line each;
 `python -m jaxgan.benchmark profile --config ... [--profile_steps 5] [--trace_dir DIR]` traces the
 train step and prints where its time goes (by op kind, by model layer, top ops) as one JSON line.

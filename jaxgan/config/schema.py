@@ -131,7 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_rampup = 0.05  # half-life <= rampup * G's images so far (0 disables)
   c.train.log_every = 50
   c.train.sample_every = 500
-  c.train.checkpoint_every = 1000  # also every train.eval_every step, before evaluating
+  # Also every train.eval_every step, before evaluating (these count toward keep_checkpoints:
+  # with eval_every below checkpoint_every, the kept ones span less history).
+  c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   # Consecutive skipped (non-finite) steps before the run stops; read back at log rows and before
   # checkpoints (skipped steps change no weights, so a later stop loses nothing).
