@@ -137,8 +137,8 @@ def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dic
                         out_sharding=None, batch_sharding=None) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
-  MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given), or the raw G's running
-  statistics unchanged when that is 0 or G has no BatchNorm.
+  MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given), or the raw G's
+  running statistics unchanged when that is 0 or G has no BatchNorm.
 
   A call with the very objects of the previous call returns its result again: the trainer's
   grid and evaluation of one step share one computation (and, sharing this function, one

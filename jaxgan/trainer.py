@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # few enough that queued batches (each on the device from its dispatch) stay a few batches.
 MAX_STEPS_AHEAD = 4
 
+
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
 
@@ -151,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
+
   def write_run_files() -> None:
     if not is_main:
       return

@@ -161,7 +161,8 @@ def test_generate_between(workdir, tmp_path):
 
 @pytest.mark.parametrize("between, label, message", [
     ("baseColour=Black:Purple", None,
-     r"^--between baseColour='Purple': not a class of baseColour; choose one of: Black, Navy Blue \(or an index 0..1\)$"),
+     r"^--between baseColour='Purple': not a class of baseColour; choose one of: Black, Navy Blue "
+     r"\(or an index 0..1\)$"),
     ("colour=Black:Navy Blue", None,
      r"^--between 'colour=Black:Navy Blue': this model has no attribute 'colour'; choose one of: "
      r"articleType, baseColour$"),
