@@ -138,10 +138,9 @@ class ArraySource:
     if isinstance(self.images, np.memmap):
       # Rows of a mapped file not in the page cache are read by page faults, one at a time per
       # thread: several threads keep several reads in flight (numpy copies without the GIL).
-      # Measured with the page cache dropped before each batch of 1024 64x64 rows (2-core VM,
-      # 2026-12-02, 10 pairs): 8 threads were faster in 8 of 10 pairs, by 10-50 %; the VM
-      # host's own disk cache warmed across the runs (420 -> 20 ms), so these are not true cold
-      # reads. In memory, one thread is as fast.
+      # Measured with the page cache dropped before each batch (docs/benchmarks.md,
+      # benchmarks/memmap_gather.py): 8 threads faster in 17 of 20 pairs, by 0-50 %, on a VM
+      # whose host caches the disk too. In memory, one thread is as fast.
       pool = concurrent.futures.ThreadPoolExecutor(GATHER_THREADS, "jaxgan-gather")
     try:
       for idx in self.index_dataset(batch_size, start_step, rows).as_numpy_iterator():
