@@ -76,11 +76,16 @@ def build_loss(config) -> Loss:
   return LOSSES.get(config.loss.name, "loss.name")
 
 
-def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
-  """E ||d critic(x) / dx||^2 over the real batch (Mescheder et al. 2018); the step weighs it by
-  gamma / 2. Summing the logits gives every sample's own input gradient in one backward pass."""
-  grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
-  return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
+def r1_penalty(critic: Callable[[Array], Array], real: Array) -> tuple[Array, Array]:
+  """(E ||d critic(x) / dx||^2 over the real batch (Mescheder et al. 2018), the critic's logits
+  on it): the step weighs the penalty by gamma / 2 and feeds the logits to ADA's statistic.
+  Summing the logits gives every sample's own input gradient in one backward pass."""
+  def summed(x):
+    logits = critic(x)
+    return jnp.sum(logits), logits
+
+  grads, logits = jax.grad(summed, has_aux=True)(real)
+  return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3))), logits
 
 
 def lecam_anchors(ema: dict, real_logits: Array, fake_logits: Array, decay: float,

@@ -133,28 +133,30 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     return (optax.apply_updates(d_params, updates), stats, d_opt_state, value, aux, grads,
             real_logits, lecam)
 
-  def r1_update(d_params, d_stats, d_opt_state, real, labels, key, aug_p, step):
+  def r1_update(d_params, d_stats, d_opt_state, real, labels, key, aug_state, step):
     """StyleGAN2's lazy regularisation phase: every r1_interval-th step, one extra D Adam step on
     k * gamma/2 * R1 alone, k = r1_interval * n_critic D steps per phase (make_optimizers
     corrects D's lr and betas for the extra step). R1 is the gradient w.r.t. the un-augmented
-    reals, through the augmentation as in StyleGAN2-ADA. lax.cond skips the double backward on
-    the other steps."""
+    reals, through the augmentation as in StyleGAN2-ADA, whose sign statistic also counts this
+    pass's reals. lax.cond skips the double backward on the other steps."""
 
     def regularise(_):
       def objective(params):
-        critic = lambda x: _apply(discriminator, params, d_stats, augment(x, key, aug_p),
+        critic = lambda x: _apply(discriminator, params, d_stats,
+                                  augment(x, key, aug_state.p),
                                   labels)[0]  # SN's power-iteration state stays the main phase's
-        r1 = losses_lib.r1_penalty(critic, real)
-        return r1_gain * r1, r1
+        r1, logits = losses_lib.r1_penalty(critic, real)
+        return r1_gain * r1, (r1, logits)
 
-      (_, r1), grads = jax.value_and_grad(objective, has_aux=True)(d_params)
+      (_, (r1, logits)), grads = jax.value_and_grad(objective, has_aux=True)(d_params)
       updates, opt_state = d_tx.update(grads, d_opt_state, d_params)
-      return optax.apply_updates(d_params, updates), opt_state, r1, grads
+      counted = augment_lib.accumulate(aug_state, logits) if aug.adaptive else aug_state
+      return optax.apply_updates(d_params, updates), opt_state, r1, grads, counted
 
     def skip(_):
       zeros = jax.tree_util.tree_map(jnp.zeros_like, d_params)
       # NaN = "not computed on this step": step_metrics averages R1 over the due steps only.
-      return d_params, d_opt_state, jnp.full((), jnp.nan, jnp.float32), zeros
+      return d_params, d_opt_state, jnp.full((), jnp.nan, jnp.float32), zeros, aug_state
 
     return jax.lax.cond(step % r1_interval == 0, regularise, skip, None)
 
@@ -202,17 +204,18 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
     if aug.adaptive:
       aug_state = augment_lib.accumulate(aug_state, real_logits)
+    d_values.append(d_value)
+    d_grads_all.append(d_grads)
+    if r1_gamma > 0:
+      d_params, d_opt_state, r1, r1_grads, aug_state = r1_update(
+          d_params, d_stats, d_opt_state, real, labels, keys[3 * n_critic], aug_state, state.step)
+      aux["r1_penalty"] = r1
+      d_grads_all.append(r1_grads)
+    if aug.adaptive:  # after every D phase of the step, as StyleGAN2-ADA adjusts p
       c = config.augment
       aug_state = augment_lib.maybe_update(aug_state, state.step, c.ada_interval,
                                            config.train.batch_size * n_critic, c.ada_target,
                                            float(c.ada_kimg))
-    d_values.append(d_value)
-    d_grads_all.append(d_grads)
-    if r1_gamma > 0:
-      d_params, d_opt_state, r1, r1_grads = r1_update(
-          d_params, d_stats, d_opt_state, real, labels, keys[3 * n_critic], aug_p, state.step)
-      aux["r1_penalty"] = r1
-      d_grads_all.append(r1_grads)
 
     # G update through the updated D: dL/dfake from D, then back through G's saved forward.
     # D's statistics from this pass are not kept: they belong to the G phase.

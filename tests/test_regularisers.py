@@ -17,7 +17,9 @@ def test_r1_matches_a_direct_computation():
   critic = lambda x: jnp.sum(w * x**2, axis=(1, 2, 3))  # per-sample logits; grad = 2 w x
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 2, 3))
   want = np.mean(np.sum((2 * np.asarray(w) * np.asarray(x)) ** 2, axis=(1, 2, 3)))
-  np.testing.assert_allclose(losses.r1_penalty(critic, x), want, rtol=1e-6)
+  penalty, logits = losses.r1_penalty(critic, x)
+  np.testing.assert_allclose(penalty, want, rtol=1e-6)
+  np.testing.assert_allclose(logits, critic(x), rtol=1e-6)  # the logits ADA's statistic counts
 
 
 def test_lecam_matches_the_formula():
@@ -108,8 +110,9 @@ def _run_steps(config, n, size):
 
 
 def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
-  overrides = {"augment.name": "ada", "augment.ada_interval": 1, "augment.ada_kimg": 1,
-               "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3}
+  overrides = {"augment.name": "ada", "augment.ada_interval": 2, "augment.ada_kimg": 1,
+               "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3,
+               "loss.r1_gamma": 1.0, "loss.r1_interval": 2, "model.d_norm": "layer"}
   config = tiny_config(**overrides, **{"model.orthogonal_reg": 1e-4})
   (s0, s1, s2), metrics = _run_steps(config, 2, 16)
   assert metrics[0]["nonfinite"] == 0 and metrics[1]["nonfinite"] == 0
@@ -127,10 +130,14 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   for x, y in zip(leaves(s1.d_params), leaves(plain.d_params)):
     np.testing.assert_array_equal(x, y)
   assert any(not np.array_equal(x, y) for x, y in zip(leaves(s1.g_params), leaves(plain.g_params)))
-  # ADA: one update per step after 8 images with ada_kimg=1 moves p by exactly 8 / 1000, up when
-  # sign(D(real)) averages above the target, down otherwise.
-  for before, after in ((s0, s1), (s1, s2)):
-    assert abs(abs(float(after.augment.p) - float(before.augment.p)) - 8 / 1000) < 1e-6
+  # ADA's sign statistic counts the reals of every D pass, as StyleGAN2-ADA: after step 0, the
+  # main pass's 8 and the lazy-R1 pass's 8 (R1 is due on even steps); step 1 adds its main 8.
+  assert int(s1.augment.count) == 16 and float(s1.augment.p) == 0.5
+  assert abs(float(s1.augment.signs_sum)) <= 16 and float(s1.augment.signs_sum) % 1 == 0
+  # At the end of the interval (2 steps, 16 images shown with ada_kimg=1) p moves by exactly
+  # 16 / 1000, up when sign(D(real)) averages above the target, down otherwise; the sums reset.
+  assert abs(abs(float(s2.augment.p) - 0.5) - 16 / 1000) < 1e-6
+  assert int(s2.augment.count) == 0 and float(s2.augment.signs_sum) == 0.0
   assert float(metrics[1]["augment_p"]) == pytest.approx(float(s2.augment.p))
 
 
