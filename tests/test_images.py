@@ -62,6 +62,27 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
   np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
 
 
+def test_dark_16bit_png_opened_as_mode_i_stays_16bit(tmp_path, monkeypatch):
+  """Pillow 10 (allowed by pyproject) opens 16-bit grey PNGs as mode "I", not "I;16": a dark one
+  (every value <= 255) must still scale by 65535, not read as 8-bit. Pillow 10's mode table is
+  patched in, so the test holds on any installed Pillow."""
+  from PIL import PngImagePlugin
+
+  monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+  arr = np.full((40, 40), 200, np.uint16)  # 200 / 65535 of white: nearly black
+  path = _write(tmp_path, "dark16.png", _encode(Image.fromarray(arr), "PNG"))
+  with Image.open(path) as img:
+    assert img.mode == "I"  # what Pillow 10 does
+  out = load_image(path, OPTS)
+  np.testing.assert_array_equal(out.image[16, 16], [1, 1, 1])
+  # An EXIF-rotated one too (the rotation returns a copy without the format).
+  img = Image.fromarray(arr)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  rotated = load_image(_write(tmp_path, "rot16.png", _encode(img, "PNG", exif=exif)), OPTS)
+  np.testing.assert_array_equal(rotated.image[16, 16], [1, 1, 1])
+
+
 def test_16bit_png_colour_key_becomes_the_background(tmp_path):
   """A 16-bit grey PNG with a tRNS colour key: the keyed pixels are transparent (white), not the
   key's grey. Rebuilding the image to scale it to 8 bits used to drop the key."""

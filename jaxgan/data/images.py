@@ -43,7 +43,7 @@ class LoadOptions:
 
 # Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
 # so a loader fix is never served the old pixels.
-LOADER_VERSION = 3
+LOADER_VERSION = 4  # 4: a dark 16-bit PNG opened as mode I is 16-bit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +98,17 @@ def find_images(root: str) -> Iterator[str]:
         yield path
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-  """8-bit RGB, with transparency composited onto `background`."""
+def _to_rgb(img: Image.Image, background: tuple[int, int, int], source_format: str = ""
+            ) -> Image.Image:
+  """8-bit RGB, with transparency composited onto `background`; `source_format` is the file's
+  format as PIL identified it (EXIF rotation returns a copy that no longer says)."""
   if img.mode in ("I;16", "I;16B", "I;16L", "I"):
     # 16/32-bit grayscale: scale the full range to 8 bits (PIL's convert would clip at 255).
+    # A PNG has no 32-bit grayscale, so its "I" (Pillow < 11 opens 16-bit PNGs so) is 16-bit
+    # even when its values are all small: a dark 16-bit image must not read as a bright 8-bit one.
     arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    sixteen = img.mode.startswith("I;16") or source_format == "PNG"
+    top = 65535.0 if sixteen or arr.max() > 255 else 255.0
     key = img.info.get("transparency")  # a PNG tRNS colour key, in the original 16-bit values
     img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
     if isinstance(key, int):  # rebuilt from the array: the key would be lost (or mean 8-bit)
@@ -137,8 +142,9 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
   """Steps 2-5 on an opened (header-checked) image."""
   if getattr(img, "n_frames", 1) > 1:
     img.seek(0)
+  source_format = img.format or ""
   img = ImageOps.exif_transpose(img)
-  img = _square(_to_rgb(img, options.background), options.background)
+  img = _square(_to_rgb(img, options.background, source_format), options.background)
   if options.image_size and img.size[0] != options.image_size:  # 0: keep the native size
     img = img.resize((options.image_size, options.image_size), RESAMPLE)
   return np.asarray(img, dtype=np.uint8)
