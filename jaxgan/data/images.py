@@ -104,7 +104,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int], source_format: s
   format as PIL identified it (EXIF rotation returns a copy that no longer says)."""
   if img.mode in ("I;16", "I;16B", "I;16L", "I"):
     # 16/32-bit grayscale: scale the full range to 8 bits (PIL's convert would clip at 255).
-    # A PNG has no 32-bit grayscale, so its "I" (Pillow < 11 opens 16-bit PNGs so) is 16-bit
+    # A PNG has no 32-bit grayscale, so its "I" (Pillow 10 opens 16-bit PNGs so) is 16-bit
     # even when its values are all small: a dark 16-bit image must not read as a bright 8-bit one.
     arr = np.asarray(img, dtype=np.float64)
     sixteen = img.mode.startswith("I;16") or source_format == "PNG"
