@@ -292,6 +292,20 @@ def test_array_source_needs_one_label_per_image():
     ArraySource(np.zeros((3, 4, 4, 3), np.uint8), np.zeros(2), ["a"], 0)
 
 
+@pytest.mark.parametrize("labels, attributes, message", [
+    ([0, 2], None, "class label 2 of example 1 is not one of its 2 classes"),
+    ([0, -1], None, "class label -1 of example 1 is not one of its 2 classes"),
+    ([[0, 0], [1, 3]], [("type", ["a", "b"]), ("colour", ["x", "y", "z"])],
+     "colour label 3 of example 1 is not one of its 3 classes"),
+    ([[0, 0], [1, 1]], [("type", ["a", "b"])], "labels of 2 attribute"),
+])
+def test_array_source_refuses_labels_that_are_not_class_indices(labels, attributes, message):
+  # -1 would wrap to the last class in the embedding, and one past the end gives NaN.
+  with pytest.raises(DataError, match=f"set X: {message}"):
+    ArraySource(np.zeros((2, 4, 4, 3), np.uint8), np.asarray(labels), ["a", "b"], 0,
+                attribute_names=attributes, where="set X")
+
+
 def test_order_is_a_seeded_permutation_per_epoch_and_resumable():
   source = _array_source()
   stream = source.batches(5, 0)
@@ -338,6 +352,14 @@ def test_prepare_is_reproducible_and_readable(folder, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="data.image_size: .* was prepared at 16, got 32"):
     config_lib.validate(_config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
                                    "data.num_classes": 2, "data.image_size": 32}), 1)
+  # An edited dataset_info.json that lost a class: its labels no longer fit, named with the set.
+  info["class_names"], info["class_counts"] = ["shirts"], {"shirts": 2}
+  json.dump(info, open(tmp_path / "a" / "dataset_info.json", "w"))
+  edited = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
+                      "data.num_classes": 1})
+  config_lib.validate(edited, 1)
+  with pytest.raises(DataError, match=f"{tmp_path / 'a'}: class label 1 of example"):
+    build_source(edited)
 
 
 def test_file_cache_gives_the_same_data(folder, tmp_path):
@@ -475,9 +497,9 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
   in_memory = ArraySource(images, labels, ["a", "b", "c"], seed=1)
   threads, take = set(), np.take
 
-  def recording_take(a, idx, axis=None, out=None):
+  def recording_take(a, idx, axis=None, out=None, mode="raise"):
     threads.add(threading.current_thread().name)
-    return take(a, idx, axis=axis, out=out)
+    return take(a, idx, axis=axis, out=out, mode=mode)
 
   stream = mapped.batches(64, 3, rows=np.arange(8, 64))
   with pytest.MonkeyPatch.context() as patch:

@@ -70,34 +70,38 @@ class ArraySource:
   multi_attribute = False  # whether this source can serve data.extra_num_classes (config.validate)
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-               seed: int, bad_files: int = 0, attribute_names: Optional[Attributes] = None):
+               seed: int, bad_files: int = 0, attribute_names: Optional[Attributes] = None,
+               where: str = "the data set"):
     if len(images) == 0:
-      raise DataError("the data set has no usable images")
+      raise DataError(f"{where} has no usable images")
     if len(labels) != len(images):  # a misaligned list would train every image on a wrong label
-      raise DataError(f"{len(images)} images but {len(labels)} labels: need one label per image")
+      raise DataError(f"{where}: {len(images)} images but {len(labels)} labels: need one label "
+                      "per image")
     self.images = images
     self.labels = np.asarray(labels, np.int32)
     self.class_names = list(class_names)
     if attribute_names is None:
       attribute_names = [("class", self.class_names)] if self.class_names else []
     self.attribute_names = [(str(c), list(n)) for c, n in attribute_names]
+    check_label_range(self.labels, self.attribute_names, where)
     self.seed = seed
     self.bad_files = bad_files  # reported in the metrics
 
   @classmethod
   def for_config(cls, config, images: np.ndarray, labels: np.ndarray,
                  class_names: Sequence[str], bad_files: int = 0,
-                 attribute_names: Optional[Attributes] = None) -> "ArraySource":
+                 attribute_names: Optional[Attributes] = None,
+                 where: str = "the data set") -> "ArraySource":
     """The source a run trains on: labels kept for conditional training (data.num_classes > 0),
     [N] for one attribute and [N, A] for several; all zero [N], no class names, unconditional."""
     labels = np.asarray(labels, np.int32)
     if config.data.num_classes <= 0:
       return ArraySource(images, np.zeros(len(labels), np.int32), [], config.seed,
-                         bad_files=bad_files, attribute_names=[])
+                         bad_files=bad_files, attribute_names=[], where=where)
     if labels.ndim == 2 and labels.shape[1] == 1:
       labels = labels[:, 0]
     return ArraySource(images, labels, class_names, config.seed, bad_files=bad_files,
-                       attribute_names=attribute_names)
+                       attribute_names=attribute_names, where=where)
 
   @property
   def num_examples(self) -> int:
@@ -171,6 +175,24 @@ def _gather(images: np.ndarray, idx: np.ndarray,
 
   list(pool.map(fill, range(GATHER_THREADS)))  # re-raises a thread's error
   return out
+
+
+def check_label_range(labels: np.ndarray, attributes: Attributes, where: str) -> None:
+  """Raises DataError unless every label is a class index of its attribute: a label file out of
+  step with its class names would reach the embedding, where -1 wraps to the last class and one
+  past the end gives NaN, instead of failing."""
+  if not attributes:
+    return
+  labels = labels.reshape(len(labels), -1)
+  if labels.shape[1] != len(attributes):
+    raise DataError(f"{where}: labels of {labels.shape[1]} attribute(s) for "
+                    f"{len(attributes)} attribute name list(s); prepare the set again")
+  for a, (column, names) in enumerate(attributes):
+    bad = np.flatnonzero((labels[:, a] < 0) | (labels[:, a] >= len(names)))
+    if len(bad):
+      raise DataError(f"{where}: {column} label {int(labels[bad[0], a])} of example "
+                      f"{int(bad[0])} is not one of its {len(names)} classes ({len(bad)} such "
+                      "labels): the labels do not match the class names; prepare the set again")
 
 
 def check_rows(rows: Optional[np.ndarray], batch_size: int) -> np.ndarray:
@@ -333,4 +355,4 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     require_every_class(np.asarray(labels)[indices], attribute_names, where)
   return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
                                class_names, bad_files=len(skipped),
-                               attribute_names=attribute_names)
+                               attribute_names=attribute_names, where=where)

@@ -279,4 +279,4 @@ class PreparedSource(ArraySource):
                   "there; prepare it again to pick the fixes up", d.path,
                   "(not recorded)" if recorded is None else recorded, LOADER_VERSION)
     return ArraySource.for_config(config, images, labels, info["class_names"],
-                                  attribute_names=attribute_names(info))
+                                  attribute_names=attribute_names(info), where=d.path)

@@ -68,4 +68,5 @@ class TfdsSource(ArraySource):
                                             load_options(config))
     require_num_classes(config, class_names, f"tfds {d.tfds_name}")
     attributes = [(d.tfds_label_key, class_names)] if class_names else []
-    return ArraySource.for_config(config, images, labels, class_names, attribute_names=attributes)
+    return ArraySource.for_config(config, images, labels, class_names, attribute_names=attributes,
+                                  where=f"tfds {d.tfds_name}")
