@@ -100,6 +100,10 @@ def evaluate_workdir(args) -> dict:
 
   directory = "checkpoints_best" if args.checkpoint == "best" else "checkpoints"
   config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
+  labelled = suite.needs_labels(suite.parse_names(args.metrics))
+  if labelled and config.data.num_classes <= 0:  # before any image is read or network built
+    raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
+                     "unconditional run (data.num_classes = 0); drop it")
   with config.unlocked():
     config.eval.metrics = args.metrics
     config.eval.batch_size = args.batch_size or config.eval.batch_size
@@ -107,7 +111,6 @@ def evaluate_workdir(args) -> dict:
     config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
     if args.standing_stats_batches >= 0:
       config.eval.standing_stats_batches = args.standing_stats_batches
-  suite.parse_names(args.metrics)
   generator, _ = models_lib.build_models(config)
   evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config))
   results = evaluator.evaluate(state.ema_params, state.g_batch_stats, args.num_samples,
@@ -122,22 +125,24 @@ def _bad_argument(args) -> str:
   error after the reals' features would cost minutes to hours), or ''."""
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
 
-  if args.num_samples < 2:
-    return f"--num-samples must be >= 2, got {args.num_samples}"
-  if args.num_real < 0:
-    return f"--num-real must be >= 0 (0 = the run's eval.num_real), got {args.num_real}"
+  unknown = [n for n in (m.strip() for m in args.metrics.split(",")) if n and n not in suite.METRICS]
+  if unknown or not args.metrics.strip():
+    return (f"--metrics {args.metrics!r}: unknown metric {unknown[0] if unknown else '(none)'}; "
+            f"choose from {suite.METRICS.names()}")
+  names = suite.parse_names(args.metrics)
+  fewest = suite.min_samples(names)
+  if args.num_samples < fewest:
+    return f"--num-samples must be >= {fewest} for --metrics {args.metrics}, got {args.num_samples}"
+  if args.num_real < 0 or 0 < args.num_real < fewest:
+    return (f"--num-real must be 0 (the run's eval.num_real) or >= {fewest} for --metrics "
+            f"{args.metrics}, got {args.num_real}")
   if args.image_size < 0 or (args.image_size and args.workdir):
     return (f"--image-size must be >= 1 (0 = native sizes), got {args.image_size}"
             if args.image_size < 0 else "--image-size is for two-set mode (--real/--fake); "
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
-  unknown = [n for n in (m.strip() for m in args.metrics.split(",")) if n and n not in suite.METRICS]
-  if unknown or not args.metrics.strip():
-    return (f"--metrics {args.metrics!r}: unknown metric {unknown[0] if unknown else '(none)'}; "
-            f"choose from {suite.METRICS.names()}")
-  labelled = [n for n in (m.strip() for m in args.metrics.split(","))
-              if getattr(suite.METRICS.get(n), "needs_labels", False)]
+  labelled = suite.needs_labels(names)
   if labelled and not args.workdir:
     return f"--metrics {labelled[0]} needs class labels: use --workdir (a conditional run)"
   for flag in ("real", "fake"):

@@ -52,6 +52,10 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"data.num_classes": 0, "eval.metrics": "fid,per_class_fid"},
      "eval.metrics: 'per_class_fid' needs a conditional run"),
     ({"eval.num_real": -1}, "eval.num_real: must be an integer >= 0"),
+    ({"train.eval_every": 10, "train.eval_num_samples": 3, "eval.metrics": "fid,pr"},
+     "train.eval_num_samples: must be >= 4 for eval.metrics='fid,pr', got 3"),
+    ({"train.eval_every": 10, "eval.num_real": 2, "eval.metrics": "pr"},
+     "eval.num_real: must be 0 or >= 4 for eval.metrics='pr', got 2"),
 ])
 def test_invalid_combinations_name_the_key(make_config, overrides, message):
   with pytest.raises(config_lib.ConfigError) as info:

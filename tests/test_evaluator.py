@@ -174,7 +174,13 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     ([], "pass either --workdir DIR or both"),
     (["--workdir", "{tmp}/run"], "{tmp}/run/config.json not found"),
     (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
-    (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be >= 0"),
+    (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be 0 (the run's eval.num_real) "
+     "or >= 4 for --metrics fid,kid,pr, got -5"),
+    # precision/recall's 3rd neighbour must be another sample: 4 per set, refused up front (it
+    # used to fail after every feature was extracted, losing FID and KID with it).
+    (["--workdir", "{tmp}", "--num-samples", "3", "--metrics", "fid,pr"],
+     "--num-samples must be >= 4 for --metrics fid,pr, got 3"),
+    (["--workdir", "{tmp}", "--num-real", "3", "--metrics", "pr"], "--num-real must be 0"),
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
@@ -187,6 +193,19 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
+
+
+def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(
+    tmp_path, capsys, monkeypatch):
+  from jaxgan import data, evaluate, workdir
+
+  config = tiny_config(**{"data.num_classes": 0})
+  monkeypatch.setattr(workdir, "load_latest", lambda *a: (config, 4, None, {}))
+  monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
+  assert evaluate.main(["--workdir", str(tmp_path), "--metrics", "fid,per_class_fid"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == (f"error: --metrics per_class_fid needs class labels: {tmp_path} is an "
+                 "unconditional run (data.num_classes = 0); drop it")
 
 
 def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):

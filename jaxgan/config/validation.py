@@ -140,14 +140,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
            "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
            f"{config.train.eval_every!r}")
-  if config.train.eval_every:
-    _require(config.train.eval_num_samples >= 2, "train.eval_num_samples",
-             f"must be >= 2, got {config.train.eval_num_samples}")
-  for name in [m.strip() for m in config.eval.metrics.split(",") if m.strip()]:
+  names = [m.strip() for m in config.eval.metrics.split(",") if m.strip()]
+  for name in names:
     _require(name in metrics_suite.METRICS, "eval.metrics",
              f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
-    _require(nc > 0 or not getattr(metrics_suite.METRICS.get(name), "needs_labels", False),
+    _require(nc > 0 or not metrics_suite.needs_labels([name]),
              "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
+  if config.train.eval_every:
+    fewest = metrics_suite.min_samples(names)
+    _require(config.train.eval_num_samples >= fewest, "train.eval_num_samples",
+             f"must be >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
+             f"{config.train.eval_num_samples}")
   _positive_int(config, "eval.batch_size")
   _require(isinstance(config.eval.standing_stats_batches, int)
            and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
@@ -155,6 +158,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"{config.eval.standing_stats_batches!r}")
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
+  if config.train.eval_every and config.eval.num_real:
+    _require(config.eval.num_real >= metrics_suite.min_samples(names), "eval.num_real",
+             f"must be 0 or >= {metrics_suite.min_samples(names)} for eval.metrics="
+             f"{config.eval.metrics!r}, got {config.eval.num_real}")
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data

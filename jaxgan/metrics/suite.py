@@ -60,11 +60,17 @@ def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.
 
 _per_class_fid.needs_labels = True  # config.validate refuses it for unconditional runs
 
+PR_NEIGHBOURS = 3
+
 
 @METRICS.register("pr")
 def _precision_recall(real: np.ndarray, fake: np.ndarray, *_) -> dict:
-  precision, recall = distances.precision_recall(real, fake, k=3)
+  precision, recall = distances.precision_recall(real, fake, k=PR_NEIGHBOURS)
   return {"precision": precision, "recall": recall}
+
+
+# The k-th neighbour of a sample must be another sample: k + 1 per set (FID and KID take 2).
+_precision_recall.min_samples = PR_NEIGHBOURS + 1
 
 
 def parse_names(names: str) -> list[str]:
@@ -73,6 +79,17 @@ def parse_names(names: str) -> list[str]:
   for name in out:
     METRICS.get(name, "eval.metrics")
   return out
+
+
+def needs_labels(names: list[str]) -> list[str]:
+  """The metrics of `names` that need class labels (a conditional run)."""
+  return [n for n in names if getattr(METRICS.get(n, "eval.metrics"), "needs_labels", False)]
+
+
+def min_samples(names: list[str]) -> int:
+  """The fewest samples per set that every metric of `names` can be computed from (checked
+  before an evaluation: one metric failing at the end would lose the others' values too)."""
+  return max([2] + [getattr(METRICS.get(n, "eval.metrics"), "min_samples", 2) for n in names])
 
 
 def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
