@@ -71,6 +71,8 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
   m = min(subset_size, len(x), len(y))
   if m < 2:
     raise ValueError("KID needs at least 2 samples in each set")
+  if m == len(x) == len(y):  # every subset is the whole of both sets: one value, std 0
+    num_subsets = 1
   rng = np.random.default_rng(seed)
   values = np.empty(num_subsets)
   for i in range(num_subsets):
