@@ -185,6 +185,11 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
     l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)
     z_dev, l_dev = place((jnp.asarray(z_part), None if l_part is None else jnp.asarray(l_part)))
     out = sampler(ema_params, g_batch_stats, z_dev, l_dev).addressable_data(0)
+    # The sampler's output is replicated, so one device's copy is the whole chunk; a sharded one
+    # would silently give 1/D of the images.
+    if out.shape[0] != chunk:
+      raise ValueError(f"the sampler returned {out.shape[0]} rows per device for a chunk of "
+                       f"{chunk}: its output must be replicated, not sharded")
     yield np.asarray(jax.device_get(out))[:count]
 
 

@@ -171,3 +171,20 @@ def test_standing_statistics_stay_exact_for_large_activations():
       np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
       largest = max(largest, float(np.max(np.abs(expected))))
   assert largest > 1e6  # the case this is about
+
+
+def test_chunks_are_padded_trimmed_and_a_sharded_output_is_refused():
+  """sample_in_chunks returns exactly the rows asked for, in order (the last chunk padded, then
+  trimmed), and refuses a sampler whose output is sharded: reading one device's shard would
+  silently give 1/D of the images."""
+  rows = lambda params, stats, z, labels: jnp.asarray(z)[:, :1] * 2
+  z = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+  got = np.concatenate(list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3)))
+  np.testing.assert_array_equal(got[:, 0], np.arange(7) * 2)
+
+  class Shard:  # what addressable_data(0) of a batch sharded over 2 devices holds
+    def addressable_data(self, _):
+      return np.zeros((1, 1), np.float32)
+
+  with pytest.raises(ValueError, match="returned 1 rows per device for a chunk of 2"):
+    next(sampling.sample_in_chunks(lambda *a: Shard(), None, None, z, None, chunk=2))
