@@ -17,17 +17,18 @@ c.distributed.process_id = int(sys.argv[2])
 sharding.initialize_distributed(c)
 me = jax.process_index()
 from jaxgan import data
-def data_check(labels):
+def data_check(labels, seed=0):
   try:
-    data.check_same_on_every_process(data.ArraySource(images, labels, ["a", "b"], seed=0))
+    data.check_same_on_every_process(data.ArraySource(images, labels, ["a", "b"], seed=seed))
     return "same"
   except data.DataError as e:
     return str(e)
 images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
 same = data_check(np.array([0, 1, 0, 1]))
 differ = data_check(np.array([0, 1, 0, 1 - me]))  # process 1 labels one image otherwise
+reordered = data_check(np.array([0, 1, 0, 1]), seed=me)  # the same data, in another order
 print(json.dumps({
-    "data": [same, differ[:39]],
+    "data": [same, differ[:39], reordered[:57]],
     "cuda_visible_devices": jax.config.values["jax_cuda_visible_devices"],
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
     "any": [multihost.any_process(me == 1), multihost.any_process(False)],
@@ -48,7 +49,9 @@ def test_two_processes_agree():
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
                                       "signal": [15, None], "from_0": [True, 1.5],
                                       "cuda_visible_devices": "all",
-                                      "data": ["same", "the processes read different data (this"]}
+                                      "data": ["same", "the processes read different data (this",
+                                               "the processes read the same data but order it "
+                                               "differently"]}
 
 
 START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""

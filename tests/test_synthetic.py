@@ -86,6 +86,28 @@ def test_prefetch_keeps_order_and_reraises():
     next(stream)
 
 
+@pytest.mark.parametrize("ending", ["done", "error"])
+def test_prefetch_thread_ends_when_the_consumer_stops_with_a_full_queue(ending):
+  """A consumer that stops while the queue is full and the iterator has ended (or failed) must
+  not leave the producer blocked on its last put, holding the iterator, for good."""
+  import threading
+  import time
+
+  def short():
+    yield from range(2)
+    if ending == "error":
+      raise RuntimeError("bad file")
+
+  before = set(threading.enumerate())
+  stream = prefetch(short(), 1)
+  assert next(stream) == 0
+  (producer,) = [t for t in threading.enumerate() if t not in before]
+  time.sleep(0.3)  # the producer queues item 1, then waits to hand over the end (or the error)
+  stream.close()
+  producer.join(timeout=5)
+  assert not producer.is_alive()
+
+
 def test_stack_batches_groups_steps_in_order():
   batches = [{"image": np.full((2, 1), i), "label": np.array([i, -i])} for i in range(5)]
   stacked = list(stack_batches(iter(batches), 2))

@@ -78,26 +78,53 @@ def fingerprint(source) -> int:
     batch = next(iter(source.batches(4, 0)))
     digest.update(np.ascontiguousarray(batch["image"]).tobytes())
     digest.update(np.ascontiguousarray(batch["label"]).tobytes())
+  return _digest31(digest)
+
+
+def _digest31(digest) -> int:
   # 31 bits: it travels through a collective as int32 (JAX without x64).
   return int.from_bytes(digest.digest()[:4], "big") & 0x7FFFFFFF
 
 
+def order_fingerprint(source) -> int:
+  """A 31-bit digest of the order `source` serves its examples in: the example indices of up to
+  64 stream positions in each of its first two epochs (0 for a source without an index order).
+  Not part of `fingerprint`, which checkpoints record: that one is the data's alone."""
+  indices, n = getattr(source, "indices", None), getattr(source, "num_examples", 0)
+  if indices is None or not n:
+    return 0
+  from jaxgan import tf_host  # pylint: disable=g-import-not-at-top  (TensorFlow, lazily)
+
+  tf = tf_host.import_tensorflow()
+  first = np.arange(min(n, 64), dtype=np.int64)
+  order = np.asarray(indices(tf.constant(np.concatenate([first, n + first]))))
+  return _digest31(hashlib.sha256(order.astype(np.int64).tobytes()))
+
+
 def check_same_on_every_process(source, mine: int | None = None) -> None:
-  """Raises DataError on every process when some process built other data than process 0 did.
+  """Raises DataError on every process when some process built other data than process 0 did,
+  or orders it otherwise (`mine`: this process's `fingerprint`, computed when None).
 
   Each process reads the data itself and takes its share of each batch by position, so a file
   that failed to read on one host only, or a data.path that differs between hosts, would shift
-  every index there: examples silently duplicated or never seen, for the whole run."""
+  every index there: examples silently duplicated or never seen, for the whole run. So would an
+  order computed otherwise (another data seed, a TensorFlow whose index shuffle differs)."""
   # Here, not at the top: image-decoding workers import this package and must not load JAX.
   from jaxgan import multihost  # pylint: disable=g-import-not-at-top
 
   mine = fingerprint(source) if mine is None else mine
+  order = order_fingerprint(source)
   if not multihost.all_processes(mine == multihost.from_process_0(mine)):
     raise DataError(
         "the processes read different data (this one: "
         f"{getattr(source, 'num_examples', '?')} examples, {getattr(source, 'bad_files', 0)} "
         f"unreadable files, fingerprint {mine:08x}); give every host the same complete data.path "
         "(a shared file system, or identical copies), and check the logs for skipped files")
+  if not multihost.all_processes(order == multihost.from_process_0(order)):
+    raise DataError(
+        f"the processes read the same data but order it differently (this one: order "
+        f"{order:08x}); give every host the same seed and the same TensorFlow version (its "
+        "index shuffle draws the order)")
 
 
 def stack_batches(iterator: Iterator[dict], k: int) -> Iterator[dict]:
@@ -121,20 +148,25 @@ def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:
   stop = threading.Event()
   done = object()
 
+  def put(item) -> bool:
+    """Queues `item` unless the consumer has stopped (then False): a plain blocking put would
+    keep this thread, and the iterator it holds, alive for good once nobody reads the queue."""
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def produce():
     try:
       for item in iterator:
-        while not stop.is_set():
-          try:
-            items.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put(item):
           return
-      items.put(done)
+      put(done)
     except BaseException as e:  # handed to the consumer, which raises it
-      items.put(e)
+      put(e)
 
   thread = threading.Thread(target=produce, daemon=True, name="jaxgan-prefetch")
   thread.start()
