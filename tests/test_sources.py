@@ -280,6 +280,13 @@ def test_tfds_source_with_mock_data():
   assert source.num_examples == 12 and source.images.shape == (12, 16, 16, 3)
   assert source.class_names[0] == "T-shirt/top" and len(source.class_names) == 10
   assert source.labels.min() >= 0 and source.labels.max() < 10
+  # Examples the loader cannot take are skipped and counted as files are, not fatal: here all
+  # of them (28x28 is below data.min_source_size=30), which is too many.
+  config.data.min_source_size = 30
+  with tfds.testing.mock_data(num_examples=12):
+    with pytest.raises(DataError, match=r"12 of 12 images in tfds fashion_mnist are unusable, "
+                       r"more than data.max_bad_fraction=.*fashion_mnist/train\[0\]: too small"):
+      build_source(config)
 
 
 def _array_source(n=10, seed=0):
