@@ -189,13 +189,15 @@ class PeriodicEval:
   and not compared with, so `generate --checkpoint best` never returns another run's model."""
 
   def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable,
-               start_step: int):
+               start_step: int, data_fingerprint: Optional[int] = None):
     self.config, self.writer, self.meta = config, writer, meta
     self.evaluator = evaluator
     self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
-    # FIDs compare only at the same sample counts, weights and preprocessing: a best FID
-    # measured under other eval settings is forgotten (the next evaluation becomes the best).
-    self.settings = {"num_samples": config.train.eval_num_samples,
+    # FIDs compare only against the same reals (the data, `data.fingerprint`), at the same
+    # sample counts, weights and preprocessing: a best FID measured under other eval settings is
+    # forgotten (the next evaluation becomes the best).
+    self.settings = {"data_fingerprint": data_fingerprint,
+                     "num_samples": config.train.eval_num_samples,
                      "num_real": config.eval.num_real or config.train.eval_num_samples,
                      "weights": self.evaluator.extractor.weights_id,
                      "preprocessing": PREPROCESSING_ID,

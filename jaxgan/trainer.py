@@ -213,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, run.generator, source, sampler,
         place=lambda tree: sharding.put_replicated(tree, run.mesh),
         statistics=ema_statistics), "loading the Inception weights")
-    evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step)
+    evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
+                                          data_fingerprint)
 
   step = start_step
   # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a

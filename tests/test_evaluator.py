@@ -119,6 +119,11 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
+  # So do other reals: a run resumed on changed data (its data fingerprint differs).
+  fresh = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4,
+                                 data_fingerprint=0x1234)
+  assert fresh.best_fid == float("inf")
+  fresh.close()
   # So do the EMA generator's BatchNorm statistics (standing vs the raw G's: ~12 % of FID).
   shared = tiny_config(**{"train.eval_every": 2, "eval.standing_stats_batches": 0})
   fresh = evaluator.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
