@@ -160,7 +160,7 @@ def test_manifest_json_array_and_bad_json_rows(tmp_path):
   with pytest.raises(DataError, match=r"c.jsonl:2: a str, not a JSON object"):
     read_rows(str(tmp_path / "c.jsonl"))
   (tmp_path / "d.json").write_text(json.dumps([rows[0], ["a.jpg"]]))
-  with pytest.raises(DataError, match=r"d.json: item 1 of the array is a list"):
+  with pytest.raises(DataError, match=r"d.json: item 2 of the array is a list"):
     read_rows(str(tmp_path / "d.json"))
 
 
@@ -177,6 +177,24 @@ def test_manifest_unknown_column(tmp_path):
                       "data.image_dir": str(images), "data.label_column": "colour"})
   with pytest.raises(DataError, match=r"no column 'colour' \(columns: id, articleType\)"):
     build_source(config)
+
+
+def test_skipped_rows_name_the_line_they_start_on(tmp_path):
+  """After blank lines and a row over two lines (a quoted field with a line break), each row's
+  messages name its own first line; rows of a JSON array name their item."""
+  from jaxgan.data.manifest import scan_manifest_columns
+
+  (tmp_path / "1.jpg").write_bytes(b"x")
+  path = tmp_path / "styles.csv"
+  path.write_text('id,articleType,note\n1,Shirts,"two\nlines"\n\n2,Shirts,\n3,,\n')
+  _, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                        ["articleType"])
+  assert [s["reason"] for s in skipped] == ["missing file (line 5)", "no articleType (line 6)"]
+  array = tmp_path / "rows.json"
+  array.write_text(json.dumps([{"id": 1, "articleType": "Shirts"}, {"articleType": "Shirts"}]))
+  _, _, skipped = scan_manifest_columns(str(array), "", "id", str(tmp_path), "{id}.jpg",
+                                        ["articleType"])
+  assert [s["reason"] for s in skipped] == ["no id (item 2)"]
 
 
 def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):

@@ -3,6 +3,7 @@ their labels."""
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import logging
@@ -20,20 +21,26 @@ log = logging.getLogger(__name__)
 MISSING_VALUES = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "<NA>", "#N/A"})
 
 
-def _csv_rows(path: str, f) -> list[dict]:
-  reader = csv.DictReader(f)
+def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
+  """(the line each row starts on, the row) of a CSV file with a header line."""
+  lines = list(f)  # split as csv splits them (newline=""), so line numbers agree with line_num
+  content = [n for n, line in enumerate(lines, 1) if line.strip("\r\n")]  # csv skips empty ones
+  # A row starts on the first non-empty line after the previous row's last one.
+  first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
+                           else n + 1)
+  reader = csv.DictReader(iter(lines))
   rows, spanning, end = [], None, 1  # end: the last line of the last row read (the header's)
   try:
     for row in reader:
+      start = first_after(end)
       if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
-        spanning = (end, reader.line_num)  # (blank lines between rows also move line_num)
-      rows.append(row)
+        spanning = (start, reader.line_num)
+      rows.append((start, row))
       end = reader.line_num
   except csv.Error as e:
-    raise DataError(f"{path}:{_next_content_line(path, end)}: not valid CSV ({e}); a quote "
-                    "opened in the row starting on this line is probably not closed") from None
+    raise DataError(f"{path}:{first_after(end)}: not valid CSV ({e}); a quote opened in the row "
+                    "starting on this line is probably not closed") from None
   if spanning:
-    spanning = (_next_content_line(path, spanning[0]), spanning[1])
     # Legal CSV (a quoted field with line breaks), but an unclosed quote reads the same way and
     # merges every row after it into one field: say where, since the row count alone hides it.
     log.warning("%s:%d: a row runs over lines %d-%d (a quoted field with line breaks, or an "
@@ -42,25 +49,22 @@ def _csv_rows(path: str, f) -> list[dict]:
   return rows
 
 
-def _next_content_line(path: str, after: int) -> int:
-  """The number of the first non-blank line after line `after` (where the failing row starts)."""
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    for number, line in enumerate(f, 1):
-      if number > after and line.strip():
-        return number
-  return after + 1
-
-
 def read_rows(path: str) -> list[dict]:
   """Rows of a .csv (header line), .jsonl (one object per line) or .json (an array of objects,
   or JSON Lines) file."""
+  return [row for _, row in read_numbered_rows(path)]
+
+
+def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
+  """`read_rows` with where each row starts, for messages that send the user to it: 'line N' in
+  the file ('item N', from 1, of a JSON array)."""
   if not os.path.isfile(path):
     raise DataError(f"data.path {path!r} is not a file; point it at your CSV, JSONL or JSON "
                     "manifest")
   try:
     with open(path, encoding="utf-8-sig", newline="") as f:
       if not path.lower().endswith((".jsonl", ".json")):
-        return _csv_rows(path, f)
+        return [(f"line {n}", row) for n, row in _csv_rows(path, f)]
       text = f.read()
   except UnicodeDecodeError as e:
     raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
@@ -71,9 +75,9 @@ def read_rows(path: str) -> list[dict]:
       raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from e
     for n, row in enumerate(rows):
       if not isinstance(row, dict):
-        raise DataError(f"{path}: item {n} of the array is a {type(row).__name__}, not an object "
-                        "with the image and label columns")
-    return rows
+        raise DataError(f"{path}: item {n + 1} of the array is a {type(row).__name__}, not an "
+                        "object with the image and label columns")
+    return [(f"item {n}", row) for n, row in enumerate(rows, 1)]
   rows = []
   for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may be in a string
     if line.strip():
@@ -84,7 +88,7 @@ def read_rows(path: str) -> list[dict]:
       if not isinstance(row, dict):
         raise DataError(f"{path}:{n}: a {type(row).__name__}, not a JSON object; write one "
                         "object per line")
-      rows.append(row)
+      rows.append((f"line {n}", row))
   return rows
 
 
@@ -105,9 +109,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   """(existing image paths, values of each label column [[per row] per column], skipped rows as
   {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is
   skipped."""
-  rows = read_rows(path)
-  if not rows:
+  numbered = read_numbered_rows(path)
+  if not numbered:
     raise DataError(f"{path} has no rows")
+  rows = [row for _, row in numbered]
   base = image_dir or os.path.dirname(os.path.abspath(path))
   needed = [c for c in (image_column or id_column, *label_columns) if c]
   for column in needed:
@@ -116,10 +121,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                       "set data.image_column / data.id_column / data.label_column(s) (prepare: "
                       "--image-column / --id-column / --label-column)")
   paths, values, skipped = [], [[] for _ in label_columns], []
-  for n, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
+  for at, row in numbered:
     key = image_column or id_column
     if not isinstance(row, dict) or row.get(key) in (None, ""):
-      skipped.append({"path": f"{path}:{n}", "reason": f"no {key} (line {n})"})
+      skipped.append({"path": f"{path} ({at})", "reason": f"no {key} ({at})"})
       continue
     if image_column:
       image = os.path.join(base, str(row[image_column]))
@@ -129,13 +134,13 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
         image = os.path.join(base, image_pattern.format(id=row[id_column], **fields))
       except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
-                        f"line {n} ({type(e).__name__}: {e}); use {{id}} or column names") from e
+                        f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
     labels = [str(row[c]).strip() if row.get(c) is not None else "" for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
     if empty:
-      skipped.append({"path": image, "reason": f"no {empty[0]} (line {n})"})
+      skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
     elif not os.path.isfile(image):
-      skipped.append({"path": image, "reason": f"missing file (line {n})"})
+      skipped.append({"path": image, "reason": f"missing file ({at})"})
     else:
       paths.append(image)
       for column, value in zip(values, labels):
