@@ -222,3 +222,63 @@ def test_storage_errors_are_transient_and_the_files_own_are_not(tmp_path, monkey
     loaded = load_image(path, OPTS)
     assert loaded.image is None and loaded.reason == f"unreadable: {os.strerror(code)}"
     assert loaded.transient == transient
+
+
+def _s15(value):
+  return struct.pack(">i", int(round(value * 65536)))
+
+
+def _xyz_tag(x, y, z):
+  return b"XYZ " + b"\0" * 4 + _s15(x) + _s15(y) + _s15(z)
+
+
+def _rgb_profile(red, green, blue, gamma=2.2, name="test RGB"):
+  """An ICC v2 matrix/TRC display profile: the colorants of R, G and B (D50 XYZ) and one gamma."""
+  text = name.encode() + b"\0"
+  desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78
+  curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, int(round(gamma * 256))) + b"\0\0"
+  tags = [(b"desc", desc), (b"wtpt", _xyz_tag(0.9642, 1.0, 0.8249)), (b"rXYZ", _xyz_tag(*red)),
+          (b"gXYZ", _xyz_tag(*green)), (b"bXYZ", _xyz_tag(*blue)), (b"rTRC", curve),
+          (b"gTRC", curve), (b"bTRC", curve), (b"cprt", b"text" + b"\0" * 4 + b"none\0\0\0\0")]
+  offset = 128 + 4 + 12 * len(tags)
+  table, data = b"", b""
+  for sig, body in tags:
+    body += b"\0" * (-len(body) % 4)
+    table += sig + struct.pack(">II", offset + len(data), len(body))
+    data += body
+  header = (struct.pack(">I", offset + len(data)) + b"\0" * 4 + bytes([2, 0x10, 0, 0])
+            + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0)
+            + _s15(0.8249) + b"\0" * 48)
+  return header + struct.pack(">I", len(tags)) + table + data
+
+
+# sRGB's colorants adapted to D50, as sRGB ICC profiles carry them.
+SRGB_RED, SRGB_GREEN = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971)
+SRGB_BLUE = (0.1431, 0.0606, 0.7141)
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
+  """A profile whose red channel holds sRGB's green primary: the file's pure red *is* green, as
+  a colour-managed viewer shows it (an Adobe RGB or Display P3 photo differs the same way, less)."""
+  swapped = _rgb_profile(SRGB_GREEN, SRGB_RED, SRGB_BLUE)
+  jpeg = _encode(Image.new("RGB", (40, 40), (255, 0, 0)), "JPEG", quality=100, icc_profile=swapped)
+  np.testing.assert_allclose(load_image(jpeg, OPTS).image[16, 16].astype(int), [0, 255, 0], atol=2)
+  # Alpha survives the transform: transparent pixels still become the background.
+  rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 255))
+  rgba.paste((0, 0, 0, 0), (0, 0, 40, 8))
+  out = load_image(_encode(rgba, "PNG", icc_profile=swapped), OPTS).image
+  np.testing.assert_array_equal(out[16, 16], [0, 255, 0])
+  np.testing.assert_array_equal(out[1, 16], [255, 255, 255])
+
+
+@pytest.mark.parametrize("icc", ["srgb", "garbage"])
+def test_srgb_and_unreadable_profiles_load_as_untagged(icc):
+  from PIL import ImageCms
+
+  profile = (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() if icc == "srgb"
+             else b"not a profile at all")
+  img = Image.new("RGB", (40, 40), (200, 120, 40))
+  img.paste((10, 90, 250), (0, 0, 20, 40))
+  plain = load_image(_encode(img, "PNG"), OPTS).image
+  tagged = load_image(_encode(img, "PNG", icc_profile=profile), OPTS).image
+  np.testing.assert_array_equal(tagged, plain)

@@ -6,8 +6,9 @@ converts images the same way:
 1. open lazily and check the header: not an image / empty / more than `max_pixels` pixels / a side
    shorter than `min_source_size` are rejected *before* decoding (no out-of-memory on a bomb);
 2. first frame of animations (GIF, WebP); EXIF orientation applied;
-3. colour: grayscale, palette, CMYK and 16-bit (scaled, not clipped) become 8-bit RGB;
-   transparency is composited onto the background colour (white by default, never black);
+3. colour: an embedded ICC profile other than sRGB (Adobe RGB, Display P3, a CMYK press profile)
+   is converted to sRGB; grayscale, palette, CMYK and 16-bit (scaled, not clipped) become 8-bit
+   RGB; transparency is composited onto the background colour (white by default, never black);
 4. aspect ratio kept by padding to a square with the background colour, centred;
 5. resized with PIL's Lanczos filter (antialiased: it widens its support when downscaling) on the
    8-bit sRGB values.
@@ -24,7 +25,7 @@ import warnings
 from typing import Iterator, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class LoadOptions:
 
 # Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
 # so a loader fix is never served the old pixels.
-LOADER_VERSION = 4  # 4: a dark 16-bit PNG opened as mode I is 16-bit
+LOADER_VERSION = 5  # 4: a dark 16-bit PNG opened as mode I is 16-bit; 5: ICC profiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,39 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int], source_format: s
   return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, RGB
 
 
+# Modes a profile transform takes (alpha is set aside and put back: LittleCMS does not carry
+# it), with the mode of their colour channels; palette images go through RGB(A) first.
+_PROFILE_MODES = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK", "L": "L", "LA": "L"}
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+  """The image in sRGB when it embeds an ICC profile that is not sRGB: without the conversion an
+  Adobe RGB or Display P3 photo loads desaturated and a CMYK one in a naive inversion's colours.
+  Images without a profile, with an sRGB one, or with one LittleCMS cannot read (then converted
+  as if untagged) are returned as they are."""
+  icc = img.info.get("icc_profile")
+  if not icc:
+    return img
+  try:
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if "srgb" in ImageCms.getProfileDescription(profile).lower().replace(" ", ""):
+      return img  # the untagged default already: spare the transform and its rounding
+    if img.mode in ("P", "PA"):
+      img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+    if img.mode not in _PROFILE_MODES:  # 16-bit grey, float, YCbCr, LAB: rare with a profile,
+      return img  # and their own scaling (_to_rgb) must not be lost to an 8-bit conversion
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    base = img.convert(_PROFILE_MODES[img.mode]) if alpha is not None else img
+    out = ImageCms.profileToProfile(base, profile, ImageCms.createProfile("sRGB"),
+                                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                    outputMode="RGB")
+  except (ImageCms.PyCMSError, OSError, ValueError):
+    return img  # an unreadable or unsuitable profile (a CMYK one on an RGB image): as untagged
+  if alpha is not None:
+    out.putalpha(alpha)
+  return out
+
+
 def _square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
   w, h = img.size
   if w == h:
@@ -143,7 +177,7 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
   if getattr(img, "n_frames", 1) > 1:
     img.seek(0)
   source_format = img.format or ""
-  img = ImageOps.exif_transpose(img)
+  img = _to_srgb(ImageOps.exif_transpose(img))
   img = _square(_to_rgb(img, options.background, source_format), options.background)
   if options.image_size and img.size[0] != options.image_size:  # 0: keep the native size
     img = img.resize((options.image_size, options.image_size), RESAMPLE)
