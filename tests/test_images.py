@@ -154,6 +154,13 @@ def test_huge_dimensions_rejected_from_the_header(tmp_path):
   assert out.image is None and out.reason.startswith("too large")
   out = load_image(_write(tmp_path, "big.png", _png_header_only(9000, 9000)), OPTS)
   assert out.reason == "too large: 9000x9000 is more than 64000000 pixels"
+  # A data.max_pixels above Pillow's own limit (twice its MAX_IMAGE_PIXELS): Pillow refuses
+  # first, and the reason names its limit, not data.max_pixels.
+  pillow_limit = 2 * Image.MAX_IMAGE_PIXELS
+  out = load_image(_write(tmp_path, "huge.png", _png_header_only(100_000, 100_000)),
+                   LoadOptions(32, max_pixels=10 * pillow_limit))
+  assert out.reason == (f"too large: more than {pillow_limit} pixels (Pillow's limit, below "
+                        "data.max_pixels)")
 
 
 def test_one_pixel_is_too_small(tmp_path):

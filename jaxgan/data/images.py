@@ -202,8 +202,11 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(handle)
-    except Image.DecompressionBombError:
-      return Loaded(None, f"too large: more than {options.max_pixels} pixels")
+    except Image.DecompressionBombError:  # Pillow's own limit, checked before ours
+      limit = min(options.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0) or options.max_pixels)
+      return Loaded(None, f"too large: more than {limit} pixels"
+                    + (" (Pillow's limit, below data.max_pixels)" if limit < options.max_pixels
+                       else ""))
     except (UnidentifiedImageError, ValueError):
       return Loaded(None, "not an image")
     except OSError as e:
