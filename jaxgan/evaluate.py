@@ -125,7 +125,8 @@ def _bad_argument(args) -> str:
   error after the reals' features would cost minutes to hours), or ''."""
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
 
-  unknown = [n for n in (m.strip() for m in args.metrics.split(",")) if n and n not in suite.METRICS]
+  unknown = [n for n in (m.strip() for m in args.metrics.split(","))
+             if n and n not in suite.METRICS]
   if unknown or not args.metrics.strip():
     return (f"--metrics {args.metrics!r}: unknown metric {unknown[0] if unknown else '(none)'}; "
             f"choose from {suite.METRICS.names()}")
