@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 _REWRITE_PREFIX = ".jaxgan-rewrite-"
 
 
+def _python(value: Any) -> Any:
+  """numpy/jax scalars as Python numbers; anything else as it is."""
+  return (np.asarray(value).item() if hasattr(value, "shape") or isinstance(value, np.generic)
+          else value)
+
+
 def _plain(value: Any) -> Any:
   """JSON-ready scalar: numpy/jax scalars to Python, non-finite floats as strings."""
-  value = np.asarray(value).item() if hasattr(value, "shape") or isinstance(value, np.generic) else value
+  value = _python(value)
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
@@ -44,9 +50,16 @@ class MetricsWriter:
     if enabled and tensorboard:
       try:
         tf = tf_host.import_tensorflow()
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        # Flushed every 10 s (TensorFlow's default, 2 min, loses that much to a hard kill).
+        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"),
+                                                 flush_millis=10_000)
       except ImportError:
         log.warning("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
+      except Exception as e:  # pylint: disable=broad-except
+        # A broken TensorFlow install or an unwritable event folder must not stop the run, and
+        # must not raise on process 0 alone (the only writer) while the others go on.
+        log.warning("TensorBoard unavailable (%s: %s): no events, metrics.jsonl only",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -61,8 +74,9 @@ class MetricsWriter:
       tf = tf_host.import_tensorflow()
       try:
         with self._tb.as_default(step=int(step)):
-          for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
+          for k, v in scalars.items():  # NaN and inf as they are: divergence shows, not a gap
+            v = _python(v)
+            if isinstance(v, (int, float)):
               tf.summary.scalar(k, v)
       except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError and kin)
         log.error("step %d: TensorBoard scalars failed (%s); training goes on", step, e)

@@ -21,6 +21,35 @@ def test_rows_are_strict_json_with_non_finite_values_as_strings(tmp_path):
   assert writers.read_metrics(str(tmp_path)) == [row]
 
 
+def test_tensorboard_gets_non_finite_values_and_a_broken_tensorflow_is_not_fatal(tmp_path,
+                                                                                   monkeypatch):
+  """NaN and inf reach TensorBoard as values (a divergence shows, not a gap in the curve); a
+  TensorFlow that fails on import in another way than ImportError leaves JSONL only."""
+  tf = pytest.importorskip("tensorflow")
+  w = writers.MetricsWriter(str(tmp_path))
+  w.write_scalars(1, {"d_loss": np.float32(np.nan), "g_loss": float("inf"), "lr": 0.5})
+  w.close()
+  folder = tmp_path / "tensorboard"
+  values = {}
+  for name in os.listdir(folder):
+    for record in tf.data.TFRecordDataset(str(folder / name)):
+      for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
+        values[v.tag] = float(tf.make_ndarray(v.tensor))
+  assert np.isnan(values["d_loss"]) and values["g_loss"] == float("inf") and values["lr"] == 0.5
+
+  from jaxgan import tf_host
+
+  def broken():
+    raise TypeError("Descriptors cannot be created directly")  # a protobuf mismatch
+
+  monkeypatch.setattr(tf_host, "import_tensorflow", broken)
+  w = writers.MetricsWriter(str(tmp_path / "b"))
+  os.makedirs(tmp_path / "b")
+  w.write_scalars(2, {"d_loss": 1.0})
+  w.close()
+  assert writers.read_metrics(str(tmp_path / "b")) == [{"step": 2, "d_loss": 1.0}]
+
+
 def _events(folder):
   """(tag, step) of every summary value in the folder's event files, in file order."""
   import tensorflow as tf
