@@ -20,14 +20,18 @@ from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
 from jaxgan import profiling
 from jaxgan import run as run_lib
+from jaxgan import sharding
 from jaxgan.models import layers
 from jaxgan.models.batchnorm import resolve_norm_impl
 
 # Dense peak FLOP/s per chip by (device kind substring, compute dtype): vendor data sheets
-# (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units).
+# (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units). The longest
+# matching substring wins: "H100 PCIe" before "H100" (the SXM part, "NVIDIA H100 80GB HBM3").
 PEAK_FLOPS = {
     ("H200", "bfloat16"): 989e12, ("H200", "float32"): 494e12,
     ("H100", "bfloat16"): 989e12, ("H100", "float32"): 494e12,
+    ("H100 PCIe", "bfloat16"): 756e12, ("H100 PCIe", "float32"): 378e12,
+    ("H100 NVL", "bfloat16"): 835e12, ("H100 NVL", "float32"): 418e12,
     ("A100", "bfloat16"): 312e12, ("A100", "float32"): 156e12,
     ("TPU v4", "bfloat16"): 275e12,
     ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5e", "bfloat16"): 197e12,
@@ -36,10 +40,10 @@ PEAK_FLOPS = {
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
-  for (kind, kind_dtype), value in PEAK_FLOPS.items():
-    if kind in device_kind and kind_dtype == dtype:
-      return value
-  return None
+  """The chip's dense peak for `dtype`, or None when unknown."""
+  matches = [(len(kind), value) for (kind, kind_dtype), value in PEAK_FLOPS.items()
+             if kind in device_kind and kind_dtype == dtype]
+  return max(matches)[1] if matches else None
 
 
 def step_flops_per_image(config) -> float:
@@ -162,14 +166,16 @@ def step_row(config, steps_per_call: int, call_times: list[float],
   images_per_sec = config.train.batch_size / step_s
   tflops = per_image * images_per_sec / 1e12
   peak = peak_flops(device.device_kind, config.train.dtype)
+  data, fsdp = sharding.mesh_shape(config, jax.device_count())
+  devices = data * fsdp  # the mesh's, which may leave some of the host's devices out
   return {
       "model": config.model.name, "image_size": config.data.image_size,
       "batch_size": config.train.batch_size, "dtype": config.train.dtype,
       **implementations(config), "step_ms": step_s * 1e3, "images_per_sec": images_per_sec,
       "flops_per_image": per_image, "tflops": tflops,
-      "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak else None,
+      "mfu": tflops * 1e12 / (peak * devices) if peak else None,
       "peak_memory_bytes": peak_memory,
-      "device_kind": device.device_kind, "num_devices": jax.device_count(),
+      "device_kind": device.device_kind, "num_devices": devices,
       "timed_steps": len(call_times), "steps_per_call": steps_per_call,
       # images_per_sec (and flops_per_image) count the batch once per step, as the speed goal
       # does; training's metrics.jsonl counts the reals D sees, n_critic batches per step.
@@ -247,7 +253,7 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,
           **implementations(config), "device_kind": device.device_kind,
-          "num_devices": jax.device_count(),
+          "num_devices": run.mesh.size,
           "profiled_steps": steps * run.steps_per_call, "steps_per_call": run.steps_per_call,
           # Back-to-back steps under the profiler: dispatch overlaps, tracing adds a little.
           "traced_wall_ms_per_step": round(holder["wall_s"] / (steps * run.steps_per_call) * 1e3,

@@ -132,7 +132,21 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
 def test_peak_table():
   assert throughput.peak_flops("NVIDIA H200", "bfloat16") == 989e12
   assert throughput.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert throughput.peak_flops("TPU v5p", "bfloat16") == 459e12
+  # The most specific kind wins: the PCIe and NVL parts are slower than the SXM one.
+  assert throughput.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert throughput.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert throughput.peak_flops("NVIDIA H100 NVL", "float32") == 418e12
   assert throughput.peak_flops("cpu", "float32") is None
+
+
+def test_mfu_and_device_count_are_the_meshs_not_the_hosts(monkeypatch):
+  """A mesh of 2 of the host's 8 devices: MFU against 2 devices' peak, num_devices 2."""
+  monkeypatch.setattr(throughput.jax, "device_count", lambda: 8)
+  monkeypatch.setattr(throughput, "peak_flops", lambda kind, dtype: 1e12)
+  row = throughput.step_row(tiny_config(**{"mesh.data": 2}), 1, [0.5])
+  assert row["num_devices"] == 2
+  assert row["mfu"] == pytest.approx(row["tflops"] * 1e12 / 2e12)
 
 
 def test_cli_step_and_input(tmp_path):
