@@ -30,6 +30,13 @@ def _dot_macs(eqn) -> float:
   return float(np.prod(eqn.outvars[0].aval.shape)) * contract
 
 
+def _inner(param) -> list:
+  """The jaxprs a primitive's parameter holds: one (pjit, custom_vjp_call, remat, scan's body)
+  or several (cond's branches)."""
+  items = param if isinstance(param, (tuple, list)) else [param]
+  return [j for j in (getattr(p, "jaxpr", p) for p in items) if hasattr(j, "eqns")]
+
+
 def _walk(jaxpr) -> float:
   macs = 0.0
   for eqn in jaxpr.eqns:
@@ -38,10 +45,14 @@ def _walk(jaxpr) -> float:
       macs += _conv_macs(eqn)
     elif name == "dot_general":
       macs += _dot_macs(eqn)
-    for param in eqn.params.values():  # pjit, custom_vjp_call, remat, ...: count the inner body
-      inner = getattr(param, "jaxpr", param)
-      if hasattr(inner, "eqns"):
-        macs += _walk(inner)
+    elif name == "cond":  # one branch runs: the costliest is counted
+      macs += max([_walk(b) for b in _inner(eqn.params["branches"])], default=0.0)
+      continue
+    # A scan runs its body `length` times; a while loop's trip count is not known from the
+    # jaxpr, so its body counts once (no model has one).
+    repeat = eqn.params.get("length", 1) if name == "scan" else 1
+    for param in eqn.params.values():
+      macs += repeat * sum(_walk(inner) for inner in _inner(param))
   return macs
 
 
@@ -56,6 +67,7 @@ def train_step_flops_per_image(g_forward: float, d_forward: float, n_critic: int
   A backward pass costs about twice its forward (input and weight gradients). Per D update: D
   forward and backward on the real and the fake batch (2 x 3 D); per G update: G forward and
   backward (3 G) and D forward plus its input-gradient pass (2 D). Extra critic updates add a
-  G forward each (1 G + 6 D).
+  G forward each (1 G + 6 D). Regularisers are not counted (R1's and WGAN-GP's double backward
+  passes, the orthogonal penalty): MFU understates configs that use them.
   """
   return 3 * g_forward + 8 * d_forward + (n_critic - 1) * (g_forward + 6 * d_forward)

@@ -55,6 +55,23 @@ def test_dcgan64_flops_match_the_hand_count():
   assert expected == pytest.approx(2.2888e9, rel=1e-4)
 
 
+def test_flops_count_inside_cond_and_scan():
+  """A cond counts its costliest branch once; a scan its body times its length (both counted
+  nothing, and a scan once, before)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxgan import flops
+
+  x, w = jnp.ones((4, 8)), jnp.ones((8, 16))
+  plain = flops.forward_flops(lambda x: x @ w, x)
+  assert plain == 2 * 4 * 8 * 16
+  branches = lambda p: jax.lax.cond(p, lambda: (x @ w) @ w.T, lambda: jnp.zeros((4, 8)))
+  assert flops.forward_flops(branches, True) == 2 * plain
+  scanned = lambda x: jax.lax.scan(lambda c, _: (c, c @ w), x, None, length=3)[1]
+  assert flops.forward_flops(scanned, x) == 3 * plain
+
+
 def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed():
   config = tiny_config(**{"train.n_critic": 2, "model.d_norm": "layer"})
   row = throughput.step_row(config, 1, [0.5, 0.25, 0.5])
