@@ -1,5 +1,6 @@
-"""Shared cache files: temporary names for files published by an atomic rename (write, then
-`os.replace`), and a lock so that one process builds a cache while the others wait for it.
+"""Files published by an atomic rename: temporary names for them (write, then `os.replace`;
+`publish` when the file must also survive a host crash), and a lock so that one process builds a
+cache while the others wait for it.
 
 Caches (decoded images, reference features, converted Inception weights) may be written by
 several processes at once, on several hosts sharing one folder: each must write under its own
@@ -20,6 +21,27 @@ def private_name(path: str) -> str:
   the folder: the pid alone is not enough, since containers often give every host's process the
   same one."""
   return f"{path}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def publish(tmp: str, path: str) -> None:
+  """Renames the finished file `tmp` to `path` durably: its data reaches the disk before the
+  rename, and the rename before this returns. A bare rename can be committed before the data
+  (ext4 or XFS with delayed allocation, NFS), so a host crash just after it leaves `path` empty:
+  the run's whole metrics.jsonl, or a prepared set's index. Directory sync is best effort (not
+  every file system supports it)."""
+  with open(tmp, "rb") as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  try:
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(folder)
+  except OSError:
+    pass
+  finally:
+    os.close(folder)
 
 
 @contextlib.contextmanager

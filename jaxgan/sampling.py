@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
 
 
@@ -328,7 +329,7 @@ def save_png(image: np.ndarray, path: str) -> None:
   tmp = f"{path}.tmp"
   try:
     Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    publish(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):  # a failed write (disk full) leaves no partial file
       os.remove(tmp)

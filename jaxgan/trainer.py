@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
@@ -164,7 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_path = os.path.join(workdir, "config.json")
     with open(config_path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
-    os.replace(config_path + ".tmp", config_path)  # readers (generate) never see half a file
+    # Readers (generate) never see half a file, nor an empty one after a host crash.
+    atomic_write.publish(config_path + ".tmp", config_path)
 
   # Agreed, as everything local before a collective: process 0 writes alone.
   multihost.agreed(write_run_files, "writing the workdir's config.json and metrics.jsonl")

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from jaxgan import tf_host
+from jaxgan.atomic_write import publish
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def drop_rows_after(workdir: str, step: int) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    publish(tmp, path)  # the run's whole history: it must not be lost to a crash
 
 
 def _records(tf, path: str) -> Iterator[bytes]:
@@ -206,7 +207,7 @@ def drop_events_after(workdir: str, step: int) -> None:
         for record in _records(tf, path):
           if tf.compat.v1.Event.FromString(record).step <= step:
             out.write(record)
-      os.replace(tmp, path)
+      publish(tmp, path)
     except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError, OSError, ...)
       log.error("dropping TensorBoard events after step %d from %s failed (%s); its curves may "
                 "show those steps twice", step, path, e)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxgan import tf_host
-from jaxgan.atomic_write import exclusive, private_name
+from jaxgan.atomic_write import exclusive, private_name, publish
 from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
 from jaxgan.data.images import LOADER_VERSION
 
@@ -86,7 +86,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
       if isinstance(e, tf.errors.OpError):  # disk full, permissions: not OSErrors in TensorFlow
         raise OSError(f"writing {os.path.join(out_dir, name)} failed: {e.message}") from e
       raise
-    os.replace(tmp, os.path.join(out_dir, name))
+    publish(tmp, os.path.join(out_dir, name))
     shards.append(name)
   first = labels[:, 0] if multi else labels
   info = {
@@ -109,7 +109,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, info_path)
+  publish(tmp, info_path)
   # Shards of an earlier, larger preparation (other -of- counts) are not this set's.
   for name in os.listdir(out_dir):
     if re.fullmatch(r"train-\d{5}-of-\d{5}\.tfrecord", name) and name not in shards:
