@@ -112,6 +112,20 @@ def test_json_round_trip(make_config):
   assert again.to_dict() == config.to_dict()
 
 
+@pytest.mark.parametrize("text, message", [
+    ("null", "a JSON object of config sections was expected, got 'null'"),  # was: the defaults
+    ("[]", "a JSON object of config sections was expected"),  # was: AttributeError
+    ('{"train": {"batch_size": [1, 2]}}', "key train.batch_size: Could not override"),  # TypeError
+])
+def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
+  from jaxgan import workdir
+
+  (tmp_path / "config.json").write_text(text)
+  with pytest.raises(ValueError, match="config.json is not a readable jaxgan config") as info:
+    workdir.load_config(str(tmp_path))
+  assert message in str(info.value)
+
+
 def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   workdir = tmp_path / "w"
   typo = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),

@@ -240,12 +240,18 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
   """Reads a config.json written by a run, on top of the current schema (new keys get defaults)."""
   config = base_config()
-  loaded = ml_collections.ConfigDict(json.loads(text))
+  raw = json.loads(text)
+  if not isinstance(raw, dict) or not raw:  # 'null' would read as the defaults: another model
+    raise ValueError(f"a JSON object of config sections was expected, got {text.strip()[:40]!r}")
+  loaded = ml_collections.ConfigDict(raw)
   check_known_keys(loaded)
   for key, value in flat_items(loaded):
     parent, _, leaf = key.rpartition(".")
     node = get(config, parent) if parent else config
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ConfigDict keeps each key's type: a list where a number belongs
+      raise ValueError(f"key {key}: {e}") from None
   return config
 
 
