@@ -471,9 +471,23 @@ def test_skipped_files_are_compacted_in_place_not_copied(kept):
 
   out = np.random.default_rng(0).integers(0, 255, (10, 2, 2, 3), np.uint8)
   want = out[kept].copy()
-  got = decode._compact(out, np.asarray(kept), chunk=3)
+  got = decode._compact(out, np.asarray(kept), chunk_bytes=3 * out[0].nbytes)
   np.testing.assert_array_equal(got, want)
   assert np.shares_memory(got, out)
+
+
+def test_compaction_takes_a_chunk_of_memory_not_a_copy_of_the_set():
+  import tracemalloc
+
+  from jaxgan.data import decode
+
+  out = np.zeros((200, 32, 32, 3), np.uint8)  # 3 KB rows; the first file was skipped
+  indices = np.arange(1, 200)
+  tracemalloc.start()
+  decode._compact(out, indices, chunk_bytes=4 * out[0].nbytes)
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert peak < 10 * out[0].nbytes  # a copy of the kept rows would be 199 of them
 
 
 def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):

@@ -102,14 +102,18 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   return images, indices, skipped
 
 
-def _compact(out: np.ndarray, indices: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _compact(out: np.ndarray, indices: np.ndarray, chunk_bytes: int = 64 << 20) -> np.ndarray:
   """out[indices] for ascending `indices`, in place: a view of `out`'s first len(indices) rows,
   not a second array the size of the data (which doubled a large decode's peak memory for one
-  skipped file). indices[i] >= i, so each chunk reads rows at or after those it writes, and no
-  later chunk reads a row an earlier one overwrote."""
-  if len(indices) == len(out):
-    return out
-  for start in range(0, len(indices), chunk):
+  skipped file). Rows before the first skipped one stay where they are; the rest move in chunks
+  of about `chunk_bytes` (each gathered into a temporary first). indices[i] >= i, so each chunk
+  reads rows at or after those it writes, and no later chunk reads a row an earlier one
+  overwrote."""
+  moved = np.flatnonzero(indices != np.arange(len(indices)))
+  if len(moved) == 0:
+    return out[:len(indices)]
+  chunk = max(1, chunk_bytes // max(out[0].nbytes, 1))
+  for start in range(int(moved[0]), len(indices), chunk):
     part = indices[start:start + chunk]
     out[start:start + len(part)] = out[part]
   return out[:len(indices)]
