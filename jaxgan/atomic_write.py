@@ -29,19 +29,30 @@ def publish(tmp: str, path: str) -> None:
   (ext4 or XFS with delayed allocation, NFS), so a host crash just after it leaves `path` empty:
   the run's whole metrics.jsonl, or a prepared set's index. Directory sync is best effort (not
   every file system supports it)."""
-  with open(tmp, "rb") as f:
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
   try:
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # no temporary left behind by a failed sync
+      os.remove(tmp)
+    raise
+  _sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _sync_folder(folder: str) -> None:
+  """Makes the renames in `folder` durable; best effort (not every file system supports syncing
+  a directory)."""
+  try:
+    handle = os.open(folder, os.O_RDONLY)
   except OSError:
     return
   try:
-    os.fsync(folder)
+    os.fsync(handle)
   except OSError:
     pass
   finally:
-    os.close(folder)
+    os.close(handle)
 
 
 @contextlib.contextmanager

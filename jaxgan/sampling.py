@@ -323,13 +323,18 @@ def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160)
   return grid
 
 
-def save_png(image: np.ndarray, path: str) -> None:
-  """Writes atomically (temp file + rename) so a reader never sees half a PNG."""
+def save_png(image: np.ndarray, path: str, durable: bool = True) -> None:
+  """Writes atomically (temp file + rename) so a reader never sees half a PNG; `durable` also
+  syncs it to disk (`publish`), which bulk writers of files they can write again skip (two syncs
+  per file made 50k samples minutes slower)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   try:
     Image.fromarray(image).save(tmp, format="PNG")
-    publish(tmp, path)
+    if durable:
+      publish(tmp, path)
+    else:
+      os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):  # a failed write (disk full) leaves no partial file
       os.remove(tmp)

@@ -52,3 +52,27 @@ def test_publish_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path,
   atomic_write.publish(str(tmp_path / "rows.tmp"), str(tmp_path / "rows.jsonl"))
   assert events == [("fsync", "rows.tmp"), ("replace",), ("fsync", tmp_path.name)]
   assert (tmp_path / "rows.jsonl").read_text() == "a\n" and not (tmp_path / "rows.tmp").exists()
+
+
+def test_a_failed_publish_leaves_no_temporary_and_bulk_pngs_skip_the_sync(tmp_path, monkeypatch):
+  import numpy as np
+  import pytest
+
+  from jaxgan import sampling
+
+  def no_space(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", no_space)
+  (tmp_path / "config.json.tmp").write_text("{}")
+  with pytest.raises(OSError, match="No space"):
+    atomic_write.publish(str(tmp_path / "config.json.tmp"), str(tmp_path / "config.json"))
+  assert os.listdir(tmp_path) == []
+  # generate's numbered samples (durable=False) are renamed without syncing, grids are synced.
+  syncs = []
+  monkeypatch.setattr(os, "fsync", syncs.append)
+  image = np.zeros((4, 4, 3), np.uint8)
+  sampling.save_png(image, str(tmp_path / "000000.png"), durable=False)
+  assert syncs == [] and os.listdir(tmp_path) == ["000000.png"]
+  sampling.save_png(image, str(tmp_path / "grid.png"))
+  assert len(syncs) == 2
