@@ -278,6 +278,15 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
   np.testing.assert_array_equal(out[1, 16], [255, 255, 255])
 
 
+def test_a_linear_srgb_profile_is_not_taken_for_srgb():
+  """'Linear sRGB' (GIMP's built-in linear profile) names sRGB but encodes linear light: its
+  mid grey 128 is sRGB's 188, not 128."""
+  linear = _rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE, gamma=1.0,
+                        name="GIMP built-in Linear sRGB")
+  png = _encode(Image.new("RGB", (40, 40), (128, 128, 128)), "PNG", icc_profile=linear)
+  np.testing.assert_allclose(load_image(png, OPTS).image[16, 16].astype(int), [188] * 3, atol=2)
+
+
 @pytest.mark.parametrize("icc", ["srgb", "garbage"])
 def test_srgb_and_unreadable_profiles_load_as_untagged(icc):
   from PIL import ImageCms

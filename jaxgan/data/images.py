@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import io
 import logging
 import os
@@ -142,24 +143,43 @@ def _to_srgb(img: Image.Image) -> Image.Image:
   icc = img.info.get("icc_profile")
   if not icc:
     return img
+  if img.mode in ("P", "PA"):
+    img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+  if img.mode not in _PROFILE_MODES:  # 16-bit grey, float, YCbCr, LAB: rare with a profile,
+    return img  # and their own scaling (_to_rgb) must not be lost to an 8-bit conversion
+  transform = _to_srgb_transform(icc, _PROFILE_MODES[img.mode])
+  if transform is None:
+    return img
+  alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+  base = img.convert(_PROFILE_MODES[img.mode]) if alpha is not None else img
   try:
-    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-    if "srgb" in ImageCms.getProfileDescription(profile).lower().replace(" ", ""):
-      return img  # the untagged default already: spare the transform and its rounding
-    if img.mode in ("P", "PA"):
-      img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-    if img.mode not in _PROFILE_MODES:  # 16-bit grey, float, YCbCr, LAB: rare with a profile,
-      return img  # and their own scaling (_to_rgb) must not be lost to an 8-bit conversion
-    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
-    base = img.convert(_PROFILE_MODES[img.mode]) if alpha is not None else img
-    out = ImageCms.profileToProfile(base, profile, ImageCms.createProfile("sRGB"),
-                                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
-                                    outputMode="RGB")
+    out = ImageCms.applyTransform(base, transform)
   except (ImageCms.PyCMSError, OSError, ValueError):
-    return img  # an unreadable or unsuitable profile (a CMYK one on an RGB image): as untagged
+    return img
   if alpha is not None:
     out.putalpha(alpha)
   return out
+
+
+# Descriptions of the sRGB profiles cameras and editors embed (lower case): the untagged default
+# already, so no transform (nor its rounding). Matched exactly: "Linear sRGB" and other
+# variants of the name are other colour spaces.
+SRGB_DESCRIPTIONS = frozenset({"srgb iec61966-2.1", "srgb iec61966-2-1 black scaled",
+                               "srgb iec61966-2-1 no black scaling", "srgb built-in", "srgb"})
+
+
+@functools.lru_cache(maxsize=16)  # a catalog's photos share a few profiles; building one costs ms
+def _to_srgb_transform(icc: bytes, mode: str) -> Optional["ImageCms.ImageCmsTransform"]:
+  """The transform from profile `icc` on `mode` pixels to sRGB; None for an sRGB profile, or one
+  LittleCMS cannot read or use on `mode` (a CMYK profile on an RGB image): loaded as untagged."""
+  try:
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if ImageCms.getProfileDescription(profile).strip().lower() in SRGB_DESCRIPTIONS:
+      return None
+    return ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode, "RGB",
+                                   renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+  except (ImageCms.PyCMSError, OSError, ValueError):
+    return None
 
 
 def _square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
