@@ -204,6 +204,15 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
   return np.asarray(img, dtype=np.uint8)
 
 
+def size_problem(width: int, height: int, options: LoadOptions) -> str:
+  """Why an image of this size is refused before decoding, or ''."""
+  if width * height > options.max_pixels:
+    return f"too large: {width}x{height} is more than {options.max_pixels} pixels"
+  if min(width, height) < options.min_source_size:
+    return f"too small: {width}x{height}, data.min_source_size is {options.min_source_size}"
+  return ""
+
+
 def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
   """Loads a file path or encoded bytes; never raises for bad input, returns the reason."""
   try:
@@ -232,11 +241,9 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
     except OSError as e:
       return _unreadable(e) if e.errno in TRANSIENT_ERRNOS else Loaded(None, f"unreadable: {e}")
     with img:
-      w, h = img.size
-      if w * h > options.max_pixels:
-        return Loaded(None, f"too large: {w}x{h} is more than {options.max_pixels} pixels")
-      if min(w, h) < options.min_source_size:
-        return Loaded(None, f"too small: {w}x{h}, data.min_source_size is {options.min_source_size}")
+      problem = size_problem(*img.size, options)
+      if problem:
+        return Loaded(None, problem)
       try:
         img.load()
         return Loaded(convert(img, options))

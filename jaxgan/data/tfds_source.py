@@ -11,7 +11,7 @@ from tqdm import tqdm
 from jaxgan import tf_host
 from jaxgan.data.arrays import (ArraySource, DataError, check_bad_fraction, load_options,
                                  require_num_classes)
-from jaxgan.data.images import convert
+from jaxgan.data.images import convert, size_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,9 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   images, labels, skipped = [], [], []
   for i, example in enumerate(tqdm(tfds.as_numpy(ds), desc=f"load {name}", unit="img",
                                    dynamic_ncols=True)):
-    reason = ""
     array = example[image_key]
-    if min(array.shape[:2]) < options.min_source_size:
-      reason = (f"too small: {array.shape[1]}x{array.shape[0]}, data.min_source_size is "
-                f"{options.min_source_size}")
-    else:
+    reason = size_problem(array.shape[1], array.shape[0], options)
+    if not reason:
       try:  # as the file loader does: an image PIL cannot take is skipped and counted
         img = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
         images.append(convert(img, options))
