@@ -220,7 +220,11 @@ class PeriodicEval:
       if error is not None:
         log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", error)
         meta = {}
-      if meta.get("eval_settings") == self.settings:
+      recorded = dict(meta.get("eval_settings") or {})
+      # A best saved before the data's fingerprint was recorded: the run's resume check already
+      # warned about changed data, and forgetting it would delete a better checkpoint (keep=1).
+      recorded.setdefault("data_fingerprint", data_fingerprint)
+      if meta.get("eval_settings") and recorded == self.settings:
         self.best_fid = float(meta.get("fid", float("inf")))
       elif meta:
         log.info("eval settings changed since the best-FID checkpoint (step %d): new best", best_step)

@@ -131,6 +131,20 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   fresh.close()
 
 
+def test_a_best_saved_before_data_fingerprints_were_recorded_is_kept(tmp_path):
+  config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
+  workdir = str(tmp_path / "w")
+  old = evaluator.PeriodicEval(config, workdir, FixedFid([30.0]), Writer(), lambda s: {}, 0)
+  del old.settings["data_fingerprint"]  # as jaxgan wrote them before
+  old.best.save = lambda step, state, meta, save=old.best.save: save(step, {"w": state.w}, meta)
+  old(2, _state(2.0))
+  old.close()
+  again = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2,
+                                 data_fingerprint=0x77)
+  assert again.best_fid == 30.0
+  again.close()
+
+
 def test_a_best_past_the_start_step_is_set_aside_not_compared_with(tmp_path):
   """A best from steps the run does not continue (another run in this workdir; a stretch after
   the checkpoint resumed from) must neither be the bar to beat nor what --checkpoint best gives."""
