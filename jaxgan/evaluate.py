@@ -58,13 +58,16 @@ def _parser() -> argparse.ArgumentParser:
 MANY_SHAPES = 8
 
 
-def _features_of_set(extractor, path: str, desc: str, image_size: int = 0
+def _features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2
                      ) -> tuple[np.ndarray, int]:
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
   images, skipped = image_sets.load_image_set(path, image_size)
   for s in skipped:
     print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+  if len(images) < fewest:  # files skipped since the count: before any Inception work
+    raise image_sets.DataError(f"{path}: {len(images)} readable image(s) left, the metrics need "
+                               f"at least {fewest} per set")
   groups = image_sets.group_by_shape(images)
   if len(groups) > MANY_SHAPES:
     print(f"warning: {path} holds images of {len(groups)} sizes: Inception compiles once per "
@@ -83,8 +86,11 @@ def evaluate_sets(args) -> dict:
   names = suite.parse_names(args.metrics)
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
-  real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size)
-  fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size)
+  fewest = suite.min_samples(names)
+  real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size,
+                                        fewest)
+  fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size,
+                                        fewest)
   results = suite.compute(real, fake, names)
   results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
                  skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
@@ -98,12 +104,13 @@ def evaluate_workdir(args) -> dict:
   from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
 
-  directory = "checkpoints_best" if args.checkpoint == "best" else "checkpoints"
-  config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
   labelled = suite.needs_labels(suite.parse_names(args.metrics))
-  if labelled and config.data.num_classes <= 0:  # before any image is read or network built
+  if labelled and workdir_lib.load_config(args.workdir).data.num_classes <= 0:
+    # Before the checkpoint is read or any network built.
     raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
                      "unconditional run (data.num_classes = 0); drop it")
+  directory = "checkpoints_best" if args.checkpoint == "best" else "checkpoints"
+  config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
   with config.unlocked():
     config.eval.metrics = args.metrics
     config.eval.batch_size = args.batch_size or config.eval.batch_size
@@ -146,10 +153,17 @@ def _bad_argument(args) -> str:
   labelled = suite.needs_labels(names)
   if labelled and not args.workdir:
     return f"--metrics {labelled[0]} needs class labels: use --workdir (a conditional run)"
-  for flag in ("real", "fake"):
-    path = getattr(args, flag)
-    if path and not os.path.exists(path):
+  sets = [(flag, getattr(args, flag)) for flag in ("real", "fake") if getattr(args, flag)]
+  for flag, path in sets:
+    if not os.path.exists(path):
       return f"--{flag} {path}: no such folder or prepared data set"
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
+
+  for flag, path in sets:
+    count = image_sets.count_images(path) if os.path.isdir(path) else 0
+    if 0 < count < fewest:  # 0: not a set at all, which loading names
+      return (f"--{flag} {path} holds {count} image(s); --metrics {args.metrics} needs at least "
+              f"{fewest} per set")
   return ""
 
 

@@ -200,6 +200,8 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--workdir", "{tmp}", "--num-samples", "3", "--metrics", "fid,pr"],
      "--num-samples must be >= 4 for --metrics fid,pr, got 3"),
     (["--workdir", "{tmp}", "--num-real", "3", "--metrics", "pr"], "--num-real must be 0"),
+    (["--real", "{tmp}/three", "--fake", "{tmp}/three", "--metrics", "fid,pr"],
+     "--real {tmp}/three holds 3 image(s); --metrics fid,pr needs at least 4 per set"),
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
@@ -209,9 +211,39 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
 def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
   from jaxgan import evaluate
 
+  os.makedirs(tmp_path / "three")
+  for i in range(3):
+    (tmp_path / "three" / f"{i}.png").write_bytes(b"never read")
+
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
+
+
+def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monkeypatch):
+  """4 files pass the count, but one cannot be read: 3 images are too few for pr (k = 3), said
+  before Inception runs on either set."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+  from jaxgan.metrics import features
+
+  class NoInception:
+    def __init__(self, *args):
+      pass
+
+    def __call__(self, *args, **kwargs):
+      pytest.fail("extracted features")
+
+  monkeypatch.setattr(features, "FeatureExtractor", NoInception)
+  os.makedirs(tmp_path / "set")
+  for i in range(3):
+    Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "set" / f"{i}.png")
+  (tmp_path / "set" / "3.png").write_bytes(b"not a png")
+  args = ["--real", str(tmp_path / "set"), "--fake", str(tmp_path / "set"), "--metrics", "fid,pr"]
+  assert evaluate.main(args) == 2
+  assert capsys.readouterr().err.strip().endswith(
+      "set: 3 readable image(s) left, the metrics need at least 4 per set")
 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(
@@ -219,7 +251,8 @@ def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image
   from jaxgan import data, evaluate, workdir
 
   config = tiny_config(**{"data.num_classes": 0})
-  monkeypatch.setattr(workdir, "load_latest", lambda *a: (config, 4, None, {}))
+  monkeypatch.setattr(workdir, "load_config", lambda *a: config)
+  monkeypatch.setattr(workdir, "load_latest", lambda *a: pytest.fail("read the checkpoint"))
   monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
   assert evaluate.main(["--workdir", str(tmp_path), "--metrics", "fid,per_class_fid"]) == 2
   err = capsys.readouterr().err.strip()

@@ -25,6 +25,13 @@ def list_images(root: str) -> list[str]:
   return sorted(find_images(root))
 
 
+def count_images(path: str) -> int:
+  """How many images a folder or prepared set at `path` holds (files, before any is read)."""
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    return int(prepared.read_info(path)["num_examples"])
+  return len(list_images(path))
+
+
 def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], list[dict]]:
   """(images, skipped) of a folder or prepared data set, at their native size or `image_size`;
   skipped lists {'path', 'reason'}."""
