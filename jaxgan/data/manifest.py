@@ -29,8 +29,10 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
                            else n + 1)
   reader = csv.DictReader(iter(lines))
-  rows, spanning, end = [], None, 1  # end: the last line of the last row read (the header's)
+  rows, spanning, end = [], None, 1  # end: the last line of the last row read
   try:
+    if reader.fieldnames:  # reads the header, which a quoted name may spread over lines
+      end = reader.line_num
     for row in reader:
       start = first_after(end)
       if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
