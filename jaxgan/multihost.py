@@ -61,10 +61,11 @@ def from_process_0(value):
 def agreed(work: Callable[[], T], what: str) -> T:
   """`work()`, then every process learns whether it failed anywhere, and if so all raise (the
   error itself where it happened, PeerError elsewhere). Put around local work that precedes a
-  collective: a process that failed alone would otherwise leave the others waiting in it."""
+  collective: a process that failed alone would otherwise leave the others waiting in it. A
+  Ctrl-C on one process is such a failure too: it is re-raised there after the exchange."""
   try:
     result, error = work(), None
-  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every process)
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except  (re-raised below)
     result, error = None, e
   if any_process(error is not None):
     if error is not None:

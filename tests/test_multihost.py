@@ -27,7 +27,16 @@ images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
 same = data_check(np.array([0, 1, 0, 1]))
 differ = data_check(np.array([0, 1, 0, 1 - me]))  # process 1 labels one image otherwise
 reordered = data_check(np.array([0, 1, 0, 1]), seed=me)  # the same data, in another order
+def ctrl_c_on_1():
+  if me == 1:
+    raise KeyboardInterrupt
+try:
+  multihost.agreed(ctrl_c_on_1, "decoding")
+  interrupted = "went on"
+except (multihost.PeerError, KeyboardInterrupt) as e:
+  interrupted = type(e).__name__
 print(json.dumps({
+    "interrupted": interrupted,
     "data": [same, differ[:39], reordered[:57]],
     "cuda_visible_devices": jax.config.values["jax_cuda_visible_devices"],
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
@@ -46,6 +55,8 @@ def test_one_process_takes_its_own_decisions():
 
 def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES, salt=104729)
+  # A Ctrl-C on process 1 inside agreed work: it stops there, and process 0 is told.
+  assert [r.pop("interrupted") for r in results] == ["PeerError", "KeyboardInterrupt"]
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
                                       "signal": [15, None], "from_0": [True, 1.5],
                                       "cuda_visible_devices": "all",
