@@ -118,17 +118,19 @@ def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list
 
 
 def step_call(config, warmup: int = 5, step: Optional[Callable] = None
-              ) -> tuple[Callable[[], None], int]:
+              ) -> tuple[Callable[..., None], int]:
   """(call, steps per call): `call()` runs the train step that training uses (run_lib.build_run;
   or `step`, a variant of it) once on device-resident data and waits for it, carrying its own
-  state; compiled and warmed up (`warmup` calls, at least one) before it is returned."""
+  state; `call(n)` runs it n times back to back and waits once, as training dispatches ahead.
+  Compiled and warmed up (`warmup` calls, at least one) before it is returned."""
   # At least one untimed call: the first one compiles, and must never be timed as a step.
   run, state, batch = _ready_step(config, max(warmup, 1), step)
   step = step or run.train_step
   holder = [state]
 
-  def call() -> None:
-    holder[0], metrics = step(holder[0], batch)
+  def call(calls: int = 1) -> None:
+    for _ in range(calls):
+      holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready((holder[0], metrics))
 
   return call, run.steps_per_call
@@ -140,9 +142,15 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   runs k steps and `step_ms` is its time / k."""
   ready = [step_call(config, warmup) for config in configs]
   times = time_alternately([call for call, _ in ready], steps)
+  # Then `steps` calls back to back with one wait, each config in turn: the host dispatching
+  # ahead as training does (up to MAX_STEPS_AHEAD there), so per-call sync and dispatch latency,
+  # which the median above includes, overlap the device's work.
+  pipelined = [t[0] / steps for t in time_alternately([lambda c=call: c(steps)
+                                                       for call, _ in ready], 1)]
   # The device's peak is one figure for everything resident: a step's own only when alone.
   peak = peak_memory_bytes() if len(configs) == 1 else None
-  return [step_row(config, k, t, peak) for config, (_, k), t in zip(configs, ready, times)]
+  return [step_row(config, k, t, peak, p)
+          for config, (_, k), t, p in zip(configs, ready, times, pipelined)]
 
 
 def peak_memory_bytes() -> Optional[int]:
@@ -158,9 +166,11 @@ def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
 
 
 def step_row(config, steps_per_call: int, call_times: list[float],
-             peak_memory: Optional[int] = None) -> dict:
-  """The benchmark's JSON row for `config` from the seconds of each timed call."""
+             peak_memory: Optional[int] = None, pipelined_call_s: Optional[float] = None) -> dict:
+  """The benchmark's JSON row for `config` from the seconds of each timed call (and the mean of
+  back-to-back calls, `pipelined_call_s`, when measured)."""
   step_s = statistics.median(call_times) / steps_per_call  # per train step
+  pipelined_s = pipelined_call_s / steps_per_call if pipelined_call_s else None
   device = jax.devices()[0]
   per_image = step_flops_per_image(config)
   images_per_sec = config.train.batch_size / step_s
@@ -181,6 +191,9 @@ def step_row(config, steps_per_call: int, call_times: list[float],
       # does; training's metrics.jsonl counts the reals D sees, n_critic batches per step.
       "n_critic": config.train.n_critic,
       "train_images_per_sec": images_per_sec * config.train.n_critic,
+      # Back to back, one wait at the end: what training's loop gets when the host keeps ahead.
+      "pipelined_step_ms": pipelined_s * 1e3 if pipelined_s else None,
+      "pipelined_images_per_sec": config.train.batch_size / pipelined_s if pipelined_s else None,
   }
 
 

@@ -25,6 +25,7 @@ def test_step_benchmark_runs_for_every_model(name):
   result = throughput.benchmark_step(config, steps=2, warmup=1)
   assert KEYS <= set(result)
   assert result["step_ms"] > 0 and result["images_per_sec"] > 0 and result["flops_per_image"] > 0
+  assert result["pipelined_step_ms"] > 0
   assert result["device_kind"] == "cpu" and result["mfu"] is None  # no peak figure for a CPU
 
 
@@ -74,15 +75,22 @@ def test_flops_count_inside_cond_and_scan():
 
 def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed():
   config = tiny_config(**{"train.n_critic": 2, "model.d_norm": "layer"})
-  row = throughput.step_row(config, 1, [0.5, 0.25, 0.5])
+  row = throughput.step_row(config, 1, [0.5, 0.25, 0.5], pipelined_call_s=0.4)
   assert row["images_per_sec"] == 8 / 0.5 and row["n_critic"] == 2
   assert row["train_images_per_sec"] == 2 * 8 / 0.5  # as training's metrics.jsonl counts them
-  calls = []
+  assert row["pipelined_step_ms"] == pytest.approx(400) and row["pipelined_images_per_sec"] == 20
+  calls, waits = [], []
   call, _ = throughput.step_call(tiny_config(), warmup=0,
                                  step=lambda state, batch: calls.append(1) or (state, {}))
   assert len(calls) == 1  # --warmup 0 still compiles outside the timed calls
   call()
   assert len(calls) == 2
+  # call(n): n steps dispatched back to back, one wait at the end.
+  real_wait = throughput.jax.block_until_ready
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(throughput.jax, "block_until_ready", lambda x: waits.append(1) or real_wait(x))
+    call(3)
+  assert len(calls) == 5 and waits == [1]
 
 
 BAD_FLAGS = r"""
