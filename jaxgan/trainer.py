@@ -325,6 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f"{checkpointer.directory} (error above); a rerun resumes from "
               f"{_resume_point(checkpointer)} and writes it: free space or fix the storage first")
   finally:
+    # Stops the input thread now, not when the generator is collected: a kept traceback (a
+    # notebook's last error) holds this frame, and the thread would go on reading data.
+    batches.close()
     progress.close()
     checkpointer.close()
     if evaluate:

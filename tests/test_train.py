@@ -226,3 +226,32 @@ def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
   trainer.train_and_evaluate(config, str(tmp_path / "w"))
   err = capsys.readouterr().err
   assert 1 <= err.count("train:") <= 2, err  # the first draw and the final one
+
+
+def test_the_input_thread_ends_with_the_run_also_when_it_fails(tmp_path, monkeypatch):
+  """Training that fails returns with its prefetch thread (and the data iterator it holds)
+  stopped, even while the error is kept (a notebook keeps the last traceback, and with it the
+  trainer's frame): a process that goes on must not keep reading data."""
+  import threading
+
+  from jaxgan import sharding
+
+  real_put, puts, started = sharding.put_batch, [], []
+  before = set(threading.enumerate())
+
+  def put_then_fail(batch, where):
+    puts.append(1)
+    if len(puts) == 2:  # the input thread is running now
+      started.extend(t for t in threading.enumerate()
+                     if t not in before and t.name == "jaxgan-prefetch")
+      raise RuntimeError("device lost")
+    return real_put(batch, where)
+
+  monkeypatch.setattr(sharding, "put_batch", put_then_fail)
+  with pytest.raises(RuntimeError, match="device lost") as kept:
+    trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 4, "train.tensorboard": False}),
+                               str(tmp_path / "w"))
+  assert len(started) == 1
+  for thread in started:
+    thread.join(timeout=5)
+  assert not [t for t in started if t.is_alive()] and kept.traceback
