@@ -312,6 +312,32 @@ def test_tfds_source_with_mock_data():
       build_source(config)
 
 
+def test_tfds_examples_skipped_leave_every_other_image_with_its_own_label():
+  """Examples 2 and 5 are too small and skipped: each kept image keeps its own label (image i
+  is grey 20 i, label i % 10), none shifted onto its neighbour's."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  def examples():
+    for i in range(12):
+      side = 4 if i in (2, 5) else 28
+      yield {"image": np.full((side, side, 1), 20 * i, np.uint8), "label": i % 10}
+
+  def as_dataset(self, *args, **kwargs):
+    return tf.data.Dataset.from_generator(
+        examples, output_signature={"image": tf.TensorSpec((None, None, 1), tf.uint8),
+                                    "label": tf.TensorSpec((), tf.int64)})
+
+  config = _config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
+                      "data.num_classes": 10, "data.max_bad_fraction": 0.2})
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    source = build_source(config)
+  assert source.num_examples == 10 and source.bad_files == 2
+  grey = source.images[:, 8, 8, 0].astype(int)
+  assert list(grey // 20) == [0, 1, 3, 4, 6, 7, 8, 9, 10, 11]
+  np.testing.assert_array_equal(source.labels, (grey // 20) % 10)
+
+
 def _array_source(n=10, seed=0):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
   return ArraySource(images, np.arange(n) % 3, ["a", "b", "c"], seed)
