@@ -160,7 +160,10 @@ def _bad_argument(args) -> str:
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
   for flag, path in sets:
-    count = image_sets.count_images(path) if os.path.isdir(path) else 0
+    try:
+      count = image_sets.count_images(path) if os.path.isdir(path) else 0
+    except image_sets.DataError as e:  # a damaged prepared set's index: its own one line
+      return str(e)
     if 0 < count < fewest:  # 0: not a set at all, which loading names
       return (f"--{flag} {path} holds {count} image(s); --metrics {args.metrics} needs at least "
               f"{fewest} per set")

@@ -221,9 +221,9 @@ class PeriodicEval:
         log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", error)
         meta = {}
       recorded = dict(meta.get("eval_settings") or {})
-      # A best saved before the data's fingerprint was recorded: the run's resume check already
-      # warned about changed data, and forgetting it would delete a better checkpoint (keep=1).
-      recorded.setdefault("data_fingerprint", data_fingerprint)
+      # A best saved before the fingerprint joined the eval settings: its checkpoint meta has
+      # the data's (forgetting a best of the same data would delete it for a worse one, keep=1).
+      recorded.setdefault("data_fingerprint", meta.get("data_fingerprint", data_fingerprint))
       if meta.get("eval_settings") and recorded == self.settings:
         self.best_fid = float(meta.get("fid", float("inf")))
       elif meta:

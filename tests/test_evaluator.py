@@ -131,17 +131,23 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   fresh.close()
 
 
-def test_a_best_saved_before_data_fingerprints_were_recorded_is_kept(tmp_path):
+@pytest.mark.parametrize("now, kept", [(0x77, True), (0x55, False)])
+def test_a_best_saved_before_its_settings_held_the_data_is_judged_by_its_meta(tmp_path, now,
+                                                                             kept):
+  """Best checkpoints from before the data fingerprint joined the eval settings record it in
+  their meta: kept for the same data (forgetting it would delete it for a worse one), not for
+  other data."""
   config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "w")
-  old = evaluator.PeriodicEval(config, workdir, FixedFid([30.0]), Writer(), lambda s: {}, 0)
+  old = evaluator.PeriodicEval(config, workdir, FixedFid([30.0]), Writer(),
+                               lambda s: {"data_fingerprint": 0x77}, 0)
   del old.settings["data_fingerprint"]  # as jaxgan wrote them before
   old.best.save = lambda step, state, meta, save=old.best.save: save(step, {"w": state.w}, meta)
   old(2, _state(2.0))
   old.close()
   again = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2,
-                                 data_fingerprint=0x77)
-  assert again.best_fid == 30.0
+                                 data_fingerprint=now)
+  assert again.best_fid == (30.0 if kept else float("inf"))
   again.close()
 
 
@@ -202,6 +208,8 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--workdir", "{tmp}", "--num-real", "3", "--metrics", "pr"], "--num-real must be 0"),
     (["--real", "{tmp}/three", "--fake", "{tmp}/three", "--metrics", "fid,pr"],
      "--real {tmp}/three holds 3 image(s); --metrics fid,pr needs at least 4 per set"),
+    (["--real", "{tmp}/damaged", "--fake", "{tmp}/three"],
+     "{tmp}/damaged/dataset_info.json is damaged (JSONDecodeError"),
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
@@ -214,6 +222,8 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   os.makedirs(tmp_path / "three")
   for i in range(3):
     (tmp_path / "three" / f"{i}.png").write_bytes(b"never read")
+  os.makedirs(tmp_path / "damaged")
+  (tmp_path / "damaged" / "dataset_info.json").write_text("{not json")
 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
