@@ -519,6 +519,9 @@ def test_compaction_takes_a_chunk_of_memory_not_a_copy_of_the_set():
   peak = tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()
   assert peak < 10 * out[0].nbytes  # a copy of the kept rows would be 199 of them
+  # The cached path's chunks too: rows per ~64 MB, not a fixed 4096 (12 GB at 1024x1024).
+  assert decode._chunk_rows(np.zeros((2, 1024, 1024, 3), np.uint8)) == 21
+  assert decode._chunk_rows(out, chunk_bytes=1) == 1
 
 
 def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):

@@ -86,8 +86,9 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   indices = np.flatnonzero(keep)
   if cache_file:
     kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
-    for start in range(0, len(indices), 4096):
-      kept[start:start + 4096] = out[indices[start:start + 4096]]
+    chunk = _chunk_rows(out)
+    for start in range(0, len(indices), chunk):
+      kept[start:start + chunk] = out[indices[start:start + chunk]]
     kept.flush()
     del out, kept
     # Only a complete decode is published: one that lost files to the storage's passing errors
@@ -102,6 +103,12 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   return images, indices, skipped
 
 
+def _chunk_rows(out: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
+  """Rows of `out` per gathered chunk: about `chunk_bytes` of temporary, whatever the image size
+  (a fixed 4096 rows is 12 GB at 1024x1024)."""
+  return max(1, chunk_bytes // max(out[0].nbytes if len(out) else 1, 1))
+
+
 def _compact(out: np.ndarray, indices: np.ndarray, chunk_bytes: int = 64 << 20) -> np.ndarray:
   """out[indices] for ascending `indices`, in place: a view of `out`'s first len(indices) rows,
   not a second array the size of the data (which doubled a large decode's peak memory for one
@@ -112,7 +119,7 @@ def _compact(out: np.ndarray, indices: np.ndarray, chunk_bytes: int = 64 << 20) 
   moved = np.flatnonzero(indices != np.arange(len(indices)))
   if len(moved) == 0:
     return out[:len(indices)]
-  chunk = max(1, chunk_bytes // max(out[0].nbytes, 1))
+  chunk = _chunk_rows(out, chunk_bytes)
   for start in range(int(moved[0]), len(indices), chunk):
     part = indices[start:start + chunk]
     out[start:start + len(part)] = out[part]
