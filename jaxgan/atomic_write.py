@@ -28,7 +28,7 @@ def publish(tmp: str, path: str) -> None:
   rename, and the rename before this returns. A bare rename can be committed before the data
   (ext4 or XFS with delayed allocation, NFS), so a host crash just after it leaves `path` empty:
   the run's whole metrics.jsonl, or a prepared set's index. Directory sync is best effort (not
-  every file system supports it)."""
+  every file system supports it); a failed sync or rename removes `tmp` and raises."""
   try:
     with open(tmp, "rb") as f:
       os.fsync(f.fileno())
