@@ -62,7 +62,8 @@ def agreed(work: Callable[[], T], what: str) -> T:
   """`work()`, then every process learns whether it failed anywhere, and if so all raise (the
   error itself where it happened, PeerError elsewhere). Put around local work that precedes a
   collective: a process that failed alone would otherwise leave the others waiting in it. A
-  Ctrl-C on one process is such a failure too: it is re-raised there after the exchange."""
+  Ctrl-C on one process is such a failure too: it is re-raised there after the exchange, which
+  waits for the other processes' work to end."""
   try:
     result, error = work(), None
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except  (re-raised below)

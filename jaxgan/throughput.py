@@ -129,6 +129,7 @@ def step_call(config, warmup: int = 5, step: Optional[Callable] = None
   holder = [state]
 
   def call(calls: int = 1) -> None:
+    metrics = None
     for _ in range(calls):
       holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready((holder[0], metrics))

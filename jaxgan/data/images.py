@@ -165,7 +165,9 @@ def _to_srgb(img: Image.Image) -> Image.Image:
 # already, so no transform (nor its rounding). Matched exactly: "Linear sRGB" and other
 # variants of the name are other colour spaces.
 SRGB_DESCRIPTIONS = frozenset({"srgb iec61966-2.1", "srgb iec61966-2-1 black scaled",
-                               "srgb iec61966-2-1 no black scaling", "srgb built-in", "srgb"})
+                               "srgb iec61966-2-1 no black scaling", "srgb built-in", "srgb",
+                               "gimp built-in srgb", "srgb2014", "c2",
+                               "srgb v4 icc preference perceptual intent beta"})
 
 
 @functools.lru_cache(maxsize=16)  # a catalog's photos share a few profiles; building one costs ms
