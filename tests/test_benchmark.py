@@ -90,7 +90,8 @@ def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(throughput.jax, "block_until_ready", lambda x: waits.append(1) or real_wait(x))
     call(3)
-  assert len(calls) == 5 and waits == [1]
+    call(0)  # nothing to run: waits on the state alone
+  assert len(calls) == 5 and waits == [1, 1]
 
 
 BAD_FLAGS = r"""

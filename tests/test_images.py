@@ -287,12 +287,15 @@ def test_a_linear_srgb_profile_is_not_taken_for_srgb():
   np.testing.assert_allclose(load_image(png, OPTS).image[16, 16].astype(int), [188] * 3, atol=2)
 
 
-@pytest.mark.parametrize("icc", ["srgb", "garbage"])
+@pytest.mark.parametrize("icc", ["srgb", "gimp", "garbage"])
 def test_srgb_and_unreadable_profiles_load_as_untagged(icc):
   from PIL import ImageCms
 
-  profile = (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() if icc == "srgb"
-             else b"not a profile at all")
+  # "gimp": named as GIMP's sRGB, with a plain 2.2 gamma that a transform would show (40 -> 35).
+  profile = {"srgb": lambda: ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+             "gimp": lambda: _rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE,
+                                          name="GIMP built-in sRGB"),
+             "garbage": lambda: b"not a profile at all"}[icc]()
   img = Image.new("RGB", (40, 40), (200, 120, 40))
   img.paste((10, 90, 250), (0, 0, 20, 40))
   plain = load_image(_encode(img, "PNG"), OPTS).image
