@@ -96,7 +96,9 @@ def test_bad_regulariser_configs_fail_validation(overrides, key):
 
 def _run_steps(config, n, size):
   run = run_lib.build_run(config)
-  state = jax.jit(run.init)()
+  # Placed as the step expects it (as training does): a state without the step's shardings
+  # would compile the step a second time at the second call, when it has them.
+  state = jax.jit(run.init, out_shardings=run.state_shardings)()
   rng = np.random.default_rng(0)
   snapshots, metrics = [jax.device_get(state)], []
   images = config.train.batch_size * config.train.n_critic
