@@ -146,8 +146,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
     _require(nc > 0 or not metrics_suite.needs_labels([name]),
              "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
+  fewest = metrics_suite.min_samples(names)
   if config.train.eval_every:
-    fewest = metrics_suite.min_samples(names)
     _require(config.train.eval_num_samples >= fewest, "train.eval_num_samples",
              f"must be >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
              f"{config.train.eval_num_samples}")
@@ -159,9 +159,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
   if config.train.eval_every and config.eval.num_real:
-    _require(config.eval.num_real >= metrics_suite.min_samples(names), "eval.num_real",
-             f"must be 0 or >= {metrics_suite.min_samples(names)} for eval.metrics="
-             f"{config.eval.metrics!r}, got {config.eval.num_real}")
+    _require(config.eval.num_real >= fewest, "eval.num_real",
+             f"must be 0 or >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
+             f"{config.eval.num_real}")
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data
