@@ -1,5 +1,6 @@
 """DCGAN shapes for every supported size, conditional and not, in both compute dtypes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,3 +147,25 @@ def test_discriminator_keeps_its_parameter_tree(impl):
                     "down1": {"kernel": (4, 4, 8, 16)},  # no bias before BatchNorm
                     "down1_bn": {"scale": (16,), "bias": (16,)},
                     "logit": {"kernel": (256, 1), "bias": (1,)}}
+
+
+def test_bfloat16_discriminator_head_sums_in_float32():
+  """The logit sums 4*4*C products; in bfloat16 a logit near 5 would round to steps of 1/32."""
+  d = Discriminator(image_size=16, width=32, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  v = d.init(jax.random.PRNGKey(1), x, train=False)
+  kernel = 6.0 * jax.random.normal(jax.random.PRNGKey(2), v["params"]["logit"]["kernel"].shape)
+  v["params"]["logit"]["kernel"] = kernel
+  head_inputs = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.module.name == "logit":
+      head_inputs.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    logits = np.asarray(d.apply(v, x, train=False))
+  features = np.asarray(head_inputs[0], np.float64)  # bfloat16 activations, exactly
+  expected = features @ np.asarray(kernel, np.float64)[:, 0]
+  assert np.abs(expected).max() > 2  # logits large enough for bfloat16 to show
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

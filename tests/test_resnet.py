@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxgan.models.conditioning import ClassEmbed, as_label_matrix
-from jaxgan.models.resnet import (ResNetDiscriminator, ResNetGenerator, channel_widths,
-                                  orthogonal_penalty)
+from jaxgan.models.resnet import (ConditionalBatchNormReLU, ResNetDiscriminator, ResNetGenerator,
+                                  channel_widths, orthogonal_penalty)
 
 Z_DIM, WIDTH, B = 20, 4, 2
 
@@ -242,3 +242,22 @@ def test_class_embed_sums_attributes():
     embed.apply({"params": params}, labels[:, 0])  # [b] only with one attribute
   assert as_label_matrix(jnp.array([1, 2]), 1).shape == (2, 1)
   assert as_label_matrix(labels, 2).dtype == jnp.int32
+
+
+@pytest.mark.parametrize("impl", ["flax", "fused"])
+def test_bfloat16_conditional_gain_keeps_small_offsets(impl):
+  """A class's gain of 1.003 is 1.0 in bfloat16 (steps of 2^-7 next to 1): it is formed and
+  applied in float32, so only the output is rounded, and that rounding averages out."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 16))
+  cond = jnp.full((4, 16), 0.003)  # with an all-ones kernel (sigma 16): a gain of 1.003
+  outputs = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    m = ConditionalBatchNormReLU(norm_impl=impl, dtype=dtype)
+    v = m.init(jax.random.PRNGKey(1), x, cond, train=False)
+    v["params"]["gain"]["kernel"] = jnp.ones((16, 16))
+    v["params"]["bias"]["kernel"] = jnp.zeros((16, 16))
+    for c in (cond, jnp.zeros_like(cond)):
+      out, _ = m.apply(v, x, c, train=True, mutable=["batch_stats"])
+      outputs[dtype, c is cond] = float(jnp.mean(out.astype(jnp.float32)))
+  assert outputs[jnp.float32, True] / outputs[jnp.float32, False] == pytest.approx(1.003, abs=1e-4)
+  assert outputs[jnp.bfloat16, True] / outputs[jnp.float32, True] == pytest.approx(1.0, abs=5e-4)

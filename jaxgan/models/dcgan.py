@@ -114,9 +114,12 @@ class Discriminator(nn.Module):
                            dtype=self.dtype, name=f"down{i}_ln")(h)
         h = nn.leaky_relu(h, 0.2)
     features = h.reshape(h.shape[0], -1)
-    # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map.
-    logit = nn.Dense(1, kernel_init=_init, dtype=self.dtype, name="logit")(features)[:, 0]
-    logit = logit.astype(jnp.float32)
+    # The 4x4 "valid" conv of DCGAN's head is a dense layer on the flattened 4x4 map. It runs in
+    # float32 whatever the compute dtype: a bfloat16 sum of 8192 products rounds a logit of 5 to
+    # steps of 1/32 (and its gradient likewise), which LeCam's logit differences would see; the
+    # head is a negligible share of the FLOPs. The ResNet critic's head does the same.
+    logit = nn.Dense(1, kernel_init=_init, dtype=jnp.float32,
+                     name="logit")(features.astype(jnp.float32))[:, 0]
     if class_tuple(self.num_classes):
       pooled = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
       emb = _class_embedding(self.num_classes, pooled.shape[-1], "class_projection", labels)

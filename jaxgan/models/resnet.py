@@ -107,16 +107,19 @@ class ConditionalBatchNormReLU(nn.Module):
     c = x.shape[-1]
     kwargs = dict(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
                   dtype=self.dtype, name="bn")
-    cond = cond.astype(self.dtype)
-    gain = 1 + _sn_dense(cond, c, train=train, dtype=self.dtype, name="gain", use_bias=False)
-    bias = _sn_dense(cond, c, train=train, dtype=self.dtype, name="bias", use_bias=False)
+    # The gain and bias are formed in float32 whatever the compute dtype: next to 1, bfloat16
+    # moves in steps of 2^-7, so a class's gain offset under ~0.004 would round away (1 + 0.003
+    # is 1.0). The projections are small matmuls; the product with the activations is cast once.
+    cond = cond.astype(jnp.float32)
+    gain = 1 + _sn_dense(cond, c, train=train, dtype=jnp.float32, name="gain", use_bias=False)
+    bias = _sn_dense(cond, c, train=train, dtype=jnp.float32, name="bias", use_bias=False)
     gain, bias = gain[:, None, None, :], bias[:, None, None, :]
     if self.norm_impl == "fused":
       return AffineBatchNormAct(slope=0.0, **kwargs)(x, gain, bias)
     if self.norm_impl != "flax":
       raise ValueError(f"unknown BatchNorm impl {self.norm_impl!r}; use 'flax' or 'fused'")
     h = nn.BatchNorm(use_scale=False, use_bias=False, **kwargs)(x)
-    return nn.relu(h * gain + bias)
+    return nn.relu(h.astype(jnp.float32) * gain + bias).astype(self.dtype)
 
 
 class SelfAttention(nn.Module):
