@@ -81,6 +81,12 @@ class Checkpointer:
           self.directory, options=options,
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()})
+    # Writes that failed since the last one that completed, and how many completed: the trainer
+    # stops a run whose storage keeps failing instead of training on for days with nothing to
+    # resume from. A write's outcome is known once it is waited for (at the next save at latest).
+    self.failures_in_a_row = 0
+    self.completed = 0
+    self._pending = False  # a started write whose outcome is not counted yet
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -100,12 +106,22 @@ class Checkpointer:
     # joined, and the join inside manager.save() would otherwise raise it as this save's failure.
     self.wait()
     try:
+      path = os.path.join(self.directory, str(step))
+      if multihost.any_process(step in self._manager.all_steps() or os.path.isdir(path)):
+        # Left by an earlier attempt at this step (a resume from before it, which had skipped it
+        # as unreadable; a best FID evaluated again). Orbax would refuse the step, and on several
+        # processes only those whose listing holds it, leaving the others in its barriers.
+        log.warning("checkpoint %s exists from an earlier attempt: moving it to %s.replaced/",
+                    path, self.directory)
+        self.move_aside(step, ".replaced")
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
           meta=ocp.args.JsonSave(meta)), force=True)
+      self._pending = True
       return True
     except Exception as e:  # pylint: disable=broad-except
       self._report_failure(step, e)
+      self.failures_in_a_row += 1
       return False
 
   def _report_failure(self, step: Optional[int], error: BaseException) -> None:
@@ -252,8 +268,14 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       self._report_failure(None, e)
-      return False
-    return self._report_async_errors()
+      ok = False
+    else:
+      ok = self._report_async_errors()
+    if self._pending:
+      self._pending = False
+      self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
+      self.completed += ok
+    return ok
 
   def close(self) -> None:
     self.wait()

@@ -1,5 +1,6 @@
-"""Stop requests: SIGTERM/SIGINT (preemption notices) become a flag the training loop checks
-after each call, and every process stops after the same step."""
+"""Stop requests: SIGTERM/SIGINT/SIGHUP (preemption notices, Ctrl-C, a closed terminal or ssh
+session) become a flag the training loop checks after each call, and every process stops after
+the same step."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import jax
 from jaxgan import multihost
 
 
+# The signals that ask for a graceful stop. SIGHUP too: a dropped ssh session (launch/tpu_pod.sh
+# runs training in one) would otherwise kill every worker with no checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+# The exit status of a run stopped by a signal before train.num_steps (EX_TEMPFAIL, "try again"):
+# not 0, which job runners (a Kubernetes Job, a retry wrapper) would take for a finished run.
+EXIT_STOPPED = 75
+
+
 class StopRequest:
-  """A context that holds the first SIGTERM/SIGINT received while it is open; a SIGINT after
+  """A context that holds the first stop signal (STOP_SIGNALS) received while it is open; a SIGINT after
   that one ends the process at once (Ctrl-C twice: quit without waiting). The first one's handler
   arms that, so a process already stuck in the runtime then (which never runs Python handlers)
   needs Ctrl-\\ or kill.
@@ -32,7 +42,7 @@ class StopRequest:
     self._previous = {}
 
   def __enter__(self) -> "StopRequest":
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: signals stay with their owner
@@ -45,7 +55,7 @@ class StopRequest:
     # From now on Ctrl-C quits at once: the user will not wait for the graceful stop (a hung
     # collective, a long evaluation). The OS's default action, not a Python exception: Python
     # runs handlers only between bytecodes, never while the main thread waits in the runtime.
-    # (SIGTERM keeps this handler: preemption notices may repeat.)
+    # (SIGTERM and SIGHUP keep this handler: preemption notices may repeat.)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
   def __exit__(self, *exc) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,7 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from jaxgan import checkpoint, multihost, trainer  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxgan import checkpoint, multihost, sharding, stopping, trainer
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
@@ -38,8 +40,10 @@ def main(argv):
     if FLAGS.compile_only:
       print(json.dumps(run_lib.compile_report(FLAGS.config)))
     else:
-      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                                 allow_config_change=FLAGS.allow_config_change)
+      state = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                         allow_config_change=FLAGS.allow_config_change)
+      if sharding.to_host(state.step) < FLAGS.config.train.num_steps:  # stopped by a signal
+        sys.exit(stopping.EXIT_STOPPED)
   except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError,
           data.DataError, multihost.PeerError) as e:
     cli.fail(str(e))

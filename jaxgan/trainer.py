@@ -56,15 +56,48 @@ def prepare_workdir(workdir: str) -> None:
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
+    os.mkdir(probe)
   except OSError as e:
     raise TrainingError(f"workdir {workdir} is not writable ({e.strerror}); "
                         "pass a --workdir you can write to") from e
+  # Checkpoints are written to a temporary folder renamed into place: a filesystem that cannot
+  # rename folders (a bucket mounted flat) must fail here, not at every checkpoint.
+  try:
+    os.rename(probe, probe + ".renamed")
+  except OSError as e:
+    os.rmdir(probe)
+    raise TrainingError(f"workdir {workdir} cannot rename folders ({e.strerror}), which "
+                        "checkpoints need; use a filesystem that can (a gcsfuse mount needs "
+                        "--rename-dir-limit)") from e
+  os.rmdir(probe + ".renamed")
 
 
 def _resume_point(checkpointer) -> str:
   """Where a rerun would resume, for messages."""
   latest = checkpointer.latest_step()
   return f"step {latest}" if latest is not None else "the start (no checkpoint)"
+
+
+# Checkpoint writes that may fail in a row before the run stops: one can be a passing storage
+# hiccup (the previous checkpoint stays valid); several mean a preemption would cost everything
+# since the last one that was written.
+MAX_FAILED_CHECKPOINTS = 3
+
+
+def _check_checkpoint_writes(checkpointer) -> None:
+  """Stops the run (on every process alike) when its checkpoints keep failing, or when the first
+  one it wrote failed: storage that cannot take one (a full disk, a bucket mount that cannot
+  rename folders) would otherwise let it train for days with nothing to resume from."""
+  failed = checkpointer.failures_in_a_row
+  if not multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
+                               or (failed > 0 and not checkpointer.completed)):
+    return
+  what = (f"{failed} checkpoint writes in a row failed" if checkpointer.completed
+          else "the first checkpoint write of this run failed")
+  raise TrainingError(
+      f"{what} in {checkpointer.directory} (errors above); the run stops rather than train on "
+      f"without checkpoints: free space or fix the storage, then rerun (it resumes from "
+      f"{_resume_point(checkpointer)})")
 
 
 # The longest skip streak so far, kept on the device from each call's streaks ([k] when stacked):
@@ -233,20 +266,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
   saved = False  # whether the latest checkpoint save could be started
   try:
-    if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
-      # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
-      grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
-      if multihost.from_process_0(is_main and not os.path.exists(grid)):
-        save_samples(start_step)
-    if evaluate and start_step and (start_step % cfg.eval_every == 0
-                                    or start_step == cfg.num_steps):
-      # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
-      # resumes exactly there: evaluate that step now, unless it has a successful eval row
-      # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
-      if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
-                                                                  "eval/num_samples")):
-        evaluate(start_step, state)
+    # Open before the start-of-run grid and evaluation (minutes): a signal during them stops
+    # the run after its first step, checkpointed, instead of killing the process (with several
+    # processes, the others would be left waiting in the evaluation's collectives).
     with stopping_lib.StopRequest() as stop:
+      if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
+        # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
+        grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
+        if multihost.from_process_0(is_main and not os.path.exists(grid)):
+          save_samples(start_step)
+      if evaluate and start_step and (start_step % cfg.eval_every == 0
+                                      or start_step == cfg.num_steps):
+        # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
+        # resumes exactly there: evaluate that step now, unless it has a successful eval row
+        # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
+        if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
+                                                                    "eval/num_samples")):
+          evaluate(start_step, state)
       while step < cfg.num_steps:
         batch = sharding.put_batch(next(batches), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
@@ -295,6 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # request it is what the grace period is for.
         if checkpoint_due:
           saved = checkpointer.save(step, state, meta(step))
+          if not last:  # a stop and the end report their own failed write
+            _check_checkpoint_writes(checkpointer)
         if step % cfg.sample_every == 0 or step == cfg.num_steps:
           save_samples(step)
         # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.

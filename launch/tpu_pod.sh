@@ -10,6 +10,9 @@
 #
 # Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
+# Training runs inside the ssh session: if it drops, every worker gets SIGHUP, writes its
+# checkpoint and exits (status 75), and rerunning this script resumes. DETACH=1 instead starts
+# the workers under nohup, logging to REPO_DIR/train.log on each, and returns.
 set -euo pipefail
 
 if [[ $# -lt 3 || "$3" != "--" ]]; then
@@ -45,4 +48,9 @@ ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $r
 # 3. Train: the same command everywhere; each worker feeds its share of the global batch.
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
-ssh_all "cd $repo_dir && python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
+train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
+if [[ "${DETACH:-0}" == 1 ]]; then
+  ssh_all "cd $repo_dir && nohup $train > train.log 2>&1 < /dev/null &"
+else
+  ssh_all "cd $repo_dir && $train"
+fi

@@ -1,6 +1,7 @@
 """Preemption safety: SIGKILL/SIGTERM, damaged checkpoints, config changes, non-finite steps,
 failing checkpoint writes."""
 
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
-from jaxgan import writers
+from jaxgan import stopping, writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -115,7 +116,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-2000:]
+  # Not 0: a job runner must not take the stopped run for a finished one.
+  assert proc.returncode == stopping.EXIT_STOPPED, err[-2000:]
   assert "SIGTERM received: stopped after step" in out
   stopped = int(out.split("stopped after step ")[1].split(",")[0])
   listing = sorted(os.listdir(workdir / "checkpoints")) if (workdir / "checkpoints").exists() else None
@@ -444,9 +446,88 @@ def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, m
   with caplog.at_level(logging.ERROR):
     assert writer.save(3, state, {"step": 3})
     assert writer.wait()
+  # The failed background write is counted once its outcome is known; 3 completed.
+  assert (writer.completed, writer.failures_in_a_row) == (2, 0)
   writer.close()
   assert "No space left" in caplog.text
   assert ckpt_lib.Checkpointer(directory, read_only=True).steps() == [1, 3]
+
+
+def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  writer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  state = {"w": jnp.arange(4.0)}
+  assert writer.save(1, state, {"step": 1}) and writer.wait()
+  assert (writer.completed, writer.failures_in_a_row) == (1, 0)
+
+  def fails(self):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", fails)
+  assert writer.save(2, state, {"step": 2})  # started; its failure is known when waited for
+  assert not writer.wait() and (writer.completed, writer.failures_in_a_row) == (1, 1)
+  assert not writer.wait() and writer.failures_in_a_row == 1  # counted once
+  monkeypatch.undo()
+  writer.close()
+
+
+@pytest.mark.parametrize("first_ok", [True, False])
+def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first_ok):
+  """A run does not train on for days with nothing to resume from: it stops at its first
+  checkpoint if that one fails, else after MAX_FAILED_CHECKPOINTS failures in a row."""
+  original = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step == 2 and first_ok:
+      return original(self, step, *args, **kwargs)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  workdir = str(tmp_path / "w")
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 40,
+                          "train.sample_every": 100})
+  expected = (f"{trainer.MAX_FAILED_CHECKPOINTS} checkpoint writes in a row failed" if first_ok
+              else "the first checkpoint write of this run failed")
+  resume = "step 2" if first_ok else "the start"
+  with pytest.raises(trainer.TrainingError, match=f"{expected} .* resumes from {resume}"):
+    trainer.train_and_evaluate(config, workdir)
+  stopped_at = 2 + 2 * trainer.MAX_FAILED_CHECKPOINTS if first_ok else 2
+  assert writers.read_metrics(workdir)[-1]["step"] == stopped_at
+
+
+def test_a_step_left_by_an_earlier_attempt_is_moved_aside_and_written(tmp_path):
+  """A resume from before a step that exists (skipped as unreadable, or a best FID evaluated
+  again) writes that step anew; orbax alone refuses a step it lists."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory)
+  assert writer.save(4, {"w": jnp.zeros(3)}, {"step": 4}) and writer.wait()
+  assert writer.save(4, {"w": jnp.ones(3)}, {"step": 4}) and writer.wait()
+  writer.close()
+  reader = ckpt_lib.Checkpointer(directory, read_only=True)
+  restored, _ = reader.restore(4, {"w": jnp.zeros(3)})
+  np.testing.assert_array_equal(restored["w"], np.ones(3))
+  assert [name.split("-")[0] for name in os.listdir(directory + ".replaced")] == ["4"]
+
+
+def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monkeypatch):
+  real_rename = os.rename
+
+  def no_folder_renames(src, dst):
+    if os.path.isdir(src):
+      raise OSError(errno.EXDEV, "Invalid cross-device link")
+    return real_rename(src, dst)
+
+  monkeypatch.setattr(os, "rename", no_folder_renames)
+  with pytest.raises(trainer.TrainingError, match="cannot rename folders .* checkpoints need"):
+    trainer.prepare_workdir(str(tmp_path / "w"))
+  assert os.listdir(tmp_path / "w") == []  # the probe removed
 
 
 def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path, monkeypatch,

@@ -12,7 +12,7 @@ from jaxgan import multihost, stopping
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_is_held_and_handlers_restored(sig):
   before = signal.getsignal(sig)
   with stopping.StopRequest() as stop:
@@ -72,7 +72,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   from jaxgan.metrics import inception
   from tests.conftest import tiny_config
 
-  evaluated, exchanged = [], []
+  evaluated, exchanged, signal_at_eval = [], [], []
 
   class Periodic:  # the evaluation's place in the loop, without Inception
     def __init__(self, *args, **kwargs):
@@ -80,6 +80,8 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
 
     def __call__(self, step, state):
       evaluated.append(step)
+      if signal_at_eval:
+        os.kill(os.getpid(), signal_at_eval.pop())
       return {}
 
     def close(self):
@@ -98,11 +100,22 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
     return real_check(self, call, exchange)
 
   monkeypatch.setattr(stopping.StopRequest, "check", check)
-  state = trainer.train_and_evaluate(tiny_config(**{
+  config = tiny_config(**{
       "train.num_steps": 12, "train.log_every": 4, "train.eval_every": 3,
-      "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False}),
-      str(tmp_path))
+      "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False})
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
   assert exchanged == [3, 4, 6]
   assert evaluated == [3]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]  # 3: before its evaluation
+  # The rerun first evaluates step 6 (skipped by the stop); a notice during that evaluation
+  # stops the run after its first step, checkpointed. (This test's own handler takes a signal
+  # that lands outside the stop request's, and the run would train on to step 12.)
+  signal_at_eval.append(signal.SIGTERM)
+  previous = signal.signal(signal.SIGTERM, lambda *args: None)
+  try:
+    state = trainer.train_and_evaluate(config, str(tmp_path))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert evaluated == [3, 6] and int(state.step) == 7
+  assert "7" in os.listdir(tmp_path / "checkpoints")
