@@ -8,9 +8,11 @@ FROM:TO` it is a class interpolation instead (as in BigGAN): ceil(--num / N) row
 fixed latent, and N columns moving the label embedding linearly from class FROM to class TO (soft
 labels); `--between ATTRIBUTE=FROM:TO` picks the attribute (default: the first). `--out` naming a
 directory (trailing slash or existing directory) writes the images as single PNGs instead of one
-grid, --batch at a time (so `--num 50000 --out fakes/` for `evaluate --fake` fits any device).
-`--checkpoint best` samples the best-FID checkpoint instead of the newest. Output is
-byte-identical for the same checkpoint, seed and arguments.
+grid, --batch at a time (so `--num 50000 --out fakes/` for `evaluate --fake` fits any device);
+their labels follow the training data's class mix, as `evaluate --workdir` and training's FID
+draw them (a grid shows one row per class instead). `--checkpoint best` samples the best-FID
+checkpoint instead of the newest, `--checkpoint STEP` that step. Output is byte-identical for the
+same checkpoint, seed and arguments.
 
 Multi-attribute models (e.g. articleType and baseColour): `--label articleType=Tshirts --label
 "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts` names a class of the first
@@ -22,6 +24,7 @@ attributes other than the interpolated one come from --label or are drawn per ro
 
 from __future__ import annotations
 
+import logging as std_logging
 import math
 import os
 import re
@@ -33,20 +36,22 @@ from absl import app, flags, logging
 from jaxgan import cli
 
 FLAGS = flags.FLAGS
+log = std_logging.getLogger(__name__)
 flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
 flags.DEFINE_integer("num", 64, "Number of images.")
 flags.DEFINE_string("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
 flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
                           "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
-                          "--label 'baseColour=Navy Blue'); default: all classes of the first "
-                          "attribute in turn, other attributes drawn at random from --seed.")
+                          "--label 'baseColour=Navy Blue'); default: a grid row per class of the "
+                          "first attribute, other attributes drawn at random from --seed; single "
+                          "PNGs (--out DIR/) drawn by the training data's label mix.")
 flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not given by --label).")
 flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
                    "(0 = off; BigGAN uses 0.5-1.0).")
 flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
                      "class (0 = plain samples); with --between, of a class-interpolation grid.")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to sample: the "
-                  "newest, or the best-FID one (kept when train.eval_every > 0).")
+flags.DEFINE_string("checkpoint", "latest", "Which checkpoint to sample: 'latest', 'best' (the "
+                    "best-FID one, kept when train.eval_every > 0) or a step number.")
 flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works).")
 flags.DEFINE_integer("standing_stats_batches", -1, "Batches of standing BatchNorm statistics "
                      "for the EMA generator (-1 = the run's eval.standing_stats_batches; 0 = the "
@@ -163,7 +168,8 @@ def generate(workdir: str, num: int, out: str,
              between: Optional[str] = None, checkpoint: str = "latest",
              batch: int = 256, standing_stats_batches: int = -1) -> list[str]:
   """Writes the images and returns the paths written. `label`: one --label value or several;
-  `between`: a --between value (needs `interpolate`); `checkpoint`: 'latest' or 'best' (FID);
+  `between`: a --between value (needs `interpolate`); `checkpoint`: 'latest', 'best' (FID) or a
+  step number;
   `batch`: images per generator call; `standing_stats_batches`: -1 = the run's setting."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -180,15 +186,14 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   if batch <= 0:
     raise ValueError(f"--batch must be positive, got {batch}")
-  if checkpoint not in ("latest", "best"):
-    raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
+  checkpoint = workdir_lib.parse_checkpoint(checkpoint)
   singles = out.endswith(os.sep) or os.path.isdir(out)
   if not singles and not out.lower().endswith(".png"):  # PNG bytes in a .jpg, or in 'samples'
     raise ValueError(f"--out {out}: a grid is one PNG file, so name it *.png (or end the path "
                      "with / for one PNG per image)")
   given = [label] if isinstance(label, str) else list(label or [])
-  config, _, state, meta = workdir_lib.load_latest(
-      workdir, "checkpoints_best" if checkpoint == "best" else "checkpoints")
+  config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint)
+  log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:
     with config.unlocked():
       config.eval.standing_stats_batches = standing_stats_batches
@@ -218,14 +223,22 @@ def generate(workdir: str, num: int, out: str,
       index = chosen[0]
       z, labels = z[index * interpolate:(index + 1) * interpolate], labels[:interpolate] * 0 + index
     num = len(z)
+  elif nc > 0 and singles and not chosen and meta.get("label_counts"):
+    # An FID set: the data's label mix, as evaluation draws it (uniform would give rare classes
+    # the weight of common ones, and another FID than `evaluate --workdir` for the same model).
+    labels = jnp.asarray(sampling.draw_label_rows(meta["label_counts"],
+                                                  np.random.default_rng(seed), (num,)))
+  elif nc > 0 and 0 in chosen:
+    labels = jnp.full((num,), chosen[0], jnp.int32)
   elif nc > 0:
-    labels = (jnp.full((num,), chosen[0], jnp.int32) if 0 in chosen
-              else jnp.arange(num, dtype=jnp.int32) % nc)
-  if len(classes) > 1 and between is None:
+    cols = math.ceil(num / nc)  # a row per class of the first attribute, as training's grids
+    labels = jnp.arange(num, dtype=jnp.int32) // cols
+  if len(classes) > 1 and between is None and labels.ndim == 1:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
   # The data's label mix, as training and evaluation drew it (uniform for runs from before it
-  # was recorded).
-  statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"))(
+  # was recorded), and latents truncated as the samples' are.
+  statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
+                                            truncation=truncation)(
       state.ema_params, state.g_batch_stats)
   chunks = sampling.sample_in_chunks(sampling.make_sampler(generator), state.ema_params,
                                      statistics, z, labels, min(batch, num))
@@ -266,6 +279,7 @@ def main(argv):
   from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)  # which step is sampled
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed,
                      FLAGS.truncation, FLAGS.interpolate, FLAGS.between, FLAGS.checkpoint,

@@ -61,7 +61,7 @@ def label_counts(label_rows: np.ndarray) -> Optional[dict]:
   return {"rows": rows.tolist(), "counts": counts.tolist()}
 
 
-def _draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np.ndarray:
+def draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np.ndarray:
   """Rows drawn in proportion to their counts: index i of the sorted rows, each repeated its
   count times, without building that (data-sized) array."""
   ends = np.cumsum(np.asarray(counts["counts"], np.int64))
@@ -72,12 +72,14 @@ def _draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
                         label_counts: Optional[dict] = None, out_sharding=None,
-                        batch_sharding=None) -> Callable[[Any, Any], Any]:
+                        batch_sharding=None, truncation: float = 0.0) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
   generator's own: averaged over `num_batches` batches of `batch_size` fixed latents run in
   training mode; other leaves (spectral norm's vectors) are kept. BigGAN's "standing
   statistics". Labels are drawn from `label_counts` (of the data's label rows: its class mix
-  and attribute combinations), or uniformly per attribute over `classes` without them.
+  and attribute combinations), or uniformly per attribute over `classes` without them. The
+  latents follow the normal truncated to [-truncation, truncation] when that is > 0, as the
+  samples they will normalise do (BigGAN keeps standing statistics per truncation).
 
   Why: the EMA generator's weights are an average, but the running statistics are the raw G's,
   gathered from its activations; normalising the EMA G's activations with them shifts every
@@ -94,11 +96,16 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   split = (lambda x: x) if batch_sharding is None else (
       lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
   rng = np.random.default_rng([seed, 0x5751])
-  z = rng.standard_normal((num_batches, batch_size, z_dim)).astype(np.float32)
+  z = rng.standard_normal((num_batches, batch_size, z_dim))
+  outside = np.abs(z) > truncation if truncation > 0 else np.zeros(z.shape, bool)
+  while outside.any():  # resampled, as `latents` does: the truncated normal
+    z[outside] = rng.standard_normal(int(outside.sum()))
+    outside = np.abs(z) > truncation
+  z = z.astype(np.float32)
   labels = None
   if classes and label_counts:
     # From the counts: the same from the data (in any order) as from a checkpoint's meta.
-    labels = _draw_label_rows(label_counts, rng, (num_batches, batch_size))
+    labels = draw_label_rows(label_counts, rng, (num_batches, batch_size))
   elif classes:
     labels = np.stack([rng.integers(0, n, (num_batches, batch_size)) for n in classes],
                       -1).astype(np.int32)
@@ -135,11 +142,13 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
 
 
 def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dict] = None,
-                        out_sharding=None, batch_sharding=None) -> Callable[[Any, Any], Any]:
+                        out_sharding=None, batch_sharding=None, truncation: float = 0.0
+                        ) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
-  MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given), or the raw G's
-  running statistics unchanged when that is 0 or G has no BatchNorm.
+  MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given; latents truncated
+  as the samples' are), or the raw G's running statistics unchanged when that is 0 or G has no
+  BatchNorm.
 
   A call with the very objects of the previous call returns its result again: the trainer's
   grid and evaluation of one step share one computation (and, sharing this function, one
@@ -149,7 +158,8 @@ def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dic
     return lambda ema_params, g_batch_stats: g_batch_stats
   standing = make_standing_stats(generator, config.model.z_dim, attribute_classes(config),
                                  batches, min(config.train.batch_size, MAX_STANDING_BATCH),
-                                 config.seed, label_counts, out_sharding, batch_sharding)
+                                 config.seed, label_counts, out_sharding, batch_sharding,
+                                 truncation)
   # The last call's arguments and result. The arguments are held, so their ids cannot be
   # reused by other objects while compared; jax arrays are immutable, so the same objects mean
   # the same values (a donated state's arrays are deleted, not changed).

@@ -7,7 +7,7 @@ with the run's own mesh.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -32,10 +32,29 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                      "checkpoint meta or rerun training") from None
 
 
-def load_latest(workdir: str, subdir: str = "checkpoints"
+def parse_checkpoint(choice: str) -> str:
+  """A --checkpoint value: 'latest', 'best' or a step number (one-line error otherwise)."""
+  choice = str(choice).strip()
+  if choice in ("latest", "best") or choice.isdigit():
+    return choice
+  raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {choice!r}")
+
+
+def load_checkpoint(workdir: str, checkpoint: str = "latest"
+                    ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
+  """(config, step, state, meta) of a --checkpoint choice: 'latest' (the newest readable one),
+  'best' (the best-FID one) or a step number of WORKDIR/checkpoints."""
+  checkpoint = parse_checkpoint(checkpoint)
+  if checkpoint == "best":
+    return load_latest(workdir, "checkpoints_best")
+  return load_latest(workdir, step=None if checkpoint == "latest" else int(checkpoint))
+
+
+def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None
                 ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
   """(config, step, state, meta) of the newest readable checkpoint in WORKDIR/`subdir`
-  ('checkpoints', or 'checkpoints_best' for the best-FID one), on the default device."""
+  ('checkpoints', or 'checkpoints_best' for the best-FID one), or of `step` there, on the
+  default device."""
   config = load_config(workdir)
   generator, discriminator = models_lib.build_models(config)
   g_tx, d_tx = state_lib.make_optimizers(config)
@@ -50,7 +69,21 @@ def load_latest(workdir: str, subdir: str = "checkpoints"
                                if subdir == "checkpoints_best" else ": train first"))
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
-    restored = checkpointer.restore_latest(target)
+    if step is None:
+      restored = checkpointer.restore_latest(target)
+    elif step not in checkpointer.steps():
+      raise FileNotFoundError(f"no checkpoint step {step} in {directory}; it holds steps "
+                              f"{checkpointer.steps() or 'none'}")
+    else:
+      try:
+        restored = (step, *checkpointer.restore(step, target))
+      except ckpt_lib.CheckpointError:
+        raise
+      except Exception as e:  # damaged or truncated files: name the step, not orbax's internals
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint step {step} in {directory} is unreadable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); choose another --checkpoint "
+            f"of {checkpointer.steps()}") from None
   finally:
     checkpointer.close()
   if restored is None:

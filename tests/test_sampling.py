@@ -62,6 +62,24 @@ def test_standing_statistics_average_the_generators_own_batch_statistics(family)
       np.testing.assert_array_equal(got, old)
 
 
+def test_standing_statistics_of_truncated_samples_come_from_truncated_latents():
+  """BigGAN's standing statistics per truncation: a BatchNorm of the latents themselves reads
+  the truncated normal's variance (0.0791 at t = 0.5), not the normal's 1."""
+  import flax.linen as nn
+
+  class NormOfLatents(nn.Module):
+    @nn.compact
+    def __call__(self, z, labels=None, train=True):
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
+
+  g = NormOfLatents()
+  variables = g.init(jax.random.PRNGKey(0), jnp.zeros((2, 64)))
+  for t, variance in ((0.0, 1.0), (0.5, 0.0791)):
+    standing = sampling.make_standing_stats(g, 64, (), 4, 256, truncation=t)(
+        variables["params"], variables["batch_stats"])
+    np.testing.assert_allclose(standing["BatchNorm_0"]["var"].mean(), variance, rtol=0.02)
+
+
 def test_standing_statistics_depend_on_the_label_counts_only():
   """So `generate`, which has only the checkpoint's label_counts, matches training and evaluation,
   which have the data's rows in the data's order."""

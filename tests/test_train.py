@@ -143,9 +143,51 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path):
   best = generate.generate(str(copy), 4, str(tmp_path / "best.png"), checkpoint="best")
   latest = generate.generate(str(copy), 4, str(tmp_path / "latest.png"))
   assert open(best[0], "rb").read() != open(latest[0], "rb").read()
+  # --checkpoint STEP: that step of checkpoints/ (step 2 is the copied best).
+  step2 = generate.generate(str(copy), 4, str(tmp_path / "step2.png"), checkpoint="2")
+  assert open(step2[0], "rb").read() == open(best[0], "rb").read()
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*holds steps \[2, 4\]"):
+    generate.generate(workdir, 1, str(tmp_path / "s.png"), checkpoint="3")
+  with pytest.raises(ValueError, match="'latest', 'best' or a step number, got 'newest'"):
+    generate.generate(workdir, 1, str(tmp_path / "s.png"), checkpoint="newest")
 
 
-def test_truncation_and_interpolation_grids(runs, tmp_path):
+def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp_path,
+                                                                        monkeypatch):
+  """A grid as training's (a row per class); single PNGs for `evaluate --fake` take their labels
+  from the data's mix, as `evaluate --workdir` does, not class after class."""
+  from jaxgan import sampling, workdir as workdir_lib
+
+  root, _, _ = runs
+  workdir = str(root / "full")
+  drawn, real_sample = [], sampling.sample_in_chunks
+
+  def recording(sampler, params, statistics, z, labels, batch):
+    drawn.append(np.asarray(labels))
+    return real_sample(sampler, params, statistics, z, labels, batch)
+
+  monkeypatch.setattr(sampling, "sample_in_chunks", recording)
+  recorded_grid = []
+  real_grid = sampling.make_grid
+  monkeypatch.setattr(sampling, "make_grid",
+                      lambda images, cols: recorded_grid.append(cols) or real_grid(images, cols))
+  generate.generate(workdir, 6, str(tmp_path / "grid.png"))
+  assert drawn[-1].tolist() == [0, 0, 1, 1, 2, 2] and recorded_grid == [2]  # 3 classes, 3 rows
+  # The synthetic catalog's mix is uniform (its checkpoints hold no counts): a skewed one.
+  counts, real_load = {"rows": [0, 1, 2], "counts": [1, 2, 7]}, workdir_lib.load_checkpoint
+
+  def with_counts(*args):
+    config, step, state, meta = real_load(*args)
+    return config, step, state, {**meta, "label_counts": counts}
+
+  monkeypatch.setattr(workdir_lib, "load_checkpoint", with_counts)
+  generate.generate(workdir, 40, str(tmp_path / "fid") + "/", seed=5)
+  expected = sampling.draw_label_rows(counts, np.random.default_rng(5), (40,))
+  np.testing.assert_array_equal(drawn[-1], expected)
+  assert drawn[-1].tolist() != sorted(drawn[-1].tolist())  # drawn, not class after class
+
+
+def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   from PIL import Image
 
   from jaxgan import sampling
@@ -154,9 +196,14 @@ def test_truncation_and_interpolation_grids(runs, tmp_path):
   workdir = str(root / "full")
   z = np.asarray(sampling.latents(0, 512, 8, truncation=0.7))
   assert np.abs(z).max() <= 0.7 and z.std() > 0.3  # resampled into range, not clipped to it
+  truncations, real_statistics = [], sampling.make_ema_statistics
+  monkeypatch.setattr(sampling, "make_ema_statistics", lambda *args, truncation=0.0, **kwargs:
+                      truncations.append(truncation) or real_statistics(
+                          *args, truncation=truncation, **kwargs))
   a = generate.generate(workdir, 4, str(tmp_path / "t.png"), truncation=0.5)
   b = generate.generate(workdir, 4, str(tmp_path / "u.png"), truncation=0.5)
   assert open(a[0], "rb").read() == open(b[0], "rb").read()
+  assert truncations == [0.5, 0.5]  # standing statistics from latents truncated alike
   grid = generate.generate(workdir, 1, str(tmp_path / "i.png"), interpolate=5)
   # tiny_config: 3 classes x 5 columns of 16px images with 2px gutters.
   assert Image.open(grid[0]).size == (5 * 18 + 2, 3 * 18 + 2)
