@@ -1,8 +1,9 @@
 """FID, KID and precision/recall, printed as one JSON object.
 
-  python -m jaxgan.evaluate --workdir DIR [--num-samples 10000] [--checkpoint latest|best]
+  python -m jaxgan.evaluate --workdir DIR [--num-samples N] [--checkpoint latest|best|STEP]
       EMA samples of the run's checkpoint against the first N images of its training data
-      (real features cached per data set, size, N and weights).
+      (real features cached per data set, size, N and weights); by default the run's own
+      metrics and sample counts, so the FID it logged for a step is reproduced.
   python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
       two image folders or prepared data sets, all images of each (at their native sizes, or
       loaded at --image-size as training loads them).
@@ -20,21 +21,28 @@ import sys
 import numpy as np
 
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
+SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
+# Flags of workdir mode, with their defaults: two-set mode refuses them rather than ignore them.
+WORKDIR_ONLY = {"num_samples": 0, "num_real": 0, "checkpoint": "latest", "seed": 0,
+                "standing_stats_batches": -1}
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", help="training workdir: evaluate its checkpoint")
-  p.add_argument("--num-samples", "--num_samples", type=int, default=10_000, dest="num_samples",
-                 help="generated samples (workdir mode); reals: as many, capped at the data set")
+  p.add_argument("--num-samples", "--num_samples", type=int, default=0, dest="num_samples",
+                 help="generated samples (workdir mode; 0 = the run's train.eval_num_samples); "
+                 "reals: as many, capped at the data set")
   p.add_argument("--num-real", "--num_real", type=int, default=0, dest="num_real",
                  help="real images for the reference (workdir mode; 0 = the run's "
                  "eval.num_real, or --num-samples when that is 0 too)")
-  p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
-                 help="workdir mode: the newest checkpoint, or the best-FID one of training")
+  p.add_argument("--checkpoint", default="latest",
+                 help="workdir mode: 'latest', 'best' (the best-FID one of training) or a step")
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
-  p.add_argument("--metrics", default="fid,kid,pr", help="registry names, comma-separated")
+  p.add_argument("--metrics", default="", help="registry names, comma-separated: fid, kid, pr "
+                 "(its cost grows with N^2 on the host), per_class_fid (default: the run's "
+                 f"eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
   p.add_argument("--batch-size", "--batch_size", type=int, default=0, dest="batch_size",
                  help="Inception batch per device (0 = the run's eval.batch_size in workdir "
                  f"mode, {SETS_BATCH} with --real/--fake)")
@@ -109,8 +117,7 @@ def evaluate_workdir(args) -> dict:
     # Before the checkpoint is read or any network built.
     raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
                      "unconditional run (data.num_classes = 0); drop it")
-  directory = "checkpoints_best" if args.checkpoint == "best" else "checkpoints"
-  config, step, state, _ = workdir_lib.load_latest(args.workdir, directory)
+  config, step, state, _ = workdir_lib.load_checkpoint(args.workdir, args.checkpoint)
   with config.unlocked():
     config.eval.metrics = args.metrics
     config.eval.batch_size = args.batch_size or config.eval.batch_size
@@ -139,7 +146,7 @@ def _bad_argument(args) -> str:
             f"choose from {suite.METRICS.names()}")
   names = suite.parse_names(args.metrics)
   fewest = suite.min_samples(names)
-  if args.num_samples < fewest:
+  if args.workdir and args.num_samples < fewest:
     return f"--num-samples must be >= {fewest} for --metrics {args.metrics}, got {args.num_samples}"
   if args.num_real < 0 or 0 < args.num_real < fewest:
     return (f"--num-real must be 0 (the run's eval.num_real) or >= {fewest} for --metrics "
@@ -170,6 +177,29 @@ def _bad_argument(args) -> str:
   return ""
 
 
+def _resolve_defaults(args) -> str:
+  """Fills the defaults that depend on the mode (workdir mode: the run's metrics and sample
+  count, read from its config.json); returns what is wrong, or ''."""
+  if not args.workdir:
+    given = [name for name, default in WORKDIR_ONLY.items() if getattr(args, name) != default]
+    if given:
+      flag = "--" + given[0].replace("_", "-")
+      return (f"{flag} is for workdir mode (--workdir); two-set mode (--real/--fake) uses every "
+              "image of each set")
+    args.metrics = args.metrics or SETS_METRICS
+    return ""
+  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  try:
+    workdir_lib.parse_checkpoint(args.checkpoint)
+    config = workdir_lib.load_config(args.workdir)
+  except (FileNotFoundError, ValueError) as e:
+    return str(e)
+  args.metrics = args.metrics or config.eval.metrics
+  args.num_samples = args.num_samples or config.train.eval_num_samples
+  return ""
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   if bool(args.workdir) == bool(args.real or args.fake):
@@ -178,7 +208,7 @@ def main(argv=None) -> int:
   if not args.workdir and not (args.real and args.fake):
     print("error: two-set mode needs both --real PATH and --fake PATH", file=sys.stderr)
     return 2
-  problem = _bad_argument(args)
+  problem = _resolve_defaults(args) or _bad_argument(args)
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2

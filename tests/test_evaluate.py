@@ -43,12 +43,14 @@ def _run(capsys, *args):
 def test_two_folders(tmp_path, capsys):
   a, b = _folder(tmp_path / "a", 0, mixed=True), _folder(tmp_path / "b", 1)
   cache = str(tmp_path / "cache")
-  code, out, err = _run(capsys, "--real", a, "--fake", b, "--batch-size", "3", "--cache-dir", cache)
+  code, out, err = _run(capsys, "--real", a, "--fake", b, "--batch-size", "3", "--cache-dir", cache,
+                        "--metrics", "fid,kid,pr")
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["num_samples"] == 6 and result["num_real"] == 6
   assert result["fid"] > 1.0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
-  code, out, err = _run(capsys, "--real", a, "--fake", a, "--batch-size", "3", "--cache-dir", cache)
+  code, out, err = _run(capsys, "--real", a, "--fake", a, "--batch-size", "3", "--cache-dir", cache,
+                        "--metrics", "fid,kid,pr")
   same = json.loads(out)
   assert code == 0 and abs(same["fid"]) < 1e-2 * result["fid"]
   assert same["precision"] == 1.0 and same["recall"] == 1.0
@@ -84,9 +86,9 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   reference = os.path.join(cache, "reference", references[0])
   mtime = os.path.getmtime(reference)
 
-  code, out, err = _run(capsys, "--workdir", workdir, "--num-samples", "6", "--checkpoint",
-                        "best", "--batch-size", "3", "--cache-dir", cache,
-                        "--metrics", "fid,kid,pr,per_class_fid")
+  # The sample count defaults to the run's train.eval_num_samples (6).
+  code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
+                        "--cache-dir", cache, "--metrics", "fid,kid,pr,per_class_fid")
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6

@@ -200,7 +200,7 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--workdir", "{tmp}/run"], "{tmp}/run/config.json not found"),
     (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
     (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be 0 (the run's eval.num_real) "
-     "or >= 4 for --metrics fid,kid,pr, got -5"),
+     "or >= 2 for --metrics fid,kid, got -5"),  # the run's eval.metrics
     # precision/recall's 3rd neighbour must be another sample: 4 per set, refused up front (it
     # used to fail after every feature was extracted, losing FID and KID with it).
     (["--workdir", "{tmp}", "--num-samples", "3", "--metrics", "fid,pr"],
@@ -215,10 +215,19 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "--metrics per_class_fid needs class labels"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--image-size", "-1"], "--image-size must be >= 1"),
     (["--workdir", "{tmp}", "--image-size", "64"], "--image-size is for two-set mode"),
+    # Two-set mode uses every image: workdir flags are refused, not ignored.
+    (["--real", "{tmp}", "--fake", "{tmp}", "--num-samples", "5000"],
+     "--num-samples is for workdir mode (--workdir); two-set mode (--real/--fake) uses every"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--checkpoint", "best"],
+     "--checkpoint is for workdir mode"),
+    (["--workdir", "{tmp}", "--checkpoint", "newest"],
+     "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
 ])
 def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
-  from jaxgan import evaluate
+  from jaxgan import config as config_lib, evaluate
 
+  # A workdir's config.json (its metrics and sample count are workdir mode's defaults).
+  (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
   os.makedirs(tmp_path / "three")
   for i in range(3):
     (tmp_path / "three" / f"{i}.png").write_bytes(b"never read")
