@@ -119,6 +119,8 @@ def _check_nonfinite(longest_streak: Any, step: int, limit: int, checkpointer) -
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
+  # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
+  config = config_lib.with_absolute_paths(config)
 
   def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for

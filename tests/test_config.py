@@ -56,6 +56,10 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "train.eval_num_samples: must be >= 4 for eval.metrics='fid,pr', got 3"),
     ({"train.eval_every": 10, "eval.num_real": 2, "eval.metrics": "pr"},
      "eval.num_real: must be 0 or >= 4 for eval.metrics='pr', got 2"),
+    # A catalog's keys with the default source: it would train on drawings without a word.
+    ({"data.path": "data/catalog64"}, "data.path: data.source is 'synthetic', which reads no "
+     "files; set --config.data.source (prepared, folder, manifest or tfds) or drop data.path"),
+    ({"data.label_column": "articleType"}, "data.label_column: data.source is 'synthetic'"),
 ])
 def test_invalid_combinations_name_the_key(make_config, overrides, message):
   with pytest.raises(config_lib.ConfigError) as info:
@@ -214,3 +218,21 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   listed = tupled.to_dict()
   listed["data"]["extra"] = [1, 2]
   assert config_differences(listed, tupled) == ([], [])
+
+
+def test_paths_are_stored_absolute_and_old_relative_ones_are_not_a_change(make_config, tmp_path,
+                                                                          monkeypatch):
+  """`evaluate --workdir` and `generate` read a run's data and caches from any folder; a run
+  that stored a relative path resumes from the folder it means without a config change."""
+  from jaxgan.config import config_differences
+
+  monkeypatch.chdir(tmp_path)
+  relative = make_config(**{"data.source": "prepared", "data.path": "data/x",
+                            "eval.cache_dir": "~/cache", "eval.weights": "gs://bucket/w.pt"})
+  resolved = config_lib.with_absolute_paths(relative)
+  assert resolved.data.path == str(tmp_path / "data" / "x") and relative.data.path == "data/x"
+  assert resolved.eval.cache_dir == os.path.expanduser("~/cache")
+  assert resolved.eval.weights == "gs://bucket/w.pt" and resolved.data.image_dir == ""
+  assert config_differences(relative.to_dict(), resolved) == ([], [])
+  moved = make_config(**{"data.source": "prepared", "data.path": str(tmp_path / "other")})
+  assert [key for key, _, _ in config_differences(relative.to_dict(), moved)[0]] == ["data.path"]

@@ -230,9 +230,13 @@ def test_cli_train_then_generate(tmp_path):
   workdir = tmp_path / "w"
   proc = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
                     "--config.train.num_steps=4", "--config.train.log_every=2",
-                    "--config.train.sample_every=4", "--config.train.checkpoint_every=4")
+                    "--config.train.sample_every=4", "--config.train.checkpoint_every=4",
+                    "--config.eval.cache_dir=relative/cache")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert [r["step"] for r in writers.read_metrics(str(workdir))] == [2, 4]
+  # Paths are stored absolute (generate and evaluate may run from another folder).
+  saved = json.load(open(workdir / "config.json"))
+  assert saved["eval"]["cache_dir"] == os.path.join(REPO, "relative", "cache")
   assert (workdir / "samples" / "step_0000004.png").exists()
   assert (workdir / "checkpoints" / "4").is_dir()
   gen = run_module("jaxgan.generate", "--workdir", str(workdir), "--num", "16", "--out",

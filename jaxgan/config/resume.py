@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxgan.config.schema import base_config, flat_items
+from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
 # The mesh and process layout may change too: checkpoints restore onto any device count.
@@ -39,6 +39,8 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
     if key not in old_flat and key not in defaults:
       continue
     before = old_flat.get(key, defaults.get(key))
+    if key in PATH_KEYS:  # runs before they were stored absolute: relative to the same folder
+      before, value = absolute_path(before), absolute_path(value)
     if _plain(before) != _plain(value):
       (allowed if key in RESUMABLE_KEYS else blocking).append((key, before, value))
   return blocking, allowed

@@ -8,6 +8,7 @@ files/JSON. Checking values is `validation.py`'s concern.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -231,6 +232,31 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
   for part in key.split("."):
     node = node[part]
   return node
+
+
+# Keys naming local files or folders: stored absolute by a run, so that `evaluate --workdir` and
+# `generate` find them from any folder (a relative one means the folder training started in).
+PATH_KEYS = ("data.path", "data.image_dir", "data.tfds_data_dir", "data.cache_dir",
+             "eval.weights", "eval.cache_dir")
+
+
+def absolute_path(value: Any) -> Any:
+  """A relative path made absolute from the current folder; '' (the default) and URIs (gs://)
+  unchanged."""
+  if not isinstance(value, str) or not value or "://" in value:
+    return value
+  return os.path.abspath(os.path.expanduser(value))
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose PATH_KEYS are absolute."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for key in PATH_KEYS:
+      parent, _, leaf = key.rpartition(".")
+      node = get(config, parent)
+      node[leaf] = absolute_path(node[leaf])
+  return config
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -180,6 +180,11 @@ class SyntheticCatalog:
     if not 16 <= config.data.image_size <= 256:
       raise ConfigError(f"config key data.image_size: the synthetic catalog draws 16..256 pixels, "
                         f"got {config.data.image_size}")
+    for key in ("path", "image_dir", "label_column", "label_columns", "tfds_name"):
+      if config.data[key]:  # a real data set's key: the run would silently train on drawings
+        raise ConfigError(f"config key data.{key}: data.source is 'synthetic', which reads no "
+                          "files; set --config.data.source (prepared, folder, manifest or tfds) "
+                          f"or drop data.{key}")
     if config.data.num_classes > len(CATEGORY_NAMES):
       raise ConfigError(f"config key data.num_classes: the synthetic catalog has "
                         f"{len(CATEGORY_NAMES)} categories, got {config.data.num_classes}")
