@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import NoReturn, Optional
+from typing import NoReturn, Optional, Sequence
 
 from absl import flags
 
@@ -28,14 +28,57 @@ def _flag_value(argv: list[str], name: str) -> Optional[str]:
   return value
 
 
+def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
+  """`--image-size` and `--image_size` alike: each `--name[=value]` with the name's '-' and '_'
+  written as `joiner` (absl's tools use '_', argparse's '-'); values and --config.KEY unchanged."""
+  other = "-" if joiner == "_" else "_"
+  spelled = []
+  for arg in args:
+    if arg.startswith("--") and not arg.startswith("--config."):
+      name, eq, value = arg[2:].partition("=")
+      arg = "--" + name.replace(other, joiner) + eq + value
+    spelled.append(arg)
+  return spelled
+
+
+def _through_a_value(overrides: list[str]) -> Optional[str]:
+  """What is wrong with an override that treats a value as a section (--config.model.name.x)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from jaxgan.config import base_config  # pylint: disable=g-import-not-at-top
+
+  schema = base_config()
+  for override in overrides:
+    node, parts = schema, override[len("--config."):].split(".")
+    for i, part in enumerate(parts[:-1]):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        break
+      node = node[part]
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"{override}: {'.'.join(parts[:i + 1])} is a value, not a section of keys"
+  return None
+
+
+def _config_file_error(message: str, config_file: Optional[str]) -> str:
+  """One line for ml_collections' 'Error whilst parsing config file' and its traceback text: the
+  exception, and where in the config file it was raised."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  frames = [m for m in (re.match(r'File "(.+)", line (\d+)', line) for line in lines)
+            if m and "ml_collections" not in m.group(1)]
+  where = f" ({frames[-1].group(1)}:{frames[-1].group(2)})" if frames else ""
+  return f"--config {config_file}: {lines[-1]}{where}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with every usage error as one `error:` line and exit status 2 (absl exits
-  with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY)."""
+  with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY). Flag
+  names may be written with '-' or '_'."""
+  argv = [argv[0], *flag_spelling(argv[1:], "_")]
   # Checked before absl, where ml_collections would raise a traceback or an "unknown flag";
   # only for tools with a --config flag, and not where absl must act first (help, flag files).
   args = argv[1:]
+  config_file = _flag_value(args, "config")
   if "config" in flags.FLAGS and not any(a.startswith(("--help", "--flagfile")) for a in args):
-    config_file = _flag_value(args, "config")
     if config_file is None and any(a.startswith("--config.") for a in args):
       fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
     # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
@@ -46,6 +89,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
+    if "Error whilst parsing config file" in str(e):  # its traceback as text, in the message
+      fail(_config_file_error(str(e), config_file))
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     required = re.match(r"flag --([\w.]+)=None: Flag --\1 must have a value other than None",
                         message)
@@ -59,6 +104,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     key = re.match(r"unknown key '(\w+)'", detail)
     named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+      fail(f"--config {config_file}: defines no get_config(); a config file returns its "
+           "ConfigDict from get_config(), as configs/default.py does")
+    through = _through_a_value(overrides)
+    if not named and through:
+      fail(through)
     if not named:  # not an override's key (say, a bug in the config file): the real traceback
       raise
     fail(f"{named[0]}: {detail} (the keys are those of jaxgan/config/schema.py)")

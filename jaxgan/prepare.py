@@ -21,9 +21,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxgan import cli
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1])
+  p = argparse.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--images", required=True, help="image folder (class subfolders, or flat)")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--image-size", type=int, default=64)
@@ -39,7 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--min-source-size", type=int, default=8)
   p.add_argument("--max-pixels", type=int, default=64_000_000)
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
-  args = p.parse_args(argv)
+  # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
+  args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
   if args.image_size < 1 or args.min_class_count < 1:
     p.error("--image-size and --min-class-count must be positive")
   if label_columns(args) and not args.manifest:

@@ -119,6 +119,8 @@ def _check_nonfinite(longest_streak: Any, step: int, limit: int, checkpointer) -
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
+  config_lib.check_known_keys(config)
+  config_lib.check_complete(config)
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
   config = config_lib.with_absolute_paths(config)
 

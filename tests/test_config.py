@@ -161,11 +161,29 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
      "error: --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc' "
      "(see --help)"),
     (["--config", "configs/default.py"], "error: --workdir is required (see --help)"),
+    # Config files that are not jaxgan configs, and overrides of a value's "keys": tracebacks.
+    (["--config", "T/no_get_config.py", "--workdir", "W"],
+     "error: --config T/no_get_config.py: defines no get_config(); a config file returns its "
+     "ConfigDict from get_config(), as configs/default.py does"),
+    (["--config", "T/bare.py", "--workdir", "W"], "error: config key augment.ada_interval is "
+     "missing (80 schema keys are): build config files on jaxgan.config.base_config(), as "
+     "configs/default.py does"),
+    (["--config", "configs/default.py:big", "--workdir", "W"], "error: --config "
+     "configs/default.py:big: TypeError: get_config() takes 0 positional arguments but 1 was given"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config.model.name.x=1"],
+     "error: --config.model.name.x: model.name is a value, not a section of keys"),
+    # Flag names with '-' as with '_' (here the value is wrong, so nothing trains).
+    (["--config", "configs/default.py", "--workdir", "W", "--compile-only=maybe"],
+     "error: --compile_only=maybe: ('Non-boolean argument to boolean flag', 'maybe') (see --help)"),
 ])
 def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
   file gave ml_collections' traceback, and overrides without --config an 'unknown flag'."""
-  args = [str(tmp_path / "w") if a == "W" else a for a in args]
+  (tmp_path / "no_get_config.py").write_text("SEED = 1\n")
+  (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
+                                    "  return ml_collections.ConfigDict({'seed': 1})\n")
+  args = [str(tmp_path / "w") if a == "W" else a.replace("T/", f"{tmp_path}/") for a in args]
+  message = message.replace("T/", f"{tmp_path}/")
   proc = run_module("jaxgan.train", *args)
   assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [message])
   assert not (tmp_path / "w").exists()

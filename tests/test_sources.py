@@ -643,6 +643,10 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
     build_source(_config(**{"data.source": "prepared", "data.path": str(damaged)}))
   assert prepare_cli.main(["--images", str(tmp_path / "nothing-here"), "--out",
                            str(tmp_path / "o")]) == 2
+  # Flag names with '_' as with '-', as train and generate take them.
+  args = prepare_cli.parse_args(["--images", "a", "--out", "b", "--image_size", "32",
+                                 "--min-class-count=3"])
+  assert (args.image_size, args.min_class_count) == (32, 3)
 
 
 def test_a_folder_without_images_or_without_classes_says_so(tmp_path):

@@ -7,14 +7,15 @@ Everything a caller needs is re-exported here, so `from jaxgan import config as 
 
 from jaxgan.config.resume import RESUMABLE_KEYS, config_differences, describe_differences
 from jaxgan.config.schema import (DTYPES, PATH_KEYS, ConfigError, attribute_classes, base_config,
-                                  check_known_keys, flat_items, from_json, get, label_shape,
-                                  load_config_file, parse_class_counts, split_columns, to_json,
-                                  with_absolute_paths)
+                                  check_complete, check_known_keys, flat_items, from_json, get,
+                                  label_shape, load_config_file, parse_class_counts,
+                                  split_columns, to_json, with_absolute_paths)
 from jaxgan.config.validation import validate, validate_distributed, validate_schedule
 
 __all__ = [
     "RESUMABLE_KEYS", "config_differences", "describe_differences",
-    "DTYPES", "PATH_KEYS", "ConfigError", "attribute_classes", "base_config", "check_known_keys", "flat_items",
-    "from_json", "get", "label_shape", "load_config_file", "parse_class_counts", "split_columns",
-    "to_json", "validate", "with_absolute_paths", "validate_distributed", "validate_schedule",
+    "DTYPES", "PATH_KEYS", "ConfigError", "attribute_classes", "base_config", "check_complete",
+    "check_known_keys", "flat_items", "from_json", "get", "label_shape", "load_config_file",
+    "parse_class_counts", "split_columns", "to_json", "with_absolute_paths",
+    "validate", "validate_distributed", "validate_schedule",
 ]

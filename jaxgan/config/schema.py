@@ -194,6 +194,16 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
                       f"(check the spelling){'; also ' + ', '.join(unknown[1:]) if unknown[1:] else ''}")
 
 
+def check_complete(config: ml_collections.ConfigDict) -> None:
+  """Rejects a config that lacks schema keys: a config file not built on `base_config()`."""
+  present = {k for k, _ in flat_items(config)}
+  missing = [k for k, _ in flat_items(base_config()) if k not in present]
+  if missing:
+    raise ConfigError(f"config key {missing[0]} is missing ({len(missing)} schema keys are): "
+                      "build config files on jaxgan.config.base_config(), as configs/default.py "
+                      "does")
+
+
 def parse_class_counts(text: str) -> tuple[int, ...]:
   """'46,3' -> (46, 3); '' -> (). Raises ValueError naming the bad item."""
   if not isinstance(text, str):

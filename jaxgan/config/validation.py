@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxgan.config.schema import (DTYPES, ConfigError, check_known_keys, get,
+from jaxgan.config.schema import (DTYPES, ConfigError, check_complete, check_known_keys, get,
                                   parse_class_counts)
 
 
@@ -51,6 +51,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
 
   check_known_keys(config)
+  check_complete(config)
   _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
            f"must be a non-negative integer, got {config.seed!r}")
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
