@@ -76,6 +76,7 @@ def _check_flags(mode: str) -> None:
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
+  cli.refuse_positional(argv, allowed=1)  # the mode
   mode = argv[1] if len(argv) > 1 else "step"
   _check_flags(mode)
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top

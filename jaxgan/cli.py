@@ -17,6 +17,14 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
+def refuse_positional(argv: Sequence[str], allowed: int = 0) -> None:
+  """Fails on positional arguments past the first `allowed` (absl passes them on, and the tool
+  would ignore them: `train configs/x.py` without --config, a mode word given twice)."""
+  extra = list(argv[1 + allowed:])
+  if extra:
+    fail(f"unexpected argument {extra[0]!r}: flags take the form --name=value (see --help)")
+
+
 def _flag_value(argv: list[str], name: str) -> Optional[str]:
   """The value of the last `--name VALUE` or `--name=VALUE` in argv (absl's pick), or None."""
   value = None

@@ -275,7 +275,7 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional(argv)
   from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)

@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional(argv)
   # pylint: disable-next=g-import-not-at-top
   from jaxgan import checkpoint, multihost, sharding, stopping, trainer
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top

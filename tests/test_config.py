@@ -172,6 +172,9 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
      "configs/default.py:big: TypeError: get_config() takes 0 positional arguments but 1 was given"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.model.name.x=1"],
      "error: --config.model.name.x: model.name is a value, not a section of keys"),
+    (["configs/default.py", "--config", "configs/default.py", "--workdir", "W"],
+     "error: unexpected argument 'configs/default.py': flags take the form --name=value (see "
+     "--help)"),
     # Flag names with '-' as with '_' (here the value is wrong, so nothing trains).
     (["--config", "configs/default.py", "--workdir", "W", "--compile-only=maybe"],
      "error: --compile_only=maybe: ('Non-boolean argument to boolean flag', 'maybe') (see --help)"),
