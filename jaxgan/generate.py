@@ -264,12 +264,17 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   if stale:
     raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
                      f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   paths = []
-  for images in chunks:
-    for image in images:
-      paths.append(os.path.join(out, f"{len(paths):06d}.png"))
-      # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
-      sampling.save_png(image, paths[-1], durable=False)
+  # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
+  with tqdm(total=num, desc="generate", unit="img", dynamic_ncols=True, disable=num < 200) as bar:
+    for images in chunks:
+      for image in images:
+        paths.append(os.path.join(out, f"{len(paths):06d}.png"))
+        # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
+        sampling.save_png(image, paths[-1], durable=False)
+      bar.update(len(images))
   getattr(os, "sync", lambda: None)()  # once for all: a crash must not leave empty PNGs
   return paths
 

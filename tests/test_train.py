@@ -116,7 +116,7 @@ def test_generate_is_deterministic(runs, tmp_path):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
 
 
-def test_generate_in_batches_from_either_checkpoint(runs, tmp_path):
+def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys):
   """--batch bounds the images per generator call (any --num fits a device) without changing
   the images; a folder holding an earlier, larger run's PNGs is refused; --checkpoint best."""
   from PIL import Image
@@ -127,6 +127,9 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path):
   whole = read(generate.generate(workdir, 5, str(tmp_path / "whole") + "/"))
   parts = read(generate.generate(workdir, 5, str(tmp_path / "parts") + "/", batch=2))
   assert np.abs(whole - parts).max() <= 1  # other batch shapes may round differently
+  capsys.readouterr()
+  assert len(generate.generate(workdir, 200, str(tmp_path / "many") + "/", batch=100)) == 200
+  assert "generate: 100%" in capsys.readouterr().err  # a progress bar for FID-sized sets
   with pytest.raises(ValueError, match=r"already holds 2 numbered PNGs past --num=3"):
     generate.generate(workdir, 3, str(tmp_path / "parts"))
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
