@@ -2,7 +2,7 @@
 
 Prepare the catalog first (README, "Train on your catalog"), then:
   python -m jaxgan.train --config configs/catalog64.py --workdir runs/catalog64 \
-      --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
+      --config.data.path=data/catalog64
 """
 
 from jaxgan.config import base_config
@@ -13,7 +13,7 @@ def get_config():
   config.data.source = "prepared"
   config.data.path = ""  # the folder written by `python -m jaxgan.prepare`
   config.data.image_size = 64
-  config.data.num_classes = 0  # set to the number of class_names in dataset_info.json
+  config.data.num_classes = -1  # the prepared set's classes (all its attributes); 0: unconditional
   config.data.random_flip = True
   config.model.name = "dcgan"
   config.model.g_width = 64

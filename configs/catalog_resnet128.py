@@ -4,7 +4,7 @@ As configs/catalog_resnet64.py, one resolution up: self-attention at 64x64, batc
 accelerator job: one step is ~4x the 64x64 work per image).
   python -m jaxgan.prepare ... --image-size 128 --out data/catalog128
   python -m jaxgan.train --config configs/catalog_resnet128.py --workdir runs/resnet128 \
-      --config.data.path=data/catalog128 --config.data.num_classes=<len(class_names)>
+      --config.data.path=data/catalog128
 """
 
 import os

@@ -5,7 +5,7 @@ Widths 16-64, no attention, n_critic 1, float32. LeCam off and G's lr 2e-4 (BigG
 LeCam 0.3 gave FID 126 at 200k images, this 96; see docs/quality.md). Run 3,125 steps x 64 = 200k:
   python -m jaxgan.prepare ... --label-column masterCategory --image-size 32 --out data/catalog32
   python -m jaxgan.train --config configs/catalog_resnet32_cpu.py --workdir runs/resnet32 \
-      --config.data.path=data/catalog32 --config.data.num_classes=<len(class_names)>
+      --config.data.path=data/catalog32
 """
 
 import os

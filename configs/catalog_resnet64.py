@@ -5,7 +5,7 @@ embedding + hierarchical z, projection D, self-attention at 32x32, DiffAugment
 (color, translation, cutout), LeCam, FID/KID every 5k steps with a best-FID checkpoint.
   python -m jaxgan.prepare ... --image-size 64 --out data/catalog64
   python -m jaxgan.train --config configs/catalog_resnet64.py --workdir runs/resnet64 \
-      --config.data.path=data/catalog64 --config.data.num_classes=<len(class_names)>
+      --config.data.path=data/catalog64
 """
 
 import os

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import data as data_lib
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
 from jaxgan import sharding
@@ -75,7 +76,9 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
 
 def compile_report(config: ml_collections.ConfigDict) -> dict:
   """Lowers and compiles the train step for the configured mesh without creating a state or
-  reading data; returns per-device memory and FLOPs as XLA reports them."""
+  reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
+  per-device memory and FLOPs as XLA reports them."""
+  config = data_lib.with_class_counts(config)
   run = build_run(config)
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
   compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()

@@ -127,6 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
     its fingerprint)."""
+    nonlocal config
+    # data.num_classes=-1: the prepared set's counts, read here on every process (agreed: a host
+    # without the file stops them all), and stored resolved in config.json and checkpoints.
+    config = data_lib.with_class_counts(config)
     run = run_lib.build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)

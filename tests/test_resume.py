@@ -81,7 +81,7 @@ def _prepared_flags(tmp_path):
   assert prepare.main(["--images", str(tmp_path / "raw"), "--image-size", "16", "--workers", "1",
                        "--out", str(tmp_path / "prepared")]) == 0
   return ["--config.data.source=prepared", f"--config.data.path={tmp_path / 'prepared'}",
-          "--config.data.num_classes=2", "--config.data.random_flip=True"]
+          "--config.data.num_classes=-1", "--config.data.random_flip=True"]  # -1: its 2 classes
 
 
 def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
@@ -99,6 +99,7 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
   reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
   _, step, resumed, _ = workdir_lib.load_latest(str(workdir))
   assert step == 300
+  assert json.load(open(workdir / "config.json"))["data"]["num_classes"] == 2  # resolved
   _assert_same_state(resumed, reference)
   # The log has each step once, in order, despite the kill.
   steps = [r["step"] for r in writers.read_metrics(str(workdir))]

@@ -685,3 +685,36 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
                              "--workers", "1"]) == 0
   assert "--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]" in caplog.text
 
+
+
+def test_class_counts_from_a_prepared_sets_info(tmp_path):
+  """data.num_classes=-1: every attribute's count from dataset_info.json, before validation (a
+  forgotten count used to train unconditionally for the whole run)."""
+  from jaxgan.config import ConfigError
+  from jaxgan.data import FROM_DATA, prepared, with_class_counts
+
+  images = np.zeros((4, 16, 16, 3), np.uint8)
+  labels = np.array([[0, 1], [1, 2], [2, 0], [0, 0]], np.int32)
+  prepared.write_prepared(str(tmp_path / "set"), images, labels, ["a", "b", "c"], [],
+                          attributes=[("type", ["a", "b", "c"]), ("colour", ["x", "y", "z"])])
+  config = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "set"),
+                      "data.num_classes": FROM_DATA, "data.image_size": 16})
+  with pytest.raises(ConfigError, match="data.num_classes: -1 .* resolved when a run starts"):
+    config_lib.validate(config, 1)
+  resolved = with_class_counts(config)
+  assert (resolved.data.num_classes, resolved.data.extra_num_classes) == (3, "3")
+  assert config.data.num_classes == FROM_DATA  # the caller's config is left as it was
+  config_lib.validate(resolved, 1)
+  with config.unlocked():
+    config.data.extra_num_classes = "3"
+  with pytest.raises(ConfigError, match="data.extra_num_classes: '3' with data.num_classes=-1"):
+    with_class_counts(config)
+  missing = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "none"),
+                       "data.num_classes": FROM_DATA})
+  with pytest.raises(ConfigError, match=r"data.num_classes: -1 reads .*/none/dataset_info.json "
+                                        "not found"):
+    with_class_counts(missing)
+  other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})
+  assert with_class_counts(other) is other
+  with pytest.raises(ConfigError, match="or -1 with data.source=prepared"):
+    config_lib.validate(other, 1)

@@ -60,8 +60,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
               "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps"):
     _positive_int(config, key)
   nc = config.data.num_classes
+  _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
+           "-1 (from the prepared set's dataset_info.json) is resolved when a run starts; "
+           "resolve it with jaxgan.data.with_class_counts(config) before validating")
   _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
-           f"must be 0 (unconditional) or a positive integer, got {nc!r}")
+           f"must be 0 (unconditional), a positive integer, or -1 with data.source=prepared "
+           f"(the prepared set's count), got {nc!r}")
   try:
     extra = parse_class_counts(config.data.extra_num_classes)
   except ValueError as e:

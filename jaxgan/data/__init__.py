@@ -30,7 +30,7 @@ import numpy as np
 from jaxgan.data.arrays import ArraySource, DataError
 from jaxgan.data.folder import FolderSource
 from jaxgan.data.manifest import ManifestSource
-from jaxgan.data.prepared import PreparedSource
+from jaxgan.data.prepared import FROM_DATA, PreparedSource, with_class_counts
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
 from jaxgan.data.tfds_source import TfdsSource
 from jaxgan.registry import Registry
@@ -45,9 +45,9 @@ SOURCES.register("prepared")(PreparedSource)
 
 T = TypeVar("T")
 
-__all__ = ["SOURCES", "CATEGORY_NAMES", "ArraySource", "DataError", "SyntheticCatalog",
-           "attribute_names", "build_source", "check_same_on_every_process", "fingerprint",
-           "prefetch"]
+__all__ = ["SOURCES", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
+           "SyntheticCatalog", "attribute_names", "build_source", "check_same_on_every_process",
+           "fingerprint", "prefetch", "with_class_counts"]
 
 
 def attribute_names(source) -> list[tuple[str, list[str]]]:

@@ -144,6 +144,40 @@ def attribute_names(info: dict) -> list[tuple[str, list[str]]]:
   return [(info.get("label_column") or "class", names)] if names else []
 
 
+# data.num_classes = FROM_DATA: the prepared set's own class counts, read from its
+# dataset_info.json when the run starts (a forgotten count trained unconditionally for the run).
+FROM_DATA = -1
+
+
+def with_class_counts(config):
+  """`config` with data.num_classes = FROM_DATA replaced by the prepared set's class count (and
+  data.extra_num_classes by its other attributes'); other configs unchanged."""
+  import copy  # pylint: disable=g-import-not-at-top
+
+  from jaxgan.config import ConfigError  # same layer; lazy as the sources do
+
+  d = config.data
+  if d.num_classes != FROM_DATA or d.source != "prepared":
+    return config  # validation names a FROM_DATA that another source cannot resolve
+  if d.extra_num_classes:
+    raise ConfigError(f"config key data.extra_num_classes: {d.extra_num_classes!r} with "
+                      f"data.num_classes={FROM_DATA}, which reads every attribute's count from "
+                      "the data; drop one of them")
+  try:
+    attributes = attribute_names(read_info(d.path))
+  except DataError as e:
+    raise ConfigError(f"config key data.num_classes: {FROM_DATA} reads the class counts of "
+                      f"data.path, but {e}") from None
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.data.num_classes = len(attributes[0][1]) if attributes else 0
+    config.data.extra_num_classes = ",".join(str(len(names)) for _, names in attributes[1:])
+  log.info("data.num_classes=%d%s, from %s", config.data.num_classes,
+           f", data.extra_num_classes={config.data.extra_num_classes}"
+           if config.data.extra_num_classes else "", os.path.join(d.path, INFO_FILE))
+  return config
+
+
 def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.ndarray, dict]:
   """(images uint8 [N, S, S, 3], labels int32 [N] (or [N, A] for A > 1 attributes), info) from
   the shards, in order. With `images_file`, the images are written there (a .npy, published
