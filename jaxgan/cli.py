@@ -40,9 +40,10 @@ def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
   """`--image-size` and `--image_size` alike: each `--name[=value]` with the name's '-' and '_'
   written as `joiner` (absl's tools use '_', argparse's '-'); values and --config.KEY unchanged."""
   other = "-" if joiner == "_" else "_"
-  spelled = []
+  spelled, options = [], True
   for arg in args:
-    if arg.startswith("--") and not arg.startswith("--config."):
+    options = options and arg != "--"  # after '--', every token is an argument
+    if options and arg.startswith("--") and not arg.startswith("--config."):
       name, eq, value = arg[2:].partition("=")
       arg = "--" + name.replace(other, joiner) + eq + value
     spelled.append(arg)

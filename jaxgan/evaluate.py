@@ -2,8 +2,8 @@
 
   python -m jaxgan.evaluate --workdir DIR [--num-samples N] [--checkpoint latest|best|STEP]
       EMA samples of the run's checkpoint against the first N images of its training data
-      (real features cached per data set, size, N and weights); by default the run's own
-      metrics and sample counts, so the FID it logged for a step is reproduced.
+      (real features cached per data set, size, N and weights); by default the metrics and
+      sample counts the run had at that checkpoint, so the FID it logged there is reproduced.
   python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
       two image folders or prepared data sets, all images of each (at their native sizes, or
       loaded at --image-size as training loads them).
@@ -24,7 +24,7 @@ SETS_BATCH = 32  # Inception images per device per call in two-set mode, by defa
 SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
 # Flags of workdir mode, with their defaults: two-set mode refuses them rather than ignore them.
 WORKDIR_ONLY = {"num_samples": 0, "num_real": 0, "checkpoint": "latest", "seed": 0,
-                "standing_stats_batches": -1}
+                "standing_stats_batches": -1, "data_path": ""}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                  dest="standing_stats_batches", help="workdir mode: batches of standing "
                  "BatchNorm statistics for the EMA generator (-1 = the run's "
                  "eval.standing_stats_batches, 0 = the raw G's running statistics)")
+  p.add_argument("--data-path", "--data_path", default="", dest="data_path",
+                 help="workdir mode: the run's data at another path (a workdir copied to "
+                 "another host; default: the run's data.path)")
   p.add_argument("--image-size", "--image_size", type=int, default=0, dest="image_size",
                  help="two-set mode: load folder images at this size (padded to a square and "
                  "resized as training does, e.g. the model's resolution) instead of their "
@@ -117,8 +120,19 @@ def evaluate_workdir(args) -> dict:
     # Before the checkpoint is read or any network built.
     raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
                      "unconditional run (data.num_classes = 0); drop it")
-  config, step, state, _ = workdir_lib.load_checkpoint(args.workdir, args.checkpoint)
+  config, step, state, meta = workdir_lib.load_checkpoint(args.workdir, args.checkpoint)
+  # Eval settings not given here as they were when this checkpoint was written (config.json is
+  # the last resume's, which may have changed them), so the FID logged for it is reproduced.
+  trained = meta.get("config") or {}
+  defaulted = getattr(args, "defaulted", ())
+  if "metrics" in defaulted:
+    args.metrics = trained.get("eval", {}).get("metrics", args.metrics)
+  if "num_samples" in defaulted:
+    args.num_samples = trained.get("train", {}).get("eval_num_samples", args.num_samples)
   with config.unlocked():
+    for key in ("num_real", "standing_stats_batches"):
+      config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])
+    config.data.path = args.data_path or config.data.path
     config.eval.metrics = args.metrics
     config.eval.batch_size = args.batch_size or config.eval.batch_size
     config.eval.weights = args.weights or config.eval.weights
@@ -195,6 +209,8 @@ def _resolve_defaults(args) -> str:
     config = workdir_lib.load_config(args.workdir)
   except (FileNotFoundError, ValueError) as e:
     return str(e)
+  # Checked now from config.json; taken from the checkpoint's own config once it is read.
+  args.defaulted = [name for name in ("metrics", "num_samples") if not getattr(args, name)]
   args.metrics = args.metrics or config.eval.metrics
   args.num_samples = args.num_samples or config.train.eval_num_samples
   return ""

@@ -14,12 +14,15 @@ draw them (a grid shows one row per class instead). `--checkpoint best` samples 
 checkpoint instead of the newest, `--checkpoint STEP` that step. Output is byte-identical for the
 same checkpoint, seed and arguments.
 
-Multi-attribute models (e.g. articleType and baseColour): `--label articleType=Tshirts --label
-"baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts` names a class of the first
-attribute. The first attribute, when not given, takes all its classes in turn (one row per class
-with --interpolate); every other attribute not given is drawn uniformly at random from --seed
-(per image; per row with --interpolate), so the output stays deterministic. With --between, the
-attributes other than the interpolated one come from --label or are drawn per row.
+A grid without --label has a row per class (--num rounded to a multiple of the class count, so
+that every class shows). Multi-attribute models (e.g. articleType and baseColour): `--label
+articleType=Tshirts --label "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts`
+names a class of the first attribute. In a grid, the first attribute, when not given, takes all
+its classes in turn (one row per class with --interpolate); every other attribute not given is
+drawn uniformly at random from --seed (per image; per row with --interpolate), so the output
+stays deterministic. Single PNGs draw the attributes not given from the data's combinations that
+match the ones given. With --between, the attributes other than the interpolated one come from
+--label or are drawn per row.
 """
 
 from __future__ import annotations
@@ -223,15 +226,27 @@ def generate(workdir: str, num: int, out: str,
       index = chosen[0]
       z, labels = z[index * interpolate:(index + 1) * interpolate], labels[:interpolate] * 0 + index
     num = len(z)
-  elif nc > 0 and singles and not chosen and meta.get("label_counts"):
-    # An FID set: the data's label mix, as evaluation draws it (uniform would give rare classes
-    # the weight of common ones, and another FID than `evaluate --workdir` for the same model).
-    labels = jnp.asarray(sampling.draw_label_rows(meta["label_counts"],
-                                                  np.random.default_rng(seed), (num,)))
+  elif nc > 0 and singles and meta.get("label_counts"):
+    # An FID set: the data's label mix (of the rows that match --label), as evaluation draws it
+    # (uniform would give rare classes the weight of common ones, combinations the data never
+    # has, and another FID than `evaluate --workdir` for the same model).
+    counts = sampling.label_counts_matching(meta["label_counts"], chosen)
+    if counts is None:
+      raise ValueError(f"--label {' --label '.join(given)}: no training image has this "
+                       "combination; pick classes that occur together")
+    labels = jnp.asarray(sampling.draw_label_rows(counts, np.random.default_rng(seed), (num,)))
   elif nc > 0 and 0 in chosen:
     labels = jnp.full((num,), chosen[0], jnp.int32)
+  elif nc > 0 and singles:  # a run from before the label mix was recorded: classes in turn
+    labels = jnp.arange(num, dtype=jnp.int32) % nc
   elif nc > 0:
-    cols = math.ceil(num / nc)  # a row per class of the first attribute, as training's grids
+    # A row per class of the first attribute, every class shown, as training's grids: --num
+    # becomes a multiple of the class count.
+    cols = max(1, round(num / nc))
+    if cols * nc != num:
+      log.info("a grid of %d classes x %d: %d images for --num %d", nc, cols, cols * nc, num)
+      num = cols * nc
+      z = sampling.latents(seed, num, config.model.z_dim, truncation)
     labels = jnp.arange(num, dtype=jnp.int32) // cols
   if len(classes) > 1 and between is None and labels.ndim == 1:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)

@@ -61,6 +61,19 @@ def label_counts(label_rows: np.ndarray) -> Optional[dict]:
   return {"rows": rows.tolist(), "counts": counts.tolist()}
 
 
+def label_counts_matching(counts: dict, chosen: dict[int, int]) -> Optional[dict]:
+  """`counts` (of `label_counts`) restricted to the rows whose attribute i is chosen[i] for every
+  chosen one; None when no row matches."""
+  rows = np.asarray(counts["rows"], np.int32)
+  keep = np.ones(len(rows), bool)
+  for attribute, value in chosen.items():
+    keep &= (rows if rows.ndim == 1 else rows[:, attribute]) == value
+  if not keep.any():
+    return None
+  return {"rows": rows[keep].tolist(),
+          "counts": np.asarray(counts["counts"], np.int64)[keep].tolist()}
+
+
 def draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np.ndarray:
   """Rows drawn in proportion to their counts: index i of the sorted rows, each repeated its
   count times, without building that (data-sized) array."""

@@ -43,6 +43,10 @@ class StopRequest:
 
   def __enter__(self) -> "StopRequest":
     for sig in STOP_SIGNALS:
+      # A signal the process was started to ignore stays ignored: `nohup` ignores SIGHUP so
+      # that a run outlives its terminal, and a handler here would stop it there.
+      if signal.getsignal(sig) is signal.SIG_IGN:
+        continue
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: signals stay with their owner

@@ -6,6 +6,7 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -69,7 +70,8 @@ def prepare_workdir(workdir: str) -> None:
     raise TrainingError(f"workdir {workdir} cannot rename folders ({e.strerror}), which "
                         "checkpoints need; use a filesystem that can (a gcsfuse mount needs "
                         "--rename-dir-limit)") from e
-  os.rmdir(probe + ".renamed")
+  with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
+    os.rmdir(probe + ".renamed")
 
 
 def _resume_point(checkpointer) -> str:
@@ -92,10 +94,10 @@ def _check_checkpoint_writes(checkpointer) -> None:
   if not multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
                                or (failed > 0 and not checkpointer.completed)):
     return
-  what = (f"{failed} checkpoint writes in a row failed" if checkpointer.completed
-          else "the first checkpoint write of this run failed")
+  # The same words on every process (the counts are each process's own).
   raise TrainingError(
-      f"{what} in {checkpointer.directory} (errors above); the run stops rather than train on "
+      f"checkpoint writes to {checkpointer.directory} keep failing (this run's first, or "
+      f"{MAX_FAILED_CHECKPOINTS} in a row; errors above); the run stops rather than train on "
       f"without checkpoints: free space or fix the storage, then rerun (it resumes from "
       f"{_resume_point(checkpointer)})")
 
@@ -118,7 +120,9 @@ def _check_nonfinite(longest_streak: Any, step: int, limit: int, checkpointer) -
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
-  """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present."""
+  """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
+  final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
+  `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED)."""
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.

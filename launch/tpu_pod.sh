@@ -10,9 +10,11 @@
 #
 # Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
-# Training runs inside the ssh session: if it drops, every worker gets SIGHUP, writes its
-# checkpoint and exits (status 75), and rerunning this script resumes. DETACH=1 instead starts
-# the workers under nohup, logging to REPO_DIR/train.log on each, and returns.
+# Training runs inside the ssh session, so it ends with it: a worker that gets SIGHUP writes its
+# checkpoint and exits (status 75); one that only finds its output closed fails on its next
+# write. Rerunning this script resumes from the last checkpoint. For runs that must outlive the
+# session, DETACH=1 starts the workers under nohup (SIGHUP ignored, which training keeps),
+# logging to REPO_DIR/train.log on each, and returns.
 set -euo pipefail
 
 if [[ $# -lt 3 || "$3" != "--" ]]; then

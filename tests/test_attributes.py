@@ -163,6 +163,19 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
                             label=["Tshirts", "baseColour=Black"])
   assert open(out[0], "rb").read() != open(black[0], "rb").read()
   generate.generate(workdir, 3, str(tmp_path / "random_colour.png"))  # colours drawn from the seed
+  # Single PNGs (an FID set): the data's combinations that match --label, drawn by their counts.
+  captured, real_sample = [], sampling.sample_in_chunks
+
+  def capturing(sampler, params, statistics, z, labels, batch):
+    captured.append(np.asarray(labels))
+    return real_sample(sampler, params, statistics, z, labels, batch)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(sampling, "sample_in_chunks", capturing)
+    generate.generate(workdir, 24, str(tmp_path / "black") + "/", label="baseColour=Black")
+  black_rows = [row for row in meta["label_counts"]["rows"] if row[1] == 0]
+  assert captured[0].shape == (24, 2) and {tuple(r) for r in captured[0]} <= set(map(tuple,
+                                                                                   black_rows))
   rows = generate.generate(workdir, 1, str(tmp_path / "i.png"), interpolate=3,
                            label="baseColour=Black")
   assert Image.open(rows[0]).size == (3 * 18 + 2, 3 * 18 + 2)

@@ -86,7 +86,12 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   reference = os.path.join(cache, "reference", references[0])
   mtime = os.path.getmtime(reference)
 
-  # The sample count defaults to the run's train.eval_num_samples (6).
+  # The sample count defaults to the run's train.eval_num_samples (6) at that checkpoint, also
+  # after a resume rewrote config.json with another (resumable) value.
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  saved["train"]["eval_num_samples"] = 8
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
   code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
                         "--cache-dir", cache, "--metrics", "fid,kid,pr,per_class_fid")
   assert code == 0, err

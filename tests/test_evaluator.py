@@ -220,6 +220,7 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "--num-samples is for workdir mode (--workdir); two-set mode (--real/--fake) uses every"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--checkpoint", "best"],
      "--checkpoint is for workdir mode"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--data-path", "{tmp}"], "--data-path is for workdir"),
     (["--workdir", "{tmp}", "--checkpoint", "newest"],
      "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
 ])

@@ -1,6 +1,7 @@
 """sampling: the EMA generator's standing BatchNorm statistics."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_standing_statistics_average_the_generators_own_batch_statistics(family)
 
 def test_standing_statistics_of_truncated_samples_come_from_truncated_latents():
   """BigGAN's standing statistics per truncation: a BatchNorm of the latents themselves reads
-  the truncated normal's variance (0.0791 at t = 0.5), not the normal's 1."""
+  the truncated normal's variance (0.0806 at t = 0.5), not the normal's 1."""
   import flax.linen as nn
 
   class NormOfLatents(nn.Module):
@@ -74,10 +75,25 @@ def test_standing_statistics_of_truncated_samples_come_from_truncated_latents():
 
   g = NormOfLatents()
   variables = g.init(jax.random.PRNGKey(0), jnp.zeros((2, 64)))
-  for t, variance in ((0.0, 1.0), (0.5, 0.0791)):
+  # The normal truncated to [-a, a] has variance 1 - 2 a pdf(a) / (2 cdf(a) - 1); BatchNorm's
+  # batch variance is the biased one (255/256 of it for 256 rows).
+  a = 0.5
+  truncated = 1 - 2 * a * math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / math.erf(a / math.sqrt(2))
+  for t, variance in ((0.0, 1.0), (a, truncated)):
     standing = sampling.make_standing_stats(g, 64, (), 4, 256, truncation=t)(
         variables["params"], variables["batch_stats"])
-    np.testing.assert_allclose(standing["BatchNorm_0"]["var"].mean(), variance, rtol=0.02)
+    np.testing.assert_allclose(standing["BatchNorm_0"]["var"].mean(), variance * 255 / 256,
+                               rtol=0.01)
+
+
+def test_label_counts_matching_chosen_attributes():
+  two = {"rows": [[0, 1], [1, 0], [2, 1]], "counts": [5, 2, 3]}
+  assert sampling.label_counts_matching(two, {1: 1}) == {"rows": [[0, 1], [2, 1]],
+                                                         "counts": [5, 3]}
+  assert sampling.label_counts_matching(two, {}) == two
+  assert sampling.label_counts_matching(two, {0: 1, 1: 1}) is None  # never together
+  one = {"rows": [0, 2], "counts": [4, 1]}
+  assert sampling.label_counts_matching(one, {0: 2}) == {"rows": [2], "counts": [1]}
 
 
 def test_standing_statistics_depend_on_the_label_counts_only():

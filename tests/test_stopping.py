@@ -22,6 +22,19 @@ def test_a_signal_is_held_and_handlers_restored(sig):
   assert signal.getsignal(sig) is before
 
 
+def test_an_ignored_signal_stays_ignored():
+  """nohup ignores SIGHUP so that a run outlives its terminal: the stop request keeps that."""
+  previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+  try:
+    with stopping.StopRequest() as stop:
+      assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGHUP)
+      assert stop.check(1) is None
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGHUP, previous)
+
+
 SECOND_CTRL_C = r"""
 import os, signal, sys, threading
 from jaxgan import stopping

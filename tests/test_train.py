@@ -176,6 +176,8 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
                       lambda images, cols: recorded_grid.append(cols) or real_grid(images, cols))
   generate.generate(workdir, 6, str(tmp_path / "grid.png"))
   assert drawn[-1].tolist() == [0, 0, 1, 1, 2, 2] and recorded_grid == [2]  # 3 classes, 3 rows
+  generate.generate(workdir, 2, str(tmp_path / "few.png"))  # fewer than the classes: each shows
+  assert drawn[-1].tolist() == [0, 1, 2] and recorded_grid[-1] == 1
   # The synthetic catalog's mix is uniform (its checkpoints hold no counts): a skewed one.
   counts, real_load = {"rows": [0, 1, 2], "counts": [1, 2, 7]}, workdir_lib.load_checkpoint
 

@@ -42,7 +42,10 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
     if key in PATH_KEYS:  # runs before they were stored absolute: relative to the same folder
       before, value = absolute_path(before), absolute_path(value)
     if _plain(before) != _plain(value):
-      (allowed if key in RESUMABLE_KEYS else blocking).append((key, before, value))
+      # Paths may change (the same data mounted elsewhere, another host): what the data holds
+      # is compared by its fingerprint, which warns when it changed.
+      resumable = key in RESUMABLE_KEYS or key in PATH_KEYS
+      (allowed if resumable else blocking).append((key, before, value))
   return blocking, allowed
 
 
