@@ -24,8 +24,8 @@ EXIT_STOPPED = 75
 class StopRequest:
   """A context that holds the first stop signal (STOP_SIGNALS) received while it is open; a
   SIGINT after that one ends the process at once (Ctrl-C twice: quit without waiting). The first
-  one's handler arms that, so a process already stuck in the runtime then (which never runs Python handlers)
-  needs Ctrl-\\ or kill.
+  one's handler arms that, so a process already stuck in the runtime then (which never runs
+  Python handlers) needs Ctrl-\\ or kill.
 
   `check()` is the loop's question "stop after this call?". With several processes every one must
   stop at the same step (the checkpoint and samples are collective), so the answer is agreed: a
