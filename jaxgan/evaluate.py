@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                  "eval.standing_stats_batches, 0 = the raw G's running statistics)")
   p.add_argument("--data-path", "--data_path", default="", dest="data_path",
                  help="workdir mode: the run's data at another path (a workdir copied to "
-                 "another host; default: the run's data.path)")
+                 "another host; default: the run's data.path); a prepared set or folder (a "
+                 "manifest's data.image_dir stays the run's)")
   p.add_argument("--image-size", "--image_size", type=int, default=0, dest="image_size",
                  help="two-set mode: load folder images at this size (padded to a square and "
                  "resized as training does, e.g. the model's resolution) instead of their "
@@ -129,6 +130,10 @@ def evaluate_workdir(args) -> dict:
     args.metrics = trained.get("eval", {}).get("metrics", args.metrics)
   if "num_samples" in defaulted:
     args.num_samples = trained.get("train", {}).get("eval_num_samples", args.num_samples)
+  fewest = suite.min_samples(suite.parse_names(args.metrics))
+  if args.num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
+    raise ValueError(f"--num-samples must be >= {fewest} for --metrics {args.metrics} (this "
+                     f"checkpoint's eval settings), got {args.num_samples}")
   with config.unlocked():
     for key in ("num_real", "standing_stats_batches"):
       config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])

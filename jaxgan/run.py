@@ -1,6 +1,6 @@
 """What a run is made of before any state exists: the mesh, models, shardings and the jitted
 train step (`build_run`), and compiling that step without data (`compile_report`, the train
-CLI's --compile_only). The trainer, the benchmark and the profile all build the step here, so
+CLI's --compile_only; `data.num_classes=-1` reads the prepared set's dataset_info.json). The trainer, the benchmark and the profile all build the step here, so
 they time and run the same one."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
+from jaxgan import multihost
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import steps
@@ -74,11 +75,21 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
                                         sharding=batch_sharding)}
 
 
+def with_data_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with data.num_classes=-1 resolved from its prepared set (data.with_class_counts),
+  read once the processes are joined and agreed: a host without the set's dataset_info.json
+  stops them all instead of leaving the others in jax.distributed's rendezvous."""
+  config_lib.validate_distributed(config)
+  sharding.initialize_distributed(config)
+  return multihost.agreed(lambda: data_lib.with_class_counts(config),
+                          "reading the data set's class counts")
+
+
 def compile_report(config: ml_collections.ConfigDict) -> dict:
   """Lowers and compiles the train step for the configured mesh without creating a state or
   reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
   per-device memory and FLOPs as XLA reports them."""
-  config = data_lib.with_class_counts(config)
+  config = with_data_counts(config)
   run = build_run(config)
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
   compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()

@@ -60,7 +60,8 @@ class StopRequest:
     # collective, a long evaluation). The OS's default action, not a Python exception: Python
     # runs handlers only between bytecodes, never while the main thread waits in the runtime.
     # (SIGTERM and SIGHUP keep this handler: preemption notices may repeat.)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if signal.SIGINT in self._previous:  # not where SIGINT was ignored (a background job)
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():

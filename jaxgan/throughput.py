@@ -84,6 +84,7 @@ def _ready_step(config, warmup: int, step: Optional[Callable] = None):
   """The train step that training uses (run_lib.build_run; or `step`, a variant of it taking and
   returning the same things), a fresh state and one device-resident random batch (stacked per
   step with train.steps_per_call > 1), after `warmup` calls (compilation, autotuning)."""
+  config = run_lib.with_data_counts(config)  # a catalog config's -1: its set's class counts
   run = run_lib.build_run(config)
   step = step or run.train_step
   state = jax.jit(run.init, out_shardings=run.state_shardings)()

@@ -164,18 +164,28 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
   assert open(out[0], "rb").read() != open(black[0], "rb").read()
   generate.generate(workdir, 3, str(tmp_path / "random_colour.png"))  # colours drawn from the seed
   # Single PNGs (an FID set): the data's combinations that match --label, drawn by their counts.
-  captured, real_sample = [], sampling.sample_in_chunks
+  # In this mix Watches (2) never come in Black (0): the draws never pair them, and asking for
+  # that combination is refused.
+  mix = {"rows": [[0, 0], [1, 0], [2, 1], [1, 1]], "counts": [3, 1, 4, 2]}
+  captured, real_sample, real_load = [], sampling.sample_in_chunks, workdir_lib.load_checkpoint
 
   def capturing(sampler, params, statistics, z, labels, batch):
     captured.append(np.asarray(labels))
     return real_sample(sampler, params, statistics, z, labels, batch)
 
+  def with_mix(*args):
+    config, step, state, meta = real_load(*args)
+    return config, step, state, {**meta, "label_counts": mix}
+
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(sampling, "sample_in_chunks", capturing)
+    patch.setattr(workdir_lib, "load_checkpoint", with_mix)
     generate.generate(workdir, 24, str(tmp_path / "black") + "/", label="baseColour=Black")
-  black_rows = [row for row in meta["label_counts"]["rows"] if row[1] == 0]
-  assert captured[0].shape == (24, 2) and {tuple(r) for r in captured[0]} <= set(map(tuple,
-                                                                                   black_rows))
+    with pytest.raises(ValueError, match="no training image has this combination"):
+      generate.generate(workdir, 2, str(tmp_path / "none") + "/",
+                        label=["Watches", "baseColour=Black"])
+  assert captured[0].shape == (24, 2)
+  assert {tuple(r) for r in captured[0]} == {(0, 0), (1, 0)}  # both Black rows, nothing else
   rows = generate.generate(workdir, 1, str(tmp_path / "i.png"), interpolate=3,
                            label="baseColour=Black")
   assert Image.open(rows[0]).size == (3 * 18 + 2, 3 * 18 + 2)

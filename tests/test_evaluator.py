@@ -366,3 +366,20 @@ def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
   for r in results:
     assert r["seen"] == [[12.0, 12.0], [10.0, 10.0], [11.0, 10.0]]
     assert r["reread"] == 10.0 and r["steps"] == ["4"]
+
+
+def test_evaluate_defaults_come_from_the_checkpoint_and_are_checked_before_any_image(
+    tmp_path, capsys, monkeypatch):
+  """A resume may have changed eval.metrics and train.eval_num_samples in config.json since the
+  checkpoint: its own settings are the defaults, checked before the data or Inception."""
+  from jaxgan import config as config_lib, data, evaluate, workdir
+
+  (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))  # fid,kid; 5000
+  trained = tiny_config(**{"eval.metrics": "fid,pr", "train.eval_num_samples": 3}).to_dict()
+  monkeypatch.setattr(workdir, "load_checkpoint",
+                      lambda *a: (tiny_config(), 2, None, {"config": trained}))
+  monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
+  assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: --num-samples must be >= 4 for --metrics fid,pr (this checkpoint's eval "
+      "settings), got 3")

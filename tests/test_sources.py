@@ -699,10 +699,12 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
                           attributes=[("type", ["a", "b", "c"]), ("colour", ["x", "y", "z"])])
   config = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "set"),
                       "data.num_classes": FROM_DATA, "data.image_size": 16})
-  with pytest.raises(ConfigError, match="data.num_classes: -1 .* resolved when a run starts"):
+  with pytest.raises(ConfigError, match="data.num_classes: -1 .* was not read from data.path"):
     config_lib.validate(config, 1)
   resolved = with_class_counts(config)
   assert (resolved.data.num_classes, resolved.data.extra_num_classes) == (3, "3")
+  from jaxgan import run as run_lib  # --compile_only's and the benchmark's way, processes agreed
+  assert run_lib.with_data_counts(config).to_dict() == resolved.to_dict()
   assert config.data.num_classes == FROM_DATA  # the caller's config is left as it was
   config_lib.validate(resolved, 1)
   with config.unlocked():

@@ -23,16 +23,20 @@ def test_a_signal_is_held_and_handlers_restored(sig):
 
 
 def test_an_ignored_signal_stays_ignored():
-  """nohup ignores SIGHUP so that a run outlives its terminal: the stop request keeps that."""
-  previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+  """nohup ignores SIGHUP so that a run outlives its terminal, and a shell's background job
+  ignores SIGINT: the stop request keeps both, also once a SIGTERM has asked for the stop."""
+  previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP, signal.SIGINT)}
   try:
     with stopping.StopRequest() as stop:
-      assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
       os.kill(os.getpid(), signal.SIGHUP)
       assert stop.check(1) is None
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop.check(2) == signal.SIGTERM
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # not armed to quit at once
+    assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in previous)
   finally:
-    signal.signal(signal.SIGHUP, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 SECOND_CTRL_C = r"""

@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "synthetic"  # registry name, see jaxgan/data/
   c.data.path = ""  # where the source reads from (unused by 'synthetic')
   c.data.image_size = 32
-  c.data.num_classes = 8  # 0 trains an unconditional model; classes of the first attribute
+  # 0 trains an unconditional model; classes of the first attribute; -1: a prepared set's own
+  # counts (every attribute), read from its dataset_info.json when the run starts
+  c.data.num_classes = 8
   # Several attributes at once (e.g. articleType and baseColour): comma-separated class counts of
   # attributes 2..A, e.g. "46"; "" = one attribute. Labels are then int32 [N, A].
   c.data.extra_num_classes = ""

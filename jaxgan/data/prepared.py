@@ -167,7 +167,8 @@ def with_class_counts(config):
     attributes = attribute_names(read_info(d.path))
   except DataError as e:
     raise ConfigError(f"config key data.num_classes: {FROM_DATA} reads the class counts of "
-                      f"data.path, but {e}") from None
+                      f"data.path, but {e}; or set --config.data.num_classes=N (0: "
+                      "unconditional) to run without the data set") from None
   config = copy.deepcopy(config)
   with config.unlocked():
     config.data.num_classes = len(attributes[0][1]) if attributes else 0
