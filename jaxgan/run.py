@@ -1,7 +1,8 @@
 """What a run is made of before any state exists: the mesh, models, shardings and the jitted
 train step (`build_run`), and compiling that step without data (`compile_report`, the train
-CLI's --compile_only; `data.num_classes=-1` reads the prepared set's dataset_info.json). The trainer, the benchmark and the profile all build the step here, so
-they time and run the same one."""
+CLI's --compile_only; `data.num_classes=-1` reads the prepared set's dataset_info.json). The
+trainer, the benchmark and the profile all build the step here, so they time and run the same
+one."""
 
 from __future__ import annotations
 
