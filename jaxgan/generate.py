@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from jaxgan import cli
 
 FLAGS = flags.FLAGS
-log = std_logging.getLogger(__name__)
+log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
 flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
 flags.DEFINE_integer("num", 64, "Number of images.")
 flags.DEFINE_string("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
@@ -273,6 +273,9 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   read the two runs' images as one set."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
 
+  if os.path.isfile(out.rstrip(os.sep)):  # 'file/' itself does not exist for os.path
+    raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
+                     "drop the trailing / for one grid PNG)")
   os.makedirs(out, exist_ok=True)
   stale = sorted(n for n in os.listdir(out)
                  if re.fullmatch(r"\d{6}\.png", n) and int(n[:6]) >= num)

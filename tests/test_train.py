@@ -137,6 +137,8 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys):
   with pytest.raises(OSError, match=r"^--out .*a_file/x.png: "):
     (tmp_path / "a_file").write_text("")
     generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
+  with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
+    generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
     generate.generate(workdir, 1, str(tmp_path / "b.png"), checkpoint="best")
   # A best-FID checkpoint that is step 2 (the newest is step 4) is the one sampled.
@@ -249,6 +251,7 @@ def test_cli_train_then_generate(tmp_path):
   assert gen.returncode == 0, gen.stderr[-2000:]
   assert (tmp_path / "grid.png").stat().st_size > 0
   assert "read only" not in gen.stderr and "read_only" not in gen.stderr  # orbax's notices
+  assert "sampling checkpoint step 4 of" in gen.stderr  # which step the grid shows
 
 
 NO_TF = """
