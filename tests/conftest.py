@@ -54,22 +54,36 @@ me = jax.process_index()
 """
 
 
-def run_two_processes(script: str, *args: str, salt: int = 0, devices: int = 1
-                      ) -> tuple[list, list[str]]:
+def _free_port() -> int:
+  """A port no one listens on now (the OS picks it), for a coordinator started right after."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(script: str, *args: str, devices: int = 1) -> tuple[list, list[str]]:
   """Runs `script` (python -c) as processes 0 and 1 of a jax.distributed job on the CPU, each
   with `devices` fake devices and given `localhost:PORT`, its index and `args`; returns (the
-  last stdout line of each as JSON, the stderr of each). `salt` varies the port between tests
-  that may run at the same time."""
+  last stdout line of each as JSON, the stderr of each)."""
   import json
   import subprocess
+  import time
 
-  port = 20000 + (os.getpid() + salt) % 20000
+  port = _free_port()
   env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
   procs = [subprocess.Popen([sys.executable, "-c", script, f"localhost:{port}", str(i), *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
+  deadline = time.monotonic() + 120  # one deadline for both
   try:
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    errs = [p.communicate()[1] for p in procs]  # both processes' stderr, for the report
+    raise AssertionError("two processes timed out:\n" + errs[0][-2000:] + errs[1][-2000:])
   finally:
     for p in procs:
       p.kill()

@@ -11,7 +11,7 @@ import pytest
 
 from jaxgan import flops, models, throughput
 from jaxgan.models.batchnorm import resolve_norm_impl
-from tests.conftest import run_module, tiny_config
+from tests.conftest import REPO, run_module, tiny_config
 
 KEYS = {"model", "image_size", "batch_size", "dtype", "step_ms", "images_per_sec",
         "flops_per_image", "tflops", "mfu", "peak_memory_bytes", "device_kind", "num_devices"}
@@ -248,9 +248,8 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert "not measured:" in proc.stdout and "| variant | batch |" in proc.stdout
 
 
-def test_sweep_variants_parse_and_type_their_overrides():
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "benchmarks"))
+def test_sweep_variants_parse_and_type_their_overrides(monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
   import compare_cpu
   import sweep
   assert sweep.parse_variant("bfloat16:subpixel:s2d:8:model.norm_impl=fused") == (
@@ -288,11 +287,10 @@ def test_donation_script_compares_the_donated_step_with_an_undonated_copy():
   assert "| donated |" in proc.stdout and "| not donated |" in proc.stdout
 
 
-def test_port_reusing_g_forward_is_the_same_step():
+def test_port_reusing_g_forward_is_the_same_step(monkeypatch):
   """The one-G-forward lever, isolated in the benchmark's Flax port: reusing G's forward through
   jax.vjp computes the same update as running G again."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "benchmarks"))
+  monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
   import flax_straightforward as port
   real = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=-1.0, maxval=1.0)
   new = {}

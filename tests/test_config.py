@@ -262,3 +262,15 @@ def test_paths_are_stored_absolute_and_old_relative_ones_are_not_a_change(make_c
                          "eval.cache_dir": "~/cache", "eval.weights": "gs://bucket/w.pt"})
   blocking, allowed = config_differences(relative.to_dict(), moved)
   assert blocking == [] and [key for key, _, _ in allowed] == ["data.path"]
+
+
+def test_flag_spelling_rewrites_names_only():
+  from jaxgan import cli
+
+  args = ["--compile-only", "--standing-stats-batches=-1", "--label", "a-b_c", "--config.x_y=1-2",
+          "-5", "--", "--not-a-flag"]
+  assert cli.flag_spelling(args, "_") == ["--compile_only", "--standing_stats_batches=-1",
+                                          "--label", "a-b_c", "--config.x_y=1-2", "-5", "--",
+                                          "--not-a-flag"]
+  assert cli.flag_spelling(["--image_size=3", "--min-class-count"], "-") == [
+      "--image-size=3", "--min-class-count"]

@@ -362,7 +362,7 @@ def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
   reduction), both use process 0's and save alike; alone, process 1 would have saved step 6."""
   from conftest import run_two_processes
 
-  results, _ = run_two_processes(BEST_FID_TWO_PROCESSES, str(tmp_path), salt=31337)
+  results, _ = run_two_processes(BEST_FID_TWO_PROCESSES, str(tmp_path))
   for r in results:
     assert r["seen"] == [[12.0, 12.0], [10.0, 10.0], [11.0, 10.0]]
     assert r["reread"] == 10.0 and r["steps"] == ["4"]

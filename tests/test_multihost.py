@@ -54,7 +54,7 @@ def test_one_process_takes_its_own_decisions():
 
 
 def test_two_processes_agree():
-  results, _ = run_two_processes(TWO_PROCESSES, salt=104729)
+  results, _ = run_two_processes(TWO_PROCESSES)
   # A Ctrl-C on process 1 inside agreed work: it stops there, and process 0 is told.
   assert [r.pop("interrupted") for r in results] == ["PeerError", "KeyboardInterrupt"]
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
@@ -91,7 +91,7 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path):
   folder.mkdir()
   for i in range(4):
     Image.new("RGB", (20, 20), (50 * i, 0, 0)).save(folder / f"{i}.png")
-  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), salt=6151)
+  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path))
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
   assert results[1]["outcome"].startswith(("ConfigError: config key data.path",
                                            "DataError: data.path")), results[1]
@@ -115,7 +115,7 @@ print(json.dumps({"outcome": outcome}))
 def test_a_workdir_write_failing_on_process_0_stops_every_process(tmp_path):
   """Process 0 alone writes config.json: its failure is agreed, not left for the others to
   wait on in the first collective."""
-  results, _ = run_two_processes(WRITE_FAILS_ON_PROCESS_0, str(tmp_path), salt=7919)
+  results, _ = run_two_processes(WRITE_FAILS_ON_PROCESS_0, str(tmp_path))
   assert results[0]["outcome"].startswith("IsADirectoryError"), results[0]
   assert results[1]["outcome"] == ("PeerError: writing the workdir's config.json and "
                                    "metrics.jsonl failed on another process (its log says why)")

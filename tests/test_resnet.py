@@ -238,7 +238,7 @@ def test_class_embed_sums_attributes():
   single = ClassEmbed((3,), features=5)
   p1 = single.init(jax.random.PRNGKey(0), labels[:, 0])
   np.testing.assert_allclose(single.apply(p1, labels[:, 0]), single.apply(p1, labels[:, :1]))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"labels of shape \(3,\) for 2 attributes"):
     embed.apply({"params": params}, labels[:, 0])  # [b] only with one attribute
   assert as_label_matrix(jnp.array([1, 2]), 1).shape == (2, 1)
   assert as_label_matrix(labels, 2).dtype == jnp.int32

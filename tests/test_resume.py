@@ -328,14 +328,11 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
           "optim.d_lr: 0.0002 -> 0.0001") in caplog.text
 
 
-def _nan_loss():
-  if "always_nan_for_tests" not in losses.LOSSES:
-    nan = lambda *logits: logits[0].mean() * np.nan
-    losses.LOSSES.register("always_nan_for_tests")(losses.Loss(d_loss=nan, g_loss=nan))
-
-
-def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
-  _nan_loss()
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
+  # A loss that is always NaN, registered for this test only (the registry is process-wide).
+  nan = lambda *logits: logits[0].mean() * np.nan
+  monkeypatch.setitem(losses.LOSSES._entries, "always_nan_for_tests",
+                      losses.Loss(d_loss=nan, g_loss=nan))
   config = tiny_config(**{"loss.name": "always_nan_for_tests", "train.max_nonfinite_steps": 3,
                           "train.num_steps": 50, "train.log_every": 10, "train.tensorboard": False})
   # Checked at log rows and before checkpoints (every 2 steps), not every call: the streak of
@@ -711,7 +708,7 @@ def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
   from tests.conftest import run_two_processes
 
   directory = str(tmp_path / "checkpoints")
-  results, errs = run_two_processes(AGREED_FALLBACK, directory, salt=7919)
+  results, errs = run_two_processes(AGREED_FALLBACK, directory)
   # Process 1's lagging listing does not make it resume another step than process 0.
   assert [r["first"] for r in results] == [2, 2]
   assert [(r["step"], r["w"]) for r in results] == [(1, 1.0), (1, 1.0)]

@@ -104,13 +104,16 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
   for devices, steps, fsdp in ((8, 2, 4), (2, 4, 1)):
     proc = _python(TRAIN, devices, workdir, str(steps), str(fsdp))
     assert proc.returncode == 0, proc.stderr[-3000:]
-  # ... and on this process's single device.
+  # Step 4, written by 2 devices, reads on this process's single device ...
+  assert workdir_lib.load_latest(workdir)[1] == 4
+  # ... and training resumes from it there (not from an older step after a failed read).
   from jaxgan import trainer
   trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
                                             "train.tensorboard": False}), workdir)
   _, step, state, _ = workdir_lib.load_latest(workdir)
   assert step == 6 and int(state.step) == 6 and int(state.images_seen) == 6 * 16
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.g_params))
+  assert not os.path.exists(workdir + "/checkpoints.corrupt")  # nothing was moved aside
 
 
 SMALL = ["--config.train.tensorboard=False", "--config.data.image_size=16", "--config.data.num_classes=3", "--config.model.z_dim=8",
@@ -166,7 +169,7 @@ print(json.dumps({"rows": rows.tolist(),
 def test_scattered_devices_assemble_the_global_batch_in_order():
   """Each process loads the rows its devices hold, so the global batch does not depend on the
   process layout; loading its contiguous share instead would permute the batch here."""
-  results, _ = run_two_processes(SCATTERED_ROWS, salt=7919, devices=2)
+  results, _ = run_two_processes(SCATTERED_ROWS, devices=2)
   assert [r["rows"] for r in results] == [[0, 1, 4, 5], [2, 3, 6, 7]]
   assert all(r["same_batch"] for r in results)
 

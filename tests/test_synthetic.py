@@ -101,7 +101,8 @@ def test_prefetch_thread_ends_when_the_consumer_stops_with_a_full_queue(ending):
   before = set(threading.enumerate())
   stream = prefetch(short(), 1)
   assert next(stream) == 0
-  (producer,) = [t for t in threading.enumerate() if t not in before]
+  (producer,) = [t for t in threading.enumerate()
+                 if t not in before and t.name == "jaxgan-prefetch"]
   time.sleep(0.3)  # the producer queues item 1, then waits to hand over the end (or the error)
   stream.close()
   producer.join(timeout=5)

@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from jaxgan import writers
 
@@ -25,7 +24,7 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_tensorflow_is_not_fatal
                                                                                    monkeypatch):
   """NaN and inf reach TensorBoard as values (a divergence shows, not a gap in the curve); a
   TensorFlow that fails on import in another way than ImportError leaves JSONL only."""
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf  # a dependency: a broken install must fail here, not skip
   w = writers.MetricsWriter(str(tmp_path))
   w.write_scalars(1, {"d_loss": np.float32(np.nan), "g_loss": float("inf"), "lr": 0.5})
   w.close()
@@ -65,7 +64,7 @@ def _events(folder):
 def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
   """Killed at step 4 after its checkpoint at 2, a run logs 3 and 4 again: TensorBoard must see
   each (tag, step) once, as metrics.jsonl does."""
-  pytest.importorskip("tensorflow")
+  import tensorflow  # noqa: F401  (a dependency: a broken install must fail, not skip)
   first = writers.MetricsWriter(str(tmp_path))
   for step in (1, 2, 3, 4):
     first.write_scalars(step, {"d_loss": float(step)})
