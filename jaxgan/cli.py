@@ -1,5 +1,7 @@
 """What the command-line tools share: absl flag parsing that turns a bad `--config.KEY=...`
-override into one error line, and the one-line error exit."""
+override or config file into one error line, flag names written with '-' or '_'
+(`flag_spelling`), refusing stray positional arguments (`refuse_positional`), and the one-line
+error exit."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
   return spelled
 
 
-def _through_a_value(overrides: list[str]) -> Optional[str]:
+def _value_used_as_section(overrides: list[str]) -> Optional[str]:
   """What is wrong with an override that treats a value as a section (--config.model.name.x)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
@@ -116,7 +118,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"--config {config_file}: defines no get_config(); a config file returns its "
            "ConfigDict from get_config(), as configs/default.py does")
-    through = _through_a_value(overrides)
+    through = _value_used_as_section(overrides)
     if not named and through:
       fail(through)
     if not named:  # not an override's key (say, a bug in the config file): the real traceback

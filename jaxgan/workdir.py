@@ -1,7 +1,8 @@
-"""Reading a training workdir: its resolved config and its latest checkpoint, on one device.
+"""Reading a training workdir: its resolved config and a checkpoint (the latest, the best-FID
+one or a given step), on one device.
 
-Used by `generate` and by tools that inspect runs; training itself restores through the trainer
-with the run's own mesh.
+Used by `generate`, `evaluate --workdir` and tools that inspect runs; training itself restores
+through the trainer with the run's own mesh.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@
 # checkpoint and exits (status 75); one that only finds its output closed fails on its next
 # write. Rerunning this script resumes from the last checkpoint. For runs that must outlive the
 # session, DETACH=1 starts the workers under nohup (SIGHUP ignored, which training keeps),
-# logging to REPO_DIR/train.log on each, and returns.
+# appending to REPO_DIR/train.log on each, and returns.
 set -euo pipefail
 
 if [[ $# -lt 3 || "$3" != "--" ]]; then
@@ -52,7 +52,7 @@ args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
 train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
 if [[ "${DETACH:-0}" == 1 ]]; then
-  ssh_all "cd $repo_dir && nohup $train > train.log 2>&1 < /dev/null &"
+  ssh_all "cd $repo_dir && nohup $train >> train.log 2>&1 < /dev/null &"
 else
   ssh_all "cd $repo_dir && $train"
 fi

@@ -221,6 +221,8 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--real", "{tmp}", "--fake", "{tmp}", "--checkpoint", "best"],
      "--checkpoint is for workdir mode"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--data-path", "{tmp}"], "--data-path is for workdir"),
+    (["--workdir", "{tmp}", "--data_path", "/x"], "--data-path: this run trained on the synthetic "
+     "catalog, which reads no files; drop --data-path"),  # and '_' spells a flag too
     (["--workdir", "{tmp}", "--checkpoint", "newest"],
      "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
 ])

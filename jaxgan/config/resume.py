@@ -7,17 +7,18 @@ import ml_collections
 from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
-# The mesh and process layout may change too: checkpoints restore onto any device count.
+# The mesh and process layout may change too: checkpoints restore onto any device count. So may
+# paths (the same data mounted elsewhere, another host): what the data holds is compared by its
+# fingerprint, which warns when it changed.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
-                  "data.cache_dir", "model.upsample_impl", "model.downsample_impl",
-                  "model.norm_impl", "train.steps_per_call",
-                  "train.eval_every", "train.eval_num_samples", "eval.metrics",
-                  "eval.num_real", "eval.batch_size", "eval.weights", "eval.cache_dir",
+                  "model.upsample_impl", "model.downsample_impl", "model.norm_impl",
+                  "train.steps_per_call", "train.eval_every", "train.eval_num_samples",
+                  "eval.metrics", "eval.num_real", "eval.batch_size",
                   "eval.standing_stats_batches",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
-                  "distributed.num_processes", "distributed.process_id")
+                  "distributed.num_processes", "distributed.process_id", *PATH_KEYS)
 
 Difference = tuple[str, object, object]
 
@@ -25,7 +26,7 @@ Difference = tuple[str, object, object]
 def config_differences(old: dict, new: ml_collections.ConfigDict
                        ) -> tuple[list[Difference], list[Difference]]:
   """(key, old, new) for every key whose value differs: (blocking, allowed) where `allowed` are
-  the RESUMABLE_KEYS (schedule, logging, layout) and `blocking` everything else.
+  the RESUMABLE_KEYS (schedule, logging, layout, paths) and `blocking` everything else.
 
   A key the checkpoint's config lacks (written before the key existed) counts as its default
   value then: the run trained with the behaviour the default keeps, so setting it to anything
@@ -42,10 +43,7 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
     if key in PATH_KEYS:  # runs before they were stored absolute: relative to the same folder
       before, value = absolute_path(before), absolute_path(value)
     if _plain(before) != _plain(value):
-      # Paths may change (the same data mounted elsewhere, another host): what the data holds
-      # is compared by its fingerprint, which warns when it changed.
-      resumable = key in RESUMABLE_KEYS or key in PATH_KEYS
-      (allowed if resumable else blocking).append((key, before, value))
+      (allowed if key in RESUMABLE_KEYS else blocking).append((key, before, value))
   return blocking, allowed
 
 

@@ -62,8 +62,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   nc = config.data.num_classes
   _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
            "-1 (the prepared set's class counts) was not read from data.path's "
-           "dataset_info.json here; set --config.data.num_classes=N (callers of validate: "
-           "resolve it with jaxgan.data.with_class_counts first)")
+           "dataset_info.json here; set --config.data.num_classes=N")
   _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
            f"must be 0 (unconditional), a positive integer, or -1 with data.source=prepared "
            f"(the prepared set's count), got {nc!r}")

@@ -13,6 +13,7 @@ are byte-identical when the same input is prepared again.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import re
 from typing import Optional, Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxgan import tf_host
@@ -149,11 +151,9 @@ def attribute_names(info: dict) -> list[tuple[str, list[str]]]:
 FROM_DATA = -1
 
 
-def with_class_counts(config):
+def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with data.num_classes = FROM_DATA replaced by the prepared set's class count (and
   data.extra_num_classes by its other attributes'); other configs unchanged."""
-  import copy  # pylint: disable=g-import-not-at-top
-
   from jaxgan.config import ConfigError  # same layer; lazy as the sources do
 
   d = config.data
