@@ -24,9 +24,10 @@ from jaxgan import cli
 
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
 SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
-# Flags of workdir mode, with their defaults: two-set mode refuses them rather than ignore them.
-WORKDIR_ONLY = {"num_samples": 0, "num_real": 0, "checkpoint": "latest", "seed": 0,
-                "standing_stats_batches": -1, "data_path": ""}
+# Flags of workdir mode: two-set mode refuses them (set to other than their defaults) rather
+# than ignore them.
+WORKDIR_ONLY = ("num_samples", "num_real", "checkpoint", "seed", "standing_stats_batches",
+                "data_path")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,7 +204,8 @@ def _resolve_defaults(args) -> str:
   """Fills the defaults that depend on the mode (workdir mode: the run's metrics and sample
   count, read from its config.json); returns what is wrong, or ''."""
   if not args.workdir:
-    given = [name for name, default in WORKDIR_ONLY.items() if getattr(args, name) != default]
+    parser = _parser()
+    given = [name for name in WORKDIR_ONLY if getattr(args, name) != parser.get_default(name)]
     if given:
       flag = "--" + given[0].replace("_", "-")
       return (f"{flag} is for workdir mode (--workdir); two-set mode (--real/--fake) uses every "
