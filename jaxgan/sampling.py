@@ -133,8 +133,10 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
                                  train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
+  # The latents and labels are arguments, not constants closed over: baked into the program
+  # they made it megabytes larger and slower to compile. Host arrays: the same on every process.
   @functools.partial(jax.jit, out_shardings=out_sharding)
-  def standing(params, batch_stats):
+  def standing_from(params, batch_stats, z, labels):
     label = (lambda k: None) if labels is None else (lambda k: labels[k])
     from_zeros = updated_from(params, batch_stats, 0.0, z[0], label(0))
     momentum = jax.tree_util.tree_map(
@@ -142,8 +144,7 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
         updated_from(params, batch_stats, _PROBE, z[0], label(0)), from_zeros)
 
     def add_batch(total, k):
-      new = updated_from(params, batch_stats, 0.0, jnp.asarray(z)[k],
-                         None if labels is None else jnp.asarray(labels)[k])
+      new = updated_from(params, batch_stats, 0.0, z[k], label(k))
       return jax.tree_util.tree_map(lambda t, x: t + x, total, new), None
 
     total, _ = jax.lax.scan(add_batch, from_zeros, jnp.arange(1, num_batches))
@@ -151,6 +152,10 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
         lambda p, old, t, m: t / (num_batches * (1.0 - m)) if _is_norm_statistic(p) else old,
         batch_stats, total, momentum)
 
+  def standing(params, batch_stats):
+    return standing_from(params, batch_stats, z, labels)
+
+  standing.lower = lambda params, batch_stats: standing_from.lower(params, batch_stats, z, labels)
   return standing
 
 
