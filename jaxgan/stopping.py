@@ -21,6 +21,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_STOPPED = 75
 
 
+class Stopped(Exception):
+  """A stop signal arrived while the run was starting: it stopped before training (nothing
+  trained, so nothing to save; the workdir is as it was)."""
+
+
 class StopRequest:
   """A context that holds the first stop signal (STOP_SIGNALS) received while it is open; a
   SIGINT after that one ends the process at once (Ctrl-C twice: quit without waiting). The first
@@ -75,3 +80,11 @@ class StopRequest:
     if jax.process_count() > 1 and not exchange and call % self.exchange_every_calls:
       return None
     return multihost.first_signal(self.signal)
+
+  def check_before_training(self, stage: str) -> None:
+    """Raises Stopped if a stop signal reached any process by the end of start-up `stage`
+    (agreed: call it at the same points on every process)."""
+    signum = self.check(0, exchange=True)
+    if signum is not None:
+      raise Stopped(f"{signal.Signals(signum).name} received while starting ({stage}): stopped "
+                    "before training; rerun to start or resume")

@@ -44,6 +44,9 @@ def main(argv):
                                          allow_config_change=FLAGS.allow_config_change)
       if sharding.to_host(state.step) < FLAGS.config.train.num_steps:  # stopped by a signal
         sys.exit(stopping.EXIT_STOPPED)
+  except stopping.Stopped as e:  # a stop signal while starting: nothing trained
+    std_logging.getLogger("jaxgan.train").warning("%s", e)
+    sys.exit(stopping.EXIT_STOPPED)
   except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError,
           data.DataError, multihost.PeerError) as e:
     cli.fail(str(e))

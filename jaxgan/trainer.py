@@ -122,13 +122,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
   final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
-  `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED)."""
+  `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED); one stopped while starting
+  raises stopping.Stopped before it trains or writes anything."""
   # Before with_absolute_paths, which reads every path key: a config file not built on
   # base_config() gets its one-line error, not a KeyError.
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
   config = config_lib.with_absolute_paths(config)
+
+  config = run_lib.with_data_counts(config)  # joins jax.distributed first where configured
+  # Open from here to the end, not around the loop only: jax.distributed installs its own
+  # SIGTERM handler (a preemption notifier) that keeps the process alive and tells Python
+  # nothing, so a stop signal during start-up (data, restore, Inception: minutes) was lost and
+  # the run trained on. Now it stops the run at the next start-up stage, or in the loop.
+  with stopping_lib.StopRequest() as stop:
+    return _train(config, workdir, allow_config_change, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
+           stop: stopping_lib.StopRequest) -> state_lib.TrainState:
+  """train_and_evaluate's work, with the stop request open."""
 
   def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
@@ -148,10 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
-  # data.num_classes=-1 becomes the prepared set's counts here, stored resolved in config.json
-  # and the checkpoints.
-  config = run_lib.with_data_counts(config)
   run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+  stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train
   if jax.process_count() > 1:
@@ -176,6 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     restored = checkpointer.restore_latest(
         ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), accept)
+    # Before config.json is written or anything compiles.
+    stop.check_before_training("after restoring the checkpoint")
   except BaseException:  # a refused config, no readable step, ...: release orbax's threads
     checkpointer.close()
     raise
@@ -277,102 +291,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
   saved = False  # whether the latest checkpoint save could be started
   try:
-    # Open before the start-of-run grid and evaluation (minutes): a signal during them stops
-    # the run at its first stop check, checkpointed (within 8 calls with several processes),
-    # instead of killing the process (the others would be left in the evaluation's collectives).
-    with stopping_lib.StopRequest() as stop:
-      if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
-        # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
-        grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
-        if multihost.from_process_0(is_main and not os.path.exists(grid)):
-          save_samples(start_step)
-      if evaluate and start_step and (start_step % cfg.eval_every == 0
-                                      or start_step == cfg.num_steps):
-        # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
-        # resumes exactly there: evaluate that step now, unless it has a successful eval row
-        # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
-        if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
-                                                                    "eval/num_samples")):
-          evaluate(start_step, state)
-      while step < cfg.num_steps:
-        batch = sharding.put_batch(next(batches), run.batch_sharding)
-        state, metrics = run.train_step(state, batch)
-        interval.add(metrics, stacked=k > 1)
-        in_flight.append(metrics["nonfinite_streak"])
-        longest_streak = _longest_streak(longest_streak, metrics["nonfinite_streak"])
-        if len(in_flight) > max_calls_ahead:
-          jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
-        step += k
-        progress.update(k)
-        if interval_start is None:  # time from the first finished call: excludes compilation
-          jax.block_until_ready(metrics)
-          interval_start, interval_steps = time.perf_counter(), 0
-        else:
-          interval_steps += k
-        # Read the flag once per call: a signal that lands after this line (say while the log
-        # row is written) must wait for the next call, not stop this one without its checkpoint.
-        row = step % cfg.log_every == 0 or step == cfg.num_steps
-        eval_due = evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps)
-        # Log rows wait for the step anyway; before an evaluation a late stop would cost minutes.
-        stopping = stop.check(step // k, exchange=row or eval_due)
-        last = step == cfg.num_steps or stopping is not None
-        if row or last:
-          values = interval.summary()
-          elapsed = time.perf_counter() - interval_start
-          ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
-          values.update(images_per_sec=ips,
-                        # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
-                        # assumes the batch size was not changed with --allow_config_change.
-                        images_seen=step * images_per_step,
-                        data_bad_files=getattr(source, "bad_files", 0))
-          writer.write_scalars(step, values)  # before the check below: the row shows the losses
-          progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
-                               g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                               img_s=f"{ips:.0f}", refresh=interactive)
-        # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
-        # kill then would cost every step since the last checkpoint.
-        checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
-        if row or checkpoint_due:
-          # Only where the loop waits for the step anyway (not every call, which would keep the
-          # host one call ahead at most), and before any checkpoint past the limit is written.
-          # Skipped steps leave the weights as they were, so a late stop loses nothing.
-          _check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
-          longest_streak = np.int32(0)
-        # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
-        # request it is what the grace period is for.
-        if checkpoint_due:
-          saved = checkpointer.save(step, state, meta(step))
-          if not last:  # a stop and the end report their own failed write
-            _check_checkpoint_writes(checkpointer)
-        if step % cfg.sample_every == 0 or step == cfg.num_steps:
-          save_samples(step)
-        # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
-        if eval_due and stopping is None:
-          evaluate(step, state)
-        if step % cfg.log_every == 0 or last:
-          # The next row's images/s times training only: not this row's checkpoint, samples and
-          # evaluation (which made the row after an evaluation read 15x slow).
-          interval_start, interval_steps = time.perf_counter(), 0
-        if stopping is not None:
-          name = signal.Signals(stopping).name
-          # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
-          written = checkpointer.wait() and saved
-          if multihost.all_processes(written):
-            msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
-          else:
-            msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
-                   f"written (error above); a rerun resumes from {_resume_point(checkpointer)}")
-          log.warning(msg)
-          if is_main:
-            print(msg, flush=True)
-          break
+    if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
+      # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
+      grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
+      if multihost.from_process_0(is_main and not os.path.exists(grid)):
+        save_samples(start_step)
+    if evaluate and start_step and (start_step % cfg.eval_every == 0
+                                    or start_step == cfg.num_steps):
+      # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
+      # resumes exactly there: evaluate that step now, unless it has a successful eval row
+      # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
+      if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
+                                                                  "eval/num_samples")):
+        evaluate(start_step, state)
+    while step < cfg.num_steps:
+      batch = sharding.put_batch(next(batches), run.batch_sharding)
+      state, metrics = run.train_step(state, batch)
+      interval.add(metrics, stacked=k > 1)
+      in_flight.append(metrics["nonfinite_streak"])
+      longest_streak = _longest_streak(longest_streak, metrics["nonfinite_streak"])
+      if len(in_flight) > max_calls_ahead:
+        jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
+      step += k
+      progress.update(k)
+      if interval_start is None:  # time from the first finished call: excludes compilation
+        jax.block_until_ready(metrics)
+        interval_start, interval_steps = time.perf_counter(), 0
       else:
-        written = checkpointer.wait() and saved  # waited for on every process alike
-        if step > start_step and not multihost.all_processes(written):
-          raise TrainingError(
-              f"trained to step {step}, but its checkpoint could not be written to "
-              f"{checkpointer.directory} (error above); a rerun resumes from "
-              f"{_resume_point(checkpointer)} and writes it: free space or fix the storage first")
+        interval_steps += k
+      # Read the flag once per call: a signal that lands after this line (say while the log
+      # row is written) must wait for the next call, not stop this one without its checkpoint.
+      row = step % cfg.log_every == 0 or step == cfg.num_steps
+      eval_due = evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+      # Log rows wait for the step anyway; before an evaluation a late stop would cost minutes.
+      stopping = stop.check(step // k, exchange=row or eval_due)
+      last = step == cfg.num_steps or stopping is not None
+      if row or last:
+        values = interval.summary()
+        elapsed = time.perf_counter() - interval_start
+        ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
+        values.update(images_per_sec=ips,
+                      # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
+                      # assumes the batch size was not changed with --allow_config_change.
+                      images_seen=step * images_per_step,
+                      data_bad_files=getattr(source, "bad_files", 0))
+        writer.write_scalars(step, values)  # before the check below: the row shows the losses
+        progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
+                             g_loss=f"{values.get('g_loss', np.nan):.3f}",
+                             img_s=f"{ips:.0f}", refresh=interactive)
+      # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
+      # kill then would cost every step since the last checkpoint.
+      checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
+      if row or checkpoint_due:
+        # Only where the loop waits for the step anyway (not every call, which would keep the
+        # host one call ahead at most), and before any checkpoint past the limit is written.
+        # Skipped steps leave the weights as they were, so a late stop loses nothing.
+        _check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
+        longest_streak = np.int32(0)
+      # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
+      # request it is what the grace period is for.
+      if checkpoint_due:
+        saved = checkpointer.save(step, state, meta(step))
+        if not last:  # a stop and the end report their own failed write
+          _check_checkpoint_writes(checkpointer)
+      if step % cfg.sample_every == 0 or step == cfg.num_steps:
+        save_samples(step)
+      # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
+      if eval_due and stopping is None:
+        evaluate(step, state)
+      if step % cfg.log_every == 0 or last:
+        # The next row's images/s times training only: not this row's checkpoint, samples and
+        # evaluation (which made the row after an evaluation read 15x slow).
+        interval_start, interval_steps = time.perf_counter(), 0
+      if stopping is not None:
+        name = signal.Signals(stopping).name
+        # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
+        written = checkpointer.wait() and saved
+        if multihost.all_processes(written):
+          msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
+        else:
+          msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
+                 f"written (error above); a rerun resumes from {_resume_point(checkpointer)}")
+        log.warning(msg)
+        if is_main:
+          print(msg, flush=True)
+        break
+    else:
+      written = checkpointer.wait() and saved  # waited for on every process alike
+      if step > start_step and not multihost.all_processes(written):
+        raise TrainingError(
+            f"trained to step {step}, but its checkpoint could not be written to "
+            f"{checkpointer.directory} (error above); a rerun resumes from "
+            f"{_resume_point(checkpointer)} and writes it: free space or fix the storage first")
   finally:
     # Stops the input thread now, not when the generator is collected: a kept traceback (a
     # notebook's last error) holds this frame, and the thread would go on reading data.

@@ -122,7 +122,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
       "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
-  assert exchanged == [3, 4, 6]
+  assert exchanged == [0, 0, 3, 4, 6]  # 0: the start-up stages (data, restore)
   assert evaluated == [3]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]  # 3: before its evaluation
   # The rerun first evaluates step 6 (skipped by the stop); a notice during that evaluation
@@ -136,3 +136,64 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
     signal.signal(signal.SIGTERM, previous)
   assert evaluated == [3, 6] and int(state.step) == 7
   assert "7" in os.listdir(tmp_path / "checkpoints")
+
+
+STOP_WHILE_READING_DATA = r"""
+import os, signal, sys
+from jaxgan import data, train
+build_source = data.build_source
+
+def build_then_signal(config):
+  source = build_source(config)
+  os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice while the run reads its data
+  return source
+
+data.build_source = build_then_signal
+sys.argv = ["train", "--config", "configs/default.py", "--workdir", sys.argv[2],
+            "--config.distributed.coordinator_address=" + sys.argv[1],
+            "--config.distributed.num_processes=1", "--config.distributed.process_id=0",
+            "--config.data.image_size=16", "--config.model.g_width=8", "--config.model.d_width=8",
+            "--config.train.batch_size=8", "--config.train.num_steps=2"]
+train.run()
+"""
+
+
+def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training(tmp_path):
+  """jax.distributed installs its own SIGTERM handler (a preemption notifier that keeps the
+  process alive and tells Python nothing): a notice during start-up was lost and the run
+  trained on. It now stops at the end of the start-up stage, exit status 75, nothing written."""
+  from tests.conftest import _free_port
+
+  proc = subprocess.run(
+      [sys.executable, "-c", STOP_WHILE_READING_DATA, f"localhost:{_free_port()}",
+       str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
+  assert ("SIGTERM received while starting (after reading the data): stopped before training"
+          in proc.stderr)
+  assert not (tmp_path / "w" / "config.json").exists()
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_stop_signal_during_the_restore_stops_before_anything_is_written(tmp_path, monkeypatch):
+  from jaxgan import checkpoint, trainer
+  from tests.conftest import tiny_config
+
+  config = tiny_config(**{"train.num_steps": 2, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path))
+  before = (tmp_path / "metrics.jsonl").read_text()
+  real_restore = checkpoint.Checkpointer.restore_latest
+
+  def restore_then_signal(self, *args):
+    restored = real_restore(self, *args)
+    os.kill(os.getpid(), signal.SIGINT)
+    return restored
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_latest", restore_then_signal)
+  handler = signal.getsignal(signal.SIGINT)
+  config.train.num_steps = 4
+  with pytest.raises(stopping.Stopped, match=r"SIGINT received while starting \(after "
+                     r"restoring the checkpoint\)"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert signal.getsignal(signal.SIGINT) is handler
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  assert (tmp_path / "metrics.jsonl").read_text() == before
