@@ -147,7 +147,10 @@ class SelfAttention(nn.Module):
 
 
 class UpBlock(nn.Module):
-  """BigGAN G block: CBN, ReLU, up, conv3x3, CBN, ReLU, conv3x3; shortcut: up, conv1x1."""
+  """BigGAN G block: CBN, ReLU, up, conv3x3, CBN, ReLU, conv3x3; shortcut: conv1x1, up.
+
+  The shortcut convolves before it upsamples (BigGAN upsamples first): a 1x1 conv commutes with
+  nearest upsampling exactly, and on the small image it costs a quarter."""
 
   features: int
   norm_impl: str = "flax"  # ConditionalBatchNormReLU's
@@ -163,13 +166,17 @@ class UpBlock(nn.Module):
     h = conv(_upsample(h), 3, "conv1")
     h = norm_relu("bn2")(h, cond, train)
     h = conv(h, 3, "conv2")
-    return h + conv(_upsample(x), 1, "shortcut")
+    return h + _upsample(conv(x, 1, "shortcut"))
 
 
 class DownBlock(nn.Module):
   """SNGAN/BigGAN D block, pre-activation: ReLU, conv3x3, ReLU, conv3x3, avgpool; shortcut:
-  conv1x1, avgpool. `optimized` (the first block, on RGB input): no leading ReLU, and the
-  shortcut pools before its conv (4x cheaper, and ReLU on the image would drop information)."""
+  avgpool, conv1x1. `optimized` (the first block, on RGB input): no leading ReLU (it would drop
+  information from the image).
+
+  The shortcut pools before its conv in every block (BigGAN's pre-activation blocks convolve
+  first): average pooling commutes with a 1x1 conv exactly, and on the small image it costs a
+  quarter."""
 
   features: int
   optimized: bool = False
@@ -181,10 +188,7 @@ class DownBlock(nn.Module):
                                        name=name)
     h = x if self.optimized else nn.relu(x)
     h = conv(nn.relu(conv(h, 3, "conv1")), 3, "conv2")
-    h = _avg_pool(h)
-    if self.optimized:
-      return h + conv(_avg_pool(x), 1, "shortcut")
-    return h + _avg_pool(conv(x, 1, "shortcut"))
+    return _avg_pool(h) + conv(_avg_pool(x), 1, "shortcut")
 
 
 def attention_resolutions(image_size: int) -> tuple[int, ...]:
