@@ -202,23 +202,31 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
   `chunk` rows per sampler call, in order.
 
   The last call is padded with zero rows (dropped from its output), so one compilation serves
-  any number of images and the device holds one chunk at a time: 50k images for FID fit where
-  one call would run out of memory. `place` puts each (z, labels) chunk where the sampler wants
+  any number of images and the device holds two chunks at most: 50k images for FID fit where
+  one call would run out of memory. `place` puts each host (z, labels) chunk where the sampler wants
   it (a mesh). Each image depends only on its own row (G samples in inference mode, with fixed
   statistics), so chunking changes no image beyond float rounding of other batch shapes."""
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)
-  for start in range(0, len(z), chunk):
+
+  def dispatch(start: int) -> tuple[Any, int]:
     count = min(chunk, len(z) - start)
     z_part = _pad_rows(z[start:start + count], chunk)
     l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)
-    z_dev, l_dev = place((jnp.asarray(z_part), None if l_part is None else jnp.asarray(l_part)))
-    out = sampler(ema_params, g_batch_stats, z_dev, l_dev).addressable_data(0)
+    out = sampler(ema_params, g_batch_stats, *place((z_part, l_part))).addressable_data(0)
     # The sampler's output is replicated, so one device's copy is the whole chunk; a sharded one
     # would silently give 1/D of the images.
     if out.shape[0] != chunk:
       raise ValueError(f"the sampler returned {out.shape[0]} rows per device for a chunk of "
                        f"{chunk}: its output must be replicated, not sharded")
+    return out, count
+
+  # One chunk ahead: the device computes the next while the caller uses this one (PNG writes,
+  # Inception on the host's side of the loop).
+  pending = dispatch(0) if len(z) else None
+  for start in range(chunk, len(z) + chunk, chunk):
+    out, count = pending
+    pending = dispatch(start) if start < len(z) else None
     yield np.asarray(jax.device_get(out))[:count]
 
 

@@ -215,6 +215,15 @@ def test_chunks_are_padded_trimmed_and_a_sharded_output_is_refused():
   z = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
   got = np.concatenate(list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3)))
   np.testing.assert_array_equal(got[:, 0], np.arange(7) * 2)
+  # One chunk ahead: the next is dispatched before this one is handed over.
+  calls = []
+  chunks = sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
+                                     chunk=3)
+  assert [len(next(chunks)) for _ in range(3)] == [3, 3, 1] and not list(chunks)
+  calls.clear()
+  next(sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
+                                 chunk=3))
+  assert len(calls) == 2
 
   class Shard:  # what addressable_data(0) of a batch sharded over 2 devices holds
     def addressable_data(self, _):
