@@ -124,7 +124,10 @@ class Evaluator:
     def save():
       try:
         suite.save_reference(path, features, labels, identity)
-      except OSError as e:  # a cache, not a result: the evaluation goes on without it
+      # A cache, not a result: the evaluation goes on without it. Any error (a MemoryError while
+      # writing, too): raised on process 0 alone, it would pair that process's next collective
+      # with the others' barrier below, and the processes would run on out of step.
+      except Exception as e:  # pylint: disable=broad-except
         log.warning("could not cache the real features in %s (%s); set eval.cache_dir to a "
                     "writable folder to reuse them", path, e)
 

@@ -35,9 +35,19 @@ class Source:
              "label": np.zeros(batch_size, np.int32)}
 
 
-def test_an_unwritable_cache_costs_the_cache_not_the_evaluation(tmp_path, caplog):
+@pytest.mark.parametrize("failure", ["unwritable", "memory"])
+def test_a_failed_cache_write_costs_the_cache_not_the_evaluation(tmp_path, caplog, monkeypatch,
+                                                                   failure):
+  """Any error: with several processes, one raised on process 0 alone would pair its next
+  collective with the others' barrier after the write."""
   cache = tmp_path / "cache"
-  cache.write_text("a file where the cache folder should be")  # unwritable, even for root
+  if failure == "unwritable":
+    cache.write_text("a file where the cache folder should be")  # unwritable, even for root
+  else:
+    def out_of_memory(*args):
+      raise MemoryError()
+
+    monkeypatch.setattr(evaluator.suite, "save_reference", out_of_memory)
   config = tiny_config(**{"eval.cache_dir": str(cache)})
   ev = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=Extractor())
   with caplog.at_level(logging.WARNING):
