@@ -6,7 +6,16 @@
 #
 # Every process gets the same arguments plus its process id; process 0 is the coordinator and the
 # only one that writes logs, samples and metrics. Checkpoints are written by all of them together.
+# The processes run on the CPU (JAX_PLATFORMS=cpu unless set): on a GPU host each would otherwise
+# claim every GPU. Exit status: 0 when all finished; 75 when a stop signal stopped them (they stop
+# at the same step, checkpointed: rerun to resume); another process's failure otherwise.
 set -euo pipefail
+
+if (( BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3) )); then
+  echo "$0 needs bash >= 4.3 (wait -n); this is ${BASH_VERSION}" >&2
+  exit 2
+fi
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 NUM_PROCESSES [jaxgan.train arguments...]" >&2
@@ -36,11 +45,16 @@ for ((i = 0; i < num; i++)); do
   pids+=("$!")
 done
 
-# Whichever process ends first: if it failed, the others would wait for it forever.
+# Whichever process ends first: if it failed, the others would wait for it forever. A stopped one
+# (75) is waited out: the stop is agreed, so the others are writing the same step's checkpoint.
 status=0
 for ((i = 0; i < num; i++)); do
-  if ! wait -n; then
-    status=1
+  rc=0
+  wait -n || rc=$?
+  if [[ "$rc" == 75 ]]; then
+    status=75
+  elif [[ "$rc" != 0 ]]; then
+    status="$rc"
     cleanup
     break
   fi
