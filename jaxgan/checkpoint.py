@@ -114,6 +114,11 @@ class Checkpointer:
         log.warning("checkpoint %s exists from an earlier attempt: moving it to %s.replaced/",
                     path, self.directory)
         self.move_aside(step, ".replaced")
+        if multihost.any_process(step in self._manager.all_steps() or os.path.isdir(path)):
+          # A host whose view of a shared file system lags still lists it: orbax would refuse
+          # the step there alone, after its first barrier, and leave the others waiting in it.
+          raise CheckpointError(f"{path} is still listed on some process after it was moved "
+                                "aside (a lagging shared file system); not written")
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
           meta=ocp.args.JsonSave(meta)), force=True)
@@ -143,18 +148,24 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
     target = flax.serialization.to_state_dict(abstract_state)
-    # Compared from the checkpoint's own tree metadata, before reading any array, so that a
-    # layout change is told apart from damage by what is on disk, not by an error's wording.
-    saved = self._manager.item_metadata(step)["state"]
-    if not _key_paths(saved):  # no tree metadata (a missing _METADATA file): damage, not layout
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no readable tree "
-                            "metadata")
-    difference = _layout_difference(saved, target)
-    if difference:
-      raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
-                        f"different layout ({difference}): written by another jaxgan version or "
-                        "model config; resume it with that version and config, or start a fresh "
-                        "workdir")
+
+    def check_layout() -> None:
+      # Compared from the checkpoint's own tree metadata, before reading any array, so that a
+      # layout change is told apart from damage by what is on disk, not by an error's wording.
+      saved = self._manager.item_metadata(step)["state"]
+      if not _key_paths(saved):  # no tree metadata (a missing _METADATA file): damage
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} has no readable tree "
+                              "metadata")
+      difference = _layout_difference(saved, target)
+      if difference:
+        raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
+                          f"different layout ({difference}): written by another jaxgan version "
+                          "or model config; resume it with that version and config, or start a "
+                          "fresh workdir")
+
+    # Agreed before orbax's collective restore: a process whose read failed here (a lagging
+    # network file system) would otherwise leave the others waiting in the restore's barrier.
+    multihost.agreed(check_layout, f"reading checkpoint step {step}'s tree metadata")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])

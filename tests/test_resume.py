@@ -513,6 +513,46 @@ def test_a_step_left_by_an_earlier_attempt_is_moved_aside_and_written(tmp_path):
   assert [name.split("-")[0] for name in os.listdir(directory + ".replaced")] == ["4"]
 
 
+def test_a_step_still_listed_after_its_move_is_not_written(tmp_path, caplog):
+  """A host whose view of a shared file system lags still lists the step it moved aside: orbax
+  would refuse it there alone, in its barriers; the write fails on every process instead."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory)
+  assert writer.save(4, {"w": jnp.zeros(3)}, {"step": 4}) and writer.wait()
+  writer._manager.all_steps = lambda *args: [4]  # the stale listing
+  with caplog.at_level(logging.ERROR):
+    assert not writer.save(4, {"w": jnp.ones(3)}, {"step": 4})
+  writer.close()
+  assert "is still listed on some process after it was moved aside" in caplog.text
+  assert not os.path.exists(os.path.join(directory, "4"))
+  assert [name.split("-")[0] for name in os.listdir(directory + ".replaced")] == ["4"]
+
+
+def test_the_tree_metadata_is_read_agreed_before_the_collective_restore(tmp_path, monkeypatch):
+  """A process failing to read the metadata alone must not leave the others in the restore's
+  barrier: the read is agreed first."""
+  from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import multihost
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  reader = ckpt_lib.Checkpointer(directory, read_only=True)
+  events, agreed = [], multihost.agreed
+  monkeypatch.setattr(multihost, "agreed", lambda work, what: (
+      events.append("agreed"), agreed(work, what), events.append("agreed done"))[1])
+  for name in ("item_metadata", "restore"):
+    original = getattr(reader._manager, name)
+    monkeypatch.setattr(reader._manager, name, lambda *a, _o=original, _n=name, **k: (
+        events.append(_n), _o(*a, **k))[1])
+  reader.restore(2, target)
+  reader.close()
+  assert events == ["agreed", "item_metadata", "agreed done", "restore"]
+
+
 def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monkeypatch):
   real_rename = os.rename
 
