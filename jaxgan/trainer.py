@@ -285,7 +285,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                   dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 60.0,
                   maxinterval=10.0 if interactive else 60.0)
   interval_start, interval_steps = None, 0
-  interval = step_metrics.Interval(sharding.to_host)  # every step's metrics, reduced per log row
+  # Every step's metrics, fetched stacked and reduced per log row.
+  interval = step_metrics.Interval(sharding.to_host_list)
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -298,3 +299,22 @@ def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplo
     mesh = sharding.make_mesh(tiny_config())
   assert list(mesh.devices.flat) == jax.devices()[:1] and dict(mesh.shape) == {"data": 1, "fsdp": 1}
   assert "no topology-aware device order (axis 2 is not a product" in caplog.text
+
+
+def test_to_host_list_fetches_a_rows_calls_stacked_with_the_same_values(monkeypatch):
+  """A log row's calls (scalars, or [k] per call with several steps per call) come back equal,
+  call by call, to per-tree fetches, through one stacked array per metric."""
+  for per_call in [(), (3,)]:
+    calls = [{"d_loss": jnp.full(per_call, 0.1 * i, jnp.float32), "step": jnp.full(per_call, i)}
+             for i in range(5)]
+    fetched_shapes, to_host = [], sharding.to_host
+    monkeypatch.setattr(sharding, "to_host", lambda tree: (
+        fetched_shapes.extend(x.shape for x in jax.tree_util.tree_leaves(tree)), to_host(tree))[1])
+    got = sharding.to_host_list(calls)
+    monkeypatch.undo()
+    assert fetched_shapes == [(5,) + per_call] * 2
+    for g, want in zip(got, sharding.to_host(calls)):
+      for key in want:
+        np.testing.assert_array_equal(g[key], want[key])
+        assert g[key].dtype == want[key].dtype
+  assert sharding.to_host_list([]) == []
