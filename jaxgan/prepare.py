@@ -140,10 +140,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   warn_untrainable_size(args.image_size)
   from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.decode import DecodeError  # pylint: disable=g-import-not-at-top
 
   try:
     info = prepare(args)
-  except (DataError, OSError) as e:
+  except (DataError, DecodeError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   attributes = info.get("attributes")

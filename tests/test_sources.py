@@ -720,3 +720,56 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
   assert with_class_counts(other) is other
   with pytest.raises(ConfigError, match="or -1 with data.source=prepared"):
     config_lib.validate(other, 1)
+
+
+DECODE_UNDER_A_SIGNAL = r"""
+import multiprocessing, os, signal, sys
+import numpy as np
+from PIL import Image
+from jaxgan.data import decode
+from jaxgan.data.images import LoadOptions
+
+folder, mode = sys.argv[1], sys.argv[2]
+paths = []
+for i in range(300):
+  paths.append(os.path.join(folder, f"{i}.png"))
+  Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(paths[-1])
+received = []
+signal.signal(signal.SIGINT, lambda *a: received.append(1))  # the trainer's stop request
+collect = decode._collect
+
+def collect_after_a_signal(results, *args):
+  def first_then_signal():
+    for i, loaded in enumerate(results):
+      if i == 0 and mode == "ctrl-c":
+        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+      if i == 0 and mode == "worker-killed":
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # the OOM killer
+      yield loaded
+  collect(first_then_signal(), *args)
+
+decode._collect = collect_after_a_signal
+try:
+  images, _, skipped = decode.decode_all(paths, LoadOptions(8), workers=2)
+  print(len(images), len(skipped), received)
+except decode.DecodeError as e:
+  print("DecodeError:", e)
+"""
+
+
+@pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed"])
+def test_decoding_survives_a_ctrl_c_and_fails_on_a_dead_worker(tmp_path, mode):
+  """A Ctrl-C reaches the decoding workers too: they leave it to the parent (whose stop request
+  ends the run after the stage), instead of dying with their tasks, which left the decode
+  waiting forever. A worker that dies anyway fails the decode with one line."""
+  import subprocess
+  import sys
+
+  proc = subprocess.run([sys.executable, "-c", DECODE_UNDER_A_SIGNAL, str(tmp_path), mode],
+                        cwd=REPO, capture_output=True, text=True, timeout=120,
+                        start_new_session=True)  # its own process group: pytest is not signalled
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  if mode == "ctrl-c":
+    assert proc.stdout.split() == ["300", "0", "[1]"]
+  else:
+    assert proc.stdout.startswith("DecodeError: a decoding worker died")

@@ -21,7 +21,8 @@ import numpy as np
 
 from jaxgan import tf_host
 from jaxgan.atomic_write import exclusive
-from jaxgan.data.decode import decode_all, decode_cache_key, read_decode_cache, write_decode_index
+from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, read_decode_cache,
+                                write_decode_index)
 from jaxgan.data.images import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -336,9 +337,12 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
       images, indices, skipped = cached
       log.info("decoded images of %s from cache %s.npy", where, cache_file)
     else:
-      images, indices, skipped = decode_all(paths, load_options(config), d.workers,
-                                            desc=f"decode {os.path.basename(where.rstrip('/'))}",
-                                            cache_file=cache_file)
+      try:
+        images, indices, skipped = decode_all(
+            paths, load_options(config), d.workers,
+            desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
+      except DecodeError as e:
+        raise DataError(f"decoding {where}: {e}") from None
       if cache_file:
         write_decode_index(cache_file, indices, skipped)
   for item in list(missing)[:20]:

@@ -11,10 +11,12 @@ retried once and never cached.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 from typing import Optional, Sequence
 
 import numpy as np
@@ -24,6 +26,10 @@ from jaxgan.atomic_write import private_name
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
+
+
+class DecodeError(RuntimeError):
+  """Decoding could not finish (a worker process died)."""
 
 
 def num_workers(requested: int = 0) -> int:
@@ -39,6 +45,15 @@ def num_workers(requested: int = 0) -> int:
 
 def _load(args: tuple[str, LoadOptions]) -> Loaded:
   return load_image(*args)
+
+
+def _leave_terminal_signals_to_the_parent() -> None:
+  """Decoding workers ignore SIGINT and SIGHUP, which a terminal sends to the whole process
+  group: the parent decides (the trainer stops at the end of the stage). A worker killed by one
+  lost its tasks, and the parent waited for them forever. SIGTERM keeps its default: the pool
+  ends its workers with it."""
+  for sig in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
 
 
 def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
@@ -74,10 +89,17 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   jobs = ((p, options) for p in paths)
   progress = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200)
   if workers > 1:
-    # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-      results = pool.imap(_load, jobs, chunksize=64)
-      _collect(results, paths, out, keep, skipped, progress)
+    # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
+    # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
+    # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, multiprocessing.get_context("spawn"),
+        initializer=_leave_terminal_signals_to_the_parent) as pool:
+      try:
+        _collect(pool.map(_load, jobs, chunksize=64), paths, out, keep, skipped, progress)
+      except concurrent.futures.process.BrokenProcessPool as e:
+        raise DecodeError(f"a decoding worker died ({e}); if the system ran out of memory, "
+                          "set data.workers lower") from None
   else:
     _collect(map(_load, jobs), paths, out, keep, skipped, progress)
   progress.close()
