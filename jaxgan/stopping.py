@@ -4,6 +4,7 @@ the same step."""
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Optional
 
@@ -61,6 +62,11 @@ class StopRequest:
   def _handle(self, signum, frame) -> None:
     if self.signal is None:  # the first one names the stop
       self.signal = signum
+      # Said at once: the stop waits for the step, or for the end of a start-up stage (minutes
+      # of decoding). os.write, not print or logging: the handler may interrupt their writes.
+      again = " (Ctrl-C again to quit at once)" if signal.SIGINT in self._previous else ""
+      os.write(2, f"{signal.Signals(signum).name} received: stopping after this step or start-up "
+                  f"stage{again}\n".encode())
     # From now on Ctrl-C quits at once: the user will not wait for the graceful stop (a hung
     # collective, a long evaluation). The OS's default action, not a Python exception: Python
     # runs handlers only between bytecodes, never while the main thread waits in the runtime.

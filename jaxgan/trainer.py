@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
   final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
   `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED); one stopped while starting
-  raises stopping.Stopped before it trains or writes anything."""
+  raises stopping.Stopped before its first step."""
   # Before with_absolute_paths, which reads every path key: a config file not built on
   # base_config() gets its one-line error, not a KeyError.
   config_lib.check_known_keys(config)
@@ -292,6 +292,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
   saved = False  # whether the latest checkpoint save could be started
   try:
+    # The last start-up stage (the state initialised or restored, Inception loaded): a signal
+    # that came during it stops the run here, not after the first calls (or a start-of-run
+    # evaluation) and their checkpoint.
+    stop.check_before_training("before the first step")
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
       # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
       grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
@@ -328,8 +332,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       stopping = stop.check(step // k, exchange=row or eval_due)
       last = step == cfg.num_steps or stopping is not None
       if row or last:
-        values = interval.summary()
+        jax.block_until_ready(metrics)  # the row's time ends with its step, not with the fetch
         elapsed = time.perf_counter() - interval_start
+        values = interval.summary()  # compiles its stack for a new number of calls
         ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
         values.update(images_per_sec=ips,
                       # From the step in Python ints: exact past 2^31 (state.images_seen wraps);

@@ -13,13 +13,16 @@ from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_a_signal_is_held_and_handlers_restored(sig):
+def test_a_signal_is_held_and_handlers_restored(sig, capfd):
   before = signal.getsignal(sig)
   with stopping.StopRequest() as stop:
     assert stop.check(0) is None
     os.kill(os.getpid(), sig)  # handled in the main thread before kill returns
     assert stop.check(1) == sig
   assert signal.getsignal(sig) is before
+  # Said at once, not when the step or start-up stage ends (minutes of decoding, maybe).
+  assert capfd.readouterr().err == (f"{signal.Signals(sig).name} received: stopping after this "
+                                    "step or start-up stage (Ctrl-C again to quit at once)\n")
 
 
 def test_an_ignored_signal_stays_ignored():
@@ -122,18 +125,13 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
       "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
-  assert exchanged == [0, 0, 3, 4, 6]  # 0: the start-up stages (data, restore)
+  assert exchanged == [0, 0, 0, 3, 4, 6]  # 0: the start-up stages (data, restore, all)
   assert evaluated == [3]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]  # 3: before its evaluation
   # The rerun first evaluates step 6 (skipped by the stop); a notice during that evaluation
-  # stops the run after its first step, checkpointed. (This test's own handler takes a signal
-  # that lands outside the stop request's, and the run would train on to step 12.)
+  # stops the run after its first step, checkpointed.
   signal_at_eval.append(signal.SIGTERM)
-  previous = signal.signal(signal.SIGTERM, lambda *args: None)
-  try:
-    state = trainer.train_and_evaluate(config, str(tmp_path))
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [3, 6] and int(state.step) == 7
   assert "7" in os.listdir(tmp_path / "checkpoints")
 
@@ -197,3 +195,35 @@ def test_a_stop_signal_during_the_restore_stops_before_anything_is_written(tmp_p
   assert signal.getsignal(signal.SIGINT) is handler
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(tmp_path,
+                                                                                monkeypatch):
+  """The last start-up stage (init or restore, Inception's weights): checked before the first
+  step, so neither a start-of-run evaluation nor a first call runs."""
+  from jaxgan import evaluator as evaluator_lib
+  from jaxgan import trainer
+  from jaxgan.metrics import inception
+  from tests.conftest import tiny_config
+
+  def load_then_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(evaluator_lib, "Evaluator", load_then_signal)
+  class Periodic:
+    def __init__(self, *args):
+      pass
+
+    def __call__(self, step, state):
+      pytest.fail("evaluated")
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
+  monkeypatch.setattr(inception, "find_weights", lambda weights: "stand-in")
+  config = tiny_config(**{"train.eval_every": 2, "train.tensorboard": False})
+  with pytest.raises(stopping.Stopped, match=r"SIGTERM received while starting \(before the "
+                     r"first step\): stopped before training"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
