@@ -28,14 +28,31 @@ python="${PYTHON:-python}"
 
 pids=()
 cleanup() {
-  # SIGTERM first (the trainer checkpoints and exits), SIGKILL after a grace period for a process
-  # stuck in a collective whose peer is gone.
+  # SIGTERM (each process finishes its step and writes the agreed checkpoint), then wait for them
+  # to exit; SIGKILL only after a grace period, for a process stuck in a collective whose peer is
+  # gone.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep "${JAXGAN_KILL_GRACE:-20}" &
-  wait "$!" 2>/dev/null || true
+  local deadline=$((SECONDS + ${JAXGAN_KILL_GRACE:-60}))
+  while ((SECONDS < deadline)); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.5
+  done
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
-trap 'cleanup; exit 130' INT TERM
+on_signal() {
+  # Ctrl-C or kill on this script: stop the processes gracefully; 75 when every one stopped so.
+  cleanup
+  local status=75 rc
+  for pid in "${pids[@]}"; do
+    rc=0
+    wait "$pid" 2>/dev/null || rc=$?
+    [[ "$rc" == 75 || "$rc" == 127 ]] || status=130  # 127: it had already ended and was reaped
+  done
+  exit "$status"
+}
+trap on_signal INT TERM
 
 for ((i = 0; i < num; i++)); do
   "$python" -m jaxgan.train "$@" \

@@ -144,23 +144,6 @@ def test_two_processes_match_one(tmp_path):
   assert [r["step"] for r in rows] == [5]
 
 
-@pytest.mark.parametrize("statuses, want", [("75 75", 75), ("0 3", 3), ("0 0", 0)])
-def test_the_local_launcher_passes_a_stop_through_and_stops_on_a_failure(tmp_path, statuses,
-                                                                         want):
-  """A stopped run (75 from every process: the stop is agreed) exits 75, for a retry wrapper to
-  resume; a failed process ends the others at once. Processes stood in for by a script that
-  exits with the status given for its process id (a second later for 0)."""
-  stand_in = tmp_path / "python"
-  stand_in.write_text('#!/usr/bin/env bash\nset -- "$@"\nid="${@: -1}"; id="${id##*=}"\n'
-                      f'codes=({statuses})\n'
-                      '[[ "${codes[$id]}" == 0 ]] && sleep 1\nexit "${codes[$id]}"\n')
-  stand_in.chmod(0o755)
-  proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
-                        cwd=REPO, capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHON=str(stand_in), JAXGAN_KILL_GRACE="0"))
-  assert proc.returncode == want, proc.stderr
-
-
 SCATTERED_ROWS = JOIN_TWO_PROCESSES + r"""
 import json
 import numpy as np
