@@ -221,8 +221,8 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
                        f"{chunk}: its output must be replicated, not sharded")
     return out, count
 
-  # One chunk ahead: the device computes the next while the caller uses this one (PNG writes,
-  # Inception on the host's side of the loop).
+  # One chunk ahead: the device computes the next while the caller uses this one (generate's PNG
+  # writes; the evaluator collects all chunks first).
   pending = dispatch(0) if len(z) else None
   for start in range(chunk, len(z) + chunk, chunk):
     out, count = pending

@@ -261,3 +261,39 @@ def test_bfloat16_conditional_gain_keeps_small_offsets(impl):
       outputs[dtype, c is cond] = float(jnp.mean(out.astype(jnp.float32)))
   assert outputs[jnp.float32, True] / outputs[jnp.float32, False] == pytest.approx(1.003, abs=1e-4)
   assert outputs[jnp.bfloat16, True] / outputs[jnp.float32, True] == pytest.approx(1.0, abs=5e-4)
+
+
+def test_shortcuts_on_the_small_image_compute_biggans_blocks():
+  """The 1x1 shortcuts convolve before upsampling (G) and pool before convolving (D, every
+  block): the blocks are BigGAN's, whose shortcuts do it the other way round, to float rounding."""
+  from jaxgan.models import resnet
+
+  class BigGANUp(resnet.UpBlock):  # the shortcut upsamples, then convolves
+    @nn.compact
+    def __call__(self, x, cond, train):
+      conv = lambda y, k, name: resnet._sn_conv(y, self.features, k, train=train, name=name,
+                                                dtype=jnp.float32)
+      h = resnet.ConditionalBatchNormReLU(norm_impl=self.norm_impl, name="bn1")(x, cond, train)
+      h = conv(resnet._upsample(h), 3, "conv1")
+      h = conv(resnet.ConditionalBatchNormReLU(norm_impl=self.norm_impl, name="bn2")(
+          h, cond, train), 3, "conv2")
+      return h + conv(resnet._upsample(x), 1, "shortcut")
+
+  class BigGANDown(resnet.DownBlock):  # pre-activation blocks convolve, then pool
+    @nn.compact
+    def __call__(self, x, train):
+      conv = lambda y, k, name: resnet._sn_conv(y, self.features, k, train=train, name=name,
+                                                dtype=jnp.float32)
+      h = conv(nn.relu(conv(nn.relu(x), 3, "conv1")), 3, "conv2")
+      return resnet._avg_pool(h) + resnet._avg_pool(conv(x, 1, "shortcut"))
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
+  cond = jax.random.normal(jax.random.PRNGKey(1), (2, 5))
+  up = resnet.UpBlock(4)
+  variables = up.init(jax.random.PRNGKey(2), x, cond, train=False)
+  np.testing.assert_allclose(up.apply(variables, x, cond, train=False),
+                             BigGANUp(4).apply(variables, x, cond, train=False), atol=1e-5)
+  down = resnet.DownBlock(12)
+  variables = down.init(jax.random.PRNGKey(3), x, train=False)
+  np.testing.assert_allclose(down.apply(variables, x, train=False),
+                             BigGANDown(12).apply(variables, x, train=False), atol=1e-5)

@@ -150,7 +150,8 @@ class UpBlock(nn.Module):
   """BigGAN G block: CBN, ReLU, up, conv3x3, CBN, ReLU, conv3x3; shortcut: conv1x1, up.
 
   The shortcut convolves before it upsamples (BigGAN upsamples first): a 1x1 conv commutes with
-  nearest upsampling exactly, and on the small image it costs a quarter."""
+  nearest upsampling (the same function, to float rounding), and on the small image it costs a
+  quarter."""
 
   features: int
   norm_impl: str = "flax"  # ConditionalBatchNormReLU's
@@ -175,8 +176,8 @@ class DownBlock(nn.Module):
   information from the image).
 
   The shortcut pools before its conv in every block (BigGAN's pre-activation blocks convolve
-  first): average pooling commutes with a 1x1 conv exactly, and on the small image it costs a
-  quarter."""
+  first): average pooling commutes with a 1x1 conv (the same function, to float rounding), and
+  on the small image it costs a quarter."""
 
   features: int
   optimized: bool = False
