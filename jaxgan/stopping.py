@@ -23,8 +23,8 @@ EXIT_STOPPED = 75
 
 
 class Stopped(Exception):
-  """A stop signal arrived while the run was starting: it stopped before training (nothing
-  trained, so nothing to save; the workdir is as it was)."""
+  """A stop signal arrived while the run was starting: it stopped before its first step
+  (nothing trained, so nothing to save)."""
 
 
 class StopRequest:
@@ -65,8 +65,11 @@ class StopRequest:
       # Said at once: the stop waits for the step, or for the end of a start-up stage (minutes
       # of decoding). os.write, not print or logging: the handler may interrupt their writes.
       again = " (Ctrl-C again to quit at once)" if signal.SIGINT in self._previous else ""
-      os.write(2, f"{signal.Signals(signum).name} received: stopping after this step or start-up "
-                  f"stage{again}\n".encode())
+      try:
+        os.write(2, f"{signal.Signals(signum).name} received: stopping after this step or "
+                    f"start-up stage{again}\n".encode())
+      except OSError:  # no stderr (a daemon) or a full pipe: the stop itself must not fail
+        pass
     # From now on Ctrl-C quits at once: the user will not wait for the graceful stop (a hung
     # collective, a long evaluation). The OS's default action, not a Python exception: Python
     # runs handlers only between bytecodes, never while the main thread waits in the runtime.

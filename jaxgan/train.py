@@ -30,7 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   cli.refuse_positional(argv)
   # pylint: disable-next=g-import-not-at-top
-  from jaxgan import checkpoint, multihost, sharding, stopping, trainer
+  from jaxgan import checkpoint, multihost, sharding, stopping, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
@@ -47,8 +47,8 @@ def main(argv):
   except stopping.Stopped as e:  # a stop signal while starting: nothing trained
     std_logging.getLogger("jaxgan.train").warning("%s", e)
     sys.exit(stopping.EXIT_STOPPED)
-  except (config_lib.ConfigError, trainer.TrainingError, checkpoint.CheckpointError,
-          data.DataError, multihost.PeerError) as e:
+  except (config_lib.ConfigError, trainer.TrainingError, workdir.WorkdirError,
+          checkpoint.CheckpointError, data.DataError, multihost.PeerError) as e:
     cli.fail(str(e))
   except ImportError as e:  # e.g. TensorFlow missing on a host that reads real catalogs
     cli.fail(f"{e}; install it (pip install -e .) or use --config.data.source=synthetic")

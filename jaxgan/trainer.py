@@ -6,7 +6,6 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import step_metrics
 from jaxgan import stopping as stopping_lib
+from jaxgan import workdir as workdir_lib
 from jaxgan import writers
 from jaxgan.metrics import inception
 
@@ -44,34 +44,6 @@ MAX_STEPS_AHEAD = 4
 
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
-
-
-def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it writable before any compute is spent."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise TrainingError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # One probe per process: on a shared filesystem processes must not remove each other's.
-    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-    os.mkdir(probe)
-  except OSError as e:
-    raise TrainingError(f"workdir {workdir} is not writable ({e.strerror}); "
-                        "pass a --workdir you can write to") from e
-  # Checkpoints are written to a temporary folder renamed into place: a filesystem that cannot
-  # rename folders (a bucket mounted flat) must fail here, not at every checkpoint.
-  try:
-    os.rename(probe, probe + ".renamed")
-  except OSError as e:
-    os.rmdir(probe)
-    raise TrainingError(f"workdir {workdir} cannot rename folders ({e.strerror}), which "
-                        "checkpoints need; use a filesystem that can (a gcsfuse mount needs "
-                        "--rename-dir-limit)") from e
-  with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
-    os.rmdir(probe + ".renamed")
 
 
 def _resume_point(checkpointer) -> str:
@@ -131,7 +103,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
   config = config_lib.with_absolute_paths(config)
 
-  config = run_lib.with_data_counts(config)  # joins jax.distributed first where configured
+  # Joins jax.distributed first where configured; data.num_classes=-1 becomes the prepared set's
+  # counts here, stored resolved in config.json and the checkpoints.
+  config = run_lib.with_data_counts(config)
   # Open from here to the end, not around the loop only: jax.distributed installs its own
   # SIGTERM handler (a preemption notifier) that keeps the process alive and tells Python
   # nothing, so a stop signal during start-up (data, restore, Inception: minutes) was lost and
@@ -155,7 +129,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
     config_lib.validate_schedule(config)
-    prepare_workdir(workdir)
+    workdir_lib.prepare_workdir(workdir)
     source = data_lib.build_source(config)
     return run, source, data_lib.fingerprint(source)
 

@@ -1,12 +1,13 @@
-"""Reading a training workdir: its resolved config and a checkpoint (the latest, the best-FID
-one or a given step), on one device.
+"""A training workdir: preparing it for a run (`prepare_workdir`), and reading its resolved
+config and a checkpoint (the latest, the best-FID one or a given step) on one device.
 
-Used by `generate`, `evaluate --workdir` and tools that inspect runs; training itself restores
-through the trainer with the run's own mesh.
+The readers serve `generate`, `evaluate --workdir` and tools that inspect runs; training itself
+restores through the trainer with the run's own mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional
 
@@ -17,6 +18,38 @@ from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import models as models_lib
 from jaxgan import state as state_lib
+
+
+class WorkdirError(RuntimeError):
+  """A workdir a run cannot write to; the message says what to do."""
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it writable before any compute is spent."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # One probe per process: on a shared filesystem processes must not remove each other's.
+    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+    os.mkdir(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}); "
+                        "pass a --workdir you can write to") from e
+  # Checkpoints are written to a temporary folder renamed into place: a filesystem that cannot
+  # rename folders (a bucket mounted flat) must fail here, not at every checkpoint.
+  try:
+    os.rename(probe, probe + ".renamed")
+  except OSError as e:
+    os.rmdir(probe)
+    raise WorkdirError(f"workdir {workdir} cannot rename folders ({e.strerror}), which "
+                        "checkpoints need; use a filesystem that can (a gcsfuse mount needs "
+                        "--rename-dir-limit)") from e
+  with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
+    os.rmdir(probe + ".renamed")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -562,8 +562,8 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
     return real_rename(src, dst)
 
   monkeypatch.setattr(os, "rename", no_folder_renames)
-  with pytest.raises(trainer.TrainingError, match="cannot rename folders .* checkpoints need"):
-    trainer.prepare_workdir(str(tmp_path / "w"))
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot rename folders .* checkpoints need"):
+    workdir_lib.prepare_workdir(str(tmp_path / "w"))
   assert os.listdir(tmp_path / "w") == []  # the probe removed
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import generate, trainer, writers
+from jaxgan import generate, trainer, workdir as workdir_lib, writers
 from tests.conftest import REPO, run_module, tiny_config
 
 
@@ -226,9 +226,9 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
 def test_unwritable_workdir_fails_before_compiling(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(trainer.TrainingError, match="is not writable"):
+  with pytest.raises(workdir_lib.WorkdirError, match="is not writable"):
     trainer.train_and_evaluate(tiny_config(), str(blocker / "w"))
-  with pytest.raises(trainer.TrainingError, match=r"workdir .*file is a file, not a folder"):
+  with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file is a file, not a folder"):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
 
 
