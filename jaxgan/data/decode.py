@@ -92,14 +92,16 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
     # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         workers, multiprocessing.get_context("spawn"),
-        initializer=_leave_terminal_signals_to_the_parent) as pool:
-      try:
-        _collect(pool.map(_load, jobs, chunksize=64), paths, out, keep, skipped, progress)
-      except concurrent.futures.process.BrokenProcessPool as e:
-        raise DecodeError(f"a decoding worker died ({e}); if the system ran out of memory, "
-                          "set data.workers lower") from None
+        initializer=_leave_terminal_signals_to_the_parent)
+    try:
+      _collect(pool.map(_load, jobs, chunksize=64), paths, out, keep, skipped, progress)
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise DecodeError(f"a decoding worker died ({e}); if the system ran out of memory, "
+                        "set data.workers lower") from None
+    finally:  # on an error, the queued chunks are dropped, not decoded first
+      pool.shutdown(cancel_futures=True)
   else:
     _collect(map(_load, jobs), paths, out, keep, skipped, progress)
   progress.close()
