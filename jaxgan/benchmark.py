@@ -82,6 +82,7 @@ def main(argv):
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import throughput  # pylint: disable=g-import-not-at-top
   from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.decode import DecodeError  # pylint: disable=g-import-not-at-top
 
   try:
     if mode == "input":
@@ -92,7 +93,7 @@ def main(argv):
     else:
       rows = [throughput.profile_step(FLAGS.config, FLAGS.profile_steps, FLAGS.warmup,
                                       FLAGS.trace_dir, FLAGS.top)]
-  except (config_lib.ConfigError, DataError) as e:
+  except (config_lib.ConfigError, DataError, DecodeError) as e:
     cli.fail(str(e))
   for row in rows:
     print(json.dumps(row))

@@ -144,7 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   try:
     info = prepare(args)
-  except (DataError, DecodeError, OSError) as e:
+  except DecodeError as e:
+    print(f"error: {e}; if memory ran out, pass a lower --workers", file=sys.stderr)
+    return 2
+  except (DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   attributes = info.get("attributes")

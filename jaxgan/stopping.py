@@ -64,7 +64,7 @@ class StopRequest:
       self.signal = signum
       # Said at once: the stop waits for the step, or for the end of a start-up stage (minutes
       # of decoding). os.write, not print or logging: the handler may interrupt their writes.
-      again = " (Ctrl-C again to quit at once)" if signal.SIGINT in self._previous else ""
+      again = " (Ctrl-C to quit at once)" if signal.SIGINT in self._previous else ""
       try:
         os.write(2, f"{signal.Signals(signum).name} received: stopping after this step or "
                     f"start-up stage{again}\n".encode())

@@ -136,7 +136,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
-  run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+  try:
+    run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+  except Exception:
+    # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
+    # worker was starting) also ends the decoding workers: then it is the stop, not the error
+    # it caused. (Every process raised here: agreed.)
+    stop.check_before_training("while reading the data")
+    raise
   stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train

@@ -41,16 +41,29 @@ cleanup() {
   done
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
+status=0  # the first failure's exit status (or 75 once a process stopped)
+signalled=0
 on_signal() {
-  # Ctrl-C or kill on this script: stop the processes gracefully; 75 when every one stopped so.
+  # Ctrl-C or kill on this script: SIGTERM to the processes, waited for; a second one (the
+  # processes' "Ctrl-C again to quit at once": as background jobs they ignore SIGINT) kills them.
+  if ((signalled)); then
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    exit 130
+  fi
+  signalled=1
   cleanup
-  local status=75 rc
+  if [[ "$status" != 0 && "$status" != 75 ]]; then
+    exit "$status"  # a failure was being handled when the signal came
+  fi
+  # 75 when every process stopped so (0: it had finished before; 127: reaped by `wait -n` where
+  # bash does not keep its status).
+  local result=75 rc
   for pid in "${pids[@]}"; do
     rc=0
     wait "$pid" 2>/dev/null || rc=$?
-    [[ "$rc" == 75 || "$rc" == 127 ]] || status=130  # 127: it had already ended and was reaped
+    [[ "$rc" == 75 || "$rc" == 0 || "$rc" == 127 ]] || result=130
   done
-  exit "$status"
+  exit "$result"
 }
 trap on_signal INT TERM
 
@@ -64,7 +77,6 @@ done
 
 # Whichever process ends first: if it failed, the others would wait for it forever. A stopped one
 # (75) is waited out: the stop is agreed, so the others are writing the same step's checkpoint.
-status=0
 for ((i = 0; i < num; i++)); do
   rc=0
   wait -n || rc=$?

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -745,6 +746,9 @@ def collect_after_a_signal(results, *args):
         os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
       if i == 0 and mode == "worker-killed":
         os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # the OOM killer
+      if i == 0 and mode == "parent-killed":  # a second Ctrl-C (SIG_DFL), or SIGKILL
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
       yield loaded
   collect(first_then_signal(), *args)
 
@@ -757,19 +761,39 @@ except decode.DecodeError as e:
 """
 
 
-@pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed"])
-def test_decoding_survives_a_ctrl_c_and_fails_on_a_dead_worker(tmp_path, mode):
+def _running(pid: int) -> bool:
+  """Whether `pid` runs (a zombie nobody reaps, as under a container's PID 1, has ended)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except (FileNotFoundError, ProcessLookupError):
+    return False
+
+
+@pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed", "parent-killed"])
+def test_decoding_workers_under_signals(tmp_path, mode):
   """A Ctrl-C reaches the decoding workers too: they leave it to the parent (whose stop request
   ends the run after the stage), instead of dying with their tasks, which left the decode
-  waiting forever. A worker that dies anyway fails the decode with one line."""
+  waiting forever. A worker that dies anyway fails the decode with one line. Workers whose
+  parent died (a second Ctrl-C, SIGKILL) end too, instead of waiting for work forever."""
   import subprocess
   import sys
+  import time
 
   proc = subprocess.run([sys.executable, "-c", DECODE_UNDER_A_SIGNAL, str(tmp_path), mode],
                         cwd=REPO, capture_output=True, text=True, timeout=120,
                         start_new_session=True)  # its own process group: pytest is not signalled
+  if mode == "parent-killed":
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    workers = [int(pid) for pid in proc.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)
+    return
   assert proc.returncode == 0, proc.stderr[-2000:]
   if mode == "ctrl-c":
     assert proc.stdout.split() == ["300", "0", "[1]"]
   else:
-    assert proc.stdout.startswith("DecodeError: a decoding worker died")
+    assert proc.stdout.startswith("DecodeError: a decoding worker process died")

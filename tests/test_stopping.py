@@ -22,7 +22,7 @@ def test_a_signal_is_held_and_handlers_restored(sig, capfd):
   assert signal.getsignal(sig) is before
   # Said at once, not when the step or start-up stage ends (minutes of decoding, maybe).
   assert capfd.readouterr().err == (f"{signal.Signals(sig).name} received: stopping after this "
-                                    "step or start-up stage (Ctrl-C again to quit at once)\n")
+                                    "step or start-up stage (Ctrl-C to quit at once)\n")
 
 
 def test_an_ignored_signal_stays_ignored():
@@ -227,3 +227,43 @@ def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(t
                      r"first step\): stopped before training"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+STOP_THE_GROUP_WHILE_DECODING = r"""
+import os, signal, sys
+import numpy as np
+from PIL import Image
+from jaxgan import train
+from jaxgan.data import decode
+
+folder = sys.argv[1] + "/images"
+os.makedirs(folder)
+for i in range(300):
+  Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(f"{folder}/{i}.png")
+collect = decode._collect
+
+def collect_under_a_stop(results, *args):
+  def first_then_signal():
+    for i, loaded in enumerate(results):
+      if i == 0:
+        os.killpg(0, signal.SIGTERM)  # scancel: every process of the job, the workers too
+      yield loaded
+  collect(first_then_signal(), *args)
+
+decode._collect = collect_under_a_stop
+sys.argv = ["train", "--config", "configs/default.py", "--workdir", sys.argv[1] + "/w",
+            "--config.data.source=folder", "--config.data.path=" + folder,
+            "--config.data.num_classes=0", "--config.data.image_size=16",
+            "--config.data.workers=2"]
+train.run()
+"""
+
+
+def test_a_stop_signal_that_also_ends_the_decoding_workers_is_a_stop(tmp_path):
+  """SIGTERM to the whole process group while the data decodes ends the workers (SIGTERM keeps
+  its default there), which fails the decode: the run reports the stop (75), not the error."""
+  proc = subprocess.run([sys.executable, "-c", STOP_THE_GROUP_WHILE_DECODING, str(tmp_path)],
+                        cwd=REPO, capture_output=True, text=True, timeout=120,
+                        start_new_session=True)  # its own process group: pytest is not signalled
+  assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
+  assert "SIGTERM received while starting (while reading the data)" in proc.stderr

@@ -342,7 +342,8 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
             paths, load_options(config), d.workers,
             desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
       except DecodeError as e:
-        raise DataError(f"decoding {where}: {e}") from None
+        raise DataError(f"decoding {where}: {e}; if memory ran out, set data.workers lower"
+                        ) from None
       if cache_file:
         write_decode_index(cache_file, indices, skipped)
   for item in list(missing)[:20]:

@@ -1,12 +1,12 @@
 """Decoding image files into uint8 arrays: every core, the one loader, and a decode cache.
 
 `decode_all` runs `images.load_image` over a list of paths in spawned worker processes (which
-import this module and the loader only: no JAX, no TensorFlow) with a progress bar; files that
-fail are skipped with their reason. With a cache file, the accepted images go to a memory-mapped
-.npy beside an index (`read_decode_cache` / `write_decode_index`), named by `decode_cache_key`:
-one decode serves every later run and every process of a host (`atomic_write`: private
-temporary names, one builder under a lock). A file lost to the storage's passing error is
-retried once and never cached.
+import the parent's main module and `jaxgan.data`: no JAX, no TensorFlow) with a progress bar;
+files that fail are skipped with their reason. With a cache file, the accepted images go to a
+memory-mapped .npy beside an index (`read_decode_cache` / `write_decode_index`), named by
+`decode_cache_key`: one decode serves every later run and every process of a host
+(`atomic_write`: private temporary names, one builder under a lock). A file lost to the
+storage's passing error is retried once and never cached.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -47,13 +49,22 @@ def _load(args: tuple[str, LoadOptions]) -> Loaded:
   return load_image(*args)
 
 
-def _leave_terminal_signals_to_the_parent() -> None:
-  """Decoding workers ignore SIGINT and SIGHUP, which a terminal sends to the whole process
-  group: the parent decides (the trainer stops at the end of the stage). A worker killed by one
-  lost its tasks, and the parent waited for them forever. SIGTERM keeps its default: the pool
-  ends its workers with it."""
+def _start_worker() -> None:
+  """A decoding worker's set-up. It ignores SIGINT and SIGHUP, which a terminal sends to the
+  whole process group: the parent decides (the trainer stops at the end of the stage). It ends
+  itself when the parent dies (a second Ctrl-C, SIGKILL): it would otherwise wait for work
+  forever, holding its memory, since it holds both ends of the executor's queue."""
   for sig in (signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, signal.SIG_IGN)
+  parent = multiprocessing.parent_process()
+  if parent is not None:
+    threading.Thread(target=_exit_with_the_parent, args=(parent.sentinel,), daemon=True,
+                     name="jaxgan-parent-watch").start()
+
+
+def _exit_with_the_parent(sentinel: int) -> None:
+  multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended
+  os._exit(1)
 
 
 def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
@@ -92,14 +103,16 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
     # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, multiprocessing.get_context("spawn"),
-        initializer=_leave_terminal_signals_to_the_parent)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker)
     try:
       _collect(pool.map(_load, jobs, chunksize=64), paths, out, keep, skipped, progress)
-    except concurrent.futures.process.BrokenProcessPool as e:
-      raise DecodeError(f"a decoding worker died ({e}); if the system ran out of memory, "
-                        "set data.workers lower") from None
+    except concurrent.futures.process.BrokenProcessPool:
+      # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
+      # one sent to the whole process group ends them, and the trainer, which got it too,
+      # then stops instead of reporting this.
+      raise DecodeError("a decoding worker process died (a signal, or the system ran out of "
+                        "memory)") from None
     finally:  # on an error, the queued chunks are dropped, not decoded first
       pool.shutdown(cancel_futures=True)
   else:
