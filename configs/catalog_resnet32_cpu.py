@@ -1,8 +1,9 @@
 """The ResNet + DiffAugment model of docs/quality.md: configs/catalog_resnet64.py cut to fit a
 2-core CPU (200k images in about an hour), 32x32, on a catalog prepared with masterCategory labels.
 
-Widths 16-64, no attention, n_critic 1, float32. LeCam off and G's lr 2e-4 (BigGAN's 1e-4 with
-LeCam 0.3 gave FID 126 at 200k images, this 96; see docs/quality.md). Run 3,125 steps x 64 = 200k:
+Widths 16-64, no attention, n_critic 1, float32. LeCam off and G's lr 2e-4 (on 2026-11-28
+BigGAN's 1e-4 with LeCam 0.3 gave FID 126 at 200k images, this 96; re-measured on 2026-12-02
+with that day's evaluation, 91.5 against DCGAN's 112.7; docs/quality.md). Run 3,125 steps x 64:
   python -m jaxgan.prepare ... --label-column masterCategory --image-size 32 --out data/catalog32
   python -m jaxgan.train --config configs/catalog_resnet32_cpu.py --workdir runs/resnet32 \
       --config.data.path=data/catalog32
