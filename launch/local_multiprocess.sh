@@ -42,30 +42,38 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 status=0  # the first failure's exit status (or 75 once a process stopped)
-signalled=0
+interrupted=0
 on_signal() {
-  # Ctrl-C or kill on this script: SIGTERM to the processes, waited for; a second one (the
-  # processes' "Ctrl-C again to quit at once": as background jobs they ignore SIGINT) kills them.
-  if ((signalled)); then
+  # Ctrl-C or kill on this script: SIGTERM to the processes, waited for. A second Ctrl-C (the
+  # processes' "Ctrl-C to quit at once": as background jobs they ignore SIGINT) kills them; a
+  # repeated SIGTERM does not (preemption notices repeat, as the trainer assumes too).
+  if [[ "$1" == INT ]] && ((interrupted)); then
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     exit 130
   fi
-  signalled=1
+  [[ "$1" == INT ]] && interrupted=1
+  if ((${stopping:-0})); then
+    return  # already waiting for them
+  fi
+  stopping=1
   cleanup
   if [[ "$status" != 0 && "$status" != 75 ]]; then
     exit "$status"  # a failure was being handled when the signal came
   fi
-  # 75 when every process stopped so (0: it had finished before; 127: reaped by `wait -n` where
-  # bash does not keep its status).
+  # 75 when every process stopped so (0: it had finished before; 127: bash no longer knows the
+  # status of one that `wait -n` reaped); otherwise the first other status, a failure.
   local result=75 rc
   for pid in "${pids[@]}"; do
     rc=0
     wait "$pid" 2>/dev/null || rc=$?
-    [[ "$rc" == 75 || "$rc" == 0 || "$rc" == 127 ]] || result=130
+    if [[ "$rc" != 75 && "$rc" != 0 && "$rc" != 127 && "$result" == 75 ]]; then
+      result="$rc"
+    fi
   done
   exit "$result"
 }
-trap on_signal INT TERM
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
 
 for ((i = 0; i < num; i++)); do
   "$python" -m jaxgan.train "$@" \

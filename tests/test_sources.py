@@ -732,7 +732,7 @@ from jaxgan.data.images import LoadOptions
 
 folder, mode = sys.argv[1], sys.argv[2]
 paths = []
-for i in range(300):
+for i in range(1500):  # enough that chunks are still queued when the signal goes out
   paths.append(os.path.join(folder, f"{i}.png"))
   Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(paths[-1])
 received = []
@@ -794,6 +794,6 @@ def test_decoding_workers_under_signals(tmp_path, mode):
     return
   assert proc.returncode == 0, proc.stderr[-2000:]
   if mode == "ctrl-c":
-    assert proc.stdout.split() == ["300", "0", "[1]"]
+    assert proc.stdout.split() == ["1500", "0", "[1]"]
   else:
     assert proc.stdout.startswith("DecodeError: a decoding worker process died")

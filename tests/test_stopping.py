@@ -238,7 +238,7 @@ from jaxgan.data import decode
 
 folder = sys.argv[1] + "/images"
 os.makedirs(folder)
-for i in range(300):
+for i in range(1500):  # enough that chunks are still queued when the signal goes out
   Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(f"{folder}/{i}.png")
 collect = decode._collect
 
@@ -266,4 +266,5 @@ def test_a_stop_signal_that_also_ends_the_decoding_workers_is_a_stop(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120,
                         start_new_session=True)  # its own process group: pytest is not signalled
   assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
-  assert "SIGTERM received while starting (while reading the data)" in proc.stderr
+  assert "SIGTERM received while starting (while starting the run)" in proc.stderr
+  assert "starting the run failed after a stop signal (DataError: decoding" in proc.stderr

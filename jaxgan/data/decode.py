@@ -12,6 +12,7 @@ storage's passing error is retried once and never cached.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -62,6 +63,23 @@ def _start_worker() -> None:
                      name="jaxgan-parent-watch").start()
 
 
+@contextlib.contextmanager
+def _terminal_signals_ignored():
+  """SIGINT and SIGHUP ignored while the workers start: a process started with a signal ignored
+  keeps it so (Python too), so a Ctrl-C during a worker's start-up (its imports, before its
+  initializer runs) cannot kill it and break the pool. The parent ignores one too for these
+  milliseconds. Only the main thread may change signal handlers."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGHUP)}
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
 def _exit_with_the_parent(sentinel: int) -> None:
   multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended
   os._exit(1)
@@ -106,7 +124,9 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
     pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
                                                   initializer=_start_worker)
     try:
-      _collect(pool.map(_load, jobs, chunksize=64), paths, out, keep, skipped, progress)
+      with _terminal_signals_ignored():  # inherited by the workers from their first instruction
+        results = pool.map(_load, jobs, chunksize=64)  # submits everything: starts the workers
+      _collect(results, paths, out, keep, skipped, progress)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
       # one sent to the whole process group ends them, and the trainer, which got it too,
