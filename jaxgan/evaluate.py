@@ -114,9 +114,11 @@ def evaluate_sets(args) -> dict:
 
 
 def evaluate_workdir(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
   from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import sharding  # pylint: disable=g-import-not-at-top
   from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
 
@@ -149,8 +151,13 @@ def evaluate_workdir(args) -> dict:
     if args.standing_stats_batches >= 0:
       config.eval.standing_stats_batches = args.standing_stats_batches
   generator, _ = models_lib.build_models(config)
-  evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config))
-  results = evaluator.evaluate(state.ema_params, state.g_batch_stats, args.num_samples,
+  # Every local device samples its share of the fakes, from its own copy of the EMA weights.
+  mesh = sharding.local_mesh()
+  ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
+                                             sharding.replicated(mesh))
+  evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config),
+                                      batch_sharding=sharding.batch_sharding(mesh))
+  results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real or config.eval.num_real or args.num_samples,
                                seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
@@ -60,40 +61,47 @@ def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images
   process i extracts the i-th contiguous 1/P of the images on its own devices, and the features
   are all-gathered back in order, so every process holds all of them. A pod's evaluation then
   takes 1/P of the time instead of every host extracting everything."""
-  count = jax.process_count()
-  if count == 1:
-    return extract(images)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  per = -(-len(images) // jax.process_count())
+  rows = np.arange(jax.process_index() * per, min((jax.process_index() + 1) * per, len(images)))
+  return extract_rows(extract, images[rows], rows, len(images))
 
-  # Equal parts (the last padded with blank images): the all-gather needs one shape everywhere.
-  per = -(-len(images) // count)
-  part = images[jax.process_index() * per:(jax.process_index() + 1) * per]
-  if len(part) < per:
-    part = np.concatenate([part, np.zeros((per - len(part),) + images.shape[1:], images.dtype)])
-  features = multihost.agreed(lambda: extract(part), "feature extraction")
-  gathered = np.asarray(multihost_utils.process_allgather(features))  # [P, per, dim]
-  return gathered.reshape((count * per,) + gathered.shape[2:])[:len(images)]
+
+def extract_rows(extract: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                 rows: np.ndarray, total: int) -> np.ndarray:
+  """Features of all `total` images on every process, from each process's `images`, which are
+  rows `rows` of them: each process extracts its own on its devices."""
+  features = multihost.agreed(lambda: extract(images), "feature extraction")
+  return multihost.gather_rows(rows, features, total)
 
 
 class Evaluator:
   """Computes `eval.metrics` for EMA generator weights against cached real features."""
 
   def __init__(self, config, generator, source, sampler: Optional[Callable] = None,
-               place: Callable[[Any], Any] = lambda x: x,
+               batch_sharding: Optional[NamedSharding] = None,
                extractor: Optional[FeatureExtractor] = None,
                statistics: Optional[Callable[[Any, Any], Any]] = None):
-    """`statistics`: the EMA generator's BatchNorm statistics (`sampling.make_ema_statistics`),
-    given by the trainer to share its grids' computation; built from `config` without it."""
+    """`batch_sharding` splits the fakes' rows over a mesh (the run's in training, the local
+    devices' for `evaluate`), which also holds the EMA weights given to `evaluate`: each device
+    samples its share and each process extracts the features of its devices' images. Without
+    it the fakes are sampled on one device. `statistics`: the EMA generator's BatchNorm
+    statistics (`sampling.make_ema_statistics`), given by the trainer to share its grids'
+    computation; built from `config` without it."""
     self.config = config
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
-    self.sampler = sampler or sampling.make_sampler(generator)
+    self.batch_sharding = batch_sharding
+    self.sampler = sampler or sampling.make_sampler(generator, batch_sharding)
     self.statistics = statistics or sampling.make_ema_statistics(
-        config, generator, sampling.label_counts(getattr(source, "labels", None)))
-    self.place = place  # puts latents/labels where the sampler wants them (the run's mesh)
+        config, generator, sampling.label_counts(getattr(source, "labels", None)),
+        batch_sharding=batch_sharding)
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,
                                                    config.eval.batch_size)
+    # Rows per sampler call: an Inception batch for every process's devices (its share of a
+    # chunk is then one extractor batch), a multiple of the mesh's device count.
+    devices = 1 if batch_sharding is None else batch_sharding.num_devices
+    self.chunk = -(-self.extractor.global_batch * jax.process_count() // devices) * devices
     self._reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,22 +163,24 @@ class Evaluator:
     return np.random.default_rng(seed).choice(real_labels, num).astype(np.int32)
 
   def fake_images(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
-                  seed: int) -> np.ndarray:
-    """`num` uint8 samples of the EMA generator in fixed-size batches (one compilation)."""
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, images): this process's share of `num` uint8 samples of the EMA generator (all of
+    them on one process) and their indices, sampled in fixed-size chunks (one compilation)."""
     z = sampling.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
     statistics = self.statistics(ema_params, g_batch_stats)
-    return np.concatenate(list(sampling.sample_in_chunks(
-        self.sampler, ema_params, statistics, z, labels, self.extractor.global_batch,
-        self.place)))
+    images = list(sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
+                                            self.chunk, self.batch_sharding))
+    return sampling.local_rows(num, self.chunk, self.batch_sharding), np.concatenate(images)
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
                seed: int = 0, names: Optional[list[str]] = None) -> dict:
     """{metric: value, ..., num_samples, num_real, inception_images_per_sec, seconds}."""
     start = time.perf_counter()
     real, real_labels = self.reference(num_real or self.config.eval.num_real or num_samples)
-    fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
-    fake = extract_across_processes(lambda x: self.extractor(x, desc="inception (fakes)"), fakes)
+    rows, fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
+    fake = extract_rows(lambda x: self.extractor(x, desc="inception (fakes)"), fakes, rows,
+                        num_samples)
     conditional = self.config.data.num_classes > 0
     results = suite.compute(real, fake, names or self.names,
                             real_labels if conditional else None,

@@ -204,7 +204,9 @@ def generate(workdir: str, num: int, out: str,
   step number; `batch`: images per generator call; `standing_stats_batches`: -1 = the run's
   setting."""
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan import models, sampling, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgan import models, sampling, sharding  # pylint: disable=g-import-not-at-top
+  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   if num <= 0:
     raise ValueError(f"--num must be positive, got {num}")
@@ -267,11 +269,17 @@ def generate(workdir: str, num: int, out: str,
   # The data's label mix, as training and evaluation drew it (uniform without a recorded mix:
   # runs on the synthetic catalog, or from before it was recorded), and latents truncated as
   # the samples' are.
+  # Every local device samples its share of each chunk, from its own copy of the EMA weights.
+  mesh = sharding.local_mesh()
+  rows = sharding.batch_sharding(mesh)
+  ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
+                                             sharding.replicated(mesh))
   statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
-                                            truncation=truncation)(
-      state.ema_params, state.g_batch_stats)
-  chunks = sampling.sample_in_chunks(sampling.make_sampler(generator), state.ema_params,
-                                     statistics, z, labels, min(batch, num))
+                                            batch_sharding=rows, truncation=truncation)(
+      ema_params, g_batch_stats)
+  chunk = -(-min(batch, num) // mesh.size) * mesh.size  # whole rows for every device
+  chunks = sampling.sample_in_chunks(sampling.make_sampler(generator, rows), ema_params,
+                                     statistics, z, labels, chunk, rows)
   try:
     if singles:
       return _write_singles(chunks, out, num)

@@ -58,6 +58,31 @@ def from_process_0(value):
   return type(value)(out) if isinstance(value, (bool, int, float)) else np.asarray(out)
 
 
+def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
+  """The [total, ...] array whose rows each process holds some of, on every process: `values[i]`
+  is row `rows[i]`, and every row is held by exactly one process (processes may hold different
+  numbers of rows). Per-image features cross hosts this way, not the images."""
+  rows = np.asarray(rows, np.int64)
+  values = np.asarray(values)
+  if len(rows) != len(values):
+    raise ValueError(f"{len(rows)} row indices for {len(values)} rows")
+  if jax.process_count() > 1:
+    # The all-gather needs one shape everywhere: each process pads to the largest share (-1 marks
+    # a padding row).
+    most = int(np.max(_gather(np.int64(len(rows)))))
+    pad = most - len(rows)
+    rows = _gather(np.concatenate([rows, np.full(pad, -1, np.int64)])).ravel()
+    values = _gather(np.concatenate([values, np.zeros((pad,) + values.shape[1:], values.dtype)]))
+    values = values.reshape((-1,) + values.shape[2:])
+    held = rows >= 0
+    rows, values = rows[held], values[held]
+  if len(rows) != total or not np.array_equal(np.sort(rows), np.arange(total)):
+    raise ValueError(f"the processes' rows do not cover rows 0..{total - 1} once each")
+  out = np.empty((total,) + values.shape[1:], values.dtype)
+  out[rows] = values
+  return out
+
+
 def agreed(work: Callable[[], T], what: str) -> T:
   """`work()`, then every process learns whether it failed anywhere, and if so all raise (the
   error itself where it happened, PeerError elsewhere). Put around local work that precedes a

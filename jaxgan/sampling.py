@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxgan import sharding
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
 
@@ -196,38 +197,66 @@ def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dic
 
 
 def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
-                     place: Callable[[Any], Any] = lambda x: x) -> Iterator[np.ndarray]:
+                     batch_sharding=None) -> Iterator[np.ndarray]:
   """Host uint8 images of the EMA generator (normalised with `g_batch_stats`, e.g. those of
   `make_ema_statistics`) for the rows of `z` (and `labels`: None, int classes or soft weights),
   `chunk` rows per sampler call, in order.
 
   The last call is padded with zero rows (dropped from its output), so one compilation serves
   any number of images and the device holds two chunks at most: 50k images for FID fit where
-  one call would run out of memory. `place` puts each host (z, labels) chunk where the sampler wants
-  it (a mesh). Each image depends only on its own row (G samples in inference mode, with fixed
-  statistics), so chunking changes no image beyond float rounding of other batch shapes."""
+  one call would run out of memory. Each image depends only on its own row (G samples in
+  inference mode, with fixed statistics), so chunking changes no image beyond float rounding of
+  other batch shapes.
+
+  `batch_sharding` (over a mesh; the sampler's output sharded alike, `make_sampler(g,
+  batch_sharding)`, and `chunk` a multiple of its device count) splits each chunk's rows over
+  the mesh's devices instead of computing every image on every device, and this process gets
+  the images its own devices hold: the rows `local_rows` lists (all rows on one process).
+  Without it the sampler runs where its inputs are (one device)."""
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)
 
-  def dispatch(start: int) -> tuple[Any, int]:
+  def place(rows: Optional[np.ndarray]):
+    if rows is None or batch_sharding is None:
+      return rows
+    # Every process holds all of z: each device takes its own rows from it.
+    return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
+
+  def dispatch(start: int) -> tuple[list, np.ndarray]:
     count = min(chunk, len(z) - start)
     z_part = _pad_rows(z[start:start + count], chunk)
     l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)
-    out = sampler(ema_params, g_batch_stats, *place((z_part, l_part))).addressable_data(0)
-    # The sampler's output is replicated, so one device's copy is the whole chunk; a sharded one
-    # would silently give 1/D of the images.
-    if out.shape[0] != chunk:
-      raise ValueError(f"the sampler returned {out.shape[0]} rows per device for a chunk of "
-                       f"{chunk}: its output must be replicated, not sharded")
-    return out, count
+    rows, blocks = _local_row_blocks(sampler(ema_params, g_batch_stats, place(z_part),
+                                             place(l_part)))
+    return blocks, rows < count
 
   # One chunk ahead: the device computes the next while the caller uses this one (generate's PNG
   # writes; the evaluator collects all chunks first).
   pending = dispatch(0) if len(z) else None
   for start in range(chunk, len(z) + chunk, chunk):
-    out, count = pending
+    blocks, wanted = pending
     pending = dispatch(start) if start < len(z) else None
-    yield np.asarray(jax.device_get(out))[:count]
+    yield np.concatenate(jax.device_get(blocks))[wanted]
+
+
+def _local_row_blocks(array: jax.Array) -> tuple[np.ndarray, list]:
+  """(row indices, device buffers) of the distinct row blocks this process holds of `array`
+  (split along its first axis, or replicated), in row order."""
+  blocks: dict[int, Any] = {}
+  for shard in array.addressable_shards:
+    blocks.setdefault(shard.index[0].start or 0, shard.data)  # replicas: the first copy
+  starts = sorted(blocks)
+  rows = np.concatenate([np.arange(s, s + blocks[s].shape[0]) for s in starts])
+  return rows, [blocks[s] for s in starts]
+
+
+def local_rows(num: int, chunk: int, batch_sharding=None) -> np.ndarray:
+  """Indices into the `num` rows of z of the images `sample_in_chunks(..., chunk,
+  batch_sharding)` yields on this process, in the order it yields them."""
+  per_chunk = (np.arange(chunk) if batch_sharding is None
+               else sharding.process_rows(batch_sharding, chunk))
+  rows = (np.arange(0, num, chunk)[:, None] + per_chunk[None, :]).ravel()
+  return rows[rows < num]
 
 
 def _pad_rows(rows: np.ndarray, count: int) -> np.ndarray:

@@ -86,6 +86,13 @@ def make_mesh(config) -> Mesh:
   return Mesh(grid, BATCH_AXES)
 
 
+def local_mesh() -> Mesh:
+  """This process's devices as a (data, fsdp=1) mesh, for work one host does alone (the samples
+  and Inception features of `evaluate` and `generate`): the run mesh's axis names, so
+  `batch_sharding` and `replicated` apply to it as to the run's."""
+  return Mesh(np.asarray(jax.local_devices()).reshape(-1, 1), BATCH_AXES)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -169,9 +169,9 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
   mix = {"rows": [[0, 0], [1, 0], [2, 1], [1, 1]], "counts": [3, 1, 4, 2]}
   captured, real_sample, real_load = [], sampling.sample_in_chunks, workdir_lib.load_checkpoint
 
-  def capturing(sampler, params, statistics, z, labels, batch):
+  def capturing(sampler, params, statistics, z, labels, *args):
     captured.append(np.asarray(labels))
-    return real_sample(sampler, params, statistics, z, labels, batch)
+    return real_sample(sampler, params, statistics, z, labels, *args)
 
   def with_mix(*args):
     config, step, state, meta = real_load(*args)
@@ -218,6 +218,7 @@ def test_evaluator_draws_fake_label_rows_from_the_reals():
   config = tiny_config(**{"data.extra_num_classes": "5"})
   ev = evaluator.Evaluator(config, None, None, sampler=sampler, extractor=Extractor())
   real = np.array([[0, 4], [2, 1], [1, 3]], np.int32)
-  assert ev.fake_images(None, None, 6, real, seed=0).shape == (6, 2, 2, 3)
+  indices, images = ev.fake_images(None, None, 6, real, seed=0)
+  assert images.shape == (6, 2, 2, 3) and indices.tolist() == list(range(6))
   rows = np.concatenate(seen)[:6]
   assert rows.shape == (6, 2) and {tuple(r) for r in rows} <= {tuple(r) for r in real}

@@ -380,6 +380,67 @@ def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
     assert r["reread"] == 10.0 and r["steps"] == ["4"]
 
 
+FAKES_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
+import json
+import numpy as np
+from jaxgan import evaluator, models, sampling, sharding
+from tests.conftest import tiny_config
+config = tiny_config(**{"eval.standing_stats_batches": 0, "eval.metrics": "fid"})
+g, _ = models.build_models(config)
+variables = g.init({"params": jax.random.PRNGKey(1)}, np.zeros((2, 8), np.float32),
+                   np.zeros(2, np.int32), train=False)
+mesh = sharding.make_mesh(config)  # 2 processes x 2 devices
+seen = []
+class Extractor:  # per-image features of the image alone, as Inception's
+  global_batch, weights_id, last_images_per_sec = 2, "stub", None
+  def __call__(self, images, desc=""):
+    seen.append(len(images))
+    return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+class Source:
+  num_examples = 6
+  def batches(self, batch_size, start):
+    while True:
+      yield {"image": np.full((batch_size, 16, 16, 3), 7, np.uint8),
+             "label": np.arange(batch_size, dtype=np.int32) % 3}
+ev = evaluator.Evaluator(config, g, Source(), batch_sharding=sharding.batch_sharding(mesh),
+                         extractor=Extractor())
+ev.reference(6)
+seen.clear()
+captured = []
+evaluator.suite.compute = lambda real, fake, *args: captured.append(fake) or {}
+params, stats = sharding.put_replicated((variables["params"], variables["batch_stats"]), mesh)
+ev.evaluate(params, stats, 7, num_real=6, seed=4)
+extracted = list(seen)
+# The same fakes on this process's first device alone.
+real_labels = np.arange(6, dtype=np.int32) % 3
+alone = np.concatenate(list(sampling.sample_in_chunks(
+    sampling.make_sampler(g), variables["params"], variables["batch_stats"],
+    sampling.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)))
+print(json.dumps({"seen": extracted, "chunk": ev.chunk,
+                  "max_diff": float(np.abs(captured[0] - Extractor()(alone)).max())}))
+"""
+
+
+def test_two_processes_sample_and_extract_their_own_share_of_the_fakes(tmp_path):
+  """Over a 2 x 2 device mesh each device samples its rows of each chunk and each process
+  extracts the features of its devices' images (4 and 3 of 7); every process ends with all the
+  fakes' features, in order, as one device sampling all of them gives."""
+  from conftest import run_two_processes
+
+  results, _ = run_two_processes(FAKES_TWO_PROCESSES, str(tmp_path), devices=2)
+  assert [r["seen"] for r in results] == [[4], [3]]
+  for r in results:
+    assert r["chunk"] == 4 and r["max_diff"] <= 1.0  # one level of rounding at most
+
+
+def test_gathered_rows_must_cover_every_row_once():
+  features = np.arange(6, dtype=np.float32).reshape(3, 2)
+  np.testing.assert_array_equal(
+      evaluator.multihost.gather_rows(np.array([2, 0, 1]), features, 3), features[[1, 2, 0]])
+  with pytest.raises(ValueError, match="cover rows 0..2 once each"):
+    evaluator.multihost.gather_rows(np.array([0, 0, 1]), features, 3)
+
+
 def test_evaluate_defaults_come_from_the_checkpoint_and_are_checked_before_any_image(
     tmp_path, capsys, monkeypatch):
   """A resume may have changed eval.metrics and train.eval_num_samples in config.json since the

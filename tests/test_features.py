@@ -104,11 +104,13 @@ net = StandIn()
 params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
 images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype(np.uint8)
 extractor = FeatureExtractor(params=params, weights_id="stand-in", batch_size=1, network=net)
+none = extractor(images[:0])  # a process's share of a tiny set
 got = extractor(images)
 want = np.concatenate([np.asarray(jax.jit(net.apply)(params, resize_for_inception(images[i:i + 1])))
                        for i in range(5)])
 print(json.dumps({"devices": len(jax.local_devices()), "global_batch": extractor.global_batch,
                   "shape": got.shape, "dtype": str(got.dtype),
+                  "none": none.shape,
                   "max_rel": float(np.abs(got - want).max() / np.abs(want).max()),
                   "images_per_sec": extractor.last_images_per_sec}))
 """
@@ -122,5 +124,6 @@ def test_extraction_is_sharded_padded_and_matches_one_device():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4 and out["global_batch"] == 4  # 5 images: one full batch + padding
   assert out["shape"] == [5, 16] and out["dtype"] == "float32"  # the network's width, not 2048
+  assert out["none"] == [0, 16]
   assert out["max_rel"] < 1e-5
   assert out["images_per_sec"] > 0

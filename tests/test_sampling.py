@@ -207,15 +207,14 @@ def test_standing_statistics_stay_exact_for_large_activations():
   assert largest > 1e6  # the case this is about
 
 
-def test_chunks_are_padded_trimmed_and_a_sharded_output_is_refused():
+def test_chunks_are_padded_trimmed_and_dispatched_one_ahead():
   """sample_in_chunks returns exactly the rows asked for, in order (the last chunk padded, then
-  trimmed), and refuses a sampler whose output is sharded: reading one device's shard would
-  silently give 1/D of the images."""
+  trimmed), and dispatches the next chunk before handing this one over."""
   rows = lambda params, stats, z, labels: jnp.asarray(z)[:, :1] * 2
   z = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
   got = np.concatenate(list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3)))
   np.testing.assert_array_equal(got[:, 0], np.arange(7) * 2)
-  # One chunk ahead: the next is dispatched before this one is handed over.
+  np.testing.assert_array_equal(sampling.local_rows(7, 3), np.arange(7))
   calls = []
   chunks = sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
                                      chunk=3)
@@ -225,12 +224,48 @@ def test_chunks_are_padded_trimmed_and_a_sharded_output_is_refused():
                                  chunk=3))
   assert len(calls) == 2
 
-  class Shard:  # what addressable_data(0) of a batch sharded over 2 devices holds
-    def addressable_data(self, _):
-      return np.zeros((1, 1), np.float32)
 
-  with pytest.raises(ValueError, match="returned 1 rows per device for a chunk of 2"):
-    next(sampling.sample_in_chunks(lambda *a: Shard(), None, None, z, None, chunk=2))
+MESH_SAMPLING = r"""
+import json
+import jax, numpy as np
+from jaxgan import config as config_lib, models, sampling, sharding
+from tests.conftest import tiny_config
+config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2})
+g, _ = models.build_models(config)
+variables = g.init({"params": jax.random.PRNGKey(1)}, np.zeros((2, 8), np.float32),
+                   np.zeros(2, np.int32), train=False)
+z = np.asarray(sampling.latents(3, 11, 8))
+labels = np.arange(11, dtype=np.int32) % 3
+plain = np.concatenate(list(sampling.sample_in_chunks(
+    sampling.make_sampler(g), variables["params"], variables["batch_stats"], z, labels, 4)))
+mesh = sharding.make_mesh(config)
+rows = sharding.batch_sharding(mesh)
+params, stats = jax.device_put((variables["params"], variables["batch_stats"]),
+                               sharding.replicated(mesh))
+split = np.concatenate(list(sampling.sample_in_chunks(
+    sampling.make_sampler(g, rows), params, stats, z, labels, 4, rows)))
+flops = lambda sampler, sharded: sampler.lower(
+    params, stats, jax.ShapeDtypeStruct((4, 8), np.float32, sharding=sharded),
+    jax.ShapeDtypeStruct((4,), np.int32, sharding=sharded)).compile().cost_analysis()["flops"]
+print(json.dumps({"max_diff": int(np.abs(plain.astype(int) - split.astype(int)).max()),
+                  "shape": list(split.shape),
+                  "rows": sampling.local_rows(11, 4, rows).tolist(),
+                  "flops_ratio": flops(sampling.make_sampler(g, rows), rows) / flops(
+                      sampling.make_sampler(g, sharding.replicated(mesh)),
+                      sharding.replicated(mesh))}))
+"""
+
+
+def test_a_batch_sharding_splits_each_chunk_over_the_mesh():
+  """With the run's batch sharding every device samples its quarter of a chunk (a quarter of
+  the work of the replicated sampler), and the images are those sampled on one device."""
+  proc = subprocess.run([sys.executable, "-c", MESH_SAMPLING], cwd=REPO, capture_output=True,
+                        text=True, env=dict(os.environ, XLA_FLAGS=xla_flags(4)), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["shape"] == [11, 16, 16, 3] and out["rows"] == list(range(11))
+  assert out["max_diff"] <= 1  # float rounding of another batch shape, at most one level
+  assert out["flops_ratio"] < 0.3
 
 
 def test_standing_statistics_take_their_latents_as_arguments():

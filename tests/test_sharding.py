@@ -212,7 +212,7 @@ from jaxgan.evaluator import extract_across_processes
 seen = []
 def extract(x):  # a stand-in for Inception: per-image features that depend on the image only
   seen.append(len(x))
-  return x.reshape(len(x), -1)[:, :4].astype(np.float32) + 0.5
+  return x.reshape(len(x), 12)[:, :4].astype(np.float32) + 0.5  # also of no images
 images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
 five = extract_across_processes(extract, images)
 one = extract_across_processes(extract, images[:1])  # process 1 extracts only padding
@@ -253,9 +253,9 @@ def test_evaluation_splits_inception_across_processes(tmp_path):
   results, _ = run_two_processes(SPLIT_EXTRACTION, str(tmp_path))
   images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
   want = images.reshape(5, -1)[:, :4].astype(np.float32) + 0.5
-  # Process 0 extracts images 0-2, process 1 images 3-4 plus a blank pad (for the single image:
-  # the image, and a pad); both end with all the features, in order.
-  assert results[0]["seen"] == [3, 1, 3, 3] and results[1]["seen"] == [3, 1, 3]
+  # Process 0 extracts images 0-2, process 1 images 3-4 (of a single image: none); both end
+  # with all the features, in order.
+  assert results[0]["seen"] == [3, 1, 3, 3] and results[1]["seen"] == [2, 0, 2]
   # Each process's own cache dir (a host-local ~/.cache) holds the reference features.
   assert results[0]["cached"] == results[1]["cached"] and len(results[0]["cached"]) == 1
   # A failure on one process reaches the other before the all-gather (no hang): both raise.
