@@ -82,11 +82,29 @@ def _pr_direct(real, fake, k):
 
 def test_precision_recall_match_brute_force():
   real, fake = _gaussian(60, 4, 7), _gaussian(50, 4, 8, shift=1.0)
-  got = metrics.precision_recall(real, fake, k=3, batch=16)
+  got = metrics.precision_recall(real, fake, k=3, block=16)  # 4 blocks, the last padded
   assert got == pytest.approx(_pr_direct(real, fake, 3), abs=1e-12)
   assert metrics.precision_recall(real, real, k=3) == (1.0, 1.0)
   far = metrics.precision_recall(real, real + 100.0, k=3)
   assert far == (0.0, 0.0)
+
+
+def test_precision_recall_in_float32_match_float64_on_inception_like_features():
+  """Non-negative 512-d features with shared structure (pooled ReLUs, as Inception's) and a few
+  exact and near duplicates: the device's float32 distances decide every ball as float64
+  does, and a point's own distance never pushes a near duplicate out of its k nearest."""
+  rng = np.random.default_rng(3)
+  basis = rng.normal(size=(16, 512))
+
+  def features(n, shift):
+    return np.maximum(rng.normal(size=(n, 16)) @ basis / 4 + shift + rng.normal(size=(n, 512)), 0)
+
+  real, fake = features(150, 0.0), features(130, 0.1)
+  real[10], real[11] = real[12], real[12] + 1e-4  # duplicates of one image
+  got = metrics.precision_recall(real.astype(np.float32), fake.astype(np.float32), k=3, block=64)
+  want = _pr_direct(real.astype(np.float32).astype(np.float64),
+                    fake.astype(np.float32).astype(np.float64), 3)
+  assert got == pytest.approx(want, abs=1e-12) and 0.1 < min(want) and max(want) < 0.95
 
 
 def test_kid_averages_random_subsets_when_the_sets_are_larger():
@@ -117,7 +135,7 @@ def test_precision_recall_by_hand_in_one_dimension():
 
 def test_the_suite_uses_the_reference_settings(monkeypatch):
   """KID: 100 subsets of at most 1000 (StyleGAN2-ADA's kid50k); precision/recall: k = 3."""
-  from jaxgan.metrics import distances, suite
+  from jaxgan.metrics import distances, manifold, suite
 
   seen = {}
 
@@ -128,7 +146,7 @@ def test_the_suite_uses_the_reference_settings(monkeypatch):
     return record
 
   monkeypatch.setattr(distances, "kernel_inception_distance", recorder("kid"))
-  monkeypatch.setattr(distances, "precision_recall", recorder("pr"))
+  monkeypatch.setattr(manifold, "precision_recall", recorder("pr"))
   x = _gaussian(8, 3, 1)
   suite.compute(x, x, ["kid", "pr"], None, None)
   assert seen == {"kid": {"num_subsets": 100, "subset_size": 1000}, "pr": {"k": 3}}

@@ -1,4 +1,5 @@
-"""Distances between feature sets: FID, KID and precision/recall, in float64 numpy.
+"""Distances between feature sets: FID and KID, in float64 numpy (precision/recall, which needs
+every pairwise distance, runs on the accelerator: manifold.py).
 
 These are the standard definitions, written to be numerically stable and checked against direct
 scipy/numpy computations in tests/test_metrics_math.py. The Inception features they are meant
@@ -84,40 +85,6 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
     values[i] = ((k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
                  + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1)) - 2 * k_ab.mean())
   return float(values.mean()), float(values.std())
-
-
-def _pairwise_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-  return np.maximum(sq, 0)
-
-
-def _knn_radii(x: np.ndarray, k: int, batch: int) -> np.ndarray:
-  """Squared distance from each row to its k-th nearest other row."""
-  radii = np.empty(len(x))
-  for start in range(0, len(x), batch):
-    d = _pairwise_sq(x[start:start + batch], x)
-    radii[start:start + batch] = np.partition(d, k, axis=1)[:, k]  # index 0 is the row itself
-  return radii
-
-
-def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray, batch: int) -> float:
-  inside = np.empty(len(queries), bool)
-  for start in range(0, len(queries), batch):
-    d = _pairwise_sq(queries[start:start + batch], manifold)
-    inside[start:start + batch] = (d <= radii[None, :]).any(axis=1)
-  return float(inside.mean())
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 1024,
-                     ) -> tuple[float, float]:
-  """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN manifolds: precision is
-  the share of fakes inside the real manifold, recall the share of reals inside the fake one."""
-  x, y = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-  if min(len(x), len(y)) <= k:
-    raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
-  precision = _coverage(x, _knn_radii(x, k, batch), y, batch)
-  recall = _coverage(y, _knn_radii(y, k, batch), x, batch)
-  return precision, recall
 
 
 def per_class_fid(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxgan.atomic_write import private_name
-from jaxgan.metrics import distances
+from jaxgan.metrics import distances, manifold
 from jaxgan.registry import Registry
 
 Metric = Callable[..., dict]
@@ -65,7 +65,7 @@ PR_NEIGHBOURS = 3
 
 @METRICS.register("pr")
 def _precision_recall(real: np.ndarray, fake: np.ndarray, *_) -> dict:
-  precision, recall = distances.precision_recall(real, fake, k=PR_NEIGHBOURS)
+  precision, recall = manifold.precision_recall(real, fake, k=PR_NEIGHBOURS)
   return {"precision": precision, "recall": recall}
 
 
