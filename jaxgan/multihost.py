@@ -54,8 +54,15 @@ def from_process_0(value):
     return value
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  out = multihost_utils.broadcast_one_to_all(np.asarray(value))
-  return type(value)(out) if isinstance(value, (bool, int, float)) else np.asarray(out)
+  array = np.asarray(value)
+  if array.dtype.itemsize == 8:
+    # Without jax_enable_x64 a 64-bit value would travel as 32 bits (a best FID rounded to
+    # float32, a large int wrapped): its bytes travel as uint32 words instead.
+    words = multihost_utils.broadcast_one_to_all(array.reshape(-1).view(np.uint32))
+    out = np.asarray(words, np.uint32).view(array.dtype).reshape(array.shape)
+  else:
+    out = np.asarray(multihost_utils.broadcast_one_to_all(array))
+  return type(value)(out) if isinstance(value, (bool, int, float)) else out
 
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:

@@ -42,7 +42,10 @@ print(json.dumps({
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
     "any": [multihost.any_process(me == 1), multihost.any_process(False)],
     "signal": [multihost.first_signal(15 if me == 1 else None), multihost.first_signal(None)],
-    "from_0": [multihost.from_process_0(me == 0), multihost.from_process_0(1.5 + me)],
+    "from_0": [multihost.from_process_0(me == 0), multihost.from_process_0(1.5 + me),
+               # 64-bit values whole (not rounded to float32 or wrapped to int32): a best FID
+               multihost.from_process_0(0.1 + me), multihost.from_process_0(2**40 + 3 + me),
+               multihost.from_process_0(np.arange(3.0) / 3 + me).tolist()],
 }))
 """
 
@@ -58,7 +61,8 @@ def test_two_processes_agree():
   # A Ctrl-C on process 1 inside agreed work: it stops there, and process 0 is told.
   assert [r.pop("interrupted") for r in results] == ["PeerError", "KeyboardInterrupt"]
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
-                                      "signal": [15, None], "from_0": [True, 1.5],
+                                      "signal": [15, None],
+                                      "from_0": [True, 1.5, 0.1, 2**40 + 3, [0, 1 / 3, 2 / 3]],
                                       "cuda_visible_devices": "all",
                                       "data": ["same", "the processes read different data (this",
                                                "the processes read the same data but order it "
