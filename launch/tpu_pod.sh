@@ -4,9 +4,10 @@
 #   launch/tpu_pod.sh TPU_NAME ZONE -- --config configs/default.py --workdir /mnt/shared/runs/x
 #
 # Environment (optional): PROJECT (gcloud project), REPO_DIR (where the code goes on the workers,
-# default ~/jaxgan), JAX_TPU_SPEC (default 'jax[tpu]'). The workdir must be a shared POSIX path that
-# every worker can write (an NFS/Filestore mount, or a bucket mounted with gcsfuse), since
-# checkpoints are written collectively; gs:// URIs are not supported yet.
+# default ~/jaxgan), JAX_TPU_SPEC (default: jax[tpu] at the version of JAX that installing jaxgan
+# resolved). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
+# mount, or a bucket mounted with gcsfuse), since checkpoints are written collectively; gs:// URIs
+# are not supported yet.
 #
 # Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
@@ -25,7 +26,6 @@ tpu="$1"
 zone="$2"
 shift 3
 repo_dir="${REPO_DIR:-~/jaxgan}"
-jax_spec="${JAX_TPU_SPEC:-jax[tpu]}"
 project_flag=()
 [[ -n "${PROJECT:-}" ]] && project_flag=(--project "$PROJECT")
 # "${a[@]}" of an empty array fails under set -u on bash < 4.4 (macOS): expand it guarded.
@@ -43,9 +43,17 @@ gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zon
   ${project_flag[@]+"${project_flag[@]}"} --worker=all
 rm -f "$tarball"
 
-# 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only).
+# 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only). The TPU
+# extra is pinned to the JAX version pip resolved for jaxgan, and nothing is upgraded: a rerun
+# (a resume) keeps the JAX its checkpoints were written with, and the workers cannot pick up
+# different releases. JAX_TPU_SPEC replaces the pin (e.g. 'jax[tpu]==0.6.2', installed as given).
+if [[ -n "${JAX_TPU_SPEC:-}" ]]; then
+  tpu_spec="$(printf '%q' "$JAX_TPU_SPEC")"
+else
+  tpu_spec="\"jax[tpu]==\$(python3 -c 'import jax; print(jax.__version__)')\""
+fi
 ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $repo_dir && \
-  python3 -m pip install -q -e . && python3 -m pip install -q -U '$jax_spec'"
+  python3 -m pip install -q -e . && python3 -m pip install -q $tpu_spec"
 
 # 3. Train: the same command everywhere; each worker feeds its share of the global batch.
 args=""

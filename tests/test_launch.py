@@ -1,5 +1,6 @@
-"""launch/local_multiprocess.sh's process handling, with stand-ins for the training processes
-(the real two-process run is tests/test_sharding.py::test_two_processes_match_one)."""
+"""The launchers with stand-ins: launch/local_multiprocess.sh's process handling (the real
+two-process run is tests/test_sharding.py::test_two_processes_match_one) and what
+launch/tpu_pod.sh runs on the workers."""
 
 import os
 import signal
@@ -110,3 +111,42 @@ def test_a_second_ctrl_c_kills_processes_that_do_not_stop_and_a_second_sigterm_d
     assert time.monotonic() - start < 30
   finally:
     _kill_stand_ins(tmp_path)
+
+
+# Stand-ins for launch/tpu_pod.sh: `gcloud ... scp FILE TPU:PATH` copies FILE into the fake
+# worker's root, `gcloud ... ssh --command CMD` runs CMD there with bash (the worker's shell);
+# `python3` there logs its arguments, and `-c 'import jax; ...'` prints the version pip resolved.
+FAKE_GCLOUD = """#!/usr/bin/env bash
+root="%s"
+if [[ " $* " == *" scp "* ]]; then cp "$5" "$root/jaxgan.tar.gz"; exit 0; fi
+while [[ $# -gt 0 && "$1" != --command ]]; do shift; done
+cd "$root" && exec bash -c "${2//\\/tmp\\/jaxgan.tar.gz/$root/jaxgan.tar.gz}"
+"""
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [[ "$1" == -c ]]; then echo 0.9.9; exit 0; fi
+printf '%%s|' "$@" >> "%s/python.log"; echo >> "%s/python.log"
+"""
+
+
+@pytest.mark.parametrize("spec", [None, "jax[tpu]==0.6.2"])
+def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec):
+  """No upgrade on a rerun: jax[tpu] at the JAX version installing jaxgan resolved (a resume
+  keeps its JAX), or JAX_TPU_SPEC as given; the training arguments arrive unsplit."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in [("gcloud", FAKE_GCLOUD % tmp_path),
+                     ("python3", FAKE_PYTHON % (tmp_path, tmp_path))]:
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", REPO_DIR=str(tmp_path / "w"))
+  if spec:
+    env["JAX_TPU_SPEC"] = spec
+  proc = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir",
+                         "/mnt/a b"], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  calls = (tmp_path / "python.log").read_text().splitlines()
+  assert calls == ["-m|pip|install|-q|-e|.|", f"-m|pip|install|-q|{spec or 'jax[tpu]==0.9.9'}|",
+                   "-m|jaxgan.train|--workdir|/mnt/a b|"
+                   "--config.distributed.coordinator_address=auto|"]
+  assert (tmp_path / "w" / "launch" / "tpu_pod.sh").exists()  # the checkout, unpacked there
