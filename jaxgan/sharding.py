@@ -140,9 +140,19 @@ def process_rows(sharding: NamedSharding, num_rows: int, devices=None) -> np.nda
   return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
 
 
-def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Assembles the global batch from this process's share of it."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding, rows: int
+              ) -> dict[str, jax.Array]:
+  """Assembles the global batch of `rows` rows (per step: `sharding` is a `batch_sharding`) from
+  this process's share of it, the rows `process_rows` lists. The global shape is given, not
+  inferred from the local one: a process that loaded another number of rows fails here instead
+  of building another global array than the other processes."""
+  axis = list(sharding.spec).index(BATCH_AXES)
+
+  def put(local: np.ndarray) -> jax.Array:
+    shape = local.shape[:axis] + (rows,) + local.shape[axis + 1:]
+    return jax.make_array_from_process_local_data(sharding, local, shape)
+
+  return {k: put(v) for k, v in batch.items()}
 
 
 def put_replicated(value: Any, mesh: Mesh) -> Any:

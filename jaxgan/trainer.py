@@ -296,7 +296,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                                                   "eval/num_samples")):
         evaluate(start_step, state)
     while step < cfg.num_steps:
-      batch = sharding.put_batch(next(batches), run.batch_sharding)
+      batch = sharding.put_batch(next(batches), run.batch_sharding, rows_per_step)
       state, metrics = run.train_step(state, batch)
       interval.add(metrics, stacked=k > 1)
       in_flight.append(metrics["nonfinite_streak"])

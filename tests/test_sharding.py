@@ -38,7 +38,7 @@ def run(mesh_data, fsdp):
            'fsdp_split': sum('fsdp' in tuple(s) for s in specs)}
   stream = SyntheticCatalog(16, 3, 0).batches(16, 0)
   for _ in range(3):
-    state, _ = r.train_step(state, sharding.put_batch(next(stream), r.batch_sharding))
+    state, _ = r.train_step(state, sharding.put_batch(next(stream), r.batch_sharding, 16))
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))], specs, r.mesh
 
 one, _, _ = run(1, 1)
@@ -157,11 +157,15 @@ mesh = Mesh(np.array([d[0], d[2], d[1], d[3]]).reshape(4, 1), sharding.BATCH_AXE
 batch_sharding = sharding.batch_sharding(mesh)
 rows = sharding.process_rows(batch_sharding, 8)
 source = SyntheticCatalog(8, 3, seed=0)
-batch = sharding.put_batch(next(source.batches(8, 1, rows)), batch_sharding)
+batch = sharding.put_batch(next(source.batches(8, 1, rows)), batch_sharding, 8)
+try:  # a process that loaded half its rows: inferred, the global batch was a valid one of 4 rows
+  short = str(sharding.put_batch(next(source.batches(8, 1, rows[:2])), batch_sharding, 8))
+except ValueError as e:
+  short = str(e)
 image = multihost_utils.process_allgather(batch["image"], tiled=True)
 label = multihost_utils.process_allgather(batch["label"], tiled=True)
 want = next(source.batches(8, 1))
-print(json.dumps({"rows": rows.tolist(),
+print(json.dumps({"rows": rows.tolist(), "short": short,
                   "same_batch": bool(np.array_equal(image, want["image"])
                                      and np.array_equal(label, want["label"]))}))
 """
@@ -173,6 +177,7 @@ def test_scattered_devices_assemble_the_global_batch_in_order():
   results, _ = run_two_processes(SCATTERED_ROWS, devices=2)
   assert [r["rows"] for r in results] == [[0, 1, 4, 5], [2, 3, 6, 7]]
   assert all(r["same_batch"] for r in results)
+  assert all("the process data has 2 elements" in r["short"] for r in results)
 
 
 def test_compile_only_prints_memory_and_flops(tmp_path):

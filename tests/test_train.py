@@ -307,13 +307,13 @@ def test_the_input_thread_ends_with_the_run_also_when_it_fails(tmp_path, monkeyp
   real_put, puts, started = sharding.put_batch, [], []
   before = set(threading.enumerate())
 
-  def put_then_fail(batch, where):
+  def put_then_fail(batch, where, rows):
     puts.append(1)
     if len(puts) == 2:  # the input thread is running now
       started.extend(t for t in threading.enumerate()
                      if t not in before and t.name == "jaxgan-prefetch")
       raise RuntimeError("device lost")
-    return real_put(batch, where)
+    return real_put(batch, where, rows)
 
   monkeypatch.setattr(sharding, "put_batch", put_then_fail)
   with pytest.raises(RuntimeError, match="device lost") as kept:
