@@ -1,5 +1,5 @@
-"""Distances between feature sets: FID and KID, in float64 numpy (precision/recall, which needs
-every pairwise distance, runs on the accelerator: manifold.py).
+"""FID between feature sets, in float64 numpy (KID and precision/recall, which take products of
+every pair of samples, run on the accelerator: kid.py, manifold.py).
 
 These are the standard definitions, written to be numerically stable and checked against direct
 scipy/numpy computations in tests/test_metrics_math.py. The Inception features they are meant
@@ -61,30 +61,6 @@ def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
   trace_sqrt = float(np.sum(np.linalg.svd(a @ b.T, compute_uv=False)))
   diff = x.mean(0) - y.mean(0)
   return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * trace_sqrt)
-
-
-def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-  """Unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets
-  (Binkowski et al. 2018); returns (mean, std) over the subsets."""
-  x, y = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-  d = x.shape[1]
-  m = min(subset_size, len(x), len(y))
-  if m < 2:
-    raise ValueError("KID needs at least 2 samples in each set")
-  if m == len(x) == len(y):  # every subset is the whole of both sets: one value, std 0
-    num_subsets = 1
-  rng = np.random.default_rng(seed)
-  values = np.empty(num_subsets)
-  for i in range(num_subsets):
-    a = x[rng.choice(len(x), m, replace=False)]
-    b = y[rng.choice(len(y), m, replace=False)]
-    k_aa = (a @ a.T / d + 1) ** 3
-    k_bb = (b @ b.T / d + 1) ** 3
-    k_ab = (a @ b.T / d + 1) ** 3
-    values[i] = ((k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
-                 + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1)) - 2 * k_ab.mean())
-  return float(values.mean()), float(values.std())
 
 
 def per_class_fid(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray,

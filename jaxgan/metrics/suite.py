@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxgan.atomic_write import private_name
-from jaxgan.metrics import distances, manifold
+from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
 
 Metric = Callable[..., dict]
@@ -34,7 +34,7 @@ def _fid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
 @METRICS.register("kid")
 def _kid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   # Subsets of at most 1000 (Binkowski et al.); 100 subsets, a fixed seed: repeatable values.
-  mean, std = distances.kernel_inception_distance(real, fake, num_subsets=100, subset_size=1000)
+  mean, std = kid.kernel_inception_distance(real, fake, num_subsets=100, subset_size=1000)
   return {"kid_mean": mean, "kid_std": std}
 
 
