@@ -63,27 +63,39 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(config) -> Mesh:
-  """The ('data', 'fsdp') mesh over all devices, or the first data * fsdp of one process.
+  """The ('data', 'fsdp') mesh over all devices, or the first data * fsdp of one process."""
+  return Mesh(device_grid(config, jax.devices()), BATCH_AXES)
+
+
+def device_grid(config, devices: list) -> np.ndarray:
+  """The [data, fsdp] array of `devices` the mesh is made of.
 
   Over all devices the order is JAX's topology-aware one (`create_device_mesh`): on TPU slices
   'fsdp', the axis with the most traffic, runs along physical torus neighbours, which a plain
-  reshape of `jax.devices()` does not promise. A process's devices may then hold scattered rows
+  reshape of `jax.devices()` does not promise. Devices of several TPU slices (multislice, joined
+  by the slower data-centre network) are laid out by `create_hybrid_device_mesh`: 'data' is
+  split across the slices and 'fsdp' stays inside each, so only the gradient all-reduce crosses
+  between slices, not fsdp's parameter gathers. A process's devices may then hold scattered rows
   of the batch; `process_rows` tells the input pipeline which ones."""
-  devices = jax.devices()
   data, fsdp = mesh_shape(config, len(devices))
-  grid = None
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
   if data * fsdp == len(devices):
     try:
-      grid = mesh_utils.create_device_mesh((data, fsdp), devices,
-                                           allow_split_physical_axes=True)
+      if slices > 1 and data % slices == 0:
+        return mesh_utils.create_hybrid_device_mesh(
+            (data // slices, fsdp), (slices, 1), devices, allow_split_physical_axes=True)
+      if slices > 1:
+        log.warning("mesh %dx%d over %d TPU slices: 'data' (%d) is no multiple of the slices, "
+                    "so fsdp's collectives cross the network between slices", data, fsdp,
+                    slices, data)
+      return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
     except (ValueError, NotImplementedError, AssertionError) as e:
-      # Shapes JAX cannot lay onto the torus (or several slices): still a valid mesh, with
-      # collectives that may cross more links.
+      # Shapes JAX cannot lay onto the torus: still a valid mesh, with collectives that may
+      # cross more links.
       log.warning("mesh %dx%d: no topology-aware device order (%s); using jax.devices() order",
                   data, fsdp, e)
-  if grid is None:  # also a sub-mesh (single process only, see validation)
-    grid = np.asarray(devices[:data * fsdp]).reshape(data, fsdp)
-  return Mesh(grid, BATCH_AXES)
+  # Also a sub-mesh (single process only, see validation).
+  return np.asarray(devices[:data * fsdp]).reshape(data, fsdp)
 
 
 def local_mesh() -> Mesh:

@@ -272,6 +272,31 @@ def test_evaluation_splits_inception_across_processes(tmp_path):
     np.testing.assert_array_equal(r["one"], want[:1])
 
 
+class SliceDevice:
+  """What the mesh layout reads of a device of a multislice TPU job (a CPU stand-in for JAX's
+  own layout functions)."""
+  platform = device_kind = "cpu"
+
+  def __init__(self, i, slice_index):
+    self.id, self.slice_index, self.process_index = i, slice_index, i // 2
+
+
+def test_several_slices_keep_fsdp_inside_each_slice(caplog):
+  """'data' is split across the slices and every fsdp group lies in one slice, also when the
+  device list interleaves the slices (a plain reshape would pair devices of two slices)."""
+  import logging
+
+  devices = [SliceDevice(i, i % 2) for i in range(8)]
+  grid = sharding.device_grid(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}), devices)
+  assert grid.shape == (4, 2)
+  assert [sorted({d.slice_index for d in row}) for row in grid] == [[0], [0], [1], [1]]
+  assert sorted(d.id for d in grid.flat) == list(range(8))
+  with caplog.at_level(logging.WARNING):  # fsdp over all 8: it must cross the slices
+    wide = sharding.device_grid(tiny_config(**{"mesh.data": 1, "mesh.fsdp": 8}), devices)
+  assert wide.shape == (1, 8)
+  assert "fsdp's collectives cross the network between slices" in caplog.text
+
+
 def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplog):
   """create_device_mesh refuses some TPU shapes (an axis that is no product of physical axes,
   several slices): the run still gets a mesh, in jax.devices() order, with a warning."""
