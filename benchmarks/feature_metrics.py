@@ -88,5 +88,6 @@ def main() -> None:
     print(f"{name}: numpy float64 {np_out}, median {np_s:.2f} s | jaxgan float32 {jax_out}, "
           f"median {jax_s:.2f} s (first, compiling: {first:.2f} s) | {np_s / jax_s:.2f}x")
 
+
 if __name__ == "__main__":
   main()

@@ -155,6 +155,7 @@ def evaluate_workdir(args) -> dict:
   mesh = sharding.local_mesh()
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
+  del state  # its D and optimizer states (on device 0) are not needed
   evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config),
                                       batch_sharding=sharding.batch_sharding(mesh))
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,

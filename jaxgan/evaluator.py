@@ -98,10 +98,11 @@ class Evaluator:
     self.cache = suite.cache_dir(config.eval.cache_dir)
     self.extractor = extractor or FeatureExtractor(config.eval.weights, self.cache,
                                                    config.eval.batch_size)
-    # Rows per sampler call: an Inception batch for every process's devices (its share of a
-    # chunk is then one extractor batch), a multiple of the mesh's device count.
-    devices = 1 if batch_sharding is None else batch_sharding.num_devices
-    self.chunk = -(-self.extractor.global_batch * jax.process_count() // devices) * devices
+    # Rows per sampler call: an Inception batch per device of the mesh (a process's share is
+    # then one extractor batch). From the config and the mesh, not from this process's devices:
+    # the sampler is collective, so every process must compile the same chunk.
+    self.chunk = config.eval.batch_size * (1 if batch_sharding is None
+                                           else batch_sharding.num_devices)
     self._reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,22 +170,35 @@ class Evaluator:
     z = sampling.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
     statistics = self.statistics(ema_params, g_batch_stats)
-    images = list(sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
+    chunks = list(sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
                                             self.chunk, self.batch_sharding))
-    return sampling.local_rows(num, self.chunk, self.batch_sharding), np.concatenate(images)
+    return (np.concatenate([rows for rows, _ in chunks]),
+            np.concatenate([images for _, images in chunks]))
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
-               seed: int = 0, names: Optional[list[str]] = None) -> dict:
-    """{metric: value, ..., num_samples, num_real, inception_images_per_sec, seconds}."""
+               seed: int = 0, names: Optional[list[str]] = None, keep_going: bool = False
+               ) -> dict:
+    """{metric: value, ..., num_samples, num_real, inception_images_per_sec, seconds}.
+    `keep_going` (training): a metric that fails is logged and marked `<name>_failed`, and the
+    others are kept; otherwise its error is raised."""
     start = time.perf_counter()
     real, real_labels = self.reference(num_real or self.config.eval.num_real or num_samples)
     rows, fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
     fake = extract_rows(lambda x: self.extractor(x, desc="inception (fakes)"), fakes, rows,
                         num_samples)
     conditional = self.config.data.num_classes > 0
+    failed: list[str] = []
+
+    def metric_failed(name: str, error: Exception) -> None:
+      log.error("metric %s failed (%s: %s); the other metrics are kept", name,
+                type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+      failed.append(name)
+
     results = suite.compute(real, fake, names or self.names,
                             real_labels if conditional else None,
-                            self.fake_labels(real_labels, num_samples, seed))
+                            self.fake_labels(real_labels, num_samples, seed),
+                            on_error=metric_failed if keep_going else None)
+    results.update({f"{name}_failed": 1 for name in failed})
     results.update(num_samples=int(num_samples), num_real=int(len(real)),
                    inception_images_per_sec=self.extractor.last_images_per_sec,
                    seconds=time.perf_counter() - start)
@@ -246,7 +260,7 @@ class PeriodicEval:
   def __call__(self, step: int, state) -> dict:
     try:
       results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
-                                        self.config.train.eval_num_samples)
+                                        self.config.train.eval_num_samples, keep_going=True)
       failed = 0
     except Exception as e:  # pylint: disable=broad-except
       # An evaluation (Inception out of memory, a damaged reference file) is not worth the run:
@@ -259,10 +273,14 @@ class PeriodicEval:
       self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
     fid = results.get("fid")
-    if fid is not None:
-      # Saving is collective: every process must take the same decision, so all use process 0's
-      # FID (the gathered features are the same everywhere; this guards the reduction too).
+    # Saving is collective: every process must take the same decision, so all use process 0's
+    # FID (the gathered features are the same everywhere; this guards the reduction too), and
+    # none uses one that some process could not compute.
+    if multihost.all_processes(fid is not None):
       fid = results["fid"] = multihost.from_process_0(float(fid))
+    elif fid is not None:  # another process could not compute it
+      del results["fid"]
+      fid, results["fid_failed"] = None, 1
     log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
                                               if isinstance(v, float)))
     if fid is not None and fid < self.best_fid:

@@ -266,14 +266,15 @@ def generate(workdir: str, num: int, out: str,
   # other attributes from --label or drawn.
   if len(classes) > 1 and between is None and labels.ndim == 1:
     labels = _label_matrix(labels, chosen, classes, seed, interpolate or 1)
-  # The data's label mix, as training and evaluation drew it (uniform without a recorded mix:
-  # runs on the synthetic catalog, or from before it was recorded), and latents truncated as
-  # the samples' are.
   # Every local device samples its share of each chunk, from its own copy of the EMA weights.
   mesh = sharding.local_mesh()
   rows = sharding.batch_sharding(mesh)
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
+  del state  # its D and optimizer states (on device 0) are not needed
+  # The data's label mix, as training and evaluation drew it (uniform without a recorded mix:
+  # runs on the synthetic catalog, or from before it was recorded), and latents truncated as
+  # the samples' are.
   statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
                                             batch_sharding=rows, truncation=truncation)(
       ema_params, g_batch_stats)
@@ -283,7 +284,7 @@ def generate(workdir: str, num: int, out: str,
   try:
     if singles:
       return _write_singles(chunks, out, num)
-    images = np.concatenate(list(chunks))
+    images = np.concatenate([images for _, images in chunks])
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
   except OSError as e:
@@ -307,7 +308,7 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   paths = []
   # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
   with tqdm(total=num, desc="generate", unit="img", dynamic_ncols=True, disable=num < 200) as bar:
-    for images in chunks:
+    for _, images in chunks:  # one process: every row, in order
       for image in images:
         paths.append(os.path.join(out, f"{len(paths):06d}.png"))
         # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.

@@ -65,21 +65,34 @@ def from_process_0(value):
   return type(value)(out) if isinstance(value, (bool, int, float)) else out
 
 
+def _gather_whole(value: np.ndarray) -> np.ndarray:
+  """[P, ...] of every process's `value` (one shape everywhere), 64-bit values whole: without
+  jax_enable_x64 the all-gather would carry them as 32 bits, so they travel as uint32 words."""
+  if value.dtype.itemsize != 8:
+    return _gather(value)
+  words = _gather(np.ascontiguousarray(value).reshape(-1).view(np.uint32))
+  return np.ascontiguousarray(words, np.uint32).view(value.dtype).reshape((-1,) + value.shape)
+
+
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
   """The [total, ...] array whose rows each process holds some of, on every process: `values[i]`
   is row `rows[i]`, and every row is held by exactly one process (processes may hold different
   numbers of rows). Per-image features cross hosts this way, not the images."""
   rows = np.asarray(rows, np.int64)
   values = np.asarray(values)
-  if len(rows) != len(values):
-    raise ValueError(f"{len(rows)} row indices for {len(values)} rows")
+  # Checked on every process alike: a process raising alone would leave the others waiting in
+  # the all-gathers below.
+  if any_process(len(rows) != len(values)):
+    raise ValueError(f"gather_rows: row indices and rows differ in number on some process "
+                     f"(here {len(rows)} and {len(values)})")
   if jax.process_count() > 1:
     # The all-gather needs one shape everywhere: each process pads to the largest share (-1 marks
     # a padding row).
-    most = int(np.max(_gather(np.int64(len(rows)))))
+    most = int(np.max(_gather(np.int32(len(rows)))))
     pad = most - len(rows)
-    rows = _gather(np.concatenate([rows, np.full(pad, -1, np.int64)])).ravel()
-    values = _gather(np.concatenate([values, np.zeros((pad,) + values.shape[1:], values.dtype)]))
+    rows = _gather_whole(np.concatenate([rows, np.full(pad, -1, np.int64)])).ravel()
+    values = _gather_whole(np.concatenate([values, np.zeros((pad,) + values.shape[1:],
+                                                            values.dtype)]))
     values = values.reshape((-1,) + values.shape[2:])
     held = rows >= 0
     rows, values = rows[held], values[held]

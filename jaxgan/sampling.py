@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxgan import sharding
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
 
@@ -22,7 +21,8 @@ from jaxgan.config import attribute_classes
 def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
   """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode.
 
-  `out_sharding` (replicated, in training) makes every process hold the whole output.
+  `out_sharding`: replicated (training's grids), every process holds the whole output; a batch
+  sharding (the evaluation's fakes, `generate`), each device keeps the images of its rows.
   """
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
@@ -197,10 +197,11 @@ def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dic
 
 
 def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
-                     batch_sharding=None) -> Iterator[np.ndarray]:
-  """Host uint8 images of the EMA generator (normalised with `g_batch_stats`, e.g. those of
-  `make_ema_statistics`) for the rows of `z` (and `labels`: None, int classes or soft weights),
-  `chunk` rows per sampler call, in order.
+                     batch_sharding=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(rows, images) per sampler call: host uint8 images of the EMA generator (normalised with
+  `g_batch_stats`, e.g. those of `make_ema_statistics`) and the indices of the rows of `z` (and
+  `labels`: None, int classes or soft weights) they were sampled from, `chunk` rows per call, in
+  order.
 
   The last call is padded with zero rows (dropped from its output), so one compilation serves
   any number of images and the device holds two chunks at most: 50k images for FID fit where
@@ -211,8 +212,8 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
   `batch_sharding` (over a mesh; the sampler's output sharded alike, `make_sampler(g,
   batch_sharding)`, and `chunk` a multiple of its device count) splits each chunk's rows over
   the mesh's devices instead of computing every image on every device, and this process gets
-  the images its own devices hold: the rows `local_rows` lists (all rows on one process).
-  Without it the sampler runs where its inputs are (one device)."""
+  the images its own devices hold, `rows` saying which (every row on one process). Without it
+  the sampler runs where its inputs are (one device)."""
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)
 
@@ -222,21 +223,22 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
     # Every process holds all of z: each device takes its own rows from it.
     return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
 
-  def dispatch(start: int) -> tuple[list, np.ndarray]:
+  def dispatch(start: int) -> tuple[np.ndarray, list]:
     count = min(chunk, len(z) - start)
     z_part = _pad_rows(z[start:start + count], chunk)
     l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)
     rows, blocks = _local_row_blocks(sampler(ema_params, g_batch_stats, place(z_part),
                                              place(l_part)))
-    return blocks, rows < count
+    return start + rows, blocks
 
   # One chunk ahead: the device computes the next while the caller uses this one (generate's PNG
   # writes; the evaluator collects all chunks first).
   pending = dispatch(0) if len(z) else None
   for start in range(chunk, len(z) + chunk, chunk):
-    blocks, wanted = pending
+    rows, blocks = pending
     pending = dispatch(start) if start < len(z) else None
-    yield np.concatenate(jax.device_get(blocks))[wanted]
+    wanted = rows < len(z)  # not the padding
+    yield rows[wanted], np.concatenate(jax.device_get(blocks))[wanted]
 
 
 def _local_row_blocks(array: jax.Array) -> tuple[np.ndarray, list]:
@@ -248,15 +250,6 @@ def _local_row_blocks(array: jax.Array) -> tuple[np.ndarray, list]:
   starts = sorted(blocks)
   rows = np.concatenate([np.arange(s, s + blocks[s].shape[0]) for s in starts])
   return rows, [blocks[s] for s in starts]
-
-
-def local_rows(num: int, chunk: int, batch_sharding=None) -> np.ndarray:
-  """Indices into the `num` rows of z of the images `sample_in_chunks(..., chunk,
-  batch_sharding)` yields on this process, in the order it yields them."""
-  per_chunk = (np.arange(chunk) if batch_sharding is None
-               else sharding.process_rows(batch_sharding, chunk))
-  rows = (np.arange(0, num, chunk)[:, None] + per_chunk[None, :]).ravel()
-  return rows[rows < num]
 
 
 def _pad_rows(rows: np.ndarray, count: int) -> np.ndarray:

@@ -72,11 +72,13 @@ def device_grid(config, devices: list) -> np.ndarray:
 
   Over all devices the order is JAX's topology-aware one (`create_device_mesh`): on TPU slices
   'fsdp', the axis with the most traffic, runs along physical torus neighbours, which a plain
-  reshape of `jax.devices()` does not promise. Devices of several TPU slices (multislice, joined
-  by the slower data-centre network) are laid out by `create_hybrid_device_mesh`: 'data' is
-  split across the slices and 'fsdp' stays inside each, so only the gradient all-reduce crosses
-  between slices, not fsdp's parameter gathers. A process's devices may then hold scattered rows
-  of the batch; `process_rows` tells the input pipeline which ones."""
+  reshape of `jax.devices()` does not promise. Devices of several slices (`slice_index`:
+  multislice TPU jobs, joined by the slower data-centre network) are laid out by
+  `create_hybrid_device_mesh`: 'data' is split across the slices and every fsdp group stays
+  inside one, so fsdp's parameter gathers and gradient reduce-scatters never cross between
+  slices; the data-parallel traffic does (the gradient all-reduce over 'data', the global
+  batch's BatchNorm statistics). A process's devices may then hold scattered rows of the batch;
+  `process_rows` tells the input pipeline which ones."""
   data, fsdp = mesh_shape(config, len(devices))
   slices = len({getattr(d, "slice_index", 0) for d in devices})
   if data * fsdp == len(devices):
@@ -85,9 +87,9 @@ def device_grid(config, devices: list) -> np.ndarray:
         return mesh_utils.create_hybrid_device_mesh(
             (data // slices, fsdp), (slices, 1), devices, allow_split_physical_axes=True)
       if slices > 1:
-        log.warning("mesh %dx%d over %d TPU slices: 'data' (%d) is no multiple of the slices, "
-                    "so fsdp's collectives cross the network between slices", data, fsdp,
-                    slices, data)
+        log.warning("mesh %dx%d over %d slices: 'data' (%d) is no multiple of the slices, so "
+                    "fsdp's collectives cross the network between slices", data, fsdp, slices,
+                    data)
       return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
     except (ValueError, NotImplementedError, AssertionError) as e:
       # Shapes JAX cannot lay onto the torus: still a valid mesh, with collectives that may

@@ -44,9 +44,10 @@ gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zon
 rm -f "$tarball"
 
 # 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only). The TPU
-# extra is pinned to the JAX version pip resolved for jaxgan, and nothing is upgraded: a rerun
-# (a resume) keeps the JAX its checkpoints were written with, and the workers cannot pick up
-# different releases. JAX_TPU_SPEC replaces the pin (e.g. 'jax[tpu]==0.6.2', installed as given).
+# extra is pinned to the JAX version pip resolved for jaxgan on that worker, and nothing is
+# upgraded: a rerun (a resume) keeps each worker's JAX. A fresh or replaced worker resolves the
+# newest JAX jaxgan allows, so for a pod whose workers may change, pin one version for all with
+# JAX_TPU_SPEC (e.g. 'jax[tpu]==0.6.2', installed as given).
 if [[ -n "${JAX_TPU_SPEC:-}" ]]; then
   tpu_spec="$(printf '%q' "$JAX_TPU_SPEC")"
 else

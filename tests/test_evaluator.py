@@ -83,6 +83,29 @@ def test_the_fakes_use_the_statistics_the_evaluator_is_given():
   assert given == [("ema", {"raw": 0})] and seen and all(s == {"standing": 1} for s in seen)
 
 
+def test_a_failing_metric_costs_itself_in_training_and_raises_elsewhere(monkeypatch, caplog):
+  """KID out of accelerator memory: training's evaluation keeps FID and marks kid_failed;
+  `evaluate` (keep_going off) raises it."""
+  def out_of_memory(*args, **kwargs):
+    raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 800 MB")
+
+  monkeypatch.setattr(evaluator.suite.kid, "kernel_inception_distance", out_of_memory)
+
+  def sampler(params, stats, z, labels):
+    return jnp.asarray(np.random.default_rng(len(z)).integers(0, 255, (len(z), 4, 4, 3)),
+                       jnp.uint8)
+
+  config = tiny_config(**{"eval.metrics": "fid,kid", "eval.standing_stats_batches": 0})
+  ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=Extractor(),
+                           statistics=lambda params, stats: stats)
+  with caplog.at_level(logging.ERROR):
+    results = ev.evaluate(None, None, 6, keep_going=True)
+  assert np.isfinite(results["fid"]) and results["kid_failed"] == 1 and "kid_mean" not in results
+  assert "metric kid failed (MemoryError: RESOURCE_EXHAUSTED" in caplog.text
+  with pytest.raises(MemoryError):
+    ev.evaluate(None, None, 6)
+
+
 class Writer:
   def __init__(self):
     self.rows = []
@@ -346,7 +369,8 @@ class Stub:  # each process's own FIDs: process 1's disagree with process 0's
     self.fids = list(fids)
     self.extractor = type("Extractor", (), {"weights_id": "stub"})()
   def evaluate(self, *args, **kwargs):
-    return {"fid": self.fids.pop(0)}
+    fid = self.fids.pop(0)  # None: this process's FID metric failed (its other metrics kept)
+    return {"fid": fid} if fid is not None else {"fid_failed": 1}
 
 class Writer:
   def write_scalars(self, step, scalars):
@@ -354,12 +378,13 @@ class Writer:
 
 config = tiny_config(**{"train.eval_every": 2})
 workdir = sys.argv[3]
-fids = [[12.0, 10.0, 11.0], [11.0, 30.0, 5.0]][me]
+fids = [[12.0, 10.0, 11.0, 1.0], [11.0, 30.0, 5.0, None]][me]
 periodic = evaluator.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {},
                                   start_step=0)
 seen = []
-for step in (2, 4, 6):
-  seen.append([periodic(step, state)["fid"], periodic.best_fid])
+for step in (2, 4, 6, 8):
+  results = periodic(step, state)
+  seen.append([results.get("fid"), periodic.best_fid, results.get("fid_failed")])
 periodic.close()
 again = evaluator.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {},
                                start_step=6)
@@ -371,12 +396,15 @@ again.close()
 
 def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
   """The best-FID save is collective: with per-process FIDs that disagree (a process's own
-  reduction), both use process 0's and save alike; alone, process 1 would have saved step 6."""
+  reduction), both use process 0's and save alike; alone, process 1 would have saved step 6.
+  A FID that one process could not compute is used by none."""
   from conftest import run_two_processes
 
   results, _ = run_two_processes(BEST_FID_TWO_PROCESSES, str(tmp_path))
   for r in results:
-    assert r["seen"] == [[12.0, 12.0], [10.0, 10.0], [11.0, 10.0]]
+    # Step 8: process 0's better FID is not used, since process 1 could not compute its own.
+    assert r["seen"] == [[12.0, 12.0, None], [10.0, 10.0, None], [11.0, 10.0, None],
+                         [None, 10.0, 1]]
     assert r["reread"] == 10.0 and r["steps"] == ["4"]
 
 
@@ -385,11 +413,14 @@ import json
 import numpy as np
 from jaxgan import evaluator, models, sampling, sharding
 from tests.conftest import tiny_config
-config = tiny_config(**{"eval.standing_stats_batches": 0, "eval.metrics": "fid"})
+config = tiny_config(**{"eval.standing_stats_batches": 0, "eval.metrics": "fid",
+                        "eval.batch_size": 1})
 g, _ = models.build_models(config)
 variables = g.init({"params": jax.random.PRNGKey(1)}, np.zeros((2, 8), np.float32),
                    np.zeros(2, np.int32), train=False)
-mesh = sharding.make_mesh(config)  # 2 processes x 2 devices
+# 2 processes x 2 devices, each process's devices not contiguous (as a TPU torus order can make)
+d = jax.devices()
+mesh = jax.sharding.Mesh(np.array([d[0], d[2], d[1], d[3]]).reshape(4, 1), sharding.BATCH_AXES)
 seen = []
 class Extractor:  # per-image features of the image alone, as Inception's
   global_batch, weights_id, last_images_per_sec = 2, "stub", None
@@ -407,28 +438,32 @@ ev = evaluator.Evaluator(config, g, Source(), batch_sharding=sharding.batch_shar
 ev.reference(6)
 seen.clear()
 captured = []
-evaluator.suite.compute = lambda real, fake, *args: captured.append(fake) or {}
+evaluator.suite.compute = lambda real, fake, *args, **kwargs: captured.append(fake) or {}
 params, stats = sharding.put_replicated((variables["params"], variables["batch_stats"]), mesh)
 ev.evaluate(params, stats, 7, num_real=6, seed=4)
 extracted = list(seen)
+rows, _ = ev.fake_images(params, stats, 7, np.arange(6, dtype=np.int32) % 3, seed=4)
 # The same fakes on this process's first device alone.
 real_labels = np.arange(6, dtype=np.int32) % 3
-alone = np.concatenate(list(sampling.sample_in_chunks(
+((_, alone),) = sampling.sample_in_chunks(
     sampling.make_sampler(g), variables["params"], variables["batch_stats"],
-    sampling.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)))
-print(json.dumps({"seen": extracted, "chunk": ev.chunk,
+    sampling.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)
+print(json.dumps({"seen": extracted, "chunk": ev.chunk, "rows": rows.tolist(),
                   "max_diff": float(np.abs(captured[0] - Extractor()(alone)).max())}))
 """
 
 
 def test_two_processes_sample_and_extract_their_own_share_of_the_fakes(tmp_path):
-  """Over a 2 x 2 device mesh each device samples its rows of each chunk and each process
-  extracts the features of its devices' images (4 and 3 of 7); every process ends with all the
-  fakes' features, in order, as one device sampling all of them gives."""
+  """Over a mesh of 2 processes x 2 devices, each process's devices not contiguous in it, each
+  device samples its rows of each chunk and each process extracts the features of its devices'
+  images (4 and 3 of 7); every process ends with all the fakes' features, in order, as one
+  device sampling all of them gives."""
   from conftest import run_two_processes
 
   results, _ = run_two_processes(FAKES_TWO_PROCESSES, str(tmp_path), devices=2)
   assert [r["seen"] for r in results] == [[4], [3]]
+  # Devices in mesh order p0, p1, p0, p1: rows 0 and 2 of each chunk of 4 are process 0's.
+  assert [r["rows"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]
   for r in results:
     assert r["chunk"] == 4 and r["max_diff"] <= 1.0  # one level of rounding at most
 

@@ -153,8 +153,8 @@ def test_generate_between(workdir, tmp_path):
   z = sampling.latents(0, 2, config.model.z_dim)
   for column, colour in enumerate([0, 1]):  # Black, Navy Blue
     labels = jnp.array([[1, colour]] * 2, jnp.int32)  # Tshirts
-    (want,) = sampling.sample_in_chunks(sampler, state.ema_params, statistics, z,
-                                        labels, chunk=len(z))
+    ((_, want),) = sampling.sample_in_chunks(sampler, state.ema_params, statistics, z,
+                                             labels, chunk=len(z))
     assert np.abs(got[column::2] - want.astype(int)).max() <= 1
   assert np.abs(got[0] - got[1]).max() > 0  # the two classes differ
 

@@ -35,8 +35,17 @@ try:
   interrupted = "went on"
 except (multihost.PeerError, KeyboardInterrupt) as e:
   interrupted = type(e).__name__
+# Rows 0, 2, 3 on process 0 and row 1 on process 1, in float64 (not rounded to float32).
+mine = np.array([[0, 2, 3], [1]][me])
+gathered = multihost.gather_rows(mine, mine[:, None] / 10 + np.array([[0.0, 1 / 3]]), 4)
+try:  # a bad call on process 1 alone: both raise, neither waits in an all-gather
+  multihost.gather_rows(mine, np.zeros((len(mine) + me, 2)), 4)
+  mismatch = "gathered"
+except ValueError as e:
+  mismatch = str(e)[:55]
 print(json.dumps({
     "interrupted": interrupted,
+    "gathered": gathered.tolist(), "mismatch": mismatch,
     "data": [same, differ[:39], reordered[:57]],
     "cuda_visible_devices": jax.config.values["jax_cuda_visible_devices"],
     "all": [multihost.all_processes(me == 0), multihost.all_processes(True)],
@@ -60,6 +69,9 @@ def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES)
   # A Ctrl-C on process 1 inside agreed work: it stops there, and process 0 is told.
   assert [r.pop("interrupted") for r in results] == ["PeerError", "KeyboardInterrupt"]
+  for r in results:
+    assert r.pop("gathered") == [[k / 10, k / 10 + 1 / 3] for k in range(4)]
+    assert r.pop("mismatch") == "gather_rows: row indices and rows differ in number on s"
   assert results[0] == results[1] == {"all": [False, True], "any": [True, False],
                                       "signal": [15, None],
                                       "from_0": [True, 1.5, 0.1, 2**40 + 3, [0, 1 / 3, 2 / 3]],

@@ -208,17 +208,17 @@ def test_standing_statistics_stay_exact_for_large_activations():
 
 
 def test_chunks_are_padded_trimmed_and_dispatched_one_ahead():
-  """sample_in_chunks returns exactly the rows asked for, in order (the last chunk padded, then
-  trimmed), and dispatches the next chunk before handing this one over."""
+  """sample_in_chunks returns exactly the rows asked for, in order, with their indices (the last
+  chunk padded, then trimmed), and dispatches the next chunk before handing this one over."""
   rows = lambda params, stats, z, labels: jnp.asarray(z)[:, :1] * 2
   z = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-  got = np.concatenate(list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3)))
-  np.testing.assert_array_equal(got[:, 0], np.arange(7) * 2)
-  np.testing.assert_array_equal(sampling.local_rows(7, 3), np.arange(7))
+  chunks = list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3))
+  np.testing.assert_array_equal(np.concatenate([i for _, i in chunks])[:, 0], np.arange(7) * 2)
+  assert [r.tolist() for r, _ in chunks] == [[0, 1, 2], [3, 4, 5], [6]]
   calls = []
   chunks = sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
                                      chunk=3)
-  assert [len(next(chunks)) for _ in range(3)] == [3, 3, 1] and not list(chunks)
+  assert [len(next(chunks)[1]) for _ in range(3)] == [3, 3, 1] and not list(chunks)
   calls.clear()
   next(sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
                                  chunk=3))
@@ -228,28 +228,31 @@ def test_chunks_are_padded_trimmed_and_dispatched_one_ahead():
 MESH_SAMPLING = r"""
 import json
 import jax, numpy as np
-from jaxgan import config as config_lib, models, sampling, sharding
+from jaxgan import models, sampling, sharding
 from tests.conftest import tiny_config
-config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2})
+config = tiny_config()
 g, _ = models.build_models(config)
 variables = g.init({"params": jax.random.PRNGKey(1)}, np.zeros((2, 8), np.float32),
                    np.zeros(2, np.int32), train=False)
 z = np.asarray(sampling.latents(3, 11, 8))
 labels = np.arange(11, dtype=np.int32) % 3
-plain = np.concatenate(list(sampling.sample_in_chunks(
-    sampling.make_sampler(g), variables["params"], variables["batch_stats"], z, labels, 4)))
-mesh = sharding.make_mesh(config)
+plain = np.concatenate([images for _, images in sampling.sample_in_chunks(
+    sampling.make_sampler(g), variables["params"], variables["batch_stats"], z, labels, 4)])
+# Devices in the mesh in another order than jax.devices(): rows follow the mesh's order.
+mesh = jax.sharding.Mesh(np.asarray(jax.devices())[[2, 0, 3, 1]].reshape(2, 2),
+                         sharding.BATCH_AXES)
 rows = sharding.batch_sharding(mesh)
 params, stats = jax.device_put((variables["params"], variables["batch_stats"]),
                                sharding.replicated(mesh))
-split = np.concatenate(list(sampling.sample_in_chunks(
-    sampling.make_sampler(g, rows), params, stats, z, labels, 4, rows)))
+chunks = list(sampling.sample_in_chunks(
+    sampling.make_sampler(g, rows), params, stats, z, labels, 4, rows))
+split = np.concatenate([images for _, images in chunks])
 flops = lambda sampler, sharded: sampler.lower(
     params, stats, jax.ShapeDtypeStruct((4, 8), np.float32, sharding=sharded),
     jax.ShapeDtypeStruct((4,), np.int32, sharding=sharded)).compile().cost_analysis()["flops"]
 print(json.dumps({"max_diff": int(np.abs(plain.astype(int) - split.astype(int)).max()),
                   "shape": list(split.shape),
-                  "rows": sampling.local_rows(11, 4, rows).tolist(),
+                  "rows": np.concatenate([r for r, _ in chunks]).tolist(),
                   "flops_ratio": flops(sampling.make_sampler(g, rows), rows) / flops(
                       sampling.make_sampler(g, sharding.replicated(mesh)),
                       sharding.replicated(mesh))}))

@@ -161,7 +161,7 @@ batch = sharding.put_batch(next(source.batches(8, 1, rows)), batch_sharding, 8)
 try:  # a process that loaded half its rows: inferred, the global batch was a valid one of 4 rows
   short = str(sharding.put_batch(next(source.batches(8, 1, rows[:2])), batch_sharding, 8))
 except ValueError as e:
-  short = str(e)
+  short = f"ValueError: {e}"
 image = multihost_utils.process_allgather(batch["image"], tiled=True)
 label = multihost_utils.process_allgather(batch["label"], tiled=True)
 want = next(source.batches(8, 1))
@@ -177,7 +177,7 @@ def test_scattered_devices_assemble_the_global_batch_in_order():
   results, _ = run_two_processes(SCATTERED_ROWS, devices=2)
   assert [r["rows"] for r in results] == [[0, 1, 4, 5], [2, 3, 6, 7]]
   assert all(r["same_batch"] for r in results)
-  assert all("the process data has 2 elements" in r["short"] for r in results)
+  assert all(r["short"].startswith("ValueError") for r in results)
 
 
 def test_compile_only_prints_memory_and_flops(tmp_path):
@@ -220,7 +220,7 @@ def extract(x):  # a stand-in for Inception: per-image features that depend on t
   return x.reshape(len(x), 12)[:, :4].astype(np.float32) + 0.5  # also of no images
 images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
 five = extract_across_processes(extract, images)
-one = extract_across_processes(extract, images[:1])  # process 1 extracts only padding
+one = extract_across_processes(extract, images[:1])  # process 1 extracts no image
 def fails_on_1(x):  # e.g. out of memory on one host only
   if jax.process_index() == 1:
     raise MemoryError("RESOURCE_EXHAUSTED on process 1")
@@ -295,6 +295,11 @@ def test_several_slices_keep_fsdp_inside_each_slice(caplog):
     wide = sharding.device_grid(tiny_config(**{"mesh.data": 1, "mesh.fsdp": 8}), devices)
   assert wide.shape == (1, 8)
   assert "fsdp's collectives cross the network between slices" in caplog.text
+  uneven = [SliceDevice(i, int(i >= 6)) for i in range(8)]  # 6 + 2: JAX cannot lay them out
+  with caplog.at_level(logging.WARNING):
+    grid = sharding.device_grid(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}), uneven)
+  assert [d.id for d in grid.flat] == list(range(8))  # device order, with a warning
+  assert "no topology-aware device order" in caplog.text
 
 
 def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplog):

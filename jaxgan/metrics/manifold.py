@@ -26,53 +26,55 @@ def _squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.maximum(squared, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def _radii_block(rows: jax.Array, start: jax.Array, points: jax.Array, k: int) -> jax.Array:
-  """Squared distance from each of `rows` (rows start.. of `points`) to its k-th nearest other
-  point. Its own distance is set to exactly 0 (float rounding could leave it above a near
-  duplicate's), so it stays the first of the k + 1 smallest."""
+@functools.partial(jax.jit, static_argnames=("block", "k"))
+def _radii_block(points: jax.Array, start: jax.Array, count: int, block: int, k: int
+                 ) -> jax.Array:
+  """Squared distance from each of rows start..start + block of `points` (the first `count`
+  rows are points, the rest padding) to its k-th nearest other point. Its own distance is set to
+  exactly 0 (float rounding could leave it above a near duplicate's), so it stays the first of
+  the k + 1 smallest; padding rows are never neighbours."""
+  rows = jax.lax.dynamic_slice_in_dim(points, start, block)
   d = _squared_distances(rows, points)
-  own = (start + jnp.arange(rows.shape[0]))[:, None] == jnp.arange(points.shape[0])[None, :]
-  d = jnp.where(own, 0.0, d)
+  columns = jnp.arange(points.shape[0])[None, :]
+  d = jnp.where((start + jnp.arange(block))[:, None] == columns, 0.0, d)
+  d = jnp.where(columns < count, d, jnp.inf)
   # The largest of the k + 1 smallest. (Indexing column k of top_k's output instead made XLA:CPU
   # sort every row in full: 5x slower at N = 2000.)
   return -jnp.min(jax.lax.top_k(-d, k + 1)[0], axis=1)
 
 
-@jax.jit
-def _inside_block(queries: jax.Array, manifold: jax.Array, radii: jax.Array) -> jax.Array:
-  """Whether each query lies within some manifold point's k-NN radius."""
-  return jnp.any(_squared_distances(queries, manifold) <= radii[None, :], axis=1)
+@functools.partial(jax.jit, static_argnames="block")
+def _inside_block(queries: jax.Array, start: jax.Array, manifold: jax.Array, radii: jax.Array,
+                  block: int) -> jax.Array:
+  """Whether each of query rows start..start + block lies within some manifold point's k-NN
+  radius (padding points have radius -1: they contain nothing)."""
+  rows = jax.lax.dynamic_slice_in_dim(queries, start, block)
+  return jnp.any(_squared_distances(rows, manifold) <= radii[None, :], axis=1)
 
 
-def _blocks(rows: np.ndarray, block: int):
-  """(start, rows[start:start + block] padded to `block` rows, count) for every block: one
-  compiled shape for all of them."""
-  for start in range(0, len(rows), block):
-    part = rows[start:start + block]
-    count = len(part)
-    if count < block:
-      part = np.concatenate([part, np.zeros((block - count,) + part.shape[1:], part.dtype)])
-    yield start, part, count
+def _on_device(points: np.ndarray, shift: np.ndarray, block: int) -> jax.Array:
+  """`points - shift` in float32 on the device, padded with zero rows to a multiple of `block`:
+  each set is copied once, and every block call has one shape."""
+  padded = -(-len(points) // block) * block
+  centred = (np.asarray(points, np.float64) - shift).astype(np.float32)
+  return jnp.asarray(np.concatenate([centred, np.zeros((padded - len(points),) + points.shape[1:],
+                                                       np.float32)]))
 
 
-def knn_radii(points: np.ndarray, k: int, block: int = BLOCK) -> np.ndarray:
-  """Squared distance from each point to its k-th nearest other point (float32)."""
-  on_device = jnp.asarray(points)
-  block = min(block, len(points))
-  parts = [(_radii_block(part, np.int32(start), on_device, k), count)
-           for start, part, count in _blocks(points, block)]
-  return np.concatenate([np.asarray(r)[:count] for r, count in parts])
+def _radii(points: jax.Array, count: int, k: int, block: int) -> jax.Array:
+  """Every point's squared k-NN radius ([padded], padding rows -1)."""
+  parts = [_radii_block(points, np.int32(start), count, block, k)
+           for start in range(0, points.shape[0], block)]
+  radii = jnp.concatenate(parts)
+  return jnp.where(jnp.arange(points.shape[0]) < count, radii, -1.0)
 
 
-def coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray,
-             block: int = BLOCK) -> float:
-  """The share of `queries` inside the k-NN manifold (`manifold` points with `radii`)."""
-  manifold, radii = jnp.asarray(manifold), jnp.asarray(radii)
-  block = min(block, len(queries))
-  parts = [(_inside_block(part, manifold, radii), count)
-           for _, part, count in _blocks(queries, block)]
-  return float(np.concatenate([np.asarray(p)[:count] for p, count in parts]).mean())
+def _coverage(manifold: jax.Array, radii: jax.Array, queries: jax.Array, count: int,
+              block: int) -> float:
+  """The share of the first `count` rows of `queries` inside the k-NN manifold."""
+  parts = [_inside_block(queries, np.int32(start), manifold, radii, block)
+           for start in range(0, queries.shape[0], block)]
+  return float(np.asarray(jnp.concatenate(parts))[:count].mean())
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = BLOCK
@@ -80,9 +82,15 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int 
   """Precision: the share of fakes inside the real manifold; recall: the share of reals inside
   the fake one; each manifold the union of balls reaching every point's k-th nearest
   neighbour."""
-  x, y = np.asarray(real, np.float32), np.asarray(fake, np.float32)
-  if min(len(x), len(y)) <= k:
+  real, fake = np.asarray(real), np.asarray(fake)
+  if min(len(real), len(fake)) <= k:
     raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
-  precision = coverage(x, knn_radii(x, k, block), y, block)
-  recall = coverage(y, knn_radii(y, k, block), x, block)
-  return precision, recall
+  block = min(block, max(len(real), len(fake)))
+  # Distances do not change under a common shift; centred, the norms in |a|^2 + |b|^2 - 2ab are
+  # smaller, and so is what float32 cancels.
+  shift = ((real.sum(0, dtype=np.float64) + fake.sum(0, dtype=np.float64))
+           / (len(real) + len(fake)))
+  x, y = _on_device(real, shift, block), _on_device(fake, shift, block)
+  x_radii, y_radii = _radii(x, len(real), k, block), _radii(y, len(fake), k, block)
+  return (_coverage(x, x_radii, y, len(fake), block),
+          _coverage(y, y_radii, x, len(real), block))

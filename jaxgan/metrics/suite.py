@@ -93,12 +93,19 @@ def min_samples(names: list[str]) -> int:
 
 
 def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
-            real_labels: Optional[np.ndarray] = None, fake_labels: Optional[np.ndarray] = None
-            ) -> dict:
-  """Every named metric of the two feature sets, as one flat dict of floats."""
+            real_labels: Optional[np.ndarray] = None, fake_labels: Optional[np.ndarray] = None,
+            on_error: Optional[Callable[[str, Exception], None]] = None) -> dict:
+  """Every named metric of the two feature sets, as one flat dict of floats. With `on_error`, a
+  metric that raises (KID or precision/recall out of accelerator memory) is reported to it and
+  left out, and the others are still computed."""
   results: dict = {}
   for name in names:
-    results.update(METRICS.get(name, "eval.metrics")(real, fake, real_labels, fake_labels))
+    try:
+      results.update(METRICS.get(name, "eval.metrics")(real, fake, real_labels, fake_labels))
+    except Exception as e:  # pylint: disable=broad-except
+      if on_error is None:
+        raise
+      on_error(name, e)
   return results
 
 
