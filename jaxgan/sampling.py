@@ -217,11 +217,11 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)
 
-  def place(rows: Optional[np.ndarray]):
-    if rows is None or batch_sharding is None:
-      return rows
+  def place(part: Optional[np.ndarray]):
+    if part is None or batch_sharding is None:
+      return part
     # Every process holds all of z: each device takes its own rows from it.
-    return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
+    return jax.make_array_from_callback(part.shape, batch_sharding, lambda index: part[index])
 
   def dispatch(start: int) -> tuple[np.ndarray, list]:
     count = min(chunk, len(z) - start)
