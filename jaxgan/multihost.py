@@ -55,7 +55,7 @@ def from_process_0(value):
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   array = np.asarray(value)
-  if array.dtype.itemsize == 8:
+  if _wide(array):
     # Without jax_enable_x64 a 64-bit value would travel as 32 bits (a best FID rounded to
     # float32, a large int wrapped): its bytes travel as uint32 words instead.
     words = multihost_utils.broadcast_one_to_all(array.reshape(-1).view(np.uint32))
@@ -65,13 +65,19 @@ def from_process_0(value):
   return type(value)(out) if isinstance(value, (bool, int, float)) else out
 
 
+def _wide(array: np.ndarray) -> bool:
+  """Whether JAX without jax_enable_x64 would narrow `array`'s values (64-bit, complex128)."""
+  return array.dtype.itemsize > 4 and array.dtype.itemsize % 4 == 0
+
+
 def _gather_whole(value: np.ndarray) -> np.ndarray:
   """[P, ...] of every process's `value` (one shape everywhere), 64-bit values whole: without
   jax_enable_x64 the all-gather would carry them as 32 bits, so they travel as uint32 words."""
-  if value.dtype.itemsize != 8:
+  if not _wide(value):
     return _gather(value)
   words = _gather(np.ascontiguousarray(value).reshape(-1).view(np.uint32))
-  return np.ascontiguousarray(words, np.uint32).view(value.dtype).reshape((-1,) + value.shape)
+  words = np.ascontiguousarray(words, np.uint32)
+  return words.view(value.dtype).reshape((words.shape[0],) + value.shape)
 
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:

@@ -45,9 +45,10 @@ rm -f "$tarball"
 
 # 2. Environment: jaxgan and JAX for TPU on every worker (TensorFlow stays CPU-only). The TPU
 # extra is pinned to the JAX version pip resolved for jaxgan on that worker, and nothing is
-# upgraded: a rerun (a resume) keeps each worker's JAX. A fresh or replaced worker resolves the
-# newest JAX jaxgan allows, so for a pod whose workers may change, pin one version for all with
-# JAX_TPU_SPEC (e.g. 'jax[tpu]==0.6.2', installed as given).
+# upgraded: a rerun (a resume) keeps each worker's JAX. A fresh or replaced worker keeps the JAX
+# of its image, or without one resolves the newest JAX jaxgan allows, so for a pod whose workers
+# may change, pin one version for all with JAX_TPU_SPEC (e.g. 'jax[tpu]==0.6.2', installed as
+# given).
 if [[ -n "${JAX_TPU_SPEC:-}" ]]; then
   tpu_spec="$(printf '%q' "$JAX_TPU_SPEC")"
 else

@@ -106,6 +106,11 @@ def test_precision_recall_in_float32_match_float64_on_inception_like_features():
   want = _pr_direct(real.astype(np.float32).astype(np.float64),
                     fake.astype(np.float32).astype(np.float64), 3)
   assert got == pytest.approx(want, abs=1e-12) and 0.1 < min(want) and max(want) < 0.95
+  # Shifted far from the origin (distances unchanged): centred first, float32 still agrees (the
+  # uncentred |a|^2 + |b|^2 - 2ab gave (0.538, 0.867) here against float64's (0.523, 0.873)).
+  far = metrics.precision_recall((real + 100).astype(np.float32), (fake + 100).astype(np.float32),
+                                 k=3, block=64)
+  assert far == pytest.approx(want, abs=1e-12)
 
 
 def test_kid_in_float32_matches_float64_on_inception_like_features():

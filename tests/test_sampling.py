@@ -238,7 +238,8 @@ z = np.asarray(sampling.latents(3, 11, 8))
 labels = np.arange(11, dtype=np.int32) % 3
 plain = np.concatenate([images for _, images in sampling.sample_in_chunks(
     sampling.make_sampler(g), variables["params"], variables["batch_stats"], z, labels, 4)])
-# Devices in the mesh in another order than jax.devices(): rows follow the mesh's order.
+# Devices in the mesh in another order than jax.devices() (which device holds which rows is
+# tested across two processes in test_evaluator.py): the images still come back in row order.
 mesh = jax.sharding.Mesh(np.asarray(jax.devices())[[2, 0, 3, 1]].reshape(2, 2),
                          sharding.BATCH_AXES)
 rows = sharding.batch_sharding(mesh)

@@ -55,10 +55,10 @@ def _inside_block(queries: jax.Array, start: jax.Array, manifold: jax.Array, rad
 def _on_device(points: np.ndarray, shift: np.ndarray, block: int) -> jax.Array:
   """`points - shift` in float32 on the device, padded with zero rows to a multiple of `block`:
   each set is copied once, and every block call has one shape."""
-  padded = -(-len(points) // block) * block
-  centred = (np.asarray(points, np.float64) - shift).astype(np.float32)
-  return jnp.asarray(np.concatenate([centred, np.zeros((padded - len(points),) + points.shape[1:],
-                                                       np.float32)]))
+  padded = np.zeros((-(-len(points) // block) * block,) + points.shape[1:], np.float32)
+  # In place, in float32: no float64 copies of a 50k x 2048 set (1.6 GB in all) on the host.
+  np.subtract(points, shift, out=padded[:len(points)], casting="unsafe")
+  return jnp.asarray(padded)
 
 
 def _radii(points: jax.Array, count: int, k: int, block: int) -> jax.Array:

@@ -100,8 +100,9 @@ def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
   left out, and the others are still computed."""
   results: dict = {}
   for name in names:
+    metric = METRICS.get(name, "eval.metrics")  # an unknown name is always an error
     try:
-      results.update(METRICS.get(name, "eval.metrics")(real, fake, real_labels, fake_labels))
+      results.update(metric(real, fake, real_labels, fake_labels))
     except Exception as e:  # pylint: disable=broad-except
       if on_error is None:
         raise
