@@ -54,14 +54,7 @@ def from_process_0(value):
     return value
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  array = np.asarray(value)
-  if _wide(array):
-    # Without jax_enable_x64 a 64-bit value would travel as 32 bits (a best FID rounded to
-    # float32, a large int wrapped): its bytes travel as uint32 words instead.
-    words = multihost_utils.broadcast_one_to_all(array.reshape(-1).view(np.uint32))
-    out = np.asarray(words, np.uint32).view(array.dtype).reshape(array.shape)
-  else:
-    out = np.asarray(multihost_utils.broadcast_one_to_all(array))
+  out = _whole(multihost_utils.broadcast_one_to_all, np.asarray(value))
   return type(value)(out) if isinstance(value, (bool, int, float)) else out
 
 
@@ -70,14 +63,15 @@ def _wide(array: np.ndarray) -> bool:
   return array.dtype.itemsize > 4 and array.dtype.itemsize % 4 == 0
 
 
-def _gather_whole(value: np.ndarray) -> np.ndarray:
-  """[P, ...] of every process's `value` (one shape everywhere), 64-bit values whole: without
-  jax_enable_x64 the all-gather would carry them as 32 bits, so they travel as uint32 words."""
+def _whole(collective: Callable[[np.ndarray], np.ndarray], value: np.ndarray) -> np.ndarray:
+  """`collective(value)` (a broadcast: [...], or an all-gather: [P, ...]) with 64-bit values
+  whole: without jax_enable_x64 JAX would carry them as 32 bits (a best FID rounded to float32,
+  a large int wrapped), so their bytes travel as uint32 words."""
   if not _wide(value):
-    return _gather(value)
-  words = _gather(np.ascontiguousarray(value).reshape(-1).view(np.uint32))
+    return np.asarray(collective(value))
+  words = collective(np.ascontiguousarray(value).reshape(-1).view(np.uint32))
   words = np.ascontiguousarray(words, np.uint32)
-  return words.view(value.dtype).reshape((words.shape[0],) + value.shape)
+  return words.view(value.dtype).reshape(words.shape[:-1] + value.shape)
 
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
@@ -96,9 +90,9 @@ def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     # a padding row).
     most = int(np.max(_gather(np.int32(len(rows)))))
     pad = most - len(rows)
-    rows = _gather_whole(np.concatenate([rows, np.full(pad, -1, np.int64)])).ravel()
-    values = _gather_whole(np.concatenate([values, np.zeros((pad,) + values.shape[1:],
-                                                            values.dtype)]))
+    rows = _whole(_gather, np.concatenate([rows, np.full(pad, -1, np.int64)])).ravel()
+    padding = np.zeros((pad,) + values.shape[1:], values.dtype)
+    values = _whole(_gather, np.concatenate([values, padding]))
     values = values.reshape((-1,) + values.shape[2:])
     held = rows >= 0
     rows, values = rows[held], values[held]
