@@ -3,12 +3,37 @@
 import os
 import sys
 
-# Tests compile many tiny programs and time none of them: XLA's cheapest backend optimisation
-# level cuts compile times several-fold on the CPU (threefry RNG alone takes ~4 s at the default
-# level with jaxlib 0.10). Set before JAX starts, and inherited by the subprocesses tests launch.
+# Tests compile many tiny programs and time none of them, so the suite asks XLA for its cheapest
+# CPU compilation, set before JAX starts and inherited by the subprocesses tests launch:
+# - the lowest backend (LLVM) optimisation level: threefry RNG alone took ~4 s at the default
+#   level with jaxlib 0.10;
+# - the older elemental fusion emitters instead of XLA:CPU's MLIR fusion emitters: the tiny
+#   DCGAN's train step compiles in 1.6 s instead of 2.8-3.2 s, the tiny ResNet's in ~10 s instead
+#   of ~15 s (jaxlib 0.10.2, 2 cores), with step times unchanged. That flag is younger than the
+#   oldest jaxlib the package allows, and XLA aborts on a flag it does not know, so it is only
+#   added where a probe process accepts it.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+OPTIONAL_FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_accepts(flags: str) -> bool:
+  """Whether a fresh process can start JAX's CPU backend with XLA_FLAGS=`flags` (~1.8 s)."""
+  import subprocess
+
+  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"],
+                         env=dict(os.environ, XLA_FLAGS=flags), capture_output=True)
+  return probe.returncode == 0
+
+
 if FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAG).strip()
+  # The first process here (pytest, or xdist's controller) probes once; its workers and every
+  # subprocess inherit the result through XLA_FLAGS and skip this block.
+  _flags = FAST_COMPILE_FLAG
+  if _xla_accepts(f"{FAST_COMPILE_FLAG} {OPTIONAL_FAST_COMPILE_FLAG}"):
+    _flags += " " + OPTIONAL_FAST_COMPILE_FLAG
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flags).strip()
+FAST_COMPILE_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
+                              if f in (FAST_COMPILE_FLAG, OPTIONAL_FAST_COMPILE_FLAG))
 
 # One persistent XLA compilation cache per test session, shared with every subprocess: the tests
 # train the same tiny model in many processes, and each would otherwise compile it again.
@@ -37,7 +62,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a subprocess with `devices` fake CPU devices."""
-  return f"{FAST_COMPILE_FLAG} --xla_force_host_platform_device_count={devices}"
+  return f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
 
 
 # The start of a run_two_processes script: joins the job through the project's own start-up
