@@ -87,23 +87,23 @@ def _prepared_flags(tmp_path):
 def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
   """On prepared data through tf.data (whose position must resume too; the synthetic source's
   resume is covered in-process by test_train.py)."""
-  flags = TINY_FLAGS + ["--config.train.num_steps=300", "--config.train.checkpoint_every=25",
-                        "--config.train.log_every=25", "--config.train.sample_every=1000"]
+  flags = TINY_FLAGS + ["--config.train.num_steps=120", "--config.train.checkpoint_every=20",
+                        "--config.train.log_every=20", "--config.train.sample_every=1000"]
   flags += _prepared_flags(tmp_path)
   workdir = tmp_path / "killed"
-  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 50)
-  assert killed_at < 300  # really mid-run
+  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 40)
+  assert killed_at < 120  # really mid-run
   done = subprocess.run(_train_cmd(workdir, flags), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
   _, step, resumed, _ = workdir_lib.load_latest(str(workdir))
-  assert step == 300
+  assert step == 120
   assert json.load(open(workdir / "config.json"))["data"]["num_classes"] == 2  # resolved
   _assert_same_state(resumed, reference)
   # The log has each step once, in order, despite the kill.
   steps = [r["step"] for r in writers.read_metrics(str(workdir))]
-  assert steps == list(range(25, 301, 25))
+  assert steps == list(range(20, 121, 20))
 
 
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
