@@ -9,11 +9,15 @@ import sys
 #   level with jaxlib 0.10;
 # - the older elemental fusion emitters instead of XLA:CPU's MLIR fusion emitters: the tiny
 #   DCGAN's train step compiles in 1.6 s instead of 2.8-3.2 s, the tiny ResNet's in ~10 s instead
-#   of ~15 s (jaxlib 0.10.2, 2 cores), with step times unchanged. That flag is younger than the
-#   oldest jaxlib the package allows, and XLA aborts on a flag it does not know, so it is only
-#   added where a probe process accepts it.
+#   of ~15 s (jaxlib 0.10.2, 2 cores), with step times unchanged;
+# - one thread per Eigen convolution or matmul: xdist already runs a worker per core, and each
+#   worker's (and subprocess's) own thread pool only fought the others for the same cores.
+# The suite's CPU time on 2 cores: 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40
+# with all three (wall 7:32 and 5:38, one run each). The last two are only added where a probe
+# process accepts them: XLA aborts on a flag it does not know, and the fusion-emitter flag is
+# younger than the oldest jaxlib the package allows.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-OPTIONAL_FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+OPTIONAL_FAST_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_multi_thread_eigen=false")
 
 
 def _xla_accepts(flags: str) -> bool:
@@ -28,12 +32,13 @@ def _xla_accepts(flags: str) -> bool:
 if FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   # The first process here (pytest, or xdist's controller) probes once; its workers and every
   # subprocess inherit the result through XLA_FLAGS and skip this block.
-  _flags = FAST_COMPILE_FLAG
-  if _xla_accepts(f"{FAST_COMPILE_FLAG} {OPTIONAL_FAST_COMPILE_FLAG}"):
-    _flags += " " + OPTIONAL_FAST_COMPILE_FLAG
+  _flags = " ".join((FAST_COMPILE_FLAG,) + OPTIONAL_FAST_FLAGS)
+  if not _xla_accepts(_flags):
+    _flags = FAST_COMPILE_FLAG
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flags).strip()
+# What a subprocess with its own XLA_FLAGS (fake devices) keeps of the above.
 FAST_COMPILE_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
-                              if f in (FAST_COMPILE_FLAG, OPTIONAL_FAST_COMPILE_FLAG))
+                              if f == FAST_COMPILE_FLAG or f in OPTIONAL_FAST_FLAGS)
 
 # One persistent XLA compilation cache per test session, shared with every subprocess: the tests
 # train the same tiny model in many processes, and each would otherwise compile it again.
