@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import JOIN_TWO_PROCESSES, run_two_processes, tiny_config
 from jaxgan import config as config_lib, evaluate, trainer
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import draw_product
@@ -122,6 +122,47 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
                         "--standing-stats-batches", "0")
   assert code == 0, err
   assert abs(json.loads(out)["fid"] - result["fid"]) > 1e-3 * result["fid"]
+
+
+
+TRAIN_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
+import json
+from jaxgan import trainer
+from tests.conftest import tiny_config
+trainer.train_and_evaluate(tiny_config(**json.loads(sys.argv[3])), sys.argv[4])
+print(json.dumps({"process": me}))
+"""
+
+
+@needs_weights
+def test_two_processes_train_with_evaluation_as_one_evaluates(tmp_path, capsys):
+  """Training with evaluation on 2 processes, end to end: the reals' features are extracted
+  across the processes and cached once, the fakes sampled over the 2-device mesh and their
+  features gathered, process 0 logs each evaluation once, and both processes save the same best
+  checkpoint. `evaluate` in one process then computes the FID that was logged (measured: the
+  same float64 value)."""
+  cache = str(tmp_path / "cache")
+  overrides = {"train.eval_every": 2, "train.eval_num_samples": 6, "eval.num_real": 8,
+               "eval.batch_size": 3, "eval.cache_dir": cache, "train.tensorboard": False}
+  workdir = str(tmp_path / "run")
+  run_two_processes(TRAIN_TWO_PROCESSES, json.dumps(overrides), workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  evals = {r["step"]: r for r in rows if "eval/fid" in r}
+  assert sorted(evals) == [2, 4] and len([r for r in rows if "eval/fid" in r]) == 2
+  assert all(np.isfinite(r["eval/fid"]) and np.isfinite(r["eval/kid_mean"])
+             for r in evals.values())
+  best_step = min(evals, key=lambda s: evals[s]["eval/fid"])
+  assert os.listdir(os.path.join(workdir, "checkpoints_best")) == [str(best_step)]
+  references = os.listdir(os.path.join(cache, "reference"))
+  assert len(references) == 1
+
+  code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
+                        "--cache-dir", cache, "--metrics", "fid")
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["step"] == best_step and result["num_samples"] == 6 and result["num_real"] == 8
+  np.testing.assert_allclose(result["fid"], evals[best_step]["eval/fid"], rtol=1e-4)
+  assert os.listdir(os.path.join(cache, "reference")) == references  # the cached reals
 
 
 def test_unknown_metric_is_a_config_error():
