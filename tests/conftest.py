@@ -3,8 +3,9 @@
 import os
 import sys
 
-# Tests compile many tiny programs and time none of them, so the suite asks XLA for its cheapest
-# CPU compilation, set before JAX starts and inherited by the subprocesses tests launch:
+# Tests compile many tiny programs and time none of them, so the suite asks XLA to compile
+# cheaply and run single-threaded kernels, set before JAX starts and inherited by the subprocesses
+# tests launch:
 # - the lowest backend (LLVM) optimisation level: threefry RNG alone took ~4 s at the default
 #   level with jaxlib 0.10;
 # - the older elemental fusion emitters instead of XLA:CPU's MLIR fusion emitters: the tiny
@@ -12,33 +13,48 @@ import sys
 #   of ~15 s (jaxlib 0.10.2, 2 cores), with step times unchanged;
 # - one thread per Eigen convolution or matmul: xdist already runs a worker per core, and each
 #   worker's (and subprocess's) own thread pool only fought the others for the same cores.
-# The suite's CPU time on 2 cores: 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40
-# with all three (wall 7:32 and 5:38, one run each). The last two are only added where a probe
-# process accepts them: XLA aborts on a flag it does not know, and the fusion-emitter flag is
-# younger than the oldest jaxlib the package allows.
+# The suite's CPU time on 2 cores, in the working tree before the two-process evaluation test:
+# 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40 with all three (wall 7:32 and
+# 5:38, one run each). The last two are added only where a probe process accepts each: XLA
+# aborts on a flag it does not know, and the fusion-emitter flag is younger than the oldest
+# jaxlib the package allows (and the kind XLA removes once the old emitters go). A flag of the
+# same name in the user's XLA_FLAGS is left as the user set it.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 OPTIONAL_FAST_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_multi_thread_eigen=false")
+
+
+def _flag_names(flags: str) -> set:
+  return {f.split("=", 1)[0] for f in flags.split()}
 
 
 def _xla_accepts(flags: str) -> bool:
   """Whether a fresh process can start JAX's CPU backend with XLA_FLAGS=`flags` (~1.8 s)."""
   import subprocess
 
-  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"],
-                         env=dict(os.environ, XLA_FLAGS=flags), capture_output=True)
+  try:
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"],
+                           env=dict(os.environ, XLA_FLAGS=flags), capture_output=True,
+                           text=True, timeout=120)
+  except subprocess.TimeoutExpired:
+    sys.stderr.write(f"conftest: JAX did not start within 120 s with XLA_FLAGS={flags}\n")
+    return False
+  if probe.returncode != 0:
+    sys.stderr.write(f"conftest: not using XLA_FLAGS {flags}: {probe.stderr.strip()[-300:]}\n")
   return probe.returncode == 0
 
 
-if FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-  # The first process here (pytest, or xdist's controller) probes once; its workers and every
-  # subprocess inherit the result through XLA_FLAGS and skip this block.
-  _flags = " ".join((FAST_COMPILE_FLAG,) + OPTIONAL_FAST_FLAGS)
-  if not _xla_accepts(_flags):
-    _flags = FAST_COMPILE_FLAG
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flags).strip()
-# What a subprocess with its own XLA_FLAGS (fake devices) keeps of the above.
-FAST_COMPILE_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
-                              if f == FAST_COMPILE_FLAG or f in OPTIONAL_FAST_FLAGS)
+if FAST_COMPILE_FLAG.split("=")[0] not in _flag_names(os.environ.get("XLA_FLAGS", "")):
+  # The first process here (pytest, or xdist's controller) probes, normally once; its workers
+  # and every subprocess inherit the result through XLA_FLAGS and skip this block.
+  _user = os.environ.get("XLA_FLAGS", "")
+  _wanted = [f for f in OPTIONAL_FAST_FLAGS if f.split("=")[0] not in _flag_names(_user)]
+  _base = f"{_user} {FAST_COMPILE_FLAG}".strip()
+  if _wanted and not _xla_accepts(" ".join([_base] + _wanted)):
+    _wanted = [f for f in _wanted if _xla_accepts(f"{_base} {f}")]  # each on its own
+  os.environ["XLA_FLAGS"] = " ".join([_base] + _wanted)
+# What a subprocess given its own XLA_FLAGS (fake devices) keeps of the above.
+SUBPROCESS_FAST_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
+                                 if f == FAST_COMPILE_FLAG or f in OPTIONAL_FAST_FLAGS)
 
 # One persistent XLA compilation cache per test session, shared with every subprocess: the tests
 # train the same tiny model in many processes, and each would otherwise compile it again.
@@ -67,7 +83,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a subprocess with `devices` fake CPU devices."""
-  return f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
+  return f"{SUBPROCESS_FAST_FLAGS} --xla_force_host_platform_device_count={devices}"
 
 
 # The start of a run_two_processes script: joins the job through the project's own start-up
