@@ -125,14 +125,20 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
     for side in ("real", "fake"):
       want = 0.99 * float(before.lecam[side]) + 0.01 * float(m["d_" + side])
       assert float(after.lecam[side]) == pytest.approx(want, rel=1e-5), side
-  # The orthogonal penalty is on G alone: the same first step without it moves D alike (to
-  # rounding: the two are different programs, which XLA may round differently; measured 1.4e-7
-  # of a leaf's scale) and G's kernels by far more (measured 2.7e-3).
+  # The orthogonal penalty is on G alone: the same first step without it moves D alike, to
+  # rounding (the two are different programs, which XLA may round differently), and G by about
+  # a step. In units of the learning rate (Adam's first step moves each element by about lr):
+  # measured 1e-5 for D, 1.16 for G; a penalty leaking into D would flip some of its signs too.
   (_, plain), _ = _run_steps(tiny_config(**overrides, **{"model.orthogonal_reg": 0.0}), 1, 16)
-  leaves = jax.tree_util.tree_leaves
-  change = lambda x, y: float(np.max(np.abs(x - y)) / np.max(np.abs(y)))
-  assert max(change(x, y) for x, y in zip(leaves(s1.d_params), leaves(plain.d_params))) < 1e-6
-  assert max(change(x, y) for x, y in zip(leaves(s1.g_params), leaves(plain.g_params))) > 1e-4
+  lr = config.optim.g_lr
+  assert config.optim.d_lr == lr
+
+  def largest_difference(a, b):
+    return max(float(np.max(np.abs(x - y)))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+  assert largest_difference(s1.d_params, plain.d_params) < 1e-3 * lr
+  assert largest_difference(s1.g_params, plain.g_params) > 0.1 * lr
   # ADA's sign statistic counts the reals of every D pass, as StyleGAN2-ADA: after step 0, the
   # main pass's 8 and the lazy-R1 pass's 8 (R1 is due on even steps); step 1 adds its main 8.
   assert int(s1.augment.count) == 16 and float(s1.augment.p) == 0.5

@@ -91,7 +91,8 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
                         "--config.train.log_every=20", "--config.train.sample_every=1000"]
   flags += _prepared_flags(tmp_path)
   workdir = tmp_path / "killed"
-  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 40)
+  # Killed after step 20: 160 of 24 images, inside an epoch, with 100 steps left to catch it.
+  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 20)
   assert killed_at < 120  # really mid-run
   done = subprocess.run(_train_cmd(workdir, flags), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
