@@ -1,6 +1,7 @@
 """Default job: class-conditional DCGAN on the built-in synthetic catalog, 32x32, CPU-friendly.
 
-Runs offline in about 10 minutes on 2 CPU cores and draws recognisable products per class.
+Runs offline in 5-10 minutes on 2 CPU cores (README: measured) and draws recognisable
+products per class.
 """
 
 from jaxgan.config import base_config
