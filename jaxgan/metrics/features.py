@@ -34,8 +34,9 @@ PREPROCESSING_ID = "tf1-bilinear-299/(x-128)/128"
 # --xla_backend_optimization_level=0; its other flags, older fusion emitters and single-threaded
 # Eigen, do apply here, harmlessly at the tests' sizes) cannot slow it. The network is fixed and
 # runs over tens of thousands of images, so codegen time always pays: at level 0 Inception's CPU
-# forward is 1.6-2x slower while compiling it is only ~1 s faster. Per-compile options override XLA_FLAGS
-# and are part of the compilation-cache key: cached level-0 executables are never reused here.
+# forward is 1.6-2x slower while compiling it is only ~1 s faster. Per-compile options override
+# XLA_FLAGS and are part of the compilation-cache key: cached level-0 executables are never
+# reused here.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
 
 
