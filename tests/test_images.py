@@ -177,6 +177,27 @@ def test_very_wide_is_padded_to_a_square(tmp_path):
   assert out.image[16, 16].max() < 40  # the product, centred
 
 
+def test_a_thin_image_is_shrunk_before_its_square_is_padded(tmp_path, monkeypatch):
+  """1000 x 40 passes a 40,000-pixel limit, but its padded square (1,000,000 pixels) would not:
+  no canvas over the limit is made, and the product still comes out centred, as without it."""
+  img = Image.new("RGB", (1000, 40), (20, 20, 20))
+  path = _write(tmp_path, "banner.png", _encode(img, "PNG"))
+  unlimited = load_image(path, OPTS).image
+  canvases = []
+  real_new = Image.new
+  monkeypatch.setattr(Image, "new", lambda mode, size, *args, **kwargs: (
+      canvases.append(size), real_new(mode, size, *args, **kwargs))[1])
+  out = load_image(path, LoadOptions(32, min_source_size=8, max_pixels=40_000))
+  assert canvases and max(w * h for w, h in canvases) <= 40_000
+  assert out.image.shape == (32, 32, 3)
+  np.testing.assert_array_equal(out.image[0, 16], [255, 255, 255])  # padding above
+  assert out.image[15:17, 16].max() < 100  # the product (1.3 pixels tall), centred
+  assert np.abs(out.image.astype(int) - unlimited).max() <= 8  # as the full-size square gives
+  # At its native size the square would be the output itself: refused from the header.
+  native = load_image(path, LoadOptions(0, min_source_size=8, max_pixels=40_000))
+  assert native.reason == "too large: 1000x40 padded to a square is more than 40000 pixels"
+
+
 def test_exif_rotation_is_applied(tmp_path):
   img = Image.new("RGB", (40, 20), (255, 0, 0))
   img.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue

@@ -9,7 +9,9 @@ converts images the same way:
 3. colour: an embedded ICC profile other than sRGB (Adobe RGB, Display P3, a CMYK press profile)
    is converted to sRGB; grayscale, palette, CMYK and 16-bit (scaled, not clipped) become 8-bit
    RGB; transparency is composited onto the background colour (white by default, never black);
-4. aspect ratio kept by padding to a square with the background colour, centred;
+4. aspect ratio kept by padding to a square with the background colour, centred (an image whose
+   square would have more than `max_pixels` pixels, a banner or a damaged header's 48 x 43048,
+   is first shrunk by an integer box factor so that it does not);
 5. resized with PIL's Lanczos filter (antialiased: it widens its support when downscaling) on the
    8-bit sRGB values.
 """
@@ -21,6 +23,7 @@ import errno
 import functools
 import io
 import logging
+import math
 import os
 import warnings
 from typing import Iterator, Optional, Union
@@ -45,7 +48,9 @@ class LoadOptions:
 
 # Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
 # so a loader fix is never served the old pixels.
-LOADER_VERSION = 5  # 4: a dark 16-bit PNG opened as mode I is 16-bit; 5: ICC profiles
+# 4: a dark 16-bit PNG opened as mode I is 16-bit; 5: ICC profiles; 6: a thin image is shrunk
+# before its square is padded.
+LOADER_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +189,20 @@ def _to_srgb_transform(icc: bytes, mode: str) -> Optional["ImageCms.ImageCmsTran
     return None
 
 
-def _square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+def _square(img: Image.Image, background: tuple[int, int, int], max_pixels: int) -> Image.Image:
   w, h = img.size
   if w == h:
     return img
   side = max(w, h)
+  if side * side > max_pixels:
+    # The header check bounds w x h, but the square grows with the long side squared: a 48 x
+    # 43048 image (a damaged header says so) would need a 5.6 GB canvas, and the run would die
+    # of it instead of counting a bad file. Shrink first by a whole factor (a box filter: exact
+    # block means, cheap), so the canvas stays within the pixel limit; only such images take
+    # this path (at native size they are refused, size_problem).
+    img = img.reduce(-(-side // math.isqrt(max_pixels)))
+    w, h = img.size
+    side = max(w, h)
   canvas = Image.new("RGB", (side, side), background)
   canvas.paste(img, ((side - w) // 2, (side - h) // 2))
   return canvas
@@ -200,7 +214,8 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
     img.seek(0)
   source_format = img.format or ""
   img = _to_srgb(ImageOps.exif_transpose(img))
-  img = _square(_to_rgb(img, options.background, source_format), options.background)
+  img = _square(_to_rgb(img, options.background, source_format), options.background,
+                options.max_pixels)
   if options.image_size and img.size[0] != options.image_size:  # 0: keep the native size
     img = img.resize((options.image_size, options.image_size), RESAMPLE)
   return np.asarray(img, dtype=np.uint8)
@@ -210,6 +225,10 @@ def size_problem(width: int, height: int, options: LoadOptions) -> str:
   """Why an image of this size is refused before decoding, or ''."""
   if width * height > options.max_pixels:
     return f"too large: {width}x{height} is more than {options.max_pixels} pixels"
+  side = max(width, height)
+  if not options.image_size and side * side > options.max_pixels:  # kept at its native size
+    return (f"too large: {width}x{height} padded to a square is more than {options.max_pixels} "
+            "pixels")
   if min(width, height) < options.min_source_size:
     return f"too small: {width}x{height}, data.min_source_size is {options.min_source_size}"
   return ""
