@@ -10,10 +10,14 @@ name, so none truncates a file another is writing, and readers only ever see who
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import socket
 import uuid
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def private_name(path: str) -> str:
@@ -21,6 +25,56 @@ def private_name(path: str) -> str:
   the folder: the pid alone is not enough, since containers often give every host's process the
   same one."""
   return f"{path}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale(path: str) -> int:
+  """Removes the temporaries `private_name(path)...` that processes of this host left behind
+  and returns their number: a SIGKILL or the OOM killer skips the `finally` that removes them,
+  and a decode cache's is the size of the data set, once per failed attempt. A live process's
+  (as `os.kill(pid, 0)` sees it) and other hosts' (whose processes this one cannot see) are
+  kept. Callers hold the cache's `exclusive` lock, which every writer of it holds too."""
+  prefix = f"{os.path.basename(path)}.{socket.gethostname()}."
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+  except OSError:
+    return 0
+  removed = 0
+  for name in names:
+    pid = name[len(prefix):].split(".", 1)[0]
+    if not pid.isdigit() or _alive(int(pid)):
+      continue
+    with contextlib.suppress(OSError):
+      os.remove(os.path.join(folder, name))
+      removed += 1
+      log.warning("removed %s, left by process %s of this host, which is gone", name, pid)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # EPERM: another user's process
+    return True
+  return True
+
+
+def check_free_space(folder: str, needed: int, what: str) -> None:
+  """Raises OSError(ENOSPC) naming `folder` when its file system has fewer than `needed` bytes
+  free. For files written through a memory map: a sparse file's pages get their blocks only when
+  written, so on a full disk the process dies of SIGBUS at the first page that cannot be backed,
+  with no message and no cleanup. Checked, not reserved: another writer can still take the space
+  meanwhile, but a folder that was never big enough fails here, in words."""
+  try:
+    stat = os.statvfs(folder)
+  except (AttributeError, OSError):  # not POSIX, or a folder whose problem shows when written
+    return
+  free = stat.f_bavail * stat.f_frsize
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"{what} needs {needed / 2**30:.2f} GiB in {folder}, which has "
+                  f"{free / 2**30:.2f} GiB free")
 
 
 def publish(tmp: str, path: str) -> None:

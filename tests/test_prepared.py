@@ -128,3 +128,35 @@ def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     prepared.PreparedSource.from_config(config)
   assert "prepared with image loader version (not recorded), this jaxgan's is" in caplog.text
+
+
+def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tmp_path,
+                                                                              monkeypatch):
+  import types
+
+  from jaxgan import atomic_write
+  from tests.conftest import tiny_config
+
+  out, cache = str(tmp_path / "set"), str(tmp_path / "cache")
+  prepared.write_prepared(out, _images(3, 7), np.zeros(3), [], [])
+  info_path = os.path.join(out, prepared.INFO_FILE)
+  good = open(info_path, "rb").read()
+  with open(info_path, "wb") as f:
+    f.write(b"\xff\xfe{}")  # not UTF-8
+  with pytest.raises(DataError, match=r"dataset_info.json is damaged \(UnicodeDecodeError: .*\); "
+                     "prepare the data set again$"):
+    prepared.read_info(out)
+  with open(info_path, "wb") as f:
+    f.write(good)
+  # No room for the memory-mapped copy: said before the write, which would die of SIGBUS.
+  monkeypatch.setattr(atomic_write.os, "statvfs",
+                      lambda path: types.SimpleNamespace(f_bavail=0, f_frsize=4096))
+  config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                          "data.num_classes": 0, "data.cache_dir": cache})
+  with pytest.raises(DataError) as e:
+    prepared.PreparedSource.from_config(config)
+  assert str(e.value) == (
+      f"config key data.cache_dir ({cache}): copying 3 images at 4x4 of {out} needs 0.00 GiB in "
+      f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "
+      "folder ('' keeps the decoded images in memory)")
+  assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []

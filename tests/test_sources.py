@@ -494,6 +494,59 @@ def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folde
   assert len([n for n in os.listdir(cache) if n.endswith((".json", ".npy"))]) == 2
 
 
+def test_a_cache_dir_without_room_or_not_a_folder_is_a_one_line_error(folder, tmp_path,
+                                                                      monkeypatch):
+  """A full disk must fail in words before the memory-mapped write, which would die of SIGBUS
+  (no message, full-size temporaries left behind); so must a cache dir that is not a folder."""
+  import types
+
+  from jaxgan import atomic_write
+
+  cache = tmp_path / "cache"
+  base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+          "data.max_bad_fraction": 0.5}
+  monkeypatch.setattr(atomic_write.os, "statvfs",
+                      lambda path: types.SimpleNamespace(f_bavail=0, f_frsize=4096))
+  with pytest.raises(DataError) as e:
+    build_source(_config(**base, **{"data.cache_dir": str(cache)}))
+  assert str(e.value) == (
+      f"config key data.cache_dir ({cache}): decoding 5 images at 16x16 needs 0.00 GiB in "
+      f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "
+      "folder ('' keeps the decoded images in memory)")
+  assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []
+  monkeypatch.undo()
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(DataError, match=r"^config key data.cache_dir \(.*a_file/cache\): Not a "
+                     r"directory: .*a_file.*; free space there, or set data.cache_dir"):
+    build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "a_file" / "cache")}))
+
+
+def test_a_decode_removes_the_temporaries_of_its_hosts_dead_processes(folder, tmp_path):
+  """A SIGKILL (the OOM killer) skips the cleanup of a decode's full-size temporaries: the next
+  decode of that cache removes them, but not a live process's nor another host's."""
+  import socket
+  import subprocess
+
+  from jaxgan.data import decode
+  from jaxgan.data.images import LoadOptions
+
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  target = cache / "decoded"
+  host = socket.gethostname()
+  stale = [f"decoded.{host}.{gone.pid}.0123abcd.all.npy", f"decoded.{host}.{gone.pid}.0123abcd.npy"]
+  kept = [f"decoded.{host}.{os.getpid()}.4567cdef.all.npy", f"decoded.other-{host}.{gone.pid}.89ab"
+          "cdef.all.npy", f"decoded.{host}-2.{gone.pid}.0123abcd.npy"]
+  for name in stale + kept:
+    (cache / name).write_bytes(b"x" * 100)
+  paths = [str(folder / "shirts" / "a.png"), str(folder / "shoes" / "d.png")]
+  images, _, _ = decode.decode_all(paths, LoadOptions(16), workers=1, cache_file=str(target))
+  assert images.shape == (2, 16, 16, 3)
+  assert sorted(os.listdir(cache)) == sorted(kept + ["decoded.npy"])
+
+
 @pytest.mark.parametrize("kept", [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 5, 6, 7, 9], [9], [0, 3]])
 def test_skipped_files_are_compacted_in_place_not_copied(kept):
   """Without a cache, a decode that skipped files returns its kept rows as a view of the decode

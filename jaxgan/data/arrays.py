@@ -32,6 +32,15 @@ class DataError(ValueError):
   """A data set that cannot be trained on; the message names the file and what to do."""
 
 
+def cache_dir_problem(cache_dir: str, error: OSError) -> str:
+  """The one-line error for data.cache_dir's storage failing: full, read-only, not a folder."""
+  detail = error.strerror or str(error)
+  if error.filename:
+    detail += f": {error.filename}"
+  return (f"config key data.cache_dir ({cache_dir}): {detail}; free space there, or set "
+          "data.cache_dir to another folder ('' keeps the decoded images in memory)")
+
+
 def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) -> None:
   """Raises DataError naming a class left without images (every file of it skipped): it would
   still be a class of the model, and its grid rows and samples would be generated from nothing."""
@@ -331,21 +340,26 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
   # One process decodes into a shared cache while the others (of this host, or of hosts sharing
   # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
-  with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
-    cached = read_decode_cache(cache_file) if cache_file else None
-    if cached is not None:
-      images, indices, skipped = cached
-      log.info("decoded images of %s from cache %s.npy", where, cache_file)
-    else:
-      try:
-        images, indices, skipped = decode_all(
-            paths, load_options(config), d.workers,
-            desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
-      except DecodeError as e:
-        raise DataError(f"decoding {where}: {e}; if memory ran out, set data.workers lower"
-                        ) from None
-      if cache_file:
-        write_decode_index(cache_file, indices, skipped)
+  try:
+    with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
+      cached = read_decode_cache(cache_file) if cache_file else None
+      if cached is not None:
+        images, indices, skipped = cached
+        log.info("decoded images of %s from cache %s.npy", where, cache_file)
+      else:
+        try:
+          images, indices, skipped = decode_all(
+              paths, load_options(config), d.workers,
+              desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
+        except DecodeError as e:
+          raise DataError(f"decoding {where}: {e}; if memory ran out, set data.workers lower"
+                          ) from None
+        if cache_file:
+          write_decode_index(cache_file, indices, skipped)
+  except OSError as e:  # the loader never raises one for an image: this is the cache's storage
+    if not cache_file:
+      raise
+    raise DataError(cache_dir_problem(d.cache_dir, e)) from None
   for item in list(missing)[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   if len(missing) > 20:

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from jaxgan.atomic_write import private_name
+from jaxgan.atomic_write import check_free_space, private_name, remove_stale
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,11 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
   n = len(paths)
   workers = min(num_workers(workers), max(n, 1))
   if cache_file:
-    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(cache_file))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale(cache_file)
+    # Every image, then the kept ones compacted into a second file: up to twice the set at once.
+    check_free_space(folder, 2 * n * size * size * 3, f"decoding {n} images at {size}x{size}")
     # Published by a rename: a reader never maps a file that is being written or truncated.
     private = private_name(cache_file)
     out = np.lib.format.open_memmap(private + ".all.npy", "w+", np.uint8, (n, size, size, 3))

@@ -25,8 +25,9 @@ import ml_collections
 import numpy as np
 
 from jaxgan import tf_host
-from jaxgan.atomic_write import exclusive, private_name, publish
-from jaxgan.data.arrays import ArraySource, Attributes, DataError, require_attributes
+from jaxgan.atomic_write import check_free_space, exclusive, private_name, publish, remove_stale
+from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
+                                require_attributes)
 from jaxgan.data.images import LOADER_VERSION
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,10 @@ def read_info(out_dir: str) -> dict:
       if not isinstance(a, dict) or "column" not in a or "class_names" not in a:
         raise KeyError("attributes[].column, attributes[].class_names")
     return info
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
+  except OSError as e:  # unreadable (permissions, the storage): not the file's content
+    raise DataError(f"{path} cannot be read: {e}") from e
+  # ValueError: not JSON, or not UTF-8 (UnicodeDecodeError) either
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data set again") from e
 
 
@@ -202,7 +206,12 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
   private = private_name(images_file) + ".npy" if images_file else ""
   labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
   if private:
-    os.makedirs(os.path.dirname(os.path.abspath(images_file)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(images_file))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale(images_file)
+    remove_stale(labels_file(images_file))
+    check_free_space(folder, n * size * size * 3,
+                     f"copying {n} images at {size}x{size} of {out_dir}")
     images = np.lib.format.open_memmap(private, "w+", np.uint8, (n, size, size, 3))
   else:
     images = np.empty((n, size, size, 3), np.uint8)
@@ -301,12 +310,17 @@ class PreparedSource(ArraySource):
     images_file = images_cache_file(d.path, d.cache_dir) if d.cache_dir else ""
     # One process of those sharing data.cache_dir reads the shards into it; the others wait for
     # the file and map it.
-    with exclusive(images_file + ".lock") if images_file else contextlib.nullcontext():
-      cached = read_cached(images_file) if images_file else None
-      if cached is not None:
-        (images, labels), info = cached, read_info(d.path)
-      else:
-        images, labels, info = read_prepared(d.path, images_file)
+    try:
+      with exclusive(images_file + ".lock") if images_file else contextlib.nullcontext():
+        cached = read_cached(images_file) if images_file else None
+        if cached is not None:
+          (images, labels), info = cached, read_info(d.path)
+        else:
+          images, labels, info = read_prepared(d.path, images_file)
+    except OSError as e:  # the shards' errors are DataErrors: this is data.cache_dir's
+      if not images_file:
+        raise
+      raise DataError(cache_dir_problem(d.cache_dir, e)) from None
     recorded = info.get("loader_version")
     if recorded != LOADER_VERSION:  # None: prepared before versions were recorded
       log.warning("%s was prepared with image loader version %s, this jaxgan's is %d: files the "
