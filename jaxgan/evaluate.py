@@ -188,6 +188,10 @@ def _bad_argument(args) -> str:
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  if config_lib.seed_problem(args.seed):
+    return f"--seed {config_lib.seed_problem(args.seed)}"
   labelled = suite.needs_labels(names)
   if labelled and not args.workdir:
     return f"--metrics {labelled[0]} needs class labels: use --workdir (a conditional run)"

@@ -218,6 +218,8 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   if batch <= 0:
     raise ValueError(f"--batch must be positive, got {batch}")
+  if config_lib.seed_problem(seed):
+    raise ValueError(f"--seed {config_lib.seed_problem(seed)}")
   checkpoint = workdir_lib.parse_checkpoint(checkpoint)
   singles = out.endswith(os.sep) or os.path.isdir(out)
   if not singles and not out.lower().endswith(".png"):  # PNG bytes in a .jpg, or in 'samples'

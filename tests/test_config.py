@@ -30,6 +30,8 @@ from tests.conftest import REPO, run_module
     ("model.downsample_impl", "fft", "model.downsample_impl: must be one of"),
     ("model.norm_impl", "cudnn", "model.norm_impl: must be one of"),
     ("train.steps_per_call", 0, "train.steps_per_call"),
+    ("seed", -1, "seed: must be an integer in [0, 2**32), got -1"),
+    ("seed", 2**32 + 5, "seed: must be an integer in [0, 2**32), got 4294967301"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})

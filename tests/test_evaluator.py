@@ -232,6 +232,7 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     ([], "pass either --workdir DIR or both"),
     (["--workdir", "{tmp}/run"], "{tmp}/run/config.json not found"),
     (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    (["--workdir", "{tmp}", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be 0 (the run's eval.num_real) "
      "or >= 2 for --metrics fid,kid, got -5"),  # the run's eval.metrics
     # precision/recall's 3rd neighbour must be another sample: 4 per set, refused up front (it

@@ -221,6 +221,10 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   np.testing.assert_allclose(path[[0, 2]], np.asarray(ends), atol=1e-5)
   with pytest.raises(ValueError, match="--truncation"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=-1)
+  # JAX keys keep 32 bits of a seed: 2**32 would draw seed 0's latents.
+  with pytest.raises(ValueError,
+                     match=r"^--seed must be an integer in \[0, 2\*\*32\), got 4294967296$"):
+    generate.generate(workdir, 1, str(tmp_path / "x.png"), seed=2**32)
 
 
 def test_unwritable_workdir_fails_before_compiling(tmp_path):

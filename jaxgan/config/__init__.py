@@ -10,12 +10,13 @@ from jaxgan.config.schema import (DTYPES, PATH_KEYS, ConfigError, attribute_clas
                                   check_complete, check_known_keys, flat_items, from_json, get,
                                   label_shape, load_config_file, parse_class_counts,
                                   split_columns, to_json, with_absolute_paths)
-from jaxgan.config.validation import validate, validate_distributed, validate_schedule
+from jaxgan.config.validation import (seed_problem, validate, validate_distributed,
+                                      validate_schedule)
 
 __all__ = [
     "RESUMABLE_KEYS", "config_differences", "describe_differences",
     "DTYPES", "PATH_KEYS", "ConfigError", "attribute_classes", "base_config", "check_complete",
     "check_known_keys", "flat_items", "from_json", "get", "label_shape", "load_config_file",
     "parse_class_counts", "split_columns", "to_json", "with_absolute_paths",
-    "validate", "validate_distributed", "validate_schedule",
+    "seed_problem", "validate", "validate_distributed", "validate_schedule",
 ]

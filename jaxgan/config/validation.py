@@ -24,6 +24,14 @@ def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
            f"must be a positive integer, got {value!r}")
 
 
+def seed_problem(seed) -> str:
+  """Why `seed` cannot seed a run or a sampling, or ''. JAX keys keep its low 32 bits: 5 and
+  2**32 + 5 would share every key (-1 and 2**32 - 1 too) while numpy's draws differed."""
+  if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32:
+    return ""
+  return f"must be an integer in [0, 2**32), got {seed!r}"
+
+
 def validate_schedule(config: ml_collections.ConfigDict) -> None:
   """Training's schedule fits train.steps_per_call: the loop logs, samples, checkpoints and
   evaluates between calls, so every interval is a multiple of the steps one call runs. (Only the
@@ -52,8 +60,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
   check_known_keys(config)
   check_complete(config)
-  _require(isinstance(config.seed, int) and config.seed >= 0, "seed",
-           f"must be a non-negative integer, got {config.seed!r}")
+  _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
