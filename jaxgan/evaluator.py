@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
 from jaxgan import sampling
-from jaxgan.metrics import suite
+from jaxgan.metrics import distances, suite
 from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Evaluator:
     self.chunk = config.eval.batch_size * (1 if batch_sharding is None
                                            else batch_sharding.num_devices)
     self._reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._real_statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of the first `num` real images, from the cache when present."""
@@ -123,6 +124,14 @@ class Evaluator:
         cached = (features, labels)
       self._reference[num] = cached
     return self._reference[num]
+
+  def real_statistics(self, num: int) -> tuple[np.ndarray, np.ndarray]:
+    """FID's mean and covariance of `reference(num)`'s features, computed once per evaluator
+    (StyleGAN2-ADA caches them too): every periodic evaluation of a run compares with the same
+    reals, and at 50k x 2048 they cost seconds of host time."""
+    if num not in self._real_statistics:
+      self._real_statistics[num] = distances.feature_statistics(self.reference(num)[0])
+    return self._real_statistics[num]
 
   @staticmethod
   def _save_reference(path: str, features: np.ndarray, labels: np.ndarray,
@@ -182,7 +191,8 @@ class Evaluator:
     `keep_going` (training): a metric that fails is logged and marked `<name>_failed`, and the
     others are kept; otherwise its error is raised."""
     start = time.perf_counter()
-    real, real_labels = self.reference(num_real or self.config.eval.num_real or num_samples)
+    num_real = num_real or self.config.eval.num_real or num_samples
+    real, real_labels = self.reference(num_real)
     rows, fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
     fake = extract_rows(lambda x: self.extractor(x, desc="inception (fakes)"), fakes, rows,
                         num_samples)
@@ -197,7 +207,8 @@ class Evaluator:
     results = suite.compute(real, fake, names or self.names,
                             real_labels if conditional else None,
                             self.fake_labels(real_labels, num_samples, seed),
-                            on_error=metric_failed if keep_going else None)
+                            on_error=metric_failed if keep_going else None,
+                            real_statistics=lambda: self.real_statistics(num_real))
     results.update({f"{name}_failed": 1 for name in failed})
     results.update(num_samples=int(num_samples), num_real=int(len(real)),
                    inception_images_per_sec=self.extractor.last_images_per_sec,

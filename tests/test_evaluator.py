@@ -106,6 +106,42 @@ def test_a_failing_metric_costs_itself_in_training_and_raises_elsewhere(monkeypa
     ev.evaluate(None, None, 6)
 
 
+def test_the_reals_statistics_are_computed_once_across_evaluations(tmp_path, monkeypatch):
+  """FID's mean and covariance of the reals (seconds at 50k x 2048) are the same at every
+  periodic evaluation: computed once, and the FID is what the uncached computation gives."""
+  from jaxgan.metrics import distances
+
+  computed = []
+  feature_statistics = distances.feature_statistics
+  monkeypatch.setattr(distances, "feature_statistics",
+                      lambda x: (computed.append(len(x)), feature_statistics(x))[1])
+
+  def sampler(params, stats, z, labels):
+    return jnp.asarray(np.random.default_rng(len(z)).integers(0, 255, (len(z), 4, 4, 3)),
+                       jnp.uint8)
+
+  class Recording(Extractor):
+    def __init__(self):
+      super().__init__()
+      self.outputs = []
+
+    def __call__(self, images, desc=""):
+      self.outputs.append(super().__call__(images, desc))
+      return self.outputs[-1]
+
+  extractor = Recording()
+  config = tiny_config(**{"eval.metrics": "fid", "eval.standing_stats_batches": 0,
+                          "eval.cache_dir": str(tmp_path)})
+  ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=extractor,
+                           statistics=lambda params, stats: stats)
+  # 8 fakes of 8-d features: FID takes the covariance path (not the small-N one).
+  first, second = (ev.evaluate(None, None, 8, num_real=6)["fid"] for _ in range(2))
+  assert computed == [6, 8, 8]  # the reals once, the fakes at each evaluation
+  computed.clear()
+  assert first == second == distances.fid(ev.reference(6)[0], extractor.outputs[-1])
+  assert computed == [6, 8]
+
+
 class Writer:
   def __init__(self):
     self.rows = []

@@ -27,8 +27,11 @@ METRICS: Registry[Metric] = Registry("metric")
 
 
 @METRICS.register("fid")
-def _fid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
-  return {"fid": distances.fid(real, fake)}
+def _fid(real: np.ndarray, fake: np.ndarray, *_, real_statistics=None) -> dict:
+  return {"fid": distances.fid(real, fake, real_statistics)}
+
+
+_fid.takes_real_statistics = True  # the evaluator's memoised mean and covariance of the reals
 
 
 @METRICS.register("kid")
@@ -94,15 +97,19 @@ def min_samples(names: list[str]) -> int:
 
 def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
             real_labels: Optional[np.ndarray] = None, fake_labels: Optional[np.ndarray] = None,
-            on_error: Optional[Callable[[str, Exception], None]] = None) -> dict:
+            on_error: Optional[Callable[[str, Exception], None]] = None,
+            real_statistics: Optional[Callable[[], tuple]] = None) -> dict:
   """Every named metric of the two feature sets, as one flat dict of floats. With `on_error`, a
   metric that raises (KID or precision/recall out of accelerator memory) is reported to it and
-  left out, and the others are still computed."""
+  left out, and the others are still computed. `real_statistics` returns the reals' mean and
+  covariance, for the metrics that take them (FID)."""
   results: dict = {}
   for name in names:
     metric = METRICS.get(name, "eval.metrics")  # an unknown name is always an error
+    extra = ({"real_statistics": real_statistics}
+             if real_statistics and getattr(metric, "takes_real_statistics", False) else {})
     try:
-      results.update(metric(real, fake, real_labels, fake_labels))
+      results.update(metric(real, fake, real_labels, fake_labels, **extra))
     except Exception as e:  # pylint: disable=broad-except
       if on_error is None:
         raise
