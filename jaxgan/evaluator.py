@@ -210,6 +210,8 @@ class Evaluator:
                             on_error=metric_failed if keep_going else None,
                             real_statistics=lambda: self.real_statistics(num_real))
     results.update({f"{name}_failed": 1 for name in failed})
+    if "per_class_fid" in (names or self.names) and getattr(self.source, "class_names", None):
+      results["class_names"] = list(self.source.class_names)  # fid_class_<k>: class_names[k]
     results.update(num_samples=int(num_samples), num_real=int(len(real)),
                    inception_images_per_sec=self.extractor.last_images_per_sec,
                    seconds=time.perf_counter() - start)

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import JOIN_TWO_PROCESSES, run_two_processes, tiny_config
 from jaxgan import config as config_lib, evaluate, trainer
 from jaxgan.data import prepared
-from jaxgan.data.synthetic import draw_product
+from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
 from jaxgan.metrics import suite
 
 # Only the tests that run Inception (CI installs the weights; test_inception.py fails there
@@ -108,6 +108,7 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   # smaller side's; with 6 samples a class may have < 2 on a side, and its FID is then null).
   classes = [int(key.split("_")[2]) for key in result if re.fullmatch(r"fid_class_\d+", key)]
   assert classes and set(classes) <= {0, 1, 2}
+  assert result["class_names"] == CATEGORY_NAMES[:3]  # which class fid_class_<k> is
   counts = [result[f"fid_class_{k}_n"] for k in classes]
   assert sum(counts) <= 6 and all((result[f"fid_class_{k}"] is None) == (n < 2)
                                   for k, n in zip(classes, counts))
