@@ -299,6 +299,11 @@ def interpolation_inputs(seed: int, num_classes: int, steps: int, z_dim: int,
   starts, stops = ends[0::2], ends[1::2]
   t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
   z = slerp(starts[:, None, :], stops[:, None, :], t)  # [rows or 1, steps, z]
+  if truncation > 0:
+    # slerp keeps the norm, not the box: between two truncated latents its weights add up to
+    # more than 1 (up to sqrt(2) at right angles), so mid-row entries reached 1.4 t. Clipped to
+    # [-t, t], where the ends were drawn and the standing statistics were computed.
+    z = jnp.clip(z, -truncation, truncation)
   z = jnp.broadcast_to(z, (rows, steps, z_dim)).reshape(rows * steps, z_dim)
   labels = (jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), steps)
             if num_classes > 0 else None)

@@ -281,3 +281,15 @@ def test_standing_statistics_take_their_latents_as_arguments():
                                           batch_size=256)
   latent_bytes = 16 * 256 * config.model.z_dim * 4
   assert len(standing.lower(params, stats).as_text()) < latent_bytes
+
+
+def test_interpolated_latents_stay_within_the_truncation():
+  """slerp between two truncated latents leaves [-t, t] mid-row (its weights add up to more than
+  1); the rows stay in the box and keep their ends."""
+  t = 0.5
+  z, _, cols = sampling.interpolation_inputs(0, 0, 9, 128, truncation=t)
+  z = np.asarray(z).reshape(8, cols, 128)
+  free = np.asarray(sampling.slerp(z[:, :1], z[:, -1:], jnp.linspace(0, 1, cols)[None, :, None]))
+  assert np.abs(free).max() > 1.2 * t  # what the clip is for (measured: 1.39 t)
+  assert np.abs(z).max() <= t
+  np.testing.assert_allclose(z[:, [0, -1]], free[:, [0, -1]], atol=1e-6)
