@@ -296,15 +296,23 @@ def generate(workdir: str, num: int, out: str,
 def _write_singles(chunks, out: str, num: int) -> list[str]:
   """000000.png ... in `out`, a chunk at a time (any --num fits in memory). A folder already
   holding numbered PNGs past --num (an earlier, larger run) is refused: `evaluate --fake` would
-  read the two runs' images as one set."""
+  read the two runs' images as one set; so is one this wrote until its last file
+  (image_sets.INCOMPLETE_MARKER)."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
   os.makedirs(out, exist_ok=True)
-  stale = sorted(n for n in os.listdir(out)
-                 if re.fullmatch(r"\d{6}\.png", n) and int(n[:6]) >= num)
+  stale = sorted((n for n in os.listdir(out)  # 7 digits and more from 1,000,000 on
+                  if re.fullmatch(r"\d{6,}\.png", n) and int(n[:-4]) >= num),
+                 key=lambda n: int(n[:-4]))
   if stale:
     raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
                      f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
+  # Until the last file is written: a run cut short over an earlier set leaves a mix of the two,
+  # which `evaluate --fake` refuses while this is there.
+  marker = os.path.join(out, INCOMPLETE_MARKER)
+  with open(marker, "w", encoding="utf-8") as f:
+    f.write("jaxgan.generate is writing this folder, or was stopped before it finished\n")
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   paths = []
@@ -317,6 +325,7 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
         sampling.save_png(image, paths[-1], durable=False)
       bar.update(len(images))
   getattr(os, "sync", lambda: None)()  # once for all: a crash must not leave empty PNGs
+  os.remove(marker)
   return paths
 
 

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import generate, trainer, workdir as workdir_lib, writers
+from jaxgan import evaluate, generate, sampling, trainer, workdir as workdir_lib, writers
+from jaxgan.data import image_sets
+from jaxgan.data.arrays import DataError
 from tests.conftest import REPO, run_module, tiny_config, xla_flags
 
 
@@ -116,7 +118,7 @@ def test_generate_is_deterministic(runs, tmp_path):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
 
 
-def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys):
+def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monkeypatch):
   """--batch bounds the images per generator call (any --num fits a device) without changing
   the images; a folder holding an earlier, larger run's PNGs is refused; --checkpoint best."""
   from PIL import Image
@@ -132,6 +134,27 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys):
   assert "generate: 100%" in capsys.readouterr().err  # a progress bar for FID-sized sets
   with pytest.raises(ValueError, match=r"already holds 2 numbered PNGs past --num=3"):
     generate.generate(workdir, 3, str(tmp_path / "parts"))
+  (tmp_path / "parts" / "1000000.png").write_bytes(b"")  # a set of millions: 7 digits
+  with pytest.raises(ValueError, match=r"already holds 3 numbered PNGs past --num=3 \(000003"):
+    generate.generate(workdir, 3, str(tmp_path / "parts"))
+  # A run cut short over an earlier set (another seed) leaves a mix of the two: evaluate
+  # refuses the folder until a run finishes it.
+  def stopped(image, path, durable=True, real=sampling.save_png):
+    if path.endswith("000002.png"):
+      raise KeyboardInterrupt
+    real(image, path, durable)
+
+  monkeypatch.setattr(sampling, "save_png", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
+  monkeypatch.undo()
+  with pytest.raises(DataError, match=r"whole: `jaxgan.generate` did not finish writing this "
+                     r"folder \(.*\.generate-incomplete is there\)"):
+    image_sets.count_images(str(tmp_path / "whole"))
+  assert evaluate.main(["--real", str(tmp_path / "whole"), "--fake", str(tmp_path / "whole")]) == 2
+  assert "did not finish writing" in capsys.readouterr().err
+  generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
+  assert len(image_sets.load_image_set(str(tmp_path / "whole"))[0]) == 5
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")
@@ -161,8 +184,6 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
                                                                         monkeypatch):
   """A grid as training's (a row per class); single PNGs for `evaluate --fake` take their labels
   from the data's mix, as `evaluate --workdir` does, not class after class."""
-  from jaxgan import sampling, workdir as workdir_lib
-
   root, _, _ = runs
   workdir = str(root / "full")
   drawn, real_sample = [], sampling.sample_in_chunks
@@ -196,8 +217,6 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
 
 def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   from PIL import Image
-
-  from jaxgan import sampling
 
   root, _, _ = runs
   workdir = str(root / "full")

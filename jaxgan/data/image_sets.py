@@ -19,6 +19,19 @@ from jaxgan.data.arrays import DataError
 from jaxgan.data.images import LoadOptions, find_images, load_image
 
 
+# Present while `jaxgan.generate` writes a folder of PNGs, removed once every file is written: a
+# run cut short over an earlier set leaves a mix of the two, which must not be measured as one.
+INCOMPLETE_MARKER = ".generate-incomplete"
+
+
+def check_complete(path: str) -> None:
+  """Raises DataError when `generate` did not finish writing the folder `path`."""
+  marker = os.path.join(path, INCOMPLETE_MARKER)
+  if os.path.exists(marker):
+    raise DataError(f"{path}: `jaxgan.generate` did not finish writing this folder ({marker} is "
+                    "there), so it may mix two sets; generate it again")
+
+
 def list_images(root: str) -> list[str]:
   """Every image file under `root` but in hidden folders, sorted (a stable order: the same set
   gives the same array)."""
@@ -29,6 +42,7 @@ def count_images(path: str) -> int:
   """How many images a folder or prepared set at `path` holds (files, before any is read)."""
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
     return int(prepared.read_info(path)["num_examples"])
+  check_complete(path)
   return len(list_images(path))
 
 
@@ -44,6 +58,7 @@ def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], li
                       f"pass --image-size {size} or prepare it again")
     images, _, _ = prepared.read_prepared(path)
     return list(images), []
+  check_complete(path)
   paths = list_images(path)
   if not paths:
     raise DataError(f"{path}: no image files ({', '.join(sorted({'.jpg', '.png', '.webp'}))}...) "
