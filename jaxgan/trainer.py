@@ -256,9 +256,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   if cfg.eval_every:
     # Each host loads (and may convert) the Inception weights: agreed before the collectives.
     # Each device samples its share of the fakes (not all of them, as the grids' sampler does).
-    evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
-        config, run.generator, source, batch_sharding=sharding.batch_sharding(run.mesh),
-        statistics=ema_statistics), "loading the Inception weights")
+    try:
+      evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
+          config, run.generator, source, batch_sharding=sharding.batch_sharding(run.mesh),
+          statistics=ema_statistics), "loading the Inception weights")
+    except inception.WeightsError as e:  # a damaged file: found before the first step
+      raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
     evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
                                           data_fingerprint)
 

