@@ -141,11 +141,13 @@ def module_name(hlo_text: str) -> str:
   return match.group(1) if match else ""
 
 
-def op_times_ns(trace_dir: str, module: str) -> tuple[dict[str, float], str]:
+def op_times_ns(trace_dir: str, module: str, num_devices: int = 1
+                ) -> tuple[dict[str, float], str]:
   """(time per HLO op of `module` per device, 'device' | 'host') from the newest trace under
   `trace_dir`: device planes when the trace has such events (GPU/TPU kernels; the sum over the
   devices that ran the module, divided by their number), else the host's (XLA:CPU thunks; on an
-  accelerator that would be launch time, hence the label)."""
+  accelerator that would be launch time, hence the label), divided by `num_devices`: the CPU
+  devices of a mesh all run the module, and their thunks land on the one host plane."""
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
 
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
@@ -168,7 +170,7 @@ def op_times_ns(trace_dir: str, module: str) -> tuple[dict[str, float], str]:
     devices += int(on_device and found)
   if device_ns:
     return {op: ns / devices for op, ns in device_ns.items()}, "device"
-  return dict(host_ns), "host"
+  return {op: ns / num_devices for op, ns in host_ns.items()}, "host"
 
 
 def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
@@ -203,15 +205,16 @@ def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
 
 
 def trace_ops(run_steps, hlo_text: str, steps: int, trace_dir: str,
-              top: int = 15) -> dict:
+              top: int = 15, num_devices: int = 1) -> dict:
   """Traces `run_steps()` (which runs `steps` steps and blocks) into `trace_dir` and returns the
-  `breakdown` of the compiled module whose HLO text is `hlo_text`."""
+  `breakdown` of the compiled module whose HLO text is `hlo_text`, per device of the
+  `num_devices` that run it."""
   import jax  # pylint: disable=g-import-not-at-top
 
   with jax.profiler.trace(trace_dir):
     run_steps()
   module = module_name(hlo_text)
-  op_ns, source = op_times_ns(trace_dir, module)
+  op_ns, source = op_times_ns(trace_dir, module, num_devices)
   if not op_ns:
     raise RuntimeError(f"the profiler trace in {trace_dir} has no op of {module!r}: this backend "
                        "does not annotate ops with hlo_op/hlo_module, or the traced calls ran "

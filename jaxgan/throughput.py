@@ -29,6 +29,7 @@ from jaxgan.models.batchnorm import resolve_norm_impl
 # matching substring wins: "H100 PCIe" before "H100" (the SXM part, "NVIDIA H100 80GB HBM3").
 PEAK_FLOPS = {
     ("H200", "bfloat16"): 989e12, ("H200", "float32"): 494e12,
+    ("H200 NVL", "bfloat16"): 835e12, ("H200 NVL", "float32"): 418e12,
     ("H100", "bfloat16"): 989e12, ("H100", "float32"): 494e12,
     ("H100 PCIe", "bfloat16"): 756e12, ("H100 PCIe", "float32"): 378e12,
     ("H100 NVL", "bfloat16"): 835e12, ("H100 NVL", "float32"): 418e12,
@@ -263,7 +264,7 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
 
   with tempfile.TemporaryDirectory() as scratch:
     report = profiling.trace_ops(run_steps, compiled.as_text(), steps * run.steps_per_call,
-                                 trace_dir or scratch, top)
+                                 trace_dir or scratch, top, num_devices=run.mesh.size)
   device = jax.devices()[0]
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,

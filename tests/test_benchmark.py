@@ -163,6 +163,7 @@ def test_peak_table():
   assert throughput.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
   assert throughput.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
   assert throughput.peak_flops("NVIDIA H100 NVL", "float32") == 418e12
+  assert throughput.peak_flops("NVIDIA H200 NVL", "bfloat16") == 835e12
   assert throughput.peak_flops("cpu", "float32") is None
 
 

@@ -116,3 +116,28 @@ def test_a_real_trace_is_attributed_to_the_model_layer(tmp_path):
   layers = set(report["by_layer"])
   assert {"Tiny/conv fwd", "Tiny/conv bwd"} <= layers, layers
   assert all(op["kind"] in profiling.KINDS for op in report["top_ops"])
+
+
+def test_cpu_op_times_are_per_device_of_the_mesh(tmp_path, monkeypatch):
+  """XLA:CPU thunks of every device of a mesh land on the one host plane: averaged over the
+  devices, as device planes are, not summed (a 4-device CPU profile read 4x the time)."""
+  from types import SimpleNamespace as Obj
+
+  import jax.profiler
+
+  def event(op, ns):
+    return Obj(duration_ns=ns, stats=[("hlo_op", op), ("hlo_module", "jit_step")])
+
+  host = Obj(name="/host:CPU", lines=[Obj(events=[event("fusion", 10.0), event("dot", 4.0)]),
+                                      Obj(events=[event("fusion", 12.0), event("dot", 6.0)])])
+  (tmp_path / "t.xplane.pb").write_bytes(b"")
+  monkeypatch.setattr(jax.profiler.ProfileData, "from_file",
+                      staticmethod(lambda path: Obj(planes=[host])))
+  assert profiling.op_times_ns(str(tmp_path), "jit_step", num_devices=2) == (
+      {"fusion": 11.0, "dot": 5.0}, "host")
+  gpus = [Obj(name=f"/device:GPU:{i}", lines=[Obj(events=[event("fusion", 10.0 + 2 * i)])])
+          for i in range(2)]
+  monkeypatch.setattr(jax.profiler.ProfileData, "from_file",
+                      staticmethod(lambda path: Obj(planes=gpus + [host])))
+  assert profiling.op_times_ns(str(tmp_path), "jit_step", num_devices=2) == (
+      {"fusion": 11.0}, "device")
