@@ -74,7 +74,8 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
     raise ValueError(f"{flag}: this model is unconditional; drop {flag}")
   if label in class_names:
     return class_names.index(label)
-  if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
+  # isdecimal, not isdigit: '²' is a digit that int() refuses.
+  if label.lstrip("-").isdecimal() and 0 <= int(label) < num_classes:
     return int(label)
   choices = (", ".join(class_names) + f" (or an index 0..{num_classes - 1})" if class_names
              else f"0..{num_classes - 1}")

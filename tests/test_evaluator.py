@@ -56,6 +56,37 @@ def test_a_failed_cache_write_costs_the_cache_not_the_evaluation(tmp_path, caplo
   assert "could not cache the real features" in caplog.text
 
 
+def test_a_failed_or_killed_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
+  """A full disk mid-write removes its temporary; one a killed process left (its pid gone) is
+  removed by the next write: each is the size of the feature set (400 MB at 50k)."""
+  import errno
+  import socket
+  import subprocess
+
+  from jaxgan.metrics import suite
+
+  path = suite.reference_path(str(tmp_path), {"a": 1})
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  os.makedirs(os.path.dirname(path))
+  stale = f"{path}.{socket.gethostname()}.{gone.pid}.0123abcd.tmp.npz"
+  open(stale, "wb").close()
+  real_savez = np.savez
+
+  def full_disk(file, **arrays):
+    real_savez(file, **arrays)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(suite.np, "savez", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    suite.save_reference(path, np.zeros((2, 3)), np.zeros(2), {"a": 1})
+  assert os.listdir(os.path.dirname(path)) == []
+  monkeypatch.undo()
+  suite.save_reference(path, np.ones((2, 3)), np.zeros(2), {"a": 1})
+  assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+  np.testing.assert_array_equal(suite.load_reference(path)[0], np.ones((2, 3)))
+
+
 def test_the_real_features_are_cached_and_reused(tmp_path):
   config = tiny_config(**{"eval.cache_dir": str(tmp_path)})
   first, second = Extractor(), Extractor()

@@ -116,6 +116,9 @@ def test_generate_is_deterministic(runs, tmp_path):
   assert len(singles) == 3 and all(os.path.exists(p) for p in singles)
   with pytest.raises(ValueError, match="choose one of: tshirt, trousers, dress"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
+  # '²' is a digit (str.isdigit) that int() refuses: the same one-line error, not int()'s.
+  with pytest.raises(ValueError, match=r"^--label '²' is not a class of this model; choose one"):
+    generate.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
 
 
 def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monkeypatch):

@@ -11,6 +11,7 @@ reals once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from jaxgan.atomic_write import private_name
+from jaxgan.atomic_write import private_name, remove_stale
 from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
 
@@ -140,7 +141,13 @@ def save_reference(path: str, features: np.ndarray, labels: np.ndarray,
                    identity: dict[str, Any]) -> None:
   """Atomic write (temp file + rename): concurrent runs never read half a cache file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  remove_stale(path)  # a killed writer's (a feature set of 50k is 400 MB)
   tmp = private_name(path) + ".tmp.npz"
-  np.savez(tmp, features=features, labels=labels,
-           identity=json.dumps(identity, sort_keys=True, default=str))
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, features=features, labels=labels,
+             identity=json.dumps(identity, sort_keys=True, default=str))
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # a full disk: no partial temporary left behind
+      os.remove(tmp)
+    raise
