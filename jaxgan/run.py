@@ -53,6 +53,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
                            config.seed)
   abstract_state = jax.eval_shape(init)
   state_sh = sharding.state_shardings(mesh, abstract_state)
+  sharding.warn_if_fsdp_splits_little(abstract_state, mesh.shape[sharding.FSDP_AXIS])
   k = config.train.steps_per_call
   batch_sh = sharding.batch_sharding(mesh, stacked=k > 1)
   step_fn = steps.make_train_step(config, generator, discriminator, loss, g_tx, d_tx)
@@ -117,11 +118,15 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
     k = run.steps_per_call
     report["per_device_flops"] = float(cost.get("flops", float("nan"))) / k
     report["per_device_bytes_accessed"] = float(cost.get("bytes accessed", float("nan"))) / k
-  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-  g_params, d_params = count(run.abstract_state.g_params), count(run.abstract_state.d_params)
+  fsdp = run.mesh.shape[sharding.FSDP_AXIS]
+  g_split, g_params = sharding.split_values(run.abstract_state.g_params, fsdp)
+  d_split, d_params = sharding.split_values(run.abstract_state.d_params, fsdp)
   report.update(g_parameters=g_params, d_parameters=d_params)
+  if fsdp > 1:
+    report["fsdp_split_fraction"] = (g_split + d_split) / max(g_params + d_params, 1)
+  # Leaves fsdp does not split are all-reduced, not gathered: counted as what they are.
   comm = sharding.gradient_bytes_per_step(g_params, d_params, config.train.n_critic,
-                                          run.mesh.shape[sharding.DATA_AXIS],
-                                          run.mesh.shape[sharding.FSDP_AXIS])
+                                          run.mesh.shape[sharding.DATA_AXIS], fsdp,
+                                          g_split=g_split, d_split=d_split)
   report["per_device_collective_bytes_per_step"] = comm["total_bytes"]
   return report

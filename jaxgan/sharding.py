@@ -10,7 +10,7 @@ cross-device BatchNorm reductions (statistics cover the global batch).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,28 @@ def leaf_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
+def split_values(tree: Any, fsdp: int) -> tuple[int, int]:
+  """(values in the leaves of `tree` that `leaf_spec` splits over 'fsdp', all its values)."""
+  sizes = [(int(np.prod(x.shape, dtype=np.int64)), leaf_spec(x.shape, fsdp) != P())
+           for x in jax.tree_util.tree_leaves(tree)]
+  return sum(n for n, split in sizes if split), sum(n for n, _ in sizes)
+
+
+def warn_if_fsdp_splits_little(abstract_state: Any, fsdp: int, at_least: float = 0.9) -> None:
+  """Logs a warning when 'fsdp' leaves most parameter values replicated: a leaf is split only
+  along a dimension fsdp divides, and channel counts are powers of two, so fsdp=3 or 6 splits
+  nothing of the shipped models and saves no memory, silently."""
+  if fsdp == 1:
+    return
+  split, total = map(sum, zip(split_values(abstract_state.g_params, fsdp),
+                              split_values(abstract_state.d_params, fsdp)))
+  if split < at_least * total:
+    log.warning("mesh.fsdp=%d splits only %.0f%% of the parameters (a leaf is split along a "
+                "dimension %d divides, if it has %d values or more); the rest is replicated on "
+                "every device: a power of two splits channel counts", fsdp,
+                100 * split / max(total, 1), fsdp, MIN_FSDP_SIZE)
+
+
 def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
   """A NamedSharding for every state leaf: parameters, EMA and optimizer moments are split over
   'fsdp' (same rule by shape, so a parameter and its Adam moments live together); scalars,
@@ -198,7 +220,8 @@ def to_host_list(trees: list) -> list:
 
 
 def gradient_bytes_per_step(g_params: int, d_params: int, n_critic: int, data: int, fsdp: int,
-                            bytes_per_value: int = 4) -> dict[str, float]:
+                            bytes_per_value: int = 4, g_split: Optional[int] = None,
+                            d_split: Optional[int] = None) -> dict[str, float]:
   """Bytes each device sends per train step for parameters and gradients (bandwidth-optimal ring
   collectives; BatchNorm statistics, a few KB, are left out).
 
@@ -209,17 +232,21 @@ def gradient_bytes_per_step(g_params: int, d_params: int, n_critic: int, data: i
   1/F shard over the data axis. Uses per step: G forward and backward (2 gathers) plus one
   forward per extra critic update; D forward and backward per D update (2 gathers each) and for
   G's update (D forward and its input-gradient pass: 2 more, no D gradient).
+  `g_split` / `d_split`: the values of leaves split over fsdp (`split_values`; all by default);
+  the others are replicated on every device, so their gradients are all-reduced over all
+  N * F devices, as under pure data parallelism, and never gathered.
   """
   gather = (fsdp - 1) / fsdp
+  all_reduce = lambda values, devices: 2 * (devices - 1) / devices * values * bytes_per_value
 
-  def update(params: int) -> float:  # the gradient's reduction, per update of a parameter set
-    size = params * bytes_per_value
+  def network(params: int, split: Optional[int], updates: int, gathers: int) -> float:
     if fsdp == 1:
-      return 2 * (data - 1) / data * size
-    return gather * size + 2 * (data - 1) / data * size / fsdp
+      return updates * all_reduce(params, data)
+    split = params if split is None else split
+    per_update = (gather * split * bytes_per_value + all_reduce(split / fsdp, data)
+                  + all_reduce(params - split, data * fsdp))
+    return updates * per_update + gathers * gather * split * bytes_per_value
 
-  g_gathers = 2 + (n_critic - 1) if fsdp > 1 else 0
-  d_gathers = 2 * n_critic + 2 if fsdp > 1 else 0
-  g = update(g_params) + g_gathers * gather * g_params * bytes_per_value
-  d = n_critic * update(d_params) + d_gathers * gather * d_params * bytes_per_value
+  g = network(g_params, g_split, 1, 2 + (n_critic - 1))
+  d = network(d_params, d_split, n_critic, 2 * n_critic + 2)
   return {"g_bytes": g, "d_bytes": d, "total_bytes": g + d}

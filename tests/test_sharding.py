@@ -1,6 +1,7 @@
 """Sharded steps on fake CPU devices, multi-process training, checkpoints across device counts."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -88,6 +89,33 @@ def test_gradient_bytes_formula():
   two = sharding.gradient_bytes_per_step(1_000_000, 1_000_000, 2, data=2, fsdp=4)
   assert two["d_bytes"] == pytest.approx(2 * (3 * 3e6 + 1e6) + 2 * 3e6)
   assert two["g_bytes"] == pytest.approx(fsdp["g_bytes"] + 3e6)
+  # Leaves fsdp does not split are all-reduced over all data * fsdp devices, never gathered:
+  # fsdp=3 splitting nothing (it divides no power-of-two channel count) is 3-way data parallel.
+  none = sharding.gradient_bytes_per_step(1_000_000, 500_000, 2, data=1, fsdp=3, g_split=0,
+                                          d_split=0)
+  assert none == pytest.approx(sharding.gradient_bytes_per_step(1_000_000, 500_000, 2, data=3,
+                                                                fsdp=1))
+  # Half of G split over 4 (x 2 data): the split half as above, the other half all-reduced over 8.
+  half = sharding.gradient_bytes_per_step(1_000_000, 0, 1, data=2, fsdp=4, g_split=500_000)
+  assert half["g_bytes"] == pytest.approx(fsdp["g_bytes"] / 2 + 2 * 7 / 8 * 2e6)
+
+
+def test_an_fsdp_that_splits_little_is_counted_and_warned_about(caplog):
+  import types
+
+  shapes = {"split": (4, 4, 64, 128), "odd": (3, 3, 63, 129), "small": (100,)}
+  tree = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+  assert sharding.split_values(tree, 4) == (131072, 131072 + 73143 + 100)
+  assert sharding.split_values(tree, 3) == (73143, 131072 + 73143 + 100)  # 63 = 3 x 21
+  state = types.SimpleNamespace(g_params=tree, d_params={"k": tree["split"]})
+  with caplog.at_level(logging.WARNING, logger="jaxgan.sharding"):
+    sharding.warn_if_fsdp_splits_little(state, 4)  # 262144 of 335359: 78 %
+    assert "mesh.fsdp=4 splits only 78% of the parameters" in caplog.text
+    caplog.clear()
+    mostly = {"split": tree["split"], "small": tree["small"]}  # 100 of 131172 values stay
+    sharding.warn_if_fsdp_splits_little(types.SimpleNamespace(g_params={}, d_params=mostly), 2)
+    sharding.warn_if_fsdp_splits_little(state, 1)  # no fsdp
+  assert caplog.text == ""
 
 
 TRAIN = """
