@@ -204,8 +204,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
     writers.drop_rows_after(workdir, start_step)
-    if cfg.tensorboard:
-      writers.drop_events_after(workdir, start_step)
+    # Also with TensorBoard off now: a later resume with it on would show those steps' events.
+    writers.drop_events_after(workdir, start_step)
     config_path = os.path.join(workdir, "config.json")
     with open(config_path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))

@@ -47,6 +47,7 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self._failed = False  # the last write raised: it may have left a line cut short
     self._tb = None
     if enabled and tensorboard:
       try:
@@ -67,9 +68,14 @@ class MetricsWriter:
       return
     row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
     try:
+      # After a failed write (a full disk mid-line), end its partial line first: appended to
+      # it, this row would be lost with it.
+      start = "\n" if self._failed and not _ends_a_line(self._jsonl_path) else ""
       with open(self._jsonl_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(start + json.dumps(row) + "\n")
+      self._failed = False
     except OSError as e:
+      self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
     if self._tb is not None:
       tf = tf_host.import_tensorflow()
@@ -130,6 +136,19 @@ def read_metrics(workdir: str) -> list[dict]:
   lines are skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
   return _read_rows(path)[0] if os.path.exists(path) else []
+
+
+def _ends_a_line(path: str) -> bool:
+  """Whether the file `path` is empty, absent or ends with a newline."""
+  try:
+    with open(path, "rb") as f:
+      f.seek(0, os.SEEK_END)
+      if f.tell() == 0:
+        return True
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) == b"\n"
+  except FileNotFoundError:
+    return True
 
 
 def has_row(workdir: str, step: int, prefix: str) -> bool:

@@ -235,6 +235,8 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
                                                              "train.log_every": 7}))
   assert describe_differences(blocking) == "loss.lecam_weight: 0.0 -> 0.1"
   assert [key for key, _, _ in allowed] == ["train.log_every"]
+  # A tolerance, not the math: the DataError for too many bad files says to raise it on resume.
+  assert config_differences(old, make_config(**{"data.max_bad_fraction": 0.05}))[0] == []
   assert config_differences({}, make_config(**{"loss.lecam_weight": 0.1})) == ([], [])  # unknown
   tupled = make_config()
   tupled.unlock()

@@ -171,7 +171,7 @@ def _corrupt(step_dir):
   assert count > 0
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog, monkeypatch):
   config = tiny_config(**{"train.tensorboard": False})
   reference = trainer.train_and_evaluate(config, str(tmp_path / "ref"))
   workdir = tmp_path / "w"
@@ -179,8 +179,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   _corrupt(workdir / "checkpoints" / "4")
   # A half-written step left by a crash must be ignored too.
   (workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1234").mkdir()
+  # Events of an earlier stretch with TensorBoard on are dropped past the resumed step also with
+  # it off now (a later resume with it on would draw them as this run's).
+  dropped = []
+  monkeypatch.setattr(trainer.writers, "drop_events_after",
+                      lambda folder, step: dropped.append(step))
   with caplog.at_level(logging.WARNING):
     resumed = trainer.train_and_evaluate(config, str(workdir))
+  assert dropped == [2]
   assert any("checkpoints/4 is unreadable" in r.getMessage() for r in caplog.records)
   assert os.listdir(str(workdir / "checkpoints") + ".corrupt")  # moved aside, not deleted
   _assert_same_state(resumed, reference)  # retrained 2 -> 4 exactly as before

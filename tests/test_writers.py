@@ -87,3 +87,35 @@ def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
   writers.drop_events_after(str(tmp_path), 4)  # nothing past 4: files left as they are
   assert _events(folder) == events
   assert {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder)} == stamps
+
+
+def test_a_row_after_a_write_cut_short_is_kept(tmp_path, monkeypatch):
+  """A full disk mid-line (logged, training goes on) must not glue the next row onto the
+  partial line, which would lose both."""
+  import builtins
+  import errno
+
+  writer = writers.MetricsWriter(str(tmp_path), tensorboard=False)
+  writer.write_scalars(50, {"d_loss": 0.5})
+
+  class HalfWritten:
+    def __init__(self, f):
+      self.f = f
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+    def write(self, text):
+      self.f.write(text[:len(text) // 2])
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(writers, "open", lambda *a, **k: HalfWritten(builtins.open(*a, **k)),
+                      raising=False)
+  writer.write_scalars(100, {"d_loss": 0.4})
+  monkeypatch.undo()
+  assert not (tmp_path / "metrics.jsonl").read_text().endswith("\n")  # the cut-short line
+  writer.write_scalars(150, {"d_loss": 0.3})
+  assert [r["step"] for r in writers.read_metrics(str(tmp_path))] == [50, 150]
