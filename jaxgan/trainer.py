@@ -337,6 +337,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
       # kill then would cost every step since the last checkpoint.
       checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
+      sample_due = step % cfg.sample_every == 0 or step == cfg.num_steps
+      paused = None
+      if (checkpoint_due or sample_due) and not (row or last):
+        # Inside a row's interval: images/s times training, not this checkpoint, grid or
+        # evaluation (the step's own work is waited for first, and counted).
+        jax.block_until_ready(metrics)
+        paused = time.perf_counter()
       if row or checkpoint_due:
         # Only where the loop waits for the step anyway (not every call, which would keep the
         # host one call ahead at most), and before any checkpoint past the limit is written.
@@ -349,11 +356,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         saved = checkpointer.save(step, state, meta(step))
         if not last:  # a stop and the end report their own failed write
           _check_checkpoint_writes(checkpointer)
-      if step % cfg.sample_every == 0 or step == cfg.num_steps:
+      if sample_due:
         save_samples(step)
       # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
       if eval_due and stopping is None:
         evaluate(step, state)
+      if paused is not None:
+        interval_start += time.perf_counter() - paused
       if step % cfg.log_every == 0 or last:
         # The next row's images/s times training only: not this row's checkpoint, samples and
         # evaluation (which made the row after an evaluation read 15x slow).

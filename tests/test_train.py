@@ -314,6 +314,27 @@ def test_training_and_generation_work_without_tensorflow(tmp_path):
   assert (tmp_path / "w" / "metrics.jsonl").exists()
 
 
+def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_rows(
+    tmp_path, monkeypatch):
+  """A grid and a checkpoint at step 3, inside the row of step 6 (log_every 6), take a second:
+  that row's images/s times its 5 timed steps only (a row's interval starts after the first
+  call, which compiles)."""
+  import time
+
+  real_save = sampling.save_png
+
+  def slow_save(image, path, *args, **kwargs):
+    time.sleep(1.0)  # a slow disk, or a large grid
+    real_save(image, path, *args, **kwargs)
+
+  monkeypatch.setattr(sampling, "save_png", slow_save)
+  config = tiny_config(**{"train.num_steps": 6, "train.log_every": 6, "train.sample_every": 3,
+                          "train.checkpoint_every": 3, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path))
+  row, = writers.read_metrics(str(tmp_path))
+  assert row["step"] == 6 and row["images_per_sec"] > 5 * 8 / 0.5  # 5 steps of 8 in < 0.5 s
+
+
 def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
   """Redirected (a cluster job's log file), the bar must not write a line per log row."""
   config = tiny_config(**{"train.num_steps": 8, "train.log_every": 2, "train.tensorboard": False})
