@@ -24,7 +24,8 @@ EXIT_STOPPED = 75
 
 class Stopped(Exception):
   """A stop signal arrived while the run was starting: it stopped before its first step
-  (nothing trained, so nothing to save)."""
+  (nothing trained, so nothing to save); or during its last step, which left the end undone
+  (the final evaluation, or the final checkpoint): a rerun finishes it."""
 
 
 class StopRequest:

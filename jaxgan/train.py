@@ -44,7 +44,7 @@ def main(argv):
                                          allow_config_change=FLAGS.allow_config_change)
       if sharding.to_host(state.step) < FLAGS.config.train.num_steps:  # stopped by a signal
         sys.exit(stopping.EXIT_STOPPED)
-  except stopping.Stopped as e:  # a stop signal while starting: nothing trained
+  except stopping.Stopped as e:  # a stop while starting, or in the last step before its end
     std_logging.getLogger("jaxgan.train").warning("%s", e)
     sys.exit(stopping.EXIT_STOPPED)
   except (config_lib.ConfigError, trainer.TrainingError, workdir.WorkdirError,

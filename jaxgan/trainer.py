@@ -95,7 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
   final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
   `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED); one stopped while starting
-  raises stopping.Stopped before its first step."""
+  raises stopping.Stopped before its first step, and so does one stopped in its last step
+  before its end (the final evaluation, or a checkpoint that could not be written)."""
   # Before with_absolute_paths, which reads every path key: a config file not built on
   # base_config() gets its one-line error, not a KeyError.
   config_lib.check_known_keys(config)
@@ -370,12 +371,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       if stopping is not None:
         name = signal.Signals(stopping).name
         # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
-        written = checkpointer.wait() and saved
-        if multihost.all_processes(written):
+        written = multihost.all_processes(checkpointer.wait() and saved)
+        if written:
           msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
         else:
           msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
                  f"written (error above); a rerun resumes from {_resume_point(checkpointer)}")
+        if step == cfg.num_steps and (eval_due or not written):
+          # The last step, not the end (its evaluation or checkpoint left): a caller judging by
+          # the step would take the run for finished (train's exit status 0, never rerun).
+          raise stopping_lib.Stopped(msg + (" (its evaluation was skipped: the rerun runs it)"
+                                            if eval_due and written else ""))
         log.warning(msg)
         if is_main:
           print(msg, flush=True)

@@ -92,7 +92,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   from jaxgan.metrics import inception
   from tests.conftest import tiny_config
 
-  evaluated, exchanged, signal_at_eval = [], [], []
+  evaluated, exchanged, signal_at_eval, stop_at = [], [], [], {6}
 
   class Periodic:  # the evaluation's place in the loop, without Inception
     def __init__(self, *args, **kwargs):
@@ -115,7 +115,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   def check(self, call, exchange=False):
     if exchange:
       exchanged.append(call)
-    if call == 6:  # a preemption notice during step 6, which has an evaluation due
+    if call in stop_at:  # a preemption notice during step 6, which has an evaluation due
       self.signal = signal.SIGTERM
     return real_check(self, call, exchange)
 
@@ -133,6 +133,15 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   signal_at_eval.append(signal.SIGTERM)
   state = trainer.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [3, 6] and int(state.step) == 7
+  # A notice during the last step, which has its evaluation due: checkpointed, and not taken
+  # for the end (train exits 75, so the job runs again); the rerun evaluates it and ends.
+  config.train.num_steps, stop_at = 9, {9}
+  with pytest.raises(stopping.Stopped, match=r"^SIGTERM received: stopped after step 9, "
+                     r"checkpoint written; rerun to resume \(its evaluation was skipped"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6] and "9" in os.listdir(tmp_path / "checkpoints")
+  state = trainer.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6, 9] and int(state.step) == 9
   assert "7" in os.listdir(tmp_path / "checkpoints")
 
 
