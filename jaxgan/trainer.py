@@ -168,8 +168,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     if allowed:
       log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
     if blocking:
-      log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: %s",
-                  step, listing(blocking))
+      consequences = config_lib.describe_consequences(blocking)
+      log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: "
+                  "%s%s", step, listing(blocking), f" ({consequences})" if consequences else "")
     return not blocking
 
   try:

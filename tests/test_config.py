@@ -226,7 +226,7 @@ def test_every_shipped_config_validates_and_builds(name):
 def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config):
   """A checkpoint written before a key existed trained with the default's behaviour: resuming
   with another value changes the math and is refused like any other change."""
-  from jaxgan.config import config_differences, describe_differences
+  from jaxgan.config import config_differences, describe_consequences, describe_differences
 
   old = make_config().to_dict()
   del old["loss"]["lecam_weight"]  # as written before the key existed
@@ -235,6 +235,13 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
                                                              "train.log_every": 7}))
   assert describe_differences(blocking) == "loss.lecam_weight: 0.0 -> 0.1"
   assert [key for key, _, _ in allowed] == ["train.log_every"]
+  # Accepted anyway (--allow_config_change), a new batch size leaves what is counted from the
+  # step wrong: said once, whichever of the keys changed.
+  changed = config_differences(old, make_config(**{"train.batch_size": 128,
+                                                   "train.n_critic": 2}))[0]
+  assert describe_consequences(changed).startswith("the data position (the stream skips or ")
+  assert describe_consequences(changed).count("data position") == 1
+  assert describe_consequences(blocking) == ""
   # A tolerance, not the math: the DataError for too many bad files says to raise it on resume.
   assert config_differences(old, make_config(**{"data.max_bad_fraction": 0.05}))[0] == []
   assert config_differences({}, make_config(**{"loss.lecam_weight": 0.1})) == ([], [])  # unknown

@@ -5,7 +5,8 @@ Everything a caller needs is re-exported here, so `from jaxgan import config as 
 `config_lib.validate(...)` read the same whichever file a function lives in.
 """
 
-from jaxgan.config.resume import RESUMABLE_KEYS, config_differences, describe_differences
+from jaxgan.config.resume import (RESUMABLE_KEYS, config_differences, describe_consequences,
+                                  describe_differences)
 from jaxgan.config.schema import (DTYPES, PATH_KEYS, ConfigError, attribute_classes, base_config,
                                   check_complete, check_known_keys, flat_items, from_json, get,
                                   label_shape, load_config_file, parse_class_counts,
@@ -14,7 +15,7 @@ from jaxgan.config.validation import (seed_problem, validate, validate_distribut
                                       validate_schedule)
 
 __all__ = [
-    "RESUMABLE_KEYS", "config_differences", "describe_differences",
+    "RESUMABLE_KEYS", "config_differences", "describe_consequences", "describe_differences",
     "DTYPES", "PATH_KEYS", "ConfigError", "attribute_classes", "base_config", "check_complete",
     "check_known_keys", "flat_items", "from_json", "get", "label_shape", "load_config_file",
     "parse_class_counts", "split_columns", "to_json", "with_absolute_paths",

@@ -56,3 +56,16 @@ def _plain(value: object) -> object:
 def describe_differences(differences: list[Difference]) -> str:
   """'key: old -> new; ...' for messages."""
   return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences)
+
+
+# What an accepted change of these keys (--allow_config_change) leaves wrong: a run's position
+# is its step, so what is counted from the step is counted with the new rows per step.
+_STEP_COUNTED = ("the data position (the stream skips or repeats examples), images_seen and "
+                 "the EMA ramp-up are counted as step x the new rows per step from here")
+CONSEQUENCES = {"train.batch_size": _STEP_COUNTED, "train.n_critic": _STEP_COUNTED}
+
+
+def describe_consequences(differences: list[Difference]) -> str:
+  """What the accepted `differences` leave wrong from the resumed step on, or ''."""
+  notes = dict.fromkeys(CONSEQUENCES[k] for k, _, _ in differences if k in CONSEQUENCES)
+  return "; ".join(notes)
