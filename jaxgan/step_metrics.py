@@ -4,10 +4,10 @@ Logging one step in `log_every` shows noise, and hides whatever happens on the o
 R1 runs on every `r1_interval`-th step only, so with log_every 100 and r1_interval 16 a logged
 step never had an R1 phase). As in the Flax examples, every step's metrics stay on the device
 until the log row, are fetched once and reduced on the host: means for losses and D outputs, sums
-for event counts, the last value for counters and schedules. The OCCASIONAL metrics are NaN on the
-steps that did not compute them (R1 off its interval) and are averaged over the steps that did (and
-left out of a row whose interval computed none); any other NaN, e.g. the loss of a skipped
-non-finite step, stays in the mean, so the row shows it.
+for event counts, the last value for counters and schedules. The OCCASIONAL metrics are -1 on the
+steps that did not compute them (R1 off its interval; a penalty is never negative) and are averaged
+over the steps that did (and left out of a row whose interval computed none); any NaN, e.g. the
+loss of a skipped non-finite step or a diverged R1, stays in the mean, so the row shows it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 # over the steps that computed them).
 SUM = ("nonfinite",)  # events: steps skipped in the interval
 LAST = ("nonfinite_streak", "nonfinite_total", "augment_p", "ema_beta")  # state, not samples
-OCCASIONAL = ("r1_penalty",)  # NaN = not computed on that step (steps.py)
+OCCASIONAL = ("r1_penalty",)  # -1 = not computed on that step (steps.py)
 
 
 def summarise(rows: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -37,7 +37,7 @@ def summarise(rows: list[Mapping[str, Any]]) -> dict[str, float]:
       out[key] = float(np.sum(values))
     else:
       if key in OCCASIONAL:
-        values = values[~np.isnan(values)]
+        values = values[~(values < 0)]  # a NaN is not < 0: it stays
       if values.size:
         with warnings.catch_warnings():  # an inf/NaN loss stays in the mean: that is the signal
           warnings.simplefilter("ignore", RuntimeWarning)

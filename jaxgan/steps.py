@@ -155,8 +155,9 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
     def skip(_):
       zeros = jax.tree_util.tree_map(jnp.zeros_like, d_params)
-      # NaN = "not computed on this step": step_metrics averages R1 over the due steps only.
-      return d_params, d_opt_state, jnp.full((), jnp.nan, jnp.float32), zeros, aug_state
+      # -1 = "not computed on this step" (a penalty is >= 0, and a NaN one must stay visible):
+      # step_metrics averages R1 over the due steps only.
+      return d_params, d_opt_state, jnp.full((), -1.0, jnp.float32), zeros, aug_state
 
     return jax.lax.cond(step % r1_interval == 0, regularise, skip, None)
 

@@ -176,7 +176,7 @@ def test_lazy_r1_is_a_separate_d_phase_with_diffaugment_and_n_critic():
   # StyleGAN2's Dreg: on due steps (0 and 2 of every 2) D takes its n_critic ordinary Adam steps
   # and then one more on R1 alone; G's Adam one step per step either way.
   r1 = [float(m["r1_penalty"]) for m in metrics]
-  assert r1[0] > 0 and np.isnan(r1[1]) and r1[2] > 0  # NaN: no R1 phase on that step
+  assert r1[0] > 0 and r1[1] == -1 and r1[2] > 0  # -1: no R1 phase on that step
   # The logged row averages R1 over the due steps (it used to show the logged step's 0).
   logged = step_metrics.summarise([{k: float(v) for k, v in m.items()} for m in metrics])
   assert logged["r1_penalty"] == pytest.approx((r1[0] + r1[2]) / 2)
