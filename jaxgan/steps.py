@@ -5,8 +5,8 @@ One step = `train.n_critic` D updates (each on its own slice of the real batch, 
 *updated* D. G's forward for the last D update is reused for the G update
 through `jax.vjp`, so G runs forward once per G update, not twice.
 
-A step whose losses or gradients are not finite leaves the state unchanged (except the step count
-and the skip streak), so one bad batch never poisons the parameters.
+A step whose losses, gradients or new optimizer states are not finite leaves the state unchanged
+(except the step count and the skip streak), so one bad batch never poisons the parameters.
 """
 
 from __future__ import annotations
@@ -235,7 +235,9 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     ema_params = jax.tree_util.tree_map(lambda e, p: beta * e + (1.0 - beta) * p,
                                         state.ema_params, g_params)
 
-    finite = _all_finite(d_values, g_value, d_grads_all, g_grads)
+    # The new optimizer states too: a finite gradient past ~1.8e19 overflows Adam's second moment
+    # to inf, which freezes that parameter for the rest of the run (its updates become 0).
+    finite = _all_finite(d_values, g_value, d_grads_all, g_grads, d_opt_state, g_opt_state)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
         g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,

@@ -182,6 +182,21 @@ def test_nonfinite_step_leaves_state_unchanged():
   assert int(again.nonfinite_streak) == 2 == int(again.nonfinite_total)
 
 
+def test_a_step_whose_optimizer_state_overflows_is_skipped():
+  """A finite gradient past ~1.8e19 overflows Adam's second moment to inf, after which every
+  update of that parameter is 0: the step is skipped as non-finite instead of freezing it."""
+  config, init, train_step = _default_step()
+  state = init()
+  leaves, tree = jax.tree_util.tree_flatten(state.g_opt_state)
+  i = next(i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim)
+  leaves[i] = jnp.full_like(leaves[i], jnp.inf)  # as the overflowed moment would be
+  state = state.replace(g_opt_state=jax.tree_util.tree_unflatten(tree, leaves))
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(metrics["nonfinite"]) == 1 and np.isfinite(float(metrics["g_loss"]))
+  for x, y in zip(*(jax.tree_util.tree_leaves(s.g_params) for s in (new, state))):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_ema_half_life_in_images(make_config):
   config = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.0})
   beta = float(steps.ema_beta(config, jnp.asarray(10_000)))  # step 10,000
