@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import ml_collections
 
 from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items
@@ -59,13 +61,20 @@ def describe_differences(differences: list[Difference]) -> str:
 
 
 # What an accepted change of these keys (--allow_config_change) leaves wrong: a run's position
-# is its step, so what is counted from the step is counted with the new rows per step.
-_STEP_COUNTED = ("the data position (the stream skips or repeats examples), images_seen and "
-                 "the EMA ramp-up are counted as step x the new rows per step from here")
-CONSEQUENCES = {"train.batch_size": _STEP_COUNTED, "train.n_critic": _STEP_COUNTED}
+# is its step, so what is counted from the step is counted with the new value from here. The
+# EMA ramp-up counts G's images (step x batch_size), so n_critic leaves it right.
+_DATA_POSITION = "the data position (the stream skips or repeats examples)"
+_COUNTED_FROM_STEP = types.MappingProxyType({
+    "train.batch_size": (_DATA_POSITION, "images_seen", "the EMA ramp-up"),
+    "train.n_critic": (_DATA_POSITION, "images_seen"),
+})
 
 
 def describe_consequences(differences: list[Difference]) -> str:
   """What the accepted `differences` leave wrong from the resumed step on, or ''."""
-  notes = dict.fromkeys(CONSEQUENCES[k] for k, _, _ in differences if k in CONSEQUENCES)
-  return "; ".join(notes)
+  keys = [k for k, _, _ in differences if k in _COUNTED_FROM_STEP]
+  if not keys:
+    return ""
+  counted = list(dict.fromkeys(thing for k in keys for thing in _COUNTED_FROM_STEP[k]))
+  things = ", ".join(counted[:-1]) + " and " + counted[-1]
+  return f"{things} are counted from the step with the new {' and '.join(keys)} from here"
