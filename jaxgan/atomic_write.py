@@ -32,7 +32,8 @@ def remove_stale(path: str) -> int:
   and returns their number: a SIGKILL or the OOM killer skips the `finally` that removes them,
   and a decode cache's is the size of the data set, once per failed attempt. A live process's
   (as `os.kill(pid, 0)` sees it) and other hosts' (whose processes this one cannot see) are
-  kept. Callers hold the cache's `exclusive` lock, which every writer of it holds too."""
+  kept. No lock is needed: a gone process writes nothing more, and one that reuses its pid
+  writes a temporary of its own (the name's random part differs)."""
   prefix = f"{os.path.basename(path)}.{socket.gethostname()}."
   folder = os.path.dirname(os.path.abspath(path))
   try:
