@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
 from jaxgan import multihost
 from jaxgan import run as run_lib
+from jaxgan import run_health
 from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
@@ -34,60 +34,13 @@ from jaxgan import stopping as stopping_lib
 from jaxgan import workdir as workdir_lib
 from jaxgan import writers
 from jaxgan.metrics import inception
+from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
 
 # Steps the host may dispatch ahead of the device: enough to hide its per-call work and pauses,
 # few enough that queued batches (each on the device from its dispatch) stay a few batches.
 MAX_STEPS_AHEAD = 4
-
-
-class TrainingError(RuntimeError):
-  """A run cannot start or continue; the message says why and what to do."""
-
-
-def _resume_point(checkpointer) -> str:
-  """Where a rerun would resume, for messages."""
-  latest = checkpointer.latest_step()
-  return f"step {latest}" if latest is not None else "the start (no checkpoint)"
-
-
-# Checkpoint writes that may fail in a row before the run stops: one can be a passing storage
-# hiccup (the previous checkpoint stays valid); several mean a preemption would cost everything
-# since the last one that was written.
-MAX_FAILED_CHECKPOINTS = 3
-
-
-def _check_checkpoint_writes(checkpointer) -> None:
-  """Stops the run (on every process alike) when its checkpoints keep failing, or when the first
-  one it wrote failed: storage that cannot take one (a full disk, a bucket mount that cannot
-  rename folders) would otherwise let it train for days with nothing to resume from."""
-  failed = checkpointer.failures_in_a_row
-  if not multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
-                               or (failed > 0 and not checkpointer.completed)):
-    return
-  # The same words on every process (the counts are each process's own).
-  raise TrainingError(
-      f"checkpoint writes to {checkpointer.directory} keep failing (this run's first, or "
-      f"{MAX_FAILED_CHECKPOINTS} in a row; errors above); the run stops rather than train on "
-      f"without checkpoints: free space or fix the storage, then rerun (it resumes from "
-      f"{_resume_point(checkpointer)})")
-
-
-# The longest skip streak so far, kept on the device from each call's streaks ([k] when stacked):
-# read back only where the loop checks it.
-_longest_streak = jax.jit(lambda longest, streak: jnp.maximum(longest, jnp.max(streak)))
-
-
-def _check_nonfinite(longest_streak: Any, step: int, limit: int, checkpointer) -> None:
-  """Stops the run if the longest skip streak since the last check reached `limit`."""
-  longest = int(sharding.to_host(longest_streak))
-  if longest >= limit:
-    raise TrainingError(
-        f"{longest} consecutive non-finite steps by step {step} (limit "
-        f"train.max_nonfinite_steps={limit}); a rerun resumes from "
-        f"{_resume_point(checkpointer)} in {checkpointer.directory}: lower the learning rates "
-        "(optim.*) or set train.dtype=float32, then rerun with --allow_config_change")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -173,20 +126,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                   "%s%s", step, listing(blocking), f" ({consequences})" if consequences else "")
     return not blocking
 
+  k = run.steps_per_call
   try:
     restored = checkpointer.restore_latest(
         ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), accept)
+    if restored is not None and restored[0] % k:
+      raise TrainingError(f"checkpoint step {restored[0]} in {workdir} is not a multiple of "
+                          f"train.steps_per_call={k}; resume with a steps_per_call that divides "
+                          "it (1 always does), then change it at a later checkpoint")
+    if restored is not None:
+      run_health.check_restored_state(restored[1], restored[0], checkpointer.directory)
     # Before config.json is written or anything compiles.
     stop.check_before_training("after restoring the checkpoint")
   except BaseException:  # a refused config, no readable step, ...: release orbax's threads
     checkpointer.close()
     raise
-  k = run.steps_per_call
-  if restored is not None and restored[0] % k:
-    checkpointer.close()
-    raise TrainingError(f"checkpoint step {restored[0]} in {workdir} is not a multiple of "
-                        f"train.steps_per_call={k}; resume with a steps_per_call that divides it "
-                        "(1 always does), then change it at a later checkpoint")
   if restored is not None:
     start_step, state, meta = restored
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
@@ -305,7 +259,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       state, metrics = run.train_step(state, batch)
       interval.add(metrics, stacked=k > 1)
       in_flight.append(metrics["nonfinite_streak"])
-      longest_streak = _longest_streak(longest_streak, metrics["nonfinite_streak"])
+      longest_streak = run_health.longest_streak(longest_streak, metrics["nonfinite_streak"])
       if len(in_flight) > max_calls_ahead:
         jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
       step += k
@@ -350,14 +304,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         # Only where the loop waits for the step anyway (not every call, which would keep the
         # host one call ahead at most), and before any checkpoint past the limit is written.
         # Skipped steps leave the weights as they were, so a late stop loses nothing.
-        _check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
+        run_health.check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
         longest_streak = np.int32(0)
       # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
       # request it is what the grace period is for.
       if checkpoint_due:
         saved = checkpointer.save(step, state, meta(step))
         if not last:  # a stop and the end report their own failed write
-          _check_checkpoint_writes(checkpointer)
+          run_health.check_checkpoint_writes(checkpointer)
       if sample_due:
         save_samples(step)
       # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
@@ -377,7 +331,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
           msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
         else:
           msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
-                 f"written (error above); a rerun resumes from {_resume_point(checkpointer)}")
+                 f"written (error above); a rerun resumes from "
+                 f"{run_health.resume_point(checkpointer)}")
         if step == cfg.num_steps and (eval_due or not written):
           # The last step, not the end (its evaluation or checkpoint left): a caller judging by
           # the step would take the run for finished (train's exit status 0, never rerun).
@@ -393,7 +348,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         raise TrainingError(
             f"trained to step {step}, but its checkpoint could not be written to "
             f"{checkpointer.directory} (error above); a rerun resumes from "
-            f"{_resume_point(checkpointer)} and writes it: free space or fix the storage first")
+            f"{run_health.resume_point(checkpointer)} and writes it: free space or fix the "
+            "storage first")
   finally:
     # Stops the input thread now, not when the generator is collected: a kept traceback (a
     # notebook's last error) holds this frame, and the thread would go on reading data.

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
-from jaxgan import stopping, writers
+from jaxgan import run_health, stopping, writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -353,27 +353,6 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
 
 
-def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
-  """The streak is read at rows and checkpoints only: the longest of every call's since the last
-  check counts, not just the last (which is 0 again once a finite step follows)."""
-  import jax.numpy as jnp
-
-  from jaxgan import checkpoint as ckpt_lib
-
-  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
-  longest = np.int32(0)
-  for streak in (jnp.int32(0), jnp.array([0, 1], jnp.int32)):  # a stacked call: [k]
-    longest = trainer._longest_streak(longest, streak)
-  trainer._check_nonfinite(longest, 4, 3, checkpointer)  # 1 < 3: goes on
-  longest = np.int32(0)
-  for streak in (jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)):
-    longest = trainer._longest_streak(longest, streak)
-  with pytest.raises(trainer.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
-                                                  r"resumes from the start \(no checkpoint\)"):
-    trainer._check_nonfinite(longest, 8, 3, checkpointer)
-  checkpointer.close()
-
-
 def test_the_loop_waits_for_the_device_only_at_rows_checkpoints_and_grids(tmp_path, monkeypatch):
   """Reading a value back each call would keep the host at most one call ahead of the device."""
   from jaxgan import sharding
@@ -498,7 +477,7 @@ def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first
   with pytest.raises(trainer.TrainingError, match=f"checkpoint writes to .* keep failing .* "
                                                   f"resumes from {resume}"):
     trainer.train_and_evaluate(config, workdir)
-  stopped_at = 2 + 2 * trainer.MAX_FAILED_CHECKPOINTS if first_ok else 2
+  stopped_at = 2 + 2 * run_health.MAX_FAILED_CHECKPOINTS if first_ok else 2
   assert writers.read_metrics(workdir)[-1]["step"] == stopped_at
 
 

@@ -1,0 +1,57 @@
+"""The checks that stop a run: non-finite streaks, a non-finite restored state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import checkpoint as ckpt_lib, run_health, trainer
+from tests.conftest import tiny_config
+
+
+def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
+  """The streak is read at rows and checkpoints only: the longest of every call's since the last
+  check counts, not just the last (which is 0 again once a finite step follows)."""
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  longest = np.int32(0)
+  for streak in (jnp.int32(0), jnp.array([0, 1], jnp.int32)):  # a stacked call: [k]
+    longest = run_health.longest_streak(longest, streak)
+  run_health.check_nonfinite(longest, 4, 3, checkpointer)  # 1 < 3: goes on
+  longest = np.int32(0)
+  for streak in (jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)):
+    longest = run_health.longest_streak(longest, streak)
+  with pytest.raises(run_health.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
+                                                  r"resumes from the start \(no checkpoint\)"):
+    run_health.check_nonfinite(longest, 8, 3, checkpointer)
+  checkpointer.close()
+
+
+def test_nonfinite_leaves_names_the_floating_leaves_with_nan_or_inf():
+  tree = {"params": {"w": jnp.ones((3, 2)), "b": jnp.array([0.0, jnp.inf])},
+          "opt": (jnp.array([jnp.nan]), jnp.zeros((), jnp.int32)), "key": jax.random.key(0)}
+  assert run_health.nonfinite_leaves(tree) == ["['opt'][0]", "['params']['b']"]
+  assert run_health.nonfinite_leaves({"w": jnp.ones(2), "n": jnp.int32(3)}) == []
+
+
+def test_a_restored_state_that_is_already_nonfinite_is_refused(tmp_path, monkeypatch):
+  """A checkpoint whose Adam moment overflowed (written before the step guard checked the
+  optimizer states) would have every step skipped, and the run stop blaming the learning rates:
+  the resume says what is wrong with the checkpoint instead, before anything compiles."""
+  config = tiny_config(**{"train.num_steps": 2, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  restore_latest = ckpt_lib.Checkpointer.restore_latest
+
+  def overflowed(self, *args, **kwargs):
+    step, state, meta = restore_latest(self, *args, **kwargs)
+    leaves, tree = jax.tree_util.tree_flatten(state.d_opt_state)
+    leaves[-1] = leaves[-1] + jnp.where(jnp.isfinite(leaves[-1]), jnp.inf, 0)
+    return step, state.replace(d_opt_state=jax.tree_util.tree_unflatten(tree, leaves)), meta
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_latest", overflowed)
+  config.train.num_steps = 4
+  with pytest.raises(trainer.TrainingError,
+                     match=r"checkpoint step 2 in .*checkpoints holds non-finite values "
+                           r"\(d_opt_state\[0\]\.nu\[.*\]\): no step "):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  monkeypatch.undo()  # the checkpoint itself is intact: the same resume trains on
+  assert int(trainer.train_and_evaluate(config, str(tmp_path / "w")).step) == 4
