@@ -521,6 +521,27 @@ def test_a_cache_dir_without_room_or_not_a_folder_is_a_one_line_error(folder, tm
     build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "a_file" / "cache")}))
 
 
+def test_workers_that_cannot_start_are_not_blamed_on_the_cache_dir(folder, tmp_path,
+                                                                   monkeypatch):
+  """No process left (EAGAIN), too many open files: the decode's own OSError names the workers
+  and data.workers, not data.cache_dir's storage, which is fine."""
+  import concurrent.futures
+  import errno
+
+  def cannot_fork(*args, **kwargs):
+    raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+  monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", cannot_fork)
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+                      "data.max_bad_fraction": 0.5, "data.workers": 2,
+                      "data.cache_dir": str(tmp_path / "cache")})
+  with pytest.raises(DataError, match=r"^decoding .*: starting 2 decoding worker processes "
+                                      r"failed \(\[Errno 11\] Resource temporarily unavailable\); "
+                                      r"if memory ran out, set data.workers lower$"):
+    build_source(config)
+  assert [n for n in os.listdir(tmp_path / "cache") if n.endswith(".npy")] == []
+
+
 def test_a_decode_removes_the_temporaries_of_its_hosts_dead_processes(folder, tmp_path):
   """A SIGKILL (the OOM killer) skips the cleanup of a decode's full-size temporaries: the next
   decode of that cache removes them, but not a live process's nor another host's."""
