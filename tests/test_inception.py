@@ -53,8 +53,8 @@ def test_features_match_the_torchscript_reference(tmp_path):
   blocked = tmp_path / "a_file"
   blocked.write_text("")
   for cache_dir in (tmp_path, blocked):
-    for a, b in zip(jax.tree_util.tree_leaves(params),
-                    jax.tree_util.tree_leaves(inception_weights.load_params(cache_dir=str(cache_dir)))):
+    loaded = inception_weights.load_params(cache_dir=str(cache_dir))
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
       np.testing.assert_array_equal(a, b)
 
 
