@@ -264,7 +264,9 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
 
   with tempfile.TemporaryDirectory() as scratch:
     report = profiling.trace_ops(run_steps, compiled.as_text(), steps * run.steps_per_call,
-                                 trace_dir or scratch, top, num_devices=run.mesh.size)
+                                 trace_dir or scratch, top,
+                                 # The trace is this process's: its devices' thunks only.
+                                 num_devices=len(run.mesh.local_devices))
   device = jax.devices()[0]
   return {"model": config.model.name, "image_size": config.data.image_size,
           "batch_size": config.train.batch_size, "dtype": config.train.dtype,
