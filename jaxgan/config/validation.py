@@ -24,7 +24,7 @@ def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
            f"must be a positive integer, got {value!r}")
 
 
-def seed_problem(seed) -> str:
+def seed_problem(seed: object) -> str:
   """Why `seed` cannot seed a run or a sampling, or ''. JAX keys keep its low 32 bits: 5 and
   2**32 + 5 would share every key (-1 and 2**32 - 1 too) while numpy's draws differed."""
   if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32:
