@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
-from jaxgan import sampling
+from jaxgan import sample_inputs, sampling
 from jaxgan.metrics import distances, suite
 from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 
@@ -176,7 +176,7 @@ class Evaluator:
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, images): this process's share of `num` uint8 samples of the EMA generator (all of
     them on one process) and their indices, sampled in fixed-size chunks (one compilation)."""
-    z = sampling.latents(seed, num, self.config.model.z_dim)
+    z = sample_inputs.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
     statistics = self.statistics(ema_params, g_batch_stats)
     chunks = list(sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,

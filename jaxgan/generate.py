@@ -153,7 +153,7 @@ def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: i
   seed, one per `repeat` consecutive images (a row of an interpolation grid)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+  from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
 
   n = len(first)
   columns = [first]
@@ -161,7 +161,7 @@ def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: i
     if i in chosen:
       columns.append(jnp.full((n,), chosen[i], jnp.int32))
     else:
-      draws = sampling.attribute_draws(seed, i, -(-n // repeat), num)  # not the latents' key
+      draws = sample_inputs.attribute_draws(seed, i, -(-n // repeat), num)  # not the latents' key
       columns.append(jnp.repeat(draws, repeat)[:n])
   return jnp.stack(columns, axis=1)
 
@@ -207,6 +207,7 @@ def generate(workdir: str, num: int, out: str,
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, sharding  # pylint: disable=g-import-not-at-top
+  from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
   from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   if num <= 0:
@@ -249,12 +250,12 @@ def generate(workdir: str, num: int, out: str,
       raise ValueError(f"--between {between!r} and --label both set attribute "
                        f"{attributes[attribute][0]!r}; drop that --label")
     # Soft labels [rows * N, sum(classes)]: every attribute is already in them.
-    z, labels, cols = sampling.label_interpolation_inputs(
+    z, labels, cols = sample_inputs.label_interpolation_inputs(
         seed, classes, attribute, start, stop, interpolate, math.ceil(num / interpolate),
         config.model.z_dim, truncation, chosen)
     num = len(z)
   elif interpolate:
-    z, labels, cols = sampling.interpolation_inputs(seed, nc, interpolate, config.model.z_dim,
+    z, labels, cols = sample_inputs.interpolation_inputs(seed, nc, interpolate, config.model.z_dim,
                                                     truncation)
     if 0 in chosen:  # one class of the first attribute: one row
       index = chosen[0]
@@ -264,7 +265,7 @@ def generate(workdir: str, num: int, out: str,
     if nc > 0:  # a grid's num becomes a multiple of the class count
       num, labels, cols = _plain_labels(num, nc, chosen, given, singles,
                                         meta.get("label_counts"), seed, cols)
-    z = sampling.latents(seed, num, config.model.z_dim, truncation)
+    z = sample_inputs.latents(seed, num, config.model.z_dim, truncation)
   # A first attribute's column ([n]; rows drawn from the data's combinations are [n, A]): the
   # other attributes from --label or drawn.
   if len(classes) > 1 and between is None and labels.ndim == 1:

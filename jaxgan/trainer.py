@@ -26,7 +26,7 @@ from jaxgan import evaluator as evaluator_lib
 from jaxgan import multihost
 from jaxgan import run as run_lib
 from jaxgan import run_health
-from jaxgan import sampling
+from jaxgan import sample_inputs, sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import step_metrics
@@ -183,7 +183,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       config, run.generator, label_counts,
       out_sharding=sharding.replicated(run.mesh),
       batch_sharding=sharding.batch_sharding(run.mesh))
-  grid_z, grid_labels, grid_cols = sampling.grid_inputs(
+  grid_z, grid_labels, grid_cols = sample_inputs.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
   writer = writers.MetricsWriter(workdir, enabled=is_main, tensorboard=cfg.tensorboard)

@@ -515,7 +515,7 @@ rows, _ = ev.fake_images(params, stats, 7, np.arange(6, dtype=np.int32) % 3, see
 real_labels = np.arange(6, dtype=np.int32) % 3
 ((_, alone),) = sampling.sample_in_chunks(
     sampling.make_sampler(g), variables["params"], variables["batch_stats"],
-    sampling.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)
+    sample_inputs.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)
 print(json.dumps({"seen": extracted, "chunk": ev.chunk, "rows": rows.tolist(),
                   "max_diff": float(np.abs(captured[0] - Extractor()(alone)).max())}))
 """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgan import generate, sampling
+from jaxgan import generate, sample_inputs, sampling
 from jaxgan.models.conditioning import ClassEmbed
 from jaxgan.models.dcgan import Generator
 from tests.conftest import run_module, tiny_config
@@ -84,7 +84,7 @@ def test_mixture_embeds_as_the_mixture_of_embeddings():
 
 def test_label_interpolation_inputs():
   classes, rows, steps = (3, 4), 3, 5
-  z, labels, cols = sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
+  z, labels, cols = sample_inputs.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
   assert cols == steps and z.shape == (rows * steps, 6) and labels.shape == (rows * steps, 7)
   grid = np.asarray(labels).reshape(rows, steps, 7)
   np.testing.assert_array_equal(grid[:, 0, 3:], np.tile([1, 0, 0, 0], (rows, 1)))
@@ -98,20 +98,20 @@ def test_label_interpolation_inputs():
   np.testing.assert_array_equal(grid[:, 0, :3], np.eye(3)[np.asarray(drawn)])
   # One latent per row, the seed's.
   zz = np.asarray(z).reshape(rows, steps, 6)
-  np.testing.assert_array_equal(zz, np.repeat(np.asarray(sampling.latents(7, rows, 6))[:, None],
-                                              steps, axis=1))
+  ends = np.asarray(sample_inputs.latents(7, rows, 6))
+  np.testing.assert_array_equal(zz, np.repeat(ends[:, None], steps, axis=1))
   assert np.abs(zz[0, 0] - zz[1, 0]).max() > 1e-3
-  again = sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
+  again = sample_inputs.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6)
   np.testing.assert_array_equal(again[0], z)
   np.testing.assert_array_equal(again[1], labels)
-  fixed = np.asarray(sampling.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6,
+  fixed = np.asarray(sample_inputs.label_interpolation_inputs(7, classes, 1, 0, 3, steps, rows, 6,
                                                          fixed={0: 2})[1])
   np.testing.assert_array_equal(fixed[:, :3], np.tile([0, 0, 1], (rows * steps, 1)))
-  z1, one, _ = sampling.label_interpolation_inputs(0, (5,), 0, 4, 1, 2, 1, 6, truncation=0.5)
+  z1, one, _ = sample_inputs.label_interpolation_inputs(0, (5,), 0, 4, 1, 2, 1, 6, truncation=0.5)
   np.testing.assert_array_equal(one, [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]])
   assert np.abs(np.asarray(z1)).max() <= 0.5
   with pytest.raises(ValueError, match="cannot also be fixed"):
-    sampling.label_interpolation_inputs(0, classes, 1, 0, 3, 2, 1, 6, fixed={1: 0})
+    sample_inputs.label_interpolation_inputs(0, classes, 1, 0, 3, 2, 1, 6, fixed={1: 0})
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_generate_between(workdir, tmp_path):
   sampler = sampling.make_sampler(generator)
   statistics = sampling.make_ema_statistics(config, generator)(state.ema_params,
                                                                 state.g_batch_stats)
-  z = sampling.latents(0, 2, config.model.z_dim)
+  z = sample_inputs.latents(0, 2, config.model.z_dim)
   for column, colour in enumerate([0, 1]):  # Black, Navy Blue
     labels = jnp.array([[1, colour]] * 2, jnp.int32)  # Tshirts
     ((_, want),) = sampling.sample_in_chunks(sampler, state.ema_params, statistics, z,

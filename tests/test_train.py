@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import evaluate, generate, sampling, trainer, workdir as workdir_lib, writers
+from jaxgan import evaluate, generate, sample_inputs, sampling, trainer, writers
+from jaxgan import workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.data.arrays import DataError
 from tests.conftest import REPO, run_module, tiny_config, xla_flags
@@ -223,7 +224,7 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
 
   root, _, _ = runs
   workdir = str(root / "full")
-  z = np.asarray(sampling.latents(0, 512, 8, truncation=0.7))
+  z = np.asarray(sample_inputs.latents(0, 512, 8, truncation=0.7))
   assert np.abs(z).max() <= 0.7 and z.std() > 0.3  # resampled into range, not clipped to it
   truncations, real_statistics = [], sampling.make_ema_statistics
   monkeypatch.setattr(sampling, "make_ema_statistics", lambda *args, truncation=0.0, **kwargs:
@@ -238,8 +239,8 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   assert Image.open(grid[0]).size == (5 * 18 + 2, 3 * 18 + 2)
   one = generate.generate(workdir, 1, str(tmp_path / "j.png"), interpolate=4, label="1")
   assert Image.open(one[0]).size == (4 * 18 + 2, 18 + 2)
-  ends = sampling.latents(0, 2, 8)
-  path = np.asarray(sampling.slerp(ends[0:1], ends[1:2], jnp.linspace(0, 1, 3)[:, None]))
+  ends = sample_inputs.latents(0, 2, 8)
+  path = np.asarray(sample_inputs.slerp(ends[0:1], ends[1:2], jnp.linspace(0, 1, 3)[:, None]))
   np.testing.assert_allclose(path[[0, 2]], np.asarray(ends), atol=1e-5)
   with pytest.raises(ValueError, match="--truncation"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=-1)
