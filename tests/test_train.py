@@ -333,7 +333,8 @@ def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_row
                           "train.checkpoint_every": 3, "train.tensorboard": False})
   trainer.train_and_evaluate(config, str(tmp_path))
   row, = writers.read_metrics(str(tmp_path))
-  assert row["step"] == 6 and row["images_per_sec"] > 5 * 8 / 0.5  # 5 steps of 8 in < 0.5 s
+  # 5 steps of 8 in < 0.9 s (measured: 0.04 s); with the grid's second counted, 40 at most.
+  assert row["step"] == 6 and row["images_per_sec"] > 5 * 8 / 0.9
 
 
 def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
