@@ -236,8 +236,12 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
                                         state.ema_params, g_params)
 
     # The new optimizer states too: a finite gradient past ~1.8e19 overflows Adam's second moment
-    # to inf, which freezes that parameter for the rest of the run (its updates become 0).
-    finite = _all_finite(d_values, g_value, d_grads_all, g_grads, d_opt_state, g_opt_state)
+    # to inf, which freezes that parameter for the rest of the run (its updates become 0). And
+    # the running BatchNorm statistics: activations past ~1.8e19 overflow a batch variance to inf
+    # while the normalised output (x / sqrt(inf) = 0) and the losses stay finite; a running
+    # average never forgets an inf.
+    finite = _all_finite(d_values, g_value, d_grads_all, g_grads, d_opt_state, g_opt_state,
+                         g_stats, d_stats)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
         g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,

@@ -197,6 +197,20 @@ def test_a_step_whose_optimizer_state_overflows_is_skipped():
     np.testing.assert_array_equal(x, y)
 
 
+def test_a_step_whose_running_batchnorm_statistics_overflow_is_skipped():
+  """An overflowed batch variance leaves the normalised output (x / sqrt(inf) = 0) and the
+  losses finite, but the running average keeps the inf for good: the step is skipped."""
+  config, init, train_step = _default_step()
+  state = init()
+  leaves, tree = jax.tree_util.tree_flatten(state.g_batch_stats)
+  leaves[0] = jnp.full_like(leaves[0], jnp.inf)  # as a running average of an inf would be
+  state = state.replace(g_batch_stats=jax.tree_util.tree_unflatten(tree, leaves))
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(metrics["nonfinite"]) == 1 and np.isfinite(float(metrics["g_loss"]))
+  for x, y in zip(*(jax.tree_util.tree_leaves(s.g_params) for s in (new, state))):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_ema_half_life_in_images(make_config):
   config = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.0})
   beta = float(steps.ema_beta(config, jnp.asarray(10_000)))  # step 10,000
