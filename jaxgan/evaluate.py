@@ -161,7 +161,8 @@ def evaluate_workdir(args) -> dict:
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real or config.eval.num_real or args.num_samples,
                                seed=args.seed)
-  results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir))
+  results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
+                 num_devices=int(mesh.size))  # the fakes' sampling and Inception's
   return results
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import JOIN_TWO_PROCESSES, run_two_processes, tiny_config
+from conftest import JOIN_TWO_PROCESSES, run_module, run_two_processes, tiny_config, xla_flags
 from jaxgan import config as config_lib, evaluate, trainer
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
@@ -135,12 +135,13 @@ print(json.dumps({"process": me}))
 
 
 @needs_weights
-def test_two_processes_train_with_evaluation_as_one_evaluates(tmp_path, capsys):
+def test_two_processes_train_with_evaluation_as_one_evaluates(tmp_path):
   """Training with evaluation on 2 processes, end to end: the reals' features are extracted
   across the processes and cached, the fakes sampled over the 2-device mesh and their features
   gathered, process 0 logs each evaluation once, and the best checkpoint is saved (collectively:
   that the processes agree on it is test_evaluator's two-process best-FID test). `evaluate` in
-  one process then computes the FID that was logged (measured: the same float64 value)."""
+  one process on 3 devices (each samples and extracts a third of every chunk, padded) then
+  computes the FID that was logged."""
   cache = str(tmp_path / "cache")
   overrides = {"train.eval_every": 2, "train.eval_num_samples": 6, "eval.num_real": 8,
                "eval.batch_size": 3, "eval.cache_dir": cache, "train.tensorboard": False}
@@ -156,11 +157,13 @@ def test_two_processes_train_with_evaluation_as_one_evaluates(tmp_path, capsys):
   references = os.listdir(os.path.join(cache, "reference"))
   assert len(references) == 1
 
-  code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
-                        "--cache-dir", cache, "--metrics", "fid")
-  assert code == 0, err
-  result = json.loads(out)
+  proc = run_module("jaxgan.evaluate", "--workdir", workdir, "--checkpoint", "best",
+                    "--batch-size", "3", "--cache-dir", cache, "--metrics", "fid",
+                    env={"XLA_FLAGS": xla_flags(3)})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["step"] == best_step and result["num_samples"] == 6 and result["num_real"] == 8
+  assert result["num_devices"] == 3
   np.testing.assert_allclose(result["fid"], evals[best_step]["eval/fid"], rtol=1e-4)
   assert os.listdir(os.path.join(cache, "reference")) == references  # the cached reals
 
