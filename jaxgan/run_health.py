@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgan import multihost
 from jaxgan import sharding
@@ -64,8 +63,9 @@ def check_nonfinite(longest: Any, step: int, limit: int, checkpointer) -> None:
         "(optim.*) or set train.dtype=float32, then rerun with --allow_config_change")
 
 
-# One flag per leaf, computed where the leaves live (sharded or not) and read back at once.
-_finite_leaves = jax.jit(lambda leaves: jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+# One flag per leaf, computed where the leaves live (sharded or not) and read back at once. Each a
+# scalar: a scalar cannot be split over devices, so every process reads all of them.
+_finite_leaves = jax.jit(lambda leaves: [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
 def nonfinite_leaves(state: Any) -> list[str]:
@@ -75,8 +75,8 @@ def nonfinite_leaves(state: Any) -> list[str]:
            if jnp.issubdtype(x.dtype, jnp.floating)]
   if not named:
     return []
-  finite = np.asarray(sharding.to_host(_finite_leaves([x for _, x in named])))
-  return [name for (name, _), ok in zip(named, finite) if not ok]
+  finite = sharding.to_host(_finite_leaves([x for _, x in named]))
+  return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 
 def check_restored_state(state: Any, step: int, directory: str) -> None:
@@ -89,4 +89,5 @@ def check_restored_state(state: Any, step: int, directory: str) -> None:
     raise TrainingError(
         f"checkpoint step {step} in {directory} holds non-finite values ({shown}): no step can "
         "train from it; move that step's folder out of the directory to resume from the one "
-        "before it, or start over in a new workdir")
+        "before it (earlier steps may hold them too: an overflowed Adam moment stays inf), or "
+        "start over in a new workdir")

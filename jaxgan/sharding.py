@@ -139,8 +139,8 @@ def split_values(tree: Any, fsdp: int) -> tuple[int, int]:
 def warn_if_fsdp_splits_little(abstract_state: Any, fsdp: int, at_least: float = 0.9) -> None:
   """Logs a warning when 'fsdp' leaves most parameter values replicated: a leaf is split only
   along a dimension fsdp divides, and channel counts are powers of two: fsdp=3 splits none of the
-  DCGAN values (4x4 kernels) and 75-92% of the ResNets' (along the 3 taps of a 3x3 kernel), and
-  fsdp=6 splits next to nothing of either."""
+  DCGAN values (4x4 kernels) and about 70-95% of the ResNets' (along the 3 taps of a 3x3 kernel;
+  less with class embeddings), and fsdp=6 at most ~2% of either."""
   if fsdp == 1:
     return
   split, total = map(sum, zip(split_values(abstract_state.g_params, fsdp),

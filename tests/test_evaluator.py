@@ -479,7 +479,7 @@ def test_two_processes_take_process_0s_fid_and_agree_on_the_best(tmp_path):
 FAKES_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
 import json
 import numpy as np
-from jaxgan import evaluator, models, sampling, sharding
+from jaxgan import evaluator, models, sample_inputs, sampling, sharding
 from tests.conftest import tiny_config
 config = tiny_config(**{"eval.standing_stats_batches": 0, "eval.metrics": "fid",
                         "eval.batch_size": 1})

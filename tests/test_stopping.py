@@ -89,7 +89,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   due evaluation's step checkpoints and skips the evaluation."""
   from jaxgan import evaluator as evaluator_lib
   from jaxgan import trainer
-  from jaxgan.metrics import inception
+  from jaxgan.metrics import inception_weights
   from tests.conftest import tiny_config
 
   evaluated, exchanged, signal_at_eval, stop_at = [], [], [], {6}
@@ -109,7 +109,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
 
   monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
   monkeypatch.setattr(evaluator_lib, "Evaluator", lambda *args, **kwargs: None)
-  monkeypatch.setattr(inception, "find_weights", lambda weights: "stand-in")
+  monkeypatch.setattr(inception_weights, "find_weights", lambda weights: "stand-in")
   real_check = stopping.StopRequest.check
 
   def check(self, call, exchange=False):
@@ -212,7 +212,7 @@ def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(t
   step, so neither a start-of-run evaluation nor a first call runs."""
   from jaxgan import evaluator as evaluator_lib
   from jaxgan import trainer
-  from jaxgan.metrics import inception
+  from jaxgan.metrics import inception_weights
   from tests.conftest import tiny_config
 
   def load_then_signal(*args, **kwargs):
@@ -230,7 +230,7 @@ def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(t
       pass
 
   monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
-  monkeypatch.setattr(inception, "find_weights", lambda weights: "stand-in")
+  monkeypatch.setattr(inception_weights, "find_weights", lambda weights: "stand-in")
   config = tiny_config(**{"train.eval_every": 2, "train.tensorboard": False})
   with pytest.raises(stopping.Stopped, match=r"SIGTERM received while starting \(before the "
                      r"first step\): stopped before training"):

@@ -125,25 +125,27 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
     # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
+    pool = None
     try:
-      pool = concurrent.futures.ProcessPoolExecutor(
-          workers, multiprocessing.get_context("spawn"), initializer=_start_worker)
       try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, multiprocessing.get_context("spawn"), initializer=_start_worker)
         with _terminal_signals_ignored():  # inherited by the workers from their first instruction
           results = pool.map(_load, jobs, chunksize=64)  # submits everything: starts the workers
-        _collect(results, paths, out, keep, skipped, progress)
-      finally:  # on an error, the queued chunks are dropped, not decoded first
-        pool.shutdown(cancel_futures=True)
+      except OSError as e:
+        # Starting the processes (EAGAIN, too many open files), not the storage, which the
+        # caller would name instead.
+        raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
+      _collect(results, paths, out, keep, skipped, progress)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
       # one sent to the whole process group ends them, and the trainer, which got it too,
       # then stops instead of reporting this.
       raise DecodeError("a decoding worker process died (a signal, or the system ran out of "
                         "memory)") from None
-    except OSError as e:
-      # The loader reports a file's errors as a skip and never raises: this is the processes
-      # (EAGAIN, too many open files), not the storage, which the caller would name instead.
-      raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
+    finally:  # on an error, the queued chunks are dropped, not decoded first
+      if pool is not None:
+        pool.shutdown(cancel_futures=True)
   else:
     _collect(map(_load, jobs), paths, out, keep, skipped, progress)
   progress.close()

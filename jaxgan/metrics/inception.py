@@ -7,7 +7,8 @@ inside the blocks exclude padding from the mean; the last block max-pools its po
 average pool gives the 2048-d features. Parameter names mirror that archive, so conversion is a
 transpose of each kernel (OIHW -> HWIO) and nothing else.
 
-Its weights are read and converted by inception_weights.py.
+Its weights are read and converted by inception_weights.py: a change here that changes what a
+weights file turns into must bump inception_weights.CONVERSION_VERSION (it names the caches).
 
 Input: float images [N, 299, 299, 3] already scaled as (x - 128) / 128 from 0..255 pixels.
 """
