@@ -5,8 +5,8 @@ One step = `train.n_critic` D updates (each on its own slice of the real batch, 
 *updated* D. G's forward for the last D update is reused for the G update
 through `jax.vjp`, so G runs forward once per G update, not twice.
 
-A step whose losses, gradients, new optimizer states or new running statistics (BatchNorm's, spectral
-norm's) are not finite leaves the state unchanged
+A step whose losses, gradients, new optimizer states or new running statistics (BatchNorm's,
+spectral norm's) are not finite leaves the state unchanged
 (except the step count and the skip streak), so one bad batch never poisons the parameters.
 """
 
