@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from typing import NoReturn, Optional, Sequence
 
 from absl import flags
@@ -96,7 +97,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     path = config_file if config_file is None or os.path.exists(config_file) else (
         config_file.split(":")[0])
     if path is not None and not os.path.isfile(path):
-      fail(f"--config {config_file}: no such file; pass a config file, e.g. configs/default.py")
+      what = "a folder" if os.path.isdir(path) else "no such file"
+      fail(f"--config {config_file}: {what}; pass a config file, e.g. configs/default.py")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
@@ -105,6 +107,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     required = re.match(r"flag --([\w.]+)=None: Flag --\1 must have a value other than None",
                         message)
+    if required and required.group(1) == "config" and config_file is not None:
+      fail(f"--config {config_file}: get_config() returned None; it must return the "
+           "ConfigDict, as configs/default.py does")
     fail(f"--{required.group(1)} is required (see --help)" if required else
          message.removeprefix("flag ") + " (see --help)")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -121,6 +126,30 @@ def parse_flags(argv: list[str]) -> list[str]:
     through = _value_used_as_section(overrides)
     if not named and through:
       fail(through)
-    if not named:  # not an override's key (say, a bug in the config file): the real traceback
-      raise
+    if not named:  # not an override's key: a bug in the config file, or a real traceback
+      fail(_raised_in_config_file(e, config_file) or _reraise(e))
     fail(f"{named[0]}: {detail} (the keys are those of jaxgan/config/schema.py)")
+  except Exception as e:  # pylint: disable=broad-except  (the config file's own error, if it is)
+    fail(_raised_in_config_file(e, config_file) or _reraise(e))
+
+
+def _reraise(error: BaseException) -> NoReturn:
+  raise error
+
+
+def _raised_in_config_file(error: BaseException, config_file: Optional[str]) -> str:
+  """One line for an exception that the config file itself raised while it was loaded (a
+  SyntaxError, an import it lacks, a bug in get_config): its type, message and line; else ''."""
+  if not config_file:
+    return ""
+  path = os.path.abspath(config_file if os.path.exists(config_file)
+                         else config_file.split(":")[0])
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(frame.filename) == path]
+  if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
+    lines.append(error.lineno)
+  if not lines:
+    return ""
+  message = str(error.msg if isinstance(error, SyntaxError) else error).splitlines()
+  return (f"--config {config_file}: {type(error).__name__}: {message[0] if message else ''} "
+          f"({config_file}:{lines[-1]})")

@@ -140,13 +140,22 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert typo.stderr.strip().splitlines() == [  # one line, not ml_collections' traceback
       "error: --config.train.batch_sizee: unknown key 'batch_sizee'. Did you mean \"batch_size\" "
       "instead of \"batch_sizee\"? (the keys are those of jaxgan/config/schema.py)"]
-  # A bug inside a config file is not dressed up as a bad override: its traceback stays.
+  # A bug inside a config file is not dressed up as a bad override: the file's own error, with
+  # its line.
   (tmp_path / "buggy.py").write_text("from jaxgan.config import base_config\n\n"
                                      "def get_config():\n  return base_config().trian\n")
   buggy = run_module("jaxgan.train", "--config", str(tmp_path / "buggy.py"), "--workdir",
                      str(workdir), "--config.seed=1")
-  assert buggy.returncode != 0 and "Traceback" in buggy.stderr and "trian" in buggy.stderr
-  assert "error: --config.seed" not in buggy.stderr
+  assert buggy.returncode == 2 and len(buggy.stderr.strip().splitlines()) == 1, buggy.stderr
+  assert buggy.stderr.startswith(f"error: --config {tmp_path / 'buggy.py'}: AttributeError: ")
+  assert "trian" in buggy.stderr and buggy.stderr.strip().endswith(f"{tmp_path / 'buggy.py'}:4)")
+  # A get_config() that forgot its return: not "--config is required", which it was given.
+  (tmp_path / "none.py").write_text("def get_config():\n  pass\n")
+  none = run_module("jaxgan.train", "--config", str(tmp_path / "none.py"), "--workdir",
+                    str(workdir))
+  assert none.returncode == 2 and none.stderr.strip().splitlines()[-1] == (
+      f"error: --config {tmp_path / 'none.py'}: get_config() returned None; it must return the "
+      "ConfigDict, as configs/default.py does")
   bad = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
                    "--config.data.image_size=40")
   assert bad.returncode == 2
@@ -172,6 +181,15 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
      "configs/default.py does"),
     (["--config", "configs/default.py:big", "--workdir", "W"], "error: --config configs/"
      "default.py:big: TypeError: get_config() takes 0 positional arguments but 1 was given"),
+    # What a config file raises while it loads: its type, message and line, not a traceback.
+    (["--config", "README.md", "--workdir", "W"], "error: --config README.md: SyntaxError: "
+     "MSG (README.md:L)"),
+    (["--config", "T/zero.py", "--workdir", "W"], "error: --config T/zero.py: ZeroDivisionError: "
+     "division by zero (T/zero.py:3)"),
+    (["--config", "T/imports.py", "--workdir", "W"], "error: --config T/imports.py: "
+     "ModuleNotFoundError: No module named 'not_a_module_here' (T/imports.py:1)"),
+    (["--config", "configs", "--workdir", "W"],
+     "error: --config configs: a folder; pass a config file, e.g. configs/default.py"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.model.name.x=1"],
      "error: --config.model.name.x: model.name is a value, not a section of keys"),
     (["configs/default.py", "--config", "configs/default.py", "--workdir", "W"],
@@ -185,10 +203,16 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
   file gave ml_collections' traceback, and overrides without --config an 'unknown flag'."""
   (tmp_path / "no_get_config.py").write_text("SEED = 1\n")
+  (tmp_path / "zero.py").write_text("def get_config():\n  from jaxgan.config import base_config\n"
+                                    "  return base_config() if 1 / 0 else None\n")
+  (tmp_path / "imports.py").write_text("import not_a_module_here\n")
   (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
                                     "  return ml_collections.ConfigDict({'seed': 1})\n")
   args = [str(tmp_path / "w") if a == "W" else a.replace("T/", f"{tmp_path}/") for a in args]
+  with pytest.raises(SyntaxError) as readme:  # where Python itself stops reading README.md
+    compile(open(os.path.join(REPO, "README.md")).read(), "README.md", "exec")
   message = message.replace("T/", f"{tmp_path}/").replace(
+      "MSG (README.md:L)", f"{readme.value.msg} (README.md:{readme.value.lineno})").replace(
       "(N schema", f"({len(list(config_lib.flat_items(config_lib.base_config()))) - 1} schema")
   proc = run_module("jaxgan.train", *args)
   assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [message])
