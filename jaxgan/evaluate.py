@@ -202,12 +202,17 @@ def _bad_argument(args) -> str:
       return f"--{flag} {path}: no such folder or prepared data set"
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
-  for flag, path in sets:
+  for flag, path in sets:  # both before the first set's Inception (minutes to hours)
+    if not os.path.isdir(path):
+      return f"--{flag} {path}: not a folder; pass a folder of images or a prepared data set"
     try:
-      count = image_sets.count_images(path) if os.path.isdir(path) else 0
+      count = image_sets.count_images(path)
     except image_sets.DataError as e:  # a damaged prepared set's index: its own one line
       return str(e)
-    if 0 < count < fewest:  # 0: not a set at all, which loading names
+    if count == 0:
+      return (f"--{flag} {path}: no image files (.jpg, .png, .webp, ...) found in it or below "
+              "it")
+    if count < fewest:
       return (f"--{flag} {path} holds {count} image(s); --metrics {args.metrics} needs at least "
               f"{fewest} per set")
   return ""

@@ -311,6 +311,11 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "--real {tmp}/three holds 3 image(s); --metrics fid,pr needs at least 4 per set"),
     (["--real", "{tmp}/damaged", "--fake", "{tmp}/three"],
      "{tmp}/damaged/dataset_info.json is damaged (JSONDecodeError"),
+    # The fakes are checked before the reals' Inception too (it ran for minutes first).
+    (["--real", "{tmp}/three", "--fake", "{tmp}/empty"],
+     "--fake {tmp}/empty: no image files (.jpg, .png, .webp, ...) found in it or below it"),
+    (["--real", "{tmp}/three", "--fake", "{tmp}/config.json"],
+     "--fake {tmp}/config.json: not a folder; pass a folder of images or a prepared data set"),
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
@@ -333,6 +338,7 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   # A workdir's config.json (its metrics and sample count are workdir mode's defaults).
   (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
   os.makedirs(tmp_path / "three")
+  os.makedirs(tmp_path / "empty" / "sub")
   for i in range(3):
     (tmp_path / "three" / f"{i}.png").write_bytes(b"never read")
   os.makedirs(tmp_path / "damaged")
