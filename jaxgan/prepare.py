@@ -14,6 +14,7 @@ One column gives exactly the single-attribute format.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -63,15 +64,31 @@ def bad_path(args: argparse.Namespace) -> str:
   return ""
 
 
-def warn_untrainable_size(image_size: int) -> None:
-  """A warning when no registered model builds `image_size`: the set could not be trained."""
+def untrainable_size(image_size: int) -> str:
+  """What is wrong with `image_size` when no registered model builds it (a set that could never
+  be trained on: data.image_size must match it), or ''."""
   from jaxgan import models  # pylint: disable=g-import-not-at-top  (JAX, only for the check)
 
   sizes = {name: list(models.MODELS.get(name).supported_image_sizes) for name in models.MODELS}
-  if not any(image_size in s for s in sizes.values()):
-    logging.getLogger(__name__).warning(
-        "--image-size %d: no model builds that size (%s); data.image_size must match it to "
-        "train on this set", image_size, "; ".join(f"{n}: {s}" for n, s in sizes.items()))
+  if any(image_size in s for s in sizes.values()):
+    return ""
+  return (f"--image-size {image_size}: no model builds that size "
+          f"({'; '.join(f'{n}: {s}' for n, s in sizes.items())}); data.image_size must match it "
+          "to train on the set")
+
+
+def one_class_left(values: Sequence[Sequence[str]], class_names: Sequence[Sequence[str]],
+                   columns: Sequence[str], min_count: int) -> str:
+  """What is wrong when --min-class-count leaves a labelled column a single class (every row
+  'other', say) although it has several: a conditional model would learn nothing from it."""
+  for a, (column, names) in enumerate(zip(columns or ["subfolder"], class_names)):
+    counts = collections.Counter(str(v) for v in values[a])
+    if len(names) < 2 and len(counts) > 1:
+      largest = ", ".join(f"{v!r} {n}" for v, n in counts.most_common(3))
+      return (f"--min-class-count {min_count} leaves a single {column} class, "
+              f"{str(names[0])!r}, of {len(counts)} (largest: {largest}): a conditional model "
+              "learns nothing from one class; pass a lower --min-class-count")
+  return ""
 
 
 def label_columns(args: argparse.Namespace) -> list[str]:
@@ -96,6 +113,9 @@ def prepare(args: argparse.Namespace) -> dict:
   if values:
     labels, class_names, kept_by, kept = arrays.encode_attributes(values, args.min_class_count,
                                                                   args.rare_classes)
+    problem = one_class_left(values, class_names, columns, args.min_class_count)
+    if problem:  # before any image is decoded
+      raise arrays.DataError(problem)
     for i in np.flatnonzero(~kept):
       a = next(a for a, k in enumerate(kept_by) if not k[i])  # the first column that drops it
       what = f"class {values[a][i]!r}" if len(values) == 1 else f"{columns[a]} {values[a][i]!r}"
@@ -134,11 +154,26 @@ def prepare(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   args = parse_args(argv)
-  problem = bad_path(args)
+  problem = bad_path(args) or untrainable_size(args.image_size)
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
-  warn_untrainable_size(args.image_size)
+  # Created now, not found unwritable after minutes of decoding; removed again if it stays empty.
+  created = not os.path.isdir(args.out)
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as e:
+    print(f"error: --out {args.out}: cannot create it ({e.strerror or e}); pass a folder you can "
+          "write to", file=sys.stderr)
+    return 2
+  try:
+    return _prepare_and_report(args)
+  finally:
+    if created and not os.listdir(args.out):
+      os.rmdir(args.out)
+
+
+def _prepare_and_report(args: argparse.Namespace) -> int:
   from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
   from jaxgan.data.decode import DecodeError  # pylint: disable=g-import-not-at-top
 
@@ -153,7 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   attributes = info.get("attributes")
   classes = (" x ".join(f"{len(a['class_names'])} {a['column']}" for a in attributes) if attributes
              else str(len(info["class_names"])))
-  print(f"wrote {info['num_examples']} images of {classes} classes to "
+  labelled = f" of {classes} classes" if info["class_names"] else " (no class labels)"
+  print(f"wrote {info['num_examples']} images{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
   return 0
 

@@ -740,7 +740,7 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
     build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
 
 
-def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, caplog):
+def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys):
   """Before any image is decoded, in the flags' own names (the loaders say data.path)."""
   (tmp_path / "photos").mkdir()
   Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "a.png")
@@ -752,13 +752,35 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
       (["--images", photos, "--manifest", str(tmp_path / "m.csv"), "--label-column", "c", "--out",
         out], f"--manifest {tmp_path / 'm.csv'}: not a file"),
       (["--images", photos, "--out", str(tmp_path / "afile")],
-       f"--out {tmp_path / 'afile'}: a file is there; pass a folder")):
+       f"--out {tmp_path / 'afile'}: a file is there; pass a folder"),
+      (["--images", photos, "--out", str(tmp_path / "afile" / "sub")],  # /proc/x, a read-only mount
+       f"--out {tmp_path / 'afile' / 'sub'}: cannot create it (Not a directory); pass a folder "
+       "you can write to"),
+      # A set no model could train on (data.image_size must match it).
+      (["--images", photos, "--out", out, "--image-size", "48"],
+       "--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]")):
     assert prepare_cli.main(args) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
-  with caplog.at_level(logging.WARNING):
-    assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "48",
-                             "--workers", "1"]) == 0
-  assert "--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]" in caplog.text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+  assert not os.path.exists(out)
+
+
+def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsys):
+  """Every class under --min-class-count, merged into 'other': one class, which a conditional
+  model learns nothing from, found before any image is decoded."""
+  for name, n in (("shirts", 3), ("shoes", 2)):
+    (tmp_path / "photos" / name).mkdir(parents=True)
+    for i in range(n):
+      (tmp_path / "photos" / name / f"{i}.png").write_bytes(b"never decoded")
+  args = ["--images", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--workers", "1"]
+  assert prepare_cli.main(args + ["--min-class-count", "4"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "error: --min-class-count 4 leaves a single subfolder class, 'other', of 2 (largest: "
+      "'shirts' 3, 'shoes' 2): a conditional model learns nothing from one class; pass a lower "
+      "--min-class-count"]
+  assert prepare_cli.main(args + ["--min-class-count", "3", "--rare-classes", "drop"]) == 2
+  assert "leaves a single subfolder class, 'shirts', of 2" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out")
 
 
 
