@@ -51,6 +51,9 @@ def _check_flags(mode: str) -> None:
              if FLAGS[f].present]
     if stray:  # ignored without a word otherwise
       cli.fail(f"--{stray[0]} is a flag of the step and profile benchmarks, not of 'input'")
+    if FLAGS["image_size"].present and not FLAGS.images:
+      cli.fail("--image_size is the raw folder's decode size (--images); a prepared set is read "
+               "at the size it was prepared at")
     return
   if FLAGS.config is None:
     cli.fail("--config is required, e.g. --config configs/benchmark/dcgan64.py")

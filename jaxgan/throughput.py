@@ -212,12 +212,18 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
   if images_dir:
     paths, _, _ = folder.scan_folder(images_dir)
     paths = paths[:limit] if limit else paths
+    if not paths:
+      raise arrays.DataError(f"--images {images_dir}: no image files found in it or below it")
     start = time.perf_counter()
     images, _, skipped = decode.decode_all(paths, LoadOptions(image_size), workers, desc="decode")
     seconds = time.perf_counter() - start
+    if not len(images):  # a rate of failures is no decode rate
+      raise arrays.DataError(f"--images {images_dir}: none of its {len(paths)} image files could "
+                             f"be decoded (first: {skipped[0]['path']}: {skipped[0]['reason']})")
     results.append({"input": "raw_folder", "path": images_dir, "images": len(paths),
                     "skipped": len(skipped), "image_size": image_size, "seconds": seconds,
-                    "images_per_sec": len(paths) / seconds,
+                    # Decoded images only; a skipped file's failed read takes time too.
+                    "images_per_sec": len(images) / seconds,
                     "workers": decode.num_workers(workers)})
   if prepared_dir:
     start = time.perf_counter()

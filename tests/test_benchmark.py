@@ -104,7 +104,8 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["input", "--prepared", sys.argv[4], "--batches", "0"],
          ["input", "--prepared", sys.argv[3]],
          ["step", "--config", "configs/default.py", "--batch_size", "1024"],
-         ["input", "--prepared", sys.argv[4], "--steps", "5"]]
+         ["input", "--prepared", sys.argv[4], "--steps", "5"],
+         ["input", "--prepared", sys.argv[4], "--image_size", "32"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -137,7 +138,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 9, results
+  assert [code for code, _ in results] == [2] * 10, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -152,7 +153,21 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                                 "and image size come from the config: --config.train.batch_size")
   assert messages[7] == ("error: --steps is a flag of the step and profile benchmarks, not of "
                          "'input'")
-  assert messages[8].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  assert messages[8] == ("error: --image_size is the raw folder's decode size (--images); a "
+                         "prepared set is read at the size it was prepared at")
+  assert messages[9].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+
+
+def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
+  """No image files, or none that decodes: an error, not a rate of 0 or of failures."""
+  from jaxgan.data.arrays import DataError
+
+  with pytest.raises(DataError, match=r"no image files found in it or below it"):
+    throughput.benchmark_input(str(tmp_path), workers=1)
+  for i in range(3):
+    (tmp_path / f"{i}.png").write_bytes(b"not a png")
+  with pytest.raises(DataError, match=r"none of its 3 image files could be decoded \(first: "):
+    throughput.benchmark_input(str(tmp_path), workers=1)
 
 
 def test_peak_table():
