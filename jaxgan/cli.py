@@ -86,6 +86,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY). Flag
   names may be written with '-' or '_'."""
   argv = [argv[0], *flag_spelling(argv[1:], "_")]
+  # -h as argparse's tools take it; asked-for help exits 0 (absl's exits 1, a failure to scripts).
+  argv = [a if a != "-h" else "--help" for a in argv]
+  if any(a in ("--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    try:
+      flags.FLAGS(argv)
+    except SystemExit as e:
+      sys.exit(0 if e.code == 1 else e.code)
   # Checked before absl, where ml_collections would raise a traceback or an "unknown flag";
   # only for tools with a --config flag, and not where absl must act first (help, flag files).
   args = argv[1:]

@@ -1,4 +1,7 @@
-"""`python -m jaxgan.train --config configs/X.py --workdir DIR [--config.key=value ...]`."""
+"""`python -m jaxgan.train --config configs/X.py --workdir DIR [--config.key=value ...]`.
+
+The config keys and their defaults: jaxgan/config/schema.py (README.md lists the main ones).
+"""
 
 from __future__ import annotations
 

@@ -314,3 +314,11 @@ def test_flag_spelling_rewrites_names_only():
                                           "--not-a-flag"]
   assert cli.flag_spelling(["--image_size=3", "--min-class-count"], "-") == [
       "--image-size=3", "--min-class-count"]
+
+
+@pytest.mark.parametrize("tool", ["train", "generate", "benchmark"])
+def test_asked_for_help_exits_0_with_h_as_with_help(tool):
+  """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h."""
+  for flag in ("--help", "-h"):
+    proc = run_module(f"jaxgan.{tool}", flag)
+    assert proc.returncode == 0 and "--config" in proc.stdout, proc.stderr[-2000:]
