@@ -321,4 +321,5 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool):
   """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h."""
   for flag in ("--help", "-h"):
     proc = run_module(f"jaxgan.{tool}", flag)
-    assert proc.returncode == 0 and "--config" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 0 and f"python -m jaxgan.{tool}" in proc.stdout, proc.stderr[-2000:]
+    assert "Try --helpfull to get a list of all flags." in proc.stdout
