@@ -5,6 +5,8 @@ error exit."""
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import re
 import sys
@@ -18,6 +20,21 @@ def fail(message: str) -> NoReturn:
   """`error: message` on stderr and exit status 2 (a usage or input error, not a crash)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the tools that use it (prepare, evaluate), with a usage error as one `error:`
+  line and status 2, as the absl tools give it (argparse printed its whole usage first), and a
+  "did you mean" for a misspelt flag."""
+
+  def error(self, message: str) -> NoReturn:
+    unknown = re.match(r"unrecognized arguments: (--[\w-]+)", message)
+    if unknown:
+      known = [s for action in self._actions for s in action.option_strings]
+      close = difflib.get_close_matches(unknown.group(1).split("=")[0], known, n=1)
+      if close:
+        message += f"; did you mean {close[0]}?"
+    fail(f"{message} (see --help)")
 
 
 def refuse_positional(argv: Sequence[str], allowed: int = 0) -> None:

@@ -31,7 +31,7 @@ WORKDIR_ONLY = ("num_samples", "num_real", "checkpoint", "seed", "standing_stats
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
+  p = cli.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", help="training workdir: evaluate its checkpoint")
   p.add_argument("--num-samples", type=int, default=0, dest="num_samples",
                  help="generated samples (workdir mode; 0 = the run's train.eval_num_samples); "

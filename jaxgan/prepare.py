@@ -26,7 +26,7 @@ from jaxgan import cli
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
+  p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--images", required=True, help="image folder (class subfolders, or flat)")
   p.add_argument("--out", required=True, help="output folder")

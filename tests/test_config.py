@@ -323,3 +323,22 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool):
     proc = run_module(f"jaxgan.{tool}", flag)
     assert proc.returncode == 0 and f"python -m jaxgan.{tool}" in proc.stdout, proc.stderr[-2000:]
     assert "Try --helpfull to get a list of all flags." in proc.stdout
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("evaluate", ["--wrokdir", "w"], "unrecognized arguments: --wrokdir w; did you mean "
+     "--workdir? (see --help)"),
+    ("evaluate", ["--workdir", "w", "--num-samples", "abc"],
+     "argument --num-samples: invalid int value: 'abc' (see --help)"),
+    ("prepare", ["--images", "x"], "the following arguments are required: --out (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--image-size", "0"],
+     "--image-size and --min-class-count must be positive (see --help)"),
+])
+def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsys):
+  """prepare and evaluate (argparse) printed their whole usage before the error."""
+  import importlib
+
+  with pytest.raises(SystemExit) as exit_:
+    importlib.import_module(f"jaxgan.{tool}").main(args)
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
