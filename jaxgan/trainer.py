@@ -117,7 +117,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     listing = config_lib.describe_differences
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
-                          f"({listing(blocking)}); pass --allow_config_change to continue anyway")
+                          f"({listing(blocking)}); pass --allow_config_change to continue anyway "
+                          "(a change of the parameters' shapes, such as a model width, "
+                          "data.image_size or data.num_classes, cannot continue: use a new "
+                          "workdir)")
     if allowed:
       log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
     if blocking:

@@ -638,7 +638,9 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
                       lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
   monkeypatch.setattr(ckpt_lib.Checkpointer, "close",
                       lambda self: (closed.append(self), real_close(self))[1])
-  with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16"):
+  # --allow_config_change would only lead to the layout error: the message says a new workdir.
+  with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16.*such as a model "
+                                                  r"width.*cannot continue: use a new workdir"):
     trainer.train_and_evaluate(tiny_config(**{"model.g_width": 16, "train.num_steps": 6}),
                                str(workdir))
   # The refused restore released the checkpointer (orbax's threads), as the run would have.
