@@ -147,6 +147,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   if restored is not None:
     start_step, state, meta = restored
     log.info("resuming from checkpoint step %d of %s", start_step, workdir)
+    if start_step >= config.train.num_steps:
+      log.warning("checkpoint step %d of %s is at or past train.num_steps=%d: nothing to train "
+                  "(raise --config.train.num_steps to train on)", start_step, workdir,
+                  config.train.num_steps)
     if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
       # Allowed (data sets grow), but the stream is a function of the data: from here the run
       # sees other batches than an uninterrupted one would have.

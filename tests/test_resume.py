@@ -333,6 +333,15 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
   assert int(state.step) == 6
   assert ("config changes since checkpoint step 4, accepted by --allow_config_change: "
           "optim.d_lr: 0.0002 -> 0.0001") in caplog.text
+  # Run again (or with a smaller num_steps): said, not a silent no-op.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = trainer.train_and_evaluate(
+        tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 4}),
+        workdir)
+  assert int(state.step) == 6
+  assert (f"checkpoint step 6 of {workdir} is at or past train.num_steps=4: nothing to train "
+          "(raise --config.train.num_steps to train on)") in caplog.text
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
