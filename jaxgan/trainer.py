@@ -83,9 +83,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
     config_lib.validate_schedule(config)
-    workdir_lib.prepare_workdir(workdir)
-    source = data_lib.build_source(config)
-    return run, source, data_lib.fingerprint(source)
+    created = workdir_lib.prepare_workdir(workdir)
+    try:
+      source = data_lib.build_source(config)
+      return run, source, data_lib.fingerprint(source)
+    except BaseException:  # bad data: no empty workdir left behind to puzzle over
+      if created:
+        workdir_lib.remove_if_empty(workdir)
+      raise
 
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on

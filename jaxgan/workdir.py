@@ -24,8 +24,10 @@ class WorkdirError(RuntimeError):
   """A workdir a run cannot write to; the message says what to do."""
 
 
-def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it writable before any compute is spent."""
+def prepare_workdir(workdir: str) -> bool:
+  """Creates the workdir and proves it writable before any compute is spent; returns whether it
+  created the folder (so that a run that fails to start can leave none behind)."""
+  created = not os.path.isdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
   try:
@@ -50,6 +52,14 @@ def prepare_workdir(workdir: str) -> None:
                         "--rename-dir-limit)") from e
   with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
     os.rmdir(probe + ".renamed")
+  return created
+
+
+def remove_if_empty(workdir: str) -> None:
+  """Removes `workdir` if nothing is in it (a run that failed to start, in a folder it made);
+  never anything that holds a file, which may be another process's."""
+  with contextlib.suppress(OSError):
+    os.rmdir(workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

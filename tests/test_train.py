@@ -372,3 +372,18 @@ def test_the_input_thread_ends_with_the_run_also_when_it_fails(tmp_path, monkeyp
   for thread in started:
     thread.join(timeout=5)
   assert not [t for t in started if t.is_alive()] and kept.traceback
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_empty_workdir(tmp_path):
+  """The workdir is made (and proven writable) before the data is read: a data error then left
+  an empty folder behind; one that was there already stays."""
+  from jaxgan import data as data_lib
+
+  (tmp_path / "photos").mkdir()  # no images in it
+  config = tiny_config(**{"data.source": "folder", "data.path": str(tmp_path / "photos")})
+  for existed in (False, True):
+    if existed:
+      (tmp_path / "w").mkdir()
+    with pytest.raises(data_lib.DataError, match="no images in"):
+      trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    assert (tmp_path / "w").exists() == existed
