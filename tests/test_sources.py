@@ -313,6 +313,16 @@ def test_tfds_source_with_mock_data():
       build_source(config)
 
 
+def test_a_registered_tfds_dataset_finds_what_it_downloads_with(tmp_path):
+  """What tfds.load does for fashion_mnist before its download (no network here), which mock_data
+  skips: it imports importlib_resources, which tensorflow-datasets 4.9 does not declare (a fresh
+  install failed with ModuleNotFoundError; pyproject.toml lists it)."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder("fashion_mnist", data_dir=str(tmp_path))
+  assert any(url.endswith("train-images-idx3-ubyte.gz") for url in builder.url_infos)
+
+
 def test_tfds_examples_skipped_leave_every_other_image_with_its_own_label():
   """Examples 2 and 5 are too small and skipped: each kept image keeps its own label (image i
   is grey 20 i, label i % 10), none shifted onto its neighbour's."""
