@@ -129,6 +129,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "Error whilst parsing config file" in str(e):  # its traceback as text, in the message
       fail(_config_file_error(str(e), config_file))
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # absl's words for --flag=maybe: "('Non-boolean argument to boolean flag', 'maybe')".
+    message = re.sub(r": \('Non-boolean argument to boolean flag', ('.*')\)$",
+                     r": must be true or false, got \1", message)
     required = re.match(r"flag --([\w.]+)=None: Flag --\1 must have a value other than None",
                         message)
     if required and required.group(1) == "config" and config_file is not None:

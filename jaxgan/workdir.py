@@ -27,6 +27,8 @@ class WorkdirError(RuntimeError):
 def prepare_workdir(workdir: str) -> bool:
   """Creates the workdir and proves it writable before any compute is spent; returns whether it
   created the folder (so that a run that fails to start can leave none behind)."""
+  if not workdir:
+    raise WorkdirError("--workdir is empty; pass the folder to write the run to")
   created = not os.path.isdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")

@@ -197,7 +197,11 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
      "--help)"),
     # Flag names with '-' as with '_' (here the value is wrong, so nothing trains).
     (["--config", "configs/default.py", "--workdir", "W", "--compile-only=maybe"],
-     "error: --compile_only=maybe: ('Non-boolean argument to boolean flag', 'maybe') (see --help)"),
+     "error: --compile_only=maybe: must be true or false, got 'maybe' (see --help)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config.train.tensorboard=maybe"],
+     "error: --config.train.tensorboard=maybe: must be true or false, got 'maybe' (see --help)"),
+    (["--config", "configs/default.py", "--workdir="],
+     "error: --workdir is empty; pass the folder to write the run to"),
 ])
 def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config

@@ -823,6 +823,11 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
   with pytest.raises(ConfigError, match=r"data.num_classes: -1 reads .*/none/dataset_info.json "
                                         "not found"):
     with_class_counts(missing)
+  with missing.unlocked():  # a catalog config run without --config.data.path
+    missing.data.path = ""
+  with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs the "
+                                        r"folder written by `python -m jaxgan.prepare`"):
+    with_class_counts(missing)
   other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})
   assert with_class_counts(other) is other
   with pytest.raises(ConfigError, match="or -1 with data.source=prepared"):

@@ -167,6 +167,9 @@ def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.Confi
     raise ConfigError(f"config key data.extra_num_classes: {d.extra_num_classes!r} with "
                       f"data.num_classes={FROM_DATA}, which reads every attribute's count from "
                       "the data; drop one of them")
+  if not d.path:  # before reading it: the source's own check, said first
+    raise ConfigError("config key data.path: the prepared source needs the folder written by "
+                      "`python -m jaxgan.prepare` (--config.data.path=FOLDER)")
   try:
     attributes = attribute_names(read_info(d.path))
   except DataError as e:
