@@ -105,11 +105,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   argv = [argv[0], *flag_spelling(argv[1:], "_")]
   # -h as argparse's tools take it; asked-for help exits 0 (absl's exits 1, a failure to scripts).
   argv = [a if a != "-h" else "--help" for a in argv]
-  if any(a in ("--help", "--helpshort", "--helpfull") for a in argv[1:]):
-    try:
-      flags.FLAGS(argv)
-    except SystemExit as e:
-      sys.exit(0 if e.code == 1 else e.code)
+  help_asked = any(a in ("--help", "--helpshort", "--helpfull") for a in argv[1:])
   # Checked before absl, where ml_collections would raise a traceback or an "unknown flag";
   # only for tools with a --config flag, and not where absl must act first (help, flag files).
   args = argv[1:]
@@ -125,6 +121,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(f"--config {config_file}: {what}; pass a config file, e.g. configs/default.py")
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:  # absl's help (a bad flag before --help is a flags.Error, below)
+    sys.exit(0 if help_asked and e.code == 1 else e.code)
   except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
     if "Error whilst parsing config file" in str(e):  # its traceback as text, in the message
       fail(_config_file_error(str(e), config_file))
@@ -171,12 +169,18 @@ def _raised_in_config_file(error: BaseException, config_file: Optional[str]) -> 
     return ""
   path = os.path.abspath(config_file if os.path.exists(config_file)
                          else config_file.split(":")[0])
-  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
-           if os.path.abspath(frame.filename) == path]
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if not f.filename.startswith("<frozen")]  # an import's own machinery
+  lines = [f.lineno for f in frames if os.path.abspath(f.filename) == path]
   if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
     lines.append(error.lineno)
   if not lines:
     return ""
   message = str(error.msg if isinstance(error, SyntaxError) else error).splitlines()
+  where = f"{config_file}:{lines[-1]}"
+  if not isinstance(error, SyntaxError) and os.path.abspath(frames[-1].filename) != path:
+    # Raised further in, by code the file calls (a library, jaxgan itself): named too, as the
+    # place to look when the file's line is right.
+    where += f", raised in {frames[-1].filename}:{frames[-1].lineno}"
   return (f"--config {config_file}: {type(error).__name__}: {message[0] if message else ''} "
-          f"({config_file}:{lines[-1]})")
+          f"({where})")

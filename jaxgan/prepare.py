@@ -64,17 +64,17 @@ def bad_path(args: argparse.Namespace) -> str:
   return ""
 
 
-def untrainable_size(image_size: int) -> str:
-  """What is wrong with `image_size` when no registered model builds it (a set that could never
-  be trained on: data.image_size must match it), or ''."""
+def warn_untrainable_size(image_size: int) -> None:
+  """A warning when no registered model builds `image_size`: the set can serve `evaluate --real`
+  (at its native size, say 299) but could never be trained on (data.image_size must match it)."""
   from jaxgan import models  # pylint: disable=g-import-not-at-top  (JAX, only for the check)
 
   sizes = {name: list(models.MODELS.get(name).supported_image_sizes) for name in models.MODELS}
-  if any(image_size in s for s in sizes.values()):
-    return ""
-  return (f"--image-size {image_size}: no model builds that size "
-          f"({'; '.join(f'{n}: {s}' for n, s in sizes.items())}); data.image_size must match it "
-          "to train on the set")
+  if not any(image_size in s for s in sizes.values()):
+    logging.getLogger(__name__).warning(
+        "--image-size %d: no model builds that size (%s): the set can be evaluated against "
+        "(evaluate --real/--fake) but not trained on", image_size,
+        "; ".join(f"{n}: {s}" for n, s in sizes.items()))
 
 
 def one_class_left(values: Sequence[Sequence[str]], class_names: Sequence[Sequence[str]],
@@ -83,6 +83,10 @@ def one_class_left(values: Sequence[Sequence[str]], class_names: Sequence[Sequen
   'other', say) although it has several: a conditional model would learn nothing from it."""
   for a, (column, names) in enumerate(zip(columns or ["subfolder"], class_names)):
     counts = collections.Counter(str(v) for v in values[a])
+    if not names:  # --rare-classes drop, every class under the count
+      largest = ", ".join(f"{v!r} {n}" for v, n in counts.most_common(3))
+      return (f"--min-class-count {min_count} drops every {column} class (largest: {largest}); "
+              "pass a lower --min-class-count")
     if len(names) < 2 and len(counts) > 1:
       largest = ", ".join(f"{v!r} {n}" for v, n in counts.most_common(3))
       return (f"--min-class-count {min_count} leaves a single {column} class, "
@@ -154,17 +158,22 @@ def prepare(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   args = parse_args(argv)
-  problem = bad_path(args) or untrainable_size(args.image_size)
+  problem = bad_path(args)
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
+  warn_untrainable_size(args.image_size)
   # Created now, not found unwritable after minutes of decoding; removed again if it stays empty.
   created = not os.path.isdir(args.out)
   try:
     os.makedirs(args.out, exist_ok=True)
+    probe = os.path.join(args.out, f".write_probe.{os.getpid()}")
+    with open(probe, "w", encoding="utf-8"):  # an existing folder may be read-only
+      pass
+    os.remove(probe)
   except OSError as e:
-    print(f"error: --out {args.out}: cannot create it ({e.strerror or e}); pass a folder you can "
-          "write to", file=sys.stderr)
+    print(f"error: --out {args.out}: cannot write there ({e.strerror or e}); pass a folder you "
+          "can write to", file=sys.stderr)
     return 2
   try:
     return _prepare_and_report(args)

@@ -221,7 +221,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
       raise arrays.DataError(f"--images {images_dir}: none of its {len(paths)} image files could "
                              f"be decoded (first: {skipped[0]['path']}: {skipped[0]['reason']})")
     results.append({"input": "raw_folder", "path": images_dir, "images": len(paths),
-                    "skipped": len(skipped), "image_size": image_size, "seconds": seconds,
+                    "decoded": len(images), "skipped": len(skipped), "image_size": image_size,
+                    "seconds": seconds,
                     # Decoded images only; a skipped file's failed read takes time too.
                     "images_per_sec": len(images) / seconds,
                     "workers": decode.num_workers(workers)})

@@ -72,6 +72,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
            stop: stopping_lib.StopRequest) -> state_lib.TrainState:
   """train_and_evaluate's work, with the stop request open."""
 
+  made_workdir = []  # [True] once this process created the workdir
+
   def start() -> tuple[run_lib.Run, Any, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
     its fingerprint)."""
@@ -83,20 +85,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
     config_lib.validate_schedule(config)
-    created = workdir_lib.prepare_workdir(workdir)
-    try:
-      source = data_lib.build_source(config)
-      return run, source, data_lib.fingerprint(source)
-    except BaseException:  # bad data: no empty workdir left behind to puzzle over
-      if created:
-        workdir_lib.remove_if_empty(workdir)
-      raise
+    made_workdir.append(workdir_lib.prepare_workdir(workdir))
+    source = data_lib.build_source(config)
+    return run, source, data_lib.fingerprint(source)
 
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
   try:
-    run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+    try:
+      run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+    except BaseException:
+      # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
+      # process is not between creating the folder and probing it.
+      if any(made_workdir):
+        workdir_lib.remove_if_empty(workdir)
+      raise
   except (data_lib.DataError, multihost.PeerError) as e:
     # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
     # worker was starting) also ends the decoding workers: then it is the stop, not the error

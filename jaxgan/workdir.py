@@ -26,7 +26,8 @@ class WorkdirError(RuntimeError):
 
 def prepare_workdir(workdir: str) -> bool:
   """Creates the workdir and proves it writable before any compute is spent; returns whether it
-  created the folder (so that a run that fails to start can leave none behind)."""
+  created the folder (so that a run that fails to start can leave none behind; on a shared file
+  system several processes may each find it missing and say so)."""
   if not workdir:
     raise WorkdirError("--workdir is empty; pass the folder to write the run to")
   created = not os.path.isdir(workdir)

@@ -225,7 +225,7 @@ def test_cli_step_and_input(tmp_path):
   assert inp.returncode == 0, inp.stderr[-2000:]
   rows = [json.loads(line) for line in inp.stdout.splitlines() if line.startswith("{")]
   assert [r["input"] for r in rows] == ["raw_folder", "prepared"]
-  assert rows[0]["images"] == 6 and all(r["images_per_sec"] > 0 for r in rows)
+  assert rows[0]["images"] == 6 == rows[0]["decoded"] and all(r["images_per_sec"] > 0 for r in rows)
 
 
 def test_benchmark_imports_without_tensorflow():

@@ -148,7 +148,14 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
                      str(workdir), "--config.seed=1")
   assert buggy.returncode == 2 and len(buggy.stderr.strip().splitlines()) == 1, buggy.stderr
   assert buggy.stderr.startswith(f"error: --config {tmp_path / 'buggy.py'}: AttributeError: ")
-  assert "trian" in buggy.stderr and buggy.stderr.strip().endswith(f"{tmp_path / 'buggy.py'}:4)")
+  assert "trian" in buggy.stderr and f"({tmp_path / 'buggy.py'}:4, raised in " in buggy.stderr
+  assert "ml_collections" in buggy.stderr  # where it was raised: the library the line called
+  # Asking for help after a bad flag: still the flag's one-line error, not a traceback.
+  late_help = run_module("jaxgan.train", "--config", "configs/default.py",
+                         "--config.train.nosuch=1", "--help")
+  assert late_help.returncode == 2 and late_help.stderr.strip().splitlines() == [
+      "error: --config.train.nosuch: unknown key 'nosuch'. (the keys are those of "
+      "jaxgan/config/schema.py)"], late_help.stderr
   # A get_config() that forgot its return: not "--config is required", which it was given.
   (tmp_path / "none.py").write_text("def get_config():\n  pass\n")
   none = run_module("jaxgan.train", "--config", str(tmp_path / "none.py"), "--workdir",

@@ -750,7 +750,7 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
     build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
 
 
-def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys):
+def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, caplog):
   """Before any image is decoded, in the flags' own names (the loaders say data.path)."""
   (tmp_path / "photos").mkdir()
   Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "a.png")
@@ -764,15 +764,17 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys):
       (["--images", photos, "--out", str(tmp_path / "afile")],
        f"--out {tmp_path / 'afile'}: a file is there; pass a folder"),
       (["--images", photos, "--out", str(tmp_path / "afile" / "sub")],  # /proc/x, a read-only mount
-       f"--out {tmp_path / 'afile' / 'sub'}: cannot create it (Not a directory); pass a folder "
-       "you can write to"),
-      # A set no model could train on (data.image_size must match it).
-      (["--images", photos, "--out", out, "--image-size", "48"],
-       "--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]")):
+       f"--out {tmp_path / 'afile' / 'sub'}: cannot write there (Not a directory); pass a "
+       "folder you can write to")):
     assert prepare_cli.main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
   assert not os.path.exists(out)
+  # A size no model builds: a set to evaluate against (at 299, say), not to train on.
+  with caplog.at_level(logging.WARNING):
+    assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "48",
+                             "--workers", "1"]) == 0
+  assert ("--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]"
+          in caplog.text and "can be evaluated against" in caplog.text)
 
 
 def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsys):
@@ -790,6 +792,10 @@ def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsy
       "--min-class-count"]
   assert prepare_cli.main(args + ["--min-class-count", "3", "--rare-classes", "drop"]) == 2
   assert "leaves a single subfolder class, 'shirts', of 2" in capsys.readouterr().err
+  assert prepare_cli.main(args + ["--min-class-count", "5", "--rare-classes", "drop"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "error: --min-class-count 5 drops every subfolder class (largest: 'shirts' 3, 'shoes' 2); "
+      "pass a lower --min-class-count"]
   assert not os.path.exists(tmp_path / "out")
 
 
