@@ -152,13 +152,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     if not named and through:
       fail(through)
     if not named:  # not an override's key: a bug in the config file, or a real traceback
-      fail(_raised_in_config_file(e, config_file) or _reraise(e))
+      fail(_raised_in_config_file(e, config_file) or _traceback(e))
     fail(f"{named[0]}: {detail} (the keys are those of jaxgan/config/schema.py)")
   except Exception as e:  # pylint: disable=broad-except  (the config file's own error, if it is)
-    fail(_raised_in_config_file(e, config_file) or _reraise(e))
+    fail(_raised_in_config_file(e, config_file) or _traceback(e))
 
 
-def _reraise(error: BaseException) -> NoReturn:
+def _traceback(error: BaseException) -> NoReturn:
+  """An error that is neither a flag's nor the config file's: raised again, traceback and all."""
   raise error
 
 

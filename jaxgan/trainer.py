@@ -93,24 +93,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
   try:
-    try:
-      run, source, data_fingerprint = multihost.agreed(start, "starting the run")
-    except BaseException:
-      # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
-      # process is not between creating the folder and probing it.
-      if any(made_workdir):
-        workdir_lib.remove_if_empty(workdir)
-      raise
-  except (data_lib.DataError, multihost.PeerError) as e:
-    # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
-    # worker was starting) also ends the decoding workers: then it is the stop, not the error
-    # it caused. Only the errors agreed raises on every process after its exchange (its own
-    # collective's failure, a dead peer, must not lead into another collective).
-    try:
-      stop.check_before_training("while starting the run")
-    except stopping_lib.Stopped:
-      log.warning("starting the run failed after a stop signal (%s: %s)", type(e).__name__, e)
-      raise
+    run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+  except BaseException as e:
+    # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
+    # process is not between creating the folder and probing it.
+    if any(made_workdir):
+      workdir_lib.remove_if_empty(workdir)
+    if isinstance(e, (data_lib.DataError, multihost.PeerError)):
+      # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
+      # worker was starting) also ends the decoding workers: then it is the stop, not the error
+      # it caused. Only the errors agreed raises on every process after its exchange (its own
+      # collective's failure, a dead peer, must not lead into another collective).
+      try:
+        stop.check_before_training("while starting the run")
+      except stopping_lib.Stopped:
+        log.warning("starting the run failed after a stop signal (%s: %s)", type(e).__name__, e)
+        raise
     raise
   stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
