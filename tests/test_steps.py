@@ -211,6 +211,16 @@ def test_a_step_whose_running_batchnorm_statistics_overflow_is_skipped():
     np.testing.assert_array_equal(x, y)
 
 
+def test_the_finiteness_check_is_compiled_once_not_into_every_select():
+  """XLA turned jnp.all over the stacked per-leaf flags into a chain of scalar ANDs and fused a
+  copy of it into every leaf's select: 419 is-finite ops for this tiny step's 78 state leaves,
+  and 30 s instead of 5 s to compile a tiny ResNet step. Each leaf is checked once now."""
+  config, init, train_step = _default_step()
+  state = init()
+  hlo = train_step.lower(state, _batches(config, 1)[0]).compile().as_text()
+  assert 0 < hlo.count(" is-finite(") <= len(jax.tree_util.tree_leaves(state))
+
+
 def test_ema_half_life_in_images(make_config):
   config = make_config(**{"train.ema_half_life_images": 800, "train.ema_rampup": 0.0})
   beta = float(steps.ema_beta(config, jnp.asarray(10_000)))  # step 10,000
