@@ -9,8 +9,8 @@ import sys
 # - the lowest backend (LLVM) optimisation level: threefry RNG alone took ~4 s at the default
 #   level with jaxlib 0.10;
 # - the older elemental fusion emitters instead of XLA:CPU's MLIR fusion emitters: the tiny
-#   DCGAN's train step compiles in 1.6 s instead of 2.8-3.2 s, the tiny ResNet's in ~10 s instead
-#   of ~15 s (jaxlib 0.10.2, 2 cores), with step times unchanged;
+#   DCGAN's train step compiles in 0.85 s instead of 2.9 s, the tiny ResNet's in 6.4 s instead
+#   of 9.8 s (jaxlib 0.10.2, 2 cores, 2026-12-03), with step times unchanged;
 # - one thread per Eigen convolution or matmul: xdist already runs a worker per core, and each
 #   worker's (and subprocess's) own thread pool only fought the others for the same cores.
 # The suite's CPU time on 2 cores, in the working tree before the two-process evaluation test:
