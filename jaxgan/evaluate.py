@@ -96,6 +96,7 @@ def _features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewes
 
 
 def evaluate_sets(args) -> dict:
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
   from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
 
@@ -103,6 +104,10 @@ def evaluate_sets(args) -> dict:
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
   fewest = suite.min_samples(names)
+  for path in (args.real, args.fake):  # both, before the reals' Inception (minutes to hours)
+    warning = image_sets.check_readable(path, fewest, args.image_size)
+    if warning:
+      print(f"warning: {warning}", file=sys.stderr)
   real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size,
                                         fewest)
   fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size,

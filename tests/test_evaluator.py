@@ -371,8 +371,51 @@ def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monke
   (tmp_path / "set" / "3.png").write_bytes(b"not a png")
   args = ["--real", str(tmp_path / "set"), "--fake", str(tmp_path / "set"), "--metrics", "fid,pr"]
   assert evaluate.main(args) == 2
-  assert capsys.readouterr().err.strip().endswith(
-      "set: 3 readable image(s) left, the metrics need at least 4 per set")
+  err = capsys.readouterr().err.strip()
+  assert err.endswith("set: 3 of its 4 image files could be read (first failure: "
+                      f"{tmp_path / 'set' / '3.png'}: not an image); the "
+                      "metrics need at least 4 per set"), err
+
+
+def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, monkeypatch):
+  """Every --fake file fails to decode (the count saw files): said before Inception runs on
+  the reals, which took minutes to hours first. A folder whose first files all fail is read
+  on (a warning): only the whole folder decides."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+  from jaxgan.data import DataError, image_sets
+  from jaxgan.metrics import features
+
+  class NoInception:
+    def __init__(self, *args):
+      pass
+
+    def __call__(self, *args, **kwargs):
+      pytest.fail("extracted features")
+
+  monkeypatch.setattr(features, "FeatureExtractor", NoInception)
+  os.makedirs(tmp_path / "real")
+  os.makedirs(tmp_path / "fake")
+  for i in range(3):
+    Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "real" / f"{i}.png")
+    (tmp_path / "fake" / f"{i}.png").write_bytes(b"cut short")
+  args = ["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake")]
+  assert evaluate.main(args) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {tmp_path / 'fake'}: 0 of its 3 image files could be read "
+                        f"(first failure: {tmp_path / 'fake' / '0.png'}: ") and "\n" not in err
+
+  # Only the first `limit` files are read up front: a warning when they all fail, and the rest
+  # are left to the full read; a whole folder with too few readable images is the error.
+  for i in range(3):
+    Image.new("RGB", (16, 16)).save(tmp_path / "fake" / f"{i + 3}.png")
+  assert image_sets.check_readable(str(tmp_path / "fake"), 2, limit=5) == ""
+  warning = image_sets.check_readable(str(tmp_path / "fake"), 2, limit=3)
+  assert warning.startswith(f"{tmp_path / 'fake'}: 0 of the first 3 of its 6 image files could "
+                            "be read") and warning.endswith("after the other set's features")
+  with pytest.raises(DataError, match="3 of its 6 image files could be read .* at least 4"):
+    image_sets.check_readable(str(tmp_path / "fake"), 4, limit=6)
 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(

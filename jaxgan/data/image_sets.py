@@ -46,6 +46,32 @@ def count_images(path: str) -> int:
   return len(list_images(path))
 
 
+def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256) -> str:
+  """Reads a folder's files in order until `fewest` load, before any network runs on the other
+  set (hours for 50k images): raises DataError when the whole folder holds fewer readable
+  images; returns a warning ('' if none) when the first `limit` files were all unreadable and
+  the rest are left to the full read. A prepared set is arrays, nothing to decode: ''."""
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    return ""
+  paths = list_images(path)
+  options = LoadOptions(image_size=image_size)
+  readable, tried, first_failure = 0, 0, ""
+  for tried, p in enumerate(paths[:max(limit, fewest)], 1):
+    loaded = load_image(p, options)
+    if loaded.image is not None:
+      readable += 1
+      if readable >= fewest:
+        return ""
+    elif not first_failure:
+      first_failure = f"{p}: {loaded.reason}"
+  if tried < len(paths):
+    return (f"{path}: {readable} of the first {tried} of its {len(paths)} image files could be "
+            f"read (first failure: {first_failure}); the rest are read after the other set's "
+            "features")
+  raise DataError(f"{path}: {readable} of its {len(paths)} image files could be read (first "
+                  f"failure: {first_failure}); the metrics need at least {fewest} per set")
+
+
 def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], list[dict]]:
   """(images, skipped) of a folder or prepared data set, at their native size or `image_size`;
   skipped lists {'path', 'reason'}."""
