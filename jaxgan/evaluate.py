@@ -101,13 +101,14 @@ def evaluate_sets(args) -> dict:
   from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
 
   names = suite.parse_names(args.metrics)
+  fewest = suite.min_samples(names)
+  # The reals are read in full before their features; the fakes only after them (minutes to
+  # hours): an unreadable --fake set is found now.
+  warning = image_sets.check_readable(args.fake, fewest, args.image_size)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
-  fewest = suite.min_samples(names)
-  for path in (args.real, args.fake):  # both, before the reals' Inception (minutes to hours)
-    warning = image_sets.check_readable(path, fewest, args.image_size)
-    if warning:
-      print(f"warning: {warning}", file=sys.stderr)
   real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size,
                                         fewest)
   fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size,

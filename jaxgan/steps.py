@@ -59,13 +59,13 @@ def _apply(module: nn.Module, params: Any, stats: Any, *args, train: bool = True
 def _all_finite(*trees) -> jnp.ndarray:
   """True when every element of every leaf is finite: one scalar, computed once.
 
-  The per-leaf flags are combined by a dot product, not jnp.all: XLA rewrites a reduce over the
-  stacked flags into a chain of scalar ANDs, then fuses a copy of that cheap chain into each of
-  the step's per-leaf selects (hundreds), and a tiny ResNet step took 30 s instead of 5 s to
-  compile on a CPU. A dot is not duplicated; a sum of up to 2**24 ones is exact in float32."""
+  The per-leaf flags are counted with an integer sum, not combined with jnp.all: XLA rewrote that
+  AND-reduction over the stacked flags into a chain of scalar ANDs and fused a copy of it into
+  each of the step's per-leaf selects (hundreds), and a tiny ResNet step took 30 s instead of
+  5 s to compile on a CPU. XLA keeps the sum one reduction (tests/test_steps.py counts it)."""
   leaves = [x for t in trees for x in jax.tree_util.tree_leaves(t)]
-  flags = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).astype(jnp.float32)
-  return jnp.dot(flags, jnp.ones_like(flags)) == len(leaves)
+  flags = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+  return jnp.sum(flags.astype(jnp.int32)) == len(leaves)
 
 
 def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:

@@ -369,12 +369,14 @@ def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monke
   for i in range(3):
     Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "set" / f"{i}.png")
   (tmp_path / "set" / "3.png").write_bytes(b"not a png")
-  args = ["--real", str(tmp_path / "set"), "--fake", str(tmp_path / "set"), "--metrics", "fid,pr"]
+  os.makedirs(tmp_path / "good")
+  for i in range(4):
+    Image.new("RGB", (16, 16), (0, i, 0)).save(tmp_path / "good" / f"{i}.png")
+  # The reals, read in full before their features (an unreadable --fake: the test below).
+  args = ["--real", str(tmp_path / "set"), "--fake", str(tmp_path / "good"), "--metrics", "fid,pr"]
   assert evaluate.main(args) == 2
-  err = capsys.readouterr().err.strip()
-  assert err.endswith("set: 3 of its 4 image files could be read (first failure: "
-                      f"{tmp_path / 'set' / '3.png'}: not an image); the "
-                      "metrics need at least 4 per set"), err
+  assert capsys.readouterr().err.strip().endswith(
+      "set: 3 readable image(s) left, the metrics need at least 4 per set")
 
 
 def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, monkeypatch):
@@ -384,7 +386,7 @@ def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, 
   from PIL import Image
 
   from jaxgan import evaluate
-  from jaxgan.data import DataError, image_sets
+  from jaxgan.data import DataError, image_sets, prepared
   from jaxgan.metrics import features
 
   class NoInception:
@@ -413,9 +415,15 @@ def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, 
   assert image_sets.check_readable(str(tmp_path / "fake"), 2, limit=5) == ""
   warning = image_sets.check_readable(str(tmp_path / "fake"), 2, limit=3)
   assert warning.startswith(f"{tmp_path / 'fake'}: 0 of the first 3 of its 6 image files could "
-                            "be read") and warning.endswith("after the other set's features")
+                            "be read") and warning.endswith("the rest are read in full later")
   with pytest.raises(DataError, match="3 of its 6 image files could be read .* at least 4"):
     image_sets.check_readable(str(tmp_path / "fake"), 4, limit=6)
+  # A prepared set has nothing to decode, but its size is checked now too.
+  prepared.write_prepared(str(tmp_path / "prep"), np.zeros((4, 8, 8, 3), np.uint8),
+                          np.zeros(4, np.int32), ["all"], [])
+  assert image_sets.check_readable(str(tmp_path / "prep"), 2) == ""
+  with pytest.raises(DataError, match="prep was prepared at 8x8, not the 16 asked for"):
+    image_sets.check_readable(str(tmp_path / "prep"), 2, image_size=16)
 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(

@@ -47,13 +47,16 @@ def count_images(path: str) -> int:
 
 
 def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256) -> str:
-  """Reads a folder's files in order until `fewest` load, before any network runs on the other
-  set (hours for 50k images): raises DataError when the whole folder holds fewer readable
-  images; returns a warning ('' if none) when the first `limit` files were all unreadable and
-  the rest are left to the full read. A prepared set is arrays, nothing to decode: ''."""
-  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+  """Reads a set's first files until `fewest` load, before the other set's features (hours for
+  50k images): raises DataError when the whole folder holds fewer readable images, or a prepared
+  set is not at `image_size`; returns a warning ('' if none) when fewer than `fewest` of the
+  first max(`limit`, `fewest`) files load and the rest are left to the full read."""
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):  # arrays: nothing to decode
+    _check_prepared_size(path, image_size)
     return ""
   paths = list_images(path)
+  if not paths:
+    raise DataError(_no_images(path))
   options = LoadOptions(image_size=image_size)
   readable, tried, first_failure = 0, 0, ""
   for tried, p in enumerate(paths[:max(limit, fewest)], 1):
@@ -64,12 +67,24 @@ def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256
         return ""
     elif not first_failure:
       first_failure = f"{p}: {loaded.reason}"
+  failure = f" (first failure: {first_failure})" if first_failure else ""
   if tried < len(paths):
     return (f"{path}: {readable} of the first {tried} of its {len(paths)} image files could be "
-            f"read (first failure: {first_failure}); the rest are read after the other set's "
-            "features")
-  raise DataError(f"{path}: {readable} of its {len(paths)} image files could be read (first "
-                  f"failure: {first_failure}); the metrics need at least {fewest} per set")
+            f"read{failure}; the rest are read in full later")
+  raise DataError(f"{path}: {readable} of its {len(paths)} image files could be read{failure}; "
+                  f"the metrics need at least {fewest} per set")
+
+
+def _check_prepared_size(path: str, image_size: int) -> None:
+  size = prepared.read_info(path)["image_size"]
+  if image_size and size != image_size:
+    raise DataError(f"{path} was prepared at {size}x{size}, not the {image_size} asked for; "
+                    f"pass --image-size {size} or prepare it again")
+
+
+def _no_images(path: str) -> str:
+  return (f"{path}: no image files ({', '.join(sorted({'.jpg', '.png', '.webp'}))}...) found in it "
+          "or below it")
 
 
 def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], list[dict]]:
@@ -78,17 +93,13 @@ def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], li
   if not os.path.isdir(path):
     raise DataError(f"{path}: not a folder; pass a folder of images or a prepared data set")
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
-    size = prepared.read_info(path)["image_size"]
-    if image_size and size != image_size:
-      raise DataError(f"{path} was prepared at {size}x{size}, not the {image_size} asked for; "
-                      f"pass --image-size {size} or prepare it again")
+    _check_prepared_size(path, image_size)
     images, _, _ = prepared.read_prepared(path)
     return list(images), []
   check_complete(path)
   paths = list_images(path)
   if not paths:
-    raise DataError(f"{path}: no image files ({', '.join(sorted({'.jpg', '.png', '.webp'}))}...) "
-                    "found in it or below it")
+    raise DataError(_no_images(path))
   images, skipped = [], []
   options = LoadOptions(image_size=image_size)
   for p in paths:
