@@ -349,12 +349,8 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err, err
 
 
-def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monkeypatch):
-  """4 files pass the count, but one cannot be read: 3 images are too few for pr (k = 3), said
-  before Inception runs on either set."""
-  from PIL import Image
-
-  from jaxgan import evaluate
+def _forbid_features(monkeypatch) -> None:
+  """Fails the test if evaluate extracts a single Inception feature."""
   from jaxgan.metrics import features
 
   class NoInception:
@@ -365,6 +361,16 @@ def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monke
       pytest.fail("extracted features")
 
   monkeypatch.setattr(features, "FeatureExtractor", NoInception)
+
+
+def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monkeypatch):
+  """4 files pass the count, but one cannot be read: 3 images are too few for pr (k = 3), said
+  before Inception runs on either set."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+
+  _forbid_features(monkeypatch)
   os.makedirs(tmp_path / "set")
   for i in range(3):
     Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "set" / f"{i}.png")
@@ -387,16 +393,8 @@ def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, 
 
   from jaxgan import evaluate
   from jaxgan.data import DataError, image_sets, prepared
-  from jaxgan.metrics import features
 
-  class NoInception:
-    def __init__(self, *args):
-      pass
-
-    def __call__(self, *args, **kwargs):
-      pytest.fail("extracted features")
-
-  monkeypatch.setattr(features, "FeatureExtractor", NoInception)
+  _forbid_features(monkeypatch)
   os.makedirs(tmp_path / "real")
   os.makedirs(tmp_path / "fake")
   for i in range(3):
