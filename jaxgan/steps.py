@@ -16,6 +16,7 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -68,6 +69,16 @@ def _all_finite(*trees) -> jnp.ndarray:
   return jnp.sum(flags.astype(jnp.int32)) == len(leaves)
 
 
+def with_power_iteration_state(stats: Any, source: Any) -> Any:
+  """`stats` with its spectral-norm leaves (Flax SpectralNorm's '<param>/u' and '<param>/sigma'
+  in 'batch_stats') taken from `source`; BatchNorm's mean and var stay as in `stats`."""
+  if not stats:
+    return stats
+  flat, power = traverse_util.flatten_dict(stats), traverse_util.flatten_dict(source)
+  is_power = lambda key: key[-1].endswith(("/u", "/sigma"))
+  return traverse_util.unflatten_dict({k: power[k] if is_power(k) else v for k, v in flat.items()})
+
+
 def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:
   """Per-step EMA decay from a half-life in images, with StyleGAN2-ADA's ramp-up.
 
@@ -113,9 +124,13 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
       # sees an un-augmented image and G is trained through the augmentation.
       real_logits, stats = _apply(discriminator, params, d_stats, augment(real, real_key, aug_p),
                                   labels)
-      # Real and fake go through D separately (own batch statistics), as in DCGAN.
-      fake_logits, stats = _apply(discriminator, params, stats, augment(fake, fake_key, aug_p),
-                                  labels)
+      # Real and fake go through D separately (own batch statistics), as in DCGAN; BatchNorm's
+      # running statistics go on through both. Spectral norm's power iteration starts from the
+      # incoming state in both, so it advances once per D update and real and fake logits share
+      # one sigma, as in BigGAN (which scores both in one batch); the penalty pass too.
+      stats = with_power_iteration_state(stats, d_stats)
+      fake_logits, fake_stats = _apply(discriminator, params, stats,
+                                       augment(fake, fake_key, aug_p), labels)
       value = loss.d_loss(real_logits, fake_logits)
       aux = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
       if loss.uses_gradient_penalty:
@@ -133,7 +148,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         reg = losses_lib.lecam_penalty(real_logits, fake_logits, anchors["real"], anchors["fake"])
         value = value + lecam_weight * reg
         aux["lecam"] = reg
-      return value, (stats, aux, real_logits, new_lecam)
+      return value, (fake_stats, aux, real_logits, new_lecam)
 
     (value, (stats, aux, real_logits, lecam)), grads = jax.value_and_grad(
         d_objective, has_aux=True)(d_params)

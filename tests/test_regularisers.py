@@ -167,6 +167,41 @@ def test_resnet_train_step_updates_spectral_norm_state():
   assert sn(s0) and not np.allclose(sn(s0)[0], sn(s1)[0])
 
 
+def test_spectral_norm_iterates_once_per_d_update():
+  """BigGAN scores reals and fakes in one batch: one power iteration per D update, one sigma for
+  both. The fake pass used to continue from the real pass's state: two iterations, two sigmas in
+  one loss. D's weights are random here: an orthogonal matrix (the init) leaves u unchanged
+  after the first iteration, which would hide the difference."""
+  config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
+                          "model.shared_dim": 4})
+  run = run_lib.build_run(config)
+  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  leaves, tree = jax.tree_util.tree_flatten(state.d_params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  random = [0.2 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  state = state.replace(d_params=jax.device_put(jax.tree_util.tree_unflatten(tree, random),
+                                                run.state_shardings.d_params))
+  before = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8),
+           "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+  after, metrics = jax.device_get(run.train_step(state, batch))
+  assert metrics["nonfinite"] == 0
+
+  # The iteration reads only the weights (D's before its update), not the images.
+  stats, iterated = before.d_batch_stats, []
+  for _ in range(2):
+    _, updates = run.discriminator.apply(
+        {"params": before.d_params, "batch_stats": stats}, jnp.zeros((2, 32, 32, 3)),
+        jnp.zeros((2,), jnp.int32), train=True, mutable=["batch_stats"])
+    stats = updates["batch_stats"]
+    iterated.append(jax.tree_util.tree_leaves(stats))
+  new = jax.tree_util.tree_leaves(after.d_batch_stats)
+  for mine, once in zip(new, iterated[0]):
+    np.testing.assert_allclose(mine, once, rtol=1e-5, atol=1e-6)
+  assert not all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(new, iterated[1]))
+
+
 def test_lazy_r1_is_a_separate_d_phase_with_diffaugment_and_n_critic():
   config = tiny_config(**{"model.d_norm": "layer", "loss.r1_gamma": 1.0, "loss.r1_interval": 2,
                           "augment.name": "diffaugment", "train.n_critic": 2,
