@@ -201,9 +201,10 @@ def ada_update(p: Array, real_logits_sign_mean: Array, images_in_interval: Array
   return jnp.clip(jnp.asarray(p, jnp.float32) + direction * step, 0.0, 1.0)
 
 
-def accumulate(state: AugmentState, real_logits: Array) -> AugmentState:
-  """Adds sign(D(real)) of this step's augmented reals (global logits, not one device's)."""
-  signs = jnp.sign(real_logits.astype(jnp.float32))
+def accumulate(state: AugmentState, real_logits: Array, boundary: float = 0.0) -> AugmentState:
+  """Adds sign(D(real) - boundary) of this step's augmented reals (global logits, not one
+  device's); `boundary`: the loss's D output between real and fake (`Loss.ada_boundary`)."""
+  signs = jnp.sign(real_logits.astype(jnp.float32) - boundary)
   return state._replace(signs_sum=state.signs_sum + jnp.sum(signs),
                         count=state.count + jnp.int32(real_logits.size))
 

@@ -8,7 +8,7 @@ random interpolates (`gradient_penalty`), which needs a per-sample critic (no Ba
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,10 @@ class Loss:
   d_loss: Callable[[Array, Array], Array]
   g_loss: Callable[[Array], Array]
   uses_gradient_penalty: bool = False
+  # The D output between "real" and "fake", for ADA's overfitting heuristic E[sign(D(real) -
+  # boundary)] (StyleGAN2-ADA's logits: 0); None where there is none: a WGAN critic's loss
+  # ignores a constant shift of its outputs, so their sign drifts with it.
+  ada_boundary: Optional[float] = 0.0
 
   @property
   def needs_per_sample_critic(self) -> bool:
@@ -49,12 +53,14 @@ LOSSES.register("wgan_gp")(Loss(
     d_loss=lambda real, fake: jnp.mean(fake) - jnp.mean(real),
     g_loss=lambda fake: -jnp.mean(fake),
     uses_gradient_penalty=True,
+    ada_boundary=None,
 ))
 
 # Least squares (Mao et al. 2017), targets a=0 (fake), b=1 (real), c=1 (what G wants).
 LOSSES.register("least_squares")(Loss(
     d_loss=lambda real, fake: 0.5 * jnp.mean((real - 1.0) ** 2) + 0.5 * jnp.mean(fake**2),
     g_loss=lambda fake: 0.5 * jnp.mean((fake - 1.0) ** 2),
+    ada_boundary=0.5,  # halfway between the targets: an undecided D outputs 0.5, not 0
 ))
 
 

@@ -113,6 +113,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
     policy = config.augment.policy
     aug = augment_lib.Augment(apply=lambda x, k, p: augment_lib.diffaugment(x, k, policy))
   augment = aug.apply
+  ada_boundary = loss.ada_boundary or 0.0  # validate() refuses ADA with a loss without one
 
   def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam,
                d_updates):
@@ -173,7 +174,8 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
 
       (_, (r1, logits)), grads = jax.value_and_grad(objective, has_aux=True)(d_params)
       updates, opt_state = d_tx.update(grads, d_opt_state, d_params)
-      counted = augment_lib.accumulate(aug_state, logits) if aug.adaptive else aug_state
+      counted = (augment_lib.accumulate(aug_state, logits, ada_boundary) if aug.adaptive
+                 else aug_state)
       return optax.apply_updates(d_params, updates), opt_state, r1, grads, counted
 
     def skip(_):
@@ -212,7 +214,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
           keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
       if aug.adaptive:  # sign(D(real)) feeds ADA's p only
-        aug_state = augment_lib.accumulate(aug_state, real_logits)
+        aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
       d_values.append(value)
       d_grads_all.append(grads)
 
@@ -227,7 +229,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
         keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
     if aug.adaptive:
-      aug_state = augment_lib.accumulate(aug_state, real_logits)
+      aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
     d_values.append(d_value)
     d_grads_all.append(d_grads)
     if r1_gamma > 0:

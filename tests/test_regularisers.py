@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxgan import config as config_lib
-from jaxgan import losses, run as run_lib, state as state_lib, step_metrics
+from jaxgan import losses, run as run_lib, state as state_lib, step_metrics, steps
 
 
 def test_r1_matches_a_direct_computation():
@@ -86,6 +86,9 @@ def test_lazy_r1_corrects_d_adam_as_stylegan2(gamma, c):
     ({"loss.r1_gamma": 1.0}, "model.d_norm"),  # DCGAN with BatchNorm in D
     ({"augment.name": "mixup"}, "augment.name"),
     ({"augment.name": "ada", "augment.ada_kimg": 0}, "augment.ada_kimg"),
+    # ADA's sign heuristic needs a real/fake boundary, which a WGAN critic does not have.
+    ({"augment.name": "ada", "loss.name": "wgan_gp", "model.d_norm": "layer"},
+     "augment.name: ADA tunes p from the sign of D"),
     ({"augment.name": "diffaugment", "augment.policy": "color,blur"}, "augment.policy"),
     ({"model.name": "resnet", "data.image_size": 16}, "data.image_size"),
 ])
@@ -148,6 +151,30 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   assert abs(abs(float(s2.augment.p) - 0.5) - 16 / 1000) < 1e-6
   assert int(s2.augment.count) == 0 and float(s2.augment.signs_sum) == 0.0
   assert float(metrics[1]["augment_p"]) == pytest.approx(float(s2.augment.p))
+
+
+def test_ada_counts_least_squares_reals_against_its_boundary():
+  """Least squares trains D(real) towards 1 and D(fake) towards 0, so an undecided D outputs
+  0.5: its reals count as 'real' above 0.5 (they counted above 0, all but always: p rose to 1
+  whether D overfitted or not)."""
+  config = tiny_config(**{"loss.name": "least_squares", "augment.name": "ada",
+                          "augment.ada_p_init": 0.0, "augment.ada_interval": 100,
+                          "data.random_flip": False})
+  run = run_lib.build_run(config)
+  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  before = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8),
+           "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+  after, _ = jax.device_get(run.train_step(state, batch))
+  # At p = 0 ADA leaves the reals as they are: D's train-mode logits on the batch itself.
+  logits = run.discriminator.apply(
+      {"params": before.d_params, "batch_stats": before.d_batch_stats},
+      steps.to_model_range(jnp.asarray(batch["image"])), jnp.asarray(batch["label"]), train=True,
+      mutable=["batch_stats"])[0]
+  assert int(after.augment.count) == 8
+  assert float(after.augment.signs_sum) == float(np.sum(np.sign(np.asarray(logits) - 0.5)))
+  assert float(after.augment.signs_sum) != float(np.sum(np.sign(np.asarray(logits))))
 
 
 def _adam_count(opt_state):

@@ -130,6 +130,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       augment_lib.parse_policy(config.augment.policy)
     except ValueError as e:
       raise ConfigError(f"config key augment.policy: {e}") from None
+  if augment_lib.AUGMENTS.get(config.augment.name).adaptive:
+    _require(loss.ada_boundary is not None, "augment.name",
+             f"ADA tunes p from the sign of D(real), which loss.name={config.loss.name} does not "
+             "give (its critic's outputs can shift freely); use augment.name=diffaugment, or "
+             "loss.name non_saturating, hinge or least_squares")
   _require(config.augment.ada_kimg > 0, "augment.ada_kimg",
            f"must be > 0 (thousands of images for p to go 0 -> 1), got {config.augment.ada_kimg}")
   _require(-1 < config.augment.ada_target < 1, "augment.ada_target",
