@@ -230,10 +230,13 @@ def maybe_update(state: AugmentState, step: Array | int, interval: int, batch_si
 class Augment:
   apply: Callable[[Array, jax.Array, Array], Array]  # (images, key, p) -> images
   adaptive: bool = False  # True: the trainer tunes p with accumulate / maybe_update
+  uses_p: bool = False  # True: p starts at augment.ada_p_init (and is logged as augment_p)
 
 
 AUGMENTS: Registry[Augment] = Registry("augment")
 
 AUGMENTS.register("none")(Augment(apply=lambda images, key, p: images))
 AUGMENTS.register("diffaugment")(Augment(apply=lambda images, key, p: diffaugment(images, key)))
-AUGMENTS.register("ada")(Augment(apply=ada_augment, adaptive=True))
+AUGMENTS.register("ada")(Augment(apply=ada_augment, adaptive=True, uses_p=True))
+# StyleGAN2-ADA's --aug=fixed: the same pipeline at a constant p (augment.ada_p_init).
+AUGMENTS.register("ada_fixed")(Augment(apply=ada_augment, uses_p=True))

@@ -91,7 +91,8 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
       ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
-      augment=augment_lib.init_state(config.augment.ada_p_init if config.augment.name == "ada"
-                                     else 0.0),
+      augment=augment_lib.init_state(
+          config.augment.ada_p_init if augment_lib.AUGMENTS.get(config.augment.name).uses_p
+          else 0.0),
       lecam={"real": jnp.zeros((), jnp.float32), "fake": jnp.zeros((), jnp.float32)},
   )

@@ -75,11 +75,13 @@ def test_ada_gates_each_image_on_its_own():
 
 
 def test_registry():
-  assert augment.AUGMENTS.names() == ["ada", "diffaugment", "none"]
+  assert augment.AUGMENTS.names() == ["ada", "ada_fixed", "diffaugment", "none"]
   assert augment.AUGMENTS.get("ada").adaptive
   assert not augment.AUGMENTS.get("diffaugment").adaptive
   assert not augment.AUGMENTS.get("none").adaptive
   assert augment.AUGMENTS.get("ada").apply is augment.ada_augment
+  fixed = augment.AUGMENTS.get("ada_fixed")  # StyleGAN2-ADA's --aug=fixed
+  assert fixed.apply is augment.ada_augment and fixed.uses_p and not fixed.adaptive
   apply = augment.AUGMENTS.get("diffaugment").apply
   both = jax.jit(lambda x, key: (apply(x, key, 0.3), augment.diffaugment(x, key)))  # one compile
   np.testing.assert_array_equal(*both(X, K1))

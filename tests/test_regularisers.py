@@ -177,6 +177,20 @@ def test_ada_counts_least_squares_reals_against_its_boundary():
   assert float(after.augment.signs_sum) != float(np.sum(np.sign(np.asarray(logits))))
 
 
+def test_ada_fixed_keeps_p_and_augments_with_any_loss():
+  """StyleGAN2-ADA's --aug=fixed: ADA's pipeline at p = augment.ada_p_init throughout (also
+  with WGAN-GP, which adaptive ADA refuses); nothing is counted towards an update."""
+  config = tiny_config(**{"augment.name": "ada_fixed", "augment.ada_p_init": 0.3,
+                          "augment.ada_interval": 1, "loss.name": "wgan_gp",
+                          "model.d_norm": "layer"})
+  config_lib.validate(config, 1, 1)
+  (s0, s1, s2), metrics = _run_steps(config, 2, 16)
+  assert [m["nonfinite"] for m in metrics] == [0, 0]
+  assert [float(s.augment.p) for s in (s0, s1, s2)] == [pytest.approx(0.3)] * 3
+  assert [int(s.augment.count) for s in (s1, s2)] == [0, 0]
+  assert float(metrics[1]["augment_p"]) == pytest.approx(0.3)
+
+
 def _adam_count(opt_state):
   adam = lambda x: isinstance(x, optax.ScaleByAdamState)
   return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))

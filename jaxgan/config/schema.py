@@ -106,12 +106,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Differentiable augmentation of real and fake images before D (jaxgan/augment.py).
   c.augment = ml_collections.ConfigDict()
-  c.augment.name = "none"  # 'none' | 'diffaugment' | 'ada'
+  c.augment.name = "none"  # 'none' | 'diffaugment' | 'ada' | 'ada_fixed' (ADA at p = ada_p_init)
   c.augment.policy = "color,translation,cutout"  # diffaugment's ops
   c.augment.ada_target = 0.6  # ADA: target E[sign(D(real))]
   c.augment.ada_kimg = 500  # ADA: thousands of images for p to move from 0 to 1
   c.augment.ada_interval = 4  # ADA: steps between p updates
-  c.augment.ada_p_init = 0.0
+  c.augment.ada_p_init = 0.0  # ADA: p at the start ('ada_fixed': throughout)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 2e-4
