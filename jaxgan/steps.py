@@ -237,11 +237,11 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
           d_params, d_stats, d_opt_state, real, labels, keys[3 * n_critic], aug_state, state.step)
       aux["r1_penalty"] = r1
       d_grads_all.append(r1_grads)
+    adjust_p = lambda a: augment_lib.maybe_update(
+        a, state.step, config.augment.ada_interval, config.train.batch_size * n_critic,
+        config.augment.ada_target, float(config.augment.ada_kimg))
     if aug.adaptive:  # after every D phase of the step, as StyleGAN2-ADA adjusts p
-      c = config.augment
-      aug_state = augment_lib.maybe_update(aug_state, state.step, c.ada_interval,
-                                           config.train.batch_size * n_critic, c.ada_target,
-                                           float(c.ada_kimg))
+      aug_state = adjust_p(aug_state)
 
     # G update through the updated D: dL/dfake from D, then back through G's saved forward.
     # D's statistics from this pass are not kept: they belong to the G phase.
@@ -269,11 +269,15 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
                          g_stats, d_stats)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
-        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,
-        augment=aug_state, lecam=lecam)
+        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params, lecam=lecam)
     # Skip the whole update when anything is non-finite; only the counters move.
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    # A skipped step's signs are dropped, but an interval that ends on it still moves p (from
+    # its other steps) and starts afresh, as the step count goes on.
+    skipped_augment = adjust_p(state.augment) if aug.adaptive else state.augment
     new_state = new_state.replace(
+        augment=jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), aug_state,
+                                       skipped_augment),
         step=state.step + 1,
         images_seen=state.images_seen + b * n_critic,
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),

@@ -191,6 +191,31 @@ def test_ada_fixed_keeps_p_and_augments_with_any_loss():
   assert float(metrics[1]["augment_p"]) == pytest.approx(0.3)
 
 
+def test_a_skipped_step_that_ends_an_ada_interval_still_moves_p():
+  """A non-finite step drops its own signs (they may be NaN), but when it ends an interval p
+  moves from the interval's other steps and the sums restart; the skip used to carry them over,
+  so the next update averaged two intervals and moved p once."""
+  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 2,
+                          "augment.ada_kimg": 1, "augment.ada_p_init": 0.5})
+  run = run_lib.build_run(config)
+  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  rng = np.random.default_rng(0)
+  batch = lambda: {"image": rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8),
+                   "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+  state, _ = run.train_step(state, batch())
+  first = jax.device_get(state.augment)
+  assert int(first.count) == 8 and float(first.p) == 0.5
+  bias = state.g_params["to_rgb"]["bias"]
+  poisoned = state.replace(g_params={**state.g_params, "to_rgb": {
+      **state.g_params["to_rgb"], "bias": bias + jnp.nan}})
+  state, metrics = jax.device_get(run.train_step(poisoned, batch()))
+  assert int(metrics["nonfinite"]) == 1
+  # Step 1 ends the interval: p moves by 8 * 2 / 1000 in the direction of step 0's signs alone.
+  direction = np.sign(float(first.signs_sum) / 8 - config.augment.ada_target)
+  assert float(state.augment.p) == pytest.approx(0.5 + direction * 16 / 1000)
+  assert int(state.augment.count) == 0 and float(state.augment.signs_sum) == 0.0
+
+
 def _adam_count(opt_state):
   adam = lambda x: isinstance(x, optax.ScaleByAdamState)
   return int(next(x.count for x in jax.tree_util.tree_leaves(opt_state, is_leaf=adam) if adam(x)))
