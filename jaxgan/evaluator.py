@@ -42,6 +42,16 @@ def collect_images(source, num: int, chunk: int = 256) -> tuple[np.ndarray, np.n
   return np.concatenate(images)[:num], np.concatenate(labels)[:num].astype(np.int32)
 
 
+def mirror_half(images: np.ndarray) -> np.ndarray:
+  """`images` with a seeded half of them mirrored left-right (the same ones every call): the
+  reals a run with data.random_flip trains on, as StyleGAN2-ADA's --mirror reference holds the
+  mirrored copies too. Without it such a run's FID counts the flips against it."""
+  flip = np.random.default_rng(0).random(len(images)) < 0.5
+  out = images.copy()
+  out[flip] = images[flip, :, ::-1]
+  return out
+
+
 def reference_identity(images: np.ndarray, labels: np.ndarray, weights_id: str) -> dict:
   """What determines the reference features: the images and labels themselves (a content hash:
   a re-prepared data set, another project's same-named path or another seed's subset can never
@@ -159,6 +169,8 @@ class Evaluator:
   def _local_reference(self, num: int) -> tuple:
     """This process's reals, their cache identity and path, and the cached features or None."""
     images, labels = collect_images(self.source, num)
+    if self.config.data.random_flip:  # the identity hashes the mirrored pixels: its own cache
+      images = mirror_half(images)
     identity = reference_identity(images, labels, self.extractor.weights_id)
     path = suite.reference_path(self.cache, identity)
     cached = suite.load_reference(path)
@@ -241,7 +253,10 @@ class PeriodicEval:
                      "num_real": config.eval.num_real or config.train.eval_num_samples,
                      "weights": self.evaluator.extractor.weights_id,
                      "preprocessing": PREPROCESSING_ID,
-                     "standing_stats_batches": config.eval.standing_stats_batches}
+                     "standing_stats_batches": config.eval.standing_stats_batches,
+                     # Only when on: runs without flips keep the best FIDs recorded before the
+                     # reals were mirrored for flipping runs (2026-12-03); those forget theirs.
+                     **({"mirrored_reals": True} if config.data.random_flip else {})}
     self.best_fid = float("inf")
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.

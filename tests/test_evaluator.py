@@ -96,6 +96,35 @@ def test_the_real_features_are_cached_and_reused(tmp_path):
   np.testing.assert_array_equal(a, b)
 
 
+def test_a_flipping_runs_reals_are_half_mirrored_with_their_own_cache(tmp_path):
+  """A run with data.random_flip trains on mirrored reals half the time: its reference mirrors a
+  seeded half of them too (StyleGAN2-ADA's --mirror), cached apart from the plain reals, and its
+  best-FID settings say so (a best measured against unmirrored reals is not compared with)."""
+  images = np.random.default_rng(1).integers(0, 255, (64, 4, 4, 3), np.uint8)
+  mirrored = evaluator.mirror_half(images)
+  flipped = [i for i in range(64) if not np.array_equal(mirrored[i], images[i])]
+  assert 16 < len(flipped) < 48  # about half
+  for i in range(64):
+    np.testing.assert_array_equal(mirrored[i], images[i, :, ::-1] if i in flipped else images[i])
+  np.testing.assert_array_equal(evaluator.mirror_half(images), mirrored)  # the same ones
+
+  plain_config = tiny_config(**{"eval.cache_dir": str(tmp_path)})
+  flip_config = tiny_config(**{"eval.cache_dir": str(tmp_path), "data.random_flip": True})
+  plain, _ = evaluator.Evaluator(plain_config, None, Source(), sampler=None,
+                                 extractor=Extractor()).reference(6)
+  flip, _ = evaluator.Evaluator(flip_config, None, Source(), sampler=None,
+                                extractor=Extractor()).reference(6)
+  reals, _ = evaluator.collect_images(Source(), 6)
+  np.testing.assert_array_equal(plain, Extractor()(reals))
+  np.testing.assert_array_equal(flip, Extractor()(evaluator.mirror_half(reals)))
+  assert not np.array_equal(plain, flip) and len(os.listdir(tmp_path / "reference")) == 2
+
+  settings = lambda config, where: evaluator.PeriodicEval(
+      config, str(tmp_path / where), FixedFid([]), Writer(), lambda s: {}, 0).settings
+  assert "mirrored_reals" not in settings(plain_config, "a")  # their old bests still compare
+  assert settings(flip_config, "b")["mirrored_reals"] is True
+
+
 def test_the_fakes_use_the_statistics_the_evaluator_is_given():
   """The trainer hands its own EMA statistics function over, to share its grids' computation."""
   given, seen = [], []
