@@ -97,18 +97,25 @@ def test_bad_regulariser_configs_fail_validation(overrides, key):
     config_lib.validate(tiny_config(**overrides), 1, 1)
 
 
-def _run_steps(config, n, size):
+def _started(config):
+  """(run, a fresh state) placed as the step expects it (as training does): a state without the
+  step's shardings would compile the step a second time at the second call, when it has them."""
   run = run_lib.build_run(config)
-  # Placed as the step expects it (as training does): a state without the step's shardings
-  # would compile the step a second time at the second call, when it has them.
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  return run, jax.jit(run.init, out_shardings=run.state_shardings)()
+
+
+def _batch(rng, images, size):
+  return {"image": rng.integers(0, 256, (images, size, size, 3)).astype(np.uint8),
+          "label": rng.integers(0, 3, (images,)).astype(np.int32)}
+
+
+def _run_steps(config, n, size):
+  run, state = _started(config)
   rng = np.random.default_rng(0)
   snapshots, metrics = [jax.device_get(state)], []
   images = config.train.batch_size * config.train.n_critic
   for _ in range(n):
-    batch = {"image": rng.integers(0, 256, (images, size, size, 3)).astype(np.uint8),
-             "label": rng.integers(0, 3, (images,)).astype(np.int32)}
-    state, m = run.train_step(state, batch)  # donates the previous state: keep host copies
+    state, m = run.train_step(state, _batch(rng, images, size))  # donates: keep host copies
     snapshots.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
   return snapshots, metrics
@@ -160,12 +167,9 @@ def test_ada_counts_least_squares_reals_against_its_boundary():
   config = tiny_config(**{"loss.name": "least_squares", "augment.name": "ada",
                           "augment.ada_p_init": 0.0, "augment.ada_interval": 100,
                           "data.random_flip": False})
-  run = run_lib.build_run(config)
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  run, state = _started(config)
   before = jax.device_get(state)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8),
-           "label": rng.integers(0, 3, (8,)).astype(np.int32)}
+  batch = _batch(np.random.default_rng(0), 8, 16)
   after, _ = jax.device_get(run.train_step(state, batch))
   # At p = 0 ADA leaves the reals as they are: D's train-mode logits on the batch itself.
   logits = run.discriminator.apply(
@@ -197,18 +201,15 @@ def test_a_skipped_step_that_ends_an_ada_interval_still_moves_p():
   so the next update averaged two intervals and moved p once."""
   config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 2,
                           "augment.ada_kimg": 1, "augment.ada_p_init": 0.5})
-  run = run_lib.build_run(config)
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  run, state = _started(config)
   rng = np.random.default_rng(0)
-  batch = lambda: {"image": rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8),
-                   "label": rng.integers(0, 3, (8,)).astype(np.int32)}
-  state, _ = run.train_step(state, batch())
+  state, _ = run.train_step(state, _batch(rng, 8, 16))
   first = jax.device_get(state.augment)
   assert int(first.count) == 8 and float(first.p) == 0.5
   bias = state.g_params["to_rgb"]["bias"]
   poisoned = state.replace(g_params={**state.g_params, "to_rgb": {
       **state.g_params["to_rgb"], "bias": bias + jnp.nan}})
-  state, metrics = jax.device_get(run.train_step(poisoned, batch()))
+  state, metrics = jax.device_get(run.train_step(poisoned, _batch(rng, 8, 16)))
   assert int(metrics["nonfinite"]) == 1
   # Step 1 ends the interval: p moves by 8 * 2 / 1000 in the direction of step 0's signs alone.
   direction = np.sign(float(first.signs_sum) / 8 - config.augment.ada_target)
@@ -240,18 +241,14 @@ def test_spectral_norm_iterates_once_per_d_update():
   after the first iteration, which would hide the difference."""
   config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
                           "model.shared_dim": 4})
-  run = run_lib.build_run(config)
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  run, state = _started(config)
   leaves, tree = jax.tree_util.tree_flatten(state.d_params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
   random = [0.2 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
   state = state.replace(d_params=jax.device_put(jax.tree_util.tree_unflatten(tree, random),
                                                 run.state_shardings.d_params))
   before = jax.device_get(state)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8),
-           "label": rng.integers(0, 3, (8,)).astype(np.int32)}
-  after, metrics = jax.device_get(run.train_step(state, batch))
+  after, metrics = jax.device_get(run.train_step(state, _batch(np.random.default_rng(0), 8, 32)))
   assert metrics["nonfinite"] == 0
 
   # The iteration reads only the weights (D's before its update), not the images.
