@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +84,62 @@ def test_only_uint8_pixels_are_taken():
   extractor = FeatureExtractor(params={}, weights_id="x")
   with pytest.raises(ValueError, match="expected uint8 images .N, H, W, 3., got float32"):
     extractor(np.zeros((2, 8, 8, 3), np.float32))
+
+
+class _StandIn(nn.Module):
+  """Compiles in a second, unlike Inception; its features still depend on every pixel of their
+  own image only, so a dropped, misplaced or mixed image shows."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Conv(8, (5, 5), strides=(4, 4))(x))
+    return nn.Dense(16)(x.mean((1, 2)))
+
+
+def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(monkeypatch):
+  """`stream` takes chunks of any length (empty ones too) and of two sizes, runs each size's
+  batch as soon as it is full (host memory: one batch per size, not the set) and returns the
+  features in arrival order, equal to each image's alone."""
+  net = _StandIn()
+  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
+  extractor = FeatureExtractor(params=params, weights_id="stand-in", batch_size=3, network=net)
+  compiled_for, runs = extractor._compiled_for, [0]
+
+  def counting(shape, dtype):
+    apply = compiled_for(shape, dtype)
+
+    class Counted:
+      out_info = apply.out_info
+
+      def __call__(self, *args):
+        runs[0] += 1
+        return apply(*args)
+
+    return Counted()
+
+  monkeypatch.setattr(extractor, "_compiled_for", counting)
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 256, (7, 16, 16, 3)).astype(np.uint8)
+  large = rng.integers(0, 256, (4, 20, 20, 3)).astype(np.uint8)
+  chunks = [small[:2], large[:1], small[2:2], small[2:7], large[1:4]]
+  runs_when_made = []
+
+  def produce():
+    for chunk in chunks:
+      runs_when_made.append(runs[0])
+      yield chunk
+
+  got = extractor.stream(produce(), total=11)
+  # Small images 3 and 6 filled a batch each before the last chunk was made.
+  assert runs_when_made == [0, 0, 0, 0, 2] and runs[0] == 5
+  alone = jax.jit(lambda x: net.apply(params, resize_for_inception(x)))
+  want = np.concatenate([np.asarray(alone(c[i:i + 1])) for c in chunks for i in range(len(c))])
+  assert got.shape == (11, 16) and np.abs(got - want).max() / np.abs(want).max() < 1e-5
+  assert extractor.last_images_per_sec > 0
+  with pytest.raises(ValueError, match="got float32"):
+    extractor.stream([small[:1], small[1:2].astype(np.float32)])
+  with pytest.raises(ValueError, match="no images to extract"):
+    extractor.stream(iter([]))
 
 
 # Batching, padding and sharding over 4 fake devices need no Inception (two Inception compiles
