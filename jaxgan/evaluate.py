@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Iterator
 
 import numpy as np
 
@@ -76,23 +77,50 @@ MANY_SHAPES = 8
 
 def _features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2
                      ) -> tuple[np.ndarray, int]:
+  """(features, how many files were skipped) of a folder or prepared set, read and extracted
+  image by image (host memory holds a batch per image size, not the set)."""
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
-  images, skipped = image_sets.load_image_set(path, image_size)
-  for s in skipped:
-    print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
-  if len(images) < fewest:  # files skipped since the count: before any Inception work
-    raise image_sets.DataError(f"{path}: {len(images)} readable image(s) left, the metrics need "
-                               f"at least {fewest} per set")
-  groups = image_sets.group_by_shape(images)
-  if len(groups) > MANY_SHAPES:
-    print(f"warning: {path} holds images of {len(groups)} sizes: Inception compiles once per "
-          "size; pass --image-size (e.g. the model's resolution) to load them at one size",
-          file=sys.stderr)
-  features = np.zeros((len(images), 2048), np.float32)
-  for shape, idx in sorted(groups.items()):
-    features[idx] = extractor(np.stack([images[i] for i in idx]), desc=f"{desc} {shape[0]}px")
+  skipped: list[dict] = []
+  images = image_sets.iter_image_set(path, image_size, skipped)
+  features = extractor.stream(_read_checked(images, skipped, path, fewest),
+                              image_sets.count_images(path), desc)
   return features, len(skipped)
+
+
+def _read_checked(images: Iterator[np.ndarray], skipped: list[dict], path: str, fewest: int
+                  ) -> Iterator[np.ndarray]:
+  """`images`, warning of each skipped file as it is met and once when the set turns out to
+  hold images of more than MANY_SHAPES sizes; none is passed on before `fewest` are read, so
+  that a set with fewer is refused before any Inception work (its compile included)."""
+  from jaxgan.data import DataError  # pylint: disable=g-import-not-at-top
+
+  shapes: set = set()
+  told, count, waiting = 0, 0, []
+
+  def tell_skipped() -> None:
+    nonlocal told
+    for s in skipped[told:]:
+      print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    told = len(skipped)
+
+  for chunk in images:
+    tell_skipped()
+    if chunk.shape[1:] not in shapes:
+      shapes.add(chunk.shape[1:])
+      if len(shapes) == MANY_SHAPES + 1:
+        print(f"warning: {path} holds images of at least {len(shapes)} sizes: Inception compiles "
+              "once per size and holds a batch of each; pass --image-size (e.g. the model's "
+              "resolution) to load them at one size", file=sys.stderr)
+    count += len(chunk)
+    waiting.append(chunk)
+    if count >= fewest:
+      yield from waiting
+      waiting = []
+  tell_skipped()
+  if count < fewest:  # files skipped since the count
+    raise DataError(f"{path}: {count} readable image(s) left, the metrics need at least "
+                    f"{fewest} per set")
 
 
 def evaluate_sets(args) -> dict:

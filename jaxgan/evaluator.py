@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -28,60 +28,70 @@ from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 log = logging.getLogger(__name__)
 
 
-def collect_images(source, num: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """The first `num` images (uint8) and labels of `source` in its training order."""
+def real_chunks(source, num: int, mirror: bool = False, chunk: int = 256
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images uint8, labels int32) of the first `num` images of `source` in its training order, a
+  chunk at a time (the set is never held whole). With `mirror`, a seeded half of them is
+  mirrored left-right, the same ones every pass: the reals a run with data.random_flip trains
+  on, as StyleGAN2-ADA's --mirror reference holds the mirrored copies too (without it such a
+  run's FID counts the flips against it)."""
   total = getattr(source, "num_examples", None)
   num = min(num, total) if total else num
-  images, labels, have = [], [], 0
+  flips = np.random.default_rng(0)  # drawn image by image: any chunking flips the same ones
+  have = 0
   for batch in source.batches(min(chunk, num), 0):
-    images.append(batch["image"])
-    labels.append(batch["label"])
-    have += len(batch["image"])
+    images, labels = batch["image"][:num - have], batch["label"][:num - have]
+    if mirror:
+      flip = flips.random(len(images)) < 0.5
+      images = images.copy()
+      images[flip] = images[flip, :, ::-1]
+    yield images, np.asarray(labels).astype(np.int32)
+    have += len(images)
     if have >= num:
-      break
-  return np.concatenate(images)[:num], np.concatenate(labels)[:num].astype(np.int32)
+      return
 
 
-def mirror_half(images: np.ndarray) -> np.ndarray:
-  """`images` with a seeded half of them mirrored left-right (the same ones every call): the
-  reals a run with data.random_flip trains on, as StyleGAN2-ADA's --mirror reference holds the
-  mirrored copies too. Without it such a run's FID counts the flips against it."""
-  flip = np.random.default_rng(0).random(len(images)) < 0.5
-  out = images.copy()
-  out[flip] = images[flip, :, ::-1]
-  return out
-
-
-def reference_identity(images: np.ndarray, labels: np.ndarray, weights_id: str) -> dict:
-  """What determines the reference features: the images and labels themselves (a content hash:
-  a re-prepared data set, another project's same-named path or another seed's subset can never
-  hit a stale entry), the Inception weights and the resize convention."""
+def reference_identity(chunks: Iterable[tuple[np.ndarray, np.ndarray]], weights_id: str
+                       ) -> tuple[dict, np.ndarray]:
+  """(identity, labels) of the reals `chunks` yields. The identity is what determines their
+  features: the images and labels themselves (a content hash: a re-prepared data set, another
+  project's same-named path or another seed's subset can never hit a stale entry), the Inception
+  weights and the resize convention. The hash is of the images' bytes in order, then the
+  labels': the same for any chunking."""
   digest = hashlib.sha256()
-  for start in range(0, len(images), 1024):  # in chunks: no second full copy of the reals
-    digest.update(np.ascontiguousarray(images[start:start + 1024]).data)
-  digest.update(np.ascontiguousarray(labels).tobytes())
-  return {"content_sha256": digest.hexdigest(), "num_images": int(len(images)),
-          "shape": list(images.shape[1:]), "weights": weights_id,
-          "preprocessing": PREPROCESSING_ID}
+  labels, count, shape = [], 0, None
+  for images, chunk_labels in chunks:
+    digest.update(np.ascontiguousarray(images).data)
+    labels.append(chunk_labels)
+    count, shape = count + len(images), list(images.shape[1:])
+  if not count:
+    raise ValueError("the data source yielded no images for the reference")
+  all_labels = np.concatenate(labels)
+  digest.update(np.ascontiguousarray(all_labels).tobytes())
+  return {"content_sha256": digest.hexdigest(), "num_images": count, "shape": shape,
+          "weights": weights_id, "preprocessing": PREPROCESSING_ID}, all_labels
 
 
-def extract_across_processes(extract: Callable[[np.ndarray], np.ndarray], images: np.ndarray
-                             ) -> np.ndarray:
-  """Features of `images` (the same array on every process) with the Inception work split:
-  process i extracts the i-th contiguous 1/P of the images on its own devices, and the features
-  are all-gathered back in order, so every process holds all of them. A pod's evaluation then
-  takes 1/P of the time instead of every host extracting everything."""
-  per = -(-len(images) // jax.process_count())
-  rows = np.arange(jax.process_index() * per, min((jax.process_index() + 1) * per, len(images)))
-  return extract_rows(extract, images[rows], rows, len(images))
+def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.ndarray],
+                             chunks: Iterable[np.ndarray], total: int) -> np.ndarray:
+  """Features of the `total` images `chunks` yields (the same ones, in the same order, on every
+  process) with the Inception work split: process i extracts the i-th contiguous 1/P of them
+  on its own devices (`extract(its chunks, its count)`), and the features are all-gathered back
+  in order, so every process holds all of them. A pod's evaluation then takes 1/P of the time
+  instead of every host extracting everything."""
+  per = -(-total // jax.process_count())
+  lo, hi = min(jax.process_index() * per, total), min((jax.process_index() + 1) * per, total)
 
+  def mine() -> Iterator[np.ndarray]:
+    at = 0
+    for images in chunks:  # at least one chunk (maybe empty): it names the shape
+      yield images[max(lo - at, 0):max(hi - at, 0)]
+      at += len(images)
+      if at >= hi:
+        return
 
-def extract_rows(extract: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                 rows: np.ndarray, total: int) -> np.ndarray:
-  """Features of all `total` images on every process, from each process's `images`, which are
-  rows `rows` of them: each process extracts its own on its devices."""
-  features = multihost.agreed(lambda: extract(images), "feature extraction")
-  return multihost.gather_rows(rows, features, total)
+  features = multihost.agreed(lambda: extract(mine(), hi - lo), "feature extraction")
+  return multihost.gather_rows(np.arange(lo, hi), features, total)
 
 
 class Evaluator:
@@ -117,18 +127,21 @@ class Evaluator:
     self._real_statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of the first `num` real images, from the cache when present."""
+    """(features, labels) of the first `num` real images, from the cache when present. The reals
+    are read a chunk at a time: once to hash them (the cache key), and on a miss once more for
+    their features, so that no pass holds the set (9.8 GB for 50k at 256x256)."""
     if num not in self._reference:
-      # Collecting (decoded, in memory) and hashing the reals is cheap; Inception is not.
-      images, labels, identity, path, cached = multihost.agreed(
+      # Reading (decoding) and hashing the reals is cheap; Inception is not.
+      labels, identity, path, cached = multihost.agreed(
           lambda: self._local_reference(num), "reading the real images")
       # Extraction is collective: all processes use the cache, or all recompute.
       if not multihost.all_processes(cached is not None):
         cached = None
       if cached is None:
         features = extract_across_processes(
-            lambda x: self.extractor(x, desc="inception (reals)"), images)
-        log.info("real features: %d images at %.1f img/s, cached in %s", len(images),
+            lambda chunks, count: self.extractor.stream(chunks, count, "inception (reals)"),
+            (images for images, _ in self._real_chunks(num)), len(labels))
+        log.info("real features: %d images at %.1f img/s, cached in %s", len(labels),
                  self.extractor.last_images_per_sec or 0.0, path)
         self._save_reference(path, features, labels, identity)
         cached = (features, labels)
@@ -166,17 +179,19 @@ class Evaluator:
       if jax.process_index() != 0 and not os.path.exists(path):
         save()
 
+  def _real_chunks(self, num: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    # Flipping runs' reals hash their mirrored pixels: their own cache entry.
+    return real_chunks(self.source, num, mirror=self.config.data.random_flip)
+
   def _local_reference(self, num: int) -> tuple:
-    """This process's reals, their cache identity and path, and the cached features or None."""
-    images, labels = collect_images(self.source, num)
-    if self.config.data.random_flip:  # the identity hashes the mirrored pixels: its own cache
-      images = mirror_half(images)
-    identity = reference_identity(images, labels, self.extractor.weights_id)
+    """This process's reals' labels, their cache identity and path, and the cached features or
+    None."""
+    identity, labels = reference_identity(self._real_chunks(num), self.extractor.weights_id)
     path = suite.reference_path(self.cache, identity)
     cached = suite.load_reference(path)
-    if cached is not None and len(cached[0]) != len(images):
+    if cached is not None and len(cached[0]) != len(labels):
       cached = None  # a damaged or foreign file: recompute
-    return images, labels, identity, path, cached
+    return labels, identity, path, cached
 
   def fake_labels(self, real_labels: np.ndarray, num: int, seed: int) -> Optional[np.ndarray]:
     """Label rows for `num` fakes, drawn from the reals' rows (None when unconditional)."""
@@ -184,17 +199,42 @@ class Evaluator:
       return None
     return np.random.default_rng(seed).choice(real_labels, num).astype(np.int32)
 
-  def fake_images(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, images): this process's share of `num` uint8 samples of the EMA generator (all of
-    them on one process) and their indices, sampled in fixed-size chunks (one compilation)."""
+  def fake_chunks(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
+                  seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, images) per sampler call: this process's share of each chunk of `num` uint8
+    samples of the EMA generator (all of it on one process) and their indices, in fixed-size
+    chunks (one compilation). A collective iterator: every process must consume all of it."""
     z = sample_inputs.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
     statistics = self.statistics(ema_params, g_batch_stats)
-    chunks = list(sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
-                                            self.chunk, self.batch_sharding))
-    return (np.concatenate([rows for rows, _ in chunks]),
-            np.concatenate([images for _, images in chunks]))
+    return sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
+                                     self.chunk, self.batch_sharding)
+
+  def fake_features(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
+                    seed: int) -> np.ndarray:
+    """Features of `num` fakes, on every process: each process extracts its share of each chunk
+    as it is sampled (host memory holds a chunk of images, not the set), then they are
+    gathered."""
+    chunks = self.fake_chunks(ema_params, g_batch_stats, num, real_labels, seed)
+    rows: list[np.ndarray] = []
+
+    def images() -> Iterator[np.ndarray]:
+      for chunk_rows, chunk_images in chunks:
+        rows.append(chunk_rows)
+        yield chunk_images
+
+    def extract() -> np.ndarray:
+      try:
+        return self.extractor.stream(images(), num if jax.process_count() == 1 else None,
+                                     "inception (fakes)")
+      except BaseException:
+        if jax.process_count() > 1:
+          for _ in chunks:  # the sampler is collective: sample on with the other processes
+            pass
+        raise
+
+    features = multihost.agreed(extract, "feature extraction")
+    return multihost.gather_rows(np.concatenate(rows), features, num)
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
                seed: int = 0, names: Optional[list[str]] = None, keep_going: bool = False
@@ -205,9 +245,7 @@ class Evaluator:
     start = time.perf_counter()
     num_real = num_real or self.config.eval.num_real or num_samples
     real, real_labels = self.reference(num_real)
-    rows, fakes = self.fake_images(ema_params, g_batch_stats, num_samples, real_labels, seed)
-    fake = extract_rows(lambda x: self.extractor(x, desc="inception (fakes)"), fakes, rows,
-                        num_samples)
+    fake = self.fake_features(ema_params, g_batch_stats, num_samples, real_labels, seed)
     conditional = self.config.data.num_classes > 0
     failed: list[str] = []
 

@@ -218,7 +218,9 @@ def test_evaluator_draws_fake_label_rows_from_the_reals():
   config = tiny_config(**{"data.extra_num_classes": "5"})
   ev = evaluator.Evaluator(config, None, None, sampler=sampler, extractor=Extractor())
   real = np.array([[0, 4], [2, 1], [1, 3]], np.int32)
-  indices, images = ev.fake_images(None, None, 6, real, seed=0)
+  chunks = list(ev.fake_chunks(None, None, 6, real, seed=0))
+  indices = np.concatenate([rows for rows, _ in chunks])
+  images = np.concatenate([images for _, images in chunks])
   assert images.shape == (6, 2, 2, 3) and indices.tolist() == list(range(6))
   rows = np.concatenate(seen)[:6]
   assert rows.shape == (6, 2) and {tuple(r) for r in rows} <= {tuple(r) for r in real}

@@ -203,8 +203,9 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
   assert image_sets.list_images(str(tmp_path)) == want
   paths, _, outside = scan_folder(str(tmp_path))
   assert sorted(paths + [p["path"] for p in outside]) == want
-  images, skipped = image_sets.load_image_set(str(tmp_path))
-  assert len(images) == 2 and images[0].shape == (12, 12, 3) and not skipped
+  skipped = []
+  images = list(image_sets.iter_image_set(str(tmp_path), skipped=skipped))
+  assert len(images) == 2 and images[0].shape == (1, 12, 12, 3) and not skipped
 
 
 @needs_weights

@@ -18,11 +18,16 @@ class Extractor:
   global_batch, weights_id, last_images_per_sec = 4, "stub", None
 
   def __init__(self):
-    self.calls = 0
+    self.calls, self.largest = 0, 0  # streams; most images handed over at once
 
   def __call__(self, images, desc=""):
-    self.calls += 1
     return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+
+  def stream(self, chunks, total=None, desc=""):
+    self.calls += 1
+    chunks = list(chunks)
+    self.largest = max([self.largest] + [len(c) for c in chunks])
+    return np.concatenate([self(c) for c in chunks])
 
 
 class Source:
@@ -96,28 +101,77 @@ def test_the_real_features_are_cached_and_reused(tmp_path):
   np.testing.assert_array_equal(a, b)
 
 
+def test_the_reals_reach_inception_in_chunks_not_as_one_set(tmp_path):
+  """Read twice on a cache miss (hashed, then extracted), a chunk at a time: no pass holds the
+  set (50k at 256x256: 9.8 GB)."""
+  class Large:
+    num_examples = 600
+    images = np.random.default_rng(3).integers(0, 255, (600, 4, 4, 3), np.uint8)
+    passes = 0
+
+    def batches(self, batch_size, start_step):
+      self.passes += 1
+      for start in range(0, 600, batch_size):
+        yield {"image": self.images[start:start + batch_size],
+               "label": np.arange(start, min(start + batch_size, 600)) % 3}
+
+  source, extractor = Large(), Extractor()
+  ev = evaluator.Evaluator(tiny_config(**{"eval.cache_dir": str(tmp_path)}), None, source,
+                           sampler=None, extractor=extractor)
+  features, labels = ev.reference(600)
+  assert extractor.largest == 256 and source.passes == 2
+  np.testing.assert_array_equal(features, Extractor()(Large.images))
+  np.testing.assert_array_equal(labels, np.arange(600) % 3)
+
+
+def test_the_reference_key_hashes_the_images_then_the_labels_in_any_chunking():
+  """The reals are hashed chunk by chunk; the key is that of the whole set's bytes, so the
+  caches written when the set was hashed whole are still hit."""
+  import hashlib
+
+  images = np.random.default_rng(2).integers(0, 255, (10, 4, 4, 3), np.uint8)
+  labels = np.arange(10, dtype=np.int32) % 3
+  whole = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+  for size in (1, 3, 10):
+    identity, got = evaluator.reference_identity(
+        ((images[i:i + size], labels[i:i + size]) for i in range(0, 10, size)), "w")
+    assert identity["content_sha256"] == whole and identity["num_images"] == 10
+    assert identity["shape"] == [4, 4, 3] and identity["weights"] == "w"
+    np.testing.assert_array_equal(got, labels)
+
+
 def test_a_flipping_runs_reals_are_half_mirrored_with_their_own_cache(tmp_path):
   """A run with data.random_flip trains on mirrored reals half the time: its reference mirrors a
   seeded half of them too (StyleGAN2-ADA's --mirror), cached apart from the plain reals, and its
   best-FID settings say so (a best measured against unmirrored reals is not compared with)."""
-  images = np.random.default_rng(1).integers(0, 255, (64, 4, 4, 3), np.uint8)
-  mirrored = evaluator.mirror_half(images)
-  flipped = [i for i in range(64) if not np.array_equal(mirrored[i], images[i])]
+  class Many:
+    num_examples = 64
+    images = np.random.default_rng(1).integers(0, 255, (64, 4, 4, 3), np.uint8)
+
+    def batches(self, batch_size, start_step):
+      for start in range(0, 64, batch_size):
+        yield {"image": self.images[start:start + batch_size],
+               "label": np.zeros(len(self.images[start:start + batch_size]), np.int32)}
+
+  plain = np.concatenate([i for i, _ in evaluator.real_chunks(Many(), 64)])
+  mirrored = np.concatenate([i for i, _ in evaluator.real_chunks(Many(), 64, mirror=True)])
+  flipped = [i for i in range(64) if not np.array_equal(mirrored[i], plain[i])]
   assert 16 < len(flipped) < 48  # about half
   for i in range(64):
-    np.testing.assert_array_equal(mirrored[i], images[i, :, ::-1] if i in flipped else images[i])
-  np.testing.assert_array_equal(evaluator.mirror_half(images), mirrored)  # the same ones
+    np.testing.assert_array_equal(mirrored[i], plain[i, :, ::-1] if i in flipped else plain[i])
+  # The same ones in every pass, whatever the chunking.
+  again = np.concatenate([i for i, _ in evaluator.real_chunks(Many(), 64, mirror=True, chunk=5)])
+  np.testing.assert_array_equal(again, mirrored)
 
   plain_config = tiny_config(**{"eval.cache_dir": str(tmp_path)})
   flip_config = tiny_config(**{"eval.cache_dir": str(tmp_path), "data.random_flip": True})
-  plain, _ = evaluator.Evaluator(plain_config, None, Source(), sampler=None,
-                                 extractor=Extractor()).reference(6)
-  flip, _ = evaluator.Evaluator(flip_config, None, Source(), sampler=None,
-                                extractor=Extractor()).reference(6)
-  reals, _ = evaluator.collect_images(Source(), 6)
-  np.testing.assert_array_equal(plain, Extractor()(reals))
-  np.testing.assert_array_equal(flip, Extractor()(evaluator.mirror_half(reals)))
-  assert not np.array_equal(plain, flip) and len(os.listdir(tmp_path / "reference")) == 2
+  plain_features, _ = evaluator.Evaluator(plain_config, None, Many(), sampler=None,
+                                          extractor=Extractor()).reference(64)
+  flip_features, _ = evaluator.Evaluator(flip_config, None, Many(), sampler=None,
+                                         extractor=Extractor()).reference(64)
+  np.testing.assert_array_equal(plain_features, Extractor()(plain))
+  np.testing.assert_array_equal(flip_features, Extractor()(mirrored))
+  assert len(os.listdir(tmp_path / "reference")) == 2
 
   settings = lambda config, where: evaluator.PeriodicEval(
       config, str(tmp_path / where), FixedFid([]), Writer(), lambda s: {}, 0).settings
@@ -139,8 +193,36 @@ def test_the_fakes_use_the_statistics_the_evaluator_is_given():
 
   ev = evaluator.Evaluator(tiny_config(), None, Source(), sampler=sampler, extractor=Extractor(),
                            statistics=statistics)
-  ev.fake_images("ema", {"raw": 0}, 6, np.zeros(6, np.int32), seed=0)
+  ev.fake_features("ema", {"raw": 0}, 6, np.zeros(6, np.int32), seed=0)
   assert given == [("ema", {"raw": 0})] and seen and all(s == {"standing": 1} for s in seen)
+
+
+def test_the_fakes_are_extracted_chunk_by_chunk_as_they_are_sampled():
+  """Host memory holds a chunk of fakes at a time, not the set (50k at 256x256: 9.8 GB): the
+  extractor takes each chunk as it is sampled (the sampler runs one chunk ahead)."""
+  events, sampled = [], []
+
+  def sampler(params, stats, z, labels):
+    events.append(("sample", len(z)))
+    sampled.append(np.random.default_rng(len(sampled)).integers(0, 255, (len(z), 4, 4, 3)))
+    return jnp.asarray(sampled[-1], jnp.uint8)
+
+  class Lazy(Extractor):
+    def stream(self, chunks, total=None, desc=""):
+      features = []
+      for chunk in chunks:
+        events.append(("extract", len(chunk)))
+        features.append(self(chunk))
+      return np.concatenate(features)
+
+  config = tiny_config(**{"eval.batch_size": 4})
+  ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=Lazy(),
+                           statistics=lambda params, stats: stats)
+  features = ev.fake_features(None, None, 10, np.zeros(6, np.int32), seed=0)
+  assert events == [("sample", 4), ("sample", 4), ("extract", 4), ("sample", 4), ("extract", 4),
+                    ("extract", 2)]
+  np.testing.assert_array_equal(
+      features, Extractor()(np.concatenate(sampled).astype(np.uint8)[:10]))
 
 
 def test_a_failing_metric_costs_itself_in_training_and_raises_elsewhere(monkeypatch, caplog):
@@ -386,8 +468,9 @@ def _forbid_features(monkeypatch) -> None:
     def __init__(self, *args):
       pass
 
-    def __call__(self, *args, **kwargs):
-      pytest.fail("extracted features")
+    def stream(self, chunks, *args, **kwargs):
+      for _ in chunks:
+        pytest.fail("extracted features")
 
   monkeypatch.setattr(features, "FeatureExtractor", NoInception)
 
@@ -482,28 +565,27 @@ def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):
         folder / f"{i}.png")
 
   class Extractor:
-    shapes = []
-
-    def __call__(self, images, desc=""):
-      self.shapes.append(images.shape[1:])
-      return np.zeros((len(images), 2048), np.float32)
+    def stream(self, chunks, total=None, desc=""):
+      self.total, self.shapes = total, [chunk.shape for chunk in chunks]
+      return np.zeros((len(self.shapes), 2048), np.float32)
 
   extractor = Extractor()
   features, skipped = evaluate._features_of_set(extractor, str(folder), "real")
-  assert features.shape == (9, 2048) and skipped == 0 and len(extractor.shapes) == 9
-  assert (30, 30, 3) in extractor.shapes  # 20x30 padded to a square, not resized
-  assert "holds images of 9 sizes" in capsys.readouterr().err
-  extractor.shapes.clear()
+  # Read and handed over one image at a time, at its own size.
+  assert features.shape == (9, 2048) and skipped == 0 and extractor.total == 9
+  assert len(set(extractor.shapes)) == 9 and all(s[0] == 1 for s in extractor.shapes)
+  assert (1, 30, 30, 3) in extractor.shapes  # 20x30 padded to a square, not resized
+  assert "holds images of at least 9 sizes" in capsys.readouterr().err
   evaluate._features_of_set(extractor, str(folder), "real", image_size=16)
-  assert extractor.shapes == [(16, 16, 3)] and "sizes" not in capsys.readouterr().err
-  images, _ = image_sets.load_image_set(str(folder), 16)
+  assert set(extractor.shapes) == {(1, 16, 16, 3)} and "sizes" not in capsys.readouterr().err
+  images = np.concatenate(list(image_sets.iter_image_set(str(folder), 16)))
   # The non-square black one: padded with white to a square, then resized (not stretched).
-  assert images[0][0, 0].min() > 240 and images[0][8, 8].max() < 10
+  assert images[0, 0, 0].min() > 240 and images[0, 8, 8].max() < 10
   prepared.write_prepared(str(tmp_path / "set"), np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2),
                           [], [])
   with pytest.raises(DataError, match="was prepared at 8x8, not the 16 asked for"):
-    image_sets.load_image_set(str(tmp_path / "set"), 16)
-  assert len(image_sets.load_image_set(str(tmp_path / "set"), 8)[0]) == 2
+    list(image_sets.iter_image_set(str(tmp_path / "set"), 16))
+  assert [c.shape for c in image_sets.iter_image_set(str(tmp_path / "set"), 8)] == [(2, 8, 8, 3)]
 
 
 BEST_FID_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
@@ -577,8 +659,11 @@ seen = []
 class Extractor:  # per-image features of the image alone, as Inception's
   global_batch, weights_id, last_images_per_sec = 2, "stub", None
   def __call__(self, images, desc=""):
-    seen.append(len(images))
     return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+  def stream(self, chunks, total=None, desc=""):
+    chunks = list(chunks)
+    seen.append([len(c) for c in chunks])
+    return np.concatenate([self(c) for c in chunks])
 class Source:
   num_examples = 6
   def batches(self, batch_size, start):
@@ -594,13 +679,30 @@ evaluator.suite.compute = lambda real, fake, *args, **kwargs: captured.append(fa
 params, stats = sharding.put_replicated((variables["params"], variables["batch_stats"]), mesh)
 ev.evaluate(params, stats, 7, num_real=6, seed=4)
 extracted = list(seen)
-rows, _ = ev.fake_images(params, stats, 7, np.arange(6, dtype=np.int32) % 3, seed=4)
+rows = np.concatenate([r for r, _ in ev.fake_chunks(params, stats, 7, np.arange(6, dtype=np.int32)
+                                                    % 3, seed=4)])
+# Extraction failing on process 1 at its first chunk: it still runs every (collective) sampler
+# call with process 0, and both raise.
+class Failing(Extractor):
+  def stream(self, chunks, total=None, desc=""):
+    for _ in chunks:
+      if jax.process_index() == 1:
+        raise MemoryError("RESOURCE_EXHAUSTED on process 1")
+    return np.zeros((0, 8), np.float32)
+ev.extractor, sampler, calls = Failing(), ev.sampler, []
+ev.sampler = lambda *args: calls.append(1) or sampler(*args)
+try:
+  ev.evaluate(params, stats, 13, num_real=6, seed=4)
+  failure = None
+except Exception as e:
+  failure = type(e).__name__
 # The same fakes on this process's first device alone.
 real_labels = np.arange(6, dtype=np.int32) % 3
 ((_, alone),) = sampling.sample_in_chunks(
     sampling.make_sampler(g), variables["params"], variables["batch_stats"],
     sample_inputs.latents(4, 7, 8), ev.fake_labels(real_labels, 7, 4), 7)
 print(json.dumps({"seen": extracted, "chunk": ev.chunk, "rows": rows.tolist(),
+                  "failure": failure, "calls": len(calls),
                   "max_diff": float(np.abs(captured[0] - Extractor()(alone)).max())}))
 """
 
@@ -608,12 +710,15 @@ print(json.dumps({"seen": extracted, "chunk": ev.chunk, "rows": rows.tolist(),
 def test_two_processes_sample_and_extract_their_own_share_of_the_fakes(tmp_path):
   """Over a mesh of 2 processes x 2 devices, each process's devices not contiguous in it, each
   device samples its rows of each chunk and each process extracts the features of its devices'
-  images (4 and 3 of 7); every process ends with all the fakes' features, in order, as one
-  device sampling all of them gives."""
+  images (4 and 3 of 7) chunk by chunk; every process ends with all the fakes' features, in
+  order, as one device sampling all of them gives. A process whose extraction fails still
+  samples every chunk with the others, and both raise."""
   from conftest import run_two_processes
 
   results, _ = run_two_processes(FAKES_TWO_PROCESSES, str(tmp_path), devices=2)
-  assert [r["seen"] for r in results] == [[4], [3]]
+  assert [r["seen"] for r in results] == [[[2, 2]], [[2, 1]]]
+  assert [r["failure"] for r in results] == ["PeerError", "MemoryError"]
+  assert [r["calls"] for r in results] == [4, 4]  # 13 fakes, chunks of 4
   # Devices in mesh order p0, p1, p0, p1: rows 0 and 2 of each chunk of 4 are process 0's.
   assert [r["rows"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]
   for r in results:

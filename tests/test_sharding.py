@@ -243,18 +243,23 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 from jaxgan.evaluator import extract_across_processes
 seen = []
-def extract(x):  # a stand-in for Inception: per-image features that depend on the image only
+def features(x):  # a stand-in for Inception: per-image features that depend on the image only
   seen.append(len(x))
   return x.reshape(len(x), 12)[:, :4].astype(np.float32) + 0.5  # also of no images
+def extract(chunks, count):
+  x = np.concatenate(list(chunks))
+  assert len(x) == count, (len(x), count)
+  return features(x)
 images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
-five = extract_across_processes(extract, images)
-one = extract_across_processes(extract, images[:1])  # process 1 extracts no image
-def fails_on_1(x):  # e.g. out of memory on one host only
+# Chunks of 2: process 1's first image (3) is the second of a chunk.
+five = extract_across_processes(extract, (images[i:i + 2] for i in range(0, 5, 2)), 5)
+one = extract_across_processes(extract, [images[:1]], 1)  # process 1 extracts no image
+def fails_on_1(chunks, count):  # e.g. out of memory on one host only
   if jax.process_index() == 1:
     raise MemoryError("RESOURCE_EXHAUSTED on process 1")
-  return extract(x)
+  return extract(chunks, count)
 try:
-  extract_across_processes(fails_on_1, images)
+  extract_across_processes(fails_on_1, [images], 5)
   failure = None
 except Exception as e:  # both processes must get here, neither left waiting in the all-gather
   failure = f"{type(e).__name__}: {e}"
@@ -265,8 +270,8 @@ from jaxgan import evaluator
 from tests.conftest import tiny_config
 class Extractor:
   global_batch, weights_id, last_images_per_sec = 2, "stub", None
-  def __call__(self, x, desc=""):
-    return extract(x)
+  def stream(self, chunks, total=None, desc=""):
+    return extract(chunks, total)
 class Source:
   num_examples = 5
   def batches(self, batch_size, start):

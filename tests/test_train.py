@@ -158,7 +158,7 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   assert evaluate.main(["--real", str(tmp_path / "whole"), "--fake", str(tmp_path / "whole")]) == 2
   assert "did not finish writing" in capsys.readouterr().err
   generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
-  assert len(image_sets.load_image_set(str(tmp_path / "whole"))[0]) == 5
+  assert len(list(image_sets.iter_image_set(str(tmp_path / "whole")))) == 5
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")

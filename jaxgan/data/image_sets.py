@@ -1,16 +1,17 @@
-"""Whole image sets for evaluation: a folder of image files (any nesting, native sizes) or a
+"""Image sets for evaluation: a folder of image files (any nesting, native sizes) or a
 prepared data set, as uint8 RGB arrays.
 
 Folder images go through the one loader (`images.load_image`: RGB, transparency onto white,
 padded to a square) at their native size, so that resizing to the metric's input size is the
 metric's job (`metrics.features`) and every image is resized exactly once, by the pinned filter;
 or, with `image_size`, at that size as training loads them (a folder of large photos to compare
-with a model's samples: bounded memory, one compiled shape).
+with a model's samples: one compiled shape, small batches).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -87,36 +88,32 @@ def _no_images(path: str) -> str:
           "or below it")
 
 
-def load_image_set(path: str, image_size: int = 0) -> tuple[list[np.ndarray], list[dict]]:
-  """(images, skipped) of a folder or prepared data set, at their native size or `image_size`;
-  skipped lists {'path', 'reason'}."""
+def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = None
+                   ) -> Iterator[np.ndarray]:
+  """The images of a folder or prepared data set, in order, at their native size or
+  `image_size`, as uint8 arrays [n, H, W, 3] (a folder's one image at a time, a prepared set's a
+  batch at a time): a set of any size in bounded memory. Unreadable files are appended to
+  `skipped` as {'path', 'reason'}; a set with no readable image is a DataError."""
   if not os.path.isdir(path):
     raise DataError(f"{path}: not a folder; pass a folder of images or a prepared data set")
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
     _check_prepared_size(path, image_size)
-    images, _, _ = prepared.read_prepared(path)
-    return list(images), []
+    for images, _ in prepared.iter_prepared(path):
+      yield images
+    return
   check_complete(path)
   paths = list_images(path)
   if not paths:
     raise DataError(_no_images(path))
-  images, skipped = [], []
-  options = LoadOptions(image_size=image_size)
+  skipped = [] if skipped is None else skipped
+  options, readable = LoadOptions(image_size=image_size), 0
   for p in paths:
     loaded = load_image(p, options)
     if loaded.image is None:
       skipped.append({"path": p, "reason": loaded.reason})
     else:
-      images.append(loaded.image)
-  if not images:
+      readable += 1
+      yield loaded.image[None]
+  if not readable:
     raise DataError(f"{path}: none of its {len(paths)} image files could be read "
                     f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
-  return images, skipped
-
-
-def group_by_shape(images: list[np.ndarray]) -> dict[tuple, list[int]]:
-  """Indices of the images of each shape (batches must share a shape)."""
-  groups: dict[tuple, list[int]] = {}
-  for i, image in enumerate(images):
-    groups.setdefault(image.shape, []).append(i)
-  return groups

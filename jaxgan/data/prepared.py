@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -191,6 +191,49 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
   the shards, in order. With `images_file`, the images are written there (a .npy, published
   whole by a rename, after the labels beside it: `labels_file`) and returned memory-mapped
   instead of held in memory."""
+  info = read_info(out_dir)
+  size, n = info["image_size"], info["num_examples"]
+  a = len(info["attributes"]) if "attributes" in info else 1
+  private = private_name(images_file) + ".npy" if images_file else ""
+  labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
+  if private:
+    folder = os.path.dirname(os.path.abspath(images_file))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale(images_file)
+    remove_stale(labels_file(images_file))
+    check_free_space(folder, n * size * size * 3,
+                     f"copying {n} images at {size}x{size} of {out_dir}")
+    images = np.lib.format.open_memmap(private, "w+", np.uint8, (n, size, size, 3))
+  else:
+    images = np.empty((n, size, size, 3), np.uint8)
+  labels = np.empty((n, a) if a > 1 else (n,), np.int32)
+  try:
+    _fill(out_dir, images, labels)
+    if private:
+      images.flush()
+      del images
+      np.save(labels_tmp, labels)
+      os.replace(labels_tmp, labels_file(images_file))
+      os.replace(private, images_file)  # last: the images' presence marks a complete cache
+      images = np.load(images_file, mmap_mode="r")
+  finally:
+    for leftover in (private, labels_tmp):
+      if leftover and os.path.exists(leftover):
+        os.remove(leftover)
+  return images, labels, info
+
+
+def _fill(out_dir: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Reads the shards' examples into `images` and `labels`, in order."""
+  at = 0
+  for img, lab in iter_prepared(out_dir):
+    images[at:at + len(img)], labels[at:at + len(img)] = img, lab
+    at += len(img)
+
+
+def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images uint8 [n, S, S, 3], labels) batches of the shards' examples, in order: a set of
+  any size in bounded memory. A missing, damaged, truncated or overlong shard is a DataError."""
   tf = tf_host.import_tensorflow()
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
@@ -206,47 +249,15 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
     ex = tf.io.parse_example(records, spec)
     return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
 
-  private = private_name(images_file) + ".npy" if images_file else ""
-  labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
-  if private:
-    folder = os.path.dirname(os.path.abspath(images_file))
-    os.makedirs(folder, exist_ok=True)
-    remove_stale(images_file)
-    remove_stale(labels_file(images_file))
-    check_free_space(folder, n * size * size * 3,
-                     f"copying {n} images at {size}x{size} of {out_dir}")
-    images = np.lib.format.open_memmap(private, "w+", np.uint8, (n, size, size, 3))
-  else:
-    images = np.empty((n, size, size, 3), np.uint8)
-  labels = np.empty((n, a) if a > 1 else (n,), np.int32)
-  try:
-    _fill(out_dir, files, parse, images, labels)
-    if private:
-      images.flush()
-      del images
-      np.save(labels_tmp, labels)
-      os.replace(labels_tmp, labels_file(images_file))
-      os.replace(private, images_file)  # last: the images' presence marks a complete cache
-      images = np.load(images_file, mmap_mode="r")
-  finally:
-    for leftover in (private, labels_tmp):
-      if leftover and os.path.exists(leftover):
-        os.remove(leftover)
-  return images, labels, info
-
-
-def _fill(out_dir: str, files: list[str], parse, images: np.ndarray, labels: np.ndarray) -> None:
-  """Reads the shards' examples into `images` and `labels`, in order."""
-  tf = tf_host.import_tensorflow()
-  n = len(images)
   at = 0
-  ds = tf.data.TFRecordDataset(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.TFRecordDataset(files).batch(batch_size).map(
+      parse, num_parallel_calls=tf.data.AUTOTUNE)
   try:
     for img, lab in ds.prefetch(2).as_numpy_iterator():
       if at + len(img) > n:
         raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare again")
-      images[at:at + len(img)], labels[at:at + len(img)] = img, lab
       at += len(img)
+      yield img, lab
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
     raise DataError(f"a shard of {out_dir} is damaged ({type(e).__name__}); prepare the data set "
                     "again") from e
