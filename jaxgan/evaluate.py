@@ -130,8 +130,8 @@ def evaluate_sets(args) -> dict:
 
   names = suite.parse_names(args.metrics)
   fewest = suite.min_samples(names)
-  # The reals are read in full before their features; the fakes only after them (minutes to
-  # hours): an unreadable --fake set is found now.
+  # The fakes are read only after the reals' features (minutes to hours): an unreadable --fake
+  # set is found now.
   warning = image_sets.check_readable(args.fake, fewest, args.image_size)
   if warning:
     print(f"warning: {warning}", file=sys.stderr)

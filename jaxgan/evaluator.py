@@ -207,8 +207,10 @@ class Evaluator:
     z = sample_inputs.latents(seed, num, self.config.model.z_dim)
     labels = self.fake_labels(real_labels, num, seed)
     statistics = self.statistics(ema_params, g_batch_stats)
+    # Not sampled ahead: each chunk's Inception batches would wait behind the next chunk's
+    # sampling on the device (timed as Inception's) and share its memory with it.
     return sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
-                                     self.chunk, self.batch_sharding)
+                                     self.chunk, self.batch_sharding, ahead=False)
 
   def fake_features(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
                     seed: int) -> np.ndarray:
@@ -228,8 +230,11 @@ class Evaluator:
         return self.extractor.stream(images(), num if jax.process_count() == 1 else None,
                                      "inception (fakes)")
       except BaseException:
+        # The sampler is collective: a process whose extraction failed (or was interrupted)
+        # samples the remaining chunks with the others before the failure is agreed. A failure
+        # of the sampler itself on one process only is not covered (nor was it before).
         if jax.process_count() > 1:
-          for _ in chunks:  # the sampler is collective: sample on with the other processes
+          for _ in chunks:
             pass
         raise
 

@@ -106,7 +106,9 @@ def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
 def agreed(work: Callable[[], T], what: str) -> T:
   """`work()`, then every process learns whether it failed anywhere, and if so all raise (the
   error itself where it happened, PeerError elsewhere). Put around local work that precedes a
-  collective: a process that failed alone would otherwise leave the others waiting in it. A
+  collective: a process that failed alone would otherwise leave the others waiting in it. Work
+  that itself calls collectives must reach all of them on every process, also when it fails
+  (the evaluator's fakes finish sampling before raising). A
   Ctrl-C on one process is such a failure too: it is re-raised there after the exchange, which
   waits for the other processes' work to end."""
   try:

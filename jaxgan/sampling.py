@@ -197,7 +197,8 @@ def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dic
 
 
 def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
-                     batch_sharding=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     batch_sharding=None, ahead: bool = True
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(rows, images) per sampler call: host uint8 images of the EMA generator (normalised with
   `g_batch_stats`, e.g. those of `make_ema_statistics`) and the indices of the rows of `z` (and
   `labels`: None, int classes or soft weights) they were sampled from, `chunk` rows per call, in
@@ -213,7 +214,11 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
   batch_sharding)`, and `chunk` a multiple of its device count) splits each chunk's rows over
   the mesh's devices instead of computing every image on every device, and this process gets
   the images its own devices hold, `rows` saying which (every row on one process). Without it
-  the sampler runs where its inputs are (one device)."""
+  the sampler runs where its inputs are (one device).
+
+  `ahead`: the next chunk is sampled while the caller handles this one. Off, each chunk is
+  sampled when asked for: a caller that runs its own work on the device (the evaluator's
+  Inception) then neither waits behind the next chunk nor holds it in device memory."""
   z = np.asarray(z)
   labels = None if labels is None else np.asarray(labels)
 
@@ -231,14 +236,21 @@ def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
                                              place(l_part)))
     return start + rows, blocks
 
+  def fetched(rows: np.ndarray, blocks: list) -> tuple[np.ndarray, np.ndarray]:
+    wanted = rows < len(z)  # not the padding
+    return rows[wanted], np.concatenate(jax.device_get(blocks))[wanted]
+
+  if not ahead:
+    for start in range(0, len(z), chunk):
+      yield fetched(*dispatch(start))
+    return
   # One chunk ahead: the device computes the next while the caller uses this one (generate's PNG
-  # writes; the evaluator collects all chunks first).
+  # writes).
   pending = dispatch(0) if len(z) else None
   for start in range(chunk, len(z) + chunk, chunk):
     rows, blocks = pending
     pending = dispatch(start) if start < len(z) else None
-    wanted = rows < len(z)  # not the padding
-    yield rows[wanted], np.concatenate(jax.device_get(blocks))[wanted]
+    yield fetched(rows, blocks)
 
 
 def _local_row_blocks(array: jax.Array) -> tuple[np.ndarray, list]:

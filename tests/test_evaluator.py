@@ -199,7 +199,8 @@ def test_the_fakes_use_the_statistics_the_evaluator_is_given():
 
 def test_the_fakes_are_extracted_chunk_by_chunk_as_they_are_sampled():
   """Host memory holds a chunk of fakes at a time, not the set (50k at 256x256: 9.8 GB): the
-  extractor takes each chunk as it is sampled (the sampler runs one chunk ahead)."""
+  extractor takes each chunk as it is sampled, and the next is sampled only then (not ahead,
+  where Inception's batches would wait behind it on the device)."""
   events, sampled = [], []
 
   def sampler(params, stats, z, labels):
@@ -219,7 +220,7 @@ def test_the_fakes_are_extracted_chunk_by_chunk_as_they_are_sampled():
   ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=Lazy(),
                            statistics=lambda params, stats: stats)
   features = ev.fake_features(None, None, 10, np.zeros(6, np.int32), seed=0)
-  assert events == [("sample", 4), ("sample", 4), ("extract", 4), ("sample", 4), ("extract", 4),
+  assert events == [("sample", 4), ("extract", 4), ("sample", 4), ("extract", 4), ("sample", 4),
                     ("extract", 2)]
   np.testing.assert_array_equal(
       features, Extractor()(np.concatenate(sampled).astype(np.uint8)[:10]))

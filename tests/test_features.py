@@ -142,6 +142,34 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
     extractor.stream(iter([]))
 
 
+def test_images_of_many_sizes_wait_for_their_batch_without_a_buffer_each(monkeypatch):
+  """A folder of native sizes: each size's images wait as they are (one each here) and a batch is
+  built only to run; a padded batch buffer per size (256 images each) would hold far more."""
+  import tracemalloc
+
+  class Network:  # features: the first 4 pixel values, of each image alone
+    out_info = jax.ShapeDtypeStruct((256, 4), np.float32)
+
+    def __call__(self, params, images):
+      return np.asarray(images).reshape(len(images), -1)[:, :4].astype(np.float32)
+
+  extractor = FeatureExtractor(params={}, weights_id="x", batch_size=256)
+  monkeypatch.setattr(extractor, "_compiled_for", lambda shape, dtype: Network())
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (1, size, size, 3)).astype(np.uint8) for size in range(60, 66)]
+  tracemalloc.start()
+  try:
+    got = extractor.stream(iter(images))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  np.testing.assert_array_equal(got, np.concatenate([i.reshape(1, -1)[:, :4] for i in images]))
+  # The largest size's batch is 3.2 MB: one built, one copy on its way through the stand-in
+  # network and the waiting images stay under 3 of them (a buffer per size held 18.4 MB).
+  one_batch = 256 * 65 * 65 * 3
+  assert peak < 3 * one_batch, peak
+
+
 # Batching, padding and sharding over 4 fake devices need no Inception (two Inception compiles
 # cost ~30 s here): a stand-in small enough to compile in a second, whose features still depend
 # on every pixel of its own image only, so a dropped, misplaced or mixed image would show.

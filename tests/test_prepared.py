@@ -160,3 +160,39 @@ def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tm
       f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "
       "folder ('' keeps the decoded images in memory)")
   assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", r"train-00001-of-00003.tfrecord listed in dataset_info.json is missing; prepare "
+                r"the data set again"),
+    ("fewer", r"holds 5 examples, dataset_info.json says 6: a shard is truncated; prepare"),
+    ("more", r"holds more examples than its dataset_info.json says; prepare again"),
+    ("flipped", r"a shard of .* is damaged \(DataLossError\); prepare the data set again"),
+])
+def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_path, monkeypatch,
+                                                                           damage, message):
+  """Read whole (training's cache file) or batch by batch (`evaluate --real/--fake`): the same
+  error, and a missing shard is said before the cache file takes any space."""
+  import json
+
+  monkeypatch.setattr(prepared, "EXAMPLES_PER_SHARD", 2)
+  out = tmp_path / "set"
+  prepared.write_prepared(str(out), _images(5, 10), np.zeros(5), ["a"], [])  # 3 shards
+  info = json.loads((out / "dataset_info.json").read_text())
+  shard = out / "train-00001-of-00003.tfrecord"
+  if damage == "missing":
+    shard.unlink()
+  elif damage == "flipped":
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+  else:
+    info["num_examples"] += 1 if damage == "fewer" else -1
+    (out / "dataset_info.json").write_text(json.dumps(info))
+  cache = tmp_path / "cache"
+  with pytest.raises(DataError, match=message):
+    prepared.read_prepared(str(out), str(cache / "images.npy"))
+  # No partial cache file left; for a missing shard, not even the folder made.
+  assert not cache.exists() if damage == "missing" else os.listdir(cache) == []
+  with pytest.raises(DataError, match=message):
+    list(prepared.iter_prepared(str(out), batch_size=2))

@@ -209,7 +209,8 @@ def test_standing_statistics_stay_exact_for_large_activations():
 
 def test_chunks_are_padded_trimmed_and_dispatched_one_ahead():
   """sample_in_chunks returns exactly the rows asked for, in order, with their indices (the last
-  chunk padded, then trimmed), and dispatches the next chunk before handing this one over."""
+  chunk padded, then trimmed), and dispatches the next chunk before handing this one over
+  (unless `ahead` is off)."""
   rows = lambda params, stats, z, labels: jnp.asarray(z)[:, :1] * 2
   z = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
   chunks = list(sampling.sample_in_chunks(rows, None, None, z, None, chunk=3))
@@ -223,6 +224,14 @@ def test_chunks_are_padded_trimmed_and_dispatched_one_ahead():
   next(sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
                                  chunk=3))
   assert len(calls) == 2
+  # Not ahead (the evaluator's): the same chunks, each sampled only when asked for.
+  calls.clear()
+  lazy = sampling.sample_in_chunks(lambda *a: calls.append(1) or rows(*a), None, None, z, None,
+                                   chunk=3, ahead=False)
+  got = [(next(lazy), len(calls))[1] for _ in range(3)]
+  assert got == [1, 2, 3] and not list(lazy)
+  again = sampling.sample_in_chunks(rows, None, None, z, None, chunk=3, ahead=False)
+  assert [r.tolist() for r, _ in again] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 MESH_SAMPLING = r"""

@@ -194,6 +194,7 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
   a = len(info["attributes"]) if "attributes" in info else 1
+  _shard_files(out_dir, info)  # a missing shard is said before any space is taken
   private = private_name(images_file) + ".npy" if images_file else ""
   labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
   if private:
@@ -238,10 +239,7 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
   a = len(info["attributes"]) if "attributes" in info else 1
-  files = [os.path.join(out_dir, s) for s in info["shards"]]
-  for f in files:
-    if not os.path.isfile(f):
-      raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
+  files = _shard_files(out_dir, info)
   spec = {"image": tf.io.FixedLenFeature([], tf.string),
           "label": tf.io.FixedLenFeature([a] if a > 1 else [], tf.int64)}
 
@@ -264,6 +262,14 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
   if at != n:
     raise DataError(f"{out_dir} holds {at} examples, {INFO_FILE} says {n}: a shard is truncated; "
                     "prepare the data set again")
+
+
+def _shard_files(out_dir: str, info: dict) -> list[str]:
+  files = [os.path.join(out_dir, s) for s in info["shards"]]
+  for f in files:
+    if not os.path.isfile(f):
+      raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
+  return files
 
 
 def labels_file(images_file: str) -> str:

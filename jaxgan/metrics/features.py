@@ -73,7 +73,7 @@ class FeatureExtractor:
   `extractor.stream(chunks)` the same for images that arrive chunk by chunk.
 
   Batches of `batch_size` per device are sharded over a 1-D mesh of this process's devices (the
-  weights are replicated); the last batch is padded and the padding dropped. Every process of a
+  weights are replicated); the last batch of each image size is padded and the padding dropped. Every process of a
   multi-process job extracts the images it is given on its own devices.
   """
 
@@ -117,61 +117,88 @@ class FeatureExtractor:
   def stream(self, chunks: Iterable[np.ndarray], total: Optional[int] = None, desc: str = ""
              ) -> np.ndarray:
     """Features of the images of `chunks` (uint8 arrays [n, H, W, 3], any n including 0), in
-    order. Images are batched as they arrive and only a batch of each shape is held here, so a
-    lazy producer (the evaluator's sampler, a folder read file by file) keeps host memory to its
-    own chunk instead of the whole set: 50k images at 256x256 are 9.8 GB, their features 0.4
-    GB. Shapes may differ between chunks (each has its own batch and compilation). `total`
-    sizes the progress bar. At least one chunk is needed (its shape gives the feature width)."""
-    batches: dict[tuple, _Batch] = {}
-    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (positions, features) per batch run
-    seconds, count, width = 0.0, 0, None
-
-    def run(batch: _Batch) -> None:
-      nonlocal seconds
-      start = time.perf_counter()  # images/s of extraction alone, compilation excluded
-      features = batch.apply(self.params, jax.device_put(batch.images, self._batch_sharding))
-      parts.append((np.array(batch.positions), np.asarray(features)[:len(batch.positions)]))
-      seconds += time.perf_counter() - start
-      batch.positions.clear()
+    order. Images are batched as they arrive, so a lazy producer (the evaluator's sampler, a
+    folder read file by file) keeps host memory to its chunks in flight instead of the whole
+    set: 50k images at 256x256 are 9.8 GB, their features 0.4 GB. Sizes may differ between
+    chunks: each has its own batches and compilation, and holds its images until a batch of
+    them is full (a folder of many sizes holds up to a batch less one of each). `total` (the
+    expected count) sizes the progress bar and the output. At least one chunk is needed (its
+    shape gives the feature width)."""
+    self.last_images_per_sec = None
+    waiting: dict[tuple, _Waiting] = {}
+    out, seconds, count = None, 0.0, 0
 
     with tqdm(total=total, desc=desc or "inception", unit="img", disable=not desc,
               leave=False) as bar:
+
+      def run(shape: tuple, n: int) -> None:
+        nonlocal out, seconds
+        positions, images = waiting[shape].take(n, self.global_batch)
+        start = time.perf_counter()  # images/s of extraction alone, compilation excluded
+        apply = self._compiled_for(images.shape, images.dtype)
+        features = apply(self.params, jax.device_put(images, self._batch_sharding))
+        features = np.asarray(features)[:n]
+        seconds += time.perf_counter() - start
+        if positions[-1] >= len(out):  # more images than `total` said
+          out = np.concatenate([out, np.zeros_like(out, shape=(max(positions[-1] + 1,
+                                                                    2 * len(out)) - len(out),
+                                                             out.shape[1]))])
+        out[positions] = features
+        bar.update(n)
+
       for chunk in chunks:
         _check_pixels(chunk)
-        key = chunk.shape[1:]
-        if key not in batches:
-          apply = self._compiled_for((self.global_batch,) + key, chunk.dtype)
-          width = width or apply.out_info.shape[-1]  # 2048 for FIDInception
-          batches[key] = _Batch(apply, np.zeros((self.global_batch,) + key, chunk.dtype))
-        batch, at = batches[key], 0
-        while at < len(chunk):
-          take = min(self.global_batch - len(batch.positions), len(chunk) - at)
-          batch.images[len(batch.positions):len(batch.positions) + take] = chunk[at:at + take]
-          batch.positions.extend(range(count + at, count + at + take))
-          at += take
-          if len(batch.positions) == self.global_batch:
-            run(batch)
+        shape = chunk.shape[1:]
+        if shape not in waiting:
+          apply = self._compiled_for((self.global_batch,) + shape, chunk.dtype)  # untimed
+          if out is None:  # 2048 wide for FIDInception
+            out = np.zeros((total or 0, apply.out_info.shape[-1]), np.float32)
+          waiting[shape] = _Waiting()
+        waiting[shape].add(chunk, count)
         count += len(chunk)
-        bar.update(len(chunk))
-      for batch in batches.values():
-        if batch.positions:  # the last, partial batch of a shape: its padding is dropped
-          batch.images[len(batch.positions):] = 0
-          run(batch)
-    if width is None:
+        while waiting[shape].count >= self.global_batch:
+          run(shape, self.global_batch)
+      for shape, images in waiting.items():
+        if images.count:  # the last, partial batch of a size: padded, the padding dropped
+          run(shape, images.count)
+    if out is None:
       raise ValueError("no images to extract features of (not even an empty batch)")
-    out = np.zeros((count, width), np.float32)
-    for positions, features in parts:
-      out[positions] = features
     self.last_images_per_sec = count / seconds if seconds > 0 and count else None
-    return out
+    return out[:count]
 
 
-class _Batch:
-  """One shape's batch being filled: its compiled function, the padded images and the output
-  positions of the images in it so far."""
+class _Waiting:
+  """Images of one size waiting for a full batch: the chunks' slices as given (copied only into
+  a batch) and the output position of the first image of each."""
 
-  def __init__(self, apply: Callable, images: np.ndarray):
-    self.apply, self.images, self.positions = apply, images, []
+  def __init__(self):
+    self.slices: list[tuple[int, np.ndarray]] = []
+    self.count = 0
+
+  def add(self, images: np.ndarray, first_position: int) -> None:
+    if len(images):
+      self.slices.append((first_position, images))
+      self.count += len(images)
+
+  def take(self, n: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, a batch of `batch` images): the next `n` <= `batch` images, zero-padded."""
+    positions, parts, have = [], [], 0
+    while have < n:
+      first, images = self.slices[0]
+      part = images[:n - have]
+      parts.append(part)
+      have += len(part)
+      positions.append(np.arange(first, first + len(part)))
+      if len(part) == len(images):
+        self.slices.pop(0)
+      else:
+        self.slices[0] = (first + len(part), images[len(part):])
+    self.count -= n
+    if len(parts) == 1 and n == batch:  # a chunk of exactly one batch (the fakes): no copy
+      return positions[0], parts[0]
+    out = np.zeros((batch,) + parts[0].shape[1:], parts[0].dtype)
+    np.concatenate(parts, out=out[:n])
+    return np.concatenate(positions), out
 
 
 def _check_pixels(images: np.ndarray) -> None:
