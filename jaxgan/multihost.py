@@ -7,6 +7,7 @@ collective (an all-gather or a broadcast of a scalar); on a single process it re
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, TypeVar
 
 import jax
@@ -108,15 +109,24 @@ def agreed(work: Callable[[], T], what: str) -> T:
   error itself where it happened, PeerError elsewhere). Put around local work that precedes a
   collective: a process that failed alone would otherwise leave the others waiting in it. Work
   that itself calls collectives must reach all of them on every process, also when it fails
-  (the evaluator's fakes finish sampling before raising). A
-  Ctrl-C on one process is such a failure too: it is re-raised there after the exchange, which
-  waits for the other processes' work to end."""
+  (the evaluator's fakes finish sampling before raising). A Ctrl-C on one process is such a
+  failure too: it is re-raised there after the exchange, which waits for the other processes'
+  work to end. `raised_after_agreeing` tells these errors from a failure of the exchange."""
   try:
     result, error = work(), None
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except  (re-raised below)
     result, error = None, e
   if any_process(error is not None):
     if error is not None:
+      with contextlib.suppress(AttributeError):  # an exception type with __slots__
+        error.raised_after_agreeing = True
       raise error
     raise PeerError(f"{what} failed on another process (its log says why)")
   return result
+
+
+def raised_after_agreeing(error: BaseException) -> bool:
+  """Whether `agreed` raised `error` after its exchange: every process then raises one (its own
+  or a PeerError), so they may still meet in a collective, whatever the types. Not so for an
+  error of the exchange itself (a dead peer)."""
+  return isinstance(error, PeerError) or getattr(error, "raised_after_agreeing", False)

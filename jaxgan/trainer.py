@@ -99,11 +99,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     # process is not between creating the folder and probing it.
     if any(made_workdir):
       workdir_lib.remove_if_empty(workdir)
-    if isinstance(e, (data_lib.DataError, multihost.PeerError)):
+    if multihost.raised_after_agreeing(e):
       # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
       # worker was starting) also ends the decoding workers: then it is the stop, not the error
-      # it caused. Only the errors agreed raises on every process after its exchange (its own
-      # collective's failure, a dead peer, must not lead into another collective).
+      # it caused. Only for the errors agreed raises on every process after its exchange, of
+      # any type: the check is collective, and a type test would send the failing process and
+      # its peers (PeerError) different ways. Its own collective's failure (a dead peer) must
+      # not lead into another collective.
       try:
         stop.check_before_training("while starting the run")
       except stopping_lib.Stopped:
@@ -265,8 +267,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
       # resumes exactly there: evaluate that step now, unless it has a successful eval row
       # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
-      if multihost.from_process_0(is_main and not writers.has_row(workdir, start_step,
-                                                                  "eval/num_samples")):
+      if multihost.from_process_0(is_main and not _has_eval_row(workdir, start_step)):
         evaluate(start_step, state)
     while step < cfg.num_steps:
       batch = sharding.put_batch(next(batches), run.batch_sharding, rows_per_step)
@@ -374,3 +375,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       evaluate.close()
     writer.close()
   return state
+
+
+def _has_eval_row(workdir: str, step: int) -> bool:
+  """Whether metrics.jsonl holds a successful eval row of `step`; an unreadable file counts as
+  no (the step is evaluated again) rather than raising on process 0 alone, which would leave the
+  others waiting in the broadcast of the answer."""
+  try:
+    return writers.has_row(workdir, step, "eval/num_samples")
+  except OSError as e:
+    log.warning("could not read %s/metrics.jsonl (%s): evaluating step %d again", workdir, e,
+                step)
+    return False

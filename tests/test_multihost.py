@@ -1,5 +1,7 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
+import pytest
+
 from jaxgan import multihost
 from tests.conftest import JOIN_TWO_PROCESSES, run_two_processes
 
@@ -65,6 +67,19 @@ def test_one_process_takes_its_own_decisions():
   assert multihost.from_process_0(2.5) == 2.5
 
 
+def test_errors_raised_after_agreeing_are_told_from_others():
+  """The trainer looks for a stop signal (a collective) after a start-up error only when every
+  process raised one through `agreed`, of whatever type."""
+  def fails():
+    raise OSError("unwritable workdir")
+
+  with pytest.raises(OSError) as raised:
+    multihost.agreed(fails, "starting")
+  assert multihost.raised_after_agreeing(raised.value)
+  assert multihost.raised_after_agreeing(multihost.PeerError("x"))
+  assert not multihost.raised_after_agreeing(OSError("raised elsewhere"))
+
+
 def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES)
   # A Ctrl-C on process 1 inside agreed work: it stops there, and process 0 is told.
@@ -85,12 +100,18 @@ START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""
 import json, os
 from jaxgan import trainer
 from tests.conftest import tiny_config
-# Process 1's host lacks the data: its data.path does not exist there.
-path = sys.argv[3] if me == 0 else os.path.join(sys.argv[3], "missing")
+# Process 1's host lacks the data (its data.path does not exist there), or its workdir is a
+# file there (an error other than bad data).
+path, workdir = sys.argv[3], os.path.join(sys.argv[4], "w")
+if me == 1 and sys.argv[5] == "data":
+  path = os.path.join(sys.argv[3], "missing")
+elif me == 1:
+  workdir = os.path.join(sys.argv[4], "a_file")
+  open(workdir, "w").close()
 run = tiny_config(**{"data.source": "folder", "data.path": path, "data.num_classes": 0,
                      "data.workers": 1, "train.tensorboard": False})
 try:
-  trainer.train_and_evaluate(run, os.path.join(sys.argv[4], "w"))
+  trainer.train_and_evaluate(run, workdir)
   outcome = "trained"
 except Exception as e:
   outcome = f"{type(e).__name__}: {e}"
@@ -98,19 +119,22 @@ print(json.dumps({"outcome": outcome}))
 """
 
 
-def test_a_start_failing_on_one_process_stops_every_process(tmp_path):
+@pytest.mark.parametrize("failure", ["data", "workdir"])
+def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   """Checks before the first collective are agreed: the process that failed names why, the
-  others stop too instead of waiting for it in the data fingerprint exchange."""
+  others stop too instead of waiting for it in the data fingerprint exchange, whatever the
+  error (all of them then look for a stop signal together, or none)."""
   from PIL import Image
 
   folder = tmp_path / "photos"
   folder.mkdir()
   for i in range(4):
     Image.new("RGB", (20, 20), (50 * i, 0, 0)).save(folder / f"{i}.png")
-  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path))
+  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure)
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
-  assert results[1]["outcome"].startswith(("ConfigError: config key data.path",
-                                           "DataError: data.path")), results[1]
+  want = (("ConfigError: config key data.path", "DataError: data.path") if failure == "data"
+          else ("WorkdirError: ",))
+  assert results[1]["outcome"].startswith(want), results[1]
 
 
 WRITE_FAILS_ON_PROCESS_0 = JOIN_TWO_PROCESSES + r"""

@@ -775,3 +775,19 @@ def test_resuming_on_changed_data_is_warned(tmp_path, caplog):
     state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 6}), workdir)
   assert int(state.step) == 6
   assert "the data changed since checkpoint step 4 (fingerprint" in caplog.text
+
+
+def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_path, caplog,
+                                                                          monkeypatch):
+  """Process 0 reads whether the resumed step has its eval row and broadcasts the answer: a read
+  error there must not raise on process 0 alone (the others would wait in the broadcast)."""
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/num_samples": 8}) + "\n")
+  assert trainer._has_eval_row(str(tmp_path), 4) and not trainer._has_eval_row(str(tmp_path), 2)
+
+  def unreadable(*args):
+    raise OSError(errno.EIO, "Input/output error")
+
+  monkeypatch.setattr(writers, "has_row", unreadable)
+  with caplog.at_level(logging.WARNING):
+    assert not trainer._has_eval_row(str(tmp_path), 4)
+  assert "could not read" in caplog.text and "evaluating step 4 again" in caplog.text
