@@ -262,12 +262,26 @@ def _xyz_tag(x, y, z):
 
 def _rgb_profile(red, green, blue, gamma=2.2, name="test RGB"):
   """An ICC v2 matrix/TRC display profile: the colorants of R, G and B (D50 XYZ) and one gamma."""
+  curve = _curve(gamma)
+  return _profile(b"RGB ", name, [(b"rXYZ", _xyz_tag(*red)), (b"gXYZ", _xyz_tag(*green)),
+                                  (b"bXYZ", _xyz_tag(*blue)), (b"rTRC", curve),
+                                  (b"gTRC", curve), (b"bTRC", curve)])
+
+
+def _grey_profile(gamma=1.0, name="test grey"):
+  """An ICC v2 grey display profile of one gamma (1.0: linear light, not sRGB's curve)."""
+  return _profile(b"GRAY", name, [(b"kTRC", _curve(gamma))])
+
+
+def _curve(gamma):
+  return b"curv" + b"\0" * 4 + struct.pack(">IH", 1, int(round(gamma * 256))) + b"\0\0"
+
+
+def _profile(colour_space, name, colour_tags):
   text = name.encode() + b"\0"
   desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78
-  curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, int(round(gamma * 256))) + b"\0\0"
-  tags = [(b"desc", desc), (b"wtpt", _xyz_tag(0.9642, 1.0, 0.8249)), (b"rXYZ", _xyz_tag(*red)),
-          (b"gXYZ", _xyz_tag(*green)), (b"bXYZ", _xyz_tag(*blue)), (b"rTRC", curve),
-          (b"gTRC", curve), (b"bTRC", curve), (b"cprt", b"text" + b"\0" * 4 + b"none\0\0\0\0")]
+  tags = [(b"desc", desc), (b"wtpt", _xyz_tag(0.9642, 1.0, 0.8249)), *colour_tags,
+          (b"cprt", b"text" + b"\0" * 4 + b"none\0\0\0\0")]
   offset = 128 + 4 + 12 * len(tags)
   table, data = b"", b""
   for sig, body in tags:
@@ -275,8 +289,8 @@ def _rgb_profile(red, green, blue, gamma=2.2, name="test RGB"):
     table += sig + struct.pack(">II", offset + len(data), len(body))
     data += body
   header = (struct.pack(">I", offset + len(data)) + b"\0" * 4 + bytes([2, 0x10, 0, 0])
-            + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0)
-            + _s15(0.8249) + b"\0" * 48)
+            + b"mntr" + colour_space + b"XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28
+            + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 48)
   return header + struct.pack(">I", len(tags)) + table + data
 
 
@@ -297,6 +311,20 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
   out = load_image(_encode(rgba, "PNG", icc_profile=swapped), OPTS).image
   np.testing.assert_array_equal(out[16, 16], [0, 255, 0])
   np.testing.assert_array_equal(out[1, 16], [255, 255, 255])
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_survives_a_colour_profile(mode):
+  """A PNG whose transparency is a colour key (tRNS), not an alpha channel, with a profile to
+  convert: its keyed pixels are the background, as without the profile, not the key's black."""
+  swapped = _rgb_profile(SRGB_GREEN, SRGB_RED, SRGB_BLUE)
+  img = Image.new(mode, (32, 32), 0)
+  img.paste(255 if mode == "L" else (255, 0, 0), (8, 8, 24, 24))
+  key = 0 if mode == "L" else (0, 0, 0)
+  profile = swapped if mode == "RGB" else _grey_profile()
+  out = load_image(_encode(img, "PNG", transparency=key, icc_profile=profile), OPTS).image
+  np.testing.assert_array_equal(out[1, 1], [255, 255, 255])
+  assert out[16, 16].max() > 200  # the square itself is not keyed out
 
 
 def test_a_linear_srgb_profile_is_not_taken_for_srgb():

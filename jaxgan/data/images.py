@@ -49,8 +49,8 @@ class LoadOptions:
 # Bump when load_image's output for the same file changes: decoded-image caches are keyed by it,
 # so a loader fix is never served the old pixels.
 # 4: a dark 16-bit PNG opened as mode I is 16-bit; 5: ICC profiles; 6: a thin image is shrunk
-# before its square is padded.
-LOADER_VERSION = 6
+# before its square is padded; 7: a colour key survives an ICC profile's transform.
+LOADER_VERSION = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +150,10 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     return img
   if img.mode in ("P", "PA"):
     img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+  elif img.mode in ("L", "RGB") and "transparency" in img.info:
+    # A colour key (PNG tRNS) lives in `info`, which the transform's output lacks: made alpha
+    # first, or the key's pixels would load in its colour (black, often) instead of white.
+    img = img.convert("LA" if img.mode == "L" else "RGBA")
   if img.mode not in _PROFILE_MODES:  # 16-bit grey, float, YCbCr, LAB: rare with a profile,
     return img  # and their own scaling (_to_rgb) must not be lost to an 8-bit conversion
   transform = _to_srgb_transform(icc, _PROFILE_MODES[img.mode])
