@@ -115,17 +115,13 @@ def prepare(args: argparse.Namespace) -> dict:
     values = [names] if any(names) else []
   attributes = None
   if values:
-    labels, class_names, kept_by, kept = arrays.encode_attributes(values, args.min_class_count,
-                                                                  args.rare_classes)
+    labels, class_names, paths, dropped = arrays.encode_kept(paths, values, columns,
+                                                             args.min_class_count,
+                                                             args.rare_classes)
     problem = one_class_left(values, class_names, columns, args.min_class_count)
     if problem:  # before any image is decoded
       raise arrays.DataError(problem)
-    for i in np.flatnonzero(~kept):
-      a = next(a for a, k in enumerate(kept_by) if not k[i])  # the first column that drops it
-      what = f"class {values[a][i]!r}" if len(values) == 1 else f"{columns[a]} {values[a][i]!r}"
-      skipped.append({"path": paths[i], "reason": f"{what} has fewer than {args.min_class_count} "
-                                                  "images (dropped)"})
-    paths = [p for p, k in zip(paths, kept) if k]
+    skipped += dropped
     if len(values) > 1:
       attributes = list(zip(columns, class_names))
     class_names = class_names[0]

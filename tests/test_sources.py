@@ -60,6 +60,37 @@ def test_folder_source(folder):
   assert (reds > 150).all() and (blues > 150).all()
 
 
+@pytest.mark.parametrize("rare,classes,labels", [
+    ("other", ["bags", "shirts", "other"], [0, 0, 1, 1, 2]),
+    ("drop", ["bags", "shirts"], [0, 0, 1, 1])])
+def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder, tmp_path,
+                                                                         caplog, rare, classes,
+                                                                         labels):
+  """data.min_class_count and data.rare_classes apply to class folders as `prepare` applies
+  them: the same class list and labels from the folder as from its prepared set."""
+  from jaxgan import prepare
+
+  os.remove(folder / "shoes" / "d.png")  # shoes: 1 image, under the count of 2
+  _img(str(folder / "bags" / "x.png"), (0, 200, 0))
+  _img(str(folder / "bags" / "y.png"), (0, 190, 0))
+  config = _config(**{"data.source": "folder", "data.path": str(folder),
+                      "data.num_classes": len(classes), "data.min_class_count": 2,
+                      "data.rare_classes": rare, "data.max_bad_fraction": 0.5})
+  config_lib.validate(config, 1)
+  with caplog.at_level(logging.WARNING):
+    source = build_source(config)
+  assert source.class_names == classes and source.labels.tolist() == labels
+  if rare == "drop":
+    assert "c.webp: class 'shoes' has fewer than 2 images (dropped)" in caplog.text
+  args = prepare.parse_args(["--images", str(folder), "--out", str(tmp_path / "p"),
+                                       "--image-size", "16", "--min-class-count", "2",
+                                       "--rare-classes", rare])
+  assert prepare.prepare(args)["class_names"] == classes
+  with pytest.raises(config_lib.ConfigError, match="data.rare_classes: must be 'other' or "):
+    config_lib.validate(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.rare_classes": "keep"}), 1)
+
+
 def test_folder_too_many_bad_files_stops_with_the_list(folder):
   config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2})
   with pytest.raises(DataError, match=r"1 of 5 images .* data.max_bad_fraction=0.01 \(first: "

@@ -321,6 +321,35 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
                     f"asks for classes {list(want)}; set {fix}")
 
 
+def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: Sequence[str],
+                min_count: int, rare: str
+                ) -> tuple[np.ndarray, list[list[str]], list[str], list[dict]]:
+  """`encode_attributes` of the rows of `paths` (their label `values` per column): (labels,
+  class names per attribute, the paths kept, a skipped entry for each row a class rarer than
+  `min_count` dropped, naming the first column that dropped it)."""
+  labels, class_names, kept_by, kept = encode_attributes(values, min_count, rare)
+  dropped = []
+  for i in np.flatnonzero(~kept):
+    a = next(a for a, k in enumerate(kept_by) if not k[i])
+    what = (f"class {values[a][i]!r}" if len(values) == 1 or not columns
+            else f"{columns[a]} {values[a][i]!r}")
+    dropped.append({"path": paths[i], "reason": f"{what} has fewer than {min_count} images "
+                                                "(dropped)"})
+  return labels, class_names, [p for p, k in zip(paths, kept) if k], dropped
+
+
+def check_rare_class_keys(config) -> None:
+  """Raises ConfigError for data.rare_classes or data.min_class_count out of range."""
+  from jaxgan.config import ConfigError  # pylint: disable=g-import-not-at-top
+
+  d = config.data
+  if d.rare_classes not in ("other", "drop"):
+    raise ConfigError(f"config key data.rare_classes: must be 'other' or 'drop', got "
+                      f"{d.rare_classes!r}")
+  if d.min_class_count < 1:
+    raise ConfigError(f"config key data.min_class_count: must be >= 1, got {d.min_class_count}")
+
+
 def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
                    where: str, missing: Sequence[dict] = (),
                    attribute_names: Optional[Attributes] = None) -> ArraySource:

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_labels
+from jaxgan.data.arrays import (ArraySource, DataError, check_rare_class_keys, decoded_source,
+                                encode_kept)
 from jaxgan.data.images import find_images
 
 
@@ -43,13 +44,16 @@ class FolderSource(ArraySource):
 
     if not config.data.path:
       raise ConfigError("config key data.path: the folder source needs the image directory")
+    check_rare_class_keys(config)
 
   @classmethod
   def from_config(cls, config) -> ArraySource:
-    root = config.data.path
-    paths, folders, outside = scan_folder(root)
-    if any(folders):
-      labels, class_names, _ = encode_labels(folders)
+    d = config.data
+    paths, folders, outside = scan_folder(d.path)
+    if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
+      labels, (class_names,), paths, dropped = encode_kept(paths, [folders], [], d.min_class_count,
+                                                           d.rare_classes)
+      outside += dropped
     else:
       labels, class_names = np.zeros(len(paths), np.int32), []
-    return decoded_source(config, paths, labels, class_names, root, missing=outside)
+    return decoded_source(config, paths, labels, class_names, d.path, missing=outside)

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxgan.data.arrays import ArraySource, DataError, decoded_source, encode_attributes
+from jaxgan.data.arrays import (ArraySource, DataError, check_rare_class_keys, decoded_source,
+                                encode_kept)
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,7 @@ class ManifestSource(ArraySource):
     if not d.path:
       raise ConfigError("config key data.path: the manifest source needs a .csv, .jsonl or "
                         ".json file")
-    if d.rare_classes not in ("other", "drop"):
-      raise ConfigError(f"config key data.rare_classes: must be 'other' or 'drop', got {d.rare_classes!r}")
-    if d.min_class_count < 1:
-      raise ConfigError(f"config key data.min_class_count: must be >= 1, got {d.min_class_count}")
+    check_rare_class_keys(config)
     from jaxgan.config import attribute_classes, split_columns
 
     extra = split_columns(d.label_columns)
@@ -192,8 +190,9 @@ class ManifestSource(ArraySource):
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
                                                    d.image_dir, d.image_pattern, columns)
     if columns:
-      labels, names, _, kept = encode_attributes(values, d.min_class_count, d.rare_classes)
-      paths = [p for p, k in zip(paths, kept) if k]
+      labels, names, paths, dropped = encode_kept(paths, values, columns, d.min_class_count,
+                                                  d.rare_classes)
+      missing = list(missing) + dropped
       attributes = list(zip(columns, names))
     else:
       labels, attributes = np.zeros(len(paths), np.int32), []
