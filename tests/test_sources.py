@@ -380,6 +380,54 @@ def test_tfds_examples_skipped_leave_every_other_image_with_its_own_label():
   np.testing.assert_array_equal(source.labels, (grey // 20) % 10)
 
 
+def test_tfds_encoded_images_are_decoded_by_the_one_loader():
+  """An Image feature's encoded bytes go through the image loader as files do: transparency is
+  composited onto white (TensorFlow's decoder would drop alpha: black under it)."""
+  import io
+
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  def png(i):
+    img = Image.new("RGBA", (28, 28), (0, 0, 0, 0))  # transparent black
+    img.paste((200, 0, 0, 255), (14, 0, 28, 28))  # the right half opaque red
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+  def as_dataset(self, *args, decoders=None, **kwargs):
+    assert isinstance(decoders["image"], tfds.decode.SkipDecoding)
+    return tf.data.Dataset.from_generator(
+        lambda: ({"image": png(i), "label": i % 10} for i in range(3)),
+        output_signature={"image": tf.TensorSpec((), tf.string),
+                          "label": tf.TensorSpec((), tf.int64)})
+
+  config = _config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
+                      "data.num_classes": 10, "data.max_bad_fraction": 0.0})
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    source = build_source(config)
+  assert source.num_examples == 3 and source.images.shape == (3, 16, 16, 3)
+  np.testing.assert_array_equal(source.images[:, 8, 2], [[255, 255, 255]] * 3)
+  assert (source.images[:, 8, 13, 0] > 180).all() and (source.images[:, 8, 13, 1:] < 30).all()
+
+
+def test_tfds_images_fill_one_array_of_the_splits_size():
+  """The split's size known: kept images are written into one array (not a list then stacked,
+  twice the data set's memory), trimmed to those kept, extended if the info said too few."""
+  from jaxgan.data.tfds_source import _Images
+
+  def image(v):
+    return np.full((4, 4, 3), v, np.uint8)
+
+  for capacity, kept in [(3, 2), (3, 3), (2, 4), (None, 2)]:
+    images = _Images(capacity, 4)
+    for v in range(kept):
+      images.append(image(v))
+    out = images.array()
+    assert len(images) == kept and out.shape == (kept, 4, 4, 3)
+    np.testing.assert_array_equal(out[:, 0, 0, 0], np.arange(kept))
+
+
 def _array_source(n=10, seed=0):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
   return ArraySource(images, np.arange(n) % 3, ["a", "b", "c"], seed)

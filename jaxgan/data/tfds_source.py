@@ -1,8 +1,9 @@
-"""`data.source = 'tfds'`: a TensorFlow Datasets data set, converted by the one image loader."""
+"""`data.source = 'tfds'`: a TensorFlow Datasets data set, decoded by the one image loader."""
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -11,7 +12,7 @@ from tqdm import tqdm
 from jaxgan import tf_host
 from jaxgan.data.arrays import (ArraySource, DataError, check_bad_fraction, load_options,
                                  require_num_classes)
-from jaxgan.data.images import convert, size_problem
+from jaxgan.data.images import convert, load_image, size_problem
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,20 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
               max_bad_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[str], int]:
   """(images uint8 [N, S, S, 3], labels, class names, skipped examples). Downloads and prepares
   the data set on first use, as TFDS does (tests run it under tfds.testing.mock_data, offline).
-  Examples the image loader cannot take are skipped and counted, up to `max_bad_fraction`."""
+  Encoded images (an Image feature) are decoded by the one image loader, as files are (EXIF
+  orientation, colour profiles, transparency onto white), not by TensorFlow; raw arrays (a
+  Tensor feature) are converted by it. Examples it cannot take are skipped and counted, up to
+  `max_bad_fraction`."""
   tf_host.import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   try:
+    features = tfds.builder(name, data_dir=data_dir or None).info.features
+    encoded = isinstance(features[image_key], tfds.features.Image) if (
+        image_key in features) else False
     ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
-                         shuffle_files=False)
+                         shuffle_files=False,
+                         decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
   except Exception as e:  # unknown name, no network, bad split: one clear line
     raise DataError(f"data.tfds_name {name!r} (split {split!r}) could not be loaded: "
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
@@ -40,30 +48,78 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
       raise DataError(f"data.tfds_label_key {label_key!r} is not a feature of {name} "
                       f"(features: {', '.join(features.keys())})")
     class_names = list(getattr(features[label_key], "names", []) or [])
-  images, labels, skipped = [], [], []
+  images = _Images(_split_size(info, split) if options.image_size else None, options.image_size)
+  labels, skipped = [], []
   for i, example in enumerate(tqdm(tfds.as_numpy(ds), desc=f"load {name}", unit="img",
                                    dynamic_ncols=True)):
-    array = example[image_key]
-    reason = size_problem(array.shape[1], array.shape[0], options)
-    if not reason:
-      try:  # as the file loader does: an image PIL cannot take is skipped and counted
-        img = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-        images.append(convert(img, options))
-      except (TypeError, ValueError, OSError) as e:
-        reason = f"unusable: {type(e).__name__}: {e}"
+    image, reason = _load_example(example[image_key], options)
     if reason:
       skipped.append({"path": f"{name}/{split}[{i}]", "reason": reason})
     else:
+      images.append(image)
       labels.append(int(example[label_key]) if label_key else 0)
-  if not images and not skipped:
+  if not len(images) and not skipped:
     raise DataError(f"{name} split {split!r} has no examples")
   check_bad_fraction(skipped, len(images) + len(skipped), max_bad_fraction, f"tfds {name}")
-  if not images:
+  if not len(images):
     raise DataError(f"{name} split {split!r} has no usable image (first: {skipped[0]['path']}: "
                     f"{skipped[0]['reason']})")
   if label_key and not class_names:
     class_names = [str(i) for i in range(max(labels) + 1)]
-  return np.stack(images), np.asarray(labels, np.int32), class_names, len(skipped)
+  return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
+
+
+def _load_example(value, options) -> tuple[Optional[np.ndarray], str]:
+  """(image, '') or (None, why it was skipped) of an example's encoded bytes or pixel array."""
+  if isinstance(value, bytes):
+    loaded = load_image(value, options)
+    return loaded.image, loaded.reason
+  array = np.asarray(value)
+  reason = size_problem(array.shape[1], array.shape[0], options)
+  if reason:
+    return None, reason
+  try:  # as the file loader does: an image PIL cannot take is skipped and counted
+    img = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+    return convert(img, options), ""
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (this example's, not the run's)
+    return None, f"unusable: {type(e).__name__}: {e}"
+
+
+def _split_size(info, split: str) -> Optional[int]:
+  """How many examples `split` (e.g. 'train[:10%]') holds, when the data set's info says."""
+  try:
+    return int(info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except  (not generated yet, mocked, an odd split)
+    return None
+
+
+class _Images:
+  """The kept images, written into one array of the split's size when it is known (the data set
+  is held once, not also as a list of images to stack)."""
+
+  def __init__(self, capacity: Optional[int], size: int):
+    self._array = np.empty((capacity, size, size, 3), np.uint8) if capacity else None
+    self._list: list[np.ndarray] = []
+    self._count = 0
+
+  def append(self, image: np.ndarray) -> None:
+    if self._array is not None and self._count < len(self._array):
+      self._array[self._count] = image
+    else:
+      self._list.append(image)
+    self._count += 1
+
+  def __len__(self) -> int:
+    return self._count
+
+  def array(self) -> np.ndarray:
+    if self._array is None:
+      return np.stack(self._list)
+    if self._list:  # more examples than the info said
+      return np.concatenate([self._array, np.stack(self._list)])
+    return self._array[:self._count]
 
 
 class TfdsSource(ArraySource):
