@@ -87,13 +87,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     config_lib.validate_schedule(config)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
     source = data_lib.build_source(config)
-    return run, source, data_lib.fingerprint(source)
+    return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 
   # Joined first (alone, a failing process would leave the others in jax.distributed's
   # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
   # its host, files it cannot read) would leave the others waiting in the first collective.
   try:
-    run, source, data_fingerprint = multihost.agreed(start, "starting the run")
+    run, source, data_fingerprint, order = multihost.agreed(start, "starting the run")
   except BaseException as e:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
     # process is not between creating the folder and probing it.
@@ -116,7 +116,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   is_main = jax.process_index() == 0
   cfg = config.train
   if jax.process_count() > 1:
-    data_lib.check_same_on_every_process(source, data_fingerprint)
+    data_lib.check_same_on_every_process(source, data_fingerprint, order)
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
@@ -166,6 +166,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       log.warning("the data changed since checkpoint step %d (fingerprint %08x, now %08x): "
                   "training continues on the new data, in a new order", start_step,
                   meta["data_fingerprint"], data_fingerprint)
+    elif meta.get("order_fingerprint", order) != order:
+      # The same data, ordered otherwise: a TensorFlow whose index shuffle draws differently.
+      log.warning("the data order changed since checkpoint step %d (order %08x, now %08x; "
+                  "another TensorFlow version?): training continues, but not on the batches an "
+                  "uninterrupted run would have seen", start_step, meta["order_fingerprint"],
+                  order)
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
@@ -209,6 +215,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
             "attributes": [[name, list(names)] for name, names in data_lib.attribute_names(source)],
             "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
+            "order_fingerprint": order,
             **({"label_counts": label_counts} if label_counts else {})}
 
   def save_samples(step: int) -> None:

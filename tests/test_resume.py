@@ -753,9 +753,12 @@ def test_checkpoint_fallback_is_agreed_by_every_process(tmp_path):
   assert os.listdir(directory + ".corrupt")  # step 2 moved aside (by process 0), not deleted
 
 
-def test_resuming_on_changed_data_is_warned(tmp_path, caplog):
-  """The stream is a function of the data: a resume on a grown data set trains on, but says that
-  it no longer sees what an uninterrupted run would have."""
+def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypatch):
+  """The stream is a function of the data and of its order (TensorFlow's index shuffle): a
+  resume on a grown data set, or on the same data ordered otherwise, trains on, but says that it
+  no longer sees what an uninterrupted run would have."""
+  from jaxgan import data as data_lib
+
   from PIL import Image
 
   root = tmp_path / "photos"
@@ -768,13 +771,21 @@ def test_resuming_on_changed_data_is_warned(tmp_path, caplog):
   trainer.train_and_evaluate(tiny_config(**overrides), workdir)
   with caplog.at_level(logging.WARNING):
     trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 4}), workdir)
-  assert "data changed" not in caplog.text  # the same data: resumed silently
+  assert "changed" not in caplog.text  # the same data in the same order: resumed silently
+  order = data_lib.order_fingerprint
+  monkeypatch.setattr(data_lib, "order_fingerprint", lambda source: order(source) ^ 1)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 6}), workdir)
+  assert "the data order changed since checkpoint step 4 (order" in caplog.text
+  monkeypatch.undo()
   Image.new("RGB", (20, 20), (0, 200, 0)).save(root / "b" / "new.png")
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 6}), workdir)
-  assert int(state.step) == 6
-  assert "the data changed since checkpoint step 4 (fingerprint" in caplog.text
+    state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 8}), workdir)
+  assert int(state.step) == 8
+  assert "the data changed since checkpoint step 6 (fingerprint" in caplog.text
+  assert "order changed" not in caplog.text  # said once: new data, a new order
 
 
 def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_path, caplog,

@@ -89,7 +89,7 @@ def _digest31(digest) -> int:
 def order_fingerprint(source) -> int:
   """A 31-bit digest of the order `source` serves its examples in: the example indices of up to
   64 stream positions in each of its first two epochs (0 for a source without an index order).
-  Not part of `fingerprint`, which checkpoints record: that one is the data's alone."""
+  Not part of `fingerprint`: that one is the data's alone. Checkpoints record both."""
   indices, n = getattr(source, "indices", None), getattr(source, "num_examples", 0)
   if indices is None or not n:
     return 0
@@ -101,9 +101,11 @@ def order_fingerprint(source) -> int:
   return _digest31(hashlib.sha256(order.astype(np.int64).tobytes()))
 
 
-def check_same_on_every_process(source, mine: int | None = None) -> None:
+def check_same_on_every_process(source, mine: int | None = None, order: int | None = None
+                                ) -> None:
   """Raises DataError on every process when some process built other data than process 0 did,
-  or orders it otherwise (`mine`: this process's `fingerprint`, computed when None).
+  or orders it otherwise (`mine` and `order`: this process's `fingerprint` and
+  `order_fingerprint`, computed when None).
 
   Each process reads the data itself and takes its share of each batch by position, so a file
   that failed to read on one host only, or a data.path that differs between hosts, would shift
@@ -113,7 +115,7 @@ def check_same_on_every_process(source, mine: int | None = None) -> None:
   from jaxgan import multihost  # pylint: disable=g-import-not-at-top
 
   mine = fingerprint(source) if mine is None else mine
-  order = order_fingerprint(source)
+  order = order_fingerprint(source) if order is None else order
   if not multihost.all_processes(mine == multihost.from_process_0(mine)):
     raise DataError(
         "the processes read different data (this one: "
