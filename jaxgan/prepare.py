@@ -147,7 +147,7 @@ def prepare(args: argparse.Namespace) -> dict:
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
-             "loader_version": LOADER_VERSION},
+             "loader_version": LOADER_VERSION, "bad_files": len(bad)},
       attributes=attributes)
 
 

@@ -495,6 +495,7 @@ def test_prepare_is_reproducible_and_readable(folder, tmp_path):
                                    "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
   np.testing.assert_array_equal(prepared.images, direct.images)
   np.testing.assert_array_equal(prepared.labels, direct.labels)
+  assert prepared.bad_files == direct.bad_files == 1  # broken.jpg; loose.png is not an image
   with pytest.raises(config_lib.ConfigError, match="data.image_size: .* was prepared at 16, got 32"):
     config_lib.validate(_config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
                                    "data.num_classes": 2, "data.image_size": 32}), 1)

@@ -1,7 +1,8 @@
 """Prepared data sets: what `python -m jaxgan.prepare` writes and `data.source = 'prepared'` reads.
 
 Layout of OUT/:
-  dataset_info.json          num_examples, image_size, class_names, class_counts, skipped, shards;
+  dataset_info.json          num_examples, image_size, class_names, class_counts, skipped,
+                             bad_files (of skipped, those that failed to decode), shards;
                              with several label columns also attributes: [{column, class_names,
                              class_counts}, ...] (class_names/class_counts describe the first)
   train-00000-of-0000N.tfrecord ...   tf.train.Examples: 'image' (raw uint8 bytes, S*S*3),
@@ -347,5 +348,8 @@ class PreparedSource(ArraySource):
                   "loader has been fixed for since (jaxgan/data/images.py) keep their old pixels "
                   "there; prepare it again to pick the fixes up", d.path,
                   "(not recorded)" if recorded is None else recorded, LOADER_VERSION)
+    # The files that failed to decode when the set was prepared, as the folder and manifest
+    # sources count theirs (data_bad_files; not recorded by sets prepared before 2026-12-03).
     return ArraySource.for_config(config, images, labels, info["class_names"],
+                                  bad_files=int(info.get("bad_files", 0)),
                                   attribute_names=attribute_names(info), where=d.path)
