@@ -280,7 +280,7 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   assert "train.batch_size and train.n_critic" in both
   # The EMA ramp-up counts G's images (step x batch_size): n_critic alone leaves it right.
   critic = describe_consequences(config_differences(old, make_config(**{"train.n_critic": 2}))[0])
-  assert "images_seen" in critic and "EMA" not in critic
+  assert "images_seen" in critic and "EMA" not in critic and "LeCam's debiasing" in critic
   assert describe_consequences(blocking) == ""
   # A tolerance, not the math: the DataError for too many bad files says to raise it on resume.
   assert config_differences(old, make_config(**{"data.max_bad_fraction": 0.05}))[0] == []

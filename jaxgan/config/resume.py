@@ -62,11 +62,12 @@ def describe_differences(differences: list[Difference]) -> str:
 
 # What an accepted change of these keys (--allow_config_change) leaves wrong: a run's position
 # is its step, so what is counted from the step is counted with the new value from here. The
-# EMA ramp-up counts G's images (step x batch_size), so n_critic leaves it right.
+# EMA ramp-up counts G's images (step x batch_size), so n_critic leaves it right; LeCam's EMA
+# debiasing counts D's updates (step x n_critic, `steps.applied_d_updates`).
 _DATA_POSITION = "the data position (the stream skips or repeats examples)"
 _COUNTED_FROM_STEP = types.MappingProxyType({
     "train.batch_size": (_DATA_POSITION, "images_seen", "the EMA ramp-up"),
-    "train.n_critic": (_DATA_POSITION, "images_seen"),
+    "train.n_critic": (_DATA_POSITION, "images_seen", "LeCam's debiasing (when on)"),
 })
 
 
