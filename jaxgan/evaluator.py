@@ -28,6 +28,11 @@ from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 log = logging.getLogger(__name__)
 
 
+class EvaluationStopped(Exception):
+  """An evaluation cut short between chunks by a stop request (SIGTERM, a preemption notice):
+  minutes of Inception are not worth a grace period, and the rerun evaluates the step."""
+
+
 def real_chunks(source, num: int, mirror: bool = False, chunk: int = 256
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images uint8, labels int32) of the first `num` images of `source` in its training order, a
@@ -83,12 +88,18 @@ def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.n
   lo, hi = min(jax.process_index() * per, total), min((jax.process_index() + 1) * per, total)
 
   def mine() -> Iterator[np.ndarray]:
-    at = 0
-    for images in chunks:  # at least one chunk (maybe empty): it names the shape
-      yield images[max(lo - at, 0):max(hi - at, 0)]
+    at, empty = 0, None
+    for images in chunks:
+      part = images[max(lo - at, 0):max(hi - at, 0)]
+      if len(part):
+        yield part
+      elif at == 0:
+        empty = part  # yielded if this process has no rows: it names the shape
       at += len(images)
-      if at >= hi:
-        return
+      if at >= hi or lo == hi:
+        break
+    if empty is not None and lo == hi:
+      yield empty
 
   features = multihost.agreed(lambda: extract(mine(), hi - lo), "feature extraction")
   return multihost.gather_rows(np.arange(lo, hi), features, total)
@@ -100,14 +111,17 @@ class Evaluator:
   def __init__(self, config, generator, source, sampler: Optional[Callable] = None,
                batch_sharding: Optional[NamedSharding] = None,
                extractor: Optional[FeatureExtractor] = None,
-               statistics: Optional[Callable[[Any, Any], Any]] = None):
+               statistics: Optional[Callable[[Any, Any], Any]] = None,
+               should_stop: Callable[[], bool] = lambda: False):
     """`batch_sharding` splits the fakes' rows over a mesh (the run's in training, the local
     devices' for `evaluate`), which also holds the EMA weights given to `evaluate`: each device
     samples its share and each process extracts the features of its devices' images. Without
     it the fakes are sampled on one device. `statistics`: the EMA generator's BatchNorm
     statistics (`sampling.make_ema_statistics`), given by the trainer to share its grids'
-    computation; built from `config` without it."""
+    computation; built from `config` without it. `should_stop` (this process's stop request,
+    from the trainer) is asked before each chunk of images: True raises EvaluationStopped."""
     self.config = config
+    self.should_stop = should_stop
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
     self.batch_sharding = batch_sharding
@@ -180,8 +194,16 @@ class Evaluator:
         save()
 
   def _real_chunks(self, num: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    # Flipping runs' reals hash their mirrored pixels: their own cache entry.
-    return real_chunks(self.source, num, mirror=self.config.data.random_flip)
+    # Flipping runs' reals hash their mirrored pixels: their own cache entry. Chunks of an
+    # Inception batch: a stop request waits for one batch at most.
+    for chunk in real_chunks(self.source, num, mirror=self.config.data.random_flip,
+                             chunk=self.extractor.global_batch):
+      self._stop_if_asked()
+      yield chunk
+
+  def _stop_if_asked(self) -> None:
+    if self.should_stop():
+      raise EvaluationStopped("the evaluation was cut short by a stop request")
 
   def _local_reference(self, num: int) -> tuple:
     """This process's reals' labels, their cache identity and path, and the cached features or
@@ -221,9 +243,11 @@ class Evaluator:
     rows: list[np.ndarray] = []
 
     def images() -> Iterator[np.ndarray]:
+      self._stop_if_asked()
       for chunk_rows, chunk_images in chunks:
         rows.append(chunk_rows)
         yield chunk_images
+        self._stop_if_asked()  # before the next chunk is sampled
 
     def extract() -> np.ndarray:
       try:
@@ -336,12 +360,19 @@ class PeriodicEval:
     except Exception as e:  # pylint: disable=broad-except
       # An evaluation (Inception out of memory, a damaged reference file) is not worth the run:
       # logged, marked in the metrics, retried at the next eval_every.
-      log.error("step %d: evaluation failed (%s: %s); training goes on", step, type(e).__name__,
-                str(e).splitlines()[0][:300] if str(e) else "")
+      if not isinstance(e, EvaluationStopped):
+        log.error("step %d: evaluation failed (%s: %s); training goes on", step,
+                  type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
       results, failed = {}, 1
     # The best-FID save below is collective: if any process failed, none saves.
     if multihost.any_process(failed):
-      self.writer.write_scalars(step, {"eval/failed": 1})
+      # Cut short by a stop request (on any process): no row, so that the rerun, which resumes
+      # at this step's checkpoint, evaluates it.
+      if multihost.any_process(self.evaluator.should_stop()):
+        log.warning("step %d: evaluation cut short by a stop request; the rerun evaluates this "
+                    "step", step)
+      else:
+        self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
     fid = results.get("fid")
     # Saving is collective: every process must take the same decision, so all use process 0's

@@ -67,8 +67,8 @@ class StopRequest:
       # of decoding). os.write, not print or logging: the handler may interrupt their writes.
       again = " (Ctrl-C to quit at once)" if signal.SIGINT in self._previous else ""
       try:
-        os.write(2, f"{signal.Signals(signum).name} received: stopping after this step or "
-                    f"start-up stage{again}\n".encode())
+        os.write(2, f"{signal.Signals(signum).name} received: stopping after this step, "
+                    f"start-up stage or evaluation batch{again}\n".encode())
       except OSError:  # no stderr (a daemon) or a full pipe: the stop itself must not fail
         pass
     # From now on Ctrl-C quits at once: the user will not wait for the graceful stop (a hung

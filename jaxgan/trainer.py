@@ -238,7 +238,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     try:
       evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
           config, run.generator, source, batch_sharding=sharding.batch_sharding(run.mesh),
-          statistics=ema_statistics), "loading the Inception weights")
+          statistics=ema_statistics, should_stop=lambda: stop.signal is not None),
+          "loading the Inception weights")
     except inception_weights.WeightsError as e:  # a damaged file: found before the first step
       raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
     evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
@@ -337,8 +338,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       if sample_due:
         save_samples(step)
       # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
+      evaluated = False
       if eval_due and stopping is None:
-        evaluate(step, state)
+        # Cut short by a stop request that comes meanwhile ({} then, and no row), which is taken
+        # here, after the checkpoint written before the evaluation (collective: eval_due is
+        # alike on every process).
+        evaluated = bool(evaluate(step, state))
+        stopping = stop.check(step // k, exchange=True)
+        last = last or stopping is not None
       if paused is not None:
         interval_start += time.perf_counter() - paused
       if step % cfg.log_every == 0 or last:
@@ -355,7 +362,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
           msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
                  f"written (error above); a rerun resumes from "
                  f"{run_health.resume_point(checkpointer)}")
-        if step == cfg.num_steps and (eval_due or not written):
+        if step == cfg.num_steps and ((eval_due and not evaluated) or not written):
           # The last step, not the end (its evaluation or checkpoint left): a caller judging by
           # the step would take the run for finished (train's exit status 0, never rerun).
           raise stopping_lib.Stopped(msg + (" (its evaluation was skipped: the rerun runs it)"

@@ -119,7 +119,7 @@ def test_the_reals_reach_inception_in_chunks_not_as_one_set(tmp_path):
   ev = evaluator.Evaluator(tiny_config(**{"eval.cache_dir": str(tmp_path)}), None, source,
                            sampler=None, extractor=extractor)
   features, labels = ev.reference(600)
-  assert extractor.largest == 256 and source.passes == 2
+  assert extractor.largest == extractor.global_batch and source.passes == 2  # chunks of a batch
   np.testing.assert_array_equal(features, Extractor()(Large.images))
   np.testing.assert_array_equal(labels, np.arange(600) % 3)
 
@@ -301,6 +301,51 @@ class FixedFid:
 
   def evaluate(self, *args, **kwargs):
     return {"fid": self.fids.pop(0)}
+
+  def should_stop(self):
+    return False
+
+
+def test_a_stop_request_cuts_an_evaluation_short_between_chunks(tmp_path):
+  """SIGTERM during an evaluation (minutes of Inception): the fakes stop before their next chunk
+  is sampled and the reals before their next chunk is read, and PeriodicEval writes no row, so
+  that the rerun (resuming at the checkpoint written before the evaluation) evaluates the step."""
+  asked = []
+
+  def sampler(params, stats, z, labels):
+    return jnp.zeros((len(z), 4, 4, 3), jnp.uint8)
+
+  config = tiny_config(**{"eval.batch_size": 4, "eval.cache_dir": str(tmp_path / "cache"),
+                          "train.eval_every": 2, "train.eval_num_samples": 12})
+  extractor = Extractor()
+
+  class Lazy(Extractor):
+    def stream(self, chunks, total=None, desc=""):
+      return np.concatenate([extractor(chunk) for chunk in chunks])
+
+  stop_after = [99]
+
+  def should_stop():
+    asked.append(1)
+    return len(asked) > stop_after[0]
+
+  ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=Lazy(),
+                           statistics=lambda params, stats: stats, should_stop=should_stop)
+  stop_after[0] = 2  # two checks pass: before the first chunk and after it
+  with pytest.raises(evaluator.EvaluationStopped):
+    ev.fake_features(None, None, 12, np.zeros(6, np.int32), seed=0)
+  assert len(asked) == 3  # stopped before the second of three chunks
+  asked.clear()
+  stop_after[0] = 0
+  with pytest.raises(evaluator.EvaluationStopped):
+    ev.reference(6)
+
+  writer = Writer()
+  periodic = evaluator.PeriodicEval(config, str(tmp_path / "w"), ev, writer, lambda s: {}, 0)
+  assert periodic(2, _state(1.0)) == {} and writer.rows == []  # no eval/failed row
+  stop_after[0] = 10**9  # no stop: a failure is a row (here: no sampler for the fakes)
+  ev.sampler = None
+  assert periodic(2, _state(1.0)) == {} and writer.rows == [(2, {"eval/failed": 1})]
 
 
 def _state(value):

@@ -617,6 +617,9 @@ def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
     def evaluate(self, *args, **kwargs):
       raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while extracting features")
 
+    def should_stop(self):
+      return False
+
   rows = []
   writer = SimpleNamespace(write_scalars=lambda step, values: rows.append((step, dict(values))))
   periodic = evaluator_lib.PeriodicEval(tiny_config(), str(tmp_path), OutOfMemory(), writer,
@@ -802,3 +805,41 @@ def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_
   with caplog.at_level(logging.WARNING):
     assert not trainer._has_eval_row(str(tmp_path), 4)
   assert "could not read" in caplog.text and "evaluating step 4 again" in caplog.text
+
+
+def test_a_stop_during_an_evaluation_stops_there_and_the_rerun_evaluates_the_step(tmp_path,
+                                                                                  monkeypatch):
+  """SIGTERM while step 2 is evaluated (minutes of Inception on a real run): the evaluation is
+  cut short, the run stops at step 2 (its checkpoint was written before the evaluation) without
+  an eval row, and the rerun evaluates step 2 before training on."""
+  from jaxgan import evaluator as evaluator_lib
+  from jaxgan.metrics import inception_weights
+
+  calls = []
+
+  class StandIn:  # the evaluator's stop contract, without Inception
+    def __init__(self, config, generator, source, should_stop, **kwargs):
+      self.should_stop = should_stop
+      self.extractor = type("Extractor", (), {"weights_id": "stand-in"})()
+
+    def evaluate(self, ema_params, g_batch_stats, num, **kwargs):
+      if not calls:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-evaluation
+        calls.append("cut short")
+        if self.should_stop():  # as the real one asks before each chunk
+          raise evaluator_lib.EvaluationStopped("cut short")
+      calls.append("evaluated")
+      return {"fid": 1.0, "num_samples": num}
+
+  monkeypatch.setattr(inception_weights, "find_weights", lambda path="": "stand-in")
+  monkeypatch.setattr(evaluator_lib, "Evaluator", StandIn)
+  config = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2,
+                          "train.checkpoint_every": 4, "train.tensorboard": False})
+  workdir = str(tmp_path / "w")
+  state = trainer.train_and_evaluate(config, workdir)
+  assert int(state.step) == 2 and calls == ["cut short"]
+  assert not any("eval/num_samples" in r or "eval/failed" in r
+                 for r in writers.read_metrics(workdir))
+  state = trainer.train_and_evaluate(config, workdir)
+  assert int(state.step) == 4 and calls == ["cut short", "evaluated", "evaluated"]
+  assert [r["step"] for r in writers.read_metrics(workdir) if "eval/num_samples" in r] == [2, 4]
