@@ -24,6 +24,13 @@ from tests.conftest import REPO, run_module
     ("data.source", "s3", "data.source: unknown data source 's3'"),
     ("train.dtype", "float16", "train.dtype: must be one of"),
     ("optim.g_lr", 0.0, "optim.g_lr: must be > 0"),
+    ("optim.d_lr", float("inf"), "optim.d_lr: must be > 0 and finite, got inf"),
+    ("data.max_bad_fraction", 5, "data.max_bad_fraction: must be a fraction in [0, 1], got 5"),
+    ("data.workers", -3, "data.workers: must be an integer >= 0 (0 = every core), got -3"),
+    # Read only with an explicit host:port: without it, each process would train alone.
+    ("distributed.num_processes", 4, "distributed.num_processes: got 4, but it is read only "
+     "with distributed.coordinator_address=host:port"),
+    ("distributed.process_id", 2, "distributed.process_id: got 2, but it is read only"),
     ("optim.b1", 1.0, "optim.b1"),
     ("loss.name", "wgan_gp", "model.d_norm: loss 'wgan_gp' penalises per-sample gradients"),
     ("mesh.data", 3, "mesh.data"),
@@ -62,6 +69,9 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"data.path": "data/catalog64"}, "data.path: data.source is 'synthetic', which reads no "
      "files; set --config.data.source (prepared, folder, manifest or tfds) or drop data.path"),
     ({"data.label_column": "articleType"}, "data.label_column: data.source is 'synthetic'"),
+    ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
+     "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
+     "detects it; leave it at 1"),
 ])
 def test_invalid_combinations_name_the_key(make_config, overrides, message):
   with pytest.raises(config_lib.ConfigError) as info:

@@ -7,6 +7,7 @@ metrics) are asked about their own keys, so a new entry brings its checks with i
 
 from __future__ import annotations
 
+import math
 import ml_collections
 
 from jaxgan.config.schema import (DTYPES, ConfigError, check_complete, check_known_keys, get,
@@ -147,7 +148,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              "--config.model.d_norm=layer (or none)")
 
   for key in ("optim.g_lr", "optim.d_lr"):
-    _require(get(config, key) > 0, key, f"must be > 0, got {get(config, key)}")
+    _require(0 < get(config, key) < math.inf, key, f"must be > 0 and finite, got "
+             f"{get(config, key)}")
   for key in ("optim.b1", "optim.b2"):
     _require(0 <= get(config, key) < 1, key, f"must be in [0, 1), got {get(config, key)}")
   _require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
@@ -169,6 +171,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              f"must be >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
              f"{config.train.eval_num_samples}")
   _positive_int(config, "eval.batch_size")
+  _require(0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction",
+           f"must be a fraction in [0, 1], got {config.data.max_bad_fraction}")
+  _require(isinstance(config.data.workers, int) and config.data.workers >= 0, "data.workers",
+           f"must be an integer >= 0 (0 = every core), got {config.data.workers!r}")
   _require(isinstance(config.eval.standing_stats_batches, int)
            and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
            "must be an integer >= 0 (0 = the raw G's running statistics), got "
@@ -213,3 +219,13 @@ def validate_distributed(config: ml_collections.ConfigDict) -> None:
              "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
     _require(isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
              "distributed.process_id", f"must be in 0..{d.num_processes - 1}, got {d.process_id}")
+    return
+  # Read only with an explicit host:port: set without one, each launched process would train
+  # alone, all of them in the same workdir.
+  for key, default in (("num_processes", 1), ("process_id", 0)):
+    if d.coordinator_address:  # 'auto'
+      why = "with distributed.coordinator_address='auto' JAX detects it; leave it"
+    else:
+      why = ("it is read only with distributed.coordinator_address=host:port (each process "
+             "would train alone, all in the same workdir); set that, or leave it")
+    _require(d[key] == default, f"distributed.{key}", f"got {d[key]}, but {why} at {default}")
