@@ -277,6 +277,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
       if multihost.from_process_0(is_main and not _has_eval_row(workdir, start_step)):
         evaluate(start_step, state)
+        # A stop that cut it short stops the run here: training on would checkpoint a later
+        # step, and this one would never be evaluated.
+        stop.check_before_training(f"evaluating the resumed step {start_step}")
     while step < cfg.num_steps:
       batch = sharding.put_batch(next(batches), run.batch_sharding, rows_per_step)
       state, metrics = run.train_step(state, batch)

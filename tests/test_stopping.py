@@ -22,7 +22,8 @@ def test_a_signal_is_held_and_handlers_restored(sig, capfd):
   assert signal.getsignal(sig) is before
   # Said at once, not when the step or start-up stage ends (minutes of decoding, maybe).
   assert capfd.readouterr().err == (f"{signal.Signals(sig).name} received: stopping after this "
-                                    "step or start-up stage (Ctrl-C to quit at once)\n")
+                                    "step, start-up stage or evaluation batch (Ctrl-C to quit "
+                                    "at once)\n")
 
 
 def test_an_ignored_signal_stays_ignored():
@@ -125,23 +126,31 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
       "train.checkpoint_every": 100, "train.sample_every": 100, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
-  assert exchanged == [0, 0, 0, 3, 4, 6]  # 0: the start-up stages (data, restore, all)
+  # 0: the start-up stages (data, restore, all); 3 twice: before the evaluation and after it
+  # (a stop that came during it is taken there).
+  assert exchanged == [0, 0, 0, 3, 3, 4, 6]
   assert evaluated == [3]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]  # 3: before its evaluation
   # The rerun first evaluates step 6 (skipped by the stop); a notice during that evaluation
-  # stops the run after its first step, checkpointed.
+  # stops the run there, before it trains (on, it would checkpoint a later step and step 6
+  # would never be evaluated): the next rerun evaluates it again.
   signal_at_eval.append(signal.SIGTERM)
+  with pytest.raises(stopping.Stopped, match=r"^SIGTERM received while starting \(evaluating "
+                     r"the resumed step 6\): stopped before training"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6] and sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+  config.train.num_steps = 7
   state = trainer.train_and_evaluate(config, str(tmp_path))
-  assert evaluated == [3, 6] and int(state.step) == 7
+  assert evaluated == [3, 6, 6, 7] and int(state.step) == 7
   # A notice during the last step, which has its evaluation due: checkpointed, and not taken
   # for the end (train exits 75, so the job runs again); the rerun evaluates it and ends.
   config.train.num_steps, stop_at = 9, {9}
   with pytest.raises(stopping.Stopped, match=r"^SIGTERM received: stopped after step 9, "
                      r"checkpoint written; rerun to resume \(its evaluation was skipped"):
     trainer.train_and_evaluate(config, str(tmp_path))
-  assert evaluated == [3, 6] and "9" in os.listdir(tmp_path / "checkpoints")
+  assert evaluated == [3, 6, 6, 7] and "9" in os.listdir(tmp_path / "checkpoints")
   state = trainer.train_and_evaluate(config, str(tmp_path))
-  assert evaluated == [3, 6, 9] and int(state.step) == 9
+  assert evaluated == [3, 6, 6, 7, 9] and int(state.step) == 9
   assert "7" in os.listdir(tmp_path / "checkpoints")
 
 
