@@ -69,6 +69,19 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"data.path": "data/catalog64"}, "data.path: data.source is 'synthetic', which reads no "
      "files; set --config.data.source (prepared, folder, manifest or tfds) or drop data.path"),
     ({"data.label_column": "articleType"}, "data.label_column: data.source is 'synthetic'"),
+    # A key the source does not read, ignored without a word before: a prepared set's labels
+    # and images were made by `prepare`; a folder has no tfds name.
+    ({"data.source": "prepared", "data.path": "x", "data.min_class_count": 50},
+     "data.min_class_count: data.source is 'prepared', whose images and labels `python -m "
+     "jaxgan.prepare` made (its flags --min-class-count"),
+    ({"data.source": "prepared", "data.path": "x", "data.label_column": "articleType"},
+     "data.label_column: data.source is 'prepared'"),
+    ({"data.source": "folder", "data.path": "x", "data.tfds_name": "cifar10"},
+     "data.tfds_name: data.source is 'folder', which does not read it; drop data.tfds_name"),
+    ({"data.source": "tfds", "data.tfds_name": "cifar10", "data.path": "x"},
+     "data.path: data.source is 'tfds', which does not read it"),
+    ({"data.min_source_size": 30}, "data.min_source_size: data.source is 'synthetic', which "
+     "reads no files"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
      "detects it; leave it at 1"),

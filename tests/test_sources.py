@@ -768,6 +768,10 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
 
 def test_every_source_is_registered():
   assert set(SOURCES.names()) == {"synthetic", "folder", "manifest", "tfds", "prepared"}
+  # Every key config.validate refuses for the sources that do not read it is read by one.
+  from jaxgan.data import SOURCE_KEYS
+  read = set().union(*(SOURCES.get(name).reads for name in SOURCES.names()))
+  assert read == set(SOURCE_KEYS)
 
 
 @pytest.mark.skipif(not os.path.isdir(CATALOG), reason="../shared/data/catalog is not present")

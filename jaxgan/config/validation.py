@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import ml_collections
 
-from jaxgan.config.schema import (DTYPES, ConfigError, check_complete, check_known_keys, get,
-                                  parse_class_counts)
+from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
+                                  check_known_keys, get, parse_class_counts)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -206,7 +206,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              "processes")
   validate_distributed(config)
 
-  data_lib.SOURCES.get(config.data.source).validate(config)
+  source = data_lib.SOURCES.get(config.data.source)
+  defaults = base_config().data
+  for key in data_lib.SOURCE_KEYS:
+    _require(key in source.reads or config.data[key] == defaults[key], f"data.{key}",
+             f"data.source is {config.data.source!r}, " + source.unread_hint.format(key=key))
+  source.validate(config)
 
 
 def validate_distributed(config: ml_collections.ConfigDict) -> None:

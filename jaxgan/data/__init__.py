@@ -27,7 +27,7 @@ from typing import Iterator, TypeVar
 import numpy as np
 
 
-from jaxgan.data.arrays import ArraySource, DataError
+from jaxgan.data.arrays import SOURCE_KEYS, ArraySource, DataError
 from jaxgan.data.folder import FolderSource
 from jaxgan.data.manifest import ManifestSource
 from jaxgan.data.prepared import FROM_DATA, PreparedSource, with_class_counts
@@ -45,7 +45,7 @@ SOURCES.register("prepared")(PreparedSource)
 
 T = TypeVar("T")
 
-__all__ = ["SOURCES", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
+__all__ = ["SOURCES", "SOURCE_KEYS", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
            "SyntheticCatalog", "attribute_names", "build_source", "check_same_on_every_process",
            "fingerprint", "prefetch", "with_class_counts"]
 

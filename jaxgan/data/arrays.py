@@ -78,6 +78,9 @@ class ArraySource:
   """
 
   multi_attribute = False  # whether this source can serve data.extra_num_classes (config.validate)
+  reads: frozenset = frozenset()  # its SOURCE_KEYS (config.validate refuses the others when set)
+  # How config.validate ends its message for a SOURCE_KEYS key set that this source ignores.
+  unread_hint = "which does not read it; drop data.{key}"
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                seed: int, bad_files: int = 0, attribute_names: Optional[Attributes] = None,
@@ -319,6 +322,16 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
          else "--config.data.num_classes=0 --config.data.extra_num_classes=''")
   raise ConfigError(f"config key {key}: {where} has {len(have)} attribute(s) ({held}), the config "
                     f"asks for classes {list(want)}; set {fix}")
+
+
+# The data keys that say what a source reads (not how: cache_dir, workers, max_bad_fraction), each
+# read by some sources only: set for a source that does not read it, it would be ignored without
+# a word (config.validate refuses that, from each source's `reads`).
+SOURCE_KEYS = ("path", "image_column", "id_column", "image_dir", "image_pattern", "label_column",
+               "label_columns", "min_class_count", "rare_classes", "tfds_name", "tfds_data_dir",
+               "tfds_split", "tfds_image_key", "tfds_label_key", "min_source_size", "max_pixels")
+# What the image loader reads, for the sources that decode images.
+DECODE_KEYS = frozenset({"min_source_size", "max_pixels"})
 
 
 def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: Sequence[str],

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from jaxgan.data.arrays import (ArraySource, DataError, check_rare_class_keys, decoded_source,
-                                encode_kept)
+from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
+                                decoded_source, encode_kept)
 from jaxgan.data.images import find_images
 
 
@@ -38,6 +38,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
 
 
 class FolderSource(ArraySource):
+  reads = frozenset({"path", "min_class_count", "rare_classes"}) | DECODE_KEYS
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxgan.data.arrays import (ArraySource, DataError, check_rare_class_keys, decoded_source,
-                                encode_kept)
+from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
+                                decoded_source, encode_kept)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,9 @@ def label_columns(config) -> list[str]:
 
 class ManifestSource(ArraySource):
   multi_attribute = True  # data.label_columns
+  reads = frozenset({"path", "image_column", "id_column", "image_dir", "image_pattern",
+                     "label_column", "label_columns", "min_class_count", "rare_classes"}
+                    ) | DECODE_KEYS
 
   @staticmethod
   def validate(config) -> None:

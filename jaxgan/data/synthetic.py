@@ -162,6 +162,11 @@ def draw_product(category: int, image_size: int, rng: np.random.Generator) -> np
 class SyntheticCatalog:
   """Infinite, deterministic stream of labelled synthetic product images."""
 
+  reads: frozenset = frozenset()  # none of a real data set's keys (config.validate)
+  # A real data set's key set: the run would silently train on drawings.
+  unread_hint = ("which reads no files; set --config.data.source (prepared, folder, manifest or "
+                 "tfds) or drop data.{key}")
+
   def __init__(self, image_size: int, num_classes: int, seed: int):
     self.image_size = image_size
     self.num_classes = num_classes
@@ -180,11 +185,6 @@ class SyntheticCatalog:
     if not 16 <= config.data.image_size <= 256:
       raise ConfigError(f"config key data.image_size: the synthetic catalog draws 16..256 pixels, "
                         f"got {config.data.image_size}")
-    for key in ("path", "image_dir", "label_column", "label_columns", "tfds_name"):
-      if config.data[key]:  # a real data set's key: the run would silently train on drawings
-        raise ConfigError(f"config key data.{key}: data.source is 'synthetic', which reads no "
-                          "files; set --config.data.source (prepared, folder, manifest or tfds) "
-                          f"or drop data.{key}")
     if config.data.num_classes > len(CATEGORY_NAMES):
       raise ConfigError(f"config key data.num_classes: the synthetic catalog has "
                         f"{len(CATEGORY_NAMES)} categories, got {config.data.num_classes}")

@@ -10,8 +10,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from jaxgan import tf_host
-from jaxgan.data.arrays import (ArraySource, DataError, check_bad_fraction, load_options,
-                                 require_num_classes)
+from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_bad_fraction,
+                                 load_options, require_num_classes)
 from jaxgan.data.images import convert, load_image, size_problem
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class _Images:
 
 
 class TfdsSource(ArraySource):
+  reads = frozenset({"tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key",
+                     "tfds_label_key"}) | DECODE_KEYS
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError
