@@ -308,6 +308,13 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   # A tolerance, not the math: the DataError for too many bad files says to raise it on resume.
   assert config_differences(old, make_config(**{"data.max_bad_fraction": 0.05}))[0] == []
   assert config_differences({}, make_config(**{"loss.lecam_weight": 0.1})) == ([], [])  # unknown
+  # A key the run's source never read (accepted before validation refused it): dropping it on
+  # resume is no change of the math.
+  prepared = {"data.source": "prepared", "data.path": "/x"}
+  ignored = make_config(**prepared).to_dict()
+  ignored["data"]["min_class_count"] = 50
+  assert config_differences(ignored, make_config(**prepared)) == ([], [])
+  assert config_differences(ignored, make_config())[0]  # the source itself changed
   tupled = make_config()
   tupled.unlock()
   tupled.data.extra = (1, 2)  # JSON writes it as [1, 2]: not a change

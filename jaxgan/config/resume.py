@@ -36,11 +36,20 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
   else on resume is a change like any other."""
   if not old:  # no config recorded: nothing to compare with
     return [], []
+  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top  (as validation)
+
   old_flat = dict(flat_items(ml_collections.ConfigDict(old)))
   defaults = dict(flat_items(base_config()))
+  unread: set[str] = set()
+  if old_flat.get("data.source", defaults["data.source"]) == new.data.source and (
+      new.data.source in data_lib.SOURCES):
+    # Keys the run's source does not read never changed its math (validation refuses them
+    # now; a run started when they were accepted resumes once they are dropped).
+    reads = data_lib.SOURCES.get(new.data.source).reads
+    unread = {f"data.{k}" for k in data_lib.SOURCE_KEYS if k not in reads}
   blocking, allowed = [], []
   for key, value in flat_items(new):
-    if key not in old_flat and key not in defaults:
+    if (key not in old_flat and key not in defaults) or key in unread:
       continue
     before = old_flat.get(key, defaults.get(key))
     if key in PATH_KEYS:  # runs before they were stored absolute: relative to the same folder
