@@ -47,6 +47,8 @@ def _check_flags(mode: str) -> None:
     for flag in ("image_size", "batch_size", "batches"):
       if FLAGS[flag].value < 1:
         cli.fail(f"--{flag} must be >= 1, got {FLAGS[flag].value}")
+    if FLAGS.limit < 0:
+      cli.fail(f"--limit must be >= 0 (0 = every image), got {FLAGS.limit}")
     stray = [f for f in ("config", "steps", "warmup", "profile_steps", "trace_dir", "top")
              if FLAGS[f].present]
     if stray:  # ignored without a word otherwise
@@ -65,7 +67,13 @@ def _check_flags(mode: str) -> None:
              "--config.data.image_size=N" if stray[0] in ("image_size", "batch_size") else "")
     cli.fail(f"--{stray[0]} is a flag of the input benchmark (python -m jaxgan.benchmark input), "
              f"not of the {mode} benchmark{sizes}")
-  for flag, low in (("steps", 1), ("warmup", 0), ("profile_steps", 1)):
+  # The profile's flags given to the step benchmark, and the other way round: ignored otherwise.
+  other = ("profile_steps", "trace_dir", "top") if mode == "step" else ("steps",)
+  stray = [f for f in other if FLAGS[f].present]
+  if stray:
+    cli.fail(f"--{stray[0]} is a flag of the {'profile' if mode == 'step' else 'step'} "
+             f"benchmark, not of the {mode} benchmark")
+  for flag, low in (("steps", 1), ("warmup", 0), ("profile_steps", 1), ("top", 1)):
     if FLAGS[flag].value < low:
       cli.fail(f"--{flag} must be >= {low}, got {FLAGS[flag].value}")
   if mode == "profile" and FLAGS.trace_dir:

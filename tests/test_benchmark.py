@@ -105,7 +105,11 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["input", "--prepared", sys.argv[3]],
          ["step", "--config", "configs/default.py", "--batch_size", "1024"],
          ["input", "--prepared", sys.argv[4], "--steps", "5"],
-         ["input", "--prepared", sys.argv[4], "--image_size", "32"]]
+         ["input", "--prepared", sys.argv[4], "--image_size", "32"],
+         ["input", "--images", sys.argv[3], "--limit", "-5"],
+         ["step", "--config", "configs/default.py", "--top", "3"],
+         ["profile", "--config", "configs/default.py", "--steps", "100"],
+         ["profile", "--config", "configs/default.py", "--top", "-4"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -138,7 +142,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 10, results
+  assert [code for code, _ in results] == [2] * 14, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -155,7 +159,13 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                          "'input'")
   assert messages[8] == ("error: --image_size is the raw folder's decode size (--images); a "
                          "prepared set is read at the size it was prepared at")
-  assert messages[9].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  # Ignored before: a negative --limit dropped files from the end; the other benchmark's flags.
+  assert messages[9] == "error: --limit must be >= 0 (0 = every image), got -5"
+  assert messages[10] == "error: --top is a flag of the profile benchmark, not of the step benchmark"
+  assert messages[11] == ("error: --steps is a flag of the step benchmark, not of the profile "
+                          "benchmark")
+  assert messages[12] == "error: --top must be >= 1, got -4"
+  assert messages[13].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
 
 
 def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
