@@ -220,6 +220,9 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   if batch <= 0:
     raise ValueError(f"--batch must be positive, got {batch}")
+  if standing_stats_batches < -1:
+    raise ValueError(f"--standing_stats_batches must be -1 (the run's setting), 0 (the raw G's "
+                     f"statistics) or more, got {standing_stats_batches}")
   if config_lib.seed_problem(seed):
     raise ValueError(f"--seed {config_lib.seed_problem(seed)}")
   checkpoint = workdir_lib.parse_checkpoint(checkpoint)
@@ -337,6 +340,10 @@ def main(argv):
 
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)  # which step is sampled
+  if FLAGS["num"].present and FLAGS.interpolate and FLAGS.between is None:
+    # The grid is a row per class (one with --label): --num would be ignored without a word.
+    cli.fail("--num is not read by --interpolate N alone (a row per class, N columns each); "
+             "drop it, or use --between FROM:TO for ceil(--num / N) rows")
   try:
     paths = generate(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.label, FLAGS.seed,
                      FLAGS.truncation, FLAGS.interpolate, FLAGS.between, FLAGS.checkpoint,

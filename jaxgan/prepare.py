@@ -49,6 +49,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.error("--image-size and --min-class-count must be positive")
   if label_columns(args) and not args.manifest:
     p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
+  for flag in ("id_column", "image_column", "image_pattern"):
+    if getattr(args, flag) != p.get_default(flag) and not args.manifest:
+      p.error(f"--{flag.replace('_', '-')} is read with --manifest only (a folder's files are "
+              "found under --images)")
+  if args.workers < 0 or args.min_source_size < 1 or args.max_pixels < 1:
+    p.error("--workers must be >= 0 (0 = every core), --min-source-size and --max-pixels >= 1")
   return args
 
 

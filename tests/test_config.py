@@ -357,6 +357,20 @@ def test_flag_spelling_rewrites_names_only():
       "--image-size=3", "--min-class-count"]
 
 
+def test_generate_refuses_what_it_would_ignore(tmp_path):
+  """--num with a plain --interpolate (a row per class: 100 asked, 32 written before), and a
+  --standing_stats_batches below -1 (taken for -1): refused before the checkpoint is read."""
+  from jaxgan import generate
+
+  proc = run_module("jaxgan.generate", "--workdir", str(tmp_path), "--num", "100",
+                    "--interpolate", "4", "--out", str(tmp_path / "grid.png"))
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: --num is not read by --interpolate N alone (a row per class, N columns each); "
+      "drop it, or use --between FROM:TO for ceil(--num / N) rows")
+  with pytest.raises(ValueError, match=r"--standing_stats_batches must be -1 .*got -7"):
+    generate.generate(str(tmp_path), 4, str(tmp_path / "grid.png"), standing_stats_batches=-7)
+
+
 @pytest.mark.parametrize("tool", ["train", "generate", "benchmark"])
 def test_asked_for_help_exits_0_with_h_as_with_help(tool):
   """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h."""
@@ -374,6 +388,13 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool):
     ("prepare", ["--images", "x"], "the following arguments are required: --out (see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--image-size", "0"],
      "--image-size and --min-class-count must be positive (see --help)"),
+    # Ignored before: manifest flags without a manifest, "every core" for a negative count.
+    ("prepare", ["--images", "x", "--out", "y", "--image-pattern", "{sku}.png"],
+     "--image-pattern is read with --manifest only (a folder's files are found under --images) "
+     "(see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--workers", "-3"],
+     "--workers must be >= 0 (0 = every core), --min-source-size and --max-pixels >= 1 (see "
+     "--help)"),
 ])
 def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsys):
   """prepare and evaluate (argparse) printed their whole usage before the error."""
