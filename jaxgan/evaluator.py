@@ -88,18 +88,14 @@ def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.n
   lo, hi = min(jax.process_index() * per, total), min((jax.process_index() + 1) * per, total)
 
   def mine() -> Iterator[np.ndarray]:
-    at, empty = 0, None
+    at = 0
     for images in chunks:
       part = images[max(lo - at, 0):max(hi - at, 0)]
-      if len(part):
-        yield part
-      elif at == 0:
-        empty = part  # yielded if this process has no rows: it names the shape
       at += len(images)
+      if len(part) or lo == hi:  # a process without rows passes one empty part: its shape
+        yield part
       if at >= hi or lo == hi:
-        break
-    if empty is not None and lo == hi:
-      yield empty
+        return
 
   features = multihost.agreed(lambda: extract(mine(), hi - lo), "feature extraction")
   return multihost.gather_rows(np.arange(lo, hi), features, total)

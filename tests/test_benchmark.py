@@ -161,7 +161,8 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                          "prepared set is read at the size it was prepared at")
   # Ignored before: a negative --limit dropped files from the end; the other benchmark's flags.
   assert messages[9] == "error: --limit must be >= 0 (0 = every image), got -5"
-  assert messages[10] == "error: --top is a flag of the profile benchmark, not of the step benchmark"
+  assert messages[10] == ("error: --top is a flag of the profile benchmark, not of the step "
+                          "benchmark")
   assert messages[11] == ("error: --steps is a flag of the step benchmark, not of the profile "
                           "benchmark")
   assert messages[12] == "error: --top must be >= 1, got -4"

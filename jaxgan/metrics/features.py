@@ -12,6 +12,7 @@ Images already 299x299 are only scaled.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Callable, Iterable, Optional
 
@@ -73,8 +74,8 @@ class FeatureExtractor:
   `extractor.stream(chunks)` the same for images that arrive chunk by chunk.
 
   Batches of `batch_size` per device are sharded over a 1-D mesh of this process's devices (the
-  weights are replicated); the last batch of each image size is padded and the padding dropped. Every process of a
-  multi-process job extracts the images it is given on its own devices.
+  weights are replicated); the last batch of each image size is padded and the padding dropped.
+  Every process of a multi-process job extracts the images it is given on its own devices.
   """
 
   def __init__(self, weights_path: str = "", cache_dir: str = "", batch_size: int = 32,
@@ -139,10 +140,10 @@ class FeatureExtractor:
         features = apply(self.params, jax.device_put(images, self._batch_sharding))
         features = np.asarray(features)[:n]
         seconds += time.perf_counter() - start
-        if positions[-1] >= len(out):  # more images than `total` said
-          out = np.concatenate([out, np.zeros_like(out, shape=(max(positions[-1] + 1,
-                                                                    2 * len(out)) - len(out),
-                                                             out.shape[1]))])
+        if positions[-1] >= len(out):  # more images than `total` said: room for twice as many
+          grown = np.zeros((max(positions[-1] + 1, 2 * len(out)), out.shape[1]), np.float32)
+          grown[:len(out)] = out
+          out = grown
         out[positions] = features
         bar.update(n)
 
@@ -172,7 +173,7 @@ class _Waiting:
   a batch) and the output position of the first image of each."""
 
   def __init__(self):
-    self.slices: list[tuple[int, np.ndarray]] = []
+    self.slices: collections.deque[tuple[int, np.ndarray]] = collections.deque()
     self.count = 0
 
   def add(self, images: np.ndarray, first_position: int) -> None:
@@ -190,7 +191,7 @@ class _Waiting:
       have += len(part)
       positions.append(np.arange(first, first + len(part)))
       if len(part) == len(images):
-        self.slices.pop(0)
+        self.slices.popleft()
       else:
         self.slices[0] = (first + len(part), images[len(part):])
     self.count -= n
