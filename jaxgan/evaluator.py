@@ -349,25 +349,25 @@ class PeriodicEval:
       self.best_fid = multihost.from_process_0(float(self.best_fid))
 
   def __call__(self, step: int, state) -> dict:
+    error = None
     try:
       results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
                                         self.config.train.eval_num_samples, keep_going=True)
-      failed = 0
     except Exception as e:  # pylint: disable=broad-except
-      # An evaluation (Inception out of memory, a damaged reference file) is not worth the run:
-      # logged, marked in the metrics, retried at the next eval_every.
-      if not isinstance(e, EvaluationStopped):
-        log.error("step %d: evaluation failed (%s: %s); training goes on", step,
-                  type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
-      results, failed = {}, 1
+      results, error = {}, e
     # The best-FID save below is collective: if any process failed, none saves.
-    if multihost.any_process(failed):
-      # Cut short by a stop request (on any process): no row, so that the rerun, which resumes
-      # at this step's checkpoint, evaluates it.
+    if multihost.any_process(error is not None):
+      # Cut short by a stop request (on any process; the others then see a PeerError): no row,
+      # so that the rerun, which resumes at this step's checkpoint, evaluates it.
       if multihost.any_process(self.evaluator.should_stop()):
         log.warning("step %d: evaluation cut short by a stop request; the rerun evaluates this "
                     "step", step)
       else:
+        # An evaluation (Inception out of memory, a damaged reference file) is not worth the
+        # run: logged, marked in the metrics, retried at the next eval_every.
+        if error is not None:
+          log.error("step %d: evaluation failed (%s: %s); training goes on", step,
+                    type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
         self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
     fid = results.get("fid")

@@ -7,7 +7,6 @@ collective (an all-gather or a broadcast of a scalar); on a single process it re
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional, TypeVar
 
 import jax
@@ -118,8 +117,8 @@ def agreed(work: Callable[[], T], what: str) -> T:
     result, error = None, e
   if any_process(error is not None):
     if error is not None:
-      with contextlib.suppress(AttributeError):  # an exception type with __slots__
-        error.raised_after_agreeing = True
+      # object.__setattr__: also on a frozen dataclass exception, whose own refuses.
+      object.__setattr__(error, "raised_after_agreeing", True)
       raise error
     raise PeerError(f"{what} failed on another process (its log says why)")
   return result

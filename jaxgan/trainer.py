@@ -256,6 +256,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   interval_start, interval_steps = None, 0
   # Every step's metrics, fetched stacked and reduced per log row.
   interval = step_metrics.Interval(sharding.to_host_list)
+
+  def log_row(step: int, elapsed: float, steps_timed: int) -> None:
+    """The interval's metrics row: metrics.jsonl, TensorBoard and the progress bar."""
+    values = interval.summary()  # compiles its stack for a new number of calls
+    ips = steps_timed * images_per_step / elapsed if steps_timed else float("nan")
+    values.update(images_per_sec=ips,
+                  # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
+                  # assumes the batch size was not changed with --allow_config_change.
+                  images_seen=step * images_per_step,
+                  data_bad_files=getattr(source, "bad_files", 0))
+    writer.write_scalars(step, values)
+    progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
+                         g_loss=f"{values.get('g_loss', np.nan):.3f}",
+                         img_s=f"{ips:.0f}", refresh=interactive)
+
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
@@ -302,20 +317,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # Log rows wait for the step anyway; before an evaluation a late stop would cost minutes.
       stopping = stop.check(step // k, exchange=row or eval_due)
       last = step == cfg.num_steps or stopping is not None
-      if row or last:
+      logged = row or last
+      if logged:
         jax.block_until_ready(metrics)  # the row's time ends with its step, not with the fetch
-        elapsed = time.perf_counter() - interval_start
-        values = interval.summary()  # compiles its stack for a new number of calls
-        ips = interval_steps * images_per_step / elapsed if interval_steps else float("nan")
-        values.update(images_per_sec=ips,
-                      # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
-                      # assumes the batch size was not changed with --allow_config_change.
-                      images_seen=step * images_per_step,
-                      data_bad_files=getattr(source, "bad_files", 0))
-        writer.write_scalars(step, values)  # before the check below: the row shows the losses
-        progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
-                             g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                             img_s=f"{ips:.0f}", refresh=interactive)
+        # Before the check below: the row shows the losses.
+        log_row(step, time.perf_counter() - interval_start, interval_steps)
       # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
       # kill then would cost every step since the last checkpoint.
       checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
@@ -351,6 +357,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         last = last or stopping is not None
       if paused is not None:
         interval_start += time.perf_counter() - paused
+      if last and not logged:  # a stop that came during the evaluation: the interval's row
+        log_row(step, time.perf_counter() - interval_start, interval_steps)
       if step % cfg.log_every == 0 or last:
         # The next row's images/s times training only: not this row's checkpoint, samples and
         # evaluation (which made the row after an evaluation read 15x slow).

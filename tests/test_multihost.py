@@ -79,6 +79,19 @@ def test_errors_raised_after_agreeing_are_told_from_others():
   assert multihost.raised_after_agreeing(multihost.PeerError("x"))
   assert not multihost.raised_after_agreeing(OSError("raised elsewhere"))
 
+  import dataclasses
+
+  @dataclasses.dataclass(frozen=True)
+  class Frozen(Exception):  # refuses attributes set the usual way
+    what: str
+
+  def fails_frozen():
+    raise Frozen("x")
+
+  with pytest.raises(Frozen) as raised:
+    multihost.agreed(fails_frozen, "starting")
+  assert multihost.raised_after_agreeing(raised.value)
+
 
 def test_two_processes_agree():
   results, _ = run_two_processes(TWO_PROCESSES)

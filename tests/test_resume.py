@@ -811,7 +811,8 @@ def test_a_stop_during_an_evaluation_stops_there_and_the_rerun_evaluates_the_ste
                                                                                   monkeypatch):
   """SIGTERM while step 2 is evaluated (minutes of Inception on a real run): the evaluation is
   cut short, the run stops at step 2 (its checkpoint was written before the evaluation) without
-  an eval row, and the rerun evaluates step 2 before training on."""
+  an eval row but with its metrics row (not a log_every step), and the rerun evaluates step 2
+  before training on."""
   from jaxgan import evaluator as evaluator_lib
   from jaxgan.metrics import inception_weights
 
@@ -833,13 +834,14 @@ def test_a_stop_during_an_evaluation_stops_there_and_the_rerun_evaluates_the_ste
 
   monkeypatch.setattr(inception_weights, "find_weights", lambda path="": "stand-in")
   monkeypatch.setattr(evaluator_lib, "Evaluator", StandIn)
-  config = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2,
+  config = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2, "train.log_every": 3,
                           "train.checkpoint_every": 4, "train.tensorboard": False})
   workdir = str(tmp_path / "w")
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 2 and calls == ["cut short"]
   assert not any("eval/num_samples" in r or "eval/failed" in r
                  for r in writers.read_metrics(workdir))
+  assert [r["step"] for r in writers.read_metrics(workdir) if "d_loss" in r] == [2]
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 4 and calls == ["cut short", "evaluated", "evaluated"]
   assert [r["step"] for r in writers.read_metrics(workdir) if "eval/num_samples" in r] == [2, 4]

@@ -411,6 +411,25 @@ def test_tfds_encoded_images_are_decoded_by_the_one_loader():
   assert (source.images[:, 8, 13, 0] > 180).all() and (source.images[:, 8, 13, 1:] < 30).all()
 
 
+def test_tfds_float_images_are_left_to_tfds_decoder():
+  """A float32 Image feature is a PNG of the floats' bytes: read as an image it gives other
+  pixels without an error (0.5 read as 192, not 128), so tfds decodes it and the array is
+  converted; 8- and 16-bit ones are real PNGs, read by the loader."""
+  import tensorflow_datasets as tfds
+
+  from jaxgan.data.tfds_source import _bytes_are_an_image, _load_example
+  from jaxgan.data.images import LoadOptions
+
+  image = tfds.features.Image(shape=(16, 16, 1), dtype=np.float32)
+  assert not _bytes_are_an_image(image, tfds)
+  assert _bytes_are_an_image(tfds.features.Image(), tfds)
+  assert _bytes_are_an_image(tfds.features.Image(shape=(8, 8, 1), dtype=np.uint16), tfds)
+  assert not _bytes_are_an_image(tfds.features.Tensor(shape=(4,), dtype=np.uint8), tfds)
+  decoded = np.full((16, 16, 1), 0.5, np.float32)  # what tfds's decoder gives
+  pixels, reason = _load_example(decoded, LoadOptions(16))
+  assert not reason and (pixels == 128).all()
+
+
 def test_tfds_images_fill_one_array_of_the_splits_size():
   """The split's size known: kept images are written into one array (not a list then stacked,
   twice the data set's memory), trimmed to those kept, extended if the info said too few."""

@@ -30,8 +30,7 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
 
   try:
     features = tfds.builder(name, data_dir=data_dir or None).info.features
-    encoded = isinstance(features[image_key], tfds.features.Image) if (
-        image_key in features) else False
+    encoded = image_key in features and _bytes_are_an_image(features[image_key], tfds)
     ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
                          shuffle_files=False,
                          decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
@@ -67,6 +66,14 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   if label_key and not class_names:
     class_names = [str(i) for i in range(max(labels) + 1)]
   return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
+
+
+def _bytes_are_an_image(feature, tfds) -> bool:
+  """Whether `feature` stores an encoded image the loader can read from its bytes (8- or 16-bit).
+  A float32 Image feature is stored as a 4-channel PNG holding the floats' bytes, which only its
+  own decoder undoes: that one is decoded by TensorFlow, and the array converted."""
+  return (isinstance(feature, tfds.features.Image)
+          and np.dtype(getattr(feature, "np_dtype", np.uint8)) in (np.uint8, np.uint16))
 
 
 def _load_example(value, options) -> tuple[Optional[np.ndarray], str]:
