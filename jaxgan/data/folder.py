@@ -39,6 +39,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
 
 class FolderSource(ArraySource):
   reads = frozenset({"path", "min_class_count", "rare_classes"}) | DECODE_KEYS
+
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError
