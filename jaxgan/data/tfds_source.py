@@ -132,6 +132,7 @@ class _Images:
 class TfdsSource(ArraySource):
   reads = frozenset({"tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key",
                      "tfds_label_key"}) | DECODE_KEYS
+
   @staticmethod
   def validate(config) -> None:
     from jaxgan.config import ConfigError
