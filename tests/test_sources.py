@@ -902,7 +902,6 @@ def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsy
   assert not os.path.exists(tmp_path / "out")
 
 
-
 def test_class_counts_from_a_prepared_sets_info(tmp_path):
   """data.num_classes=-1: every attribute's count from dataset_info.json, before validation (a
   forgotten count used to train unconditionally for the whole run)."""
