@@ -148,6 +148,22 @@ def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
   return i, resolve(a), resolve(b)  # raises the error that names the unknown class
 
 
+def _resolve_choices(meta: dict, given: Sequence[str], between: Optional[str],
+                     classes: Sequence[int]) -> tuple[dict[int, int], tuple[int, int, int]]:
+  """({attribute: class} from --label, (attribute, FROM, TO) from --between or (0, 0, 0)); raises
+  the one-line error for a class or attribute the model lacks (or any label of an unconditional
+  model)."""
+  attributes = model_attributes(meta, classes)
+  chosen = resolve_labels(given, attributes, classes)
+  if between is None:
+    return chosen, (0, 0, 0)
+  attribute, start, stop = resolve_between(between, attributes, classes)
+  if attribute in chosen:
+    raise ValueError(f"--between {between!r} and --label both set attribute "
+                     f"{attributes[attribute][0]!r}; drop that --label")
+  return chosen, (attribute, start, stop)
+
+
 def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: int, repeat: int):
   """[n, A] labels: column 0 is `first`; column i is the chosen class, or uniform draws from the
   seed, one per `repeat` consecutive images (a row of an interpolation grid)."""
@@ -234,24 +250,20 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
                      "drop the trailing / for one grid PNG)")
   given = [label] if isinstance(label, str) else list(label or [])
-  config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint)
+  classes = config_lib.attribute_classes(workdir_lib.load_config(workdir))
+  # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
+  config, step, state, meta = workdir_lib.load_checkpoint(
+      workdir, checkpoint, check_meta=lambda meta: _resolve_choices(meta, given, between, classes))
   log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:
     with config.unlocked():
       config.eval.standing_stats_batches = standing_stats_batches
   generator, _ = models.build_models(config)
-  classes = config_lib.attribute_classes(config)
   nc = config.data.num_classes
-  attributes = model_attributes(meta, classes)
-  # {attribute: class} from --label; raises the one-line error for unconditional models.
-  chosen = resolve_labels(given, attributes, classes)
+  chosen, (attribute, start, stop) = _resolve_choices(meta, given, between, classes)
   cols = math.ceil(math.sqrt(num))
   labels = None
   if between is not None:
-    attribute, start, stop = resolve_between(between, attributes, classes)
-    if attribute in chosen:
-      raise ValueError(f"--between {between!r} and --label both set attribute "
-                       f"{attributes[attribute][0]!r}; drop that --label")
     # Soft labels [rows * N, sum(classes)]: every attribute is already in them.
     z, labels, cols = sample_inputs.label_interpolation_inputs(
         seed, classes, attribute, start, stop, interpolate, math.ceil(num / interpolate),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -87,21 +87,25 @@ def parse_checkpoint(choice: str) -> str:
   raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {choice!r}")
 
 
-def load_checkpoint(workdir: str, checkpoint: str = "latest"
+def load_checkpoint(workdir: str, checkpoint: str = "latest",
+                    check_meta: Optional[Callable[[dict], None]] = None
                     ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
   """(config, step, state, meta) of a --checkpoint choice: 'latest' (the newest readable one),
-  'best' (the best-FID one) or a step number of WORKDIR/checkpoints."""
+  'best' (the best-FID one) or a step number of WORKDIR/checkpoints. `check_meta(meta)` may raise
+  before the state is read (e.g. a class name the checkpoint does not have)."""
   checkpoint = parse_checkpoint(checkpoint)
   if checkpoint == "best":
-    return load_latest(workdir, "checkpoints_best")
-  return load_latest(workdir, step=None if checkpoint == "latest" else int(checkpoint))
+    return load_latest(workdir, "checkpoints_best", check_meta=check_meta)
+  return load_latest(workdir, step=None if checkpoint == "latest" else int(checkpoint),
+                     check_meta=check_meta)
 
 
-def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None
+def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None,
+                check_meta: Optional[Callable[[dict], None]] = None
                 ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
   """(config, step, state, meta) of the newest readable checkpoint in WORKDIR/`subdir`
   ('checkpoints', or 'checkpoints_best' for the best-FID one), or of `step` there, on the
-  default device."""
+  default device. `check_meta(meta)` runs on each step's meta before its state is read."""
   config = load_config(workdir)
   generator, discriminator = models_lib.build_models(config)
   g_tx, d_tx = state_lib.make_optimizers(config)
@@ -117,23 +121,33 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
     if step is None:
-      restored = checkpointer.restore_latest(target)
+      # A read-only reader moves nothing aside, so whether the config matched does not matter.
+      restored = checkpointer.restore_latest(
+          target, None if check_meta is None else lambda _, meta: bool(check_meta(meta)))
     elif step not in checkpointer.steps():
       raise FileNotFoundError(f"no checkpoint step {step} in {directory}; it holds steps "
                               f"{checkpointer.steps() or 'none'}")
     else:
-      try:
-        restored = (step, *checkpointer.restore(step, target))
-      except ckpt_lib.CheckpointError:
-        raise
-      except Exception as e:  # damaged or truncated files: name the step, not orbax's internals
-        raise ckpt_lib.CheckpointError(
-            f"checkpoint step {step} in {directory} is unreadable ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); choose another --checkpoint "
-            f"of {checkpointer.steps()}") from None
+      read_step = lambda read: _read_step(checkpointer, step, read)
+      if check_meta is not None:
+        check_meta(read_step(lambda: checkpointer.restore_meta(step)))
+      restored = (step, *read_step(lambda: checkpointer.restore(step, target)))
   finally:
     checkpointer.close()
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
   step, state, meta = restored
   return config, step, state, meta
+
+
+def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[], Any]) -> Any:
+  """`read()` of one chosen step, its damage reported as one line naming the step."""
+  try:
+    return read()
+  except ckpt_lib.CheckpointError:
+    raise
+  except Exception as e:  # damaged or truncated files: name the step, not orbax's internals
+    raise ckpt_lib.CheckpointError(
+        f"checkpoint step {step} in {checkpointer.directory} is unreadable "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); choose another "
+        f"--checkpoint of {checkpointer.steps()}") from None

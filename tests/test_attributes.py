@@ -173,8 +173,8 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
     captured.append(np.asarray(labels))
     return real_sample(sampler, params, statistics, z, labels, *args)
 
-  def with_mix(*args):
-    config, step, state, meta = real_load(*args)
+  def with_mix(*args, **kwargs):
+    config, step, state, meta = real_load(*args, **kwargs)
     return config, step, state, {**meta, "label_counts": mix}
 
   with pytest.MonkeyPatch.context() as patch:

@@ -172,11 +172,31 @@ def test_generate_between(workdir, tmp_path):
     ("baseColour=0:1", "baseColour=Black",
      r"^--between 'baseColour=0:1' and --label both set attribute 'baseColour'; drop that --label$"),
 ])
-def test_generate_between_errors(workdir, tmp_path, between, label, message):
+def test_generate_between_errors(workdir, tmp_path, between, label, message, monkeypatch):
+  from jaxgan import checkpoint
+
+  # Refused from the checkpoint's meta: its state (the whole model, for a big one) is not read.
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", lambda *a: pytest.fail("read the state"))
   with pytest.raises(ValueError, match=message):
     generate.generate(workdir, 2, str(tmp_path / "x.png"), label=label, interpolate=2,
                       between=between)
   assert not os.path.exists(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("choice", ["latest", "1"])
+def test_generate_refuses_a_label_before_reading_the_state(workdir, tmp_path, choice,
+                                                           monkeypatch):
+  from jaxgan import checkpoint
+
+  read = []
+  real_restore = checkpoint.Checkpointer.restore
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore",
+                      lambda *a: read.append(1) or real_restore(*a))
+  with pytest.raises(ValueError, match=r"^--label 'Boots' is not a class of this model"):
+    generate.generate(workdir, 2, str(tmp_path / "x.png"), label="Boots", checkpoint=choice)
+  assert not read
+  generate.generate(workdir, 2, str(tmp_path / "x.png"), label="Shoes", checkpoint=choice)
+  assert read  # the same patch sees a read
 
 
 def test_between_needs_interpolate_and_a_conditional_model(tmp_path):

@@ -208,8 +208,8 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
   # The synthetic catalog's mix is uniform (its checkpoints hold no counts): a skewed one.
   counts, real_load = {"rows": [0, 1, 2], "counts": [1, 2, 7]}, workdir_lib.load_checkpoint
 
-  def with_counts(*args):
-    config, step, state, meta = real_load(*args)
+  def with_counts(*args, **kwargs):
+    config, step, state, meta = real_load(*args, **kwargs)
     return config, step, state, {**meta, "label_counts": counts}
 
   monkeypatch.setattr(workdir_lib, "load_checkpoint", with_counts)
