@@ -24,6 +24,7 @@ from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
 from jaxgan import multihost
+from jaxgan import restore
 from jaxgan import run as run_lib
 from jaxgan import run_health
 from jaxgan import sample_inputs, sampling
@@ -120,34 +121,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
-  def accept(step: int, meta: dict) -> bool:
-    """Refuses a checkpoint whose config changes the math (before its state is read)."""
-    blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
-    listing = config_lib.describe_differences
-    if blocking and not allow_config_change:
-      raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
-                          f"({listing(blocking)}); pass --allow_config_change to continue anyway "
-                          "(a change of the parameters' shapes, such as a model width, "
-                          "data.image_size or data.num_classes, cannot continue: use a new "
-                          "workdir)")
-    if allowed:
-      log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
-    if blocking:
-      consequences = config_lib.describe_consequences(blocking)
-      log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: "
-                  "%s%s", step, listing(blocking), f" ({consequences})" if consequences else "")
-    return not blocking
-
   k = run.steps_per_call
   try:
-    restored = checkpointer.restore_latest(
-        ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), accept)
-    if restored is not None and restored[0] % k:
-      raise TrainingError(f"checkpoint step {restored[0]} in {workdir} is not a multiple of "
-                          f"train.steps_per_call={k}; resume with a steps_per_call that divides "
-                          "it (1 always does), then change it at a later checkpoint")
-    if restored is not None:
-      run_health.check_restored_state(restored[1], restored[0], checkpointer.directory)
+    restored = restore.restore_run(checkpointer, run, config, workdir, allow_config_change)
     # Before config.json is written or anything compiles.
     stop.check_before_training("after restoring the checkpoint")
   except BaseException:  # a refused config, no readable step, ...: release orbax's threads
@@ -155,23 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     raise
   if restored is not None:
     start_step, state, meta = restored
-    log.info("resuming from checkpoint step %d of %s", start_step, workdir)
-    if start_step >= config.train.num_steps:
-      log.warning("checkpoint step %d of %s is at or past train.num_steps=%d: nothing to train "
-                  "(raise --config.train.num_steps to train on)", start_step, workdir,
-                  config.train.num_steps)
-    if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
-      # Allowed (data sets grow), but the stream is a function of the data: from here the run
-      # sees other batches than an uninterrupted one would have.
-      log.warning("the data changed since checkpoint step %d (fingerprint %08x, now %08x): "
-                  "training continues on the new data, in a new order", start_step,
-                  meta["data_fingerprint"], data_fingerprint)
-    elif meta.get("order_fingerprint", order) != order:
-      # The same data, ordered otherwise: a TensorFlow whose index shuffle draws differently.
-      log.warning("the data order changed since checkpoint step %d (order %08x, now %08x; "
-                  "another TensorFlow version?): training continues, but not on the batches an "
-                  "uninterrupted run would have seen", start_step, meta["order_fingerprint"],
-                  order)
+    restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order)
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxgan"
 LAYERS = {
     "cli": {"jaxgan.train", "jaxgan.generate", "jaxgan.evaluate", "jaxgan.prepare",
             "jaxgan.benchmark"},
-    "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run"},
+    "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore"},
     "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.workdir"},
     "state": {"jaxgan.state"},
 }
