@@ -7,8 +7,9 @@ import os
 import numpy as np
 
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
-                                decoded_source, encode_kept)
+                                encode_kept)
 from jaxgan.data.images import find_images
+from jaxgan.data.listed import decoded_source
 
 
 def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:

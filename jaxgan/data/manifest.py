@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
-                                decoded_source, encode_kept)
+                                encode_kept)
+from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,77 @@
+"""Image files a source lists (a folder's walk, a manifest's rows) decoded into an ArraySource:
+cached under data.cache_dir when set (one process decodes, the others map its file), bad files
+dropped and counted against data.max_bad_fraction."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from jaxgan.atomic_write import exclusive
+from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
+                                check_bad_fraction, load_options, require_attributes,
+                                require_every_class)
+from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, read_decode_cache,
+                                write_decode_index)
+
+log = logging.getLogger(__name__)
+
+
+def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
+                   where: str, missing: Sequence[dict] = (),
+                   attribute_names: Optional[Attributes] = None) -> ArraySource:
+  """Decodes `paths` (cached when data.cache_dir is set), drops and reports bad files, and wraps
+  the rest in an ArraySource. Labels ([N] or [N, A]) are zeroed for unconditional training."""
+  if not len(paths):  # before the labels: no images is the problem then, not their classes
+    first = list(missing)[:1]
+    raise DataError(f"no images in {where}" + (f" (first file skipped: {first[0]['path']}: "
+                                               f"{first[0]['reason']})" if first else ""))
+  if attribute_names is None:
+    attribute_names = [("class", class_names)] if class_names else []
+  require_attributes(config, attribute_names, where)
+  d = config.data
+  cache_file = None
+  if d.cache_dir:
+    key = decode_cache_key(paths, load_options(config))
+    cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
+  # One process decodes into a shared cache while the others (of this host, or of hosts sharing
+  # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
+  try:
+    with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
+      cached = read_decode_cache(cache_file) if cache_file else None
+      if cached is not None:
+        images, indices, skipped = cached
+        log.info("decoded images of %s from cache %s.npy", where, cache_file)
+      else:
+        try:
+          images, indices, skipped = decode_all(
+              paths, load_options(config), d.workers,
+              desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
+        except DecodeError as e:
+          raise DataError(f"decoding {where}: {e}; if memory ran out, set data.workers lower"
+                          ) from None
+        if cache_file:
+          write_decode_index(cache_file, indices, skipped)
+  except OSError as e:  # the loader never raises one for an image: this is the cache's storage
+    if not cache_file:
+      raise
+    raise DataError(cache_dir_problem(d.cache_dir, e)) from None
+  for item in list(missing)[:20]:
+    log.warning("skipping %s: %s", item["path"], item["reason"])
+  if len(missing) > 20:
+    log.warning("... %d files of %s skipped in all before decoding (listed, not images, so not "
+                "counted against data.max_bad_fraction)", len(missing), where)
+  check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
+  if len(indices) == 0:
+    first = (list(missing) + skipped)[:1]
+    raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
+                                                       f"{first[0]['reason']})" if first else ""))
+  if d.num_classes > 0:
+    require_every_class(np.asarray(labels)[indices], attribute_names, where)
+  return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
+                               class_names, bad_files=len(skipped),
+                               attribute_names=attribute_names, where=where)
