@@ -16,6 +16,7 @@ from PIL import Image
 
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
+from jaxgan.sample_inputs import host_truncated_normal
 
 
 def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
@@ -110,12 +111,9 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   split = (lambda x: x) if batch_sharding is None else (
       lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
   rng = np.random.default_rng([seed, 0x5751])
-  z = rng.standard_normal((num_batches, batch_size, z_dim))
-  outside = np.abs(z) > truncation if truncation > 0 else np.zeros(z.shape, bool)
-  while outside.any():  # the truncated normal `latents` draws, here by rejection
-    z[outside] = rng.standard_normal(int(outside.sum()))
-    outside = np.abs(z) > truncation
-  z = z.astype(np.float32)
+  shape = (num_batches, batch_size, z_dim)
+  z = (host_truncated_normal(rng, shape, truncation) if truncation > 0
+       else rng.standard_normal(shape)).astype(np.float32)
   labels = None
   if classes and label_counts:
     # From the counts: the same from the data (in any order) as from a checkpoint's meta.
