@@ -204,8 +204,9 @@ def _plain_labels(num: int, nc: int, chosen: dict[int, int], given: list[str], s
   if singles:  # no recorded mix (the synthetic catalog, older runs): classes in turn
     return num, jnp.arange(num, dtype=jnp.int32) % nc, cols
   # A row per class of the first attribute, every class shown, as training's grids: --num
-  # becomes a multiple of the class count.
-  cols = max(1, round(num / nc))
+  # becomes the nearest multiple of the class count (halves up: Python's round() would send them
+  # to the even multiple, 20 -> 16 but 12 -> 16 for 8 classes).
+  cols = max(1, (2 * num + nc) // (2 * nc))
   if cols * nc != num:
     log.info("a grid of %d classes x %d: %d images for --num %d", nc, cols, cols * nc, num)
   return cols * nc, jnp.arange(cols * nc, dtype=jnp.int32) // cols, cols

@@ -222,3 +222,10 @@ def test_cli_between(workdir, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == ("error: --between needs --interpolate N (the "
                                                  "columns from FROM to TO, N >= 2)")
+
+
+def test_a_grid_rounds_num_to_the_nearest_multiple_of_the_classes_halves_up():
+  """8 classes: --num 12 and 20 both lie halfway; each goes up (round() gave 16 for both)."""
+  for num, expected in ((12, 16), (20, 24), (11, 8), (13, 16), (3, 8), (44, 48)):
+    got, labels, cols = generate._plain_labels(num, 8, {}, [], False, None, 0, 0)
+    assert (got, cols, len(labels)) == (expected, expected // 8, expected), num
