@@ -229,7 +229,7 @@ def generate(workdir: str, num: int, out: str,
 
   if num <= 0:
     raise ValueError(f"--num must be positive, got {num}")
-  if truncation < 0:
+  if not truncation >= 0:  # NaN too: it would pass as 'off' (every comparison with it is False)
     raise ValueError(f"--truncation must be >= 0 (0 = off), got {truncation}")
   if interpolate < 0 or interpolate == 1:
     raise ValueError(f"--interpolate needs at least 2 columns (0 = off), got {interpolate}")

@@ -242,8 +242,9 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   ends = sample_inputs.latents(0, 2, 8)
   path = np.asarray(sample_inputs.slerp(ends[0:1], ends[1:2], jnp.linspace(0, 1, 3)[:, None]))
   np.testing.assert_allclose(path[[0, 2]], np.asarray(ends), atol=1e-5)
-  with pytest.raises(ValueError, match="--truncation"):
-    generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=-1)
+  for bad in (-1, float("nan")):
+    with pytest.raises(ValueError, match="--truncation"):
+      generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=bad)
   # JAX keys keep 32 bits of a seed: 2**32 would draw seed 0's latents.
   with pytest.raises(ValueError,
                      match=r"^--seed must be an integer in \[0, 2\*\*32\), got 4294967296$"):
