@@ -75,10 +75,14 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   if label in class_names:
     return class_names.index(label)
   # isdecimal, not isdigit: '²' is a digit that int() refuses.
-  if label.lstrip("-").isdecimal() and 0 <= int(label) < num_classes:
+  number = lambda text: text.lstrip("-").isdecimal()
+  # Names that are numbers themselves (category ids as folder names) take numbers as names only:
+  # a mistyped id would otherwise pick whichever class sits at that index.
+  by_index = not any(number(name) for name in class_names)
+  if by_index and number(label) and 0 <= int(label) < num_classes:
     return int(label)
-  choices = (", ".join(class_names) + f" (or an index 0..{num_classes - 1})" if class_names
-             else f"0..{num_classes - 1}")
+  choices = (", ".join(class_names) + (f" (or an index 0..{num_classes - 1})" if by_index else "")
+             if class_names else f"0..{num_classes - 1}")
   if attribute is not None:
     raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; choose one of: "
                      f"{choices}")

@@ -229,3 +229,14 @@ def test_a_grid_rounds_num_to_the_nearest_multiple_of_the_classes_halves_up():
   for num, expected in ((12, 16), (20, 24), (11, 8), (13, 16), (3, 8), (44, 48)):
     got, labels, cols = generate._plain_labels(num, 8, {}, [], False, None, 0, 0)
     assert (got, cols, len(labels)) == (expected, expected // 8, expected), num
+
+
+def test_numbers_are_names_when_the_class_names_are_numbers():
+  """Category ids as class names: '4' is not one of them, and is refused rather than taken as
+  the index of the class '3'; with names that are words, numbers are indices."""
+  ids = ["1", "10", "2", "20", "3"]
+  assert generate.resolve_label("3", ids, 5) == 4 and generate.resolve_label("10", ids, 5) == 1
+  with pytest.raises(ValueError, match=r"^--label '4' is not a class of this model; choose one "
+                                       r"of: 1, 10, 2, 20, 3$"):
+    generate.resolve_label("4", ids, 5)
+  assert generate.resolve_label("1", ["Shoes", "Tshirts"], 2) == 1
