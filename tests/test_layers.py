@@ -98,3 +98,18 @@ def test_downsample_auto_stays_strided_until_measured_on_a_gpu():
   assert resolve_downsample_impl("auto", "gpu") == "strided"
   assert resolve_downsample_impl("auto") == "strided"
   assert resolve_downsample_impl("s2d", "cpu") == "s2d"
+
+
+def test_subpixel_kernel_selection_runs_at_highest_precision():
+  """The 0/1 selection that builds the sub-pixel kernel is exact only at HIGHEST: the default
+  would round the kernel and its gradient to TF32 on GPUs (CPU computes float32 either way, so
+  the program is what is checked)."""
+  layer = UpConv(4, impl="subpixel", dtype=jnp.bfloat16)
+  x = jnp.ones((1, 3, 3, 2))
+  variables = layer.init(jax.random.PRNGKey(0), x)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).astype(jnp.float32).sum()))(
+      variables)
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 2  # the selection forward, and its transpose for the kernel's gradient
+  for eqn in dots:
+    assert eqn.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2, eqn

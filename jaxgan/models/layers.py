@@ -151,7 +151,10 @@ class UpConv(_Conv4x4Stride2):
       y = conv_transpose_phase_grad(x.astype(self.dtype), kernel.astype(self.dtype))
     elif impl == "subpixel":
       select = jnp.asarray(_phase_selection())
-      k3 = jnp.einsum("abpqkl,klio->abipqo", select, kernel)  # exact: a 0/1 selection
+      # A 0/1 selection, exact only at HIGHEST: the default rounds the kernel (and its gradient
+      # on the way back) to TF32 on GPUs, bf16 on TPUs. Kernel-sized: its cost is nothing.
+      k3 = jnp.einsum("abpqkl,klio->abipqo", select, kernel,
+                      precision=jax.lax.Precision.HIGHEST)
       k3 = k3.reshape(3, 3, cin, 4 * self.features).astype(self.dtype)
       y = jax.lax.conv_general_dilated(x.astype(self.dtype), k3, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
