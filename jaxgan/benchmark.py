@@ -18,9 +18,11 @@ from jaxgan import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
-flags.DEFINE_integer("steps", 30, "Timed steps (step benchmark); the median is reported.")
-flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation, autotuning).")
-flags.DEFINE_integer("profile_steps", 5, "Traced steps (profile).")
+flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.steps_per_call "
+                     "steps (step benchmark); the median per step is reported.")
+flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
+flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
+                     "train.steps_per_call steps (profile).")
 flags.DEFINE_string("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
 flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
 flags.DEFINE_string("images", "", "Raw image folder (input benchmark).")
@@ -56,6 +58,12 @@ def _check_flags(mode: str) -> None:
     if FLAGS["image_size"].present and not FLAGS.images:
       cli.fail("--image_size is the raw folder's decode size (--images); a prepared set is read "
                "at the size it was prepared at")
+    if FLAGS["limit"].present and not FLAGS.images:
+      cli.fail("--limit caps the raw folder's images (--images); a prepared set is served whole")
+    stray = [f for f in ("batch_size", "batches") if FLAGS[f].present]
+    if stray and not FLAGS.prepared:
+      cli.fail(f"--{stray[0]} sets how the prepared set (--prepared) is served; the raw folder "
+               "(--images) is decoded whole, --limit images at most")
     return
   if FLAGS.config is None:
     cli.fail("--config is required, e.g. --config configs/benchmark/dcgan64.py")

@@ -189,7 +189,8 @@ def step_row(config, steps_per_call: int, call_times: list[float],
       "mfu": tflops * 1e12 / (peak * devices) if peak else None,
       "peak_memory_bytes": peak_memory,
       "device_kind": device.device_kind, "num_devices": devices,
-      "timed_steps": len(call_times), "steps_per_call": steps_per_call,
+      "timed_steps": len(call_times) * steps_per_call, "timed_calls": len(call_times),
+      "steps_per_call": steps_per_call,
       # images_per_sec (and flops_per_image) count the batch once per step, as the speed goal
       # does; training's metrics.jsonl counts the reals D sees, n_critic batches per step.
       "n_critic": config.train.n_critic,

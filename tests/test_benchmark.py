@@ -109,7 +109,9 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["input", "--images", sys.argv[3], "--limit", "-5"],
          ["step", "--config", "configs/default.py", "--top", "3"],
          ["profile", "--config", "configs/default.py", "--steps", "100"],
-         ["profile", "--config", "configs/default.py", "--top", "-4"]]
+         ["profile", "--config", "configs/default.py", "--top", "-4"],
+         ["input", "--prepared", sys.argv[4], "--limit", "5"],
+         ["input", "--images", sys.argv[3], "--batch_size", "512", "--batches", "3"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -142,7 +144,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 14, results
+  assert [code for code, _ in results] == [2] * 16, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -166,7 +168,12 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   assert messages[11] == ("error: --steps is a flag of the step benchmark, not of the profile "
                           "benchmark")
   assert messages[12] == "error: --top must be >= 1, got -4"
-  assert messages[13].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  # Each input's own flags, given for the other input alone: ignored before.
+  assert messages[13] == ("error: --limit caps the raw folder's images (--images); a prepared "
+                          "set is served whole")
+  assert messages[14] == ("error: --batch_size sets how the prepared set (--prepared) is served; "
+                          "the raw folder (--images) is decoded whole, --limit images at most")
+  assert messages[15].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
 
 
 def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
@@ -210,6 +217,7 @@ def test_cli_step_and_input(tmp_path):
   assert step.returncode == 0, step.stderr[-2000:]
   row = json.loads(step.stdout.strip().splitlines()[-1])
   assert KEYS <= set(row) and row["batch_size"] == 8 and row["steps_per_call"] == 2
+  assert (row["timed_calls"], row["timed_steps"]) == (2, 4)  # --steps counts calls
   profile = run_module("jaxgan.benchmark", "profile", "--config", "configs/default.py",
                        "--profile_steps", "2", "--warmup", "1", "--config.data.image_size=16",
                        "--config.model.g_width=8", "--config.model.d_width=8",
