@@ -38,7 +38,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   a = _sqrt_psd(s1)
-  eig = np.linalg.eigvalsh((a @ s2 @ a + (a @ s2 @ a).T) / 2)
+  product = a @ s2 @ a  # once: each 2048^3 product costs a second on a small host
+  eig = np.linalg.eigvalsh((product + product.T) / 2)
   trace_sqrt = float(np.sum(np.sqrt(np.clip(eig, 0, None))))
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
