@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--metrics", default="", help="registry names, comma-separated: fid, kid, pr "
-                 "(its cost grows with N^2 on the host), per_class_fid (default: the run's "
+                 "(its cost grows with N^2, on the default device), per_class_fid (default: the run's "
                  f"eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
   p.add_argument("--batch-size", type=int, default=0, dest="batch_size",
                  help="Inception batch per device (0 = the run's eval.batch_size in workdir "
