@@ -1,8 +1,9 @@
 """FID, KID and precision/recall, printed as one JSON object.
 
   python -m jaxgan.evaluate --workdir DIR [--num-samples N] [--checkpoint latest|best|STEP]
-      EMA samples of the run's checkpoint against the first N images of its training data
-      (real features cached per data set, size, N and weights); by default the metrics and
+      EMA samples of the run's checkpoint against the first --num-real images of its training
+      data (default: the run's eval.num_real, else N; real features cached per data set, size,
+      count and weights); by default the metrics and
       sample counts the run had at that checkpoint, so the FID it logged there is reproduced.
   python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
       two image folders or prepared data sets, all images of each (at their native sizes, or
@@ -45,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--metrics", default="", help="registry names, comma-separated: fid, kid, pr "
-                 "(its cost grows with N^2, on the default device), per_class_fid (default: the run's "
-                 f"eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
+                 "(its cost grows with N^2; on the default device), per_class_fid (default: the "
+                 f"run's eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
   p.add_argument("--batch-size", type=int, default=0, dest="batch_size",
                  help="Inception batch per device (0 = the run's eval.batch_size in workdir "
                  f"mode, {SETS_BATCH} with --real/--fake)")

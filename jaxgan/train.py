@@ -26,7 +26,8 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume even though the config differs from the checkpoint's.")
 flags.DEFINE_bool("compile_only", False,
                   "Lower and compile the train step for the configured mesh, print per-device "
-                  "memory and FLOPs as JSON, and exit without training.")
+                  "memory, FLOPs, parameter counts and collective bytes as JSON, and exit "
+                  "without training.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

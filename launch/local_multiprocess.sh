@@ -9,6 +9,9 @@
 # The processes run on the CPU (JAX_PLATFORMS=cpu unless set): on a GPU host each would otherwise
 # claim every GPU. Exit status: 0 when all finished; 75 when a stop signal stopped them (they stop
 # at the same step, checkpointed: rerun to resume); another process's failure otherwise.
+# JAXGAN_COORDINATOR_PORT: the coordinator's port (default: random, 20000-39999);
+# JAXGAN_KILL_GRACE: seconds the processes get to stop (on a stop signal to this script, or after
+# one process failed) before they are killed (default 60).
 set -euo pipefail
 
 if (( BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3) )); then

