@@ -11,11 +11,17 @@
 #
 # Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
-# Training runs inside the ssh session, so it ends with it: a worker that gets SIGHUP writes its
-# checkpoint and exits (status 75); one that only finds its output closed fails on its next
-# write. Rerunning this script resumes from the last checkpoint. For runs that must outlive the
-# session, DETACH=1 starts the workers under nohup (SIGHUP ignored, which training keeps),
-# appending to REPO_DIR/train.log on each, and returns.
+# Training runs inside the ssh session, on a terminal (ssh -tt; gcloud runs a --command without
+# one), so it ends with it: the session's end reaches every worker as SIGHUP (and Ctrl-C a worker
+# as SIGINT: a stop on one process stops them all), and each writes its checkpoint and exits
+# (status 75). Without the terminal nothing would tell
+# the workers, and process 0 would fail on its next write to the closed session. Rerunning this
+# script resumes from the last checkpoint. For runs that must outlive the session, DETACH=1
+# starts the workers under nohup (SIGHUP ignored, which training keeps), appending to
+# REPO_DIR/train.log on each, and returns. Either way a worker runs one trainer at a time (a lock
+# on REPO_DIR/train.lock): gcloud runs the command again when ssh fails (a dropped connection),
+# and a rerun while a detached run goes on would otherwise start a second one beside it; such a
+# worker exits 73 saying so.
 set -euo pipefail
 
 if [[ $# -lt 3 || "$3" != "--" ]]; then
@@ -31,9 +37,11 @@ project_flag=()
 # "${a[@]}" of an empty array fails under set -u on bash < 4.4 (macOS): expand it guarded.
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
-ssh_all() {
+ssh_all() {  # ssh_all COMMAND [gcloud flags...]
+  local command="$1"
+  shift
   gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" ${project_flag[@]+"${project_flag[@]}"} --worker=all \
-    --command "$1"
+    "$@" --command "$command"
 }
 
 # 1. Code: a tarball of the working tree (without run outputs) on every worker.
@@ -61,8 +69,14 @@ ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $r
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
 train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
+busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds $repo_dir/train.lock); \
+wait for it to stop (or stop it) first\" >&2; exit 73; }"
 if [[ "${DETACH:-0}" == 1 ]]; then
-  ssh_all "cd $repo_dir && nohup $train >> train.log 2>&1 < /dev/null &"
+  # Checked here, where the error can be seen; the detached trainer then holds the lock itself.
+  # (Separate commands: 'a && b &' would put the check in the background too.)
+  ssh_all "cd $repo_dir || exit; flock -n train.lock true || $busy; \
+    nohup flock -n train.lock $train >> train.log 2>&1 < /dev/null &"
 else
-  ssh_all "cd $repo_dir && $train"
+  ssh_all "cd $repo_dir && { flock -n -E 73 train.lock $train || { s=\$?; [[ \$s == 73 ]] && $busy; \
+    exit \$s; }; }" --ssh-flag=-tt
 fi

@@ -119,6 +119,7 @@ def test_a_second_ctrl_c_kills_processes_that_do_not_stop_and_a_second_sigterm_d
 FAKE_GCLOUD = """#!/usr/bin/env bash
 root="%s"
 if [[ " $* " == *" scp "* ]]; then cp "$5" "$root/jaxgan.tar.gz"; exit 0; fi
+printf '%%s|' "$@" | sed 's/--command|.*/--command/' >> "$root/gcloud.log"; echo >> "$root/gcloud.log"
 while [[ $# -gt 0 && "$1" != --command ]]; do shift; done
 cd "$root" && exec bash -c "${2//\\/tmp\\/jaxgan.tar.gz/$root/jaxgan.tar.gz}"
 """
@@ -150,3 +151,69 @@ def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec
                    "-m|jaxgan.train|--workdir|/mnt/a b|"
                    "--config.distributed.coordinator_address=auto|"]
   assert (tmp_path / "w" / "launch" / "tpu_pod.sh").exists()  # the checkout, unpacked there
+  # Training on a terminal: the session's end reaches the workers as SIGHUP.
+  assert (tmp_path / "gcloud.log").read_text().splitlines()[-1].endswith("|--ssh-flag=-tt|--command")
+
+
+@pytest.mark.parametrize("detach", ["0", "1"])
+def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach):
+  """gcloud reruns a command whose ssh failed (a dropped session), and a rerun of the script may
+  come while a detached run goes on: a worker whose trainer still runs (holds train.lock) starts
+  no second one, and says why (status 73)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in [("gcloud", FAKE_GCLOUD % tmp_path),
+                     ("python3", FAKE_PYTHON % (tmp_path, tmp_path))]:
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  (tmp_path / "w").mkdir()
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", REPO_DIR=str(tmp_path / "w"),
+             DETACH=detach)
+  holder = subprocess.Popen(["flock", str(tmp_path / "w" / "train.lock"), "sleep", "60"])
+  try:
+    for _ in range(100):  # until the holder has the lock
+      if subprocess.run(["flock", "-n", str(tmp_path / "w" / "train.lock"), "true"]).returncode:
+        break
+      time.sleep(0.05)
+    proc = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir", "w"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert proc.returncode == 73, proc.stderr
+  assert "jaxgan: a trainer is already running on " in proc.stderr
+  assert "train.lock); wait for it to stop (or stop it) first" in proc.stderr
+  time.sleep(0.2)  # a detached trainer would have logged by now
+  assert not any("jaxgan.train" in line
+                 for line in (tmp_path / "python.log").read_text().splitlines())
+
+
+# Stand-ins for launch/slurm_gpu.sbatch: `srun` logs its arguments and exits with $SRUN_STATUS
+# (the tasks' status), `scontrol` logs its arguments.
+FAKE_SLURM = """#!/usr/bin/env bash
+printf '%%s|' "$(basename "$0")" "$@" >> "%s/slurm.log"; echo >> "%s/slurm.log"
+[[ "$(basename "$0")" == srun ]] && exit "${SRUN_STATUS:-0}"
+exit 0
+"""
+
+
+@pytest.mark.parametrize("status, requeue, want_exit, want_requeue", [
+    (75, "1", 0, True), (75, "0", 75, False), (0, "1", 0, False), (3, "1", 3, False)])
+def test_the_slurm_script_gives_each_task_its_cores_and_requeues_a_stopped_run(
+    tmp_path, status, requeue, want_exit, want_requeue):
+  """srun gets --cpus-per-task itself (Slurm >= 22.05 no longer passes sbatch's on); a run that
+  stopped (75: the time limit's SIGTERM, its checkpoint written) is requeued, a failure is not."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name in ("srun", "scontrol"):
+    (bin_dir / name).write_text(FAKE_SLURM % (tmp_path, tmp_path))
+    (bin_dir / name).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="42",
+             SLURM_CPUS_PER_TASK="6", SRUN_STATUS=str(status), JAXGAN_REQUEUE=requeue)
+  proc = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--workdir", "/shared/a b"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == want_exit, proc.stderr
+  calls = (tmp_path / "slurm.log").read_text().splitlines()
+  assert calls[0] == ("srun|--kill-on-bad-exit=1|--cpus-per-task=6|python|-m|jaxgan.train|"
+                      "--workdir|/shared/a b|--config.distributed.coordinator_address=auto|")
+  assert calls[1:] == (["scontrol|requeue|42|"] if want_requeue else [])
