@@ -62,6 +62,21 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
   np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
 
 
+@pytest.mark.parametrize("name, fmt", [("rgb.tif", "TIFF"), ("rgb.TIFF", "TIFF"),
+                                       ("photo.jfif", "JPEG"), ("photo.jpe", "JPEG")])
+def test_tiff_and_jpeg_by_other_names_are_images(tmp_path, name, fmt):
+  path = _write(tmp_path, name, _encode(Image.new("RGB", (40, 40), (200, 30, 30)), fmt))
+  assert is_image_path(path)
+  r, g, b = load_image(path, OPTS).image[16, 16].astype(int)
+  assert r > 190 and g < 45 and b < 45
+
+
+def test_16bit_tiff_is_scaled_not_clipped(tmp_path):
+  arr = np.full((40, 40), 32768, np.uint16)
+  out = load_image(_write(tmp_path, "g16.tif", _encode(Image.fromarray(arr), "TIFF")), OPTS)
+  np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
+
+
 def test_dark_16bit_png_opened_as_mode_i_stays_16bit(tmp_path, monkeypatch):
   """Pillow 10 (allowed by pyproject) opens 16-bit grey PNGs as mode "I", not "I;16": a dark one
   (every value <= 255) must still scale by 65535, not read as 8-bit. Pillow 10's mode table is

@@ -124,6 +124,25 @@ def test_flat_folder_is_unconditional(tmp_path):
   assert source.class_names == [] and source.num_examples == 3 and set(source.labels) == {0}
 
 
+def test_folder_says_which_files_it_passes_over(tmp_path, caplog):
+  """A class of photos in a format not read (.heic from a phone) would vanish without a word:
+  the files passed over are counted by extension; TIFF and JPEG's other names are read."""
+  for name in ("A/x.jpg", "A/y.tif", "B/z.TIFF", "B/w.jfif"):
+    _img(str(tmp_path / "f" / name), (200, 0, 0))
+  for name in ("B/c.txt", "C/d.heic", "C/e.HEIC", "C/.hidden.heic"):
+    (tmp_path / "f" / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "f" / name).write_text("x")
+  from jaxgan.data import folder
+
+  with caplog.at_level(logging.WARNING):
+    paths, folders, _ = folder.scan_folder(str(tmp_path / "f"))
+  assert [os.path.relpath(p, tmp_path / "f") for p in paths] == ["A/x.jpg", "A/y.tif",
+                                                                  "B/w.jfif", "B/z.TIFF"]
+  assert folders == ["A", "A", "B", "B"]
+  assert (f"{tmp_path / 'f'}: 3 files passed over for their extension (.heic: 2, .txt: 1); "
+          "images are read from .jpg") in caplog.text
+
+
 def _manifest(tmp_path, rows, name="styles.csv"):
   images = tmp_path / "images"
   for row in rows:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 
 import numpy as np
 
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
                                 encode_kept)
-from jaxgan.data.images import find_images
+from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
+
+log = logging.getLogger(__name__)
 
 
 def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
@@ -20,15 +24,19 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
   """
   if not os.path.isdir(root):
     raise DataError(f"data.path {root!r} is not a directory; point it at your image folder")
-  paths, folders = [], []
+  paths, folders, others = [], [], collections.Counter()
   try:
-    for path in find_images(root):
+    for path in find_images(root, others):
       rel = os.path.relpath(os.path.dirname(path), root)
       paths.append(path)
       folders.append("" if rel == "." else rel.split(os.sep)[0])
   except OSError as e:
     raise DataError(f"{e.filename}: {e.strerror}; make it readable or remove it from "
                     f"{root}") from None
+  if others:  # captions and sidecars, or photos in a format not read (.heic): a class may vanish
+    listed = ", ".join(f"{ext or '(none)'}: {n}" for ext, n in others.most_common(8))
+    log.warning("%s: %d files passed over for their extension (%s); images are read from %s",
+                root, sum(others.values()), listed, " ".join(IMAGE_EXTENSIONS))
   skipped = []
   if any(folders):
     kept = [(p, f) for p, f in zip(paths, folders) if f]

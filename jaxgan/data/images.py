@@ -18,6 +18,7 @@ converts images the same way:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import functools
@@ -33,7 +34,9 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+# What Pillow reads among the formats catalog photos come in (.jfif/.jpe: JPEG's other names).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif",
+                    ".tiff")
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
 RESAMPLE = Image.Resampling.LANCZOS
 
@@ -80,11 +83,12 @@ def is_image_path(path: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def find_images(root: str) -> Iterator[str]:
+def find_images(root: str, others: Optional[collections.Counter] = None) -> Iterator[str]:
   """Image files under `root`, recursively, in a stable (sorted, depth-first) order; hidden files
   and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are
   followed (a class folder is often a link into shared storage), each real folder once; a folder
-  that cannot be listed raises OSError, rather than a class silently missing."""
+  that cannot be listed raises OSError, rather than a class silently missing. `others` counts
+  the files passed over for their extension, by extension (lower case, '' for none)."""
   seen = set()
 
   def fail(error: OSError) -> None:
@@ -103,6 +107,8 @@ def find_images(root: str) -> Iterator[str]:
       path = os.path.join(dirpath, name)
       if is_image_path(path):
         yield path
+      elif others is not None and not name.startswith("."):
+        others[os.path.splitext(name)[1].lower()] += 1
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int], source_format: str = ""
