@@ -253,6 +253,45 @@ def test_skipped_rows_name_the_line_they_start_on(tmp_path):
   assert [s["reason"] for s in skipped] == ["no id (item 2)"]
 
 
+def test_manifest_rows_that_misfit_or_repeat_are_skipped_with_their_reason(tmp_path):
+  """A comma in an unquoted value shifts the columns after it (Navy, Blue: 'Blue' would become a
+  usage); a row short of fields, and a photo listed twice (trained twice, under two labels), are
+  skipped too, each named; padded ids are ids."""
+  from jaxgan.data.manifest import scan_manifest_columns
+
+  for i in range(1, 6):
+    (tmp_path / f"{i}.jpg").write_bytes(b"x")
+  path = tmp_path / "styles.csv"
+  path.write_text("id,baseColour,usage\n1,Black,Casual\n2,Navy, Blue,Casual\n3,Red\n"
+                  "1,Black,Casual\n4,Red,Formal\n4,Green,Sports\n 5 ,White,Casual\n")
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                                 ["baseColour", "usage"])
+  assert [os.path.basename(p) for p in paths] == ["1.jpg", "4.jpg", "5.jpg"]
+  assert values == [["Black", "Red", "White"], ["Casual", "Formal", "Casual"]]
+  assert [s["reason"] for s in skipped] == [
+      "4 fields where the header has 3: quote values that hold commas (line 3)",
+      "2 fields where the header has 3 (line 4)",
+      "listed again (line 5; first on line 2)",
+      "listed again (line 7; first on line 6), with other labels (Green, Sports)"]
+  assert skipped[0]["path"] == f"{path} (line 3)"
+
+
+def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):
+  """Exporters drop null keys: a label column missing from the first row is still a column (that
+  row is skipped as unlabelled), and one in no row at all is refused."""
+  from jaxgan.data.manifest import scan_manifest_columns
+
+  for i in range(1, 4):
+    (tmp_path / f"{i}.jpg").write_bytes(b"x")
+  path = tmp_path / "skus.jsonl"
+  path.write_text('{"id": 1}\n{"id": 2, "colour": "Red"}\n{"id": 3, "colour": "Blue"}\n')
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                                 ["colour"])
+  assert values == [["Red", "Blue"]] and [s["reason"] for s in skipped] == ["no colour (line 1)"]
+  with pytest.raises(DataError, match=r"has no column 'usage' \(columns: id, colour\)"):
+    scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["usage"])
+
+
 def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
   from jaxgan.data import manifest
 

@@ -116,26 +116,37 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   numbered = read_numbered_rows(path)
   if not numbered:
     raise DataError(f"{path} has no rows")
-  rows = [row for _, row in numbered]
+  is_csv = not path.lower().endswith((".jsonl", ".json"))
   base = image_dir or os.path.dirname(os.path.abspath(path))
   needed = [c for c in (image_column or id_column, *label_columns) if c]
+  # A CSV's columns are its header's; JSON rows may each leave out keys (exporters drop nulls).
+  present = dict.fromkeys(c for _, row in (numbered[:1] if is_csv else numbered)
+                          if isinstance(row, dict) for c in row)  # in order
   for column in needed:
-    if column not in rows[0]:
-      raise DataError(f"{path} has no column {column!r} (columns: {', '.join(rows[0])}); "
+    if column not in present:
+      raise DataError(f"{path} has no column {column!r} (columns: "
+                      f"{', '.join(c for c in present if isinstance(c, str))}); "
                       "set data.image_column / data.id_column / data.label_column(s) (prepare: "
                       "--image-column / --id-column / --label-column)")
   paths, values, skipped = [], [[] for _ in label_columns], []
+  first: dict[str, tuple[str, list[str]]] = {}  # image path -> (where first listed, its labels)
+  key = image_column or id_column
   for at, row in numbered:
-    key = image_column or id_column
-    if not isinstance(row, dict) or row.get(key) in (None, ""):
+    problem = _field_count_problem(row) if is_csv else None
+    if problem:  # a comma in an unquoted value shifts every column after it: wrong labels
+      skipped.append({"path": f"{path} ({at})", "reason": f"{problem} ({at})"})
+      continue
+    # Cells are stripped, ids as labels are: ' 4 ' in a hand-edited file is image 4.
+    name = str(row.get(key)).strip() if isinstance(row, dict) and row.get(key) is not None else ""
+    if not name:
       skipped.append({"path": f"{path} ({at})", "reason": f"no {key} ({at})"})
       continue
     if image_column:
-      image = os.path.join(base, str(row[image_column]))
+      image = os.path.join(base, name)
     else:
       fields = {k: v for k, v in row.items() if k != "id" and isinstance(k, str)}
       try:
-        image = os.path.join(base, image_pattern.format(id=row[id_column], **fields))
+        image = os.path.join(base, image_pattern.format(id=name, **fields))
       except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
                         f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
@@ -145,11 +156,29 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
     elif not os.path.isfile(image):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
+    elif image in first:  # one photo trained twice, perhaps under two labels: the first row wins
+      where, kept = first[image]
+      other = f", with other labels ({', '.join(labels)})" if labels != kept else ""
+      skipped.append({"path": image, "reason": f"listed again ({at}; first on {where}){other}"})
     else:
+      first[image] = (at, labels)
       paths.append(image)
       for column, value in zip(values, labels):
         column.append(value)
   return paths, values, skipped
+
+
+def _field_count_problem(row: dict) -> str:
+  """Why a CSV row does not fit its header ('' when it does): csv.DictReader files extra fields
+  under the key None and fills missing ones with None."""
+  extra, missing = len(row.get(None) or []), sum(v is None for k, v in row.items() if k is not None)
+  header = len(row) - (None in row)
+  if extra:
+    return (f"{header + extra} fields where the header has {header}: quote values that hold "
+            "commas")
+  if missing:
+    return f"{header - missing} fields where the header has {header}"
+  return ""
 
 
 def label_columns(config) -> list[str]:
