@@ -34,7 +34,8 @@ def test_preparing_again_replaces_the_set(tmp_path, monkeypatch):
   out = str(tmp_path / "set")
   prepared.write_prepared(out, _images(5, 10), np.zeros(5), ["a"], [])  # 3 shards
   prepared.write_prepared(out, _images(3, 20), np.zeros(3), ["a"], [])  # 2 shards
-  assert sorted(os.listdir(out)) == ["dataset_info.json", "train-00000-of-00002.tfrecord",
+  assert sorted(os.listdir(out)) == [".prepare.lock", "dataset_info.json",
+                                     "train-00000-of-00002.tfrecord",
                                      "train-00001-of-00002.tfrecord"]
   images, _, info = prepared.read_prepared(out)
   assert info["num_examples"] == 3 and (np.asarray(images) == 20).all()
@@ -47,7 +48,9 @@ def test_a_failed_rewrite_leaves_no_loadable_mix(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="No space left"):
     # Shard 0 of the new set is written (same name as the old shard 0), shard 1 fails.
     prepared.write_prepared(out, FailingImages(_images(4, 20), fail_at=3), np.zeros(4), ["a"], [])
-  assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+  # No temporary left: the old set's two shards (the first rewritten), and no info.
+  assert sorted(os.listdir(out)) == [".prepare.lock", "train-00000-of-00002.tfrecord",
+                                     "train-00001-of-00002.tfrecord"]
   with pytest.raises(DataError, match="dataset_info.json not found"):
     prepared.read_prepared(out)  # not the old info over a new and an old shard
 
@@ -64,7 +67,7 @@ def test_a_tensorflow_write_error_is_an_oserror_naming_the_shard(tmp_path, monke
   out = tmp_path / "set"
   with pytest.raises(OSError, match=r"train-00000-of-00001.tfrecord failed: No space left"):
     prepared.write_prepared(str(out), _images(2, 10), np.zeros(2), ["a"], [])
-  assert os.listdir(out) == []
+  assert os.listdir(out) == [".prepare.lock"]  # no partial shard
 
 
 def test_with_a_cache_dir_the_images_are_memory_mapped_and_reused(tmp_path, monkeypatch):
@@ -196,3 +199,31 @@ def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_p
   assert not cache.exists() if damage == "missing" else os.listdir(cache) == []
   with pytest.raises(DataError, match=message):
     list(prepared.iter_prepared(str(out), batch_size=2))
+
+
+def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_killed_one_left(
+    tmp_path):
+  """A scheduler's retry while the first run still writes would publish a mix of both's shards:
+  the second waits for the lock; temporaries a killed run left (a shard's is large) are removed."""
+  import threading
+
+  from jaxgan.atomic_write import exclusive
+  from jaxgan.data.prepared import write_prepared
+
+  out = tmp_path / "set"
+  out.mkdir()
+  left = ["train-00000-of-00002.tfrecord.tmp", "dataset_info.json.host.123.abcdef12"]
+  for name in left:
+    (out / name).write_bytes(b"partial")
+  images, labels = np.zeros((3, 4, 4, 3), np.uint8), np.array([0, 1, 0])
+  done = threading.Event()
+  worker = threading.Thread(target=lambda: (write_prepared(str(out), images, labels, ["a", "b"],
+                                                           []), done.set()))
+  with exclusive(str(out / ".prepare.lock")):
+    worker.start()
+    assert not done.wait(1.0)  # waits while another holds the folder
+    assert not (out / "dataset_info.json").exists()
+  worker.join(60)
+  assert done.is_set()
+  assert sorted(os.listdir(out)) == [".prepare.lock", "dataset_info.json",
+                                     "train-00000-of-00001.tfrecord"]

@@ -7,6 +7,7 @@ Layout of OUT/:
                              class_counts}, ...] (class_names/class_counts describe the first)
   train-00000-of-0000N.tfrecord ...   tf.train.Examples: 'image' (raw uint8 bytes, S*S*3),
                                       'label' (int64; A int64 values with A > 1 attributes)
+  .prepare.lock              held while a preparation writes (one at a time into a folder)
 Images are stored pre-resized and undecoded (raw bytes), so reading is a memcpy, and the files
 are byte-identical when the same input is prepared again.
 """
@@ -58,6 +59,33 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
     raise ValueError(f"labels of shape {labels.shape} need {labels.shape[1]} attributes, got "
                      f"{len(attributes or ())}")
   os.makedirs(out_dir, exist_ok=True)
+  # One preparation at a time into a folder (a scheduler's retry while the first still runs
+  # would publish a mix of both's shards); what a killed one left is removed first.
+  with exclusive(os.path.join(out_dir, ".prepare.lock")):
+    _remove_temporaries(out_dir)
+    return _write_set(tf, out_dir, images, labels, multi, class_names, skipped, extra,
+                      attributes)
+
+
+# Temporaries of shards and of the info file (private_name's, or the '.tmp' of older versions).
+_TEMPORARY = re.compile(r"(train-\d{5}-of-\d{5}\.tfrecord|dataset_info\.json)\..+")
+
+
+def _remove_temporaries(out_dir: str) -> None:
+  """Removes the temporaries in `out_dir`: with the lock held, none is another preparation's, so
+  each was left by one that was killed (SIGKILL, out of memory), and a shard's is large."""
+  for name in sorted(os.listdir(out_dir)):
+    if _TEMPORARY.fullmatch(name):
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(out_dir, name))
+        log.warning("removed %s from %s, left by a preparation that did not finish", name,
+                    out_dir)
+
+
+def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: bool,
+               class_names: Sequence[str], skipped: list[dict], extra: Optional[dict],
+               attributes: Optional[Attributes]) -> dict:
+  """write_prepared's writing, under its lock."""
   # Preparing again into an existing set: its info goes first, so a write that fails halfway
   # leaves a folder that refuses to load (no dataset_info.json) rather than the old info over
   # a mix of new and old shards of the same names.
@@ -70,7 +98,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
   content = hashlib.sha256()  # of every image and label: names caches of this set's content
   for s in range(num_shards):
     name = f"train-{s:05d}-of-{num_shards:05d}.tfrecord"
-    tmp = os.path.join(out_dir, name + ".tmp")
+    tmp = private_name(os.path.join(out_dir, name))
     try:
       with tf.io.TFRecordWriter(tmp) as writer:
         for i in range(s * EXAMPLES_PER_SHARD, min(n, (s + 1) * EXAMPLES_PER_SHARD)):
@@ -109,7 +137,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
     info["attributes"] = [{"column": c, "class_names": list(names),
                            "class_counts": _counts(labels[:, i], names)}
                           for i, (c, names) in enumerate(attributes)]
-  tmp = info_path + ".tmp"
+  tmp = private_name(info_path)
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")
