@@ -69,14 +69,14 @@ ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $r
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
 train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
-busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds $repo_dir/train.lock); \
-wait for it to stop (or stop it) first\" >&2; exit 73; }"
+busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds \
+$repo_dir/train.lock); wait for it to stop (or stop it) first\" >&2; exit 73; }"
 if [[ "${DETACH:-0}" == 1 ]]; then
   # Checked here, where the error can be seen; the detached trainer then holds the lock itself.
   # (Separate commands: 'a && b &' would put the check in the background too.)
   ssh_all "cd $repo_dir || exit; flock -n train.lock true || $busy; \
     nohup flock -n train.lock $train >> train.log 2>&1 < /dev/null &"
 else
-  ssh_all "cd $repo_dir && { flock -n -E 73 train.lock $train || { s=\$?; [[ \$s == 73 ]] && $busy; \
-    exit \$s; }; }" --ssh-flag=-tt
+  ssh_all "cd $repo_dir && { flock -n -E 73 train.lock $train || { s=\$?; \
+    [[ \$s == 73 ]] && $busy; exit \$s; }; }" --ssh-flag=-tt
 fi

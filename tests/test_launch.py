@@ -119,7 +119,8 @@ def test_a_second_ctrl_c_kills_processes_that_do_not_stop_and_a_second_sigterm_d
 FAKE_GCLOUD = """#!/usr/bin/env bash
 root="%s"
 if [[ " $* " == *" scp "* ]]; then cp "$5" "$root/jaxgan.tar.gz"; exit 0; fi
-printf '%%s|' "$@" | sed 's/--command|.*/--command/' >> "$root/gcloud.log"; echo >> "$root/gcloud.log"
+printf '%%s|' "$@" | sed 's/--command|.*/--command/' >> "$root/gcloud.log"
+echo >> "$root/gcloud.log"
 while [[ $# -gt 0 && "$1" != --command ]]; do shift; done
 cd "$root" && exec bash -c "${2//\\/tmp\\/jaxgan.tar.gz/$root/jaxgan.tar.gz}"
 """
@@ -129,17 +130,22 @@ printf '%%s|' "$@" >> "%s/python.log"; echo >> "%s/python.log"
 """
 
 
-@pytest.mark.parametrize("spec", [None, "jax[tpu]==0.6.2"])
-def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec):
-  """No upgrade on a rerun: jax[tpu] at the JAX version installing jaxgan resolved (a resume
-  keeps its JAX), or JAX_TPU_SPEC as given; the training arguments arrive unsplit."""
+def _fake_workers(tmp_path) -> dict:
+  """The environment that runs launch/tpu_pod.sh against the stand-ins, REPO_DIR tmp_path/w."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   for name, text in [("gcloud", FAKE_GCLOUD % tmp_path),
                      ("python3", FAKE_PYTHON % (tmp_path, tmp_path))]:
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", REPO_DIR=str(tmp_path / "w"))
+  return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", REPO_DIR=str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("spec", [None, "jax[tpu]==0.6.2"])
+def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec):
+  """No upgrade on a rerun: jax[tpu] at the JAX version installing jaxgan resolved (a resume
+  keeps its JAX), or JAX_TPU_SPEC as given; the training arguments arrive unsplit."""
+  env = _fake_workers(tmp_path)
   if spec:
     env["JAX_TPU_SPEC"] = spec
   proc = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir",
@@ -152,7 +158,8 @@ def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec
                    "--config.distributed.coordinator_address=auto|"]
   assert (tmp_path / "w" / "launch" / "tpu_pod.sh").exists()  # the checkout, unpacked there
   # Training on a terminal: the session's end reaches the workers as SIGHUP.
-  assert (tmp_path / "gcloud.log").read_text().splitlines()[-1].endswith("|--ssh-flag=-tt|--command")
+  ssh_calls = (tmp_path / "gcloud.log").read_text().splitlines()
+  assert ssh_calls[-1].endswith("|--ssh-flag=-tt|--command")
 
 
 @pytest.mark.parametrize("detach", ["0", "1"])
@@ -160,15 +167,8 @@ def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach):
   """gcloud reruns a command whose ssh failed (a dropped session), and a rerun of the script may
   come while a detached run goes on: a worker whose trainer still runs (holds train.lock) starts
   no second one, and says why (status 73)."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  for name, text in [("gcloud", FAKE_GCLOUD % tmp_path),
-                     ("python3", FAKE_PYTHON % (tmp_path, tmp_path))]:
-    (bin_dir / name).write_text(text)
-    (bin_dir / name).chmod(0o755)
   (tmp_path / "w").mkdir()
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", REPO_DIR=str(tmp_path / "w"),
-             DETACH=detach)
+  env = dict(_fake_workers(tmp_path), DETACH=detach)
   holder = subprocess.Popen(["flock", str(tmp_path / "w" / "train.lock"), "sleep", "60"])
   try:
     for _ in range(100):  # until the holder has the lock
