@@ -101,9 +101,7 @@ class Discriminator(nn.Module):
     h = x.astype(self.dtype)
     for i in range(n):
       w = min(self.width * 2**i, self.max_width)
-      # No bias before BatchNorm (its mean removes it); before WGAN-GP's layer norm a channel's
-      # bias survives (the mean is over every channel), and the reference has it.
-      h = DownConv(w, use_bias=(i == 0 or self.norm != "batch"), impl=self.downsample_impl,
+      h = DownConv(w, use_bias=(i == 0 or self.norm == "none"), impl=self.downsample_impl,
                    kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
       if i > 0 and self.norm == "batch":  # DCGAN: no normalisation on the first layer
         h = norm_act(self.norm_impl, 0.2, not train, self.dtype, f"down{i}_bn")(h)
