@@ -101,6 +101,9 @@ class Discriminator(nn.Module):
     h = x.astype(self.dtype)
     for i in range(n):
       w = min(self.width * 2**i, self.max_width)
+      # No bias before a norm. WGAN-GP's reference has one before its layer norm (where a
+      # channel's bias survives the mean over every channel); adding it would change the
+      # parameter tree, and earlier d_norm=layer runs could no longer be sampled (documented).
       h = DownConv(w, use_bias=(i == 0 or self.norm == "none"), impl=self.downsample_impl,
                    kernel_init=_init, dtype=self.dtype, name=f"down{i}")(h)
       if i > 0 and self.norm == "batch":  # DCGAN: no normalisation on the first layer
