@@ -274,6 +274,34 @@ def test_manifest_rows_that_misfit_or_repeat_are_skipped_with_their_reason(tmp_p
       "listed again (line 5; first on line 2)",
       "listed again (line 7; first on line 6), with other labels (Green, Sports)"]
   assert skipped[0]["path"] == f"{path} (line 3)"
+  # A trailing delimiter on data lines (some exporters write one) is no extra field.
+  path.write_text("id,baseColour,usage\n1,Black,Casual,\n2,Red,Formal,,\n")
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                                 ["baseColour", "usage"])
+  assert values == [["Black", "Red"], ["Casual", "Formal"]] and not skipped
+
+
+def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path):
+  """A JSON number is formatted as one ('{id:05d}'); a CSV's padded cells are stripped for any
+  column the pattern names; one file listed under two spellings is one file."""
+  from jaxgan.data.manifest import scan_manifest_columns
+
+  (tmp_path / "00007.jpg").write_bytes(b"x")
+  (tmp_path / "a-7.jpg").write_bytes(b"x")
+  path = tmp_path / "skus.jsonl"
+  path.write_text('{"id": 7, "colour": "Red"}\n')
+  paths, _, _ = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id:05d}.jpg",
+                                      ["colour"])
+  assert [os.path.basename(p) for p in paths] == ["00007.jpg"]
+  path = tmp_path / "skus.csv"
+  path.write_text("sku,brand,colour\n 7 , a ,Red\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "", "sku", str(tmp_path),
+                                            "{brand}-{sku}.jpg", ["colour"])
+  assert [os.path.basename(p) for p in paths] == ["a-7.jpg"] and not skipped
+  path.write_text("file,colour\na-7.jpg,Red\n./a-7.jpg,Red\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "file", "", str(tmp_path), "", ["colour"])
+  assert len(paths) == 1 and [s["reason"] for s in skipped] == [
+      "listed again (line 3; first on line 2)"]
 
 
 def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):

@@ -136,15 +136,18 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     if problem:  # a comma in an unquoted value shifts every column after it: wrong labels
       skipped.append({"path": f"{path} ({at})", "reason": f"{problem} ({at})"})
       continue
-    # Cells are stripped, ids as labels are: ' 4 ' in a hand-edited file is image 4.
-    name = str(row.get(key)).strip() if isinstance(row, dict) and row.get(key) is not None else ""
-    if not name:
+    # Text cells are stripped, as labels are: ' 4 ' in a hand-edited file is image 4. A JSON
+    # number stays one ('{id:05d}.jpg' formats it).
+    cells = {k: v.strip() if isinstance(v, str) else v
+             for k, v in (row.items() if isinstance(row, dict) else ()) if isinstance(k, str)}
+    name = cells.get(key)
+    if name is None or name == "":
       skipped.append({"path": f"{path} ({at})", "reason": f"no {key} ({at})"})
       continue
     if image_column:
-      image = os.path.join(base, name)
+      image = os.path.join(base, str(name))
     else:
-      fields = {k: v for k, v in row.items() if k != "id" and isinstance(k, str)}
+      fields = {k: v for k, v in cells.items() if k != "id"}
       try:
         image = os.path.join(base, image_pattern.format(id=name, **fields))
       except (KeyError, IndexError, ValueError) as e:
@@ -156,12 +159,12 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
     elif not os.path.isfile(image):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
-    elif image in first:  # one photo trained twice, perhaps under two labels: the first row wins
-      where, kept = first[image]
+    elif os.path.normpath(image) in first:  # one photo trained twice, maybe under two labels
+      where, kept = first[os.path.normpath(image)]  # the first row wins
       other = f", with other labels ({', '.join(labels)})" if labels != kept else ""
       skipped.append({"path": image, "reason": f"listed again ({at}; first on {where}){other}"})
     else:
-      first[image] = (at, labels)
+      first[os.path.normpath(image)] = (at, labels)
       paths.append(image)
       for column, value in zip(values, labels):
         column.append(value)
@@ -171,11 +174,13 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
 def _field_count_problem(row: dict) -> str:
   """Why a CSV row does not fit its header ('' when it does): csv.DictReader files extra fields
   under the key None and fills missing ones with None."""
-  extra, missing = len(row.get(None) or []), sum(v is None for k, v in row.items() if k is not None)
+  # Empty extras are a trailing delimiter (some exporters end every data line with one).
+  extra = sum(bool(v.strip()) for v in row.get(None) or [])
+  missing = sum(v is None for k, v in row.items() if k is not None)
   header = len(row) - (None in row)
   if extra:
-    return (f"{header + extra} fields where the header has {header}: quote values that hold "
-            "commas")
+    return (f"{header + len(row[None])} fields where the header has {header}: quote values that "
+            "hold commas")
   if missing:
     return f"{header - missing} fields where the header has {header}"
   return ""
