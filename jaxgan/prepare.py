@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import sys
@@ -180,8 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return _prepare_and_report(args)
   finally:
-    if created and not os.listdir(args.out):
-      os.rmdir(args.out)
+    from jaxgan.data.prepared import LOCK_FILE  # pylint: disable=g-import-not-at-top
+
+    # Nothing written but the lock (a write that failed): the folder goes as it came.
+    if created and set(os.listdir(args.out)) <= {LOCK_FILE}:
+      with contextlib.suppress(OSError):
+        if os.listdir(args.out):
+          os.remove(os.path.join(args.out, LOCK_FILE))
+        os.rmdir(args.out)
 
 
 def _prepare_and_report(args: argparse.Namespace) -> int:

@@ -227,3 +227,31 @@ def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_
   assert done.is_set()
   assert sorted(os.listdir(out)) == [".prepare.lock", "dataset_info.json",
                                      "train-00000-of-00001.tfrecord"]
+
+
+def test_a_failed_first_preparation_leaves_no_folder(tmp_path, monkeypatch, capsys):
+  """prepare removes an --out it created when nothing was written into it (the lock alone is
+  nothing); and only temporaries are cleared from a folder (a user's .bak is not touched)."""
+  from PIL import Image
+
+  from jaxgan import prepare, tf_host
+
+  tf = tf_host.import_tensorflow()
+  (tmp_path / "photos").mkdir()
+  Image.new("RGB", (20, 20)).save(tmp_path / "photos" / "a.png")
+
+  def full_disk(path):
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+  monkeypatch.setattr(tf.io, "TFRecordWriter", full_disk)
+  out = tmp_path / "out"
+  assert prepare.main(["--images", str(tmp_path / "photos"), "--out", str(out),
+                       "--image-size", "16"]) == 2
+  assert "No space left on device" in capsys.readouterr().err
+  assert not out.exists()
+  monkeypatch.undo()
+  kept = tmp_path / "kept"
+  kept.mkdir()
+  (kept / "dataset_info.json.bak").write_text("mine")
+  prepared.write_prepared(str(kept), _images(1, 5), np.zeros(1), ["a"], [])
+  assert (kept / "dataset_info.json.bak").read_text() == "mine"

@@ -35,6 +35,7 @@ from jaxgan.data.images import LOADER_VERSION
 log = logging.getLogger(__name__)
 
 INFO_FILE = "dataset_info.json"
+LOCK_FILE = ".prepare.lock"
 EXAMPLES_PER_SHARD = 4096
 
 
@@ -61,14 +62,16 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
   os.makedirs(out_dir, exist_ok=True)
   # One preparation at a time into a folder (a scheduler's retry while the first still runs
   # would publish a mix of both's shards); what a killed one left is removed first.
-  with exclusive(os.path.join(out_dir, ".prepare.lock")):
+  with exclusive(os.path.join(out_dir, LOCK_FILE)):
     _remove_temporaries(out_dir)
     return _write_set(tf, out_dir, images, labels, multi, class_names, skipped, extra,
                       attributes)
 
 
-# Temporaries of shards and of the info file (private_name's, or the '.tmp' of older versions).
-_TEMPORARY = re.compile(r"(train-\d{5}-of-\d{5}\.tfrecord|dataset_info\.json)\..+")
+# Temporaries of shards and of the info file: private_name's (host, pid, 8 hex digits), or the
+# '.tmp' of older versions; nothing else (a user's dataset_info.json.bak is theirs).
+_TEMPORARY = re.compile(r"(train-\d{5}-of-\d{5}\.tfrecord|dataset_info\.json)"
+                        r"\.(tmp|.+\.\d+\.[0-9a-f]{8})")
 
 
 def _remove_temporaries(out_dir: str) -> None:
