@@ -193,27 +193,32 @@ def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach):
 FAKE_SLURM = """#!/usr/bin/env bash
 printf '%%s|' "$(basename "$0")" "$@" >> "%s/slurm.log"; echo >> "%s/slurm.log"
 [[ "$(basename "$0")" == srun ]] && exit "${SRUN_STATUS:-0}"
-exit 0
+exit "${SCONTROL_STATUS:-0}"
 """
 
 
-@pytest.mark.parametrize("status, requeue, want_exit, want_requeue", [
-    (75, "1", 0, True), (75, "0", 75, False), (0, "1", 0, False), (3, "1", 3, False)])
+@pytest.mark.parametrize("status, requeue, scontrol, want_exit, want_requeue", [
+    (75, "1", 0, 0, True), (75, "1", 1, 75, True), (75, "0", 0, 75, False), (0, "1", 0, 0, False),
+    (3, "1", 0, 3, False)])
 def test_the_slurm_script_gives_each_task_its_cores_and_requeues_a_stopped_run(
-    tmp_path, status, requeue, want_exit, want_requeue):
-  """srun gets --cpus-per-task itself (Slurm >= 22.05 no longer passes sbatch's on); a run that
-  stopped (75: the time limit's SIGTERM, its checkpoint written) is requeued, a failure is not."""
+    tmp_path, status, requeue, scontrol, want_exit, want_requeue):
+  """srun gets --cpus-per-task itself (Slurm >= 22.05 no longer passes sbatch's on) and does not
+  kill the other tasks at the first one's exit (a stop's 75 would become their 137); a run that
+  stopped (75: the time limit's SIGTERM, its checkpoint written) is requeued, a failure is not,
+  and a failed requeue keeps the 75."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   for name in ("srun", "scontrol"):
     (bin_dir / name).write_text(FAKE_SLURM % (tmp_path, tmp_path))
     (bin_dir / name).chmod(0o755)
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="42",
-             SLURM_CPUS_PER_TASK="6", SRUN_STATUS=str(status), JAXGAN_REQUEUE=requeue)
+             SLURM_CPUS_PER_TASK="6", SRUN_STATUS=str(status), JAXGAN_REQUEUE=requeue,
+             SCONTROL_STATUS=str(scontrol))
   proc = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--workdir", "/shared/a b"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
   assert proc.returncode == want_exit, proc.stderr
   calls = (tmp_path / "slurm.log").read_text().splitlines()
-  assert calls[0] == ("srun|--kill-on-bad-exit=1|--cpus-per-task=6|python|-m|jaxgan.train|"
-                      "--workdir|/shared/a b|--config.distributed.coordinator_address=auto|")
+  assert calls[0] == ("srun|--kill-on-bad-exit=0|--wait=120|--cpus-per-task=6|python|-m|"
+                      "jaxgan.train|--workdir|/shared/a b|"
+                      "--config.distributed.coordinator_address=auto|")
   assert calls[1:] == (["scontrol|requeue|42|"] if want_requeue else [])
