@@ -20,8 +20,8 @@
 # starts the workers under nohup (SIGHUP ignored, which training keeps), appending to
 # REPO_DIR/train.log on each, and returns. Either way a worker runs one trainer at a time (a lock
 # on REPO_DIR/train.lock): gcloud runs the command again when ssh fails (a dropped connection),
-# and a rerun while a detached run goes on would otherwise start a second one beside it; such a
-# worker exits 73 saying so.
+# and a rerun while a detached run goes on would otherwise start a second one beside it (and
+# replace its code first); such a worker gets no code and no trainer, and exits 73 saying so.
 set -euo pipefail
 
 if [[ $# -lt 3 || "$3" != "--" ]]; then
@@ -44,9 +44,16 @@ ssh_all() {  # ssh_all COMMAND [gcloud flags...]
     "$@" --command "$command"
 }
 
-# 1. Code: a tarball of the working tree (without run outputs) on every worker.
+# 0. A worker whose trainer still runs (a detached run) keeps its code: nothing is copied.
+busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds \
+$repo_dir/train.lock); wait for it to stop (or stop it) first\" >&2; exit 73; }"
+ssh_all "[ ! -e $repo_dir/train.lock ] || flock -n $repo_dir/train.lock true || $busy"
+
+# 1. Code: a tarball of the working tree (without run outputs) on every worker. Not the lock:
+# a new file there would not be the one a running trainer holds.
 tarball="$(mktemp -t jaxgan.XXXXXX.tar.gz)"
-tar -C "$here" --exclude=.git --exclude=runs --exclude='*.egg-info' -czf "$tarball" .
+tar -C "$here" --exclude=.git --exclude=runs --exclude='*.egg-info' --exclude=./train.lock \
+  --exclude=./train.log -czf "$tarball" .
 gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zone" \
   ${project_flag[@]+"${project_flag[@]}"} --worker=all
 rm -f "$tarball"
@@ -69,8 +76,6 @@ ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $r
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
 train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
-busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds \
-$repo_dir/train.lock); wait for it to stop (or stop it) first\" >&2; exit 73; }"
 if [[ "${DETACH:-0}" == 1 ]]; then
   # Checked here, where the error can be seen; the detached trainer then holds the lock itself.
   # (Separate commands: 'a && b &' would put the check in the background too.)

@@ -127,6 +127,11 @@ cd "$root" && exec bash -c "${2//\\/tmp\\/jaxgan.tar.gz/$root/jaxgan.tar.gz}"
 FAKE_PYTHON = """#!/usr/bin/env bash
 if [[ "$1" == -c ]]; then echo 0.9.9; exit 0; fi
 printf '%%s|' "$@" >> "%s/python.log"; echo >> "%s/python.log"
+if [[ -n "${HOLD_AT_INSTALL:-}" && "$*" == "-m pip install -q -e ." ]]; then
+  # A trainer that starts on this worker meanwhile: holds train.lock (its pid in holder.pid).
+  flock train.lock sh -c 'echo $$ > "$HOLD_AT_INSTALL"; exec sleep 60' > /dev/null 2>&1 &
+  while [[ ! -s "$HOLD_AT_INSTALL" ]]; do sleep 0.05; done
+fi
 """
 
 
@@ -163,29 +168,39 @@ def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec
 
 
 @pytest.mark.parametrize("detach", ["0", "1"])
-def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach):
-  """gcloud reruns a command whose ssh failed (a dropped session), and a rerun of the script may
-  come while a detached run goes on: a worker whose trainer still runs (holds train.lock) starts
-  no second one, and says why (status 73)."""
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach, when):
+  """A rerun of the script while a detached run goes on, and gcloud's rerun of a command whose ssh
+  failed (a dropped session): a worker whose trainer still runs (holds train.lock) gets no new
+  code ('before': checked first) and no second trainer ('during': one that started after that
+  check), and the script says why (status 73)."""
   (tmp_path / "w").mkdir()
   env = dict(_fake_workers(tmp_path), DETACH=detach)
-  holder = subprocess.Popen(["flock", str(tmp_path / "w" / "train.lock"), "sleep", "60"])
-  try:
-    for _ in range(100):  # until the holder has the lock
-      if subprocess.run(["flock", "-n", str(tmp_path / "w" / "train.lock"), "true"]).returncode:
-        break
+  holder_pid = tmp_path / "holder.pid"
+  if when == "before":
+    holder = subprocess.Popen(["flock", str(tmp_path / "w" / "train.lock"), "sh", "-c",
+                               f"echo $$ > {holder_pid}; exec sleep 60"])
+    while not holder_pid.exists() or not holder_pid.read_text().strip():
       time.sleep(0.05)
+  else:
+    env["HOLD_AT_INSTALL"] = str(holder_pid)
+  try:
     proc = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir", "w"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   finally:
-    holder.kill()
-    holder.wait()
+    if holder_pid.exists():
+      os.kill(int(holder_pid.read_text()), signal.SIGKILL)
+    if when == "before":
+      holder.wait()
   assert proc.returncode == 73, proc.stderr
   assert "jaxgan: a trainer is already running on " in proc.stderr
   assert "train.lock); wait for it to stop (or stop it) first" in proc.stderr
-  time.sleep(0.2)  # a detached trainer would have logged by now
-  assert not any("jaxgan.train" in line
-                 for line in (tmp_path / "python.log").read_text().splitlines())
+  log = tmp_path / "python.log"
+  calls = log.read_text().splitlines() if log.exists() else []
+  # Each check runs before the next step, in the same ssh call: nothing can start after it.
+  assert calls == ([] if when == "before" else ["-m|pip|install|-q|-e|.|",
+                                                 "-m|pip|install|-q|jax[tpu]==0.9.9|"])
+  assert (tmp_path / "w" / "launch").exists() == (when == "during")  # no new code under it
 
 
 # Stand-ins for launch/slurm_gpu.sbatch: `srun` logs its arguments and exits with $SRUN_STATUS
