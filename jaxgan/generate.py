@@ -17,7 +17,8 @@ byte-identical for the same checkpoint, seed and arguments.
 A grid without --label has a row per class (--num rounded to a multiple of the class count, so
 that every class shows). Multi-attribute models (e.g. articleType and baseColour): `--label
 articleType=Tshirts --label "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts`
-names a class of the first attribute. In a grid, the first attribute, when not given, takes all
+names a class of the first attribute. A class is named or given by its index, except where
+some class names of its attribute are numbers (category ids): there a number is a name. In a grid, the first attribute, when not given, takes all
 its classes in turn (one row per class with --interpolate); every other attribute not given is
 drawn uniformly at random from --seed (per image; per row with --interpolate), so the output
 stays deterministic. Single PNGs draw the attributes not given from the data's combinations that
@@ -47,7 +48,8 @@ flags.DEFINE_multi_string("label", None, "Class name or index of the first attri
                           "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
                           "--label 'baseColour=Navy Blue'); default: a grid row per class of the "
                           "first attribute, other attributes drawn at random from --seed; single "
-                          "PNGs (--out DIR/) drawn by the training data's label mix.")
+                          "PNGs (--out DIR/) drawn by the training data's label mix. Where some "
+                          "class names of an attribute are numbers, numbers are names only.")
 flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not given by --label).")
 flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
                    "(0 = off; BigGAN uses 0.5-1.0).")
