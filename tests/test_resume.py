@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,9 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
   done = subprocess.run(_train_cmd(workdir, flags), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
+  # Resumed from the kill's checkpoint (a fresh start would end bit-identical too).
+  resumed_from = re.search(r"resuming from checkpoint step (\d+) of", done.stderr)
+  assert resumed_from and int(resumed_from.group(1)) >= killed_at, done.stderr[-2000:]
   reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
   _, step, resumed, _ = workdir_lib.load_latest(str(workdir))
   assert step == 120

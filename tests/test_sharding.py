@@ -119,8 +119,9 @@ def test_an_fsdp_that_splits_little_is_counted_and_warned_about(caplog):
 
 
 TRAIN = """
-import sys
+import logging, sys
 from jaxgan import trainer
+logging.basicConfig(level=logging.INFO, force=True)
 from tests.conftest import tiny_config
 trainer.train_and_evaluate(tiny_config(**{'train.batch_size': 16, 'train.num_steps': int(sys.argv[2]),
                                           'mesh.fsdp': int(sys.argv[3]),
@@ -133,12 +134,19 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
   for devices, steps, fsdp in ((8, 2, 4), (2, 4, 1)):
     proc = _python(TRAIN, devices, workdir, str(steps), str(fsdp))
     assert proc.returncode == 0, proc.stderr[-3000:]
-  # Step 4, written by 2 devices, reads on this process's single device ...
+  # The 2-device run continued the 8-device one's step 2 (a fresh start ends alike) ...
+  assert "resuming from checkpoint step 2 of" in proc.stderr, proc.stderr[-3000:]
+  # ... its step 4 reads on this process's single device ...
   assert workdir_lib.load_latest(workdir)[1] == 4
   # ... and training resumes from it there (not from an older step after a failed read).
-  from jaxgan import trainer
-  trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
-                                            "train.tensorboard": False}), workdir)
+  from jaxgan import restore, trainer
+  restored, real_restore = [], restore.restore_run
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(restore, "restore_run",
+                  lambda *a: restored.append(real_restore(*a)) or restored[-1])
+    trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
+                                              "train.tensorboard": False}), workdir)
+  assert [r[0] for r in restored] == [4]
   _, step, state, _ = workdir_lib.load_latest(workdir)
   assert step == 6 and int(state.step) == 6 and int(state.images_seen) == 6 * 16
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.g_params))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import evaluate, generate, sample_inputs, sampling, trainer, writers
+from jaxgan import evaluate, generate, restore, sample_inputs, sampling, trainer, writers
 from jaxgan import workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.data.arrays import DataError
@@ -28,7 +28,12 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
   full = trainer.train_and_evaluate(tiny_config(), str(root / "full"))
   trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(root / "resumed"))
-  resumed = trainer.train_and_evaluate(tiny_config(), str(root / "resumed"))
+  restored, real_restore = [], restore.restore_run
+  with pytest.MonkeyPatch.context() as patch:  # records what the second run started from
+    patch.setattr(restore, "restore_run",
+                  lambda *a: restored.append(real_restore(*a)) or restored[-1])
+    resumed = trainer.train_and_evaluate(tiny_config(), str(root / "resumed"))
+  (root / "resumed_from").write_text(str(restored[0][0] if restored[0] else None))
   return root, full, resumed
 
 
@@ -55,6 +60,8 @@ def test_outputs(runs):
 def test_resumed_run_is_bit_identical_to_uninterrupted(runs):
   root, full, resumed = runs
   assert int(resumed.step) == 4
+  # Resumed at step 2 (a fresh start would end bit-identical too: the runs are deterministic).
+  assert (root / "resumed_from").read_text() == "2"
   a, b = _leaves(full), _leaves(resumed)
   assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
   # The resumed run's log is continuous, not duplicated.
