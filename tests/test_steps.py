@@ -248,3 +248,49 @@ def test_bfloat16_step_runs_with_float32_state(make_config):
   assert all(x.dtype in (jnp.float32, jnp.int32, jnp.uint32)
              for x in jax.tree_util.tree_leaves(new))
   assert np.isfinite(float(metrics["g_loss"]))
+
+
+def _one_step(config, batch=None):
+  """The state after one step of `config` from its initial state (on `batch`, or the first)."""
+  init, step_fn = _setup(config)
+  batch = _batches(config, 1)[0] if batch is None else batch
+  return jax.jit(steps.with_state_rng(step_fn))(init(), batch)
+
+
+@pytest.mark.parametrize("key, off, on, extra", [
+    ("loss.gp_weight", 0.0, 10.0, {"loss.name": "wgan_gp", "model.d_norm": "layer"}),
+    ("loss.lecam_weight", 0.0, 0.3, {}),
+])
+def test_a_regulariser_reaches_the_critics_loss(make_config, key, off, on, extra):
+  """D's loss, the value its gradient is taken of, holds weight * penalty: a metric that reports
+  the penalty cannot tell whether it was added (it is reported with weight 0 too). One critic
+  update from the same state, so both runs see the same logits and penalty."""
+  name = {"loss.gp_weight": "gradient_penalty", "loss.lecam_weight": "lecam"}[key]
+  _, without = _one_step(make_config(**extra, **{key: off}))
+  _, weighted = _one_step(make_config(**extra, **{key: on}))
+  penalty = float(weighted[name])
+  assert penalty > 1e-3
+  assert float(weighted["d_loss"]) - float(without["d_loss"]) == pytest.approx(on * penalty,
+                                                                              rel=1e-4)
+
+
+def test_each_critic_update_sees_its_own_real_slice(make_config):
+  """n_critic = 2: the two D updates read rows 0, 2, 4, ... and 1, 3, 5, ... (interleaved). With
+  slice 1 made a copy of slice 0 the step must differ, or the second update read slice 0."""
+  config = make_config(**{"train.n_critic": 2, "data.random_flip": False})
+  batch = _batches(config, 1)[0]
+  copied = dict(batch, image=batch["image"].copy())
+  copied["image"][1::2] = copied["image"][0::2]
+  assert not np.array_equal(batch["image"][1::2], batch["image"][0::2])
+  a, _ = _one_step(config, batch)
+  b, _ = _one_step(config, copied)
+  assert not _leaves_equal(a.d_params, b.d_params)
+
+
+def test_bfloat16_compute_is_compiled_as_bfloat16(make_config):
+  """A bf16 config that silently computed in float32 would pass every float32-state check."""
+  for dtype, has_bf16 in (("bfloat16", True), ("float32", False)):
+    config = make_config(**{"train.dtype": dtype})
+    init, step_fn = _setup(config)
+    text = jax.jit(steps.with_state_rng(step_fn)).lower(init(), _batches(config, 1)[0]).as_text()
+    assert ("bf16" in text) == has_bf16, dtype
