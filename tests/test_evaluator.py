@@ -368,8 +368,15 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   periodic.close()
   assert saved == [2]
 
-  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0]), Writer(), lambda s: {}, 4)
+  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0, 20.0]), Writer(),
+                                 meta=lambda step: {"step": step}, start_step=4)
   assert again.best_fid == 30.0  # read back from checkpoints_best's meta
+  real_save = again.best.save
+  monkeypatch.setattr(again.best, "save", lambda step, state, meta: saved.append(step) or
+                      real_save(step, {"w": state.w}, meta))
+  again(6, _state(6.0))  # 35: worse than the 30 read back, not saved
+  again(8, _state(8.0))  # 20: better, saved
+  assert saved == [2, 8] and again.best_fid == 20.0
   again.close()
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
