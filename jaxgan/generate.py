@@ -14,16 +14,16 @@ training's FID draw from (a grid shows one row per class instead). `--checkpoint
 the best-FID checkpoint instead of the newest, `--checkpoint STEP` that step. Output is
 byte-identical for the same checkpoint, seed and arguments.
 
-A grid without --label has a row per class (--num rounded to a multiple of the class count, so
-that every class shows). Multi-attribute models (e.g. articleType and baseColour): `--label
+A grid without --label has a row per class (--num rounded to a multiple of the class count, so that
+every class shows). Multi-attribute models (e.g. articleType and baseColour): `--label
 articleType=Tshirts --label "baseColour=Navy Blue"` picks a combination; a bare `--label Tshirts`
-names a class of the first attribute. A class is named or given by its index, except where
-some class names of its attribute are numbers (category ids): there a number is a name. In a grid, the first attribute, when not given, takes all
-its classes in turn (one row per class with --interpolate); every other attribute not given is
-drawn uniformly at random from --seed (per image; per row with --interpolate), so the output
-stays deterministic. Single PNGs draw the attributes not given from the data's combinations that
-match the ones given. With --between, the attributes other than the interpolated one come from
---label or are drawn per row.
+names a class of the first attribute. A class is named or given by its index, except where some
+class names of its attribute are numbers (category ids): there a number is a name. In a grid, the
+first attribute, when not given, takes all its classes in turn (one row per class with
+--interpolate); every other attribute not given is drawn uniformly at random from --seed (per image;
+per row with --interpolate), so the output stays deterministic. Single PNGs draw the attributes not
+given from the data's combinations that match the ones given. With --between, the attributes other
+than the interpolated one come from --label or are drawn per row.
 """
 
 from __future__ import annotations
