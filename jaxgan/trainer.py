@@ -58,14 +58,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
   config = config_lib.with_absolute_paths(config)
 
-  # Joins jax.distributed first where configured; data.num_classes=-1 becomes the prepared set's
-  # counts here, stored resolved in config.json and the checkpoints.
-  config = run_lib.with_data_counts(config)
-  # Open from here to the end, not around the loop only: jax.distributed installs its own
-  # SIGTERM handler (a preemption notifier) that keeps the process alive and tells Python
-  # nothing, so a stop signal during start-up (data, restore, Inception: minutes) was lost and
-  # the run trained on. Now it stops the run at the next start-up stage, or in the loop.
+  # Joins jax.distributed first where configured, then opens the stop request at once, to the
+  # end (not around the loop only): jax.distributed installs its own SIGTERM handler (a
+  # preemption notifier) that keeps the process alive and tells Python nothing, so a stop
+  # signal during start-up (data, restore, Inception: minutes) was lost and the run trained on.
+  # Now it stops the run at the next start-up stage, or in the loop.
+  config_lib.validate_distributed(config)
+  sharding.initialize_distributed(config)
   with stopping_lib.StopRequest() as stop:
+    # data.num_classes=-1 becomes the prepared set's counts here (agreed: the first exchange),
+    # stored resolved in config.json and the checkpoints.
+    config = run_lib.with_data_counts(config)
     return _train(config, workdir, allow_config_change, stop)
 
 

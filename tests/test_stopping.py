@@ -157,14 +157,14 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
 STOP_WHILE_READING_DATA = r"""
 import os, signal, sys
 from jaxgan import data, train
-build_source = data.build_source
+real = getattr(data, sys.argv[3])
 
-def build_then_signal(config):
-  source = build_source(config)
+def read_then_signal(config):
+  read = real(config)
   os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice while the run reads its data
-  return source
+  return read
 
-data.build_source = build_then_signal
+setattr(data, sys.argv[3], read_then_signal)
 sys.argv = ["train", "--config", "configs/default.py", "--workdir", sys.argv[2],
             "--config.distributed.coordinator_address=" + sys.argv[1],
             "--config.distributed.num_processes=1", "--config.distributed.process_id=0",
@@ -174,15 +174,18 @@ train.run()
 """
 
 
-def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training(tmp_path):
+@pytest.mark.parametrize("reading", ["build_source", "with_class_counts"])
+def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training(tmp_path,
+                                                                                  reading):
   """jax.distributed installs its own SIGTERM handler (a preemption notifier that keeps the
   process alive and tells Python nothing): a notice during start-up was lost and the run
-  trained on. It now stops at the end of the start-up stage, exit status 75, nothing written."""
+  trained on. It now stops at the end of the start-up stage, exit status 75, nothing written;
+  also one during the class counts' read, the first thing after the processes join."""
   from tests.conftest import _free_port
 
   proc = subprocess.run(
       [sys.executable, "-c", STOP_WHILE_READING_DATA, f"localhost:{_free_port()}",
-       str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=120)
+       str(tmp_path / "w"), reading], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
   assert ("SIGTERM received while starting (after reading the data): stopped before training"
           in proc.stderr)
