@@ -91,6 +91,9 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   """Lowers and compiles the train step for the configured mesh without creating a state or
   reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
   per-device memory and FLOPs as XLA reports them."""
+  # As training does, first: a config file not built on base_config() gets its one-line error.
+  config_lib.check_known_keys(config)
+  config_lib.check_complete(config)
   config = with_data_counts(config)
   run = build_run(config)
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)

@@ -209,6 +209,9 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
     (["--config", "T/bare.py", "--workdir", "W"], "error: config key augment.ada_interval is "
      "missing (N schema keys are): build config files on jaxgan.config.base_config(), as "
      "configs/default.py does"),
+    (["--config", "T/bare.py", "--workdir", "W", "--compile_only"], "error: config key "
+     "augment.ada_interval is missing (N schema keys are): build config files on "
+     "jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py:big", "--workdir", "W"], "error: --config configs/"
      "default.py:big: TypeError: get_config() takes 0 positional arguments but 1 was given"),
     # What a config file raises while it loads: its type, message and line, not a traceback.
