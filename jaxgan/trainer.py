@@ -21,6 +21,7 @@ from tqdm import tqdm
 from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import console
 from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
 from jaxgan import multihost
@@ -215,7 +216,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   interactive = sys.stderr.isatty()
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
                   dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 60.0,
-                  maxinterval=10.0 if interactive else 60.0)
+                  maxinterval=10.0 if interactive else 60.0,
+                  file=console.TolerantStream(sys.stderr))
   interval_start, interval_steps = None, 0
   # Every step's metrics, fetched stacked and reduced per log row.
   interval = step_metrics.Interval(sharding.to_host_list)
@@ -343,7 +345,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                             if eval_due and written else ""))
         log.warning(msg)
         if is_main:
-          print(msg, flush=True)
+          console.say(msg)
         break
     else:
       written = checkpointer.wait() and saved  # waited for on every process alike

@@ -132,6 +132,26 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   assert step == stopped == int(state.step) and 0 < stopped < 100000
 
 
+def test_a_stop_with_its_output_gone_still_exits_75(tmp_path):
+  """Piped into tee and stopped by Ctrl-C (which ends tee too), or in a dropped ssh session: the
+  run's stdout and stderr are gone. Writing the stop message or the progress bar must not turn
+  the clean stop into a crash (status 1, and the writers left unclosed)."""
+  flags = TINY_FLAGS + ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+                        "--config.train.log_every=10", "--config.train.sample_every=100000"]
+  workdir = tmp_path / "w"
+  proc = subprocess.Popen(_train_cmd(workdir, flags), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.stdout.close()  # the reader is gone: writes now fail with a broken pipe
+  proc.stderr.close()
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == stopping.EXIT_STOPPED
+  _, step, state, _ = workdir_lib.load_latest(str(workdir))
+  assert step == int(state.step) > 0
+
+
 @pytest.mark.parametrize("save_fails", [False, True])
 def test_a_signal_during_the_log_row_stops_after_the_next_step_with_its_checkpoint(
     tmp_path, monkeypatch, capsys, save_fails):

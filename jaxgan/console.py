@@ -1,0 +1,47 @@
+"""Console output that a closed pipe or a hung-up terminal cannot turn into a failure.
+
+A run piped into `tee` that is stopped with Ctrl-C (the signal ends `tee` too), or one in an ssh
+session that dropped, loses its stdout and stderr: a write then raises (BrokenPipeError, or EIO
+from the terminal). The run's own record is its log file, metrics and checkpoints, so such a
+write must not turn a clean stop (exit status 75) into a crash (status 1), nor skip the closing
+of its checkpointer and writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any, TextIO
+
+
+class TolerantStream:
+  """`stream` (for tqdm's `file`) whose writes and flushes drop OSError instead of raising."""
+
+  def __init__(self, stream: TextIO):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    try:
+      return self._stream.write(text)
+    except OSError:
+      return 0
+
+  def flush(self) -> None:
+    with contextlib.suppress(OSError):
+      self._stream.flush()
+
+  def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the stream's own
+    return getattr(self._stream, name)
+
+
+def say(message: str) -> None:
+  """Prints `message` to stdout; if stdout is gone, points it at /dev/null instead of raising,
+  so the interpreter's flush at exit fails neither (it would make the exit status 120)."""
+  try:
+    print(message, flush=True)
+  except OSError:
+    with contextlib.suppress(OSError, ValueError):
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, sys.stdout.fileno())
+      os.close(devnull)
