@@ -343,6 +343,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
           # the step would take the run for finished (train's exit status 0, never rerun).
           raise stopping_lib.Stopped(msg + (" (its evaluation was skipped: the rerun runs it)"
                                             if eval_due and written else ""))
+        if step == cfg.num_steps:  # nothing left: the run is complete (exit status 0)
+          msg = (f"{name} received during the last step: the run is complete (step {step}, "
+                 "checkpoint written)")
         log.warning(msg)
         if is_main:
           console.say(msg)

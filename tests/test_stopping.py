@@ -154,6 +154,28 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   assert "7" in os.listdir(tmp_path / "checkpoints")
 
 
+def test_a_stop_during_the_last_step_with_nothing_left_says_the_run_is_complete(
+    tmp_path, monkeypatch, capsys):
+  """No evaluation due and its checkpoint written: train exits 0, so the message must not ask
+  for a rerun."""
+  from jaxgan import trainer
+  from tests.conftest import tiny_config
+
+  real_check = stopping.StopRequest.check
+
+  def check(self, call, exchange=False):
+    if call == 2:  # a preemption notice during the last step
+      self.signal = signal.SIGTERM
+    return real_check(self, call, exchange)
+
+  monkeypatch.setattr(stopping.StopRequest, "check", check)
+  config = tiny_config(**{"train.num_steps": 2, "train.log_every": 1,
+                          "train.tensorboard": False})
+  assert int(trainer.train_and_evaluate(config, str(tmp_path)).step) == 2
+  assert capsys.readouterr().out.strip() == (
+      "SIGTERM received during the last step: the run is complete (step 2, checkpoint written)")
+
+
 STOP_WHILE_READING_DATA = r"""
 import os, signal, sys
 from jaxgan import data, train
