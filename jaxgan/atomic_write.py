@@ -115,18 +115,30 @@ def exclusive(path: str) -> Iterator[None]:
   """Holds an exclusive lock on the file `path` (created if needed) while the block runs: the
   processes of a host, or of hosts sharing the folder, build a cache one at a time, and those
   that waited find it built. Where the file system has no locks, the block runs unlocked (each
-  process may then build its own copy; the renames keep that safe)."""
+  process may then build its own copy; the renames keep that safe). The lock file may be
+  removed by its holder (prepare removes a folder it made and left empty): a waiter that then
+  holds a lock on the removed file takes it again on the file now at `path`."""
   try:
     import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle = open(path, "a", encoding="utf-8")
-  except (ImportError, OSError):
+  except ImportError:
     yield
     return
-  with handle:
+  while True:
+    try:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      handle = open(path, "a", encoding="utf-8")
+    except OSError:
+      yield
+      return
     try:
       fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:  # e.g. ENOLCK on a file system without locks
+      break
+    try:  # the file held is still the one at `path`: no holder removed it while this waited
+      if os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
+        break
+    except OSError:
       pass
+    handle.close()
+  with handle:
     yield

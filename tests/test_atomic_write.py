@@ -36,6 +36,40 @@ def test_a_second_process_waits_for_the_lock(tmp_path):
   assert released
 
 
+def test_a_waiter_whose_lock_file_was_removed_locks_the_one_at_the_path(tmp_path):
+  """prepare removes a folder it made and left empty, its lock file too: a second preparation
+  waiting on that lock must not go on holding a lock on the removed file (which excludes
+  nobody), but take it on the file at the path, which it makes again."""
+  import fcntl
+  import threading
+
+  lock = tmp_path / "out" / ".prepare.lock"
+  inside, release = threading.Event(), threading.Event()
+  seen = []
+
+  def waiter():
+    with atomic_write.exclusive(str(lock)):
+      inside.set()
+      with open(lock, "a") as other:  # a third party cannot take the lock at the path
+        try:
+          fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          seen.append("free")
+        except BlockingIOError:
+          seen.append("held")
+      release.wait(30)
+
+  with atomic_write.exclusive(str(lock)):
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not inside.wait(0.5)  # waiting on the holder
+    os.remove(lock)
+    os.rmdir(lock.parent)
+  assert inside.wait(30)
+  release.set()
+  thread.join(30)
+  assert seen == ["held"] and lock.exists()
+
+
 def test_publish_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
   """A rename committed before its data leaves an empty file after a host crash: the file is
   synced first, then renamed, then its folder synced (the rename itself made durable)."""
