@@ -81,6 +81,10 @@ def with_data_counts(config: ml_collections.ConfigDict) -> ml_collections.Config
   """`config` with data.num_classes=-1 resolved from its prepared set (data.with_class_counts),
   read once the processes are joined and agreed: a host without the set's dataset_info.json
   stops them all instead of leaving the others in jax.distributed's rendezvous."""
+  # First, for every caller (training, --compile_only, the benchmark): a config file not built
+  # on base_config() gets its one-line error, not a KeyError from the first key it lacks.
+  config_lib.check_known_keys(config)
+  config_lib.check_complete(config)
   config_lib.validate_distributed(config)
   sharding.initialize_distributed(config)
   return multihost.agreed(lambda: data_lib.with_class_counts(config),
@@ -91,9 +95,6 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   """Lowers and compiles the train step for the configured mesh without creating a state or
   reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
   per-device memory and FLOPs as XLA reports them."""
-  # As training does, first: a config file not built on base_config() gets its one-line error.
-  config_lib.check_known_keys(config)
-  config_lib.check_complete(config)
   config = with_data_counts(config)
   run = build_run(config)
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)

@@ -144,7 +144,11 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   typo = run_module("jaxgan.benchmark", "--config", "configs/default.py",
                     "--config.train.batchsize=8")  # parsed by absl before main: the real CLI
   results.append([typo.returncode, typo.stderr.strip()])
-  assert [code for code, _ in results] == [2] * 16, results
+  (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
+                                    "  return ml_collections.ConfigDict({'seed': 1})\n")
+  bare = run_module("jaxgan.benchmark", "--config", str(tmp_path / "bare.py"))
+  results.append([bare.returncode, bare.stderr.strip().splitlines()[-1]])
+  assert [code for code, _ in results] == [2] * 17, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -174,6 +178,8 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   assert messages[14] == ("error: --batch_size sets how the prepared set (--prepared) is served; "
                           "the raw folder (--images) is decoded whole, --limit images at most")
   assert messages[15].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  # A config file not built on base_config(): its one-line error (a traceback before).
+  assert messages[16].startswith("error: config key ") and "is missing" in messages[16]
 
 
 def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
