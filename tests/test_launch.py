@@ -180,7 +180,9 @@ def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach, when):
   if when == "before":
     holder = subprocess.Popen(["flock", str(tmp_path / "w" / "train.lock"), "sh", "-c",
                                f"echo $$ > {holder_pid}; exec sleep 60"])
+    deadline = time.monotonic() + 30
     while not holder_pid.exists() or not holder_pid.read_text().strip():
+      assert time.monotonic() < deadline, "the lock holder never started"
       time.sleep(0.05)
   else:
     env["HOLD_AT_INSTALL"] = str(holder_pid)

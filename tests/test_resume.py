@@ -141,13 +141,19 @@ def test_a_stop_with_its_output_gone_still_exits_75(tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.Popen(_train_cmd(workdir, flags), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
-  deadline = time.time() + 240
-  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
-    time.sleep(0.05)
-  proc.stdout.close()  # the reader is gone: writes now fail with a broken pipe
-  proc.stderr.close()
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == stopping.EXIT_STOPPED
+  try:
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").exists():
+      assert time.time() < deadline and proc.poll() is None, "the run never logged a row"
+      time.sleep(0.05)
+    proc.stdout.close()  # the reader is gone: writes now fail with a broken pipe
+    proc.stderr.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == stopping.EXIT_STOPPED
+  finally:
+    if proc.poll() is None:  # never left training 100000 steps in the background
+      proc.kill()
+      proc.wait()
   _, step, state, _ = workdir_lib.load_latest(str(workdir))
   assert step == int(state.step) > 0
 

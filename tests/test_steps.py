@@ -263,8 +263,8 @@ def _one_step(config, batch=None):
 ])
 def test_a_regulariser_reaches_the_critics_loss(make_config, key, off, on, extra):
   """D's loss, the value its gradient is taken of, holds weight * penalty: a metric that reports
-  the penalty cannot tell whether it was added (it is reported with weight 0 too). One critic
-  update from the same state, so both runs see the same logits and penalty."""
+  the penalty cannot tell whether it was added. One critic update from the same state, so both
+  runs see the same logits and penalty."""
   name = {"loss.gp_weight": "gradient_penalty", "loss.lecam_weight": "lecam"}[key]
   _, without = _one_step(make_config(**extra, **{key: off}))
   _, weighted = _one_step(make_config(**extra, **{key: on}))
@@ -275,8 +275,9 @@ def test_a_regulariser_reaches_the_critics_loss(make_config, key, off, on, extra
 
 
 def test_each_critic_update_sees_its_own_real_slice(make_config):
-  """n_critic = 2: the two D updates read rows 0, 2, 4, ... and 1, 3, 5, ... (interleaved). With
-  slice 1 made a copy of slice 0 the step must differ, or the second update read slice 0."""
+  """n_critic = 2: the two D updates read rows 0, 2, 4, ... and 1, 3, 5, ... (interleaved, as
+  steps.py lays the batch out). With slice 1 made a copy of slice 0 the step must differ, or the
+  second update read slice 0."""
   config = make_config(**{"train.n_critic": 2, "data.random_flip": False})
   batch = _batches(config, 1)[0]
   copied = dict(batch, image=batch["image"].copy())
