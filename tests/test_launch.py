@@ -200,8 +200,8 @@ def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach, when):
   log = tmp_path / "python.log"
   calls = log.read_text().splitlines() if log.exists() else []
   # Each check runs before the next step, in the same ssh call: nothing can start after it.
-  assert calls == ([] if when == "before" else ["-m|pip|install|-q|-e|.|",
-                                                 "-m|pip|install|-q|jax[tpu]==0.9.9|"])
+  installs = ["-m|pip|install|-q|-e|.|", "-m|pip|install|-q|jax[tpu]==0.9.9|"]
+  assert calls == ([] if when == "before" else installs)
   assert (tmp_path / "w" / "launch").exists() == (when == "during")  # no new code under it
 
 

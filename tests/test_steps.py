@@ -270,8 +270,8 @@ def test_a_regulariser_reaches_the_critics_loss(make_config, key, off, on, extra
   _, weighted = _one_step(make_config(**extra, **{key: on}))
   penalty = float(weighted[name])
   assert penalty > 1e-3
-  assert float(weighted["d_loss"]) - float(without["d_loss"]) == pytest.approx(on * penalty,
-                                                                              rel=1e-4)
+  added = float(weighted["d_loss"]) - float(without["d_loss"])
+  assert added == pytest.approx(on * penalty, rel=1e-4)
 
 
 def test_each_critic_update_sees_its_own_real_slice(make_config):

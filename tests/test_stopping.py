@@ -197,8 +197,8 @@ train.run()
 
 
 @pytest.mark.parametrize("reading", ["build_source", "with_class_counts"])
-def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training(tmp_path,
-                                                                                  reading):
+def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training(
+    tmp_path, reading):
   """jax.distributed installs its own SIGTERM handler (a preemption notifier that keeps the
   process alive and tells Python nothing): a notice during start-up was lost and the run
   trained on. It now stops at the end of the start-up stage, exit status 75, nothing written;

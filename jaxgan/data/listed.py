@@ -69,9 +69,9 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   if len(indices) == 0:
     first = (list(missing) + skipped)[:1]
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
-                                                       f"{first[0]['reason']})" if first else ""))
+                                                      f"{first[0]['reason']})" if first else ""))
   if d.num_classes > 0:
     require_every_class(np.asarray(labels)[indices], attribute_names, where)
   return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
-                               class_names, bad_files=len(skipped),
-                               attribute_names=attribute_names, where=where)
+                                class_names, bad_files=len(skipped),
+                                attribute_names=attribute_names, where=where)
