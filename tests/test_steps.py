@@ -295,3 +295,40 @@ def test_bfloat16_compute_is_compiled_as_bfloat16(make_config):
     init, step_fn = _setup(config)
     text = jax.jit(steps.with_state_rng(step_fn)).lower(init(), _batches(config, 1)[0]).as_text()
     assert ("bf16" in text) == has_bf16, dtype
+
+
+def test_the_lazy_r1_phase_steps_d_by_its_gain_times_the_penalty_gradient(make_config):
+  """StyleGAN2's lazy R1: the extra D step is on gamma/2 * r1_interval * n_critic * R1. With SGD
+  for D the phase moves D by exactly lr * gain * grad R1 from where the main phase left it (the
+  same step with gamma = 0, which runs no R1 phase and draws the same keys); Adam's first steps
+  would hide a wrong constant factor."""
+  gamma, interval, lr = 0.5, 2, 0.01
+  results = {}
+  for g in (0.0, gamma):
+    config = make_config(**{"model.d_norm": "layer", "loss.r1_gamma": g,
+                            "loss.r1_interval": interval})
+    gen, disc = models.build_models(config)
+    g_tx, _ = state_lib.make_optimizers(config)
+    d_tx = optax.sgd(lr)
+    state = state_lib.init_state(config, gen, disc, g_tx, d_tx, config.seed)
+    step_fn = steps.make_train_step(config, gen, disc, losses.build_loss(config), g_tx, d_tx)
+    batch = _batches(config, 1)[0]
+    results[g], _ = jax.jit(steps.with_state_rng(step_fn))(state, batch)
+  after_main = results[0.0]
+  real = steps.to_model_range(jnp.asarray(batch["image"]))
+  labels = jnp.asarray(batch["label"])
+
+  def r1(params):
+    critic = lambda x: steps._apply(disc, params, after_main.d_batch_stats, x, labels)[0]
+    return losses.r1_penalty(critic, real)[0]
+
+  gain = 0.5 * gamma * interval * config.train.n_critic
+  grads = jax.grad(r1)(after_main.d_params)
+  expected = jax.tree_util.tree_map(lambda p, g: p - lr * gain * g, after_main.d_params, grads)
+  for got, want in zip(jax.tree_util.tree_leaves(results[gamma].d_params),
+                       jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(results[gamma].d_params),
+      jax.tree_util.tree_leaves(after_main.d_params)))
+  assert moved > 1e-5  # the phase did move D
