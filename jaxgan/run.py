@@ -42,8 +42,7 @@ class Run:
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
   """Validates the config and builds mesh, models, shardings and the jitted step (not compiled)."""
-  config_lib.validate_distributed(config)
-  sharding.initialize_distributed(config)
+  join_processes(config)
   config_lib.validate(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(config)
   generator, discriminator = models_lib.build_models(config)
@@ -77,18 +76,29 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
                                         sharding=batch_sharding)}
 
 
-def with_data_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with data.num_classes=-1 resolved from its prepared set (data.with_class_counts),
-  read once the processes are joined and agreed: a host without the set's dataset_info.json
-  stops them all instead of leaving the others in jax.distributed's rendezvous."""
-  # First, for every caller (training, --compile_only, the benchmark): a config file not built
-  # on base_config() gets its one-line error, not a KeyError from the first key it lacks.
+def join_processes(config: ml_collections.ConfigDict) -> None:
+  """Checks the config's keys (a config file not built on base_config() gets its one-line error,
+  not a KeyError from the first key it lacks) and its distributed settings, then joins
+  jax.distributed where configured; once joined, later calls only check."""
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   config_lib.validate_distributed(config)
   sharding.initialize_distributed(config)
+
+
+def resolve_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with data.num_classes=-1 resolved from its prepared set (data.with_class_counts),
+  read by the joined processes and agreed: a host without the set's dataset_info.json stops
+  them all instead of leaving the others in the first collective."""
   return multihost.agreed(lambda: data_lib.with_class_counts(config),
                           "reading the data set's class counts")
+
+
+def with_data_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """join_processes, then resolve_class_counts: for callers without a stop request of their own
+  to open in between (--compile_only, the benchmark)."""
+  join_processes(config)
+  return resolve_class_counts(config)
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict:

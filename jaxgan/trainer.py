@@ -52,24 +52,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED); one stopped while starting
   raises stopping.Stopped before its first step, and so does one stopped in its last step
   before its end (the final evaluation, or a checkpoint that could not be written)."""
-  # Before with_absolute_paths, which reads every path key: a config file not built on
-  # base_config() gets its one-line error, not a KeyError.
-  config_lib.check_known_keys(config)
-  config_lib.check_complete(config)
-  # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
-  config = config_lib.with_absolute_paths(config)
-
-  # Joins jax.distributed first where configured, then opens the stop request at once, to the
-  # end (not around the loop only): jax.distributed installs its own SIGTERM handler (a
-  # preemption notifier) that keeps the process alive and tells Python nothing, so a stop
-  # signal during start-up (data, restore, Inception: minutes) was lost and the run trained on.
-  # Now it stops the run at the next start-up stage, or in the loop.
-  config_lib.validate_distributed(config)
-  sharding.initialize_distributed(config)
+  # The config's keys checked first (with_absolute_paths reads every path key), and
+  # jax.distributed joined where configured; then the stop request opens at once, to the end
+  # (not around the loop only): jax.distributed installs its own SIGTERM handler (a preemption
+  # notifier) that keeps the process alive and tells Python nothing, so a stop signal during
+  # start-up (data, restore, Inception: minutes) was lost and the run trained on. Now it stops
+  # the run at the next start-up stage, or in the loop.
+  run_lib.join_processes(config)
   with stopping_lib.StopRequest() as stop:
+    # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
+    config = config_lib.with_absolute_paths(config)
     # data.num_classes=-1 becomes the prepared set's counts here (agreed: the first exchange),
     # stored resolved in config.json and the checkpoints.
-    config = run_lib.with_data_counts(config)
+    config = run_lib.resolve_class_counts(config)
     return _train(config, workdir, allow_config_change, stop)
 
 
