@@ -121,9 +121,11 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
     if step is None:
-      # A read-only reader moves nothing aside, so whether the config matched does not matter.
-      restored = checkpointer.restore_latest(
-          target, None if check_meta is None else lambda _, meta: bool(check_meta(meta)))
+      def accept(_, meta: dict) -> bool:
+        check_meta(meta)
+        return False  # "same config?" only decides what a writer moves aside; this one reads
+
+      restored = checkpointer.restore_latest(target, None if check_meta is None else accept)
     elif step not in checkpointer.steps():
       raise FileNotFoundError(f"no checkpoint step {step} in {directory}; it holds steps "
                               f"{checkpointer.steps() or 'none'}")

@@ -155,16 +155,17 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                         f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
     labels = [str(row[c]).strip() if row.get(c) is not None else "" for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
+    file_key = os.path.normpath(image)  # 'x.jpg' and './x.jpg' are one file
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
     elif not os.path.isfile(image):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
-    elif os.path.normpath(image) in first:  # one photo trained twice, maybe under two labels
-      where, kept = first[os.path.normpath(image)]  # the first row wins
+    elif file_key in first:  # one photo trained twice, maybe under two labels: the first wins
+      where, kept = first[file_key]
       other = f", with other labels ({', '.join(labels)})" if labels != kept else ""
       skipped.append({"path": image, "reason": f"listed again ({at}; first on {where}){other}"})
     else:
-      first[os.path.normpath(image)] = (at, labels)
+      first[file_key] = (at, labels)
       paths.append(image)
       for column, value in zip(values, labels):
         column.append(value)
