@@ -152,7 +152,9 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   # ADA's sign statistic counts the reals of every D pass, as StyleGAN2-ADA: after step 0, the
   # main pass's 8 and the lazy-R1 pass's 8 (R1 is due on even steps); step 1 adds its main 8.
   assert int(s1.augment.count) == 16 and float(s1.augment.p) == 0.5
-  assert abs(float(s1.augment.signs_sum)) <= 16 and float(s1.augment.signs_sum) % 1 == 0
+  # 16 signs of +-1 sum to an even number in [-16, 16] (a sign of 0 needs a logit exactly on
+  # the boundary).
+  assert abs(float(s1.augment.signs_sum)) <= 16 and float(s1.augment.signs_sum) % 2 == 0
   # At the end of the interval (2 steps, 16 images shown with ada_kimg=1) p moves by exactly
   # 16 / 1000, up when sign(D(real)) averages above the target, down otherwise; the sums reset.
   assert abs(abs(float(s2.augment.p) - 0.5) - 16 / 1000) < 1e-6
