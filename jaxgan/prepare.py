@@ -27,6 +27,8 @@ from jaxgan import cli
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
+
   p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--images", required=True, help="image folder (class subfolders, or flat)")
@@ -41,8 +43,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "(e.g. --label-column articleType --label-column baseColour)")
   p.add_argument("--min-class-count", type=int, default=1)
   p.add_argument("--rare-classes", choices=("other", "drop"), default="other")
-  p.add_argument("--min-source-size", type=int, default=8)
-  p.add_argument("--max-pixels", type=int, default=64_000_000)
+  p.add_argument("--min-source-size", type=int, default=LoadOptions.min_source_size)
+  p.add_argument("--max-pixels", type=int, default=LoadOptions.max_pixels)
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
   # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
   args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))

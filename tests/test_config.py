@@ -27,6 +27,9 @@ from tests.conftest import REPO, run_module
     ("optim.d_lr", float("inf"), "optim.d_lr: must be > 0 and finite, got inf"),
     ("data.max_bad_fraction", 5, "data.max_bad_fraction: must be a fraction in [0, 1], got 5"),
     ("data.workers", -3, "data.workers: must be an integer >= 0 (0 = every core), got -3"),
+    # Each would reject every image, found only after the data had been decoded.
+    ("data.max_pixels", 0, "data.max_pixels: must be a positive integer, got 0"),
+    ("data.min_source_size", 0, "data.min_source_size: must be a positive integer, got 0"),
     # Read only with an explicit host:port: without it, each process would train alone.
     ("distributed.num_processes", 4, "distributed.num_processes: got 4, but it is read only "
      "with distributed.coordinator_address=host:port"),
@@ -46,6 +49,19 @@ def test_invalid_values_name_the_key(make_config, key, value, message):
     config_lib.validate(config, num_devices=1)
   assert message in str(info.value)
   assert "\n" not in str(info.value)
+
+
+def test_the_loader_limits_default_alike_in_training_and_prepare():
+  """data.min_source_size and data.max_pixels, prepare's --min-source-size and --max-pixels, and
+  the loader's own defaults (evaluate's folders) are one setting each."""
+  from jaxgan import prepare
+  from jaxgan.data.images import LoadOptions
+
+  config = config_lib.base_config()
+  args = prepare.parse_args(["--images", "in", "--out", "out"])
+  assert (config.data.min_source_size, config.data.max_pixels) == (
+      args.min_source_size, args.max_pixels) == (LoadOptions.min_source_size,
+                                                  LoadOptions.max_pixels)
 
 
 RESNET32 = {"model.name": "resnet", "data.image_size": 32}

@@ -65,7 +65,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
-              "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps"):
+              "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps",
+              "data.min_source_size", "data.max_pixels"):
     _positive_int(config, key)
   nc = config.data.num_classes
   _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
