@@ -1,8 +1,9 @@
 """Checkpoints of the whole train state through an orbax CheckpointManager.
 
 Each checkpoint holds the state pytree (written collectively by every process, asynchronously) and
-a small JSON `meta` item (resolved config, class names, images seen). Orbax writes a step into a
-temporary directory and renames it when complete, so a crash mid-write never damages the previous
+a small JSON `meta` item (the trainer's: resolved config, class names and attributes, step, data
+position, data and order fingerprints, label counts). Orbax writes a step into a temporary
+directory and renames it when complete, so a crash mid-write never damages the previous
 checkpoint; `restore_latest` additionally falls back to an older step when the newest is corrupt.
 """
 

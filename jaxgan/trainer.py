@@ -74,9 +74,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
   made_workdir = []  # [True] once this process created the workdir
 
-  def start() -> tuple[run_lib.Run, Any, int]:
+  def start() -> tuple[run_lib.Run, Any, int, int]:
     """Everything checked before anything compiles: config, weights, workdir, data (read for
-    its fingerprint)."""
+    its fingerprints: contents and order)."""
     run = run_lib.build_run(config)  # validates the config
     if config.train.eval_every:
       try:  # now, not after the first eval_every steps (training only: compile_only needs none)

@@ -99,8 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   # lr/betas corrected). 0 = off.
   c.loss.r1_gamma = 0.0
   c.loss.r1_interval = 16
-  # LeCam (Tseng et al. 2021): weight * (E(D(real) - a_fake)^2 + E(D(fake) - a_real)^2) with
-  # a_* EMAs of D's outputs (state). 0 = off.
+  # LeCam (Tseng et al. 2021) as its reference code: weight * (E relu(D(real) - a_fake)^2 +
+  # E relu(a_real - D(fake))^2) with a_* EMAs of D's outputs (state; losses.lecam_penalty). 0 = off.
   c.loss.lecam_weight = 0.0
   c.loss.lecam_ema_decay = 0.99
 

@@ -2,6 +2,8 @@
 
 A source is a class with:
   - `validate(config)` (static): raises ConfigError for values it cannot serve;
+  - `reads`: the data keys (SOURCE_KEYS) it reads, and `unread_hint`: what to do instead when
+    another one is set (config validation refuses those, naming the key);
   - `from_config(config)` (class method): builds it;
   - `class_names`: list of label names ([] when unconditional), of the first attribute;
   - `attribute_names` (optional; see `attribute_names` below): [(column, class names)] of every
