@@ -262,8 +262,7 @@ class Evaluator:
     return multihost.gather_rows(np.concatenate(rows), features, num)
 
   def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
-               seed: int = 0, names: Optional[list[str]] = None, keep_going: bool = False
-               ) -> dict:
+               seed: int = 0, keep_going: bool = False) -> dict:
     """{metric: value, ..., num_samples, num_real, inception_images_per_sec, seconds}.
     `keep_going` (training): a metric that fails is logged and marked `<name>_failed`, and the
     others are kept; otherwise its error is raised."""
@@ -279,13 +278,13 @@ class Evaluator:
                 type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
       failed.append(name)
 
-    results = suite.compute(real, fake, names or self.names,
+    results = suite.compute(real, fake, self.names,
                             real_labels if conditional else None,
                             self.fake_labels(real_labels, num_samples, seed),
                             on_error=metric_failed if keep_going else None,
                             real_statistics=lambda: self.real_statistics(num_real))
     results.update({f"{name}_failed": 1 for name in failed})
-    if "per_class_fid" in (names or self.names) and getattr(self.source, "class_names", None):
+    if "per_class_fid" in self.names and getattr(self.source, "class_names", None):
       results["class_names"] = list(self.source.class_names)  # fid_class_<k>: class_names[k]
     results.update(num_samples=int(num_samples), num_real=int(len(real)),
                    inception_images_per_sec=self.extractor.last_images_per_sec,

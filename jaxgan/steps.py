@@ -48,12 +48,12 @@ def random_flip(images: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
-def _apply(module: nn.Module, params: Any, stats: Any, *args, train: bool = True):
+def _apply(module: nn.Module, params: Any, stats: Any, *args):
   """Calls a module in train mode, returning (output, updated BatchNorm stats)."""
   variables = {"params": params}
   if stats:
     variables["batch_stats"] = stats
-  out, updates = module.apply(variables, *args, train=train, mutable=["batch_stats"])
+  out, updates = module.apply(variables, *args, train=True, mutable=["batch_stats"])
   return out, updates.get("batch_stats", stats)
 
 

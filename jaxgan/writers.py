@@ -99,10 +99,6 @@ class MetricsWriter:
     except Exception as e:  # pylint: disable=broad-except
       log.error("step %d: TensorBoard image %r failed (%s); training goes on", step, name, e)
 
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-
   def close(self) -> None:
     if self._tb is not None:
       try:

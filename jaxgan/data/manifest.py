@@ -96,16 +96,6 @@ def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
   return rows
 
 
-def scan_manifest(path: str, image_column: str = "", id_column: str = "id", image_dir: str = "",
-                  image_pattern: str = "{id}.jpg", label_column: str = ""
-                  ) -> tuple[list[str], list[str], list[dict]]:
-  """(existing image paths, their label values, skipped rows as {'path', 'reason'})."""
-  columns = [label_column] if label_column else []
-  paths, values, skipped = scan_manifest_columns(path, image_column, id_column, image_dir,
-                                                 image_pattern, columns)
-  return paths, values[0] if label_column else [""] * len(paths), skipped
-
-
 def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "id",
                           image_dir: str = "", image_pattern: str = "{id}.jpg",
                           label_columns: Sequence[str] = ()
