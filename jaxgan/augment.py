@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -226,17 +226,25 @@ def maybe_update(state: AugmentState, step: Array | int, interval: int, batch_si
 
 # --- Registry. -----------------------------------------------------------------------------------
 
+Apply = Callable[[Array, jax.Array, Array], Array]  # (images, key, p) -> images
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  apply: Callable[[Array, jax.Array, Array], Array]  # (images, key, p) -> images
+  make: Callable[[Any], Apply]  # config.augment -> the pipeline it configures
   adaptive: bool = False  # True: the trainer tunes p with accumulate / maybe_update
   uses_p: bool = False  # True: p starts at augment.ada_p_init (and is logged as augment_p)
 
 
+def _configured_diffaugment(augment_config: Any) -> Apply:
+  policy = augment_config.policy
+  return lambda images, key, p: diffaugment(images, key, policy)
+
+
 AUGMENTS: Registry[Augment] = Registry("augment")
 
-AUGMENTS.register("none")(Augment(apply=lambda images, key, p: images))
-AUGMENTS.register("diffaugment")(Augment(apply=lambda images, key, p: diffaugment(images, key)))
-AUGMENTS.register("ada")(Augment(apply=ada_augment, adaptive=True, uses_p=True))
+AUGMENTS.register("none")(Augment(make=lambda c: lambda images, key, p: images))
+AUGMENTS.register("diffaugment")(Augment(make=_configured_diffaugment))
+AUGMENTS.register("ada")(Augment(make=lambda c: ada_augment, adaptive=True, uses_p=True))
 # StyleGAN2-ADA's --aug=fixed: the same pipeline at a constant p (augment.ada_p_init).
-AUGMENTS.register("ada_fixed")(Augment(apply=ada_augment, uses_p=True))
+AUGMENTS.register("ada_fixed")(Augment(make=lambda c: ada_augment, uses_p=True))

@@ -194,8 +194,7 @@ def evaluate_workdir(args) -> dict:
   evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config),
                                       batch_sharding=sharding.batch_sharding(mesh))
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
-                               num_real=args.num_real or config.eval.num_real or args.num_samples,
-                               seed=args.seed)
+                               num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
                  num_devices=int(mesh.size))  # the fakes' sampling and Inception's
   return results
@@ -206,8 +205,7 @@ def _bad_argument(args) -> str:
   error after the reals' features would cost minutes to hours), or ''."""
   from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
 
-  unknown = [n for n in (m.strip() for m in args.metrics.split(","))
-             if n and n not in suite.METRICS]
+  unknown = [n for n in suite.split_names(args.metrics) if n not in suite.METRICS]
   if unknown or not args.metrics.strip():
     return (f"--metrics {args.metrics!r}: unknown metric {unknown[0] if unknown else '(none)'}; "
             f"choose from {suite.METRICS.names()}")

@@ -101,6 +101,12 @@ def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.n
   return multihost.gather_rows(np.arange(lo, hi), features, total)
 
 
+def reals_for(config, num_samples: int, num_real: int = 0) -> int:
+  """The real images an evaluation of `num_samples` fakes compares with: `num_real`, else the
+  config's eval.num_real, else as many as the fakes."""
+  return num_real or config.eval.num_real or num_samples
+
+
 class Evaluator:
   """Computes `eval.metrics` for EMA generator weights against cached real features."""
 
@@ -267,7 +273,7 @@ class Evaluator:
     `keep_going` (training): a metric that fails is logged and marked `<name>_failed`, and the
     others are kept; otherwise its error is raised."""
     start = time.perf_counter()
-    num_real = num_real or self.config.eval.num_real or num_samples
+    num_real = reals_for(self.config, num_samples, num_real)
     real, real_labels = self.reference(num_real)
     fake = self.fake_features(ema_params, g_batch_stats, num_samples, real_labels, seed)
     conditional = self.config.data.num_classes > 0
@@ -312,7 +318,7 @@ class PeriodicEval:
     # forgotten (the next evaluation becomes the best).
     self.settings = {"data_fingerprint": data_fingerprint,
                      "num_samples": config.train.eval_num_samples,
-                     "num_real": config.eval.num_real or config.train.eval_num_samples,
+                     "num_real": reals_for(config, config.train.eval_num_samples),
                      "weights": self.evaluator.extractor.weights_id,
                      "preprocessing": PREPROCESSING_ID,
                      "standing_stats_batches": config.eval.standing_stats_batches,

@@ -109,10 +109,7 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
   lecam_weight, lecam_decay = config.loss.lecam_weight, config.loss.lecam_ema_decay
   ortho_weight = config.model.orthogonal_reg
   aug = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
-  if config.augment.name == "diffaugment":  # the configured policy, not the registry default
-    policy = config.augment.policy
-    aug = augment_lib.Augment(apply=lambda x, k, p: augment_lib.diffaugment(x, k, policy))
-  augment = aug.apply
+  augment = aug.make(config.augment)
   ada_boundary = loss.ada_boundary or 0.0  # validate() refuses ADA with a loss without one
 
   def d_update(d_params, d_stats, d_opt_state, real, fake, labels, key, aug_p, lecam,

@@ -10,13 +10,14 @@ import pytest
 
 from jaxgan import augment
 from jaxgan import augment_ada as ada
+from jaxgan.config import base_config
 
 SHAPE = (4, 16, 16, 3)
 X = jax.random.uniform(jax.random.PRNGKey(0), SHAPE, jnp.float32, -1.0, 1.0)
 W = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
 K1, K2 = jax.random.PRNGKey(2), jax.random.PRNGKey(3)
 
-AUGS = {  # (images, key, p) -> images, as the registry's Augment.apply
+AUGS = {  # (images, key, p) -> images, as the registry's Augment.make builds them
     "color": lambda x, key, p: augment.diffaugment(x, key, policy="color"),
     "translation": lambda x, key, p: augment.diffaugment(x, key, policy="translation"),
     "cutout": lambda x, key, p: augment.diffaugment(x, key, policy="cutout"),
@@ -46,7 +47,8 @@ def test_shape_dtype_determinism_and_gradient(name):
 
 
 def test_none_and_ada_at_p0_are_the_identity():
-  np.testing.assert_array_equal(augment.AUGMENTS.get("none").apply(X, K1, 1.0), X)
+  none = augment.AUGMENTS.get("none").make(base_config().augment)
+  np.testing.assert_array_equal(none(X, K1, 1.0), X)
   x = X.at[0, 0, 0].set(jnp.array([-0.0, 1.0, -1.0]))  # bit-exact: the sign of zero survives
   for key in (K1, K2):
     out, grad = _out_and_grad("ada", x, key, 0.0)
@@ -79,11 +81,15 @@ def test_registry():
   assert augment.AUGMENTS.get("ada").adaptive
   assert not augment.AUGMENTS.get("diffaugment").adaptive
   assert not augment.AUGMENTS.get("none").adaptive
-  assert augment.AUGMENTS.get("ada").apply is augment.ada_augment
+  config = base_config().augment
+  assert augment.AUGMENTS.get("ada").make(config) is augment.ada_augment
   fixed = augment.AUGMENTS.get("ada_fixed")  # StyleGAN2-ADA's --aug=fixed
-  assert fixed.apply is augment.ada_augment and fixed.uses_p and not fixed.adaptive
-  apply = augment.AUGMENTS.get("diffaugment").apply
-  both = jax.jit(lambda x, key: (apply(x, key, 0.3), augment.diffaugment(x, key)))  # one compile
+  assert fixed.make(config) is augment.ada_augment and fixed.uses_p and not fixed.adaptive
+  # DiffAugment's entry applies the configured policy (the schema's default is the paper's).
+  assert config.policy == augment.DEFAULT_POLICY
+  config.policy = "translation"
+  apply = augment.AUGMENTS.get("diffaugment").make(config)
+  both = jax.jit(lambda x, key: (apply(x, key, 0.3), AUGS["translation"](x, key, 0.3)))
   np.testing.assert_array_equal(*both(X, K1))
   with pytest.raises(KeyError, match="unknown augment"):
     augment.AUGMENTS.get("mixup")

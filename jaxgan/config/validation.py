@@ -55,6 +55,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   from jaxgan import losses
   from jaxgan import models
   from jaxgan import augment as augment_lib
+  from jaxgan import sharding
   from jaxgan.metrics import suite as metrics_suite
   from jaxgan.models.batchnorm import NORM_IMPLS
   from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
@@ -160,7 +161,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
            "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
            f"{config.train.eval_every!r}")
-  names = [m.strip() for m in config.eval.metrics.split(",") if m.strip()]
+  names = metrics_suite.split_names(config.eval.metrics)
   for name in names:
     _require(name in metrics_suite.METRICS, "eval.metrics",
              f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
@@ -194,7 +195,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data * fsdp <= num_devices),
            "mesh.data", f"must be -1 (all devices) or at most {num_devices // fsdp} with "
            f"mesh.fsdp={fsdp} on {num_devices} devices, got {mesh_data}")
-  mesh_devices = num_devices // fsdp * fsdp if mesh_data == -1 else mesh_data * fsdp
+  mesh_devices = math.prod(sharding.mesh_shape(config, num_devices))
   _require(config.train.batch_size % mesh_devices == 0, "train.batch_size",
            f"global batch {config.train.batch_size} is not divisible by the {mesh_devices} "
            "devices of the mesh; use a multiple of it")
