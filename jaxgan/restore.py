@@ -16,14 +16,37 @@ from jaxgan.run_health import TrainingError
 log = logging.getLogger(__name__)
 
 
+def trained_attributes(meta: dict) -> Optional[list]:
+  """[[attribute, [class names]], ...] a checkpoint was trained on, from its meta (one 'class'
+  attribute in checkpoints older than the attributes key); None where the meta has neither."""
+  if "attributes" in meta:
+    return [[str(name), [str(n) for n in names]] for name, names in meta["attributes"]]
+  if "class_names" in meta:
+    return [["class", [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
+  return None
+
+
+def _describe_classes(before: list, after: list) -> str:
+  changes = [f"{name}: {', '.join(old)} -> {', '.join(new)}"
+             for (name, old), (_, new) in zip(before, after) if old != new]
+  if len(before) != len(after) or any(a[0] != b[0] for a, b in zip(before, after)):
+    changes = [f"attributes {[a[0] for a in before]} -> {[a[0] for a in after]}"]
+  return "; ".join(changes)[:600]
+
+
 def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collections.ConfigDict,
-                workdir: str, allow_config_change: bool) -> Optional[tuple[int, Any, dict]]:
+                workdir: str, allow_config_change: bool, attributes: list
+                ) -> Optional[tuple[int, Any, dict]]:
   """(step, state, meta) of the newest readable checkpoint of `run` (a run.Run), or None for a
-  new run. Raises TrainingError for a config change that alters the math (unless allowed), a
-  step the run's steps_per_call does not divide, or a state that is already non-finite."""
+  new run. `attributes`: the data's [(attribute, class names)] (data.attribute_names). Raises
+  TrainingError for a config change that alters the math, or classes other than the
+  checkpoint's (unless allowed), a step the run's steps_per_call does not divide, or a state that
+  is already non-finite."""
+  attributes = [[str(name), [str(n) for n in names]] for name, names in attributes]
 
   def accept(step: int, meta: dict) -> bool:
-    """Refuses a checkpoint whose config changes the math (before its state is read)."""
+    """Refuses a checkpoint whose config changes the math, or whose classes are not the data's
+    (a set prepared again: label k would now mean another class), before its state is read."""
     blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
     listing = config_lib.describe_differences
     if blocking and not allow_config_change:
@@ -32,13 +55,23 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
                           "(a change of the parameters' shapes, such as a model width, "
                           "data.image_size or data.num_classes, cannot continue: use a new "
                           "workdir)")
+    trained = trained_attributes(meta)
+    if trained is not None and trained != attributes:
+      classes = _describe_classes(trained, attributes)
+      if not allow_config_change:
+        raise TrainingError(
+            f"the data's classes differ from checkpoint step {step} in {workdir} ({classes}): "
+            "each label index would now train another class; use a new workdir, or pass "
+            "--allow_config_change where only names changed (the run then uses the new names)")
+      log.warning("the data's classes differ from checkpoint step %d, accepted by "
+                  "--allow_config_change: %s", step, classes)
     if allowed:
       log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
     if blocking:
       consequences = config_lib.describe_consequences(blocking)
       log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: "
                   "%s%s", step, listing(blocking), f" ({consequences})" if consequences else "")
-    return not blocking
+    return not blocking and trained in (None, attributes)
 
   k = run.steps_per_call
   restored = checkpointer.restore_latest(

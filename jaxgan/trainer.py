@@ -122,7 +122,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
   k = run.steps_per_call
   try:
-    restored = restore.restore_run(checkpointer, run, config, workdir, allow_config_change)
+    restored = restore.restore_run(checkpointer, run, config, workdir, allow_config_change,
+                                   data_lib.attribute_names(source))
     # Before config.json is written or anything compiles.
     stop.check_before_training("after restoring the checkpoint")
   except BaseException:  # a refused config, no readable step, ...: release orbax's threads

@@ -819,6 +819,34 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
   assert int(state.step) == 8
   assert "the data changed since checkpoint step 6 (fingerprint" in caplog.text
   assert "order changed" not in caplog.text  # said once: new data, a new order
+  # The same number of classes under other names (a set prepared again, a folder renamed):
+  # label 0, which trained 'a', would now train 'b'. Refused before the state is read, unless
+  # allowed (a class only renamed); the checkpoints then carry the new names.
+  os.rename(root / "a", root / "z")
+  with pytest.raises(trainer.TrainingError, match=r"^the data's classes differ from checkpoint "
+                     r"step 8 in .* \(class: a, b -> b, z\): each label index would now train "
+                     r"another class; use a new workdir"):
+    trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 10}), workdir)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 10}),
+                                       workdir, allow_config_change=True)
+  assert int(state.step) == 10
+  assert ("the data's classes differ from checkpoint step 8, accepted by --allow_config_change: "
+          "class: a, b -> b, z") in caplog.text
+  _, step, _, meta = workdir_lib.load_latest(workdir)
+  assert step == 10 and meta["class_names"] == ["b", "z"]
+
+
+def test_the_classes_a_checkpoint_trained_on_are_read_from_old_metas_too():
+  from jaxgan import restore
+
+  assert restore.trained_attributes({"attributes": [["articleType", ["Shirts", 3]]],
+                                     "class_names": ["Shirts"]}) == [["articleType",
+                                                                      ["Shirts", "3"]]]
+  assert restore.trained_attributes({"class_names": ["a", "b"]}) == [["class", ["a", "b"]]]
+  assert restore.trained_attributes({"class_names": []}) == []  # unconditional
+  assert restore.trained_attributes({}) is None  # not recorded: nothing to compare
 
 
 def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_path, caplog,
