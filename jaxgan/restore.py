@@ -3,6 +3,7 @@ loop takes it (steps_per_call alignment, non-finite values), and warnings for da
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Optional
 
@@ -11,6 +12,7 @@ import ml_collections
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import run_health
+from jaxgan import state as state_lib
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,17 @@ def trained_attributes(meta: dict) -> Optional[list]:
   if "class_names" in meta:
     return [["class", [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
   return None
+
+
+def _changes_layout(trained_config: dict, abstract_state: Any) -> bool:
+  """Whether the state of the checkpoint's config (its meta's) has other shapes than
+  `abstract_state`; False where that config cannot be read back (another jaxgan's keys): the
+  restore then says so itself."""
+  try:
+    trained = config_lib.from_json(json.dumps(trained_config))
+    return not state_lib.same_layout(state_lib.abstract_state(trained), abstract_state)
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def _describe_classes(before: list, after: list) -> str:
@@ -49,12 +62,14 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     (a set prepared again: label k would now mean another class), before its state is read."""
     blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
     listing = config_lib.describe_differences
+    if blocking and _changes_layout(meta.get("config", {}), run.abstract_state):
+      raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
+                          f"({listing(blocking)}) in the shapes of the train state (a model "
+                          "width, data.image_size or the class counts): this run cannot continue "
+                          "with it; use a new workdir, or restore the checkpoint's values")
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
-                          f"({listing(blocking)}); pass --allow_config_change to continue anyway "
-                          "(a change of the parameters' shapes, such as a model width, "
-                          "data.image_size or data.num_classes, cannot continue: use a new "
-                          "workdir)")
+                          f"({listing(blocking)}); pass --allow_config_change to continue anyway")
     trained = trained_attributes(meta)
     if trained is not None and trained != attributes:
       classes = _describe_classes(trained, attributes)

@@ -16,6 +16,7 @@ import optax
 
 from jaxgan import augment as augment_lib
 from jaxgan import config as config_lib
+from jaxgan import models as models_lib
 
 PyTree = Any
 
@@ -96,3 +97,19 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
           else 0.0),
       lecam={"real": jnp.zeros((), jnp.float32), "fake": jnp.zeros((), jnp.float32)},
   )
+
+
+def abstract_state(config) -> TrainState:
+  """The shapes and dtypes of `config`'s train state (jax.eval_shape: nothing computed)."""
+  generator, discriminator = models_lib.build_models(config)
+  g_tx, d_tx = make_optimizers(config)
+  return jax.eval_shape(lambda: init_state(config, generator, discriminator, g_tx, d_tx,
+                                           config.seed))
+
+
+def same_layout(a: Any, b: Any) -> bool:
+  """Whether two (abstract) states have the same tree, shapes and dtypes: one restores into the
+  other."""
+  layout = lambda tree: jax.tree_util.tree_flatten(
+      jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), tree))
+  return layout(a) == layout(b)

@@ -16,7 +16,6 @@ import ml_collections
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import models as models_lib
 from jaxgan import state as state_lib
 
 
@@ -107,10 +106,7 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
   ('checkpoints', or 'checkpoints_best' for the best-FID one), or of `step` there, on the
   default device. `check_meta(meta)` runs on each step's meta before its state is read."""
   config = load_config(workdir)
-  generator, discriminator = models_lib.build_models(config)
-  g_tx, d_tx = state_lib.make_optimizers(config)
-  abstract = jax.eval_shape(lambda: state_lib.init_state(config, generator, discriminator,
-                                                         g_tx, d_tx, config.seed))
+  abstract = state_lib.abstract_state(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: Any = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
   directory = os.path.join(workdir, subdir)

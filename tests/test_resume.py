@@ -353,7 +353,8 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
   assert int(state.step) == 4
   assert any("(allowed): train.log_every: 2 -> 1; train.num_steps: 2 -> 4" in r.getMessage()
              for r in caplog.records)
-  with pytest.raises(trainer.TrainingError, match=r"train.batch_size: 8 -> 16"):
+  with pytest.raises(trainer.TrainingError, match=r"train.batch_size: 8 -> 16\); pass "
+                     r"--allow_config_change to continue anyway$"):
     trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6}), workdir)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
@@ -680,11 +681,14 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
                       lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
   monkeypatch.setattr(ckpt_lib.Checkpointer, "close",
                       lambda self: (closed.append(self), real_close(self))[1])
-  # --allow_config_change would only lead to the layout error: the message says a new workdir.
-  with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16.*such as a model "
-                                                  r"width.*cannot continue: use a new workdir"):
-    trainer.train_and_evaluate(tiny_config(**{"model.g_width": 16, "train.num_steps": 6}),
-                               str(workdir))
+  # The shapes are compared from the checkpoint's config: no --allow_config_change offered (it
+  # could only lead to the layout error), and the same one error with it.
+  wider = tiny_config(**{"model.g_width": 16, "train.num_steps": 6})
+  for allow in (False, True):
+    with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16\) in the shapes of "
+                       r"the train state .*: this run cannot continue with it; use a new workdir, "
+                       r"or restore the checkpoint's values$"):
+      trainer.train_and_evaluate(wider, str(workdir), allow_config_change=allow)
   # The refused restore released the checkpointer (orbax's threads), as the run would have.
   assert opened and opened == closed
   # Nothing was taken for damage: every checkpoint is still in place.
@@ -715,16 +719,20 @@ def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
   assert not os.path.exists(directory + ".corrupt")
 
 
-def test_a_resume_with_other_parameter_shapes_is_one_error_not_a_read_per_array(tmp_path, caplog):
-  """--allow_config_change with a wider model: the shapes are compared from the checkpoint's
-  metadata before any array is read (orbax failed on each array in turn, with a traceback each,
-  twice, and the run then claimed no checkpoint was readable)."""
+def test_a_resume_with_other_parameter_shapes_is_one_error_not_a_read_per_array(tmp_path, caplog,
+                                                                               monkeypatch):
+  """A wider model whose config the check above cannot read back (a checkpoint of another
+  jaxgan): the shapes are compared from the checkpoint's metadata before any array is read
+  (orbax failed on each array in turn, with a traceback each, twice, and the run then claimed no
+  checkpoint was readable)."""
   from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import restore
 
   workdir = str(tmp_path / "w")
   trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.tensorboard": False}),
                              workdir)
   wider = tiny_config(**{"model.g_width": 16, "train.tensorboard": False})
+  monkeypatch.setattr(restore, "_changes_layout", lambda *args: False)
   with caplog.at_level(logging.WARNING), pytest.raises(
       ckpt_lib.LayoutError, match=r"checkpoint step 2 .* different layout \(\d+ shapes differ, "
                                   r"e.g. ema_params/\S+ \(.*\) saved, \(.*\) now\)"):
