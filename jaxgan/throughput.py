@@ -6,7 +6,6 @@ test of speed.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -244,7 +243,9 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
                     "image_size": info["image_size"], "load_seconds": load_seconds,
                     "batch_size": batch_size, "batches": batches,
                     "images_per_sec": batch_size * batches / seconds,
-                    "cpu_count": os.cpu_count()})
+                    # The cores this process may run on (taskset, SLURM), as the raw row's
+                    # workers count them, not the machine's.
+                    "cpu_count": decode.num_workers()})
   return results
 
 

@@ -182,6 +182,18 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   assert messages[16].startswith("error: config key ") and "is missing" in messages[16]
 
 
+def test_the_input_benchmark_counts_the_cores_it_may_run_on(tmp_path, monkeypatch):
+  """Under taskset or SLURM the prepared row's cpu_count is the cores of the affinity mask, as
+  the raw row's workers are, not the machine's."""
+  from jaxgan.data import prepared
+
+  prepared.write_prepared(str(tmp_path), np.zeros((8, 8, 8, 3), np.uint8), np.zeros(8, np.int32),
+                          ["all"], [])
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+  row, = throughput.benchmark_input(prepared_dir=str(tmp_path), batch_size=4, batches=2)
+  assert row["input"] == "prepared" and row["cpu_count"] == 1
+
+
 def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
   """No image files, or none that decodes: an error, not a rate of 0 or of failures."""
   from jaxgan.data.arrays import DataError
