@@ -26,25 +26,40 @@ import numpy as np
 from jaxgan import cli
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+  """Each flag's default in its help, except where there is none to state (a required flag's
+  None, an empty string or list)."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    if action.required or action.default in (None, "", []):
+      return action.help or ""
+    return super()._get_help_string(action)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
 
   p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpWithDefaults)
   p.add_argument("--images", required=True, help="image folder (class subfolders, or flat)")
   p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--image-size", type=int, default=64)
+  p.add_argument("--image-size", type=int, default=64, help="side of the square images written")
   p.add_argument("--manifest", default="", help="CSV, JSONL or JSON file of SKU metadata")
-  p.add_argument("--id-column", default="id")
+  p.add_argument("--id-column", default="id", help="manifest column of the SKU id")
   p.add_argument("--image-column", default="", help="manifest column holding image paths")
-  p.add_argument("--image-pattern", default="{id}.jpg")
+  p.add_argument("--image-pattern", default="{id}.jpg",
+                 help="image file name from the id, under --images (without --image-column)")
   p.add_argument("--label-column", action="append", default=[],
                  help="manifest column of the class; repeat for several attributes "
                       "(e.g. --label-column articleType --label-column baseColour)")
-  p.add_argument("--min-class-count", type=int, default=1)
-  p.add_argument("--rare-classes", choices=("other", "drop"), default="other")
-  p.add_argument("--min-source-size", type=int, default=LoadOptions.min_source_size)
-  p.add_argument("--max-pixels", type=int, default=LoadOptions.max_pixels)
+  p.add_argument("--min-class-count", type=int, default=1,
+                 help="classes with fewer images are rare (see --rare-classes)")
+  p.add_argument("--rare-classes", choices=("other", "drop"), default="other",
+                 help="merge rare classes into one 'other' class, or drop their images")
+  p.add_argument("--min-source-size", type=int, default=LoadOptions.min_source_size,
+                 help="images with a shorter side are skipped")
+  p.add_argument("--max-pixels", type=int, default=LoadOptions.max_pixels,
+                 help="images with more pixels are skipped (read from the header)")
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
   # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
   args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))

@@ -64,6 +64,20 @@ def test_the_loader_limits_default_alike_in_training_and_prepare():
                                                   LoadOptions.max_pixels)
 
 
+def test_prepare_help_states_each_default(capsys):
+  from jaxgan import prepare
+
+  with pytest.raises(SystemExit) as info:
+    prepare.parse_args(["--help"])
+  assert info.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+  for default in ("side of the square images written (default: 64)", "(default: id)",
+                  "(default: {id}.jpg)", "(default: other)", "(default: 8)",
+                  "(default: 64000000)"):
+    assert default in text
+  assert "(default: None)" not in text and "(default: )" not in text
+
+
 RESNET32 = {"model.name": "resnet", "data.image_size": 32}
 
 
