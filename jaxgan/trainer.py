@@ -210,8 +210,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   # minute there (and set_postfix below does not force one), or a 3-day run writes hundreds of
   # MB of progress.
   interactive = sys.stderr.isatty()
+  # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
+  # ResNet on a CPU, looked like a hang).
   progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
-                  dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 60.0,
+                  dynamic_ncols=True, mininterval=0.1 if interactive else 60.0,
+                  desc="train (compiling)" if start_step < cfg.num_steps else "train",
                   maxinterval=10.0 if interactive else 60.0,
                   file=console.TolerantStream(sys.stderr))
   interval_start, interval_steps = None, 0
@@ -265,12 +268,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       if len(in_flight) > max_calls_ahead:
         jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
       step += k
-      progress.update(k)
       if interval_start is None:  # time from the first finished call: excludes compilation
         jax.block_until_ready(metrics)
         interval_start, interval_steps = time.perf_counter(), 0
+        # The bar's rate and elapsed time too: counted from here, the compile does not show as
+        # the first steps' time (tqdm's rate would start at seconds per step).
+        progress.set_description("train", refresh=False)
+        progress.n = progress.last_print_n = step
+        progress.unpause()
+        progress.refresh()
       else:
         interval_steps += k
+        progress.update(k)
       # Read the flag once per call: a signal that lands after this line (say while the log
       # row is written) must wait for the next call, not stop this one without its checkpoint.
       row = step % cfg.log_every == 0 or step == cfg.num_steps

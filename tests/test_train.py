@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgan import evaluate, generate, restore, sample_inputs, sampling, trainer, writers
-from jaxgan import workdir as workdir_lib
+from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.data.arrays import DataError
 from tests.conftest import REPO, run_module, tiny_config, xla_flags
@@ -355,7 +355,38 @@ def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
   config = tiny_config(**{"train.num_steps": 8, "train.log_every": 2, "train.tensorboard": False})
   trainer.train_and_evaluate(config, str(tmp_path / "w"))
   err = capsys.readouterr().err
-  assert 1 <= err.count("train:") <= 2, err  # the first draw and the final one
+  assert err.count("train (compiling):") == 1, err  # the first draw
+  assert 1 <= err.count("train:") <= 2, err  # once compiled, and the final one
+
+
+def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
+                                                                     monkeypatch):
+  """The first call (the compile: a minute for a ResNet on a CPU) is 1000 s on tqdm's clock
+  here: the bar's elapsed time and rate count the steps after it only."""
+  import dataclasses
+  import time
+
+  import tqdm.std
+
+  jumped = []
+  monkeypatch.setattr(tqdm.std, "time", lambda: time.time() + sum(jumped))
+  real_build = run_lib.build_run
+
+  def slow_first_call(config):
+    run = real_build(config)
+
+    def train_step(*args):
+      jumped.append(0.0 if jumped else 1000.0)
+      return run.train_step(*args)
+
+    return dataclasses.replace(run, train_step=train_step)
+
+  monkeypatch.setattr(run_lib, "build_run", slow_first_call)
+  config = tiny_config(**{"train.num_steps": 8, "train.log_every": 4, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert len(jumped) == 8
+  last = capsys.readouterr().err.split("\r")[-1]
+  assert "train: 100%" in last and " 8/8 [00:0" in last and "step/s" in last, last
 
 
 def test_the_input_thread_ends_with_the_run_also_when_it_fails(tmp_path, monkeypatch):
