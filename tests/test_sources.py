@@ -1020,7 +1020,9 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
   with missing.unlocked():  # a catalog config run without --config.data.path
     missing.data.path = ""
   with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs the "
-                                        r"folder written by `python -m jaxgan.prepare`"):
+                                        r"folder written by `python -m jaxgan.prepare` .*; where "
+                                        r"only its class counts are read .*, "
+                                        r"--config.data.num_classes=N does without it$"):
     with_class_counts(missing)
   other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})
   assert with_class_counts(other) is other

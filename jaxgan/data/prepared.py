@@ -201,7 +201,9 @@ def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.Confi
                       "the data; drop one of them")
   if not d.path:  # before reading it: the source's own check, said first
     raise ConfigError("config key data.path: the prepared source needs the folder written by "
-                      "`python -m jaxgan.prepare` (--config.data.path=FOLDER)")
+                      "`python -m jaxgan.prepare` (--config.data.path=FOLDER); where only its "
+                      f"class counts are read (data.num_classes={FROM_DATA}: the benchmark, "
+                      "--compile_only), --config.data.num_classes=N does without it")
   try:
     attributes = attribute_names(read_info(d.path))
   except DataError as e:
