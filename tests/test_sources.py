@@ -230,6 +230,21 @@ def test_manifest_unknown_column(tmp_path):
     build_source(config)
 
 
+def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_for(tmp_path):
+  """Every listed file missing (the manifest moved away from its photos): one error naming
+  data.image_dir and the folder searched, not "no images" with the first missing file."""
+  path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.label_column": "articleType", "data.num_classes": 1})  # no image_dir
+  with pytest.raises(DataError, match=r"styles.csv: none of its 2 listed image files exists "
+                     r"\(first: .*\); file names are found under data.image_dir \(prepare: "
+                     r"--images\), here .*: set it to the folder that holds them$"):
+    build_source(config)
+  with config.unlocked():
+    config.data.image_dir = str(images)
+  assert len(build_source(config).images) == 2
+
+
 def test_skipped_rows_name_the_line_they_start_on(tmp_path):
   """After blank lines and a row over two lines (a quoted field with a line break), each row's
   messages name its own first line; rows of a JSON array name their item."""

@@ -159,6 +159,11 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       paths.append(image)
       for column, value in zip(values, labels):
         column.append(value)
+  if not paths and skipped and all(s["reason"].startswith("missing file") for s in skipped):
+    # Every listed file missing: the images are elsewhere, not each one lost.
+    raise DataError(f"{path}: none of its {len(skipped)} listed image files exists (first: "
+                    f"{skipped[0]['path']}); file names are found under data.image_dir (prepare: "
+                    f"--images), here {base}: set it to the folder that holds them")
   return paths, values, skipped
 
 
