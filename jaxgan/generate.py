@@ -28,6 +28,7 @@ than the interpolated one come from --label or are drawn per row.
 
 from __future__ import annotations
 
+import difflib
 import logging as std_logging
 import math
 import os
@@ -85,10 +86,16 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
     return int(label)
   choices = (", ".join(class_names) + (f" (or an index 0..{num_classes - 1})" if by_index else "")
              if class_names else f"0..{num_classes - 1}")
+  # Names differ from what users type mostly in case ('footwear' for 'Footwear') or a letter.
+  folded = {name.casefold(): name for name in class_names}
+  close = ([folded[label.casefold()]] if label.casefold() in folded
+           else difflib.get_close_matches(label, class_names, n=1))
+  hint = f"did you mean {close[0]!r}? " if close else ""
   if attribute is not None:
-    raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; choose one of: "
-                     f"{choices}")
-  raise ValueError(f"{flag} {label!r} is not a class of this model; choose one of: {choices}")
+    raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; {hint}choose one "
+                     f"of: {choices}")
+  raise ValueError(f"{flag} {label!r} is not a class of this model; {hint}choose one of: "
+                   f"{choices}")
 
 
 def model_attributes(meta: dict, classes: Sequence[int]) -> Attributes:
@@ -121,6 +128,10 @@ def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Seque
     if i in chosen:
       raise ValueError(f"--label {text!r}: attribute {attributes[i][0]!r} is given twice; "
                        "give each attribute once")
+    others = [name for name, class_names in attributes[1:] if value in class_names]
+    if named is None and others and value not in first_names:  # 'Navy Blue' of baseColour
+      raise ValueError(f"--label {text!r} is a class of {others[0]}, not of the first attribute "
+                       f"{attributes[0][0]}: write --label '{others[0]}={value}'")
     n = classes[i] if classes else 0
     chosen[i] = resolve_label(value, attributes[i][1] if classes else [], n, named)
   return chosen

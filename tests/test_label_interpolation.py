@@ -240,3 +240,20 @@ def test_numbers_are_names_when_the_class_names_are_numbers():
                                        r"of: 1, 10, 2, 20, 3$"):
     generate.resolve_label("4", ids, 5)
   assert generate.resolve_label("1", ["Shoes", "Tshirts"], 2) == 1
+
+
+def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_prefix():
+  with pytest.raises(ValueError, match=r"^--label 'footwear' is not a class of this model; did "
+                                       r"you mean 'Footwear'\? choose one of: Apparel, Footwear"):
+    generate.resolve_label("footwear", ["Apparel", "Footwear"], 2)
+  with pytest.raises(ValueError, match=r"^--label baseColour='Nvy Blue': not a class of "
+                                       r"baseColour; did you mean 'Navy Blue'\? choose one of"):
+    generate.resolve_label("Nvy Blue", ["Black", "Navy Blue"], 2, "baseColour")
+  attributes = [("articleType", ["Shirts", "Watches"]), ("baseColour", ["Black", "Navy Blue"])]
+  with pytest.raises(ValueError, match=r"^--label 'Navy Blue' is a class of baseColour, not of "
+                                       r"the first attribute articleType: write --label "
+                                       r"'baseColour=Navy Blue'$"):
+    generate.resolve_labels(["Navy Blue"], attributes, [2, 2])
+  assert generate.resolve_labels(["Watches", "baseColour=Navy Blue"], attributes, [2, 2]) == {
+      0: 1, 1: 1}
+
