@@ -128,12 +128,16 @@ def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Seque
     if i in chosen:
       raise ValueError(f"--label {text!r}: attribute {attributes[i][0]!r} is given twice; "
                        "give each attribute once")
-    others = [name for name, class_names in attributes[1:] if value in class_names]
-    if named is None and others and value not in first_names:  # 'Navy Blue' of baseColour
-      raise ValueError(f"--label {text!r} is a class of {others[0]}, not of the first attribute "
-                       f"{attributes[0][0]}: write --label '{others[0]}={value}'")
     n = classes[i] if classes else 0
-    chosen[i] = resolve_label(value, attributes[i][1] if classes else [], n, named)
+    try:
+      chosen[i] = resolve_label(value, attributes[i][1] if classes else [], n, named)
+    except ValueError:
+      others = [name for name, names in attributes[1:] if value in names] if named is None else []
+      if others:  # 'Navy Blue', a baseColour, given as if an articleType
+        raise ValueError(f"--label {text!r} is a class of {others[0]}, not of the first "
+                         f"attribute {attributes[0][0]}: write --label '{others[0]}={value}'"
+                         ) from None
+      raise
   return chosen
 
 
