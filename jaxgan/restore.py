@@ -18,13 +18,15 @@ from jaxgan.run_health import TrainingError
 log = logging.getLogger(__name__)
 
 
-def trained_attributes(meta: dict) -> Optional[list]:
-  """[[attribute, [class names]], ...] a checkpoint was trained on, from its meta (one 'class'
-  attribute in checkpoints older than the attributes key); None where the meta has neither."""
+def trained_attributes(meta: dict, attributes: list) -> Optional[list]:
+  """[[attribute, [class names]], ...] a checkpoint was trained on, from its meta; None where the
+  meta has no class names. Checkpoints older than the attributes key hold the first attribute's
+  class names only: it takes its name from the data's `attributes` (of the same form)."""
   if "attributes" in meta:
     return [[str(name), [str(n) for n in names]] for name, names in meta["attributes"]]
   if "class_names" in meta:
-    return [["class", [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
+    name = attributes[0][0] if attributes else "class"
+    return [[name, [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
   return None
 
 
@@ -70,7 +72,7 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({listing(blocking)}); pass --allow_config_change to continue anyway")
-    trained = trained_attributes(meta)
+    trained = trained_attributes(meta, attributes)
     if trained is not None and trained != attributes:
       classes = _describe_classes(trained, attributes)
       if not allow_config_change:
