@@ -36,7 +36,7 @@ flags.DEFINE_integer("limit", 0, "Decode at most this many raw images (0 = all).
 def _check_flags(mode: str) -> None:
   """Flag values that would otherwise fail after compiling, or with a traceback."""
   if mode not in ("step", "profile", "input"):
-    cli.fail(f"unknown mode {mode!r}; use 'input', 'profile' or nothing (step benchmark)")
+    cli.fail(f"unknown mode {mode!r}; use 'step' (or nothing), 'profile' or 'input'")
   if mode == "input":
     if not (FLAGS.images or FLAGS.prepared):
       cli.fail("the input benchmark needs --images DIR and/or --prepared DIR")

@@ -142,5 +142,5 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   comm = sharding.gradient_bytes_per_step(g_params, d_params, config.train.n_critic,
                                           run.mesh.shape[sharding.DATA_AXIS], fsdp,
                                           g_split=g_split, d_split=d_split)
-  report["per_device_collective_bytes_per_step"] = comm["total_bytes"]
+  report["per_device_collective_bytes_per_step"] = round(comm["total_bytes"])  # a mean: bytes
   return report

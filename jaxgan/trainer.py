@@ -212,9 +212,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   interactive = sys.stderr.isatty()
   # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
   # ResNet on a CPU, looked like a hang).
-  progress = tqdm(total=cfg.num_steps, initial=start_step, disable=not is_main, unit="step",
+  progress = tqdm(total=cfg.num_steps, initial=start_step, unit="step",
+                  disable=not is_main or start_step >= cfg.num_steps,  # nothing to train: said
                   dynamic_ncols=True, mininterval=0.1 if interactive else 60.0,
-                  desc="train (compiling)" if start_step < cfg.num_steps else "train",
+                  desc="train (compiling)",
                   maxinterval=10.0 if interactive else 60.0,
                   file=console.TolerantStream(sys.stderr))
   interval_start, interval_steps = None, 0
@@ -274,7 +275,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         # The bar's rate and elapsed time too: counted from here, the compile does not show as
         # the first steps' time (tqdm's rate would start at seconds per step).
         progress.set_description("train", refresh=False)
-        progress.n = progress.last_print_n = step
+        progress.n = progress.last_print_n = progress.initial = step  # no rate from it
         progress.unpause()
         progress.refresh()
       else:

@@ -9,6 +9,7 @@
 # The processes run on the CPU (JAX_PLATFORMS=cpu unless set): on a GPU host each would otherwise
 # claim every GPU. Exit status: 0 when all finished; 75 when a stop signal stopped them (they stop
 # at the same step, checkpointed: rerun to resume); another process's failure otherwise.
+# PYTHON: the interpreter command, split into words (default: python; e.g. "taskset -c 1 python");
 # JAXGAN_COORDINATOR_PORT: the coordinator's port (default: random, 20000-39999);
 # JAXGAN_KILL_GRACE: seconds the processes get to stop (on a stop signal to this script, or after
 # one process failed) before they are killed (default 60).
@@ -27,7 +28,7 @@ fi
 num="$1"
 shift
 port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
-python="${PYTHON:-python}"
+read -r -a python <<< "${PYTHON:-python}"  # a command with arguments, e.g. taskset -c 1 python
 
 pids=()
 cleanup() {
@@ -79,7 +80,7 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 
 for ((i = 0; i < num; i++)); do
-  "$python" -m jaxgan.train "$@" \
+  "${python[@]}" -m jaxgan.train "$@" \
     --config.distributed.coordinator_address="localhost:${port}" \
     --config.distributed.num_processes="${num}" \
     --config.distributed.process_id="${i}" &

@@ -30,6 +30,9 @@ from tests.conftest import REPO, run_module
     # Each would reject every image, found only after the data had been decoded.
     ("data.max_pixels", 0, "data.max_pixels: must be a positive integer, got 0"),
     ("data.min_source_size", 0, "data.min_source_size: must be a positive integer, got 0"),
+    # ada_init_p is 0 by default: ADA's pipeline at a fixed p of 0 never augments.
+    ("augment.name", "ada_fixed", "augment.ada_p_init: augment.name=ada_fixed applies ADA's "
+     "pipeline at this fixed p, and at 0 it never augments"),
     # Read only with an explicit host:port: without it, each process would train alone.
     ("distributed.num_processes", 4, "distributed.num_processes: got 4, but it is read only "
      "with distributed.coordinator_address=host:port"),

@@ -33,20 +33,21 @@ exit "${codes[$id]}"
 """
 
 
-def _launch(tmp_path, statuses: str) -> subprocess.Popen:
+def _launch(tmp_path, statuses: str, prefix: str = "") -> subprocess.Popen:
   stand_in = tmp_path / "python"
   stand_in.write_text(STAND_IN % (statuses, tmp_path))
   stand_in.chmod(0o755)
   return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, PYTHON=str(stand_in)))
+                          env=dict(os.environ, PYTHON=f"{prefix}{stand_in}"))
 
 
-@pytest.mark.parametrize("statuses, want", [("75 75", 75), ("0 3", 3), ("0 0", 0)])
-def test_a_stop_is_passed_through_and_a_failure_ends_the_others(tmp_path, statuses, want):
+@pytest.mark.parametrize("statuses, want, prefix", [("75 75", 75, ""), ("0 3", 3, ""),
+                                                    ("0 0", 0, "nice -n 1 ")])
+def test_a_stop_is_passed_through_and_a_failure_ends_the_others(tmp_path, statuses, want, prefix):
   """A stopped run (75 from every process: the stop is agreed) exits 75, for a retry wrapper to
-  resume; a failed process ends the others at once."""
-  proc = _launch(tmp_path, statuses)
+  resume; a failed process ends the others at once. PYTHON may be a command with arguments."""
+  proc = _launch(tmp_path, statuses, prefix)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == want, err
 

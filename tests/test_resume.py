@@ -344,7 +344,7 @@ def test_a_step_gone_from_view_is_skipped_not_taken_for_damage(tmp_path, caplog)
   assert not os.path.exists(directory + ".corrupt")
 
 
-def test_allowed_and_forced_config_changes(tmp_path, caplog):
+def test_allowed_and_forced_config_changes(tmp_path, caplog, capsys):
   workdir = str(tmp_path / "w")
   trainer.train_and_evaluate(tiny_config(**{"train.tensorboard": False, "train.num_steps": 2}), workdir)
   with caplog.at_level(logging.INFO):
@@ -364,8 +364,9 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
   assert int(state.step) == 6
   assert ("config changes since checkpoint step 4, accepted by --allow_config_change: "
           "optim.d_lr: 0.0002 -> 0.0001") in caplog.text
-  # Run again (or with a smaller num_steps): said, not a silent no-op.
+  # Run again (or with a smaller num_steps): said, not a silent no-op (and no progress bar).
   caplog.clear()
+  capsys.readouterr()
   with caplog.at_level(logging.WARNING):
     state = trainer.train_and_evaluate(
         tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 4}),
@@ -373,6 +374,8 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog):
   assert int(state.step) == 6
   assert (f"checkpoint step 6 of {workdir} is at or past train.num_steps=4: nothing to train "
           "(raise --config.train.num_steps to train on)") in caplog.text
+  err = capsys.readouterr().err
+  assert "train:" not in err and "train (compiling)" not in err, err
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):

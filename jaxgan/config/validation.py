@@ -144,6 +144,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
   _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
            f"must be in [0, 1], got {config.augment.ada_p_init}")
+  fixed = augment_lib.AUGMENTS.get(config.augment.name)
+  # StyleGAN2-ADA's --aug=fixed requires its --p likewise: at p = 0 no image is ever augmented.
+  _require(not fixed.uses_p or fixed.adaptive or config.augment.ada_p_init > 0,
+           "augment.ada_p_init", f"augment.name={config.augment.name} applies ADA's pipeline at "
+           "this fixed p, and at 0 it never augments; set it (e.g. 0.2), or augment.name=ada to "
+           "tune p from 0")
   if config.loss.r1_gamma > 0 and model.d_norm_applies:
     _require(config.model.d_norm != "batch", "model.d_norm",
              "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
