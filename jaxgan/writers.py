@@ -226,4 +226,3 @@ def drop_events_after(workdir: str, step: int) -> None:
     except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError, OSError, ...)
       log.error("dropping TensorBoard events after step %d from %s failed (%s); its curves may "
                 "show those steps twice", step, path, e)
-

@@ -62,9 +62,9 @@ def test_the_loader_limits_default_alike_in_training_and_prepare():
 
   config = config_lib.base_config()
   args = prepare.parse_args(["--images", "in", "--out", "out"])
-  assert (config.data.min_source_size, config.data.max_pixels) == (
-      args.min_source_size, args.max_pixels) == (LoadOptions.min_source_size,
-                                                  LoadOptions.max_pixels)
+  defaults = (LoadOptions.min_source_size, LoadOptions.max_pixels)
+  assert (config.data.min_source_size, config.data.max_pixels) == defaults
+  assert (args.min_source_size, args.max_pixels) == defaults
 
 
 def test_prepare_help_states_each_default(capsys):

@@ -256,4 +256,3 @@ def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_pre
     generate.resolve_labels(["Navy Blue"], attributes, [2, 2])
   assert generate.resolve_labels(["Watches", "baseColour=Navy Blue"], attributes, [2, 2]) == {
       0: 1, 1: 1}
-
