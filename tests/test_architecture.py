@@ -62,6 +62,14 @@ def test_every_import_goes_to_the_same_layer_or_below():
   assert not upward, upward
 
 
+def test_the_package_has_no_relative_imports():
+  """The checkers read absolute `jaxgan` imports only: a relative one would pass unseen."""
+  relative = [f"{name}:{node.lineno}" for name, path in modules().items()
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.ImportFrom) and node.level > 0]
+  assert not relative, relative
+
+
 def test_module_level_imports_have_no_cycle():
   mods = modules()
   graph = {name: jaxgan_imports(path, set(mods), module_level_only=True)
