@@ -4,8 +4,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -453,6 +455,35 @@ def test_a_registered_tfds_dataset_finds_what_it_downloads_with(tmp_path):
 
   builder = tfds.builder("fashion_mnist", data_dir=str(tmp_path))
   assert any(url.endswith("train-images-idx3-ubyte.gz") for url in builder.url_infos)
+
+
+def test_a_prepared_tfds_set_loads_offline_and_one_not_prepared_fails_at_once(tmp_path, caplog):
+  """A set TFDS prepared under data.tfds_data_dir (here its DummyMnist, generated without network)
+  is read for real, not mocked. With data.tfds_download=False a set not prepared there is an
+  error at once: a download on a host without network retries for minutes before it fails."""
+  import tensorflow_datasets as tfds
+
+  tfds.testing.DummyMnist(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+  config = _config(**{"data.source": "tfds", "data.tfds_name": "dummy_mnist",
+                      "data.tfds_data_dir": str(tmp_path / "tfds"), "data.num_classes": 10,
+                      "data.tfds_download": False})
+  config_lib.validate(config, 1)
+  source = build_source(config)
+  assert source.num_examples == 20 and source.images.shape == (20, 16, 16, 3)
+  assert source.class_names == [str(i) for i in range(10)]
+  # fashion_mnist is registered (dummy_mnist is found from its prepared files only).
+  config.data.tfds_name, config.data.tfds_data_dir = "fashion_mnist", str(tmp_path / "empty")
+  with pytest.raises(DataError, match=r"data.tfds_name 'fashion_mnist' is not prepared under "
+                     + re.escape(str(tmp_path / "empty")) + r" and data.tfds_download is False: "
+                     r"prepare it on a host with network \(`tfds build fashion_mnist"):
+    build_source(config)
+  # Downloading (the default) says so first, with how to fail at once instead.
+  config.data.tfds_download = True
+  with caplog.at_level(logging.WARNING), pytest.raises(DataError, match="could not be loaded"):
+    with mock.patch.object(tfds, "load", side_effect=OSError("no network")):
+      build_source(config)
+  assert "fashion_mnist is not prepared under" in caplog.text
+  assert "data.tfds_download=False fails at once" in caplog.text
 
 
 def test_tfds_examples_skipped_leave_every_other_image_with_its_own_label():

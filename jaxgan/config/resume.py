@@ -15,7 +15,7 @@ from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_ite
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
-                  "data.max_bad_fraction",
+                  "data.max_bad_fraction", "data.tfds_download",
                   "model.upsample_impl", "model.downsample_impl", "model.norm_impl",
                   "train.steps_per_call", "train.eval_every", "train.eval_num_samples",
                   "eval.metrics", "eval.num_real", "eval.batch_size",

@@ -49,7 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_class_count = 1  # rarer classes are merged into 'other' or dropped
   c.data.rare_classes = "other"  # 'other' | 'drop'
   c.data.tfds_name = ""  # tfds: e.g. 'fashion_mnist', 'cifar10', 'stanford_online_products'
-  c.data.tfds_data_dir = ""
+  c.data.tfds_data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  # False: a set not yet prepared under tfds_data_dir fails at once (hosts without network: an
+  # offline download retries for minutes before it fails); True downloads it, as tfds.load does.
+  c.data.tfds_download = True
   c.data.tfds_split = "train"
   c.data.tfds_image_key = "image"
   c.data.tfds_label_key = "label"  # "" = unconditional

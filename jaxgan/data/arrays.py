@@ -324,7 +324,8 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
 # a word (config.validate refuses that, from each source's `reads`).
 SOURCE_KEYS = ("path", "image_column", "id_column", "image_dir", "image_pattern", "label_column",
                "label_columns", "min_class_count", "rare_classes", "tfds_name", "tfds_data_dir",
-               "tfds_split", "tfds_image_key", "tfds_label_key", "min_source_size", "max_pixels")
+               "tfds_split", "tfds_image_key", "tfds_label_key", "tfds_download", "min_source_size",
+               "max_pixels")
 # What the image loader reads, for the sources that decode images.
 DECODE_KEYS = frozenset({"min_source_size", "max_pixels"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import numpy as np
@@ -18,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: str, options,
-              max_bad_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+              max_bad_fraction: float = 0.0, download: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
   """(images uint8 [N, S, S, 3], labels, class names, skipped examples). Downloads and prepares
-  the data set on first use, as TFDS does (tests run it under tfds.testing.mock_data, offline).
+  the data set on first use, as TFDS does, unless `download` is False: then a set not prepared
+  under `data_dir` is an error at once (tests run it under tfds.testing.mock_data, offline).
   Encoded images (an Image feature) are decoded by the one image loader, as files are (EXIF
   orientation, colour profiles, transparency onto white), not by TensorFlow; raw arrays (a
   Tensor feature) are converted by it. Examples it cannot take are skipped and counted, up to
@@ -29,11 +32,15 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   try:
-    features = tfds.builder(name, data_dir=data_dir or None).info.features
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    features = builder.info.features
     encoded = image_key in features and _bytes_are_an_image(features[image_key], tfds)
+    _check_prepared(builder, name, download)
     ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
-                         shuffle_files=False,
+                         shuffle_files=False, download=download,
                          decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
+  except DataError:
+    raise
   except Exception as e:  # unknown name, no network, bad split: one clear line
     raise DataError(f"data.tfds_name {name!r} (split {split!r}) could not be loaded: "
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
@@ -66,6 +73,22 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   if label_key and not class_names:
     class_names = [str(i) for i in range(max(labels) + 1)]
   return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
+
+
+def _check_prepared(builder, name: str, download: bool) -> None:
+  """Says where a set not prepared yet comes from: a download now (which, on a host without
+  network, retries for minutes before it fails), or with `download` False an error at once."""
+  if builder.is_prepared():
+    return
+  where = os.path.dirname(os.path.dirname(builder.data_path))
+  if not download:
+    raise DataError(f"data.tfds_name {name!r} is not prepared under {where} and "
+                    f"data.tfds_download is False: prepare it on a host with network "
+                    f"(`tfds build {name} --data_dir {where}`) and point data.tfds_data_dir "
+                    f"there, or set data.tfds_download=True")
+  log.warning("tfds %s is not prepared under %s: downloading and preparing it now (without "
+              "network this retries for minutes; data.tfds_download=False fails at once)",
+              name, where)
 
 
 def _bytes_are_an_image(feature, tfds) -> bool:
@@ -131,7 +154,7 @@ class _Images:
 
 class TfdsSource(ArraySource):
   reads = frozenset({"tfds_name", "tfds_data_dir", "tfds_split", "tfds_image_key",
-                     "tfds_label_key"}) | DECODE_KEYS
+                     "tfds_label_key", "tfds_download"}) | DECODE_KEYS
 
   @staticmethod
   def validate(config) -> None:
@@ -146,7 +169,8 @@ class TfdsSource(ArraySource):
     d = config.data
     images, labels, class_names, bad = load_tfds(d.tfds_name, d.tfds_split, d.tfds_data_dir,
                                                  d.tfds_image_key, d.tfds_label_key,
-                                                 load_options(config), d.max_bad_fraction)
+                                                 load_options(config), d.max_bad_fraction,
+                                                 download=d.tfds_download)
     require_num_classes(config, class_names, f"tfds {d.tfds_name}")
     attributes = [(d.tfds_label_key, class_names)] if class_names else []
     return ArraySource.for_config(config, images, labels, class_names, bad_files=bad,
