@@ -10,6 +10,7 @@ of its checkpointer and writers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any, TextIO
@@ -45,3 +46,20 @@ def say(message: str) -> None:
       devnull = os.open(os.devnull, os.O_WRONLY)
       os.dup2(devnull, sys.stdout.fileno())
       os.close(devnull)
+
+
+def report(message: str, log: logging.Logger) -> None:
+  """`message` as a warning in the log (stderr) and on stdout, where a caller reads it; once, on
+  stdout, where both are the same terminal or file (a person read it twice, once with the log's
+  prefix)."""
+  if not _same_file(sys.stdout, sys.stderr):
+    log.warning("%s", message)
+  say(message)
+
+
+def _same_file(a: TextIO, b: TextIO) -> bool:
+  try:
+    first, second = os.fstat(a.fileno()), os.fstat(b.fileno())
+  except (OSError, ValueError, AttributeError):  # no descriptor (captured, closed): separate
+    return False
+  return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)

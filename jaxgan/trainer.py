@@ -352,9 +352,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         if step == cfg.num_steps:  # nothing left: the run is complete (exit status 0)
           msg = (f"{name} received during the last step: the run is complete (step {step}, "
                  "checkpoint written)")
-        log.warning(msg)
         if is_main:
-          console.say(msg)
+          console.report(msg, log)
+        else:
+          log.warning(msg)
         break
     else:
       written = checkpointer.wait() and saved  # waited for on every process alike
