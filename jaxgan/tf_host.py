@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,12 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=None)
 def import_tensorflow():
   """Returns the `tensorflow` module, restricted to the CPU. Raises ImportError if absent."""
+  # Quiet unless the user says otherwise: TensorFlow's C++ start-up notes (oneDNN on, CPU
+  # instructions) print before absl's logging is set up, the oneDNN one twice, 5 lines on every
+  # start. Its warnings and errors still show. oneDNN's custom ops only change float rounding,
+  # and TensorFlow does no float math here (tf.data moves uint8 images; TensorBoard writes).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   try:

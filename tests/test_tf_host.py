@@ -1,12 +1,15 @@
 """tf_host: TensorFlow hidden from the accelerators, or a warning when that is too late."""
 
 import logging
+import os
+import subprocess
 import sys
 import types
 
 import pytest
 
 from jaxgan import tf_host
+from tests.conftest import REPO
 
 
 def _fake_tensorflow(initialised: bool, gpus: list):
@@ -42,3 +45,21 @@ def test_gpus_are_hidden_or_the_failure_is_reported(monkeypatch, caplog, fresh_i
       assert tf_host.import_tensorflow() is fake
     assert hidden == ([] if initialised else [([], "GPU")])
     assert ("could hide 2 GPU(s)" in caplog.text) == warned, caplog.text
+
+
+def test_tensorflow_starts_quietly_unless_the_user_asks(monkeypatch, fresh_import):
+  """Its C++ start-up notes (oneDNN, CPU instructions: 5 lines, before absl's logging is set up)
+  are off by default; a user's own TF_CPP_MIN_LOG_LEVEL or TF_ENABLE_ONEDNN_OPTS is kept."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+  done = subprocess.run(
+      [sys.executable, "-c", "from jaxgan import tf_host; tf = tf_host.import_tensorflow(); "
+       "import tensorflow_datasets; print(list(map(int, tf.data.Dataset.range(3))))"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and done.stdout == "[0, 1, 2]\n", done.stderr[-2000:]
+  assert done.stderr == ""
+  monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  monkeypatch.setitem(sys.modules, "tensorflow", _fake_tensorflow(False, [])[0])
+  tf_host.import_tensorflow()
+  assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
