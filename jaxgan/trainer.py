@@ -121,9 +121,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
   k = run.steps_per_call
+  # [[attribute, class names]] as the checkpoints' meta holds them (JSON lists).
+  attributes = [[name, list(names)] for name, names in data_lib.attribute_names(source)]
   try:
     restored = restore.restore_run(checkpointer, run, config, workdir, allow_config_change,
-                                   data_lib.attribute_names(source))
+                                   attributes)
     # Before config.json is written or anything compiles.
     stop.check_before_training("after restoring the checkpoint")
   except BaseException:  # a refused config, no readable step, ...: release orbax's threads
@@ -173,7 +175,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
   def meta(step: int) -> dict:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
-            "attributes": [[name, list(names)] for name, names in data_lib.attribute_names(source)],
+            "attributes": attributes,
             "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
             "order_fingerprint": order,
             **({"label_counts": label_counts} if label_counts else {})}
