@@ -606,7 +606,10 @@ def test_array_source_refuses_labels_that_are_not_class_indices(labels, attribut
 def test_order_is_a_seeded_permutation_per_epoch_and_resumable():
   source = _array_source()
   stream = source.batches(5, 0)
-  first = [next(stream)["image"][:, 0, 0, 0] for _ in range(4)]  # 2 epochs of 10
+  batches = [next(stream) for _ in range(4)]  # 2 epochs of 10
+  first = [b["image"][:, 0, 0, 0] for b in batches]
+  for b in batches:  # each image with its own label (image i has label i % 3)
+    np.testing.assert_array_equal(b["label"], b["image"][:, 0, 0, 0] % 3)
   assert sorted(np.concatenate(first[:2])) == list(range(10))
   assert sorted(np.concatenate(first[2:])) == list(range(10))
   assert not np.array_equal(np.concatenate(first[:2]), np.concatenate(first[2:]))
@@ -616,8 +619,9 @@ def test_order_is_a_seeded_permutation_per_epoch_and_resumable():
   # contiguous in the mesh).
   step_1 = np.concatenate([first[2], first[3]])
   for rows in ([0, 1, 5, 6], [2, 3, 4, 7, 8, 9]):
-    part = next(source.batches(10, 1, np.array(rows)))["image"][:, 0, 0, 0]
-    np.testing.assert_array_equal(part, step_1[rows])
+    part = next(source.batches(10, 1, np.array(rows)))
+    np.testing.assert_array_equal(part["image"][:, 0, 0, 0], step_1[rows])
+    np.testing.assert_array_equal(part["label"], step_1[rows] % 3)
   other_seed = next(_array_source(seed=1).batches(10, 0))["image"][:, 0, 0, 0]
   assert not np.array_equal(other_seed, np.concatenate(first[:2]))
 
@@ -891,10 +895,13 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
 
   from jaxgan.data import arrays
 
+  # Image i holds i in its first two bytes, with label i % 3: both streams could be wrong alike,
+  # so each batch is checked against that too.
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (300, 4, 4, 3), np.uint8)
+  images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(300) % 256, np.arange(300) // 256
   np.save(tmp_path / "images.npy", images)
-  labels = rng.integers(0, 3, 300).astype(np.int32)
+  labels = (np.arange(300) % 3).astype(np.int32)
   mapped = ArraySource(np.load(tmp_path / "images.npy", mmap_mode="r"), labels, ["a", "b", "c"],
                        seed=1)
   in_memory = ArraySource(images, labels, ["a", "b", "c"], seed=1)
@@ -914,6 +921,8 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
     b = next(want)
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
+    index = a["image"][:, 0, 0, 0] + 256 * a["image"][:, 0, 0, 1].astype(int)
+    np.testing.assert_array_equal(a["label"], index % 3)
   assert len({t for t in threads if t.startswith("jaxgan-gather")}) > 1
 
 
