@@ -56,6 +56,25 @@ def test_conditioning_changes_the_output():
   assert float(jnp.max(jnp.abs(a - b))) > 1e-7  # exactly 0 if the labels were ignored
 
 
+def test_the_discriminator_scores_the_label_by_projection():
+  """D(x, y) = head(x) + embed(y) . features(x) (Miyato & Koyama's projection): the label moves
+  every score, and its term is linear in the label's embedding row (a zero row adds nothing; a
+  row twice another adds twice its term). A D that ignored its labels failed."""
+  d = Discriminator(image_size=16, num_classes=3, width=8)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  v = d.init(jax.random.PRNGKey(1), x, jnp.zeros((4,), jnp.int32), train=False)
+  table = np.array(v["params"]["class_projection"]["embedding"])
+  table[0], table[1] = 0.0, 2.0 * table[2]
+  v["params"]["class_projection"]["embedding"] = jnp.asarray(table)
+
+  def score(label):
+    return d.apply(v, x, jnp.full((4,), label, jnp.int32), train=False)
+
+  s0, s1, s2 = score(0), score(1), score(2)
+  assert float(jnp.min(jnp.abs(s2 - s0))) > 1e-4  # the label changes every sample's score
+  np.testing.assert_allclose(s1 - s0, 2.0 * (s2 - s0), rtol=1e-4, atol=1e-6)
+
+
 def test_dcgan_layer_norm_normalises_each_sample_over_its_whole_feature_map():
   """WGAN-GP's layer norm (improved_wgan_training: moments over C, H, W per sample): a location
   that responds more strongly keeps standing out after it."""
