@@ -129,6 +129,39 @@ def test_generate_is_deterministic(runs, tmp_path):
     generate.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
 
 
+def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch):
+  """With the EMA frozen at its start (a half-life of 1e12 images, no ramp-up: beta rounds to 1),
+  G trained at two learning rates gives the same sample grids, drawn by the EMA generator; from
+  the raw G they differ. And generate draws the EMA's weights, not G's: with a to_rgb bias of
+  +20 in the EMA and -20 in G, every pixel it writes is white."""
+  frozen = {"train.ema_half_life_images": 10**12, "train.ema_rampup": 0.0,
+            "train.num_steps": 2, "train.checkpoint_every": 2, "train.tensorboard": False}
+  grids = []
+  for lr in (2e-4, 2e-3):
+    trainer.train_and_evaluate(tiny_config(**frozen, **{"optim.g_lr": lr}), str(tmp_path / str(lr)))
+    grids.append((tmp_path / str(lr) / "samples" / "step_0000002.png").read_bytes())
+  assert grids[0] == grids[1]
+  _, _, first, _ = workdir_lib.load_latest(str(tmp_path / "0.0002"))
+  _, _, second, _ = workdir_lib.load_latest(str(tmp_path / "0.002"))
+  assert not np.array_equal(first.g_params["to_rgb"]["kernel"], second.g_params["to_rgb"]["kernel"])
+
+  real_load = workdir_lib.load_checkpoint
+
+  def biased(*args, **kwargs):
+    config, step, state, meta = real_load(*args, **kwargs)
+    shift = lambda params, by: {**params, "to_rgb": {**params["to_rgb"],
+                                                     "bias": params["to_rgb"]["bias"] + by}}
+    return config, step, state.replace(ema_params=shift(state.ema_params, 20.0),
+                                       g_params=shift(state.g_params, -20.0)), meta
+
+  monkeypatch.setattr(workdir_lib, "load_checkpoint", biased)
+  from PIL import Image
+  paths = generate.generate(str(tmp_path / "0.0002"), 3, str(tmp_path / "fakes") + "/")
+  assert len(paths) == 3
+  for path in paths:
+    assert np.asarray(Image.open(path)).min() == 255
+
+
 def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monkeypatch):
   """--batch bounds the images per generator call (any --num fits a device) without changing
   the images; a folder holding an earlier, larger run's PNGs is refused; --checkpoint best."""
