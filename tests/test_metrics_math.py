@@ -162,22 +162,28 @@ def test_precision_recall_by_hand_in_one_dimension():
 
 
 def test_the_suite_uses_the_reference_settings(monkeypatch):
-  """KID: 100 subsets of at most 1000 (StyleGAN2-ADA's kid50k); precision/recall: k = 3."""
+  """KID: 100 subsets of at most 1000 (StyleGAN2-ADA's kid50k); precision/recall: k = 3. Each
+  gets the reals and the fakes in that order, and each of its two results lands under its name
+  (precision and recall swapped, or KID's mean and spread, would pass bounds-only checks)."""
   from jaxgan.metrics import kid, manifold, suite
 
   seen = {}
 
-  def recorder(name):
+  def recorder(name, results):
     def record(real, fake, **kwargs):
-      seen[name] = kwargs
-      return 0.0, 0.0
+      seen[name] = (real, fake, kwargs)
+      return results
     return record
 
-  monkeypatch.setattr(kid, "kernel_inception_distance", recorder("kid"))
-  monkeypatch.setattr(manifold, "precision_recall", recorder("pr"))
-  x = _gaussian(8, 3, 1)
-  suite.compute(x, x, ["kid", "pr"], None, None)
-  assert seen == {"kid": {"num_subsets": 100, "subset_size": 1000}, "pr": {"k": 3}}
+  monkeypatch.setattr(kid, "kernel_inception_distance", recorder("kid", (0.25, 0.75)))
+  monkeypatch.setattr(manifold, "precision_recall", recorder("pr", (0.125, 0.625)))
+  real, fake = _gaussian(8, 3, 1), _gaussian(8, 3, 2)
+  out = suite.compute(real, fake, ["kid", "pr"], None, None)
+  assert {k: v[2] for k, v in seen.items()} == {"kid": {"num_subsets": 100, "subset_size": 1000},
+                                               "pr": {"k": 3}}
+  assert all(v[0] is real and v[1] is fake for v in seen.values())
+  assert {k: out[k] for k in ("kid_mean", "kid_std", "precision", "recall")} == {
+      "kid_mean": 0.25, "kid_std": 0.75, "precision": 0.125, "recall": 0.625}
 
 
 def test_per_class_fid():
