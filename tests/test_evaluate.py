@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import types
 
 import numpy as np
 import pytest
@@ -208,7 +209,17 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
   assert len(images) == 2 and images[0].shape == (1, 12, 12, 3) and not skipped
 
 
-@needs_weights
+def _without_inception(monkeypatch):
+  """The trainer's evaluation set up without the weights (the tests that stand in for the
+  evaluation itself run everywhere)."""
+  from jaxgan import evaluator as evaluator_lib
+  from jaxgan.metrics import inception_weights
+
+  monkeypatch.setattr(inception_weights, "find_weights", lambda weights: "stand-in")
+  stand_in = types.SimpleNamespace(extractor=types.SimpleNamespace(weights_id="stand-in"))
+  monkeypatch.setattr(evaluator_lib, "Evaluator", lambda *args, **kwargs: stand_in)
+
+
 def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, monkeypatch):
   """Killed while evaluating step 4 (its checkpoint complete), the run resumes at step 4 and
   evaluates it first, then goes on; a failed final evaluation (eval/failed) is retried on
@@ -227,6 +238,7 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
     self.writer.write_scalars(step, {"eval/fid": 1.0, "eval/num_samples": 6})
     return {"fid": 1.0}
 
+  _without_inception(monkeypatch)
   monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
   config = tiny_config(**{"train.eval_every": 2, "train.num_steps": 6, "train.tensorboard": False,
                           "eval.cache_dir": str(tmp_path / "cache")})
@@ -242,7 +254,6 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
   assert calls == [2, 4, 4, 6, 6]
 
 
-@needs_weights
 def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
   """Evaluating takes minutes in which a preemption notice cannot be acted on: the steps up to
   an evaluation are checkpointed before it, also off the checkpoint schedule."""
@@ -255,6 +266,7 @@ def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
     seen.append(sorted(os.listdir(os.path.join(workdir, "checkpoints"))))
     return {}
 
+  _without_inception(monkeypatch)
   monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
   config = tiny_config(**{"train.eval_every": 3, "train.checkpoint_every": 100,
                           "train.num_steps": 4, "train.tensorboard": False,
