@@ -52,8 +52,27 @@ def _assert_same_state(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _kill_after_checkpoint(cmd, checkpoint_dir, min_step):
-  """Starts `cmd`, SIGKILLs it as soon as a checkpoint >= min_step is complete."""
+# `python -m jaxgan.train ARGS`, except that the run waits for its kill at the log row of step
+# `sys.argv[1]`: a test process starved of the CPU on a loaded machine still finds it mid-run.
+TRAIN_UNTIL_KILLED = """
+import sys, time
+from jaxgan import train, writers
+until, write = int(sys.argv.pop(1)), writers.MetricsWriter.write_scalars
+def wait_at(self, step, values):
+  write(self, step, values)
+  while step >= until:
+    time.sleep(1)
+writers.MetricsWriter.write_scalars = wait_at
+train.run()
+"""
+
+
+def _kill_after_checkpoint(workdir, flags, min_step, wait_at_step):
+  """Trains in `workdir`, SIGKILLs the run as soon as a checkpoint >= min_step is complete (it
+  waits at step `wait_at_step` until then)."""
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  cmd = [sys.executable, "-c", TRAIN_UNTIL_KILLED, str(wait_at_step)] + _train_cmd(workdir,
+                                                                                 flags)[3:]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -92,9 +111,9 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
                         "--config.train.log_every=20", "--config.train.sample_every=1000"]
   flags += _prepared_flags(tmp_path)
   workdir = tmp_path / "killed"
-  # Killed after step 20: 160 of 24 images, inside an epoch, with 100 steps left to catch it.
-  killed_at = _kill_after_checkpoint(_train_cmd(workdir, flags), workdir / "checkpoints", 20)
-  assert killed_at < 120  # really mid-run
+  # Killed after step 20 (160 of 24 images, inside an epoch), at step 60 at the latest.
+  killed_at = _kill_after_checkpoint(workdir, flags, 20, wait_at_step=60)
+  assert 20 <= killed_at <= 60  # really mid-run
   done = subprocess.run(_train_cmd(workdir, flags), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
