@@ -121,10 +121,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(script: str, *args: str, devices: int = 1) -> tuple[list, list[str]]:
+def run_two_processes(script: str, *args: str, devices: int = 1,
+                      timeout: float = 120) -> tuple[list, list[str]]:
   """Runs `script` (python -c) as processes 0 and 1 of a jax.distributed job on the CPU, each
   with `devices` fake devices and given `localhost:PORT`, its index and `args`; returns (the
-  last stdout line of each as JSON, the stderr of each)."""
+  last stdout line of each as JSON, the stderr of each). `timeout`: seconds for both."""
   import json
   import subprocess
   import time
@@ -134,7 +135,7 @@ def run_two_processes(script: str, *args: str, devices: int = 1) -> tuple[list, 
   procs = [subprocess.Popen([sys.executable, "-c", script, f"localhost:{port}", str(i), *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
-  deadline = time.monotonic() + 120  # one deadline for both
+  deadline = time.monotonic() + timeout  # one deadline for both
   try:
     outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
   except subprocess.TimeoutExpired:
