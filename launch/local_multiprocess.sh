@@ -52,14 +52,19 @@ on_signal() {
   # processes' "Ctrl-C to quit at once": as background jobs they ignore SIGINT) kills them; a
   # repeated SIGTERM does not (preemption notices repeat, as the trainer assumes too).
   if [[ "$1" == INT ]] && ((interrupted)); then
+    echo "local_multiprocess.sh: Ctrl-C again: killing the processes" >&2
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     exit 130
   fi
   [[ "$1" == INT ]] && interrupted=1
-  if ((${stopping:-0})); then
-    return  # already waiting for them
+  if ((${stopping:-0})); then  # already waiting for them
+    echo "local_multiprocess.sh: SIG$1 again: still waiting for the processes to stop" \
+         "(Ctrl-C twice kills them)" >&2
+    return
   fi
   stopping=1
+  echo "local_multiprocess.sh: SIG$1 received: stopping the processes (each finishes its step" \
+       "and writes its checkpoint; Ctrl-C twice kills them)" >&2
   cleanup
   if [[ "$status" != 0 && "$status" != 75 ]]; then
     exit "$status"  # a failure was being handled when the signal came

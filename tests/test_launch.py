@@ -33,12 +33,13 @@ exit "${codes[$id]}"
 """
 
 
-def _launch(tmp_path, statuses: str, prefix: str = "") -> subprocess.Popen:
+def _launch(tmp_path, statuses: str, prefix: str = "", stderr=subprocess.PIPE
+            ) -> subprocess.Popen:
   stand_in = tmp_path / "python"
   stand_in.write_text(STAND_IN % (statuses, tmp_path))
   stand_in.chmod(0o755)
   return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
                           env=dict(os.environ, PYTHON=f"{prefix}{stand_in}"))
 
 
@@ -93,22 +94,33 @@ def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statu
 def test_a_second_ctrl_c_kills_processes_that_do_not_stop_and_a_second_sigterm_does_not(
     tmp_path):
   """Ctrl-C twice quits at once, as it does for one trainer; SIGTERM twice does not (preemption
-  notices repeat: the processes may be writing their checkpoint)."""
-  proc = _launch(tmp_path, "stuck stuck")
+  notices repeat: the processes may be writing their checkpoint). Each signal is sent once the
+  launcher has said it took the one before (two sent while it waits on a `sleep` would arrive as
+  one); each line tells a person what it does."""
+  err_path = tmp_path / "launcher.err"
+  with open(err_path, "w") as err_file:
+    proc = _launch(tmp_path, "stuck stuck", stderr=err_file)
   try:
     _started(tmp_path, proc)
     start = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+
+    def send(sig, line):
+      proc.send_signal(sig)
+      deadline = time.monotonic() + 30
+      while line not in err_path.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, err_path.read_text()
+        time.sleep(0.05)
+
+    send(signal.SIGTERM, "SIGTERM received: stopping the processes (each finishes its step")
+    send(signal.SIGTERM, "SIGTERM again: still waiting for the processes to stop")
     time.sleep(1.0)  # the launcher still waits for them (the grace period is 60 s)
     assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    send(signal.SIGINT, "SIGINT again: still waiting for the processes to stop (Ctrl-C twice")
     assert proc.poll() is None  # the first Ctrl-C
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130, err_path.read_text()
+    assert "Ctrl-C again: killing the processes" in err_path.read_text()
     assert time.monotonic() - start < 30
   finally:
     _kill_stand_ins(tmp_path)

@@ -91,19 +91,24 @@ def test_prefetch_thread_ends_when_the_consumer_stops_with_a_full_queue(ending):
   """A consumer that stops while the queue is full and the iterator has ended (or failed) must
   not leave the producer blocked on its last put, holding the iterator, for good."""
   import threading
-  import time
+
+  ended = threading.Event()
 
   def short():
-    yield from range(2)
-    if ending == "error":
-      raise RuntimeError("bad file")
+    try:
+      yield from range(2)
+      if ending == "error":
+        raise RuntimeError("bad file")
+    finally:
+      ended.set()
 
   before = set(threading.enumerate())
   stream = prefetch(short(), 1)
   assert next(stream) == 0
   (producer,) = [t for t in threading.enumerate()
                  if t not in before and t.name == "jaxgan-prefetch"]
-  time.sleep(0.3)  # the producer queues item 1, then waits to hand over the end (or the error)
+  # The producer has queued item 1 and holds the end (or the error) for the full queue.
+  assert ended.wait(timeout=30)
   stream.close()
   producer.join(timeout=5)
   assert not producer.is_alive()
