@@ -179,8 +179,8 @@ def test_the_suite_uses_the_reference_settings(monkeypatch):
   monkeypatch.setattr(manifold, "precision_recall", recorder("pr", (0.125, 0.625)))
   real, fake = _gaussian(8, 3, 1), _gaussian(8, 3, 2)
   out = suite.compute(real, fake, ["kid", "pr"], None, None)
-  assert {k: v[2] for k, v in seen.items()} == {"kid": {"num_subsets": 100, "subset_size": 1000},
-                                               "pr": {"k": 3}}
+  settings = {name: kwargs for name, (_, _, kwargs) in seen.items()}
+  assert settings == {"kid": {"num_subsets": 100, "subset_size": 1000}, "pr": {"k": 3}}
   assert all(v[0] is real and v[1] is fake for v in seen.values())
   assert {k: out[k] for k in ("kid_mean", "kid_std", "precision", "recall")} == {
       "kid_mean": 0.25, "kid_std": 0.75, "precision": 0.125, "recall": 0.625}

@@ -71,8 +71,8 @@ def _kill_after_checkpoint(workdir, flags, min_step, wait_at_step):
   """Trains in `workdir`, SIGKILLs the run as soon as a checkpoint >= min_step is complete (it
   waits at step `wait_at_step` until then)."""
   checkpoint_dir = os.path.join(workdir, "checkpoints")
-  cmd = [sys.executable, "-c", TRAIN_UNTIL_KILLED, str(wait_at_step)] + _train_cmd(workdir,
-                                                                                 flags)[3:]
+  train_args = _train_cmd(workdir, flags)[3:]  # after `python -m jaxgan.train`
+  cmd = [sys.executable, "-c", TRAIN_UNTIL_KILLED, str(wait_at_step), *train_args]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:

@@ -115,6 +115,7 @@ def test_the_step_mirrors_its_reals_across_the_width_when_asked():
   batch = _batches(config, 1)[0]
   half = batch["image"][:, :, : config.data.image_size // 2]
   symmetric = {**batch, "image": np.concatenate([half, half[:, :, ::-1]], axis=2)}
+
   def largest_change(images):
     a, b = plain_step(init(), images)[0], flip_step(init(), images)[0]
     return max(float(np.max(np.abs(x - y))) for x, y in zip(
