@@ -118,9 +118,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(config.model.d_norm != "batch", "model.d_norm",
              f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
              "mixes; set --config.model.d_norm=layer (or none)")
-  _require(config.loss.gp_weight >= 0, "loss.gp_weight", f"must be >= 0, got {config.loss.gp_weight}")
-  for key in ("loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
-    _require(get(config, key) >= 0, key, f"must be >= 0, got {get(config, key)}")
+  # Finite: an infinite weight makes every step it applies to non-finite, and those are skipped
+  # (R1's 1 step in r1_interval never streaks to the stop: it would silently never apply).
+  for key in ("loss.gp_weight", "loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
+    _require(0 <= get(config, key) < math.inf, key, f"must be >= 0 and finite, got "
+             f"{get(config, key)}")
   _positive_int(config, "loss.r1_interval")
   _positive_int(config, "augment.ada_interval")
   _require(0 <= config.loss.lecam_ema_decay < 1, "loss.lecam_ema_decay",
@@ -168,6 +170,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
            f"{config.train.eval_every!r}")
   names = metrics_suite.split_names(config.eval.metrics)
+  # Each evaluation would extract every fake's and real's features and log nothing.
+  _require(names or not config.train.eval_every, "eval.metrics",
+           f"is empty while train.eval_every={config.train.eval_every} evaluates; name the "
+           f"metrics (e.g. fid,kid) or set train.eval_every=0")
   for name in names:
     _require(name in metrics_suite.METRICS, "eval.metrics",
              f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
