@@ -6,6 +6,7 @@ It orchestrates only; the math lives in steps.py, models/ and losses.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -65,12 +66,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # data.num_classes=-1 becomes the prepared set's counts here (agreed: the first exchange),
     # stored resolved in config.json and the checkpoints.
     config = run_lib.resolve_class_counts(config)
-    return _train(config, workdir, allow_config_change, stop)
+    with contextlib.ExitStack() as held:
+      return _train(config, workdir, allow_config_change, stop, held)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
-           stop: stopping_lib.StopRequest) -> state_lib.TrainState:
-  """train_and_evaluate's work, with the stop request open."""
+           stop: stopping_lib.StopRequest, held: contextlib.ExitStack) -> state_lib.TrainState:
+  """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
+  `held` (released when the run ends, however it ends)."""
 
   made_workdir = []  # [True] once this process created the workdir
 
@@ -86,6 +89,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                      ) from None
     config_lib.validate_schedule(config)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
+    if jax.process_index() == 0:  # one run per workdir; its other processes are its own
+      held.enter_context(workdir_lib.run_lock(workdir))
     source = data_lib.build_source(config)
     return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 
@@ -97,6 +102,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   except BaseException as e:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
     # process is not between creating the folder and probing it.
+    held.close()  # the lock file goes too
     if any(made_workdir):
       workdir_lib.remove_if_empty(workdir)
     if multihost.raised_after_agreeing(e):

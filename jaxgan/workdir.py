@@ -8,8 +8,10 @@ restores through the trainer with the run's own mesh.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from typing import Any, Callable, Optional
+import socket
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -17,6 +19,13 @@ import ml_collections
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import state as state_lib
+
+
+log = logging.getLogger(__name__)
+
+# Held by the training run that writes the workdir (its process 0): a second trainer started on
+# it would log into the same metrics and move the first one's checkpoints aside as leftovers.
+RUN_LOCK = ".run.lock"
 
 
 class WorkdirError(RuntimeError):
@@ -55,6 +64,51 @@ def prepare_workdir(workdir: str) -> bool:
   with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
     os.rmdir(probe + ".renamed")
   return created
+
+
+@contextlib.contextmanager
+def run_lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR/.run.lock while the block runs, or raises WorkdirError at once when another
+  process holds it (a trainer already running there; the kernel releases a killed one's lock).
+  Where the file system has no locks, warns and runs unlocked. The file names its holder and is
+  removed on release (a waiter's lock on a removed file is taken again on the new one)."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+  except ImportError:
+    yield
+    return
+  path = os.path.join(workdir, RUN_LOCK)
+  while True:
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise WorkdirError(f"another trainer is running in {workdir} ({holder} holds {path}); "
+                         "wait for it to end or stop it, or pass another --workdir") from None
+    except OSError as e:  # e.g. ENOLCK: a file system without locks
+      handle.close()
+      log.warning("workdir %s cannot be locked (%s): make sure no other trainer writes to it",
+                  workdir, e.strerror)
+      yield
+      return
+    try:
+      if os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
+        break
+    except FileNotFoundError:
+      pass
+    handle.close()  # locked a file its holder removed on release: take the one at `path`
+  try:
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    handle.close()
 
 
 def remove_if_empty(workdir: str) -> None:

@@ -615,6 +615,26 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
   assert os.listdir(tmp_path / "w") == []  # the probe removed
 
 
+def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_path):
+  """Two trainers on one workdir logged into one metrics.jsonl and each moved the other's
+  checkpoints aside as leftovers of an earlier attempt, both ending with status 0. The second
+  is refused, naming the holder; a lock left by a killed run (its file, no lock) is taken."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  config = tiny_config(**{"train.num_steps": 2, "train.tensorboard": False})
+  with workdir_lib.run_lock(str(workdir)):  # as a running trainer's process 0 holds it
+    with pytest.raises(workdir_lib.WorkdirError, match=(
+        rf"^another trainer is running in {re.escape(str(workdir))} \(pid {os.getpid()} on "
+        rf".+ holds {re.escape(str(workdir / '.run.lock'))}\); wait for it to end or stop it, "
+        r"or pass another --workdir$")):
+      trainer.train_and_evaluate(config, str(workdir))
+    assert os.listdir(workdir) == [".run.lock"]  # nothing of the refused run
+  assert os.listdir(workdir) == []  # released: the file goes with the lock
+  (workdir / ".run.lock").write_text("pid 1 on a host that was killed\n")
+  state = trainer.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 2 and not (workdir / ".run.lock").exists()
+
+
 def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path, monkeypatch,
                                                                         caplog):
   """A multi-day run survives a failed metrics row and sample grid (disk full): logged, and
