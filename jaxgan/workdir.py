@@ -168,15 +168,18 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
     raise FileNotFoundError(f"{directory} not found: no checkpoint of this kind in {workdir}"
                             + (" (set train.eval_every to keep a best-FID checkpoint)"
                                if subdir == "checkpoints_best" else ": train first"))
+  if step is None:
+    def accept(_, meta: dict) -> bool:
+      check_meta(meta)
+      return False  # "same config?" only decides what a writer moves aside; this one reads
+
+    restored = _restore_newest(directory, target, None if check_meta is None else accept)
+    if restored is None:
+      raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
+    return (config, *restored)
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
-    if step is None:
-      def accept(_, meta: dict) -> bool:
-        check_meta(meta)
-        return False  # "same config?" only decides what a writer moves aside; this one reads
-
-      restored = checkpointer.restore_latest(target, None if check_meta is None else accept)
-    elif step not in checkpointer.steps():
+    if step not in checkpointer.steps():
       raise FileNotFoundError(f"no checkpoint step {step} in {directory}; it holds steps "
                               f"{checkpointer.steps() or 'none'}")
     else:
@@ -186,10 +189,41 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
       restored = (step, *read_step(lambda: checkpointer.restore(step, target)))
   finally:
     checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
   step, state, meta = restored
   return config, step, state, meta
+
+
+# Reads of the newest checkpoint while a trainer writes the workdir: each listing may lose its
+# steps to the trainer's rotation (train.keep_checkpoints; the best-FID one is replaced at each
+# new best) before they are read.
+READ_ATTEMPTS = 3
+
+
+def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int, dict], bool]]
+                    ) -> Optional[tuple[int, Any, dict]]:
+  """Checkpointer.restore_latest of `directory`, listed again and retried when no step read and
+  the steps changed meanwhile (a running trainer removed the ones listed)."""
+  for attempt in range(READ_ATTEMPTS):
+    checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
+    listed = checkpointer.steps()
+    try:
+      return checkpointer.restore_latest(target, accept)
+    except ckpt_lib.CheckpointError:
+      if attempt == READ_ATTEMPTS - 1 or _step_folders(directory) == listed:
+        raise
+      log.warning("the checkpoints in %s changed while they were read (a trainer is writing "
+                  "this workdir): reading the newest again", directory)
+    finally:
+      checkpointer.close()
+  return None
+
+
+def _step_folders(directory: str) -> list[int]:
+  """The step folders in `directory` now (without orbax's listing, which a manager keeps)."""
+  try:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  except OSError:
+    return []
 
 
 def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[], Any]) -> Any:

@@ -635,6 +635,36 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_pa
   assert int(state.step) == 2 and not (workdir / ".run.lock").exists()
 
 
+def test_a_reader_whose_listed_checkpoint_a_running_trainer_removes_reads_the_new_one(
+    tmp_path, monkeypatch, caplog):
+  """generate or evaluate on a running workdir: the trainer writes step 4 and removes step 2
+  (train.keep_checkpoints=1) between the reader's listing and its read. The reader lists again
+  and reads step 4; it failed before, advising to move the live run's directory away."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 4, "train.checkpoint_every": 2,
+                                            "train.keep_checkpoints": 2,
+                                            "train.tensorboard": False}), str(workdir))
+  checkpoints = workdir / "checkpoints"
+  os.rename(checkpoints / "4", tmp_path / "4")  # not written yet
+  real_restore_latest, rotated = ckpt_lib.Checkpointer.restore_latest, []
+
+  def rotate_once(self, *args, **kwargs):  # after the listing, before the read
+    if not rotated:
+      rotated.append(self.steps())
+      os.rename(tmp_path / "4", checkpoints / "4")
+      os.rename(checkpoints / "2", tmp_path / "2")
+    return real_restore_latest(self, *args, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_latest", rotate_once)
+  with caplog.at_level(logging.WARNING):
+    _, step, state, _ = workdir_lib.load_latest(str(workdir))
+  assert rotated == [[2]] and step == 4 == int(state.step)
+  assert "checkpoints/2 was removed after it was listed" in caplog.text
+  assert "changed while they were read (a trainer is writing this workdir)" in caplog.text
+
+
 def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path, monkeypatch,
                                                                         caplog):
   """A multi-day run survives a failed metrics row and sample grid (disk full): logged, and
