@@ -170,7 +170,8 @@ def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tm
                 r"the data set again"),
     ("fewer", r"holds 5 examples, dataset_info.json says 6: a shard is truncated; prepare"),
     ("more", r"holds more examples than its dataset_info.json says; prepare again"),
-    ("flipped", r"a shard of .* is damaged \(DataLossError\); prepare the data set again"),
+    ("flipped", r"shard train-00001-of-00003.tfrecord of .* is damaged \(DataLossError\); "
+                r"prepare the data set again"),
 ])
 def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_path, monkeypatch,
                                                                            damage, message):

@@ -282,17 +282,19 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
     return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (-1, size, size, 3)), ex["label"]
 
   at = 0
-  ds = tf.data.TFRecordDataset(files).batch(batch_size).map(
-      parse, num_parallel_calls=tf.data.AUTOTUNE)
-  try:
-    for img, lab in ds.prefetch(2).as_numpy_iterator():
-      if at + len(img) > n:
-        raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare again")
-      at += len(img)
-      yield img, lab
-  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-    raise DataError(f"a shard of {out_dir} is damaged ({type(e).__name__}); prepare the data set "
-                    "again") from e
+  for path in files:  # one at a time, so that a damaged one is named
+    ds = tf.data.TFRecordDataset(path).batch(batch_size).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+      for img, lab in ds.prefetch(2).as_numpy_iterator():
+        if at + len(img) > n:
+          raise DataError(f"{out_dir} holds more examples than its {INFO_FILE} says; prepare "
+                          "again")
+        at += len(img)
+        yield img, lab
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise DataError(f"shard {os.path.basename(path)} of {out_dir} is damaged "
+                      f"({type(e).__name__}); prepare the data set again") from e
   if at != n:
     raise DataError(f"{out_dir} holds {at} examples, {INFO_FILE} says {n}: a shard is truncated; "
                     "prepare the data set again")
