@@ -216,6 +216,10 @@ def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_
   left = ["train-00000-of-00002.tfrecord.tmp", "dataset_info.json.host.123.abcdef12"]
   for name in left:
     (out / name).write_bytes(b"partial")
+  # Training on what the killed one left says so (not "a folder written by jaxgan.prepare").
+  with pytest.raises(DataError, match=r"dataset_info.json not found, but .*set holds shards: its "
+                     r"`python -m jaxgan.prepare` did not finish \(killed, or it failed\); run"):
+    prepared.read_info(str(out))
   images, labels = np.zeros((3, 4, 4, 3), np.uint8), np.array([0, 1, 0])
   done = threading.Event()
   worker = threading.Thread(target=lambda: (write_prepared(str(out), images, labels, ["a", "b"],

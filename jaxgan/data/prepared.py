@@ -152,9 +152,21 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
   return info
 
 
+def _has_shards_or_temporaries(out_dir: str) -> bool:
+  try:
+    names = os.listdir(out_dir)
+  except OSError:
+    return False
+  return any(re.fullmatch(r"train-\d{5}-of-\d{5}\.tfrecord", n) or _TEMPORARY.fullmatch(n)
+             for n in names)
+
+
 def read_info(out_dir: str) -> dict:
   path = os.path.join(out_dir, INFO_FILE)
   if not os.path.isfile(path):
+    if _has_shards_or_temporaries(out_dir):  # its info is written last (and removed first)
+      raise DataError(f"{path} not found, but {out_dir} holds shards: its `python -m "
+                      "jaxgan.prepare` did not finish (killed, or it failed); run it again")
     raise DataError(f"{path} not found: data.path must be a folder written by "
                     "`python -m jaxgan.prepare`")
   try:
