@@ -1,17 +1,18 @@
 """What the command-line tools share: absl flag parsing that turns a bad `--config.KEY=...`
 override or config file into one error line, flag names written with '-' or '_'
 (`flag_spelling`), refusing stray positional arguments (`refuse_positional`), and the one-line
-error exit."""
+error and Ctrl-C exits."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import os
 import re
 import sys
 import traceback
-from typing import NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from absl import flags
 
@@ -20,6 +21,21 @@ def fail(message: str) -> NoReturn:
   """`error: message` on stderr and exit status 2 (a usage or input error, not a crash)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
+  """`main`, ended by Ctrl-C with one line and status 130 (as a shell reports it), not a
+  traceback; its own clean-up (a partial output's marker, temporaries) has run by then."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except KeyboardInterrupt:
+      print("interrupted (Ctrl-C)", file=sys.stderr)
+      sys.exit(130)
+
+  return wrapped
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -230,4 +230,4 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.interruptible(main)())

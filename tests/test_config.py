@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jaxgan import config as config_lib
+from jaxgan import cli, config as config_lib
 from tests.conftest import REPO, run_module
 
 
@@ -390,8 +390,6 @@ def test_paths_are_stored_absolute_and_old_relative_ones_are_not_a_change(make_c
 
 
 def test_flag_spelling_rewrites_names_only():
-  from jaxgan import cli
-
   args = ["--compile-only", "--standing-stats-batches=-1", "--label", "a-b_c", "--config.x_y=1-2",
           "-5", "--", "--not-a-flag"]
   assert cli.flag_spelling(args, "_") == ["--compile_only", "--standing_stats_batches=-1",
@@ -448,3 +446,14 @@ def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsy
     importlib.import_module(f"jaxgan.{tool}").main(args)
   assert exit_.value.code == 2
   assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+
+
+def test_ctrl_c_ends_a_tool_with_one_line_and_status_130(capsys):
+  """generate, evaluate and prepare: Ctrl-C printed a KeyboardInterrupt traceback."""
+  def interrupted():
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as e:
+    cli.interruptible(interrupted)()
+  assert e.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+  assert cli.interruptible(lambda x, y=0: x + y)(1, y=2) == 3
