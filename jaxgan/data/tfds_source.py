@@ -80,7 +80,9 @@ def _check_prepared(builder, name: str, download: bool) -> None:
   network, retries for minutes before it fails), or with `download` False an error at once."""
   if builder.is_prepared():
     return
-  where = os.path.dirname(os.path.dirname(builder.data_path))
+  # The data dir, not the set's own folder (NAME[/CONFIG]/VERSION under it).
+  where = str(getattr(builder, "_data_dir_root", "") or
+              os.path.dirname(os.path.dirname(builder.data_path)))
   if not download:
     raise DataError(f"data.tfds_name {name!r} is not prepared under {where} and "
                     f"data.tfds_download is False: prepare it on a host with network "
