@@ -233,8 +233,8 @@ class Checkpointer:
       error, visible = None, multihost.all_processes(os.path.isdir(path))
       if not visible:
         error = CheckpointError(f"{path} is not visible on every process" if
-                                jax.process_count() > 1 else f"{path} was removed after it "
-                                "was listed (by a trainer writing this workdir?)")
+                                jax.process_count() > 1 else f"{path} is gone since it was "
+                                "listed (removed by a trainer writing this workdir?)")
       else:
         layout: Optional[LayoutError] = None
         try:
