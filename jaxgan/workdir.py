@@ -70,8 +70,10 @@ def prepare_workdir(workdir: str) -> bool:
 def run_lock(workdir: str) -> Iterator[None]:
   """Holds WORKDIR/.run.lock while the block runs, or raises WorkdirError at once when another
   process holds it (a trainer already running there; the kernel releases a killed one's lock).
-  Where the file system has no locks, warns and runs unlocked. The file names its holder and is
-  removed on release (a waiter's lock on a removed file is taken again on the new one)."""
+  The file names its holder and is removed on release (a waiter's lock on a removed file is
+  taken again on the new one). Where the file system has no locks (ENOLCK), warns and runs
+  unlocked. Some file systems lock per host only (gcsfuse, NFS with local locks): there a
+  trainer on another host is not refused, and a file another host's run left is warned about."""
   try:
     import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
   except ImportError:
@@ -79,7 +81,11 @@ def run_lock(workdir: str) -> Iterator[None]:
     return
   path = os.path.join(workdir, RUN_LOCK)
   while True:
-    handle = open(path, "a+", encoding="utf-8")
+    try:
+      handle = open(path, "a+", encoding="utf-8")
+    except OSError as e:  # e.g. another user's file left by a killed run
+      raise WorkdirError(f"workdir {workdir}: cannot open {path} ({e.strerror}); if no trainer "
+                         "is running there, remove it") from None
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -87,28 +93,52 @@ def run_lock(workdir: str) -> Iterator[None]:
       holder = handle.read().strip() or "another process"
       handle.close()
       raise WorkdirError(f"another trainer is running in {workdir} ({holder} holds {path}); "
-                         "wait for it to end or stop it, or pass another --workdir") from None
+                         "wait for it to end or stop it, or pass another --workdir (if that "
+                         "process is gone with its host, remove the file)") from None
     except OSError as e:  # e.g. ENOLCK: a file system without locks
       handle.close()
       log.warning("workdir %s cannot be locked (%s): make sure no other trainer writes to it",
                   workdir, e.strerror)
-      yield
-      return
+      handle = None
+      break
     try:
       if os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
         break
     except FileNotFoundError:
       pass
     handle.close()  # locked a file its holder removed on release: take the one at `path`
+  if handle is None:  # unlocked, outside the except: the run's errors are not chained to it
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    yield
+    return
   try:
+    handle.seek(0)
+    _warn_of_another_host(workdir, handle.read().strip())
     handle.truncate(0)
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
+  except OSError as e:
+    handle.close()
+    raise WorkdirError(f"workdir {workdir}: cannot write {path} ({e.strerror}); free space or "
+                       "fix the storage") from None
+  try:
     yield
   finally:
     with contextlib.suppress(OSError):
-      os.remove(path)
+      if os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):  # still ours, not a new one
+        os.remove(path)
     handle.close()
+
+
+def _warn_of_another_host(workdir: str, previous: str) -> None:
+  """A lock file left by a run on another host: one killed there, or one still running where the
+  file system does not share locks between hosts (each would then write the workdir)."""
+  host = previous.rpartition(" on ")[2]
+  if previous and host != socket.gethostname():
+    log.warning("workdir %s: %s left %s: a run killed there, or, where this file system does not "
+                "share locks between hosts (gcsfuse, NFS with local locks), one still running; "
+                "stop one if so", workdir, previous, RUN_LOCK)
 
 
 def remove_if_empty(workdir: str) -> None:

@@ -616,7 +616,7 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
   assert os.listdir(tmp_path / "w") == []  # the probe removed
 
 
-def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_path):
+def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_path, caplog):
   """Two trainers on one workdir logged into one metrics.jsonl and each moved the other's
   checkpoints aside as leftovers of an earlier attempt, both ending with status 0. The second
   is refused, naming the holder; a lock left by a killed run (its file, no lock) is taken."""
@@ -627,13 +627,36 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_pa
     with pytest.raises(workdir_lib.WorkdirError, match=(
         rf"^another trainer is running in {re.escape(str(workdir))} \(pid {os.getpid()} on "
         rf".+ holds {re.escape(str(workdir / '.run.lock'))}\); wait for it to end or stop it, "
-        r"or pass another --workdir$")):
+        r"or pass another --workdir \(if that process is gone with its host, remove the file\)$")):
       trainer.train_and_evaluate(config, str(workdir))
     assert os.listdir(workdir) == [".run.lock"]  # nothing of the refused run
   assert os.listdir(workdir) == []  # released: the file goes with the lock
-  (workdir / ".run.lock").write_text("pid 1 on a host that was killed\n")
-  state = trainer.train_and_evaluate(config, str(workdir))
+  (workdir / ".run.lock").write_text("pid 1 on gone-host\n")
+  with caplog.at_level(logging.WARNING, logger="jaxgan.workdir"):
+    state = trainer.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 2 and not (workdir / ".run.lock").exists()
+  # Another host's file: a run killed there, or one running where locks are per host.
+  assert "pid 1 on gone-host left .run.lock: a run killed there, or" in caplog.text
+
+
+def test_the_run_lock_releases_only_its_own_file_and_names_an_unopenable_one(tmp_path):
+  """A lock file removed by hand while its run goes on, and created again by a newer run: the
+  first one's release must not remove the newer file (a third run would then start beside the
+  newer one). A lock file that cannot be opened is one line, not a traceback."""
+  workdir = str(tmp_path)
+  lock = tmp_path / ".run.lock"
+  with workdir_lib.run_lock(workdir):
+    lock.unlink()
+    lock.write_text("pid 2 on a newer run's host\n")
+    newer = os.stat(lock)
+  assert lock.exists() and os.path.samestat(os.stat(lock), newer)
+  lock.unlink()
+  lock.mkdir()  # cannot be opened as a file (as another user's file cannot)
+  with pytest.raises(workdir_lib.WorkdirError, match=rf"^workdir {re.escape(workdir)}: cannot "
+                     rf"open {re.escape(str(lock))} \(Is a directory\); if no trainer is running "
+                     "there, remove it$"):
+    with workdir_lib.run_lock(workdir):
+      pass
 
 
 def test_a_reader_whose_listed_checkpoint_a_running_trainer_removes_reads_the_new_one(
