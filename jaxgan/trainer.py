@@ -103,7 +103,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
     # process is not between creating the folder and probing it.
     held.close()  # the lock file goes too
-    if any(made_workdir):
+    made = any(made_workdir)
+    if multihost.raised_after_agreeing(e):  # every process is here: agree (after each closed
+      made = multihost.any_process(made)    # its lock), as any may be the one that made it
+    if made:
       workdir_lib.remove_if_empty(workdir)
     if multihost.raised_after_agreeing(e):
       # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a

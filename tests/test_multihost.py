@@ -148,6 +148,8 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   want = (("ConfigError: config key data.path", "DataError: data.path") if failure == "data"
           else ("WorkdirError: ",))
   assert results[1]["outcome"].startswith(want), results[1]
+  if failure == "data":  # whichever process made the shared workdir, none is left behind
+    assert not (tmp_path / "w").exists()
 
 
 WRITE_FAILS_ON_PROCESS_0 = JOIN_TWO_PROCESSES + r"""
