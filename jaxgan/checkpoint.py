@@ -232,9 +232,10 @@ class Checkpointer:
     for attempt in range(2):
       error, visible = None, multihost.all_processes(os.path.isdir(path))
       if not visible:
-        error = CheckpointError(f"{path} is not visible on every process" if
-                                jax.process_count() > 1 else f"{path} is gone since it was "
-                                "listed (removed by a trainer writing this workdir?)")
+        error = CheckpointError(
+            f"{path} is not visible on every process" if jax.process_count() > 1 else
+            f"{path} is gone since it was listed" + (" (removed by a trainer writing this "
+                                                     "workdir?)" if self.read_only else ""))
       else:
         layout: Optional[LayoutError] = None
         try:

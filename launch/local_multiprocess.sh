@@ -63,8 +63,13 @@ on_signal() {
     return
   fi
   stopping=1
-  echo "local_multiprocess.sh: SIG$1 received: stopping the processes (each finishes its step" \
-       "and writes its checkpoint; Ctrl-C twice kills them)" >&2
+  if [[ "$status" != 0 && "$status" != 75 ]]; then
+    echo "local_multiprocess.sh: SIG$1 received while a process's failure (status $status) is" \
+         "ending the others; Ctrl-C twice kills them" >&2
+  else
+    echo "local_multiprocess.sh: SIG$1 received: stopping the processes (each finishes its" \
+         "step and writes its checkpoint; Ctrl-C twice kills them)" >&2
+  fi
   cleanup
   if [[ "$status" != 0 && "$status" != 75 ]]; then
     exit "$status"  # a failure was being handled when the signal came

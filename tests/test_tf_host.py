@@ -57,7 +57,9 @@ def test_tensorflow_starts_quietly_unless_the_user_asks(monkeypatch, fresh_impor
        "import tensorflow_datasets; print(list(map(int, tf.data.Dataset.range(3))))"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0 and done.stdout == "[0, 1, 2]\n", done.stderr[-2000:]
-  assert done.stderr == ""
+  # Its warnings and errors still show (a CUDA build's, say): only the start-up notes go.
+  for note in ("oneDNN custom operations", "cpu_feature_guard"):
+    assert note not in done.stderr, done.stderr[-2000:]
   monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
   monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
   monkeypatch.setitem(sys.modules, "tensorflow", _fake_tensorflow(False, [])[0])
