@@ -225,6 +225,9 @@ def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_
   worker = threading.Thread(target=lambda: (write_prepared(str(out), images, labels, ["a", "b"],
                                                            []), done.set()))
   with exclusive(str(out / ".prepare.lock")):
+    with pytest.raises(DataError, match=r"dataset_info.json not found: .*set is being prepared "
+                       r"now \(`python -m jaxgan.prepare` holds its lock\); wait for it"):
+      prepared.read_info(str(out))
     worker.start()
     assert not done.wait(1.0)  # waits while another holds the folder
     assert not (out / "dataset_info.json").exists()

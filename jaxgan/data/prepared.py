@@ -161,10 +161,26 @@ def _has_shards_or_temporaries(out_dir: str) -> bool:
              for n in names)
 
 
+def _preparation_running(out_dir: str) -> bool:
+  """Whether a preparation holds `out_dir`'s lock now (tried without waiting, then let go)."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+    with open(os.path.join(out_dir, LOCK_FILE), encoding="utf-8") as handle:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  except (ImportError, OSError):  # no lock file, no locks: none known to be running
+    return False
+  return False
+
+
 def read_info(out_dir: str) -> dict:
   path = os.path.join(out_dir, INFO_FILE)
   if not os.path.isfile(path):
     if _has_shards_or_temporaries(out_dir):  # its info is written last (and removed first)
+      if _preparation_running(out_dir):
+        raise DataError(f"{path} not found: {out_dir} is being prepared now (`python -m "
+                        "jaxgan.prepare` holds its lock); wait for it to finish")
       raise DataError(f"{path} not found, but {out_dir} holds shards: its `python -m "
                       "jaxgan.prepare` did not finish (killed, or it failed); run it again")
     raise DataError(f"{path} not found: data.path must be a folder written by "
