@@ -68,10 +68,10 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
                       attributes)
 
 
+_SHARD = re.compile(r"train-\d{5}-of-\d{5}\.tfrecord")  # a shard's name, any set size
 # Temporaries of shards and of the info file: private_name's (host, pid, 8 hex digits), or the
 # '.tmp' of older versions; nothing else (a user's dataset_info.json.bak is theirs).
-_TEMPORARY = re.compile(r"(train-\d{5}-of-\d{5}\.tfrecord|dataset_info\.json)"
-                        r"\.(tmp|.+\.\d+\.[0-9a-f]{8})")
+_TEMPORARY = re.compile(rf"({_SHARD.pattern}|dataset_info\.json)\.(tmp|.+\.\d+\.[0-9a-f]{{8}})")
 
 
 def _remove_temporaries(out_dir: str) -> None:
@@ -147,7 +147,7 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
   publish(tmp, info_path)
   # Shards of an earlier, larger preparation (other -of- counts) are not this set's.
   for name in os.listdir(out_dir):
-    if re.fullmatch(r"train-\d{5}-of-\d{5}\.tfrecord", name) and name not in shards:
+    if _SHARD.fullmatch(name) and name not in shards:
       os.remove(os.path.join(out_dir, name))
   return info
 
@@ -157,8 +157,7 @@ def _has_shards_or_temporaries(out_dir: str) -> bool:
     names = os.listdir(out_dir)
   except OSError:
     return False
-  return any(re.fullmatch(r"train-\d{5}-of-\d{5}\.tfrecord", n) or _TEMPORARY.fullmatch(n)
-             for n in names)
+  return any(_SHARD.fullmatch(n) or _TEMPORARY.fullmatch(n) for n in names)
 
 
 def _preparation_running(out_dir: str) -> bool:
