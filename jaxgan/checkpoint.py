@@ -4,7 +4,9 @@ Each checkpoint holds the state pytree (written collectively by every process, a
 a small JSON `meta` item (the trainer's: resolved config, class names and attributes, step, data
 position, data and order fingerprints, label counts). Orbax writes a step into a temporary
 directory and renames it when complete, so a crash mid-write never damages the previous
-checkpoint; `restore_latest` additionally falls back to an older step when the newest is corrupt.
+checkpoint; `restore_latest` additionally falls back to an older step when the newest is corrupt:
+unreadable, or holding arrays that are not bit-identical to those saved (the meta keeps a digest
+of each, see `state_digest`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from jaxgan import multihost
+from jaxgan import multihost, state_digest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ def _without_read_only_notices(active: bool):
     yield
   finally:
     absl_logger.removeFilter(notices)
+
+
+# The meta key holding the state's per-array digests as saved.
+DIGEST_KEY = "state_digest"
 
 
 class CheckpointError(RuntimeError):
@@ -120,9 +126,12 @@ class Checkpointer:
           # the step there alone, after its first barrier, and leave the others waiting in it.
           raise CheckpointError(f"{path} is still listed on some process after it was moved "
                                 "aside (a lagging shared file system); not written")
+      state = flax.serialization.to_state_dict(state)
+      # Taken from the arrays being saved (before orbax copies them out), so that a restore
+      # can tell what it read from what was written (see state_digest).
+      meta = {**meta, DIGEST_KEY: state_digest.tree_digest(state)}
       self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-          meta=ocp.args.JsonSave(meta)), force=True)
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
       self._pending = True
       return True
     except Exception as e:  # pylint: disable=broad-except
@@ -169,6 +178,7 @@ class Checkpointer:
     multihost.agreed(check_layout, f"reading checkpoint step {step}'s tree metadata")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    _check_digest(step, self.directory, restored["state"], restored["meta"])
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, dict(restored["meta"])
 
@@ -297,6 +307,19 @@ class Checkpointer:
     self._manager.close()
 
 
+def _check_digest(step: int, directory: str, state: Any, meta: dict) -> None:
+  """Raises CheckpointError when the restored arrays are not bit-identical to those written
+  (damage the compressed files do not detect). Steps written before digests were kept pass."""
+  expected = meta.get(DIGEST_KEY)
+  if not expected:
+    return
+  differ = state_digest.differences(expected, state_digest.tree_digest(state))
+  if differ:
+    raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: {len(differ)} of "
+                          f"{len(expected)} arrays read back other values than were written "
+                          f"(e.g. {differ[0]})")
+
+
 def _everywhere(ok: bool) -> bool:
   """True when `ok` holds on every process. Restoring is collective: if one process fell back to
   an older step while the others resumed the newest, they would train from different states (or
@@ -324,14 +347,9 @@ def _agreed_steps(steps: list[int]) -> list[int]:
 def _leaf_shapes(tree: Any) -> dict[str, Optional[tuple]]:
   """{'a/b/c': shape (None where a leaf has none)} for every leaf of a nested-dict tree (orbax's
   metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
-  def name(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(name(k) for k in path): (tuple(leaf.shape) if hasattr(leaf, "shape") else None)
-          for path, leaf in leaves}
+  return {"/".join(state_digest.leaf_name(k) for k in path):
+          tuple(leaf.shape) if hasattr(leaf, "shape") else None for path, leaf in leaves}
 
 
 def _key_paths(tree: Any) -> set[str]:

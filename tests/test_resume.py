@@ -306,6 +306,43 @@ def _two_step_checkpoints(directory):
   return ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
 
 
+def test_a_flipped_bit_in_a_checkpoints_data_is_damage_not_a_silent_resume(tmp_path, caplog):
+  """Orbax's compressed array files carry no checksum: one flipped bit (a failing disk, a bad
+  copy) decodes to other values without an error. The digests in the meta find it, so the
+  resume falls back to the step before and moves the damaged one aside."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  # Random values: zstd stores them nearly as they are, so a flip mid-file hits array bytes.
+  values = {step: np.random.default_rng(step).standard_normal(4096).astype(np.float32)
+            for step in (1, 2)}
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  for step in (1, 2):
+    writer.save(step, {"w": jnp.asarray(values[step]), "b": jnp.zeros(2)}, {"step": step})
+  writer.close()
+  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, "2"))
+          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
+  largest = max(data, key=os.path.getsize)
+  content = bytearray(open(largest, "rb").read())
+  content[len(content) // 2] ^= 0x10
+  with open(largest, "wb") as f:
+    f.write(content)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32, sharding=device),
+            "b": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=device)}
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  with caplog.at_level(logging.WARNING):
+    step, state, _ = reader.restore_latest(target, lambda step, meta: True)
+  reader.close()
+  assert step == 1 and np.array_equal(np.asarray(state["w"]), values[1])
+  assert ("checkpoints/2 is unreadable (CheckpointError: checkpoint step 2 in "
+          f"{directory} is damaged: 1 of 2 arrays read back other values than were written "
+          "(e.g. w))") in caplog.text
+  assert os.listdir(directory + ".corrupt")  # moved aside, not deleted
+
+
 @pytest.mark.parametrize("which", ["restore", "restore_meta"])
 def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, caplog, which):
   """A storage hiccup on the newest step's first read of its state or of its meta (network file
