@@ -8,9 +8,8 @@ import os
 import signal
 from typing import Optional
 
-import jax
-
-from jaxgan import multihost
+# JAX (via multihost) is imported where a check needs it, not here: the training CLI opens its
+# stop request before JAX loads (seconds), so that a signal then is not the process's end.
 
 
 # The signals that ask for a graceful stop. SIGHUP too: a dropped ssh session (launch/tpu_pod.sh
@@ -78,6 +77,14 @@ class StopRequest:
     if signal.SIGINT in self._previous:  # not where SIGINT was ignored (a background job)
       signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+  def reinstall(self) -> None:
+    """Takes the stop signals back from a library that replaced their handlers: joining
+    jax.distributed installs a preemption notifier on SIGTERM that tells Python nothing. (SIGINT
+    stays with the OS once a first signal armed Ctrl-C to quit at once.)"""
+    for sig in self._previous:
+      if not (sig == signal.SIGINT and self.signal is not None):
+        signal.signal(sig, self._handle)
+
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
@@ -87,6 +94,10 @@ class StopRequest:
 
     `exchange` forces the processes' exchange (pass it where the host waits for the step anyway,
     e.g. at log rows); `call` must count alike on every process."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from jaxgan import multihost  # pylint: disable=g-import-not-at-top
+
     if jax.process_count() > 1 and not exchange and call % self.exchange_every_calls:
       return None
     return multihost.first_signal(self.signal)

@@ -5,6 +5,7 @@ The config keys and their defaults: jaxgan/config/schema.py (README.md lists the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as std_logging
 import sys
@@ -33,6 +34,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   cli.refuse_positional(argv)
+  from jaxgan import stopping  # pylint: disable=g-import-not-at-top  (it loads no JAX)
+
+  # The stop request opens before JAX and the trainer load (seconds): a stop signal meanwhile (a
+  # preemption notice as the job starts, Ctrl-C) stops the run before it trains with status 75,
+  # which the SLURM script requeues, where the OS's default action ended it (status 143, or a
+  # KeyboardInterrupt traceback). Not for --compile_only, which a signal ends at once.
+  with contextlib.ExitStack() as scope:
+    _main(None if FLAGS.compile_only else scope.enter_context(stopping.StopRequest()))
+
+
+def _main(stop) -> None:
   # pylint: disable-next=g-import-not-at-top
   from jaxgan import checkpoint, multihost, sharding, stopping, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -45,7 +57,8 @@ def main(argv):
       print(json.dumps(run_lib.compile_report(FLAGS.config)))
     else:
       state = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                                         allow_config_change=FLAGS.allow_config_change)
+                                         allow_config_change=FLAGS.allow_config_change,
+                                         stop=stop)
       if sharding.to_host(state.step) < FLAGS.config.train.num_steps:  # stopped by a signal
         sys.exit(stopping.EXIT_STOPPED)
   except stopping.Stopped as e:  # a stop while starting, or in the last step before its end

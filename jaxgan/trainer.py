@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -47,20 +47,26 @@ MAX_STEPS_AHEAD = 4
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> state_lib.TrainState:
+                       allow_config_change: bool = False,
+                       stop: Optional[stopping_lib.StopRequest] = None) -> state_lib.TrainState:
   """Trains until `train.num_steps`, resuming from WORKDIR/checkpoints when present; returns the
   final state. A run stopped by SIGTERM/SIGINT/SIGHUP returns early, its state's step short of
   `train.num_steps` (the CLI then exits with stopping.EXIT_STOPPED); one stopped while starting
   raises stopping.Stopped before its first step, and so does one stopped in its last step
-  before its end (the final evaluation, or a checkpoint that could not be written)."""
-  # The config's keys checked first (with_absolute_paths reads every path key), and
-  # jax.distributed joined where configured; then the stop request opens at once, to the end
-  # (not around the loop only): jax.distributed installs its own SIGTERM handler (a preemption
-  # notifier) that keeps the process alive and tells Python nothing, so a stop signal during
-  # start-up (data, restore, Inception: minutes) was lost and the run trained on. Now it stops
-  # the run at the next start-up stage, or in the loop.
-  run_lib.join_processes(config)
-  with stopping_lib.StopRequest() as stop:
+  before its end (the final evaluation, or a checkpoint that could not be written). `stop`: a
+  stop request its caller opened earlier (the CLI's, before JAX loads); else it opens its own."""
+  # jax.distributed is joined first (where configured): it installs its own SIGTERM handler (a
+  # preemption notifier that keeps the process alive and tells Python nothing), so the stop
+  # request opens after it (or, opened by the caller, takes its handlers back) and stays open to
+  # the end, not around the loop only: a stop signal during start-up (data, restore, Inception:
+  # minutes) then stops the run at the next start-up stage, where it was lost and the run trained.
+  with contextlib.ExitStack() as scope:
+    run_lib.join_processes(config)
+    if stop is None:
+      stop = scope.enter_context(stopping_lib.StopRequest())
+    else:
+      stop.reinstall()
+      stop.check_before_training("while loading the trainer")  # before the config is read
     # Stored so in config.json and the checkpoints: `evaluate --workdir` may run from elsewhere.
     config = config_lib.with_absolute_paths(config)
     # data.num_classes=-1 becomes the prepared set's counts here (agreed: the first exchange),

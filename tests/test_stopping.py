@@ -43,6 +43,50 @@ def test_an_ignored_signal_stays_ignored():
       signal.signal(sig, handler)
 
 
+def test_reinstall_takes_the_signals_back_but_leaves_ctrl_c_armed():
+  """jax.distributed's join replaces SIGTERM's handler: a stop request opened before it takes
+  the stop signals back, except SIGINT once a first signal armed Ctrl-C to quit at once."""
+  before = {sig: signal.getsignal(sig) for sig in stopping.STOP_SIGNALS}
+  with stopping.StopRequest() as stop:
+    ours = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a library's own handler would
+    stop.reinstall()
+    assert signal.getsignal(signal.SIGTERM) == ours
+    os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    stop.reinstall()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) == ours and stop.check(1) == signal.SIGINT
+  assert {sig: signal.getsignal(sig) for sig in stopping.STOP_SIGNALS} == before
+
+
+STOP_WHILE_LOADING = r"""
+import os, signal, sys
+from jaxgan import run, train
+join = run.join_processes
+
+def signal_then_join(config):  # a preemption notice while the trainer loads, before the join
+  os.kill(os.getpid(), signal.SIGTERM)
+  join(config)
+
+run.join_processes = signal_then_join
+sys.argv = ["train", "--config", "configs/default.py", "--workdir", sys.argv[1],
+            "--config.data.image_size=16", "--config.train.num_steps=2"]
+train.run()
+"""
+
+
+def test_a_stop_signal_while_the_trainer_loads_exits_75_before_anything_is_written(tmp_path):
+  """The CLI's stop request opens before JAX and the trainer load (seconds): a SIGTERM then
+  ended the process with status 143, which the SLURM script does not requeue."""
+  proc = subprocess.run([sys.executable, "-c", STOP_WHILE_LOADING, str(tmp_path / "w")],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
+  assert ("SIGTERM received while starting (while loading the trainer): stopped before "
+          "training") in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
 SECOND_CTRL_C = r"""
 import os, signal, sys, threading
 from jaxgan import stopping
