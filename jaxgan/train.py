@@ -45,6 +45,7 @@ def main(argv):
 
 
 def _main(stop) -> None:
+  """main's work, with `stop` (a stopping.StopRequest, None for --compile_only) open."""
   # pylint: disable-next=g-import-not-at-top
   from jaxgan import checkpoint, multihost, sharding, stopping, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top

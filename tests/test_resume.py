@@ -343,6 +343,23 @@ def test_a_flipped_bit_in_a_checkpoints_data_is_damage_not_a_silent_resume(tmp_p
   assert os.listdir(directory + ".corrupt")  # moved aside, not deleted
 
 
+def test_a_step_written_before_the_digests_restores_unchecked(tmp_path):
+  """Checkpoints of runs started before the meta held digests resume as they did."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  meta_file = os.path.join(directory, "2", "meta", "metadata")
+  meta = json.load(open(meta_file))
+  assert set(meta.pop(ckpt_lib.DIGEST_KEY)) == {"w"}
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  step, state, restored_meta = reader.restore_latest(target)
+  reader.close()
+  assert step == 2 and float(state["w"][0]) == 2.0 and restored_meta == {"step": 2}
+
+
 @pytest.mark.parametrize("which", ["restore", "restore_meta"])
 def test_a_transient_read_failure_is_retried_not_taken_for_damage(tmp_path, caplog, which):
   """A storage hiccup on the newest step's first read of its state or of its meta (network file
