@@ -11,7 +11,6 @@ of each, see `state_digest`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -24,30 +23,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from jaxgan import multihost, state_digest
+from jaxgan import multihost, orbax_output, state_digest
 
 log = logging.getLogger(__name__)
-
-
-class _DropReadOnlyNotices(logging.Filter):
-  """Orbax warns three times for every read-only manager ('Given directory is read only',
-  'read_only=True, setting ...'): noise for readers (`generate`, `evaluate`) that ask for it."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not (message.startswith("Given directory is read only")
-                or message.startswith("CheckpointManagerOptions.read_only=True"))
-
-
-@contextlib.contextmanager
-def _without_read_only_notices(active: bool):
-  absl_logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
-  if active:
-    absl_logger.addFilter(notices)
-  try:
-    yield
-  finally:
-    absl_logger.removeFilter(notices)
 
 
 # The meta key holding the state's per-array digests as saved.
@@ -77,7 +55,7 @@ class Checkpointer:
     # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
     # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
     # Readers (generate, tools) must not touch a directory a live run may be writing.
-    with _without_read_only_notices(read_only):
+    with orbax_output.without_read_only_notices(read_only):
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                              cleanup_tmp_directories=not read_only,
                                              read_only=read_only,
@@ -94,6 +72,8 @@ class Checkpointer:
     self.failures_in_a_row = 0
     self.completed = 0
     self._pending = False  # a started write whose outcome is not counted yet
+    if not read_only:
+      orbax_output.quiet_failed_writes()
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

@@ -552,6 +552,14 @@ def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, m
   writer.close()
   assert "No space left" in caplog.text
   assert ckpt_lib.Checkpointer(directory, read_only=True).steps() == [1, 3]
+  # Orbax's own error records say it in a line each, without their tracebacks (hundreds of lines
+  # a checkpoint on a full disk); one filter however many writers.
+  orbax_errors = [r for r in caplog.records if f"{os.sep}orbax{os.sep}" in r.pathname]
+  assert len(orbax_errors) >= 2 and "Traceback" not in caplog.text
+  from jaxgan import orbax_output
+
+  assert sum(isinstance(f, orbax_output._OrbaxErrorsInOneLine)
+             for f in logging.getLogger("absl").filters) == 1
 
 
 def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):

@@ -1,0 +1,78 @@
+"""What orbax and tensorstore print, cut to what a user of jaxgan needs.
+
+The Checkpointer reports each failed write itself, in one line that says which checkpoint is
+still valid; left alone, the libraries' own reports of the same failure bury it (1,036 lines for
+two checkpoints on a full disk, 2026-12-03, where 12 are left), and readers get three notices
+per checkpoint that they asked for read-only access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+
+class _DropReadOnlyNotices(logging.Filter):
+  """Orbax warns three times for every read-only manager ('Given directory is read only',
+  'read_only=True, setting ...'): noise for readers (`generate`, `evaluate`) that ask for it."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Given directory is read only")
+                or message.startswith("CheckpointManagerOptions.read_only=True"))
+
+
+@contextlib.contextmanager
+def without_read_only_notices(active: bool) -> Iterator[None]:
+  """Orbax's read-only notices dropped while open, where `active`."""
+  absl_logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
+  if active:
+    absl_logger.addFilter(notices)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notices)
+
+
+class _OrbaxErrorsInOneLine(logging.Filter):
+  """Orbax logs a failed write from each of its threads with a full traceback: about 350 lines a
+  checkpoint on a full disk, burying the Checkpointer's own one-line report of it (what failed,
+  and which checkpoint is still valid). Orbax's records keep their message, not the traceback."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+class _LateWriteCallbacks:
+  """A sys.unraisablehook that drops the "Event loop is closed" errors of tensorstore's write
+  callbacks that complete after orbax closed the event loop of a failed write (hundreds a
+  checkpoint on a full disk, 6 lines each, all saying nothing the Checkpointer's report does
+  not), and hands every other unraisable error to the hook it replaced."""
+
+  def __init__(self, previous: Callable[[Any], None]):
+    self.previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    error, last = unraisable.exc_value, unraisable.exc_traceback
+    while last is not None and last.tb_next is not None:
+      last = last.tb_next
+    late = (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            and last is not None and last.tb_frame.f_code.co_name == "_check_closed")
+    if not late:
+      self.previous(unraisable)
+
+
+def quiet_failed_writes() -> None:
+  """Orbax's reports of a failed write in a line each, tensorstore's late callbacks dropped (see
+  above); once per process, as their threads report at any time, also after a Checkpointer
+  closed."""
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxErrorsInOneLine) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxErrorsInOneLine())
+  if not isinstance(sys.unraisablehook, _LateWriteCallbacks):
+    sys.unraisablehook = _LateWriteCallbacks(sys.unraisablehook)
