@@ -324,32 +324,37 @@ def _agreed_steps(steps: list[int]) -> list[int]:
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
-def _leaf_shapes(tree: Any) -> dict[str, Optional[tuple]]:
-  """{'a/b/c': shape (None where a leaf has none)} for every leaf of a nested-dict tree (orbax's
-  metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
+def _leaf_layouts(tree: Any) -> dict[str, tuple[Optional[tuple], Optional[str]]]:
+  """{'a/b/c': (shape, dtype name), None where a leaf has none} for every leaf of a nested-dict
+  tree (orbax's metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {"/".join(state_digest.leaf_name(k) for k in path):
-          tuple(leaf.shape) if hasattr(leaf, "shape") else None for path, leaf in leaves}
+          (tuple(leaf.shape) if hasattr(leaf, "shape") else None,
+           str(leaf.dtype) if getattr(leaf, "dtype", None) is not None else None)
+          for path, leaf in leaves}
 
 
 def _key_paths(tree: Any) -> set[str]:
   """'a/b/c' for every leaf of a nested-dict tree."""
-  return set(_leaf_shapes(tree))
+  return set(_leaf_layouts(tree))
 
 
 def _layout_difference(saved: Any, target: Any) -> Optional[str]:
-  """What differs between the leaves (paths and shapes) of a checkpoint and of the state to
-  read, or None. Shapes are compared from the metadata: orbax would fail on each array in
-  turn, with a traceback per array."""
-  saved_shapes, target_shapes = _leaf_shapes(saved), _leaf_shapes(target)
-  missing = sorted(set(target_shapes) - set(saved_shapes))
-  unexpected = sorted(set(saved_shapes) - set(target_shapes))
-  reshaped = [f"{k} {saved_shapes[k]} saved, {target_shapes[k]} now" for k in sorted(
-      set(saved_shapes) & set(target_shapes))
-      if None not in (saved_shapes[k], target_shapes[k]) and saved_shapes[k] != target_shapes[k]]
+  """What differs between the leaves (paths, shapes, dtypes) of a checkpoint and of the state to
+  read, or None. Compared from the metadata: orbax would fail on each reshaped array in turn,
+  with a traceback per array, and cast a retyped one, which its digest would then take for
+  damage."""
+  saved_layouts, target_layouts = _leaf_layouts(saved), _leaf_layouts(target)
+  missing = sorted(set(target_layouts) - set(saved_layouts))
+  unexpected = sorted(set(saved_layouts) - set(target_layouts))
+  common = sorted(set(saved_layouts) & set(target_layouts))
+  changed = {what: [f"{k} {saved_layouts[k][i]} saved, {target_layouts[k][i]} now" for k in common
+                    if None not in (saved_layouts[k][i], target_layouts[k][i])
+                    and saved_layouts[k][i] != target_layouts[k][i]]
+             for i, what in enumerate(("shapes differ", "dtypes differ"))}
   parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
            (("keys missing", missing), ("keys not in this version", unexpected),
-            ("shapes differ", reshaped)) if keys]
+            *changed.items()) if keys]
   return "; ".join(parts) or None
 
 

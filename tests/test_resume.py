@@ -875,6 +875,14 @@ def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
   reader.close()
   assert os.path.isdir(os.path.join(directory, "1"))
   assert not os.path.exists(directory + ".corrupt")
+  # Another dtype is another layout too, not damage (orbax would cast, and the cast values
+  # would fail their digests).
+  retyped = {"a": jax.ShapeDtypeStruct((3,), jnp.bfloat16, sharding=device)}
+  with pytest.raises(ckpt_lib.LayoutError,
+                     match=r"1 dtypes differ, e.g. a float32 saved, bfloat16 now"):
+    ckpt_lib.Checkpointer(directory, retry_delay_s=0.0).restore_latest(retyped)
+  assert os.path.isdir(os.path.join(directory, "1"))
+  assert not os.path.exists(directory + ".corrupt")
 
 
 def test_a_resume_with_other_parameter_shapes_is_one_error_not_a_read_per_array(tmp_path, caplog,
