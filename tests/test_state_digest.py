@@ -55,6 +55,17 @@ def test_any_one_flipped_bit_or_swap_changes_the_digest(dtype):
   assert state_digest.tree_digest({"x": values.T})["x"] != original
 
 
+def test_complex_and_int4_arrays_digest_their_parts():
+  """Types bitcast refuses: a complex array as its (real, imag) pairs, int4 by value."""
+  z = np.array([[1 + 2j, -3.5 - 0.25j]], np.complex64)
+  pairs = np.stack([z.real, z.imag], axis=-1).astype(np.float32)
+  assert state_digest.tree_digest({"z": z}) == {"z": _reference(pairs)}
+  small = jnp.asarray([-8, -1, 0, 7], jnp.int4)
+  digest = state_digest.tree_digest({"q": small})["q"]
+  assert digest == sum(int(v) % 2**32 * (2 * i + 1) for i, v in enumerate([-8, -1, 0, 7])) % 2**32
+  assert state_digest.tree_digest({"q": jnp.asarray([-8, -1, 0, 6], jnp.int4)})["q"] != digest
+
+
 def test_negative_zero_is_not_zero():
   assert (state_digest.tree_digest({"x": np.float32([0.0, 1.0])})
           != state_digest.tree_digest({"x": np.float32([-0.0, 1.0])}))
