@@ -2,7 +2,7 @@
 
 The Checkpointer reports each failed write itself, in one line that says which checkpoint is
 still valid; left alone, the libraries' own reports of the same failure bury it (1,036 lines for
-two checkpoints on a full disk, 2026-12-03, where 12 are left), and readers get three notices
+two checkpoints on a full disk, 2026-12-03, where 12-14 are left), and readers get three notices
 per checkpoint that they asked for read-only access.
 """
 
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 
 class _DropReadOnlyNotices(logging.Filter):
@@ -37,13 +37,32 @@ def without_read_only_notices(active: bool) -> Iterator[None]:
     absl_logger.removeFilter(notices)
 
 
+# What storage failures say (tensorstore raises them as ValueErrors worded as absl status codes):
+# failures of the disk or bucket, not of the code, so a traceback adds nothing to their message.
+_STORAGE_FAILURES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE",
+                     "DEADLINE_EXCEEDED", "No space left on device")
+
+
+def _storage_failure(error: Optional[BaseException]) -> bool:
+  """Whether `error`, or an error it was raised from, is a storage failure."""
+  for _ in range(8):  # a chain, not a cycle
+    if error is None:
+      return False
+    if isinstance(error, OSError) or any(words in str(error) for words in _STORAGE_FAILURES):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 class _OrbaxErrorsInOneLine(logging.Filter):
   """Orbax logs a failed write from each of its threads with a full traceback: about 350 lines a
   checkpoint on a full disk, burying the Checkpointer's own one-line report of it (what failed,
-  and which checkpoint is still valid). Orbax's records keep their message, not the traceback."""
+  and which checkpoint is still valid). Orbax's records of storage failures keep their message,
+  not the traceback; any other error (a bug) keeps its traceback."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+    if (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname
+        and _storage_failure(record.exc_info[1])):
       record.exc_info, record.exc_text = None, None
     return True
 

@@ -2,6 +2,7 @@
 Checkpointer's own report and orbax's one-line errors: tests/test_resume.py)."""
 
 import asyncio
+import logging
 import sys
 
 from jaxgan import orbax_output
@@ -37,3 +38,24 @@ def test_tensorstore_callbacks_after_a_failed_write_are_dropped_other_errors_are
   RaisesWhenCollected(lambda: 1 / 0)
   err = capsys.readouterr().err
   assert "RuntimeError: Event loop is closed" in err and "ZeroDivisionError" in err
+
+
+def _record(path, error):
+  try:
+    raise error
+  except Exception:  # pylint: disable=broad-except
+    return logging.LogRecord("absl", logging.ERROR, path, 1, "failed", None, sys.exc_info())
+
+
+def test_orbax_storage_failures_lose_their_traceback_other_errors_keep_it():
+  one_line = orbax_output._OrbaxErrorsInOneLine()
+  orbax_file = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  wrapped = ValueError("Save failed")
+  wrapped.__cause__ = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database')
+  for error in (OSError(28, "No space left on device"), wrapped):
+    record = _record(orbax_file, error)
+    assert one_line.filter(record) and record.exc_info is None
+  for path, error in ((orbax_file, KeyError("a bug")),
+                      ("/site-packages/other/lib.py", OSError(28, "No space left on device"))):
+    record = _record(path, error)
+    assert one_line.filter(record) and record.exc_info is not None
