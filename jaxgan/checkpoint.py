@@ -328,7 +328,7 @@ def _leaf_layouts(tree: Any) -> dict[str, tuple[Optional[tuple], Optional[str]]]
   """{'a/b/c': (shape, dtype name), None where a leaf has none} for every leaf of a nested-dict
   tree (orbax's metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(state_digest.leaf_name(k) for k in path):
+  return {state_digest.path_name(path):
           (tuple(leaf.shape) if hasattr(leaf, "shape") else None,
            str(leaf.dtype) if getattr(leaf, "dtype", None) is not None else None)
           for path, leaf in leaves}

@@ -63,12 +63,14 @@ def _digests(leaves: list) -> list:
   return [_digest(x) for x in leaves]
 
 
-def leaf_name(key: Any) -> str:
-  """One key of a tree path as text ('params', '0', ...)."""
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+def path_name(path: tuple) -> str:
+  """A tree path (jax.tree_util key entries) as 'a/b/0', the name an array has in a digest."""
+  def name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return "/".join(name(k) for k in path)
 
 
 def tree_digest(tree: Any) -> dict[str, int]:
@@ -80,7 +82,7 @@ def tree_digest(tree: Any) -> dict[str, int]:
   paths, leaves = [], []
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
-      paths.append("/".join(leaf_name(k) for k in path))
+      paths.append(path_name(path))
       leaves.append(leaf)
   # The digests are replicated scalars: every process reads its own copy.
   values = _digests(leaves)
