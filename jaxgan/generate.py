@@ -59,7 +59,9 @@ flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, 
                      "class (0 = plain samples); with --between, of a class-interpolation grid.")
 flags.DEFINE_string("checkpoint", "latest", "Which checkpoint to sample: 'latest', 'best' (the "
                     "best-FID one, kept when train.eval_every > 0) or a step number.")
-flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works).")
+flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works; "
+                     "another --batch compiles another shape, whose float rounding may change a "
+                     "pixel by one level).")
 flags.DEFINE_integer("standing_stats_batches", -1, "Batches of standing BatchNorm statistics "
                      "for the EMA generator (-1 = the run's eval.standing_stats_batches; 0 = the "
                      "raw G's running statistics, the fastest for a few images on a CPU).")
@@ -166,6 +168,11 @@ def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
   if sep and named is None:  # 'colour=Black:White' with no attribute 'colour': name the choices
     raise ValueError(f"--between {text!r}: this model has no attribute {prefix.strip()!r}; choose "
                      f"one of: {', '.join(names)}")
+  for name, class_names in attributes[1:] if named is None else []:
+    for a, b in splits:  # 'Black:Red', two baseColours, given as if articleTypes
+      if a in class_names and b in class_names:
+        raise ValueError(f"--between {text!r}: {a!r} and {b!r} are classes of {name}, not of the "
+                         f"first attribute {names[0]}: write --between '{name}={a}:{b}'")
   a, b = splits[0]
   return i, resolve(a), resolve(b)  # raises the error that names the unknown class
 

@@ -169,6 +169,9 @@ def test_generate_between(workdir, tmp_path):
     ("Shoes:Boots", None, r"^--between 'Boots' is not a class of this model; choose one of: "
                           r"Shoes, Tshirts, Watches \(or an index 0..2\)$"),
     ("Shoes", None, r"^--between 'Shoes': expected FROM:TO or ATTRIBUTE=FROM:TO"),
+    ("Navy Blue:Black", None,  # two classes of the second attribute, named as the first's
+     r"^--between 'Navy Blue:Black': 'Navy Blue' and 'Black' are classes of baseColour, not of "
+     r"the first attribute articleType: write --between 'baseColour=Navy Blue:Black'$"),
     ("baseColour=0:1", "baseColour=Black",
      r"^--between 'baseColour=0:1' and --label both set attribute 'baseColour'; drop that --label$"),
 ])
