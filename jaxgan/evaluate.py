@@ -150,7 +150,6 @@ def evaluate_sets(args) -> dict:
 
 def evaluate_workdir(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import models as models_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import sharding  # pylint: disable=g-import-not-at-top
@@ -191,13 +190,56 @@ def evaluate_workdir(args) -> dict:
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
   del state  # its D and optimizer states (on device 0) are not needed
-  evaluator = evaluator_lib.Evaluator(config, generator, data_lib.build_source(config),
+  evaluator = evaluator_lib.Evaluator(config, generator, _run_data(config, meta, args.data_path),
                                       batch_sharding=sharding.batch_sharding(mesh))
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
                  num_devices=int(mesh.size))  # the fakes' sampling and Inception's
   return results
+
+
+def _run_data(config, meta: dict, data_path: str):
+  """The run's data source (at --data-path when given), refused with one line before any
+  Inception work when it is not the data the run was trained on (another image size, other
+  classes: an FID against it would mean nothing, or the conditional samples fail), and warned of
+  when its content differs from the checkpoint's (the FID is then against other reals)."""
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  where = f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
+  fix = ("pass the data set the run trained on" if data_path else "pass --data-path with the "
+         "data set the run trained on")
+  try:
+    source = data_lib.build_source(config)
+  except config_lib.ConfigError as e:  # the source's own checks against the run's classes
+    raise ValueError(f"{where}: not this run's data ({e.problem}); {fix}") from None
+  problem = ""
+  size = config.data.image_size
+  images = getattr(source, "images", None)
+  if images is not None and tuple(images.shape[1:3]) != (size, size):
+    problem = f"its images are {images.shape[2]}x{images.shape[1]}, the run's {size}x{size}"
+  trained = meta.get("attributes")  # [[column, class names]]; absent in older checkpoints
+  have = data_lib.attribute_names(source)
+  # The class names, in order, are what a label means; a column's name is only its title.
+  if not problem and config_lib.attribute_classes(config) and trained is not None \
+      and [names for _, names in have] != [list(names) for _, names in trained]:
+    problem = f"its classes are {_describe(have)}, the run's {_describe(trained)}"
+  if problem:
+    raise ValueError(f"{where}: not this run's data ({problem}); {fix}")
+  recorded = meta.get("data_fingerprint")
+  if recorded is not None and data_lib.fingerprint(source) != recorded:
+    print(f"warning: {where} holds other images or labels than this checkpoint was trained on "
+          "(another fingerprint): the metrics compare its samples with these", file=sys.stderr)
+  return source
+
+
+def _describe(attributes: list) -> str:
+  """'articleType: 3 classes (Shoes, Tshirts, Watches); baseColour: ...' ('none' when empty; a
+  set prepared from one unnamed attribute calls it 'class', left out here)."""
+  return "; ".join(("" if column == "class" else f"{column}: ") + f"{len(names)} classes ("
+                   f"{', '.join(map(str, names[:4]))}{', ...' if len(names) > 4 else ''})"
+                   for column, names in attributes) or "none"
 
 
 def _bad_argument(args) -> str:
@@ -222,6 +264,9 @@ def _bad_argument(args) -> str:
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
+  if args.standing_stats_batches < -1:
+    return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "
+            f"statistics) or more, got {args.standing_stats_batches}")
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
 
   if config_lib.seed_problem(args.seed):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import JOIN_TWO_PROCESSES, run_module, run_two_processes, tiny_config, xla_flags
-from jaxgan import config as config_lib, evaluate, trainer
+from jaxgan import config as config_lib, data as data_lib, evaluate, trainer
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
 from jaxgan.metrics import suite
@@ -276,3 +276,64 @@ def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
   # Step 3's write started before its evaluation (asynchronous: maybe under a temporary name).
   assert any(name.split(".")[0] == "3" for name in seen[0])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
+
+
+def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
+  """--data-path (a run's data moved with its workdir) is checked against the run before any
+  Inception work: another image size or other classes are one line naming the flag, and the
+  same classes with other images are warned of (the FID is then against other reals)."""
+  rng = np.random.default_rng(0)
+
+  def prepare(name, size, labels, attributes):
+    images = np.stack([draw_product(i % 8, size, rng) for i in range(len(labels))])
+    prepared.write_prepared(str(tmp_path / name), images, np.asarray(labels, np.int32),
+                            attributes[0][1], [], attributes=attributes if len(attributes) > 1
+                            else None)
+    return str(tmp_path / name)
+
+  kinds = [("articleType", ["Shoes", "Watches"])]
+  colours = [("baseColour", ["Black", "Red"])]
+  run_set = prepare("run", 16, [0, 1, 0, 1], kinds)
+  config = tiny_config(**{"data.source": "prepared", "data.path": run_set,
+                          "data.num_classes": 2})
+  meta = {"attributes": [["articleType", ["Shoes", "Watches"]]],
+          "data_fingerprint": data_lib.fingerprint(data_lib.build_source(config))}
+
+  def check(path):
+    with config.unlocked():
+      config.data.path = path
+    return evaluate._run_data(config, meta, path)
+
+  assert check(run_set).num_examples == 4
+  assert capsys.readouterr().err == ""
+  problems = {
+      prepare("small", 8, [0, 1, 0, 1], kinds): "its images are 8x8, the run's 16x16",
+      prepare("colours", 16, [0, 1, 0, 1], colours):
+          "its classes are 2 classes (Black, Red), the run's articleType: 2 classes (Shoes, "
+          "Watches)",
+      prepare("two", 16, [[0, 0], [1, 1]], kinds + colours):
+          "its classes are articleType: 2 classes (Shoes, Watches); baseColour: 2 classes (Black, "
+          "Red), the run's articleType: 2 classes (Shoes, Watches)",
+  }
+  for path, problem in problems.items():
+    with pytest.raises(ValueError) as e:
+      check(path)
+    assert str(e.value) == (f"--data-path {path}: not this run's data ({problem}); pass the data "
+                            "set the run trained on")
+  check(prepare("other", 16, [1, 0, 1, 0], kinds))  # the same classes, other images
+  assert capsys.readouterr().err.strip() == (
+      f"warning: --data-path {tmp_path}/other holds other images or labels than this checkpoint "
+      "was trained on (another fingerprint): the metrics compare its samples with these")
+
+  # A folder's classes are checked by the source itself as it is built: its problem is told,
+  # not its advice to set --config keys, which evaluate does not take.
+  for name in ("Shoes", "Watches", "Caps"):
+    _folder(tmp_path / "folder" / name, 1, n=2)
+  with config.unlocked():
+    config.data.update(source="folder", path=str(tmp_path / "folder"))
+  with pytest.raises(ValueError) as e:
+    evaluate._run_data(config, meta, "")
+  assert str(e.value) == (
+      f"the run's data.path {tmp_path}/folder: not this run's data ({tmp_path}/folder has 3 "
+      "classes (Caps, Shoes, Watches), the run 2); pass --data-path with the data set the run "
+      "trained on")

@@ -493,6 +493,9 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--real", "{tmp}", "--fake", "{tmp}", "--data-path", "{tmp}"], "--data-path is for workdir"),
     (["--workdir", "{tmp}", "--data_path", "/x"], "--data-path: this run trained on the synthetic "
      "catalog, which reads no files; drop --data-path"),  # and '_' spells a flag too
+    (["--workdir", "{tmp}", "--standing-stats-batches", "-5"],  # was taken as -1
+     "--standing-stats-batches must be -1 (the run's), 0 (the raw G's running statistics) or "
+     "more, got -5"),
     (["--workdir", "{tmp}", "--checkpoint", "newest"],
      "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
 ])

@@ -20,7 +20,13 @@ DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
-  """A bad config value; the message is one line that names the key and what to do."""
+  """A bad config value; the message is one line that names the key and what to do. `problem`:
+  what is wrong alone, without the key or a --config fix, for a tool that takes no config keys
+  (evaluate, checking a run's data against the run)."""
+
+  def __init__(self, message: str, problem: str = ""):
+    super().__init__(message)
+    self.problem = problem or message
 
 
 def base_config() -> ml_collections.ConfigDict:

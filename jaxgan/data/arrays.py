@@ -287,12 +287,14 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
   if want and not class_names:
     raise ConfigError(f"config key data.num_classes: {where} has no class labels, got {want}; "
                       "set --config.data.num_classes=0 to train unconditionally (a folder's "
-                      "classes are its first-level subfolders)")
+                      "classes are its first-level subfolders)",
+                      f"{where} has no class labels, the run {want} classes")
   if want not in (0, len(class_names)):
     shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
     raise ConfigError(f"config key data.num_classes: {where} has {len(class_names)} classes "
                       f"({shown}), got {want}; set --config.data.num_classes={len(class_names)} "
-                      "(or 0 to train unconditionally)")
+                      "(or 0 to train unconditionally)",
+                      f"{where} has {len(class_names)} classes ({shown}), the run {want}")
 
 
 def require_attributes(config, attributes: Attributes, where: str) -> None:
@@ -316,7 +318,8 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
          "--config.data.num_classes=0 to train unconditionally)" if have
          else "--config.data.num_classes=0 --config.data.extra_num_classes=''")
   raise ConfigError(f"config key {key}: {where} has {len(have)} attribute(s) ({held}), the config "
-                    f"asks for classes {list(want)}; set {fix}")
+                    f"asks for classes {list(want)}; set {fix}",
+                    f"{where} has {len(have)} attribute(s) ({held}), the run classes {list(want)}")
 
 
 # The data keys that say what a source reads (not how: cache_dir, workers, max_bad_fraction), each
