@@ -74,16 +74,23 @@ def _flag_value(argv: list[str], name: str) -> Optional[str]:
 
 def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
   """`--image-size` and `--image_size` alike: each `--name[=value]` with the name's '-' and '_'
-  written as `joiner` (absl's tools use '_', argparse's '-'); values and --config.KEY unchanged."""
+  written as `joiner` (absl's tools use '_', argparse's '-'), and a `--config.KEY`'s '-' as '_'
+  (the schema's keys have no '-'); values unchanged."""
   other = "-" if joiner == "_" else "_"
   spelled, options = [], True
   for arg in args:
     options = options and arg != "--"  # after '--', every token is an argument
-    if options and arg.startswith("--") and not arg.startswith("--config."):
+    if options and arg.startswith("--"):
       name, eq, value = arg[2:].partition("=")
-      arg = "--" + name.replace(other, joiner) + eq + value
+      name = (name.replace("-", "_") if name.startswith("config.") else
+              name.replace(other, joiner))
+      arg = "--" + name + eq + value
     spelled.append(arg)
   return spelled
+
+
+# A --config.KEY override's key: dotted names (ml_collections raises a traceback for others).
+_OVERRIDE_KEY = re.compile(r"--config(\.[A-Za-z_]\w*)+")
 
 
 def _value_used_as_section(overrides: list[str]) -> Optional[str]:
@@ -118,7 +125,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with every usage error as one `error:` line and exit status 2 (absl exits
   with 1, a crash's status, and ml_collections raises tracebacks for a bad --config.KEY). Flag
   names may be written with '-' or '_'."""
-  argv = [argv[0], *flag_spelling(argv[1:], "_")]
+  spelled = [argv[0], *flag_spelling(argv[1:], "_")]
+  if argv is sys.argv:  # ml_collections reads the --config.KEY overrides from sys.argv itself
+    sys.argv[:] = spelled
+  argv = spelled
   # -h as argparse's tools take it; asked-for help exits 0 (absl's exits 1, a failure to scripts).
   argv = [a if a != "-h" else "--help" for a in argv]
   help_asked = any(a in ("--help", "--helpshort", "--helpfull") for a in argv[1:])
@@ -129,6 +139,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   if "config" in flags.FLAGS and not any(a.startswith(("--help", "--flagfile")) for a in args):
     if config_file is None and any(a.startswith("--config.") for a in args):
       fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
+    for arg in args:
+      if arg.startswith("--config.") and not _OVERRIDE_KEY.fullmatch(arg.split("=")[0]):
+        fail(f"{arg.split('=')[0]}: not a config key; overrides name a schema key, e.g. "
+             "--config.train.batch_size=32 (see jaxgan/config/schema.py)")
     # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
     path = config_file if config_file is None or os.path.exists(config_file) else (
         config_file.split(":")[0])

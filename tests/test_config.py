@@ -24,7 +24,8 @@ from tests.conftest import REPO, run_module
     ("data.source", "s3", "data.source: unknown data source 's3'"),
     ("train.dtype", "float16", "train.dtype: must be one of"),
     ("optim.g_lr", 0.0, "optim.g_lr: must be > 0"),
-    ("optim.d_lr", float("inf"), "optim.d_lr: must be > 0 and finite, got inf"),
+    ("optim.d_lr", float("inf"), "optim.d_lr: must be > 0 and finite in float32, got inf"),
+    ("optim.g_lr", 1e39, "optim.g_lr: must be > 0 and finite in float32, got 1e+39"),
     ("data.max_bad_fraction", 5, "data.max_bad_fraction: must be a fraction in [0, 1], got 5"),
     ("data.workers", -3, "data.workers: must be an integer >= 0 (0 = every core), got -3"),
     # Each would reject every image, found only after the data had been decoded.
@@ -97,9 +98,18 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     # An infinite weight skips every step it applies to as non-finite (R1's, 1 in r1_interval,
     # never streaked to the stop: R1 silently never applied).
     ({"model.d_norm": "layer", "loss.r1_gamma": float("inf")},
-     "loss.r1_gamma: must be >= 0 and finite, got inf"),
-    ({"loss.lecam_weight": float("inf")}, "loss.lecam_weight: must be >= 0 and finite, got inf"),
-    ({"loss.gp_weight": -1.0}, "loss.gp_weight: must be >= 0 and finite, got -1.0"),
+     "loss.r1_gamma: must be >= 0 and finite in float32 as scaled, got inf"),
+    # Finite in float64 but inf in the float32 step, itself or times R1's lazy scale (0.5 * 16).
+    ({"model.d_norm": "layer", "loss.r1_gamma": 1e38},
+     "loss.r1_gamma: must be >= 0 and finite in float32 as scaled, got 1e+38"),
+    ({"loss.lecam_weight": float("inf")},
+     "loss.lecam_weight: must be >= 0 and finite in float32, got inf"),
+    ({"model.orthogonal_reg": 1e39},
+     "model.orthogonal_reg: must be >= 0 and finite in float32, got 1e+39"),
+    ({"loss.gp_weight": -1.0}, "loss.gp_weight: must be >= 0 and finite in float32, got -1.0"),
+    # An empty policy parsed to no op: DiffAugment returned its input, silently.
+    ({"augment.name": "diffaugment", "augment.policy": " , "},
+     "augment.policy: ' , ' names no op, so DiffAugment would never augment"),
     ({"train.eval_every": 10, "eval.metrics": " "},
      "eval.metrics: is empty while train.eval_every=10 evaluates; name the metrics"),
     ({"train.eval_every": 10, "train.eval_num_samples": 3, "eval.metrics": "fid,pr"},
@@ -186,6 +196,11 @@ def test_json_round_trip(make_config):
     ("null", "a JSON object of config sections was expected, got 'null'"),  # was: the defaults
     ("[]", "a JSON object of config sections was expected"),  # was: AttributeError
     ('{"train": {"batch_size": [1, 2]}}', "key train.batch_size: Could not override"),  # TypeError
+    # ConfigDict takes a null for any key: generate failed on it with a TypeError in sampling.
+    ('{"train": {"batch_size": null}}', "config key train.batch_size: must be an integer, got "
+                                        "None"),
+    ('{"train": null}', "key train: a section of keys, got None"),  # was: 'unknown key train'
+    ('{"model": "dcgan"}', "key model: a section of keys, got 'dcgan'"),
 ])
 def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
   from jaxgan import workdir
@@ -274,6 +289,18 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
      "error: --compile_only=maybe: must be true or false, got 'maybe' (see --help)"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.tensorboard=maybe"],
      "error: --config.train.tensorboard=maybe: must be true or false, got 'maybe' (see --help)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config.train.max-nonfinite-steps=x"],
+     "error: --config.train.max_nonfinite_steps=x: invalid literal for int() with base 10: 'x' "
+     "(see --help)"),  # a key's '-' too (was a traceback)
+    (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size[0]=1"],
+     "error: --config.train.batch_size[0]: not a config key; overrides name a schema key, e.g. "
+     "--config.train.batch_size=32 (see jaxgan/config/schema.py)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config..seed=1"],
+     "error: --config..seed: not a config key; overrides name a schema key, e.g. "
+     "--config.train.batch_size=32 (see jaxgan/config/schema.py)"),
+    # A config file's None where a number belongs: one line, not a TypeError in validation.
+    (["--config", "T/none_lr.py", "--workdir", "W"],
+     "error: config key optim.g_lr: must be a number, got None"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
 ])
@@ -284,6 +311,9 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   (tmp_path / "zero.py").write_text("def get_config():\n  from jaxgan.config import base_config\n"
                                     "  return base_config() if 1 / 0 else None\n")
   (tmp_path / "imports.py").write_text("import not_a_module_here\n")
+  (tmp_path / "none_lr.py").write_text("from jaxgan.config import base_config\n\n"
+                                       "def get_config():\n  c = base_config()\n"
+                                       "  c.optim.g_lr = None\n  return c\n")
   (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
                                     "  return ml_collections.ConfigDict({'seed': 1})\n")
   args = [str(tmp_path / "w") if a == "W" else a.replace("T/", f"{tmp_path}/") for a in args]

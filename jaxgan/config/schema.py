@@ -216,6 +216,24 @@ def check_complete(config: ml_collections.ConfigDict) -> None:
                       "does")
 
 
+def check_types(config: ml_collections.ConfigDict) -> None:
+  """Rejects a value of another type than its key's default: a config file's or config.json's
+  None (which ConfigDict lets any key take), so that every later check may compare and compute
+  with it. Numbers: an int key takes ints, a float key ints or floats; bool is not a number."""
+  for key, default in flat_items(base_config()):
+    value = get(config, key)
+    if isinstance(default, bool):
+      ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, (int, float)):
+      allowed = int if isinstance(default, int) else (int, float)
+      ok = isinstance(value, allowed) and not isinstance(value, bool)
+      kind = "an integer" if isinstance(default, int) else "a number"
+    else:
+      ok, kind = isinstance(value, str), "a string"
+    if not ok:
+      raise ConfigError(f"config key {key}: must be {kind}, got {value!r}")
+
+
 def parse_class_counts(text: str) -> tuple[int, ...]:
   """'46,3' -> (46, 3); '' -> (). Raises ValueError naming the bad item."""
   if not isinstance(text, str):
@@ -291,6 +309,9 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   raw = json.loads(text)
   if not isinstance(raw, dict) or not raw:  # 'null' would read as the defaults: another model
     raise ValueError(f"a JSON object of config sections was expected, got {text.strip()[:40]!r}")
+  for section, value in raw.items():  # '"train": null' would read as a key train unknown
+    if isinstance(config.get(section), ml_collections.ConfigDict) and not isinstance(value, dict):
+      raise ValueError(f"key {section}: a section of keys, got {value!r}")
   loaded = ml_collections.ConfigDict(raw)
   check_known_keys(loaded)
   for key, value in flat_items(loaded):
@@ -300,6 +321,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
       node[leaf] = value
     except TypeError as e:  # ConfigDict keeps each key's type: a list where a number belongs
       raise ValueError(f"key {key}: {e}") from None
+  check_types(config)  # a null, which ConfigDict takes for any key
   return config
 
 

@@ -11,7 +11,10 @@ import math
 import ml_collections
 
 from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
-                                  check_known_keys, get, parse_class_counts)
+                                  check_known_keys, check_types, get, parse_class_counts)
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -62,6 +65,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
   check_known_keys(config)
   check_complete(config)
+  check_types(config)
   _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
@@ -118,12 +122,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(config.model.d_norm != "batch", "model.d_norm",
              f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
              "mixes; set --config.model.d_norm=layer (or none)")
-  # Finite: an infinite weight makes every step it applies to non-finite, and those are skipped
-  # (R1's 1 step in r1_interval never streaks to the stop: it would silently never apply).
-  for key in ("loss.gp_weight", "loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
-    _require(0 <= get(config, key) < math.inf, key, f"must be >= 0 and finite, got "
-             f"{get(config, key)}")
+  # Finite in float32, as the step computes: an infinite weight makes every step it applies to
+  # non-finite, and those are skipped (R1's 1 step in r1_interval never streaks to the stop: it
+  # would silently never apply). R1's weight as the step scales it, by its lazy D steps.
   _positive_int(config, "loss.r1_interval")
+  scaled = {"loss.r1_gamma": 0.5 * config.loss.r1_interval * config.train.n_critic}
+  for key in ("loss.gp_weight", "loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
+    value = get(config, key)
+    _require(0 <= value and value * scaled.get(key, 1) <= FLOAT32_MAX, key,
+             f"must be >= 0 and finite in float32{' as scaled' if key in scaled else ''}, got "
+             f"{value}")
   _positive_int(config, "augment.ada_interval")
   _require(0 <= config.loss.lecam_ema_decay < 1, "loss.lecam_ema_decay",
            f"must be in [0, 1), got {config.loss.lecam_ema_decay}")
@@ -132,9 +140,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f"{augment_lib.AUGMENTS.names()}")
   if config.augment.name == "diffaugment":
     try:
-      augment_lib.parse_policy(config.augment.policy)
+      ops = augment_lib.parse_policy(config.augment.policy)
     except ValueError as e:
       raise ConfigError(f"config key augment.policy: {e}") from None
+    _require(bool(ops), "augment.policy", f"{config.augment.policy!r} names no op, so DiffAugment "
+             "would never augment; name them (e.g. color,translation,cutout), or set "
+             "augment.name=none")
   if augment_lib.AUGMENTS.get(config.augment.name).adaptive:
     _require(loss.ada_boundary is not None, "augment.name",
              f"ADA tunes p from the sign of D(real), which loss.name={config.loss.name} does not "
@@ -158,7 +169,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              "--config.model.d_norm=layer (or none)")
 
   for key in ("optim.g_lr", "optim.d_lr"):
-    _require(0 < get(config, key) < math.inf, key, f"must be > 0 and finite, got "
+    _require(0 < get(config, key) <= FLOAT32_MAX, key, f"must be > 0 and finite in float32, got "
              f"{get(config, key)}")
   for key in ("optim.b1", "optim.b2"):
     _require(0 <= get(config, key) < 1, key, f"must be in [0, 1), got {get(config, key)}")
