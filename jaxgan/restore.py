@@ -3,6 +3,7 @@ loop takes it (steps_per_call alignment, non-finite values), and warnings for da
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any, Optional
@@ -30,15 +31,31 @@ def trained_attributes(meta: dict, attributes: list) -> Optional[list]:
   return None
 
 
-def _changes_layout(trained_config: dict, abstract_state: Any) -> bool:
-  """Whether the state of the checkpoint's config (its meta's) has other shapes than
-  `abstract_state`; False where that config cannot be read back (another jaxgan's keys): the
-  restore then says so itself."""
+def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -> list:
+  """The `blocking` differences behind a state of other shapes than the checkpoint's (its meta's
+  config): those that alone change them (the checkpoint's config with only that key changed),
+  or all of them where none does alone; [] when the shapes are the same, or when that config
+  cannot be read back (another jaxgan's keys: the restore then says so itself)."""
   try:
     trained = config_lib.from_json(json.dumps(trained_config))
-    return not state_lib.same_layout(state_lib.abstract_state(trained), abstract_state)
+    before = state_lib.abstract_state(trained)
   except Exception:  # pylint: disable=broad-except
-    return False
+    return []
+  if state_lib.same_layout(before, abstract_state):
+    return []
+
+  def changes_alone(key: str, value: Any) -> bool:
+    one = copy.deepcopy(trained)
+    parent, _, leaf = key.rpartition(".")
+    with one.unlocked():
+      config_lib.get(one, parent)[leaf] = value
+    try:
+      return not state_lib.same_layout(state_lib.abstract_state(one), before)
+    except Exception:  # pylint: disable=broad-except  (a value that needs another key's too)
+      return True
+
+  alone = [d for d in blocking if changes_alone(d[0], d[2])]
+  return alone or blocking
 
 
 def _describe_classes(before: list, after: list) -> str:
@@ -64,11 +81,15 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     (a set prepared again: label k would now mean another class), before its state is read."""
     blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
     listing = config_lib.describe_differences
-    if blocking and _changes_layout(meta.get("config", {}), run.abstract_state):
-      raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
-                          f"({listing(blocking)}) in the shapes of the train state (a model "
-                          "width, data.image_size or the class counts): this run cannot continue "
-                          "with it; use a new workdir, or restore the checkpoint's values")
+    layout = _layout_changes(meta.get("config", {}), blocking, run.abstract_state)
+    if layout:
+      others = [d for d in blocking if d not in layout]
+      raise TrainingError(
+          f"config differs from checkpoint step {step} in {workdir} ({listing(layout)}) in the "
+          "shapes of the train state (a model width, data.image_size or the class counts): this "
+          "run cannot continue with it; use a new workdir, or restore the checkpoint's values"
+          + (f" (its other changes, {listing(others)}, need --allow_config_change)" if others
+             else ""))
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({listing(blocking)}); pass --allow_config_change to continue anyway")

@@ -852,6 +852,16 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
   # Nothing was taken for damage: every checkpoint is still in place.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
+  # Only the keys that change the shapes are named as such (all three were); the others would
+  # be accepted with --allow_config_change once those are restored.
+  mixed = tiny_config(**{"model.g_width": 16, "optim.g_lr": 1e-4, "train.batch_size": 16})
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.train_and_evaluate(mixed, str(workdir), allow_config_change=True)
+  message = str(error.value)
+  assert "(model.g_width: 8 -> 16) in the shapes of the train state" in message, message
+  assert message.endswith("restore the checkpoint's values (its other changes, optim.g_lr: "
+                          "0.0002 -> 0.0001; train.batch_size: 8 -> 16, need "
+                          "--allow_config_change)"), message
 
 
 def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
@@ -898,7 +908,7 @@ def test_a_resume_with_other_parameter_shapes_is_one_error_not_a_read_per_array(
   trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.tensorboard": False}),
                              workdir)
   wider = tiny_config(**{"model.g_width": 16, "train.tensorboard": False})
-  monkeypatch.setattr(restore, "_changes_layout", lambda *args: False)
+  monkeypatch.setattr(restore, "_layout_changes", lambda *args: [])
   with caplog.at_level(logging.WARNING), pytest.raises(
       ckpt_lib.LayoutError, match=r"checkpoint step 2 .* different layout \(\d+ shapes differ, "
                                   r"e.g. ema_params/\S+ \(.*\) saved, \(.*\) now\)"):
