@@ -234,6 +234,7 @@ class Augment:
   make: Callable[[Any], Apply]  # config.augment -> the pipeline it configures
   adaptive: bool = False  # True: the trainer tunes p with accumulate / maybe_update
   uses_p: bool = False  # True: p starts at augment.ada_p_init (and is logged as augment_p)
+  reads: frozenset = frozenset()  # the FAMILY_KEYS it reads
 
 
 def _configured_diffaugment(augment_config: Any) -> Apply:
@@ -242,9 +243,14 @@ def _configured_diffaugment(augment_config: Any) -> Apply:
 
 
 AUGMENTS: Registry[Augment] = Registry("augment")
+# Augment keys that only some augmentations read (config validation refuses the others set).
+FAMILY_KEYS = ("policy", "ada_target", "ada_kimg", "ada_interval", "ada_p_init")
 
 AUGMENTS.register("none")(Augment(make=lambda c: lambda images, key, p: images))
-AUGMENTS.register("diffaugment")(Augment(make=_configured_diffaugment))
-AUGMENTS.register("ada")(Augment(make=lambda c: ada_augment, adaptive=True, uses_p=True))
+AUGMENTS.register("diffaugment")(Augment(make=_configured_diffaugment,
+                                         reads=frozenset({"policy"})))
+AUGMENTS.register("ada")(Augment(make=lambda c: ada_augment, adaptive=True, uses_p=True,
+                                 reads=frozenset(FAMILY_KEYS) - {"policy"}))
 # StyleGAN2-ADA's --aug=fixed: the same pipeline at a constant p (augment.ada_p_init).
-AUGMENTS.register("ada_fixed")(Augment(make=lambda c: ada_augment, uses_p=True))
+AUGMENTS.register("ada_fixed")(Augment(make=lambda c: ada_augment, uses_p=True,
+                                       reads=frozenset({"ada_p_init"})))

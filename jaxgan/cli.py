@@ -178,6 +178,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"--config {config_file}: defines no get_config(); a config file returns its "
            "ConfigDict from get_config(), as configs/default.py does")
+    # What get_config() returned cannot take the overrides or be locked: not a ConfigDict.
+    if "FrozenConfigDict is immutable" in str(e) or "Attribute <class 'NoneType'>" in str(e):
+      returned = "None" if "NoneType" in str(e) else "a FrozenConfigDict"
+      fail(f"--config {config_file}: get_config() returned {returned}; it must return the "
+           "ConfigDict, as configs/default.py does")
     through = _value_used_as_section(overrides)
     if not named and through:
       fail(through)

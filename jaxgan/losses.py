@@ -27,6 +27,7 @@ class Loss:
   # boundary)] (StyleGAN2-ADA's logits: 0); None where there is none: a WGAN critic's loss
   # ignores a constant shift of its outputs, so their sign drifts with it.
   ada_boundary: Optional[float] = 0.0
+  reads: frozenset = frozenset()  # the FAMILY_KEYS it reads
 
   @property
   def needs_per_sample_critic(self) -> bool:
@@ -34,6 +35,8 @@ class Loss:
 
 
 LOSSES: Registry[Loss] = Registry("loss")
+# Loss keys that only some losses read (config validation refuses the others set).
+FAMILY_KEYS = ("gp_weight",)
 
 # Non-saturating (Goodfellow et al. 2014): D minimises BCE, G maximises log D(G(z)).
 # softplus(-x) = -log(sigmoid(x)), computed stably.
@@ -54,6 +57,7 @@ LOSSES.register("wgan_gp")(Loss(
     g_loss=lambda fake: -jnp.mean(fake),
     uses_gradient_penalty=True,
     ada_boundary=None,
+    reads=frozenset({"gp_weight"}),
 ))
 
 # Least squares (Mao et al. 2017), targets a=0 (fake), b=1 (real), c=1 (what G wants).

@@ -31,6 +31,8 @@ from tests.conftest import REPO, run_module
     # Each would reject every image, found only after the data had been decoded.
     ("data.max_pixels", 0, "data.max_pixels: must be a positive integer, got 0"),
     ("data.min_source_size", 0, "data.min_source_size: must be a positive integer, got 0"),
+    # Read by `evaluate --workdir` as its sample count even when training never evaluates.
+    ("train.eval_num_samples", -3, "train.eval_num_samples: must be a positive integer, got -3"),
     # ada_init_p is 0 by default: ADA's pipeline at a fixed p of 0 never augments.
     ("augment.name", "ada_fixed", "augment.ada_p_init: augment.name=ada_fixed applies ADA's "
      "pipeline at this fixed p, and at 0 it never augments"),
@@ -133,6 +135,20 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "data.path: data.source is 'tfds', which does not read it"),
     ({"data.min_source_size": 30}, "data.min_source_size: data.source is 'synthetic', which "
      "reads no files"),
+    # A model's, loss's or augmentation's key that the one picked does not read: ignored
+    # without a word before (a DCGAN trained for days without the attention asked for).
+    ({"model.attention_resolution": 16}, "model.attention_resolution: model.name is 'dcgan', "
+     "which does not read it; drop model.attention_resolution (or pick a model that reads it)"),
+    ({**RESNET32, "model.d_norm": "layer"}, "model.d_norm: model.name is 'resnet', which does not "
+     "read it"),
+    ({"loss.name": "hinge", "loss.gp_weight": 5.0}, "loss.gp_weight: loss.name is 'hinge', "
+     "which does not read it; drop loss.gp_weight (or pick a loss that reads it)"),
+    ({"augment.name": "ada", "augment.policy": "color"}, "augment.policy: augment.name is 'ada', "
+     "which does not read it"),
+    ({"augment.name": "diffaugment", "augment.ada_target": 0.5}, "augment.ada_target: "
+     "augment.name is 'diffaugment', which does not read it"),
+    ({"augment.name": "ada_fixed", "augment.ada_p_init": 0.2, "augment.ada_kimg": 100},
+     "augment.ada_kimg: augment.name is 'ada_fixed', which does not read it"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
      "detects it; leave it at 1"),
@@ -242,6 +258,12 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert none.returncode == 2 and none.stderr.strip().splitlines()[-1] == (
       f"error: --config {tmp_path / 'none.py'}: get_config() returned None; it must return the "
       "ConfigDict, as configs/default.py does")
+  # The same with an override, which ml_collections tried to apply to None (a KeyError traceback).
+  none = run_module("jaxgan.train", "--config", str(tmp_path / "none.py"), "--workdir",
+                    str(workdir), "--config.seed=1")
+  assert none.returncode == 2 and none.stderr.strip().splitlines()[-1] == (
+      f"error: --config {tmp_path / 'none.py'}: get_config() returned None; it must return the "
+      "ConfigDict, as configs/default.py does"), none.stderr
   bad = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
                    "--config.data.image_size=40")
   assert bad.returncode == 2
@@ -298,6 +320,8 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
     (["--config", "configs/default.py", "--workdir", "W", "--config..seed=1"],
      "error: --config..seed: not a config key; overrides name a schema key, e.g. "
      "--config.train.batch_size=32 (see jaxgan/config/schema.py)"),
+    (["--config", "T/frozen.py", "--workdir", "W"], "error: --config T/frozen.py: get_config() "
+     "returned a FrozenConfigDict; it must return the ConfigDict, as configs/default.py does"),
     # A config file's None where a number belongs: one line, not a TypeError in validation.
     (["--config", "T/none_lr.py", "--workdir", "W"],
      "error: config key optim.g_lr: must be a number, got None"),
@@ -311,6 +335,9 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   (tmp_path / "zero.py").write_text("def get_config():\n  from jaxgan.config import base_config\n"
                                     "  return base_config() if 1 / 0 else None\n")
   (tmp_path / "imports.py").write_text("import not_a_module_here\n")
+  (tmp_path / "frozen.py").write_text("import ml_collections\nfrom jaxgan.config import "
+                                      "base_config\n\ndef get_config():\n  return "
+                                      "ml_collections.FrozenConfigDict(base_config())\n")
   (tmp_path / "none_lr.py").write_text("from jaxgan.config import base_config\n\n"
                                        "def get_config():\n  c = base_config()\n"
                                        "  c.optim.g_lr = None\n  return c\n")
@@ -389,6 +416,14 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   ignored["data"]["min_class_count"] = 50
   assert config_differences(ignored, make_config(**prepared)) == ([], [])
   assert config_differences(ignored, make_config())[0]  # the source itself changed
+  # So for a model's, loss's or augmentation's key (attention with DCGAN, accepted before).
+  attention = make_config().to_dict()
+  attention["model"]["attention_resolution"] = 16
+  attention["loss"]["gp_weight"] = 5.0
+  assert config_differences(attention, make_config()) == ([], [])
+  assert sorted(key for key, _, _ in config_differences(
+      attention, make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer"}))[0]) == [
+          "loss.gp_weight", "loss.name", "model.d_norm"]  # another loss: its weight counts
   tupled = make_config()
   tupled.unlock()
   tupled.data.extra = (1, 2)  # JSON writes it as [1, 2]: not a change

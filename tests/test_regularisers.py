@@ -187,14 +187,16 @@ def test_ada_fixed_keeps_p_and_augments_with_any_loss():
   """StyleGAN2-ADA's --aug=fixed: ADA's pipeline at p = augment.ada_p_init throughout (also
   with WGAN-GP, which adaptive ADA refuses); nothing is counted towards an update."""
   config = tiny_config(**{"augment.name": "ada_fixed", "augment.ada_p_init": 0.3,
-                          "augment.ada_interval": 1, "loss.name": "wgan_gp",
-                          "model.d_norm": "layer"})
+                          "loss.name": "wgan_gp", "model.d_norm": "layer"})
   config_lib.validate(config, 1, 1)
-  (s0, s1, s2), metrics = _run_steps(config, 2, 16)
-  assert [m["nonfinite"] for m in metrics] == [0, 0]
-  assert [float(s.augment.p) for s in (s0, s1, s2)] == [pytest.approx(0.3)] * 3
-  assert [int(s.augment.count) for s in (s1, s2)] == [0, 0]
-  assert float(metrics[1]["augment_p"]) == pytest.approx(0.3)
+  # Past augment.ada_interval (4; ada_fixed reads none of ADA's tuning keys, and validation
+  # refuses them set), where an adaptive update would have moved p.
+  steps = config.augment.ada_interval + 1
+  snapshots, metrics = _run_steps(config, steps, 16)
+  assert [m["nonfinite"] for m in metrics] == [0] * steps
+  assert [float(s.augment.p) for s in snapshots] == [pytest.approx(0.3)] * (steps + 1)
+  assert [int(s.augment.count) for s in snapshots[1:]] == [0] * steps
+  assert float(metrics[-1]["augment_p"]) == pytest.approx(0.3)
 
 
 def test_a_skipped_step_that_ends_an_ada_interval_still_moves_p():

@@ -6,7 +6,8 @@ import types
 
 import ml_collections
 
-from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items
+from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items, get
+from jaxgan.config.validation import unread_keys
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
 # The mesh and process layout may change too: checkpoints restore onto any device count. So may
@@ -36,17 +37,16 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
   else on resume is a change like any other."""
   if not old:  # no config recorded: nothing to compare with
     return [], []
-  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top  (as validation)
-
   old_flat = dict(flat_items(ml_collections.ConfigDict(old)))
   defaults = dict(flat_items(base_config()))
-  unread: set[str] = set()
-  if old_flat.get("data.source", defaults["data.source"]) == new.data.source and (
-      new.data.source in data_lib.SOURCES):
-    # Keys the run's source does not read never changed its math (validation refuses them
-    # now; a run started when they were accepted resumes once they are dropped).
-    reads = data_lib.SOURCES.get(new.data.source).reads
-    unread = {f"data.{k}" for k in data_lib.SOURCE_KEYS if k not in reads}
+  # Keys the run's data source, model, loss or augmentation does not read never changed its
+  # math (validation refuses them now; a run started when they were accepted resumes once they
+  # are dropped). Only where the checkpoint's config picked the same one.
+  picked = {"data": "data.source", "model": "model.name", "loss": "loss.name",
+            "augment": "augment.name"}
+  same = {section for section, key in picked.items()
+          if old_flat.get(key, defaults[key]) == get(new, key)}
+  unread = {k for k in unread_keys(new) if k.split(".")[0] in same}
   blocking, allowed = [], []
   for key, value in flat_items(new):
     if (key not in old_flat and key not in defaults) or key in unread:

@@ -71,7 +71,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
               "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps",
-              "data.min_source_size", "data.max_pixels"):
+              "data.min_source_size", "data.max_pixels",
+              "train.eval_num_samples"):  # evaluate --workdir's default, trained or not
     _positive_int(config, key)
   nc = config.data.num_classes
   _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
@@ -232,11 +233,37 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   validate_distributed(config)
 
   source = data_lib.SOURCES.get(config.data.source)
-  defaults = base_config().data
+  defaults = base_config()
   for key in data_lib.SOURCE_KEYS:
-    _require(key in source.reads or config.data[key] == defaults[key], f"data.{key}",
+    _require(key in source.reads or config.data[key] == defaults.data[key], f"data.{key}",
              f"data.source is {config.data.source!r}, " + source.unread_hint.format(key=key))
+  # A model, loss or augmentation key that the chosen one does not read (attention with DCGAN,
+  # a gradient-penalty weight with the hinge loss) would change nothing, silently.
+  for key in sorted(k for k in unread_keys(config) if not k.startswith("data.")):
+    section, leaf = key.split(".")
+    _require(get(config, key) == defaults[section][leaf], key,
+             f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
+             f"(or pick a {section} that reads it)")
   source.validate(config)
+
+
+def unread_keys(config: ml_collections.ConfigDict) -> set[str]:
+  """The keys that the config's data source, model, loss and augmentation (known names only) do
+  not read, e.g. 'model.attention_resolution' for DCGAN: their values change nothing."""
+  from jaxgan import augment as augment_lib
+  from jaxgan import data as data_lib
+  from jaxgan import losses
+  from jaxgan import models
+
+  unread = set()
+  for section, name, registry, keys in (
+      ("data", config.data.source, data_lib.SOURCES, data_lib.SOURCE_KEYS),
+      ("model", config.model.name, models.MODELS, models.FAMILY_KEYS),
+      ("loss", config.loss.name, losses.LOSSES, losses.FAMILY_KEYS),
+      ("augment", config.augment.name, augment_lib.AUGMENTS, augment_lib.FAMILY_KEYS)):
+    if name in registry:
+      unread |= {f"{section}.{k}" for k in keys if k not in registry.get(name).reads}
+  return unread
 
 
 def validate_distributed(config: ml_collections.ConfigDict) -> None:

@@ -27,16 +27,25 @@ def _no_checks(config) -> None:
   del config
 
 
+# Model keys that only some families read; a family's `reads` names those it does (config
+# validation refuses the others set, which would change nothing).
+FAMILY_KEYS = ("d_norm", "upsample_impl", "downsample_impl", "shared_dim", "attention_resolution")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """`validate(config)` raises config.ConfigError for model keys this family cannot build (run
-  by config.validate, before anything is compiled); `d_norm_applies`: whether D honours
-  `model.d_norm` (the ResNet D has no normalisation but spectral norm)."""
+  by config.validate, before anything is compiled); `reads`: the FAMILY_KEYS it reads (the
+  ResNet D has no normalisation but spectral norm: no `model.d_norm`)."""
 
   build: Callable[..., tuple[nn.Module, nn.Module]]
   supported_image_sizes: tuple[int, ...]
   validate: Callable[..., None] = _no_checks
-  d_norm_applies: bool = True
+  reads: frozenset = frozenset()
+
+  @property
+  def d_norm_applies(self) -> bool:
+    return "d_norm" in self.reads
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -61,7 +70,8 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
   return g, disc
 
 
-MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256)))
+MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256), reads=frozenset(
+    {"d_norm", "upsample_impl", "downsample_impl"})))
 
 
 def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
@@ -95,7 +105,7 @@ def _validate_resnet(config) -> None:
 
 
 MODELS.register("resnet")(ModelSpec(_build_resnet, (32, 64, 128, 256), _validate_resnet,
-                                    d_norm_applies=False))
+                                    reads=frozenset({"shared_dim", "attention_resolution"})))
 
 
 def build_models(config) -> tuple[nn.Module, nn.Module]:
