@@ -14,6 +14,7 @@ from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_comple
                                   check_known_keys, check_types, get, parse_class_counts)
 
 
+_ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 
 
@@ -243,7 +244,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     section, leaf = key.split(".")
     _require(get(config, key) == defaults[section][leaf], key,
              f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
-             f"(or pick a {section} that reads it)")
+             f"(or pick {_ONE_OF[section]} that reads it)")
   source.validate(config)
 
 
