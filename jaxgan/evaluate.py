@@ -207,7 +207,8 @@ def _run_data(config, meta: dict, data_path: str):
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
 
-  where = f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
+  where = (f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
+           if config.data.path else f"the run's data (data.source={config.data.source})")
   fix = ("pass the data set the run trained on" if data_path else "pass --data-path with the "
          "data set the run trained on")
   try:

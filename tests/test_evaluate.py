@@ -325,6 +325,12 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
       f"warning: --data-path {tmp_path}/other holds other images or labels than this checkpoint "
       "was trained on (another fingerprint): the metrics compare its samples with these")
 
+  # The synthetic catalog has no path to name (here with a fingerprint it does not have).
+  evaluate._run_data(tiny_config(), {"data_fingerprint": 1}, "")
+  assert capsys.readouterr().err.startswith(
+      "warning: the run's data (data.source=synthetic) holds other images or labels than this "
+      "checkpoint was trained on")
+
   # A folder's classes are checked by the source itself as it is built: its problem is told,
   # not its advice to set --config keys, which evaluate does not take.
   for name in ("Shoes", "Watches", "Caps"):
