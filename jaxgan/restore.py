@@ -36,6 +36,8 @@ def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -
   config): those that alone change them (the checkpoint's config with only that key changed),
   or all of them where none does alone; [] when the shapes are the same, or when that config
   cannot be read back (another jaxgan's keys: the restore then says so itself)."""
+  if not blocking:  # resumable changes (a schedule, a path) keep the shapes: nothing to trace
+    return []
   try:
     trained = config_lib.from_json(json.dumps(trained_config))
     before = state_lib.abstract_state(trained)
@@ -47,8 +49,8 @@ def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -
   def changes_alone(key: str, value: Any) -> bool:
     one = copy.deepcopy(trained)
     parent, _, leaf = key.rpartition(".")
-    with one.unlocked():
-      config_lib.get(one, parent)[leaf] = value
+    with one.unlocked():  # 'seed' is a key of the root
+      (config_lib.get(one, parent) if parent else one)[leaf] = value
     try:
       return not state_lib.same_layout(state_lib.abstract_state(one), before)
     except Exception:  # pylint: disable=broad-except  (a value that needs another key's too)

@@ -854,13 +854,14 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
   assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
   # Only the keys that change the shapes are named as such (all three were); the others would
   # be accepted with --allow_config_change once those are restored.
-  mixed = tiny_config(**{"model.g_width": 16, "optim.g_lr": 1e-4, "train.batch_size": 16})
+  mixed = tiny_config(**{"model.g_width": 16, "optim.g_lr": 1e-4, "train.batch_size": 16,
+                         "seed": 1})  # a key of the root too
   with pytest.raises(trainer.TrainingError) as error:
     trainer.train_and_evaluate(mixed, str(workdir), allow_config_change=True)
   message = str(error.value)
   assert "(model.g_width: 8 -> 16) in the shapes of the train state" in message, message
   assert message.endswith("restore the checkpoint's values (its other changes, optim.g_lr: "
-                          "0.0002 -> 0.0001; train.batch_size: 8 -> 16, need "
+                          "0.0002 -> 0.0001; seed: 0 -> 1; train.batch_size: 8 -> 16, need "
                           "--allow_config_change)"), message
 
 
