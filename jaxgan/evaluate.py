@@ -201,11 +201,13 @@ def evaluate_workdir(args) -> dict:
 
 def _run_data(config, meta: dict, data_path: str):
   """The run's data source (at --data-path when given), refused with one line before any
-  Inception work when it is not the data the run was trained on (another image size, other
-  classes: an FID against it would mean nothing, or the conditional samples fail), and warned of
-  when its content differs from the checkpoint's (the FID is then against other reals)."""
+  Inception work when it is not the data the run was trained on (another image size or class
+  counts: an FID against it would mean nothing, or the conditional samples fail), and warned of
+  when only its class names differ from the checkpoint's (renamed classes, as a resume with
+  --allow_config_change accepts) or its content does (the FID is then against other reals)."""
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import restore  # pylint: disable=g-import-not-at-top
 
   where = (f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
            if config.data.path else f"the run's data (data.source={config.data.source})")
@@ -220,14 +222,19 @@ def _run_data(config, meta: dict, data_path: str):
   images = getattr(source, "images", None)
   if images is not None and tuple(images.shape[1:3]) != (size, size):
     problem = f"its images are {images.shape[2]}x{images.shape[1]}, the run's {size}x{size}"
-  trained = meta.get("attributes")  # [[column, class names]]; absent in older checkpoints
-  have = data_lib.attribute_names(source)
+  have = [[str(c), [str(n) for n in names]] for c, names in data_lib.attribute_names(source)]
+  trained = restore.trained_attributes(meta, have)  # None: a checkpoint without class names
   # The class names, in order, are what a label means; a column's name is only its title.
-  if not problem and config_lib.attribute_classes(config) and trained is not None \
-      and [names for _, names in have] != [list(names) for _, names in trained]:
+  renamed = (config_lib.attribute_classes(config) and trained is not None
+             and [names for _, names in have] != [names for _, names in trained])
+  if not problem and renamed and [len(n) for _, n in have] != [len(n) for _, n in trained]:
     problem = f"its classes are {_describe(have)}, the run's {_describe(trained)}"
   if problem:
     raise ValueError(f"{where}: not this run's data ({problem}); {fix}")
+  if renamed:
+    print(f"warning: {where}: its class names are {_describe(have)}, this checkpoint's "
+          f"{_describe(trained)}: class k is sampled and compared as the data's k-th",
+          file=sys.stderr)
   recorded = meta.get("data_fingerprint")
   if recorded is not None and data_lib.fingerprint(source) != recorded:
     print(f"warning: {where} holds other images or labels than this checkpoint was trained on "

@@ -141,6 +141,8 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "which does not read it; drop model.attention_resolution (or pick a model that reads it)"),
     ({**RESNET32, "model.d_norm": "layer"}, "model.d_norm: model.name is 'resnet', which does not "
      "read it"),
+    ({**RESNET32, "model.embed_dim": 32}, "model.embed_dim: model.name is 'resnet', which does "
+     "not read it"),  # its class embedding is model.shared_dim
     ({"loss.name": "hinge", "loss.gp_weight": 5.0}, "loss.gp_weight: loss.name is 'hinge', "
      "which does not read it; drop loss.gp_weight (or pick a loss that reads it)"),
     ({"augment.name": "ada", "augment.policy": "color"}, "augment.policy: augment.name is 'ada', "

@@ -308,9 +308,9 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
   assert capsys.readouterr().err == ""
   problems = {
       prepare("small", 8, [0, 1, 0, 1], kinds): "its images are 8x8, the run's 16x16",
-      prepare("colours", 16, [0, 1, 0, 1], colours):
-          "its classes are 2 classes (Black, Red), the run's articleType: 2 classes (Shoes, "
-          "Watches)",
+      prepare("three", 16, [0, 1, 2, 1], [("articleType", ["Shoes", "Watches", "Caps"])]):
+          "its classes are 3 classes (Shoes, Watches, Caps), the run's articleType: 2 classes "
+          "(Shoes, Watches)",
       prepare("two", 16, [[0, 0], [1, 1]], kinds + colours):
           "its classes are articleType: 2 classes (Shoes, Watches); baseColour: 2 classes (Black, "
           "Red), the run's articleType: 2 classes (Shoes, Watches)",
@@ -320,6 +320,18 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
       check(path)
     assert str(e.value) == (f"--data-path {path}: not this run's data ({problem}); pass the data "
                             "set the run trained on")
+  # The same class counts under other names (renamed classes, which a resume accepts with
+  # --allow_config_change): evaluated, with a warning; also against a checkpoint from before
+  # the meta held "attributes" (its first attribute's class names only).
+  renamed = prepare("colours", 16, [0, 1, 0, 1], colours)
+  current = meta
+  for meta, trained in ((current, "articleType: 2 classes (Shoes, Watches)"),
+                        ({"class_names": ["Shoes", "Watches"]}, "2 classes (Shoes, Watches)")):
+    check(renamed)
+    assert capsys.readouterr().err.startswith(
+        f"warning: --data-path {renamed}: its class names are 2 classes (Black, Red), this "
+        f"checkpoint's {trained}: class k is sampled and compared as the data's k-th\n")
+  meta = current
   check(prepare("other", 16, [1, 0, 1, 0], kinds))  # the same classes, other images
   assert capsys.readouterr().err.strip() == (
       f"warning: --data-path {tmp_path}/other holds other images or labels than this checkpoint "

@@ -29,7 +29,8 @@ def _no_checks(config) -> None:
 
 # Model keys that only some families read; a family's `reads` names those it does (config
 # validation refuses the others set, which would change nothing).
-FAMILY_KEYS = ("d_norm", "upsample_impl", "downsample_impl", "shared_dim", "attention_resolution")
+FAMILY_KEYS = ("embed_dim", "d_norm", "upsample_impl", "downsample_impl", "shared_dim",
+               "attention_resolution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _build_dcgan(config) -> tuple[nn.Module, nn.Module]:
 
 
 MODELS.register("dcgan")(ModelSpec(_build_dcgan, (16, 32, 64, 128, 256), reads=frozenset(
-    {"d_norm", "upsample_impl", "downsample_impl"})))
+    {"embed_dim", "d_norm", "upsample_impl", "downsample_impl"})))
 
 
 def _build_resnet(config) -> tuple[nn.Module, nn.Module]:
