@@ -49,8 +49,8 @@ def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -
   def changes_alone(key: str, value: Any) -> bool:
     one = copy.deepcopy(trained)
     parent, _, leaf = key.rpartition(".")
-    with one.unlocked():  # 'seed' is a key of the root
-      (config_lib.get(one, parent) if parent else one)[leaf] = value
+    with one.unlocked():
+      config_lib.get(one, parent)[leaf] = value
     try:
       return not state_lib.same_layout(state_lib.abstract_state(one), before)
     except Exception:  # pylint: disable=broad-except  (a value that needs another key's too)

@@ -267,9 +267,9 @@ def split_columns(text: str) -> list[str]:
 
 
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
-  """config['a.b.c'] by dotted name."""
+  """config['a.b.c'] by dotted name; '' is the config itself (the parent of a root key, 'seed')."""
   node: Any = config
-  for part in key.split("."):
+  for part in key.split(".") if key else ():
     node = node[part]
   return node
 
@@ -316,7 +316,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   check_known_keys(loaded)
   for key, value in flat_items(loaded):
     parent, _, leaf = key.rpartition(".")
-    node = get(config, parent) if parent else config
+    node = get(config, parent)
     try:
       node[leaf] = value
     except TypeError as e:  # ConfigDict keeps each key's type: a list where a number belongs
