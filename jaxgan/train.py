@@ -10,10 +10,21 @@ import json
 import logging as std_logging
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from jaxgan import stopping
 
-from jaxgan import cli, config as config_lib, data
+if __name__ == "__main__":
+  # From here until main() opens its stop request, a stop signal is held, not acted on: absl,
+  # ml_collections and the config file load first (~0.5 s), and a SIGTERM then was the OS's
+  # default action (status 143, which the SLURM script does not requeue). Only as the program: a
+  # spawned decode worker imports this module as __mp_main__, and keeps the default.
+  stopping.hold_signals()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxgan import cli, config as config_lib, data  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The trainer (JAX, Flax, orbax) is imported in main(), not here: image-decoding workers are
 # spawned processes, and a spawned process imports the parent's __main__ module (this one) first;
@@ -34,14 +45,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   cli.refuse_positional(argv)
-  from jaxgan import stopping  # pylint: disable=g-import-not-at-top  (it loads no JAX)
-
   # The stop request opens before JAX and the trainer load (seconds): a stop signal meanwhile (a
-  # preemption notice as the job starts, Ctrl-C) stops the run before it trains with status 75,
-  # which the SLURM script requeues, where the OS's default action ended it (status 143, or a
-  # KeyboardInterrupt traceback). Not for --compile_only, which a signal ends at once.
+  # preemption notice as the job starts, Ctrl-C), or one held since the process started, stops
+  # the run before it trains with status 75, which the SLURM script requeues, where the OS's
+  # default action ended it (status 143, or a KeyboardInterrupt traceback). Not for
+  # --compile_only, which a signal ends at once.
   with contextlib.ExitStack() as scope:
-    _main(None if FLAGS.compile_only else scope.enter_context(stopping.StopRequest()))
+    stop = None if FLAGS.compile_only else scope.enter_context(stopping.StopRequest())
+    stopping.release_signals()  # before any child process starts (it would inherit the block)
+    _main(stop)
 
 
 def _main(stop) -> None:

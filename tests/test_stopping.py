@@ -87,6 +87,38 @@ def test_a_stop_signal_while_the_trainer_loads_exits_75_before_anything_is_writt
   assert not (tmp_path / "w").exists()
 
 
+def _blocked_signals(pid: int) -> set:
+  """The signals process `pid` blocks (its main thread's mask, from /proc)."""
+  with open(f"/proc/{pid}/status") as f:
+    mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+  return {sig for sig in signal.Signals if mask >> (sig - 1) & 1}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_a_stop_signal_before_the_cli_has_parsed_its_flags_is_held_for_the_stop_request(tmp_path):
+  """absl, ml_collections and the config file load before main() opens the stop request
+  (~0.5 s): a SIGTERM then was the OS's default action, status 143. The CLI blocks the stop
+  signals as it starts, so that one is held and stops the run with 75."""
+  proc = subprocess.Popen([sys.executable, "-m", "jaxgan.train", "--config", "configs/default.py",
+                           "--workdir", str(tmp_path / "w"), "--config.data.image_size=16",
+                           "--config.train.num_steps=2"],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    # Polled (the interpreter's own start is not held) for exactly the stop signals: glibc
+    # blocks every signal for a moment while it starts a thread (numpy's BLAS pool, at import).
+    blocked = set()
+    while proc.poll() is None and blocked != set(stopping.STOP_SIGNALS):
+      blocked = _blocked_signals(proc.pid)
+    assert blocked == set(stopping.STOP_SIGNALS), "the CLI never held the stop signals"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == stopping.EXIT_STOPPED, err[-2000:]
+  assert "SIGTERM received while starting (while loading the trainer)" in err
+  assert not (tmp_path / "w").exists()
+
+
 SECOND_CTRL_C = r"""
 import os, signal, sys, threading
 from jaxgan import stopping
