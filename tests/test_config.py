@@ -213,12 +213,13 @@ def test_json_round_trip(make_config):
 @pytest.mark.parametrize("text, message", [
     ("null", "a JSON object of config sections was expected, got 'null'"),  # was: the defaults
     ("[]", "a JSON object of config sections was expected"),  # was: AttributeError
-    ('{"train": {"batch_size": [1, 2]}}', "key train.batch_size: Could not override"),  # TypeError
+    # ConfigDict's TypeError for a list where a number belongs:
+    ('{"train": {"batch_size": [1, 2]}}', "config key train.batch_size: Could not override"),
     # ConfigDict takes a null for any key: generate failed on it with a TypeError in sampling.
     ('{"train": {"batch_size": null}}', "config key train.batch_size: must be an integer, got "
                                         "None"),
-    ('{"train": null}', "key train: a section of keys, got None"),  # was: 'unknown key train'
-    ('{"model": "dcgan"}', "key model: a section of keys, got 'dcgan'"),
+    ('{"train": null}', "config key train: a section of keys, got None"),  # was: 'unknown key train'
+    ('{"model": "dcgan"}', "config key model: a section of keys, got 'dcgan'"),
 ])
 def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
   from jaxgan import workdir

@@ -311,7 +311,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     raise ValueError(f"a JSON object of config sections was expected, got {text.strip()[:40]!r}")
   for section, value in raw.items():  # '"train": null' would read as a key train unknown
     if isinstance(config.get(section), ml_collections.ConfigDict) and not isinstance(value, dict):
-      raise ValueError(f"key {section}: a section of keys, got {value!r}")
+      raise ValueError(f"config key {section}: a section of keys, got {value!r}")
   loaded = ml_collections.ConfigDict(raw)
   check_known_keys(loaded)
   for key, value in flat_items(loaded):
@@ -320,7 +320,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     try:
       node[leaf] = value
     except TypeError as e:  # ConfigDict keeps each key's type: a list where a number belongs
-      raise ValueError(f"key {key}: {e}") from None
+      raise ValueError(f"config key {key}: {e}") from None
   check_types(config)  # a null, which ConfigDict takes for any key
   return config
 
