@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import console
@@ -32,9 +31,9 @@ from jaxgan import run_health
 from jaxgan import sample_inputs, sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
+from jaxgan import startup
 from jaxgan import step_metrics
 from jaxgan import stopping as stopping_lib
-from jaxgan import workdir as workdir_lib
 from jaxgan import writers
 from jaxgan.metrics import inception_weights
 from jaxgan.run_health import TrainingError
@@ -80,53 +79,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
            stop: stopping_lib.StopRequest, held: contextlib.ExitStack) -> state_lib.TrainState:
   """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
   `held` (released when the run ends, however it ends)."""
-
-  made_workdir = []  # [True] once this process created the workdir
-
-  def start() -> tuple[run_lib.Run, Any, int, int]:
-    """Everything checked before anything compiles: config, weights, workdir, data (read for
-    its fingerprints: contents and order)."""
-    run = run_lib.build_run(config)  # validates the config
-    if config.train.eval_every:
-      try:  # now, not after the first eval_every steps (training only: compile_only needs none)
-        inception_weights.find_weights(config.eval.weights)
-      except FileNotFoundError as e:
-        raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
-                                     ) from None
-    config_lib.validate_schedule(config)
-    made_workdir.append(workdir_lib.prepare_workdir(workdir))
-    if jax.process_index() == 0:  # one run per workdir; its other processes are its own
-      held.enter_context(workdir_lib.run_lock(workdir))
-    source = data_lib.build_source(config)
-    return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
-
-  # Joined first (alone, a failing process would leave the others in jax.distributed's
-  # rendezvous), then agreed: a process that fails alone (a data.path or weights file missing on
-  # its host, files it cannot read) would leave the others waiting in the first collective.
-  try:
-    run, source, data_fingerprint, order = multihost.agreed(start, "starting the run")
-  except BaseException as e:
-    # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
-    # process is not between creating the folder and probing it.
-    held.close()  # the lock file goes too
-    made = any(made_workdir)
-    if multihost.raised_after_agreeing(e):  # every process is here: agree (after each closed
-      made = multihost.any_process(made)    # its lock), as any may be the one that made it
-    if made:
-      workdir_lib.remove_if_empty(workdir)
-    if multihost.raised_after_agreeing(e):
-      # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
-      # worker was starting) also ends the decoding workers: then it is the stop, not the error
-      # it caused. Only for the errors agreed raises on every process after its exchange, of
-      # any type: the check is collective, and a type test would send the failing process and
-      # its peers (PeerError) different ways. Its own collective's failure (a dead peer) must
-      # not lead into another collective.
-      try:
-        stop.check_before_training("while starting the run")
-      except stopping_lib.Stopped:
-        log.warning("starting the run failed after a stop signal (%s: %s)", type(e).__name__, e)
-        raise
-    raise
+  run, source, data_fingerprint, order = startup.start_run(config, workdir, stop, held)
   stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train
@@ -153,22 +106,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
 
-  def write_run_files() -> None:
-    if not is_main:
-      return
-    # Rows after the start step are logged again (also when a run killed before its first
-    # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
-    writers.drop_rows_after(workdir, start_step)
-    # Also with TensorBoard off now: a later resume with it on would show those steps' events.
-    writers.drop_events_after(workdir, start_step)
-    config_path = os.path.join(workdir, "config.json")
-    with open(config_path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
-    # Readers (generate) never see half a file, nor an empty one after a host crash.
-    atomic_write.publish(config_path + ".tmp", config_path)
-
-  # Agreed, as everything local before a collective: process 0 writes alone.
-  multihost.agreed(write_run_files, "writing the workdir's config.json and metrics.jsonl")
+  startup.write_run_files(config, workdir, start_step)
 
   # This process loads the rows of each global batch that its devices hold (by position, so the
   # global batch is the same under any process layout and device order).
@@ -223,18 +161,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                           data_fingerprint)
 
   step = start_step
-  # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a
-  # minute there (and set_postfix below does not force one), or a 3-day run writes hundreds of
-  # MB of progress.
-  interactive = sys.stderr.isatty()
-  # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
-  # ResNet on a CPU, looked like a hang).
-  progress = tqdm(total=cfg.num_steps, initial=start_step, unit="step",
-                  disable=not is_main or start_step >= cfg.num_steps,  # nothing to train: said
-                  dynamic_ncols=True, mininterval=0.1 if interactive else 60.0,
-                  desc="train (compiling)",
-                  maxinterval=10.0 if interactive else 60.0,
-                  file=console.TolerantStream(sys.stderr))
+  progress = _progress_bar(cfg.num_steps, start_step)
   interval_start, interval_steps = None, 0
   # Every step's metrics, fetched stacked and reduced per log row.
   interval = step_metrics.Interval(sharding.to_host_list)
@@ -251,7 +178,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     writer.write_scalars(step, values)
     progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                          g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                         img_s=f"{ips:.0f}", refresh=interactive)
+                         img_s=f"{ips:.0f}",
+                         refresh=sys.stderr.isatty())  # to a log file: no line of its own
 
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
@@ -352,27 +280,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         # evaluation (which made the row after an evaluation read 15x slow).
         interval_start, interval_steps = time.perf_counter(), 0
       if stopping is not None:
-        name = signal.Signals(stopping).name
-        # `last` holds here, so this step's save was tried; agreed, so all say and do alike.
-        written = multihost.all_processes(checkpointer.wait() and saved)
-        if written:
-          msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
-        else:
-          msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
-                 f"written (error above); a rerun resumes from "
-                 f"{run_health.resume_point(checkpointer)}")
-        if step == cfg.num_steps and ((eval_due and not evaluated) or not written):
-          # The last step, not the end (its evaluation or checkpoint left): a caller judging by
-          # the step would take the run for finished (train's exit status 0, never rerun).
-          raise stopping_lib.Stopped(msg + (" (its evaluation was skipped: the rerun runs it)"
-                                            if eval_due and written else ""))
-        if step == cfg.num_steps:  # nothing left: the run is complete (exit status 0)
-          msg = (f"{name} received during the last step: the run is complete (step {step}, "
-                 "checkpoint written)")
-        if is_main:
-          console.report(msg, log)
-        else:
-          log.warning(msg)
+        # `last` holds here, so this step's save was tried.
+        _report_stop(stopping, step, cfg.num_steps, checkpointer, saved,
+                     eval_skipped=eval_due and not evaluated)
         break
     else:
       written = checkpointer.wait() and saved  # waited for on every process alike
@@ -392,6 +302,47 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       evaluate.close()
     writer.close()
   return state
+
+
+def _progress_bar(num_steps: int, start_step: int) -> tqdm:
+  """The training progress bar (process 0's; none where nothing is left to train)."""
+  # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a
+  # minute there (and set_postfix does not force one), or a 3-day run writes hundreds of MB of
+  # progress.
+  interactive = sys.stderr.isatty()
+  # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
+  # ResNet on a CPU, looked like a hang).
+  return tqdm(total=num_steps, initial=start_step, unit="step",
+              disable=jax.process_index() != 0 or start_step >= num_steps,  # said otherwise
+              dynamic_ncols=True, mininterval=0.1 if interactive else 60.0,
+              desc="train (compiling)", maxinterval=10.0 if interactive else 60.0,
+              file=console.TolerantStream(sys.stderr))
+
+
+def _report_stop(signum: int, step: int, num_steps: int, checkpointer: ckpt_lib.Checkpointer,
+                 saved: bool, eval_skipped: bool) -> None:
+  """Says that signal `signum` stopped the run after `step`, whose checkpoint save was tried
+  (`saved`: it could be started); raises stopping.Stopped where that was the last step but not
+  the run's end (its evaluation skipped, or its checkpoint unwritten). Collective."""
+  name = signal.Signals(signum).name
+  written = multihost.all_processes(checkpointer.wait() and saved)  # all say and do alike
+  if written:
+    msg = f"{name} received: stopped after step {step}, checkpoint written; rerun to resume"
+  else:
+    msg = (f"{name} received: stopped after step {step}, but its checkpoint could not be "
+           f"written (error above); a rerun resumes from {run_health.resume_point(checkpointer)}")
+  if step == num_steps and (eval_skipped or not written):
+    # The last step, not the end (its evaluation or checkpoint left): a caller judging by the
+    # step would take the run for finished (train's exit status 0, never rerun).
+    raise stopping_lib.Stopped(msg + (" (its evaluation was skipped: the rerun runs it)"
+                                      if eval_skipped and written else ""))
+  if step == num_steps:  # nothing left: the run is complete (exit status 0)
+    msg = (f"{name} received during the last step: the run is complete (step {step}, "
+           "checkpoint written)")
+  if jax.process_index() == 0:
+    console.report(msg, log)
+  else:
+    log.warning(msg)
 
 
 def _has_eval_row(workdir: str, step: int) -> bool:

@@ -12,7 +12,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxgan"
 LAYERS = {
     "cli": {"jaxgan.train", "jaxgan.generate", "jaxgan.evaluate", "jaxgan.prepare",
             "jaxgan.benchmark"},
-    "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore"},
+    "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore",
+                      "jaxgan.startup"},
     "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.workdir"},
     "state": {"jaxgan.state"},
 }

@@ -1,0 +1,99 @@
+"""A training run's start, before anything compiles: the config, weights, workdir and data checked
+by every process and agreed (`start_run`, which removes a workdir it made for a run that then
+failed to start), and the workdir's run files rewritten for the start step (`write_run_files`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxgan import atomic_write
+from jaxgan import config as config_lib
+from jaxgan import data as data_lib
+from jaxgan import multihost
+from jaxgan import run as run_lib
+from jaxgan import stopping as stopping_lib
+from jaxgan import workdir as workdir_lib
+from jaxgan import writers
+from jaxgan.metrics import inception_weights
+
+log = logging.getLogger(__name__)
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_lib.StopRequest,
+              held: contextlib.ExitStack) -> tuple[run_lib.Run, Any, int, int]:
+  """Everything checked before anything compiles: config, weights, workdir (its run lock goes
+  into `held`), data (read for its fingerprints: contents and order); returns (the run, the data
+  source, its fingerprint, its order's fingerprint). Agreed: any process's failure raises on all.
+
+  The processes have joined first (alone, a failing process would leave the others in
+  jax.distributed's rendezvous); agreed, because a process that fails alone (a data.path or
+  weights file missing on its host, files it cannot read) would leave the others waiting in the
+  first collective."""
+  made_workdir = []  # [True] once this process created the workdir
+
+  def start() -> tuple[run_lib.Run, Any, int, int]:
+    run = run_lib.build_run(config)  # validates the config
+    if config.train.eval_every:
+      try:  # now, not after the first eval_every steps (training only: compile_only needs none)
+        inception_weights.find_weights(config.eval.weights)
+      except FileNotFoundError as e:
+        raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
+                                     ) from None
+    config_lib.validate_schedule(config)
+    made_workdir.append(workdir_lib.prepare_workdir(workdir))
+    if jax.process_index() == 0:  # one run per workdir; its other processes are its own
+      held.enter_context(workdir_lib.run_lock(workdir))
+    source = data_lib.build_source(config)
+    return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
+
+  try:
+    return multihost.agreed(start, "starting the run")
+  except BaseException as e:
+    # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
+    # process is not between creating the folder and probing it.
+    held.close()  # the lock file goes too
+    made = any(made_workdir)
+    if multihost.raised_after_agreeing(e):  # every process is here: agree (after each closed
+      made = multihost.any_process(made)    # its lock), as any may be the one that made it
+    if made:
+      workdir_lib.remove_if_empty(workdir)
+    if multihost.raised_after_agreeing(e):
+      # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
+      # worker was starting) also ends the decoding workers: then it is the stop, not the error
+      # it caused. Only for the errors agreed raises on every process after its exchange, of
+      # any type: the check is collective, and a type test would send the failing process and
+      # its peers (PeerError) different ways. Its own collective's failure (a dead peer) must
+      # not lead into another collective.
+      try:
+        stop.check_before_training("while starting the run")
+      except stopping_lib.Stopped:
+        log.warning("starting the run failed after a stop signal (%s: %s)", type(e).__name__, e)
+        raise
+    raise
+
+
+def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
+  """WORKDIR/config.json, and metrics.jsonl and the TensorBoard events cut back to `start_step`:
+  written by process 0, agreed (as everything local before a collective)."""
+
+  def write() -> None:
+    if jax.process_index() != 0:
+      return
+    # Rows after the start step are logged again (also when a run killed before its first
+    # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
+    writers.drop_rows_after(workdir, start_step)
+    # Also with TensorBoard off now: a later resume with it on would show those steps' events.
+    writers.drop_events_after(workdir, start_step)
+    config_path = os.path.join(workdir, "config.json")
+    with open(config_path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
+    # Readers (generate) never see half a file, nor an empty one after a host crash.
+    atomic_write.publish(config_path + ".tmp", config_path)
+
+  multihost.agreed(write, "writing the workdir's config.json and metrics.jsonl")
