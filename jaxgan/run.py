@@ -40,10 +40,12 @@ class Run:
   steps_per_call: int  # train steps per train_step call (batch and metrics stacked when > 1)
 
 
-def build_run(config: ml_collections.ConfigDict) -> Run:
-  """Validates the config and builds mesh, models, shardings and the jitted step (not compiled)."""
+def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run:
+  """Validates the config and builds mesh, models, shardings and the jitted step (not compiled).
+  `reads_data=False`: for a step that will not read the configured data (compiled without
+  batches, or timed on made-up ones), whose source's checks of its files are then skipped."""
   join_processes(config)
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_lib.validate(config, jax.device_count(), jax.process_count(), reads_data=reads_data)
   mesh = sharding.make_mesh(config)
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -106,7 +108,7 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
   per-device memory and FLOPs as XLA reports them."""
   config = with_data_counts(config)
-  run = build_run(config)
+  run = build_run(config, reads_data=False)  # the data need not be on this machine
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
   compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()
   report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),

@@ -85,7 +85,7 @@ def _ready_step(config, warmup: int, step: Optional[Callable] = None):
   returning the same things), a fresh state and one device-resident random batch (stacked per
   step with train.steps_per_call > 1), after `warmup` calls (compilation, autotuning)."""
   config = run_lib.with_data_counts(config)  # a catalog config's -1: its set's class counts
-  run = run_lib.build_run(config)
+  run = run_lib.build_run(config, reads_data=False)  # made-up batches: no data needed
   step = step or run.train_step
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   n = config.train.batch_size * config.train.n_critic

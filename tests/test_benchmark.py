@@ -37,7 +37,9 @@ def test_steps_are_timed_in_turn_and_each_keeps_its_state(make_config):
   times = throughput.time_alternately(calls, 3)
   assert order == ["a", "b"] * 3 and [len(t) for t in times] == [3, 3]
   # warmup 1 + 2 timed calls each: a call that reused a donated state would fail.
-  rows = throughput.benchmark_steps([make_config(), make_config(**{"model.norm_impl": "flax"})],
+  # The second, a prepared set's config without its data: timed on made-up batches, it reads none.
+  rows = throughput.benchmark_steps([make_config(), make_config(**{"model.norm_impl": "flax",
+                                                                   "data.source": "prepared"})],
                                     steps=2, warmup=1)
   assert [r["norm_impl"] for r in rows] == [resolve_norm_impl("auto"), "flax"]
   assert rows[0]["timed_steps"] == 2 and rows[0]["peak_memory_bytes"] is None  # several resident

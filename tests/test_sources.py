@@ -1079,6 +1079,11 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
                                         r"only its class counts are read .*, "
                                         r"--config.data.num_classes=N does without it$"):
     with_class_counts(missing)
+  with missing.unlocked():  # as that says: the count given, no data on this machine
+    missing.data.num_classes = 3
+  config_lib.validate(missing, 1, reads_data=False)  # --compile_only, the benchmark
+  with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs"):
+    config_lib.validate(missing, 1)  # training reads the data
   other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})
   assert with_class_counts(other) is other
   with pytest.raises(ConfigError, match="or -1 with data.source=prepared"):
