@@ -113,8 +113,10 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
               "label": tf.train.Feature(int64_list=tf.train.Int64List(
                   value=[int(v) for v in labels[i]] if multi else [int(labels[i])])),
           }
+          # deterministic: the feature map in key order. Otherwise its order is the hash
+          # table's, which differs from process to process: the same input gave other bytes.
           writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                       .SerializeToString())
+                       .SerializeToString(deterministic=True))
     except BaseException as e:  # no partial shard left behind
       if os.path.exists(tmp):
         os.remove(tmp)
