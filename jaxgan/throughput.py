@@ -230,7 +230,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
     start = time.perf_counter()
     data, labels, info = prepared.read_prepared(prepared_dir)
     load_seconds = time.perf_counter() - start
-    source = arrays.ArraySource(data, labels, info["class_names"], seed=0)
+    source = arrays.ArraySource(data, labels, info["class_names"], seed=0, where=prepared_dir,
+                                attribute_names=prepared.attribute_names(info))  # every column
     stream = source.batches(batch_size, 0)
     for _ in range(10):  # warm-up: tf.data graph building and autotuning
       next(stream)

@@ -71,9 +71,22 @@ def test_prepare_two_columns(catalog, two_columns):
   again = catalog / "prepared2-again"
   _prepare(catalog, again, "articleType", "baseColour")
   assert _hashes(two_columns) == _hashes(again)  # deterministic
+  # Also across processes: each record in canonical form (its feature map in key order), where
+  # the map's order was a per-process hash table's (the same in one process, as above).
+  import tensorflow as tf
+  for shard in info["shards"]:
+    for record in tf.data.TFRecordDataset(str(two_columns / shard)).as_numpy_iterator():
+      assert record == tf.train.Example.FromString(record).SerializeToString(deterministic=True)
   one = _prepare(catalog, catalog / "prepared1", "articleType")
   assert "attributes" not in one and one["num_examples"] == 13  # one column: today's format
   assert prepared.read_prepared(str(catalog / "prepared1"))[1].shape == (13,)
+
+
+def test_the_input_benchmark_reads_a_set_of_two_attributes(two_columns):
+  from jaxgan import throughput  # was refused: labels of 2 attributes for 1 name list
+
+  row, = throughput.benchmark_input(prepared_dir=str(two_columns), batch_size=4, batches=2)
+  assert row["input"] == "prepared" and row["images"] == 12 and row["images_per_sec"] > 0
 
 
 def test_config_errors_name_the_flags(two_columns):
