@@ -198,6 +198,36 @@ def test_manifest_na_label_is_missing_not_a_class(tmp_path):
   assert [s["reason"] for s in skipped] == ["no articleType (line 3)", "no articleType (line 4)"]
 
 
+def test_manifest_labels_read_as_pandas_would(tmp_path):
+  """pandas' missing values (its na_values) are unlabelled, not classes ('None' was a class); a
+  JSON 1.0 is the class and id 1 (pandas writes an integer column with a gap as floats); a
+  repeated header name that is read, or a list for a label, is refused."""
+  from jaxgan.data.manifest import scan_manifest_columns
+  rows = [{"id": 1, "type": "Watches"}, {"id": 2, "type": "None"}, {"id": 3, "type": "-nan"},
+          {"id": 4, "type": "#N/A N/A"}, {"id": 5, "type": "Watches"}]
+  path, images = _manifest(tmp_path, rows)
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
+                                                 ["articleType"])
+  assert values == [["Watches", "Watches"]] and len(skipped) == 3
+  jsonl = tmp_path / "m.jsonl"
+  jsonl.write_text('{"id": 1.0, "type": 1}\n{"id": 5, "type": 1.0}\n{"id": 2, "type": "1"}\n'
+                   '{"id": 3, "type": 2.5}\n')
+  for i in (2, 3):
+    (images / f"{i}.jpg").write_bytes((images / "1.jpg").read_bytes())
+  paths, values, skipped = scan_manifest_columns(str(jsonl), "", "id", str(images), "{id}.jpg",
+                                                 ["type"])
+  assert values == [["1", "1", "1", "2.5"]] and not skipped  # 1.0.jpg was a missing file
+  jsonl.write_text('{"id": 1, "type": ["Watches"]}\n')
+  with pytest.raises(DataError, match=r"m.jsonl \(line 1\): type is a JSON list, not a label"):
+    scan_manifest_columns(str(jsonl), "", "id", str(images), "{id}.jpg", ["type"])
+  path.write_text("id,articleType,articleType,x,x\n1,Shirts,Watches,a,b\n")
+  with pytest.raises(DataError, match=r"header names column 'articleType' more than once"):
+    scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg", ["articleType"])
+  path.write_text("id,articleType,x,x\n1,Shirts,a,b\n")  # a repeat not read is no matter
+  assert scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
+                               ["articleType"])[1] == [["Shirts"]]
+
+
 def test_manifest_json_array_and_bad_json_rows(tmp_path):
   from jaxgan.data.manifest import read_rows
   rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]

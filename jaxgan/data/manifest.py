@@ -8,7 +8,7 @@ import csv
 import json
 import logging
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,9 +18,27 @@ from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)
 
-# Label values that mean "not recorded" in exported catalogs (pandas reads these as missing, and
-# the Kaggle fashion catalog's styles.csv writes NA): such a row has no label, it is not a class.
-MISSING_VALUES = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "<NA>", "#N/A"})
+# Label values that mean "not recorded" in exported catalogs: pandas' default na_values, which
+# read_csv reads as missing (the Kaggle fashion catalog's styles.csv writes NA, pandas' to_csv of
+# an object column None). Such a row has no label; it is not a class. Case as pandas has them.
+MISSING_VALUES = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                            "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                            "nan", "null"})
+
+
+def _json_value(value: Any) -> Any:
+  """A JSON cell as a CSV's would read: 7.0 is 7 (pandas writes an integer column with a gap as
+  floats, so one class or id was two: '7' and '7.0'); strings are stripped."""
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value.strip() if isinstance(value, str) else value
+
+
+def _duplicated_header(path: str) -> set[str]:
+  """The column names a CSV's header holds more than once (csv.DictReader keeps the last)."""
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    header = next(csv.reader(f), [])
+  return {name for name in header if header.count(name) > 1}
 
 
 def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
@@ -112,6 +130,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   # A CSV's columns are its header's; JSON rows may each leave out keys (exporters drop nulls).
   present = dict.fromkeys(c for _, row in (numbered[:1] if is_csv else numbered)
                           if isinstance(row, dict) for c in row)  # in order
+  twice = sorted(_duplicated_header(path) & set(needed)) if is_csv else []
+  if twice:  # an exported sheet's repeated header: one of the two would be read, unsaid
+    raise DataError(f"{path}: its header names column {twice[0]!r} more than once; rename the "
+                    "copies so that the one to read is unique")
   for column in needed:
     if column not in present:
       raise DataError(f"{path} has no column {column!r} (columns: "
@@ -128,7 +150,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       continue
     # Text cells are stripped, as labels are: ' 4 ' in a hand-edited file is image 4. A JSON
     # number stays one ('{id:05d}.jpg' formats it).
-    cells = {k: v.strip() if isinstance(v, str) else v
+    cells = {k: _json_value(v)
              for k, v in (row.items() if isinstance(row, dict) else ()) if isinstance(k, str)}
     name = cells.get(key)
     if name is None or name == "":
@@ -143,7 +165,11 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
                         f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
-    labels = [str(row[c]).strip() if row.get(c) is not None else "" for c in label_columns]
+    nested = [c for c in label_columns if isinstance(cells.get(c), (list, dict))]
+    if nested:  # its text would be a class of its own per distinct list
+      raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}, "
+                      "not a label; a label column holds text or numbers")
+    labels = [str(cells[c]) if cells.get(c) is not None else "" for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
     file_key = os.path.normpath(image)  # 'x.jpg' and './x.jpg' are one file
     if empty:
