@@ -223,7 +223,8 @@ def test_manifest_labels_read_as_pandas_would(tmp_path):
   path.write_text("id,articleType,articleType,x,x\n1,Shirts,Watches,a,b\n")
   with pytest.raises(DataError, match=r"header names column 'articleType' more than once"):
     scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg", ["articleType"])
-  path.write_text("id,articleType,x,x\n1,Shirts,a,b\n")  # a repeat not read is no matter
+  path.write_text("id, articleType,x,x\n1,Shirts,a,b\n")  # a repeat not read is no matter; a
+  # space after a comma (header cells are stripped, as the others are)
   assert scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
                                ["articleType"])[1] == [["Shirts"]]
 

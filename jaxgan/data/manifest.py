@@ -37,7 +37,7 @@ def _json_value(value: Any) -> Any:
 def _duplicated_header(path: str) -> set[str]:
   """The column names a CSV's header holds more than once (csv.DictReader keeps the last)."""
   with open(path, encoding="utf-8-sig", newline="") as f:
-    header = next(csv.reader(f), [])
+    header = [name.strip() for name in next(csv.reader(f), [])]
   return {name for name in header if header.count(name) > 1}
 
 
@@ -53,6 +53,8 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   try:
     if reader.fieldnames:  # reads the header, which a quoted name may spread over lines
       end = reader.line_num
+      # Stripped as the cells are: 'id, articleType' (a space after the comma) names articleType.
+      reader.fieldnames = [n.strip() for n in reader.fieldnames]
     for row in reader:
       start = first_after(end)
       if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
