@@ -1113,6 +1113,9 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
   with missing.unlocked():  # as that says: the count given, no data on this machine
     missing.data.num_classes = 3
   config_lib.validate(missing, 1, reads_data=False)  # --compile_only, the benchmark
+  # What is not about the data's files is still checked: the synthetic catalog's 8 categories.
+  with pytest.raises(ConfigError, match="data.num_classes: the synthetic catalog has 8"):
+    config_lib.validate(_config(**{"data.num_classes": 50}), 1, reads_data=False)
   with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs"):
     config_lib.validate(missing, 1)  # training reads the data
   other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})

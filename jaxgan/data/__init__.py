@@ -1,7 +1,9 @@
 """Data sources, picked by `data.source` from the SOURCES registry.
 
 A source is a class with:
-  - `validate(config)` (static): raises ConfigError for values it cannot serve;
+  - `validate(config, reads_data=True)` (static): raises ConfigError for values it cannot
+    serve; with reads_data=False (--compile_only, the benchmark: a step on made-up batches) it
+    skips the checks of where the data is (data.path given, its files read);
   - `reads`: the data keys (SOURCE_KEYS) it reads, and `unread_hint`: what to do instead when
     another one is set (config validation refuses those, naming the key);
   - `from_config(config)` (class method): builds it;

@@ -50,10 +50,10 @@ class FolderSource(ArraySource):
   reads = frozenset({"path", "min_class_count", "rare_classes"}) | DECODE_KEYS
 
   @staticmethod
-  def validate(config) -> None:
+  def validate(config, reads_data: bool = True) -> None:
     from jaxgan.config import ConfigError
 
-    if not config.data.path:
+    if reads_data and not config.data.path:
       raise ConfigError("config key data.path: the folder source needs the image directory")
     check_rare_class_keys(config)
 

@@ -225,11 +225,11 @@ class ManifestSource(ArraySource):
                     ) | DECODE_KEYS
 
   @staticmethod
-  def validate(config) -> None:
+  def validate(config, reads_data: bool = True) -> None:
     from jaxgan.config import ConfigError
 
     d = config.data
-    if not d.path:
+    if reads_data and not d.path:
       raise ConfigError("config key data.path: the manifest source needs a .csv, .jsonl or "
                         ".json file")
     check_rare_class_keys(config)

@@ -379,9 +379,11 @@ class PreparedSource(ArraySource):
                  "--max-pixels, ...); prepare again with them, or drop data.{key}")
 
   @staticmethod
-  def validate(config) -> None:
+  def validate(config, reads_data: bool = True) -> None:
     from jaxgan.config import ConfigError
 
+    if not reads_data:  # every check here is of the set's files
+      return
     if not config.data.path:
       raise ConfigError("config key data.path: the prepared source needs the folder written by "
                         "`python -m jaxgan.prepare`")

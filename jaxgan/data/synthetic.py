@@ -179,9 +179,10 @@ class SyntheticCatalog:
     return cls(config.data.image_size, config.data.num_classes, config.seed)
 
   @staticmethod
-  def validate(config) -> None:
+  def validate(config, reads_data: bool = True) -> None:
     from jaxgan.config import ConfigError  # same layer; lazy to keep import order simple
 
+    del reads_data  # it draws its images: no files
     if not 16 <= config.data.image_size <= 256:
       raise ConfigError(f"config key data.image_size: the synthetic catalog draws 16..256 pixels, "
                         f"got {config.data.image_size}")

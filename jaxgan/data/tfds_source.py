@@ -159,9 +159,10 @@ class TfdsSource(ArraySource):
                      "tfds_label_key", "tfds_download"}) | DECODE_KEYS
 
   @staticmethod
-  def validate(config) -> None:
+  def validate(config, reads_data: bool = True) -> None:
     from jaxgan.config import ConfigError
 
+    del reads_data  # the name is the config's, needed to build the source at all
     if not config.data.tfds_name:
       raise ConfigError("config key data.tfds_name: the tfds source needs a data set name, "
                         "e.g. fashion_mnist")
