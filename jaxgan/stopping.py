@@ -21,19 +21,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_STOPPED = 75
 
 
-def hold_signals() -> None:
-  """Blocks the stop signals in this thread: one of each that arrives is kept pending, not acted
-  on, until release_signals(). For a program's first moments, before its StopRequest can open;
-  its child processes would inherit the block, so release before starting any."""
-  signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-
-def release_signals() -> None:
-  """Unblocks the stop signals: one held since hold_signals() is delivered now, to the handler
-  then installed (a StopRequest's), or else to the OS's default action."""
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
 class Stopped(Exception):
   """A stop signal arrived while the run was starting: it stopped before its first step
   (nothing trained, so nothing to save); or during its last step, which left the end undone

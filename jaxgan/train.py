@@ -8,16 +8,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging as std_logging
+import signal
 import sys
 
 from jaxgan import stopping
 
-if __name__ == "__main__":
-  # From here until main() opens its stop request, a stop signal is held, not acted on: absl,
-  # ml_collections and the config file load first (~0.5 s), and a SIGTERM then was the OS's
-  # default action (status 143, which the SLURM script does not requeue). Only as the program: a
-  # spawned decode worker imports this module as __mp_main__, and keeps the default.
-  stopping.hold_signals()
+# The program's stop request, opened first thing (it loads no JAX): absl, ml_collections and the
+# config file load before main() runs (~0.5 s, or as long as the config file takes), and a stop
+# signal then was the OS's default action (status 143, which the SLURM script does not requeue).
+# Handlers, not a blocked signal mask: a process the config file starts must not inherit stop
+# signals it can never receive, and a blocked Ctrl-C could not end a hung config file. Module
+# state, as signal handlers are the process's; only as the program: a spawned decode worker
+# imports this module as __mp_main__, and keeps the defaults.
+_PROGRAM_STOP = stopping.StopRequest().__enter__() if __name__ == "__main__" else None
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging  # noqa: E402
@@ -45,21 +48,25 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   cli.refuse_positional(argv)
-  # The stop request opens before JAX and the trainer load (seconds): a stop signal meanwhile (a
-  # preemption notice as the job starts, Ctrl-C), or one held since the process started, stops
-  # the run before it trains with status 75, which the SLURM script requeues, where the OS's
-  # default action ended it (status 143, or a KeyboardInterrupt traceback). Not for
-  # --compile_only, which a signal ends at once.
+  # The stop request is open before JAX and the trainer load (seconds): a stop signal meanwhile
+  # (a preemption notice as the job starts, Ctrl-C), or one since the program started, stops the
+  # run before it trains with status 75, which the SLURM script requeues, where the OS's default
+  # action ended it (status 143, or a KeyboardInterrupt traceback).
   with contextlib.ExitStack() as scope:
-    stop = None if FLAGS.compile_only else scope.enter_context(stopping.StopRequest())
-    stopping.release_signals()  # before any child process starts (it would inherit the block)
+    stop = _PROGRAM_STOP or stopping.StopRequest().__enter__()  # run() called by a program
+    scope.push(stop)  # its __exit__ (the handlers before it) when main ends
+    if FLAGS.compile_only:  # which a signal ends at once, as the OS's default action does
+      scope.close()
+      if stop.signal is not None:
+        signal.raise_signal(stop.signal)
+      stop = None
     _main(stop)
 
 
 def _main(stop) -> None:
   """main's work, with `stop` (a stopping.StopRequest, None for --compile_only) open."""
   # pylint: disable-next=g-import-not-at-top
-  from jaxgan import checkpoint, multihost, sharding, stopping, trainer, workdir
+  from jaxgan import checkpoint, multihost, sharding, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.

@@ -1,9 +1,11 @@
 """stopping: SIGTERM/SIGINT become a flag, and when processes exchange it."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -87,33 +89,59 @@ def test_a_stop_signal_while_the_trainer_loads_exits_75_before_anything_is_writt
   assert not (tmp_path / "w").exists()
 
 
-def _blocked_signals(pid: int) -> set:
-  """The signals process `pid` blocks (its main thread's mask, from /proc)."""
+def _signal_mask(pid: int, field: str) -> set:
+  """The signals of process `pid`'s /proc status mask `field` (SigBlk, SigIgn, SigCgt)."""
   with open(f"/proc/{pid}/status") as f:
-    mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    mask = int(next(line for line in f if line.startswith(field + ":")).split()[1], 16)
   return {sig for sig in signal.Signals if mask >> (sig - 1) & 1}
 
 
+SLOW_CONFIG = """
+import os, subprocess, sys, time
+from jaxgan.config import base_config
+
+def get_config():  # starts a helper process, then waits for the test
+  helper = subprocess.Popen(["sleep", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  with open({started!r} + ".tmp", "w") as f:
+    f.write(str(helper.pid))
+  os.rename({started!r} + ".tmp", {started!r})
+  while not os.path.exists({go!r}):
+    time.sleep(0.01)
+  c = base_config()
+  c.data.image_size, c.train.num_steps = 16, 2
+  return c
+"""
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-def test_a_stop_signal_before_the_cli_has_parsed_its_flags_is_held_for_the_stop_request(tmp_path):
-  """absl, ml_collections and the config file load before main() opens the stop request
-  (~0.5 s): a SIGTERM then was the OS's default action, status 143. The CLI blocks the stop
-  signals as it starts, so that one is held and stops the run with 75."""
-  proc = subprocess.Popen([sys.executable, "-m", "jaxgan.train", "--config", "configs/default.py",
-                           "--workdir", str(tmp_path / "w"), "--config.data.image_size=16",
-                           "--config.train.num_steps=2"],
+def test_a_stop_signal_while_the_config_file_loads_stops_the_run_with_75(tmp_path):
+  """absl, ml_collections and the config file load before main() runs (~0.5 s, or as long as
+  the config file takes): a SIGTERM then was the OS's default action, status 143. The CLI opens
+  its stop request first thing, with handlers (not a blocked mask, which a process the config
+  file starts would inherit, never to receive a stop signal)."""
+  started, go = str(tmp_path / "started"), str(tmp_path / "go")
+  (tmp_path / "slow.py").write_text(SLOW_CONFIG.format(started=started, go=go))
+  proc = subprocess.Popen([sys.executable, "-m", "jaxgan.train", "--config",
+                           str(tmp_path / "slow.py"), "--workdir", str(tmp_path / "w")],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  helper = None
   try:
-    # Polled (the interpreter's own start is not held) for exactly the stop signals: glibc
-    # blocks every signal for a moment while it starts a thread (numpy's BLAS pool, at import).
-    blocked = set()
-    while proc.poll() is None and blocked != set(stopping.STOP_SIGNALS):
-      blocked = _blocked_signals(proc.pid)
-    assert blocked == set(stopping.STOP_SIGNALS), "the CLI never held the stop signals"
-    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(started) and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert os.path.exists(started), "the config file did not start"
+    helper = int(open(started).read())
+    proc.send_signal(signal.SIGTERM)  # while get_config() runs
+    stops = set(stopping.STOP_SIGNALS)
+    assert not stops & (_signal_mask(helper, "SigBlk") | _signal_mask(helper, "SigIgn"))
+    os.kill(helper, signal.SIGTERM)  # which it receives (ends it)
+    open(go, "w").close()
     _, err = proc.communicate(timeout=120)
   finally:
     proc.kill()
+    if helper:
+      with contextlib.suppress(ProcessLookupError):  # ended by the SIGTERM above
+        os.kill(helper, signal.SIGKILL)
   assert proc.returncode == stopping.EXIT_STOPPED, err[-2000:]
   assert "SIGTERM received while starting (while loading the trainer)" in err
   assert not (tmp_path / "w").exists()
