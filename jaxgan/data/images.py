@@ -234,16 +234,16 @@ def convert(img: Image.Image, options: LoadOptions) -> np.ndarray:
 def size_problem(width: int, height: int, options: LoadOptions) -> str:
   """Why an image of this size is refused before decoding, or ''."""
   if width * height > options.max_pixels:
-    return (f"too large: {width}x{height} is more than {options.max_pixels} pixels (data."
-            "max_pixels; prepare: --max-pixels)")
+    return f"too large: {width}x{height} is more than {options.max_pixels} pixels (max_pixels)"
   side = max(width, height)
   if not options.image_size and side * side > options.max_pixels:  # kept at its native size
     return (f"too large: {width}x{height} padded to a square is more than {options.max_pixels} "
-            "pixels (data.max_pixels; prepare: --max-pixels)")
+            "pixels (max_pixels)")
   if min(width, height) < options.min_source_size:
-    # Both names: the reason is logged by a training run and kept in what `prepare` wrote.
-    return (f"too small: {width}x{height}, a side under {options.min_source_size} (data."
-            "min_source_size; prepare: --min-source-size)")
+    # The limits' bare names: data.* keys in training, flags in `prepare` (--min-source-size),
+    # fixed in `evaluate --real/--fake`; the reason is logged, and kept in a prepared set.
+    return (f"too small: {width}x{height}, a side under {options.min_source_size} "
+            "(min_source_size)")
   return ""
 
 
