@@ -218,11 +218,14 @@ def test_manifest_labels_read_as_pandas_would(tmp_path):
                                                  ["type"])
   assert values == [["1", "1", "1", "2.5"]] and not skipped  # 1.0.jpg was a missing file
   jsonl.write_text('{"id": 1, "type": ["Watches"]}\n')
-  with pytest.raises(DataError, match=r"m.jsonl \(line 1\): type is a JSON list, not a label"):
+  with pytest.raises(DataError, match=r"m.jsonl \(line 1\): type is a JSON list; the columns "):
     scan_manifest_columns(str(jsonl), "", "id", str(images), "{id}.jpg", ["type"])
   path.write_text("id,articleType,articleType,x,x\n1,Shirts,Watches,a,b\n")
   with pytest.raises(DataError, match=r"header names column 'articleType' more than once"):
     scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg", ["articleType"])
+  path.write_text("id,articleType,x,x\n1,Shirts,a,b\n")  # x, in the pattern, is read
+  with pytest.raises(DataError, match=r"header names column 'x' more than once"):
+    scan_manifest_columns(str(path), "", "id", str(images), "{x}/{id}.jpg", ["articleType"])
   path.write_text("id, articleType,x,x\n1,Shirts,a,b\n")  # a repeat not read is no matter; a
   # space after a comma (header cells are stripped, as the others are)
   assert scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",

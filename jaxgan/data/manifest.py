@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import string
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,11 +28,21 @@ MISSING_VALUES = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-
 
 
 def _json_value(value: Any) -> Any:
-  """A JSON cell as a CSV's would read: 7.0 is 7 (pandas writes an integer column with a gap as
-  floats, so one class or id was two: '7' and '7.0'); strings are stripped."""
+  """A cell with its text stripped, and a JSON number 7.0 read as 7: pandas' to_json writes an
+  integer column with a gap as floats, which made one class or id two ('7' and '7.0'), and the
+  file 7.0.jpg. (A CSV's text stays as written: its '007' may be a file name.)"""
   if isinstance(value, float) and value.is_integer():
     return int(value)
   return value.strip() if isinstance(value, str) else value
+
+
+def _pattern_fields(image_pattern: str) -> set[str]:
+  """The columns an image pattern names ('{brand}/{id:05d}.jpg': brand, id); none when it does
+  not parse (filling it then says what is wrong)."""
+  try:
+    return {field for _, field, _, _ in string.Formatter().parse(image_pattern) if field}
+  except ValueError:
+    return set()
 
 
 def _duplicated_header(path: str) -> set[str]:
@@ -132,7 +143,9 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   # A CSV's columns are its header's; JSON rows may each leave out keys (exporters drop nulls).
   present = dict.fromkeys(c for _, row in (numbered[:1] if is_csv else numbered)
                           if isinstance(row, dict) for c in row)  # in order
-  twice = sorted(_duplicated_header(path) & set(needed)) if is_csv else []
+  # Every column read: the image or id column, the labels, and the fields the pattern names.
+  read = set(needed) | (set() if image_column else _pattern_fields(image_pattern))
+  twice = sorted(_duplicated_header(path) & read) if is_csv else []
   if twice:  # an exported sheet's repeated header: one of the two would be read, unsaid
     raise DataError(f"{path}: its header names column {twice[0]!r} more than once; rename the "
                     "copies so that the one to read is unique")
@@ -167,10 +180,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
                         f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
-    nested = [c for c in label_columns if isinstance(cells.get(c), (list, dict))]
-    if nested:  # its text would be a class of its own per distinct list
-      raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}, "
-                      "not a label; a label column holds text or numbers")
+    nested = [c for c in sorted(read) if isinstance(cells.get(c), (list, dict))]
+    if nested:  # its text would be a class of its own per distinct list, or a file name
+      raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}; "
+                      "the columns read hold text or numbers")
     labels = [str(cells[c]) if cells.get(c) is not None else "" for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
     file_key = os.path.normpath(image)  # 'x.jpg' and './x.jpg' are one file
