@@ -161,7 +161,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                           data_fingerprint)
 
   step = start_step
-  progress = _progress_bar(cfg.num_steps, start_step)
+  interactive = sys.stderr.isatty()  # else a log file (a cluster job)
+  progress = _progress_bar(cfg.num_steps, start_step, interactive)
   interval_start, interval_steps = None, 0
   # Every step's metrics, fetched stacked and reduced per log row.
   interval = step_metrics.Interval(sharding.to_host_list)
@@ -178,8 +179,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     writer.write_scalars(step, values)
     progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                          g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                         img_s=f"{ips:.0f}",
-                         refresh=sys.stderr.isatty())  # to a log file: no line of its own
+                         img_s=f"{ips:.0f}", refresh=interactive)  # a log file: no extra line
 
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
@@ -304,12 +304,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   return state
 
 
-def _progress_bar(num_steps: int, start_step: int) -> tqdm:
+def _progress_bar(num_steps: int, start_step: int, interactive: bool) -> tqdm:
   """The training progress bar (process 0's; none where nothing is left to train)."""
-  # Redirected to a log file (a cluster job), the bar is a line per refresh: at most one a
+  # Redirected to a log file (not `interactive`), the bar is a line per refresh: at most one a
   # minute there (and set_postfix does not force one), or a 3-day run writes hundreds of MB of
   # progress.
-  interactive = sys.stderr.isatty()
   # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
   # ResNet on a CPU, looked like a hang).
   return tqdm(total=num_steps, initial=start_step, unit="step",
