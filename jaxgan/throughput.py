@@ -6,6 +6,7 @@ test of speed.
 
 from __future__ import annotations
 
+import re
 import statistics
 import tempfile
 import time
@@ -23,17 +24,19 @@ from jaxgan import sharding
 from jaxgan.models import layers
 from jaxgan.models.batchnorm import resolve_norm_impl
 
-# Dense peak FLOP/s per chip by (device kind substring, compute dtype): vendor data sheets
-# (NVIDIA: tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units). The longest
-# matching substring wins: "H100 PCIe" before "H100" (the SXM part, "NVIDIA H100 80GB HBM3").
+# Dense peak FLOP/s per chip by (device kind name, compute dtype): vendor data sheets (NVIDIA:
+# tensor cores, no sparsity; float32 runs as TF32 on NVIDIA's matrix units). A name matches as
+# whole words of the device kind ("A100" is not "RTX A1000"), and the longest match wins: "H100
+# PCIe" before "H100" (the SXM part, "NVIDIA H100 80GB HBM3"). None: known, but no figure here.
 PEAK_FLOPS = {
     ("H200", "bfloat16"): 989e12, ("H200", "float32"): 494e12,
+    ("GH200", "bfloat16"): 989e12, ("GH200", "float32"): 494e12,  # Grace Hopper's H100/H200
     ("H200 NVL", "bfloat16"): 835e12, ("H200 NVL", "float32"): 418e12,
     ("H100", "bfloat16"): 989e12, ("H100", "float32"): 494e12,
     ("H100 PCIe", "bfloat16"): 756e12, ("H100 PCIe", "float32"): 378e12,
     ("H100 NVL", "bfloat16"): 835e12, ("H100 NVL", "float32"): 418e12,
     ("A100", "bfloat16"): 312e12, ("A100", "float32"): 156e12,
-    ("TPU v4", "bfloat16"): 275e12,
+    ("TPU v4", "bfloat16"): 275e12, ("TPU v4 lite", "bfloat16"): None,
     ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5e", "bfloat16"): 197e12,
     ("TPU v5p", "bfloat16"): 459e12, ("TPU v5", "bfloat16"): 459e12,
 }
@@ -42,8 +45,9 @@ PEAK_FLOPS = {
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   """The chip's dense peak for `dtype`, or None when unknown."""
   matches = [(len(kind), value) for (kind, kind_dtype), value in PEAK_FLOPS.items()
-             if kind in device_kind and kind_dtype == dtype]
-  return max(matches)[1] if matches else None
+             if kind_dtype == dtype and re.search(rf"(?<![\w-]){re.escape(kind)}(?![\w])",
+                                                  device_kind)]
+  return max(matches, key=lambda m: m[0])[1] if matches else None
 
 
 def step_flops_per_image(config) -> float:

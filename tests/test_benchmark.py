@@ -218,6 +218,12 @@ def test_peak_table():
   assert throughput.peak_flops("NVIDIA H100 NVL", "float32") == 418e12
   assert throughput.peak_flops("NVIDIA H200 NVL", "bfloat16") == 835e12
   assert throughput.peak_flops("cpu", "float32") is None
+  # Whole names: "A100" is not the RTX A1000 (a 312 TFLOP/s MFU base for a laptop part), and a
+  # v4 lite chip is not a v4; Grace Hopper's GPU is an H100/H200 part.
+  assert throughput.peak_flops("NVIDIA A100-SXM4-80GB", "float32") == 156e12
+  assert throughput.peak_flops("NVIDIA RTX A1000", "bfloat16") is None
+  assert throughput.peak_flops("TPU v4 lite", "bfloat16") is None
+  assert throughput.peak_flops("NVIDIA GH200 480GB", "bfloat16") == 989e12
 
 
 def test_mfu_and_device_count_are_the_meshs_not_the_hosts(monkeypatch):
