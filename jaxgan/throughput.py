@@ -53,11 +53,14 @@ def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
 def step_flops_per_image(config) -> float:
   """Analytic train-step FLOPs per image from the layer shapes of the configured G and D.
 
-  These are the model's FLOPs, the same for every lowering: counted on G's 'dilated' lowering,
-  where only the taps that meet real input pixels count, and D's 'strided' one. (A lowering that
-  multiplies zeros, like the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU
-  must not credit it. D's 's2d' does exactly the multiply-adds of 'strided'; fixing D's lowering
-  too keeps the count from depending on how a future lowering is written.)
+  These are the model's FLOPs, the same for every lowering: counted on G's 'dilated' lowering
+  without the taps on the zeros it inserts between input pixels (those on the border's padding
+  count, as a convolution's usually do), and D's 'strided' one. (A lowering that multiplies
+  zeros, like the 3x3 'subpixel', does more arithmetic but not more useful work, so MFU must not
+  credit it. D's 's2d' does exactly the multiply-adds of 'strided'; fixing D's lowering too keeps
+  the count from depending on how a future lowering is written.) Per image: the count at batch 2
+  less that at batch 1, so that work done once per call whatever the batch (spectral norm's
+  power iteration on the weights) is not multiplied by the batch size.
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -65,22 +68,29 @@ def step_flops_per_image(config) -> float:
     config.model.downsample_impl = "strided"
   g, d = models_lib.build_models(config)
   size, nc = config.data.image_size, config.data.num_classes
-  z = jnp.zeros((1, config.model.z_dim))
-  labels = jnp.zeros(config_lib.label_shape(config, 1), jnp.int32) if nc else None
-  x = jnp.zeros((1, size, size, 3))
-  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
-  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
-  g_fwd = flops_lib.forward_flops(lambda v: g.apply(v, z, labels, train=False), g_vars)
-  d_fwd = flops_lib.forward_flops(lambda v: d.apply(v, x, labels, train=False), d_vars)
-  return flops_lib.train_step_flops_per_image(g_fwd, d_fwd, config.train.n_critic)
+
+  def forward_flops(n: int) -> tuple[float, float]:
+    z = jnp.zeros((n, config.model.z_dim))
+    labels = jnp.zeros(config_lib.label_shape(config, n), jnp.int32) if nc else None
+    x = jnp.zeros((n, size, size, 3))
+    g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
+    d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
+    return (flops_lib.forward_flops(lambda v: g.apply(v, z, labels, train=False), g_vars),
+            flops_lib.forward_flops(lambda v: d.apply(v, x, labels, train=False), d_vars))
+
+  (g1, d1), (g2, d2) = forward_flops(1), forward_flops(2)
+  return flops_lib.train_step_flops_per_image(g2 - g1, d2 - d1, config.train.n_critic)
 
 
 def implementations(config) -> dict:
   """Which lowering of G's up-convs and D's down-convs and which BatchNorm the step runs ('auto'
   resolved for this backend), for result rows."""
   m = config.model
-  return {"upsample_impl": layers.resolve_upsample_impl(m.upsample_impl),
-          "downsample_impl": layers.resolve_downsample_impl(m.downsample_impl),
+  reads = models_lib.MODELS.get(m.name).reads  # None for a model that has no such lowering
+  return {"upsample_impl": (layers.resolve_upsample_impl(m.upsample_impl)
+                            if "upsample_impl" in reads else None),
+          "downsample_impl": (layers.resolve_downsample_impl(m.downsample_impl)
+                              if "downsample_impl" in reads else None),
           "norm_impl": resolve_norm_impl(m.norm_impl)}
 
 
@@ -146,6 +156,7 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   """Times the train step of each config (`step_call`): all are compiled and warmed up, then
   timed alternately (`time_alternately`, `steps` rounds). With train.steps_per_call = k each call
   runs k steps and `step_ms` is its time / k."""
+  before = peak_memory_bytes()  # the process's peak so far (JAX has no way to reset it)
   ready = [step_call(config, warmup) for config in configs]
   times = time_alternately([call for call, _ in ready], steps)
   # Then `steps` calls back to back with one wait, each config in turn: the host dispatching
@@ -153,8 +164,12 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   # which the median above includes, overlap the device's work.
   pipelined = [t[0] / steps for t in time_alternately([lambda c=call: c(steps)
                                                        for call, _ in ready], 1)]
-  # The device's peak is one figure for everything resident: a step's own only when alone.
-  peak = peak_memory_bytes() if len(configs) == 1 else None
+  # The device's peak is one figure for everything resident: a step's own only when alone, and
+  # only if it rose meanwhile (else an earlier, larger measurement in this process, a sweep's
+  # batch 4096 before its batch 128, would be reported as this one's).
+  after = peak_memory_bytes()
+  rose = after is not None and (before is None or after > before)
+  peak = after if len(configs) == 1 and rose else None
   return [step_row(config, k, t, peak, p)
           for config, (_, k), t, p in zip(configs, ready, times, pipelined)]
 
