@@ -64,7 +64,9 @@ def main():
     for row in [base, reuse] + ours:
       print(json.dumps(row), flush=True)
     rows.append((dtype, base, reuse, *ours))
-  print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({os.cpu_count()} cores, "
+  # The cores this process may use (taskset, a container's cpuset), not the machine's.
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  print(f"\n{datetime.date.today()}, {jax.devices()[0].device_kind} ({cores} cores, "
         f"{platform.processor() or platform.machine()}), jax {jax.__version__}, "
         f"batch {a.batch}, median of {a.steps} steps")
   print("\n| dtype | straightforward port img/s | port, one G forward img/s | jaxgan img/s "

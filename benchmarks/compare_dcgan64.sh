@@ -6,11 +6,13 @@
 # Needs jaxgan with a GPU build of JAX, and torch (not a jaxgan dependency). Runs, for each batch,
 # torch eager bf16 autocast + channels_last and torch eager fp32/TF32
 # (benchmarks/torch_dcgan_reference.py, one process each), then in one JAX process
-# (benchmarks/sweep.py) jaxgan's real train step in bf16 and fp32 with the default transposed-conv
-# lowering, bf16 with D's space-to-depth conv lowering (`:s2d`), bf16 with the other two
-# transposed-conv lowerings, and the straightforward Flax port in bf16; then
-# prints a Markdown table with images/s, MFU and the ratios jaxgan / torch. Sized for < 8 minutes
-# on an H100/H200 (DEADLINE_S bounds the JAX sweep; rows not started by then say so).
+# (benchmarks/sweep.py) jaxgan's real train step in bf16 and fp32 with the GPUs' default
+# transposed-conv lowering (subpixel), bf16 with D's space-to-depth conv lowering (`:s2d`), bf16
+# with two other transposed-conv lowerings (phase_grad, dilated; phase_conv only in VARIANTS), and the straightforward Flax port in bf16 (a torch run that fails
+# or times out gets an error row: "not measured" under the table); then
+# prints a Markdown table with images/s, MFU and the ratios jaxgan / torch. Bounded to about 8
+# minutes on any machine (TOTAL_S, default 420 s, plus the measurement under way at the sweep's
+# deadline; DEADLINE_S bounds the JAX sweep alone; rows not started in time say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 batches=("$@")
@@ -19,11 +21,26 @@ python="${PYTHON:-python}"
 out="${OUT_JSONL:-$(mktemp -t jaxgan-compare.XXXXXX.jsonl)}"
 steps="${STEPS:-30}"
 csv="$(IFS=,; echo "${batches[*]}")"
+# TOTAL_S: the whole call's seconds (a time-boxed machine): a stage that cannot finish in what is
+# left is not started, and says so as a row ("not measured" under the table). A JAX measurement
+# under way at the sweep's deadline still finishes (a compile and the timed steps, <~1 minute).
+budget="${TOTAL_S:-420}"
+left() { echo $(( budget - SECONDS )); }
+skip() { echo "{\"$1\": \"$2\", \"batch_size\": $3, \"skipped\": \"TOTAL_S\"}" | tee -a "$out"; }
 
 for b in "${batches[@]}"; do
   for mode in ${TORCH_MODES:-bf16_channels_last fp32}; do
-    timeout 120 "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" --batch "$b" \
-      --steps "$steps" | grep '^{' | tee -a "$out"
+    if (( $(left) < 30 )); then skip impl "torch_$mode" "$b"; continue; fi
+    limit=$(( $(left) < 120 ? $(left) : 120 ))
+    row="$(timeout "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" --batch "$b" \
+      --steps "$steps" | grep '^{')"
+    status=$?
+    if [[ $status == 0 && -n "$row" ]]; then
+      echo "$row" | tee -a "$out"
+    else  # a row of its own: the table says "not measured", not a bare "-" for the ratio
+      echo "{\"impl\": \"torch_$mode\", \"batch_size\": $b, \"error\": \"exit status $status (124:" \
+        "its ${limit} s timeout; its stderr is above)\"}" | tee -a "$out"
+    fi
   done
 done
 # XLA_FLAG_SETS: ';'-separated extra XLA_FLAGS, one JAX process (and one deadline) per set, its rows
@@ -37,9 +54,11 @@ for flag_set in "${flag_sets[@]}"; do
   flags="$(echo ${XLA_FLAGS:-} $flag_set)"
   set +f
   if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
+  deadline=$(( $(left) - 60 < ${DEADLINE_S:-330} ? $(left) - 60 : ${DEADLINE_S:-330} ))
+  if (( deadline < 10 )); then skip variant "sweep [$flag_set]" 0; continue; fi
   env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
-    --deadline_s "${DEADLINE_S:-330}" \
+    --deadline_s "$deadline" \
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
     | grep '^{' | tee -a "$out"
 done
@@ -49,6 +68,7 @@ done
 # line per batch, also appended to OUT_JSONL. Off by default (a start-up and a compile per batch).
 # XLA's command buffers (CUDA graphs) are off for it: they credit their kernels to one op.
 for b in ${PROFILE_BATCHES:-}; do
+  if (( $(left) < 150 )); then skip profile "jaxgan bf16" "$b"; continue; fi
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     timeout 150 "$python" -m jaxgan.benchmark profile \
     --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \

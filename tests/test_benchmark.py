@@ -319,9 +319,9 @@ def test_benchmark_imports_without_tensorflow():
 
 
 def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
-  """The one-call GPU script, on the CPU: no torch runs (TORCH_MODES blank) and a variant that
-  fails validation at once, so the sweep's JAX process starts, reports, and the table prints,
-  without compiling. With XLA_FLAGS unset, as on a fresh GPU machine (a blank XLA_FLAGS once
+  """The one-call GPU script, on the CPU: a torch run that fails at once (a mode it does not
+  know: its error row, not a silent gap) and a variant that fails validation at once, so the
+  sweep's JAX process starts, reports, and the table prints, without compiling. With XLA_FLAGS unset, as on a fresh GPU machine (a blank XLA_FLAGS once
   made XLA abort there)."""
   import subprocess
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,18 +329,33 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert subprocess.run(["bash", "-n", script]).returncode == 0
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = tmp_path / "rows.jsonl"
-  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES=" ",
+  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES="no_such_mode",
              VARIANTS="float32:no_such_impl,float32:auto:model.norm_impl=no_such_impl",
              PYTHON=sys.executable)
   proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  torch_row, *rows = [json.loads(line) for line in out.read_text().splitlines()]
+  # Status 1 without torch installed (its import), 2 with it (the unknown mode).
+  assert torch_row.pop("error") in {f"exit status {s} (124: its 120 s timeout; its stderr is "
+                                    "above)" for s in (1, 2)}
+  assert torch_row == {"impl": "torch_no_such_mode", "batch_size": 2}
   assert [r["variant"] for r in rows] == ["float32:no_such_impl",
                                           "float32:auto:model.norm_impl=no_such_impl"], rows
   assert "model.upsample_impl" in rows[0]["error"]
   assert "model.norm_impl: must be one of" in rows[1]["error"]  # KEY=VALUE reached the config
   assert "not measured:" in proc.stdout and "| variant | batch |" in proc.stdout
+  # A call with no time left (TOTAL_S) starts nothing, says so per stage, and prints its table.
+  out.unlink()
+  env.update(TOTAL_S="0", PROFILE_BATCHES="2")
+  proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [json.loads(line) for line in out.read_text().splitlines()] == [
+      {"impl": "torch_no_such_mode", "batch_size": 2, "skipped": "TOTAL_S"},
+      {"variant": "sweep []", "batch_size": 0, "skipped": "TOTAL_S"},
+      {"profile": "jaxgan bf16", "batch_size": 2, "skipped": "TOTAL_S"}]
+  assert proc.stdout.count("not measured:") == 3 and "| variant | batch |" in proc.stdout
 
 
 def test_sweep_variants_parse_and_type_their_overrides(monkeypatch):
