@@ -15,7 +15,6 @@ are byte-identical when the same input is prepared again.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import re
 from typing import Iterator, Optional, Sequence
 
-import ml_collections
 import numpy as np
 
 from jaxgan import tf_host
@@ -209,44 +207,6 @@ def attribute_names(info: dict) -> list[tuple[str, list[str]]]:
     return [(a["column"], list(a["class_names"])) for a in info["attributes"]]
   names = list(info["class_names"])
   return [(info.get("label_column") or "class", names)] if names else []
-
-
-# data.num_classes = FROM_DATA: the prepared set's own class counts, read from its
-# dataset_info.json when the run starts (a forgotten count trained unconditionally for the run).
-FROM_DATA = -1
-
-
-def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with data.num_classes = FROM_DATA replaced by the prepared set's class count (and
-  data.extra_num_classes by its other attributes'); other configs unchanged."""
-  from jaxgan.config import ConfigError  # same layer; lazy as the sources do
-
-  d = config.data
-  if d.num_classes != FROM_DATA or d.source != "prepared":
-    return config  # validation names a FROM_DATA that another source cannot resolve
-  if d.extra_num_classes:
-    raise ConfigError(f"config key data.extra_num_classes: {d.extra_num_classes!r} with "
-                      f"data.num_classes={FROM_DATA}, which reads every attribute's count from "
-                      "the data; drop one of them")
-  if not d.path:  # before reading it: the source's own check, said first
-    raise ConfigError("config key data.path: the prepared source needs the folder written by "
-                      "`python -m jaxgan.prepare` (--config.data.path=FOLDER); where only its "
-                      f"class counts are read (data.num_classes={FROM_DATA}: the benchmark, "
-                      "--compile_only), --config.data.num_classes=N does without it")
-  try:
-    attributes = attribute_names(read_info(d.path))
-  except DataError as e:
-    raise ConfigError(f"config key data.num_classes: {FROM_DATA} reads the class counts of "
-                      f"data.path, but {e}; or set --config.data.num_classes=N (0: "
-                      "unconditional) to run without the data set") from None
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.data.num_classes = len(attributes[0][1]) if attributes else 0
-    config.data.extra_num_classes = ",".join(str(len(names)) for _, names in attributes[1:])
-  log.info("data.num_classes=%d%s, from %s", config.data.num_classes,
-           f", data.extra_num_classes={config.data.extra_num_classes}"
-           if config.data.extra_num_classes else "", os.path.join(d.path, INFO_FILE))
-  return config
 
 
 def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.ndarray, dict]:
