@@ -22,24 +22,39 @@ out="${OUT_JSONL:-$(mktemp -t jaxgan-compare.XXXXXX.jsonl)}"
 steps="${STEPS:-30}"
 csv="$(IFS=,; echo "${batches[*]}")"
 # TOTAL_S: the whole call's seconds (a time-boxed machine): a stage that cannot finish in what is
-# left is not started, and says so as a row ("not measured" under the table). A JAX measurement
-# under way at the sweep's deadline still finishes (a compile and the timed steps, <~1 minute).
+# left is not started, and says so as a row ("not measured" under the table). Torch gets what the
+# JAX sweep (90 s at least) and the profiles (150 s each) leave, as they are what the call is
+# for; each XLA_FLAG_SETS entry its share of the rest. A JAX measurement under way at the sweep's
+# deadline still finishes (a compile and the timed steps, <~1 minute; killed 90 s after it).
 budget="${TOTAL_S:-420}"
+deadline_cap="${DEADLINE_S:-330}"
+for value in "$budget" "$deadline_cap"; do
+  [[ "$value" =~ ^[0-9]+$ ]] || { echo "TOTAL_S and DEADLINE_S are whole seconds, got $value" >&2
+                                  exit 2; }
+done
+read -r -a profiles <<< "${PROFILE_BATCHES:-}"
+for_profiles=$(( 150 * ${#profiles[@]} ))
 left() { echo $(( budget - SECONDS )); }
-skip() { echo "{\"$1\": \"$2\", \"batch_size\": $3, \"skipped\": \"TOTAL_S\"}" | tee -a "$out"; }
+# A row for a stage not run, or that failed (json.dumps: a flag set may hold quotes).
+note() {
+  "$python" -c 'import json, sys; key, name, batch, field, why = sys.argv[1:]
+print(json.dumps({key: name, "batch_size": int(batch), field: why}))' "$@" | tee -a "$out"
+}
 
 for b in "${batches[@]}"; do
   for mode in ${TORCH_MODES:-bf16_channels_last fp32}; do
-    if (( $(left) < 30 )); then skip impl "torch_$mode" "$b"; continue; fi
-    limit=$(( $(left) < 120 ? $(left) : 120 ))
-    row="$(timeout "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" --batch "$b" \
-      --steps "$steps" | grep '^{')"
+    limit=$(( $(left) - 90 - for_profiles ))
+    (( limit > 120 )) && limit=120
+    if (( limit < 30 )); then note impl "torch_$mode" "$b" skipped TOTAL_S; continue; fi
+    # The torch process's own status (PIPESTATUS), not grep's: 124 is its timeout.
+    row="$(timeout "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" \
+      --batch "$b" --steps "$steps" | grep '^{'; exit "${PIPESTATUS[0]}")"
     status=$?
     if [[ $status == 0 && -n "$row" ]]; then
       echo "$row" | tee -a "$out"
     else  # a row of its own: the table says "not measured", not a bare "-" for the ratio
-      echo "{\"impl\": \"torch_$mode\", \"batch_size\": $b, \"error\": \"exit status $status (124:" \
-        "its ${limit} s timeout; its stderr is above)\"}" | tee -a "$out"
+      why="exit status $status (124: its ${limit} s timeout; its stderr is above)"
+      note impl "torch_$mode" "$b" error "$why"
     fi
   done
 done
@@ -47,6 +62,7 @@ done
 # tagged with the set (the XLA-flags lever); unset = one process with the environment's XLA_FLAGS.
 IFS=';' read -r -a flag_sets <<< "${XLA_FLAG_SETS:-}"
 [[ ${#flag_sets[@]} -gt 0 ]] || flag_sets=("")
+sets_left=${#flag_sets[@]}
 for flag_set in "${flag_sets[@]}"; do
   # Unquoted on purpose: word splitting drops stray blanks; XLA reads a blank XLA_FLAGS as a
   # file name and aborts, so an empty combination must leave XLA_FLAGS unset.
@@ -54,21 +70,33 @@ for flag_set in "${flag_sets[@]}"; do
   flags="$(echo ${XLA_FLAGS:-} $flag_set)"
   set +f
   if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
-  deadline=$(( $(left) - 60 < ${DEADLINE_S:-330} ? $(left) - 60 : ${DEADLINE_S:-330} ))
-  if (( deadline < 10 )); then skip variant "sweep [$flag_set]" 0; continue; fi
-  env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  # This set's share of what the profiles leave, less a minute (start-up, the measurement under
+  # way at the deadline).
+  deadline=$(( ($(left) - for_profiles) / sets_left - 60 ))
+  (( deadline > deadline_cap )) && deadline=$deadline_cap
+  sets_left=$(( sets_left - 1 ))
+  if (( deadline < 10 )); then
+    why=TOTAL_S
+    (( deadline_cap < 10 )) && why=DEADLINE_S
+    note variant "sweep [$flag_set]" 0 skipped "$why"
+    continue
+  fi
+  env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false timeout $(( deadline + 90 )) \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
     --deadline_s "$deadline" \
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
     | grep '^{' | tee -a "$out"
+  if [[ ${PIPESTATUS[0]} == 124 ]]; then
+    note variant "sweep [$flag_set]" 0 error "killed $(( deadline + 90 )) s after it started"
+  fi
 done
 
 # PROFILE_BATCHES (e.g. "1024 4096"): after the sweep, where jaxgan's bf16 step spends its time
 # (`python -m jaxgan.benchmark profile`: device time by op kind and model layer, top ops), one JSON
 # line per batch, also appended to OUT_JSONL. Off by default (a start-up and a compile per batch).
 # XLA's command buffers (CUDA graphs) are off for it: they credit their kernels to one op.
-for b in ${PROFILE_BATCHES:-}; do
-  if (( $(left) < 150 )); then skip profile "jaxgan bf16" "$b"; continue; fi
+for b in "${profiles[@]}"; do
+  if (( $(left) < 150 )); then note profile "jaxgan bf16" "$b" skipped TOTAL_S; continue; fi
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" XLA_PYTHON_CLIENT_PREALLOCATE=false \
     timeout 150 "$python" -m jaxgan.benchmark profile \
     --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \

@@ -86,7 +86,7 @@ def implementations(config) -> dict:
   """Which lowering of G's up-convs and D's down-convs and which BatchNorm the step runs ('auto'
   resolved for this backend), for result rows."""
   m = config.model
-  reads = models_lib.MODELS.get(m.name).reads  # None for a model that has no such lowering
+  reads = models_lib.MODELS.get(m.name, "model.name").reads  # a lowering it lacks: None
   return {"upsample_impl": (layers.resolve_upsample_impl(m.upsample_impl)
                             if "upsample_impl" in reads else None),
           "downsample_impl": (layers.resolve_downsample_impl(m.downsample_impl)

@@ -17,7 +17,8 @@ from jaxgan import stopping
 # config file load before main() runs (~0.5 s, or as long as the config file takes), and a stop
 # signal then was the OS's default action (status 143, which the SLURM script does not requeue).
 # Handlers, not a blocked signal mask: a process the config file starts must not inherit stop
-# signals it can never receive, and a blocked Ctrl-C could not end a hung config file. Module
+# signals it can never receive, and a blocked Ctrl-C could not end a hung config file (a SIGTERM
+# then is only recorded: Ctrl-C twice, Ctrl-\ or SIGKILL end one that never returns). Module
 # state, as signal handlers are the process's; only as the program: a spawned decode worker
 # imports this module as __mp_main__, and keeps the defaults.
 _PROGRAM_STOP = stopping.StopRequest().__enter__() if __name__ == "__main__" else None

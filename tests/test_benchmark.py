@@ -327,16 +327,18 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = os.path.join(root, "benchmarks", "compare_dcgan64.sh")
   assert subprocess.run(["bash", "-n", script]).returncode == 0
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # The script's own settings from this test alone, not the caller's environment.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "DEADLINE_S", "PROFILE_BATCHES", "XLA_FLAG_SETS")}
   out = tmp_path / "rows.jsonl"
-  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES="no_such_mode",
+  env.update(OUT_JSONL=str(out), STEPS="1", TORCH_MODES="no_such_mode", TOTAL_S="420",
              VARIANTS="float32:no_such_impl,float32:auto:model.norm_impl=no_such_impl",
              PYTHON=sys.executable)
   proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   torch_row, *rows = [json.loads(line) for line in out.read_text().splitlines()]
-  # Status 1 without torch installed (its import), 2 with it (the unknown mode).
+  # The torch process's status: 1 without torch installed (its import), 2 with it (the mode).
   assert torch_row.pop("error") in {f"exit status {s} (124: its 120 s timeout; its stderr is "
                                     "above)" for s in (1, 2)}
   assert torch_row == {"impl": "torch_no_such_mode", "batch_size": 2}
