@@ -321,8 +321,8 @@ def test_benchmark_imports_without_tensorflow():
 def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   """The one-call GPU script, on the CPU: a torch run that fails at once (a mode it does not
   know: its error row, not a silent gap) and a variant that fails validation at once, so the
-  sweep's JAX process starts, reports, and the table prints, without compiling. With XLA_FLAGS unset, as on a fresh GPU machine (a blank XLA_FLAGS once
-  made XLA abort there)."""
+  sweep's JAX process starts, reports, and the table prints, without compiling. With XLA_FLAGS
+  unset, as on a fresh GPU machine (a blank XLA_FLAGS once made XLA abort there)."""
   import subprocess
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = os.path.join(root, "benchmarks", "compare_dcgan64.sh")

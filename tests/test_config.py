@@ -218,7 +218,8 @@ def test_json_round_trip(make_config):
     # ConfigDict takes a null for any key: generate failed on it with a TypeError in sampling.
     ('{"train": {"batch_size": null}}', "config key train.batch_size: must be an integer, got "
                                         "None"),
-    ('{"train": null}', "config key train: a section of keys, got None"),  # was: 'unknown key train'
+    # Was: 'unknown key train'.
+    ('{"train": null}', "config key train: a section of keys, got None"),
     ('{"model": "dcgan"}', "config key model: a section of keys, got 'dcgan'"),
 ])
 def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):

