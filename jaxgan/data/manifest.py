@@ -27,7 +27,7 @@ MISSING_VALUES = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-
                             "nan", "null"})
 
 
-def _json_value(value: Any) -> Any:
+def _cell_value(value: Any) -> Any:
   """A cell with its text stripped, and a JSON number 7.0 read as 7: pandas' to_json writes an
   integer column with a gap as floats, which made one class or id two ('7' and '7.0'), and the
   file 7.0.jpg. (A CSV's text stays as written: its '007' may be a file name.)"""
@@ -165,7 +165,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       continue
     # Text cells are stripped, as labels are: ' 4 ' in a hand-edited file is image 4. A JSON
     # number stays one ('{id:05d}.jpg' formats it).
-    cells = {k: _json_value(v)
+    cells = {k: _cell_value(v)
              for k, v in (row.items() if isinstance(row, dict) else ()) if isinstance(k, str)}
     name = cells.get(key)
     if name is None or name == "":
