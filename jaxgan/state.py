@@ -41,25 +41,18 @@ class TrainState:
   lecam: PyTree  # {'real', 'fake'}: EMAs of D's mean outputs, LeCam's anchors
 
 
-def r1_period(config) -> int:
-  """D's ordinary Adam steps between two lazy R1 phases: `loss.r1_interval` train steps of
-  `train.n_critic` D updates each. StyleGAN2's lazy-regularisation corrections (R1's gain, D's lr
-  and betas) are in D steps; with n_critic > 1 counting train steps would weaken R1 n_critic-fold."""
-  return config.loss.r1_interval * config.train.n_critic
-
-
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5).
 
   With lazy R1 (StyleGAN2's lazy regularisation) D takes an extra regulariser step every k =
-  `r1_period(config)` minibatches, k + 1 Adam steps where plain training takes k. As in StyleGAN2,
-  D's lr is scaled by c = k / (k + 1) and its betas raised to the power c, so per minibatch D moves
-  (and its moments forget) as it would without the extra step.
+  `config_lib.r1_period(config)` minibatches, k + 1 Adam steps where plain training takes k. As
+  in StyleGAN2, D's lr is scaled by c = k / (k + 1) and its betas raised to the power c, so per
+  minibatch D moves (and its moments forget) as it would without the extra step.
   """
   o = config.optim
   d_lr, b1, b2 = o.d_lr, o.b1, o.b2
   if config.loss.r1_gamma > 0:
-    k = r1_period(config)
+    k = config_lib.r1_period(config)
     c = k / (k + 1)
     d_lr, b1, b2 = d_lr * c, b1 ** c, b2 ** c
   return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(d_lr, b1=b1, b2=b2)

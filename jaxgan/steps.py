@@ -24,7 +24,8 @@ import optax
 from jaxgan import augment as augment_lib
 from jaxgan import losses as losses_lib
 from jaxgan.models.resnet import orthogonal_penalty
-from jaxgan.state import TrainState, r1_period
+from jaxgan.config import r1_period
+from jaxgan.state import TrainState
 
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]

@@ -292,7 +292,7 @@ def test_lazy_r1_corrections_count_d_steps_not_train_steps():
   gamma/2 * r1_period, is 4 * gamma/2)."""
   config = tiny_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 2, "train.n_critic": 2,
                           "optim.d_lr": 1e-3, "optim.b1": 0.5, "optim.b2": 0.99})
-  assert state_lib.r1_period(config) == 4
+  assert config_lib.r1_period(config) == 4
   _, d_tx = state_lib.make_optimizers(config)
   c = 4 / 5
   lr, b1, b2 = 1e-3 * c, 0.5 ** c, 0.99 ** c

@@ -11,7 +11,8 @@ import math
 import ml_collections
 
 from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
-                                  check_known_keys, check_types, get, parse_class_counts)
+                                  check_known_keys, check_types, get, parse_class_counts,
+                                  r1_period)
 
 
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
@@ -131,7 +132,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   # non-finite, and those are skipped (R1's 1 step in r1_interval never streaks to the stop: it
   # would silently never apply). R1's weight as the step scales it, by its lazy D steps.
   _positive_int(config, "loss.r1_interval")
-  scaled = {"loss.r1_gamma": 0.5 * config.loss.r1_interval * config.train.n_critic}
+  scaled = {"loss.r1_gamma": 0.5 * r1_period(config)}
   for key in ("loss.gp_weight", "loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
     value = get(config, key)
     _require(0 <= value and value * scaled.get(key, 1) <= FLOAT32_MAX, key,
