@@ -37,6 +37,7 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
 
   p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
@@ -60,6 +61,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="images with a shorter side are skipped")
   p.add_argument("--max-pixels", type=int, default=LoadOptions.max_pixels,
                  help="images with more pixels are skipped (read from the header)")
+  p.add_argument("--max-bad-fraction", type=float,
+                 default=config_lib.base_config().data.max_bad_fraction,
+                 help="fail, writing nothing, when more of the images decoded are unusable "
+                      "(unreadable, truncated, too small; training's data.max_bad_fraction)")
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
   # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
   args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
@@ -71,6 +76,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if getattr(args, flag) != p.get_default(flag) and not args.manifest:
       p.error(f"--{flag.replace('_', '-')} is read with --manifest only (a folder's files are "
               "found under --images)")
+  if not 0 <= args.max_bad_fraction <= 1:  # also NaN
+    p.error(f"--max-bad-fraction must be a fraction in [0, 1], got {args.max_bad_fraction}")
   if args.workers < 0 or args.min_source_size < 1 or args.max_pixels < 1:
     p.error("--workers must be >= 0 (0 = every core), --min-source-size and --max-pixels >= 1")
   return args
@@ -164,6 +171,10 @@ def prepare(args: argparse.Namespace) -> dict:
     first = (skipped + bad)[:1]
     raise arrays.DataError(f"no usable images under {args.images}" + (
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
+  # Files that failed to decode (not rows dropped before: unlabelled, missing, rare classes),
+  # against the files decoded, as a training source counts them; nothing is written past it.
+  arrays.check_bad_fraction(bad, len(paths), args.max_bad_fraction, args.images or args.manifest,
+                            key="--max-bad-fraction")
   if class_names:
     arrays.require_every_class(labels[indices], attributes or [("class", class_names)],
                                args.manifest or args.images)
@@ -171,7 +182,8 @@ def prepare(args: argparse.Namespace) -> dict:
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
-             "loader_version": LOADER_VERSION, "bad_files": len(bad)},
+             "loader_version": LOADER_VERSION, "bad_files": len(bad),
+             "max_bad_fraction": args.max_bad_fraction},
       attributes=attributes)
 
 

@@ -86,7 +86,7 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
     assert "c.webp: class 'shoes' has fewer than 2 images (dropped)" in caplog.text
   args = prepare.parse_args(["--images", str(folder), "--out", str(tmp_path / "p"),
                                        "--image-size", "16", "--min-class-count", "2",
-                                       "--rare-classes", rare])
+                                       "--rare-classes", rare, "--max-bad-fraction", "0.5"])
   assert prepare.prepare(args)["class_names"] == classes
   with pytest.raises(config_lib.ConfigError, match="data.rare_classes: must be 'other' or "):
     config_lib.validate(_config(**{"data.source": "folder", "data.path": str(folder),
@@ -442,6 +442,33 @@ def test_joint_dropping_leaves_no_class_below_the_minimum():
   assert kept_by[0].tolist() == [True] * 4 + [False] * 2 and kept_by[1].all()
 
 
+def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing(folder, tmp_path,
+                                                                                capsys):
+  """Files that fail to decode count against --max-bad-fraction (training's
+  data.max_bad_fraction, 1 %), over the files decoded: broken.jpg is 1 of 5 (loose.png, outside
+  the class folders, and notes.txt are not decoded). Past it nothing is written, and a set
+  already in --out stays as it was."""
+  args = ["--images", str(folder), "--image-size", "16", "--workers", "1"]
+  out = tmp_path / "out"
+  assert prepare_cli.main(args + ["--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert (f"1 of 5 images in {folder} are unusable, more than --max-bad-fraction=0.01 (first: "
+          f"{folder / 'shirts' / 'broken.jpg'}: not an image); fix or remove them, or raise "
+          "--max-bad-fraction") in err
+  assert not out.exists()
+  assert prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", "0.2"]) == 0  # not more
+  info = json.load(open(out / "dataset_info.json"))
+  assert info["bad_files"] == 1 and info["max_bad_fraction"] == 0.2
+  before = _hash_dir(out)
+  assert prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", "0.19"]) == 2
+  assert _hash_dir(out) == before
+  for value in ("1.5", "-0.1", "nan"):
+    with pytest.raises(SystemExit) as e:
+      prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", value])
+    assert e.value.code == 2
+    assert "--max-bad-fraction must be a fraction in [0, 1]" in capsys.readouterr().err
+
+
 def test_a_class_whose_files_all_fail_is_refused(tmp_path, capsys):
   root = tmp_path / "photos"
   _img(str(root / "shirts" / "a.png"), (200, 0, 0))
@@ -454,7 +481,8 @@ def test_a_class_whose_files_all_fail_is_refused(tmp_path, capsys):
                                       r"all skipped"):
     build_source(config)
   assert prepare_cli.main(["--images", str(root), "--out", str(tmp_path / "p"),
-                           "--image-size", "16", "--workers", "1"]) == 2
+                           "--image-size", "16", "--workers", "1",
+                           "--max-bad-fraction", "0.5"]) == 2
   assert "class 'shoes' has no usable image left" in capsys.readouterr().err
   # Unconditional training does not need the classes.
   assert build_source(_config(**{"data.source": "folder", "data.path": str(root),
@@ -666,7 +694,8 @@ def _hash_dir(path):
 
 
 def test_prepare_is_reproducible_and_readable(folder, tmp_path):
-  args = ["--images", str(folder), "--image-size", "16", "--workers", "2"]
+  args = ["--images", str(folder), "--image-size", "16", "--workers", "2",
+          "--max-bad-fraction", "0.5"]
   assert prepare_cli.main(args + ["--out", str(tmp_path / "a")]) == 0
   assert prepare_cli.main(args + ["--out", str(tmp_path / "b")]) == 0
   assert _hash_dir(tmp_path / "a") == _hash_dir(tmp_path / "b")
