@@ -119,8 +119,37 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   size = options.image_size
   keep = np.zeros(n, bool)
   skipped = []
+  # Closed however the decode ends: a bar left open is redrawn at exit, after the error or the
+  # Ctrl-C line.
+  with tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200) as progress:
+    _load_all(paths, options, workers, out, keep, skipped, progress)
+  skipped = _retry_transient(skipped, options, out, keep)
+  skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
+  indices = np.flatnonzero(keep)
+  if cache_file:
+    kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8,
+                                     (len(indices), size, size, 3))
+    chunk = _chunk_rows(out)
+    for start in range(0, len(indices), chunk):
+      kept[start:start + chunk] = out[indices[start:start + chunk]]
+    kept.flush()
+    del out, kept
+    # Only a complete decode is published: one that lost files to the storage's passing errors
+    # must not replace a complete array another process published (its index would no longer
+    # fit). It is used from its private file, unlinked once mapped.
+    published = cache_file + ".npy" if is_complete(skipped) else private + ".npy"
+    if published != private + ".npy":
+      os.replace(private + ".npy", published)
+    images = np.load(published, mmap_mode="r")
+  else:
+    images = _compact(out, indices)
+  return images, indices, skipped
+
+
+def _load_all(paths, options, workers, out, keep, skipped, progress) -> None:
+  """Loads every path into `out`, marking `keep`, listing `skipped`: in worker processes, or in
+  this one with one worker."""
   jobs = ((p, options) for p in paths)
-  progress = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200)
   if workers > 1:
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
@@ -148,27 +177,6 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
         pool.shutdown(cancel_futures=True)
   else:
     _collect(map(_load, jobs), paths, out, keep, skipped, progress)
-  progress.close()
-  skipped = _retry_transient(skipped, options, out, keep)
-  skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
-  indices = np.flatnonzero(keep)
-  if cache_file:
-    kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8, (len(indices), size, size, 3))
-    chunk = _chunk_rows(out)
-    for start in range(0, len(indices), chunk):
-      kept[start:start + chunk] = out[indices[start:start + chunk]]
-    kept.flush()
-    del out, kept
-    # Only a complete decode is published: one that lost files to the storage's passing errors
-    # must not replace a complete array another process published (its index would no longer
-    # fit). It is used from its private file, unlinked once mapped.
-    published = cache_file + ".npy" if is_complete(skipped) else private + ".npy"
-    if published != private + ".npy":
-      os.replace(private + ".npy", published)
-    images = np.load(published, mmap_mode="r")
-  else:
-    images = _compact(out, indices)
-  return images, indices, skipped
 
 
 def _chunk_rows(out: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
