@@ -10,7 +10,9 @@ import difflib
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
@@ -23,17 +25,40 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (kill, a scheduler's preemption), raised in the main thread as Ctrl-C raises
+  KeyboardInterrupt: a subclass, so every clean-up that runs for Ctrl-C runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+  del signum, frame
+  raise Terminated()
+
+
 def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
   """`main`, ended by Ctrl-C with one line and status 130 (as a shell reports it), not a
-  traceback; its own clean-up (a partial output's marker, temporaries) has run by then."""
+  traceback, and by SIGTERM with one line and 143: its own clean-up (a partial output's marker,
+  temporaries, a folder it created) has run by then; SIGTERM's default action would have ended
+  the process at once, without it. (The trainer handles both itself: it stops at a step.)"""
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
+    # Only the main thread may set handlers; a SIGTERM ignored by whoever started us stays so.
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
+    if installed:
+      previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       return main(*args, **kwargs)
+    except Terminated:
+      print("terminated (SIGTERM)", file=sys.stderr)
+      sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
       print("interrupted (Ctrl-C)", file=sys.stderr)
       sys.exit(130)
+    finally:
+      if installed:  # None: a handler not set from Python, which ours replaced
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
   return wrapped
 

@@ -526,3 +526,29 @@ def test_ctrl_c_ends_a_tool_with_one_line_and_status_130(capsys):
     cli.interruptible(interrupted)()
   assert e.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
   assert cli.interruptible(lambda x, y=0: x + y)(1, y=2) == 3
+
+
+def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
+  """SIGTERM raises cli.Terminated (a KeyboardInterrupt, so Ctrl-C's clean-ups run) while the
+  tool's main runs; the handler before it is back afterwards, and one set to ignore SIGTERM (by
+  whoever started the tool) is kept. The whole path is test_sources' prepare under SIGTERM."""
+  import signal
+
+  def mine(signum, frame):
+    del signum, frame
+
+  previous = signal.signal(signal.SIGTERM, mine)
+  try:
+    assert cli.interruptible(lambda: signal.getsignal(signal.SIGTERM))() is cli._raise_terminated
+    assert signal.getsignal(signal.SIGTERM) is mine
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    assert cli.interruptible(lambda: signal.getsignal(signal.SIGTERM))() is signal.SIG_IGN
+
+    def terminated():
+      raise cli.Terminated
+
+    with pytest.raises(SystemExit) as e:
+      cli.interruptible(terminated)()
+    assert e.value.code == 143
+  finally:
+    signal.signal(signal.SIGTERM, previous)

@@ -85,8 +85,8 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
   if rare == "drop":
     assert "c.webp: class 'shoes' has fewer than 2 images (dropped)" in caplog.text
   args = prepare.parse_args(["--images", str(folder), "--out", str(tmp_path / "p"),
-                                       "--image-size", "16", "--min-class-count", "2",
-                                       "--rare-classes", rare, "--max-bad-fraction", "0.5"])
+                             "--image-size", "16", "--min-class-count", "2",
+                             "--rare-classes", rare, "--max-bad-fraction", "0.5"])
   assert prepare.prepare(args)["class_names"] == classes
   with pytest.raises(config_lib.ConfigError, match="data.rare_classes: must be 'other' or "):
     config_lib.validate(_config(**{"data.source": "folder", "data.path": str(folder),
@@ -1230,3 +1230,53 @@ def test_decoding_workers_under_signals(tmp_path, mode):
     assert proc.stdout.split() == ["1500", "0", "[1]"]
   else:
     assert proc.stdout.startswith("DecodeError: a decoding worker process died")
+
+
+PREPARE_UNDER_SIGTERM = r"""
+import multiprocessing, os, signal, sys
+import numpy as np
+from PIL import Image
+from jaxgan import cli, prepare
+from jaxgan.data import decode
+
+folder, out = sys.argv[1], sys.argv[2]
+os.makedirs(folder)
+for i in range(600):  # enough that chunks are still queued when the signal comes
+  Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(os.path.join(folder, f"{i}.png"))
+collect = decode._collect
+
+def collect_until_terminated(results, *args):
+  def first_then_sigterm():
+    for i, loaded in enumerate(results):
+      if i == 0:  # kill PID, as a scheduler's preemption sends it: to this process alone
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield loaded
+  collect(first_then_sigterm(), *args)
+
+decode._collect = collect_until_terminated
+sys.exit(cli.interruptible(prepare.main)(["--images", folder, "--out", out, "--image-size", "8",
+                                          "--workers", "2"]))
+"""
+
+
+def test_prepare_ended_by_sigterm_cleans_up_like_ctrl_c(tmp_path):
+  """SIGTERM's default action ended prepare at once: the --out folder it had created stayed
+  behind, empty. Now it ends like Ctrl-C (the decode's workers stopped, the folder removed),
+  with one line and status 143."""
+  import subprocess
+  import sys
+  import time
+
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, "-c", PREPARE_UNDER_SIGTERM, str(tmp_path / "photos"),
+                         str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+  assert proc.stderr.splitlines()[-1] == "terminated (SIGTERM)", proc.stderr[-2000:]
+  assert not out.exists()
+  workers = [int(pid) for pid in proc.stdout.split()]
+  assert len(workers) == 2
+  deadline = time.monotonic() + 30
+  while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not any(_running(pid) for pid in workers)
