@@ -28,7 +28,6 @@ than the interpolated one come from --label or are drawn per row.
 
 from __future__ import annotations
 
-import difflib
 import logging as std_logging
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from absl import app, flags, logging
 
-from jaxgan import cli
+from jaxgan import cli, label_choices
 
 FLAGS = flags.FLAGS
 log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
@@ -69,129 +68,6 @@ flags.DEFINE_string("between", None, "FROM:TO or ATTRIBUTE=FROM:TO (class names 
                     "'baseColour=Black:Navy Blue'): rows of one latent each, --interpolate columns "
                     "moving the class embedding from FROM to TO; ceil(--num / N) rows.")
 flags.mark_flags_as_required(["workdir"])
-
-Attributes = list[tuple[str, list[str]]]
-
-
-def resolve_label(label: str, class_names: list[str], num_classes: int,
-                  attribute: Optional[str] = None, flag: str = "--label") -> int:
-  """A class name or index -> index, with a one-line error (naming `flag`) listing the choices."""
-  if num_classes == 0:
-    raise ValueError(f"{flag}: this model is unconditional; drop {flag}")
-  if label in class_names:
-    return class_names.index(label)
-  # isdecimal, not isdigit: '²' is a digit that int() refuses.
-  number = lambda text: text.lstrip("-").isdecimal()
-  # Names that are numbers themselves (category ids as folder names) take numbers as names only:
-  # a mistyped id would otherwise pick whichever class sits at that index.
-  by_index = not any(number(name) for name in class_names)
-  if by_index and number(label) and 0 <= int(label) < num_classes:
-    return int(label)
-  choices = (", ".join(class_names) + (f" (or an index 0..{num_classes - 1})" if by_index else "")
-             if class_names else f"0..{num_classes - 1}")
-  # Names differ from what users type mostly in case ('footwear' for 'Footwear') or a letter.
-  folded = {name.casefold(): name for name in class_names}
-  close = ([folded[label.casefold()]] if label.casefold() in folded
-           else difflib.get_close_matches(label, class_names, n=1))
-  hint = f"did you mean {close[0]!r}? " if close else ""
-  if attribute is not None:
-    raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; {hint}choose one "
-                     f"of: {choices}")
-  raise ValueError(f"{flag} {label!r} is not a class of this model; {hint}choose one of: "
-                   f"{choices}")
-
-
-def model_attributes(meta: dict, classes: Sequence[int]) -> Attributes:
-  """(name, class names) per attribute from the checkpoint meta; runs written before
-  multi-attribute support name their one attribute 'class'."""
-  stored = [(str(n), list(c)) for n, c in meta.get("attributes", [])]
-  if len(stored) == len(classes):
-    return stored
-  names = list(meta.get("class_names", []))
-  return [("class" if i == 0 else f"attribute{i}", names if i == 0 else [])
-          for i in range(len(classes))]
-
-
-def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Sequence[int]
-                   ) -> dict[int, int]:
-  """--label values -> {attribute index: class index}. A value is a first-attribute class when it
-  names one or has no '='; otherwise ATTRIBUTE=VALUE."""
-  chosen: dict[int, int] = {}
-  for text in labels:
-    first_names = attributes[0][1] if attributes else []
-    if "=" not in text or text in first_names or not classes:
-      i, value, named = 0, text, None
-    else:
-      name, value = (t.strip() for t in text.split("=", 1))
-      names = [a for a, _ in attributes]
-      if name not in names:
-        raise ValueError(f"--label {text!r}: this model has no attribute {name!r}; choose one "
-                         f"of: {', '.join(names)}")
-      i, named = names.index(name), name
-    if i in chosen:
-      raise ValueError(f"--label {text!r}: attribute {attributes[i][0]!r} is given twice; "
-                       "give each attribute once")
-    n = classes[i] if classes else 0
-    try:
-      chosen[i] = resolve_label(value, attributes[i][1] if classes else [], n, named)
-    except ValueError:
-      others = [name for name, names in attributes[1:] if value in names] if named is None else []
-      if others:  # 'Navy Blue', a baseColour, given as if an articleType
-        raise ValueError(f"--label {text!r} is a class of {others[0]}, not of the first "
-                         f"attribute {attributes[0][0]}: write --label '{others[0]}={value}'"
-                         ) from None
-      raise
-  return chosen
-
-
-def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
-                    ) -> tuple[int, int, int]:
-  """--between [ATTRIBUTE=]FROM:TO -> (attribute index, FROM class, TO class). Without a known
-  ATTRIBUTE= prefix the classes are the first attribute's; names may hold spaces (and ':', so every
-  split is tried and the first whose two sides are both classes wins)."""
-  if not classes:
-    raise ValueError("--between: this model is unconditional; drop --between")
-  names = [a for a, _ in attributes]
-  prefix, sep, rest = text.partition("=")
-  i, value, named = ((names.index(prefix.strip()), rest, prefix.strip())
-                     if sep and prefix.strip() in names else (0, text, None))
-  splits = [(value[:k].strip(), value[k + 1:].strip()) for k, ch in enumerate(value) if ch == ":"]
-  if not splits:
-    raise ValueError(f"--between {text!r}: expected FROM:TO or ATTRIBUTE=FROM:TO (class names or "
-                     "indices)")
-  resolve = lambda v: resolve_label(v, attributes[i][1], classes[i], named, "--between")
-  for a, b in splits:
-    try:
-      return i, resolve(a), resolve(b)
-    except ValueError:
-      continue
-  if sep and named is None:  # 'colour=Black:White' with no attribute 'colour': name the choices
-    raise ValueError(f"--between {text!r}: this model has no attribute {prefix.strip()!r}; choose "
-                     f"one of: {', '.join(names)}")
-  for name, class_names in attributes[1:] if named is None else []:
-    for a, b in splits:  # 'Black:Red', two baseColours, given as if articleTypes
-      if a in class_names and b in class_names:
-        raise ValueError(f"--between {text!r}: {a!r} and {b!r} are classes of {name}, not of the "
-                         f"first attribute {names[0]}: write --between '{name}={a}:{b}'")
-  a, b = splits[0]
-  return i, resolve(a), resolve(b)  # raises the error that names the unknown class
-
-
-def _resolve_choices(meta: dict, given: Sequence[str], between: Optional[str],
-                     classes: Sequence[int]) -> tuple[dict[int, int], tuple[int, int, int]]:
-  """({attribute: class} from --label, (attribute, FROM, TO) from --between or (0, 0, 0)); raises
-  the one-line error for a class or attribute the model lacks (or any label of an unconditional
-  model)."""
-  attributes = model_attributes(meta, classes)
-  chosen = resolve_labels(given, attributes, classes)
-  if between is None:
-    return chosen, (0, 0, 0)
-  attribute, start, stop = resolve_between(between, attributes, classes)
-  if attribute in chosen:
-    raise ValueError(f"--between {between!r} and --label both set attribute "
-                     f"{attributes[attribute][0]!r}; drop that --label")
-  return chosen, (attribute, start, stop)
-
 
 def _label_matrix(first, chosen: dict[int, int], classes: Sequence[int], seed: int, repeat: int):
   """[n, A] labels: column 0 is `first`; column i is the chosen class, or uniform draws from the
@@ -282,15 +158,15 @@ def generate(workdir: str, num: int, out: str,
   given = [label] if isinstance(label, str) else list(label or [])
   classes = config_lib.attribute_classes(workdir_lib.load_config(workdir))
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
-  config, step, state, meta = workdir_lib.load_checkpoint(
-      workdir, checkpoint, check_meta=lambda meta: _resolve_choices(meta, given, between, classes))
+  resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
+  config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint, check_meta=resolve)
   log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:
     with config.unlocked():
       config.eval.standing_stats_batches = standing_stats_batches
   generator, _ = models.build_models(config)
   nc = config.data.num_classes
-  chosen, (attribute, start, stop) = _resolve_choices(meta, given, between, classes)
+  chosen, (attribute, start, stop) = resolve(meta)
   cols = math.ceil(math.sqrt(num))
   labels = None
   if between is not None:

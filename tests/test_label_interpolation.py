@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgan import generate, sample_inputs, sampling
+from jaxgan import generate, label_choices, sample_inputs, sampling
 from jaxgan.models.conditioning import ClassEmbed
 from jaxgan.models.dcgan import Generator
 from tests.conftest import run_module, tiny_config
@@ -206,12 +206,12 @@ def test_between_needs_interpolate_and_a_conditional_model(tmp_path):
   with pytest.raises(ValueError, match=r"^--between needs --interpolate N"):
     generate.generate(str(tmp_path / "none"), 2, str(tmp_path / "x.png"), between="0:1")
   with pytest.raises(ValueError, match=r"^--between: this model is unconditional; drop --between$"):
-    generate.resolve_between("0:1", [], ())
+    label_choices.resolve_between("0:1", [], ())
   # Indices work, and class names may hold ':' and spaces.
   attributes = [("kind", ["a:b", "c"]), ("colour", ["Navy Blue", "Black"])]
-  assert generate.resolve_between("a:b:c", attributes, (2, 2)) == (0, 0, 1)
-  assert generate.resolve_between("colour=Black : Navy Blue", attributes, (2, 2)) == (1, 1, 0)
-  assert generate.resolve_between("1:0", attributes, (2, 2)) == (0, 1, 0)
+  assert label_choices.resolve_between("a:b:c", attributes, (2, 2)) == (0, 0, 1)
+  assert label_choices.resolve_between("colour=Black : Navy Blue", attributes, (2, 2)) == (1, 1, 0)
+  assert label_choices.resolve_between("1:0", attributes, (2, 2)) == (0, 1, 0)
 
 
 def test_cli_between(workdir, tmp_path):
@@ -238,24 +238,25 @@ def test_numbers_are_names_when_the_class_names_are_numbers():
   """Category ids as class names: '4' is not one of them, and is refused rather than taken as
   the index of the class '3'; with names that are words, numbers are indices."""
   ids = ["1", "10", "2", "20", "3"]
-  assert generate.resolve_label("3", ids, 5) == 4 and generate.resolve_label("10", ids, 5) == 1
+  assert label_choices.resolve_label("3", ids, 5) == 4
+  assert label_choices.resolve_label("10", ids, 5) == 1
   with pytest.raises(ValueError, match=r"^--label '4' is not a class of this model; choose one "
                                        r"of: 1, 10, 2, 20, 3$"):
-    generate.resolve_label("4", ids, 5)
-  assert generate.resolve_label("1", ["Shoes", "Tshirts"], 2) == 1
+    label_choices.resolve_label("4", ids, 5)
+  assert label_choices.resolve_label("1", ["Shoes", "Tshirts"], 2) == 1
 
 
 def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_prefix():
   with pytest.raises(ValueError, match=r"^--label 'footwear' is not a class of this model; did "
                                        r"you mean 'Footwear'\? choose one of: Apparel, Footwear"):
-    generate.resolve_label("footwear", ["Apparel", "Footwear"], 2)
+    label_choices.resolve_label("footwear", ["Apparel", "Footwear"], 2)
   with pytest.raises(ValueError, match=r"^--label baseColour='Nvy Blue': not a class of "
                                        r"baseColour; did you mean 'Navy Blue'\? choose one of"):
-    generate.resolve_label("Nvy Blue", ["Black", "Navy Blue"], 2, "baseColour")
+    label_choices.resolve_label("Nvy Blue", ["Black", "Navy Blue"], 2, "baseColour")
   attributes = [("articleType", ["Shirts", "Watches"]), ("baseColour", ["Black", "Navy Blue"])]
   with pytest.raises(ValueError, match=r"^--label 'Navy Blue' is a class of baseColour, not of "
                                        r"the first attribute articleType: write --label "
                                        r"'baseColour=Navy Blue'$"):
-    generate.resolve_labels(["Navy Blue"], attributes, [2, 2])
-  assert generate.resolve_labels(["Watches", "baseColour=Navy Blue"], attributes, [2, 2]) == {
+    label_choices.resolve_labels(["Navy Blue"], attributes, [2, 2])
+  assert label_choices.resolve_labels(["Watches", "baseColour=Navy Blue"], attributes, [2, 2]) == {
       0: 1, 1: 1}

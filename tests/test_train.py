@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import evaluate, generate, restore, sample_inputs, sampling, trainer, writers
+from jaxgan import evaluate, generate, label_choices, restore, sample_inputs, sampling, trainer
+from jaxgan import writers
 from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.data.arrays import DataError
@@ -126,7 +127,7 @@ def test_generate_is_deterministic(runs, tmp_path):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
   # '²' is a digit (str.isdigit) that int() refuses: the same one-line error, not int()'s.
   with pytest.raises(ValueError, match=r"^--label '²' is not a class of this model; choose one"):
-    generate.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
+    label_choices.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
 
 
 def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch):
