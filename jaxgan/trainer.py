@@ -25,6 +25,7 @@ from jaxgan import console
 from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
 from jaxgan import multihost
+from jaxgan import periodic_eval
 from jaxgan import restore
 from jaxgan import run as run_lib
 from jaxgan import run_health
@@ -157,7 +158,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
           "loading the Inception weights")
     except inception_weights.WeightsError as e:  # a damaged file: found before the first step
       raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
-    evaluate = evaluator_lib.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
+    evaluate = periodic_eval.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
                                           data_fingerprint)
 
   step = start_step

@@ -14,7 +14,8 @@ LAYERS = {
             "jaxgan.benchmark"},
     "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore",
                       "jaxgan.startup"},
-    "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.workdir"},
+    "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.periodic_eval",
+             "jaxgan.workdir"},
     "state": {"jaxgan.state"},
 }
 RANK = {"cli": 4, "orchestration": 3, "step": 2, "state": 1, "foundation": 0}

@@ -225,7 +225,7 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
   """Killed while evaluating step 4 (its checkpoint complete), the run resumes at step 4 and
   evaluates it first, then goes on; a failed final evaluation (eval/failed) is retried on
   restart, a successful one is not."""
-  from jaxgan import evaluator as evaluator_lib
+  from jaxgan import periodic_eval
 
   calls = []
 
@@ -240,7 +240,7 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
     return {"fid": 1.0}
 
   _without_inception(monkeypatch)
-  monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
+  monkeypatch.setattr(periodic_eval.PeriodicEval, "__call__", fake_eval)
   config = tiny_config(**{"train.eval_every": 2, "train.num_steps": 6, "train.tensorboard": False,
                           "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "run")
@@ -258,7 +258,7 @@ def test_an_evaluation_cut_off_by_a_kill_runs_when_the_run_resumes(tmp_path, mon
 def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
   """Evaluating takes minutes in which a preemption notice cannot be acted on: the steps up to
   an evaluation are checkpointed before it, also off the checkpoint schedule."""
-  from jaxgan import evaluator as evaluator_lib
+  from jaxgan import periodic_eval
 
   workdir = str(tmp_path / "run")
   seen = []
@@ -268,7 +268,7 @@ def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
     return {}
 
   _without_inception(monkeypatch)
-  monkeypatch.setattr(evaluator_lib.PeriodicEval, "__call__", fake_eval)
+  monkeypatch.setattr(periodic_eval.PeriodicEval, "__call__", fake_eval)
   config = tiny_config(**{"train.eval_every": 3, "train.checkpoint_every": 100,
                           "train.num_steps": 4, "train.tensorboard": False,
                           "eval.cache_dir": str(tmp_path / "cache")})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import JOIN_TWO_PROCESSES, tiny_config
-from jaxgan import evaluator
+from jaxgan import evaluator, periodic_eval
 
 
 class Extractor:
@@ -173,7 +173,7 @@ def test_a_flipping_runs_reals_are_half_mirrored_with_their_own_cache(tmp_path):
   np.testing.assert_array_equal(flip_features, Extractor()(mirrored))
   assert len(os.listdir(tmp_path / "reference")) == 2
 
-  settings = lambda config, where: evaluator.PeriodicEval(
+  settings = lambda config, where: periodic_eval.PeriodicEval(
       config, str(tmp_path / where), FixedFid([]), Writer(), lambda s: {}, 0).settings
   assert "mirrored_reals" not in settings(plain_config, "a")  # their old bests still compare
   assert settings(flip_config, "b")["mirrored_reals"] is True
@@ -341,7 +341,7 @@ def test_a_stop_request_cuts_an_evaluation_short_between_chunks(tmp_path):
     ev.reference(6)
 
   writer = Writer()
-  periodic = evaluator.PeriodicEval(config, str(tmp_path / "w"), ev, writer, lambda s: {}, 0)
+  periodic = periodic_eval.PeriodicEval(config, str(tmp_path / "w"), ev, writer, lambda s: {}, 0)
   assert periodic(2, _state(1.0)) == {} and writer.rows == []  # no eval/failed row
   stop_after[0] = 10**9  # no stop: a failure is a row (here: no sampler for the fakes)
   ev.sampler = None
@@ -358,8 +358,8 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   saved = []
   config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "w")
-  periodic = evaluator.PeriodicEval(config, workdir, FixedFid([30.0, 40.0]), Writer(),
-                                    meta=lambda step: {"step": step}, start_step=0)
+  periodic = periodic_eval.PeriodicEval(config, workdir, FixedFid([30.0, 40.0]), Writer(),
+                                        meta=lambda step: {"step": step}, start_step=0)
   real_save = periodic.best.save
   monkeypatch.setattr(periodic.best, "save", lambda step, state, meta: saved.append(step) or
                       real_save(step, {"w": state.w}, meta))
@@ -368,8 +368,8 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   periodic.close()
   assert saved == [2]
 
-  again = evaluator.PeriodicEval(config, workdir, FixedFid([35.0, 20.0]), Writer(),
-                                 meta=lambda step: {"step": step}, start_step=4)
+  again = periodic_eval.PeriodicEval(config, workdir, FixedFid([35.0, 20.0]), Writer(),
+                                     meta=lambda step: {"step": step}, start_step=4)
   assert again.best_fid == 30.0  # read back from checkpoints_best's meta
   real_save = again.best.save
   monkeypatch.setattr(again.best, "save", lambda step, state, meta: saved.append(step) or
@@ -380,17 +380,17 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   again.close()
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
-  fresh = evaluator.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
+  fresh = periodic_eval.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
   # So do other reals: a run resumed on changed data (its data fingerprint differs).
-  fresh = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4,
-                                 data_fingerprint=0x1234)
+  fresh = periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4,
+                                     data_fingerprint=0x1234)
   assert fresh.best_fid == float("inf")
   fresh.close()
   # So do the EMA generator's BatchNorm statistics (standing vs the raw G's: ~12 % of FID).
   shared = tiny_config(**{"train.eval_every": 2, "eval.standing_stats_batches": 0})
-  fresh = evaluator.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
+  fresh = periodic_eval.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
 
@@ -403,14 +403,14 @@ def test_a_best_saved_before_its_settings_held_the_data_is_judged_by_its_meta(tm
   other data."""
   config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
   workdir = str(tmp_path / "w")
-  old = evaluator.PeriodicEval(config, workdir, FixedFid([30.0]), Writer(),
-                               lambda s: {"data_fingerprint": 0x77}, 0)
+  old = periodic_eval.PeriodicEval(config, workdir, FixedFid([30.0]), Writer(),
+                                   lambda s: {"data_fingerprint": 0x77}, 0)
   del old.settings["data_fingerprint"]  # as jaxgan wrote them before
   old.best.save = lambda step, state, meta, save=old.best.save: save(step, {"w": state.w}, meta)
   old(2, _state(2.0))
   old.close()
-  again = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2,
-                                 data_fingerprint=now)
+  again = periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2,
+                                     data_fingerprint=now)
   assert again.best_fid == (30.0 if kept else float("inf"))
   again.close()
 
@@ -420,15 +420,15 @@ def test_a_best_past_the_start_step_is_set_aside_not_compared_with(tmp_path):
   the checkpoint resumed from) must neither be the bar to beat nor what --checkpoint best gives."""
   config = tiny_config(**{"train.eval_every": 2})
   workdir = str(tmp_path / "w")
-  first = evaluator.PeriodicEval(config, workdir, FixedFid([10.0]), Writer(), lambda s: {}, 0)
+  first = periodic_eval.PeriodicEval(config, workdir, FixedFid([10.0]), Writer(), lambda s: {}, 0)
   first.best.save = lambda step, state, meta, save=first.best.save: save(step, {"w": state.w},
                                                                          meta)
   first(4, _state(4.0))
   first.close()
-  kept = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
+  kept = periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert kept.best_fid == 10.0  # resumed at (or after) the best's step: it is this run's
   kept.close()
-  again = evaluator.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2)
+  again = periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 2)
   assert again.best_fid == float("inf")
   again.close()
   assert os.listdir(os.path.join(workdir, "checkpoints_best")) == []
@@ -447,8 +447,8 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
       on_disk.append(os.listdir(os.path.join(workdir, "checkpoints_best")))
       super().write_scalars(step, scalars)
 
-  periodic = evaluator.PeriodicEval(tiny_config(**{"train.eval_every": 2}), workdir,
-                                    FixedFid([10.0]), CheckingWriter(), lambda s: {}, 0)
+  periodic = periodic_eval.PeriodicEval(tiny_config(**{"train.eval_every": 2}), workdir,
+                                        FixedFid([10.0]), CheckingWriter(), lambda s: {}, 0)
   periodic.best.save = lambda step, state, meta, save=periodic.best.save: save(
       step, {"w": state.w}, meta)
   periodic(2, _state(2.0))
@@ -648,7 +648,7 @@ BEST_FID_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
 import collections, json, os
 import numpy as np
 from jax.sharding import Mesh
-from jaxgan import evaluator, sharding
+from jaxgan import periodic_eval, sharding
 from tests.conftest import tiny_config
 mesh = Mesh(np.array(jax.devices()), ("data",))
 State = collections.namedtuple("State", "ema_params g_batch_stats")
@@ -669,15 +669,15 @@ class Writer:
 config = tiny_config(**{"train.eval_every": 2})
 workdir = sys.argv[3]
 fids = [[12.0, 10.0, 11.0, 1.0], [11.0, 30.0, 5.0, None]][me]
-periodic = evaluator.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {},
-                                  start_step=0)
+periodic = periodic_eval.PeriodicEval(config, workdir, Stub(fids), Writer(), meta=lambda s: {},
+                                      start_step=0)
 seen = []
 for step in (2, 4, 6, 8):
   results = periodic(step, state)
   seen.append([results.get("fid"), periodic.best_fid, results.get("fid_failed")])
 periodic.close()
-again = evaluator.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {},
-                               start_step=6)
+again = periodic_eval.PeriodicEval(config, workdir, Stub([]), Writer(), meta=lambda s: {},
+                                   start_step=6)
 print(json.dumps({"seen": seen, "reread": again.best_fid,
                   "steps": sorted(os.listdir(os.path.join(workdir, "checkpoints_best")))}))
 again.close()

@@ -798,7 +798,7 @@ def test_a_row_cut_by_a_kill_is_dropped_and_the_next_row_stays_whole(tmp_path, t
 def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
   from types import SimpleNamespace
 
-  from jaxgan import evaluator as evaluator_lib
+  from jaxgan import periodic_eval
 
   class OutOfMemory:
     extractor = SimpleNamespace(weights_id="w")
@@ -811,7 +811,7 @@ def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
 
   rows = []
   writer = SimpleNamespace(write_scalars=lambda step, values: rows.append((step, dict(values))))
-  periodic = evaluator_lib.PeriodicEval(tiny_config(), str(tmp_path), OutOfMemory(), writer,
+  periodic = periodic_eval.PeriodicEval(tiny_config(), str(tmp_path), OutOfMemory(), writer,
                                         meta=lambda step: {}, start_step=0)
   state = SimpleNamespace(ema_params={}, g_batch_stats={})
   with caplog.at_level(logging.ERROR):

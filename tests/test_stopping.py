@@ -201,7 +201,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
   evaluation (a stop seen late there would cost minutes of Inception); a stop that lands on a
   due evaluation's step checkpoints and skips the evaluation."""
   from jaxgan import evaluator as evaluator_lib
-  from jaxgan import trainer
+  from jaxgan import periodic_eval, trainer
   from jaxgan.metrics import inception_weights
   from tests.conftest import tiny_config
 
@@ -220,7 +220,7 @@ def test_the_loop_exchanges_at_log_rows_and_due_evaluations_and_a_stop_skips_the
     def close(self):
       pass
 
-  monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
+  monkeypatch.setattr(periodic_eval, "PeriodicEval", Periodic)
   monkeypatch.setattr(evaluator_lib, "Evaluator", lambda *args, **kwargs: None)
   monkeypatch.setattr(inception_weights, "find_weights", lambda weights: "stand-in")
   real_check = stopping.StopRequest.check
@@ -357,7 +357,7 @@ def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(t
   """The last start-up stage (init or restore, Inception's weights): checked before the first
   step, so neither a start-of-run evaluation nor a first call runs."""
   from jaxgan import evaluator as evaluator_lib
-  from jaxgan import trainer
+  from jaxgan import periodic_eval, trainer
   from jaxgan.metrics import inception_weights
   from tests.conftest import tiny_config
 
@@ -375,7 +375,7 @@ def test_a_stop_signal_while_loading_the_evaluator_stops_before_the_first_step(t
     def close(self):
       pass
 
-  monkeypatch.setattr(evaluator_lib, "PeriodicEval", Periodic)
+  monkeypatch.setattr(periodic_eval, "PeriodicEval", Periodic)
   monkeypatch.setattr(inception_weights, "find_weights", lambda weights: "stand-in")
   config = tiny_config(**{"train.eval_every": 2, "train.tensorboard": False})
   with pytest.raises(stopping.Stopped, match=r"SIGTERM received while starting \(before the "

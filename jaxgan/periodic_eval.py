@@ -1,0 +1,121 @@
+"""Evaluation during training: FID/KID every `train.eval_every` steps (`Evaluator`), logged as
+eval/*, and the best-FID checkpoint kept in WORKDIR/checkpoints_best."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Optional
+
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import multihost
+from jaxgan.evaluator import Evaluator, reals_for
+from jaxgan.metrics.features import PREPROCESSING_ID
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicEval:
+  """FID/KID every `train.eval_every` steps, logged as eval/*, and the best-FID checkpoint kept in
+  WORKDIR/checkpoints_best (one step, its meta holding the FID); the best so far survives
+  restarts because it is read back from that checkpoint's meta.
+
+  `start_step`: the step the run starts from. A best checkpoint past it belongs to a stretch the
+  run does not continue (another run in this workdir, or steps after the checkpoint resumed
+  from, which the run trains and evaluates again): it is moved to `checkpoints_best.superseded/`
+  and not compared with, so `generate --checkpoint best` never returns another run's model."""
+
+  def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable,
+               start_step: int, data_fingerprint: Optional[int] = None):
+    self.config, self.writer, self.meta = config, writer, meta
+    self.evaluator = evaluator
+    self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
+    # FIDs compare only against the same reals (the data, `data.fingerprint`), at the same
+    # sample counts, weights and preprocessing: a best FID measured under other eval settings is
+    # forgotten (the next evaluation becomes the best).
+    self.settings = {"data_fingerprint": data_fingerprint,
+                     "num_samples": config.train.eval_num_samples,
+                     "num_real": reals_for(config, config.train.eval_num_samples),
+                     "weights": self.evaluator.extractor.weights_id,
+                     "preprocessing": PREPROCESSING_ID,
+                     "standing_stats_batches": config.eval.standing_stats_batches,
+                     # Only when on: runs without flips keep the best FIDs recorded before the
+                     # reals were mirrored for flipping runs (2026-12-03); those forget theirs.
+                     **({"mirrored_reals": True} if config.data.random_flip else {})}
+    self.best_fid = float("inf")
+    # Process 0's view of the best step and FID, on every process: the saves they decide are
+    # collective, so a process with a lagging directory view or a failed read must not differ.
+    latest = self.best.latest_step()
+    best_step = multihost.from_process_0(-1 if latest is None else int(latest))
+    if best_step > start_step:
+      log.warning("best-FID checkpoint step %d is past this run's start (step %d): moving it to "
+                  "%s.superseded/; the run evaluates its own steps", best_step, start_step,
+                  self.best.directory)
+      self.best.move_aside(best_step, ".superseded")
+      best_step = -1
+    if best_step >= 0:
+      # Read as restoring does (agreed, visibility first): orbax's read ends in a barrier that a
+      # process failing before it would leave the others waiting in.
+      meta, error, _ = self.best.read_agreed(best_step, lambda: self.best.restore_meta(best_step))
+      if error is not None:
+        log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", error)
+        meta = {}
+      recorded = dict(meta.get("eval_settings") or {})
+      # A best saved before the fingerprint joined the eval settings: its checkpoint meta has
+      # the data's (forgetting a best of the same data would delete it for a worse one, keep=1).
+      recorded.setdefault("data_fingerprint", meta.get("data_fingerprint", data_fingerprint))
+      if meta.get("eval_settings") and recorded == self.settings:
+        self.best_fid = float(meta.get("fid", float("inf")))
+      elif meta:
+        log.info("eval settings changed since the best-FID checkpoint (step %d): new best", best_step)
+      self.best_fid = multihost.from_process_0(float(self.best_fid))
+
+  def __call__(self, step: int, state) -> dict:
+    error = None
+    try:
+      results = self.evaluator.evaluate(state.ema_params, state.g_batch_stats,
+                                        self.config.train.eval_num_samples, keep_going=True)
+    except Exception as e:  # pylint: disable=broad-except
+      results, error = {}, e
+    # The best-FID save below is collective: if any process failed, none saves.
+    if multihost.any_process(error is not None):
+      # Cut short by a stop request (on any process; the others then see a PeerError): no row,
+      # so that the rerun, which resumes at this step's checkpoint, evaluates it.
+      if multihost.any_process(self.evaluator.should_stop()):
+        log.warning("step %d: evaluation cut short by a stop request; the rerun evaluates this "
+                    "step", step)
+      else:
+        # An evaluation (Inception out of memory, a damaged reference file) is not worth the
+        # run: logged, marked in the metrics, retried at the next eval_every.
+        if error is not None:
+          log.error("step %d: evaluation failed (%s: %s); training goes on", step,
+                    type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+        self.writer.write_scalars(step, {"eval/failed": 1})
+      return {}
+    fid = results.get("fid")
+    # Saving is collective: every process must take the same decision, so all use process 0's
+    # FID (the gathered features are the same everywhere; this guards the reduction too), and
+    # none uses one that some process could not compute.
+    if multihost.all_processes(fid is not None):
+      fid = results["fid"] = multihost.from_process_0(float(fid))
+    elif fid is not None:  # another process could not compute it
+      del results["fid"]
+      fid, results["fid_failed"] = None, 1
+    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()
+                                              if isinstance(v, float)))
+    if fid is not None and fid < self.best_fid:
+      started = self.best.save(step, state, {**self.meta(step), "fid": fid, "eval": results,
+                                             "eval_settings": self.settings})
+      # Complete before the eval row is written: a run resuming at this step re-evaluates it
+      # only without its row, so a kill during the write must not leave the row without the
+      # best. The best FID moves only with the save done, so memory never claims a better
+      # model than checkpoints_best holds.
+      done = started and self.best.wait()
+      if multihost.all_processes(done):  # agreed: the next save decision must be alike
+        self.best_fid = fid
+    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
+                                     if isinstance(v, (int, float))})
+    return results
+
+  def close(self) -> None:
+    self.best.close()
