@@ -1024,6 +1024,12 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
   with pytest.raises(DataError, match="is not UTF-8 text"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(latin),
                             "data.label_column": "articleType"}))
+  nul = tmp_path / "nul.csv"
+  nul.write_text("id,articleType\n1,Shoes\n2,Sho\0es\n")
+  with pytest.raises(DataError, match=f"^{re.escape(str(nul))}:3: a NUL byte, which no text "
+                                      "holds"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(nul),
+                            "data.label_column": "articleType"}))
   path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
   with pytest.raises(DataError, match="data.image_pattern '{sku}.jpg' cannot be filled"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(path),

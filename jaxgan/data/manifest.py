@@ -55,6 +55,12 @@ def _duplicated_header(path: str) -> set[str]:
 def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   """(the line each row starts on, the row) of a CSV file with a header line."""
   lines = list(f)  # split as csv splits them (newline=""), so line numbers agree with line_num
+  # csv reads a NUL as any character: it became part of a label (a class 'Sho\0es' beside
+  # 'Shoes') or a file name. Text has none; a damaged or binary file does.
+  nul = next((n for n, line in enumerate(lines, 1) if "\0" in line), None)
+  if nul is not None:
+    raise DataError(f"{path}:{nul}: a NUL byte, which no text holds (a damaged or binary "
+                    "file); remove it, or re-save the file as UTF-8 CSV")
   content = [n for n, line in enumerate(lines, 1) if line.strip("\r\n")]  # csv skips empty ones
   # A row starts on the first non-empty line after the previous row's last one.
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
