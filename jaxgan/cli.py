@@ -6,6 +6,7 @@ error and Ctrl-C exits."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import functools
 import os
@@ -32,7 +33,24 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> None:
   del signum, frame
+  # Once: a second SIGTERM must not cut short the clean-up the first one started, nor its line.
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_held():
+  """SIGTERM held back while the handler changes, and delivered after: one landing between
+  installing ours and the flag that says so, or between main's end and restoring the handler
+  before it, would escape as a traceback."""
+  if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+    yield
+    return
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,12 +61,13 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
-    # Only the main thread may set handlers; a SIGTERM ignored by whoever started us stays so.
-    installed = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
-    if installed:
-      previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    installed, previous = False, None
     try:
+      # Only the main thread may set handlers; a SIGTERM ignored by whoever started us stays so.
+      if (threading.current_thread() is threading.main_thread()
+          and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN):
+        with _sigterm_held():
+          previous, installed = signal.signal(signal.SIGTERM, _raise_terminated), True
       return main(*args, **kwargs)
     except Terminated:
       print("terminated (SIGTERM)", file=sys.stderr)
@@ -58,7 +77,8 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
       sys.exit(130)
     finally:
       if installed:  # None: a handler not set from Python, which ours replaced
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        with _sigterm_held():  # one that comes now goes to the handler restored
+          signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
   return wrapped
 

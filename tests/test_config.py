@@ -533,6 +533,7 @@ def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
   tool's main runs; the handler before it is back afterwards, and one set to ignore SIGTERM (by
   whoever started the tool) is kept. The whole path is test_sources' prepare under SIGTERM."""
   import signal
+  import time
 
   def mine(signum, frame):
     del signum, frame
@@ -544,11 +545,20 @@ def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     assert cli.interruptible(lambda: signal.getsignal(signal.SIGTERM))() is signal.SIG_IGN
 
-    def terminated():
-      raise cli.Terminated
+    signal.signal(signal.SIGTERM, mine)
+    during = []
+
+    def terminated():  # `mine` would take the signal if the handler were not installed
+      try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+      except cli.Terminated:
+        during.append(signal.getsignal(signal.SIGTERM))  # once: a second one waits for the exit
+        raise
 
     with pytest.raises(SystemExit) as e:
       cli.interruptible(terminated)()
-    assert e.value.code == 143
+    assert e.value.code == 143 and during == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGTERM) is mine
   finally:
     signal.signal(signal.SIGTERM, previous)
