@@ -63,8 +63,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="images with more pixels are skipped (read from the header)")
   p.add_argument("--max-bad-fraction", type=float,
                  default=config_lib.base_config().data.max_bad_fraction,
-                 help="fail, writing nothing, when more of the images decoded are unusable "
-                      "(unreadable, truncated, too small; training's data.max_bad_fraction)")
+                 help="fail, writing nothing, when more than this fraction of the images "
+                      "decoded are unusable (unreadable, truncated, too small; training's "
+                      "data.max_bad_fraction)")
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
   # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
   args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
@@ -173,8 +174,11 @@ def prepare(args: argparse.Namespace) -> dict:
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
   # Files that failed to decode (not rows dropped before: unlabelled, missing, rare classes),
   # against the files decoded, as a training source counts them; nothing is written past it.
+  # Raising the fraction for files the storage lost would write a set without good files.
+  advice = (f"{len(lost)} of them could not be read because of storage errors: prepare again "
+            "once the storage is healthy" if lost else "")
   arrays.check_bad_fraction(bad, len(paths), args.max_bad_fraction, args.images or args.manifest,
-                            key="--max-bad-fraction")
+                            key="--max-bad-fraction", advice=advice)
   if class_names:
     arrays.require_every_class(labels[indices], attributes or [("class", class_names)],
                                args.manifest or args.images)
@@ -195,29 +199,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {problem}", file=sys.stderr)
     return 2
   warn_untrainable_size(args.image_size)
-  # Created now, not found unwritable after minutes of decoding; removed again if it stays empty.
+  # Created now, not found unwritable after minutes of decoding; removed again if it stays empty
+  # (however prepare ends: an error, Ctrl-C, SIGTERM, also while the folder is being probed).
   created = not os.path.isdir(args.out)
+  probe = os.path.join(args.out, f".write_probe.{os.getpid()}")
   try:
-    os.makedirs(args.out, exist_ok=True)
-    probe = os.path.join(args.out, f".write_probe.{os.getpid()}")
-    with open(probe, "w", encoding="utf-8"):  # an existing folder may be read-only
-      pass
-    os.remove(probe)
-  except OSError as e:
-    print(f"error: --out {args.out}: cannot write there ({e.strerror or e}); pass a folder you "
-          "can write to", file=sys.stderr)
-    return 2
-  try:
+    try:
+      os.makedirs(args.out, exist_ok=True)
+      with open(probe, "w", encoding="utf-8"):  # an existing folder may be read-only
+        pass
+    except OSError as e:
+      print(f"error: --out {args.out}: cannot write there ({e.strerror or e}); pass a folder "
+            "you can write to", file=sys.stderr)
+      return 2
+    finally:
+      with contextlib.suppress(OSError):
+        os.remove(probe)
     return _prepare_and_report(args)
   finally:
-    from jaxgan.data.prepared import LOCK_FILE  # pylint: disable=g-import-not-at-top
+    _remove_if_empty(args.out, created)
 
-    # Nothing written but the lock (a write that failed): the folder goes as it came.
-    if created and set(os.listdir(args.out)) <= {LOCK_FILE}:
-      with contextlib.suppress(OSError):
-        if os.listdir(args.out):
-          os.remove(os.path.join(args.out, LOCK_FILE))
-        os.rmdir(args.out)
+
+def _remove_if_empty(out: str, created: bool) -> None:
+  """Removes `out` when this run created it and wrote nothing there but the lock (a write that
+  failed, an interruption): the folder goes as it came."""
+  from jaxgan.data.prepared import LOCK_FILE  # pylint: disable=g-import-not-at-top
+
+  with contextlib.suppress(OSError):
+    if created and set(os.listdir(out)) <= {LOCK_FILE}:
+      if os.listdir(out):
+        os.remove(os.path.join(out, LOCK_FILE))
+      os.rmdir(out)
 
 
 def _prepare_and_report(args: argparse.Namespace) -> int:
