@@ -442,8 +442,8 @@ def test_joint_dropping_leaves_no_class_below_the_minimum():
   assert kept_by[0].tolist() == [True] * 4 + [False] * 2 and kept_by[1].all()
 
 
-def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing(folder, tmp_path,
-                                                                                capsys):
+def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing(
+    folder, tmp_path, capsys, monkeypatch):
   """Files that fail to decode count against --max-bad-fraction (training's
   data.max_bad_fraction, 1 %), over the files decoded: broken.jpg is 1 of 5 (loose.png, outside
   the class folders, and notes.txt are not decoded). Past it nothing is written, and a set
@@ -467,6 +467,21 @@ def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing
       prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", value])
     assert e.value.code == 2
     assert "--max-bad-fraction must be a fraction in [0, 1]" in capsys.readouterr().err
+  # Files the storage failed to read, also when retried, are not bad files: a higher fraction
+  # would write a set without them, so the error says to prepare again instead.
+  from jaxgan.data import decode, images as images_lib
+
+  real_load = images_lib.load_image
+  monkeypatch.setattr(decode, "load_image", lambda source, options: (
+      images_lib.Loaded(None, "unreadable: Input/output error", transient=True)
+      if str(source).endswith("a.png") else real_load(source, options)))
+  assert prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", "0.2"]) == 2
+  last = capsys.readouterr().err.splitlines()[-1]
+  assert last.startswith(f"error: 2 of 5 images in {folder} are unusable, more than "
+                         "--max-bad-fraction=0.2 (first: ")
+  assert last.endswith("; 1 of them could not be read because of storage errors: prepare again "
+                       "once the storage is healthy")
+  assert _hash_dir(out) == before
 
 
 def test_a_class_whose_files_all_fail_is_refused(tmp_path, capsys):

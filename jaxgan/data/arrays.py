@@ -50,9 +50,10 @@ def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) 
 
 
 def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float, where: str,
-                       key: str = "data.max_bad_fraction") -> None:
+                       key: str = "data.max_bad_fraction", advice: str = "") -> None:
   """Logs every skipped file; raises DataError when too many of them are bad (`key`: the
-  setting's name in the caller's words, a config key or prepare's flag)."""
+  setting's name in the caller's words, a config key or prepare's flag; `advice`: what to do,
+  where not to fix the files or raise the setting)."""
   for item in skipped[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   if len(skipped) > 20:
@@ -60,8 +61,8 @@ def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float,
   if total and len(skipped) / total > max_bad_fraction:
     first = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
     raise DataError(f"{len(skipped)} of {total} images in {where} are unusable, more than "
-                    f"{key}={max_bad_fraction} (first: {first}); fix or remove them, or raise "
-                    f"{key}")
+                    f"{key}={max_bad_fraction} (first: {first}); "
+                    f"{advice or f'fix or remove them, or raise {key}'}")
 
 
 Attributes = Sequence[tuple[str, Sequence[str]]]  # [(column name, class names), ...]
