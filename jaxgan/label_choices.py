@@ -115,7 +115,7 @@ def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
 
 
 def resolve_choices(meta: dict, given: Sequence[str], between: Optional[str],
-                     classes: Sequence[int]) -> tuple[dict[int, int], tuple[int, int, int]]:
+                    classes: Sequence[int]) -> tuple[dict[int, int], tuple[int, int, int]]:
   """({attribute: class} from --label, (attribute, FROM, TO) from --between or (0, 0, 0)); raises
   the one-line error for a class or attribute the model lacks (or any label of an unconditional
   model)."""
