@@ -21,6 +21,7 @@ import sys
 from typing import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from jaxgan import cli
 
@@ -101,8 +102,8 @@ def _read_checked(images: Iterator[np.ndarray], skipped: list[dict], path: str, 
 
   def tell_skipped() -> None:
     nonlocal told
-    for s in skipped[told:]:
-      print(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    for s in skipped[told:]:  # above Inception's progress bar, not glued to its line
+      tqdm.write(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
     told = len(skipped)
 
   for chunk in images:
@@ -295,6 +296,8 @@ def _bad_argument(args) -> str:
       count = image_sets.count_images(path)
     except image_sets.DataError as e:  # a damaged prepared set's index: its own one line
       return str(e)
+    except OSError as e:  # a subfolder that cannot be listed (find_images names it)
+      return _os_problem(e)
     if count == 0:
       return (f"--{flag} {path}: no image files (.jpg, .png, .webp, ...) found in it or below "
               "it")
@@ -357,8 +360,17 @@ def main(argv=None) -> int:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"error: {message}", file=sys.stderr)
     return 2
+  except OSError as e:  # permissions, the storage: a folder or file of the sets, named
+    print(f"error: {_os_problem(e)}", file=sys.stderr)
+    return 2
   print(json.dumps(results))
   return 0
+
+
+def _os_problem(error: OSError) -> str:
+  if error.filename and error.strerror:
+    return f"{error.filename}: {error.strerror}; make it readable, or move it out of the set"
+  return str(error)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 bad arguments, with a stand-in Inception (the real network's tests are test_features.py and
 test_evaluate.py, which need its weights)."""
 
+import json
 import logging
 import os
 
@@ -590,6 +591,47 @@ def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, 
   assert image_sets.check_readable(str(tmp_path / "prep"), 2) == ""
   with pytest.raises(DataError, match="prep was prepared at 8x8, not the 16 asked for"):
     image_sets.check_readable(str(tmp_path / "prep"), 2, image_size=16)
+  # A prepared --fake set without its shard: found now too, not after the reals' features.
+  shard = tmp_path / "prep" / json.load(open(tmp_path / "prep" / "dataset_info.json"))["shards"][0]
+  os.rename(shard, tmp_path / "shard")
+  capsys.readouterr()
+  assert evaluate.main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "prep")]) == 2
+  assert capsys.readouterr().err == (f"error: {shard} listed in dataset_info.json is missing; "
+                                     "prepare the data set again\n")
+  # An edited dataset_info.json whose count is null: one line, not int()'s TypeError.
+  os.rename(tmp_path / "shard", shard)
+  info = json.load(open(tmp_path / "prep" / "dataset_info.json"))
+  json.dump({**info, "num_examples": None}, open(tmp_path / "prep" / "dataset_info.json", "w"))
+  assert evaluate.main(["--real", str(tmp_path / "prep"), "--fake", str(tmp_path / "real")]) == 2
+  assert capsys.readouterr().err.endswith("is damaged (TypeError: num_examples is null, not an "
+                                          "integer); prepare the data set again\n")
+
+
+def test_a_subfolder_evaluate_cannot_list_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+  """find_images raises OSError for a folder it cannot list (a class would vanish otherwise);
+  evaluate let it out as a traceback. Permissions are simulated: root reads any folder."""
+  from PIL import Image
+
+  from jaxgan import evaluate
+
+  _forbid_features(monkeypatch)
+  for folder in ("real", "real/locked", "fake"):
+    os.makedirs(tmp_path / folder)
+    for i in range(3):
+      Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / folder / f"{i}.png")
+  real_walk = os.walk
+
+  def walk(top, onerror=None, followlinks=False):
+    for dirpath, dirnames, filenames in real_walk(top, followlinks=followlinks):
+      if os.path.basename(dirpath) == "locked":
+        onerror(PermissionError(13, "Permission denied", dirpath))
+      yield dirpath, dirnames, filenames
+
+  monkeypatch.setattr(os, "walk", walk)
+  assert evaluate.main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake")]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {tmp_path / 'real' / 'locked'}: cannot list folder (Permission denied); make it "
+      "readable, or move it out of the set\n")
 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(

@@ -54,6 +54,7 @@ def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256
   first max(`limit`, `fewest`) files load and the rest are left to the full read."""
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):  # arrays: nothing to decode
     _check_prepared_size(path, image_size)
+    prepared.shard_files(path, prepared.read_info(path))  # a missing shard, before the hours
     return ""
   paths = list_images(path)
   if not paths:

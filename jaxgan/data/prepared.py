@@ -187,9 +187,15 @@ def read_info(out_dir: str) -> dict:
   try:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
-    missing = [k for k in ("num_examples", "image_size", "class_names", "shards") if k not in info]
+    kinds = {"num_examples": int, "image_size": int, "class_names": list, "shards": list}
+    missing = [k for k in kinds if k not in info]
     if missing:
       raise KeyError(", ".join(missing))
+    # An edited file's null or "64" failed later, as a TypeError traceback in whoever read it.
+    for key, kind in kinds.items():
+      if not isinstance(info[key], kind) or isinstance(info[key], bool):
+        raise TypeError(f"{key} is {json.dumps(info[key])}, not "
+                        f"{'an integer' if kind is int else 'a list'}")
     for a in info.get("attributes", []):
       if not isinstance(a, dict) or "column" not in a or "class_names" not in a:
         raise KeyError("attributes[].column, attributes[].class_names")
@@ -217,7 +223,7 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
   a = len(info["attributes"]) if "attributes" in info else 1
-  _shard_files(out_dir, info)  # a missing shard is said before any space is taken
+  shard_files(out_dir, info)  # a missing shard is said before any space is taken
   private = private_name(images_file) + ".npy" if images_file else ""
   labels_tmp = private_name(labels_file(images_file)) + ".npy" if images_file else ""
   if private:
@@ -262,7 +268,7 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
   info = read_info(out_dir)
   size, n = info["image_size"], info["num_examples"]
   a = len(info["attributes"]) if "attributes" in info else 1
-  files = _shard_files(out_dir, info)
+  files = shard_files(out_dir, info)
   spec = {"image": tf.io.FixedLenFeature([], tf.string),
           "label": tf.io.FixedLenFeature([a] if a > 1 else [], tf.int64)}
 
@@ -289,7 +295,8 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
                     "prepare the data set again")
 
 
-def _shard_files(out_dir: str, info: dict) -> list[str]:
+def shard_files(out_dir: str, info: dict) -> list[str]:
+  """The paths of a prepared set's shards; DataError naming the first one missing."""
   files = [os.path.join(out_dir, s) for s in info["shards"]]
   for f in files:
     if not os.path.isfile(f):
