@@ -18,7 +18,7 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   if label in class_names:
     return class_names.index(label)
   # isdecimal, not isdigit: '²' is a digit that int() refuses.
-  number = lambda text: text.lstrip("-").isdecimal()
+  number = lambda text: text.removeprefix("-").isdecimal()  # one sign: int() refuses '--5'
   # Names that are numbers themselves (category ids as folder names) take numbers as names only:
   # a mistyped id would otherwise pick whichever class sits at that index.
   by_index = not any(number(name) for name in class_names)

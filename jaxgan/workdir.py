@@ -156,16 +156,27 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path, encoding="utf-8") as f:
     text = f.read()
   try:
-    return config_lib.from_json(text)
+    config = config_lib.from_json(text)
   except ValueError as e:  # json's decode error, or a key this jaxgan does not know
     raise ValueError(f"{path} is not a readable jaxgan config ({e}); restore it from the run's "
                      "checkpoint meta or rerun training") from None
+  # The names that pick code: one this jaxgan lacks (a newer jaxgan's model, an edit) was a
+  # KeyError traceback from the registry in whatever built it.
+  from jaxgan import data as data_lib, models  # pylint: disable=g-import-not-at-top
+
+  for key, known in (("model.name", models.MODELS.names()), ("train.dtype", config_lib.DTYPES),
+                     ("data.source", data_lib.SOURCES.names())):
+    value = config_lib.get(config, key)
+    if value not in known:
+      raise ValueError(f"{path}: {key} is {value!r}, which this jaxgan does not have (it has "
+                       f"{', '.join(known)}); use the jaxgan that trained the run")
+  return config
 
 
 def parse_checkpoint(choice: str) -> str:
   """A --checkpoint value: 'latest', 'best' or a step number (one-line error otherwise)."""
   choice = str(choice).strip()
-  if choice in ("latest", "best") or choice.isdigit():
+  if choice in ("latest", "best") or choice.isdecimal():  # not isdigit: int() refuses '²'
     return choice
   raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {choice!r}")
 

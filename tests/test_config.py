@@ -231,6 +231,26 @@ def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
   assert message in str(info.value)
 
 
+@pytest.mark.parametrize("key, value, known", [
+    ("model", {"name": "stylegan2"}, "dcgan, resnet"),  # a newer jaxgan's model, say
+    ("train", {"dtype": "float64"}, "float32, bfloat16"),
+    ("data", {"source": "webdataset"}, "folder, manifest, prepared, synthetic, tfds"),
+])
+def test_a_workdir_config_naming_code_this_jaxgan_lacks_is_one_clear_error(tmp_path, key, value,
+                                                                          known):
+  """generate and evaluate --workdir built from it and failed with the registry's KeyError
+  traceback (or a dict's, for the dtype)."""
+  from jaxgan import workdir
+
+  (tmp_path / "config.json").write_text(json.dumps({key: value}))
+  (name, bad), = value.items()
+  with pytest.raises(ValueError) as info:
+    workdir.load_config(str(tmp_path))
+  assert str(info.value) == (f"{tmp_path / 'config.json'}: {key}.{name} is {bad!r}, which this "
+                             f"jaxgan does not have (it has {known}); use the jaxgan that trained "
+                             "the run")
+
+
 def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   workdir = tmp_path / "w"
   typo = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),

@@ -126,6 +126,13 @@ def test_generate_is_deterministic(runs, tmp_path):
   with pytest.raises(ValueError, match="choose one of: tshirt, trousers, dress"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), label="boots")
   # '²' is a digit (str.isdigit) that int() refuses: the same one-line error, not int()'s.
+  # '--5' is no number either (one sign): not int()'s error.
+  with pytest.raises(ValueError, match=r"^--label '--5' is not a class of this model; choose one"):
+    label_choices.resolve_label("--5", ["tshirt", "trousers", "dress"], 3)
+  for choice in ("²", "①"):  # digits again: the documented line, not int()'s
+    with pytest.raises(ValueError, match=f"^--checkpoint must be 'latest', 'best' or a step "
+                                         f"number, got '{choice}'$"):
+      workdir_lib.parse_checkpoint(choice)
   with pytest.raises(ValueError, match=r"^--label '²' is not a class of this model; choose one"):
     label_choices.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
 
