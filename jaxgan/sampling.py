@@ -289,8 +289,10 @@ def save_png(image: np.ndarray, path: str, durable: bool = True) -> None:
   """Writes atomically (temp file + rename) so a reader never sees half a PNG; `durable` also
   syncs it to disk (`publish`), which bulk writers of files they can write again skip (two syncs
   per file made 50k samples minutes slower)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  # Within the 255 bytes a file name may have, as `path`'s own name is.
+  tmp = os.path.join(folder, f"{name[:200]}.tmp")
   try:
     Image.fromarray(image).save(tmp, format="PNG")
     if durable:
