@@ -222,6 +222,7 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   read the two runs' images as one set; so is one this wrote until its last file
   (image_sets.INCOMPLETE_MARKER)."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
   os.makedirs(out, exist_ok=True)
@@ -231,6 +232,15 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   if stale:
     raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
                      f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
+  # Any other image there (a grid, another tool's files; subfolders too) would be read with
+  # these as one set by `evaluate --fake`.
+  ours = lambda p: (re.fullmatch(r"\d{6,}\.png", os.path.basename(p))
+                    and os.path.realpath(os.path.dirname(p)) == os.path.realpath(out))
+  others = [p for p in image_sets.list_images(out) if not ours(p)]
+  if others:
+    raise ValueError(f"--out {out} already holds {len(others)} other image file(s) "
+                     f"({os.path.relpath(others[0], out)} ...), which `evaluate --fake` would "
+                     "read with these as one set; use an empty folder or move them")
   # Until the last file is written: a run cut short over an earlier set leaves a mix of the two,
   # which `evaluate --fake` refuses while this is there.
   marker = os.path.join(out, INCOMPLETE_MARKER)

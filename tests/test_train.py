@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,20 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   assert "did not finish writing" in capsys.readouterr().err
   generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
   assert len(list(image_sets.iter_image_set(str(tmp_path / "whole")))) == 5
+  # Other images there (a grid, a subfolder's) would join the set too: refused, nothing written.
+  before = sorted(os.listdir(tmp_path / "whole"))
+  for other in ("sub/x.jpg", "grid.png"):
+    os.makedirs(os.path.dirname(tmp_path / "whole" / other), exist_ok=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "whole" / other)
+    with pytest.raises(ValueError, match=r"^--out .*whole/ already holds 1 other image file\(s\) "
+                                         rf"\({re.escape(other)} \.\.\.\), which `evaluate --fake` "
+                                         "would read with these as one set"):
+      generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=2)
+    os.remove(tmp_path / "whole" / other)
+  assert sorted(os.listdir(tmp_path / "whole")) == before + ["sub"]
+  # A name of 252 characters is a file name (the temporary beside it was one too long).
+  long_name = str(tmp_path / ("a" * 248 + ".png"))
+  assert generate.generate(workdir, 1, long_name) == [long_name]
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")
