@@ -218,9 +218,9 @@ def generate(workdir: str, num: int, out: str,
 
 def _write_singles(chunks, out: str, num: int) -> list[str]:
   """000000.png ... in `out`, a chunk at a time (any --num fits in memory). A folder already
-  holding numbered PNGs past --num (an earlier, larger run) is refused: `evaluate --fake` would
-  read the two runs' images as one set; so is one this wrote until its last file
-  (image_sets.INCOMPLETE_MARKER)."""
+  holding numbered PNGs past --num (an earlier, larger run) or any other image is refused:
+  `evaluate --fake` would read them with these as one set; so is one this wrote until its last
+  file (image_sets.INCOMPLETE_MARKER)."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
