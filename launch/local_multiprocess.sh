@@ -31,6 +31,18 @@ port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
 read -r -a python <<< "${PYTHON:-python}"  # a command with arguments, e.g. taskset -c 1 python
 
 pids=()
+running() {
+  # Whether process $1 still runs. Not `kill -0` alone: a process that exited while this shell
+  # was inside a trap may stay a zombie (not yet reaped here), which `kill -0` reports alive, so
+  # a stop whose processes had all exited waited out the whole grace period (seen under load).
+  local stat
+  if { stat=$(<"/proc/$1/stat"); } 2>/dev/null; then
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != Z ]]
+  else
+    kill -0 "$1" 2>/dev/null  # no /proc (macOS): the best this shell can tell
+  fi
+}
 cleanup() {
   # SIGTERM (each process finishes its step and writes the agreed checkpoint), then wait for them
   # to exit; SIGKILL only after a grace period, for a process stuck in a collective whose peer is
@@ -39,7 +51,7 @@ cleanup() {
   local deadline=$((SECONDS + ${JAXGAN_KILL_GRACE:-60}))
   while ((SECONDS < deadline)); do
     local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    for pid in "${pids[@]}"; do running "$pid" && alive=1; done
     ((alive)) || return 0
     sleep 0.5
   done
