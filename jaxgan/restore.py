@@ -90,8 +90,9 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
           f"config differs from checkpoint step {step} in {workdir} ({listing(layout)}) in the "
           "shapes of the train state (a model width, data.image_size or the class counts): this "
           "run cannot continue with it; use a new workdir, or restore the checkpoint's values"
-          + (f" (its other changes, {listing(others)}, need --allow_config_change)" if others
-             else ""))
+          + (f" (its other changes, {listing(others)}, "
+             f"{'are' if allow_config_change else 'need'} --allow_config_change)"
+             if others else ""))
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({listing(blocking)}); pass --allow_config_change to continue anyway")

@@ -856,13 +856,14 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
   # be accepted with --allow_config_change once those are restored.
   mixed = tiny_config(**{"model.g_width": 16, "optim.g_lr": 1e-4, "train.batch_size": 16,
                          "seed": 1})  # a key of the root too
-  with pytest.raises(trainer.TrainingError) as error:
-    trainer.train_and_evaluate(mixed, str(workdir), allow_config_change=True)
-  message = str(error.value)
-  assert "(model.g_width: 8 -> 16) in the shapes of the train state" in message, message
-  assert message.endswith("restore the checkpoint's values (its other changes, optim.g_lr: "
-                          "0.0002 -> 0.0001; seed: 0 -> 1; train.batch_size: 8 -> 16, need "
-                          "--allow_config_change)"), message
+  for allow, verb in ((False, "need"), (True, "are")):  # not told to pass the flag it passed
+    with pytest.raises(trainer.TrainingError) as error:
+      trainer.train_and_evaluate(mixed, str(workdir), allow_config_change=allow)
+    message = str(error.value)
+    assert "(model.g_width: 8 -> 16) in the shapes of the train state" in message, message
+    assert message.endswith("restore the checkpoint's values (its other changes, optim.g_lr: "
+                            "0.0002 -> 0.0001; seed: 0 -> 1; train.batch_size: 8 -> 16, "
+                            f"{verb} --allow_config_change)"), message
 
 
 def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
