@@ -48,6 +48,14 @@ from tests.conftest import REPO, run_module
     ("train.steps_per_call", 0, "train.steps_per_call"),
     ("seed", -1, "seed: must be an integer in [0, 2**32), got -1"),
     ("seed", 2**32 + 5, "seed: must be an integer in [0, 2**32), got 4294967301"),
+    # Past int32 (the step's counters and shapes; float() of 10**400 overflows): a traceback
+    # after compiling, or inside validation itself for loss.r1_interval.
+    ("train.batch_size", 10**12, "train.batch_size: must be at most 2147483647 in size (int32, "
+     "as the step holds it), got 1000000000000"),
+    ("train.num_steps", 2**31, "train.num_steps: must be at most 2147483647"),
+    ("loss.r1_interval", 10**400, "loss.r1_interval: must be at most 2147483647"),
+    ("augment.ada_interval", 2**40, "augment.ada_interval: must be at most 2147483647"),
+    ("train.ema_half_life_images", 10**400, "train.ema_half_life_images: must be at most"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})

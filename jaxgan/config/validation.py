@@ -11,12 +11,13 @@ import math
 import ml_collections
 
 from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
-                                  check_known_keys, check_types, get, parse_class_counts,
-                                  r1_period)
+                                  check_known_keys, check_types, flat_items, get,
+                                  parse_class_counts, r1_period)
 
 
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
+INT32_MAX = 2**31 - 1
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -72,6 +73,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   check_complete(config)
   check_types(config)
   _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
+  # The step and its counters hold integers as int32 (the step number its keys fold in, shapes,
+  # intervals compared with the step), and Python's float() of a huge one overflows: a larger
+  # value failed as a traceback after compiling (or wrapped the step counter). The seed is a
+  # uint32 (seed_problem).
+  for key, value in flat_items(config):
+    if key != "seed" and isinstance(value, int) and not isinstance(value, bool):
+      _require(abs(value) <= INT32_MAX, key, f"must be at most {INT32_MAX} in size (int32, as "
+               f"the step holds it), got {value}")
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
