@@ -85,12 +85,23 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
   def write() -> None:
     if jax.process_index() != 0:
       return
+    config_path = os.path.join(workdir, "config.json")
+    if start_step == 0 and os.path.exists(config_path):
+      # Not a jaxgan run killed before its first checkpoint (whose files are rewritten): another
+      # tool's folder, whose config.json and metrics rows would be overwritten without a word.
+      try:
+        with open(config_path, encoding="utf-8") as f:
+          config_lib.from_json(f.read())
+      except (OSError, ValueError) as e:
+        raise workdir_lib.WorkdirError(
+            f"--workdir {workdir} holds a config.json that is not a jaxgan run's ({e}), and no "
+            "checkpoint: pass a new --workdir, or delete that config.json to train here"
+            ) from None
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
     writers.drop_rows_after(workdir, start_step)
     # Also with TensorBoard off now: a later resume with it on would show those steps' events.
     writers.drop_events_after(workdir, start_step)
-    config_path = os.path.join(workdir, "config.json")
     with open(config_path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
     # Readers (generate) never see half a file, nor an empty one after a host crash.

@@ -323,6 +323,22 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
 
 
+def test_another_tools_folder_is_not_overwritten(tmp_path):
+  """A workdir without checkpoints is a run killed before its first one, whose files are
+  rewritten: unless its config.json is not a jaxgan config, as in another tool's folder."""
+  workdir = tmp_path / "theirs"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"lr": 0.1, "epochs": 5}')
+  (workdir / "metrics.jsonl").write_text('{"step": 5, "loss": 0.3}\n')
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf"^--workdir {re.escape(str(workdir))} holds a config.json that is not a jaxgan run's "
+      r"\(.*\), and no checkpoint: pass a new --workdir, or delete that config.json to train "
+      r"here$")):
+    trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(workdir))
+  assert (workdir / "config.json").read_text() == '{"lr": 0.1, "epochs": 5}'
+  assert (workdir / "metrics.jsonl").read_text() == '{"step": 5, "loss": 0.3}\n'
+
+
 def test_cli_train_then_generate(tmp_path):
   """The issue's smoke command on the default config, then `generate` from its checkpoint."""
   workdir = tmp_path / "w"
