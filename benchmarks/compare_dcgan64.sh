@@ -15,6 +15,10 @@
 # deadline; DEADLINE_S bounds the JAX sweep alone; rows not started in time say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# benchmarks/sweep.py imports jaxgan, and a script's own folder, not the working directory, is
+# first on its path: without this, a machine where jaxgan is not installed (a GPU machine the
+# repository is copied to) lost every JAX row.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 batches=("$@")
 [[ ${#batches[@]} -gt 0 ]] || batches=(128 1024 4096)
 python="${PYTHON:-python}"
@@ -41,6 +45,13 @@ note() {
 print(json.dumps({key: name, "batch_size": int(batch), field: why}))' "$@" | tee -a "$out"
 }
 
+# The JAX side's imports, checked before torch's minutes: a package missing there (ml_collections
+# on an image that lacks it) is said at once, and the call's torch rows are not spent for nothing.
+if ! "$python" -c "import jaxgan.throughput, ml_collections" 2>&1; then
+  echo "jaxgan does not import with $python (above); install what is missing (docs/benchmarks.md:" \
+       "the ml_collections wheel), or set PYTHON" >&2
+  exit 2
+fi
 for b in "${batches[@]}"; do
   for mode in ${TORCH_MODES:-bf16_channels_last fp32}; do
     limit=$(( $(left) - 90 - for_profiles ))
@@ -86,8 +97,11 @@ for flag_set in "${flag_sets[@]}"; do
     --deadline_s "$deadline" \
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
     | grep '^{' | tee -a "$out"
-  if [[ ${PIPESTATUS[0]} == 124 ]]; then
+  status=${PIPESTATUS[0]}
+  if [[ $status == 124 ]]; then
     note variant "sweep [$flag_set]" 0 error "killed $(( deadline + 90 )) s after it started"
+  elif [[ $status != 0 ]]; then  # a crash (its traceback is above): the rows it did not write
+    note variant "sweep [$flag_set]" 0 error "exit status $status (its stderr is above)"
   fi
 done
 
@@ -101,6 +115,10 @@ for b in "${profiles[@]}"; do
     timeout 150 "$python" -m jaxgan.benchmark profile \
     --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \
     | grep '^{' | tee -a "$out"
+  status=${PIPESTATUS[0]}
+  if [[ $status != 0 ]]; then
+    note profile "jaxgan bf16" "$b" error "exit status $status (124: its 150 s timeout; its stderr is above)"
+  fi
 done
 
 "$python" - "$out" <<'PY'

@@ -358,6 +358,28 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
       {"variant": "sweep []", "batch_size": 0, "skipped": "TOTAL_S"},
       {"profile": "jaxgan bf16", "batch_size": 2, "skipped": "TOTAL_S"}]
   assert proc.stdout.count("not measured:") == 3 and "| variant | batch |" in proc.stdout
+  # A sweep that crashes before its first row (a batch that is no number: a traceback) and a
+  # profile that fails (batch 0) each leave an error row too, not a silent gap.
+  out.unlink()
+  env.update(TOTAL_S="420", TORCH_MODES=" ", PROFILE_BATCHES="0")
+  proc = subprocess.run(["bash", script, "x"], capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [json.loads(line) for line in out.read_text().splitlines()] == [
+      {"variant": "sweep []", "batch_size": 0, "error": "exit status 1 (its stderr is above)"},
+      {"profile": "jaxgan bf16", "batch_size": 0,
+       "error": "exit status 2 (124: its 150 s timeout; its stderr is above)"}], proc.stderr
+  # An interpreter that cannot import jaxgan's side (a package missing on the GPU machine's
+  # image) stops the call at once, before torch's minutes.
+  broken = tmp_path / "python"
+  broken.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")  # no site-packages
+  broken.chmod(0o755)
+  out.unlink()
+  env.update(PYTHON=str(broken), TORCH_MODES="bf16_channels_last")
+  proc = subprocess.run(["bash", script, "2"], capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 2 and "jaxgan does not import with" in proc.stderr, proc.stderr
+  assert not out.exists()
 
 
 def test_sweep_variants_parse_and_type_their_overrides(monkeypatch):
