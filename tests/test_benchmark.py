@@ -58,6 +58,23 @@ def test_peak_memory_is_a_steps_own_only_if_it_rose_during_it(monkeypatch):
     assert row["peak_memory_bytes"] == want
 
 
+def test_a_catalog_configs_flops_are_those_of_its_sets_classes(tmp_path, monkeypatch):
+  """data.num_classes=-1 (the prepared set's count): the step was timed with the set's classes
+  while its FLOPs were counted for an unconditional model."""
+  from jaxgan.data import prepared
+
+  prepared.write_prepared(str(tmp_path / "set"), np.zeros((3, 16, 16, 3), np.uint8),
+                          np.arange(3), ["a", "b", "c"], [])
+  config = tiny_config(**{"data.source": "prepared", "data.path": str(tmp_path / "set"),
+                          "data.num_classes": -1})
+  monkeypatch.setattr(throughput, "step_call", lambda config, warmup: (lambda calls=1: None, 1))
+  row, = throughput.benchmark_steps([config], steps=2, warmup=1)
+  assert row["flops_per_image"] == throughput.step_flops_per_image(
+      tiny_config(**{"data.num_classes": 3}))
+  assert row["flops_per_image"] != throughput.step_flops_per_image(
+      tiny_config(**{"data.num_classes": 0}))
+
+
 def test_dcgan64_flops_match_the_hand_count():
   # Multiply-adds of the forward passes at batch 1 (see docs/benchmarks.md):
   # G: 100x8192 dense + three 4x4/2 transposed convs of 33.5M MACs + 3.1M to RGB.
