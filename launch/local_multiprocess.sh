@@ -35,8 +35,11 @@ running() {
   # Whether process $1 still runs. Not `kill -0` alone: a process that exited while this shell
   # was inside a trap may stay a zombie (not yet reaped here), which `kill -0` reports alive, so
   # a stop whose processes had all exited waited out the whole grace period (seen under load).
-  local stat
-  if { stat=$(<"/proc/$1/stat"); } 2>/dev/null; then
+  local stat=""
+  if [[ -d /proc/self ]]; then
+    # `read`, not $(<file): under `set -e` a failed $(<file) (the process reaped meanwhile) ended
+    # this script.
+    read -r stat 2>/dev/null < "/proc/$1/stat" || return 1  # gone: reaped
     stat="${stat##*) }"
     [[ "${stat:0:1}" != Z ]]
   else
