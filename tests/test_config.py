@@ -55,7 +55,8 @@ from tests.conftest import REPO, run_module
     ("train.num_steps", 2**31, "train.num_steps: must be at most 2147483647"),
     ("loss.r1_interval", 10**400, "loss.r1_interval: must be at most 2147483647"),
     ("augment.ada_interval", 2**40, "augment.ada_interval: must be at most 2147483647"),
-    ("train.ema_half_life_images", 10**400, "train.ema_half_life_images: must be at most"),
+    ("train.ema_half_life_images", 10**400, "train.ema_half_life_images: must be finite in "
+     "float32, got an integer of 401 digits"),
 ])
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})
@@ -63,6 +64,13 @@ def test_invalid_values_name_the_key(make_config, key, value, message):
     config_lib.validate(config, num_devices=1)
   assert message in str(info.value)
   assert "\n" not in str(info.value)
+
+
+def test_integer_keys_the_step_reads_as_floats_may_pass_int32(make_config):
+  """A half-life of 10**12 images freezes the EMA (a test does so); only int32 keys are bound."""
+  config_lib.validate(make_config(**{"train.ema_half_life_images": 10**12,
+                                     "augment.name": "ada", "augment.ada_kimg": 2**40}),
+                      num_devices=1)
 
 
 def test_the_loader_limits_default_alike_in_training_and_prepare():

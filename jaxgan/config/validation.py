@@ -18,6 +18,7 @@ from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_comple
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 INT32_MAX = 2**31 - 1
+READ_AS_FLOAT = frozenset({"train.ema_half_life_images", "augment.ada_kimg"})  # integer keys
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -73,14 +74,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   check_complete(config)
   check_types(config)
   _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
-  # The step and its counters hold integers as int32 (the step number its keys fold in, shapes,
-  # intervals compared with the step), and Python's float() of a huge one overflows: a larger
-  # value failed as a traceback after compiling (or wrapped the step counter). The seed is a
-  # uint32 (seed_problem).
+  # The step and its counters hold integer keys as int32 (the step number its keys fold in,
+  # shapes, intervals compared with the step): a larger value failed as a traceback after
+  # compiling (or wrapped the step counter). The keys the step reads as floats may be larger (a
+  # half-life of 10**12 images freezes the EMA), as long as float() of them does not overflow.
+  # The seed is a uint32 (seed_problem).
   for key, value in flat_items(config):
-    if key != "seed" and isinstance(value, int) and not isinstance(value, bool):
+    if key == "seed" or not isinstance(value, int) or isinstance(value, bool):
+      continue
+    shown = value if abs(value) < 10**20 else f"an integer of {len(str(abs(value)))} digits"
+    if key in READ_AS_FLOAT or isinstance(get(base_config(), key), float):
+      _require(abs(value) <= FLOAT32_MAX, key, f"must be finite in float32, got {shown}")
+    else:
       _require(abs(value) <= INT32_MAX, key, f"must be at most {INT32_MAX} in size (int32, as "
-               f"the step holds it), got {value}")
+               f"the step holds it), got {shown}")
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
