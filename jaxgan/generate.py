@@ -132,8 +132,8 @@ def generate(workdir: str, num: int, out: str,
   from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
   from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  if num <= 0:
-    raise ValueError(f"--num must be positive, got {num}")
+  if not 0 < num <= 2**31 - 1:  # larger: JAX's shapes are int32 (a traceback from the latents)
+    raise ValueError(f"--num must be in [1, 2**31 - 1], got {num}")
   if not truncation >= 0:  # NaN too: it would pass as 'off' (every comparison with it is False)
     raise ValueError(f"--truncation must be >= 0 (0 = off), got {truncation}")
   if interpolate < 0 or interpolate == 1:

@@ -305,6 +305,9 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   ends = sample_inputs.latents(0, 2, 8)
   path = np.asarray(sample_inputs.slerp(ends[0:1], ends[1:2], jnp.linspace(0, 1, 3)[:, None]))
   np.testing.assert_allclose(path[[0, 2]], np.asarray(ends), atol=1e-5)
+  for bad in (0, 2**31, 10**20):  # past int32: a traceback from the latents' shape before
+    with pytest.raises(ValueError, match=rf"^--num must be in \[1, 2\*\*31 - 1\], got {bad}$"):
+      generate.generate(workdir, bad, str(tmp_path / "x.png"))
   for bad in (-1, float("nan")):
     with pytest.raises(ValueError, match="--truncation"):
       generate.generate(workdir, 1, str(tmp_path / "x.png"), truncation=bad)
