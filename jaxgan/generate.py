@@ -212,8 +212,10 @@ def generate(workdir: str, num: int, out: str,
     images = np.concatenate([images for _, images in chunks])
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
-  except OSError as e:
-    raise OSError(f"--out {out}: {e.strerror or e}; pass a path you can write") from e
+  except OSError as e:  # naming the file where it is another than --out (a subfolder listed)
+    other = e.filename and os.path.abspath(e.filename) != os.path.abspath(out)
+    where = f" ({e.filename})" if other else ""
+    raise OSError(f"--out {out}{where}: {e.strerror or e}; pass a path you can write") from e
 
 
 def _write_singles(chunks, out: str, num: int) -> list[str]:
@@ -226,15 +228,17 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
   os.makedirs(out, exist_ok=True)
-  stale = sorted((n for n in os.listdir(out)  # 7 digits and more from 1,000,000 on
-                  if re.fullmatch(r"\d{6,}\.png", n) and int(n[:-4]) >= num),
+  # Names this writes: f"{i:06d}.png" exactly (7 digits and more from 1,000,000 on); another
+  # tool's 00000001.png is not one of them.
+  numbered = lambda n: re.fullmatch(r"\d{6,}\.png", n) and n == f"{int(n[:-4]):06d}.png"
+  stale = sorted((n for n in os.listdir(out) if numbered(n) and int(n[:-4]) >= num),
                  key=lambda n: int(n[:-4]))
   if stale:
     raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
                      f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
   # Any other image there (a grid, another tool's files; subfolders too) would be read with
   # these as one set by `evaluate --fake`.
-  ours = lambda p: (re.fullmatch(r"\d{6,}\.png", os.path.basename(p))
+  ours = lambda p: (numbered(os.path.basename(p))
                     and os.path.realpath(os.path.dirname(p)) == os.path.realpath(out))
   others = [p for p in image_sets.list_images(out) if not ours(p)]
   if others:

@@ -291,8 +291,11 @@ def save_png(image: np.ndarray, path: str, durable: bool = True) -> None:
   per file made 50k samples minutes slower)."""
   folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  # Within the 255 bytes a file name may have, as `path`'s own name is.
-  tmp = os.path.join(folder, f"{name[:200]}.tmp")
+  # Within the 255 bytes a file name may have, as `path`'s own name is (bytes, not characters:
+  # 'é' is two); a cut inside a character is dropped.
+  raw = os.fsencode(name)
+  short = raw[:200].decode("utf-8", "ignore") if len(raw) > 200 else name
+  tmp = os.path.join(folder, f"{short}.tmp")
   try:
     Image.fromarray(image).save(tmp, format="PNG")
     if durable:

@@ -219,13 +219,17 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
       generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=2)
     os.remove(tmp_path / "whole" / other)
   assert sorted(os.listdir(tmp_path / "whole")) == before + ["sub"]
+  Image.new("RGB", (4, 4)).save(tmp_path / "whole" / "00000001.png")  # ffmpeg's %08d, not ours
+  with pytest.raises(ValueError, match=r"already holds 1 other image file\(s\) \(00000001.png"):
+    generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=2)
+  os.remove(tmp_path / "whole" / "00000001.png")
   # A name of 252 characters is a file name (the temporary beside it was one too long).
-  long_name = str(tmp_path / ("a" * 248 + ".png"))
-  assert generate.generate(workdir, 1, long_name) == [long_name]
+  for long_name in ("a" * 248 + ".png", "é" * 125 + ".png"):  # 252 and 254 bytes
+    assert generate.generate(workdir, 1, str(tmp_path / long_name)) == [str(tmp_path / long_name)]
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")
-  with pytest.raises(OSError, match=r"^--out .*a_file/x.png: "):
+  with pytest.raises(OSError, match=r"^--out .*a_file/x.png \(.*a_file\): File exists; "):
     generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
@@ -334,8 +338,8 @@ def test_another_tools_folder_is_not_overwritten(tmp_path):
   (workdir / "config.json").write_text('{"lr": 0.1, "epochs": 5}')
   (workdir / "metrics.jsonl").write_text('{"step": 5, "loss": 0.3}\n')
   with pytest.raises(workdir_lib.WorkdirError, match=(
-      rf"^--workdir {re.escape(str(workdir))} holds a config.json that is not a jaxgan run's "
-      r"\(.*\), and no checkpoint: pass a new --workdir, or delete that config.json to train "
+      rf"^--workdir {re.escape(str(workdir))} holds a config.json this jaxgan cannot read as a "
+      r"run's \(.*\), and no checkpoint: pass a new --workdir, or delete that config.json to train "
       r"here$")):
     trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(workdir))
   assert (workdir / "config.json").read_text() == '{"lr": 0.1, "epochs": 5}'
