@@ -94,8 +94,8 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
           config_lib.from_json(f.read())
       except (OSError, ValueError) as e:
         raise workdir_lib.WorkdirError(
-            f"--workdir {workdir} holds a config.json that is not a jaxgan run's ({e}), and no "
-            "checkpoint: pass a new --workdir, or delete that config.json to train here"
+            f"--workdir {workdir} holds a config.json this jaxgan cannot read as a run's ({e}), "
+            "and no checkpoint: pass a new --workdir, or delete that config.json to train here"
             ) from None
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
