@@ -369,7 +369,7 @@ def main(argv=None) -> int:
 
 def _os_problem(error: OSError) -> str:
   if error.filename and error.strerror:
-    return f"{error.filename}: {error.strerror}; make it readable, or move it out of the set"
+    return f"{error.filename}: {error.strerror}; check that it can be read"
   return str(error)
 
 

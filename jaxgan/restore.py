@@ -91,7 +91,7 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
           "shapes of the train state (a model width, data.image_size or the class counts): this "
           "run cannot continue with it; use a new workdir, or restore the checkpoint's values"
           + (f" (its other changes, {listing(others)}, "
-             f"{'are' if allow_config_change else 'need'} --allow_config_change)"
+             f"{'are allowed by' if allow_config_change else 'need'} --allow_config_change)"
              if others else ""))
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "

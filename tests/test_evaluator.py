@@ -630,8 +630,8 @@ def test_a_subfolder_evaluate_cannot_list_is_a_one_line_error(tmp_path, capsys, 
   monkeypatch.setattr(os, "walk", walk)
   assert evaluate.main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake")]) == 2
   assert capsys.readouterr().err == (
-      f"error: {tmp_path / 'real' / 'locked'}: cannot list folder (Permission denied); make it "
-      "readable, or move it out of the set\n")
+      f"error: {tmp_path / 'real' / 'locked'}: cannot list folder (Permission denied); check "
+      "that it can be read\n")
 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(

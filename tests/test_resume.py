@@ -856,7 +856,8 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
   # be accepted with --allow_config_change once those are restored.
   mixed = tiny_config(**{"model.g_width": 16, "optim.g_lr": 1e-4, "train.batch_size": 16,
                          "seed": 1})  # a key of the root too
-  for allow, verb in ((False, "need"), (True, "are")):  # not told to pass the flag it passed
+  # Not told to pass the flag it passed.
+  for allow, verb in ((False, "need"), (True, "are allowed by")):
     with pytest.raises(trainer.TrainingError) as error:
       trainer.train_and_evaluate(mixed, str(workdir), allow_config_change=allow)
     message = str(error.value)

@@ -19,6 +19,10 @@ _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 INT32_MAX = 2**31 - 1
 READ_AS_FLOAT = frozenset({"train.ema_half_life_images", "augment.ada_kimg"})  # integer keys
+# Integer keys only the host's Python reads (image limits, process and checkpoint counts): no bound
+# of int32's (prepare takes the same --max-pixels unbounded).
+HOST_ONLY = frozenset({"data.max_pixels", "data.min_source_size", "data.workers",
+                       "data.min_class_count", "train.keep_checkpoints"})
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -80,7 +84,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   # half-life of 10**12 images freezes the EMA), as long as float() of them does not overflow.
   # The seed is a uint32 (seed_problem).
   for key, value in flat_items(config):
-    if key == "seed" or not isinstance(value, int) or isinstance(value, bool):
+    if key == "seed" or key in HOST_ONLY or not isinstance(value, int) or isinstance(value, bool):
       continue
     shown = value if abs(value) < 10**20 else f"an integer of {len(str(abs(value)))} digits"
     if key in READ_AS_FLOAT or isinstance(get(base_config(), key), float):
