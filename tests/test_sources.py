@@ -1224,6 +1224,18 @@ def _running(pid: int) -> bool:
     return False
 
 
+def _assert_workers_end(stdout: str) -> None:
+  """The two decoding workers whose pids `stdout` lists end within 30 s (none left behind)."""
+  import time
+
+  workers = [int(pid) for pid in stdout.split()]
+  assert len(workers) == 2
+  deadline = time.monotonic() + 30
+  while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not any(_running(pid) for pid in workers)
+
+
 @pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed", "parent-killed"])
 def test_decoding_workers_under_signals(tmp_path, mode):
   """A Ctrl-C reaches the decoding workers too: they leave it to the parent (whose stop request
@@ -1232,19 +1244,13 @@ def test_decoding_workers_under_signals(tmp_path, mode):
   parent died (a second Ctrl-C, SIGKILL) end too, instead of waiting for work forever."""
   import subprocess
   import sys
-  import time
 
   proc = subprocess.run([sys.executable, "-c", DECODE_UNDER_A_SIGNAL, str(tmp_path), mode],
                         cwd=REPO, capture_output=True, text=True, timeout=120,
                         start_new_session=True)  # its own process group: pytest is not signalled
   if mode == "parent-killed":
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    workers = [int(pid) for pid in proc.stdout.split()]
-    assert len(workers) == 2
-    deadline = time.monotonic() + 30
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-      time.sleep(0.2)
-    assert not any(_running(pid) for pid in workers)
+    _assert_workers_end(proc.stdout)
     return
   assert proc.returncode == 0, proc.stderr[-2000:]
   if mode == "ctrl-c":
@@ -1287,7 +1293,6 @@ def test_prepare_ended_by_sigterm_cleans_up_like_ctrl_c(tmp_path):
   with one line and status 143."""
   import subprocess
   import sys
-  import time
 
   out = tmp_path / "out"
   proc = subprocess.run([sys.executable, "-c", PREPARE_UNDER_SIGTERM, str(tmp_path / "photos"),
@@ -1295,9 +1300,4 @@ def test_prepare_ended_by_sigterm_cleans_up_like_ctrl_c(tmp_path):
   assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
   assert proc.stderr.splitlines()[-1] == "terminated (SIGTERM)", proc.stderr[-2000:]
   assert not out.exists()
-  workers = [int(pid) for pid in proc.stdout.split()]
-  assert len(workers) == 2
-  deadline = time.monotonic() + 30
-  while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-    time.sleep(0.2)
-  assert not any(_running(pid) for pid in workers)
+  _assert_workers_end(proc.stdout)
