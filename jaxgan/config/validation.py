@@ -83,11 +83,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   # compiling (or wrapped the step counter). The keys the step reads as floats may be larger (a
   # half-life of 10**12 images freezes the EMA), as long as float() of them does not overflow.
   # The seed is a uint32 (seed_problem).
+  defaults = dict(flat_items(base_config()))
   for key, value in flat_items(config):
     if key == "seed" or key in HOST_ONLY or not isinstance(value, int) or isinstance(value, bool):
       continue
     shown = value if abs(value) < 10**20 else f"an integer of {len(str(abs(value)))} digits"
-    if key in READ_AS_FLOAT or isinstance(get(base_config(), key), float):
+    if key in READ_AS_FLOAT or isinstance(defaults.get(key), float):
       _require(abs(value) <= FLOAT32_MAX, key, f"must be finite in float32, got {shown}")
     else:
       _require(abs(value) <= INT32_MAX, key, f"must be at most {INT32_MAX} in size (int32, as "
