@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="two-set mode: load folder images at this size (padded to a square and "
                  "resized as training does, e.g. the model's resolution) instead of their "
                  "native sizes; 0 = native")
-  p.set_defaults(defaulted=())  # workdir mode: the settings to take from the checkpoint
+  # defaulted: workdir mode's settings to take from the checkpoint; listed: two-set mode's
+  # folders' image files, listed once (`image_sets.list_set`) by the argument checks.
+  p.set_defaults(defaulted=(), listed={})
   return p
 
 
@@ -77,16 +79,17 @@ def _parser() -> argparse.ArgumentParser:
 MANY_SHAPES = 8
 
 
-def _features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2
-                     ) -> tuple[np.ndarray, int]:
+def _features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2,
+                     paths: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
   """(features, how many files were skipped) of a folder or prepared set, read and extracted
-  image by image (host memory holds a batch per image size, not the set)."""
+  image by image (host memory holds a batch per image size, not the set); `paths`: a folder's
+  image files when already listed."""
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
   skipped: list[dict] = []
-  images = image_sets.iter_image_set(path, image_size, skipped)
+  images = image_sets.iter_image_set(path, image_size, skipped, paths)
   features = extractor.stream(_read_checked(images, skipped, path, fewest),
-                              image_sets.count_images(path), desc)
+                              image_sets.count_images(path, paths), desc)
   return features, len(skipped)
 
 
@@ -134,15 +137,17 @@ def evaluate_sets(args) -> dict:
   fewest = suite.min_samples(names)
   # The fakes are read only after the reals' features (minutes to hours): an unreadable --fake
   # set is found now.
-  warning = image_sets.check_readable(args.fake, fewest, args.image_size)
+  listed = getattr(args, "listed", {})
+  warning = image_sets.check_readable(args.fake, fewest, args.image_size,
+                                      paths=listed.get(args.fake))
   if warning:
     print(f"warning: {warning}", file=sys.stderr)
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
   real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size,
-                                        fewest)
+                                        fewest, listed.get(args.real))
   fake, fake_skipped = _features_of_set(extractor, args.fake, "inception (fake)", args.image_size,
-                                        fewest)
+                                        fewest, listed.get(args.fake))
   results = suite.compute(real, fake, names)
   results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
                  skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
@@ -293,7 +298,8 @@ def _bad_argument(args) -> str:
     if not os.path.isdir(path):
       return f"--{flag} {path}: not a folder; pass a folder of images or a prepared data set"
     try:
-      count = image_sets.count_images(path)
+      args.listed[path] = image_sets.list_set(path)  # once: the reads below use this listing
+      count = image_sets.count_images(path, args.listed[path])
     except image_sets.DataError as e:  # a damaged prepared set's index: its own one line
       return str(e)
     except OSError as e:  # a subfolder that cannot be listed (find_images names it)

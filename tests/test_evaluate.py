@@ -62,6 +62,26 @@ def test_two_folders(tmp_path, capsys):
 
 
 @needs_weights
+def test_each_folder_is_listed_once(tmp_path, capsys, caplog, monkeypatch):
+  """The argument checks list a folder; the fakes' early check, the count and the read use that
+  listing (a folder linked twice was warned about at each of 3-4 listings)."""
+  from jaxgan.data import image_sets
+
+  a, b = _folder(tmp_path / "a", 0), _folder(tmp_path / "b", 1)
+  os.symlink(os.path.join(b, "sub"), os.path.join(b, "again"))
+  listed = []
+  original = image_sets.list_images
+  monkeypatch.setattr(image_sets, "list_images", lambda root: listed.append(root) or original(root))
+  code, out, err = _run(capsys, "--real", a, "--fake", b, "--batch-size", "3", "--metrics", "fid",
+                        "--cache-dir", str(tmp_path / "cache"))
+  assert code == 0, err
+  assert sorted(listed) == [a, b]
+  assert json.loads(out)["num_samples"] == 6  # sub/ read once, not again through its link
+  warnings = [r for r in caplog.records if "already listed under another name" in r.getMessage()]
+  assert len(warnings) == 1
+
+
+@needs_weights
 def test_prepared_set_against_a_folder(tmp_path, capsys):
   rng = np.random.default_rng(2)
   images = np.stack([draw_product(i % 8, 16, rng) for i in range(6)])

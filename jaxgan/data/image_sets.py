@@ -11,7 +11,7 @@ with a model's samples: one compiled shape, small batches).
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -39,24 +39,36 @@ def list_images(root: str) -> list[str]:
   return sorted(find_images(root))
 
 
-def count_images(path: str) -> int:
-  """How many images a folder or prepared set at `path` holds (files, before any is read)."""
+def list_set(path: str) -> Optional[list[str]]:
+  """The image files of the folder set at `path` (`list_images`), or None for a prepared set:
+  for a caller that reads one set several times to list it once (a large folder on network
+  storage takes seconds to list, and each listing warns again of a folder linked twice)."""
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    return None
+  check_complete(path)
+  return list_images(path)
+
+
+def count_images(path: str, paths: Optional[Sequence[str]] = None) -> int:
+  """How many images a folder or prepared set at `path` holds (files, before any is read);
+  `paths`: the folder's `list_set`, when the caller has it."""
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
     return int(prepared.read_info(path)["num_examples"])
-  check_complete(path)
-  return len(list_images(path))
+  return len(list_set(path) if paths is None else paths)
 
 
-def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256) -> str:
+def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256,
+                   paths: Optional[Sequence[str]] = None) -> str:
   """Reads a set's first files until `fewest` load, before the other set's features (hours for
   50k images): raises DataError when the whole folder holds fewer readable images, or a prepared
   set is not at `image_size`; returns a warning ('' if none) when fewer than `fewest` of the
-  first max(`limit`, `fewest`) files load and the rest are left to the full read."""
+  first max(`limit`, `fewest`) files load and the rest are left to the full read. `paths`: the
+  folder's `list_set`, when the caller has it."""
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):  # arrays: nothing to decode
     _check_prepared_size(path, image_size)
     prepared.shard_files(path, prepared.read_info(path))  # a missing shard, before the hours
     return ""
-  paths = list_images(path)
+  paths = list_set(path) if paths is None else paths
   if not paths:
     raise DataError(_no_images(path))
   options = LoadOptions(image_size=image_size)
@@ -89,12 +101,13 @@ def _no_images(path: str) -> str:
           "or below it")
 
 
-def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = None
-                   ) -> Iterator[np.ndarray]:
+def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = None,
+                   paths: Optional[Sequence[str]] = None) -> Iterator[np.ndarray]:
   """The images of a folder or prepared data set, in order, at their native size or
   `image_size`, as uint8 arrays [n, H, W, 3] (a folder's one image at a time, a prepared set's a
   batch at a time): a set of any size in bounded memory. Unreadable files are appended to
-  `skipped` as {'path', 'reason'}; a set with no readable image is a DataError."""
+  `skipped` as {'path', 'reason'}; a set with no readable image is a DataError. `paths`: the
+  folder's `list_set`, when the caller has it."""
   if not os.path.isdir(path):
     raise DataError(f"{path}: not a folder; pass a folder of images or a prepared data set")
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
@@ -102,8 +115,7 @@ def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = Non
     for images, _ in prepared.iter_prepared(path):
       yield images
     return
-  check_complete(path)
-  paths = list_images(path)
+  paths = list_set(path) if paths is None else paths
   if not paths:
     raise DataError(_no_images(path))
   skipped = [] if skipped is None else skipped
