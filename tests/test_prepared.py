@@ -168,7 +168,11 @@ def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tm
 @pytest.mark.parametrize("damage, message", [
     ("missing", r"train-00001-of-00003.tfrecord listed in dataset_info.json is missing; prepare "
                 r"the data set again"),
-    ("fewer", r"holds 5 examples, dataset_info.json says 6: a shard is truncated; prepare"),
+    # The last shard holds 1 example where 2 were written: found by its size.
+    ("fewer", r"shard train-00002-of-00003.tfrecord of .* is truncated \(\d+ bytes; its 2 "
+              r"images alone take 1536\); prepare the data set again"),
+    ("cut", r"shard train-00001-of-00003.tfrecord of .* is truncated \(\d+ bytes; its 2 images "
+            r"alone take 1536\); prepare the data set again"),
     ("more", r"holds more examples than its dataset_info.json says; prepare again"),
     ("flipped", r"shard train-00001-of-00003.tfrecord of .* is damaged \(DataLossError\); "
                 r"prepare the data set again"),
@@ -181,11 +185,14 @@ def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_p
 
   monkeypatch.setattr(prepared, "EXAMPLES_PER_SHARD", 2)
   out = tmp_path / "set"
-  prepared.write_prepared(str(out), _images(5, 10), np.zeros(5), ["a"], [])  # 3 shards
+  # 3 shards, of images large enough next to a record's other bytes for a cut to show in size.
+  prepared.write_prepared(str(out), np.full((5, 16, 16, 3), 10, np.uint8), np.zeros(5), ["a"], [])
   info = json.loads((out / "dataset_info.json").read_text())
   shard = out / "train-00001-of-00003.tfrecord"
   if damage == "missing":
     shard.unlink()
+  elif damage == "cut":  # a copy cut short: found by its size before any read
+    shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
   elif damage == "flipped":
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -196,10 +203,15 @@ def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_p
   cache = tmp_path / "cache"
   with pytest.raises(DataError, match=message):
     prepared.read_prepared(str(out), str(cache / "images.npy"))
-  # No partial cache file left; for a missing shard, not even the folder made.
-  assert not cache.exists() if damage == "missing" else os.listdir(cache) == []
+  # No partial cache file left; for a shard missing or short, not even the folder made.
+  found_early = damage in ("missing", "fewer", "cut")
+  assert not cache.exists() if found_early else os.listdir(cache) == []
   with pytest.raises(DataError, match=message):
     list(prepared.iter_prepared(str(out), batch_size=2))
+  if found_early:  # evaluate's early check of a --fake set, too
+    from jaxgan.data import image_sets
+    with pytest.raises(DataError, match=message):
+      image_sets.check_readable(str(out), 2)
 
 
 def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_killed_one_left(

@@ -296,11 +296,22 @@ def iter_prepared(out_dir: str, batch_size: int = 1024) -> Iterator[tuple[np.nda
 
 
 def shard_files(out_dir: str, info: dict) -> list[str]:
-  """The paths of a prepared set's shards; DataError naming the first one missing."""
+  """The paths of a prepared set's shards; DataError naming the first one missing, or shorter
+  than its examples' image bytes alone (a copy cut short: found by its size, before a read)."""
   files = [os.path.join(out_dir, s) for s in info["shards"]]
-  for f in files:
+  n, size = info["num_examples"], info["image_size"]
+  # Shard s holds examples [s * EXAMPLES_PER_SHARD, ...) as _write_set splits them; a set whose
+  # shard count says otherwise is left to the read's count check.
+  split = len(files) == max(1, -(-n // EXAMPLES_PER_SHARD))
+  for s, f in enumerate(files):
     if not os.path.isfile(f):
       raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
+    examples = min(EXAMPLES_PER_SHARD, n - s * EXAMPLES_PER_SHARD)
+    need = examples * size * size * 3  # each record holds its raw image, and more
+    if split and os.path.getsize(f) < need:
+      raise DataError(f"shard {os.path.basename(f)} of {out_dir} is truncated "
+                      f"({os.path.getsize(f)} bytes; its {examples} images alone take {need}); "
+                      "prepare the data set again")
   return files
 
 
