@@ -118,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.name = "none"  # 'none' | 'diffaugment' | 'ada' | 'ada_fixed' (ADA at p = ada_p_init)
   c.augment.policy = "color,translation,cutout"  # diffaugment's ops
   c.augment.ada_target = 0.6  # ADA: target E[sign(D(real))]
-  c.augment.ada_kimg = 500  # ADA: thousands of images for p to move from 0 to 1
+  # ADA: thousands of images for p to move from 0 to 1, counted as reals shown to D (with
+  # train.n_critic > 1, batch_size * n_critic per step, where the EMA half-life counts G's).
+  c.augment.ada_kimg = 500
   c.augment.ada_interval = 4  # ADA: steps between p updates
   c.augment.ada_p_init = 0.0  # ADA: p at the start ('ada_fixed': throughout)
 
