@@ -120,11 +120,25 @@ class Checkpointer:
       return False
 
   def _report_failure(self, step: Optional[int], error: BaseException) -> None:
+    self._forget_failed_writes()
     previous = self.latest_step()
     where = f"step {step}" if step is not None else "a checkpoint"
     log.error("writing %s to %s failed (%s: %s); the previous checkpoint (%s) is still valid",
               where, self.directory, type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "",
               f"step {previous}" if previous is not None else "none")
+
+  def _forget_failed_writes(self) -> None:
+    """Takes the steps on disk again after a failed write. Orbax drops the oldest kept step from
+    its list when a save starts, and deletes it only once the save completes: after a failure
+    the list missed a valid step (keep=1: 'no checkpoint', while a rerun resumes from it) and
+    that step was never pruned. On one process, the failed write's temporary folder is removed
+    too (no write is in flight now; a disk that filled up gets its space back); with several,
+    another process may still be in it, and the next start's clean-up removes it."""
+    if jax.process_count() == 1 and not self.read_only:
+      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    self._manager.reload()
 
   def _report_async_errors(self) -> bool:
     """Surfaces an error of an earlier asynchronous save; True when there was none."""

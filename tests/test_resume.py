@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -560,6 +561,43 @@ def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, m
 
   assert sum(isinstance(f, orbax_output._OrbaxErrorsInOneLine)
              for f in logging.getLogger("absl").filters) == 1
+
+
+def test_after_a_failed_background_write_the_kept_steps_are_those_on_disk(tmp_path, monkeypatch):
+  """Orbax drops the oldest kept step from its list as a save starts: after the save failed,
+  the writer said 'no checkpoint' with one valid on disk (keep=1), and never pruned it."""
+  import glob
+
+  import jax.numpy as jnp
+  from orbax.checkpoint._src.serialization import jax_array_handlers as handlers
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  original, failing = handlers._async_serialize_replica_slices, {3}
+  writing = [0]
+
+  async def maybe_fail(*args, **kwargs):
+    if writing[0] in failing:
+      raise OSError(28, "No space left on device")
+    return await original(*args, **kwargs)
+
+  monkeypatch.setattr(handlers, "_async_serialize_replica_slices", maybe_fail)
+  directory = str(tmp_path / "checkpoints")
+  for keep in (1, 2):
+    shutil.rmtree(directory, ignore_errors=True)
+    writer = ckpt_lib.Checkpointer(directory, keep=keep)
+    for step in (1, 2, 3):
+      writing[0] = step
+      writer.save(step, {"w": jnp.arange(4.0) + step}, {"step": step})
+      assert writer.wait() == (step != 3)
+    kept = [1, 2][-keep:]
+    assert writer.steps() == kept and writer.latest_step() == 2
+    assert glob.glob(os.path.join(directory, "*tmp*")) == []  # the failed write's space freed
+    for step in (4, 5):  # written again: the list is pruned as usual
+      writing[0] = step
+      assert writer.save(step, {"w": jnp.arange(4.0)}, {"step": step}) and writer.wait()
+    writer.close()
+    assert sorted(os.listdir(directory)) == [str(s) for s in [4, 5][-keep:]]
 
 
 def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
