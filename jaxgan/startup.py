@@ -49,6 +49,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))
+    _check_not_foreign(workdir)  # before anything is written into it (checkpoints/ included)
     source = data_lib.build_source(config)
     return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 
@@ -78,6 +79,23 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     raise
 
 
+def _check_not_foreign(workdir: str) -> None:
+  """Raises WorkdirError when `workdir` has no checkpoint and a config.json that is not a
+  jaxgan run's: another tool's folder, whose config.json and metrics rows the run would
+  overwrite without a word (a jaxgan run killed before its first checkpoint is started over)."""
+  config_path = os.path.join(workdir, "config.json")
+  if workdir_lib.has_step_folders(workdir) or not os.path.exists(config_path):
+    return
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      config_lib.from_json(f.read())
+  except (OSError, ValueError) as e:
+    raise workdir_lib.WorkdirError(
+        f"--workdir {workdir} holds a config.json this jaxgan cannot read as a run's ({e}), "
+        "and no checkpoint: pass a new --workdir, or delete that config.json to train here"
+        ) from None
+
+
 def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
   """WORKDIR/config.json, and metrics.jsonl and the TensorBoard events cut back to `start_step`:
   written by process 0, agreed (as everything local before a collective)."""
@@ -86,17 +104,6 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
     if jax.process_index() != 0:
       return
     config_path = os.path.join(workdir, "config.json")
-    if start_step == 0 and os.path.exists(config_path):
-      # Not a jaxgan run killed before its first checkpoint (whose files are rewritten): another
-      # tool's folder, whose config.json and metrics rows would be overwritten without a word.
-      try:
-        with open(config_path, encoding="utf-8") as f:
-          config_lib.from_json(f.read())
-      except (OSError, ValueError) as e:
-        raise workdir_lib.WorkdirError(
-            f"--workdir {workdir} holds a config.json this jaxgan cannot read as a run's ({e}), "
-            "and no checkpoint: pass a new --workdir, or delete that config.json to train here"
-            ) from None
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
     writers.drop_rows_after(workdir, start_step)

@@ -259,6 +259,11 @@ def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int,
   return None
 
 
+def has_step_folders(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a step folder (readable or not)."""
+  return bool(_step_folders(os.path.join(workdir, "checkpoints")))
+
+
 def _step_folders(directory: str) -> list[int]:
   """The step folders in `directory` now (without orbax's listing, which a manager keeps)."""
   try:

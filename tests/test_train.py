@@ -344,6 +344,7 @@ def test_another_tools_folder_is_not_overwritten(tmp_path):
     trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(workdir))
   assert (workdir / "config.json").read_text() == '{"lr": 0.1, "epochs": 5}'
   assert (workdir / "metrics.jsonl").read_text() == '{"step": 5, "loss": 0.3}\n'
+  assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]  # no checkpoints/ made
 
 
 def test_cli_train_then_generate(tmp_path):
