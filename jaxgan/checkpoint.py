@@ -274,7 +274,11 @@ class Checkpointer:
       source = os.path.join(self.directory, str(step))
       target_dir = self.directory + suffix
       os.makedirs(target_dir, exist_ok=True)
-      target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+      target = base = os.path.join(target_dir, f"{step}-{int(time.time())}")
+      for n in range(1, 1000):  # a second move of the step within the second: not into the first
+        if not os.path.exists(target):
+          break
+        target = f"{base}.{n}"
       if os.path.exists(source):
         shutil.move(source, target)
 

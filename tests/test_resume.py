@@ -644,22 +644,30 @@ def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first
   assert writers.read_metrics(workdir)[-1]["step"] == stopped_at
 
 
-def test_a_step_left_by_an_earlier_attempt_is_moved_aside_and_written(tmp_path):
+def test_a_step_left_by_an_earlier_attempt_is_moved_aside_and_written(tmp_path, monkeypatch):
   """A resume from before a step that exists (skipped as unreadable, or a best FID evaluated
-  again) writes that step anew; orbax alone refuses a step it lists."""
+  again) writes that step anew; orbax alone refuses a step it lists. Moved twice within a
+  second, the second copy is kept beside the first, not moved into it."""
   import jax.numpy as jnp
 
   from jaxgan import checkpoint as ckpt_lib
 
   directory = str(tmp_path / "checkpoints")
   writer = ckpt_lib.Checkpointer(directory)
-  assert writer.save(4, {"w": jnp.zeros(3)}, {"step": 4}) and writer.wait()
-  assert writer.save(4, {"w": jnp.ones(3)}, {"step": 4}) and writer.wait()
+  monkeypatch.setattr(ckpt_lib.time, "time", lambda: 1_700_000_000.5)  # one second throughout
+  for value in (0.0, 1.0, 2.0):
+    assert writer.save(4, {"w": jnp.full(3, value)}, {"step": 4}) and writer.wait()
   writer.close()
   reader = ckpt_lib.Checkpointer(directory, read_only=True)
   restored, _ = reader.restore(4, {"w": jnp.zeros(3)})
-  np.testing.assert_array_equal(restored["w"], np.ones(3))
-  assert [name.split("-")[0] for name in os.listdir(directory + ".replaced")] == ["4"]
+  np.testing.assert_array_equal(restored["w"], np.full(3, 2.0))
+  replaced = directory + ".replaced"
+  assert sorted(os.listdir(replaced)) == ["4-1700000000", "4-1700000000.1"]
+  for name, value in zip(sorted(os.listdir(replaced)), (0.0, 1.0)):  # each a whole step
+    os.rename(os.path.join(replaced, name), os.path.join(replaced, "7"))
+    aside = ckpt_lib.Checkpointer(replaced, read_only=True)
+    np.testing.assert_array_equal(aside.restore(7, {"w": jnp.zeros(3)})[0]["w"], np.full(3, value))
+    os.rename(os.path.join(replaced, "7"), os.path.join(replaced, name))
 
 
 def test_a_step_still_listed_after_its_move_is_not_written(tmp_path, caplog):
