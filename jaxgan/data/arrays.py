@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from jaxgan import tf_host
+from jaxgan.data import shuffle_order
 from jaxgan.data.images import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,9 @@ class ArraySource:
     return len(self.images)
 
   def indices(self, positions):
-    """Dataset indices of stream positions (a tf int64 tensor): a permutation per epoch."""
-    tf = tf_host.import_tensorflow()
-    n = self.num_examples
-    epoch, offset = positions // n, positions % n
-    # The raw op, with a [n, 3] seed per element: (a constant tag, run seed, epoch). (The public
-    # tf.random.experimental.index_shuffle pads [n, 2] seeds along the wrong axis.)
-    fill = lambda value: tf.fill(tf.shape(positions), tf.constant(value, tf.int64))
-    seeds = tf.stack([fill(0x6A61), fill(self.seed), epoch], -1)
-    return tf.raw_ops.RandomIndexShuffle(index=offset, seed=seeds, max_index=fill(n - 1), rounds=4)
+    """Dataset indices of stream positions (a tf int64 tensor): a permutation per epoch, keyed
+    by (data seed, epoch)."""
+    return shuffle_order.epoch_permutation(positions, self.num_examples, self.seed)
 
   def index_dataset(self, batch_size: int, start_step: int, rows: Optional[np.ndarray] = None):
     """tf.data.Dataset of the example indices of `rows` (all by default) of each global batch of
