@@ -26,22 +26,29 @@ class PeriodicEval:
   and not compared with, so `generate --checkpoint best` never returns another run's model."""
 
   def __init__(self, config, workdir: str, evaluator: Evaluator, writer, meta: Callable,
-               start_step: int, data_fingerprint: Optional[int] = None):
+               start_step: int, data_fingerprint: Optional[int] = None,
+               order_fingerprint: Optional[int] = None):
     self.config, self.writer, self.meta = config, writer, meta
     self.evaluator = evaluator
     self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
     # FIDs compare only against the same reals (the data, `data.fingerprint`), at the same
     # sample counts, weights and preprocessing: a best FID measured under other eval settings is
     # forgotten (the next evaluation becomes the best).
+    reals = reals_for(config, config.train.eval_num_samples)
     self.settings = {"data_fingerprint": data_fingerprint,
                      "num_samples": config.train.eval_num_samples,
-                     "num_real": reals_for(config, config.train.eval_num_samples),
+                     "num_real": reals,
                      "weights": self.evaluator.extractor.weights_id,
                      "preprocessing": PREPROCESSING_ID,
                      "standing_stats_batches": config.eval.standing_stats_batches,
                      # Only when on: runs without flips keep the best FIDs recorded before the
                      # reals were mirrored for flipping runs (2026-12-03); those forget theirs.
                      **({"mirrored_reals": True} if config.data.random_flip else {})}
+    # The reals are the first num_real of the training order, and the mirrored ones are drawn
+    # by position: where that picks a subset, or mirrors, another order is other reals.
+    total = getattr(getattr(evaluator, "source", None), "num_examples", None)
+    if order_fingerprint is not None and (config.data.random_flip or (total and reals < total)):
+      self.settings["order_fingerprint"] = order_fingerprint
     self.best_fid = float("inf")
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.

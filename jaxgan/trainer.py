@@ -159,7 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     except inception_weights.WeightsError as e:  # a damaged file: found before the first step
       raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
     evaluate = periodic_eval.PeriodicEval(config, workdir, evaluator, writer, meta, start_step,
-                                          data_fingerprint)
+                                          data_fingerprint, order)
 
   step = start_step
   interactive = sys.stderr.isatty()  # else a log file (a cluster job)

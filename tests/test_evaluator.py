@@ -297,8 +297,8 @@ class Writer:
 class FixedFid:
   """An Evaluator whose evaluate() returns the next FID of a list."""
 
-  def __init__(self, fids):
-    self.fids, self.extractor = list(fids), Extractor()
+  def __init__(self, fids, source=None):
+    self.fids, self.extractor, self.source = list(fids), Extractor(), source
 
   def evaluate(self, *args, **kwargs):
     return {"fid": self.fids.pop(0)}
@@ -389,6 +389,28 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
                                      data_fingerprint=0x1234)
   assert fresh.best_fid == float("inf")
   fresh.close()
+  # So do other reals of the same data: the first num_real of another order (a subset).
+  subset = type("Source", (), {"num_examples": 10**6})()
+  reals = evaluator.reals_for(config, config.train.eval_num_samples)
+  with_order = lambda order: periodic_eval.PeriodicEval(
+      config, str(tmp_path / "subset"), FixedFid([20.0], subset), Writer(),
+      lambda s: {"step": s}, 4, order_fingerprint=order)
+  first = with_order(0x77)
+  assert first.settings["order_fingerprint"] == 0x77
+  real_save = first.best.save
+  monkeypatch.setattr(first.best, "save", lambda step, state, meta:
+                      real_save(step, {"w": state.w}, meta))
+  first(4, _state(4.0))  # the best, with its order
+  first.close()
+  for order, best in ((0x77, 20.0), (0x78, float("inf"))):
+    later = with_order(order)
+    assert later.best_fid == best, order
+    later.close()
+  # The whole set, unmirrored: the order changes nothing, and old bests still compare.
+  whole = type("Source", (), {"num_examples": reals})()
+  assert "order_fingerprint" not in periodic_eval.PeriodicEval(
+      config, str(tmp_path / "whole"), FixedFid([], whole), Writer(), lambda s: {}, 0,
+      order_fingerprint=0x77).settings
   # So do the EMA generator's BatchNorm statistics (standing vs the raw G's: ~12 % of FID).
   shared = tiny_config(**{"train.eval_every": 2, "eval.standing_stats_batches": 0})
   fresh = periodic_eval.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
