@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", help="training workdir: evaluate its checkpoint")
   p.add_argument("--num-samples", type=int, default=0, dest="num_samples",
                  help="generated samples (workdir mode; 0 = the run's train.eval_num_samples); "
-                 "reals: as many, capped at the data set")
+                 "reals: see --num-real")
   p.add_argument("--num-real", type=int, default=0, dest="num_real",
                  help="real images for the reference (workdir mode; 0 = the run's "
                  "eval.num_real, or --num-samples when that is 0 too)")
