@@ -117,6 +117,12 @@ def test_two_attribute_labels(make_config, family):
   assert [d_vars["params"][d_embed][f"attr{i}"][table].shape[0] for i in range(2)] == [3, 5]
   with pytest.raises(ValueError, match=r"expected \[batch, 2\]"):
     jax.eval_shape(lambda v: g.apply(v, z, labels[:, :1], train=False), g_vars)
+  # Soft labels (class weights) of the wrong width, to D: refused, not cut at the class counts.
+  soft = jnp.full((2, 6), 1 / 6)
+  with pytest.raises(ValueError, match=r"soft labels of shape \(2, 6\); expected \[batch, 8\]"):
+    jax.eval_shape(lambda x: d.init(jax.random.PRNGKey(1), x, soft, train=False), images)
+  with pytest.raises(ValueError, match="needs labels"):  # a conditional model without labels
+    jax.eval_shape(lambda v: g.apply(v, z, None, train=False), g_vars)
 
 
 def test_one_attribute_dcgan_keeps_its_parameter_tree():

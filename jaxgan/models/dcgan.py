@@ -36,6 +36,8 @@ def _class_embedding(num_classes: int | Sequence[int], features: int, name: str,
   """The label embedding [b, features] of int or soft labels (`conditioning.embed_labels`): a
   plain nn.Embed for one attribute, so the parameter tree (and every checkpoint of a one-attribute
   run) stays as before; a ClassEmbed sum for several."""
+  if labels is None:  # as the ResNet says it (jnp.asarray(None) says nothing of labels)
+    raise ValueError(f"a conditional DCGAN ({name}) needs labels")
   classes = class_tuple(num_classes)
   if len(classes) == 1:
     return embed_labels([nn.Embed(classes[0], features, embedding_init=_init, name=name)], labels)

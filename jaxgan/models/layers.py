@@ -127,7 +127,7 @@ class _Conv4x4Stride2(nn.Module):
 
 class UpConv(_Conv4x4Stride2):
   """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`, same parameters
-  ('kernel' [4, 4, in, out], 'bias'), same function, two lowerings:
+  ('kernel' [4, 4, in, out], 'bias'), same function, four lowerings:
 
   - 'dilated': XLA's transposed convolution (a 4x4 conv over the zero-dilated input);
   - 'phase_grad': the same forward and input gradient, but the kernel gradient as 16 matmuls
@@ -172,7 +172,7 @@ DOWNSAMPLE_IMPLS = ("auto", "strided", "s2d")
 
 
 def resolve_downsample_impl(impl: str, backend: str | None = None) -> str:
-  """'auto' -> 'strided' on every backend: 's2d' timed even to 5 % slower for the whole DCGAN-64
+  """'auto' -> 'strided' on every backend: 's2d' timed even to 17 % slower for the whole DCGAN-64
   step on XLA:CPU (docs/benchmarks.md) and is unmeasured on GPUs, so 'auto' changes only after a
   GPU measurement says it should. Parameters are the same for every lowering, so a checkpoint
   trained with one loads with any other."""

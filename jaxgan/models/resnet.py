@@ -302,6 +302,10 @@ class SNProjectionEmbed(nn.Module):
   @nn.compact
   def __call__(self, labels: jnp.ndarray, features: int, train: bool) -> jnp.ndarray:
     if is_soft(labels):
+      if jnp.ndim(labels) != 2 or jnp.shape(labels)[1] != sum(self.num_classes):
+        raise ValueError(f"soft labels of shape {jnp.shape(labels)}; expected [batch, "
+                         f"{sum(self.num_classes)}] (class weights of the attributes with "
+                         f"{list(self.num_classes)} classes, concatenated)")
       weights = jnp.split(jnp.asarray(labels, jnp.float32),
                           np.cumsum(self.num_classes)[:-1].tolist(), axis=-1)
     else:
