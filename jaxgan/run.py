@@ -85,7 +85,14 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   config_lib.validate_distributed(config)
-  sharding.initialize_distributed(config)
+  try:
+    sharding.initialize_distributed(config)
+  except (ValueError, RuntimeError) as e:  # JAX's: no cluster detected, an address in use, ...
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    raise config_lib.ConfigError(
+        f"config key distributed.coordinator_address ({config.distributed.coordinator_address!r}):"
+        f" jax.distributed could not start ({first}); with 'auto', run under a cluster JAX "
+        "detects (Cloud TPU, SLURM, Open MPI), else pass process 0's host:port") from None
 
 
 def resolve_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -41,6 +41,19 @@ from tests.conftest import REPO, run_module
      "with distributed.coordinator_address=host:port"),
     ("distributed.process_id", 2, "distributed.process_id: got 2, but it is read only"),
     ("optim.b1", 1.0, "optim.b1"),
+    # Checked as float32 holds them: 1.0 there makes Adam's every update non-finite, 0.0 a
+    # learning rate that never moves (or a weight that is off).
+    ("optim.b2", 0.99999999999, "optim.b2: 0.99999999999 is 1.0 in float32, in which the step "
+     "computes; use at most 0.9999999"),
+    ("loss.lecam_ema_decay", 1 - 1e-11, "loss.lecam_ema_decay: 0.99999999999 is 1.0 in float32"),
+    ("optim.g_lr", 1e-46, "optim.g_lr: must be > 0 and finite in float32, got 1e-46"),
+    ("loss.lecam_weight", 1e-46, "loss.lecam_weight: 1e-46 is 0 in float32, in which the step "
+     "computes (so it would be off); set 0 to turn it off"),
+    # ':' hung in jax.distributed, a port that is not a number was a traceback from its server.
+    ("distributed.coordinator_address", "localhost:abc", "distributed.coordinator_address: must "
+     "be host:port with a port in 1..65535 (process 0's host), or 'auto'; got 'localhost:abc'"),
+    ("distributed.coordinator_address", ":", "distributed.coordinator_address: must be host:port"),
+    ("distributed.coordinator_address", "host:99999", "distributed.coordinator_address: must be"),
     ("loss.name", "wgan_gp", "model.d_norm: loss 'wgan_gp' penalises per-sample gradients"),
     ("mesh.data", 3, "mesh.data"),
     ("model.downsample_impl", "fft", "model.downsample_impl: must be one of"),
@@ -601,3 +614,18 @@ def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
     assert signal.getsignal(signal.SIGTERM) is mine
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_distributed_start_jax_refuses_is_one_line_naming_the_key(tmp_path):
+  """'auto' outside a cluster JAX detects: JAX's ValueError was a traceback."""
+  from conftest import run_module
+
+  proc = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir",
+                    str(tmp_path / "w"), "--compile_only",
+                    "--config.distributed.coordinator_address=auto", timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert error[0].startswith("error: config key distributed.coordinator_address ('auto'): "
+                             "jax.distributed could not start ("), error[0]
+  assert not (tmp_path / "w").exists()

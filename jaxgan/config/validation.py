@@ -8,7 +8,9 @@ metrics) are asked about their own keys, so a new entry brings its checks with i
 from __future__ import annotations
 
 import math
+
 import ml_collections
+import numpy as np
 
 from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
                                   check_known_keys, check_types, flat_items, get,
@@ -159,9 +161,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(0 <= value and value * scaled.get(key, 1) <= FLOAT32_MAX, key,
              f"must be >= 0 and finite in float32{' as scaled' if key in scaled else ''}, got "
              f"{value}")
+    _require(not 0 < value or _float32(value) > 0, key, f"{value} is 0 in float32, in which the "
+             "step computes (so it would be off); set 0 to turn it off, or a larger value")
   _positive_int(config, "augment.ada_interval")
-  _require(0 <= config.loss.lecam_ema_decay < 1, "loss.lecam_ema_decay",
-           f"must be in [0, 1), got {config.loss.lecam_ema_decay}")
+  _below_one_in_float32(config, "loss.lecam_ema_decay")
   _require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
            f"unknown augmentation {config.augment.name!r}; choose one of "
            f"{augment_lib.AUGMENTS.names()}")
@@ -196,10 +199,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              "--config.model.d_norm=layer (or none)")
 
   for key in ("optim.g_lr", "optim.d_lr"):
-    _require(0 < get(config, key) <= FLOAT32_MAX, key, f"must be > 0 and finite in float32, got "
-             f"{get(config, key)}")
+    _require(0 < _float32(get(config, key)) <= FLOAT32_MAX, key, f"must be > 0 and finite in "
+             f"float32, got {get(config, key)}")
   for key in ("optim.b1", "optim.b2"):
-    _require(0 <= get(config, key) < 1, key, f"must be in [0, 1), got {get(config, key)}")
+    _below_one_in_float32(config, key)
   _require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
            f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
   _require(config.train.ema_rampup >= 0, "train.ema_rampup",
@@ -292,12 +295,28 @@ def unread_keys(config: ml_collections.ConfigDict) -> set[str]:
   return unread
 
 
+def _float32(value: float) -> float:
+  """`value` as the step reads it: rounded to float32 (1e-46 is 0 there, 1 - 1e-11 is 1)."""
+  return float(np.float32(value)) if abs(value) <= FLOAT32_MAX else value
+
+
+def _below_one_in_float32(config: ml_collections.ConfigDict, key: str) -> None:
+  """A decay rate in [0, 1) as float32 holds it: one that rounds to 1 (Adam's b2 = 0.99999999999)
+  makes every step's update non-finite (Adam's bias correction divides by 1 - b2^t = 0)."""
+  value = get(config, key)
+  _require(0 <= value < 1, key, f"must be in [0, 1), got {value}")
+  _require(_float32(value) < 1, key, f"{value} is 1.0 in float32, in which the step computes; "
+           "use at most 0.9999999 (the largest float32 below 1 is 1 - 6e-8)")
+
+
 def validate_distributed(config: ml_collections.ConfigDict) -> None:
   """The keys `jax.distributed` needs; checked before the backend starts."""
   d = config.distributed
   if d.coordinator_address and d.coordinator_address != "auto":
-    _require(":" in d.coordinator_address, "distributed.coordinator_address",
-             f"must be host:port, got {d.coordinator_address!r}")
+    host, _, port = d.coordinator_address.rpartition(":")
+    _require(bool(host) and port.isdecimal() and 1 <= int(port) <= 65535,
+             "distributed.coordinator_address", f"must be host:port with a port in 1..65535 "
+             f"(process 0's host), or 'auto'; got {d.coordinator_address!r}")
     _require(isinstance(d.num_processes, int) and d.num_processes >= 1,
              "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
     _require(isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
