@@ -41,6 +41,8 @@ from tests.conftest import REPO, run_module
      "with distributed.coordinator_address=host:port"),
     ("distributed.process_id", 2, "distributed.process_id: got 2, but it is read only"),
     ("optim.b1", 1.0, "optim.b1"),
+    ("train.steps_per_call", 65, "train.steps_per_call: must be at most 64 (each call compiles "
+     "that many unrolled copies of the step), got 65"),
     # Checked as float32 holds them: 1.0 there makes Adam's every update non-finite, 0.0 a
     # learning rate that never moves (or a weight that is off).
     ("optim.b2", 0.99999999999, "optim.b2: 0.99999999999 is 1.0 in float32, in which the step "

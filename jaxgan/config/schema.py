@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   # one host round trip per call instead of per step, for small per-device batches where the host
   # is the bottleneck; compile time grows with it. The same steps, keys and batches (results agree
   # to float rounding, not bit for bit: XLA compiles the call on its own); num_steps and every
-  # *_every must be multiples.
+  # *_every must be multiples. At most 64 (the call's copies of the step are unrolled).
   c.train.steps_per_call = 1
   c.train.dtype = "float32"  # compute dtype; parameters stay float32
   c.train.ema_half_life_images = 10_000  # EMA of G, half-life in G's images (StyleGAN2-ADA)

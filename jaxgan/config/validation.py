@@ -20,6 +20,7 @@ from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_comple
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 INT32_MAX = 2**31 - 1
+MAX_STEPS_PER_CALL = 64
 READ_AS_FLOAT = frozenset({"train.ema_half_life_images", "augment.ada_kimg"})  # integer keys
 # Integer keys only the host's Python reads (image limits, process and checkpoint counts): no bound
 # of int32's (prepare takes the same --max-pixels unbounded).
@@ -102,6 +103,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
               "data.min_source_size", "data.max_pixels",
               "train.eval_num_samples"):  # evaluate --workdir's default, trained or not
     _positive_int(config, key)
+  # The call's scan is unrolled (XLA:CPU compiles a rolled loop's convolutions to its slow
+  # generic kernels): K copies of the step to compile, 252 s at 64 for a tiny model on 2 cores.
+  _require(config.train.steps_per_call <= MAX_STEPS_PER_CALL, "train.steps_per_call",
+           f"must be at most {MAX_STEPS_PER_CALL} (each call compiles that many unrolled copies "
+           f"of the step), got {config.train.steps_per_call}")
   nc = config.data.num_classes
   _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
            "-1 (the prepared set's class counts) was not read from data.path's "
