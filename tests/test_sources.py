@@ -17,6 +17,7 @@ from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
 from jaxgan.data.arrays import encode_labels
+from jaxgan.data.manifest import scan_manifest_columns
 from tests.conftest import REPO, tiny_config
 
 CATALOG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
@@ -188,7 +189,6 @@ def test_manifest_jsonl_with_image_column(tmp_path):
 
 
 def test_manifest_na_label_is_missing_not_a_class(tmp_path):
-  from jaxgan.data.manifest import scan_manifest_columns
   rows = [{"id": 1, "type": "Watches"}, {"id": 2, "type": "NA"}, {"id": 3, "type": "NaN"},
           {"id": 4, "type": "Tshirts"}]
   path, images = _manifest(tmp_path, rows)
@@ -1049,6 +1049,14 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
   with pytest.raises(DataError, match="data.image_pattern '{sku}.jpg' cannot be filled"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(path),
                             "data.image_dir": str(images), "data.image_pattern": "{sku}.jpg"}))
+  # A pattern naming no column: every row the same file (it trained on one image).
+  with pytest.raises(DataError, match=r"^data.image_pattern '0.jpg' names no column, so every "
+                                      r"row would be the same file; put the id in it"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(path),
+                            "data.image_dir": str(images), "data.image_pattern": "0.jpg"}))
+  with pytest.raises(DataError, match="^label column 'articleType' is named twice"):
+    scan_manifest_columns(str(path), image_dir=str(images),
+                          label_columns=["articleType", "articleType"])
   damaged = tmp_path / "prepared"
   damaged.mkdir()
   (damaged / "dataset_info.json").write_text("{not json")

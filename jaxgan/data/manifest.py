@@ -140,6 +140,13 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   """(existing image paths, values of each label column [[per row] per column], skipped rows as
   {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is
   skipped."""
+  if not image_column and not _pattern_fields(image_pattern) and "{" not in image_pattern:
+    # Every row would be the same file ('listed again' for all but the first): one image.
+    raise DataError(f"data.image_pattern {image_pattern!r} names no column, so every row would "
+                    "be the same file; put the id in it, e.g. '{id}.jpg'")
+  repeated = sorted({c for c in label_columns if list(label_columns).count(c) > 1})
+  if repeated:  # two attributes of one column: the same labels twice
+    raise DataError(f"label column {repeated[0]!r} is named twice; name each column once")
   numbered = read_numbered_rows(path)
   if not numbered:
     raise DataError(f"{path} has no rows")
