@@ -202,7 +202,6 @@ def test_manifest_labels_read_as_pandas_would(tmp_path):
   """pandas' missing values (its na_values) are unlabelled, not classes ('None' was a class); a
   JSON 1.0 is the class and id 1 (pandas writes an integer column with a gap as floats); a
   repeated header name that is read, or a list for a label, is refused."""
-  from jaxgan.data.manifest import scan_manifest_columns
   rows = [{"id": 1, "type": "Watches"}, {"id": 2, "type": "None"}, {"id": 3, "type": "-nan"},
           {"id": 4, "type": "#N/A N/A"}, {"id": 5, "type": "Watches"}]
   path, images = _manifest(tmp_path, rows)
@@ -284,7 +283,6 @@ def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_fo
 def test_skipped_rows_name_the_line_they_start_on(tmp_path):
   """After blank lines and a row over two lines (a quoted field with a line break), each row's
   messages name its own first line; rows of a JSON array name their item."""
-  from jaxgan.data.manifest import scan_manifest_columns
 
   (tmp_path / "1.jpg").write_bytes(b"x")
   path = tmp_path / "styles.csv"
@@ -308,7 +306,6 @@ def test_manifest_rows_that_misfit_or_repeat_are_skipped_with_their_reason(tmp_p
   """A comma in an unquoted value shifts the columns after it (Navy, Blue: 'Blue' would become a
   usage); a row short of fields, and a photo listed twice (trained twice, under two labels), are
   skipped too, each named; padded ids are ids."""
-  from jaxgan.data.manifest import scan_manifest_columns
 
   for i in range(1, 6):
     (tmp_path / f"{i}.jpg").write_bytes(b"x")
@@ -335,7 +332,6 @@ def test_manifest_rows_that_misfit_or_repeat_are_skipped_with_their_reason(tmp_p
 def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path):
   """A JSON number is formatted as one ('{id:05d}'); a CSV's padded cells are stripped for any
   column the pattern names; one file listed under two spellings is one file."""
-  from jaxgan.data.manifest import scan_manifest_columns
 
   (tmp_path / "00007.jpg").write_bytes(b"x")
   (tmp_path / "a-7.jpg").write_bytes(b"x")
@@ -358,7 +354,6 @@ def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path)
 def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):
   """Exporters drop null keys: a label column missing from the first row is still a column (that
   row is skipped as unlabelled), and one in no row at all is refused."""
-  from jaxgan.data.manifest import scan_manifest_columns
 
   for i in range(1, 4):
     (tmp_path / f"{i}.jpg").write_bytes(b"x")
