@@ -47,6 +47,9 @@ class PeriodicEval:
     # The reals are the first num_real of the training order, and the mirrored ones are drawn
     # by position: where that picks a subset, or mirrors, another order is other reals.
     total = getattr(getattr(evaluator, "source", None), "num_examples", None)
+    if total and reals > total:  # the FID is then against fewer reals than configured
+      log.warning("eval.num_real (or train.eval_num_samples) asks for %d real images, but the "
+                  "data holds %d: the reference statistics use all %d", reals, total, total)
     if order_fingerprint is not None and (config.data.random_flip or (total and reals < total)):
       self.settings["order_fingerprint"] = order_fingerprint
     self.best_fid = float("inf")

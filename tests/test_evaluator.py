@@ -354,7 +354,8 @@ def _state(value):
                             "w": jnp.full(2, value)})()
 
 
-def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_path, monkeypatch):
+def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_path, monkeypatch,
+                                                                          caplog):
   # PeriodicEval saves the whole state; a plain dict stands in for the TrainState here.
   saved = []
   config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(tmp_path / "cache")})
@@ -406,6 +407,11 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
     later = with_order(order)
     assert later.best_fid == best, order
     later.close()
+  # Fewer reals than asked for: said (the reference uses them all).
+  with caplog.at_level(logging.WARNING):
+    periodic_eval.PeriodicEval(config, str(tmp_path / "few"), FixedFid([], type(
+        "Source", (), {"num_examples": reals - 1})()), Writer(), lambda s: {}, 0).close()
+  assert f"asks for {reals} real images, but the data holds {reals - 1}" in caplog.text
   # The whole set, unmirrored: the order changes nothing, and old bests still compare.
   whole = type("Source", (), {"num_examples": reals})()
   assert "order_fingerprint" not in periodic_eval.PeriodicEval(
