@@ -835,7 +835,8 @@ def test_a_cache_dir_without_room_or_not_a_folder_is_a_one_line_error(folder, tm
   monkeypatch.undo()
   (tmp_path / "a_file").write_text("")
   with pytest.raises(DataError, match=r"^config key data.cache_dir \(.*a_file/cache\): Not a "
-                     r"directory: .*a_file.*; free space there, or set data.cache_dir"):
+                     r"directory: .*a_file.*; set data.cache_dir to a folder you can write to "
+                     r"\(''"):  # not "free space there": the fix is another folder
     build_source(_config(**base, **{"data.cache_dir": str(tmp_path / "a_file" / "cache")}))
 
 

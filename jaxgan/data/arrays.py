@@ -12,6 +12,7 @@ exactly the data of an uninterrupted one, on any number of processes.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import logging
 from typing import Iterator, Optional, Sequence
 
@@ -33,8 +34,13 @@ def cache_dir_problem(cache_dir: str, error: OSError) -> str:
   detail = error.strerror or str(error)
   if error.filename:
     detail += f": {error.filename}"
-  return (f"config key data.cache_dir ({cache_dir}): {detail}; free space there, or set "
-          "data.cache_dir to another folder ('' keeps the decoded images in memory)")
+  fix = {errno.ENOSPC: "free space there, or set data.cache_dir to another folder",
+         errno.EDQUOT: "free space there, or set data.cache_dir to another folder",
+         errno.EROFS: "set data.cache_dir to a writable folder",
+         errno.EACCES: "make it writable, or set data.cache_dir to another folder",
+         }.get(error.errno, "set data.cache_dir to a folder you can write to")
+  return (f"config key data.cache_dir ({cache_dir}): {detail}; {fix} ('' keeps the decoded "
+          "images in memory)")
 
 
 def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) -> None:
