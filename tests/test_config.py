@@ -41,6 +41,11 @@ from tests.conftest import REPO, run_module
      "with distributed.coordinator_address=host:port"),
     ("distributed.process_id", 2, "distributed.process_id: got 2, but it is read only"),
     ("optim.b1", 1.0, "optim.b1"),
+    # Each was a traceback after the workdir was written: host memory for the latents (596 GiB)
+    # or the grid (64 GiB).
+    ("eval.standing_stats_batches", 10**8, "eval.standing_stats_batches: must be at most 10000"),
+    ("train.samples_per_class", 2**31 - 1, "train.samples_per_class: 2147483647 columns of 3 "
+     "rows at 16x16 make a sample grid of 1,649,267,440,896 pixels, past 268,435,456; lower it"),
     ("train.steps_per_call", 65, "train.steps_per_call: must be at most 64 (each call compiles "
      "that many unrolled copies of the step), got 65"),
     # Checked as float32 holds them: 1.0 there makes Adam's every update non-finite, 0.0 a

@@ -12,8 +12,8 @@ import math
 import ml_collections
 import numpy as np
 
-from jaxgan.config.schema import (DTYPES, ConfigError, base_config, check_complete,
-                                  check_known_keys, check_types, flat_items, get,
+from jaxgan.config.schema import (DTYPES, ConfigError, attribute_classes, base_config,
+                                  check_complete, check_known_keys, check_types, flat_items, get,
                                   parse_class_counts, r1_period)
 
 
@@ -21,6 +21,8 @@ _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
 FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is inf there
 INT32_MAX = 2**31 - 1
 MAX_STEPS_PER_CALL = 64
+MAX_STANDING_STATS_BATCHES = 10_000
+MAX_GRID_PIXELS = 2**28  # a sample grid of 16k x 16k pixels (768 MiB as uint8 RGB)
 READ_AS_FLOAT = frozenset({"train.ema_half_life_images", "augment.ada_kimg"})  # integer keys
 # Integer keys only the host's Python reads (image limits, process and checkpoint counts): no bound
 # of int32's (prepare takes the same --max-pixels unbounded).
@@ -240,6 +242,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
            "must be an integer >= 0 (0 = the raw G's running statistics), got "
            f"{config.eval.standing_stats_batches!r}")
+  # Its latents are drawn at once (10^8 batches asked 596 GiB of host memory, a traceback).
+  _require(config.eval.standing_stats_batches <= MAX_STANDING_STATS_BATCHES,
+           "eval.standing_stats_batches", f"must be at most {MAX_STANDING_STATS_BATCHES} (BigGAN's "
+           f"standing statistics take tens), got {config.eval.standing_stats_batches}")
+  classes = attribute_classes(config)
+  rows = classes[0] if classes and classes[0] > 0 else 8  # sample_inputs.grid_inputs' rows
+  size = config.data.image_size
+  if isinstance(size, int) and size > 0:  # (checked above; a bad one is its own error)
+    pixels = rows * config.train.samples_per_class * size * size
+    _require(pixels <= MAX_GRID_PIXELS, "train.samples_per_class",
+             f"{config.train.samples_per_class} columns of {rows} rows at {size}x{size} make a "
+             f"sample grid of {pixels:,} pixels, past {MAX_GRID_PIXELS:,}; lower it")
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
   if config.train.eval_every and config.eval.num_real:
