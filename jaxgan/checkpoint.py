@@ -119,26 +119,34 @@ class Checkpointer:
       self.failures_in_a_row += 1
       return False
 
-  def _report_failure(self, step: Optional[int], error: BaseException) -> None:
-    self._forget_failed_writes()
+  def _report_failure(self, step: Optional[int], error: BaseException,
+                      settled: bool = False) -> None:
+    """Logs a failed write; `settled`: no write is in flight (it was waited for)."""
+    self._forget_failed_writes(settled)
     previous = self.latest_step()
     where = f"step {step}" if step is not None else "a checkpoint"
     log.error("writing %s to %s failed (%s: %s); the previous checkpoint (%s) is still valid",
               where, self.directory, type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "",
               f"step {previous}" if previous is not None else "none")
 
-  def _forget_failed_writes(self) -> None:
+  def _forget_failed_writes(self, settled: bool) -> None:
     """Takes the steps on disk again after a failed write. Orbax drops the oldest kept step from
     its list when a save starts, and deletes it only once the save completes: after a failure
     the list missed a valid step (keep=1: 'no checkpoint', while a rerun resumes from it) and
-    that step was never pruned. On one process, the failed write's temporary folder is removed
-    too (no write is in flight now; a disk that filled up gets its space back); with several,
-    another process may still be in it, and the next start's clean-up removes it."""
-    if jax.process_count() == 1 and not self.read_only:
-      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
-        if ".orbax-checkpoint-tmp" in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    self._manager.reload()
+    that step was never pruned. Once the write is `settled`, and on one process, its temporary
+    folder is removed too (a disk that filled up gets its space back); a save that raised may
+    have writes still running, and with several processes another may still be in the folder:
+    the next start's clean-up removes those. Never raises: the storage that failed the write may
+    fail this too, and the write's own failure is what to report."""
+    try:
+      if settled and jax.process_count() == 1 and not self.read_only:
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+          if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      self._manager.reload()
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("re-reading the checkpoints in %s after a failed write failed too (%s: %s)",
+                  self.directory, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
   def _report_async_errors(self) -> bool:
     """Surfaces an error of an earlier asynchronous save; True when there was none."""
@@ -146,7 +154,7 @@ class Checkpointer:
       self._manager.check_for_errors()
       return True
     except Exception as e:  # pylint: disable=broad-except
-      self._report_failure(None, e)
+      self._report_failure(None, e, settled=True)
       return False
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
@@ -290,7 +298,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      self._report_failure(None, e)
+      self._report_failure(None, e, settled=True)
       ok = False
     else:
       ok = self._report_async_errors()

@@ -278,11 +278,12 @@ def _bad_argument(args) -> str:
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
-  if args.standing_stats_batches < -1:
-    return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "
-            f"statistics) or more, got {args.standing_stats_batches}")
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
 
+  if not -1 <= args.standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:
+    return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "
+            f"statistics) or up to {config_lib.MAX_STANDING_STATS_BATCHES}, got "
+            f"{args.standing_stats_batches}")
   if config_lib.seed_problem(args.seed):
     return f"--seed {config_lib.seed_problem(args.seed)}"
   labelled = suite.needs_labels(names)

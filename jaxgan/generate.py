@@ -142,9 +142,10 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   if batch <= 0:
     raise ValueError(f"--batch must be positive, got {batch}")
-  if standing_stats_batches < -1:
+  if not -1 <= standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:
     raise ValueError(f"--standing_stats_batches must be -1 (the run's setting), 0 (the raw G's "
-                     f"statistics) or more, got {standing_stats_batches}")
+                     f"statistics) or up to {config_lib.MAX_STANDING_STATS_BATCHES}, got "
+                     f"{standing_stats_batches}")
   if config_lib.seed_problem(seed):
     raise ValueError(f"--seed {config_lib.seed_problem(seed)}")
   checkpoint = workdir_lib.parse_checkpoint(checkpoint)

@@ -89,10 +89,13 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
     sharding.initialize_distributed(config)
   except (ValueError, RuntimeError) as e:  # JAX's: no cluster detected, an address in use, ...
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    address = config.distributed.coordinator_address
+    advice = ("'auto' needs a cluster JAX detects (Cloud TPU, SLURM, Open MPI); else pass "
+              "process 0's host:port" if address == "auto" else "check it, "
+              "distributed.num_processes and process_id, and that every process was started")
     raise config_lib.ConfigError(
-        f"config key distributed.coordinator_address ({config.distributed.coordinator_address!r}):"
-        f" jax.distributed could not start ({first}); with 'auto', run under a cluster JAX "
-        "detects (Cloud TPU, SLURM, Open MPI), else pass process 0's host:port") from None
+        f"config key distributed.coordinator_address ({address!r}): jax.distributed could not "
+        f"start ({first}); {advice}") from None
 
 
 def resolve_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -45,7 +45,8 @@ from tests.conftest import REPO, run_module
     # or the grid (64 GiB).
     ("eval.standing_stats_batches", 10**8, "eval.standing_stats_batches: must be at most 10000"),
     ("train.samples_per_class", 2**31 - 1, "train.samples_per_class: 2147483647 columns of 3 "
-     "rows at 16x16 make a sample grid of 1,649,267,440,896 pixels, past 268,435,456; lower it"),
+     "rows at 16x16 make a sample grid of 1,649,267,440,896 pixels, past 1,073,741,824; set at "
+     "most 1398101"),
     ("train.steps_per_call", 65, "train.steps_per_call: must be at most 64 (each call compiles "
      "that many unrolled copies of the step), got 65"),
     # Checked as float32 holds them: 1.0 there makes Adam's every update non-finite, 0.0 a
@@ -537,8 +538,10 @@ def test_generate_refuses_what_it_would_ignore(tmp_path):
   assert proc.returncode == 2 and proc.stderr.strip() == (
       "error: --num is not read by --interpolate N alone (a row per class, N columns each); "
       "drop it, or use --between FROM:TO for ceil(--num / N) rows")
-  with pytest.raises(ValueError, match=r"--standing_stats_batches must be -1 .*got -7"):
-    generate.generate(str(tmp_path), 4, str(tmp_path / "grid.png"), standing_stats_batches=-7)
+  for bad in (-7, 10**8):
+    with pytest.raises(ValueError, match=rf"--standing_stats_batches must be -1 .*up to 10000, "
+                                         rf"got {bad}$"):
+      generate.generate(str(tmp_path), 4, str(tmp_path / "grid.png"), standing_stats_batches=bad)
 
 
 @pytest.mark.parametrize("tool", ["train", "generate", "benchmark"])

@@ -228,6 +228,12 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
   skipped = []
   images = list(image_sets.iter_image_set(str(tmp_path), skipped=skipped))
   assert len(images) == 2 and images[0].shape == (1, 12, 12, 3) and not skipped
+  # Listed early (evaluate's argument checks), read hours later: a generate started on the
+  # folder meanwhile is still refused at the read.
+  listing = image_sets.list_set(str(tmp_path))
+  (tmp_path / image_sets.INCOMPLETE_MARKER).write_text("")
+  with pytest.raises(image_sets.DataError, match="did not finish writing this folder"):
+    next(image_sets.iter_image_set(str(tmp_path), paths=listing))
 
 
 def _without_inception(monkeypatch):

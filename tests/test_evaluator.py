@@ -524,7 +524,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "catalog, which reads no files; drop --data-path"),  # and '_' spells a flag too
     (["--workdir", "{tmp}", "--standing-stats-batches", "-5"],  # was taken as -1
      "--standing-stats-batches must be -1 (the run's), 0 (the raw G's running statistics) or "
-     "more, got -5"),
+     "up to 10000, got -5"),
+    (["--workdir", "{tmp}", "--standing-stats-batches", "100000000"],  # 596 GiB of latents
+     "--standing-stats-batches must be -1 (the run's), 0 (the raw G's running statistics) or "
+     "up to 10000, got 100000000"),
     (["--workdir", "{tmp}", "--checkpoint", "newest"],
      "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
 ])

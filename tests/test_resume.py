@@ -600,6 +600,30 @@ def test_after_a_failed_background_write_the_kept_steps_are_those_on_disk(tmp_pa
     assert sorted(os.listdir(directory)) == [str(s) for s in [4, 5][-keep:]]
 
 
+def test_a_failed_write_is_reported_when_reading_the_list_again_fails_too(tmp_path, monkeypatch,
+                                                                         caplog):
+  """The storage that failed the write may fail the re-listing as well: the write's failure is
+  still what is logged and counted, and nothing raises out of save() or wait()."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  writer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+  assert writer.save(1, {"w": jnp.zeros(2)}, {"step": 1}) and writer.wait()
+
+  def fails(*args, **kwargs):
+    raise OSError(5, "Input/output error")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", fails)
+  monkeypatch.setattr(writer._manager, "reload", fails)
+  with caplog.at_level(logging.WARNING):
+    assert not writer.save(2, {"w": jnp.zeros(2)}, {"step": 2})
+  assert writer.failures_in_a_row == 1 and writer.latest_step() == 1
+  assert "writing step 2" in caplog.text and "re-reading the checkpoints" in caplog.text
+  monkeypatch.undo()
+  writer.close()
+
+
 def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
   import jax.numpy as jnp
 

@@ -1046,10 +1046,11 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
     build_source(_config(**{"data.source": "manifest", "data.path": str(path),
                             "data.image_dir": str(images), "data.image_pattern": "{sku}.jpg"}))
   # A pattern naming no column: every row the same file (it trained on one image).
-  with pytest.raises(DataError, match=r"^data.image_pattern '0.jpg' names no column, so every "
-                                      r"row would be the same file; put the id in it"):
-    build_source(_config(**{"data.source": "manifest", "data.path": str(path),
-                            "data.image_dir": str(images), "data.image_pattern": "0.jpg"}))
+  for pattern in ("0.jpg", "{{id}}.jpg"):  # '{{' is a literal brace
+    with pytest.raises(DataError, match=rf"^data.image_pattern '{re.escape(pattern)}' names no "
+                                        r"column, so every row would be the same file"):
+      build_source(_config(**{"data.source": "manifest", "data.path": str(path),
+                              "data.image_dir": str(images), "data.image_pattern": pattern}))
   with pytest.raises(DataError, match="^label column 'articleType' is named twice"):
     scan_manifest_columns(str(path), image_dir=str(images),
                           label_columns=["articleType", "articleType"])

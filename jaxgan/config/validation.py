@@ -22,7 +22,7 @@ FLOAT32_MAX = 3.4028234663852886e38  # the step computes in float32: larger is i
 INT32_MAX = 2**31 - 1
 MAX_STEPS_PER_CALL = 64
 MAX_STANDING_STATS_BATCHES = 10_000
-MAX_GRID_PIXELS = 2**28  # a sample grid of 16k x 16k pixels (768 MiB as uint8 RGB)
+MAX_GRID_PIXELS = 2**30  # a sample grid of 32k x 32k pixels (3 GiB as uint8 RGB)
 READ_AS_FLOAT = frozenset({"train.ema_half_life_images", "augment.ada_kimg"})  # integer keys
 # Integer keys only the host's Python reads (image limits, process and checkpoint counts): no bound
 # of int32's (prepare takes the same --max-pixels unbounded).
@@ -251,9 +251,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   size = config.data.image_size
   if isinstance(size, int) and size > 0:  # (checked above; a bad one is its own error)
     pixels = rows * config.train.samples_per_class * size * size
+    fits = MAX_GRID_PIXELS // (rows * size * size)  # columns that fit (0: not even one)
     _require(pixels <= MAX_GRID_PIXELS, "train.samples_per_class",
              f"{config.train.samples_per_class} columns of {rows} rows at {size}x{size} make a "
-             f"sample grid of {pixels:,} pixels, past {MAX_GRID_PIXELS:,}; lower it")
+             f"sample grid of {pixels:,} pixels, past {MAX_GRID_PIXELS:,}; " +
+             (f"set at most {fits}" if fits else "even one column per class is too many: lower "
+              "data.image_size or the classes"))
   _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
            f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
   if config.train.eval_every and config.eval.num_real:

@@ -4,8 +4,8 @@ position), computed by tf.data.
 Every real source (folder, manifest, tfds, prepared) ends as an `ArraySource`: images
 uint8 [N, S, S, 3] (in memory, or a memory-mapped cache file for sets larger than RAM) and labels
 int32 [N] (one attribute) or [N, A] (A attributes, e.g. articleType and baseColour). Example `p`
-of the infinite stream is `index_shuffle(p mod N, seed=(seed, p div N))`: a seeded permutation per
-epoch that needs no state, so the iterator position is just the step and a resumed run sees
+of the infinite stream is example `pi(p mod N)`, `pi` a permutation keyed by (seed, p div N)
+(`shuffle_order.py`): a seeded permutation per epoch that needs no state, so the iterator position is just the step and a resumed run sees
 exactly the data of an uninterrupted one, on any number of processes.
 """
 

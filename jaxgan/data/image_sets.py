@@ -115,6 +115,7 @@ def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = Non
     for images, _ in prepared.iter_prepared(path):
       yield images
     return
+  check_complete(path)  # also with an earlier listing: a generate may have started on it since
   paths = list_set(path) if paths is None else paths
   if not paths:
     raise DataError(_no_images(path))

@@ -45,6 +45,14 @@ def _pattern_fields(image_pattern: str) -> set[str]:
     return set()
 
 
+def _names_no_column(image_pattern: str) -> bool:
+  """Whether a pattern parses and names no field ('0.jpg', '{{x}}.jpg'): one file for all rows."""
+  try:
+    return not any(field is not None for _, field, _, _ in string.Formatter().parse(image_pattern))
+  except ValueError:  # unparsable: filling it says what is wrong
+    return False
+
+
 def _duplicated_header(path: str) -> set[str]:
   """The column names a CSV's header holds more than once (csv.DictReader keeps the last)."""
   with open(path, encoding="utf-8-sig", newline="") as f:
@@ -140,7 +148,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   """(existing image paths, values of each label column [[per row] per column], skipped rows as
   {'path', 'reason'}). A row missing any label value (empty, or one of MISSING_VALUES) is
   skipped."""
-  if not image_column and not _pattern_fields(image_pattern) and "{" not in image_pattern:
+  if not image_column and _names_no_column(image_pattern):
     # Every row would be the same file ('listed again' for all but the first): one image.
     raise DataError(f"data.image_pattern {image_pattern!r} names no column, so every row would "
                     "be the same file; put the id in it, e.g. '{id}.jpg'")

@@ -300,9 +300,7 @@ def shard_files(out_dir: str, info: dict) -> list[str]:
   than its examples' image bytes alone (a copy cut short: found by its size, before a read)."""
   files = [os.path.join(out_dir, s) for s in info["shards"]]
   n, size = info["num_examples"], info["image_size"]
-  # Shard s holds examples [s * EXAMPLES_PER_SHARD, ...) as _write_set splits them; a set whose
-  # shard count says otherwise is left to the read's count check.
-  split = len(files) == max(1, -(-n // EXAMPLES_PER_SHARD))
+  split = len(files) == max(1, -(-n // EXAMPLES_PER_SHARD))  # split as _write_set splits
   for s, f in enumerate(files):
     if not os.path.isfile(f):
       raise DataError(f"{f} listed in {INFO_FILE} is missing; prepare the data set again")
