@@ -16,7 +16,8 @@ from jaxgan.config.validation import (MAX_STANDING_STATS_BATCHES, seed_problem, 
 
 __all__ = [
     "RESUMABLE_KEYS", "config_differences", "describe_consequences", "describe_differences",
-    "DTYPES", "MAX_STANDING_STATS_BATCHES", "PATH_KEYS", "ConfigError", "attribute_classes", "base_config", "check_complete",
+    "DTYPES", "MAX_STANDING_STATS_BATCHES", "PATH_KEYS", "ConfigError", "attribute_classes",
+    "base_config", "check_complete",
     "check_known_keys", "flat_items", "from_json", "get", "label_shape", "load_config_file",
     "parse_class_counts", "r1_period", "split_columns", "to_json", "with_absolute_paths",
     "seed_problem", "validate", "validate_distributed", "validate_schedule",

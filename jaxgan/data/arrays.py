@@ -5,8 +5,9 @@ Every real source (folder, manifest, tfds, prepared) ends as an `ArraySource`: i
 uint8 [N, S, S, 3] (in memory, or a memory-mapped cache file for sets larger than RAM) and labels
 int32 [N] (one attribute) or [N, A] (A attributes, e.g. articleType and baseColour). Example `p`
 of the infinite stream is example `pi(p mod N)`, `pi` a permutation keyed by (seed, p div N)
-(`shuffle_order.py`): a seeded permutation per epoch that needs no state, so the iterator position is just the step and a resumed run sees
-exactly the data of an uninterrupted one, on any number of processes.
+(`shuffle_order.py`): a seeded permutation per epoch that needs no state, so the iterator
+position is just the step and a resumed run sees exactly the data of an uninterrupted one, on any
+number of processes.
 """
 
 from __future__ import annotations
