@@ -146,5 +146,5 @@ def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collectio
     # The same data, ordered otherwise: a TensorFlow whose index shuffle draws differently, or
     # a jaxgan from before 2026-12-04, whose order repeated (data/shuffle_order.py).
     log.warning("the data order changed since checkpoint step %d (order %08x, now %08x; "
-                "another TensorFlow or jaxgan version?): training continues, but not on the batches an "
-                "uninterrupted run would have seen", step, meta["order_fingerprint"], order)
+                "another TensorFlow or jaxgan version?): training continues, but not on the "
+                "batches an uninterrupted run would have seen", step, meta["order_fingerprint"], order)
