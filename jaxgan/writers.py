@@ -1,22 +1,22 @@
 """Run outputs: metrics.jsonl and TensorBoard event files (scalars and sample grids).
 
-Only process 0 writes. TensorBoard goes through `tf.summary` on the CPU, imported lazily; on a
-host without TensorFlow the run continues with a warning and JSONL only. A failed write (disk
-full, a lost mount) is logged and the run goes on: outputs are not worth a multi-day run, and the
-checkpoints, which are, have their own failure handling.
+Only process 0 writes. Event files are written by `event_file`, without TensorFlow. A failed
+write (disk full, a lost mount) is logged and the run goes on: outputs are not worth a multi-day
+run, and the checkpoints, which are, have their own failure handling.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from jaxgan import tf_host
+from jaxgan import event_file
 from jaxgan.atomic_write import publish
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,11 @@ class MetricsWriter:
     self._tb = None
     if enabled and tensorboard:
       try:
-        tf = tf_host.import_tensorflow()
-        # Flushed every 10 s (TensorFlow's default, 2 min, loses that much to a hard kill).
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"),
-                                                 flush_millis=10_000)
-      except ImportError:
-        log.warning("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
+        self._tb = event_file.EventFileWriter(os.path.join(workdir, "tensorboard"))
       except Exception as e:  # pylint: disable=broad-except
-        # A broken TensorFlow install or an unwritable event folder must not stop the run, and
-        # must not raise on process 0 alone (the only writer) while the others go on.
+        # A broken tensorboard install (a protobuf mismatch) or an unwritable event folder must
+        # not stop the run, and must not raise on process 0 alone (the only writer) while the
+        # others go on.
         log.warning("TensorBoard unavailable (%s: %s): no events, metrics.jsonl only",
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
@@ -78,24 +74,27 @@ class MetricsWriter:
       self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
     if self._tb is not None:
-      tf = tf_host.import_tensorflow()
       try:
-        with self._tb.as_default(step=int(step)):
-          for k, v in scalars.items():  # NaN and inf as they are: divergence shows, not a gap
-            v = _python(v)
-            if isinstance(v, (int, float)):
-              tf.summary.scalar(k, v)
-      except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError and kin)
+        # NaN and inf as they are: a divergence shows, not a gap in the curve.
+        values = [event_file.scalar_value(k, v) for k, v in scalars.items()
+                  if isinstance(_python(v), (int, float))]
+        if values:
+          self._tb.write(step, values)
+      except Exception as e:  # pylint: disable=broad-except  (OSError, a protobuf error)
         log.error("step %d: TensorBoard scalars failed (%s); training goes on", step, e)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """One uint8 HWC image (a sample grid) to TensorBoard."""
     if not self.enabled or self._tb is None:
       return
-    tf = tf_host.import_tensorflow()
     try:
-      with self._tb.as_default(step=int(step)):
-        tf.summary.image(name, image[None], max_outputs=1)
+      from PIL import Image
+      png = io.BytesIO()
+      pixels = np.asarray(image, np.uint8)
+      # Pillow takes grey as HW; 3 and 4 channels as they are.
+      Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(png, format="PNG")
+      self._tb.write(step, [event_file.image_value(name, png.getvalue(), image.shape[1],
+                                                   image.shape[0])])
     except Exception as e:  # pylint: disable=broad-except
       log.error("step %d: TensorBoard image %r failed (%s); training goes on", step, name, e)
 
@@ -171,34 +170,14 @@ def drop_rows_after(workdir: str, step: int) -> None:
     publish(tmp, path)  # the run's whole history: it must not be lost to a crash
 
 
-def _records(tf, path: str) -> Iterator[bytes]:
-  """The readable records of a TFRecord file, in order; a record a kill cut short (or damage)
-  ends them, with a warning."""
-  iterator = iter(tf.data.TFRecordDataset(path))
-  while True:
-    try:
-      yield bytes(next(iterator).numpy())
-    except StopIteration:
-      return
-    except tf.errors.DataLossError:
-      log.warning("%s: a damaged or cut-short record; the records after it are dropped", path)
-      return
-
-
 def drop_events_after(workdir: str, step: int) -> None:
   """drop_rows_after for WORKDIR/tensorboard's event files: events of steps after `step` are
   removed, since the restarted run writes those steps again and TensorBoard would draw both
   (TF2 writers emit no SessionLog.START, its cue to purge them). A file is read once to check
   (record by record, not held in memory) and rewritten only when it has such events or a cut
-  record. Needs TensorFlow (which writes the files); a failure is logged, not raised: outputs
-  are not worth the run."""
+  record. A failure is logged, not raised: outputs are not worth the run."""
   folder = os.path.join(workdir, "tensorboard")
   if not os.path.isdir(folder):
-    return
-  try:
-    tf = tf_host.import_tensorflow()
-  except Exception as e:  # pylint: disable=broad-except  (absent, or a broken install)
-    log.warning("TensorBoard events after step %d are kept (TensorFlow: %s)", step, e)
     return
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
@@ -210,19 +189,14 @@ def drop_events_after(workdir: str, step: int) -> None:
     # Not named *tfevents*: TensorBoard reads every such file, a half-written copy included.
     tmp = os.path.join(folder, f"{_REWRITE_PREFIX}{os.getpid()}")
     try:
-      size = os.path.getsize(path)
-      read = 0
-      later = False
-      for record in _records(tf, path):
-        read += len(record) + 16  # TFRecord framing: length, its CRC, data, its CRC
-        later = later or tf.compat.v1.Event.FromString(record).step > step
-      if not later and read == size:
+      if all(record is not None and event_file.parse_event(record).step <= step
+             for record in event_file.iter_records(path)):
         continue
-      with tf.io.TFRecordWriter(tmp) as out:
-        for record in _records(tf, path):
-          if tf.compat.v1.Event.FromString(record).step <= step:
-            out.write(record)
+      with open(tmp, "wb") as out:
+        for record in event_file.iter_records(path):
+          if record is not None and event_file.parse_event(record).step <= step:
+            out.write(event_file.frame(record))
       publish(tmp, path)
-    except Exception as e:  # pylint: disable=broad-except  (tf.errors.OpError, OSError, ...)
+    except Exception as e:  # pylint: disable=broad-except  (OSError, a protobuf DecodeError)
       log.error("dropping TensorBoard events after step %d from %s failed (%s); its curves may "
                 "show those steps twice", step, path, e)

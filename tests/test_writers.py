@@ -20,31 +20,38 @@ def test_rows_are_strict_json_with_non_finite_values_as_strings(tmp_path):
   assert writers.read_metrics(str(tmp_path)) == [row]
 
 
-def test_tensorboard_gets_non_finite_values_and_a_broken_tensorflow_is_not_fatal(tmp_path,
-                                                                                   monkeypatch):
+def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tmp_path,
+                                                                              monkeypatch):
   """NaN and inf reach TensorBoard as values (a divergence shows, not a gap in the curve); a
-  TensorFlow that fails on import in another way than ImportError leaves JSONL only."""
-  import tensorflow as tf  # a dependency: a broken install must fail here, not skip
+  grid of any channel count is an image there; a tensorboard package that fails to load (a
+  protobuf mismatch) leaves JSONL only."""
+  import tensorflow as tf  # a test dependency, here the independent reader
   w = writers.MetricsWriter(str(tmp_path))
-  w.write_scalars(1, {"d_loss": np.float32(np.nan), "g_loss": float("inf"), "lr": 0.5})
+  w.write_scalars(1, {"d_loss": np.float32(np.nan), "g_loss": float("inf"), "lr": 0.5,
+                      "note": "text is JSONL only"})
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+  w.write_image(2, "grey", grey)
   w.close()
   folder = tmp_path / "tensorboard"
   values = {}
   for name in os.listdir(folder):
     for record in tf.data.TFRecordDataset(str(folder / name)):
       for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
-        values[v.tag] = float(tf.make_ndarray(v.tensor))
-  assert np.isnan(values["d_loss"]) and values["g_loss"] == float("inf") and values["lr"] == 0.5
+        values[v.tag] = tf.make_ndarray(v.tensor)
+  assert values.keys() == {"d_loss", "g_loss", "lr", "grey"}
+  assert np.isnan(values["d_loss"]) and values["g_loss"] == np.inf and values["lr"] == 0.5
+  width, height, png = values["grey"]
+  assert (width, height) == (b"4", b"3")
+  assert np.array_equal(tf.io.decode_png(png).numpy(), grey)
 
-  from jaxgan import tf_host
-
-  def broken():
+  def broken(*args, **kwargs):
     raise TypeError("Descriptors cannot be created directly")  # a protobuf mismatch
 
-  monkeypatch.setattr(tf_host, "import_tensorflow", broken)
-  w = writers.MetricsWriter(str(tmp_path / "b"))
+  monkeypatch.setattr(writers.event_file, "EventFileWriter", broken)
   os.makedirs(tmp_path / "b")
+  w = writers.MetricsWriter(str(tmp_path / "b"))
   w.write_scalars(2, {"d_loss": 1.0})
+  w.write_image(2, "samples", grey)
   w.close()
   assert writers.read_metrics(str(tmp_path / "b")) == [{"step": 2, "d_loss": 1.0}]
 
@@ -64,7 +71,6 @@ def _events(folder):
 def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
   """Killed at step 4 after its checkpoint at 2, a run logs 3 and 4 again: TensorBoard must see
   each (tag, step) once, as metrics.jsonl does."""
-  import tensorflow  # noqa: F401  (a dependency: a broken install must fail, not skip)
   first = writers.MetricsWriter(str(tmp_path))
   for step in (1, 2, 3, 4):
     first.write_scalars(step, {"d_loss": float(step)})

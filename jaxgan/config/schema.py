@@ -152,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Consecutive skipped (non-finite) steps before the run stops; read back at log rows and before
   # checkpoints (skipped steps change no weights, so a later stop loses nothing).
   c.train.max_nonfinite_steps = 20
-  c.train.tensorboard = True  # also write TensorBoard events (needs TensorFlow on the host)
+  c.train.tensorboard = True  # also write TensorBoard events (no TensorFlow needed)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
   # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never), FID/KID of
   # eval_num_samples EMA samples against the cached real features; the best FID is checkpointed in
