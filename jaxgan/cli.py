@@ -228,6 +228,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       returned = "None" if "NoneType" in str(e) else "a FrozenConfigDict"
       fail(f"--config {config_file}: get_config() returned {returned}; it must return the "
            "ConfigDict, as configs/default.py does")
+    none = re.search(r'field "([\w.]+)" is None', str(e))
+    if none:  # ml_collections' words for an override into a section the file set to None
+      into = [o for o in overrides if o.startswith(f"--config.{none.group(1)}.")]
+      fail(f"{(into or overrides)[0]}: section {none.group(1)} is "
+           f"None in {config_file}; a config file sets the keys in it instead "
+           f"(config.{none.group(1)}.KEY = ...)")
     through = _value_used_as_section(overrides)
     if not named and through:
       fail(through)

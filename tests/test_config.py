@@ -328,11 +328,34 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert none.returncode == 2 and none.stderr.strip().splitlines()[-1] == (
       f"error: --config {tmp_path / 'none.py'}: get_config() returned None; it must return the "
       "ConfigDict, as configs/default.py does"), none.stderr
+  # A section the file set to None, under an override into it: the override and the section,
+  # not ml_collections' traceback.
+  (tmp_path / "no_train.py").write_text(
+      "from jaxgan.config import base_config\n\ndef get_config():\n  c = base_config()\n"
+      "  c.train = None\n  return c\n")
+  no_train = run_module("jaxgan.train", "--config", str(tmp_path / "no_train.py"), "--workdir",
+                        str(workdir), "--config.seed=1", "--config.train.num_steps=2")
+  assert no_train.returncode == 2 and no_train.stderr.strip().splitlines() == [
+      f"error: --config.train.num_steps: section train is None in {tmp_path / 'no_train.py'}; a "
+      "config file sets the keys in it instead (config.train.KEY = ...)"], no_train.stderr
   bad = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
                    "--config.data.image_size=40")
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config key data.image_size:")
   assert not workdir.exists()  # failed before any work, nothing written
+
+
+def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
+  """Not "unknown config key train" (or augment, the first key of a dict's), which sends the
+  user looking for a typo."""
+  config = config_lib.base_config()
+  config.train = None
+  with pytest.raises(config_lib.ConfigError, match=r"^config key train: must be a section of "
+                     r"keys, got None; set the keys in it instead \(config.train.KEY = ...\)$"):
+    config_lib.validate(config, num_devices=1)
+  with pytest.raises(config_lib.ConfigError, match=r"^the config is a dict, not an "
+                     r"ml_collections.ConfigDict: get_config\(\) must return the ConfigDict"):
+    config_lib.validate(config_lib.base_config().to_dict(), num_devices=1)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -200,8 +200,22 @@ def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable[
       yield name, value
 
 
+def check_sections(config: ml_collections.ConfigDict) -> None:
+  """Rejects a config that is not a ConfigDict, or whose schema section is a value (a config
+  file's `config.train = None`): the later checks would call it an unknown key."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict: "
+                      "get_config() must return the ConfigDict, as configs/default.py does")
+  for name, section in base_config().items():
+    if (isinstance(section, ml_collections.ConfigDict) and name in config
+        and not isinstance(config[name], ml_collections.ConfigDict)):
+      raise ConfigError(f"config key {name}: must be a section of keys, got {config[name]!r}; "
+                        f"set the keys in it instead (config.{name}.KEY = ...)")
+
+
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
   """Rejects keys that the schema does not have (a typo in a config file or a stale key)."""
+  check_sections(config)
   known = {k for k, _ in flat_items(base_config())}
   unknown = sorted(k for k, _ in flat_items(config) if k not in known)
   if unknown:
