@@ -215,9 +215,10 @@ def test_a_missing_truncated_overlong_or_damaged_shard_is_a_one_line_error(tmp_p
 
 
 def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_killed_one_left(
-    tmp_path):
+    tmp_path, monkeypatch):
   """A scheduler's retry while the first run still writes would publish a mix of both's shards:
   the second waits for the lock; temporaries a killed run left (a shard's is large) are removed."""
+  import fcntl
   import threading
 
   from jaxgan.atomic_write import exclusive
@@ -233,16 +234,28 @@ def test_a_preparation_waits_for_another_into_the_same_folder_and_clears_what_a_
                      r"`python -m jaxgan.prepare` did not finish \(killed, or it failed\); run"):
     prepared.read_info(str(out))
   images, labels = np.zeros((3, 4, 4, 3), np.uint8), np.array([0, 1, 0])
-  done = threading.Event()
+  done, locking = threading.Event(), threading.Event()
   worker = threading.Thread(target=lambda: (write_prepared(str(out), images, labels, ["a", "b"],
                                                            []), done.set()))
+  real_flock = fcntl.flock
+
+  def flock(handle, operation):  # tells when the worker asks for the lock (it then blocks)
+    if threading.current_thread() is worker and operation == fcntl.LOCK_EX:
+      locking.set()
+    return real_flock(handle, operation)
+
+  monkeypatch.setattr(fcntl, "flock", flock)
   with exclusive(str(out / ".prepare.lock")):
     with pytest.raises(DataError, match=r"dataset_info.json not found: .*set is being prepared "
                        r"now \(`python -m jaxgan.prepare` holds its lock\); wait for it"):
       prepared.read_info(str(out))
+    before = sorted(os.listdir(out))
     worker.start()
-    assert not done.wait(1.0)  # waits while another holds the folder
-    assert not (out / "dataset_info.json").exists()
+    # Not a race against the worker's speed (its first write imports TensorFlow, seconds): it
+    # asks for the lock before it writes anything, and then waits while another holds it.
+    assert locking.wait(60), "write_prepared never took the folder's lock"
+    assert not done.wait(0.5)
+    assert sorted(os.listdir(out)) == before
   worker.join(60)
   assert done.is_set()
   assert sorted(os.listdir(out)) == [".prepare.lock", "dataset_info.json",
