@@ -39,17 +39,18 @@ def frame(data: bytes) -> bytes:
   return length + _CRC.pack(_masked_crc(length)) + data + _CRC.pack(_masked_crc(data))
 
 
-def iter_records(path: str) -> Iterator[bytes | None]:
+def iter_records(path: str, warn: bool = True) -> Iterator[bytes | None]:
   """The records' data of the event file `path`, in order, read one at a time. A record that a
-  kill cut short, or that damage broke, ends them as a None (with a warning): nothing after it is
-  read, as TensorFlow's reader does."""
+  kill cut short, or that damage broke, ends them as a None (with a warning unless `warn` is
+  False): nothing after it is read, as TensorFlow's reader does."""
   with open(path, "rb") as f:
     offset = 0
     while True:
       data = _next_record(f)
       if data is None:
-        log.warning("%s: a damaged or cut-short record at byte %d; the records from it on are "
-                    "dropped", path, offset)
+        if warn:
+          log.warning("%s: a damaged or cut-short record at byte %d; the records from it on "
+                      "are dropped", path, offset)
         yield None
         return
       if data is _END:

@@ -193,7 +193,7 @@ def drop_events_after(workdir: str, step: int) -> None:
              for record in event_file.iter_records(path)):
         continue
       with open(tmp, "wb") as out:
-        for record in event_file.iter_records(path):
+        for record in event_file.iter_records(path, warn=False):  # warned of in the first pass
           if record is not None and event_file.parse_event(record).step <= step:
             out.write(event_file.frame(record))
       publish(tmp, path)

@@ -68,7 +68,7 @@ def _events(folder):
   return out
 
 
-def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
+def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path, caplog):
   """Killed at step 4 after its checkpoint at 2, a run logs 3 and 4 again: TensorBoard must see
   each (tag, step) once, as metrics.jsonl does."""
   first = writers.MetricsWriter(str(tmp_path))
@@ -82,6 +82,7 @@ def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path):
     f.write(b"\x10\x00\x00")
   writers.drop_events_after(str(tmp_path), 2)
   assert _events(folder) == [("d_loss", 1), ("d_loss", 2)]
+  assert caplog.text.count("cut-short record") == 1  # read twice (check, then copy), told once
   again = writers.MetricsWriter(str(tmp_path))
   for step in (3, 4):
     again.write_scalars(step, {"d_loss": 10.0 + step})
