@@ -189,11 +189,13 @@ def drop_events_after(workdir: str, step: int) -> None:
     # Not named *tfevents*: TensorBoard reads every such file, a half-written copy included.
     tmp = os.path.join(folder, f"{_REWRITE_PREFIX}{os.getpid()}")
     try:
+      # A broken record ends this check early, as an event after `step` may: either way the
+      # copy below reads to it, and warns of it there.
       if all(record is not None and event_file.parse_event(record).step <= step
-             for record in event_file.iter_records(path)):
+             for record in event_file.iter_records(path, warn=False)):
         continue
       with open(tmp, "wb") as out:
-        for record in event_file.iter_records(path, warn=False):  # warned of in the first pass
+        for record in event_file.iter_records(path):
           if record is not None and event_file.parse_event(record).step <= step:
             out.write(event_file.frame(record))
       publish(tmp, path)
