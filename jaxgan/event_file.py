@@ -2,14 +2,17 @@
 
 An event file is a TFRecord file of `Event` protos. Each record is, little-endian: the data's
 length (uint64), the masked CRC-32C of those 8 bytes (uint32), the data, and the masked CRC-32C
-of the data (uint32). The `tensorboard` package (a dependency) has the protos and a CRC in pure
-Python, so TensorBoard works on accelerator hosts without TensorFlow, and a run on the synthetic
-data does not pay TensorFlow's import (3-4 s) for its curves.
+of the data (uint32). The protos are the `tensorboard` package's and the CRC google-crc32c's
+(both dependencies), so TensorBoard works on accelerator hosts without TensorFlow, and a run on
+the synthetic data does not pay TensorFlow's import (3-4 s) for its curves. The summaries are
+built as protos here, not with tensorboard's helpers, whose numpy use broke with numpy 2 in
+some of the versions pyproject allows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -22,15 +25,18 @@ log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
-# The pure-Python CRC runs at about 8 MB/s. A sample grid (a PNG, megabytes at high resolution)
-# is checked for its framing and its parse only: its bytes matter to no decision here, and a
-# resume must not spend a minute re-checking a long run's images. Scalars are checked in full.
-_FULL_CHECK_BYTES = 1 << 16
 
 
 def _masked_crc(data: bytes) -> int:
-  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-  return masked_crc32c(data)
+  """TFRecord's masked CRC-32C: rotated right by 15 bits, plus a constant (a CRC of data that
+  holds CRCs is then not itself trivially related to them)."""
+  try:
+    import google_crc32c
+  except ImportError:  # an install older than the dependency: tensorboard's, in pure Python
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    return masked_crc32c(data)
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def frame(data: bytes) -> bytes:
@@ -77,7 +83,7 @@ def _next_record(f: BinaryIO) -> bytes | object | None:
   if len(body) < length + _CRC.size:
     return None
   data = body[:length]
-  if length <= _FULL_CHECK_BYTES and _CRC.unpack(body[length:])[0] != _masked_crc(data):
+  if _CRC.unpack(body[length:])[0] != _masked_crc(data):
     return None
   return data
 
@@ -89,21 +95,31 @@ def parse_event(data: bytes):
 
 
 def scalar_value(tag: str, value: float):
-  """A `Summary.Value` that TensorBoard's scalars dashboard shows (a float32 tensor, as
-  `tf.summary.scalar` writes it; NaN and inf kept)."""
-  from tensorboard.plugins.scalar import summary_v2
-  return summary_v2.scalar_pb(tag, np.float32(value)).value[0]
+  """A `Summary.Value` that TensorBoard's scalars dashboard shows: a float32 scalar tensor, as
+  `tf.summary.scalar` writes it (NaN and inf kept)."""
+  from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+  from tensorboard.plugins.scalar import metadata
+  try:
+    with np.errstate(over="ignore"):  # beyond float32: inf, as TensorFlow's cast gives
+      value = float(np.float32(value))
+  except OverflowError:  # an int beyond even float64
+    value = math.inf if value > 0 else -math.inf
+  return summary_pb2.Summary.Value(
+      tag=tag, metadata=metadata.create_summary_metadata(display_name=None, description=None),
+      tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value],
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto()))
 
 
 def image_value(tag: str, png: bytes, width: int, height: int):
-  """A `Summary.Value` for TensorBoard's images dashboard: the tensor [width, height, png] of
-  strings that `tf.summary.image` writes."""
-  from tensorboard.compat.proto import summary_pb2
+  """A `Summary.Value` for TensorBoard's images dashboard: the string tensor [width, height, png]
+  that `tf.summary.image` writes."""
+  from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
   from tensorboard.plugins.image import metadata
-  from tensorboard.util import tensor_util
+  shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)])
   return summary_pb2.Summary.Value(
       tag=tag, metadata=metadata.create_summary_metadata(display_name=None, description=None),
-      tensor=tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png]))
+      tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape,
+                                    string_val=[str(width).encode(), str(height).encode(), png]))
 
 
 class EventFileWriter:
@@ -112,19 +128,25 @@ class EventFileWriter:
   way (a full disk) is cut back off, so that the events after it stay readable."""
 
   def __init__(self, folder: str):
+    from tensorboard.compat.proto import event_pb2  # before the file: a failed import leaves none
+    self._event = event_pb2.Event
     os.makedirs(folder, exist_ok=True)
     stem = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     n = 0
     while True:  # a second writer in this process within the same second gets the next number
+      path = os.path.join(folder, f"{stem}.{n}.v2")
       try:
         # Unbuffered: a failed write leaves nothing in a buffer to be flushed later.
-        self._file = open(os.path.join(folder, f"{stem}.{n}.v2"), "xb", buffering=0)
+        self._file = open(path, "xb", buffering=0)
         break
       except FileExistsError:
         n += 1
-    from tensorboard.compat.proto import event_pb2
-    self._event = event_pb2.Event
-    self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+    try:
+      self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+    except BaseException:
+      self._file.close()
+      os.remove(path)  # an event file without its version record
+      raise
 
   def write(self, step: int, values: list) -> None:
     """One event at `step` holding the `Summary.Value`s `values`."""

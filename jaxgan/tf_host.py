@@ -1,4 +1,4 @@
-"""Lazy TensorFlow import for host-side work (tf.data, TensorBoard event files).
+"""Lazy TensorFlow import for host-side work (tf.data, prepare's TFRecord shards).
 
 TensorFlow is never imported at module level anywhere in jaxgan: accelerator hosts often lack it,
 and importing it costs seconds. When it is imported, it is denied every GPU so it never takes
@@ -20,7 +20,7 @@ def import_tensorflow():
   # Quiet unless the user says otherwise: TensorFlow's C++ start-up notes (oneDNN on, CPU
   # instructions) print before absl's logging is set up, the oneDNN one twice, 5 lines on every
   # start. Its warnings and errors still show. oneDNN's custom ops only change float rounding,
-  # and TensorFlow does no float math here (tf.data moves uint8 images; TensorBoard writes).
+  # and TensorFlow does no float math here (tf.data moves uint8 images, prepare writes them).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

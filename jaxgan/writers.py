@@ -74,10 +74,15 @@ class MetricsWriter:
       self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
     if self._tb is not None:
+      values = []
+      for k, v in scalars.items():
+        v = _python(v)
+        if isinstance(v, (int, float)):  # NaN and inf as they are: a divergence shows
+          try:
+            values.append(event_file.scalar_value(k, v))
+          except Exception as e:  # pylint: disable=broad-except  (not a scalar after all)
+            log.error("step %d: %s=%r is not a TensorBoard scalar (%s)", step, k, v, e)
       try:
-        # NaN and inf as they are: a divergence shows, not a gap in the curve.
-        values = [event_file.scalar_value(k, v) for k, v in scalars.items()
-                  if isinstance(_python(v), (int, float))]
         if values:
           self._tb.write(step, values)
       except Exception as e:  # pylint: disable=broad-except  (OSError, a protobuf error)

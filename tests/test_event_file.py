@@ -10,9 +10,14 @@ import pytest
 from jaxgan import event_file
 
 
+def _tf_records(path):
+  import tensorflow as tf  # the independent reader
+  return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
 def _tf_read(path):
-  import tensorflow as tf  # a test dependency: the independent reader
-  return [tf.compat.v1.Event.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+  import tensorflow as tf
+  return [tf.compat.v1.Event.FromString(r) for r in _tf_records(path)]
 
 
 def test_tensorflow_and_tensorboard_read_what_is_written(tmp_path):
@@ -50,6 +55,16 @@ def test_tensorflow_and_tensorboard_read_what_is_written(tmp_path):
   assert acc.PluginTagToContent("images").keys() == {"samples"}
 
 
+def test_a_writer_that_cannot_start_its_file_leaves_none(tmp_path, monkeypatch):
+  def full(self, event):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(event_file.EventFileWriter, "_write", full)
+  with pytest.raises(OSError):
+    event_file.EventFileWriter(str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
 def test_two_writers_in_one_second_get_two_files(tmp_path):
   a, b = event_file.EventFileWriter(str(tmp_path)), event_file.EventFileWriter(str(tmp_path))
   a.write(1, [event_file.scalar_value("x", 1.0)])
@@ -59,23 +74,39 @@ def test_two_writers_in_one_second_get_two_files(tmp_path):
   assert len(os.listdir(tmp_path)) == 2 and steps == [0, 0, 1, 2]
 
 
-@pytest.mark.parametrize("damage", ["cut", "length", "data"])
+def test_the_checksum_is_tfrecords_masked_crc32c():
+  """google-crc32c (C) agrees with tensorboard's pure-Python masked CRC, the fallback, and the
+  CRC-32C check value."""
+  import google_crc32c
+  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+  assert google_crc32c.value(b"123456789") == 0xE3069283
+  rng = np.random.default_rng(0)
+  for n in (0, 1, 7, 8, 1000, 70_000):
+    data = rng.integers(0, 256, n, np.uint8).tobytes()
+    assert event_file._masked_crc(data) == masked_crc32c(data)
+
+
+@pytest.mark.parametrize("damage", ["cut", "length", "data", "large data"])
 def test_a_broken_record_ends_the_records_with_a_none(tmp_path, damage, caplog):
   path = tmp_path / "events.out.tfevents.1"
-  records = [b"first", b"second", b"third"]
+  # A large second record (a sample grid's size) is checked in full too.
+  records = [b"first", b"second" * (20_000 if damage == "large data" else 1), b"third"]
   raw = b"".join(event_file.frame(r) for r in records)
   at = len(event_file.frame(b"first"))  # the second record starts here
   if damage == "cut":
     raw = raw[:at + 20]
   elif damage == "length":  # a flipped bit in the second's length: its checksum disagrees
     raw = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:]
-  else:  # a flipped bit in the second's data
-    raw = raw[:at + 12] + bytes([raw[at + 12] ^ 1]) + raw[at + 13:]
+  else:  # a flipped bit in the second's data (its last byte)
+    flip = at + len(event_file.frame(records[1])) - 5
+    raw = raw[:flip] + bytes([raw[flip] ^ 1]) + raw[flip + 1:]
   path.write_bytes(raw)
   assert list(event_file.iter_records(str(path))) == [b"first", None]
+  with pytest.raises(Exception, match="corrupted|truncated|DataLoss"):
+    _tf_records(str(path))  # TensorFlow's reader refuses it too
   assert f"byte {at}" in caplog.text
   path.write_bytes(b"".join(event_file.frame(r) for r in records))
-  assert list(event_file.iter_records(str(path))) == records  # and whole ones read whole
+  assert list(event_file.iter_records(str(path))) == records == _tf_records(str(path))
 
 
 class _FillsUp:

@@ -25,10 +25,11 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tm
   """NaN and inf reach TensorBoard as values (a divergence shows, not a gap in the curve); a
   grid of any channel count is an image there; a tensorboard package that fails to load (a
   protobuf mismatch) leaves JSONL only."""
-  import tensorflow as tf  # a test dependency, here the independent reader
+  import tensorflow as tf  # installed with jaxgan: here the independent reader
   w = writers.MetricsWriter(str(tmp_path))
   w.write_scalars(1, {"d_loss": np.float32(np.nan), "g_loss": float("inf"), "lr": 0.5,
-                      "note": "text is JSONL only"})
+                      "note": "text is JSONL only", "one": np.array([2.0]), "huge": -10**400,
+                      "flag": True})
   grey = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
   w.write_image(2, "grey", grey)
   w.close()
@@ -38,8 +39,9 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tm
     for record in tf.data.TFRecordDataset(str(folder / name)):
       for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
         values[v.tag] = tf.make_ndarray(v.tensor)
-  assert values.keys() == {"d_loss", "g_loss", "lr", "grey"}
+  assert values.keys() == {"d_loss", "g_loss", "lr", "one", "huge", "flag", "grey"}
   assert np.isnan(values["d_loss"]) and values["g_loss"] == np.inf and values["lr"] == 0.5
+  assert (values["one"], values["huge"], values["flag"]) == (2.0, -np.inf, 1.0)
   width, height, png = values["grey"]
   assert (width, height) == (b"4", b"3")
   assert np.array_equal(tf.io.decode_png(png).numpy(), grey)
