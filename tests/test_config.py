@@ -356,6 +356,12 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
   with pytest.raises(config_lib.ConfigError, match=r"^the config is a dict, not an "
                      r"ml_collections.ConfigDict: get_config\(\) must return the ConfigDict"):
     config_lib.validate(config_lib.base_config().to_dict(), num_devices=1)
+  # config.json (a resume) with a value given as a section: not the default put in its place.
+  saved = json.loads(config_lib.to_json(config_lib.base_config()))
+  saved["seed"] = {}
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config key seed: must be a value, got a section of keys \(\{\}\)$"):
+    config_lib.from_json(json.dumps(saved))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -201,16 +201,29 @@ def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable[
 
 
 def check_sections(config: ml_collections.ConfigDict) -> None:
-  """Rejects a config that is not a ConfigDict, or whose schema section is a value (a config
-  file's `config.train = None`): the later checks would call it an unknown key."""
+  """Rejects a config that is not a ConfigDict, a schema section given as a value (a config
+  file's `config.train = None`: the later checks would call it an unknown key), and a value
+  given as a section (config.json's `"seed": {}`, which holds no key and would leave the
+  default in its place)."""
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict: "
                       "get_config() must return the ConfigDict, as configs/default.py does")
-  for name, section in base_config().items():
-    if (isinstance(section, ml_collections.ConfigDict) and name in config
-        and not isinstance(config[name], ml_collections.ConfigDict)):
-      raise ConfigError(f"config key {name}: must be a section of keys, got {config[name]!r}; "
-                        f"set the keys in it instead (config.{name}.KEY = ...)")
+
+  def walk(schema: ml_collections.ConfigDict, node: ml_collections.ConfigDict, prefix: str):
+    for name, default in schema.items():
+      if name not in node:
+        continue
+      value, key = node[name], prefix + name
+      if isinstance(default, ml_collections.ConfigDict):
+        if not isinstance(value, ml_collections.ConfigDict):
+          raise ConfigError(f"config key {key}: must be a section of keys, got {value!r}; set "
+                            f"the keys in it instead (config.{key}.KEY = ...)")
+        walk(default, value, key + ".")
+      elif isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {key}: must be a value, got a section of keys "
+                          f"({value.to_dict()!r})")
+
+  walk(base_config(), config, "")
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
