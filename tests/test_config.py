@@ -223,6 +223,28 @@ def test_schedule_must_fit_steps_per_call(make_config):
     config_lib.validate_schedule(config)
 
 
+def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatch):
+  """Not read, then killed by the OS with no message (after writing the workdir's config)."""
+  with pytest.raises(config_lib.ConfigError, match=r"^config key train.batch_size: a step's "
+                     r"2147483646 images .* take 6144 GiB, more than this host's .* GiB of "
+                     r"memory; use a smaller batch$"):
+    config_lib.validate(make_config(**{"train.batch_size": 2**31 - 2, "data.image_size": 32,
+                                       "train.n_critic": 1}), num_devices=1)
+  from jaxgan.config import validation
+  config = make_config(**{"train.batch_size": 8, "train.n_critic": 2, "data.image_size": 16})
+  needed = 16 * 16 * 16 * 3  # 16 rows a step
+  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed)
+  config_lib.validate(config, num_devices=1)
+  config_lib.validate(make_config(**{"train.batch_size": 16, "train.n_critic": 2,
+                                     "data.image_size": 16}), num_devices=1, num_processes=2)
+  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed - 1)
+  with pytest.raises(config_lib.ConfigError, match=r"a step's 16 images \(batch_size \* "
+                     r"n_critic per process\) of 16x16x3 bytes"):
+    config_lib.validate(config, num_devices=1)
+  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: None)  # the OS does not say
+  config_lib.validate(config, num_devices=1)
+
+
 def test_batch_must_divide_over_devices(make_config):
   config = make_config(**{"train.batch_size": 12})
   config_lib.validate(config, num_devices=4)

@@ -8,6 +8,7 @@ metrics) are asked about their own keys, so a new entry brings its checks with i
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 import numpy as np
@@ -282,6 +283,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(config.train.batch_size % num_processes == 0, "train.batch_size",
              f"global batch {config.train.batch_size} is not divisible by the {num_processes} "
              "processes")
+  _check_batch_fits_host(config, num_processes)
   validate_distributed(config)
 
   source = data_lib.SOURCES.get(config.data.source)
@@ -330,6 +332,28 @@ def _below_one_in_float32(config: ml_collections.ConfigDict, key: str) -> None:
   _require(0 <= value < 1, key, f"must be in [0, 1), got {value}")
   _require(_float32(value) < 1, key, f"{value} is 1.0 in float32, in which the step computes; "
            "use at most 0.9999999 (the largest float32 below 1 is 1 - 6e-8)")
+
+
+def _host_memory_bytes() -> int | None:
+  """This host's physical memory, or None where the OS does not say."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):  # Windows; an OS without the names
+    return None
+
+
+def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int) -> None:
+  """Refuses a step whose images alone (uint8, this process's share) exceed the host's memory:
+  they must be read into it before they reach the devices, and the run would otherwise be
+  killed by the OS after its start-up, with no message (a typo'd batch of 2^31 was)."""
+  memory = _host_memory_bytes()
+  rows = config.train.batch_size * config.train.n_critic // max(num_processes, 1)
+  needed = rows * config.data.image_size ** 2 * 3
+  _require(memory is None or needed <= memory, "train.batch_size",
+           f"a step's {rows} images (batch_size * n_critic per process) of "
+           f"{config.data.image_size}x{config.data.image_size}x3 bytes take "
+           f"{needed / 2**30:.4g} GiB, more than this host's {(memory or 0) / 2**30:.4g} GiB of "
+           "memory; use a smaller batch")
 
 
 def validate_distributed(config: ml_collections.ConfigDict) -> None:
