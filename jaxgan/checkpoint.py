@@ -184,6 +184,10 @@ class Checkpointer:
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, dict(restored["meta"])
 
+  def saved_layouts(self, step: int) -> dict[str, tuple[Optional[tuple], Optional[str]]]:
+    """{'g_params/...': (shape, dtype name)} of checkpoint `step`'s state, from its metadata."""
+    return _leaf_layouts(self._manager.item_metadata(step)["state"])
+
   def restore_meta(self, step: int) -> dict:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])

@@ -15,6 +15,7 @@ import ml_collections
 from jaxgan import atomic_write
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
+from jaxgan import init_from
 from jaxgan import multihost
 from jaxgan import run as run_lib
 from jaxgan import stopping as stopping_lib
@@ -50,6 +51,8 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))
     _check_not_foreign(workdir)  # before anything is written into it (checkpoints/ included)
+    if config.train.init_from and not workdir_lib.has_step_folders(workdir):
+      init_from.checkpoint_dir(config.train.init_from)  # a first start reads it: there?
     source = data_lib.build_source(config)
     return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 

@@ -24,6 +24,7 @@ from jaxgan import config as config_lib
 from jaxgan import console
 from jaxgan import data as data_lib
 from jaxgan import evaluator as evaluator_lib
+from jaxgan import init_from
 from jaxgan import multihost
 from jaxgan import periodic_eval
 from jaxgan import restore
@@ -106,6 +107,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
+    if cfg.init_from:  # a new run from another's weights (transfer learning)
+      try:
+        state = init_from.initialise_from(state, cfg.init_from, list(source.class_names),
+                                          config.model.name, config.data.image_size)
+      except BaseException:
+        checkpointer.close()
+        raise
 
   startup.write_run_files(config, workdir, start_step)
 

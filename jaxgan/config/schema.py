@@ -142,6 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps_per_call = 1
   c.train.dtype = "float32"  # compute dtype; parameters stay float32
   c.train.ema_half_life_images = 10_000  # EMA of G, half-life in G's images (StyleGAN2-ADA)
+  # Another run's workdir: a new run starts from its G, D and EMA weights where the shapes match
+  # (transfer learning; optimizer, step and ADA start afresh). Read at a run's first start only.
+  c.train.init_from = ""
   c.train.ema_rampup = 0.05  # half-life <= rampup * G's images so far (0 disables)
   c.train.log_every = 50
   c.train.sample_every = 500
@@ -315,7 +318,7 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
 # Keys naming local files or folders: stored absolute by a run, so that `evaluate --workdir` and
 # `generate` find them from any folder (a relative one means the folder training started in).
 PATH_KEYS = ("data.path", "data.image_dir", "data.tfds_data_dir", "data.cache_dir",
-             "eval.weights", "eval.cache_dir")
+             "eval.weights", "eval.cache_dir", "train.init_from")
 
 
 def absolute_path(value: Any) -> Any:
