@@ -14,7 +14,7 @@ import pytest
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import init_from, run as run_lib, trainer
 from jaxgan.config import ConfigError
-from tests.conftest import tiny_config
+from tests.conftest import flip_a_bit, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +135,7 @@ def test_a_damaged_donor_is_refused(tmp_path):
   fresh = jax.tree_util.tree_map(jnp.ones_like, state)
   copied = init_from.initialise_from(fresh, str(tmp_path), [], "dcgan", 16)
   np.testing.assert_array_equal(np.asarray(copied["g_params"]["w"]), weights)
-  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, "1"))
-          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
-  largest = max(data, key=os.path.getsize)
-  content = bytearray(open(largest, "rb").read())
-  content[len(content) // 2] ^= 0x10
-  with open(largest, "wb") as f:
-    f.write(content)
+  flip_a_bit(directory, 1)
   with pytest.raises(ConfigError, match=r"step 1 is damaged: 1 arrays read back other values "
                      r"than were written \(e.g. g_params/w\)"):
     init_from.initialise_from(fresh, str(tmp_path), [], "dcgan", 16)

@@ -19,7 +19,7 @@ import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
 from jaxgan import run_health, stopping, writers
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, flip_a_bit, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
               "--config.model.z_dim=8", "--config.model.g_width=8", "--config.model.d_width=8",
@@ -323,13 +323,7 @@ def test_a_flipped_bit_in_a_checkpoints_data_is_damage_not_a_silent_resume(tmp_p
   for step in (1, 2):
     writer.save(step, {"w": jnp.asarray(values[step]), "b": jnp.zeros(2)}, {"step": step})
   writer.close()
-  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, "2"))
-          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
-  largest = max(data, key=os.path.getsize)
-  content = bytearray(open(largest, "rb").read())
-  content[len(content) // 2] ^= 0x10
-  with open(largest, "wb") as f:
-    f.write(content)
+  flip_a_bit(directory, 2)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32, sharding=device),
             "b": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=device)}
