@@ -208,7 +208,7 @@ class Checkpointer:
     (out of memory after a mesh change, a storage outage, another orbax) is not damage, and
     moving every step aside would let the next start begin the run again from step 0.
     """
-    steps = _agreed_steps(self.steps())
+    steps = agreed_steps(self.steps())
     damaged: list[int] = []  # newer steps that failed as only damage does
     for step in reversed(steps):
       meta, error, visible = self.read_agreed(step, lambda: self.restore_meta(step))
@@ -342,7 +342,7 @@ def _everywhere(ok: bool) -> bool:
   return multihost.all_processes(ok)
 
 
-def _agreed_steps(steps: list[int]) -> list[int]:
+def agreed_steps(steps: list[int]) -> list[int]:
   """Process 0's list of steps, on every process: all must try the same steps in the same order
   (each try is collective), also when one process's view of the directory lags. A step missing
   from another process's view then fails to read there, and `_everywhere` skips it."""

@@ -11,6 +11,7 @@ start reads it: a resumed run continues from its own checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -20,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import multihost
 from jaxgan import state_digest
 from jaxgan.config import ConfigError
 
@@ -32,7 +34,8 @@ def checkpoint_dir(path: str) -> str:
   """The checkpoints folder of the run at `path`: its workdir, or that folder itself."""
   for directory in (os.path.join(path, "checkpoints"), path):
     try:
-      if any(name.isdigit() for name in os.listdir(directory)):
+      if any(name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))
+             for name in os.listdir(directory)):
         return os.path.abspath(directory)
     except OSError:
       continue
@@ -64,43 +67,78 @@ def plan(saved: dict[str, tuple], state: dict) -> tuple[dict, list[str], int]:
   return target, kept, total
 
 
-def initialise_from(state: Any, path: str, class_names: list[str], model_name: str,
-                    image_size: int) -> Any:
-  """`state` (a freshly initialised TrainState of a `model_name` model of `image_size` images)
-  with the weights of the latest checkpoint of the run at `path` copied in. Raises ConfigError
-  for another model family or image size (layers are named by position, so arrays of equal shape
-  would be copied into layers that do other things), or when no array matches."""
-  directory = checkpoint_dir(path)
+@dataclasses.dataclass(frozen=True)
+class Donor:
+  """What a new run copies: the arrays read (in this run's shardings), and what was not."""
+  directory: str
+  step: int
+  arrays: dict  # {collection: nested dict of arrays} of the copied leaves
+  kept: list  # the leaves left at their initial values, with why
+  total: int  # the leaves considered
+  class_names: list  # the donor's (first attribute's) class names, [] where unknown
+
+
+def _unreadable(directory: str, step: int, error: BaseException) -> ConfigError:
+  first = str(error).splitlines()[0][:300] if str(error) else ""
+  return ConfigError(f"config key train.init_from: {directory} step {step} cannot be read "
+                     f"({type(error).__name__}: {first}); give a run whose latest checkpoint "
+                     "reads")
+
+
+def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int) -> Donor:
+  """The arrays of the latest checkpoint of the run at `path` that `abstract_state` (this run's
+  state as ShapeDtypeStructs with shardings) can take. Collective: every process reads the same
+  step (process 0's list), and a read that fails anywhere fails everywhere. Raises ConfigError for
+  another model family or image size (layers are named by position, so arrays of equal shape
+  would be copied into layers that do other things), a damaged or unreadable step, or no array
+  alike."""
+  if "://" in path:
+    raise ConfigError(f"config key train.init_from: {path!r}: URIs are not supported; give a "
+                      "local or mounted path")
+  directory = multihost.agreed(lambda: checkpoint_dir(path), "finding train.init_from's run")
   reader = ckpt_lib.Checkpointer(directory, read_only=True)
   try:
-    step = reader.latest_step()
-    if step is None:
-      raise ConfigError(f"config key train.init_from: no readable checkpoint in {directory}")
-    meta = reader.restore_meta(step)
-    saved = reader.saved_layouts(step)
+    steps = ckpt_lib.agreed_steps(reader.steps())
+    if not steps:
+      raise ConfigError(f"config key train.init_from: no checkpoint in {directory}")
+    step = steps[-1]
+    meta, error, _ = reader.read_agreed(step, lambda: reader.restore_meta(step))
+    if error is not None:
+      raise _unreadable(directory, step, error)
+    config = meta.get("config") or {}
+    theirs = (config.get("model", {}).get("name"), config.get("data", {}).get("image_size"))
+    if None not in theirs and theirs != (model_name, image_size):
+      raise ConfigError(f"config key train.init_from: {directory} step {step} is a {theirs[0]!r} "
+                        f"model of {theirs[1]}x{theirs[1]} images, this run's a {model_name!r} "
+                        f"of {image_size}x{image_size}: their layers do not correspond")
+    saved, error, _ = reader.read_agreed(step, lambda: reader.saved_layouts(step))
+    if error is not None:
+      raise _unreadable(directory, step, error)
+    target, kept, total = plan(saved, flax.serialization.to_state_dict(abstract_state))
+    if not target:
+      raise ConfigError(f"config key train.init_from: none of the {total} arrays of G, D and "
+                        f"the EMA matches {directory} step {step}")
+    arrays, error, _ = reader.read_agreed(
+        step, lambda: _restore(directory, step, target, saved, meta))
+    if error is not None:
+      raise _unreadable(directory, step, error)
   finally:
     reader.close()
-  their_config = meta.get("config") or {}
-  theirs = (their_config.get("model", {}).get("name"), their_config.get("data", {}).get(
-      "image_size"))
-  if None not in theirs and theirs != (model_name, image_size):
-    raise ConfigError(f"config key train.init_from: {directory} step {step} is a {theirs[0]!r} "
-                      f"model of {theirs[1]}x{theirs[1]} images, this run's a {model_name!r} of "
-                      f"{image_size}x{image_size}: their layers do not correspond")
-  state_dict = flax.serialization.to_state_dict(state)
-  target, kept, total = plan(saved, state_dict)
-  if not target:
-    raise ConfigError(f"config key train.init_from: none of the {total} arrays of G, D and the "
-                      f"EMA matches {directory} step {step} (another model family or layout?)")
-  restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding,
-                                                                       dtype=s.dtype), target)
+  return Donor(directory, step, arrays, kept, total,
+               [str(n) for n in meta.get("class_names") or []])
+
+
+def _restore(directory: str, step: int, target: dict, saved: dict, meta: dict) -> dict:
+  """The `target` leaves of checkpoint `step`, checked against the digests its meta holds."""
+  restore_args = jax.tree_util.tree_map(
+      lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype), target)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(
         os.path.join(directory, str(step), "state"),
         args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))
   # Bit-identical to what that run wrote: damage the compressed files miss would otherwise
-  # start this run from corrupt weights without a word.
-  # (Arrays read into another dtype than they were saved in have other digests: not compared.)
+  # start this run from corrupt weights without a word. (Arrays read into another dtype than
+  # they were saved in have other digests: not compared.)
   expected = meta.get(ckpt_lib.DIGEST_KEY) or {}
   read = state_digest.tree_digest(restored)
   same_dtype = {state_digest.path_name(path) for path, leaf in
@@ -109,23 +147,28 @@ def initialise_from(state: Any, path: str, class_names: list[str], model_name: s
   damaged = [p for p in sorted(read)
              if p in expected and p in same_dtype and int(expected[p]) != read[p]]
   if damaged:
-    raise ConfigError(f"config key train.init_from: {directory} step {step} is damaged: "
-                      f"{len(damaged)} arrays read back other values than were written "
-                      f"(e.g. {damaged[0]})")
-  for collection, tree in restored.items():
+    raise ckpt_lib.CheckpointError(f"{len(damaged)} arrays read back other values than were "
+                                   f"written (e.g. {damaged[0]}): damaged")
+  return restored
+
+
+def initialise_from(state: Any, donor: Donor, class_names: list[str]) -> Any:
+  """`state` (a freshly initialised TrainState) with the donor's arrays in place of its own."""
+  state_dict = flax.serialization.to_state_dict(state)
+  for collection, tree in donor.arrays.items():
     state_dict[collection] = _merged(state_dict[collection], tree)
-  copied = total - len(kept)
+  kept = donor.kept
+  shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
   log.info("train.init_from: copied %d of %d arrays of G, D and the EMA from %s step %d%s",
-           copied, total, directory, step,
-           f"; at their initial values: {', '.join(kept)}" if kept else "")
+           donor.total - len(kept), donor.total, donor.directory, donor.step,
+           f"; at their initial values: {shown}" if kept else "")
   if kept:
     log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)", len(kept),
                 kept[0])
-  their_classes = [str(n) for n in meta.get("class_names") or []]
-  if their_classes and len(their_classes) == len(class_names) and (
-      their_classes != list(class_names)):
+  if donor.class_names and len(donor.class_names) == len(class_names) and (
+      donor.class_names != list(class_names)):
     log.warning("train.init_from: class embeddings copied by index from a run whose classes "
-                "were %s; here they are %s", their_classes, list(class_names))
+                "were %s; here they are %s", donor.class_names, list(class_names))
   return flax.serialization.from_state_dict(state, state_dict)
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
 
 from jaxgan import atomic_write
+from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import init_from
@@ -27,10 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_lib.StopRequest,
-              held: contextlib.ExitStack) -> tuple[run_lib.Run, Any, int, int]:
+              held: contextlib.ExitStack
+              ) -> tuple[run_lib.Run, Any, int, int, Optional[init_from.Donor]]:
   """Everything checked before anything compiles: config, weights, workdir (its run lock goes
-  into `held`), data (read for its fingerprints: contents and order); returns (the run, the data
-  source, its fingerprint, its order's fingerprint). Agreed: any process's failure raises on all.
+  into `held`), data (read for its fingerprints: contents and order), and on a run's first start
+  `train.init_from`'s arrays; returns (the run, the data source, its fingerprint, its order's
+  fingerprint, the donor or None). Agreed: any process's failure raises on all.
 
   The processes have joined first (alone, a failing process would leave the others in
   jax.distributed's rendezvous); agreed, because a process that fails alone (a data.path or
@@ -51,13 +54,22 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))
     _check_not_foreign(workdir)  # before anything is written into it (checkpoints/ included)
-    if config.train.init_from and not workdir_lib.has_step_folders(workdir):
-      init_from.checkpoint_dir(config.train.init_from)  # a first start reads it: there?
     source = data_lib.build_source(config)
     return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 
   try:
-    return multihost.agreed(start, "starting the run")
+    run, source, fingerprint, order = multihost.agreed(start, "starting the run")
+    donor = None
+    # A first start (a resume reads its own checkpoints): the donor's arrays, read now, while a
+    # refusal (another model, a damaged step) still leaves no workdir behind. Every process is
+    # here (start was agreed): read_donor's collectives meet.
+    if config.train.init_from and not multihost.any_process(
+        workdir_lib.has_step_folders(workdir)):
+      donor = init_from.read_donor(
+          config.train.init_from,
+          ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), config.model.name,
+          config.data.image_size)
+    return run, source, fingerprint, order, donor
   except BaseException as e:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
     # process is not between creating the folder and probing it.

@@ -81,7 +81,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
            stop: stopping_lib.StopRequest, held: contextlib.ExitStack) -> state_lib.TrainState:
   """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
   `held` (released when the run ends, however it ends)."""
-  run, source, data_fingerprint, order = startup.start_run(config, workdir, stop, held)
+  run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
   stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train
@@ -107,13 +107,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
-    if cfg.init_from:  # a new run from another's weights (transfer learning)
-      try:
-        state = init_from.initialise_from(state, cfg.init_from, list(source.class_names),
-                                          config.model.name, config.data.image_size)
-      except BaseException:
-        checkpointer.close()
-        raise
+    if donor is not None:  # a new run from another's weights (transfer learning)
+      state = init_from.initialise_from(state, donor, list(source.class_names))
+      del donor  # its arrays are the state's now
 
   startup.write_run_files(config, workdir, start_step)
 

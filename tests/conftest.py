@@ -191,15 +191,3 @@ def run_module(module, *args, env=None, timeout=300):
   full_env.update(env or {})
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
-
-
-def flip_a_bit(directory, step):
-  """Flips one bit mid-file in the largest array file of checkpoint `step` under `directory`
-  (orbax's compressed files carry no checksum: it decodes to other values without an error)."""
-  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, str(step)))
-          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
-  largest = max(data, key=os.path.getsize)
-  content = bytearray(open(largest, "rb").read())
-  content[len(content) // 2] ^= 0x10
-  with open(largest, "wb") as f:
-    f.write(content)

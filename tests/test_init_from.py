@@ -1,6 +1,7 @@
 """train.init_from: a new run starts from another run's G, D and EMA where the shapes match, and
 from its own initial values elsewhere (optimizer, step, ADA, the arrays of another shape)."""
 
+import json
 import logging
 import os
 import re
@@ -14,7 +15,8 @@ import pytest
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import init_from, run as run_lib, trainer
 from jaxgan.config import ConfigError
-from tests.conftest import flip_a_bit, tiny_config
+from jaxgan.run_health import TrainingError
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,11 @@ def donor(tmp_path_factory):
   return workdir, flax.serialization.to_state_dict(state)
 
 
+def _read(run, path, model="dcgan", size=16):
+  return init_from.read_donor(
+      path, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), model, size)
+
+
 def _leaves(tree):
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
@@ -43,15 +50,14 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   run = run_lib.build_run(config)
   fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
   with caplog.at_level(logging.INFO):
-    state = init_from.initialise_from(fresh, workdir, ["a", "b"], "dcgan", 16)
-  got, was, theirs = (flax.serialization.to_state_dict(state),
-                      flax.serialization.to_state_dict(fresh), trained)
+    state = init_from.initialise_from(fresh, _read(run, workdir), ["a", "b"])
+  got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   copied = kept = changed = 0
   for collection in init_from.COPIED:
-    mine, initial, donor_leaves = (_leaves(t[collection]) for t in (got, was, theirs))
+    mine, initial, theirs = (_leaves(t[collection]) for t in (got, was, trained))
     for name, value in mine.items():
-      if name in donor_leaves and donor_leaves[name].shape == value.shape:
-        np.testing.assert_array_equal(value, donor_leaves[name], err_msg=name)
+      if name in theirs and theirs[name].shape == value.shape:
+        np.testing.assert_array_equal(value, theirs[name], err_msg=name)
         copied += 1
         changed += not np.array_equal(value, initial[name])
       else:
@@ -60,7 +66,7 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   assert copied > 10 and kept >= 2  # G's and D's class embeddings at least
   # Copies, not initial values that happen to agree: most differ from this seed's.
   assert changed > copied // 2, (changed, copied)
-  # The run's own: optimizer states, step, RNG key, ADA.
+  # The run's own: optimizer states, step, RNG key, ADA, LeCam.
   for key in ("g_opt_state", "d_opt_state", "step", "rng", "augment", "lecam"):
     for a, b in zip(jax.tree_util.tree_leaves(got[key]), jax.tree_util.tree_leaves(was[key])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=key)
@@ -89,23 +95,47 @@ def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tm
   finally:
     shutil.move(moved, workdir)
   assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4"]
+  # config.json keeps where the weights came from: a resume naming another donor is a change.
+  config.train.num_steps = 6
+  config.train.init_from = str(tmp_path)
+  with pytest.raises(TrainingError, match=r"config differs from checkpoint step 4 .*"
+                     r"train.init_from: .* -> .*; pass --allow_config_change"):
+    trainer.train_and_evaluate(config, run_dir)
 
 
-def test_a_missing_or_foreign_init_from_is_a_config_error(donor, tmp_path):
-  with pytest.raises(ConfigError, match=r"^config key train.init_from: no checkpoint in "):
-    trainer.train_and_evaluate(tiny_config(**{"train.init_from": str(tmp_path / "nothing")}),
-                               str(tmp_path / "w"))
-  assert not (tmp_path / "w").exists()  # refused before anything was written
-  # Another model family: nothing to copy.
-  config = tiny_config(**{"model.name": "resnet", "data.image_size": 32})
-  run = run_lib.build_run(config)
-  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
-  with pytest.raises(ConfigError, match=r"step 2 is a 'dcgan' model of 16x16 images, this "
-                     r"run's a 'resnet' of 32x32: their layers do not correspond$"):
-    init_from.initialise_from(fresh, donor[0], ["a", "b", "c"], "resnet", 32)
-  # Layers are named by position: another image size is refused too.
-  with pytest.raises(ConfigError, match=r"this run's a 'dcgan' of 32x32"):
-    init_from.initialise_from(fresh, donor[0], ["a", "b", "c"], "dcgan", 32)
+@pytest.mark.parametrize("refusal", ["missing", "uri", "another model", "another size",
+                                     "damaged"])
+def test_a_refused_donor_is_one_line_and_leaves_no_workdir(donor, tmp_path, refusal):
+  """Refused as the run starts, before its workdir holds anything. Damage to the donor's array
+  files (orbax's carry no checksum) would otherwise start the run from corrupt weights without a
+  word: its digests find it. (The damage is made in the digest, not the files: ocdbt packs every
+  array into shared files, so a flipped byte may land in one init_from does not read.)"""
+  overrides, path = {}, donor[0]
+  if refusal == "missing":
+    path, match = str(tmp_path / "nothing"), r"no checkpoint in '.*nothing'; give the workdir of"
+  elif refusal == "uri":
+    path, match = "gs://bucket/run", r"'gs://bucket/run': URIs are not supported"
+  elif refusal == "another model":
+    overrides = {"model.name": "resnet", "data.image_size": 32}
+    match = (r"step 2 is a 'dcgan' model of 16x16 images, this run's a 'resnet' of 32x32: their "
+             r"layers do not correspond$")
+  elif refusal == "another size":  # layers are named by position
+    overrides, match = {"data.image_size": 32}, r"this run's a 'dcgan' of 32x32"
+  else:
+    path = str(tmp_path / "damaged")
+    shutil.copytree(donor[0], path)
+    meta_file = os.path.join(path, "checkpoints", "2", "meta", "metadata")
+    with open(meta_file) as f:
+      meta = json.load(f)
+    meta[ckpt_lib.DIGEST_KEY]["g_params/project/kernel"] += 1
+    with open(meta_file, "w") as f:
+      json.dump(meta, f)
+    match = (r"step 2 cannot be read \(CheckpointError: 1 arrays read back other values than "
+             r"were written \(e.g. g_params/project/kernel\)")
+  config = tiny_config(**{"train.init_from": path, **overrides})
+  with pytest.raises(ConfigError, match=r"^config key train.init_from: .*" + match):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_nothing_alike_is_refused_and_every_leaf_is_planned():
@@ -120,22 +150,36 @@ def test_nothing_alike_is_refused_and_every_leaf_is_planned():
   assert list(target) == ["d_params"] and len(kept) == 4
 
 
-def test_a_damaged_donor_is_refused(tmp_path):
-  """A flipped bit in the donor's array files (orbax's carry no checksum) would start the run from
-  corrupt weights without a word: its digests find it."""
-  import jax.numpy as jnp
+TWO_PROCESSES = r"""
+import json
+from jaxgan import checkpoint as ckpt_lib, init_from, run as run_lib
+from jaxgan.config import ConfigError
+from tests.conftest import tiny_config
+run = run_lib.build_run(tiny_config())
+abstract = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
+try:  # each process is given its own view of the donor's folder
+  donor = init_from.read_donor(sys.argv[3 + me], abstract, "dcgan", 16)
+  print(json.dumps({"step": donor.step}))
+except ConfigError as e:
+  print(json.dumps({"error": str(e)}))
+"""
 
-  directory = str(tmp_path / "checkpoints")
-  weights = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
-  state = {c: {"w": jnp.asarray(weights) if c == "g_params" else jnp.zeros(2)}
-           for c in init_from.COPIED}
-  writer = ckpt_lib.Checkpointer(directory, async_save=False)
-  writer.save(1, state, {"config": {"model": {"name": "dcgan"}, "data": {"image_size": 16}}})
-  writer.close()
-  fresh = jax.tree_util.tree_map(jnp.ones_like, state)
-  copied = init_from.initialise_from(fresh, str(tmp_path), [], "dcgan", 16)
-  np.testing.assert_array_equal(np.asarray(copied["g_params"]["w"]), weights)
-  flip_a_bit(directory, 1)
-  with pytest.raises(ConfigError, match=r"step 1 is damaged: 1 arrays read back other values "
-                     r"than were written \(e.g. g_params/w\)"):
-    init_from.initialise_from(fresh, str(tmp_path), [], "dcgan", 16)
+
+def test_every_process_reads_the_same_donor_step(donor, tmp_path):
+  """A host whose view of the donor's folder lags (a run still writing it, a slow network file
+  system) must not read another step than the others, which would leave the replicas of one
+  array disagreeing; nor hang the others when its read fails."""
+  from tests.conftest import JOIN_TWO_PROCESSES, run_two_processes
+
+  newer, lagging = str(tmp_path / "newer"), str(tmp_path / "lagging")
+  shutil.copytree(donor[0], newer)
+  shutil.copytree(donor[0], lagging)
+  shutil.copytree(os.path.join(newer, "checkpoints", "2"), os.path.join(newer, "checkpoints", "4"))
+  outs, _ = run_two_processes(JOIN_TWO_PROCESSES + TWO_PROCESSES, newer, lagging, timeout=180)
+  errors = [out["error"].replace(path, "DONOR") for out, path in zip(outs, (newer, lagging))]
+  assert errors[0] == errors[1] == (
+      "config key train.init_from: DONOR/checkpoints step 4 cannot be read (CheckpointError: "
+      "DONOR/checkpoints/4 is not visible on every process); give a run whose latest "
+      "checkpoint reads"), outs
+  outs, _ = run_two_processes(JOIN_TWO_PROCESSES + TWO_PROCESSES, lagging, lagging, timeout=180)
+  assert outs == [{"step": 2}, {"step": 2}]

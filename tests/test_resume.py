@@ -19,7 +19,7 @@ import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
 from jaxgan import run_health, stopping, writers
-from tests.conftest import REPO, flip_a_bit, tiny_config
+from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
               "--config.model.z_dim=8", "--config.model.g_width=8", "--config.model.d_width=8",
@@ -305,6 +305,18 @@ def _two_step_checkpoints(directory):
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
   return ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
+
+
+def flip_a_bit(directory, step):
+  """Flips one bit mid-file in the largest array file of checkpoint `step` under `directory`
+  (orbax's compressed files carry no checksum: it decodes to other values without an error)."""
+  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, str(step)))
+          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
+  largest = max(data, key=os.path.getsize)
+  content = bytearray(open(largest, "rb").read())
+  content[len(content) // 2] ^= 0x10
+  with open(largest, "wb") as f:
+    f.write(content)
 
 
 def test_a_flipped_bit_in_a_checkpoints_data_is_damage_not_a_silent_resume(tmp_path, caplog):

@@ -13,7 +13,7 @@ from jaxgan.config.validation import unread_keys
 # The mesh and process layout may change too: checkpoints restore onto any device count. So may
 # paths (the same data mounted elsewhere, another host): what the data holds is compared by its
 # fingerprint, which warns when it changed.
-RESUMABLE_KEYS = ("train.init_from", "train.num_steps", "train.log_every", "train.sample_every",
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.samples_per_class",
                   "train.max_nonfinite_steps", "train.tensorboard", "data.workers",
                   "data.max_bad_fraction", "data.tfds_download",
@@ -22,7 +22,10 @@ RESUMABLE_KEYS = ("train.init_from", "train.num_steps", "train.log_every", "trai
                   "eval.metrics", "eval.num_real", "eval.batch_size",
                   "eval.standing_stats_batches",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
-                  "distributed.num_processes", "distributed.process_id", *PATH_KEYS)
+                  "distributed.num_processes", "distributed.process_id",
+                  # Not train.init_from: read at a run's first start only, it records where the
+                  # run's weights came from, which a resume does not change.
+                  *(key for key in PATH_KEYS if key != "train.init_from"))
 
 Difference = tuple[str, object, object]
 
