@@ -127,6 +127,20 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
   return restored
 
 
+def keep_first_start_keys(meta: dict, config: ml_collections.ConfigDict) -> None:
+  """Puts the checkpoint's `train.init_from` back into `config` (which config.json records):
+  read at a run's first start only, it says where the run's weights came from, which a resume
+  does not change, whatever its command line says now (the flag dropped, another donor, the same
+  one mounted elsewhere). Alike on every process: all read the same checkpoint."""
+  recorded = (meta.get("config") or {}).get("train", {}).get("init_from", "")
+  if isinstance(recorded, str) and recorded != config.train.init_from:
+    if config.train.init_from:
+      log.warning("train.init_from is read at a run's first start only: this run started from "
+                  "%s, which its config.json keeps (not %s)", recorded or "random weights",
+                  config.train.init_from)
+    config.train.init_from = recorded
+
+
 def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collections.ConfigDict,
                        data_fingerprint: int, order: int) -> None:
   """Logs what a resumed run does differently from an uninterrupted one: nothing left to train,

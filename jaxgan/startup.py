@@ -65,10 +65,13 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     # here (start was agreed): read_donor's collectives meet.
     if config.train.init_from and not multihost.any_process(
         workdir_lib.has_step_folders(workdir)):
-      donor = init_from.read_donor(
+      # Agreed as a whole (its reads are agreed one by one too): a refusal that one process
+      # reaches from its own view of the files raises on all, and start_run's clean-up below
+      # then runs alike everywhere.
+      donor = multihost.agreed(lambda: init_from.read_donor(
           config.train.init_from,
           ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), config.model.name,
-          config.data.image_size)
+          config.data.image_size), "reading train.init_from's checkpoint")
     return run, source, fingerprint, order, donor
   except BaseException as e:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another

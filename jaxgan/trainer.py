@@ -104,6 +104,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   if restored is not None:
     start_step, state, meta = restored
     restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order)
+    restore.keep_first_start_keys(meta, config)
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()

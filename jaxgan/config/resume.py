@@ -22,10 +22,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "eval.metrics", "eval.num_real", "eval.batch_size",
                   "eval.standing_stats_batches",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
-                  "distributed.num_processes", "distributed.process_id",
-                  # Not train.init_from: read at a run's first start only, it records where the
-                  # run's weights came from, which a resume does not change.
-                  *(key for key in PATH_KEYS if key != "train.init_from"))
+                  "distributed.num_processes", "distributed.process_id", *PATH_KEYS)
 
 Difference = tuple[str, object, object]
 
