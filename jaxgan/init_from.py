@@ -33,12 +33,8 @@ COPIED = ("g_params", "g_batch_stats", "d_params", "d_batch_stats", "ema_params"
 def checkpoint_dir(path: str) -> str:
   """The checkpoints folder of the run at `path`: its workdir, or that folder itself."""
   for directory in (os.path.join(path, "checkpoints"), path):
-    try:
-      if any(name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))
-             for name in os.listdir(directory)):
-        return os.path.abspath(directory)
-    except OSError:
-      continue
+    if ckpt_lib.step_folders(directory, item="state"):
+      return os.path.abspath(directory)
   raise ConfigError(f"config key train.init_from: no checkpoint in {path!r}; give the workdir of "
                     "a jaxgan run that has written one (or '' to start from random weights)")
 

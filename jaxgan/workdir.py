@@ -250,7 +250,7 @@ def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int,
     try:
       return checkpointer.restore_latest(target, accept)
     except ckpt_lib.CheckpointError:
-      if attempt == READ_ATTEMPTS - 1 or _step_folders(directory) == listed:
+      if attempt == READ_ATTEMPTS - 1 or ckpt_lib.step_folders(directory) == listed:
         raise
       log.warning("the checkpoints in %s changed while they were read (a trainer is writing "
                   "this workdir): reading the newest again", directory)
@@ -261,15 +261,7 @@ def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int,
 
 def has_step_folders(workdir: str) -> bool:
   """Whether WORKDIR/checkpoints holds a step folder (readable or not)."""
-  return bool(_step_folders(os.path.join(workdir, "checkpoints")))
-
-
-def _step_folders(directory: str) -> list[int]:
-  """The step folders in `directory` now (without orbax's listing, which a manager keeps)."""
-  try:
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-  except OSError:
-    return []
+  return bool(ckpt_lib.step_folders(os.path.join(workdir, "checkpoints")))
 
 
 def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[], Any]) -> Any:
