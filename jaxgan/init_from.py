@@ -6,7 +6,8 @@ G, D, G's EMA and their BatchNorm statistics are copied array by array where the
 shape match; the others keep their initial values and are listed (a class embedding of another
 class count, a layer of another width). The optimizer states, the step, the RNG key, ADA's p and
 LeCam's anchors are the new run's own, as StyleGAN2-ADA's resume keeps them. Only a run's first
-start reads it: a resumed run continues from its own checkpoints.
+start reads it: a resumed run continues from its own checkpoints. It names a run (its latest step
+is read) or one of its step folders; the run records the step folder read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -30,13 +31,18 @@ log = logging.getLogger(__name__)
 COPIED = ("g_params", "g_batch_stats", "d_params", "d_batch_stats", "ema_params")
 
 
-def checkpoint_dir(path: str) -> str:
-  """The checkpoints folder of the run at `path`: its workdir, or that folder itself."""
+def locate(path: str) -> tuple[str, Optional[int]]:
+  """(the checkpoints folder, the step or None for its latest) that `path` names: a run's
+  workdir, its checkpoints folder, or one step folder in it (`.../checkpoints/5000`)."""
   for directory in (os.path.join(path, "checkpoints"), path):
     if ckpt_lib.step_folders(directory, item="state"):
-      return os.path.abspath(directory)
+      return os.path.abspath(directory), None
+  parent, name = os.path.split(os.path.normpath(path))
+  if name.isdecimal() and int(name) in ckpt_lib.step_folders(parent, item="state"):
+    return os.path.abspath(parent), int(name)
   raise ConfigError(f"config key train.init_from: no checkpoint in {path!r}; give the workdir of "
-                    "a jaxgan run that has written one (or '' to start from random weights)")
+                    "a jaxgan run that has written one, or one of its step folders "
+                    "(WORKDIR/checkpoints/STEP), or '' to start from random weights")
 
 
 def plan(saved: dict[str, tuple], state: dict) -> tuple[dict, list[str], int]:
@@ -73,31 +79,38 @@ class Donor:
   total: int  # the leaves considered
   class_names: list  # the donor's (first attribute's) class names, [] where unknown
 
+  @property
+  def folder(self) -> str:
+    """The step folder read: what the new run records as its `train.init_from`."""
+    return os.path.join(self.directory, str(self.step))
+
 
 def _unreadable(directory: str, step: int, error: BaseException) -> ConfigError:
   first = str(error).splitlines()[0][:300] if str(error) else ""
   return ConfigError(f"config key train.init_from: {directory} step {step} cannot be read "
-                     f"({type(error).__name__}: {first}); give a run whose latest checkpoint "
-                     "reads")
+                     f"({type(error).__name__}: {first}); give another of its steps "
+                     f"({directory}/STEP) or another run")
 
 
 def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int) -> Donor:
-  """The arrays of the latest checkpoint of the run at `path` that `abstract_state` (this run's
-  state as ShapeDtypeStructs with shardings) can take. Collective: every process reads the same
-  step (process 0's list), and a read that fails anywhere fails everywhere. Raises ConfigError for
-  another model family or image size (layers are named by position, so arrays of equal shape
-  would be copied into layers that do other things), a damaged or unreadable step, or no array
-  alike."""
+  """The arrays of the checkpoint `path` names (a run's latest, or the step folder given) that
+  `abstract_state` (this run's state as ShapeDtypeStructs with shardings) can take. Collective:
+  every process reads the same step (process 0's list and choice), and a read that fails
+  anywhere fails everywhere. Raises ConfigError for another model family or image size (layers
+  are named by position, so arrays of equal shape would be copied into layers that do other
+  things), a damaged or unreadable step, or no array alike."""
   if "://" in path:
     raise ConfigError(f"config key train.init_from: {path!r}: URIs are not supported; give a "
                       "local or mounted path")
-  directory = multihost.agreed(lambda: checkpoint_dir(path), "finding train.init_from's run")
+  directory, step = multihost.agreed(lambda: locate(path), "finding train.init_from's run")
+  # Process 0's: a process whose view lags may have found its own latest or none of the folder.
+  step = multihost.from_process_0(-1 if step is None else step)
   reader = ckpt_lib.Checkpointer(directory, read_only=True)
   try:
     steps = ckpt_lib.agreed_steps(reader.steps())
     if not steps:
       raise ConfigError(f"config key train.init_from: no checkpoint in {directory}")
-    step = steps[-1]
+    step = steps[-1] if step < 0 else step
     meta, error, _ = reader.read_agreed(step, lambda: reader.restore_meta(step))
     if error is not None:
       raise _unreadable(directory, step, error)

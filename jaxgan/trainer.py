@@ -110,6 +110,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
     if donor is not None:  # a new run from another's weights (transfer learning)
       state = init_from.initialise_from(state, donor, list(source.class_names))
+      # Recorded (config.json, every checkpoint's meta) as the step folder read, not the workdir
+      # named, whose latest step moves on while that run trains.
+      config.train.init_from = donor.folder
       del donor  # its arrays are the state's now
 
   startup.write_run_files(config, workdir, start_step)

@@ -107,9 +107,29 @@ def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tm
     shutil.move(moved, workdir)
   assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4"]
   assert (f"train.init_from is read at a run's first start only: this run started from "
-          f"{workdir}, which its config.json keeps (not {tmp_path / 'another'})") in caplog.text
+          f"{workdir}/checkpoints/2, which its config.json keeps (not {tmp_path / 'another'})"
+          ) in caplog.text
+  # The step folder read, not the workdir named (whose latest step moves on while it trains).
   with open(os.path.join(run_dir, "config.json")) as f:
-    assert json.load(f)["train"]["init_from"] == workdir
+    assert json.load(f)["train"]["init_from"] == os.path.join(workdir, "checkpoints", "2")
+
+
+def test_a_step_folder_names_the_step_read(donor, tmp_path):
+  """A workdir (or its checkpoints folder) gives its latest step; one of its step folders, that
+  step (an earlier snapshot, as StyleGAN2-ADA's --resume takes any network pickle)."""
+  path = str(tmp_path / "two steps")
+  shutil.copytree(donor[0], path)
+  folders = os.path.join(path, "checkpoints")
+  shutil.copytree(os.path.join(folders, "2"), os.path.join(folders, "4"))
+  run = run_lib.build_run(tiny_config())
+  assert _read(run, path).step == _read(run, folders).step == 4
+  got = _read(run, os.path.join(folders, "2") + os.sep)
+  assert (got.step, got.folder) == (2, os.path.join(folders, "2"))
+  with pytest.raises(ConfigError, match=r"no checkpoint in '.*/checkpoints/3'; give the workdir"):
+    _read(run, os.path.join(folders, "3"))
+  os.makedirs(os.path.join(folders, "6", "state"))  # a step cut short: refused, not skipped
+  with pytest.raises(ConfigError, match=r"checkpoints step 6 cannot be read \(KeyError: .*meta"):
+    _read(run, os.path.join(folders, "6"))
 
 
 @pytest.mark.parametrize("refusal", ["missing", "uri", "another model", "another size",
@@ -188,7 +208,7 @@ def test_every_process_reads_the_same_donor_step(donor, tmp_path):
   errors = [out["error"].replace(path, "DONOR") for out, path in zip(outs, (newer, lagging))]
   assert errors[0] == errors[1] == (
       "config key train.init_from: DONOR/checkpoints step 4 cannot be read (CheckpointError: "
-      "DONOR/checkpoints/4 is not visible on every process); give a run whose latest "
-      "checkpoint reads"), outs
+      "DONOR/checkpoints/4 is not visible on every process); give another of its steps "
+      "(DONOR/checkpoints/STEP) or another run"), outs
   outs, _ = run_two_processes(JOIN_TWO_PROCESSES + TWO_PROCESSES, lagging, lagging, timeout=180)
   assert outs == [{"step": 2}, {"step": 2}]
