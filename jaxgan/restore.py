@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from typing import Any, Optional
 
 import ml_collections
@@ -134,7 +135,10 @@ def keep_first_start_keys(meta: dict, config: ml_collections.ConfigDict) -> None
   one mounted elsewhere). Alike on every process: all read the same checkpoint."""
   recorded = (meta.get("config") or {}).get("train", {}).get("init_from", "")
   if isinstance(recorded, str) and recorded != config.train.init_from:
-    if config.train.init_from:
+    named = os.path.normpath(config.train.init_from) if config.train.init_from else ""
+    # The first start's own command line names the donor's workdir, recorded as its step folder.
+    if named and os.path.dirname(os.path.normpath(recorded)) not in (
+        named, os.path.join(named, "checkpoints")):
       log.warning("train.init_from is read at a run's first start only: this run started from "
                   "%s, which its config.json keeps (not %s)", recorded or "random weights",
                   config.train.init_from)

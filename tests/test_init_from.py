@@ -99,13 +99,20 @@ def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tm
   moved = str(tmp_path / "moved")
   shutil.move(workdir, moved)
   try:
+    # The first start's command line again (which named the workdir; the step folder is
+    # recorded): nothing to warn about.
+    config.train.num_steps = 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      trainer.train_and_evaluate(config, run_dir)
+    assert "first start only" not in caplog.text
     config.train.num_steps = 4
     config.train.init_from = str(tmp_path / "another")
     with caplog.at_level(logging.WARNING):
       trainer.train_and_evaluate(config, run_dir)
   finally:
     shutil.move(moved, workdir)
-  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4"]
+  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "3", "4"]
   assert (f"train.init_from is read at a run's first start only: this run started from "
           f"{workdir}/checkpoints/2, which its config.json keeps (not {tmp_path / 'another'})"
           ) in caplog.text
