@@ -237,8 +237,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         progress.update(k)
       # Read the flag once per call: a signal that lands after this line (say while the log
       # row is written) must wait for the next call, not stop this one without its checkpoint.
-      row = step % cfg.log_every == 0 or step == cfg.num_steps
       eval_due = evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+      # Also at each checkpoint (every one an evaluation writes too): a resume from it logs the
+      # steps after it again, and would miss those since the last row, kept in memory only.
+      row = (step % cfg.log_every == 0 or step == cfg.num_steps
+             or step % cfg.checkpoint_every == 0 or eval_due)
       # Log rows wait for the step anyway; before an evaluation a late stop would cost minutes.
       stopping = stop.check(step // k, exchange=row or eval_due)
       last = step == cfg.num_steps or stopping is not None
@@ -284,7 +287,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         interval_start += time.perf_counter() - paused
       if last and not logged:  # a stop that came during the evaluation: the interval's row
         log_row(step, time.perf_counter() - interval_start, interval_steps)
-      if step % cfg.log_every == 0 or last:
+      if row or last:
         # The next row's images/s times training only: not this row's checkpoint, samples and
         # evaluation (which made the row after an evaluation read 15x slow).
         interval_start, interval_steps = time.perf_counter(), 0

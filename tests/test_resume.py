@@ -1170,3 +1170,24 @@ def test_a_stop_during_an_evaluation_stops_there_and_the_rerun_evaluates_the_ste
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 4 and calls == ["cut short", "evaluated", "evaluated"]
   assert [r["step"] for r in writers.read_metrics(workdir) if "eval/num_samples" in r] == [2, 4]
+
+
+def test_a_resume_from_a_checkpoint_between_rows_loses_no_steps_metrics(tmp_path):
+  """A checkpoint between log rows gets a row too: a resume from it drops the rows after it and
+  logs those steps again, so without that row the steps before it since the last row (held in
+  memory only) would have none."""
+  import json
+
+  config = tiny_config(**{"train.num_steps": 5, "train.log_every": 4,
+                          "train.checkpoint_every": 3, "train.tensorboard": False})
+  workdir = tmp_path / "w"
+
+  def row_steps():
+    with open(workdir / "metrics.jsonl") as f:
+      return [json.loads(line)["step"] for line in f]
+
+  trainer.train_and_evaluate(config, str(workdir))
+  assert row_steps() == [3, 4, 5]
+  shutil.rmtree(workdir / "checkpoints" / "5")  # killed after step 4's row: resumed from 3
+  trainer.train_and_evaluate(config, str(workdir))
+  assert row_steps() == [3, 4, 5]  # each step in one row

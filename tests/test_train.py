@@ -418,9 +418,10 @@ def test_training_and_generation_work_without_tensorflow(tmp_path, tensorflow):
 
 def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_rows(
     tmp_path, monkeypatch):
-  """A grid and a checkpoint at step 3, inside the row of step 6 (log_every 6), take 1000 s on
-  the trainer's clock: that row's images/s times its 5 timed steps only (a row's interval starts
-  after the first call, which compiles)."""
+  """A grid at steps 3 and 6 (sample_every 3, log_every 6) takes 1000 s on the trainer's clock:
+  the row of step 6 times its 5 timed steps only (a row's interval starts after the first call,
+  which compiles). With checkpoint_every 3, a checkpoint at step 3 gets its own row, written
+  before its checkpoint and grid: neither counts in the next row either."""
   import time
   import types
 
@@ -434,13 +435,18 @@ def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_row
     real_save(image, path, *args, **kwargs)
 
   monkeypatch.setattr(sampling, "save_png", slow_save)
-  config = tiny_config(**{"train.num_steps": 6, "train.log_every": 6, "train.sample_every": 3,
-                          "train.checkpoint_every": 3, "train.tensorboard": False})
-  trainer.train_and_evaluate(config, str(tmp_path))
-  assert skipped  # the grid was saved inside the row
-  row, = writers.read_metrics(str(tmp_path))
-  # 5 steps of 8 in < 100 s (measured: 0.04 s); with the grid's 1000 s counted, 0.04 images/s.
-  assert row["step"] == 6 and row["images_per_sec"] > 5 * 8 / 100
+  for checkpoint_every, steps in ((6, [6]), (3, [3, 6])):
+    skipped.clear()
+    workdir = tmp_path / str(checkpoint_every)
+    config = tiny_config(**{"train.num_steps": 6, "train.log_every": 6, "train.sample_every": 3,
+                            "train.checkpoint_every": checkpoint_every,
+                            "train.tensorboard": False})
+    trainer.train_and_evaluate(config, str(workdir))
+    assert len(skipped) == 2  # the grids were saved
+    rows = writers.read_metrics(str(workdir))
+    assert [row["step"] for row in rows] == steps
+    # 2 to 5 steps of 8 in < 100 s (measured: 0.04 s); with a grid's 1000 s counted, < 0.04.
+    assert all(row["images_per_sec"] > 5 * 8 / 100 for row in rows), rows
 
 
 def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
