@@ -39,6 +39,10 @@ def check_checkpoint_writes(checkpointer) -> None:
   if not multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
                                or (failed > 0 and not checkpointer.completed)):
     return
+  # The write just started is waited for first (every process is here: the decision above was
+  # agreed): orbax lists a step from the start of its write, and one that then fails in the
+  # background is no place to resume from (a first write failed that way said "step 4").
+  checkpointer.wait()
   # The same words on every process (the counts are each process's own).
   raise TrainingError(
       f"checkpoint writes to {checkpointer.directory} keep failing (this run's first, or "

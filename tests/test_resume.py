@@ -651,10 +651,15 @@ def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
   writer.close()
 
 
-@pytest.mark.parametrize("first_ok", [True, False])
-def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first_ok):
+@pytest.mark.parametrize("first_ok,background", [(True, False), (False, False), (False, True)])
+def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first_ok, background):
   """A run does not train on for days with nothing to resume from: it stops at its first
-  checkpoint if that one fails, else after MAX_FAILED_CHECKPOINTS failures in a row."""
+  checkpoint if that one fails, else after MAX_FAILED_CHECKPOINTS failures in a row. A write
+  that fails in the background (storage that refuses the path: a gs:// workdir made a local
+  folder did) is known at the next save, whose step orbax lists while it is written: the run
+  then stops one checkpoint later, and still says that a rerun starts over."""
+  from orbax.checkpoint._src.serialization import jax_array_handlers as handlers
+
   original = ocp.CheckpointManager.save
 
   def failing_save(self, step, *args, **kwargs):
@@ -662,15 +667,21 @@ def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first
       return original(self, step, *args, **kwargs)
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  async def failing_write(*args, **kwargs):  # orbax's array writes (a private function)
+    raise OSError(28, "No space left on device")
+
+  if background:
+    monkeypatch.setattr(handlers, "_async_serialize_replica_slices", failing_write)
+  else:
+    monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
   workdir = str(tmp_path / "w")
   config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 40,
                           "train.sample_every": 100})
-  resume = "step 2" if first_ok else "the start"
+  resume = "step 2" if first_ok else r"the start \(no checkpoint\)"
   with pytest.raises(trainer.TrainingError, match=f"checkpoint writes to .* keep failing .* "
                                                   f"resumes from {resume}"):
     trainer.train_and_evaluate(config, workdir)
-  stopped_at = 2 + 2 * run_health.MAX_FAILED_CHECKPOINTS if first_ok else 2
+  stopped_at = 2 + 2 * run_health.MAX_FAILED_CHECKPOINTS if first_ok else 2 + 2 * background
   assert writers.read_metrics(workdir)[-1]["step"] == stopped_at
 
 
