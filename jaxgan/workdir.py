@@ -32,12 +32,24 @@ class WorkdirError(RuntimeError):
   """A workdir a run cannot write to; the message says what to do."""
 
 
+def uri_refusal(workdir: str) -> Optional[str]:
+  """The one-line refusal of a URI workdir (gs://, s3://), else None. Runs are written and read
+  through the local file system: a URI was made a local folder 'gs:' that orbax then refused at
+  every checkpoint write, after the run had trained up to it."""
+  if "://" not in workdir:
+    return None
+  return (f"--workdir {workdir}: URIs are not supported; give a local or mounted path (a bucket "
+          "mounted with gcsfuse --rename-dir-limit works)")
+
+
 def prepare_workdir(workdir: str) -> bool:
   """Creates the workdir and proves it writable before any compute is spent; returns whether it
   created the folder (so that a run that fails to start can leave none behind; on a shared file
   system several processes may each find it missing and say so)."""
   if not workdir:
     raise WorkdirError("--workdir is empty; pass the folder to write the run to")
+  if uri_refusal(workdir):
+    raise WorkdirError(uri_refusal(workdir))
   created = not os.path.isdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
@@ -150,6 +162,8 @@ def remove_if_empty(workdir: str) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json on top of the current schema."""
+  if uri_refusal(workdir):
+    raise ValueError(uri_refusal(workdir))
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?")

@@ -330,6 +330,19 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
 
 
+def test_a_uri_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  """gs://b/r was made a local folder 'gs:' and trained, and every checkpoint write then failed
+  in orbax (a path with '//'): minutes of training lost. Readers refuse it alike."""
+  monkeypatch.chdir(tmp_path)
+  refusal = (r"^--workdir gs://bucket/run: URIs are not supported; give a local or mounted "
+             r"path \(a bucket mounted with gcsfuse --rename-dir-limit works\)$")
+  with pytest.raises(workdir_lib.WorkdirError, match=refusal):
+    trainer.train_and_evaluate(tiny_config(), "gs://bucket/run")
+  with pytest.raises(ValueError, match=refusal):
+    generate.generate("gs://bucket/run", 1, str(tmp_path / "x.png"))
+  assert os.listdir(tmp_path) == []
+
+
 def test_another_tools_folder_is_not_overwritten(tmp_path):
   """A workdir without checkpoints is a run killed before its first one, whose files are
   rewritten: unless its config.json is not a jaxgan config, as in another tool's folder."""
