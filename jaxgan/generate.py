@@ -216,7 +216,10 @@ def generate(workdir: str, num: int, out: str,
   except OSError as e:  # naming the file where it is another than --out (a subfolder listed)
     other = e.filename and os.path.abspath(e.filename) != os.path.abspath(out)
     where = f" ({e.filename})" if other else ""
-    raise OSError(f"--out {out}{where}: {e.strerror or e}; pass a path you can write") from e
+    # A file where a folder of the path should be: makedirs says 'File exists'.
+    why = ("is a file, not a folder" if other and os.path.isfile(e.filename)
+           else e.strerror or e)
+    raise OSError(f"--out {out}{where}: {why}; pass a path you can write") from e
 
 
 def _write_singles(chunks, out: str, num: int) -> list[str]:

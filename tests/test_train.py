@@ -229,7 +229,8 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")
-  with pytest.raises(OSError, match=r"^--out .*a_file/x.png \(.*a_file\): File exists; "):
+  with pytest.raises(OSError,
+                     match=r"^--out .*a_file/x.png \(.*a_file\): is a file, not a folder; "):
     generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
