@@ -99,9 +99,6 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int)
   anywhere fails everywhere. Raises ConfigError for another model family or image size (layers
   are named by position, so arrays of equal shape would be copied into layers that do other
   things), a damaged or unreadable step, or no array alike."""
-  if "://" in path:
-    raise ConfigError(f"config key train.init_from: {path!r}: URIs are not supported; give a "
-                      "local or mounted path")
   directory, step = multihost.agreed(lambda: locate(path), "finding train.init_from's run")
   # Process 0's: a process whose view lags may have found its own latest or none of the folder.
   step = multihost.from_process_0(-1 if step is None else step)

@@ -87,6 +87,19 @@ def test_invalid_values_name_the_key(make_config, key, value, message):
   assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["data.path", "data.cache_dir", "eval.weights", "eval.cache_dir",
+                                 "train.init_from"])
+def test_a_uri_for_a_local_path_is_refused(make_config, key):
+  """gs://b/c became a local folder 'gs:' (eval.cache_dir: a cache written there, silently);
+  TFDS reads its own data dir, gs:// included."""
+  with pytest.raises(config_lib.ConfigError, match=(
+      rf"^config key {key}: 'gs://b/c': URIs are not supported; give a local or mounted path$")):
+    config_lib.validate(make_config(**{key: "gs://b/c"}), num_devices=1, reads_data=False)
+  config_lib.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "mnist",
+                                     "data.tfds_data_dir": "gs://b/c"}),
+                      num_devices=1, reads_data=False)
+
+
 def test_integer_keys_the_step_reads_as_floats_may_pass_int32(make_config):
   """A half-life of 10**12 images freezes the EMA (a test does so); the keys only the host reads
   are not bound either."""
