@@ -278,6 +278,10 @@ def _bad_argument(args) -> str:
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
+  for flag in ("cache_dir", "weights", "data_path"):  # a cache made a local folder 'gs:'
+    if "://" in getattr(args, flag):
+      return (f"--{flag.replace('_', '-')} {getattr(args, flag)}: URIs are not supported; give "
+              "a local or mounted path")
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
 
   if not -1 <= args.standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:

@@ -91,6 +91,8 @@ def bad_path(args: argparse.Namespace) -> str:
     return f"--images {args.images}: not a folder"  # '' with a manifest: paths relative to it
   if args.manifest and not os.path.isfile(args.manifest):
     return f"--manifest {args.manifest}: not a file"
+  if "://" in args.out:  # TensorFlow would write the shards there, the rest a local 'gs:' folder
+    return f"--out {args.out}: URIs are not supported; give a local or mounted path"
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     return f"--out {args.out}: a file is there; pass a folder"
   return ""

@@ -530,6 +530,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "up to 10000, got 100000000"),
     (["--workdir", "{tmp}", "--checkpoint", "newest"],
      "--checkpoint must be 'latest', 'best' or a step number, got 'newest'"),
+    # Local paths only: the real features' cache went to a local folder 'gs:'.
+    (["--real", "{tmp}", "--fake", "{tmp}", "--cache-dir", "gs://b/c"],
+     "--cache-dir gs://b/c: URIs are not supported; give a local or mounted path"),
+    (["--workdir", "gs://b/run"], "--workdir gs://b/run: URIs are not supported"),
 ])
 def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
   from jaxgan import config as config_lib, evaluate

@@ -1096,6 +1096,8 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
         out], f"--manifest {tmp_path / 'm.csv'}: not a file"),
       (["--images", photos, "--out", str(tmp_path / "afile")],
        f"--out {tmp_path / 'afile'}: a file is there; pass a folder"),
+      (["--images", photos, "--out", "gs://b/p"],  # the shards went there, the rest to 'gs:/b/p'
+       "--out gs://b/p: URIs are not supported; give a local or mounted path"),
       (["--images", photos, "--out", str(tmp_path / "afile" / "sub")],  # /proc/x, a read-only mount
        f"--out {tmp_path / 'afile' / 'sub'}: cannot write there (Not a directory); pass a "
        "folder you can write to")):
