@@ -83,6 +83,9 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     """Refuses a checkpoint whose config changes the math, or whose classes are not the data's
     (a set prepared again: label k would now mean another class), before its state is read."""
     blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
+    # Not a change: a resume keeps the recorded donor (keep_first_start_keys, which says so where
+    # the command line names another); its first start's own names the workdir, not the step.
+    allowed = [d for d in allowed if d[0] != "train.init_from"]
     listing = config_lib.describe_differences
     layout = _layout_changes(meta.get("config", {}), blocking, run.abstract_state)
     if layout:

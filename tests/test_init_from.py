@@ -103,9 +103,11 @@ def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tm
     # recorded): nothing to warn about.
     config.train.num_steps = 3
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
       trainer.train_and_evaluate(config, run_dir)
     assert "first start only" not in caplog.text
+    changes = [r.getMessage() for r in caplog.records if "config changes" in r.getMessage()]
+    assert changes and not any("init_from" in m for m in changes), changes  # num_steps only
     config.train.num_steps = 4
     config.train.init_from = str(tmp_path / "another")
     with caplog.at_level(logging.WARNING):
