@@ -35,14 +35,21 @@ def check_checkpoint_writes(checkpointer) -> None:
   """Stops the run (on every process alike) when its checkpoints keep failing, or when the first
   one it wrote failed: storage that cannot take one (a full disk, a bucket mount that cannot
   rename folders) would otherwise let it train for days with nothing to resume from."""
-  failed = checkpointer.failures_in_a_row
-  if not multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
-                               or (failed > 0 and not checkpointer.completed)):
+  def failing() -> bool:
+    failed = checkpointer.failures_in_a_row
+    return multihost.any_process(failed >= MAX_FAILED_CHECKPOINTS
+                                 or (failed > 0 and not checkpointer.completed))
+
+  if not failing():
     return
-  # The write just started is waited for first (every process is here: the decision above was
-  # agreed): orbax lists a step from the start of its write, and one that then fails in the
-  # background is no place to resume from (a first write failed that way said "step 4").
+  # Decided again once the write just started is finished (every process is here: the decision
+  # above was agreed). A write's failure in the background is known at the next save only: one
+  # that then completes is a checkpoint to resume from, and the run goes on. And orbax lists a
+  # step from the start of its write: one that fails is no place to resume from (a first write
+  # failed that way said "resumes from step 4").
   checkpointer.wait()
+  if not failing():
+    return
   # The same words on every process (the counts are each process's own).
   raise TrainingError(
       f"checkpoint writes to {checkpointer.directory} keep failing (this run's first, or "
@@ -60,6 +67,7 @@ def check_nonfinite(longest: Any, step: int, limit: int, checkpointer) -> None:
   """Stops the run if the longest skip streak since the last check reached `limit`."""
   longest = int(sharding.to_host(longest))
   if longest >= limit:
+    checkpointer.wait()  # alike everywhere (longest is); a write in flight is listed already
     raise TrainingError(
         f"{longest} consecutive non-finite steps by step {step} (limit "
         f"train.max_nonfinite_steps={limit}); a rerun resumes from "

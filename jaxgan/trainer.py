@@ -285,9 +285,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         last = last or stopping is not None
       if paused is not None:
         interval_start += time.perf_counter() - paused
-      if last and not logged:  # a stop that came during the evaluation: the interval's row
-        log_row(step, time.perf_counter() - interval_start, interval_steps)
-      if row or last:
+      # (A stop that came during the evaluation needs no row of its own: every evaluation step
+      # is a row step, logged before it.)
+      if logged:
         # The next row's images/s times training only: not this row's checkpoint, samples and
         # evaluation (which made the row after an evaluation read 15x slow).
         interval_start, interval_steps = time.perf_counter(), 0

@@ -685,6 +685,34 @@ def test_checkpoints_that_keep_failing_stop_the_run(tmp_path, monkeypatch, first
   assert writers.read_metrics(workdir)[-1]["step"] == stopped_at
 
 
+def test_a_first_write_that_failed_in_the_background_is_forgiven_once_the_next_completes(
+    tmp_path, monkeypatch):
+  """The background failure of the first write is known at the second save; the run waits for
+  that write before it stops: written, the storage works, and the run goes on."""
+  from orbax.checkpoint._src.serialization import jax_array_handlers as handlers
+
+  original_save, original_write = ocp.CheckpointManager.save, \
+      handlers._async_serialize_replica_slices
+  failing = [False]
+
+  def save(self, step, *args, **kwargs):  # after the previous write was waited for
+    failing[0] = step == 2
+    return original_save(self, step, *args, **kwargs)
+
+  async def write(*args, **kwargs):  # orbax's array writes (a private function)
+    if failing[0]:
+      raise OSError(28, "No space left on device")
+    return await original_write(*args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  monkeypatch.setattr(handlers, "_async_serialize_replica_slices", write)
+  workdir = str(tmp_path / "w")
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 6,
+                          "train.sample_every": 100})
+  assert int(trainer.train_and_evaluate(config, workdir).step) == 6
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]
+
+
 def test_a_step_left_by_an_earlier_attempt_is_moved_aside_and_written(tmp_path, monkeypatch):
   """A resume from before a step that exists (skipped as unreadable, or a best FID evaluated
   again) writes that step anew; orbax alone refuses a step it lists. Moved twice within a

@@ -26,6 +26,23 @@ def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
   checkpointer.close()
 
 
+def test_the_resume_point_is_not_a_write_in_flight_that_fails(tmp_path, monkeypatch):
+  """Orbax lists a step from the start of its write: one that fails in the background must not
+  be named as where a rerun resumes."""
+  from orbax.checkpoint._src.serialization import jax_array_handlers as handlers
+
+  async def failing_write(*args, **kwargs):  # orbax's array writes (a private function)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(handlers, "_async_serialize_replica_slices", failing_write)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  assert checkpointer.save(2, {"w": jnp.ones(3)}, {"step": 2})  # started; fails meanwhile
+  with pytest.raises(run_health.TrainingError, match=r"3 consecutive non-finite steps by step 4 .*"
+                                                  r"resumes from the start \(no checkpoint\)"):
+    run_health.check_nonfinite(jnp.int32(3), 4, 3, checkpointer)
+  checkpointer.close()
+
+
 def test_nonfinite_leaves_names_the_floating_leaves_with_nan_or_inf():
   tree = {"params": {"w": jnp.ones((3, 2)), "b": jnp.array([0.0, jnp.inf])},
           "opt": (jnp.array([jnp.nan]), jnp.zeros((), jnp.int32)), "key": jax.random.key(0)}
