@@ -341,6 +341,15 @@ def test_a_uri_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
     trainer.train_and_evaluate(tiny_config(), "gs://bucket/run")
   with pytest.raises(ValueError, match=refusal):
     generate.generate("gs://bucket/run", 1, str(tmp_path / "x.png"))
+  with pytest.raises(ValueError, match=r"^--out gs://b/x.png: URIs are not supported; give a "
+                                       r"local or mounted path$"):
+    generate.generate(str(tmp_path / "any"), 1, "gs://b/x.png")
+  from jaxgan.metrics import suite
+
+  monkeypatch.setenv("JAXGAN_CACHE", "gs://b/c")
+  with pytest.raises(ValueError, match=r"^cache folder gs://b/c \(eval.cache_dir, --cache-dir or "
+                                       r"\$JAXGAN_CACHE\): URIs are not supported"):
+    suite.cache_dir("")
   assert os.listdir(tmp_path) == []
 
 

@@ -124,7 +124,13 @@ def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
 
 
 def cache_dir(configured: str = "") -> str:
-  return configured or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
+  """eval.cache_dir / --cache-dir, else $JAXGAN_CACHE, else ~/.cache/jaxgan. Written through the
+  local file system: a URI is refused (gs://b/c became a local folder 'gs:')."""
+  directory = configured or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
+  if "://" in directory:
+    raise ValueError(f"cache folder {directory} (eval.cache_dir, --cache-dir or $JAXGAN_CACHE): "
+                     "URIs are not supported; give a local or mounted path")
+  return directory
 
 
 def reference_path(directory: str, identity: dict[str, Any]) -> str:
