@@ -278,11 +278,11 @@ def _bad_argument(args) -> str:
             "workdir mode uses the run's data.image_size")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
-  for flag in ("cache_dir", "weights", "data_path"):  # a cache made a local folder 'gs:'
-    if "://" in getattr(args, flag):
-      return (f"--{flag.replace('_', '-')} {getattr(args, flag)}: URIs are not supported; give "
-              "a local or mounted path")
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  for flag in ("cache_dir", "weights", "data_path"):
+    if config_lib.is_uri(getattr(args, flag)):
+      return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"
 
   if not -1 <= args.standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:
     return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "

@@ -149,8 +149,8 @@ def generate(workdir: str, num: int, out: str,
   if config_lib.seed_problem(seed):
     raise ValueError(f"--seed {config_lib.seed_problem(seed)}")
   checkpoint = workdir_lib.parse_checkpoint(checkpoint)
-  if "://" in out:  # it became a local folder 'gs:'
-    raise ValueError(f"--out {out}: URIs are not supported; give a local or mounted path")
+  if config_lib.is_uri(out):
+    raise ValueError(f"--out {out}: {config_lib.NOT_LOCAL}")
   singles = out.endswith(os.sep) or os.path.isdir(out)
   if not singles and not out.lower().endswith(".png"):  # PNG bytes in a .jpg, or in 'samples'
     raise ValueError(f"--out {out}: a grid is one PNG file, so name it *.png (or end the path "

@@ -87,12 +87,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def bad_path(args: argparse.Namespace) -> str:
   """What is wrong with the paths given, or '': checked first, in the flags' own names (not
   after minutes of decoding, nor as the data.* config keys the loaders name)."""
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+
   if (args.images or not args.manifest) and not os.path.isdir(args.images):
     return f"--images {args.images}: not a folder"  # '' with a manifest: paths relative to it
   if args.manifest and not os.path.isfile(args.manifest):
     return f"--manifest {args.manifest}: not a file"
-  if "://" in args.out:  # TensorFlow would write the shards there, the rest a local 'gs:' folder
-    return f"--out {args.out}: URIs are not supported; give a local or mounted path"
+  if config_lib.is_uri(args.out):  # TensorFlow wrote the shards there, the rest a local 'gs:'
+    return f"--out {args.out}: {config_lib.NOT_LOCAL}"
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     return f"--out {args.out}: a file is there; pass a folder"
   return ""

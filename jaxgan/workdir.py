@@ -33,13 +33,12 @@ class WorkdirError(RuntimeError):
 
 
 def uri_refusal(workdir: str) -> Optional[str]:
-  """The one-line refusal of a URI workdir (gs://, s3://), else None. Runs are written and read
-  through the local file system: a URI was made a local folder 'gs:' that orbax then refused at
-  every checkpoint write, after the run had trained up to it."""
-  if "://" not in workdir:
+  """The one-line refusal of a URI workdir (gs://, s3://), else None: it was made a local folder
+  'gs:' that orbax then refused at every checkpoint write, after the run had trained up to it."""
+  if not config_lib.is_uri(workdir):
     return None
-  return (f"--workdir {workdir}: URIs are not supported; give a local or mounted path (a bucket "
-          "mounted with gcsfuse --rename-dir-limit works)")
+  return (f"--workdir {workdir}: {config_lib.NOT_LOCAL} (a bucket mounted with gcsfuse "
+          "--rename-dir-limit works)")
 
 
 def prepare_workdir(workdir: str) -> bool:

@@ -322,10 +322,20 @@ PATH_KEYS = ("data.path", "data.image_dir", "data.tfds_data_dir", "data.cache_di
              "eval.weights", "eval.cache_dir", "train.init_from")
 
 
+# jaxgan reads and writes runs, caches and data through the local file system (a bucket works
+# mounted, e.g. with gcsfuse): a URI given as a path became a local folder 'gs:'.
+NOT_LOCAL = "URIs are not supported; give a local or mounted path"
+
+
+def is_uri(value: Any) -> bool:
+  """Whether `value` is a URI (gs://, s3://) rather than a local path."""
+  return isinstance(value, str) and "://" in value
+
+
 def absolute_path(value: Any) -> Any:
   """A relative path made absolute from the current folder; '' (the default) and URIs (gs://)
   unchanged."""
-  if not isinstance(value, str) or not value or "://" in value:
+  if not isinstance(value, str) or not value or is_uri(value):
     return value
   return os.path.abspath(os.path.expanduser(value))
 

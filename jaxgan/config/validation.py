@@ -13,9 +13,9 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxgan.config.schema import (DTYPES, PATH_KEYS, ConfigError, attribute_classes, base_config,
-                                  check_complete, check_known_keys, check_types, flat_items, get,
-                                  parse_class_counts, r1_period)
+from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, attribute_classes,
+                                  base_config, check_complete, check_known_keys, check_types,
+                                  flat_items, get, is_uri, parse_class_counts, r1_period)
 
 
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
@@ -84,13 +84,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   check_complete(config)
   check_types(config)
   _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
-  # Read and written through the local file system (a bucket works mounted: gcsfuse); gs://b/c
-  # became a local folder 'gs:' (a cache written there, a workdir that trained, then failed).
   # TFDS reads its data dir itself, gs:// included.
   for key in PATH_KEYS:
-    value = get(config, key)
-    _require(key == "data.tfds_data_dir" or not (isinstance(value, str) and "://" in value),
-             key, f"{value!r}: URIs are not supported; give a local or mounted path")
+    _require(key == "data.tfds_data_dir" or not is_uri(get(config, key)), key,
+             f"{get(config, key)!r}: {NOT_LOCAL}")
   # The step and its counters hold integer keys as int32 (the step number its keys fold in,
   # shapes, intervals compared with the step): a larger value failed as a traceback after
   # compiling (or wrapped the step counter). The keys the step reads as floats may be larger (a

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxgan.atomic_write import private_name, remove_stale
+from jaxgan.config.schema import NOT_LOCAL, is_uri
 from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
 
@@ -124,12 +125,11 @@ def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
 
 
 def cache_dir(configured: str = "") -> str:
-  """eval.cache_dir / --cache-dir, else $JAXGAN_CACHE, else ~/.cache/jaxgan. Written through the
-  local file system: a URI is refused (gs://b/c became a local folder 'gs:')."""
+  """eval.cache_dir / --cache-dir, else $JAXGAN_CACHE, else ~/.cache/jaxgan (a URI refused)."""
   directory = configured or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
-  if "://" in directory:
+  if is_uri(directory):
     raise ValueError(f"cache folder {directory} (eval.cache_dir, --cache-dir or $JAXGAN_CACHE): "
-                     "URIs are not supported; give a local or mounted path")
+                     f"{NOT_LOCAL}")
   return directory
 
 
