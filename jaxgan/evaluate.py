@@ -213,7 +213,7 @@ def _run_data(config, meta: dict, data_path: str):
   --allow_config_change accepts) or its content does (the FID is then against other reals)."""
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan import restore  # pylint: disable=g-import-not-at-top
+  from jaxgan import label_choices  # pylint: disable=g-import-not-at-top
 
   where = (f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
            if config.data.path else f"the run's data (data.source={config.data.source})")
@@ -229,7 +229,7 @@ def _run_data(config, meta: dict, data_path: str):
   if images is not None and tuple(images.shape[1:3]) != (size, size):
     problem = f"its images are {images.shape[2]}x{images.shape[1]}, the run's {size}x{size}"
   have = [[str(c), [str(n) for n in names]] for c, names in data_lib.attribute_names(source)]
-  trained = restore.trained_attributes(meta, have)  # None: a checkpoint without class names
+  trained = label_choices.trained_attributes(meta, have)  # None: a checkpoint without class names
   # The class names, in order, are what a label means; a column's name is only its title.
   renamed = (config_lib.attribute_classes(config) and trained is not None
              and [names for _, names in have] != [names for _, names in trained])

@@ -3,11 +3,12 @@ StyleGAN2-ADA's --resume with a trained network: a small catalog fine-tuned from
 larger one).
 
 G, D, G's EMA and their BatchNorm statistics are copied array by array where the path and the
-shape match; the others keep their initial values and are listed (a class embedding of another
-class count, a layer of another width). The optimizer states, the step, the RNG key, ADA's p and
-LeCam's anchors are the new run's own, as StyleGAN2-ADA's resume keeps them. Only a run's first
-start reads it: a resumed run continues from its own checkpoints. It names a run (its latest step
-is read) or one of its step folders; the run records the step folder read.
+shape match; the others keep their initial values and are listed (a layer of another width).
+Class tables (embeddings, a projection D's) are matched by class name, row by row. The optimizer
+states, the step, the RNG key, ADA's p and LeCam's anchors are the new run's own, as
+StyleGAN2-ADA's resume keeps them. Only a run's first start reads it: a resumed run continues from
+its own checkpoints. It names a run (its latest step is read) or one of its step folders; the run
+records the step folder read.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Any, Optional
 
 import flax
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import label_choices
 from jaxgan import multihost
 from jaxgan import state_digest
 from jaxgan.config import ConfigError
@@ -45,10 +49,15 @@ def locate(path: str) -> tuple[str, Optional[int]]:
                     "(WORKDIR/checkpoints/STEP), or '' to start from random weights")
 
 
-def plan(saved: dict[str, tuple], state: dict) -> tuple[dict, list[str], int]:
+def plan(saved: dict[str, tuple], state: dict, tables: Optional[dict] = None
+         ) -> tuple[dict, list[str], int]:
   """(the restore target: the copied collections' leaves whose path and shape match the saved
   ones, as ShapeDtypeStructs with this run's dtype and sharding; the leaves left at their initial
-  values, with why; the number of leaves considered)."""
+  values, with why; the number of leaves considered). A class table (`tables`: name -> (attribute,
+  axis), `state.class_axes`) is read whole in the saved shape where only its class axis differs,
+  replicated (it is small, and another class count may not split as this run's sharding does):
+  `initialise_from` picks its rows by class name."""
+  tables = tables or {}
   target, kept, total = {}, [], 0
   for collection in COPIED:
     for path, leaf in jax.tree_util.tree_flatten_with_path(state[collection])[0]:
@@ -58,15 +67,24 @@ def plan(saved: dict[str, tuple], state: dict) -> tuple[dict, list[str], int]:
       if name not in saved:
         kept.append(f"{name} (not in that run)")
         continue
-      if shape != tuple(leaf.shape):
+      sharding = leaf.sharding
+      if name in tables and _same_but(shape, tuple(leaf.shape), tables[name][1]):
+        if isinstance(sharding, jax.sharding.NamedSharding):
+          sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+      elif shape != tuple(leaf.shape):
         kept.append(f"{name} (shape {shape} there, {tuple(leaf.shape)} here)")
         continue
       node = target.setdefault(collection, {})
       keys = [getattr(k, "key", k) for k in path]
       for key in keys[:-1]:
         node = node.setdefault(key, {})
-      node[keys[-1]] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+      node[keys[-1]] = jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=sharding)
   return target, kept, total
+
+
+def _same_but(a: tuple, b: tuple, axis: int) -> bool:
+  """Whether shapes `a` and `b` agree except (perhaps) along `axis`."""
+  return len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i != axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +95,8 @@ class Donor:
   arrays: dict  # {collection: nested dict of arrays} of the copied leaves
   kept: list  # the leaves left at their initial values, with why
   total: int  # the leaves considered
-  class_names: list  # the donor's (first attribute's) class names, [] where unknown
+  classes: dict  # the donor meta's class record ('attributes', 'class_names'; {} where none)
+  tables: dict  # the class tables read whole: name -> (attribute, class axis)
 
   @property
   def folder(self) -> str:
@@ -92,13 +111,15 @@ def _unreadable(directory: str, step: int, error: BaseException) -> ConfigError:
                      f"({directory}/STEP) or another run")
 
 
-def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int) -> Donor:
+def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
+               tables: Optional[dict] = None) -> Donor:
   """The arrays of the checkpoint `path` names (a run's latest, or the step folder given) that
   `abstract_state` (this run's state as ShapeDtypeStructs with shardings) can take. Collective:
   every process reads the same step (process 0's list and choice), and a read that fails
   anywhere fails everywhere. Raises ConfigError for another model family or image size (layers
   are named by position, so arrays of equal shape would be copied into layers that do other
-  things), a damaged or unreadable step, or no array alike."""
+  things), a damaged or unreadable step, or no array alike. `tables` (`state.class_axes`) names
+  the class tables, read whole to be matched by class name."""
   directory, step = multihost.agreed(lambda: locate(path), "finding train.init_from's run")
   # Process 0's: a process whose view lags may have found its own latest or none of the folder.
   step = multihost.from_process_0(-1 if step is None else step)
@@ -120,7 +141,7 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int)
     saved, error, _ = reader.read_agreed(step, lambda: reader.saved_layouts(step))
     if error is not None:
       raise _unreadable(directory, step, error)
-    target, kept, total = plan(saved, flax.serialization.to_state_dict(abstract_state))
+    target, kept, total = plan(saved, flax.serialization.to_state_dict(abstract_state), tables)
     if not target:
       raise ConfigError(f"config key train.init_from: none of the {total} arrays of G, D and "
                         f"the EMA matches {directory} step {step}")
@@ -130,8 +151,12 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int)
       raise _unreadable(directory, step, error)
   finally:
     reader.close()
+  read = {f"{collection}/{state_digest.path_name(path)}"
+          for collection, tree in target.items()
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
   return Donor(directory, step, arrays, kept, total,
-               [str(n) for n in meta.get("class_names") or []])
+               {k: meta[k] for k in ("attributes", "class_names") if k in meta},
+               {name: where for name, where in (tables or {}).items() if name in read})
 
 
 def _restore(directory: str, step: int, target: dict, saved: dict, meta: dict) -> dict:
@@ -158,12 +183,34 @@ def _restore(directory: str, step: int, target: dict, saved: dict, meta: dict) -
   return restored
 
 
-def initialise_from(state: Any, donor: Donor, class_names: list[str]) -> Any:
-  """`state` (a freshly initialised TrainState) with the donor's arrays in place of its own."""
+def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
+  """`state` (a freshly initialised TrainState) with the donor's arrays in place of its own. A
+  class table takes the donor's row of each class of the same name (`class_rows`; a class that
+  run did not have keeps its initial row), so a run on a subset of classes, or on them in another
+  order, or with new ones, starts each known class from what the donor learnt for it.
+  `attributes`: this run's [[attribute, class names]]."""
   state_dict = flax.serialization.to_state_dict(state)
+  theirs = label_choices.trained_attributes(donor.classes, attributes)
+  rows = class_rows(theirs, attributes)
+  kept = list(donor.kept)
   for collection, tree in donor.arrays.items():
-    state_dict[collection] = _merged(state_dict[collection], tree)
-  kept = donor.kept
+    own = state_dict[collection]
+
+    def place(path, value, collection=collection, own=own):
+      name = f"{collection}/{state_digest.path_name(path)}"
+      if name not in donor.tables:
+        return value
+      attribute, axis = donor.tables[name]
+      mine = own
+      for key in path:
+        mine = mine[getattr(key, "key", key)]
+      picked, why = _pick_rows(mine, value, rows[attribute], axis)
+      if picked is None:
+        kept.append(f"{name} ({why})")
+        return mine
+      return picked
+
+    state_dict[collection] = _merged(own, jax.tree_util.tree_map_with_path(place, tree))
   shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
   log.info("train.init_from: copied %d of %d arrays of G, D and the EMA from %s step %d%s",
            donor.total - len(kept), donor.total, donor.directory, donor.step,
@@ -171,11 +218,52 @@ def initialise_from(state: Any, donor: Donor, class_names: list[str]) -> Any:
   if kept:
     log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)", len(kept),
                 kept[0])
-  if donor.class_names and len(donor.class_names) == len(class_names) and (
-      donor.class_names != list(class_names)):
-    log.warning("train.init_from: class embeddings copied by index from a run whose classes "
-                "were %s; here they are %s", donor.class_names, list(class_names))
+  used = {attribute for attribute, _ in donor.tables.values()}
+  for i, ((column, names), picked) in enumerate(zip(attributes, rows)):
+    if i not in used or picked is None or [column, list(names)] in theirs:
+      continue
+    new = [n for n, r in zip(names, picked) if r < 0]
+    log.log(logging.WARNING if len(new) == len(names) else logging.INFO,
+            "train.init_from: %s's class embeddings matched by name: %d of %d classes from that "
+            "run%s", column, len(names) - len(new), len(names),
+            f"; at their initial values: {', '.join(new)}" if new else "")
   return flax.serialization.from_state_dict(state, state_dict)
+
+
+def class_rows(theirs: Optional[list], mine: list) -> list[Optional[np.ndarray]]:
+  """Per attribute of this run ([[attribute, class names]], as `theirs`, the donor's), the
+  donor's index of each of its classes, -1 for a class the donor did not have. Attributes match
+  by name, else by position (a folder's 'class' and a catalog's 'category' name the same thing);
+  classes by name. None per attribute where the donor recorded no class names."""
+  if theirs is None:
+    return [None] * len(mine)
+  columns, mine_columns = [c for c, _ in theirs], {c for c, _ in mine}
+  rows = []
+  for i, (column, names) in enumerate(mine):
+    j = columns.index(column) if column in columns else (
+        i if i < len(theirs) and theirs[i][0] not in mine_columns else None)
+    known = {n: k for k, n in reversed(list(enumerate(theirs[j][1] if j is not None else [])))}
+    rows.append(np.array([known.get(n, -1) for n in names], np.int64))
+  return rows
+
+
+def _pick_rows(mine: jax.Array, theirs: jax.Array, rows: Optional[np.ndarray], axis: int
+               ) -> tuple[Optional[jax.Array], str]:
+  """(this run's class table `mine` with `theirs`'s entry `rows[k]` along `axis` as its entry k
+  where rows[k] >= 0, in `mine`'s sharding; or None and why none is taken)."""
+  if rows is None:  # no class names recorded there: by index, where the counts agree
+    if theirs.shape == mine.shape:
+      return theirs, ""
+    return None, f"shape {tuple(theirs.shape)} there, {tuple(mine.shape)} here"
+  if not (rows >= 0).any():
+    return None, "no class in common"
+  if theirs.shape == mine.shape and np.array_equal(rows, np.arange(len(rows))):
+    return theirs, ""
+  shape = [len(rows) if a == axis else 1 for a in range(mine.ndim)]
+  known = np.reshape(rows >= 0, shape)
+  picked = jax.jit(lambda m, t: jnp.where(known, jnp.take(t, np.maximum(rows, 0), axis=axis), m),
+                   out_shardings=mine.sharding)
+  return picked(mine, theirs), ""
 
 
 def _merged(into: Any, tree: Any) -> Any:

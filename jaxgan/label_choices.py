@@ -1,6 +1,7 @@
 """The class a user names on the command line (`generate --label`, `--between`), resolved to
 class indices of a model: by name or index, per attribute, with a one-line error that lists the
-choices (and a "did you mean" for a near miss)."""
+choices (and a "did you mean" for a near miss); and the classes a checkpoint's meta says its
+model was trained on, which resume, evaluate and init_from compare with the data's."""
 
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ def model_attributes(meta: dict, classes: Sequence[int]) -> Attributes:
   names = list(meta.get("class_names", []))
   return [("class" if i == 0 else f"attribute{i}", names if i == 0 else [])
           for i in range(len(classes))]
+
+
+def trained_attributes(meta: dict, attributes: list) -> Optional[list]:
+  """[[attribute, [class names]], ...] a checkpoint was trained on, from its meta; None where the
+  meta has no class names. Checkpoints older than the attributes key hold the first attribute's
+  class names only: it takes its name from the data's `attributes` (of the same form)."""
+  if "attributes" in meta:
+    return [[str(name), [str(n) for n in names]] for name, names in meta["attributes"]]
+  if "class_names" in meta:
+    name = attributes[0][0] if attributes else "class"
+    return [[name, [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
+  return None
 
 
 def resolve_labels(labels: Sequence[str], attributes: Attributes, classes: Sequence[int]

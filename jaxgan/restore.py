@@ -13,23 +13,12 @@ import ml_collections
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import label_choices
 from jaxgan import run_health
 from jaxgan import state as state_lib
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
-
-
-def trained_attributes(meta: dict, attributes: list) -> Optional[list]:
-  """[[attribute, [class names]], ...] a checkpoint was trained on, from its meta; None where the
-  meta has no class names. Checkpoints older than the attributes key hold the first attribute's
-  class names only: it takes its name from the data's `attributes` (of the same form)."""
-  if "attributes" in meta:
-    return [[str(name), [str(n) for n in names]] for name, names in meta["attributes"]]
-  if "class_names" in meta:
-    name = attributes[0][0] if attributes else "class"
-    return [[name, [str(n) for n in meta["class_names"]]]] if meta["class_names"] else []
-  return None
 
 
 def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -> list:
@@ -100,7 +89,7 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     if blocking and not allow_config_change:
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({listing(blocking)}); pass --allow_config_change to continue anyway")
-    trained = trained_attributes(meta, attributes)
+    trained = label_choices.trained_attributes(meta, attributes)
     if trained is not None and trained != attributes:
       classes = _describe_classes(trained, attributes)
       if not allow_config_change:

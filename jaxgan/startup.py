@@ -19,6 +19,7 @@ from jaxgan import data as data_lib
 from jaxgan import init_from
 from jaxgan import multihost
 from jaxgan import run as run_lib
+from jaxgan import state as state_lib
 from jaxgan import stopping as stopping_lib
 from jaxgan import workdir as workdir_lib
 from jaxgan import writers
@@ -71,7 +72,8 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       donor = multihost.agreed(lambda: init_from.read_donor(
           config.train.init_from,
           ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), config.model.name,
-          config.data.image_size), "reading train.init_from's checkpoint")
+          config.data.image_size, state_lib.class_axes(config)),
+          "reading train.init_from's checkpoint")
     return run, source, fingerprint, order, donor
   except BaseException as e:
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another

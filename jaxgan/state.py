@@ -6,6 +6,7 @@ G's BatchNorm running statistics (as StyleGAN2-ADA copies buffers) and keeps its
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import flax
@@ -17,6 +18,7 @@ import optax
 from jaxgan import augment as augment_lib
 from jaxgan import config as config_lib
 from jaxgan import models as models_lib
+from jaxgan import state_digest
 
 PyTree = Any
 
@@ -106,3 +108,30 @@ def same_layout(a: Any, b: Any) -> bool:
   layout = lambda tree: jax.tree_util.tree_flatten(
       jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), tree))
   return layout(a) == layout(b)
+
+
+def class_axes(config) -> dict[str, tuple[int, int]]:
+  """{'collection/path': (attribute, axis)} for the state's arrays that hold one entry per class
+  of a conditioning attribute along one axis (G's class embeddings, a projection D's tables, their
+  EMA and Adam moments): found by tracing, as the arrays whose shape grows by one along that axis
+  when the attribute has one class more, so every registered model is covered without a list of
+  layer names. What `train.init_from` matches by class name."""
+  classes = list(config_lib.attribute_classes(config))
+  shapes = lambda cfg: {
+      f"{collection}/{state_digest.path_name(path)}": tuple(leaf.shape)
+      for collection, tree in flax.serialization.to_state_dict(abstract_state(cfg)).items()
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  base = shapes(config) if classes else {}
+  found = {}
+  for i in range(len(classes)):
+    more = copy.deepcopy(config)
+    counts = classes[:i] + [classes[i] + 1] + classes[i + 1:]
+    with more.unlocked():
+      more.data.num_classes = counts[0]
+      more.data.extra_num_classes = ",".join(str(c) for c in counts[1:])
+    for name, shape in shapes(more).items():
+      grown = [a for a, (x, y) in enumerate(zip(shape, base.get(name, ()))) if x == y + 1]
+      if len(shape) == len(base.get(name, ())) and len(grown) == 1 and all(
+          x == y for a, (x, y) in enumerate(zip(shape, base[name])) if a != grown[0]):
+        found[name] = (i, grown[0])
+  return found

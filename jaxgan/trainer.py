@@ -109,7 +109,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
     if donor is not None:  # a new run from another's weights (transfer learning)
-      state = init_from.initialise_from(state, donor, list(source.class_names))
+      state = init_from.initialise_from(state, donor, attributes)
       # Recorded (config.json, every checkpoint's meta) as the step folder read, not the workdir
       # named, whose latest step moves on while that run trains.
       config.train.init_from = donor.folder

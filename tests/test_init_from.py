@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import init_from, run as run_lib, trainer
+from jaxgan import init_from, run as run_lib, state as state_lib, trainer
+from jaxgan.data import CATEGORY_NAMES
 from jaxgan.config import ConfigError
 from tests.conftest import tiny_config
 
@@ -31,9 +32,11 @@ def donor(tmp_path_factory):
   return workdir, flax.serialization.to_state_dict(state)
 
 
-def _read(run, path, model="dcgan", size=16):
+def _read(run, path, model="dcgan", size=16, config=None):
+  """read_donor as a run's first start calls it (with `config`'s class tables, when given)."""
   return init_from.read_donor(
-      path, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), model, size)
+      path, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), model, size,
+      None if config is None else state_lib.class_axes(config))
 
 
 def _leaves(tree):
@@ -49,7 +52,7 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   run = run_lib.build_run(config)
   fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
   with caplog.at_level(logging.INFO):
-    state = init_from.initialise_from(fresh, _read(run, workdir), ["a", "b"])
+    state = init_from.initialise_from(fresh, _read(run, workdir), [["category", ["a", "b"]]])
   got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   copied = kept = changed = 0
   for collection in init_from.COPIED:
@@ -72,6 +75,76 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   assert f"copied {copied} of {copied + kept} arrays" in caplog.text
   assert "keep their initial values" in caplog.text and "shape (3, 4) there, (2, 4) here" in \
       caplog.text
+
+
+def _table(tree, collection, path):
+  for key in (collection, *path.split("/")):
+    tree = tree[key]
+  return np.asarray(tree)
+
+
+def test_class_embeddings_are_matched_by_class_name(donor, caplog):
+  """A run on other classes (some of the donor's in another order, one new) starts each known
+  class from the donor's row for it, a new one from its initial row; the count may differ."""
+  workdir, trained = donor
+  there = CATEGORY_NAMES[:3]
+  here = [there[2], "Sandals", there[0], there[1]]
+  config = tiny_config(**{"data.num_classes": 4, "seed": 7})
+  run = run_lib.build_run(config)
+  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  donated = _read(run, workdir, config=config)
+  with caplog.at_level(logging.INFO):
+    state = init_from.initialise_from(fresh, donated, [["category", here]])
+  got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
+  tables = [("g_params", "class_embed/embedding"), ("ema_params", "class_embed/embedding"),
+            ("d_params", "class_projection/embedding")]
+  assert sorted(donated.tables) == sorted(f"{c}/{p}" for c, p in tables)
+  for collection, path in tables:
+    mine, initial, theirs = (_table(t, collection, path) for t in (got, was, trained))
+    assert (len(mine), len(theirs)) == (4, 3) and mine.shape[1:] == theirs.shape[1:]
+    for k, row in enumerate([2, None, 0, 1]):
+      np.testing.assert_array_equal(mine[k], initial[k] if row is None else theirs[row])
+    assert not np.array_equal(mine[0], initial[0])
+  assert f"copied {donated.total} of {donated.total} arrays" in caplog.text
+  assert "category's class embeddings matched by name: 3 of 4 classes from that run; at their " \
+      "initial values: Sandals" in caplog.text
+  # No class in common: every table keeps its initial values, and the run is warned.
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    state = init_from.initialise_from(fresh, donated, [["category", ["a", "b", "c", "d"]]])
+  got = flax.serialization.to_state_dict(state)
+  for collection, path in tables:
+    np.testing.assert_array_equal(_table(got, collection, path), _table(was, collection, path))
+  assert "g_params/class_embed/embedding (no class in common)" in caplog.text
+  assert [r.levelname for r in caplog.records if "matched by name: 0 of 4" in r.message] == [
+      "WARNING"]
+
+
+def test_class_rows_match_attributes_by_name_then_position():
+  theirs = [["gender", ["Men", "Women"]], ["articleType", ["Shirts", "Watches", "Bags"]]]
+  rows = init_from.class_rows(theirs, [["articleType", ["Bags", "Shirts", "Heels"]],
+                                       ["season", ["Summer"]]])
+  assert [r.tolist() for r in rows] == [[2, 0, -1], [-1]]
+  # A column of another name at the same position (a folder's 'class', a catalog's 'category').
+  rows = init_from.class_rows([["category", ["x", "y"]]], [["class", ["y", "z"]]])
+  assert [r.tolist() for r in rows] == [[1, -1]]
+  assert init_from.class_rows(None, [["class", ["y"]]]) == [None]  # no names recorded there
+
+
+def test_the_class_tables_are_found_for_every_attribute_and_model():
+  def axes(**overrides):
+    found = state_lib.class_axes(tiny_config(**overrides))
+    return {name: where for name, where in found.items()
+            if name.split("/")[0] in init_from.COPIED}
+
+  assert axes(**{"data.extra_num_classes": "2"}) == {
+      f"{c}/{p}/attr{i}/embedding": (i, 0) for i in (0, 1)
+      for c, p in [("g_params", "class_embed"), ("ema_params", "class_embed"),
+                   ("d_params", "class_projection")]}
+  assert axes(**{"model.name": "resnet", "model.embed_dim": 0}) == {
+      "g_params/shared/attr0/embedding": (0, 0), "ema_params/shared/attr0/embedding": (0, 0),
+      "d_params/projection/attr0/kernel": (0, 0)}
+  assert axes(**{"data.num_classes": 0}) == {}
 
 
 def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tmp_path, caplog):

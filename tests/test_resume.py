@@ -1141,18 +1141,17 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
 
 
 def test_the_classes_a_checkpoint_trained_on_are_read_from_old_metas_too():
-  from jaxgan import restore
+  from jaxgan.label_choices import trained_attributes
 
   data = [["category", ["a", "b"]]]
-  assert restore.trained_attributes({"attributes": [["articleType", ["Shirts", 3]]],
-                                     "class_names": ["Shirts"]}, data) == [["articleType",
-                                                                            ["Shirts", "3"]]]
+  assert trained_attributes({"attributes": [["articleType", ["Shirts", 3]]],
+                             "class_names": ["Shirts"]}, data) == [["articleType", ["Shirts", "3"]]]
   # Class names only: the attribute's name is not compared (the synthetic catalog's is
   # 'category', a folder's 'class').
-  assert restore.trained_attributes({"class_names": ["a", "b"]}, data) == data
-  assert restore.trained_attributes({"class_names": ["a"]}, []) == [["class", ["a"]]]
-  assert restore.trained_attributes({"class_names": []}, data) == []  # unconditional
-  assert restore.trained_attributes({}, data) is None  # not recorded: nothing to compare
+  assert trained_attributes({"class_names": ["a", "b"]}, data) == data
+  assert trained_attributes({"class_names": ["a"]}, []) == [["class", ["a"]]]
+  assert trained_attributes({"class_names": []}, data) == []  # unconditional
+  assert trained_attributes({}, data) is None  # not recorded: nothing to compare
 
 
 def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_path, caplog,

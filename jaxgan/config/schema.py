@@ -143,8 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.dtype = "float32"  # compute dtype; parameters stay float32
   c.train.ema_half_life_images = 10_000  # EMA of G, half-life in G's images (StyleGAN2-ADA)
   # Another run's workdir (its latest step) or step folder (WORKDIR/checkpoints/STEP): a new run
-  # starts from its G, D and EMA weights where the shapes match (transfer learning; optimizer,
-  # step and ADA start afresh). Read at a run's first start only, which records the step folder.
+  # starts from its G, D and EMA weights where the shapes match, class embeddings by class name
+  # (transfer learning; optimizer, step and ADA start afresh). Read at a run's first start only,
+  # which records the step folder.
   c.train.init_from = ""
   c.train.ema_rampup = 0.05  # half-life <= rampup * G's images so far (0 disables)
   c.train.log_every = 50
