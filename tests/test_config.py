@@ -204,6 +204,11 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "augment.name is 'diffaugment', which does not read it"),
     ({"augment.name": "ada_fixed", "augment.ada_p_init": 0.2, "augment.ada_kimg": 100},
      "augment.ada_kimg: augment.name is 'ada_fixed', which does not read it"),
+    # A regulariser's setting with that regulariser off: R1's interval without R1 trained a run
+    # with no R1 at all, without a word.
+    ({"loss.r1_interval": 4}, "loss.r1_interval: R1 is off (loss.r1_gamma = 0), so it changes "
+     "nothing; drop loss.r1_interval or set loss.r1_gamma > 0"),
+    ({"loss.lecam_ema_decay": 0.9}, "loss.lecam_ema_decay: LeCam is off (loss.lecam_weight = 0)"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
      "detects it; leave it at 1"),
@@ -212,6 +217,12 @@ def test_invalid_combinations_name_the_key(make_config, overrides, message):
   with pytest.raises(config_lib.ConfigError) as info:
     config_lib.validate(make_config(**overrides), num_devices=1)
   assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_regularisers_settings_are_accepted_while_it_is_on(make_config):
+  config_lib.validate(make_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4,
+                                     "model.d_norm": "layer", "loss.lecam_weight": 0.1,
+                                     "loss.lecam_ema_decay": 0.9}), num_devices=1)
 
 
 def test_resnet_d_has_no_batchnorm_to_refuse(make_config):
