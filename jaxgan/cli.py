@@ -13,11 +13,12 @@ import os
 import re
 import signal
 import sys
-import threading
 import traceback
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from absl import flags
+
+from jaxgan import stopping
 
 
 def fail(message: str) -> NoReturn:
@@ -26,16 +27,8 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
-class Terminated(KeyboardInterrupt):
-  """SIGTERM (kill, a scheduler's preemption), raised in the main thread as Ctrl-C raises
-  KeyboardInterrupt: a subclass, so every clean-up that runs for Ctrl-C runs for it too."""
-
-
-def _raise_terminated(signum, frame) -> None:
-  del signum, frame
-  # Once: a second SIGTERM must not cut short the clean-up the first one started, nor its line.
-  signal.signal(signal.SIGTERM, signal.SIG_IGN)
-  raise Terminated()
+# SIGTERM's exception, raised as Ctrl-C raises KeyboardInterrupt (stopping.Interrupts).
+Terminated = stopping.Terminated
 
 
 @contextlib.contextmanager
@@ -57,17 +50,16 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
   """`main`, ended by Ctrl-C with one line and status 130 (as a shell reports it), not a
   traceback, and by SIGTERM with one line and 143: its own clean-up (a partial output's marker,
   temporaries, a folder it created) has run by then; SIGTERM's default action would have ended
-  the process at once, without it. (The trainer handles both itself: it stops at a step.)"""
+  the process at once, without it. A second Ctrl-C quits at once (`stopping.Interrupts`). (The
+  trainer handles both itself: it stops at a step.)"""
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
-    installed, previous = False, None
+    interrupts = stopping.Interrupts()
     try:
-      # Only the main thread may set handlers; a SIGTERM ignored by whoever started us stays so.
-      if (threading.current_thread() is threading.main_thread()
-          and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN):
-        with _sigterm_held():
-          previous, installed = signal.signal(signal.SIGTERM, _raise_terminated), True
+      # Only the main thread may set handlers (Interrupts leaves them otherwise).
+      with _sigterm_held():
+        interrupts.__enter__()
       return main(*args, **kwargs)
     except Terminated:
       print("terminated (SIGTERM)", file=sys.stderr)
@@ -76,9 +68,8 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
       print("interrupted (Ctrl-C)", file=sys.stderr)
       sys.exit(130)
     finally:
-      if installed:  # None: a handler not set from Python, which ours replaced
-        with _sigterm_held():  # one that comes now goes to the handler restored
-          signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+      with _sigterm_held():  # one that comes now goes to the handler restored
+        interrupts.__exit__()
 
   return wrapped
 

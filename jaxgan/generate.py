@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from absl import app, flags, logging
 
-from jaxgan import cli, label_choices
+from jaxgan import cli, label_choices, stopping
 
 FLAGS = flags.FLAGS
 log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
@@ -262,12 +262,14 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
   # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
   with tqdm(total=num, desc="generate", unit="img", dynamic_ncols=True, disable=num < 200) as bar:
     for _, images in chunks:  # one process: every row, in order
+      stopping.raise_if_interrupted()
       for image in images:
         paths.append(os.path.join(out, f"{len(paths):06d}.png"))
         # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
         sampling.save_png(image, paths[-1], durable=False)
       bar.update(len(images))
   getattr(os, "sync", lambda: None)()  # once for all: a crash must not leave empty PNGs
+  stopping.raise_if_interrupted()  # the marker stays: a stopped folder is not complete
   os.remove(marker)
   return paths
 

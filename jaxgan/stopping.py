@@ -1,6 +1,7 @@
 """Stop requests: SIGTERM/SIGINT/SIGHUP (preemption notices, Ctrl-C, a closed terminal or ssh
 session) become a flag the training loop checks after each call, and every process stops after
-the same step."""
+the same step. The other tools (prepare, evaluate, generate) stop at once instead: `Interrupts`
+raises, and `raise_if_interrupted` raises again where Python dropped that exception."""
 
 from __future__ import annotations
 
@@ -109,3 +110,69 @@ class StopRequest:
     if signum is not None:
       raise Stopped(f"{signal.Signals(signum).name} received while starting ({stage}): stopped "
                     "before training; rerun to start or resume")
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (kill, a scheduler's preemption), raised in the main thread as Ctrl-C raises
+  KeyboardInterrupt: a subclass, so every clean-up that runs for Ctrl-C runs for it too."""
+
+
+class Interrupts:
+  """A context for the tools other than the trainer: the first SIGINT or SIGTERM raises
+  KeyboardInterrupt or `Terminated` in the main thread, and is remembered. After it, Ctrl-C quits
+  at once (the OS's default action, as the trainer's second Ctrl-C: a Python exception would cut
+  the first one's clean-up short and could leave decoding workers that the exit then waits on),
+  and a repeated SIGTERM is ignored while that clean-up runs. A signal the process was started to
+  ignore (a background job's SIGINT) stays ignored."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signal: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> "Interrupts":
+    for sig in self.SIGNALS:
+      if signal.getsignal(sig) is signal.SIG_IGN:
+        continue
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals stay with their owner
+        pass
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signal is not None:  # a repeated SIGTERM (SIGINT is the OS's by now)
+      return
+    self.signal = signum
+    if signal.SIGINT in self._previous:
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+  def error(self) -> Optional[BaseException]:
+    """The exception of the signal received, or None."""
+    if self.signal is None:
+      return None
+    return Terminated() if self.signal == signal.SIGTERM else KeyboardInterrupt()
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      # None: a handler not set from Python, which ours replaced.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def raise_if_interrupted() -> None:
+  """Raises the exception of a stop signal that an open `Interrupts` received, again. Python
+  drops an exception raised while a garbage-collection callback runs (JAX registers one): the
+  tool would go on, finish and exit 0. The long loops (decoding, writing shards, Inception
+  batches, sampling) call this once per unit of work, and before anything is published. It finds
+  the `Interrupts` through the installed handlers (SIGTERM's; SIGINT's is the OS's after a first
+  signal, so a dropped Ctrl-C in a process started with SIGTERM ignored is not found): a no-op
+  under the trainer's StopRequest, which stops at a step instead."""
+  for sig in Interrupts.SIGNALS:
+    owner = getattr(signal.getsignal(sig), "__self__", None)
+    if isinstance(owner, Interrupts):
+      error = owner.error()
+      if error is not None:
+        raise error

@@ -1294,6 +1294,35 @@ sys.exit(cli.interruptible(prepare.main)(["--images", folder, "--out", out, "--i
 """
 
 
+SECOND_SIGNAL_IN_CLEAN_UP = r"""
+import concurrent.futures, os, signal
+shutdown = concurrent.futures.ProcessPoolExecutor.shutdown
+
+def shutdown_after_ctrl_c(self, *args, **kwargs):  # Ctrl-C while the first stop cleans up
+  os.kill(os.getpid(), signal.SIGINT)
+  return shutdown(self, *args, **kwargs)
+
+concurrent.futures.ProcessPoolExecutor.shutdown = shutdown_after_ctrl_c
+"""
+
+
+def test_prepare_quits_at_once_on_ctrl_c_during_a_stops_clean_up(tmp_path):
+  """A Ctrl-C after SIGTERM (or a second Ctrl-C), landing while the decode's workers were being
+  shut down, raised KeyboardInterrupt there: the workers never heard of the shutdown, and the
+  exit waited on them until a third Ctrl-C. Now it is the OS's: the process ends at once, and
+  so do its workers."""
+  import subprocess
+  import sys
+
+  script = PREPARE_UNDER_SIGTERM.replace("collect = decode._collect",
+                                         SECOND_SIGNAL_IN_CLEAN_UP + "collect = decode._collect")
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "photos"),
+                         str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                        timeout=90)
+  assert proc.returncode == -signal.SIGINT, proc.stderr[-2000:]
+  _assert_workers_end(proc.stdout)
+
+
 def test_prepare_ended_by_sigterm_cleans_up_like_ctrl_c(tmp_path):
   """SIGTERM's default action ended prepare at once: the --out folder it had created stayed
   behind, empty. Now it ends like Ctrl-C (the decode's workers stopped, the folder removed),

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from jaxgan import stopping
 from jaxgan.atomic_write import check_free_space, private_name, remove_stale
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
@@ -209,6 +210,7 @@ def is_complete(skipped: list[dict]) -> bool:
 
 def _collect(results, paths, out, keep, skipped, progress) -> None:
   for i, loaded in enumerate(results):
+    stopping.raise_if_interrupted()
     if loaded.image is None:
       skipped.append({"path": paths[i], "reason": loaded.reason, "index": i,
                       **({"transient": True} if loaded.transient else {})})

@@ -24,6 +24,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from jaxgan import stopping
 from jaxgan import tf_host
 from jaxgan.atomic_write import check_free_space, exclusive, private_name, publish, remove_stale
 from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
@@ -91,6 +92,7 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
   # leaves a folder that refuses to load (no dataset_info.json) rather than the old info over
   # a mix of new and old shards of the same names.
   info_path = os.path.join(out_dir, INFO_FILE)
+  stopping.raise_if_interrupted()  # a stop Python dropped while decoding: the old set stays
   if os.path.exists(info_path):
     os.remove(info_path)
   n = len(images)
@@ -98,6 +100,7 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
   shards = []
   content = hashlib.sha256()  # of every image and label: names caches of this set's content
   for s in range(num_shards):
+    stopping.raise_if_interrupted()
     name = f"train-{s:05d}-of-{num_shards:05d}.tfrecord"
     tmp = private_name(os.path.join(out_dir, name))
     try:
@@ -141,6 +144,7 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
                            "class_counts": _counts(labels[:, i], names)}
                           for i, (c, names) in enumerate(attributes)]
   tmp = private_name(info_path)
+  stopping.raise_if_interrupted()  # before the set is published
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")

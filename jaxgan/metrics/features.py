@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from jaxgan import stopping
 from jaxgan.metrics import inception, inception_weights
 
 INCEPTION_SIZE = 299
@@ -148,6 +149,7 @@ class FeatureExtractor:
         bar.update(n)
 
       for chunk in chunks:
+        stopping.raise_if_interrupted()  # a tool's stop that Python dropped (not the trainer's)
         _check_pixels(chunk)
         shape = chunk.shape[1:]
         if shape not in waiting:
