@@ -163,6 +163,7 @@ def prepare(args: argparse.Namespace) -> dict:
     class_names = class_names[0]
   else:
     labels, class_names = np.zeros(len(paths), np.int32), []
+  arrays.log_skipped_rows(skipped, args.manifest or args.images, "--max-bad-fraction")
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
   images, indices, bad = decode.decode_all(paths, options, args.workers, desc="prepare")

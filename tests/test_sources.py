@@ -179,6 +179,34 @@ def test_manifest_csv(tmp_path, rare, classes, count):
   assert source.bad_files == 0  # the missing file is reported, not counted as a bad image
 
 
+def test_rows_skipped_before_decoding_are_logged_by_prepare_as_by_the_manifest_source(
+    tmp_path, caplog):
+  """A manifest whose images are half missing (a wrong --images, a sync not done) made prepare
+  write a halved set with only a count in its last line; the manifest source logged the rows."""
+  from jaxgan import prepare
+
+  rows = ([{"id": i, "type": "Tshirts"} for i in range(4)]
+          + [{"id": 10 + i, "type": "Watches", "exists": False} for i in range(3)]
+          + [{"id": 20, "type": ""}])
+  path, images = _manifest(tmp_path, rows)
+  expected = (f"4 entries of {path} skipped before decoding (3 missing file, 1 no articleType); "
+              "listed, not images, so not counted against ")
+  args = prepare.parse_args(["--manifest", str(path), "--images", str(images), "--label-column",
+                             "articleType", "--out", str(tmp_path / "p"), "--image-size", "16",
+                             "--workers", "1"])
+  with caplog.at_level(logging.WARNING):
+    assert prepare.prepare(args)["num_examples"] == 4
+  assert f"skipping {images / '10.jpg'}: missing file (line 6)" in caplog.text
+  assert expected + "--max-bad-fraction" in caplog.text
+  caplog.clear()
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.image_dir": str(images), "data.label_column": "articleType",
+                      "data.num_classes": 1})
+  with caplog.at_level(logging.WARNING):
+    assert build_source(config).num_examples == 4
+  assert expected + "data.max_bad_fraction" in caplog.text
+
+
 def test_manifest_jsonl_with_image_column(tmp_path):
   path, _ = _manifest(tmp_path, MANIFEST_ROWS[:7], name="skus.jsonl")
   config = _config(**{"data.source": "manifest", "data.path": str(path),

@@ -12,6 +12,7 @@ number of processes.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import logging
@@ -55,6 +56,21 @@ def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) 
       raise DataError(f"{where}: {column} {empty[0]!r} has no usable image left"
                       f"{f' ({len(empty)} classes in all)' if len(empty) > 1 else ''}: its files "
                       "were all skipped (see the log); fix them or remove the class")
+
+
+def log_skipped_rows(rows: Sequence[dict], where: str, key: str) -> None:
+  """Logs the entries skipped before decoding (a row without a label, a missing file, a row
+  listed twice, a rare class): the first 20, then the count of each reason, so that a manifest
+  whose images are half missing (a wrong --images, a sync not done) is not a quietly halved set.
+  Not images: not counted against `key` (the bad-file fraction)."""
+  for item in rows[:20]:
+    log.warning("skipping %s: %s", item["path"], item["reason"])
+  if rows:
+    kinds = collections.Counter(str(r["reason"]).split(" (")[0] for r in rows)
+    shown = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4))
+    log.warning("%d entries of %s skipped before decoding (%s%s); listed, not images, so not "
+                "counted against %s", len(rows), where, shown,
+                f" and {len(kinds) - 4} other reasons" if len(kinds) > 4 else "", key)
 
 
 def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float, where: str,

@@ -13,8 +13,8 @@ import numpy as np
 
 from jaxgan.atomic_write import exclusive
 from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
-                                check_bad_fraction, load_options, require_attributes,
-                                require_every_class)
+                                check_bad_fraction, load_options, log_skipped_rows,
+                                require_attributes, require_every_class)
 from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, read_decode_cache,
                                 write_decode_index)
 
@@ -60,11 +60,7 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     if not cache_file:
       raise
     raise DataError(cache_dir_problem(d.cache_dir, e)) from None
-  for item in list(missing)[:20]:
-    log.warning("skipping %s: %s", item["path"], item["reason"])
-  if len(missing) > 20:
-    log.warning("... %d files of %s skipped in all before decoding (listed, not images, so not "
-                "counted against data.max_bad_fraction)", len(missing), where)
+  log_skipped_rows(list(missing), where, "data.max_bad_fraction")
   check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
   if len(indices) == 0:
     first = (list(missing) + skipped)[:1]
