@@ -288,3 +288,25 @@ def test_a_failed_first_preparation_leaves_no_folder(tmp_path, monkeypatch, caps
   (kept / "dataset_info.json.bak").write_text("mine")
   prepared.write_prepared(str(kept), _images(1, 5), np.zeros(1), ["a"], [])
   assert (kept / "dataset_info.json.bak").read_text() == "mine"
+
+
+def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path):
+  """Raw photos, a missing folder or a file given as data.path each get their own line (all
+  were "dataset_info.json not found: data.path must be a folder written by prepare")."""
+  from PIL import Image
+
+  photos = tmp_path / "photos"
+  (photos / "shirts").mkdir(parents=True)
+  Image.new("RGB", (4, 4)).save(photos / "shirts" / "a.jpg")
+  with pytest.raises(DataError, match=rf"{photos} holds image files, not a prepared set; prepare "
+                     rf"it \(`python -m jaxgan.prepare --images {photos} --out SET`, then "
+                     r"data.path=SET\) or train on the files with data.source=folder$"):
+    prepared.read_info(str(photos))
+  with pytest.raises(DataError, match=r"nowhere does not exist: data.path must be a folder"):
+    prepared.read_info(str(tmp_path / "nowhere"))
+  with pytest.raises(DataError, match=r"a.jpg is a file: data.path must be a folder"):
+    prepared.read_info(str(photos / "shirts" / "a.jpg"))
+  (photos / "shirts" / "a.jpg").unlink()  # an empty folder: nothing to say but what it lacks
+  with pytest.raises(DataError, match=r"dataset_info.json not found: data.path must be a folder "
+                     "written by `python -m jaxgan.prepare`$"):
+    prepared.read_info(str(photos))

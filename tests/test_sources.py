@@ -1188,8 +1188,9 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
     with_class_counts(config)
   missing = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "none"),
                        "data.num_classes": FROM_DATA})
-  with pytest.raises(ConfigError, match=r"data.num_classes: -1 reads .*/none/dataset_info.json "
-                                        "not found"):
+  with pytest.raises(ConfigError, match=r"^config key data.path: .*/none does not exist: data.path "
+                                        r"must be a folder written by `python -m jaxgan.prepare` "
+                                        r"\(data.num_classes=-1 reads its class counts; "):
     with_class_counts(missing)
   with missing.unlocked():  # a catalog config run without --config.data.path
     missing.data.path = ""

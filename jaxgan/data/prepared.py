@@ -29,7 +29,7 @@ from jaxgan import tf_host
 from jaxgan.atomic_write import check_free_space, exclusive, private_name, publish, remove_stale
 from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
                                 require_attributes)
-from jaxgan.data.images import LOADER_VERSION
+from jaxgan.data.images import LOADER_VERSION, is_image_path
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,25 @@ def _preparation_running(out_dir: str) -> bool:
   return False
 
 
+def _holds_images(folder: str) -> bool:
+  """Whether `folder` or one of its subfolders (a class folder) holds an image file: raw
+  photos given where a prepared set was expected."""
+  try:
+    with os.scandir(folder) as entries:
+      entries = list(entries)
+    for entry in entries:
+      if entry.is_file() and is_image_path(entry.name):
+        return True
+    for entry in entries:
+      if entry.is_dir() and not entry.name.startswith("."):
+        with os.scandir(entry.path) as inner:
+          if any(e.is_file() and is_image_path(e.name) for e in inner):
+            return True
+  except OSError:
+    return False
+  return False
+
+
 def read_info(out_dir: str) -> dict:
   path = os.path.join(out_dir, INFO_FILE)
   if not os.path.isfile(path):
@@ -186,6 +205,14 @@ def read_info(out_dir: str) -> dict:
                         "jaxgan.prepare` holds its lock); wait for it to finish")
       raise DataError(f"{path} not found, but {out_dir} holds shards: its `python -m "
                       "jaxgan.prepare` did not finish (killed, or it failed); run it again")
+    if not os.path.isdir(out_dir):
+      what = "is a file" if os.path.exists(out_dir) else "does not exist"
+      raise DataError(f"{out_dir} {what}: data.path must be a folder written by "
+                      "`python -m jaxgan.prepare`")
+    if _holds_images(out_dir):
+      raise DataError(f"{path} not found: {out_dir} holds image files, not a prepared set; "
+                      f"prepare it (`python -m jaxgan.prepare --images {out_dir} --out SET`, "
+                      "then data.path=SET) or train on the files with data.source=folder")
     raise DataError(f"{path} not found: data.path must be a folder written by "
                     "`python -m jaxgan.prepare`")
   try:
