@@ -189,7 +189,7 @@ def prepare(args: argparse.Namespace) -> dict:
                                args.manifest or args.images)
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
-      extra={"source": args.manifest or args.images, "label_column": columns[0] if columns else "",
+      extra={"source": os.path.abspath(args.manifest or args.images), "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
              "loader_version": LOADER_VERSION, "bad_files": len(bad),
              "max_bad_fraction": args.max_bad_fraction},
@@ -252,8 +252,10 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   attributes = info.get("attributes")
   classes = (" x ".join(f"{len(a['class_names'])} {a['column']}" for a in attributes) if attributes
              else str(len(info["class_names"])))
-  labelled = f" of {classes} classes" if info["class_names"] else " (no class labels)"
-  print(f"wrote {info['num_examples']} images{labelled} to "
+  plural = "" if classes == "1" else "es"
+  labelled = f" of {classes} class{plural}" if info["class_names"] else " (no class labels)"
+  n = info["num_examples"]
+  print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
   return 0
 

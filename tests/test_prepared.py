@@ -290,14 +290,14 @@ def test_a_failed_first_preparation_leaves_no_folder(tmp_path, monkeypatch, caps
   assert (kept / "dataset_info.json.bak").read_text() == "mine"
 
 
-def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path):
+def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path, monkeypatch, capsys):
   """Raw photos, a missing folder or a file given as data.path each get their own line (all
   were "dataset_info.json not found: data.path must be a folder written by prepare")."""
   from PIL import Image
 
   photos = tmp_path / "photos"
   (photos / "shirts").mkdir(parents=True)
-  Image.new("RGB", (4, 4)).save(photos / "shirts" / "a.jpg")
+  Image.new("RGB", (8, 8)).save(photos / "shirts" / "a.jpg")
   with pytest.raises(DataError, match=rf"{photos} holds image files, not a prepared set; prepare "
                      rf"it \(`python -m jaxgan.prepare --images {photos} --out SET`, then "
                      r"data.path=SET\) or train on the files with data.source=folder$"):
@@ -306,6 +306,14 @@ def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path):
     prepared.read_info(str(tmp_path / "nowhere"))
   with pytest.raises(DataError, match=r"a.jpg is a file: data.path must be a folder"):
     prepared.read_info(str(photos / "shirts" / "a.jpg"))
+  # Prepared from a relative path, the set records where its source is wherever it is read.
+  monkeypatch.chdir(tmp_path)
+  from jaxgan import prepare
+
+  assert prepare.main(["--images", "photos", "--out", "set", "--image-size", "4",
+                       "--workers", "1"]) == 0
+  assert capsys.readouterr().out.startswith("wrote 1 image of 1 class to set (0 skipped")
+  assert prepared.read_info(str(tmp_path / "set"))["source"] == str(photos)
   (photos / "shirts" / "a.jpg").unlink()  # an empty folder: nothing to say but what it lacks
   with pytest.raises(DataError, match=r"dataset_info.json not found: data.path must be a folder "
                      "written by `python -m jaxgan.prepare`$"):
