@@ -457,3 +457,31 @@ def test_port_reusing_g_forward_is_the_same_step(monkeypatch):
     assert np.max(np.abs(a - b)) <= 1e-4 * max(np.max(np.abs(a)), 1e-30)
     changed += int(not np.allclose(a, old))
   assert changed > 10  # the step really updated G and D (parameters and both moments)
+
+
+def test_the_benchmark_ends_on_sigterm_with_one_line():
+  """As prepare, evaluate and generate: one line and status 143, not SIGTERM's default action
+  (or, for Ctrl-C, a KeyboardInterrupt traceback)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from conftest import REPO
+
+  proc = subprocess.Popen([sys.executable, "-m", "jaxgan.benchmark", "--config",
+                           "configs/default.py", "--config.train.batch_size=8", "--steps=1000"],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  def catches_sigterm() -> bool:  # its handler is installed (/proc's mask of caught signals)
+    with open(f"/proc/{proc.pid}/status") as f:
+      caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+  deadline = time.monotonic() + 120
+  while not catches_sigterm() and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.1)
+  time.sleep(1)  # into the run: JAX imported, the step compiling or timed
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert err.splitlines()[-1] == "terminated (SIGTERM)", err[-2000:]
