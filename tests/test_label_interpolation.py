@@ -250,6 +250,11 @@ def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_pre
   with pytest.raises(ValueError, match=r"^--label 'footwear' is not a class of this model; did "
                                        r"you mean 'Footwear'\? choose one of: Apparel, Footwear"):
     label_choices.resolve_label("footwear", ["Apparel", "Footwear"], 2)
+  # A rare class prepare merged into 'other' (--rare-classes other): where it went.
+  with pytest.raises(ValueError, match=r"^--label 'Heels' is not a class of this model; a class "
+                                       r"with fewer images than the data's min_class_count is "
+                                       r"part of 'other'; choose one of: Shirts, Watches, other"):
+    label_choices.resolve_label("Heels", ["Shirts", "Watches", "other"], 3)
   with pytest.raises(ValueError, match=r"^--label baseColour='Nvy Blue': not a class of "
                                        r"baseColour; did you mean 'Navy Blue'\? choose one of"):
     label_choices.resolve_label("Nvy Blue", ["Black", "Navy Blue"], 2, "baseColour")
