@@ -186,7 +186,7 @@ def prepare(args: argparse.Namespace) -> dict:
                             key="--max-bad-fraction", advice=advice)
   if class_names:
     arrays.require_every_class(labels[indices], attributes or [("class", class_names)],
-                               args.manifest or args.images)
+                               args.manifest or args.images, args.min_class_count, labels)
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
       extra={"source": os.path.abspath(args.manifest or args.images), "label_column": columns[0] if columns else "",

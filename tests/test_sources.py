@@ -94,6 +94,29 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
                                    "data.rare_classes": "keep"}), 1)
 
 
+def test_a_class_that_bad_files_leave_under_min_class_count_is_warned_of(folder, tmp_path,
+                                                                          caplog):
+  """shirts lists 3 files, the minimum, but one is broken: it stays a class (the class list is
+  fixed before decoding) with 2 images, which was said nowhere. 'other' (shoes, 2 files) was
+  under the minimum from the start: not warned of."""
+  from jaxgan import prepare
+
+  expected = ("fewer usable images than the minimum of 3 once bad files were skipped, in class "
+              "'shirts' (2 of 3); they stay classes")
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+                      "data.min_class_count": 3, "data.max_bad_fraction": 0.5})
+  with caplog.at_level(logging.WARNING):
+    assert build_source(config).class_names == ["shirts", "other"]
+  assert f"{folder}: {expected}" in caplog.text and "'other'" not in caplog.text
+  caplog.clear()
+  args = prepare.parse_args(["--images", str(folder), "--out", str(tmp_path / "p"),
+                             "--image-size", "16", "--min-class-count", "3",
+                             "--max-bad-fraction", "0.5", "--workers", "1"])
+  with caplog.at_level(logging.WARNING):
+    assert prepare.prepare(args)["class_names"] == ["shirts", "other"]
+  assert expected in caplog.text and "'other'" not in caplog.text
+
+
 def test_folder_too_many_bad_files_stops_with_the_list(folder):
   config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2})
   with pytest.raises(DataError, match=r"1 of 5 images .* data.max_bad_fraction=0.01 \(first: "

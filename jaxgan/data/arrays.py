@@ -45,10 +45,15 @@ def cache_dir_problem(cache_dir: str, error: OSError) -> str:
           "images in memory)")
 
 
-def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) -> None:
+def require_every_class(labels: np.ndarray, attributes: Attributes, where: str,
+                        min_count: int = 1, listed: Optional[np.ndarray] = None) -> None:
   """Raises DataError naming a class left without images (every file of it skipped): it would
-  still be a class of the model, and its grid rows and samples would be generated from nothing."""
+  still be a class of the model, and its grid rows and samples would be generated from nothing.
+  Warns of classes that had `min_count` files listed (`listed`: the labels of every listed
+  file) but fewer decode: they stay classes, as the class list is fixed before decoding."""
   labels = np.asarray(labels).reshape(len(labels), -1)
+  if listed is not None:
+    listed = np.asarray(listed).reshape(len(listed), -1)
   for a, (column, names) in enumerate(attributes):
     counts = np.bincount(labels[:, a], minlength=len(names))
     empty = [str(names[i]) for i in np.flatnonzero(counts == 0)]
@@ -56,6 +61,16 @@ def require_every_class(labels: np.ndarray, attributes: Attributes, where: str) 
       raise DataError(f"{where}: {column} {empty[0]!r} has no usable image left"
                       f"{f' ({len(empty)} classes in all)' if len(empty) > 1 else ''}: its files "
                       "were all skipped (see the log); fix them or remove the class")
+    if listed is None:
+      continue
+    before = np.bincount(listed[:, a], minlength=len(names))
+    few = [f"{column} {str(names[i])!r} ({counts[i]} of {before[i]})"
+           for i in np.flatnonzero((counts < min_count) & (before >= min_count))]
+    if few:
+      log.warning("%s: fewer usable images than the minimum of %d once bad files were skipped, "
+                  "in %s%s; they stay classes (fix the files, or raise the minimum)", where,
+                  min_count, ", ".join(few[:10]), f" and {len(few) - 10} more" if len(few) > 10
+                  else "")
 
 
 def log_skipped_rows(rows: Sequence[dict], where: str, key: str) -> None:

@@ -67,7 +67,8 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
                                                       f"{first[0]['reason']})" if first else ""))
   if d.num_classes > 0:
-    require_every_class(np.asarray(labels)[indices], attribute_names, where)
+    require_every_class(np.asarray(labels)[indices], attribute_names, where, d.min_class_count,
+                        labels)
   return ArraySource.for_config(config, images, np.asarray(labels, np.int32)[indices],
                                 class_names, bad_files=len(skipped),
                                 attribute_names=attribute_names, where=where)
