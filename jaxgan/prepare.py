@@ -189,7 +189,8 @@ def prepare(args: argparse.Namespace) -> dict:
                                args.manifest or args.images, args.min_class_count, labels)
   return prepared.write_prepared(
       args.out, images, labels[indices], class_names, skipped + bad,
-      extra={"source": os.path.abspath(args.manifest or args.images), "label_column": columns[0] if columns else "",
+      extra={"source": os.path.abspath(args.manifest or args.images),
+             "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
              "loader_version": LOADER_VERSION, "bad_files": len(bad),
              "max_bad_fraction": args.max_bad_fraction},
