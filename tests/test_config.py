@@ -206,8 +206,8 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "augment.ada_kimg: augment.name is 'ada_fixed', which does not read it"),
     # A regulariser's setting with that regulariser off: R1's interval without R1 trained a run
     # with no R1 at all, without a word.
-    ({"loss.r1_interval": 4}, "loss.r1_interval: R1 is off (loss.r1_gamma = 0), so it changes "
-     "nothing; drop loss.r1_interval or set loss.r1_gamma > 0"),
+    ({"loss.r1_interval": 4}, "loss.r1_interval: R1 is off (loss.r1_gamma = 0), so it has no "
+     "effect; drop loss.r1_interval or set loss.r1_gamma > 0"),
     ({"loss.lecam_ema_decay": 0.9}, "loss.lecam_ema_decay: LeCam is off (loss.lecam_weight = 0)"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
@@ -563,6 +563,13 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   assert sorted(key for key, _, _ in config_differences(
       attention, make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer"}))[0]) == [
           "loss.gp_weight", "loss.name", "model.d_norm"]  # another loss: its weight counts
+  # And for a regulariser's setting while it was off (accepted before): dropped on resume, no
+  # change; with the regulariser turned on, it counts.
+  idle = make_config().to_dict()
+  idle["loss"]["r1_interval"] = 8
+  assert config_differences(idle, make_config()) == ([], [])
+  assert sorted(key for key, _, _ in config_differences(
+      idle, make_config(**{"loss.r1_gamma": 1.0}))[0]) == ["loss.r1_gamma", "loss.r1_interval"]
   tupled = make_config()
   tupled.unlock()
   tupled.data.extra = (1, 2)  # JSON writes it as [1, 2]: not a change

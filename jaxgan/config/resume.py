@@ -7,7 +7,7 @@ import types
 import ml_collections
 
 from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items, get
-from jaxgan.config.validation import unread_keys
+from jaxgan.config.validation import READ_WHILE_ON, unread_keys
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.
 # The mesh and process layout may change too: checkpoints restore onto any device count. So may
@@ -47,6 +47,9 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
   same = {section for section, key in picked.items()
           if old_flat.get(key, defaults[key]) == get(new, key)}
   unread = {k for k in unread_keys(new) if k.split(".")[0] in same}
+  # Likewise a regulariser's setting while it was off and still is (loss.r1_interval without R1).
+  unread |= {k for k, (switch, _) in READ_WHILE_ON.items()
+             if get(new, switch) <= 0 and old_flat.get(switch, defaults[switch]) <= 0}
   blocking, allowed = [], []
   for key, value in flat_items(new):
     if (key not in old_flat and key not in defaults) or key in unread:

@@ -303,15 +303,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
              f"(or pick {_ONE_OF[section]} that reads it)")
   # A regulariser's setting while that regulariser is off changes nothing either.
-  for key, (switch, name) in _READ_WHILE_ON.items():
+  for key, (switch, name) in READ_WHILE_ON.items():
     section, leaf = key.split(".")
     _require(get(config, switch) > 0 or get(config, key) == defaults[section][leaf], key,
-             f"{name} is off ({switch} = 0), so it changes nothing; drop {key} or set {switch} > 0")
+             f"{name} is off ({switch} = 0), so it has no effect; drop {key} or set {switch} > 0")
   source.validate(config, reads_data=reads_data)
 
 
 # Keys read only while another is positive: the key, (the switch, what it switches on).
-_READ_WHILE_ON = {"loss.r1_interval": ("loss.r1_gamma", "R1"),
+READ_WHILE_ON = {"loss.r1_interval": ("loss.r1_gamma", "R1"),
                   "loss.lecam_ema_decay": ("loss.lecam_weight", "LeCam")}
 
 
