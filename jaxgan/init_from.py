@@ -250,20 +250,27 @@ def class_rows(theirs: Optional[list], mine: list) -> list[Optional[np.ndarray]]
 def _pick_rows(mine: jax.Array, theirs: jax.Array, rows: Optional[np.ndarray], axis: int
                ) -> tuple[Optional[jax.Array], str]:
   """(this run's class table `mine` with `theirs`'s entry `rows[k]` along `axis` as its entry k
-  where rows[k] >= 0, in `mine`'s sharding; or None and why none is taken)."""
+  where rows[k] >= 0, in `mine`'s sharding; or None and why none is taken). `theirs` was read
+  replicated: even a table taken whole goes back to `mine`'s sharding (split by mesh.fsdp), which
+  the jitted step requires of its state."""
   if rows is None:  # no class names recorded there: by index, where the counts agree
     if theirs.shape == mine.shape:
-      return theirs, ""
+      return _resharded(theirs, mine.sharding), ""
     return None, f"shape {tuple(theirs.shape)} there, {tuple(mine.shape)} here"
   if not (rows >= 0).any():
     return None, "no class in common"
   if theirs.shape == mine.shape and np.array_equal(rows, np.arange(len(rows))):
-    return theirs, ""
+    return _resharded(theirs, mine.sharding), ""
   shape = [len(rows) if a == axis else 1 for a in range(mine.ndim)]
   known = np.reshape(rows >= 0, shape)
   picked = jax.jit(lambda m, t: jnp.where(known, jnp.take(t, np.maximum(rows, 0), axis=axis), m),
                    out_shardings=mine.sharding)
   return picked(mine, theirs), ""
+
+
+def _resharded(array: jax.Array, sharding: Any) -> jax.Array:
+  """`array` in `sharding` (a jitted copy: collective, so it works across hosts alike)."""
+  return jax.jit(lambda a: a, out_shardings=sharding)(array)
 
 
 def _merged(into: Any, tree: Any) -> Any:

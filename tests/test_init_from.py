@@ -48,11 +48,14 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   workdir, trained = donor
   # Another class count: the class embeddings differ in shape (and G's projection, which takes
   # z and the embedding, does not); another seed, so initial values differ from the donor's.
+  # Classes the donor did not have: its class tables are read (to be matched by name) and keep
+  # their initial values, listed with why.
   config = tiny_config(**{"data.num_classes": 2, "seed": 7})
   run = run_lib.build_run(config)
   fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
   with caplog.at_level(logging.INFO):
-    state = init_from.initialise_from(fresh, _read(run, workdir), [["category", ["a", "b"]]])
+    state = init_from.initialise_from(fresh, _read(run, workdir, config=config),
+                                      [["category", ["a", "b"]]])
   got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   copied = kept = changed = 0
   for collection in init_from.COPIED:
@@ -73,8 +76,8 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
     for a, b in zip(jax.tree_util.tree_leaves(got[key]), jax.tree_util.tree_leaves(was[key])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=key)
   assert f"copied {copied} of {copied + kept} arrays" in caplog.text
-  assert "keep their initial values" in caplog.text and "shape (3, 4) there, (2, 4) here" in \
-      caplog.text
+  assert "keep their initial values" in caplog.text and (
+      "g_params/class_embed/embedding (no class in common)") in caplog.text
 
 
 def _table(tree, collection, path):
@@ -129,6 +132,22 @@ def test_class_rows_match_attributes_by_name_then_position():
   rows = init_from.class_rows([["category", ["x", "y"]]], [["class", ["y", "z"]]])
   assert [r.tolist() for r in rows] == [[1, -1]]
   assert init_from.class_rows(None, [["class", ["y"]]]) == [None]  # no names recorded there
+
+
+def test_a_class_table_taken_whole_is_put_back_in_the_runs_sharding():
+  """The tables are read replicated (another class count may not split as this run's do); one
+  taken whole (the same classes, or no names recorded) stayed so, and with mesh.fsdp > 1 the
+  jitted step refused the state ("Sharding passed to jit does not match")."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  split, replicated = NamedSharding(mesh, P(None, "fsdp")), NamedSharding(mesh, P())
+  mine = jax.device_put(np.zeros((3, 4), np.float32), split)
+  theirs = jax.device_put(np.arange(12, dtype=np.float32).reshape(3, 4), replicated)
+  for rows in (np.arange(3), None, np.array([2, -1, 0])):
+    picked, _ = init_from._pick_rows(mine, theirs, rows, 0)
+    assert picked.sharding == split, rows
+  np.testing.assert_array_equal(np.asarray(picked)[[0, 2]], np.asarray(theirs)[[2, 0]])
 
 
 def test_the_class_tables_are_found_for_every_attribute_and_model():
