@@ -60,7 +60,18 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
       # Only the main thread may set handlers (Interrupts leaves them otherwise).
       with _sigterm_held():
         interrupts.__enter__()
-      return main(*args, **kwargs)
+      try:
+        result = main(*args, **kwargs)
+      except (Exception, SystemExit):  # pylint: disable=broad-except
+        if interrupts.error() is None:
+          raise
+        result = None
+      # A stop signal that arrived is what ended the tool, whatever main made of it: an error it
+      # caused (decoding workers the same signal ended), or one Python dropped.
+      stop = interrupts.error()
+      if stop is not None:
+        raise stop
+      return result
     except Terminated:
       print("terminated (SIGTERM)", file=sys.stderr)
       sys.exit(128 + signal.SIGTERM)

@@ -143,8 +143,11 @@ class Interrupts:
 
   def _handle(self, signum, frame) -> None:
     del frame
-    if self.signal is not None:  # a repeated SIGTERM (SIGINT is the OS's by now)
-      return
+    if self.signal is not None:
+      if signum == signal.SIGINT:  # ours again (a decode put it back): quit at once all the same
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+      return  # a repeated SIGTERM: the clean-up runs to its end
     self.signal = signum
     if signal.SIGINT in self._previous:
       signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -716,11 +716,49 @@ def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
     signal.signal(signal.SIGTERM, previous)
 
 
+CTRL_C_AFTER_A_HANDLER_PUT_BACK = r"""
+import os, signal, sys, time
+from jaxgan import cli
+
+def main():
+  ours = signal.getsignal(signal.SIGINT)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+  except cli.Terminated:
+    # As decode's start-up window puts back the SIGINT handler it found (ours) after the first
+    # stop set the OS's: Ctrl-C during the clean-up must still quit at once.
+    signal.signal(signal.SIGINT, ours)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+    print("the second Ctrl-C was swallowed", flush=True)
+    raise
+
+sys.exit(cli.interruptible(main)())
+"""
+
+
+def test_ctrl_c_after_a_stop_quits_at_once_even_where_our_handler_was_put_back():
+  import signal
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_A_HANDLER_PUT_BACK], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == -signal.SIGINT and not proc.stdout, (proc.stdout, proc.stderr[-2000:])
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
-@pytest.mark.parametrize("signum, status", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signum, status):
+@pytest.mark.parametrize("signum, status, then", [
+    ("SIGTERM", 143, "check"), ("SIGINT", 130, "check"), ("SIGTERM", 143, "raise"),
+    ("SIGTERM", 143, "return")])
+def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signum, status, then):
   """Python drops an exception raised in a garbage-collection callback (JAX registers one):
-  prepare, stopped during one, wrote and published the whole set and exited 0."""
+  prepare, stopped during one, wrote and published the whole set and exited 0. The stop is also
+  what ends a tool whose main then fails or returns an error status (the decoding workers that
+  the same SIGTERM ended: "a decoding worker process died", status 2)."""
   import gc
   import signal
   import time
@@ -743,6 +781,10 @@ def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signu
     finally:
       gc.callbacks.remove(callback)
     reached.append("went on")
+    if then == "raise":
+      raise RuntimeError("a decoding worker process died")
+    if then == "return":
+      return 2
     stopping.raise_if_interrupted()
     reached.append("published")
 
