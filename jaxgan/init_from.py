@@ -49,37 +49,65 @@ def locate(path: str) -> tuple[str, Optional[int]]:
                     "(WORKDIR/checkpoints/STEP), or '' to start from random weights")
 
 
-def plan(saved: dict[str, tuple], state: dict, tables: Optional[dict] = None
-         ) -> tuple[dict, list[str], int]:
+def plan(saved: dict[str, tuple], state: dict, tables: Optional[dict] = None,
+         pairs: Optional[list] = None) -> tuple[dict, list[str], int, dict]:
   """(the restore target: the copied collections' leaves whose path and shape match the saved
-  ones, as ShapeDtypeStructs with this run's dtype and sharding; the leaves left at their initial
-  values, with why; the number of leaves considered). A class table (`tables`: name -> (attribute,
-  axis), `state.class_axes`) is read whole in the saved shape where only its class axis differs,
-  replicated (it is small, and another class count may not split as this run's sharding does):
-  `initialise_from` picks its rows by class name."""
+  ones, as ShapeDtypeStructs with this run's dtype and sharding, keyed by the saved paths; the
+  leaves left at their initial values, with why; the number of leaves considered; for each class
+  table read, the saved path it is read from).
+
+  A class table (`tables`: name -> (attribute, axis), `state.class_axes`) of attribute i is read
+  from the donor's table of attribute `pairs[i]` (the donor's attribute of the same column:
+  `attribute_pairs`; i where not given), whole in the saved shape where only its class axis
+  differs, replicated (it is small, and another class count may not split as this run's sharding
+  does): `initialise_from` picks its rows by class name."""
   tables = tables or {}
-  target, kept, total = {}, [], 0
+  target, kept, total, sources = {}, [], 0, {}
   for collection in COPIED:
     for path, leaf in jax.tree_util.tree_flatten_with_path(state[collection])[0]:
       total += 1
       name = f"{collection}/{state_digest.path_name(path)}"
-      shape = saved.get(name, (None,))[0]
-      if name not in saved:
-        kept.append(f"{name} (not in that run)")
-        continue
-      sharding = leaf.sharding
-      if name in tables and _same_but(shape, tuple(leaf.shape), tables[name][1]):
+      sharding, source = leaf.sharding, name
+      if name in tables:
+        attribute, axis = tables[name]
+        j = attribute if pairs is None else pairs[attribute]
+        if j is None:
+          kept.append(f"{name} (that run has no attribute of its column)")
+          continue
+        found = [c for c in _table_names(name, attribute, j) if c in saved]
+        fits = [c for c in found if _same_but(saved[c][0], tuple(leaf.shape), axis)]
+        if not fits:
+          kept.append(f"{name} (shape {saved[found[0]][0]} there, {tuple(leaf.shape)} here)"
+                      if found else f"{name} (not in that run)")
+          continue
+        source = sources[name] = fits[0]
         if isinstance(sharding, jax.sharding.NamedSharding):
           sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-      elif shape != tuple(leaf.shape):
-        kept.append(f"{name} (shape {shape} there, {tuple(leaf.shape)} here)")
+      elif name not in saved:
+        kept.append(f"{name} (not in that run)")
         continue
-      node = target.setdefault(collection, {})
-      keys = [getattr(k, "key", k) for k in path]
-      for key in keys[:-1]:
+      elif saved[name][0] != tuple(leaf.shape):
+        kept.append(f"{name} (shape {saved[name][0]} there, {tuple(leaf.shape)} here)")
+        continue
+      node = target
+      *parents, last = source.split("/")
+      for key in parents:
         node = node.setdefault(key, {})
-      node[keys[-1]] = jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=sharding)
-  return target, kept, total
+      node[last] = jax.ShapeDtypeStruct(saved[source][0], leaf.dtype, sharding=sharding)
+  return target, kept, total, sources
+
+
+def _table_names(name: str, i: int, j: int) -> list[str]:
+  """Where the donor keeps attribute j's table, for this run's table `name` of attribute i:
+  `ClassEmbed` names attribute i's table `attr{i}`, and a one-attribute DCGAN has a plain
+  embedding without that level (as before several attributes existed, for its checkpoints)."""
+  parts = name.split("/")
+  level = f"attr{i}"
+  if level in parts[:-1]:
+    k = len(parts) - 2 - parts[-2::-1].index(level)
+    return ["/".join(parts[:k] + [f"attr{j}"] + parts[k + 1:]),
+            "/".join(parts[:k] + parts[k + 1:])]
+  return [name, "/".join(parts[:-1] + [f"attr{j}", parts[-1]])]
 
 
 def _same_but(a: tuple, b: tuple, axis: int) -> bool:
@@ -96,7 +124,8 @@ class Donor:
   kept: list  # the leaves left at their initial values, with why
   total: int  # the leaves considered
   classes: dict  # the donor meta's class record ('attributes', 'class_names'; {} where none)
-  tables: dict  # the class tables read whole: name -> (attribute, class axis)
+  tables: dict  # this run's class tables: name -> (attribute, class axis)
+  sources: dict  # the class tables read: this run's name -> the donor's (another attribute's)
 
   @property
   def folder(self) -> str:
@@ -112,14 +141,15 @@ def _unreadable(directory: str, step: int, error: BaseException) -> ConfigError:
 
 
 def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
-               tables: Optional[dict] = None) -> Donor:
+               tables: Optional[dict] = None, attributes: Optional[list] = None) -> Donor:
   """The arrays of the checkpoint `path` names (a run's latest, or the step folder given) that
   `abstract_state` (this run's state as ShapeDtypeStructs with shardings) can take. Collective:
   every process reads the same step (process 0's list and choice), and a read that fails
   anywhere fails everywhere. Raises ConfigError for another model family or image size (layers
   are named by position, so arrays of equal shape would be copied into layers that do other
   things), a damaged or unreadable step, or no array alike. `tables` (`state.class_axes`) names
-  the class tables, read whole to be matched by class name."""
+  the class tables, read whole to be matched by class name; `attributes` (this run's [[column,
+  class names]]) pairs each with the donor's table of the same column."""
   directory, step = multihost.agreed(lambda: locate(path), "finding train.init_from's run")
   # Process 0's: a process whose view lags may have found its own latest or none of the folder.
   step = multihost.from_process_0(-1 if step is None else step)
@@ -141,7 +171,11 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
     saved, error, _ = reader.read_agreed(step, lambda: reader.saved_layouts(step))
     if error is not None:
       raise _unreadable(directory, step, error)
-    target, kept, total = plan(saved, flax.serialization.to_state_dict(abstract_state), tables)
+    classes = {k: meta[k] for k in ("attributes", "class_names") if k in meta}
+    pairs = None if attributes is None else attribute_pairs(
+        label_choices.trained_attributes(classes, attributes), attributes)
+    target, kept, total, sources = plan(
+        saved, flax.serialization.to_state_dict(abstract_state), tables, pairs)
     if not target:
       raise ConfigError(f"config key train.init_from: none of the {total} arrays of G, D and "
                         f"the EMA matches {directory} step {step}")
@@ -151,12 +185,7 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
       raise _unreadable(directory, step, error)
   finally:
     reader.close()
-  read = {f"{collection}/{state_digest.path_name(path)}"
-          for collection, tree in target.items()
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  return Donor(directory, step, arrays, kept, total,
-               {k: meta[k] for k in ("attributes", "class_names") if k in meta},
-               {name: where for name, where in (tables or {}).items() if name in read})
+  return Donor(directory, step, arrays, kept, total, classes, dict(tables or {}), sources)
 
 
 def _restore(directory: str, step: int, target: dict, saved: dict, meta: dict) -> dict:
@@ -192,25 +221,25 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
   state_dict = flax.serialization.to_state_dict(state)
   theirs = label_choices.trained_attributes(donor.classes, attributes)
   rows = class_rows(theirs, attributes)
+  read = {state_digest.path_name(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(donor.arrays)[0]}
   kept = list(donor.kept)
-  for collection, tree in donor.arrays.items():
-    own = state_dict[collection]
+  for collection in COPIED:
 
-    def place(path, value, collection=collection, own=own):
+    def place(path, mine, collection=collection):
       name = f"{collection}/{state_digest.path_name(path)}"
-      if name not in donor.tables:
-        return value
+      if name not in donor.tables:  # an array of G, D or the EMA: the donor's, where read
+        return read.get(name, mine)
+      if name not in donor.sources:  # a class table not read (listed by `plan`)
+        return mine
       attribute, axis = donor.tables[name]
-      mine = own
-      for key in path:
-        mine = mine[getattr(key, "key", key)]
-      picked, why = _pick_rows(mine, value, rows[attribute], axis)
+      picked, why = _pick_rows(mine, read[donor.sources[name]], rows[attribute], axis)
       if picked is None:
         kept.append(f"{name} ({why})")
         return mine
       return picked
 
-    state_dict[collection] = _merged(own, jax.tree_util.tree_map_with_path(place, tree))
+    state_dict[collection] = jax.tree_util.tree_map_with_path(place, state_dict[collection])
   shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
   log.info("train.init_from: copied %d of %d arrays of G, D and the EMA from %s step %d%s",
            donor.total - len(kept), donor.total, donor.directory, donor.step,
@@ -218,7 +247,7 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
   if kept:
     log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)", len(kept),
                 kept[0])
-  used = {attribute for attribute, _ in donor.tables.values()}
+  used = {donor.tables[name][0] for name in donor.sources}
   for i, ((column, names), picked) in enumerate(zip(attributes, rows)):
     if i not in used or picked is None or [column, list(names)] in theirs:
       continue
@@ -230,18 +259,29 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
   return flax.serialization.from_state_dict(state, state_dict)
 
 
-def class_rows(theirs: Optional[list], mine: list) -> list[Optional[np.ndarray]]:
+def attribute_pairs(theirs: Optional[list], mine: list) -> Optional[list[Optional[int]]]:
   """Per attribute of this run ([[attribute, class names]], as `theirs`, the donor's), the
-  donor's index of each of its classes, -1 for a class the donor did not have. Attributes match
-  by name, else by position (a folder's 'class' and a catalog's 'category' name the same thing);
-  classes by name. None per attribute where the donor recorded no class names."""
+  donor's attribute of the same name, else the one at its position whose name this run does not
+  have (a folder's 'class' and a catalog's 'category' name the same thing), else None. None
+  where the donor recorded no class names (its tables are then taken at the same positions)."""
   if theirs is None:
-    return [None] * len(mine)
+    return None
   columns, mine_columns = [c for c, _ in theirs], {c for c, _ in mine}
+  return [columns.index(column) if column in columns else (
+      i if i < len(theirs) and theirs[i][0] not in mine_columns else None)
+          for i, (column, _) in enumerate(mine)]
+
+
+def class_rows(theirs: Optional[list], mine: list) -> list[Optional[np.ndarray]]:
+  """Per attribute of this run, the index of each of its classes among the classes of the
+  donor's attribute paired with it (`attribute_pairs`), -1 for a class the donor did not have (or
+  an attribute it did not have); classes match by name. None per attribute where the donor
+  recorded no class names."""
+  pairs = attribute_pairs(theirs, mine)
+  if pairs is None:
+    return [None] * len(mine)
   rows = []
-  for i, (column, names) in enumerate(mine):
-    j = columns.index(column) if column in columns else (
-        i if i < len(theirs) and theirs[i][0] not in mine_columns else None)
+  for (_, names), j in zip(mine, pairs):
     known = {n: k for k, n in reversed(list(enumerate(theirs[j][1] if j is not None else [])))}
     rows.append(np.array([known.get(n, -1) for n in names], np.int64))
   return rows
@@ -259,22 +299,18 @@ def _pick_rows(mine: jax.Array, theirs: jax.Array, rows: Optional[np.ndarray], a
     return None, f"shape {tuple(theirs.shape)} there, {tuple(mine.shape)} here"
   if not (rows >= 0).any():
     return None, "no class in common"
+  if rows.max() >= theirs.shape[axis]:  # names recorded for another table: never a guess
+    return None, f"that run's class names do not fit its table of {theirs.shape[axis]}"
   if theirs.shape == mine.shape and np.array_equal(rows, np.arange(len(rows))):
     return _resharded(theirs, mine.sharding), ""
   shape = [len(rows) if a == axis else 1 for a in range(mine.ndim)]
   known = np.reshape(rows >= 0, shape)
-  picked = jax.jit(lambda m, t: jnp.where(known, jnp.take(t, np.maximum(rows, 0), axis=axis), m),
-                   out_shardings=mine.sharding)
+  picked = jax.jit(lambda m, t: jnp.where(
+      known, jnp.take(t, np.maximum(rows, 0), axis=axis, mode="clip"), m),
+      out_shardings=mine.sharding)
   return picked(mine, theirs), ""
 
 
 def _resharded(array: jax.Array, sharding: Any) -> jax.Array:
   """`array` in `sharding` (a jitted copy: collective, so it works across hosts alike)."""
   return jax.jit(lambda a: a, out_shardings=sharding)(array)
-
-
-def _merged(into: Any, tree: Any) -> Any:
-  """`into` (a nested dict) with the leaves of `tree` (a nested dict of some of its keys)."""
-  if not isinstance(tree, dict):
-    return tree
-  return {k: _merged(v, tree[k]) if k in tree else v for k, v in into.items()}

@@ -72,7 +72,8 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       donor = multihost.agreed(lambda: init_from.read_donor(
           config.train.init_from,
           ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), config.model.name,
-          config.data.image_size, state_lib.class_axes(config)),
+          config.data.image_size, state_lib.class_axes(config),
+          [[name, list(names)] for name, names in data_lib.attribute_names(source)]),
           "reading train.init_from's checkpoint")
     return run, source, fingerprint, order, donor
   except BaseException as e:

@@ -237,3 +237,51 @@ def test_evaluator_draws_fake_label_rows_from_the_reals():
   assert images.shape == (6, 2, 2, 3) and indices.tolist() == list(range(6))
   rows = np.concatenate(seen)[:6]
   assert rows.shape == (6, 2) and {tuple(r) for r in rows} <= {tuple(r) for r in real}
+
+
+def test_init_from_reads_each_class_table_from_the_donors_attribute_of_its_column(
+    catalog, two_columns, tmp_path):
+  """A run on the donor's columns in the other order, or on one of them alone, takes each table
+  from the donor's table of the same column: it took the one at the same position (the other
+  column's, its classes' rows past that table's end NaN: the run's losses NaN from step 1, and
+  "copied 35 of 35 arrays" in the log), or kept one-attribute and two-attribute tables apart."""
+  import flax
+  import jax
+
+  from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import data as data_lib
+  from jaxgan import init_from, run as run_lib, state as state_lib, trainer
+
+  donor_dir = str(tmp_path / "donor")
+  trainer.train_and_evaluate(tiny_config(**{
+      "data.source": "prepared", "data.path": str(two_columns), "data.num_classes": 3,
+      "data.extra_num_classes": "2", "train.num_steps": 1, "train.tensorboard": False}), donor_dir)
+  donor_config = tiny_config(**{"data.source": "prepared", "data.path": str(two_columns),
+                                "data.num_classes": 3, "data.extra_num_classes": "2"})
+  donor_run = run_lib.build_run(donor_config)
+  reader = ckpt_lib.Checkpointer(os.path.join(donor_dir, "checkpoints"), read_only=True)
+  trained, _ = reader.restore(1, ckpt_lib.abstract_like(donor_run.abstract_state,
+                                                        donor_run.state_shardings))
+  reader.close()
+  trained = flax.serialization.to_state_dict(trained)
+  for columns, extra, expected in ((("baseColour", "articleType"), "3", {0: 1, 1: 0}),
+                                   (("baseColour",), "", {None: 1})):
+    out = tmp_path / "_".join(columns)
+    _prepare(catalog, out, *columns)
+    config = tiny_config(**{"data.source": "prepared", "data.path": str(out), "seed": 7,
+                            "data.num_classes": 2, "data.extra_num_classes": extra})
+    run = run_lib.build_run(config)
+    attributes = [[c, list(n)] for c, n in data_lib.attribute_names(build_source(config))]
+    fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+    donor = init_from.read_donor(
+        donor_dir, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), "dcgan", 16,
+        state_lib.class_axes(config), attributes)
+    got = flax.serialization.to_state_dict(init_from.initialise_from(fresh, donor, attributes))
+    for collection, module in (("g_params", "class_embed"), ("ema_params", "class_embed"),
+                               ("d_params", "class_projection")):
+      for mine, theirs in expected.items():
+        table = got[collection][module] if mine is None else got[collection][module][f"attr{mine}"]
+        np.testing.assert_array_equal(
+            np.asarray(table["embedding"]),
+            np.asarray(trained[collection][module][f"attr{theirs}"]["embedding"]),
+            err_msg=f"{columns} {collection} {mine}")

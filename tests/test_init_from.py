@@ -32,11 +32,11 @@ def donor(tmp_path_factory):
   return workdir, flax.serialization.to_state_dict(state)
 
 
-def _read(run, path, model="dcgan", size=16, config=None):
+def _read(run, path, model="dcgan", size=16, config=None, attributes=None):
   """read_donor as a run's first start calls it (with `config`'s class tables, when given)."""
   return init_from.read_donor(
       path, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), model, size,
-      None if config is None else state_lib.class_axes(config))
+      None if config is None else state_lib.class_axes(config), attributes)
 
 
 def _leaves(tree):
@@ -54,8 +54,9 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   run = run_lib.build_run(config)
   fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
   with caplog.at_level(logging.INFO):
-    state = init_from.initialise_from(fresh, _read(run, workdir, config=config),
-                                      [["category", ["a", "b"]]])
+    state = init_from.initialise_from(
+        fresh, _read(run, workdir, config=config, attributes=[["category", ["a", "b"]]]),
+        [["category", ["a", "b"]]])
   got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   copied = kept = changed = 0
   for collection in init_from.COPIED:
@@ -95,13 +96,13 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
   config = tiny_config(**{"data.num_classes": 4, "seed": 7})
   run = run_lib.build_run(config)
   fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
-  donated = _read(run, workdir, config=config)
+  donated = _read(run, workdir, config=config, attributes=[["category", here]])
   with caplog.at_level(logging.INFO):
     state = init_from.initialise_from(fresh, donated, [["category", here]])
   got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   tables = [("g_params", "class_embed/embedding"), ("ema_params", "class_embed/embedding"),
             ("d_params", "class_projection/embedding")]
-  assert sorted(donated.tables) == sorted(f"{c}/{p}" for c, p in tables)
+  assert sorted(donated.sources) == sorted(f"{c}/{p}" for c, p in tables)
   for collection, path in tables:
     mine, initial, theirs = (_table(t, collection, path) for t in (got, was, trained))
     assert (len(mine), len(theirs)) == (4, 3) and mine.shape[1:] == theirs.shape[1:]
@@ -121,6 +122,17 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
   assert "g_params/class_embed/embedding (no class in common)" in caplog.text
   assert [r.levelname for r in caplog.records if "matched by name: 0 of 4" in r.message] == [
       "WARNING"]
+
+
+def test_class_tables_are_read_from_the_donors_table_of_the_same_column():
+  """Where each attribute's table is in the donor: attr{j} of ClassEmbed, or a one-attribute
+  DCGAN's plain embedding."""
+  names = init_from._table_names
+  assert names("g_params/class_embed/attr0/embedding", 0, 1) == [
+      "g_params/class_embed/attr1/embedding", "g_params/class_embed/embedding"]
+  assert names("g_params/class_embed/embedding", 0, 1) == [
+      "g_params/class_embed/embedding", "g_params/class_embed/attr1/embedding"]
+  assert names("d_params/projection/attr1/kernel", 1, 0)[0] == "d_params/projection/attr0/kernel"
 
 
 def test_class_rows_match_attributes_by_name_then_position():
@@ -272,11 +284,11 @@ def test_nothing_alike_is_refused_and_every_leaf_is_planned():
   state = {c: {"layer": {"kernel": jax.ShapeDtypeStruct((2, 3), np.float32)}}
            for c in init_from.COPIED}
   saved = {f"{c}/layer/kernel": ((2, 4), "float32") for c in init_from.COPIED}
-  target, kept, total = init_from.plan(saved, state)
+  target, kept, total, _ = init_from.plan(saved, state)
   assert (target, total) == ({}, 5) and kept[0] == (
       "g_params/layer/kernel (shape (2, 4) there, (2, 3) here)")
   saved["d_params/layer/kernel"] = ((2, 3), "float32")
-  target, kept, total = init_from.plan(saved, state)
+  target, kept, total, _ = init_from.plan(saved, state)
   assert list(target) == ["d_params"] and len(kept) == 4
 
 
