@@ -46,12 +46,21 @@ def _sigterm_held():
     signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def _say(line: str) -> None:
+  """`line` on stderr, where there still is one (a closed terminal's is gone after SIGHUP)."""
+  try:
+    print(line, file=sys.stderr, flush=True)
+  except (OSError, ValueError):
+    pass
+
+
 def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
   """`main`, ended by Ctrl-C with one line and status 130 (as a shell reports it), not a
-  traceback, and by SIGTERM with one line and 143: its own clean-up (a partial output's marker,
-  temporaries, a folder it created) has run by then; SIGTERM's default action would have ended
-  the process at once, without it. A second Ctrl-C quits at once (`stopping.Interrupts`). (The
-  trainer handles both itself: it stops at a step.)"""
+  traceback, by SIGTERM with one line and 143, and by SIGHUP (a closed terminal) with 129: its
+  own clean-up (a partial output's marker, temporaries, a folder it created) has run by then;
+  the default actions of SIGTERM and SIGHUP would have ended the process at once, without it. A
+  second Ctrl-C quits at once (`stopping.Interrupts`). (The trainer handles them itself: it stops
+  at a step.)"""
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
@@ -73,10 +82,13 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
         raise stop
       return result
     except Terminated:
-      print("terminated (SIGTERM)", file=sys.stderr)
+      _say("terminated (SIGTERM)")
       sys.exit(128 + signal.SIGTERM)
+    except stopping.HungUp:
+      _say("hung up (SIGHUP)")
+      sys.exit(128 + signal.SIGHUP)
     except KeyboardInterrupt:
-      print("interrupted (Ctrl-C)", file=sys.stderr)
+      _say("interrupted (Ctrl-C)")
       sys.exit(130)
     finally:
       with _sigterm_held():  # one that comes now goes to the handler restored

@@ -117,15 +117,20 @@ class Terminated(KeyboardInterrupt):
   KeyboardInterrupt: a subclass, so every clean-up that runs for Ctrl-C runs for it too."""
 
 
+class HungUp(KeyboardInterrupt):
+  """SIGHUP (the terminal or ssh session closed), raised as Ctrl-C raises KeyboardInterrupt."""
+
+
 class Interrupts:
-  """A context for the tools other than the trainer: the first SIGINT or SIGTERM raises
-  KeyboardInterrupt or `Terminated` in the main thread, and is remembered. After it, Ctrl-C quits
+  """A context for the tools other than the trainer: the first SIGINT, SIGTERM or SIGHUP raises
+  KeyboardInterrupt, `Terminated` or `HungUp` in the main thread, and is remembered. After it, Ctrl-C quits
   at once (the OS's default action, as the trainer's second Ctrl-C: a Python exception would cut
   the first one's clean-up short and could leave decoding workers that the exit then waits on),
-  and a repeated SIGTERM is ignored while that clean-up runs. A signal the process was started to
-  ignore (a background job's SIGINT) stays ignored."""
+  and a repeated SIGTERM or SIGHUP is ignored while that clean-up runs. A signal the process was
+  started to ignore (a background job's SIGINT, nohup's SIGHUP) stays ignored."""
 
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+  SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+  ERRORS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
 
   def __init__(self):
     self.signal: Optional[int] = None
@@ -147,17 +152,15 @@ class Interrupts:
       if signum == signal.SIGINT:  # ours again (a decode put it back): quit at once all the same
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
-      return  # a repeated SIGTERM: the clean-up runs to its end
+      return  # a repeated SIGTERM or SIGHUP: the clean-up runs to its end
     self.signal = signum
     if signal.SIGINT in self._previous:
       signal.signal(signal.SIGINT, signal.SIG_DFL)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise self.ERRORS[signum]()
 
   def error(self) -> Optional[BaseException]:
     """The exception of the signal received, or None."""
-    if self.signal is None:
-      return None
-    return Terminated() if self.signal == signal.SIGTERM else KeyboardInterrupt()
+    return None if self.signal is None else self.ERRORS[self.signal]()
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
@@ -170,9 +173,9 @@ def raise_if_interrupted() -> None:
   drops an exception raised while a garbage-collection callback runs (JAX registers one): the
   tool would go on, finish and exit 0. The long loops (decoding, writing shards, Inception
   batches, sampling) call this once per unit of work, and before anything is published. It finds
-  the `Interrupts` through the installed handlers (SIGTERM's; SIGINT's is the OS's after a first
-  signal, so a dropped Ctrl-C in a process started with SIGTERM ignored is not found): a no-op
-  under the trainer's StopRequest, which stops at a step instead."""
+  the `Interrupts` through the installed handlers (SIGTERM's or SIGHUP's; SIGINT's is the OS's
+  after a first signal, so a dropped Ctrl-C in a process started with both ignored is not found):
+  a no-op under the trainer's StopRequest, which stops at a step instead."""
   for sig in Interrupts.SIGNALS:
     owner = getattr(signal.getsignal(sig), "__self__", None)
     if isinstance(owner, Interrupts):

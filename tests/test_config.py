@@ -752,7 +752,8 @@ def test_ctrl_c_after_a_stop_quits_at_once_even_where_our_handler_was_put_back()
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
 @pytest.mark.parametrize("signum, status, then", [
-    ("SIGTERM", 143, "check"), ("SIGINT", 130, "check"), ("SIGTERM", 143, "raise"),
+    ("SIGTERM", 143, "check"), ("SIGINT", 130, "check"), ("SIGHUP", 129, "check"),
+    ("SIGTERM", 143, "raise"),
     ("SIGTERM", 143, "return")])
 def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signum, status, then):
   """Python drops an exception raised in a garbage-collection callback (JAX registers one):
