@@ -142,6 +142,13 @@ def evaluate_sets(args) -> dict:
                                       paths=listed.get(args.fake))
   if warning:
     print(f"warning: {warning}", file=sys.stderr)
+  if not args.image_size:  # native sizes: a real photo against a model's samples
+    sides = [image_sets.first_side(p, listed.get(p)) for p in (args.real, args.fake)]
+    if None not in sides and sides[0] != sides[1]:
+      print(f"warning: {args.real} holds {sides[0]}x{sides[0]} images, {args.fake} "
+            f"{sides[1]}x{sides[1]} (the first of each): Inception sees both at 299x299, so the "
+            f"metrics also measure the difference in resolution; pass --image-size "
+            f"{min(sides)} to compare them at one size", file=sys.stderr)
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
   real, real_skipped = _features_of_set(extractor, args.real, "inception (real)", args.image_size,

@@ -381,3 +381,34 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
       f"the run's data.path {tmp_path}/folder: not this run's data ({tmp_path}/folder has 3 "
       "classes (Caps, Shoes, Watches), the run 2); pass --data-path with the data set the run "
       "trained on")
+
+
+def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_path, monkeypatch,
+                                                                           capsys):
+  """224x224 photos against 16x16 samples gave an FID of 538 without a word: the metrics then
+  measure the resolution as much as the images."""
+  import argparse
+
+  from jaxgan.metrics import features
+
+  class Stop(Exception):
+    pass
+
+  def no_inception(*args, **kwargs):  # the warning must come before this, whatever it costs
+    raise Stop()
+
+  monkeypatch.setattr(features, "FeatureExtractor", no_inception)
+  small, large = _folder(tmp_path / "small", 0), tmp_path / "large"
+  large.mkdir()
+  for i in range(3):
+    Image.fromarray(draw_product(i, 40, np.random.default_rng(i))).save(large / f"{i}.png")
+  for real, fake, size, warned in ((str(large), small, 0, True), (small, small, 0, False),
+                                   (str(large), small, 16, False)):
+    args = argparse.Namespace(real=real, fake=fake, image_size=size, metrics="fid", weights="",
+                              cache_dir="", batch_size=0)
+    with pytest.raises(Stop):
+      evaluate.evaluate_sets(args)
+    err = capsys.readouterr().err
+    assert ((f"warning: {large} holds 40x40 images, {small} 16x16 (the first of each): "
+             "Inception sees both at 299x299, so the metrics also measure the difference in "
+             "resolution; pass --image-size 16 to compare them at one size") in err) == warned, err

@@ -57,6 +57,19 @@ def count_images(path: str, paths: Optional[Sequence[str]] = None) -> int:
   return len(list_set(path) if paths is None else paths)
 
 
+def first_side(path: str, paths: Optional[Sequence[str]] = None, limit: int = 16
+               ) -> Optional[int]:
+  """The side of a set's images at their native size: a prepared set's, or the square its first
+  readable file (of the first `limit`) is padded to; None where none of them reads."""
+  if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
+    return int(prepared.read_info(path)["image_size"])
+  for p in (list_set(path) if paths is None else paths)[:limit]:
+    loaded = load_image(p, LoadOptions(image_size=0))
+    if loaded.image is not None:
+      return int(loaded.image.shape[0])
+  return None
+
+
 def check_readable(path: str, fewest: int, image_size: int = 0, limit: int = 256,
                    paths: Optional[Sequence[str]] = None) -> str:
   """Reads a set's first files until `fewest` load, before the other set's features (hours for
