@@ -120,17 +120,27 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
   return restored
 
 
+# The checkpoint meta's record of the `train.init_from` a run's first start was given (a workdir,
+# say), which its config records as the step folder read.
+DONOR_NAMED_KEY = "init_from_named"
+
+
 def keep_first_start_keys(meta: dict, config: ml_collections.ConfigDict) -> None:
   """Puts the checkpoint's `train.init_from` back into `config` (which config.json records):
   read at a run's first start only, it says where the run's weights came from, which a resume
   does not change, whatever its command line says now (the flag dropped, another donor, the same
-  one mounted elsewhere). Alike on every process: all read the same checkpoint."""
+  one mounted elsewhere; warned of unless it names what the first start was given). Alike on
+  every process: all read the same checkpoint."""
   recorded = (meta.get("config") or {}).get("train", {}).get("init_from", "")
   if isinstance(recorded, str) and recorded != config.train.init_from:
     named = os.path.normpath(config.train.init_from) if config.train.init_from else ""
-    # The first start's own command line names the donor's workdir, recorded as its step folder.
-    if named and os.path.dirname(os.path.normpath(recorded)) not in (
-        named, os.path.join(named, "checkpoints")):
+    given = meta.get(DONOR_NAMED_KEY)
+    # The first start's own command line; a checkpoint from before the record: any name of the
+    # recorded step's run (its workdir or checkpoints folder).
+    same = ([os.path.normpath(given)] if isinstance(given, str) and given else
+            [os.path.dirname(os.path.normpath(recorded)),
+             os.path.dirname(os.path.dirname(os.path.normpath(recorded)))])
+    if named and named not in same:
       log.warning("train.init_from is read at a run's first start only: this run started from "
                   "%s, which its config.json keeps (not %s)", recorded or "random weights",
                   config.train.init_from)

@@ -105,15 +105,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     start_step, state, meta = restored
     restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order)
     restore.keep_first_start_keys(meta, config)
+    donor_named = meta.get(restore.DONOR_NAMED_KEY, "")
   else:
     start_step = 0
     state = jax.jit(run.init, out_shardings=run.state_shardings)()
     if donor is not None:  # a new run from another's weights (transfer learning)
       state = init_from.initialise_from(state, donor, attributes)
       # Recorded (config.json, every checkpoint's meta) as the step folder read, not the workdir
-      # named, whose latest step moves on while that run trains.
-      config.train.init_from = donor.folder
+      # named, whose latest step moves on while that run trains; what was named, in the meta
+      # (a resume whose command line names it again is not warned about).
+      donor_named, config.train.init_from = config.train.init_from, donor.folder
       del donor  # its arrays are the state's now
+    else:
+      donor_named = ""
 
   startup.write_run_files(config, workdir, start_step)
 
@@ -140,7 +144,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
             "attributes": attributes,
             "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
             "order_fingerprint": order,
-            **({"label_counts": label_counts} if label_counts else {})}
+            **({"label_counts": label_counts} if label_counts else {}),
+            **({restore.DONOR_NAMED_KEY: donor_named} if donor_named else {})}
 
   def save_samples(step: int) -> None:
     # Every process takes part in the sampling computation; process 0 writes the grid.

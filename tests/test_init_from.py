@@ -245,6 +245,26 @@ def test_a_step_folder_names_the_step_read(donor, tmp_path):
     _read(run, os.path.join(folders, "6"))
 
 
+def test_a_resume_naming_the_donors_workdir_after_a_start_from_its_step_folder_is_warned(
+    donor, tmp_path, caplog):
+  """The first start named step 2 of a run whose latest step is 4: a resume naming that run's
+  workdir (its step 4, were it read) keeps step 2, and says so; it was taken for the first
+  start's own command line and passed in silence."""
+  path = str(tmp_path / "donor")
+  shutil.copytree(donor[0], path)
+  folders = os.path.join(path, "checkpoints")
+  shutil.copytree(os.path.join(folders, "2"), os.path.join(folders, "4"))
+  config = tiny_config(**{"train.num_steps": 1, "train.tensorboard": False,
+                          "train.init_from": os.path.join(folders, "2")})
+  run_dir = str(tmp_path / "new")
+  trainer.train_and_evaluate(config, run_dir)
+  config.train.num_steps, config.train.init_from = 2, path
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(config, run_dir)
+  assert (f"train.init_from is read at a run's first start only: this run started from "
+          f"{folders}/2, which its config.json keeps (not {path})") in caplog.text
+
+
 @pytest.mark.parametrize("refusal", ["missing", "uri", "another model", "another size",
                                      "damaged"])
 def test_a_refused_donor_is_one_line_and_leaves_no_workdir(donor, tmp_path, refusal):
