@@ -32,14 +32,14 @@ Terminated = stopping.Terminated
 
 
 @contextlib.contextmanager
-def _sigterm_held():
-  """SIGTERM held back while the handler changes, and delivered after: one landing between
-  installing ours and the flag that says so, or between main's end and restoring the handler
-  before it, would escape as a traceback."""
+def _stop_signals_held():
+  """The stop signals (stopping.Interrupts.SIGNALS) held back while the handlers change, and
+  delivered after: one landing between installing ours and the flag that says so, or while
+  they are put back one by one at the end, would escape as a traceback."""
   if not hasattr(signal, "pthread_sigmask"):  # not on Windows
     yield
     return
-  before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, set(stopping.Interrupts.SIGNALS))
   try:
     yield
   finally:
@@ -67,7 +67,7 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
     interrupts = stopping.Interrupts()
     try:
       # Only the main thread may set handlers (Interrupts leaves them otherwise).
-      with _sigterm_held():
+      with _stop_signals_held():
         interrupts.__enter__()
       try:
         result = main(*args, **kwargs)
@@ -91,7 +91,7 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
       _say("interrupted (Ctrl-C)")
       sys.exit(130)
     finally:
-      with _sigterm_held():  # one that comes now goes to the handler restored
+      with _stop_signals_held():  # one that comes now goes to the handler restored
         interrupts.__exit__()
 
   return wrapped

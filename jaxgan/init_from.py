@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any, Optional
 
 import flax
@@ -53,61 +54,74 @@ def plan(saved: dict[str, tuple], state: dict, tables: Optional[dict] = None,
          pairs: Optional[list] = None) -> tuple[dict, list[str], int, dict]:
   """(the restore target: the copied collections' leaves whose path and shape match the saved
   ones, as ShapeDtypeStructs with this run's dtype and sharding, keyed by the saved paths; the
-  leaves left at their initial values, with why; the number of leaves considered; for each class
-  table read, the saved path it is read from).
+  leaves left at their initial values, with why; the number of leaves considered; for each leaf
+  read, the saved name it is read from).
 
-  A class table (`tables`: name -> (attribute, axis), `state.class_axes`) of attribute i is read
-  from the donor's table of attribute `pairs[i]` (the donor's attribute of the same column:
-  `attribute_pairs`; i where not given), whole in the saved shape where only its class axis
-  differs, replicated (it is small, and another class count may not split as this run's sharding
-  does): `initialise_from` picks its rows by class name."""
+  A leaf of conditioning attribute i (a class table, `tables`: name -> (attribute, axis) from
+  `state.class_axes`, or a table's spectral-norm state) is read from the donor's same leaf of
+  attribute `pairs[i]`, the donor's attribute of the same column (`attribute_pairs`; i where not
+  given). A table is read whole in the saved shape where only its class axis differs, replicated
+  (it is small, and another class count may not split as this run's sharding does):
+  `initialise_from` picks its rows by class name."""
   tables = tables or {}
   target, kept, total, sources = {}, [], 0, {}
   for collection in COPIED:
     for path, leaf in jax.tree_util.tree_flatten_with_path(state[collection])[0]:
       total += 1
-      name = f"{collection}/{state_digest.path_name(path)}"
-      sharding, source = leaf.sharding, name
-      if name in tables:
-        attribute, axis = tables[name]
-        j = attribute if pairs is None else pairs[attribute]
-        if j is None:
-          kept.append(f"{name} (that run has no attribute of its column)")
-          continue
-        found = [c for c in _table_names(name, attribute, j) if c in saved]
-        fits = [c for c in found if _same_but(saved[c][0], tuple(leaf.shape), axis)]
-        if not fits:
-          kept.append(f"{name} (shape {saved[found[0]][0]} there, {tuple(leaf.shape)} here)"
-                      if found else f"{name} (not in that run)")
-          continue
-        source = sources[name] = fits[0]
-        if isinstance(sharding, jax.sharding.NamedSharding):
-          sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-      elif name not in saved:
-        kept.append(f"{name} (not in that run)")
+      # Keys, not the name split at '/': SpectralNorm's own keys hold slashes ('kernel/u').
+      keys = [collection] + [str(getattr(k, "key", k)) for k in path]
+      name, shape = "/".join(keys), tuple(leaf.shape)
+      table = tables.get(name)
+      attribute = table[0] if table else _attribute_of(keys)
+      j = attribute if attribute is None or pairs is None else pairs[attribute]
+      if attribute is not None and j is None:
+        kept.append(f"{name} (that run has no attribute of its column)")
         continue
-      elif saved[name][0] != tuple(leaf.shape):
-        kept.append(f"{name} (shape {saved[name][0]} there, {tuple(leaf.shape)} here)")
+      found = [c for c in ([keys] if attribute is None else _source_keys(keys, attribute, j))
+               if "/".join(c) in saved]
+      fits = [c for c in found if (_same_but(saved["/".join(c)][0], shape, table[1]) if table
+                                   else saved["/".join(c)][0] == shape)]
+      if not fits:
+        kept.append(f"{name} (shape {saved['/'.join(found[0])][0]} there, {shape} here)"
+                    if found else f"{name} (not in that run)")
         continue
+      source = fits[0]
+      sources[name] = "/".join(source)
+      sharding = leaf.sharding
+      if table and isinstance(sharding, jax.sharding.NamedSharding):
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
       node = target
-      *parents, last = source.split("/")
-      for key in parents:
+      for key in source[:-1]:
         node = node.setdefault(key, {})
-      node[last] = jax.ShapeDtypeStruct(saved[source][0], leaf.dtype, sharding=sharding)
+      node[source[-1]] = jax.ShapeDtypeStruct(saved[sources[name]][0], leaf.dtype,
+                                              sharding=sharding)
   return target, kept, total, sources
 
 
-def _table_names(name: str, i: int, j: int) -> list[str]:
-  """Where the donor keeps attribute j's table, for this run's table `name` of attribute i:
-  `ClassEmbed` names attribute i's table `attr{i}`, and a one-attribute DCGAN has a plain
-  embedding without that level (as before several attributes existed, for its checkpoints)."""
-  parts = name.split("/")
-  level = f"attr{i}"
-  if level in parts[:-1]:
-    k = len(parts) - 2 - parts[-2::-1].index(level)
-    return ["/".join(parts[:k] + [f"attr{j}"] + parts[k + 1:]),
-            "/".join(parts[:k] + parts[k + 1:])]
-  return [name, "/".join(parts[:-1] + [f"attr{j}", parts[-1]])]
+# The keys of attribute i's leaves: ClassEmbed's `attr{i}` module, SpectralNorm's `attr{i}_sn`
+# collection entry and its 'attr{i}/kernel/u' keys (the ResNet's projection D).
+_ATTRIBUTE_KEY = re.compile(r"attr(\d+)(_sn)?(/.*)?")
+
+
+def _attribute_of(keys: list[str]) -> Optional[int]:
+  """The conditioning attribute a leaf belongs to, from its keys; None for the others."""
+  for key in keys:
+    match = _ATTRIBUTE_KEY.fullmatch(key)
+    if match:
+      return int(match.group(1))
+  return None
+
+
+def _source_keys(keys: list[str], i: int, j: int) -> list[list[str]]:
+  """Where the donor keeps, for this run's leaf of attribute i at `keys`, its attribute j's: the
+  `attr{i}` keys renamed; and where j is 0, a one-attribute DCGAN's plain embedding (no `attr`
+  level, as before several attributes existed, for its checkpoints), in either direction."""
+  if _attribute_of(keys) is None:  # this run's one-attribute DCGAN table
+    return ([keys] if j == 0 else []) + [keys[:-1] + [f"attr{j}", keys[-1]]]
+  renamed = [_ATTRIBUTE_KEY.sub(lambda m: f"attr{j}{m.group(2) or ''}{m.group(3) or ''}", k)
+             if _ATTRIBUTE_KEY.fullmatch(k) else k for k in keys]
+  plain = [k for k in keys if k != f"attr{i}"]
+  return [renamed] + ([plain] if j == 0 and len(plain) < len(keys) else [])
 
 
 def _same_but(a: tuple, b: tuple, axis: int) -> bool:
@@ -125,7 +139,7 @@ class Donor:
   total: int  # the leaves considered
   classes: dict  # the donor meta's class record ('attributes', 'class_names'; {} where none)
   tables: dict  # this run's class tables: name -> (attribute, class axis)
-  sources: dict  # the class tables read: this run's name -> the donor's (another attribute's)
+  sources: dict  # the arrays read: this run's name -> the donor's (another attribute's, say)
 
   @property
   def folder(self) -> str:
@@ -196,6 +210,12 @@ def _restore(directory: str, step: int, target: dict, saved: dict, meta: dict) -
     restored = checkpointer.restore(
         os.path.join(directory, str(step), "state"),
         args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))
+  # A partial restore hands back the target's placeholder for a path the checkpoint lacks.
+  missing = [state_digest.path_name(path) for path, leaf in
+             jax.tree_util.tree_flatten_with_path(restored)[0] if not isinstance(leaf, jax.Array)]
+  if missing:
+    raise ckpt_lib.CheckpointError(f"{len(missing)} arrays planned were not read (e.g. "
+                                   f"{missing[0]})")
   # Bit-identical to what that run wrote: damage the compressed files miss would otherwise
   # start this run from corrupt weights without a word. (Arrays read into another dtype than
   # they were saved in have other digests: not compared.)
@@ -228,10 +248,10 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
 
     def place(path, mine, collection=collection):
       name = f"{collection}/{state_digest.path_name(path)}"
-      if name not in donor.tables:  # an array of G, D or the EMA: the donor's, where read
-        return read.get(name, mine)
-      if name not in donor.sources:  # a class table not read (listed by `plan`)
+      if name not in donor.sources:  # not read (listed by `plan`)
         return mine
+      if name not in donor.tables:  # an array of G, D or the EMA: the donor's
+        return read[donor.sources[name]]
       attribute, axis = donor.tables[name]
       picked, why = _pick_rows(mine, read[donor.sources[name]], rows[attribute], axis)
       if picked is None:
@@ -247,7 +267,7 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
   if kept:
     log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)", len(kept),
                 kept[0])
-  used = {donor.tables[name][0] for name in donor.sources}
+  used = {donor.tables[name][0] for name in donor.sources if name in donor.tables}
   for i, ((column, names), picked) in enumerate(zip(attributes, rows)):
     if i not in used or picked is None or [column, list(names)] in theirs:
       continue

@@ -102,7 +102,9 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
   got, was = flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(fresh)
   tables = [("g_params", "class_embed/embedding"), ("ema_params", "class_embed/embedding"),
             ("d_params", "class_projection/embedding")]
-  assert sorted(donated.sources) == sorted(f"{c}/{p}" for c, p in tables)
+  names = sorted(f"{c}/{p}" for c, p in tables)
+  assert sorted(n for n in donated.tables if n.split("/")[0] in init_from.COPIED) == names
+  assert [donated.sources[n] for n in names] == names
   for collection, path in tables:
     mine, initial, theirs = (_table(t, collection, path) for t in (got, was, trained))
     assert (len(mine), len(theirs)) == (4, 3) and mine.shape[1:] == theirs.shape[1:]
@@ -124,15 +126,23 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
       "WARNING"]
 
 
-def test_class_tables_are_read_from_the_donors_table_of_the_same_column():
-  """Where each attribute's table is in the donor: attr{j} of ClassEmbed, or a one-attribute
-  DCGAN's plain embedding."""
-  names = init_from._table_names
-  assert names("g_params/class_embed/attr0/embedding", 0, 1) == [
-      "g_params/class_embed/attr1/embedding", "g_params/class_embed/embedding"]
-  assert names("g_params/class_embed/embedding", 0, 1) == [
-      "g_params/class_embed/embedding", "g_params/class_embed/attr1/embedding"]
-  assert names("d_params/projection/attr1/kernel", 1, 0)[0] == "d_params/projection/attr0/kernel"
+def test_an_attributes_arrays_are_read_from_the_donors_attribute_of_the_same_column():
+  """Where the donor keeps attribute j's arrays for this run's of attribute i: ClassEmbed's
+  attr{j}, SpectralNorm's attr{j}_sn and its 'attr{j}/kernel/u' keys (slashes inside a key), or a
+  one-attribute DCGAN's plain embedding (for attribute 0 only)."""
+  keys = init_from._source_keys
+  assert keys(["g_params", "class_embed", "attr0", "embedding"], 0, 1) == [
+      ["g_params", "class_embed", "attr1", "embedding"]]
+  assert keys(["g_params", "class_embed", "attr1", "embedding"], 1, 0) == [
+      ["g_params", "class_embed", "attr0", "embedding"], ["g_params", "class_embed", "embedding"]]
+  assert keys(["g_params", "class_embed", "embedding"], 0, 1) == [
+      ["g_params", "class_embed", "attr1", "embedding"]]
+  assert keys(["g_params", "class_embed", "embedding"], 0, 0)[0] == [
+      "g_params", "class_embed", "embedding"]
+  assert keys(["d_batch_stats", "projection", "attr1_sn", "attr1/kernel/u"], 1, 0) == [
+      ["d_batch_stats", "projection", "attr0_sn", "attr0/kernel/u"]]
+  assert init_from._attribute_of(["d_batch_stats", "projection", "attr1_sn", "x"]) == 1
+  assert init_from._attribute_of(["g_params", "up0", "conv", "kernel"]) is None
 
 
 def test_class_rows_match_attributes_by_name_then_position():
@@ -225,6 +235,30 @@ def test_a_run_from_another_runs_weights_trains_and_resumes_without_it(donor, tm
   # The step folder read, not the workdir named (whose latest step moves on while it trains).
   with open(os.path.join(run_dir, "config.json")) as f:
     assert json.load(f)["train"]["init_from"] == os.path.join(workdir, "checkpoints", "2")
+
+
+def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
+  """SpectralNorm keeps its state under keys with slashes ('project/kernel/u'): split at them,
+  the restore target named paths the checkpoint lacks, orbax handed back its placeholders, and
+  the run failed at its first step (ShapeDtypeStruct is not a valid JAX type)."""
+  resnet = {"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
+            "model.shared_dim": 4, "train.num_steps": 1, "train.tensorboard": False}
+  donor_dir, run_dir = str(tmp_path / "donor"), str(tmp_path / "new")
+  trained = trainer.train_and_evaluate(tiny_config(**resnet), donor_dir)
+  config = tiny_config(**resnet, **{"seed": 7, "train.init_from": donor_dir,
+                                    "optim.g_lr": 1e-30, "optim.d_lr": 1e-30})
+  run = run_lib.build_run(config)
+  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  attributes = [["category", CATEGORY_NAMES[:3]]]
+  got = init_from.initialise_from(fresh, _read(run, donor_dir, "resnet", 32, config, attributes),
+                                  attributes)
+  for collection in ("d_batch_stats", "g_batch_stats", "d_params"):
+    mine, theirs = _leaves(getattr(got, collection)), _leaves(getattr(trained, collection))
+    assert mine.keys() == theirs.keys()
+    for name, value in mine.items():
+      np.testing.assert_array_equal(value, theirs[name], err_msg=f"{collection}/{name}")
+  assert any(name.endswith("kernel/u") for name in _leaves(got.d_batch_stats))
+  assert int(trainer.train_and_evaluate(config, run_dir).step) == 1
 
 
 def test_a_step_folder_names_the_step_read(donor, tmp_path):
