@@ -22,6 +22,21 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_STOPPED = 75
 
 
+def _install(handler) -> dict:
+  """`handler` for each of STOP_SIGNALS; returns {signal: the handler it replaced}. A signal the
+  process was started to ignore stays ignored: `nohup` ignores SIGHUP so that a run outlives its
+  terminal, and a handler here would stop it there (a background job's SIGINT likewise)."""
+  previous = {}
+  for sig in STOP_SIGNALS:
+    if signal.getsignal(sig) is signal.SIG_IGN:
+      continue
+    try:
+      previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals stay with their owner
+      pass
+  return previous
+
+
 class Stopped(Exception):
   """A stop signal arrived while the run was starting: it stopped before its first step
   (nothing trained, so nothing to save); or during its last step, which left the end undone
@@ -49,15 +64,7 @@ class StopRequest:
     self._previous = {}
 
   def __enter__(self) -> "StopRequest":
-    for sig in STOP_SIGNALS:
-      # A signal the process was started to ignore stays ignored: `nohup` ignores SIGHUP so
-      # that a run outlives its terminal, and a handler here would stop it there.
-      if signal.getsignal(sig) is signal.SIG_IGN:
-        continue
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: signals stay with their owner
-        pass
+    self._previous = _install(self._handle)
     return self
 
   def _handle(self, signum, frame) -> None:
@@ -129,7 +136,7 @@ class Interrupts:
   and a repeated SIGTERM or SIGHUP is ignored while that clean-up runs. A signal the process was
   started to ignore (a background job's SIGINT, nohup's SIGHUP) stays ignored."""
 
-  SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+  SIGNALS = STOP_SIGNALS
   ERRORS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
 
   def __init__(self):
@@ -137,13 +144,7 @@ class Interrupts:
     self._previous = {}
 
   def __enter__(self) -> "Interrupts":
-    for sig in self.SIGNALS:
-      if signal.getsignal(sig) is signal.SIG_IGN:
-        continue
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: signals stay with their owner
-        pass
+    self._previous = _install(self._handle)
     return self
 
   def _handle(self, signum, frame) -> None:
