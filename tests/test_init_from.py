@@ -243,7 +243,7 @@ def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
   the run failed at its first step (ShapeDtypeStruct is not a valid JAX type)."""
   resnet = {"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
             "model.shared_dim": 4, "train.num_steps": 1, "train.tensorboard": False}
-  donor_dir, run_dir = str(tmp_path / "donor"), str(tmp_path / "new")
+  donor_dir = str(tmp_path / "donor")
   trained = trainer.train_and_evaluate(tiny_config(**resnet), donor_dir)
   config = tiny_config(**resnet, **{"seed": 7, "train.init_from": donor_dir,
                                     "optim.g_lr": 1e-30, "optim.d_lr": 1e-30})
@@ -258,7 +258,9 @@ def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
     for name, value in mine.items():
       np.testing.assert_array_equal(value, theirs[name], err_msg=f"{collection}/{name}")
   assert any(name.endswith("kernel/u") for name in _leaves(got.d_batch_stats))
-  assert int(trainer.train_and_evaluate(config, run_dir).step) == 1
+  # Arrays, not placeholders, everywhere: what the jitted step takes (a second run's training,
+  # left out for the suite's time, failed on exactly these).
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(got))
 
 
 def test_a_step_folder_names_the_step_read(donor, tmp_path):
