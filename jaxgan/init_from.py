@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import label_choices
 from jaxgan import multihost
+from jaxgan import run_health
 from jaxgan import state_digest
 from jaxgan.config import ConfigError
 
@@ -161,9 +162,10 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
   every process reads the same step (process 0's list and choice), and a read that fails
   anywhere fails everywhere. Raises ConfigError for another model family or image size (layers
   are named by position, so arrays of equal shape would be copied into layers that do other
-  things), a damaged or unreadable step, or no array alike. `tables` (`state.class_axes`) names
-  the class tables, read whole to be matched by class name; `attributes` (this run's [[column,
-  class names]]) pairs each with the donor's table of the same column."""
+  things), a damaged, unreadable or non-finite step, or no array alike. `tables`
+  (`state.class_axes`) names the class tables, read whole to be matched by class name;
+  `attributes` (this run's [[column, class names]]) pairs each with the donor's table of the
+  same column."""
   directory, step = multihost.agreed(lambda: locate(path), "finding train.init_from's run")
   # Process 0's: a process whose view lags may have found its own latest or none of the folder.
   step = multihost.from_process_0(-1 if step is None else step)
@@ -197,6 +199,13 @@ def read_donor(path: str, abstract_state: Any, model_name: str, image_size: int,
         step, lambda: _restore(directory, step, target, saved, meta))
     if error is not None:
       raise _unreadable(directory, step, error)
+    # A donor that diverged would have every step of this run skipped, and the run stop blaming
+    # its learning rates: refused here, naming the step (the same on every process).
+    bad = run_health.nonfinite_leaves(arrays, state_digest.path_name)
+    if bad:
+      raise ConfigError(f"config key train.init_from: {directory} step {step} holds non-finite "
+                        f"values ({', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}); "
+                        f"give an earlier step of it ({directory}/STEP) or another run")
   finally:
     reader.close()
   return Donor(directory, step, arrays, kept, total, classes, dict(tables or {}), sources)

@@ -6,7 +6,7 @@ The trainer calls them; each raises TrainingError with what happened and what to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,14 @@ def check_nonfinite(longest: Any, step: int, limit: int, checkpointer) -> None:
 _finite_leaves = jax.jit(lambda leaves: [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-def nonfinite_leaves(state: Any) -> list[str]:
-  """Paths of the floating-point leaves of `state` that hold a NaN or an infinity."""
-  named = [(jax.tree_util.keystr(path).lstrip("."), x)  # '.g_params[...]': a field's
+def _field_path(path: tuple) -> str:
+  return jax.tree_util.keystr(path).lstrip(".")  # '.g_params[...]': a dataclass field's
+
+
+def nonfinite_leaves(state: Any, name: Callable[[tuple], str] = _field_path) -> list[str]:
+  """Paths (as `name` writes a key path) of the floating-point leaves of `state` that hold a NaN
+  or an infinity."""
+  named = [(name(path), x)
            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
            if jnp.issubdtype(x.dtype, jnp.floating)]
   if not named:

@@ -381,3 +381,22 @@ def test_every_process_reads_the_same_donor_step(donor, tmp_path):
       "(DONOR/checkpoints/STEP) or another run"), outs
   outs, _ = run_two_processes(JOIN_TWO_PROCESSES + TWO_PROCESSES, lagging, lagging, timeout=180)
   assert outs == [{"step": 2}, {"step": 2}]
+
+
+def test_a_donor_that_diverged_is_refused_naming_its_step(donor, monkeypatch):
+  """Non-finite donor weights would have every step of the new run skipped, and the run stop
+  blaming its learning rates: the start says what is wrong with the donor instead."""
+  restore = init_from._restore
+
+  def diverged(*args, **kwargs):
+    arrays = restore(*args, **kwargs)
+    kernel = arrays["g_params"]["project"]["kernel"]
+    arrays["g_params"]["project"]["kernel"] = kernel.at[0, 0].set(np.nan)
+    return arrays
+
+  monkeypatch.setattr(init_from, "_restore", diverged)
+  config = tiny_config()
+  with pytest.raises(ConfigError, match=r"^config key train.init_from: .* step 2 holds "
+                     r"non-finite values \(g_params/project/kernel\); give an "
+                     r"earlier step of it"):
+    _read(run_lib.build_run(config), donor[0], config=config)
