@@ -264,7 +264,7 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
       attribute, axis = donor.tables[name]
       picked, why = _pick_rows(mine, read[donor.sources[name]], rows[attribute], axis)
       if picked is None:
-        kept.append(f"{name} ({why})")
+        kept.append(f"{name} ({attributes[attribute][0]}: {why})")
         return mine
       return picked
 
@@ -274,8 +274,8 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
            donor.total - len(kept), donor.total, donor.directory, donor.step,
            f"; at their initial values: {shown}" if kept else "")
   if kept:
-    log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)", len(kept),
-                kept[0])
+    log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)%s", len(kept),
+                kept[0], _conditioning_differs(donor.classes.get("attributes"), attributes))
   used = {donor.tables[name][0] for name in donor.sources if name in donor.tables}
   for i, ((column, names), picked) in enumerate(zip(attributes, rows)):
     if i not in used or picked is None or [column, list(names)] in theirs:
@@ -286,6 +286,18 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
             "run%s", column, len(names) - len(new), len(names),
             f"; at their initial values: {', '.join(new)}" if new else "")
   return flax.serialization.from_state_dict(state, state_dict)
+
+
+def _conditioning_differs(theirs: Optional[list], mine: list) -> str:
+  """Why layers that take class embeddings (G's input, say) differ in shape, where one run is
+  class-conditional and the other not; "" otherwise (or where the donor recorded nothing)."""
+  if theirs is None or bool(theirs) == bool(mine):
+    return ""
+  if theirs:
+    return (f": that run was conditioned on {', '.join(str(c) for c, _ in theirs)} and this one is "
+            "unconditional, so the layers that took its class embeddings differ")
+  return (f": that run was unconditional and this one is conditioned on "
+          f"{', '.join(str(c) for c, _ in mine)}, so the layers that take class embeddings differ")
 
 
 def attribute_pairs(theirs: Optional[list], mine: list) -> Optional[list[Optional[int]]]:

@@ -78,7 +78,21 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=key)
   assert f"copied {copied} of {copied + kept} arrays" in caplog.text
   assert "keep their initial values" in caplog.text and (
-      "g_params/class_embed/embedding (no class in common)") in caplog.text
+      "g_params/class_embed/embedding (category: no class in common)") in caplog.text
+
+
+def test_an_unconditional_run_from_a_conditional_one_is_told_why_layers_differ(donor, caplog):
+  """G's input took z and a class embedding there, z alone here: its projection keeps its
+  initial values, and the warning says that conditioning is why, not just the shapes."""
+  config = tiny_config(**{"data.num_classes": 0})
+  run = run_lib.build_run(config)
+  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  with caplog.at_level(logging.WARNING):
+    init_from.initialise_from(fresh, _read(run, donor[0], config=config, attributes=[]), [])
+  assert re.search(r"keep their initial values \(e.g. g_params/project/kernel \(shape \(\d+, "
+                   r"\d+\) there, .*\)\): that run was conditioned on category and this one is "
+                   r"unconditional, so the layers that took its class embeddings differ$",
+                   caplog.text, re.M), caplog.text
 
 
 def _table(tree, collection, path):
@@ -121,7 +135,7 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
   got = flax.serialization.to_state_dict(state)
   for collection, path in tables:
     np.testing.assert_array_equal(_table(got, collection, path), _table(was, collection, path))
-  assert "g_params/class_embed/embedding (no class in common)" in caplog.text
+  assert "g_params/class_embed/embedding (category: no class in common)" in caplog.text
   assert [r.levelname for r in caplog.records if "matched by name: 0 of 4" in r.message] == [
       "WARNING"]
 
