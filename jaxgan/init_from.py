@@ -253,18 +253,28 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
   read = {state_digest.path_name(path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(donor.arrays)[0]}
   kept = list(donor.kept)
-  for collection in COPIED:
+  # (network, attribute) of the tables left whole at their initial values: their spectral-norm
+  # state (the D projection's u and sigma, in D's batch_stats) stays initial too, or this run's
+  # first steps would normalise a fresh table by the singular value estimate of another one.
+  initial_tables = set()
+  for collection in COPIED:  # each network's params before its batch_stats
 
     def place(path, mine, collection=collection):
       name = f"{collection}/{state_digest.path_name(path)}"
       if name not in donor.sources:  # not read (listed by `plan`)
         return mine
+      network = collection.split("_")[0]
       if name not in donor.tables:  # an array of G, D or the EMA: the donor's
+        attribute = _attribute_of([str(getattr(k, "key", k)) for k in path])
+        if (network, attribute) in initial_tables:
+          kept.append(f"{name} ({attributes[attribute][0]}: its table keeps its initial values)")
+          return mine
         return read[donor.sources[name]]
       attribute, axis = donor.tables[name]
       picked, why = _pick_rows(mine, read[donor.sources[name]], rows[attribute], axis)
       if picked is None:
         kept.append(f"{name} ({attributes[attribute][0]}: {why})")
+        initial_tables.add((network, attribute))
         return mine
       return picked
 

@@ -275,6 +275,15 @@ def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
   # Arrays, not placeholders, everywhere: what the jitted step takes (a second run's training,
   # left out for the suite's time, failed on exactly these).
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(got))
+  # No class in common: D's projection table keeps its initial rows, and its spectral-norm state
+  # (u, sigma) stays with it rather than the donor's estimate for another table.
+  other = [["category", ["x", "y", "z"]]]
+  got = init_from.initialise_from(fresh, _read(run, donor_dir, "resnet", 32, config, other), other)
+  mine, initial, theirs = (_leaves(s.d_batch_stats) for s in (got, fresh, trained))
+  projection = [name for name in mine if name.startswith("projection/attr0_sn/")]
+  assert len(projection) == 2 and len(mine) > 10
+  for name, value in mine.items():
+    np.testing.assert_array_equal(value, (initial if name in projection else theirs)[name], name)
 
 
 def test_a_step_folder_names_the_step_read(donor, tmp_path):
