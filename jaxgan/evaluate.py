@@ -230,6 +230,9 @@ def _run_data(config, meta: dict, data_path: str):
     source = data_lib.build_source(config)
   except config_lib.ConfigError as e:  # the source's own checks against the run's classes
     raise ValueError(f"{where}: not this run's data ({e.problem}); {fix}") from None
+  except data_lib.DataError as e:  # its one line names data.path, which evaluate sets by a flag
+    raise data_lib.DataError(str(e).replace("data.path", "--data-path") if data_path else
+                             f"{e} (the run's data.path: {fix})") from None
   problem = ""
   size = config.data.image_size
   images = getattr(source, "images", None)

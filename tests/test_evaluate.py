@@ -381,6 +381,17 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
       f"the run's data.path {tmp_path}/folder: not this run's data ({tmp_path}/folder has 3 "
       "classes (Caps, Shoes, Watches), the run 2); pass --data-path with the data set the run "
       "trained on")
+  # Data that is not there (a workdir copied without it): the source's own one line, naming the
+  # flag where one was given, and the flag to pass where the run's own data.path was read.
+  moved = str(tmp_path / "moved")
+  with pytest.raises(data_lib.DataError) as e:
+    check(moved)
+  assert str(e.value) == f"--data-path '{moved}' is not a directory; point it at your image folder"
+  with pytest.raises(data_lib.DataError) as e:
+    evaluate._run_data(config, meta, "")
+  assert str(e.value) == (f"data.path '{moved}' is not a directory; point it at your image folder "
+                          "(the run's data.path: pass --data-path with the data set the run "
+                          "trained on)")
 
 
 def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_path, monkeypatch,
