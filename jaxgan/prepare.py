@@ -166,7 +166,10 @@ def prepare(args: argparse.Namespace) -> dict:
   arrays.log_skipped_rows(skipped, args.manifest or args.images, "--max-bad-fraction")
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
-  images, indices, bad = decode.decode_all(paths, options, args.workers, desc="prepare")
+  images, indices, bad, upscaled = decode.decode_all(paths, options, args.workers,
+                                                     desc="prepare")
+  decode.log_upscaled(upscaled, len(indices), args.manifest or args.images, args.image_size,
+                      "--image-size")
   lost = [b for b in bad if b.get("transient")]
   if lost:
     logging.getLogger(__name__).warning(
@@ -192,7 +195,7 @@ def prepare(args: argparse.Namespace) -> dict:
       extra={"source": os.path.abspath(args.manifest or args.images),
              "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
-             "loader_version": LOADER_VERSION, "bad_files": len(bad),
+             "loader_version": LOADER_VERSION, "bad_files": len(bad), "upscaled": upscaled,
              "max_bad_fraction": args.max_bad_fraction},
       attributes=attributes)
 

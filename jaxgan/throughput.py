@@ -237,7 +237,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
     if not paths:
       raise arrays.DataError(f"--images {images_dir}: no image files found in it or below it")
     start = time.perf_counter()
-    images, _, skipped = decode.decode_all(paths, LoadOptions(image_size), workers, desc="decode")
+    images, _, skipped, _ = decode.decode_all(paths, LoadOptions(image_size), workers,
+                                              desc="decode")
     seconds = time.perf_counter() - start
     if not len(images):  # a rate of failures is no decode rate
       raise arrays.DataError(f"--images {images_dir}: none of its {len(paths)} image files could "

@@ -33,6 +33,12 @@ def test_plain_jpeg_is_resized(tmp_path):
   assert abs(int(out.image[16, 16, 0]) - 200) < 6 and out.image[16, 16, 1] < 40
 
 
+def test_an_image_smaller_than_the_size_asked_for_is_marked_upscaled(tmp_path):
+  wide = _write(tmp_path, "w.png", _encode(Image.new("RGB", (40, 10), "red"), "PNG"))
+  assert [load_image(wide, LoadOptions(size)).upscaled for size in (32, 40, 64, 0)] == [
+      False, False, True, False]  # the long side counts (the square padded from it); 0: native
+
+
 def test_truncated_jpeg_is_rejected(tmp_path):
   data = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
   out = load_image(_write(tmp_path, "t.jpg", data[: len(data) // 2]), OPTS)

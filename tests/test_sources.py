@@ -805,6 +805,32 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
   assert tuple(np.asarray(again.images)[0, 8, 8]) == (200, 0, 0)
 
 
+def test_images_smaller_than_the_image_size_are_counted_and_warned_of(folder, tmp_path, caplog):
+  """Thumbnails (a catalog's 60x80 previews) trained at a larger size are interpolated pixels:
+  the run says how many, also when it maps a cache, and `prepare` records the count."""
+  from jaxgan import prepare as prepare_cli
+
+  _img(str(folder / "shoes" / "d.png"), (0, 10, 190), size=(40, 30))  # 40: not below 32
+  base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+          "data.max_bad_fraction": 0.5, "data.cache_dir": str(tmp_path / "cache")}
+  warning = (f"3 of the 4 images of {folder} are smaller than 32x32 on their long side and were "
+             "upscaled to it: the model learns their interpolated pixels, not more detail; a "
+             "smaller data.image_size keeps them sharp")
+  for _ in range(2):  # decoded, then read from the cache
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      build_source(_config(**base, **{"data.image_size": 32}))
+    assert [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()] == [warning]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    build_source(_config(**base))  # 16x16: none is smaller
+  assert "upscaled" not in caplog.text
+  out = tmp_path / "set"
+  assert prepare_cli.main(["--images", str(folder), "--out", str(out), "--image-size", "32",
+                           "--workers", "1", "--max-bad-fraction", "0.5"]) == 0
+  assert json.load(open(out / "dataset_info.json"))["upscaled"] == 3
+
+
 def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folder, tmp_path,
                                                                            caplog, monkeypatch):
   from jaxgan.data import decode, images as images_lib
@@ -933,7 +959,7 @@ def test_a_decode_removes_the_temporaries_of_its_hosts_dead_processes(folder, tm
   for name in stale + kept:
     (cache / name).write_bytes(b"x" * 100)
   paths = [str(folder / "shirts" / "a.png"), str(folder / "shoes" / "d.png")]
-  images, _, _ = decode.decode_all(paths, LoadOptions(16), workers=1, cache_file=str(target))
+  images = decode.decode_all(paths, LoadOptions(16), workers=1, cache_file=str(target)).images
   assert images.shape == (2, 16, 16, 3)
   assert sorted(os.listdir(cache)) == sorted(kept + ["decoded.npy"])
 
@@ -979,12 +1005,13 @@ def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):
   item = lambda i, transient: {"path": f"{i}.png", "reason": "unreadable: x", "index": i,
                                **({"transient": True} if transient else {})}
   # A few: read again (and kept when they read now); a file's own failure is not retried.
-  left = decode._retry_transient([item(0, True), item(1, False)], None, out, keep)
+  marks = (keep, np.zeros(70, bool))
+  left = decode._retry_transient([item(0, True), item(1, False)], None, out, marks)
   assert calls == ["0.png"] and keep[0] and not out[0].any() and left == [item(1, False)]
   # An outage (more than MAX_RETRIES): no retry, one timeout per file would only add up.
   many = [item(i, True) for i in range(decode.MAX_RETRIES + 1)]
   calls.clear()
-  assert decode._retry_transient(many, None, out, keep) == many and calls == []
+  assert decode._retry_transient(many, None, out, marks) == many and calls == []
 
 
 EXIT_AFTER_A_MAPPED_STREAM = r"""
@@ -1267,7 +1294,7 @@ def collect_after_a_signal(results, *args):
 
 decode._collect = collect_after_a_signal
 try:
-  images, _, skipped = decode.decode_all(paths, LoadOptions(8), workers=2)
+  images, _, skipped, _ = decode.decode_all(paths, LoadOptions(8), workers=2)
   print(len(images), len(skipped), received)
 except decode.DecodeError as e:
   print("DecodeError:", e)

@@ -20,7 +20,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -86,14 +86,20 @@ def _exit_with_the_parent(sentinel: int) -> None:
   os._exit(1)
 
 
-def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
-               desc: str = "decode", cache_file: Optional[str] = None
-               ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-  """Loads every path with the one image loader, in parallel, with a progress bar.
+class Decoded(NamedTuple):
+  """What `decode_all` read: the accepted files' images (uint8 [M, S, S, 3], in input order),
+  their indices into the paths, the skipped files [{'path', 'reason'}], and how many of the
+  images were enlarged to S (None where a cache from before that count does not know)."""
+  images: np.ndarray
+  indices: np.ndarray
+  skipped: list
+  upscaled: Optional[int]
 
-  Returns (images uint8 [M, S, S, 3] of the accepted files in input order, their indices into
-  `paths`, skipped [{'path', 'reason'}]). With `cache_file`, images go to a memory-mapped .npy.
-  """
+
+def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
+               desc: str = "decode", cache_file: Optional[str] = None) -> Decoded:
+  """Loads every path with the one image loader, in parallel, with a progress bar. With
+  `cache_file`, images go to a memory-mapped .npy."""
   size = options.image_size
   n = len(paths)
   workers = min(num_workers(workers), max(n, 1))
@@ -118,13 +124,13 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
 def _decode_into(paths, options, workers, desc, out, cache_file=None, private=None):
   n = len(paths)
   size = options.image_size
-  keep = np.zeros(n, bool)
+  keep, upscaled = np.zeros(n, bool), np.zeros(n, bool)
   skipped = []
   # Closed however the decode ends: a bar left open is redrawn at exit, after the error or the
   # Ctrl-C line.
   with tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200) as progress:
-    _load_all(paths, options, workers, out, keep, skipped, progress)
-  skipped = _retry_transient(skipped, options, out, keep)
+    _load_all(paths, options, workers, out, (keep, upscaled), skipped, progress)
+  skipped = _retry_transient(skipped, options, out, (keep, upscaled))
   skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
   indices = np.flatnonzero(keep)
   if cache_file:
@@ -144,12 +150,12 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
     images = np.load(published, mmap_mode="r")
   else:
     images = _compact(out, indices)
-  return images, indices, skipped
+  return Decoded(images, indices, skipped, int(upscaled.sum()))
 
 
-def _load_all(paths, options, workers, out, keep, skipped, progress) -> None:
-  """Loads every path into `out`, marking `keep`, listing `skipped`: in worker processes, or in
-  this one with one worker."""
+def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
+  """Loads every path into `out`, marking `marks` (kept, upscaled), listing `skipped`: in worker
+  processes, or in this one with one worker."""
   jobs = ((p, options) for p in paths)
   if workers > 1:
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
@@ -166,7 +172,7 @@ def _load_all(paths, options, workers, out, keep, skipped, progress) -> None:
         # Starting the processes (EAGAIN, too many open files), not the storage, which the
         # caller would name instead.
         raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
-      _collect(results, paths, out, keep, skipped, progress)
+      _collect(results, paths, out, marks, skipped, progress)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
       # one sent to the whole process group ends them, and the trainer, which got it too,
@@ -177,7 +183,17 @@ def _load_all(paths, options, workers, out, keep, skipped, progress) -> None:
       if pool is not None:
         pool.shutdown(cancel_futures=True)
   else:
-    _collect(map(_load, jobs), paths, out, keep, skipped, progress)
+    _collect(map(_load, jobs), paths, out, marks, skipped, progress)
+
+
+def log_upscaled(upscaled: Optional[int], kept: int, where: str, size: int, key: str) -> None:
+  """Warns when images were enlarged to `size` (`key`: the setting's name in the caller's
+  words): their pixels are interpolated, so samples trained on them can be no sharper than the
+  originals, and an FID against them measures the blur too."""
+  if upscaled:
+    log.warning("%d of the %d images of %s are smaller than %dx%d on their long side and were "
+                "upscaled to it: the model learns their interpolated pixels, not more detail; a "
+                "smaller %s keeps them sharp", upscaled, kept, where, size, size, key)
 
 
 def _chunk_rows(out: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
@@ -208,22 +224,26 @@ def is_complete(skipped: list[dict]) -> bool:
   return not any(s.get("transient") for s in skipped)
 
 
-def _collect(results, paths, out, keep, skipped, progress) -> None:
+def _collect(results, paths, out, marks, skipped, progress) -> None:
   for i, loaded in enumerate(results):
     stopping.raise_if_interrupted()
     if loaded.image is None:
       skipped.append({"path": paths[i], "reason": loaded.reason, "index": i,
                       **({"transient": True} if loaded.transient else {})})
     else:
-      out[i] = loaded.image
-      keep[i] = True
+      _keep(out, marks, i, loaded)
     progress.update(1)
+
+
+def _keep(out: np.ndarray, marks: tuple[np.ndarray, np.ndarray], i: int, loaded: Loaded) -> None:
+  out[i] = loaded.image
+  marks[0][i], marks[1][i] = True, loaded.upscaled
 
 
 MAX_RETRIES = 64
 
 
-def _retry_transient(skipped: list[dict], options: LoadOptions, out, keep) -> list[dict]:
+def _retry_transient(skipped: list[dict], options: LoadOptions, out, marks) -> list[dict]:
   """Reads the files that failed with a storage error once more (the storage's hiccup has
   usually passed by the end of a decode), unless there are more than MAX_RETRIES of them (an
   outage: retrying one by one would only add timeouts); returns what is still skipped."""
@@ -232,8 +252,7 @@ def _retry_transient(skipped: list[dict], options: LoadOptions, out, keep) -> li
   for item in skipped:
     loaded = load_image(item["path"], options) if retry and item.get("transient") else None
     if loaded is not None and loaded.image is not None:
-      out[item["index"]] = loaded.image
-      keep[item["index"]] = True
+      _keep(out, marks, item["index"], loaded)
     else:
       still.append(item if loaded is None else {**item, "reason": loaded.reason})
   return still
@@ -256,8 +275,8 @@ def decode_cache_key(paths: Sequence[str], options: LoadOptions) -> str:
   return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
 
-def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray, list[dict]]]:
-  """(images, kept indices, skipped) from a complete decode cache, or None. An index that does
+def read_decode_cache(cache_file: str) -> Optional[Decoded]:
+  """What a complete decode cache holds, or None. An index that does
   not fit the images (two writers' halves, a damaged file) is a miss: decoded again."""
   import json
 
@@ -268,6 +287,7 @@ def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray,
     with open(cache_file + ".json", encoding="utf-8") as f:
       meta = json.load(f)
     indices, skipped = np.asarray(meta["indices"], np.int64), list(meta["skipped"])
+    upscaled = meta.get("upscaled")  # None: written before it was counted
   except (OSError, ValueError, KeyError, TypeError) as e:
     log.warning("decode cache %s unreadable (%s); decoding again", cache_file, e)
     return None
@@ -275,16 +295,16 @@ def read_decode_cache(cache_file: str) -> Optional[tuple[np.ndarray, np.ndarray,
     log.warning("decode cache %s: its index lists %d images, its array holds %d; decoding again",
                 cache_file, len(indices), len(images))
     return None
-  return images, indices, skipped
+  return Decoded(images, indices, skipped, None if upscaled is None else int(upscaled))
 
 
-def write_decode_index(cache_file: str, indices: np.ndarray, skipped: list[dict]) -> None:
+def write_decode_index(cache_file: str, decoded: Decoded) -> None:
   """Publishes the decode's index beside its array, which marks the cache complete; not when a
   file was lost to a storage error that may pass (EIO, a stale handle, also after a retry), not
   the file's: cached, it would drop that image from every later run."""
   import json
 
-  transient = [s for s in skipped if s.get("transient")]
+  transient = [s for s in decoded.skipped if s.get("transient")]
   if transient:
     log.warning("decode cache %s not marked complete: %d file(s) were unreadable (first: %s: "
                 "%s), which may be passing; the next run decodes again", cache_file,
@@ -292,5 +312,6 @@ def write_decode_index(cache_file: str, indices: np.ndarray, skipped: list[dict]
     return
   tmp = private_name(cache_file) + ".json"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"indices": indices.tolist(), "skipped": skipped}, f)
+    json.dump({"indices": decoded.indices.tolist(), "skipped": decoded.skipped,
+               "upscaled": decoded.upscaled}, f)
   os.replace(tmp, cache_file + ".json")  # written last: its presence marks a complete cache

@@ -59,11 +59,13 @@ LOADER_VERSION = 7
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """An image (uint8 [size, size, 3]) or, when rejected, None and the reason; `transient` when
-  the failure may be the storage's and pass (a retry, or the next run, may read the file)."""
+  the failure may be the storage's and pass (a retry, or the next run, may read the file);
+  `upscaled` when its image was enlarged to the size asked for."""
 
   image: Optional[np.ndarray]
   reason: str = ""
   transient: bool = False
+  upscaled: bool = False  # smaller than image_size on its long side: interpolated, not detail
 
 
 # Read errors of the storage, not of the file: a network file system's hiccup, a stale handle,
@@ -280,7 +282,8 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
         return Loaded(None, problem)
       try:
         img.load()
-        return Loaded(convert(img, options))
+        upscaled = 0 < max(img.size) < options.image_size  # the long side: the square's
+        return Loaded(convert(img, options), upscaled=upscaled)
       except MemoryError:
         raise  # the host, not the file: a multi-day run must not skip its way through the data
       except Exception as e:  # pylint: disable=broad-except

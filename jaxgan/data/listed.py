@@ -15,8 +15,8 @@ from jaxgan.atomic_write import exclusive
 from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_problem,
                                 check_bad_fraction, load_options, log_skipped_rows,
                                 require_attributes, require_every_class)
-from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, read_decode_cache,
-                                write_decode_index)
+from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, log_upscaled,
+                                read_decode_cache, write_decode_index)
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,25 @@ def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names
   # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
   try:
     with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
-      cached = read_decode_cache(cache_file) if cache_file else None
-      if cached is not None:
-        images, indices, skipped = cached
+      decoded = read_decode_cache(cache_file) if cache_file else None
+      if decoded is not None:
         log.info("decoded images of %s from cache %s.npy", where, cache_file)
       else:
         try:
-          images, indices, skipped = decode_all(
+          decoded = decode_all(
               paths, load_options(config), d.workers,
               desc=f"decode {os.path.basename(where.rstrip('/'))}", cache_file=cache_file)
         except DecodeError as e:
           raise DataError(f"decoding {where}: {e}; if memory ran out, set data.workers lower"
                           ) from None
         if cache_file:
-          write_decode_index(cache_file, indices, skipped)
+          write_decode_index(cache_file, decoded)
   except OSError as e:  # the loader never raises one for an image: this is the cache's storage
     if not cache_file:
       raise
     raise DataError(cache_dir_problem(d.cache_dir, e)) from None
+  images, indices, skipped = decoded.images, decoded.indices, decoded.skipped
+  log_upscaled(decoded.upscaled, len(indices), where, d.image_size, "data.image_size")
   log_skipped_rows(list(missing), where, "data.max_bad_fraction")
   check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
   if len(indices) == 0:

@@ -2,7 +2,8 @@
 
 Layout of OUT/:
   dataset_info.json          num_examples, image_size, class_names, class_counts, skipped,
-                             bad_files (of skipped, those that failed to decode), shards;
+                             bad_files (of skipped, those that failed to decode), upscaled
+                             (of the images, those enlarged to image_size), shards;
                              with several label columns also attributes: [{column, class_names,
                              class_counts}, ...] (class_names/class_counts describe the first)
   train-00000-of-0000N.tfrecord ...   tf.train.Examples: 'image' (raw uint8 bytes, S*S*3),
