@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxgan.data import prepared
+from jaxgan.data import prepared, prepared_source
 from jaxgan.data.arrays import DataError
 
 
@@ -80,10 +80,10 @@ def test_with_a_cache_dir_the_images_are_memory_mapped_and_reused(tmp_path, monk
   prepared.write_prepared(out, images, np.array([0, 1, 1, 0, 1]), ["a", "b"], [])
   config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
                           "data.num_classes": 2, "data.cache_dir": cache})
-  in_memory = prepared.PreparedSource.from_config(
+  in_memory = prepared_source.PreparedSource.from_config(
       tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
                      "data.num_classes": 2}))
-  first = prepared.PreparedSource.from_config(config)
+  first = prepared_source.PreparedSource.from_config(config)
   assert isinstance(first.images, np.memmap) and not isinstance(in_memory.images, np.memmap)
   np.testing.assert_array_equal(np.asarray(first.images), in_memory.images)
   np.testing.assert_array_equal(first.labels, in_memory.labels)
@@ -91,14 +91,14 @@ def test_with_a_cache_dir_the_images_are_memory_mapped_and_reused(tmp_path, monk
   assert sorted(n.split(".", 1)[1] for n in os.listdir(cache)) == ["labels.npy", "npy", "npy.lock"]
   # A second run maps the cache without reading the shards.
   monkeypatch.setattr(prepared, "_fill", lambda *a: pytest.fail("shards read again"))
-  again = prepared.PreparedSource.from_config(config)
+  again = prepared_source.PreparedSource.from_config(config)
   np.testing.assert_array_equal(np.asarray(again.images), in_memory.images)
   np.testing.assert_array_equal(again.labels, in_memory.labels)
   # Preparing again (other images) names another cache file: never served stale.
   monkeypatch.undo()
   monkeypatch.setattr(prepared, "EXAMPLES_PER_SHARD", 2)
   prepared.write_prepared(out, images[::-1].copy(), np.array([1, 0, 1, 1, 0]), ["a", "b"], [])
-  fresh = prepared.PreparedSource.from_config(config)
+  fresh = prepared_source.PreparedSource.from_config(config)
   np.testing.assert_array_equal(np.asarray(fresh.images), images[::-1])
   np.testing.assert_array_equal(fresh.labels, [1, 0, 1, 1, 0])
 
@@ -116,20 +116,20 @@ def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
   config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
                           "data.num_classes": 0})
   with caplog.at_level(logging.WARNING):
-    prepared.PreparedSource.from_config(config)
+    prepared_source.PreparedSource.from_config(config)
   assert "image loader version" not in caplog.text
   info_path = os.path.join(out, prepared.INFO_FILE)
   info = json.load(open(info_path))
   info["loader_version"] = LOADER_VERSION - 1
   json.dump(info, open(info_path, "w"))
   with caplog.at_level(logging.WARNING):
-    prepared.PreparedSource.from_config(config)
+    prepared_source.PreparedSource.from_config(config)
   assert f"prepared with image loader version {LOADER_VERSION - 1}, this jaxgan's is" in caplog.text
   del info["loader_version"]  # a set prepared before versions were recorded
   json.dump(info, open(info_path, "w"))
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    prepared.PreparedSource.from_config(config)
+    prepared_source.PreparedSource.from_config(config)
   assert "prepared with image loader version (not recorded), this jaxgan's is" in caplog.text
 
 
@@ -157,7 +157,7 @@ def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tm
   config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
                           "data.num_classes": 0, "data.cache_dir": cache})
   with pytest.raises(DataError) as e:
-    prepared.PreparedSource.from_config(config)
+    prepared_source.PreparedSource.from_config(config)
   assert str(e.value) == (
       f"config key data.cache_dir ({cache}): copying 3 images at 4x4 of {out} needs 0.00 GiB in "
       f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "

@@ -35,7 +35,7 @@ from jaxgan.data.arrays import SOURCE_KEYS, ArraySource, DataError
 from jaxgan.data.class_counts import FROM_DATA, with_class_counts
 from jaxgan.data.folder import FolderSource
 from jaxgan.data.manifest import ManifestSource
-from jaxgan.data.prepared import PreparedSource
+from jaxgan.data.prepared_source import PreparedSource
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
 from jaxgan.data.tfds_source import TfdsSource
 from jaxgan.registry import Registry
