@@ -5,14 +5,15 @@
 #   launch/local_multiprocess.sh N --config configs/default.py --workdir runs/mp [--config.k=v ...]
 #
 # Every process gets the same arguments plus its process id; process 0 is the coordinator and the
-# only one that writes logs, samples and metrics. Checkpoints are written by all of them together.
+# only one that writes config.json, metrics, samples and TensorBoard events (each logs its own
+# lines to the shared stderr). Checkpoints are written by all of them together.
 # The processes run on the CPU (JAX_PLATFORMS=cpu unless set): on a GPU host each would otherwise
 # claim every GPU. Exit status: 0 when all finished; 75 when a stop signal stopped them (they stop
 # at the same step, checkpointed: rerun to resume); another process's failure otherwise.
 # PYTHON: the interpreter command, split into words (default: python; e.g. "taskset -c 1 python");
 # JAXGAN_COORDINATOR_PORT: the coordinator's port (default: random, 20000-39999);
-# JAXGAN_KILL_GRACE: seconds the processes get to stop (on a stop signal to this script, or after
-# one process failed) before they are killed (default 60).
+# JAXGAN_KILL_GRACE: whole seconds the processes get to stop (on a stop signal to this script:
+# SIGINT, SIGTERM or SIGHUP; or after one process failed) before they are killed (default 60).
 set -euo pipefail
 
 if (( BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3) )); then
@@ -27,6 +28,11 @@ if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
 fi
 num="$1"
 shift
+grace="${JAXGAN_KILL_GRACE:-60}"
+if [[ ! "$grace" =~ ^[0-9]+$ ]]; then  # checked now: bash arithmetic on it fails mid-clean-up
+  echo "$0: JAXGAN_KILL_GRACE must be whole seconds, got '${grace}'" >&2
+  exit 2
+fi
 port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
 read -r -a python <<< "${PYTHON:-python}"  # a command with arguments, e.g. taskset -c 1 python
 
@@ -51,7 +57,7 @@ cleanup() {
   # to exit; SIGKILL only after a grace period, for a process stuck in a collective whose peer is
   # gone.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + ${JAXGAN_KILL_GRACE:-60}))
+  local deadline=$((SECONDS + grace))
   while ((SECONDS < deadline)); do
     local alive=0
     for pid in "${pids[@]}"; do running "$pid" && alive=1; done
@@ -103,6 +109,7 @@ on_signal() {
 }
 trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
+trap 'on_signal HUP' HUP  # a closing terminal or a supervisor: the processes would be orphaned
 
 for ((i = 0; i < num; i++)); do
   "${python[@]}" -m jaxgan.train "$@" \

@@ -53,6 +53,16 @@ def test_a_stop_is_passed_through_and_a_failure_ends_the_others(tmp_path, status
   assert proc.returncode == want, err
 
 
+def test_a_kill_grace_that_is_not_whole_seconds_is_refused_before_anything_starts(tmp_path):
+  """Read in the clean-up's arithmetic, '1.5' failed there and left a stuck process running."""
+  proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
+                        cwd=REPO, capture_output=True, text=True, timeout=60,
+                        env=dict(os.environ, PYTHON=str(tmp_path / "absent"),
+                                 JAXGAN_KILL_GRACE="1.5"))
+  assert (proc.returncode, proc.stderr) == (2, "launch/local_multiprocess.sh: JAXGAN_KILL_GRACE "
+                                               "must be whole seconds, got '1.5'\n")
+
+
 def _started(tmp_path, proc: subprocess.Popen) -> None:
   """Waits until both stand-ins have set their signal handling."""
   deadline = time.monotonic() + 30
@@ -74,16 +84,18 @@ def _kill_stand_ins(tmp_path) -> None:
         pass
 
 
-@pytest.mark.parametrize("statuses, want", [("stop stop", 75), ("stop failstop", 1)])
-def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statuses, want):
+@pytest.mark.parametrize("statuses, want, sig", [("stop stop", 75, signal.SIGTERM),
+                                                  ("stop failstop", 1, signal.SIGTERM),
+                                                  ("stop stop", 75, signal.SIGHUP)])
+def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statuses, want, sig):
   """Ctrl-C or kill on the launcher: SIGTERM to each process, waited for (not killed after a
   fixed grace period while it writes its checkpoint), and 75 when all stopped; a process whose
-  stop failed gives its own status."""
+  stop failed gives its own status. SIGHUP too (it ended the launcher alone, orphaning them)."""
   proc = _launch(tmp_path, statuses)
   try:
     _started(tmp_path, proc)
     start = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == want, err
     assert time.monotonic() - start < 30  # they exited at once: no grace period waited out
