@@ -545,6 +545,11 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   critic = describe_consequences(config_differences(old, make_config(**{"train.n_critic": 2}))[0])
   assert "images_seen" in critic and "EMA" not in critic and "LeCam's debiasing" in critic
   assert describe_consequences(blocking) == ""
+  # Set by each launch (a launcher's random port, each process's id): not listed as changes at
+  # every resume of a multi-process run; the process count, a layout change, is.
+  launched = make_config(**{"distributed.coordinator_address": "localhost:27058",
+                            "distributed.process_id": 1, "distributed.num_processes": 2})
+  assert config_differences(old, launched) == ([], [("distributed.num_processes", 1, 2)])
   # A tolerance, not the math: the DataError for too many bad files says to raise it on resume.
   assert config_differences(old, make_config(**{"data.max_bad_fraction": 0.05}))[0] == []
   assert config_differences({}, make_config(**{"loss.lecam_weight": 0.1})) == ([], [])  # unknown

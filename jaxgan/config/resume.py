@@ -24,6 +24,9 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "mesh.data", "mesh.fsdp", "distributed.coordinator_address",
                   "distributed.num_processes", "distributed.process_id", *PATH_KEYS)
 
+# Set anew by each launch (a launcher's random port; each process's own id): never a change.
+LAUNCH_KEYS = frozenset({"distributed.coordinator_address", "distributed.process_id"})
+
 Difference = tuple[str, object, object]
 
 
@@ -52,7 +55,7 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
              if get(new, switch) <= 0 and old_flat.get(switch, defaults[switch]) <= 0}
   blocking, allowed = [], []
   for key, value in flat_items(new):
-    if (key not in old_flat and key not in defaults) or key in unread:
+    if (key not in old_flat and key not in defaults) or key in unread or key in LAUNCH_KEYS:
       continue
     before = old_flat.get(key, defaults.get(key))
     if key in PATH_KEYS:  # runs before they were stored absolute: relative to the same folder
