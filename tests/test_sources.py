@@ -551,7 +551,7 @@ def test_a_class_whose_files_all_fail_is_refused(tmp_path, capsys):
                       ).num_examples == 2
 
 
-def test_tfds_source_with_mock_data():
+def test_tfds_source_with_mock_data(caplog):
   import tensorflow_datasets as tfds
 
   config = _config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
@@ -559,6 +559,11 @@ def test_tfds_source_with_mock_data():
   with tfds.testing.mock_data(num_examples=12):
     source = build_source(config)
   assert source.num_examples == 12 and source.images.shape == (12, 16, 16, 3)
+  assert "upscaled" not in caplog.text  # 28x28 at 16: shrunk
+  with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.WARNING):
+    build_source(_config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
+                            "data.num_classes": 10, "data.image_size": 32}))
+  assert "12 of the 12 images of tfds fashion_mnist are smaller than 32 pixels" in caplog.text
   assert source.class_names[0] == "T-shirt/top" and len(source.class_names) == 10
   assert source.labels.min() >= 0 and source.labels.max() < 10
   # Examples the loader cannot take are skipped and counted as files are, not fatal: here all
@@ -681,8 +686,8 @@ def test_tfds_float_images_are_left_to_tfds_decoder():
   assert _bytes_are_an_image(tfds.features.Image(shape=(8, 8, 1), dtype=np.uint16), tfds)
   assert not _bytes_are_an_image(tfds.features.Tensor(shape=(4,), dtype=np.uint8), tfds)
   decoded = np.full((16, 16, 1), 0.5, np.float32)  # what tfds's decoder gives
-  pixels, reason = _load_example(decoded, LoadOptions(16))
-  assert not reason and (pixels == 128).all()
+  loaded = _load_example(decoded, LoadOptions(16))
+  assert not loaded.reason and (loaded.image == 128).all() and not loaded.upscaled
 
 
 def test_tfds_images_fill_one_array_of_the_splits_size():
@@ -813,9 +818,9 @@ def test_images_smaller_than_the_image_size_are_counted_and_warned_of(folder, tm
   _img(str(folder / "shoes" / "d.png"), (0, 10, 190), size=(40, 30))  # 40: not below 32
   base = {"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
           "data.max_bad_fraction": 0.5, "data.cache_dir": str(tmp_path / "cache")}
-  warning = (f"3 of the 4 images of {folder} are smaller than 32x32 on their long side and were "
-             "upscaled to it: the model learns their interpolated pixels, not more detail; a "
-             "smaller data.image_size keeps them sharp")
+  warning = (f"3 of the 4 images of {folder} are smaller than 32 pixels on their long side and "
+             "were upscaled to 32x32: the model learns their interpolated pixels, not more "
+             "detail; a smaller data.image_size keeps them sharp")
   for _ in range(2):  # decoded, then read from the cache
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -829,6 +834,13 @@ def test_images_smaller_than_the_image_size_are_counted_and_warned_of(folder, tm
   assert prepare_cli.main(["--images", str(folder), "--out", str(out), "--image-size", "32",
                            "--workers", "1", "--max-bad-fraction", "0.5"]) == 0
   assert json.load(open(out / "dataset_info.json"))["upscaled"] == 3
+  caplog.clear()  # and at each run on the prepared set
+  with caplog.at_level(logging.WARNING):
+    build_source(_config(**{"data.source": "prepared", "data.path": str(out),
+                            "data.num_classes": 2, "data.image_size": 32}))
+  assert [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()] == [
+      warning.replace(str(folder), str(out)).replace("a smaller data.image_size",
+                                                     "a smaller image size (prepare --image-size)")]
 
 
 def test_decode_cache_publishes_whole_files_and_refuses_a_mismatched_index(folder, tmp_path,

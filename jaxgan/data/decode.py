@@ -191,9 +191,10 @@ def log_upscaled(upscaled: Optional[int], kept: int, where: str, size: int, key:
   words): their pixels are interpolated, so samples trained on them can be no sharper than the
   originals, and an FID against them measures the blur too."""
   if upscaled:
-    log.warning("%d of the %d images of %s are smaller than %dx%d on their long side and were "
-                "upscaled to it: the model learns their interpolated pixels, not more detail; a "
-                "smaller %s keeps them sharp", upscaled, kept, where, size, size, key)
+    log.warning("%d of the %d images of %s are smaller than %d pixels on their long side and "
+                "were upscaled to %dx%d: the model learns their interpolated pixels, not more "
+                "detail; a smaller %s keeps them sharp", upscaled, kept, where, size, size, size,
+                key)
 
 
 def _chunk_rows(out: np.ndarray, chunk_bytes: int = 64 << 20) -> int:

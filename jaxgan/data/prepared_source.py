@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxgan.atomic_write import exclusive
 from jaxgan.data.arrays import ArraySource, DataError, cache_dir_problem, require_attributes
+from jaxgan.data.decode import log_upscaled
 from jaxgan.data.images import LOADER_VERSION
 from jaxgan.data.prepared import INFO_FILE, attribute_names, labels_file, read_info, read_prepared
 
@@ -98,6 +99,9 @@ class PreparedSource(ArraySource):
                   "loader has been fixed for since (jaxgan/data/images.py) keep their old pixels "
                   "there; prepare it again to pick the fixes up", d.path,
                   "(not recorded)" if recorded is None else recorded, LOADER_VERSION)
+    # Warned of at each run, not only by `prepare` (None: a set prepared before it was counted).
+    log_upscaled(info.get("upscaled"), len(images), d.path, d.image_size,
+                 "image size (prepare --image-size)")
     # The files that failed to decode when the set was prepared, as the folder and manifest
     # sources count theirs (data_bad_files; not recorded by sets prepared before 2026-12-03).
     return ArraySource.for_config(config, images, labels, info["class_names"],

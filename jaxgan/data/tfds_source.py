@@ -13,7 +13,8 @@ from tqdm import tqdm
 from jaxgan import tf_host
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_bad_fraction,
                                  load_options, require_num_classes)
-from jaxgan.data.images import convert, load_image, size_problem
+from jaxgan.data.decode import log_upscaled
+from jaxgan.data.images import Loaded, convert, load_image, size_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,15 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
                       f"(features: {', '.join(features.keys())})")
     class_names = list(getattr(features[label_key], "names", []) or [])
   images = _Images(_split_size(info, split) if options.image_size else None, options.image_size)
-  labels, skipped = [], []
+  labels, skipped, upscaled = [], [], 0
   for i, example in enumerate(tqdm(tfds.as_numpy(ds), desc=f"load {name}", unit="img",
                                    dynamic_ncols=True)):
-    image, reason = _load_example(example[image_key], options)
-    if reason:
-      skipped.append({"path": f"{name}/{split}[{i}]", "reason": reason})
+    loaded = _load_example(example[image_key], options)
+    if loaded.image is None:
+      skipped.append({"path": f"{name}/{split}[{i}]", "reason": loaded.reason})
     else:
-      images.append(image)
+      images.append(loaded.image)
+      upscaled += loaded.upscaled
       labels.append(int(example[label_key]) if label_key else 0)
   if not len(images) and not skipped:
     raise DataError(f"{name} split {split!r} has no examples")
@@ -70,6 +72,7 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   if not len(images):
     raise DataError(f"{name} split {split!r} has no usable image (first: {skipped[0]['path']}: "
                     f"{skipped[0]['reason']})")
+  log_upscaled(upscaled, len(images), f"tfds {name}", options.image_size, "data.image_size")
   if label_key and not class_names:
     class_names = [str(i) for i in range(max(labels) + 1)]
   return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
@@ -101,22 +104,21 @@ def _bytes_are_an_image(feature, tfds) -> bool:
           and np.dtype(getattr(feature, "np_dtype", np.uint8)) in (np.uint8, np.uint16))
 
 
-def _load_example(value, options) -> tuple[Optional[np.ndarray], str]:
-  """(image, '') or (None, why it was skipped) of an example's encoded bytes or pixel array."""
+def _load_example(value, options) -> Loaded:
+  """The image of an example's encoded bytes or pixel array, or why it was skipped."""
   if isinstance(value, bytes):
-    loaded = load_image(value, options)
-    return loaded.image, loaded.reason
+    return load_image(value, options)
   array = np.asarray(value)
   reason = size_problem(array.shape[1], array.shape[0], options)
   if reason:
-    return None, reason
+    return Loaded(None, reason)
   try:  # as the file loader does: an image PIL cannot take is skipped and counted
     img = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-    return convert(img, options), ""
+    return Loaded(convert(img, options), upscaled=0 < max(img.size) < options.image_size)
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (this example's, not the run's)
-    return None, f"unusable: {type(e).__name__}: {e}"
+    return Loaded(None, f"unusable: {type(e).__name__}: {e}")
 
 
 def _split_size(info, split: str) -> Optional[int]:
