@@ -33,6 +33,7 @@ if [[ ! "$grace" =~ ^[0-9]+$ ]]; then  # checked now: bash arithmetic on it fail
   echo "$0: JAXGAN_KILL_GRACE must be whole seconds, got '${grace}'" >&2
   exit 2
 fi
+grace=$((10#$grace))  # decimal: bash reads '08' as a bad octal number, '010' as 8
 port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
 read -r -a python <<< "${PYTHON:-python}"  # a command with arguments, e.g. taskset -c 1 python
 
@@ -71,25 +72,27 @@ interrupted=0
 on_signal() {
   # Ctrl-C or kill on this script: SIGTERM to the processes, waited for. A second Ctrl-C (the
   # processes' "Ctrl-C to quit at once": as background jobs they ignore SIGINT) kills them; a
-  # repeated SIGTERM does not (preemption notices repeat, as the trainer assumes too).
+  # repeated SIGTERM does not (preemption notices repeat, as the trainer assumes too). Its
+  # messages may fail (a closed terminal's SIGHUP): `|| true`, or set -e would end this script
+  # there and orphan the processes.
   if [[ "$1" == INT ]] && ((interrupted)); then
-    echo "local_multiprocess.sh: Ctrl-C again: killing the processes" >&2
+    echo "local_multiprocess.sh: Ctrl-C again: killing the processes" >&2 || true
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     exit 130
   fi
   [[ "$1" == INT ]] && interrupted=1
   if ((${stopping:-0})); then  # already waiting for them
     echo "local_multiprocess.sh: SIG$1 again: still waiting for the processes to stop" \
-         "(Ctrl-C twice kills them)" >&2
+         "(Ctrl-C twice kills them)" >&2 || true
     return
   fi
   stopping=1
   if [[ "$status" != 0 && "$status" != 75 ]]; then
     echo "local_multiprocess.sh: SIG$1 received while a process's failure (status $status) is" \
-         "ending the others; Ctrl-C twice kills them" >&2
+         "ending the others; Ctrl-C twice kills them" >&2 || true
   else
     echo "local_multiprocess.sh: SIG$1 received: stopping the processes (each finishes its" \
-         "step and writes its checkpoint; Ctrl-C twice kills them)" >&2
+         "step and writes its checkpoint; Ctrl-C twice kills them)" >&2 || true
   fi
   cleanup
   if [[ "$status" != 0 && "$status" != 75 ]]; then

@@ -33,14 +33,14 @@ exit "${codes[$id]}"
 """
 
 
-def _launch(tmp_path, statuses: str, prefix: str = "", stderr=subprocess.PIPE
+def _launch(tmp_path, statuses: str, prefix: str = "", stderr=subprocess.PIPE, **env
             ) -> subprocess.Popen:
   stand_in = tmp_path / "python"
   stand_in.write_text(STAND_IN % (statuses, tmp_path))
   stand_in.chmod(0o755)
   return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                          env=dict(os.environ, PYTHON=f"{prefix}{stand_in}"))
+                          env=dict(os.environ, PYTHON=f"{prefix}{stand_in}", **env))
 
 
 @pytest.mark.parametrize("statuses, want, prefix", [("75 75", 75, ""), ("0 3", 3, ""),
@@ -61,6 +61,21 @@ def test_a_kill_grace_that_is_not_whole_seconds_is_refused_before_anything_start
                                  JAXGAN_KILL_GRACE="1.5"))
   assert (proc.returncode, proc.stderr) == (2, "launch/local_multiprocess.sh: JAXGAN_KILL_GRACE "
                                                "must be whole seconds, got '1.5'\n")
+  # '08' is a whole number of seconds (bash's arithmetic took it for a bad octal number, and
+  # the clean-up after a failed process stopped there, leaving a stuck peer running): the
+  # failure's status, its stuck peer killed once the 8 s are up.
+  proc = _launch(tmp_path, "3 stuck", JAXGAN_KILL_GRACE="08")
+  try:
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    ready = tmp_path / "ready.1"
+    deadline = time.monotonic() + 10
+    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    stat = f"/proc/{int(ready.read_text())}/stat"  # gone, or a zombie nobody reaped yet
+    assert not os.path.exists(stat) or open(stat).read().rsplit(") ", 1)[1][0] == "Z"
+  finally:
+    _kill_stand_ins(tmp_path)
 
 
 def _started(tmp_path, proc: subprocess.Popen) -> None:
@@ -84,14 +99,16 @@ def _kill_stand_ins(tmp_path) -> None:
         pass
 
 
-@pytest.mark.parametrize("statuses, want, sig", [("stop stop", 75, signal.SIGTERM),
-                                                  ("stop failstop", 1, signal.SIGTERM),
-                                                  ("stop stop", 75, signal.SIGHUP)])
-def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statuses, want, sig):
+@pytest.mark.parametrize("statuses, want, sig, closed", [
+    ("stop stop", 75, signal.SIGTERM, False), ("stop failstop", 1, signal.SIGTERM, False),
+    ("stop stop", 75, signal.SIGHUP, True)])
+def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statuses, want, sig,
+                                                                closed):
   """Ctrl-C or kill on the launcher: SIGTERM to each process, waited for (not killed after a
   fixed grace period while it writes its checkpoint), and 75 when all stopped; a process whose
-  stop failed gives its own status. SIGHUP too (it ended the launcher alone, orphaning them)."""
-  proc = _launch(tmp_path, statuses)
+  stop failed gives its own status. SIGHUP too (it ended the launcher alone, orphaning them),
+  also with its terminal gone: stderr failing (/dev/full) its message's failure ended it."""
+  proc = _launch(tmp_path, statuses, stderr=open("/dev/full", "w") if closed else subprocess.PIPE)
   try:
     _started(tmp_path, proc)
     start = time.monotonic()
