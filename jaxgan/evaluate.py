@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Iterator, Optional, Sequence
 
@@ -230,9 +231,10 @@ def _run_data(config, meta: dict, data_path: str):
     source = data_lib.build_source(config)
   except config_lib.ConfigError as e:  # the source's own checks against the run's classes
     raise ValueError(f"{where}: not this run's data ({e.problem}); {fix}") from None
-  except data_lib.DataError as e:  # its one line names data.path, which evaluate sets by a flag
-    raise data_lib.DataError(str(e).replace("data.path", "--data-path") if data_path else
-                             f"{e} (the run's data.path: {fix})") from None
+  except data_lib.DataError as e:  # naming the key data.path (not a path), set here by a flag
+    message = (re.sub(r"(?<![\w/.-])data\.path\b", "--data-path", str(e)) if data_path
+               else f"{e} (the run's data.path: {fix})" if config.data.path else str(e))
+    raise data_lib.DataError(message) from None
   problem = ""
   size = config.data.image_size
   images = getattr(source, "images", None)

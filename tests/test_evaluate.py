@@ -304,7 +304,7 @@ def test_an_evaluation_step_is_checkpointed_first(tmp_path, monkeypatch):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
 
 
-def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
+def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, monkeypatch):
   """--data-path (a run's data moved with its workdir) is checked against the run before any
   Inception work: another image size or other classes are one line naming the flag, and the
   same classes with other images are warned of (the FID is then against other reals)."""
@@ -383,7 +383,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
       "trained on")
   # Data that is not there (a workdir copied without it): the source's own one line, naming the
   # flag where one was given, and the flag to pass where the run's own data.path was read.
-  moved = str(tmp_path / "moved")
+  moved = str(tmp_path / "moved.data.path")  # the key's name is rewritten, not a path's letters
   with pytest.raises(data_lib.DataError) as e:
     check(moved)
   assert str(e.value) == f"--data-path '{moved}' is not a directory; point it at your image folder"
@@ -392,6 +392,12 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys):
   assert str(e.value) == (f"data.path '{moved}' is not a directory; point it at your image folder "
                           "(the run's data.path: pass --data-path with the data set the run "
                           "trained on)")
+  # A run without a data.path (tfds): its source's line alone, no path or flag it has not got.
+  monkeypatch.setattr(data_lib, "build_source", lambda config: (_ for _ in ()).throw(
+      data_lib.DataError("data.tfds_name 'x' could not be loaded: no network")))
+  with pytest.raises(data_lib.DataError) as e:
+    evaluate._run_data(tiny_config(**{"data.source": "tfds", "data.tfds_name": "x"}), meta, "")
+  assert str(e.value) == "data.tfds_name 'x' could not be loaded: no network"
 
 
 def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_path, monkeypatch,
