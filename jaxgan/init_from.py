@@ -254,8 +254,9 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
           for path, leaf in jax.tree_util.tree_flatten_with_path(donor.arrays)[0]}
   kept = list(donor.kept)
   # (network, attribute) of the tables left whole at their initial values: their spectral-norm
-  # state (the D projection's u and sigma, in D's batch_stats) stays initial too, or this run's
-  # first steps would normalise a fresh table by the singular value estimate of another one.
+  # state (the D projection's u and sigma, in D's batch_stats) stays initial too. SpectralNorm
+  # recomputes sigma from u at every training call, but u, the power iteration's vector, would
+  # be another table's: one iteration from it underestimates this table's norm at first.
   initial_tables = set()
   for collection in COPIED:  # each network's params before its batch_stats
 
@@ -285,7 +286,7 @@ def initialise_from(state: Any, donor: Donor, attributes: list) -> Any:
            f"; at their initial values: {shown}" if kept else "")
   if kept:
     log.warning("train.init_from: %d arrays keep their initial values (e.g. %s)%s", len(kept),
-                kept[0], _conditioning_differs(donor.classes.get("attributes"), attributes))
+                kept[0], _conditioning_differs(theirs, attributes))
   used = {donor.tables[name][0] for name in donor.sources if name in donor.tables}
   for i, ((column, names), picked) in enumerate(zip(attributes, rows)):
     if i not in used or picked is None or [column, list(names)] in theirs:
