@@ -68,11 +68,14 @@ def check_nonfinite(longest: Any, step: int, limit: int, checkpointer) -> None:
   longest = int(sharding.to_host(longest))
   if longest >= limit:
     checkpointer.wait()  # alike everywhere (longest is); a write in flight is listed already
+    # A config change needs the flag only where there is a checkpoint to resume from.
+    resumes = checkpointer.latest_step() is not None
     raise TrainingError(
         f"{longest} consecutive non-finite steps by step {step} (limit "
         f"train.max_nonfinite_steps={limit}); a rerun resumes from "
         f"{resume_point(checkpointer)} in {checkpointer.directory}: lower the learning rates "
-        "(optim.*) or set train.dtype=float32, then rerun with --allow_config_change")
+        "(optim.*) or set train.dtype=float32, then rerun"
+        + (" with --allow_config_change" if resumes else ""))
 
 
 # One flag per leaf, computed where the leaves live (sharded or not) and read back at once. Each a

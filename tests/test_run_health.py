@@ -21,7 +21,12 @@ def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
   for streak in (jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)):
     longest = run_health.longest_streak(longest, streak)
   with pytest.raises(run_health.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
-                                                  r"resumes from the start \(no checkpoint\)"):
+                                                  r"resumes from the start \(no checkpoint\) .*"
+                                                  r"train.dtype=float32, then rerun$"):
+    run_health.check_nonfinite(longest, 8, 3, checkpointer)  # no flag: no config to differ from
+  assert checkpointer.save(6, {"w": jnp.ones(3)}, {"step": 6}) and checkpointer.wait()
+  with pytest.raises(run_health.TrainingError, match=r"resumes from step 6 .*then rerun with "
+                                                  r"--allow_config_change$"):
     run_health.check_nonfinite(longest, 8, 3, checkpointer)
   checkpointer.close()
 
