@@ -601,10 +601,15 @@ def test_a_prepared_tfds_set_loads_offline_and_one_not_prepared_fails_at_once(tm
   assert source.class_names == [str(i) for i in range(10)]
   # fashion_mnist is registered (dummy_mnist is found from its prepared files only).
   config.data.tfds_name, config.data.tfds_data_dir = "fashion_mnist", str(tmp_path / "empty")
-  with pytest.raises(DataError, match=r"data.tfds_name 'fashion_mnist' is not prepared under "
-                     + re.escape(str(tmp_path / "empty")) + r" and data.tfds_download is False: "
-                     r"prepare it on a host with network \(`tfds build fashion_mnist"):
+  caplog.clear()
+  with caplog.at_level(logging.INFO), pytest.raises(
+      DataError, match=r"data.tfds_name 'fashion_mnist' is not prepared under "
+      + re.escape(str(tmp_path / "empty")) + r" and data.tfds_download is False: "
+      r"prepare it on a host with network \(`tfds build fashion_mnist"):
     build_source(config)
+  # That line alone: not TFDS's own warning before it ('Variant folder ... has no
+  # dataset_info.json', of a folder that does not exist).
+  assert "dataset_info.json" not in caplog.text, caplog.text
   # Downloading (the default) says so first, with how to fail at once instead.
   config.data.tfds_download = True
   with caplog.at_level(logging.WARNING), pytest.raises(DataError, match="could not be loaded"):

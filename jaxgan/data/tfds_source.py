@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -33,10 +34,14 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    features = builder.info.features
+    # TFDS warns through absl of a version folder without its info ('Variant folder ... has no
+    # dataset_info.json') while looking for the set: _check_prepared says what that means.
+    with _absl_warnings_off():
+      builder = tfds.builder(name, data_dir=data_dir or None)
+      features = builder.info.features
+      prepared = builder.is_prepared()
     encoded = image_key in features and _bytes_are_an_image(features[image_key], tfds)
-    _check_prepared(builder, name, download)
+    _check_prepared(builder, prepared, name, download)
     ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
                          shuffle_files=False, download=download,
                          decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
@@ -78,10 +83,10 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
 
 
-def _check_prepared(builder, name: str, download: bool) -> None:
+def _check_prepared(builder, prepared: bool, name: str, download: bool) -> None:
   """Says where a set not prepared yet comes from: a download now (which, on a host without
   network, retries for minutes before it fails), or with `download` False an error at once."""
-  if builder.is_prepared():
+  if prepared:
     return
   # The data dir, not the set's own folder (NAME[/CONFIG]/VERSION under it).
   where = str(getattr(builder, "_data_dir_root", "") or
@@ -94,6 +99,18 @@ def _check_prepared(builder, name: str, download: bool) -> None:
   log.warning("tfds %s is not prepared under %s: downloading and preparing it now (without "
               "network this retries for minutes; data.tfds_download=False fails at once)",
               name, where)
+
+
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+  """absl's logger (TFDS logs through it) at ERROR for the block, then as it was."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def _bytes_are_an_image(feature, tfds) -> bool:
