@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -49,15 +49,22 @@ class MetricsWriter:
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._failed = False  # the last write raised: it may have left a line cut short
     self._tb = None
-    if enabled and tensorboard:
+    self._tb_folder = os.path.join(workdir, "tensorboard") if enabled and tensorboard else None
+
+  def _events(self) -> Optional[event_file.EventFileWriter]:
+    """The event file, opened at the first event: a rerun of a finished run, which writes none,
+    leaves no empty file behind."""
+    if self._tb is None and self._tb_folder is not None:
       try:
-        self._tb = event_file.EventFileWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = event_file.EventFileWriter(self._tb_folder)
       except Exception as e:  # pylint: disable=broad-except
         # A broken tensorboard install (a protobuf mismatch) or an unwritable event folder must
         # not stop the run, and must not raise on process 0 alone (the only writer) while the
         # others go on.
         log.warning("TensorBoard unavailable (%s: %s): no events, metrics.jsonl only",
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        self._tb_folder = None  # tried once
+    return self._tb
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -73,7 +80,7 @@ class MetricsWriter:
     except OSError as e:
       self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
-    if self._tb is not None:
+    if self._tb_folder is not None:
       values = []
       for k, v in scalars.items():
         v = _python(v)
@@ -83,14 +90,14 @@ class MetricsWriter:
           except Exception as e:  # pylint: disable=broad-except  (not a scalar after all)
             log.error("step %d: %s=%r is not a TensorBoard scalar (%s)", step, k, v, e)
       try:
-        if values:
+        if values and self._events() is not None:
           self._tb.write(step, values)
       except Exception as e:  # pylint: disable=broad-except  (OSError, a protobuf error)
         log.error("step %d: TensorBoard scalars failed (%s); training goes on", step, e)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """One uint8 HWC image (a sample grid) to TensorBoard."""
-    if not self.enabled or self._tb is None:
+    if not self.enabled or self._events() is None:
       return
     try:
       from PIL import Image
@@ -110,6 +117,7 @@ class MetricsWriter:
       except Exception as e:  # pylint: disable=broad-except  (a lost mount must not end a run)
         log.error("closing TensorBoard's event file failed (%s)", e)
       self._tb = None
+    self._tb_folder = None  # closed: no new file after it
 
 
 def _read_rows(path: str) -> tuple[list[dict], int]:

@@ -1,6 +1,7 @@
 """writers: metrics.jsonl rows stay strict JSON (any reader parses them) whatever the values."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -21,7 +22,7 @@ def test_rows_are_strict_json_with_non_finite_values_as_strings(tmp_path):
 
 
 def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, caplog):
   """NaN and inf reach TensorBoard as values (a divergence shows, not a gap in the curve); a
   grid of any channel count is an image there; a tensorboard package that fails to load (a
   protobuf mismatch) leaves JSONL only."""
@@ -49,13 +50,19 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tm
   def broken(*args, **kwargs):
     raise TypeError("Descriptors cannot be created directly")  # a protobuf mismatch
 
+  # A writer that writes no event (a finished run started again) leaves no empty event file.
+  writers.MetricsWriter(str(tmp_path / "idle")).close()
+  assert not (tmp_path / "idle").exists()
+
   monkeypatch.setattr(writers.event_file, "EventFileWriter", broken)
   os.makedirs(tmp_path / "b")
   w = writers.MetricsWriter(str(tmp_path / "b"))
-  w.write_scalars(2, {"d_loss": 1.0})
-  w.write_image(2, "samples", grey)
+  with caplog.at_level(logging.WARNING):
+    w.write_scalars(2, {"d_loss": 1.0})
+    w.write_image(2, "samples", grey)
   w.close()
   assert writers.read_metrics(str(tmp_path / "b")) == [{"step": 2, "d_loss": 1.0}]
+  assert caplog.text.count("TensorBoard unavailable (TypeError: Descriptors cannot") == 1
 
 
 def _events(folder):
