@@ -96,7 +96,8 @@ class _StandIn(nn.Module):
     return nn.Dense(16)(x.mean((1, 2)))
 
 
-def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(monkeypatch):
+def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(monkeypatch,
+                                                                            capsys):
   """`stream` takes chunks of any length (empty ones too) and of two sizes, runs each size's
   batch as soon as it is full (host memory: one batch per size, not the set) and returns the
   features in arrival order, equal to each image's alone."""
@@ -136,6 +137,11 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
   want = np.concatenate([np.asarray(alone(c[i:i + 1])) for c in chunks for i in range(len(c))])
   assert got.shape == (11, 16) and np.abs(got - want).max() / np.abs(want).max() < 1e-5
   assert extractor.last_images_per_sec > 0
+  # Its progress bar stays off where stderr is no terminal (here pytest's capture): nested in the
+  # training bar, it wrote cursor-up codes into redirected logs.
+  capsys.readouterr()
+  assert extractor.stream([small[:3]], total=3, desc="fakes").shape == (3, 16)
+  assert capsys.readouterr().err == ""
   with pytest.raises(ValueError, match="got float32"):
     extractor.stream([small[:1], small[1:2].astype(np.float32)])
   with pytest.raises(ValueError, match="no images to extract"):

@@ -130,7 +130,9 @@ class FeatureExtractor:
     waiting: dict[tuple, _Waiting] = {}
     out, seconds, count = None, 0.0, 0
 
-    with tqdm(total=total, desc=desc or "inception", unit="img", disable=not desc,
+    # None: tqdm's own 'off where stderr is no terminal'. Nested in the training bar and cleared
+    # at its end (leave=False), it would write cursor-up codes into a redirected log.
+    with tqdm(total=total, desc=desc or "inception", unit="img", disable=None if desc else True,
               leave=False) as bar:
 
       def run(shape: tuple, n: int) -> None:
