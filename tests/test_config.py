@@ -211,8 +211,7 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"loss.lecam_ema_decay": 0.9}, "loss.lecam_ema_decay: LeCam is off (loss.lecam_weight = 0)"),
     # A class embedding's width in an unconditional run: no embedding is made.
     ({"data.num_classes": 0, "model.embed_dim": 4}, "model.embed_dim: class conditioning is off "
-     "(data.num_classes = 0), so it has no effect; drop model.embed_dim or set "
-     "data.num_classes > 0"),
+     "(data.num_classes = 0), so it has no effect; drop model.embed_dim or set data.num_classes > 0"),
     ({**RESNET32, "data.num_classes": 0, "model.shared_dim": 4},
      "model.shared_dim: class conditioning is off (data.num_classes = 0)"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
