@@ -209,11 +209,6 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"loss.r1_interval": 4}, "loss.r1_interval: R1 is off (loss.r1_gamma = 0), so it has no "
      "effect; drop loss.r1_interval or set loss.r1_gamma > 0"),
     ({"loss.lecam_ema_decay": 0.9}, "loss.lecam_ema_decay: LeCam is off (loss.lecam_weight = 0)"),
-    # A class embedding's width in an unconditional run: no embedding is made.
-    ({"data.num_classes": 0, "model.embed_dim": 4}, "model.embed_dim: class conditioning is off "
-     "(data.num_classes = 0), so it has no effect; drop model.embed_dim or set data.num_classes > 0"),
-    ({**RESNET32, "data.num_classes": 0, "model.shared_dim": 4},
-     "model.shared_dim: class conditioning is off (data.num_classes = 0)"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
      "detects it; leave it at 1"),
@@ -228,15 +223,13 @@ def test_a_regularisers_settings_are_accepted_while_it_is_on(make_config):
   config_lib.validate(make_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4,
                                      "model.d_norm": "layer", "loss.lecam_weight": 0.1,
                                      "loss.lecam_ema_decay": 0.9}), num_devices=1)
-  config_lib.validate(make_config(**{"model.embed_dim": 4}), num_devices=1)  # 8 classes
 
 
 def test_resnet_d_has_no_batchnorm_to_refuse(make_config):
   # model.d_norm is a DCGAN D setting: per-sample-gradient losses need no change of it for ResNet.
   for overrides in ({"loss.name": "wgan_gp"}, {"loss.r1_gamma": 1.0}):
     config_lib.validate(make_config(**RESNET32, **overrides, **{"model.d_norm": "batch"}), 1)
-  # An unconditional ResNet G has no class embedding: shared_dim is not used, 0 (none) is fine
-  # (another width is refused: test_invalid_combinations_name_the_key).
+  # An unconditional ResNet G has no class embedding: shared_dim is not used, 0 is fine.
   config_lib.validate(make_config(**RESNET32, **{"data.num_classes": 0, "model.shared_dim": 0}), 1)
   for size, attention in ((32, 16), (64, 32), (128, 64)):
     config_lib.validate(make_config(**{**RESNET32, "data.image_size": size,
@@ -552,11 +545,6 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config)
   critic = describe_consequences(config_differences(old, make_config(**{"train.n_critic": 2}))[0])
   assert "images_seen" in critic and "EMA" not in critic and "LeCam's debiasing" in critic
   assert describe_consequences(blocking) == ""
-  # A class embedding's width in an unconditional run (accepted before it was refused): dropping
-  # it on resume changes nothing.
-  unconditional = make_config(**{"data.num_classes": 0}).to_dict()
-  unconditional["model"]["embed_dim"] = 4
-  assert config_differences(unconditional, make_config(**{"data.num_classes": 0})) == ([], [])
   # Set by each launch (a launcher's random port, each process's id): not listed as changes at
   # every resume of a multi-process run; the process count, a layout change, is.
   launched = make_config(**{"distributed.coordinator_address": "localhost:27058",

@@ -50,10 +50,9 @@ def config_differences(old: dict, new: ml_collections.ConfigDict
   same = {section for section, key in picked.items()
           if old_flat.get(key, defaults[key]) == get(new, key)}
   unread = {k for k in unread_keys(new) if k.split(".")[0] in same}
-  # Likewise a regulariser's setting while it was off and still is (loss.r1_interval without R1;
-  # model.embed_dim in an unconditional run).
-  unread |= {k for k, (switch, *_) in READ_WHILE_ON.items()
-             if get(new, switch) == 0 and old_flat.get(switch, defaults[switch]) == 0}
+  # Likewise a regulariser's setting while it was off and still is (loss.r1_interval without R1).
+  unread |= {k for k, (switch, _) in READ_WHILE_ON.items()
+             if get(new, switch) <= 0 and old_flat.get(switch, defaults[switch]) <= 0}
   blocking, allowed = [], []
   for key, value in flat_items(new):
     if (key not in old_flat and key not in defaults) or key in unread or key in LAUNCH_KEYS:

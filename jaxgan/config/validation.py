@@ -302,22 +302,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _require(get(config, key) == defaults[section][leaf], key,
              f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
              f"(or pick {_ONE_OF[section]} that reads it)")
-  # A regulariser's (or class conditioning's) setting while it is off changes nothing either.
-  for key, (switch, name, *off) in READ_WHILE_ON.items():
+  # A regulariser's setting while that regulariser is off changes nothing either.
+  for key, (switch, name) in READ_WHILE_ON.items():
     section, leaf = key.split(".")
-    _require(get(config, switch) != 0 or get(config, key) in (defaults[section][leaf], *off),
-             key,
+    _require(get(config, switch) > 0 or get(config, key) == defaults[section][leaf], key,
              f"{name} is off ({switch} = 0), so it has no effect; drop {key} or set {switch} > 0")
   source.validate(config, reads_data=reads_data)
 
 
-# Keys read only while another is not 0: the key, (the switch, what it switches on[, a value
-# that says 'none' and is accepted too: an embedding 0 wide]). (Negative weights are refused;
-# data.num_classes -1 takes a prepared set's classes: on.)
+# Keys read only while another is positive: the key, (the switch, what it switches on).
 READ_WHILE_ON = {"loss.r1_interval": ("loss.r1_gamma", "R1"),
-                  "loss.lecam_ema_decay": ("loss.lecam_weight", "LeCam"),
-                  "model.embed_dim": ("data.num_classes", "class conditioning", 0),
-                  "model.shared_dim": ("data.num_classes", "class conditioning", 0)}
+                  "loss.lecam_ema_decay": ("loss.lecam_weight", "LeCam")}
 
 
 def unread_keys(config: ml_collections.ConfigDict) -> set[str]:
