@@ -80,7 +80,9 @@ class MetricsWriter:
     except OSError as e:
       self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
-    if self._tb_folder is not None:
+    # The file first: where TensorBoard is broken (a protobuf mismatch), building the values fails
+    # too, with an error per key, where one warning says it all.
+    if self._events() is not None:
       values = []
       for k, v in scalars.items():
         v = _python(v)
@@ -90,7 +92,7 @@ class MetricsWriter:
           except Exception as e:  # pylint: disable=broad-except  (not a scalar after all)
             log.error("step %d: %s=%r is not a TensorBoard scalar (%s)", step, k, v, e)
       try:
-        if values and self._events() is not None:
+        if values:
           self._tb.write(step, values)
       except Exception as e:  # pylint: disable=broad-except  (OSError, a protobuf error)
         log.error("step %d: TensorBoard scalars failed (%s); training goes on", step, e)
