@@ -21,6 +21,9 @@ if (( BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3) ))
   exit 2
 fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+# A message into a pipe whose reader is gone (`... 2>&1 | tee log`, and Ctrl-C ended tee) must
+# fail as an error the handlers ignore, not end this script by SIGPIPE and orphan the processes.
+trap '' PIPE
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 NUM_PROCESSES [jaxgan.train arguments...]" >&2

@@ -19,6 +19,10 @@ from tests.conftest import REPO
 STAND_IN = """#!/usr/bin/env bash
 id="${@: -1}"; id="${id##*=}"
 codes=(%s)
+if [[ "${codes[$id]}" == 3late ]]; then  # fails once process 1 has set its signal handling
+  while [[ ! -e "%s/ready.1" ]]; do sleep 0.05; done
+  exit 3
+fi
 if [[ "${codes[$id]}" == stop || "${codes[$id]}" == stuck || "${codes[$id]}" == failstop ]]; then
   case "${codes[$id]}" in
     stop) trap 'exit 75' TERM ;;
@@ -36,7 +40,7 @@ exit "${codes[$id]}"
 def _launch(tmp_path, statuses: str, prefix: str = "", stderr=subprocess.PIPE, **env
             ) -> subprocess.Popen:
   stand_in = tmp_path / "python"
-  stand_in.write_text(STAND_IN % (statuses, tmp_path))
+  stand_in.write_text(STAND_IN % (statuses, tmp_path, tmp_path))
   stand_in.chmod(0o755)
   return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
@@ -64,14 +68,12 @@ def test_a_kill_grace_that_is_not_whole_seconds_is_refused_before_anything_start
   # '08' is a whole number of seconds (bash's arithmetic took it for a bad octal number, and
   # the clean-up after a failed process stopped there, leaving a stuck peer running): the
   # failure's status, its stuck peer killed once the 8 s are up.
-  proc = _launch(tmp_path, "3 stuck", JAXGAN_KILL_GRACE="08")
+  start = time.monotonic()
+  proc = _launch(tmp_path, "3late stuck", JAXGAN_KILL_GRACE="08")
   try:
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
+    assert proc.returncode == 3 and time.monotonic() - start > 7.5, err  # the grace waited out
     ready = tmp_path / "ready.1"
-    deadline = time.monotonic() + 10
-    while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < deadline:
-      time.sleep(0.05)
     stat = f"/proc/{int(ready.read_text())}/stat"  # gone, or a zombie nobody reaped yet
     assert not os.path.exists(stat) or open(stat).read().rsplit(") ", 1)[1][0] == "Z"
   finally:
@@ -99,18 +101,23 @@ def _kill_stand_ins(tmp_path) -> None:
         pass
 
 
-@pytest.mark.parametrize("statuses, want, sig, closed", [
-    ("stop stop", 75, signal.SIGTERM, False), ("stop failstop", 1, signal.SIGTERM, False),
-    ("stop stop", 75, signal.SIGHUP, True)])
+@pytest.mark.parametrize("statuses, want, sig, stderr", [
+    ("stop stop", 75, signal.SIGTERM, "pipe"), ("stop failstop", 1, signal.SIGTERM, "pipe"),
+    ("stop stop", 75, signal.SIGHUP, "full"), ("stop stop", 75, signal.SIGINT, "closed pipe")])
 def test_a_signal_to_the_launcher_stops_the_processes_gracefully(tmp_path, statuses, want, sig,
-                                                                closed):
+                                                                stderr):
   """Ctrl-C or kill on the launcher: SIGTERM to each process, waited for (not killed after a
   fixed grace period while it writes its checkpoint), and 75 when all stopped; a process whose
-  stop failed gives its own status. SIGHUP too (it ended the launcher alone, orphaning them),
-  also with its terminal gone: stderr failing (/dev/full) its message's failure ended it."""
-  proc = _launch(tmp_path, statuses, stderr=open("/dev/full", "w") if closed else subprocess.PIPE)
+  stop failed gives its own status. SIGHUP too (it ended the launcher alone, orphaning them).
+  Also where its message cannot be written: a terminal gone (here /dev/full), or a pipe whose
+  reader is (`| tee log` ended by the same Ctrl-C): the failed message ended the launcher."""
+  proc = _launch(tmp_path, statuses,
+                 stderr=open("/dev/full", "w") if stderr == "full" else subprocess.PIPE)
   try:
     _started(tmp_path, proc)
+    if stderr == "closed pipe":
+      proc.stderr.close()
+      proc.stderr = None  # for communicate()
     start = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
