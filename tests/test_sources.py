@@ -608,8 +608,15 @@ def test_a_prepared_tfds_set_loads_offline_and_one_not_prepared_fails_at_once(tm
       r"prepare it on a host with network \(`tfds build fashion_mnist"):
     build_source(config)
   # That line alone: not TFDS's own warning before it ('Variant folder ... has no
-  # dataset_info.json', of a folder that does not exist).
+  # dataset_info.json', of a folder that does not exist). Its other warnings stay (the one
+  # naming another version prepared elsewhere explains a set not found).
   assert "dataset_info.json" not in caplog.text, caplog.text
+  from jaxgan.data import tfds_source
+  caplog.clear()
+  with caplog.at_level(logging.WARNING), tfds_source._without_variant_folder_warnings():
+    logging.getLogger("absl").warning("Variant folder %s has no %s", "x/3.0.1", "info")
+    logging.getLogger("absl").warning("Found a different version of the requested dataset")
+  assert caplog.messages == ["Found a different version of the requested dataset"]
   # Downloading (the default) says so first, with how to fail at once instead.
   config.data.tfds_download = True
   with caplog.at_level(logging.WARNING), pytest.raises(DataError, match="could not be loaded"):

@@ -35,8 +35,9 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
 
   try:
     # TFDS warns through absl of a version folder without its info ('Variant folder ... has no
-    # dataset_info.json') while looking for the set: _check_prepared says what that means.
-    with _absl_warnings_off():
+    # dataset_info.json') while looking for the set: _check_prepared says what that means. Its
+    # other warnings (another version prepared there) stay.
+    with _without_variant_folder_warnings():
       builder = tfds.builder(name, data_dir=data_dir or None)
       features = builder.info.features
       prepared = builder.is_prepared()
@@ -101,16 +102,20 @@ def _check_prepared(builder, prepared: bool, name: str, download: bool) -> None:
               name, where)
 
 
+def _not_a_variant_folder_warning(record: logging.LogRecord) -> bool:
+  return not str(record.msg).startswith("Variant folder ")
+
+
 @contextlib.contextmanager
-def _absl_warnings_off() -> Iterator[None]:
-  """absl's logger (TFDS logs through it) at ERROR for the block, then as it was."""
+def _without_variant_folder_warnings() -> Iterator[None]:
+  """Drops TFDS's 'Variant folder %s has no %s' records from absl's logger (which TFDS logs
+  through) for the block."""
   logger = logging.getLogger("absl")
-  level = logger.level
-  logger.setLevel(logging.ERROR)
+  logger.addFilter(_not_a_variant_folder_warning)
   try:
     yield
   finally:
-    logger.setLevel(level)
+    logger.removeFilter(_not_a_variant_folder_warning)
 
 
 def _bytes_are_an_image(feature, tfds) -> bool:
