@@ -232,7 +232,7 @@ def _run_data(config, meta: dict, data_path: str):
   except config_lib.ConfigError as e:  # the source's own checks against the run's classes
     raise ValueError(f"{where}: not this run's data ({e.problem}); {fix}") from None
   except data_lib.DataError as e:  # naming the key data.path (not a path), set here by a flag
-    message = (re.sub(r"(?<![\w/.-])data\.path\b", "--data-path", str(e)) if data_path
+    message = (re.sub(r"(?<![\w/.'-])data\.path(?![\w/.-])", "--data-path", str(e)) if data_path
                else f"{e} (the run's data.path: {fix})" if config.data.path else str(e))
     raise data_lib.DataError(message) from None
   problem = ""

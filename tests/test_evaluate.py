@@ -383,7 +383,12 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
       "trained on")
   # Data that is not there (a workdir copied without it): the source's own one line, naming the
   # flag where one was given, and the flag to pass where the run's own data.path was read.
-  moved = str(tmp_path / "moved.data.path")  # the key's name is rewritten, not a path's letters
+  # The key's name is rewritten, not a path's letters (within it, or a relative one's start).
+  with pytest.raises(data_lib.DataError) as e:
+    check("data.path/imgs")
+  assert str(e.value) == ("--data-path 'data.path/imgs' is not a directory; point it at your "
+                          "image folder")
+  moved = str(tmp_path / "moved.data.path")
   with pytest.raises(data_lib.DataError) as e:
     check(moved)
   assert str(e.value) == f"--data-path '{moved}' is not a directory; point it at your image folder"
