@@ -67,6 +67,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# Ctrl-C deliverable, as at a terminal: a suite started as a background job of a script (`cmd &`
+# without job control) inherits SIGINT ignored, and so would every process the tests start,
+# whose Ctrl-C handling many tests check (a shell cannot even trap a signal ignored at its
+# start). A handled signal is reset to its default at exec, so children get Python's own.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
