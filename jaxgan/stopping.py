@@ -37,13 +37,34 @@ def _install(handler) -> dict:
   return previous
 
 
+class _SignalContext:
+  """Installs `self._handle` for the stop signals on entry (`_install`) and puts back what it
+  replaced on exit. Subclasses define `_handle`."""
+
+  def __init__(self):
+    self.signal: Optional[int] = None  # the first stop signal received
+    self._previous = {}
+
+  def __enter__(self):
+    self._previous = _install(self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      # None: a handler not set from Python, which ours replaced.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+  def _handle(self, signum, frame) -> None:
+    raise NotImplementedError
+
+
 class Stopped(Exception):
   """A stop signal arrived while the run was starting: it stopped before its first step
   (nothing trained, so nothing to save); or during its last step, which left the end undone
   (the final evaluation, or the final checkpoint): a rerun finishes it."""
 
 
-class StopRequest:
+class StopRequest(_SignalContext):
   """A context that holds the first stop signal (STOP_SIGNALS) received while it is open; a
   SIGINT after that one ends the process at once (Ctrl-C twice: quit without waiting). The first
   one's handler arms that, so a process already stuck in the runtime then (which never runs
@@ -59,13 +80,8 @@ class StopRequest:
     # The exchange is an all-gather queued behind the call's step, so the host waits for the step
     # instead of moving the next batch meanwhile: done every few calls (a stop then waits at most
     # that many calls, seconds of a cluster's usual 30 s+ grace period) and when asked to.
+    super().__init__()
     self.exchange_every_calls = exchange_every_calls
-    self.signal: Optional[int] = None
-    self._previous = {}
-
-  def __enter__(self) -> "StopRequest":
-    self._previous = _install(self._handle)
-    return self
 
   def _handle(self, signum, frame) -> None:
     if self.signal is None:  # the first one names the stop
@@ -92,10 +108,6 @@ class StopRequest:
     for sig in self._previous:
       if not (sig == signal.SIGINT and self.signal is not None):
         signal.signal(sig, self._handle)
-
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
   def check(self, call: int, exchange: bool = False) -> Optional[int]:
     """The signal to stop on after call number `call`, or None; the same on every process.
@@ -128,24 +140,18 @@ class HungUp(KeyboardInterrupt):
   """SIGHUP (the terminal or ssh session closed), raised as Ctrl-C raises KeyboardInterrupt."""
 
 
-class Interrupts:
+class Interrupts(_SignalContext):
   """A context for the tools other than the trainer: the first SIGINT, SIGTERM or SIGHUP raises
-  KeyboardInterrupt, `Terminated` or `HungUp` in the main thread, and is remembered. After it, Ctrl-C quits
-  at once (the OS's default action, as the trainer's second Ctrl-C: a Python exception would cut
-  the first one's clean-up short and could leave decoding workers that the exit then waits on),
+  KeyboardInterrupt, `Terminated` or `HungUp` in the main thread, and is remembered. After it,
+  Ctrl-C quits at once (the OS's default action, as the trainer's second Ctrl-C: a Python
+  exception would cut the first one's clean-up short and could leave decoding workers that the
+  exit then waits on),
   and a repeated SIGTERM or SIGHUP is ignored while that clean-up runs. A signal the process was
   started to ignore (a background job's SIGINT, nohup's SIGHUP) stays ignored."""
 
   SIGNALS = STOP_SIGNALS
   ERRORS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
 
-  def __init__(self):
-    self.signal: Optional[int] = None
-    self._previous = {}
-
-  def __enter__(self) -> "Interrupts":
-    self._previous = _install(self._handle)
-    return self
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -163,10 +169,6 @@ class Interrupts:
     """The exception of the signal received, or None."""
     return None if self.signal is None else self.ERRORS[self.signal]()
 
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      # None: a handler not set from Python, which ours replaced.
-      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def raise_if_interrupted() -> None:

@@ -28,6 +28,21 @@ def test_a_signal_is_held_and_handlers_restored(sig, capfd):
                                     "at once)\n")
 
 
+@pytest.mark.parametrize("context", [stopping.StopRequest, stopping.Interrupts])
+def test_a_handler_not_set_from_python_is_put_back_as_the_default(context, monkeypatch):
+  """signal.signal returns None for a handler Python did not set: both contexts put the default
+  back for it on exit (the trainer's raised TypeError, which the tools' did not)."""
+  previous = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(stopping, "_install", lambda handler: {
+      signal.SIGTERM: None, **{s: signal.signal(s, handler) for s in (signal.SIGHUP,)}})
+  try:
+    with context():
+      pass
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_an_ignored_signal_stays_ignored():
   """nohup ignores SIGHUP so that a run outlives its terminal, and a shell's background job
   ignores SIGINT: the stop request keeps both, also once a SIGTERM has asked for the stop."""
