@@ -32,12 +32,12 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   """Every key of a jaxgan run, with defaults. Key names are a public contract."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # all randomness: initial parameters, latents, data order and augmentation
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # registry name, see jaxgan/data/
   c.data.path = ""  # where the source reads from (unused by 'synthetic')
-  c.data.image_size = 32
+  c.data.image_size = 32  # side of the square images: dcgan 16-256, resnet 32-256, powers of 2
   # 0 trains an unconditional model; classes of the first attribute; -1: a prepared set's own
   # counts (every attribute), read from its dataset_info.json when the run starts
   c.data.num_classes = 8
@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dcgan"  # registry name, see jaxgan/models/
-  c.model.z_dim = 100
+  c.model.z_dim = 100  # latent size of G's input (standard normal)
   c.model.g_width = 64  # channels of G's last hidden layer (ngf); doubles per halving of resolution
   c.model.d_width = 64  # channels of D's first layer (ndf)
   c.model.max_width = 512  # cap on channels at low resolutions
@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   # StyleGAN2's extra D step (scaled by the D steps per phase, r1_interval * n_critic; D's Adam
   # lr/betas corrected). 0 = off.
   c.loss.r1_gamma = 0.0
-  c.loss.r1_interval = 16
+  c.loss.r1_interval = 16  # train steps between R1 phases (StyleGAN2's 16)
   # LeCam (Tseng et al. 2021) as its reference code: weight * (E relu(D(real) - a_fake)^2 +
   # E relu(a_real - D(fake))^2) with a_* EMAs of D's outputs (state; losses.lecam_penalty). 0 = off.
   c.loss.lecam_weight = 0.0
@@ -125,14 +125,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.ada_p_init = 0.0  # ADA: p at the start ('ada_fixed': throughout)
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.g_lr = 2e-4
-  c.optim.d_lr = 2e-4
-  c.optim.b1 = 0.5
-  c.optim.b2 = 0.999
+  c.optim.g_lr = 2e-4  # Adam learning rate of G
+  c.optim.d_lr = 2e-4  # Adam learning rate of D
+  c.optim.b1 = 0.5  # Adam's beta1 of both (DCGAN's 0.5)
+  c.optim.b2 = 0.999  # Adam's beta2 of both
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64  # global, over all devices and processes
-  c.train.num_steps = 2000
+  c.train.num_steps = 2000  # G updates of the whole run (a resumed run continues to it)
   c.train.n_critic = 1  # D updates per G update (each on its own real batch)
   # Train steps per compiled call (an unrolled lax.scan over stacked batches): one dispatch and
   # one host round trip per call instead of per step, for small per-device batches where the host
@@ -148,12 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
   # which records the step folder.
   c.train.init_from = ""
   c.train.ema_rampup = 0.05  # half-life <= rampup * G's images so far (0 disables)
-  c.train.log_every = 50
-  c.train.sample_every = 500
-  # Also every train.eval_every step, before evaluating (these count toward keep_checkpoints:
-  # with eval_every below checkpoint_every, the kept ones span less history).
+  c.train.log_every = 50  # steps per metrics.jsonl row (means over the steps since the last)
+  c.train.sample_every = 500  # steps between sample grids (samples/ and TensorBoard)
+  # Steps between checkpoints; also one every train.eval_every step, before evaluating (these
+  # count toward keep_checkpoints: with eval_every below checkpoint_every, the kept ones span less
+  # history), at the last step and on a stop signal.
   c.train.checkpoint_every = 1000
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3  # the newest this many are kept (older ones are deleted)
   # Consecutive skipped (non-finite) steps before the run stops; read back at log rows and before
   # checkpoints (skipped steps change no weights, so a later stop loses nothing).
   c.train.max_nonfinite_steps = 20
@@ -190,8 +191,8 @@ def base_config() -> ml_collections.ConfigDict:
   # means one process. launch/tpu_pod.sh and launch/slurm_gpu.sbatch pass 'auto'.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ""  # host:port of process 0
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
+  c.distributed.num_processes = 1  # with an explicit host:port: the processes of the run
+  c.distributed.process_id = 0  # with an explicit host:port: this process (0 .. num_processes-1)
   return c
 
 
