@@ -139,6 +139,7 @@ class Evaluator:
     self.chunk = config.eval.batch_size * (1 if batch_sharding is None
                                            else batch_sharding.num_devices)
     self._reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._reals_digest: dict[int, str] = {}
     self._real_statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def reference(self, num: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +150,7 @@ class Evaluator:
       # Reading (decoding) and hashing the reals is cheap; Inception is not.
       labels, identity, path, cached = multihost.agreed(
           lambda: self._local_reference(num), "reading the real images")
+      self._reals_digest[num] = identity["content_sha256"]
       # Extraction is collective: all processes use the cache, or all recompute.
       if not multihost.all_processes(cached is not None):
         cached = None
@@ -162,6 +164,11 @@ class Evaluator:
         cached = (features, labels)
       self._reference[num] = cached
     return self._reference[num]
+
+  def reals_digest(self, num: int) -> Optional[str]:
+    """The content hash of the first `num` reals (their images and labels), once `reference(num)`
+    has read them: what an FID is measured against."""
+    return self._reals_digest.get(num)
 
   def real_statistics(self, num: int) -> tuple[np.ndarray, np.ndarray]:
     """FID's mean and covariance of `reference(num)`'s features, computed once per evaluator

@@ -53,6 +53,7 @@ class PeriodicEval:
     if order_fingerprint is not None and (config.data.random_flip or (total and reals < total)):
       self.settings["order_fingerprint"] = order_fingerprint
     self.best_fid = float("inf")
+    self._recorded_reals: Optional[str] = None
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.
     latest = self.best.latest_step()
@@ -71,6 +72,8 @@ class PeriodicEval:
         log.warning("best-FID checkpoint meta unreadable (%s); starting a new best", error)
         meta = {}
       recorded = dict(meta.get("eval_settings") or {})
+      # Known after the first evaluation has hashed the reals: compared then (_check_reals).
+      self._recorded_reals = recorded.pop("reals_sha256", None)
       # A best saved before the fingerprint joined the eval settings: its checkpoint meta has
       # the data's (forgetting a best of the same data would delete it for a worse one, keep=1).
       recorded.setdefault("data_fingerprint", meta.get("data_fingerprint", data_fingerprint))
@@ -102,6 +105,7 @@ class PeriodicEval:
                     type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
         self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
+    self._check_reals()
     fid = results.get("fid")
     # Saving is collective: every process must take the same decision, so all use process 0's
     # FID (the gathered features are the same everywhere; this guards the reduction too), and
@@ -126,6 +130,24 @@ class PeriodicEval:
     self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
                                      if isinstance(v, (int, float))})
     return results
+
+  def _check_reals(self) -> None:
+    """Forgets a best FID measured against other reals. The data fingerprint in the settings
+    hashes a sample of the images (it is computed at every start, before anything compiles), so
+    a data set changed elsewhere, re-prepared or replaced at a new data.path, can pass it; the
+    reals' full content hash is known once an evaluation has read them, and is saved with each
+    best from then on (bests saved before it was are judged by the fingerprint alone)."""
+    digest = self.evaluator.reals_digest(self.settings["num_real"])
+    if digest is None:
+      return
+    recorded, self._recorded_reals = self._recorded_reals, None
+    self.settings["reals_sha256"] = digest
+    # Agreed: the saves this decides are collective.
+    if recorded is not None and multihost.from_process_0(recorded != digest):
+      if self.best_fid != float("inf"):
+        log.info("the real images differ from those the best-FID checkpoint was measured "
+                 "against: new best")
+      self.best_fid = float("inf")
 
   def close(self) -> None:
     self.best.close()

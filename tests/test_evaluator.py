@@ -96,10 +96,17 @@ def test_a_failed_or_killed_cache_write_leaves_no_temporary(tmp_path, monkeypatc
 def test_the_real_features_are_cached_and_reused(tmp_path):
   config = tiny_config(**{"eval.cache_dir": str(tmp_path)})
   first, second = Extractor(), Extractor()
-  a, _ = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=first).reference(6)
-  b, _ = evaluator.Evaluator(config, None, Source(), sampler=None, extractor=second).reference(6)
+  evaluators = [evaluator.Evaluator(config, None, Source(), sampler=None, extractor=e)
+                for e in (first, second)]
+  assert evaluators[0].reals_digest(6) is None  # not read yet
+  a, _ = evaluators[0].reference(6)
+  b, _ = evaluators[1].reference(6)
   assert first.calls == 1 and second.calls == 0  # the second evaluator read the cache file
   np.testing.assert_array_equal(a, b)
+  # What the best FID is judged by: known from a cache hit too.
+  identity, _ = evaluator.reference_identity(
+      evaluator.real_chunks(Source(), 6, mirror=False, chunk=first.global_batch), "stub")
+  assert [e.reals_digest(6) for e in evaluators] == [identity["content_sha256"]] * 2
 
 
 def test_the_reals_reach_inception_in_chunks_not_as_one_set(tmp_path):
@@ -297,11 +304,16 @@ class Writer:
 class FixedFid:
   """An Evaluator whose evaluate() returns the next FID of a list."""
 
-  def __init__(self, fids, source=None):
+  def __init__(self, fids, source=None, reals="reals-a"):
     self.fids, self.extractor, self.source = list(fids), Extractor(), source
+    self.reals, self.evaluated = reals, False
 
   def evaluate(self, *args, **kwargs):
+    self.evaluated = True
     return {"fid": self.fids.pop(0)}
+
+  def reals_digest(self, num):
+    return self.reals if self.evaluated else None  # known once an evaluation read the reals
 
   def should_stop(self):
     return False
@@ -422,6 +434,37 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   fresh = periodic_eval.PeriodicEval(shared, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
   assert fresh.best_fid == float("inf")
   fresh.close()
+
+
+@pytest.mark.parametrize("reals, saved_again", [("reals-a", []), ("reals-b", [6]),
+                                                ("unrecorded", [])])
+def test_a_best_measured_against_other_reals_is_forgotten_at_the_first_evaluation(
+    tmp_path, reals, saved_again):
+  """The data fingerprint samples the images: a data set changed where it does not look passes
+  it, and its FIDs are then against other reals. Their full hash, known once an evaluation has
+  read them, is saved with the best and compared at the restart's first evaluation."""
+  config = tiny_config(**{"train.eval_every": 2})
+  workdir, saved = str(tmp_path / "w"), []
+
+  def periodic(fids, start, digest):
+    p = periodic_eval.PeriodicEval(config, workdir, FixedFid(fids, reals=digest), Writer(),
+                                   lambda s: {"step": s}, start, data_fingerprint=0x77)
+    p.best.save = lambda step, state, meta, save=p.best.save: (
+        saved.append(step), save(step, {"w": state.w}, meta))[1]
+    return p
+
+  first = periodic([30.0], 0, "reals-a")
+  if reals == "unrecorded":  # a best saved before the reals' hash was (judged as before)
+    first._check_reals = lambda: None
+  first(4, _state(4.0))
+  first.close()
+  assert saved == [4]
+  again = periodic([35.0], 4, "reals-a" if reals == "unrecorded" else reals)
+  assert again.best_fid == 30.0  # not known to differ before the reals are read
+  again(6, _state(6.0))  # 35 is worse than 30, but against other reals: the new best
+  assert saved == [4] + saved_again
+  assert again.best_fid == (35.0 if saved_again else 30.0)
+  again.close()
 
 
 @pytest.mark.parametrize("now, kept", [(0x77, True), (0x55, False)])
@@ -738,6 +781,8 @@ class Stub:  # each process's own FIDs: process 1's disagree with process 0's
   def evaluate(self, *args, **kwargs):
     fid = self.fids.pop(0)  # None: this process's FID metric failed (its other metrics kept)
     return {"fid": fid} if fid is not None else {"fid_failed": 1}
+  def reals_digest(self, num):
+    return "reals"
 
 class Writer:
   def write_scalars(self, step, scalars):

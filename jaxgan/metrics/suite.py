@@ -3,10 +3,10 @@
 A metric is a function `(real_features, fake_features, real_labels, fake_labels) ->
 {name: value}` over [N, 2048] Inception features (labels: int [N] of the first attribute, or None
 when unknown), registered by name in METRICS and picked by `eval.metrics`. Reference
-(real-data) features are cached as .npz keyed by what determines them: the data set's identity,
-the image size, the number of images and the Inception weights (StyleGAN2-ADA caches its
-reference statistics the same way), so a run, its restarts and `jaxgan.evaluate` extract the
-reals once.
+(real-data) features are cached as .npz keyed by what determines them: a hash of the reals'
+pixels and labels, their number and shape, the Inception weights' digest and the preprocessing
+(`evaluator.reference_identity`; StyleGAN2-ADA caches its reference statistics the same way), so
+a run, its restarts and `jaxgan.evaluate` extract the reals once.
 """
 
 from __future__ import annotations
