@@ -323,9 +323,17 @@ def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_fo
   config = _config(**{"data.source": "manifest", "data.path": str(path),
                       "data.label_column": "articleType", "data.num_classes": 1})  # no image_dir
   with pytest.raises(DataError, match=r"styles.csv: none of its 2 listed image files exists "
-                     r"\(first: .*\); file names are found under data.image_dir \(prepare: "
-                     r"--images\), here .*: set it to the folder that holds them$"):
+                     r"\(first: .*\); file names are data.image_pattern \(prepare: "
+                     r"--image-pattern\) '\{id\}.jpg' filled from each row, found under "
+                     r"data.image_dir \(prepare: --images\), here .*: set them to the folder "
+                     r"that holds the images and their names$"):
     build_source(config)
+  with config.unlocked():  # file names from a column
+    config.data.image_column = "id"
+  with pytest.raises(DataError, match=r"file names are the id column's values, found under "):
+    build_source(config)
+  with config.unlocked():
+    config.data.image_column = ""
   with config.unlocked():
     config.data.image_dir = str(images)
   assert len(build_source(config).images) == 2
@@ -1144,7 +1152,8 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
     build_source(_config(**{"data.source": "manifest", "data.path": str(nul),
                             "data.label_column": "articleType"}))
   path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
-  with pytest.raises(DataError, match="data.image_pattern '{sku}.jpg' cannot be filled"):
+  with pytest.raises(DataError, match=r"data.image_pattern \(prepare: --image-pattern\) "
+                                      r"'\{sku\}.jpg' cannot be filled"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(path),
                             "data.image_dir": str(images), "data.image_pattern": "{sku}.jpg"}))
   # A pattern naming no column: every row the same file (it trained on one image).
@@ -1264,8 +1273,19 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
                        "data.num_classes": FROM_DATA})
   with pytest.raises(ConfigError, match=r"^config key data.path: .*/none does not exist: data.path "
                                         r"must be a folder written by `python -m jaxgan.prepare` "
-                                        r"\(data.num_classes=-1 reads its class counts; "):
+                                        r"\(data.num_classes=-1 reads the class counts of a "
+                                        r"prepared set there; "):
     with_class_counts(missing)
+  # A folder of images: the way on that the error gives works as said (num_classes given).
+  (tmp_path / "photos").mkdir()
+  Image.new("RGB", (16, 16), "red").save(tmp_path / "photos" / "a.jpg")
+  photos = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "photos"),
+                      "data.num_classes": FROM_DATA})
+  with pytest.raises(ConfigError, match=r"holds image files, not a prepared set; .* or train on "
+                                        r"the files with data.source=folder \(.* with "
+                                        r"data.source=folder, .* give --config.data.num_classes=N"
+                                        r"\)$"):
+    with_class_counts(photos)
   with missing.unlocked():  # a catalog config run without --config.data.path
     missing.data.path = ""
   with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs the "

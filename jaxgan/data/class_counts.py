@@ -39,9 +39,11 @@ def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.Confi
   try:
     attributes = attribute_names(read_info(d.path))
   except DataError as e:
-    raise ConfigError(f"config key data.path: {e} (data.num_classes={FROM_DATA} reads its class "
-                      "counts; --compile_only and the benchmark, which read no images, can give "
-                      "--config.data.num_classes=N instead)") from None
+    # The other ways on, each with num_classes given: -1 is a prepared set's alone.
+    raise ConfigError(f"config key data.path: {e} (data.num_classes={FROM_DATA} reads the class "
+                      "counts of a prepared set there; with data.source=folder, or for "
+                      "--compile_only and the benchmark without the data, give "
+                      "--config.data.num_classes=N)") from None
   config = copy.deepcopy(config)
   with config.unlocked():
     config.data.num_classes = len(attributes[0][1]) if attributes else 0

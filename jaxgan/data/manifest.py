@@ -199,8 +199,9 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       try:
         image = os.path.join(base, image_pattern.format(id=name, **fields))
       except (KeyError, IndexError, ValueError) as e:
-        raise DataError(f"data.image_pattern {image_pattern!r} cannot be filled from {path} "
-                        f"{at} ({type(e).__name__}: {e}); use {{id}} or column names") from e
+        raise DataError(f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} "
+                        f"cannot be filled from {path} {at} ({type(e).__name__}: {e}); use "
+                        "{id} or column names") from e
     nested = [c for c in sorted(read) if isinstance(cells.get(c), (list, dict))]
     if nested:  # its text would be a class of its own per distinct list, or a file name
       raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}; "
@@ -223,9 +224,12 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
         column.append(value)
   if not paths and skipped and all(s["reason"].startswith("missing file") for s in skipped):
     # Every listed file missing: the images are elsewhere, not each one lost.
+    named = (f"the {image_column} column's values" if image_column else
+             f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each row")
     raise DataError(f"{path}: none of its {len(skipped)} listed image files exists (first: "
-                    f"{skipped[0]['path']}); file names are found under data.image_dir (prepare: "
-                    f"--images), here {base}: set it to the folder that holds them")
+                    f"{skipped[0]['path']}); file names are {named}, found under data.image_dir "
+                    f"(prepare: --images), here {base}: set them to the folder that holds the "
+                    "images and their names")
   return paths, values, skipped
 
 
