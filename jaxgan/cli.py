@@ -152,6 +152,22 @@ def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
 _OVERRIDE_KEY = re.compile(r"--config(\.[A-Za-z_]\w*)+")
 
 
+def _similar_keys(override: str) -> str:
+  """' Did you mean train.num_steps?' for --config.train.steps, where ml_collections, which
+  compares spellings alone, finds nothing: near spellings in the key's section, else its keys
+  that contain the name."""
+  from jaxgan.config import schema  # pylint: disable=g-import-not-at-top  (train's CLI alone)
+
+  section, _, name = override.removeprefix("--config.").rpartition(".")
+  names = [k.rpartition(".")[2] for k, _ in schema.flat_items(schema.base_config())
+           if k.rpartition(".")[0] == section]
+  close = difflib.get_close_matches(name, names, n=3) or [n for n in names if name in n][:3]
+  if not close:
+    return ""
+  keys = [f"{section}.{n}" if section else n for n in close]
+  return f" Did you mean {', '.join(keys[:-1]) + ' or ' if keys[1:] else ''}{keys[-1]}?"
+
+
 def _value_used_as_section(overrides: list[str]) -> Optional[str]:
   """What is wrong with an override that treats a value as a section (--config.model.name.x)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -201,7 +217,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     for arg in args:
       if arg.startswith("--config.") and not _OVERRIDE_KEY.fullmatch(arg.split("=")[0]):
         fail(f"{arg.split('=')[0]}: not a config key; overrides name a schema key, e.g. "
-             "--config.train.batch_size=32 (see jaxgan/config/schema.py)")
+             "--config.train.batch_size=32 (the keys: docs/config.md or jaxgan/config/schema.py)")
     # ml_collections accepts FILE:ARGUMENT; the file is the part before a colon it lacks.
     path = config_file if config_file is None or os.path.exists(config_file) else (
         config_file.split(":")[0])
@@ -253,7 +269,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(through)
     if not named:  # not an override's key: a bug in the config file, or a real traceback
       fail(_raised_in_config_file(e, config_file) or _traceback(e))
-    fail(f"{named[0]}: {detail} (the keys are those of jaxgan/config/schema.py)")
+    if "Did you mean" not in detail:
+      detail += _similar_keys(named[0])
+    fail(f"{named[0]}: {detail} (the keys: docs/config.md or jaxgan/config/schema.py)")
   except Exception as e:  # pylint: disable=broad-except  (the config file's own error, if it is)
     fail(_raised_in_config_file(e, config_file) or _traceback(e))
 

@@ -1,6 +1,6 @@
 """`python -m jaxgan.train --config configs/X.py --workdir DIR [--config.key=value ...]`.
 
-The config keys and their defaults: jaxgan/config/schema.py (README.md lists the main ones).
+Every config key, its default and what it does: docs/config.md (made from jaxgan/config/schema.py).
 """
 
 from __future__ import annotations

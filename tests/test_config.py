@@ -344,7 +344,7 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert typo.returncode == 2
   assert typo.stderr.strip().splitlines() == [  # one line, not ml_collections' traceback
       "error: --config.train.batch_sizee: unknown key 'batch_sizee'. Did you mean \"batch_size\" "
-      "instead of \"batch_sizee\"? (the keys are those of jaxgan/config/schema.py)"]
+      "instead of \"batch_sizee\"? (the keys: docs/config.md or jaxgan/config/schema.py)"]
   # A bug inside a config file is not dressed up as a bad override: the file's own error, with
   # its line.
   (tmp_path / "buggy.py").write_text("from jaxgan.config import base_config\n\n"
@@ -359,7 +359,7 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   late_help = run_module("jaxgan.train", "--config", "configs/default.py",
                          "--config.train.nosuch=1", "--help")
   assert late_help.returncode == 2 and late_help.stderr.strip().splitlines() == [
-      "error: --config.train.nosuch: unknown key 'nosuch'. (the keys are those of "
+      "error: --config.train.nosuch: unknown key 'nosuch'. (the keys: docs/config.md or "
       "jaxgan/config/schema.py)"], late_help.stderr
   # A get_config() that forgot its return: not "--config is required", which it was given.
   (tmp_path / "none.py").write_text("def get_config():\n  pass\n")
@@ -389,6 +389,16 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config key data.image_size:")
   assert not workdir.exists()  # failed before any work, nothing written
+
+
+def test_an_unknown_override_is_matched_to_near_keys_or_keys_containing_it():
+  """ml_collections suggests by spelling alone: --config.train.steps got no suggestion."""
+  assert cli._similar_keys("--config.train.steps") == " Did you mean train.num_steps?"
+  assert cli._similar_keys("--config.model.width") == (
+      " Did you mean model.g_width, model.d_width or model.max_width?")
+  assert cli._similar_keys("--config.sed") == " Did you mean seed?"  # a root key
+  assert cli._similar_keys("--config.train.nosuch") == ""
+  assert cli._similar_keys("--config.nosuch.steps") == ""  # no such section
 
 
 def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
@@ -455,10 +465,10 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "(see --help)"),  # a key's '-' too (was a traceback)
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size[0]=1"],
      "error: --config.train.batch_size[0]: not a config key; overrides name a schema key, e.g. "
-     "--config.train.batch_size=32 (see jaxgan/config/schema.py)"),
+     "--config.train.batch_size=32 (the keys: docs/config.md or jaxgan/config/schema.py)"),
     (["--config", "configs/default.py", "--workdir", "W", "--config..seed=1"],
      "error: --config..seed: not a config key; overrides name a schema key, e.g. "
-     "--config.train.batch_size=32 (see jaxgan/config/schema.py)"),
+     "--config.train.batch_size=32 (the keys: docs/config.md or jaxgan/config/schema.py)"),
     (["--config", "T/frozen.py", "--workdir", "W"], "error: --config T/frozen.py: get_config() "
      "returned a FrozenConfigDict; it must return the ConfigDict, as configs/default.py does"),
     # A config file's None where a number belongs: one line, not a TypeError in validation.
