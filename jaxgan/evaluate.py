@@ -314,6 +314,10 @@ def _bad_argument(args) -> str:
   for flag, path in sets:  # both before the first set's Inception (minutes to hours)
     if not os.path.isdir(path):
       return f"--{flag} {path}: not a folder; pass a folder of images or a prepared data set"
+    if all(os.path.exists(os.path.join(path, n)) for n in ("config.json", "checkpoints")):
+      # Read as a set, its images would be its sample grids: a plausible, meaningless FID.
+      return (f"--{flag} {path} is a training run's workdir, whose images are its sample grids: "
+              f"evaluate its generator with --workdir {path}, or pass a set `generate` wrote")
     try:
       args.listed[path] = image_sets.list_set(path)  # once: the reads below use this listing
       count = image_sets.count_images(path, args.listed[path])

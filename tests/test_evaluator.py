@@ -555,6 +555,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--workdir", "{tmp}", "--metrics", "fid,bogus"], "--metrics 'fid,bogus': unknown metric bogus"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", "per_class_fid"],
      "--metrics per_class_fid needs class labels"),
+    # A run's workdir as a set: its sample grids were read as the images.
+    (["--real", "{tmp}/trained", "--fake", "{tmp}/three"], "--real {tmp}/trained is a training "
+     "run's workdir, whose images are its sample grids: evaluate its generator with --workdir "
+     "{tmp}/trained, or pass a set `generate` wrote"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--image-size", "-1"], "--image-size must be >= 1"),
     (["--workdir", "{tmp}", "--image-size", "64"], "--image-size is for two-set mode"),
     # Two-set mode uses every image: workdir flags are refused, not ignored.
@@ -589,6 +593,10 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
     (tmp_path / "three" / f"{i}.png").write_bytes(b"never read")
   os.makedirs(tmp_path / "damaged")
   (tmp_path / "damaged" / "dataset_info.json").write_text("{not json")
+  os.makedirs(tmp_path / "trained" / "checkpoints")
+  os.makedirs(tmp_path / "trained" / "samples")
+  (tmp_path / "trained" / "config.json").write_text(config_lib.to_json(tiny_config()))
+  (tmp_path / "trained" / "samples" / "step_0000002.png").write_bytes(b"never read")
 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
