@@ -246,12 +246,13 @@ def _run_data(config, meta: dict, data_path: str):
   renamed = (config_lib.attribute_classes(config) and trained is not None
              and [names for _, names in have] != [names for _, names in trained])
   if not problem and renamed and [len(n) for _, n in have] != [len(n) for _, n in trained]:
-    problem = f"its classes are {_describe(have)}, the run's {_describe(trained)}"
+    problem = f"it holds {_describe(have)}, the run was trained on {_describe(trained)}"
   if problem:
     raise ValueError(f"{where}: not this run's data ({problem}); {fix}")
   if renamed:
-    print(f"warning: {where}: its class names are {_describe(have)}, this checkpoint's "
-          f"{_describe(trained)}: class k is sampled and compared as the data's k-th",
+    print(f"warning: {where}: its class names differ: it holds {_describe(have)}, this "
+          f"checkpoint was trained on {_describe(trained)}: class k is sampled and compared as "
+          "the data's k-th",
           file=sys.stderr)
   recorded = meta.get("data_fingerprint")
   if recorded is not None and data_lib.fingerprint(source) != recorded:

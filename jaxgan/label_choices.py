@@ -32,7 +32,8 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   close = ([folded[label.casefold()]] if label.casefold() in folded
            else difflib.get_close_matches(label, class_names, n=1))
   hint = f"did you mean {close[0]!r}? " if close else ""
-  if not close and "other" in class_names:  # prepare's --rare-classes other, training's likewise
+  # prepare's --rare-classes other, training's likewise; not for an index out of range
+  if not close and "other" in class_names and not (by_index and number(label)):
     hint = "a class with fewer images than the data's min_class_count is part of 'other'; "
   if attribute is not None:
     raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; {hint}choose one "

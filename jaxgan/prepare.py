@@ -69,8 +69,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = every core)")
   # --image_size as well as --image-size, as the absl tools (train, generate) accept both.
   args = p.parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
-  if args.image_size < 1 or args.min_class_count < 1:
-    p.error("--image-size and --min-class-count must be positive")
+  for flag in ("image_size", "min_class_count", "min_source_size", "max_pixels"):
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
   if label_columns(args) and not args.manifest:
     p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
   for flag in ("id_column", "image_column", "image_pattern"):
@@ -79,8 +80,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
               "found under --images)")
   if not 0 <= args.max_bad_fraction <= 1:  # also NaN
     p.error(f"--max-bad-fraction must be a fraction in [0, 1], got {args.max_bad_fraction}")
-  if args.workers < 0 or args.min_source_size < 1 or args.max_pixels < 1:
-    p.error("--workers must be >= 0 (0 = every core), --min-source-size and --max-pixels >= 1")
+  if args.workers < 0:
+    p.error(f"--workers must be >= 0 (0 = every core), got {args.workers}")
   return args
 
 

@@ -657,14 +657,17 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool):
      "argument --num-samples: invalid int value: 'abc' (see --help)"),
     ("prepare", ["--images", "x"], "the following arguments are required: --out (see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--image-size", "0"],
-     "--image-size and --min-class-count must be positive (see --help)"),
+     "--image-size must be a positive integer, got 0 (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--min-class-count", "-2"],
+     "--min-class-count must be a positive integer, got -2 (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--max-pixels", "0"],
+     "--max-pixels must be a positive integer, got 0 (see --help)"),
     # Ignored before: manifest flags without a manifest, "every core" for a negative count.
     ("prepare", ["--images", "x", "--out", "y", "--image-pattern", "{sku}.png"],
      "--image-pattern is read with --manifest only (a folder's files are found under --images) "
      "(see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--workers", "-3"],
-     "--workers must be >= 0 (0 = every core), --min-source-size and --max-pixels >= 1 (see "
-     "--help)"),
+     "--workers must be >= 0 (0 = every core), got -3 (see --help)"),
 ])
 def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsys):
   """prepare and evaluate (argparse) printed their whole usage before the error."""

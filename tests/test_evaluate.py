@@ -335,11 +335,11 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   problems = {
       prepare("small", 8, [0, 1, 0, 1], kinds): "its images are 8x8, the run's 16x16",
       prepare("three", 16, [0, 1, 2, 1], [("articleType", ["Shoes", "Watches", "Caps"])]):
-          "its classes are 3 classes (Shoes, Watches, Caps), the run's articleType: 2 classes "
-          "(Shoes, Watches)",
+          "it holds 3 classes (Shoes, Watches, Caps), the run was trained on articleType: 2 "
+          "classes (Shoes, Watches)",
       prepare("two", 16, [[0, 0], [1, 1]], kinds + colours):
-          "its classes are articleType: 2 classes (Shoes, Watches); baseColour: 2 classes (Black, "
-          "Red), the run's articleType: 2 classes (Shoes, Watches)",
+          "it holds articleType: 2 classes (Shoes, Watches); baseColour: 2 classes (Black, Red), "
+          "the run was trained on articleType: 2 classes (Shoes, Watches)",
   }
   for path, problem in problems.items():
     with pytest.raises(ValueError) as e:
@@ -355,8 +355,9 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
                         ({"class_names": ["Shoes", "Watches"]}, "2 classes (Shoes, Watches)")):
     check(renamed)
     assert capsys.readouterr().err.startswith(
-        f"warning: --data-path {renamed}: its class names are 2 classes (Black, Red), this "
-        f"checkpoint's {trained}: class k is sampled and compared as the data's k-th\n")
+        f"warning: --data-path {renamed}: its class names differ: it holds 2 classes (Black, "
+        f"Red), this checkpoint was trained on {trained}: class k is sampled and compared as the "
+        "data's k-th\n")
   meta = current
   check(prepare("other", 16, [1, 0, 1, 0], kinds))  # the same classes, other images
   assert capsys.readouterr().err.strip() == (

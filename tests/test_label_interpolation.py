@@ -255,6 +255,10 @@ def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_pre
                                        r"with fewer images than the data's min_class_count is "
                                        r"part of 'other'; choose one of: Shirts, Watches, other"):
     label_choices.resolve_label("Heels", ["Shirts", "Watches", "other"], 3)
+  # Not for an index out of range: no class was merged into it.
+  with pytest.raises(ValueError, match=r"^--label '7' is not a class of this model; choose one "
+                                       r"of: Shirts, Watches, other \(or an index 0..2\)$"):
+    label_choices.resolve_label("7", ["Shirts", "Watches", "other"], 3)
   with pytest.raises(ValueError, match=r"^--label baseColour='Nvy Blue': not a class of "
                                        r"baseColour; did you mean 'Navy Blue'\? choose one of"):
     label_choices.resolve_label("Nvy Blue", ["Black", "Navy Blue"], 2, "baseColour")

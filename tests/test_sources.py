@@ -167,6 +167,13 @@ def test_folder_says_which_files_it_passes_over(tmp_path, caplog):
   assert folders == ["A", "A", "B", "B"]
   assert (f"{tmp_path / 'f'}: 3 files passed over for their extension (.heic: 2, .txt: 1); "
           "images are read from .jpg") in caplog.text
+  for name in ("B/c.txt", "C/d.heic", "C/e.HEIC"):
+    os.remove(tmp_path / "f" / name)
+  (tmp_path / "f" / "notes.md").write_text("x")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    folder.scan_folder(str(tmp_path / "f"))
+  assert f"{tmp_path / 'f'}: 1 file passed over for its extension (.md: 1)" in caplog.text
 
 
 def _manifest(tmp_path, rows, name="styles.csv"):
@@ -212,7 +219,7 @@ def test_rows_skipped_before_decoding_are_logged_by_prepare_as_by_the_manifest_s
           + [{"id": 10 + i, "type": "Watches", "exists": False} for i in range(3)]
           + [{"id": 20, "type": ""}])
   path, images = _manifest(tmp_path, rows)
-  expected = (f"4 entries of {path} skipped before decoding (3 missing file, 1 no articleType); "
+  expected = (f"4 entries of {path} skipped before decoding (missing file: 3, no articleType: 1); "
               "listed, not images, so not counted against ")
   args = prepare.parse_args(["--manifest", str(path), "--images", str(images), "--label-column",
                              "articleType", "--out", str(tmp_path / "p"), "--image-size", "16",

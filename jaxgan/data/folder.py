@@ -35,8 +35,10 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
                     f"{root}") from None
   if others:  # captions and sidecars, or photos in a format not read (.heic): a class may vanish
     listed = ", ".join(f"{ext or '(none)'}: {n}" for ext, n in others.most_common(8))
-    log.warning("%s: %d files passed over for their extension (%s); images are read from %s",
-                root, sum(others.values()), listed, " ".join(IMAGE_EXTENSIONS))
+    count = sum(others.values())
+    log.warning("%s: %d %s passed over for %s extension (%s); images are read from %s", root,
+                count, "file" if count == 1 else "files", "its" if count == 1 else "their",
+                listed, " ".join(IMAGE_EXTENSIONS))
   skipped = []
   if any(folders):
     kept = [(p, f) for p, f in zip(paths, folders) if f]
