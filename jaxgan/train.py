@@ -75,7 +75,12 @@ def _main(stop) -> None:
   std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)
   try:
     if FLAGS.compile_only:
-      print(json.dumps(run_lib.compile_report(FLAGS.config)))
+      report = run_lib.compile_report(FLAGS.config)
+      try:  # the step compiles alike without a schedule; a run would refuse it at its start
+        config_lib.validate_schedule(FLAGS.config)
+      except config_lib.ConfigError as e:
+        std_logging.getLogger("jaxgan.train").warning("training refuses this config: %s", e)
+      print(json.dumps(report))
     else:
       state = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                          allow_config_change=FLAGS.allow_config_change,

@@ -224,9 +224,14 @@ def test_scattered_devices_assemble_the_global_batch_in_order():
 
 def test_compile_only_prints_memory_and_flops(tmp_path):
   proc = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir",
-                    str(tmp_path / "w"), "--compile_only")
+                    str(tmp_path / "w"), "--compile_only", "--config.train.steps_per_call=2",
+                    "--config.train.log_every=25")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # The report, and what training would refuse: the step compiles without the schedule.
+  assert ("training refuses this config: config key train.log_every: 25 is not a multiple of "
+          "train.steps_per_call=2") in proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["steps_per_call"] == 2
   assert report["per_device_flops"] > 1e8
   assert report["per_device_peak_estimate_bytes"] > 0
   assert report["g_parameters"] == 502_211 and report["d_parameters"] == 168_865
