@@ -296,6 +296,15 @@ class Evaluator:
                             on_error=metric_failed if keep_going else None,
                             real_statistics=lambda: self.real_statistics(num_real))
     results.update({f"{name}_failed": 1 for name in failed})
+    if "per_class_fid" in self.names and "per_class_fid" not in failed:
+      # Every class of the model, in order: one the evaluation's reals (and so its fakes) lack
+      # is null with count 0, not a missing key.
+      per_class = {k: v for k, v in results.items() if k.startswith("fid_class_")}
+      results = {k: v for k, v in results.items() if k not in per_class}
+      for c in range(self.config.data.num_classes):
+        results[f"fid_class_{c}"] = per_class.pop(f"fid_class_{c}", None)
+        results[f"fid_class_{c}_n"] = per_class.pop(f"fid_class_{c}_n", 0)
+      results.update(per_class)  # none expected: labels are < num_classes
     if "per_class_fid" in self.names and getattr(self.source, "class_names", None):
       results["class_names"] = list(self.source.class_names)  # fid_class_<k>: class_names[k]
     results.update(num_samples=int(num_samples), num_real=int(len(real)),

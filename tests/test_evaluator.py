@@ -257,6 +257,24 @@ def test_a_failing_metric_costs_itself_in_training_and_raises_elsewhere(monkeypa
     ev.evaluate(None, None, 6)
 
 
+def test_per_class_fid_reports_every_class_of_the_model_in_order(tmp_path):
+  """A class the evaluation's reals lack (so its fakes, drawn from the reals' labels, too) was a
+  missing key: a result's keys then varied from class to class and from run to run."""
+  def sampler(params, stats, z, labels):
+    return jnp.asarray(np.random.default_rng(len(z)).integers(0, 255, (len(z), 4, 4, 3)),
+                       jnp.uint8)
+
+  config = tiny_config(**{"eval.metrics": "per_class_fid", "eval.standing_stats_batches": 0,
+                          "eval.cache_dir": str(tmp_path)})  # 3 classes; Source's labels are 0
+  ev = evaluator.Evaluator(config, None, Source(), sampler=sampler, extractor=Extractor(),
+                           statistics=lambda params, stats: stats)
+  results = ev.evaluate(None, None, 8, num_real=6)
+  per_class = [(k, v) for k, v in results.items() if k.startswith("fid_class_")]
+  assert [k for k, _ in per_class] == [f"fid_class_{c}{n}" for c in range(3) for n in ("", "_n")]
+  assert np.isfinite(results["fid_class_0"]) and results["fid_class_0_n"] == 6
+  assert [v for k, v in per_class[2:]] == [None, 0, None, 0]
+
+
 def test_the_reals_statistics_are_computed_once_across_evaluations(tmp_path, monkeypatch):
   """FID's mean and covariance of the reals (seconds at 50k x 2048) are the same at every
   periodic evaluation: computed once, and the FID is what the uncached computation gives."""
