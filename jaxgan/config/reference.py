@@ -122,15 +122,21 @@ def render() -> str:
     out += [f"## {section.name or 'top level'}", ""]
     if section.intro:
       out += [section.intro, ""]
+    after_paragraph = False
     for group in section.groups:
       keys = group.keys
       if group.described() == 1:  # a block above one key describes that key alone
         keys = [(keys[0][0], group.intro)] + keys[1:]
-      elif group.intro:
-        out += [group.intro, ""]
+      # A paragraph, then its keys' list; keys after that list start one of their own, so as
+      # not to read as the paragraph's. One list runs on otherwise.
+      if group.intro and group.described() != 1:
+        out += ["", group.intro, ""] if out[-1] else [group.intro, ""]
+      elif after_paragraph:
+        out.append("")
+      after_paragraph = bool(group.intro) and group.described() != 1
       for key, comment in keys:
         out.append(f"- `{key}` = {_default(defaults[key])}" + (f": {comment}" if comment else ""))
-      out.append("")
+    out.append("")
   return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -59,8 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   # False: a set not yet prepared under tfds_data_dir fails at once (hosts without network: an
   # offline download retries for minutes before it fails); True downloads it, as tfds.load does.
   c.data.tfds_download = True
-  c.data.tfds_split = "train"
-  c.data.tfds_image_key = "image"
+  c.data.tfds_split = "train"  # tfds: the split trained on (e.g. 'train', 'train+test')
+  c.data.tfds_image_key = "image"  # tfds: the feature holding the image
   c.data.tfds_label_key = "label"  # "" = unconditional
   c.data.min_source_size = 8  # images with a shorter side are skipped
   c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
