@@ -13,7 +13,7 @@ LAYERS = {
     "cli": {"jaxgan.train", "jaxgan.generate", "jaxgan.evaluate", "jaxgan.prepare",
             "jaxgan.benchmark"},
     "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore",
-                      "jaxgan.startup"},
+                      "jaxgan.startup", "jaxgan.offline_eval"},
     "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.periodic_eval",
              "jaxgan.workdir"},
     "state": {"jaxgan.state"},

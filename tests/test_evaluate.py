@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import JOIN_TWO_PROCESSES, run_module, run_two_processes, tiny_config, xla_flags
-from jaxgan import config as config_lib, data as data_lib, evaluate, trainer
+from jaxgan import config as config_lib, data as data_lib, evaluate, offline_eval, trainer
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
 from jaxgan.metrics import suite
@@ -328,7 +328,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   def check(path):
     with config.unlocked():
       config.data.path = path
-    return evaluate._run_data(config, meta, path)
+    return offline_eval.run_data(config, meta, path)
 
   assert check(run_set).num_examples == 4
   assert capsys.readouterr().err == ""
@@ -365,7 +365,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
       "was trained on (another fingerprint): the metrics compare its samples with these")
 
   # The synthetic catalog has no path to name (here with a fingerprint it does not have).
-  evaluate._run_data(tiny_config(), {"data_fingerprint": 1}, "")
+  offline_eval.run_data(tiny_config(), {"data_fingerprint": 1}, "")
   assert capsys.readouterr().err.startswith(
       "warning: the run's data (data.source=synthetic) holds other images or labels than this "
       "checkpoint was trained on")
@@ -377,7 +377,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   with config.unlocked():
     config.data.update(source="folder", path=str(tmp_path / "folder"))
   with pytest.raises(ValueError) as e:
-    evaluate._run_data(config, meta, "")
+    offline_eval.run_data(config, meta, "")
   assert str(e.value) == (
       f"the run's data.path {tmp_path}/folder: not this run's data ({tmp_path}/folder has 3 "
       "classes (Caps, Shoes, Watches), the run 2); pass --data-path with the data set the run "
@@ -394,7 +394,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
     check(moved)
   assert str(e.value) == f"--data-path '{moved}' is not a directory; point it at your image folder"
   with pytest.raises(data_lib.DataError) as e:
-    evaluate._run_data(config, meta, "")
+    offline_eval.run_data(config, meta, "")
   assert str(e.value) == (f"data.path '{moved}' is not a directory; point it at your image folder "
                           "(the run's data.path: pass --data-path with the data set the run "
                           "trained on)")
@@ -402,7 +402,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   monkeypatch.setattr(data_lib, "build_source", lambda config: (_ for _ in ()).throw(
       data_lib.DataError("data.tfds_name 'x' could not be loaded: no network")))
   with pytest.raises(data_lib.DataError) as e:
-    evaluate._run_data(tiny_config(**{"data.source": "tfds", "data.tfds_name": "x"}), meta, "")
+    offline_eval.run_data(tiny_config(**{"data.source": "tfds", "data.tfds_name": "x"}), meta, "")
   assert str(e.value) == "data.tfds_name 'x' could not be loaded: no network"
 
 
@@ -430,7 +430,7 @@ def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_
     args = argparse.Namespace(real=real, fake=fake, image_size=size, metrics="fid", weights="",
                               cache_dir="", batch_size=0)
     with pytest.raises(Stop):
-      evaluate.evaluate_sets(args)
+      offline_eval.evaluate_sets(args)
     err = capsys.readouterr().err
     assert ((f"warning: {large} holds 40x40 images, {small} 16x16 (the first of each): "
              "Inception sees both at 299x299, so the metrics also measure the difference in "

@@ -757,12 +757,12 @@ def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):
   --image-size loads every image as training does, at one size."""
   from PIL import Image
 
-  from jaxgan import evaluate
+  from jaxgan import offline_eval
   from jaxgan.data import DataError, image_sets, prepared
 
   folder = tmp_path / "photos"
   folder.mkdir()
-  for i in range(evaluate.MANY_SHAPES + 1):  # nine sizes, one non-square
+  for i in range(offline_eval.MANY_SHAPES + 1):  # nine sizes, one non-square
     Image.new("RGB", (20 + i, 20 + i + (i == 0) * 10), (40 * (i % 6), 0, 0)).save(
         folder / f"{i}.png")
 
@@ -772,13 +772,13 @@ def test_image_sets_load_at_native_sizes_or_at_one_size(tmp_path, capsys):
       return np.zeros((len(self.shapes), 2048), np.float32)
 
   extractor = Extractor()
-  features, skipped = evaluate._features_of_set(extractor, str(folder), "real")
+  features, skipped = offline_eval.features_of_set(extractor, str(folder), "real")
   # Read and handed over one image at a time, at its own size.
   assert features.shape == (9, 2048) and skipped == 0 and extractor.total == 9
   assert len(set(extractor.shapes)) == 9 and all(s[0] == 1 for s in extractor.shapes)
   assert (1, 30, 30, 3) in extractor.shapes  # 20x30 padded to a square, not resized
   assert "holds images of at least 9 sizes" in capsys.readouterr().err
-  evaluate._features_of_set(extractor, str(folder), "real", image_size=16)
+  offline_eval.features_of_set(extractor, str(folder), "real", image_size=16)
   assert set(extractor.shapes) == {(1, 16, 16, 3)} and "sizes" not in capsys.readouterr().err
   images = np.concatenate(list(image_sets.iter_image_set(str(folder), 16)))
   # The non-square black one: padded with white to a square, then resized (not stretched).

@@ -1,0 +1,208 @@
+"""`python -m jaxgan.evaluate`'s two modes, its arguments checked (evaluate.py, the CLI):
+a run's checkpoint against its training data (`evaluate_workdir`: EMA samples and the run's
+reals through `evaluator.Evaluator`, as training's evaluations), and two image sets
+(`evaluate_sets`). Messages for the user go to stderr as the CLI's do; errors are raised."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
+
+# Native sizes: Inception compiles once per distinct image shape, each takes memory at full size.
+MANY_SHAPES = 8
+
+
+def features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2,
+                     paths: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
+  """(features, how many files were skipped) of a folder or prepared set, read and extracted
+  image by image (host memory holds a batch per image size, not the set); `paths`: a folder's
+  image files when already listed."""
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
+
+  skipped: list[dict] = []
+  images = image_sets.iter_image_set(path, image_size, skipped, paths)
+  features = extractor.stream(_read_checked(images, skipped, path, fewest),
+                              image_sets.count_images(path, paths), desc)
+  return features, len(skipped)
+
+
+def _read_checked(images: Iterator[np.ndarray], skipped: list[dict], path: str, fewest: int
+                  ) -> Iterator[np.ndarray]:
+  """`images`, warning of each skipped file as it is met and once when the set turns out to
+  hold images of more than MANY_SHAPES sizes; none is passed on before `fewest` are read, so
+  that a set with fewer is refused before any Inception work (its compile included)."""
+  from jaxgan.data import DataError  # pylint: disable=g-import-not-at-top
+
+  shapes: set = set()
+  told, count, waiting = 0, 0, []
+
+  def tell_skipped() -> None:
+    nonlocal told
+    for s in skipped[told:]:  # above Inception's progress bar, not glued to its line
+      tqdm.write(f"warning: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    told = len(skipped)
+
+  for chunk in images:
+    tell_skipped()
+    if chunk.shape[1:] not in shapes:
+      shapes.add(chunk.shape[1:])
+      if len(shapes) == MANY_SHAPES + 1:
+        print(f"warning: {path} holds images of at least {len(shapes)} sizes: Inception compiles "
+              "once per size and holds a batch of each; pass --image-size (e.g. the model's "
+              "resolution) to load them at one size", file=sys.stderr)
+    count += len(chunk)
+    waiting.append(chunk)
+    if count >= fewest:
+      yield from waiting
+      waiting = []
+  tell_skipped()
+  if count < fewest:  # files skipped since the count
+    raise DataError(f"{path}: {count} readable image(s) left, the metrics need at least "
+                    f"{fewest} per set")
+
+
+def evaluate_sets(args) -> dict:
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
+
+  names = suite.parse_names(args.metrics)
+  fewest = suite.min_samples(names)
+  # The fakes are read only after the reals' features (minutes to hours): an unreadable --fake
+  # set is found now.
+  listed = getattr(args, "listed", {})
+  warning = image_sets.check_readable(args.fake, fewest, args.image_size,
+                                      paths=listed.get(args.fake))
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
+  if not args.image_size:  # native sizes: a real photo against a model's samples
+    sides = [image_sets.first_side(p, listed.get(p)) for p in (args.real, args.fake)]
+    if None not in sides and sides[0] != sides[1]:
+      print(f"warning: {args.real} holds {sides[0]}x{sides[0]} images, {args.fake} "
+            f"{sides[1]}x{sides[1]} (the first of each): Inception sees both at 299x299, so the "
+            f"metrics also measure the difference in resolution; pass --image-size "
+            f"{min(sides)} to compare them at one size", file=sys.stderr)
+  extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
+                               args.batch_size or SETS_BATCH)
+  real, real_skipped = features_of_set(extractor, args.real, "inception (real)", args.image_size,
+                                        fewest, listed.get(args.real))
+  fake, fake_skipped = features_of_set(extractor, args.fake, "inception (fake)", args.image_size,
+                                        fewest, listed.get(args.fake))
+  results = suite.compute(real, fake, names)
+  results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
+                 skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
+  return results
+
+
+def evaluate_workdir(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgan import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import sharding  # pylint: disable=g-import-not-at-top
+  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  labelled = suite.needs_labels(suite.parse_names(args.metrics))
+  if labelled and workdir_lib.load_config(args.workdir).data.num_classes <= 0:
+    # Before the checkpoint is read or any network built.
+    raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
+                     "unconditional run (data.num_classes = 0); drop it")
+  config, step, state, meta = workdir_lib.load_checkpoint(args.workdir, args.checkpoint)
+  # Eval settings not given here as they were when this checkpoint was written (config.json is
+  # the last resume's, which may have changed them), so the FID logged for it is reproduced.
+  trained = meta.get("config") or {}
+  defaulted = args.defaulted
+  if "metrics" in defaulted:
+    args.metrics = trained.get("eval", {}).get("metrics", args.metrics)
+  if "num_samples" in defaulted:
+    args.num_samples = trained.get("train", {}).get("eval_num_samples", args.num_samples)
+  fewest = suite.min_samples(suite.parse_names(args.metrics))
+  if args.num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
+    raise ValueError(f"--num-samples must be >= {fewest} for --metrics {args.metrics} (this "
+                     f"checkpoint's eval settings), got {args.num_samples}")
+  with config.unlocked():
+    for key in ("num_real", "standing_stats_batches"):
+      config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])
+    config.data.path = args.data_path or config.data.path
+    config.eval.metrics = args.metrics
+    config.eval.batch_size = args.batch_size or config.eval.batch_size
+    config.eval.weights = args.weights or config.eval.weights
+    config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
+    if args.standing_stats_batches >= 0:
+      config.eval.standing_stats_batches = args.standing_stats_batches
+  generator, _ = models_lib.build_models(config)
+  # Every local device samples its share of the fakes, from its own copy of the EMA weights.
+  mesh = sharding.local_mesh()
+  ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
+                                             sharding.replicated(mesh))
+  del state  # its D and optimizer states (on device 0) are not needed
+  evaluator = evaluator_lib.Evaluator(config, generator, run_data(config, meta, args.data_path),
+                                      batch_sharding=sharding.batch_sharding(mesh))
+  results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
+                               num_real=args.num_real, seed=args.seed)
+  results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
+                 num_devices=int(mesh.size))  # the fakes' sampling and Inception's
+  return results
+
+
+def run_data(config, meta: dict, data_path: str):
+  """The run's data source (at --data-path when given), refused with one line before any
+  Inception work when it is not the data the run was trained on (another image size or class
+  counts: an FID against it would mean nothing, or the conditional samples fail), and warned of
+  when only its class names differ from the checkpoint's (renamed classes, as a resume with
+  --allow_config_change accepts) or its content does (the FID is then against other reals)."""
+  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import label_choices  # pylint: disable=g-import-not-at-top
+
+  where = (f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
+           if config.data.path else f"the run's data (data.source={config.data.source})")
+  fix = ("pass the data set the run trained on" if data_path else "pass --data-path with the "
+         "data set the run trained on")
+  try:
+    source = data_lib.build_source(config)
+  except config_lib.ConfigError as e:  # the source's own checks against the run's classes
+    raise ValueError(f"{where}: not this run's data ({e.problem}); {fix}") from None
+  except data_lib.DataError as e:  # naming the key data.path (not a path), set here by a flag
+    message = (re.sub(r"(?<![\w/.'-])data\.path(?![\w/.-])", "--data-path", str(e)) if data_path
+               else f"{e} (the run's data.path: {fix})" if config.data.path else str(e))
+    raise data_lib.DataError(message) from None
+  problem = ""
+  size = config.data.image_size
+  images = getattr(source, "images", None)
+  if images is not None and tuple(images.shape[1:3]) != (size, size):
+    problem = f"its images are {images.shape[2]}x{images.shape[1]}, the run's {size}x{size}"
+  have = [[str(c), [str(n) for n in names]] for c, names in data_lib.attribute_names(source)]
+  trained = label_choices.trained_attributes(meta, have)  # None: a checkpoint without class names
+  # The class names, in order, are what a label means; a column's name is only its title.
+  renamed = (config_lib.attribute_classes(config) and trained is not None
+             and [names for _, names in have] != [names for _, names in trained])
+  if not problem and renamed and [len(n) for _, n in have] != [len(n) for _, n in trained]:
+    problem = f"it holds {_describe(have)}, the run was trained on {_describe(trained)}"
+  if problem:
+    raise ValueError(f"{where}: not this run's data ({problem}); {fix}")
+  if renamed:
+    print(f"warning: {where}: its class names differ: it holds {_describe(have)}, this "
+          f"checkpoint was trained on {_describe(trained)}: class k is sampled and compared as "
+          "the data's k-th",
+          file=sys.stderr)
+  recorded = meta.get("data_fingerprint")
+  if recorded is not None and data_lib.fingerprint(source) != recorded:
+    print(f"warning: {where} holds other images or labels than this checkpoint was trained on "
+          "(another fingerprint): the metrics compare its samples with these", file=sys.stderr)
+  return source
+
+
+def _describe(attributes: list) -> str:
+  """'articleType: 3 classes (Shoes, Tshirts, Watches); baseColour: ...' ('none' when empty; a
+  set prepared from one unnamed attribute calls it 'class', left out here)."""
+  return "; ".join(("" if column == "class" else f"{column}: ") + f"{len(names)} classes ("
+                   f"{', '.join(map(str, names[:4]))}{', ...' if len(names) > 4 else ''})"
+                   for column, names in attributes) or "none"
