@@ -76,6 +76,24 @@ def reference_identity(chunks: Iterable[tuple[np.ndarray, np.ndarray]], weights_
           "weights": weights_id, "preprocessing": PREPROCESSING_ID}, all_labels
 
 
+def row_digests(chunks: Iterable[tuple[np.ndarray, np.ndarray]], into: list[bytes]
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`chunks` as they are, with a digest of each (image, label row) appended to `into`."""
+  for images, labels in chunks:
+    for image, label in zip(images, labels):
+      row = hashlib.blake2b(np.ascontiguousarray(label).tobytes(), digest_size=16)
+      row.update(np.ascontiguousarray(image).data)
+      into.append(row.digest())
+    yield images, labels
+
+
+def unordered_digest(rows: list[bytes]) -> str:
+  """A digest of a multiset of row digests: the same reals in another order (a data order that
+  changed with TensorFlow's version, say) are the same reals to an FID, whose features the
+  cache key (`reference_identity`, in order) keeps apart."""
+  return hashlib.sha256(b"".join(sorted(rows))).hexdigest()
+
+
 def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.ndarray],
                              chunks: Iterable[np.ndarray], total: int) -> np.ndarray:
   """Features of the `total` images `chunks` yields (the same ones, in the same order, on every
@@ -148,9 +166,8 @@ class Evaluator:
     their features, so that no pass holds the set (9.8 GB for 50k at 256x256)."""
     if num not in self._reference:
       # Reading (decoding) and hashing the reals is cheap; Inception is not.
-      labels, identity, path, cached = multihost.agreed(
+      labels, identity, path, cached, self._reals_digest[num] = multihost.agreed(
           lambda: self._local_reference(num), "reading the real images")
-      self._reals_digest[num] = identity["content_sha256"]
       # Extraction is collective: all processes use the cache, or all recompute.
       if not multihost.all_processes(cached is not None):
         cached = None
@@ -166,8 +183,8 @@ class Evaluator:
     return self._reference[num]
 
   def reals_digest(self, num: int) -> Optional[str]:
-    """The content hash of the first `num` reals (their images and labels), once `reference(num)`
-    has read them: what an FID is measured against."""
+    """The digest of the first `num` reals (`unordered_digest` of their images and labels), once
+    `reference(num)` has read them: what an FID is measured against."""
     return self._reals_digest.get(num)
 
   def real_statistics(self, num: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,14 +231,16 @@ class Evaluator:
       raise EvaluationStopped("the evaluation was cut short by a stop request")
 
   def _local_reference(self, num: int) -> tuple:
-    """This process's reals' labels, their cache identity and path, and the cached features or
-    None."""
-    identity, labels = reference_identity(self._real_chunks(num), self.extractor.weights_id)
+    """This process's reals' labels, their cache identity and path, the cached features or
+    None, and the reals' digest (`unordered_digest`)."""
+    rows: list[bytes] = []
+    identity, labels = reference_identity(row_digests(self._real_chunks(num), rows),
+                                          self.extractor.weights_id)
     path = suite.reference_path(self.cache, identity)
     cached = suite.load_reference(path)
     if cached is not None and len(cached[0]) != len(labels):
       cached = None  # a damaged or foreign file: recompute
-    return labels, identity, path, cached
+    return labels, identity, path, cached, unordered_digest(rows)
 
   def fake_labels(self, real_labels: np.ndarray, num: int, seed: int) -> Optional[np.ndarray]:
     """Label rows for `num` fakes, drawn from the reals' rows (None when unconditional)."""

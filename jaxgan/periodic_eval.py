@@ -73,7 +73,7 @@ class PeriodicEval:
         meta = {}
       recorded = dict(meta.get("eval_settings") or {})
       # Known after the first evaluation has hashed the reals: compared then (_check_reals).
-      self._recorded_reals = recorded.pop("reals_sha256", None)
+      self._recorded_reals = recorded.pop("reals_digest", None)
       # A best saved before the fingerprint joined the eval settings: its checkpoint meta has
       # the data's (forgetting a best of the same data would delete it for a worse one, keep=1).
       recorded.setdefault("data_fingerprint", meta.get("data_fingerprint", data_fingerprint))
@@ -135,15 +135,17 @@ class PeriodicEval:
     """Forgets a best FID measured against other reals. The data fingerprint in the settings
     hashes a sample of the images (it is computed at every start, before anything compiles), so
     a data set changed elsewhere, re-prepared or replaced at a new data.path, can pass it; the
-    reals' full content hash is known once an evaluation has read them, and is saved with each
-    best from then on (bests saved before it was are judged by the fingerprint alone)."""
+    reals' digest over all of their pixels and labels is known once an evaluation has read them,
+    and is saved with each best from then on (bests saved before it was are judged by the
+    fingerprint alone). Their order is not in it: where it matters (a subset of the data, or
+    mirrored reals) the settings hold the order's fingerprint."""
     digest = self.evaluator.reals_digest(self.settings["num_real"])
-    if digest is None:
-      return
-    recorded, self._recorded_reals = self._recorded_reals, None
-    self.settings["reals_sha256"] = digest
-    # Agreed: the saves this decides are collective.
-    if recorded is not None and multihost.from_process_0(recorded != digest):
+    recorded = self._recorded_reals
+    if digest is not None:  # compared once: from now on the bests are measured against these
+      self._recorded_reals, self.settings["reals_digest"] = None, digest
+    # Agreed, the whole decision on process 0's view: the saves it decides are collective.
+    if multihost.from_process_0(recorded is not None and digest is not None
+                                and recorded != digest):
       if self.best_fid != float("inf"):
         log.info("the real images differ from those the best-FID checkpoint was measured "
                  "against: new best")

@@ -104,9 +104,34 @@ def test_the_real_features_are_cached_and_reused(tmp_path):
   assert first.calls == 1 and second.calls == 0  # the second evaluator read the cache file
   np.testing.assert_array_equal(a, b)
   # What the best FID is judged by: known from a cache hit too.
-  identity, _ = evaluator.reference_identity(
-      evaluator.real_chunks(Source(), 6, mirror=False, chunk=first.global_batch), "stub")
-  assert [e.reals_digest(6) for e in evaluators] == [identity["content_sha256"]] * 2
+  rows = []
+  list(evaluator.row_digests(
+      evaluator.real_chunks(Source(), 6, mirror=False, chunk=first.global_batch), rows))
+  assert [e.reals_digest(6) for e in evaluators] == [evaluator.unordered_digest(rows)] * 2
+
+
+def test_the_reals_digest_is_of_their_rows_in_any_order():
+  """The same reals in another order (a data order that changed with TensorFlow's version) are
+  the same reals to an FID: a best FID must not be forgotten for it, while the feature cache,
+  whose rows are in order, keys them apart. Another pixel or label is other reals."""
+  images = np.random.default_rng(5).integers(0, 255, (6, 4, 4, 3), np.uint8)
+  labels = np.arange(6, dtype=np.int32) % 3
+
+  def digests(images, labels, chunk=2):
+    rows = []
+    identity, _ = evaluator.reference_identity(evaluator.row_digests(
+        ((images[i:i + chunk], labels[i:i + chunk]) for i in range(0, 6, chunk)), rows), "w")
+    return evaluator.unordered_digest(rows), identity["content_sha256"]
+
+  reals, key = digests(images, labels)
+  order = np.array([3, 0, 5, 1, 4, 2])
+  assert digests(images[order], labels[order], chunk=3)[0] == reals
+  assert digests(images[order], labels[order])[1] != key  # the cache's key: in order
+  changed = images.copy()
+  changed[4, 0, 0, 0] ^= 1
+  relabelled = labels.copy()
+  relabelled[4] = (relabelled[4] + 1) % 3
+  assert digests(changed, labels)[0] != reals and digests(images, relabelled)[0] != reals
 
 
 def test_the_reals_reach_inception_in_chunks_not_as_one_set(tmp_path):
