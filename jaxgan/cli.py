@@ -152,20 +152,27 @@ def flag_spelling(args: Sequence[str], joiner: str) -> list[str]:
 _OVERRIDE_KEY = re.compile(r"--config(\.[A-Za-z_]\w*)+")
 
 
-def _similar_keys(override: str) -> str:
-  """' Did you mean train.num_steps?' for --config.train.steps, where ml_collections, which
-  compares spellings alone, finds nothing: near spellings in the key's section, else its keys
-  that contain the name."""
+def _schema_keys() -> list[str]:
   from jaxgan.config import schema  # pylint: disable=g-import-not-at-top  (train's CLI alone)
 
+  return [k for k, _ in schema.flat_items(schema.base_config())]
+
+
+def _similar_keys(override: str) -> str:
+  """' Did you mean train.num_steps?' for --config.train.steps, where ml_collections, which
+  compares spellings alone, finds nothing: the name in another section (--config.data.
+  batch_size), else near spellings in the key's section, else its keys that contain the name
+  (3 letters or more: a shorter one is in too many)."""
   section, _, name = override.removeprefix("--config.").rpartition(".")
-  names = [k.rpartition(".")[2] for k, _ in schema.flat_items(schema.base_config())
-           if k.rpartition(".")[0] == section]
-  close = difflib.get_close_matches(name, names, n=3) or [n for n in names if name in n][:3]
+  keys = _schema_keys()
+  names = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+  close = ([k for k in keys if k.rpartition(".")[2] == name]
+           or [f"{section}.{n}" if section else n for n in (
+               difflib.get_close_matches(name, names, n=3)
+               or [n for n in names if len(name) >= 3 and name in n][:3])])
   if not close:
     return ""
-  keys = [f"{section}.{n}" if section else n for n in close]
-  return f" Did you mean {', '.join(keys[:-1]) + ' or ' if keys[1:] else ''}{keys[-1]}?"
+  return f" Did you mean {', '.join(close[:-1]) + ' or ' if close[1:] else ''}{close[-1]}?"
 
 
 def _value_used_as_section(overrides: list[str]) -> Optional[str]:
@@ -249,7 +256,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     detail = re.sub(r"^(\w+)\b", r"unknown key '\1'.", detail)
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     key = re.match(r"unknown key '(\w+)'", detail)
-    named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
+    # The override that is not a key: another one may hold the same name (--config.train.
+    # batch_size=64 --config.data.batch_size=3).
+    named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]
+             and o.removeprefix("--config.") not in _schema_keys()]
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"--config {config_file}: defines no get_config(); a config file returns its "
            "ConfigDict from get_config(), as configs/default.py does")

@@ -345,6 +345,12 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
   assert typo.stderr.strip().splitlines() == [  # one line, not ml_collections' traceback
       "error: --config.train.batch_sizee: unknown key 'batch_sizee'. Did you mean \"batch_size\" "
       "instead of \"batch_sizee\"? (the keys: docs/config.md or jaxgan/config/schema.py)"]
+  # Blamed on the override that is not a key, not on a valid one with the same name.
+  both = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(workdir),
+                    "--config.train.batch_size=64", "--config.data.batch_size=3")
+  assert both.returncode == 2 and both.stderr.strip().splitlines() == [
+      "error: --config.data.batch_size: unknown key 'batch_size'. Did you mean eval.batch_size "
+      "or train.batch_size? (the keys: docs/config.md or jaxgan/config/schema.py)"], both.stderr
   # A bug inside a config file is not dressed up as a bad override: the file's own error, with
   # its line.
   (tmp_path / "buggy.py").write_text("from jaxgan.config import base_config\n\n"
@@ -399,6 +405,10 @@ def test_an_unknown_override_is_matched_to_near_keys_or_keys_containing_it():
   assert cli._similar_keys("--config.sed") == " Did you mean seed?"  # a root key
   assert cli._similar_keys("--config.train.nosuch") == ""
   assert cli._similar_keys("--config.nosuch.steps") == ""  # no such section
+  # The name in other sections first; no guesses from a name of fewer than 3 letters.
+  assert cli._similar_keys("--config.data.batch_size") == (
+      " Did you mean eval.batch_size or train.batch_size?")
+  assert cli._similar_keys("--config.train.n") == ""
 
 
 def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
