@@ -32,9 +32,19 @@ def test_a_comment_block_describes_the_uncommented_keys_right_below_it():
   # Keys after it with their own comments keep theirs.
   assert line["train.dtype"].endswith(": compute dtype; parameters stay float32")
   # Several uncommented keys under a block: the block is a paragraph above their list.
-  resnet = lines.index("- `model.shared_dim` = `128`")
-  assert lines[resnet - 2].startswith("ResNet family"), lines[resnet - 2]
-  assert lines[resnet + 1] == "- `model.attention_resolution` = `0`"
+  first = lines.index("- `train.eval_every` = `0`")
+  assert lines[first - 2].startswith("Metrics during training"), lines[first - 2]
+  assert lines[first + 1] == "- `train.eval_num_samples` = `5000`"
+
+
+def test_a_block_above_several_uncommented_keys_must_name_each():
+  """A block that describes the first key only (tfds_download's did) read as the description of
+  the uncommented keys below it too."""
+  group = lambda intro: [reference.Section("s", "", [reference.Group(intro, [
+      ("s.first", ""), ("s.second_key", ""), ("s.third", "its own")])])]
+  assert reference.undocumented(group("first and second_key: ...")) == []
+  assert reference.undocumented(group("first: ...")) == ["s.second_key"]
+  assert reference.undocumented(group("")) == ["s.first", "s.second_key"]
 
 
 def test_a_hash_inside_a_string_is_code_not_a_comment():

@@ -331,13 +331,13 @@ def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_fo
                       "data.label_column": "articleType", "data.num_classes": 1})  # no image_dir
   with pytest.raises(DataError, match=r"styles.csv: none of its 2 listed image files exists "
                      r"\(first: .*\); file names are data.image_pattern \(prepare: "
-                     r"--image-pattern\) '\{id\}.jpg' filled from each row, found under "
-                     r"data.image_dir \(prepare: --images\), here .*: set them to the folder "
-                     r"that holds the images and their names$"):
+                     r"--image-pattern\) '\{id\}.jpg' filled from each row, relative ones "
+                     r"under data.image_dir \(prepare: --images\), here .*: point "
+                     r"data.image_dir at the folder that holds the images, or fix the names$"):
     build_source(config)
   with config.unlocked():  # file names from a column
     config.data.image_column = "id"
-  with pytest.raises(DataError, match=r"file names are the id column's values, found under "):
+  with pytest.raises(DataError, match=r"file names are the id column's values, relative ones "):
     build_source(config)
   with config.unlocked():
     config.data.image_column = ""

@@ -16,7 +16,7 @@ import inspect
 import io
 import re
 import tokenize
-from typing import Any
+from typing import Any, Optional
 
 from jaxgan.config import schema
 
@@ -102,10 +102,14 @@ def _default(value: Any) -> str:
   return f'`"{value}"`' if isinstance(value, str) else f"`{value!r}`"
 
 
-def undocumented() -> list[str]:
-  """Keys with neither a comment of their own nor a comment block right above them."""
-  return [key for s in sections() for g in s.groups
-          for i, (key, comment) in enumerate(g.keys) if not comment and i >= g.described()]
+def undocumented(found: Optional[list[Section]] = None) -> list[str]:
+  """Keys with neither a comment of their own nor a comment block right above them that is
+  theirs: a block above several keys without comments must name each one (a block describing
+  one key, with others below it, reads as theirs too)."""
+  return [key for s in (sections() if found is None else found) for g in s.groups
+          for i, (key, comment) in enumerate(g.keys)
+          if not comment and (i >= g.described() or g.described() > 1
+                              and not re.search(rf"\b{key.rpartition('.')[2]}\b", g.intro))]
 
 
 def render() -> str:
@@ -114,7 +118,7 @@ def render() -> str:
   out = ["# Config reference", "",
          "Every key of a jaxgan run, with its default, generated from `base_config()` in",
          "`jaxgan/config/schema.py` by `python -m jaxgan.config.reference > docs/config.md`",
-         "(tests/test_config.py fails when this file is out of date). Config files start from",
+         "(tests/test_config_reference.py fails when it is out of date). Config files start from",
          "`base_config()` and change values; any key can be overridden on the command line as",
          "`--config.SECTION.KEY=VALUE`. Keys not listed here are refused. Checks on the values",
          "(run before anything compiles) are in `jaxgan/config/validation.py`.", ""]

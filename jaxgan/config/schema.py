@@ -93,11 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   # on CPU, where it is measured faster; 'flax' elsewhere until measured) | 'flax' | 'fused'
   # (hand-written gradient); see jaxgan/models/batchnorm.py.
   c.model.norm_impl = "auto"
-  # ResNet family ('resnet', jaxgan/models/resnet.py): BigGAN's shared class embedding size, a
-  # self-attention block at this resolution (0 = none), BigGAN's orthogonal regularisation of G
-  # (weight; 0 = off, BigGAN uses 1e-4).
-  c.model.shared_dim = 128
-  c.model.attention_resolution = 0
+  # ResNet family ('resnet', jaxgan/models/resnet.py), after BigGAN:
+  c.model.shared_dim = 128  # size of the class embedding shared by G's conditional BatchNorms
+  c.model.attention_resolution = 0  # a self-attention block at this resolution (0 = none)
+  # Weight of BigGAN's orthogonal regularisation of G's weights (0 = off; BigGAN uses 1e-4).
   c.model.orthogonal_reg = 0.0
 
   c.loss = ml_collections.ConfigDict()
@@ -108,10 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
   # lr/betas corrected). 0 = off.
   c.loss.r1_gamma = 0.0
   c.loss.r1_interval = 16  # train steps between R1 phases (StyleGAN2's 16)
-  # LeCam (Tseng et al. 2021) as its reference code: weight * (E relu(D(real) - a_fake)^2 +
+  # LeCam (Tseng et al. 2021) as its reference code: lecam_weight * (E relu(D(real) - a_fake)^2 +
   # E relu(a_real - D(fake))^2) with a_* EMAs of D's outputs (state; losses.lecam_penalty). 0 = off.
   c.loss.lecam_weight = 0.0
-  c.loss.lecam_ema_decay = 0.99
+  c.loss.lecam_ema_decay = 0.99  # decay of those EMAs of D's outputs, per D step
 
   # Differentiable augmentation of real and fake images before D (jaxgan/augment.py).
   c.augment = ml_collections.ConfigDict()

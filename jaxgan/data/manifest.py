@@ -227,9 +227,9 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     named = (f"the {image_column} column's values" if image_column else
              f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each row")
     raise DataError(f"{path}: none of its {len(skipped)} listed image files exists (first: "
-                    f"{skipped[0]['path']}); file names are {named}, found under data.image_dir "
-                    f"(prepare: --images), here {base}: set them to the folder that holds the "
-                    "images and their names")
+                    f"{skipped[0]['path']}); file names are {named}, relative ones under "
+                    f"data.image_dir (prepare: --images), here {base}: point data.image_dir at "
+                    "the folder that holds the images, or fix the names")
   return paths, values, skipped
 
 
