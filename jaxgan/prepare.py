@@ -262,6 +262,10 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   n = info["num_examples"]
   print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
+  if len(info["class_names"]) == 1 and not attributes:  # one_class_left: the data's own
+    print(f"warning: every image is of one class ({str(info['class_names'][0])!r}): train it "
+          "unconditionally (--config.data.num_classes=0); data.num_classes=-1 would condition "
+          "the model on a label that never changes", file=sys.stderr)
   return 0
 
 

@@ -312,7 +312,12 @@ def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path, monkeypat
 
   assert prepare.main(["--images", "photos", "--out", "set", "--image-size", "4",
                        "--workers", "1"]) == 0
-  assert capsys.readouterr().out.startswith("wrote 1 image of 1 class to set (0 skipped")
+  out, err = capsys.readouterr()
+  assert out.startswith("wrote 1 image of 1 class to set (0 skipped")
+  # One class subfolder: a conditional model of it learns nothing from its label.
+  assert err == ("warning: every image is of one class ('shirts'): train it unconditionally "
+                 "(--config.data.num_classes=0); data.num_classes=-1 would condition the model "
+                 "on a label that never changes\n")
   assert prepared.read_info(str(tmp_path / "set"))["source"] == str(photos)
   (photos / "shirts" / "a.jpg").unlink()  # an empty folder: nothing to say but what it lacks
   with pytest.raises(DataError, match=r"dataset_info.json not found: data.path must be a folder "
