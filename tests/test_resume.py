@@ -1195,6 +1195,9 @@ def test_a_stop_during_an_evaluation_stops_there_and_the_rerun_evaluates_the_ste
       calls.append("evaluated")
       return {"fid": 1.0, "num_samples": num}
 
+    def reals_digest(self, num):
+      return "stand-in reals"
+
   monkeypatch.setattr(inception_weights, "find_weights", lambda path="": "stand-in")
   monkeypatch.setattr(evaluator_lib, "Evaluator", StandIn)
   config = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2, "train.log_every": 3,
