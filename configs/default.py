@@ -1,6 +1,6 @@
 """Default job: class-conditional DCGAN on the built-in synthetic catalog, 32x32, CPU-friendly.
 
-Runs offline in 4-10 minutes on 2 CPU cores (README: measured) and draws recognisable
+Runs offline in 3-10 minutes on 2 CPU cores (README: measured) and draws recognisable
 products per class.
 """
 

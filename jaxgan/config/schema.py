@@ -161,7 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
   # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never), FID/KID of
   # eval_num_samples EMA samples against the cached real features; the best FID is checkpointed in
-  # WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image: cheap on accelerators, ~5 img/s
+  # WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image: cheap on accelerators, 2-5 img/s
   # on a 2-core CPU, so CPU configs keep it off or small.
   c.train.eval_every = 0
   c.train.eval_num_samples = 5000
