@@ -1283,7 +1283,7 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
                                         r"\(data.num_classes=-1 reads the class counts of a "
                                         r"prepared set there; "):
     with_class_counts(missing)
-  # A folder of images: the way on that the error gives works as said (num_classes given).
+  # A folder of images: the error names the folder source with num_classes given, not -1.
   (tmp_path / "photos").mkdir()
   Image.new("RGB", (16, 16), "red").save(tmp_path / "photos" / "a.jpg")
   photos = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "photos"),
