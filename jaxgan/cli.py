@@ -257,9 +257,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     key = re.match(r"unknown key '(\w+)'", detail)
     # The override that is not a key: another one may hold the same name (--config.train.
-    # batch_size=64 --config.data.batch_size=3).
-    named = [o for o in overrides if key and key.group(1) in o.split(".")[1:]
-             and o.removeprefix("--config.") not in _schema_keys()]
+    # batch_size=64 --config.data.batch_size=3). Else a schema key the config file lacks.
+    holding = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
+    named = [o for o in holding if o.removeprefix("--config.") not in _schema_keys()]
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"--config {config_file}: defines no get_config(); a config file returns its "
            "ConfigDict from get_config(), as configs/default.py does")
@@ -274,6 +274,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(f"{(into or overrides)[0]}: section {none.group(1)} is "
            f"None in {config_file}; a config file sets the keys in it instead "
            f"(config.{none.group(1)}.KEY = ...)")
+    if holding and not named:
+      fail(f"{holding[0]}: {config_file} has no key {holding[0].removeprefix('--config.')}, "
+           "which the schema has: build config files on jaxgan.config.base_config(), as "
+           "configs/default.py does")
     through = _value_used_as_section(overrides)
     if not named and through:
       fail(through)

@@ -20,7 +20,7 @@ MANY_SHAPES = 8
 
 
 def features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2,
-                     paths: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
+                    paths: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
   """(features, how many files were skipped) of a folder or prepared set, read and extracted
   image by image (host memory holds a batch per image size, not the set); `paths`: a folder's
   image files when already listed."""
@@ -92,9 +92,9 @@ def evaluate_sets(args) -> dict:
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
   real, real_skipped = features_of_set(extractor, args.real, "inception (real)", args.image_size,
-                                        fewest, listed.get(args.real))
+                                       fewest, listed.get(args.real))
   fake, fake_skipped = features_of_set(extractor, args.fake, "inception (fake)", args.image_size,
-                                        fewest, listed.get(args.fake))
+                                       fewest, listed.get(args.fake))
   results = suite.compute(real, fake, names)
   results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
                  skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)

@@ -74,6 +74,9 @@ class PeriodicEval:
       recorded = dict(meta.get("eval_settings") or {})
       # Known after the first evaluation has hashed the reals: compared then (_check_reals).
       self._recorded_reals = recorded.pop("reals_digest", None)
+      # An in-order hash saved for a day (2026-12-04, not comparable with the digest): such a
+      # best is judged by the rest of its settings, as those saved before it.
+      recorded.pop("reals_sha256", None)
       # A best saved before the fingerprint joined the eval settings: its checkpoint meta has
       # the data's (forgetting a best of the same data would delete it for a worse one, keep=1).
       recorded.setdefault("data_fingerprint", meta.get("data_fingerprint", data_fingerprint))

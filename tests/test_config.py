@@ -484,6 +484,10 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     # A config file's None where a number belongs: one line, not a TypeError in validation.
     (["--config", "T/none_lr.py", "--workdir", "W"],
      "error: config key optim.g_lr: must be a number, got None"),
+    # An override of a schema key the file lacks: the file's fault (was a traceback).
+    (["--config", "T/bare.py", "--workdir", "W", "--config.train.batch_size=3"],
+     "error: --config.train.batch_size: T/bare.py has no key train.batch_size, which the schema "
+     "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
 ])
