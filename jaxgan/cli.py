@@ -162,14 +162,16 @@ def _similar_keys(override: str) -> str:
   """' Did you mean train.num_steps?' for --config.train.steps, where ml_collections, which
   compares spellings alone, finds nothing: the name in another section (--config.data.
   batch_size), else near spellings in the key's section, else its keys that contain the name
-  (3 letters or more: a shorter one is in too many)."""
+  (3 letters or more: a shorter one is in too many), else keys in any section with the name as
+  a word of theirs (--config.train.lr: optim.g_lr, optim.d_lr)."""
   section, _, name = override.removeprefix("--config.").rpartition(".")
   keys = _schema_keys()
   names = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
   close = ([k for k in keys if k.rpartition(".")[2] == name]
            or [f"{section}.{n}" if section else n for n in (
                difflib.get_close_matches(name, names, n=3)
-               or [n for n in names if len(name) >= 3 and name in n][:3])])
+               or [n for n in names if len(name) >= 3 and name in n][:3])]
+           or [k for k in keys if name in k.rpartition(".")[2].split("_")][:3])
   if not close:
     return ""
   return f" Did you mean {', '.join(close[:-1]) + ' or ' if close[1:] else ''}{close[-1]}?"

@@ -404,11 +404,15 @@ def test_an_unknown_override_is_matched_to_near_keys_or_keys_containing_it():
       " Did you mean model.g_width, model.d_width or model.max_width?")
   assert cli._similar_keys("--config.sed") == " Did you mean seed?"  # a root key
   assert cli._similar_keys("--config.train.nosuch") == ""
-  assert cli._similar_keys("--config.nosuch.steps") == ""  # no such section
-  # The name in other sections first; no guesses from a name of fewer than 3 letters.
+  assert cli._similar_keys("--config.nosuch.steps") == (  # no such section: words of any key
+      " Did you mean train.max_nonfinite_steps, train.num_steps or train.steps_per_call?")
+  # The name in other sections first; no substring guesses from a name of fewer than 3
+  # letters (it is in too many), but whole words of keys, in any section.
   assert cli._similar_keys("--config.data.batch_size") == (
       " Did you mean eval.batch_size or train.batch_size?")
-  assert cli._similar_keys("--config.train.n") == ""
+  assert cli._similar_keys("--config.train.n") == " Did you mean train.n_critic?"
+  assert cli._similar_keys("--config.train.lr") == " Did you mean optim.d_lr or optim.g_lr?"
+  assert cli._similar_keys("--config.train.q") == ""
 
 
 def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
