@@ -263,9 +263,12 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
   if len(info["class_names"]) == 1 and not attributes:  # one_class_left: the data's own
+    outside = sum(s.get("reason") == "outside the class folders" for s in info["skipped"])
     print(f"warning: every image is of one class ({str(info['class_names'][0])!r}): train it "
           "unconditionally (--config.data.num_classes=0); data.num_classes=-1 would condition "
-          "the model on a label that never changes", file=sys.stderr)
+          "the model on a label that never changes" + (
+              f" (the {outside} image(s) outside its folder were skipped: move them into it to "
+              "train on them too)" if outside else ""), file=sys.stderr)
   return 0
 
 

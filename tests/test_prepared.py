@@ -318,6 +318,13 @@ def test_a_folder_that_is_not_a_prepared_set_says_what_it_is(tmp_path, monkeypat
   assert err == ("warning: every image is of one class ('shirts'): train it unconditionally "
                  "(--config.data.num_classes=0); data.num_classes=-1 would condition the model "
                  "on a label that never changes\n")
+  Image.new("RGB", (8, 8)).save(photos / "b.jpg")  # outside the class folder: skipped, said so
+  assert prepare.main(["--images", "photos", "--out", "set2", "--image-size", "4",
+                       "--workers", "1"]) == 0
+  assert capsys.readouterr().err.endswith(
+      "never changes (the 1 image(s) outside its folder were skipped: move them into it to train "
+      "on them too)\n")
+  (photos / "b.jpg").unlink()
   assert prepared.read_info(str(tmp_path / "set"))["source"] == str(photos)
   (photos / "shirts" / "a.jpg").unlink()  # an empty folder: nothing to say but what it lacks
   with pytest.raises(DataError, match=r"dataset_info.json not found: data.path must be a folder "
