@@ -225,7 +225,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   if not paths and skipped and all(s["reason"].startswith("missing file") for s in skipped):
     # Every listed file missing: the images are elsewhere, not each one lost.
     named = (f"the {image_column} column's values" if image_column else
-             f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each row")
+             f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each "
+             "row")
     raise DataError(f"{path}: none of its {len(skipped)} listed image files exists (first: "
                     f"{skipped[0]['path']}); file names are {named}, relative ones under "
                     f"data.image_dir (prepare: --images), here {base}: point data.image_dir at "
