@@ -261,7 +261,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     # The override that is not a key: another one may hold the same name (--config.train.
     # batch_size=64 --config.data.batch_size=3). Else a schema key the config file lacks.
     holding = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
-    named = [o for o in holding if o.removeprefix("--config.") not in _schema_keys()]
+    known = set(_schema_keys())
+    named = [o for o in holding if o.removeprefix("--config.") not in known]
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"--config {config_file}: defines no get_config(); a config file returns its "
            "ConfigDict from get_config(), as configs/default.py does")

@@ -263,7 +263,9 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
   if len(info["class_names"]) == 1 and not attributes:  # one_class_left: the data's own
-    outside = sum(s.get("reason") == "outside the class folders" for s in info["skipped"])
+    from jaxgan.data.folder import OUTSIDE_CLASS_FOLDERS  # pylint: disable=g-import-not-at-top
+
+    outside = sum(s.get("reason") == OUTSIDE_CLASS_FOLDERS for s in info["skipped"])
     print(f"warning: every image is of one class ({str(info['class_names'][0])!r}): train it "
           "unconditionally (--config.data.num_classes=0); data.num_classes=-1 would condition "
           "the model on a label that never changes" + (

@@ -16,6 +16,9 @@ from jaxgan.data.listed import decoded_source
 log = logging.getLogger(__name__)
 
 
+# The skip reason of a file beside the class subfolders (prepare counts them by it).
+OUTSIDE_CLASS_FOLDERS = "outside the class folders"
+
 def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
   """(image paths, their first-level folder names or "" when flat, skipped), sorted, recursive.
 
@@ -42,7 +45,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
   skipped = []
   if any(folders):
     kept = [(p, f) for p, f in zip(paths, folders) if f]
-    skipped = [{"path": p, "reason": "outside the class folders"} for p, f in zip(paths, folders)
+    skipped = [{"path": p, "reason": OUTSIDE_CLASS_FOLDERS} for p, f in zip(paths, folders)
                if not f]
     paths, folders = [p for p, _ in kept], [f for _, f in kept]
   return paths, folders, skipped
