@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import difflib
 import functools
+import importlib.util
 import os
 import re
 import signal
@@ -278,7 +279,8 @@ def parse_flags(argv: list[str]) -> list[str]:
            f"None in {config_file}; a config file sets the keys in it instead "
            f"(config.{none.group(1)}.KEY = ...)")
     if holding and not named:
-      fail(f"{holding[0]}: {config_file} has no key {holding[0].removeprefix('--config.')}, "
+      lacked = _lacked_by_file(holding, config_file)[0]
+      fail(f"{lacked}: {config_file} has no key {lacked.removeprefix('--config.')}, "
            "which the schema has: build config files on jaxgan.config.base_config(), as "
            "configs/default.py does")
     through = _value_used_as_section(overrides)
@@ -291,6 +293,33 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"{named[0]}: {detail} (the keys: docs/config.md or jaxgan/config/schema.py)")
   except Exception as e:  # pylint: disable=broad-except  (the config file's own error, if it is)
     fail(_raised_in_config_file(e, config_file) or _traceback(e))
+
+
+def _lacked_by_file(overrides: list[str], config_file: Optional[str]) -> list[str]:
+  """Of schema keys' overrides, those whose key the config file's ConfigDict lacks, found by
+  loading the file again (ml_collections' error names the last part alone: with
+  --config.eval.batch_size and --config.train.batch_size, which 'batch_size' it lacked); all of
+  them when that fails."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  try:
+    path, _, arg = ((config_file, "", "") if os.path.exists(config_file)
+                    else config_file.partition(":"))
+    spec = importlib.util.spec_from_file_location("_jaxgan_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  (an error path: the first guess will do)
+    return overrides
+  lacked = []
+  for override in overrides:
+    node = config
+    for part in override.removeprefix("--config.").split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        lacked.append(override)
+        break
+      node = node[part]
+  return lacked or overrides
 
 
 def _traceback(error: BaseException) -> NoReturn:

@@ -492,6 +492,12 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     (["--config", "T/bare.py", "--workdir", "W", "--config.train.batch_size=3"],
      "error: --config.train.batch_size: T/bare.py has no key train.batch_size, which the schema "
      "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
+    # The one it lacks, where another override names a key of the same name (ml_collections names
+    # 'batch_size' alone; the first override of that name was blamed).
+    (["--config", "T/lack.py", "--workdir", "W", "--config.eval.batch_size=32",
+      "--config.train.batch_size=3"],
+     "error: --config.train.batch_size: T/lack.py has no key train.batch_size, which the schema "
+     "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
 ])
@@ -510,6 +516,9 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
                                        "  c.optim.g_lr = None\n  return c\n")
   (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
                                     "  return ml_collections.ConfigDict({'seed': 1})\n")
+  (tmp_path / "lack.py").write_text("from jaxgan.config import base_config\n\ndef get_config():\n"
+                                    "  c = base_config()\n  del c.train['batch_size']\n"
+                                    "  return c\n")
   args = [str(tmp_path / "w") if a == "W" else a.replace("T/", f"{tmp_path}/") for a in args]
   with pytest.raises(SyntaxError) as readme:  # where Python itself stops reading README.md
     compile(open(os.path.join(REPO, "README.md")).read(), "README.md", "exec")
