@@ -58,6 +58,15 @@ def from_process_0(value):
   return type(value)(out) if isinstance(value, (bool, int, float)) else out
 
 
+def all_gather(value: np.ndarray) -> np.ndarray:
+  """Every process's `value` (one shape and dtype everywhere) stacked by process index: [P, ...]
+  on every process."""
+  value = np.asarray(value)
+  if jax.process_count() == 1:
+    return value[None]
+  return _whole(_gather, value)
+
+
 def _wide(array: np.ndarray) -> bool:
   """Whether JAX without jax_enable_x64 would narrow `array`'s values (64-bit, complex128)."""
   return array.dtype.itemsize > 4 and array.dtype.itemsize % 4 == 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 from typing import Any, Callable
 
 import jax
@@ -78,10 +80,49 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
                                         sharding=batch_sharding)}
 
 
+# Keys each process may set for itself: its own index, its host's paths (hosts may mount the same
+# data elsewhere; the data's contents are compared by its fingerprint), its decoding workers.
+PER_PROCESS_KEYS = frozenset({"distributed.process_id", "data.workers", *config_lib.PATH_KEYS})
+
+
+def _value_digest(value: Any) -> np.ndarray:
+  """64 bits of a config value's digest, as two uint32 words (whole through a collective)."""
+  text = json.dumps(value, sort_keys=True, default=repr).encode()
+  return np.frombuffer(hashlib.sha256(text).digest()[:8], np.uint32)
+
+
+def check_same_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on every process when some process's config differs from the others'
+  (PER_PROCESS_KEYS aside), naming the keys: each process compiles its own step from its own
+  config, so a learning rate or loss given to one host only (an override left out of one
+  worker's command, an edited config file on one host) would train replicas that silently part
+  ways, not fail."""
+  if jax.process_count() == 1:
+    return
+  items = [(k, v) for k, v in config_lib.flat_items(config) if k not in PER_PROCESS_KEYS]
+  names = multihost.all_gather(_value_digest([k for k, _ in items]))
+  if not (names == names[0]).all():
+    raise config_lib.ConfigError(
+        "the processes' configs have different keys (another jaxgan version on some host?); "
+        "install the same jaxgan on every host")
+  table = multihost.all_gather(np.stack([_value_digest(v) for _, v in items]))  # [P, K, 2]
+  differs = (table != table[:1]).any(axis=(0, 2))
+  if differs.any():
+    keys = [k for (k, _), d in zip(items, differs) if d]
+    processes = [int(p) for p in np.flatnonzero((table != table[:1]).any(axis=(1, 2)))]
+    here = ", ".join(f"{k}={config_lib.get(config, k)!r}" for k in keys[:4])
+    raise config_lib.ConfigError(
+        f"config key{'s' if keys[1:] else ''} {', '.join(keys)} differ{'' if keys[1:] else 's'} "
+        f"between processes (process{'es' if processes[1:] else ''} "
+        f"{', '.join(map(str, processes))} against process 0; process {jax.process_index()} has "
+        f"{here}); give every process the same config file and --config overrides")
+
+
 def join_processes(config: ml_collections.ConfigDict) -> None:
   """Checks the config's keys (a config file not built on base_config() gets its one-line error,
   not a KeyError from the first key it lacks) and its distributed settings, then joins
-  jax.distributed where configured; once joined, later calls only check."""
+  jax.distributed where configured, and checks that every process has the same config; once
+  joined, later calls only check."""
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
   config_lib.validate_distributed(config)
@@ -96,6 +137,7 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
     raise config_lib.ConfigError(
         f"config key distributed.coordinator_address ({address!r}): jax.distributed could not "
         f"start ({first}); {advice}") from None
+  check_same_config(config)
 
 
 def resolve_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -109,6 +109,47 @@ def test_two_processes_agree():
                                                "differently"]}
 
 
+CONFIGS_DIFFER = JOIN_TWO_PROCESSES + r"""
+import copy, json
+import numpy as np
+from jaxgan import config, multihost, run
+def check(**mine):
+  c = copy.deepcopy(_c)
+  for key, value in (mine if me == 1 else {}).items():
+    parent, _, name = key.rpartition(".")
+    (c[parent] if parent else c)[name] = value
+  try:
+    run.join_processes(c)  # joined already: it checks the config alone
+    return "same"
+  except config.ConfigError as e:
+    return str(e)
+print(json.dumps({
+    "same": check(),
+    # Each host's own paths and decoding workers are its own business.
+    "own": check(**{"data.workers": 3, "data.path": "/elsewhere", "eval.cache_dir": "/x"}),
+    "lr": check(**{"optim.g_lr": 0.05, "optim.d_lr": 0.05, "data.workers": 3}),
+    "seed": check(seed=7),
+    "gathered": multihost.all_gather(np.array([me, 2**40 + me], np.int64)).tolist(),
+}))
+"""
+
+
+def test_a_config_differing_between_processes_is_refused_on_every_process():
+  """Each process compiles its own step from its own config: an override given to one host only
+  trained replicas that parted ways silently (a platform review ran one to the end, exit 0)."""
+  results, _ = run_two_processes(CONFIGS_DIFFER)
+  for me, r in enumerate(results):
+    assert r["same"] == r["own"] == "same"
+    assert r["lr"] == (
+        "config keys optim.d_lr, optim.g_lr differ between processes (process 1 against process "
+        f"0; process {me} has optim.d_lr={[0.0002, 0.05][me]!r}, optim.g_lr="
+        f"{[0.0002, 0.05][me]!r}); give every process the same config file and --config "
+        "overrides")
+    assert r["seed"].startswith(f"config key seed differs between processes (process 1 against "
+                                f"process 0; process {me} has seed={[0, 7][me]})")
+    assert r["gathered"] == [[0, 2**40], [1, 2**40 + 1]]
+
+
 START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""
 import json, os
 from jaxgan import trainer
@@ -174,3 +215,22 @@ def test_a_workdir_write_failing_on_process_0_stops_every_process(tmp_path):
   assert results[0]["outcome"].startswith("IsADirectoryError"), results[0]
   assert results[1]["outcome"] == ("PeerError: writing the workdir's config.json and "
                                    "metrics.jsonl failed on another process (its log says why)")
+
+
+def test_the_data_error_says_only_what_the_source_counts(monkeypatch):
+  """A process whose data differ from process 0's (here a stand-in for process 0's answer): the
+  synthetic catalog, drawn from the seed, counts no examples (said '? examples')."""
+  import numpy as np
+
+  from jaxgan import config, data
+
+  monkeypatch.setattr(multihost, "from_process_0", lambda value: value ^ 1)
+  synthetic = data.build_source(config.base_config())
+  with pytest.raises(data.DataError, match=r"^the processes read different data \(this one: "
+                     r"fingerprint [0-9a-f]{8}\); give every host"):
+    data.check_same_on_every_process(synthetic)
+  arrays = data.ArraySource(np.zeros((4, 2, 2, 3), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"],
+                            seed=0)
+  with pytest.raises(data.DataError, match=r"\(this one: 4 examples, 0 unreadable files, "
+                     r"fingerprint"):
+    data.check_same_on_every_process(arrays)

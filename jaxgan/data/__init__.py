@@ -122,11 +122,13 @@ def check_same_on_every_process(source, mine: int | None = None, order: int | No
   mine = fingerprint(source) if mine is None else mine
   order = order_fingerprint(source) if order is None else order
   if not multihost.all_processes(mine == multihost.from_process_0(mine)):
+    # A source that counts no examples (the synthetic catalog, drawn from the seed) says none.
+    counted = "".join(f"{getattr(source, name)} {what}, " for name, what in (
+        ("num_examples", "examples"), ("bad_files", "unreadable files")) if hasattr(source, name))
     raise DataError(
-        "the processes read different data (this one: "
-        f"{getattr(source, 'num_examples', '?')} examples, {getattr(source, 'bad_files', 0)} "
-        f"unreadable files, fingerprint {mine:08x}); give every host the same complete data.path "
-        "(a shared file system, or identical copies), and check the logs for skipped files")
+        f"the processes read different data (this one: {counted}fingerprint {mine:08x}); give "
+        "every host the same complete data.path (a shared file system, or identical copies), and "
+        "check the logs for skipped files")
   if not multihost.all_processes(order == multihost.from_process_0(order)):
     raise DataError(
         f"the processes read the same data but order it differently (this one: order "
