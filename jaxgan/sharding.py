@@ -9,7 +9,9 @@ cross-device BatchNorm reductions (statistics cover the global batch).
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from typing import Any, Optional
 
 import jax
@@ -44,6 +46,8 @@ def initialize_distributed(config) -> None:
   if d.coordinator_address == "auto":
     jax.distributed.initialize()
   elif d.coordinator_address:
+    if d.process_id == 0:
+      _check_port_free(d.coordinator_address)
     # Detection off: everything is given, and under a SLURM or Open MPI allocation JAX's
     # detection would still fill in local_device_ids (one GPU per process) behind our back.
     jax.distributed.initialize(coordinator_address=d.coordinator_address,
@@ -53,6 +57,27 @@ def initialize_distributed(config) -> None:
     return
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _check_port_free(address: str) -> None:
+  """Raises ValueError when `address`'s port is taken on this host, where process 0 is to serve
+  the coordinator: JAX's gRPC server then fails to bind, and a run of several processes could
+  die of a segmentation fault rather than an error (seen with a launcher's random port)."""
+  port = address.rpartition(":")[2]
+  if not port.isdigit():
+    return  # JAX's own error names it
+  # The coordinator binds [::]:PORT, which takes IPv4 too: the same bind sees both (IPv4 alone
+  # where the host has no IPv6). SO_REUSEADDR: a port whose last run left it in TIME_WAIT is free.
+  family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
+  try:
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      probe.bind((host, int(port)))
+  except OSError as e:
+    if e.errno == errno.EADDRINUSE:
+      raise ValueError(f"port {port} is in use on this host, where process 0 serves the "
+                       "coordinator; pick a free one") from None
+    # Anything else (no IPv6 after all, a port below 1024): left to JAX, as before.
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@
 # claim every GPU. Exit status: 0 when all finished; 75 when a stop signal stopped them (they stop
 # at the same step, checkpointed: rerun to resume); another process's failure otherwise.
 # PYTHON: the interpreter command, split into words (default: python; e.g. "taskset -c 1 python");
-# JAXGAN_COORDINATOR_PORT: the coordinator's port (default: random, 20000-39999);
+# JAXGAN_COORDINATOR_PORT: the coordinator's port (default: one the OS reports free);
 # JAXGAN_KILL_GRACE: whole seconds the processes get to stop (on a stop signal to this script:
 # SIGINT, SIGTERM or SIGHUP; or after one process failed) before they are killed (default 60).
 set -euo pipefail
@@ -37,7 +37,14 @@ if [[ ! "$grace" =~ ^[0-9]+$ ]]; then  # checked now: bash arithmetic on it fail
   exit 2
 fi
 grace=$((10#$grace))  # decimal: bash reads '08' as a bad octal number, '010' as 8
-port="${JAXGAN_COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
+# A port the OS reports free now (process 0 binds it moments later, and jaxgan's start names a
+# port taken meanwhile): a random one collided with other programs' now and then. python3, not
+# $PYTHON: that may be any command (a wrapper); a random port where python3 is missing.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])' \
+    2>/dev/null || echo $((20000 + RANDOM % 20000))
+}
+port="${JAXGAN_COORDINATOR_PORT:-$(free_port)}"
 read -r -a python <<< "${PYTHON:-python}"  # a command with arguments, e.g. taskset -c 1 python
 
 pids=()

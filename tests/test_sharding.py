@@ -390,3 +390,36 @@ def test_to_host_list_fetches_a_rows_calls_stacked_with_the_same_values(monkeypa
         np.testing.assert_array_equal(g[key], want[key])
         assert g[key].dtype == want[key].dtype
   assert sharding.to_host_list([]) == []
+
+
+BUSY_PORT = r"""
+import socket, sys
+from jaxgan import config, run
+c = config.base_config()
+c.distributed.coordinator_address, c.distributed.num_processes = sys.argv[1], 2
+try:
+  run.join_processes(c)
+  print("joined")
+except config.ConfigError as e:
+  print(e)
+"""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", ""])
+def test_a_coordinator_port_in_use_is_one_line(host):
+  """Process 0 of a launch whose port another program holds (launch/local_multiprocess.sh drew
+  it at random): JAX's server failed to bind, and a two-process run died of a segmentation
+  fault. Checked first, in its own process (a failed bind would not leave the test's)."""
+  import socket
+
+  with socket.socket() as holder:
+    holder.bind((host, 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", BUSY_PORT, f"localhost:{port}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert proc.stdout.strip() == (
+      f"config key distributed.coordinator_address ('localhost:{port}'): jax.distributed could "
+      f"not start (port {port} is in use on this host, where process 0 serves the coordinator; "
+      "pick a free one); check it, distributed.num_processes and process_id, and that every "
+      "process was started"), proc.stderr[-2000:]
