@@ -171,10 +171,21 @@ def warn_if_fsdp_splits_little(abstract_state: Any, fsdp: int, at_least: float =
   split, total = map(sum, zip(split_values(abstract_state.g_params, fsdp),
                               split_values(abstract_state.d_params, fsdp)))
   if split < at_least * total:
-    log.warning("mesh.fsdp=%d splits only %.0f%% of the parameters (a leaf is split along a "
-                "dimension %d divides, if it has %d values or more); the rest is replicated on "
-                "every device: a power of two splits channel counts", fsdp,
-                100 * split / max(total, 1), fsdp, MIN_FSDP_SIZE)
+    # Why the rest stays whole, which says what to do: leaves too small to split (a model this
+    # small gains little from fsdp), or leaves no dimension of which fsdp divides.
+    sizes = [int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree_util.tree_leaves(
+        (abstract_state.g_params, abstract_state.d_params))]
+    small = sum(n for n in sizes if n < MIN_FSDP_SIZE)
+    odd = total - split - small
+    share = lambda n: f"{100 * n / total:.0f}%" if 200 * n >= total else "<1%"
+    reasons = [f"{share(small)} in leaves under {MIN_FSDP_SIZE} values, too small to split"
+               if small else "",
+               f"{share(odd)} in leaves with no dimension {fsdp} divides" + (
+                   "" if fsdp & (fsdp - 1) == 0 else " (a power of two divides channel counts)")
+               if odd else ""]
+    log.warning("mesh.fsdp=%d splits only %.0f%% of the parameters; the rest is replicated on "
+                "every device: %s", fsdp, 100 * split / max(total, 1),
+                ", ".join(r for r in reasons if r))
 
 
 def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:

@@ -110,7 +110,21 @@ def test_an_fsdp_that_splits_little_is_counted_and_warned_about(caplog):
   state = types.SimpleNamespace(g_params=tree, d_params={"k": tree["split"]})
   with caplog.at_level(logging.WARNING, logger="jaxgan.sharding"):
     sharding.warn_if_fsdp_splits_little(state, 4)  # 262144 of 335359: 78 %
-    assert "mesh.fsdp=4 splits only 78% of the parameters" in caplog.text
+    assert caplog.messages == ["mesh.fsdp=4 splits only 78% of the parameters; the rest is "
+                               "replicated on every device: <1% in leaves under 4096 values, too "
+                               "small to split, 22% in leaves with no dimension 4 divides"]
+    caplog.clear()
+    sharding.warn_if_fsdp_splits_little(state, 3)  # only the odd leaf: 3 divides 63
+    assert caplog.messages == ["mesh.fsdp=3 splits only 22% of the parameters; the rest is "
+                               "replicated on every device: <1% in leaves under 4096 values, too "
+                               "small to split, 78% in leaves with no dimension 3 divides (a "
+                               "power of two divides channel counts)"]
+    caplog.clear()
+    tiny = {"small": tree["small"], "split": jax.ShapeDtypeStruct((8, 8), jnp.float32)}
+    sharding.warn_if_fsdp_splits_little(types.SimpleNamespace(g_params=tiny, d_params={}), 2)
+    assert caplog.messages == ["mesh.fsdp=2 splits only 0% of the parameters; the rest is "
+                               "replicated on every device: 100% in leaves under 4096 values, too "
+                               "small to split"]
     caplog.clear()
     mostly = {"split": tree["split"], "small": tree["small"]}  # 100 of 131172 values stay
     sharding.warn_if_fsdp_splits_little(types.SimpleNamespace(g_params={}, d_params=mostly), 2)
