@@ -121,7 +121,12 @@ def device_grid(config, devices: list) -> np.ndarray:
       # cross more links.
       log.warning("mesh %dx%d: no topology-aware device order (%s); using jax.devices() order",
                   data, fsdp, e)
-  # Also a sub-mesh (single process only, see validation).
+  # Also a sub-mesh (single process only, see validation): asked for, but said, since the
+  # devices it leaves out sit idle for the whole run.
+  if data * fsdp < len(devices):
+    log.warning("mesh %dx%d uses %d of the %d devices; the other %d stay idle (mesh.data=-1 "
+                "takes them all)", data, fsdp, data * fsdp, len(devices),
+                len(devices) - data * fsdp)
   return np.asarray(devices[:data * fsdp]).reshape(data, fsdp)
 
 

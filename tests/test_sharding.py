@@ -370,6 +370,22 @@ def test_several_slices_keep_fsdp_inside_each_slice(caplog):
   assert "no topology-aware device order" in caplog.text
 
 
+def test_a_sub_mesh_says_how_many_devices_it_leaves_idle(caplog):
+  """mesh.data * mesh.fsdp below the device count is allowed in one process (a scaling study),
+  and was silent: a mistyped mesh.data left devices idle for a whole run unnoticed."""
+  import logging
+
+  devices = [SliceDevice(i, 0) for i in range(4)]
+  with caplog.at_level(logging.WARNING, logger="jaxgan.sharding"):
+    grid = sharding.device_grid(tiny_config(**{"mesh.data": 2}), devices)
+    assert [d.id for d in grid.flat] == [0, 1]
+    assert caplog.messages == ["mesh 2x1 uses 2 of the 4 devices; the other 2 stay idle "
+                               "(mesh.data=-1 takes them all)"]
+    caplog.clear()
+    sharding.device_grid(tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2}), devices)
+  assert caplog.messages == []
+
+
 def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplog):
   """create_device_mesh refuses some TPU shapes (an axis that is no product of physical axes,
   several slices): the run still gets a mesh, in jax.devices() order, with a warning."""
