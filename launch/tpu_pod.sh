@@ -49,11 +49,25 @@ busy="{ echo \"jaxgan: a trainer is already running on \$(hostname) (it holds \
 $repo_dir/train.lock); wait for it to stop (or stop it) first\" >&2; exit 73; }"
 ssh_all "[ ! -e $repo_dir/train.lock ] || flock -n $repo_dir/train.lock true || $busy"
 
-# 1. Code: a tarball of the working tree (without run outputs) on every worker. Not the lock:
+# 1. Code: a tarball of the working tree on every worker. In a git checkout, the files git sees
+# (tracked, and new ones .gitignore does not exclude; uncommitted edits included): a prepared set
+# under data/, a virtual environment or run outputs in the tree stay here (a tar of the whole tree
+# copied them to every worker). Elsewhere the tree without .git and run outputs. Never the lock:
 # a new file there would not be the one a running trainer holds.
 tarball="$(mktemp -t jaxgan.XXXXXX.tar.gz)"
-tar -C "$here" --exclude=.git --exclude=runs --exclude='*.egg-info' --exclude=./train.lock \
-  --exclude=./train.log -czf "$tarball" .
+if git -C "$here" rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  # Files deleted but not yet committed are still listed: only those that exist go in.
+  git -C "$here" ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' f; do
+        if [[ -e "$here/$f" && "$f" != train.lock && "$f" != train.log ]]; then
+          printf '%s\0' "$f"
+        fi
+      done \
+    | tar -C "$here" --null -T - -czf "$tarball"
+else
+  tar -C "$here" --exclude=.git --exclude=runs --exclude=workdirs --exclude='*.egg-info' \
+    --exclude=./train.lock --exclude=./train.log -czf "$tarball" .
+fi
 gcloud compute tpus tpu-vm scp "$tarball" "$tpu":/tmp/jaxgan.tar.gz --zone "$zone" \
   ${project_flag[@]+"${project_flag[@]}"} --worker=all
 rm -f "$tarball"

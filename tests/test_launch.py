@@ -216,6 +216,38 @@ def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec
   assert ssh_calls[-1].endswith("|--ssh-flag=-tt|--command")
 
 
+def test_the_tpu_launcher_copies_what_git_sees(tmp_path):
+  """A tar of the whole tree copied a prepared set under data/ (the README's prepare --out), a
+  virtual environment and run outputs to every worker: now the files git sees, uncommitted edits
+  and new files included, deleted ones left out."""
+  checkout = tmp_path / "checkout"
+  (checkout / "launch").mkdir(parents=True)
+  (checkout / "launch" / "tpu_pod.sh").write_text(open(os.path.join(REPO, "launch",
+                                                                     "tpu_pod.sh")).read())
+  (checkout / ".gitignore").write_text(open(os.path.join(REPO, ".gitignore")).read())
+  for name in ("tracked.py", "deleted.py", "a b.py"):
+    (checkout / name).write_text("x = 1\n")
+  git = lambda *args: subprocess.run(["git", "-C", str(checkout), *args], check=True,
+                                     capture_output=True)
+  git("init", "-q")
+  git("add", ".")
+  (checkout / "deleted.py").unlink()
+  (checkout / "tracked.py").write_text("x = 2\n")  # an edit not yet committed
+  (checkout / "new_config.py").write_text("x = 3\n")  # a file not yet added
+  for ignored in ("data/catalog64/images.npy", ".venv/bin/python", "runs/x/metrics.jsonl"):
+    (checkout / ignored).parent.mkdir(parents=True, exist_ok=True)
+    (checkout / ignored).write_text("big")
+  proc = subprocess.run(["bash", str(checkout / "launch" / "tpu_pod.sh"), "tpu", "zone", "--",
+                         "--workdir", "w"], cwd=tmp_path, env=_fake_workers(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  worker = tmp_path / "w"
+  copied = sorted(str(p.relative_to(worker)) for p in worker.rglob("*")
+                  if p.is_file() and p.name != "train.lock")  # the worker's own trainer lock
+  assert copied == [".gitignore", "a b.py", "launch/tpu_pod.sh", "new_config.py", "tracked.py"]
+  assert (worker / "tracked.py").read_text() == "x = 2\n"
+
+
 @pytest.mark.parametrize("detach", ["0", "1"])
 @pytest.mark.parametrize("when", ["before", "during"])
 def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach, when):
