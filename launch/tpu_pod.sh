@@ -5,7 +5,8 @@
 #
 # Environment (optional): PROJECT (gcloud project), REPO_DIR (where the code goes on the workers,
 # default ~/jaxgan), JAX_TPU_SPEC (default: jax[tpu] at the version of JAX that installing jaxgan
-# resolved). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
+# resolved), TRAIN_ENV (variables for the trainer on every worker, NAME=VALUE words, e.g.
+# TRAIN_ENV="JAX_COMPILATION_CACHE_DIR=/mnt/shared/jax-cache": the ssh session passes none). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
 # mount, or a bucket mounted with gcsfuse), since checkpoints are written collectively; gs:// URIs
 # are not supported yet.
 #
@@ -32,6 +33,13 @@ tpu="$1"
 zone="$2"
 shift 3
 repo_dir="${REPO_DIR:-~/jaxgan}"
+read -r -a train_env <<< "${TRAIN_ENV:-}"
+for word in ${train_env[@]+"${train_env[@]}"}; do  # checked before anything is copied
+  if [[ ! "$word" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then
+    echo "$0: TRAIN_ENV takes NAME=VALUE words, got '${word}'" >&2
+    exit 2
+  fi
+done
 project_flag=()
 [[ -n "${PROJECT:-}" ]] && project_flag=(--project "$PROJECT")
 # "${a[@]}" of an empty array fails under set -u on bash < 4.4 (macOS): expand it guarded.
@@ -89,7 +97,10 @@ ssh_all "mkdir -p $repo_dir && tar -xzf /tmp/jaxgan.tar.gz -C $repo_dir && cd $r
 # 3. Train: the same command everywhere; each worker feeds its share of the global batch.
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
-train="python3 -m jaxgan.train$args --config.distributed.coordinator_address=auto"
+env_words=""
+for word in ${train_env[@]+"${train_env[@]}"}; do env_words+=" $(printf '%q' "$word")"; done
+train="${env_words:+env$env_words }python3 -m jaxgan.train$args \
+--config.distributed.coordinator_address=auto"
 if [[ "${DETACH:-0}" == 1 ]]; then
   # Checked here, where the error can be seen; the detached trainer then holds the lock itself.
   # (Separate commands: 'a && b &' would put the check in the background too.)

@@ -176,6 +176,7 @@ cd "$root" && exec bash -c "${2//\\/tmp\\/jaxgan.tar.gz/$root/jaxgan.tar.gz}"
 FAKE_PYTHON = """#!/usr/bin/env bash
 if [[ "$1" == -c ]]; then echo 0.9.9; exit 0; fi
 printf '%%s|' "$@" >> "%s/python.log"; echo >> "%s/python.log"
+if [[ -n "${TRAIN_MARK:-}" ]]; then echo "$TRAIN_MARK" >> "$(dirname "$0")/../env.log"; fi
 if [[ -n "${HOLD_AT_INSTALL:-}" && "$*" == "-m pip install -q -e ." ]]; then
   # A trainer that starts on this worker meanwhile: holds train.lock (its pid in holder.pid).
   flock train.lock sh -c 'echo $$ > "$HOLD_AT_INSTALL"; exec sleep 60' > /dev/null 2>&1 &
@@ -214,6 +215,29 @@ def test_the_tpu_launcher_pins_jax_and_passes_the_arguments_whole(tmp_path, spec
   # Training on a terminal: the session's end reaches the workers as SIGHUP.
   ssh_calls = (tmp_path / "gcloud.log").read_text().splitlines()
   assert ssh_calls[-1].endswith("|--ssh-flag=-tt|--command")
+
+
+@pytest.mark.parametrize("detach", ["0", "1"])
+def test_the_tpu_launcher_passes_train_env_to_the_trainer_alone(tmp_path, detach):
+  """The ssh session passes no variables: TRAIN_ENV's reach the trainer (a compilation cache for
+  every worker), not pip; a word that is not NAME=VALUE is refused before anything is copied."""
+  env = dict(_fake_workers(tmp_path), DETACH=detach,
+             TRAIN_ENV="TRAIN_MARK=a'b  JAX_COMPILATION_CACHE_DIR=/mnt/c")
+  proc = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir", "w"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  deadline = time.monotonic() + 30  # a detached trainer runs in the background
+  while not (tmp_path / "env.log").exists():
+    assert time.monotonic() < deadline, "the trainer never saw TRAIN_ENV"
+    time.sleep(0.05)
+  time.sleep(0.2)
+  assert (tmp_path / "env.log").read_text() == "a'b\n"  # once: the trainer's, not pip's
+  bad = subprocess.run(["bash", "launch/tpu_pod.sh", "tpu", "zone", "--", "--workdir", "w"],
+                       cwd=REPO, env=dict(env, TRAIN_ENV="A=1 oops"), capture_output=True,
+                       text=True, timeout=120)
+  assert (bad.returncode, bad.stderr) == (2, "launch/tpu_pod.sh: TRAIN_ENV takes NAME=VALUE "
+                                             "words, got 'oops'\n")
+  assert (tmp_path / "python.log").read_text().count("pip|install|-q|-e") == 1
 
 
 def test_the_tpu_launcher_copies_what_git_sees(tmp_path):
