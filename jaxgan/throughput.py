@@ -21,6 +21,7 @@ from jaxgan import models as models_lib
 from jaxgan import profiling
 from jaxgan import run as run_lib
 from jaxgan import sharding
+from jaxgan import stopping
 from jaxgan.models import layers
 from jaxgan.models.batchnorm import resolve_norm_impl
 
@@ -115,20 +116,25 @@ def _ready_step(config, warmup: int, step: Optional[Callable] = None):
   batch = make_batch(key)
   for _ in range(warmup):
     state, metrics = step(state, batch)
+    stopping.raise_if_interrupted()
   jax.block_until_ready(state)
+  stopping.raise_if_interrupted()
   return run, state, batch
 
 
 def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list[list[float]]:
   """Seconds per call of each of `calls` (each runs one thing to completion), timed in turn in
   every round: A B C A B C ... so that a drift in the machine's speed (other tenants, clocks)
-  hits all of them alike and their ratios hold, which timing A's rounds, then B's, does not."""
+  hits all of them alike and their ratios hold, which timing A's rounds, then B's, does not.
+  A stop signal whose exception Python dropped (raised in JAX's garbage-collection callback) is
+  raised again after each call, untimed: the benchmark went on to its last step."""
   times: list[list[float]] = [[] for _ in calls]
   for _ in range(rounds):
     for i, call in enumerate(calls):
       start = time.perf_counter()
       call()
       times[i].append(time.perf_counter() - start)
+      stopping.raise_if_interrupted()
   return times
 
 
@@ -258,10 +264,12 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
     stream = source.batches(batch_size, 0)
     for _ in range(10):  # warm-up: tf.data graph building and autotuning
       next(stream)
+    stopping.raise_if_interrupted()
     start = time.perf_counter()
     for _ in range(batches):
       batch = next(stream)
     seconds = time.perf_counter() - start
+    stopping.raise_if_interrupted()
     assert batch["image"].shape == (batch_size, info["image_size"], info["image_size"], 3)
     results.append({"input": "prepared", "path": prepared_dir, "images": len(data),
                     "image_size": info["image_size"], "load_seconds": load_seconds,
@@ -286,6 +294,7 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
   compiled = run.train_step.lower(state, batch).compile()
   for _ in range(warmup):
     state, _ = compiled(state, batch)
+    stopping.raise_if_interrupted()
   holder = {"state": state}
 
   def run_steps():
