@@ -149,6 +149,18 @@ def test_kid_averages_random_subsets_when_the_sets_are_larger():
   assert std == pytest.approx(np.std(values), rel=1e-6) and std > 0
 
 
+def test_kid_draws_subsets_when_only_one_set_is_the_subset_size():
+  """One set of 10 (all of it in every subset) and one of 14: the 14 still give random subsets of
+  10, so several subsets and a spread, not the one-subset shortcut of two whole sets."""
+  x, y = _gaussian(10, 4, 23), _gaussian(14, 4, 24, shift=0.3)
+  mean, std = metrics.kernel_inception_distance(x, y, num_subsets=5, subset_size=1000, seed=2)
+  rng = np.random.default_rng(2)
+  values = [_kid_direct(x[rng.choice(10, 10, replace=False)], y[rng.choice(14, 10, replace=False)])
+            for _ in range(5)]
+  assert mean == pytest.approx(np.mean(values), rel=1e-6)
+  assert std == pytest.approx(np.std(values), rel=1e-6) and std > 0
+
+
 def test_precision_recall_by_hand_in_one_dimension():
   # Reals 0, 1, 2, 3, 10 with k=1: squared radii 1, 1, 1, 1, 49. Fakes 0.5, 1.5 lie inside;
   # 20 is 100 from 10 (> 49): precision 2/3. Fakes' radii 1, 1, 342.25 (20 to 1.5): every real
@@ -193,6 +205,9 @@ def test_per_class_fid():
   assert set(out) == {0, 1}
   assert out[0] == pytest.approx(metrics.fid(x[:20], y[:20]))
   assert metrics.per_class_fid(x, labels, y[:1], labels[:1])[1] is None
+  # Exactly min_count samples on a side is enough (fewer is not).
+  two = metrics.per_class_fid(x, labels, y[[0, 1, 20]], labels[[0, 1, 20]], min_count=2)
+  assert two[0] == pytest.approx(metrics.fid(x[:20], y[:2])) and two[1] is None
 
 
 def test_per_class_fid_metric_reports_each_class_with_its_sample_count():

@@ -35,6 +35,25 @@ def _batch_moments(g, params, stats, z, labels):
       lambda p, old, new: (new - 0.9 * old) / 0.1 if p[-1].key in ("mean", "var") else old,
       stats, updates["batch_stats"])
 
+def test_to_uint8_rounds_to_the_nearest_level_and_clips():
+  """[-1, 1] -> [0, 255] to the nearest level (a floor would darken every pixel by half a level,
+  which FID sees), and out-of-range values clipped, not wrapped."""
+  levels = np.array([10.4, 10.6, 0.0, 255.0, -3.0, 300.0])
+  out = np.asarray(sampling.to_uint8(jnp.asarray(levels / 127.5 - 1.0, jnp.float32)))
+  assert out.dtype == np.uint8 and out.tolist() == [10, 11, 0, 255, 0, 255]
+
+
+def test_make_grid_fills_rows_first_with_gutters():
+  """Image i at row i // cols, column i % cols (sample grids are read as one class per row), the
+  gutters and the unfilled cell in the pad colour."""
+  images = np.stack([np.full((3, 2, 3), 10 * (i + 1), np.uint8) for i in range(3)])  # 3x2 each
+  grid = sampling.make_grid(images, cols=2, pad=1, pad_value=7)
+  assert grid.shape == (2 * (3 + 1) + 1, 2 * (2 + 1) + 1, 3)
+  cell = lambda r, c: grid[1 + r * 4:1 + r * 4 + 3, 1 + c * 3:1 + c * 3 + 2]
+  assert [int(cell(r, c).mean()) for r, c in [(0, 0), (0, 1), (1, 0), (1, 1)]] == [10, 20, 30, 7]
+  assert (grid[0] == 7).all() and (grid[:, 0] == 7).all() and (grid[4] == 7).all()
+
+
 
 @pytest.mark.parametrize("family", ["dcgan", "resnet"])
 def test_standing_statistics_average_the_generators_own_batch_statistics(family):
