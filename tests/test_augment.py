@@ -1,6 +1,7 @@
 """Augmentations: shapes, determinism, gradients, exact geometry, ADA's 'bgc' ops, p heuristic."""
 
 import functools
+import itertools
 import math
 
 import jax
@@ -118,6 +119,27 @@ def test_color_ops_keep_their_reference_statistics():
   np.testing.assert_allclose(con.mean((1, 2, 3)), X.mean((1, 2, 3)), atol=1e-5)  # image mean kept
 
 
+def test_saturation_and_contrast_factors_span_the_reference_ranges():
+  """DiffAugment's reference: saturation scales each pixel's deviation from its grey level by
+  U(0, 2), contrast each image's deviation from its mean over pixels AND channels by U(0.5, 1.5).
+  The flat colour's channels differ from the image mean: per-channel means would leave it be."""
+  b = 256
+  x = np.broadcast_to(np.array([0.6, -0.2, -0.1], np.float32), (b, 2, 2, 3))
+  sat, con = jax.jit(lambda x, key: (augment.rand_saturation(x, key),
+                                     augment.rand_contrast(x, key)))(jnp.asarray(x), K1)
+
+  def factors(out, mean):  # out = mean + f * (x - mean), one f per image
+    dev = x - mean
+    f = np.sum((np.asarray(out) - mean) * dev, axis=(1, 2, 3)) / np.sum(dev ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(out, mean + f[:, None, None, None] * dev, atol=1e-6)
+    return f
+
+  s = factors(sat, x.mean(-1, keepdims=True))
+  c = factors(con, x.mean((1, 2, 3), keepdims=True))
+  assert s.min() >= -1e-6 and s.max() <= 2 + 1e-6 and s.min() < 0.05 and s.max() > 1.95
+  assert c.min() >= 0.5 - 1e-6 and c.max() <= 1.5 + 1e-6 and c.min() < 0.55 and c.max() > 1.45
+
+
 def test_translate_known_shift():
   x = jnp.arange(1.0, 17.0).reshape(1, 4, 4, 1)
   one, minus_one = jnp.array([1]), jnp.array([-1])
@@ -151,6 +173,43 @@ def test_random_translation_is_an_integer_shift_with_zero_border():
   assert len(set(shifts)) > 1  # per-image shifts
 
 
+def test_translate_zero_pads_every_side():
+  """Every shift in -2..2 on both axes of a non-square image matches the NumPy reference: what
+  comes in from any side, bottom and right included, is zero, not a copy of the edge."""
+  shifts = np.array(list(itertools.product(range(-2, 3), repeat=2)))
+  x = np.arange(1.0, 31.0, dtype=np.float32).reshape(1, 5, 6, 1)
+  out = np.asarray(jax.jit(augment.translate)(jnp.asarray(np.repeat(x, len(shifts), 0)),
+                                              jnp.asarray(shifts[:, 0]), jnp.asarray(shifts[:, 1])))
+  for i, (dy, dx) in enumerate(shifts):
+    np.testing.assert_array_equal(out[i], _shifted(x[0], dy, dx), err_msg=f"shift {dy, dx}")
+
+
+def _centre_sources(out, h):
+  """(dy, dx) per image from its centre pixel, for images whose pixel (i, j) held 1 + i * h + j."""
+  src = np.rint(out[:, h // 2, h // 2, 0]).astype(int) - 1
+  return h // 2 - src // h, h // 2 - src % h
+
+
+_CODED = jnp.broadcast_to(jnp.arange(1.0, 257.0).reshape(1, 16, 16, 1), (500, 16, 16, 1))
+
+
+def test_random_translation_draws_each_axis_independently_over_the_reference_range():
+  """DiffAugment's reference draws each axis's shift from -2..2 at 16x16 (randint's exclusive
+  upper bound + 1), x and y independently: all 25 pairs occur, each value about equally often."""
+  dy, dx = _centre_sources(np.asarray(jax.jit(augment.rand_translation)(_CODED, K1)), 16)
+  assert set(zip(dy, dx)) == set(itertools.product(range(-2, 3), repeat=2))
+  for d in (dy, dx):
+    np.testing.assert_allclose(np.bincount(d + 2) / len(d), 0.2, atol=0.05)
+
+
+def test_each_policy_op_draws_its_own_randomness():
+  """Every op of a policy gets its own draw, as the reference's: two translations in a row add
+  two independent shifts, so every total in -4..4 occurs (one shared draw gives even totals)."""
+  twice = jax.jit(lambda x, key: augment.diffaugment(x, key, "translation,translation"))
+  dy, dx = _centre_sources(np.asarray(twice(_CODED, K2)), 16)
+  assert set(dy) == set(dx) == set(range(-4, 5))
+
+
 def test_cutout_zeroes_one_half_size_square_per_image_clipped_by_the_border():
   out = np.asarray(jax.jit(augment.rand_cutout)(jnp.ones((400, 16, 16, 3)), K1))
   assert np.all((out == 0) | (out == 1))
@@ -178,6 +237,22 @@ def test_cutout_places_its_centre_uniformly_as_the_reference():
   assert np.mean(out[:, 0, 0] == 0) == pytest.approx((5 / 17) ** 2, abs=0.015)
   assert np.mean(out == 0) == pytest.approx(np.mean([min(o + 4, 16) - max(o - 4, 0)
                                                      for o in range(17)]) ** 2 / 256, abs=0.01)
+
+
+def test_cutout_reaches_exactly_the_references_squares():
+  """The reference's centre offsets are 0..n for an even cut size, 0..n-1 for an odd one, the
+  square from offset - size // 2, clipped by the border: each such span occurs, and no other."""
+  h, w = 16, 10  # cut 8 rows (offsets 0..16) and 5 columns (offsets 0..9)
+  out = np.asarray(jax.jit(augment.rand_cutout)(jnp.ones((600, h, w, 1)), K1))[..., 0]
+  spans = lambda n, size, offsets: {(max(o - size // 2, 0), min(o - size // 2 + size, n) - 1)
+                                    for o in offsets}
+  rows, cols = set(), set()
+  for cut in out == 0:
+    r, c = np.nonzero(cut.any(1))[0], np.nonzero(cut.any(0))[0]
+    rows.add((r.min(), r.max()))
+    cols.add((c.min(), c.max()))
+  assert rows == spans(h, 8, range(h + 1))
+  assert cols == spans(w, 5, range(w))
 
 
 # --- ADA 'bgc': geometry. ------------------------------------------------------------------------
@@ -446,6 +521,41 @@ def test_color_parameters():
   assert not np.any(_samples(0.0)[2].applied) and not np.any(_samples(0.0)[1].applied)
 
 
+def test_parameter_draws_are_independent():
+  """Every op draws its own value, as in the paper's pipeline: no two parameters are tied (y
+  shifted only with x, one angle for both rotations, anisotropic tied to isotropic scaling,
+  saturation to contrast, ...)."""
+  blit, g, c, _ = _samples(1.0)
+
+  def assert_uncorrelated(**params):
+    corr = np.corrcoef(np.stack([np.asarray(v, np.float64) for v in params.values()]))
+    for (i, a), (j, b) in itertools.combinations(enumerate(params), 2):
+      assert abs(corr[i, j]) < 0.05, (a, b, corr[i, j])
+
+  assert_uncorrelated(flip=blit.flip, k=blit.k, ty=blit.ty, tx=blit.tx)
+  assert_uncorrelated(scale=np.log2(g.scale), rot_pre=g.rot_pre, aniso=np.log2(g.aniso),
+                      rot_post=g.rot_post, tx=g.tx, ty=g.ty)
+  assert_uncorrelated(brightness=c.brightness, contrast=np.log2(c.contrast), lumaflip=c.lumaflip,
+                      hue=c.hue, saturation=np.log2(c.saturation))
+
+
+def test_an_exact_zero_uniform_draw_gives_finite_parameters_and_images():
+  """jax.random.uniform returns exactly 0 with probability 2^-23 a draw, so long runs meet it;
+  the inverse normal CDF makes it -inf (here a shift of -inf: NaN images)."""
+  key, b = jax.random.PRNGKey(4626), 64
+  raw = jax.random.uniform(key, (b, ada.BLIT_DRAWS + ada.GEOM_DRAWS + ada.COLOR_DRAWS))
+  assert np.any(raw == 0)  # the precondition: this key's stream holds an exact 0
+  x = jnp.zeros((b, 8, 8, 3))
+  params, out = jax.jit(lambda key: (ada.sample(key, b, 8, 8, 1.0),
+                                     augment.ada_augment(x, key, 1.0)))(key)
+  for leaf in jax.tree.leaves(params):
+    assert np.all(np.isfinite(leaf))
+  _, geom, color = params
+  assert all(np.all(np.asarray(s) > 0) for s in (geom.scale, geom.aniso, color.contrast,
+                                                 color.saturation))
+  assert np.all(np.isfinite(out))
+
+
 def test_ada_on_one_channel_non_square_images():
   x = X[:2, :, :12, :1]
   ada_fn = jax.jit(augment.ada_augment)
@@ -492,3 +602,12 @@ def test_accumulate_and_maybe_update_at_interval_boundaries():
     if step < 11:
       assert state.signs_sum == -64.0 * (step - 7) and state.count == 64 * (step - 7)
   np.testing.assert_allclose(state.p, 0.0, atol=1e-9)  # back down by one step
+
+
+def test_an_interval_without_counted_signs_leaves_p_unchanged():
+  """A boundary with no D(real) signs accumulated has no r_t to compare with the target: p holds
+  (not lowered as if r_t were 0) and the sums stay reset."""
+  state = augment.init_state(0.5)
+  for step in range(8):  # two boundaries
+    state = augment.maybe_update(state, step, 4, 64, 0.6, 500.0)
+  assert state.p == 0.5 and state.count == 0 and state.signs_sum == 0.0
