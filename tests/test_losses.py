@@ -75,6 +75,24 @@ def test_gradient_penalty_of_quadratic_critic_matches_direct():
   np.testing.assert_allclose(losses.gradient_penalty(critic, real, fake, key), expected, rtol=1e-5)
 
 
+def test_gradient_penalty_has_a_finite_gradient_where_the_critic_is_flat():
+  """A critic with zero input gradient (here w = 0) sits where sqrt's slope is infinite: without
+  the norm's epsilon the penalty's gradient w.r.t. the critic's weights is NaN (0 * inf), and the
+  train step would skip every such step as non-finite."""
+  real = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 1))
+  fake = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 2, 1))
+
+  def penalty(w):
+    return losses.gradient_penalty(lambda x: jnp.sum(x * w, axis=(1, 2, 3)), real, fake,
+                                   jax.random.PRNGKey(2))
+
+  w = jnp.zeros((1, 2, 2, 1))
+  np.testing.assert_allclose(penalty(w), 1.0, atol=1e-5)  # (0 - 1)^2
+  grad = np.asarray(jax.grad(penalty)(w))
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, 0.0, atol=1e-6)  # the flat critic is a stationary point
+
+
 def test_unknown_loss_names_choices():
   with pytest.raises(KeyError, match="hinge"):
     losses.LOSSES.get("wasserstein", "loss.name")

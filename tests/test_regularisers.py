@@ -56,6 +56,28 @@ def test_lecam_anchors_are_debiased_from_the_first_update():
   assert float(anchors["real"]) == pytest.approx((0.99 * 0.02 + 0.06) / (1 - 0.99 ** 2), rel=1e-5)
 
 
+def test_lecam_penalty_holds_its_anchors_constant():
+  """The anchors are moving averages of D's outputs held constant in D's loss (LeCam's code
+  reads them from non-trainable variables): D's gradient must not flow through them into this
+  batch's own logits, which would let D lower the penalty by moving the anchors."""
+  zero = {"real": jnp.zeros(()), "fake": jnp.zeros(())}
+
+  def penalty(real, fake, fixed_anchors=None):
+    _, anchors = losses.lecam_anchors(zero, real, fake, 0.99, 1.0)
+    if fixed_anchors is not None:
+      anchors = fixed_anchors
+    return losses.lecam_penalty(real, fake, anchors["real"], anchors["fake"])
+
+  real, fake = jnp.array([1.0, 3.0]), jnp.array([-4.0, -2.0])  # anchors 2 and -3: relu active
+  fixed = {"real": jnp.float32(2.0), "fake": jnp.float32(-3.0)}
+  got = jax.grad(penalty, argnums=(0, 1))(real, fake)
+  want = jax.grad(penalty, argnums=(0, 1))(real, fake, fixed)
+  np.testing.assert_allclose(want[0], [4.0, 6.0], rtol=1e-5)  # 2 (r - a_F) / 2 samples
+  np.testing.assert_allclose(want[1], [-6.0, -4.0], rtol=1e-5)  # -2 (a_R - f) / 2
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5)
+
+
 def _adam_reference(grads, lr, b1, b2, eps=1e-8):
   """Plain Adam with bias correction, step by step (numpy)."""
   m = v = np.zeros_like(grads[0])
@@ -219,6 +241,22 @@ def test_a_skipped_step_that_ends_an_ada_interval_still_moves_p():
   direction = np.sign(float(first.signs_sum) / 8 - config.augment.ada_target)
   assert float(state.augment.p) == pytest.approx(0.5 + direction * 16 / 1000)
   assert int(state.augment.count) == 0 and float(state.augment.signs_sum) == 0.0
+
+
+def test_ada_counts_and_scales_by_every_critic_updates_reals():
+  """ADA with n_critic = 2: StyleGAN2-ADA's statistic counts the reals of every D update, and
+  its p moves by the reals D was shown, batch_size * n_critic per step (n_critic times slower
+  otherwise). images_seen counts those reals too."""
+  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 2,
+                          "augment.ada_kimg": 1, "augment.ada_p_init": 0.5, "train.n_critic": 2})
+  (s0, s1, s2), metrics = _run_steps(config, 2, 16)
+  assert [m["nonfinite"] for m in metrics] == [0, 0]
+  assert int(s1.augment.count) == 16 and float(s1.augment.p) == 0.5  # 2 slices of 8
+  assert abs(float(s1.augment.signs_sum)) <= 16 and float(s1.augment.signs_sum) % 2 == 0
+  assert int(s1.images_seen) == 16 and int(s2.images_seen) == 32
+  # End of the interval: 2 steps of 2 x 8 reals, with ada_kimg = 1 p moves by 32 / 1000.
+  assert abs(abs(float(s2.augment.p) - 0.5) - 32 / 1000) < 1e-6
+  assert int(s2.augment.count) == 0
 
 
 def _adam_count(opt_state):

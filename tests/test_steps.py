@@ -178,14 +178,18 @@ def test_wgan_gp_with_several_critic_steps(make_config):
 def test_wgan_gp_is_taken_through_the_augmentation(make_config, monkeypatch):
   """D judges augmented images only, so its gradient penalty is on what it judges: through an
   augmentation that discards its input, D's output does not depend on the interpolate and every
-  per-sample gradient norm is 0, giving a penalty of exactly (0 - 1)^2 = 1."""
+  per-sample gradient norm is 0, giving a penalty of exactly (0 - 1)^2 = 1. The augmentation
+  multiplies by 0 rather than returning constant zeros: the zero input gradient is then still a
+  function of D's parameters, as a flat critic's is, and sqrt's infinite slope at 0 would make
+  D's gradient NaN (and the step be skipped) without the norm's epsilon."""
   from jaxgan import augment as augment_lib
-  monkeypatch.setattr(augment_lib, "diffaugment", lambda x, key, policy: jnp.zeros_like(x))
+  monkeypatch.setattr(augment_lib, "diffaugment", lambda x, key, policy: 0.0 * x)
   config = make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer",
                           "augment.name": "diffaugment"})
   init, step_fn = _setup(config)
   _, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), _batches(config, 1)[0])
   assert float(metrics["gradient_penalty"]) == pytest.approx(1.0, abs=1e-5)
+  assert int(metrics["nonfinite"]) == 0
 
 
 def test_the_generator_steps_on_its_loss_through_the_updated_and_augmenting_discriminator(
@@ -392,3 +396,113 @@ def test_the_lazy_r1_phase_steps_d_by_its_gain_times_the_penalty_gradient(make_c
       jax.tree_util.tree_leaves(results[gamma].d_params),
       jax.tree_util.tree_leaves(after_main.d_params)))
   assert moved > 1e-5  # the phase did move D
+
+
+def test_a_fresh_states_ema_is_a_copy_of_the_generator():
+  """The EMA generator starts as G itself (StyleGAN2-ADA deep-copies G): an EMA from zeros is
+  hidden by the default ramp-up (beta = 0 on the first step) but not by a run without one."""
+  _, init, _ = _default_step()
+  state = init()
+  leaves = jax.tree_util.tree_leaves
+  assert len(leaves(state.ema_params)) == len(leaves(state.g_params))
+  for e, g in zip(leaves(state.ema_params), leaves(state.g_params)):
+    np.testing.assert_array_equal(e, g)
+  assert any(float(np.max(np.abs(g))) > 0 for g in leaves(state.g_params))
+
+
+def test_every_d_pass_of_a_step_augments_with_its_own_draw(make_config, monkeypatch):
+  """Reals, fakes, R1's reals and G's fakes each get their own augmentation draw (as each call
+  of StyleGAN2-ADA's augment pipe does): one draw shared by reals and fakes lets D compare them
+  under the same crop and colour shift, which is not what it is trained to tell apart."""
+  from jaxgan import augment as augment_lib
+  seen = []
+
+  def recording(images, key, policy):
+    jax.debug.callback(lambda k: seen.append(tuple(np.asarray(k).ravel().tolist())), key)
+    return images
+
+  monkeypatch.setattr(augment_lib, "diffaugment", recording)
+  config = make_config(**{"augment.name": "diffaugment", "model.d_norm": "layer",
+                          "loss.r1_gamma": 1.0, "loss.r1_interval": 1})
+  init, step_fn = _setup(config)
+  _, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), _batches(config, 1)[0])
+  jax.effects_barrier()
+  assert float(metrics["r1_penalty"]) >= 0  # the R1 phase ran
+  assert len(seen) == 4 and len(set(seen)) == 4  # reals, fakes, R1's reals, G's fakes
+
+
+def test_d_loss_and_lecam_over_several_critic_updates(make_config):
+  """n_critic = 3 with LeCam, D held still (SGD at lr 0) so every critic update's logits are
+  D's on its own slice: the logged d_loss is the mean over the 3 updates of the adversarial loss
+  plus weight * LeCam, whose anchors are LeCam's zero-debiased EMA after k + 1 updates
+  (a count stuck at 1 makes the second update's anchors about twice the mean logits)."""
+  n, weight, decay = 3, 1.0, 0.99
+  config = make_config(**{"train.n_critic": n, "loss.lecam_weight": weight,
+                          "loss.lecam_ema_decay": decay, "model.d_norm": "layer"})
+  gen, disc = models.build_models(config)
+  g_tx, _ = state_lib.make_optimizers(config)
+  d_tx = optax.sgd(0.0)
+  loss = losses.build_loss(config)
+  state = state_lib.init_state(config, gen, disc, g_tx, d_tx, config.seed)
+  step_fn = steps.make_train_step(config, gen, disc, loss, g_tx, d_tx)
+  batch = _batches(config, 1)[0]
+  new, metrics = jax.jit(steps.with_state_rng(step_fn))(state, batch)
+  assert int(metrics["nonfinite"]) == 0
+
+  b = config.train.batch_size
+  keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 3 * n + 2)
+  images = steps.to_model_range(jnp.asarray(batch["image"])).reshape((b, n, 16, 16, 3))
+  labels = jnp.asarray(batch["label"]).reshape(b, n)  # interleaved: slice k is column k
+  d = lambda x, y: np.asarray(steps._apply(disc, state.d_params, {}, x, y)[0])
+  ema, values, penalties = {"real": 0.0, "fake": 0.0}, [], []
+  for k in range(n):
+    z = jax.random.normal(keys[3 * k], (b, config.model.z_dim))
+    fake, _ = steps._apply(gen, state.g_params, state.g_batch_stats, z, labels[:, k])
+    real_logits, fake_logits = d(images[:, k], labels[:, k]), d(fake, labels[:, k])
+    for side, logits in (("real", real_logits), ("fake", fake_logits)):
+      ema[side] = decay * ema[side] + (1 - decay) * float(np.mean(logits))
+    a_real, a_fake = (ema[s] / (1 - decay ** (k + 1)) for s in ("real", "fake"))
+    penalty = (np.mean(np.maximum(real_logits - a_fake, 0) ** 2)
+               + np.mean(np.maximum(a_real - fake_logits, 0) ** 2))
+    penalties.append(penalty)
+    values.append(float(loss.d_loss(real_logits, fake_logits)) + weight * penalty)
+  assert min(penalties) > 1e-4
+  assert float(metrics["d_loss"]) == pytest.approx(np.mean(values), rel=1e-5)
+  assert float(metrics["lecam"]) == pytest.approx(penalties[-1], rel=1e-4)
+  for side in ("real", "fake"):
+    assert float(new.lecam[side]) == pytest.approx(ema[side], rel=1e-4)
+
+
+def test_orthogonal_regularisation_adds_biggans_gradient_to_g(make_config):
+  """BigGAN adds beta * 2 (W^T W * (1 - I)) W by hand to each weight's gradient (W^T W the Gram
+  of its output filters; here W is [-1, out], so the term reads 2 W (W^T W * (1 - I))). With SGD
+  for G, turning the regulariser on moves G by exactly -lr times that more; Adam's normalisation
+  would hide a wrong factor."""
+  beta, lr = 1.0, 0.01
+  results = {}
+  for weight in (0.0, beta):
+    config = make_config(**{"model.orthogonal_reg": weight})
+    gen, disc = models.build_models(config)
+    _, d_tx = state_lib.make_optimizers(config)
+    g_tx = optax.sgd(lr)
+    state = state_lib.init_state(config, gen, disc, g_tx, d_tx, config.seed)
+    step_fn = steps.make_train_step(config, gen, disc, losses.build_loss(config), g_tx, d_tx)
+    results[weight], _ = jax.jit(steps.with_state_rng(step_fn))(state, _batches(config, 1)[0])
+  moved = []
+  for path, before in jax.tree_util.tree_leaves_with_path(state.g_params):
+    with_reg, without = (np.asarray(_at(results[w].g_params, path)) for w in (beta, 0.0))
+    want = np.zeros_like(with_reg)
+    if jax.tree_util.keystr(path).endswith("['kernel']") and before.ndim >= 2:
+      w = np.asarray(before, np.float64).reshape(-1, before.shape[-1])
+      gram = w.T @ w
+      want = (-lr * beta * 2 * w @ (gram * (1 - np.eye(len(gram))))).reshape(before.shape)
+      moved.append(float(np.max(np.abs(want))))
+    np.testing.assert_allclose(with_reg - without, want, rtol=1e-3, atol=1e-7,
+                               err_msg=jax.tree_util.keystr(path))
+  assert moved and max(moved) > 1e-5
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
