@@ -30,6 +30,7 @@ from jaxgan import periodic_eval
 from jaxgan import restore
 from jaxgan import run as run_lib
 from jaxgan import run_health
+from jaxgan import run_log
 from jaxgan import sample_inputs, sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
@@ -85,6 +86,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train
+  interactive = sys.stderr.isatty()  # else a log file (a cluster job): lines, not a bar
+  progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive))
   if jax.process_count() > 1:
     data_lib.check_same_on_every_process(source, data_fingerprint, order)
 
@@ -120,6 +123,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       donor_named = ""
 
   startup.write_run_files(config, workdir, start_step)
+  log.info("%s", run_log.start_line(config, start_step, state, source, run.mesh, workdir))
 
   # This process loads the rows of each global batch that its devices hold (by position, so the
   # global batch is the same under any process layout and device order).
@@ -175,8 +179,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                           data_fingerprint, order)
 
   step = start_step
-  interactive = sys.stderr.isatty()  # else a log file (a cluster job)
   progress = _progress_bar(cfg.num_steps, start_step, interactive)
+  started = time.perf_counter()
   interval_start, interval_steps = None, 0
   # Every step's metrics, fetched stacked and reduced per log row.
   interval = step_metrics.Interval(sharding.to_host_list)
@@ -191,9 +195,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                   images_seen=step * images_per_step,
                   data_bad_files=getattr(source, "bad_files", 0))
     writer.write_scalars(step, values)
+    progress_log.progress(run_log.progress_line(step, cfg.num_steps, values, images_per_step,
+                                                elapsed / steps_timed if steps_timed else np.nan))
     progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
                          g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                         img_s=f"{ips:.0f}", refresh=interactive)  # a log file: no extra line
+                         img_s=f"{ips:.0f}")
 
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
@@ -309,6 +315,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
             f"{checkpointer.directory} (error above); a rerun resumes from "
             f"{run_health.resume_point(checkpointer)} and writes it: free space or fix the "
             "storage first")
+      if step > start_step:
+        log.info("done: step %d of %d, %d steps in %s; checkpoints in %s, sample grids in %s",
+                 step, cfg.num_steps, step - start_step,
+                 run_log.duration(time.perf_counter() - started), checkpointer.directory,
+                 os.path.join(workdir, "samples"))
   finally:
     # Stops the input thread now, not when the generator is collected: a kept traceback (a
     # notebook's last error) holds this frame, and the thread would go on reading data.
@@ -322,16 +333,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
 
 def _progress_bar(num_steps: int, start_step: int, interactive: bool) -> tqdm:
-  """The training progress bar (process 0's; none where nothing is left to train)."""
-  # Redirected to a log file (not `interactive`), the bar is a line per refresh: at most one a
-  # minute there (and set_postfix does not force one), or a 3-day run writes hundreds of MB of
-  # progress.
+  """The training progress bar on a terminal (process 0's; none where nothing is left to train).
+  Redirected to a file (not `interactive`), its redraws would make one line of carriage returns:
+  there the run writes a line per log row instead (run_log)."""
   # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
   # ResNet on a CPU, looked like a hang).
   return tqdm(total=num_steps, initial=start_step, unit="step",
-              disable=jax.process_index() != 0 or start_step >= num_steps,  # said otherwise
-              dynamic_ncols=True, mininterval=0.1 if interactive else 60.0,
-              desc="train (compiling)", maxinterval=10.0 if interactive else 60.0,
+              disable=(jax.process_index() != 0 or start_step >= num_steps  # said otherwise
+                       or not interactive),
+              dynamic_ncols=True, mininterval=0.1, desc="train (compiling)", maxinterval=10.0,
               file=console.TolerantStream(sys.stderr))
 
 

@@ -472,13 +472,35 @@ def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_row
     assert all(row["images_per_sec"] > 5 * 8 / 100 for row in rows), rows
 
 
-def test_progress_bar_is_quiet_when_not_on_a_terminal(tmp_path, capsys):
-  """Redirected (a cluster job's log file), the bar must not write a line per log row."""
-  config = tiny_config(**{"train.num_steps": 8, "train.log_every": 2, "train.tensorboard": False})
-  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, capsys, caplog):
+  """Redirected (a cluster job's log file), the bar's carriage-return redraws made one unreadable
+  line with the losses once a minute: there a plain line per log row instead, no bar. Process 0's
+  log lines also go to WORKDIR/log.txt (there was no run log), appended across restarts."""
+  import logging
+
+  config = tiny_config(**{"train.num_steps": 4, "train.log_every": 2, "train.tensorboard": False})
+  workdir = str(tmp_path / "w")
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    trainer.train_and_evaluate(config, workdir)
+    config.train.num_steps = 6
+    trainer.train_and_evaluate(config, workdir)  # extended: a resume
   err = capsys.readouterr().err
-  assert err.count("train (compiling):") == 1, err  # the first draw
-  assert 1 <= err.count("train:") <= 2, err  # once compiled, and the final one
+  assert "train (compiling)" not in err and "train:" not in err and "\r" not in err, err
+  rows = [m for m in caplog.messages if m.startswith("step ")]
+  assert [r.split(":")[0] for r in rows] == ["step 2/4 (50%), 0.0 kimg", "step 4/4 (100%), 0.0 kimg",
+                                             "step 6/6 (100%), 0.0 kimg"]
+  assert all(" d_loss " in r and " g_loss " in r and " img/s, ETA 0:00:" in r for r in rows), rows
+  logged = [line.split(": ", 1)[1] for line in open(os.path.join(workdir, "log.txt"))]
+  _, _, state, _ = workdir_lib.load_latest(workdir)
+  g, d = (sum(x.size for x in _leaves(p)) for p in (state.g_params, state.d_params))
+  starts = [line for line in logged if line.startswith(("training ", "resuming dcgan"))]
+  assert starts == [f"{what} dcgan at step {step} of {total}: G {g:,}, D {d:,} parameters; data: "
+                    f"synthetic; 1 cpu device(s), mesh 1x1 (data x fsdp); workdir {workdir}\n"
+                    for what, step, total in [("training", 0, 4), ("resuming", 4, 6)]]
+  assert [line for line in logged if line.startswith("step ")] == [r + "\n" for r in rows]
+  done = [line for line in logged if line.startswith("done: ")]
+  assert [d.split(" steps in ")[0] for d in done] == ["done: step 4 of 4, 4", "done: step 6 of 6, 2"]
+  assert "resuming from checkpoint step 4" in "".join(logged)
 
 
 def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
@@ -504,9 +526,13 @@ def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, c
     return dataclasses.replace(run, train_step=train_step)
 
   monkeypatch.setattr(run_lib, "build_run", slow_first_call)
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is a terminal's
   config = tiny_config(**{"train.num_steps": 8, "train.log_every": 4, "train.tensorboard": False})
   trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert len(jumped) == 8
+  # On a terminal the bar shows the rows: their lines go to log.txt alone.
+  logged = open(tmp_path / "w" / "log.txt").read()
+  assert "jaxgan.trainer: step 4/8 (50%)" in logged and "jaxgan.trainer: step 8/8" in logged
   bars = [line for line in capsys.readouterr().err.split("\r") if line.startswith("train")]
   assert bars[0].startswith("train (compiling):   0%"), bars
   # Once compiled: no rate yet (one step over ~0 s would show thousands of steps/s).

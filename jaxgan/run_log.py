@@ -1,0 +1,95 @@
+"""The run's own log, WORKDIR/log.txt, and the progress line of a run whose stderr is a file.
+
+A run's stderr is often gone once it ends (a terminal closed, a scheduler's log rotated), and
+StyleGAN2-ADA users look for a log.txt beside the metrics: process 0's jaxgan log lines (start,
+progress rows, evaluations, resumes, warnings, the end) are appended there, across restarts, with
+their date. Where stderr is not a terminal (a cluster job's log file), the progress bar's
+carriage-return redraws make one unreadable line, so such a run writes a plain line per log row
+instead (`RunLog.progress`); on a terminal the bar shows it, and the line goes to log.txt only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+import numpy as np
+
+LOG_FILE = "log.txt"
+
+log = logging.getLogger("jaxgan.trainer")
+
+
+class _QuietFileHandler(logging.FileHandler):
+  """Appends to the file; a failed write (a full disk) drops the line: the log is not worth the
+  run, and logging's own report would print a traceback per line."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
+
+
+class RunLog:
+  """Where a run's progress lines go: stderr (through the log) where it is not a terminal, and
+  log.txt."""
+
+  def __init__(self, handler: Optional[logging.Handler], to_stderr: bool):
+    self._handler, self._to_stderr = handler, to_stderr
+
+  def progress(self, message: str) -> None:
+    if self._to_stderr:
+      log.info("%s", message)  # to log.txt too, through the jaxgan logger's handler
+    elif self._handler is not None:
+      self._handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None))
+
+
+@contextlib.contextmanager
+def run_log(workdir: str, enabled: bool, to_stderr: bool) -> Iterator[RunLog]:
+  """While open, the jaxgan loggers' lines are appended to WORKDIR/log.txt (`enabled`: process
+  0); `to_stderr`: progress lines go to stderr too (no progress bar there)."""
+  handler = None
+  if enabled:
+    handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger("jaxgan").addHandler(handler)
+  try:
+    yield RunLog(handler, to_stderr and enabled)
+  finally:
+    if handler is not None:
+      logging.getLogger("jaxgan").removeHandler(handler)
+      handler.close()
+
+
+def progress_line(step: int, num_steps: int, values: Mapping[str, float],
+                  images_per_step: int, seconds_per_step: float) -> str:
+  """'step 300/400 (75%), 2.4 kimg: d_loss 1.234, g_loss 0.987, 282 img/s, ETA 0:00:23' (and
+  ADA's p where it is on). The ETA is from the row's own rate, which times training only."""
+  parts = [f"{name} {values[name]:.4g}" for name in ("d_loss", "g_loss", "augment_p")
+           if name in values and (name != "augment_p" or values[name])]
+  if math.isfinite(seconds_per_step) and seconds_per_step > 0:
+    parts.append(f"{images_per_step / seconds_per_step:.0f} img/s")
+    parts.append(f"ETA {duration((num_steps - step) * seconds_per_step)}")
+  return (f"step {step}/{num_steps} ({100 * step / num_steps:.0f}%), "
+          f"{step * images_per_step / 1000:.1f} kimg: {', '.join(parts)}")
+
+
+def duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def start_line(config: Any, start_step: int, state: Any, source: Any, mesh: Any,
+               workdir: str) -> str:
+  """What the run is, as it starts: model, parameters, data, devices and mesh, workdir."""
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+  examples = getattr(source, "num_examples", None)
+  data = config.data.source + (f", {examples:,} examples" if examples else "")
+  return (f"{'resuming' if start_step else 'training'} {config.model.name} at step {start_step} "
+          f"of {config.train.num_steps}: G {count(state.g_params):,}, D "
+          f"{count(state.d_params):,} parameters; data: {data}; {jax.device_count()} "
+          f"{jax.devices()[0].device_kind} device(s), mesh {mesh.shape['data']}x"
+          f"{mesh.shape['fsdp']} (data x fsdp); workdir {workdir}")
