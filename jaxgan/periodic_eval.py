@@ -130,6 +130,7 @@ class PeriodicEval:
       done = started and self.best.wait()
       if multihost.all_processes(done):  # agreed: the next save decision must be alike
         self.best_fid = fid
+        log.info("step %d: new best FID %.4g, saved to %s", step, fid, self.best.directory)
     self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
                                      if isinstance(v, (int, float))})
     return results

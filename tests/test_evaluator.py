@@ -431,9 +431,14 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   real_save = again.best.save
   monkeypatch.setattr(again.best, "save", lambda step, state, meta: saved.append(step) or
                       real_save(step, {"w": state.w}, meta))
-  again(6, _state(6.0))  # 35: worse than the 30 read back, not saved
-  again(8, _state(8.0))  # 20: better, saved
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    again(6, _state(6.0))  # 35: worse than the 30 read back, not saved
+    again(8, _state(8.0))  # 20: better, saved
   assert saved == [2, 8] and again.best_fid == 20.0
+  # The log says which evaluation made a new best, and where it went.
+  assert [m for m in caplog.messages if "new best" in m] == [
+      f"step 8: new best FID 20, saved to {workdir}/checkpoints_best"]
+  caplog.clear()
   again.close()
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
