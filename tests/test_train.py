@@ -477,13 +477,18 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   line with the losses once a minute: there a plain line per log row instead, no bar. Process 0's
   log lines also go to WORKDIR/log.txt (there was no run log), appended across restarts."""
   import logging
+  import signal
 
   config = tiny_config(**{"train.num_steps": 4, "train.log_every": 2, "train.tensorboard": False})
   workdir = str(tmp_path / "w")
   with caplog.at_level(logging.INFO, logger="jaxgan"):
     trainer.train_and_evaluate(config, workdir)
     config.train.num_steps = 6
-    trainer.train_and_evaluate(config, workdir)  # extended: a resume
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a script's background job
+    try:
+      trainer.train_and_evaluate(config, workdir)  # extended: a resume
+    finally:
+      signal.signal(signal.SIGINT, ignored)
   err = capsys.readouterr().err
   assert "train (compiling)" not in err and "train:" not in err and "\r" not in err, err
   rows = [m for m in caplog.messages if m.startswith("step ")]
@@ -501,6 +506,9 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   done = [line for line in logged if line.startswith("done: ")]
   assert [d.split(" steps in ")[0] for d in done] == ["done: step 4 of 4, 4", "done: step 6 of 6, 2"]
   assert "resuming from checkpoint step 4" in "".join(logged)
+  # Where SIGINT is ignored (the second run), said: kill -INT did nothing, silently.
+  assert [line.split(" (")[0] for line in logged if "SIGINT" in line] == [
+      "SIGINT is ignored in this process"]
 
 
 def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
