@@ -228,6 +228,9 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
     if aug.adaptive:
       aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
+      # ADA's overfitting heuristic r_t as this D update sees it (StyleGAN2-ADA logs it as
+      # Loss/signs/real): a log row's mean says where p is heading (above ada_target: up).
+      aux["ada_rt"] = jnp.mean(jnp.sign(real_logits.astype(jnp.float32) - ada_boundary))
     d_values.append(d_value)
     d_grads_all.append(d_grads)
     if r1_gamma > 0:

@@ -184,6 +184,18 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   assert float(metrics[1]["augment_p"]) == pytest.approx(float(s2.augment.p))
 
 
+def test_ada_logs_its_sign_statistic():
+  """ada_rt, the step's mean sign(D(real)) (StyleGAN2-ADA's Loss/signs/real), is what ADA adds
+  up: a log row's mean tells where p is heading; no such metric without ADA."""
+  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 4})
+  (_, s1, s2), metrics = _run_steps(config, 2, 16)
+  assert [float(m["ada_rt"]) * 8 for m in metrics] == [
+      float(s1.augment.signs_sum), float(s2.augment.signs_sum - s1.augment.signs_sum)]
+  assert -1 <= float(metrics[0]["ada_rt"]) <= 1
+  _, plain = _run_steps(tiny_config(), 1, 16)
+  assert "ada_rt" not in plain[0]
+
+
 def test_ada_counts_least_squares_reals_against_its_boundary():
   """Least squares trains D(real) towards 1 and D(fake) towards 0, so an undecided D outputs
   0.5: its reals count as 'real' above 0.5 (they counted above 0, all but always: p rose to 1
