@@ -28,6 +28,7 @@ than the interpolated one come from --label or are drawn per row.
 
 from __future__ import annotations
 
+import csv
 import logging as std_logging
 import math
 import os
@@ -211,7 +212,8 @@ def generate(workdir: str, num: int, out: str,
                                      statistics, z, labels, chunk, rows)
   try:
     if singles:
-      return _write_singles(chunks, out, num)
+      attributes = label_choices.model_attributes(meta, classes) if labels is not None else []
+      return _write_singles(chunks, out, num, _label_rows(labels, attributes))
     images = np.concatenate([images for _, images in chunks])
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
@@ -224,11 +226,27 @@ def generate(workdir: str, num: int, out: str,
     raise OSError(f"--out {out}{where}: {why}; pass a path you can write") from e
 
 
-def _write_singles(chunks, out: str, num: int) -> list[str]:
-  """000000.png ... in `out`, a chunk at a time (any --num fits in memory). A folder already
-  holding numbered PNGs past --num (an earlier, larger run) or any other image is refused:
-  `evaluate --fake` would read them with these as one set; so is one this wrote until its last
-  file (image_sets.INCOMPLETE_MARKER)."""
+LABELS_FILE = "labels.csv"
+
+
+def _label_rows(labels, attributes) -> Optional[list[list[str]]]:
+  """labels.csv's header and a row per image: each attribute's class name and index; None for an
+  unconditional model, and for soft labels (--between), whose images lie between classes."""
+  if labels is None or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+    return None
+  labels = np.asarray(labels).reshape(len(labels), -1)
+  header = ["file"] + [column for name, _ in attributes for column in (name, f"{name}_index")]
+  names = lambda i, j: attributes[i][1][j] if j < len(attributes[i][1]) else str(j)
+  return [header] + [[f"{n:06d}.png"] + [v for i, j in enumerate(row) for v in (names(i, j),
+                                                                               str(j))]
+                     for n, row in enumerate(labels.tolist())]
+
+
+def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None) -> list[str]:
+  """000000.png ... in `out`, a chunk at a time (any --num fits in memory), and `label_rows` as
+  labels.csv (each image's classes). A folder already holding numbered PNGs past --num (an
+  earlier, larger run) or any other image is refused: `evaluate --fake` would read them with
+  these as one set; so is one this wrote until its last file (image_sets.INCOMPLETE_MARKER)."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
@@ -268,6 +286,12 @@ def _write_singles(chunks, out: str, num: int) -> list[str]:
         # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
         sampling.save_png(image, paths[-1], durable=False)
       bar.update(len(images))
+  labels_path = os.path.join(out, LABELS_FILE)
+  if label_rows is not None:
+    with open(labels_path, "w", newline="", encoding="utf-8") as f:
+      csv.writer(f).writerows(label_rows)
+  elif os.path.exists(labels_path):  # an earlier run's: not these images' classes
+    os.remove(labels_path)
   getattr(os, "sync", lambda: None)()  # once for all: a crash must not leave empty PNGs
   stopping.raise_if_interrupted()  # the marker stays: a stopped folder is not complete
   os.remove(marker)

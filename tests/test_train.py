@@ -590,3 +590,35 @@ def test_a_run_that_fails_on_its_data_leaves_no_empty_workdir(tmp_path):
     with pytest.raises(data_lib.DataError, match="no images in"):
       trainer.train_and_evaluate(config, str(tmp_path / "w"))
     assert (tmp_path / "w").exists() == existed
+
+
+def test_single_pngs_come_with_their_classes(runs, tmp_path, monkeypatch):
+  """One PNG per image said nothing of its class: labels.csv names each file's class (and index),
+  the labels the generator was given; none for soft labels, and an earlier run's is removed."""
+  import csv
+
+  root, _, _ = runs
+  workdir = str(root / "full")
+  given = []
+  real_chunks = sampling.sample_in_chunks
+  monkeypatch.setattr(sampling, "sample_in_chunks", lambda sampler, params, stats, z, labels, *a:
+                      given.append(np.asarray(labels)) or real_chunks(sampler, params, stats, z,
+                                                                     labels, *a))
+  out = tmp_path / "singles"
+  generate.generate(workdir, 7, str(out) + "/", seed=3)
+  _, _, _, meta = workdir_lib.load_latest(workdir)
+  (attribute, names), = meta["attributes"]
+  rows = list(csv.reader(open(out / generate.LABELS_FILE)))
+  assert rows[0] == ["file", attribute, f"{attribute}_index"]
+  assert rows[1:] == [[f"{i:06d}.png", names[j], str(j)] for i, j in enumerate(given[0])]
+  assert len(set(given[0])) > 1  # several classes: the rows are each image's own
+  generate.generate(workdir, 7, str(out) + "/", label=names[1], seed=3)  # over the first set
+  rows = list(csv.reader(open(out / generate.LABELS_FILE)))
+  assert [r[1:] for r in rows[1:]] == [[names[1], "1"]] * 7
+  # Soft labels (--between): the images lie between classes, so no classes are listed (and the
+  # earlier set's list goes).
+  for name in os.listdir(out):
+    if name.endswith(".png"):
+      os.remove(out / name)
+  generate.generate(workdir, 2, str(out) + "/", interpolate=2, between=f"{names[0]}:{names[1]}")
+  assert not (out / generate.LABELS_FILE).exists()
