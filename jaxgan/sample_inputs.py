@@ -141,3 +141,16 @@ def grid_inputs(seed: int, num_classes: int | Sequence[int], per_class: int, z_d
   if len(classes) > 1:
     labels = jnp.zeros((len(labels), len(classes)), jnp.int32).at[:, 0].set(labels)
   return z, labels, per_class
+
+
+def grid_legend(attributes: Sequence[tuple[str, Sequence[str]]]) -> str:
+  """What the rows of `grid_inputs`' grids are, for a person reading them: one line per row,
+  the first attribute's class names in index order (`attributes`: (name, class names) per
+  attribute); '' for an unconditional model."""
+  if not attributes or not attributes[0][1]:
+    return ""
+  (name, names), others = attributes[0], attributes[1:]
+  fixed = ", ".join(f"{other}={values[0] if values else 0}" for other, values in others)
+  head = (f"sample grids (step_*.png): a row per {name} class, top to bottom"
+          + (f"; every other attribute at its class 0 ({fixed})" if fixed else "") + "\n")
+  return head + "".join(f"row {i}: {n}\n" for i, n in enumerate(names))

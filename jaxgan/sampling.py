@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -17,6 +18,8 @@ from PIL import Image
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
 from jaxgan.sample_inputs import host_truncated_normal
+
+log = logging.getLogger(__name__)
 
 
 def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
@@ -283,6 +286,19 @@ def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160)
     y, x = pad + r * (h + pad), pad + col * (w + pad)
     grid[y:y + h, x:x + w] = images[i]
   return grid
+
+
+def save_legend(text: str, path: str) -> None:
+  """Writes a grid's legend (nothing for an empty one); a failed write is logged, not raised:
+  the grids are worth more than their legend."""
+  if not text:
+    return
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+  except OSError as e:
+    log.warning("writing %s failed (%s); the sample grids go on without it", path, e)
 
 
 def save_png(image: np.ndarray, path: str, durable: bool = True) -> None:

@@ -143,6 +143,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   grid_z, grid_labels, grid_cols = sample_inputs.grid_inputs(
       config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
   grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
+  if is_main:  # which row of the grids is which class (they carry no text)
+    sampling.save_legend(sample_inputs.grid_legend(attributes),
+                         os.path.join(workdir, "samples", "rows.txt"))
   writer = writers.MetricsWriter(workdir, enabled=is_main, tensorboard=cfg.tensorboard)
   images_per_step = cfg.batch_size * cfg.n_critic
 

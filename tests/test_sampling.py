@@ -43,6 +43,19 @@ def test_to_uint8_rounds_to_the_nearest_level_and_clips():
   assert out.dtype == np.uint8 and out.tolist() == [10, 11, 0, 255, 0, 255]
 
 
+def test_the_grid_legend_names_each_row():
+  """A row per class of the first attribute, the others fixed at class 0 (grid_inputs)."""
+  from jaxgan import sample_inputs
+
+  assert sample_inputs.grid_legend([]) == ""
+  assert sample_inputs.grid_legend([("articleType", ["Shirts", "Watches"]),
+                                    ("baseColour", ["Black", "Blue"])]) == (
+      "sample grids (step_*.png): a row per articleType class, top to bottom; every other "
+      "attribute at its class 0 (baseColour=Black)\nrow 0: Shirts\nrow 1: Watches\n")
+  _, labels, _ = sample_inputs.grid_inputs(0, [2, 2], 3, 4)
+  assert np.asarray(labels).tolist() == [[0, 0]] * 3 + [[1, 0]] * 3
+
+
 def test_make_grid_fills_rows_first_with_gutters():
   """Image i at row i // cols, column i % cols (sample grids are read as one class per row), the
   gutters and the unfilled cell in the pad colour."""

@@ -48,11 +48,18 @@ def test_outputs(runs):
     assert {"d_loss", "g_loss", "images_per_sec", "images_seen"} <= set(row)
     assert np.isfinite(row["d_loss"]) and np.isfinite(row["g_loss"])
   assert rows[-1]["images_seen"] == 4 * 8
-  assert sorted(os.listdir(workdir / "samples")) == ["step_0000002.png", "step_0000004.png"]
+  assert sorted(os.listdir(workdir / "samples")) == ["rows.txt", "step_0000002.png",
+                                                      "step_0000004.png"]
   from PIL import Image
   grid = Image.open(workdir / "samples" / "step_0000004.png")
   # One row per class (3), samples_per_class (2) columns of 16 px plus 2 px gutters.
   assert grid.size == (2 * 18 + 2, 3 * 18 + 2)
+  # Which row is which class: the grids carry no text.
+  _, _, _, meta = workdir_lib.load_latest(str(workdir))
+  (attribute, names), = meta["attributes"]
+  assert (workdir / "samples" / "rows.txt").read_text() == (
+      f"sample grids (step_*.png): a row per {attribute} class, top to bottom\n"
+      + "".join(f"row {i}: {name}\n" for i, name in enumerate(names)))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert json.load(open(workdir / "config.json"))["train"]["num_steps"] == 4
   events = os.listdir(workdir / "tensorboard")
