@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -138,9 +139,13 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
   assert got.shape == (11, 16) and np.abs(got - want).max() / np.abs(want).max() < 1e-5
   assert extractor.last_images_per_sec > 0
   # Its progress bar stays off where stderr is no terminal (here pytest's capture): nested in the
-  # training bar, it wrote cursor-up codes into redirected logs.
+  # training bar, it wrote cursor-up codes into redirected logs. A plain line says the end there
+  # (and one a minute before it).
   capsys.readouterr()
   assert extractor.stream([small[:3]], total=3, desc="fakes").shape == (3, 16)
+  err = capsys.readouterr().err
+  assert re.fullmatch(r"fakes: 3/3 images done, [0-9.]+ img/s, \d+ s\n", err), err
+  assert extractor.stream([small[:3]], total=3).shape == (3, 16)  # no desc: quiet
   assert capsys.readouterr().err == ""
   with pytest.raises(ValueError, match="got float32"):
     extractor.stream([small[:1], small[1:2].astype(np.float32)])
