@@ -26,8 +26,15 @@ log = logging.getLogger("jaxgan.trainer")
 
 
 class _QuietFileHandler(logging.FileHandler):
-  """Appends to the file; a failed write (a full disk) drops the line: the log is not worth the
-  run, and logging's own report would print a traceback per line."""
+  """Appends to the file; a failed open or write (a full disk, a log.txt another user made
+  read-only) drops the line: the log is not worth the run, and logging's own report would print
+  a traceback per line. (FileHandler opens the file outside its own error handling.)"""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      super().emit(record)
+    except OSError:
+      pass
 
   def handleError(self, record: logging.LogRecord) -> None:
     del record
@@ -59,6 +66,12 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool) -> Iterator[RunLog]:
     logging.getLogger("jaxgan").addHandler(handler)
   try:
     yield RunLog(handler, to_stderr and enabled)
+  except BaseException as e:  # how the run ended, where the CLI's one line is not kept
+    if handler is not None:
+      handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "ended: %s: %s",
+                                    (type(e).__name__, str(e).splitlines()[0] if str(e) else ""),
+                                    None))
+    raise
   finally:
     if handler is not None:
       logging.getLogger("jaxgan").removeHandler(handler)

@@ -1,0 +1,42 @@
+"""run_log: WORKDIR/log.txt and the progress line of a run whose stderr is a file."""
+
+import logging
+
+import pytest
+
+from jaxgan import run_log
+
+
+def test_log_txt_gets_the_lines_and_how_the_run_ended(tmp_path, caplog):
+  log = logging.getLogger("jaxgan.trainer")
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    with pytest.raises(ValueError):
+      with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False) as progress:
+        log.info("starting")
+        progress.progress("step 1/2")  # on a terminal: the file only
+        raise ValueError("the data went away\nsecond line")
+    log.info("after the run")  # the handler is gone
+  lines = [line.split(" ", 2)[2] for line in (tmp_path / "log.txt").read_text().splitlines()]
+  assert lines == ["INFO jaxgan.trainer: starting", "INFO jaxgan.trainer: step 1/2",
+                   "ERROR jaxgan.trainer: ended: ValueError: the data went away"]
+  assert [m for m in caplog.messages if m.startswith("step")] == []  # not on stderr
+
+
+def test_a_log_txt_that_cannot_be_opened_does_not_stop_the_run(tmp_path, caplog):
+  """FileHandler opens its file outside its own error handling: a log.txt another user left
+  read-only (here a folder in its place) raised out of the run's first log line."""
+  (tmp_path / "log.txt").mkdir()
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    with run_log.run_log(str(tmp_path), enabled=True, to_stderr=True) as progress:
+      logging.getLogger("jaxgan.trainer").info("starting")
+      progress.progress("step 1/2")  # off a terminal: the log (stderr) still has it
+  assert "step 1/2" in caplog.messages
+
+
+def test_the_progress_line():
+  values = {"d_loss": 1.23456, "g_loss": 0.5, "augment_p": 0.0, "ema_beta": 0.9}
+  assert run_log.progress_line(300, 400, values, 64, 0.5) == (
+      "step 300/400 (75%), 19.2 kimg: d_loss 1.235, g_loss 0.5, 128 img/s, ETA 0:00:50")
+  values["augment_p"] = 0.25  # ADA on: its p too
+  assert run_log.progress_line(1, 3, values, 8, float("nan")) == (
+      "step 1/3 (33%), 0.0 kimg: d_loss 1.235, g_loss 0.5, augment_p 0.25")
