@@ -80,9 +80,11 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> di
                                         sharding=batch_sharding)}
 
 
-# Keys each process may set for itself: its own index, its host's paths (hosts may mount the same
-# data elsewhere; the data's contents are compared by its fingerprint), its decoding workers.
-PER_PROCESS_KEYS = frozenset({"distributed.process_id", "data.workers", *config_lib.PATH_KEYS})
+# Keys each process may set for itself: its own index and its decoding workers. Paths may differ
+# too (hosts may mount the same data elsewhere; the data's contents are compared by its
+# fingerprint), but not whether they are set: a train.init_from or eval.weights on one host only
+# sends that one alone into collectives.
+PER_PROCESS_KEYS = frozenset({"distributed.process_id", "data.workers"})
 
 
 def _value_digest(value: Any) -> np.ndarray:
@@ -93,13 +95,14 @@ def _value_digest(value: Any) -> np.ndarray:
 
 def check_same_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on every process when some process's config differs from the others'
-  (PER_PROCESS_KEYS aside), naming the keys: each process compiles its own step from its own
+  (PER_PROCESS_KEYS aside; of a path, whether it is set), naming the keys: each process compiles its own step from its own
   config, so a learning rate or loss given to one host only (an override left out of one
   worker's command, an edited config file on one host) would train replicas that silently part
   ways, not fail."""
   if jax.process_count() == 1:
     return
-  items = [(k, v) for k, v in config_lib.flat_items(config) if k not in PER_PROCESS_KEYS]
+  items = [(k, bool(v) if k in config_lib.PATH_KEYS else v)
+           for k, v in config_lib.flat_items(config) if k not in PER_PROCESS_KEYS]
   names = multihost.all_gather(_value_digest([k for k, _ in items]))
   if not (names == names[0]).all():
     raise config_lib.ConfigError(
@@ -128,6 +131,9 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
   config_lib.validate_distributed(config)
   try:
     sharding.initialize_distributed(config)
+  except sharding.PortInUse as e:
+    raise config_lib.ConfigError(f"config key distributed.coordinator_address "
+                                 f"({config.distributed.coordinator_address!r}): {e}") from None
   except (ValueError, RuntimeError) as e:  # JAX's: no cluster detected, an address in use, ...
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     address = config.distributed.coordinator_address

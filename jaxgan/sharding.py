@@ -59,25 +59,36 @@ def initialize_distributed(config) -> None:
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+class PortInUse(ValueError):
+  """The coordinator's port is taken on process 0's host."""
+
+
 def _check_port_free(address: str) -> None:
-  """Raises ValueError when `address`'s port is taken on this host, where process 0 is to serve
+  """Raises PortInUse when `address`'s port is taken on this host, where process 0 is to serve
   the coordinator: JAX's gRPC server then fails to bind, and a run of several processes could
   die of a segmentation fault rather than an error (seen with a launcher's random port)."""
   port = address.rpartition(":")[2]
   if not port.isdigit():
     return  # JAX's own error names it
-  # The coordinator binds [::]:PORT, which takes IPv4 too: the same bind sees both (IPv4 alone
-  # where the host has no IPv6). SO_REUSEADDR: a port whose last run left it in TIME_WAIT is free.
-  family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
-  try:
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-      probe.bind((host, int(port)))
-  except OSError as e:
-    if e.errno == errno.EADDRINUSE:
-      raise ValueError(f"port {port} is in use on this host, where process 0 serves the "
-                       "coordinator; pick a free one") from None
-    # Anything else (no IPv6 after all, a port below 1024): left to JAX, as before.
+  # The coordinator binds [::]:PORT, which takes IPv4 too: a dual-stack bind sees both; IPv4
+  # alone where IPv6 is off. SO_REUSEADDR: a port its last run left in TIME_WAIT is free.
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+    try:
+      probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 on this host
+      continue
+    try:
+      with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # IPv4 too, whatever the host's bindv6only default
+          probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((host, int(port)))
+      return
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise PortInUse(f"port {port} is in use on this host, where process 0 serves the "
+                        "coordinator; pick a free one") from None
+      # Anything else (IPv6 present but unusable, a port below 1024): the next family, or JAX.
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int]:

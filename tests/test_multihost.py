@@ -113,6 +113,7 @@ CONFIGS_DIFFER = JOIN_TWO_PROCESSES + r"""
 import copy, json
 import numpy as np
 from jaxgan import config, multihost, run
+_c.data.path, _c.eval.cache_dir = "/data", "/cache"  # set on every host
 def check(**mine):
   c = copy.deepcopy(_c)
   for key, value in (mine if me == 1 else {}).items():
@@ -125,8 +126,10 @@ def check(**mine):
     return str(e)
 print(json.dumps({
     "same": check(),
-    # Each host's own paths and decoding workers are its own business.
+    # Each host's own paths and decoding workers are its own business; whether a path is set is
+    # not (init_from on one host only sent it alone into collectives).
     "own": check(**{"data.workers": 3, "data.path": "/elsewhere", "eval.cache_dir": "/x"}),
+    "init_from": check(**{"train.init_from": "/runs/donor"}),
     "lr": check(**{"optim.g_lr": 0.05, "optim.d_lr": 0.05, "data.workers": 3}),
     "seed": check(seed=7),
     "gathered": multihost.all_gather(np.array([me, 2**40 + me], np.int64)).tolist(),
@@ -148,6 +151,8 @@ def test_a_config_differing_between_processes_is_refused_on_every_process():
     assert r["seed"].startswith(f"config key seed differs between processes (process 1 against "
                                 f"process 0; process {me} has seed={[0, 7][me]})")
     assert r["gathered"] == [[0, 2**40], [1, 2**40 + 1]]
+    assert r["init_from"].startswith("config key train.init_from differs between processes "
+                                     "(process 1 against process 0; process "), r["init_from"]
 
 
 START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""
