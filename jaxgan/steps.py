@@ -228,9 +228,6 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
     if aug.adaptive:
       aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
-      # ADA's overfitting heuristic r_t as this D update sees it (StyleGAN2-ADA logs it as
-      # Loss/signs/real): a log row's mean says where p is heading (above ada_target: up).
-      aux["ada_rt"] = jnp.mean(jnp.sign(real_logits.astype(jnp.float32) - ada_boundary))
     d_values.append(d_value)
     d_grads_all.append(d_grads)
     if r1_gamma > 0:
@@ -242,6 +239,10 @@ def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
         a, state.step, config.augment.ada_interval, config.train.batch_size * n_critic,
         config.augment.ada_target, float(config.augment.ada_kimg))
     if aug.adaptive:  # after every D phase of the step, as StyleGAN2-ADA adjusts p
+      # ADA's overfitting heuristic r_t over this step's reals, every D pass's (StyleGAN2-ADA
+      # logs it as Loss/signs/real): a log row's mean says where p is heading.
+      aux["ada_rt"] = ((aug_state.signs_sum - state.augment.signs_sum)
+                       / jnp.maximum(aug_state.count - state.augment.count, 1))
       aug_state = adjust_p(aug_state)
 
     # G update through the updated D: dL/dfake from D, then back through G's saved forward.

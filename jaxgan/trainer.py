@@ -124,7 +124,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
 
   startup.write_run_files(config, workdir, start_step)
   log.info("%s", run_log.start_line(config, start_step, state, source, run.mesh, workdir))
-  if is_main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a stop request leaves it
+  # A stop request leaves an ignored SIGINT so; a launcher that forwards stops as SIGTERM says so.
+  if (is_main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      and not os.environ.get("JAXGAN_LAUNCHER")):
     log.warning("SIGINT is ignored in this process (a job a script started in the background): "
                 "Ctrl-C and kill -INT do not stop it; stop it with SIGTERM (kill %d)", os.getpid())
 

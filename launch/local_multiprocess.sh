@@ -21,6 +21,9 @@ if (( BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3) ))
   exit 2
 fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+# Its processes run in this script's background, so SIGINT is ignored in them: a stop signal to
+# this script reaches them as SIGTERM. Said so, the trainer does not warn about the SIGINT.
+export JAXGAN_LAUNCHER=local_multiprocess
 # A message into a pipe whose reader is gone (`... 2>&1 | tee log`, and Ctrl-C ended tee) must
 # fail as an error the handlers ignore, not end this script by SIGPIPE and orphan the processes.
 trap '' PIPE

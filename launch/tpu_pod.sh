@@ -6,7 +6,8 @@
 # Environment (optional): PROJECT (gcloud project), REPO_DIR (where the code goes on the workers,
 # default ~/jaxgan), JAX_TPU_SPEC (default: jax[tpu] at the version of JAX that installing jaxgan
 # resolved), TRAIN_ENV (variables for the trainer on every worker, NAME=VALUE words, e.g.
-# TRAIN_ENV="JAX_COMPILATION_CACHE_DIR=/mnt/shared/jax-cache": the ssh session passes none). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
+# TRAIN_ENV="JAX_COMPILATION_CACHE_DIR=/mnt/shared/jax-cache": the ssh session passes none;
+# values are passed as written, so give absolute paths, not ~ or $HOME). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
 # mount, or a bucket mounted with gcsfuse), since checkpoints are written collectively; gs:// URIs
 # are not supported yet.
 #

@@ -186,11 +186,14 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
 
 def test_ada_logs_its_sign_statistic():
   """ada_rt, the step's mean sign(D(real)) (StyleGAN2-ADA's Loss/signs/real), is what ADA adds
-  up: a log row's mean tells where p is heading; no such metric without ADA."""
-  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 4})
+  up, over every D pass's reals (here the lazy-R1 pass's too, on even steps): a log row's mean
+  tells where p is heading; no such metric without ADA."""
+  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 4,
+                          "loss.r1_gamma": 1.0, "loss.r1_interval": 2, "model.d_norm": "layer"})
   (_, s1, s2), metrics = _run_steps(config, 2, 16)
-  assert [float(m["ada_rt"]) * 8 for m in metrics] == [
-      float(s1.augment.signs_sum), float(s2.augment.signs_sum - s1.augment.signs_sum)]
+  assert [int(s1.augment.count), int(s2.augment.count)] == [16, 24]  # 8 + 8 R1, then 8
+  assert float(metrics[0]["ada_rt"]) == float(s1.augment.signs_sum) / 16
+  assert float(metrics[1]["ada_rt"]) == float(s2.augment.signs_sum - s1.augment.signs_sum) / 8
   assert -1 <= float(metrics[0]["ada_rt"]) <= 1
   _, plain = _run_steps(tiny_config(), 1, 16)
   assert "ada_rt" not in plain[0]

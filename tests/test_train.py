@@ -516,6 +516,16 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   # Where SIGINT is ignored (the second run), said: kill -INT did nothing, silently.
   assert [line.split(" (")[0] for line in logged if "SIGINT" in line] == [
       "SIGINT is ignored in this process"]
+  # Not under launch/local_multiprocess.sh, whose processes it stops with SIGTERM.
+  config.train.num_steps = 7
+  ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setenv("JAXGAN_LAUNCHER", "local_multiprocess")
+      trainer.train_and_evaluate(config, workdir)
+  finally:
+    signal.signal(signal.SIGINT, ignored)
+  assert open(os.path.join(workdir, "log.txt")).read().count("SIGINT is ignored") == 1
 
 
 def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
