@@ -95,10 +95,10 @@ def _value_digest(value: Any) -> np.ndarray:
 
 def check_same_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on every process when some process's config differs from the others'
-  (PER_PROCESS_KEYS aside; of a path, whether it is set), naming the keys: each process compiles its own step from its own
-  config, so a learning rate or loss given to one host only (an override left out of one
-  worker's command, an edited config file on one host) would train replicas that silently part
-  ways, not fail."""
+  (PER_PROCESS_KEYS aside; of a path, whether it is set), naming the keys: each process compiles
+  its own step from its own config, so a learning rate or loss given to one host only (an
+  override left out of one worker's command, an edited config file on one host) would train
+  replicas that silently part ways, not fail."""
   if jax.process_count() == 1:
     return
   items = [(k, bool(v) if k in config_lib.PATH_KEYS else v)

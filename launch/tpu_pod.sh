@@ -7,11 +7,11 @@
 # default ~/jaxgan), JAX_TPU_SPEC (default: jax[tpu] at the version of JAX that installing jaxgan
 # resolved), TRAIN_ENV (variables for the trainer on every worker, NAME=VALUE words, e.g.
 # TRAIN_ENV="JAX_COMPILATION_CACHE_DIR=/mnt/shared/jax-cache": the ssh session passes none;
-# values are passed as written, so give absolute paths, not ~ or $HOME). The workdir must be a shared POSIX path that every worker can write (an NFS/Filestore
-# mount, or a bucket mounted with gcsfuse), since checkpoints are written collectively; gs:// URIs
-# are not supported yet.
+# values are passed as written, so give absolute paths, not ~ or $HOME). The workdir must be a
+# shared POSIX path that every worker can write (an NFS/Filestore mount, or a bucket mounted with
+# gcsfuse), since checkpoints are written collectively; gs:// URIs are not supported yet.
 #
-# Steps: copy this checkout to every worker, install jaxgan with JAX for TPU, then start training
+# Steps: copy this checkout's files that git sees to every worker, install jaxgan with JAX for TPU, then start training
 # on all workers at once; jax.distributed detects the pod by itself (coordinator_address=auto).
 # Training runs inside the ssh session, on a terminal (ssh -tt; gcloud runs a --command without
 # one), so it ends with it: the session's end reaches every worker as SIGHUP (and Ctrl-C a worker

@@ -499,8 +499,8 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   err = capsys.readouterr().err
   assert "train (compiling)" not in err and "train:" not in err and "\r" not in err, err
   rows = [m for m in caplog.messages if m.startswith("step ")]
-  assert [r.split(":")[0] for r in rows] == ["step 2/4 (50%), 0.0 kimg", "step 4/4 (100%), 0.0 kimg",
-                                             "step 6/6 (100%), 0.0 kimg"]
+  assert [r.split(":")[0] for r in rows] == [
+      "step 2/4 (50%), 0.0 kimg", "step 4/4 (100%), 0.0 kimg", "step 6/6 (100%), 0.0 kimg"]
   assert all(" d_loss " in r and " g_loss " in r and " img/s, ETA 0:00:" in r for r in rows), rows
   logged = [line.split(": ", 1)[1] for line in open(os.path.join(workdir, "log.txt"))]
   _, _, state, _ = workdir_lib.load_latest(workdir)
@@ -511,7 +511,8 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
                     for what, step, total in [("training", 0, 4), ("resuming", 4, 6)]]
   assert [line for line in logged if line.startswith("step ")] == [r + "\n" for r in rows]
   done = [line for line in logged if line.startswith("done: ")]
-  assert [d.split(" steps in ")[0] for d in done] == ["done: step 4 of 4, 4", "done: step 6 of 6, 2"]
+  assert [d.split(" steps in ")[0] for d in done] == ["done: step 4 of 4, 4",
+                                                      "done: step 6 of 6, 2"]
   assert "resuming from checkpoint step 4" in "".join(logged)
   # Where SIGINT is ignored (the second run), said: kill -INT did nothing, silently.
   assert [line.split(" (")[0] for line in logged if "SIGINT" in line] == [
