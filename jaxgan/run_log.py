@@ -105,4 +105,4 @@ def start_line(config: Any, start_step: int, state: Any, source: Any, mesh: Any,
           f"of {config.train.num_steps}: G {count(state.g_params):,}, D "
           f"{count(state.d_params):,} parameters; data: {data}; {jax.device_count()} "
           f"{jax.devices()[0].device_kind} device(s), mesh {mesh.shape['data']}x"
-          f"{mesh.shape['fsdp']} (data x fsdp); workdir {workdir}")
+          f"{mesh.shape['fsdp']} (data x fsdp); workdir {os.path.abspath(workdir)}")

@@ -327,7 +327,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         log.info("done: step %d of %d, %d steps in %s; checkpoints in %s, sample grids in %s",
                  step, cfg.num_steps, step - start_step,
                  run_log.duration(time.perf_counter() - started), checkpointer.directory,
-                 os.path.join(workdir, "samples"))
+                 os.path.abspath(os.path.join(workdir, "samples")))
   finally:
     # Stops the input thread now, not when the generator is collected: a kept traceback (a
     # notebook's last error) holds this frame, and the thread would go on reading data.
