@@ -19,6 +19,7 @@ from jaxgan import config as config_lib
 from jaxgan import flops as flops_lib
 from jaxgan import models as models_lib
 from jaxgan import profiling
+from jaxgan import resources
 from jaxgan import run as run_lib
 from jaxgan import sharding
 from jaxgan import stopping
@@ -165,7 +166,7 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   # A catalog config's data.num_classes=-1 read from its set first: the rows count the FLOPs of
   # the conditional model timed, not of an unconditional one.
   configs = [run_lib.with_data_counts(config) for config in configs]
-  before = peak_memory_bytes()  # the process's peak so far (JAX has no way to reset it)
+  before = resources.peak_memory_bytes()  # the process's peak so far (JAX cannot reset it)
   ready = [step_call(config, warmup) for config in configs]
   times = time_alternately([call for call, _ in ready], steps)
   # Then `steps` calls back to back with one wait, each config in turn: the host dispatching
@@ -176,18 +177,11 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
   # The device's peak is one figure for everything resident: a step's own only when alone, and
   # only if it rose meanwhile (else an earlier, larger measurement in this process, a sweep's
   # batch 4096 before its batch 128, would be reported as this one's).
-  after = peak_memory_bytes()
+  after = resources.peak_memory_bytes()
   rose = after is not None and (before is None or after > before)
   peak = after if len(configs) == 1 and rose else None
   return [step_row(config, k, t, peak, p)
           for config, (_, k), t, p in zip(configs, ready, times, pipelined)]
-
-
-def peak_memory_bytes() -> Optional[int]:
-  """The first device's peak allocation so far, where the backend reports it (not on CPUs)."""
-  device = jax.devices()[0]
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  return (stats or {}).get("peak_bytes_in_use")
 
 
 def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:

@@ -27,6 +27,7 @@ from jaxgan import evaluator as evaluator_lib
 from jaxgan import init_from
 from jaxgan import multihost
 from jaxgan import periodic_eval
+from jaxgan import resources
 from jaxgan import restore
 from jaxgan import run as run_lib
 from jaxgan import run_health
@@ -201,7 +202,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                   # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
                   # assumes the batch size was not changed with --allow_config_change.
                   images_seen=step * images_per_step,
-                  data_bad_files=getattr(source, "bad_files", 0))
+                  data_bad_files=getattr(source, "bad_files", 0),
+                  **resources.memory_row(jax.local_devices()))
     writer.write_scalars(step, values)
     progress_log.progress(run_log.progress_line(step, cfg.num_steps, values, images_per_step,
                                                 elapsed / steps_timed if steps_timed else np.nan))

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -42,7 +43,10 @@ def _plain(value: Any) -> Any:
 
 class MetricsWriter:
   """Appends one JSON object per logged step to WORKDIR/metrics.jsonl and mirrors scalars and
-  images to TensorBoard under WORKDIR/tensorboard/."""
+  images to TensorBoard under WORKDIR/tensorboard/. Each row holds its wall-clock time
+  ("timestamp", Unix seconds, as StyleGAN2-ADA's stats.jsonl): when a step was reached, and the
+  gaps a restart or an evaluation left, read from the file alone (TensorBoard's events hold it
+  already)."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
@@ -69,7 +73,8 @@ class MetricsWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    row = {"step": int(step), "timestamp": round(time.time(), 3),
+           **{k: _plain(v) for k, v in scalars.items()}}
     try:
       # After a failed write (a full disk mid-line), end its partial line first: appended to
       # it, this row would be lost with it.

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -11,13 +12,18 @@ from jaxgan import writers
 
 def test_rows_are_strict_json_with_non_finite_values_as_strings(tmp_path):
   w = writers.MetricsWriter(str(tmp_path), tensorboard=False)
+  before = time.time()
   w.write_scalars(np.int64(3), {"d_loss": np.float32(np.nan), "g_loss": float("inf"),
                                 "lr": np.float32(0.5), "data_bad_files": np.int32(2)})
+  after = time.time()
   w.close()
   line = (tmp_path / "metrics.jsonl").read_text().strip()
   # Python's json would accept bare NaN/Infinity; strict readers (jq, JavaScript) do not.
   row = json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+  # Its wall-clock time, in Unix seconds (rounded to the millisecond).
+  assert before - 0.001 <= row.pop("timestamp") <= after + 0.001
   assert row == {"step": 3, "d_loss": "nan", "g_loss": "inf", "lr": 0.5, "data_bad_files": 2}
+  row["timestamp"] = json.loads(line)["timestamp"]
   assert writers.read_metrics(str(tmp_path)) == [row]
 
 
@@ -40,6 +46,7 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tm
     for record in tf.data.TFRecordDataset(str(folder / name)):
       for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
         values[v.tag] = tf.make_ndarray(v.tensor)
+  # No "timestamp" scalar: the events hold their wall time already.
   assert values.keys() == {"d_loss", "g_loss", "lr", "one", "huge", "flag", "grey"}
   assert np.isnan(values["d_loss"]) and values["g_loss"] == np.inf and values["lr"] == 0.5
   assert (values["one"], values["huge"], values["flag"]) == (2.0, -np.inf, 1.0)
@@ -62,7 +69,8 @@ def test_tensorboard_gets_non_finite_values_and_a_broken_install_is_not_fatal(tm
     w.write_scalars(2, {"d_loss": 1.0})
     w.write_image(2, "samples", grey)
   w.close()
-  assert writers.read_metrics(str(tmp_path / "b")) == [{"step": 2, "d_loss": 1.0}]
+  assert [{k: v for k, v in r.items() if k != "timestamp"}
+          for r in writers.read_metrics(str(tmp_path / "b"))] == [{"step": 2, "d_loss": 1.0}]
   assert caplog.text.count("TensorBoard unavailable (TypeError: Descriptors cannot") == 1
   assert "not a TensorBoard scalar" not in caplog.text  # one warning, not an error per key
 
