@@ -127,7 +127,12 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
     config_path = os.path.join(workdir, "config.json")
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
-    writers.drop_rows_after(workdir, start_step)
+    logged_to = writers.drop_rows_after(workdir, start_step)
+    if logged_to is not None:  # a kill (or a failed checkpoint write) after the last checkpoint
+      log.warning("metrics.jsonl has rows to step %d, %s: steps %d to %d are trained again "
+                  "(%d steps lost)", logged_to,
+                  f"past the checkpoint resumed (step {start_step})" if start_step
+                  else "but no checkpoint", start_step + 1, logged_to, logged_to - start_step)
     # Also with TensorBoard off now: a later resume with it on would show those steps' events.
     writers.drop_events_after(workdir, start_step)
     with open(config_path + ".tmp", "w", encoding="utf-8") as f:

@@ -172,14 +172,16 @@ def has_row(workdir: str, step: int, prefix: str) -> bool:
              for r in read_metrics(workdir))
 
 
-def drop_rows_after(workdir: str, step: int) -> None:
+def drop_rows_after(workdir: str, step: int) -> Optional[int]:
   """Removes metrics rows logged after `step` (a restarted run logs those steps again) and lines
-  a kill cut short (the next row would otherwise be glued onto one)."""
+  a kill cut short (the next row would otherwise be glued onto one); returns the last step of
+  the rows removed (None where there were none)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
-    return
+    return None
   rows, bad = _read_rows(path)
   kept = [r for r in rows if r.get("step", 0) <= step]
+  dropped = [r["step"] for r in rows if r.get("step", 0) > step]
   with open(path, "rb") as f:
     f.seek(max(os.path.getsize(path) - 1, 0))
     unterminated = f.read(1) not in (b"", b"\n")  # a whole row but its newline
@@ -188,6 +190,7 @@ def drop_rows_after(workdir: str, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     publish(tmp, path)  # the run's whole history: it must not be lost to a crash
+  return max(dropped) if dropped else None
 
 
 def drop_events_after(workdir: str, step: int) -> None:

@@ -890,9 +890,12 @@ def test_failed_output_writes_and_a_cut_metrics_row_do_not_stop_the_run(tmp_path
   monkeypatch.setattr(writers, "open", open_failing_once, raising=False)
   monkeypatch.setattr(sampling, "save_png", png_fails)
   config = tiny_config(**{"train.tensorboard": False, "train.sample_every": 2})
-  with caplog.at_level(logging.ERROR):
+  with caplog.at_level(logging.WARNING):
     state = trainer.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 4 and failed
+  # The cut row 6 is no step: steps 1 to 4 had rows.
+  assert ("metrics.jsonl has rows to step 4, but no checkpoint: steps 1 to 4 are trained again "
+          "(4 steps lost)") in caplog.text
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert [r["step"] for r in writers.read_metrics(str(workdir))] == [4]  # row 2 was lost
   assert "writing " + str(workdir / "metrics.jsonl") + " failed" in caplog.text

@@ -1,6 +1,7 @@
 """End to end: the training loop's outputs, resume, determinism, generate, and the CLIs."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -112,6 +113,25 @@ def test_a_due_sample_grid_lost_to_a_kill_is_drawn_on_resume(runs, tmp_path):
   grid.unlink()
   trainer.train_and_evaluate(tiny_config(), str(copy))
   assert grid.read_bytes() == want
+
+
+def test_a_resume_says_how_many_logged_steps_a_kill_cost(runs, tmp_path, caplog):
+  """Killed after its rows of step 4 but before that checkpoint was written: the rerun resumes
+  from step 2 and says (stderr and log.txt) that steps 3 to 4 are trained again."""
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  shutil.rmtree(copy / "checkpoints" / "4")
+  with caplog.at_level(logging.WARNING, logger="jaxgan"):
+    trainer.train_and_evaluate(tiny_config(), str(copy))
+  said = ("metrics.jsonl has rows to step 4, past the checkpoint resumed (step 2): steps 3 to 4 "
+          "are trained again (2 steps lost)")
+  assert said in caplog.text and said in (copy / "log.txt").read_text()
+  assert [r["step"] for r in writers.read_metrics(str(copy))] == [2, 4]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxgan"):  # a finished run: nothing lost
+    trainer.train_and_evaluate(tiny_config(), str(copy))
+  assert "steps lost" not in caplog.text
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
