@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
+from jaxgan import writers
 from jaxgan.evaluator import Evaluator, reals_for
 from jaxgan.metrics.features import PREPROCESSING_ID
 
@@ -157,3 +158,15 @@ class PeriodicEval:
 
   def close(self) -> None:
     self.best.close()
+
+
+def has_eval_row(workdir: str, step: int) -> bool:
+  """Whether metrics.jsonl holds a successful eval row of `step`; an unreadable file counts as
+  no (the step is evaluated again) rather than raising on process 0 alone, which would leave the
+  others waiting in the broadcast of the answer."""
+  try:
+    return writers.has_row(workdir, step, "eval/num_samples")
+  except OSError as e:
+    log.warning("could not read %s/metrics.jsonl (%s): evaluating step %d again", workdir, e,
+                step)
+    return False

@@ -288,6 +288,34 @@ def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160)
   return grid
 
 
+def reals_grid(batch: dict, count: int, cols: int) -> np.ndarray:
+  """A grid of the first `count` training images of a host batch (uint8, as the data yields them;
+  stacked [k, rows, ...] batches too), in the order of their labels (stable): StyleGAN2-ADA's
+  reals.png, to set beside the sample grids (as many images, as many columns, classes together
+  as in the grids' rows) and to check the input (colours, orientation, crops) before a long run."""
+  images = np.asarray(batch["image"])
+  lead = images.ndim - 3  # [rows] or [k, rows] before H, W, C
+  images = images.reshape((-1,) + images.shape[lead:])[:count]
+  if "label" in batch:
+    labels = np.asarray(batch["label"])
+    labels = labels.reshape((-1,) + labels.shape[lead:])[:count]  # [n] or [n, attributes]
+    # By the first attribute, then the next, ... (lexsort's last key is its primary one).
+    order = np.lexsort(labels.reshape(len(labels), -1).T[::-1])
+    images = images[order]
+  return make_grid(images, cols)
+
+
+def save_reals(batch: dict, count: int, cols: int, path: str) -> np.ndarray:
+  """Writes `reals_grid` to `path` and returns it; a failed write is logged, not raised (a grid
+  is not worth the run)."""
+  grid = reals_grid(batch, count, cols)
+  try:
+    save_png(grid, path)
+  except OSError as e:
+    log.error("writing %s failed (%s); training goes on", path, e)
+  return grid
+
+
 def save_legend(text: str, path: str) -> None:
   """Writes a grid's legend (nothing for an empty one); a failed write is logged, not raised:
   the grids are worth more than their legend."""

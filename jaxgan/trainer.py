@@ -230,13 +230,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
       # resumes exactly there: evaluate that step now, unless it has a successful eval row
       # (every one holds eval/num_samples; a failed one, eval/failed only, is retried).
-      if multihost.from_process_0(is_main and not _has_eval_row(workdir, start_step)):
+      if multihost.from_process_0(is_main and not periodic_eval.has_eval_row(workdir, start_step)):
         evaluate(start_step, state)
         # A stop that cut it short stops the run here: training on would checkpoint a later
         # step, and this one would never be evaluated.
         stop.check_before_training(f"evaluating the resumed step {start_step}")
+    # The first batch's images (process 0's rows) as samples/reals.png, where it is missing.
+    reals = os.path.join(workdir, "samples", "reals.png")
+    reals_due = is_main and not os.path.exists(reals)
     while step < cfg.num_steps:
-      batch = sharding.put_batch(next(batches), run.batch_sharding, rows_per_step)
+      host_batch = next(batches)
+      if reals_due:  # once
+        reals_due = False
+        writer.write_image(step, "reals",
+                           sampling.save_reals(host_batch, len(grid_z), grid_cols, reals))
+      batch = sharding.put_batch(host_batch, run.batch_sharding, rows_per_step)
       state, metrics = run.train_step(state, batch)
       interval.add(metrics, stacked=k > 1)
       in_flight.append(metrics["nonfinite_streak"])
@@ -379,15 +387,3 @@ def _report_stop(signum: int, step: int, num_steps: int, checkpointer: ckpt_lib.
     console.report(msg, log)
   else:
     log.warning(msg)
-
-
-def _has_eval_row(workdir: str, step: int) -> bool:
-  """Whether metrics.jsonl holds a successful eval row of `step`; an unreadable file counts as
-  no (the step is evaluated again) rather than raising on process 0 alone, which would leave the
-  others waiting in the broadcast of the answer."""
-  try:
-    return writers.has_row(workdir, step, "eval/num_samples")
-  except OSError as e:
-    log.warning("could not read %s/metrics.jsonl (%s): evaluating step %d again", workdir, e,
-                step)
-    return False

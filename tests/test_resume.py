@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
-from jaxgan import run_health, stopping, writers
+from jaxgan import periodic_eval, run_health, stopping, writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -1162,14 +1162,15 @@ def test_an_unreadable_metrics_file_means_the_start_step_is_evaluated_again(tmp_
   """Process 0 reads whether the resumed step has its eval row and broadcasts the answer: a read
   error there must not raise on process 0 alone (the others would wait in the broadcast)."""
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/num_samples": 8}) + "\n")
-  assert trainer._has_eval_row(str(tmp_path), 4) and not trainer._has_eval_row(str(tmp_path), 2)
+  has_eval_row = periodic_eval.has_eval_row
+  assert has_eval_row(str(tmp_path), 4) and not has_eval_row(str(tmp_path), 2)
 
   def unreadable(*args):
     raise OSError(errno.EIO, "Input/output error")
 
   monkeypatch.setattr(writers, "has_row", unreadable)
   with caplog.at_level(logging.WARNING):
-    assert not trainer._has_eval_row(str(tmp_path), 4)
+    assert not has_eval_row(str(tmp_path), 4)
   assert "could not read" in caplog.text and "evaluating step 4 again" in caplog.text
 
 

@@ -68,6 +68,21 @@ def test_make_grid_fills_rows_first_with_gutters():
 
 
 
+def test_reals_grid_takes_the_first_images_in_label_order():
+  """reals.png: the first `count` images, classes together (by the first attribute, then the
+  next; stable), from plain and stacked [k, rows] batches, with labels or without."""
+  images = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((6, 2, 2, 3), np.uint8)
+  cells = lambda grid, n: [int(grid[2 + 4 * (i // 3), 2 + 4 * (i % 3), 0]) for i in range(n)]
+  grid = sampling.reals_grid({"image": images, "label": np.array([2, 0, 1, 0, 2, 1])}, 5, 3)
+  assert grid.shape == (2 * 4 + 2, 3 * 4 + 2, 3)  # 2x2 images, 2 px gutters
+  assert cells(grid, 5) == [1, 3, 2, 0, 4]
+  # Stacked (steps_per_call=2: [2, 3, ...]), two attributes: rows 3 and 4 follow rows 0-2.
+  two = np.array([[[2, 1], [0, 1], [0, 0]], [[1, 0], [9, 9], [9, 9]]])
+  grid = sampling.reals_grid({"image": images.reshape(2, 3, 2, 2, 3), "label": two}, 4, 3)
+  assert cells(grid, 4) == [2, 1, 3, 0]
+  assert cells(sampling.reals_grid({"image": images}, 6, 3), 6) == [0, 1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize("family", ["dcgan", "resnet"])
 def test_standing_statistics_average_the_generators_own_batch_statistics(family):
   config = tiny_config(**{"model.name": family, "train.batch_size": 4})

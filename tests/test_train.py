@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxgan import evaluate, generate, label_choices, restore, sample_inputs, sampling, trainer
-from jaxgan import writers
+from jaxgan import data as data_lib, writers
 from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.data.arrays import DataError
@@ -52,12 +52,18 @@ def test_outputs(runs):
     assert 0.01 < row["memory/host_gb"] < 64 and "memory/device_peak_gb" not in row
   assert rows[-1]["images_seen"] == 4 * 8
   assert rows[0]["timestamp"] <= rows[1]["timestamp"]
-  assert sorted(os.listdir(workdir / "samples")) == ["rows.txt", "step_0000002.png",
+  assert sorted(os.listdir(workdir / "samples")) == ["reals.png", "rows.txt", "step_0000002.png",
                                                       "step_0000004.png"]
   from PIL import Image
   grid = Image.open(workdir / "samples" / "step_0000004.png")
   # One row per class (3), samples_per_class (2) columns of 16 px plus 2 px gutters.
   assert grid.size == (2 * 18 + 2, 3 * 18 + 2)
+  # Beside them, as many training images: the first batch's first 6, by label (stable).
+  first = next(data_lib.build_source(tiny_config()).batches(8, 0))
+  order = np.argsort(first["label"][:6], kind="stable")
+  want = sampling.make_grid(first["image"][:6][order], 2)
+  assert np.array_equal(np.asarray(Image.open(workdir / "samples" / "reals.png")), want)
+  assert not np.array_equal(want, sampling.make_grid(first["image"][:6], 2))  # labels mixed
   # Which row is which class: the grids carry no text.
   _, _, _, meta = workdir_lib.load_latest(str(workdir))
   (attribute, names), = meta["attributes"]
@@ -122,8 +128,10 @@ def test_a_resume_says_how_many_logged_steps_a_kill_cost(runs, tmp_path, caplog)
   copy = tmp_path / "w"
   shutil.copytree(root / "full", copy)
   shutil.rmtree(copy / "checkpoints" / "4")
+  reals = (copy / "samples" / "reals.png").stat().st_mtime_ns
   with caplog.at_level(logging.WARNING, logger="jaxgan"):
     trainer.train_and_evaluate(tiny_config(), str(copy))
+  assert (copy / "samples" / "reals.png").stat().st_mtime_ns == reals  # written once
   said = ("metrics.jsonl has rows to step 4, past the checkpoint resumed (step 2): steps 3 to 4 "
           "are trained again (2 steps lost)")
   assert said in caplog.text and said in (copy / "log.txt").read_text()
