@@ -4,7 +4,8 @@
       EMA samples of the run's checkpoint against the first --num-real images of its training
       data (default: the run's eval.num_real, else N; real features cached per data set, size,
       count and weights); by default the metrics and sample counts the run had at that
-      checkpoint, so the FID it logged there is reproduced.
+      checkpoint, so the FID it logged there is reproduced; the results are also appended to
+      DIR/evaluations.jsonl.
   python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
       two image folders or prepared data sets, all images of each (at their native sizes, or
       loaded at --image-size as training loads them).
@@ -20,6 +21,7 @@ import os
 import sys
 
 from jaxgan import cli
+from jaxgan import offline_eval
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
 
 SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
@@ -193,6 +195,10 @@ def main(argv=None) -> int:
   except OSError as e:  # permissions, the storage: a folder or file of the sets, named
     print(f"error: {_os_problem(e)}", file=sys.stderr)
     return 2
+  if args.workdir:
+    problem = offline_eval.record(args.workdir, results)
+    print(f"warning: {problem}" if problem else "results appended to "
+          f"{os.path.join(args.workdir, offline_eval.EVALUATIONS_FILE)}", file=sys.stderr)
   print(json.dumps(results))
   return 0
 

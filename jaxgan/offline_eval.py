@@ -5,15 +5,20 @@ reals through `evaluator.Evaluator`, as training's evaluations), and two image s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import time
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
+# Workdir mode's results, a row each, kept beside the run's metrics.jsonl (which training cuts back
+# on a resume): StyleGAN2-ADA's metric-*.jsonl.
+EVALUATIONS_FILE = "evaluations.jsonl"
 
 # Native sizes: Inception compiles once per distinct image shape, each takes memory at full size.
 MANY_SHAPES = 8
@@ -148,8 +153,22 @@ def evaluate_workdir(args) -> dict:
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
-                 num_devices=int(mesh.size))  # the fakes' sampling and Inception's
+                 num_devices=int(mesh.size),  # the fakes' sampling and Inception's
+                 seed=args.seed, standing_stats_batches=config.eval.standing_stats_batches)
   return results
+
+
+def record(workdir: str, results: dict) -> str:
+  """Appends `results` with its time ("timestamp", Unix seconds) to WORKDIR/EVALUATIONS_FILE, so
+  that an evaluation run after training is kept with the run; returns what went wrong (a
+  read-only workdir: the results are printed all the same), or ''."""
+  path = os.path.join(workdir, EVALUATIONS_FILE)
+  try:
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"timestamp": round(time.time(), 3), **results}) + "\n")
+  except OSError as e:
+    return f"could not append the results to {path} ({e.strerror or e}); they are printed only"
+  return ""
 
 
 def run_data(config, meta: dict, data_path: str):

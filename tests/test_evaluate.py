@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import time
 import types
 
 import numpy as np
@@ -143,7 +144,13 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
                         "best", "--batch-size", "3", "--cache-dir", cache, "--metrics", "fid",
                         "--standing-stats-batches", "0")
   assert code == 0, err
-  assert abs(json.loads(out)["fid"] - result["fid"]) > 1e-3 * result["fid"]
+  raw = json.loads(out)
+  assert abs(raw["fid"] - result["fid"]) > 1e-3 * result["fid"]
+  # Both kept with the run, as printed, with their settings and time.
+  kept = [json.loads(line) for line in open(os.path.join(workdir, "evaluations.jsonl"))]
+  assert [row.pop("timestamp") <= time.time() + 0.001 for row in kept] == [True, True]  # ms
+  assert kept == [result, raw] and (raw["seed"], raw["standing_stats_batches"]) == (0, 0)
+  assert result["standing_stats_batches"] == config.eval.standing_stats_batches
 
 
 TRAIN_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
@@ -153,6 +160,27 @@ from tests.conftest import tiny_config
 trainer.train_and_evaluate(tiny_config(**json.loads(sys.argv[3])), sys.argv[4])
 print(json.dumps({"process": me}))
 """
+
+
+def test_workdir_mode_keeps_its_results_in_the_run_and_a_failed_append_is_not_fatal(
+    tmp_path, capsys, monkeypatch):
+  """Each evaluation of a workdir is appended to WORKDIR/evaluations.jsonl; where that cannot be
+  written, a warning says so and the results are printed all the same (exit status 0)."""
+  (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
+  results = iter([{"fid": 1.5, "step": 4}, {"fid": 2.5, "step": 2}, {"fid": 3.5, "step": 2}])
+  monkeypatch.setattr(evaluate, "evaluate_workdir", lambda args: next(results))
+  for _ in range(2):
+    code, out, err = _run(capsys, "--workdir", str(tmp_path))
+    assert code == 0 and "results appended to " + str(tmp_path / "evaluations.jsonl") in err
+  rows = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+  assert [(r["fid"], r["step"]) for r in rows] == [(1.5, 4), (2.5, 2)]
+  assert rows[0]["timestamp"] <= rows[1]["timestamp"] <= time.time() + 0.001  # rounded to ms
+  os.remove(tmp_path / "evaluations.jsonl")
+  os.mkdir(tmp_path / "evaluations.jsonl")  # unwritable as a file (root ignores permissions)
+  code, out, err = _run(capsys, "--workdir", str(tmp_path))
+  assert code == 0 and json.loads(out) == {"fid": 3.5, "step": 2}
+  assert err.strip() == (f"warning: could not append the results to {tmp_path}/evaluations.jsonl "
+                         "(Is a directory); they are printed only")
 
 
 @needs_weights
