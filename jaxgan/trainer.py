@@ -314,6 +314,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         last = last or stopping is not None
       if paused is not None:
         interval_start += time.perf_counter() - paused
+      if checkpoint_due or sample_due:  # the bar's rate and ETA time training, as the rows do
+        progress.unpause()
       # (A stop that came during the evaluation needs no row of its own: every evaluation step
       # is a row step, logged before it.)
       if logged:

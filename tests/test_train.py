@@ -1,5 +1,6 @@
 """End to end: the training loop's outputs, resume, determinism, generate, and the CLIs."""
 
+import io
 import json
 import logging
 import os
@@ -140,6 +141,34 @@ def test_a_resume_says_how_many_logged_steps_a_kill_cost(runs, tmp_path, caplog)
   with caplog.at_level(logging.WARNING, logger="jaxgan"):  # a finished run: nothing lost
     trainer.train_and_evaluate(tiny_config(), str(copy))
   assert "steps lost" not in caplog.text
+
+
+def test_the_progress_bar_times_training_only(tmp_path, monkeypatch):
+  """The terminal bar's elapsed time (and so its rate and ETA) leaves out the checkpoints,
+  sample grids and evaluations, as the log rows' images/s does: each grid here takes 100 s of
+  the bar's clock."""
+  from tqdm import tqdm
+  clock, bars = [0.0], []
+
+  def tick() -> float:
+    clock[0] += 0.001
+    return clock[0]
+
+  def bar(num_steps, start_step, interactive):
+    bars.append(tqdm(total=num_steps, initial=start_step, file=io.StringIO(), mininterval=0))
+    bars[-1]._time = tick  # tqdm's own clock
+    return bars[-1]
+
+  def slow_png(*args, **kwargs):
+    clock[0] += 100
+    return real_png(*args, **kwargs)
+
+  real_png = sampling.save_png
+  monkeypatch.setattr(trainer, "_progress_bar", bar)
+  monkeypatch.setattr(sampling, "save_png", slow_png)
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path / "w"))
+  assert clock[0] > 400  # reals.png and the grids of steps 2, 4 and 6
+  assert bars[0].format_dict["elapsed"] < 1
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
