@@ -53,7 +53,7 @@ def test_peak_memory_is_a_steps_own_only_if_it_rose_during_it(monkeypatch):
   monkeypatch.setattr(throughput, "step_call", lambda config, warmup: (lambda calls=1: None, 1))
   for peaks, want in [((100, 150), 150), ((150, 150), None), ((None, None), None)]:
     readings = iter(peaks)
-    monkeypatch.setattr(throughput, "peak_memory_bytes", lambda: next(readings))
+    monkeypatch.setattr(throughput.resources, "peak_memory_bytes", lambda: next(readings))
     row, = throughput.benchmark_steps([tiny_config()], steps=2, warmup=1)
     assert row["peak_memory_bytes"] == want
 
