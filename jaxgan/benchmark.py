@@ -119,7 +119,7 @@ def main(argv):
 
 
 def run() -> None:
-  app.run(cli.interruptible(main), flags_parser=cli.parse_flags)
+  app.run(cli.interruptible(main, process_exit=True), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

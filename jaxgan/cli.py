@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import functools
 import importlib.util
+import logging
 import os
 import re
 import signal
@@ -55,13 +56,18 @@ def _say(line: str) -> None:
     pass
 
 
-def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
+def interruptible(main: Callable[..., Any], process_exit: bool = False) -> Callable[..., Any]:
   """`main`, ended by Ctrl-C with one line and status 130 (as a shell reports it), not a
   traceback, by SIGTERM with one line and 143, and by SIGHUP (a closed terminal) with 129: its
   own clean-up (a partial output's marker, temporaries, a folder it created) has run by then;
   the default actions of SIGTERM and SIGHUP would have ended the process at once, without it. A
   second Ctrl-C quits at once (`stopping.Interrupts`). (The trainer handles them itself: it stops
-  at a step.)"""
+  at a step.)
+
+  `process_exit` (a tool's `__main__`, not a caller in the same process): a stopped tool ends
+  the process there and then (`_exit_process`), without the interpreter's shutdown, in which
+  XLA crashes (SIGSEGV, status 139) after an exception cut one of its compilations short."""
+  leave = _exit_process if process_exit else sys.exit
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
@@ -84,18 +90,33 @@ def interruptible(main: Callable[..., Any]) -> Callable[..., Any]:
       return result
     except Terminated:
       _say("terminated (SIGTERM)")
-      sys.exit(128 + signal.SIGTERM)
+      leave(128 + signal.SIGTERM)
     except stopping.HungUp:
       _say("hung up (SIGHUP)")
-      sys.exit(128 + signal.SIGHUP)
+      leave(128 + signal.SIGHUP)
     except KeyboardInterrupt:
       _say("interrupted (Ctrl-C)")
-      sys.exit(130)
+      leave(130)
     finally:
       with _stop_signals_held():  # one that comes now goes to the handler restored
         interrupts.__exit__()
 
   return wrapped
+
+
+def _exit_process(status: int) -> NoReturn:
+  """Ends the process with `status` once stdout, stderr and the log handlers are flushed, without
+  the interpreter's shutdown (atexit hooks, module teardown): a stop signal's exception that cut
+  an XLA compilation short leaves its compiler in a state that crashes that shutdown (JAX 0.10,
+  CPU; also a bare `jax.jit(f).lower(x).compile()`), and a scheduler reads 139 as a crash.
+  Called after the tool's own clean-up, which the exception ran on its way out."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe or terminal
+      pass
+  logging.shutdown()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -210,4 +210,4 @@ def _os_problem(error: OSError) -> str:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.interruptible(main)())
+  sys.exit(cli.interruptible(main, process_exit=True)())

@@ -275,4 +275,4 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.interruptible(main)())
+  sys.exit(cli.interruptible(main, process_exit=True)())

@@ -795,6 +795,43 @@ def test_ctrl_c_after_a_stop_quits_at_once_even_where_our_handler_was_put_back()
   assert proc.returncode == -signal.SIGINT and not proc.stdout, (proc.stdout, proc.stderr[-2000:])
 
 
+STOPPED_MID_COMPILE = r"""
+import os, signal, sys, threading
+import jax, jax.numpy as jnp
+from jaxgan import cli
+
+def main():
+  def deep(x):  # seconds to compile on a CPU
+    for i in range(600):
+      x = jnp.tanh(x @ x.T + i)
+    return x
+  lowered = jax.jit(deep).lower(jnp.ones((8, 8)))
+  threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  lowered.compile()
+  print("compiled before the signal", flush=True)
+
+sys.exit(cli.interruptible(main, process_exit=True)())
+"""
+
+
+def test_a_tool_stopped_mid_compile_exits_143_not_with_xlas_crash_at_shutdown():
+  """evaluate and benchmark, stopped while XLA compiled, printed their line and then crashed in
+  the interpreter's shutdown (SIGSEGV, status 139, in most runs): the tools' `__main__` now end
+  the process with their status once flushed."""
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  proc = subprocess.run([sys.executable, "-c", STOPPED_MID_COMPILE], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert "compiled before" not in proc.stdout  # else the signal came too late to test this
+  assert (proc.returncode, proc.stderr) == (143, "terminated (SIGTERM)\n"), proc.stderr[-2000:]
+  for tool in ("evaluate", "prepare", "generate", "benchmark"):  # each tool's entry point
+    source = open(os.path.join(REPO, "jaxgan", f"{tool}.py")).read()
+    assert "cli.interruptible(main, process_exit=True)" in source, tool
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
 @pytest.mark.parametrize("signum, status, then", [
     ("SIGTERM", 143, "check"), ("SIGINT", 130, "check"), ("SIGHUP", 129, "check"),
