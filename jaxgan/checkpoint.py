@@ -72,8 +72,7 @@ class Checkpointer:
     self.failures_in_a_row = 0
     self.completed = 0
     self._pending = False  # a started write whose outcome is not counted yet
-    if not read_only:
-      orbax_output.quiet_failed_writes()
+    orbax_output.quiet_failed_io()  # readers too: a damaged step's failed read
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

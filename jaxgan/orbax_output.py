@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, Iterator, Optional
 
@@ -67,11 +68,25 @@ class _OrbaxErrorsInOneLine(logging.Filter):
     return True
 
 
-class _LateWriteCallbacks:
-  """A sys.unraisablehook that drops the "Event loop is closed" errors of tensorstore's write
-  callbacks that complete after orbax closed the event loop of a failed write (hundreds a
-  checkpoint on a full disk, 6 lines each, all saying nothing the Checkpointer's report does
-  not), and hands every other unraisable error to the hook it replaced."""
+class _UnretrievedStorageErrors(logging.Filter):
+  """asyncio logs each future or task whose exception nobody retrieved ("Future exception was
+  never retrieved", with a traceback): orbax's read of a damaged step gives up at the first missing
+  array and leaves the others' failures unretrieved, 60 such records for one array's folder
+  missing. Drops those whose error is tensorstore's (worded as an absl status: "NOT_FOUND: ...");
+  the Checkpointer reports the failed read itself. Any other error keeps its record."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (re.match(r"(Future|Task) exception was never retrieved", record.getMessage())
+                and error is not None and re.match(r"[A-Z][A-Z_]+: ", str(error)) is not None)
+
+
+class _LateCallbacks:
+  """A sys.unraisablehook that drops the "Event loop is closed" errors of tensorstore's
+  callbacks that complete after orbax closed the event loop of a failed write or read (hundreds
+  a checkpoint on a full disk, 6 lines each; 240 for a step with one array's folder missing,
+  before `generate` fell back to the previous step), all saying nothing the Checkpointer's own
+  report does not, and hands every other unraisable error to the hook it replaced."""
 
   def __init__(self, previous: Callable[[Any], None]):
     self.previous = previous
@@ -86,12 +101,15 @@ class _LateWriteCallbacks:
       self.previous(unraisable)
 
 
-def quiet_failed_writes() -> None:
-  """Orbax's reports of a failed write in a line each, tensorstore's late callbacks dropped (see
-  above); once per process, as their threads report at any time, also after a Checkpointer
-  closed."""
+def quiet_failed_io() -> None:
+  """Orbax's reports of a failed write in a line each, tensorstore's late callbacks and
+  unretrieved errors of a failed write or read dropped (see above); once per process, as their threads report at any time,
+  also after a Checkpointer closed."""
   absl_logger = logging.getLogger("absl")
   if not any(isinstance(f, _OrbaxErrorsInOneLine) for f in absl_logger.filters):
     absl_logger.addFilter(_OrbaxErrorsInOneLine())
-  if not isinstance(sys.unraisablehook, _LateWriteCallbacks):
-    sys.unraisablehook = _LateWriteCallbacks(sys.unraisablehook)
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _UnretrievedStorageErrors) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_UnretrievedStorageErrors())
+  if not isinstance(sys.unraisablehook, _LateCallbacks):
+    sys.unraisablehook = _LateCallbacks(sys.unraisablehook)

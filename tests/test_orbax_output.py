@@ -14,9 +14,9 @@ def test_tensorstore_callbacks_after_a_failed_write_are_dropped_other_errors_are
   still running reports "Event loop is closed" as an unraisable error (hundreds a checkpoint on
   a full disk). Those alone are dropped."""
   monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
-  orbax_output.quiet_failed_writes()
-  orbax_output.quiet_failed_writes()  # once per process
-  assert isinstance(sys.unraisablehook, orbax_output._LateWriteCallbacks)
+  orbax_output.quiet_failed_io()
+  orbax_output.quiet_failed_io()  # once per process
+  assert isinstance(sys.unraisablehook, orbax_output._LateCallbacks)
   assert sys.unraisablehook.previous is sys.__unraisablehook__
 
   class RaisesWhenCollected:  # an unraisable error: raised in __del__, as in a C callback
@@ -59,3 +59,19 @@ def test_orbax_storage_failures_lose_their_traceback_other_errors_keep_it():
                       ("/site-packages/other/lib.py", OSError(28, "No space left on device"))):
     record = _record(path, error)
     assert one_line.filter(record) and record.exc_info is not None
+
+
+def test_unretrieved_storage_errors_are_dropped_other_unretrieved_errors_are_not():
+  """asyncio's "never retrieved" records of tensorstore's errors (a damaged step's other arrays,
+  once orbax gave up at the first) are dropped; a bug's keeps its record."""
+  unretrieved = orbax_output._UnretrievedStorageErrors()
+  not_found = ValueError('NOT_FOUND: Error opening "zarr" driver: Error reading "g/.zarray"')
+
+  def record(message, error):
+    return logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, message, None,
+                             (type(error), error, None))
+
+  for kind in ("Future", "Task"):
+    assert not unretrieved.filter(record(f"{kind} exception was never retrieved", not_found))
+    assert unretrieved.filter(record(f"{kind} exception was never retrieved", KeyError("bug")))
+  assert unretrieved.filter(record("Unclosed client session", not_found))

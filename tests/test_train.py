@@ -171,6 +171,25 @@ def test_the_progress_bar_times_training_only(tmp_path, monkeypatch):
   assert bars[0].format_dict["elapsed"] < 1
 
 
+def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_path):
+  """`generate` on a workdir whose newest step lost its array files (state/d/): it samples the
+  step before, saying so in two warnings; tensorstore's callbacks on the closed event loop and
+  the reads' unretrieved errors printed 500 lines of tracebacks around them."""
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  shutil.rmtree(copy / "checkpoints" / "4" / "state" / "d")
+  done = run_module("jaxgan.generate", "--workdir", str(copy), "--num", "2", "--out",
+                    str(tmp_path / "g.png"), timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  said = [line.split("] ", 1)[-1] for line in done.stderr.splitlines()]
+  assert len(said) == 4, done.stderr[-3000:]
+  assert said[0].startswith(f"reading checkpoint {copy}/checkpoints/4 failed (ValueError)")
+  assert said[1].startswith(f"checkpoint {copy}/checkpoints/4 is unreadable (ValueError: NOT_FOU")
+  assert said[2:] == [f"sampling checkpoint step 2 of {copy}",
+                      "a grid of 3 classes x 1: 3 images for --num 2"]
+
+
 def test_resume_refuses_a_config_that_changes_the_math(runs):
   root, _, _ = runs
   config = tiny_config(**{"optim.g_lr": 1e-3, "train.num_steps": 6})
