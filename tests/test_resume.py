@@ -647,8 +647,83 @@ def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
   assert writer.save(2, state, {"step": 2})  # started; its failure is known when waited for
   assert not writer.wait() and (writer.completed, writer.failures_in_a_row) == (1, 1)
   assert not writer.wait() and writer.failures_in_a_row == 1  # counted once
+  assert writer.save(3, state, {"step": 3}) and not writer.wait()
+  assert (writer.completed, writer.failures_in_a_row) == (1, 2)  # in a row: they add up
   monkeypatch.undo()
+  assert writer.save(4, state, {"step": 4}) and writer.wait()
+  assert (writer.completed, writer.failures_in_a_row) == (2, 0)
+  writer.move_aside(9)  # a step gone already: nothing to move, no error
+  assert not os.path.exists(str(tmp_path / "checkpoints.corrupt" / "9"))
   writer.close()
+
+
+@pytest.mark.parametrize("read_only, accept", [(False, None), (False, False), (True, True)])
+def test_damage_is_moved_aside_only_by_a_writer_whose_config_matches(tmp_path, read_only, accept):
+  """A step whose state fails to read is skipped; it is moved aside only where that can only be
+  damage: a reader that is not read-only, with accept_meta saying the config is the run's.
+  Without accept_meta, with another config, or read-only, it stays where it is."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  values = {step: np.random.default_rng(step).standard_normal(4096).astype(np.float32)
+            for step in (1, 2)}
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  for step in (1, 2):
+    writer.save(step, {"w": jnp.asarray(values[step])}, {"step": step})
+  writer.close()
+  flip_a_bit(directory, 2)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32, sharding=device)}
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0, read_only=read_only)
+  step, state, _ = reader.restore_latest(
+      target, None if accept is None else lambda step, meta: accept)
+  reader.close()
+  assert step == 1 and np.array_equal(np.asarray(state["w"]), values[1])
+  assert sorted(os.listdir(directory)) == ["1", "2"] and not os.path.exists(directory + ".corrupt")
+
+
+def test_a_step_folder_orbax_does_not_list_is_moved_aside_before_the_step_is_written(tmp_path):
+  """A folder named like the step that orbax does not take for a checkpoint (an empty one left
+  by a copy, say) would make orbax refuse the write: it is moved to .replaced/ first."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  os.makedirs(os.path.join(directory, "2", "junk"))
+  assert 2 not in writer.steps()
+  assert writer.save(2, {"w": jnp.full(3, 2.0)}, {"step": 2})
+  writer.close()
+  assert writer.steps() == [2] and writer.failures_in_a_row == 0
+  aside, = os.listdir(directory + ".replaced")
+  assert os.listdir(os.path.join(directory + ".replaced", aside)) == ["junk"]
+
+
+def test_step_folders_are_decimal_names_holding_the_item(tmp_path):
+  from jaxgan import checkpoint as ckpt_lib
+
+  for name in ("3", "12", "²", "4.orbax-checkpoint-tmp-1", "x"):
+    os.makedirs(tmp_path / name)
+  os.makedirs(tmp_path / "12" / "state")
+  assert ckpt_lib.step_folders(str(tmp_path)) == [3, 12]  # '²' is a digit int() refuses
+  assert ckpt_lib.step_folders(str(tmp_path), item="state") == [12]
+  assert ckpt_lib.step_folders(str(tmp_path / "missing")) == []
+
+
+def test_layout_differences_name_each_kind_and_skip_what_metadata_does_not_say():
+  from jaxgan import checkpoint as ckpt_lib
+
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)
+  target = {"g": {"w": f32(2, 3), "b": f32(3)}, "d": {"w": f32(4)}}
+  assert ckpt_lib._layout_difference(target, target) is None
+  saved = {"g": {"w": f32(2, 4), "b": f32(3), "old": f32(1)}, "d": {"w": "no shape or dtype"}}
+  assert ckpt_lib._layout_difference(saved, target) == (
+      "1 keys not in this version, e.g. g/old; 1 shapes differ, e.g. g/w (2, 4) saved, (2, 3) now")
+  assert ckpt_lib._layout_difference({"g": {"w": f32(2, 3)}}, target) == (
+      "2 keys missing, e.g. d/w")
 
 
 @pytest.mark.parametrize("first_ok,background", [(True, False), (False, False), (False, True)])
@@ -791,6 +866,68 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
   with pytest.raises(workdir_lib.WorkdirError, match="cannot rename folders .* checkpoints need"):
     workdir_lib.prepare_workdir(str(tmp_path / "w"))
   assert os.listdir(tmp_path / "w") == []  # the probe removed
+
+
+def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp_path):
+  workdir = tmp_path / "w"
+  assert workdir_lib.prepare_workdir(str(workdir)) is True
+  assert os.listdir(workdir) == []
+  assert workdir_lib.prepare_workdir(str(workdir)) is False  # there already: not ours to remove
+  assert os.listdir(workdir) == []
+  (tmp_path / "f").write_text("")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*f is a file, not a folder; "):
+    workdir_lib.prepare_workdir(str(tmp_path / "f"))
+
+
+def test_a_run_lock_left_by_this_host_or_without_a_holder_is_taken_quietly(tmp_path, caplog,
+                                                                            monkeypatch):
+  """A file a killed run of this host left is taken without a warning (only another host's
+  is warned of), and rewritten to name the new holder alone; where the file system has no
+  locks the run goes on unlocked, and leaves no lock file behind."""
+  import fcntl
+  import socket
+
+  lock = tmp_path / ".run.lock"
+  lock.write_text(f"pid 1{os.getpid()}0 on {socket.gethostname()}\n")  # longer than ours
+  with caplog.at_level(logging.WARNING, logger="jaxgan.workdir"):
+    with workdir_lib.run_lock(str(tmp_path)):
+      assert lock.read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+  assert caplog.text == "" and not lock.exists()
+  with workdir_lib.run_lock(str(tmp_path)):
+    lock.write_text("")  # a holder that has not written its name yet
+    with pytest.raises(workdir_lib.WorkdirError, match=r"\(another process holds .*\.run\.lock\)"):
+      with workdir_lib.run_lock(str(tmp_path)):
+        pass
+
+  def no_locks(handle, how):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  with caplog.at_level(logging.WARNING, logger="jaxgan.workdir"):
+    with workdir_lib.run_lock(str(tmp_path)):
+      pass
+  assert "cannot be locked (No locks available)" in caplog.text and os.listdir(tmp_path) == []
+
+
+def test_a_reader_of_steps_that_all_fail_does_not_read_them_again(tmp_path, monkeypatch, caplog):
+  """Listed again only when the steps changed meanwhile (a trainer rotating them): steps that
+  stay and fail are one error, read once each (two tries), not READ_ATTEMPTS times."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  reads = []
+
+  def damaged(self, step, *args):
+    reads.append(step)
+    raise OSError(5, "Input/output error")
+
+  monkeypatch.setattr(ckpt_lib.time, "sleep", lambda seconds: None)  # its retry pause
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore", damaged)
+  with caplog.at_level(logging.WARNING), pytest.raises(ckpt_lib.CheckpointError,
+                                                       match=r"tried steps \[1, 2\]"):
+    workdir_lib._restore_newest(directory, target, None)
+  assert reads == [2, 2, 1, 1] and "changed while they were read" not in caplog.text
 
 
 def test_a_second_trainer_on_a_workdir_in_use_is_refused_before_it_writes(tmp_path, caplog):
@@ -1141,6 +1278,100 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
           "class: a, b -> b, z") in caplog.text
   _, step, _, meta = workdir_lib.load_latest(workdir)
   assert step == 10 and meta["class_names"] == ["b", "z"]
+
+
+def test_class_changes_are_described_per_attribute_or_as_other_attributes():
+  from jaxgan import restore
+
+  before = [["type", ["Shirts", "Shoes"]], ["colour", ["Red"]]]
+  assert restore._describe_classes(before, before) == ""
+  assert restore._describe_classes(before, [["type", ["Shirts", "Boots"]], ["colour", ["Red"]]]
+                                   ) == "type: Shirts, Shoes -> Shirts, Boots"
+  assert restore._describe_classes(before, before[:1]) == (
+      "attributes ['type', 'colour'] -> ['type']")
+  assert restore._describe_classes(before, [["kind", ["Shirts", "Shoes"]], ["colour", ["Red"]]]
+                                   ) == "attributes ['type', 'colour'] -> ['kind', 'colour']"
+
+
+def test_a_resume_warns_of_nothing_to_train_and_of_changed_data_or_order(caplog):
+  from jaxgan import restore
+
+  config = tiny_config(**{"train.num_steps": 4})
+  with caplog.at_level(logging.INFO, logger="jaxgan.restore"):
+    restore.warn_about_changes({}, 3, "w", config, 7, 9)  # an old meta: nothing recorded
+  assert [r.levelname for r in caplog.records] == ["INFO"]
+  for step in (4, 5):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+      restore.warn_about_changes({}, step, "w", config, 7, 9)
+    assert f"checkpoint step {step} of w is at or past train.num_steps=4" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+    restore.warn_about_changes({"data_fingerprint": 8, "order_fingerprint": 1}, 3, "w", config,
+                               7, 9)
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 1 and messages[0].startswith(
+      "the data changed since checkpoint step 3 (fingerprint 00000008, now 00000007)")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+    restore.warn_about_changes({"data_fingerprint": 7, "order_fingerprint": 1}, 3, "w", config,
+                               7, 9)
+  assert "the data order changed since checkpoint step 3 (order 00000001, now 00000009" in (
+      caplog.text)
+
+
+def test_a_resume_keeps_the_first_starts_donor_and_warns_only_of_another(caplog):
+  from jaxgan import restore
+
+  recorded = os.path.join("runs", "a", "checkpoints", "4")
+  meta = {"config": {"train": {"init_from": recorded}}}
+  for named, warned in (("", False), (os.path.join("runs", "a"), False),
+                        (os.path.join("runs", "a", "checkpoints") + os.sep, False),
+                        (os.path.join("runs", "b"), True)):
+    config = tiny_config(**{"train.init_from": named})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+      restore.keep_first_start_keys(meta, config)
+    assert config.train.init_from == recorded
+    assert ("is read at a run's first start only" in caplog.text) == warned, named
+  # The first start's own command line, where the meta records it: only that name is the same.
+  config = tiny_config(**{"train.init_from": os.path.join("runs", "a")})
+  with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+    restore.keep_first_start_keys({**meta, restore.DONOR_NAMED_KEY: "elsewhere/a"}, config)
+  assert "this run started from runs/a/checkpoints/4, which its config.json keeps (not runs/a)" in (
+      caplog.text)
+
+
+def test_a_checkpoint_of_other_classes_is_refused_or_accepted_as_another_config():
+  """Classes other than the data's refuse the resume, unless allowed; allowed, the checkpoint
+  still counts as another config (its unreadable state is no evidence of damage). A step the
+  run's steps_per_call does not divide is refused."""
+  import types
+
+  from jaxgan import restore
+
+  meta = {"config": {}, "attributes": [["type", ["Shirts", "Shoes"]]]}
+  accepted = []
+
+  class Reader:
+    directory = "w/checkpoints"
+
+    def restore_latest(self, target, accept):
+      accepted.append(accept(6, meta))
+      return 6, {"w": np.zeros(2, np.float32)}, meta
+
+  run = types.SimpleNamespace(abstract_state={}, state_shardings={}, steps_per_call=1)
+  same, other = [("type", ["Shirts", "Shoes"])], [("type", ["Shirts", "Boots"])]
+  assert restore.restore_run(Reader(), run, tiny_config(), "w", False, same)[0] == 6
+  assert restore.restore_run(Reader(), run, tiny_config(), "w", True, other)[0] == 6
+  assert accepted == [True, False]
+  with pytest.raises(restore.TrainingError, match=r"^the data's classes differ from checkpoint "
+                                                  r"step 6 in w \(type: Shirts, Shoes -> "):
+    restore.restore_run(Reader(), run, tiny_config(), "w", False, other)
+  run.steps_per_call = 4
+  with pytest.raises(restore.TrainingError, match=r"^checkpoint step 6 in w is not a multiple of "
+                                                  r"train.steps_per_call=4"):
+    restore.restore_run(Reader(), run, tiny_config(), "w", False, same)
 
 
 def test_the_classes_a_checkpoint_trained_on_are_read_from_old_metas_too():

@@ -454,6 +454,72 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
     manifest.read_rows(str(large))
 
 
+def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
+  """A CSV cell left empty is no id (not a file '.jpg'); a header without rows, and a JSON id
+  that is a list, are one-line errors; a listed file missing beside rows skipped for another
+  reason is not "the images are elsewhere"."""
+  (tmp_path / "1.jpg").write_bytes(b"x")
+  path = tmp_path / "styles.csv"
+  path.write_text("id,articleType\n,Shirts\n1,Shirts\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                            ["articleType"])
+  assert len(paths) == 1 and [s["reason"] for s in skipped] == ["no id (line 2)"]
+  path.write_text("id,articleType\n")
+  with pytest.raises(DataError, match=r"styles.csv has no rows$"):
+    scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["articleType"])
+  path.write_text("id,articleType\n2,Shirts\n1,\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                            ["articleType"])
+  assert paths == [] and [s["reason"] for s in skipped] == ["missing file (line 2)",
+                                                            "no articleType (line 3)"]
+  jsonl = tmp_path / "skus.jsonl"
+  jsonl.write_text('{"id": [1], "type": "Shirts"}\n')
+  with pytest.raises(DataError, match=r"skus.jsonl \(line 1\): id is a JSON list"):
+    scan_manifest_columns(str(jsonl), "", "id", str(tmp_path), "{id}.jpg", ["type"])
+
+
+def test_manifest_extensions_are_read_in_any_case_and_blank_trailing_fields_are_no_fields(
+    tmp_path):
+  from jaxgan.data.manifest import read_rows
+
+  rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]
+  (tmp_path / "SKUS.JSONL").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert read_rows(str(tmp_path / "SKUS.JSONL")) == rows
+  (tmp_path / "1.jpg").write_bytes(b"x")
+  path = tmp_path / "styles.csv"
+  path.write_text("id,baseColour\n1,Black, \n")  # a trailing delimiter and a space after it
+  _, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                             ["baseColour"])
+  assert values == [["Black"]] and not skipped
+
+
+def test_a_csv_with_rows_over_several_lines_names_the_first_of_them(tmp_path, caplog):
+  from jaxgan.data import manifest
+
+  path = tmp_path / "notes.csv"
+  path.write_text('id,note\n1,a\n2,"two\nlines"\n3,b\n4,"more\nlines"\n')
+  with caplog.at_level(logging.WARNING):
+    assert len(manifest.read_rows(str(path))) == 4
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{path}:3: a row runs over lines 3-4 (a quoted field with line breaks, or an unclosed "
+      "quote that swallows the rows after it); check the quoting there"]
+
+
+def test_manifest_attribute_columns_and_class_counts_must_agree(tmp_path):
+  path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
+  base = {"data.source": "manifest", "data.path": str(path), "data.image_dir": str(images),
+          "data.num_classes": 2}
+  with pytest.raises(config_lib.ConfigError, match=r"data.label_columns: 'articleType' are extra "
+                                                   r"attributes after data.label_column; set"):
+    config_lib.validate(_config(**base, **{"data.label_columns": "articleType",
+                                           "data.extra_num_classes": "2"}), 1)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"data.extra_num_classes: '2' gives 1 extra attribute\(s\) but "
+                           r"data.label_columns names 0"):
+    config_lib.validate(_config(**base, **{"data.label_column": "articleType",
+                                           "data.extra_num_classes": "2"}), 1)
+
+
 def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp_path,
                                                                             monkeypatch, caplog):
   from jaxgan.data.folder import scan_folder
@@ -1051,6 +1117,95 @@ def test_storage_errors_are_retried_once_unless_there_are_too_many(monkeypatch):
   many = [item(i, True) for i in range(decode.MAX_RETRIES + 1)]
   calls.clear()
   assert decode._retry_transient(many, None, out, marks) == many and calls == []
+
+
+def test_storage_errors_up_to_max_retries_are_retried_and_keep_their_latest_reason(monkeypatch):
+  """MAX_RETRIES files are still a hiccup (retried); a file that fails again reports the reason
+  of its retry, not the first read's."""
+  from jaxgan.data import decode, images as images_lib
+
+  calls = []
+  monkeypatch.setattr(decode, "load_image", lambda path, options: calls.append(path) or
+                      images_lib.Loaded(None, "unreadable: Stale file handle", transient=True))
+  n = decode.MAX_RETRIES
+  out, marks = np.zeros((n, 2, 2, 3), np.uint8), (np.zeros(n, bool), np.zeros(n, bool))
+  items = [{"path": f"{i}.png", "reason": "unreadable: x", "index": i, "transient": True}
+           for i in range(n)]
+  left = decode._retry_transient(items, None, out, marks)
+  assert calls == [f"{i}.png" for i in range(n)] and not marks[0].any()
+  assert [s["reason"] for s in left] == ["unreadable: Stale file handle"] * n
+  assert all(s["transient"] for s in left)
+
+
+def test_a_decode_lists_its_skipped_files_by_path_and_reason(folder, tmp_path):
+  """The skipped list (written to a cache's index and a prepared set's info) holds each file's
+  path and reason, not the decode's internal row index; the free-space check asks for room for
+  the full array and its compacted copy."""
+  from jaxgan.data import decode
+  from jaxgan.data.images import LoadOptions
+
+  paths = [str(folder / "shirts" / "a.png"), str(folder / "shirts" / "broken.jpg"),
+           str(folder / "shoes" / "d.png")]
+  got = decode.decode_all(paths, LoadOptions(8), workers=1)
+  assert got.indices.tolist() == [0, 2] and got.images.shape == (2, 8, 8, 3)
+  assert got.skipped == [{"path": paths[1], "reason": "not an image"}]
+  # Room for the whole array but not for its compacted copy beside it: refused before writing.
+  import types
+
+  from jaxgan import atomic_write
+
+  room = 3 * 8 * 8 * 3 * 3 // 2
+  with mock.patch.object(atomic_write.os, "statvfs",
+                         lambda path: types.SimpleNamespace(f_bavail=room, f_frsize=1)):
+    with pytest.raises(OSError, match="decoding 3 images at 8x8 needs"):
+      decode.decode_all(paths, LoadOptions(8), workers=1, cache_file=str(tmp_path / "c" / "d"))
+  cached = decode.decode_all(paths, LoadOptions(8), workers=1, cache_file=str(tmp_path / "c" / "d"))
+  assert cached.skipped == got.skipped
+
+
+def test_decode_cache_key_names_the_files_contents_and_the_options(tmp_path):
+  """A file rewritten in place at the same size (a new mtime), or other load options, name
+  another decode; a file gone since the scan still has a key (the decode reports it)."""
+  from jaxgan.data import decode
+  from jaxgan.data.images import LoadOptions
+
+  path = tmp_path / "a.png"
+  _img(str(path), (200, 0, 0))
+  key = decode.decode_cache_key([str(path)], LoadOptions(16))
+  assert decode.decode_cache_key([str(path)], LoadOptions(16)) == key
+  assert decode.decode_cache_key([str(path)], LoadOptions(32)) != key
+  assert decode.decode_cache_key([str(path)], LoadOptions(16, background=(0, 0, 0))) != key
+  stat = os.stat(path)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  assert decode.decode_cache_key([str(path)], LoadOptions(16)) != key
+  gone = decode.decode_cache_key([str(tmp_path / "gone.png")], LoadOptions(16))
+  assert len(gone) == 16
+
+
+def test_decode_cache_round_trips_its_index_and_misses_on_a_bad_one(tmp_path, caplog):
+  """The index keeps the upscaled count (None for an index written before it was counted); one
+  that lists more images than the array holds, or is not JSON, is a miss, not an error."""
+  from jaxgan.data import decode
+
+  cache = str(tmp_path / "decoded")
+  np.save(cache + ".npy", np.zeros((2, 4, 4, 3), np.uint8))
+  skipped = [{"path": "x.png", "reason": "not an image"}]
+  decode.write_decode_index(cache, decode.Decoded(None, np.asarray([0, 2]), skipped, 1))
+  got = decode.read_decode_cache(cache)
+  assert got.indices.tolist() == [0, 2] and got.skipped == skipped and got.upscaled == 1
+  with open(cache + ".json", "w") as f:
+    json.dump({"indices": [0, 2], "skipped": []}, f)
+  assert decode.read_decode_cache(cache).upscaled is None
+  with open(cache + ".json", "w") as f:
+    json.dump({"indices": [0, 1, 2], "skipped": []}, f)
+  with caplog.at_level(logging.WARNING):
+    assert decode.read_decode_cache(cache) is None
+  assert "its index lists 3 images, its array holds 2" in caplog.text
+  with open(cache + ".json", "w") as f:
+    f.write('{"indices": [0, 2')  # cut short
+  with caplog.at_level(logging.WARNING):
+    assert decode.read_decode_cache(cache) is None
+  assert "unreadable" in caplog.text
 
 
 EXIT_AFTER_A_MAPPED_STREAM = r"""
