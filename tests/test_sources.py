@@ -452,6 +452,13 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
   with pytest.raises(DataError, match=r"large.csv:4: not valid CSV \(field larger than field "
                                       r"limit.*a quote opened in the row starting on this line"):
     manifest.read_rows(str(large))
+  # In the header itself (the first non-empty line): that line, not the one after it.
+  for name, text in (("header.csv", 'id,"' + "x" * 200000 + '"\n'),
+                     ("late.csv", '\nid,"' + "x" * 200000 + '"\n1,a\n')):
+    (tmp_path / name).write_text(text)
+    line = 1 if name == "header.csv" else 2
+    with pytest.raises(DataError, match=rf"{name}:{line}: not valid CSV \(field larger"):
+      manifest.read_rows(str(tmp_path / name))
 
 
 def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):

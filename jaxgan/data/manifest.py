@@ -74,7 +74,9 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
                            else n + 1)
   reader = csv.DictReader(iter(lines))
-  rows, spanning, end = [], None, 1  # end: the last line of the last row read
+  # end: the last line of the last row read (0: none yet, so an error in the header names its
+  # line, not the one after it)
+  rows, spanning, end = [], None, 0
   try:
     if reader.fieldnames:  # reads the header, which a quoted name may spread over lines
       end = reader.line_num
