@@ -98,6 +98,14 @@ def bad_path(args: argparse.Namespace) -> str:
     return f"--out {args.out}: {config_lib.NOT_LOCAL}"
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     return f"--out {args.out}: a file is there; pass a folder"
+  if args.images:
+    images, out = os.path.realpath(args.images), os.path.realpath(args.out)
+    if os.path.commonpath([images, out]) == images:
+      # The set's files among the photos: `evaluate --real` of the folder would read the set
+      # instead of them, and a later scan of the folder would meet the set's files.
+      return (f"--out {args.out} is {'--images itself' if out == images else 'inside --images'}"
+              f" ({args.images}): pass a folder outside the images, e.g. "
+              f"{os.path.join(os.path.dirname(images), os.path.basename(images) + '_prepared')}")
   return ""
 
 

@@ -1380,10 +1380,17 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
        "--out gs://b/p: URIs are not supported; give a local or mounted path"),
       (["--images", photos, "--out", str(tmp_path / "afile" / "sub")],  # /proc/x, a read-only mount
        f"--out {tmp_path / 'afile' / 'sub'}: cannot write there (Not a directory); pass a "
-       "folder you can write to")):
+       "folder you can write to"),
+      # The set among the photos: `evaluate --real photos` read the set instead of them.
+      (["--images", photos, "--out", photos],
+       f"--out {photos} is --images itself ({photos}): pass a folder outside the images, e.g. "
+       f"{photos}_prepared"),
+      (["--images", photos + "/", "--out", os.path.join(photos, "sub", "..", "set")],
+       f"--out {os.path.join(photos, 'sub', '..', 'set')} is inside --images ({photos}/): pass "
+       f"a folder outside the images, e.g. {photos}_prepared")):
     assert prepare_cli.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
-  assert not os.path.exists(out)
+  assert not os.path.exists(out) and os.listdir(photos) == ["a.png"]
   # A size no model builds: a set to evaluate against (at 299, say), not to train on.
   with caplog.at_level(logging.WARNING):
     assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "48",
