@@ -78,3 +78,17 @@ def test_archive_reader_refuses_code(tmp_path):
     z.writestr("archive/data.pkl", pickle.dumps(Evil()))
   with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
     torch_archive.load(str(path))
+
+
+def test_average_pool_divides_by_the_valid_pixels_of_each_window():
+  """count_include_pad=False: a corner averages its 4 pixels, an edge 6, the inside 9. The
+  divisor is a constant of the shape, not reduced in the graph over a batch of ones (which XLA
+  constant-folded for seconds, logging a "slow operation" error)."""
+  x = np.random.default_rng(0).standard_normal((2, 5, 4, 3)).astype(np.float32)
+  got = np.asarray(jax.jit(inception.avg_pool_exclude_pad)(x))
+  want = np.zeros_like(x)
+  for i in range(5):
+    for j in range(4):
+      want[:, i, j] = x[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(axis=(1, 2))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert str(jax.make_jaxpr(inception.avg_pool_exclude_pad)(x)).count("reduce_window") == 1

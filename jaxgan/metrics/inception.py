@@ -20,6 +20,7 @@ from typing import Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Padding = Union[int, Sequence[int]]
 BN_EPS = 1e-3  # TF's, and torchvision's BasicConv2d's
@@ -53,9 +54,13 @@ def avg_pool_exclude_pad(x):
   """3x3, stride 1, padding 1, averaging over the valid pixels only (count_include_pad=False)."""
   window, pads = (1, 3, 3, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), pads)
-  count = jax.lax.reduce_window(jnp.ones(x.shape[:3] + (1,), x.dtype), 0.0, jax.lax.add, window,
-                                (1, 1, 1, 1), pads)
-  return total / count
+  # The valid pixels per window, from the shape alone, as a small numpy constant: reduced over a
+  # batch-sized array of ones, XLA constant-folded it for seconds on a busy CPU (and logged a
+  # "slow operation" error).
+  h, w = x.shape[1:3]
+  ones = np.pad(np.ones((h, w), np.float32), 1)
+  count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+  return total / jnp.asarray(count[None, :, :, None], x.dtype)
 
 
 class Tower(nn.Module):
