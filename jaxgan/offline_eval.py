@@ -150,6 +150,13 @@ def evaluate_workdir(args) -> dict:
   del state  # its D and optimizer states (on device 0) are not needed
   evaluator = evaluator_lib.Evaluator(config, generator, run_data(config, meta, args.data_path),
                                       batch_sharding=sharding.batch_sharding(mesh))
+  # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
+  reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real)
+  cpu = (" Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
+         if jax.default_backend() == "cpu" else "")
+  print(f"evaluating {args.metrics} of checkpoint step {step}: {args.num_samples:,} samples "
+        f"against {reals:,} real images (their features are cached once computed).{cpu}",
+        file=sys.stderr)
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),

@@ -125,6 +125,13 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
+  # Said before the work: what, how many, and how to make it shorter on a CPU.
+  said = err.splitlines()
+  before = said.index(f"evaluating fid,kid,pr,per_class_fid of checkpoint step {best_step}: 6 "
+                      "samples against 8 real images (their features are cached once computed)."
+                      " Inception runs at a few images/s on a CPU: --num-samples 500 for a "
+                      "first look")
+  assert said[before + 1].startswith("inception (fakes): 6/6 images done"), err
   assert result["num_real"] == 8 == evals[best_step]["eval/num_real"]  # the run's eval.num_real
   # tiny_config has 3 classes: each one is reported, with its count (the smaller side's; with 6
   # samples a class may have < 2 on a side, or none, and its FID is then null).

@@ -13,6 +13,7 @@ Images already 299x299 are only scaled.
 from __future__ import annotations
 
 import collections
+import datetime
 import sys
 import time
 from typing import Callable, Iterable, Optional
@@ -203,8 +204,12 @@ class _ProgressLines:
       return
     elapsed = max(self.last - self.start, 1e-9)
     of = f"/{self.total:,}" if self.total else ""
+    rate = self.done / elapsed
+    # What is left at the rate so far (on a CPU, an evaluation's Inception takes an hour).
+    eta = (f", ETA {datetime.timedelta(seconds=round((self.total - self.done) / rate))}"
+           if self.total and rate > 0 and not suffix else "")
     self.stream.write(f"{self.desc}: {self.done:,}{of} images{suffix}, "
-                      f"{self.done / elapsed:.1f} img/s, {elapsed:.0f} s\n")
+                      f"{rate:.1f} img/s, {elapsed:.0f} s{eta}\n")
     self.stream.flush()
 
 
