@@ -39,6 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from jaxgan import cli, label_choices, stopping
+from jaxgan import progress as progress_lib
 
 FLAGS = flags.FLAGS
 log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
@@ -274,11 +275,9 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   marker = os.path.join(out, INCOMPLETE_MARKER)
   with open(marker, "w", encoding="utf-8") as f:
     f.write("jaxgan.generate is writing this folder, or was stopped before it finished\n")
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
   paths = []
   # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
-  with tqdm(total=num, desc="generate", unit="img", dynamic_ncols=True, disable=num < 200) as bar:
+  with progress_lib.progress(num, "generate", enabled=num >= 200) as bar:
     for _, images in chunks:  # one process: every row, in order
       stopping.raise_if_interrupted()
       for image in images:

@@ -224,21 +224,3 @@ def test_extraction_is_sharded_padded_and_matches_one_device():
   assert out["max_rel"] < 1e-5
   assert out["images_per_sec"] > 0
 
-
-def test_progress_lines_say_what_is_left(monkeypatch, capsys):
-  """Off a terminal, a line a minute with the time left at the rate so far (an evaluation's
-  Inception takes an hour on a CPU), and the end without one."""
-  from jaxgan.metrics import features
-
-  now = [100.0]
-  monkeypatch.setattr(features.time, "monotonic", lambda: now[0])
-  lines = features._ProgressLines("inception (reals)", 5000)
-  now[0] += 30
-  lines.update(500)  # under a minute since the last line: none
-  now[0] += 70
-  lines.update(500)
-  now[0] += 400
-  lines.end()
-  assert capsys.readouterr().err.splitlines() == [
-      "inception (reals): 1,000/5,000 images, 10.0 img/s, 100 s, ETA 0:06:40",
-      "inception (reals): 1,000/5,000 images done, 2.0 img/s, 500 s"]

@@ -23,8 +23,8 @@ import threading
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from jaxgan import progress as progress_lib
 from jaxgan import stopping
 from jaxgan.atomic_write import check_free_space, private_name, remove_stale
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
@@ -126,9 +126,7 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   size = options.image_size
   keep, upscaled = np.zeros(n, bool), np.zeros(n, bool)
   skipped = []
-  # Closed however the decode ends: a bar left open is redrawn at exit, after the error or the
-  # Ctrl-C line.
-  with tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, disable=n < 200) as progress:
+  with progress_lib.progress(n, desc, enabled=n >= 200) as progress:
     _load_all(paths, options, workers, out, (keep, upscaled), skipped, progress)
   skipped = _retry_transient(skipped, options, out, (keep, upscaled))
   skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]

@@ -13,8 +13,6 @@ Images already 299x299 are only scaled.
 from __future__ import annotations
 
 import collections
-import datetime
-import sys
 import time
 from typing import Callable, Iterable, Optional
 
@@ -23,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from jaxgan import console, stopping
+from jaxgan import progress as progress_lib
+from jaxgan import stopping
 from jaxgan.metrics import inception, inception_weights
 
 INCEPTION_SIZE = 299
@@ -132,13 +130,10 @@ class FeatureExtractor:
     waiting: dict[tuple, _Waiting] = {}
     out, seconds, count = None, 0.0, 0
 
-    # None: tqdm's own 'off where stderr is no terminal'. Nested in the training bar and cleared
-    # at its end (leave=False), it would write cursor-up codes into a redirected log. There a
-    # plain line a minute and one at the end say how far it is instead (an evaluation of 50k
-    # samples on a CPU host takes hours, and said nothing).
-    lines = _ProgressLines(desc, total) if desc and not sys.stderr.isatty() else None
-    with tqdm(total=total, desc=desc or "inception", unit="img", disable=None if desc else True,
-              leave=False) as bar:
+    # Cleared at its end (leave=False): it is nested in the training bar. Off a terminal, where
+    # it wrote cursor-up codes into a redirected log, a line a minute and one at the end (an
+    # evaluation of 50k samples on a CPU host takes hours, and said nothing).
+    with progress_lib.progress(total, desc, enabled=bool(desc), leave=False) as bar:
 
       def run(shape: tuple, n: int) -> None:
         nonlocal out, seconds
@@ -154,8 +149,6 @@ class FeatureExtractor:
           out = grown
         out[positions] = features
         bar.update(n)
-        if lines:
-          lines.update(n)
 
       for chunk in chunks:
         stopping.raise_if_interrupted()  # a tool's stop that Python dropped (not the trainer's)
@@ -175,42 +168,8 @@ class FeatureExtractor:
           run(shape, images.count)
     if out is None:
       raise ValueError("no images to extract features of (not even an empty batch)")
-    if lines:
-      lines.end()
     self.last_images_per_sec = count / seconds if seconds > 0 and count else None
     return out[:count]
-
-
-class _ProgressLines:
-  """Process 0's plain progress lines on stderr: at most one every `every` seconds, and the end."""
-
-  def __init__(self, desc: str, total: Optional[int], every: float = 60.0):
-    self.desc, self.total, self.every = desc, total, every
-    self.done, self.start = 0, time.monotonic()
-    self.last = self.start
-    self.stream = console.TolerantStream(sys.stderr)
-
-  def update(self, n: int) -> None:
-    self.done += n
-    if time.monotonic() - self.last >= self.every:
-      self._say()
-
-  def end(self) -> None:
-    self._say(" done")
-
-  def _say(self, suffix: str = "") -> None:
-    self.last = time.monotonic()
-    if jax.process_index() != 0:
-      return
-    elapsed = max(self.last - self.start, 1e-9)
-    of = f"/{self.total:,}" if self.total else ""
-    rate = self.done / elapsed
-    # What is left at the rate so far (on a CPU, an evaluation's Inception takes an hour).
-    eta = (f", ETA {datetime.timedelta(seconds=round((self.total - self.done) / rate))}"
-           if self.total and rate > 0 and not suffix else "")
-    self.stream.write(f"{self.desc}: {self.done:,}{of} images{suffix}, "
-                      f"{rate:.1f} img/s, {elapsed:.0f} s{eta}\n")
-    self.stream.flush()
 
 
 class _Waiting:
