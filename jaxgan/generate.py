@@ -162,6 +162,8 @@ def generate(workdir: str, num: int, out: str,
                      "drop the trailing / for one grid PNG)")
   given = [label] if isinstance(label, str) else list(label or [])
   classes = config_lib.attribute_classes(workdir_lib.load_config(workdir))
+  if not singles:  # (singles: _write_singles checks its folder before it writes)
+    _check_grid_writable(out)
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
   config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint, check_meta=resolve)
@@ -218,13 +220,34 @@ def generate(workdir: str, num: int, out: str,
     images = np.concatenate([images for _, images in chunks])
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
-  except OSError as e:  # naming the file where it is another than --out (a subfolder listed)
-    other = e.filename and os.path.abspath(e.filename) != os.path.abspath(out)
-    where = f" ({e.filename})" if other else ""
-    # A file where a folder of the path should be: makedirs says 'File exists'.
-    why = ("is a file, not a folder" if other and os.path.isfile(e.filename)
-           else e.strerror or e)
-    raise OSError(f"--out {out}{where}: {why}; pass a path you can write") from e
+  except OSError as e:
+    raise _out_error(out, e) from e
+
+
+def _out_error(out: str, e: OSError) -> OSError:
+  """The one-line error of a failed write to --out, naming the file where it is another than
+  --out (a subfolder listed)."""
+  other = e.filename and os.path.abspath(e.filename) != os.path.abspath(out)
+  where = f" ({e.filename})" if other else ""
+  # A file where a folder of the path should be: makedirs says 'File exists'.
+  why = "is a file, not a folder" if other and os.path.isfile(e.filename) else e.strerror or e
+  return OSError(f"--out {out}{where}: {why}; pass a path you can write")
+
+
+def _check_grid_writable(out: str) -> None:
+  """Creates --out's folder and a file beside where the grid goes, removed at once: an unwritable
+  path is refused before the checkpoint is read and thousands of images sampled."""
+  folder = os.path.dirname(os.path.abspath(out))
+  probe = os.path.join(folder, f".{os.path.basename(out)}.probe-{os.getpid()}")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(probe, "wb"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    if e.filename == probe:  # the grid's own path, as its write would have named it
+      e.filename = out
+    raise _out_error(out, e) from e
 
 
 LABELS_FILE = "labels.csv"

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -316,9 +317,16 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   with pytest.raises(ValueError, match=r"^--out .*grid.jpg: a grid is one PNG file"):
     generate.generate(workdir, 1, str(tmp_path / "grid.jpg"))  # PNG bytes in a .jpg before
   (tmp_path / "a_file").write_text("")
-  with pytest.raises(OSError,
-                     match=r"^--out .*a_file/x.png \(.*a_file\): is a file, not a folder; "):
-    generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
+  # A grid's path that cannot be written is refused before the checkpoint is read (and
+  # thousands of images sampled), in the words its write would have used.
+  with mock.patch.object(workdir_lib, "load_checkpoint", side_effect=AssertionError("read")):
+    with pytest.raises(OSError,
+                       match=r"^--out .*a_file/x.png \(.*a_file\): is a file, not a folder; "):
+      generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
+    with pytest.raises(OSError, match=r"^--out /proc/x.png: No such file or directory; pass a "
+                                      r"path you can write$"):
+      generate.generate(workdir, 1, "/proc/x.png")
+  assert not [n for n in os.listdir(tmp_path) if ".probe-" in n]
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
