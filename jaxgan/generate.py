@@ -238,7 +238,9 @@ def _check_grid_writable(out: str) -> None:
   """Creates --out's folder and a file beside where the grid goes, removed at once: an unwritable
   path is refused before the checkpoint is read and thousands of images sampled."""
   folder = os.path.dirname(os.path.abspath(out))
-  probe = os.path.join(folder, f".{os.path.basename(out)}.probe-{os.getpid()}")
+  # A short name of its own: --out's may be near the 255-byte limit (save_png's temporary
+  # beside it is cut to fit).
+  probe = os.path.join(folder, f".jaxgan-probe-{os.getpid()}")
   try:
     os.makedirs(folder, exist_ok=True)
     with open(probe, "wb"):

@@ -326,7 +326,7 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     with pytest.raises(OSError, match=r"^--out /proc/x.png: No such file or directory; pass a "
                                       r"path you can write$"):
       generate.generate(workdir, 1, "/proc/x.png")
-  assert not [n for n in os.listdir(tmp_path) if ".probe-" in n]
+  assert not [n for n in os.listdir(tmp_path) if "probe" in n]
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
