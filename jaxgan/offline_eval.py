@@ -94,15 +94,19 @@ def evaluate_sets(args) -> dict:
             f"{sides[1]}x{sides[1]} (the first of each): Inception sees both at 299x299, so the "
             f"metrics also measure the difference in resolution; pass --image-size "
             f"{min(sides)} to compare them at one size", file=sys.stderr)
+  started = time.monotonic()
   extractor = FeatureExtractor(args.weights, suite.cache_dir(args.cache_dir),
                                args.batch_size or SETS_BATCH)
-  real, real_skipped = features_of_set(extractor, args.real, "inception (real)", args.image_size,
+  real, real_skipped = features_of_set(extractor, args.real, "inception (reals)", args.image_size,
                                        fewest, listed.get(args.real))
-  fake, fake_skipped = features_of_set(extractor, args.fake, "inception (fake)", args.image_size,
+  fake, fake_skipped = features_of_set(extractor, args.fake, "inception (fakes)", args.image_size,
                                        fewest, listed.get(args.fake))
   results = suite.compute(real, fake, names)
   results.update(num_samples=len(fake), num_real=len(real), skipped_real=real_skipped,
-                 skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec)
+                 skipped_fake=fake_skipped, inception_images_per_sec=extractor.last_images_per_sec,
+                 # Which sets (the printed line is often all that is kept of a comparison).
+                 real=os.path.abspath(args.real), fake=os.path.abspath(args.fake),
+                 image_size=args.image_size or None, seconds=round(time.monotonic() - started, 1))
   return results
 
 

@@ -55,6 +55,10 @@ def test_two_folders(tmp_path, capsys):
   result = json.loads(out)
   assert KEYS <= set(result) and result["num_samples"] == 6 and result["num_real"] == 6
   assert result["fid"] > 1.0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+  # Which sets, at which size, and how long it took: the printed line is often all that is kept.
+  assert (result["real"], result["fake"], result["image_size"]) == (a, b, None)
+  assert result["seconds"] > 0
+  assert "inception (reals): 6/6 images done" in err and "inception (fakes): 6/6" in err
   code, out, err = _run(capsys, "--real", a, "--fake", a, "--batch-size", "3", "--cache-dir", cache,
                         "--metrics", "fid,kid,pr")
   same = json.loads(out)
