@@ -103,8 +103,8 @@ class _LateCallbacks:
 
 def quiet_failed_io() -> None:
   """Orbax's reports of a failed write in a line each, tensorstore's late callbacks and
-  unretrieved errors of a failed write or read dropped (see above); once per process, as their threads report at any time,
-  also after a Checkpointer closed."""
+  unretrieved errors of a failed write or read dropped (see above); once per process, as their
+  threads report at any time, also after a Checkpointer closed."""
   absl_logger = logging.getLogger("absl")
   if not any(isinstance(f, _OrbaxErrorsInOneLine) for f in absl_logger.filters):
     absl_logger.addFilter(_OrbaxErrorsInOneLine())
