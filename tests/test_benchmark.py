@@ -311,11 +311,12 @@ def test_cli_step_and_input(tmp_path):
   from PIL import Image
 
   from jaxgan import prepare
+  (tmp_path / "photos").mkdir()
   for i in range(6):
-    Image.new("RGB", (30, 20), (i * 40, 0, 0)).save(tmp_path / f"{i}.jpg")
-  assert prepare.main(["--images", str(tmp_path), "--image-size", "16", "--workers", "1",
-                       "--out", str(tmp_path / "prep")]) == 0
-  inp = run_module("jaxgan.benchmark", "input", "--images", str(tmp_path), "--prepared",
+    Image.new("RGB", (30, 20), (i * 40, 0, 0)).save(tmp_path / "photos" / f"{i}.jpg")
+  assert prepare.main(["--images", str(tmp_path / "photos"), "--image-size", "16", "--workers",
+                       "1", "--out", str(tmp_path / "prep")]) == 0
+  inp = run_module("jaxgan.benchmark", "input", "--images", str(tmp_path / "photos"), "--prepared",
                    str(tmp_path / "prep"), "--image_size", "16", "--batch_size", "4",
                    "--batches", "5")
   assert inp.returncode == 0, inp.stderr[-2000:]
