@@ -60,7 +60,7 @@ def avg_pool_exclude_pad(x):
   h, w = x.shape[1:3]
   ones = np.pad(np.ones((h, w), np.float32), 1)
   count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
-  return total / jnp.asarray(count[None, :, :, None], x.dtype)
+  return total / count[None, :, :, None].astype(x.dtype)
 
 
 class Tower(nn.Module):
