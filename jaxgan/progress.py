@@ -57,7 +57,15 @@ def _is_main_process() -> bool:
   """Process 0 of a multi-process run, or a process without JAX: not imported for this, since
   the decoding workers (which import data/decode.py and so this module) run without it."""
   jax = sys.modules.get("jax")
-  return jax is None or jax.process_index() == 0
+  if jax is None:
+    return True
+  try:  # asked only where a backend runs: process_index() would start one (prepare's: none)
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    if not xla_bridge.backends_are_initialized():
+      return True
+  except (ImportError, AttributeError):
+    pass
+  return jax.process_index() == 0
 
 
 @contextlib.contextmanager
