@@ -142,8 +142,10 @@ def _bad_argument(args) -> str:
 def _resolve_defaults(args) -> str:
   """Fills the defaults that depend on the mode (workdir mode: the run's metrics and sample
   count, read from its config.json); returns what is wrong, or ''."""
-  if args.metrics is not None and not args.metrics.strip():  # given, but empty: not the default
-    from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  # Given, but naming nothing ('', ','): not the default.
+  if args.metrics is not None and not suite.split_names(args.metrics):
 
     return (f"--metrics {args.metrics!r} names no metric: choose from {suite.METRICS.names()}, "
             "or leave the flag out for the default ("

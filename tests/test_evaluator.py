@@ -635,7 +635,7 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--workdir", "{tmp}", "--metrics", ""], "--metrics '' names no metric: choose from "
      "['fid', 'kid', 'per_class_fid', 'pr'], or leave the flag out for the default (the run's "
      "eval.metrics)"),
-    (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", " "], "--metrics ' ' names no metric: "
+    (["--real", "{tmp}", "--fake", "{tmp}", "--metrics", " , "], "--metrics ' , ' names no metric: "
      "choose from ['fid', 'kid', 'per_class_fid', 'pr'], or leave the flag out for the default "
      "(fid,kid)"),
 ])
