@@ -16,12 +16,12 @@ Conventions (Inception weights, the pinned 299 resize, sample counts): docs/metr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from jaxgan import cli
 from jaxgan import offline_eval
+from jaxgan import writers
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
 
 SETS_METRICS = "fid,kid"  # two-set mode's default metrics (workdir mode: the run's)
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     problem = offline_eval.record(args.workdir, results)
     print(f"warning: {problem}" if problem else "results appended to "
           f"{os.path.join(args.workdir, offline_eval.EVALUATIONS_FILE)}", file=sys.stderr)
-  print(json.dumps(results))
+  print(writers.json_line(results))  # a diverged G's NaN FID as "nan": strict JSON for jq
   return 0
 
 

@@ -5,7 +5,6 @@ reals through `evaluator.Evaluator`, as training's evaluations), and two image s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -14,6 +13,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
+
+from jaxgan import writers
 
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
 # Workdir mode's results, a row each, kept beside the run's metrics.jsonl (which training cuts back
@@ -176,7 +177,7 @@ def record(workdir: str, results: dict) -> str:
   path = os.path.join(workdir, EVALUATIONS_FILE)
   try:
     with open(path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"timestamp": round(time.time(), 3), **results}) + "\n")
+      f.write(writers.json_line({"timestamp": round(time.time(), 3), **results}) + "\n")
   except OSError as e:
     return f"could not append the results to {path} ({e.strerror or e}); they are printed only"
   return ""

@@ -41,6 +41,12 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def json_line(row: Mapping[str, Any]) -> str:
+  """`row` as strict JSON (no bare NaN, which jq and most parsers refuse): numpy/jax scalars as
+  Python numbers, non-finite floats as strings ("nan", "inf"), as metrics.jsonl has them."""
+  return json.dumps({k: _plain(v) for k, v in row.items()})
+
+
 class MetricsWriter:
   """Appends one JSON object per logged step to WORKDIR/metrics.jsonl and mirrors scalars and
   images to TensorBoard under WORKDIR/tensorboard/. Each row holds its wall-clock time
@@ -73,14 +79,13 @@ class MetricsWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), "timestamp": round(time.time(), 3),
-           **{k: _plain(v) for k, v in scalars.items()}}
+    row = {"step": int(step), "timestamp": round(time.time(), 3), **scalars}
     try:
       # After a failed write (a full disk mid-line), end its partial line first: appended to
       # it, this row would be lost with it.
       start = "\n" if self._failed and not _ends_a_line(self._jsonl_path) else ""
       with open(self._jsonl_path, "a", encoding="utf-8") as f:
-        f.write(start + json.dumps(row) + "\n")
+        f.write(start + json_line(row) + "\n")
       self._failed = False
     except OSError as e:
       self._failed = True

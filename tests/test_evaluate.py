@@ -173,18 +173,30 @@ print(json.dumps({"process": me}))
 """
 
 
+def _strict_json(line: str) -> dict:
+  """json.loads refusing NaN/Infinity, as strict readers (jq, JavaScript) do."""
+  return json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
 def test_workdir_mode_keeps_its_results_in_the_run_and_a_failed_append_is_not_fatal(
     tmp_path, capsys, monkeypatch):
   """Each evaluation of a workdir is appended to WORKDIR/evaluations.jsonl; where that cannot be
   written, a warning says so and the results are printed all the same (exit status 0)."""
   (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))
-  results = iter([{"fid": 1.5, "step": 4}, {"fid": 2.5, "step": 2}, {"fid": 3.5, "step": 2}])
+  # A diverged generator's FID is NaN: kept and printed as "nan", as metrics.jsonl has it (a
+  # bare NaN is not JSON: jq refuses the line).
+  results = iter([{"fid": 1.5, "step": 4}, {"fid": np.float32("nan"), "step": 2},
+                  {"fid": 3.5, "step": 2}])
   monkeypatch.setattr(evaluate, "evaluate_workdir", lambda args: next(results))
+  printed = []
   for _ in range(2):
     code, out, err = _run(capsys, "--workdir", str(tmp_path))
     assert code == 0 and "results appended to " + str(tmp_path / "evaluations.jsonl") in err
-  rows = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
-  assert [(r["fid"], r["step"]) for r in rows] == [(1.5, 4), (2.5, 2)]
+    printed.append(_strict_json(out))
+  rows = [_strict_json(line)
+          for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+  assert [(r["fid"], r["step"]) for r in rows] == [(1.5, 4), ("nan", 2)]
+  assert printed == [{"fid": 1.5, "step": 4}, {"fid": "nan", "step": 2}]
   assert rows[0]["timestamp"] <= rows[1]["timestamp"] <= time.time() + 0.001  # rounded to ms
   os.remove(tmp_path / "evaluations.jsonl")
   os.mkdir(tmp_path / "evaluations.jsonl")  # unwritable as a file (root ignores permissions)
