@@ -157,10 +157,7 @@ def evaluate_workdir(args) -> dict:
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
   reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real)
-  cpu = (" Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
-         if jax.default_backend() == "cpu" else "")
-  print(f"evaluating {args.metrics} of checkpoint step {step}: {args.num_samples:,} samples "
-        f"against {reals:,} real images (their features are cached once computed).{cpu}",
+  print(opening_line(args.metrics, step, args.num_samples, reals, jax.default_backend()),
         file=sys.stderr)
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real, seed=args.seed)
@@ -168,6 +165,15 @@ def evaluate_workdir(args) -> dict:
                  num_devices=int(mesh.size),  # the fakes' sampling and Inception's
                  seed=args.seed, standing_stats_batches=config.eval.standing_stats_batches)
   return results
+
+
+def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend: str) -> str:
+  """What an evaluation of a checkpoint is about to do, and on a CPU, where more than a first
+  look's samples take an hour of Inception, how to make it shorter."""
+  cpu = (" Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
+         if backend == "cpu" and num_samples > 500 else "")
+  return (f"evaluating {metrics} of checkpoint step {step}: {num_samples:,} samples against "
+          f"{reals:,} real images (their features are cached once computed).{cpu}")
 
 
 def record(workdir: str, results: dict) -> str:

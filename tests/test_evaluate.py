@@ -129,12 +129,10 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
-  # Said before the work: what, how many, and how to make it shorter on a CPU.
+  # Said before the work: what and how many (6 samples: no hint to take fewer, on any backend).
   said = err.splitlines()
   before = said.index(f"evaluating fid,kid,pr,per_class_fid of checkpoint step {best_step}: 6 "
-                      "samples against 8 real images (their features are cached once computed)."
-                      " Inception runs at a few images/s on a CPU: --num-samples 500 for a "
-                      "first look")
+                      "samples against 8 real images (their features are cached once computed).")
   assert said[before + 1].startswith("inception (fakes): 6/6 images done"), err
   assert result["num_real"] == 8 == evals[best_step]["eval/num_real"]  # the run's eval.num_real
   # tiny_config has 3 classes: each one is reported, with its count (the smaller side's; with 6
@@ -171,6 +169,17 @@ from tests.conftest import tiny_config
 trainer.train_and_evaluate(tiny_config(**json.loads(sys.argv[3])), sys.argv[4])
 print(json.dumps({"process": me}))
 """
+
+
+def test_the_opening_line_says_how_to_shorten_a_long_evaluation_on_a_cpu():
+  """An hour of Inception on a CPU is worth a hint before it starts; a first look's 500 samples
+  or an accelerator's speed are not."""
+  hint = " Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
+  line = offline_eval.opening_line("fid,kid", 4000, 10000, 8610, "cpu")
+  assert line == ("evaluating fid,kid of checkpoint step 4000: 10,000 samples against 8,610 real "
+                  "images (their features are cached once computed)." + hint)
+  assert offline_eval.opening_line("fid", 1, 500, 10, "cpu").endswith("computed).")
+  assert offline_eval.opening_line("fid", 1, 10000, 10, "gpu").endswith("computed).")
 
 
 def _strict_json(line: str) -> dict:
