@@ -24,8 +24,8 @@ class Lines:
   """Process 0's plain progress lines on stderr: at most one every `every` seconds, with the
   time left at the rate so far, and the end."""
 
-  def __init__(self, desc: str, total: Optional[int], every: float = 60.0, unit: str = "images"):
-    self.desc, self.total, self.every, self.unit = desc, total, every, unit
+  def __init__(self, desc: str, total: Optional[int], every: float = 60.0):
+    self.desc, self.total, self.every = desc, total, every
     self.done, self.start = 0, time.monotonic()
     self.last = self.start
     self.stream = console.TolerantStream(sys.stderr)
@@ -48,7 +48,7 @@ class Lines:
     # What is left at the rate so far (on a CPU, an evaluation's Inception takes an hour).
     eta = (f", ETA {datetime.timedelta(seconds=round((self.total - self.done) / rate))}"
            if self.total and rate > 0 and not suffix else "")
-    self.stream.write(f"{self.desc}: {self.done:,}{of} {self.unit}{suffix}, "
+    self.stream.write(f"{self.desc}: {self.done:,}{of} images{suffix}, "
                       f"{rate:.1f} img/s, {elapsed:.0f} s{eta}\n")
     self.stream.flush()
 

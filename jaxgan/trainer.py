@@ -314,7 +314,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         last = last or stopping is not None
       if paused is not None:
         interval_start += time.perf_counter() - paused
-      if checkpoint_due or sample_due:  # the bar's rate and ETA time training, as the rows do
+      # The bar's rate and ETA time training, as the rows do: unpause restarts its clock from the
+      # last redraw, so the pause goes, with at most a redraw interval (0.1 s) of training.
+      if checkpoint_due or sample_due:
         progress.unpause()
       # (A stop that came during the evaluation needs no row of its own: every evaluation step
       # is a row step, logged before it.)
