@@ -100,13 +100,22 @@ def bad_path(args: argparse.Namespace) -> str:
     return f"--out {args.out}: a file is there; pass a folder"
   if args.images:
     images, out = os.path.realpath(args.images), os.path.realpath(args.out)
-    if os.path.commonpath([images, out]) == images:
+    if is_within(out, images):
       # The set's files among the photos: `evaluate --real` of the folder would read the set
       # instead of them, and a later scan of the folder would meet the set's files.
       return (f"--out {args.out} is {'--images itself' if out == images else 'inside --images'}"
               f" ({args.images}): pass a folder outside the images, e.g. "
               f"{os.path.join(os.path.dirname(images), os.path.basename(images) + '_prepared')}")
   return ""
+
+
+def is_within(path: str, folder: str, paths=os.path) -> bool:
+  """`path` is `folder` or inside it (both absolute). `paths`: the platform's path module; on
+  Windows, paths on two drives have no common path (commonpath raises): not inside."""
+  try:
+    return paths.commonpath([folder, path]) == folder
+  except ValueError:
+    return False
 
 
 def warn_untrainable_size(image_size: int) -> None:
