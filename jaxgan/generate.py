@@ -235,9 +235,15 @@ def _out_error(out: str, e: OSError) -> OSError:
 
 
 def _check_grid_writable(out: str) -> None:
-  """Creates --out's folder and a file beside where the grid goes, removed at once: an unwritable
-  path is refused before the checkpoint is read and thousands of images sampled."""
+  """Creates --out's folder and a file beside where the grid goes, all removed at once: an
+  unwritable path is refused before the checkpoint is read and thousands of images sampled, and
+  a later refusal (a --label the checkpoint lacks) leaves no empty folders behind."""
   folder = os.path.dirname(os.path.abspath(out))
+  created = []  # the folders the probe makes, deepest last (save_png makes them again)
+  missing = folder
+  while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
+    created.insert(0, missing)
+    missing = os.path.dirname(missing)
   # A short name of its own: --out's may be near the 255-byte limit (save_png's temporary
   # beside it is cut to fit).
   probe = os.path.join(folder, f".jaxgan-probe-{os.getpid()}")
@@ -250,6 +256,12 @@ def _check_grid_writable(out: str) -> None:
     if e.filename == probe:  # the grid's own path, as its write would have named it
       e.filename = out
     raise _out_error(out, e) from e
+  finally:
+    for made in reversed(created):
+      try:
+        os.rmdir(made)
+      except OSError:  # not made after all, or another process writes there now: left
+        break
 
 
 LABELS_FILE = "labels.csv"

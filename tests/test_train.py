@@ -332,6 +332,10 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
     generate.generate(workdir, 1, str(tmp_path / "b.png"), checkpoint="best")
+  # The folders the writability probe made are gone again when a later check refuses.
+  with pytest.raises(FileNotFoundError, match="set train.eval_every"):
+    generate.generate(workdir, 1, str(tmp_path / "new" / "deeper" / "b.png"), checkpoint="best")
+  assert not os.path.exists(tmp_path / "new")
   # A best-FID checkpoint that is step 2 (the newest is step 4) is the one sampled.
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
