@@ -276,7 +276,11 @@ def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160) -> np.ndarray:
+GUTTER = 160  # the grids' grey between images (and in empty cells)
+
+
+def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = GUTTER
+              ) -> np.ndarray:
   """uint8 [N, H, W, 3] -> one uint8 image, row-major, `cols` per row, grey gutters."""
   n, h, w, c = images.shape
   rows = math.ceil(n / cols)
@@ -288,27 +292,32 @@ def make_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 160)
   return grid
 
 
-def reals_grid(batch: dict, count: int, cols: int) -> np.ndarray:
-  """A grid of the first `count` training images of a host batch (uint8, as the data yields them;
-  stacked [k, rows, ...] batches too), in the order of their labels (stable): StyleGAN2-ADA's
-  reals.png, to set beside the sample grids (as many images, as many columns, classes together
-  as in the grids' rows) and to check the input (colours, orientation, crops) before a long run."""
+def reals_grid(batch: dict, rows: int, cols: int, by_class: bool = False) -> np.ndarray:
+  """StyleGAN2-ADA's reals.png, laid out as the sample grids are, to set beside them and to check
+  the input (colours, orientation, crops) before a long run: training images of a host batch
+  (uint8, as the data yields them; stacked [k, rows, ...] batches too), `rows` x `cols`.
+  `by_class`: row c holds the batch's first images of (first-attribute) class c, as row c of
+  the grids holds class c's samples; cells a small batch has no image for are left in the
+  gutters' grey. Otherwise the batch's first rows * cols images."""
   images = np.asarray(batch["image"])
   lead = images.ndim - 3  # [rows] or [k, rows] before H, W, C
-  images = images.reshape((-1,) + images.shape[lead:])[:count]
-  if "label" in batch:
-    labels = np.asarray(batch["label"])
-    labels = labels.reshape((-1,) + labels.shape[lead:])[:count]  # [n] or [n, attributes]
-    # By the first attribute, then the next, ... (lexsort's last key is its primary one).
-    order = np.lexsort(labels.reshape(len(labels), -1).T[::-1])
-    images = images[order]
-  return make_grid(images, cols)
+  images = images.reshape((-1,) + images.shape[lead:])
+  if not by_class or "label" not in batch:
+    return make_grid(images[:rows * cols], cols)
+  labels = np.asarray(batch["label"])
+  first = labels.reshape(len(images), -1)[:, 0]  # [n] or [n, attributes]: the grids' rows
+  cells = np.full((rows * cols,) + images.shape[1:], GUTTER, images.dtype)
+  for c in range(rows):
+    mine = images[first == c][:cols]
+    cells[c * cols:c * cols + len(mine)] = mine
+  return make_grid(cells, cols)
 
 
-def save_reals(batch: dict, count: int, cols: int, path: str) -> np.ndarray:
+def save_reals(batch: dict, rows: int, cols: int, path: str, by_class: bool = False
+               ) -> np.ndarray:
   """Writes `reals_grid` to `path` and returns it; a failed write is logged, not raised (a grid
   is not worth the run)."""
-  grid = reals_grid(batch, count, cols)
+  grid = reals_grid(batch, rows, cols, by_class)
   try:
     save_png(grid, path)
   except OSError as e:

@@ -243,7 +243,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       if reals_due:  # once
         reals_due = False
         writer.write_image(step, "reals",
-                           sampling.save_reals(host_batch, len(grid_z), grid_cols, reals))
+                           sampling.save_reals(host_batch, len(grid_z) // grid_cols, grid_cols,
+                                               reals, by_class=grid_labels is not None))
       batch = sharding.put_batch(host_batch, run.batch_sharding, rows_per_step)
       state, metrics = run.train_step(state, batch)
       interval.add(metrics, stacked=k > 1)

@@ -50,8 +50,8 @@ def test_the_grid_legend_names_each_row():
   assert sample_inputs.grid_legend([]) == ""
   assert sample_inputs.grid_legend([("articleType", ["Shirts", "Watches"]),
                                     ("baseColour", ["Black", "Blue"])]) == (
-      "sample grids (step_*.png): a row per articleType class, top to bottom; every other "
-      "attribute at its class 0 (baseColour=Black)\nrow 0: Shirts\nrow 1: Watches\n")
+      "sample grids (step_*.png) and reals.png: a row per articleType class, top to bottom; the "
+      "samples' other attributes at class 0 (baseColour=Black)\nrow 0: Shirts\nrow 1: Watches\n")
   _, labels, _ = sample_inputs.grid_inputs(0, [2, 2], 3, 4)
   assert np.asarray(labels).tolist() == [[0, 0]] * 3 + [[1, 0]] * 3
 
@@ -68,19 +68,26 @@ def test_make_grid_fills_rows_first_with_gutters():
 
 
 
-def test_reals_grid_takes_the_first_images_in_label_order():
-  """reals.png: the first `count` images, classes together (by the first attribute, then the
-  next; stable), from plain and stacked [k, rows] batches, with labels or without."""
-  images = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((6, 2, 2, 3), np.uint8)
-  cells = lambda grid, n: [int(grid[2 + 4 * (i // 3), 2 + 4 * (i % 3), 0]) for i in range(n)]
-  grid = sampling.reals_grid({"image": images, "label": np.array([2, 0, 1, 0, 2, 1])}, 5, 3)
-  assert grid.shape == (2 * 4 + 2, 3 * 4 + 2, 3)  # 2x2 images, 2 px gutters
-  assert cells(grid, 5) == [1, 3, 2, 0, 4]
-  # Stacked (steps_per_call=2: [2, 3, ...]), two attributes: rows 3 and 4 follow rows 0-2.
-  two = np.array([[[2, 1], [0, 1], [0, 0]], [[1, 0], [9, 9], [9, 9]]])
-  grid = sampling.reals_grid({"image": images.reshape(2, 3, 2, 2, 3), "label": two}, 4, 3)
-  assert cells(grid, 4) == [2, 1, 3, 0]
-  assert cells(sampling.reals_grid({"image": images}, 6, 3), 6) == [0, 1, 2, 3, 4, 5]
+def test_reals_grid_puts_class_c_in_row_c_as_the_sample_grids_do():
+  """reals.png: row c holds the batch's first images of class c (the first attribute's), grey
+  where the batch has fewer; from plain and stacked [k, rows] batches; unconditional: the first
+  rows * cols images."""
+  images = np.arange(1, 7, dtype=np.uint8)[:, None, None, None] * np.ones((6, 2, 2, 3), np.uint8)
+  cell = lambda grid, r, c: int(grid[2 + 4 * r, 2 + 4 * c, 0])
+  cells = lambda grid, rows, cols: [[cell(grid, r, c) for c in range(cols)] for r in range(rows)]
+  grid = sampling.reals_grid({"image": images, "label": np.array([2, 0, 2, 0, 2, 0])}, 3, 2,
+                             by_class=True)
+  assert grid.shape == (3 * 4 + 2, 2 * 4 + 2, 3)  # 2x2 images, 2 px gutters
+  # Class 0 (images 2, 4, 6): its first two; class 1: none (grey); class 2: images 1, 3.
+  assert cells(grid, 3, 2) == [[2, 4], [sampling.GUTTER] * 2, [1, 3]]
+  # Stacked (steps_per_call=2: [2, 3, ...]), two attributes: rows by the first one.
+  two = np.array([[[1, 1], [0, 1], [0, 0]], [[1, 0], [9, 9], [1, 1]]])
+  grid = sampling.reals_grid({"image": images.reshape(2, 3, 2, 2, 3), "label": two}, 2, 3,
+                             by_class=True)
+  assert cells(grid, 2, 3) == [[2, 3, sampling.GUTTER], [1, 4, 6]]
+  # Unconditional (a source may still yield labels): the first rows * cols images in order.
+  plain = sampling.reals_grid({"image": images, "label": np.array([2, 0, 2, 0, 2, 0])}, 2, 2)
+  assert cells(plain, 2, 2) == [[1, 2], [3, 4]]
 
 
 @pytest.mark.parametrize("family", ["dcgan", "resnet"])
