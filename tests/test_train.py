@@ -189,11 +189,14 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
                     str(tmp_path / "g.png"), timeout=120)
   assert done.returncode == 0, done.stderr[-3000:]
   said = [line.split("] ", 1)[-1] for line in done.stderr.splitlines()]
-  assert len(said) == 4, done.stderr[-3000:]
-  assert said[0].startswith(f"reading checkpoint {copy}/checkpoints/4 failed (ValueError)")
-  assert said[1].startswith(f"checkpoint {copy}/checkpoints/4 is unreadable (ValueError: NOT_FOU")
-  assert said[2:] == [f"sampling checkpoint step 2 of {copy}",
-                      "a grid of 3 classes x 1: 3 images for --num 2"]
+  # No tracebacks; a few lines (room for a platform's own start-up warning), ours in order.
+  assert "Traceback" not in done.stderr and len(said) <= 6, done.stderr[-3000:]
+  first = next(i for i, line in enumerate(said) if line.startswith("reading checkpoint"))
+  assert said[first].startswith(f"reading checkpoint {copy}/checkpoints/4 failed (ValueError)")
+  assert said[first + 1].startswith(
+      f"checkpoint {copy}/checkpoints/4 is unreadable (ValueError: NOT_FOU")
+  assert said[first + 2:first + 4] == [f"sampling checkpoint step 2 of {copy}",
+                                       "a grid of 3 classes x 1: 3 images for --num 2"]
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
