@@ -6,7 +6,8 @@ position, data and order fingerprints, label counts). Orbax writes a step into a
 directory and renames it when complete, so a crash mid-write never damages the previous
 checkpoint; `restore_latest` additionally falls back to an older step when the newest is corrupt:
 unreadable, or holding arrays that are not bit-identical to those saved (the meta keeps a digest
-of each, see `state_digest`).
+of each, see `state_digest` and `checkpoint_checks`). Samplers read a part of a state: G's EMA
+weights are a fifth of a ResNet-128 checkpoint's bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.serialization
 import jax
@@ -24,21 +25,10 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from jaxgan import multihost, orbax_output, state_digest
+from jaxgan.checkpoint_checks import (DIGEST_KEY, CheckpointError, LayoutError, check_digest,
+                                      key_paths, layout_difference, leaf_layouts)
 
 log = logging.getLogger(__name__)
-
-
-# The meta key holding the state's per-array digests as saved.
-DIGEST_KEY = "state_digest"
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint could be read."""
-
-
-class LayoutError(CheckpointError):
-  """A checkpoint's state holds other keys than the train state it is read into: written by
-  another jaxgan version (or model), not damaged."""
 
 
 class Checkpointer:
@@ -72,6 +62,7 @@ class Checkpointer:
     self.failures_in_a_row = 0
     self.completed = 0
     self._pending = False  # a started write whose outcome is not counted yet
+    self._parts_manager: Optional[ocp.CheckpointManager] = None  # reads parts of a state
     orbax_output.quiet_failed_io()  # readers too: a damaged step's failed read
 
   def steps(self) -> list[int]:
@@ -156,18 +147,26 @@ class Checkpointer:
       self._report_failure(None, e, settled=True)
       return False
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
+  def restore(self, step: int, abstract_state: Any, parts: Optional[Sequence[str]] = None
+              ) -> tuple[Any, dict]:
+    """Checkpoint `step` into the structure, dtypes and shardings of `abstract_state`.
+
+    `parts`: only these top-level fields of the state are read, and the state comes back as a
+    {field: tree} dict of them: sampling needs G's EMA weights, not D's or the optimizers' moments
+    (most of a checkpoint's bytes), and reads and holds a fraction of the whole.
+    """
     target = flax.serialization.to_state_dict(abstract_state)
+    if parts is not None:
+      target = {part: target[part] for part in parts}
 
     def check_layout() -> None:
       # Compared from the checkpoint's own tree metadata, before reading any array, so that a
       # layout change is told apart from damage by what is on disk, not by an error's wording.
       saved = self._manager.item_metadata(step)["state"]
-      if not _key_paths(saved):  # no tree metadata (a missing _METADATA file): damage
+      if not key_paths(saved):  # no tree metadata (a missing _METADATA file): damage
         raise CheckpointError(f"checkpoint step {step} in {self.directory} has no readable tree "
                               "metadata")
-      difference = _layout_difference(saved, target)
+      difference = layout_difference(saved, target, parts)
       if difference:
         raise LayoutError(f"checkpoint step {step} in {self.directory} holds a train state of a "
                           f"different layout ({difference}): written by another jaxgan version "
@@ -177,24 +176,51 @@ class Checkpointer:
     # Agreed before orbax's collective restore: a process whose read failed here (a lagging
     # network file system) would otherwise leave the others waiting in the restore's barrier.
     multihost.agreed(check_layout, f"reading checkpoint step {step}'s tree metadata")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    _check_digest(step, self.directory, restored["state"], restored["meta"])
+    if parts is None:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    else:
+      restored = self._read_parts(step, target)
+    check_digest(step, self.directory, restored["state"], restored["meta"], parts)
+    if parts is not None:
+      return dict(restored["state"]), dict(restored["meta"])
     state = flax.serialization.from_state_dict(abstract_state, restored["state"])
     return state, dict(restored["meta"])
 
+  def _read_parts(self, step: int, target: dict) -> dict:
+    """{'state': the arrays of `target`'s leaves only, 'meta'}. Orbax's standard handler reads
+    whole trees; its PyTree handler (the same files: the standard one writes through it) reads a
+    part of one, so a second manager reads with it. Empty parts (a model without batch
+    statistics) are not asked for: orbax has no arrays to match them with."""
+    if self._parts_manager is None:
+      with orbax_output.without_read_only_notices(True):
+        self._parts_manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+    filled = {part: tree for part, tree in target.items() if jax.tree_util.tree_leaves(tree)}
+    restored = self._parts_manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=filled, restore_args=ocp.checkpoint_utils.construct_restore_args(filled),
+            partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    state = {part: restored["state"].get(part, tree) for part, tree in target.items()}
+    return {"state": state, "meta": restored["meta"]}
+
   def saved_layouts(self, step: int) -> dict[str, tuple[Optional[tuple], Optional[str]]]:
     """{'g_params/...': (shape, dtype name)} of checkpoint `step`'s state, from its metadata."""
-    return _leaf_layouts(self._manager.item_metadata(step)["state"])
+    return leaf_layouts(self._manager.item_metadata(step)["state"])
 
   def restore_meta(self, step: int) -> dict:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
   def restore_latest(self, abstract_state: Any,
-                     accept_meta: Optional[Callable[[int, dict], bool]] = None
+                     accept_meta: Optional[Callable[[int, dict], bool]] = None,
+                     parts: Optional[Sequence[str]] = None
                      ) -> Optional[tuple[int, Any, dict]]:
-    """The newest readable checkpoint as (step, state, meta), or None when there is none.
+    """The newest readable checkpoint as (step, state, meta), or None when there is none
+    (`parts`: as `restore`'s).
 
     For each step, newest first, `meta` is read first and handed to `accept_meta(step, meta)`,
     which may raise (e.g. a config that changes the math) before any state is read; it returns
@@ -216,7 +242,8 @@ class Checkpointer:
         damaged += [step] if visible else []
         continue
       same_config = accept_meta(step, meta) if accept_meta is not None else False
-      restored, error, visible = self.read_agreed(step, lambda: self.restore(step, abstract_state))
+      restored, error, visible = self.read_agreed(
+          step, lambda: self.restore(step, abstract_state, parts))
       if error is None:
         for newer in damaged if not self.read_only else []:
           log.warning("moving unreadable checkpoint %s/%d to %s.corrupt/ (step %d restored)",
@@ -314,19 +341,8 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._manager.close()
-
-
-def _check_digest(step: int, directory: str, state: Any, meta: dict) -> None:
-  """Raises CheckpointError when the restored arrays are not bit-identical to those written
-  (damage the compressed files do not detect). Steps written before digests were kept pass."""
-  expected = meta.get(DIGEST_KEY)
-  if not expected:
-    return
-  differ = state_digest.differences(expected, state_digest.tree_digest(state))
-  if differ:
-    raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: {len(differ)} of "
-                          f"{len(expected)} arrays read back other values than were written "
-                          f"(e.g. {differ[0]})")
+    if self._parts_manager is not None:
+      self._parts_manager.close()
 
 
 def _everywhere(ok: bool) -> bool:
@@ -361,40 +377,6 @@ def agreed_steps(steps: list[int]) -> list[int]:
   # Every process passes an array of that shape; only process 0's values are broadcast.
   mine = np.asarray(steps if jax.process_index() == 0 else [-1] * count, np.int64)
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
-
-
-def _leaf_layouts(tree: Any) -> dict[str, tuple[Optional[tuple], Optional[str]]]:
-  """{'a/b/c': (shape, dtype name), None where a leaf has none} for every leaf of a nested-dict
-  tree (orbax's metadata tree or a state dict of arrays or ShapeDtypeStructs)."""
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {state_digest.path_name(path):
-          (tuple(leaf.shape) if hasattr(leaf, "shape") else None,
-           str(leaf.dtype) if getattr(leaf, "dtype", None) is not None else None)
-          for path, leaf in leaves}
-
-
-def _key_paths(tree: Any) -> set[str]:
-  """'a/b/c' for every leaf of a nested-dict tree."""
-  return set(_leaf_layouts(tree))
-
-
-def _layout_difference(saved: Any, target: Any) -> Optional[str]:
-  """What differs between the leaves (paths, shapes, dtypes) of a checkpoint and of the state to
-  read, or None. Compared from the metadata: orbax would fail on each reshaped array in turn,
-  with a traceback per array, and cast a retyped one, which its digest would then take for
-  damage."""
-  saved_layouts, target_layouts = _leaf_layouts(saved), _leaf_layouts(target)
-  missing = sorted(set(target_layouts) - set(saved_layouts))
-  unexpected = sorted(set(saved_layouts) - set(target_layouts))
-  common = sorted(set(saved_layouts) & set(target_layouts))
-  changed = {what: [f"{k} {saved_layouts[k][i]} saved, {target_layouts[k][i]} now" for k in common
-                    if None not in (saved_layouts[k][i], target_layouts[k][i])
-                    and saved_layouts[k][i] != target_layouts[k][i]]
-             for i, what in enumerate(("shapes differ", "dtypes differ"))}
-  parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
-           (("keys missing", missing), ("keys not in this version", unexpected),
-            *changed.items()) if keys]
-  return "; ".join(parts) or None
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

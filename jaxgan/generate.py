@@ -166,7 +166,8 @@ def generate(workdir: str, num: int, out: str,
     _check_grid_writable(out)
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
-  config, step, state, meta = workdir_lib.load_checkpoint(workdir, checkpoint, check_meta=resolve)
+  config, step, state, meta = workdir_lib.load_checkpoint(
+      workdir, checkpoint, check_meta=resolve, parts=workdir_lib.SAMPLER_PARTS)
   log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:
     with config.unlocked():
@@ -203,7 +204,7 @@ def generate(workdir: str, num: int, out: str,
   rows = sharding.batch_sharding(mesh)
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
-  del state  # its D and optimizer states (on device 0) are not needed
+  del state  # its single-device copy of the EMA weights
   # The data's label mix, as training and evaluation drew it (uniform without a recorded mix:
   # runs on the synthetic catalog, or from before it was recorded), and latents truncated as
   # the samples' are.

@@ -124,7 +124,8 @@ def evaluate_workdir(args) -> dict:
     # Before the checkpoint is read or any network built.
     raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
                      "unconditional run (data.num_classes = 0); drop it")
-  config, step, state, meta = workdir_lib.load_checkpoint(args.workdir, args.checkpoint)
+  config, step, state, meta = workdir_lib.load_checkpoint(
+      args.workdir, args.checkpoint, parts=workdir_lib.SAMPLER_PARTS)
   # Eval settings not given here as they were when this checkpoint was written (config.json is
   # the last resume's, which may have changed them), so the FID logged for it is reproduced.
   trained = meta.get("config") or {}
@@ -152,7 +153,7 @@ def evaluate_workdir(args) -> dict:
   mesh = sharding.local_mesh()
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
-  del state  # its D and optimizer states (on device 0) are not needed
+  del state  # its single-device copy of the EMA weights
   evaluator = evaluator_lib.Evaluator(config, generator, run_data(config, meta, args.data_path),
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.

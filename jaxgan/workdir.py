@@ -11,8 +11,9 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import flax.serialization
 import jax
 import ml_collections
 
@@ -194,25 +195,34 @@ def parse_checkpoint(choice: str) -> str:
   raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {choice!r}")
 
 
+# What sampling reads of a train state (generate, evaluate): G's EMA weights and batch statistics,
+# not D's or the optimizers' moments.
+SAMPLER_PARTS = ("ema_params", "g_batch_stats")
+
+
 def load_checkpoint(workdir: str, checkpoint: str = "latest",
-                    check_meta: Optional[Callable[[dict], None]] = None
+                    check_meta: Optional[Callable[[dict], None]] = None,
+                    parts: Optional[Sequence[str]] = None
                     ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
   """(config, step, state, meta) of a --checkpoint choice: 'latest' (the newest readable one),
   'best' (the best-FID one) or a step number of WORKDIR/checkpoints. `check_meta(meta)` may raise
-  before the state is read (e.g. a class name the checkpoint does not have)."""
+  before the state is read (e.g. a class name the checkpoint does not have); `parts`: as
+  `load_latest`'s."""
   checkpoint = parse_checkpoint(checkpoint)
   if checkpoint == "best":
-    return load_latest(workdir, "checkpoints_best", check_meta=check_meta)
+    return load_latest(workdir, "checkpoints_best", check_meta=check_meta, parts=parts)
   return load_latest(workdir, step=None if checkpoint == "latest" else int(checkpoint),
-                     check_meta=check_meta)
+                     check_meta=check_meta, parts=parts)
 
 
 def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None,
-                check_meta: Optional[Callable[[dict], None]] = None
+                check_meta: Optional[Callable[[dict], None]] = None,
+                parts: Optional[Sequence[str]] = None
                 ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:
   """(config, step, state, meta) of the newest readable checkpoint in WORKDIR/`subdir`
   ('checkpoints', or 'checkpoints_best' for the best-FID one), or of `step` there, on the
-  default device. `check_meta(meta)` runs on each step's meta before its state is read."""
+  default device. `check_meta(meta)` runs on each step's meta before its state is read.
+  `parts` (e.g. SAMPLER_PARTS): only those fields of the state are read; the others are None."""
   config = load_config(workdir)
   abstract = state_lib.abstract_state(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -227,10 +237,11 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
       check_meta(meta)
       return False  # "same config?" only decides what a writer moves aside; this one reads
 
-    restored = _restore_newest(directory, target, None if check_meta is None else accept)
+    restored = _restore_newest(directory, target, None if check_meta is None else accept, parts)
     if restored is None:
       raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
-    return (config, *restored)
+    step, state, meta = restored
+    return config, step, _as_state(abstract, state, parts), meta
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
   try:
     if step not in checkpointer.steps():
@@ -240,11 +251,22 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
       read_step = lambda read: _read_step(checkpointer, step, read)
       if check_meta is not None:
         check_meta(read_step(lambda: checkpointer.restore_meta(step)))
-      restored = (step, *read_step(lambda: checkpointer.restore(step, target)))
+      restored = (step, *read_step(lambda: checkpointer.restore(step, target, parts)))
   finally:
     checkpointer.close()
   step, state, meta = restored
-  return config, step, state, meta
+  return config, step, _as_state(abstract, state, parts), meta
+
+
+def _as_state(abstract: state_lib.TrainState, state: Any, parts: Optional[Sequence[str]]
+              ) -> state_lib.TrainState:
+  """A partial read's {field: tree} as a TrainState, its unread fields None."""
+  if parts is None:
+    return state
+  fields = {name: None for name in flax.serialization.to_state_dict(abstract)}
+  for part in parts:
+    fields[part] = flax.serialization.from_state_dict(getattr(abstract, part), state[part])
+  return state_lib.TrainState(**fields)
 
 
 # Reads of the newest checkpoint while a trainer writes the workdir: each listing may lose its
@@ -253,15 +275,15 @@ def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] =
 READ_ATTEMPTS = 3
 
 
-def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int, dict], bool]]
-                    ) -> Optional[tuple[int, Any, dict]]:
+def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int, dict], bool]],
+                    parts: Optional[Sequence[str]] = None) -> Optional[tuple[int, Any, dict]]:
   """Checkpointer.restore_latest of `directory`, listed again and retried when no step read and
   the steps changed meanwhile (a running trainer removed the ones listed)."""
   for attempt in range(READ_ATTEMPTS):
     checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
     listed = checkpointer.steps()
     try:
-      return checkpointer.restore_latest(target, accept)
+      return checkpointer.restore_latest(target, accept, parts)
     except ckpt_lib.CheckpointError:
       if attempt == READ_ATTEMPTS - 1 or ckpt_lib.step_folders(directory) == listed:
         raise

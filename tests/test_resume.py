@@ -350,6 +350,53 @@ def test_a_flipped_bit_in_a_checkpoints_data_is_damage_not_a_silent_resume(tmp_p
   assert os.listdir(directory + ".corrupt")  # moved aside, not deleted
 
 
+def test_a_partial_read_returns_its_parts_and_checks_only_their_digests_and_layouts(tmp_path):
+  """generate and evaluate read G's EMA weights, not D's or the optimizers': the parts asked for
+  come back bit-identical (an empty one as it is), damage to them is found, and D's damage or
+  another D layout does not stop a sampler."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  values = {name: np.random.default_rng(i).standard_normal(64).astype(np.float32)
+            for i, name in enumerate("gd")}
+  state = {"g": {"w": jnp.asarray(values["g"])}, "d": {"w": jnp.asarray(values["d"])},
+           "stats": {}}
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  writer.save(1, state, {"step": 1})
+  writer.close()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = lambda d_size: {
+      "g": {"w": jax.ShapeDtypeStruct((64,), jnp.float32, sharding=device)},
+      "d": {"w": jax.ShapeDtypeStruct((d_size,), jnp.float32, sharding=device)}, "stats": {}}
+
+  def read(parts, d_size=64):
+    reader = ckpt_lib.Checkpointer(directory, read_only=True, retry_delay_s=0.0)
+    try:
+      return reader.restore(1, abstract(d_size), parts)
+    finally:
+      reader.close()
+
+  restored, meta = read(("g", "stats"), d_size=32)  # D of another layout: not read, no matter
+  assert set(restored) == {"g", "stats"} and restored["stats"] == {}
+  assert np.array_equal(np.asarray(restored["g"]["w"]), values["g"]) and meta["step"] == 1
+  with pytest.raises(ckpt_lib.LayoutError, match=r"1 shapes differ, e.g. d/w \(64,\) saved"):
+    read(("d",), d_size=32)
+  meta_file = os.path.join(directory, "1", "meta", "metadata")
+  saved = json.load(open(meta_file))
+  for damaged, fails in (("d/w", False), ("g/w", True)):
+    digests = dict(saved[ckpt_lib.DIGEST_KEY])
+    digests[damaged] += 1
+    with open(meta_file, "w") as f:
+      json.dump({**saved, ckpt_lib.DIGEST_KEY: digests}, f)
+    if fails:
+      with pytest.raises(ckpt_lib.CheckpointError, match=r"damaged: 1 of 1 arrays .*\(e.g. g/w\)"):
+        read(("g",))
+    else:
+      assert np.array_equal(np.asarray(read(("g",))[0]["g"]["w"]), values["g"])
+
+
 def test_a_step_written_before_the_digests_restores_unchecked(tmp_path):
   """Checkpoints of runs started before the meta held digests resume as they did."""
   from jaxgan import checkpoint as ckpt_lib
@@ -714,15 +761,15 @@ def test_step_folders_are_decimal_names_holding_the_item(tmp_path):
 
 
 def test_layout_differences_name_each_kind_and_skip_what_metadata_does_not_say():
-  from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import checkpoint_checks
 
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)
   target = {"g": {"w": f32(2, 3), "b": f32(3)}, "d": {"w": f32(4)}}
-  assert ckpt_lib._layout_difference(target, target) is None
+  assert checkpoint_checks.layout_difference(target, target) is None
   saved = {"g": {"w": f32(2, 4), "b": f32(3), "old": f32(1)}, "d": {"w": "no shape or dtype"}}
-  assert ckpt_lib._layout_difference(saved, target) == (
+  assert checkpoint_checks.layout_difference(saved, target) == (
       "1 keys not in this version, e.g. g/old; 1 shapes differ, e.g. g/w (2, 4) saved, (2, 3) now")
-  assert ckpt_lib._layout_difference({"g": {"w": f32(2, 3)}}, target) == (
+  assert checkpoint_checks.layout_difference({"g": {"w": f32(2, 3)}}, target) == (
       "2 keys missing, e.g. d/w")
 
 
@@ -1199,8 +1246,8 @@ lagging.close()
 reader = checkpoint.Checkpointer(directory, keep=3)
 if me == 1:  # damage only this process sees in step 2 (e.g. a shard only it reads)
   original = reader.restore
-  def restore(step, target):
-    restored = original(step, target)  # orbax's restore ends in a barrier: take part in it
+  def restore(step, target, *parts):
+    restored = original(step, target, *parts)  # orbax's restore ends in a barrier: take part in it
     if step == 2:
       raise OSError("truncated shard")
     return restored

@@ -236,8 +236,9 @@ def test_generate_is_deterministic(runs, tmp_path):
 def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch):
   """With the EMA frozen at its start (a half-life of 1e12 images, no ramp-up: beta rounds to 1),
   G trained at two learning rates gives the same sample grids, drawn by the EMA generator; from
-  the raw G they differ. And generate draws the EMA's weights, not G's: with a to_rgb bias of
-  +20 in the EMA and -20 in G, every pixel it writes is white."""
+  the raw G they differ. And generate draws the EMA's weights, not G's: it reads only them (and
+  G's batch statistics), and with a to_rgb bias of +20 in the EMA every pixel it writes is
+  white."""
   frozen = {"train.ema_half_life_images": 10**12, "train.ema_rampup": 0.0,
             "train.num_steps": 2, "train.checkpoint_every": 2, "train.tensorboard": False}
   grids = []
@@ -253,10 +254,12 @@ def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch)
 
   def biased(*args, **kwargs):
     config, step, state, meta = real_load(*args, **kwargs)
+    # Neither G's raw weights nor D's nor the optimizers' moments are read.
+    assert [name for name, value in vars(state).items() if value is not None] == [
+        "g_batch_stats", "ema_params"]
     shift = lambda params, by: {**params, "to_rgb": {**params["to_rgb"],
                                                      "bias": params["to_rgb"]["bias"] + by}}
-    return config, step, state.replace(ema_params=shift(state.ema_params, 20.0),
-                                       g_params=shift(state.g_params, -20.0)), meta
+    return config, step, state.replace(ema_params=shift(state.ema_params, 20.0)), meta
 
   monkeypatch.setattr(workdir_lib, "load_checkpoint", biased)
   from PIL import Image
