@@ -183,8 +183,7 @@ def record(workdir: str, results: dict) -> str:
   read-only workdir: the results are printed all the same), or ''."""
   path = os.path.join(workdir, EVALUATIONS_FILE)
   try:
-    with open(path, "a", encoding="utf-8") as f:
-      f.write(writers.json_line({"timestamp": round(time.time(), 3), **results}) + "\n")
+    writers.append_json_line(path, {"timestamp": round(time.time(), 3), **results})
   except OSError as e:
     return f"could not append the results to {path} ({e.strerror or e}); they are printed only"
   return ""

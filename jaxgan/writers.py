@@ -171,6 +171,15 @@ def _ends_a_line(path: str) -> bool:
     return True
 
 
+def append_json_line(path: str, row: Mapping[str, Any]) -> None:
+  """Appends `row` (`json_line`) to the JSONL file `path`, after ending a line an earlier write
+  left cut short (a full disk): appended to it, this row would be unreadable with it. Raises
+  OSError."""
+  start = "" if _ends_a_line(path) else "\n"
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(start + json_line(row) + "\n")
+
+
 def has_row(workdir: str, step: int, prefix: str) -> bool:
   """Whether metrics.jsonl holds a row of `step` with a key starting with `prefix` ('eval/')."""
   return any(r.get("step") == step and any(k.startswith(prefix) for k in r)

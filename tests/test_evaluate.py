@@ -213,6 +213,14 @@ def test_workdir_mode_keeps_its_results_in_the_run_and_a_failed_append_is_not_fa
   assert code == 0 and json.loads(out) == {"fid": 3.5, "step": 2}
   assert err.strip() == (f"warning: could not append the results to {tmp_path}/evaluations.jsonl "
                          "(Is a directory); they are printed only")
+  # A row a full disk cut short: the next one goes on a line of its own, readable.
+  os.rmdir(tmp_path / "evaluations.jsonl")
+  (tmp_path / "evaluations.jsonl").write_text('{"fid": 1.5, "st')
+  results = iter([{"fid": 4.5, "step": 6}])
+  code, _, _ = _run(capsys, "--workdir", str(tmp_path))
+  lines = (tmp_path / "evaluations.jsonl").read_text().split("\n")
+  assert code == 0 and lines[0] == '{"fid": 1.5, "st' and lines[2] == ""
+  assert _strict_json(lines[1])["fid"] == 4.5
 
 
 @needs_weights
