@@ -118,10 +118,13 @@ def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.n
   return multihost.gather_rows(np.arange(lo, hi), features, total)
 
 
-def reals_for(config, num_samples: int, num_real: int = 0) -> int:
+def reals_for(config, num_samples: int, num_real: int = 0, source: Any = None) -> int:
   """The real images an evaluation of `num_samples` fakes compares with: `num_real`, else the
-  config's eval.num_real, else as many as the fakes."""
-  return num_real or config.eval.num_real or num_samples
+  config's eval.num_real, else as many as the fakes; at most the `source`'s images where it
+  knows their count (`real_chunks` reads no more)."""
+  wanted = num_real or config.eval.num_real or num_samples
+  total = getattr(source, "num_examples", None)
+  return min(wanted, total) if total else wanted
 
 
 class Evaluator:

@@ -154,10 +154,11 @@ def evaluate_workdir(args) -> dict:
   ema_params, g_batch_stats = jax.device_put((state.ema_params, state.g_batch_stats),
                                              sharding.replicated(mesh))
   del state  # its single-device copy of the EMA weights
-  evaluator = evaluator_lib.Evaluator(config, generator, run_data(config, meta, args.data_path),
+  source = run_data(config, meta, args.data_path)
+  evaluator = evaluator_lib.Evaluator(config, generator, source,
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
-  reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real)
+  reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real, source)
   print(opening_line(args.metrics, step, args.num_samples, reals, jax.default_backend()),
         file=sys.stderr)
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,

@@ -991,3 +991,16 @@ def test_evaluate_defaults_come_from_the_checkpoint_and_are_checked_before_any_i
   assert capsys.readouterr().err.strip() == (
       "error: --num-samples must be >= 4 for --metrics fid,pr (this checkpoint's eval "
       "settings), got 3")
+
+
+def test_the_reals_compared_with_are_the_request_or_the_config_capped_by_the_set():
+  """evaluate's opening line says how many reals it compares with: --num-real, else
+  eval.num_real, else as many as the fakes; never more than the set holds (12 photos)."""
+  config = tiny_config(**{"eval.num_real": 0})
+  small = type("Source", (), {"num_examples": 12})()
+  assert evaluator.reals_for(config, 20) == 20
+  assert evaluator.reals_for(config, 20, source=small) == 12
+  assert evaluator.reals_for(config, 20, 8, small) == 8
+  config.eval.num_real = 30
+  assert evaluator.reals_for(config, 20) == 30 and evaluator.reals_for(config, 5, 0, small) == 12
+  assert evaluator.reals_for(config, 20, source=object()) == 30  # a stream: its count unknown
