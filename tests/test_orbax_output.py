@@ -75,3 +75,16 @@ def test_unretrieved_storage_errors_are_dropped_other_unretrieved_errors_are_not
     assert not unretrieved.filter(record(f"{kind} exception was never retrieved", not_found))
     assert unretrieved.filter(record(f"{kind} exception was never retrieved", KeyError("bug")))
   assert unretrieved.filter(record("Unclosed client session", not_found))
+
+
+def test_the_log_filters_are_installed_once_on_their_loggers(monkeypatch):
+  """Each filter on the logger its library reports through, once however many Checkpointers a
+  process opens (readers too: a damaged step's read printed 76 tracebacks without it)."""
+  for name in ("asyncio", "absl"):
+    monkeypatch.setattr(logging.getLogger(name), "filters", [])
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  orbax_output.quiet_failed_io()
+  orbax_output.quiet_failed_io()
+  kinds = lambda name: [type(f) for f in logging.getLogger(name).filters]
+  assert kinds("asyncio") == [orbax_output._UnretrievedStorageErrors]
+  assert kinds("absl") == [orbax_output._OrbaxErrorsInOneLine]

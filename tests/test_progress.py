@@ -39,3 +39,21 @@ def test_off_a_terminal_no_bar_redraws_and_the_end_only_when_the_work_completes(
   with progress.progress(3, "decode", enabled=False) as bar:  # a handful of images: silent
     bar.update(3)
   assert capsys.readouterr().err == ""
+
+
+def test_a_line_does_not_start_jaxs_backend():
+  """prepare imports JAX but never uses a device: a progress line asking for the process index
+  started the backend (on an accelerator host it took the device, or failed without one)."""
+  import subprocess
+  import sys
+
+  script = ("import jax\n"
+            "from jax._src import xla_bridge\n"
+            "from jaxgan import progress\n"
+            "with progress.progress(3, 'decode') as bar:\n"
+            "  bar.update(3)\n"
+            "print(xla_bridge.backends_are_initialized())\n")
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "False" and done.stderr.startswith("decode: 3/3 images done")
