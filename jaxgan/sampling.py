@@ -298,15 +298,17 @@ def reals_grid(batch: dict, rows: int, cols: int, by_class: bool = False) -> np.
   (uint8, as the data yields them; stacked [k, rows, ...] batches too), `rows` x `cols`.
   `by_class`: row c holds the batch's first images of (first-attribute) class c, as row c of
   the grids holds class c's samples; cells a small batch has no image for are left in the
-  gutters' grey. Otherwise the batch's first rows * cols images."""
+  gutters' grey. Otherwise the batch's first rows * cols images (grey where it has fewer)."""
   images = np.asarray(batch["image"])
   lead = images.ndim - 3  # [rows] or [k, rows] before H, W, C
   images = images.reshape((-1,) + images.shape[lead:])
+  cells = np.full((rows * cols,) + images.shape[1:], GUTTER, images.dtype)
   if not by_class or "label" not in batch:
-    return make_grid(images[:rows * cols], cols)
+    mine = images[:rows * cols]  # a process's rows of a small batch may not fill the grid
+    cells[:len(mine)] = mine
+    return make_grid(cells, cols)
   labels = np.asarray(batch["label"])
   first = labels.reshape(len(images), -1)[:, 0]  # [n] or [n, attributes]: the grids' rows
-  cells = np.full((rows * cols,) + images.shape[1:], GUTTER, images.dtype)
   for c in range(rows):
     mine = images[first == c][:cols]
     cells[c * cols:c * cols + len(mine)] = mine

@@ -88,6 +88,10 @@ def test_reals_grid_puts_class_c_in_row_c_as_the_sample_grids_do():
   # Unconditional (a source may still yield labels): the first rows * cols images in order.
   plain = sampling.reals_grid({"image": images, "label": np.array([2, 0, 2, 0, 2, 0])}, 2, 2)
   assert cells(plain, 2, 2) == [[1, 2], [3, 4]]
+  # Fewer images than cells (a process's rows of a small batch): the grid's size all the same.
+  plain = sampling.reals_grid({"image": images}, 2, 4)
+  assert plain.shape == (2 * 4 + 2, 4 * 4 + 2, 3)
+  assert cells(plain, 2, 4) == [[1, 2, 3, 4], [5, 6] + [sampling.GUTTER] * 2]
 
 
 @pytest.mark.parametrize("family", ["dcgan", "resnet"])
