@@ -985,7 +985,7 @@ def test_evaluate_defaults_come_from_the_checkpoint_and_are_checked_before_any_i
   (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))  # fid,kid; 5000
   trained = tiny_config(**{"eval.metrics": "fid,pr", "train.eval_num_samples": 3}).to_dict()
   monkeypatch.setattr(workdir, "load_checkpoint",
-                      lambda *a: (tiny_config(), 2, None, {"config": trained}))
+                      lambda *a, **k: (tiny_config(), 2, None, {"config": trained}))
   monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
   assert evaluate.main(["--workdir", str(tmp_path)]) == 2
   assert capsys.readouterr().err.strip() == (
