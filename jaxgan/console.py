@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 
 class TolerantStream:
@@ -49,12 +49,30 @@ def say(message: str) -> None:
 
 
 def report(message: str, log: logging.Logger) -> None:
-  """`message` as a warning in the log (stderr) and on stdout, where a caller reads it; once, on
-  stdout, where both are the same terminal or file (a person read it twice, once with the log's
-  prefix)."""
+  """`message` as a warning in the log (stderr, and the run's log.txt) and on stdout, where a
+  caller reads it; where stdout and stderr are the same terminal or file, once there (a person
+  read it twice, once with the log's prefix), and in log.txt all the same."""
   if not _same_file(sys.stdout, sys.stderr):
     log.warning("%s", message)
+  else:
+    _to_handlers_below_root(log, logging.WARNING, message)
   say(message)
+
+
+def _to_handlers_below_root(log: logging.Logger, level: int, message: str) -> None:
+  """A record to the handlers of `log` and its parents short of the root logger: the run log's
+  file (on the 'jaxgan' logger), not the root's stderr handler (absl's)."""
+  if not log.isEnabledFor(level):
+    return
+  record = log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None)
+  logger: Optional[logging.Logger] = log
+  while logger is not None and logger is not logging.root:
+    for handler in logger.handlers:
+      if record.levelno >= handler.level:
+        handler.handle(record)
+    if not logger.propagate:
+      break
+    logger = logger.parent
 
 
 def _same_file(a: TextIO, b: TextIO) -> bool:
