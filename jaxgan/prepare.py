@@ -106,6 +106,14 @@ def bad_path(args: argparse.Namespace) -> str:
       return (f"--out {args.out} is {'--images itself' if out == images else 'inside --images'}"
               f" ({args.images}): pass a folder outside the images, e.g. "
               f"{os.path.join(os.path.dirname(images), os.path.basename(images) + '_prepared')}")
+  from jaxgan.data.prepared import foreign_files  # pylint: disable=g-import-not-at-top
+
+  others = foreign_files(args.out)
+  if others:
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    return (f"--out {args.out} holds {len(others)} file(s) that are not a prepared set's "
+            f"({shown}), which tools given the folder would not read (they read the set): pass "
+            "a new or empty folder (an earlier set there is replaced)")
   return ""
 
 

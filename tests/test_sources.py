@@ -1388,7 +1388,13 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
        f"{photos}_prepared"),
       (["--images", photos + "/", "--out", os.path.join(photos, "sub", "..", "set")],
        f"--out {os.path.join(photos, 'sub', '..', 'set')} is inside --images ({photos}/): pass "
-       f"a folder outside the images, e.g. {photos}_prepared")):
+       f"a folder outside the images, e.g. {photos}_prepared"),
+      # Among other files (generated PNGs, a workdir, the photos' parent): `evaluate --fake`
+      # of the folder read the set instead of its PNGs (an FID of the reals against themselves).
+      (["--images", photos, "--out", str(tmp_path)],
+       f"--out {tmp_path} holds 2 file(s) that are not a prepared set's (afile, photos), which "
+       "tools given the folder would not read (they read the set): pass a new or empty folder "
+       "(an earlier set there is replaced)")):
     assert prepare_cli.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
   assert not os.path.exists(out) and os.listdir(photos) == ["a.png"]
@@ -1403,6 +1409,10 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
                              "--workers", "1"]) == 0
   assert ("--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]"
           in caplog.text and "can be evaluated against" in caplog.text)
+  # An earlier set in --out is not another's files: prepared again, it is replaced.
+  assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "32",
+                           "--workers", "1"]) == 0
+  assert json.load(open(os.path.join(out, "dataset_info.json")))["image_size"] == 32
 
 
 def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsys):

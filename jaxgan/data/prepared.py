@@ -157,6 +157,18 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
   return info
 
 
+def foreign_files(out_dir: str) -> list[str]:
+  """The names in `out_dir` that are not a prepared set's (its info, shards, lock, a killed
+  preparation's temporaries), sorted: a set written among other files (photos, a workdir)
+  would be read in their place (`evaluate --fake DIR` reads the set, not the PNGs)."""
+  try:
+    names = os.listdir(out_dir)
+  except OSError:
+    return []
+  return sorted(n for n in names if n not in (INFO_FILE, LOCK_FILE)
+                and not _SHARD.fullmatch(n) and not _TEMPORARY.fullmatch(n))
+
+
 def _has_shards_or_temporaries(out_dir: str) -> bool:
   try:
     names = os.listdir(out_dir)
