@@ -23,10 +23,10 @@ flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.ste
 flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
 flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
                      "train.steps_per_call steps (profile).")
-flags.DEFINE_string("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
+cli.define_path("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
 flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
-flags.DEFINE_string("images", "", "Raw image folder (input benchmark).")
-flags.DEFINE_string("prepared", "", "Prepared data set folder (input benchmark).")
+cli.define_path("images", "", "Raw image folder (input benchmark).")
+cli.define_path("prepared", "", "Prepared data set folder (input benchmark).")
 flags.DEFINE_integer("image_size", 64, "Decode size (input benchmark, raw folder).")
 flags.DEFINE_integer("batch_size", 256, "Batch size (input benchmark, prepared).")
 flags.DEFINE_integer("batches", 200, "Timed batches (input benchmark, prepared).")

@@ -1,7 +1,7 @@
 """What the command-line tools share: absl flag parsing that turns a bad `--config.KEY=...`
 override or config file into one error line, flag names written with '-' or '_'
-(`flag_spelling`), refusing stray positional arguments (`refuse_positional`), and the one-line
-error and Ctrl-C exits."""
+(`flag_spelling`), refusing stray positional arguments (`refuse_positional`), path flags with
+'~' expanded (`user_path`, `define_path`), and the one-line error and Ctrl-C exits."""
 
 from __future__ import annotations
 
@@ -21,6 +21,29 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from absl import flags
 
 from jaxgan import stopping
+
+
+def user_path(path: str) -> str:
+  """A path flag's value with a leading '~' expanded: the shell leaves `--out=~/grid.png`
+  alone (a folder named '~' was made in the working directory)."""
+  return os.path.expanduser(path) if path else path
+
+
+class _PathParser(flags.ArgumentParser):
+  """absl's string flag, its value through `user_path`."""
+
+  def parse(self, argument: str) -> str:
+    return user_path(argument)
+
+  def flag_type(self) -> str:
+    return "string"
+
+
+def define_path(name: str, default: Optional[str], help_text: str,
+                flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """An absl string flag holding a path (`user_path`)."""
+  flags.DEFINE(_PathParser(), name, default, help_text, flag_values,
+               serializer=flags.ArgumentSerializer())
 
 
 def fail(message: str) -> NoReturn:

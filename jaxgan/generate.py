@@ -43,10 +43,10 @@ from jaxgan import progress as progress_lib
 
 FLAGS = flags.FLAGS
 log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
-flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+cli.define_path("workdir", None, "Training workdir holding config.json and checkpoints/.")
 flags.DEFINE_integer("num", 64, "Number of images (a conditional model's grid without --label "
                      "has a row per class: rounded to a multiple of the class count).")
-flags.DEFINE_string("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
+cli.define_path("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
 flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
                           "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
                           "--label 'baseColour=Navy Blue'); default: a grid row per class of the "

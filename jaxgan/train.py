@@ -37,7 +37,7 @@ from jaxgan import cli, config as config_lib, data  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
+cli.define_path("workdir", None, "Directory for checkpoints, samples and metrics.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume even though the config differs from the checkpoint's.")
 flags.DEFINE_bool("compile_only", False,

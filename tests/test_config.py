@@ -652,6 +652,27 @@ def test_flag_spelling_rewrites_names_only():
       "--image-size=3", "--min-class-count"]
 
 
+def test_path_flags_expand_a_leading_tilde(tmp_path, monkeypatch):
+  """The shell leaves `--out=~/grid.png` alone: generate made a folder named '~' in the working
+  directory. Every tool's path flags expand it (config paths already did)."""
+  from absl import flags
+
+  from jaxgan import evaluate, prepare
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert cli.user_path("~/g.png") == str(tmp_path / "g.png")
+  assert cli.user_path("") == "" and cli.user_path("a/~b") == "a/~b"
+  values = flags.FlagValues()
+  cli.define_path("out", "samples.png", "a path", values)
+  values(["generate", "--out=~/grids/"])
+  assert values.out == str(tmp_path / "grids") + "/"  # the trailing '/' (single PNGs) kept
+  parsed = evaluate._parser().parse_args(["--workdir", "~/run", "--real", "~/r", "--fake", "f"])
+  assert (parsed.workdir, parsed.real, parsed.fake) == (str(tmp_path / "run"),
+                                                        str(tmp_path / "r"), "f")
+  parsed = prepare.parse_args(["--images", "~/photos", "--out", "~/set"])
+  assert (parsed.images, parsed.out) == (str(tmp_path / "photos"), str(tmp_path / "set"))
+
+
 def test_generate_refuses_what_it_would_ignore(tmp_path):
   """--num with a plain --interpolate (a row per class: 100 asked, 32 written before), and a
   --standing_stats_batches below -1 (taken for -1): refused before the checkpoint is read."""
