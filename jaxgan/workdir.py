@@ -166,7 +166,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(uri_refusal(workdir))
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?")
+    raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?"
+                            + _workdir_above(workdir))
   with open(path, encoding="utf-8") as f:
     text = f.read()
   try:
@@ -185,6 +186,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       raise ValueError(f"{path}: {key} is {value!r}, which this jaxgan does not have (it has "
                        f"{', '.join(known)}); use the jaxgan that trained the run")
   return config
+
+
+def _workdir_above(path: str) -> str:
+  """A hint where `path` is a checkpoint's step folder (WORKDIR/checkpoints/STEP, or
+  checkpoints_best's) or a checkpoints folder of a workdir, '' otherwise."""
+  path = os.path.abspath(path)
+  parent, name = os.path.split(path)
+  if name in ("checkpoints", "checkpoints_best") and os.path.isfile(
+      os.path.join(parent, "config.json")):
+    return f" It is a workdir's checkpoints folder: pass --workdir {parent}"
+  above, folder = os.path.split(parent)
+  if name.isdecimal() and folder in ("checkpoints", "checkpoints_best") and os.path.isfile(
+      os.path.join(above, "config.json")):
+    which = name if folder == "checkpoints" else "best"
+    return f" It is a checkpoint's folder: pass --workdir {above} --checkpoint {which}"
+  return ""
 
 
 def parse_checkpoint(choice: str) -> str:

@@ -1130,6 +1130,26 @@ def test_an_unreadable_config_json_is_named(tmp_path):
     workdir_lib.load_config(str(tmp_path))
 
 
+def test_a_checkpoint_folder_given_as_the_workdir_is_pointed_at_its_workdir(tmp_path):
+  """`generate --workdir run/checkpoints/200`: the error says what to pass instead."""
+  (tmp_path / "config.json").write_text("{}")
+  for folder in ("checkpoints/200", "checkpoints_best/150"):
+    os.makedirs(tmp_path / folder)
+  cases = (("checkpoints/200", f"a checkpoint's folder: pass --workdir {tmp_path} --checkpoint "
+                               "200"),
+           ("checkpoints_best/150", f"a checkpoint's folder: pass --workdir {tmp_path} "
+                                    "--checkpoint best"),
+           ("checkpoints", f"a workdir's checkpoints folder: pass --workdir {tmp_path}"))
+  for folder, hint in cases:
+    with pytest.raises(FileNotFoundError) as raised:
+      workdir_lib.load_config(str(tmp_path / folder))
+    assert str(raised.value) == (f"{tmp_path / folder}/config.json not found: is "
+                                 f"{tmp_path / folder} a jaxgan training workdir? It is {hint}")
+  os.makedirs(tmp_path / "other" / "7")  # not under a workdir: no hint
+  with pytest.raises(FileNotFoundError, match=r"training workdir\?$"):
+    workdir_lib.load_config(str(tmp_path / "other" / "7"))
+
+
 def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeypatch):
   from jaxgan import checkpoint as ckpt_lib
 
