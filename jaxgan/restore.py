@@ -58,6 +58,16 @@ def _describe_classes(before: list, after: list) -> str:
   return "; ".join(changes)[:600]
 
 
+def data_moved_hint(layout: list, allowed: list) -> str:
+  """Where a class count or image size changed with data.path (a -1 config key resolved from
+  other data), what to restore is the path, which the listing of shape changes does not name."""
+  moved = [d for d in allowed if d[0] == "data.path"]
+  if not moved or not any(d[0].startswith("data.") for d in layout):
+    return ""
+  return (f"; they follow the data, whose path changed ({config_lib.describe_differences(moved)})"
+          ": pass the run's data.path")
+
+
 def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collections.ConfigDict,
                 workdir: str, allow_config_change: bool, attributes: list
                 ) -> Optional[tuple[int, Any, dict]]:
@@ -83,6 +93,7 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
           f"config differs from checkpoint step {step} in {workdir} ({listing(layout)}) in the "
           "shapes of the train state (a model width, data.image_size or the class counts): this "
           "run cannot continue with it; use a new workdir, or restore the checkpoint's values"
+          + data_moved_hint(layout, allowed)
           + (f" (its other changes, {listing(others)}, "
              f"{'are allowed by' if allow_config_change else 'need'} --allow_config_change)"
              if others else ""))

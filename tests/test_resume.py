@@ -1189,6 +1189,20 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
                             f"{verb} --allow_config_change)"), message
 
 
+def test_a_class_count_changed_with_the_data_path_names_the_path():
+  """data.num_classes=-1 takes the count from the data: resumed on another prepared set, the
+  error listed 'data.num_classes: 6 -> 14', a key the user never set, and not the path."""
+  from jaxgan import restore
+
+  layout = [("data.num_classes", 6, 14)]
+  moved = [("data.path", "/sets/a", "/sets/b"), ("train.num_steps", 10, 20)]
+  assert restore.data_moved_hint(layout, moved) == (
+      "; they follow the data, whose path changed (data.path: '/sets/a' -> '/sets/b'): pass the "
+      "run's data.path")
+  assert restore.data_moved_hint(layout, moved[1:]) == ""  # the same data: no hint
+  assert restore.data_moved_hint([("model.g_width", 8, 16)], moved) == ""  # not the data's
+
+
 def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
   """A checkpoint whose state pytree has another layout (another jaxgan version) is not damage:
   one clear error, and the files stay where they are."""
