@@ -204,22 +204,10 @@ def _schema_keys() -> list[str]:
 
 
 def _similar_keys(override: str) -> str:
-  """' Did you mean train.num_steps?' for --config.train.steps, where ml_collections, which
-  compares spellings alone, finds nothing: the name in another section (--config.data.
-  batch_size), else near spellings in the key's section, else its keys that contain the name
-  (3 letters or more: a shorter one is in too many), else keys in any section with the name as
-  a word of theirs (--config.train.lr: optim.g_lr, optim.d_lr)."""
-  section, _, name = override.removeprefix("--config.").rpartition(".")
-  keys = _schema_keys()
-  names = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
-  close = ([k for k in keys if k.rpartition(".")[2] == name]
-           or [f"{section}.{n}" if section else n for n in (
-               difflib.get_close_matches(name, names, n=3)
-               or [n for n in names if len(name) >= 3 and name in n][:3])]
-           or [k for k in keys if name in k.rpartition(".")[2].split("_")][:3])
-  if not close:
-    return ""
-  return f" Did you mean {', '.join(close[:-1]) + ' or ' if close[1:] else ''}{close[-1]}?"
+  """' Did you mean train.num_steps?' for --config.train.steps (schema.similar_keys)."""
+  from jaxgan.config import schema  # pylint: disable=g-import-not-at-top  (train's CLI alone)
+
+  return schema.did_you_mean(override.removeprefix("--config."))
 
 
 def _value_used_as_section(overrides: list[str]) -> Optional[str]:
@@ -247,7 +235,7 @@ def _config_file_error(message: str, config_file: Optional[str]) -> str:
   frames = [m for m in (re.match(r'File "(.+)", line (\d+)', line) for line in lines)
             if m and "ml_collections" not in m.group(1)]
   where = f" ({frames[-1].group(1)}:{frames[-1].group(2)})" if frames else ""
-  return f"--config {config_file}: {lines[-1]}{where}"
+  return f"--config {config_file}: {_plainer(lines[-1])}{where}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -391,5 +379,21 @@ def _raised_in_config_file(error: BaseException, config_file: Optional[str]) -> 
     # Raised further in, by code the file calls (a library, jaxgan itself): named too, as the
     # place to look when the file's line is right.
     where += f", raised in {frames[-1].filename}:{frames[-1].lineno}"
-  return (f"--config {config_file}: {type(error).__name__}: {message[0] if message else ''} "
-          f"({where})")
+  first = message[0] if message else ""
+  return f"--config {config_file}: {_plainer(f'{type(error).__name__}: {first}')} ({where})"
+
+
+# ml_collections' TypeError for a value of another type assigned to a typed key.
+_RETYPED = re.compile(r"TypeError: Could not override field '(\w+)' \(reference\)\. (.*) is of "
+                      r"original type <class '(\w+)'> and cannot be casted to type <class '(\w+)'>")
+
+
+def _plainer(error_line: str) -> str:
+  """'TypeError: ...' in plainer words where a library's are misleading: ml_collections calls a
+  value's type the "original" one ('5 is of original type str and cannot be casted to int')."""
+  retyped = _RETYPED.fullmatch(error_line)
+  if not retyped:
+    return error_line
+  name, value, given, field = retyped.groups()
+  article = lambda kind: "an" if kind[0] in "aeiou" else "a"
+  return f"config key {name} holds {article(field)} {field}, got {value} ({article(given)} {given})"

@@ -288,6 +288,14 @@ def test_unknown_keys_are_rejected(make_config):
   config.train.unlocked = True  # tiny_config is not locked; a config file could do this
   with pytest.raises(config_lib.ConfigError, match="unknown config key train.unlocked"):
     config_lib.validate(config, num_devices=1)
+  # A config file's typo gets the command line's suggestion too.
+  config = make_config()
+  config.train.num_stepz = 5
+  with pytest.raises(config_lib.ConfigError) as raised:
+    config_lib.validate(config, num_devices=1)
+  assert str(raised.value) == ("unknown config key train.num_stepz: not in the schema of "
+                               "jaxgan/config/schema.py (check the spelling). Did you mean "
+                               "train.num_steps?")
 
 
 def test_json_round_trip(make_config):
@@ -500,6 +508,12 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
+    # A config file's value of another type, and its typo (as an override's is): plain words.
+    (["--config", "T/retyped.py", "--workdir", "W"], "error: --config T/retyped.py: config key "
+     "num_steps holds an int, got 5 (a str) (T/retyped.py:5)"),
+    (["--config", "T/typo.py", "--workdir", "W"], "error: unknown config key train.num_stepz: not "
+     "in the schema of jaxgan/config/schema.py (check the spelling). Did you mean "
+     "train.num_steps?"),
 ])
 def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
@@ -519,6 +533,10 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   (tmp_path / "lack.py").write_text("from jaxgan.config import base_config\n\ndef get_config():\n"
                                     "  c = base_config()\n  del c.train['batch_size']\n"
                                     "  return c\n")
+  for name, line in (("retyped", 'c.train.num_steps = "5"'), ("typo", "c.train.num_stepz = 5")):
+    (tmp_path / f"{name}.py").write_text("from jaxgan.config import base_config\n\n"
+                                         f"def get_config():\n  c = base_config()\n  {line}\n"
+                                         "  return c\n")
   args = [str(tmp_path / "w") if a == "W" else a.replace("T/", f"{tmp_path}/") for a in args]
   with pytest.raises(SyntaxError) as readme:  # where Python itself stops reading README.md
     compile(open(os.path.join(REPO, "README.md")).read(), "README.md", "exec")
