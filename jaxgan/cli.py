@@ -203,6 +203,22 @@ def _schema_keys() -> list[str]:
   return [k for k, _ in schema.flat_items(schema.base_config())]
 
 
+def _config_key_flag(message: str, args: Sequence[str]) -> str:
+  """'. Config keys are set as --config.train.num_steps=10' where absl's unknown flag is a config
+  key's name (--num_steps=10), for a tool with --config; else ''."""
+  unknown = re.fullmatch(r"Unknown command line flag '(\w+)'", message)
+  if not unknown or "config" not in flags.FLAGS:
+    return ""
+  name = unknown.group(1)
+  keys = [k for k in _schema_keys() if k.rpartition(".")[2] == name]
+  if not keys:
+    return ""
+  value = next((a.partition("=")[2] for a in args if a.partition("=")[0] in (f"--{name}",)
+                and "=" in a), "VALUE")
+  shown = " or ".join(f"--config.{k}={value}" for k in keys)
+  return f". Config keys are set as {shown}"
+
+
 def _similar_keys(override: str) -> str:
   """' Did you mean train.num_steps?' for --config.train.steps (schema.similar_keys)."""
   from jaxgan.config import schema  # pylint: disable=g-import-not-at-top  (train's CLI alone)
@@ -283,7 +299,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(f"--config {config_file}: get_config() returned None; it must return the "
            "ConfigDict, as configs/default.py does")
     fail(f"--{required.group(1)} is required (see --help)" if required else
-         message.removeprefix("flag ") + " (see --help)")
+         message.removeprefix("flag ") + _config_key_flag(message, args) + " (see --help)")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an override of a key that is not in the config, with a
     # message of nested reprs; keep its words: the bad key and its "Did you mean ...?".

@@ -508,6 +508,10 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
+    # A config key's name as a flag of its own: how to set it.
+    (["--config", "configs/default.py", "--workdir", "W", "--num-steps=10"],
+     "error: Unknown command line flag 'num_steps'. Config keys are set as "
+     "--config.train.num_steps=10 (see --help)"),
     # A config file's value of another type, and its typo (as an override's is): plain words.
     (["--config", "T/retyped.py", "--workdir", "W"], "error: --config T/retyped.py: config key "
      "num_steps holds an int, got 5 (a str) (T/retyped.py:5)"),
