@@ -431,6 +431,11 @@ def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):
   assert values == [["Red", "Blue"]] and [s["reason"] for s in skipped] == ["no colour (line 1)"]
   with pytest.raises(DataError, match=r"has no column 'usage' \(columns: id, colour\)"):
     scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["usage"])
+  # Another case or a near spelling of a column (styles.csv's articleType): suggested.
+  for asked, meant in (("Colour", "colour"), ("color", "colour")):
+    with pytest.raises(DataError, match=rf"has no column '{asked}' \(did you mean '{meant}'\?\) "
+                                        r"\(columns: id, colour\)"):
+      scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", [asked])
 
 
 def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import difflib
 import json
 import logging
 import os
@@ -174,10 +175,14 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                     "copies so that the one to read is unique")
   for column in needed:
     if column not in present:
-      raise DataError(f"{path} has no column {column!r} (columns: "
-                      f"{', '.join(c for c in present if isinstance(c, str))}); "
-                      "set data.image_column / data.id_column / data.label_column(s) (prepare: "
-                      "--image-column / --id-column / --label-column)")
+      names = [c for c in present if isinstance(c, str)]
+      close = ([c for c in names if c.lower() == column.lower()]
+               or difflib.get_close_matches(column, names, n=1))
+      raise DataError(f"{path} has no column {column!r}"
+                      + (f" (did you mean {close[0]!r}?)" if close else "")
+                      + f" (columns: {', '.join(names)}); set data.image_column / data.id_column"
+                      " / data.label_column(s) (prepare: --image-column / --id-column / "
+                      "--label-column)")
   paths, values, skipped = [], [[] for _ in label_columns], []
   first: dict[str, tuple[str, list[str]]] = {}  # image path -> (where first listed, its labels)
   key = image_column or id_column
