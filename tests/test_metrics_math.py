@@ -14,6 +14,12 @@ def _gaussian(n, d, seed, shift=0.0):
 def test_fid_of_a_set_with_itself_is_zero():
   x = _gaussian(500, 16, 0)
   assert abs(metrics.fid(x, x)) < 1e-8
+  # Never below zero (rounding gave -5.7e-14 for a set against itself), in both formulas (more
+  # samples than dimensions, and fewer).
+  for n, d in ((500, 16), (40, 64), (40, 2048)):
+    for seed in range(5):
+      y = _gaussian(n, d, seed)
+      assert metrics.fid(y, y) >= 0.0
 
 
 def test_frechet_distance_of_shifted_gaussians_is_the_squared_shift():

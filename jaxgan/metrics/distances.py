@@ -42,7 +42,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   eig = np.linalg.eigvalsh((product + product.T) / 2)
   trace_sqrt = float(np.sum(np.sqrt(np.clip(eig, 0, None))))
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
+  return _squared(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt))
+
+
+def _squared(distance: float) -> float:
+  """A squared distance as 0 where rounding made it negative (identical sets gave -5.7e-14);
+  NaN stays NaN."""
+  return 0.0 if distance < 0 else distance
 
 
 def fid(real_features: np.ndarray, fake_features: np.ndarray,
@@ -67,7 +73,7 @@ def fid(real_features: np.ndarray, fake_features: np.ndarray,
   b = (y - y.mean(0)) / np.sqrt(len(y) - 1)
   trace_sqrt = float(np.sum(np.linalg.svd(a @ b.T, compute_uv=False)))
   diff = x.mean(0) - y.mean(0)
-  return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * trace_sqrt)
+  return _squared(float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * trace_sqrt))
 
 
 def per_class_fid(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray,
