@@ -313,16 +313,24 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   marker = os.path.join(out, INCOMPLETE_MARKER)
   with open(marker, "w", encoding="utf-8") as f:
     f.write("jaxgan.generate is writing this folder, or was stopped before it finished\n")
-  paths = []
-  # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
-  with progress_lib.progress(num, "generate", enabled=num >= 200) as bar:
-    for _, images in chunks:  # one process: every row, in order
-      stopping.raise_if_interrupted()
-      for image in images:
-        paths.append(os.path.join(out, f"{len(paths):06d}.png"))
-        # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
-        sampling.save_png(image, paths[-1], durable=False)
-      bar.update(len(images))
+  paths, written = [], 0
+  try:
+    # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
+    with progress_lib.progress(num, "generate", enabled=num >= 200) as bar:
+      for _, images in chunks:  # one process: every row, in order
+        stopping.raise_if_interrupted()
+        for image in images:
+          paths.append(os.path.join(out, f"{len(paths):06d}.png"))
+          # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
+          sampling.save_png(image, paths[-1], durable=False)
+          written += 1
+        bar.update(len(images))
+  except BaseException:
+    # What the folder now holds, before the stop's or the error's own line.
+    log.warning("%s holds the first %s of %s images and %s (evaluate refuses the folder); run "
+                "the same command again to write them all", out, f"{written:,}", f"{num:,}",
+                INCOMPLETE_MARKER)
+    raise
   labels_path = os.path.join(out, LABELS_FILE)
   if label_rows is not None:
     with open(labels_path, "w", newline="", encoding="utf-8") as f:

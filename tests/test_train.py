@@ -269,7 +269,8 @@ def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch)
     assert np.asarray(Image.open(path)).min() == 255
 
 
-def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monkeypatch):
+def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monkeypatch,
+                                                    caplog):
   """--batch bounds the images per generator call (any --num fits a device) without changing
   the images; a folder holding an earlier, larger run's PNGs is refused; --checkpoint best."""
   from PIL import Image
@@ -297,9 +298,13 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     real(image, path, durable)
 
   monkeypatch.setattr(sampling, "save_png", stopped)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING):
     generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
   monkeypatch.undo()
+  # Said before the stop's own line: what the folder holds now, and how to finish it.
+  assert (f"{tmp_path / 'whole'}/ holds the first 2 of 5 images and .generate-incomplete "
+          "(evaluate refuses the folder); run the same command again to write them all"
+          ) in caplog.text
   with pytest.raises(DataError, match=r"whole: `jaxgan.generate` did not finish writing this "
                      r"folder \(.*\.generate-incomplete is there\)"):
     image_sets.count_images(str(tmp_path / "whole"))
