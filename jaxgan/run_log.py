@@ -20,6 +20,8 @@ from typing import Any, Iterator, Mapping, Optional
 import jax
 import numpy as np
 
+from jaxgan import stopping
+
 LOG_FILE = "log.txt"
 
 log = logging.getLogger("jaxgan.trainer")
@@ -68,7 +70,10 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool) -> Iterator[RunLog]:
     yield RunLog(handler, to_stderr and enabled)
   except BaseException as e:  # how the run ended, where the CLI's one line is not kept
     if handler is not None:
-      handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "ended: %s: %s",
+      # A stop asked for (a signal during start-up) is not an error; the rest are.
+      level = logging.WARNING if isinstance(e, (stopping.Stopped, KeyboardInterrupt)) else (
+          logging.ERROR)
+      handler.handle(log.makeRecord(log.name, level, __file__, 0, "ended: %s: %s",
                                     (type(e).__name__, str(e).splitlines()[0] if str(e) else ""),
                                     None))
     raise

@@ -20,6 +20,16 @@ def test_log_txt_gets_the_lines_and_how_the_run_ended(tmp_path, caplog):
   assert lines == ["INFO jaxgan.trainer: starting", "INFO jaxgan.trainer: step 1/2",
                    "ERROR jaxgan.trainer: ended: ValueError: the data went away"]
   assert [m for m in caplog.messages if m.startswith("step")] == []  # not on stderr
+  # A stop asked for during start-up is a warning there, not an error.
+  from jaxgan import stopping
+
+  for stop in (stopping.Stopped("SIGINT received while starting"), KeyboardInterrupt()):
+    with pytest.raises(type(stop)):
+      with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False):
+        raise stop
+  ends = [line.split(" ", 2)[2] for line in (tmp_path / "log.txt").read_text().splitlines()][-2:]
+  assert ends == ["WARNING jaxgan.trainer: ended: Stopped: SIGINT received while starting",
+                  "WARNING jaxgan.trainer: ended: KeyboardInterrupt: "]
 
 
 def test_a_log_txt_that_cannot_be_opened_does_not_stop_the_run(tmp_path, caplog):
