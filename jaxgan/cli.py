@@ -41,9 +41,12 @@ class _PathParser(flags.ArgumentParser):
 
 def define_path(name: str, default: Optional[str], help_text: str,
                 flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """An absl string flag holding a path (`user_path`)."""
+  """An absl string flag holding a path (`user_path`), filed under the module that calls this:
+  absl's --help lists the main module's flags, and would leave these out as jaxgan.cli's."""
+  caller = sys._getframe(1).f_globals.get("__name__", "")  # pylint: disable=protected-access
   flags.DEFINE(_PathParser(), name, default, help_text, flag_values,
-               serializer=flags.ArgumentSerializer())
+               serializer=flags.ArgumentSerializer(),
+               module_name=sys.argv[0] if caller == "__main__" else caller)
 
 
 def fail(message: str) -> NoReturn:
@@ -204,19 +207,20 @@ def _schema_keys() -> list[str]:
 
 
 def _config_key_flag(message: str, args: Sequence[str]) -> str:
-  """'. Config keys are set as --config.train.num_steps=10' where absl's unknown flag is a config
-  key's name (--num_steps=10), for a tool with --config; else ''."""
-  unknown = re.fullmatch(r"Unknown command line flag '(\w+)'", message)
+  """absl's unknown-flag `message`, where the flag is a config key's name (--num_steps=10) of a
+  tool with --config, as how to set that key (absl's own guess, --log_dir for --log_every,
+  dropped); else `message` as it is."""
+  unknown = re.match(r"Unknown command line flag '(\w+)'", message)  # absl may add a guess
   if not unknown or "config" not in flags.FLAGS:
-    return ""
+    return message
   name = unknown.group(1)
   keys = [k for k in _schema_keys() if k.rpartition(".")[2] == name]
   if not keys:
-    return ""
-  value = next((a.partition("=")[2] for a in args if a.partition("=")[0] in (f"--{name}",)
+    return message
+  value = next((a.partition("=")[2] for a in args if a.partition("=")[0] == f"--{name}"
                 and "=" in a), "VALUE")
   shown = " or ".join(f"--config.{k}={value}" for k in keys)
-  return f". Config keys are set as {shown}"
+  return f"{unknown.group(0)}. Config keys are set as {shown}"
 
 
 def _similar_keys(override: str) -> str:
@@ -299,7 +303,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(f"--config {config_file}: get_config() returned None; it must return the "
            "ConfigDict, as configs/default.py does")
     fail(f"--{required.group(1)} is required (see --help)" if required else
-         message.removeprefix("flag ") + _config_key_flag(message, args) + " (see --help)")
+         _config_key_flag(message.removeprefix("flag "), args) + " (see --help)")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an override of a key that is not in the config, with a
     # message of nested reprs; keep its words: the bad key and its "Did you mean ...?".

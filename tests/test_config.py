@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -508,10 +509,14 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "has: build config files on jaxgan.config.base_config(), as configs/default.py does"),
     (["--config", "configs/default.py", "--workdir="],
      "error: --workdir is empty; pass the folder to write the run to"),
-    # A config key's name as a flag of its own: how to set it.
+    # A config key's name as a flag of its own: how to set it (absl's guess, --log_dir for
+    # --log_every, dropped).
     (["--config", "configs/default.py", "--workdir", "W", "--num-steps=10"],
      "error: Unknown command line flag 'num_steps'. Config keys are set as "
      "--config.train.num_steps=10 (see --help)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--log_every=5"],
+     "error: Unknown command line flag 'log_every'. Config keys are set as "
+     "--config.train.log_every=5 (see --help)"),
     # A config file's value of another type, and its typo (as an override's is): plain words.
     (["--config", "T/retyped.py", "--workdir", "W"], "error: --config T/retyped.py: config key "
      "num_steps holds an int, got 5 (a str) (T/retyped.py:5)"),
@@ -711,13 +716,18 @@ def test_generate_refuses_what_it_would_ignore(tmp_path):
       generate.generate(str(tmp_path), 4, str(tmp_path / "grid.png"), standing_stats_batches=bad)
 
 
-@pytest.mark.parametrize("tool", ["train", "generate", "benchmark"])
-def test_asked_for_help_exits_0_with_h_as_with_help(tool):
-  """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h."""
+@pytest.mark.parametrize("tool, paths", [("train", ["workdir"]), ("generate", ["workdir", "out"]),
+                                         ("benchmark", ["images", "prepared", "trace_dir"])])
+def test_asked_for_help_exits_0_with_h_as_with_help(tool, paths):
+  """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h. It lists
+  the tool's path flags too (defined through cli.define_path, they were filed under jaxgan.cli,
+  which --help leaves out)."""
   for flag in ("--help", "-h"):
     proc = run_module(f"jaxgan.{tool}", flag)
     assert proc.returncode == 0 and f"python -m jaxgan.{tool}" in proc.stdout, proc.stderr[-2000:]
     assert "Try --helpfull to get a list of all flags." in proc.stdout
+    listed = re.findall(r"^  --(?:\[no\])?(\w+):", proc.stdout, re.M)
+    assert set(paths) <= set(listed), listed
 
 
 @pytest.mark.parametrize("tool, args, message", [
