@@ -115,7 +115,7 @@ def bad_path(args: argparse.Namespace) -> str:
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     return (f"--out {args.out} holds {len(others)} file(s) that are not a prepared set's "
             f"({shown}), which tools given the folder would not read (they read the set): pass "
-            "a new or empty folder (an earlier set there is replaced)")
+            "a new or empty folder, or one holding only an earlier set (it is replaced)")
   return ""
 
 

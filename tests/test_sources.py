@@ -1398,8 +1398,8 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
       # of the folder read the set instead of its PNGs (an FID of the reals against themselves).
       (["--images", photos, "--out", str(tmp_path)],
        f"--out {tmp_path} holds 2 file(s) that are not a prepared set's (afile, photos), which "
-       "tools given the folder would not read (they read the set): pass a new or empty folder "
-       "(an earlier set there is replaced)")):
+       "tools given the folder would not read (they read the set): pass a new or empty folder, "
+       "or one holding only an earlier set (it is replaced)")):
     assert prepare_cli.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
   assert not os.path.exists(out) and os.listdir(photos) == ["a.png"]
@@ -1414,7 +1414,10 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
                              "--workers", "1"]) == 0
   assert ("--image-size 48: no model builds that size (dcgan: [16, 32, 64, 128, 256]"
           in caplog.text and "can be evaluated against" in caplog.text)
-  # An earlier set in --out is not another's files: prepared again, it is replaced.
+  # An earlier set in --out is not another's files: prepared again, it is replaced; hidden files
+  # (a desktop's .DS_Store, a killed preparation's write probe) are no reason to refuse.
+  for hidden in (".DS_Store", ".write_probe.99999"):
+    (tmp_path / "out" / hidden).write_text("")
   assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "32",
                            "--workers", "1"]) == 0
   assert json.load(open(os.path.join(out, "dataset_info.json")))["image_size"] == 32

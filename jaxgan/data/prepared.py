@@ -158,14 +158,16 @@ def _write_set(tf, out_dir: str, images: np.ndarray, labels: np.ndarray, multi: 
 
 
 def foreign_files(out_dir: str) -> list[str]:
-  """The names in `out_dir` that are not a prepared set's (its info, shards, lock, a killed
+  """The names in `out_dir` that are not a prepared set's (its info, shards, a killed
   preparation's temporaries), sorted: a set written among other files (photos, a workdir)
-  would be read in their place (`evaluate --fake DIR` reads the set, not the PNGs)."""
+  would be read in their place (`evaluate --fake DIR` reads the set, not the PNGs). Hidden
+  names (.DS_Store, the lock, a killed prepare's write probe), which no reader takes for
+  images, and a volume's lost+found are not counted."""
   try:
     names = os.listdir(out_dir)
   except OSError:
     return []
-  return sorted(n for n in names if n not in (INFO_FILE, LOCK_FILE)
+  return sorted(n for n in names if n not in (INFO_FILE, "lost+found") and not n.startswith(".")
                 and not _SHARD.fullmatch(n) and not _TEMPORARY.fullmatch(n))
 
 
