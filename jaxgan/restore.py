@@ -59,13 +59,14 @@ def _describe_classes(before: list, after: list) -> str:
 
 
 def data_moved_hint(layout: list, allowed: list) -> str:
-  """Where a class count or image size changed with data.path (a -1 config key resolved from
-  other data), what to restore is the path, which the listing of shape changes does not name."""
+  """Where a class count changed with data.path (data.num_classes=-1 reads the counts from the
+  data, a prepared set), the path may be what to restore, which the shape changes do not name."""
   moved = [d for d in allowed if d[0] == "data.path"]
-  if not moved or not any(d[0].startswith("data.") for d in layout):
+  if not moved or not any(d[0] in ("data.num_classes", "data.extra_num_classes")
+                          for d in layout):
     return ""
-  return (f"; they follow the data, whose path changed ({config_lib.describe_differences(moved)})"
-          ": pass the run's data.path")
+  return (f"; data.path changed too ({config_lib.describe_differences(moved)}): with "
+          "data.num_classes=-1 the class counts are the data's, so pass the run's data.path")
 
 
 def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collections.ConfigDict,

@@ -1197,10 +1197,12 @@ def test_a_class_count_changed_with_the_data_path_names_the_path():
   layout = [("data.num_classes", 6, 14)]
   moved = [("data.path", "/sets/a", "/sets/b"), ("train.num_steps", 10, 20)]
   assert restore.data_moved_hint(layout, moved) == (
-      "; they follow the data, whose path changed (data.path: '/sets/a' -> '/sets/b'): pass the "
-      "run's data.path")
+      "; data.path changed too (data.path: '/sets/a' -> '/sets/b'): with data.num_classes=-1 the "
+      "class counts are the data's, so pass the run's data.path")
   assert restore.data_moved_hint(layout, moved[1:]) == ""  # the same data: no hint
-  assert restore.data_moved_hint([("model.g_width", 8, 16)], moved) == ""  # not the data's
+  # Not read from the data: a width, an image size (set on purpose, never resolved).
+  for key in ("model.g_width", "data.image_size"):
+    assert restore.data_moved_hint([(key, 64, 128)], moved) == ""
 
 
 def test_state_of_another_layout_is_refused_not_moved_aside(tmp_path):
