@@ -190,22 +190,18 @@ class Checkpointer:
   def _read_parts(self, step: int, target: dict) -> dict:
     """{'state': the arrays of `target`'s leaves only, 'meta'}. Orbax's standard handler reads
     whole trees; its PyTree handler (the same files: the standard one writes through it) reads a
-    part of one, so a second manager reads with it. Empty parts (a model without batch
-    statistics) are not asked for: orbax has no arrays to match them with."""
+    part of one, so a second manager reads with it."""
     if self._parts_manager is None:
       with orbax_output.without_read_only_notices(True):
         self._parts_manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
             item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
-    filled = {part: tree for part, tree in target.items() if jax.tree_util.tree_leaves(tree)}
-    restored = self._parts_manager.restore(step, args=ocp.args.Composite(
+    return self._parts_manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            item=filled, restore_args=ocp.checkpoint_utils.construct_restore_args(filled),
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True),
         meta=ocp.args.JsonRestore()))
-    state = {part: restored["state"].get(part, tree) for part, tree in target.items()}
-    return {"state": state, "meta": restored["meta"]}
 
   def saved_layouts(self, step: int) -> dict[str, tuple[Optional[tuple], Optional[str]]]:
     """{'g_params/...': (shape, dtype name)} of checkpoint `step`'s state, from its metadata."""

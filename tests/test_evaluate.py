@@ -100,7 +100,7 @@ def test_prepared_set_against_a_folder(tmp_path, capsys):
 
 
 @needs_weights
-def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys):
+def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys, monkeypatch):
   cache = str(tmp_path / "cache")
   config = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 6, "eval.num_real": 8,
                           "eval.batch_size": 3, "eval.cache_dir": cache})
@@ -124,8 +124,20 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   saved["train"]["eval_num_samples"] = 8
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(saved, f)
+  # Of the checkpoint, only the EMA generator is read: not G's raw weights, D or the moments.
+  from jaxgan import workdir as workdir_lib
+
+  read, real_load = [], workdir_lib.load_checkpoint
+
+  def recorded(*args, **kwargs):
+    loaded = real_load(*args, **kwargs)
+    read.append(sorted(name for name, value in vars(loaded[2]).items() if value is not None))
+    return loaded
+
+  monkeypatch.setattr(workdir_lib, "load_checkpoint", recorded)
   code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
                         "--cache-dir", cache, "--metrics", "fid,kid,pr,per_class_fid")
+  assert read == [["ema_params", "g_batch_stats"]]
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
