@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgan import cli
+from jaxgan import cli, path_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
@@ -23,10 +23,10 @@ flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.ste
 flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
 flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
                      "train.steps_per_call steps (profile).")
-cli.define_path("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
+path_flags.define_path("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
 flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
-cli.define_path("images", "", "Raw image folder (input benchmark).")
-cli.define_path("prepared", "", "Prepared data set folder (input benchmark).")
+path_flags.define_path("images", "", "Raw image folder (input benchmark).")
+path_flags.define_path("prepared", "", "Prepared data set folder (input benchmark).")
 flags.DEFINE_integer("image_size", 64, "Decode size (input benchmark, raw folder).")
 flags.DEFINE_integer("batch_size", 256, "Batch size (input benchmark, prepared).")
 flags.DEFINE_integer("batches", 200, "Timed batches (input benchmark, prepared).")

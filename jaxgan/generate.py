@@ -38,15 +38,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from absl import app, flags, logging
 
-from jaxgan import cli, label_choices, stopping
+from jaxgan import cli, label_choices, path_flags, stopping
 from jaxgan import progress as progress_lib
 
 FLAGS = flags.FLAGS
 log = std_logging.getLogger("jaxgan.generate")  # not __name__: "__main__" under python -m
-cli.define_path("workdir", None, "Training workdir holding config.json and checkpoints/.")
+path_flags.define_path("workdir", None, "Training workdir holding config.json and checkpoints/.")
 flags.DEFINE_integer("num", 64, "Number of images (a conditional model's grid without --label "
                      "has a row per class: rounded to a multiple of the class count).")
-cli.define_path("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
+path_flags.define_path("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
 flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
                           "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
                           "--label 'baseColour=Navy Blue'); default: a grid row per class of the "

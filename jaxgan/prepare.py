@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxgan import cli
+from jaxgan import cli, path_flags
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,11 +42,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
   p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
                               formatter_class=_HelpWithDefaults)
-  p.add_argument("--images", type=cli.user_path, required=True,
+  p.add_argument("--images", type=path_flags.user_path, required=True,
                  help="image folder (class subfolders, or flat)")
-  p.add_argument("--out", type=cli.user_path, required=True, help="output folder")
+  p.add_argument("--out", type=path_flags.user_path, required=True, help="output folder")
   p.add_argument("--image-size", type=int, default=64, help="side of the square images written")
-  p.add_argument("--manifest", type=cli.user_path, default="",
+  p.add_argument("--manifest", type=path_flags.user_path, default="",
                  help="CSV, JSONL or JSON file of SKU metadata")
   p.add_argument("--id-column", default="id", help="manifest column of the SKU id")
   p.add_argument("--image-column", default="", help="manifest column holding image paths")

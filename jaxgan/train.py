@@ -27,7 +27,7 @@ _PROGRAM_STOP = stopping.StopRequest().__enter__() if __name__ == "__main__" els
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxgan import cli, config as config_lib, data  # noqa: E402
+from jaxgan import cli, config as config_lib, data, path_flags  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The trainer (JAX, Flax, orbax) is imported in main(), not here: image-decoding workers are
@@ -37,7 +37,7 @@ from jaxgan import cli, config as config_lib, data  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
-cli.define_path("workdir", None, "Directory for checkpoints, samples and metrics.")
+path_flags.define_path("workdir", None, "Directory for checkpoints, samples and metrics.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume even though the config differs from the checkpoint's.")
 flags.DEFINE_bool("compile_only", False,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from jaxgan import cli, config as config_lib
+from jaxgan import cli, config as config_lib, path_flags
 from tests.conftest import REPO, run_module
 
 
@@ -687,10 +687,10 @@ def test_path_flags_expand_a_leading_tilde(tmp_path, monkeypatch):
   from jaxgan import evaluate, prepare
 
   monkeypatch.setenv("HOME", str(tmp_path))
-  assert cli.user_path("~/g.png") == str(tmp_path / "g.png")
-  assert cli.user_path("") == "" and cli.user_path("a/~b") == "a/~b"
+  assert path_flags.user_path("~/g.png") == str(tmp_path / "g.png")
+  assert path_flags.user_path("") == "" and path_flags.user_path("a/~b") == "a/~b"
   values = flags.FlagValues()
-  cli.define_path("out", "samples.png", "a path", values)
+  path_flags.define_path("out", "samples.png", "a path", values)
   values(["generate", "--out=~/grids/"])
   assert values.out == str(tmp_path / "grids") + "/"  # the trailing '/' (single PNGs) kept
   parsed = evaluate._parser().parse_args(["--workdir", "~/run", "--real", "~/r", "--fake", "f"])
@@ -720,8 +720,8 @@ def test_generate_refuses_what_it_would_ignore(tmp_path):
                                          ("benchmark", ["images", "prepared", "trace_dir"])])
 def test_asked_for_help_exits_0_with_h_as_with_help(tool, paths):
   """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h. It lists
-  the tool's path flags too (defined through cli.define_path, they were filed under jaxgan.cli,
-  which --help leaves out)."""
+  the tool's path flags too (defined through path_flags.define_path, they were filed under its
+  module, which --help leaves out)."""
   for flag in ("--help", "-h"):
     proc = run_module(f"jaxgan.{tool}", flag)
     assert proc.returncode == 0 and f"python -m jaxgan.{tool}" in proc.stdout, proc.stderr[-2000:]

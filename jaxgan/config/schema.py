@@ -9,13 +9,14 @@ files/JSON. Checking values is `validation.py`'s concern.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import json
 import os
 from typing import Any, Iterable
 
 import ml_collections
+
+from jaxgan.config import suggest
 
 DTYPES = ("float32", "bfloat16")
 
@@ -232,40 +233,17 @@ def check_sections(config: ml_collections.ConfigDict) -> None:
   walk(base_config(), config, "")
 
 
-def similar_keys(key: str) -> list[str]:
-  """Schema keys a misspelt `key` may mean, where ml_collections, which compares spellings
-  alone, finds none: the name in another section (data.batch_size), else near spellings in the
-  key's section, else its keys that contain the name (3 letters or more: a shorter one is in
-  too many), else keys in any section with the name as a word of theirs (train.lr: optim.g_lr,
-  optim.d_lr)."""
-  section, _, name = key.rpartition(".")
-  keys = [k for k, _ in flat_items(base_config())]
-  names = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
-  close = ([k for k in keys if k.rpartition(".")[2] == name]
-           or [f"{section}.{n}" if section else n for n in (
-               difflib.get_close_matches(name, names, n=3)
-               or [n for n in names if len(name) >= 3 and name in n][:3])]
-           or [k for k in keys if name in k.rpartition(".")[2].split("_")][:3])
-  return close
-
-
-def did_you_mean(key: str) -> str:
-  """' Did you mean train.num_steps?' (`similar_keys`), or ''."""
-  close = similar_keys(key)
-  if not close:
-    return ""
-  return f" Did you mean {', '.join(close[:-1]) + ' or ' if close[1:] else ''}{close[-1]}?"
-
-
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
   """Rejects keys that the schema does not have (a typo in a config file or a stale key)."""
   check_sections(config)
-  known = {k for k, _ in flat_items(base_config())}
+  schema_keys = [k for k, _ in flat_items(base_config())]
+  known = set(schema_keys)
   unknown = sorted(k for k, _ in flat_items(config) if k not in known)
   if unknown:
     also = f"; also {', '.join(unknown[1:])}" if unknown[1:] else ""
+    guess = suggest.did_you_mean(unknown[0], schema_keys)
     raise ConfigError(f"unknown config key {unknown[0]}: not in the schema of jaxgan/config/"
-                      f"schema.py (check the spelling){also}.{did_you_mean(unknown[0])}")
+                      f"schema.py (check the spelling){also}.{guess}")
 
 
 def check_complete(config: ml_collections.ConfigDict) -> None:
