@@ -23,7 +23,8 @@ flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.ste
 flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
 flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
                      "train.steps_per_call steps (profile).")
-path_flags.define_path("trace_dir", "", "Keep the profiler trace here (profile; TensorBoard reads it).")
+path_flags.define_path("trace_dir", "",
+                       "Keep the profiler trace here (profile; TensorBoard reads it).")
 flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
 path_flags.define_path("images", "", "Raw image folder (input benchmark).")
 path_flags.define_path("prepared", "", "Prepared data set folder (input benchmark).")
