@@ -669,6 +669,17 @@ def test_tfds_source_with_mock_data(caplog):
       build_source(config)
 
 
+def test_tfds_loading_writes_lines_not_bar_redraws_off_a_terminal(capsys):
+  """A cluster job's log got tqdm's carriage-return redraws as one long line (progress.py)."""
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=250):  # the mock's splits have no size
+    build_source(_config(**{"data.source": "tfds", "data.tfds_name": "fashion_mnist",
+                            "data.num_classes": 10}))
+  err = capsys.readouterr().err
+  assert "load fashion_mnist: 250 images done, " in err and "\r" not in err
+
+
 def test_a_registered_tfds_dataset_finds_what_it_downloads_with(tmp_path):
   """What tfds.load does for fashion_mnist before its download (no network here), which mock_data
   skips: it imports importlib_resources, which tensorflow-datasets 4.9 does not declare (a fresh

@@ -9,8 +9,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-
+from jaxgan import progress as progress_lib
 from jaxgan import tf_host
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_bad_fraction,
                                  load_options, require_num_classes)
@@ -61,17 +60,20 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
       raise DataError(f"data.tfds_label_key {label_key!r} is not a feature of {name} "
                       f"(features: {', '.join(features.keys())})")
     class_names = list(getattr(features[label_key], "names", []) or [])
-  images = _Images(_split_size(info, split) if options.image_size else None, options.image_size)
+  total = _split_size(info, split)
+  images = _Images(total if options.image_size else None, options.image_size)
   labels, skipped, upscaled = [], [], 0
-  for i, example in enumerate(tqdm(tfds.as_numpy(ds), desc=f"load {name}", unit="img",
-                                   dynamic_ncols=True)):
-    loaded = _load_example(example[image_key], options)
-    if loaded.image is None:
-      skipped.append({"path": f"{name}/{split}[{i}]", "reason": loaded.reason})
-    else:
-      images.append(loaded.image)
-      upscaled += loaded.upscaled
-      labels.append(int(example[label_key]) if label_key else 0)
+  # A bar on a terminal, a line a minute in a job's log (tqdm's redraws made one long line there).
+  with progress_lib.progress(total, f"load {name}", enabled=total is None or total >= 200) as bar:
+    for i, example in enumerate(tfds.as_numpy(ds)):
+      loaded = _load_example(example[image_key], options)
+      if loaded.image is None:
+        skipped.append({"path": f"{name}/{split}[{i}]", "reason": loaded.reason})
+      else:
+        images.append(loaded.image)
+        upscaled += loaded.upscaled
+        labels.append(int(example[label_key]) if label_key else 0)
+      bar.update(1)
   if not len(images) and not skipped:
     raise DataError(f"{name} split {split!r} has no examples")
   check_bad_fraction(skipped, len(images) + len(skipped), max_bad_fraction, f"tfds {name}")
