@@ -57,7 +57,6 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    self._failed = False  # the last write raised: it may have left a line cut short
     self._tb = None
     self._tb_folder = os.path.join(workdir, "tensorboard") if enabled and tensorboard else None
 
@@ -81,14 +80,8 @@ class MetricsWriter:
       return
     row = {"step": int(step), "timestamp": round(time.time(), 3), **scalars}
     try:
-      # After a failed write (a full disk mid-line), end its partial line first: appended to
-      # it, this row would be lost with it.
-      start = "\n" if self._failed and not _ends_a_line(self._jsonl_path) else ""
-      with open(self._jsonl_path, "a", encoding="utf-8") as f:
-        f.write(start + json_line(row) + "\n")
-      self._failed = False
+      append_json_line(self._jsonl_path, row)  # after a line a failed write cut short
     except OSError as e:
-      self._failed = True
       log.error("step %d: writing %s failed (%s); training goes on", step, self._jsonl_path, e)
     # The file first: where TensorBoard is broken (a protobuf mismatch), building the values fails
     # too, with an error per key, where one warning says it all.
