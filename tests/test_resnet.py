@@ -1,5 +1,6 @@
 """ResNet (SNGAN/BigGAN) G and D, spectral norm, self-attention, orthogonal penalty, ClassEmbed."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -261,6 +262,28 @@ def test_bfloat16_conditional_gain_keeps_small_offsets(impl):
       outputs[dtype, c is cond] = float(jnp.mean(out.astype(jnp.float32)))
   assert outputs[jnp.float32, True] / outputs[jnp.float32, False] == pytest.approx(1.003, abs=1e-4)
   assert outputs[jnp.bfloat16, True] / outputs[jnp.float32, True] == pytest.approx(1.0, abs=5e-4)
+
+
+def test_bfloat16_generator_conditions_its_blocks_in_float32():
+  """The blocks' conditioning (z chunk + shared class embedding) feeds only the float32 gains and
+  biases: a bfloat16 G computes them as the float32 G does (it rounded that input to bfloat16,
+  a relative error of up to 2^-9 in every gain's offset)."""
+  g32, _ = _models(16, (5,))
+  g16, _ = _models(16, (5,), dtype=jnp.bfloat16)
+  z = jax.random.normal(jax.random.PRNGKey(3), (B, Z_DIM))
+  labels = _labels((5,))
+  variables = g32.init(jax.random.PRNGKey(0), z, labels, train=False)
+  gains = {}
+  for g in (g32, g16):
+    _, found = g.apply(variables, z, labels, train=False, capture_intermediates=True,
+                       mutable=["intermediates"])
+    flat = flax.traverse_util.flatten_dict(found["intermediates"])  # (..., name, '__call__')
+    gains[g.dtype] = [v[0] for path, v in sorted(flat.items())
+                      if path[-2:] in (("gain_sn", "__call__"), ("bias_sn", "__call__"))]
+  assert len(gains[jnp.float32]) == 8  # 16x16: 2 up blocks x 2 BatchNorms x (gain, bias)
+  for a, b in zip(gains[jnp.float32], gains[jnp.bfloat16]):
+    assert b.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_shortcuts_on_the_small_image_compute_biggans_blocks():

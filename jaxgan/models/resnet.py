@@ -233,15 +233,19 @@ class ResNetGenerator(nn.Module):
     _check_attention(self.attention_resolution, [8 * 2**i for i in range(n)], "ResNetGenerator")
     if z.shape[-1] != self.z_dim:
       raise ValueError(f"z has {z.shape[-1]} dims, expected z_dim={self.z_dim}")
-    chunks = [c.astype(self.dtype) for c in _split_latent(z, n + 1)]
+    # The blocks' conditioning (latent chunk + class embedding) stays float32: it only feeds
+    # ConditionalBatchNormReLU's float32 gain and bias, so a bfloat16 copy would round every
+    # class's gain input by up to 2^-9 for nothing (those projections are tiny matmuls).
+    chunks = _split_latent(z.astype(jnp.float32), n + 1)
     classes = class_tuple(self.num_classes)
     shared = None
     if classes:
       if labels is None:
         raise ValueError("a conditional generator needs labels")
-      shared = ClassEmbed(classes, self.shared_dim, embedding_init=_init, dtype=self.dtype,
+      shared = ClassEmbed(classes, self.shared_dim, embedding_init=_init, dtype=jnp.float32,
                           name="shared")(labels)
-    h = _sn_dense(chunks[0], 4 * 4 * widths[n], train=train, dtype=self.dtype, name="project")
+    h = _sn_dense(chunks[0].astype(self.dtype), 4 * 4 * widths[n], train=train, dtype=self.dtype,
+                  name="project")
     h = h.reshape(h.shape[0], 4, 4, widths[n])
     for i in range(n):
       cond = chunks[i + 1] if shared is None else jnp.concatenate([chunks[i + 1], shared], -1)
