@@ -189,6 +189,15 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
      "data.path: data.source is 'tfds', which does not read it"),
     ({"data.min_source_size": 30}, "data.min_source_size: data.source is 'synthetic', which "
      "reads no files"),
+    # How a source reads, for a source that does not: data.max_bad_fraction=0 on a prepared set
+    # asked for a strictness that nothing checked (prepare dropped its bad files).
+    ({"data.source": "prepared", "data.path": "x", "data.max_bad_fraction": 0.0},
+     "data.max_bad_fraction: data.source is 'prepared', whose images and labels"),
+    ({"data.source": "prepared", "data.path": "x", "data.workers": 4},
+     "data.workers: data.source is 'prepared'"),
+    ({"data.workers": 4}, "data.workers: data.source is 'synthetic', which reads no files"),
+    ({"data.source": "tfds", "data.tfds_name": "cifar10", "data.cache_dir": "/tmp/c"},
+     "data.cache_dir: data.source is 'tfds', which does not read it; drop data.cache_dir"),
     # A model's, loss's or augmentation's key that the one picked does not read: ignored
     # without a word before (a DCGAN trained for days without the attention asked for).
     ({"model.attention_resolution": 16}, "model.attention_resolution: model.name is 'dcgan', "
@@ -224,6 +233,19 @@ def test_a_regularisers_settings_are_accepted_while_it_is_on(make_config):
   config_lib.validate(make_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4,
                                      "model.d_norm": "layer", "loss.lecam_weight": 0.1,
                                      "loss.lecam_ema_decay": 0.9}), num_devices=1)
+
+
+def test_how_a_source_reads_is_accepted_where_it_reads(make_config):
+  """data.workers, max_bad_fraction and cache_dir: refused above where unread, accepted here."""
+  how = {"data.workers": 2, "data.max_bad_fraction": 0.0, "data.cache_dir": "/tmp/c"}
+  for source in ({"data.source": "folder", "data.path": "x"},
+                 {"data.source": "manifest", "data.path": "x.csv", "data.label_column": "a"}):
+    config_lib.validate(make_config(**source, **how), num_devices=1, reads_data=False)
+  config_lib.validate(make_config(**{"data.source": "prepared", "data.path": "x",
+                                     "data.cache_dir": "/tmp/c"}), num_devices=1, reads_data=False)
+  config_lib.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "cifar10",
+                                     "data.max_bad_fraction": 0.0}), num_devices=1,
+                      reads_data=False)
 
 
 def test_resnet_d_has_no_batchnorm_to_refuse(make_config):

@@ -66,14 +66,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_label_key = "label"  # "" = unconditional
   c.data.min_source_size = 8  # images with a shorter side are skipped
   c.data.max_pixels = 64_000_000  # images with more pixels are skipped (checked from the header)
-  c.data.max_bad_fraction = 0.01  # stop when more of the images are unusable
+  # Stop when more of the images are unusable (folder, manifest, tfds: a prepared set's were
+  # dropped by prepare, with its own --max-bad-fraction).
+  c.data.max_bad_fraction = 0.01
   # Decoded images (folder, manifest) or a prepared set's images in a memory-mapped file here
   # ("" = in memory: each process holds its own copy), built by one process while the others
   # wait, and keyed by what they were read from (images: each file's path, size and mtime;
   # prepared sets: their info, with a content digest, and each shard's size and mtime): changed
   # data writes a new file (old ones are not deleted).
   c.data.cache_dir = ""
-  c.data.workers = 0  # decoding processes (0 = every core)
+  c.data.workers = 0  # decoding processes of the folder and manifest sources (0 = every core)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dcgan"  # registry name, see jaxgan/models/

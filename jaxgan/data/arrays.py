@@ -358,15 +358,18 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
                     f"{where} has {len(have)} attribute(s) ({held}), the run classes {list(want)}")
 
 
-# The data keys that say what a source reads (not how: cache_dir, workers, max_bad_fraction), each
-# read by some sources only: set for a source that does not read it, it would be ignored without
-# a word (config.validate refuses that, from each source's `reads`).
+# The data keys read by some sources only, what they read and how (cache_dir, workers,
+# max_bad_fraction): set for a source that does not read it, a key would be ignored without a
+# word (data.max_bad_fraction=0 on a prepared set, whose bad files prepare already dropped), which
+# config.validate refuses, from each source's `reads`.
 SOURCE_KEYS = ("path", "image_column", "id_column", "image_dir", "image_pattern", "label_column",
                "label_columns", "min_class_count", "rare_classes", "tfds_name", "tfds_data_dir",
                "tfds_split", "tfds_image_key", "tfds_label_key", "tfds_download", "min_source_size",
-               "max_pixels")
+               "max_pixels", "cache_dir", "workers", "max_bad_fraction")
 # What the image loader reads, for the sources that decode images.
-DECODE_KEYS = frozenset({"min_source_size", "max_pixels"})
+DECODE_KEYS = frozenset({"min_source_size", "max_pixels", "max_bad_fraction"})
+# What decoding a list of files reads (data/listed.py: folder and manifest sources).
+LISTED_KEYS = DECODE_KEYS | {"cache_dir", "workers"}
 
 
 def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: Sequence[str],

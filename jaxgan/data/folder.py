@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
+from jaxgan.data.arrays import (LISTED_KEYS, ArraySource, DataError, check_rare_class_keys,
                                 encode_kept)
 from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
@@ -52,7 +52,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
 
 
 class FolderSource(ArraySource):
-  reads = frozenset({"path", "min_class_count", "rare_classes"}) | DECODE_KEYS
+  reads = frozenset({"path", "min_class_count", "rare_classes"}) | LISTED_KEYS
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
