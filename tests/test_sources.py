@@ -47,7 +47,11 @@ def folder(tmp_path):
 
 
 def _config(**kw):
-  c = tiny_config(**{"data.workers": 1, **kw})
+  """tiny_config, with one decoding process for the sources that decode files (the others
+  refuse data.workers)."""
+  c = tiny_config(**kw)
+  if c.data.source in ("folder", "manifest") and "data.workers" not in kw:
+    c.data.workers = 1
   return c
 
 

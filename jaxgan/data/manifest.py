@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_rare_class_keys,
+from jaxgan.data.arrays import (LISTED_KEYS, ArraySource, DataError, check_rare_class_keys,
                                 encode_kept)
 from jaxgan.data.listed import decoded_source
 
@@ -268,7 +268,7 @@ class ManifestSource(ArraySource):
   multi_attribute = True  # data.label_columns
   reads = frozenset({"path", "image_column", "id_column", "image_dir", "image_pattern",
                      "label_column", "label_columns", "min_class_count", "rare_classes"}
-                    ) | DECODE_KEYS
+                    ) | LISTED_KEYS
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
