@@ -1331,8 +1331,13 @@ def test_catalog_slice_prepares_and_trains(tmp_path):
 
 def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
   latin = tmp_path / "latin.csv"
-  latin.write_bytes("id,articleType\n1,Caf\xe9\n".encode("latin-1"))
-  with pytest.raises(DataError, match="is not UTF-8 text"):
+  # Past the text reader's first 8 KiB chunk, whose decode error counts from the chunk's start.
+  rows = "".join(f"{i},Shoes\n" for i in range(2, 1502))
+  latin.write_bytes(f"id,articleType\n{rows}1502,Caf\xe9\n".encode("latin-1"))
+  offset = latin.read_bytes().index(b"\xe9")
+  assert offset > 8192
+  with pytest.raises(DataError, match=f"^{re.escape(str(latin))}:1502: not UTF-8 text \\(byte "
+                                      f"{offset}, b'\\\\xe9'\\); re-save it as UTF-8$"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(latin),
                             "data.label_column": "articleType"}))
   nul = tmp_path / "nul.csv"

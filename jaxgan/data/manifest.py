@@ -119,7 +119,7 @@ def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
         return [(f"line {n}", row) for n, row in _csv_rows(path, f)]
       text = f.read()
   except UnicodeDecodeError as e:
-    raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
+    raise DataError(_not_utf8(path)) from e
   if path.lower().endswith(".json") and text.lstrip().startswith("["):
     try:
       rows = json.loads(text)
@@ -142,6 +142,20 @@ def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
                         "object per line")
       rows.append((f"line {n}", row))
   return rows
+
+
+def _not_utf8(path: str) -> str:
+  """The error for a manifest that is not UTF-8, naming the first bad byte's line and offset in
+  the file (a decode error's own offset counts from the text reader's last chunk: 8 KiB of it)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    return (f"{path}:{line}: not UTF-8 text (byte {e.start}, {data[e.start:e.start + 1]!r}); "
+            "re-save it as UTF-8")
+  return f"{path}: not UTF-8 text; re-save it as UTF-8"  # changed since it was read
 
 
 def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "id",
