@@ -174,9 +174,14 @@ def prepare(args: argparse.Namespace) -> dict:
   if args.manifest:
     paths, values, skipped = manifest.scan_manifest_columns(
         args.manifest, args.image_column, args.id_column, args.images, args.image_pattern, columns)
+    unlisted = manifest.unlisted_images(args.images, paths + [s["path"] for s in skipped])
+    if unlisted:  # before the decoding (minutes): a manifest of part of the folder may be a slip
+      logging.getLogger(__name__).warning(
+          "%s", manifest.describe_unlisted(unlisted, args.images, args.manifest))
   else:
     paths, names, skipped = folder.scan_folder(args.images)
     values = [names] if any(names) else []
+    unlisted = []
   attributes = None
   if values:
     labels, class_names, paths, dropped = arrays.encode_kept(paths, values, columns,
@@ -224,7 +229,7 @@ def prepare(args: argparse.Namespace) -> dict:
              "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
              "loader_version": LOADER_VERSION, "bad_files": len(bad), "upscaled": upscaled,
-             "max_bad_fraction": args.max_bad_fraction},
+             "max_bad_fraction": args.max_bad_fraction, "unlisted_images": len(unlisted)},
       attributes=attributes)
 
 

@@ -200,6 +200,39 @@ MANIFEST_ROWS = ([{"id": i, "type": "Tshirts"} for i in range(4)]
                  + [{"id": 20, "type": "Scarves"}, {"id": 30, "type": "Tshirts", "exists": False}])
 
 
+def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(tmp_path, caplog):
+  """A manifest of part of the folder (cut short, an older export) trained on that part, with no
+  word of the rest: prepare said 'wrote 3 images (0 skipped)'. Rows skipped for their labels
+  name their files: those are not 'in no row'."""
+  from jaxgan import prepare
+
+  rows = ([{"id": i, "type": "Tshirts"} for i in range(3)] + [{"id": 3, "type": ""}])
+  path, images = _manifest(tmp_path, rows)
+  for name in ("7.jpg", "sub/8.png"):
+    _img(str(images / name), (9, 9, 9))
+  expected = (f"2 image files under {images} are in no row of {path}, so not used (first: "
+              f"{images / '7.jpg'}); add rows for them to use them")
+  args = prepare.parse_args(["--manifest", str(path), "--images", str(images), "--label-column",
+                             "articleType", "--out", str(tmp_path / "p"), "--image-size", "16",
+                             "--workers", "1"])
+  with caplog.at_level(logging.WARNING):
+    assert prepare.prepare(args)["unlisted_images"] == 2
+  assert expected in caplog.text
+  caplog.clear()
+  config = _config(**{"data.source": "manifest", "data.path": str(path),
+                      "data.image_dir": str(images), "data.label_column": "articleType",
+                      "data.num_classes": 1})
+  with caplog.at_level(logging.WARNING):
+    assert build_source(config).num_examples == 3
+  assert expected in caplog.text
+  caplog.clear()
+  for name in ("7.jpg", "sub/8.png"):
+    os.remove(images / name)
+  with caplog.at_level(logging.WARNING):
+    build_source(config)
+  assert "in no row" not in caplog.text
+
+
 @pytest.mark.parametrize("rare,classes,count", [("other", ["Tshirts", "Watches", "other"], 8),
                                                 ("drop", ["Tshirts", "Watches"], 7)])
 def test_manifest_csv(tmp_path, rare, classes, count):

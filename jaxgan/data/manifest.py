@@ -255,6 +255,27 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   return paths, values, skipped
 
 
+def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
+  """The image files under `image_dir` that no manifest row names (`listed`: every row's file),
+  in find_images' order: a manifest that covers part of a catalog trains on that part only,
+  which a user who expected the whole folder is told (the rows' count alone does not say)."""
+  from jaxgan.data.images import find_images  # pylint: disable=g-import-not-at-top
+
+  named = {os.path.normcase(os.path.abspath(p)) for p in listed}
+  return [p for p in find_images(image_dir)
+          if os.path.normcase(os.path.abspath(p)) not in named]
+
+
+def describe_unlisted(unlisted: Sequence[str], image_dir: str, manifest: str) -> str:
+  """The warning for `unlisted_images`' files ('' for none)."""
+  if not unlisted:
+    return ""
+  n = len(unlisted)
+  return (f"{n} image file{'' if n == 1 else 's'} under {image_dir} {'is' if n == 1 else 'are'} "
+          f"in no row of {manifest}, so not used (first: {unlisted[0]}); add rows for them to "
+          "use them")
+
+
 def _field_count_problem(row: dict) -> str:
   """Why a CSV row does not fit its header ('' when it does): csv.DictReader files extra fields
   under the key None and fills missing ones with None."""
@@ -311,6 +332,11 @@ class ManifestSource(ArraySource):
     columns = label_columns(config)
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
                                                    d.image_dir, d.image_pattern, columns)
+    if d.image_dir:  # the folder given for the images (not the manifest's own folder)
+      unlisted = describe_unlisted(
+          unlisted_images(d.image_dir, paths + [m["path"] for m in missing]), d.image_dir, d.path)
+      if unlisted:
+        log.warning("%s", unlisted)
     if columns:
       labels, names, paths, dropped = encode_kept(paths, values, columns, d.min_class_count,
                                                   d.rare_classes)
