@@ -15,7 +15,7 @@ import datetime
 import logging
 import math
 import os
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -56,15 +56,50 @@ class RunLog:
       self._handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None))
 
 
+# Start-up lines held back for log.txt at the most (a folder of bad files logs a line for each of
+# its first files, then a count).
+MAX_HELD_RECORDS = 2000
+
+
+class _Holder(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if len(self.records) < MAX_HELD_RECORDS:
+      self.records.append(record)
+
+
 @contextlib.contextmanager
-def run_log(workdir: str, enabled: bool, to_stderr: bool) -> Iterator[RunLog]:
+def held_back(enabled: bool) -> Iterator[list[logging.LogRecord]]:
+  """While open, the jaxgan loggers' lines (INFO and up) are also kept in the list it yields
+  (`enabled`: process 0), for `run_log` to write into log.txt first: the data is read before the
+  run writes into its workdir (bad data leaves no workdir behind), and its warnings (each file
+  skipped and why) were then on stderr only, which a cluster's log rotation loses."""
+  holder = _Holder()
+  if enabled:
+    logging.getLogger("jaxgan").addHandler(holder)
+  try:
+    yield holder.records
+  finally:
+    if enabled:
+      logging.getLogger("jaxgan").removeHandler(holder)
+
+
+@contextlib.contextmanager
+def run_log(workdir: str, enabled: bool, to_stderr: bool,
+            earlier: Sequence[logging.LogRecord] = ()) -> Iterator[RunLog]:
   """While open, the jaxgan loggers' lines are appended to WORKDIR/log.txt (`enabled`: process
-  0); `to_stderr`: progress lines go to stderr too (no progress bar there)."""
+  0), after `earlier` (`held_back`'s lines, with their own times); `to_stderr`: progress lines
+  go to stderr too (no progress bar there)."""
   handler = None
   if enabled:
     handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
+    for record in earlier:
+      handler.handle(record)
     logging.getLogger("jaxgan").addHandler(handler)
   try:
     yield RunLog(handler, to_stderr and enabled)

@@ -83,12 +83,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
            stop: stopping_lib.StopRequest, held: contextlib.ExitStack) -> state_lib.TrainState:
   """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
   `held` (released when the run ends, however it ends)."""
-  run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
-  stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
+  with run_log.held_back(is_main) as earlier:  # for log.txt: the data read's warnings
+    run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
+  stop.check_before_training("after reading the data")
   cfg = config.train
   interactive = sys.stderr.isatty()  # else a log file (a cluster job): lines, not a bar
-  progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive))
+  progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive, earlier))
   if jax.process_count() > 1:
     data_lib.check_same_on_every_process(source, data_fingerprint, order)
 

@@ -32,6 +32,26 @@ def test_log_txt_gets_the_lines_and_how_the_run_ended(tmp_path, caplog):
                   "WARNING jaxgan.trainer: ended: KeyboardInterrupt: "]
 
 
+def test_lines_held_back_go_first_with_their_times_on_process_0_only(tmp_path, monkeypatch):
+  log = logging.getLogger("jaxgan.data.arrays")
+  monkeypatch.setattr(run_log, "MAX_HELD_RECORDS", 3)
+  for enabled in (False, True):
+    with run_log.held_back(enabled) as earlier:
+      for i in range(5):
+        log.warning("skipping %d", i)
+    assert len(earlier) == (3 if enabled else 0)
+  log.warning("not held: the holder is gone")
+  assert len(earlier) == 3
+  earlier[0].created -= 3600  # an hour before: the file keeps the line's own time
+  with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False, earlier=earlier):
+    logging.getLogger("jaxgan.trainer").warning("training")
+  lines = (tmp_path / "log.txt").read_text().splitlines()
+  assert [line.split(" ", 2)[2] for line in lines] == [
+      "WARNING jaxgan.data.arrays: skipping 0", "WARNING jaxgan.data.arrays: skipping 1",
+      "WARNING jaxgan.data.arrays: skipping 2", "WARNING jaxgan.trainer: training"]
+  assert lines[0][:19] < lines[1][:19]
+
+
 def test_a_log_txt_that_cannot_be_opened_does_not_stop_the_run(tmp_path, caplog):
   """FileHandler opens its file outside its own error handling: a log.txt another user left
   read-only (here a folder in its place) raised out of the run's first log line."""

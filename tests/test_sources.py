@@ -200,6 +200,26 @@ MANIFEST_ROWS = ([{"id": i, "type": "Tshirts"} for i in range(4)]
                  + [{"id": 20, "type": "Scarves"}, {"id": 30, "type": "Tshirts", "exists": False}])
 
 
+def test_the_data_reads_warnings_reach_log_txt(folder, tmp_path, caplog):
+  """The data is read before the run writes into its workdir (bad data leaves none behind), and
+  its warnings (each file skipped and why) reached stderr only, which a cluster's log rotation
+  loses: log.txt now gets them first, with their own times."""
+  from jaxgan import trainer
+
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+                      "data.max_bad_fraction": 0.5, "train.num_steps": 1, "train.log_every": 1,
+                      "train.tensorboard": False})
+  with caplog.at_level(logging.INFO, logger="jaxgan"):  # as the CLI sets it
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  lines = (tmp_path / "w" / "log.txt").read_text().splitlines()
+  skipped = [i for i, line in enumerate(lines)
+             if f"WARNING jaxgan.data.arrays: skipping {folder / 'shirts' / 'broken.jpg'}: " in line]
+  before = [i for i, line in enumerate(lines) if "entries of" in line or "entry of" in line]
+  start = [i for i, line in enumerate(lines) if "training dcgan at step 0 of 1" in line]
+  assert len(skipped) == 1 and len(before) == 1 and len(start) == 1, lines
+  assert skipped[0] < start[0] and before[0] < start[0]
+
+
 def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(tmp_path, caplog):
   """A manifest of part of the folder (cut short, an older export) trained on that part, with no
   word of the rest: prepare said 'wrote 3 images (0 skipped)'. Rows skipped for their labels
