@@ -212,8 +212,9 @@ def test_the_data_reads_warnings_reach_log_txt(folder, tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="jaxgan"):  # as the CLI sets it
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   lines = (tmp_path / "w" / "log.txt").read_text().splitlines()
+  broken = folder / "shirts" / "broken.jpg"
   skipped = [i for i, line in enumerate(lines)
-             if f"WARNING jaxgan.data.arrays: skipping {folder / 'shirts' / 'broken.jpg'}: " in line]
+             if f"WARNING jaxgan.data.arrays: skipping {broken}: " in line]
   before = [i for i, line in enumerate(lines) if "entries of" in line or "entry of" in line]
   start = [i for i, line in enumerate(lines) if "training dcgan at step 0 of 1" in line]
   assert len(skipped) == 1 and len(before) == 1 and len(start) == 1, lines
