@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
+import threading
 from typing import Any, Optional
 
 import jax
@@ -43,9 +45,16 @@ def initialize_distributed(config) -> None:
   d = config.distributed
   if jax.distributed.is_initialized():  # the trainer starts it before its agreed checks
     return
+  if not d.coordinator_address:
+    return
+  # JAX's preemption notifier takes SIGTERM (in C: Python's table still names the handler before)
+  # and tells Python nothing. A stop request's handler goes back at once, not after the agreed
+  # config checks that follow (all-gathers, seconds on a pod): a SIGTERM between was lost, and
+  # the run trained to its end.
+  before = signal.getsignal(signal.SIGTERM)
   if d.coordinator_address == "auto":
     jax.distributed.initialize()
-  elif d.coordinator_address:
+  else:
     if d.process_id == 0:
       _check_port_free(d.coordinator_address)
     # Detection off: everything is given, and under a SLURM or Open MPI allocation JAX's
@@ -53,8 +62,8 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize(coordinator_address=d.coordinator_address,
                                num_processes=d.num_processes, process_id=d.process_id,
                                cluster_detection_method="deactivate")
-  else:
-    return
+  if callable(before) and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, before)
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 

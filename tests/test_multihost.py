@@ -1,5 +1,7 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
+import signal
+
 import pytest
 
 from jaxgan import multihost
@@ -135,6 +137,31 @@ print(json.dumps({
     "gathered": multihost.all_gather(np.array([me, 2**40 + me], np.int64)).tolist(),
 }))
 """
+
+
+SIGTERM_AFTER_JOINING = r"""
+import json, os, signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # a stop request's
+from jaxgan import config as _config, sharding as _sharding
+_c = _config.base_config()
+_c.distributed.coordinator_address, _c.distributed.num_processes = sys.argv[1], 2
+_c.distributed.process_id = int(sys.argv[2])
+_sharding.initialize_distributed(_c)
+os.kill(os.getpid(), signal.SIGTERM)  # as the config checks after joining begin
+deadline = time.monotonic() + 5
+while not got and time.monotonic() < deadline:
+  time.sleep(0.01)
+print(json.dumps({"got": got}))
+"""
+
+
+def test_a_sigterm_just_after_joining_reaches_the_stop_request():
+  """jax.distributed's preemption notifier took SIGTERM as it joined, and the stop request took
+  it back only after the agreed config checks: a SIGTERM between went to the notifier, which
+  tells Python nothing (the run trained to its end and exited 0)."""
+  results, _ = run_two_processes(SIGTERM_AFTER_JOINING)
+  assert results == [{"got": [int(signal.SIGTERM)]}] * 2
 
 
 def test_a_config_differing_between_processes_is_refused_on_every_process():
