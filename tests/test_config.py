@@ -219,6 +219,10 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"loss.r1_interval": 4}, "loss.r1_interval: R1 is off (loss.r1_gamma = 0), so it has no "
      "effect; drop loss.r1_interval or set loss.r1_gamma > 0"),
     ({"loss.lecam_ema_decay": 0.9}, "loss.lecam_ema_decay: LeCam is off (loss.lecam_weight = 0)"),
+    # mesh.data was named, with "at most 0" for it.
+    ({"mesh.fsdp": 16, "mesh.data": 1}, "mesh.fsdp: 16 is more than the device count (1); set at "
+     "most 1"),
+    ({"mesh.fsdp": 2}, "mesh.fsdp: 2 is more than the device count (1)"),
     ({"distributed.coordinator_address": "auto", "distributed.num_processes": 4},
      "distributed.num_processes: got 4, but with distributed.coordinator_address='auto' JAX "
      "detects it; leave it at 1"),

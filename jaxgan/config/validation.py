@@ -271,6 +271,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
   _positive_int(config, "mesh.fsdp")
   fsdp, mesh_data = config.mesh.fsdp, config.mesh.data
+  _require(fsdp <= num_devices, "mesh.fsdp",  # whatever mesh.data: none of its values would fit
+           f"{fsdp} is more than the device count ({num_devices}); set at most {num_devices}")
   _require(num_devices % fsdp == 0 or mesh_data != -1, "mesh.fsdp",
            f"{fsdp} does not divide the {num_devices} devices; pick a divisor or set mesh.data")
   _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data * fsdp <= num_devices),
