@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from typing import Any, Optional
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
@@ -60,6 +62,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
 
   try:
     run, source, fingerprint, order = multihost.agreed(start, "starting the run")
+    check_workdir_shared(workdir)
     donor = None
     # A first start (a resume reads its own checkpoints): the donor's arrays, read now, while a
     # refusal (another model, a damaged step) still leaves no workdir behind. Every process is
@@ -98,6 +101,45 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
         log.warning("starting the run failed after a stop signal (%s: %s)", type(e).__name__, e)
         raise
     raise
+
+
+# How long a process looks for the file process 0 wrote into the workdir: a network file system
+# may cache "no such file" for its attribute timeout (NFS: acdirmax, 60 s by default).
+SHARED_WORKDIR_WAIT_S = 90.0
+
+
+def check_workdir_shared(workdir: str) -> None:
+  """Raises WorkdirError on every process when some process does not see a file process 0 wrote
+  into `workdir`: a path local to each host, or a --workdir that differs between processes,
+  trained on and then hung in the first checkpoint's save (orbax waits 10 minutes there for
+  the folders process 0 makes, and a stop signal cannot end it)."""
+  if jax.process_count() == 1:
+    return
+  nonce = multihost.from_process_0(np.frombuffer(os.urandom(8), np.uint32).copy())
+  probe = os.path.join(workdir, f".shared-check-{nonce[0]:08x}{nonce[1]:08x}")
+
+  def write() -> None:
+    if jax.process_index() == 0:
+      with open(probe, "w", encoding="utf-8") as f:
+        f.write("written by process 0 as the run starts: every process must see this file\n")
+
+  try:
+    multihost.agreed(write, "writing a file into the workdir")  # its exchange: written before read
+    deadline = time.monotonic() + SHARED_WORKDIR_WAIT_S
+    while not os.path.exists(probe) and time.monotonic() < deadline:
+      time.sleep(0.5)
+    seen = multihost.all_gather(np.int32(os.path.exists(probe)))
+  finally:
+    if jax.process_index() == 0:
+      with contextlib.suppress(OSError):
+        os.remove(probe)
+  blind = [i for i, v in enumerate(seen.ravel()) if not v]
+  if blind:
+    raise workdir_lib.WorkdirError(
+        f"--workdir {workdir}: process(es) {', '.join(map(str, blind))} do not see the file "
+        f"process 0 wrote there within {SHARED_WORKDIR_WAIT_S:.0f} s: every process must be "
+        "given the same folder, one that all hosts share (a network file system, a bucket "
+        "through gcsfuse); a folder local to each host would hang in the first checkpoint")
 
 
 def _check_not_foreign(workdir: str) -> None:

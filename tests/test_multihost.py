@@ -191,9 +191,13 @@ from tests.conftest import tiny_config
 path, workdir = sys.argv[3], os.path.join(sys.argv[4], "w")
 if me == 1 and sys.argv[5] == "data":
   path = os.path.join(sys.argv[3], "missing")
+elif me == 1 and sys.argv[5] == "elsewhere":  # a folder of its own: not the one process 0 writes
+  workdir = os.path.join(sys.argv[4], "w1")
 elif me == 1:
   workdir = os.path.join(sys.argv[4], "a_file")
   open(workdir, "w").close()
+from jaxgan import startup
+startup.SHARED_WORKDIR_WAIT_S = 2.0
 run = tiny_config(**{"data.source": "folder", "data.path": path, "data.num_classes": 0,
                      "data.workers": 1, "train.tensorboard": False})
 try:
@@ -205,11 +209,13 @@ print(json.dumps({"outcome": outcome}))
 """
 
 
-@pytest.mark.parametrize("failure", ["data", "workdir"])
+@pytest.mark.parametrize("failure", ["data", "workdir", "elsewhere"])
 def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   """Checks before the first collective are agreed: the process that failed names why, the
   others stop too instead of waiting for it in the data fingerprint exchange, whatever the
-  error (all of them then look for a stop signal together, or none)."""
+  error (all of them then look for a stop signal together, or none). A workdir that is not the
+  one process 0 writes (a local folder on each host) trained, then hung in the first
+  checkpoint's save for 10 minutes: refused on every process as the run starts."""
   from PIL import Image
 
   folder = tmp_path / "photos"
@@ -217,6 +223,15 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   for i in range(4):
     Image.new("RGB", (20, 20), (50 * i, 0, 0)).save(folder / f"{i}.png")
   results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure)
+  if failure == "elsewhere":
+    for r, workdir in zip(results, ("w", "w1")):
+      assert r["outcome"] == (
+          f"WorkdirError: --workdir {tmp_path / workdir}: process(es) 1 do not see the file "
+          "process 0 wrote there within 2 s: every process must be given the same folder, one "
+          "that all hosts share (a network file system, a bucket through gcsfuse); a folder "
+          "local to each host would hang in the first checkpoint")
+      assert not (tmp_path / workdir).exists()  # each made its own, and removed it
+    return
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
   want = (("ConfigError: config key data.path", "DataError: data.path") if failure == "data"
           else ("WorkdirError: ",))
