@@ -174,7 +174,8 @@ def prepare(args: argparse.Namespace) -> dict:
   if args.manifest:
     paths, values, skipped = manifest.scan_manifest_columns(
         args.manifest, args.image_column, args.id_column, args.images, args.image_pattern, columns)
-    unlisted = manifest.unlisted_images(args.images, paths + [s["path"] for s in skipped])
+    unlisted = (manifest.unlisted_images(args.images, paths + [s["path"] for s in skipped])
+                if args.images else [])  # '': names relative to the manifest, no folder given
     if unlisted:  # before the decoding (minutes): a manifest of part of the folder may be a slip
       logging.getLogger(__name__).warning(
           "%s", manifest.describe_unlisted(unlisted, args.images, args.manifest))

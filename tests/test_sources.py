@@ -249,9 +249,30 @@ def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(t
   caplog.clear()
   for name in ("7.jpg", "sub/8.png"):
     os.remove(images / name)
-  with caplog.at_level(logging.WARNING):
-    build_source(config)
+  # Named by another path: a symlinked folder walked under its other name (find_images keeps
+  # the first in sorted order, 'current'), or a link to one file; a folder that cannot be
+  # listed (lost+found on a mounted volume) is passed over: the check is advice, not a stop.
+  os.makedirs(images / "v2")
+  _img(str(images / "v2" / "5.jpg"), (9, 9, 9))
+  os.symlink(images / "v2", images / "current")
+  os.symlink(images / "0.jpg", images / "zero.jpg")
+  os.makedirs(images / "lost+found")
+  real_scandir = os.scandir
+  def scandir(path="."):
+    if os.path.basename(str(path)) == "lost+found":
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+  with open(path, "a") as f:
+    f.write("v2/5,Tshirts\n")
+  with caplog.at_level(logging.WARNING), pytest.MonkeyPatch.context() as patch:
+    patch.setattr(os, "scandir", scandir)
+    assert build_source(config).num_examples == 4
   assert "in no row" not in caplog.text
+  # prepare without --images: the manifest's names are relative to its own folder.
+  args = prepare.parse_args(["--manifest", str(path), "--images", "", "--label-column",
+                             "articleType", "--out", str(tmp_path / "p2"), "--image-size", "16",
+                             "--workers", "1", "--image-pattern", "images/{id}.jpg"])
+  assert prepare.prepare(args)["unlisted_images"] == 0
 
 
 @pytest.mark.parametrize("rare,classes,count", [("other", ["Tshirts", "Watches", "other"], 8),
@@ -1393,6 +1414,11 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
   with pytest.raises(DataError, match=f"^{re.escape(str(latin))}:1502: not UTF-8 text \\(byte "
                                       f"{offset}, b'\\\\xe9'\\); re-save it as UTF-8$"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(latin),
+                            "data.label_column": "articleType"}))
+  mac = tmp_path / "mac.csv"  # lines ended by \r alone (Excel for Mac), in Mac Roman
+  mac.write_bytes(b"id,articleType\r1,Shoes\r2,Caf\x8e\r")
+  with pytest.raises(DataError, match=f"^{re.escape(str(mac))}:3: not UTF-8 text \\(byte 28,"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(mac),
                             "data.label_column": "articleType"}))
   nul = tmp_path / "nul.csv"
   nul.write_text("id,articleType\n1,Shoes\n2,Sho\0es\n")

@@ -9,6 +9,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import string
 from typing import Any, Sequence
 
@@ -152,7 +153,10 @@ def _not_utf8(path: str) -> str:
   try:
     data.decode("utf-8")
   except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
+    # Lines as the readers count them: a CSV's end at \r\n, \r (a Mac export) or \n, as csv
+    # splits them (newline=""); JSON Lines' at \n.
+    ends = rb"\r\n|\r|\n" if not path.lower().endswith((".jsonl", ".json")) else rb"\n"
+    line = len(re.findall(ends, data[:e.start])) + 1
     return (f"{path}:{line}: not UTF-8 text (byte {e.start}, {data[e.start:e.start + 1]!r}); "
             "re-save it as UTF-8")
   return f"{path}: not UTF-8 text; re-save it as UTF-8"  # changed since it was read
@@ -257,13 +261,36 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
 
 def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   """The image files under `image_dir` that no manifest row names (`listed`: every row's file),
-  in find_images' order: a manifest that covers part of a catalog trains on that part only,
-  which a user who expected the whole folder is told (the rows' count alone does not say)."""
-  from jaxgan.data.images import find_images  # pylint: disable=g-import-not-at-top
+  sorted: a manifest that covers part of a catalog trains on that part only, which a user who
+  expected the whole folder is told (the rows' count alone does not say). Advice only: folders
+  that cannot be listed are passed over, and a file counts as named when a row names it by
+  another path (a symlinked folder, a case-insensitive or normalising file system)."""
+  from jaxgan.data.images import is_image_path  # pylint: disable=g-import-not-at-top
 
   named = {os.path.normcase(os.path.abspath(p)) for p in listed}
-  return [p for p in find_images(image_dir)
-          if os.path.normcase(os.path.abspath(p)) not in named]
+  found, seen = [], set()
+  for dirpath, dirnames, filenames in os.walk(image_dir, followlinks=True):  # errors: passed over
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a second name of a folder walked (find_images warns of those)
+      dirnames[:] = []
+      continue
+    seen.add(real)
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    found += [os.path.join(dirpath, n) for n in sorted(filenames)
+              if is_image_path(n) and os.path.normcase(os.path.abspath(
+                  os.path.join(dirpath, n))) not in named]
+  if not found:
+    return []
+  # By the file itself, for what no row names by this path: a stat each (the rows' files only
+  # where some file is left over, which is rare once the names match).
+  def file_id(path: str):
+    try:
+      st = os.stat(path)
+      return st.st_dev, st.st_ino
+    except OSError:
+      return None
+  ids = {file_id(p) for p in listed} - {None}
+  return [p for p in found if file_id(p) not in ids]
 
 
 def describe_unlisted(unlisted: Sequence[str], image_dir: str, manifest: str) -> str:
@@ -333,10 +360,9 @@ class ManifestSource(ArraySource):
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
                                                    d.image_dir, d.image_pattern, columns)
     if d.image_dir:  # the folder given for the images (not the manifest's own folder)
-      unlisted = describe_unlisted(
-          unlisted_images(d.image_dir, paths + [m["path"] for m in missing]), d.image_dir, d.path)
+      unlisted = unlisted_images(d.image_dir, paths + [m["path"] for m in missing])
       if unlisted:
-        log.warning("%s", unlisted)
+        log.warning("%s", describe_unlisted(unlisted, d.image_dir, d.path))
     if columns:
       labels, names, paths, dropped = encode_kept(paths, values, columns, d.min_class_count,
                                                   d.rare_classes)
