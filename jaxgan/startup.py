@@ -62,7 +62,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
 
   try:
     run, source, fingerprint, order = multihost.agreed(start, "starting the run")
-    check_workdir_shared(workdir)
+    check_workdir_shared(workdir, stop)
     donor = None
     # A first start (a resume reads its own checkpoints): the donor's arrays, read now, while a
     # refusal (another model, a damaged step) still leaves no workdir behind. Every process is
@@ -106,27 +106,33 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
 # How long a process looks for the file process 0 wrote into the workdir: a network file system
 # may cache "no such file" for its attribute timeout (NFS: acdirmax, 60 s by default).
 SHARED_WORKDIR_WAIT_S = 90.0
+_PROBE_PREFIX = ".shared-check-"
 
 
-def check_workdir_shared(workdir: str) -> None:
+def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
   """Raises WorkdirError on every process when some process does not see a file process 0 wrote
   into `workdir`: a path local to each host, or a --workdir that differs between processes,
   trained on and then hung in the first checkpoint's save (orbax waits 10 minutes there for
-  the folders process 0 makes, and a stop signal cannot end it)."""
+  the folders process 0 makes, and a stop signal cannot end it). A stop signal ends the wait
+  (stopping.Stopped on every process)."""
   if jax.process_count() == 1:
     return
   nonce = multihost.from_process_0(np.frombuffer(os.urandom(8), np.uint32).copy())
-  probe = os.path.join(workdir, f".shared-check-{nonce[0]:08x}{nonce[1]:08x}")
+  probe = os.path.join(workdir, f"{_PROBE_PREFIX}{nonce[0]:08x}{nonce[1]:08x}")
 
   def write() -> None:
     if jax.process_index() == 0:
+      for name in os.listdir(workdir):  # a process 0 killed in here left its own (it holds
+        if name.startswith(_PROBE_PREFIX):  # the run lock: no other run is starting here)
+          with contextlib.suppress(OSError):
+            os.remove(os.path.join(workdir, name))
       with open(probe, "w", encoding="utf-8") as f:
         f.write("written by process 0 as the run starts: every process must see this file\n")
 
   try:
     multihost.agreed(write, "writing a file into the workdir")  # its exchange: written before read
     deadline = time.monotonic() + SHARED_WORKDIR_WAIT_S
-    while not os.path.exists(probe) and time.monotonic() < deadline:
+    while not os.path.exists(probe) and time.monotonic() < deadline and stop.signal is None:
       time.sleep(0.5)
     seen = multihost.all_gather(np.int32(os.path.exists(probe)))
   finally:
@@ -135,6 +141,7 @@ def check_workdir_shared(workdir: str) -> None:
         os.remove(probe)
   blind = [i for i, v in enumerate(seen.ravel()) if not v]
   if blind:
+    stop.check_before_training("while checking that every process sees the workdir")
     raise workdir_lib.WorkdirError(
         f"--workdir {workdir}: process(es) {', '.join(map(str, blind))} do not see the file "
         f"process 0 wrote there within {SHARED_WORKDIR_WAIT_S:.0f} s: every process must be "

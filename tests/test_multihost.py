@@ -1,5 +1,6 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
+import os
 import signal
 
 import pytest
@@ -191,13 +192,17 @@ from tests.conftest import tiny_config
 path, workdir = sys.argv[3], os.path.join(sys.argv[4], "w")
 if me == 1 and sys.argv[5] == "data":
   path = os.path.join(sys.argv[3], "missing")
-elif me == 1 and sys.argv[5] == "elsewhere":  # a folder of its own: not the one process 0 writes
+elif me == 1 and sys.argv[5].startswith("elsewhere"):  # its own folder, not process 0's
   workdir = os.path.join(sys.argv[4], "w1")
 elif me == 1:
   workdir = os.path.join(sys.argv[4], "a_file")
   open(workdir, "w").close()
 from jaxgan import startup
 startup.SHARED_WORKDIR_WAIT_S = 2.0
+if sys.argv[5] == "elsewhere, stopped":  # a SIGTERM ends the wait (here, or before it began)
+  import signal, threading
+  startup.SHARED_WORKDIR_WAIT_S = 100.0
+  threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
 run = tiny_config(**{"data.source": "folder", "data.path": path, "data.num_classes": 0,
                      "data.workers": 1, "train.tensorboard": False})
 try:
@@ -209,7 +214,7 @@ print(json.dumps({"outcome": outcome}))
 """
 
 
-@pytest.mark.parametrize("failure", ["data", "workdir", "elsewhere"])
+@pytest.mark.parametrize("failure", ["data", "workdir", "elsewhere", "elsewhere, stopped"])
 def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   """Checks before the first collective are agreed: the process that failed names why, the
   others stop too instead of waiting for it in the data fingerprint exchange, whatever the
@@ -222,15 +227,23 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   folder.mkdir()
   for i in range(4):
     Image.new("RGB", (20, 20), (50 * i, 0, 0)).save(folder / f"{i}.png")
-  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure)
-  if failure == "elsewhere":
+  if failure.startswith("elsewhere"):  # and a probe file that a killed process 0 left
+    os.makedirs(tmp_path / "w")
+    (tmp_path / "w" / ".shared-check-0123456789abcdef").write_text("")
+  results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure,
+                                 timeout=60)
+  if failure.startswith("elsewhere"):
     for r, workdir in zip(results, ("w", "w1")):
-      assert r["outcome"] == (
-          f"WorkdirError: --workdir {tmp_path / workdir}: process(es) 1 do not see the file "
-          "process 0 wrote there within 2 s: every process must be given the same folder, one "
-          "that all hosts share (a network file system, a bucket through gcsfuse); a folder "
-          "local to each host would hang in the first checkpoint")
-      assert not (tmp_path / workdir).exists()  # each made its own, and removed it
+      if failure == "elsewhere":
+        assert r["outcome"] == (
+            f"WorkdirError: --workdir {tmp_path / workdir}: process(es) 1 do not see the file "
+            "process 0 wrote there within 2 s: every process must be given the same folder, one "
+            "that all hosts share (a network file system, a bucket through gcsfuse); a folder "
+            "local to each host would hang in the first checkpoint")
+      else:
+        assert r["outcome"].startswith("Stopped: SIGTERM received while starting"), r
+    assert os.listdir(tmp_path / "w") == []  # the probes, the stale one too, removed
+    assert not (tmp_path / "w1").exists()  # made by process 1, and removed
     return
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
   want = (("ConfigError: config key data.path", "DataError: data.path") if failure == "data"
