@@ -15,7 +15,7 @@ import datetime
 import logging
 import math
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -61,45 +61,59 @@ class RunLog:
 MAX_HELD_RECORDS = 2000
 
 
-class _Holder(logging.Handler):
+class HeldLines(logging.Handler):
+  """The jaxgan loggers' lines (INFO and up) kept from `held_back`'s start to `stop_holding()`
+  (not named `release`: a Handler's `release` frees its lock after every line)."""
+
   def __init__(self):
     super().__init__(logging.INFO)
     self.records: list[logging.LogRecord] = []
+    self.dropped = 0  # past MAX_HELD_RECORDS
 
   def emit(self, record: logging.LogRecord) -> None:
     if len(self.records) < MAX_HELD_RECORDS:
       self.records.append(record)
+    else:
+      self.dropped += 1
+
+  def stop_holding(self) -> None:
+    """Stops holding (idempotent): the run writes its own log from here."""
+    logging.getLogger("jaxgan").removeHandler(self)
 
 
 @contextlib.contextmanager
-def held_back(enabled: bool) -> Iterator[list[logging.LogRecord]]:
-  """While open, the jaxgan loggers' lines (INFO and up) are also kept in the list it yields
-  (`enabled`: process 0), for `run_log` to write into log.txt first: the data is read before the
-  run writes into its workdir (bad data leaves no workdir behind), and its warnings (each file
+def held_back() -> Iterator[HeldLines]:
+  """While open (or until its `stop_holding()`), the jaxgan loggers' lines are also kept, for
+  `run_log` to write into log.txt first: the run joins its processes and reads its data before
+  it writes into its workdir (bad data leaves no workdir behind), and those lines (each file
   skipped and why) were then on stderr only, which a cluster's log rotation loses."""
-  holder = _Holder()
-  if enabled:
-    logging.getLogger("jaxgan").addHandler(holder)
+  held = HeldLines()
+  logging.getLogger("jaxgan").addHandler(held)
   try:
-    yield holder.records
+    yield held
   finally:
-    if enabled:
-      logging.getLogger("jaxgan").removeHandler(holder)
+    held.stop_holding()
 
 
 @contextlib.contextmanager
 def run_log(workdir: str, enabled: bool, to_stderr: bool,
-            earlier: Sequence[logging.LogRecord] = ()) -> Iterator[RunLog]:
+            earlier: Optional[HeldLines] = None) -> Iterator[RunLog]:
   """While open, the jaxgan loggers' lines are appended to WORKDIR/log.txt (`enabled`: process
-  0), after `earlier` (`held_back`'s lines, with their own times); `to_stderr`: progress lines
-  go to stderr too (no progress bar there)."""
+  0), after `earlier`'s (`held_back`'s, held no longer, with their own times); `to_stderr`:
+  progress lines go to stderr too (no progress bar there)."""
   handler = None
+  if earlier is not None:
+    earlier.stop_holding()
   if enabled:
     handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
-    for record in earlier:
+    for record in earlier.records if earlier is not None else ():
       handler.handle(record)
+    if earlier is not None and earlier.dropped:
+      handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                    "... and %d more start-up lines, on stderr only",
+                                    (earlier.dropped,), None))
     logging.getLogger("jaxgan").addHandler(handler)
   try:
     yield RunLog(handler, to_stderr and enabled)

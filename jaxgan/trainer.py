@@ -64,6 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # the end, not around the loop only: a stop signal during start-up (data, restore, Inception:
   # minutes) then stops the run at the next start-up stage, where it was lost and the run trained.
   with contextlib.ExitStack() as scope:
+    earlier = scope.enter_context(run_log.held_back())  # log.txt's first lines, once it opens
     run_lib.join_processes(config)
     if stop is None:
       stop = scope.enter_context(stopping_lib.StopRequest())
@@ -76,17 +77,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # stored resolved in config.json and the checkpoints.
     config = run_lib.resolve_class_counts(config)
     with contextlib.ExitStack() as held:
-      return _train(config, workdir, allow_config_change, stop, held)
+      return _train(config, workdir, allow_config_change, stop, held, earlier)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
-           stop: stopping_lib.StopRequest, held: contextlib.ExitStack) -> state_lib.TrainState:
+           stop: stopping_lib.StopRequest, held: contextlib.ExitStack,
+           earlier: run_log.HeldLines) -> state_lib.TrainState:
   """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
-  `held` (released when the run ends, however it ends)."""
-  is_main = jax.process_index() == 0
-  with run_log.held_back(is_main) as earlier:  # for log.txt: the data read's warnings
-    run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
+  `held` (released when the run ends, however it ends); `earlier`: the lines logged so far."""
+  run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
   stop.check_before_training("after reading the data")
+  is_main = jax.process_index() == 0
   cfg = config.train
   interactive = sys.stderr.isatty()  # else a log file (a cluster job): lines, not a bar
   progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive, earlier))

@@ -32,24 +32,28 @@ def test_log_txt_gets_the_lines_and_how_the_run_ended(tmp_path, caplog):
                   "WARNING jaxgan.trainer: ended: KeyboardInterrupt: "]
 
 
-def test_lines_held_back_go_first_with_their_times_on_process_0_only(tmp_path, monkeypatch):
+def test_lines_held_back_go_first_with_their_times(tmp_path, monkeypatch):
   log = logging.getLogger("jaxgan.data.arrays")
   monkeypatch.setattr(run_log, "MAX_HELD_RECORDS", 3)
-  for enabled in (False, True):
-    with run_log.held_back(enabled) as earlier:
-      for i in range(5):
-        log.warning("skipping %d", i)
-    assert len(earlier) == (3 if enabled else 0)
-  log.warning("not held: the holder is gone")
-  assert len(earlier) == 3
-  earlier[0].created -= 3600  # an hour before: the file keeps the line's own time
-  with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False, earlier=earlier):
-    logging.getLogger("jaxgan.trainer").warning("training")
+  with run_log.held_back() as earlier:
+    for i in range(5):
+      log.warning("skipping %d", i)
+    earlier.records[0].created -= 3600  # an hour before: the file keeps the line's own time
+    with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False, earlier=earlier):
+      logging.getLogger("jaxgan.trainer").warning("training")  # released: held no more
+  assert len(earlier.records) == 3 and earlier.dropped == 2
   lines = (tmp_path / "log.txt").read_text().splitlines()
   assert [line.split(" ", 2)[2] for line in lines] == [
       "WARNING jaxgan.data.arrays: skipping 0", "WARNING jaxgan.data.arrays: skipping 1",
-      "WARNING jaxgan.data.arrays: skipping 2", "WARNING jaxgan.trainer: training"]
+      "WARNING jaxgan.data.arrays: skipping 2",
+      "WARNING jaxgan.trainer: ... and 2 more start-up lines, on stderr only",
+      "WARNING jaxgan.trainer: training"]
   assert lines[0][:19] < lines[1][:19]
+  # Another process's run log writes nothing, and releases the lines all the same.
+  with run_log.held_back() as other:
+    with run_log.run_log(str(tmp_path / "p1"), enabled=False, to_stderr=False, earlier=other):
+      log.warning("after")
+  assert other.records == [] and not (tmp_path / "p1").exists()
 
 
 def test_a_log_txt_that_cannot_be_opened_does_not_stop_the_run(tmp_path, caplog):

@@ -195,9 +195,13 @@ def test_two_processes_match_one(tmp_path):
   assert step_m == step_s == 5
   for a, b in zip(jax.tree_util.tree_leaves(state_m), jax.tree_util.tree_leaves(state_s)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
-  # Only process 0 wrote the logs.
+  # Only process 0 wrote the logs; log.txt from the start: its joining the job held back until
+  # the workdir was known good, process 1's lines not at all.
   rows = [json.loads(line) for line in open(multi / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [5]
+  log_lines = (multi / "log.txt").read_text().splitlines()
+  assert "INFO jaxgan.sharding: jax.distributed: process 0 of 2" in log_lines[0], log_lines[:3]
+  assert not [line for line in log_lines if "process 1 of 2" in line]
 
 
 SCATTERED_ROWS = JOIN_TWO_PROCESSES + r"""
