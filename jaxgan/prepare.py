@@ -167,7 +167,8 @@ def label_columns(args: argparse.Namespace) -> list[str]:
 
 def prepare(args: argparse.Namespace) -> dict:
   """Runs the whole preparation; returns the dataset_info written."""
-  from jaxgan.data import arrays, decode, folder, manifest, prepared  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxgan.data import arrays, class_labels, decode, folder, manifest, prepared
   from jaxgan.data.images import LOADER_VERSION, LoadOptions  # pylint: disable=g-import-not-at-top
 
   columns = label_columns(args)
@@ -185,9 +186,8 @@ def prepare(args: argparse.Namespace) -> dict:
     unlisted = []
   attributes = None
   if values:
-    labels, class_names, paths, dropped = arrays.encode_kept(paths, values, columns,
-                                                             args.min_class_count,
-                                                             args.rare_classes)
+    labels, class_names, paths, dropped = class_labels.encode_kept(
+        paths, values, columns, args.min_class_count, args.rare_classes)
     problem = one_class_left(values, class_names, columns, args.min_class_count)
     if problem:  # before any image is decoded
       raise arrays.DataError(problem)

@@ -17,7 +17,7 @@ from PIL import Image
 from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
-from jaxgan.data.arrays import encode_labels
+from jaxgan.data.class_labels import encode_labels
 from jaxgan.data.manifest import scan_manifest_columns
 from tests.conftest import REPO, tiny_config
 
@@ -649,7 +649,7 @@ def test_encode_labels():
 
 
 def test_joint_dropping_leaves_no_class_below_the_minimum():
-  from jaxgan.data.arrays import encode_attributes
+  from jaxgan.data.class_labels import encode_attributes
 
   # 'S' and 'X' are rare types (dropped); with them go both 'Green' rows, so Green, which had 2
   # rows before, has none: it must not stay a class.

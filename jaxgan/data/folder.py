@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from jaxgan.data.arrays import (LISTED_KEYS, ArraySource, DataError, check_rare_class_keys,
-                                encode_kept)
+from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
+from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
 from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxgan.data.arrays import (LISTED_KEYS, ArraySource, DataError, check_rare_class_keys,
-                                encode_kept)
+from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
+from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
 from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,87 @@
+"""Class labels from label values: class names sorted, rare classes merged into 'other' or
+dropped, per attribute (folder, manifest and prepare encode alike)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
+                  ) -> tuple[np.ndarray, list[str], np.ndarray]:
+  """Sorted class names and integer labels; classes with fewer than `min_count` examples are
+  merged into one 'other' class (last, or the data's own 'other') or dropped. Returns (labels,
+  class_names, kept mask)."""
+  values, counts = np.unique(np.asarray(names, dtype=object).astype(str), return_counts=True)
+  common = [v for v, c in zip(values, counts) if c >= min_count]
+  rare_set = {v for v, c in zip(values, counts) if c < min_count}
+  # A common class already called "other" absorbs the rare ones (two classes of one name would
+  # leave the first empty and make the class count one too high).
+  merged = rare == "other" and rare_set and "other" not in common
+  class_names = sorted(common) + (["other"] if merged else [])
+  index = {name: i for i, name in enumerate(class_names)}
+  labels = np.full(len(names), -1, np.int32)
+  for i, name in enumerate(names):
+    name = str(name)
+    if name in index and name not in rare_set:
+      labels[i] = index[name]
+    elif name in rare_set and rare == "other":
+      labels[i] = index["other"]
+  return labels, class_names, labels >= 0
+
+
+def encode_attributes(columns: Sequence[Sequence[str]], min_count: int = 1, rare: str = "other"
+                      ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray], np.ndarray]:
+  """`encode_labels` for each attribute column (values per row). Returns the labels of the kept
+  rows (int32 [n] for one column, [n, A] for several), the class names per attribute, the kept
+  mask per attribute (over all rows: False where that column dropped the row) and the rows kept
+  by every attribute.
+
+  With rare='drop' a row dropped by one column leaves the others' counts, so the columns are
+  encoded again on the rows left until none drops more: otherwise a class could pass
+  `min_count` on rows that are then dropped, and be trained with no example at all."""
+  n = len(columns[0])
+  values = [np.asarray(v, dtype=object) for v in columns]
+  kept = np.ones(n, bool)
+  kept_by = [np.ones(n, bool) for _ in columns]
+  while True:
+    rows = np.flatnonzero(kept)
+    encoded = [encode_labels(v[rows], min_count, rare) for v in values]
+    for by, e in zip(kept_by, encoded):
+      by[rows[~e[2]]] = False
+    still = np.logical_and.reduce([e[2] for e in encoded])
+    if still.all():
+      break
+    kept[rows[~still]] = False
+  labels = np.stack([e[0] for e in encoded], axis=1)
+  return labels if len(columns) > 1 else labels[:, 0], [e[1] for e in encoded], kept_by, kept
+
+
+def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: Sequence[str],
+                min_count: int, rare: str
+                ) -> tuple[np.ndarray, list[list[str]], list[str], list[dict]]:
+  """`encode_attributes` of the rows of `paths` (their label `values` per column): (labels,
+  class names per attribute, the paths kept, a skipped entry for each row a class rarer than
+  `min_count` dropped, naming the first column that dropped it)."""
+  labels, class_names, kept_by, kept = encode_attributes(values, min_count, rare)
+  dropped = []
+  for i in np.flatnonzero(~kept):
+    a = next(a for a, k in enumerate(kept_by) if not k[i])
+    what = (f"class {values[a][i]!r}" if len(values) == 1 or not columns
+            else f"{columns[a]} {values[a][i]!r}")
+    dropped.append({"path": paths[i], "reason": f"{what} has fewer than {min_count} images "
+                                                "(dropped)"})
+  return labels, class_names, [p for p, k in zip(paths, kept) if k], dropped
+
+
+def check_rare_class_keys(config) -> None:
+  """Raises ConfigError for data.rare_classes or data.min_class_count out of range."""
+  from jaxgan.config import ConfigError  # pylint: disable=g-import-not-at-top
+
+  d = config.data
+  if d.rare_classes not in ("other", "drop"):
+    raise ConfigError(f"config key data.rare_classes: must be 'other' or 'drop', got "
+                      f"{d.rare_classes!r}")
+  if d.min_class_count < 1:
+    raise ConfigError(f"config key data.min_class_count: must be >= 1, got {d.min_class_count}")
