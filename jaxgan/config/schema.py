@@ -97,11 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
   # on CPU, where it is measured faster; 'flax' elsewhere until measured) | 'flax' | 'fused'
   # (hand-written gradient); see jaxgan/models/batchnorm.py.
   c.model.norm_impl = "auto"
+  # Weight of BigGAN's orthogonal regularisation of G's weights, any model's (0 = off; BigGAN
+  # uses 1e-4).
+  c.model.orthogonal_reg = 0.0
   # ResNet family ('resnet', jaxgan/models/resnet.py), after BigGAN:
   c.model.shared_dim = 128  # size of the class embedding shared by G's conditional BatchNorms
   c.model.attention_resolution = 0  # a self-attention block at this resolution (0 = none)
-  # Weight of BigGAN's orthogonal regularisation of G's weights (0 = off; BigGAN uses 1e-4).
-  c.model.orthogonal_reg = 0.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "non_saturating"  # registry name, see jaxgan/losses.py
