@@ -176,14 +176,14 @@ def prepare(args: argparse.Namespace) -> dict:
     paths, values, skipped = manifest.scan_manifest_columns(
         args.manifest, args.image_column, args.id_column, args.images, args.image_pattern, columns)
     unlisted = (manifest.unlisted_images(args.images, paths + [s["path"] for s in skipped])
-                if args.images else [])  # '': names relative to the manifest, no folder given
+                if args.images else None)  # '': names relative to the manifest, no folder given
     if unlisted:  # before the decoding (minutes): a manifest of part of the folder may be a slip
       logging.getLogger(__name__).warning(
           "%s", manifest.describe_unlisted(unlisted, args.images, args.manifest))
   else:
     paths, names, skipped = folder.scan_folder(args.images)
     values = [names] if any(names) else []
-    unlisted = []
+    unlisted = None  # a folder's images are all its own
   attributes = None
   if values:
     labels, class_names, paths, dropped = class_labels.encode_kept(
@@ -230,7 +230,8 @@ def prepare(args: argparse.Namespace) -> dict:
              "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
              "loader_version": LOADER_VERSION, "bad_files": len(bad), "upscaled": upscaled,
-             "max_bad_fraction": args.max_bad_fraction, "unlisted_images": len(unlisted)},
+             "max_bad_fraction": args.max_bad_fraction,
+             "unlisted_images": None if unlisted is None else len(unlisted)},
       attributes=attributes)
 
 

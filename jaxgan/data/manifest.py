@@ -9,8 +9,8 @@ import difflib
 import json
 import logging
 import os
-import re
 import string
+import unicodedata
 from typing import Any, Sequence
 
 import numpy as np
@@ -154,9 +154,10 @@ def _not_utf8(path: str) -> str:
     data.decode("utf-8")
   except UnicodeDecodeError as e:
     # Lines as the readers count them: a CSV's end at \r\n, \r (a Mac export) or \n, as csv
-    # splits them (newline=""); JSON Lines' at \n.
-    ends = rb"\r\n|\r|\n" if not path.lower().endswith((".jsonl", ".json")) else rb"\n"
-    line = len(re.findall(ends, data[:e.start])) + 1
+    # splits them (newline=""); JSON Lines' at \n. Counted, not listed: manifests run to GBs.
+    line = data.count(b"\n", 0, e.start) + 1
+    if not path.lower().endswith((".jsonl", ".json")):  # a \r not before a \n ends one too
+      line += data.count(b"\r", 0, e.start) - data.count(b"\r\n", 0, e.start)
     return (f"{path}:{line}: not UTF-8 text (byte {e.start}, {data[e.start:e.start + 1]!r}); "
             "re-save it as UTF-8")
   return f"{path}: not UTF-8 text; re-save it as UTF-8"  # changed since it was read
@@ -263,34 +264,32 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   """The image files under `image_dir` that no manifest row names (`listed`: every row's file),
   sorted: a manifest that covers part of a catalog trains on that part only, which a user who
   expected the whole folder is told (the rows' count alone does not say). Advice only: folders
-  that cannot be listed are passed over, and a file counts as named when a row names it by
-  another path (a symlinked folder, a case-insensitive or normalising file system)."""
+  that cannot be listed are passed over. Names are compared through their folders' real paths
+  (a row may name a file through a symlinked folder), case- and normalisation-blind (macOS's
+  file systems open 1.JPG for a row's 1.jpg), with no stat per file (catalogs on network
+  storage hold millions); a hard or symbolic link to a listed file is a name no row gives."""
   from jaxgan.data.images import is_image_path  # pylint: disable=g-import-not-at-top
 
-  named = {os.path.normcase(os.path.abspath(p)) for p in listed}
+  folders: dict[str, str] = {}  # a folder's path -> its real path (a realpath per folder)
+
+  def key(folder: str, name: str) -> str:
+    real = folders.get(folder)
+    if real is None:
+      real = folders[folder] = os.path.realpath(folder)
+    return unicodedata.normalize("NFC", os.path.join(real, name)).casefold()
+
+  named = {key(*os.path.split(os.path.abspath(p))) for p in listed}
   found, seen = [], set()
   for dirpath, dirnames, filenames in os.walk(image_dir, followlinks=True):  # errors: passed over
-    real = os.path.realpath(dirpath)
-    if real in seen:  # a second name of a folder walked (find_images warns of those)
+    folder = os.path.abspath(dirpath)
+    if key(folder, "") in seen:  # a second name of a folder walked (find_images warns of those)
       dirnames[:] = []
       continue
-    seen.add(real)
+    seen.add(key(folder, ""))
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     found += [os.path.join(dirpath, n) for n in sorted(filenames)
-              if is_image_path(n) and os.path.normcase(os.path.abspath(
-                  os.path.join(dirpath, n))) not in named]
-  if not found:
-    return []
-  # By the file itself, for what no row names by this path: a stat each (the rows' files only
-  # where some file is left over, which is rare once the names match).
-  def file_id(path: str):
-    try:
-      st = os.stat(path)
-      return st.st_dev, st.st_ino
-    except OSError:
-      return None
-  ids = {file_id(p) for p in listed} - {None}
-  return [p for p in found if file_id(p) not in ids]
+              if is_image_path(n) and key(folder, n) not in named]
+  return found
 
 
 def describe_unlisted(unlisted: Sequence[str], image_dir: str, manifest: str) -> str:
