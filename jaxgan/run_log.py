@@ -80,6 +80,12 @@ class HeldLines(logging.Handler):
     """Stops holding (idempotent): the run writes its own log from here."""
     logging.getLogger("jaxgan").removeHandler(self)
 
+  def take(self) -> list[logging.LogRecord]:
+    """The lines held, handed over once: a record may hold an exception, its traceback and the
+    frames' locals (a memory-mapped cache), which the run should not keep alive to its end."""
+    records, self.records = self.records, []
+    return records
+
 
 @contextlib.contextmanager
 def held_back() -> Iterator[HeldLines]:
@@ -93,6 +99,7 @@ def held_back() -> Iterator[HeldLines]:
     yield held
   finally:
     held.stop_holding()
+    held.take()
 
 
 @contextlib.contextmanager
@@ -102,13 +109,15 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool,
   0), after `earlier`'s (`held_back`'s, held no longer, with their own times); `to_stderr`:
   progress lines go to stderr too (no progress bar there)."""
   handler = None
+  records = []
   if earlier is not None:
     earlier.stop_holding()
+    records = earlier.take()
   if enabled:
     handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
-    for record in earlier.records if earlier is not None else ():
+    for record in records:
       handler.handle(record)
     if earlier is not None and earlier.dropped:
       handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,

@@ -86,11 +86,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   """train_and_evaluate's work, with the stop request open; the workdir's run lock goes into
   `held` (released when the run ends, however it ends); `earlier`: the lines logged so far."""
   run, source, data_fingerprint, order, donor = startup.start_run(config, workdir, stop, held)
-  stop.check_before_training("after reading the data")
   is_main = jax.process_index() == 0
   cfg = config.train
   interactive = sys.stderr.isatty()  # else a log file (a cluster job): lines, not a bar
   progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive, earlier))
+  stop.check_before_training("after reading the data")  # log.txt says so, after the data's lines
   if jax.process_count() > 1:
     data_lib.check_same_on_every_process(source, data_fingerprint, order)
 

@@ -338,6 +338,11 @@ def test_a_stop_signal_while_starting_a_distributed_run_stops_it_before_training
   assert proc.returncode == stopping.EXIT_STOPPED, proc.stderr[-2000:]
   assert ("SIGTERM received while starting (after reading the data): stopped before training"
           in proc.stderr)
+  # log.txt says so, after the lines of the start so far (the processes joined).
+  log_txt = (tmp_path / "w" / "log.txt").read_text()
+  assert "jaxgan.sharding: jax.distributed: process 0 of 1" in log_txt
+  assert ("WARNING jaxgan.trainer: ended: Stopped: SIGTERM received while starting (after "
+          "reading the data)") in log_txt
   assert not (tmp_path / "w" / "config.json").exists()
   assert not (tmp_path / "w" / "checkpoints").exists()
 
