@@ -122,10 +122,12 @@ def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
 
   def write() -> None:
     if jax.process_index() == 0:
-      for name in os.listdir(workdir):  # a process 0 killed in here left its own (it holds
-        if name.startswith(_PROBE_PREFIX):  # the run lock: no other run is starting here)
-          with contextlib.suppress(OSError):
-            os.remove(os.path.join(workdir, name))
+      for name in os.listdir(workdir):  # left by a process 0 killed in here; not a probe that
+        path = os.path.join(workdir, name)  # might be live (locks may be per host: NFS, gcsfuse)
+        with contextlib.suppress(OSError):
+          if (name.startswith(_PROBE_PREFIX)
+              and time.time() - os.path.getmtime(path) > 2 * SHARED_WORKDIR_WAIT_S):
+            os.remove(path)
       with open(probe, "w", encoding="utf-8") as f:
         f.write("written by process 0 as the run starts: every process must see this file\n")
 

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -230,6 +231,7 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
   if failure.startswith("elsewhere"):  # and a probe file that a killed process 0 left
     os.makedirs(tmp_path / "w")
     (tmp_path / "w" / ".shared-check-0123456789abcdef").write_text("")
+    os.utime(tmp_path / "w" / ".shared-check-0123456789abcdef", (0, time.time() - 3600))
   results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure,
                                  timeout=60)
   if failure.startswith("elsewhere"):
