@@ -19,7 +19,8 @@ HLO = """HloModule jit_train_step, entry_computation_layout={()->f32[]}
 
 %fused_transpose (p: f32[4,8]) -> f32[8,4] {
   %p = f32[4,8]{1,0} parameter(0)
-  ROOT %transpose.2 = f32[8,4]{1,0} transpose(%p), dimensions={1,0}
+  %reverse.1 = f32[4,8]{1,0} reverse(%p), dimensions={0}
+  ROOT %transpose.2 = f32[8,4]{1,0} transpose(%reverse.1), dimensions={1,0}
 }
 
 %fused_conv (p: f32[8,8,8,3], k: f32[4,4,3,8]) -> f32[8,4,4,8] {
