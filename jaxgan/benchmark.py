@@ -115,6 +115,8 @@ def main(argv):
                                       FLAGS.trace_dir, FLAGS.top)]
   except (config_lib.ConfigError, DataError, DecodeError) as e:
     cli.fail(str(e))
+  except ImportError as e:  # TensorFlow, which reads a folder or prepared set, missing here
+    cli.fail(f"{e}; install it (pip install -e .), or time the step alone (mode 'step')")
   for row in rows:
     print(json.dumps(row))
 

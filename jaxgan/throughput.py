@@ -278,7 +278,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
 def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
                  top: int = 15) -> dict:
   """Where the train step's time goes (`profiling.breakdown`): `steps` calls traced after the
-  warm-up (each `train.steps_per_call` steps; times are per train step), op times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
+  warm-up (at least one call; each `train.steps_per_call` steps; times are per train step), op
+  times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and
   the top ops. The trace stays in `trace_dir` when given (TensorBoard's profile plugin reads it)."""
   if steps < 1:
     raise ValueError(f"profile needs at least one traced call, got {steps}")
@@ -286,8 +287,9 @@ def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
   # One executable for the warm-up, the traced calls and the HLO that names their ops (a second
   # compile could autotune to other fusions).
   compiled = run.train_step.lower(state, batch).compile()
-  for _ in range(warmup):
-    state, _ = compiled(state, batch)
+  for _ in range(max(warmup, 1)):  # at least one, as the step mode: a first run's costs (loads,
+    state, _ = compiled(state, batch)  # allocations) are not the step's
+    jax.block_until_ready(state)
     stopping.raise_if_interrupted()
   holder = {"state": state}
 

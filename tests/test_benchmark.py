@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxgan import flops, models, throughput
 from jaxgan.models.batchnorm import resolve_norm_impl
@@ -245,6 +246,31 @@ def test_the_input_benchmark_counts_the_cores_it_may_run_on(tmp_path, monkeypatc
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
   row, = throughput.benchmark_input(prepared_dir=str(tmp_path), batch_size=4, batches=2)
   assert row["input"] == "prepared" and row["cpu_count"] == 1
+
+
+def test_the_input_benchmark_without_tensorflow_is_one_line(tmp_path):
+  """A prepared set is served by tf.data: without TensorFlow (an accelerator host) the input
+  mode ended in a ModuleNotFoundError traceback, status 1."""
+  import subprocess
+  import sys
+
+  from jaxgan import prepare
+
+  (tmp_path / "img").mkdir()
+  for i in range(2):
+    Image.new("RGB", (20, 20), (100 * i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+  assert prepare.main(["--images", str(tmp_path / "img"), "--out", str(tmp_path / "p"),
+                       "--image-size", "16", "--workers", "1"]) == 0
+  code = ("import sys; sys.modules['tensorflow'] = None\n"
+          "sys.argv = ['benchmark', 'input', '--prepared', sys.argv[1], '--batch_size', '2',"
+          " '--batches', '1']\n"
+          "from jaxgan import benchmark; benchmark.run()")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], capture_output=True,
+                        text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [
+      "error: import of tensorflow halted; None in sys.modules; install it (pip install -e .), "
+      "or time the step alone (mode 'step')"]
 
 
 def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
