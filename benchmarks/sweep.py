@@ -85,8 +85,10 @@ def main():
                  "carry it as `xla_flags`)")
   a = p.parse_args()
   start = time.monotonic()
-  for variant in a.variants.split(","):
-    for batch in (int(b) for b in a.batches.split(",")):
+  # Batches outside, variants inside: a sweep cut by its deadline leaves whole comparisons (every
+  # variant at the first batches), not one variant at every batch and the rest unmeasured.
+  for batch in (int(b) for b in a.batches.split(",")):
+    for variant in a.variants.split(","):
       if time.monotonic() - start > a.deadline_s:
         print(json.dumps({"variant": variant, "batch_size": batch, "skipped": "deadline"}), flush=True)
         continue

@@ -426,6 +426,29 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert not out.exists()
 
 
+def test_a_sweep_cut_by_its_deadline_measured_every_variant_at_its_first_batch(monkeypatch,
+                                                                              capsys):
+  """One variant at every batch, then the next: the planned GPU call's deadline would have cut
+  the fused BatchNorm variant whole. Each row here takes 10 fake seconds, the deadline 25."""
+  monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+  import sweep
+  clock = [0.0]
+  monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+
+  def measure(variant, batch, steps):
+    clock[0] += 10
+    return {"batch_size": batch, "images_per_sec": 1.0}
+
+  monkeypatch.setattr(sweep, "measure", measure)
+  monkeypatch.setattr(sys, "argv", ["sweep.py", "--batches", "1024,4096", "--variants",
+                                    "a:x,b:x,c:x", "--deadline_s", "25"])
+  sweep.main()
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["batch_size"], r["variant"], "skipped" in r) for r in rows] == [
+      (1024, "a:x", False), (1024, "b:x", False), (1024, "c:x", False),
+      (4096, "a:x", True), (4096, "b:x", True), (4096, "c:x", True)]
+
+
 def test_sweep_variants_parse_and_type_their_overrides(monkeypatch):
   monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
   import compare_cpu
