@@ -265,30 +265,33 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   sorted: a manifest that covers part of a catalog trains on that part only, which a user who
   expected the whole folder is told (the rows' count alone does not say). Advice only: folders
   that cannot be listed are passed over. Names are compared through their folders' real paths
-  (a row may name a file through a symlinked folder), case- and normalisation-blind (macOS's
-  file systems open 1.JPG for a row's 1.jpg), with no stat per file (catalogs on network
-  storage hold millions); a hard or symbolic link to a listed file is a name no row gives."""
+  (a row may name a file through a symlinked folder, or '..' past one), in one Unicode form
+  (macOS stores decomposed names), with no stat per file (catalogs on network storage hold
+  millions); a hard or symbolic link to a listed file is a name no row gives, and so is another
+  case of a name (distinct files on Linux)."""
   from jaxgan.data.images import is_image_path  # pylint: disable=g-import-not-at-top
 
   folders: dict[str, str] = {}  # a folder's path -> its real path (a realpath per folder)
 
-  def key(folder: str, name: str) -> str:
+  def real_folder(folder: str) -> str:
     real = folders.get(folder)
-    if real is None:
-      real = folders[folder] = os.path.realpath(folder)
-    return unicodedata.normalize("NFC", os.path.join(real, name)).casefold()
+    if real is None:  # realpath, not abspath first: 'link/..' is where the link's target is
+      real = folders[folder] = os.path.realpath(folder or ".")
+    return real
 
-  named = {key(*os.path.split(os.path.abspath(p))) for p in listed}
+  def key(folder: str, name: str) -> str:
+    return unicodedata.normalize("NFC", os.path.join(real_folder(folder), name))
+
+  named = {key(*os.path.split(p)) for p in listed}
   found, seen = [], set()
   for dirpath, dirnames, filenames in os.walk(image_dir, followlinks=True):  # errors: passed over
-    folder = os.path.abspath(dirpath)
-    if key(folder, "") in seen:  # a second name of a folder walked (find_images warns of those)
+    if real_folder(dirpath) in seen:  # a second name of a folder walked (find_images warns)
       dirnames[:] = []
       continue
-    seen.add(key(folder, ""))
+    seen.add(real_folder(dirpath))
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     found += [os.path.join(dirpath, n) for n in sorted(filenames)
-              if is_image_path(n) and key(folder, n) not in named]
+              if is_image_path(n) and key(dirpath, n) not in named]
   return found
 
 
