@@ -109,21 +109,17 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool,
   0), after `earlier`'s (`held_back`'s, held no longer, with their own times); `to_stderr`:
   progress lines go to stderr too (no progress bar there)."""
   handler = None
-  records = []
   if earlier is not None:
     earlier.stop_holding()
-    records = earlier.take()
   if enabled:
     handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
-    for record in records:
-      handler.handle(record)
-    if earlier is not None and earlier.dropped:
-      handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
-                                    "... and %d more start-up lines, on stderr only",
-                                    (earlier.dropped,), None))
+    if earlier is not None:
+      _write_held(handler, earlier)
     logging.getLogger("jaxgan").addHandler(handler)
+  if earlier is not None:
+    earlier.take()  # on every process, written or not
   try:
     yield RunLog(handler, to_stderr and enabled)
   except BaseException as e:  # how the run ended, where the CLI's one line is not kept
@@ -139,6 +135,17 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool,
     if handler is not None:
       logging.getLogger("jaxgan").removeHandler(handler)
       handler.close()
+
+
+def _write_held(handler: logging.Handler, earlier: HeldLines) -> None:
+  """`earlier`'s lines into `handler`, in a frame of their own: the run_log generator's locals
+  live to the run's end, and would keep the records (a traceback's frames) alive with them."""
+  for record in earlier.take():
+    handler.handle(record)
+  if earlier.dropped:
+    handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                  "... and %d more start-up lines, on stderr only",
+                                  (earlier.dropped,), None))
 
 
 def progress_line(step: int, num_steps: int, values: Mapping[str, float],

@@ -56,6 +56,44 @@ def test_lines_held_back_go_first_with_their_times(tmp_path, monkeypatch):
   assert other.records == [] and not (tmp_path / "p1").exists()
 
 
+HELD_EXCEPTION = r"""
+import gc, logging, sys, weakref
+from jaxgan import run_log
+logging.getLogger("jaxgan").setLevel(logging.INFO)
+
+class Big:  # a memory-mapped cache, say, in the frame of the error logged
+  pass
+
+def fail(big):
+  raise OSError("cache unreadable")
+
+with run_log.held_back() as held:
+  big = Big()
+  alive = weakref.ref(big)
+  try:
+    fail(big)
+  except OSError:
+    logging.getLogger("jaxgan.data.decode").warning("decode cache unreadable", exc_info=True)
+  del big
+  with run_log.run_log(sys.argv[1], enabled=True, to_stderr=False, earlier=held):
+    gc.collect()
+    print(alive() is None)
+"""
+
+
+def test_a_held_lines_exception_is_not_kept_to_the_runs_end(tmp_path):
+  """A held line's exception keeps its frames' locals alive (a memory-mapped cache) until log.txt
+  has it, not to the run's end: the run_log generator's locals live that long. (A subprocess:
+  pytest's own log capture keeps every record.)"""
+  import subprocess
+  import sys
+
+  proc = subprocess.run([sys.executable, "-c", HELD_EXCEPTION, str(tmp_path)],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+  assert "OSError: cache unreadable" in (tmp_path / "log.txt").read_text()
+
+
 def test_a_log_txt_that_cannot_be_opened_does_not_stop_the_run(tmp_path, caplog):
   """FileHandler opens its file outside its own error handling: a log.txt another user left
   read-only (here a folder in its place) raised out of the run's first log line."""
