@@ -106,8 +106,11 @@ def main(argv):
 
   try:
     if mode == "input":
-      rows = throughput.benchmark_input(FLAGS.images, FLAGS.prepared, FLAGS.image_size,
-                                        FLAGS.batch_size, FLAGS.batches, limit=FLAGS.limit)
+      try:
+        rows = throughput.benchmark_input(FLAGS.images, FLAGS.prepared, FLAGS.image_size,
+                                          FLAGS.batch_size, FLAGS.batches, limit=FLAGS.limit)
+      except ImportError as e:  # TensorFlow, which serves a prepared set, missing on this host
+        cli.fail(f"{e}; install it (pip install -e .), or time the step alone (mode 'step')")
     elif mode == "step":
       rows = [throughput.benchmark_step(FLAGS.config, FLAGS.steps, FLAGS.warmup)]
     else:
@@ -115,8 +118,6 @@ def main(argv):
                                       FLAGS.trace_dir, FLAGS.top)]
   except (config_lib.ConfigError, DataError, DecodeError) as e:
     cli.fail(str(e))
-  except ImportError as e:  # TensorFlow, which reads a folder or prepared set, missing here
-    cli.fail(f"{e}; install it (pip install -e .), or time the step alone (mode 'step')")
   for row in rows:
     print(json.dumps(row))
 
