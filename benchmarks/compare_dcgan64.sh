@@ -10,9 +10,9 @@
 # transposed-conv lowering (subpixel), bf16 with D's space-to-depth conv lowering (`:s2d`), bf16
 # with two other transposed-conv lowerings (phase_grad, dilated; phase_conv only in VARIANTS), and the straightforward Flax port in bf16 (a torch run that fails
 # or times out gets an error row: "not measured" under the table); then
-# prints a Markdown table with images/s, MFU and the ratios jaxgan / torch. Bounded to about 8
-# minutes on any machine (TOTAL_S, default 420 s, plus the measurement under way at the sweep's
-# deadline; DEADLINE_S bounds the JAX sweep alone; rows not started in time say so).
+# prints a Markdown table with images/s, MFU and the ratios jaxgan / torch. Bounded to about 7
+# minutes on any machine (TOTAL_S, default 420 s, plus 10 s for a stage that ignores its
+# timeout's SIGTERM; DEADLINE_S bounds the JAX sweep alone; rows not started in time say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # benchmarks/sweep.py imports jaxgan, and a script's own folder, not the working directory, is
@@ -28,8 +28,10 @@ csv="$(IFS=,; echo "${batches[*]}")"
 # TOTAL_S: the whole call's seconds (a time-boxed machine): a stage that cannot finish in what is
 # left is not started, and says so as a row ("not measured" under the table). Torch gets what the
 # JAX sweep (90 s at least) and the profiles (150 s each) leave, as they are what the call is
-# for; each XLA_FLAG_SETS entry its share of the rest. A JAX measurement under way at the sweep's
-# deadline still finishes (a compile and the timed steps, <~1 minute; killed 90 s after it).
+# for; each XLA_FLAG_SETS entry its share of the rest, less 90 s: a JAX measurement under way at
+# the sweep's deadline may still finish in those (a compile and the timed steps, <~1 minute), and
+# is killed at their end. Every stage's timeout sends SIGKILL 10 s after its SIGTERM (a process
+# in an XLA compile or a trace's write acts on SIGTERM only once back in Python).
 budget="${TOTAL_S:-420}"
 deadline_cap="${DEADLINE_S:-330}"
 for value in "$budget" "$deadline_cap"; do
@@ -58,7 +60,7 @@ for b in "${batches[@]}"; do
     (( limit > 120 )) && limit=120
     if (( limit < 30 )); then note impl "torch_$mode" "$b" skipped TOTAL_S; continue; fi
     # The torch process's own status (PIPESTATUS), not grep's: 124 is its timeout.
-    row="$(timeout "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" \
+    row="$(timeout -k 10 "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" \
       --batch "$b" --steps "$steps" | grep '^{'; exit "${PIPESTATUS[0]}")"
     status=$?
     if [[ $status == 0 && -n "$row" ]]; then
@@ -81,9 +83,8 @@ for flag_set in "${flag_sets[@]}"; do
   flags="$(echo ${XLA_FLAGS:-} $flag_set)"
   set +f
   if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
-  # This set's share of what the profiles leave, less a minute (start-up, the measurement under
-  # way at the deadline).
-  deadline=$(( ($(left) - for_profiles) / sets_left - 60 ))
+  # This set's share of what the profiles leave, less the 90 s its kill waits past the deadline.
+  deadline=$(( ($(left) - for_profiles) / sets_left - 90 ))
   (( deadline > deadline_cap )) && deadline=$deadline_cap
   sets_left=$(( sets_left - 1 ))
   if (( deadline < 10 )); then
@@ -92,7 +93,7 @@ for flag_set in "${flag_sets[@]}"; do
     note variant "sweep [$flag_set]" 0 skipped "$why"
     continue
   fi
-  env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false timeout $(( deadline + 90 )) \
+  env "${xla_env[@]}" XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -k 10 $(( deadline + 90 )) \
     "$python" benchmarks/sweep.py --batches "$csv" --steps "$steps" --tag="$flag_set" \
     --deadline_s "$deadline" \
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
@@ -112,12 +113,12 @@ done
 for b in "${profiles[@]}"; do
   if (( $(left) < 150 )); then note profile "jaxgan bf16" "$b" skipped TOTAL_S; continue; fi
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    timeout 150 "$python" -m jaxgan.benchmark profile \
+    timeout -k 10 140 "$python" -m jaxgan.benchmark profile \
     --config configs/benchmark/dcgan64.py --config.train.batch_size="$b" --profile_steps 5 \
     | grep '^{' | tee -a "$out"
   status=${PIPESTATUS[0]}
   if [[ $status != 0 ]]; then
-    note profile "jaxgan bf16" "$b" error "exit status $status (124: its 150 s timeout; its stderr is above)"
+    note profile "jaxgan bf16" "$b" error "exit status $status (124: its 140 s timeout; its stderr is above)"
   fi
 done
 

@@ -412,7 +412,7 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert [json.loads(line) for line in out.read_text().splitlines()] == [
       {"variant": "sweep []", "batch_size": 0, "error": "exit status 1 (its stderr is above)"},
       {"profile": "jaxgan bf16", "batch_size": 0,
-       "error": "exit status 2 (124: its 150 s timeout; its stderr is above)"}], proc.stderr
+       "error": "exit status 2 (124: its 140 s timeout; its stderr is above)"}], proc.stderr
   # An interpreter that cannot import jaxgan's side (a package missing on the GPU machine's
   # image) stops the call at once, before torch's minutes.
   broken = tmp_path / "python"

@@ -232,6 +232,10 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
     os.makedirs(tmp_path / "w")
     (tmp_path / "w" / ".shared-check-0123456789abcdef").write_text("")
     os.utime(tmp_path / "w" / ".shared-check-0123456789abcdef", (0, time.time() - 3600))
+    # One written a minute ago may be another host's run's, live (locks may be per host): kept
+    # where the wait is 100 s (older than twice the wait is stale: 4 s where it is 2 s).
+    (tmp_path / "w" / ".shared-check-fedcba9876543210").write_text("")
+    os.utime(tmp_path / "w" / ".shared-check-fedcba9876543210", (0, time.time() - 60))
   results, _ = run_two_processes(START_FAILS_ON_ONE, str(folder), str(tmp_path), failure,
                                  timeout=60)
   if failure.startswith("elsewhere"):
@@ -244,7 +248,9 @@ def test_a_start_failing_on_one_process_stops_every_process(tmp_path, failure):
             "local to each host would hang in the first checkpoint")
       else:
         assert r["outcome"].startswith("Stopped: SIGTERM received while starting"), r
-    assert os.listdir(tmp_path / "w") == []  # the probes, the stale one too, removed
+    # The run's probe and the stale one removed; the recent one kept.
+    recent = [] if failure == "elsewhere" else [".shared-check-fedcba9876543210"]
+    assert os.listdir(tmp_path / "w") == recent
     assert not (tmp_path / "w1").exists()  # made by process 1, and removed
     return
   assert results[0]["outcome"].startswith("PeerError: starting the run failed on another process")
