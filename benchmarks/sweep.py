@@ -11,9 +11,10 @@ A variant is `DTYPE:UPSAMPLE_IMPL[:DOWNSAMPLE_IMPL[:STEPS_PER_CALL]]` (jaxgan's 
 `bfloat16:subpixel:model.norm_impl=fused`), or `port:DTYPE[:reuse_g]` (the straightforward
 Flax port in `flax_straightforward.py`; `reuse_g`: with G's forward reused for G's update, the
 one-G-forward lever in isolation). Batch sizes run in the order given, every variant at each
-(a sweep cut short leaves whole comparisons); once `--deadline_s` has passed no new measurement starts, so a time-boxed machine still
-returns every row finished so far. Each row is one JSON line (median of individually synchronised
-steps after a warm-up); a variant that fails prints an `error` row and the sweep goes on.
+(a sweep cut short leaves whole comparisons); once `--deadline_s` has passed no new
+measurement starts, so a time-boxed machine still returns every row finished so far. Each row
+is one JSON line (median of individually synchronised steps after a warm-up); a variant that
+fails prints an `error` row and the sweep goes on.
 """
 
 from __future__ import annotations
