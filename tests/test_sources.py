@@ -423,6 +423,12 @@ def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_fo
     build_source(config)
   with config.unlocked():
     config.data.image_column = ""
+  # A row without a label among them (the real catalog has 3 without a baseColour): its file
+  # was not checked, which hid this error behind a class-count one that named no class.
+  with open(path, "a") as f:
+    f.write("7,\n")
+  with pytest.raises(DataError, match=r"styles.csv: none of its 3 listed image files exists "):
+    build_source(config)
   with config.unlocked():
     config.data.image_dir = str(images)
   assert len(build_source(config).images) == 2
