@@ -285,3 +285,22 @@ def test_init_from_reads_each_class_table_from_the_donors_attribute_of_its_colum
             np.asarray(table["embedding"]),
             np.asarray(trained[collection][module][f"attr{theirs}"]["embedding"]),
             err_msg=f"{columns} {collection} {mine}")
+
+
+def test_unconditional_training_of_a_multi_attribute_set_says_every_key_to_set(caplog):
+  """The hint named data.num_classes alone, which such a set then refuses without
+  data.extra_num_classes."""
+  import logging
+
+  from jaxgan.data.arrays import require_attributes
+
+  config = tiny_config(**{"data.num_classes": 0})
+  with caplog.at_level(logging.WARNING):
+    require_attributes(config, [("articleType", ["a", "b", "c"]), ("baseColour", ["x", "y"])],
+                       "the set")
+  assert ("the set has 3 x 2 classes but data.num_classes=0: its labels are not used (set "
+          "--config.data.num_classes=3 --config.data.extra_num_classes=2 to condition on them)"
+          ) in caplog.text
+  conditional = tiny_config(**{"data.num_classes": 3, "data.extra_num_classes": "2"})
+  require_attributes(conditional, [("articleType", ["a", "b", "c"]), ("baseColour", ["x", "y"])],
+                     "the set")  # what the hint says is accepted

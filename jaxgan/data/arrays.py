@@ -256,11 +256,14 @@ def load_options(config) -> LoadOptions:
                      max_pixels=d.max_pixels)
 
 
-def _warn_unconditional(where: str, classes: int) -> None:
+def _warn_unconditional(where: str, classes: Sequence[int]) -> None:
   # Not an error (any data may be trained unconditionally), but a conditional config that forgot
   # data.num_classes would otherwise train for days without labels, silently.
-  log.warning("%s has %d classes but data.num_classes=0: its labels are not used (set "
-              "--config.data.num_classes=%d to condition on them)", where, classes, classes)
+  how = f"--config.data.num_classes={classes[0]}" + (
+      f" --config.data.extra_num_classes={','.join(map(str, classes[1:]))}"
+      if len(classes) > 1 else "")
+  log.warning("%s has %s classes but data.num_classes=0: its labels are not used (set %s to "
+              "condition on them)", where, " x ".join(map(str, classes)), how)
 
 
 def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
@@ -269,7 +272,7 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
 
   want = config.data.num_classes
   if want == 0 and class_names:
-    _warn_unconditional(where, len(class_names))
+    _warn_unconditional(where, [len(class_names)])
   if want and not class_names:
     raise ConfigError(f"config key data.num_classes: {where} has no class labels, got {want}; "
                       "set --config.data.num_classes=0 to train unconditionally (a folder's "
@@ -294,7 +297,7 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
     require_num_classes(config, attributes[0][1] if attributes else [], where)
     return
   if not want and have and 0 not in have:
-    _warn_unconditional(where, have[0])
+    _warn_unconditional(where, have)
   if not want or want == have or 0 in have:  # 0: no rows at all, reported by the caller
     return
   key = "data.num_classes" if not have or want[0] != have[0] else "data.extra_num_classes"
