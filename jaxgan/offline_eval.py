@@ -165,7 +165,10 @@ def evaluate_workdir(args) -> dict:
                                num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
                  num_devices=int(mesh.size),  # the fakes' sampling and Inception's
-                 seed=args.seed, standing_stats_batches=config.eval.standing_stats_batches)
+                 seed=args.seed, standing_stats_batches=config.eval.standing_stats_batches,
+                 # The reals': a row against --data-path's set is told from one against the run's.
+                 data_source=config.data.source,
+                 data_path=os.path.abspath(config.data.path) if config.data.path else None)
   return results
 
 

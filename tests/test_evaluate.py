@@ -172,6 +172,7 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   assert [row.pop("timestamp") <= time.time() + 0.001 for row in kept] == [True, True]  # ms
   assert kept == [result, raw] and (raw["seed"], raw["standing_stats_batches"]) == (0, 0)
   assert result["standing_stats_batches"] == config.eval.standing_stats_batches
+  assert (result["data_source"], result["data_path"]) == ("synthetic", None)  # the reals'
 
 
 TRAIN_TWO_PROCESSES = JOIN_TWO_PROCESSES + r"""
