@@ -29,12 +29,16 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
              if class_names else f"0..{num_classes - 1}")
   # Names differ from what users type mostly in case ('footwear' for 'Footwear') or a letter.
   folded = {name.casefold(): name for name in class_names}
-  close = ([folded[label.casefold()]] if label.casefold() in folded
+  same_but_case = label.casefold() in folded
+  close = ([folded[label.casefold()]] if same_but_case
            else difflib.get_close_matches(label, class_names, n=1))
   hint = f"did you mean {close[0]!r}? " if close else ""
-  # prepare's --rare-classes other, training's likewise; not for an index out of range
-  if not close and "other" in class_names and not (by_index and number(label)):
-    hint = "a class with fewer images than the data's min_class_count is part of 'other'; "
+  # prepare's --rare-classes other, training's likewise; not for an index out of range, nor
+  # beside a name that differs in case only. A near spelling may be another class altogether
+  # (the real catalog's 'Sandals', merged into 'other', is near 'Handbags'): both are said.
+  if not same_but_case and "other" in class_names and not (by_index and number(label)):
+    hint += ("or " if close else "") + ("a class with fewer images than the data's "
+                                        "min_class_count is part of 'other'; ")
   if attribute is not None:
     raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; {hint}choose one "
                      f"of: {choices}")

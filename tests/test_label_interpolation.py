@@ -255,6 +255,12 @@ def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_pre
                                        r"with fewer images than the data's min_class_count is "
                                        r"part of 'other'; choose one of: Shirts, Watches, other"):
     label_choices.resolve_label("Heels", ["Shirts", "Watches", "other"], 3)
+  # A near spelling of another class is no proof: the real catalog's 'Sandals' (merged into
+  # 'other' at --min-class-count 20) was only told "did you mean 'Handbags'?".
+  with pytest.raises(ValueError, match=r"^--label 'Sandals' is not a class of this model; did "
+                                       r"you mean 'Handbags'\? or a class with fewer images than "
+                                       r"the data's min_class_count is part of 'other'; choose "):
+    label_choices.resolve_label("Sandals", ["Handbags", "Watches", "other"], 3)
   # Not for an index out of range: no class was merged into it.
   with pytest.raises(ValueError, match=r"^--label '7' is not a class of this model; choose one "
                                        r"of: Shirts, Watches, other \(or an index 0..2\)$"):
