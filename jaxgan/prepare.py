@@ -184,10 +184,14 @@ def prepare(args: argparse.Namespace) -> dict:
     paths, names, skipped = folder.scan_folder(args.images)
     values = [names] if any(names) else []
     unlisted = None  # a folder's images are all its own
-  attributes = None
+  attributes, merged = None, {}
   if values:
     labels, class_names, paths, dropped = class_labels.encode_kept(
         paths, values, columns, args.min_class_count, args.rare_classes)
+    if args.rare_classes == "other":  # which names 'other' holds: no class of the model says
+      merged = {column or "class": sorted(set(map(str, v)) - set(names))
+                for column, v, names in zip(columns or [""], values, class_names)}
+      merged = {column: names for column, names in merged.items() if names}
     problem = one_class_left(values, class_names, columns, args.min_class_count)
     if problem:  # before any image is decoded
       raise arrays.DataError(problem)
@@ -230,7 +234,7 @@ def prepare(args: argparse.Namespace) -> dict:
              "label_column": columns[0] if columns else "",
              "min_class_count": args.min_class_count, "rare_classes": args.rare_classes,
              "loader_version": LOADER_VERSION, "bad_files": len(bad), "upscaled": upscaled,
-             "max_bad_fraction": args.max_bad_fraction,
+             "max_bad_fraction": args.max_bad_fraction, "merged_into_other": merged,
              "unlisted_images": None if unlisted is None else len(unlisted)},
       attributes=attributes)
 
@@ -294,8 +298,11 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   plural = "" if classes == "1" else "es"
   labelled = f" of {classes} class{plural}" if info["class_names"] else " (no class labels)"
   n = info["num_examples"]
+  merged = info.get("merged_into_other") or {}
+  merged_text = "".join(f"; {len(names)} {column} name{'' if len(names) == 1 else 's'} merged "
+                        "into 'other'" for column, names in merged.items())
   print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
-        f"{args.out} ({len(info['skipped'])} skipped, listed in dataset_info.json)")
+        f"{args.out} ({len(info['skipped'])} skipped{merged_text}, listed in dataset_info.json)")
   if len(info["class_names"]) == 1 and not attributes:  # one_class_left: the data's own
     from jaxgan.data.folder import OUTSIDE_CLASS_FOLDERS  # pylint: disable=g-import-not-at-top
 

@@ -277,6 +277,26 @@ def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(t
   assert prepare.prepare(args)["unlisted_images"] is None  # not looked for
 
 
+def test_prepare_records_which_names_other_holds(tmp_path, capsys):
+  """'other' is one class of the model: which names it holds was nowhere (a user's generate
+  --label Sandals got "did you mean 'Handbags'?")."""
+  path, images = _manifest(tmp_path, MANIFEST_ROWS + [{"id": 40, "type": "Belts"}])
+  out = tmp_path / "p"
+  assert prepare_cli.main(["--images", str(images), "--manifest", str(path), "--label-column",
+                           "articleType", "--min-class-count", "2", "--image-size", "16",
+                           "--workers", "1", "--out", str(out)]) == 0
+  info = json.load(open(out / "dataset_info.json"))
+  assert info["class_names"] == ["Tshirts", "Watches", "other"]
+  assert info["merged_into_other"] == {"articleType": ["Belts", "Scarves"]}
+  assert capsys.readouterr().out.strip() == (
+      f"wrote 9 images of 3 classes to {out} (1 skipped; 2 articleType names merged into "
+      "'other', listed in dataset_info.json)")
+  assert prepare_cli.main(["--images", str(images), "--manifest", str(path), "--label-column",
+                           "articleType", "--min-class-count", "2", "--image-size", "16",
+                           "--workers", "1", "--out", str(out), "--rare-classes", "drop"]) == 0
+  assert json.load(open(out / "dataset_info.json"))["merged_into_other"] == {}
+
+
 @pytest.mark.parametrize("rare,classes,count", [("other", ["Tshirts", "Watches", "other"], 8),
                                                 ("drop", ["Tshirts", "Watches"], 7)])
 def test_manifest_csv(tmp_path, rare, classes, count):
