@@ -185,6 +185,10 @@ def prepare(args: argparse.Namespace) -> dict:
     values = [names] if any(names) else []
     unlisted = None  # a folder's images are all its own
   attributes, merged = None, {}
+  if values and not len(values[0]):  # every row skipped before decoding (no label, no file)
+    first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+    raise arrays.DataError(f"no images in {args.manifest or args.images}: each of its "
+                           f"{len(skipped)} rows was skipped{first}")
   if values:
     labels, class_names, paths, dropped = class_labels.encode_kept(
         paths, values, columns, args.min_class_count, args.rare_classes)

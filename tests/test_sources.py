@@ -18,6 +18,7 @@ from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
 from jaxgan.data.class_labels import encode_labels
+from jaxgan.data import manifest as manifest_lib
 from jaxgan.data.manifest import scan_manifest_columns
 from tests.conftest import REPO, tiny_config
 
@@ -270,6 +271,19 @@ def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(t
     assert build_source(config).num_examples == 4
   assert (f"1 image file under {images} is in no row of {path}, so not used (first: "
           f"{images / 'copy.jpg'})") in caplog.text
+  # Folders whose names differ in case only are two folders on Linux: each is looked in.
+  case = tmp_path / "case"
+  _img(str(case / "Cats" / "1.jpg"), (9, 9, 9))
+  _img(str(case / "cats" / "1.jpg"), (9, 9, 9))
+  assert manifest_lib.unlisted_images(str(case), [str(case / "Cats" / "1.jpg")]) == [
+      str(case / "cats" / "1.jpg")]
+  # A row's '..' past a symlinked folder names the file the file system opens (elsewhere/x.jpg,
+  # not images/x.jpg as the text reads).
+  _img(str(tmp_path / "elsewhere" / "sub" / "y.jpg"), (9, 9, 9))
+  _img(str(tmp_path / "elsewhere" / "x.jpg"), (9, 9, 9))
+  os.symlink(tmp_path / "elsewhere" / "sub", images / "far")
+  assert manifest_lib.unlisted_images(str(tmp_path / "elsewhere"), [
+      str(images / "far" / ".." / "x.jpg"), str(images / "far" / "y.jpg")]) == []
   # prepare without --images: the manifest's names are relative to its own folder.
   args = prepare.parse_args(["--manifest", str(path), "--images", "", "--label-column",
                              "articleType", "--out", str(tmp_path / "p2"), "--image-size", "16",
@@ -452,6 +466,22 @@ def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_fo
   with config.unlocked():
     config.data.image_dir = str(images)
   assert len(build_source(config).images) == 2
+
+
+def test_prepare_of_a_manifest_whose_every_row_is_skipped_says_so(tmp_path, capsys):
+  """Every labelled row's file missing while an unlabelled row's exists, or no row labelled:
+  prepare said "--min-class-count 1 drops every t class (largest: )"."""
+  (tmp_path / "img").mkdir()
+  _img(str(tmp_path / "img" / "3.jpg"), (9, 9, 9))
+  for rows, first in (("1,a\n2,b\n3,\n", "1.jpg: missing file (line 2)"),
+                      ("1,\n2,\n", "1.jpg: no t (line 2)")):
+    (tmp_path / "m.csv").write_text("id,t\n" + rows)
+    assert prepare_cli.main(["--manifest", str(tmp_path / "m.csv"), "--images",
+                             str(tmp_path / "img"), "--label-column", "t", "--out",
+                             str(tmp_path / "out"), "--image-size", "16", "--workers", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: no images in {tmp_path / 'm.csv'}: each of its {rows.count(chr(10))} rows was "
+        f"skipped (first: {tmp_path / 'img' / first})")
 
 
 def test_skipped_rows_name_the_line_they_start_on(tmp_path):

@@ -253,7 +253,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   # which hid this and left a class-count error that named no class).
   listed = [s for s in skipped if not s["path"].startswith(f"{path} (")]  # not 'no id' rows
   if (not paths and any(s["reason"].startswith("missing file") for s in listed)
-      and not any(os.path.isfile(s["path"]) for s in listed)):
+      and not any(os.path.isfile(s["path"]) for s in listed  # the missing ones checked above
+                  if not s["reason"].startswith("missing file"))):
     named = (f"the {image_column} column's values" if image_column else
              f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each "
              "row")
