@@ -27,11 +27,12 @@ steps="${STEPS:-30}"
 csv="$(IFS=,; echo "${batches[*]}")"
 # TOTAL_S: the whole call's seconds (a time-boxed machine): a stage that cannot finish in what is
 # left is not started, and says so as a row ("not measured" under the table). Torch gets what the
-# JAX sweep (90 s at least) and the profiles (150 s each) leave, as they are what the call is
-# for; each XLA_FLAG_SETS entry its share of the rest, less 90 s: a JAX measurement under way at
-# the sweep's deadline may still finish in those (a compile and the timed steps, <~1 minute), and
-# is killed at their end. Every stage's timeout sends SIGKILL 10 s after its SIGTERM (a process
-# in an XLA compile or a trace's write acts on SIGTERM only once back in Python).
+# JAX sweep (130 s at least: 30 s of measuring and its 100 s margin) and the profiles (150 s
+# each) leave, as they are what the call is for; each XLA_FLAG_SETS entry its share of the rest,
+# less 100 s: a JAX measurement under way at the sweep's deadline may still finish in 90 of those
+# (a compile and the timed steps, <~1 minute), and is killed at their end. Every stage's timeout
+# sends SIGKILL 10 s after its SIGTERM (a process in an XLA compile or a trace's write acts on
+# SIGTERM only once back in Python).
 budget="${TOTAL_S:-420}"
 deadline_cap="${DEADLINE_S:-330}"
 for value in "$budget" "$deadline_cap"; do
@@ -56,17 +57,18 @@ if ! "$python" -c "import jaxgan.throughput, ml_collections" 2>&1; then
 fi
 for b in "${batches[@]}"; do
   for mode in ${TORCH_MODES:-bf16_channels_last fp32}; do
-    limit=$(( $(left) - 90 - for_profiles ))
+    limit=$(( $(left) - 130 - for_profiles ))
     (( limit > 120 )) && limit=120
     if (( limit < 30 )); then note impl "torch_$mode" "$b" skipped TOTAL_S; continue; fi
-    # The torch process's own status (PIPESTATUS), not grep's: 124 is its timeout.
+    # The torch process's own status (PIPESTATUS), not grep's: 124 is its timeout (137: killed
+    # 10 s after it).
     row="$(timeout -k 10 "$limit" "$python" benchmarks/torch_dcgan_reference.py --mode "$mode" \
       --batch "$b" --steps "$steps" | grep '^{'; exit "${PIPESTATUS[0]}")"
     status=$?
     if [[ $status == 0 && -n "$row" ]]; then
       echo "$row" | tee -a "$out"
     else  # a row of its own: the table says "not measured", not a bare "-" for the ratio
-      why="exit status $status (124: its ${limit} s timeout; its stderr is above)"
+      why="exit status $status (124, 137: its ${limit} s timeout; its stderr is above)"
       note impl "torch_$mode" "$b" error "$why"
     fi
   done
@@ -83,8 +85,9 @@ for flag_set in "${flag_sets[@]}"; do
   flags="$(echo ${XLA_FLAGS:-} $flag_set)"
   set +f
   if [[ -n "$flags" ]]; then xla_env=(XLA_FLAGS="$flags"); else xla_env=(-u XLA_FLAGS); fi
-  # This set's share of what the profiles leave, less the 90 s its kill waits past the deadline.
-  deadline=$(( ($(left) - for_profiles) / sets_left - 90 ))
+  # This set's share of what the profiles leave, less the 90 s its kill waits past the deadline
+  # and the 10 s its SIGKILL may come after that.
+  deadline=$(( ($(left) - for_profiles) / sets_left - 100 ))
   (( deadline > deadline_cap )) && deadline=$deadline_cap
   sets_left=$(( sets_left - 1 ))
   if (( deadline < 10 )); then
@@ -99,7 +102,7 @@ for flag_set in "${flag_sets[@]}"; do
     --variants "${VARIANTS:-bfloat16:subpixel,bfloat16:subpixel:s2d,float32:subpixel,bfloat16:phase_grad,bfloat16:dilated,port:bfloat16}" \
     | grep '^{' | tee -a "$out"
   status=${PIPESTATUS[0]}
-  if [[ $status == 124 ]]; then
+  if [[ $status == 124 || $status == 137 ]]; then
     note variant "sweep [$flag_set]" 0 error "killed $(( deadline + 90 )) s after it started"
   elif [[ $status != 0 ]]; then  # a crash (its traceback is above): the rows it did not write
     note variant "sweep [$flag_set]" 0 error "exit status $status (its stderr is above)"
@@ -118,7 +121,8 @@ for b in "${profiles[@]}"; do
     | grep '^{' | tee -a "$out"
   status=${PIPESTATUS[0]}
   if [[ $status != 0 ]]; then
-    note profile "jaxgan bf16" "$b" error "exit status $status (124: its 140 s timeout; its stderr is above)"
+    note profile "jaxgan bf16" "$b" error \
+      "exit status $status (124, 137: its 140 s timeout; its stderr is above)"
   fi
 done
 

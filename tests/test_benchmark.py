@@ -383,8 +383,8 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   torch_row, *rows = [json.loads(line) for line in out.read_text().splitlines()]
   # The torch process's status: 1 without torch installed (its import), 2 with it (the mode).
-  assert torch_row.pop("error") in {f"exit status {s} (124: its 120 s timeout; its stderr is "
-                                    "above)" for s in (1, 2)}
+  assert torch_row.pop("error") in {f"exit status {s} (124, 137: its 120 s timeout; its stderr "
+                                    "is above)" for s in (1, 2)}
   assert torch_row == {"impl": "torch_no_such_mode", "batch_size": 2}
   assert [r["variant"] for r in rows] == ["float32:no_such_impl",
                                           "float32:auto:model.norm_impl=no_such_impl"], rows
@@ -412,7 +412,7 @@ def test_gpu_comparison_script_runs_its_jax_sweep(tmp_path):
   assert [json.loads(line) for line in out.read_text().splitlines()] == [
       {"variant": "sweep []", "batch_size": 0, "error": "exit status 1 (its stderr is above)"},
       {"profile": "jaxgan bf16", "batch_size": 0,
-       "error": "exit status 2 (124: its 140 s timeout; its stderr is above)"}], proc.stderr
+       "error": "exit status 2 (124, 137: its 140 s timeout; its stderr is above)"}], proc.stderr
   # An interpreter that cannot import jaxgan's side (a package missing on the GPU machine's
   # image) stops the call at once, before torch's minutes.
   broken = tmp_path / "python"
