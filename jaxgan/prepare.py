@@ -175,11 +175,9 @@ def prepare(args: argparse.Namespace) -> dict:
   if args.manifest:
     paths, values, skipped = manifest.scan_manifest_columns(
         args.manifest, args.image_column, args.id_column, args.images, args.image_pattern, columns)
-    unlisted = (manifest.unlisted_images(args.images, paths + [s["path"] for s in skipped])
-                if args.images else None)  # '': names relative to the manifest, no folder given
-    if unlisted:  # before the decoding (minutes): a manifest of part of the folder may be a slip
-      logging.getLogger(__name__).warning(
-          "%s", manifest.describe_unlisted(unlisted, args.images, args.manifest))
+    # '': names relative to the manifest, no folder given to look in.
+    unlisted = (manifest.warn_of_unlisted(args.images, args.manifest, paths, skipped)
+                if args.images else None)
   else:
     paths, names, skipped = folder.scan_folder(args.images)
     values = [names] if any(names) else []

@@ -301,14 +301,17 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   return found
 
 
-def describe_unlisted(unlisted: Sequence[str], image_dir: str, manifest: str) -> str:
-  """The warning for `unlisted_images`' files ('' for none)."""
-  if not unlisted:
-    return ""
-  n = len(unlisted)
-  return (f"{n} image file{'' if n == 1 else 's'} under {image_dir} {'is' if n == 1 else 'are'} "
-          f"in no row of {manifest}, so not used (first: {unlisted[0]}); add rows for them to "
-          "use them")
+def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
+                     skipped: Sequence[dict]) -> list[str]:
+  """`unlisted_images` of a scan's rows (`paths` kept, `skipped` rows), warned of: prepare's
+  and the manifest source's check, before any image is decoded."""
+  unlisted = unlisted_images(image_dir, list(paths) + [s["path"] for s in skipped])
+  if unlisted:
+    n = len(unlisted)
+    log.warning("%d image file%s under %s %s in no row of %s, so not used (first: %s); add rows "
+                "for them to use them", n, "" if n == 1 else "s", image_dir,
+                "is" if n == 1 else "are", manifest, unlisted[0])
+  return unlisted
 
 
 def _field_count_problem(row: dict) -> str:
@@ -368,9 +371,7 @@ class ManifestSource(ArraySource):
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,
                                                    d.image_dir, d.image_pattern, columns)
     if d.image_dir:  # the folder given for the images (not the manifest's own folder)
-      unlisted = unlisted_images(d.image_dir, paths + [m["path"] for m in missing])
-      if unlisted:
-        log.warning("%s", describe_unlisted(unlisted, d.image_dir, d.path))
+      warn_of_unlisted(d.image_dir, d.path, paths, missing)
     if columns:
       labels, names, paths, dropped = encode_kept(paths, values, columns, d.min_class_count,
                                                   d.rare_classes)
