@@ -99,17 +99,18 @@ def _bad_argument(args) -> str:
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.config import validation as config_validation  # pylint: disable=g-import-not-at-top
 
   for flag in ("cache_dir", "weights", "data_path"):
     if config_lib.is_uri(getattr(args, flag)):
       return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"
 
-  if not -1 <= args.standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:
+  if not -1 <= args.standing_stats_batches <= config_validation.MAX_STANDING_STATS_BATCHES:
     return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "
-            f"statistics) or up to {config_lib.MAX_STANDING_STATS_BATCHES}, got "
+            f"statistics) or up to {config_validation.MAX_STANDING_STATS_BATCHES}, got "
             f"{args.standing_stats_batches}")
-  if config_lib.seed_problem(args.seed):
-    return f"--seed {config_lib.seed_problem(args.seed)}"
+  if config_validation.seed_problem(args.seed):
+    return f"--seed {config_validation.seed_problem(args.seed)}"
   labelled = suite.needs_labels(names)
   if labelled and not args.workdir:
     return f"--metrics {labelled[0]} needs class labels: use --workdir (a conditional run)"

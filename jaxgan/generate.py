@@ -129,6 +129,7 @@ def generate(workdir: str, num: int, out: str,
   step number; `batch`: images per generator call; `standing_stats_batches`: -1 = the run's
   setting."""
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.config import validation as config_validation  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, sharding  # pylint: disable=g-import-not-at-top
   from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
@@ -144,12 +145,12 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError("--between needs --interpolate N (the columns from FROM to TO, N >= 2)")
   if batch <= 0:
     raise ValueError(f"--batch must be positive, got {batch}")
-  if not -1 <= standing_stats_batches <= config_lib.MAX_STANDING_STATS_BATCHES:
+  if not -1 <= standing_stats_batches <= config_validation.MAX_STANDING_STATS_BATCHES:
     raise ValueError(f"--standing_stats_batches must be -1 (the run's setting), 0 (the raw G's "
-                     f"statistics) or up to {config_lib.MAX_STANDING_STATS_BATCHES}, got "
+                     f"statistics) or up to {config_validation.MAX_STANDING_STATS_BATCHES}, got "
                      f"{standing_stats_batches}")
-  if config_lib.seed_problem(seed):
-    raise ValueError(f"--seed {config_lib.seed_problem(seed)}")
+  if config_validation.seed_problem(seed):
+    raise ValueError(f"--seed {config_validation.seed_problem(seed)}")
   checkpoint = workdir_lib.parse_checkpoint(checkpoint)
   if config_lib.is_uri(out):
     raise ValueError(f"--out {out}: {config_lib.NOT_LOCAL}")

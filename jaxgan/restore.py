@@ -16,6 +16,7 @@ from jaxgan import config as config_lib
 from jaxgan import label_choices
 from jaxgan import run_health
 from jaxgan import state as state_lib
+from jaxgan.config import resume as config_resume
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def data_moved_hint(layout: list, allowed: list) -> str:
   if not moved or not any(d[0] in ("data.num_classes", "data.extra_num_classes")
                           for d in layout):
     return ""
-  return (f"; data.path changed too ({config_lib.describe_differences(moved)}): with "
+  return (f"; data.path changed too ({config_resume.describe_differences(moved)}): with "
           "data.num_classes=-1 the class counts are the data's, so pass the run's data.path")
 
 
@@ -82,11 +83,11 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
   def accept(step: int, meta: dict) -> bool:
     """Refuses a checkpoint whose config changes the math, or whose classes are not the data's
     (a set prepared again: label k would now mean another class), before its state is read."""
-    blocking, allowed = config_lib.config_differences(meta.get("config", {}), config)
+    blocking, allowed = config_resume.config_differences(meta.get("config", {}), config)
     # Not a change: a resume keeps the recorded donor (keep_first_start_keys, which says so where
     # the command line names another); its first start's own names the workdir, not the step.
     allowed = [d for d in allowed if d[0] != "train.init_from"]
-    listing = config_lib.describe_differences
+    listing = config_resume.describe_differences
     layout = _layout_changes(meta.get("config", {}), blocking, run.abstract_state)
     if layout:
       others = [d for d in blocking if d not in layout]
@@ -114,7 +115,7 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     if allowed:
       log.info("config changes since checkpoint step %d (allowed): %s", step, listing(allowed))
     if blocking:
-      consequences = config_lib.describe_consequences(blocking)
+      consequences = config_resume.describe_consequences(blocking)
       log.warning("config changes since checkpoint step %d, accepted by --allow_config_change: "
                   "%s%s", step, listing(blocking), f" ({consequences})" if consequences else "")
     return not blocking and trained in (None, attributes)

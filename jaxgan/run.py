@@ -25,6 +25,7 @@ from jaxgan import multihost
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import steps
+from jaxgan.config import validation as config_validation
 
 
 @dataclasses.dataclass
@@ -47,7 +48,7 @@ def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run
   `reads_data=False`: for a step that will not read the configured data (compiled without
   batches, or timed on made-up ones), whose source's checks of its files are then skipped."""
   join_processes(config)
-  config_lib.validate(config, jax.device_count(), jax.process_count(), reads_data=reads_data)
+  config_validation.validate(config, jax.device_count(), jax.process_count(), reads_data=reads_data)
   mesh = sharding.make_mesh(config)
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -128,7 +129,7 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
   joined, later calls only check."""
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
-  config_lib.validate_distributed(config)
+  config_validation.validate_distributed(config)
   try:
     sharding.initialize_distributed(config)
   except sharding.PortInUse as e:

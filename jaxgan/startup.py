@@ -25,6 +25,7 @@ from jaxgan import state as state_lib
 from jaxgan import stopping as stopping_lib
 from jaxgan import workdir as workdir_lib
 from jaxgan import writers
+from jaxgan.config import validation as config_validation
 from jaxgan.metrics import inception_weights
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       except FileNotFoundError as e:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
-    config_lib.validate_schedule(config)
+    config_validation.validate_schedule(config)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))

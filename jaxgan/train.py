@@ -69,6 +69,7 @@ def _main(stop) -> None:
   # pylint: disable-next=g-import-not-at-top
   from jaxgan import checkpoint, multihost, sharding, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.config import validation as config_validation  # pylint: disable=g-import-not-at-top
 
   # Our own progress at INFO; libraries (orbax, absl) only when something is wrong.
   logging.set_verbosity(logging.WARNING)
@@ -77,7 +78,7 @@ def _main(stop) -> None:
     if FLAGS.compile_only:
       report = run_lib.compile_report(FLAGS.config)
       try:  # the step compiles alike without a schedule; a run would refuse it at its start
-        config_lib.validate_schedule(FLAGS.config)
+        config_validation.validate_schedule(FLAGS.config)
       except config_lib.ConfigError as e:
         std_logging.getLogger("jaxgan.train").warning("training refuses this config: %s", e)
       print(json.dumps(report))

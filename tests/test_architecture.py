@@ -1,6 +1,6 @@
 """The layering of docs/architecture.md, read from the source: every jaxgan import (lazy ones
-inside functions included) goes to the same layer or one below, and module-level imports have no
-cycles. A new module must be placed in a layer here and in the doc."""
+inside functions included) goes to the same layer or one below, and imports (lazy ones included)
+have no cycles. A new module must be placed in a layer here and in the doc."""
 
 import ast
 import pathlib
@@ -17,8 +17,11 @@ LAYERS = {
     "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.periodic_eval",
              "jaxgan.workdir"},
     "state": {"jaxgan.state"},
+    # They ask the registries (models, losses, data sources, augmentations, metrics) about a
+    # config's keys, and the registries import the config's schema (a foundation).
+    "config checks": {"jaxgan.config.validation", "jaxgan.config.resume"},
 }
-RANK = {"cli": 4, "orchestration": 3, "step": 2, "state": 1, "foundation": 0}
+RANK = {"cli": 5, "orchestration": 4, "step": 3, "state": 2, "config checks": 1, "foundation": 0}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -72,9 +75,12 @@ def test_the_package_has_no_relative_imports():
   assert not relative, relative
 
 
-def test_module_level_imports_have_no_cycle():
+def test_imports_have_no_cycle():
+  """Lazy imports too: one inside a function hides a cycle from Python's import machinery, not
+  from a reader (a data source that imported `jaxgan.config`, whose package imported the
+  validation that imports every data source)."""
   mods = modules()
-  graph = {name: jaxgan_imports(path, set(mods), module_level_only=True)
+  graph = {name: jaxgan_imports(path, set(mods), module_level_only=False)
            for name, path in mods.items()}
   # A package's __init__ runs before its submodules; importing jaxgan.x.y imports jaxgan.x.
   for name in mods:

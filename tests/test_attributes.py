@@ -10,6 +10,7 @@ from PIL import Image
 
 from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
+from jaxgan.config import validation as config_validation
 from jaxgan.data import build_source, prepared
 from jaxgan.data.synthetic import draw_product
 from tests.conftest import tiny_config
@@ -94,27 +95,28 @@ def test_config_errors_name_the_flags(two_columns):
   for value, message in [("x", r"data.extra_num_classes: 'x' in 'x' is not a positive integer"),
                          ("2,0", r"data.extra_num_classes: '0' in '2,0' is not a positive")]:
     with pytest.raises(config_lib.ConfigError, match=message):
-      config_lib.validate(tiny_config(**{**base, "data.extra_num_classes": value}), 1)
+      config_validation.validate(tiny_config(**{**base, "data.extra_num_classes": value}), 1)
   with pytest.raises(config_lib.ConfigError, match="data.extra_num_classes: '2' needs "
                                                    "data.num_classes > 0"):
-    config_lib.validate(tiny_config(**{**base, "data.num_classes": 0,
-                                       "data.extra_num_classes": "2"}), 1)
+    config_validation.validate(tiny_config(**{**base, "data.num_classes": 0,
+                                              "data.extra_num_classes": "2"}), 1)
   with pytest.raises(config_lib.ConfigError, match="the 'synthetic' source serves one attribute"):
-    config_lib.validate(tiny_config(**{"data.extra_num_classes": "2"}), 1)
+    config_validation.validate(tiny_config(**{"data.extra_num_classes": "2"}), 1)
   fix = "set --config.data.num_classes=3 --config.data.extra_num_classes=2 "
   for extra in ("", "5", "2,2"):
     with pytest.raises(config_lib.ConfigError) as info:
-      config_lib.validate(tiny_config(**{**base, "data.extra_num_classes": extra}), 1)
+      config_validation.validate(tiny_config(**{**base, "data.extra_num_classes": extra}), 1)
     message = str(info.value)
     assert message.startswith("config key data.extra_num_classes: ") and fix in message
     assert "(articleType: 3 classes, baseColour: 2 classes)" in message and "\n" not in message
   with pytest.raises(config_lib.ConfigError,
                      match="data.num_classes: .*set --config.data.num_classes=3 "
                            "--config.data.extra_num_classes=2"):
-    config_lib.validate(tiny_config(**{**base, "data.num_classes": 4,
-                                       "data.extra_num_classes": "2"}), 1)
-  config_lib.validate(tiny_config(**{**base, "data.extra_num_classes": "2"}), 1)
-  config_lib.validate(tiny_config(**{**base, "data.num_classes": 0}), 1)  # unconditional is fine
+    config_validation.validate(tiny_config(**{**base, "data.num_classes": 4,
+                                              "data.extra_num_classes": "2"}), 1)
+  config_validation.validate(tiny_config(**{**base, "data.extra_num_classes": "2"}), 1)
+  # Unconditional is fine:
+  config_validation.validate(tiny_config(**{**base, "data.num_classes": 0}), 1)
 
 
 def test_manifest_source_with_label_columns(catalog):
@@ -124,7 +126,7 @@ def test_manifest_source_with_label_columns(catalog):
                           "data.label_column": "articleType",
                           "data.label_columns": "baseColour", "data.num_classes": 3,
                           "data.extra_num_classes": "3", "data.workers": 1})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   source = build_source(config)
   assert source.labels.shape == (13, 2) and source.class_names == ["Shoes", "Tshirts", "Watches"]
   assert source.attribute_names[1] == ("baseColour", ["Black", "Navy Blue", "Purple"])
@@ -132,7 +134,7 @@ def test_manifest_source_with_label_columns(catalog):
   with config.unlocked():
     config.data.extra_num_classes = "3,2"
   with pytest.raises(config_lib.ConfigError, match="data.label_columns names 1"):
-    config_lib.validate(config, 1)
+    config_validation.validate(config, 1)
 
 
 def test_train_and_generate_a_combination(two_columns, tmp_path):

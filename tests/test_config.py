@@ -8,6 +8,7 @@ import re
 import pytest
 
 from jaxgan import cli, config as config_lib, path_flags
+from jaxgan.config import validation as config_validation
 from tests.conftest import REPO, run_module
 
 
@@ -83,7 +84,7 @@ from tests.conftest import REPO, run_module
 def test_invalid_values_name_the_key(make_config, key, value, message):
   config = make_config(**{key: value})
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   assert message in str(info.value)
   assert "\n" not in str(info.value)
 
@@ -95,20 +96,21 @@ def test_a_uri_for_a_local_path_is_refused(make_config, key):
   TFDS reads its own data dir, gs:// included."""
   with pytest.raises(config_lib.ConfigError, match=(
       rf"^config key {key}: 'gs://b/c': URIs are not supported; give a local or mounted path$")):
-    config_lib.validate(make_config(**{key: "gs://b/c"}), num_devices=1, reads_data=False)
-  config_lib.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "mnist",
-                                     "data.tfds_data_dir": "gs://b/c"}),
-                      num_devices=1, reads_data=False)
+    config_validation.validate(make_config(**{key: "gs://b/c"}), num_devices=1, reads_data=False)
+  config_validation.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "mnist",
+                                            "data.tfds_data_dir": "gs://b/c"}),
+                             num_devices=1, reads_data=False)
 
 
 def test_integer_keys_the_step_reads_as_floats_may_pass_int32(make_config):
   """A half-life of 10**12 images freezes the EMA (a test does so); the keys only the host reads
   are not bound either."""
-  config_lib.validate(make_config(**{"data.source": "folder", "data.max_pixels": 3 * 10**9}),
-                      num_devices=1, reads_data=False)  # host-only: prepare's flag takes it too
-  config_lib.validate(make_config(**{"train.ema_half_life_images": 10**12,
-                                     "augment.name": "ada", "augment.ada_kimg": 2**40}),
-                      num_devices=1)
+  # Host-only: prepare's flag takes it too.
+  config_validation.validate(make_config(**{"data.source": "folder", "data.max_pixels": 3 * 10**9}),
+                             num_devices=1, reads_data=False)
+  config_validation.validate(make_config(**{"train.ema_half_life_images": 10**12,
+                                            "augment.name": "ada", "augment.ada_kimg": 2**40}),
+                             num_devices=1)
 
 
 def test_the_loader_limits_default_alike_in_training_and_prepare():
@@ -229,14 +231,14 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
 ])
 def test_invalid_combinations_name_the_key(make_config, overrides, message):
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(make_config(**overrides), num_devices=1)
+    config_validation.validate(make_config(**overrides), num_devices=1)
   assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_regularisers_settings_are_accepted_while_it_is_on(make_config):
-  config_lib.validate(make_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4,
-                                     "model.d_norm": "layer", "loss.lecam_weight": 0.1,
-                                     "loss.lecam_ema_decay": 0.9}), num_devices=1)
+  config_validation.validate(make_config(**{"loss.r1_gamma": 1.0, "loss.r1_interval": 4,
+                                            "model.d_norm": "layer", "loss.lecam_weight": 0.1,
+                                            "loss.lecam_ema_decay": 0.9}), num_devices=1)
 
 
 def test_how_a_source_reads_is_accepted_where_it_reads(make_config):
@@ -244,34 +246,36 @@ def test_how_a_source_reads_is_accepted_where_it_reads(make_config):
   how = {"data.workers": 2, "data.max_bad_fraction": 0.0, "data.cache_dir": "/tmp/c"}
   for source in ({"data.source": "folder", "data.path": "x"},
                  {"data.source": "manifest", "data.path": "x.csv", "data.label_column": "a"}):
-    config_lib.validate(make_config(**source, **how), num_devices=1, reads_data=False)
-  config_lib.validate(make_config(**{"data.source": "prepared", "data.path": "x",
-                                     "data.cache_dir": "/tmp/c"}), num_devices=1, reads_data=False)
-  config_lib.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "cifar10",
-                                     "data.max_bad_fraction": 0.0}), num_devices=1,
-                      reads_data=False)
+    config_validation.validate(make_config(**source, **how), num_devices=1, reads_data=False)
+  config_validation.validate(make_config(**{"data.source": "prepared", "data.path": "x",
+                                            "data.cache_dir": "/tmp/c"}),
+                             num_devices=1, reads_data=False)
+  config_validation.validate(make_config(**{"data.source": "tfds", "data.tfds_name": "cifar10",
+                                            "data.max_bad_fraction": 0.0}), num_devices=1,
+                             reads_data=False)
 
 
 def test_resnet_d_has_no_batchnorm_to_refuse(make_config):
   # model.d_norm is a DCGAN D setting: per-sample-gradient losses need no change of it for ResNet.
   for overrides in ({"loss.name": "wgan_gp"}, {"loss.r1_gamma": 1.0}):
-    config_lib.validate(make_config(**RESNET32, **overrides, **{"model.d_norm": "batch"}), 1)
+    config_validation.validate(make_config(**RESNET32, **overrides, **{"model.d_norm": "batch"}), 1)
   # An unconditional ResNet G has no class embedding: shared_dim is not used, 0 is fine.
-  config_lib.validate(make_config(**RESNET32, **{"data.num_classes": 0, "model.shared_dim": 0}), 1)
+  config_validation.validate(
+             make_config(**RESNET32, **{"data.num_classes": 0, "model.shared_dim": 0}), 1)
   for size, attention in ((32, 16), (64, 32), (128, 64)):
-    config_lib.validate(make_config(**{**RESNET32, "data.image_size": size,
-                                       "model.attention_resolution": attention}), 1)
+    config_validation.validate(make_config(**{**RESNET32, "data.image_size": size,
+                                              "model.attention_resolution": attention}), 1)
 
 
 def test_schedule_must_fit_steps_per_call(make_config):
   config = make_config(**{"train.steps_per_call": 2})
-  config_lib.validate(config, num_devices=1)
-  config_lib.validate_schedule(config)  # 4 steps, every 2
+  config_validation.validate(config, num_devices=1)
+  config_validation.validate_schedule(config)  # 4 steps, every 2
   config = make_config(**{"train.steps_per_call": 3})
-  config_lib.validate(config, num_devices=1)  # the benchmark needs no schedule
+  config_validation.validate(config, num_devices=1)  # the benchmark needs no schedule
   with pytest.raises(config_lib.ConfigError, match="train.num_steps: 4 is not a multiple of "
                      "train.steps_per_call=3"):
-    config_lib.validate_schedule(config)
+    config_validation.validate_schedule(config)
 
 
 def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatch):
@@ -279,47 +283,47 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
   with pytest.raises(config_lib.ConfigError, match=r"^config key train.batch_size: a step's "
                      r"2147483646 images .* take 6144 GiB, more than this host's .* GiB of "
                      r"memory; use a smaller batch$"):
-    config_lib.validate(make_config(**{"train.batch_size": 2**31 - 2, "data.image_size": 32,
-                                       "train.n_critic": 1}), num_devices=1)
+    config_validation.validate(make_config(**{"train.batch_size": 2**31 - 2, "data.image_size": 32,
+                                              "train.n_critic": 1}), num_devices=1)
   from jaxgan.config import validation
   config = make_config(**{"train.batch_size": 8, "train.n_critic": 2, "data.image_size": 16})
   needed = 16 * 16 * 16 * 3  # 16 rows a step
   monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed)
-  config_lib.validate(config, num_devices=1)
-  config_lib.validate(make_config(**{"train.batch_size": 16, "train.n_critic": 2,
-                                     "data.image_size": 16}), num_devices=1, num_processes=2)
+  config_validation.validate(config, num_devices=1)
+  config_validation.validate(make_config(**{"train.batch_size": 16, "train.n_critic": 2,
+                                            "data.image_size": 16}), num_devices=1, num_processes=2)
   monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed - 1)
   with pytest.raises(config_lib.ConfigError, match=r"a step's 16 images \(batch_size \* "
                      r"n_critic per process\) of 16x16x3 bytes"):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   monkeypatch.setattr(validation, "_host_memory_bytes", lambda: None)  # the OS does not say
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)
 
 
 def test_batch_must_divide_over_devices(make_config):
   config = make_config(**{"train.batch_size": 12})
-  config_lib.validate(config, num_devices=4)
+  config_validation.validate(config, num_devices=4)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size: global batch 12 is not "
                      "divisible by the 8 devices of the mesh"):
-    config_lib.validate(config, num_devices=8)
+    config_validation.validate(config, num_devices=8)
 
 
 def test_valid_configs_pass(make_config):
-  config_lib.validate(make_config(), num_devices=1)
-  config_lib.validate(make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer",
-                                     "train.n_critic": 2}), num_devices=1)
+  config_validation.validate(make_config(), num_devices=1)
+  config_validation.validate(make_config(**{"loss.name": "wgan_gp", "model.d_norm": "layer",
+                                            "train.n_critic": 2}), num_devices=1)
 
 
 def test_unknown_keys_are_rejected(make_config):
   config = make_config()
   config.train.unlocked = True  # tiny_config is not locked; a config file could do this
   with pytest.raises(config_lib.ConfigError, match="unknown config key train.unlocked"):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   # A config file's typo gets the command line's suggestion too.
   config = make_config()
   config.train.num_stepz = 5
   with pytest.raises(config_lib.ConfigError) as raised:
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   assert str(raised.value) == ("unknown config key train.num_stepz: not in the schema of "
                                "jaxgan/config/schema.py (check the spelling). Did you mean "
                                "train.num_steps?")
@@ -457,10 +461,10 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
   config.train = None
   with pytest.raises(config_lib.ConfigError, match=r"^config key train: must be a section of "
                      r"keys, got None; set the keys in it instead \(config.train.KEY = ...\)$"):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   with pytest.raises(config_lib.ConfigError, match=r"^the config is a dict, not an "
                      r"ml_collections.ConfigDict: get_config\(\) must return the ConfigDict"):
-    config_lib.validate(config_lib.base_config().to_dict(), num_devices=1)
+    config_validation.validate(config_lib.base_config().to_dict(), num_devices=1)
   # config.json (a resume) with a value given as a section: not the default put in its place.
   saved = json.loads(config_lib.to_json(config_lib.base_config()))
   saved["seed"] = {}
@@ -598,7 +602,7 @@ def test_every_shipped_config_validates_and_builds(name):
   if config.data.source == "prepared":
     with config.unlocked():
       config.data.source, config.data.num_classes = "synthetic", 8
-  config_lib.validate(config, 1, 1)
+  config_validation.validate(config, 1, 1)
   json.loads(config_lib.to_json(config))
   g, d = models.build_models(config)
   z = jnp.zeros((2, config.model.z_dim))
@@ -614,7 +618,8 @@ def test_every_shipped_config_validates_and_builds(name):
 def test_a_key_the_checkpoint_lacks_counts_as_its_default_on_resume(make_config):
   """A checkpoint written before a key existed trained with the default's behaviour: resuming
   with another value changes the math and is refused like any other change."""
-  from jaxgan.config import config_differences, describe_consequences, describe_differences
+  from jaxgan.config.resume import (config_differences, describe_consequences,
+                                    describe_differences)
 
   old = make_config().to_dict()
   del old["loss"]["lecam_weight"]  # as written before the key existed
@@ -677,7 +682,7 @@ def test_paths_are_stored_absolute_and_old_relative_ones_are_not_a_change(make_c
                                                                           monkeypatch):
   """`evaluate --workdir` and `generate` read a run's data and caches from any folder; a run
   that stored a relative path resumes from the folder it means without a config change."""
-  from jaxgan.config import config_differences
+  from jaxgan.config.resume import config_differences
 
   monkeypatch.chdir(tmp_path)
   relative = make_config(**{"data.source": "prepared", "data.path": "data/x",

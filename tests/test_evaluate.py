@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import JOIN_TWO_PROCESSES, run_module, run_two_processes, tiny_config, xla_flags
 from jaxgan import config as config_lib, data as data_lib, evaluate, offline_eval, trainer
+from jaxgan.config import validation as config_validation
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
 from jaxgan.metrics import suite
@@ -274,7 +275,7 @@ def test_two_processes_train_with_evaluation_as_one_evaluates(tmp_path):
 def test_unknown_metric_is_a_config_error():
   config = tiny_config(**{"eval.metrics": "fid,inception_score"})
   with pytest.raises(config_lib.ConfigError, match="eval.metrics"):
-    config_lib.validate(config, 1, 1)
+    config_validation.validate(config, 1, 1)
   assert "pr" in suite.METRICS
 
 

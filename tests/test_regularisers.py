@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_config
 from jaxgan import config as config_lib
 from jaxgan import losses, run as run_lib, state as state_lib, step_metrics, steps
+from jaxgan.config import validation as config_validation
 
 
 def test_r1_matches_a_direct_computation():
@@ -116,7 +117,7 @@ def test_lazy_r1_corrects_d_adam_as_stylegan2(gamma, c):
 ])
 def test_bad_regulariser_configs_fail_validation(overrides, key):
   with pytest.raises(config_lib.ConfigError, match=key):
-    config_lib.validate(tiny_config(**overrides), 1, 1)
+    config_validation.validate(tiny_config(**overrides), 1, 1)
 
 
 def _started(config):
@@ -225,7 +226,7 @@ def test_ada_fixed_keeps_p_and_augments_with_any_loss():
   with WGAN-GP, which adaptive ADA refuses); nothing is counted towards an update."""
   config = tiny_config(**{"augment.name": "ada_fixed", "augment.ada_p_init": 0.3,
                           "loss.name": "wgan_gp", "model.d_norm": "layer"})
-  config_lib.validate(config, 1, 1)
+  config_validation.validate(config, 1, 1)
   # Past augment.ada_interval (4; ada_fixed reads none of ADA's tuning keys, and validation
   # refuses them set), where an adaptive update would have moved p.
   steps = config.augment.ada_interval + 1

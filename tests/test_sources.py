@@ -16,6 +16,7 @@ from PIL import Image
 
 from jaxgan import config as config_lib
 from jaxgan import prepare as prepare_cli
+from jaxgan.config import validation as config_validation
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
 from jaxgan.data.class_labels import encode_labels
 from jaxgan.data import manifest as manifest_lib
@@ -59,7 +60,7 @@ def _config(**kw):
 def test_folder_source(folder):
   config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
                       "data.max_bad_fraction": 0.5})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   source = build_source(config)
   assert source.class_names == ["shirts", "shoes"]
   assert source.num_examples == 4 and source.bad_files == 1
@@ -85,7 +86,7 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
   config = _config(**{"data.source": "folder", "data.path": str(folder),
                       "data.num_classes": len(classes), "data.min_class_count": 2,
                       "data.rare_classes": rare, "data.max_bad_fraction": 0.5})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   with caplog.at_level(logging.WARNING):
     source = build_source(config)
   assert source.class_names == classes and source.labels.tolist() == labels
@@ -96,8 +97,8 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
                              "--rare-classes", rare, "--max-bad-fraction", "0.5"])
   assert prepare.prepare(args)["class_names"] == classes
   with pytest.raises(config_lib.ConfigError, match="data.rare_classes: must be 'other' or "):
-    config_lib.validate(_config(**{"data.source": "folder", "data.path": str(folder),
-                                   "data.rare_classes": "keep"}), 1)
+    config_validation.validate(_config(**{"data.source": "folder", "data.path": str(folder),
+                                          "data.rare_classes": "keep"}), 1)
 
 
 def test_a_class_that_bad_files_leave_under_min_class_count_is_warned_of(folder, tmp_path,
@@ -319,7 +320,7 @@ def test_manifest_csv(tmp_path, rare, classes, count):
                       "data.image_dir": str(images), "data.label_column": "articleType",
                       "data.min_class_count": 2, "data.rare_classes": rare,
                       "data.num_classes": len(classes)})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   source = build_source(config)
   assert source.class_names == classes and source.num_examples == count
   assert source.bad_files == 0  # the missing file is reported, not counted as a bad image
@@ -661,13 +662,13 @@ def test_manifest_attribute_columns_and_class_counts_must_agree(tmp_path):
           "data.num_classes": 2}
   with pytest.raises(config_lib.ConfigError, match=r"data.label_columns: 'articleType' are extra "
                                                    r"attributes after data.label_column; set"):
-    config_lib.validate(_config(**base, **{"data.label_columns": "articleType",
-                                           "data.extra_num_classes": "2"}), 1)
+    config_validation.validate(_config(**base, **{"data.label_columns": "articleType",
+                                                  "data.extra_num_classes": "2"}), 1)
   with pytest.raises(config_lib.ConfigError,
                      match=r"data.extra_num_classes: '2' gives 1 extra attribute\(s\) but "
                            r"data.label_columns names 0"):
-    config_lib.validate(_config(**base, **{"data.label_column": "articleType",
-                                           "data.extra_num_classes": "2"}), 1)
+    config_validation.validate(_config(**base, **{"data.label_column": "articleType",
+                                                  "data.extra_num_classes": "2"}), 1)
 
 
 def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp_path,
@@ -837,7 +838,7 @@ def test_a_prepared_tfds_set_loads_offline_and_one_not_prepared_fails_at_once(tm
   config = _config(**{"data.source": "tfds", "data.tfds_name": "dummy_mnist",
                       "data.tfds_data_dir": str(tmp_path / "tfds"), "data.num_classes": 10,
                       "data.tfds_download": False})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   source = build_source(config)
   assert source.num_examples == 20 and source.images.shape == (20, 16, 16, 3)
   assert source.class_names == [str(i) for i in range(10)]
@@ -1027,7 +1028,7 @@ def test_prepare_is_reproducible_and_readable(folder, tmp_path):
   assert reasons == {"broken.jpg": "not an image", "loose.png": "outside the class folders"}
   config = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
                       "data.num_classes": 2})
-  config_lib.validate(config, 1)
+  config_validation.validate(config, 1)
   prepared = build_source(config)
   direct = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
                                    "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
@@ -1035,14 +1036,15 @@ def test_prepare_is_reproducible_and_readable(folder, tmp_path):
   np.testing.assert_array_equal(prepared.labels, direct.labels)
   assert prepared.bad_files == direct.bad_files == 1  # broken.jpg; loose.png is not an image
   with pytest.raises(config_lib.ConfigError, match="data.image_size: .* was prepared at 16, got 32"):
-    config_lib.validate(_config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
-                                   "data.num_classes": 2, "data.image_size": 32}), 1)
+    config_validation.validate(_config(**{"data.source": "prepared",
+                                          "data.path": str(tmp_path / "a"),
+                                          "data.num_classes": 2, "data.image_size": 32}), 1)
   # An edited dataset_info.json that lost a class: its labels no longer fit, named with the set.
   info["class_names"], info["class_counts"] = ["shirts"], {"shirts": 2}
   json.dump(info, open(tmp_path / "a" / "dataset_info.json", "w"))
   edited = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "a"),
                       "data.num_classes": 1})
-  config_lib.validate(edited, 1)
+  config_validation.validate(edited, 1)
   with pytest.raises(DataError, match=f"{tmp_path / 'a'}: class label 1 of example"):
     build_source(edited)
 
@@ -1435,7 +1437,7 @@ def test_a_memory_mapped_set_is_gathered_by_several_threads_into_the_same_batche
 
 def test_every_source_is_registered():
   assert set(SOURCES.names()) == {"synthetic", "folder", "manifest", "tfds", "prepared"}
-  # Every key config.validate refuses for the sources that do not read it is read by one.
+  # Every key config validation refuses for the sources that do not read it is read by one.
   from jaxgan.data import SOURCE_KEYS
   read = set().union(*(SOURCES.get(name).reads for name in SOURCES.names()))
   assert read == set(SOURCE_KEYS)
@@ -1616,13 +1618,13 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
   config = _config(**{"data.source": "prepared", "data.path": str(tmp_path / "set"),
                       "data.num_classes": FROM_DATA, "data.image_size": 16})
   with pytest.raises(ConfigError, match="data.num_classes: -1 .* was not read from data.path"):
-    config_lib.validate(config, 1)
+    config_validation.validate(config, 1)
   resolved = with_class_counts(config)
   assert (resolved.data.num_classes, resolved.data.extra_num_classes) == (3, "3")
   from jaxgan import run as run_lib  # --compile_only's and the benchmark's way, processes agreed
   assert run_lib.with_data_counts(config).to_dict() == resolved.to_dict()
   assert config.data.num_classes == FROM_DATA  # the caller's config is left as it was
-  config_lib.validate(resolved, 1)
+  config_validation.validate(resolved, 1)
   with config.unlocked():
     config.data.extra_num_classes = "3"
   with pytest.raises(ConfigError, match="data.extra_num_classes: '3' with data.num_classes=-1"):
@@ -1653,16 +1655,16 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
     with_class_counts(missing)
   with missing.unlocked():  # as that says: the count given, no data on this machine
     missing.data.num_classes = 3
-  config_lib.validate(missing, 1, reads_data=False)  # --compile_only, the benchmark
+  config_validation.validate(missing, 1, reads_data=False)  # --compile_only, the benchmark
   # What is not about the data's files is still checked: the synthetic catalog's 8 categories.
   with pytest.raises(ConfigError, match="data.num_classes: the synthetic catalog has 8"):
-    config_lib.validate(_config(**{"data.num_classes": 50}), 1, reads_data=False)
+    config_validation.validate(_config(**{"data.num_classes": 50}), 1, reads_data=False)
   with pytest.raises(ConfigError, match=r"^config key data.path: the prepared source needs"):
-    config_lib.validate(missing, 1)  # training reads the data
+    config_validation.validate(missing, 1)  # training reads the data
   other = _config(**{"data.source": "folder", "data.path": str(tmp_path), "data.num_classes": -1})
   assert with_class_counts(other) is other
   with pytest.raises(ConfigError, match="or -1 with data.source=prepared"):
-    config_lib.validate(other, 1)
+    config_validation.validate(other, 1)
 
 
 DECODE_UNDER_A_SIGNAL = r"""

@@ -2,7 +2,9 @@
 
 Each check raises `ConfigError` with one line that names the key and says what to do, so a bad
 config costs seconds, not a compile. Registries (models, losses, data sources, augmentations,
-metrics) are asked about their own keys, so a new entry brings its checks with it.
+metrics, the mesh) are asked about their own keys, so a new entry brings its checks with it. That
+puts this module a layer above them: `jaxgan.config` (the schema, which they import) does not
+import it; callers import `jaxgan.config.validation` by name.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import os
 import ml_collections
 import numpy as np
 
+from jaxgan import augment as augment_lib
+from jaxgan import data as data_lib
+from jaxgan import losses, models, sharding
 from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, attribute_classes,
                                   base_config, check_complete, check_known_keys, check_types,
                                   flat_items, get, is_uri, parse_class_counts, r1_period)
+from jaxgan.metrics import suite as metrics_suite
+from jaxgan.models.batchnorm import NORM_IMPLS
+from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
 
 
 _ONE_OF = {"model": "a model", "loss": "a loss", "augment": "an augmentation"}
@@ -70,16 +78,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   `reads_data=False` (--compile_only, the benchmark: the step on made-up batches) skips the data
   source's checks of where the data is (data.path given, a prepared set's info read and matched).
   """
-  # Imported here: the registries live in the same layer and pull in flax.
-  from jaxgan import data as data_lib
-  from jaxgan import losses
-  from jaxgan import models
-  from jaxgan import augment as augment_lib
-  from jaxgan import sharding
-  from jaxgan.metrics import suite as metrics_suite
-  from jaxgan.models.batchnorm import NORM_IMPLS
-  from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
-
   check_known_keys(config)
   check_complete(config)
   check_types(config)
@@ -320,11 +318,6 @@ READ_WHILE_ON = {"loss.r1_interval": ("loss.r1_gamma", "R1"),
 def unread_keys(config: ml_collections.ConfigDict) -> set[str]:
   """The keys that the config's data source, model, loss and augmentation (known names only) do
   not read, e.g. 'model.attention_resolution' for DCGAN: their values change nothing."""
-  from jaxgan import augment as augment_lib
-  from jaxgan import data as data_lib
-  from jaxgan import losses
-  from jaxgan import models
-
   unread = set()
   for section, name, registry, keys in (
       ("data", config.data.source, data_lib.SOURCES, data_lib.SOURCE_KEYS),

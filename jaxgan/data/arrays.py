@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from jaxgan import tf_host
+from jaxgan.config.schema import ConfigError, attribute_classes
 from jaxgan.data import shuffle_order
 from jaxgan.data.images import LoadOptions
 
@@ -114,9 +115,9 @@ class ArraySource:
   attribute ([] when unconditional).
   """
 
-  multi_attribute = False  # whether this source can serve data.extra_num_classes (config.validate)
-  reads: frozenset = frozenset()  # its SOURCE_KEYS (config.validate refuses the others when set)
-  # How config.validate ends its message for a SOURCE_KEYS key set that this source ignores.
+  multi_attribute = False  # whether this source can serve data.extra_num_classes (validation)
+  reads: frozenset = frozenset()  # its SOURCE_KEYS (config validation refuses the others when set)
+  # How config validation ends its message for a SOURCE_KEYS key set that this source ignores.
   unread_hint = "which does not read it; drop data.{key}"
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -268,7 +269,6 @@ def _warn_unconditional(where: str, classes: Sequence[int]) -> None:
 
 def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
   """data.num_classes must match what the data holds (0 for unconditional training)."""
-  from jaxgan.config import ConfigError  # same layer; lazy to keep import order simple
 
   want = config.data.num_classes
   if want == 0 and class_names:
@@ -289,7 +289,6 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
 def require_attributes(config, attributes: Attributes, where: str) -> None:
   """data.num_classes and data.extra_num_classes must match the attributes the data holds
   (any data may be trained unconditionally, with data.num_classes = 0)."""
-  from jaxgan.config import ConfigError, attribute_classes  # same layer; lazy as above
 
   want = attribute_classes(config)
   have = tuple(len(names) for _, names in attributes)
@@ -314,7 +313,7 @@ def require_attributes(config, attributes: Attributes, where: str) -> None:
 # The data keys read by some sources only, what they read and how (cache_dir, workers,
 # max_bad_fraction): set for a source that does not read it, a key would be ignored without a
 # word (data.max_bad_fraction=0 on a prepared set, whose bad files prepare already dropped), which
-# config.validate refuses, from each source's `reads`.
+# config validation refuses, from each source's `reads`.
 SOURCE_KEYS = ("path", "image_column", "id_column", "image_dir", "image_pattern", "label_column",
                "label_columns", "min_class_count", "rare_classes", "tfds_name", "tfds_data_dir",
                "tfds_split", "tfds_image_key", "tfds_label_key", "tfds_download", "min_source_size",

@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import DataError
 from jaxgan.data.prepared import INFO_FILE, attribute_names, read_info
 
@@ -22,7 +23,6 @@ FROM_DATA = -1
 def with_class_counts(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with data.num_classes = FROM_DATA replaced by the prepared set's class count (and
   data.extra_num_classes by its other attributes'); other configs unchanged."""
-  from jaxgan.config import ConfigError  # same layer; lazy as the sources do
 
   d = config.data
   if d.num_classes != FROM_DATA or d.source != "prepared":

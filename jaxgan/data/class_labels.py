@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxgan.config.schema import ConfigError
+
 
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -77,7 +79,6 @@ def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: 
 
 def check_rare_class_keys(config) -> None:
   """Raises ConfigError for data.rare_classes or data.min_class_count out of range."""
-  from jaxgan.config import ConfigError  # pylint: disable=g-import-not-at-top
 
   d = config.data
   if d.rare_classes not in ("other", "drop"):

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
 from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
 from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
@@ -56,7 +57,6 @@ class FolderSource(ArraySource):
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
-    from jaxgan.config import ConfigError
 
     if reads_data and not config.data.path:
       raise ConfigError("config key data.path: the folder source needs the image directory")

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxgan.config.schema import ConfigError, attribute_classes, split_columns
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
 from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
 from jaxgan.data.listed import decoded_source
@@ -331,7 +332,6 @@ def _field_count_problem(row: dict) -> str:
 
 def label_columns(config) -> list[str]:
   """data.label_column followed by data.label_columns' extra attribute columns."""
-  from jaxgan.config import split_columns
 
   d = config.data
   return ([d.label_column] if d.label_column else []) + split_columns(d.label_columns)
@@ -345,14 +345,12 @@ class ManifestSource(ArraySource):
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
-    from jaxgan.config import ConfigError
 
     d = config.data
     if reads_data and not d.path:
       raise ConfigError("config key data.path: the manifest source needs a .csv, .jsonl or "
                         ".json file")
     check_rare_class_keys(config)
-    from jaxgan.config import attribute_classes, split_columns
 
     extra = split_columns(d.label_columns)
     if extra and not d.label_column:

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from jaxgan.atomic_write import exclusive
+from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import ArraySource, DataError, cache_dir_problem, require_attributes
 from jaxgan.data.decode import log_upscaled
 from jaxgan.data.images import LOADER_VERSION
@@ -61,7 +62,6 @@ class PreparedSource(ArraySource):
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
-    from jaxgan.config import ConfigError
 
     if not reads_data:  # every check here is of the set's files
       return

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import check_rows
 
 Points = list[tuple[float, float]]
@@ -162,7 +163,7 @@ def draw_product(category: int, image_size: int, rng: np.random.Generator) -> np
 class SyntheticCatalog:
   """Infinite, deterministic stream of labelled synthetic product images."""
 
-  reads: frozenset = frozenset()  # none of a real data set's keys (config.validate)
+  reads: frozenset = frozenset()  # none of a real data set's keys (config validation)
   # A real data set's key set: the run would silently train on drawings.
   unread_hint = ("which reads no files; set --config.data.source (prepared, folder, manifest or "
                  "tfds) or drop data.{key}")
@@ -180,7 +181,6 @@ class SyntheticCatalog:
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
-    from jaxgan.config import ConfigError  # same layer; lazy to keep import order simple
 
     del reads_data  # it draws its images: no files
     if not 16 <= config.data.image_size <= 256:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from jaxgan import progress as progress_lib
 from jaxgan import tf_host
+from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import (DECODE_KEYS, ArraySource, DataError, check_bad_fraction,
                                  load_options, require_num_classes)
 from jaxgan.data.decode import log_upscaled
@@ -186,7 +187,6 @@ class TfdsSource(ArraySource):
 
   @staticmethod
   def validate(config, reads_data: bool = True) -> None:
-    from jaxgan.config import ConfigError
 
     del reads_data  # the name is the config's, needed to build the source at all
     if not config.data.tfds_name:

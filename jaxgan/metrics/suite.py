@@ -63,7 +63,7 @@ def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.
   return out
 
 
-_per_class_fid.needs_labels = True  # config.validate refuses it for unconditional runs
+_per_class_fid.needs_labels = True  # config validation refuses it for unconditional runs
 
 PR_NEIGHBOURS = 3
 

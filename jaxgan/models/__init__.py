@@ -36,7 +36,7 @@ FAMILY_KEYS = ("embed_dim", "d_norm", "upsample_impl", "downsample_impl", "share
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """`validate(config)` raises config.ConfigError for model keys this family cannot build (run
-  by config.validate, before anything is compiled); `reads`: the FAMILY_KEYS it reads (the
+  by config validation, before anything is compiled); `reads`: the FAMILY_KEYS it reads (the
   ResNet D has no normalisation but spectral norm: no `model.d_norm`)."""
 
   build: Callable[..., tuple[nn.Module, nn.Module]]
