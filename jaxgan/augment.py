@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgan import augment_ada as ada
+from jaxgan.config.schema import ConfigError
 from jaxgan.registry import Registry
 
 Array = jnp.ndarray
@@ -235,11 +236,24 @@ class Augment:
   adaptive: bool = False  # True: the trainer tunes p with accumulate / maybe_update
   uses_p: bool = False  # True: p starts at augment.ada_p_init (and is logged as augment_p)
   reads: frozenset = frozenset()  # the FAMILY_KEYS it reads
+  # config.augment -> None, or a ConfigError naming the key (run before anything compiles).
+  validate: Callable[[Any], None] = lambda augment_config: None
 
 
 def _configured_diffaugment(augment_config: Any) -> Apply:
   policy = augment_config.policy
   return lambda images, key, p: diffaugment(images, key, policy)
+
+
+def _validate_diffaugment(augment_config: Any) -> None:
+  try:
+    ops = parse_policy(augment_config.policy)
+  except ValueError as e:
+    raise ConfigError(f"config key augment.policy: {e}") from None
+  if not ops:
+    raise ConfigError(f"config key augment.policy: {augment_config.policy!r} names no op, so "
+                      "DiffAugment would never augment; name them (e.g. color,translation,"
+                      "cutout), or set augment.name=none")
 
 
 AUGMENTS: Registry[Augment] = Registry("augment")
@@ -248,7 +262,8 @@ FAMILY_KEYS = ("policy", "ada_target", "ada_kimg", "ada_interval", "ada_p_init")
 
 AUGMENTS.register("none")(Augment(make=lambda c: lambda images, key, p: images))
 AUGMENTS.register("diffaugment")(Augment(make=_configured_diffaugment,
-                                         reads=frozenset({"policy"})))
+                                         reads=frozenset({"policy"}),
+                                         validate=_validate_diffaugment))
 AUGMENTS.register("ada")(Augment(make=lambda c: ada_augment, adaptive=True, uses_p=True,
                                  reads=frozenset(FAMILY_KEYS) - {"policy"}))
 # StyleGAN2-ADA's --aug=fixed: the same pipeline at a constant p (augment.ada_p_init).

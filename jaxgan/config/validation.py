@@ -23,6 +23,7 @@ from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, att
                                   flat_items, get, is_uri, parse_class_counts, r1_period)
 from jaxgan.metrics import suite as metrics_suite
 from jaxgan.models.batchnorm import NORM_IMPLS
+from jaxgan.models.dcgan import D_NORMS
 from jaxgan.models.layers import DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS
 
 
@@ -142,8 +143,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            "(data.label_columns), or set data.extra_num_classes=''")
   _require(config.train.dtype in DTYPES, "train.dtype",
            f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
-  _require(config.model.d_norm in ("batch", "layer", "none"), "model.d_norm",
-           f"must be 'batch', 'layer' or 'none', got {config.model.d_norm!r}")
+  _require(config.model.d_norm in D_NORMS, "model.d_norm",
+           f"must be one of {list(D_NORMS)}, got {config.model.d_norm!r}")
 
   _require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
            f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
@@ -179,14 +180,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
            f"unknown augmentation {config.augment.name!r}; choose one of "
            f"{augment_lib.AUGMENTS.names()}")
-  if config.augment.name == "diffaugment":
-    try:
-      ops = augment_lib.parse_policy(config.augment.policy)
-    except ValueError as e:
-      raise ConfigError(f"config key augment.policy: {e}") from None
-    _require(bool(ops), "augment.policy", f"{config.augment.policy!r} names no op, so DiffAugment "
-             "would never augment; name them (e.g. color,translation,cutout), or set "
-             "augment.name=none")
+  augment_lib.AUGMENTS.get(config.augment.name).validate(config.augment)
   if augment_lib.AUGMENTS.get(config.augment.name).adaptive:
     _require(loss.ada_boundary is not None, "augment.name",
              f"ADA tunes p from the sign of D(real), which loss.name={config.loss.name} does not "

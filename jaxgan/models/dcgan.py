@@ -86,12 +86,15 @@ class Generator(nn.Module):
     return jnp.tanh(h.astype(jnp.float32))
 
 
+D_NORMS = ("batch", "layer", "none")  # model.d_norm: D's normalisation after its first layer
+
+
 class Discriminator(nn.Module):
   image_size: int
   num_classes: int | tuple[int, ...] = 0  # classes per attribute; 0 or () = unconditional
   width: int = 64
   max_width: int = 512
-  norm: str = "batch"  # 'batch' | 'layer' | 'none'
+  norm: str = "batch"  # one of D_NORMS
   downsample_impl: str = "auto"  # how the 4x4/2 convs are lowered (layers.DownConv)
   norm_impl: str = "flax"  # BatchNorm + LeakyReLU when norm='batch': 'flax' | 'fused'
   dtype: Any = jnp.float32
