@@ -172,8 +172,12 @@ def _resolve_defaults(args) -> str:
     return str(e)
   # Checked now from config.json; taken from the checkpoint's own config once it is read.
   args.defaulted = [name for name in ("metrics", "num_samples") if not getattr(args, name)]
-  if args.data_path and config.data.source == "synthetic":
-    return ("--data-path: this run trained on the synthetic catalog, which reads no files; "
+  from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  source = config.data.source
+  if args.data_path and source in data_lib.SOURCES and (
+      "path" not in data_lib.SOURCES.get(source).reads):
+    return (f"--data-path: this run trained on data.source={source!r}, which reads no data.path; "
             "drop --data-path")
   args.metrics = args.metrics or config.eval.metrics
   args.num_samples = args.num_samples or config.train.eval_num_samples

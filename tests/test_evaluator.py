@@ -617,8 +617,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     (["--real", "{tmp}", "--fake", "{tmp}", "--checkpoint", "best"],
      "--checkpoint is for workdir mode"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--data-path", "{tmp}"], "--data-path is for workdir"),
-    (["--workdir", "{tmp}", "--data_path", "/x"], "--data-path: this run trained on the synthetic "
-     "catalog, which reads no files; drop --data-path"),  # and '_' spells a flag too
+    (["--workdir", "{tmp}", "--data_path", "/x"], "--data-path: this run trained on "
+     "data.source='synthetic', which reads no data.path; drop --data-path"),  # '_' spells it too
+    (["--workdir", "{tmp}/tfds_run", "--data-path", "/x"], "--data-path: this run trained on "
+     "data.source='tfds', which reads no data.path; drop --data-path"),
     (["--workdir", "{tmp}", "--standing-stats-batches", "-5"],  # was taken as -1
      "--standing-stats-batches must be -1 (the run's), 0 (the raw G's running statistics) or "
      "up to 10000, got -5"),
@@ -654,6 +656,9 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   os.makedirs(tmp_path / "trained" / "samples")
   (tmp_path / "trained" / "config.json").write_text(config_lib.to_json(tiny_config()))
   (tmp_path / "trained" / "samples" / "step_0000002.png").write_bytes(b"never read")
+  os.makedirs(tmp_path / "tfds_run")
+  (tmp_path / "tfds_run" / "config.json").write_text(config_lib.to_json(tiny_config(
+      **{"data.source": "tfds", "data.tfds_name": "cifar10"})))
 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
