@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
@@ -118,7 +119,8 @@ def extract_across_processes(extract: Callable[[Iterator[np.ndarray], int], np.n
   return multihost.gather_rows(np.arange(lo, hi), features, total)
 
 
-def reals_for(config, num_samples: int, num_real: int = 0, source: Any = None) -> int:
+def reals_for(config: ml_collections.ConfigDict, num_samples: int, num_real: int = 0,
+              source: Any = None) -> int:
   """The real images an evaluation of `num_samples` fakes compares with: `num_real`, else the
   config's eval.num_real, else as many as the fakes; at most the `source`'s images where it
   knows their count (`real_chunks` reads no more)."""

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxgan.registry import Registry
 
@@ -82,7 +83,7 @@ def gradient_penalty(critic: Callable[[Array], Array], real: Array, fake: Array,
   return jnp.mean((norms - 1.0) ** 2)
 
 
-def build_loss(config) -> Loss:
+def build_loss(config: ml_collections.ConfigDict) -> Loss:
   return LOSSES.get(config.loss.name, "loss.name")
 
 

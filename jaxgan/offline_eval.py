@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Iterator, Optional, Sequence
 
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -193,7 +194,7 @@ def record(workdir: str, results: dict) -> str:
   return ""
 
 
-def run_data(config, meta: dict, data_path: str):
+def run_data(config: ml_collections.ConfigDict, meta: dict, data_path: str):
   """The run's data source (at --data-path when given), refused with one line before any
   Inception work when it is not the data the run was trained on (another image size or class
   counts: an FID against it would mean nothing, or the conditional samples fail), and warned of

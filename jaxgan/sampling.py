@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -161,8 +162,9 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   return standing
 
 
-def make_ema_statistics(config, generator: nn.Module, label_counts: Optional[dict] = None,
-                        out_sharding=None, batch_sharding=None, truncation: float = 0.0
+def make_ema_statistics(config: ml_collections.ConfigDict, generator: nn.Module,
+                        label_counts: Optional[dict] = None, out_sharding=None,
+                        batch_sharding=None, truncation: float = 0.0
                         ) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -32,7 +33,7 @@ BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 MIN_FSDP_SIZE = 2**12
 
 
-def initialize_distributed(config) -> None:
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Starts `jax.distributed` when the run spans several processes.
 
   - `distributed.coordinator_address = 'auto'`: JAX detects everything itself (Cloud TPU pods,
@@ -100,19 +101,19 @@ def _check_port_free(address: str) -> None:
       # Anything else (IPv6 present but unusable, a port below 1024): the next family, or JAX.
 
 
-def mesh_shape(config, num_devices: int) -> tuple[int, int]:
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
   """(data, fsdp) sizes; `mesh.data = -1` takes the devices that fsdp leaves."""
   fsdp = config.mesh.fsdp
   data = num_devices // fsdp if config.mesh.data == -1 else config.mesh.data
   return data, fsdp
 
 
-def make_mesh(config) -> Mesh:
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
   """The ('data', 'fsdp') mesh over all devices, or the first data * fsdp of one process."""
   return Mesh(device_grid(config, jax.devices()), BATCH_AXES)
 
 
-def device_grid(config, devices: list) -> np.ndarray:
+def device_grid(config: ml_collections.ConfigDict, devices: list) -> np.ndarray:
   """The [data, fsdp] array of `devices` the mesh is made of.
 
   Over all devices the order is JAX's topology-aware one (`create_device_mesh`): on TPU slices

@@ -13,6 +13,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from jaxgan import augment as augment_lib
@@ -43,7 +44,8 @@ class TrainState:
   lecam: PyTree  # {'real', 'fake'}: EMAs of D's mean outputs, LeCam's anchors
 
 
-def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def make_optimizers(config: ml_collections.ConfigDict
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Separate Adam optimizers for G and D (DCGAN defaults: lr 2e-4, b1 0.5).
 
   With lazy R1 (StyleGAN2's lazy regularisation) D takes an extra regulariser step every k =
@@ -60,7 +62,7 @@ def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.Gradien
   return optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(d_lr, b1=b1, b2=b2)
 
 
-def init_state(config, generator: nn.Module, discriminator: nn.Module,
+def init_state(config: ml_collections.ConfigDict, generator: nn.Module, discriminator: nn.Module,
                g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
                seed: int) -> TrainState:
   """A fresh state from `seed`. Pure and jittable: the trainer jits it with output shardings so
@@ -94,7 +96,7 @@ def init_state(config, generator: nn.Module, discriminator: nn.Module,
   )
 
 
-def abstract_state(config) -> TrainState:
+def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
   """The shapes and dtypes of `config`'s train state (jax.eval_shape: nothing computed)."""
   generator, discriminator = models_lib.build_models(config)
   g_tx, d_tx = make_optimizers(config)
@@ -110,7 +112,7 @@ def same_layout(a: Any, b: Any) -> bool:
   return layout(a) == layout(b)
 
 
-def class_axes(config) -> dict[str, tuple[int, int]]:
+def class_axes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
   """{'collection/path': (attribute, axis)} for the state's arrays that hold one entry per class
   of a conditioning attribute along one axis (G's class embeddings, a projection D's tables, their
   EMA and Adam moments): found by tracing, as the arrays whose shape grows by one along that axis

@@ -19,6 +19,7 @@ import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from jaxgan import augment as augment_lib
@@ -80,7 +81,7 @@ def with_power_iteration_state(stats: Any, source: Any) -> Any:
   return traverse_util.unflatten_dict({k: power[k] if is_power(k) else v for k, v in flat.items()})
 
 
-def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:
+def ema_beta(config: ml_collections.ConfigDict, step: jnp.ndarray) -> jnp.ndarray:
   """Per-step EMA decay from a half-life in images, with StyleGAN2-ADA's ramp-up.
 
   Images are G's: `batch_size` per step (one G update), for the decay and the ramp-up alike (with
@@ -94,9 +95,9 @@ def ema_beta(config, step: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(half_life > 0, 0.5 ** (batch / jnp.maximum(half_life, 1e-8)), 0.0)
 
 
-def make_train_step(config, generator: nn.Module, discriminator: nn.Module,
-                    loss: losses_lib.Loss, g_tx: optax.GradientTransformation,
-                    d_tx: optax.GradientTransformation
+def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
+                    discriminator: nn.Module, loss: losses_lib.Loss,
+                    g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds the pure step. `batch` holds `n_critic * batch_size` uint8 images and int32 labels
   ([n] for one attribute, [n, A] for several)."""

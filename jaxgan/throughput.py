@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxgan import config as config_lib
 from jaxgan import flops as flops_lib
@@ -52,7 +53,7 @@ def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   return max(matches, key=lambda m: m[0])[1] if matches else None
 
 
-def step_flops_per_image(config) -> float:
+def step_flops_per_image(config: ml_collections.ConfigDict) -> float:
   """Analytic train-step FLOPs per image from the layer shapes of the configured G and D.
 
   These are the model's FLOPs, the same for every lowering: counted on G's 'dilated' lowering
@@ -84,7 +85,7 @@ def step_flops_per_image(config) -> float:
   return flops_lib.train_step_flops_per_image(g2 - g1, d2 - d1, config.train.n_critic)
 
 
-def implementations(config) -> dict:
+def implementations(config: ml_collections.ConfigDict) -> dict:
   """Which lowering of G's up-convs and D's down-convs and which BatchNorm the step runs ('auto'
   resolved for this backend), for result rows."""
   m = config.model
@@ -139,7 +140,7 @@ def time_alternately(calls: Sequence[Callable[[], object]], rounds: int) -> list
   return times
 
 
-def step_call(config, warmup: int = 5, step: Optional[Callable] = None
+def step_call(config: ml_collections.ConfigDict, warmup: int = 5, step: Optional[Callable] = None
               ) -> tuple[Callable[..., None], int]:
   """(call, steps per call): `call()` runs the train step that training uses (run_lib.build_run;
   or `step`, a variant of it) once on device-resident data and waits for it, carrying its own
@@ -184,12 +185,12 @@ def benchmark_steps(configs: Sequence, steps: int = 30, warmup: int = 5) -> list
           for config, (_, k), t, p in zip(configs, ready, times, pipelined)]
 
 
-def benchmark_step(config, steps: int = 30, warmup: int = 5) -> dict:
+def benchmark_step(config: ml_collections.ConfigDict, steps: int = 30, warmup: int = 5) -> dict:
   """`benchmark_steps` of one config."""
   return benchmark_steps([config], steps, warmup)[0]
 
 
-def step_row(config, steps_per_call: int, call_times: list[float],
+def step_row(config: ml_collections.ConfigDict, steps_per_call: int, call_times: list[float],
              peak_memory: Optional[int] = None, pipelined_call_s: Optional[float] = None) -> dict:
   """The benchmark's JSON row for `config` from the seconds of each timed call (and the mean of
   back-to-back calls, `pipelined_call_s`, when measured)."""
@@ -275,8 +276,8 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
   return results
 
 
-def profile_step(config, steps: int = 5, warmup: int = 3, trace_dir: str = "",
-                 top: int = 15) -> dict:
+def profile_step(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 3,
+                 trace_dir: str = "", top: int = 15) -> dict:
   """Where the train step's time goes (`profiling.breakdown`): `steps` calls traced after the
   warm-up (at least one call; each `train.steps_per_call` steps; times are per train step), op
   times by kind (conv, matmul, reduction, elementwise, copy, ...), by model layer and

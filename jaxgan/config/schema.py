@@ -298,7 +298,7 @@ def attribute_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (config.data.num_classes, *parse_class_counts(config.data.extra_num_classes))
 
 
-def r1_period(config) -> int:
+def r1_period(config: ml_collections.ConfigDict) -> int:
   """D's ordinary Adam steps between two lazy R1 phases: `loss.r1_interval` train steps of
   `train.n_critic` D updates each. StyleGAN2's lazy-regularisation corrections (R1's gain, D's lr
   and betas) are in D steps; with n_critic > 1, counting train steps would weaken R1 n_critic-fold

@@ -28,6 +28,7 @@ import queue
 import threading
 from typing import Iterator, TypeVar
 
+import ml_collections
 import numpy as np
 
 
@@ -64,7 +65,7 @@ def attribute_names(source) -> list[tuple[str, list[str]]]:
   return [(str(c), list(n)) for c, n in names]
 
 
-def build_source(config):
+def build_source(config: ml_collections.ConfigDict):
   """The data source named by `data.source`."""
   return SOURCES.get(config.data.source, "data.source").from_config(config)
 

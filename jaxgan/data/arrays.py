@@ -18,6 +18,7 @@ import errno
 import logging
 from typing import Iterator, Optional, Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxgan import tf_host
@@ -139,7 +140,7 @@ class ArraySource:
     self.bad_files = bad_files  # reported in the metrics
 
   @classmethod
-  def for_config(cls, config, images: np.ndarray, labels: np.ndarray,
+  def for_config(cls, config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
                  class_names: Sequence[str], bad_files: int = 0,
                  attribute_names: Optional[Attributes] = None,
                  where: str = "the data set") -> "ArraySource":
@@ -251,7 +252,7 @@ def check_rows(rows: Optional[np.ndarray], batch_size: int) -> np.ndarray:
   return rows
 
 
-def load_options(config) -> LoadOptions:
+def load_options(config: ml_collections.ConfigDict) -> LoadOptions:
   d = config.data
   return LoadOptions(image_size=d.image_size, min_source_size=d.min_source_size,
                      max_pixels=d.max_pixels)
@@ -267,7 +268,8 @@ def _warn_unconditional(where: str, classes: Sequence[int]) -> None:
               "condition on them)", where, " x ".join(map(str, classes)), how)
 
 
-def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
+def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence[str],
+                        where: str) -> None:
   """data.num_classes must match what the data holds (0 for unconditional training)."""
 
   want = config.data.num_classes
@@ -286,7 +288,8 @@ def require_num_classes(config, class_names: Sequence[str], where: str) -> None:
                       f"{where} has {len(class_names)} classes ({shown}), the run {want}")
 
 
-def require_attributes(config, attributes: Attributes, where: str) -> None:
+def require_attributes(config: ml_collections.ConfigDict, attributes: Attributes,
+                       where: str) -> None:
   """data.num_classes and data.extra_num_classes must match the attributes the data holds
   (any data may be trained unconditionally, with data.num_classes = 0)."""
 

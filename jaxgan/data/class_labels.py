@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxgan.config.schema import ConfigError
@@ -77,7 +78,7 @@ def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: 
   return labels, class_names, [p for p, k in zip(paths, kept) if k], dropped
 
 
-def check_rare_class_keys(config) -> None:
+def check_rare_class_keys(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for data.rare_classes or data.min_class_count out of range."""
 
   d = config.data

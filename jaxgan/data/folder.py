@@ -6,6 +6,7 @@ import collections
 import logging
 import os
 
+import ml_collections
 import numpy as np
 
 from jaxgan.config.schema import ConfigError
@@ -56,14 +57,14 @@ class FolderSource(ArraySource):
   reads = frozenset({"path", "min_class_count", "rare_classes"}) | LISTED_KEYS
 
   @staticmethod
-  def validate(config, reads_data: bool = True) -> None:
+  def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:
 
     if reads_data and not config.data.path:
       raise ConfigError("config key data.path: the folder source needs the image directory")
     check_rare_class_keys(config)
 
   @classmethod
-  def from_config(cls, config) -> ArraySource:
+  def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     d = config.data
     paths, folders, outside = scan_folder(d.path)
     if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list

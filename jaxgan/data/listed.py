@@ -9,6 +9,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxgan.atomic_write import exclusive
@@ -21,8 +22,8 @@ from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, log_u
 log = logging.getLogger(__name__)
 
 
-def decoded_source(config, paths: Sequence[str], labels: np.ndarray, class_names: Sequence[str],
-                   where: str, missing: Sequence[dict] = (),
+def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labels: np.ndarray,
+                   class_names: Sequence[str], where: str, missing: Sequence[dict] = (),
                    attribute_names: Optional[Attributes] = None) -> ArraySource:
   """Decodes `paths` (cached when data.cache_dir is set), drops and reports bad files, and wraps
   the rest in an ArraySource. Labels ([N] or [N, A]) are zeroed for unconditional training."""

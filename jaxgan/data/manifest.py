@@ -13,6 +13,7 @@ import string
 import unicodedata
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxgan.config.schema import ConfigError, attribute_classes, split_columns
@@ -330,7 +331,7 @@ def _field_count_problem(row: dict) -> str:
   return ""
 
 
-def label_columns(config) -> list[str]:
+def label_columns(config: ml_collections.ConfigDict) -> list[str]:
   """data.label_column followed by data.label_columns' extra attribute columns."""
 
   d = config.data
@@ -344,7 +345,7 @@ class ManifestSource(ArraySource):
                     ) | LISTED_KEYS
 
   @staticmethod
-  def validate(config, reads_data: bool = True) -> None:
+  def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:
 
     d = config.data
     if reads_data and not d.path:
@@ -363,7 +364,7 @@ class ManifestSource(ArraySource):
                         f"{len(extra)} ({d.label_columns!r}); give one class count per column")
 
   @classmethod
-  def from_config(cls, config) -> ArraySource:
+  def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     d = config.data
     columns = label_columns(config)
     paths, values, missing = scan_manifest_columns(d.path, d.image_column, d.id_column,

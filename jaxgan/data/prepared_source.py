@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Optional
 
+import ml_collections
 import numpy as np
 
 from jaxgan.atomic_write import exclusive
@@ -61,7 +62,7 @@ class PreparedSource(ArraySource):
                  "data.{key}")
 
   @staticmethod
-  def validate(config, reads_data: bool = True) -> None:
+  def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:
 
     if not reads_data:  # every check here is of the set's files
       return
@@ -76,7 +77,7 @@ class PreparedSource(ArraySource):
     require_attributes(config, attribute_names(info), config.data.path)
 
   @classmethod
-  def from_config(cls, config) -> ArraySource:
+  def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     """The shards read into memory, or with `data.cache_dir` into a memory-mapped file there
     (sets larger than RAM; processes of one host then share one copy in the page cache)."""
     d = config.data

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterator, Optional
 
+import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -176,11 +177,11 @@ class SyntheticCatalog:
     self.attribute_names = [("category", list(self.class_names))] if num_classes else []
 
   @classmethod
-  def from_config(cls, config) -> "SyntheticCatalog":
+  def from_config(cls, config: ml_collections.ConfigDict) -> "SyntheticCatalog":
     return cls(config.data.image_size, config.data.num_classes, config.seed)
 
   @staticmethod
-  def validate(config, reads_data: bool = True) -> None:
+  def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:
 
     del reads_data  # it draws its images: no files
     if not 16 <= config.data.image_size <= 256:

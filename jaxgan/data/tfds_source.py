@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Iterator, Optional
 
+import ml_collections
 import numpy as np
 from PIL import Image
 from jaxgan import progress as progress_lib
@@ -186,7 +187,7 @@ class TfdsSource(ArraySource):
                      "tfds_label_key", "tfds_download"}) | DECODE_KEYS
 
   @staticmethod
-  def validate(config, reads_data: bool = True) -> None:
+  def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:
 
     del reads_data  # the name is the config's, needed to build the source at all
     if not config.data.tfds_name:
@@ -194,7 +195,7 @@ class TfdsSource(ArraySource):
                         "e.g. fashion_mnist")
 
   @classmethod
-  def from_config(cls, config) -> ArraySource:
+  def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     d = config.data
     images, labels, class_names, bad = load_tfds(d.tfds_name, d.tfds_split, d.tfds_data_dir,
                                                  d.tfds_image_key, d.tfds_label_key,

@@ -13,6 +13,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from jaxgan.config import ConfigError, attribute_classes
 from jaxgan.models.batchnorm import resolve_norm_impl
@@ -52,7 +53,7 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def compute_dtype(config):
+def compute_dtype(config: ml_collections.ConfigDict):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.dtype]
 
 
@@ -109,6 +110,6 @@ MODELS.register("resnet")(ModelSpec(_build_resnet, (32, 64, 128, 256), _validate
                                     reads=frozenset({"shared_dim", "attention_resolution"})))
 
 
-def build_models(config) -> tuple[nn.Module, nn.Module]:
+def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
   """(G, D) for `model.name`."""
   return MODELS.get(config.model.name, "model.name").build(config)
