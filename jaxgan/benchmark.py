@@ -52,6 +52,9 @@ def _check_flags(mode: str) -> None:
         cli.fail(f"--{flag} must be >= 1, got {FLAGS[flag].value}")
     if FLAGS.limit < 0:
       cli.fail(f"--limit must be >= 0 (0 = every image), got {FLAGS.limit}")
+    from jaxgan.data.images import MAX_IMAGE_SIZE  # pylint: disable=g-import-not-at-top
+    if FLAGS.image_size > MAX_IMAGE_SIZE:
+      cli.fail(f"--image_size must be at most {MAX_IMAGE_SIZE}, got {FLAGS.image_size}")
     stray = [f for f in ("config", "steps", "warmup", "profile_steps", "trace_dir", "top")
              if FLAGS[f].present]
     if stray:  # ignored without a word otherwise

@@ -92,10 +92,15 @@ def _bad_argument(args) -> str:
   if args.num_real < 0 or 0 < args.num_real < fewest:
     return (f"--num-real must be 0 (the run's eval.num_real) or >= {fewest} for --metrics "
             f"{args.metrics}, got {args.num_real}")
+  from jaxgan.data.images import MAX_IMAGE_SIZE  # pylint: disable=g-import-not-at-top
+
   if args.image_size < 0 or (args.image_size and args.workdir):
     return (f"--image-size must be >= 1 (0 = native sizes), got {args.image_size}"
             if args.image_size < 0 else "--image-size is for two-set mode (--real/--fake); "
             "workdir mode uses the run's data.image_size")
+  if args.image_size > MAX_IMAGE_SIZE:
+    return (f"--image-size must be at most {MAX_IMAGE_SIZE} (0 = native sizes), got "
+            f"{args.image_size}")
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -38,7 +38,7 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan.data.images import LoadOptions  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.images import MAX_IMAGE_SIZE, LoadOptions  # pylint: disable=g-import-not-at-top
 
   p = cli.ArgumentParser(prog="python -m jaxgan.prepare", description=__doc__.split("\n\n")[1],
                               formatter_class=_HelpWithDefaults)
@@ -74,6 +74,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   for flag in ("image_size", "min_class_count", "min_source_size", "max_pixels"):
     if getattr(args, flag) < 1:
       p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+  if args.image_size > MAX_IMAGE_SIZE:
+    p.error(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {args.image_size}")
   if label_columns(args) and not args.manifest:
     p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
   for flag in ("id_column", "image_column", "image_pattern"):
@@ -206,6 +208,10 @@ def prepare(args: argparse.Namespace) -> dict:
   arrays.log_skipped_rows(skipped, args.manifest or args.images, "--max-bad-fraction")
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,
                         max_pixels=args.max_pixels)
+  too_large = decode.memory_problem(len(paths), args.image_size)  # held whole to be written
+  if too_large:
+    raise arrays.DataError(f"{too_large}; use a smaller --image-size, or prepare part of the "
+                           "images at a time")
   images, indices, bad, upscaled = decode.decode_all(paths, options, args.workers,
                                                      desc="prepare")
   decode.log_upscaled(upscaled, len(indices), args.manifest or args.images, args.image_size,

@@ -237,6 +237,10 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
     paths = paths[:limit] if limit else paths
     if not paths:
       raise arrays.DataError(f"--images {images_dir}: no image files found in it or below it")
+    too_large = decode.memory_problem(len(paths), image_size)
+    if too_large:
+      raise arrays.DataError(f"--images {images_dir}: {too_large}; use a smaller --image_size, "
+                             "or --limit")
     start = time.perf_counter()
     images, _, skipped, _ = decode.decode_all(paths, LoadOptions(image_size), workers,
                                               desc="decode")

@@ -165,7 +165,8 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["profile", "--config", "configs/default.py", "--steps", "100"],
          ["profile", "--config", "configs/default.py", "--top", "-4"],
          ["input", "--prepared", sys.argv[4], "--limit", "5"],
-         ["input", "--images", sys.argv[3], "--batch_size", "512", "--batches", "3"]]
+         ["input", "--images", sys.argv[3], "--batch_size", "512", "--batches", "3"],
+         ["input", "--images", sys.argv[3], "--image_size", "100000"]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -202,7 +203,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                                     "  return ml_collections.ConfigDict({'seed': 1})\n")
   bare = run_module("jaxgan.benchmark", "--config", str(tmp_path / "bare.py"))
   results.append([bare.returncode, bare.stderr.strip().splitlines()[-1]])
-  assert [code for code, _ in results] == [2] * 17, results
+  assert [code for code, _ in results] == [2] * 18, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -231,9 +232,11 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                           "set is served whole")
   assert messages[14] == ("error: --batch_size sets how the prepared set (--prepared) is served; "
                           "the raw folder (--images) is decoded whole, --limit images at most")
-  assert messages[15].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  # A typo'd size: 28 GiB an image, a numpy traceback after the folder's scan before.
+  assert messages[15] == "error: --image_size must be at most 8192, got 100000"
+  assert messages[16].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
   # A config file not built on base_config(): its one-line error (a traceback before).
-  assert messages[16].startswith("error: config key ") and "is missing" in messages[16]
+  assert messages[17].startswith("error: config key ") and "is missing" in messages[17]
 
 
 def test_the_input_benchmark_counts_the_cores_it_may_run_on(tmp_path, monkeypatch):
@@ -273,8 +276,9 @@ def test_the_input_benchmark_without_tensorflow_is_one_line(tmp_path):
       "or time the step alone (mode 'step')"]
 
 
-def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
-  """No image files, or none that decodes: an error, not a rate of 0 or of failures."""
+def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path, monkeypatch):
+  """No image files, none that decodes, or more than memory holds: an error, not a rate of 0 or
+  of failures, or a numpy traceback."""
   from jaxgan.data.arrays import DataError
 
   with pytest.raises(DataError, match=r"no image files found in it or below it"):
@@ -282,6 +286,13 @@ def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path):
   for i in range(3):
     (tmp_path / f"{i}.png").write_bytes(b"not a png")
   with pytest.raises(DataError, match=r"none of its 3 image files could be decoded \(first: "):
+    throughput.benchmark_input(str(tmp_path), workers=1)
+  # Three files at 64x64 on a host of one byte less: said before decoding, in the flags' names.
+  from jaxgan.data import decode
+
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 3 * 64 * 64 * 3 - 1)
+  with pytest.raises(DataError, match=r"^--images .*: 3 images at 64x64 .* of memory; use a "
+                     r"smaller --image_size, or --limit$"):
     throughput.benchmark_input(str(tmp_path), workers=1)
 
 

@@ -285,18 +285,18 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
                      r"memory; use a smaller batch$"):
     config_validation.validate(make_config(**{"train.batch_size": 2**31 - 2, "data.image_size": 32,
                                               "train.n_critic": 1}), num_devices=1)
-  from jaxgan.config import validation
+  from jaxgan.data import decode
   config = make_config(**{"train.batch_size": 8, "train.n_critic": 2, "data.image_size": 16})
   needed = 16 * 16 * 16 * 3  # 16 rows a step
-  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed)
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: needed)
   config_validation.validate(config, num_devices=1)
   config_validation.validate(make_config(**{"train.batch_size": 16, "train.n_critic": 2,
                                             "data.image_size": 16}), num_devices=1, num_processes=2)
-  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: needed - 1)
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: needed - 1)
   with pytest.raises(config_lib.ConfigError, match=r"a step's 16 images \(batch_size \* "
                      r"n_critic per process\) of 16x16x3 bytes"):
     config_validation.validate(config, num_devices=1)
-  monkeypatch.setattr(validation, "_host_memory_bytes", lambda: None)  # the OS does not say
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: None)  # the OS does not say
   config_validation.validate(config, num_devices=1)
 
 
@@ -769,6 +769,9 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool, paths):
     ("prepare", ["--images", "x"], "the following arguments are required: --out (see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--image-size", "0"],
      "--image-size must be a positive integer, got 0 (see --help)"),
+    # A typo'd size (6400 for 64): a numpy traceback, or the OS's kill, after the scan before.
+    ("prepare", ["--images", "x", "--out", "y", "--image-size", "100000"],
+     "--image-size must be at most 8192, got 100000 (see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--min-class-count", "-2"],
      "--min-class-count must be a positive integer, got -2 (see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--max-pixels", "0"],

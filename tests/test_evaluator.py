@@ -611,6 +611,9 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "{tmp}/trained, or pass a set `generate` wrote"),
     (["--real", "{tmp}", "--fake", "{tmp}", "--image-size", "-1"], "--image-size must be >= 1"),
     (["--workdir", "{tmp}", "--image-size", "64"], "--image-size is for two-set mode"),
+    # One image at 100000 takes 28 GiB: the OS killed evaluate, without a word.
+    (["--real", "{tmp}", "--fake", "{tmp}", "--image-size", "100000"],
+     "--image-size must be at most 8192 (0 = native sizes), got 100000"),
     # Two-set mode uses every image: workdir flags are refused, not ignored.
     (["--real", "{tmp}", "--fake", "{tmp}", "--num-samples", "5000"],
      "--num-samples is for workdir mode (--workdir); two-set mode (--real/--fake) uses every"),

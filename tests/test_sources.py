@@ -720,6 +720,36 @@ def test_joint_dropping_leaves_no_class_below_the_minimum():
   assert kept_by[0].tolist() == [True] * 4 + [False] * 2 and kept_by[1].all()
 
 
+def test_images_that_cannot_fit_in_memory_are_refused_before_decoding(folder, tmp_path, capsys,
+                                                                      monkeypatch):
+  """5 files at 16x16 on a host of one byte less: refused in one line before any is decoded
+  (a typo'd --image-size took the OS's kill or numpy's traceback after the decode started), by
+  prepare and by a folder source, which does with data.cache_dir (a memory-mapped file)."""
+  from jaxgan.data import decode
+
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 5 * 16 * 16 * 3 - 1)
+  real_decode = decode._decode_into
+  monkeypatch.setattr(decode, "_decode_into", lambda *a, **k: pytest.fail("decoded"))
+  out = tmp_path / "out"
+  assert prepare_cli.main(["--images", str(folder), "--image-size", "16", "--out", str(out)]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "error: 5 images at 16x16 (3 bytes a pixel) take 3.576e-06 GiB, more than this host's "
+      "3.575e-06 GiB of memory; use a smaller --image-size, or prepare part of the images at a "
+      "time"]
+  assert not out.exists()
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
+                      "data.max_bad_fraction": 0.5})
+  with pytest.raises(DataError, match=f"^decoding {folder}: 5 images at 16x16 .* of memory; set "
+                     r"data.cache_dir \(decoded into a memory-mapped file\)$"):
+    build_source(config)
+  monkeypatch.setattr(decode, "_decode_into", real_decode)
+  config.data.cache_dir = str(tmp_path / "cache")
+  assert build_source(config).num_examples == 4
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 5 * 16 * 16 * 3)  # fits: decoded
+  assert prepare_cli.main(["--images", str(folder), "--image-size", "16", "--out", str(out),
+                           "--max-bad-fraction", "0.5"]) == 0
+
+
 def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing(
     folder, tmp_path, capsys, monkeypatch):
   """Files that fail to decode count against --max-bad-fraction (training's

@@ -10,7 +10,6 @@ import it; callers import `jaxgan.config.validation` by name.
 from __future__ import annotations
 
 import math
-import os
 
 import ml_collections
 import numpy as np
@@ -21,6 +20,7 @@ from jaxgan import losses, models, sharding
 from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, attribute_classes,
                                   base_config, check_complete, check_known_keys, check_types,
                                   flat_items, get, is_uri, parse_class_counts, r1_period)
+from jaxgan.data import decode
 from jaxgan.metrics import suite as metrics_suite
 from jaxgan.models.batchnorm import NORM_IMPLS
 from jaxgan.models.dcgan import D_NORMS
@@ -337,19 +337,11 @@ def _below_one_in_float32(config: ml_collections.ConfigDict, key: str) -> None:
            "use at most 0.9999999 (the largest float32 below 1 is 1 - 6e-8)")
 
 
-def _host_memory_bytes() -> int | None:
-  """This host's physical memory, or None where the OS does not say."""
-  try:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (AttributeError, OSError, ValueError):  # Windows; an OS without the names
-    return None
-
-
 def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int) -> None:
   """Refuses a step whose images alone (uint8, this process's share) exceed the host's memory:
   they must be read into it before they reach the devices, and the run would otherwise be
   killed by the OS after its start-up, with no message (a typo'd batch of 2^31 was)."""
-  memory = _host_memory_bytes()
+  memory = decode.host_memory_bytes()
   rows = config.train.batch_size * config.train.n_critic // max(num_processes, 1)
   needed = rows * config.data.image_size ** 2 * 3
   _require(memory is None or needed <= memory, "train.batch_size",

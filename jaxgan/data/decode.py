@@ -96,10 +96,29 @@ class Decoded(NamedTuple):
   upscaled: Optional[int]
 
 
+def host_memory_bytes() -> Optional[int]:
+  """This host's physical memory, or None where the OS does not say."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):  # Windows; an OS without the names
+    return None
+
+
+def memory_problem(count: int, image_size: int) -> str:
+  """Why `count` images decoded at `image_size` cannot be held in this host's memory, or '':
+  said before decoding, not by the OS's out-of-memory kill (no message) or numpy's traceback."""
+  memory, needed = host_memory_bytes(), count * image_size**2 * 3
+  if memory is None or needed <= memory:
+    return ""
+  return (f"{count} images at {image_size}x{image_size} (3 bytes a pixel) take "
+          f"{needed / 2**30:.4g} GiB, more than this host's {memory / 2**30:.4g} GiB of memory")
+
+
 def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
                desc: str = "decode", cache_file: Optional[str] = None) -> Decoded:
   """Loads every path with the one image loader, in parallel, with a progress bar. With
-  `cache_file`, images go to a memory-mapped .npy."""
+  `cache_file`, images go to a memory-mapped .npy; without one, they must fit in memory (callers
+  check `memory_problem` first, to say so in their own words)."""
   size = options.image_size
   n = len(paths)
   workers = min(num_workers(workers), max(n, 1))

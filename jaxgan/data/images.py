@@ -41,6 +41,11 @@ DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
 RESAMPLE = Image.Resampling.LANCZOS
 
 
+# The largest side the tools load images at (prepare --image-size, evaluate's, the input
+# benchmark's): 8x StyleGAN's 1024. One image at a typo's 100000 would take 28 GiB.
+MAX_IMAGE_SIZE = 8192
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadOptions:
   image_size: int

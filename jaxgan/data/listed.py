@@ -17,7 +17,7 @@ from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_pr
                                 check_bad_fraction, load_options, log_skipped_rows,
                                 require_attributes, require_every_class)
 from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, log_upscaled,
-                                read_decode_cache, write_decode_index)
+                                memory_problem, read_decode_cache, write_decode_index)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
   if d.cache_dir:
     key = decode_cache_key(paths, load_options(config))
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
+  elif memory_problem(len(paths), d.image_size):
+    raise DataError(f"decoding {where}: {memory_problem(len(paths), d.image_size)}; set "
+                    "data.cache_dir (decoded into a memory-mapped file)")
   # One process decodes into a shared cache while the others (of this host, or of hosts sharing
   # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
   try:
