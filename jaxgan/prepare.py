@@ -103,6 +103,8 @@ def bad_path(args: argparse.Namespace) -> str:
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     return f"--out {args.out}: a file is there; pass a folder"
   if args.images:
+    from jaxgan.data.images import is_within  # pylint: disable=g-import-not-at-top
+
     images, out = os.path.realpath(args.images), os.path.realpath(args.out)
     if is_within(out, images):
       # The set's files among the photos: `evaluate --real` of the folder would read the set
@@ -119,15 +121,6 @@ def bad_path(args: argparse.Namespace) -> str:
             f"({shown}), which tools given the folder would not read (they read the set): pass "
             "a new or empty folder, or one holding only an earlier set (it is replaced)")
   return ""
-
-
-def is_within(path: str, folder: str, paths=os.path) -> bool:
-  """`path` is `folder` or inside it (both absolute). `paths`: the platform's path module; on
-  Windows, paths on two drives have no common path (commonpath raises): not inside."""
-  try:
-    return paths.commonpath([folder, path]) == folder
-  except ValueError:
-    return False
 
 
 def warn_untrainable_size(image_size: int) -> None:

@@ -1595,9 +1595,11 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
   assert not os.path.exists(out) and os.listdir(photos) == ["a.png"]
   # On Windows, paths on two drives have no common path: commonpath raises, and --out is not
   # inside --images (ntpath runs anywhere).
-  assert not prepare_cli.is_within("D:\\set", "C:\\photos", paths=ntpath)
-  assert prepare_cli.is_within("C:\\photos\\set", "C:\\photos", paths=ntpath)
-  assert not prepare_cli.is_within("C:\\photos_prepared", "C:\\photos", paths=ntpath)
+  from jaxgan.data.images import is_within
+
+  assert not is_within("D:\\set", "C:\\photos", paths=ntpath)
+  assert is_within("C:\\photos\\set", "C:\\photos", paths=ntpath)
+  assert not is_within("C:\\photos_prepared", "C:\\photos", paths=ntpath)
   # A size no model builds: a set to evaluate against (at 299, say), not to train on.
   with caplog.at_level(logging.WARNING):
     assert prepare_cli.main(["--images", photos, "--out", out, "--image-size", "48",

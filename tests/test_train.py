@@ -446,6 +446,37 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
 
 
+def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
+  """A folder source's data.path holding the workdir: the run's sample grids were read as photos
+  at its next start (a class 'samples', or 2 grids trained on unconditionally). Refused before
+  the workdir is made, also as the folder itself, through a link, and for a prepared set; a
+  sibling folder, a manifest's image_dir and the synthetic source are fine."""
+  from PIL import Image
+
+  photos = tmp_path / "photos"
+  for name in ("shirts", "shoes"):
+    os.makedirs(photos / name)
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(photos / name / "a.png")
+  config = tiny_config(**{"data.source": "folder", "data.path": str(photos),
+                          "data.num_classes": 2, "data.workers": 1})
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      f"^--workdir {photos / 'runs' / 'a'} is inside data.path \\({photos}\\), which the folder "
+      "source reads whole: the run's sample grids and checkpoints would sit among its data; "
+      "pass a --workdir outside it$")):
+    trainer.train_and_evaluate(config, str(photos / "runs" / "a"))
+  assert sorted(os.listdir(photos)) == ["shirts", "shoes"]  # nothing made
+  assert "is data.path itself" in data_lib.workdir_problem(config, str(photos))
+  os.symlink(photos / "shoes", tmp_path / "link")
+  assert "inside data.path" in data_lib.workdir_problem(config, str(tmp_path / "link" / "run"))
+  assert data_lib.workdir_problem(config, str(tmp_path / "photos_run")) == ""
+  prepared = tiny_config(**{"data.source": "prepared", "data.path": str(tmp_path / "set")})
+  assert "the prepared source" in data_lib.workdir_problem(prepared, str(tmp_path / "set" / "w"))
+  manifest = tiny_config(**{"data.source": "manifest", "data.path": str(tmp_path / "m.csv"),
+                            "data.image_dir": str(photos)})
+  assert data_lib.workdir_problem(manifest, str(photos / "run")) == ""  # reads listed files only
+  assert data_lib.workdir_problem(tiny_config(), str(photos / "run")) == ""
+
+
 def test_a_uri_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
   """gs://b/r was made a local folder 'gs:' and trained, and every checkpoint write then failed
   in orbax (a path with '//'): minutes of training lost. Readers refuse it alike."""

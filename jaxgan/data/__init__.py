@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 from typing import Iterator, TypeVar
@@ -35,6 +36,7 @@ import numpy as np
 from jaxgan.data.arrays import SOURCE_KEYS, ArraySource, DataError
 from jaxgan.data.class_counts import FROM_DATA, with_class_counts
 from jaxgan.data.folder import FolderSource
+from jaxgan.data.images import is_within
 from jaxgan.data.manifest import ManifestSource
 from jaxgan.data.prepared_source import PreparedSource
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
@@ -53,7 +55,7 @@ T = TypeVar("T")
 
 __all__ = ["SOURCES", "SOURCE_KEYS", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
            "SyntheticCatalog", "attribute_names", "build_source", "check_same_on_every_process",
-           "fingerprint", "prefetch", "with_class_counts"]
+           "fingerprint", "prefetch", "with_class_counts", "workdir_problem"]
 
 
 def attribute_names(source) -> list[tuple[str, list[str]]]:
@@ -63,6 +65,23 @@ def attribute_names(source) -> list[tuple[str, list[str]]]:
   if names is None:
     names = [("class", list(source.class_names))] if source.class_names else []
   return [(str(c), list(n)) for c, n in names]
+
+
+def workdir_problem(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Why a run cannot write to `workdir`, or '': it is the folder that the data source reads
+  whole (`folder_key`), or inside it, where the run's sample grids would be read as photos on
+  its next start (a folder source) and its files would sit among a prepared set's."""
+  key = SOURCES.get(config.data.source, "data.source").folder_key
+  folder = config.data[key] if key else ""
+  if not folder or not workdir:
+    return ""
+  inside, data = os.path.realpath(workdir), os.path.realpath(folder)
+  if not is_within(inside, data):
+    return ""
+  where = f"data.{key} itself" if inside == data else f"inside data.{key}"
+  return (f"--workdir {workdir} is {where} ({folder}), which the {config.data.source} source "
+          "reads whole: the run's sample grids and checkpoints would sit among its data; pass a "
+          "--workdir outside it")
 
 
 def build_source(config: ml_collections.ConfigDict):

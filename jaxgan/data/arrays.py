@@ -118,6 +118,9 @@ class ArraySource:
 
   multi_attribute = False  # whether this source can serve data.extra_num_classes (validation)
   reads: frozenset = frozenset()  # its SOURCE_KEYS (config validation refuses the others when set)
+  # The data.* key naming a folder this source reads whole, or None: a run's workdir inside it
+  # would be read as data (its sample grids as photos; a prepared set's foreign files).
+  folder_key: Optional[str] = None
   # How config validation ends its message for a SOURCE_KEYS key set that this source ignores.
   unread_hint = "which does not read it; drop data.{key}"
 

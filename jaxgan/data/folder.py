@@ -55,6 +55,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
 
 class FolderSource(ArraySource):
   reads = frozenset({"path", "min_class_count", "rare_classes"}) | LISTED_KEYS
+  folder_key = "path"
 
   @staticmethod
   def validate(config: ml_collections.ConfigDict, reads_data: bool = True) -> None:

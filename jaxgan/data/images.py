@@ -90,6 +90,15 @@ def is_image_path(path: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_within(path: str, folder: str, paths=os.path) -> bool:
+  """`path` is `folder` or inside it (both absolute). `paths`: the platform's path module; on
+  Windows, paths on two drives have no common path (commonpath raises): not inside."""
+  try:
+    return paths.commonpath([folder, path]) == folder
+  except ValueError:
+    return False
+
+
 def find_images(root: str, others: Optional[collections.Counter] = None) -> Iterator[str]:
   """Image files under `root`, recursively, in a stable (sorted, depth-first) order; hidden files
   and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are

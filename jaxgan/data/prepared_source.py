@@ -55,6 +55,7 @@ def images_cache_file(out_dir: str, cache_dir: str) -> str:
 class PreparedSource(ArraySource):
   multi_attribute = True  # prepare --label-column A --label-column B
   reads = frozenset({"path", "cache_dir"})
+  folder_key = "path"
   # Its images and labels were made by `prepare`, whose flags these keys' settings would be.
   unread_hint = ("whose images and labels `python -m jaxgan.prepare` made (its flags "
                  "--min-class-count, --rare-classes, --label-column, --min-source-size, "

@@ -165,6 +165,7 @@ class SyntheticCatalog:
   """Infinite, deterministic stream of labelled synthetic product images."""
 
   reads: frozenset = frozenset()  # none of a real data set's keys (config validation)
+  folder_key = None  # no folder read
   # A real data set's key set: the run would silently train on drawings.
   unread_hint = ("which reads no files; set --config.data.source (prepared, folder, manifest or "
                  "tfds) or drop data.{key}")
