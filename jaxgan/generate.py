@@ -286,11 +286,17 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   """000000.png ... in `out`, a chunk at a time (any --num fits in memory), and `label_rows` as
   labels.csv (each image's classes). A folder already holding numbered PNGs past --num (an
   earlier, larger run) or any other image is refused: `evaluate --fake` would read them with
-  these as one set; so is one this wrote until its last file (image_sets.INCOMPLETE_MARKER)."""
+  these as one set; so is one this wrote until its last file (image_sets.INCOMPLETE_MARKER), and
+  one holding a prepared set, which it would read instead."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
+  from jaxgan.data.prepared import INFO_FILE  # pylint: disable=g-import-not-at-top
+
+  if os.path.isfile(os.path.join(out, INFO_FILE)):  # tools given the folder read the set instead
+    raise ValueError(f"--out {out} holds a prepared set ({INFO_FILE}), which `evaluate --fake` "
+                     "would read instead of these images; use an empty folder")
   os.makedirs(out, exist_ok=True)
   # Names this writes: f"{i:06d}.png" exactly (7 digits and more from 1,000,000 on); another
   # tool's 00000001.png is not one of them.

@@ -327,6 +327,12 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   with pytest.raises(ValueError, match=r"already holds 1 other image file\(s\) \(00000001.png"):
     generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=2)
   os.remove(tmp_path / "whole" / "00000001.png")
+  # A prepared set there: `evaluate --fake` read the set instead and reported FID 0 against it.
+  (tmp_path / "whole" / "dataset_info.json").write_text("{}")
+  with pytest.raises(ValueError, match=r"^--out .*whole/ holds a prepared set \(dataset_info.json"
+                     r"\), which `evaluate --fake` would read instead of these images"):
+    generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=2)
+  os.remove(tmp_path / "whole" / "dataset_info.json")
   # A name of 252 characters is a file name (the temporary beside it was one too long).
   for long_name in ("a" * 248 + ".png", "é" * 125 + ".png"):  # 252 and 254 bytes
     assert generate.generate(workdir, 1, str(tmp_path / long_name)) == [str(tmp_path / long_name)]
