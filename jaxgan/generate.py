@@ -35,6 +35,7 @@ import os
 import re
 from typing import Optional, Sequence, Union
 
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
@@ -162,7 +163,10 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
                      "drop the trailing / for one grid PNG)")
   given = [label] if isinstance(label, str) else list(label or [])
-  classes = config_lib.attribute_classes(workdir_lib.load_config(workdir))
+  run_config = workdir_lib.load_config(workdir)
+  classes = config_lib.attribute_classes(run_config)
+  # Now, before the checkpoint is read: an interpolation grid has a row of N per class.
+  _check_fits(max(num, max(run_config.data.num_classes, 1) * interpolate), run_config, singles)
   if not singles:  # (singles: _write_singles checks its folder before it writes)
     _check_grid_writable(out)
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
@@ -212,6 +216,7 @@ def generate(workdir: str, num: int, out: str,
   statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
                                             batch_sharding=rows, truncation=truncation)(
       ema_params, g_batch_stats)
+  _check_fits(num, config, singles)  # exactly, as a grid's labels or interpolation made it
   chunk = -(-min(batch, num) // mesh.size) * mesh.size  # whole rows for every device
   chunks = sampling.sample_in_chunks(sampling.make_sampler(generator, rows), ema_params,
                                      statistics, z, labels, chunk, rows)
@@ -224,6 +229,26 @@ def generate(workdir: str, num: int, out: str,
     return [out]
   except OSError as e:
     raise _out_error(out, e) from e
+
+
+def _check_fits(num: int, config: ml_collections.ConfigDict, singles: bool) -> None:
+  """Raises ValueError when `num` images (--num, or --interpolate's rows) cannot be sampled
+  here: a grid (held whole, then one PNG) past the training grids' pixel bound, or latents (made
+  at once, so that a seed's images do not depend on --batch) larger than this host's memory.
+  Said before sampling, not as XLA's abort or numpy's traceback."""
+  from jaxgan.config.validation import MAX_GRID_PIXELS  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.decode import host_memory_bytes  # pylint: disable=g-import-not-at-top
+
+  size = config.data.image_size
+  if not singles and num * size * size > MAX_GRID_PIXELS:
+    raise ValueError(f"a grid of {num} images at {size}x{size} has {num * size * size} pixels, "
+                     f"more than {MAX_GRID_PIXELS} (2**30); write one PNG per image (--out "
+                     "ending in /), or fewer (--num, --interpolate)")
+  memory, needed = host_memory_bytes(), num * config.model.z_dim * 4
+  if memory is not None and needed > memory:
+    raise ValueError(f"the latents of {num} images alone take {needed / 2**30:.4g} GiB, more "
+                     f"than this host's {memory / 2**30:.4g} GiB of memory; generate fewer at a "
+                     "time (another --seed for each part)")
 
 
 def _out_error(out: str, e: OSError) -> OSError:

@@ -441,6 +441,22 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   with pytest.raises(ValueError,
                      match=r"^--seed must be an integer in \[0, 2\*\*32\), got 4294967296$"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), seed=2**32)
+  # Too many to hold: XLA's abort (a grid of 2**31 - 1) or numpy's traceback before.
+  with pytest.raises(ValueError, match=r"^a grid of 2147483647 images at 16x16 has 549755813632 "
+                     r"pixels, more than 1073741824 \(2\*\*30\); write one PNG per image \(--out "
+                     r"ending in /\), or fewer \(--num, --interpolate\)$"):
+    generate.generate(workdir, 2**31 - 1, str(tmp_path / "x.png"))
+  # A grid of a row of 4,000,000 per class (3), said before the latents are made.
+  monkeypatch.setattr(sample_inputs, "interpolation_inputs", lambda *a: pytest.fail("made"))
+  with pytest.raises(ValueError, match=r"^a grid of 12000000 images .* \(2\*\*30\)"):
+    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=4_000_000)
+  from jaxgan.data import decode
+
+  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
+  with pytest.raises(ValueError, match=r"^the latents of 1000 images alone take .* GiB, more "
+                     r"than this host's .* GiB of memory; generate fewer at a time"):
+    generate.generate(workdir, 1000, str(tmp_path / "singles") + "/")
+  assert not os.path.exists(tmp_path / "singles")
 
 
 def test_unwritable_workdir_fails_before_compiling(tmp_path):
