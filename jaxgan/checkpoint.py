@@ -49,7 +49,12 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                              cleanup_tmp_directories=not read_only,
                                              read_only=read_only,
-                                             enable_async_checkpointing=async_save)
+                                             enable_async_checkpointing=async_save,
+                                             # The step's folder made in save(), not in the
+                                             # background: a failure there left orbax's other
+                                             # threads waiting on it for 300 s at the exit.
+                                             async_options=ocp.AsyncOptions(
+                                                 create_directories_asynchronously=False))
       # Handlers named up front (not inferred from the first save/restore's args), so a reader
       # can ask for a step's tree metadata before it has restored anything.
       self._manager = ocp.CheckpointManager(

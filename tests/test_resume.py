@@ -704,6 +704,35 @@ def test_a_failed_background_write_is_counted(tmp_path, monkeypatch):
   writer.close()
 
 
+FAILED_FOLDER = r"""
+import sys
+import jax.numpy as jnp
+from orbax.checkpoint._src.path import atomicity
+from jaxgan import checkpoint
+
+writer = checkpoint.Checkpointer(sys.argv[1])
+assert writer.save(1, {"w": jnp.ones(3)}, {"step": 1}) and writer.wait()
+
+async def fails(self, *args, **kwargs):
+  raise OSError(30, "Read-only file system")
+
+atomicity.AtomicRenameTemporaryPath.create = fails
+print(writer.save(2, {"w": jnp.ones(3)}, {"step": 2}), writer.failures_in_a_row, flush=True)
+"""
+
+
+def test_a_step_folder_that_cannot_be_made_fails_the_save_and_the_process_exits(tmp_path):
+  """A read-only or full checkpoints/: made in orbax's background, the step's folder failed
+  there, and the process then waited 300 s at its exit for orbax's threads (a stopped run's
+  status 75 came after a scheduler's grace period). Made in save(): its failure is save's, and
+  the process ends at once."""
+  proc = subprocess.run([sys.executable, "-c", FAILED_FOLDER, str(tmp_path / "checkpoints")],
+                        capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ["False", "1"]
+  assert "writing step 2 to" in proc.stderr and "Read-only file system" in proc.stderr
+
+
 @pytest.mark.parametrize("read_only, accept", [(False, None), (False, False), (True, True)])
 def test_damage_is_moved_aside_only_by_a_writer_whose_config_matches(tmp_path, read_only, accept):
   """A step whose state fails to read is skipped; it is moved aside only where that can only be
