@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from jaxgan import multihost, orbax_output, state_digest
 from jaxgan.checkpoint_checks import (DIGEST_KEY, CheckpointError, LayoutError, check_digest,
-                                      key_paths, layout_difference, leaf_layouts)
+                                      check_meta, key_paths, layout_difference, leaf_layouts)
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    check_meta(step, self.directory, restored["meta"])
     return dict(restored["meta"])
 
   def restore_latest(self, abstract_state: Any,

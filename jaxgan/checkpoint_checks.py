@@ -26,6 +26,35 @@ class LayoutError(CheckpointError):
   another jaxgan version (or model), not damaged."""
 
 
+# The JSON types of the meta's keys as the trainer writes them (absent keys are fine: older runs
+# lack some). The meta has no digest of its own; a damaged one that still parses is told by its
+# shape here, before a reader trips over it.
+META_TYPES = {"config": dict, "class_names": list, "attributes": list, "step": int,
+              "data_position": int, "data_fingerprint": (int, type(None)),
+              "order_fingerprint": (int, type(None)), "label_counts": dict, DIGEST_KEY: dict,
+              "eval_settings": dict, "fid": (int, float)}
+
+
+def check_meta(step: int, directory: str, meta: Any) -> None:
+  """Raises CheckpointError when `meta` is not the object the trainer writes (a key of another
+  JSON type): damage, so the step is skipped for the one before, as a meta that does not parse
+  is."""
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: its meta is "
+                          f"{json_type(meta)}, not an object")
+  for key, types in META_TYPES.items():
+    if key in meta and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+      raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: its meta's "
+                            f"{key!r} is {json_type(meta[key])}")
+
+
+def json_type(value: Any) -> str:
+  """`value`'s type in JSON's words."""
+  names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+           int: "a number", float: "a number", type(None): "null"}
+  return names.get(type(value), type(value).__name__)
+
+
 def check_digest(step: int, directory: str, state: Any, meta: dict,
                  parts: Optional[Sequence[str]] = None) -> None:
   """Raises CheckpointError when the restored arrays are not bit-identical to those written
