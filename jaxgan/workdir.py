@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 RUN_LOCK = ".run.lock"
 
 
+# The folders a run writes into; one that exists already (a resume's) is probed with the workdir:
+# a read-only checkpoints/ (a mount) otherwise showed at the first checkpoint, hours in.
+RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
+
+
 class WorkdirError(RuntimeError):
   """A workdir a run cannot write to; the message says what to do."""
 
@@ -75,6 +80,20 @@ def prepare_workdir(workdir: str) -> bool:
                         "--rename-dir-limit)") from e
   with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
     os.rmdir(probe + ".renamed")
+  for name in RUN_FOLDERS:
+    folder = os.path.join(workdir, name)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise WorkdirError(f"workdir {workdir}: its {name} is a file, where the run writes a "
+                         "folder; move it away")
+    if os.path.isdir(folder):
+      try:
+        inner = os.path.join(folder, os.path.basename(probe))
+        with open(inner, "w") as f:
+          f.write("ok")
+        os.remove(inner)
+      except OSError as e:
+        raise WorkdirError(f"workdir {workdir}: its {name}/ is not writable ({e.strerror}); make "
+                           "it writable, or pass another --workdir") from e
   return created
 
 

@@ -760,6 +760,36 @@ def test_damage_is_moved_aside_only_by_a_writer_whose_config_matches(tmp_path, r
   assert sorted(os.listdir(directory)) == ["1", "2"] and not os.path.exists(directory + ".corrupt")
 
 
+@pytest.mark.parametrize("damaged", ['{"config": 5}', '[1, 2]', '{"step": "7"}',
+                                     '{"state_digest": true}'])
+def test_a_meta_that_parses_but_is_not_the_trainers_is_damage(tmp_path, damaged):
+  """The meta has no digest: a damaged one that still parses as JSON (a flipped character) gave
+  a traceback from the config check ('int' object has no attribute 'items'). Its shape is
+  checked as it is read: the step is skipped for the one before, and moved aside."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib, checkpoint_checks
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  for step in (1, 2):
+    writer.save(step, {"w": jnp.full(3, float(step))}, {"step": step, "config": {"seed": 0}})
+  writer.close()
+  with open(os.path.join(directory, "2", "meta", "metadata"), "w") as f:
+    f.write(damaged)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=device)}
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  step, state, meta = reader.restore_latest(target, lambda step, meta: bool(meta["config"].items()))
+  reader.close()
+  assert step == 1 and np.asarray(state["w"]).tolist() == [1.0] * 3 and meta["step"] == 1
+  aside, = os.listdir(directory + ".corrupt")
+  assert aside.startswith("2-")
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"^checkpoint step 2 in d is damaged: its "
+                     r"meta('s '\w+' is (an?|null) \w*| is an array, not an object)$"):
+    checkpoint_checks.check_meta(2, "d", json.loads(damaged))
+
+
 def test_a_step_folder_orbax_does_not_list_is_moved_aside_before_the_step_is_written(tmp_path):
   """A folder named like the step that orbax does not take for a checkpoint (an empty one left
   by a copy, say) would make orbax refuse the write: it is moved to .replaced/ first."""
@@ -944,7 +974,8 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
   assert os.listdir(tmp_path / "w") == []  # the probe removed
 
 
-def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp_path):
+def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp_path,
+                                                                             monkeypatch):
   workdir = tmp_path / "w"
   assert workdir_lib.prepare_workdir(str(workdir)) is True
   assert os.listdir(workdir) == []
@@ -953,6 +984,29 @@ def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp
   (tmp_path / "f").write_text("")
   with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*f is a file, not a folder; "):
     workdir_lib.prepare_workdir(str(tmp_path / "f"))
+  # A run's folders there already (a resume's) are probed too: a read-only checkpoints/ showed
+  # at the first checkpoint, after checkpoint_every steps of training.
+  import builtins
+
+  os.makedirs(workdir / "checkpoints")
+  real_open = builtins.open
+
+  def read_only_checkpoints(path, *args, **kwargs):
+    if os.path.dirname(str(path)) == str(workdir / "checkpoints"):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "open", read_only_checkpoints)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*w: its checkpoints/ is not "
+                     r"writable \(Read-only file system\); make it writable, or pass another "):
+    workdir_lib.prepare_workdir(str(workdir))
+  monkeypatch.undo()
+  assert workdir_lib.prepare_workdir(str(workdir)) is False and os.listdir(workdir) == [
+      "checkpoints"] and os.listdir(workdir / "checkpoints") == []
+  (workdir / "samples").write_text("")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*w: its samples is a file, where "
+                     "the run writes a folder; move it away$"):
+    workdir_lib.prepare_workdir(str(workdir))
 
 
 def test_a_run_lock_left_by_this_host_or_without_a_holder_is_taken_quietly(tmp_path, caplog,
