@@ -260,6 +260,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if path is not None and not os.path.isfile(path):
       what = "a folder" if os.path.isdir(path) else "no such file"
       fail(f"--config {config_file}: {what}; pass a config file, e.g. configs/default.py")
+    if path is not None and path.lower().endswith(".json"):  # a run's config.json: 'false'
+      fail(f"--config {config_file}: a JSON file; --config takes a Python file defining "
+           "get_config(), e.g. configs/default.py (a run's config.json records what it resolved; "
+           "to resume a run, rerun the command that started it)")
   try:
     return flags.FLAGS(argv)
   except SystemExit as e:  # absl's help (a bad flag before --help is a flags.Error, below)

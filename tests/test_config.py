@@ -497,6 +497,10 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     # What a config file raises while it loads: its type, message and line, not a traceback.
     (["--config", "README.md", "--workdir", "W"], "error: --config README.md: SyntaxError: "
      "MSG (README.md:L)"),
+    # A run's config.json, to resume it: NameError: name 'false' is not defined before.
+    (["--config", "T/config.json", "--workdir", "W"], "error: --config T/config.json: a JSON "
+     "file; --config takes a Python file defining get_config(), e.g. configs/default.py (a run's "
+     "config.json records what it resolved; to resume a run, rerun the command that started it)"),
     (["--config", "T/zero.py", "--workdir", "W"], "error: --config T/zero.py: ZeroDivisionError: "
      "division by zero (T/zero.py:3)"),
     (["--config", "T/imports.py", "--workdir", "W"], "error: --config T/imports.py: "
@@ -558,6 +562,7 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
   file gave ml_collections' traceback, and overrides without --config an 'unknown flag'."""
   (tmp_path / "no_get_config.py").write_text("SEED = 1\n")
+  (tmp_path / "config.json").write_text('{"seed": 0, "train": {"tensorboard": false}}')
   (tmp_path / "zero.py").write_text("def get_config():\n  from jaxgan.config import base_config\n"
                                     "  return base_config() if 1 / 0 else None\n")
   (tmp_path / "imports.py").write_text("import not_a_module_here\n")
