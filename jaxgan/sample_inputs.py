@@ -151,6 +151,7 @@ def grid_legend(attributes: Sequence[tuple[str, Sequence[str]]]) -> str:
     return ""
   (name, names), others = attributes[0], attributes[1:]
   fixed = ", ".join(f"{other}={values[0] if values else 0}" for other, values in others)
-  head = (f"sample grids (step_*.png) and reals.png: a row per {name} class, top to bottom"
+  per = "class" if name == "class" else f"{name} class"  # a folder's one attribute is 'class'
+  head = (f"sample grids (step_*.png) and reals.png: a row per {per}, top to bottom"
           + (f"; the samples' other attributes at class 0 ({fixed})" if fixed else "") + "\n")
   return head + "".join(f"row {i}: {n}\n" for i, n in enumerate(names))

@@ -52,6 +52,10 @@ def test_the_grid_legend_names_each_row():
                                     ("baseColour", ["Black", "Blue"])]) == (
       "sample grids (step_*.png) and reals.png: a row per articleType class, top to bottom; the "
       "samples' other attributes at class 0 (baseColour=Black)\nrow 0: Shirts\nrow 1: Watches\n")
+  # A folder's one attribute is named 'class': 'a row per class class' before.
+  assert sample_inputs.grid_legend([("class", ["bags", "shoes"])]) == (
+      "sample grids (step_*.png) and reals.png: a row per class, top to bottom\nrow 0: bags\n"
+      "row 1: shoes\n")
   _, labels, _ = sample_inputs.grid_inputs(0, [2, 2], 3, 4)
   assert np.asarray(labels).tolist() == [[0, 0]] * 3 + [[1, 0]] * 3
 

@@ -74,8 +74,9 @@ def test_outputs(runs):
   # Which row is which class: the grids carry no text.
   _, _, _, meta = workdir_lib.load_latest(str(workdir))
   (attribute, names), = meta["attributes"]
+  per = "class" if attribute == "class" else f"{attribute} class"
   assert (workdir / "samples" / "rows.txt").read_text() == (
-      f"sample grids (step_*.png) and reals.png: a row per {attribute} class, top to bottom\n"
+      f"sample grids (step_*.png) and reals.png: a row per {per}, top to bottom\n"
       + "".join(f"row {i}: {name}\n" for i, name in enumerate(names)))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   assert json.load(open(workdir / "config.json"))["train"]["num_steps"] == 4
