@@ -181,6 +181,8 @@ def remove_if_empty(workdir: str) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json on top of the current schema."""
+  if not workdir:  # a shell variable left unset: 'config.json not found: is  a ... workdir?'
+    raise ValueError("--workdir is empty; pass a training run's workdir")
   if uri_refusal(workdir):
     raise ValueError(uri_refusal(workdir))
   path = os.path.join(workdir, "config.json")

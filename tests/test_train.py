@@ -513,6 +513,9 @@ def test_a_uri_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
   with pytest.raises(ValueError, match=r"^--out gs://b/x.png: URIs are not supported; give a "
                                        r"local or mounted path$"):
     generate.generate(str(tmp_path / "any"), 1, "gs://b/x.png")
+  # A shell variable left unset: 'config.json not found: is  a jaxgan training workdir?' before.
+  with pytest.raises(ValueError, match=r"^--workdir is empty; pass a training run's workdir$"):
+    generate.generate("", 1, str(tmp_path / "x.png"))
   from jaxgan.metrics import suite
 
   monkeypatch.setenv("JAXGAN_CACHE", "gs://b/c")
