@@ -328,11 +328,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         # evaluation (which made the row after an evaluation read 15x slow).
         interval_start, interval_steps = time.perf_counter(), 0
       if stopping is not None:
+        progress.close()  # its line ended before the stop's lines, not joined to them
         # `last` holds here, so this step's save was tried.
         _report_stop(stopping, step, cfg.num_steps, checkpointer, saved,
                      eval_skipped=eval_due and not evaluated)
         break
     else:
+      progress.close()  # on a terminal the closing lines were appended to the bar's line
       written = checkpointer.wait() and saved  # waited for on every process alike
       if step > start_step and not multihost.all_processes(written):
         raise TrainingError(

@@ -150,10 +150,11 @@ def test_a_resume_says_how_many_logged_steps_a_kill_cost(runs, tmp_path, caplog)
   assert "steps lost" not in caplog.text
 
 
-def test_the_progress_bar_times_training_only(tmp_path, monkeypatch):
+def test_the_progress_bar_times_training_only(tmp_path, monkeypatch, caplog):
   """The terminal bar's elapsed time (and so its rate and ETA) leaves out the checkpoints,
   sample grids and evaluations, as the log rows' images/s does: each grid here takes 100 s of
-  the bar's clock."""
+  the bar's clock. The bar is closed (its line ended) before the run's closing line, which a
+  terminal showed appended to the bar's."""
   from tqdm import tqdm
   clock, bars = [0.0], []
 
@@ -173,9 +174,23 @@ def test_the_progress_bar_times_training_only(tmp_path, monkeypatch):
   real_png = sampling.save_png
   monkeypatch.setattr(trainer, "_progress_bar", bar)
   monkeypatch.setattr(sampling, "save_png", slow_png)
-  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path / "w"))
+  closed_when_done = []
+
+  class Spy(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith("done: "):
+        closed_when_done.append(bars[0].disable)  # tqdm's close() disables the bar
+
+  spy = Spy()
+  logging.getLogger("jaxgan.trainer").addHandler(spy)
+  try:
+    with caplog.at_level(logging.INFO, logger="jaxgan.trainer"):
+      trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 6}), str(tmp_path / "w"))
+  finally:
+    logging.getLogger("jaxgan.trainer").removeHandler(spy)
   assert clock[0] > 400  # reals.png and the grids of steps 2, 4 and 6
   assert bars[0].format_dict["elapsed"] < 1
+  assert closed_when_done == [True]
 
 
 def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_path):
