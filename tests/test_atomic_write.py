@@ -111,10 +111,10 @@ def test_a_failed_publish_leaves_no_temporary_and_bulk_pngs_skip_the_sync(tmp_pa
   sampling.save_png(image, str(tmp_path / "grid.png"))
   assert len(syncs) == 2
   # generate syncs its numbered samples once, at the end.
-  from jaxgan import generate
+  from jaxgan import generation
 
   global_syncs = []
   monkeypatch.setattr(os, "sync", lambda: global_syncs.append(1))
-  paths = generate._write_singles([(np.arange(3), [image] * 3), (np.arange(3, 5), [image] * 2)],
+  paths = generation._write_singles([(np.arange(3), [image] * 3), (np.arange(3, 5), [image] * 2)],
                                   str(tmp_path / "many"), 5)
   assert len(paths) == 5 and len(syncs) == 2 and global_syncs == [1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgan import generate, label_choices, sample_inputs, sampling
+from jaxgan import generate, generation, label_choices, sample_inputs, sampling
 from jaxgan.models.conditioning import ClassEmbed
 from jaxgan.models.dcgan import Generator
 from tests.conftest import run_module, tiny_config
@@ -230,7 +230,7 @@ def test_cli_between(workdir, tmp_path):
 def test_a_grid_rounds_num_to_the_nearest_multiple_of_the_classes_halves_up():
   """8 classes: --num 12 and 20 both lie halfway; each goes up (round() gave 16 for both)."""
   for num, expected in ((12, 16), (20, 24), (11, 8), (13, 16), (3, 8), (44, 48)):
-    got, labels, cols = generate._plain_labels(num, 8, {}, [], False, None, 0, 0)
+    got, labels, cols = generation._plain_labels(num, 8, {}, [], False, None, 0, 0)
     assert (got, cols, len(labels)) == (expected, expected // 8, expected), num
 
 
