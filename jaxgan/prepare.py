@@ -217,7 +217,7 @@ def prepare(args: argparse.Namespace) -> dict:
         lost[0]["path"], lost[0]["reason"])
   if len(indices) == 0:
     first = (skipped + bad)[:1]
-    raise arrays.DataError(f"no usable images under {args.images}" + (
+    raise arrays.DataError(f"no usable images in {args.manifest or args.images}" + (
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
   # Files that failed to decode (not rows dropped before: unlabelled, missing, rare classes),
   # against the files decoded, as a training source counts them; nothing is written past it.

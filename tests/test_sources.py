@@ -483,6 +483,16 @@ def test_prepare_of_a_manifest_whose_every_row_is_skipped_says_so(tmp_path, caps
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: no images in {tmp_path / 'm.csv'}: each of its {rows.count(chr(10))} rows was "
         f"skipped (first: {tmp_path / 'img' / first})")
+  # Every listed file fails to decode (a fraction of 1 lets them all through), names relative
+  # to the manifest (--images ''): 'no usable images under ' named nothing.
+  (tmp_path / "1.jpg").write_bytes(b"not a jpeg")
+  (tmp_path / "m.csv").write_text("id,t\n1,a\n")
+  assert prepare_cli.main(["--manifest", str(tmp_path / "m.csv"), "--images", "", "--out",
+                           str(tmp_path / "out"), "--image-size", "16", "--workers", "1",
+                           "--max-bad-fraction", "1"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f"error: no usable images in {tmp_path / 'm.csv'} (first: {tmp_path / '1.jpg'}: not an "
+      "image)")
 
 
 def test_skipped_rows_name_the_line_they_start_on(tmp_path):
