@@ -45,16 +45,18 @@ class Checkpointer:
     # cleanup_tmp_directories: a process killed mid-write leaves a temporary step directory;
     # remove it at start-up so it can never be mistaken for, or collide with, a checkpoint.
     # Readers (generate, tools) must not touch a directory a live run may be writing.
+    # One process: the step's folder is made in save(), not in the background, where a failure
+    # left orbax's other threads waiting on it for 300 s at the exit (a stopped run's status 75
+    # came after a scheduler's grace period). Several: in the background still, since made in
+    # save() process 0 alone would fail it and skip the barrier the others then wait in.
     with orbax_output.without_read_only_notices(read_only):
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                              cleanup_tmp_directories=not read_only,
                                              read_only=read_only,
                                              enable_async_checkpointing=async_save,
-                                             # The step's folder made in save(), not in the
-                                             # background: a failure there left orbax's other
-                                             # threads waiting on it for 300 s at the exit.
                                              async_options=ocp.AsyncOptions(
-                                                 create_directories_asynchronously=False))
+                                                 create_directories_asynchronously=(
+                                                     jax.process_count() > 1)))
       # Handlers named up front (not inferred from the first save/restore's args), so a reader
       # can ask for a step's tree metadata before it has restored anything.
       self._manager = ocp.CheckpointManager(
