@@ -115,8 +115,9 @@ def generate(workdir: str, num: int, out: str,
   given = [label] if isinstance(label, str) else list(label or [])
   run_config = workdir_lib.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)
-  # Now, before the checkpoint is read: an interpolation grid has a row of N per class.
-  _check_fits(max(num, max(run_config.data.num_classes, 1) * interpolate), run_config, singles)
+  # Now, before the checkpoint is read and the latents are made: the fewest images asked for.
+  _check_fits(*fewest_images(num, interpolate, between, run_config.data.num_classes), run_config,
+              singles)
   if not singles:  # (singles: _write_singles checks its folder before it writes)
     _check_grid_writable(out)
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
@@ -166,7 +167,7 @@ def generate(workdir: str, num: int, out: str,
   statistics = sampling.make_ema_statistics(config, generator, meta.get("label_counts"),
                                             batch_sharding=rows, truncation=truncation)(
       ema_params, g_batch_stats)
-  _check_fits(num, config, singles)  # exactly, as a grid's labels or interpolation made it
+  _check_fits(num, True, config, singles)  # exactly, as a grid's labels or interpolation made it
   chunk = -(-min(batch, num) // mesh.size) * mesh.size  # whole rows for every device
   chunks = sampling.sample_in_chunks(sampling.make_sampler(generator, rows), ema_params,
                                      statistics, z, labels, chunk, rows)
@@ -181,7 +182,20 @@ def generate(workdir: str, num: int, out: str,
     raise _out_error(out, e) from e
 
 
-def _check_fits(num: int, config: ml_collections.ConfigDict, singles: bool) -> None:
+def fewest_images(num: int, interpolate: int, between: Optional[str], num_classes: int
+                  ) -> tuple[int, bool]:
+  """(the fewest images generate's arguments make, whether exactly that many), known before the
+  checkpoint's meta resolves --label: --between's ceil(num / N) rows of N; --interpolate's row of
+  N per class (8 rows unconditional), but one where --label picks a class; else --num (a grid's
+  rounded up to a row per class)."""
+  if between is not None:
+    return -(-num // interpolate) * interpolate, True
+  if interpolate:
+    return (8 * interpolate, True) if num_classes <= 0 else (interpolate, False)
+  return num, False
+
+
+def _check_fits(num: int, exact: bool, config: ml_collections.ConfigDict, singles: bool) -> None:
   """Raises ValueError when `num` images (--num, or --interpolate's rows) cannot be sampled
   here: a grid (held whole, then one PNG) past the training grids' pixel bound, or latents (made
   at once, so that a seed's images do not depend on --batch) larger than this host's memory.
@@ -189,16 +203,16 @@ def _check_fits(num: int, config: ml_collections.ConfigDict, singles: bool) -> N
   from jaxgan.config.validation import MAX_GRID_PIXELS  # pylint: disable=g-import-not-at-top
   from jaxgan.data.decode import host_memory_bytes  # pylint: disable=g-import-not-at-top
 
-  size = config.data.image_size
+  size, least = config.data.image_size, "" if exact else "at least "
   if not singles and num * size * size > MAX_GRID_PIXELS:
-    raise ValueError(f"a grid of {num} images at {size}x{size} has {num * size * size} pixels, "
-                     f"more than {MAX_GRID_PIXELS} (2**30); write one PNG per image (--out "
-                     "ending in /), or fewer (--num, --interpolate)")
+    raise ValueError(f"a grid of {least}{num} images at {size}x{size} has {least}"
+                     f"{num * size * size} pixels, more than {MAX_GRID_PIXELS} (2**30); write one "
+                     "PNG per image (--out ending in /), or fewer (--num, --interpolate)")
   memory, needed = host_memory_bytes(), num * config.model.z_dim * 4
   if memory is not None and needed > memory:
-    raise ValueError(f"the latents of {num} images alone take {needed / 2**30:.4g} GiB, more "
-                     f"than this host's {memory / 2**30:.4g} GiB of memory; generate fewer at a "
-                     "time (another --seed for each part)")
+    raise ValueError(f"the latents of {least}{num} images alone take {needed / 2**30:.4g} GiB, "
+                     f"more than this host's {memory / 2**30:.4g} GiB of memory; generate fewer "
+                     "at a time (another --seed for each part)")
 
 
 def _out_error(out: str, e: OSError) -> OSError:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import evaluate, generate, label_choices, restore, sample_inputs, sampling, trainer
+from jaxgan import evaluate, generate, generation, label_choices, restore, sample_inputs
+from jaxgan import sampling, trainer
 from jaxgan import data as data_lib, writers
 from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
@@ -458,18 +459,24 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
                      match=r"^--seed must be an integer in \[0, 2\*\*32\), got 4294967296$"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), seed=2**32)
   # Too many to hold: XLA's abort (a grid of 2**31 - 1) or numpy's traceback before.
-  with pytest.raises(ValueError, match=r"^a grid of 2147483647 images at 16x16 has 549755813632 "
-                     r"pixels, more than 1073741824 \(2\*\*30\); write one PNG per image \(--out "
-                     r"ending in /\), or fewer \(--num, --interpolate\)$"):
+  with pytest.raises(ValueError, match=r"^a grid of at least 2147483647 images at 16x16 has at "
+                     r"least 549755813632 pixels, more than 1073741824 \(2\*\*30\); write one PNG "
+                     r"per image \(--out ending in /\), or fewer \(--num, --interpolate\)$"):
     generate.generate(workdir, 2**31 - 1, str(tmp_path / "x.png"))
-  # A grid of a row of 4,000,000 per class (3), said before the latents are made.
+  # A row of 5,000,000 (one per class, or one with --label): said before the latents are made.
   monkeypatch.setattr(sample_inputs, "interpolation_inputs", lambda *a: pytest.fail("made"))
-  with pytest.raises(ValueError, match=r"^a grid of 12000000 images .* \(2\*\*30\)"):
-    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=4_000_000)
+  with pytest.raises(ValueError, match=r"^a grid of at least 5000000 images .* \(2\*\*30\)"):
+    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=5_000_000)
+  # The fewest known before --label resolves: not a row per class where --label may pick one
+  # (a legitimate row of 100 of 1000 classes was refused as 100,000 images), exact otherwise.
+  assert generation.fewest_images(1, 100, None, 1000) == (100, False)
+  assert generation.fewest_images(8, 100, "1:2", 1000) == (100, True)  # --between: 1 row
+  assert generation.fewest_images(3, 10, None, 0) == (80, True)  # unconditional: 8 rows
+  assert generation.fewest_images(5, 0, None, 3) == (5, False)  # a grid: rounded up to rows
   from jaxgan.data import decode
 
   monkeypatch.setattr(decode, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
-  with pytest.raises(ValueError, match=r"^the latents of 1000 images alone take .* GiB, more "
+  with pytest.raises(ValueError, match=r"^the latents of at least 1000 images alone take .* GiB, more "
                      r"than this host's .* GiB of memory; generate fewer at a time"):
     generate.generate(workdir, 1000, str(tmp_path / "singles") + "/")
   assert not os.path.exists(tmp_path / "singles")
