@@ -476,8 +476,8 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   from jaxgan.data import decode
 
   monkeypatch.setattr(decode, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
-  with pytest.raises(ValueError, match=r"^the latents of at least 1000 images alone take .* GiB, more "
-                     r"than this host's .* GiB of memory; generate fewer at a time"):
+  with pytest.raises(ValueError, match=r"^the latents of at least 1000 images alone take .* GiB, "
+                     r"more than this host's .* GiB of memory; generate fewer at a time"):
     generate.generate(workdir, 1000, str(tmp_path / "singles") + "/")
   assert not os.path.exists(tmp_path / "singles")
 
@@ -507,13 +507,22 @@ def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match=(
       f"^--workdir {photos / 'runs' / 'a'} is inside data.path \\({photos}\\), which the folder "
       "source reads whole: the run's sample grids and checkpoints would sit among its data; "
-      "pass a --workdir outside it$")):
+      "pass a --workdir outside it \\(a run already there: move its folder out, and resume it "
+      "there\\)$")):
     trainer.train_and_evaluate(config, str(photos / "runs" / "a"))
   assert sorted(os.listdir(photos)) == ["shirts", "shoes"]  # nothing made
   assert "is data.path itself" in data_lib.workdir_problem(config, str(photos))
   os.symlink(photos / "shoes", tmp_path / "link")
   assert "inside data.path" in data_lib.workdir_problem(config, str(tmp_path / "link" / "run"))
   assert data_lib.workdir_problem(config, str(tmp_path / "photos_run")) == ""
+  # A class folder linked into shared storage, which the scan follows: a run in its target.
+  os.makedirs(tmp_path / "shared" / "bags")
+  os.symlink(tmp_path / "shared" / "bags", photos / "bags")
+  assert f"inside {tmp_path / 'shared' / 'bags'}, linked as a class folder of data.path" in (
+      data_lib.workdir_problem(config, str(tmp_path / "shared" / "bags" / "run")))
+  os.remove(photos / "bags")
+  # A hidden folder, which the scan skips with all it holds.
+  assert data_lib.workdir_problem(config, str(photos / ".runs" / "a")) == ""
   prepared = tiny_config(**{"data.source": "prepared", "data.path": str(tmp_path / "set")})
   assert "the prepared source" in data_lib.workdir_problem(prepared, str(tmp_path / "set" / "w"))
   manifest = tiny_config(**{"data.source": "manifest", "data.path": str(tmp_path / "m.csv"),

@@ -76,12 +76,27 @@ def workdir_problem(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not folder or not workdir:
     return ""
   inside, data = os.path.realpath(workdir), os.path.realpath(folder)
-  if not is_within(inside, data):
+  # Class folders are often links into shared storage, which the scan follows.
+  linked = [os.path.realpath(entry.path) for entry in _entries(data)
+            if entry.is_symlink() and entry.is_dir() and not entry.name.startswith(".")]
+  within = next((f for f in [data] + linked if is_within(inside, f)), None)
+  # A hidden folder (.runs/a) is skipped by the scan, as are the folders in it.
+  if within is None or any(part.startswith(".") for part in
+                           os.path.relpath(inside, within).split(os.sep) if part != "."):
     return ""
-  where = f"data.{key} itself" if inside == data else f"inside data.{key}"
+  where = (f"data.{key} itself" if inside == data else f"inside data.{key}" if within == data
+           else f"inside {within}, linked as a class folder of data.{key}")
   return (f"--workdir {workdir} is {where} ({folder}), which the {config.data.source} source "
           "reads whole: the run's sample grids and checkpoints would sit among its data; pass a "
-          "--workdir outside it")
+          "--workdir outside it (a run already there: move its folder out, and resume it there)")
+
+
+def _entries(folder: str) -> list[os.DirEntry]:
+  try:
+    with os.scandir(folder) as entries:
+      return list(entries)
+  except OSError:  # not there yet, or unreadable: the source's own check says so
+    return []
 
 
 def build_source(config: ml_collections.ConfigDict):
