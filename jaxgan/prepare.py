@@ -203,8 +203,9 @@ def prepare(args: argparse.Namespace) -> dict:
                         max_pixels=args.max_pixels)
   too_large = decode.memory_problem(len(paths), args.image_size)  # held whole to be written
   if too_large:
-    raise arrays.DataError(f"{too_large}; use a smaller --image-size, or prepare part of the "
-                           "images at a time")
+    raise arrays.DataError(f"{too_large}; use a smaller --image-size, or train on the images "
+                           "with the folder or manifest source and data.cache_dir (decoded into a "
+                           "memory-mapped file)")
   images, indices, bad, upscaled = decode.decode_all(paths, options, args.workers,
                                                      desc="prepare")
   decode.log_upscaled(upscaled, len(indices), args.manifest or args.images, args.image_size,

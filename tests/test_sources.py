@@ -744,8 +744,8 @@ def test_images_that_cannot_fit_in_memory_are_refused_before_decoding(folder, tm
   assert prepare_cli.main(["--images", str(folder), "--image-size", "16", "--out", str(out)]) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       "error: 5 images at 16x16 (3 bytes a pixel) take 3.576e-06 GiB, more than this host's "
-      "3.575e-06 GiB of memory; use a smaller --image-size, or prepare part of the images at a "
-      "time"]
+      "3.575e-06 GiB of memory; use a smaller --image-size, or train on the images with the "
+      "folder or manifest source and data.cache_dir (decoded into a memory-mapped file)"]
   assert not out.exists()
   config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 2,
                       "data.max_bad_fraction": 0.5})
