@@ -116,8 +116,8 @@ def generate(workdir: str, num: int, out: str,
   run_config = workdir_lib.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)
   # Now, before the checkpoint is read and the latents are made: the fewest images asked for.
-  _check_fits(*fewest_images(num, interpolate, between, run_config.data.num_classes), run_config,
-              singles)
+  _check_fits(*fewest_images(num, interpolate, between, run_config.data.num_classes, given,
+                             singles), run_config, singles)
   if not singles:  # (singles: _write_singles checks its folder before it writes)
     _check_grid_writable(out)
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
@@ -182,17 +182,23 @@ def generate(workdir: str, num: int, out: str,
     raise _out_error(out, e) from e
 
 
-def fewest_images(num: int, interpolate: int, between: Optional[str], num_classes: int
-                  ) -> tuple[int, bool]:
+def fewest_images(num: int, interpolate: int, between: Optional[str], num_classes: int,
+                  given: Sequence[str] = (), singles: bool = False) -> tuple[int, bool]:
   """(the fewest images generate's arguments make, whether exactly that many), known before the
-  checkpoint's meta resolves --label: --between's ceil(num / N) rows of N; --interpolate's row of
-  N per class (8 rows unconditional), but one where --label picks a class; else --num (a grid's
-  rounded up to a row per class)."""
+  checkpoint's meta resolves the --label values `given`: --between's ceil(num / N) rows of N;
+  --interpolate's row of N per class (8 rows unconditional), one where a label may pick a class;
+  single PNGs and an unconditional grid: --num; a conditional grid: --num to the nearest multiple
+  of the class count (as `_plain_labels`), --num itself where a label may pick one class."""
   if between is not None:
     return -(-num // interpolate) * interpolate, True
   if interpolate:
-    return (8 * interpolate, True) if num_classes <= 0 else (interpolate, False)
-  return num, False
+    if num_classes <= 0 or not given:
+      return (8 if num_classes <= 0 else num_classes) * interpolate, True
+    return interpolate, False
+  if singles or num_classes <= 0:
+    return num, True
+  rounded = max(1, (2 * num + num_classes) // (2 * num_classes)) * num_classes
+  return (rounded, True) if not given else (min(num, rounded), False)
 
 
 def _check_fits(num: int, exact: bool, config: ml_collections.ConfigDict, singles: bool) -> None:

@@ -459,24 +459,30 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
                      match=r"^--seed must be an integer in \[0, 2\*\*32\), got 4294967296$"):
     generate.generate(workdir, 1, str(tmp_path / "x.png"), seed=2**32)
   # Too many to hold: XLA's abort (a grid of 2**31 - 1) or numpy's traceback before.
-  with pytest.raises(ValueError, match=r"^a grid of at least 2147483647 images at 16x16 has at "
-                     r"least 549755813632 pixels, more than 1073741824 \(2\*\*30\); write one PNG "
-                     r"per image \(--out ending in /\), or fewer \(--num, --interpolate\)$"):
+  with pytest.raises(ValueError, match=r"^a grid of 2147483646 images at 16x16 has 549755813376 "
+                     r"pixels, more than 1073741824 \(2\*\*30\); write one PNG per image \(--out "
+                     r"ending in /\), or fewer \(--num, --interpolate\)$"):
     generate.generate(workdir, 2**31 - 1, str(tmp_path / "x.png"))
-  # A row of 5,000,000 (one per class, or one with --label): said before the latents are made.
+  # A row of 4,000,000 per class (3): said before the latents are made.
   monkeypatch.setattr(sample_inputs, "interpolation_inputs", lambda *a: pytest.fail("made"))
+  with pytest.raises(ValueError, match=r"^a grid of 12000000 images .* \(2\*\*30\)"):
+    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=4_000_000)
   with pytest.raises(ValueError, match=r"^a grid of at least 5000000 images .* \(2\*\*30\)"):
-    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=5_000_000)
+    generate.generate(workdir, 3, str(tmp_path / "x.png"), interpolate=5_000_000, label="1")
   # The fewest known before --label resolves: not a row per class where --label may pick one
   # (a legitimate row of 100 of 1000 classes was refused as 100,000 images), exact otherwise.
-  assert generation.fewest_images(1, 100, None, 1000) == (100, False)
+  assert generation.fewest_images(1, 100, None, 1000, ["3"]) == (100, False)
   assert generation.fewest_images(8, 100, "1:2", 1000) == (100, True)  # --between: 1 row
   assert generation.fewest_images(3, 10, None, 0) == (80, True)  # unconditional: 8 rows
-  assert generation.fewest_images(5, 0, None, 3) == (5, False)  # a grid: rounded up to rows
+  assert generation.fewest_images(3, 10, None, 5) == (50, True)  # a row per class
+  # A grid: --num to the nearest multiple of the classes, as _plain_labels (down here).
+  assert generation.fewest_images(4194400, 0, None, 1000) == (4194000, True)
+  assert generation.fewest_images(4194400, 0, None, 1000, ["3"]) == (4194000, False)
+  assert generation.fewest_images(5, 0, None, 3, singles=True) == (5, True)
   from jaxgan.data import decode
 
   monkeypatch.setattr(decode, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
-  with pytest.raises(ValueError, match=r"^the latents of at least 1000 images alone take .* GiB, "
+  with pytest.raises(ValueError, match=r"^the latents of 1000 images alone take .* GiB, "
                      r"more than this host's .* GiB of memory; generate fewer at a time"):
     generate.generate(workdir, 1000, str(tmp_path / "singles") + "/")
   assert not os.path.exists(tmp_path / "singles")
@@ -518,11 +524,21 @@ def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
   # A class folder linked into shared storage, which the scan follows: a run in its target.
   os.makedirs(tmp_path / "shared" / "bags")
   os.symlink(tmp_path / "shared" / "bags", photos / "bags")
-  assert f"inside {tmp_path / 'shared' / 'bags'}, linked as a class folder of data.path" in (
+  assert f"inside {tmp_path / 'shared' / 'bags'}, linked into data.path" in (
       data_lib.workdir_problem(config, str(tmp_path / "shared" / "bags" / "run")))
   os.remove(photos / "bags")
-  # A hidden folder, which the scan skips with all it holds.
+  # A hidden folder, which the scan skips with all it holds, unless a link leads into it; links
+  # deeper down are followed too.
   assert data_lib.workdir_problem(config, str(photos / ".runs" / "a")) == ""
+  os.makedirs(photos / ".store" / "hats")
+  os.symlink(photos / ".store" / "hats", photos / "hats")
+  assert "linked into data.path" in data_lib.workdir_problem(
+      config, str(photos / ".store" / "hats" / "run"))
+  os.symlink(tmp_path / "shared", photos / "shoes" / "more")
+  assert "linked into data.path" in data_lib.workdir_problem(
+      config, str(tmp_path / "shared" / "run"))
+  os.symlink(photos, photos / "shirts" / "loop")  # a loop: each real folder walked once
+  assert data_lib.workdir_problem(config, str(tmp_path / "elsewhere")) == ""
   prepared = tiny_config(**{"data.source": "prepared", "data.path": str(tmp_path / "set")})
   assert "the prepared source" in data_lib.workdir_problem(prepared, str(tmp_path / "set" / "w"))
   manifest = tiny_config(**{"data.source": "manifest", "data.path": str(tmp_path / "m.csv"),

@@ -76,27 +76,38 @@ def workdir_problem(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not folder or not workdir:
     return ""
   inside, data = os.path.realpath(workdir), os.path.realpath(folder)
-  # Class folders are often links into shared storage, which the scan follows.
-  linked = [os.path.realpath(entry.path) for entry in _entries(data)
-            if entry.is_symlink() and entry.is_dir() and not entry.name.startswith(".")]
-  within = next((f for f in [data] + linked if is_within(inside, f)), None)
-  # A hidden folder (.runs/a) is skipped by the scan, as are the folders in it.
-  if within is None or any(part.startswith(".") for part in
-                           os.path.relpath(inside, within).split(os.sep) if part != "."):
+  # The folders the scan reads (find_images): data.path and the targets of the links in it, at
+  # any depth (a class folder is often a link into shared storage), hidden ones skipped with all
+  # they hold (.runs/a is not read). A workdir read by the scan is one inside a read folder with
+  # no hidden folder on the way down.
+  within = next((f for f in [data] + _linked_folders(data) if is_within(inside, f) and not any(
+      part.startswith(".") for part in os.path.relpath(inside, f).split(os.sep) if part != ".")),
+                None)
+  if within is None:
     return ""
   where = (f"data.{key} itself" if inside == data else f"inside data.{key}" if within == data
-           else f"inside {within}, linked as a class folder of data.{key}")
+           else f"inside {within}, linked into data.{key}")
   return (f"--workdir {workdir} is {where} ({folder}), which the {config.data.source} source "
           "reads whole: the run's sample grids and checkpoints would sit among its data; pass a "
           "--workdir outside it (a run already there: move its folder out, and resume it there)")
 
 
-def _entries(folder: str) -> list[os.DirEntry]:
-  try:
-    with os.scandir(folder) as entries:
-      return list(entries)
-  except OSError:  # not there yet, or unreadable: the source's own check says so
-    return []
+def _linked_folders(root: str) -> list[str]:
+  """The real paths of the folders linked (symlinks) under `root`, at any depth, as the scan
+  follows them: hidden folders skipped, each real folder walked once (links may loop)."""
+  linked, seen = [], {root}
+  for parent, dirs, _ in os.walk(root, followlinks=True):  # an unreadable root: nothing
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for name in list(dirs):
+      path = os.path.join(parent, name)
+      real = os.path.realpath(path)
+      if real in seen:
+        dirs.remove(name)
+        continue
+      seen.add(real)
+      if os.path.islink(path):
+        linked.append(real)
+  return linked
 
 
 def build_source(config: ml_collections.ConfigDict):
