@@ -61,10 +61,8 @@ def _plain_labels(num: int, nc: int, chosen: dict[int, int], given: list[str], s
     return num, jnp.full((num,), chosen[0], jnp.int32), cols
   if singles:  # no recorded mix (the synthetic catalog, older runs): classes in turn
     return num, jnp.arange(num, dtype=jnp.int32) % nc, cols
-  # A row per class of the first attribute, every class shown, as training's grids: --num
-  # becomes the nearest multiple of the class count (halves up: Python's round() would send them
-  # to the even multiple, 20 -> 16 but 12 -> 16 for 8 classes).
-  cols = max(1, (2 * num + nc) // (2 * nc))
+  # A row per class of the first attribute, every class shown, as training's grids.
+  cols = _grid_columns(num, nc)
   if cols * nc != num:
     log.info("a grid of %d classes x %d: %d images for --num %d", nc, cols, cols * nc, num)
   return cols * nc, jnp.arange(cols * nc, dtype=jnp.int32) // cols, cols
@@ -182,6 +180,13 @@ def generate(workdir: str, num: int, out: str,
     raise _out_error(out, e) from e
 
 
+def _grid_columns(num: int, num_classes: int) -> int:
+  """Columns of a grid with a row per class: --num to the nearest multiple of the class count
+  (halves up: Python's round() would send them to the even multiple, 20 -> 16 but 12 -> 16 for
+  8 classes), at least one."""
+  return max(1, (2 * num + num_classes) // (2 * num_classes))
+
+
 def fewest_images(num: int, interpolate: int, between: Optional[str], num_classes: int,
                   given: Sequence[str] = (), singles: bool = False) -> tuple[int, bool]:
   """(the fewest images generate's arguments make, whether exactly that many), known before the
@@ -197,7 +202,7 @@ def fewest_images(num: int, interpolate: int, between: Optional[str], num_classe
     return interpolate, False
   if singles or num_classes <= 0:
     return num, True
-  rounded = max(1, (2 * num + num_classes) // (2 * num_classes)) * num_classes
+  rounded = _grid_columns(num, num_classes) * num_classes
   return (rounded, True) if not given else (min(num, rounded), False)
 
 

@@ -39,9 +39,10 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
   if d.cache_dir:
     key = decode_cache_key(paths, load_options(config))
     cache_file = os.path.join(d.cache_dir, f"decoded-{d.image_size}-{key}")
-  elif memory_problem(len(paths), d.image_size):
-    raise DataError(f"decoding {where}: {memory_problem(len(paths), d.image_size)}; set "
-                    "data.cache_dir (decoded into a memory-mapped file)")
+  too_large = "" if cache_file else memory_problem(len(paths), d.image_size)  # held in memory
+  if too_large:
+    raise DataError(f"decoding {where}: {too_large}; set data.cache_dir (decoded into a "
+                    "memory-mapped file)")
   # One process decodes into a shared cache while the others (of this host, or of hosts sharing
   # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
   try:
