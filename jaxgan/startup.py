@@ -54,8 +54,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
     config_validation.validate_schedule(config)
-    if data_lib.workdir_problem(config, workdir):  # before the workdir is made in the data
-      raise workdir_lib.WorkdirError(data_lib.workdir_problem(config, workdir))
+    inside_data = data_lib.workdir_problem(config, workdir)  # before it is made in the data
+    if inside_data:
+      raise workdir_lib.WorkdirError(inside_data)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))
