@@ -160,7 +160,8 @@ def evaluate_workdir(args) -> dict:
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
   reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real, source)
-  print(opening_line(args.metrics, step, args.num_samples, reals, jax.default_backend()),
+  asked = evaluator_lib.reals_for(config, args.num_samples, args.num_real)  # the data unknown
+  print(opening_line(args.metrics, step, args.num_samples, reals, jax.default_backend(), asked),
         file=sys.stderr)
   results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
                                num_real=args.num_real, seed=args.seed)
@@ -173,13 +174,17 @@ def evaluate_workdir(args) -> dict:
   return results
 
 
-def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend: str) -> str:
-  """What an evaluation of a checkpoint is about to do, and on a CPU, where more than a first
-  look's samples take an hour of Inception, how to make it shorter."""
+def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend: str,
+                 asked: int = 0) -> str:
+  """What an evaluation of a checkpoint is about to do (`asked`: the real images wanted, more
+  than `reals` where the data holds fewer), and on a CPU, where more than a first look's samples
+  take an hour of Inception, how to make it shorter."""
   cpu = (" Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
          if backend == "cpu" and num_samples > 500 else "")
+  # Said, not refused: the reference is then the whole set (as training's evaluations warn).
+  fewer = f", all the data holds ({asked:,} were asked for)" if asked > reals else ""
   return (f"evaluating {metrics} of checkpoint step {step}: {num_samples:,} samples against "
-          f"{reals:,} real images (their features are cached once computed).{cpu}")
+          f"{reals:,} real images{fewer} (their features are cached once computed).{cpu}")
 
 
 def record(workdir: str, results: dict) -> str:

@@ -196,6 +196,14 @@ def test_the_opening_line_says_how_to_shorten_a_long_evaluation_on_a_cpu():
   assert offline_eval.opening_line("fid", 1, 10000, 10, "gpu").endswith("computed).")
 
 
+def test_the_opening_line_says_when_the_data_holds_fewer_reals_than_asked_for():
+  """--num-real (or eval.num_real) past the set's size compares with the whole set: said, so a
+  figure against 8,610 reals is not taken for one against 50,000."""
+  line = offline_eval.opening_line("fid", 7, 500, 8610, "gpu", asked=50000)
+  assert "against 8,610 real images, all the data holds (50,000 were asked for) (" in line
+  assert "asked" not in offline_eval.opening_line("fid", 7, 500, 8610, "gpu", asked=8610)
+
+
 def _strict_json(line: str) -> dict:
   """json.loads refusing NaN/Infinity, as strict readers (jq, JavaScript) do."""
   return json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
