@@ -17,7 +17,6 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
@@ -27,17 +26,17 @@ from jaxgan import evaluator as evaluator_lib
 from jaxgan import init_from
 from jaxgan import multihost
 from jaxgan import periodic_eval
-from jaxgan import resources
 from jaxgan import restore
 from jaxgan import run as run_lib
 from jaxgan import run_health
 from jaxgan import run_log
-from jaxgan import sample_inputs, sampling
+from jaxgan import sample_grids
+from jaxgan import sampling
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import startup
-from jaxgan import step_metrics
 from jaxgan import stopping as stopping_lib
+from jaxgan import train_progress
 from jaxgan import writers
 from jaxgan.metrics import inception_weights
 from jaxgan.run_health import TrainingError
@@ -140,19 +139,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   batches = data_lib.prefetch(data_lib.stack_batches(
       source.batches(rows_per_step, start_step, rows), k))
   label_counts = sampling.label_counts(getattr(source, "labels", None))  # the data's label mix
-  sampler = sampling.make_sampler(run.generator, sharding.replicated(run.mesh))
-  ema_statistics = sampling.make_ema_statistics(
-      config, run.generator, label_counts,
-      out_sharding=sharding.replicated(run.mesh),
-      batch_sharding=sharding.batch_sharding(run.mesh))
-  grid_z, grid_labels, grid_cols = sample_inputs.grid_inputs(
-      config.seed, config_lib.attribute_classes(config), cfg.samples_per_class, config.model.z_dim)
-  grid_z, grid_labels = sharding.put_replicated((grid_z, grid_labels), run.mesh)
-  if is_main:  # which row of the grids is which class (they carry no text)
-    sampling.save_legend(sample_inputs.grid_legend(attributes),
-                         os.path.join(workdir, "samples", "rows.txt"))
   writer = writers.MetricsWriter(workdir, enabled=is_main, tensorboard=cfg.tensorboard)
-  images_per_step = cfg.batch_size * cfg.n_critic
+  grids = sample_grids.SampleGrids(config, run, attributes, label_counts, workdir, writer, is_main)
 
   def meta(step: int) -> dict:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
@@ -162,19 +150,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
             **({"label_counts": label_counts} if label_counts else {}),
             **({restore.DONOR_NAMED_KEY: donor_named} if donor_named else {})}
 
-  def save_samples(step: int) -> None:
-    # Every process takes part in the sampling computation; process 0 writes the grid.
-    statistics = ema_statistics(state.ema_params, state.g_batch_stats)
-    images = sharding.to_host(sampler(state.ema_params, statistics, grid_z, grid_labels))
-    if is_main:
-      grid = sampling.make_grid(images, grid_cols)
-      path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-      try:
-        sampling.save_png(grid, path)
-      except OSError as e:  # disk full, a lost mount: a missing grid is not worth the run
-        log.error("step %d: writing %s failed (%s); training goes on", step, path, e)
-      writer.write_image(step, "samples", grid)
-
   evaluate = None
   if cfg.eval_every:
     # Each host loads (and may convert) the Inception weights: agreed before the collectives.
@@ -182,7 +157,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     try:
       evaluator = multihost.agreed(lambda: evaluator_lib.Evaluator(
           config, run.generator, source, batch_sharding=sharding.batch_sharding(run.mesh),
-          statistics=ema_statistics, should_stop=lambda: stop.signal is not None),
+          statistics=grids.statistics, should_stop=lambda: stop.signal is not None),
           "loading the Inception weights")
     except inception_weights.WeightsError as e:  # a damaged file: found before the first step
       raise config_lib.ConfigError(f"config key eval.weights: {e}") from None
@@ -190,29 +165,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
                                           data_fingerprint, order)
 
   step = start_step
-  progress = _progress_bar(cfg.num_steps, start_step, interactive)
+  progress = train_progress.TrainingProgress(cfg, start_step, source, writer, progress_log,
+                                             interactive)
   started = time.perf_counter()
-  interval_start, interval_steps = None, 0
-  # Every step's metrics, fetched stacked and reduced per log row.
-  interval = step_metrics.Interval(sharding.to_host_list)
-
-  def log_row(step: int, elapsed: float, steps_timed: int) -> None:
-    """The interval's metrics row: metrics.jsonl, TensorBoard and the progress bar."""
-    values = interval.summary()  # compiles its stack for a new number of calls
-    ips = steps_timed * images_per_step / elapsed if steps_timed else float("nan")
-    values.update(images_per_sec=ips,
-                  # From the step in Python ints: exact past 2^31 (state.images_seen wraps);
-                  # assumes the batch size was not changed with --allow_config_change.
-                  images_seen=step * images_per_step,
-                  data_bad_files=getattr(source, "bad_files", 0),
-                  **resources.memory_row(jax.local_devices()))
-    writer.write_scalars(step, values)
-    progress_log.progress(run_log.progress_line(step, cfg.num_steps, values, images_per_step,
-                                                elapsed / steps_timed if steps_timed else np.nan))
-    progress.set_postfix(d_loss=f"{values.get('d_loss', np.nan):.3f}",
-                         g_loss=f"{values.get('g_loss', np.nan):.3f}",
-                         img_s=f"{ips:.0f}")
-
   in_flight: collections.deque = collections.deque()  # the newest calls' outputs
   max_calls_ahead = max(1, MAX_STEPS_AHEAD // k)
   longest_streak: Any = np.int32(0)  # since the last check (any call's, not just the last)
@@ -224,9 +179,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     stop.check_before_training("before the first step")
     if start_step and (start_step % cfg.sample_every == 0 or start_step == cfg.num_steps):
       # A run killed while drawing a due grid (its checkpoint was already written) draws it now.
-      grid = os.path.join(workdir, "samples", f"step_{start_step:07d}.png")
-      if multihost.from_process_0(is_main and not os.path.exists(grid)):
-        save_samples(start_step)
+      if multihost.from_process_0(is_main and not os.path.exists(grids.path(start_step))):
+        grids.save(start_step, state)
     if evaluate and start_step and (start_step % cfg.eval_every == 0
                                     or start_step == cfg.num_steps):
       # A run stopped at a due step (a stop skips the evaluation) or killed while evaluating it
@@ -237,36 +191,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         # A stop that cut it short stops the run here: training on would checkpoint a later
         # step, and this one would never be evaluated.
         stop.check_before_training(f"evaluating the resumed step {start_step}")
-    # The first batch's images (process 0's rows) as samples/reals.png, where it is missing.
-    reals = os.path.join(workdir, "samples", "reals.png")
-    reals_due = is_main and not os.path.exists(reals)
     while step < cfg.num_steps:
       host_batch = next(batches)
-      if reals_due:  # once
-        reals_due = False
-        writer.write_image(step, "reals",
-                           sampling.save_reals(host_batch, len(grid_z) // grid_cols, grid_cols,
-                                               reals, by_class=grid_labels is not None))
+      grids.save_reals(step, host_batch)
       batch = sharding.put_batch(host_batch, run.batch_sharding, rows_per_step)
       state, metrics = run.train_step(state, batch)
-      interval.add(metrics, stacked=k > 1)
       in_flight.append(metrics["nonfinite_streak"])
       longest_streak = run_health.longest_streak(longest_streak, metrics["nonfinite_streak"])
       if len(in_flight) > max_calls_ahead:
         jax.block_until_ready(in_flight.popleft())  # waits, reads nothing back
       step += k
-      if interval_start is None:  # time from the first finished call: excludes compilation
-        jax.block_until_ready(metrics)
-        interval_start, interval_steps = time.perf_counter(), 0
-        # The bar's rate and elapsed time too: counted from here, the compile does not show as
-        # the first steps' time (tqdm's rate would start at seconds per step).
-        progress.set_description("train", refresh=False)
-        progress.n = progress.last_print_n = progress.initial = step  # no rate from it
-        progress.unpause()
-        progress.refresh()
-      else:
-        interval_steps += k
-        progress.update(k)
+      progress.called(step, k, metrics, stacked=k > 1)
       # Read the flag once per call: a signal that lands after this line (say while the log
       # row is written) must wait for the next call, not stop this one without its checkpoint.
       eval_due = evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps)
@@ -281,17 +216,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       if logged:
         jax.block_until_ready(metrics)  # the row's time ends with its step, not with the fetch
         # Before the check below: the row shows the losses.
-        log_row(step, time.perf_counter() - interval_start, interval_steps)
+        progress.write_row(step)
       # Also before an evaluation: it takes minutes in which a preemption notice waits, and a
       # kill then would cost every step since the last checkpoint.
       checkpoint_due = step % cfg.checkpoint_every == 0 or last or eval_due
       sample_due = step % cfg.sample_every == 0 or step == cfg.num_steps
-      paused = None
       if (checkpoint_due or sample_due) and not (row or last):
         # Inside a row's interval: images/s times training, not this checkpoint, grid or
         # evaluation (the step's own work is waited for first, and counted).
         jax.block_until_ready(metrics)
-        paused = time.perf_counter()
+        progress.pause()
       if row or checkpoint_due:
         # Only where the loop waits for the step anyway (not every call, which would keep the
         # host one call ahead at most), and before any checkpoint past the limit is written.
@@ -305,7 +239,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         if not last:  # a stop and the end report their own failed write
           run_health.check_checkpoint_writes(checkpointer)
       if sample_due:
-        save_samples(step)
+        grids.save(step, state)
       # Not on a stop request: the grace period is for the checkpoint, not minutes of Inception.
       evaluated = False
       if eval_due and stopping is None:
@@ -315,18 +249,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
         evaluated = bool(evaluate(step, state))
         stopping = stop.check(step // k, exchange=True)
         last = last or stopping is not None
-      if paused is not None:
-        interval_start += time.perf_counter() - paused
-      # The bar's rate and ETA time training, as the rows do: unpause restarts its clock from the
-      # last redraw, so the pause goes, with at most a redraw interval (0.1 s) of training.
-      if checkpoint_due or sample_due:
-        progress.unpause()
+      if checkpoint_due or sample_due:  # the bar's rate and ETA time training, as the rows do
+        progress.resume()
       # (A stop that came during the evaluation needs no row of its own: every evaluation step
       # is a row step, logged before it.)
       if logged:
-        # The next row's images/s times training only: not this row's checkpoint, samples and
-        # evaluation (which made the row after an evaluation read 15x slow).
-        interval_start, interval_steps = time.perf_counter(), 0
+        progress.next_row()
       if stopping is not None:
         progress.close()  # its line ended before the stop's lines, not joined to them
         # `last` holds here, so this step's save was tried.
@@ -357,19 +285,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       evaluate.close()
     writer.close()
   return state
-
-
-def _progress_bar(num_steps: int, start_step: int, interactive: bool) -> tqdm:
-  """The training progress bar on a terminal (process 0's; none where nothing is left to train).
-  Redirected to a file (not `interactive`), its redraws would make one line of carriage returns:
-  there the run writes a line per log row instead (run_log)."""
-  # Until the first call returns, the bar says it compiles (silence at 0 % for a minute, for a
-  # ResNet on a CPU, looked like a hang).
-  return tqdm(total=num_steps, initial=start_step, unit="step",
-              disable=(jax.process_index() != 0 or start_step >= num_steps  # said otherwise
-                       or not interactive),
-              dynamic_ncols=True, mininterval=0.1, desc="train (compiling)", maxinterval=10.0,
-              file=console.TolerantStream(sys.stderr))
 
 
 def _report_stop(signum: int, step: int, num_steps: int, checkpointer: ckpt_lib.Checkpointer,

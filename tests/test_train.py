@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxgan import evaluate, generate, generation, label_choices, restore, sample_inputs
-from jaxgan import sampling, trainer
+from jaxgan import sampling, train_progress, trainer
 from jaxgan import data as data_lib, writers
 from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
@@ -173,7 +173,7 @@ def test_the_progress_bar_times_training_only(tmp_path, monkeypatch, caplog):
     return real_png(*args, **kwargs)
 
   real_png = sampling.save_png
-  monkeypatch.setattr(trainer, "_progress_bar", bar)
+  monkeypatch.setattr(train_progress, "progress_bar", bar)
   monkeypatch.setattr(sampling, "save_png", slow_png)
   closed_when_done = []
 
@@ -669,7 +669,7 @@ def test_images_per_sec_times_training_not_the_grids_and_checkpoints_between_row
 
   skipped = []  # seconds the trainer's clock has jumped: a slow disk, or a large grid
   clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + sum(skipped))
-  monkeypatch.setattr(trainer, "time", clock)
+  monkeypatch.setattr(train_progress, "time", clock)  # the rows' clock
   real_save = sampling.save_png
 
   def slow_save(image, path, *args, **kwargs):
