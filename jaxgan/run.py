@@ -25,6 +25,7 @@ from jaxgan import multihost
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import steps
+from jaxgan.config import mesh_checks
 from jaxgan.config import validation as config_validation
 
 
@@ -129,7 +130,7 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
   joined, later calls only check."""
   config_lib.check_known_keys(config)
   config_lib.check_complete(config)
-  config_validation.validate_distributed(config)
+  mesh_checks.validate_distributed(config)
   try:
     sharding.initialize_distributed(config)
   except sharding.PortInUse as e:

@@ -19,7 +19,8 @@ LAYERS = {
     "state": {"jaxgan.state"},
     # They ask the registries (models, losses, data sources, augmentations, metrics) about a
     # config's keys, and the registries import the config's schema (a foundation).
-    "config checks": {"jaxgan.config.validation", "jaxgan.config.resume"},
+    "config checks": {"jaxgan.config.validation", "jaxgan.config.mesh_checks",
+                      "jaxgan.config.resume"},
 }
 RANK = {"cli": 5, "orchestration": 4, "step": 3, "state": 2, "config checks": 1, "foundation": 0}
 

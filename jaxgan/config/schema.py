@@ -31,6 +31,18 @@ class ConfigError(ValueError):
     self.problem = problem or message
 
 
+def require(ok: bool, key: str, message: str) -> None:
+  """The checks' one way to fail: ConfigError('config key KEY: MESSAGE') unless `ok`."""
+  if not ok:
+    raise ConfigError(f"config key {key}: {message}")
+
+
+def require_positive_int(config: ml_collections.ConfigDict, key: str) -> None:
+  value = get(config, key)
+  require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+          f"must be a positive integer, got {value!r}")
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every key of a jaxgan run, with defaults. Key names are a public contract."""
   c = ml_collections.ConfigDict()

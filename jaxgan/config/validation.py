@@ -9,18 +9,17 @@ import it; callers import `jaxgan.config.validation` by name.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 import numpy as np
 
 from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
-from jaxgan import losses, models, sharding
+from jaxgan import losses, models
+from jaxgan.config import mesh_checks
 from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, attribute_classes,
                                   base_config, check_complete, check_known_keys, check_types,
-                                  flat_items, get, is_uri, parse_class_counts, r1_period)
-from jaxgan.data import decode
+                                  flat_items, get, is_uri, parse_class_counts, r1_period,
+                                  require, require_positive_int)
 from jaxgan.metrics import suite as metrics_suite
 from jaxgan.models.batchnorm import NORM_IMPLS
 from jaxgan.models.dcgan import D_NORMS
@@ -40,17 +39,6 @@ HOST_ONLY = frozenset({"data.max_pixels", "data.min_source_size", "data.workers"
                        "data.min_class_count", "train.keep_checkpoints"})
 
 
-def _require(ok: bool, key: str, message: str) -> None:
-  if not ok:
-    raise ConfigError(f"config key {key}: {message}")
-
-
-def _positive_int(config: ml_collections.ConfigDict, key: str) -> None:
-  value = get(config, key)
-  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
-           f"must be a positive integer, got {value!r}")
-
-
 def seed_problem(seed: object) -> str:
   """Why `seed` cannot seed a run or a sampling, or ''. JAX keys keep its low 32 bits: 5 and
   2**32 + 5 would share every key (-1 and 2**32 - 1 too) while numpy's draws differed."""
@@ -67,8 +55,8 @@ def validate_schedule(config: ml_collections.ConfigDict) -> None:
   for key in ("train.num_steps", "train.log_every", "train.sample_every",
               "train.checkpoint_every", "train.eval_every"):
     value = config.train[key.split(".")[1]]
-    _require(value % k == 0, key, f"{value} is not a multiple of train.steps_per_call={k} (the "
-             "loop acts between calls); make it one, or lower train.steps_per_call")
+    require(value % k == 0, key, f"{value} is not a multiple of train.steps_per_call={k} (the "
+            "loop acts between calls); make it one, or lower train.steps_per_call")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
@@ -78,15 +66,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   Runs before data loading and compilation, so a bad config costs seconds, not a compile.
   `reads_data=False` (--compile_only, the benchmark: the step on made-up batches) skips the data
   source's checks of where the data is (data.path given, a prepared set's info read and matched).
+  In this order: a key's own value first, then how keys combine.
   """
+  _check_values(config)
+  _check_classes(config)
+  _check_components(config)
+  _check_regularisers(config)
+  _check_training(config)
+  mesh_checks.check_mesh(config, num_devices, num_processes)
+  _check_unread(config, reads_data)
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+  """Known keys, their types, and the numbers' ranges as the step holds them."""
   check_known_keys(config)
   check_complete(config)
   check_types(config)
-  _require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
+  require(not seed_problem(config.seed), "seed", seed_problem(config.seed))
   # TFDS reads its data dir itself, gs:// included.
   for key in PATH_KEYS:
-    _require(key == "data.tfds_data_dir" or not is_uri(get(config, key)), key,
-             f"{get(config, key)!r}: {NOT_LOCAL}")
+    require(key == "data.tfds_data_dir" or not is_uri(get(config, key)), key,
+            f"{get(config, key)!r}: {NOT_LOCAL}")
   # The step and its counters hold integer keys as int32 (the step number its keys fold in,
   # shapes, intervals compared with the step): a larger value failed as a traceback after
   # compiling (or wrapped the step counter). The keys the step reads as floats may be larger (a
@@ -98,209 +98,207 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       continue
     shown = value if abs(value) < 10**20 else f"an integer of {len(str(abs(value)))} digits"
     if key in READ_AS_FLOAT or isinstance(defaults.get(key), float):
-      _require(abs(value) <= FLOAT32_MAX, key, f"must be finite in float32, got {shown}")
+      require(abs(value) <= FLOAT32_MAX, key, f"must be finite in float32, got {shown}")
     else:
-      _require(abs(value) <= INT32_MAX, key, f"must be at most {INT32_MAX} in size (int32, as "
-               f"the step holds it), got {shown}")
+      require(abs(value) <= INT32_MAX, key, f"must be at most {INT32_MAX} in size (int32, as "
+              f"the step holds it), got {shown}")
   for key in ("data.image_size", "model.z_dim", "model.g_width", "model.d_width",
               "model.max_width", "model.embed_dim", "train.batch_size", "train.num_steps",
               "train.n_critic", "train.steps_per_call", "train.log_every", "train.sample_every", "train.checkpoint_every",
               "train.keep_checkpoints", "train.samples_per_class", "train.max_nonfinite_steps",
               "data.min_source_size", "data.max_pixels",
               "train.eval_num_samples"):  # evaluate --workdir's default, trained or not
-    _positive_int(config, key)
+    require_positive_int(config, key)
   # The call's scan is unrolled (XLA:CPU compiles a rolled loop's convolutions to its slow
   # generic kernels): K copies of the step to compile, 252 s at 64 for a tiny model on 2 cores.
-  _require(config.train.steps_per_call <= MAX_STEPS_PER_CALL, "train.steps_per_call",
-           f"must be at most {MAX_STEPS_PER_CALL} (each call compiles that many unrolled copies "
-           f"of the step), got {config.train.steps_per_call}")
+  require(config.train.steps_per_call <= MAX_STEPS_PER_CALL, "train.steps_per_call",
+          f"must be at most {MAX_STEPS_PER_CALL} (each call compiles that many unrolled copies "
+          f"of the step), got {config.train.steps_per_call}")
+
+
+def _check_classes(config: ml_collections.ConfigDict) -> None:
+  """The class counts (conditioning) and the label columns."""
   nc = config.data.num_classes
-  _require(nc != -1 or config.data.source != "prepared", "data.num_classes",
-           "-1 (the prepared set's class counts) was not read from data.path's "
-           "dataset_info.json here; set --config.data.num_classes=N")
-  _require(isinstance(nc, int) and nc >= 0, "data.num_classes",
-           f"must be 0 (unconditional), a positive integer, or -1 with data.source=prepared "
-           f"(the prepared set's count), got {nc!r}")
+  require(nc != -1 or config.data.source != "prepared", "data.num_classes",
+          "-1 (the prepared set's class counts) was not read from data.path's "
+          "dataset_info.json here; set --config.data.num_classes=N")
+  require(isinstance(nc, int) and nc >= 0, "data.num_classes",
+          f"must be 0 (unconditional), a positive integer, or -1 with data.source=prepared "
+          f"(the prepared set's count), got {nc!r}")
   try:
     extra = parse_class_counts(config.data.extra_num_classes)
   except ValueError as e:
     raise ConfigError(f"config key data.extra_num_classes: {e}") from None
-  _require(not extra or nc > 0, "data.extra_num_classes",
-           f"{config.data.extra_num_classes!r} needs data.num_classes > 0 (the first attribute's "
-           "classes); set it, or set data.extra_num_classes='' to train unconditionally")
-  _require(isinstance(config.data.label_columns, str), "data.label_columns",
-           f"must be a comma-separated string of column names, got {config.data.label_columns!r}")
+  require(not extra or nc > 0, "data.extra_num_classes",
+          f"{config.data.extra_num_classes!r} needs data.num_classes > 0 (the first attribute's "
+          "classes); set it, or set data.extra_num_classes='' to train unconditionally")
+  require(isinstance(config.data.label_columns, str), "data.label_columns",
+          f"must be a comma-separated string of column names, got {config.data.label_columns!r}")
 
-  _require(config.model.name in models.MODELS, "model.name",
-           f"unknown model {config.model.name!r}; choose one of {models.MODELS.names()}")
-  _require(config.loss.name in losses.LOSSES, "loss.name",
-           f"unknown loss {config.loss.name!r}; choose one of {losses.LOSSES.names()}")
-  _require(config.data.source in data_lib.SOURCES, "data.source",
-           f"unknown data source {config.data.source!r}; choose one of {data_lib.SOURCES.names()}")
-  _require(not extra or getattr(data_lib.SOURCES.get(config.data.source), "multi_attribute", False),
-           "data.extra_num_classes", f"the {config.data.source!r} source serves one attribute; "
-           "use data.source='prepared' (prepare --label-column A --label-column B) or 'manifest' "
-           "(data.label_columns), or set data.extra_num_classes=''")
-  _require(config.train.dtype in DTYPES, "train.dtype",
-           f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
-  _require(config.model.d_norm in D_NORMS, "model.d_norm",
-           f"must be one of {list(D_NORMS)}, got {config.model.d_norm!r}")
 
-  _require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
-           f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
-  _require(config.model.downsample_impl in DOWNSAMPLE_IMPLS, "model.downsample_impl",
-           f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
-  _require(config.model.norm_impl in NORM_IMPLS, "model.norm_impl",
-           f"must be one of {list(NORM_IMPLS)}, got {config.model.norm_impl!r}")
+def _check_components(config: ml_collections.ConfigDict) -> None:
+  """The registries' names (model, loss, data source), the dtype and the layers' choices, and
+  the model's own checks."""
+  extra = parse_class_counts(config.data.extra_num_classes)  # (checked by _check_classes)
+  require(config.model.name in models.MODELS, "model.name",
+          f"unknown model {config.model.name!r}; choose one of {models.MODELS.names()}")
+  require(config.loss.name in losses.LOSSES, "loss.name",
+          f"unknown loss {config.loss.name!r}; choose one of {losses.LOSSES.names()}")
+  require(config.data.source in data_lib.SOURCES, "data.source",
+          f"unknown data source {config.data.source!r}; choose one of {data_lib.SOURCES.names()}")
+  require(not extra or getattr(data_lib.SOURCES.get(config.data.source), "multi_attribute", False),
+          "data.extra_num_classes", f"the {config.data.source!r} source serves one attribute; "
+          "use data.source='prepared' (prepare --label-column A --label-column B) or 'manifest' "
+          "(data.label_columns), or set data.extra_num_classes=''")
+  require(config.train.dtype in DTYPES, "train.dtype",
+          f"must be one of {list(DTYPES)}, got {config.train.dtype!r}")
+  require(config.model.d_norm in D_NORMS, "model.d_norm",
+          f"must be one of {list(D_NORMS)}, got {config.model.d_norm!r}")
+
+  require(config.model.upsample_impl in UPSAMPLE_IMPLS, "model.upsample_impl",
+          f"must be one of {list(UPSAMPLE_IMPLS)}, got {config.model.upsample_impl!r}")
+  require(config.model.downsample_impl in DOWNSAMPLE_IMPLS, "model.downsample_impl",
+          f"must be one of {list(DOWNSAMPLE_IMPLS)}, got {config.model.downsample_impl!r}")
+  require(config.model.norm_impl in NORM_IMPLS, "model.norm_impl",
+          f"must be one of {list(NORM_IMPLS)}, got {config.model.norm_impl!r}")
   model = models.MODELS.get(config.model.name)
-  _require(config.data.image_size in model.supported_image_sizes, "data.image_size",
-           f"model {config.model.name!r} builds images of size "
-           f"{list(model.supported_image_sizes)}, got {config.data.image_size}")
+  require(config.data.image_size in model.supported_image_sizes, "data.image_size",
+          f"model {config.model.name!r} builds images of size "
+          f"{list(model.supported_image_sizes)}, got {config.data.image_size}")
   model.validate(config)
 
+
+def _check_regularisers(config: ml_collections.ConfigDict) -> None:
+  """The loss's and augmentation's settings, and which D normalisation they allow."""
+  model = models.MODELS.get(config.model.name)
   loss = losses.LOSSES.get(config.loss.name)
   if loss.needs_per_sample_critic and model.d_norm_applies:
-    _require(config.model.d_norm != "batch", "model.d_norm",
-             f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
-             "mixes; set --config.model.d_norm=layer (or none)")
+    require(config.model.d_norm != "batch", "model.d_norm",
+            f"loss {config.loss.name!r} penalises per-sample gradients, which BatchNorm in D "
+            "mixes; set --config.model.d_norm=layer (or none)")
   # Finite in float32, as the step computes: an infinite weight makes every step it applies to
   # non-finite, and those are skipped (R1's 1 step in r1_interval never streaks to the stop: it
   # would silently never apply). R1's weight as the step scales it, by its lazy D steps.
-  _positive_int(config, "loss.r1_interval")
+  require_positive_int(config, "loss.r1_interval")
   scaled = {"loss.r1_gamma": 0.5 * r1_period(config)}
   for key in ("loss.gp_weight", "loss.r1_gamma", "loss.lecam_weight", "model.orthogonal_reg"):
     value = get(config, key)
-    _require(0 <= value and value * scaled.get(key, 1) <= FLOAT32_MAX, key,
-             f"must be >= 0 and finite in float32{' as scaled' if key in scaled else ''}, got "
-             f"{value}")
-    _require(not 0 < value or _float32(value) > 0, key, f"{value} is 0 in float32, in which the "
-             "step computes (so it would be off); set 0 to turn it off, or a larger value")
-  _positive_int(config, "augment.ada_interval")
+    require(0 <= value and value * scaled.get(key, 1) <= FLOAT32_MAX, key,
+            f"must be >= 0 and finite in float32{' as scaled' if key in scaled else ''}, got "
+            f"{value}")
+    require(not 0 < value or _float32(value) > 0, key, f"{value} is 0 in float32, in which the "
+            "step computes (so it would be off); set 0 to turn it off, or a larger value")
+  require_positive_int(config, "augment.ada_interval")
   _below_one_in_float32(config, "loss.lecam_ema_decay")
-  _require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
-           f"unknown augmentation {config.augment.name!r}; choose one of "
-           f"{augment_lib.AUGMENTS.names()}")
+  require(config.augment.name in augment_lib.AUGMENTS, "augment.name",
+          f"unknown augmentation {config.augment.name!r}; choose one of "
+          f"{augment_lib.AUGMENTS.names()}")
   augment_lib.AUGMENTS.get(config.augment.name).validate(config.augment)
   if augment_lib.AUGMENTS.get(config.augment.name).adaptive:
-    _require(loss.ada_boundary is not None, "augment.name",
-             f"ADA tunes p from the sign of D(real), which loss.name={config.loss.name} does not "
-             "give (its critic's outputs can shift freely); use augment.name=diffaugment, or "
-             "loss.name non_saturating, hinge or least_squares")
-  _require(config.augment.ada_kimg > 0, "augment.ada_kimg",
-           f"must be > 0 (thousands of images for p to go 0 -> 1), got {config.augment.ada_kimg}")
-  _require(-1 < config.augment.ada_target < 1, "augment.ada_target",
-           f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
-  _require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
-           f"must be in [0, 1], got {config.augment.ada_p_init}")
+    require(loss.ada_boundary is not None, "augment.name",
+            f"ADA tunes p from the sign of D(real), which loss.name={config.loss.name} does not "
+            "give (its critic's outputs can shift freely); use augment.name=diffaugment, or "
+            "loss.name non_saturating, hinge or least_squares")
+  require(config.augment.ada_kimg > 0, "augment.ada_kimg",
+          f"must be > 0 (thousands of images for p to go 0 -> 1), got {config.augment.ada_kimg}")
+  require(-1 < config.augment.ada_target < 1, "augment.ada_target",
+          f"must be in (-1, 1) (a target for E[sign(D(real))]), got {config.augment.ada_target}")
+  require(0 <= config.augment.ada_p_init <= 1, "augment.ada_p_init",
+          f"must be in [0, 1], got {config.augment.ada_p_init}")
   fixed = augment_lib.AUGMENTS.get(config.augment.name)
   # StyleGAN2-ADA's --aug=fixed requires its --p likewise: at p = 0 no image is ever augmented.
-  _require(not fixed.uses_p or fixed.adaptive or config.augment.ada_p_init > 0,
-           "augment.ada_p_init", f"augment.name={config.augment.name} applies ADA's pipeline at "
-           "this fixed p, and at 0 it never augments; set it (e.g. 0.2), or augment.name=ada to "
-           "tune p from 0")
+  require(not fixed.uses_p or fixed.adaptive or config.augment.ada_p_init > 0,
+          "augment.ada_p_init", f"augment.name={config.augment.name} applies ADA's pipeline at "
+          "this fixed p, and at 0 it never augments; set it (e.g. 0.2), or augment.name=ada to "
+          "tune p from 0")
   if config.loss.r1_gamma > 0 and model.d_norm_applies:
-    _require(config.model.d_norm != "batch", "model.d_norm",
-             "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
-             "--config.model.d_norm=layer (or none)")
+    require(config.model.d_norm != "batch", "model.d_norm",
+            "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
+            "--config.model.d_norm=layer (or none)")
 
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+  """The optimiser, the EMA, the data's tolerances, the evaluations and the sample grids."""
+  nc = config.data.num_classes
   for key in ("optim.g_lr", "optim.d_lr"):
-    _require(0 < _float32(get(config, key)) <= FLOAT32_MAX, key, f"must be > 0 and finite in "
-             f"float32, got {get(config, key)}")
+    require(0 < _float32(get(config, key)) <= FLOAT32_MAX, key, f"must be > 0 and finite in "
+            f"float32, got {get(config, key)}")
   for key in ("optim.b1", "optim.b2"):
     _below_one_in_float32(config, key)
-  _require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
-           f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
-  _require(config.train.ema_rampup >= 0, "train.ema_rampup",
-           f"must be >= 0, got {config.train.ema_rampup}")
-  _require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
-           "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
-           f"{config.train.eval_every!r}")
+  require(config.train.ema_half_life_images >= 0, "train.ema_half_life_images",
+          f"must be >= 0 (0 disables the EMA), got {config.train.ema_half_life_images}")
+  require(config.train.ema_rampup >= 0, "train.ema_rampup",
+          f"must be >= 0, got {config.train.ema_rampup}")
+  require(isinstance(config.train.eval_every, int) and config.train.eval_every >= 0,
+          "train.eval_every", f"must be an integer >= 0 (0 = no evaluation), got "
+          f"{config.train.eval_every!r}")
   names = metrics_suite.split_names(config.eval.metrics)
   # Each evaluation would extract every fake's and real's features and log nothing.
-  _require(names or not config.train.eval_every, "eval.metrics",
-           f"is empty while train.eval_every={config.train.eval_every} evaluates; name the "
-           f"metrics (e.g. fid,kid) or set train.eval_every=0")
+  require(names or not config.train.eval_every, "eval.metrics",
+          f"is empty while train.eval_every={config.train.eval_every} evaluates; name the "
+          f"metrics (e.g. fid,kid) or set train.eval_every=0")
   for name in names:
-    _require(name in metrics_suite.METRICS, "eval.metrics",
-             f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
-    _require(nc > 0 or not metrics_suite.needs_labels([name]),
-             "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
+    require(name in metrics_suite.METRICS, "eval.metrics",
+            f"unknown metric {name!r}; choose from {metrics_suite.METRICS.names()}")
+    require(nc > 0 or not metrics_suite.needs_labels([name]),
+            "eval.metrics", f"{name!r} needs a conditional run (data.num_classes > 0); drop it")
   fewest = metrics_suite.min_samples(names)
   if config.train.eval_every:
-    _require(config.train.eval_num_samples >= fewest, "train.eval_num_samples",
-             f"must be >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
-             f"{config.train.eval_num_samples}")
-  _positive_int(config, "eval.batch_size")
-  _require(0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction",
-           f"must be a fraction in [0, 1], got {config.data.max_bad_fraction}")
-  _require(isinstance(config.data.workers, int) and config.data.workers >= 0, "data.workers",
-           f"must be an integer >= 0 (0 = every core), got {config.data.workers!r}")
-  _require(isinstance(config.eval.standing_stats_batches, int)
-           and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
-           "must be an integer >= 0 (0 = the raw G's running statistics), got "
-           f"{config.eval.standing_stats_batches!r}")
+    require(config.train.eval_num_samples >= fewest, "train.eval_num_samples",
+            f"must be >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
+            f"{config.train.eval_num_samples}")
+  require_positive_int(config, "eval.batch_size")
+  require(0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction",
+          f"must be a fraction in [0, 1], got {config.data.max_bad_fraction}")
+  require(isinstance(config.data.workers, int) and config.data.workers >= 0, "data.workers",
+          f"must be an integer >= 0 (0 = every core), got {config.data.workers!r}")
+  require(isinstance(config.eval.standing_stats_batches, int)
+          and config.eval.standing_stats_batches >= 0, "eval.standing_stats_batches",
+          "must be an integer >= 0 (0 = the raw G's running statistics), got "
+          f"{config.eval.standing_stats_batches!r}")
   # Its latents are drawn at once (10^8 batches asked 596 GiB of host memory, a traceback).
-  _require(config.eval.standing_stats_batches <= MAX_STANDING_STATS_BATCHES,
-           "eval.standing_stats_batches", f"must be at most {MAX_STANDING_STATS_BATCHES} (BigGAN's "
-           f"standing statistics take tens), got {config.eval.standing_stats_batches}")
+  require(config.eval.standing_stats_batches <= MAX_STANDING_STATS_BATCHES,
+          "eval.standing_stats_batches", f"must be at most {MAX_STANDING_STATS_BATCHES} (BigGAN's "
+          f"standing statistics take tens), got {config.eval.standing_stats_batches}")
   classes = attribute_classes(config)
   rows = classes[0] if classes and classes[0] > 0 else 8  # sample_inputs.grid_inputs' rows
   size = config.data.image_size
   if isinstance(size, int) and size > 0:  # (checked above; a bad one is its own error)
     pixels = rows * config.train.samples_per_class * size * size
     fits = MAX_GRID_PIXELS // (rows * size * size)  # columns that fit (0: not even one)
-    _require(pixels <= MAX_GRID_PIXELS, "train.samples_per_class",
-             f"{config.train.samples_per_class} columns of {rows} rows at {size}x{size} make a "
-             f"sample grid of {pixels:,} pixels, past {MAX_GRID_PIXELS:,}; " +
-             (f"set at most {fits}" if fits else "even one column per class is too many: lower "
-              "data.image_size or the classes"))
-  _require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
-           f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
+    require(pixels <= MAX_GRID_PIXELS, "train.samples_per_class",
+            f"{config.train.samples_per_class} columns of {rows} rows at {size}x{size} make a "
+            f"sample grid of {pixels:,} pixels, past {MAX_GRID_PIXELS:,}; " +
+            (f"set at most {fits}" if fits else "even one column per class is too many: lower "
+             "data.image_size or the classes"))
+  require(isinstance(config.eval.num_real, int) and config.eval.num_real >= 0, "eval.num_real",
+          f"must be an integer >= 0 (0 = train.eval_num_samples), got {config.eval.num_real!r}")
   if config.train.eval_every and config.eval.num_real:
-    _require(config.eval.num_real >= fewest, "eval.num_real",
-             f"must be 0 or >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
-             f"{config.eval.num_real}")
+    require(config.eval.num_real >= fewest, "eval.num_real",
+            f"must be 0 or >= {fewest} for eval.metrics={config.eval.metrics!r}, got "
+            f"{config.eval.num_real}")
 
-  _positive_int(config, "mesh.fsdp")
-  fsdp, mesh_data = config.mesh.fsdp, config.mesh.data
-  _require(fsdp <= num_devices, "mesh.fsdp",  # whatever mesh.data: none of its values would fit
-           f"{fsdp} is more than the device count ({num_devices}); set at most {num_devices}")
-  _require(num_devices % fsdp == 0 or mesh_data != -1, "mesh.fsdp",
-           f"{fsdp} does not divide the {num_devices} devices; pick a divisor or set mesh.data")
-  _require(mesh_data == -1 or (isinstance(mesh_data, int) and 0 < mesh_data * fsdp <= num_devices),
-           "mesh.data", f"must be -1 (all devices) or at most {num_devices // fsdp} with "
-           f"mesh.fsdp={fsdp} on {num_devices} devices, got {mesh_data}")
-  mesh_devices = math.prod(sharding.mesh_shape(config, num_devices))
-  _require(config.train.batch_size % mesh_devices == 0, "train.batch_size",
-           f"global batch {config.train.batch_size} is not divisible by the {mesh_devices} "
-           "devices of the mesh; use a multiple of it")
-  if num_processes > 1:
-    _require(mesh_devices == num_devices, "mesh.data",
-             f"a {num_processes}-process run must use every device ({num_devices}); "
-             f"mesh.data * mesh.fsdp covers {mesh_devices}: set mesh.data=-1")
-    _require(config.train.batch_size % num_processes == 0, "train.batch_size",
-             f"global batch {config.train.batch_size} is not divisible by the {num_processes} "
-             "processes")
-  _check_batch_fits_host(config, num_processes)
-  validate_distributed(config)
 
+def _check_unread(config: ml_collections.ConfigDict, reads_data: bool) -> None:
+  """Keys set that the chosen model, loss, augmentation or data source would not read (a
+  change that changes nothing, silently), then the data source's own checks."""
   source = data_lib.SOURCES.get(config.data.source)
   defaults = base_config()
   for key in data_lib.SOURCE_KEYS:
-    _require(key in source.reads or config.data[key] == defaults.data[key], f"data.{key}",
-             f"data.source is {config.data.source!r}, " + source.unread_hint.format(key=key))
+    require(key in source.reads or config.data[key] == defaults.data[key], f"data.{key}",
+            f"data.source is {config.data.source!r}, " + source.unread_hint.format(key=key))
   # A model, loss or augmentation key that the chosen one does not read (attention with DCGAN,
   # a gradient-penalty weight with the hinge loss) would change nothing, silently.
   for key in sorted(k for k in unread_keys(config) if not k.startswith("data.")):
     section, leaf = key.split(".")
-    _require(get(config, key) == defaults[section][leaf], key,
-             f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
-             f"(or pick {_ONE_OF[section]} that reads it)")
+    require(get(config, key) == defaults[section][leaf], key,
+            f"{section}.name is {config[section].name!r}, which does not read it; drop {key} "
+            f"(or pick {_ONE_OF[section]} that reads it)")
   # A regulariser's setting while that regulariser is off changes nothing either.
   for key, (switch, name) in READ_WHILE_ON.items():
     section, leaf = key.split(".")
-    _require(get(config, switch) > 0 or get(config, key) == defaults[section][leaf], key,
-             f"{name} is off ({switch} = 0), so it has no effect; drop {key} or set {switch} > 0")
+    require(get(config, switch) > 0 or get(config, key) == defaults[section][leaf], key,
+            f"{name} is off ({switch} = 0), so it has no effect; drop {key} or set {switch} > 0")
   source.validate(config, reads_data=reads_data)
 
 
@@ -332,44 +330,6 @@ def _below_one_in_float32(config: ml_collections.ConfigDict, key: str) -> None:
   """A decay rate in [0, 1) as float32 holds it: one that rounds to 1 (Adam's b2 = 0.99999999999)
   makes every step's update non-finite (Adam's bias correction divides by 1 - b2^t = 0)."""
   value = get(config, key)
-  _require(0 <= value < 1, key, f"must be in [0, 1), got {value}")
-  _require(_float32(value) < 1, key, f"{value} is 1.0 in float32, in which the step computes; "
-           "use at most 0.9999999 (the largest float32 below 1 is 1 - 6e-8)")
-
-
-def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int) -> None:
-  """Refuses a step whose images alone (uint8, this process's share) exceed the host's memory:
-  they must be read into it before they reach the devices, and the run would otherwise be
-  killed by the OS after its start-up, with no message (a typo'd batch of 2^31 was)."""
-  memory = decode.host_memory_bytes()
-  rows = config.train.batch_size * config.train.n_critic // max(num_processes, 1)
-  needed = rows * config.data.image_size ** 2 * 3
-  _require(memory is None or needed <= memory, "train.batch_size",
-           f"a step's {rows} images (batch_size * n_critic per process) of "
-           f"{config.data.image_size}x{config.data.image_size}x3 bytes take "
-           f"{needed / 2**30:.4g} GiB, more than this host's {(memory or 0) / 2**30:.4g} GiB of "
-           "memory; use a smaller batch")
-
-
-def validate_distributed(config: ml_collections.ConfigDict) -> None:
-  """The keys `jax.distributed` needs; checked before the backend starts."""
-  d = config.distributed
-  if d.coordinator_address and d.coordinator_address != "auto":
-    host, _, port = d.coordinator_address.rpartition(":")
-    _require(bool(host) and port.isdecimal() and 1 <= int(port) <= 65535,
-             "distributed.coordinator_address", f"must be host:port with a port in 1..65535 "
-             f"(process 0's host), or 'auto'; got {d.coordinator_address!r}")
-    _require(isinstance(d.num_processes, int) and d.num_processes >= 1,
-             "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
-    _require(isinstance(d.process_id, int) and 0 <= d.process_id < d.num_processes,
-             "distributed.process_id", f"must be in 0..{d.num_processes - 1}, got {d.process_id}")
-    return
-  # Read only with an explicit host:port: set without one, each launched process would train
-  # alone, all of them in the same workdir.
-  for key, default in (("num_processes", 1), ("process_id", 0)):
-    if d.coordinator_address:  # 'auto'
-      why = "with distributed.coordinator_address='auto' JAX detects it; leave it"
-    else:
-      why = ("it is read only with distributed.coordinator_address=host:port (each process "
-             "would train alone, all in the same workdir); set that, or leave it")
-    _require(d[key] == default, f"distributed.{key}", f"got {d[key]}, but {why} at {default}")
+  require(0 <= value < 1, key, f"must be in [0, 1), got {value}")
+  require(_float32(value) < 1, key, f"{value} is 1.0 in float32, in which the step computes; "
+          "use at most 0.9999999 (the largest float32 below 1 is 1 - 6e-8)")
