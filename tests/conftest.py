@@ -192,6 +192,16 @@ def make_config():
   return tiny_config
 
 
+def jaxpr_equations(jaxpr):
+  """A jaxpr's equations, those of the jaxprs nested in them (jit, custom_vjp) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      if inner is not None:
+        yield from jaxpr_equations(getattr(inner, "jaxpr", inner))
+
+
 def run_module(module, *args, env=None, timeout=300):
   """Runs `python -m module args...` from the repo root; returns the CompletedProcess."""
   import subprocess

@@ -9,6 +9,7 @@ import pytest
 
 from jaxgan.models.layers import (DOWNSAMPLE_IMPLS, UPSAMPLE_IMPLS, DownConv, UpConv,
                                   resolve_downsample_impl, resolve_upsample_impl)
+from tests.conftest import jaxpr_equations
 
 
 @pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
@@ -113,3 +114,42 @@ def test_subpixel_kernel_selection_runs_at_highest_precision():
   assert len(dots) == 2  # the selection forward, and its transpose for the kernel's gradient
   for eqn in dots:
     assert eqn.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2, eqn
+
+
+class _ResNetLayer(nn.Module):
+  """The ResNet's spectrally normalised conv or dense layer, in bfloat16."""
+  dense: bool
+
+  @nn.compact
+  def __call__(self, x):
+    from jaxgan.models import resnet
+    if self.dense:
+      return resnet._sn_dense(x, 2, train=False, dtype=jnp.bfloat16, name="layer")
+    return resnet._sn_conv(x, 2, 3, train=False, dtype=jnp.bfloat16, name="layer")
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (UpConv(2, dtype=jnp.bfloat16), (8, 8, 8, 3)), (DownConv(2, dtype=jnp.bfloat16), (8, 32, 32, 3)),
+    (_ResNetLayer(dense=False), (8, 16, 16, 3)), (_ResNetLayer(dense=True), (2048, 3))])
+def test_bfloat16_bias_gradients_are_summed_in_float32(layer, shape):
+  """A bias's gradient is the sum of the output's over batch x height x width: here 2048 ones
+  per channel, which bfloat16 (8 significant bits) cannot count past 256 (DCGAN-64's first D
+  layer's was 38 % off at batch 64). The outputs stay bfloat16; the parameter trees are Flax's."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  variables = layer.init(jax.random.PRNGKey(1), x)
+  assert layer.apply(variables, x).dtype == jnp.bfloat16
+  params = variables["params"]
+  grads = jax.grad(lambda p: jnp.sum(layer.apply({**variables, "params": p}, x)
+                                     .astype(jnp.float32)))(params)
+  bias = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
+          if path[-1].key == "bias"]
+  assert len(bias) == 1 and bias[0].dtype == jnp.float32
+  np.testing.assert_array_equal(bias[0], np.full(2, 2048.0, np.float32))
+  # Whatever a backend's reduction order (XLA:CPU happens to sum the dense layer's 2048 exactly
+  # in bfloat16): no sum of the gradient is taken in bfloat16.
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(
+      layer.apply({**variables, "params": p}, x).astype(jnp.float32))))(params)
+  sums = [str(eqn.invars[0].aval) for eqn in jaxpr_equations(jaxpr.jaxpr)
+          if eqn.primitive.name == "reduce_sum"]
+  assert sums and not [s for s in sums if s.startswith("bfloat16")], sums
+

@@ -8,6 +8,7 @@ import pytest
 
 from jaxgan import models
 from jaxgan.models.dcgan import Discriminator, Generator
+from tests.conftest import jaxpr_equations
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
@@ -194,3 +195,34 @@ def test_bfloat16_discriminator_head_sums_in_float32():
   expected = features @ np.asarray(kernel, np.float64)[:, 0]
   assert np.abs(expected).max() > 2  # logits large enough for bfloat16 to show
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model.d_norm": "none"}, {"model.d_norm": "layer"}, {},
+    {"model.name": "resnet", "data.image_size": 32, "model.attention_resolution": 16}])
+def test_bfloat16_gradients_are_not_summed_in_bfloat16(make_config, overrides):
+  """A parameter's gradient summed over the batch and the pixels (a bias's, attention's gamma)
+  is summed in float32 in a bfloat16 model: bfloat16 (8 significant bits) stops counting at
+  256 equal terms. Only the 2x2 max/average pools' and nearest upsampling's sums of 2 to 4 values
+  remain in bfloat16 (activations' gradients, not parameters')."""
+  config = make_config(**{"train.dtype": "bfloat16", **overrides})
+  g, d = models.build_models(config)
+  size, z = config.data.image_size, jnp.ones((4, config.model.z_dim))
+  labels, images = jnp.array([0, 1, 2, 0]), jnp.ones((4, config.data.image_size, size, 3))
+  g_vars = g.init(jax.random.PRNGKey(0), z, labels, train=True)
+  d_vars = d.init(jax.random.PRNGKey(1), images, labels, train=True)
+
+  def loss(module, variables, inputs):
+    def of(params):
+      out, _ = module.apply({**variables, "params": params}, inputs, labels, train=True,
+                            mutable=[k for k in variables if k != "params"])
+      return jnp.sum(out.astype(jnp.float32))
+    return of
+
+  for module, variables, inputs in ((g, g_vars, z), (d, d_vars, images)):
+    jaxpr = jax.make_jaxpr(jax.grad(loss(module, variables, inputs)))(variables["params"])
+    wide = [(str(eqn.invars[0].aval), str(eqn.outvars[0].aval))
+            for eqn in jaxpr_equations(jaxpr.jaxpr)
+            if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.dtype == jnp.bfloat16
+            and eqn.invars[0].aval.size > 4 * eqn.outvars[0].aval.size]
+    assert not wide, wide

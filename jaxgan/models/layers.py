@@ -16,6 +16,22 @@ import numpy as np
 _PHASE_TAPS = {0: ((0, 0), (1, 2)), 1: ((1, 1), (2, 3))}  # phase -> ((tap, k), (tap, k))
 
 
+def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+  """`y + bias` in float32, returned in `y`'s dtype. In bfloat16, the bias's gradient (a sum of
+  the output's gradient over batch x height x width) would be accumulated in bfloat16 too: off by
+  21-38 % for DCGAN-64's first D and last G layers at batch 64 on XLA:CPU (a kernel's, 1.3 %).
+  The casts fuse into the add; in float32 this is `y + bias` exactly."""
+  return (y.astype(jnp.float32) + bias).astype(y.dtype)
+
+
+def promote_keeping_bias(inputs: Any, kernel: Any, bias: Any, *, dtype: Any = None,
+                         inexact: bool = True) -> list[Any]:
+  """nn.Conv's and nn.Dense's `promote_dtype`, except that the bias stays float32 (see
+  `add_bias`): the layer's output is then float32, to be cast back to the compute dtype."""
+  inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
+  return [inputs, kernel, bias]
+
+
 def _phase_selection() -> np.ndarray:
   """0/1 tensor S[ty, tx, py, px, ky, kx]: 3x3 sub-pixel kernel <- 4x4 transposed kernel."""
   s = np.zeros((3, 3, 2, 2, 4, 4), np.float32)
@@ -121,8 +137,7 @@ class _Conv4x4Stride2(nn.Module):
   def _add_bias(self, y: jnp.ndarray) -> jnp.ndarray:
     if not self.use_bias:
       return y
-    return y + self.param("bias", nn.initializers.zeros, (self.features,),
-                          jnp.float32).astype(self.dtype)
+    return add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
 
 
 class UpConv(_Conv4x4Stride2):

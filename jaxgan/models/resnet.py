@@ -39,6 +39,7 @@ import numpy as np
 from jaxgan.models.batchnorm import AffineBatchNormAct, norm_act
 from jaxgan.models.conditioning import ClassEmbed, as_label_matrix, class_tuple, is_soft
 from jaxgan.models.dcgan import _num_doublings
+from jaxgan.models.layers import promote_keeping_bias
 
 _init = nn.initializers.orthogonal()
 
@@ -50,16 +51,18 @@ def channel_widths(width: int, max_width: int, image_size: int) -> list[int]:
 
 def _sn_conv(x: jnp.ndarray, features: int, kernel: int, *, train: bool, dtype: Any, name: str,
              use_bias: bool = True) -> jnp.ndarray:
-  """Spectrally normalised 'SAME' conv; params at `name`, SN state at `name`_sn."""
+  """Spectrally normalised 'SAME' conv; params at `name`, SN state at `name`_sn. Its bias is
+  added (and its gradient summed) in float32 (`layers.add_bias`)."""
   conv = nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
-                 kernel_init=_init, dtype=dtype, name=name)
-  return nn.SpectralNorm(conv, name=f"{name}_sn")(x, update_stats=train)
+                 kernel_init=_init, dtype=dtype, promote_dtype=promote_keeping_bias, name=name)
+  return nn.SpectralNorm(conv, name=f"{name}_sn")(x, update_stats=train).astype(dtype)
 
 
 def _sn_dense(x: jnp.ndarray, features: int, *, train: bool, dtype: Any, name: str,
               use_bias: bool = True) -> jnp.ndarray:
-  dense = nn.Dense(features, use_bias=use_bias, kernel_init=_init, dtype=dtype, name=name)
-  return nn.SpectralNorm(dense, name=f"{name}_sn")(x, update_stats=train)
+  dense = nn.Dense(features, use_bias=use_bias, kernel_init=_init, dtype=dtype,
+                   promote_dtype=promote_keeping_bias, name=name)
+  return nn.SpectralNorm(dense, name=f"{name}_sn")(x, update_stats=train).astype(dtype)
 
 
 def _upsample(x: jnp.ndarray) -> jnp.ndarray:
@@ -143,7 +146,9 @@ class SelfAttention(nn.Module):
     o = jnp.einsum("bqk,bkc->bqc", attn, g).reshape(b, h, w, cv)
     o = conv(o, c, "out")
     gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
-    return x + gamma.astype(self.dtype) * o
+    # In float32: gamma's gradient sums o * dL/dy over the whole batch (b*h*w*c terms), which
+    # bfloat16 would accumulate in bfloat16 (layers.add_bias). The casts fuse into the add.
+    return (x.astype(jnp.float32) + gamma * o.astype(jnp.float32)).astype(self.dtype)
 
 
 class UpBlock(nn.Module):
