@@ -268,8 +268,11 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
     # the running BatchNorm statistics: activations past ~1.8e19 overflow a batch variance to inf
     # while the normalised output (x / sqrt(inf) = 0) and the losses stay finite; a running
     # average never forgets an inf.
+    # LeCam's averages of D's outputs too: a real logit of +inf leaves the losses finite (a
+    # zero hinge or softplus) but its average inf for good, and the checkpoint unresumable
+    # (run_health.check_restored_state), even where lecam_weight = 0 reads it nowhere.
     finite = _all_finite(d_values, g_value, d_grads_all, g_grads, d_opt_state, g_opt_state,
-                         g_stats, d_stats)
+                         g_stats, d_stats, lecam)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
         g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params, lecam=lecam)

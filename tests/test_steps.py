@@ -275,6 +275,19 @@ def test_a_step_whose_running_batchnorm_statistics_overflow_is_skipped():
     np.testing.assert_array_equal(x, y)
 
 
+def test_a_step_whose_lecam_average_overflows_is_skipped():
+  """A real logit of +inf gives a finite loss (a zero hinge or softplus) but an inf average of
+  D's outputs, kept for good and refused on resume (run_health.check_restored_state), also with
+  LeCam off (the default here): the step is skipped."""
+  config, init, train_step = _default_step()
+  assert config.loss.lecam_weight == 0
+  state = init()
+  state = state.replace(lecam={**state.lecam, "real": jnp.float32(jnp.inf)})  # as one +inf makes
+  new, metrics = train_step(state, _batches(config, 1)[0])
+  assert int(metrics["nonfinite"]) == 1 and np.isfinite(float(metrics["d_loss"]))
+  assert _leaves_equal(new.d_params, state.d_params)
+
+
 def test_the_finiteness_check_is_compiled_once_not_into_every_select():
   """XLA turned jnp.all over the stacked per-leaf flags into a chain of scalar ANDs and fused a
   copy of it into every leaf's select: 419 is-finite ops for this tiny step's 78 state leaves,
