@@ -2,10 +2,10 @@
 
   python -m jaxgan.evaluate --workdir DIR [--num-samples N] [--checkpoint latest|best|STEP]
       EMA samples of the run's checkpoint against the first --num-real images of its training
-      data (default: the run's eval.num_real, else N; real features cached by a digest of the
-      reals' pixels and labels, the weights and the preprocessing); by default the metrics and sample counts the run had at that
-      checkpoint, so the FID it logged there is reproduced; the results are also appended to
-      DIR/evaluations.jsonl.
+      data (default: the run's eval.num_real, else N; real features cached by a digest of
+      the reals' pixels and labels, the weights and the preprocessing); by default the
+      metrics and sample counts the run had at that checkpoint, so the FID it logged there is
+      reproduced; the results are also appended to DIR/evaluations.jsonl.
   python -m jaxgan.evaluate --real PATH_A --fake PATH_B [--image-size 64]
       two image folders or prepared data sets, all images of each (at their native sizes, or
       loaded at --image-size as training loads them).

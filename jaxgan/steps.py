@@ -142,9 +142,10 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
         gp = losses_lib.gradient_penalty(critic, real, fake, eps_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
-      new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,
-                                                    lecam_decay, d_updates)
+      new_lecam = lecam  # LeCam off: its averages are not kept (an inf logit's would stay inf)
       if lecam_weight > 0:
+        new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,
+                                                      lecam_decay, d_updates)
         reg = losses_lib.lecam_penalty(real_logits, fake_logits, anchors["real"], anchors["fake"])
         value = value + lecam_weight * reg
         aux["lecam"] = reg
@@ -268,9 +269,9 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
     # the running BatchNorm statistics: activations past ~1.8e19 overflow a batch variance to inf
     # while the normalised output (x / sqrt(inf) = 0) and the losses stay finite; a running
     # average never forgets an inf.
-    # LeCam's averages of D's outputs too: a real logit of +inf leaves the losses finite (a
+    # LeCam's averages of D's outputs too: a real logit of +inf can leave the losses finite (a
     # zero hinge or softplus) but its average inf for good, and the checkpoint unresumable
-    # (run_health.check_restored_state), even where lecam_weight = 0 reads it nowhere.
+    # (run_health.check_restored_state).
     finite = _all_finite(d_values, g_value, d_grads_all, g_grads, d_opt_state, g_opt_state,
                          g_stats, d_stats, lecam)
     updated = state.replace(

@@ -129,7 +129,8 @@ class _ResNetLayer(nn.Module):
 
 
 @pytest.mark.parametrize("layer,shape", [
-    (UpConv(2, dtype=jnp.bfloat16), (8, 8, 8, 3)), (DownConv(2, dtype=jnp.bfloat16), (8, 32, 32, 3)),
+    (UpConv(2, dtype=jnp.bfloat16), (8, 8, 8, 3)),
+    (DownConv(2, dtype=jnp.bfloat16), (8, 32, 32, 3)),
     (_ResNetLayer(dense=False), (8, 16, 16, 3)), (_ResNetLayer(dense=True), (2048, 3))])
 def test_bfloat16_bias_gradients_are_summed_in_float32(layer, shape):
   """A bias's gradient is the sum of the output's over batch x height x width: here 2048 ones
@@ -152,4 +153,3 @@ def test_bfloat16_bias_gradients_are_summed_in_float32(layer, shape):
   sums = [str(eqn.invars[0].aval) for eqn in jaxpr_equations(jaxpr.jaxpr)
           if eqn.primitive.name == "reduce_sum"]
   assert sums and not [s for s in sums if s.startswith("bfloat16")], sums
-

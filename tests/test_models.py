@@ -198,8 +198,11 @@ def test_bfloat16_discriminator_head_sums_in_float32():
 
 
 @pytest.mark.parametrize("overrides", [
-    {"model.d_norm": "none"}, {"model.d_norm": "layer"}, {},
-    {"model.name": "resnet", "data.image_size": 32, "model.attention_resolution": 16}])
+    {"model.d_norm": "none"}, {"model.d_norm": "layer"}, {}, {"model.norm_impl": "flax"},
+    {"model.upsample_impl": "subpixel"}, {"model.upsample_impl": "dilated"},
+    {"model.upsample_impl": "phase_conv", "model.downsample_impl": "s2d"},
+    {"model.name": "resnet", "data.image_size": 32, "model.attention_resolution": 16},
+    {"model.name": "resnet", "data.image_size": 32, "model.norm_impl": "flax"}])
 def test_bfloat16_gradients_are_not_summed_in_bfloat16(make_config, overrides):
   """A parameter's gradient summed over the batch and the pixels (a bias's, attention's gamma)
   is summed in float32 in a bfloat16 model: bfloat16 (8 significant bits) stops counting at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen import dtypes as flax_dtypes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ def promote_keeping_bias(inputs: Any, kernel: Any, bias: Any, *, dtype: Any = No
                          inexact: bool = True) -> list[Any]:
   """nn.Conv's and nn.Dense's `promote_dtype`, except that the bias stays float32 (see
   `add_bias`): the layer's output is then float32, to be cast back to the compute dtype."""
-  inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
+  inputs, kernel = flax_dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
   return [inputs, kernel, bias]
 
 
