@@ -32,6 +32,10 @@ RUN_LOCK = ".run.lock"
 # The folders a run writes into; one that exists already (a resume's) is probed with the workdir:
 # a read-only checkpoints/ (a mount) otherwise showed at the first checkpoint, hours in.
 RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
+# The files it writes at the top (evaluate's evaluations.jsonl too): a folder in one's place
+# failed the start with a traceback (metrics.jsonl), or silently kept the run from logging
+# (log.txt, whose writes are dropped on error).
+RUN_FILES = ("config.json", "metrics.jsonl", "log.txt", "evaluations.jsonl", RUN_LOCK)
 
 
 class WorkdirError(RuntimeError):
@@ -80,6 +84,10 @@ def prepare_workdir(workdir: str) -> bool:
                         "--rename-dir-limit)") from e
   with contextlib.suppress(OSError):  # a leftover probe folder is no reason to stop
     os.rmdir(probe + ".renamed")
+  for name in RUN_FILES:
+    if os.path.isdir(os.path.join(workdir, name)):
+      raise WorkdirError(f"workdir {workdir}: its {name} is a folder, where the run writes a "
+                         "file; move it away")
   for name in RUN_FOLDERS:
     folder = os.path.join(workdir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):

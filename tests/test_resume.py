@@ -1007,6 +1007,16 @@ def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp
   with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*w: its samples is a file, where "
                      "the run writes a folder; move it away$"):
     workdir_lib.prepare_workdir(str(workdir))
+  os.remove(workdir / "samples")
+  # And the other way round: metrics.jsonl as a folder failed the start with a traceback, and
+  # log.txt as one kept the run from logging, silently.
+  for name in ("metrics.jsonl", "log.txt"):
+    os.mkdir(workdir / name)
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"^workdir .*w: its {name} is a folder, "
+                       "where the run writes a file; move it away$"):
+      workdir_lib.prepare_workdir(str(workdir))
+    os.rmdir(workdir / name)
+  assert workdir_lib.prepare_workdir(str(workdir)) is False
 
 
 def test_a_run_lock_left_by_this_host_or_without_a_holder_is_taken_quietly(tmp_path, caplog,
