@@ -60,14 +60,16 @@ def _describe_classes(before: list, after: list) -> str:
 
 
 def data_moved_hint(layout: list, allowed: list) -> str:
-  """Where a class count changed with data.path (data.num_classes=-1 reads the counts from the
-  data, a prepared set), the path may be what to restore, which the shape changes do not name."""
+  """Where a class count changed with data.path, the data may be what to restore, which the
+  shape changes do not name: its class counts (data.num_classes=-1 reads them from a prepared
+  set) or its other settings (a command line without the run's data overrides)."""
   moved = [d for d in allowed if d[0] == "data.path"]
   if not moved or not any(d[0] in ("data.num_classes", "data.extra_num_classes")
                           for d in layout):
     return ""
-  return (f"; data.path changed too ({config_resume.describe_differences(moved)}): with "
-          "data.num_classes=-1 the class counts are the data's, so pass the run's data.path")
+  return (f"; data.path changed too ({config_resume.describe_differences(moved)}): pass the "
+          "run's data settings again (its config.json holds them; with data.num_classes=-1 "
+          "the class counts are the data's)")
 
 
 def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collections.ConfigDict,

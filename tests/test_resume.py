@@ -1284,14 +1284,16 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
 
 def test_a_class_count_changed_with_the_data_path_names_the_path():
   """data.num_classes=-1 takes the count from the data: resumed on another prepared set, the
-  error listed 'data.num_classes: 6 -> 14', a key the user never set, and not the path."""
+  error listed 'data.num_classes: 6 -> 14', a key the user never set, and not the path. Not
+  only about -1: a command line without the run's data overrides changes both too."""
   from jaxgan import restore
 
   layout = [("data.num_classes", 6, 14)]
   moved = [("data.path", "/sets/a", "/sets/b"), ("train.num_steps", 10, 20)]
   assert restore.data_moved_hint(layout, moved) == (
-      "; data.path changed too (data.path: '/sets/a' -> '/sets/b'): with data.num_classes=-1 the "
-      "class counts are the data's, so pass the run's data.path")
+      "; data.path changed too (data.path: '/sets/a' -> '/sets/b'): pass the run's data "
+      "settings again (its config.json holds them; with data.num_classes=-1 the class counts "
+      "are the data's)")
   assert restore.data_moved_hint(layout, moved[1:]) == ""  # the same data: no hint
   # Not read from the data: a width, an image size (set on purpose, never resolved).
   for key in ("model.g_width", "data.image_size"):
