@@ -1565,8 +1565,15 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
   flat.mkdir()
   Image.new("RGB", (20, 20)).save(flat / "a.png")
   with pytest.raises(ConfigError, match=r"has no class labels, got 3; set "
-                                        r"--config.data.num_classes=0 to train unconditionally"):
+                                        r"--config.data.num_classes=0 to train unconditionally "
+                                        r"\(a folder's classes are its first-level subfolders\)$"):
     build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
+  # A manifest's come from a column: the folder's hint misled there.
+  (flat / "list.csv").write_text("id,path\n1,a.png\n")
+  with pytest.raises(ConfigError, match=r"to train unconditionally, or set data.label_column to "
+                                        r"the manifest's class column \(e.g. articleType\)$"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(flat / "list.csv"),
+                            "data.image_column": "path"}))
 
 
 def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, caplog):

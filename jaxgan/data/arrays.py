@@ -271,6 +271,13 @@ def _warn_unconditional(where: str, classes: Sequence[int]) -> None:
               "condition on them)", where, " x ".join(map(str, classes)), how)
 
 
+# Where each source's classes come from, for data without any.
+_LABELS_FROM = {"folder": " (a folder's classes are its first-level subfolders)",
+                "manifest": ", or set data.label_column to the manifest's class column (e.g. "
+                            "articleType)",
+                "prepared": " (a prepared set's classes are prepare's --label-column)"}
+
+
 def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence[str],
                         where: str) -> None:
   """data.num_classes must match what the data holds (0 for unconditional training)."""
@@ -280,8 +287,8 @@ def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence
     _warn_unconditional(where, [len(class_names)])
   if want and not class_names:
     raise ConfigError(f"config key data.num_classes: {where} has no class labels, got {want}; "
-                      "set --config.data.num_classes=0 to train unconditionally (a folder's "
-                      "classes are its first-level subfolders)",
+                      "set --config.data.num_classes=0 to train unconditionally"
+                      + _LABELS_FROM.get(config.data.source, ""),
                       f"{where} has no class labels, the run {want} classes")
   if want not in (0, len(class_names)):
     shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
