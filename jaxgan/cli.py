@@ -226,10 +226,12 @@ def _config_file_error(message: str, config_file: Optional[str]) -> str:
   """One line for ml_collections' 'Error whilst parsing config file' and its traceback text: the
   exception, and where in the config file it was raised."""
   lines = [line.strip() for line in message.splitlines() if line.strip()]
-  frames = [m for m in (re.match(r'File "(.+)", line (\d+)', line) for line in lines)
+  frames = [(i, m) for i, m in enumerate(re.match(r'File "(.+)", line (\d+)', line)
+                                         for line in lines)
             if m and "ml_collections" not in m.group(1)]
-  where = f" ({frames[-1].group(1)}:{frames[-1].group(2)})" if frames else ""
-  return f"--config {config_file}: {_plainer(lines[-1])}{where}"
+  where = f" ({frames[-1][1].group(1)}:{frames[-1][1].group(2)})" if frames else ""
+  source = lines[frames[-1][0] + 1] if frames and frames[-1][0] + 2 < len(lines) else ""
+  return f"--config {config_file}: {_plainer(lines[-1], source)}{where}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -275,6 +277,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     # absl's words for --flag=maybe: "('Non-boolean argument to boolean flag', 'maybe')".
     message = re.sub(r": \('Non-boolean argument to boolean flag', ('.*')\)$",
                      r": must be true or false, got \1", message)
+    # Python's words for int('1e2') and float('abc'), as the key's expectation.
+    message = re.sub(r": invalid literal for int\(\) with base 10: ('.*')$",
+                     r": must be an integer, got \1", message)
+    message = re.sub(r": could not convert string to float: ('.*')$", r": must be a number, got \1",
+                     message)
     required = re.match(r"flag --([\w.]+)=None: Flag --\1 must have a value other than None",
                         message)
     if required and required.group(1) == "config" and config_file is not None:
@@ -386,12 +393,16 @@ _RETYPED = re.compile(r"TypeError: Could not override field '(\w+)' \(reference\
                       r"original type <class '(\w+)'> and cannot be casted to type <class '(\w+)'>")
 
 
-def _plainer(error_line: str) -> str:
+def _plainer(error_line: str, source: str = "") -> str:
   """'TypeError: ...' in plainer words where a library's are misleading: ml_collections calls a
-  value's type the "original" one ('5 is of original type str and cannot be casted to int')."""
+  value's type the "original" one ('5 is of original type str and cannot be casted to int'),
+  and names the key's last part alone (its section is read from the `source` line that set it)."""
   retyped = _RETYPED.fullmatch(error_line)
   if not retyped:
     return error_line
   name, value, given, field = retyped.groups()
+  section = re.search(rf"\.(\w+)\.{name}\s*=", source)
+  name = f"{section[1]}.{name}" if section else name
+  value = repr(value) if given == "str" else value  # '5', not 5
   article = lambda kind: "an" if kind[0] in "aeiou" else "a"
   return f"config key {name} holds {article(field)} {field}, got {value} ({article(given)} {given})"

@@ -479,8 +479,7 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     (["--workdir", "W", "--config.train.num_steps=2"],
      "error: --config.KEY overrides need --config FILE too (e.g. --config configs/default.py)"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size=abc"],
-     "error: --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc' "
-     "(see --help)"),
+     "error: --config.train.batch_size=abc: must be an integer, got 'abc' (see --help)"),
     (["--config", "configs/default.py"], "error: --workdir is required (see --help)"),
     # Config files that are not jaxgan configs, and overrides of a value's "keys": tracebacks.
     (["--config", "T/no_get_config.py", "--workdir", "W"],
@@ -518,8 +517,12 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.tensorboard=maybe"],
      "error: --config.train.tensorboard=maybe: must be true or false, got 'maybe' (see --help)"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.max-nonfinite-steps=x"],
-     "error: --config.train.max_nonfinite_steps=x: invalid literal for int() with base 10: 'x' "
-     "(see --help)"),  # a key's '-' too (was a traceback)
+     "error: --config.train.max_nonfinite_steps=x: must be an integer, got 'x' (see --help)"),
+    # a key's '-' too (was a traceback); Python's words for int('1e2') and float('abc') were
+    (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size=1e2"],
+     "error: --config.train.batch_size=1e2: must be an integer, got '1e2' (see --help)"),
+    (["--config", "configs/default.py", "--workdir", "W", "--config.optim.g_lr=abc"],
+     "error: --config.optim.g_lr=abc: must be a number, got 'abc' (see --help)"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size[0]=1"],
      "error: --config.train.batch_size[0]: not a config key; overrides name a schema key, e.g. "
      "--config.train.batch_size=32 (the keys: docs/config.md or jaxgan/config/schema.py)"),
@@ -553,7 +556,7 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "--config.train.log_every=5 (see --help)"),
     # A config file's value of another type, and its typo (as an override's is): plain words.
     (["--config", "T/retyped.py", "--workdir", "W"], "error: --config T/retyped.py: config key "
-     "num_steps holds an int, got 5 (a str) (T/retyped.py:5)"),
+     "train.num_steps holds an int, got '5' (a str) (T/retyped.py:5)"),
     (["--config", "T/typo.py", "--workdir", "W"], "error: unknown config key train.num_stepz: not "
      "in the schema of jaxgan/config/schema.py (check the spelling). Did you mean "
      "train.num_steps?"),
