@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Callable, Optional
 
+import jax
+
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
 from jaxgan import writers
@@ -14,6 +16,23 @@ from jaxgan.evaluator import Evaluator, reals_for
 from jaxgan.metrics.features import PREPROCESSING_ID
 
 log = logging.getLogger(__name__)
+
+# Inception's rate on a CPU: 3.7 images/s on the 2-core VM (2026-12-05, a training run's
+# evaluation of catalog_resnet64); more than a first look's samples then take most of an hour.
+CPU_SAMPLES_HINT = 500
+
+
+def cpu_hint(config, backend: str) -> str:
+  """What each of a run's evaluations costs where Inception runs on a CPU, said before the first
+  step (a README config shortened to a few steps still evaluated 10,000 samples at its last), or
+  ''. Not on accelerators, or for a first look's samples."""
+  n = config.train.eval_num_samples
+  if backend != "cpu" or not config.train.eval_every or n <= CPU_SAMPLES_HINT:
+    return ""
+  return (f"train.eval_every={config.train.eval_every} evaluates {n:,} samples at every "
+          f"{config.train.eval_every}th step and at the last one; Inception runs at a few "
+          f"images/s on a CPU (~{n / 3.7 / 60:.0f} min for {n:,} on 2 cores): for a short CPU run "
+          f"set train.eval_num_samples={CPU_SAMPLES_HINT} or train.eval_every=0")
 
 
 class PeriodicEval:
@@ -31,6 +50,9 @@ class PeriodicEval:
                order_fingerprint: Optional[int] = None):
     self.config, self.writer, self.meta = config, writer, meta
     self.evaluator = evaluator
+    hint = cpu_hint(config, jax.default_backend())
+    if hint and jax.process_index() == 0:
+      log.warning("%s", hint)
     self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
     # FIDs compare only against the same reals (the data, `data.fingerprint`), at the same
     # sample counts, weights and preprocessing: a best FID measured under other eval settings is

@@ -1012,3 +1012,19 @@ def test_the_reals_compared_with_are_the_request_or_the_config_capped_by_the_set
   config.eval.num_real = 30
   assert evaluator.reals_for(config, 20) == 30 and evaluator.reals_for(config, 5, 0, small) == 12
   assert evaluator.reals_for(config, 20, source=object()) == 30  # a stream: its count unknown
+
+
+def test_a_long_evaluation_on_a_cpu_is_said_before_the_first_step():
+  """A README config cut to a few steps on a CPU still evaluated 10,000 samples at its last step
+  (45 minutes of Inception on 2 cores, after a run of seconds): said at the start, with what to
+  set. Not on accelerators, without evaluations, or for a first look's samples."""
+  config = tiny_config(**{"train.eval_every": 5000, "train.eval_num_samples": 10000})
+  assert periodic_eval.cpu_hint(config, "cpu") == (
+      "train.eval_every=5000 evaluates 10,000 samples at every 5000th step and at the last one; "
+      "Inception runs at a few images/s on a CPU (~45 min for 10,000 on 2 cores): for a short CPU "
+      "run set train.eval_num_samples=500 or train.eval_every=0")
+  assert periodic_eval.cpu_hint(config, "gpu") == ""
+  config.train.eval_num_samples = 500
+  assert periodic_eval.cpu_hint(config, "cpu") == ""
+  config.train.eval_num_samples, config.train.eval_every = 10000, 0
+  assert periodic_eval.cpu_hint(config, "cpu") == ""
