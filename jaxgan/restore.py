@@ -95,8 +95,8 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
       others = [d for d in blocking if d not in layout]
       raise TrainingError(
           f"config differs from checkpoint step {step} in {workdir} ({listing(layout)}) in the "
-          "shapes of the train state (a model width, data.image_size or the class counts): this "
-          "run cannot continue with it; use a new workdir, or restore the checkpoint's values"
+          "shapes of the train state (its parameters' or statistics'): this run cannot "
+          "continue with it; use a new workdir, or restore the checkpoint's values"
           + data_moved_hint(layout, allowed)
           + (f" (its other changes, {listing(others)}, "
              f"{'are allowed by' if allow_config_change else 'need'} --allow_config_change)"

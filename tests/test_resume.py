@@ -1259,7 +1259,8 @@ def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeyp
   wider = tiny_config(**{"model.g_width": 16, "train.num_steps": 6})
   for allow in (False, True):
     with pytest.raises(trainer.TrainingError, match=r"model.g_width: 8 -> 16\) in the shapes of "
-                       r"the train state .*: this run cannot continue with it; use a new workdir, "
+                       r"the train state \(its parameters' or statistics'\): this run cannot "
+                       r"continue with it; use a new workdir, "
                        r"or restore the checkpoint's values$"):
       trainer.train_and_evaluate(wider, str(workdir), allow_config_change=allow)
   # The refused restore released the checkpointer (orbax's threads), as the run would have.
