@@ -185,10 +185,7 @@ def prepare(args: argparse.Namespace) -> dict:
   if values:
     labels, class_names, paths, dropped = class_labels.encode_kept(
         paths, values, columns, args.min_class_count, args.rare_classes)
-    if args.rare_classes == "other":  # which names 'other' holds: no class of the model says
-      merged = {column or "class": sorted(set(map(str, v)) - set(names))
-                for column, v, names in zip(columns or [""], values, class_names)}
-      merged = {column: names for column, names in merged.items() if names}
+    merged = class_labels.merged_into_other(values, class_names, columns, args.rare_classes)
     problem = one_class_left(values, class_names, columns, args.min_class_count)
     if problem:  # before any image is decoded
       raise arrays.DataError(problem)
@@ -300,9 +297,9 @@ def _prepare_and_report(args: argparse.Namespace) -> int:
   plural = "" if classes == "1" else "es"
   labelled = f" of {classes} class{plural}" if info["class_names"] else " (no class labels)"
   n = info["num_examples"]
-  merged = info.get("merged_into_other") or {}
-  merged_text = "".join(f"; {len(names)} {column} name{'' if len(names) == 1 else 's'} merged "
-                        "into 'other'" for column, names in merged.items())
+  from jaxgan.data import class_labels  # pylint: disable=g-import-not-at-top  (as prepare's)
+  merged_text = class_labels.describe_merged(info.get("merged_into_other") or {})
+  merged_text = f"; {merged_text}" if merged_text else ""
   print(f"wrote {n} image{'' if n == 1 else 's'}{labelled} to "
         f"{args.out} ({len(info['skipped'])} skipped{merged_text}, listed in dataset_info.json)")
   if len(info["class_names"]) == 1 and not attributes:  # one_class_left: the data's own

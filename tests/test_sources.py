@@ -87,11 +87,15 @@ def test_folder_classes_rarer_than_min_class_count_as_prepare_makes_them(folder,
                       "data.num_classes": len(classes), "data.min_class_count": 2,
                       "data.rare_classes": rare, "data.max_bad_fraction": 0.5})
   config_validation.validate(config, 1)
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.INFO):
     source = build_source(config)
   assert source.class_names == classes and source.labels.tolist() == labels
   if rare == "drop":
     assert "c.webp: class 'shoes' has fewer than 2 images (dropped)" in caplog.text
+  # Which names 'other' holds, said as prepare says it (no log line did).
+  merged = [m for m in caplog.messages if "merged into 'other'" in m]
+  assert merged == ([f"{folder}: 1 class name merged into 'other' (shoes: fewer than "
+                     "data.min_class_count=2 images each)"] if rare == "other" else []), merged
   args = prepare.parse_args(["--images", str(folder), "--out", str(tmp_path / "p"),
                              "--image-size", "16", "--min-class-count", "2",
                              "--rare-classes", rare, "--max-bad-fraction", "0.5"])
@@ -314,15 +318,19 @@ def test_prepare_records_which_names_other_holds(tmp_path, capsys):
 
 @pytest.mark.parametrize("rare,classes,count", [("other", ["Tshirts", "Watches", "other"], 8),
                                                 ("drop", ["Tshirts", "Watches"], 7)])
-def test_manifest_csv(tmp_path, rare, classes, count):
+def test_manifest_csv(tmp_path, rare, classes, count, caplog):
   path, images = _manifest(tmp_path, MANIFEST_ROWS)
   config = _config(**{"data.source": "manifest", "data.path": str(path),
                       "data.image_dir": str(images), "data.label_column": "articleType",
                       "data.min_class_count": 2, "data.rare_classes": rare,
                       "data.num_classes": len(classes)})
   config_validation.validate(config, 1)
-  source = build_source(config)
+  with caplog.at_level(logging.INFO):
+    source = build_source(config)
   assert source.class_names == classes and source.num_examples == count
+  merged = [m for m in caplog.messages if "merged into 'other'" in m]
+  assert len(merged) == (rare == "other") and all(
+      m.startswith(f"{path}: 1 articleType name merged into 'other' (") for m in merged), merged
   assert source.bad_files == 0  # the missing file is reported, not counted as a bad image
 
 

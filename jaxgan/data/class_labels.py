@@ -3,12 +3,15 @@ dropped, per attribute (folder, manifest and prepare encode alike)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import ml_collections
 import numpy as np
 
 from jaxgan.config.schema import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
@@ -76,6 +79,32 @@ def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: 
     dropped.append({"path": paths[i], "reason": f"{what} has fewer than {min_count} images "
                                                 "(dropped)"})
   return labels, class_names, [p for p, k in zip(paths, kept) if k], dropped
+
+
+def merged_into_other(values: Sequence[Sequence[str]], class_names: Sequence[Sequence[str]],
+                      columns: Sequence[str], rare: str) -> dict[str, list[str]]:
+  """{attribute: the names its 'other' class holds}, for the attributes where rare classes were
+  merged (`encode_kept`'s `values` and class names): no class of the model says which."""
+  if rare != "other":
+    return {}
+  merged = {column or "class": sorted(set(map(str, v)) - set(names))
+            for column, v, names in zip(columns or [""], values, class_names)}
+  return {column: names for column, names in merged.items() if names}
+
+
+def describe_merged(merged: dict[str, list[str]]) -> str:
+  """'2 articleType names merged into 'other'' (attributes joined with '; '), or ''."""
+  return "; ".join(f"{len(names)} {column} name{'' if len(names) == 1 else 's'} merged into "
+                   "'other'" for column, names in merged.items())
+
+
+def log_merged(merged: dict[str, list[str]], where: str, min_count: int) -> None:
+  """Says which names a training source merged into 'other' (as `prepare` reports it), which no
+  log line said: 4,000 of the catalog's images went into 'other' silently."""
+  for column, names in merged.items():
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    log.info("%s: %s (%s: fewer than data.min_class_count=%d images each)", where,
+             describe_merged({column: names}), shown, min_count)
 
 
 def check_rare_class_keys(config: ml_collections.ConfigDict) -> None:

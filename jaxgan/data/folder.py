@@ -11,7 +11,8 @@ import numpy as np
 
 from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
-from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
+from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, log_merged,
+                                       merged_into_other)
 from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
 
@@ -71,6 +72,8 @@ class FolderSource(ArraySource):
     if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
       labels, (class_names,), paths, dropped = encode_kept(paths, [folders], [], d.min_class_count,
                                                            d.rare_classes)
+      log_merged(merged_into_other([folders], [class_names], [], d.rare_classes), d.path,
+                 d.min_class_count)
       outside += dropped
     else:
       labels, class_names = np.zeros(len(paths), np.int32), []

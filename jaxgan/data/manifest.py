@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxgan.config.schema import ConfigError, attribute_classes, split_columns
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
-from jaxgan.data.class_labels import check_rare_class_keys, encode_kept
+from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, log_merged,
+                                       merged_into_other)
 from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,8 @@ class ManifestSource(ArraySource):
     if columns:
       labels, names, paths, dropped = encode_kept(paths, values, columns, d.min_class_count,
                                                   d.rare_classes)
+      log_merged(merged_into_other(values, names, columns, d.rare_classes), d.path,
+                 d.min_class_count)
       missing = list(missing) + dropped
       attributes = list(zip(columns, names))
     else:
