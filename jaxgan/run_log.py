@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxgan import stopping
+from jaxgan.config.schema import attribute_classes
 
 LOG_FILE = "log.txt"
 
@@ -170,7 +171,11 @@ def start_line(config: Any, start_step: int, state: Any, source: Any, mesh: Any,
   """What the run is, as it starts: model, parameters, data, devices and mesh, workdir."""
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
   examples = getattr(source, "num_examples", None)
-  data = config.data.source + (f", {examples:,} examples" if examples else "")
+  # The classes trained on (the synthetic data's first num_classes categories, a manifest's
+  # column after its rare names were merged): the count said, as prepare says it.
+  classes = attribute_classes(config)
+  data = (config.data.source + (f", {examples:,} examples" if examples else "")
+          + (f", {' x '.join(map(str, classes))} classes" if classes else ", unconditional"))
   return (f"{'resuming' if start_step else 'training'} {config.model.name} at step {start_step} "
           f"of {config.train.num_steps}: G {count(state.g_params):,}, D "
           f"{count(state.d_params):,} parameters; data: {data}; {jax.device_count()} "

@@ -719,7 +719,8 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   g, d = (sum(x.size for x in _leaves(p)) for p in (state.g_params, state.d_params))
   starts = [line for line in logged if line.startswith(("training ", "resuming dcgan"))]
   assert starts == [f"{what} dcgan at step {step} of {total}: G {g:,}, D {d:,} parameters; data: "
-                    f"synthetic; 1 cpu device(s), mesh 1x1 (data x fsdp); workdir {workdir}\n"
+                    f"synthetic, 3 classes; 1 cpu device(s), mesh 1x1 (data x fsdp); workdir "
+                    f"{workdir}\n"
                     for what, step, total in [("training", 0, 4), ("resuming", 4, 6)]]
   assert [line for line in logged if line.startswith("step ")] == [r + "\n" for r in rows]
   done = [line for line in logged if line.startswith("done: ")]
