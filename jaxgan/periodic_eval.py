@@ -29,8 +29,8 @@ def cpu_hint(config, backend: str) -> str:
   n = config.train.eval_num_samples
   if backend != "cpu" or not config.train.eval_every or n <= CPU_SAMPLES_HINT:
     return ""
-  return (f"train.eval_every={config.train.eval_every} evaluates {n:,} samples at every "
-          f"{config.train.eval_every}th step and at the last one; Inception runs at a few "
+  return (f"train.eval_every={config.train.eval_every} evaluates {n:,} samples every "
+          f"{config.train.eval_every} steps and at the last one; Inception runs at a few "
           f"images/s on a CPU (~{n / 3.7 / 60:.0f} min for {n:,} on 2 cores): for a short CPU run "
           f"set train.eval_num_samples={CPU_SAMPLES_HINT} or train.eval_every=0")
 

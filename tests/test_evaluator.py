@@ -1020,7 +1020,7 @@ def test_a_long_evaluation_on_a_cpu_is_said_before_the_first_step():
   set. Not on accelerators, without evaluations, or for a first look's samples."""
   config = tiny_config(**{"train.eval_every": 5000, "train.eval_num_samples": 10000})
   assert periodic_eval.cpu_hint(config, "cpu") == (
-      "train.eval_every=5000 evaluates 10,000 samples at every 5000th step and at the last one; "
+      "train.eval_every=5000 evaluates 10,000 samples every 5000 steps and at the last one; "
       "Inception runs at a few images/s on a CPU (~45 min for 10,000 on 2 cores): for a short CPU "
       "run set train.eval_num_samples=500 or train.eval_every=0")
   assert periodic_eval.cpu_hint(config, "gpu") == ""
