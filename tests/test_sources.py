@@ -70,6 +70,37 @@ def test_folder_source(folder):
   assert (reds > 150).all() and (blues > 150).all()
 
 
+def test_an_unconditional_folder_source_takes_the_roots_images_too(folder, tmp_path, caplog):
+  """Without classes, an image in the root is as good as one in a subfolder: a flat folder of
+  photos with a leftover old/ subfolder trained on old/ alone ('outside the class folders'),
+  with advice to set data.num_classes=1. And a link inside one class folder into another is
+  skipped, so the other keeps its own images (the walk is alphabetical: it took them)."""
+  config = _config(**{"data.source": "folder", "data.path": str(folder), "data.num_classes": 0,
+                      "data.max_bad_fraction": 0.5})
+  with caplog.at_level(logging.WARNING):
+    source = build_source(config)
+  assert source.num_examples == 5 and source.bad_files == 1  # loose.png too
+  assert "has 2 classes but data.num_classes=0" in caplog.text  # they could be used
+  flat = tmp_path / "flat"
+  _img(str(flat / "a.png"), (200, 0, 0))
+  _img(str(flat / "b.png"), (0, 200, 0))
+  _img(str(flat / "old" / "c.png"), (0, 0, 200))
+  flat_config = _config(**{"data.source": "folder", "data.path": str(flat), "data.num_classes": 0})
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert build_source(flat_config).num_examples == 3
+  assert "num_classes" not in caplog.text  # not "set data.num_classes=1" for old/
+  # Conditional: the root's images still belong to no class.
+  os.symlink(folder / "shoes", folder / "shirts" / "shoes_alias")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    source = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                     "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
+  assert source.num_examples == 4 and source.labels.tolist() == [0, 0, 1, 1]
+  assert f"shoes_alias: skipped, a link into the folder {folder / 'shoes'}, which is listed as " \
+         "itself" in caplog.text
+
+
 @pytest.mark.parametrize("rare,classes,labels", [
     ("other", ["bags", "shirts", "other"], [0, 0, 1, 1, 2]),
     ("drop", ["bags", "shirts"], [0, 0, 1, 1])])

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 # The skip reason of a file beside the class subfolders (prepare counts them by it).
 OUTSIDE_CLASS_FOLDERS = "outside the class folders"
 
-def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
+def scan_folder(root: str, keep_outside: bool = False) -> tuple[list[str], list[str], list[dict]]:
   """(image paths, their first-level folder names or "" when flat, skipped), sorted, recursive.
 
   Hidden files and folders are ignored; extensions match case-insensitively. When the root has
-  class folders, images lying directly in it belong to no class and are skipped.
-  """
+  class folders, images lying directly in it belong to no class and are skipped, unless
+  `keep_outside` (folder name "")."""
   if not os.path.isdir(root):
     raise DataError(f"data.path {root!r} is not a directory; point it at your image folder")
   paths, folders, others = [], [], collections.Counter()
@@ -46,7 +46,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], list[dict]]:
                 count, "file" if count == 1 else "files", "its" if count == 1 else "their",
                 listed, " ".join(IMAGE_EXTENSIONS))
   skipped = []
-  if any(folders):
+  if any(folders) and not keep_outside:
     kept = [(p, f) for p, f in zip(paths, folders) if f]
     skipped = [{"path": p, "reason": OUTSIDE_CLASS_FOLDERS} for p, f in zip(paths, folders)
                if not f]
@@ -68,8 +68,14 @@ class FolderSource(ArraySource):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     d = config.data
-    paths, folders, outside = scan_folder(d.path)
-    if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
+    # Unconditional: the images in the root are training images too (a leftover subfolder, say
+    # old/, made them "outside the class folders", and the run trained on old/ alone).
+    paths, folders, outside = scan_folder(d.path, keep_outside=d.num_classes == 0)
+    if "" in folders and any(folders):
+      # Named for the warning that the classes go unused; one subfolder is no classes to use.
+      named = sorted(set(folders) - {""})
+      labels, class_names = np.zeros(len(paths), np.int32), named if len(named) > 1 else []
+    elif any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
       labels, (class_names,), paths, dropped = encode_kept(paths, [folders], [], d.min_class_count,
                                                            d.rare_classes)
       log_merged(merged_into_other([folders], [class_names], [], d.rare_classes), d.path,

@@ -19,6 +19,7 @@ converts images the same way:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -110,8 +111,26 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   def fail(error: OSError) -> None:
     raise OSError(error.errno, f"cannot list folder ({error.strerror})", error.filename)
 
+  # The first-level folders (a folder source's classes), by real path: a link below one of them
+  # into another's tree is skipped, so that the other lists its own images (the walk is
+  # alphabetical: Accessories/watches -> ../Watches took every watch into Accessories). Two
+  # first-level names of one folder: the first listed wins, as any folder seen twice.
+  tops: dict[str, str] = {}
+  with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
+    for d in sorted(os.listdir(root)):
+      if not d.startswith(".") and os.path.isdir(os.path.join(root, d)):
+        tops.setdefault(os.path.realpath(os.path.join(root, d)), d)
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
+    rel = os.path.relpath(dirpath, root).split(os.sep)
+    into = None if len(rel) < 2 else next(
+        (name for t, name in tops.items()
+         if name != rel[0] and (real == t or real.startswith(t + os.sep))), None)
+    if into is not None:
+      log.warning("%s: skipped, a link into the folder %s, which is listed as itself", dirpath,
+                  os.path.join(root, into))
+      dirnames[:] = []
+      continue
     if real in seen:  # a link back up the tree, or a second link to one folder
       log.warning("%s: skipped, its folder %s is already listed under another name", dirpath,
                   real)
