@@ -41,7 +41,7 @@ class TrainState:
   d_opt_state: PyTree
   ema_params: PyTree
   augment: PyTree  # augment.AugmentState: ADA's p and its sign accumulators (p = 0 unless 'ada')
-  lecam: PyTree  # {'real', 'fake'}: EMAs of D's mean outputs, LeCam's anchors (0 while it is off)
+  lecam: PyTree  # {'real', 'fake'}: EMAs of D's mean outputs, LeCam's anchors
 
 
 def make_optimizers(config: ml_collections.ConfigDict

@@ -142,13 +142,16 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
         gp = losses_lib.gradient_penalty(critic, real, fake, eps_key)
         value = value + gp_weight * gp
         aux["gradient_penalty"] = gp
-      new_lecam = lecam  # LeCam off: its averages are not kept (an inf logit's would stay inf)
+      # Kept while LeCam is off too: a run that turns it on (--allow_config_change) starts from
+      # warm anchors (their bias correction counts every D update of the run).
+      new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,
+                                                    lecam_decay, d_updates)
       if lecam_weight > 0:
-        new_lecam, anchors = losses_lib.lecam_anchors(lecam, real_logits, fake_logits,
-                                                      lecam_decay, d_updates)
         reg = losses_lib.lecam_penalty(real_logits, fake_logits, anchors["real"], anchors["fake"])
         value = value + lecam_weight * reg
         aux["lecam"] = reg
+      else:  # unread: an inf logit's average is not kept, nor skips the step (the check below)
+        new_lecam = {k: jnp.where(jnp.isfinite(v), v, lecam[k]) for k, v in new_lecam.items()}
       return value, (fake_stats, aux, real_logits, new_lecam)
 
     (value, (stats, aux, real_logits, lecam)), grads = jax.value_and_grad(

@@ -275,30 +275,36 @@ def test_a_step_whose_running_batchnorm_statistics_overflow_is_skipped():
     np.testing.assert_array_equal(x, y)
 
 
-def test_a_step_whose_lecam_average_overflows_is_skipped_and_off_it_is_not_kept(monkeypatch):
+def test_a_lecam_average_that_overflows_skips_the_step_only_where_lecam_is_on(monkeypatch):
   """A real logit of +inf can give a finite loss (a zero hinge or softplus) but an inf average
-  of D's outputs, kept for good and refused on resume (run_health.check_restored_state): with
-  LeCam on, such a step is skipped; with it off (the default), the averages are not kept at all
-  (they were, and an inf one made the checkpoint unresumable for a statistic nothing read)."""
-  config, init, train_step = _default_step()
-  assert config.loss.lecam_weight == 0
-  new, metrics = train_step(init(), _batches(config, 1)[0])
-  assert int(metrics["nonfinite"]) == 0
-  assert {k: float(v) for k, v in new.lecam.items()} == {"real": 0.0, "fake": 0.0}
+  of D's outputs, kept for good and refused on resume (run_health.check_restored_state). With
+  LeCam on, such a step is skipped; off (the default), the average is unread: the step trains and
+  the average keeps its last finite value (it is kept warm for a run that turns LeCam on)."""
+  real_anchors = losses.lecam_anchors
 
-  config = tiny_config(**{"loss.lecam_weight": 0.1})
-  batch = _batches(config, 1)[0]
-  init, step_fn = _setup(config)
-  new, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), batch)
-  assert int(metrics["nonfinite"]) == 0 and float(new.lecam["real"]) != 0  # kept when on
-  # An inf average under a penalty kept finite: a stand-in for the losses such a logit leaves
-  # finite.
-  monkeypatch.setattr(losses, "lecam_penalty", lambda *args: jnp.float32(0.0))
-  init, step_fn = _setup(config)
-  state = init().replace(lecam={"real": jnp.float32(jnp.inf), "fake": jnp.float32(0.0)})
-  new, metrics = jax.jit(steps.with_state_rng(step_fn))(state, batch)
-  assert int(metrics["nonfinite"]) == 1 and np.isfinite(float(metrics["d_loss"]))
-  assert _leaves_equal(new.d_params, state.d_params)
+  def overflowing(ema, real_logits, *args):  # as one +inf real logit makes it
+    ema, anchors = real_anchors(ema, real_logits, *args)
+    return {**ema, "real": ema["real"] + jnp.inf}, anchors
+
+  for weight in (0.0, 0.1):
+    config = tiny_config(**{"loss.lecam_weight": weight})
+    batch = _batches(config, 1)[0]
+    init, step_fn = _setup(config)
+    warm, metrics = jax.jit(steps.with_state_rng(step_fn))(init(), batch)
+    assert int(metrics["nonfinite"]) == 0 and float(warm.lecam["real"]) != 0  # kept either way
+    with monkeypatch.context() as patch:
+      patch.setattr(losses, "lecam_anchors", overflowing)
+      if weight:  # the penalty kept finite: a stand-in for the losses such a logit leaves finite
+        patch.setattr(losses, "lecam_penalty", lambda *args: jnp.float32(0.0))
+      init, step_fn = _setup(config)
+      new, metrics = jax.jit(steps.with_state_rng(step_fn))(warm, batch)
+    assert np.isfinite(float(metrics["d_loss"]))
+    if weight:
+      assert int(metrics["nonfinite"]) == 1 and _leaves_equal(new.d_params, warm.d_params)
+    else:
+      assert int(metrics["nonfinite"]) == 0 and not _leaves_equal(new.d_params, warm.d_params)
+      assert float(new.lecam["real"]) == float(warm.lecam["real"])
+      assert float(new.lecam["fake"]) != float(warm.lecam["fake"])  # the finite one moves on
 
 
 def test_the_finiteness_check_is_compiled_once_not_into_every_select():
