@@ -401,8 +401,9 @@ def _plainer(error_line: str, source: str = "") -> str:
   if not retyped:
     return error_line
   name, value, given, field = retyped.groups()
-  section = re.search(rf"\.(\w+)\.{name}\s*=", source)
-  name = f"{section[1]}.{name}" if section else name
+  # Only an assignment's target (not a comparison), and only where the line names one section.
+  sections = set(re.findall(rf"\.(\w+)\.{name}\s*=(?!=)", source))
+  name = f"{sections.pop()}.{name}" if len(sections) == 1 else name
   value = repr(value) if given == "str" else value  # '5', not 5
   article = lambda kind: "an" if kind[0] in "aeiou" else "a"
   return f"config key {name} holds {article(field)} {field}, got {value} ({article(given)} {given})"

@@ -27,12 +27,18 @@ def cpu_hint(config, backend: str) -> str:
   step (a README config shortened to a few steps still evaluated 10,000 samples at its last), or
   ''. Not on accelerators, or for a first look's samples."""
   n = config.train.eval_num_samples
-  if backend != "cpu" or not config.train.eval_every or n <= CPU_SAMPLES_HINT:
+  reals = reals_for(config, n)  # as many as asked for: the data's count is not known yet
+  if backend != "cpu" or not config.train.eval_every or max(n, reals) <= CPU_SAMPLES_HINT:
     return ""
+  minutes = lambda images: f"~{images / 3.7 / 60:.0f} min"
+  smaller = (f"train.eval_num_samples={CPU_SAMPLES_HINT}" if n > CPU_SAMPLES_HINT else "")
+  if config.eval.num_real > CPU_SAMPLES_HINT:
+    smaller += (" and " if smaller else "") + f"eval.num_real={CPU_SAMPLES_HINT}"
   return (f"train.eval_every={config.train.eval_every} evaluates {n:,} samples every "
-          f"{config.train.eval_every} steps and at the last one; Inception runs at a few "
-          f"images/s on a CPU (~{n / 3.7 / 60:.0f} min for {n:,} on 2 cores): for a short CPU run "
-          f"set train.eval_num_samples={CPU_SAMPLES_HINT} or train.eval_every=0")
+          f"{config.train.eval_every} steps and at the last one, the first also {reals:,} real "
+          f"images (their features cached); Inception runs at a few images/s on a CPU "
+          f"({minutes(n)} per evaluation, {minutes(reals)} more for the reals, on 2 cores): for "
+          f"a short CPU run set {smaller} or train.eval_every=0")
 
 
 class PeriodicEval:

@@ -175,7 +175,8 @@ def start_line(config: Any, start_step: int, state: Any, source: Any, mesh: Any,
   # column after its rare names were merged): the count said, as prepare says it.
   classes = attribute_classes(config)
   data = (config.data.source + (f", {examples:,} examples" if examples else "")
-          + (f", {' x '.join(map(str, classes))} classes" if classes else ", unconditional"))
+          + (f", {' x '.join(map(str, classes))} class{'es' if math.prod(classes) > 1 else ''}"
+             if classes else ", unconditional"))
   return (f"{'resuming' if start_step else 'training'} {config.model.name} at step {start_step} "
           f"of {config.train.num_steps}: G {count(state.g_params):,}, D "
           f"{count(state.d_params):,} parameters; data: {data}; {jax.device_count()} "

@@ -32,10 +32,10 @@ RUN_LOCK = ".run.lock"
 # The folders a run writes into; one that exists already (a resume's) is probed with the workdir:
 # a read-only checkpoints/ (a mount) otherwise showed at the first checkpoint, hours in.
 RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
-# The files it writes at the top (evaluate's evaluations.jsonl too): a folder in one's place
-# failed the start with a traceback (metrics.jsonl), or silently kept the run from logging
-# (log.txt, whose writes are dropped on error).
-RUN_FILES = ("config.json", "metrics.jsonl", "log.txt", "evaluations.jsonl", RUN_LOCK)
+# The files it writes at the top: a folder in one's place failed the start with a traceback
+# (metrics.jsonl), or silently kept the run from logging (log.txt, whose writes are dropped on
+# error). (evaluate's evaluations.jsonl: evaluate says so itself, and prints its results.)
+RUN_FILES = ("config.json", "metrics.jsonl", "log.txt", RUN_LOCK)
 
 
 class WorkdirError(RuntimeError):

@@ -557,6 +557,11 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     # A config file's value of another type, and its typo (as an override's is): plain words.
     (["--config", "T/retyped.py", "--workdir", "W"], "error: --config T/retyped.py: config key "
      "train.num_steps holds an int, got '5' (a str) (T/retyped.py:5)"),
+    # The section from the assignment, not a comparison; none where the line sets two.
+    (["--config", "T/compared.py", "--workdir", "W"], "error: --config T/compared.py: config "
+     "key train.batch_size holds an int, got '5' (a str) (T/compared.py:5)"),
+    (["--config", "T/twice.py", "--workdir", "W"], "error: --config T/twice.py: config key "
+     "batch_size holds an int, got '5' (a str) (T/twice.py:5)"),
     (["--config", "T/typo.py", "--workdir", "W"], "error: unknown config key train.num_stepz: not "
      "in the schema of jaxgan/config/schema.py (check the spelling). Did you mean "
      "train.num_steps?"),
@@ -580,7 +585,9 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   (tmp_path / "lack.py").write_text("from jaxgan.config import base_config\n\ndef get_config():\n"
                                     "  c = base_config()\n  del c.train['batch_size']\n"
                                     "  return c\n")
-  for name, line in (("retyped", 'c.train.num_steps = "5"'), ("typo", "c.train.num_stepz = 5")):
+  for name, line in (("retyped", 'c.train.num_steps = "5"'), ("typo", "c.train.num_stepz = 5"),
+                     ("compared", 'if c.eval.batch_size == 32: c.train.batch_size = "5"'),
+                     ("twice", 'c.eval.batch_size = 4; c.train.batch_size = "5"')):
     (tmp_path / f"{name}.py").write_text("from jaxgan.config import base_config\n\n"
                                          f"def get_config():\n  c = base_config()\n  {line}\n"
                                          "  return c\n")

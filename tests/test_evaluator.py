@@ -1016,15 +1016,21 @@ def test_the_reals_compared_with_are_the_request_or_the_config_capped_by_the_set
 
 def test_a_long_evaluation_on_a_cpu_is_said_before_the_first_step():
   """A README config cut to a few steps on a CPU still evaluated 10,000 samples at its last step
-  (45 minutes of Inception on 2 cores, after a run of seconds): said at the start, with what to
-  set. Not on accelerators, without evaluations, or for a first look's samples."""
+  (45 minutes of Inception on 2 cores, after a run of seconds, and as long again for the reals
+  the first time): said at the start, with what to set. Not on accelerators, without
+  evaluations, or for a first look's images."""
   config = tiny_config(**{"train.eval_every": 5000, "train.eval_num_samples": 10000})
   assert periodic_eval.cpu_hint(config, "cpu") == (
-      "train.eval_every=5000 evaluates 10,000 samples every 5000 steps and at the last one; "
-      "Inception runs at a few images/s on a CPU (~45 min for 10,000 on 2 cores): for a short CPU "
-      "run set train.eval_num_samples=500 or train.eval_every=0")
+      "train.eval_every=5000 evaluates 10,000 samples every 5000 steps and at the last one, the "
+      "first also 10,000 real images (their features cached); Inception runs at a few images/s "
+      "on a CPU (~45 min per evaluation, ~45 min more for the reals, on 2 cores): for a short "
+      "CPU run set train.eval_num_samples=500 or train.eval_every=0")
   assert periodic_eval.cpu_hint(config, "gpu") == ""
   config.train.eval_num_samples = 500
   assert periodic_eval.cpu_hint(config, "cpu") == ""
+  config.eval.num_real = 50000  # few fakes, many reals: hours the first time
+  assert periodic_eval.cpu_hint(config, "cpu").endswith(
+      "~2 min per evaluation, ~225 min more for the reals, on 2 cores): for a short CPU run set "
+      "eval.num_real=500 or train.eval_every=0")
   config.train.eval_num_samples, config.train.eval_every = 10000, 0
   assert periodic_eval.cpu_hint(config, "cpu") == ""

@@ -112,3 +112,22 @@ def test_the_progress_line():
   values["augment_p"] = 0.25  # ADA on: its p too
   assert run_log.progress_line(1, 3, values, 8, float("nan")) == (
       "step 1/3 (33%), 0.0 kimg: d_loss 1.235, g_loss 0.5, augment_p 0.25")
+
+
+@pytest.mark.parametrize("classes,said", [(("0", ""), "unconditional"), (("1", ""), "1 class"),
+                                          (("3", ""), "3 classes"), (("3", "1"), "3 x 1 classes")])
+def test_the_start_line_says_the_classes_trained_on(classes, said, tmp_path):
+  """The synthetic data's first num_classes categories, a manifest's column after its rare names
+  were merged: which classes a run trains on was said nowhere in its log."""
+  import types
+
+  import numpy as np
+
+  from tests.conftest import tiny_config
+
+  config = tiny_config(**{"data.num_classes": int(classes[0]),
+                          "data.extra_num_classes": classes[1]})
+  state = types.SimpleNamespace(g_params={"w": np.zeros(3)}, d_params={"w": np.zeros(2)})
+  mesh = types.SimpleNamespace(shape={"data": 1, "fsdp": 1})
+  line = run_log.start_line(config, 0, state, object(), mesh, str(tmp_path))
+  assert f"; data: synthetic, {said}; " in line, line

@@ -1607,6 +1607,14 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
                                         r"--config.data.num_classes=0 to train unconditionally "
                                         r"\(a folder's classes are its first-level subfolders\)$"):
     build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
+  # A prepared set's from either, as prepare was told.
+  assert prepare_cli.main(["--images", str(flat), "--out", str(tmp_path / "pflat"),
+                           "--image-size", "16"]) == 0
+  with pytest.raises(ConfigError, match=r"to train unconditionally \(a prepared set's classes are "
+                                        r"its folder's first-level subfolders or its manifest's "
+                                        r"--label-column: prepare it again with them\)$"):
+    config_validation.validate(_config(**{"data.source": "prepared",
+                                          "data.path": str(tmp_path / "pflat")}), 1)
   # A manifest's come from a column: the folder's hint misled there.
   (flat / "list.csv").write_text("id,path\n1,a.png\n")
   with pytest.raises(ConfigError, match=r"to train unconditionally, or set data.label_column to "

@@ -176,8 +176,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_nonfinite_steps = 20
   c.train.tensorboard = True  # also write TensorBoard events (no TensorFlow needed)
   c.train.samples_per_class = 8  # columns of the sample grid (one row per class)
-  # Metrics during training (StyleGAN2-ADA style): every eval_every steps and at the last step
-  # (0 = never), FID/KID of eval_num_samples EMA samples against the cached real features; the
+  # Metrics during training (StyleGAN2-ADA style): every eval_every steps (0 = never) and at the
+  # last step, FID/KID of eval_num_samples EMA samples against the cached real features; the
   # best FID is checkpointed in WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image:
   # cheap on accelerators, 2-5 img/s on a 2-core CPU, so CPU configs keep it off or small (a run
   # on a CPU says what its evaluations will cost before its first step).

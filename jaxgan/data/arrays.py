@@ -275,7 +275,8 @@ def _warn_unconditional(where: str, classes: Sequence[int]) -> None:
 _LABELS_FROM = {"folder": " (a folder's classes are its first-level subfolders)",
                 "manifest": ", or set data.label_column to the manifest's class column (e.g. "
                             "articleType)",
-                "prepared": " (a prepared set's classes are prepare's --label-column)"}
+                "prepared": " (a prepared set's classes are its folder's first-level subfolders or "
+                            "its manifest's --label-column: prepare it again with them)"}
 
 
 def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence[str],
