@@ -603,6 +603,14 @@ def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path)
   paths, _, skipped = scan_manifest_columns(str(path), "file", "", str(tmp_path), "", ["colour"])
   assert len(paths) == 1 and [s["reason"] for s in skipped] == [
       "listed again (line 3; first on line 2)"]
+  # Under another name: a link to it, a hard link (trained twice, under two labels, unsaid).
+  os.symlink(tmp_path / "a-7.jpg", tmp_path / "alias.jpg")
+  os.link(tmp_path / "a-7.jpg", tmp_path / "hard.jpg")
+  path.write_text("file,colour\na-7.jpg,Red\nalias.jpg,Blue\nhard.jpg,Red\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "file", "", str(tmp_path), "", ["colour"])
+  assert len(paths) == 1 and [s["reason"] for s in skipped] == [
+      "listed again (line 3; first on line 2), with other labels (Blue)",
+      "listed again (line 4; first on line 2)"]
 
 
 def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):

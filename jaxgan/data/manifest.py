@@ -9,6 +9,7 @@ import difflib
 import json
 import logging
 import os
+import stat
 import string
 import unicodedata
 from typing import Any, Sequence
@@ -206,7 +207,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                       " / data.label_column(s) (prepare: --image-column / --id-column / "
                       "--label-column)")
   paths, values, skipped = [], [[] for _ in label_columns], []
-  first: dict[str, tuple[str, list[str]]] = {}  # image path -> (where first listed, its labels)
+  first: dict[Any, tuple[str, list[str]]] = {}  # a file's key -> (where first listed, its labels)
   key = image_column or id_column
   for at, row in numbered:
     problem = _field_count_problem(row) if is_csv else None
@@ -237,10 +238,17 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                       "the columns read hold text or numbers")
     labels = [str(cells[c]) if cells.get(c) is not None else "" for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
-    file_key = os.path.normpath(image)  # 'x.jpg' and './x.jpg' are one file
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
-    elif not os.path.isfile(image):
+      continue
+    try:  # one stat, as isfile's: the file's identity too
+      found = os.stat(image)
+    except (OSError, ValueError):
+      found = None
+    # 'x.jpg' and './x.jpg', a link and its target, hard links: one file (0: no inode numbers).
+    file_key = ((found.st_dev, found.st_ino) if found is not None and found.st_ino
+                else os.path.normpath(image))
+    if found is None or not stat.S_ISREG(found.st_mode):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
     elif file_key in first:  # one photo trained twice, maybe under two labels: the first wins
       where, kept = first[file_key]
