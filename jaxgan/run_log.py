@@ -113,7 +113,10 @@ def run_log(workdir: str, enabled: bool, to_stderr: bool,
   if earlier is not None:
     earlier.stop_holding()
   if enabled:
-    handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True)
+    # backslashreplace: a file name that is not UTF-8 (a legacy archive's) in a skipped file's
+    # line would fail the write, and the handler would drop the line.
+    handler = _QuietFileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8", delay=True,
+                                errors="backslashreplace")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%Y-%m-%d %H:%M:%S"))
     if earlier is not None:

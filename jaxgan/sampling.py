@@ -336,7 +336,9 @@ def save_legend(text: str, path: str) -> None:
     return
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    # backslashreplace: a class name that is not UTF-8 (a prepared set's from before such
+    # folder names were refused) failed the run here.
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
       f.write(text)
   except OSError as e:
     log.warning("writing %s failed (%s); the sample grids go on without it", path, e)

@@ -1615,6 +1615,17 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
                                         r"--config.data.num_classes=0 to train unconditionally "
                                         r"\(a folder's classes are its first-level subfolders\)$"):
     build_source(_config(**{"data.source": "folder", "data.path": str(flat)}))
+  # A class folder named in a legacy encoding (Latin-1 from an old archive): refused before any
+  # decoding, not a traceback from the grids' legend after it.
+  latin = tmp_path / "latin"
+  _img(str(latin / "A" / "a.png"), (200, 0, 0))
+  os.makedirs(os.path.join(os.fsencode(latin), b"Acc\xe8s"))
+  _img(os.path.join(os.fsencode(latin), b"Acc\xe8s", b"b.png").decode("utf-8", "surrogateescape"),
+       (0, 200, 0))
+  with pytest.raises(DataError, match=r"latin/Acc\\udce8s: a folder name that is not UTF-8 \(an "
+                                      r"archive's legacy encoding\); rename it in UTF-8"):
+    build_source(_config(**{"data.source": "folder", "data.path": str(latin),
+                            "data.num_classes": 2}))
   # A prepared set's from either, as prepare was told.
   assert prepare_cli.main(["--images", str(flat), "--out", str(tmp_path / "pflat"),
                            "--image-size", "16"]) == 0

@@ -85,8 +85,9 @@ def log_skipped_rows(rows: Sequence[dict], where: str, key: str) -> None:
   if rows:
     kinds = collections.Counter(str(r["reason"]).split(" (")[0] for r in rows)
     shown = ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common(4))
-    log.warning("%d entries of %s skipped before decoding (%s%s); listed, not images, so not "
-                "counted against %s", len(rows), where, shown,
+    log.warning("%d %s of %s skipped before decoding (%s%s); listed, not images, so not "
+                "counted against %s", len(rows), "entry" if len(rows) == 1 else "entries", where,
+                shown,
                 f" and {len(kinds) - 4} other reasons" if len(kinds) > 4 else "", key)
 
 

@@ -45,6 +45,13 @@ def scan_folder(root: str, keep_outside: bool = False) -> tuple[list[str], list[
     log.warning("%s: %d %s passed over for %s extension (%s); images are read from %s", root,
                 count, "file" if count == 1 else "files", "its" if count == 1 else "their",
                 listed, " ".join(IMAGE_EXTENSIONS))
+  for name in sorted(set(folders)):
+    try:  # a class's name goes into JSON, logs and grids' legends, all UTF-8
+      name.encode("utf-8")
+    except UnicodeEncodeError:
+      shown = os.path.join(root, name).encode("utf-8", "backslashreplace").decode()
+      raise DataError(f"{shown}: a folder name that is not UTF-8 (an archive's legacy encoding); "
+                      "rename it in UTF-8, as its class is named after it") from None
   skipped = []
   if any(folders) and not keep_outside:
     kept = [(p, f) for p, f in zip(paths, folders) if f]
