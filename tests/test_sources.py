@@ -477,6 +477,14 @@ def test_manifest_unknown_column(tmp_path):
                       "data.image_dir": str(images), "data.label_column": "colour"})
   with pytest.raises(DataError, match=r"no column 'colour' \(columns: id, articleType\)"):
     build_source(config)
+  # A spreadsheet's export split by ';' or tabs: its one column named, not the column keys.
+  for sep, shown in ((";", ";"), ("\t", "\\\\t")):
+    path.write_text(f"id{sep}articleType\n0{sep}Tshirts\n")
+    config.data.label_column = "articleType"
+    with pytest.raises(DataError, match=rf"styles.csv: its header is one column, "
+                                        rf"'id{shown}articleType', split by '{shown}'; a manifest "
+                                        r"is comma-separated \(CSV\) or JSON lines: export it as "):
+      build_source(config)
 
 
 def test_a_manifest_whose_images_are_all_elsewhere_says_where_they_are_looked_for(tmp_path):

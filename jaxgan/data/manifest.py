@@ -199,6 +199,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   for column in needed:
     if column not in present:
       names = [c for c in present if isinstance(c, str)]
+      other = next((sep for sep in ";\t|" if len(names) == 1 and sep in names[0]), None)
+      if other:  # a spreadsheet's export with another separator: one column of it all
+        raise DataError(f"{path}: its header is one column, {names[0]!r}, split by {other!r}; a "
+                        "manifest is comma-separated (CSV) or JSON lines: export it as CSV")
       close = ([c for c in names if c.lower() == column.lower()]
                or difflib.get_close_matches(column, names, n=1))
       raise DataError(f"{path} has no column {column!r}"
