@@ -6,6 +6,7 @@ model was trained on, which resume, evaluate and init_from compare with the data
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from typing import Optional, Sequence
 
 Attributes = list[tuple[str, list[str]]]
@@ -18,6 +19,11 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
     raise ValueError(f"{flag}: this model is unconditional; drop {flag}")
   if label in class_names:
     return class_names.index(label)
+  # One Unicode form: a class folder made on macOS names 'Täschen' decomposed (a + U+0308), a
+  # terminal types it composed; they print alike ("did you mean 'Täschen'?" for 'Täschen').
+  composed = [unicodedata.normalize("NFC", name) for name in class_names]
+  if composed.count(unicodedata.normalize("NFC", label)) == 1:
+    return composed.index(unicodedata.normalize("NFC", label))
   # isdecimal, not isdigit: '²' is a digit that int() refuses.
   number = lambda text: text.removeprefix("-").isdecimal()  # one sign: int() refuses '--5'
   # Names that are numbers themselves (category ids as folder names) take numbers as names only:

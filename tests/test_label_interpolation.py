@@ -246,6 +246,17 @@ def test_numbers_are_names_when_the_class_names_are_numbers():
   assert label_choices.resolve_label("1", ["Shoes", "Tshirts"], 2) == 1
 
 
+def test_a_label_in_another_unicode_form_is_the_same_class():
+  """A class folder made on macOS is named in decomposed form ('a' + U+0308); a terminal types
+  'ä' composed: they print alike, and --label said "not a class; did you mean 'Täschen'?"."""
+  import unicodedata
+
+  decomposed = unicodedata.normalize("NFD", "Täschen")
+  assert decomposed != "Täschen"
+  assert label_choices.resolve_label("Täschen", ["Schuhe", decomposed], 2) == 1
+  assert label_choices.resolve_label(decomposed, ["Schuhe", "Täschen"], 2) == 1
+
+
 def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_prefix():
   with pytest.raises(ValueError, match=r"^--label 'footwear' is not a class of this model; did "
                                        r"you mean 'Footwear'\? choose one of: Apparel, Footwear"):
