@@ -49,6 +49,15 @@ def test_zero_bytes_is_rejected(tmp_path):
   assert load_image(_write(tmp_path, "z.jpg", b""), OPTS).reason == "empty file"
 
 
+def test_a_broken_link_says_so(tmp_path):
+  """A link whose target moved read 'unreadable: No such file or directory' beside the link's
+  own path, which does exist."""
+  os.symlink(tmp_path / "moved.jpg", tmp_path / "l.jpg")
+  out = load_image(str(tmp_path / "l.jpg"), OPTS)
+  assert out.image is None and out.reason == f"a broken link (to {tmp_path / 'moved.jpg'})"
+  assert not out.transient
+
+
 def test_text_named_jpg_is_rejected(tmp_path):
   out = load_image(_write(tmp_path, "x.jpg", b"this is not a photo\n" * 10), OPTS)
   assert out.image is None and out.reason == "not an image"

@@ -294,6 +294,8 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
         return Loaded(None, "empty file")
       handle = io.BytesIO(source)
   except OSError as e:
+    if e.errno == errno.ENOENT and isinstance(source, str) and os.path.islink(source):
+      return Loaded(None, f"a broken link (to {os.readlink(source)})")  # not 'No such file'
     return _unreadable(e)
   with handle:
     try:
