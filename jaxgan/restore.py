@@ -9,7 +9,9 @@ import logging
 import os
 from typing import Any, Optional
 
+import jax
 import ml_collections
+import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
@@ -131,8 +133,16 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     raise TrainingError(f"checkpoint step {restored[0]} in {workdir} is not a multiple of "
                         f"train.steps_per_call={k}; resume with a steps_per_call that divides "
                         "it (1 always does), then change it at a later checkpoint")
-  run_health.check_restored_state(restored[1], restored[0], checkpointer.directory)
-  return restored
+  step, state, meta = restored
+  if not config.loss.lecam_weight and run_health.nonfinite_leaves(state.lecam):
+    # Unread while LeCam is off: an inf average a step kept before 2026-12-05 (when the step
+    # began keeping it finite) starts again from 0, rather than refusing the checkpoint.
+    log.warning("checkpoint step %d holds a non-finite LeCam average (unread: LeCam is off); "
+                "it starts again from 0", step)
+    state = state.replace(lecam=jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.zeros(x.shape, x.dtype), x.sharding), state.lecam))
+  run_health.check_restored_state(state, step, checkpointer.directory)
+  return step, state, meta
 
 
 # The checkpoint meta's record of the `train.init_from` a run's first start was given (a workdir,

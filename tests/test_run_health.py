@@ -77,3 +77,28 @@ def test_a_restored_state_that_is_already_nonfinite_is_refused(tmp_path, monkeyp
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   monkeypatch.undo()  # the checkpoint itself is intact: the same resume trains on
   assert int(trainer.train_and_evaluate(config, str(tmp_path / "w")).step) == 4
+
+
+def test_an_inf_lecam_average_is_reset_where_lecam_is_off(tmp_path, monkeypatch, caplog):
+  """Before 2026-12-05 a step kept an inf average of D's outputs (a real logit of +inf left the
+  losses finite) also with LeCam off, which reads it nowhere: such a checkpoint is resumed, the
+  average from 0, not refused as non-finite. With LeCam on it is refused as before."""
+  import logging
+
+  config = tiny_config(**{"train.num_steps": 2, "train.tensorboard": False})
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  restore_latest = ckpt_lib.Checkpointer.restore_latest
+
+  def overflowed(self, *args, **kwargs):
+    step, state, meta = restore_latest(self, *args, **kwargs)
+    return step, state.replace(lecam={**state.lecam, "real": state.lecam["real"] + jnp.inf}), meta
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_latest", overflowed)
+  config.train.num_steps = 4
+  with caplog.at_level(logging.WARNING):
+    state = trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert int(state.step) == 4 and np.isfinite(float(state.lecam["real"]))
+  assert "holds a non-finite LeCam average (unread: LeCam is off)" in caplog.text
+  config.train.num_steps, config.loss.lecam_weight = 6, 0.1
+  with pytest.raises(trainer.TrainingError, match=r"holds non-finite values \(lecam"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"), allow_config_change=True)
