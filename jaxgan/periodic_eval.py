@@ -30,7 +30,7 @@ def cpu_hint(config, backend: str) -> str:
   reals = reals_for(config, n)  # as many as asked for: the data's count is not known yet
   if backend != "cpu" or not config.train.eval_every or max(n, reals) <= CPU_SAMPLES_HINT:
     return ""
-  minutes = lambda images: f"~{images / 3.7 / 60:.0f} min"
+  minutes = lambda images: f"~{max(1, round(images / 3.7 / 60))} min"
   smaller = (f"train.eval_num_samples={CPU_SAMPLES_HINT}" if n > CPU_SAMPLES_HINT else "")
   if config.eval.num_real > CPU_SAMPLES_HINT:
     smaller += (" and " if smaller else "") + f"eval.num_real={CPU_SAMPLES_HINT}"

@@ -54,7 +54,10 @@ def test_a_broken_link_says_so(tmp_path):
   own path, which does exist."""
   os.symlink(tmp_path / "moved.jpg", tmp_path / "l.jpg")
   out = load_image(str(tmp_path / "l.jpg"), OPTS)
-  assert out.image is None and out.reason == f"a broken link (to {tmp_path / 'moved.jpg'})"
+  assert out.image is None and out.reason == (
+      f"a broken link (to {os.path.realpath(tmp_path / 'moved.jpg')}, missing)")
+  os.symlink("l.jpg", tmp_path / "chain.jpg")  # through another link, given relative
+  assert load_image(str(tmp_path / "chain.jpg"), OPTS).reason == out.reason
   assert not out.transient
 
 

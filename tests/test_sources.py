@@ -90,6 +90,12 @@ def test_an_unconditional_folder_source_takes_the_roots_images_too(folder, tmp_p
   with caplog.at_level(logging.WARNING):
     assert build_source(flat_config).num_examples == 3
   assert "num_classes" not in caplog.text  # not "set data.num_classes=1" for old/
+  # Rare classes are handled as without the root's images (they were dropped there, kept here).
+  for name in ("A/1.png", "A/2.png", "A/3.png", "B/4.png", "5.png"):
+    _img(str(tmp_path / "rare" / name), (100, 100, 100))
+  rare = _config(**{"data.source": "folder", "data.path": str(tmp_path / "rare"),
+                    "data.num_classes": 0, "data.min_class_count": 2, "data.rare_classes": "drop"})
+  assert build_source(rare).num_examples == 4  # B's one image dropped, the root's kept
   # Conditional: the root's images still belong to no class.
   os.symlink(folder / "shoes", folder / "shirts" / "shoes_alias")
   caplog.clear()
@@ -97,8 +103,15 @@ def test_an_unconditional_folder_source_takes_the_roots_images_too(folder, tmp_p
     source = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
                                      "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
   assert source.num_examples == 4 and source.labels.tolist() == [0, 0, 1, 1]
-  assert f"shoes_alias: skipped, a link into the folder {folder / 'shoes'}, which is listed as " \
-         "itself" in caplog.text
+  assert (f"shoes_alias: skipped, its folder {os.path.realpath(folder / 'shoes')} is listed under "
+          f"{folder / 'shoes'}") in caplog.text
+  # A first-level link to the root (latest -> .) holds every folder: not taken for a class that
+  # lists the others' subfolders (their images were all skipped), but skipped itself, as seen.
+  os.remove(folder / "shirts" / "shoes_alias")
+  os.symlink(".", folder / "latest")
+  source = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
+  assert source.num_examples == 4 and source.labels.tolist() == [0, 0, 1, 1]  # summer/b.JPG too
 
 
 @pytest.mark.parametrize("rare,classes,labels", [
@@ -1630,10 +1643,13 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
   os.makedirs(os.path.join(os.fsencode(latin), b"Acc\xe8s"))
   _img(os.path.join(os.fsencode(latin), b"Acc\xe8s", b"b.png").decode("utf-8", "surrogateescape"),
        (0, 200, 0))
-  with pytest.raises(DataError, match=r"latin/Acc\\udce8s: a folder name that is not UTF-8 \(an "
+  with pytest.raises(DataError, match=r"latin/Acc\\xe8s: a folder name that is not UTF-8 \(an "
                                       r"archive's legacy encoding\); rename it in UTF-8"):
     build_source(_config(**{"data.source": "folder", "data.path": str(latin),
                             "data.num_classes": 2}))
+  # Unconditional: no class is named after it, and such runs trained before: they still do.
+  assert build_source(_config(**{"data.source": "folder", "data.path": str(latin),
+                                 "data.num_classes": 0})).num_examples == 2
   # A prepared set's from either, as prepare was told.
   assert prepare_cli.main(["--images", str(flat), "--out", str(tmp_path / "pflat"),
                            "--image-size", "16"]) == 0

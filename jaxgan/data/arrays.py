@@ -285,7 +285,7 @@ def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence
   """data.num_classes must match what the data holds (0 for unconditional training)."""
 
   want = config.data.num_classes
-  if want == 0 and class_names:
+  if want == 0 and len(class_names) > 1:  # one class is nothing to condition on
     _warn_unconditional(where, [len(class_names)])
   if want and not class_names:
     raise ConfigError(f"config key data.num_classes: {where} has no class labels, got {want}; "
@@ -310,7 +310,7 @@ def require_attributes(config: ml_collections.ConfigDict, attributes: Attributes
   if len(want) <= 1 and len(have) <= 1:
     require_num_classes(config, attributes[0][1] if attributes else [], where)
     return
-  if not want and have and 0 not in have:
+  if not want and have and 0 not in have and max(have) > 1:
     _warn_unconditional(where, have)
   if not want or want == have or 0 in have:  # 0: no rows at all, reported by the caller
     return

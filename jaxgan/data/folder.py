@@ -45,11 +45,11 @@ def scan_folder(root: str, keep_outside: bool = False) -> tuple[list[str], list[
     log.warning("%s: %d %s passed over for %s extension (%s); images are read from %s", root,
                 count, "file" if count == 1 else "files", "its" if count == 1 else "their",
                 listed, " ".join(IMAGE_EXTENSIONS))
-  for name in sorted(set(folders)):
+  for name in sorted(set(folders)) if not keep_outside else []:  # unconditional: no names used
     try:  # a class's name goes into JSON, logs and grids' legends, all UTF-8
       name.encode("utf-8")
     except UnicodeEncodeError:
-      shown = os.path.join(root, name).encode("utf-8", "backslashreplace").decode()
+      shown = os.fsencode(os.path.join(root, name)).decode("utf-8", "backslashreplace")
       raise DataError(f"{shown}: a folder name that is not UTF-8 (an archive's legacy encoding); "
                       "rename it in UTF-8, as its class is named after it") from None
   skipped = []
@@ -78,16 +78,15 @@ class FolderSource(ArraySource):
     # Unconditional: the images in the root are training images too (a leftover subfolder, say
     # old/, made them "outside the class folders", and the run trained on old/ alone).
     paths, folders, outside = scan_folder(d.path, keep_outside=d.num_classes == 0)
-    if "" in folders and any(folders):
-      # Named for the warning that the classes go unused; one subfolder is no classes to use.
-      named = sorted(set(folders) - {""})
-      labels, class_names = np.zeros(len(paths), np.int32), named if len(named) > 1 else []
-    elif any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
-      labels, (class_names,), paths, dropped = encode_kept(paths, [folders], [], d.min_class_count,
-                                                           d.rare_classes)
-      log_merged(merged_into_other([folders], [class_names], [], d.rare_classes), d.path,
+    # The root's own images come first (os.walk lists a folder's files before its subfolders).
+    loose = folders.count("") if any(folders) else 0
+    if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
+      labels, (class_names,), kept, dropped = encode_kept(
+          paths[loose:], [folders[loose:]], [], d.min_class_count, d.rare_classes)
+      log_merged(merged_into_other([folders[loose:]], [class_names], [], d.rare_classes), d.path,
                  d.min_class_count)
       outside += dropped
+      paths, labels = paths[:loose] + kept, np.concatenate([np.zeros(loose, np.int32), labels])
     else:
       labels, class_names = np.zeros(len(paths), np.int32), []
     return decoded_source(config, paths, labels, class_names, d.path, missing=outside)

@@ -111,23 +111,33 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   def fail(error: OSError) -> None:
     raise OSError(error.errno, f"cannot list folder ({error.strerror})", error.filename)
 
-  # The first-level folders (a folder source's classes), by real path: a link below one of them
-  # into another's tree is skipped, so that the other lists its own images (the walk is
-  # alphabetical: Accessories/watches -> ../Watches took every watch into Accessories). Two
-  # first-level names of one folder: the first listed wins, as any folder seen twice.
+  # The first-level folders (a folder source's classes), by real path: a folder below one of
+  # them that is really inside another's tree is skipped, so that the other lists its own
+  # images (the walk is alphabetical: Accessories/watches -> ../Watches took every watch into
+  # Accessories). Two first-level names of one folder: the first listed wins, as any folder
+  # seen twice. Not a first-level link to the root or above it (latest -> .): that one is
+  # skipped as seen, and holds every other folder.
   tops: dict[str, str] = {}
+  real_root = os.path.realpath(root)
   with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
     for d in sorted(os.listdir(root)):
-      if not d.startswith(".") and os.path.isdir(os.path.join(root, d)):
-        tops.setdefault(os.path.realpath(os.path.join(root, d)), d)
+      top = os.path.realpath(os.path.join(root, d))
+      if (not d.startswith(".") and os.path.isdir(top) and top != real_root
+          and not real_root.startswith(top + os.sep)):
+        tops.setdefault(top, d)
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
     rel = os.path.relpath(dirpath, root).split(os.sep)
-    into = None if len(rel) < 2 else next(
-        (name for t, name in tops.items()
-         if name != rel[0] and (real == t or real.startswith(t + os.sep))), None)
+    into, up = None, real
+    # Below a first-level folder: the nearest first-level folder it is really inside, by its
+    # parents (the folder depth, not the class count: 4,000 classes took 13x longer by those).
+    while len(rel) > 1 and up != os.path.dirname(up):
+      if up in tops:
+        into = tops[up] if tops[up] != rel[0] else None
+        break
+      up = os.path.dirname(up)
     if into is not None:
-      log.warning("%s: skipped, a link into the folder %s, which is listed as itself", dirpath,
+      log.warning("%s: skipped, its folder %s is listed under %s", dirpath, real,
                   os.path.join(root, into))
       dirnames[:] = []
       continue
@@ -295,7 +305,9 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
       handle = io.BytesIO(source)
   except OSError as e:
     if e.errno == errno.ENOENT and isinstance(source, str) and os.path.islink(source):
-      return Loaded(None, f"a broken link (to {os.readlink(source)})")  # not 'No such file'
+      # The file it ends at (through a chain of links), not 'No such file' beside a path that
+      # exists.
+      return Loaded(None, f"a broken link (to {os.path.realpath(source)}, missing)")
     return _unreadable(e)
   with handle:
     try:

@@ -199,7 +199,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   for column in needed:
     if column not in present:
       names = [c for c in present if isinstance(c, str)]
-      other = next((sep for sep in ";\t|" if len(names) == 1 and sep in names[0]), None)
+      other = next((sep for sep in ";\t|"  # only where the column asked for is one of its parts
+                    if is_csv and len(names) == 1 and column in names[0].split(sep)), None)
       if other:  # a spreadsheet's export with another separator: one column of it all
         raise DataError(f"{path}: its header is one column, {names[0]!r}, split by {other!r}; a "
                         "manifest is comma-separated (CSV) or JSON lines: export it as CSV")
@@ -249,17 +250,21 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       found = os.stat(image)
     except (OSError, ValueError):
       found = None
-    # 'x.jpg' and './x.jpg', a link and its target, hard links: one file (0: no inode numbers).
-    file_key = ((found.st_dev, found.st_ino) if found is not None and found.st_ino
-                else os.path.normpath(image))
+    # 'x.jpg' and './x.jpg' by the spelling; a link and its target, hard links by the file's
+    # identity, with its size and time: some file systems reuse inode numbers or fold them
+    # (32-bit NFS), where two photos may share one (0: none given).
+    keys = [os.path.normpath(image)]
+    if found is not None and found.st_ino:
+      keys.append((found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns))
+    file_key = next((k for k in keys if k in first), None)
     if found is None or not stat.S_ISREG(found.st_mode):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
-    elif file_key in first:  # one photo trained twice, maybe under two labels: the first wins
+    elif file_key is not None:  # one photo trained twice, maybe under two labels: the first wins
       where, kept = first[file_key]
       other = f", with other labels ({', '.join(labels)})" if labels != kept else ""
       skipped.append({"path": image, "reason": f"listed again ({at}; first on {where}){other}"})
     else:
-      first[file_key] = (at, labels)
+      first.update((k, (at, labels)) for k in keys)
       paths.append(image)
       for column, value in zip(values, labels):
         column.append(value)
