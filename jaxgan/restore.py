@@ -134,13 +134,15 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
                         f"train.steps_per_call={k}; resume with a steps_per_call that divides "
                         "it (1 always does), then change it at a later checkpoint")
   step, state, meta = restored
-  if not config.loss.lecam_weight and run_health.nonfinite_leaves(state.lecam):
+  bad = [k for k in state.lecam if run_health.nonfinite_leaves(state.lecam[k])]  # agreed
+  if not config.loss.lecam_weight and bad:
     # Unread while LeCam is off: an inf average a step kept before 2026-12-05 (when the step
     # began keeping it finite) starts again from 0, rather than refusing the checkpoint.
-    log.warning("checkpoint step %d holds a non-finite LeCam average (unread: LeCam is off); "
-                "it starts again from 0", step)
-    state = state.replace(lecam=jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.zeros(x.shape, x.dtype), x.sharding), state.lecam))
+    log.warning("checkpoint step %d holds a non-finite LeCam average of D's %s outputs (unread: "
+                "LeCam is off); it starts again from 0 (biased towards 0 for a few hundred D "
+                "updates, should LeCam be turned on soon)", step, " and ".join(bad))
+    state = state.replace(lecam={k: jax.device_put(np.zeros(v.shape, v.dtype), v.sharding)
+                                 if k in bad else v for k, v in state.lecam.items()})
   run_health.check_restored_state(state, step, checkpointer.directory)
   return step, state, meta
 

@@ -98,7 +98,8 @@ def test_an_inf_lecam_average_is_reset_where_lecam_is_off(tmp_path, monkeypatch,
   with caplog.at_level(logging.WARNING):
     state = trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert int(state.step) == 4 and np.isfinite(float(state.lecam["real"]))
-  assert "holds a non-finite LeCam average (unread: LeCam is off)" in caplog.text
+  assert "holds a non-finite LeCam average of D's real outputs (unread: LeCam is off)" in (
+      caplog.text)
   config.train.num_steps, config.loss.lecam_weight = 6, 0.1
   with pytest.raises(trainer.TrainingError, match=r"holds non-finite values \(lecam"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"), allow_config_change=True)

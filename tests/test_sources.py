@@ -112,6 +112,11 @@ def test_an_unconditional_folder_source_takes_the_roots_images_too(folder, tmp_p
   source = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
                                    "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
   assert source.num_examples == 4 and source.labels.tolist() == [0, 0, 1, 1]  # summer/b.JPG too
+  # One above the root (up -> ..) would hold the data's neighbours as a class: skipped too.
+  os.symlink("..", folder / "up")
+  source = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.num_classes": 2, "data.max_bad_fraction": 0.5}))
+  assert source.num_examples == 4 and source.class_names == ["shirts", "shoes"]
 
 
 @pytest.mark.parametrize("rare,classes,labels", [
@@ -491,11 +496,12 @@ def test_manifest_unknown_column(tmp_path):
   with pytest.raises(DataError, match=r"no column 'colour' \(columns: id, articleType\)"):
     build_source(config)
   # A spreadsheet's export split by ';' or tabs: its one column named, not the column keys.
-  for sep, shown in ((";", ";"), ("\t", "\\\\t")):
+  for sep, shown in ((";", ";"), ("\t", "\\\\t"), ("; ", "; ")):  # spaced after it too
     path.write_text(f"id{sep}articleType\n0{sep}Tshirts\n")
     config.data.label_column = "articleType"
     with pytest.raises(DataError, match=rf"styles.csv: its header is one column, "
-                                        rf"'id{shown}articleType', split by '{shown}'; a manifest "
+                                        rf"'id{shown}articleType', split by '{shown.strip()}'; a "
+                                        r"manifest "
                                         r"is comma-separated \(CSV\) or JSON lines: export it as "):
       build_source(config)
 
@@ -632,6 +638,13 @@ def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path)
   assert len(paths) == 1 and [s["reason"] for s in skipped] == [
       "listed again (line 3; first on line 2), with other labels (Blue)",
       "listed again (line 4; first on line 2)"]
+  # Not by spelling where the file says otherwise: sub/../a-7.jpg, sub a link, is another file.
+  os.makedirs(tmp_path / "deep" / "inner")
+  (tmp_path / "deep" / "a-7.jpg").write_bytes(b"y")
+  os.symlink(tmp_path / "deep" / "inner", tmp_path / "sub")
+  path.write_text("file,colour\na-7.jpg,Red\nsub/../a-7.jpg,Blue\n")
+  paths, _, skipped = scan_manifest_columns(str(path), "file", "", str(tmp_path), "", ["colour"])
+  assert len(paths) == 2 and not skipped
 
 
 def test_a_jsonl_column_may_be_left_out_of_some_rows(tmp_path):

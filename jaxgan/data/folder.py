@@ -78,15 +78,18 @@ class FolderSource(ArraySource):
     # Unconditional: the images in the root are training images too (a leftover subfolder, say
     # old/, made them "outside the class folders", and the run trained on old/ alone).
     paths, folders, outside = scan_folder(d.path, keep_outside=d.num_classes == 0)
-    # The root's own images come first (os.walk lists a folder's files before its subfolders).
-    loose = folders.count("") if any(folders) else 0
     if any(folders):  # rare classes merged or dropped as `prepare` does: the same class list
+      # The root's own images (unconditional runs: keep_outside) come first, as os.walk lists
+      # a folder's files before its subfolders'.
+      loose = [p for p, f in zip(paths, folders) if not f]
+      inside = [(p, f) for p, f in zip(paths, folders) if f]
       labels, (class_names,), kept, dropped = encode_kept(
-          paths[loose:], [folders[loose:]], [], d.min_class_count, d.rare_classes)
-      log_merged(merged_into_other([folders[loose:]], [class_names], [], d.rare_classes), d.path,
-                 d.min_class_count)
+          [p for p, _ in inside], [[f for _, f in inside]], [], d.min_class_count, d.rare_classes)
+      log_merged(merged_into_other([[f for _, f in inside]], [class_names], [], d.rare_classes),
+                 d.path, d.min_class_count)
       outside += dropped
-      paths, labels = paths[:loose] + kept, np.concatenate([np.zeros(loose, np.int32), labels])
+      paths = loose + kept
+      labels = np.concatenate([np.zeros(len(loose), np.int32), labels])
     else:
       labels, class_names = np.zeros(len(paths), np.int32), []
     return decoded_source(config, paths, labels, class_names, d.path, missing=outside)

@@ -115,15 +115,14 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   # them that is really inside another's tree is skipped, so that the other lists its own
   # images (the walk is alphabetical: Accessories/watches -> ../Watches took every watch into
   # Accessories). Two first-level names of one folder: the first listed wins, as any folder
-  # seen twice. Not a first-level link to the root or above it (latest -> .): that one is
-  # skipped as seen, and holds every other folder.
+  # seen twice. A link to the root (latest -> .) is skipped as seen, and one above it (up -> ..)
+  # as holding it: their classes would hold every other one, and their neighbours.
   tops: dict[str, str] = {}
   real_root = os.path.realpath(root)
   with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
     for d in sorted(os.listdir(root)):
       top = os.path.realpath(os.path.join(root, d))
-      if (not d.startswith(".") and os.path.isdir(top) and top != real_root
-          and not real_root.startswith(top + os.sep)):
+      if not d.startswith(".") and os.path.isdir(top) and not is_within(real_root, top):
         tops.setdefault(top, d)
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
@@ -139,6 +138,10 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
     if into is not None:
       log.warning("%s: skipped, its folder %s is listed under %s", dirpath, real,
                   os.path.join(root, into))
+      dirnames[:] = []
+      continue
+    if rel != ["."] and real != real_root and is_within(real_root, real):
+      log.warning("%s: skipped, its folder %s holds %s itself", dirpath, real, root)
       dirnames[:] = []
       continue
     if real in seen:  # a link back up the tree, or a second link to one folder

@@ -199,8 +199,11 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   for column in needed:
     if column not in present:
       names = [c for c in present if isinstance(c, str)]
-      other = next((sep for sep in ";\t|"  # only where the column asked for is one of its parts
-                    if is_csv and len(names) == 1 and column in names[0].split(sep)), None)
+      # Only where the column asked for is one of its parts (spaced, quoted, in any case), or it
+      # has three or more: a one-column CSV whose name holds a ';' is a column like any other.
+      parts = lambda sep: [p.strip().strip('"').casefold() for p in names[0].split(sep)]
+      other = next((sep for sep in ";\t|" if is_csv and len(names) == 1 and (
+          column.casefold() in parts(sep) or len(parts(sep)) >= 3)), None)
       if other:  # a spreadsheet's export with another separator: one column of it all
         raise DataError(f"{path}: its header is one column, {names[0]!r}, split by {other!r}; a "
                         "manifest is comma-separated (CSV) or JSON lines: export it as CSV")
@@ -250,12 +253,11 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       found = os.stat(image)
     except (OSError, ValueError):
       found = None
-    # 'x.jpg' and './x.jpg' by the spelling; a link and its target, hard links by the file's
-    # identity, with its size and time: some file systems reuse inode numbers or fold them
-    # (32-bit NFS), where two photos may share one (0: none given).
-    keys = [os.path.normpath(image)]
-    if found is not None and found.st_ino:
-      keys.append((found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns))
+    # One file under two names ('./x.jpg', a link, a hard link) by its identity, with its size
+    # and time (some file systems fold inode numbers: 32-bit NFS); the spelling only where there
+    # is no inode number (normpath's 'sub/../x.jpg' is not x.jpg where sub is a link).
+    keys = ([(found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)]
+            if found is not None and found.st_ino else [os.path.normpath(image)])
     file_key = next((k for k in keys if k in first), None)
     if found is None or not stat.S_ISREG(found.st_mode):
       skipped.append({"path": image, "reason": f"missing file ({at})"})
