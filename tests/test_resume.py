@@ -1527,17 +1527,25 @@ def test_a_checkpoint_of_other_classes_is_refused_or_accepted_as_another_config(
   run's steps_per_call does not divide is refused."""
   import types
 
+  import flax
+
   from jaxgan import restore
 
   meta = {"config": {}, "attributes": [["type", ["Shirts", "Shoes"]]]}
   accepted = []
+
+  @flax.struct.dataclass
+  class State:  # what restore_run reads of a TrainState: its arrays, LeCam's averages
+    w: np.ndarray
+    lecam: dict
 
   class Reader:
     directory = "w/checkpoints"
 
     def restore_latest(self, target, accept):
       accepted.append(accept(6, meta))
-      return 6, {"w": np.zeros(2, np.float32)}, meta
+      lecam = {"real": np.float32(0), "fake": np.float32(0)}
+      return 6, State(np.zeros(2, np.float32), lecam), meta
 
   run = types.SimpleNamespace(abstract_state={}, state_shardings={}, steps_per_call=1)
   same, other = [("type", ["Shirts", "Shoes"])], [("type", ["Shirts", "Boots"])]
