@@ -134,8 +134,9 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
                         f"train.steps_per_call={k}; resume with a steps_per_call that divides "
                         "it (1 always does), then change it at a later checkpoint")
   step, state, meta = restored
-  bad = [k for k in state.lecam if run_health.nonfinite_leaves(state.lecam[k])]  # agreed
-  if not config.loss.lecam_weight and bad:
+  bad = ([k for k in state.lecam if run_health.nonfinite_leaves(state.lecam[k])]  # agreed
+         if not config.loss.lecam_weight else [])
+  if bad:
     # Unread while LeCam is off: an inf average a step kept before 2026-12-05 (when the step
     # began keeping it finite) starts again from 0, rather than refusing the checkpoint.
     log.warning("checkpoint step %d holds a non-finite LeCam average of D's %s outputs (unread: "
