@@ -71,7 +71,9 @@ cleanup() {
   # to exit; SIGKILL only after a grace period, for a process stuck in a collective whose peer is
   # gone.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + grace))
+  # +1: bash's SECONDS ticks on the wall clock's whole seconds, so SECONDS + grace came up to a
+  # second early (a 1 s grace could be none; a test of 8 s saw 7.2 s under load).
+  local deadline=$((SECONDS + grace + 1))
   while ((SECONDS < deadline)); do
     local alive=0
     for pid in "${pids[@]}"; do running "$pid" && alive=1; done
