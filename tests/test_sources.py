@@ -501,8 +501,8 @@ def test_manifest_unknown_column(tmp_path):
     config.data.label_column = "articleType"
     with pytest.raises(DataError, match=rf"styles.csv: its header is one column, "
                                         rf"'id{shown}articleType', split by '{shown.strip()}'; a "
-                                        r"manifest "
-                                        r"is comma-separated \(CSV\) or JSON lines: export it as "):
+                                        r"manifest is comma-separated \(CSV\) or JSON lines: "
+                                        r"export it as CSV$"):
       build_source(config)
 
 
