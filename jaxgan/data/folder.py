@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # The skip reason of a file beside the class subfolders (prepare counts them by it).
 OUTSIDE_CLASS_FOLDERS = "outside the class folders"
 
-def scan_folder(root: str, keep_outside: bool = False) -> tuple[list[str], list[str], list[dict]]:
+def scan_folder(root: str, keep_outside: bool = False
+                ) -> tuple[list[str], list[str], list[dict]]:
   """(image paths, their first-level folder names or "" when flat, skipped), sorted, recursive.
 
   Hidden files and folders are ignored; extensions match case-insensitively. When the root has
@@ -82,11 +83,12 @@ class FolderSource(ArraySource):
       # The root's own images (unconditional runs: keep_outside) come first, as os.walk lists
       # a folder's files before its subfolders'.
       loose = [p for p, f in zip(paths, folders) if not f]
-      inside = [(p, f) for p, f in zip(paths, folders) if f]
+      classes = [f for f in folders if f]
       labels, (class_names,), kept, dropped = encode_kept(
-          [p for p, _ in inside], [[f for _, f in inside]], [], d.min_class_count, d.rare_classes)
-      log_merged(merged_into_other([[f for _, f in inside]], [class_names], [], d.rare_classes),
-                 d.path, d.min_class_count)
+          [p for p, f in zip(paths, folders) if f], [classes], [], d.min_class_count,
+          d.rare_classes)
+      log_merged(merged_into_other([classes], [class_names], [], d.rare_classes), d.path,
+                 d.min_class_count)
       outside += dropped
       paths = loose + kept
       labels = np.concatenate([np.zeros(len(loose), np.int32), labels])
