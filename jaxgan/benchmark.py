@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgan import cli, path_flags
+from jaxgan import cli, flag_parsing, path_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
@@ -126,7 +126,7 @@ def main(argv):
 
 
 def run() -> None:
-  app.run(cli.interruptible(main, process_exit=True), flags_parser=cli.parse_flags)
+  app.run(cli.interruptible(main, process_exit=True), flags_parser=flag_parsing.parse_flags)
 
 
 if __name__ == "__main__":

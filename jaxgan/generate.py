@@ -32,7 +32,7 @@ import logging as std_logging
 
 from absl import app, flags, logging
 
-from jaxgan import cli, path_flags
+from jaxgan import cli, flag_parsing, path_flags
 from jaxgan.generation import LABELS_FILE, generate  # noqa: F401  (callers' names)
 
 FLAGS = flags.FLAGS
@@ -84,7 +84,7 @@ def main(argv):
 
 
 def run() -> None:
-  app.run(cli.interruptible(main, process_exit=True), flags_parser=cli.parse_flags)
+  app.run(cli.interruptible(main, process_exit=True), flags_parser=flag_parsing.parse_flags)
 
 
 if __name__ == "__main__":

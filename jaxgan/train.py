@@ -27,7 +27,7 @@ _PROGRAM_STOP = stopping.StopRequest().__enter__() if __name__ == "__main__" els
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxgan import cli, config as config_lib, data, path_flags  # noqa: E402
+from jaxgan import cli, config as config_lib, data, flag_parsing, path_flags  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The trainer (JAX, Flax, orbax) is imported in main(), not here: image-decoding workers are
@@ -99,7 +99,7 @@ def _main(stop) -> None:
 
 
 def run() -> None:
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=flag_parsing.parse_flags)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed()
 
 BAD_FLAGS = r"""
 import contextlib, io, json, sys
-from jaxgan import benchmark, cli
+from jaxgan import benchmark, flag_parsing
 cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["profile", "--config", "configs/default.py", "--trace_dir", sys.argv[1]],
          ["input", "--images", sys.argv[2]],
@@ -173,7 +173,7 @@ for case in cases:
   err = io.StringIO()
   with contextlib.redirect_stderr(err):
     try:
-      argv = cli.parse_flags(["benchmark", *case[1:]])
+      argv = flag_parsing.parse_flags(["benchmark", *case[1:]])
       benchmark._check_flags(case[0])
       code = 0
     except SystemExit as e:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from jaxgan import cli, config as config_lib, path_flags
+from jaxgan import cli, config as config_lib, flag_parsing, path_flags
 from jaxgan.config import validation as config_validation
 from tests.conftest import REPO, run_module
 
@@ -438,20 +438,22 @@ def test_cli_rejects_unknown_override_and_bad_value_before_compiling(tmp_path):
 
 def test_an_unknown_override_is_matched_to_near_keys_or_keys_containing_it():
   """ml_collections suggests by spelling alone: --config.train.steps got no suggestion."""
-  assert cli._similar_keys("--config.train.steps") == " Did you mean train.num_steps?"
-  assert cli._similar_keys("--config.model.width") == (
+  assert flag_parsing._similar_keys("--config.train.steps") == " Did you mean train.num_steps?"
+  assert flag_parsing._similar_keys("--config.model.width") == (
       " Did you mean model.g_width, model.d_width or model.max_width?")
-  assert cli._similar_keys("--config.sed") == " Did you mean seed?"  # a root key
-  assert cli._similar_keys("--config.train.nosuch") == ""
-  assert cli._similar_keys("--config.nosuch.steps") == (  # no such section: words of any key
+  assert flag_parsing._similar_keys("--config.sed") == " Did you mean seed?"  # a root key
+  assert flag_parsing._similar_keys("--config.train.nosuch") == ""
+  # No such section: words of any key.
+  assert flag_parsing._similar_keys("--config.nosuch.steps") == (
       " Did you mean train.max_nonfinite_steps, train.num_steps or train.steps_per_call?")
   # The name in other sections first; no substring guesses from a name of fewer than 3
   # letters (it is in too many), but whole words of keys, in any section.
-  assert cli._similar_keys("--config.data.batch_size") == (
+  assert flag_parsing._similar_keys("--config.data.batch_size") == (
       " Did you mean eval.batch_size or train.batch_size?")
-  assert cli._similar_keys("--config.train.n") == " Did you mean train.n_critic?"
-  assert cli._similar_keys("--config.train.lr") == " Did you mean optim.d_lr or optim.g_lr?"
-  assert cli._similar_keys("--config.train.q") == ""
+  assert flag_parsing._similar_keys("--config.train.n") == " Did you mean train.n_critic?"
+  assert flag_parsing._similar_keys("--config.train.lr") == (
+      " Did you mean optim.d_lr or optim.g_lr?")
+  assert flag_parsing._similar_keys("--config.train.q") == ""
 
 
 def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
