@@ -6,7 +6,8 @@ import types
 
 import ml_collections
 
-from jaxgan.config.schema import PATH_KEYS, absolute_path, base_config, flat_items, get
+from jaxgan.config.paths import PATH_KEYS, absolute_path
+from jaxgan.config.schema import base_config, flat_items, get
 from jaxgan.config.validation import READ_WHILE_ON, unread_keys
 
 # Keys that may change when a run resumes: they change the schedule or the outputs, not the math.

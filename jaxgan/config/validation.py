@@ -16,10 +16,10 @@ from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
 from jaxgan import losses, models
 from jaxgan.config import mesh_checks
-from jaxgan.config.schema import (DTYPES, NOT_LOCAL, PATH_KEYS, ConfigError, attribute_classes,
-                                  base_config, check_complete, check_known_keys, check_types,
-                                  flat_items, get, is_uri, parse_class_counts, r1_period,
-                                  require, require_positive_int)
+from jaxgan.config.paths import NOT_LOCAL, PATH_KEYS, is_uri
+from jaxgan.config.schema import (DTYPES, ConfigError, attribute_classes, base_config,
+                                  check_complete, check_known_keys, check_types, flat_items, get,
+                                  parse_class_counts, r1_period, require, require_positive_int)
 from jaxgan.metrics import suite as metrics_suite
 from jaxgan.models.batchnorm import NORM_IMPLS
 from jaxgan.models.dcgan import D_NORMS

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxgan.atomic_write import private_name, remove_stale
-from jaxgan.config.schema import NOT_LOCAL, is_uri
+from jaxgan.config.paths import NOT_LOCAL, is_uri
 from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
 

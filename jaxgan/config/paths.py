@@ -1,0 +1,47 @@
+"""The config keys that name local files or folders: made absolute when a run records them, and
+refused as URIs (jaxgan reads and writes through the local file system)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import ml_collections
+
+from jaxgan.config.schema import get
+
+
+# Keys naming local files or folders: stored absolute by a run, so that `evaluate --workdir` and
+# `generate` find them from any folder (a relative one means the folder training started in).
+PATH_KEYS = ("data.path", "data.image_dir", "data.tfds_data_dir", "data.cache_dir",
+             "eval.weights", "eval.cache_dir", "train.init_from")
+
+
+# jaxgan reads and writes runs, caches and data through the local file system (a bucket works
+# mounted, e.g. with gcsfuse): a URI given as a path became a local folder 'gs:'.
+NOT_LOCAL = "URIs are not supported; give a local or mounted path"
+
+
+def is_uri(value: Any) -> bool:
+  """Whether `value` is a URI (gs://, s3://) rather than a local path."""
+  return isinstance(value, str) and "://" in value
+
+
+def absolute_path(value: Any) -> Any:
+  """A relative path made absolute from the current folder; '' (the default) and URIs (gs://)
+  unchanged."""
+  if not isinstance(value, str) or not value or is_uri(value):
+    return value
+  return os.path.abspath(os.path.expanduser(value))
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose PATH_KEYS are absolute."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for key in PATH_KEYS:
+      parent, _, leaf = key.rpartition(".")
+      node = get(config, parent)
+      node[leaf] = absolute_path(node[leaf])
+  return config
