@@ -17,21 +17,25 @@ from ml_collections import config_flags
 from jaxgan import cli, flag_parsing, path_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
-flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.steps_per_call "
-                     "steps (step benchmark); the median per step is reported.")
-flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
-flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
-                     "train.steps_per_call steps (profile).")
-path_flags.define_path("trace_dir", "",
-                       "Keep the profiler trace here (profile; TensorBoard reads it).")
-flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
-path_flags.define_path("images", "", "Raw image folder (input benchmark).")
-path_flags.define_path("prepared", "", "Prepared data set folder (input benchmark).")
-flags.DEFINE_integer("image_size", 64, "Decode size (input benchmark, raw folder).")
-flags.DEFINE_integer("batch_size", 256, "Batch size (input benchmark, prepared).")
-flags.DEFINE_integer("batches", 200, "Timed batches (input benchmark, prepared).")
-flags.DEFINE_integer("limit", 0, "Decode at most this many raw images (0 = all).")
+
+
+def define_flags() -> None:
+  """The tool's flags, defined when it runs (not at import: see train.define_flags)."""
+  config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
+  flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.steps_per_call "
+                       "steps (step benchmark); the median per step is reported.")
+  flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
+  flags.DEFINE_integer("profile_steps", 5, "Traced calls of the train step, each "
+                       "train.steps_per_call steps (profile).")
+  path_flags.define_path("trace_dir", "",
+                         "Keep the profiler trace here (profile; TensorBoard reads it).")
+  flags.DEFINE_integer("top", 15, "Ops listed by time (profile).")
+  path_flags.define_path("images", "", "Raw image folder (input benchmark).")
+  path_flags.define_path("prepared", "", "Prepared data set folder (input benchmark).")
+  flags.DEFINE_integer("image_size", 64, "Decode size (input benchmark, raw folder).")
+  flags.DEFINE_integer("batch_size", 256, "Batch size (input benchmark, prepared).")
+  flags.DEFINE_integer("batches", 200, "Timed batches (input benchmark, prepared).")
+  flags.DEFINE_integer("limit", 0, "Decode at most this many raw images (0 = all).")
 
 
 def _check_flags(mode: str) -> None:
@@ -126,6 +130,7 @@ def main(argv):
 
 
 def run() -> None:
+  define_flags()
   app.run(cli.interruptible(main, process_exit=True), flags_parser=flag_parsing.parse_flags)
 
 

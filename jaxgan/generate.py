@@ -36,33 +36,38 @@ from jaxgan import cli, flag_parsing, path_flags
 from jaxgan.generation import LABELS_FILE, generate  # noqa: F401  (callers' names)
 
 FLAGS = flags.FLAGS
-path_flags.define_path("workdir", None, "Training workdir holding config.json and checkpoints/.")
-flags.DEFINE_integer("num", 64, "Number of images (a conditional model's grid without --label "
-                     "has a row per class: rounded to a multiple of the class count).")
-path_flags.define_path("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
-flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
-                          "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
-                          "--label 'baseColour=Navy Blue'); default: a grid row per class of the "
-                          "first attribute, other attributes drawn at random from --seed; single "
-                          "PNGs (--out DIR/) drawn by the training data's label mix. Where some "
-                          "class names of an attribute are numbers, numbers are names only.")
-flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not given by --label).")
-flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
-                   "(0 = off; BigGAN uses 0.5-1.0).")
-flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
-                     "class (0 = plain samples); with --between, of a class-interpolation grid.")
-flags.DEFINE_string("checkpoint", "latest", "Which checkpoint to sample: 'latest', 'best' (the "
-                    "best-FID one, kept when train.eval_every > 0) or a step number.")
-flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works; "
-                     "another --batch compiles another shape, whose float rounding may change a "
-                     "pixel by one level).")
-flags.DEFINE_integer("standing_stats_batches", -1, "Batches of standing BatchNorm statistics "
-                     "for the EMA generator (-1 = the run's eval.standing_stats_batches; 0 = the "
-                     "raw G's running statistics, the fastest for a few images on a CPU).")
-flags.DEFINE_string("between", None, "FROM:TO or ATTRIBUTE=FROM:TO (class names or indices, e.g. "
-                    "'baseColour=Black:Navy Blue'): rows of one latent each, --interpolate columns "
-                    "moving the class embedding from FROM to TO; ceil(--num / N) rows.")
-flags.mark_flags_as_required(["workdir"])
+
+
+def define_flags() -> None:
+  """The tool's flags, defined when it runs (not at import: see train.define_flags)."""
+  path_flags.define_path("workdir", None, "Training workdir holding config.json and checkpoints/.")
+  flags.DEFINE_integer("num", 64, "Number of images (a conditional model's grid without --label "
+                       "has a row per class: rounded to a multiple of the class count).")
+  path_flags.define_path("out", "samples.png", "Output PNG grid, or a directory for single PNGs.")
+  flags.DEFINE_multi_string("label", None, "Class name or index of the first attribute, or "
+                            "ATTRIBUTE=NAME_OR_INDEX (repeatable, e.g. --label articleType=Tshirts "
+                            "--label 'baseColour=Navy Blue'); default: a grid row per class of the "
+                            "first attribute, other attributes drawn at random from --seed; single "
+                            "PNGs (--out DIR/) drawn by the training data's label mix. Where some "
+                            "class names of an attribute are numbers, numbers are names only.")
+  flags.DEFINE_integer("seed", 0, "Seed of the latents (and of attributes not given by --label).")
+  flags.DEFINE_float("truncation", 0.0, "Truncation trick: latents resampled into [-t, t] "
+                     "(0 = off; BigGAN uses 0.5-1.0).")
+  flags.DEFINE_integer("interpolate", 0, "Columns of a latent-interpolation grid, one row per "
+                       "class (0 = plain samples); with --between, of a class-interpolation grid.")
+  flags.DEFINE_string("checkpoint", "latest", "Which checkpoint to sample: 'latest', 'best' (the "
+                      "best-FID one, kept when train.eval_every > 0) or a step number.")
+  flags.DEFINE_integer("batch", 256, "Images per generator call (device memory; any --num works; "
+                       "another --batch compiles another shape, whose float rounding may change a "
+                       "pixel by one level).")
+  flags.DEFINE_integer("standing_stats_batches", -1, "Batches of standing BatchNorm statistics "
+                       "for the EMA generator (-1 = the run's eval.standing_stats_batches; 0 = the "
+                       "raw G's running statistics, the fastest for a few images on a CPU).")
+  flags.DEFINE_string("between", None, "FROM:TO or ATTRIBUTE=FROM:TO (class names or indices, e.g. "
+                      "'baseColour=Black:Navy Blue'): rows of one latent each, --interpolate "
+                      "columns moving the class embedding from FROM to TO; ceil(--num / N) rows.")
+  flags.mark_flags_as_required(["workdir"])
+
 
 def main(argv):
   cli.refuse_positional(argv)
@@ -84,6 +89,7 @@ def main(argv):
 
 
 def run() -> None:
+  define_flags()
   app.run(cli.interruptible(main, process_exit=True), flags_parser=flag_parsing.parse_flags)
 
 

@@ -35,16 +35,21 @@ from jaxgan import cli, config as config_lib, data, flag_parsing, path_flags  # 
 # at the top here, every worker would load JAX for nothing (~2 s and ~200 MB each).
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
-path_flags.define_path("workdir", None, "Directory for checkpoints, samples and metrics.")
-flags.DEFINE_bool("allow_config_change", False,
-                  "Resume even though the config differs from the checkpoint's.")
-flags.DEFINE_bool("compile_only", False,
-                  "Lower and compile the train step for the configured mesh, print per-device "
-                  "memory, FLOPs, parameter counts and collective bytes as JSON, and exit "
-                  "without training.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """The tool's flags, defined when it runs (not at import: absl's flags are one registry per
+  process, and the tools share names, so importing two of them failed with DuplicateFlagError)."""
+  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                  lock_config=True)
+  path_flags.define_path("workdir", None, "Directory for checkpoints, samples and metrics.")
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Resume even though the config differs from the checkpoint's.")
+  flags.DEFINE_bool("compile_only", False,
+                    "Lower and compile the train step for the configured mesh, print per-device "
+                    "memory, FLOPs, parameter counts and collective bytes as JSON, and exit "
+                    "without training.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -99,6 +104,7 @@ def _main(stop) -> None:
 
 
 def run() -> None:
+  define_flags()
   app.run(main, flags_parser=flag_parsing.parse_flags)
 
 

@@ -145,3 +145,16 @@ def test_image_decoding_workers_do_not_load_jax():
             "'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", cli
+
+
+def test_the_tools_import_together():
+  """absl's flags are one registry per process and the tools share names (--workdir, --config):
+  defined at import, `import jaxgan.train, jaxgan.generate` failed with DuplicateFlagError (a
+  script calling generation beside a training run's module). Each defines its flags as it runs."""
+  import subprocess
+  import sys
+
+  code = ("import jaxgan.train, jaxgan.generate, jaxgan.benchmark, jaxgan.evaluate, "
+          "jaxgan.prepare; print('ok')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

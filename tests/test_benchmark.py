@@ -151,6 +151,7 @@ def test_rows_say_how_images_are_counted_and_the_compiling_call_is_never_timed()
 BAD_FLAGS = r"""
 import contextlib, io, json, sys
 from jaxgan import benchmark, flag_parsing
+benchmark.define_flags()
 cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["profile", "--config", "configs/default.py", "--trace_dir", sys.argv[1]],
          ["input", "--images", sys.argv[2]],
