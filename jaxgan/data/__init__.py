@@ -10,6 +10,8 @@ A source is a class with:
   - `class_names`: list of label names ([] when unconditional), of the first attribute;
   - `attribute_names` (optional; see `attribute_names` below): [(column, class names)] of every
     attribute, for sources that serve several (`multi_attribute = True`, data.extra_num_classes);
+  - `folder_key` (optional): the data key (e.g. "path") naming a folder the source reads whole,
+    which a run's workdir must not be in (`workdir_problem`);
   - `batches(batch_size, start_step, rows=None)`: an iterator of the `rows` (indices; all when
     None) of each global batch of `batch_size`, as numpy {'image': uint8 NHWC, 'label': int32
     [N] (one attribute) or [N, A] (several)}, from `start_step` on. Row r of step s is stream
@@ -71,7 +73,7 @@ def workdir_problem(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Why a run cannot write to `workdir`, or '': it is the folder that the data source reads
   whole (`folder_key`), or inside it, where the run's sample grids would be read as photos on
   its next start (a folder source) and its files would sit among a prepared set's."""
-  key = SOURCES.get(config.data.source, "data.source").folder_key
+  key = getattr(SOURCES.get(config.data.source, "data.source"), "folder_key", None)
   folder = config.data[key] if key else ""
   if not folder or not workdir:
     return ""
