@@ -63,6 +63,19 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     inception_weights.find_weights(str(tmp_path / "nope.pt"))
 
 
+def test_the_converted_weights_cache_refuses_a_uri(tmp_path, monkeypatch):
+  """$JAXGAN_CACHE=gs://... is refused as the feature cache refuses it (the weights' own cache
+  made a local folder 'gs:'), and before the weights are read: not taken for a damaged file."""
+  weights = tmp_path / "w.pt"
+  weights.write_bytes(b"not a weights file")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("JAXGAN_CACHE", "gs://bucket/cache")
+  with pytest.raises(ValueError, match=r"^cache folder gs://bucket/cache \(eval.cache_dir, "
+                                       r"--cache-dir or \$JAXGAN_CACHE\): URIs are not"):
+    inception_weights.load_params(str(weights))
+  assert sorted(os.listdir(tmp_path)) == ["w.pt"]
+
+
 def test_archive_reader_refuses_code(tmp_path):
   import pickle
   import zipfile

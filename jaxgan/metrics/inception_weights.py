@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan.atomic_write import private_name, remove_stale
-from jaxgan.metrics import torch_archive
+from jaxgan.atomic_write import save_npz
+from jaxgan.metrics import suite, torch_archive
 from jaxgan.metrics.inception import FIDInception
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def load_params(path: str = "", cache_dir: str = "") -> dict:
   (default $JAXGAN_CACHE or ~/.cache/jaxgan). A missing file raises FileNotFoundError, one that
   cannot be used WeightsError, each a one-line message naming the file."""
   source = find_weights(path)
+  cache_dir = suite.cache_dir(cache_dir)  # a URI refused: the cache's error, not the file's
   try:
     flat = _read_flat(source, cache_dir)
   except (WeightsError, MemoryError):
@@ -242,7 +243,6 @@ def load_params(path: str = "", cache_dir: str = "") -> dict:
 
 def _read_flat(source: str, cache_dir: str) -> dict[str, np.ndarray]:
   """The converted weights by flat name, from the cache, else converted (and cached)."""
-  cache_dir = cache_dir or os.environ.get("JAXGAN_CACHE", os.path.expanduser("~/.cache/jaxgan"))
   cached = os.path.join(cache_dir, f"fid_inception_{weights_digest(source)}.npz")
   if os.path.exists(cached):
     try:
@@ -252,15 +252,9 @@ def _read_flat(source: str, cache_dir: str) -> dict[str, np.ndarray]:
       log.warning("converted Inception weights %s unreadable (%s); converting again", cached, e)
   flat = _convert(source)
   # A cache, not a result: an unwritable cache_dir costs the conversion next time, nothing else.
-  remove_stale(cached)  # a killed converter's (90 MB)
-  tmp = private_name(cached) + ".tmp.npz"  # concurrent converters never share a temp file
   try:
-    os.makedirs(cache_dir, exist_ok=True)
-    np.savez(tmp, **flat)
-    os.replace(tmp, cached)
+    save_npz(cached, **flat)  # concurrent converters never share a temporary file
   except OSError as e:
     log.warning("could not cache the converted Inception weights in %s (%s); set "
                 "eval.cache_dir / --cache-dir to a writable folder", cache_dir, e)
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return flat

@@ -11,7 +11,6 @@ a run, its restarts and `jaxgan.evaluate` extract the reals once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from jaxgan.atomic_write import private_name, remove_stale
+from jaxgan.atomic_write import save_npz
 from jaxgan.config.paths import NOT_LOCAL, is_uri
 from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
@@ -151,14 +150,5 @@ def load_reference(path: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
 def save_reference(path: str, features: np.ndarray, labels: np.ndarray,
                    identity: dict[str, Any]) -> None:
   """Atomic write (temp file + rename): concurrent runs never read half a cache file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  remove_stale(path)  # a killed writer's (a feature set of 50k is 400 MB)
-  tmp = private_name(path) + ".tmp.npz"
-  try:
-    np.savez(tmp, features=features, labels=labels,
-             identity=json.dumps(identity, sort_keys=True, default=str))
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):  # a full disk: no partial temporary left behind
-      os.remove(tmp)
-    raise
+  save_npz(path, features=features, labels=labels,
+           identity=np.asarray(json.dumps(identity, sort_keys=True, default=str)))
