@@ -3,12 +3,15 @@
 Each loss maps float32 logits to scalar means: `d_loss(real, fake)` for the discriminator and
 `g_loss(fake)` for the generator. WGAN-GP additionally asks the step for a gradient penalty on
 random interpolates (`gradient_penalty`), which needs a per-sample critic (no BatchNorm in D).
+The regularisers the step adds beside any loss are here too: R1 (`r1_penalty`), LeCam
+(`lecam_anchors`, `lecam_penalty`) and BigGAN's orthogonal one on G's weights
+(`orthogonal_penalty`, any model's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +125,40 @@ def lecam_penalty(real_logits: Array, fake_logits: Array, anchor_real: Array,
   anchor_real, anchor_fake = jax.lax.stop_gradient(anchor_real), jax.lax.stop_gradient(anchor_fake)
   return (jnp.mean(jnp.square(jax.nn.relu(real_logits - anchor_fake)))
           + jnp.mean(jnp.square(jax.nn.relu(anchor_real - fake_logits))))
+
+
+def orthogonal_penalty(params: Any) -> jnp.ndarray:
+  """BigGAN's off-diagonal orthogonal regulariser: sum over every conv/dense kernel (leaves named
+  'kernel' with ndim >= 2, reshaped to W [-1, out]) of ||W^T W * (1 - I)||_F^2.
+
+  Only correlations *between* output filters are penalised, not their norms (which SN sets).
+  Embeddings are excluded (BigGAN excludes its shared embedding). BigGAN adds beta = 1e-4 times
+  the gradient 2 (W^T W * (1 - I)) W by hand, which is the gradient of *half* this penalty: add
+  `0.5 * beta * orthogonal_penalty(g_params)` to the G loss to reproduce it.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    last = path[-1] if path else None
+    name = getattr(last, "key", getattr(last, "name", None))
+    if name != "kernel" or jnp.ndim(leaf) < 2:
+      continue
+    total = total + _off_diagonal_gram_sq(
+        jnp.reshape(leaf, (-1, leaf.shape[-1])).astype(jnp.float32))
+  return total
+
+
+def _off_diagonal_gram_sq(w: jnp.ndarray) -> jnp.ndarray:
+  """sum_{i != j} (w_i . w_j)^2 over the columns w_i of w [rows, cols].
+
+  With fewer rows than columns (G's projection layer: z chunk -> 4*4*C, a 16k x 16k Gram at 128)
+  the same value comes from the small Gram: ||W^T W||_F^2 = ||W W^T||_F^2, minus the diagonal
+  sum_i ||w_i||^4. The subtraction cannot cancel badly there: W^T W has rank <= rows < cols, so
+  its off-diagonal part is at least ~1/rows of the diagonal part.
+  """
+  rows, cols = w.shape
+  if rows < cols:
+    small = w @ w.T
+    return jnp.sum(small * small) - jnp.sum(jnp.sum(w * w, axis=0) ** 2)
+  gram = w.T @ w
+  off = gram * (1.0 - jnp.eye(cols, dtype=jnp.float32))
+  return jnp.sum(off * off)

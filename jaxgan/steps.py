@@ -24,7 +24,6 @@ import optax
 
 from jaxgan import augment as augment_lib
 from jaxgan import losses as losses_lib
-from jaxgan.models.resnet import orthogonal_penalty
 from jaxgan.config import r1_period
 from jaxgan.state import TrainState
 
@@ -257,8 +256,9 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
         _apply(discriminator, d_params, d_stats, augment(x, g_key, aug_p), labels)[0])
     g_value, d_fake_grad = jax.value_and_grad(g_objective)(fake)
     (g_grads,) = g_vjp(d_fake_grad)
-    if ortho_weight > 0:  # BigGAN: half the penalty's gradient, see models/resnet.py
-      ortho = jax.grad(lambda p: 0.5 * ortho_weight * orthogonal_penalty(p))(state.g_params)
+    if ortho_weight > 0:  # BigGAN: half the penalty's gradient, see losses.py
+      half = lambda p: 0.5 * ortho_weight * losses_lib.orthogonal_penalty(p)
+      ortho = jax.grad(half)(state.g_params)
       g_grads = jax.tree_util.tree_map(jnp.add, g_grads, ortho)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)

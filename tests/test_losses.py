@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +97,33 @@ def test_gradient_penalty_has_a_finite_gradient_where_the_critic_is_flat():
 def test_unknown_loss_names_choices():
   with pytest.raises(KeyError, match="hinge"):
     losses.LOSSES.get("wasserstein", "loss.name")
+
+
+def test_orthogonal_penalty():
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 8)))
+  conv = nn.initializers.orthogonal()(jax.random.PRNGKey(0), (3, 3, 4, 8))
+  params = {"a": {"kernel": jnp.asarray(q, jnp.float32)},
+            "b": {"kernel": conv, "bias": jnp.ones(8)},
+            "emb": {"embedding": jnp.ones((3, 3))}}  # embeddings are not penalised
+  assert float(losses.orthogonal_penalty(params)) < 1e-8
+  # Scaling an orthogonal matrix keeps the off-diagonal zero: only correlations count.
+  assert float(losses.orthogonal_penalty({"k": {"kernel": 3 * jnp.asarray(q)}})) < 1e-8
+  w = jnp.array([[1.0, 1.0], [0.0, 1.0]])  # W^T W = [[1, 1], [1, 2]] -> 2 off-diagonal ones
+  np.testing.assert_allclose(float(losses.orthogonal_penalty({"kernel": w})), 2.0, rtol=1e-6)
+  assert float(losses.orthogonal_penalty({"x": {"kernel": jnp.ones((3, 3, 4, 8))}})) > 0
+
+
+@pytest.mark.parametrize("shape", [(5, 40), (40, 5), (2, 3, 3, 30)])
+def test_orthogonal_penalty_matches_the_direct_form(shape):
+  """Wide kernels (fewer rows than columns) take the small-Gram path: same value and gradient as
+  sum_{i != j} (w_i . w_j)^2 written out."""
+  w = jax.random.normal(jax.random.PRNGKey(1), shape)
+
+  def direct(w):
+    m = jnp.reshape(w, (-1, w.shape[-1]))
+    g = m.T @ m
+    return jnp.sum((g * (1 - jnp.eye(g.shape[0]))) ** 2)
+
+  penalty = lambda w: losses.orthogonal_penalty({"kernel": w})
+  np.testing.assert_allclose(float(penalty(w)), float(direct(w)), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(penalty)(w), jax.grad(direct)(w), rtol=1e-4, atol=1e-4)

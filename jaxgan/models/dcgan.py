@@ -17,7 +17,6 @@ accelerators), BatchNorm statistics are reduced in float32 by Flax, logits are r
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxgan.models.batchnorm import norm_act
 from jaxgan.models.conditioning import ClassEmbed, class_tuple, embed_labels
-from jaxgan.models.layers import DownConv, UpConv
+from jaxgan.models.layers import DownConv, UpConv, num_doublings
 
 # DCGAN's initialisation: N(0, 0.02) for every weight.
 _init = nn.initializers.normal(0.02)
@@ -44,14 +43,6 @@ def _class_embedding(num_classes: int | Sequence[int], features: int, name: str,
   return ClassEmbed(classes, features, embedding_init=_init, name=name)(labels)
 
 
-def _num_doublings(image_size: int) -> int:
-  """Resolution doublings between the 4x4 base and `image_size`."""
-  n = int(round(math.log2(image_size / 4)))
-  if 4 * 2**n != image_size or n < 1:
-    raise ValueError(f"image size {image_size} is not 4 * 2^k with k >= 1")
-  return n
-
-
 class Generator(nn.Module):
   image_size: int
   num_classes: int | tuple[int, ...] = 0  # classes per attribute; 0 or () = unconditional
@@ -66,7 +57,7 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
                train: bool = True) -> jnp.ndarray:
-    n = _num_doublings(self.image_size)
+    n = num_doublings(self.image_size)
     widths = [min(self.width * 2**i, self.max_width) for i in reversed(range(n))]
     h = z.astype(self.dtype)
     if class_tuple(self.num_classes):
@@ -102,7 +93,7 @@ class Discriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, labels: Optional[jnp.ndarray] = None,
                train: bool = True) -> jnp.ndarray:
-    n = _num_doublings(self.image_size)
+    n = num_doublings(self.image_size)
     h = x.astype(self.dtype)
     for i in range(n):
       w = min(self.width * 2**i, self.max_width)

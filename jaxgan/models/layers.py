@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -248,3 +249,11 @@ class DownConv(_Conv4x4Stride2):
     conv = _conv_strided if impl == "strided" else _conv_by_space_to_depth
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
     return self._add_bias(y)
+
+
+def num_doublings(image_size: int) -> int:
+  """Resolution doublings between the 4x4 base and `image_size`."""
+  n = int(round(math.log2(image_size / 4)))
+  if 4 * 2**n != image_size or n < 1:
+    raise ValueError(f"image size {image_size} is not 4 * 2^k with k >= 1")
+  return n

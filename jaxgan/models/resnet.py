@@ -38,15 +38,14 @@ import numpy as np
 
 from jaxgan.models.batchnorm import AffineBatchNormAct, norm_act
 from jaxgan.models.conditioning import ClassEmbed, as_label_matrix, class_tuple, is_soft
-from jaxgan.models.dcgan import _num_doublings
-from jaxgan.models.layers import promote_keeping_bias
+from jaxgan.models.layers import num_doublings, promote_keeping_bias
 
 _init = nn.initializers.orthogonal()
 
 
 def channel_widths(width: int, max_width: int, image_size: int) -> list[int]:
   """[w_0, ..., w_n] with w_k = min(width * 2^k, max_width), n = doublings from 4 to image_size."""
-  return [min(width * 2**k, max_width) for k in range(_num_doublings(image_size) + 1)]
+  return [min(width * 2**k, max_width) for k in range(num_doublings(image_size) + 1)]
 
 
 def _sn_conv(x: jnp.ndarray, features: int, kernel: int, *, train: bool, dtype: Any, name: str,
@@ -200,12 +199,12 @@ class DownBlock(nn.Module):
 def attention_resolutions(image_size: int) -> tuple[int, ...]:
   """Where both G and D can hold their self-attention block: a resolution that is a G block's
   output (8 .. image_size) and a D block's (4 .. image_size / 2)."""
-  return tuple(8 * 2**i for i in range(_num_doublings(image_size) - 1))
+  return tuple(8 * 2**i for i in range(num_doublings(image_size) - 1))
 
 
 def latent_chunks(image_size: int) -> int:
   """z is split into one chunk for the projection and one per up block: z_dim must be >= this."""
-  return _num_doublings(image_size) + 1
+  return num_doublings(image_size) + 1
 
 
 def _check_attention(resolution: int, allowed: Sequence[int], who: str) -> None:
@@ -328,40 +327,3 @@ class SNProjectionEmbed(nn.Module):
                        precision=jax.lax.Precision.HIGHEST, name=f"attr{i}")
       out = out + nn.SpectralNorm(table, name=f"attr{i}_sn")(w, update_stats=train)
     return out
-
-
-def orthogonal_penalty(params: Any) -> jnp.ndarray:
-  """BigGAN's off-diagonal orthogonal regulariser: sum over every conv/dense kernel (leaves named
-  'kernel' with ndim >= 2, reshaped to W [-1, out]) of ||W^T W * (1 - I)||_F^2.
-
-  Only correlations *between* output filters are penalised, not their norms (which SN sets).
-  Embeddings are excluded (BigGAN excludes its shared embedding). BigGAN adds beta = 1e-4 times
-  the gradient 2 (W^T W * (1 - I)) W by hand, which is the gradient of *half* this penalty: add
-  `0.5 * beta * orthogonal_penalty(g_params)` to the G loss to reproduce it.
-  """
-  total = jnp.zeros((), jnp.float32)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    last = path[-1] if path else None
-    name = getattr(last, "key", getattr(last, "name", None))
-    if name != "kernel" or jnp.ndim(leaf) < 2:
-      continue
-    total = total + _off_diagonal_gram_sq(
-        jnp.reshape(leaf, (-1, leaf.shape[-1])).astype(jnp.float32))
-  return total
-
-
-def _off_diagonal_gram_sq(w: jnp.ndarray) -> jnp.ndarray:
-  """sum_{i != j} (w_i . w_j)^2 over the columns w_i of w [rows, cols].
-
-  With fewer rows than columns (G's projection layer: z chunk -> 4*4*C, a 16k x 16k Gram at 128)
-  the same value comes from the small Gram: ||W^T W||_F^2 = ||W W^T||_F^2, minus the diagonal
-  sum_i ||w_i||^4. The subtraction cannot cancel badly there: W^T W has rank <= rows < cols, so
-  its off-diagonal part is at least ~1/rows of the diagonal part.
-  """
-  rows, cols = w.shape
-  if rows < cols:
-    small = w @ w.T
-    return jnp.sum(small * small) - jnp.sum(jnp.sum(w * w, axis=0) ** 2)
-  gram = w.T @ w
-  off = gram * (1.0 - jnp.eye(cols, dtype=jnp.float32))
-  return jnp.sum(off * off)
