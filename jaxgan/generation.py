@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import ml_collections
 import numpy as np
 
-from jaxgan import label_choices, stopping
+from jaxgan import label_choices, resources, stopping
 from jaxgan import progress as progress_lib
 
 log = logging.getLogger("jaxgan.generate")  # the CLI's name: its INFO lines are shown
@@ -212,17 +212,15 @@ def _check_fits(num: int, exact: bool, config: ml_collections.ConfigDict, single
   at once, so that a seed's images do not depend on --batch) larger than this host's memory.
   Said before sampling, not as XLA's abort or numpy's traceback."""
   from jaxgan.config.validation import MAX_GRID_PIXELS  # pylint: disable=g-import-not-at-top
-  from jaxgan.data.decode import host_memory_bytes  # pylint: disable=g-import-not-at-top
 
   size, least = config.data.image_size, "" if exact else "at least "
   if not singles and num * size * size > MAX_GRID_PIXELS:
     raise ValueError(f"a grid of {least}{num} images at {size}x{size} has {least}"
                      f"{num * size * size} pixels, more than {MAX_GRID_PIXELS} (2**30); write one "
                      "PNG per image (--out ending in /), or fewer (--num, --interpolate)")
-  memory, needed = host_memory_bytes(), num * config.model.z_dim * 4
-  if memory is not None and needed > memory:
-    raise ValueError(f"the latents of {least}{num} images alone take {needed / 2**30:.4g} GiB, "
-                     f"more than this host's {memory / 2**30:.4g} GiB of memory; generate fewer "
+  beyond = resources.beyond_host_memory(num * config.model.z_dim * 4)
+  if beyond:
+    raise ValueError(f"the latents of {least}{num} images alone take {beyond}; generate fewer "
                      "at a time (another --seed for each part)")
 
 

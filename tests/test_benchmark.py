@@ -289,9 +289,9 @@ def test_the_input_benchmark_refuses_a_folder_it_cannot_time(tmp_path, monkeypat
   with pytest.raises(DataError, match=r"none of its 3 image files could be decoded \(first: "):
     throughput.benchmark_input(str(tmp_path), workers=1)
   # Three files at 64x64 on a host of one byte less: said before decoding, in the flags' names.
-  from jaxgan.data import decode
+  from jaxgan import resources
 
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 3 * 64 * 64 * 3 - 1)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 3 * 64 * 64 * 3 - 1)
   with pytest.raises(DataError, match=r"^--images .*: 3 images at 64x64 .* of memory; use a "
                      r"smaller --image_size, or --limit$"):
     throughput.benchmark_input(str(tmp_path), workers=1)

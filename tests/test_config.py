@@ -285,18 +285,18 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
                      r"memory; use a smaller batch$"):
     config_validation.validate(make_config(**{"train.batch_size": 2**31 - 2, "data.image_size": 32,
                                               "train.n_critic": 1}), num_devices=1)
-  from jaxgan.data import decode
+  from jaxgan import resources
   config = make_config(**{"train.batch_size": 8, "train.n_critic": 2, "data.image_size": 16})
   needed = 16 * 16 * 16 * 3  # 16 rows a step
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: needed)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: needed)
   config_validation.validate(config, num_devices=1)
   config_validation.validate(make_config(**{"train.batch_size": 16, "train.n_critic": 2,
                                             "data.image_size": 16}), num_devices=1, num_processes=2)
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: needed - 1)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: needed - 1)
   with pytest.raises(config_lib.ConfigError, match=r"a step's 16 images \(batch_size \* "
                      r"n_critic per process\) of 16x16x3 bytes"):
     config_validation.validate(config, num_devices=1)
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: None)  # the OS does not say
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: None)  # the OS does not say
   config_validation.validate(config, num_devices=1)
 
 

@@ -816,9 +816,10 @@ def test_images_that_cannot_fit_in_memory_are_refused_before_decoding(folder, tm
   """5 files at 16x16 on a host of one byte less: refused in one line before any is decoded
   (a typo'd --image-size took the OS's kill or numpy's traceback after the decode started), by
   prepare and by a folder source, which does with data.cache_dir (a memory-mapped file)."""
+  from jaxgan import resources
   from jaxgan.data import decode
 
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 5 * 16 * 16 * 3 - 1)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 5 * 16 * 16 * 3 - 1)
   real_decode = decode._decode_into
   monkeypatch.setattr(decode, "_decode_into", lambda *a, **k: pytest.fail("decoded"))
   out = tmp_path / "out"
@@ -836,7 +837,7 @@ def test_images_that_cannot_fit_in_memory_are_refused_before_decoding(folder, tm
   monkeypatch.setattr(decode, "_decode_into", real_decode)
   config.data.cache_dir = str(tmp_path / "cache")
   assert build_source(config).num_examples == 4
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 5 * 16 * 16 * 3)  # fits: decoded
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 5 * 16 * 16 * 3)  # fits: decoded
   assert prepare_cli.main(["--images", str(folder), "--image-size", "16", "--out", str(out),
                            "--max-bad-fraction", "0.5"]) == 0
 

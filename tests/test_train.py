@@ -479,9 +479,9 @@ def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   assert generation.fewest_images(4194400, 0, None, 1000) == (4194000, True)
   assert generation.fewest_images(4194400, 0, None, 1000, ["3"]) == (4194000, False)
   assert generation.fewest_images(5, 0, None, 3, singles=True) == (5, True)
-  from jaxgan.data import decode
+  from jaxgan import resources
 
-  monkeypatch.setattr(decode, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 1000 * 8 * 4 - 1)  # z_dim 8
   with pytest.raises(ValueError, match=r"^the latents of 1000 images alone take .* GiB, "
                      r"more than this host's .* GiB of memory; generate fewer at a time"):
     generate.generate(workdir, 1000, str(tmp_path / "singles") + "/")

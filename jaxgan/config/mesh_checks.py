@@ -9,9 +9,8 @@ import math
 
 import ml_collections
 
-from jaxgan import sharding
+from jaxgan import resources, sharding
 from jaxgan.config.schema import require, require_positive_int
-from jaxgan.data import decode
 
 
 def check_mesh(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
@@ -44,14 +43,12 @@ def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int
   """Refuses a step whose images alone (uint8, this process's share) exceed the host's memory:
   they must be read into it before they reach the devices, and the run would otherwise be
   killed by the OS after its start-up, with no message (a typo'd batch of 2^31 was)."""
-  memory = decode.host_memory_bytes()
   rows = config.train.batch_size * config.train.n_critic // max(num_processes, 1)
-  needed = rows * config.data.image_size ** 2 * 3
-  require(memory is None or needed <= memory, "train.batch_size",
+  beyond = resources.beyond_host_memory(rows * config.data.image_size ** 2 * 3)
+  require(not beyond, "train.batch_size",
           f"a step's {rows} images (batch_size * n_critic per process) of "
-          f"{config.data.image_size}x{config.data.image_size}x3 bytes take "
-          f"{needed / 2**30:.4g} GiB, more than this host's {(memory or 0) / 2**30:.4g} GiB of "
-          "memory; use a smaller batch")
+          f"{config.data.image_size}x{config.data.image_size}x3 bytes take {beyond}; use a "
+          "smaller batch")
 
 
 def validate_distributed(config: ml_collections.ConfigDict) -> None:

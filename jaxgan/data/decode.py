@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from jaxgan import progress as progress_lib
+from jaxgan import progress as progress_lib, resources
 from jaxgan import stopping
 from jaxgan.atomic_write import check_free_space, private_name, remove_stale
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
@@ -96,22 +96,12 @@ class Decoded(NamedTuple):
   upscaled: Optional[int]
 
 
-def host_memory_bytes() -> Optional[int]:
-  """This host's physical memory, or None where the OS does not say."""
-  try:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (AttributeError, OSError, ValueError):  # Windows; an OS without the names
-    return None
-
-
 def memory_problem(count: int, image_size: int) -> str:
   """Why `count` images decoded at `image_size` cannot be held in this host's memory, or '':
   said before decoding, not by the OS's out-of-memory kill (no message) or numpy's traceback."""
-  memory, needed = host_memory_bytes(), count * image_size**2 * 3
-  if memory is None or needed <= memory:
-    return ""
-  return (f"{count} images at {image_size}x{image_size} (3 bytes a pixel) take "
-          f"{needed / 2**30:.4g} GiB, more than this host's {memory / 2**30:.4g} GiB of memory")
+  beyond = resources.beyond_host_memory(count * image_size**2 * 3)
+  return f"{count} images at {image_size}x{image_size} (3 bytes a pixel) take {beyond}" if (
+      beyond) else ""
 
 
 def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
