@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -101,7 +102,7 @@ def _check_flags(mode: str) -> None:
       cli.fail(f"--trace_dir {FLAGS.trace_dir}: {e.strerror or e}; pass a folder you can write")
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   cli.refuse_positional(argv, allowed=1)  # the mode
   mode = argv[1] if len(argv) > 1 else "step"

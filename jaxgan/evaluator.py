@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -25,6 +25,9 @@ from jaxgan import sample_inputs, sampling
 from jaxgan.metrics import distances, suite
 from jaxgan.metrics.features import PREPROCESSING_ID, FeatureExtractor
 
+if TYPE_CHECKING:  # the data package loads its five sources: not needed to run this module
+  from jaxgan.data.protocol import DataSource
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +36,7 @@ class EvaluationStopped(Exception):
   minutes of Inception are not worth a grace period, and the rerun evaluates the step."""
 
 
-def real_chunks(source, num: int, mirror: bool = False, chunk: int = 256
+def real_chunks(source: DataSource, num: int, mirror: bool = False, chunk: int = 256
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images uint8, labels int32) of the first `num` images of `source` in its training order, a
   chunk at a time (the set is never held whole). With `mirror`, a seeded half of them is
@@ -253,7 +256,7 @@ class Evaluator:
       return None
     return np.random.default_rng(seed).choice(real_labels, num).astype(np.int32)
 
-  def fake_chunks(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
+  def fake_chunks(self, ema_params: Any, g_batch_stats: Any, num: int, real_labels: np.ndarray,
                   seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, images) per sampler call: this process's share of each chunk of `num` uint8
     samples of the EMA generator (all of it on one process) and their indices, in fixed-size
@@ -266,7 +269,7 @@ class Evaluator:
     return sampling.sample_in_chunks(self.sampler, ema_params, statistics, z, labels,
                                      self.chunk, self.batch_sharding, ahead=False)
 
-  def fake_features(self, ema_params, g_batch_stats, num: int, real_labels: np.ndarray,
+  def fake_features(self, ema_params: Any, g_batch_stats: Any, num: int, real_labels: np.ndarray,
                     seed: int) -> np.ndarray:
     """Features of `num` fakes, on every process: each process extracts its share of each chunk
     as it is sampled (host memory holds a chunk of images, not the set), then they are
@@ -297,7 +300,7 @@ class Evaluator:
     features = multihost.agreed(extract, "feature extraction")
     return multihost.gather_rows(np.concatenate(rows), features, num)
 
-  def evaluate(self, ema_params, g_batch_stats, num_samples: int, num_real: int = 0,
+  def evaluate(self, ema_params: Any, g_batch_stats: Any, num_samples: int, num_real: int = 0,
                seed: int = 0, keep_going: bool = False) -> dict:
     """{metric: value, ..., num_samples, num_real, inception_images_per_sec, seconds}.
     `keep_going` (training): a metric that fails is logged and marked `<name>_failed`, and the

@@ -29,6 +29,7 @@ than the interpolated one come from --label or are drawn per row.
 from __future__ import annotations
 
 import logging as std_logging
+from typing import Sequence
 
 from absl import app, flags, logging
 
@@ -69,7 +70,7 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   cli.refuse_positional(argv)
   from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 

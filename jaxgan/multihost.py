@@ -48,7 +48,7 @@ def first_signal(local: Optional[int]) -> Optional[int]:
   return received[0] if received else None
 
 
-def from_process_0(value):
+def from_process_0(value: T) -> T:
   """Process 0's `value` (a scalar or array of the same shape everywhere) on every process."""
   if jax.process_count() == 1:
     return value

@@ -9,13 +9,17 @@ import os
 import re
 import sys
 import time
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from jaxgan import writers
+
+if TYPE_CHECKING:  # JAX and the data sources: loaded where the CLI's checks passed
+  from jaxgan.data.protocol import DataSource
+  from jaxgan.metrics.features import FeatureExtractor
 
 SETS_BATCH = 32  # Inception images per device per call in two-set mode, by default
 # Workdir mode's results, a row each, kept beside the run's metrics.jsonl (which training cuts back
@@ -26,8 +30,9 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 MANY_SHAPES = 8
 
 
-def features_of_set(extractor, path: str, desc: str, image_size: int = 0, fewest: int = 2,
-                    paths: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
+def features_of_set(extractor: FeatureExtractor, path: str, desc: str, image_size: int = 0,
+                    fewest: int = 2, paths: Optional[Sequence[str]] = None
+                    ) -> tuple[np.ndarray, int]:
   """(features, how many files were skipped) of a folder or prepared set, read and extracted
   image by image (host memory holds a batch per image size, not the set); `paths`: a folder's
   image files when already listed."""
@@ -199,7 +204,7 @@ def record(workdir: str, results: dict) -> str:
   return ""
 
 
-def run_data(config: ml_collections.ConfigDict, meta: dict, data_path: str):
+def run_data(config: ml_collections.ConfigDict, meta: dict, data_path: str) -> DataSource:
   """The run's data source (at --data-path when given), refused with one line before any
   Inception work when it is not the data the run was trained on (another image size or class
   counts: an FID against it would mean nothing, or the conditional samples fail), and warned of

@@ -8,6 +8,7 @@ import os
 from typing import Callable, Optional
 
 import jax
+import ml_collections
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import multihost
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 CPU_SAMPLES_HINT = 500
 
 
-def cpu_hint(config, backend: str) -> str:
+def cpu_hint(config: ml_collections.ConfigDict, backend: str) -> str:
   """What each of a run's evaluations costs where Inception runs on a CPU, said before the first
   step (a README config shortened to a few steps still evaluated 10,000 samples at its last), or
   ''. Not on accelerators, or for a first look's samples."""

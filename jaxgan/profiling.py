@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import os
 import re
+from typing import Callable
 
 KINDS = ("conv", "matmul", "reduction", "elementwise", "copy", "collective", "other")
 _CONTROL = {"while", "conditional", "call"}
@@ -206,7 +207,7 @@ def breakdown(op_ns: dict[str, float], index: dict[str, OpInfo], steps: int,
   }
 
 
-def trace_ops(run_steps, hlo_text: str, steps: int, trace_dir: str,
+def trace_ops(run_steps: Callable[[], None], hlo_text: str, steps: int, trace_dir: str,
               top: int = 15, num_devices: int = 1) -> dict:
   """Traces `run_steps()` (which runs `steps` steps and blocks) into `trace_dir` and returns the
   `breakdown` of the compiled module whose HLO text is `hlo_text`, per device of the

@@ -6,7 +6,7 @@ The trainer calls them; each raises TrainingError with what happened and what to
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +14,15 @@ import jax.numpy as jnp
 from jaxgan import multihost
 from jaxgan import sharding
 
+if TYPE_CHECKING:  # orbax: loaded by the checkpointer's owner
+  from jaxgan.checkpoint import Checkpointer
+
 
 class TrainingError(RuntimeError):
   """A run cannot start or continue; the message says why and what to do."""
 
 
-def resume_point(checkpointer) -> str:
+def resume_point(checkpointer: Checkpointer) -> str:
   """Where a rerun would resume, for messages."""
   latest = checkpointer.latest_step()
   return f"step {latest}" if latest is not None else "the start (no checkpoint)"
@@ -31,7 +34,7 @@ def resume_point(checkpointer) -> str:
 MAX_FAILED_CHECKPOINTS = 3
 
 
-def check_checkpoint_writes(checkpointer) -> None:
+def check_checkpoint_writes(checkpointer: Checkpointer) -> None:
   """Stops the run (on every process alike) when its checkpoints keep failing, or when the first
   one it wrote failed: storage that cannot take one (a full disk, a bucket mount that cannot
   rename folders) would otherwise let it train for days with nothing to resume from."""
@@ -63,7 +66,7 @@ def check_checkpoint_writes(checkpointer) -> None:
 longest_streak = jax.jit(lambda longest, streak: jnp.maximum(longest, jnp.max(streak)))
 
 
-def check_nonfinite(longest: Any, step: int, limit: int, checkpointer) -> None:
+def check_nonfinite(longest: Any, step: int, limit: int, checkpointer: Checkpointer) -> None:
   """Stops the run if the longest skip streak since the last check reached `limit`."""
   longest = int(sharding.to_host(longest))
   if longest >= limit:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -23,7 +24,8 @@ from jaxgan.sample_inputs import host_truncated_normal
 log = logging.getLogger(__name__)
 
 
-def make_sampler(generator: nn.Module, out_sharding=None) -> Callable[..., jax.Array]:
+def make_sampler(generator: nn.Module, out_sharding: Optional[NamedSharding] = None
+                 ) -> Callable[..., jax.Array]:
   """Jitted `(ema_params, g_batch_stats, z, labels) -> uint8 NHWC` in inference mode.
 
   `out_sharding`: replicated (training's grids), every process holds the whole output; a batch
@@ -90,8 +92,10 @@ def draw_label_rows(counts: dict, rng: np.random.Generator, shape: tuple) -> np.
 
 def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int],
                         num_batches: int, batch_size: int, seed: int = 0,
-                        label_counts: Optional[dict] = None, out_sharding=None,
-                        batch_sharding=None, truncation: float = 0.0) -> Callable[[Any, Any], Any]:
+                        label_counts: Optional[dict] = None,
+                        out_sharding: Optional[NamedSharding] = None,
+                        batch_sharding: Optional[NamedSharding] = None,
+                        truncation: float = 0.0) -> Callable[[Any, Any], Any]:
   """Jitted `(params, batch_stats) -> batch_stats` whose BatchNorm means and variances are the
   generator's own: averaged over `num_batches` batches of `batch_size` fixed latents run in
   training mode; other leaves (spectral norm's vectors) are kept. BigGAN's "standing
@@ -163,9 +167,10 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
 
 
 def make_ema_statistics(config: ml_collections.ConfigDict, generator: nn.Module,
-                        label_counts: Optional[dict] = None, out_sharding=None,
-                        batch_sharding=None, truncation: float = 0.0
-                        ) -> Callable[[Any, Any], Any]:
+                        label_counts: Optional[dict] = None,
+                        out_sharding: Optional[NamedSharding] = None,
+                        batch_sharding: Optional[NamedSharding] = None,
+                        truncation: float = 0.0) -> Callable[[Any, Any], Any]:
   """`(ema_params, g_batch_stats) -> batch_stats` to sample the EMA generator with: standing
   statistics (`eval.standing_stats_batches` batches of `train.batch_size` rows, at most
   MAX_STANDING_BATCH; labels drawn by `label_counts`, the data's, when given; latents truncated
@@ -199,8 +204,9 @@ def make_ema_statistics(config: ml_collections.ConfigDict, generator: nn.Module,
   return statistics
 
 
-def sample_in_chunks(sampler, ema_params, g_batch_stats, z, labels, chunk: int,
-                     batch_sharding=None, ahead: bool = True
+def sample_in_chunks(sampler: Callable[..., jax.Array], ema_params: Any, g_batch_stats: Any,
+                     z: np.ndarray, labels: Optional[np.ndarray], chunk: int,
+                     batch_sharding: Optional[NamedSharding] = None, ahead: bool = True
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(rows, images) per sampler call: host uint8 images of the EMA generator (normalised with
   `g_batch_stats`, e.g. those of `make_ema_statistics`) and the indices of the rows of `z` (and

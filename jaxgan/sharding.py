@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -223,7 +223,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
                                 abstract_state)
 
 
-def process_rows(sharding: NamedSharding, num_rows: int, devices=None) -> np.ndarray:
+def process_rows(sharding: NamedSharding, num_rows: int,
+                 devices: Optional[Sequence[jax.Device]] = None) -> np.ndarray:
   """Sorted indices of the rows of a [num_rows, ...] batch (split along its first axis by
   `sharding`, e.g. `batch_sharding(mesh)`; a stacked batch splits each step's rows alike) that
   `devices` hold: by default this process's devices.

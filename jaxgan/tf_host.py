@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import types
 
 log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
-def import_tensorflow():
+def import_tensorflow() -> types.ModuleType:
   """Returns the `tensorflow` module, restricted to the CPU. Raises ImportError if absent."""
   # Quiet unless the user says otherwise: TensorFlow's C++ start-up notes (oneDNN on, CPU
   # instructions) print before absl's logging is set up, the oneDNN one twice, 5 lines on every

@@ -10,6 +10,7 @@ import json
 import logging as std_logging
 import signal
 import sys
+from typing import Sequence
 
 from jaxgan import stopping
 
@@ -52,7 +53,7 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   cli.refuse_positional(argv)
   # The stop request is open before JAX and the trainer load (seconds): a stop signal meanwhile
   # (a preemption notice as the job starts, Ctrl-C), or one since the program started, stops the

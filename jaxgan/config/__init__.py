@@ -1,12 +1,12 @@
 """The run config's schema (`schema.py`): its keys, defaults, loading and JSON round trip.
 
 `schema.py`'s keys, defaults and readers, and `paths.py`'s path keys, are re-exported here
-(`from jaxgan import config as config_lib`); the checks' helpers (`check_types`, `require`) are imported from it by name. The
-checks that ask the registries about a config sit a layer above them and are imported by name:
-`validation.py` (every value that could fail later, before anything compiles; `mesh_checks.py`
-its checks of the mesh, processes and host memory) and `resume.py` (the changes a resumed run
-may make). Models and data sources import this package, so it must
-not import them back (docs/architecture.md).
+(`from jaxgan import config as config_lib`); the checks' helpers (`check_types`, `require`) are
+imported from `schema` by name. The checks that ask the registries about a config sit a layer
+above them and are imported by name: `validation.py` (every value that could fail later, before
+anything compiles; `mesh_checks.py` its checks of the mesh, processes and host memory) and
+`resume.py` (the changes a resumed run may make). Models and data sources import this package,
+so it must not import them back (docs/architecture.md).
 """
 
 from jaxgan.config.paths import NOT_LOCAL, PATH_KEYS, is_uri, with_absolute_paths

@@ -1,6 +1,6 @@
 """Data sources, picked by `data.source` from the SOURCES registry.
 
-A source is a class with:
+A source (typed as `protocol.DataSource`) is a class with:
   - `validate(config, reads_data=True)` (static): raises ConfigError for values it cannot
     serve; with reads_data=False (--compile_only, the benchmark: a step on made-up batches) it
     skips the checks of where the data is (data.path given, its files read);
@@ -41,6 +41,7 @@ from jaxgan.data.folder import FolderSource
 from jaxgan.data.images import is_within
 from jaxgan.data.manifest import ManifestSource
 from jaxgan.data.prepared_source import PreparedSource
+from jaxgan.data.protocol import DataSource
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
 from jaxgan.data.tfds_source import TfdsSource
 from jaxgan.registry import Registry
@@ -56,11 +57,12 @@ SOURCES.register("prepared")(PreparedSource)
 T = TypeVar("T")
 
 __all__ = ["SOURCES", "SOURCE_KEYS", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
-           "SyntheticCatalog", "attribute_names", "build_source", "check_same_on_every_process",
-           "fingerprint", "prefetch", "with_class_counts", "workdir_problem"]
+           "DataSource", "SyntheticCatalog", "attribute_names", "build_source",
+           "check_same_on_every_process", "fingerprint", "prefetch", "with_class_counts",
+           "workdir_problem"]
 
 
-def attribute_names(source) -> list[tuple[str, list[str]]]:
+def attribute_names(source: DataSource) -> list[tuple[str, list[str]]]:
   """[(column, class names)] of every attribute of `source` ([] when unconditional); a source
   without `attribute_names` has one attribute, 'class'."""
   names = getattr(source, "attribute_names", None)
@@ -112,12 +114,12 @@ def _linked_folders(root: str) -> list[str]:
   return linked
 
 
-def build_source(config: ml_collections.ConfigDict):
+def build_source(config: ml_collections.ConfigDict) -> DataSource:
   """The data source named by `data.source`."""
   return SOURCES.get(config.data.source, "data.source").from_config(config)
 
 
-def fingerprint(source) -> int:
+def fingerprint(source: DataSource) -> int:
   """A 31-bit digest of what `source` serves: its size, attributes and labels, and an evenly
   spaced sample of up to 64 of its images (a stream's first 4), cheap even for a large set."""
   digest = hashlib.sha256(json.dumps([getattr(source, "num_examples", None),
@@ -139,7 +141,7 @@ def _digest31(digest) -> int:
   return int.from_bytes(digest.digest()[:4], "big") & 0x7FFFFFFF
 
 
-def order_fingerprint(source) -> int:
+def order_fingerprint(source: DataSource) -> int:
   """A 31-bit digest of the order `source` serves its examples in: the example indices of up to
   64 stream positions in each of its first two epochs (0 for a source without an index order).
   Not part of `fingerprint`: that one is the data's alone. Checkpoints record both."""
@@ -154,8 +156,8 @@ def order_fingerprint(source) -> int:
   return _digest31(hashlib.sha256(order.astype(np.int64).tobytes()))
 
 
-def check_same_on_every_process(source, mine: int | None = None, order: int | None = None
-                                ) -> None:
+def check_same_on_every_process(source: DataSource, mine: int | None = None,
+                                order: int | None = None) -> None:
   """Raises DataError on every process when some process built other data than process 0 did,
   or orders it otherwise (`mine` and `order`: this process's `fingerprint` and
   `order_fingerprint`, computed when None).
