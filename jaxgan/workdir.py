@@ -253,15 +253,15 @@ def load_checkpoint(workdir: str, checkpoint: str = "latest",
   """(config, step, state, meta) of a --checkpoint choice: 'latest' (the newest readable one),
   'best' (the best-FID one) or a step number of WORKDIR/checkpoints. `check_meta(meta)` may raise
   before the state is read (e.g. a class name the checkpoint does not have); `parts`: as
-  `load_latest`'s."""
+  `_load_from`'s."""
   checkpoint = parse_checkpoint(checkpoint)
   if checkpoint == "best":
-    return load_latest(workdir, "checkpoints_best", check_meta=check_meta, parts=parts)
-  return load_latest(workdir, step=None if checkpoint == "latest" else int(checkpoint),
+    return _load_from(workdir, "checkpoints_best", check_meta=check_meta, parts=parts)
+  return _load_from(workdir, step=None if checkpoint == "latest" else int(checkpoint),
                      check_meta=check_meta, parts=parts)
 
 
-def load_latest(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None,
+def _load_from(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None,
                 check_meta: Optional[Callable[[dict], None]] = None,
                 parts: Optional[Sequence[str]] = None
                 ) -> tuple[ml_collections.ConfigDict, int, state_lib.TrainState, dict]:

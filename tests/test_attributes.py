@@ -147,7 +147,7 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
                           "train.num_steps": 2, "train.n_critic": 2, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
-  _, _, _, meta = workdir_lib.load_latest(workdir)
+  _, _, _, meta = workdir_lib.load_checkpoint(workdir)
   assert meta["attributes"] == [["articleType", ["Shoes", "Tshirts", "Watches"]],
                                 ["baseColour", ["Black", "Navy Blue"]]]
   # The data's label mix, for generate's standing statistics: the counts of its (type, colour)

@@ -791,7 +791,7 @@ def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image
 
   config = tiny_config(**{"data.num_classes": 0})
   monkeypatch.setattr(workdir, "load_config", lambda *a: config)
-  monkeypatch.setattr(workdir, "load_latest", lambda *a: pytest.fail("read the checkpoint"))
+  monkeypatch.setattr(workdir, "load_checkpoint", lambda *a: pytest.fail("read the checkpoint"))
   monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
   assert evaluate.main(["--workdir", str(tmp_path), "--metrics", "fid,per_class_fid"]) == 2
   err = capsys.readouterr().err.strip()

@@ -143,7 +143,7 @@ def test_generate_between(workdir, tmp_path):
                               between=between, label="articleType=Tshirts")
   assert len(singles) == 4
   got = np.stack([np.asarray(Image.open(p)) for p in singles]).astype(int)
-  config, _, state, _ = workdir_lib.load_latest(workdir)
+  config, _, state, _ = workdir_lib.load_checkpoint(workdir)
   from jaxgan import models
 
   generator = models.build_models(config)[0]

@@ -122,7 +122,7 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
   resumed_from = re.search(r"resuming from checkpoint step (\d+) of", done.stderr)
   assert resumed_from and int(resumed_from.group(1)) >= killed_at, done.stderr[-2000:]
   reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
-  _, step, resumed, _ = workdir_lib.load_latest(str(workdir))
+  _, step, resumed, _ = workdir_lib.load_checkpoint(str(workdir))
   assert step == 120
   assert json.load(open(workdir / "config.json"))["data"]["num_classes"] == 2  # resolved
   _assert_same_state(resumed, reference)
@@ -148,7 +148,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   stopped = int(out.split("stopped after step ")[1].split(",")[0])
   listing = sorted(os.listdir(workdir / "checkpoints")) if (workdir / "checkpoints").exists() else None
   assert listing and str(stopped) in listing, (listing, err[-3000:])
-  _, step, state, _ = workdir_lib.load_latest(str(workdir))
+  _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
   assert step == stopped == int(state.step) and 0 < stopped < 100000
 
 
@@ -174,7 +174,7 @@ def test_a_stop_with_its_output_gone_still_exits_75(tmp_path):
     if proc.poll() is None:  # never left training 100000 steps in the background
       proc.kill()
       proc.wait()
-  _, step, state, _ = workdir_lib.load_latest(str(workdir))
+  _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
   assert step == int(state.step) > 0
 
 
@@ -207,7 +207,7 @@ def test_a_signal_during_the_log_row_stops_after_the_next_step_with_its_checkpoi
             "(error above); a rerun resumes from the start (no checkpoint)") in out
     return
   assert "SIGTERM received: stopped after step 3, checkpoint written" in out
-  _, step, restored, _ = workdir_lib.load_latest(str(tmp_path / "w"))
+  _, step, restored, _ = workdir_lib.load_checkpoint(str(tmp_path / "w"))
   assert step == 3 == int(restored.step)
 
 
@@ -519,7 +519,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
                      match=r"4 consecutive non-finite steps by step 4 .*a rerun resumes from "
                            r"step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
-  _, _, state, _ = workdir_lib.load_latest(str(tmp_path / "w"))
+  _, _, state, _ = workdir_lib.load_checkpoint(str(tmp_path / "w"))
   fresh = jax.jit(run_lib.build_run(config).init)()
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
 
@@ -562,11 +562,11 @@ def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, cap
   assert any("writing step 4" in r.getMessage() and "No space left" in r.getMessage()
              and "previous checkpoint (step 2) is still valid" in r.getMessage()
              for r in caplog.records)
-  _, step, restored, _ = workdir_lib.load_latest(workdir)
+  _, step, restored, _ = workdir_lib.load_checkpoint(workdir)
   assert step == 2 and int(restored.step) == 2
   failing.clear()  # space freed: the rerun trains 2 -> 6 and writes the checkpoints
   assert int(trainer.train_and_evaluate(config, workdir).step) == 6
-  assert workdir_lib.load_latest(workdir)[1] == 6
+  assert workdir_lib.load_checkpoint(workdir)[1] == 6
 
 
 def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, monkeypatch,
@@ -1137,7 +1137,7 @@ def test_a_reader_whose_listed_checkpoint_a_running_trainer_removes_reads_the_ne
 
   monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_latest", rotate_once)
   with caplog.at_level(logging.WARNING):
-    _, step, state, _ = workdir_lib.load_latest(str(workdir))
+    _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
   assert rotated == [[2]] and step == 4 == int(state.step)
   assert "checkpoints/2 is gone since it was listed" in caplog.text
   assert "changed while they were read (a trainer is writing this workdir)" in caplog.text
@@ -1455,7 +1455,7 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
   assert int(state.step) == 10
   assert ("the data's classes differ from checkpoint step 8, accepted by --allow_config_change: "
           "class: a, b -> b, z") in caplog.text
-  _, step, _, meta = workdir_lib.load_latest(workdir)
+  _, step, _, meta = workdir_lib.load_checkpoint(workdir)
   assert step == 10 and meta["class_names"] == ["b", "z"]
 
 

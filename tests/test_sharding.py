@@ -151,7 +151,7 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
   # The 2-device run continued the 8-device one's step 2 (a fresh start ends alike) ...
   assert "resuming from checkpoint step 2 of" in proc.stderr, proc.stderr[-3000:]
   # ... its step 4 reads on this process's single device ...
-  assert workdir_lib.load_latest(workdir)[1] == 4
+  assert workdir_lib.load_checkpoint(workdir)[1] == 4
   # ... and training resumes from it there (not from an older step after a failed read).
   from jaxgan import restore, trainer
   restored, real_restore = [], restore.restore_run
@@ -161,7 +161,7 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
                                               "train.tensorboard": False}), workdir)
   assert [r[0] for r in restored] == [4]
-  _, step, state, _ = workdir_lib.load_latest(workdir)
+  _, step, state, _ = workdir_lib.load_checkpoint(workdir)
   assert step == 6 and int(state.step) == 6 and int(state.images_seen) == 6 * 16
   assert not os.path.exists(workdir + "/checkpoints.corrupt")  # nothing was moved aside
   # The same values as 6 steps on one device without a move: each restore put every value
@@ -190,8 +190,8 @@ def test_two_processes_match_one(tmp_path):
   one = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(single),
                    *SMALL)
   assert one.returncode == 0, one.stderr[-3000:]
-  _, step_m, state_m, _ = workdir_lib.load_latest(str(multi))
-  _, step_s, state_s, _ = workdir_lib.load_latest(str(single))
+  _, step_m, state_m, _ = workdir_lib.load_checkpoint(str(multi))
+  _, step_s, state_s, _ = workdir_lib.load_checkpoint(str(single))
   assert step_m == step_s == 5
   for a, b in zip(jax.tree_util.tree_leaves(state_m), jax.tree_util.tree_leaves(state_s)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)

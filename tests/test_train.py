@@ -73,7 +73,7 @@ def test_outputs(runs):
   assert np.array_equal(np.asarray(Image.open(workdir / "samples" / "reals.png")), want)
   assert not np.array_equal(want, sampling.make_grid(first["image"][:6], 2))  # labels mixed
   # Which row is which class: the grids carry no text.
-  _, _, _, meta = workdir_lib.load_latest(str(workdir))
+  _, _, _, meta = workdir_lib.load_checkpoint(str(workdir))
   (attribute, names), = meta["attributes"]
   per = "class" if attribute == "class" else f"{attribute} class"
   assert (workdir / "samples" / "rows.txt").read_text() == (
@@ -263,8 +263,8 @@ def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch)
     trainer.train_and_evaluate(tiny_config(**frozen, **{"optim.g_lr": lr}), str(tmp_path / str(lr)))
     grids.append((tmp_path / str(lr) / "samples" / "step_0000002.png").read_bytes())
   assert grids[0] == grids[1]
-  _, _, first, _ = workdir_lib.load_latest(str(tmp_path / "0.0002"))
-  _, _, second, _ = workdir_lib.load_latest(str(tmp_path / "0.002"))
+  _, _, first, _ = workdir_lib.load_checkpoint(str(tmp_path / "0.0002"))
+  _, _, second, _ = workdir_lib.load_checkpoint(str(tmp_path / "0.002"))
   assert not np.array_equal(first.g_params["to_rgb"]["kernel"], second.g_params["to_rgb"]["kernel"])
 
   real_load = workdir_lib.load_checkpoint
@@ -758,7 +758,7 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
       "step 2/4 (50%), 0.0 kimg", "step 4/4 (100%), 0.0 kimg", "step 6/6 (100%), 0.0 kimg"]
   assert all(" d_loss " in r and " g_loss " in r and " img/s, ETA 0:00:" in r for r in rows), rows
   logged = [line.split(": ", 1)[1] for line in open(os.path.join(workdir, "log.txt"))]
-  _, _, state, _ = workdir_lib.load_latest(workdir)
+  _, _, state, _ = workdir_lib.load_checkpoint(workdir)
   g, d = (sum(x.size for x in _leaves(p)) for p in (state.g_params, state.d_params))
   starts = [line for line in logged if line.startswith(("training ", "resuming dcgan"))]
   assert starts == [f"{what} dcgan at step {step} of {total}: G {g:,}, D {d:,} parameters; data: "
@@ -880,7 +880,7 @@ def test_single_pngs_come_with_their_classes(runs, tmp_path, monkeypatch):
                                                                      labels, *a))
   out = tmp_path / "singles"
   generate.generate(workdir, 7, str(out) + "/", seed=3)
-  _, _, _, meta = workdir_lib.load_latest(workdir)
+  _, _, _, meta = workdir_lib.load_checkpoint(workdir)
   (attribute, names), = meta["attributes"]
   rows = list(csv.reader(open(out / generate.LABELS_FILE)))
   assert rows[0] == ["file", attribute, f"{attribute}_index"]
