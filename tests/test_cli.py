@@ -1,0 +1,274 @@
+"""The command-line tools' shared behaviour (cli.py, path_flags.py): flag spelling, path flags,
+--help, one-line usage errors, and how Ctrl-C and stop signals end a tool."""
+
+import os
+import re
+
+import pytest
+
+from jaxgan import cli, path_flags
+from tests.conftest import run_module
+
+
+def test_flag_spelling_rewrites_names_only():
+  args = ["--compile-only", "--standing-stats-batches=-1", "--label", "a-b_c", "--config.x_y=1-2",
+          "-5", "--", "--not-a-flag"]
+  assert cli.flag_spelling(args, "_") == ["--compile_only", "--standing_stats_batches=-1",
+                                          "--label", "a-b_c", "--config.x_y=1-2", "-5", "--",
+                                          "--not-a-flag"]
+  assert cli.flag_spelling(["--image_size=3", "--min-class-count"], "-") == [
+      "--image-size=3", "--min-class-count"]
+
+
+def test_path_flags_expand_a_leading_tilde(tmp_path, monkeypatch):
+  """The shell leaves `--out=~/grid.png` alone: generate made a folder named '~' in the working
+  directory. Every tool's path flags expand it (config paths already did)."""
+  from absl import flags
+
+  from jaxgan import evaluate, prepare
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert path_flags.user_path("~/g.png") == str(tmp_path / "g.png")
+  assert path_flags.user_path("") == "" and path_flags.user_path("a/~b") == "a/~b"
+  values = flags.FlagValues()
+  path_flags.define_path("out", "samples.png", "a path", values)
+  values(["generate", "--out=~/grids/"])
+  assert values.out == str(tmp_path / "grids") + "/"  # the trailing '/' (single PNGs) kept
+  parsed = evaluate._parser().parse_args(["--workdir", "~/run", "--real", "~/r", "--fake", "f"])
+  assert (parsed.workdir, parsed.real, parsed.fake) == (str(tmp_path / "run"),
+                                                        str(tmp_path / "r"), "f")
+  parsed = prepare.parse_args(["--images", "~/photos", "--out", "~/set"])
+  assert (parsed.images, parsed.out) == (str(tmp_path / "photos"), str(tmp_path / "set"))
+
+
+def test_generate_refuses_what_it_would_ignore(tmp_path):
+  """--num with a plain --interpolate (a row per class: 100 asked, 32 written before), and a
+  --standing_stats_batches below -1 (taken for -1): refused before the checkpoint is read."""
+  from jaxgan import generate
+
+  proc = run_module("jaxgan.generate", "--workdir", str(tmp_path), "--num", "100",
+                    "--interpolate", "4", "--out", str(tmp_path / "grid.png"))
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: --num is not read by --interpolate N alone (a row per class, N columns each); "
+      "drop it, or use --between FROM:TO for ceil(--num / N) rows")
+  for bad in (-7, 10**8):
+    with pytest.raises(ValueError, match=rf"--standing_stats_batches must be -1 .*up to 10000, "
+                                         rf"got {bad}$"):
+      generate.generate(str(tmp_path), 4, str(tmp_path / "grid.png"), standing_stats_batches=bad)
+
+
+@pytest.mark.parametrize("tool, paths", [("train", ["workdir"]), ("generate", ["workdir", "out"]),
+                                         ("benchmark", ["images", "prepared", "trace_dir"])])
+def test_asked_for_help_exits_0_with_h_as_with_help(tool, paths):
+  """absl's --help exits 1, which scripts and CI take for a failure, and it knew no -h. It lists
+  the tool's path flags too (defined through path_flags.define_path, they were filed under its
+  module, which --help leaves out)."""
+  for flag in ("--help", "-h"):
+    proc = run_module(f"jaxgan.{tool}", flag)
+    assert proc.returncode == 0 and f"python -m jaxgan.{tool}" in proc.stdout, proc.stderr[-2000:]
+    assert "Try --helpfull to get a list of all flags." in proc.stdout
+    listed = re.findall(r"^  --(?:\[no\])?(\w+):", proc.stdout, re.M)
+    assert set(paths) <= set(listed), listed
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("evaluate", ["--wrokdir", "w"], "unrecognized arguments: --wrokdir w; did you mean "
+     "--workdir? (see --help)"),
+    ("evaluate", ["--workdir", "w", "--num-samples", "abc"],
+     "argument --num-samples: invalid int value: 'abc' (see --help)"),
+    ("prepare", ["--images", "x"], "the following arguments are required: --out (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--image-size", "0"],
+     "--image-size must be a positive integer, got 0 (see --help)"),
+    # A typo'd size (6400 for 64): a numpy traceback, or the OS's kill, after the scan before.
+    ("prepare", ["--images", "x", "--out", "y", "--image-size", "100000"],
+     "--image-size must be at most 8192, got 100000 (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--min-class-count", "-2"],
+     "--min-class-count must be a positive integer, got -2 (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--max-pixels", "0"],
+     "--max-pixels must be a positive integer, got 0 (see --help)"),
+    # Ignored before: manifest flags without a manifest, "every core" for a negative count.
+    ("prepare", ["--images", "x", "--out", "y", "--image-pattern", "{sku}.png"],
+     "--image-pattern is read with --manifest only (a folder's files are found under --images) "
+     "(see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--workers", "-3"],
+     "--workers must be >= 0 (0 = every core), got -3 (see --help)"),
+])
+def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsys):
+  """prepare and evaluate (argparse) printed their whole usage before the error."""
+  import importlib
+
+  with pytest.raises(SystemExit) as exit_:
+    importlib.import_module(f"jaxgan.{tool}").main(args)
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+
+
+def test_ctrl_c_ends_a_tool_with_one_line_and_status_130(capsys):
+  """generate, evaluate and prepare: Ctrl-C printed a KeyboardInterrupt traceback."""
+  def interrupted():
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as e:
+    cli.interruptible(interrupted)()
+  assert e.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+  assert cli.interruptible(lambda x, y=0: x + y)(1, y=2) == 3
+
+
+def test_a_tool_turns_sigterm_into_an_exception_while_it_runs_only():
+  """SIGTERM raises cli.Terminated (a KeyboardInterrupt, so Ctrl-C's clean-ups run) while the
+  tool's main runs; the handler before it is back afterwards, and one set to ignore SIGTERM (by
+  whoever started the tool) is kept. During the clean-up a repeated SIGTERM is ignored and Ctrl-C
+  is the OS's (quit at once). The whole path is test_sources' prepare under SIGTERM."""
+  import signal
+  import time
+
+  from jaxgan import stopping
+
+  def mine(signum, frame):
+    del signum, frame
+
+  previous = signal.signal(signal.SIGTERM, mine)
+  try:
+    installed = cli.interruptible(lambda: signal.getsignal(signal.SIGTERM))()
+    assert isinstance(getattr(installed, "__self__", None), stopping.Interrupts)
+    assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    assert cli.interruptible(lambda: signal.getsignal(signal.SIGTERM))() is signal.SIG_IGN
+
+    signal.signal(signal.SIGTERM, mine)
+    during = []
+
+    def terminated():  # `mine` would take the signal if the handler were not installed
+      try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+      except cli.Terminated:
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the clean-up runs to its end
+        time.sleep(0.05)
+        during.append(signal.getsignal(signal.SIGINT))
+        raise
+
+    with pytest.raises(SystemExit) as e:
+      cli.interruptible(terminated)()
+    assert e.value.code == 143 and during == [signal.SIG_DFL]
+    assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+CTRL_C_AFTER_A_HANDLER_PUT_BACK = r"""
+import os, signal, sys, time
+from jaxgan import cli
+
+def main():
+  ours = signal.getsignal(signal.SIGINT)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+  except cli.Terminated:
+    # As decode's start-up window puts back the SIGINT handler it found (ours) after the first
+    # stop set the OS's: Ctrl-C during the clean-up must still quit at once.
+    signal.signal(signal.SIGINT, ours)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+    print("the second Ctrl-C was swallowed", flush=True)
+    raise
+
+sys.exit(cli.interruptible(main)())
+"""
+
+
+def test_ctrl_c_after_a_stop_quits_at_once_even_where_our_handler_was_put_back():
+  import signal
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_A_HANDLER_PUT_BACK], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == -signal.SIGINT and not proc.stdout, (proc.stdout, proc.stderr[-2000:])
+
+
+STOPPED_MID_COMPILE = r"""
+import os, signal, sys, threading
+import jax, jax.numpy as jnp
+from jaxgan import cli
+
+def main():
+  def deep(x):  # seconds to compile on a CPU
+    for i in range(600):
+      x = jnp.tanh(x @ x.T + i)
+    return x
+  lowered = jax.jit(deep).lower(jnp.ones((8, 8)))
+  threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  lowered.compile()
+  print("compiled before the signal", flush=True)
+
+sys.exit(cli.interruptible(main, process_exit=True)())
+"""
+
+
+def test_a_tool_stopped_mid_compile_exits_143_not_with_xlas_crash_at_shutdown():
+  """evaluate and benchmark, stopped while XLA compiled, printed their line and then crashed in
+  the interpreter's shutdown (SIGSEGV, status 139, in most runs): the tools' `__main__` now end
+  the process with their status once flushed."""
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  proc = subprocess.run([sys.executable, "-c", STOPPED_MID_COMPILE], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert "compiled before" not in proc.stdout  # else the signal came too late to test this
+  assert (proc.returncode, proc.stderr) == (143, "terminated (SIGTERM)\n"), proc.stderr[-2000:]
+  for tool in ("evaluate", "prepare", "generate", "benchmark"):  # each tool's entry point
+    source = open(os.path.join(REPO, "jaxgan", f"{tool}.py")).read()
+    assert "cli.interruptible(main, process_exit=True)" in source, tool
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
+@pytest.mark.parametrize("signum, status, then", [
+    ("SIGTERM", 143, "check"), ("SIGINT", 130, "check"), ("SIGHUP", 129, "check"),
+    ("SIGTERM", 143, "raise"),
+    ("SIGTERM", 143, "return")])
+def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signum, status, then):
+  """Python drops an exception raised in a garbage-collection callback (JAX registers one):
+  prepare, stopped during one, wrote and published the whole set and exited 0. The stop is also
+  what ends a tool whose main then fails or returns an error status (the decoding workers that
+  the same SIGTERM ended: "a decoding worker process died", status 2)."""
+  import gc
+  import signal
+  import time
+
+  from jaxgan import stopping
+
+  reached = []
+
+  def callback(phase, info):
+    del info
+    if phase == "start" and not reached:
+      reached.append("signal")
+      os.kill(os.getpid(), getattr(signal, signum))
+      time.sleep(0.05)  # the handler runs here, in the callback: its exception is dropped
+
+  def main():
+    gc.callbacks.append(callback)
+    try:
+      gc.collect()
+    finally:
+      gc.callbacks.remove(callback)
+    reached.append("went on")
+    if then == "raise":
+      raise RuntimeError("a decoding worker process died")
+    if then == "return":
+      return 2
+    stopping.raise_if_interrupted()
+    reached.append("published")
+
+  with pytest.raises(SystemExit) as e:
+    cli.interruptible(main)()
+  assert e.value.code == status and reached == ["signal", "went on"]
+  stopping.raise_if_interrupted()  # nothing pending once the tool is done
