@@ -2,7 +2,8 @@
 
 A metric is a function `(real_features, fake_features, real_labels, fake_labels) ->
 {name: value}` over [N, 2048] Inception features (labels: int [N] of the first attribute, or None
-when unknown), registered by name in METRICS and picked by `eval.metrics`. Reference
+when unknown), registered by name in METRICS (`@register(name, ...)`, with what the evaluator
+must know before it runs: a `Metric`) and picked by `eval.metrics`. Reference
 (real-data) features are cached as .npz keyed by what determines them: a hash of the reals'
 pixels and labels, their number and shape, the Inception weights' digest and the preprocessing
 (`evaluator.reference_identity`; StyleGAN2-ADA caches its reference statistics the same way), so
@@ -11,6 +12,7 @@ a run, its restarts and `jaxgan.evaluate` extract the reals once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,26 +25,45 @@ from jaxgan.config.paths import NOT_LOCAL, is_uri
 from jaxgan.metrics import distances, kid, manifold
 from jaxgan.registry import Registry
 
-Metric = Callable[..., dict]
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A registered metric: its function, and what is checked or supplied before it runs."""
+
+  compute: Callable[..., dict]
+  needs_labels: bool = False  # both sets' class labels (config validation: a conditional run)
+  # The fewest samples per set it can be computed from (checked before an evaluation: one metric
+  # failing at its end would lose the others' values too).
+  min_samples: int = 2
+  takes_real_statistics: bool = False  # the evaluator's memoised mean and covariance of the reals
+
+
 METRICS: Registry[Metric] = Registry("metric")
 
 
-@METRICS.register("fid")
+def register(name: str, **properties: Any) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+  """Decorator: `@register('fid', takes_real_statistics=True)` files the function in METRICS
+  as a `Metric` with those properties."""
+
+  def decorator(compute: Callable[..., dict]) -> Callable[..., dict]:
+    METRICS.register(name)(Metric(compute, **properties))
+    return compute
+
+  return decorator
+
+
+@register("fid", takes_real_statistics=True)
 def _fid(real: np.ndarray, fake: np.ndarray, *_, real_statistics=None) -> dict:
   return {"fid": distances.fid(real, fake, real_statistics)}
 
 
-_fid.takes_real_statistics = True  # the evaluator's memoised mean and covariance of the reals
-
-
-@METRICS.register("kid")
+@register("kid")
 def _kid(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   # Subsets of at most 1000 (Binkowski et al.); 100 subsets, a fixed seed: repeatable values.
   mean, std = kid.kernel_inception_distance(real, fake, num_subsets=100, subset_size=1000)
   return {"kid_mean": mean, "kid_std": std}
 
 
-@METRICS.register("per_class_fid")
+@register("per_class_fid", needs_labels=True)
 def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.ndarray],
                    fake_labels: Optional[np.ndarray]) -> dict:
   """FID within each class of a conditional model: 'fid_class_<k>' (None for classes with fewer
@@ -62,19 +83,15 @@ def _per_class_fid(real: np.ndarray, fake: np.ndarray, real_labels: Optional[np.
   return out
 
 
-_per_class_fid.needs_labels = True  # config validation refuses it for unconditional runs
-
 PR_NEIGHBOURS = 3
 
 
-@METRICS.register("pr")
+# The k-th neighbour of a sample must be another sample: k + 1 per set (FID and KID take 2).
+@register("pr", min_samples=PR_NEIGHBOURS + 1)
 def _precision_recall(real: np.ndarray, fake: np.ndarray, *_) -> dict:
   precision, recall = manifold.precision_recall(real, fake, k=PR_NEIGHBOURS)
   return {"precision": precision, "recall": recall}
 
-
-# The k-th neighbour of a sample must be another sample: k + 1 per set (FID and KID take 2).
-_precision_recall.min_samples = PR_NEIGHBOURS + 1
 
 
 def split_names(names: str) -> list[str]:
@@ -92,13 +109,13 @@ def parse_names(names: str) -> list[str]:
 
 def needs_labels(names: list[str]) -> list[str]:
   """The metrics of `names` that need class labels (a conditional run)."""
-  return [n for n in names if getattr(METRICS.get(n, "eval.metrics"), "needs_labels", False)]
+  return [n for n in names if METRICS.get(n, "eval.metrics").needs_labels]
 
 
 def min_samples(names: list[str]) -> int:
   """The fewest samples per set that every metric of `names` can be computed from (checked
   before an evaluation: one metric failing at the end would lose the others' values too)."""
-  return max([2] + [getattr(METRICS.get(n, "eval.metrics"), "min_samples", 2) for n in names])
+  return max([2] + [METRICS.get(n, "eval.metrics").min_samples for n in names])
 
 
 def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
@@ -113,9 +130,9 @@ def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
   for name in names:
     metric = METRICS.get(name, "eval.metrics")  # an unknown name is always an error
     extra = ({"real_statistics": real_statistics}
-             if real_statistics and getattr(metric, "takes_real_statistics", False) else {})
+             if real_statistics and metric.takes_real_statistics else {})
     try:
-      results.update(metric(real, fake, real_labels, fake_labels, **extra))
+      results.update(metric.compute(real, fake, real_labels, fake_labels, **extra))
     except Exception as e:  # pylint: disable=broad-except
       if on_error is None:
         raise
