@@ -15,7 +15,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgan import cli, flag_parsing, path_flags
+from jaxgan import cli, flag_parsing, path_flags, stopping
 
 FLAGS = flags.FLAGS
 
@@ -107,10 +107,13 @@ def main(argv: Sequence[str]) -> None:
   cli.refuse_positional(argv, allowed=1)  # the mode
   mode = argv[1] if len(argv) > 1 else "step"
   _check_flags(mode)
-  from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan import throughput  # pylint: disable=g-import-not-at-top
-  from jaxgan.data.arrays import DataError  # pylint: disable=g-import-not-at-top
-  from jaxgan.data.decode import DecodeError  # pylint: disable=g-import-not-at-top
+  with stopping.signals_held():  # JAX loads: see stopping.signals_held
+    # pylint: disable=g-import-not-at-top
+    from jaxgan import config as config_lib
+    from jaxgan import throughput
+    from jaxgan.data.arrays import DataError
+    from jaxgan.data.decode import DecodeError
+    # pylint: enable=g-import-not-at-top
 
   try:
     if mode == "input":

@@ -5,7 +5,6 @@ exits. absl parsing with --config: flag_parsing.py; path flags: path_flags.py.""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import functools
 import logging
@@ -27,21 +26,6 @@ def fail(message: str) -> NoReturn:
 
 # SIGTERM's exception, raised as Ctrl-C raises KeyboardInterrupt (stopping.Interrupts).
 Terminated = stopping.Terminated
-
-
-@contextlib.contextmanager
-def _stop_signals_held():
-  """The stop signals (stopping.Interrupts.SIGNALS) held back while the handlers change, and
-  delivered after: one landing between installing ours and the flag that says so, or while
-  they are put back one by one at the end, would escape as a traceback."""
-  if not hasattr(signal, "pthread_sigmask"):  # not on Windows
-    yield
-    return
-  before = signal.pthread_sigmask(signal.SIG_BLOCK, set(stopping.Interrupts.SIGNALS))
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _say(line: str) -> None:
@@ -70,7 +54,7 @@ def interruptible(main: Callable[..., Any], process_exit: bool = False) -> Calla
     interrupts = stopping.Interrupts()
     try:
       # Only the main thread may set handlers (Interrupts leaves them otherwise).
-      with _stop_signals_held():
+      with stopping.signals_held():
         interrupts.__enter__()
       try:
         result = main(*args, **kwargs)
@@ -94,7 +78,7 @@ def interruptible(main: Callable[..., Any], process_exit: bool = False) -> Calla
       _say("interrupted (Ctrl-C)")
       leave(130)
     finally:
-      with _stop_signals_held():  # one that comes now goes to the handler restored
+      with stopping.signals_held():  # one that comes now goes to the handler restored
         interrupts.__exit__()
 
   return wrapped

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
-from jaxgan import cli, flag_parsing, path_flags
+from jaxgan import cli, flag_parsing, path_flags, stopping
 from jaxgan.generation import LABELS_FILE, generate  # noqa: F401  (callers' names)
 
 FLAGS = flags.FLAGS
@@ -72,7 +72,8 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   cli.refuse_positional(argv)
-  from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  with stopping.signals_held():  # JAX loads: see stopping.signals_held
+    from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("jaxgan").setLevel(std_logging.INFO)  # which step is sampled

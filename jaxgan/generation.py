@@ -122,6 +122,7 @@ def generate(workdir: str, num: int, out: str,
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
   config, step, state, meta = workdir_lib.load_checkpoint(
       workdir, checkpoint, check_meta=resolve, parts=workdir_lib.SAMPLER_PARTS)
+  stopping.raise_if_interrupted()  # reading it took seconds: a stop Python dropped meanwhile
   log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:
     with config.unlocked():
@@ -174,6 +175,7 @@ def generate(workdir: str, num: int, out: str,
       attributes = label_choices.model_attributes(meta, classes) if labels is not None else []
       return _write_singles(chunks, out, num, _label_rows(labels, attributes))
     images = np.concatenate([images for _, images in chunks])
+    stopping.raise_if_interrupted()  # a stop Python dropped: no grid written after it
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
   except OSError as e:

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxgan import writers
+from jaxgan import stopping, writers
 
 if TYPE_CHECKING:  # JAX and the data sources: loaded where the CLI's checks passed
   from jaxgan.data.protocol import DataSource
@@ -81,9 +81,12 @@ def _read_checked(images: Iterator[np.ndarray], skipped: list[dict], path: str, 
 
 
 def evaluate_sets(args) -> dict:
-  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
-  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
-  from jaxgan.metrics.features import FeatureExtractor  # pylint: disable=g-import-not-at-top
+  with stopping.signals_held():  # JAX loads: see stopping.signals_held
+    # pylint: disable=g-import-not-at-top
+    from jaxgan.data import image_sets
+    from jaxgan.metrics import suite
+    from jaxgan.metrics.features import FeatureExtractor
+    # pylint: enable=g-import-not-at-top
 
   names = suite.parse_names(args.metrics)
   fewest = suite.min_samples(names)
@@ -118,12 +121,15 @@ def evaluate_sets(args) -> dict:
 
 
 def evaluate_workdir(args) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxgan import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan import models as models_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan import sharding  # pylint: disable=g-import-not-at-top
-  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+  with stopping.signals_held():  # JAX loads: see stopping.signals_held
+    # pylint: disable=g-import-not-at-top
+    import jax
+    from jaxgan import evaluator as evaluator_lib
+    from jaxgan import models as models_lib
+    from jaxgan import sharding
+    from jaxgan import workdir as workdir_lib
+    from jaxgan.metrics import suite
+    # pylint: enable=g-import-not-at-top
 
   labelled = suite.needs_labels(suite.parse_names(args.metrics))
   if labelled and workdir_lib.load_config(args.workdir).data.num_classes <= 0:
@@ -132,6 +138,7 @@ def evaluate_workdir(args) -> dict:
                      "unconditional run (data.num_classes = 0); drop it")
   config, step, state, meta = workdir_lib.load_checkpoint(
       args.workdir, args.checkpoint, parts=workdir_lib.SAMPLER_PARTS)
+  stopping.raise_if_interrupted()  # reading it took seconds: a stop Python dropped meanwhile
   # Eval settings not given here as they were when this checkpoint was written (config.json is
   # the last resume's, which may have changed them), so the FID logged for it is reproduced.
   trained = meta.get("config") or {}

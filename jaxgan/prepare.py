@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxgan import cli, path_flags
+from jaxgan import cli, path_flags, stopping
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -126,7 +126,8 @@ def bad_path(args: argparse.Namespace) -> str:
 def warn_untrainable_size(image_size: int) -> None:
   """A warning when no registered model builds `image_size`: the set can serve `evaluate --real`
   (at its native size, say 299) but could never be trained on (data.image_size must match it)."""
-  from jaxgan import models  # pylint: disable=g-import-not-at-top  (JAX, only for the check)
+  with stopping.signals_held():  # JAX loads (only for this check): see stopping.signals_held
+    from jaxgan import models  # pylint: disable=g-import-not-at-top
 
   sizes = {name: list(models.MODELS.get(name).supported_image_sizes) for name in models.MODELS}
   if not any(image_size in s for s in sizes.values()):

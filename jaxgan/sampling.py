@@ -19,6 +19,7 @@ from PIL import Image
 
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
+from jaxgan import stopping
 from jaxgan.sample_inputs import host_truncated_normal
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ def sample_in_chunks(sampler: Callable[..., jax.Array], ema_params: Any, g_batch
     return jax.make_array_from_callback(part.shape, batch_sharding, lambda index: part[index])
 
   def dispatch(start: int) -> tuple[np.ndarray, list]:
+    # A tool's stop that Python dropped (JAX's garbage-collection callback): before each chunk,
+    # not after the whole set (a no-op under the trainer, which stops at a step).
+    stopping.raise_if_interrupted()
     count = min(chunk, len(z) - start)
     z_part = _pad_rows(z[start:start + count], chunk)
     l_part = None if labels is None else _pad_rows(labels[start:start + count], chunk)

@@ -5,9 +5,10 @@ raises, and `raise_if_interrupted` raises again where Python dropped that except
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from typing import Optional
+from typing import Iterator, Optional
 
 # JAX (via multihost) is imported where a check needs it, not here: the training CLI opens its
 # stop request before JAX loads (seconds), so that a signal then is not the process's end.
@@ -20,6 +21,24 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # The exit status of a run stopped by a signal before train.num_steps (EX_TEMPFAIL, "try again"):
 # not 0, which job runners (a Kubernetes Job, a retry wrapper) would take for a finished run.
 EXIT_STOPPED = 75
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+  """The stop signals held back (blocked) while it lasts, and delivered when it ends: around
+  handlers being changed (one landing between installing ours and the flag that says so would
+  escape as a traceback), and around loading JAX in the tools whose handler raises (an exception
+  raised into the middle of jaxlib's import can leave it half-initialised, and the process then
+  crashed with SIGSEGV instead of ending with its one line). Not for long work: a signal is not
+  seen until it ends."""
+  if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+    yield
+    return
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _install(handler) -> dict:

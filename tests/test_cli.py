@@ -272,3 +272,25 @@ def test_a_stop_that_python_drops_is_raised_again_at_the_next_unit_of_work(signu
     cli.interruptible(main)()
   assert e.value.code == status and reached == ["signal", "went on"]
   stopping.raise_if_interrupted()  # nothing pending once the tool is done
+
+
+def test_stop_signals_held_are_delivered_when_the_hold_ends():
+  """The tools load JAX with the stop signals held: a SIGTERM raised into the middle of jaxlib's
+  import left it half-initialised, and the process crashed (SIGSEGV, 90 lines) instead of
+  ending with its one line. Held, the signal arrives once the import is done."""
+  import signal
+
+  from jaxgan import stopping
+
+  interrupts = stopping.Interrupts()
+  interrupts.__enter__()
+  try:
+    with pytest.raises(stopping.Terminated):
+      with stopping.signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler would run between these bytecodes, were it not held
+          sum(range(1000))
+        assert interrupts.signal is None
+  finally:
+    interrupts.__exit__()
+  assert interrupts.signal == signal.SIGTERM
