@@ -1,5 +1,6 @@
 """Real-catalog sources (folder, manifest, tfds, prepared), the tf.data order, and prepare."""
 
+import glob
 import hashlib
 import json
 import logging
@@ -8,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from unittest import mock
 
 import numpy as np
@@ -989,6 +992,56 @@ def test_a_prepared_tfds_set_loads_offline_and_one_not_prepared_fails_at_once(tm
       build_source(config)
   assert "fashion_mnist is not prepared under" in caplog.text
   assert "data.tfds_download=False fails at once" in caplog.text
+
+
+TFDS_PREPARED_AT_ONCE = r"""
+import os, sys, time
+import numpy as np
+import tensorflow_datasets as tfds
+from jaxgan.data import tfds_source
+from jaxgan.data.images import LoadOptions
+
+class SlowTiny(tfds.core.GeneratorBasedBuilder):  # registered as slow_tiny; prepared offline
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(16, 16, 3)),
+        "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(8):
+      time.sleep(0.2)  # both processes are preparing it at once without the lock
+      yield i, {"image": np.full((16, 16, 3), 30 * i, np.uint8), "label": i % 2}
+
+data_dir, me, other = sys.argv[1:]
+open(me, "w").close()
+while not os.path.exists(other):  # both start preparing together
+  time.sleep(0.01)
+images, labels, names, skipped = tfds_source.load_tfds(
+    "slow_tiny", "train", data_dir, "image", "label", LoadOptions(image_size=16))
+print(len(images), sorted(labels.tolist()), names, skipped)
+"""
+
+
+def test_processes_sharing_a_tfds_data_dir_prepare_a_set_once(tmp_path):
+  """Every process of a multi-process run loads the TFDS set; one not prepared yet was prepared
+  by each at once, and TFDS's rename of each one's temporary folder into place failed for all
+  but the first ('Destination ... already exists'): 7 of a SLURM node's 8 processes. One
+  prepares it now, the others wait and read it."""
+  ready = [tmp_path / "ready0", tmp_path / "ready1"]
+  procs = [subprocess.Popen([sys.executable, "-c", TFDS_PREPARED_AT_ONCE, str(tmp_path / "tfds"),
+                             str(ready[i]), str(ready[1 - i])], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == "8 [0, 0, 0, 0, 1, 1, 1, 1] ['a', 'b'] 0", out
+  assert not glob.glob(str(tmp_path / "tfds" / "slow_tiny" / "incomplete*"))
 
 
 def test_tfds_examples_skipped_leave_every_other_image_with_its_own_label():

@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 import ml_collections
 import numpy as np
 from PIL import Image
+from jaxgan import atomic_write
 from jaxgan import progress as progress_lib
 from jaxgan import tf_host
 from jaxgan.config.schema import ConfigError
@@ -44,9 +45,15 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
       prepared = builder.is_prepared()
     encoded = image_key in features and _bytes_are_an_image(features[image_key], tfds)
     _check_prepared(builder, prepared, name, download)
-    ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
-                         shuffle_files=False, download=download,
-                         decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
+    # Processes sharing data_dir (a host's eight, or hosts on one file system) each downloaded
+    # and prepared a set not prepared yet, and TFDS's rename of each one's temporary folder into
+    # place failed for all but the first: one prepares it while the others wait, then find it.
+    lock = os.path.join(os.path.dirname(builder.data_dir), ".jaxgan-prepare.lock")
+    with (atomic_write.exclusive(lock) if download and not prepared
+          else contextlib.nullcontext()):
+      ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
+                           shuffle_files=False, download=download,
+                           decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
   except DataError:
     raise
   except Exception as e:  # unknown name, no network, bad split: one clear line
