@@ -245,7 +245,11 @@ class Checkpointer:
         self._skip(step, error)
         damaged += [step] if visible else []
         continue
-      same_config = accept_meta(step, meta) if accept_meta is not None else False
+      # Agreed: a process refusing the config alone (an --allow_config_change one host's command
+      # line lacks) would leave the others waiting in the read's collective.
+      same_config = multihost.agreed(
+          lambda: accept_meta(step, meta), f"the resume's check of checkpoint step {step}'s "
+          "config") if accept_meta is not None else False
       restored, error, visible = self.read_agreed(
           step, lambda: self.restore(step, abstract_state, parts))
       if error is None:

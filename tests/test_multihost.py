@@ -285,6 +285,34 @@ def test_a_workdir_write_failing_on_process_0_stops_every_process(tmp_path):
                                    "metrics.jsonl failed on another process (its log says why)")
 
 
+RESUME_ALLOWED_ON_ONE = JOIN_TWO_PROCESSES + r"""
+import json, os
+from jaxgan import trainer
+from tests.conftest import tiny_config
+workdir = os.path.join(sys.argv[3], "w")
+trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.tensorboard": False}),
+                           workdir)
+changed = tiny_config(**{"optim.g_lr": 0.001, "train.tensorboard": False})
+try:  # --allow_config_change given to process 0's command line only
+  trainer.train_and_evaluate(changed, workdir, allow_config_change=me == 0)
+  outcome = "trained"
+except Exception as e:
+  outcome = f"{type(e).__name__}: {e}"
+print(json.dumps({"outcome": outcome}))
+"""
+
+
+def test_a_resume_refused_on_one_process_stops_every_process(tmp_path):
+  """The check of a checkpoint's config runs on each process before the collective read: one
+  that refused it alone (--allow_config_change on another host's command line only) left the
+  others waiting in that read, and both aborted 5 minutes later (JAX's barrier timeout)."""
+  results, _ = run_two_processes(RESUME_ALLOWED_ON_ONE, str(tmp_path), timeout=100)
+  assert results[1]["outcome"].startswith("TrainingError: config differs from checkpoint step 2"), (
+      results[1])
+  assert results[0]["outcome"] == ("PeerError: the resume's check of checkpoint step 2's config "
+                                   "failed on another process (its log says why)"), results[0]
+
+
 def test_the_data_error_says_only_what_the_source_counts(monkeypatch):
   """A process whose data differ from process 0's (here a stand-in for process 0's answer): the
   synthetic catalog, drawn from the seed, counts no examples (said '? examples')."""
