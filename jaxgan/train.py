@@ -72,6 +72,7 @@ def main(argv: Sequence[str]) -> None:
 
 def _main(stop) -> None:
   """main's work, with `stop` (a stopping.StopRequest, None for --compile_only) open."""
+  import jax  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
   from jaxgan import checkpoint, multihost, sharding, trainer, workdir
   from jaxgan import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -87,7 +88,8 @@ def _main(stop) -> None:
         config_validation.validate_schedule(FLAGS.config)
       except config_lib.ConfigError as e:
         std_logging.getLogger("jaxgan.train").warning("training refuses this config: %s", e)
-      print(json.dumps(report))
+      if jax.process_index() == 0:  # one report, not one per process on a job's shared stdout
+        print(json.dumps(report))
     else:
       state = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                          allow_config_change=FLAGS.allow_config_change,

@@ -1,5 +1,6 @@
 """multihost: the decisions every process takes alike, on two real CPU processes."""
 
+import json
 import os
 import signal
 import time
@@ -311,6 +312,33 @@ def test_a_resume_refused_on_one_process_stops_every_process(tmp_path):
       results[1])
   assert results[0]["outcome"] == ("PeerError: the resume's check of checkpoint step 2's config "
                                    "failed on another process (its log says why)"), results[0]
+
+
+COMPILE_ONLY = r"""
+import contextlib, io, json, sys
+address, me = sys.argv[1:3]
+sys.argv = ["train", "--config", "configs/default.py", "--workdir", "unused", "--compile_only",
+            "--config.train.batch_size=8", f"--config.distributed.coordinator_address={address}",
+            "--config.distributed.num_processes=2", f"--config.distributed.process_id={me}"]
+from jaxgan import train
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+  try:
+    train.run()
+  except SystemExit as e:
+    status = e.code or 0
+print(json.dumps({"status": status, "lines": out.getvalue().splitlines()}))
+"""
+
+
+def test_compile_only_reports_once_across_processes():
+  """Every process printed the report: a job's shared stdout held it twice, which `json.loads`
+  or jq could not read."""
+  results, _ = run_two_processes(COMPILE_ONLY, timeout=100)
+  assert [r["status"] for r in results] == [0, 0], results
+  assert len(results[0]["lines"]) == 1 and json.loads(results[0]["lines"][0])["mesh"] == {
+      "data": 2, "fsdp": 1}, results
+  assert results[1]["lines"] == []
 
 
 def test_the_data_error_says_only_what_the_source_counts(monkeypatch):
