@@ -53,6 +53,12 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   # config checks that follow (all-gathers, seconds on a pod): a SIGTERM between was lost, and
   # the run trained to its end.
   before = signal.getsignal(signal.SIGTERM)
+  # Said first: JAX waits (5 minutes by default) for every process to join, silently, and a
+  # process that never does (not started, another num_processes or port) ends this one with a
+  # C++ abort rather than an error.
+  log.info("joining jax.distributed (%s): waiting for every process to start",
+           "detected from the cluster" if d.coordinator_address == "auto" else
+           f"coordinator {d.coordinator_address}, process {d.process_id} of {d.num_processes}")
   if d.coordinator_address == "auto":
     jax.distributed.initialize()
   else:

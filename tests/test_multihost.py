@@ -358,3 +358,25 @@ def test_the_data_error_says_only_what_the_source_counts(monkeypatch):
   with pytest.raises(data.DataError, match=r"\(this one: 4 examples, 0 unreadable files, "
                      r"fingerprint"):
     data.check_same_on_every_process(arrays)
+
+
+def test_joining_says_so_before_jax_waits_for_every_process(monkeypatch, caplog):
+  """JAX waits 5 minutes for every process to join, silently, and a process that never does
+  ends the others with a C++ abort: the log says what it is waiting for, first."""
+  import logging
+
+  import jax
+
+  from jaxgan import config, sharding
+
+  joined = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.append(kw))
+  c = config.base_config()
+  c.distributed.coordinator_address, c.distributed.num_processes = "localhost:1", 4
+  c.distributed.process_id = 2
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    sharding.initialize_distributed(c)
+  assert joined and caplog.messages[0] == (
+      "joining jax.distributed (coordinator localhost:1, process 2 of 4): waiting for every "
+      "process to start")
