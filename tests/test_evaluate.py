@@ -327,6 +327,20 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
     next(image_sets.iter_image_set(str(tmp_path), paths=listing))
 
 
+def test_a_prepared_set_whose_preparation_did_not_finish_is_named_so(tmp_path, capsys):
+  """A set whose `prepare` was stopped holds shards and no dataset_info.json: evaluate took it
+  for a folder of images and said it held none, where training says to prepare it again."""
+  from jaxgan import evaluate
+
+  unfinished = tmp_path / "set"
+  unfinished.mkdir()
+  (unfinished / "train-00000-of-00001.tfrecord").write_bytes(b"")
+  assert evaluate.main(["--real", str(unfinished), "--fake", str(unfinished)]) == 2
+  assert capsys.readouterr().err.strip() == (
+      f"error: {unfinished / 'dataset_info.json'} not found, but {unfinished} holds shards: its "
+      "`python -m jaxgan.prepare` did not finish (killed, or it failed); run it again")
+
+
 def _without_inception(monkeypatch):
   """The trainer's evaluation set up without the weights (the tests that stand in for the
   evaluation itself run everywhere)."""

@@ -45,6 +45,8 @@ def list_set(path: str) -> Optional[list[str]]:
   storage takes seconds to list, and each listing warns again of a folder linked twice)."""
   if os.path.isfile(os.path.join(path, prepared.INFO_FILE)):
     return None
+  if prepared.holds_shards_or_temporaries(path):  # a set without its info: read_info says why
+    prepared.read_info(path)  # (being prepared now, or its preparation did not finish)
   check_complete(path)
   return list_images(path)
 

@@ -171,7 +171,7 @@ def foreign_files(out_dir: str) -> list[str]:
                 and not _SHARD.fullmatch(n) and not _TEMPORARY.fullmatch(n))
 
 
-def _has_shards_or_temporaries(out_dir: str) -> bool:
+def holds_shards_or_temporaries(out_dir: str) -> bool:
   try:
     names = os.listdir(out_dir)
   except OSError:
@@ -214,7 +214,7 @@ def _holds_images(folder: str) -> bool:
 def read_info(out_dir: str) -> dict:
   path = os.path.join(out_dir, INFO_FILE)
   if not os.path.isfile(path):
-    if _has_shards_or_temporaries(out_dir):  # its info is written last (and removed first)
+    if holds_shards_or_temporaries(out_dir):  # its info is written last (and removed first)
       if _preparation_running(out_dir):
         raise DataError(f"{path} not found: {out_dir} is being prepared now (`python -m "
                         "jaxgan.prepare` holds its lock); wait for it to finish")
