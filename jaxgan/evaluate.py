@@ -184,6 +184,10 @@ def _resolve_defaults(args) -> str:
       "path" not in data_lib.SOURCES.get(source).reads):
     return (f"--data-path: this run trained on data.source={source!r}, which reads no data.path; "
             "drop --data-path")
+  if args.data_path and source != "prepared" and os.path.isfile(
+      os.path.join(args.data_path, "dataset_info.json")):  # read as photos: 'no images in it'
+    return (f"--data-path {args.data_path} is a prepared data set, and this run trained on "
+            f"data.source={source!r}: pass the data it trained on, as that source reads it")
   args.metrics = args.metrics or config.eval.metrics
   args.num_samples = args.num_samples or config.train.eval_num_samples
   return ""

@@ -624,6 +624,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "data.source='synthetic', which reads no data.path; drop --data-path"),  # '_' spells it too
     (["--workdir", "{tmp}/tfds_run", "--data-path", "/x"], "--data-path: this run trained on "
      "data.source='tfds', which reads no data.path; drop --data-path"),
+    # A folder run given a prepared set: its shards were passed over, and 'no images in it'.
+    (["--workdir", "{tmp}/folder_run", "--data-path", "{tmp}/damaged"], "--data-path "
+     "{tmp}/damaged is a prepared data set, and this run trained on data.source='folder': pass "
+     "the data it trained on, as that source reads it"),
     (["--workdir", "{tmp}", "--standing-stats-batches", "-5"],  # was taken as -1
      "--standing-stats-batches must be -1 (the run's), 0 (the raw G's running statistics) or "
      "up to 10000, got -5"),
@@ -659,6 +663,9 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   os.makedirs(tmp_path / "trained" / "samples")
   (tmp_path / "trained" / "config.json").write_text(config_lib.to_json(tiny_config()))
   (tmp_path / "trained" / "samples" / "step_0000002.png").write_bytes(b"never read")
+  os.makedirs(tmp_path / "folder_run")
+  (tmp_path / "folder_run" / "config.json").write_text(config_lib.to_json(tiny_config(
+      **{"data.source": "folder", "data.path": str(tmp_path / "three")})))
   os.makedirs(tmp_path / "tfds_run")
   (tmp_path / "tfds_run" / "config.json").write_text(config_lib.to_json(tiny_config(
       **{"data.source": "tfds", "data.tfds_name": "cifar10"})))
