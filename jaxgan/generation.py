@@ -254,6 +254,10 @@ def _check_grid_writable(out: str) -> None:
     with open(probe, "wb"):
       pass
     os.remove(probe)
+    if not os.path.lexists(out):  # its name too: past the file system's length, found at the end
+      with open(out, "xb"):
+        pass
+      os.remove(out)
   except OSError as e:
     if e.filename == probe:  # the grid's own path, as its write would have named it
       e.filename = out

@@ -398,7 +398,10 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     with pytest.raises(OSError, match=r"^--out /proc/x.png: No such file or directory; pass a "
                                       r"path you can write$"):
       generate.generate(workdir, 1, "/proc/x.png")
-  assert not [n for n in os.listdir(tmp_path) if "probe" in n]
+    # A name past the file system's 255 bytes (refused after sampling, naming the temporary).
+    with pytest.raises(OSError, match=r"^--out .*/a{256}\.png: File name too long; "):
+      generate.generate(workdir, 1, str(tmp_path / ("a" * 256 + ".png")))
+  assert not [n for n in os.listdir(tmp_path) if "probe" in n or n.endswith(".tmp")]
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
