@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -68,6 +68,26 @@ def save_npz(path: str, **arrays: np.ndarray) -> None:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def missing_folders(path: str) -> list[str]:
+  """The folders `os.makedirs(path)` would create, outermost first ([] when `path` exists): what
+  a tool that then fails removes again, and nothing that was there before it."""
+  missing, folder = [], os.path.abspath(path)
+  while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+    missing.insert(0, folder)
+    folder = os.path.dirname(folder)
+  return missing
+
+
+def remove_empty(folders: Sequence[str]) -> None:
+  """Removes `folders` (as `missing_folders` listed them) innermost first, while each is empty:
+  one that holds anything (another process's files) is left, and so are those above it."""
+  for folder in reversed(folders):
+    try:
+      os.rmdir(folder)
+    except OSError:
+      break
 
 
 def _alive(pid: int) -> bool:

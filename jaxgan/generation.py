@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import ml_collections
 import numpy as np
 
-from jaxgan import label_choices, resources, stopping
+from jaxgan import atomic_write, label_choices, resources, stopping
 from jaxgan import progress as progress_lib
 
 log = logging.getLogger("jaxgan.generate")  # the CLI's name: its INFO lines are shown
@@ -241,11 +241,7 @@ def _check_grid_writable(out: str) -> None:
   unwritable path is refused before the checkpoint is read and thousands of images sampled, and
   a later refusal (a --label the checkpoint lacks) leaves no empty folders behind."""
   folder = os.path.dirname(os.path.abspath(out))
-  created = []  # the folders the probe makes, deepest last (save_png makes them again)
-  missing = folder
-  while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
-    created.insert(0, missing)
-    missing = os.path.dirname(missing)
+  created = atomic_write.missing_folders(folder)  # the probe's (save_png makes them again)
   # A short name of its own: --out's may be near the 255-byte limit (save_png's temporary
   # beside it is cut to fit).
   probe = os.path.join(folder, f".jaxgan-probe-{os.getpid()}")
@@ -263,11 +259,7 @@ def _check_grid_writable(out: str) -> None:
       e.filename = out
     raise _out_error(out, e) from e
   finally:
-    for made in reversed(created):
-      try:
-        os.rmdir(made)
-      except OSError:  # not made after all, or another process writes there now: left
-        break
+    atomic_write.remove_empty(created)
 
 
 LABELS_FILE = "labels.csv"

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxgan import cli, path_flags, stopping
+from jaxgan import atomic_write, cli, path_flags, stopping
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -249,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   warn_untrainable_size(args.image_size)
   # Created now, not found unwritable after minutes of decoding; removed again if it stays empty
   # (however prepare ends: an error, Ctrl-C, SIGTERM, also while the folder is being probed).
-  created = not os.path.isdir(args.out)
+  created = atomic_write.missing_folders(args.out)  # --out and the folders above it it makes
   probe = os.path.join(args.out, f".write_probe.{os.getpid()}")
   try:
     try:
@@ -268,16 +268,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _remove_if_empty(args.out, created)
 
 
-def _remove_if_empty(out: str, created: bool) -> None:
-  """Removes `out` when this run created it and wrote nothing there but the lock (a write that
-  failed, an interruption): the folder goes as it came."""
+def _remove_if_empty(out: str, created: list[str]) -> None:
+  """Removes `out` and the folders above it that this run `created` (`missing_folders`) when it
+  wrote nothing there but the lock (a write that failed, an interruption): they go as they
+  came."""
   from jaxgan.data.prepared import LOCK_FILE  # pylint: disable=g-import-not-at-top
 
   with contextlib.suppress(OSError):
     if created and set(os.listdir(out)) <= {LOCK_FILE}:
       if os.listdir(out):
         os.remove(os.path.join(out, LOCK_FILE))
-      os.rmdir(out)
+      atomic_write.remove_empty(created)
 
 
 def _prepare_and_report(args: argparse.Namespace) -> int:

@@ -853,12 +853,13 @@ def test_prepare_refuses_more_bad_files_than_max_bad_fraction_and_writes_nothing
   already in --out stays as it was."""
   args = ["--images", str(folder), "--image-size", "16", "--workers", "1"]
   out = tmp_path / "out"
-  assert prepare_cli.main(args + ["--out", str(out)]) == 2
+  # The folders above --out that it made go too (they stayed behind, empty).
+  assert prepare_cli.main(args + ["--out", str(tmp_path / "deep" / "er" / "out")]) == 2
   err = capsys.readouterr().err
   assert (f"1 of 5 images in {folder} are unusable, more than --max-bad-fraction=0.01 (first: "
           f"{folder / 'shirts' / 'broken.jpg'}: not an image); fix or remove them, or raise "
           "--max-bad-fraction") in err
-  assert not out.exists()
+  assert not (tmp_path / "deep").exists()
   assert prepare_cli.main(args + ["--out", str(out), "--max-bad-fraction", "0.2"]) == 0  # not more
   info = json.load(open(out / "dataset_info.json"))
   assert info["bad_files"] == 1 and info["max_bad_fraction"] == 0.2
