@@ -200,7 +200,9 @@ def test_two_processes_match_one(tmp_path):
   rows = [json.loads(line) for line in open(multi / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [5]
   log_lines = (multi / "log.txt").read_text().splitlines()
-  assert "INFO jaxgan.sharding: jax.distributed: process 0 of 2" in log_lines[0], log_lines[:3]
+  assert "INFO jaxgan.sharding: joining jax.distributed (coordinator localhost:" in (
+      log_lines[0]), log_lines[:3]
+  assert "INFO jaxgan.sharding: jax.distributed: process 0 of 2" in log_lines[1], log_lines[:3]
   assert not [line for line in log_lines if "process 1 of 2" in line]
 
 
