@@ -42,6 +42,20 @@ class _QuietFileHandler(logging.FileHandler):
   def handleError(self, record: logging.LogRecord) -> None:
     del record
 
+  def flush(self) -> None:
+    try:
+      super().flush()
+    except OSError:
+      pass
+
+  def close(self) -> None:
+    # A line still buffered fails again as the file closes: an OSError from the run's `finally`
+    # replaced how it ended (a stop's status 75, which the SLURM script requeues, became 1).
+    try:
+      super().close()
+    except OSError:
+      pass
+
 
 class RunLog:
   """Where a run's progress lines go: stderr (through the log) where it is not a terminal, and

@@ -148,3 +148,18 @@ def test_a_line_with_a_name_that_is_not_utf8_reaches_log_txt(tmp_path, monkeypat
   assert "skipping /data/caf\\udce9.jpg: not an image" in (tmp_path / "log.txt").read_text()
   sampling.save_legend(f"row 0: {name}\n", str(tmp_path / "rows.txt"))
   assert (tmp_path / "rows.txt").read_text() == "row 0: /data/caf\\udce9.jpg\n"
+
+
+def test_a_log_txt_that_cannot_be_written_does_not_change_how_the_run_ends(tmp_path):
+  """A full disk: the lines are dropped, and so is the buffered one that failed again as the
+  file closed (an OSError there replaced the run's own end: a stop's SystemExit(75), which the
+  SLURM script requeues, became a traceback and status 1)."""
+  import os
+
+  os.symlink("/dev/full", tmp_path / "log.txt")  # every write fails with ENOSPC
+  with pytest.raises(SystemExit) as e:
+    with run_log.run_log(str(tmp_path), enabled=True, to_stderr=False) as progress:
+      logging.getLogger("jaxgan.trainer").warning("checkpoint written")
+      progress.progress("step 2/4")
+      raise SystemExit(75)
+  assert e.value.code == 75
