@@ -179,6 +179,16 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
   def write() -> None:
     if jax.process_index() != 0:
       return
+    try:
+      write_files()
+    except OSError as e:  # a full disk at a resume: one line, not a traceback
+      raise workdir_lib.WorkdirError(
+          f"--workdir {workdir}: writing "
+          f"{os.path.basename(e.filename or '') or 'metrics.jsonl and config.json'} "
+          f"failed ({e.strerror or e}); free space there, or move the run to a folder you can "
+          "write, and resume it") from e
+
+  def write_files() -> None:
     config_path = os.path.join(workdir, "config.json")
     # Rows after the start step are logged again (also when a run killed before its first
     # checkpoint starts over), and a row cut short by a kill must not swallow the next one.
@@ -190,9 +200,14 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
                   else "but no checkpoint", start_step + 1, logged_to, logged_to - start_step)
     # Also with TensorBoard off now: a later resume with it on would show those steps' events.
     writers.drop_events_after(workdir, start_step)
-    with open(config_path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
-    # Readers (generate) never see half a file, nor an empty one after a host crash.
-    atomic_write.publish(config_path + ".tmp", config_path)
+    try:
+      with open(config_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(config_lib.to_json(config))
+      # Readers (generate) never see half a file, nor an empty one after a host crash.
+      atomic_write.publish(config_path + ".tmp", config_path)
+    except BaseException:
+      with contextlib.suppress(OSError):
+        os.remove(config_path + ".tmp")
+      raise
 
   multihost.agreed(write, "writing the workdir's config.json and metrics.jsonl")

@@ -62,15 +62,17 @@ def prepare_workdir(workdir: str) -> bool:
   created = not os.path.isdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
+  # One probe per process: on a shared filesystem processes must not remove each other's.
+  probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
-    # One probe per process: on a shared filesystem processes must not remove each other's.
-    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
     os.mkdir(probe)
   except OSError as e:
+    with contextlib.suppress(OSError):  # a probe made, then not written (a full disk)
+      os.remove(probe)
     raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}); "
                         "pass a --workdir you can write to") from e
   # Checkpoints are written to a temporary folder renamed into place: a filesystem that cannot

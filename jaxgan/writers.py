@@ -7,6 +7,7 @@ run, and the checkpoints, which are, have their own failure handling.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -194,9 +195,14 @@ def drop_rows_after(workdir: str, step: int) -> Optional[int]:
     unterminated = f.read(1) not in (b"", b"\n")  # a whole row but its newline
   if len(kept) != len(rows) or bad or unterminated:
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    publish(tmp, path)  # the run's whole history: it must not be lost to a crash
+    try:
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      publish(tmp, path)  # the run's whole history: it must not be lost to a crash
+    except BaseException:
+      with contextlib.suppress(OSError):  # a full disk: the rows stay as they were
+        os.remove(tmp)
+      raise
   return max(dropped) if dropped else None
 
 

@@ -531,6 +531,13 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
     trainer.train_and_evaluate(tiny_config(), str(blocker / "w"))
   with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file is a file, not a folder"):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
+  # A full disk: the probe file is made, then cannot be written; it went with the refusal.
+  full = tmp_path / "full"
+  full.mkdir()
+  os.symlink("/dev/full", full / f".write_probe.0.{os.getpid()}")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"is not writable \(No space left"):
+    workdir_lib.prepare_workdir(str(full))
+  assert os.listdir(full) == []
 
 
 def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
@@ -624,6 +631,24 @@ def test_a_source_written_to_the_documented_protocol_trains(tmp_path, monkeypatc
   assert int(jax.device_get(state.step)) == 4
   assert (tmp_path / "w" / "samples" / "reals.png").exists()
   assert all(np.isfinite(x).all() for x in _leaves(state.g_params))
+
+
+def test_a_full_disk_at_a_resume_is_one_line_and_leaves_the_rows(runs, tmp_path):
+  """The resume rewrites metrics.jsonl (rows past the checkpoint dropped) and config.json: on a
+  full disk, an OSError traceback (exit 1) and a temporary left behind. Now a WorkdirError (the
+  CLI's one line), and metrics.jsonl as it was."""
+  workdir = tmp_path / "w"
+  shutil.copytree(runs[0] / "full", workdir)
+  shutil.rmtree(workdir / "checkpoints" / "4")  # resumes from step 2: the step-4 row goes
+  before = (workdir / "metrics.jsonl").read_bytes()
+  os.symlink("/dev/full", workdir / "metrics.jsonl.tmp")  # every write fails with ENOSPC
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      f"^--workdir {workdir}: writing metrics.jsonl and config.json failed \\(No space left on "
+      "device\\); "
+      "free space there, or move the run to a folder you can write, and resume it$")):
+    trainer.train_and_evaluate(tiny_config(), str(workdir))
+  assert (workdir / "metrics.jsonl").read_bytes() == before
+  assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
 
 
 def test_a_uri_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
