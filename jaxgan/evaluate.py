@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from jaxgan import cli, path_flags
+from jaxgan import cli, path_flags, stopping
 from jaxgan import offline_eval
 from jaxgan import writers
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
@@ -202,11 +202,15 @@ def main(argv=None) -> int:
   if not args.workdir and not (args.real and args.fake):
     print("error: two-set mode needs both --real PATH and --fake PATH", file=sys.stderr)
     return 2
+  with stopping.signals_held():  # JAX loads (the metrics', orbax's): see stopping.signals_held
+    # pylint: disable=g-import-not-at-top,unused-import
+    from jaxgan.checkpoint import CheckpointError
+    from jaxgan.metrics import suite  # noqa: F401
+    # pylint: enable=g-import-not-at-top,unused-import
   problem = _resolve_defaults(args) or _bad_argument(args)
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
-  from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   try:
     results = evaluate_workdir(args) if args.workdir else evaluate_sets(args)

@@ -294,3 +294,49 @@ def test_stop_signals_held_are_delivered_when_the_hold_ends():
   finally:
     interrupts.__exit__()
   assert interrupts.signal == signal.SIGTERM
+
+
+JAX_LOADED_HELD = r"""
+import builtins, json, signal, sys
+seen = []
+real_import = builtins.__import__
+def watching(name, *args, **kwargs):
+  if name.split(".")[0] in ("jax", "jaxlib") and not seen:
+    seen.append(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+  return real_import(name, *args, **kwargs)
+builtins.__import__ = watching
+from jaxgan import cli
+tool = __import__(f"jaxgan.{sys.argv[1]}", fromlist=["main"])
+try:
+  cli.interruptible(tool.main)(sys.argv[2:])
+except SystemExit:
+  pass
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("evaluate", ["--real", "{tmp}", "--fake", "{tmp}"]),
+    ("evaluate", ["--workdir", "{tmp}"]),
+    ("prepare", ["--images", "{tmp}/photos", "--out", "{tmp}/set", "--workers", "1"])])
+def test_the_tools_load_jax_with_the_stop_signals_held(tmp_path, tool, args):
+  """A stop signal raised into the middle of jaxlib's import can leave it half-initialised (a
+  SIGSEGV instead of the tool's one line): the tools that raise on a stop load JAX held.
+  evaluate loaded it unheld, through its metric registry, before the holds meant for it."""
+  import json
+  import signal
+  import subprocess
+  import sys
+
+  from PIL import Image
+
+  from tests.conftest import REPO
+
+  (tmp_path / "photos").mkdir()
+  Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "photos" / "a.png")
+  proc = subprocess.run([sys.executable, "-c", JAX_LOADED_HELD, tool,
+                         *[a.format(tmp=tmp_path) for a in args]],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  masks = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert masks and set(masks[0]) >= {int(signal.SIGINT), int(signal.SIGTERM),
+                                     int(signal.SIGHUP)}, (masks, proc.stderr[-2000:])
