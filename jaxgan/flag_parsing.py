@@ -1,6 +1,7 @@
-"""absl flag parsing for the tools with a --config flag (train, generate, benchmark): every
-usage error, a bad `--config.KEY=...` override or config file included, as one `error:` line
-and exit status 2 (absl exits 1, a crash's status; ml_collections raises tracebacks)."""
+"""absl flag parsing for the absl tools (train, generate, benchmark): every usage error, a bad
+`--config.KEY=...` override or config file included (train's and benchmark's --config), as one
+`error:` line and exit status 2 (absl exits 1, a crash's status; ml_collections raises
+tracebacks)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ PNGs with labels.csv), each refused in one line before any sampling where it can
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import math
 import os
@@ -250,16 +251,25 @@ def _check_grid_writable(out: str) -> None:
     with open(probe, "wb"):
       pass
     os.remove(probe)
-    if not os.path.lexists(out):  # its name too: past the file system's length, found at the end
-      with open(out, "xb"):
-        pass
-      os.remove(out)
+    _check_name_length(folder, out)
   except OSError as e:
     if e.filename == probe:  # the grid's own path, as its write would have named it
       e.filename = out
     raise _out_error(out, e) from e
   finally:
     atomic_write.remove_empty(created)
+
+
+def _check_name_length(folder: str, out: str) -> None:
+  """Raises ENAMETOOLONG for an --out whose name is longer than `folder`'s file system takes,
+  found otherwise by the grid's rename after sampling (naming its temporary). Not by creating
+  --out itself: a stop or another generate between that and its removal would leave it."""
+  try:
+    limit = os.pathconf(folder, "PC_NAME_MAX")
+  except (AttributeError, OSError, ValueError):  # not on Windows; a file system that does not say
+    return
+  if len(os.fsencode(os.path.basename(out))) > limit:
+    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), out)
 
 
 LABELS_FILE = "labels.csv"
