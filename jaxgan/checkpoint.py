@@ -25,8 +25,9 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from jaxgan import multihost, orbax_output, state_digest
-from jaxgan.checkpoint_checks import (DIGEST_KEY, CheckpointError, LayoutError, check_digest,
-                                      check_meta, key_paths, layout_difference, leaf_layouts)
+from jaxgan.checkpoint_checks import (DIGEST_KEY, META_DIGEST_KEY, CheckpointError, LayoutError,
+                                      check_digest, check_meta, key_paths, layout_difference,
+                                      leaf_layouts, meta_digest)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Checkpointer:
       # Taken from the arrays being saved (before orbax copies them out), so that a restore
       # can tell what it read from what was written (see state_digest).
       meta = {**meta, DIGEST_KEY: state_digest.tree_digest(state)}
+      meta[META_DIGEST_KEY] = meta_digest(meta)  # the meta's own damage is told from a change
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
       self._pending = True

@@ -6,6 +6,8 @@ the damage orbax's compressed files decode without an error."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Optional, Sequence
 
 import jax
@@ -15,6 +17,10 @@ from jaxgan import state_digest
 
 # The meta key holding the state's per-array digests as saved.
 DIGEST_KEY = "state_digest"
+# The meta key holding the digest of the meta itself: a damaged meta that still parses (one
+# flipped digit of the config's learning rate) read as a config change, which refused the resume
+# ("pass --allow_config_change") instead of falling back to the step before.
+META_DIGEST_KEY = "meta_digest"
 
 
 class CheckpointError(RuntimeError):
@@ -27,12 +33,12 @@ class LayoutError(CheckpointError):
 
 
 # The JSON types of the meta's keys as the trainer writes them (absent keys are fine: older runs
-# lack some). The meta has no digest of its own; a damaged one that still parses is told by its
-# shape here, before a reader trips over it.
+# lack some): a damaged one that still parses is told by its shape here, and by its digest
+# (META_DIGEST_KEY, where kept), before a reader trips over it.
 META_TYPES = {"config": dict, "class_names": list, "attributes": list, "step": int,
               "data_position": int, "data_fingerprint": (int, type(None)),
               "order_fingerprint": (int, type(None)), "label_counts": dict, DIGEST_KEY: dict,
-              "eval_settings": dict, "fid": (int, float)}
+              "eval_settings": dict, "fid": (int, float), META_DIGEST_KEY: str}
 
 
 def check_meta(step: int, directory: str, meta: Any) -> None:
@@ -46,6 +52,17 @@ def check_meta(step: int, directory: str, meta: Any) -> None:
     if key in meta and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
       raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: its meta's "
                             f"{key!r} is {json_type(meta[key])}")
+  if META_DIGEST_KEY in meta and meta[META_DIGEST_KEY] != meta_digest(meta):
+    raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: its meta reads "
+                          "back other values than were written (its digest differs)")
+
+
+def meta_digest(meta: dict) -> str:
+  """A digest of `meta` (but META_DIGEST_KEY) as JSON holds it: its text once written and read
+  back (keys as strings, sorted), so the same meta gives the same digest before and after."""
+  rest = {key: value for key, value in meta.items() if key != META_DIGEST_KEY}
+  text = json.dumps(json.loads(json.dumps(rest)), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def json_type(value: Any) -> str:

@@ -406,12 +406,33 @@ def test_a_step_written_before_the_digests_restores_unchecked(tmp_path):
   meta_file = os.path.join(directory, "2", "meta", "metadata")
   meta = json.load(open(meta_file))
   assert set(meta.pop(ckpt_lib.DIGEST_KEY)) == {"w"}
+  assert len(meta.pop(ckpt_lib.META_DIGEST_KEY)) == 16
   with open(meta_file, "w") as f:
     json.dump(meta, f)
   reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
   step, state, restored_meta = reader.restore_latest(target)
   reader.close()
   assert step == 2 and float(state["w"][0]) == 2.0 and restored_meta == {"step": 2}
+
+
+def test_a_damaged_meta_that_still_parses_falls_back_to_the_step_before(tmp_path):
+  """One flipped digit in the newest step's meta (valid JSON still: a random bit flip leaves
+  one in ~16 %) read as a config change, which refused the resume ('pass
+  --allow_config_change') though the step before was sound. Its own digest tells it apart."""
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  target = _two_step_checkpoints(directory)
+  meta_file = os.path.join(directory, "2", "meta", "metadata")
+  text = open(meta_file).read()
+  assert '"step": 2' in text
+  with open(meta_file, "w") as f:
+    f.write(text.replace('"step": 2', '"step": 3'))
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  step, state, _ = reader.restore_latest(target)
+  reader.close()
+  assert step == 1 and float(state["w"][0]) == 1.0
+  assert [n.split("-")[0] for n in os.listdir(tmp_path / "checkpoints.corrupt")] == ["2"]
 
 
 @pytest.mark.parametrize("which", ["restore", "restore_meta"])
