@@ -1,5 +1,6 @@
-"""Config schema, validation (one line naming the key, before compilation) and the --config flags
-(a bad override or config file as one line: flag_parsing.py). The tools' other flags: test_cli.py."""
+"""Config schema, validation (one line naming the key, before compilation) and the --config
+flags (a bad override or config file as one line: flag_parsing.py). The tools' other flags:
+test_cli.py."""
 
 import glob
 import json
