@@ -190,6 +190,7 @@ class Checkpointer:
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     else:
       restored = self._read_parts(step, target)
+    check_meta(step, self.directory, restored["meta"])  # also where its meta was not read first
     check_digest(step, self.directory, restored["state"], restored["meta"], parts)
     if parts is not None:
       return dict(restored["state"]), dict(restored["meta"])
@@ -303,14 +304,13 @@ class Checkpointer:
           return result, None, True
       if attempt == 0:
         log.warning("reading checkpoint %s failed (%s); trying again in %.0f s", path,
-                    type(error).__name__ if error else "on another process", self.retry_delay_s)
+                    _cause(error) if error else "on another process", self.retry_delay_s)
         time.sleep(self.retry_delay_s)
     return None, error or CheckpointError("another process could not read it"), visible
 
   def _skip(self, step: int, error: BaseException) -> None:
-    message = str(error).splitlines()[0][:200] if str(error) else ""
-    log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                self.directory, step, type(error).__name__, message)
+    log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
+                self.directory, step, _cause(error))
 
   def move_aside(self, step: int, suffix: str = ".corrupt") -> None:
     """Moves step `step` to `<directory><suffix>/<step>-<time>` (kept, not deleted); collective:
@@ -393,3 +393,16 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying `shardings`, the restore target for `tree`'s structure."""
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _cause(error: BaseException) -> str:
+  """'Type: first line' of `error`'s innermost cause: orbax wraps a storage library's error
+  ('OUT_OF_RANGE: ... not valid', 'Truncated Zstd-compressed stream', 'Permission denied') in
+  its own ('Encountered error while reading array index: ...'), whose words say neither."""
+  for _ in range(8):  # a chain, not a cycle
+    inner = error.__cause__ or error.__context__
+    if inner is None:
+      break
+    error = inner
+  message = str(error).splitlines()[0][:200] if str(error) else ""
+  return f"{type(error).__name__}: {message}" if message else type(error).__name__

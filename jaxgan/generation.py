@@ -268,7 +268,7 @@ def _check_name_length(folder: str, out: str) -> None:
     limit = os.pathconf(folder, "PC_NAME_MAX")
   except (AttributeError, OSError, ValueError):  # not on Windows; a file system that does not say
     return
-  if len(os.fsencode(os.path.basename(out))) > limit:
+  if 0 < limit < len(os.fsencode(os.path.basename(out))):  # -1, 0: no limit said
     raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), out)
 
 

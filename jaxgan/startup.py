@@ -182,11 +182,11 @@ def write_run_files(config: ml_collections.ConfigDict, workdir: str, start_step:
     try:
       write_files()
     except OSError as e:  # a full disk at a resume: one line, not a traceback
+      name = os.path.basename(e.filename or "").removesuffix(".tmp")  # the file it replaces
       raise workdir_lib.WorkdirError(
-          f"--workdir {workdir}: writing "
-          f"{os.path.basename(e.filename or '') or 'metrics.jsonl and config.json'} "
-          f"failed ({e.strerror or e}); free space there, or move the run to a folder you can "
-          "write, and resume it") from e
+          f"--workdir {workdir}: writing {name or 'metrics.jsonl and config.json'} failed "
+          f"({e.strerror or e}); make room there (or make it writable), or move the run to a "
+          "folder that is, and rerun") from e
 
   def write_files() -> None:
     config_path = os.path.join(workdir, "config.json")

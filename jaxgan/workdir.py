@@ -96,14 +96,16 @@ def prepare_workdir(workdir: str) -> bool:
       raise WorkdirError(f"workdir {workdir}: its {name} is a file, where the run writes a "
                          "folder; move it away")
     if os.path.isdir(folder):
+      inner = os.path.join(folder, os.path.basename(probe))
       try:
-        inner = os.path.join(folder, os.path.basename(probe))
         with open(inner, "w") as f:
           f.write("ok")
         os.remove(inner)
       except OSError as e:
+        with contextlib.suppress(OSError):  # made, then not written (a full disk)
+          os.remove(inner)
         raise WorkdirError(f"workdir {workdir}: its {name}/ is not writable ({e.strerror}); make "
-                           "it writable, or pass another --workdir") from e
+                           "it writable (or free space there), or pass another --workdir") from e
   return created
 
 

@@ -282,7 +282,7 @@ def test_a_workdir_write_failing_on_process_0_stops_every_process(tmp_path):
   wait on in the first collective."""
   results, _ = run_two_processes(WRITE_FAILS_ON_PROCESS_0, str(tmp_path))
   assert results[0]["outcome"].startswith(
-      f"WorkdirError: --workdir {tmp_path / 'w'}: writing config.json.tmp failed (Is a "
+      f"WorkdirError: --workdir {tmp_path / 'w'}: writing config.json failed (Is a "
       "directory)"), results[0]
   assert results[1]["outcome"] == ("PeerError: writing the workdir's config.json and "
                                    "metrics.jsonl failed on another process (its log says why)")

@@ -415,6 +415,38 @@ def test_a_step_written_before_the_digests_restores_unchecked(tmp_path):
   assert step == 2 and float(state["w"][0]) == 2.0 and restored_meta == {"step": 2}
 
 
+def test_an_unreadable_step_is_reported_with_the_storage_error(tmp_path, caplog):
+  """Orbax wraps tensorstore's error ('OUT_OF_RANGE: ... not valid for value of size', for a
+  truncated file) in its own ('Encountered error while reading array index: ...'), whose words
+  tell damage from a permission problem no more than the tracebacks now dropped did: the lines
+  name the innermost error."""
+  import logging
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  import jax.numpy as jnp
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, async_save=False)
+  for step in (1, 2):  # random values: a file large enough not to be held inline
+    writer.save(step, {"w": jax.random.normal(jax.random.PRNGKey(step), (20000,))}, {})
+  writer.close()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = ckpt_lib.abstract_like({"w": jax.ShapeDtypeStruct((20000,), jnp.float32)},
+                                  {"w": device})
+  data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(directory, "2"))
+          for name in names if f"{os.sep}d{os.sep}" in os.path.join(root, name)]
+  largest = max(data, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
+  with caplog.at_level(logging.WARNING, logger="jaxgan"):
+    step, _, _ = reader.restore_latest(target)
+  reader.close()
+  assert step == 1
+  said = [m for m in caplog.messages if "unreadable (" in m or "failed (" in m]
+  assert len(said) == 2 and all(re.search(r"\((ValueError: )?[A-Z_]{5,}: ", m) for m in said), said
+
+
 def test_a_damaged_meta_that_still_parses_falls_back_to_the_step_before(tmp_path):
   """One flipped digit in the newest step's meta (valid JSON still: a random bit flip leaves
   one in ~16 %) read as a config change, which refused the resume ('pass
@@ -428,6 +460,11 @@ def test_a_damaged_meta_that_still_parses_falls_back_to_the_step_before(tmp_path
   assert '"step": 2' in text
   with open(meta_file, "w") as f:
     f.write(text.replace('"step": 2', '"step": 3'))
+  reader = ckpt_lib.Checkpointer(directory, read_only=True, retry_delay_s=0.0)
+  # Read with its state alone (evaluate --checkpoint STEP reads no meta first): the same.
+  with pytest.raises(ckpt_lib.CheckpointError, match="damaged: its meta reads back other values"):
+    reader.restore(2, target)
+  reader.close()
   reader = ckpt_lib.Checkpointer(directory, retry_delay_s=0.0)
   step, state, _ = reader.restore_latest(target)
   reader.close()
@@ -784,9 +821,10 @@ def test_damage_is_moved_aside_only_by_a_writer_whose_config_matches(tmp_path, r
 @pytest.mark.parametrize("damaged", ['{"config": 5}', '[1, 2]', '{"step": "7"}',
                                      '{"state_digest": true}'])
 def test_a_meta_that_parses_but_is_not_the_trainers_is_damage(tmp_path, damaged):
-  """The meta has no digest: a damaged one that still parses as JSON (a flipped character) gave
-  a traceback from the config check ('int' object has no attribute 'items'). Its shape is
-  checked as it is read: the step is skipped for the one before, and moved aside."""
+  """A damaged meta that still parses as JSON but is not an object of the trainer's keys (here
+  without the meta's own digest, as a step written before it was kept) gave a traceback from
+  the config check ('int' object has no attribute 'items'). Its shape is checked as it is read:
+  the step is skipped for the one before, and moved aside."""
   import jax.numpy as jnp
 
   from jaxgan import checkpoint as ckpt_lib, checkpoint_checks

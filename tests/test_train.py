@@ -210,7 +210,8 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
   # No tracebacks; a few lines (room for a platform's own start-up warning), ours in order.
   assert "Traceback" not in done.stderr and len(said) <= 6, done.stderr[-3000:]
   first = next(i for i, line in enumerate(said) if line.startswith("reading checkpoint"))
-  assert said[first].startswith(f"reading checkpoint {copy}/checkpoints/4 failed (ValueError)")
+  assert said[first].startswith(f"reading checkpoint {copy}/checkpoints/4 failed (ValueError: "
+                                "NOT_FOU")
   assert said[first + 1].startswith(
       f"checkpoint {copy}/checkpoints/4 is unreadable (ValueError: NOT_FOU")
   assert said[first + 2:first + 4] == [f"sampling checkpoint step 2 of {copy}",
@@ -538,6 +539,20 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match=r"is not writable \(No space left"):
     workdir_lib.prepare_workdir(str(full))
   assert os.listdir(full) == []
+  # So does the one in each of the run's folders (checkpoints/ on another, full, disk).
+  (full / "checkpoints").mkdir()
+  os.symlink("/dev/full", full / "checkpoints" / f".write_probe.0.{os.getpid()}")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"its checkpoints/ is not writable \(No "
+                     r"space left on device\); make it writable \(or free space there\)"):
+    workdir_lib.prepare_workdir(str(full))
+  assert os.listdir(full / "checkpoints") == []
+  # A file system that gives no limit on a name's length (-1, or 0 from a FUSE daemon) takes
+  # any name: every --out was refused as too long.
+  from jaxgan import generation
+
+  for limit in (-1, 0):
+    with mock.patch.object(os, "pathconf", return_value=limit):
+      generation._check_name_length(str(tmp_path), str(tmp_path / ("a" * 300 + ".png")))
 
 
 def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
@@ -644,8 +659,8 @@ def test_a_full_disk_at_a_resume_is_one_line_and_leaves_the_rows(runs, tmp_path)
   os.symlink("/dev/full", workdir / "metrics.jsonl.tmp")  # every write fails with ENOSPC
   with pytest.raises(workdir_lib.WorkdirError, match=(
       f"^--workdir {workdir}: writing metrics.jsonl and config.json failed \\(No space left on "
-      "device\\); "
-      "free space there, or move the run to a folder you can write, and resume it$")):
+      "device\\); make room there \\(or make it writable\\), or move the run to a folder that "
+      "is, and rerun$")):
     trainer.train_and_evaluate(tiny_config(), str(workdir))
   assert (workdir / "metrics.jsonl").read_bytes() == before
   assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
