@@ -356,7 +356,7 @@ def test_a_partial_read_returns_its_parts_and_checks_only_their_digests_and_layo
   another D layout does not stop a sampler."""
   import jax.numpy as jnp
 
-  from jaxgan import checkpoint as ckpt_lib
+  from jaxgan import checkpoint as ckpt_lib, checkpoint_checks
 
   directory = str(tmp_path / "checkpoints")
   values = {name: np.random.default_rng(i).standard_normal(64).astype(np.float32)
@@ -388,8 +388,11 @@ def test_a_partial_read_returns_its_parts_and_checks_only_their_digests_and_layo
   for damaged, fails in (("d/w", False), ("g/w", True)):
     digests = dict(saved[ckpt_lib.DIGEST_KEY])
     digests[damaged] += 1
+    edited = {**saved, ckpt_lib.DIGEST_KEY: digests}
+    # The meta's own digest made again: the arrays' digests are what this checks.
+    edited[ckpt_lib.META_DIGEST_KEY] = checkpoint_checks.meta_digest(edited)
     with open(meta_file, "w") as f:
-      json.dump({**saved, ckpt_lib.DIGEST_KEY: digests}, f)
+      json.dump(edited, f)
     if fails:
       with pytest.raises(ckpt_lib.CheckpointError, match=r"damaged: 1 of 1 arrays .*\(e.g. g/w\)"):
         read(("g",))
@@ -1057,7 +1060,8 @@ def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp
 
   monkeypatch.setattr(builtins, "open", read_only_checkpoints)
   with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*w: its checkpoints/ is not "
-                     r"writable \(Read-only file system\); make it writable, or pass another "):
+                     r"writable \(Read-only file system\); make it writable \(or free space "
+                     r"there\), or pass another "):
     workdir_lib.prepare_workdir(str(workdir))
   monkeypatch.undo()
   assert workdir_lib.prepare_workdir(str(workdir)) is False and os.listdir(workdir) == [
