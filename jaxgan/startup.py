@@ -43,7 +43,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
   jax.distributed's rendezvous); agreed, because a process that fails alone (a data.path or
   weights file missing on its host, files it cannot read) would leave the others waiting in the
   first collective."""
-  made_workdir = []  # [True] once this process created the workdir
+  made_workdir = []  # [the folders this process created: the workdir and those above it]
 
   def start() -> tuple[run_lib.Run, Any, int, int]:
     run = run_lib.build_run(config)  # validates the config
@@ -87,11 +87,13 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
     # Bad data: no empty workdir left behind to puzzle over. After the exchange, so another
     # process is not between creating the folder and probing it.
     held.close()  # the lock file goes too
-    made = any(made_workdir)
+    created = made_workdir[0] if made_workdir else []
+    made = bool(created)
     if multihost.raised_after_agreeing(e):  # every process is here: agree (after each closed
       made = multihost.any_process(made)    # its lock), as any may be the one that made it
     if made:
       workdir_lib.remove_if_empty(workdir)
+      atomic_write.remove_empty(created[:-1])  # the folders above it that this process made
     if multihost.raised_after_agreeing(e):
       # A stop signal sent to the whole process group (scancel, a terminal's Ctrl-C while a
       # worker was starting) also ends the decoding workers: then it is the stop, not the error

@@ -17,6 +17,7 @@ import flax.serialization
 import jax
 import ml_collections
 
+from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import state as state_lib
@@ -51,17 +52,28 @@ def uri_refusal(workdir: str) -> Optional[str]:
           "--rename-dir-limit works)")
 
 
-def prepare_workdir(workdir: str) -> bool:
-  """Creates the workdir and proves it writable before any compute is spent; returns whether it
-  created the folder (so that a run that fails to start can leave none behind; on a shared file
-  system several processes may each find it missing and say so)."""
+def prepare_workdir(workdir: str) -> list[str]:
+  """Creates the workdir and proves it writable before any compute is spent; returns the folders
+  it created, the workdir last ([] where it was there: atomic_write.missing_folders), so that a
+  run that fails to start can leave none behind (on a shared file system several processes may
+  each find them missing and say so)."""
   if not workdir:
     raise WorkdirError("--workdir is empty; pass the folder to write the run to")
   if uri_refusal(workdir):
     raise WorkdirError(uri_refusal(workdir))
-  created = not os.path.isdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
+  created = atomic_write.missing_folders(workdir)
+  try:
+    _probe_workdir(workdir)
+  except BaseException:
+    atomic_write.remove_empty(created)  # a refused workdir leaves no folders behind either
+    raise
+  return created
+
+
+def _probe_workdir(workdir: str) -> None:
+  """prepare_workdir's work: makes `workdir` and proves it and the run's folders in it usable."""
   # One probe per process: on a shared filesystem processes must not remove each other's.
   probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
   try:
@@ -106,7 +118,6 @@ def prepare_workdir(workdir: str) -> bool:
           os.remove(inner)
         raise WorkdirError(f"workdir {workdir}: its {name}/ is not writable ({e.strerror}); make "
                            "it writable (or free space there), or pass another --workdir") from e
-  return created
 
 
 @contextlib.contextmanager

@@ -1039,10 +1039,24 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
 def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp_path,
                                                                              monkeypatch):
   workdir = tmp_path / "w"
-  assert workdir_lib.prepare_workdir(str(workdir)) is True
+  assert workdir_lib.prepare_workdir(str(workdir)) == [str(workdir)]
   assert os.listdir(workdir) == []
-  assert workdir_lib.prepare_workdir(str(workdir)) is False  # there already: not ours to remove
+  assert workdir_lib.prepare_workdir(str(workdir)) == []  # there already: not ours to remove
   assert os.listdir(workdir) == []
+  # The folders above it that it made are named too (outermost first); and a workdir refused
+  # after they were made leaves none of them behind.
+  deep = tmp_path / "a" / "b" / "w"
+  assert workdir_lib.prepare_workdir(str(deep)) == [
+      str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(deep)]
+  os.removedirs(deep)
+  def no_rename(*args):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, "rename", no_rename)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"cannot rename folders \(Invalid cross"):
+      workdir_lib.prepare_workdir(str(deep))
+  assert not (tmp_path / "a").exists()
   (tmp_path / "f").write_text("")
   with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*f is a file, not a folder; "):
     workdir_lib.prepare_workdir(str(tmp_path / "f"))
@@ -1064,7 +1078,7 @@ def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp
                      r"there\), or pass another "):
     workdir_lib.prepare_workdir(str(workdir))
   monkeypatch.undo()
-  assert workdir_lib.prepare_workdir(str(workdir)) is False and os.listdir(workdir) == [
+  assert workdir_lib.prepare_workdir(str(workdir)) == [] and os.listdir(workdir) == [
       "checkpoints"] and os.listdir(workdir / "checkpoints") == []
   (workdir / "samples").write_text("")
   with pytest.raises(workdir_lib.WorkdirError, match=r"^workdir .*w: its samples is a file, where "
@@ -1079,7 +1093,7 @@ def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp
                        "where the run writes a file; move it away$"):
       workdir_lib.prepare_workdir(str(workdir))
     os.rmdir(workdir / name)
-  assert workdir_lib.prepare_workdir(str(workdir)) is False
+  assert workdir_lib.prepare_workdir(str(workdir)) == []
 
 
 def test_a_run_lock_left_by_this_host_or_without_a_holder_is_taken_quietly(tmp_path, caplog,

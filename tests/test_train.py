@@ -929,17 +929,18 @@ def test_the_input_thread_ends_with_the_run_also_when_it_fails(tmp_path, monkeyp
 
 def test_a_run_that_fails_on_its_data_leaves_no_empty_workdir(tmp_path):
   """The workdir is made (and proven writable) before the data is read: a data error then left
-  an empty folder behind; one that was there already stays."""
+  an empty folder behind (and the folders above it that it made); one that was there stays."""
   from jaxgan import data as data_lib
 
   (tmp_path / "photos").mkdir()  # no images in it
   config = tiny_config(**{"data.source": "folder", "data.path": str(tmp_path / "photos")})
   for existed in (False, True):
     if existed:
-      (tmp_path / "w").mkdir()
+      (tmp_path / "runs" / "new" / "w").mkdir(parents=True)
     with pytest.raises(data_lib.DataError, match="no images in"):
-      trainer.train_and_evaluate(config, str(tmp_path / "w"))
-    assert (tmp_path / "w").exists() == existed
+      trainer.train_and_evaluate(config, str(tmp_path / "runs" / "new" / "w"))
+    assert (tmp_path / "runs" / "new" / "w").exists() == existed
+    assert (tmp_path / "runs").exists() == existed
 
 
 def test_single_pngs_come_with_their_classes(runs, tmp_path, monkeypatch):
