@@ -149,10 +149,12 @@ def _sync_folder(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(path: str) -> Iterator[None]:
+def exclusive(path: str, guards: str = "") -> Iterator[None]:
   """Holds an exclusive lock on the file `path` (created if needed) while the block runs: the
   processes of a host, or of hosts sharing the folder, build a cache one at a time, and those
-  that waited find it built. Where the file system has no locks, the block runs unlocked (each
+  that waited find it built. A process that finds the lock held says once that it waits, and
+  for what (`guards`: what the holder builds), rather than seeming to hang for the minutes a
+  download or decode takes. Where the file system has no locks, the block runs unlocked (each
   process may then build its own copy; the renames keep that safe). The lock file may be
   removed by its holder (prepare removes a folder it made and left empty): a waiter that then
   holds a lock on the removed file takes it again on the file now at `path`."""
@@ -161,6 +163,7 @@ def exclusive(path: str) -> Iterator[None]:
   except ImportError:
     yield
     return
+  said = False
   while True:
     try:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -169,7 +172,14 @@ def exclusive(path: str) -> Iterator[None]:
       yield
       return
     try:
-      fcntl.flock(handle, fcntl.LOCK_EX)
+      try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:  # held by another process: say so once, then wait for it
+        if not said:
+          log.info("waiting for another process to finish %s (it holds %s)",
+                   guards or "what it builds", path)
+          said = True
+        fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:  # e.g. ENOLCK on a file system without locks
       break
     try:  # the file held is still the one at `path`: no holder removed it while this waited

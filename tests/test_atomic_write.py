@@ -1,5 +1,6 @@
 """atomic_write: private temporary names and the build lock of shared caches."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -22,18 +23,27 @@ def test_private_names_differ_per_call_and_name_the_host():
   assert a != b and a.startswith("/x/cache.") and f".{os.getpid()}." in a
 
 
-def test_a_second_process_waits_for_the_lock(tmp_path):
+def test_a_second_process_waits_for_the_lock_and_says_so(tmp_path, caplog):
+  """The waiter says once what it waits for (a TFDS download or a decode takes minutes, and the
+  waiting processes logged nothing); a lock nobody holds is taken without a word."""
   lock = str(tmp_path / "new_folder" / "cache.lock")  # the folder is made for it
   holder = subprocess.Popen([sys.executable, "-c", HOLD, lock], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
+  caplog.set_level(logging.INFO, logger=atomic_write.__name__)
   try:
     assert holder.stdout.readline().strip() == "held"
-    with atomic_write.exclusive(lock):
+    with atomic_write.exclusive(lock, "decoding /data/x"):
       # By order, not by time: in only once the holder's last act under the lock is done.
       released = os.path.exists(lock + ".released")
   finally:
     holder.wait(timeout=30)
   assert released
+  assert caplog.messages == [f"waiting for another process to finish decoding /data/x (it holds "
+                             f"{lock})"]
+  caplog.clear()
+  with atomic_write.exclusive(lock, "decoding /data/x"):
+    pass
+  assert caplog.messages == []
 
 
 def test_a_waiter_whose_lock_file_was_removed_locks_the_one_at_the_path(tmp_path):

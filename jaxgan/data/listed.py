@@ -46,7 +46,8 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
   # One process decodes into a shared cache while the others (of this host, or of hosts sharing
   # data.cache_dir) wait for it, then map what it wrote instead of decoding too.
   try:
-    with exclusive(cache_file + ".lock") if cache_file else contextlib.nullcontext():
+    with (exclusive(cache_file + ".lock", f"decoding {where}") if cache_file
+          else contextlib.nullcontext()):
       decoded = read_decode_cache(cache_file) if cache_file else None
       if decoded is not None:
         log.info("decoded images of %s from cache %s.npy", where, cache_file)

@@ -62,7 +62,7 @@ def write_prepared(out_dir: str, images: np.ndarray, labels: np.ndarray,
   os.makedirs(out_dir, exist_ok=True)
   # One preparation at a time into a folder (a scheduler's retry while the first still runs
   # would publish a mix of both's shards); what a killed one left is removed first.
-  with exclusive(os.path.join(out_dir, LOCK_FILE)):
+  with exclusive(os.path.join(out_dir, LOCK_FILE), f"preparing {out_dir}"):
     _remove_temporaries(out_dir)
     return _write_set(tf, out_dir, images, labels, multi, class_names, skipped, extra,
                       attributes)

@@ -86,7 +86,8 @@ class PreparedSource(ArraySource):
     # One process of those sharing data.cache_dir reads the shards into it; the others wait for
     # the file and map it.
     try:
-      with exclusive(images_file + ".lock") if images_file else contextlib.nullcontext():
+      with (exclusive(images_file + ".lock", f"caching {d.path}'s images") if images_file
+            else contextlib.nullcontext()):
         cached = read_cached(images_file) if images_file else None
         if cached is not None:
           (images, labels), info = cached, read_info(d.path)

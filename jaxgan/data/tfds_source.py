@@ -49,7 +49,7 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
     # and prepared a set not prepared yet, and TFDS's rename of each one's temporary folder into
     # place failed for all but the first: one prepares it while the others wait, then find it.
     lock = os.path.join(os.path.dirname(builder.data_dir), ".jaxgan-prepare.lock")
-    with (atomic_write.exclusive(lock) if download and not prepared
+    with (atomic_write.exclusive(lock, f"preparing {name}") if download and not prepared
           else contextlib.nullcontext()):
       ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True,
                            shuffle_files=False, download=download,
