@@ -142,20 +142,20 @@ def evaluate_workdir(args) -> dict:
   # Eval settings not given here as they were when this checkpoint was written (config.json is
   # the last resume's, which may have changed them), so the FID logged for it is reproduced.
   trained = meta.get("config") or {}
-  defaulted = args.defaulted
-  if "metrics" in defaulted:
-    args.metrics = trained.get("eval", {}).get("metrics", args.metrics)
-  if "num_samples" in defaulted:
-    args.num_samples = trained.get("train", {}).get("eval_num_samples", args.num_samples)
-  fewest = suite.min_samples(suite.parse_names(args.metrics))
-  if args.num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
-    raise ValueError(f"--num-samples must be >= {fewest} for --metrics {args.metrics} (this "
-                     f"checkpoint's eval settings), got {args.num_samples}")
+  metrics, num_samples = args.metrics, args.num_samples  # (args as given: not rewritten here)
+  if "metrics" in args.defaulted:
+    metrics = trained.get("eval", {}).get("metrics", metrics)
+  if "num_samples" in args.defaulted:
+    num_samples = trained.get("train", {}).get("eval_num_samples", num_samples)
+  fewest = suite.min_samples(suite.parse_names(metrics))
+  if num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
+    raise ValueError(f"--num-samples must be >= {fewest} for --metrics {metrics} (this "
+                     f"checkpoint's eval settings), got {num_samples}")
   with config.unlocked():
     for key in ("num_real", "standing_stats_batches"):
       config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])
     config.data.path = args.data_path or config.data.path
-    config.eval.metrics = args.metrics
+    config.eval.metrics = metrics
     config.eval.batch_size = args.batch_size or config.eval.batch_size
     config.eval.weights = args.weights or config.eval.weights
     config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
@@ -171,11 +171,11 @@ def evaluate_workdir(args) -> dict:
   evaluator = evaluator_lib.Evaluator(config, generator, source,
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
-  reals = evaluator_lib.reals_for(config, args.num_samples, args.num_real, source)
-  asked = evaluator_lib.reals_for(config, args.num_samples, args.num_real)  # the data unknown
-  print(opening_line(args.metrics, step, args.num_samples, reals, jax.default_backend(), asked),
+  reals = evaluator_lib.reals_for(config, num_samples, args.num_real, source)
+  asked = evaluator_lib.reals_for(config, num_samples, args.num_real)  # the data unknown
+  print(opening_line(metrics, step, num_samples, reals, jax.default_backend(), asked),
         file=sys.stderr)
-  results = evaluator.evaluate(ema_params, g_batch_stats, args.num_samples,
+  results = evaluator.evaluate(ema_params, g_batch_stats, num_samples,
                                num_real=args.num_real, seed=args.seed)
   results.update(step=step, checkpoint=args.checkpoint, workdir=os.path.abspath(args.workdir),
                  num_devices=int(mesh.size),  # the fakes' sampling and Inception's
