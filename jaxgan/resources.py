@@ -1,8 +1,8 @@
 """Memory in use, for the training log (StyleGAN2-ADA's Resources/* figures) and the benchmark:
 the accelerators' peak where the backend reports it (GPU, TPU; not CPU), and the host process's
 resident memory (a tf.data pipeline or a leak that grows over days shows there first); and the
-host's physical memory, which the checks before a large allocation compare against (no JAX at
-import: image-decoding workers load this module)."""
+memory this process may use (physical, or its container's limit), which the checks before a large
+allocation compare against (no JAX at import: image-decoding workers load this module)."""
 
 from __future__ import annotations
 
@@ -49,18 +49,66 @@ def memory_row(devices: Sequence) -> dict[str, float]:
 
 
 def host_memory_bytes() -> Optional[int]:
-  """This host's physical memory, or None where the OS does not say."""
+  """The memory this process may use: the host's physical memory, or its cgroup's limit where
+  that is lower (a container's: a Kubernetes pod limited to 32 GiB on a 1 TiB host is killed at
+  32); None where the OS does not say."""
   try:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (AttributeError, OSError, ValueError):  # Windows; an OS without the names
+    physical = None
+  limits = [m for m in (physical, cgroup_memory_limit()) if m is not None]
+  return min(limits) if limits else None
+
+
+# cgroup v1 writes "no limit" as a page-rounded 2^63 - 1.
+_NO_LIMIT = 2**62
+
+
+def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
+                        ) -> Optional[int]:
+  """The lowest memory limit on this process's cgroup and the cgroups above it (cgroup v2's
+  memory.max, v1's memory.limit_in_bytes), or None where none is set or readable (not Linux; no
+  cgroup file system mounted). Inside a container its own cgroup is mounted at `root`, while
+  `proc_cgroup` may name the host's path for it: both places are read."""
+  try:
+    with open(proc_cgroup, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except OSError:
     return None
+  files = []
+  for line in lines:
+    parts = line.split(":", 2)
+    if len(parts) != 3:
+      continue
+    hierarchy, controllers, path = parts
+    if hierarchy == "0" and not controllers:  # v2: one unified hierarchy
+      base, name = root, "memory.max"
+    elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+      base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+    else:
+      continue
+    folders = [p for p in path.strip("/").split("/") if p]
+    files += [os.path.join(base, *folders[:depth], name) for depth in range(len(folders) + 1)]
+  limits = []
+  for path in files:
+    try:
+      with open(path, encoding="ascii") as f:
+        value = f.read().strip()
+    except OSError:
+      continue
+    if value.isdigit() and int(value) < _NO_LIMIT:  # v2 writes "max" for none
+      limits.append(int(value))
+  return min(limits) if limits else None
 
 
 def beyond_host_memory(needed: int) -> str:
-  """'X GiB, more than this host's Y GiB of memory' when `needed` bytes exceed this host's
-  physical memory, else '' (also where the OS does not say): for the one-line errors that come
-  before an allocation that would end in the OS's out-of-memory kill (no message at all)."""
+  """'X GiB, more than this host's Y GiB of memory' when `needed` bytes exceed the memory this
+  process may use (host_memory_bytes), else '' (also where the OS does not say): for the
+  one-line errors that come before an allocation that would end in the OS's out-of-memory kill
+  (no message at all)."""
   memory = host_memory_bytes()
   if memory is None or needed <= memory:
     return ""
-  return f"{needed / _GB:.4g} GiB, more than this host's {memory / _GB:.4g} GiB of memory"
+  whose = ("its container's (cgroup) limit of" if memory == cgroup_memory_limit()
+           else "this host's")
+  return f"{needed / _GB:.4g} GiB, more than {whose} {memory / _GB:.4g} GiB of memory"

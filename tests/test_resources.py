@@ -39,3 +39,46 @@ def test_memory_row_in_gib_and_without_keys_for_unknown_figures(monkeypatch):
   assert row["memory/device_peak_gb"] == 3.0 and row["memory/host_gb"] > 0
   monkeypatch.setattr(resources, "host_resident_bytes", lambda: None)
   assert resources.memory_row([_Device(None)]) == {}
+
+
+def _cgroups(tmp_path, proc_lines, files):
+  tmp_path.mkdir()
+  proc = tmp_path / "cgroup"
+  proc.write_text("".join(line + "\n" for line in proc_lines))
+  for name, value in files.items():
+    (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "fs" / name).write_text(value + "\n")
+  return resources.cgroup_memory_limit(str(proc), str(tmp_path / "fs"))
+
+
+def test_a_cgroup_memory_limit_is_read_from_v2_and_v1_and_the_lowest_above_counts(tmp_path):
+  """A container's limit, not the host's memory, is what the out-of-memory killer enforces."""
+  # v2: the process's own cgroup and those above it; "max" is no limit.
+  assert _cgroups(tmp_path / "a", ["0::/kubepods/pod1"], {
+      "kubepods/pod1/memory.max": "max", "kubepods/memory.max": "34359738368",
+      "memory.max": "max"}) == 32 * 2**30
+  # Inside a container: /proc names the host's path, its own cgroup is mounted at the root.
+  assert _cgroups(tmp_path / "b", ["0::/system.slice/docker-1.scope"],
+                  {"memory.max": "1073741824"}) == 2**30
+  # v1: the memory controller's hierarchy; its "no limit" is a page-rounded 2^63 - 1.
+  assert _cgroups(tmp_path / "c", ["4:memory:/job/7", "3:cpu,cpuacct:/job/7"], {
+      "memory/memory.limit_in_bytes": "9223372036854771712",
+      "memory/job/7/memory.limit_in_bytes": "2147483648"}) == 2 * 2**30
+  # No limit set anywhere, no cgroup files, or no /proc at all: None.
+  assert _cgroups(tmp_path / "d", ["4:memory:/", "0::/"], {
+      "memory/memory.limit_in_bytes": "9223372036854771712", "memory.max": "max"}) is None
+  assert _cgroups(tmp_path / "e", ["0::/x"], {}) is None
+  assert resources.cgroup_memory_limit(str(tmp_path / "missing"), str(tmp_path)) is None
+
+
+def test_the_memory_checks_use_a_container_limit_below_the_host_memory(monkeypatch):
+  physical = resources.host_memory_bytes()
+  monkeypatch.setattr(resources, "cgroup_memory_limit", lambda: 2**30)
+  assert resources.host_memory_bytes() == 2**30 < physical
+  assert resources.beyond_host_memory(2**30) == ""
+  assert resources.beyond_host_memory(2**31) == (
+      "2 GiB, more than its container's (cgroup) limit of 1 GiB of memory")
+  monkeypatch.setattr(resources, "cgroup_memory_limit", lambda: 2**62)  # above the host's
+  assert resources.host_memory_bytes() == physical
+  assert resources.beyond_host_memory(physical + 1).endswith(
+      f"more than this host's {physical / 2**30:.4g} GiB of memory")
