@@ -175,11 +175,29 @@ def keep_first_start_keys(meta: dict, config: ml_collections.ConfigDict) -> None
     config.train.init_from = recorded
 
 
+# The checkpoint meta's record of the devices that computed its step (`devices_record`).
+DEVICES_KEY = "devices"
+
+
+def devices_record(mesh: jax.sharding.Mesh) -> str:
+  """'8 x cpu, mesh 8x1': the devices a run computes on, as each checkpoint's meta records them.
+  Another count, kind or mesh sums in another order: a resume on them is not bit-identical."""
+  return (f"{mesh.size} x {jax.devices()[0].device_kind}, mesh {mesh.shape['data']}x"
+          f"{mesh.shape['fsdp']}")
+
+
 def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collections.ConfigDict,
-                       data_fingerprint: int, order: int) -> None:
+                       data_fingerprint: int, order: int, devices: str = "") -> None:
   """Logs what a resumed run does differently from an uninterrupted one: nothing left to train,
-  new data, or the same data in another order."""
+  new data, the same data in another order, or other devices (`devices_record`)."""
   log.info("resuming from checkpoint step %d of %s", step, workdir)
+  written_on = meta.get(DEVICES_KEY)
+  if devices and isinstance(written_on, str) and written_on != devices:
+    # Allowed (a job rescheduled onto another slice), and the state is read exactly; only the
+    # sums from here on are reduced in another order.
+    log.info("checkpoint step %d was computed on %s, this run on %s: from here on it matches a "
+             "run that stays on either to float rounding, not bit for bit", step, written_on,
+             devices)
   if step >= config.train.num_steps:
     log.warning("checkpoint step %d of %s is at or past train.num_steps=%d: nothing to train "
                 "(raise --config.train.num_steps to train on)", step, workdir,

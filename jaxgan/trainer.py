@@ -96,6 +96,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
   k = run.steps_per_call
+  devices = restore.devices_record(run.mesh)  # what computed each step, as its meta records
   # [[attribute, class names]] as the checkpoints' meta holds them (JSON lists).
   attributes = [[name, list(names)] for name, names in data_lib.attribute_names(source)]
   try:
@@ -108,7 +109,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     raise
   if restored is not None:
     start_step, state, meta = restored
-    restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order)
+    restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order,
+                               devices)
     restore.keep_first_start_keys(meta, config)
     donor_named = meta.get(restore.DONOR_NAMED_KEY, "")
   else:
@@ -146,7 +148,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
             "attributes": attributes,
             "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
-            "order_fingerprint": order,
+            "order_fingerprint": order, restore.DEVICES_KEY: devices,
             **({"label_counts": label_counts} if label_counts else {}),
             **({restore.DONOR_NAMED_KEY: donor_named} if donor_named else {})}
 

@@ -1574,6 +1574,17 @@ def test_a_resume_warns_of_nothing_to_train_and_of_changed_data_or_order(caplog)
                                7, 9)
   assert "the data order changed since checkpoint step 3 (order 00000001, now 00000009" in (
       caplog.text)
+  # Other devices: said (allowed, and the state is read exactly), not warned of; the same
+  # devices, or a meta from before the record, say nothing.
+  for written_on, said in (("8 x cpu, mesh 8x1", True), ("1 x cpu, mesh 1x1", False),
+                           (None, False)):
+    caplog.clear()
+    meta = {"data_fingerprint": 7, "order_fingerprint": 9, "devices": written_on}
+    with caplog.at_level(logging.INFO, logger="jaxgan.restore"):
+      restore.warn_about_changes(meta, 3, "w", config, 7, 9, "1 x cpu, mesh 1x1")
+    assert [r.levelname for r in caplog.records] == ["INFO"] * (1 + said)
+    assert ("checkpoint step 3 was computed on 8 x cpu, mesh 8x1, this run on 1 x cpu, mesh 1x1"
+            in caplog.text) == said
 
 
 def test_a_resume_keeps_the_first_starts_donor_and_warns_only_of_another(caplog):

@@ -150,6 +150,10 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
   # The 2-device run continued the 8-device one's step 2 (a fresh start ends alike) ...
   assert "resuming from checkpoint step 2 of" in proc.stderr, proc.stderr[-3000:]
+  # ... and says that it runs on other devices, so is no longer bit-identical to either run.
+  assert ("checkpoint step 2 was computed on 8 x cpu, mesh 2x4, this run on 2 x cpu, mesh 2x1: "
+          "from here on it matches a run that stays on either to float rounding, not bit for "
+          "bit") in proc.stderr, proc.stderr[-3000:]
   # ... its step 4 reads on this process's single device ...
   assert workdir_lib.load_checkpoint(workdir)[1] == 4
   # ... and training resumes from it there (not from an older step after a failed read).
