@@ -290,17 +290,15 @@ def _load_from(workdir: str, subdir: str = "checkpoints", step: Optional[int] = 
   target: Any = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(lambda _: device, abstract))
   directory = os.path.join(workdir, subdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{directory} not found: no checkpoint of this kind in {workdir}"
-                            + (" (set train.eval_every to keep a best-FID checkpoint)"
-                               if subdir == "checkpoints_best" else ": train first"))
+    raise FileNotFoundError(_none_yet(workdir, config, subdir))
   if step is None:
     def accept(_, meta: dict) -> bool:
       check_meta(meta)
       return False  # "same config?" only decides what a writer moves aside; this one reads
 
     restored = _restore_newest(directory, target, None if check_meta is None else accept, parts)
-    if restored is None:
-      raise FileNotFoundError(f"no readable checkpoint in {directory}: train first")
+    if restored is None:  # no step folder (one that cannot be read raised CheckpointError)
+      raise FileNotFoundError(_none_yet(workdir, config, subdir))
     step, state, meta = restored
     return config, step, _as_state(abstract, state, parts), meta
   checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, read_only=True)
@@ -317,6 +315,27 @@ def _load_from(workdir: str, subdir: str = "checkpoints", step: Optional[int] = 
     checkpointer.close()
   step, state, meta = restored
   return config, step, _as_state(abstract, state, parts), meta
+
+
+def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> str:
+  """Why WORKDIR/`subdir` holds no checkpoint, and when one comes: 'train first' misled the
+  operator of a run that is training but not yet at its first checkpoint or evaluation."""
+  cfg = config.train
+  if subdir == "checkpoints_best" and not cfg.eval_every:
+    return (f"no best-FID checkpoint in {workdir}: its run evaluates nothing (set "
+            "train.eval_every to keep one)")
+  what, every, key = (("best-FID checkpoint", cfg.eval_every, "eval_every")
+                      if subdir == "checkpoints_best" else
+                      ("checkpoint", cfg.checkpoint_every, "checkpoint_every"))
+  try:  # the trainer's lock file, while it runs (read, not locked: a reader must not block one)
+    with open(os.path.join(workdir, RUN_LOCK), encoding="utf-8") as f:
+      holder = f.read().strip()
+  except OSError:
+    holder = ""
+  running = (f"; {RUN_LOCK} names a trainer there ({holder}): wait for that step"
+             if holder else ": train first")
+  return (f"no {what} in {workdir} yet: its run writes the first at step {every} "
+          f"(train.{key}){running}")
 
 
 def _as_state(abstract: state_lib.TrainState, state: Any, parts: Optional[Sequence[str]]

@@ -1742,3 +1742,32 @@ def test_a_resume_from_a_checkpoint_between_rows_loses_no_steps_metrics(tmp_path
   shutil.rmtree(workdir / "checkpoints" / "5")  # killed after step 4's row: resumed from 3
   trainer.train_and_evaluate(config, str(workdir))
   assert row_steps() == [3, 4, 5]  # each step in one row
+
+
+def test_a_workdir_without_checkpoints_yet_says_when_the_first_comes(tmp_path):
+  """generate/evaluate on a run still before its first checkpoint (or evaluation) said 'no
+  readable checkpoint ... train first', and on one that evaluates, 'set train.eval_every'."""
+  from jaxgan import startup
+
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  config = tiny_config(**{"train.checkpoint_every": 50, "train.eval_every": 100,
+                          "train.num_steps": 200})
+  startup.write_run_files(config, workdir, 0)
+  with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .*w yet: its run writes the "
+                     r"first at step 50 \(train.checkpoint_every\): train first$"):
+    workdir_lib.load_checkpoint(workdir)
+  os.makedirs(os.path.join(workdir, "checkpoints"))  # made, nothing in it yet
+  with open(os.path.join(workdir, workdir_lib.RUN_LOCK), "w") as f:
+    f.write("pid 7 on host-a\n")  # a trainer running there
+  with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .*w yet: its run writes the "
+                     r"first at step 50 \(train.checkpoint_every\); .run.lock names a trainer "
+                     r"there \(pid 7 on host-a\): wait for that step$"):
+    workdir_lib.load_checkpoint(workdir)
+  with pytest.raises(FileNotFoundError, match=r"^no best-FID checkpoint in .*w yet: its run "
+                     r"writes the first at step 100 \(train.eval_every\); "):
+    workdir_lib.load_checkpoint(workdir, "best")
+  startup.write_run_files(tiny_config(**{"train.eval_every": 0}), workdir, 0)
+  with pytest.raises(FileNotFoundError, match=r"^no best-FID checkpoint in .*w: its run "
+                     r"evaluates nothing \(set train.eval_every to keep one\)$"):
+    workdir_lib.load_checkpoint(workdir, "best")
