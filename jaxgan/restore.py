@@ -198,10 +198,14 @@ def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collectio
     log.info("checkpoint step %d was computed on %s, this run on %s: from here on it matches a "
              "run that stays on either to float rounding, not bit for bit", step, written_on,
              devices)
-  if step >= config.train.num_steps:
-    log.warning("checkpoint step %d of %s is at or past train.num_steps=%d: nothing to train "
+  if step > config.train.num_steps:
+    log.warning("checkpoint step %d of %s is past train.num_steps=%d: nothing to train "
                 "(raise --config.train.num_steps to train on)", step, workdir,
                 config.train.num_steps)
+  elif step == config.train.num_steps:  # the rerun a stop in the last step asked for, or a rerun
+    log.info("checkpoint step %d of %s is train.num_steps: nothing to train; what a stop left "
+             "undone at that step (its sample grid, its evaluation) is done now (raise "
+             "--config.train.num_steps to train on)", step, workdir)
   if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
     # Allowed (data sets grow), but the stream is a function of the data: from here the run
     # sees other batches than an uninterrupted one would have.

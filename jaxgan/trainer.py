@@ -272,11 +272,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
             f"{checkpointer.directory} (error above); a rerun resumes from "
             f"{run_health.resume_point(checkpointer)} and writes it: free space or fix the "
             "storage first")
-      if step > start_step:
-        log.info("done: step %d of %d, %d steps in %s; checkpoints in %s, sample grids in %s",
-                 step, cfg.num_steps, step - start_step,
-                 run_log.duration(time.perf_counter() - started), checkpointer.directory,
-                 os.path.abspath(os.path.join(workdir, "samples")))
+      # Also where the run started complete (a rerun, one that evaluated its last step): log.txt
+      # says how every start ended.
+      log.info("done: step %d of %d, %s; checkpoints in %s, sample grids in %s", step,
+               cfg.num_steps, f"{step - start_step} steps in "
+               f"{run_log.duration(time.perf_counter() - started)}" if step > start_step
+               else "nothing left to train", checkpointer.directory,
+               os.path.abspath(os.path.join(workdir, "samples")))
   finally:
     # Stops the input thread now, not when the generator is collected: a kept traceback (a
     # notebook's last error) holds this frame, and the thread would go on reading data.

@@ -1556,11 +1556,16 @@ def test_a_resume_warns_of_nothing_to_train_and_of_changed_data_or_order(caplog)
   with caplog.at_level(logging.INFO, logger="jaxgan.restore"):
     restore.warn_about_changes({}, 3, "w", config, 7, 9)  # an old meta: nothing recorded
   assert [r.levelname for r in caplog.records] == ["INFO"]
-  for step in (4, 5):
+  # At num_steps (the rerun a stop in the last step asks for, to draw or evaluate it): said, not
+  # warned of; past it: warned of.
+  for step, level, text in ((4, "INFO", "is train.num_steps: nothing to train; what a stop left "
+                                        "undone at that step"),
+                            (5, "WARNING", "is past train.num_steps=4: nothing to train")):
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+    with caplog.at_level(logging.INFO, logger="jaxgan.restore"):
       restore.warn_about_changes({}, step, "w", config, 7, 9)
-    assert f"checkpoint step {step} of w is at or past train.num_steps=4" in caplog.text
+    assert f"checkpoint step {step} of w {text}" in caplog.text
+    assert [r.levelname for r in caplog.records] == ["INFO", level]
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
     restore.warn_about_changes({"data_fingerprint": 8, "order_fingerprint": 1}, 3, "w", config,

@@ -859,6 +859,11 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   finally:
     signal.signal(signal.SIGINT, ignored)
   assert open(os.path.join(workdir, "log.txt")).read().count("SIGINT is ignored") == 1
+  # A start with nothing left to train says how it ended too (log.txt ended at its start).
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    trainer.train_and_evaluate(config, workdir)
+  last = open(os.path.join(workdir, "log.txt")).read().splitlines()[-1].split(": ", 1)[1]
+  assert last.startswith("done: step 7 of 7, nothing left to train; checkpoints in ")
 
 
 def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
