@@ -1215,6 +1215,15 @@ def test_prepare_is_reproducible_and_readable(folder, tmp_path):
     config_validation.validate(_config(**{"data.source": "prepared",
                                           "data.path": str(tmp_path / "a"),
                                           "data.num_classes": 2, "data.image_size": 32}), 1)
+  # A set prepared at a size the model cannot build (prepare allows 30): "set image_size=30"
+  # led straight to the model's refusal of 30; it says "prepare again" alone.
+  json.dump({**info, "image_size": 30}, open(tmp_path / "a" / "dataset_info.json", "w"))
+  with pytest.raises(config_lib.ConfigError, match=r"^config key data.image_size: .*a was "
+                     r"prepared at 30, which model 'dcgan' does not build \(sizes \[16, 32, 64, "
+                     r"128, 256\]\); prepare it again at one of them \(--image-size\)$"):
+    config_validation.validate(_config(**{"data.source": "prepared",
+                                          "data.path": str(tmp_path / "a"),
+                                          "data.num_classes": 2, "data.image_size": 32}), 1)
   # An edited dataset_info.json that lost a class: its labels no longer fit, named with the set.
   info["class_names"], info["class_counts"] = ["shirts"], {"shirts": 2}
   json.dump(info, open(tmp_path / "a" / "dataset_info.json", "w"))

@@ -299,7 +299,16 @@ def _check_unread(config: ml_collections.ConfigDict, reads_data: bool) -> None:
     section, leaf = key.split(".")
     require(get(config, switch) > 0 or get(config, key) == defaults[section][leaf], key,
             f"{name} is off ({switch} = 0), so it has no effect; drop {key} or set {switch} > 0")
-  source.validate(config, reads_data=reads_data)
+  try:
+    source.validate(config, reads_data=reads_data)
+  except data_lib.PreparedSizeError as e:
+    sizes = list(models.MODELS.get(config.model.name).supported_image_sizes)
+    if e.prepared_size in sizes:
+      raise
+    raise ConfigError(f"config key data.image_size: {config.data.path} was prepared at "
+                      f"{e.prepared_size}, which model {config.model.name!r} does not build "
+                      f"(sizes {sizes}); prepare it again at one of them (--image-size)"
+                      ) from None
 
 
 # Keys read only while another is positive: the key, (the switch, what it switches on).

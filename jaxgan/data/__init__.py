@@ -40,7 +40,7 @@ from jaxgan.data.class_counts import FROM_DATA, with_class_counts
 from jaxgan.data.folder import FolderSource
 from jaxgan.data.images import is_within
 from jaxgan.data.manifest import ManifestSource
-from jaxgan.data.prepared_source import PreparedSource
+from jaxgan.data.prepared_source import PreparedSizeError, PreparedSource
 from jaxgan.data.protocol import DataSource
 from jaxgan.data.synthetic import CATEGORY_NAMES, SyntheticCatalog
 from jaxgan.data.tfds_source import TfdsSource
@@ -57,7 +57,7 @@ SOURCES.register("prepared")(PreparedSource)
 T = TypeVar("T")
 
 __all__ = ["SOURCES", "SOURCE_KEYS", "CATEGORY_NAMES", "FROM_DATA", "ArraySource", "DataError",
-           "DataSource", "SyntheticCatalog", "attribute_names", "build_source",
+           "DataSource", "PreparedSizeError", "SyntheticCatalog", "attribute_names", "build_source",
            "check_same_on_every_process", "fingerprint", "prefetch", "with_class_counts",
            "workdir_problem"]
 

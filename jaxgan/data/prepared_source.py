@@ -52,6 +52,15 @@ def images_cache_file(out_dir: str, cache_dir: str) -> str:
   return os.path.join(cache_dir, f"prepared-{digest.hexdigest()[:16]}.npy")
 
 
+class PreparedSizeError(ConfigError):
+  """A prepared set's image size is not the config's: the config checks, which know the model,
+  say 'prepare again' alone where the model cannot build the set's size (setting it failed next)."""
+
+  def __init__(self, message: str, prepared_size: int):
+    super().__init__(message)
+    self.prepared_size = prepared_size
+
+
 class PreparedSource(ArraySource):
   multi_attribute = True  # prepare --label-column A --label-column B
   reads = frozenset({"path", "cache_dir"})
@@ -72,9 +81,10 @@ class PreparedSource(ArraySource):
                         "`python -m jaxgan.prepare`")
     info = read_info(config.data.path)
     if info["image_size"] != config.data.image_size:
-      raise ConfigError(f"config key data.image_size: {config.data.path} was prepared at "
-                        f"{info['image_size']}, got {config.data.image_size}; set "
-                        f"--config.data.image_size={info['image_size']} or prepare again")
+      raise PreparedSizeError(
+          f"config key data.image_size: {config.data.path} was prepared at "
+          f"{info['image_size']}, got {config.data.image_size}; set "
+          f"--config.data.image_size={info['image_size']} or prepare again", info["image_size"])
     require_attributes(config, attribute_names(info), config.data.path)
 
   @classmethod
