@@ -43,8 +43,10 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   # beside a name that differs in case only. A near spelling may be another class altogether
   # (the real catalog's 'Sandals', merged into 'other', is near 'Handbags'): both are said.
   if not same_but_case and "other" in class_names and not (by_index and number(label)):
-    hint += ("or " if close else "") + ("a class with fewer images than the data's "
-                                        "min_class_count is part of 'other'; ")
+    # "may": the model knows only its classes, not which names were merged ('Watches' asked of
+    # a masterCategory model was told it was part of 'other').
+    hint += ("or " if close else "") + (f"if {label!r} was a class of the data with fewer images "
+                                        "than its min_class_count, it is part of 'other'; ")
   if attribute is not None:
     raise ValueError(f"{flag} {attribute}={label!r}: not a class of {attribute}; {hint}choose one "
                      f"of: {choices}")

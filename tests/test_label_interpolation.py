@@ -262,15 +262,17 @@ def test_a_mistyped_label_gets_a_suggestion_and_another_attributes_class_its_pre
                                        r"you mean 'Footwear'\? choose one of: Apparel, Footwear"):
     label_choices.resolve_label("footwear", ["Apparel", "Footwear"], 2)
   # A rare class prepare merged into 'other' (--rare-classes other): where it went.
-  with pytest.raises(ValueError, match=r"^--label 'Heels' is not a class of this model; a class "
-                                       r"with fewer images than the data's min_class_count is "
-                                       r"part of 'other'; choose one of: Shirts, Watches, other"):
+  with pytest.raises(ValueError, match=r"^--label 'Heels' is not a class of this model; if "
+                                       r"'Heels' was a class of the data with fewer images than "
+                                       r"its min_class_count, it is part of 'other'; choose one "
+                                       r"of: Shirts, Watches, other"):
     label_choices.resolve_label("Heels", ["Shirts", "Watches", "other"], 3)
   # A near spelling of another class is no proof: the real catalog's 'Sandals' (merged into
   # 'other' at --min-class-count 20) was only told "did you mean 'Handbags'?".
   with pytest.raises(ValueError, match=r"^--label 'Sandals' is not a class of this model; did "
-                                       r"you mean 'Handbags'\? or a class with fewer images than "
-                                       r"the data's min_class_count is part of 'other'; choose "):
+                                       r"you mean 'Handbags'\? or if 'Sandals' was a class of the "
+                                       r"data with fewer images than its min_class_count, it is "
+                                       r"part of 'other'; choose "):
     label_choices.resolve_label("Sandals", ["Handbags", "Watches", "other"], 3)
   # Not for an index out of range: no class was merged into it.
   with pytest.raises(ValueError, match=r"^--label '7' is not a class of this model; choose one "
