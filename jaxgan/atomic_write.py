@@ -73,7 +73,11 @@ def save_npz(path: str, **arrays: np.ndarray) -> None:
 def missing_folders(path: str) -> list[str]:
   """The folders `os.makedirs(path)` would create, outermost first ([] when `path` exists): what
   a tool that then fails removes again, and nothing that was there before it."""
-  missing, folder = [], os.path.abspath(path)
+  if os.path.lexists(path):  # as the OS resolves it (through symlinks): there already
+    return []
+  # realpath, not abspath: abspath drops 'link/..' without reading the disk, and listed as
+  # missing a folder that the OS, following the link, finds there (removing another's folder).
+  missing, folder = [], os.path.realpath(path)
   while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
     missing.insert(0, folder)
     folder = os.path.dirname(folder)
@@ -176,8 +180,9 @@ def exclusive(path: str, guards: str = "") -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:  # held by another process: say so once, then wait for it
         if not said:
-          log.info("waiting for another process to finish %s (it holds %s)",
-                   guards or "what it builds", path)
+          # A warning: the tools that log only warnings (prepare, evaluate) must say it too.
+          log.warning("waiting for another process to finish %s (it holds %s)",
+                      guards or "what it builds", path)
           said = True
         fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:  # e.g. ENOLCK on a file system without locks

@@ -29,7 +29,7 @@ def test_a_second_process_waits_for_the_lock_and_says_so(tmp_path, caplog):
   lock = str(tmp_path / "new_folder" / "cache.lock")  # the folder is made for it
   holder = subprocess.Popen([sys.executable, "-c", HOLD, lock], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
-  caplog.set_level(logging.INFO, logger=atomic_write.__name__)
+  caplog.set_level(logging.WARNING, logger=atomic_write.__name__)
   try:
     assert holder.stdout.readline().strip() == "held"
     with atomic_write.exclusive(lock, "decoding /data/x"):
@@ -128,3 +128,18 @@ def test_a_failed_publish_leaves_no_temporary_and_bulk_pngs_skip_the_sync(tmp_pa
   paths = generation._write_singles([(np.arange(3), [image] * 3), (np.arange(3, 5), [image] * 2)],
                                   str(tmp_path / "many"), 5)
   assert len(paths) == 5 and len(syncs) == 2 and global_syncs == [1]
+
+
+def test_missing_folders_are_those_the_os_would_make_through_symlinks(tmp_path, monkeypatch):
+  """'link/../pre/w' is deep/pre/w to the OS (it follows the link, then '..'), where abspath
+  reads pre/w beside the link: listed as missing, a failed start then removed deep/pre/w, a
+  folder that was there before it."""
+  (tmp_path / "deep" / "real").mkdir(parents=True)
+  (tmp_path / "link").symlink_to(tmp_path / "deep" / "real")
+  monkeypatch.chdir(tmp_path)
+  deep = os.path.realpath(tmp_path / "deep")
+  assert atomic_write.missing_folders("link/../pre/w") == [f"{deep}/pre", f"{deep}/pre/w"]
+  (tmp_path / "deep" / "pre" / "w").mkdir(parents=True)
+  assert atomic_write.missing_folders("link/../pre/w") == []
+  assert atomic_write.missing_folders("new/a") == [os.path.realpath("new"),
+                                                   os.path.realpath("new/a")]
