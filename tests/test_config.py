@@ -38,7 +38,8 @@ from tests.conftest import REPO, run_module
     ("train.eval_num_samples", -3, "train.eval_num_samples: must be a positive integer, got -3"),
     # ada_init_p is 0 by default: ADA's pipeline at a fixed p of 0 never augments.
     ("augment.name", "ada_fixed", "augment.ada_p_init: augment.name=ada_fixed applies ADA's "
-     "pipeline at this fixed p, and at 0 it never augments"),
+     "pipeline at this fixed p, and at 0 (in float32, in which the step holds it) it never "
+     "augments"),
     # Read only with an explicit host:port: without it, each process would train alone.
     ("distributed.num_processes", 4, "distributed.num_processes: got 4, but it is read only "
      "with distributed.coordinator_address=host:port"),
@@ -166,6 +167,10 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"model.orthogonal_reg": 1e39},
      "model.orthogonal_reg: must be >= 0 and finite in float32, got 1e+39"),
     ({"loss.gp_weight": -1.0}, "loss.gp_weight: must be >= 0 and finite in float32, got -1.0"),
+    # 0 in float32, as the step holds p: a fixed p that never augments, trained on silently.
+    ({"augment.name": "ada_fixed", "augment.ada_p_init": 1e-50},
+     "augment.ada_p_init: augment.name=ada_fixed applies ADA's pipeline at this fixed p, and at "
+     "0 (in float32"),
     # An empty policy parsed to no op: DiffAugment returned its input, silently.
     ({"augment.name": "diffaugment", "augment.policy": " , "},
      "augment.policy: ' , ' names no op, so DiffAugment would never augment"),

@@ -207,10 +207,11 @@ def _check_regularisers(config: ml_collections.ConfigDict) -> None:
           f"must be in [0, 1], got {config.augment.ada_p_init}")
   fixed = augment_lib.AUGMENTS.get(config.augment.name)
   # StyleGAN2-ADA's --aug=fixed requires its --p likewise: at p = 0 no image is ever augmented.
-  require(not fixed.uses_p or fixed.adaptive or config.augment.ada_p_init > 0,
+  # In float32, as the step holds p: 1e-50 is 0 there.
+  require(not fixed.uses_p or fixed.adaptive or _float32(config.augment.ada_p_init) > 0,
           "augment.ada_p_init", f"augment.name={config.augment.name} applies ADA's pipeline at "
-          "this fixed p, and at 0 it never augments; set it (e.g. 0.2), or augment.name=ada to "
-          "tune p from 0")
+          "this fixed p, and at 0 (in float32, in which the step holds it) it never augments; "
+          "set it (e.g. 0.2), or augment.name=ada to tune p from 0")
   if config.loss.r1_gamma > 0 and model.d_norm_applies:
     require(config.model.d_norm != "batch", "model.d_norm",
             "R1 penalises per-sample gradients, which BatchNorm in D mixes; set "
