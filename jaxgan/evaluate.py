@@ -104,7 +104,12 @@ def _bad_argument(args) -> str:
   if args.batch_size < 0:
     return f"--batch-size must be >= 1 (0 = the default), got {args.batch_size}"
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan.config import mesh_checks  # pylint: disable=g-import-not-at-top
   from jaxgan.config import validation as config_validation  # pylint: disable=g-import-not-at-top
+
+  too_large = mesh_checks.eval_batch_problem(args.batch_size, 1) if args.batch_size else ""
+  if too_large:  # per device: one device's share, known before JAX loads, is the least it takes
+    return f"--batch-size {args.batch_size}: {too_large}"
 
   for flag in ("cache_dir", "weights", "data_path"):
     if config_lib.is_uri(getattr(args, flag)):

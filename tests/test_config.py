@@ -204,6 +204,10 @@ RESNET32 = {"model.name": "resnet", "data.image_size": 32}
     ({"data.source": "prepared", "data.path": "x", "data.workers": 4},
      "data.workers: data.source is 'prepared'"),
     ({"data.workers": 4}, "data.workers: data.source is 'synthetic', which reads no files"),
+    # Whatever train.eval_every (evaluate --workdir reads it): every evaluation failed with a
+    # MemoryError while the run trained on.
+    ({"eval.batch_size": 10**8}, "eval.batch_size: an Inception batch of 100000000 images (its "
+     "299x299 float32 inputs alone) takes 9.991e+04 GiB, more than this host's"),
     ({"data.source": "tfds", "data.tfds_name": "cifar10", "data.cache_dir": "/tmp/c"},
      "data.cache_dir: data.source is 'tfds', which does not read it; drop data.cache_dir"),
     # A model's, loss's or augmentation's key that the one picked does not read: ignored

@@ -585,6 +585,10 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     ([], "pass either --workdir DIR or both"),
     (["--workdir", "{tmp}/run"], "{tmp}/run/config.json not found"),
     (["--workdir", "{tmp}", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    # Padded with zeros in host memory after the data was read: a MemoryError traceback.
+    (["--real", "{tmp}/three", "--fake", "{tmp}/three", "--batch-size", "100000000"],
+     "--batch-size 100000000: an Inception batch of 100000000 images (its 299x299 float32 "
+     "inputs alone) takes 9.991e+04 GiB, more than this host's"),
     (["--workdir", "{tmp}", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["--workdir", "{tmp}", "--num-real", "-5"], "--num-real must be 0 (the run's eval.num_real) "
      "or >= 2 for --metrics fid,kid, got -5"),  # the run's eval.metrics

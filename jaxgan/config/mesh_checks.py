@@ -36,6 +36,9 @@ def check_mesh(config: ml_collections.ConfigDict, num_devices: int, num_processe
             f"global batch {config.train.batch_size} is not divisible by the {num_processes} "
             "processes")
   _check_batch_fits_host(config, num_processes)
+  # Checked whatever train.eval_every: `evaluate --workdir` reads it too.
+  problem = eval_batch_problem(config.eval.batch_size, num_devices // max(num_processes, 1))
+  require(not problem, "eval.batch_size", problem)
   validate_distributed(config)
 
 
@@ -49,6 +52,22 @@ def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int
           f"a step's {rows} images (batch_size * n_critic per process) of "
           f"{config.data.image_size}x{config.data.image_size}x3 bytes take {beyond}; use a "
           "smaller batch")
+
+
+# One image as FID Inception's float32 input: what an evaluation batch holds per image at the
+# least, before any activation.
+_INCEPTION_INPUT_BYTES = 299 * 299 * 3 * 4
+
+
+def eval_batch_problem(per_device: int, devices: int) -> str:
+  """Why an Inception batch of `per_device` images on each of this process's `devices` cannot
+  fit this host's memory ('' where it may): a typo'd batch was padded with zeros in host memory
+  after the data was read (evaluate: a MemoryError traceback; training: every evaluation
+  failed)."""
+  images = per_device * max(devices, 1)
+  beyond = resources.beyond_host_memory(images * _INCEPTION_INPUT_BYTES)
+  return (f"an Inception batch of {images} images (its 299x299 float32 inputs alone) takes "
+          f"{beyond}; use a smaller batch (the default is 32 per device)") if beyond else ""
 
 
 def validate_distributed(config: ml_collections.ConfigDict) -> None:
