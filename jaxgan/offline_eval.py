@@ -168,6 +168,10 @@ def evaluate_workdir(args) -> dict:
                                              sharding.replicated(mesh))
   del state  # its single-device copy of the EMA weights
   source = run_data(config, meta, args.data_path)
+  few = suite.too_few_reals(suite.parse_names(metrics), getattr(source, "num_examples", None))
+  if few:  # before Inception's minutes (it failed after them, naming no flag)
+    raise ValueError(f"--metrics {few} ({config.data.path or config.data.source}); pass "
+                     "--data-path with more, or other --metrics")
   evaluator = evaluator_lib.Evaluator(config, generator, source,
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.

@@ -27,6 +27,7 @@ from jaxgan import workdir as workdir_lib
 from jaxgan import writers
 from jaxgan.config import validation as config_validation
 from jaxgan.metrics import inception_weights
+from jaxgan.metrics import suite as metrics_suite
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       held.enter_context(workdir_lib.run_lock(workdir))
     _check_not_foreign(workdir)  # before anything is written into it (checkpoints/ included)
     source = data_lib.build_source(config)
+    few = metrics_suite.too_few_reals(metrics_suite.parse_names(config.eval.metrics),
+                                      getattr(source, "num_examples", None))
+    if config.train.eval_every and few:  # every evaluation failed, after its Inception work
+      raise config_lib.ConfigError(f"config key train.eval_every: eval.metrics {few}; add "
+                                   "images, or set train.eval_every=0")
     return run, source, data_lib.fingerprint(source), data_lib.order_fingerprint(source)
 
   try:

@@ -540,3 +540,42 @@ def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_
     assert ((f"warning: {large} holds 40x40 images, {small} 16x16 (the first of each): "
              "Inception sees both at 299x299, so the metrics also measure the difference in "
              "resolution; pass --image-size 16 to compare them at one size") in err) == warned, err
+
+
+def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp_path,
+                                                                            monkeypatch):
+  """A folder of one photo trained on (exit 0) while every evaluation failed after its minutes
+  of Inception ('need two [N >= 2, D] feature sets'); evaluate failed so too, naming no flag."""
+  import argparse
+
+  from jaxgan.metrics import inception_weights
+
+  (tmp_path / "one").mkdir()
+  Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "one" / "a.png")
+  monkeypatch.setattr(inception_weights, "find_weights", lambda path: path)  # not read
+  config = tiny_config(**{"data.source": "folder", "data.path": str(tmp_path / "one"),
+                          "data.num_classes": 0, "train.eval_every": 2,
+                          "eval.metrics": "fid,kid"})
+  with pytest.raises(config_lib.ConfigError, match=r"^config key train.eval_every: eval.metrics "
+                     r"fid,kid need at least 2 real images; the data holds 1; add images, or "
+                     r"set train.eval_every=0$"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  # evaluate --workdir of a run that trained on more, given the one photo as its data.
+  (tmp_path / "three").mkdir()
+  for i in range(3):
+    Image.new("RGB", (32, 32), (9, 90 * i, 9)).save(tmp_path / "three" / f"{i}.png")
+  config.data.path, config.train.eval_every = str(tmp_path / "three"), 0
+  config.train.num_steps, config.train.tensorboard = 2, False
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+  def no_inception(*args, **kwargs):
+    raise AssertionError("the evaluation began")
+
+  monkeypatch.setattr(offline_eval, "opening_line", no_inception)
+  with pytest.raises(ValueError, match=r"^--metrics fid,kid need at least 2 real images; the "
+                     r"data holds 1 \(.*one\); pass --data-path with more, or other --metrics$"):
+    offline_eval.evaluate_workdir(argparse.Namespace(
+        workdir=str(tmp_path / "run"), checkpoint="latest", metrics="fid,kid", num_samples=4,
+        defaulted=[], data_path=str(tmp_path / "one"), batch_size=0, weights="", cache_dir="",
+        standing_stats_batches=-1, num_real=0, seed=0))

@@ -118,6 +118,16 @@ def min_samples(names: list[str]) -> int:
   return max([2] + [METRICS.get(n, "eval.metrics").min_samples for n in names])
 
 
+def too_few_reals(names: list[str], available: Optional[int]) -> str:
+  """'fid,kid need at least 2 real images; the data holds 1' where the data (`available` images,
+  None where unknown) cannot give every metric of `names` its fewest samples, else '': said
+  before any Inception work, which otherwise ran for minutes before the metrics failed."""
+  fewest = min_samples(names)
+  if available is None or available >= fewest:
+    return ""
+  return (f"{','.join(names)} need at least {fewest} real images; the data holds {available}")
+
+
 def compute(real: np.ndarray, fake: np.ndarray, names: list[str],
             real_labels: Optional[np.ndarray] = None, fake_labels: Optional[np.ndarray] = None,
             on_error: Optional[Callable[[str, Exception], None]] = None,
