@@ -101,6 +101,14 @@ def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sy
   return min(limits) if limits else None
 
 
+def out_of_memory(error: BaseException) -> str:
+  """The first line of `error` where it is XLA's out-of-memory error (a GPU/TPU's
+  RESOURCE_EXHAUSTED, the CPU's 'Out of memory allocating ...'), else ''."""
+  text = str(error)
+  first = text.splitlines()[0] if text else ""
+  return first if ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text) else ""
+
+
 def beyond_host_memory(needed: int) -> str:
   """'X GiB, more than this host's Y GiB of memory' when `needed` bytes exceed the memory this
   process may use (host_memory_bytes), else '' (also where the OS does not say): for the

@@ -340,3 +340,40 @@ def test_the_tools_load_jax_with_the_stop_signals_held(tmp_path, tool, args):
   masks = json.loads(proc.stdout.strip().splitlines()[-1])
   assert masks and set(masks[0]) >= {int(signal.SIGINT), int(signal.SIGTERM),
                                      int(signal.SIGHUP)}, (masks, proc.stderr[-2000:])
+
+
+OUT_OF_MEMORY = """
+import os
+import jax
+from jaxgan import train, trainer
+
+def step_too_large(*args, **kwargs):
+  raise jax.errors.JaxRuntimeError(os.environ["STEP_ERROR"])
+
+trainer.train_and_evaluate = step_too_large
+train.run()
+"""
+
+
+def test_train_turns_xlas_out_of_memory_into_one_line_and_keeps_other_crashes(tmp_path):
+  """A batch or widths too large for the device ended the run with JAX's traceback."""
+  import subprocess
+  import sys
+
+  from tests.conftest import REPO
+
+  def train(error):
+    return subprocess.run(
+        [sys.executable, "-c", OUT_OF_MEMORY, "--config", "configs/default.py", "--workdir",
+         str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, STEP_ERROR=error))
+
+  oom = train("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.\nmore")
+  assert oom.returncode == 2 and oom.stderr.splitlines()[-1] == (
+      "error: the train step ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying "
+      "to allocate 80.00GiB.); lower train.batch_size or the model's widths, or shard it over "
+      "more devices (mesh.fsdp); --compile_only prints the step's estimated peak per device")
+  assert "Traceback" not in oom.stderr
+  crash = train("INTERNAL: a CUDA kernel failed")
+  assert crash.returncode == 1 and "Traceback" in crash.stderr
+  assert crash.stderr.splitlines()[-1].endswith("INTERNAL: a CUDA kernel failed")
