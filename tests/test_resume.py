@@ -561,7 +561,7 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog, capsys):
         tiny_config(**{"train.tensorboard": False, "optim.d_lr": 1e-4, "train.num_steps": 4}),
         workdir)
   assert int(state.step) == 6
-  assert (f"checkpoint step 6 of {workdir} is at or past train.num_steps=4: nothing to train "
+  assert (f"checkpoint step 6 of {workdir} is past train.num_steps=4: nothing to train "
           "(raise --config.train.num_steps to train on)") in caplog.text
   err = capsys.readouterr().err
   assert "train:" not in err and "train (compiling)" not in err, err
@@ -1033,7 +1033,11 @@ def test_a_workdir_that_cannot_rename_folders_is_refused_up_front(tmp_path, monk
   monkeypatch.setattr(os, "rename", no_folder_renames)
   with pytest.raises(workdir_lib.WorkdirError, match="cannot rename folders .* checkpoints need"):
     workdir_lib.prepare_workdir(str(tmp_path / "w"))
-  assert os.listdir(tmp_path / "w") == []  # the probe removed
+  assert not (tmp_path / "w").exists()  # the probe removed, and the folder it made for it
+  (tmp_path / "w").mkdir()  # one there before: it stays, without the probe
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot rename folders .* checkpoints need"):
+    workdir_lib.prepare_workdir(str(tmp_path / "w"))
+  assert os.listdir(tmp_path / "w") == []
 
 
 def test_prepare_workdir_says_whether_it_made_the_folder_and_leaves_no_probe(tmp_path,
