@@ -33,7 +33,7 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
-from jaxgan import cli, flag_parsing, path_flags, stopping
+from jaxgan import cli, flag_parsing, path_flags, resources, stopping
 from jaxgan.generation import LABELS_FILE, generate  # noqa: F401  (callers' names)
 
 FLAGS = flags.FLAGS
@@ -73,6 +73,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   cli.refuse_positional(argv)
   with stopping.signals_held():  # JAX loads: see stopping.signals_held
+    import jax  # pylint: disable=g-import-not-at-top
     from jaxgan.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
@@ -87,6 +88,11 @@ def main(argv: Sequence[str]) -> None:
                      FLAGS.batch, FLAGS.standing_stats_batches)
   except (ValueError, OSError, CheckpointError) as e:  # OSError: also an unwritable --out
     cli.fail(str(e))
+  except jax.errors.JaxRuntimeError as e:
+    if not resources.out_of_memory(e):  # a crash: its traceback
+      raise
+    cli.fail(f"sampling ran out of memory ({resources.out_of_memory(e)[:300]}); lower --batch "
+             f"(now {FLAGS.batch})")
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
 
 

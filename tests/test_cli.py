@@ -377,3 +377,14 @@ def test_train_turns_xlas_out_of_memory_into_one_line_and_keeps_other_crashes(tm
   crash = train("INTERNAL: a CUDA kernel failed")
   assert crash.returncode == 1 and "Traceback" in crash.stderr
   assert crash.stderr.splitlines()[-1].endswith("INTERNAL: a CUDA kernel failed")
+  # generate's --batch likewise.
+  script = (OUT_OF_MEMORY.replace("import train, trainer", "import generate")
+            .replace("trainer.train_and_evaluate =", "generate.generate =")
+            .replace("train.run()", "generate.run()"))
+  sample = subprocess.run(
+      [sys.executable, "-c", script, "--workdir", str(tmp_path / "w"), "--batch", "4096"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: out of HBM"))
+  assert sample.returncode == 2 and sample.stderr.splitlines()[-1] == (
+      "error: sampling ran out of memory (RESOURCE_EXHAUSTED: out of HBM); lower --batch (now "
+      "4096)")
