@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from jaxgan import cli, path_flags, stopping
+from jaxgan import cli, path_flags, resources, stopping
 from jaxgan import offline_eval
 from jaxgan import writers
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     return 2
   with stopping.signals_held():  # JAX loads (the metrics', orbax's): see stopping.signals_held
     # pylint: disable=g-import-not-at-top,unused-import
+    import jax
     from jaxgan.checkpoint import CheckpointError
     from jaxgan.metrics import suite  # noqa: F401
     # pylint: enable=g-import-not-at-top,unused-import
@@ -228,6 +229,13 @@ def main(argv=None) -> int:
     return 2
   except OSError as e:  # permissions, the storage: a folder or file of the sets, named
     print(f"error: {_os_problem(e)}", file=sys.stderr)
+    return 2
+  except jax.errors.JaxRuntimeError as e:
+    memory = resources.out_of_memory(e)
+    if not memory:  # a crash: its traceback
+      raise
+    print(f"error: evaluating ran out of memory ({memory[:300]}); lower --batch-size (Inception "
+          "images per device)", file=sys.stderr)
     return 2
   if args.workdir:
     problem = offline_eval.record(args.workdir, results)

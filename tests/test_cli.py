@@ -388,3 +388,19 @@ def test_train_turns_xlas_out_of_memory_into_one_line_and_keeps_other_crashes(tm
   assert sample.returncode == 2 and sample.stderr.splitlines()[-1] == (
       "error: sampling ran out of memory (RESOURCE_EXHAUSTED: out of HBM); lower --batch (now "
       "4096)")
+  # And evaluate's --batch-size (Inception's batch).
+  from PIL import Image
+
+  (tmp_path / "a").mkdir()
+  for i in range(2):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / f"{i}.png")
+  script = (OUT_OF_MEMORY.replace("import train, trainer", "import evaluate")
+            .replace("trainer.train_and_evaluate =", "evaluate.evaluate_sets =")
+            .replace("train.run()", "raise SystemExit(evaluate.main())"))
+  inception = subprocess.run(
+      [sys.executable, "-c", script, "--real", str(tmp_path / "a"), "--fake", str(tmp_path / "a")],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: out of HBM"))
+  assert inception.returncode == 2 and inception.stderr.splitlines()[-1] == (
+      "error: evaluating ran out of memory (RESOURCE_EXHAUSTED: out of HBM); lower --batch-size "
+      "(Inception images per device)"), inception.stderr
