@@ -355,7 +355,7 @@ train.run()
 """
 
 
-def test_train_turns_xlas_out_of_memory_into_one_line_and_keeps_other_crashes(tmp_path):
+def test_the_tools_turn_xlas_out_of_memory_into_one_line_and_keep_other_crashes(tmp_path):
   """A batch or widths too large for the device ended the run with JAX's traceback."""
   import subprocess
   import sys
