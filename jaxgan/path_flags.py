@@ -10,11 +10,14 @@ from typing import Optional
 
 from absl import flags
 
+from jaxgan.config.paths import os_path
+
 
 def user_path(path: str) -> str:
   """A path flag's value with a leading '~' expanded: the shell leaves `--out=~/grid.png`
-  alone (a folder named '~' was made in the working directory)."""
-  return os.path.expanduser(path) if path else path
+  alone (a folder named '~' was made in the working directory); and its '..' resolved as the OS
+  does (config.paths.os_path): 'link/..' was read two ways, the OS's and abspath's."""
+  return os_path(os.path.expanduser(path)) if path else path
 
 
 class _PathParser(flags.ArgumentParser):

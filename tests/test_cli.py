@@ -41,6 +41,29 @@ def test_path_flags_expand_a_leading_tilde(tmp_path, monkeypatch):
   assert (parsed.images, parsed.out) == (str(tmp_path / "photos"), str(tmp_path / "set"))
 
 
+def test_path_flags_and_config_paths_read_dot_dot_as_the_os_does(tmp_path, monkeypatch):
+  """After a symlink, 'link/..' is the parent of the link's target to the OS, while abspath drops
+  both: `train --workdir link/../wd` wrote config.json to one folder and its checkpoints to
+  another; generate's --out and prepare's --out failed after their work."""
+  from absl import flags
+
+  from jaxgan import config as config_lib
+
+  (tmp_path / "deep" / "sub").mkdir(parents=True)
+  (tmp_path / "link").symlink_to(tmp_path / "deep" / "sub")
+  monkeypatch.chdir(tmp_path)
+  deep = os.path.realpath(tmp_path / "deep")
+  assert path_flags.user_path("link/../wd") == os.path.join(deep, "wd")
+  assert path_flags.user_path("link/../out/") == os.path.join(deep, "out") + "/"
+  assert path_flags.user_path("link/x") == "link/x"  # no '..': as given
+  values = flags.FlagValues()
+  path_flags.define_path("workdir", None, "a path", values)
+  values(["train", "--workdir=link/../wd"])
+  assert values.workdir == os.path.join(deep, "wd")
+  assert config_lib.paths.absolute_path("link/../data") == os.path.join(deep, "data")
+  assert config_lib.paths.absolute_path("plain/../data") == str(tmp_path / "data")
+
+
 def test_generate_refuses_what_it_would_ignore(tmp_path):
   """--num with a plain --interpolate (a row per class: 100 asked, 32 written before), and a
   --standing_stats_batches below -1 (taken for -1): refused before the checkpoint is read."""

@@ -28,12 +28,24 @@ def is_uri(value: Any) -> bool:
   return isinstance(value, str) and "://" in value
 
 
+def os_path(path: str) -> str:
+  """`path` with its '..' resolved as the OS resolves it: after a symlink, 'link/..' is the
+  parent of the link's target, where os.path.abspath drops both without reading the disk (a
+  --workdir link/../wd split its run between two folders: config.json in one, checkpoints in
+  the other). A path without '..' is returned as it is; a trailing separator is kept (generate
+  --out DIR/ writes single images)."""
+  if os.pardir not in path.replace(os.altsep or os.sep, os.sep).split(os.sep):
+    return path
+  resolved = os.path.realpath(path)
+  return resolved + os.sep if path.endswith(os.sep) and resolved != os.sep else resolved
+
+
 def absolute_path(value: Any) -> Any:
-  """A relative path made absolute from the current folder; '' (the default) and URIs (gs://)
-  unchanged."""
+  """A relative path made absolute from the current folder ('..' as the OS resolves it:
+  `os_path`); '' (the default) and URIs (gs://) unchanged."""
   if not isinstance(value, str) or not value or is_uri(value):
     return value
-  return os.path.abspath(os.path.expanduser(value))
+  return os.path.abspath(os_path(os.path.expanduser(value)))
 
 
 def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
