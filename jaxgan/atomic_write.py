@@ -45,7 +45,7 @@ def remove_stale(path: str) -> int:
   removed = 0
   for name in names:
     pid = name[len(prefix):].split(".", 1)[0]
-    if not pid.isdigit() or _alive(int(pid)):
+    if not pid.isdigit() or process_alive(int(pid)):
       continue
     with contextlib.suppress(OSError):
       os.remove(os.path.join(folder, name))
@@ -94,7 +94,8 @@ def remove_empty(folders: Sequence[str]) -> None:
       break
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` of this host exists (another user's counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -324,18 +324,27 @@ def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> s
   if subdir == "checkpoints_best" and not cfg.eval_every:
     return (f"no best-FID checkpoint in {workdir}: its run evaluates nothing (set "
             "train.eval_every to keep one)")
-  what, every, key = (("best-FID checkpoint", cfg.eval_every, "eval_every")
-                      if subdir == "checkpoints_best" else
-                      ("checkpoint", cfg.checkpoint_every, "checkpoint_every"))
+  # As the trainer decides: a checkpoint at every checkpoint_every and evaluation step and at
+  # the last; the best at the first evaluation (an eval_every step, or the last).
+  if subdir == "checkpoints_best":
+    what, first = "best-FID checkpoint", min(cfg.eval_every, cfg.num_steps)
+  else:
+    what = "checkpoint"
+    first = min([cfg.checkpoint_every, cfg.num_steps] + [cfg.eval_every] * bool(cfg.eval_every))
   try:  # the trainer's lock file, while it runs (read, not locked: a reader must not block one)
     with open(os.path.join(workdir, RUN_LOCK), encoding="utf-8") as f:
       holder = f.read().strip()
   except OSError:
     holder = ""
-  running = (f"; {RUN_LOCK} names a trainer there ({holder}): wait for that step"
-             if holder else ": train first")
-  return (f"no {what} in {workdir} yet: its run writes the first at step {every} "
-          f"(train.{key}){running}")
+  pid, _, host = holder.removeprefix("pid ").partition(" on ")
+  if not holder:
+    then = ": train first"
+  elif host == socket.gethostname() and pid.isdecimal() and not atomic_write.process_alive(
+      int(pid)):  # the file a killed trainer left
+    then = f"; {RUN_LOCK} names a trainer ({holder}) that is no longer running: rerun train"
+  else:
+    then = f"; {RUN_LOCK} names a trainer there ({holder}): wait for that step"
+  return f"no {what} in {workdir} yet: its run writes the first at step {first}{then}"
 
 
 def _as_state(abstract: state_lib.TrainState, state: Any, parts: Optional[Sequence[str]]

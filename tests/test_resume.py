@@ -1756,27 +1756,41 @@ def test_a_resume_from_a_checkpoint_between_rows_loses_no_steps_metrics(tmp_path
 def test_a_workdir_without_checkpoints_yet_says_when_the_first_comes(tmp_path):
   """generate/evaluate on a run still before its first checkpoint (or evaluation) said 'no
   readable checkpoint ... train first', and on one that evaluates, 'set train.eval_every'."""
+  import socket
+
   from jaxgan import startup
 
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
-  config = tiny_config(**{"train.checkpoint_every": 50, "train.eval_every": 100,
-                          "train.num_steps": 200})
-  startup.write_run_files(config, workdir, 0)
-  with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .*w yet: its run writes the "
-                     r"first at step 50 \(train.checkpoint_every\): train first$"):
-    workdir_lib.load_checkpoint(workdir)
+
+  def first_step(message, checkpoint="latest", **overrides):
+    startup.write_run_files(tiny_config(**overrides), workdir, 0)
+    with pytest.raises(FileNotFoundError) as info:
+      workdir_lib.load_checkpoint(workdir, checkpoint)
+    assert re.match(message, str(info.value)), str(info.value)
+
+  # As the trainer saves: at every checkpoint_every and evaluation step, and at the last.
+  first_step(r"^no checkpoint in .*w yet: its run writes the first at step 50: train first$",
+             **{"train.checkpoint_every": 50, "train.eval_every": 100, "train.num_steps": 200})
+  first_step(r"^no checkpoint in .*w yet: its run writes the first at step 100: ",
+             **{"train.checkpoint_every": 2000, "train.eval_every": 100, "train.num_steps": 4000})
+  first_step(r"^no checkpoint in .*w yet: its run writes the first at step 4: ",
+             **{"train.checkpoint_every": 5000, "train.num_steps": 4})
+  first_step(r"^no best-FID checkpoint in .*w yet: its run writes the first at step 40: ", "best",
+             **{"train.eval_every": 100, "train.num_steps": 40})
+  first_step(r"^no best-FID checkpoint in .*w: its run evaluates nothing \(set train.eval_every "
+             r"to keep one\)$", "best", **{"train.eval_every": 0})
   os.makedirs(os.path.join(workdir, "checkpoints"))  # made, nothing in it yet
   with open(os.path.join(workdir, workdir_lib.RUN_LOCK), "w") as f:
-    f.write("pid 7 on host-a\n")  # a trainer running there
-  with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .*w yet: its run writes the "
-                     r"first at step 50 \(train.checkpoint_every\); .run.lock names a trainer "
-                     r"there \(pid 7 on host-a\): wait for that step$"):
-    workdir_lib.load_checkpoint(workdir)
-  with pytest.raises(FileNotFoundError, match=r"^no best-FID checkpoint in .*w yet: its run "
-                     r"writes the first at step 100 \(train.eval_every\); "):
-    workdir_lib.load_checkpoint(workdir, "best")
-  startup.write_run_files(tiny_config(**{"train.eval_every": 0}), workdir, 0)
-  with pytest.raises(FileNotFoundError, match=r"^no best-FID checkpoint in .*w: its run "
-                     r"evaluates nothing \(set train.eval_every to keep one\)$"):
-    workdir_lib.load_checkpoint(workdir, "best")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")  # a trainer running there
+  first_step(r"^no checkpoint in .*w yet: its run writes the first at step 2; .run.lock names a "
+             r"trainer there \(pid \d+ on .*\): wait for that step$")
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  with open(os.path.join(workdir, workdir_lib.RUN_LOCK), "w") as f:
+    f.write(f"pid {dead.pid} on {socket.gethostname()}\n")  # left by a killed trainer
+  first_step(r"^no checkpoint in .*w yet: its run writes the first at step 2; .run.lock names a "
+             r"trainer \(pid \d+ on .*\) that is no longer running: rerun train$")
+  with open(os.path.join(workdir, workdir_lib.RUN_LOCK), "w") as f:
+    f.write(f"pid {dead.pid} on another-host\n")  # cannot be told from here: maybe running
+  first_step(r".*names a trainer there \(pid \d+ on another-host\): wait for that step$")
