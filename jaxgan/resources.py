@@ -103,10 +103,15 @@ def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sy
 
 def out_of_memory(error: BaseException) -> str:
   """The first line of `error` where it is XLA's out-of-memory error (a GPU/TPU's
-  RESOURCE_EXHAUSTED, the CPU's 'Out of memory allocating ...'), else ''."""
+  RESOURCE_EXHAUSTED about memory or an allocation, the CPU's 'Out of memory allocating ...'),
+  else '' (also for other RESOURCE_EXHAUSTED errors: a collective's message over gRPC's size
+  limit keeps its traceback)."""
   text = str(error)
   first = text.splitlines()[0] if text else ""
-  return first if ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text) else ""
+  lower = text.lower()
+  memory = "out of memory" in lower or ("RESOURCE_EXHAUSTED" in text and (
+      "memory" in lower or "allocat" in lower))
+  return first if memory else ""
 
 
 def beyond_host_memory(needed: int) -> str:

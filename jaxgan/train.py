@@ -110,7 +110,7 @@ def _main(stop) -> None:
     if not memory:  # a crash: its traceback
       raise
     # The config's size (a batch, widths), not a crash: one line, not JAX's traceback.
-    cli.fail(f"the train step ran out of memory ({memory[:300]}); lower train.batch_size or "
+    cli.fail(f"training ran out of memory ({memory[:300]}); lower train.batch_size or "
              "the model's widths, or shard it over more devices (mesh.fsdp); --compile_only "
              "prints the step's estimated peak per device")
 

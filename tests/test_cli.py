@@ -393,10 +393,13 @@ def test_the_tools_turn_xlas_out_of_memory_into_one_line_and_keep_other_crashes(
 
   oom = train("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.\nmore")
   assert oom.returncode == 2 and oom.stderr.splitlines()[-1] == (
-      "error: the train step ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying "
+      "error: training ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying "
       "to allocate 80.00GiB.); lower train.batch_size or the model's widths, or shard it over "
       "more devices (mesh.fsdp); --compile_only prints the step's estimated peak per device")
   assert "Traceback" not in oom.stderr
+  # Not every RESOURCE_EXHAUSTED is memory: a collective's message over gRPC's limit.
+  grpc = train("RESOURCE_EXHAUSTED: Received message larger than max (5000000 vs. 4194304)")
+  assert grpc.returncode == 1 and "Traceback" in grpc.stderr
   crash = train("INTERNAL: a CUDA kernel failed")
   assert crash.returncode == 1 and "Traceback" in crash.stderr
   assert crash.stderr.splitlines()[-1].endswith("INTERNAL: a CUDA kernel failed")
@@ -407,10 +410,10 @@ def test_the_tools_turn_xlas_out_of_memory_into_one_line_and_keep_other_crashes(
   sample = subprocess.run(
       [sys.executable, "-c", script, "--workdir", str(tmp_path / "w"), "--batch", "4096"],
       cwd=REPO, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: out of HBM"))
+      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: Error allocating device buffer: 8.00G"))
   assert sample.returncode == 2 and sample.stderr.splitlines()[-1] == (
-      "error: sampling ran out of memory (RESOURCE_EXHAUSTED: out of HBM); lower --batch (now "
-      "4096)")
+      "error: sampling ran out of memory (RESOURCE_EXHAUSTED: Error allocating device buffer: "
+      "8.00G); lower --batch (now 4096)")
   # And evaluate's --batch-size (Inception's batch).
   from PIL import Image
 
@@ -423,7 +426,7 @@ def test_the_tools_turn_xlas_out_of_memory_into_one_line_and_keep_other_crashes(
   inception = subprocess.run(
       [sys.executable, "-c", script, "--real", str(tmp_path / "a"), "--fake", str(tmp_path / "a")],
       cwd=REPO, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: out of HBM"))
+      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: Error allocating device buffer: 8.00G"))
   assert inception.returncode == 2 and inception.stderr.splitlines()[-1] == (
-      "error: evaluating ran out of memory (RESOURCE_EXHAUSTED: out of HBM); lower --batch-size "
-      "(Inception images per device)"), inception.stderr
+      "error: evaluating ran out of memory (RESOURCE_EXHAUSTED: Error allocating device buffer: "
+      "8.00G); lower --batch-size (Inception images per device)"), inception.stderr
