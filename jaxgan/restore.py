@@ -186,10 +186,18 @@ def devices_record(mesh: jax.sharding.Mesh) -> str:
           f"{mesh.shape['fsdp']}")
 
 
+# The checkpoint meta's record of the data's data_lib.content_digest (every image; the
+# data_fingerprint samples 64 of them).
+DATA_CONTENT_KEY = "data_content"
+
+
 def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collections.ConfigDict,
-                       data_fingerprint: int, order: int, devices: str = "") -> None:
+                       data_fingerprint: int, order: int, devices: str = "",
+                       content: Optional[int] = None) -> None:
   """Logs what a resumed run does differently from an uninterrupted one: nothing left to train,
-  new data, the same data in another order, or other devices (`devices_record`)."""
+  new data (`content`: its content_digest, compared where the meta records one; else the
+  sampled `data_fingerprint`), the same data in another order, or other devices
+  (`devices_record`)."""
   log.info("resuming from checkpoint step %d of %s", step, workdir)
   written_on = meta.get(DEVICES_KEY)
   if devices and isinstance(written_on, str) and written_on != devices:
@@ -206,12 +214,17 @@ def warn_about_changes(meta: dict, step: int, workdir: str, config: ml_collectio
     log.info("checkpoint step %d of %s is train.num_steps: nothing to train; what a stop left "
              "undone at that step (its sample grid, its evaluation) is done now (raise "
              "--config.train.num_steps to train on)", step, workdir)
-  if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+  recorded = meta.get(DATA_CONTENT_KEY) if content is not None else None
+  before, now = ((recorded, content) if isinstance(recorded, int) else
+                 (meta.get("data_fingerprint", data_fingerprint), data_fingerprint))
+  if before != now:
     # Allowed (data sets grow), but the stream is a function of the data: from here the run
-    # sees other batches than an uninterrupted one would have.
+    # sees other batches than an uninterrupted one would have. The order is one of positions
+    # (the count and the seed's): where it holds, the same positions hold other images.
+    reordered = meta.get("order_fingerprint", order) != order
     log.warning("the data changed since checkpoint step %d (fingerprint %08x, now %08x): "
-                "training continues on the new data, in a new order", step,
-                meta["data_fingerprint"], data_fingerprint)
+                "training continues on the new data%s", step, before, now,
+                ", in a new order" if reordered else "")
   elif meta.get("order_fingerprint", order) != order:
     # The same data, ordered otherwise: a TensorFlow whose index shuffle draws differently, or
     # a jaxgan from before 2026-12-04, whose order repeated (data/shuffle_order.py).

@@ -90,8 +90,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   interactive = sys.stderr.isatty()  # else a log file (a cluster job): lines, not a bar
   progress_log = held.enter_context(run_log.run_log(workdir, is_main, not interactive, earlier))
   stop.check_before_training("after reading the data")  # log.txt says so, after the data's lines
+  content = data_lib.content_digest(source)  # every image, where the fingerprint samples 64
   if jax.process_count() > 1:
-    data_lib.check_same_on_every_process(source, data_fingerprint, order)
+    data_lib.check_same_on_every_process(source, content, order)
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
 
@@ -110,7 +111,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
   if restored is not None:
     start_step, state, meta = restored
     restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order,
-                               devices)
+                               devices, content)
     restore.keep_first_start_keys(meta, config)
     donor_named = meta.get(restore.DONOR_NAMED_KEY, "")
   else:
@@ -148,6 +149,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
     return {"config": config.to_dict(), "class_names": list(source.class_names),
             "attributes": attributes,
             "step": step, "data_position": step, "data_fingerprint": data_fingerprint,
+            restore.DATA_CONTENT_KEY: content,
             "order_fingerprint": order, restore.DEVICES_KEY: devices,
             **({"label_counts": label_counts} if label_counts else {}),
             **({restore.DONOR_NAMED_KEY: donor_named} if donor_named else {})}

@@ -1583,6 +1583,16 @@ def test_a_resume_warns_of_nothing_to_train_and_of_changed_data_or_order(caplog)
                                7, 9)
   assert "the data order changed since checkpoint step 3 (order 00000001, now 00000009" in (
       caplog.text)
+  # The content digest (every image) where the meta records one: pixels changed outside the
+  # fingerprint's sample are told; the order kept (the same count) is not said to be new.
+  for recorded, warned in ((5, True), (6, False)):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgan.restore"):
+      restore.warn_about_changes({"data_fingerprint": 7, "order_fingerprint": 9,
+                                  "data_content": recorded}, 3, "w", config, 7, 9, content=6)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the data changed since checkpoint step 3 (fingerprint 00000005, now 00000006): training "
+        "continues on the new data"] * warned
   # Other devices: said (allowed, and the state is read exactly), not warned of; the same
   # devices, or a meta from before the record, say nothing.
   for written_on, said in (("8 x cpu, mesh 8x1", True), ("1 x cpu, mesh 1x1", False),

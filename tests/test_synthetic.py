@@ -140,3 +140,30 @@ def test_fingerprint_sees_size_labels_and_images():
   assert base == data.fingerprint(data.ArraySource(images.copy(), labels, ["a", "b"], seed=3))
   streams = [data.fingerprint(data.SyntheticCatalog(16, 3, seed)) for seed in (0, 0, 1)]
   assert streams[0] == streams[1] != streams[2] and 0 <= base < 2**31
+
+
+def test_the_content_digest_sees_every_image_where_the_fingerprint_samples(monkeypatch):
+  """The fingerprint hashes 64 evenly spaced images: six photos rotated elsewhere in a set of
+  200 left it as it was, and a resume said nothing. The content digest hashes every image up to
+  CONTENT_DIGEST_BYTES, then evenly spaced ones."""
+  from jaxgan import data
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (200, 4, 4, 3), np.uint8)
+  labels = np.arange(200) % 2
+  source = lambda x: data.ArraySource(x, labels, ["a", "b"], seed=0)
+  changed = images.copy()
+  changed[1] = np.rot90(changed[1])  # not among the fingerprint's 64
+  assert data.fingerprint(source(images)) == data.fingerprint(source(changed))
+  assert data.content_digest(source(images)) != data.content_digest(source(changed))
+  assert data.content_digest(source(images)) == data.content_digest(source(images.copy()))
+  relabelled = data.ArraySource(images, 1 - labels, ["a", "b"], seed=0)
+  assert data.content_digest(relabelled) != data.content_digest(source(images))
+  # Past the budget: evenly spaced images (the first and last always among them).
+  monkeypatch.setattr(data, "CONTENT_DIGEST_BYTES", 10 * 4 * 4 * 3)
+  assert data.content_digest(source(images)) == data.content_digest(source(changed))
+  changed[-1, 0, 0, 0] ^= 1
+  assert data.content_digest(source(images)) != data.content_digest(source(changed))
+  # A stream: its fingerprint.
+  assert data.content_digest(data.SyntheticCatalog(16, 3, 0)) == data.fingerprint(
+      data.SyntheticCatalog(16, 3, 0))
