@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import numpy as np
@@ -1021,7 +1022,7 @@ class SlowTiny(tfds.core.GeneratorBasedBuilder):  # registered as slow_tiny; pre
 data_dir, me, other = sys.argv[1:]
 open(me, "w").close()
 while not os.path.exists(other):  # both start preparing together
-  time.sleep(0.01)
+  time.sleep(0.05)  # past the kernel clock tick that timestamps files
 images, labels, names, skipped = tfds_source.load_tfds(
     "slow_tiny", "train", data_dir, "image", "label", LoadOptions(image_size=16))
 print(len(images), sorted(labels.tolist()), names, skipped)
@@ -1525,6 +1526,18 @@ def test_decode_cache_key_names_the_files_contents_and_the_options(tmp_path):
   assert decode.decode_cache_key([str(path)], LoadOptions(16, background=(0, 0, 0))) != key
   stat = os.stat(path)
   os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  assert decode.decode_cache_key([str(path)], LoadOptions(16)) != key
+  # Edited in place at the same size with its mtime put back (exiftool -P, touch -r): the
+  # stale decode was served. The change time, which no program can set, tells it.
+  key, stat = decode.decode_cache_key([str(path)], LoadOptions(16)), os.stat(path)
+  time.sleep(0.05)  # past the kernel clock tick that timestamps files
+  with open(path, "r+b") as f:
+    f.seek(stat.st_size - 1)
+    last = f.read(1)
+    f.seek(stat.st_size - 1)
+    f.write(last)  # the same byte written again: the file's ctime moves
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert os.stat(path).st_mtime_ns == stat.st_mtime_ns and os.stat(path).st_size == stat.st_size
   assert decode.decode_cache_key([str(path)], LoadOptions(16)) != key
   gone = decode.decode_cache_key([str(tmp_path / "gone.png")], LoadOptions(16))
   assert len(gone) == 16

@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_bad_fraction = 0.01
   # Decoded images (folder, manifest) or a prepared set's images in a memory-mapped file here
   # ("" = in memory: each process holds its own copy), built by one process while the others
-  # wait, and keyed by what they were read from (images: each file's path, size and mtime;
+  # wait, and keyed by what they were read from (images: each file's path, size, mtime and ctime;
   # prepared sets: their info, with a content digest, and each shard's size and mtime): changed
   # data writes a new file (old ones are not deleted).
   c.data.cache_dir = ""

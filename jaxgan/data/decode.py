@@ -267,17 +267,19 @@ def _retry_transient(skipped: list[dict], options: LoadOptions, out, marks) -> l
 
 
 def decode_cache_key(paths: Sequence[str], options: LoadOptions) -> str:
-  """Names one decode of `paths`: each file's path, size and modification time (an image replaced
-  in place is decoded again), the load options and the loader's version."""
+  """Names one decode of `paths`: each file's path, size, modification time and change time (an
+  image replaced or edited in place is decoded again, also where its mtime was put back:
+  `exiftool -P`, `touch -r`; a program can set mtime, never ctime), the load options and the
+  loader's version. (A copy of the data, its ctimes new, is decoded again once.)"""
   import hashlib
   import json
 
   def stamp(path: str) -> list:
     try:
       st = os.stat(path)
-      return [path, st.st_size, st.st_mtime_ns]
+      return [path, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     except OSError:  # vanished since the scan: decoding will report it
-      return [path, -1, -1]
+      return [path, -1, -1, -1]
 
   described = [LOADER_VERSION, dataclasses.asdict(options), [stamp(p) for p in paths]]
   return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
