@@ -159,8 +159,8 @@ def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tm
   with pytest.raises(DataError) as e:
     prepared_source.PreparedSource.from_config(config)
   assert str(e.value) == (
-      f"config key data.cache_dir ({cache}): copying 3 images at 4x4 of {out} needs 0.00 GiB in "
-      f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "
+      f"config key data.cache_dir ({cache}): copying 3 images at 4x4 of {out} needs 144 bytes in "
+      f"{cache}, which has 0 bytes free; free space there, or set data.cache_dir to another "
       "folder ('' keeps the decoded images in memory)")
   assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []
 

@@ -1,5 +1,6 @@
 """Real-catalog sources (folder, manifest, tfds, prepared), the tf.data order, and prepare."""
 
+import errno
 import glob
 import hashlib
 import json
@@ -1359,9 +1360,21 @@ def test_a_cache_dir_without_room_or_not_a_folder_is_a_one_line_error(folder, tm
   with pytest.raises(DataError) as e:
     build_source(_config(**base, **{"data.cache_dir": str(cache)}))
   assert str(e.value) == (
-      f"config key data.cache_dir ({cache}): decoding 5 images at 16x16 needs 0.00 GiB in "
-      f"{cache}, which has 0.00 GiB free; free space there, or set data.cache_dir to another "
+      f"config key data.cache_dir ({cache}): decoding 5 images at 16x16 needs 7,680 bytes in "
+      f"{cache}, which has 0 bytes free; free space there, or set data.cache_dir to another "
       "folder ('' keeps the decoded images in memory)")
+  assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []
+  monkeypatch.undo()
+  # Space taken between the check and the write (two builders that both passed the check): the
+  # map's blocks are allocated first, so it fails in words, not of SIGBUS at a page.
+  def disk_filled(fd, offset, length):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(atomic_write.os, "posix_fallocate", disk_filled)
+  with pytest.raises(DataError, match=rf"^config key data.cache_dir \({cache}\): decoding 5 "
+                     rf"images at 16x16 needs 3,968 bytes in {cache}, which has [\d,.]+ \w+ "
+                     r"free; free space there"):
+    build_source(_config(**base, **{"data.cache_dir": str(cache)}))
   assert [n for n in os.listdir(cache) if n.endswith(".npy")] == []
   monkeypatch.undo()
   (tmp_path / "a_file").write_text("")

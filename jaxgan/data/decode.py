@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxgan import progress as progress_lib, resources
 from jaxgan import stopping
-from jaxgan.atomic_write import check_free_space, private_name, remove_stale
+from jaxgan.atomic_write import check_free_space, private_name, remove_stale, reserve
 from jaxgan.data.images import LOADER_VERSION, Loaded, LoadOptions, load_image
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
     private = private_name(cache_file)
     out = np.lib.format.open_memmap(private + ".all.npy", "w+", np.uint8, (n, size, size, 3))
     try:
+      reserve(private + ".all.npy", f"decoding {n} images at {size}x{size}")
       return _decode_into(paths, options, workers, desc, out, cache_file, private)
     finally:  # a crash or Ctrl-C leaves no full-size temporary behind
       for leftover in (private + ".all.npy", private + ".npy"):
@@ -143,6 +144,7 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   if cache_file:
     kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8,
                                      (len(indices), size, size, 3))
+    reserve(private + ".npy", f"decoding {n} images at {size}x{size}")
     chunk = _chunk_rows(out)
     for start in range(0, len(indices), chunk):
       kept[start:start + chunk] = out[indices[start:start + chunk]]

@@ -28,7 +28,8 @@ import numpy as np
 
 from jaxgan import stopping
 from jaxgan import tf_host
-from jaxgan.atomic_write import check_free_space, exclusive, private_name, publish, remove_stale
+from jaxgan.atomic_write import (check_free_space, exclusive, private_name, publish, remove_stale,
+                                 reserve)
 from jaxgan.data.arrays import Attributes, DataError
 from jaxgan.data.images import is_image_path
 
@@ -284,6 +285,8 @@ def read_prepared(out_dir: str, images_file: str = "") -> tuple[np.ndarray, np.n
     images = np.empty((n, size, size, 3), np.uint8)
   labels = np.empty((n, a) if a > 1 else (n,), np.int32)
   try:
+    if private:
+      reserve(private, f"copying {n} images at {size}x{size} of {out_dir}")
     _fill(out_dir, images, labels)
     if private:
       images.flush()
