@@ -1792,8 +1792,9 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
        f"--out {photos} is --images itself ({photos}): pass a folder outside the images, e.g. "
        f"{photos}_prepared"),
       (["--images", photos + "/", "--out", os.path.join(photos, "sub", "..", "set")],
-       f"--out {os.path.join(photos, 'sub', '..', 'set')} is inside --images ({photos}/): pass "
-       f"a folder outside the images, e.g. {photos}_prepared"),
+       # (its '..' resolved as the OS does, where the flag is read)
+       f"--out {os.path.join(os.path.realpath(photos), 'set')} is inside --images ({photos}/): "
+       f"pass a folder outside the images, e.g. {photos}_prepared"),
       # Among other files (generated PNGs, a workdir, the photos' parent): `evaluate --fake`
       # of the folder read the set instead of its PNGs (an FID of the reals against themselves).
       (["--images", photos, "--out", str(tmp_path)],
