@@ -62,6 +62,11 @@ def test_path_flags_and_config_paths_read_dot_dot_as_the_os_does(tmp_path, monke
   assert values.workdir == os.path.join(deep, "wd")
   assert config_lib.paths.absolute_path("link/../data") == os.path.join(deep, "data")
   assert config_lib.paths.absolute_path("plain/../data") == str(tmp_path / "data")
+  # Resolved up to the last '..' only: a symlink after it is kept, as without '..' (one folder
+  # was recorded in two forms, and its decode cache built twice).
+  assert path_flags.user_path("deep/../link") == os.path.join(os.path.realpath(tmp_path), "link")
+  # A URI as given, for its refusal ('gs://b/runs/../r' trained into a local folder 'gs:').
+  assert path_flags.user_path("gs://b/runs/../r") == "gs://b/runs/../r"
 
 
 def test_generate_refuses_what_it_would_ignore(tmp_path):

@@ -34,10 +34,14 @@ def os_path(path: str) -> str:
   --workdir link/../wd split its run between two folders: config.json in one, checkpoints in
   the other). A path without '..' is returned as it is; a trailing separator is kept (generate
   --out DIR/ writes single images)."""
-  if os.pardir not in path.replace(os.altsep or os.sep, os.sep).split(os.sep):
+  parts = path.replace(os.altsep or os.sep, os.sep).split(os.sep)
+  if os.pardir not in parts or is_uri(path):  # a URI is refused where it is read, as given
     return path
-  resolved = os.path.realpath(path)
-  return resolved + os.sep if path.endswith(os.sep) and resolved != os.sep else resolved
+  # Up to the last '..' only: the components after it stay as given (a symlink there is kept,
+  # as a path without '..' keeps its own).
+  last = len(parts) - 1 - parts[::-1].index(os.pardir)
+  resolved = os.path.realpath(os.sep.join(parts[:last + 1]) or os.sep)
+  return os.path.join(resolved, *parts[last + 1:])
 
 
 def absolute_path(value: Any) -> Any:
