@@ -98,7 +98,7 @@ def process_alive(pid: int) -> bool:
   """Whether process `pid` of this host exists (another user's counts)."""
   try:
     os.kill(pid, 0)
-  except ProcessLookupError:
+  except (ProcessLookupError, OverflowError):  # (past any pid: a damaged lock file's number)
     return False
   except OSError:  # EPERM: another user's process
     return True
@@ -142,12 +142,15 @@ def reserve(path: str, what: str) -> None:
     except AttributeError:  # not POSIX
       return
     except OSError as e:
-      if e.errno != errno.ENOSPC:
-        return
-      free = os.statvfs(os.path.dirname(os.path.abspath(path)))
-      raise OSError(errno.ENOSPC, f"{what} needs {_size(size)} in "
-                    f"{os.path.dirname(os.path.abspath(path))}, which has "
-                    f"{_size(free.f_bavail * free.f_frsize)} free") from None
+      folder = os.path.dirname(os.path.abspath(path))
+      if e.errno == errno.ENOSPC:
+        free = os.statvfs(folder)
+        raise OSError(errno.ENOSPC, f"{what} needs {_size(size)} in {folder}, which has "
+                      f"{_size(free.f_bavail * free.f_frsize)} free") from None
+      if e.errno in (errno.EDQUOT, errno.EFBIG):  # a user's quota, which statvfs does not show
+        raise OSError(e.errno, f"{what} needs {_size(size)} in {folder}: {e.strerror}"
+                      ) from None
+      return  # EOPNOTSUPP, EINVAL: a file system that cannot allocate ahead
   finally:
     os.close(fd)
 

@@ -143,3 +143,35 @@ def test_missing_folders_are_those_the_os_would_make_through_symlinks(tmp_path, 
   assert atomic_write.missing_folders("link/../pre/w") == []
   assert atomic_write.missing_folders("new/a") == [os.path.realpath("new"),
                                                    os.path.realpath("new/a")]
+
+
+def test_a_pid_past_any_process_is_not_alive():
+  """A damaged lock file's number (os.kill raised OverflowError: a traceback from generate)."""
+  assert atomic_write.process_alive(os.getpid())
+  assert not atomic_write.process_alive(10**20)
+
+
+def test_reserve_says_a_full_disk_or_a_quota_in_one_line(tmp_path, monkeypatch):
+  import errno
+
+  import pytest
+
+  path = tmp_path / "cache.npy"
+  path.write_bytes(bytes(3 * 2**20))
+  atomic_write.reserve(str(path), "decoding 9 images")  # room: nothing said
+  for code, text in ((errno.ENOSPC, r"which has .* free$"),
+                     (errno.EDQUOT, r"Disk quota exceeded$")):
+    def refused(fd, offset, length, code=code):
+      raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(atomic_write.os, "posix_fallocate", refused)
+    with pytest.raises(OSError, match=rf"^\[Errno {code}\] decoding 9 images needs 3.0 MiB in "
+                       rf"{tmp_path}.*{text}") as info:
+      atomic_write.reserve(str(path), "decoding 9 images")
+    assert info.value.errno == code
+  # A file system that cannot allocate ahead: the free-space check stands alone.
+  def unsupported(fd, offset, length):
+    raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+  monkeypatch.setattr(atomic_write.os, "posix_fallocate", unsupported)
+  atomic_write.reserve(str(path), "decoding 9 images")

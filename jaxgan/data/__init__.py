@@ -157,11 +157,14 @@ def content_digest(source: DataSource) -> int:
   per_image = max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)
   picks = (np.arange(n) if n * per_image <= CONTENT_DIGEST_BYTES else
            np.unique(np.linspace(0, n - 1, CONTENT_DIGEST_BYTES // per_image).astype(np.int64)))
-  for start in range(0, len(picks), 4096):  # a memory-mapped set is read a block at a time
-    chunk = picks[start:start + 4096]
-    rows = (images[chunk[0]:chunk[-1] + 1] if chunk[-1] - chunk[0] + 1 == len(chunk)
-            else images[chunk])
-    digest.update(np.ascontiguousarray(rows).tobytes())
+  # 64 MiB at a time, hashed in place where the rows are contiguous (a slice of a memory-mapped
+  # set is read, not copied); only a sample's gathered rows are copied, a block at a time.
+  rows = max(1, (64 << 20) // per_image)
+  for start in range(0, len(picks), rows):
+    chunk = picks[start:start + rows]
+    block = (images[chunk[0]:chunk[-1] + 1] if chunk[-1] - chunk[0] + 1 == len(chunk)
+             else images[chunk])
+    digest.update(np.ascontiguousarray(block))
   return _digest31(digest)
 
 
