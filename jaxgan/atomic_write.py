@@ -45,7 +45,7 @@ def remove_stale(path: str) -> int:
   removed = 0
   for name in names:
     pid = name[len(prefix):].split(".", 1)[0]
-    if not pid.isdigit() or process_alive(int(pid)):
+    if not pid.isdecimal() or process_alive(int(pid)):  # isdecimal: int() refuses '²'
       continue
     with contextlib.suppress(OSError):
       os.remove(os.path.join(folder, name))
@@ -96,6 +96,8 @@ def remove_empty(folders: Sequence[str]) -> None:
 
 def process_alive(pid: int) -> bool:
   """Whether process `pid` of this host exists (another user's counts)."""
+  if pid <= 0:  # 0 and -1 name process groups (kill's), no process: a damaged name's number
+    return False
   try:
     os.kill(pid, 0)
   except (ProcessLookupError, OverflowError):  # (past any pid: a damaged lock file's number)

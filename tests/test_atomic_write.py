@@ -149,6 +149,7 @@ def test_a_pid_past_any_process_is_not_alive():
   """A damaged lock file's number (os.kill raised OverflowError: a traceback from generate)."""
   assert atomic_write.process_alive(os.getpid())
   assert not atomic_write.process_alive(10**20)
+  assert not atomic_write.process_alive(0) and not atomic_write.process_alive(-1)  # groups
 
 
 def test_reserve_says_a_full_disk_or_a_quota_in_one_line(tmp_path, monkeypatch):

@@ -37,11 +37,26 @@ def os_path(path: str) -> str:
   parts = path.replace(os.altsep or os.sep, os.sep).split(os.sep)
   if os.pardir not in parts or is_uri(path):  # a URI is refused where it is read, as given
     return path
-  # Up to the last '..' only: the components after it stay as given (a symlink there is kept,
-  # as a path without '..' keeps its own).
-  last = len(parts) - 1 - parts[::-1].index(os.pardir)
-  resolved = os.path.realpath(os.sep.join(parts[:last + 1]) or os.sep)
-  return os.path.join(resolved, *parts[last + 1:])
+  # Only a symlink that a '..' steps out of is resolved; other components stay as given (a link
+  # elsewhere is kept, as a path without '..' keeps its own: one folder, one recorded form).
+  head = os.sep if path.startswith(os.sep) else ""
+  kept: list[str] = []
+  for part in parts:
+    if part in ("", os.curdir):
+      continue
+    if part != os.pardir:
+      kept.append(part)
+    elif not kept or kept[-1] == os.pardir:
+      if not head:  # above a relative start: the working folder (a real path) resolves it
+        kept.append(part)
+    elif os.path.islink(head + os.sep.join(kept)):
+      resolved = os.path.realpath(head + os.sep.join(kept))
+      head, kept = os.sep, [p for p in resolved.split(os.sep) if p][:-1]
+    else:
+      kept.pop()
+  joined = head + os.sep.join(kept)
+  joined = joined or os.curdir
+  return joined + os.sep if path.endswith(os.sep) and not joined.endswith(os.sep) else joined
 
 
 def absolute_path(value: Any) -> Any:
