@@ -144,15 +144,16 @@ def reserve(path: str, what: str) -> None:
     except AttributeError:  # not POSIX
       return
     except OSError as e:
+      if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return  # a file system that cannot allocate ahead: the check stands alone
       folder = os.path.dirname(os.path.abspath(path))
       if e.errno == errno.ENOSPC:
         free = os.statvfs(folder)
         raise OSError(errno.ENOSPC, f"{what} needs {_size(size)} in {folder}, which has "
                       f"{_size(free.f_bavail * free.f_frsize)} free") from None
-      if e.errno in (errno.EDQUOT, errno.EFBIG):  # a user's quota, which statvfs does not show
-        raise OSError(e.errno, f"{what} needs {_size(size)} in {folder}: {e.strerror}"
-                      ) from None
-      return  # EOPNOTSUPP, EINVAL: a file system that cannot allocate ahead
+      # A user's quota (EDQUOT, which statvfs does not show), a storage error (EIO): the map's
+      # writes would fail too, of SIGBUS.
+      raise OSError(e.errno, f"{what} needs {_size(size)} in {folder}: {e.strerror}") from None
   finally:
     os.close(fd)
 

@@ -161,7 +161,7 @@ def test_reserve_says_a_full_disk_or_a_quota_in_one_line(tmp_path, monkeypatch):
   path.write_bytes(bytes(3 * 2**20))
   atomic_write.reserve(str(path), "decoding 9 images")  # room: nothing said
   for code, text in ((errno.ENOSPC, r"which has .* free$"),
-                     (errno.EDQUOT, r"Disk quota exceeded$")):
+                     (errno.EDQUOT, r"Disk quota exceeded$"), (errno.EIO, r"error$")):
     def refused(fd, offset, length, code=code):
       raise OSError(code, os.strerror(code))
 

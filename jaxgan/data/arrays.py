@@ -40,6 +40,9 @@ def cache_dir_problem(cache_dir: str, error: OSError) -> str:
     detail += f": {error.filename}"
   fix = {errno.ENOSPC: "free space there, or set data.cache_dir to another folder",
          errno.EDQUOT: "free space there, or set data.cache_dir to another folder",
+         # A process's file size limit (ulimit -f) or the file system's largest file.
+         errno.EFBIG: "raise the file size limit (ulimit -f), or set data.cache_dir to a file "
+                      "system that holds files this large",
          errno.EROFS: "set data.cache_dir to a writable folder",
          errno.EACCES: "make it writable, or set data.cache_dir to another folder",
          }.get(error.errno, "set data.cache_dir to a folder you can write to")
