@@ -176,3 +176,15 @@ def test_reserve_says_a_full_disk_or_a_quota_in_one_line(tmp_path, monkeypatch):
 
   monkeypatch.setattr(atomic_write.os, "posix_fallocate", unsupported)
   atomic_write.reserve(str(path), "decoding 9 images")
+
+
+def test_a_cache_dir_too_small_for_a_file_names_the_file_size_limit():
+  """EFBIG (ulimit -f): 'set data.cache_dir to a folder you can write to' pointed elsewhere."""
+  import errno
+
+  from jaxgan.data.arrays import cache_dir_problem
+
+  message = cache_dir_problem("/c", OSError(errno.EFBIG, "File too large"))
+  assert message == ("config key data.cache_dir (/c): File too large; raise the file size limit "
+                     "(ulimit -f), or set data.cache_dir to a file system that holds files this "
+                     "large ('' keeps the decoded images in memory)")
