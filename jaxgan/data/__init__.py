@@ -122,11 +122,10 @@ def build_source(config: ml_collections.ConfigDict) -> DataSource:
 def fingerprint(source: DataSource) -> int:
   """A 31-bit digest of what `source` serves: its size, attributes and labels, and an evenly
   spaced sample of up to 64 of its images (a stream's first 4), cheap even for a large set."""
-  digest = hashlib.sha256(json.dumps([getattr(source, "num_examples", None),
-                                      attribute_names(source)]).encode())
+  digest = _described(source)
   images = getattr(source, "images", None)
   if images is not None:
-    picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), 64)).astype(np.int64))
+    picks = _evenly_spaced(len(images), 64)
     digest.update(np.ascontiguousarray(images[picks]).tobytes())
     digest.update(np.ascontiguousarray(source.labels).tobytes())
   else:
@@ -150,13 +149,10 @@ def content_digest(source: DataSource) -> int:
   images = getattr(source, "images", None)
   if images is None:
     return fingerprint(source)
-  digest = hashlib.sha256(json.dumps([getattr(source, "num_examples", None),
-                                      attribute_names(source)]).encode())
+  digest = _described(source)
   digest.update(np.ascontiguousarray(source.labels).tobytes())
-  n = len(images)
   per_image = max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)
-  picks = (np.arange(n) if n * per_image <= CONTENT_DIGEST_BYTES else
-           np.unique(np.linspace(0, n - 1, CONTENT_DIGEST_BYTES // per_image).astype(np.int64)))
+  picks = _evenly_spaced(len(images), CONTENT_DIGEST_BYTES // per_image)
   # 64 MiB at a time, hashed in place where the rows are contiguous (a slice of a memory-mapped
   # set is read, not copied); only a sample's gathered rows are copied, a block at a time.
   rows = max(1, (64 << 20) // per_image)
@@ -166,6 +162,17 @@ def content_digest(source: DataSource) -> int:
              else images[chunk])
     digest.update(np.ascontiguousarray(block))
   return _digest31(digest)
+
+
+def _described(source: DataSource):
+  """A SHA-256 begun with what `source` says of itself: its size and attributes."""
+  return hashlib.sha256(json.dumps([getattr(source, "num_examples", None),
+                                    attribute_names(source)]).encode())
+
+
+def _evenly_spaced(n: int, k: int) -> np.ndarray:
+  """Up to `k` indices of `n`, evenly spaced, the first and last among them (all where k >= n)."""
+  return np.unique(np.linspace(0, n - 1, min(n, k)).astype(np.int64))
 
 
 def _digest31(digest) -> int:
