@@ -15,13 +15,21 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 
-from jaxgan import stopping
+from jaxgan import resources, stopping
 
 
 def fail(message: str) -> NoReturn:
   """`error: message` on stderr and exit status 2 (a usage or input error, not a crash)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def out_of_memory_line(error: BaseException, doing: str, remedy: str) -> str:
+  """'DOING ran out of memory (XLA's first line); REMEDY' where `error` is XLA's out-of-memory
+  error (resources.out_of_memory), else '': a size the user chose (a batch, widths), said in one
+  line where JAX's traceback said it at the end of forty."""
+  memory = resources.out_of_memory(error)
+  return f"{doing} ran out of memory ({memory[:300]}); {remedy}" if memory else ""
 
 
 # SIGTERM's exception, raised as Ctrl-C raises KeyboardInterrupt (stopping.Interrupts).

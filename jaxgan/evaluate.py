@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from jaxgan import cli, path_flags, resources, stopping
+from jaxgan import cli, path_flags, stopping
 from jaxgan import offline_eval
 from jaxgan import writers
 from jaxgan.offline_eval import SETS_BATCH, evaluate_sets, evaluate_workdir
@@ -231,11 +231,11 @@ def main(argv=None) -> int:
     print(f"error: {_os_problem(e)}", file=sys.stderr)
     return 2
   except jax.errors.JaxRuntimeError as e:
-    memory = resources.out_of_memory(e)
-    if not memory:  # a crash: its traceback
+    line = cli.out_of_memory_line(e, "evaluating",
+                                  "lower --batch-size (Inception images per device)")
+    if not line:  # a crash: its traceback
       raise
-    print(f"error: evaluating ran out of memory ({memory[:300]}); lower --batch-size (Inception "
-          "images per device)", file=sys.stderr)
+    print(f"error: {line}", file=sys.stderr)
     return 2
   if args.workdir:
     problem = offline_eval.record(args.workdir, results)

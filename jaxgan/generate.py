@@ -33,7 +33,7 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
-from jaxgan import cli, flag_parsing, path_flags, resources, stopping
+from jaxgan import cli, flag_parsing, path_flags, stopping
 from jaxgan.generation import LABELS_FILE, generate  # noqa: F401  (callers' names)
 
 FLAGS = flags.FLAGS
@@ -89,10 +89,10 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, OSError, CheckpointError) as e:  # OSError: also an unwritable --out
     cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
-    if not resources.out_of_memory(e):  # a crash: its traceback
+    line = cli.out_of_memory_line(e, "sampling", f"lower --batch (now {FLAGS.batch})")
+    if not line:  # a crash: its traceback
       raise
-    cli.fail(f"sampling ran out of memory ({resources.out_of_memory(e)[:300]}); lower --batch "
-             f"(now {FLAGS.batch})")
+    cli.fail(line)
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
 
 

@@ -29,7 +29,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxgan import cli, config as config_lib, data, flag_parsing, path_flags  # noqa: E402
-from jaxgan import resources  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The trainer (JAX, Flax, orbax) is imported in main(), not here: image-decoding workers are
@@ -106,13 +105,12 @@ def _main(stop) -> None:
   except ImportError as e:  # e.g. TensorFlow missing on a host that reads real catalogs
     cli.fail(f"{e}; install it (pip install -e .) or use --config.data.source=synthetic")
   except jax.errors.JaxRuntimeError as e:
-    memory = resources.out_of_memory(e)
-    if not memory:  # a crash: its traceback
+    line = cli.out_of_memory_line(
+        e, "training", "lower train.batch_size or the model's widths, or shard it over more "
+        "devices (mesh.fsdp); --compile_only prints the step's estimated peak per device")
+    if not line:  # a crash: its traceback
       raise
-    # The config's size (a batch, widths), not a crash: one line, not JAX's traceback.
-    cli.fail(f"training ran out of memory ({memory[:300]}); lower train.batch_size or "
-             "the model's widths, or shard it over more devices (mesh.fsdp); --compile_only "
-             "prints the step's estimated peak per device")
+    cli.fail(line)
 
 
 def run() -> None:
