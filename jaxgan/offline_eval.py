@@ -224,6 +224,7 @@ def run_data(config: ml_collections.ConfigDict, meta: dict, data_path: str) -> D
   from jaxgan import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import data as data_lib  # pylint: disable=g-import-not-at-top
   from jaxgan import label_choices  # pylint: disable=g-import-not-at-top
+  from jaxgan import restore  # pylint: disable=g-import-not-at-top
 
   where = (f"--data-path {data_path}" if data_path else f"the run's data.path {config.data.path}"
            if config.data.path else f"the run's data (data.source={config.data.source})")
@@ -256,10 +257,15 @@ def run_data(config: ml_collections.ConfigDict, meta: dict, data_path: str) -> D
           f"checkpoint was trained on {_describe(trained)}: class k is sampled and compared as "
           "the data's k-th",
           file=sys.stderr)
-  recorded = meta.get("data_fingerprint")
-  if recorded is not None and data_lib.fingerprint(source) != recorded:
+  # Every image's digest where the checkpoint records one; the fingerprint (64 of them) else.
+  content, sampled = meta.get(restore.DATA_CONTENT_KEY), meta.get("data_fingerprint")
+  changed = ("another content digest" if content is not None
+             and data_lib.content_digest(source) != content else
+             "another fingerprint" if content is None and sampled is not None
+             and data_lib.fingerprint(source) != sampled else "")
+  if changed:
     print(f"warning: {where} holds other images or labels than this checkpoint was trained on "
-          "(another fingerprint): the metrics compare its samples with these", file=sys.stderr)
+          f"({changed}): the metrics compare its samples with these", file=sys.stderr)
   return source
 
 

@@ -468,6 +468,19 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   assert capsys.readouterr().err.strip() == (
       f"warning: --data-path {tmp_path}/other holds other images or labels than this checkpoint "
       "was trained on (another fingerprint): the metrics compare its samples with these")
+  # A checkpoint that records every image's digest is judged by it, not by the 64 images the
+  # fingerprint samples (which all of a changed set past them may pass).
+  source = check(run_set)
+  digest, sampled = data_lib.content_digest(source), data_lib.fingerprint(source)
+  meta = {**current, "data_fingerprint": sampled, "data_content": digest + 1}
+  check(run_set)
+  assert capsys.readouterr().err.strip() == (
+      f"warning: --data-path {run_set} holds other images or labels than this checkpoint was "
+      "trained on (another content digest): the metrics compare its samples with these")
+  meta = {**current, "data_fingerprint": sampled + 1, "data_content": digest}
+  check(run_set)
+  assert capsys.readouterr().err == ""
+  meta = current
 
   # The synthetic catalog has no path to name (here with a fingerprint it does not have).
   offline_eval.run_data(tiny_config(), {"data_fingerprint": 1}, "")
