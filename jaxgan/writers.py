@@ -215,10 +215,19 @@ def drop_events_after(workdir: str, step: int) -> None:
   folder = os.path.join(workdir, "tensorboard")
   if not os.path.isdir(folder):
     return
-  for name in sorted(os.listdir(folder)):
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError as e:
+    log.error("dropping TensorBoard events after step %d: %s cannot be listed (%s); its curves "
+              "may show those steps twice", step, folder, e)
+    return
+  for name in names:
     path = os.path.join(folder, name)
     if name.startswith(_REWRITE_PREFIX):  # left by a kill during a rewrite
-      os.remove(path)
+      try:  # not named *tfevents*: TensorBoard does not read it, so it may stay
+        os.remove(path)
+      except OSError as e:
+        log.warning("could not remove %s, a copy left by a kill (%s)", path, e)
       continue
     if "tfevents" not in name or not os.path.isfile(path):
       continue

@@ -113,6 +113,13 @@ def test_a_restart_drops_tensorboard_events_after_its_start_step(tmp_path, caplo
   writers.drop_events_after(str(tmp_path), 4)  # nothing past 4: files left as they are
   assert _events(folder) == events
   assert {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder)} == stamps
+  # A leftover it cannot remove (a folder here) is logged, not raised: outputs are not worth
+  # the run's start.
+  (folder / ".jaxgan-rewrite-7").mkdir()
+  writers.drop_events_after(str(tmp_path), 4)
+  assert "could not remove" in caplog.text
+  (folder / ".jaxgan-rewrite-7").rmdir()
+  assert _events(folder) == events
 
 
 def test_a_row_after_a_write_cut_short_is_kept(tmp_path, monkeypatch):
