@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional, Sequence
 import flax.serialization
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from jaxgan import multihost, orbax_output, state_digest
@@ -383,10 +382,10 @@ def agreed_steps(steps: list[int]) -> list[int]:
   from another process's view then fails to read there, and `_everywhere` skips it."""
   if jax.process_count() == 1:
     return steps
-  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+  count = multihost.from_process_0(len(steps))
   # Every process passes an array of that shape; only process 0's values are broadcast.
   mine = np.asarray(steps if jax.process_index() == 0 else [-1] * count, np.int64)
-  return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+  return [int(s) for s in multihost.from_process_0(mine)]
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
