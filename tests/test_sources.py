@@ -1253,6 +1253,25 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
   assert tuple(np.asarray(again.images)[0, 8, 8]) == (200, 0, 0)
 
 
+def test_a_decode_with_nothing_skipped_writes_the_set_once(folder, tmp_path, monkeypatch):
+  """Where no image was skipped, the decoded file is the cache (renamed): not copied into a
+  second file of the same size (a 50 GB set would be written twice)."""
+  os.remove(folder / "shirts" / "broken.jpg")
+  memory = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.num_classes": 2}))
+  made = []
+  open_memmap = np.lib.format.open_memmap
+  monkeypatch.setattr(np.lib.format, "open_memmap",
+                      lambda f, mode="r+", *a, **k: made.append(mode) or open_memmap(f, mode, *a,
+                                                                                       **k))
+  cached = build_source(_config(**{"data.source": "folder", "data.path": str(folder),
+                                   "data.num_classes": 2, "data.cache_dir": str(tmp_path / "c")}))
+  assert made.count("w+") == 1
+  np.testing.assert_array_equal(np.asarray(cached.images), memory.images)
+  np.testing.assert_array_equal(cached.labels, memory.labels)
+  assert [n for n in os.listdir(tmp_path / "c") if "all" in n or "private" in n] == []
+
+
 def test_images_smaller_than_the_image_size_are_counted_and_warned_of(folder, tmp_path, caplog):
   """Thumbnails (a catalog's 60x80 previews) trained at a larger size are interpolated pixels:
   the run says how many, also when it maps a cache, and `prepare` records the count."""

@@ -116,7 +116,8 @@ def decode_all(paths: Sequence[str], options: LoadOptions, workers: int = 0,
     folder = os.path.dirname(os.path.abspath(cache_file))
     os.makedirs(folder, exist_ok=True)
     remove_stale(cache_file)
-    # Every image, then the kept ones compacted into a second file: up to twice the set at once.
+    # Every image, then, where some were skipped, the kept ones compacted into a second file: up
+    # to twice the set at once.
     check_free_space(folder, 2 * n * size * size * 3, f"decoding {n} images at {size}x{size}")
     # Published by a rename: a reader never maps a file that is being written or truncated.
     private = private_name(cache_file)
@@ -142,14 +143,19 @@ def _decode_into(paths, options, workers, desc, out, cache_file=None, private=No
   skipped = [{k: v for k, v in s.items() if k != "index"} for s in skipped]
   indices = np.flatnonzero(keep)
   if cache_file:
-    kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8,
-                                     (len(indices), size, size, 3))
-    reserve(private + ".npy", f"decoding {n} images at {size}x{size}")
-    chunk = _chunk_rows(out)
-    for start in range(0, len(indices), chunk):
-      kept[start:start + chunk] = out[indices[start:start + chunk]]
-    kept.flush()
-    del out, kept
+    if len(indices) == n:  # nothing skipped: the decoded file is the set, renamed, not copied
+      out.flush()
+      del out
+      os.replace(private + ".all.npy", private + ".npy")
+    else:
+      kept = np.lib.format.open_memmap(private + ".npy", "w+", np.uint8,
+                                       (len(indices), size, size, 3))
+      reserve(private + ".npy", f"decoding {n} images at {size}x{size}")
+      chunk = _chunk_rows(out)
+      for start in range(0, len(indices), chunk):
+        kept[start:start + chunk] = out[indices[start:start + chunk]]
+      kept.flush()
+      del out, kept
     # Only a complete decode is published: one that lost files to the storage's passing errors
     # must not replace a complete array another process published (its index would no longer
     # fit). It is used from its private file, unlinked once mapped.
