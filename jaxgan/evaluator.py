@@ -151,6 +151,7 @@ class Evaluator:
     self.should_stop = should_stop
     self.names = suite.parse_names(config.eval.metrics)
     self.source = source
+    self._traced: set[str] = set()  # the metrics whose failure's traceback was logged
     self.batch_sharding = batch_sharding
     self.sampler = sampler or sampling.make_sampler(generator, batch_sharding)
     self.statistics = statistics or sampling.make_ema_statistics(
@@ -313,8 +314,12 @@ class Evaluator:
     failed: list[str] = []
 
     def metric_failed(name: str, error: Exception) -> None:
+      # Its traceback once (a bug in a metric would otherwise fail every evaluation of a long
+      # run with one line to go on); a line each time after.
       log.error("metric %s failed (%s: %s); the other metrics are kept", name,
-                type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+                type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "",
+                exc_info=error if name not in self._traced else None)
+      self._traced.add(name)
       failed.append(name)
 
     results = suite.compute(real, fake, self.names,

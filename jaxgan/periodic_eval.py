@@ -83,6 +83,7 @@ class PeriodicEval:
     if order_fingerprint is not None and (config.data.random_flip or (total and reals < total)):
       self.settings["order_fingerprint"] = order_fingerprint
     self.best_fid = float("inf")
+    self._traced = False  # whether a failed evaluation's traceback was logged
     self._recorded_reals: Optional[str] = None
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.
@@ -133,9 +134,11 @@ class PeriodicEval:
       else:
         # An evaluation (Inception out of memory, a damaged reference file) is not worth the
         # run: logged, marked in the metrics, retried at the next eval_every.
-        if error is not None:
+        if error is not None:  # its traceback the first time (a bug's, as much as an OOM's)
           log.error("step %d: evaluation failed (%s: %s); training goes on", step,
-                    type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+                    type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "",
+                    exc_info=None if self._traced else error)
+          self._traced = True
         self.writer.write_scalars(step, {"eval/failed": 1})
       return {}
     self._check_reals()

@@ -278,6 +278,10 @@ def test_a_failing_metric_costs_itself_in_training_and_raises_elsewhere(monkeypa
     results = ev.evaluate(None, None, 6, keep_going=True)
   assert np.isfinite(results["fid"]) and results["kid_failed"] == 1 and "kid_mean" not in results
   assert "metric kid failed (MemoryError: RESOURCE_EXHAUSTED" in caplog.text
+  with caplog.at_level(logging.ERROR):
+    ev.evaluate(None, None, 6, keep_going=True)  # failing again: a line, no second traceback
+  told = [r for r in caplog.records if "metric kid failed" in r.getMessage()]
+  assert len(told) == 2 and told[0].exc_info[0] is MemoryError and told[1].exc_info is None
   with pytest.raises(MemoryError):
     ev.evaluate(None, None, 6)
 

@@ -1292,9 +1292,14 @@ def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
   state = SimpleNamespace(ema_params={}, g_batch_stats={})
   with caplog.at_level(logging.ERROR):
     assert periodic(4, state) == {}
+    assert periodic(8, state) == {}
   periodic.close()
-  assert rows == [(4, {"eval/failed": 1})] and periodic.best_fid == float("inf")
+  assert rows == [(4, {"eval/failed": 1}), (8, {"eval/failed": 1})]
+  assert periodic.best_fid == float("inf")
   assert "step 4: evaluation failed (RuntimeError: RESOURCE_EXHAUSTED" in caplog.text
+  # The first failure's traceback (a bug's would be needed), the next ones a line each.
+  told = [r for r in caplog.records if "evaluation failed" in r.getMessage()]
+  assert [r.exc_info is not None for r in told] == [True, False]
   assert not os.listdir(tmp_path / "checkpoints_best")
 
 
