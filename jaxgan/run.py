@@ -145,6 +145,9 @@ def join_processes(config: ml_collections.ConfigDict) -> None:
     raise config_lib.ConfigError(
         f"config key distributed.coordinator_address ({address!r}): jax.distributed could not "
         f"start ({first}); {advice}") from None
+  uneven = sharding.uneven_devices(jax.devices())  # before the first collective, which it breaks
+  if uneven:
+    raise config_lib.ConfigError(uneven)
   check_same_config(config)
 
 

@@ -9,6 +9,7 @@ cross-device BatchNorm reductions (statistics cover the global batch).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import signal
@@ -73,6 +74,21 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     signal.signal(signal.SIGTERM, before)
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def uneven_devices(devices: Sequence[jax.Device]) -> str:
+  """Why the processes' device counts (from the global `devices`, alike on every process: no
+  collective) cannot run one job, '' where every process has as many: JAX's collectives
+  between processes (every all-gather of a start's agreed checks) assume it, and failed with a
+  reshape traceback on a node with a GPU hidden or drained."""
+  counts = collections.Counter(d.process_index for d in devices)
+  if len(set(counts.values())) <= 1:
+    return ""
+  seen = ", ".join(f"process {p}: {n}" for p, n in sorted(counts.items())[:8])
+  more = ", ..." if len(counts) > 8 else ""
+  return (f"the processes have different numbers of devices ({seen}{more}); "
+          "every process of a run needs as many: check each node's visible GPUs or TPU chips "
+          "(CUDA_VISIBLE_DEVICES, a drained or failed device)")
 
 
 class PortInUse(ValueError):

@@ -130,19 +130,21 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(script: str, *args: str, devices: int = 1,
+def run_two_processes(script: str, *args: str, devices=1,
                       timeout: float = 120) -> tuple[list, list[str]]:
   """Runs `script` (python -c) as processes 0 and 1 of a jax.distributed job on the CPU, each
-  with `devices` fake devices and given `localhost:PORT`, its index and `args`; returns (the
-  last stdout line of each as JSON, the stderr of each). `timeout`: seconds for both."""
+  with `devices` fake devices (or (process 0's, process 1's)) and given `localhost:PORT`, its
+  index and `args`; returns (the last stdout line of each as JSON, the stderr of each).
+  `timeout`: seconds for both."""
   import json
   import subprocess
   import time
 
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
+  counts = devices if isinstance(devices, tuple) else (devices, devices)
   procs = [subprocess.Popen([sys.executable, "-c", script, f"localhost:{port}", str(i), *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO, env=dict(os.environ, XLA_FLAGS=xla_flags(counts[i])),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
   deadline = time.monotonic() + timeout  # one deadline for both
   try:

@@ -185,6 +185,28 @@ def test_a_config_differing_between_processes_is_refused_on_every_process():
                                      "(process 1 against process 0; process "), r["init_from"]
 
 
+UNEVEN_DEVICES = JOIN_TWO_PROCESSES + r"""
+import json
+from jaxgan import config, run
+try:
+  run.join_processes(_c)
+  outcome = "joined"
+except config.ConfigError as e:
+  outcome = str(e)
+print(json.dumps({"outcome": outcome}))
+"""
+
+
+def test_processes_with_different_device_counts_are_refused_on_every_process():
+  """A node with a GPU hidden or drained: JAX's collectives between processes assume as many
+  devices on each, and the start's first all-gather died with a reshape traceback."""
+  results, _ = run_two_processes(UNEVEN_DEVICES, devices=(1, 2))
+  assert [r["outcome"] for r in results] == [
+      "the processes have different numbers of devices (process 0: 1, process 1: 2); every "
+      "process of a run needs as many: check each node's visible GPUs or TPU chips "
+      "(CUDA_VISIBLE_DEVICES, a drained or failed device)"] * 2
+
+
 START_FAILS_ON_ONE = JOIN_TWO_PROCESSES + r"""
 import json, os
 from jaxgan import trainer
