@@ -309,6 +309,15 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
   with pytest.raises(config_lib.ConfigError, match=r"a step's 16 images \(batch_size \* "
                      r"n_critic per process\) of 16x16x3 bytes"):
     config_validation.validate(config, num_devices=1)
+  # A call of several steps holds them all (stacked): refused where one step alone fits.
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 3 * needed)
+  config_validation.validate(config, num_devices=1)
+  with config.unlocked():
+    config.train.steps_per_call = 4
+  with pytest.raises(config_lib.ConfigError, match=r"^config key train.steps_per_call: a call's "
+                     r"64 images \(batch_size \* n_critic \* steps_per_call per process\) of "
+                     r"16x16x3 bytes take .*; use fewer steps per call$"):
+    config_validation.validate(config, num_devices=1)
   monkeypatch.setattr(resources, "host_memory_bytes", lambda: None)  # the OS does not say
   config_validation.validate(config, num_devices=1)
 

@@ -46,12 +46,17 @@ def _check_batch_fits_host(config: ml_collections.ConfigDict, num_processes: int
   """Refuses a step whose images alone (uint8, this process's share) exceed the host's memory:
   they must be read into it before they reach the devices, and the run would otherwise be
   killed by the OS after its start-up, with no message (a typo'd batch of 2^31 was)."""
+  size, calls = config.data.image_size, config.train.steps_per_call
   rows = config.train.batch_size * config.train.n_critic // max(num_processes, 1)
-  beyond = resources.beyond_host_memory(rows * config.data.image_size ** 2 * 3)
+  beyond = resources.beyond_host_memory(rows * size ** 2 * 3)
   require(not beyond, "train.batch_size",
-          f"a step's {rows} images (batch_size * n_critic per process) of "
-          f"{config.data.image_size}x{config.data.image_size}x3 bytes take {beyond}; use a "
-          "smaller batch")
+          f"a step's {rows} images (batch_size * n_critic per process) of {size}x{size}x3 bytes "
+          f"take {beyond}; use a smaller batch")
+  # A call's steps are read and stacked on the host together.
+  beyond = resources.beyond_host_memory(calls * rows * size ** 2 * 3)
+  require(not beyond, "train.steps_per_call",
+          f"a call's {calls * rows} images (batch_size * n_critic * steps_per_call per process) "
+          f"of {size}x{size}x3 bytes take {beyond}; use fewer steps per call")
 
 
 # One image as FID Inception's float32 input: what an evaluation batch holds per image at the
