@@ -115,10 +115,14 @@ def generate(workdir: str, num: int, out: str,
   run_config = workdir_lib.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)
   # Now, before the checkpoint is read and the latents are made: the fewest images asked for.
-  _check_fits(*fewest_images(num, interpolate, between, run_config.data.num_classes, given,
-                             singles), run_config, singles)
-  if not singles:  # (singles: _write_singles checks its folder before it writes)
-    _check_grid_writable(out)
+  fewest, exact = fewest_images(num, interpolate, between, run_config.data.num_classes, given,
+                                singles)
+  _check_fits(fewest, exact, run_config, singles)
+  # --out before the checkpoint is read and its statistics computed (minutes with a large model
+  # on a CPU); singles again as they are written, at their exact count.
+  if singles:
+    _check_singles_folder(out, fewest if exact else None)
+  _check_writable(out, out if singles else os.path.dirname(os.path.abspath(out)))
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
   config, step, state, meta = workdir_lib.load_checkpoint(
@@ -237,12 +241,11 @@ def _out_error(out: str, e: OSError) -> OSError:
   return OSError(f"--out {out}{where}: {why}; pass a path you can write")
 
 
-def _check_grid_writable(out: str) -> None:
-  """Creates --out's folder and a file beside where the grid goes, all removed at once: an
-  unwritable path is refused before the checkpoint is read and thousands of images sampled, and
-  a later refusal (a --label the checkpoint lacks) leaves no empty folders behind."""
-  folder = os.path.dirname(os.path.abspath(out))
-  created = atomic_write.missing_folders(folder)  # the probe's (save_png makes them again)
+def _check_writable(out: str, folder: str) -> None:
+  """Creates `folder` (the grid's, or the singles' --out) and a file in it, all removed at once:
+  an unwritable path is refused before the checkpoint is read and thousands of images sampled,
+  and a later refusal (a --label the checkpoint lacks) leaves no empty folders behind."""
+  created = atomic_write.missing_folders(folder)  # the probe's (the writes make them again)
   # A short name of its own: --out's may be near the 255-byte limit (save_png's temporary
   # beside it is cut to fit).
   probe = os.path.join(folder, f".jaxgan-probe-{os.getpid()}")
@@ -288,6 +291,40 @@ def _label_rows(labels, attributes) -> Optional[list[list[str]]]:
                      for n, row in enumerate(labels.tolist())]
 
 
+def _numbered(name: str) -> bool:
+  """Whether `name` is one this writes: f"{i:06d}.png" exactly (7 digits and more from
+  1,000,000 on); another tool's 00000001.png is not one of them."""
+  return bool(re.fullmatch(r"\d{6,}\.png", name)) and name == f"{int(name[:-4]):06d}.png"
+
+
+def _check_singles_folder(out: str, num: Optional[int]) -> None:
+  """Refuses a singles --out that `evaluate --fake` would not read as these `num` images alone
+  (None: the count is not known yet): one holding a prepared set (read instead), numbered PNGs
+  past `num` (an earlier, larger run), or any other image."""
+  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.prepared import INFO_FILE  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(out):
+    return
+  if os.path.isfile(os.path.join(out, INFO_FILE)):  # tools given the folder read the set instead
+    raise ValueError(f"--out {out} holds a prepared set ({INFO_FILE}), which `evaluate --fake` "
+                     "would read instead of these images; use an empty folder")
+  stale = sorted((n for n in os.listdir(out) if num is not None and _numbered(n)
+                  and int(n[:-4]) >= num), key=lambda n: int(n[:-4]))
+  if stale:
+    raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
+                     f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
+  # Any other image there (a grid, another tool's files; subfolders too) would be read with
+  # these as one set by `evaluate --fake`.
+  ours = lambda p: (_numbered(os.path.basename(p))
+                    and os.path.realpath(os.path.dirname(p)) == os.path.realpath(out))
+  others = [p for p in image_sets.list_images(out) if not ours(p)]
+  if others:
+    raise ValueError(f"--out {out} already holds {len(others)} other image file(s) "
+                     f"({os.path.relpath(others[0], out)} ...), which `evaluate --fake` would "
+                     "read with these as one set; use an empty folder or move them")
+
+
 def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None) -> list[str]:
   """000000.png ... in `out`, a chunk at a time (any --num fits in memory), and `label_rows` as
   labels.csv (each image's classes). A folder already holding numbered PNGs past --num (an
@@ -295,32 +332,10 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   these as one set; so is one this wrote until its last file (image_sets.INCOMPLETE_MARKER), and
   one holding a prepared set, which it would read instead."""
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
-  from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
-  from jaxgan.data.prepared import INFO_FILE  # pylint: disable=g-import-not-at-top
-
-  if os.path.isfile(os.path.join(out, INFO_FILE)):  # tools given the folder read the set instead
-    raise ValueError(f"--out {out} holds a prepared set ({INFO_FILE}), which `evaluate --fake` "
-                     "would read instead of these images; use an empty folder")
+  _check_singles_folder(out, num)
   os.makedirs(out, exist_ok=True)
-  # Names this writes: f"{i:06d}.png" exactly (7 digits and more from 1,000,000 on); another
-  # tool's 00000001.png is not one of them.
-  numbered = lambda n: re.fullmatch(r"\d{6,}\.png", n) and n == f"{int(n[:-4]):06d}.png"
-  stale = sorted((n for n in os.listdir(out) if numbered(n) and int(n[:-4]) >= num),
-                 key=lambda n: int(n[:-4]))
-  if stale:
-    raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
-                     f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
-  # Any other image there (a grid, another tool's files; subfolders too) would be read with
-  # these as one set by `evaluate --fake`.
-  ours = lambda p: (numbered(os.path.basename(p))
-                    and os.path.realpath(os.path.dirname(p)) == os.path.realpath(out))
-  others = [p for p in image_sets.list_images(out) if not ours(p)]
-  if others:
-    raise ValueError(f"--out {out} already holds {len(others)} other image file(s) "
-                     f"({os.path.relpath(others[0], out)} ...), which `evaluate --fake` would "
-                     "read with these as one set; use an empty folder or move them")
   # Until the last file is written: a run cut short over an earlier set leaves a mix of the two,
   # which `evaluate --fake` refuses while this is there.
   marker = os.path.join(out, INCOMPLETE_MARKER)

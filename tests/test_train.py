@@ -402,6 +402,15 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     # A name past the file system's 255 bytes (refused after sampling, naming the temporary).
     with pytest.raises(OSError, match=r"^--out .*/a{256}\.png: File name too long; "):
       generate.generate(workdir, 1, str(tmp_path / ("a" * 256 + ".png")))
+    # So is a folder for single PNGs: unwritable, or holding what evaluate would read with them.
+    with pytest.raises(OSError, match=r"^--out /proc/x/: No such file or directory; "):
+      generate.generate(workdir, 1, "/proc/x/")
+    with pytest.raises(ValueError, match=r"already holds 3 numbered PNGs past --num=3"):
+      generate.generate(workdir, 3, str(tmp_path / "parts"))
+    (tmp_path / "others").mkdir()
+    (tmp_path / "others" / "grid.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"already holds 1 other image file\(s\) \(grid.png"):
+      generate.generate(workdir, 5, str(tmp_path / "others"))
   assert not [n for n in os.listdir(tmp_path) if "probe" in n or n.endswith(".tmp")]
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
@@ -410,6 +419,9 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   # The folders the writability probe made are gone again when a later check refuses.
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
     generate.generate(workdir, 1, str(tmp_path / "new" / "deeper" / "b.png"), checkpoint="best")
+  assert not os.path.exists(tmp_path / "new")
+  with pytest.raises(FileNotFoundError, match="set train.eval_every"):
+    generate.generate(workdir, 1, str(tmp_path / "new" / "singles") + "/", checkpoint="best")
   assert not os.path.exists(tmp_path / "new")
   # A best-FID checkpoint that is step 2 (the newest is step 4) is the one sampled.
   copy = tmp_path / "copy"
