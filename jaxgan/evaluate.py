@@ -107,6 +107,10 @@ def _bad_argument(args) -> str:
   from jaxgan.config import mesh_checks  # pylint: disable=g-import-not-at-top
   from jaxgan.config import validation as config_validation  # pylint: disable=g-import-not-at-top
 
+  for flag in ("num_samples", "num_real"):  # int32, as train.eval_num_samples and eval.num_real
+    if getattr(args, flag) > config_validation.INT32_MAX:
+      return (f"--{flag.replace('_', '-')} must be at most {config_validation.INT32_MAX}, got "
+              f"{getattr(args, flag)}")
   too_large = mesh_checks.eval_batch_problem(args.batch_size, 1) if args.batch_size else ""
   if too_large:  # per device: one device's share, known before JAX loads, is the least it takes
     return f"--batch-size {args.batch_size}: {too_large}"

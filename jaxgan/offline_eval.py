@@ -151,6 +151,7 @@ def evaluate_workdir(args) -> dict:
   if num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
     raise ValueError(f"--num-samples must be >= {fewest} for --metrics {metrics} (this "
                      f"checkpoint's eval settings), got {num_samples}")
+  _check_features_fit(num_samples, args.num_real, config.model.z_dim)  # the reals: if asked
   with config.unlocked():
     for key in ("num_real", "standing_stats_batches"):
       config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])
@@ -172,10 +173,11 @@ def evaluate_workdir(args) -> dict:
   if few:  # before Inception's minutes (it failed after them, naming no flag)
     raise ValueError(f"--metrics {few} ({config.data.path or config.data.source}); pass "
                      "--data-path with more, or other --metrics")
+  reals = evaluator_lib.reals_for(config, num_samples, args.num_real, source)
+  _check_features_fit(num_samples, reals, config.model.z_dim)  # before the reals' Inception
   evaluator = evaluator_lib.Evaluator(config, generator, source,
                                       batch_sharding=sharding.batch_sharding(mesh))
   # What it is about to do, and for how long, before minutes (an hour on a CPU) of Inception.
-  reals = evaluator_lib.reals_for(config, num_samples, args.num_real, source)
   asked = evaluator_lib.reals_for(config, num_samples, args.num_real)  # the data unknown
   print(opening_line(metrics, step, num_samples, reals, jax.default_backend(), asked),
         file=sys.stderr)
@@ -188,6 +190,26 @@ def evaluate_workdir(args) -> dict:
                  data_source=config.data.source,
                  data_path=os.path.abspath(config.data.path) if config.data.path else None)
   return results
+
+
+# Host memory per image an evaluation holds through its metrics: its Inception features (2048
+# float32s).
+FEATURE_BYTES = 2048 * 4
+
+
+def _check_features_fit(num_samples: int, reals: int, z_dim: int) -> None:
+  """Refuses an evaluation whose features (and the samples' latents, made at once) alone exceed
+  the host's memory: said before the checkpoint's sampling and Inception's hours, not as numpy's
+  MemoryError or XLA's abort after them."""
+  from jaxgan import resources  # pylint: disable=g-import-not-at-top
+
+  beyond = resources.beyond_host_memory((num_samples + reals) * FEATURE_BYTES
+                                        + num_samples * z_dim * 4)
+  if beyond:
+    raise ValueError(f"--num-samples {num_samples}" + (f" and {reals} real images" if reals
+                                                       else "") +
+                     f": their Inception features (2048 float32s an image) and the samples' "
+                     f"latents take {beyond}; evaluate fewer (--num-samples, --num-real)")
 
 
 def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend: str,

@@ -592,3 +592,30 @@ def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp
         workdir=str(tmp_path / "run"), checkpoint="latest", metrics="fid,kid", num_samples=4,
         defaulted=[], data_path=str(tmp_path / "one"), batch_size=0, weights="", cache_dir="",
         standing_stats_batches=-1, num_real=0, seed=0))
+  # Sample counts whose features alone exceed the host's memory: refused before the checkpoint
+  # is sampled (numpy's MemoryError traceback, or XLA's abort, came after the reals' Inception).
+  from jaxgan import resources
+
+  def evaluate(num_samples, num_real=0):
+    return offline_eval.evaluate_workdir(argparse.Namespace(
+        workdir=str(tmp_path / "run"), checkpoint="latest", metrics="fid,kid",
+        num_samples=num_samples, defaulted=[], data_path="", batch_size=0, weights="",
+        cache_dir="", standing_stats_batches=-1, num_real=num_real, seed=0))
+
+  run_data = offline_eval.run_data
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 100 * (2048 + 8) * 4)
+  monkeypatch.setattr(offline_eval, "run_data", no_inception)  # the fakes', before the data
+  with pytest.raises(ValueError, match=r"^--num-samples 101: their Inception features \(2048 "
+                     r"float32s an image\) and the samples' latents take .* GiB, more than this "
+                     r"host's .* GiB of memory; evaluate fewer \(--num-samples, --num-real\)$"):
+    evaluate(101)
+  with pytest.raises(ValueError, match=r"^--num-samples 50 and 51 real images: "):
+    evaluate(50, 51)
+  monkeypatch.setattr(offline_eval, "run_data", run_data)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 6 * 2048 * 4 + 200)
+  with pytest.raises(ValueError, match=r"^--num-samples 4 and 3 real images: "):  # the data's 3
+    evaluate(4)
+  from jaxgan import evaluate as evaluate_cli
+
+  assert evaluate_cli.main(["--workdir", str(tmp_path / "run"), "--num-samples",
+                            str(2**31)]) == 2
