@@ -109,6 +109,7 @@ def main(argv: Sequence[str]) -> None:
   _check_flags(mode)
   with stopping.signals_held():  # JAX loads: see stopping.signals_held
     # pylint: disable=g-import-not-at-top
+    import jax
     from jaxgan import config as config_lib
     from jaxgan import throughput
     from jaxgan.data.arrays import DataError
@@ -129,6 +130,12 @@ def main(argv: Sequence[str]) -> None:
                                       FLAGS.trace_dir, FLAGS.top)]
   except (config_lib.ConfigError, DataError, DecodeError) as e:
     cli.fail(str(e))
+  except jax.errors.JaxRuntimeError as e:
+    line = cli.out_of_memory_line(e, "the benchmark", "lower train.batch_size or the model's "
+                                  "widths (--config.KEY=VALUE), or shard it (mesh.fsdp)")
+    if not line:  # a crash: its traceback
+      raise
+    cli.fail(line)
   for row in rows:
     print(json.dumps(row))
 

@@ -255,6 +255,12 @@ def benchmark_input(images_dir: str = "", prepared_dir: str = "", image_size: in
                     "images_per_sec": len(images) / seconds,
                     "workers": decode.num_workers(workers)})
   if prepared_dir:
+    size = prepared.read_info(prepared_dir)["image_size"]
+    # Checked before the read: tf.data's batches of a typo'd size end in the OS's kill.
+    beyond = resources.beyond_host_memory(batch_size * size * size * 3)
+    if beyond:
+      raise arrays.DataError(f"--batch_size {batch_size}: a batch of {size}x{size} images takes "
+                             f"{beyond}; use a smaller batch")
     start = time.perf_counter()
     data, labels, info = prepared.read_prepared(prepared_dir)
     load_seconds = time.perf_counter() - start

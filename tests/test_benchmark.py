@@ -250,6 +250,15 @@ def test_the_input_benchmark_counts_the_cores_it_may_run_on(tmp_path, monkeypatc
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
   row, = throughput.benchmark_input(prepared_dir=str(tmp_path), batch_size=4, batches=2)
   assert row["input"] == "prepared" and row["cpu_count"] == 1
+  # A batch larger than the host's memory: one line before the read (the OS's kill after it).
+  from jaxgan import resources
+  from jaxgan.data import DataError
+
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: 4 * 8 * 8 * 3)
+  monkeypatch.setattr(prepared, "read_prepared", None)  # not reached
+  with pytest.raises(DataError, match=r"^--batch_size 5: a batch of 8x8 images takes .* GiB, "
+                     r"more than this host's .* GiB of memory; use a smaller batch$"):
+    throughput.benchmark_input(prepared_dir=str(tmp_path), batch_size=5, batches=2)
 
 
 def test_the_input_benchmark_without_tensorflow_is_one_line(tmp_path):

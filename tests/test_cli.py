@@ -439,3 +439,16 @@ def test_the_tools_turn_xlas_out_of_memory_into_one_line_and_keep_other_crashes(
   assert inception.returncode == 2 and inception.stderr.splitlines()[-1] == (
       "error: evaluating ran out of memory (RESOURCE_EXHAUSTED: Error allocating device buffer: "
       "8.00G); lower --batch-size (Inception images per device)"), inception.stderr
+  # And the benchmark's step.
+  script = (OUT_OF_MEMORY.replace("import train, trainer", "import benchmark, throughput")
+            .replace("trainer.train_and_evaluate =", "throughput.benchmark_step =")
+            .replace("train.run()", "benchmark.run()"))
+  bench = subprocess.run(
+      [sys.executable, "-c", script, "--config", "configs/default.py"], cwd=REPO,
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, STEP_ERROR="RESOURCE_EXHAUSTED: Out of memory allocating 67898969600 "
+               "bytes."))
+  assert bench.returncode == 2 and bench.stderr.splitlines()[-1] == (
+      "error: the benchmark ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating "
+      "67898969600 bytes.); lower train.batch_size or the model's widths (--config.KEY=VALUE), "
+      "or shard it (mesh.fsdp)"), bench.stderr[-2000:]
