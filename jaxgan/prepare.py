@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -206,6 +207,9 @@ def prepare(args: argparse.Namespace) -> dict:
                            "memory-mapped file)")
   images, indices, bad, upscaled = decode.decode_all(paths, options, args.workers,
                                                      desc="prepare")
+  for b in bad:  # the loader names the config keys a training run sets; here they are flags
+    b["reason"] = re.sub(r"(?:data\.)?(max_pixels|min_source_size)\b",
+                         lambda m: "--" + m.group(1).replace("_", "-"), b["reason"])
   decode.log_upscaled(upscaled, len(indices), args.manifest or args.images, args.image_size,
                       "--image-size")
   lost = [b for b in bad if b.get("transient")]
@@ -215,7 +219,7 @@ def prepare(args: argparse.Namespace) -> dict:
         "%s): the set lacks them; prepare again once the storage is healthy", len(lost),
         lost[0]["path"], lost[0]["reason"])
   if len(indices) == 0:
-    first = (skipped + bad)[:1]
+    first = (bad + skipped)[:1]  # a decoded file's failure says more than a listed row's
     raise arrays.DataError(f"no usable images in {args.manifest or args.images}" + (
         f" (first: {first[0]['path']}: {first[0]['reason']})" if first else ""))
   # Files that failed to decode (not rows dropped before: unlabelled, missing, rare classes),

@@ -564,6 +564,16 @@ def test_prepare_of_a_manifest_whose_every_row_is_skipped_says_so(tmp_path, caps
   assert capsys.readouterr().err.strip().splitlines()[-1] == (
       f"error: no usable images in {tmp_path / 'm.csv'} (first: {tmp_path / '1.jpg'}: not an "
       "image)")
+  # With a row skipped before decoding too, the decoded files' failure is the one named (it
+  # blamed the missing file while every image was too large), in the flags' words.
+  _img(str(tmp_path / "1.jpg"), (9, 9, 9))
+  (tmp_path / "m.csv").write_text("id,t\n1,a\n2,b\n")
+  assert prepare_cli.main(["--manifest", str(tmp_path / "m.csv"), "--images", "", "--out",
+                           str(tmp_path / "out"), "--image-size", "16", "--workers", "1",
+                           "--max-bad-fraction", "1", "--max-pixels", "100"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f"error: no usable images in {tmp_path / 'm.csv'} (first: {tmp_path / '1.jpg'}: too "
+      "large: 20x20 is more than 100 pixels (--max-pixels))")
 
 
 def test_skipped_rows_name_the_line_they_start_on(tmp_path):
