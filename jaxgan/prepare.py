@@ -77,6 +77,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
       p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
   if args.image_size > MAX_IMAGE_SIZE:
     p.error(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {args.image_size}")
+  if any(not str(c).strip() for c in args.label_column or []):  # an empty shell variable
+    p.error("--label-column needs a column name, got ''")
+  if args.image_column and args.image_pattern != p.get_default("image_pattern"):
+    p.error("--image-pattern names files without --image-column only (the column gives each "
+            "row's file)")
   if label_columns(args) and not args.manifest:
     p.error("--label-column needs --manifest (a folder's label is its first-level subfolder)")
   for flag in ("id_column", "image_column", "image_pattern"):
@@ -196,6 +201,15 @@ def prepare(args: argparse.Namespace) -> dict:
       attributes = list(zip(columns, class_names))
     class_names = class_names[0]
   else:
+    # Refused, not ignored without a word (the set would be written unlabelled all the same).
+    rare = [f for f, default in (("min_class_count", 1), ("rare_classes", "other"))
+            if getattr(args, f) != default]
+    if rare:
+      raise arrays.DataError(
+          f"--{rare[0].replace('_', '-')} acts on class labels, and "
+          f"{args.manifest or args.images} has none (" + (
+              "pass --label-column" if args.manifest else "a folder's classes are its first-level "
+              "subfolders") + "), or leave it out")
     labels, class_names = np.zeros(len(paths), np.int32), []
   arrays.log_skipped_rows(skipped, args.manifest or args.images, "--max-bad-fraction")
   options = LoadOptions(args.image_size, min_source_size=args.min_source_size,

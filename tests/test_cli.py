@@ -124,6 +124,14 @@ def test_asked_for_help_exits_0_with_h_as_with_help(tool, paths):
      "(see --help)"),
     ("prepare", ["--images", "x", "--out", "y", "--workers", "-3"],
      "--workers must be >= 0 (0 = every core), got -3 (see --help)"),
+    # Ignored before: a pattern beside the column that names the files, an empty column name
+    # (an empty shell variable: an unlabelled set written).
+    ("prepare", ["--images", "x", "--out", "y", "--manifest", "m.csv", "--image-column", "file",
+                 "--image-pattern", "{id}.png"],
+     "--image-pattern names files without --image-column only (the column gives each row's "
+     "file) (see --help)"),
+    ("prepare", ["--images", "x", "--out", "y", "--manifest", "m.csv", "--label-column", ""],
+     "--label-column needs a column name, got '' (see --help)"),
 ])
 def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsys):
   """prepare and evaluate (argparse) printed their whole usage before the error."""

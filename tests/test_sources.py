@@ -494,6 +494,29 @@ def test_prepare_refuses_a_label_column_without_a_manifest(tmp_path, capsys):
   assert "--label-column needs --manifest" in capsys.readouterr().err
 
 
+def test_prepare_refuses_rare_class_flags_on_a_set_without_labels(folder, tmp_path, capsys):
+  """--min-class-count and --rare-classes on a flat folder or a manifest without
+  --label-column were ignored without a word: an unlabelled set was written."""
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  _img(str(flat / "a.jpg"), (9, 9, 9))
+  for flags, first in ((["--min-class-count", "5"], "--min-class-count"),
+                       (["--rare-classes", "drop"], "--rare-classes")):
+    assert prepare_cli.main(["--images", str(flat), "--out", str(tmp_path / "o"), *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {first} acts on class labels, and {flat} has none (a folder's classes are its "
+        "first-level subfolders), or leave it out")
+  (tmp_path / "m.csv").write_text("id\na\n")
+  assert prepare_cli.main(["--images", str(flat), "--manifest", str(tmp_path / "m.csv"),
+                           "--out", str(tmp_path / "o"), "--min-class-count", "2"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+      "m.csv has none (pass --label-column), or leave it out")
+  assert not (tmp_path / "o").exists()
+  assert prepare_cli.main(["--images", str(folder), "--out", str(tmp_path / "o"),
+                           "--rare-classes", "drop", "--workers", "1",
+                           "--max-bad-fraction", "0.5"]) == 0  # class folders: labels
+
+
 def test_manifest_unknown_column(tmp_path):
   path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
   config = _config(**{"data.source": "manifest", "data.path": str(path),
