@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The tool's flags, defined when it runs (not at import: see train.define_flags)."""
-  config_flags.DEFINE_config_file("config", None, "Config file (step benchmark).", lock_config=True)
+  config_flags.DEFINE_config_file("config", None, "Config file (step and profile benchmarks).", lock_config=True)
   flags.DEFINE_integer("steps", 30, "Timed calls of the train step, each train.steps_per_call "
                        "steps (step benchmark); the median per step is reported.")
   flags.DEFINE_integer("warmup", 5, "Untimed calls first (compilation, autotuning).")
@@ -94,6 +94,8 @@ def _check_flags(mode: str) -> None:
     if FLAGS[flag].value < low:
       cli.fail(f"--{flag} must be >= {low}, got {FLAGS[flag].value}")
   if mode == "profile" and FLAGS.trace_dir:
+    if os.path.isfile(FLAGS.trace_dir):  # makedirs would say 'File exists'
+      cli.fail(f"--trace_dir {FLAGS.trace_dir}: is a file, not a folder; pass a folder")
     try:  # now, not after the compile
       os.makedirs(FLAGS.trace_dir, exist_ok=True)
       if not os.access(FLAGS.trace_dir, os.W_OK):

@@ -167,7 +167,8 @@ cases = [["step", "--config", "configs/default.py", "--steps", "0"],
          ["profile", "--config", "configs/default.py", "--top", "-4"],
          ["input", "--prepared", sys.argv[4], "--limit", "5"],
          ["input", "--images", sys.argv[3], "--batch_size", "512", "--batches", "3"],
-         ["input", "--images", sys.argv[3], "--image_size", "100000"]]
+         ["input", "--images", sys.argv[3], "--image_size", "100000"],
+         ["profile", "--config", "configs/default.py", "--trace_dir", sys.argv[5]]]
 out = []
 for case in cases:
   benchmark.FLAGS.unparse_flags()
@@ -192,7 +193,8 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
   (tmp_path / "set").mkdir()
   (tmp_path / "set" / "dataset_info.json").write_text("{}")
   proc = subprocess.run([sys.executable, "-c", BAD_FLAGS, str(tmp_path / "a_file" / "trace"),
-                         str(tmp_path / "missing"), str(tmp_path / "raw"), str(tmp_path / "set")],
+                         str(tmp_path / "missing"), str(tmp_path / "raw"), str(tmp_path / "set"),
+                         str(tmp_path / "a_file")],
                         capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -204,7 +206,7 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                                     "  return ml_collections.ConfigDict({'seed': 1})\n")
   bare = run_module("jaxgan.benchmark", "--config", str(tmp_path / "bare.py"))
   results.append([bare.returncode, bare.stderr.strip().splitlines()[-1]])
-  assert [code for code, _ in results] == [2] * 18, results
+  assert [code for code, _ in results] == [2] * 19, results
   assert all(msg.startswith("error: ") and "\n" not in msg for _, msg in results), results
   messages = [msg for _, msg in results]
   assert messages[0] == "error: --steps must be >= 1, got 0"
@@ -235,9 +237,11 @@ def test_bad_flags_are_one_line_before_any_compile(tmp_path):
                           "the raw folder (--images) is decoded whole, --limit images at most")
   # A typo'd size: 28 GiB an image, a numpy traceback after the folder's scan before.
   assert messages[15] == "error: --image_size must be at most 8192, got 100000"
-  assert messages[16].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
+  assert messages[16] == (f"error: --trace_dir {tmp_path / 'a_file'}: is a file, not a folder; "
+                          "pass a folder")  # 'File exists' before
+  assert messages[17].startswith("error: --config.train.batchsize: unknown key 'batchsize'")
   # A config file not built on base_config(): its one-line error (a traceback before).
-  assert messages[17].startswith("error: config key ") and "is missing" in messages[17]
+  assert messages[18].startswith("error: config key ") and "is missing" in messages[18]
 
 
 def test_the_input_benchmark_counts_the_cores_it_may_run_on(tmp_path, monkeypatch):

@@ -143,6 +143,18 @@ def test_argparse_tools_give_usage_errors_as_one_line(tool, args, message, capsy
   assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
 
 
+def test_evaluate_refuses_a_cache_dir_that_is_a_file(tmp_path, capsys):
+  """Warned of only after the reals' Inception, naming the config key eval.cache_dir."""
+  from jaxgan import evaluate
+
+  (tmp_path / "cache").write_text("")
+  assert evaluate.main(["--real", "r", "--fake", "f", "--cache-dir",
+                        str(tmp_path / "cache")]) == 2
+  assert capsys.readouterr().err.strip() == (
+      f"error: --cache-dir {tmp_path / 'cache'}: is a file, not a folder; pass a folder (or "
+      "none)")
+
+
 def test_ctrl_c_ends_a_tool_with_one_line_and_status_130(capsys):
   """generate, evaluate and prepare: Ctrl-C printed a KeyboardInterrupt traceback."""
   def interrupted():
