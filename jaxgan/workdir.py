@@ -398,4 +398,4 @@ def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[]
     raise ckpt_lib.CheckpointError(
         f"checkpoint step {step} in {checkpointer.directory} is unreadable "
         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); choose another "
-        f"--checkpoint of {checkpointer.steps()}") from None
+        f"--checkpoint of {[s for s in checkpointer.steps() if s != step]}") from None

@@ -21,6 +21,7 @@ from jaxgan import sampling, train_progress, trainer
 from jaxgan import data as data_lib, writers
 from jaxgan import run as run_lib, workdir as workdir_lib
 from jaxgan.data import image_sets
+from jaxgan.checkpoint import CheckpointError
 from jaxgan.data.arrays import DataError
 from tests.conftest import REPO, run_module, tiny_config, xla_flags
 
@@ -216,6 +217,10 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
       f"checkpoint {copy}/checkpoints/4 is unreadable (ValueError: NOT_FOU")
   assert said[first + 2:first + 4] == [f"sampling checkpoint step 2 of {copy}",
                                        "a grid of 3 classes x 1: 3 images for --num 2"]
+  # Chosen by name: refused, offering the other steps (not the damaged one again).
+  with pytest.raises(CheckpointError, match=r"^checkpoint step 4 in .* is unreadable \(.*\); "
+                     r"choose another --checkpoint of \[2\]$"):
+    generate.generate(str(copy), 2, str(tmp_path / "g4.png"), checkpoint="4")
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
