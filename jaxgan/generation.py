@@ -121,7 +121,10 @@ def generate(workdir: str, num: int, out: str,
   # --out before the checkpoint is read and its statistics computed (minutes with a large model
   # on a CPU); singles again as they are written, at their exact count.
   if singles:
-    _check_singles_folder(out, fewest if exact else None)
+    try:
+      _check_singles_folder(out, fewest if exact else None)
+    except OSError as e:  # a folder it cannot list: in the words its write would use
+      raise _out_error(out, e) from e
   _check_writable(out, out if singles else os.path.dirname(os.path.abspath(out)))
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)

@@ -151,7 +151,7 @@ def evaluate_workdir(args) -> dict:
   if num_samples < fewest:  # the checkpoint's settings, checked before any Inception work
     raise ValueError(f"--num-samples must be >= {fewest} for --metrics {metrics} (this "
                      f"checkpoint's eval settings), got {num_samples}")
-  _check_features_fit(num_samples, args.num_real, config.model.z_dim)  # the reals: if asked
+  _check_features_fit(num_samples, 0, config.model.z_dim)  # the reals' count: with the data
   with config.unlocked():
     for key in ("num_real", "standing_stats_batches"):
       config.eval[key] = trained.get("eval", {}).get(key, config.eval[key])
@@ -206,9 +206,8 @@ def _check_features_fit(num_samples: int, reals: int, z_dim: int) -> None:
   beyond = resources.beyond_host_memory((num_samples + reals) * FEATURE_BYTES
                                         + num_samples * z_dim * 4)
   if beyond:
-    raise ValueError(f"--num-samples {num_samples}" + (f" and {reals} real images" if reals
-                                                       else "") +
-                     f": their Inception features (2048 float32s an image) and the samples' "
+    raise ValueError(f"{num_samples} samples" + (f" and {reals} real images" if reals else "")
+                     + f": their Inception features (2048 float32s an image) and the samples' "
                      f"latents take {beyond}; evaluate fewer (--num-samples, --num-real)")
 
 

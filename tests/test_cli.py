@@ -153,6 +153,11 @@ def test_evaluate_refuses_a_cache_dir_that_is_a_file(tmp_path, capsys):
   assert capsys.readouterr().err.strip() == (
       f"error: --cache-dir {tmp_path / 'cache'}: is a file, not a folder; pass a folder (or "
       "none)")
+  assert evaluate.main(["--real", "r", "--fake", "f", "--cache-dir",
+                        str(tmp_path / "cache" / "sub" / "x")]) == 2
+  assert capsys.readouterr().err.strip() == (
+      f"error: --cache-dir {tmp_path / 'cache' / 'sub' / 'x'} ({tmp_path / 'cache'}): is a file, "
+      "not a folder; pass a folder (or none)")
 
 
 def test_ctrl_c_ends_a_tool_with_one_line_and_status_130(capsys):

@@ -605,16 +605,16 @@ def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp
   run_data = offline_eval.run_data
   monkeypatch.setattr(resources, "host_memory_bytes", lambda: 100 * (2048 + 8) * 4)
   monkeypatch.setattr(offline_eval, "run_data", no_inception)  # the fakes', before the data
-  with pytest.raises(ValueError, match=r"^--num-samples 101: their Inception features \(2048 "
+  with pytest.raises(ValueError, match=r"^101 samples: their Inception features \(2048 "
                      r"float32s an image\) and the samples' latents take .* GiB, more than this "
                      r"host's .* GiB of memory; evaluate fewer \(--num-samples, --num-real\)$"):
     evaluate(101)
-  with pytest.raises(ValueError, match=r"^--num-samples 50 and 51 real images: "):
-    evaluate(50, 51)
   monkeypatch.setattr(offline_eval, "run_data", run_data)
   monkeypatch.setattr(resources, "host_memory_bytes", lambda: 6 * 2048 * 4 + 200)
-  with pytest.raises(ValueError, match=r"^--num-samples 4 and 3 real images: "):  # the data's 3
+  with pytest.raises(ValueError, match=r"^4 samples and 3 real images: "):  # the data's 3
     evaluate(4)
+  with pytest.raises(ValueError, match=r"^4 samples and 3 real images: "):  # capped at the data
+    evaluate(4, 10**9)
   from jaxgan import evaluate as evaluate_cli
 
   assert evaluate_cli.main(["--workdir", str(tmp_path / "run"), "--num-samples",

@@ -412,6 +412,18 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
       generate.generate(workdir, 1, "/proc/x/")
     with pytest.raises(ValueError, match=r"already holds 3 numbered PNGs past --num=3"):
       generate.generate(workdir, 3, str(tmp_path / "parts"))
+    locked, listdir = str(tmp_path / "locked"), os.listdir
+
+    def unlistable(path="."):
+      if os.path.abspath(path) == locked:
+        raise PermissionError(13, "Permission denied", path)
+      return listdir(path)
+
+    os.mkdir(locked)
+    with mock.patch.object(os, "listdir", unlistable):
+      with pytest.raises(OSError, match=r"^--out .*locked/: Permission denied; pass a path you "
+                                        r"can write$"):
+        generate.generate(workdir, 1, locked + "/")
     (tmp_path / "others").mkdir()
     (tmp_path / "others" / "grid.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"already holds 1 other image file\(s\) \(grid.png"):
