@@ -1,6 +1,7 @@
 """What to sample: seeded latents (with BigGAN's truncation), their spherical interpolation,
 and the latents and labels of sample grids and interpolation grids. The same on every machine:
-everything is drawn from JAX keys made from the seed."""
+everything is drawn from JAX keys made from the seed, but for `host_truncated_normal`, the
+seeded numpy draws of the standing BatchNorm statistics' latents (sampling.py)."""
 
 from __future__ import annotations
 
