@@ -395,7 +395,9 @@ def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[]
   except ckpt_lib.CheckpointError:
     raise
   except Exception as e:  # damaged or truncated files: name the step, not orbax's internals
+    others = [s for s in checkpointer.steps() if s != step]
     raise ckpt_lib.CheckpointError(
         f"checkpoint step {step} in {checkpointer.directory} is unreadable "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); choose another "
-        f"--checkpoint of {[s for s in checkpointer.steps() if s != step]}") from None
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+        + (f"choose another --checkpoint of {others}" if others else "no other step is there")
+    ) from None

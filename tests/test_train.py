@@ -221,6 +221,9 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
   with pytest.raises(CheckpointError, match=r"^checkpoint step 4 in .* is unreadable \(.*\); "
                      r"choose another --checkpoint of \[2\]$"):
     generate.generate(str(copy), 2, str(tmp_path / "g4.png"), checkpoint="4")
+  shutil.rmtree(copy / "checkpoints" / "2")
+  with pytest.raises(CheckpointError, match=r"is unreadable \(.*\); no other step is there$"):
+    generate.generate(str(copy), 2, str(tmp_path / "g4.png"), checkpoint="4")
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
