@@ -170,7 +170,7 @@ def run_lock(workdir: str) -> Iterator[None]:
     handle.seek(0)
     _warn_of_another_host(workdir, handle.read().strip())
     handle.truncate(0)
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.write(f"{_HOLDER_PREFIX}{os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
   except OSError as e:
     handle.close()
@@ -185,11 +185,20 @@ def run_lock(workdir: str) -> Iterator[None]:
     handle.close()
 
 
+# The lock file's text: 'pid PID on HOST' (`_holder` reads it back).
+_HOLDER_PREFIX = "pid "
+
+
+def _holder(text: str) -> tuple[str, str]:
+  """(pid, host) of a lock file's 'pid PID on HOST' (as written: either may be damaged)."""
+  pid, _, host = text.removeprefix(_HOLDER_PREFIX).rpartition(" on ")
+  return pid, host
+
+
 def _warn_of_another_host(workdir: str, previous: str) -> None:
   """A lock file left by a run on another host: one killed there, or one still running where the
   file system does not share locks between hosts (each would then write the workdir)."""
-  host = previous.rpartition(" on ")[2]
-  if previous and host != socket.gethostname():
+  if previous and _holder(previous)[1] != socket.gethostname():
     log.warning("workdir %s: %s left %s: a run killed there, or, where this file system does not "
                 "share locks between hosts (gcsfuse, NFS with local locks), one still running; "
                 "stop one if so", workdir, previous, RUN_LOCK)
@@ -336,7 +345,7 @@ def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> s
       holder = f.read().strip()
   except OSError:
     holder = ""
-  pid, _, host = holder.removeprefix("pid ").partition(" on ")
+  pid, host = _holder(holder)
   if not holder:
     then = ": train first"
   elif host == socket.gethostname() and pid.isdecimal() and not atomic_write.process_alive(
