@@ -119,8 +119,12 @@ def check_free_space(folder: str, needed: int, what: str) -> None:
     return
   free = stat.f_bavail * stat.f_frsize
   if free < needed:
-    raise OSError(errno.ENOSPC, f"{what} needs {_size(needed)} in {folder}, which has "
-                  f"{_size(free)} free")
+    raise _no_room(what, needed, folder, free)
+
+
+def _no_room(what: str, needed: int, folder: str, free: int) -> OSError:
+  return OSError(errno.ENOSPC, f"{what} needs {_size(needed)} in {folder}, which has "
+                 f"{_size(free)} free")
 
 
 def _size(n: int) -> str:
@@ -149,8 +153,7 @@ def reserve(path: str, what: str) -> None:
       folder = os.path.dirname(os.path.abspath(path))
       if e.errno == errno.ENOSPC:
         free = os.statvfs(folder)
-        raise OSError(errno.ENOSPC, f"{what} needs {_size(size)} in {folder}, which has "
-                      f"{_size(free.f_bavail * free.f_frsize)} free") from None
+        raise _no_room(what, size, folder, free.f_bavail * free.f_frsize) from None
       # A user's quota (EDQUOT, which statvfs does not show), a storage error (EIO): the map's
       # writes would fail too, of SIGBUS.
       raise OSError(e.errno, f"{what} needs {_size(size)} in {folder}: {e.strerror}") from None
