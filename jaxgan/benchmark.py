@@ -133,11 +133,8 @@ def main(argv: Sequence[str]) -> None:
   except (config_lib.ConfigError, DataError, DecodeError) as e:
     cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
-    line = cli.out_of_memory_line(e, "the benchmark", "lower train.batch_size or the model's "
-                                  "widths (--config.KEY=VALUE), or shard it (mesh.fsdp)")
-    if not line:  # a crash: its traceback
-      raise
-    cli.fail(line)
+    cli.fail(cli.out_of_memory_line(e, "the benchmark", "lower train.batch_size or the model's "
+                                    "widths (--config.KEY=VALUE), or shard it (mesh.fsdp)"))
   for row in rows:
     print(json.dumps(row))
 

@@ -26,10 +26,13 @@ def fail(message: str) -> NoReturn:
 
 def out_of_memory_line(error: BaseException, doing: str, remedy: str) -> str:
   """'DOING ran out of memory (XLA's first line); REMEDY' where `error` is XLA's out-of-memory
-  error (resources.out_of_memory), else '': a size the user chose (a batch, widths), said in one
-  line where JAX's traceback said it at the end of forty."""
+  error (resources.out_of_memory): a size the user chose (a batch, widths), said in one line
+  where JAX's traceback said it at the end of forty. Any other error is raised again: a crash
+  keeps its traceback."""
   memory = resources.out_of_memory(error)
-  return f"{doing} ran out of memory ({memory[:300]}); {remedy}" if memory else ""
+  if not memory:
+    raise error
+  return f"{doing} ran out of memory ({memory[:300]}); {remedy}"
 
 
 # SIGTERM's exception, raised as Ctrl-C raises KeyboardInterrupt (stopping.Interrupts).

@@ -243,11 +243,8 @@ def main(argv=None) -> int:
     print(f"error: {_os_problem(e)}", file=sys.stderr)
     return 2
   except jax.errors.JaxRuntimeError as e:
-    line = cli.out_of_memory_line(e, "evaluating",
-                                  "lower --batch-size (Inception images per device)")
-    if not line:  # a crash: its traceback
-      raise
-    print(f"error: {line}", file=sys.stderr)
+    print("error: " + cli.out_of_memory_line(
+        e, "evaluating", "lower --batch-size (Inception images per device)"), file=sys.stderr)
     return 2
   if args.workdir:
     problem = offline_eval.record(args.workdir, results)

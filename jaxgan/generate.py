@@ -89,10 +89,7 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, OSError, CheckpointError) as e:  # OSError: also an unwritable --out
     cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
-    line = cli.out_of_memory_line(e, "sampling", f"lower --batch (now {FLAGS.batch})")
-    if not line:  # a crash: its traceback
-      raise
-    cli.fail(line)
+    cli.fail(cli.out_of_memory_line(e, "sampling", f"lower --batch (now {FLAGS.batch})"))
   print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
 
 

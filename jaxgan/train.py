@@ -105,12 +105,9 @@ def _main(stop) -> None:
   except ImportError as e:  # e.g. TensorFlow missing on a host that reads real catalogs
     cli.fail(f"{e}; install it (pip install -e .) or use --config.data.source=synthetic")
   except jax.errors.JaxRuntimeError as e:
-    line = cli.out_of_memory_line(
+    cli.fail(cli.out_of_memory_line(
         e, "training", "lower train.batch_size or the model's widths, or shard it over more "
-        "devices (mesh.fsdp); --compile_only prints the step's estimated peak per device")
-    if not line:  # a crash: its traceback
-      raise
-    cli.fail(line)
+        "devices (mesh.fsdp); --compile_only prints the step's estimated peak per device"))
 
 
 def run() -> None:
