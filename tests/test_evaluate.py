@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import JOIN_TWO_PROCESSES, run_module, run_two_processes, tiny_config, xla_flags
-from jaxgan import config as config_lib, data as data_lib, evaluate, offline_eval, trainer
+from jaxgan import checkpoint as ckpt_lib, config as config_lib, data as data_lib, evaluate
+from jaxgan import offline_eval, trainer
 from jaxgan.config import validation as config_validation
 from jaxgan.data import prepared
 from jaxgan.data.synthetic import CATEGORY_NAMES, draw_product
@@ -287,7 +288,7 @@ def test_unknown_metric_is_a_config_error():
   assert "pr" in suite.METRICS
 
 
-def test_missing_weights_stop_training_before_it_starts(tmp_path):
+def test_missing_weights_stop_training_before_it_starts(tmp_path, monkeypatch):
   config = tiny_config(**{"train.eval_every": 2, "eval.weights": "/nonexistent/inception.pt"})
   with pytest.raises(config_lib.ConfigError,
                      match=r"config key eval.weights: /nonexistent/inception.pt: no such weights "
@@ -298,10 +299,16 @@ def test_missing_weights_stop_training_before_it_starts(tmp_path):
   # before the first step.
   (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + bytes(100))
   config.eval.weights = str(tmp_path / "cut.pt")
+  closed = []
+  real_close = ckpt_lib.Checkpointer.close
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "close",
+                      lambda self: closed.append(self.directory) or real_close(self))
   with pytest.raises(config_lib.ConfigError, match=r"^config key eval.weights: .*cut.pt: damaged "
                      r"or not a weights file \(BadZipFile"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert os.listdir(tmp_path / "w" / "checkpoints") == []  # the folder, made, but no step
+  # The checkpointer was made before the weights were loaded: closed (orbax's threads) anyway.
+  assert closed == [str(tmp_path / "w" / "checkpoints")]
 
 
 def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path):
