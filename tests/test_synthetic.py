@@ -114,6 +114,27 @@ def test_prefetch_thread_ends_when_the_consumer_stops_with_a_full_queue(ending):
   assert not producer.is_alive()
 
 
+def test_prefetch_closes_its_source_when_the_consumer_stops_early():
+  """The source's clean-up (a generator's `finally`: open files, a decode pool) runs when the
+  consumer closes the stream, not whenever the garbage collector gets to the iterator."""
+  import threading
+
+  cleaned = threading.Event()
+
+  def endless():
+    try:
+      while True:
+        yield 1
+    finally:
+      cleaned.set()
+
+  source = endless()
+  stream = prefetch(source, 1)
+  assert next(stream) == 1
+  stream.close()
+  assert cleaned.wait(timeout=5)  # `source` is still referenced here: not the collector's doing
+
+
 def test_stack_batches_groups_steps_in_order():
   batches = [{"image": np.full((2, 1), i), "label": np.array([i, -i])} for i in range(5)]
   stacked = list(stack_batches(iter(batches), 2))

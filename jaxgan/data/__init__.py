@@ -265,6 +265,12 @@ def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:
       put(done)
     except BaseException as e:  # handed to the consumer, which raises it
       put(e)
+    finally:
+      # A consumer that stopped early: the source's own clean-up (open files, tf.data's threads,
+      # a decode pool) runs now, not whenever the garbage collector gets to it.
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
 
   thread = threading.Thread(target=produce, daemon=True, name="jaxgan-prefetch")
   thread.start()
