@@ -1,7 +1,9 @@
 """The train state: one pytree holding everything a run needs to continue exactly.
 
-Parameters and optimizer states are float32 whatever the compute dtype. The EMA generator shares
-G's BatchNorm running statistics (as StyleGAN2-ADA copies buffers) and keeps its own parameters.
+Parameters and optimizer states are float32 whatever the compute dtype. The EMA generator keeps
+its own parameters only: where it is sampled (grids, evaluation, `generate`) its BatchNorm
+statistics are recomputed from its own outputs ("standing statistics", `sampling`), or with
+`eval.standing_stats_batches=0` taken from G's running ones (as StyleGAN2-ADA copies buffers).
 """
 
 from __future__ import annotations
