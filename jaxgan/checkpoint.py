@@ -38,6 +38,7 @@ class Checkpointer:
                read_only: bool = False, retry_delay_s: float = 2.0):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    self.keep = keep
     # A failed read of a step's state is tried once more after this pause before the step is
     # taken for damage: network file systems fail transiently, and damage costs the newest
     # checkpoint (moved aside, training resumes from the one before).
@@ -330,6 +331,32 @@ class Checkpointer:
         shutil.move(source, target)
 
     multihost.agreed(move, f"moving checkpoint {self.directory}/{step} aside")
+    self._manager.reload()
+
+  def prune(self, newest: int) -> None:
+    """Deletes the steps before `newest` (the step a run resumed from) beyond the newest `keep`
+    up to it. Orbax deletes an old step once the next save has completed, in the background: a
+    run killed in between leaves it (a kill during the deletion, half of it, still listed as a
+    step), and only a later save removed it, never where the rerun saves nothing (it resumed at
+    train.num_steps). Steps after `newest` are left as they are (a save reaching one moves it
+    aside). Collective; a failure is logged, not raised: the next save tries again."""
+    steps = [step for step in agreed_steps(self.steps()) if step <= newest]
+    extra = steps[:max(len(steps) - self.keep, 0)]
+    if self.read_only or not extra:
+      return
+
+    def remove() -> None:
+      if jax.process_index() == 0:
+        for step in extra:
+          shutil.rmtree(os.path.join(self.directory, str(step)))
+
+    try:
+      multihost.agreed(remove, f"removing old checkpoints of {self.directory}")
+      log.info("removed checkpoint steps %s of %s: older than the newest %d (left by a run "
+               "stopped before it removed them)", extra, self.directory, self.keep)
+    except Exception as e:  # pylint: disable=broad-except  (raised on every process alike)
+      log.warning("could not remove the old checkpoint steps %s of %s (%s); the next save tries "
+                  "again", extra, self.directory, _cause(e))
     self._manager.reload()
 
   def wait(self) -> bool:

@@ -96,6 +96,7 @@ class PeriodicEval:
       self.best.move_aside(best_step, ".superseded")
       best_step = -1
     if best_step >= 0:
+      self.best.prune(best_step)  # an earlier best a kill left beside it
       # Read as restoring does (agreed, visibility first): orbax's read ends in a barrier that a
       # process failing before it would leave the others waiting in.
       meta, error, _ = self.best.read_agreed(best_step, lambda: self.best.restore_meta(best_step))

@@ -264,6 +264,7 @@ def _initial_state(checkpointer: ckpt_lib.Checkpointer, run: run_lib.Run,
     restore.warn_about_changes(meta, start_step, workdir, config, data_fingerprint, order,
                                devices, content)
     restore.keep_first_start_keys(meta, config)
+    checkpointer.prune(start_step)
     return start_step, state, meta.get(restore.DONOR_NAMED_KEY, "")
   state = jax.jit(run.init, out_shardings=run.state_shardings)()
   if donor is None:

@@ -444,6 +444,16 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
       f"step 8: new best FID 20, saved to {workdir}/checkpoints_best"]
   caplog.clear()
   again.close()
+  # An earlier best that a kill left beside the newest (orbax deletes it after the save): removed
+  # at the next start, not kept for good.
+  from jaxgan import checkpoint as ckpt_lib
+  best_dir = os.path.join(workdir, "checkpoints_best")
+  leftover = ckpt_lib.Checkpointer(best_dir, keep=2, async_save=False)
+  leftover.save(6, {"w": jnp.full(2, 6.0)}, {"step": 6})
+  leftover.close()
+  assert sorted(os.listdir(best_dir)) == ["6", "8"]
+  periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 8).close()
+  assert os.listdir(best_dir) == ["8"]
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
   fresh = periodic_eval.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)

@@ -269,6 +269,41 @@ def test_old_checkpoints_are_pruned_and_none_readable_stops_the_run(tmp_path, mo
   assert not os.path.exists(str(workdir / "checkpoints") + ".corrupt")
 
 
+def test_steps_a_kill_left_beyond_keep_are_removed_when_the_run_resumes(tmp_path):
+  """Orbax deletes an old step only once the next save has completed: a kill in between leaves
+  it, and a kill during the deletion half of it, still listed. A rerun that saves nothing (it
+  resumes at train.num_steps) kept them for good: they are removed when the run resumes, up to
+  the step it resumed from (a newer step it could not read is left for its save to move)."""
+  import jax.numpy as jnp
+
+  from jaxgan import checkpoint as ckpt_lib
+
+  directory = str(tmp_path / "checkpoints")
+  writer = ckpt_lib.Checkpointer(directory, keep=4, async_save=False)
+  for step in (1, 2, 3, 4):
+    writer.save(step, {"w": jnp.full(3, float(step))}, {"step": step})
+  writer.close()
+  os.remove(os.path.join(directory, "1", "_CHECKPOINT_METADATA"))  # half deleted
+  pruned = ckpt_lib.Checkpointer(directory, keep=2)
+  assert pruned.steps() == [1, 2, 3, 4]
+  pruned.prune(3)  # resumed from 3 (4 unreadable, say): 2 and 3 kept, 4 left
+  assert sorted(os.listdir(directory)) == ["2", "3", "4"] and pruned.steps() == [2, 3, 4]
+  pruned.prune(4)
+  assert sorted(os.listdir(directory)) == ["3", "4"]
+  pruned.close()
+
+  # End to end: a finished run's rerun (nothing left to train) leaves the newest
+  # train.keep_checkpoints steps, here fewer than the run kept.
+  config = tiny_config(**{"train.tensorboard": False, "train.checkpoint_every": 1,
+                          "train.keep_checkpoints": 3})
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3", "4"]
+  config.train.keep_checkpoints = 1
+  trainer.train_and_evaluate(config, str(workdir))
+  assert os.listdir(workdir / "checkpoints") == ["4"]
+
+
 def test_a_failure_of_every_step_moves_none_aside(tmp_path):
   """A restore that fails for a reason common to every step (device memory after a mesh
   change, say) is not damage: the steps stay where they are for the rerun that fixes it."""
