@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from typing import Any, Callable
 
 import jax
@@ -22,6 +23,7 @@ from jaxgan import data as data_lib
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
 from jaxgan import multihost
+from jaxgan import resources
 from jaxgan import sharding
 from jaxgan import state as state_lib
 from jaxgan import steps
@@ -58,6 +60,7 @@ def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run
                            config.seed)
   abstract_state = jax.eval_shape(init)
   state_sh = sharding.state_shardings(mesh, abstract_state)
+  _check_state_fits(config, abstract_state, state_sh, mesh)
   sharding.warn_if_fsdp_splits_little(abstract_state, mesh.shape[sharding.FSDP_AXIS])
   k = config.train.steps_per_call
   batch_sh = sharding.batch_sharding(mesh, stacked=k > 1)
@@ -67,6 +70,33 @@ def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   return Run(mesh, generator, discriminator, init, abstract_state, state_sh, batch_sh,
              train_step, k)
+
+
+def _check_state_fits(config: ml_collections.ConfigDict, abstract_state: Any, shardings: Any,
+                      mesh: Any) -> None:
+  """Refuses a model whose train state alone exceeds its devices' memory (on a CPU, this
+  process's devices share the host's), before anything compiles: a typo'd model.z_dim of 10^8
+  (800 GB of state) started, then ended in a MemoryError traceback or the OS's kill. The state
+  is a part of what a step needs: a model that passes may still run out of memory."""
+  per_device = sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda x, where: math.prod(where.shard_shape(x.shape)) * x.dtype.itemsize,
+      abstract_state, shardings)))
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  if jax.default_backend() == "cpu":
+    beyond = resources.beyond_host_memory(per_device * len(local))
+  else:
+    stats = local[0].memory_stats() if hasattr(local[0], "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    beyond = (f"{per_device / 2**30:.4g} GiB on each device, more than its {limit / 2**30:.4g} "
+              "GiB of memory" if limit and per_device > limit else "")
+  if beyond:
+    count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
+    raise config_lib.ConfigError(
+        f"config key model: {config.model.name}'s train state (G "
+        f"{count(abstract_state.g_params):,} and D {count(abstract_state.d_params):,} "
+        "parameters, G's EMA and the optimizers' moments) takes "
+        f"{beyond}; use a smaller model (model.z_dim, model.g_width, model.d_width) or split it "
+        "over more devices with mesh.fsdp")
 
 
 def abstract_batch(config: ml_collections.ConfigDict, batch_sharding: Any) -> dict:

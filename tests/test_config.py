@@ -322,6 +322,33 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
   config_validation.validate(config, num_devices=1)
 
 
+def test_a_train_state_larger_than_the_hosts_memory_is_refused_before_compiling(monkeypatch):
+  """A typo'd model.z_dim of 10^8 (800 GB of state) started, then ended in a MemoryError
+  traceback (or the OS's kill) after writing the workdir."""
+  import jax
+
+  from jaxgan import resources, run as run_lib
+  from tests.conftest import tiny_config
+
+  with pytest.raises(config_lib.ConfigError, match=r"^config key model: dcgan's train state \(G "
+                     r"[0-9,]+ and D [0-9,]+ parameters, G's EMA and the optimizers' moments\) "
+                     r"takes .* GiB, more than this host's .* GiB of memory; use a smaller model "
+                     r"\(model.z_dim, model.g_width, model.d_width\) or split it over more "
+                     r"devices with mesh.fsdp$"):
+    run_lib.build_run(tiny_config(**{"model.z_dim": 10**9}))
+  config = tiny_config()
+  state = run_lib.build_run(config).abstract_state  # on one device: all of it
+  needed = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+  from jaxgan.config import mesh_checks  # the batches' own bounds would refuse first at these sizes
+  monkeypatch.setattr(mesh_checks, "eval_batch_problem", lambda *args: "")
+  monkeypatch.setattr(mesh_checks, "_check_batch_fits_host", lambda *args: None)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: needed)
+  run_lib.build_run(config)
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: needed - 1)
+  with pytest.raises(config_lib.ConfigError, match=r"^config key model: "):
+    run_lib.build_run(config)
+
+
 def test_batch_must_divide_over_devices(make_config):
   config = make_config(**{"train.batch_size": 12})
   config_validation.validate(config, num_devices=4)
