@@ -55,9 +55,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
     config_validation.validate_schedule(config)
-    inside_data = data_lib.workdir_problem(config, workdir)  # before it is made in the data
-    if inside_data:
-      raise workdir_lib.WorkdirError(inside_data)
+    inside = data_lib.workdir_problem(config, workdir) or _inside_another_run(workdir)
+    if inside:  # before it is made there
+      raise workdir_lib.WorkdirError(inside)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
     if jax.process_index() == 0:  # one run per workdir; its other processes are its own
       held.enter_context(workdir_lib.run_lock(workdir))
@@ -161,6 +161,30 @@ def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
         f"process 0 wrote there within {SHARED_WORKDIR_WAIT_S:.0f} s: every process must be "
         "given the same folder, one that all hosts share (a network file system, a bucket "
         "through gcsfuse); a folder local to each host would hang in the first checkpoint")
+
+
+# The folders of a workdir that its run writes and prunes: another run's workdir in one of them
+# would be deleted with an old checkpoint, or its event files with a resume's dropped steps.
+_RUN_FOLDERS = ("checkpoints", "samples", "tensorboard")
+
+
+def _inside_another_run(workdir: str) -> str:
+  """Why `workdir` must not be trained in ('' where it may): it is, or is inside, a folder that
+  the run of a workdir above it manages (WORKDIR/checkpoints/3, say: that run's next save
+  deletes step 3, and the run trained there with it)."""
+  path = os.path.abspath(workdir)
+  below = path
+  while True:
+    above = os.path.dirname(below)
+    if above == below:
+      return ""
+    name = os.path.basename(below)
+    managed = name.startswith("checkpoints") or name in _RUN_FOLDERS
+    if managed and os.path.isfile(os.path.join(above, "config.json")):
+      return (f"--workdir {workdir} is inside {below}, a folder of the run in {above}, which "
+              f"writes and prunes it; pass a --workdir outside it (to resume that run: "
+              f"--workdir {above})")
+    below = above
 
 
 def _check_not_foreign(workdir: str) -> None:

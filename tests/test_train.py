@@ -637,6 +637,32 @@ def test_a_workdir_in_the_folder_the_data_source_reads_is_refused(tmp_path):
   assert data_lib.workdir_problem(tiny_config(), str(photos / "run")) == ""
 
 
+def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path):
+  """A run trained in WORKDIR/checkpoints/3 (or in WORKDIR/checkpoints itself) was deleted
+  without a word with step 3 by that run's next save. Refused before anything is made; a run in
+  another folder of a workdir is fine."""
+  from jaxgan import startup
+
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 2,
+                          "train.checkpoint_every": 2})
+  run_a = tmp_path / "A"
+  trainer.train_and_evaluate(config, str(run_a))
+  before = sorted(os.listdir(run_a / "checkpoints"))
+  for inside, managed in ((run_a / "checkpoints" / "2", "checkpoints"),
+                          (run_a / "checkpoints", "checkpoints"),
+                          (run_a / "samples" / "b", "samples"),
+                          (run_a / "checkpoints_best" / "x" / "y", "checkpoints_best")):
+    with pytest.raises(workdir_lib.WorkdirError, match=(
+        f"^--workdir {inside} is inside {run_a / managed}, a folder of the run in {run_a}, which "
+        f"writes and prunes it; pass a --workdir outside it \\(to resume that run: --workdir "
+        f"{run_a}\\)$")):
+      trainer.train_and_evaluate(config, str(inside))
+  assert sorted(os.listdir(run_a / "checkpoints")) == before  # nothing made in them
+  assert not (run_a / "checkpoints_best").exists()
+  assert startup._inside_another_run(str(run_a / "sweep" / "b")) == ""
+  assert startup._inside_another_run(str(tmp_path / "checkpoints" / "c")) == ""  # no run above
+
+
 class _ProtocolSource:
   """A data source written to jaxgan.data's documented protocol alone (no ArraySource base, no
   optional attribute): coloured squares, one colour per class, drawn from the stream position."""
