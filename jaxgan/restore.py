@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxgan import augment as augment_lib
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import label_choices
@@ -145,7 +146,32 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
     state = state.replace(lecam={k: jax.device_put(np.zeros(v.shape, v.dtype), v.sharding)
                                  if k in bad else v for k, v in state.lecam.items()})
   run_health.check_restored_state(state, step, checkpointer.directory)
-  return step, state, meta
+  return step, _augment_after_change(state, meta, config, step), meta
+
+
+def _augment_after_change(state: Any, meta: dict, config: ml_collections.ConfigDict,
+                          step: int) -> Any:
+  """`state` with ADA's p (and its sign sums) started afresh where the augmentation, or the
+  augment.ada_p_init of one that uses p, changed since the checkpoint (--allow_config_change):
+  at the new ada_p_init, or 0 for an augmentation without p. The checkpoint's p was the old
+  setting's: kept, an ada_fixed run went on at the old p (at 0 after 'none': never augmenting),
+  whatever its config said."""
+  trained = dict(config_lib.flat_items(ml_collections.ConfigDict(meta.get("config", {}))))
+  defaults = dict(config_lib.flat_items(config_lib.base_config()))
+  was = lambda key: trained.get(key, defaults[key])
+  augment = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
+  name_changed = was("augment.name") != config.augment.name
+  if not (name_changed or (augment.uses_p and was("augment.ada_p_init")
+                           != config.augment.ada_p_init)):
+    return state
+  p = float(config.augment.ada_p_init) if augment.uses_p else 0.0
+  log.warning("augment.%s changed since checkpoint step %d: ADA's p starts again at %g (it was "
+              "%g)", "name" if name_changed else "ada_p_init", step, p,
+              float(np.asarray(state.augment.p.addressable_data(0))))  # replicated
+  fresh = augment_lib.init_state(p)
+  return state.replace(augment=jax.tree_util.tree_map(
+      lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), fresh,
+      state.augment))
 
 
 # The checkpoint meta's record of the `train.init_from` a run's first start was given (a workdir,

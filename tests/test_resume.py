@@ -304,6 +304,40 @@ def test_steps_a_kill_left_beyond_keep_are_removed_when_the_run_resumes(tmp_path
   assert os.listdir(workdir / "checkpoints") == ["4"]
 
 
+def test_an_accepted_change_of_the_augmentation_starts_p_afresh(tmp_path, caplog):
+  """ADA's p is train state: restored, it overrode an accepted change of augment.ada_p_init
+  (an ada_fixed run went on at the old p) or of the augmentation (none -> ada_fixed stayed at
+  p = 0, never augmenting). A change of neither keeps the restored p."""
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 2,
+                          "train.checkpoint_every": 2, "augment.name": "ada_fixed",
+                          "augment.ada_p_init": 0.2})
+  workdir = str(tmp_path / "w")
+  assert float(trainer.train_and_evaluate(config, workdir).augment.p) == np.float32(0.2)
+  config.train.num_steps, config.augment.ada_p_init = 4, 0.9
+  with caplog.at_level(logging.WARNING, logger="jaxgan"):
+    state = trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  assert float(state.augment.p) == np.float32(0.9)
+  assert ("augment.ada_p_init changed since checkpoint step 2: ADA's p starts again at 0.9 (it "
+          "was 0.2)") in caplog.messages
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [(r["step"], round(r["augment_p"], 4)) for r in rows] == [(2, 0.2), (4, 0.9)]
+  # none -> ada_fixed: at its ada_p_init, not at none's 0.
+  config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 2,
+                          "train.checkpoint_every": 2})
+  workdir = str(tmp_path / "none")
+  trainer.train_and_evaluate(config, workdir)
+  config.train.num_steps = 4
+  config.augment.name, config.augment.ada_p_init = "ada_fixed", 0.5
+  state = trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+  assert float(state.augment.p) == np.float32(0.5)
+  # Only another step count: the restored p goes on.
+  config.train.num_steps = 6
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxgan"):
+    assert float(trainer.train_and_evaluate(config, workdir).augment.p) == np.float32(0.5)
+  assert not [m for m in caplog.messages if "ADA's p" in m]
+
+
 def test_a_failure_of_every_step_moves_none_aside(tmp_path):
   """A restore that fails for a reason common to every step (device memory after a mesh
   change, say) is not damage: the steps stay where they are for the rerun that fixes it."""
