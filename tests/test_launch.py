@@ -310,32 +310,41 @@ def test_the_tpu_launcher_runs_one_trainer_per_worker(tmp_path, detach, when):
   assert (tmp_path / "w" / "launch").exists() == (when == "during")  # no new code under it
 
 
-# Stand-ins for launch/slurm_gpu.sbatch: `srun` logs its arguments and exits with $SRUN_STATUS
-# (the tasks' status), `scontrol` logs its arguments.
+# Stand-ins for launch/slurm_gpu.sbatch: `srun` logs its arguments, with $TIME_UP sends the
+# script SLURM's USR1 (the time limit is near) and waits for the scancel it makes, then exits
+# with $SRUN_STATUS (the tasks' status); `scontrol` and `scancel` log their arguments.
 FAKE_SLURM = """#!/usr/bin/env bash
-printf '%%s|' "$(basename "$0")" "$@" >> "%s/slurm.log"; echo >> "%s/slurm.log"
-[[ "$(basename "$0")" == srun ]] && exit "${SRUN_STATUS:-0}"
+log="%s/slurm.log"
+printf '%%s|' "$(basename "$0")" "$@" >> "$log"; echo >> "$log"
+if [[ "$(basename "$0")" == srun ]]; then
+  if [[ -n "${TIME_UP:-}" ]]; then
+    kill -USR1 "$PPID"
+    for _ in $(seq 100); do grep -q '^scancel' "$log" && break; sleep 0.1; done
+  fi
+  exit "${SRUN_STATUS:-0}"
+fi
 exit "${SCONTROL_STATUS:-0}"
 """
 
 
-@pytest.mark.parametrize("status, requeue, scontrol, want_exit, want_requeue", [
-    (75, "1", 0, 0, True), (75, "1", 1, 75, True), (75, "0", 0, 75, False), (0, "1", 0, 0, False),
-    (3, "1", 0, 3, False)])
+@pytest.mark.parametrize("status, time_up, requeue, scontrol, want_exit, want_requeue", [
+    (75, True, "1", 0, 0, True), (75, True, "1", 1, 75, True), (75, True, "0", 0, 75, False),
+    (75, False, "1", 0, 75, False), (0, False, "1", 0, 0, False), (3, True, "1", 0, 3, False)])
 def test_the_slurm_script_gives_each_task_its_cores_and_requeues_a_stopped_run(
-    tmp_path, status, requeue, scontrol, want_exit, want_requeue):
+    tmp_path, status, time_up, requeue, scontrol, want_exit, want_requeue):
   """srun gets --cpus-per-task itself (Slurm >= 22.05 no longer passes sbatch's on) and does not
-  kill the other tasks at the first one's exit (a stop's 75 would become their 137); a run that
-  stopped (75: the time limit's SIGTERM, its checkpoint written) is requeued, a failure is not,
-  and a failed requeue keeps the 75."""
+  kill the other tasks at the first one's exit (a stop's 75 would become their 137); a run
+  stopped for the time limit (SLURM's USR1 to the script, which sends the tasks SIGTERM; 75: its
+  checkpoint written) is requeued, a failure is not, a failed requeue keeps the 75, and so does a
+  stop of anyone else's (`scancel --signal=TERM`: requeued, the job would never end)."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  for name in ("srun", "scontrol"):
-    (bin_dir / name).write_text(FAKE_SLURM % (tmp_path, tmp_path))
+  for name in ("srun", "scontrol", "scancel"):
+    (bin_dir / name).write_text(FAKE_SLURM % tmp_path)
     (bin_dir / name).chmod(0o755)
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="42",
              SLURM_CPUS_PER_TASK="6", SRUN_STATUS=str(status), JAXGAN_REQUEUE=requeue,
-             SCONTROL_STATUS=str(scontrol))
+             SCONTROL_STATUS=str(scontrol), TIME_UP="1" if time_up else "")
   proc = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--workdir", "/shared/a b"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
   assert proc.returncode == want_exit, proc.stderr
@@ -343,4 +352,5 @@ def test_the_slurm_script_gives_each_task_its_cores_and_requeues_a_stopped_run(
   assert calls[0] == ("srun|--kill-on-bad-exit=0|--wait=120|--cpus-per-task=6|python|-m|"
                       "jaxgan.train|--workdir|/shared/a b|"
                       "--config.distributed.coordinator_address=auto|")
-  assert calls[1:] == (["scontrol|requeue|42|"] if want_requeue else [])
+  assert calls[1:] == (["scancel|--signal=TERM|42|"] if time_up else []) + (
+      ["scontrol|requeue|42|"] if want_requeue else [])
