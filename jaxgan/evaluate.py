@@ -115,14 +115,11 @@ def _bad_argument(args) -> str:
   if too_large:  # per device: one device's share, known before JAX loads, is the least it takes
     return f"--batch-size {args.batch_size}: {too_large}"
 
-  if args.cache_dir:  # else found after the reals' Inception: a file there, or above it
-    above = os.path.abspath(args.cache_dir)
-    while not os.path.exists(above) and os.path.dirname(above) != above:
-      above = os.path.dirname(above)
-    if os.path.isfile(above):
-      where = "" if above == os.path.abspath(args.cache_dir) else f" ({above})"
-      return (f"--cache-dir {args.cache_dir}{where}: is a file, not a folder; pass a folder "
-              "(or none)")
+  # Else found after the reals' Inception: a file there, or above it.
+  above = config_lib.file_in_the_way(args.cache_dir) if args.cache_dir else ""
+  if above:
+    where = "" if above == os.path.abspath(args.cache_dir) else f" ({above})"
+    return f"--cache-dir {args.cache_dir}{where}: is a file, not a folder; pass a folder (or none)"
   for flag in ("cache_dir", "weights", "data_path"):
     if config_lib.is_uri(getattr(args, flag)):
       return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"

@@ -288,6 +288,19 @@ def test_schedule_must_fit_steps_per_call(make_config):
     config_validation.validate_schedule(config)
 
 
+def test_an_eval_cache_dir_that_is_a_file_is_refused(make_config, tmp_path):
+  """Each evaluation's caching of the reals' features failed with a warning (the features were
+  extracted again at every start); `evaluate --cache-dir` refused it already."""
+  (tmp_path / "cache").write_text("")
+  for where, blocked in ((tmp_path / "cache", ""), (tmp_path / "cache" / "sub", " \\(.*cache\\)")):
+    with pytest.raises(config_lib.ConfigError, match=(
+        f"^config key eval.cache_dir: {where}{blocked}: is a file, not a folder; set a folder "
+        r"\(or '' for the default\)$")):
+      config_validation.validate(make_config(**{"eval.cache_dir": str(where)}), num_devices=1)
+  config_validation.validate(make_config(**{"eval.cache_dir": str(tmp_path / "new" / "c")}),
+                             num_devices=1)
+
+
 def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatch):
   """Not read, then killed by the OS with no message (after writing the workdir's config)."""
   with pytest.raises(config_lib.ConfigError, match=r"^config key train.batch_size: a step's "

@@ -28,6 +28,15 @@ def is_uri(value: Any) -> bool:
   return isinstance(value, str) and "://" in value
 
 
+def file_in_the_way(folder: str) -> str:
+  """The file that is `folder`, or the nearest existing path above it where that is a file (a
+  folder cannot be made there), else ''."""
+  above = os.path.abspath(folder)
+  while not os.path.exists(above) and os.path.dirname(above) != above:
+    above = os.path.dirname(above)
+  return above if os.path.isfile(above) else ""
+
+
 def os_path(path: str) -> str:
   """`path` with its '..' resolved as the OS resolves it: after a symlink, 'link/..' is the
   parent of the link's target, where os.path.abspath drops both without reading the disk (a
