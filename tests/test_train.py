@@ -564,6 +564,11 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
     trainer.train_and_evaluate(tiny_config(), str(blocker / "w"))
   with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file is a file, not a folder"):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
+  os.symlink(tmp_path / "gone", tmp_path / "dangling")  # a run folder moved or not mounted yet
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      f"^workdir {tmp_path / 'dangling'} is a symbolic link to {tmp_path / 'gone'}, which does not "
+      "exist; make that folder, or pass another --workdir$")):
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path / "dangling"))
   # A full disk: the probe file is made, then cannot be written; it went with the refusal.
   full = tmp_path / "full"
   full.mkdir()
