@@ -66,8 +66,10 @@ def check_checkpoint_writes(checkpointer: Checkpointer) -> None:
 longest_streak = jax.jit(lambda longest, streak: jnp.maximum(longest, jnp.max(streak)))
 
 
-def check_nonfinite(longest: Any, step: int, limit: int, checkpointer: Checkpointer) -> None:
-  """Stops the run if the longest skip streak since the last check reached `limit`."""
+def check_nonfinite(longest: Any, step: int, limit: int, checkpointer: Checkpointer,
+                    dtype: str) -> None:
+  """Stops the run if the longest skip streak since the last check reached `limit` (`dtype`: the
+  run's train.dtype, whose float32 is the remedy it names when it computes in less)."""
   longest = int(sharding.to_host(longest))
   if longest >= limit:
     checkpointer.wait()  # alike everywhere (longest is); a write in flight is listed already
@@ -77,7 +79,7 @@ def check_nonfinite(longest: Any, step: int, limit: int, checkpointer: Checkpoin
         f"{longest} consecutive non-finite steps by step {step} (limit "
         f"train.max_nonfinite_steps={limit}); a rerun resumes from "
         f"{resume_point(checkpointer)} in {checkpointer.directory}: lower the learning rates "
-        "(optim.*) or set train.dtype=float32, then rerun"
+        f"(optim.*){'' if dtype == 'float32' else ' or set train.dtype=float32'}, then rerun"
         + (" with --allow_config_change" if resumes else ""))
 
 

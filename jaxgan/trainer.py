@@ -197,7 +197,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_config_change:
       # Only where the loop waits for the step anyway (not every call, which would keep the
       # host one call ahead at most), and before any checkpoint past the limit is written.
       # Skipped steps leave the weights as they were, so a late stop loses nothing.
-      run_health.check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer)
+      run_health.check_nonfinite(longest_streak, step, cfg.max_nonfinite_steps, checkpointer,
+                                 cfg.dtype)
       longest_streak = np.int32(0)
     # The checkpoint first (its write is asynchronous and overlaps what follows): on a stop
     # request it is what the grace period is for.

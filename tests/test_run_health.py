@@ -16,18 +16,22 @@ def test_a_streak_that_recovered_before_the_check_still_stops_the_run(tmp_path):
   longest = np.int32(0)
   for streak in (jnp.int32(0), jnp.array([0, 1], jnp.int32)):  # a stacked call: [k]
     longest = run_health.longest_streak(longest, streak)
-  run_health.check_nonfinite(longest, 4, 3, checkpointer)  # 1 < 3: goes on
+  run_health.check_nonfinite(longest, 4, 3, checkpointer, "bfloat16")  # 1 < 3: goes on
   longest = np.int32(0)
   for streak in (jnp.int32(1), jnp.array([2, 3], jnp.int32), jnp.int32(0)):
     longest = run_health.longest_streak(longest, streak)
   with pytest.raises(run_health.TrainingError, match=r"3 consecutive non-finite steps by step 8 .*"
                                                   r"resumes from the start \(no checkpoint\) .*"
                                                   r"train.dtype=float32, then rerun$"):
-    run_health.check_nonfinite(longest, 8, 3, checkpointer)  # no flag: no config to differ from
+    run_health.check_nonfinite(longest, 8, 3, checkpointer, "bfloat16")  # no flag: no config
   assert checkpointer.save(6, {"w": jnp.ones(3)}, {"step": 6}) and checkpointer.wait()
   with pytest.raises(run_health.TrainingError, match=r"resumes from step 6 .*then rerun with "
                                                   r"--allow_config_change$"):
-    run_health.check_nonfinite(longest, 8, 3, checkpointer)
+    run_health.check_nonfinite(longest, 8, 3, checkpointer, "bfloat16")
+  # A float32 run is not told to set float32.
+  with pytest.raises(run_health.TrainingError, match=r": lower the learning rates \(optim.\*\), "
+                                                  r"then rerun with --allow_config_change$"):
+    run_health.check_nonfinite(longest, 8, 3, checkpointer, "float32")
   checkpointer.close()
 
 
@@ -44,7 +48,7 @@ def test_the_resume_point_is_not_a_write_in_flight_that_fails(tmp_path, monkeypa
   assert checkpointer.save(2, {"w": jnp.ones(3)}, {"step": 2})  # started; fails meanwhile
   with pytest.raises(run_health.TrainingError, match=r"3 consecutive non-finite steps by step 4 .*"
                                                   r"resumes from the start \(no checkpoint\)"):
-    run_health.check_nonfinite(jnp.int32(3), 4, 3, checkpointer)
+    run_health.check_nonfinite(jnp.int32(3), 4, 3, checkpointer, "float32")
   checkpointer.close()
 
 
