@@ -46,10 +46,13 @@ class Run:
   steps_per_call: int  # train steps per train_step call (batch and metrics stacked when > 1)
 
 
-def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run:
+def build_run(config: ml_collections.ConfigDict, reads_data: bool = True,
+              makes_state: bool = True) -> Run:
   """Validates the config and builds mesh, models, shardings and the jitted step (not compiled).
   `reads_data=False`: for a step that will not read the configured data (compiled without
-  batches, or timed on made-up ones), whose source's checks of its files are then skipped."""
+  batches, or timed on made-up ones), whose source's checks of its files are then skipped.
+  `makes_state=False`: for a step compiled only (--compile_only plans for devices this machine
+  lacks), whose train state need not fit here."""
   join_processes(config)
   config_validation.validate(config, jax.device_count(), jax.process_count(), reads_data=reads_data)
   mesh = sharding.make_mesh(config)
@@ -60,7 +63,8 @@ def build_run(config: ml_collections.ConfigDict, reads_data: bool = True) -> Run
                            config.seed)
   abstract_state = jax.eval_shape(init)
   state_sh = sharding.state_shardings(mesh, abstract_state)
-  _check_state_fits(config, abstract_state, state_sh, mesh)
+  if makes_state:
+    _check_state_fits(config, abstract_state, state_sh, mesh)
   sharding.warn_if_fsdp_splits_little(abstract_state, mesh.shape[sharding.FSDP_AXIS])
   k = config.train.steps_per_call
   batch_sh = sharding.batch_sharding(mesh, stacked=k > 1)
@@ -201,7 +205,8 @@ def compile_report(config: ml_collections.ConfigDict) -> dict:
   reading data (a prepared set's dataset_info.json only, for data.num_classes=-1); returns
   per-device memory and FLOPs as XLA reports them."""
   config = with_data_counts(config)
-  run = build_run(config, reads_data=False)  # the data need not be on this machine
+  # Neither the data nor the train state need be on (or fit) this machine.
+  run = build_run(config, reads_data=False, makes_state=False)
   state = ckpt_lib.abstract_like(run.abstract_state, run.state_shardings)
   compiled = run.train_step.lower(state, abstract_batch(config, run.batch_sharding)).compile()
   report: dict = {"mesh": dict(run.mesh.shape), "num_devices": int(run.mesh.size),

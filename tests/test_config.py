@@ -360,6 +360,8 @@ def test_a_train_state_larger_than_the_hosts_memory_is_refused_before_compiling(
   monkeypatch.setattr(resources, "host_memory_bytes", lambda: needed - 1)
   with pytest.raises(config_lib.ConfigError, match=r"^config key model: "):
     run_lib.build_run(config)
+  # Compiled only (--compile_only: planning for devices this machine lacks), it is not refused.
+  assert run_lib.compile_report(config)["num_devices"] == 1
 
 
 def test_batch_must_divide_over_devices(make_config):
