@@ -165,26 +165,40 @@ def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
 
 # The folders of a workdir that its run writes and prunes: another run's workdir in one of them
 # would be deleted with an old checkpoint, or its event files with a resume's dropped steps.
-_RUN_FOLDERS = ("checkpoints", "samples", "tensorboard")
+_RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
+# And where checkpoints are moved aside (checkpoint.Checkpointer.move_aside's suffixes).
+_ASIDE = (".corrupt", ".replaced", ".superseded")
 
 
 def _inside_another_run(workdir: str) -> str:
   """Why `workdir` must not be trained in ('' where it may): it is, or is inside, a folder that
-  the run of a workdir above it manages (WORKDIR/checkpoints/3, say: that run's next save
-  deletes step 3, and the run trained there with it)."""
-  path = os.path.abspath(workdir)
-  below = path
-  while True:
-    above = os.path.dirname(below)
-    if above == below:
-      return ""
-    name = os.path.basename(below)
-    managed = name.startswith("checkpoints") or name in _RUN_FOLDERS
-    if managed and os.path.isfile(os.path.join(above, "config.json")):
-      return (f"--workdir {workdir} is inside {below}, a folder of the run in {above}, which "
-              f"writes and prunes it; pass a --workdir outside it (to resume that run: "
-              f"--workdir {above})")
-    below = above
+  the jaxgan run of a workdir above it manages (WORKDIR/checkpoints/3, say: that run's next save
+  deletes step 3, and the run trained there with it), as given or through symbolic links."""
+  for path in dict.fromkeys((os.path.abspath(workdir), os.path.realpath(workdir))):
+    below = path
+    while os.path.dirname(below) != below:
+      above, name = os.path.dirname(below), os.path.basename(below)
+      managed = name in _RUN_FOLDERS or any(
+          name == folder + suffix for folder in _RUN_FOLDERS[:2] for suffix in _ASIDE)
+      if managed and _is_run(above):
+        return (f"--workdir {workdir} is inside {below}, a folder of the run in {above}, which "
+                f"writes and prunes it; pass a --workdir outside it (to resume that run: "
+                f"--workdir {above})")
+      below = above
+  return ""
+
+
+def _is_run(folder: str) -> bool:
+  """Whether `folder` is a jaxgan run's workdir: it has checkpoint steps, or a config.json this
+  jaxgan reads as a run's (another tool's config.json is not)."""
+  if workdir_lib.has_step_folders(folder):
+    return True
+  try:
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+      config_lib.from_json(f.read())
+    return True
+  except (OSError, ValueError):
+    return False
 
 
 def _check_not_foreign(workdir: str) -> None:

@@ -665,7 +665,16 @@ def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path):
   assert sorted(os.listdir(run_a / "checkpoints")) == before  # nothing made in them
   assert not (run_a / "checkpoints_best").exists()
   assert startup._inside_another_run(str(run_a / "sweep" / "b")) == ""
+  assert startup._inside_another_run(str(run_a / "checkpoints_sweep" / "b")) == ""
   assert startup._inside_another_run(str(tmp_path / "checkpoints" / "c")) == ""  # no run above
+  assert "a folder of the run in" in startup._inside_another_run(
+      str(run_a / "checkpoints.corrupt" / "c"))
+  os.symlink(run_a / "checkpoints", tmp_path / "link")  # through a link
+  assert "a folder of the run in" in startup._inside_another_run(str(tmp_path / "link" / "3"))
+  # Another tool's config.json above is not a run's.
+  os.makedirs(tmp_path / "proj" / "samples")
+  (tmp_path / "proj" / "config.json").write_text('{"model_type": "bert"}')
+  assert startup._inside_another_run(str(tmp_path / "proj" / "samples" / "gan1")) == ""
 
 
 class _ProtocolSource:
