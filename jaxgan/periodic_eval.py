@@ -60,7 +60,6 @@ class PeriodicEval:
     hint = cpu_hint(config, jax.default_backend())
     if hint and jax.process_index() == 0:
       log.warning("%s", hint)
-    self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
     # FIDs compare only against the same reals (the data, `data.fingerprint`), at the same
     # sample counts, weights and preprocessing: a best FID measured under other eval settings is
     # forgotten (the next evaluation becomes the best).
@@ -85,6 +84,16 @@ class PeriodicEval:
     self.best_fid = float("inf")
     self._traced = False  # whether a failed evaluation's traceback was logged
     self._recorded_reals: Optional[str] = None
+    self.best = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
+    try:  # its orbax threads closed on a failure here too (the trainer closes it after)
+      self._read_best(start_step, data_fingerprint)
+    except BaseException:
+      self.best.close()
+      raise
+
+  def _read_best(self, start_step: int, data_fingerprint: Optional[int]) -> None:
+    """The best FID so far, from checkpoints_best's step and meta where its settings are this
+    run's; a best past `start_step` is moved aside."""
     # Process 0's view of the best step and FID, on every process: the saves they decide are
     # collective, so a process with a lagging directory view or a failed read must not differ.
     latest = self.best.latest_step()

@@ -454,6 +454,16 @@ def test_the_best_fid_survives_a_restart_and_only_a_better_one_replaces_it(tmp_p
   assert sorted(os.listdir(best_dir)) == ["6", "8"]
   periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 8).close()
   assert os.listdir(best_dir) == ["8"]
+  # A failure while reading the best back (the trainer has nothing to close yet) closes its
+  # checkpointer (orbax's threads) before it is raised.
+  closed = []
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "close", lambda self: closed.append(self.directory))
+  monkeypatch.setattr(periodic_eval.PeriodicEval, "_read_best",
+                      lambda *args: (_ for _ in ()).throw(OSError("lost mount")))
+  with pytest.raises(OSError, match="lost mount"):
+    periodic_eval.PeriodicEval(config, workdir, FixedFid([]), Writer(), lambda s: {}, 8)
+  assert closed == [best_dir]
+  monkeypatch.undo()
   # Other eval settings: FIDs are not comparable, so the old best is forgotten.
   other = tiny_config(**{"train.eval_every": 2, "train.eval_num_samples": 64})
   fresh = periodic_eval.PeriodicEval(other, workdir, FixedFid([]), Writer(), lambda s: {}, 4)
