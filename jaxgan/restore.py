@@ -160,7 +160,11 @@ def _augment_after_change(state: Any, meta: dict, config: ml_collections.ConfigD
   defaults = dict(config_lib.flat_items(config_lib.base_config()))
   was = lambda key: trained.get(key, defaults[key])
   augment = augment_lib.AUGMENTS.get(config.augment.name, "augment.name")
-  name_changed = was("augment.name") != config.augment.name
+  uses_p = lambda name: name not in augment_lib.AUGMENTS.names() or augment_lib.AUGMENTS.get(
+      name).uses_p
+  # Between two without p (none -> diffaugment), p is 0 before and after.
+  name_changed = (was("augment.name") != config.augment.name
+                  and (augment.uses_p or uses_p(was("augment.name"))))
   if not (name_changed or (augment.uses_p and was("augment.ada_p_init")
                            != config.augment.ada_p_init)):
     return state

@@ -336,6 +336,16 @@ def test_an_accepted_change_of_the_augmentation_starts_p_afresh(tmp_path, caplog
   with caplog.at_level(logging.WARNING, logger="jaxgan"):
     assert float(trainer.train_and_evaluate(config, workdir).augment.p) == np.float32(0.5)
   assert not [m for m in caplog.messages if "ADA's p" in m]
+  # ada_fixed -> none: p 0, said; none -> diffaugment: p is 0 before and after, not said.
+  for name, said in (("none", True), ("diffaugment", False)):
+    config.train.num_steps += 2
+    config.augment.name = name
+    config.augment.ada_p_init = 0.0  # the default: read by ada_fixed only
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgan"):
+      state = trainer.train_and_evaluate(config, workdir, allow_config_change=True)
+    assert float(state.augment.p) == 0.0
+    assert bool([m for m in caplog.messages if "ADA's p" in m]) == said
 
 
 def test_a_failure_of_every_step_moves_none_aside(tmp_path):

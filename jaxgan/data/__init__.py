@@ -267,7 +267,8 @@ def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:
       put(e)
     finally:
       # A consumer that stopped early: the source's own clean-up (open files, tf.data's threads,
-      # a decode pool) runs now, not whenever the garbage collector gets to it.
+      # a decode pool) runs here, on this thread within a poll of the stop, not whenever the
+      # garbage collector gets to the iterator.
       close = getattr(iterator, "close", None)
       if close is not None:
         close()
