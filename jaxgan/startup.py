@@ -54,6 +54,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       except FileNotFoundError as e:
         raise config_lib.ConfigError(f"config key eval.weights: {e} (or set train.eval_every=0)"
                                      ) from None
+      _check_cache_dir(config.eval.cache_dir)
     config_validation.validate_schedule(config)
     inside = data_lib.workdir_problem(config, workdir) or _inside_another_run(workdir)
     if inside:  # before it is made there
@@ -163,6 +164,16 @@ def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
         "through gcsfuse); a folder local to each host would hang in the first checkpoint")
 
 
+def _check_cache_dir(cache_dir: str) -> None:
+  """Refuses an eval.cache_dir that is a file, or below one: each evaluation's caching of the
+  reals' features failed with a warning (and every start extracted them again)."""
+  blocked = config_lib.file_in_the_way(cache_dir) if cache_dir else ""
+  if blocked:
+    where = "" if blocked == os.path.abspath(cache_dir) else f" ({blocked})"
+    raise config_lib.ConfigError(f"config key eval.cache_dir: {cache_dir}{where}: is a file, "
+                                 "not a folder; set a folder (or '' for the default)")
+
+
 # The folders of a workdir that its run writes and prunes: another run's workdir in one of them
 # would be deleted with an old checkpoint, or its event files with a resume's dropped steps.
 _RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
@@ -173,7 +184,9 @@ _ASIDE = (".corrupt", ".replaced", ".superseded")
 def _inside_another_run(workdir: str) -> str:
   """Why `workdir` must not be trained in ('' where it may): it is, or is inside, a folder that
   the jaxgan run of a workdir above it manages (WORKDIR/checkpoints/3, say: that run's next save
-  deletes step 3, and the run trained there with it), as given or through symbolic links."""
+  deletes step 3, and the run trained there with it), as given or through symbolic links on its
+  path (a run's folder that is itself a link, WORKDIR/checkpoints -> /store/c, is not followed
+  back: a --workdir under /store/c is not found)."""
   for path in dict.fromkeys((os.path.abspath(workdir), os.path.realpath(workdir))):
     below = path
     while os.path.dirname(below) != below:
@@ -189,9 +202,10 @@ def _inside_another_run(workdir: str) -> str:
 
 
 def _is_run(folder: str) -> bool:
-  """Whether `folder` is a jaxgan run's workdir: it has checkpoint steps, or a config.json this
-  jaxgan reads as a run's (another tool's config.json is not)."""
-  if workdir_lib.has_step_folders(folder):
+  """Whether `folder` is a jaxgan run's workdir: it has checkpoint steps (numbered folders with a
+  train state: not runs numbered 1, 2, ... in a folder named 'checkpoints'), or a config.json
+  this jaxgan reads as a run's (another tool's config.json is not)."""
+  if ckpt_lib.step_folders(os.path.join(folder, "checkpoints"), item="state"):
     return True
   try:
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:

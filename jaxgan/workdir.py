@@ -63,8 +63,9 @@ def prepare_workdir(workdir: str) -> list[str]:
     raise WorkdirError(uri_refusal(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
-  if os.path.islink(workdir) and not os.path.exists(workdir):  # else "not writable (File exists)"
-    raise WorkdirError(f"workdir {workdir} is a symbolic link to {os.readlink(workdir)}, which "
+  link = workdir.rstrip(os.sep) or workdir  # 'link/' is the folder it names, not the link
+  if os.path.islink(link) and not os.path.exists(link):  # else "not writable (File exists)"
+    raise WorkdirError(f"workdir {workdir} is a symbolic link to {os.readlink(link)}, which "
                        "does not exist; make that folder, or pass another --workdir")
   created = atomic_write.missing_folders(workdir)
   try:

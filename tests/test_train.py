@@ -565,10 +565,11 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file is a file, not a folder"):
     trainer.train_and_evaluate(tiny_config(), str(blocker))
   os.symlink(tmp_path / "gone", tmp_path / "dangling")  # a run folder moved or not mounted yet
-  with pytest.raises(workdir_lib.WorkdirError, match=(
-      f"^workdir {tmp_path / 'dangling'} is a symbolic link to {tmp_path / 'gone'}, which does not "
-      "exist; make that folder, or pass another --workdir$")):
-    trainer.train_and_evaluate(tiny_config(), str(tmp_path / "dangling"))
+  for given in (str(tmp_path / "dangling"), str(tmp_path / "dangling") + os.sep):
+    with pytest.raises(workdir_lib.WorkdirError, match=(
+        f"^workdir {given} is a symbolic link to {tmp_path / 'gone'}, which does not exist; make "
+        "that folder, or pass another --workdir$")):
+      trainer.train_and_evaluate(tiny_config(), given)
   # A full disk: the probe file is made, then cannot be written; it went with the refusal.
   full = tmp_path / "full"
   full.mkdir()
@@ -675,6 +676,11 @@ def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path):
   os.makedirs(tmp_path / "proj" / "samples")
   (tmp_path / "proj" / "config.json").write_text('{"model_type": "bert"}')
   assert startup._inside_another_run(str(tmp_path / "proj" / "samples" / "gan1")) == ""
+  # Nor are runs numbered 1, 2, ... in a folder named 'checkpoints' steps of a run above them:
+  # the second trains, and the first resumes.
+  numbered = tmp_path / "exps" / "checkpoints"
+  for name in ("1", "2", "1"):
+    trainer.train_and_evaluate(config, str(numbered / name))
 
 
 class _ProtocolSource:
