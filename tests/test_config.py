@@ -288,16 +288,24 @@ def test_schedule_must_fit_steps_per_call(make_config):
     config_validation.validate_schedule(config)
 
 
-def test_an_eval_cache_dir_that_is_a_file_is_refused(make_config, tmp_path):
+def test_an_eval_cache_dir_that_is_a_file_is_refused_where_training_evaluates(
+    make_config, tmp_path, monkeypatch):
   """Each evaluation's caching of the reals' features failed with a warning (the features were
-  extracted again at every start); `evaluate --cache-dir` refused it already."""
+  extracted again at every start); `evaluate --cache-dir` refused it already. Only where the run
+  evaluates: without train.eval_every the key is unread (evaluate --cache-dir may override it)."""
+  from jaxgan import startup, trainer
+  from tests.conftest import tiny_config
+
+  monkeypatch.setattr(startup.inception_weights, "find_weights", lambda path: path)  # found
   (tmp_path / "cache").write_text("")
   for where, blocked in ((tmp_path / "cache", ""), (tmp_path / "cache" / "sub", " \\(.*cache\\)")):
+    config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(where)})
     with pytest.raises(config_lib.ConfigError, match=(
         f"^config key eval.cache_dir: {where}{blocked}: is a file, not a folder; set a folder "
         r"\(or '' for the default\)$")):
-      config_validation.validate(make_config(**{"eval.cache_dir": str(where)}), num_devices=1)
-  config_validation.validate(make_config(**{"eval.cache_dir": str(tmp_path / "new" / "c")}),
+      trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()  # before the workdir is made
+  config_validation.validate(make_config(**{"eval.cache_dir": str(tmp_path / "cache")}),
                              num_devices=1)
 
 

@@ -9,8 +9,6 @@ import it; callers import `jaxgan.config.validation` by name.
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 
@@ -18,7 +16,7 @@ from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
 from jaxgan import losses, models
 from jaxgan.config import mesh_checks
-from jaxgan.config.paths import NOT_LOCAL, PATH_KEYS, file_in_the_way, is_uri
+from jaxgan.config.paths import NOT_LOCAL, PATH_KEYS, is_uri
 from jaxgan.config.schema import (DTYPES, ConfigError, attribute_classes, base_config,
                                   check_complete, check_known_keys, check_types, flat_items, get,
                                   parse_class_counts, r1_period, require, require_positive_int)
@@ -89,11 +87,6 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   for key in PATH_KEYS:
     require(key == "data.tfds_data_dir" or not is_uri(get(config, key)), key,
             f"{get(config, key)!r}: {NOT_LOCAL}")
-  # Else each evaluation's attempt to cache the reals' features failed with a warning.
-  blocked = file_in_the_way(config.eval.cache_dir) if config.eval.cache_dir else ""
-  require(not blocked, "eval.cache_dir", f"{config.eval.cache_dir}"
-          f"{'' if blocked == os.path.abspath(config.eval.cache_dir) else f' ({blocked})'}: is "
-          "a file, not a folder; set a folder (or '' for the default)")
   # The step and its counters hold integer keys as int32 (the step number its keys fold in,
   # shapes, intervals compared with the step): a larger value failed as a traceback after
   # compiling (or wrapped the step counter). The keys the step reads as floats may be larger (a
