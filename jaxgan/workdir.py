@@ -61,9 +61,9 @@ def prepare_workdir(workdir: str) -> list[str]:
     raise WorkdirError("--workdir is empty; pass the folder to write the run to")
   if uri_refusal(workdir):
     raise WorkdirError(uri_refusal(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  link = workdir.rstrip(os.sep) or workdir  # 'file/' and 'link/' do not exist as such
+  if os.path.exists(link) and not os.path.isdir(link):
     raise WorkdirError(f"workdir {workdir} is a file, not a folder; pass a --workdir folder")
-  link = workdir.rstrip(os.sep) or workdir  # 'link/' is the folder it names, not the link
   if os.path.islink(link) and not os.path.exists(link):  # else "not writable (File exists)"
     raise WorkdirError(f"workdir {workdir} is a symbolic link to {os.readlink(link)}, which "
                        "does not exist; make that folder, or pass another --workdir")

@@ -297,6 +297,10 @@ def test_an_eval_cache_dir_that_is_a_file_is_refused_where_training_evaluates(
   from tests.conftest import tiny_config
 
   monkeypatch.setattr(startup.inception_weights, "find_weights", lambda path: path)  # found
+  made = []
+  real_prepare = startup.workdir_lib.prepare_workdir
+  monkeypatch.setattr(startup.workdir_lib, "prepare_workdir",
+                      lambda workdir: made.append(workdir) or real_prepare(workdir))
   (tmp_path / "cache").write_text("")
   for where, blocked in ((tmp_path / "cache", ""), (tmp_path / "cache" / "sub", " \\(.*cache\\)")):
     config = tiny_config(**{"train.eval_every": 2, "eval.cache_dir": str(where)})
@@ -304,9 +308,11 @@ def test_an_eval_cache_dir_that_is_a_file_is_refused_where_training_evaluates(
         f"^config key eval.cache_dir: {where}{blocked}: is a file, not a folder; set a folder "
         r"\(or '' for the default\)$")):
       trainer.train_and_evaluate(config, str(tmp_path / "w"))
-    assert not (tmp_path / "w").exists()  # before the workdir is made
-  config_validation.validate(make_config(**{"eval.cache_dir": str(tmp_path / "cache")}),
-                             num_devices=1)
+  assert made == []  # refused before the workdir was made
+  # Without evaluations the key is unread: the run trains.
+  config = tiny_config(**{"train.num_steps": 1, "train.tensorboard": False,
+                          "eval.cache_dir": str(tmp_path / "cache")})
+  assert int(trainer.train_and_evaluate(config, str(tmp_path / "w")).step) == 1
 
 
 def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatch):

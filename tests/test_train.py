@@ -562,8 +562,9 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(workdir_lib.WorkdirError, match="is not writable"):
     trainer.train_and_evaluate(tiny_config(), str(blocker / "w"))
-  with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file is a file, not a folder"):
-    trainer.train_and_evaluate(tiny_config(), str(blocker))
+  for given in (str(blocker), str(blocker) + os.sep):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file/? is a file, not a folder"):
+      trainer.train_and_evaluate(tiny_config(), given)
   os.symlink(tmp_path / "gone", tmp_path / "dangling")  # a run folder moved or not mounted yet
   for given in (str(tmp_path / "dangling"), str(tmp_path / "dangling") + os.sep):
     with pytest.raises(workdir_lib.WorkdirError, match=(
