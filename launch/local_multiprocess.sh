@@ -129,8 +129,10 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 trap 'on_signal HUP' HUP  # a closing terminal or a supervisor: the processes would be orphaned
 
+# The coordinator listens on this host only (JAX's default, [::], would take connections from
+# the network on a shared machine).
 for ((i = 0; i < num; i++)); do
-  "${python[@]}" -m jaxgan.train "$@" \
+  JAX_COORDINATOR_BIND_ADDRESS="localhost:${port}" "${python[@]}" -m jaxgan.train "$@" \
     --config.distributed.coordinator_address="localhost:${port}" \
     --config.distributed.num_processes="${num}" \
     --config.distributed.process_id="${i}" &

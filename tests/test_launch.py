@@ -57,6 +57,22 @@ def test_a_stop_is_passed_through_and_a_failure_ends_the_others(tmp_path, status
   assert proc.returncode == want, err
 
 
+def test_the_coordinator_listens_on_this_host_only(tmp_path):
+  """JAX's coordinator service binds [::]:PORT by default: on a shared machine the network could
+  reach it. Each process is told the loopback address of the port it is given."""
+  stand_in = tmp_path / "python"
+  stand_in.write_text('#!/usr/bin/env bash\necho "$JAX_COORDINATOR_BIND_ADDRESS ${*: -3:1}" >> '
+                      f'"{tmp_path}/bind.log"\n')
+  stand_in.chmod(0o755)
+  proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
+                        cwd=REPO, capture_output=True, text=True, timeout=60,
+                        env=dict(os.environ, PYTHON=str(stand_in)))
+  assert proc.returncode == 0, proc.stderr
+  lines = (tmp_path / "bind.log").read_text().splitlines()
+  port = lines[0].split()[0].rsplit(":", 1)[1]
+  assert lines == [f"localhost:{port} --config.distributed.coordinator_address=localhost:{port}"] * 2
+
+
 def test_a_kill_grace_that_is_not_whole_seconds_is_refused_before_anything_starts(tmp_path):
   """Read in the clean-up's arithmetic, '1.5' failed there and left a stuck process running."""
   proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--workdir", "unused"],
