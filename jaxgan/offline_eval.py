@@ -124,6 +124,7 @@ def evaluate_workdir(args) -> dict:
   with stopping.signals_held():  # JAX loads: see stopping.signals_held
     # pylint: disable=g-import-not-at-top
     import jax
+    from jaxgan import config as config_lib
     from jaxgan import evaluator as evaluator_lib
     from jaxgan import models as models_lib
     from jaxgan import sharding
@@ -162,6 +163,13 @@ def evaluate_workdir(args) -> dict:
     config.eval.cache_dir = args.cache_dir or config.eval.cache_dir
     if args.standing_stats_batches >= 0:
       config.eval.standing_stats_batches = args.standing_stats_batches
+  # The run's own (--cache-dir's was checked with the flags): else found after the reals'
+  # Inception, as a warning that the features could not be cached.
+  blocked = "" if args.cache_dir or not config.eval.cache_dir else config_lib.file_in_the_way(
+      config.eval.cache_dir)
+  if blocked:
+    raise ValueError(f"the run's eval.cache_dir {config.eval.cache_dir} ({blocked}) is a file, "
+                     "not a folder; pass --cache-dir FOLDER")
   generator, _ = models_lib.build_models(config)
   # Every local device samples its share of the fakes, from its own copy of the EMA weights.
   mesh = sharding.local_mesh()

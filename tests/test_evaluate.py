@@ -626,3 +626,15 @@ def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp
 
   assert evaluate_cli.main(["--workdir", str(tmp_path / "run"), "--num-samples",
                             str(2**31)]) == 2
+  # The run's own eval.cache_dir a file (written so, or moved since): refused before the
+  # evaluation (a warning after the reals' Inception said the features could not be cached).
+  monkeypatch.setattr(resources, "host_memory_bytes", lambda: None)
+  monkeypatch.setattr(offline_eval, "run_data", no_inception)
+  (tmp_path / "cache").write_text("")
+  recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+  recorded["eval"]["cache_dir"] = str(tmp_path / "cache" / "jaxgan")
+  (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(ValueError, match=(
+      f"^the run's eval.cache_dir {tmp_path / 'cache' / 'jaxgan'} \\({tmp_path / 'cache'}\\) is "
+      "a file, not a folder; pass --cache-dir FOLDER$")):
+    evaluate(4)
