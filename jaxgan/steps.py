@@ -132,7 +132,7 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
                                        augment(fake, fake_key, aug_p), labels)
       value = loss.d_loss(real_logits, fake_logits)
       aux = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
-      if loss.uses_gradient_penalty:
+      if loss.uses_gradient_penalty and gp_weight > 0:  # at 0, no double backward for nothing
         # As R1 below: D is made 1-Lipschitz on what it judges, the augmented interpolates, with
         # the gradient taken w.r.t. the un-augmented ones through the augmentation (own draw).
         eps_key, gp_aug_key = jax.random.split(gp_key)
