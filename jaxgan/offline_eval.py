@@ -168,8 +168,9 @@ def evaluate_workdir(args) -> dict:
   blocked = "" if args.cache_dir or not config.eval.cache_dir else config_lib.file_in_the_way(
       config.eval.cache_dir)
   if blocked:
-    raise ValueError(f"the run's eval.cache_dir {config.eval.cache_dir} ({blocked}) is a file, "
-                     "not a folder; pass --cache-dir FOLDER")
+    where = "" if blocked == os.path.abspath(config.eval.cache_dir) else f" ({blocked})"
+    raise ValueError(f"the run's eval.cache_dir {config.eval.cache_dir}{where} is a file, not a "
+                     "folder; pass --cache-dir FOLDER")
   generator, _ = models_lib.build_models(config)
   # Every local device samples its share of the fakes, from its own copy of the EMA weights.
   mesh = sharding.local_mesh()

@@ -130,9 +130,10 @@ trap 'on_signal TERM' TERM
 trap 'on_signal HUP' HUP  # a closing terminal or a supervisor: the processes would be orphaned
 
 # The coordinator listens on this host only (JAX's default, [::], would take connections from
-# the network on a shared machine).
+# the network on a shared machine), unless JAX_COORDINATOR_BIND_ADDRESS says otherwise.
+bind="${JAX_COORDINATOR_BIND_ADDRESS:-localhost:${port}}"
 for ((i = 0; i < num; i++)); do
-  JAX_COORDINATOR_BIND_ADDRESS="localhost:${port}" "${python[@]}" -m jaxgan.train "$@" \
+  JAX_COORDINATOR_BIND_ADDRESS="$bind" "${python[@]}" -m jaxgan.train "$@" \
     --config.distributed.coordinator_address="localhost:${port}" \
     --config.distributed.num_processes="${num}" \
     --config.distributed.process_id="${i}" &
