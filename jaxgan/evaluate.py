@@ -116,10 +116,8 @@ def _bad_argument(args) -> str:
     return f"--batch-size {args.batch_size}: {too_large}"
 
   # Else found after the reals' Inception: a file there, or above it.
-  above = config_lib.file_in_the_way(args.cache_dir) if args.cache_dir else ""
-  if above:
-    where = "" if above == os.path.abspath(args.cache_dir) else f" ({above})"
-    return f"--cache-dir {args.cache_dir}{where}: is a file, not a folder; pass a folder (or none)"
+  if config_lib.not_a_folder(args.cache_dir):
+    return f"--cache-dir {config_lib.not_a_folder(args.cache_dir)}; pass a folder (or none)"
   for flag in ("cache_dir", "weights", "data_path"):
     if config_lib.is_uri(getattr(args, flag)):
       return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"

@@ -165,12 +165,9 @@ def evaluate_workdir(args) -> dict:
       config.eval.standing_stats_batches = args.standing_stats_batches
   # The run's own (--cache-dir's was checked with the flags): else found after the reals'
   # Inception, as a warning that the features could not be cached.
-  blocked = "" if args.cache_dir or not config.eval.cache_dir else config_lib.file_in_the_way(
-      config.eval.cache_dir)
-  if blocked:
-    where = "" if blocked == os.path.abspath(config.eval.cache_dir) else f" ({blocked})"
-    raise ValueError(f"the run's eval.cache_dir {config.eval.cache_dir}{where} is a file, not a "
-                     "folder; pass --cache-dir FOLDER")
+  problem = "" if args.cache_dir else config_lib.not_a_folder(config.eval.cache_dir)
+  if problem:
+    raise ValueError(f"the run's eval.cache_dir {problem}; pass --cache-dir FOLDER")
   generator, _ = models_lib.build_models(config)
   # Every local device samples its share of the fakes, from its own copy of the EMA weights.
   mesh = sharding.local_mesh()

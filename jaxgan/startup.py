@@ -167,11 +167,10 @@ def check_workdir_shared(workdir: str, stop: stopping_lib.StopRequest) -> None:
 def _check_cache_dir(cache_dir: str) -> None:
   """Refuses an eval.cache_dir that is a file, or below one: each evaluation's caching of the
   reals' features failed with a warning (and every start extracted them again)."""
-  blocked = config_lib.file_in_the_way(cache_dir) if cache_dir else ""
-  if blocked:
-    where = "" if blocked == os.path.abspath(cache_dir) else f" ({blocked})"
-    raise config_lib.ConfigError(f"config key eval.cache_dir: {cache_dir}{where}: is a file, "
-                                 "not a folder; set a folder (or '' for the default)")
+  problem = config_lib.not_a_folder(cache_dir)
+  if problem:
+    raise config_lib.ConfigError(f"config key eval.cache_dir: {problem}; set a folder (or '' for "
+                                 "the default)")
 
 
 # The folders of a workdir that its run writes and prunes: another run's workdir in one of them

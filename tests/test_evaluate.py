@@ -635,6 +635,6 @@ def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp
   recorded["eval"]["cache_dir"] = str(tmp_path / "cache" / "jaxgan")
   (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
   with pytest.raises(ValueError, match=(
-      f"^the run's eval.cache_dir {tmp_path / 'cache' / 'jaxgan'} \\({tmp_path / 'cache'}\\) is "
-      "a file, not a folder; pass --cache-dir FOLDER$")):
+      f"^the run's eval.cache_dir {tmp_path / 'cache' / 'jaxgan'} \\({tmp_path / 'cache'}\\): "
+      "is a file, not a folder; pass --cache-dir FOLDER$")):
     evaluate(4)

@@ -9,15 +9,14 @@ anything compiles; `mesh_checks.py` its checks of the mesh, processes and host m
 so it must not import them back (docs/architecture.md).
 """
 
-from jaxgan.config.paths import (NOT_LOCAL, PATH_KEYS, file_in_the_way, is_uri,
-                                 with_absolute_paths)
+from jaxgan.config.paths import NOT_LOCAL, PATH_KEYS, is_uri, not_a_folder, with_absolute_paths
 from jaxgan.config.schema import (DTYPES, ConfigError, attribute_classes, base_config,
                                   check_complete, check_known_keys, flat_items, from_json, get,
                                   label_shape, load_config_file, parse_class_counts, r1_period,
                                   split_columns, to_json)
 
 __all__ = [
-    "DTYPES", "NOT_LOCAL", "PATH_KEYS", "file_in_the_way", "is_uri", "ConfigError",
+    "DTYPES", "NOT_LOCAL", "PATH_KEYS", "is_uri", "not_a_folder", "ConfigError",
     "attribute_classes", "base_config", "check_complete", "check_known_keys", "flat_items",
     "from_json", "get", "label_shape", "load_config_file", "parse_class_counts", "r1_period",
     "split_columns", "to_json", "with_absolute_paths",

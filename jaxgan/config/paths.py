@@ -28,13 +28,16 @@ def is_uri(value: Any) -> bool:
   return isinstance(value, str) and "://" in value
 
 
-def file_in_the_way(folder: str) -> str:
-  """The file that is `folder`, or the nearest existing path above it where that is a file (a
-  folder cannot be made there), else ''."""
+def not_a_folder(folder: str) -> str:
+  """'FOLDER: is a file, not a folder' (with the file above it in brackets where that is the
+  file: no folder can be made there), or '' where `folder` is, or can be, a folder (or is '')."""
   above = os.path.abspath(folder)
-  while not os.path.exists(above) and os.path.dirname(above) != above:
+  while folder and not os.path.exists(above) and os.path.dirname(above) != above:
     above = os.path.dirname(above)
-  return above if os.path.isfile(above) else ""
+  if not folder or not os.path.isfile(above):
+    return ""
+  where = "" if above == os.path.abspath(folder) else f" ({above})"
+  return f"{folder}{where}: is a file, not a folder"
 
 
 def os_path(path: str) -> str:
