@@ -180,11 +180,11 @@ def _resolve_defaults(args) -> str:
               "image of each set")
     args.metrics = args.metrics or SETS_METRICS
     return ""
-  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import saved_run  # pylint: disable=g-import-not-at-top
 
   try:
-    workdir_lib.parse_checkpoint(args.checkpoint)
-    config = workdir_lib.load_config(args.workdir)
+    saved_run.parse_checkpoint(args.checkpoint)
+    config = saved_run.load_config(args.workdir)
   except (FileNotFoundError, ValueError) as e:
     return str(e)
   # Checked now from config.json; taken from the checkpoint's own config once it is read.

@@ -83,7 +83,7 @@ def generate(workdir: str, num: int, out: str,
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, sharding  # pylint: disable=g-import-not-at-top
   from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
-  from jaxgan import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxgan import saved_run  # pylint: disable=g-import-not-at-top
 
   if not 0 < num <= 2**31 - 1:  # larger: JAX's shapes are int32 (a traceback from the latents)
     raise ValueError(f"--num must be in [1, 2**31 - 1], got {num}")
@@ -101,7 +101,7 @@ def generate(workdir: str, num: int, out: str,
                      f"{standing_stats_batches}")
   if config_validation.seed_problem(seed):
     raise ValueError(f"--seed {config_validation.seed_problem(seed)}")
-  checkpoint = workdir_lib.parse_checkpoint(checkpoint)
+  checkpoint = saved_run.parse_checkpoint(checkpoint)
   if config_lib.is_uri(out):
     raise ValueError(f"--out {out}: {config_lib.NOT_LOCAL}")
   singles = out.endswith(os.sep) or os.path.isdir(out)
@@ -112,7 +112,7 @@ def generate(workdir: str, num: int, out: str,
     raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
                      "drop the trailing / for one grid PNG)")
   given = [label] if isinstance(label, str) else list(label or [])
-  run_config = workdir_lib.load_config(workdir)
+  run_config = saved_run.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)
   # Now, before the checkpoint is read and the latents are made: the fewest images asked for.
   fewest, exact = fewest_images(num, interpolate, between, run_config.data.num_classes, given,
@@ -128,8 +128,8 @@ def generate(workdir: str, num: int, out: str,
   _check_writable(out, out if singles else os.path.dirname(os.path.abspath(out)))
   # Bad --label/--between values are refused from the checkpoint's meta, before its state is read.
   resolve = lambda meta: label_choices.resolve_choices(meta, given, between, classes)
-  config, step, state, meta = workdir_lib.load_checkpoint(
-      workdir, checkpoint, check_meta=resolve, parts=workdir_lib.SAMPLER_PARTS)
+  config, step, state, meta = saved_run.load_checkpoint(
+      workdir, checkpoint, check_meta=resolve, parts=saved_run.SAMPLER_PARTS)
   stopping.raise_if_interrupted()  # reading it took seconds: a stop Python dropped meanwhile
   log.info("sampling checkpoint step %d of %s", step, workdir)
   if standing_stats_batches >= 0:

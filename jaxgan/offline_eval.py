@@ -128,17 +128,17 @@ def evaluate_workdir(args) -> dict:
     from jaxgan import evaluator as evaluator_lib
     from jaxgan import models as models_lib
     from jaxgan import sharding
-    from jaxgan import workdir as workdir_lib
+    from jaxgan import saved_run
     from jaxgan.metrics import suite
     # pylint: enable=g-import-not-at-top
 
   labelled = suite.needs_labels(suite.parse_names(args.metrics))
-  if labelled and workdir_lib.load_config(args.workdir).data.num_classes <= 0:
+  if labelled and saved_run.load_config(args.workdir).data.num_classes <= 0:
     # Before the checkpoint is read or any network built.
     raise ValueError(f"--metrics {labelled[0]} needs class labels: {args.workdir} is an "
                      "unconditional run (data.num_classes = 0); drop it")
-  config, step, state, meta = workdir_lib.load_checkpoint(
-      args.workdir, args.checkpoint, parts=workdir_lib.SAMPLER_PARTS)
+  config, step, state, meta = saved_run.load_checkpoint(
+      args.workdir, args.checkpoint, parts=saved_run.SAMPLER_PARTS)
   stopping.raise_if_interrupted()  # reading it took seconds: a stop Python dropped meanwhile
   # Eval settings not given here as they were when this checkpoint was written (config.json is
   # the last resume's, which may have changed them), so the FID logged for it is reproduced.

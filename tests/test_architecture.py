@@ -15,7 +15,8 @@ LAYERS = {
     "orchestration": {"jaxgan.trainer", "jaxgan.throughput", "jaxgan.run", "jaxgan.restore",
                       "jaxgan.startup", "jaxgan.offline_eval"},
     "step": {"jaxgan.steps", "jaxgan.sampling", "jaxgan.evaluator", "jaxgan.periodic_eval",
-             "jaxgan.workdir", "jaxgan.generation", "jaxgan.sample_grids"},
+             "jaxgan.workdir", "jaxgan.saved_run", "jaxgan.generation",
+             "jaxgan.sample_grids"},
     "state": {"jaxgan.state"},
     # They ask the registries (models, losses, data sources, augmentations, metrics) about a
     # config's keys, and the registries import the config's schema (a foundation).

@@ -139,7 +139,7 @@ def test_manifest_source_with_label_columns(catalog):
 
 def test_train_and_generate_a_combination(two_columns, tmp_path):
   from jaxgan import generate, trainer
-  from jaxgan import workdir as workdir_lib
+  from jaxgan import saved_run
 
   workdir = str(tmp_path / "w")
   config = tiny_config(**{"data.source": "prepared", "data.path": str(two_columns),
@@ -147,7 +147,7 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
                           "train.num_steps": 2, "train.n_critic": 2, "train.tensorboard": False})
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
-  _, _, _, meta = workdir_lib.load_checkpoint(workdir)
+  _, _, _, meta = saved_run.load_checkpoint(workdir)
   assert meta["attributes"] == [["articleType", ["Shoes", "Tshirts", "Watches"]],
                                 ["baseColour", ["Black", "Navy Blue"]]]
   # The data's label mix, for generate's standing statistics: the counts of its (type, colour)
@@ -182,7 +182,7 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
   # In this mix Watches (2) never come in Black (0): the draws never pair them, and asking for
   # that combination is refused.
   mix = {"rows": [[0, 0], [1, 0], [2, 1], [1, 1]], "counts": [3, 1, 4, 2]}
-  captured, real_sample, real_load = [], sampling.sample_in_chunks, workdir_lib.load_checkpoint
+  captured, real_sample, real_load = [], sampling.sample_in_chunks, saved_run.load_checkpoint
 
   def capturing(sampler, params, statistics, z, labels, *args):
     captured.append(np.asarray(labels))
@@ -194,7 +194,7 @@ def test_train_and_generate_a_combination(two_columns, tmp_path):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(sampling, "sample_in_chunks", capturing)
-    patch.setattr(workdir_lib, "load_checkpoint", with_mix)
+    patch.setattr(saved_run, "load_checkpoint", with_mix)
     generate.generate(workdir, 24, str(tmp_path / "black") + "/", label="baseColour=Black")
     with pytest.raises(ValueError, match="no training image has this combination"):
       generate.generate(workdir, 2, str(tmp_path / "none") + "/",

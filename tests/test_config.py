@@ -426,11 +426,11 @@ def test_json_round_trip(make_config):
     ('{"model": "dcgan"}', "config key model: a section of keys, got 'dcgan'"),
 ])
 def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
-  from jaxgan import workdir
+  from jaxgan import saved_run
 
   (tmp_path / "config.json").write_text(text)
   with pytest.raises(ValueError, match="config.json is not a readable jaxgan config") as info:
-    workdir.load_config(str(tmp_path))
+    saved_run.load_config(str(tmp_path))
   assert message in str(info.value)
 
 
@@ -443,12 +443,12 @@ def test_a_workdir_config_naming_code_this_jaxgan_lacks_is_one_clear_error(tmp_p
                                                                           known):
   """generate and evaluate --workdir built from it and failed with the registry's KeyError
   traceback (or a dict's, for the dtype)."""
-  from jaxgan import workdir
+  from jaxgan import saved_run
 
   (tmp_path / "config.json").write_text(json.dumps({key: value}))
   (name, bad), = value.items()
   with pytest.raises(ValueError) as info:
-    workdir.load_config(str(tmp_path))
+    saved_run.load_config(str(tmp_path))
   assert str(info.value) == (f"{tmp_path / 'config.json'}: {key}.{name} is {bad!r}, which this "
                              f"jaxgan does not have (it has {known}); use the jaxgan that trained "
                              "the run")

@@ -127,16 +127,16 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(saved, f)
   # Of the checkpoint, only the EMA generator is read: not G's raw weights, D or the moments.
-  from jaxgan import workdir as workdir_lib
+  from jaxgan import saved_run
 
-  read, real_load = [], workdir_lib.load_checkpoint
+  read, real_load = [], saved_run.load_checkpoint
 
   def recorded(*args, **kwargs):
     loaded = real_load(*args, **kwargs)
     read.append(sorted(name for name, value in vars(loaded[2]).items() if value is not None))
     return loaded
 
-  monkeypatch.setattr(workdir_lib, "load_checkpoint", recorded)
+  monkeypatch.setattr(saved_run, "load_checkpoint", recorded)
   code, out, err = _run(capsys, "--workdir", workdir, "--checkpoint", "best", "--batch-size", "3",
                         "--cache-dir", cache, "--metrics", "fid,kid,pr,per_class_fid")
   assert read == [["ema_params", "g_batch_stats"]]

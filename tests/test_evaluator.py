@@ -822,11 +822,11 @@ def test_a_subfolder_evaluate_cannot_list_is_a_one_line_error(tmp_path, capsys, 
 
 def test_evaluate_refuses_per_class_fid_of_an_unconditional_run_before_any_image(
     tmp_path, capsys, monkeypatch):
-  from jaxgan import data, evaluate, workdir
+  from jaxgan import data, evaluate, saved_run
 
   config = tiny_config(**{"data.num_classes": 0})
-  monkeypatch.setattr(workdir, "load_config", lambda *a: config)
-  monkeypatch.setattr(workdir, "load_checkpoint", lambda *a: pytest.fail("read the checkpoint"))
+  monkeypatch.setattr(saved_run, "load_config", lambda *a: config)
+  monkeypatch.setattr(saved_run, "load_checkpoint", lambda *a: pytest.fail("read the checkpoint"))
   monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
   assert evaluate.main(["--workdir", str(tmp_path), "--metrics", "fid,per_class_fid"]) == 2
   err = capsys.readouterr().err.strip()
@@ -1023,11 +1023,11 @@ def test_evaluate_defaults_come_from_the_checkpoint_and_are_checked_before_any_i
     tmp_path, capsys, monkeypatch):
   """A resume may have changed eval.metrics and train.eval_num_samples in config.json since the
   checkpoint: its own settings are the defaults, checked before the data or Inception."""
-  from jaxgan import config as config_lib, data, evaluate, workdir
+  from jaxgan import config as config_lib, data, evaluate, saved_run
 
   (tmp_path / "config.json").write_text(config_lib.to_json(tiny_config()))  # fid,kid; 5000
   trained = tiny_config(**{"eval.metrics": "fid,pr", "train.eval_num_samples": 3}).to_dict()
-  monkeypatch.setattr(workdir, "load_checkpoint",
+  monkeypatch.setattr(saved_run, "load_checkpoint",
                       lambda *a, **k: (tiny_config(), 2, None, {"config": trained}))
   monkeypatch.setattr(data, "build_source", lambda *a: pytest.fail("read the data"))
   assert evaluate.main(["--workdir", str(tmp_path)]) == 2

@@ -128,7 +128,7 @@ def workdir(two_columns, tmp_path_factory):  # noqa: F811
 
 
 def test_generate_between(workdir, tmp_path):
-  from jaxgan import workdir as workdir_lib
+  from jaxgan import saved_run
 
   between = "baseColour=Black:Navy Blue"
   a = generate.generate(workdir, 5, str(tmp_path / "a.png"), interpolate=3, between=between)
@@ -143,7 +143,7 @@ def test_generate_between(workdir, tmp_path):
                               between=between, label="articleType=Tshirts")
   assert len(singles) == 4
   got = np.stack([np.asarray(Image.open(p)) for p in singles]).astype(int)
-  config, _, state, _ = workdir_lib.load_checkpoint(workdir)
+  config, _, state, _ = saved_run.load_checkpoint(workdir)
   from jaxgan import models
 
   generator = models.build_models(config)[0]

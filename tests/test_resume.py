@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxgan import config as config_lib, losses, run as run_lib, trainer, workdir as workdir_lib
+from jaxgan import config as config_lib, losses, run as run_lib, saved_run, trainer
+from jaxgan import workdir as workdir_lib
 from jaxgan import periodic_eval, run_health, stopping, writers
 from tests.conftest import REPO, tiny_config
 
@@ -122,7 +123,7 @@ def test_sigkill_then_restart_is_bit_identical_to_uninterrupted(tmp_path):
   resumed_from = re.search(r"resuming from checkpoint step (\d+) of", done.stderr)
   assert resumed_from and int(resumed_from.group(1)) >= killed_at, done.stderr[-2000:]
   reference = trainer.train_and_evaluate(_default_config_with(flags), str(tmp_path / "reference"))
-  _, step, resumed, _ = workdir_lib.load_checkpoint(str(workdir))
+  _, step, resumed, _ = saved_run.load_checkpoint(str(workdir))
   assert step == 120
   assert json.load(open(workdir / "config.json"))["data"]["num_classes"] == 2  # resolved
   _assert_same_state(resumed, reference)
@@ -148,7 +149,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   stopped = int(out.split("stopped after step ")[1].split(",")[0])
   listing = sorted(os.listdir(workdir / "checkpoints")) if (workdir / "checkpoints").exists() else None
   assert listing and str(stopped) in listing, (listing, err[-3000:])
-  _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
+  _, step, state, _ = saved_run.load_checkpoint(str(workdir))
   assert step == stopped == int(state.step) and 0 < stopped < 100000
 
 
@@ -174,7 +175,7 @@ def test_a_stop_with_its_output_gone_still_exits_75(tmp_path):
     if proc.poll() is None:  # never left training 100000 steps in the background
       proc.kill()
       proc.wait()
-  _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
+  _, step, state, _ = saved_run.load_checkpoint(str(workdir))
   assert step == int(state.step) > 0
 
 
@@ -207,7 +208,7 @@ def test_a_signal_during_the_log_row_stops_after_the_next_step_with_its_checkpoi
             "(error above); a rerun resumes from the start (no checkpoint)") in out
     return
   assert "SIGTERM received: stopped after step 3, checkpoint written" in out
-  _, step, restored, _ = workdir_lib.load_checkpoint(str(tmp_path / "w"))
+  _, step, restored, _ = saved_run.load_checkpoint(str(tmp_path / "w"))
   assert step == 3 == int(restored.step)
 
 
@@ -659,7 +660,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
                      match=r"4 consecutive non-finite steps by step 4 .*a rerun resumes from "
                            r"step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
-  _, _, state, _ = workdir_lib.load_checkpoint(str(tmp_path / "w"))
+  _, _, state, _ = saved_run.load_checkpoint(str(tmp_path / "w"))
   fresh = jax.jit(run_lib.build_run(config).init)()
   _assert_same_state(state.g_params, fresh.g_params)  # no update ever applied
 
@@ -702,11 +703,11 @@ def test_failed_checkpoint_write_keeps_previous_valid(tmp_path, monkeypatch, cap
   assert any("writing step 4" in r.getMessage() and "No space left" in r.getMessage()
              and "previous checkpoint (step 2) is still valid" in r.getMessage()
              for r in caplog.records)
-  _, step, restored, _ = workdir_lib.load_checkpoint(workdir)
+  _, step, restored, _ = saved_run.load_checkpoint(workdir)
   assert step == 2 and int(restored.step) == 2
   failing.clear()  # space freed: the rerun trains 2 -> 6 and writes the checkpoints
   assert int(trainer.train_and_evaluate(config, workdir).step) == 6
-  assert workdir_lib.load_checkpoint(workdir)[1] == 6
+  assert saved_run.load_checkpoint(workdir)[1] == 6
 
 
 def test_a_failed_background_write_does_not_cost_the_next_checkpoint(tmp_path, monkeypatch,
@@ -1226,7 +1227,7 @@ def test_a_reader_of_steps_that_all_fail_does_not_read_them_again(tmp_path, monk
   monkeypatch.setattr(ckpt_lib.Checkpointer, "restore", damaged)
   with caplog.at_level(logging.WARNING), pytest.raises(ckpt_lib.CheckpointError,
                                                        match=r"tried steps \[1, 2\]"):
-    workdir_lib._restore_newest(directory, target, None)
+    saved_run._restore_newest(directory, target, None)
   assert reads == [2, 2, 1, 1] and "changed while they were read" not in caplog.text
 
 
@@ -1297,7 +1298,7 @@ def test_a_reader_whose_listed_checkpoint_a_running_trainer_removes_reads_the_ne
 
   monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_latest", rotate_once)
   with caplog.at_level(logging.WARNING):
-    _, step, state, _ = workdir_lib.load_checkpoint(str(workdir))
+    _, step, state, _ = saved_run.load_checkpoint(str(workdir))
   assert rotated == [[2]] and step == 4 == int(state.step)
   assert "checkpoints/2 is gone since it was listed" in caplog.text
   assert "changed while they were read (a trainer is writing this workdir)" in caplog.text
@@ -1385,7 +1386,7 @@ def test_a_failed_evaluation_is_logged_and_training_goes_on(tmp_path, caplog):
 def test_an_unreadable_config_json_is_named(tmp_path):
   (tmp_path / "config.json").write_text("")
   with pytest.raises(ValueError, match=r"config.json is not a readable jaxgan config"):
-    workdir_lib.load_config(str(tmp_path))
+    saved_run.load_config(str(tmp_path))
 
 
 def test_a_checkpoint_folder_given_as_the_workdir_is_pointed_at_its_workdir(tmp_path):
@@ -1400,12 +1401,12 @@ def test_a_checkpoint_folder_given_as_the_workdir_is_pointed_at_its_workdir(tmp_
            ("checkpoints", f"a workdir's checkpoints folder: pass --workdir {tmp_path}"))
   for folder, hint in cases:
     with pytest.raises(FileNotFoundError) as raised:
-      workdir_lib.load_config(str(tmp_path / folder))
+      saved_run.load_config(str(tmp_path / folder))
     assert str(raised.value) == (f"{tmp_path / folder}/config.json not found: is "
                                  f"{tmp_path / folder} a jaxgan training workdir? It is {hint}")
   os.makedirs(tmp_path / "other" / "7")  # not under a workdir: no hint
   with pytest.raises(FileNotFoundError, match=r"training workdir\?$"):
-    workdir_lib.load_config(str(tmp_path / "other" / "7"))
+    saved_run.load_config(str(tmp_path / "other" / "7"))
 
 
 def test_shape_changing_config_is_refused_before_reading_state(tmp_path, monkeypatch):
@@ -1620,7 +1621,7 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
   assert int(state.step) == 10
   assert ("the data's classes differ from checkpoint step 8, accepted by --allow_config_change: "
           "class: a, b -> b, z") in caplog.text
-  _, step, _, meta = workdir_lib.load_checkpoint(workdir)
+  _, step, _, meta = saved_run.load_checkpoint(workdir)
   assert step == 10 and meta["class_names"] == ["b", "z"]
 
 
@@ -1860,7 +1861,7 @@ def test_a_workdir_without_checkpoints_yet_says_when_the_first_comes(tmp_path):
   def first_step(message, checkpoint="latest", **overrides):
     startup.write_run_files(tiny_config(**overrides), workdir, 0)
     with pytest.raises(FileNotFoundError) as info:
-      workdir_lib.load_checkpoint(workdir, checkpoint)
+      saved_run.load_checkpoint(workdir, checkpoint)
     assert re.match(message, str(info.value)), str(info.value)
 
   # As the trainer saves: at every checkpoint_every and evaluation step, and at the last.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import run as run_lib, sharding, workdir as workdir_lib
+from jaxgan import run as run_lib, sharding, saved_run
 from tests.conftest import (JOIN_TWO_PROCESSES, REPO, run_module, run_two_processes, tiny_config,
                             xla_flags)
 
@@ -155,7 +155,7 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
           "from here on it matches a run that stays on either to float rounding, not bit for "
           "bit") in proc.stderr, proc.stderr[-3000:]
   # ... its step 4 reads on this process's single device ...
-  assert workdir_lib.load_checkpoint(workdir)[1] == 4
+  assert saved_run.load_checkpoint(workdir)[1] == 4
   # ... and training resumes from it there (not from an older step after a failed read).
   from jaxgan import restore, trainer
   restored, real_restore = [], restore.restore_run
@@ -165,7 +165,7 @@ def test_checkpoint_moves_between_device_counts(tmp_path):
     trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16, "train.num_steps": 6,
                                               "train.tensorboard": False}), workdir)
   assert [r[0] for r in restored] == [4]
-  _, step, state, _ = workdir_lib.load_checkpoint(workdir)
+  _, step, state, _ = saved_run.load_checkpoint(workdir)
   assert step == 6 and int(state.step) == 6 and int(state.images_seen) == 6 * 16
   assert not os.path.exists(workdir + "/checkpoints.corrupt")  # nothing was moved aside
   # The same values as 6 steps on one device without a move: each restore put every value
@@ -194,8 +194,8 @@ def test_two_processes_match_one(tmp_path):
   one = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", str(single),
                    *SMALL)
   assert one.returncode == 0, one.stderr[-3000:]
-  _, step_m, state_m, _ = workdir_lib.load_checkpoint(str(multi))
-  _, step_s, state_s, _ = workdir_lib.load_checkpoint(str(single))
+  _, step_m, state_m, _ = saved_run.load_checkpoint(str(multi))
+  _, step_s, state_s, _ = saved_run.load_checkpoint(str(single))
   assert step_m == step_s == 5
   for a, b in zip(jax.tree_util.tree_leaves(state_m), jax.tree_util.tree_leaves(state_s)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)

@@ -19,7 +19,7 @@ import pytest
 from jaxgan import evaluate, generate, generation, label_choices, restore, sample_inputs
 from jaxgan import sampling, train_progress, trainer
 from jaxgan import data as data_lib, writers
-from jaxgan import run as run_lib, workdir as workdir_lib
+from jaxgan import run as run_lib, saved_run, workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.checkpoint import CheckpointError
 from jaxgan.data.arrays import DataError
@@ -75,7 +75,7 @@ def test_outputs(runs):
   assert np.array_equal(np.asarray(Image.open(workdir / "samples" / "reals.png")), want)
   assert not np.array_equal(want, sampling.make_grid(first["image"][:6], 2))  # labels mixed
   # Which row is which class: the grids carry no text.
-  _, _, _, meta = workdir_lib.load_checkpoint(str(workdir))
+  _, _, _, meta = saved_run.load_checkpoint(str(workdir))
   (attribute, names), = meta["attributes"]
   per = "class" if attribute == "class" else f"{attribute} class"
   assert (workdir / "samples" / "rows.txt").read_text() == (
@@ -255,7 +255,7 @@ def test_generate_is_deterministic(runs, tmp_path):
   for choice in ("²", "①"):  # digits again: the documented line, not int()'s
     with pytest.raises(ValueError, match=f"^--checkpoint must be 'latest', 'best' or a step "
                                          f"number, got '{choice}'$"):
-      workdir_lib.parse_checkpoint(choice)
+      saved_run.parse_checkpoint(choice)
   with pytest.raises(ValueError, match=r"^--label '²' is not a class of this model; choose one"):
     label_choices.resolve_label("²", ["tshirt", "trousers", "dress"], 3)
 
@@ -273,11 +273,11 @@ def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch)
     trainer.train_and_evaluate(tiny_config(**frozen, **{"optim.g_lr": lr}), str(tmp_path / str(lr)))
     grids.append((tmp_path / str(lr) / "samples" / "step_0000002.png").read_bytes())
   assert grids[0] == grids[1]
-  _, _, first, _ = workdir_lib.load_checkpoint(str(tmp_path / "0.0002"))
-  _, _, second, _ = workdir_lib.load_checkpoint(str(tmp_path / "0.002"))
+  _, _, first, _ = saved_run.load_checkpoint(str(tmp_path / "0.0002"))
+  _, _, second, _ = saved_run.load_checkpoint(str(tmp_path / "0.002"))
   assert not np.array_equal(first.g_params["to_rgb"]["kernel"], second.g_params["to_rgb"]["kernel"])
 
-  real_load = workdir_lib.load_checkpoint
+  real_load = saved_run.load_checkpoint
 
   def biased(*args, **kwargs):
     config, step, state, meta = real_load(*args, **kwargs)
@@ -288,7 +288,7 @@ def test_sample_grids_and_generate_draw_the_ema_generator(tmp_path, monkeypatch)
                                                      "bias": params["to_rgb"]["bias"] + by}}
     return config, step, state.replace(ema_params=shift(state.ema_params, 20.0)), meta
 
-  monkeypatch.setattr(workdir_lib, "load_checkpoint", biased)
+  monkeypatch.setattr(saved_run, "load_checkpoint", biased)
   from PIL import Image
   paths = generate.generate(str(tmp_path / "0.0002"), 3, str(tmp_path / "fakes") + "/")
   assert len(paths) == 3
@@ -400,7 +400,7 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   (tmp_path / "a_file").write_text("")
   # A grid's path that cannot be written is refused before the checkpoint is read (and
   # thousands of images sampled), in the words its write would have used.
-  with mock.patch.object(workdir_lib, "load_checkpoint", side_effect=AssertionError("read")):
+  with mock.patch.object(saved_run, "load_checkpoint", side_effect=AssertionError("read")):
     with pytest.raises(OSError,
                        match=r"^--out .*a_file/x.png \(.*a_file\): is a file, not a folder; "):
       generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
@@ -481,13 +481,13 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
   generate.generate(workdir, 2, str(tmp_path / "few.png"))  # fewer than the classes: each shows
   assert drawn[-1].tolist() == [0, 1, 2] and recorded_grid[-1] == 1
   # The synthetic catalog's mix is uniform (its checkpoints hold no counts): a skewed one.
-  counts, real_load = {"rows": [0, 1, 2], "counts": [1, 2, 7]}, workdir_lib.load_checkpoint
+  counts, real_load = {"rows": [0, 1, 2], "counts": [1, 2, 7]}, saved_run.load_checkpoint
 
   def with_counts(*args, **kwargs):
     config, step, state, meta = real_load(*args, **kwargs)
     return config, step, state, {**meta, "label_counts": counts}
 
-  monkeypatch.setattr(workdir_lib, "load_checkpoint", with_counts)
+  monkeypatch.setattr(saved_run, "load_checkpoint", with_counts)
   generate.generate(workdir, 40, str(tmp_path / "fid") + "/", seed=5)
   expected = sampling.draw_label_rows(counts, np.random.default_rng(5), (40,))
   np.testing.assert_array_equal(drawn[-1], expected)
@@ -913,7 +913,7 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
       "step 2/4 (50%), 0.0 kimg", "step 4/4 (100%), 0.0 kimg", "step 6/6 (100%), 0.0 kimg"]
   assert all(" d_loss " in r and " g_loss " in r and " img/s, ETA 0:00:" in r for r in rows), rows
   logged = [line.split(": ", 1)[1] for line in open(os.path.join(workdir, "log.txt"))]
-  _, _, state, _ = workdir_lib.load_checkpoint(workdir)
+  _, _, state, _ = saved_run.load_checkpoint(workdir)
   g, d = (sum(x.size for x in _leaves(p)) for p in (state.g_params, state.d_params))
   starts = [line for line in logged if line.startswith(("training ", "resuming dcgan"))]
   assert starts == [f"{what} dcgan at step {step} of {total}: G {g:,}, D {d:,} parameters; data: "
@@ -1041,7 +1041,7 @@ def test_single_pngs_come_with_their_classes(runs, tmp_path, monkeypatch):
                                                                      labels, *a))
   out = tmp_path / "singles"
   generate.generate(workdir, 7, str(out) + "/", seed=3)
-  _, _, _, meta = workdir_lib.load_checkpoint(workdir)
+  _, _, _, meta = saved_run.load_checkpoint(workdir)
   (attribute, names), = meta["attributes"]
   rows = list(csv.reader(open(out / generate.LABELS_FILE)))
   assert rows[0] == ["file", attribute, f"{attribute}_index"]
