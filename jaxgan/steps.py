@@ -188,6 +188,21 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
 
     return jax.lax.cond(step % r1_interval == 0, regularise, skip, None)
 
+  def g_update(state, d_params, d_stats, fake, g_vjp, labels, key, aug_p):
+    """One G Adam step: dL/dfake through the (updated, augmenting) D, then back through G's
+    forward of the D phase (`g_vjp`: the step's one G forward); BigGAN's orthogonal penalty on
+    top. D's statistics from this pass are not kept: they belong to the G phase."""
+    g_objective = lambda x: loss.g_loss(
+        _apply(discriminator, d_params, d_stats, augment(x, key, aug_p), labels)[0])
+    g_value, d_fake_grad = jax.value_and_grad(g_objective)(fake)
+    (g_grads,) = g_vjp(d_fake_grad)
+    if ortho_weight > 0:  # BigGAN: half the penalty's gradient, see losses.py
+      half = lambda p: 0.5 * ortho_weight * losses_lib.orthogonal_penalty(p)
+      ortho = jax.grad(half)(state.g_params)
+      g_grads = jax.tree_util.tree_map(jnp.add, g_grads, ortho)
+    g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    return optax.apply_updates(state.g_params, g_updates), g_opt_state, g_value, g_grads
+
   def step_fn(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     images = to_model_range(batch["image"])
     b = images.shape[0] // n_critic
@@ -207,11 +222,16 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
 
     d_params, d_stats, d_opt_state = state.d_params, state.d_batch_stats, state.d_opt_state
     d_values, d_grads_all, aux = [], [], {}
-    # Extra critic updates (WGAN-GP style): fresh z each, G's stats untouched.
-    for k in range(n_critic - 1):
+    # D phase: n_critic updates, each on its own real slice and fresh z; fake labels follow the
+    # real slice's, so the fakes' class prior matches the data.
+    for k in range(n_critic):
       real, labels = real_slice(k)
       z = jax.random.normal(keys[3 * k], (b, z_dim))
-      fake, _ = _apply(generator, state.g_params, state.g_batch_stats, z, labels)
+      if k < n_critic - 1:  # an extra critic update (WGAN-GP style): G's stats untouched
+        fake, _ = _apply(generator, state.g_params, state.g_batch_stats, z, labels)
+      else:  # the one G forward of this G update, kept (its vjp) for the G phase
+        g_forward = lambda p: _apply(generator, p, state.g_batch_stats, z, labels)
+        fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
       d_params, d_stats, d_opt_state, value, aux, grads, real_logits, lecam = d_update(
           d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
           keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
@@ -219,21 +239,7 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
         aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
       d_values.append(value)
       d_grads_all.append(grads)
-
-    # The one G forward of this G update; fake labels follow the real batch's labels so the class
-    # prior of the fakes matches the data.
-    k = n_critic - 1
-    real, labels = real_slice(k)
-    z = jax.random.normal(keys[3 * k], (b, z_dim))
-    g_forward = lambda p: _apply(generator, p, state.g_batch_stats, z, labels)
-    fake, g_vjp, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-    d_params, d_stats, d_opt_state, d_value, aux, d_grads, real_logits, lecam = d_update(
-        d_params, d_stats, d_opt_state, real, jax.lax.stop_gradient(fake), labels,
-        keys[3 * k + 1], aug_p, lecam, d_updates_before + k + 1)
-    if aug.adaptive:
-      aug_state = augment_lib.accumulate(aug_state, real_logits, ada_boundary)
-    d_values.append(d_value)
-    d_grads_all.append(d_grads)
+    # R1's lazy phase, on the last slice's reals.
     if r1_gamma > 0:
       d_params, d_opt_state, r1, r1_grads, aug_state = r1_update(
           d_params, d_stats, d_opt_state, real, labels, keys[3 * n_critic], aug_state, state.step)
@@ -249,29 +255,21 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
                        / jnp.maximum(aug_state.count - state.augment.count, 1))
       aug_state = adjust_p(aug_state)
 
-    # G update through the updated D: dL/dfake from D, then back through G's saved forward.
-    # D's statistics from this pass are not kept: they belong to the G phase.
-    g_key = keys[3 * n_critic + 1]
-    g_objective = lambda x: loss.g_loss(
-        _apply(discriminator, d_params, d_stats, augment(x, g_key, aug_p), labels)[0])
-    g_value, d_fake_grad = jax.value_and_grad(g_objective)(fake)
-    (g_grads,) = g_vjp(d_fake_grad)
-    if ortho_weight > 0:  # BigGAN: half the penalty's gradient, see losses.py
-      half = lambda p: 0.5 * ortho_weight * losses_lib.orthogonal_penalty(p)
-      ortho = jax.grad(half)(state.g_params)
-      g_grads = jax.tree_util.tree_map(jnp.add, g_grads, ortho)
-    g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, g_updates)
+    # G phase, through the updated D.
+    g_params, g_opt_state, g_value, g_grads = g_update(
+        state, d_params, d_stats, fake, g_vjp, labels, keys[3 * n_critic + 1], aug_p)
 
+    # G's EMA, by half-life in images.
     beta = ema_beta(config, state.step)
     ema_params = jax.tree_util.tree_map(lambda e, p: beta * e + (1.0 - beta) * p,
                                         state.ema_params, g_params)
 
-    # The new optimizer states too: a finite gradient past ~1.8e19 overflows Adam's second moment
-    # to inf, which freezes that parameter for the rest of the run (its updates become 0). And
-    # the running BatchNorm statistics: activations past ~1.8e19 overflow a batch variance to inf
-    # while the normalised output (x / sqrt(inf) = 0) and the losses stay finite; a running
-    # average never forgets an inf.
+    # The step is skipped (`_commit`) where anything is non-finite: the losses, the gradients,
+    # and the new optimizer states too: a finite gradient past ~1.8e19 overflows Adam's second
+    # moment to inf, which freezes that parameter for the rest of the run (its updates become
+    # 0). And the running BatchNorm statistics: activations past ~1.8e19 overflow a batch
+    # variance to inf while the normalised output (x / sqrt(inf) = 0) and the losses stay
+    # finite; a running average never forgets an inf.
     # LeCam's averages of D's outputs too: a real logit of +inf can leave the losses finite (a
     # zero hinge or softplus) but its average inf for good, and the checkpoint unresumable
     # (run_health.check_restored_state).
@@ -279,19 +277,12 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
                          g_stats, d_stats, lecam)
     updated = state.replace(
         g_params=g_params, g_batch_stats=g_stats, d_params=d_params, d_batch_stats=d_stats,
-        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params, lecam=lecam)
-    # Skip the whole update when anything is non-finite; only the counters move.
-    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params, lecam=lecam,
+        augment=aug_state)
     # A skipped step's signs are dropped, but an interval that ends on it still moves p (from
     # its other steps) and starts afresh, as the step count goes on.
-    skipped_augment = adjust_p(state.augment) if aug.adaptive else state.augment
-    new_state = new_state.replace(
-        augment=jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), aug_state,
-                                       skipped_augment),
-        step=state.step + 1,
-        images_seen=state.images_seen + b * n_critic,
-        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
-        nonfinite_total=state.nonfinite_total + 1 - finite.astype(jnp.int32))
+    skipped = state.replace(augment=adjust_p(state.augment)) if aug.adaptive else state
+    new_state = _commit(updated, skipped, finite, b * n_critic)
     metrics = {"d_loss": jnp.mean(jnp.stack(d_values)), "g_loss": g_value, "ema_beta": beta,
                "nonfinite": 1 - finite.astype(jnp.int32),
                "nonfinite_streak": new_state.nonfinite_streak,
@@ -300,6 +291,19 @@ def make_train_step(config: ml_collections.ConfigDict, generator: nn.Module,
     return new_state, metrics
 
   return step_fn
+
+
+def _commit(updated: TrainState, skipped: TrainState, finite: jnp.ndarray, images: int
+            ) -> TrainState:
+  """`updated` where the step is finite, else `skipped` (the state before it, ADA's interval
+  still closed on time): a non-finite step changes no weights, statistics or moments. The step
+  and image counters move either way; the non-finite ones count it."""
+  new = jax.tree_util.tree_map(lambda u, s: jnp.where(finite, u, s), updated, skipped)
+  return new.replace(
+      step=skipped.step + 1,
+      images_seen=skipped.images_seen + images,
+      nonfinite_streak=jnp.where(finite, 0, skipped.nonfinite_streak + 1),
+      nonfinite_total=skipped.nonfinite_total + 1 - finite.astype(jnp.int32))
 
 
 def scan_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
