@@ -33,17 +33,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError("--workdir is empty; pass a training run's workdir")
   if workdir_lib.uri_refusal(workdir):
     raise ValueError(workdir_lib.uri_refusal(workdir))
+  if os.path.isfile(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a folder; pass a training run's "
+                     "workdir (the folder holding config.json and checkpoints/)")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a jaxgan training workdir?"
                             + _workdir_above(workdir))
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  # Not a regular file: a folder failed as a traceback, and open() waited forever on a pipe.
+  if not os.path.isfile(path):
+    raise ValueError(f"{path} is not a file; restore the run's config.json (its checkpoints' "
+                     "meta holds it) or pass another --workdir")
   try:
-    config = config_lib.from_json(text)
-  except ValueError as e:  # json's decode error, or a key this jaxgan does not know
-    raise ValueError(f"{path} is not a readable jaxgan config ({e}); restore it from the run's "
-                     "checkpoint meta or rerun training") from None
+    with open(path, encoding="utf-8") as f:
+      config = config_lib.from_json(f.read())
+  # json's decode error, bytes that are not UTF-8, a key this jaxgan does not know; or a file
+  # that cannot be read (permissions).
+  except (OSError, ValueError) as e:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+    raise ValueError(f"{path} is not a readable jaxgan config ({reason}); restore it from the "
+                     "run's checkpoint meta or rerun training") from None
   # The names that pick code: one this jaxgan lacks (a newer jaxgan's model, an edit) was a
   # KeyError traceback from the registry in whatever built it.
   from jaxgan import data as data_lib, models  # pylint: disable=g-import-not-at-top

@@ -434,6 +434,31 @@ def test_a_damaged_workdir_config_is_one_clear_error(tmp_path, text, message):
   assert message in str(info.value)
 
 
+def test_a_workdir_config_that_is_no_text_file_is_one_clear_error(tmp_path):
+  """A config.json folder was an IsADirectoryError traceback (evaluate), a pipe hung generate in
+  open(), undecodable bytes named no file, and a --workdir that is a file looked for
+  FILE/config.json."""
+  from jaxgan import saved_run
+
+  folder, pipe, binary = tmp_path / "folder", tmp_path / "pipe", tmp_path / "binary"
+  for workdir in (folder, pipe, binary):
+    workdir.mkdir()
+  (folder / "config.json").mkdir()
+  os.mkfifo(pipe / "config.json")
+  (binary / "config.json").write_bytes(b"\xff\xfe{}")
+  for workdir, message in ((folder, "is not a file; restore the run's config.json"),
+                           (pipe, "is not a file; restore the run's config.json"),
+                           (binary, "is not a readable jaxgan config ('utf-8' codec can't "
+                                    "decode byte 0xff")):
+    with pytest.raises(ValueError) as info:
+      saved_run.load_config(str(workdir))
+    assert str(info.value).startswith(f"{workdir / 'config.json'} {message}")
+  (tmp_path / "file").write_text("{}")
+  with pytest.raises(ValueError, match=r"^--workdir \S+file is a file, not a folder; pass a "
+                                       "training run's workdir"):
+    saved_run.load_config(str(tmp_path / "file"))
+
+
 @pytest.mark.parametrize("key, value, known", [
     ("model", {"name": "stylegan2"}, "dcgan, resnet"),  # a newer jaxgan's model, say
     ("train", {"dtype": "float64"}, "float32, bfloat16"),
