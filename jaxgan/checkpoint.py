@@ -304,13 +304,13 @@ class Checkpointer:
           return result, None, True
       if attempt == 0:
         log.warning("reading checkpoint %s failed (%s); trying again in %.0f s", path,
-                    _cause(error) if error else "on another process", self.retry_delay_s)
+                    error_cause(error) if error else "on another process", self.retry_delay_s)
         time.sleep(self.retry_delay_s)
     return None, error or CheckpointError("another process could not read it"), visible
 
   def _skip(self, step: int, error: BaseException) -> None:
     log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
-                self.directory, step, _cause(error))
+                self.directory, step, error_cause(error))
 
   def move_aside(self, step: int, suffix: str = ".corrupt") -> None:
     """Moves step `step` to `<directory><suffix>/<step>-<time>` (kept, not deleted); collective:
@@ -356,7 +356,7 @@ class Checkpointer:
                "stopped before it removed them)", extra, self.directory, self.keep)
     except Exception as e:  # pylint: disable=broad-except  (raised on every process alike)
       log.warning("could not remove the old checkpoint steps %s of %s (%s); the next save tries "
-                  "again", extra, self.directory, _cause(e))
+                  "again", extra, self.directory, error_cause(e))
     self._manager.reload()
 
   def wait(self) -> bool:
@@ -421,7 +421,7 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _cause(error: BaseException) -> str:
+def error_cause(error: BaseException) -> str:
   """'Type: first line' of `error`'s innermost cause: orbax wraps a storage library's error
   ('OUT_OF_RANGE: ... not valid', 'Truncated Zstd-compressed stream', 'Permission denied') in
   its own ('Encountered error while reading array index: ...'), whose words say neither."""

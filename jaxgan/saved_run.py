@@ -227,6 +227,6 @@ def _read_step(checkpointer: ckpt_lib.Checkpointer, step: int, read: Callable[[]
     others = [s for s in checkpointer.steps() if s != step]
     raise ckpt_lib.CheckpointError(
         f"checkpoint step {step} in {checkpointer.directory} is unreadable "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+        f"({ckpt_lib.error_cause(e)}); "
         + (f"choose another --checkpoint of {others}" if others else "no other step is there")
     ) from None

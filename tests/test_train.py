@@ -226,6 +226,21 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
     generate.generate(str(copy), 2, str(tmp_path / "g4.png"), checkpoint="4")
 
 
+def test_a_chosen_step_with_a_truncated_array_file_names_the_storage_error(runs, tmp_path):
+  """`generate --checkpoint 4` of a step whose largest array file lost its second half said
+  orbax's wrapper ('Exception: Encountered error while reading array index: (slice(... See full
+  TensorStore details: <bound method ...>'), not the reason the fallback path gives."""
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  largest = max((p for p in (copy / "checkpoints" / "4" / "state").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  os.truncate(largest, largest.stat().st_size // 2)
+  with pytest.raises(CheckpointError, match=r"^checkpoint step 4 in .* is unreadable \(ValueError: "
+                     r"OUT_OF_RANGE: .*\); choose another --checkpoint of \[2\]$"):
+    generate.generate(str(copy), 2, str(tmp_path / "g.png"), checkpoint="4")
+
+
 def test_resume_refuses_a_config_that_changes_the_math(runs):
   root, _, _ = runs
   config = tiny_config(**{"optim.g_lr": 1e-3, "train.num_steps": 6})
