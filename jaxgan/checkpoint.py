@@ -393,16 +393,6 @@ def _everywhere(ok: bool) -> bool:
   return multihost.all_processes(ok)
 
 
-def step_folders(directory: str, item: str = "") -> list[int]:
-  """The step folders in `directory` now (without orbax's listing, which a manager keeps),
-  holding `item` where one is named; [] where the folder cannot be listed."""
-  try:  # isdecimal, not isdigit: int() refuses '²'
-    return sorted(int(name) for name in os.listdir(directory) if name.isdecimal()
-                  and (not item or os.path.isdir(os.path.join(directory, name, item))))
-  except OSError:
-    return []
-
-
 def agreed_steps(steps: list[int]) -> list[int]:
   """Process 0's list of steps, on every process: all must try the same steps in the same order
   (each try is collective), also when one process's view of the directory lags. A step missing

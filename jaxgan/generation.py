@@ -83,7 +83,7 @@ def generate(workdir: str, num: int, out: str,
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgan import models, sampling, sharding  # pylint: disable=g-import-not-at-top
   from jaxgan import sample_inputs  # pylint: disable=g-import-not-at-top
-  from jaxgan import saved_run  # pylint: disable=g-import-not-at-top
+  from jaxgan import run_folders, saved_run  # pylint: disable=g-import-not-at-top
 
   if not 0 < num <= 2**31 - 1:  # larger: JAX's shapes are int32 (a traceback from the latents)
     raise ValueError(f"--num must be in [1, 2**31 - 1], got {num}")
@@ -111,6 +111,12 @@ def generate(workdir: str, num: int, out: str,
   if singles and os.path.isfile(out.rstrip(os.sep)):  # 'file/' itself does not exist for os.path
     raise ValueError(f"--out {out}: is a file, not a folder; for single PNGs pass a folder (or "
                      "drop the trailing / for one grid PNG)")
+  # In a run's checkpoints/ the images went with that step when it was rotated out (and made a
+  # step folder of their own, unreadable, in checkpoints/40/); in its samples/ they replaced the
+  # run's own grid.
+  managed = run_folders.managed_refusal("--out", out)
+  if managed:
+    raise ValueError(managed)
   given = [label] if isinstance(label, str) else list(label or [])
   run_config = saved_run.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)

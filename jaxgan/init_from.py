@@ -29,6 +29,7 @@ from jaxgan import checkpoint as ckpt_lib
 from jaxgan import label_choices
 from jaxgan import multihost
 from jaxgan import run_health
+from jaxgan import run_folders
 from jaxgan import state_digest
 from jaxgan.config import ConfigError
 
@@ -41,10 +42,10 @@ def locate(path: str) -> tuple[str, Optional[int]]:
   """(the checkpoints folder, the step or None for its latest) that `path` names: a run's
   workdir, its checkpoints folder, or one step folder in it (`.../checkpoints/5000`)."""
   for directory in (os.path.join(path, "checkpoints"), path):
-    if ckpt_lib.step_folders(directory, item="state"):
+    if run_folders.step_folders(directory, item="state"):
       return os.path.abspath(directory), None
   parent, name = os.path.split(os.path.normpath(path))
-  if name.isdecimal() and int(name) in ckpt_lib.step_folders(parent, item="state"):
+  if name.isdecimal() and int(name) in run_folders.step_folders(parent, item="state"):
     return os.path.abspath(parent), int(name)
   raise ConfigError(f"config key train.init_from: no checkpoint in {path!r}; give the workdir of "
                     "a jaxgan run that has written one, or one of its step folders "

@@ -118,6 +118,12 @@ def bad_path(args: argparse.Namespace) -> str:
       return (f"--out {args.out} is {'--images itself' if out == images else 'inside --images'}"
               f" ({args.images}): pass a folder outside the images, e.g. "
               f"{os.path.join(os.path.dirname(images), os.path.basename(images) + '_prepared')}")
+  # A set in a run's checkpoints/ or samples/ would go with a rotated step, or a resume's grids.
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
+
+  managed = run_folders.managed_refusal("--out", args.out)
+  if managed:
+    return managed
   from jaxgan.data.prepared import foreign_files  # pylint: disable=g-import-not-at-top
 
   others = foreign_files(args.out)

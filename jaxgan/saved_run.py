@@ -20,6 +20,7 @@ import ml_collections
 from jaxgan import atomic_write
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import run_folders
 from jaxgan import state as state_lib
 from jaxgan import workdir as workdir_lib
 
@@ -208,7 +209,7 @@ def _restore_newest(directory: str, target: Any, accept: Optional[Callable[[int,
     try:
       return checkpointer.restore_latest(target, accept, parts)
     except ckpt_lib.CheckpointError:
-      if attempt == READ_ATTEMPTS - 1 or ckpt_lib.step_folders(directory) == listed:
+      if attempt == READ_ATTEMPTS - 1 or run_folders.step_folders(directory) == listed:
         raise
       log.warning("the checkpoints in %s changed while they were read (a trainer is writing "
                   "this workdir): reading the newest again", directory)

@@ -23,6 +23,7 @@ from jaxgan import multihost
 from jaxgan import run as run_lib
 from jaxgan import state as state_lib
 from jaxgan import stopping as stopping_lib
+from jaxgan import run_folders
 from jaxgan import workdir as workdir_lib
 from jaxgan import writers
 from jaxgan.config import validation as config_validation
@@ -56,7 +57,8 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
                                      ) from None
       _check_cache_dir(config.eval.cache_dir)
     config_validation.validate_schedule(config)
-    inside = data_lib.workdir_problem(config, workdir) or _inside_another_run(workdir)
+    inside = (data_lib.workdir_problem(config, workdir)
+              or run_folders.managed_refusal("--workdir", workdir))
     if inside:  # before it is made there
       raise workdir_lib.WorkdirError(inside)
     made_workdir.append(workdir_lib.prepare_workdir(workdir))
@@ -171,47 +173,6 @@ def _check_cache_dir(cache_dir: str) -> None:
   if problem:
     raise config_lib.ConfigError(f"config key eval.cache_dir: {problem}; set a folder (or '' for "
                                  "the default)")
-
-
-# The folders of a workdir that its run writes and prunes: another run's workdir in one of them
-# would be deleted with an old checkpoint, or its event files with a resume's dropped steps.
-_RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
-# And where checkpoints are moved aside (checkpoint.Checkpointer.move_aside's suffixes).
-_ASIDE = (".corrupt", ".replaced", ".superseded")
-
-
-def _inside_another_run(workdir: str) -> str:
-  """Why `workdir` must not be trained in ('' where it may): it is, or is inside, a folder that
-  the jaxgan run of a workdir above it manages (WORKDIR/checkpoints/3, say: that run's next save
-  deletes step 3, and the run trained there with it), as given or through symbolic links on its
-  path (a run's folder that is itself a link, WORKDIR/checkpoints -> /store/c, is not followed
-  back: a --workdir under /store/c is not found)."""
-  for path in dict.fromkeys((os.path.abspath(workdir), os.path.realpath(workdir))):
-    below = path
-    while os.path.dirname(below) != below:
-      above, name = os.path.dirname(below), os.path.basename(below)
-      managed = name in _RUN_FOLDERS or any(
-          name == folder + suffix for folder in _RUN_FOLDERS[:2] for suffix in _ASIDE)
-      if managed and _is_run(above):
-        return (f"--workdir {workdir} is inside {below}, a folder of the run in {above}, which "
-                f"writes and prunes it; pass a --workdir outside it (to resume that run: "
-                f"--workdir {above})")
-      below = above
-  return ""
-
-
-def _is_run(folder: str) -> bool:
-  """Whether `folder` is a jaxgan run's workdir: it has checkpoint steps (numbered folders with a
-  train state: not runs numbered 1, 2, ... in a folder named 'checkpoints'), or a config.json
-  this jaxgan reads as a run's (another tool's config.json is not)."""
-  if ckpt_lib.step_folders(os.path.join(folder, "checkpoints"), item="state"):
-    return True
-  try:
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-      config_lib.from_json(f.read())
-    return True
-  except (OSError, ValueError):
-    return False
 
 
 def _check_not_foreign(workdir: str) -> None:

@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 import jax
 
 from jaxgan import atomic_write
-from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import run_folders
 
 
 log = logging.getLogger(__name__)
@@ -22,14 +22,10 @@ log = logging.getLogger(__name__)
 # Held by the training run that writes the workdir (its process 0): a second trainer started on
 # it would log into the same metrics and move the first one's checkpoints aside as leftovers.
 RUN_LOCK = ".run.lock"
-
-
-# The folders a run writes into; one that exists already (a resume's) is probed with the workdir:
-# a read-only checkpoints/ (a mount) otherwise showed at the first checkpoint, hours in.
-RUN_FOLDERS = ("checkpoints", "checkpoints_best", "samples", "tensorboard")
-# The files it writes at the top: a folder in one's place failed the start with a traceback
-# (metrics.jsonl), or silently kept the run from logging (log.txt, whose writes are dropped on
-# error). (evaluate's evaluations.jsonl: evaluate says so itself, and prints its results.)
+# The files a run writes at the top of its workdir: a folder in one's place failed the start with
+# a traceback (metrics.jsonl), or silently kept the run from logging (log.txt, whose writes are
+# dropped on error). (evaluate's evaluations.jsonl: evaluate says so itself, and prints its
+# results.)
 RUN_FILES = ("config.json", "metrics.jsonl", "log.txt", RUN_LOCK)
 
 
@@ -100,7 +96,9 @@ def _probe_workdir(workdir: str) -> None:
     if os.path.isdir(os.path.join(workdir, name)):
       raise WorkdirError(f"workdir {workdir}: its {name} is a folder, where the run writes a "
                          "file; move it away")
-  for name in RUN_FOLDERS:
+  # The run's folders: one that exists already (a resume's) is probed with the workdir: a
+  # read-only checkpoints/ (a mount) otherwise showed at the first checkpoint, hours in.
+  for name in run_folders.RUN_FOLDERS:
     folder = os.path.join(workdir, name)
     if os.path.exists(folder) and not os.path.isdir(folder):
       raise WorkdirError(f"workdir {workdir}: its {name} is a file, where the run writes a "
@@ -211,4 +209,4 @@ def remove_if_empty(workdir: str) -> None:
 
 def has_step_folders(workdir: str) -> bool:
   """Whether WORKDIR/checkpoints holds a step folder (readable or not)."""
-  return bool(ckpt_lib.step_folders(os.path.join(workdir, "checkpoints")))
+  return bool(run_folders.step_folders(os.path.join(workdir, "checkpoints")))

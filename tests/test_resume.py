@@ -19,7 +19,7 @@ import pytest
 
 from jaxgan import config as config_lib, losses, run as run_lib, saved_run, trainer
 from jaxgan import workdir as workdir_lib
-from jaxgan import periodic_eval, run_health, stopping, writers
+from jaxgan import periodic_eval, run_folders, run_health, stopping, writers
 from tests.conftest import REPO, tiny_config
 
 TINY_FLAGS = ["--config.data.image_size=16", "--config.data.num_classes=3",
@@ -951,14 +951,13 @@ def test_a_step_folder_orbax_does_not_list_is_moved_aside_before_the_step_is_wri
 
 
 def test_step_folders_are_decimal_names_holding_the_item(tmp_path):
-  from jaxgan import checkpoint as ckpt_lib
 
   for name in ("3", "12", "²", "4.orbax-checkpoint-tmp-1", "x"):
     os.makedirs(tmp_path / name)
   os.makedirs(tmp_path / "12" / "state")
-  assert ckpt_lib.step_folders(str(tmp_path)) == [3, 12]  # '²' is a digit int() refuses
-  assert ckpt_lib.step_folders(str(tmp_path), item="state") == [12]
-  assert ckpt_lib.step_folders(str(tmp_path / "missing")) == []
+  assert run_folders.step_folders(str(tmp_path)) == [3, 12]  # '²' is a digit int() refuses
+  assert run_folders.step_folders(str(tmp_path), item="state") == [12]
+  assert run_folders.step_folders(str(tmp_path / "missing")) == []
 
 
 def test_layout_differences_name_each_kind_and_skip_what_metadata_does_not_say():

@@ -494,6 +494,21 @@ def test_prepare_refuses_a_label_column_without_a_manifest(tmp_path, capsys):
   assert "--label-column needs --manifest" in capsys.readouterr().err
 
 
+def test_prepare_refuses_an_out_inside_a_runs_checkpoints_or_samples(folder, tmp_path, capsys):
+  """A set written into a run's checkpoints/ went with the step its next saves rotated out."""
+  run = tmp_path / "run"
+  (run / "samples").mkdir(parents=True)
+  (run / "config.json").write_text('{"train": {"batch_size": 8}}')  # read as a jaxgan run's
+  for out, folder_name in ((run / "checkpoints" / "7", "checkpoints"),
+                           (run / "samples" / "set", "samples")):
+    assert prepare_cli.main(["--images", str(folder), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --out {out} is inside {run / folder_name}, a folder of the run in {run}, which "
+        "writes and prunes it; pass a --out outside it")
+    assert not out.exists()
+  assert sorted(os.listdir(run)) == ["config.json", "samples"]
+
+
 def test_prepare_refuses_rare_class_flags_on_a_set_without_labels(folder, tmp_path, capsys):
   """--min-class-count and --rare-classes on a flat folder or a manifest without
   --label-column were ignored without a word: an unlabelled set was written."""

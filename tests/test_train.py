@@ -19,7 +19,7 @@ import pytest
 from jaxgan import evaluate, generate, generation, label_choices, restore, sample_inputs
 from jaxgan import sampling, train_progress, trainer
 from jaxgan import data as data_lib, writers
-from jaxgan import run as run_lib, saved_run, workdir as workdir_lib
+from jaxgan import run as run_lib, run_folders, saved_run, workdir as workdir_lib
 from jaxgan.data import image_sets
 from jaxgan.checkpoint import CheckpointError
 from jaxgan.data.arrays import DataError
@@ -224,6 +224,26 @@ def test_a_step_missing_its_array_files_is_skipped_in_one_line_each(runs, tmp_pa
   shutil.rmtree(copy / "checkpoints" / "2")
   with pytest.raises(CheckpointError, match=r"is unreadable \(.*\); no other step is there$"):
     generate.generate(str(copy), 2, str(tmp_path / "g4.png"), checkpoint="4")
+
+
+def test_generate_refuses_an_out_inside_a_runs_own_folders(runs, tmp_path):
+  """Single PNGs in checkpoints/4/ were deleted with that step when the run rotated it out (in
+  checkpoints/40/, a new step folder every reader then warned about as unreadable); a grid in
+  samples/ replaced the run's own."""
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+  for out, managed in ((f"{copy}/checkpoints/4/", "checkpoints"),
+                       (f"{copy}/checkpoints/40/", "checkpoints"),
+                       (f"{copy}/samples/step_0000004.png", "samples"),
+                       (f"{copy}/checkpoints_best/g.png", "checkpoints_best")):
+    with pytest.raises(ValueError) as info:
+      generate.generate(str(copy), 2, out)
+    assert str(info.value) == (f"--out {out} is inside {copy / managed}, a folder of the run in "
+                               f"{copy}, which writes and prunes it; pass a --out outside it")
+  assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before
+  generate.generate(str(copy), 2, f"{copy}/grids/g.png")  # elsewhere in the workdir: fine
 
 
 def test_a_chosen_step_with_a_truncated_array_file_names_the_storage_error(runs, tmp_path):
@@ -663,8 +683,7 @@ def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path):
   """A run trained in WORKDIR/checkpoints/3 (or in WORKDIR/checkpoints itself) was deleted
   without a word with step 3 by that run's next save. Refused before anything is made; a run in
   another folder of a workdir is fine."""
-  from jaxgan import startup
-
+  refusal = lambda path: run_folders.managed_refusal("--workdir", str(path))
   config = tiny_config(**{"train.tensorboard": False, "train.num_steps": 2,
                           "train.checkpoint_every": 2})
   run_a = tmp_path / "A"
@@ -681,17 +700,16 @@ def test_a_workdir_inside_another_runs_checkpoints_is_refused(tmp_path):
       trainer.train_and_evaluate(config, str(inside))
   assert sorted(os.listdir(run_a / "checkpoints")) == before  # nothing made in them
   assert not (run_a / "checkpoints_best").exists()
-  assert startup._inside_another_run(str(run_a / "sweep" / "b")) == ""
-  assert startup._inside_another_run(str(run_a / "checkpoints_sweep" / "b")) == ""
-  assert startup._inside_another_run(str(tmp_path / "checkpoints" / "c")) == ""  # no run above
-  assert "a folder of the run in" in startup._inside_another_run(
-      str(run_a / "checkpoints.corrupt" / "c"))
+  assert refusal(run_a / "sweep" / "b") == ""
+  assert refusal(run_a / "checkpoints_sweep" / "b") == ""
+  assert refusal(tmp_path / "checkpoints" / "c") == ""  # no run above
+  assert "a folder of the run in" in refusal(run_a / "checkpoints.corrupt" / "c")
   os.symlink(run_a / "checkpoints", tmp_path / "link")  # through a link
-  assert "a folder of the run in" in startup._inside_another_run(str(tmp_path / "link" / "3"))
+  assert "a folder of the run in" in refusal(tmp_path / "link" / "3")
   # Another tool's config.json above is not a run's.
   os.makedirs(tmp_path / "proj" / "samples")
   (tmp_path / "proj" / "config.json").write_text('{"model_type": "bert"}')
-  assert startup._inside_another_run(str(tmp_path / "proj" / "samples" / "gan1")) == ""
+  assert refusal(tmp_path / "proj" / "samples" / "gan1") == ""
   # Nor are runs numbered 1, 2, ... in a folder named 'checkpoints' steps of a run above them:
   # the second trains, and the first resumes.
   numbered = tmp_path / "exps" / "checkpoints"
