@@ -109,7 +109,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   config_file = _flag_value(args, "config")
   if "config" in flags.FLAGS and not any(a.startswith(("--help", "--flagfile")) for a in args):
     if config_file is None and any(a.startswith("--config.") for a in args):
-      fail("--config.KEY overrides need --config FILE too (e.g. --config configs/default.py)")
+      # Said as absl says a missing --config: the launchers add overrides of their own
+      # (--config.distributed.*), so "your overrides need it" misled whoever gave none.
+      fail("--config is required (see --help): the config file, e.g. configs/default.py, that "
+           "the --config.KEY overrides apply to")
     for arg in args:
       if arg.startswith("--config.") and not _OVERRIDE_KEY.fullmatch(arg.split("=")[0]):
         fail(f"{arg.split('=')[0]}: not a config key; overrides name a schema key, e.g. "

@@ -582,7 +582,8 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     (["--config", "configs/nope.py", "--workdir", "W"],
      "error: --config configs/nope.py: no such file; pass a config file, e.g. configs/default.py"),
     (["--workdir", "W", "--config.train.num_steps=2"],
-     "error: --config.KEY overrides need --config FILE too (e.g. --config configs/default.py)"),
+     "error: --config is required (see --help): the config file, e.g. configs/default.py, that "
+     "the --config.KEY overrides apply to"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.train.batch_size=abc"],
      "error: --config.train.batch_size=abc: must be an integer, got 'abc' (see --help)"),
     (["--config", "configs/default.py"], "error: --workdir is required (see --help)"),
