@@ -128,7 +128,7 @@ def parse_flags(argv: list[str]) -> list[str]:
            "get_config(), e.g. configs/default.py (a run's config.json records what it resolved; "
            "to resume a run, rerun the command that started it)")
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except SystemExit as e:  # absl's help (a bad flag before --help is a flags.Error, below)
     sys.exit(0 if help_asked and e.code == 1 else e.code)
   except flags.Error as e:  # a missing required flag, a value of the wrong type, an unknown flag
@@ -191,6 +191,40 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"{named[0]}: {detail} (the keys: docs/config.md or jaxgan/config/schema.py)")
   except Exception as e:  # pylint: disable=broad-except  (the config file's own error, if it is)
     fail(_raised_in_config_file(e, config_file) or _traceback(e))
+  if config_file is not None and "config" in flags.FLAGS:
+    _check_file_keys(config_file)
+  return remaining
+
+
+def _check_file_keys(config_file: str) -> None:
+  """Fails on a key the config file set that the schema lacks (a typo: c.train.batchsize = 32),
+  naming the file and the line that sets it, as its other errors are named: the check at the
+  run's start named the key alone, which a user of several config files had to search for.
+  (An override cannot add one: ml_collections refuses it while parsing.)"""
+  from jaxgan.config import schema  # pylint: disable=g-import-not-at-top
+
+  try:
+    schema.check_known_keys(flags.FLAGS.config)
+  except schema.ConfigError as e:
+    key = re.match(r"unknown config key ([\w.]+)", str(e))
+    fail(f"--config {config_file}: {e}" + (_setting_line(config_file, key.group(1)) if key else ""))
+
+
+def _setting_line(config_file: str, key: str) -> str:
+  """' (FILE:LINE)' of the first line of the config file that assigns `key`'s last part
+  (c.train.batchsize = ..., c.train['batchsize'] = ..., dict(batchsize=...)), else '' (set in
+  a file it loads)."""
+  path = config_file if os.path.exists(config_file) else config_file.split(":")[0]
+  leaf = re.escape(key.rsplit(".", 1)[-1])
+  assigns = re.compile(rf"""(\.{leaf}|\[['"]{leaf}['"]\]|\b{leaf})\s*=(?!=)""")
+  try:
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if assigns.search(line.split("#")[0]):
+          return f" ({config_file}:{number})"
+  except (OSError, UnicodeDecodeError):
+    pass
+  return ""
 
 
 def _lacked_by_file(overrides: list[str], config_file: Optional[str]) -> list[str]:

@@ -668,9 +668,13 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "key train.batch_size holds an int, got '5' (a str) (T/compared.py:5)"),
     (["--config", "T/twice.py", "--workdir", "W"], "error: --config T/twice.py: config key "
      "batch_size holds an int, got '5' (a str) (T/twice.py:5)"),
-    (["--config", "T/typo.py", "--workdir", "W"], "error: unknown config key train.num_stepz: not "
-     "in the schema of jaxgan/config/schema.py (check the spelling). Did you mean "
-     "train.num_steps?"),
+    # Named with its file and line (was: the key alone).
+    (["--config", "T/typo.py", "--workdir", "W"], "error: --config T/typo.py: unknown config key "
+     "train.num_stepz: not in the schema of jaxgan/config/schema.py (check the spelling). Did you "
+     "mean train.num_steps? (T/typo.py:5)"),
+    (["--config", "T/typo_dict.py", "--workdir", "W"], "error: --config T/typo_dict.py: unknown "
+     "config key train.num_stepz: not in the schema of jaxgan/config/schema.py (check the "
+     "spelling). Did you mean train.num_steps? (T/typo_dict.py:5)"),
 ])
 def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
@@ -692,6 +696,7 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
                                     "  c = base_config()\n  del c.train['batch_size']\n"
                                     "  return c\n")
   for name, line in (("retyped", 'c.train.num_steps = "5"'), ("typo", "c.train.num_stepz = 5"),
+                     ("typo_dict", "c.train.update(num_stepz=5)"),
                      ("compared", 'if c.eval.batch_size == 32: c.train.batch_size = "5"'),
                      ("twice", 'c.eval.batch_size = 4; c.train.batch_size = "5"')):
     (tmp_path / f"{name}.py").write_text("from jaxgan.config import base_config\n\n"
