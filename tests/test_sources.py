@@ -729,6 +729,11 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
     rows = manifest.read_rows(str(small))
   assert len(rows) == 2  # what CSV says: row 2's field runs to the end of the file
   assert f"{small}:3: a row runs over lines 3-5" in caplog.text
+  # As a label: refused (a set of one image of class 'b\n3,c\n4,d' was written).
+  with pytest.raises(DataError, match=r"^\S+small.csv \(line 3\): its type value runs over lines "
+                     r"\('b\\n3,c\\n4,d'\), which no class name does: a quote "
+                     "opened there is probably not closed; fix the quoting$"):
+    manifest.scan_manifest_columns(str(small), "", "id", str(tmp_path), "{id}.jpg", ["type"])
   blank = tmp_path / "blank.csv"  # blank lines are skipped, not a row over several lines
   blank.write_text("id,type\n\n1,a\n2,b\n")
   caplog.clear()

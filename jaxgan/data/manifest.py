@@ -249,6 +249,16 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
       continue
+    # A class over lines: what an unclosed quote reads, the rows after it swallowed into one
+    # label (a set of 1 image of class 'b\n3,c\n...' was written), and no class name is; its
+    # line breaks would split labels.csv's and rows.txt's lines too.
+    spread = next((c for c, v in zip(label_columns, labels) if "\n" in v or "\r" in v), None)
+    if spread is not None:
+      value = labels[list(label_columns).index(spread)]
+      shown = f"{value[:40]!r}" + ("..." if len(value) > 40 else "")
+      raise DataError(f"{path} ({at}): its {spread} value runs over lines ({shown}), "
+                      "which no class name does: a quote opened there is probably not closed; "
+                      "fix the quoting")
     try:  # one stat, as isfile's: the file's identity too
       found = os.stat(image)
     except (OSError, ValueError):
