@@ -105,10 +105,43 @@ def load_checkpoint(workdir: str, checkpoint: str = "latest",
   before the state is read (e.g. a class name the checkpoint does not have); `parts`: as
   `_load_from`'s."""
   checkpoint = parse_checkpoint(checkpoint)
-  if checkpoint == "best":
-    return _load_from(workdir, "checkpoints_best", check_meta=check_meta, parts=parts)
-  return _load_from(workdir, step=None if checkpoint == "latest" else int(checkpoint),
-                     check_meta=check_meta, parts=parts)
+  subdir = "checkpoints_best" if checkpoint == "best" else "checkpoints"
+  step = int(checkpoint) if checkpoint.isdecimal() else None
+  try:
+    return _load_from(workdir, subdir, step, check_meta=check_meta, parts=parts)
+  except ckpt_lib.LayoutError as e:
+    raise _edited_config(workdir, subdir, step) or e from None
+
+
+def _edited_config(workdir: str, subdir: str, step: Optional[int]
+                   ) -> Optional[ckpt_lib.LayoutError]:
+  """The error to raise where a checkpoint's layout differs from the state config.json builds
+  because config.json differs from the config the checkpoint was written with (its meta's): the
+  file was edited or replaced, and the layout error blamed a healthy checkpoint ('start a fresh
+  workdir'). None where they agree, or the meta cannot be read."""
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, subdir), async_save=False,
+                                       read_only=True)
+  try:
+    step = checkpointer.latest_step() if step is None else step  # the one restore_latest read
+    saved = checkpointer.restore_meta(step)["config"]
+    now = dict(config_lib.flat_items(load_config(workdir)))
+    then = dict(config_lib.flat_items(ml_collections.ConfigDict(saved)))
+  except Exception:  # pylint: disable=broad-except  (the layout error stands as it is)
+    return None
+  finally:
+    checkpointer.close()
+  # The model's and the data's keys first: those shape the state.
+  differ = sorted((k for k in now if k in then and now[k] != then[k]),
+                  key=lambda k: (not k.startswith(("model.", "data.")), k))
+  if not differ:
+    return None
+  key, more = differ[0], len(differ) - 1
+  return ckpt_lib.LayoutError(
+      f"{os.path.join(workdir, 'config.json')}: {key} is {now[key]!r}, but checkpoint step "
+      f"{step} was written with {then[key]!r}" + (f" ({more} other key(s) differ too)" if more
+                                                  else "")
+      + ": config.json was edited or replaced since the run wrote it; put back the values it "
+      "trained with")
 
 
 def _load_from(workdir: str, subdir: str = "checkpoints", step: Optional[int] = None,

@@ -246,6 +246,28 @@ def test_generate_refuses_an_out_inside_a_runs_own_folders(runs, tmp_path):
   generate.generate(str(copy), 2, f"{copy}/grids/g.png")  # elsewhere in the workdir: fine
 
 
+def test_an_edited_config_json_is_named_not_the_checkpoint(runs, tmp_path):
+  """config.json whose model keys were changed by hand: the checkpoints were said to hold 'a
+  train state of a different layout ... start a fresh workdir', about a healthy run."""
+  from jaxgan.checkpoint_checks import LayoutError
+
+  root, _, _ = runs
+  copy = tmp_path / "w"
+  shutil.copytree(root / "full", copy)
+  saved = json.loads((copy / "config.json").read_text())
+  width = saved["model"]["g_width"]
+  saved["model"]["g_width"] = 2 * width
+  saved["train"]["sample_every"] += 1  # the model's key is named first
+  (copy / "config.json").write_text(json.dumps(saved))
+  for checkpoint, step in (("latest", 4), ("2", 2)):
+    with pytest.raises(LayoutError) as info:
+      generate.generate(str(copy), 2, str(tmp_path / "g.png"), checkpoint=checkpoint)
+    assert str(info.value) == (
+        f"{copy / 'config.json'}: model.g_width is {2 * width}, but checkpoint step {step} was "
+        f"written with {width} (1 other key(s) differ too): config.json was edited or replaced "
+        "since the run wrote it; put back the values it trained with")
+
+
 def test_a_chosen_step_with_a_truncated_array_file_names_the_storage_error(runs, tmp_path):
   """`generate --checkpoint 4` of a step whose largest array file lost its second half said
   orbax's wrapper ('Exception: Encountered error while reading array index: (slice(... See full
