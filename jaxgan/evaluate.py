@@ -88,7 +88,8 @@ def _bad_argument(args) -> str:
   names = suite.parse_names(args.metrics)
   fewest = suite.min_samples(names)
   if args.workdir and args.num_samples < fewest:
-    return f"--num-samples must be >= {fewest} for --metrics {args.metrics}, got {args.num_samples}"
+    return (f"--num-samples must be >= {fewest} for --metrics {args.metrics} (or 0: the run's "
+            f"train.eval_num_samples), got {args.num_samples}")
   if args.num_real < 0 or 0 < args.num_real < fewest:
     return (f"--num-real must be 0 (the run's eval.num_real) or >= {fewest} for --metrics "
             f"{args.metrics}, got {args.num_real}")
@@ -121,6 +122,12 @@ def _bad_argument(args) -> str:
   for flag in ("cache_dir", "weights", "data_path"):
     if config_lib.is_uri(getattr(args, flag)):
       return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"
+  if args.weights and not os.path.isfile(args.weights):  # in the flag's name, as training's key
+    from jaxgan.metrics.inception_weights import WHERE_TO_GET_WEIGHTS  # pylint: disable=g-import-not-at-top
+
+    what = "a folder" if os.path.isdir(args.weights) else "no such file"
+    return (f"--weights {args.weights}: {what}; pass the FID Inception weights file, or leave "
+            f"the flag out (to get the weights, {WHERE_TO_GET_WEIGHTS})")
 
   if not -1 <= args.standing_stats_batches <= config_validation.MAX_STANDING_STATS_BATCHES:
     return ("--standing-stats-batches must be -1 (the run's), 0 (the raw G's running "

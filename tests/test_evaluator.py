@@ -619,7 +619,15 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
     # precision/recall's 3rd neighbour must be another sample: 4 per set, refused up front (it
     # used to fail after every feature was extracted, losing FID and KID with it).
     (["--workdir", "{tmp}", "--num-samples", "3", "--metrics", "fid,pr"],
-     "--num-samples must be >= 4 for --metrics fid,pr, got 3"),
+     "--num-samples must be >= 4 for --metrics fid,pr (or 0: the run's train.eval_num_samples), "
+     "got 3"),
+    (["--workdir", "{tmp}", "--num-samples", "-1"], "--num-samples must be >= 2 for --metrics "
+     "fid,kid (or 0: the run's train.eval_num_samples), got -1"),
+    # In the flag's name (was '{path}: no such weights file', named by no flag).
+    (["--workdir", "{tmp}", "--weights", "{tmp}/none.pt"], "--weights {tmp}/none.pt: no such "
+     "file; pass the FID Inception weights file, or leave the flag out (to get the weights, run"),
+    (["--real", "{tmp}", "--fake", "{tmp}", "--weights", "{tmp}"], "--weights {tmp}: a folder; "
+     "pass the FID Inception weights file"),
     (["--workdir", "{tmp}", "--num-real", "3", "--metrics", "pr"], "--num-real must be 0"),
     (["--real", "{tmp}/three", "--fake", "{tmp}/three", "--metrics", "fid,pr"],
      "--real {tmp}/three holds 3 image(s); --metrics fid,pr needs at least 4 per set"),
