@@ -123,7 +123,8 @@ def _bad_argument(args) -> str:
     if config_lib.is_uri(getattr(args, flag)):
       return f"--{flag.replace('_', '-')} {getattr(args, flag)}: {config_lib.NOT_LOCAL}"
   if args.weights and not os.path.isfile(args.weights):  # in the flag's name, as training's key
-    from jaxgan.metrics.inception_weights import WHERE_TO_GET_WEIGHTS  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from jaxgan.metrics.inception_weights import WHERE_TO_GET_WEIGHTS
 
     what = "a folder" if os.path.isdir(args.weights) else "no such file"
     return (f"--weights {args.weights}: {what}; pass the FID Inception weights file, or leave "
