@@ -820,6 +820,33 @@ def test_manifest_attribute_columns_and_class_counts_must_agree(tmp_path):
                                                   "data.extra_num_classes": "2"}), 1)
 
 
+def test_a_runs_workdir_among_the_photos_is_skipped_not_read(tmp_path, caplog):
+  """A class folder holding a run (or a run as a class of its own) gave its sample grids, and
+  generate's PNGs kept there, to the set as photos: prepare wrote 74 images of 3 classes from a
+  folder of runs."""
+  from jaxgan.data.folder import scan_folder
+
+  root = tmp_path / "photos"
+  _img(str(root / "shirts" / "a.png"), (200, 0, 0))
+  _img(str(root / "shoes" / "b.png"), (0, 0, 200))
+  run = root / "shoes" / "gan"  # a run: a config.json this jaxgan reads as a run's
+  _img(str(run / "samples" / "step_0000002.png"), (9, 9, 9))
+  (run / "config.json").write_text('{"train": {"batch_size": 8}}')
+  other = root / "bags"  # a run as a class: checkpoint steps with a train state
+  _img(str(other / "fakes" / "000000.png"), (9, 9, 9))
+  os.makedirs(other / "checkpoints" / "2" / "state")
+  kept = root / "hats"  # another tool's config.json: photos like any
+  _img(str(kept / "c.png"), (0, 200, 0))
+  (kept / "config.json").write_text('{"model_type": "bert"}')
+  with caplog.at_level(logging.WARNING):
+    paths, folders, _ = scan_folder(str(root))
+  assert folders == ["hats", "shirts", "shoes"]
+  assert [os.path.basename(p) for p in paths] == ["c.png", "a.png", "b.png"]
+  for skipped in (other, run):
+    assert (f"{skipped}: skipped, a jaxgan run's workdir (its images are sample grids, not "
+            f"photos); move it out of {root}") in caplog.text
+
+
 def test_symlinked_class_folders_are_followed_once_and_unlistable_ones_named(tmp_path,
                                                                             monkeypatch, caplog):
   from jaxgan.data.folder import scan_folder

@@ -105,7 +105,11 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are
   followed (a class folder is often a link into shared storage), each real folder once; a folder
   that cannot be listed raises OSError, rather than a class silently missing. `others` counts
-  the files passed over for their extension, by extension (lower case, '' for none)."""
+  the files passed over for their extension, by extension (lower case, '' for none). A jaxgan
+  run's workdir below `root` is skipped: its images are its sample grids (and `generate`'s
+  output kept there), not photos."""
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top  (decoding workers: light)
+
   seen = set()
 
   def fail(error: OSError) -> None:
@@ -150,6 +154,11 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
       dirnames[:] = []
       continue
     seen.add(real)
+    if run_folders.is_run(dirpath):
+      log.warning("%s: skipped, a jaxgan run's workdir (its images are sample grids, not "
+                  "photos)%s", dirpath, "" if rel == ["."] else f"; move it out of {root}")
+      dirnames[:] = []
+      continue
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)
