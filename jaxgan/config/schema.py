@@ -179,7 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
   # last step, FID/KID of eval_num_samples EMA samples against the cached real features; the
   # best FID is checkpointed in WORKDIR/checkpoints_best. Inception costs ~6 GFLOP per image:
   # cheap on accelerators, 2-5 img/s on a 2-core CPU, so CPU configs keep it off or small (a run
-  # on a CPU says what its evaluations will cost before its first step).
+  # on a CPU evaluating more than 500 fakes or reals says what that will cost before its first
+  # step).
   c.train.eval_every = 0
   c.train.eval_num_samples = 5000
 
