@@ -50,3 +50,14 @@ def test_a_block_above_several_uncommented_keys_must_name_each():
 def test_a_hash_inside_a_string_is_code_not_a_comment():
   source = 'c.a = "#ff0000"  # colour\nc.b = 1\n'
   assert reference._lines_and_comments(source) == [('c.a = "#ff0000"', "colour"), ("c.b = 1", "")]
+
+
+def test_the_command_says_what_it_is_on_help_and_refuses_arguments(capsys):
+  """--help printed the whole reference, and exited 0 as if that were what was asked."""
+  assert reference.main(["--help"]) == 0
+  assert capsys.readouterr().out.startswith("usage: python -m jaxgan.config.reference")
+  assert reference.main(["docs/config.md"]) == 2
+  assert capsys.readouterr().err == ("error: unexpected argument 'docs/config.md'; the command "
+                                     "takes none (see --help)\n")
+  assert reference.main([]) == 0
+  assert capsys.readouterr().out == reference.render()

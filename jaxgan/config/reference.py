@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import io
 import re
+import sys
 import tokenize
 from typing import Any, Optional
 
@@ -144,5 +145,21 @@ def render() -> str:
   return "\n".join(out).rstrip("\n") + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+  """Prints the reference; --help says what it is (it printed the reference too), and any other
+  argument is refused (there are none: the reference is of this jaxgan's schema)."""
+  if any(a in ("-h", "--help") for a in argv):
+    print("usage: python -m jaxgan.config.reference > docs/config.md\n\nPrints the Markdown "
+          "reference of every config key (defaults and explanations, from "
+          "jaxgan/config/schema.py).")
+    return 0
+  if argv:
+    print(f"error: unexpected argument {argv[0]!r}; the command takes none (see --help)",
+          file=sys.stderr)
+    return 2
   print(render(), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
