@@ -41,6 +41,8 @@ def numpy_kid(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100,
               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
   x, y = np.asarray(real, np.float64), np.asarray(fake, np.float64)
   d, m = x.shape[1], min(subset_size, len(x), len(y))
+  if m == len(x) == len(y):  # as jaxgan's: every subset would be both whole sets, one value
+    num_subsets = 1
   rng = np.random.default_rng(seed)
   values = []
   for _ in range(num_subsets):
@@ -75,7 +77,9 @@ def main() -> None:
   rng = np.random.default_rng(0)
   basis = rng.normal(size=(64, 2048))
   real, fake = features(rng, basis, args.n, 0.0), features(rng, basis, args.n, 0.05)
-  print(f"n={args.n} per side, 2048-d; KID: 100 subsets of 1000; precision/recall: k=3; "
+  kid_subsets = ("100 subsets of 1000" if args.n > 1000 else f"one subset: both whole sets of "
+                 f"{args.n}")
+  print(f"n={args.n} per side, 2048-d; KID: {kid_subsets}; precision/recall: k=3; "
         f"jax backend: {jax.default_backend()}")
   for name, ours, numpy_version in [("kid", kid.kernel_inception_distance, numpy_kid),
                                     ("precision_recall", manifold.precision_recall,
