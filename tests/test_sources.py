@@ -1796,11 +1796,21 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
                                       "holds"):
     build_source(_config(**{"data.source": "manifest", "data.path": str(nul),
                             "data.label_column": "articleType"}))
+  # In JSON, as \u0000 at a name's end: numpy's text arrays dropped it, and the rows then
+  # missed their class and were dropped as rare (60 of 120 images trained, without a word).
+  jsonl = tmp_path / "nul.jsonl"
+  jsonl.write_text('{"id": 1, "articleType": "Shoes"}\n{"id": 2, "articleType": "Shoes\\u0000"}\n')
+  with pytest.raises(DataError, match=rf"^{re.escape(str(jsonl))} \(line 2\): its articleType "
+                     r"value 'Shoes\\x00' holds a NUL character, which no text does"):
+    build_source(_config(**{"data.source": "manifest", "data.path": str(jsonl),
+                            "data.label_column": "articleType"}))
   path, images = _manifest(tmp_path, MANIFEST_ROWS[:2])
-  with pytest.raises(DataError, match=r"data.image_pattern \(prepare: --image-pattern\) "
-                                      r"'\{sku\}.jpg' cannot be filled"):
-    build_source(_config(**{"data.source": "manifest", "data.path": str(path),
-                            "data.image_dir": str(images), "data.image_pattern": "{sku}.jpg"}))
+  # '{id.real}': an AttributeError traceback of str.format.
+  for pattern in ("{sku}.jpg", "{id.real}.jpg"):
+    with pytest.raises(DataError, match=rf"data.image_pattern \(prepare: --image-pattern\) "
+                                        rf"'{re.escape(pattern)}' cannot be filled"):
+      build_source(_config(**{"data.source": "manifest", "data.path": str(path),
+                              "data.image_dir": str(images), "data.image_pattern": pattern}))
   # A pattern naming no column: every row the same file (it trained on one image).
   for pattern in ("0.jpg", "{{id}}.jpg"):  # '{{' is a literal brace
     with pytest.raises(DataError, match=rf"^data.image_pattern '{re.escape(pattern)}' names no "

@@ -236,7 +236,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
       fields = {k: v for k, v in cells.items() if k != "id"}
       try:
         image = os.path.join(base, image_pattern.format(id=name, **fields))
-      except (KeyError, IndexError, ValueError) as e:
+      # AttributeError: '{id.real}' of a text id.
+      except (AttributeError, KeyError, IndexError, ValueError) as e:
         raise DataError(f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} "
                         f"cannot be filled from {path} {at} ({type(e).__name__}: {e}); use "
                         "{id} or column names") from e
@@ -249,16 +250,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
       continue
-    # A class over lines: what an unclosed quote reads, the rows after it swallowed into one
-    # label (a set of 1 image of class 'b\n3,c\n...' was written), and no class name is; its
-    # line breaks would split labels.csv's and rows.txt's lines too.
-    spread = next((c for c, v in zip(label_columns, labels) if "\n" in v or "\r" in v), None)
-    if spread is not None:
-      value = labels[list(label_columns).index(spread)]
-      shown = f"{value[:40]!r}" + ("..." if len(value) > 40 else "")
-      raise DataError(f"{path} ({at}): its {spread} value runs over lines ({shown}), "
-                      "which no class name does: a quote opened there is probably not closed; "
-                      "fix the quoting")
+    _check_label_text(path, at, label_columns, labels)
     try:  # one stat, as isfile's: the file's identity too
       found = os.stat(image)
     except (OSError, ValueError):
@@ -296,6 +288,23 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                     f"data.image_dir (prepare: --images), here {base}: point data.image_dir at "
                     "the folder that holds the images, or fix the names")
   return paths, values, skipped
+
+
+def _check_label_text(path: str, at: str, columns: Sequence[str], labels: list[str]) -> None:
+  """Refuses a class name over lines: what an unclosed quote reads, the rows after it swallowed
+  into one label (a set of 1 image of class 'b\n3,c\n...' was written), and no class name is
+  (its line breaks would split labels.csv's and rows.txt's lines too); or holding a NUL, which a
+  JSON manifest can carry ('\\u0000') and numpy's text arrays drop at a name's end, so that its
+  rows missed their class and were dropped as rare."""
+  for column, value in zip(columns, labels):
+    shown = f"{value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if "\n" in value or "\r" in value:
+      raise DataError(f"{path} ({at}): its {column} value runs over lines ({shown}), which no "
+                      "class name does: a quote opened there is probably not closed; fix the "
+                      "quoting")
+    if "\0" in value:
+      raise DataError(f"{path} ({at}): its {column} value {shown} holds a NUL character, which "
+                      "no text does (a damaged export); remove it")
 
 
 def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
