@@ -820,6 +820,31 @@ def test_manifest_attribute_columns_and_class_counts_must_agree(tmp_path):
                                                   "data.extra_num_classes": "2"}), 1)
 
 
+def test_labels_alike_in_unicode_are_one_class_and_case_variants_are_warned(tmp_path, caplog):
+  """'Café' with one accented letter and with e + a combining accent (as macOS names folders)
+  were two classes that print alike, as were 'Shoes' and 'Shoes' + a zero-width space;
+  'Tshirts' and 'tshirts' became two without a word."""
+  rows = [{"id": 1, "type": "Caf\u00e9"}, {"id": 2, "type": "Cafe\u0301"},
+          {"id": 3, "type": "Shoes"}, {"id": 4, "type": "Shoes\u200b"},
+          {"id": 5, "type": "Tshirts"}, {"id": 6, "type": "tshirts"}]
+  path, images = _manifest(tmp_path, rows)
+  with caplog.at_level(logging.WARNING):
+    source = build_source(_config(**{"data.source": "manifest", "data.path": str(path),
+                                     "data.image_dir": str(images), "data.num_classes": 4,
+                                     "data.label_column": "articleType"}))
+  assert source.class_names == ["Caf\u00e9", "Shoes", "Tshirts", "tshirts"]
+  assert list(source.labels) == [0, 0, 1, 1, 2, 3]
+  assert ("articleType: 'Tshirts' and 'tshirts' differ only in case, and are 2 classes; if each "
+          "group is one class, make its spellings agree") in caplog.text
+  root = tmp_path / "photos"  # folders: the two spellings of Café, one class
+  _img(str(root / "Caf\u00e9" / "a.png"), (200, 0, 0))
+  _img(str(root / "Cafe\u0301" / "b.png"), (0, 0, 200))
+  _img(str(root / "Shoes" / "c.png"), (0, 200, 0))
+  source = build_source(_config(**{"data.source": "folder", "data.path": str(root),
+                                   "data.num_classes": 2}))
+  assert source.class_names == ["Caf\u00e9", "Shoes"] and list(source.labels) == [0, 0, 1]
+
+
 def test_a_runs_workdir_among_the_photos_is_skipped_not_read(tmp_path, caplog):
   """A class folder holding a run (or a run as a class of its own) gave its sample grids, and
   generate's PNGs kept there, to the set as photos: prepare wrote 74 images of 3 classes from a

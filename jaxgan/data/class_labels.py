@@ -4,6 +4,7 @@ dropped, per attribute (folder, manifest and prepare encode alike)."""
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Sequence
 
 import ml_collections
@@ -12,6 +13,30 @@ import numpy as np
 from jaxgan.config.schema import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def label_text(value: str) -> str:
+  """A label value as a class name: in Unicode's composed form (NFC), without spaces or invisible
+  format characters (a zero-width space) at its ends. 'Café' typed with one accented letter and
+  with e plus a combining accent (macOS writes folder names so) made two classes that print
+  alike, 'Shoes' and 'Shoes' + U+200B too; `generate --label` matched one of them."""
+  return unicodedata.normalize("NFC", value).strip().strip(
+      "".join(c for c in set(value) if unicodedata.category(c) == "Cf")).strip()
+
+
+def warn_of_case_variants(values: Sequence[Sequence[str]], columns: Sequence[str]) -> None:
+  """Warns of class names that differ only in case ('Tshirts', 'tshirts'): two classes, as
+  they are kept (a name's case may matter), which the class-count error then asked to train."""
+  for column, column_values in zip(columns or ["class"], values):
+    spellings: dict[str, set[str]] = {}
+    for value in set(map(str, column_values)):
+      spellings.setdefault(value.casefold(), set()).add(value)
+    alike = [sorted(s) for s in spellings.values() if len(s) > 1]
+    if alike:
+      shown = "; ".join(" and ".join(repr(v) for v in group) for group in sorted(alike)[:4])
+      log.warning("%s: %s differ only in case, and are %d classes; if each group is one class, "
+                  "make its spellings agree", column or "class", shown,
+                  sum(len(group) for group in alike))
 
 
 def encode_labels(names: Sequence[str], min_count: int = 1, rare: str = "other"
@@ -70,6 +95,7 @@ def encode_kept(paths: Sequence[str], values: Sequence[Sequence[str]], columns: 
   """`encode_attributes` of the rows of `paths` (their label `values` per column): (labels,
   class names per attribute, the paths kept, a skipped entry for each row a class rarer than
   `min_count` dropped, naming the first column that dropped it)."""
+  warn_of_case_variants(values, columns)
   labels, class_names, kept_by, kept = encode_attributes(values, min_count, rare)
   dropped = []
   for i in np.flatnonzero(~kept):

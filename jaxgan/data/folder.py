@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
-from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, log_merged,
+from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, label_text, log_merged,
                                        merged_into_other)
 from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
@@ -36,7 +36,7 @@ def scan_folder(root: str, keep_outside: bool = False
     for path in find_images(root, others):
       rel = os.path.relpath(os.path.dirname(path), root)
       paths.append(path)
-      folders.append("" if rel == "." else rel.split(os.sep)[0])
+      folders.append("" if rel == "." else label_text(rel.split(os.sep)[0]))
   except OSError as e:
     raise DataError(f"{e.filename}: {e.strerror}; make it readable or remove it from "
                     f"{root}") from None

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxgan.config.schema import ConfigError, attribute_classes, split_columns
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
-from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, log_merged,
+from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, label_text, log_merged,
                                        merged_into_other)
 from jaxgan.data.listed import decoded_source
 
@@ -245,7 +245,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     if nested:  # its text would be a class of its own per distinct list, or a file name
       raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}; "
                       "the columns read hold text or numbers")
-    labels = [str(cells[c]) if cells.get(c) is not None else "" for c in label_columns]
+    labels = [label_text(str(cells[c])) if cells.get(c) is not None else ""
+              for c in label_columns]
     empty = [c for c, v in zip(label_columns, labels) if not v or v in MISSING_VALUES]
     if empty:
       skipped.append({"path": image, "reason": f"no {empty[0]} ({at})"})
