@@ -1,6 +1,7 @@
 """data/prepared.py's writer: preparing again into the same folder replaces the set, and a write
 that fails halfway never leaves a set that loads with mixed shards."""
 
+import json
 import os
 
 import numpy as np
@@ -131,6 +132,34 @@ def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     prepared_source.PreparedSource.from_config(config)
   assert "prepared with image loader version (not recorded), this jaxgan's is" in caplog.text
+
+
+@pytest.mark.parametrize("names, message", [
+    # Trained and sampled two classes under one name (rows.txt said 'Shirts' twice).
+    (["Shirts", "Shirts", "Watches"], r"class_names names 'Shirts' twice"),
+    (["Shirts", None, "Watches"], r"class_names holds null, not a name"),  # was a class 'None'
+    (["Shirts", "", "Watches"], r'class_names holds "", not a name'),
+    (["Shirts", 3, "Watches"], r"class_names holds 3, not a name"),
+    # A class without an image: the counts no longer fit the labels.
+    (["Shirts", "Tees", "Watches", "Extra"], r"its class_names and class_counts do not fit"),
+    (["Watches", "Shirts", "Tees"], r"its class_names and class_counts do not fit"),  # reordered
+])
+def test_an_info_file_whose_class_names_were_edited_is_damaged(tmp_path, names, message):
+  from tests.conftest import tiny_config
+
+  out = str(tmp_path / "set")
+  prepared.write_prepared(out, _images(4, 7), np.array([0, 1, 2, 2]), ["Shirts", "Tees", "Watches"],
+                          [])
+  config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                          "data.num_classes": -1})
+  prepared_source.PreparedSource.from_config(config)  # as written: read
+  info_path = os.path.join(out, prepared.INFO_FILE)
+  info = json.load(open(info_path))
+  info["class_names"] = names
+  json.dump(info, open(info_path, "w"))
+  with pytest.raises(DataError, match=rf"dataset_info.json is damaged \(.*{message}.*; prepare the "
+                                      "data set again$"):
+    prepared_source.PreparedSource.from_config(config)
 
 
 def test_a_damaged_info_file_and_a_cache_dir_without_room_are_one_line_errors(tmp_path,

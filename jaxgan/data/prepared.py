@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -246,12 +246,43 @@ def read_info(out_dir: str) -> dict:
     for a in info.get("attributes", []):
       if not isinstance(a, dict) or "column" not in a or "class_names" not in a:
         raise KeyError("attributes[].column, attributes[].class_names")
+    for names in [info["class_names"]] + [a["class_names"] for a in info.get("attributes", [])]:
+      _check_class_names(names)
     return info
   except OSError as e:  # unreadable (permissions, the storage): not the file's content
     raise DataError(f"{path} cannot be read: {e}") from e
   # ValueError: not JSON, or not UTF-8 (UnicodeDecodeError) either
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data set again") from e
+
+
+def _check_class_names(names: Any) -> None:
+  """Raises ValueError for class names no `prepare` writes: an edited file's duplicate (two
+  classes trained and sampled under one name), null (a class 'None'), empty or numeric one."""
+  if not isinstance(names, list):
+    raise TypeError(f"class_names is {json.dumps(names)}, not a list")
+  bad = [n for n in names if not isinstance(n, str) or not n]  # a list: null is a bad name too
+  if bad:
+    raise ValueError(f"class_names holds {json.dumps(bad[0])}, not a name")
+  twice = [n for n in names if names.count(n) > 1]
+  if twice:
+    raise ValueError(f"class_names names {twice[0]!r} twice")
+
+
+def check_class_counts(info: dict, labels: np.ndarray, path: str) -> None:
+  """Raises DataError where the info's class_counts (first attribute) are not the labels' own:
+  an edited file whose class names no longer fit the shards (a name added, say, trained a
+  class without images)."""
+  recorded = info.get("class_counts")
+  names = info["class_names"]
+  if not isinstance(recorded, dict) or not names:  # unconditional, or not recorded
+    return
+  first = labels if labels.ndim == 1 else labels[:, 0]
+  if int(first.max(initial=-1)) >= len(names):  # a label past the names: ArraySource names it
+    return
+  if recorded != _counts(first, names):
+    raise DataError(f"{os.path.join(path, INFO_FILE)} is damaged (its class_names and "
+                    "class_counts do not fit the shards' labels); prepare the data set again")
 
 
 def attribute_names(info: dict) -> list[tuple[str, list[str]]]:

@@ -18,7 +18,8 @@ from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import ArraySource, DataError, cache_dir_problem, require_attributes
 from jaxgan.data.decode import log_upscaled
 from jaxgan.data.images import LOADER_VERSION
-from jaxgan.data.prepared import INFO_FILE, attribute_names, labels_file, read_info, read_prepared
+from jaxgan.data.prepared import (INFO_FILE, attribute_names, check_class_counts, labels_file,
+                                  read_info, read_prepared)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class PreparedSource(ArraySource):
       if not images_file:
         raise
       raise DataError(cache_dir_problem(d.cache_dir, e)) from None
+    check_class_counts(info, labels, d.path)
     recorded = info.get("loader_version")
     if recorded != LOADER_VERSION:  # None: prepared before versions were recorded
       log.warning("%s was prepared with image loader version %s, this jaxgan's is %d: files the "
