@@ -845,6 +845,29 @@ def test_labels_alike_in_unicode_are_one_class_and_case_variants_are_warned(tmp_
   assert source.class_names == ["Caf\u00e9", "Shoes"] and list(source.labels) == [0, 0, 1]
 
 
+def test_a_file_link_into_another_class_is_skipped(tmp_path, caplog):
+  """Shirts/watch.jpg -> ../Watches/w.jpg trained the watch as a shirt too (the folder links
+  into another class were skipped already; file links were followed)."""
+  from jaxgan.data.folder import scan_folder
+
+  root = tmp_path / "photos"
+  _img(str(root / "Shirts" / "s.png"), (200, 0, 0))
+  _img(str(root / "Watches" / "w.png"), (0, 0, 200))
+  _img(str(tmp_path / "elsewhere" / "e.png"), (0, 200, 0))
+  os.symlink("../Watches/w.png", root / "Shirts" / "a_watch.png")  # relative
+  os.symlink(root / "Watches" / "w.png", root / "Shirts" / "b_watch.png")  # absolute
+  os.symlink(root / "Shirts" / "s.png", root / "Shirts" / "c_same.png")  # its own class: kept
+  os.symlink(tmp_path / "elsewhere" / "e.png", root / "Shirts" / "d_out.png")  # outside: kept
+  with caplog.at_level(logging.WARNING):
+    paths, folders, _ = scan_folder(str(root))
+  assert [os.path.relpath(p, root) for p in paths] == [
+      "Shirts/c_same.png", "Shirts/d_out.png", "Shirts/s.png", "Watches/w.png"]
+  assert folders == ["Shirts", "Shirts", "Shirts", "Watches"]
+  for name in ("a_watch.png", "b_watch.png"):
+    assert (f"{root / 'Shirts' / name}: skipped, a link to {root / 'Watches' / 'w.png'}, which "
+            f"{root / 'Watches'} lists") in caplog.text
+
+
 def test_a_runs_workdir_among_the_photos_is_skipped_not_read(tmp_path, caplog):
   """A class folder holding a run (or a run as a class of its own) gave its sample grids, and
   generate's PNGs kept there, to the set as photos: prepare wrote 74 images of 3 classes from a

@@ -131,15 +131,9 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
     rel = os.path.relpath(dirpath, root).split(os.sep)
-    into, up = None, real
-    # Below a first-level folder: the nearest first-level folder it is really inside, by its
-    # parents (the folder depth, not the class count: 4,000 classes took 13x longer by those).
-    while len(rel) > 1 and up != os.path.dirname(up):
-      if up in tops:
-        into = tops[up] if tops[up] != rel[0] else None
-        break
-      up = os.path.dirname(up)
-    if into is not None:
+    # Below a first-level folder: the nearest first-level folder it is really inside.
+    into = _first_level(real, tops) if len(rel) > 1 else None
+    if into is not None and into != rel[0]:
       log.warning("%s: skipped, its folder %s is listed under %s", dirpath, real,
                   os.path.join(root, into))
       dirnames[:] = []
@@ -160,12 +154,46 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
       dirnames[:] = []
       continue
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    links = _file_links(dirpath, filenames)
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)
+      if name in links and is_image_path(path):
+        # A file link into another first-level folder: that folder lists the file itself, and
+        # the photo was trained under both classes (links to folders were refused so already).
+        owner = _first_level(os.path.dirname(os.path.realpath(path)), tops)
+        if owner is not None and owner != (rel[0] if rel != ["."] else None):
+          log.warning("%s: skipped, a link to %s, which %s lists", path, os.path.realpath(path),
+                      os.path.join(root, owner))
+          continue
       if is_image_path(path):
         yield path
       elif others is not None and not name.startswith("."):
         others[os.path.splitext(name)[1].lower()] += 1
+
+
+def _file_links(folder: str, names: list[str]) -> set[str]:
+  """The names of `names` in `folder` that are symbolic links: read from the folder's listing
+  (the entries' types, no call per file: a catalog of 100k photos on a network file system),
+  where os.walk gives names only."""
+  if not names:
+    return set()
+  try:
+    with os.scandir(folder) as entries:
+      return {e.name for e in entries if e.is_symlink()}
+  except OSError:  # listed a moment ago; gone now: its files fail to read, and say so
+    return set()
+
+
+def _first_level(real: str, tops: dict[str, str]) -> Optional[str]:
+  """The name of the first-level folder (of `tops`: real path -> name) that `real` lies in, the
+  nearest, by its parents (the folder depth, not the class count: 4,000 classes took 13x longer
+  by those)."""
+  up = real
+  while up != os.path.dirname(up):
+    if up in tops:
+      return tops[up]
+    up = os.path.dirname(up)
+  return None
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int], source_format: str = ""
