@@ -84,8 +84,13 @@ def test_each_folder_is_listed_once(tmp_path, capsys, caplog, monkeypatch):
   assert code == 0, err
   assert sorted(listed) == [a, b]
   assert json.loads(out)["num_samples"] == 6  # sub/ read once, not again through its link
-  warnings = [r for r in caplog.records if "already listed under another name" in r.getMessage()]
-  assert len(warnings) == 1
+  warnings = [r.getMessage() for r in caplog.records if "is already listed" in r.getMessage()]
+  # The name it is listed under (was: 'under another name'), which the alias's class lacks.
+  assert warnings == [f"{os.path.join(b, 'sub')}: skipped, its folder "
+                      f"{os.path.realpath(os.path.join(b, 'sub'))} is already listed as "
+                      f"{os.path.join(b, 'again')}"] or warnings == [
+      f"{os.path.join(b, 'again')}: skipped, its folder "
+      f"{os.path.realpath(os.path.join(b, 'sub'))} is already listed as {os.path.join(b, 'again')}"]
 
 
 @needs_weights

@@ -845,6 +845,28 @@ def test_labels_alike_in_unicode_are_one_class_and_case_variants_are_warned(tmp_
   assert source.class_names == ["Caf\u00e9", "Shoes"] and list(source.labels) == [0, 0, 1]
 
 
+def test_an_alias_link_of_a_class_folder_does_not_take_its_class(tmp_path, caplog):
+  """Tees -> Tshirts, listed first (alphabetically), named the class 'Tees' and skipped
+  Tshirts as 'already listed under another name'; the folder's own name wins now."""
+  from jaxgan.data.folder import scan_folder
+
+  root = tmp_path / "photos"
+  _img(str(root / "Tshirts" / "a.png"), (200, 0, 0))
+  _img(str(root / "Tshirts" / "old" / "b.png"), (200, 0, 0))
+  _img(str(root / "Watches" / "w.png"), (0, 0, 200))
+  os.symlink("Tshirts", root / "Tees")
+  os.symlink("old", root / "Tshirts" / "archive")  # an alias below, too
+  with caplog.at_level(logging.WARNING):
+    paths, folders, _ = scan_folder(str(root))
+  assert [os.path.relpath(p, root) for p in paths] == ["Tshirts/a.png", "Tshirts/old/b.png",
+                                                       "Watches/w.png"]
+  assert folders == ["Tshirts", "Tshirts", "Watches"]
+  assert (f"{root / 'Tees'}: skipped, its folder {root / 'Tshirts'} is already listed as "
+          f"{root / 'Tshirts'}") in caplog.text
+  assert (f"{root / 'Tshirts' / 'archive'}: skipped, its folder {root / 'Tshirts' / 'old'} is "
+          f"already listed as {root / 'Tshirts' / 'old'}") in caplog.text
+
+
 def test_a_file_link_into_another_class_is_skipped(tmp_path, caplog):
   """Shirts/watch.jpg -> ../Watches/w.jpg trained the watch as a shirt too (the folder links
   into another class were skipped already; file links were followed)."""

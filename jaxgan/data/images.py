@@ -27,6 +27,7 @@ import io
 import logging
 import math
 import os
+import re
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -110,7 +111,7 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   output kept there), not photos."""
   from jaxgan import run_folders  # pylint: disable=g-import-not-at-top  (decoding workers: light)
 
-  seen = set()
+  seen: dict[str, str] = {}  # real folder -> the path it was listed under
 
   def fail(error: OSError) -> None:
     raise OSError(error.errno, f"cannot list folder ({error.strerror})", error.filename)
@@ -119,12 +120,12 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   # them that is really inside another's tree is skipped, so that the other lists its own
   # images (the walk is alphabetical: Accessories/watches -> ../Watches took every watch into
   # Accessories). Two first-level names of one folder: the first listed wins, as any folder
-  # seen twice. A link to the root (latest -> .) is skipped as seen, and one above it (up -> ..)
+  # seen twice, the folder's own name before a link's to it (`_aliases_last`). A link to the root (latest -> .) is skipped as seen, and one above it (up -> ..)
   # as holding it: their classes would hold every other one, and their neighbours.
   tops: dict[str, str] = {}
   real_root = os.path.realpath(root)
   with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
-    for d in sorted(os.listdir(root)):
+    for d in _aliases_last(root, [d for d in os.listdir(root) if not d.startswith(".")]):
       top = os.path.realpath(os.path.join(root, d))
       if not d.startswith(".") and os.path.isdir(top) and not is_within(real_root, top):
         tops.setdefault(top, d)
@@ -143,17 +144,17 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
       dirnames[:] = []
       continue
     if real in seen:  # a link back up the tree, or a second link to one folder
-      log.warning("%s: skipped, its folder %s is already listed under another name", dirpath,
-                  real)
+      log.warning("%s: skipped, its folder %s is already listed as %s", dirpath, real,
+                  seen[real])
       dirnames[:] = []
       continue
-    seen.add(real)
+    seen[real] = dirpath
     if run_folders.is_run(dirpath):
       log.warning("%s: skipped, a jaxgan run's workdir (its images are sample grids, not "
                   "photos)%s", dirpath, "" if rel == ["."] else f"; move it out of {root}")
       dirnames[:] = []
       continue
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    dirnames[:] = _aliases_last(dirpath, [d for d in dirnames if not d.startswith(".")])
     links = _file_links(dirpath, filenames)
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)
@@ -169,6 +170,18 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
         yield path
       elif others is not None and not name.startswith("."):
         others[os.path.splitext(name)[1].lower()] += 1
+
+
+def _aliases_last(parent: str, names: list[str]) -> list[str]:
+  """`names` (folders in `parent`) sorted, but a link to a sibling folder (an alias, Tees ->
+  Tshirts) after that folder, which then lists its images under its own name: listed first,
+  the alias took them, and the folder's class vanished ('already listed'). Other links keep
+  their place (a class folder linked into shared storage: the order the data was read in)."""
+  names = sorted(names)
+  real = {d: os.path.realpath(os.path.join(parent, d)) for d in names}
+  links = {d for d in names if os.path.islink(os.path.join(parent, d))}
+  plain = {real[d] for d in names if d not in links}
+  return sorted(names, key=lambda d: d in links and real[d] in plain)
 
 
 def _file_links(folder: str, names: list[str]) -> set[str]:
@@ -354,9 +367,12 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(handle)
-    except Image.DecompressionBombError:  # Pillow's own limit, checked before ours
+    except Image.DecompressionBombError as e:  # Pillow's own limit, checked before ours
       limit = min(options.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0) or options.max_pixels)
-      return Loaded(None, f"too large: more than {limit} pixels"
+      # Its size, as Pillow's message gives it ('Image size (400000000 pixels) exceeds ...').
+      size = re.search(r"\((\d+) pixels\)", str(e))
+      return Loaded(None, "too large: " + (f"{size.group(1)} pixels, " if size else "")
+                    + f"more than {limit}" + (" pixels" if not size else "")
                     + (" (Pillow's limit, below data.max_pixels)" if limit < options.max_pixels
                        else ""))
     except (UnidentifiedImageError, ValueError):
