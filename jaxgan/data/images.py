@@ -120,8 +120,9 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   # them that is really inside another's tree is skipped, so that the other lists its own
   # images (the walk is alphabetical: Accessories/watches -> ../Watches took every watch into
   # Accessories). Two first-level names of one folder: the first listed wins, as any folder
-  # seen twice, the folder's own name before a link's to it (`_aliases_last`). A link to the root (latest -> .) is skipped as seen, and one above it (up -> ..)
-  # as holding it: their classes would hold every other one, and their neighbours.
+  # seen twice, the folder's own name before a link's to it (`_aliases_last`). A link to the
+  # root (latest -> .) is skipped as seen, and one above it (up -> ..) as holding it: their
+  # classes would hold every other one, and their neighbours.
   tops: dict[str, str] = {}
   real_root = os.path.realpath(root)
   with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
