@@ -143,12 +143,13 @@ def _bad_argument(args) -> str:
   for flag, path in sets:
     if not os.path.exists(path):
       return f"--{flag} {path}: no such folder or prepared data set"
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
 
   for flag, path in sets:  # both before the first set's Inception (minutes to hours)
     if not os.path.isdir(path):
       return f"--{flag} {path}: not a folder; pass a folder of images or a prepared data set"
-    if all(os.path.exists(os.path.join(path, n)) for n in ("config.json", "checkpoints")):
+    if run_folders.is_run(path):
       # Read as a set, its images would be its sample grids: a plausible, meaningless FID.
       return (f"--{flag} {path} is a training run's workdir, whose images are its sample grids: "
               f"evaluate its generator with --workdir {path}, or pass a set `generate` wrote")

@@ -108,6 +108,12 @@ def bad_path(args: argparse.Namespace) -> str:
     return f"--out {args.out}: {config_lib.NOT_LOCAL}"
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     return f"--out {args.out}: a file is there; pass a folder"
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
+
+  # Every image of it skipped (sample grids), unsaid why; a manifest names its own files.
+  if args.images and not args.manifest and run_folders.is_run(args.images):
+    return (f"--images {args.images} is a training run's workdir, whose images are its sample "
+            "grids: pass the folder of photos it trained on")
   if args.images:
     from jaxgan.data.images import is_within  # pylint: disable=g-import-not-at-top
 
@@ -119,8 +125,6 @@ def bad_path(args: argparse.Namespace) -> str:
               f" ({args.images}): pass a folder outside the images, e.g. "
               f"{os.path.join(os.path.dirname(images), os.path.basename(images) + '_prepared')}")
   # A set in a run's checkpoints/ or samples/ would go with a rotated step, or a resume's grids.
-  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
-
   managed = run_folders.managed_refusal("--out", args.out)
   if managed:
     return managed

@@ -55,14 +55,25 @@ def managed_refusal(flag: str, path: str) -> str:
           + (f" (to resume that run: --workdir {run})" if flag == "--workdir" else ""))
 
 
+# What a run writes beside its config.json from its start (log.txt, metrics.jsonl) or later:
+# another tool's config.json comes without them, even one this jaxgan reads ({"seed": 0}).
+_RUN_EVIDENCE = ("log.txt", "metrics.jsonl") + RUN_FOLDERS
+
+
 def is_run(folder: str) -> bool:
   """Whether `folder` is a jaxgan run's workdir: it has checkpoint steps (numbered folders with a
   train state: not runs numbered 1, 2, ... in a folder named 'checkpoints'), or a config.json
-  this jaxgan reads as a run's (another tool's config.json is not)."""
+  this jaxgan reads as a run's together with a file or folder a run writes beside it. Asked of
+  every folder an image scan walks: a dataset's own config.json must not hide its photos."""
   if step_folders(os.path.join(folder, "checkpoints"), item="state"):
     return True
+  path = os.path.join(folder, "config.json")
+  # A regular file only: open() of a pipe waits for a writer forever.
+  if not os.path.isfile(path) or not any(os.path.exists(os.path.join(folder, name))
+                                         for name in _RUN_EVIDENCE):
+    return False
   try:
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
       config_lib.from_json(f.read())
     return True
   except (OSError, ValueError):

@@ -182,6 +182,9 @@ def _check_not_foreign(workdir: str) -> None:
   config_path = os.path.join(workdir, "config.json")
   if workdir_lib.has_step_folders(workdir) or not os.path.exists(config_path):
     return
+  if not os.path.isfile(config_path):  # a pipe: open() below waited for a writer forever
+    raise workdir_lib.WorkdirError(f"--workdir {workdir}: its config.json is not a file; move it "
+                                   "away, or pass another --workdir")
   try:
     with open(config_path, encoding="utf-8") as f:
       config_lib.from_json(f.read())

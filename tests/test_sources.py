@@ -507,6 +507,11 @@ def test_prepare_refuses_an_out_inside_a_runs_checkpoints_or_samples(folder, tmp
         "writes and prunes it; pass a --out outside it")
     assert not out.exists()
   assert sorted(os.listdir(run)) == ["config.json", "samples"]
+  # The run as the photos: its images are its grids (every one was skipped, 'no usable images').
+  assert prepare_cli.main(["--images", str(run), "--out", str(tmp_path / "o")]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f"error: --images {run} is a training run's workdir, whose images are its sample grids: "
+      "pass the folder of photos it trained on")
 
 
 def test_prepare_refuses_rare_class_flags_on_a_set_without_labels(folder, tmp_path, capsys):
@@ -908,10 +913,16 @@ def test_a_runs_workdir_among_the_photos_is_skipped_not_read(tmp_path, caplog):
   kept = root / "hats"  # another tool's config.json: photos like any
   _img(str(kept / "c.png"), (0, 200, 0))
   (kept / "config.json").write_text('{"model_type": "bert"}')
+  # One this jaxgan reads, but without a run's files beside it: a dataset's, kept.
+  _img(str(root / "shirts" / "v2" / "d.png"), (200, 0, 0))
+  (root / "shirts" / "v2" / "config.json").write_text('{"seed": 0}')
+  _img(str(root / "shirts" / "v3" / "e.png"), (200, 0, 0))
+  os.mkfifo(root / "shirts" / "v3" / "config.json")  # not opened (it waited forever)
+  os.mkdir(root / "shirts" / "v3" / "samples")
   with caplog.at_level(logging.WARNING):
     paths, folders, _ = scan_folder(str(root))
-  assert folders == ["hats", "shirts", "shoes"]
-  assert [os.path.basename(p) for p in paths] == ["c.png", "a.png", "b.png"]
+  assert folders == ["hats", "shirts", "shirts", "shirts", "shoes"]
+  assert [os.path.basename(p) for p in paths] == ["c.png", "a.png", "d.png", "e.png", "b.png"]
   for skipped in (other, run):
     assert (f"{skipped}: skipped, a jaxgan run's workdir (its images are sample grids, not "
             f"photos); move it out of {root}") in caplog.text

@@ -840,6 +840,13 @@ def test_another_tools_folder_is_not_overwritten(tmp_path):
   assert (workdir / "config.json").read_text() == '{"lr": 0.1, "epochs": 5}'
   assert (workdir / "metrics.jsonl").read_text() == '{"step": 5, "loss": 0.3}\n'
   assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]  # no checkpoints/ made
+  piped = tmp_path / "piped"  # a pipe: its open() waited for a writer forever
+  piped.mkdir()
+  os.mkfifo(piped / "config.json")
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf"^--workdir {re.escape(str(piped))}: its config.json is not a file; move it away, or pass "
+      "another --workdir$")):
+    trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(piped))
 
 
 def test_cli_train_then_generate(tmp_path):
