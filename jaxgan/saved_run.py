@@ -8,6 +8,7 @@ trainer writes the workdir; training itself restores through the trainer with th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -116,20 +117,26 @@ def load_checkpoint(workdir: str, checkpoint: str = "latest",
 def _edited_config(workdir: str, subdir: str, step: Optional[int]
                    ) -> Optional[ckpt_lib.LayoutError]:
   """The error to raise where a checkpoint's layout differs from the state config.json builds
-  because config.json differs from the config the checkpoint was written with (its meta's): the
-  file was edited or replaced, and the layout error blamed a healthy checkpoint ('start a fresh
-  workdir'). None where they agree, or the meta cannot be read."""
+  because config.json differs from the config the checkpoint was written with (its meta's) in
+  keys that shape the state: the file was edited or replaced, and the layout error blamed a
+  healthy checkpoint ('start a fresh workdir'). None where the two configs build one layout (the
+  difference is elsewhere: another jaxgan; or a resume's own change, train.num_steps say), or
+  the meta cannot be read."""
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, subdir), async_save=False,
                                        read_only=True)
   try:
     step = checkpointer.latest_step() if step is None else step  # the one restore_latest read
-    saved = checkpointer.restore_meta(step)["config"]
-    now = dict(config_lib.flat_items(load_config(workdir)))
-    then = dict(config_lib.flat_items(ml_collections.ConfigDict(saved)))
+    saved = config_lib.from_json(json.dumps(checkpointer.restore_meta(step)["config"]))
+    current = load_config(workdir)
+    layouts = [jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state_lib.abstract_state(c))
+               for c in (current, saved)]
   except Exception:  # pylint: disable=broad-except  (the layout error stands as it is)
     return None
   finally:
     checkpointer.close()
+  if layouts[0] == layouts[1]:
+    return None
+  now, then = dict(config_lib.flat_items(current)), dict(config_lib.flat_items(saved))
   # The model's and the data's keys first: those shape the state.
   differ = sorted((k for k in now if k in then and now[k] != then[k]),
                   key=lambda k: (not k.startswith(("model.", "data.")), k))

@@ -266,6 +266,16 @@ def test_an_edited_config_json_is_named_not_the_checkpoint(runs, tmp_path):
         f"{copy / 'config.json'}: model.g_width is {2 * width}, but checkpoint step {step} was "
         f"written with {width} (1 other key(s) differ too): config.json was edited or replaced "
         "since the run wrote it; put back the values it trained with")
+  # A difference that builds the same state (a resume's longer schedule) is not blamed for a
+  # layout error from elsewhere (another jaxgan's checkpoint, here a patched comparison).
+  saved["model"]["g_width"] = width
+  (copy / "config.json").write_text(json.dumps(saved))
+  from jaxgan import checkpoint as ckpt_module
+
+  with mock.patch.object(ckpt_module, "layout_difference", lambda *a: "a leaf renamed"):
+    with pytest.raises(LayoutError, match=r"holds a train state of a different layout \(a leaf "
+                       r"renamed\): written by another jaxgan version"):
+      generate.generate(str(copy), 2, str(tmp_path / "g.png"), checkpoint="2")
 
 
 def test_a_chosen_step_with_a_truncated_array_file_names_the_storage_error(runs, tmp_path):
