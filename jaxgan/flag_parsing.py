@@ -211,20 +211,26 @@ def _check_file_keys(config_file: str) -> None:
 
 
 def _setting_line(config_file: str, key: str) -> str:
-  """' (FILE:LINE)' of the first line of the config file that assigns `key`'s last part
-  (c.train.batchsize = ..., c.train['batchsize'] = ..., dict(batchsize=...)), else '' (set in
-  a file it loads)."""
+  """' (FILE:LINE)' of the config file's line that sets `key`: the first that assigns it with its
+  section (c.model.batch_size = ..., c.model['batch_size'] = ...), else the one line that
+  assigns its last part (c.train.update(batchsize=...)); '' where none or several do (set in a
+  file it loads, or a name other sections share: a wrong line would mislead)."""
   path = config_file if os.path.exists(config_file) else config_file.split(":")[0]
-  leaf = re.escape(key.rsplit(".", 1)[-1])
-  assigns = re.compile(rf"""(\.{leaf}|\[['"]{leaf}['"]\]|\b{leaf})\s*=(?!=)""")
+  section, _, leaf = key.rpartition(".")
+  part = lambda name: rf"""(\.{re.escape(name)}\b|\[['"]{re.escape(name)}['"]\])"""
+  qualified = re.compile(part(section.rsplit(".", 1)[-1]) + part(leaf) + r"\s*=(?!=)")
+  bare = re.compile(rf"""(\.{re.escape(leaf)}|\[['"]{re.escape(leaf)}['"]\]|\b{re.escape(leaf)})"""
+                    r"\s*=(?!=)")
   try:
     with open(path, encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if assigns.search(line.split("#")[0]):
-          return f" ({config_file}:{number})"
+      lines = [line.split("#")[0] for line in f]
   except (OSError, UnicodeDecodeError):
-    pass
-  return ""
+    return ""
+  with_section = [n for n, line in enumerate(lines, 1) if section and qualified.search(line)]
+  if with_section:
+    return f" ({path}:{with_section[0]})"
+  by_name = [n for n, line in enumerate(lines, 1) if bare.search(line)]
+  return f" ({path}:{by_name[0]})" if len(by_name) == 1 else ""
 
 
 def _lacked_by_file(overrides: list[str], config_file: Optional[str]) -> list[str]:

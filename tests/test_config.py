@@ -675,6 +675,14 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
     (["--config", "T/typo_dict.py", "--workdir", "W"], "error: --config T/typo_dict.py: unknown "
      "config key train.num_stepz: not in the schema of jaxgan/config/schema.py (check the "
      "spelling). Did you mean train.num_steps? (T/typo_dict.py:5)"),
+    # The line that sets it in its section, not another section's key of that name (line 5).
+    (["--config", "T/wrong_section.py", "--workdir", "W"], "error: --config T/wrong_section.py: "
+     "unknown config key model.batch_size: not in the schema of jaxgan/config/schema.py (check "
+     "the spelling). Did you mean eval.batch_size or train.batch_size? (T/wrong_section.py:6)"),
+    # Named by its last part alone on several lines: no line (a wrong one would mislead).
+    (["--config", "T/ambiguous.py", "--workdir", "W"], "error: --config T/ambiguous.py: unknown "
+     "config key model.batch_size: not in the schema of jaxgan/config/schema.py (check the "
+     "spelling). Did you mean eval.batch_size or train.batch_size?"),
 ])
 def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
   """absl's own parsing errors exited 1 (a crash's status) after a 'FATAL' line, a missing config
@@ -697,6 +705,8 @@ def test_cli_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
                                     "  return c\n")
   for name, line in (("retyped", 'c.train.num_steps = "5"'), ("typo", "c.train.num_stepz = 5"),
                      ("typo_dict", "c.train.update(num_stepz=5)"),
+                     ("wrong_section", "c.train.batch_size = 64\n  c.model.batch_size = 32"),
+                     ("ambiguous", "batch_size = 64\n  c.model.update(batch_size=batch_size)"),
                      ("compared", 'if c.eval.batch_size == 32: c.train.batch_size = "5"'),
                      ("twice", 'c.eval.batch_size = 4; c.train.batch_size = "5"')):
     (tmp_path / f"{name}.py").write_text("from jaxgan.config import base_config\n\n"
