@@ -88,6 +88,10 @@ def _bad_argument(args) -> str:
   names = suite.parse_names(args.metrics)
   fewest = suite.min_samples(names)
   if args.workdir and args.num_samples < fewest:
+    if "num_samples" in args.defaulted:  # not given: the run's value, which the user never typed
+      return (f"the run's train.eval_num_samples is {args.num_samples}, and --metrics "
+              f"{args.metrics} needs at least {fewest} samples: pass --num-samples {fewest} or "
+              "more")
     return (f"--num-samples must be >= {fewest} for --metrics {args.metrics} (or 0: the run's "
             f"train.eval_num_samples), got {args.num_samples}")
   if args.num_real < 0 or 0 < args.num_real < fewest:

@@ -623,6 +623,9 @@ def test_the_eval_row_follows_the_completed_best_save(tmp_path):
      "got 3"),
     (["--workdir", "{tmp}", "--num-samples", "-1"], "--num-samples must be >= 2 for --metrics "
      "fid,kid (or 0: the run's train.eval_num_samples), got -1"),
+    # Not given: the run's value is at fault, and the flag is the remedy (it was told to pass 0).
+    (["--workdir", "{tmp}/one_sample"], "the run's train.eval_num_samples is 1, and --metrics "
+     "fid,kid needs at least 2 samples: pass --num-samples 2 or more"),
     # In the flag's name (was '{path}: no such weights file', named by no flag).
     (["--workdir", "{tmp}", "--weights", "{tmp}/none.pt"], "--weights {tmp}/none.pt: no such "
      "file; pass the FID Inception weights file, or leave the flag out (to get the weights, run"),
@@ -705,6 +708,9 @@ def test_evaluate_refuses_bad_arguments_before_reading_images(tmp_path, capsys, 
   os.makedirs(tmp_path / "tfds_run")
   (tmp_path / "tfds_run" / "config.json").write_text(config_lib.to_json(tiny_config(
       **{"data.source": "tfds", "data.tfds_name": "cifar10"})))
+  os.makedirs(tmp_path / "one_sample")
+  (tmp_path / "one_sample" / "config.json").write_text(config_lib.to_json(tiny_config(
+      **{"train.eval_num_samples": 1})))
 
   assert evaluate.main([a.format(tmp=tmp_path) for a in args]) == 2
   err = capsys.readouterr().err.strip()
