@@ -769,9 +769,27 @@ def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
   paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                             ["articleType"])
   assert len(paths) == 1 and [s["reason"] for s in skipped] == ["no id (line 2)"]
-  path.write_text("id,articleType\n")
-  with pytest.raises(DataError, match=r"styles.csv has no rows$"):
-    scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["articleType"])
+  for text in ("id,articleType\n", "", "id,articleType\n  \n"):  # lines of spaces are empty
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"styles.csv has no rows: a manifest lists its images one "
+                                        r"per row \(under a CSV's header line, or a JSON object "
+                                        r"each\)$"):
+      scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["articleType"])
+  # A blank line where the header belongs, and Excel's separator hint above it: named (both
+  # were "has no column 'id' (columns: ...)").
+  for text, message in (("\nid,articleType\n1,Shirts\n", r":1: the header line is empty; a "
+                         r"manifest's first line names its columns \(e.g. id,articleType\): remove "
+                         r"the blank line\(s\) above it$"),
+                        ("sep=,\nid,articleType\n1,Shirts\n", r":1: 'sep=,' is Excel's separator "
+                         r"hint, not the header; delete that line \(the first line names the "
+                         r"columns\)$")):
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}{message}"):
+      scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg", ["articleType"])
+  path.write_text("id,articleType\n1,Shirts\n   \n")  # was a row skipped: '1 fields where ...'
+  paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                            ["articleType"])
+  assert len(paths) == 1 and skipped == []
   path.write_text("id,articleType\n2,Shirts\n1,\n")
   paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                             ["articleType"])

@@ -9,6 +9,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import stat
 import string
 import unicodedata
@@ -75,6 +76,12 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   if nul is not None:
     raise DataError(f"{path}:{nul}: a NUL byte, which no text holds (a damaged or binary "
                     "file); remove it, or re-save the file as UTF-8 CSV")
+  if lines and re.fullmatch(r"sep=.?", lines[0].strip()):  # Excel's separator hint
+    raise DataError(f"{path}:1: {lines[0].strip()!r} is Excel's separator hint, not the header; "
+                    "delete that line (the first line names the columns)")
+  # Lines of spaces as the empty lines csv skips: each was a row of one field, skipped as not
+  # fitting the header (and counted) where the empty line beside it was passed over.
+  lines = [re.sub(r"^[ \t]+(?=\r?\n?$)", "", line) for line in lines]
   content = [n for n, line in enumerate(lines, 1) if line.strip("\r\n")]  # csv skips empty ones
   # A row starts on the first non-empty line after the previous row's last one.
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
@@ -84,6 +91,11 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   # line, not the one after it)
   rows, spanning, end = [], None, 0
   try:
+    if lines and not any(n.strip() for n in reader.fieldnames or []):
+      # 'has no column 'id' (columns: )' said nothing of the blank line where the header was.
+      raise DataError(f"{path}:{reader.line_num or 1}: the header line is empty; a manifest's "
+                      "first line names its columns (e.g. id,articleType): remove the blank "
+                      "line(s) above it")
     if reader.fieldnames:  # reads the header, which a quoted name may spread over lines
       end = reader.line_num
       # Stripped as the cells are: 'id, articleType' (a space after the comma) names articleType.
@@ -183,7 +195,8 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
     raise DataError(f"label column {repeated[0]!r} is named twice; name each column once")
   numbered = read_numbered_rows(path)
   if not numbered:
-    raise DataError(f"{path} has no rows")
+    raise DataError(f"{path} has no rows: a manifest lists its images one per row (under a CSV's "
+                    "header line, or a JSON object each)")
   is_csv = not path.lower().endswith((".jsonl", ".json"))
   base = image_dir or os.path.dirname(os.path.abspath(path))
   needed = [c for c in (image_column or id_column, *label_columns) if c]
