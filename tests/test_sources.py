@@ -53,6 +53,11 @@ def folder(tmp_path):
   return root
 
 
+def _mkdir(path):
+  path.mkdir(parents=True)
+  return path
+
+
 def _config(**kw):
   """tiny_config, with one decoding process for the sources that decode files (the others
   refuse data.workers)."""
@@ -1932,13 +1937,27 @@ def test_bad_manifests_and_prepared_dirs_give_one_line_errors(tmp_path):
   assert (args.image_size, args.min_class_count) == (32, 3)
 
 
-def test_a_folder_without_images_or_without_classes_says_so(tmp_path):
+def test_a_folder_without_images_or_without_classes_says_so(tmp_path, caplog):
   from jaxgan.config import ConfigError
+  from jaxgan.data.folder import scan_folder
+
+  # Class folders without an image are named (they vanished from the classes without a word);
+  # one whose name is read in another Unicode form is a class like any.
+  classes = tmp_path / "classes"
+  Image.new("RGB", (20, 20)).save(_mkdir(classes / "Shirts") / "a.png")
+  Image.new("RGB", (20, 20)).save(_mkdir(classes / "Cafe\u0301") / "b.png")
+  _mkdir(classes / "Empty")
+  (_mkdir(classes / "Docs") / "notes.txt").write_text("not an image")
+  with caplog.at_level(logging.WARNING):
+    scan_folder(str(classes))
+  assert (f"{classes}: 2 folders have no image in them or below them, so no class: Docs, Empty"
+          in caplog.text)
 
   junk = tmp_path / "junk"
   junk.mkdir()
   (junk / "notes.txt").write_text("not an image")
-  with pytest.raises(DataError, match=r"^no images in .*junk"):  # not a class-count complaint
+  with pytest.raises(DataError, match=r"^no images in .*junk: no file in it or below it ends in "
+                                      r"\.jpg \.jpeg"):  # not a class-count complaint
     build_source(_config(**{"data.source": "folder", "data.path": str(junk)}))
   flat = tmp_path / "flat"
   flat.mkdir()

@@ -53,6 +53,7 @@ def scan_folder(root: str, keep_outside: bool = False
       shown = os.fsencode(os.path.join(root, name)).decode("utf-8", "backslashreplace")
       raise DataError(f"{shown}: a folder name that is not UTF-8 (an archive's legacy encoding); "
                       "rename it in UTF-8, as its class is named after it") from None
+  _warn_of_empty_classes(root, set(folders))
   skipped = []
   if any(folders) and not keep_outside:
     kept = [(p, f) for p, f in zip(paths, folders) if f]
@@ -60,6 +61,28 @@ def scan_folder(root: str, keep_outside: bool = False
                if not f]
     paths, folders = [p for p, _ in kept], [f for _, f in kept]
   return paths, folders, skipped
+
+
+def _warn_of_empty_classes(root: str, classes: set[str]) -> None:
+  """Names the first-level folders that gave no image, so no class (Empty/, Docs/ holding only
+  notes): they vanished from the classes without a word. Links and runs' workdirs, skipped with
+  their own warning, are not named again."""
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
+
+  if not any(classes):  # a flat folder: no classes to miss
+    return
+  try:
+    names = sorted(d for d in os.listdir(root) if not d.startswith("."))
+  except OSError:
+    return
+  empty = [d for d in names if label_text(d) not in classes
+           and os.path.isdir(os.path.join(root, d)) and not os.path.islink(os.path.join(root, d))
+           and not run_folders.is_run(os.path.join(root, d))]
+  if empty:
+    log.warning("%s: %s %s, so no class: %s", root, len(empty),
+                "folder has no image in it or below it" if len(empty) == 1 else
+                "folders have no image in them or below them",
+                ", ".join(empty[:8]) + (", ..." if len(empty) > 8 else ""))
 
 
 class FolderSource(ArraySource):

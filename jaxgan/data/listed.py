@@ -18,6 +18,7 @@ from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_pr
                                 require_attributes, require_every_class)
 from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, log_upscaled,
                                 memory_problem, read_decode_cache, write_decode_index)
+from jaxgan.data.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
   the rest in an ArraySource. Labels ([N] or [N, A]) are zeroed for unconditional training."""
   if not len(paths):  # before the labels: no images is the problem then, not their classes
     first = list(missing)[:1]
+    extensions = " ".join(IMAGE_EXTENSIONS)
     raise DataError(f"no images in {where}" + (f" (first file skipped: {first[0]['path']}: "
-                                               f"{first[0]['reason']})" if first else ""))
+                                               f"{first[0]['reason']})" if first else
+                                               f": no file in it or below it ends in {extensions}"))
   if attribute_names is None:
     attribute_names = [("class", class_names)] if class_names else []
   require_attributes(config, attribute_names, where)
