@@ -20,6 +20,7 @@ from jaxgan import label_choices
 from jaxgan import run_health
 from jaxgan import state as state_lib
 from jaxgan.config import resume as config_resume
+from jaxgan.data.class_labels import label_text
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -
 
   alone = [d for d in blocking if changes_alone(d[0], d[2])]
   return alone or blocking
+
+
+def _as_read_now(attributes: list) -> list:
+  """[[attribute, [class names]], ...] with each name as the data sources read it now
+  (`class_labels.label_text`; a name of invisible characters alone kept, as they keep it)."""
+  return [[column, [label_text(n) or n for n in names]] for column, names in attributes]
 
 
 def _describe_classes(before: list, after: list) -> str:
@@ -108,7 +115,12 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
       raise TrainingError(f"config differs from checkpoint step {step} in {workdir} "
                           f"({listing(blocking)}); pass --allow_config_change to continue anyway")
     trained = label_choices.trained_attributes(meta, attributes)
-    if trained is not None and trained != attributes:
+    if trained is not None and trained != attributes and _as_read_now(trained) == attributes:
+      # Names an older jaxgan kept in another Unicode form (macOS's decomposed folder names),
+      # or with invisible characters at their ends: the same classes, read as they are now.
+      log.info("the checkpoint's class names are read as %s now (the same classes, in Unicode's "
+               "composed form)", _describe_classes(trained, attributes))
+    elif trained is not None and trained != attributes:
       classes = _describe_classes(trained, attributes)
       if not allow_config_change:
         raise TrainingError(

@@ -134,6 +134,19 @@ def test_a_set_prepared_by_an_older_loader_is_warned(tmp_path, caplog):
   assert "prepared with image loader version (not recorded), this jaxgan's is" in caplog.text
 
 
+def test_a_set_an_older_jaxgan_wrote_with_other_twice_is_read(tmp_path):
+  """Rare classes merged into the data's own 'other' once made a second 'other' (the first left
+  empty): such sets trained, and are not damaged."""
+  from tests.conftest import tiny_config
+
+  out = str(tmp_path / "set")
+  prepared.write_prepared(out, _images(3, 7), np.array([0, 2, 2]), ["Shirts", "other", "other"],
+                          [])
+  config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
+                          "data.num_classes": -1})
+  assert prepared_source.PreparedSource.from_config(config).num_examples == 3
+
+
 @pytest.mark.parametrize("names, message", [
     # Trained and sampled two classes under one name (rows.txt said 'Shirts' twice).
     (["Shirts", "Shirts", "Watches"], r"class_names names 'Shirts' twice"),

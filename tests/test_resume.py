@@ -1624,6 +1624,34 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
   assert step == 10 and meta["class_names"] == ["b", "z"]
 
 
+def test_a_run_whose_class_names_were_read_in_another_unicode_form_resumes(tmp_path, monkeypatch,
+                                                                          caplog):
+  """A folder 'Café' named as macOS writes it (e + a combining accent) was a class of that
+  spelling; read in composed form now, the resume was refused as 'classes differ (Café ->
+  Café)'. The same classes: resumed."""
+  from PIL import Image
+
+  from jaxgan.data import class_labels, folder
+
+  root = tmp_path / "photos"
+  for i, cls in enumerate(["Cafe\u0301", "Shoes"]):
+    (root / cls).mkdir(parents=True)
+    Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(root / cls / f"{i}.png")
+  overrides = {"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
+               "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
+  workdir = str(tmp_path / "w")
+  with monkeypatch.context() as patch:  # as an older jaxgan read the names: as written
+    patch.setattr(folder, "label_text", lambda name: name)
+    trainer.train_and_evaluate(tiny_config(**overrides), workdir)
+  assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", "Shoes"]
+  assert class_labels.label_text("Cafe\u0301") == "Caf\u00e9"
+  with caplog.at_level(logging.INFO):
+    state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 4}), workdir)
+  assert int(state.step) == 4
+  assert ("the checkpoint's class names are read as class: Cafe\u0301, Shoes -> Caf\u00e9, Shoes "
+          "now") in caplog.text
+
+
 def test_class_changes_are_described_per_attribute_or_as_other_attributes():
   from jaxgan import restore
 

@@ -871,6 +871,17 @@ def test_labels_alike_in_unicode_are_one_class_and_case_variants_are_warned(tmp_
   source = build_source(_config(**{"data.source": "folder", "data.path": str(root),
                                    "data.num_classes": 2}))
   assert source.class_names == ["Caf\u00e9", "Shoes"] and list(source.labels) == [0, 0, 1]
+  # Format characters inside a name are its own (England's and Scotland's flags end in tag
+  # characters: they were stripped, and the two classes merged); a name of spaces alone stays a
+  # class (it read as "", the root's images, and its photos were skipped as outside the classes).
+  flags = tmp_path / "flags"
+  england = "Shirt \U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F"
+  scotland = "Shirt \U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F"
+  for i, name in enumerate([england, scotland, " "]):
+    _img(str(flags / name / f"{i}.png"), (0, 60 * i, 0))
+  source = build_source(_config(**{"data.source": "folder", "data.path": str(flags),
+                                   "data.num_classes": 3}))
+  assert sorted(source.class_names) == sorted([england, scotland, " "])
 
 
 def test_an_alias_link_of_a_class_folder_does_not_take_its_class(tmp_path, caplog):

@@ -4,6 +4,7 @@ dropped, per attribute (folder, manifest and prepare encode alike)."""
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from typing import Sequence
 
@@ -15,13 +16,19 @@ from jaxgan.config.schema import ConfigError
 log = logging.getLogger(__name__)
 
 
+# Characters that show nothing and mean nothing at a name's end: zero-width space, non-joiner and
+# joiner, direction marks, word joiner, byte-order mark, soft hyphen. (Not every format
+# character: a flag emoji's tag characters end it, and tell England's flag from Scotland's.)
+_INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad"
+_ENDS = re.compile(rf"^[\s{_INVISIBLE}]+|[\s{_INVISIBLE}]+$")  # \s: Unicode's spaces too
+
+
 def label_text(value: str) -> str:
   """A label value as a class name: in Unicode's composed form (NFC), without spaces or invisible
-  format characters (a zero-width space) at its ends. 'Café' typed with one accented letter and
-  with e plus a combining accent (macOS writes folder names so) made two classes that print
-  alike, 'Shoes' and 'Shoes' + U+200B too; `generate --label` matched one of them."""
-  return unicodedata.normalize("NFC", value).strip().strip(
-      "".join(c for c in set(value) if unicodedata.category(c) == "Cf")).strip()
+  characters at its ends. 'Café' typed with one accented letter and with e plus a combining
+  accent (macOS writes folder names so) made two classes that print alike, 'Shoes' and 'Shoes' +
+  U+200B too; `generate --label` matched one of them."""
+  return _ENDS.sub("", unicodedata.normalize("NFC", value))
 
 
 def warn_of_case_variants(values: Sequence[Sequence[str]], columns: Sequence[str]) -> None:

@@ -36,7 +36,9 @@ def scan_folder(root: str, keep_outside: bool = False
     for path in find_images(root, others):
       rel = os.path.relpath(os.path.dirname(path), root)
       paths.append(path)
-      folders.append("" if rel == "." else label_text(rel.split(os.sep)[0]))
+      top = rel.split(os.sep)[0]
+      # A name of spaces or invisible characters alone keeps them: "" is the root's images.
+      folders.append("" if rel == "." else label_text(top) or top)
   except OSError as e:
     raise DataError(f"{e.filename}: {e.strerror}; make it readable or remove it from "
                     f"{root}") from None
@@ -75,7 +77,7 @@ def _warn_of_empty_classes(root: str, classes: set[str]) -> None:
     names = sorted(d for d in os.listdir(root) if not d.startswith("."))
   except OSError:
     return
-  empty = [d for d in names if label_text(d) not in classes
+  empty = [d for d in names if (label_text(d) or d) not in classes
            and os.path.isdir(os.path.join(root, d)) and not os.path.islink(os.path.join(root, d))
            and not run_folders.is_run(os.path.join(root, d))]
   if empty:
