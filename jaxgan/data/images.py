@@ -126,9 +126,13 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   tops: dict[str, str] = {}
   real_root = os.path.realpath(root)
   with contextlib.suppress(OSError):  # unlistable: os.walk's own error says so below
-    for d in _aliases_last(root, [d for d in os.listdir(root) if not d.startswith(".")]):
-      top = os.path.realpath(os.path.join(root, d))
-      if not d.startswith(".") and os.path.isdir(top) and not is_within(real_root, top):
+    with os.scandir(root) as entries:  # the entries' types: no call per file of a flat folder
+      folders = {e.name: e.is_symlink() for e in entries
+                 if not e.name.startswith(".") and e.is_dir()}
+    links = {d for d, link in folders.items() if link}
+    for d in _aliases_last(root, list(folders), links, real_root):
+      top = os.path.realpath(os.path.join(root, d)) if d in links else os.path.join(real_root, d)
+      if not is_within(real_root, top):
         tops.setdefault(top, d)
   for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
     real = os.path.realpath(dirpath)
@@ -150,13 +154,16 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
       dirnames[:] = []
       continue
     seen[real] = dirpath
-    if run_folders.is_run(dirpath):
+    # Asked where a run's own names are (a run has a config.json or checkpoints/): a call per
+    # folder of a large tree otherwise.
+    if ("config.json" in filenames or "checkpoints" in dirnames) and run_folders.is_run(dirpath):
       log.warning("%s: skipped, a jaxgan run's workdir (its images are sample grids, not "
                   "photos)%s", dirpath, "" if rel == ["."] else f"; move it out of {root}")
       dirnames[:] = []
       continue
-    dirnames[:] = _aliases_last(dirpath, [d for d in dirnames if not d.startswith(".")])
-    links = _file_links(dirpath, filenames)
+    links = _links(dirpath) if dirnames or filenames else set()
+    dirnames[:] = _aliases_last(dirpath, [d for d in dirnames if not d.startswith(".")], links,
+                                real)
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)
       if name in links and is_image_path(path):
@@ -173,24 +180,36 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
         others[os.path.splitext(name)[1].lower()] += 1
 
 
-def _aliases_last(parent: str, names: list[str]) -> list[str]:
-  """`names` (folders in `parent`) sorted, but a link to a sibling folder (an alias, Tees ->
-  Tshirts) after that folder, which then lists its images under its own name: listed first,
-  the alias took them, and the folder's class vanished ('already listed'). Other links keep
-  their place (a class folder linked into shared storage: the order the data was read in)."""
+def _aliases_last(parent: str, names: list[str], links: set[str], real_parent: str
+                  ) -> list[str]:
+  """`names` (folders in `parent`, whose real path is `real_parent`; `links`: those of its
+  entries that are symbolic links) sorted, but a link to a sibling folder (an alias, Tees ->
+  Tshirts, also where Tshirts is itself a link into shared storage) after that folder, which then
+  lists its images under its own name: listed first, the alias took them, and the folder's class
+  vanished ('already listed'). Other links keep their place (a class folder linked into shared
+  storage: the order the data was read in)."""
   names = sorted(names)
-  real = {d: os.path.realpath(os.path.join(parent, d)) for d in names}
-  links = {d for d in names if os.path.islink(os.path.join(parent, d))}
-  plain = {real[d] for d in names if d not in links}
-  return sorted(names, key=lambda d: d in links and real[d] in plain)
+  plain = {os.path.join(real_parent, d) for d in names if d not in links}
+
+  def alias(d: str) -> bool:
+    path = os.path.join(parent, d)
+    if os.path.realpath(path) in plain:
+      return True
+    try:  # one step of the link: a sibling's own name
+      target = os.path.abspath(os.path.join(parent, os.readlink(path)))
+    except OSError:
+      return False
+    return (os.path.dirname(target) == os.path.abspath(parent)
+            and os.path.basename(target) in names and os.path.basename(target) != d)
+
+  aliases = {d for d in names if d in links and alias(d)}
+  return sorted(names, key=lambda d: d in aliases)
 
 
-def _file_links(folder: str, names: list[str]) -> set[str]:
-  """The names of `names` in `folder` that are symbolic links: read from the folder's listing
-  (the entries' types, no call per file: a catalog of 100k photos on a network file system),
-  where os.walk gives names only."""
-  if not names:
-    return set()
+def _links(folder: str) -> set[str]:
+  """The names of `folder`'s entries that are symbolic links, from one listing of it (the
+  entries' types: no call per file of a catalog of 100k photos on a network file system), where
+  os.walk gives names only."""
   try:
     with os.scandir(folder) as entries:
       return {e.name for e in entries if e.is_symlink()}
