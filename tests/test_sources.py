@@ -796,6 +796,9 @@ def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
   paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                             ["articleType"])
   assert len(paths) == 1 and skipped == []
+  # Inside a quoted field, such a line is the field's text, as written.
+  path.write_text('id,note\n1,"a\n   \nb"\n')
+  assert manifest_lib.read_rows(str(path)) == [{"id": "1", "note": "a\n   \nb"}]
   path.write_text("id,articleType\n2,Shirts\n1,\n")
   paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                             ["articleType"])

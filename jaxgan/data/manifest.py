@@ -79,10 +79,8 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   if lines and re.fullmatch(r"sep=.?", lines[0].strip()):  # Excel's separator hint
     raise DataError(f"{path}:1: {lines[0].strip()!r} is Excel's separator hint, not the header; "
                     "delete that line (the first line names the columns)")
-  # Lines of spaces as the empty lines csv skips: each was a row of one field, skipped as not
-  # fitting the header (and counted) where the empty line beside it was passed over.
-  lines = [re.sub(r"^[ \t]+(?=\r?\n?$)", "", line) for line in lines]
-  content = [n for n, line in enumerate(lines, 1) if line.strip("\r\n")]  # csv skips empty ones
+  # csv skips empty lines; lines of spaces are passed over too (below), not rows.
+  content = [n for n, line in enumerate(lines, 1) if line.strip()]
   # A row starts on the first non-empty line after the previous row's last one.
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
                            else n + 1)
@@ -101,6 +99,12 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
       # Stripped as the cells are: 'id, articleType' (a space after the comma) names articleType.
       reader.fieldnames = [n.strip() for n in reader.fieldnames]
     for row in reader:
+      if not any(line.strip() for line in lines[end:reader.line_num]):
+        # A line of spaces between rows: a row of one field, which was skipped as not fitting
+        # the header (and counted) where an empty line beside it was passed over. (Inside a
+        # quoted field such a line is the field's text, kept as written.)
+        end = reader.line_num
+        continue
       start = first_after(end)
       if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
         spanning = (start, reader.line_num)
