@@ -25,6 +25,7 @@ from jaxgan.config import validation as config_validation
 from jaxgan.data import SOURCES, ArraySource, DataError, build_source
 from jaxgan.data.class_labels import encode_labels
 from jaxgan.data import manifest as manifest_lib
+from jaxgan.data import manifest_rows
 from jaxgan.data.manifest import scan_manifest_columns
 from tests.conftest import REPO, tiny_config
 
@@ -474,7 +475,7 @@ def test_manifest_labels_read_as_pandas_would(tmp_path):
 
 
 def test_manifest_json_array_and_bad_json_rows(tmp_path):
-  from jaxgan.data.manifest import read_rows
+  from jaxgan.data.manifest_rows import read_rows
   rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]
   (tmp_path / "a.json").write_text(json.dumps(rows, indent=1))  # an array over several lines
   assert read_rows(str(tmp_path / "a.json")) == rows
@@ -736,7 +737,7 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
   small = tmp_path / "small.csv"
   small.write_text('id,type\n1,a\n2,"b\n3,c\n4,d\n')
   with caplog.at_level(logging.WARNING):
-    rows = manifest.read_rows(str(small))
+    rows = manifest_rows.read_rows(str(small))
   assert len(rows) == 2  # what CSV says: row 2's field runs to the end of the file
   assert f"{small}:3: a row runs over lines 3-5" in caplog.text
   # As a label: refused (a set of one image of class 'b\n3,c\n4,d' was written).
@@ -748,21 +749,21 @@ def test_an_unclosed_quote_in_a_csv_is_named_with_its_line(tmp_path, caplog):
   blank.write_text("id,type\n\n1,a\n2,b\n")
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    assert len(manifest.read_rows(str(blank))) == 2
+    assert len(manifest_rows.read_rows(str(blank))) == 2
   assert "runs over" not in caplog.text
   large = tmp_path / "large.csv"  # the merged field outgrows csv's limit; blank lines before it
   large.write_text('id,type\n1,a\n\n2,"b\n' + "".join(f"{i},{'x' * 100}\n" for i in range(3, 3000)))
   with pytest.raises(DataError, match=r"large.csv:4: not valid CSV \(field larger than field "
                                       r"limit.*a quote opened in the row starting on this line"):
-    manifest.read_rows(str(large))
+    manifest_rows.read_rows(str(large))
   # In the header itself: that line, not the one after it.
   (tmp_path / "header.csv").write_text('id,"' + "x" * 200000 + '"\n')
   with pytest.raises(DataError, match=r"header.csv:1: not valid CSV \(field larger"):
-    manifest.read_rows(str(tmp_path / "header.csv"))
+    manifest_rows.read_rows(str(tmp_path / "header.csv"))
   # Below a blank line where the header belongs: that line is named first.
   (tmp_path / "late.csv").write_text('\nid,"' + "x" * 200000 + '"\n1,a\n')
   with pytest.raises(DataError, match=r"late.csv:1: the header line is empty"):
-    manifest.read_rows(str(tmp_path / "late.csv"))
+    manifest_rows.read_rows(str(tmp_path / "late.csv"))
 
 
 def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
@@ -798,7 +799,7 @@ def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
   assert len(paths) == 1 and skipped == []
   # Inside a quoted field, such a line is the field's text, as written.
   path.write_text('id,note\n1,"a\n   \nb"\n')
-  assert manifest_lib.read_rows(str(path)) == [{"id": "1", "note": "a\n   \nb"}]
+  assert manifest_rows.read_rows(str(path)) == [{"id": "1", "note": "a\n   \nb"}]
   path.write_text("id,articleType\n2,Shirts\n1,\n")
   paths, _, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                             ["articleType"])
@@ -812,7 +813,7 @@ def test_manifest_rows_without_an_id_or_content_are_named(tmp_path):
 
 def test_manifest_extensions_are_read_in_any_case_and_blank_trailing_fields_are_no_fields(
     tmp_path):
-  from jaxgan.data.manifest import read_rows
+  from jaxgan.data.manifest_rows import read_rows
 
   rows = [{"file": "a.jpg", "type": "Watches"}, {"file": "b.jpg", "type": "Tshirts"}]
   (tmp_path / "SKUS.JSONL").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -826,12 +827,10 @@ def test_manifest_extensions_are_read_in_any_case_and_blank_trailing_fields_are_
 
 
 def test_a_csv_with_rows_over_several_lines_names_the_first_of_them(tmp_path, caplog):
-  from jaxgan.data import manifest
-
   path = tmp_path / "notes.csv"
   path.write_text('id,note\n1,a\n2,"two\nlines"\n3,b\n4,"more\nlines"\n')
   with caplog.at_level(logging.WARNING):
-    assert len(manifest.read_rows(str(path))) == 4
+    assert len(manifest_rows.read_rows(str(path))) == 4
   assert [r.getMessage() for r in caplog.records] == [
       f"{path}:3: a row runs over lines 3-4 (a quoted field with line breaks, or an unclosed "
       "quote that swallows the rows after it); check the quoting there"]

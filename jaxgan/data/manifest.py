@@ -3,13 +3,9 @@ their labels."""
 
 from __future__ import annotations
 
-import bisect
-import csv
 import difflib
-import json
 import logging
 import os
-import re
 import stat
 import string
 import unicodedata
@@ -22,6 +18,7 @@ from jaxgan.config.schema import ConfigError, attribute_classes, split_columns
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
 from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, label_text, log_merged,
                                        merged_into_other)
+from jaxgan.data import manifest_rows
 from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)
@@ -60,129 +57,6 @@ def _names_no_column(image_pattern: str) -> bool:
     return False
 
 
-def _duplicated_header(path: str) -> set[str]:
-  """The column names a CSV's header holds more than once (csv.DictReader keeps the last)."""
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    header = [name.strip() for name in next(csv.reader(f), [])]
-  return {name for name in header if header.count(name) > 1}
-
-
-def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
-  """(the line each row starts on, the row) of a CSV file with a header line."""
-  lines = list(f)  # split as csv splits them (newline=""), so line numbers agree with line_num
-  # csv reads a NUL as any character: it became part of a label (a class 'Sho\0es' beside
-  # 'Shoes') or a file name. Text has none; a damaged or binary file does.
-  nul = next((n for n, line in enumerate(lines, 1) if "\0" in line), None)
-  if nul is not None:
-    raise DataError(f"{path}:{nul}: a NUL byte, which no text holds (a damaged or binary "
-                    "file); remove it, or re-save the file as UTF-8 CSV")
-  if lines and re.fullmatch(r"sep=.?", lines[0].strip()):  # Excel's separator hint
-    raise DataError(f"{path}:1: {lines[0].strip()!r} is Excel's separator hint, not the header; "
-                    "delete that line (the first line names the columns)")
-  # csv skips empty lines; lines of spaces are passed over too (below), not rows.
-  content = [n for n, line in enumerate(lines, 1) if line.strip()]
-  # A row starts on the first non-empty line after the previous row's last one.
-  first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
-                           else n + 1)
-  reader = csv.DictReader(iter(lines))
-  # end: the last line of the last row read (0: none yet, so an error in the header names its
-  # line, not the one after it)
-  rows, spanning, end = [], None, 0
-  try:
-    if lines and not any(n.strip() for n in reader.fieldnames or []):
-      # 'has no column 'id' (columns: )' said nothing of the blank line where the header was.
-      raise DataError(f"{path}:{reader.line_num or 1}: the header line is empty; a manifest's "
-                      "first line names its columns (e.g. id,articleType): remove the blank "
-                      "line(s) above it")
-    if reader.fieldnames:  # reads the header, which a quoted name may spread over lines
-      end = reader.line_num
-      # Stripped as the cells are: 'id, articleType' (a space after the comma) names articleType.
-      reader.fieldnames = [n.strip() for n in reader.fieldnames]
-    for row in reader:
-      if not any(line.strip() for line in lines[end:reader.line_num]):
-        # A line of spaces between rows: a row of one field, which was skipped as not fitting
-        # the header (and counted) where an empty line beside it was passed over. (Inside a
-        # quoted field such a line is the field's text, kept as written.)
-        end = reader.line_num
-        continue
-      start = first_after(end)
-      if spanning is None and any("\n" in str(v) for v in row.values() if v is not None):
-        spanning = (start, reader.line_num)
-      rows.append((start, row))
-      end = reader.line_num
-  except csv.Error as e:
-    raise DataError(f"{path}:{first_after(end)}: not valid CSV ({e}); a quote opened in the row "
-                    "starting on this line is probably not closed") from None
-  if spanning:
-    # Legal CSV (a quoted field with line breaks), but an unclosed quote reads the same way and
-    # merges every row after it into one field: say where, since the row count alone hides it.
-    log.warning("%s:%d: a row runs over lines %d-%d (a quoted field with line breaks, or an "
-                "unclosed quote that swallows the rows after it); check the quoting there",
-                path, spanning[0], *spanning)
-  return rows
-
-
-def read_rows(path: str) -> list[dict]:
-  """Rows of a .csv (header line), .jsonl (one object per line) or .json (an array of objects,
-  or JSON Lines) file."""
-  return [row for _, row in read_numbered_rows(path)]
-
-
-def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
-  """`read_rows` with where each row starts, for messages that send the user to it: 'line N' in
-  the file ('item N', from 1, of a JSON array)."""
-  if not os.path.isfile(path):
-    raise DataError(f"data.path {path!r} is not a file; point it at your CSV, JSONL or JSON "
-                    "manifest")
-  try:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-      if not path.lower().endswith((".jsonl", ".json")):
-        return [(f"line {n}", row) for n, row in _csv_rows(path, f)]
-      text = f.read()
-  except UnicodeDecodeError as e:
-    raise DataError(_not_utf8(path)) from e
-  if path.lower().endswith(".json") and text.lstrip().startswith("["):
-    try:
-      rows = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from e
-    for n, row in enumerate(rows):
-      if not isinstance(row, dict):
-        raise DataError(f"{path}: item {n + 1} of the array is a {type(row).__name__}, not an "
-                        "object with the image and label columns")
-    return [(f"item {n}", row) for n, row in enumerate(rows, 1)]
-  rows = []
-  for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may be in a string
-    if line.strip():
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
-      if not isinstance(row, dict):
-        raise DataError(f"{path}:{n}: a {type(row).__name__}, not a JSON object; write one "
-                        "object per line")
-      rows.append((f"line {n}", row))
-  return rows
-
-
-def _not_utf8(path: str) -> str:
-  """The error for a manifest that is not UTF-8, naming the first bad byte's line and offset in
-  the file (a decode error's own offset counts from the text reader's last chunk: 8 KiB of it)."""
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    # Lines as the readers count them: a CSV's end at \r\n, \r (a Mac export) or \n, as csv
-    # splits them (newline=""); JSON Lines' at \n. Counted, not listed: manifests run to GBs.
-    line = data.count(b"\n", 0, e.start) + 1
-    if not path.lower().endswith((".jsonl", ".json")):  # a \r not before a \n ends one too
-      line += data.count(b"\r", 0, e.start) - data.count(b"\r\n", 0, e.start)
-    return (f"{path}:{line}: not UTF-8 text (byte {e.start}, {data[e.start:e.start + 1]!r}); "
-            "re-save it as UTF-8")
-  return f"{path}: not UTF-8 text; re-save it as UTF-8"  # changed since it was read
-
-
 def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "id",
                           image_dir: str = "", image_pattern: str = "{id}.jpg",
                           label_columns: Sequence[str] = ()
@@ -197,7 +71,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   repeated = sorted({c for c in label_columns if list(label_columns).count(c) > 1})
   if repeated:  # two attributes of one column: the same labels twice
     raise DataError(f"label column {repeated[0]!r} is named twice; name each column once")
-  numbered = read_numbered_rows(path)
+  numbered = manifest_rows.read_numbered_rows(path)
   if not numbered:
     raise DataError(f"{path} has no rows: a manifest lists its images one per row (under a CSV's "
                     "header line, or a JSON object each)")
@@ -209,7 +83,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
                           if isinstance(row, dict) for c in row)  # in order
   # Every column read: the image or id column, the labels, and the fields the pattern names.
   read = set(needed) | (set() if image_column else _pattern_fields(image_pattern))
-  twice = sorted(_duplicated_header(path) & read) if is_csv else []
+  twice = sorted(manifest_rows.duplicated_header(path) & read) if is_csv else []
   if twice:  # an exported sheet's repeated header: one of the two would be read, unsaid
     raise DataError(f"{path}: its header names column {twice[0]!r} more than once; rename the "
                     "copies so that the one to read is unique")
@@ -235,7 +109,7 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
   first: dict[Any, tuple[str, list[str]]] = {}  # a file's key -> (where first listed, its labels)
   key = image_column or id_column
   for at, row in numbered:
-    problem = _field_count_problem(row) if is_csv else None
+    problem = manifest_rows.field_count_problem(row) if is_csv else None
     if problem:  # a comma in an unquoted value shifts every column after it: wrong labels
       skipped.append({"path": f"{path} ({at})", "reason": f"{problem} ({at})"})
       continue
@@ -371,21 +245,6 @@ def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
                 "for them to use them", n, "" if n == 1 else "s", image_dir,
                 "is" if n == 1 else "are", manifest, unlisted[0])
   return unlisted
-
-
-def _field_count_problem(row: dict) -> str:
-  """Why a CSV row does not fit its header ('' when it does): csv.DictReader files extra fields
-  under the key None and fills missing ones with None."""
-  # Empty extras are a trailing delimiter (some exporters end every data line with one).
-  extra = sum(bool(v.strip()) for v in row.get(None) or [])
-  missing = sum(v is None for k, v in row.items() if k is not None)
-  header = len(row) - (None in row)
-  if extra:
-    return (f"{header + len(row[None])} fields where the header has {header}: quote values that "
-            "hold commas")
-  if missing:
-    return f"{header - missing} fields where the header has {header}"
-  return ""
 
 
 def label_columns(config: ml_collections.ConfigDict) -> list[str]:
