@@ -17,8 +17,9 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   """A class name or index -> index, with a one-line error (naming `flag`) listing the choices."""
   if num_classes == 0:
     raise ValueError(f"{flag}: this model is unconditional; drop {flag}")
-  if label in class_names:
-    return class_names.index(label)
+  if label in class_names:  # the last of a name given twice, as labels were encoded (an older
+    # prepared set's 'other' twice: every 'other' row took the second; the first trained none)
+    return len(class_names) - 1 - class_names[::-1].index(label)
   # One Unicode form: a class folder made on macOS names 'Täschen' decomposed (a + U+0308), a
   # terminal types it composed; they print alike ("did you mean 'Täschen'?" for 'Täschen').
   composed = [unicodedata.normalize("NFC", name) for name in class_names]

@@ -115,7 +115,7 @@ def bad_path(args: argparse.Namespace) -> str:
     return (f"--images {args.images} is a training run's workdir, whose images are its sample "
             "grids: pass the folder of photos it trained on")
   if args.images:
-    from jaxgan.data.images import is_within  # pylint: disable=g-import-not-at-top
+    from jaxgan.data.image_files import is_within  # pylint: disable=g-import-not-at-top
 
     images, out = os.path.realpath(args.images), os.path.realpath(args.out)
     if is_within(out, images):

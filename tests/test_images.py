@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgan.data.images import LoadOptions, is_image_path, load_image
+from jaxgan.data.image_files import is_image_path
+from jaxgan.data.images import LoadOptions, load_image
 
 OPTS = LoadOptions(image_size=32, min_source_size=8)
 

@@ -145,6 +145,16 @@ def test_a_set_an_older_jaxgan_wrote_with_other_twice_is_read(tmp_path):
   config = tiny_config(**{"data.source": "prepared", "data.path": out, "data.image_size": 4,
                           "data.num_classes": -1})
   assert prepared_source.PreparedSource.from_config(config).num_examples == 3
+  from jaxgan import label_choices
+
+  # The class its 'other' rows trained: the second (the first trained none).
+  assert label_choices.resolve_label("other", ["Shirts", "other", "other"], 3) == 2
+  info_path = os.path.join(out, prepared.INFO_FILE)  # any other shape: two classes of one name
+  info = json.load(open(info_path))
+  info["class_names"] = ["other", "other", "Shirts"]
+  json.dump(info, open(info_path, "w"))
+  with pytest.raises(DataError, match=r"class_names names 'other' twice"):
+    prepared_source.PreparedSource.from_config(config)
 
 
 @pytest.mark.parametrize("names, message", [

@@ -915,6 +915,22 @@ def test_an_alias_link_of_a_class_folder_does_not_take_its_class(tmp_path, caplo
   os.symlink("Tops", linked / "Blouses")
   paths, folders, _ = scan_folder(str(linked))
   assert folders == ["Tops"] and [os.path.relpath(p, linked) for p in paths] == ["Tops/t.png"]
+  # An absolute alias: the same answer whether the root is named through a link or not.
+  spelled = tmp_path / "spelled"
+  os.symlink(linked, spelled)
+  os.symlink(spelled / "Tops", linked / "Shirts")
+  for path in (linked, spelled):
+    assert scan_folder(str(path))[1] == ["Tops"]
+  # A link that cannot be followed among the class folders (a loop) is no folder: the others'
+  # checks stand (it ended the listing, and a link into another class took that class).
+  loop = tmp_path / "loop"
+  _img(str(loop / "Watches" / "w.png"), (0, 0, 200))
+  _img(str(loop / "Accessories" / "a.png"), (200, 0, 0))
+  os.symlink("../Watches", loop / "Accessories" / "watches")
+  os.symlink("self", loop / "self")
+  paths, folders, _ = scan_folder(str(loop))
+  assert folders == ["Accessories", "Watches"]
+  assert [os.path.relpath(p, loop) for p in paths] == ["Accessories/a.png", "Watches/w.png"]
 
 
 def test_a_file_link_into_another_class_is_skipped(tmp_path, caplog):
@@ -1970,10 +1986,12 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path, caplog):
   Image.new("RGB", (20, 20)).save(_mkdir(classes / "Cafe\u0301") / "b.png")
   _mkdir(classes / "Empty")
   (_mkdir(classes / "Docs") / "notes.txt").write_text("not an image")
+  os.symlink(_mkdir(tmp_path / "unmounted"), classes / "Linked")  # a link to an empty store
+  os.symlink("Shirts", classes / "Tees")  # an alias: said as one, not as empty
   with caplog.at_level(logging.WARNING):
     scan_folder(str(classes))
-  assert (f"{classes}: 2 folders have no image in them or below them, so no class: Docs, Empty"
-          in caplog.text)
+  assert (f"{classes}: 3 folders have no image in them or below them, so no class: Docs, Empty, "
+          "Linked") in caplog.text
 
   junk = tmp_path / "junk"
   junk.mkdir()
@@ -2055,7 +2073,7 @@ def test_prepare_checks_its_paths_first_in_its_flags_names(tmp_path, capsys, cap
   assert not os.path.exists(out) and os.listdir(photos) == ["a.png"]
   # On Windows, paths on two drives have no common path: commonpath raises, and --out is not
   # inside --images (ntpath runs anywhere).
-  from jaxgan.data.images import is_within
+  from jaxgan.data.image_files import is_within
 
   assert not is_within("D:\\set", "C:\\photos", paths=ntpath)
   assert is_within("C:\\photos\\set", "C:\\photos", paths=ntpath)

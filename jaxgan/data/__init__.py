@@ -38,7 +38,7 @@ import numpy as np
 from jaxgan.data.arrays import SOURCE_KEYS, ArraySource, DataError
 from jaxgan.data.class_counts import FROM_DATA, with_class_counts
 from jaxgan.data.folder import FolderSource
-from jaxgan.data.images import is_within
+from jaxgan.data.image_files import is_within
 from jaxgan.data.manifest import ManifestSource
 from jaxgan.data.prepared_source import PreparedSizeError, PreparedSource
 from jaxgan.data.protocol import DataSource

@@ -13,7 +13,7 @@ from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
 from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, label_text, log_merged,
                                        merged_into_other)
-from jaxgan.data.images import IMAGE_EXTENSIONS, find_images
+from jaxgan.data.image_files import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def scan_folder(root: str, keep_outside: bool = False
 
 def _warn_of_empty_classes(root: str, classes: set[str]) -> None:
   """Names the first-level folders that gave no image, so no class (Empty/, Docs/ holding only
-  notes): they vanished from the classes without a word. Links and runs' workdirs, skipped with
-  their own warning, are not named again."""
+  notes, a link to an unmounted store): they vanished from the classes without a word. Aliases
+  of a class folder and runs' workdirs, skipped with their own warning, are not named again."""
   from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
 
   if not any(classes):  # a flat folder: no classes to miss
@@ -77,8 +77,10 @@ def _warn_of_empty_classes(root: str, classes: set[str]) -> None:
     names = sorted(d for d in os.listdir(root) if not d.startswith("."))
   except OSError:
     return
+  real = {d: os.path.realpath(os.path.join(root, d)) for d in names}
+  listed = {real[d] for d in names if (label_text(d) or d) in classes}
   empty = [d for d in names if (label_text(d) or d) not in classes
-           and os.path.isdir(os.path.join(root, d)) and not os.path.islink(os.path.join(root, d))
+           and os.path.isdir(os.path.join(root, d)) and real[d] not in listed
            and not run_folders.is_run(os.path.join(root, d))]
   if empty:
     log.warning("%s: %s %s, so no class: %s", root, len(empty),

@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxgan.data import prepared
 from jaxgan.data.arrays import DataError
-from jaxgan.data.images import LoadOptions, find_images, load_image
+from jaxgan.data.image_files import find_images
+from jaxgan.data.images import LoadOptions, load_image
 
 
 # Present while `jaxgan.generate` writes a folder of PNGs, removed once every file is written: a

@@ -18,7 +18,7 @@ from jaxgan.data.arrays import (ArraySource, Attributes, DataError, cache_dir_pr
                                 require_attributes, require_every_class)
 from jaxgan.data.decode import (DecodeError, decode_all, decode_cache_key, log_upscaled,
                                 memory_problem, read_decode_cache, write_decode_index)
-from jaxgan.data.images import IMAGE_EXTENSIONS
+from jaxgan.data.image_files import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -208,7 +208,7 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   (macOS stores decomposed names), with no stat per file (catalogs on network storage hold
   millions); a hard or symbolic link to a listed file is a name no row gives, and so is another
   case of a name (distinct files on Linux)."""
-  from jaxgan.data.images import is_image_path  # pylint: disable=g-import-not-at-top
+  from jaxgan.data.image_files import is_image_path  # pylint: disable=g-import-not-at-top
 
   folders: dict[str, str] = {}  # a folder's path -> its real path (a realpath per folder)
 

@@ -32,7 +32,7 @@ from jaxgan import tf_host
 from jaxgan.atomic_write import (check_free_space, exclusive, private_name, publish, remove_stale,
                                  reserve)
 from jaxgan.data.arrays import Attributes, DataError
-from jaxgan.data.images import is_image_path
+from jaxgan.data.image_files import is_image_path
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +265,12 @@ def _check_class_names(names: Any) -> None:
   bad = [n for n in names if not isinstance(n, str) or not n]  # a list: null is a bad name too
   if bad:
     raise ValueError(f"class_names holds {json.dumps(bad[0])}, not a name")
-  # 'other' twice is a set an older jaxgan wrote (the data's own 'other' and the merged rare
-  # classes', the first left empty), which trained as it is.
-  twice = [n for n, count in collections.Counter(names).items() if count > 1 and n != "other"]
+  # 'other' twice, the second last, is a set an older jaxgan wrote (the data's own 'other' and
+  # the merged rare classes': every such row took the last, and the first was left empty), which
+  # trained as it is.
+  counts = collections.Counter(names)
+  older = counts["other"] == 2 and names[-1] == "other"
+  twice = [n for n, count in counts.items() if count > 1 and not (n == "other" and older)]
   if twice:
     raise ValueError(f"class_names names {twice[0]!r} twice")
 
