@@ -33,7 +33,9 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
     extensions = " ".join(IMAGE_EXTENSIONS)
     raise DataError(f"no images in {where}" + (f" (first file skipped: {first[0]['path']}: "
                                                f"{first[0]['reason']})" if first else
-                                               f": no file in it or below it ends in {extensions}"))
+                                               f": no file in it or below it ends in {extensions}"
+                                               " (hidden folders and jaxgan runs' workdirs are not "
+                                               "read)"))
   if attribute_names is None:
     attribute_names = [("class", class_names)] if class_names else []
   require_attributes(config, attribute_names, where)
