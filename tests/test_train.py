@@ -295,6 +295,19 @@ def test_a_chosen_step_with_a_truncated_array_file_names_the_storage_error(runs,
   with pytest.raises(CheckpointError, match=r"^checkpoint step 4 in .* is unreadable \(ValueError: "
                      r"OUT_OF_RANGE: .*\); choose another --checkpoint of \[2\]$"):
     generate.generate(str(copy), 2, str(tmp_path / "g.png"), checkpoint="4")
+  # Where orbax wraps the storage error (as it did for some of these files), the storage
+  # error's own words.
+  def wrapped():
+    try:
+      raise ValueError("OUT_OF_RANGE: Requested byte range [8, 16) is not valid")
+    except ValueError as e:
+      raise Exception("Encountered error while reading array index: (slice(0, 4, 1),)") from e
+
+  checkpointer = mock.Mock(directory="ckpts", steps=lambda: [2, 4])
+  with pytest.raises(CheckpointError, match=r"^checkpoint step 4 in ckpts is unreadable "
+                     r"\(ValueError: OUT_OF_RANGE: Requested byte range \[8, 16\) is not valid\); "
+                     r"choose another --checkpoint of \[2\]$"):
+    saved_run._read_step(checkpointer, 4, wrapped)
 
 
 def test_resume_refuses_a_config_that_changes_the_math(runs):
