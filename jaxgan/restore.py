@@ -20,7 +20,7 @@ from jaxgan import label_choices
 from jaxgan import run_health
 from jaxgan import state as state_lib
 from jaxgan.config import resume as config_resume
-from jaxgan.data.class_labels import label_text
+from jaxgan.data.class_labels import folder_class_name
 from jaxgan.run_health import TrainingError
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def _layout_changes(trained_config: dict, blocking: list, abstract_state: Any) -
 
 def _as_read_now(attributes: list) -> list:
   """[[attribute, [class names]], ...] with each name as the data sources read it now
-  (`class_labels.label_text`; a name of invisible characters alone kept, as they keep it)."""
-  return [[column, [label_text(n) or n for n in names]] for column, names in attributes]
+  (`class_labels.folder_class_name`: a manifest's names, read alike, are never blank)."""
+  return [[column, [folder_class_name(n) for n in names]] for column, names in attributes]
 
 
 def _describe_classes(before: list, after: list) -> str:

@@ -1641,7 +1641,7 @@ def test_a_run_whose_class_names_were_read_in_another_unicode_form_resumes(tmp_p
                "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
   workdir = str(tmp_path / "w")
   with monkeypatch.context() as patch:  # as an older jaxgan read the names: as written
-    patch.setattr(folder, "label_text", lambda name: name)
+    patch.setattr(folder, "folder_class_name", lambda name: name)
     trainer.train_and_evaluate(tiny_config(**overrides), workdir)
   assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", "Shoes"]
   assert class_labels.label_text("Cafe\u0301") == "Caf\u00e9"

@@ -31,6 +31,12 @@ def label_text(value: str) -> str:
   return _ENDS.sub("", unicodedata.normalize("NFC", value))
 
 
+def folder_class_name(name: str) -> str:
+  """A class folder's name as its class's: `label_text`, but a name of spaces or invisible
+  characters alone is kept as it is ("" is the root's own images, which belong to no class)."""
+  return label_text(name) or name
+
+
 def warn_of_case_variants(values: Sequence[Sequence[str]], columns: Sequence[str]) -> None:
   """Warns of class names that differ only in case ('Tshirts', 'tshirts'): two classes, as
   they are kept (a name's case may matter), which the class-count error then asked to train."""

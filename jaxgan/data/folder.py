@@ -11,8 +11,8 @@ import numpy as np
 
 from jaxgan.config.schema import ConfigError
 from jaxgan.data.arrays import LISTED_KEYS, ArraySource, DataError
-from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, label_text, log_merged,
-                                       merged_into_other)
+from jaxgan.data.class_labels import (check_rare_class_keys, encode_kept, folder_class_name,
+                                       log_merged, merged_into_other)
 from jaxgan.data.image_files import IMAGE_EXTENSIONS, find_images
 from jaxgan.data.listed import decoded_source
 
@@ -36,9 +36,7 @@ def scan_folder(root: str, keep_outside: bool = False
     for path in find_images(root, others):
       rel = os.path.relpath(os.path.dirname(path), root)
       paths.append(path)
-      top = rel.split(os.sep)[0]
-      # A name of spaces or invisible characters alone keeps them: "" is the root's images.
-      folders.append("" if rel == "." else label_text(top) or top)
+      folders.append("" if rel == "." else folder_class_name(rel.split(os.sep)[0]))
   except OSError as e:
     raise DataError(f"{e.filename}: {e.strerror}; make it readable or remove it from "
                     f"{root}") from None
@@ -78,8 +76,8 @@ def _warn_of_empty_classes(root: str, classes: set[str]) -> None:
   except OSError:
     return
   real = {d: os.path.realpath(os.path.join(root, d)) for d in names}
-  listed = {real[d] for d in names if (label_text(d) or d) in classes}
-  empty = [d for d in names if (label_text(d) or d) not in classes
+  listed = {real[d] for d in names if folder_class_name(d) in classes}
+  empty = [d for d in names if folder_class_name(d) not in classes
            and os.path.isdir(os.path.join(root, d)) and real[d] not in listed
            and not run_folders.is_run(os.path.join(root, d))]
   if empty:

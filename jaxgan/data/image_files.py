@@ -102,9 +102,10 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
       if name in links and is_image_path(path):
         # A file link into another first-level folder: that folder lists the file itself, and
         # the photo was trained under both classes (links to folders were refused so already).
-        owner = _first_level(os.path.dirname(os.path.realpath(path)), tops)
+        target = os.path.realpath(path)
+        owner = _first_level(os.path.dirname(target), tops)
         if owner is not None and owner != (rel[0] if rel != ["."] else None):
-          log.warning("%s: skipped, a link to %s, which %s lists", path, os.path.realpath(path),
+          log.warning("%s: skipped, a link to %s, which %s lists", path, target,
                       os.path.join(root, owner))
           continue
       if is_image_path(path):
