@@ -349,6 +349,16 @@ def test_images_in_no_manifest_row_are_told_by_prepare_and_the_manifest_source(t
   os.symlink(tmp_path / "elsewhere" / "sub", images / "far")
   assert manifest_lib.unlisted_images(str(tmp_path / "elsewhere"), [
       str(images / "far" / ".." / "x.jpg"), str(images / "far" / "y.jpg")]) == []
+  # A run kept in the images' folder: its sample grids are no photos a row forgot (as the folder
+  # scan skips them); another tool's config.json beside photos is no run.
+  run = tmp_path / "elsewhere" / "gan"
+  _img(str(run / "samples" / "step_0000002.png"), (9, 9, 9))
+  (run / "config.json").write_text('{"train": {"batch_size": 8}}')
+  _img(str(tmp_path / "elsewhere" / "tool" / "z.jpg"), (9, 9, 9))
+  (tmp_path / "elsewhere" / "tool" / "config.json").write_text('{"model_type": "bert"}')
+  assert manifest_lib.unlisted_images(str(tmp_path / "elsewhere"), [
+      str(images / "far" / ".." / "x.jpg"), str(images / "far" / "y.jpg")]) == [
+          str(tmp_path / "elsewhere" / "tool" / "z.jpg")]
   # prepare without --images: the manifest's names are relative to its own folder.
   args = prepare.parse_args(["--manifest", str(path), "--images", "", "--label-column",
                              "articleType", "--out", str(tmp_path / "p2"), "--image-size", "16",

@@ -207,7 +207,9 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   (a row may name a file through a symlinked folder, or '..' past one), in one Unicode form
   (macOS stores decomposed names), with no stat per file (catalogs on network storage hold
   millions); a hard or symbolic link to a listed file is a name no row gives, and so is another
-  case of a name (distinct files on Linux)."""
+  case of a name (distinct files on Linux). A jaxgan run's workdir is passed over, as
+  `find_images` does: its images are sample grids, which no manifest was meant to list."""
+  from jaxgan import run_folders  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_files import is_image_path  # pylint: disable=g-import-not-at-top
 
   folders: dict[str, str] = {}  # a folder's path -> its real path (a realpath per folder)
@@ -228,6 +230,9 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
       dirnames[:] = []
       continue
     seen.add(real_folder(dirpath))
+    if ("config.json" in filenames or "checkpoints" in dirnames) and run_folders.is_run(dirpath):
+      dirnames[:] = []
+      continue
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     found += [os.path.join(dirpath, n) for n in sorted(filenames)
               if is_image_path(n) and key(dirpath, n) not in named]
