@@ -61,6 +61,12 @@ def _as_read_now(attributes: list) -> list:
   return [[column, [folder_class_name(n) for n in names]] for column, names in attributes]
 
 
+def _reordered(before: list, after: list) -> bool:
+  """Whether each attribute of `after` holds `before`'s class names, in another order."""
+  return before != after and [[c, sorted(n)] for c, n in before] == [[c, sorted(n)]
+                                                                   for c, n in after]
+
+
 def _describe_classes(before: list, after: list) -> str:
   changes = [f"{name}: {', '.join(old)} -> {', '.join(new)}"
              for (name, old), (_, new) in zip(before, after) if old != new]
@@ -122,6 +128,12 @@ def restore_run(checkpointer: ckpt_lib.Checkpointer, run: Any, config: ml_collec
                "composed form)", _describe_classes(trained, attributes))
     elif trained is not None and trained != attributes:
       classes = _describe_classes(trained, attributes)
+      if _reordered(_as_read_now(trained), attributes):
+        # Names an older jaxgan kept decomposed sort otherwise composed ('e' + U+0301 before
+        # 'f', U+00E9 after it): the same classes, but label k names another one now.
+        classes += "; the same classes in another order" + (
+            ": their names are read in Unicode's composed form now, which sorts them otherwise"
+            if _as_read_now(trained) != trained else "")
       if not allow_config_change:
         raise TrainingError(
             f"the data's classes differ from checkpoint step {step} in {workdir} ({classes}): "

@@ -1652,6 +1652,32 @@ def test_a_run_whose_class_names_were_read_in_another_unicode_form_resumes(tmp_p
           "now") in caplog.text
 
 
+def test_classes_read_now_in_another_order_are_refused_and_told_why(tmp_path, monkeypatch):
+  """Composed, 'Café' sorts after 'Caff'; decomposed (as an older jaxgan kept it) before: the
+  same classes, but label 0 would train the other one. Refused, and the cause was not said (the
+  names looked alike, only reordered)."""
+  from PIL import Image
+
+  from jaxgan.data import folder
+
+  root = tmp_path / "photos"
+  for i, cls in enumerate(["Cafe\u0301", "Caff"]):
+    (root / cls).mkdir(parents=True)
+    Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(root / cls / f"{i}.png")
+  overrides = {"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
+               "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
+  workdir = str(tmp_path / "w")
+  with monkeypatch.context() as patch:  # as an older jaxgan read the names: as written
+    patch.setattr(folder, "folder_class_name", lambda name: name)
+    trainer.train_and_evaluate(tiny_config(**overrides), workdir)
+  assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", "Caff"]
+  with pytest.raises(trainer.TrainingError, match=(
+      "^the data's classes differ from checkpoint step 2 in .* \\(class: Cafe\u0301, Caff -> "
+      "Caff, Caf\u00e9; the same classes in another order: their names are read in Unicode's "
+      "composed form now, which sorts them otherwise\\): each label index would now train")):
+    trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 4}), workdir)
+
+
 def test_class_changes_are_described_per_attribute_or_as_other_attributes():
   from jaxgan import restore
 
@@ -1663,6 +1689,10 @@ def test_class_changes_are_described_per_attribute_or_as_other_attributes():
       "attributes ['type', 'colour'] -> ['type']")
   assert restore._describe_classes(before, [["kind", ["Shirts", "Shoes"]], ["colour", ["Red"]]]
                                    ) == "attributes ['type', 'colour'] -> ['kind', 'colour']"
+  assert restore._reordered(before, [["type", ["Shoes", "Shirts"]], ["colour", ["Red"]]])
+  assert not restore._reordered(before, before)
+  assert not restore._reordered(before, [["type", ["Shoes", "Boots"]], ["colour", ["Red"]]])
+  assert not restore._reordered(before, [["kind", ["Shoes", "Shirts"]], ["colour", ["Red"]]])
 
 
 def test_a_resume_warns_of_nothing_to_train_and_of_changed_data_or_order(caplog):
