@@ -2189,7 +2189,7 @@ def test_class_counts_from_a_prepared_sets_info(tmp_path):
 
 
 DECODE_UNDER_A_SIGNAL = r"""
-import multiprocessing, os, signal, sys
+import concurrent.futures, multiprocessing, os, signal, struct, sys
 import numpy as np
 from PIL import Image
 from jaxgan.data import decode
@@ -2203,6 +2203,14 @@ for i in range(1500):  # enough that chunks are still queued when the signal goe
 received = []
 signal.signal(signal.SIGINT, lambda *a: received.append(1))  # the trainer's stop request
 collect = decode._collect
+pools = []
+
+class KeptPool(concurrent.futures.ProcessPoolExecutor):
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    pools.append(self)
+
+concurrent.futures.ProcessPoolExecutor = KeptPool
 
 def collect_after_a_signal(results, *args):
   def first_then_signal():
@@ -2211,6 +2219,13 @@ def collect_after_a_signal(results, *args):
         os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
       if i == 0 and mode == "worker-killed":
         os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # the OOM killer
+      if i == 0 and mode == "killed-writing-a-result":
+        # As a worker killed while it writes a result larger than the pipe's buffer leaves the
+        # results pipe: its write lock held, a length, and part of the bytes it announced.
+        results_pipe = pools[0]._result_queue
+        results_pipe._wlock.acquire()
+        os.write(results_pipe._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(100))
+        os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
       if i == 0 and mode == "parent-killed":  # a second Ctrl-C (SIG_DFL), or SIGKILL
         print(*[p.pid for p in multiprocessing.active_children()], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -2247,12 +2262,15 @@ def _assert_workers_end(stdout: str) -> None:
   assert not any(_running(pid) for pid in workers)
 
 
-@pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed", "parent-killed"])
+@pytest.mark.parametrize("mode", ["ctrl-c", "worker-killed", "killed-writing-a-result",
+                                  "parent-killed"])
 def test_decoding_workers_under_signals(tmp_path, mode):
   """A Ctrl-C reaches the decoding workers too: they leave it to the parent (whose stop request
   ends the run after the stage), instead of dying with their tasks, which left the decode
-  waiting forever. A worker that dies anyway fails the decode with one line. Workers whose
-  parent died (a second Ctrl-C, SIGKILL) end too, instead of waiting for work forever."""
+  waiting forever. A worker that dies anyway fails the decode with one line, also one killed
+  while it writes a result (the executor read the rest of it forever: a group SIGTERM hung a
+  run's start 1 time in 40). Workers whose parent died (a second Ctrl-C, SIGKILL) end too,
+  instead of waiting for work forever."""
   import subprocess
   import sys
 

@@ -81,6 +81,37 @@ def _terminal_signals_ignored():
       signal.signal(sig, handler)
 
 
+def _end_the_pool_when_a_worker_dies(pool: concurrent.futures.ProcessPoolExecutor,
+                                     done: multiprocessing.connection.Connection
+                                     ) -> Optional[threading.Thread]:
+  """Ends every worker, and this process's end of the results pipe, once one worker dies before
+  `done` is readable (closed), so that the executor reports a broken pool, as it does for a
+  worker that dies between results. One killed while it writes a result (a chunk of images is
+  larger than the pipe's buffer, so written in parts) leaves the executor's reader waiting for
+  the rest, and it waits forever: the other workers, and this process, keep the pipe's writing
+  end open (a group SIGTERM hung a run's start 1 time in 40; the OOM killer would hang it for
+  good). Once every writing end is closed, that read ends (EOF) and the executor fails the
+  pool. Uses the executor's private fields (as CPython 3.11 names them): without them, nothing
+  is done. Returns the watching thread (it ends soon after `done`), or None."""
+  processes = list(getattr(pool, "_processes", {}).values())  # every worker: map started them
+  writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+  if not processes or writer is None:
+    done.close()
+    return None
+
+  def watch() -> None:
+    with done:
+      if done in multiprocessing.connection.wait([done] + [p.sentinel for p in processes]):
+        return
+    for process in processes:  # the others may wait for the write lock the dead one held
+      process.kill()
+    writer.close()
+
+  thread = threading.Thread(target=watch, daemon=True, name="jaxgan-decode-watch")
+  thread.start()
+  return thread
+
+
 def _exit_with_the_parent(sentinel: int) -> None:
   multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended
   os._exit(1)
@@ -183,11 +214,18 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
             workers, multiprocessing.get_context("spawn"), initializer=_start_worker)
         with _terminal_signals_ignored():  # inherited by the workers from their first instruction
           results = pool.map(_load, jobs, chunksize=64)  # submits everything: starts the workers
+        done_reading, done = multiprocessing.connection.Pipe(duplex=False)
       except OSError as e:
         # Starting the processes (EAGAIN, too many open files), not the storage, which the
         # caller would name instead.
         raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
-      _collect(results, paths, out, marks, skipped, progress)
+      watch = _end_the_pool_when_a_worker_dies(pool, done_reading)
+      try:
+        _collect(results, paths, out, marks, skipped, progress)
+      finally:
+        done.close()  # before the shutdown, whose workers' ends are no deaths
+        if watch is not None:
+          watch.join()  # done with the pipe before the shutdown closes it (one close per end)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
       # one sent to the whole process group ends them, and the trainer, which got it too,
