@@ -22,7 +22,6 @@ import dataclasses
 import errno
 import functools
 import io
-import logging
 import math
 import os
 import re
@@ -31,8 +30,6 @@ from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
 RESAMPLE = Image.Resampling.LANCZOS
