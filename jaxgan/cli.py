@@ -39,6 +39,13 @@ def out_of_memory_line(error: BaseException, doing: str, remedy: str) -> str:
 Terminated = stopping.Terminated
 
 
+def log_to_stderr() -> None:
+  """The argparse tools' (prepare's, evaluate's) log lines on stderr as 'WARNING message'. Called
+  first thing: absl's first log call (orbax makes one as it loads) otherwise gives the root
+  logger Python's default handler, whose 'WARNING:jaxgan.data.image_files:...' was evaluate's."""
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+
 def _say(line: str) -> None:
   """`line` on stderr, where there still is one (a closed terminal's is gone after SIGHUP)."""
   try:

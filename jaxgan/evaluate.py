@@ -219,6 +219,7 @@ def _resolve_defaults(args) -> str:
 
 
 def main(argv=None) -> int:
+  cli.log_to_stderr()
   # --num_samples as well as --num-samples, as every jaxgan tool takes them.
   args = _parser().parse_args(cli.flag_spelling(sys.argv[1:] if argv is None else argv, "-"))
   if bool(args.workdir) == bool(args.real or args.fake):

@@ -268,7 +268,7 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  cli.log_to_stderr()
   args = parse_args(argv)
   problem = bad_path(args)
   if problem:

@@ -565,6 +565,25 @@ def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_
              "resolution; pass --image-size 16 to compare them at one size") in err) == warned, err
 
 
+def test_the_log_lines_of_evaluate_are_in_its_one_format(tmp_path):
+  """A warning logged while the sets were scanned read 'WARNING:jaxgan.data.image_files:...':
+  absl's first log call (orbax's, as it loads) had given the root logger Python's default
+  handler. It reads as prepare's do."""
+  real = tmp_path / "real"
+  _folder(real, 0, n=1)
+  run = real / "gan"  # a run kept among the photos: skipped, with a warning
+  os.makedirs(run / "samples")
+  Image.fromarray(draw_product(0, 16, np.random.default_rng(0))).save(run / "samples" / "s.png")
+  (run / "config.json").write_text('{"train": {"batch_size": 8}}')
+  proc = run_module("jaxgan.evaluate", "--real", str(real), "--fake", _folder(tmp_path / "fake", 1),
+                    "--metrics", "fid")
+  assert proc.returncode == 2
+  assert proc.stderr.splitlines() == [
+      f"WARNING {run}: skipped, a jaxgan run's workdir (its images are sample grids, not "
+      f"photos); move it out of {real}",
+      f"error: --real {real} holds 1 image(s); --metrics fid needs at least 2 per set"]
+
+
 def test_too_few_reals_for_the_metrics_are_refused_before_any_inception_work(tmp_path,
                                                                             monkeypatch):
   """A folder of one photo trained on (exit 0) while every evaluation failed after its minutes
