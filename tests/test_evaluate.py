@@ -337,6 +337,44 @@ def test_image_sets_skip_hidden_folders_like_the_training_folder_source(tmp_path
     next(image_sets.iter_image_set(str(tmp_path), paths=listing))
 
 
+def test_a_folder_loads_on_several_threads_in_order_and_a_bounded_way_ahead(tmp_path,
+                                                                           monkeypatch):
+  """A folder was read on one core (on an accelerator host, its decoding set the pace): now
+  several threads load ahead, at most 2 per thread, and the images (and the skipped files)
+  come in the listing's order as before."""
+  import threading
+
+  from jaxgan.data import image_sets
+
+  for i in range(23):
+    Image.fromarray(draw_product(i % 8, 12 + i % 3, np.random.default_rng(i))).save(
+        tmp_path / f"{i:02d}.png")
+  for i in (3, 11, 12):
+    (tmp_path / f"{i:02d}.png").write_bytes(b"broken")
+  sequential_skips = []
+  sequential = list(image_sets.iter_image_set(str(tmp_path), skipped=sequential_skips))
+  monkeypatch.setattr(image_sets, "num_workers", lambda: 4)
+  load, threads, started, given = image_sets.load_image, set(), [0], [0]
+  ahead = []
+
+  def counting_load(*args):
+    started[0] += 1
+    ahead.append(started[0] - given[0])
+    threads.add(threading.current_thread().name)
+    return load(*args)
+
+  monkeypatch.setattr(image_sets, "load_image", counting_load)
+  skipped, threaded = [], []
+  for image in image_sets.iter_image_set(str(tmp_path), skipped=skipped):
+    given[0] += 1
+    threaded.append(image)
+  assert len(threaded) == 20 and [s["path"] for s in skipped] == [
+      str(tmp_path / f"{i:02d}.png") for i in (3, 11, 12)] and skipped == sequential_skips
+  assert all(np.array_equal(a, b) for a, b in zip(threaded, sequential))
+  assert len(threads) > 1 and all(t.startswith("jaxgan-load") for t in threads)
+  assert max(ahead) <= 2 * 4 + len(skipped) + 1
+
+
 def test_a_prepared_set_whose_preparation_did_not_finish_is_named_so(tmp_path, capsys):
   """A set whose `prepare` was stopped holds shards and no dataset_info.json: evaluate took it
   for a folder of images and said it held none, where training says to prepare it again."""

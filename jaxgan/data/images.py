@@ -25,12 +25,14 @@ import io
 import math
 import os
 import re
+import threading
 import warnings
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+_WARNING_FILTERS = threading.Lock()  # held while `load_image` changes warnings' filters
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
 RESAMPLE = Image.Resampling.LANCZOS
 
@@ -233,7 +235,9 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
     return _unreadable(e)
   with handle:
     try:
-      with warnings.catch_warnings():
+      # catch_warnings swaps the process's filter list: threads loading at once (evaluate's
+      # folders) would put back each other's, so one at a time (a header read: microseconds).
+      with _WARNING_FILTERS, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(handle)
     except Image.DecompressionBombError as e:  # Pillow's own limit, checked before ours
