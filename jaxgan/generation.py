@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import ml_collections
 import numpy as np
@@ -188,12 +188,22 @@ def generate(workdir: str, num: int, out: str,
     if singles:
       attributes = label_choices.model_attributes(meta, classes) if labels is not None else []
       return _write_singles(chunks, out, num, _label_rows(labels, attributes))
-    images = np.concatenate([images for _, images in chunks])
+    images = np.concatenate(list(_counted(chunks, num)))
     stopping.raise_if_interrupted()  # a stop Python dropped: no grid written after it
     sampling.save_png(sampling.make_grid(images, cols=cols), out)
     return [out]
   except OSError as e:
     raise _out_error(out, e) from e
+
+
+def _counted(chunks, num: int) -> Iterator[np.ndarray]:
+  """Each chunk's images, counted on a bar once used (an FID set of 50,000 PNGs, or a grid of
+  thousands, takes minutes; not for a handful), and a stop request seen between chunks."""
+  with progress_lib.progress(num, "generate", enabled=num >= 200) as bar:
+    for _, images in chunks:
+      stopping.raise_if_interrupted()
+      yield images
+      bar.update(len(images))
 
 
 def _grid_columns(num: int, num_classes: int) -> int:
@@ -352,16 +362,12 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
     f.write("jaxgan.generate is writing this folder, or was stopped before it finished\n")
   paths, written = [], 0
   try:
-    # An FID set of 50,000 takes minutes: a bar (not for a handful of files).
-    with progress_lib.progress(num, "generate", enabled=num >= 200) as bar:
-      for _, images in chunks:  # one process: every row, in order
-        stopping.raise_if_interrupted()
-        for image in images:
-          paths.append(os.path.join(out, f"{len(paths):06d}.png"))
-          # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
-          sampling.save_png(image, paths[-1], durable=False)
-          written += 1
-        bar.update(len(images))
+    for images in _counted(chunks, num):  # one process: every row, in order
+      for image in images:
+        paths.append(os.path.join(out, f"{len(paths):06d}.png"))
+        # Not synced one by one: a sync per file costs milliseconds, minutes for an FID set.
+        sampling.save_png(image, paths[-1], durable=False)
+        written += 1
   except BaseException:
     # What the folder now holds, before the stop's or the error's own line.
     log.warning("%s holds the first %s of %s images and %s (evaluate refuses the folder); run "

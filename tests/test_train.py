@@ -426,8 +426,11 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
   assert np.abs(whole - parts).max() <= 1  # other batch shapes may round differently
   capsys.readouterr()
   assert len(generate.generate(workdir, 200, str(tmp_path / "many") + "/", batch=100)) == 200
-  # Progress for FID-sized sets: off a terminal (here), a line a minute and the end's.
+  # Progress for FID-sized sets: off a terminal (here), a line a minute and the end's; and for a
+  # grid of as many (it had none; a row per class: 201 of 3 classes).
   assert "generate: 200/200 images done, " in capsys.readouterr().err
+  generate.generate(workdir, 200, str(tmp_path / "grid.png"), batch=100)
+  assert "generate: 201/201 images done, " in capsys.readouterr().err
   with pytest.raises(ValueError, match=r"already holds 2 numbered PNGs past --num=3"):
     generate.generate(workdir, 3, str(tmp_path / "parts"))
   (tmp_path / "parts" / "1000000.png").write_bytes(b"")  # a set of millions: 7 digits
