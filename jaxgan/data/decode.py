@@ -81,18 +81,17 @@ def _terminal_signals_ignored():
       signal.signal(sig, handler)
 
 
-def _end_the_pool_when_a_worker_dies(pool: concurrent.futures.ProcessPoolExecutor,
-                                     done: multiprocessing.connection.Connection
-                                     ) -> Optional[threading.Thread]:
-  """Ends every worker, and this process's end of the results pipe, once one worker dies before
-  `done` is readable (closed), so that the executor reports a broken pool, as it does for a
-  worker that dies between results. One killed while it writes a result (a chunk of images is
-  larger than the pipe's buffer, so written in parts) leaves the executor's reader waiting for
-  the rest, and it waits forever: the other workers, and this process, keep the pipe's writing
-  end open (a group SIGTERM hung a run's start 1 time in 40; the OOM killer would hang it for
-  good). Once every writing end is closed, that read ends (EOF) and the executor fails the
-  pool. Uses the executor's private fields (as CPython 3.11 names them): without them, nothing
-  is done. Returns the watching thread (it ends soon after `done`), or None."""
+def _death_watch(pool: concurrent.futures.ProcessPoolExecutor,
+                 done: multiprocessing.connection.Connection) -> Optional[threading.Thread]:
+  """A thread (not started) that ends every worker, and this process's end of the results
+  pipe, once one worker dies before `done` is readable (closed), so that the executor reports a
+  broken pool, as it does for a worker that dies between results. One killed while it writes a
+  result (a chunk of images is larger than the pipe's buffer, so written in parts) leaves the
+  executor's reader waiting for the rest, and it waits forever: the other workers, and this
+  process, keep the pipe's writing end open (a group SIGTERM hung a run's start 1 time in 40;
+  the OOM killer would hang it for good). Once every writing end is closed, that read ends
+  (EOF) and the executor fails the pool. Uses the executor's private fields (as CPython 3.11
+  names them): without them, None. The thread ends soon after `done` does; it closes `done`."""
   processes = list(getattr(pool, "_processes", {}).values())  # every worker: map started them
   writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
   if not processes or writer is None:
@@ -107,9 +106,7 @@ def _end_the_pool_when_a_worker_dies(pool: concurrent.futures.ProcessPoolExecuto
       process.kill()
     writer.close()
 
-  thread = threading.Thread(target=watch, daemon=True, name="jaxgan-decode-watch")
-  thread.start()
-  return thread
+  return threading.Thread(target=watch, daemon=True, name="jaxgan-decode-watch")
 
 
 def _exit_with_the_parent(sentinel: int) -> None:
@@ -207,7 +204,7 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
     # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
-    pool = None
+    pool = done = watch = None
     try:
       try:
         pool = concurrent.futures.ProcessPoolExecutor(
@@ -219,13 +216,10 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
         # Starting the processes (EAGAIN, too many open files), not the storage, which the
         # caller would name instead.
         raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
-      watch = _end_the_pool_when_a_worker_dies(pool, done_reading)
-      try:
-        _collect(results, paths, out, marks, skipped, progress)
-      finally:
-        done.close()  # before the shutdown, whose workers' ends are no deaths
-        if watch is not None:
-          watch.join()  # done with the pipe before the shutdown closes it (one close per end)
+      watch = _death_watch(pool, done_reading)
+      if watch is not None:
+        watch.start()
+      _collect(results, paths, out, marks, skipped, progress)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
       # one sent to the whole process group ends them, and the trainer, which got it too,
@@ -233,6 +227,14 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
       raise DecodeError("a decoding worker process died (a signal, or the system ran out of "
                         "memory)") from None
     finally:  # on an error, the queued chunks are dropped, not decoded first
+      # The watch ends before the shutdown, whose workers' ends it would take for deaths (and
+      # close the results pipe as the shutdown does: one close per end). Held: a stop signal's
+      # exception (prepare's) here would leave it running into the shutdown.
+      with stopping.signals_held():
+        if done is not None:
+          done.close()
+        if watch is not None and watch.is_alive():
+          watch.join()
       if pool is not None:
         pool.shutdown(cancel_futures=True)
   else:
