@@ -198,6 +198,32 @@ def test_huge_dimensions_rejected_from_the_header(tmp_path):
                         "limit, below data.max_pixels)")
 
 
+def test_pillows_size_warning_is_quiet_without_swapping_the_warning_filters(tmp_path,
+                                                                            monkeypatch):
+  """Past Pillow's MAX_IMAGE_PIXELS (below twice it) Pillow warns; the reason says it. It was
+  silenced with catch_warnings, which swaps the process's whole filter list: loading threads
+  (evaluate's) and another thread's catch_warnings then put back each other's lists, leaving
+  filters behind (an 'error' one turned later warnings into exceptions)."""
+  import warnings
+
+  side = int((1.2 * Image.MAX_IMAGE_PIXELS) ** 0.5)
+  path = _write(tmp_path, "bomb.png", _png_header_only(side, side))
+  real_open, lists = Image.open, []
+
+  def open_noting_the_filter_list(*args, **kwargs):
+    lists.append(warnings.filters)
+    return real_open(*args, **kwargs)
+
+  monkeypatch.setattr(Image, "open", open_noting_the_filter_list)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    filters = warnings.filters
+    out = load_image(path, OPTS)
+    assert out.reason == f"too large: {side}x{side} is more than 64000000 pixels (max_pixels)"
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert lists == [filters] and lists[0] is filters
+
+
 def test_one_pixel_is_too_small(tmp_path):
   out = load_image(_write(tmp_path, "1.png", _encode(Image.new("RGB", (1, 1)), "PNG")), OPTS)
   assert out.reason == "too small: 1x1, a side under 8 (min_source_size)"

@@ -25,14 +25,12 @@ import io
 import math
 import os
 import re
-import threading
 import warnings
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-_WARNING_FILTERS = threading.Lock()  # held while `load_image` changes warnings' filters
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a catalog photo is far smaller
 RESAMPLE = Image.Resampling.LANCZOS
 
@@ -216,6 +214,16 @@ def size_problem(width: int, height: int, options: LoadOptions) -> str:
   return ""
 
 
+def _quiet_pillow_size_warning() -> None:
+  """Pillow's DecompressionBombWarning ignored in this process from its first load on: the
+  size checks here say it in their own words (`size_problem`; 'too large' past Pillow's own
+  limit). One filter added, not `catch_warnings` around each open, which swaps the whole filter
+  list: threads loading at once (evaluate's folders), or another thread's catch_warnings, put
+  back each other's lists, leaving filters behind (another's 'error' one among them)."""
+  if ("ignore", None, Image.DecompressionBombWarning, None, 0) not in warnings.filters:
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
 def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
   """Loads a file path or encoded bytes; never raises for bad input, returns the reason."""
   try:
@@ -235,11 +243,8 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
     return _unreadable(e)
   with handle:
     try:
-      # catch_warnings swaps the process's filter list: threads loading at once (evaluate's
-      # folders) would put back each other's, so one at a time (a header read: microseconds).
-      with _WARNING_FILTERS, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(handle)
+      _quiet_pillow_size_warning()
+      img = Image.open(handle)
     except Image.DecompressionBombError as e:  # Pillow's own limit, checked before ours
       limit = min(options.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0) or options.max_pixels)
       # Its size, as Pillow's message gives it ('Image size (400000000 pixels) exceeds ...').
