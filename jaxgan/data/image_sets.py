@@ -25,6 +25,10 @@ from jaxgan.data.decode import num_workers
 from jaxgan.data.images import Loaded, LoadOptions, load_image
 
 
+# Threads loading an evaluated folder: each holds an image ahead of the metric's batches, at its
+# native size (a 24-megapixel photo, padded square, is 108 MB as uint8).
+MAX_LOAD_THREADS = 8
+
 # Present while `jaxgan.generate` writes a folder of PNGs, removed once every file is written: a
 # run cut short over an earlier set leaves a mix of the two, which must not be measured as one.
 INCOMPLETE_MARKER = ".generate-incomplete"
@@ -42,8 +46,7 @@ def _load_ahead(paths: Sequence[str], options: LoadOptions, threads: int
                 ) -> Iterator[tuple[str, Loaded]]:
   """(path, `load_image` of it) for each path, in order, `threads` files loading at once: Pillow
   decodes and resizes without the GIL, and one core's decoding, not an accelerator's Inception,
-  set the pace of a folder's evaluation. At most 2 x threads images are held ahead (memory
-  stays bounded at native sizes)."""
+  set the pace of a folder's evaluation. No more than `threads` images are loaded ahead."""
   if threads <= 1:
     yield from ((p, load_image(p, options)) for p in paths)
     return
@@ -51,7 +54,7 @@ def _load_ahead(paths: Sequence[str], options: LoadOptions, threads: int
   try:
     queued = iter(paths)
     pending = collections.deque((p, pool.submit(load_image, p, options))
-                                for p in itertools.islice(queued, 2 * threads))
+                                for p in itertools.islice(queued, threads))
     while pending:
       path, loading = pending.popleft()
       for p in itertools.islice(queued, 1):
@@ -164,7 +167,8 @@ def iter_image_set(path: str, image_size: int = 0, skipped: Optional[list] = Non
     raise DataError(_no_images(path))
   skipped = [] if skipped is None else skipped
   readable = 0
-  for p, loaded in _load_ahead(paths, LoadOptions(image_size=image_size), num_workers()):
+  threads = min(num_workers(), MAX_LOAD_THREADS)
+  for p, loaded in _load_ahead(paths, LoadOptions(image_size=image_size), threads):
     if loaded.image is None:
       skipped.append({"path": p, "reason": loaded.reason})
     else:
