@@ -86,7 +86,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str, stop: stopping_li
       # reaches from its own view of the files raises on all, and start_run's clean-up below
       # then runs alike everywhere.
       donor = multihost.agreed(lambda: init_from.read_donor(
-          config.train.init_from,
+          _donor_path(config.train.init_from, workdir),
           ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), config.model.name,
           config.data.image_size, state_lib.class_axes(config),
           [[name, list(names)] for name, names in data_lib.attribute_names(source)]),
@@ -173,6 +173,32 @@ def _check_cache_dir(cache_dir: str) -> None:
   if problem:
     raise config_lib.ConfigError(f"config key eval.cache_dir: {problem}; set a folder (or '' for "
                                  "the default)")
+
+
+def _donor_path(named: str, workdir: str) -> str:
+  """Where a first start reads train.init_from (`named`): the step folder that `workdir`'s
+  config.json records where an earlier first start stopped before its first checkpoint and
+  `named` is that step's run again (its workdir or checkpoints folder), so that the run starts
+  over as it began, as an uninterrupted one would have, not from a step its donor has trained
+  since; `named` otherwise, and where that step is gone (warned of)."""
+  try:
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      recorded = os.path.normpath(config_lib.from_json(f.read()).train.init_from or ".")
+  except (OSError, ValueError):  # a new run's (none), or one _check_not_foreign refused
+    return named
+  if os.path.normpath(named) not in (os.path.dirname(recorded),
+                                     os.path.dirname(os.path.dirname(recorded))):
+    return named  # another donor, the recorded step named itself, or none recorded
+  try:
+    init_from.locate(recorded)
+  except config_lib.ConfigError:
+    log.warning("train.init_from: step folder %s, which this run's first start read (its "
+                "config.json records it), is gone: reading %s's latest step instead", recorded,
+                named)
+    return named
+  log.info("train.init_from: %s again, the step folder this run's first start read (its "
+           "config.json records it; a step folder named reads that one)", recorded)
+  return recorded
 
 
 def _check_not_foreign(workdir: str) -> None:

@@ -329,6 +329,53 @@ def test_a_resume_naming_the_donors_workdir_after_a_start_from_its_step_folder_i
           f"{folders}/2, which its config.json keeps (not {path})") in caplog.text
 
 
+def test_a_first_start_stopped_before_its_first_checkpoint_reads_the_same_donor_step_again(
+    donor, tmp_path, caplog):
+  """A start stopped before its first checkpoint is started over: it read the donor's latest
+  step again, by then a later one (the donor trains on), and config.json's record of the step
+  read changed in silence; an uninterrupted run would have read the first."""
+  path = str(tmp_path / "donor")
+  shutil.copytree(donor[0], path)
+  folders = os.path.join(path, "checkpoints")
+  config = tiny_config(**{"train.num_steps": 1, "train.tensorboard": False,
+                          "train.init_from": path})
+  run_dir = str(tmp_path / "new")
+
+  def recorded():
+    with open(os.path.join(run_dir, "config.json")) as f:
+      return json.load(f)["train"]["init_from"]
+
+  trainer.train_and_evaluate(config, run_dir)
+  assert recorded() == os.path.join(folders, "2")
+  shutil.rmtree(os.path.join(run_dir, "checkpoints"))  # as a stop before the first one leaves it
+  shutil.copytree(os.path.join(folders, "2"), os.path.join(folders, "4"))  # the donor trained on
+  for named in (path, folders):  # its workdir or its checkpoints folder: the same run
+    config.train.init_from = named
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      trainer.train_and_evaluate(config, run_dir)
+    assert recorded() == os.path.join(folders, "2")
+    assert (f"train.init_from: {folders}/2 again, the step folder this run's first start read"
+            in caplog.text)
+    assert re.search(r"train.init_from: copied .* from " + re.escape(folders) + " step 2$",
+                     caplog.text, re.M)
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+  # A step folder named is read as named; the recorded step since removed: the latest, said.
+  config.train.init_from = os.path.join(folders, "4")
+  trainer.train_and_evaluate(config, run_dir)
+  assert recorded() == os.path.join(folders, "4")
+  shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+  shutil.copytree(os.path.join(folders, "4"), os.path.join(folders, "6"))
+  shutil.rmtree(os.path.join(folders, "4"))
+  config.train.init_from = path
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(config, run_dir)
+  assert recorded() == os.path.join(folders, "6")
+  assert (f"train.init_from: step folder {folders}/4, which this run's first start read (its "
+          f"config.json records it), is gone: reading {path}'s latest step instead"
+          ) in caplog.text
+
+
 @pytest.mark.parametrize("refusal", ["missing", "uri", "another model", "another size",
                                      "damaged"])
 def test_a_refused_donor_is_one_line_and_leaves_no_workdir(donor, tmp_path, refusal):
