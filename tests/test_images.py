@@ -222,6 +222,10 @@ def test_pillows_size_warning_is_quiet_without_swapping_the_warning_filters(tmp_
     assert out.reason == f"too large: {side}x{side} is more than 64000000 pixels (max_pixels)"
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert lists == [filters] and lists[0] is filters
+    # A filter added since that would take the warning first ('error', a notebook's, say): it
+    # raised out of the load, which never raises for its file.
+    warnings.simplefilter("error")
+    assert load_image(path, OPTS).reason == out.reason
 
 
 def test_one_pixel_is_too_small(tmp_path):

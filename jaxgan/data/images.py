@@ -219,9 +219,14 @@ def _quiet_pillow_size_warning() -> None:
   size checks here say it in their own words (`size_problem`; 'too large' past Pillow's own
   limit). One filter added, not `catch_warnings` around each open, which swaps the whole filter
   list: threads loading at once (evaluate's folders), or another thread's catch_warnings, put
-  back each other's lists, leaving filters behind (another's 'error' one among them)."""
-  if ("ignore", None, Image.DecompressionBombWarning, None, 0) not in warnings.filters:
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+  back each other's lists, leaving filters behind (another's 'error' one among them). Put
+  first again where a filter added since would take the warning first (an 'error' one raised
+  it out of a load, which never raises for its file): each change resets every module's record
+  of the warnings it showed, so not at every call."""
+  bomb = Image.DecompressionBombWarning
+  first = next((f for f in warnings.filters if issubclass(bomb, f[2])), None)
+  if first != ("ignore", None, bomb, None, 0):
+    warnings.simplefilter("ignore", bomb)
 
 
 def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
