@@ -2208,7 +2208,8 @@ pools = []
 class KeptPool(concurrent.futures.ProcessPoolExecutor):
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    pools.append(self)
+    # A writing end of the results pipe as a worker holds one (closed as it dies, below).
+    pools.append((self, os.dup(self._result_queue._writer.fileno())))
 
 concurrent.futures.ProcessPoolExecutor = KeptPool
 
@@ -2221,11 +2222,13 @@ def collect_after_a_signal(results, *args):
         os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # the OOM killer
       if i == 0 and mode == "killed-writing-a-result":
         # As a worker killed while it writes a result larger than the pipe's buffer leaves the
-        # results pipe: its write lock held, a length, and part of the bytes it announced.
-        results_pipe = pools[0]._result_queue
-        results_pipe._wlock.acquire()
-        os.write(results_pipe._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(100))
-        os.kill(next(iter(pools[0]._processes)), signal.SIGKILL)
+        # results pipe: its write lock held, a length and part of the bytes it announced, and
+        # its writing end closed.
+        pool, writing_end = pools[0]
+        pool._result_queue._wlock.acquire()
+        os.write(writing_end, struct.pack("!i", 1 << 20) + bytes(100))
+        os.close(writing_end)
+        os.kill(next(iter(pool._processes)), signal.SIGKILL)
       if i == 0 and mode == "parent-killed":  # a second Ctrl-C (SIG_DFL), or SIGKILL
         print(*[p.pid for p in multiprocessing.active_children()], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

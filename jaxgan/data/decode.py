@@ -81,32 +81,33 @@ def _terminal_signals_ignored():
       signal.signal(sig, handler)
 
 
-def _death_watch(pool: concurrent.futures.ProcessPoolExecutor,
-                 done: multiprocessing.connection.Connection) -> Optional[threading.Thread]:
-  """A thread (not started) that ends every worker, and this process's end of the results
-  pipe, once one worker dies before `done` is readable (closed), so that the executor reports a
-  broken pool, as it does for a worker that dies between results. One killed while it writes a
-  result (a chunk of images is larger than the pipe's buffer, so written in parts) leaves the
-  executor's reader waiting for the rest, and it waits forever: the other workers, and this
-  process, keep the pipe's writing end open (a group SIGTERM hung a run's start 1 time in 40;
-  the OOM killer would hang it for good). Once every writing end is closed, that read ends
-  (EOF) and the executor fails the pool. Uses the executor's private fields (as CPython 3.11
-  names them): without them, None. The thread ends soon after `done` does; it closes `done`."""
-  processes = list(getattr(pool, "_processes", {}).values())  # every worker: map started them
+def _watch_for_deaths(pool: concurrent.futures.ProcessPoolExecutor,
+                      done: multiprocessing.connection.Connection) -> None:
+  """Makes a worker's death fail the pool however it dies. One killed while it writes a result
+  (a chunk of images is larger than the pipe's buffer, so written in parts) left the executor's
+  reader waiting for the rest forever (a group SIGTERM hung a run's start 1 time in 40; the OOM
+  killer would hang it for good): the pipe's writing ends stayed open, in the other workers (one
+  waits for the write lock the dead one held) and in this process. This process's end is closed
+  now (it writes no result; map has started every worker it will), and a thread ends the other
+  workers once one dies before `done` is readable (closed): the read then ends (EOF) and the
+  executor fails the pool, as for a worker that dies between results. The thread closes no
+  file: a late one at a normal shutdown ends workers that are ending anyway. Uses the
+  executor's private fields (as CPython 3.11 names them): without them, nothing is done."""
+  processes = list(getattr(pool, "_processes", {}).values())
   writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
   if not processes or writer is None:
     done.close()
-    return None
+    return
+  writer.close()
 
   def watch() -> None:
     with done:
-      if done in multiprocessing.connection.wait([done] + [p.sentinel for p in processes]):
-        return
-    for process in processes:  # the others may wait for the write lock the dead one held
-      process.kill()
-    writer.close()
+      sentinels = [p.sentinel for p in processes]
+      if set(sentinels) & set(multiprocessing.connection.wait([done] + sentinels)):
+        for process in processes:
+          process.kill()
 
-  return threading.Thread(target=watch, daemon=True, name="jaxgan-decode-watch")
+  threading.Thread(target=watch, daemon=True, name="jaxgan-decode-watch").start()
 
 
 def _exit_with_the_parent(sentinel: int) -> None:
@@ -204,7 +205,7 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
     # spawn, not fork: the parent may hold JAX/TensorFlow threads, which fork would corrupt. An
     # executor, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) fails
     # the decode with BrokenProcessPool instead of leaving it waiting for the lost tasks.
-    pool = done = watch = None
+    pool = done = None
     try:
       try:
         pool = concurrent.futures.ProcessPoolExecutor(
@@ -216,9 +217,7 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
         # Starting the processes (EAGAIN, too many open files), not the storage, which the
         # caller would name instead.
         raise DecodeError(f"starting {workers} decoding worker processes failed ({e})") from None
-      watch = _death_watch(pool, done_reading)
-      if watch is not None:
-        watch.start()
+      _watch_for_deaths(pool, done_reading)
       _collect(results, paths, out, marks, skipped, progress)
     except concurrent.futures.process.BrokenProcessPool:
       # SIGTERM keeps its default in the workers (the executor ends a broken pool's with it):
@@ -227,14 +226,8 @@ def _load_all(paths, options, workers, out, marks, skipped, progress) -> None:
       raise DecodeError("a decoding worker process died (a signal, or the system ran out of "
                         "memory)") from None
     finally:  # on an error, the queued chunks are dropped, not decoded first
-      # The watch ends before the shutdown, whose workers' ends it would take for deaths (and
-      # close the results pipe as the shutdown does: one close per end). Held: a stop signal's
-      # exception (prepare's) here would leave it running into the shutdown.
-      with stopping.signals_held():
-        if done is not None:
-          done.close()
-        if watch is not None and watch.is_alive():
-          watch.join()
+      if done is not None:
+        done.close()  # before the shutdown, whose workers' ends are no deaths
       if pool is not None:
         pool.shutdown(cancel_futures=True)
   else:
