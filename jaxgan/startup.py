@@ -186,9 +186,10 @@ def _donor_path(named: str, workdir: str) -> str:
       recorded = os.path.normpath(config_lib.from_json(f.read()).train.init_from or ".")
   except (OSError, ValueError):  # a new run's (none), or one _check_not_foreign refused
     return named
-  if os.path.normpath(named) not in (os.path.dirname(recorded),
-                                     os.path.dirname(os.path.dirname(recorded))):
-    return named  # another donor, the recorded step named itself, or none recorded
+  runs = (os.path.dirname(recorded), os.path.dirname(os.path.dirname(recorded)))
+  if (not os.path.basename(recorded).isdecimal()  # none, or an older run's record of a workdir
+      or os.path.realpath(named) not in [os.path.realpath(r) for r in runs]):
+    return named  # another donor, or the recorded step named itself
   try:
     init_from.locate(recorded)
   except config_lib.ConfigError:

@@ -349,7 +349,9 @@ def test_a_first_start_stopped_before_its_first_checkpoint_reads_the_same_donor_
   assert recorded() == os.path.join(folders, "2")
   shutil.rmtree(os.path.join(run_dir, "checkpoints"))  # as a stop before the first one leaves it
   shutil.copytree(os.path.join(folders, "2"), os.path.join(folders, "4"))  # the donor trained on
-  for named in (path, folders):  # its workdir or its checkpoints folder: the same run
+  os.symlink(path, tmp_path / "link")
+  # Its workdir, its checkpoints folder, or its workdir through a link: the same run.
+  for named in (path, folders, str(tmp_path / "link")):
     config.train.init_from = named
     caplog.clear()
     with caplog.at_level(logging.INFO):
