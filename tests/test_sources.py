@@ -2209,7 +2209,8 @@ class KeptPool(concurrent.futures.ProcessPoolExecutor):
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     # A writing end of the results pipe as a worker holds one (closed as it dies, below).
-    pools.append((self, os.dup(self._result_queue._writer.fileno())))
+    pools.append((self, os.dup(self._result_queue._writer.fileno())
+                  if mode == "killed-writing-a-result" else None))
 
 concurrent.futures.ProcessPoolExecutor = KeptPool
 
