@@ -186,10 +186,14 @@ def _donor_path(named: str, workdir: str) -> str:
       recorded = os.path.normpath(config_lib.from_json(f.read()).train.init_from or ".")
   except (OSError, ValueError):  # a new run's (none), or one _check_not_foreign refused
     return named
-  runs = (os.path.dirname(recorded), os.path.dirname(os.path.dirname(recorded)))
-  if (not os.path.basename(recorded).isdecimal()  # none, or an older run's record of a workdir
-      or os.path.realpath(named) not in [os.path.realpath(r) for r in runs]):
-    return named  # another donor, or the recorded step named itself
+  if not os.path.basename(recorded).isdecimal():  # none, or an older run's record of a workdir
+    return named
+  try:
+    folder, step = init_from.locate(named)  # the checkpoints folder it names, as read_donor
+  except config_lib.ConfigError:  # none there: read_donor says so
+    return named
+  if step is not None or os.path.realpath(folder) != os.path.realpath(os.path.dirname(recorded)):
+    return named  # a step folder named (that one is read), or another donor
   try:
     init_from.locate(recorded)
   except config_lib.ConfigError:

@@ -378,6 +378,23 @@ def test_a_first_start_stopped_before_its_first_checkpoint_reads_the_same_donor_
           ) in caplog.text
 
 
+def test_only_the_recorded_steps_own_run_is_read_at_its_recorded_step(donor, tmp_path):
+  """The recorded step's folder of steps is what must be named again: a workdir above a copied
+  folder of another run's steps is its own run (its checkpoints/), not the recorded one's."""
+  from jaxgan import startup
+
+  top = tmp_path / "b"
+  shutil.copytree(os.path.join(donor[0], "checkpoints"), top / "exported")  # run A's steps
+  shutil.copytree(os.path.join(donor[0], "checkpoints"), top / "checkpoints")  # run B's
+  (tmp_path / "w").mkdir()
+  config = tiny_config(**{"train.init_from": str(top / "exported" / "2")})
+  (tmp_path / "w" / "config.json").write_text(config.to_json())
+  assert startup._donor_path(str(top), str(tmp_path / "w")) == str(top)
+  assert startup._donor_path(str(top / "exported"), str(tmp_path / "w")) == str(
+      top / "exported" / "2")
+  assert startup._donor_path(str(tmp_path / "none"), str(tmp_path / "w")) == str(tmp_path / "none")
+
+
 @pytest.mark.parametrize("refusal", ["missing", "uri", "another model", "another size",
                                      "damaged"])
 def test_a_refused_donor_is_one_line_and_leaves_no_workdir(donor, tmp_path, refusal):
