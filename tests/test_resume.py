@@ -1624,26 +1624,35 @@ def test_resuming_on_changed_data_or_order_is_warned(tmp_path, caplog, monkeypat
   assert step == 10 and meta["class_names"] == ["b", "z"]
 
 
-def test_a_run_whose_class_names_were_read_in_another_unicode_form_resumes(tmp_path, monkeypatch,
-                                                                          caplog):
-  """A folder 'Café' named as macOS writes it (e + a combining accent) was a class of that
-  spelling; read in composed form now, the resume was refused as 'classes differ (Café ->
-  Café)'. The same classes: resumed."""
+def _trained_as_an_older_jaxgan_read_names(tmp_path, monkeypatch, other: str):
+  """(overrides, workdir) of a run trained 2 steps on class folders 'Café' (decomposed, as macOS
+  names it) and `other`, their names kept as written, as an older jaxgan read them."""
   from PIL import Image
 
-  from jaxgan.data import class_labels, folder
+  from jaxgan.data import folder
 
   root = tmp_path / "photos"
-  for i, cls in enumerate(["Cafe\u0301", "Shoes"]):
+  for i, cls in enumerate(["Cafe\u0301", other]):
     (root / cls).mkdir(parents=True)
     Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(root / cls / f"{i}.png")
   overrides = {"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
                "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
   workdir = str(tmp_path / "w")
-  with monkeypatch.context() as patch:  # as an older jaxgan read the names: as written
+  with monkeypatch.context() as patch:
     patch.setattr(folder, "folder_class_name", lambda name: name)
     trainer.train_and_evaluate(tiny_config(**overrides), workdir)
-  assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", "Shoes"]
+  assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", other]
+  return overrides, workdir
+
+
+def test_a_run_whose_class_names_were_read_in_another_unicode_form_resumes(tmp_path, monkeypatch,
+                                                                          caplog):
+  """A folder 'Café' named as macOS writes it (e + a combining accent) was a class of that
+  spelling; read in composed form now, the resume was refused as 'classes differ (Café ->
+  Café)'. The same classes: resumed."""
+  from jaxgan.data import class_labels
+
+  overrides, workdir = _trained_as_an_older_jaxgan_read_names(tmp_path, monkeypatch, "Shoes")
   assert class_labels.label_text("Cafe\u0301") == "Caf\u00e9"
   with caplog.at_level(logging.INFO):
     state = trainer.train_and_evaluate(tiny_config(**{**overrides, "train.num_steps": 4}), workdir)
@@ -1656,21 +1665,7 @@ def test_classes_read_now_in_another_order_are_refused_and_told_why(tmp_path, mo
   """Composed, 'Café' sorts after 'Caff'; decomposed (as an older jaxgan kept it) before: the
   same classes, but label 0 would train the other one. Refused, and the cause was not said (the
   names looked alike, only reordered)."""
-  from PIL import Image
-
-  from jaxgan.data import folder
-
-  root = tmp_path / "photos"
-  for i, cls in enumerate(["Cafe\u0301", "Caff"]):
-    (root / cls).mkdir(parents=True)
-    Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(root / cls / f"{i}.png")
-  overrides = {"data.source": "folder", "data.path": str(root), "data.num_classes": 2,
-               "data.workers": 1, "train.tensorboard": False, "train.num_steps": 2}
-  workdir = str(tmp_path / "w")
-  with monkeypatch.context() as patch:  # as an older jaxgan read the names: as written
-    patch.setattr(folder, "folder_class_name", lambda name: name)
-    trainer.train_and_evaluate(tiny_config(**overrides), workdir)
-  assert saved_run.load_checkpoint(workdir)[3]["class_names"] == ["Cafe\u0301", "Caff"]
+  overrides, workdir = _trained_as_an_older_jaxgan_read_names(tmp_path, monkeypatch, "Caff")
   with pytest.raises(trainer.TrainingError, match=(
       "^the data's classes differ from checkpoint step 2 in .* \\(class: Cafe\u0301, Caff -> "
       "Caff, Caf\u00e9; the same classes in another order: their names are read in Unicode's "
