@@ -1167,6 +1167,47 @@ def test_tfds_source_with_mock_data(caplog):
       build_source(config)
 
 
+def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_of(caplog):
+  """A text or image feature as the label, or a label as the image, failed on the first example
+  with a traceback (int(b'x'), an IndexError); classes a split holds no example of trained on
+  nothing in silence (integer labels 7 and 8 made classes 0..8)."""
+  import tensorflow_datasets as tfds
+
+  from jaxgan.data import tfds_source
+
+  base = {"data.source": "tfds", "data.tfds_name": "fashion_mnist", "data.num_classes": 10}
+  for key, value, message in (
+      ("data.tfds_label_key", "image", r"^data.tfds_label_key 'image': fashion_mnist's feature "
+       r"'image' is a Image, not a ClassLabel or one integer per example; its features that "
+       r"are: label$"),
+      ("data.tfds_image_key", "label", r"^data.tfds_image_key 'label': fashion_mnist's feature "
+       r"'label' is a ClassLabel, not an image or an array of pixels \[H, W\] or \[H, W, C\]; "
+       r"its features that are: image$")):
+    with tfds.testing.mock_data(num_examples=4), pytest.raises(DataError, match=message):
+      build_source(_config(**{**base, key: value}))
+  features = tfds.features.FeaturesDict({
+      "tag": tfds.features.Text(), "num": tfds.features.Tensor(shape=(), dtype=np.int64),
+      "pixels": tfds.features.Tensor(shape=(8, 8), dtype=np.uint8),
+      "vector": tfds.features.Tensor(shape=(3,), dtype=np.float32)})
+  with pytest.raises(DataError, match=r"feature 'tag' is a Text, not a ClassLabel .* that are: "
+                     r"num$"):
+    tfds_source._check_feature(features, "tiny", "data.tfds_label_key", "tag",
+                               tfds_source._holds_labels, "a ClassLabel or one integer per example")
+  for key in ("num", "vector"):
+    with pytest.raises(DataError, match=r"not an image; its features that are: pixels$"):
+      tfds_source._check_feature(features, "tiny", "data.tfds_image_key", key,
+                                 tfds_source._holds_images, "an image")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    tfds_source._warn_of_empty_classes([7, 8, 8], [str(i) for i in range(9)], "tiny split "
+                                       "'train'", "num")
+    tfds_source._warn_of_empty_classes([0, 1], ["a", "b"], "tiny split 'train'", "label")
+  assert caplog.messages == [
+      "tiny split 'train' holds no example of 7 of the 9 classes of 'num' (first: '0'): they "
+      "stay classes of the model, trained on nothing; pick a split that holds every class, or "
+      "another label feature"]
+
+
 def test_tfds_loading_writes_lines_not_bar_redraws_off_a_terminal(capsys):
   """A cluster job's log got tqdm's carriage-return redraws as one long line (progress.py)."""
   import tensorflow_datasets as tfds

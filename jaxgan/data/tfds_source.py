@@ -63,11 +63,15 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   if image_key not in features:
     raise DataError(f"data.tfds_image_key {image_key!r} is not a feature of {name} "
                     f"(features: {', '.join(features.keys())})")
+  _check_feature(features, name, "data.tfds_image_key", image_key, _holds_images,
+                 "an image or an array of pixels [H, W] or [H, W, C]")
   class_names: list[str] = []
   if label_key:
     if label_key not in features:
       raise DataError(f"data.tfds_label_key {label_key!r} is not a feature of {name} "
                       f"(features: {', '.join(features.keys())})")
+    _check_feature(features, name, "data.tfds_label_key", label_key, _holds_labels,
+                   "a ClassLabel or one integer per example")
     class_names = list(getattr(features[label_key], "names", []) or [])
   total = _split_size(info, split)
   images = _Images(total if options.image_size else None, options.image_size)
@@ -92,7 +96,48 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
   log_upscaled(upscaled, len(images), f"tfds {name}", options.image_size, "data.image_size")
   if label_key and not class_names:
     class_names = [str(i) for i in range(max(labels) + 1)]
+  if label_key:
+    _warn_of_empty_classes(labels, class_names, f"{name} split {split!r}", label_key)
   return images.array(), np.asarray(labels, np.int32), class_names, len(skipped)
+
+
+def _holds_images(feature, tfds) -> bool:
+  shape = getattr(feature, "shape", None)
+  return isinstance(feature, tfds.features.Image) or (
+      isinstance(feature, tfds.features.Tensor) and shape is not None and len(shape) in (2, 3)
+      and np.issubdtype(np.dtype(feature.np_dtype), np.number))
+
+
+def _holds_labels(feature, tfds) -> bool:
+  return isinstance(feature, tfds.features.ClassLabel) or (
+      isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
+      and np.issubdtype(np.dtype(feature.np_dtype), np.integer))
+
+
+def _check_feature(features, name: str, key: str, value: str, holds, what: str) -> None:
+  """Raises DataError where feature `value` (`key`'s) is not `what`, naming those that are: a
+  text or image label, or a scalar as the image, failed with a traceback on the first example."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if holds(features[value], tfds):
+    return
+  fitting = [k for k, f in features.items() if holds(f, tfds)]
+  raise DataError(f"{key} {value!r}: {name}'s feature {value!r} is a "
+                  f"{type(features[value]).__name__}, not {what}; "
+                  + (f"its features that are: {', '.join(fitting)}" if fitting
+                     else f"{name} has none"))
+
+
+def _warn_of_empty_classes(labels: list, class_names: list, where: str, label_key: str) -> None:
+  """Classes the split holds no example of stay classes of the model (a ClassLabel's names, or
+  0..max for integers): their rows of the class tables train on nothing, which was silent."""
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+  empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
+  if empty:
+    log.warning("%s holds no example of %d of the %d classes of %r (first: %r): they stay classes "
+                "of the model, trained on nothing; pick a split that holds every class, or "
+                "another label feature", where, len(empty), len(class_names), label_key,
+                empty[0])
 
 
 def _check_prepared(builder, prepared: bool, name: str, download: bool) -> None:
