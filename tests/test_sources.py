@@ -1167,6 +1167,19 @@ def test_tfds_source_with_mock_data(caplog):
       build_source(config)
 
 
+def test_skipped_files_past_twenty_are_counted_and_where_to_list_them_said(caplog):
+  """Only the first 20 are named (thousands would bury the log): the rest were named nowhere,
+  and the line did not say where a full list comes from."""
+  from jaxgan.data.arrays import check_bad_fraction
+
+  skipped = [{"path": f"{i}.png", "reason": "empty file"} for i in range(25)]
+  with caplog.at_level(logging.WARNING):
+    check_bad_fraction(skipped, 100, 0.5, "photos")
+  assert caplog.messages[:20] == [f"skipping {i}.png: empty file" for i in range(20)]
+  assert caplog.messages[20:] == ["... and 5 more skipped files (`jaxgan.prepare` of the same "
+                                  "images lists every one in its dataset_info.json)"]
+
+
 def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_of(caplog):
   """A text or image feature as the label, or a label as the image, failed on the first example
   with a traceback (int(b'x'), an IndexError); classes a split holds no example of trained on
