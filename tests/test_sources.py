@@ -501,6 +501,11 @@ def test_manifest_json_array_and_bad_json_rows(tmp_path):
   (tmp_path / "d.json").write_text(json.dumps([rows[0], ["a.jpg"]]))
   with pytest.raises(DataError, match=r"d.json: item 2 of the array is a list"):
     read_rows(str(tmp_path / "d.json"))
+  # The rows inside an object, indented: line 1 ('{') was named as not a JSON object.
+  (tmp_path / "e.json").write_text(json.dumps({"items": rows, "version": 2}, indent=2))
+  with pytest.raises(DataError, match=r"e.json: one JSON object \(keys: items, version\), not "
+                     r"rows: write the rows as a JSON array of objects, or one object per line"):
+    read_rows(str(tmp_path / "e.json"))
 
 
 def test_prepare_refuses_a_label_column_without_a_manifest(tmp_path, capsys):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+from typing import Optional
 
 from jaxgan.data.arrays import DataError
 
@@ -115,12 +116,26 @@ def read_numbered_rows(path: str) -> list[tuple[str, dict]]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
+        whole = _object_of_the_whole(text)
+        if whole is not None:  # one object spread over lines (indented), not a row per line
+          raise DataError(f"{path}: one JSON object (keys: {', '.join(list(whole)[:5])}), not "
+                          "rows: write the rows as a JSON array of objects, or one object per "
+                          "line (JSON Lines)") from None
         raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); fix that line") from e
       if not isinstance(row, dict):
         raise DataError(f"{path}:{n}: a {type(row).__name__}, not a JSON object; write one "
                         "object per line")
       rows.append((f"line {n}", row))
   return rows
+
+
+def _object_of_the_whole(text: str) -> Optional[dict]:
+  """The file's text as one JSON object, or None (not JSON, or not an object)."""
+  try:
+    whole = json.loads(text)
+  except json.JSONDecodeError:
+    return None
+  return whole if isinstance(whole, dict) else None
 
 
 def _not_utf8(path: str) -> str:
