@@ -441,6 +441,28 @@ def test_manifest_jsonl_with_image_column(tmp_path):
   assert source.class_names == ["Tshirts", "Watches"] and source.num_examples == 7
 
 
+def test_manifest_rows_naming_files_with_backslashes_say_so(tmp_path, caplog):
+  """A Windows export ('Women\\1.jpg'): its rows were skipped as 'missing file', and the files
+  they name were then warned of as in no row, with 'add rows for them'."""
+  images = tmp_path / "img"
+  rows = []
+  for i in range(4):
+    _img(str(images / "Women" / f"{i}.jpg"), (9 * i, 9, 9))
+    rows.append({"file": ("Women\\" if i % 2 else "Women/") + f"{i}.jpg", "type": "Tshirts"})
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = _config(**{"data.source": "manifest", "data.path": str(tmp_path / "m.jsonl"),
+                      "data.image_dir": str(images), "data.image_column": "file",
+                      "data.label_column": "type", "data.num_classes": 1,
+                      "data.max_bad_fraction": 0.9})
+  with caplog.at_level(logging.WARNING):
+    assert build_source(config).num_examples == 2
+  assert (f"skipping {images}/Women\\1.jpg: missing file (line 2); it is there with / for its "
+          "backslashes (a Windows path): write / in the manifest") in caplog.messages
+  assert (f"2 image files under {images} are in no row of {tmp_path / 'm.jsonl'}, so not used "
+          f"(first: {images / 'Women' / '1.jpg'}); 2 rows name files with backslashes (a Windows "
+          "path), which may be these: write / in the manifest") in caplog.messages
+
+
 def test_manifest_na_label_is_missing_not_a_class(tmp_path):
   rows = [{"id": 1, "type": "Watches"}, {"id": 2, "type": "NA"}, {"id": 3, "type": "NaN"},
           {"id": 4, "type": "Tshirts"}]

@@ -154,7 +154,10 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
             if found is not None and found.st_ino else [os.path.normpath(image)])
     file_key = next((k for k in keys if k in first), None)
     if found is None or not stat.S_ISREG(found.st_mode):
-      skipped.append({"path": image, "reason": f"missing file ({at})"})
+      # A Windows export's 'Women\\1.jpg': a name with a backslash in it on Linux.
+      windows = "\\" in image and os.path.isfile(image.replace("\\", "/"))
+      skipped.append({"path": image, "reason": f"missing file ({at})" + (
+          f"; {WINDOWS_PATH}" if windows else "")})
     elif file_key is not None:  # one photo trained twice, maybe under two labels: the first wins
       where, kept = first[file_key]
       other = f", with other labels ({', '.join(labels)})" if labels != kept else ""
@@ -239,6 +242,9 @@ def unlisted_images(image_dir: str, listed: Sequence[str]) -> list[str]:
   return found
 
 
+WINDOWS_PATH = "it is there with / for its backslashes (a Windows path): write / in the manifest"
+
+
 def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
                      skipped: Sequence[dict]) -> list[str]:
   """`unlisted_images` of a scan's rows (`paths` kept, `skipped` rows), warned of: prepare's
@@ -246,9 +252,12 @@ def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
   unlisted = unlisted_images(image_dir, list(paths) + [s["path"] for s in skipped])
   if unlisted:
     n = len(unlisted)
-    log.warning("%d image file%s under %s %s in no row of %s, so not used (first: %s); add rows "
-                "for them to use them", n, "" if n == 1 else "s", image_dir,
-                "is" if n == 1 else "are", manifest, unlisted[0])
+    windows = sum(WINDOWS_PATH in s["reason"] for s in skipped)
+    log.warning("%d image file%s under %s %s in no row of %s, so not used (first: %s); %s", n,
+                "" if n == 1 else "s", image_dir, "is" if n == 1 else "are", manifest,
+                unlisted[0], f"{windows} rows name files with backslashes (a Windows path), "
+                "which may be these: write / in the manifest" if windows else
+                "add rows for them to use them")
   return unlisted
 
 
