@@ -255,8 +255,9 @@ def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
     windows = sum(WINDOWS_PATH in s["reason"] for s in skipped)
     log.warning("%d image file%s under %s %s in no row of %s, so not used (first: %s); %s", n,
                 "" if n == 1 else "s", image_dir, "is" if n == 1 else "are", manifest,
-                unlisted[0], f"{windows} rows name files with backslashes (a Windows path), "
-                "which may be these: write / in the manifest" if windows else
+                unlisted[0], f"{windows} {'row names' if windows == 1 else 'rows name'} files "
+                "with backslashes (a Windows path), which may be these: write / in the manifest"
+                if windows else
                 "add rows for them to use them")
   return unlisted
 
