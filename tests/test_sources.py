@@ -1218,7 +1218,7 @@ def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_o
   base = {"data.source": "tfds", "data.tfds_name": "fashion_mnist", "data.num_classes": 10}
   for key, value, message in (
       ("data.tfds_label_key", "image", r"^data.tfds_label_key 'image': fashion_mnist's feature "
-       r"'image' is a Image, not a ClassLabel or one integer per example; its features that "
+       r"'image' is a Image, not a ClassLabel or one number per example; its features that "
        r"are: label$"),
       ("data.tfds_image_key", "label", r"^data.tfds_image_key 'label': fashion_mnist's feature "
        r"'label' is a ClassLabel, not an image or an array of pixels \[H, W\] or \[H, W, C\]; "
@@ -1228,11 +1228,17 @@ def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_o
   features = tfds.features.FeaturesDict({
       "tag": tfds.features.Text(), "num": tfds.features.Tensor(shape=(), dtype=np.int64),
       "pixels": tfds.features.Tensor(shape=(8, 8), dtype=np.uint8),
-      "vector": tfds.features.Tensor(shape=(3,), dtype=np.float32)})
+      "vector": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+      "flag": tfds.features.Tensor(shape=(), dtype=np.bool_),  # int() read these: still taken
+      "one": tfds.features.Tensor(shape=(1,), dtype=np.float32)})
+  # An unconditional run reads no label: whatever the key names.
+  with tfds.testing.mock_data(num_examples=4):
+    assert build_source(_config(**{**base, "data.num_classes": 0,
+                                   "data.tfds_label_key": "image"})).num_examples == 4
   with pytest.raises(DataError, match=r"feature 'tag' is a Text, not a ClassLabel .* that are: "
-                     r"num$"):
+                     r"num, flag, one$"):
     tfds_source._check_feature(features, "tiny", "data.tfds_label_key", "tag",
-                               tfds_source._holds_labels, "a ClassLabel or one integer per example")
+                               tfds_source._holds_labels, "a ClassLabel or one number per example")
   for key in ("num", "vector"):
     with pytest.raises(DataError, match=r"not an image; its features that are: pixels$"):
       tfds_source._check_feature(features, "tiny", "data.tfds_image_key", key,
@@ -1242,6 +1248,7 @@ def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_o
     tfds_source._warn_of_empty_classes([7, 8, 8], [str(i) for i in range(9)], "tiny split "
                                        "'train'", "num")
     tfds_source._warn_of_empty_classes([0, 1], ["a", "b"], "tiny split 'train'", "label")
+    tfds_source._warn_of_empty_classes([-1, 0, 1], ["a", "b"], "tiny", "label")  # -1: no label
   assert caplog.messages == [
       "tiny split 'train' holds no example of 7 of the 9 classes of 'num' (first: '0'): they "
       "stay classes of the model, trained on nothing; pick a split that holds every class, or "

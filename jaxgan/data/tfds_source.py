@@ -71,7 +71,7 @@ def load_tfds(name: str, split: str, data_dir: str, image_key: str, label_key: s
       raise DataError(f"data.tfds_label_key {label_key!r} is not a feature of {name} "
                       f"(features: {', '.join(features.keys())})")
     _check_feature(features, name, "data.tfds_label_key", label_key, _holds_labels,
-                   "a ClassLabel or one integer per example")
+                   "a ClassLabel or one number per example")
     class_names = list(getattr(features[label_key], "names", []) or [])
   total = _split_size(info, split)
   images = _Images(total if options.image_size else None, options.image_size)
@@ -109,9 +109,16 @@ def _holds_images(feature, tfds) -> bool:
 
 
 def _holds_labels(feature, tfds) -> bool:
-  return isinstance(feature, tfds.features.ClassLabel) or (
-      isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
-      and np.issubdtype(np.dtype(feature.np_dtype), np.integer))
+  """Whether an example's `feature` can be read as one class index: not text, an image, or a
+  Tensor of several values or of text (a Sequence, read as before, is left to the read)."""
+  if isinstance(feature, (tfds.features.Image, tfds.features.Text)):
+    return False
+  if not isinstance(feature, tfds.features.Tensor) or isinstance(feature,
+                                                                 tfds.features.ClassLabel):
+    return True
+  dtype = np.dtype(feature.np_dtype)
+  return ((np.issubdtype(dtype, np.number) or dtype == np.bool_)
+          and all(d == 1 for d in feature.shape))
 
 
 def _check_feature(features, name: str, key: str, value: str, holds, what: str) -> None:
@@ -131,7 +138,9 @@ def _check_feature(features, name: str, key: str, value: str, holds, what: str) 
 def _warn_of_empty_classes(labels: list, class_names: list, where: str, label_key: str) -> None:
   """Classes the split holds no example of stay classes of the model (a ClassLabel's names, or
   0..max for integers): their rows of the class tables train on nothing, which was silent."""
-  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+  labels = np.asarray(labels, np.int64)
+  # -1 is TFDS's 'no label' (STL10's unlabelled split): check_label_range names those.
+  counts = np.bincount(labels[labels >= 0], minlength=len(class_names))
   empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
   if empty:
     log.warning("%s holds no example of %d of the %d classes of %r (first: %r): they stay classes "
@@ -249,8 +258,10 @@ class TfdsSource(ArraySource):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> ArraySource:
     d = config.data
+    # An unconditional run reads no label (its labels would be dropped): any feature will do.
     images, labels, class_names, bad = load_tfds(d.tfds_name, d.tfds_split, d.tfds_data_dir,
-                                                 d.tfds_image_key, d.tfds_label_key,
+                                                 d.tfds_image_key,
+                                                 d.tfds_label_key if d.num_classes else "",
                                                  load_options(config), d.max_bad_fraction,
                                                  download=d.tfds_download)
     require_num_classes(config, class_names, f"tfds {d.tfds_name}")
