@@ -251,8 +251,11 @@ def prepare(args: argparse.Namespace) -> dict:
   # Raising the fraction for files the storage lost would write a set without good files.
   advice = (f"{len(lost)} of them could not be read because of storage errors: prepare again "
             "once the storage is healthy" if lost else "")
+  written = not paths or len(bad) / len(paths) <= args.max_bad_fraction  # else refused below
   arrays.check_bad_fraction(bad, len(paths), args.max_bad_fraction, args.images or args.manifest,
-                            key="--max-bad-fraction", advice=advice)
+                            key="--max-bad-fraction", advice=advice,
+                            full_list=f"listed in {args.out}/dataset_info.json once written"
+                            if written else "")
   if class_names:
     arrays.require_every_class(labels[indices], attributes or [("class", class_names)],
                                args.manifest or args.images, args.min_class_count, labels)

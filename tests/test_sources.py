@@ -1194,17 +1194,30 @@ def test_tfds_source_with_mock_data(caplog):
       build_source(config)
 
 
-def test_skipped_files_past_twenty_are_counted_and_where_to_list_them_said(caplog):
+def test_skipped_files_past_twenty_are_counted_and_where_to_list_them_said(tmp_path, caplog):
   """Only the first 20 are named (thousands would bury the log): the rest were named nowhere,
   and the line did not say where a full list comes from."""
   from jaxgan.data.arrays import check_bad_fraction
 
   skipped = [{"path": f"{i}.png", "reason": "empty file"} for i in range(25)]
   with caplog.at_level(logging.WARNING):
-    check_bad_fraction(skipped, 100, 0.5, "photos")
+    check_bad_fraction(skipped, 100, 0.5, "photos", full_list="x.json lists every one")
+    check_bad_fraction(skipped, 100, 0.5, "tfds x")  # a list nowhere: nothing said of one
   assert caplog.messages[:20] == [f"skipping {i}.png: empty file" for i in range(20)]
-  assert caplog.messages[20:] == ["... and 5 more skipped files (`jaxgan.prepare` of the same "
-                                  "images lists every one in its dataset_info.json)"]
+  assert caplog.messages[20] == "... and 5 more skipped files (x.json lists every one)"
+  assert caplog.messages[41:] == ["... and 5 more skipped files"]
+  # The folder and manifest sources name prepare's list.
+  root = tmp_path / "photos"
+  for i in range(22):
+    (root / "a").mkdir(parents=True, exist_ok=True)
+    (root / "a" / f"{i}.png").write_bytes(b"")
+  _img(str(root / "a" / "ok.png"), (9, 9, 9))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    build_source(_config(**{"data.source": "folder", "data.path": str(root),
+                            "data.num_classes": 0, "data.max_bad_fraction": 0.99}))
+  assert ("... and 2 more skipped files (`jaxgan.prepare` of the same images lists every one in "
+          "its dataset_info.json)") in caplog.messages
 
 
 def test_tfds_features_of_the_wrong_kind_are_one_line_and_empty_classes_warned_of(caplog):

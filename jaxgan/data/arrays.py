@@ -95,16 +95,17 @@ def log_skipped_rows(rows: Sequence[dict], where: str, key: str) -> None:
 
 
 def check_bad_fraction(skipped: list[dict], total: int, max_bad_fraction: float, where: str,
-                       key: str = "data.max_bad_fraction", advice: str = "") -> None:
-  """Logs the skipped files (the first 20, then their count: a set with thousands would bury the
-  log; `jaxgan.prepare` lists every one in its dataset_info.json); raises DataError when too
-  many of them are bad (`key`: the setting's name in the caller's words, a config key or
-  prepare's flag; `advice`: what to do, where not to fix the files or raise the setting)."""
+                       key: str = "data.max_bad_fraction", advice: str = "",
+                       full_list: str = "") -> None:
+  """Logs the skipped files (the first 20, then their count, with `full_list`: where every one
+  is listed; thousands would bury the log); raises DataError when too many of them are bad
+  (`key`: the setting's name in the caller's words, a config key or prepare's flag; `advice`:
+  what to do, where not to fix the files or raise the setting)."""
   for item in skipped[:20]:
     log.warning("skipping %s: %s", item["path"], item["reason"])
   if len(skipped) > 20:
-    log.warning("... and %d more skipped files (`jaxgan.prepare` of the same images lists every "
-                "one in its dataset_info.json)", len(skipped) - 20)
+    log.warning("... and %d more skipped files%s", len(skipped) - 20,
+                f" ({full_list})" if full_list else "")
   if total and len(skipped) / total > max_bad_fraction:
     first = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
     raise DataError(f"{len(skipped)} of {total} images in {where} are unusable, more than "

@@ -73,7 +73,9 @@ def decoded_source(config: ml_collections.ConfigDict, paths: Sequence[str], labe
   images, indices, skipped = decoded.images, decoded.indices, decoded.skipped
   log_upscaled(decoded.upscaled, len(indices), where, d.image_size, "data.image_size")
   log_skipped_rows(list(missing), where, "data.max_bad_fraction")
-  check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where)
+  check_bad_fraction(skipped, len(paths), d.max_bad_fraction, where,
+                     full_list="`jaxgan.prepare` of the same images lists every one in its "
+                     "dataset_info.json")
   if len(indices) == 0:
     first = (list(missing) + skipped)[:1]
     raise DataError(f"no usable images in {where}" + (f" (first: {first[0]['path']}: "
