@@ -459,8 +459,17 @@ def test_manifest_rows_naming_files_with_backslashes_say_so(tmp_path, caplog):
   assert (f"skipping {images}/Women\\1.jpg: missing file (line 2); it is there with / for its "
           "backslashes (a Windows path): write / in the manifest") in caplog.messages
   assert (f"2 image files under {images} are in no row of {tmp_path / 'm.jsonl'}, so not used "
-          f"(first: {images / 'Women' / '1.jpg'}); 2 rows name files with backslashes (a Windows "
-          "path), which may be these: write / in the manifest") in caplog.messages
+          f"(first: {images / 'Women' / '1.jpg'}); add rows for them to use them (2 rows name "
+          "theirs with backslashes, a Windows path: some may be these; write / in the manifest)"
+          ) in caplog.messages
+  # Every row so (a Windows export): not 'point data.image_dir at the folder', which is right.
+  for i in range(4):
+    rows[i]["file"] = f"Women\\{i}.jpg"
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(DataError, match=r"m.jsonl: none of its 4 listed image files exists \(first: "
+                     r".*Women\\0.jpg\); it is there with / for its backslashes \(a Windows "
+                     r"path\): write / in the manifest$"):
+    build_source(config)
 
 
 def test_manifest_na_label_is_missing_not_a_class(tmp_path):

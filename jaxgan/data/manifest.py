@@ -178,6 +178,9 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
              f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} filled from each "
              "row")
     first = next(s for s in listed if s["reason"].startswith("missing file"))
+    if WINDOWS_PATH in first["reason"]:  # a Windows export: the folder is right, the names not
+      raise DataError(f"{path}: none of its {len(listed)} listed image files exists (first: "
+                      f"{first['path']}); {WINDOWS_PATH}")
     raise DataError(f"{path}: none of its {len(listed)} listed image files exists (first: "
                     f"{first['path']}); file names are {named}, relative ones under "
                     f"data.image_dir (prepare: --images), here {base}: point data.image_dir at "
@@ -255,10 +258,10 @@ def warn_of_unlisted(image_dir: str, manifest: str, paths: Sequence[str],
     windows = sum(WINDOWS_PATH in s["reason"] for s in skipped)
     log.warning("%d image file%s under %s %s in no row of %s, so not used (first: %s); %s", n,
                 "" if n == 1 else "s", image_dir, "is" if n == 1 else "are", manifest,
-                unlisted[0], f"{windows} {'row names' if windows == 1 else 'rows name'} files "
-                "with backslashes (a Windows path), which may be these: write / in the manifest"
-                if windows else
-                "add rows for them to use them")
+                unlisted[0], "add rows for them to use them" + (
+                    f" ({windows} {'row names its file' if windows == 1 else 'rows name theirs'}"
+                    " with backslashes, a Windows path: some may be these; write / in the "
+                    "manifest)" if windows else ""))
   return unlisted
 
 
