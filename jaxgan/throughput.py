@@ -72,12 +72,18 @@ def step_flops_per_image(config: ml_collections.ConfigDict) -> float:
   g, d = models_lib.build_models(config)
   size, nc = config.data.image_size, config.data.num_classes
 
-  def forward_flops(n: int) -> tuple[float, float]:
-    z = jnp.zeros((n, config.model.z_dim))
+  def inputs(n: int) -> tuple:
     labels = jnp.zeros(config_lib.label_shape(config, n), jnp.int32) if nc else None
-    x = jnp.zeros((n, size, size, 3))
-    g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
-    d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
+    return jnp.zeros((n, config.model.z_dim)), labels, jnp.zeros((n, size, size, 3))
+
+  # The variables' shapes do not depend on the batch: traced once (a ResNet's init traces for
+  # seconds at large sizes).
+  z, labels, x = inputs(1)
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
+  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, labels, train=False))
+
+  def forward_flops(n: int) -> tuple[float, float]:
+    z, labels, x = inputs(n)
     return (flops_lib.forward_flops(lambda v: g.apply(v, z, labels, train=False), g_vars),
             flops_lib.forward_flops(lambda v: d.apply(v, x, labels, train=False), d_vars))
 

@@ -96,11 +96,12 @@ def test_flops_per_image_leave_out_work_done_once_per_call():
   config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
                           "model.shared_dim": 4, "data.num_classes": 0})
   g, d = models.build_models(config)
+  z, x = jnp.zeros((1, config.model.z_dim)), jnp.zeros((1, 32, 32, 3))
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, None, train=False))
+  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, None, train=False))
 
   def forward(n):
     z, x = jnp.zeros((n, config.model.z_dim)), jnp.zeros((n, 32, 32, 3))
-    g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, None, train=False))
-    d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, None, train=False))
     return (flops.forward_flops(lambda v: g.apply(v, z, None, train=False), g_vars),
             flops.forward_flops(lambda v: d.apply(v, x, None, train=False), d_vars))
 
