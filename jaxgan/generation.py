@@ -253,10 +253,19 @@ def _check_fits(num: int, exact: bool, config: ml_collections.ConfigDict, single
 def _out_error(out: str, e: OSError) -> OSError:
   """The one-line error of a failed write to --out, naming the file where it is another than
   --out (a subfolder listed)."""
-  other = e.filename and os.path.abspath(e.filename) != os.path.abspath(out)
-  where = f" ({e.filename})" if other else ""
-  # A file where a folder of the path should be: makedirs says 'File exists'.
-  why = "is a file, not a folder" if other and os.path.isfile(e.filename) else e.strerror or e
+  # A failed rename names its temporary first and the file meant (the PNG) second.
+  name, why = e.filename2 or e.filename, e.strerror or e
+  if name and e.errno in (errno.EEXIST, errno.ENOTDIR):
+    # Something other than a folder where the path needs one: makedirs says 'File exists' (for
+    # that path) or 'Not a directory' (for one below it). The one in the way is named.
+    existing = os.path.abspath(name)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      name = existing
+      why = "is a file, not a folder" if os.path.isfile(existing) else "is not a folder"
+  other = name and os.path.abspath(name) != os.path.abspath(out)
+  where = f" ({name})" if other else ""
   return OSError(f"--out {out}{where}: {why}; pass a path you can write")
 
 

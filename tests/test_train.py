@@ -491,6 +491,12 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     with pytest.raises(OSError,
                        match=r"^--out .*a_file/x.png \(.*a_file\): is a file, not a folder; "):
       generate.generate(workdir, 1, str(tmp_path / "a_file" / "x.png"))
+    # The file in the way is named also where it is further up (makedirs: 'Not a directory').
+    with pytest.raises(OSError, match=r"^--out .*a_file/sub/x.png \(.*a_file\): is a file, not a "
+                                      r"folder; "):
+      generate.generate(workdir, 1, str(tmp_path / "a_file" / "sub" / "x.png"))
+    with pytest.raises(OSError, match=r"^--out /dev/null/: is not a folder; "):
+      generate.generate(workdir, 1, "/dev/null/")
     with pytest.raises(OSError, match=r"^--out /proc/x.png: No such file or directory; pass a "
                                       r"path you can write$"):
       generate.generate(workdir, 1, "/proc/x.png")
@@ -519,6 +525,11 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     with pytest.raises(ValueError, match=r"already holds 1 other image file\(s\) \(grid.png"):
       generate.generate(workdir, 5, str(tmp_path / "others"))
   assert not [n for n in os.listdir(tmp_path) if "probe" in n or n.endswith(".tmp")]
+  # A PNG that cannot take its place is named, not the temporary it was written to.
+  os.makedirs(tmp_path / "taken" / "000000.png")
+  with pytest.raises(OSError, match=r"^--out .*taken \(.*taken/000000.png\): Is a directory; "):
+    generate.generate(workdir, 1, str(tmp_path / "taken"))
+  assert sorted(os.listdir(tmp_path / "taken")) == [".generate-incomplete", "000000.png"]
   with pytest.raises(ValueError, match=r"^--out .*a_file/: is a file, not a folder"):
     generate.generate(workdir, 1, str(tmp_path / "a_file") + "/")
   with pytest.raises(FileNotFoundError, match="set train.eval_every"):
