@@ -2236,6 +2236,34 @@ def test_prepare_refuses_a_min_class_count_that_leaves_one_class(tmp_path, capsy
   assert not os.path.exists(tmp_path / "out")
 
 
+def test_a_prepared_sets_class_count_mismatch_offers_its_own_counts_too():
+  """A prepared set says its own class counts: the fix names data.num_classes=-1 beside the
+  counts (one following the error alone never learnt of it); a source whose counts come from
+  reading all its files does not."""
+  from jaxgan.config import ConfigError
+  from jaxgan.data import arrays
+
+  one = [("articleType", ["Shirts", "Shoes", "Watches"])]
+  two = one + [("baseColour", ["Black", "Blue"])]
+  for source, offered in (("prepared", True), ("manifest", False)):
+    config = _config(**{"data.source": source, "data.num_classes": 8})
+    with pytest.raises(ConfigError) as single:
+      arrays.require_attributes(config, one, "the set")
+    assert str(single.value).endswith(
+        "set --config.data.num_classes=3 (or -1 for the set's own count, or 0 to train "
+        "unconditionally)" if offered else
+        "set --config.data.num_classes=3 (or 0 to train unconditionally)")
+    with config.unlocked():
+      config.data.extra_num_classes = "5"
+    with pytest.raises(ConfigError) as several:
+      arrays.require_attributes(config, two, "the set")
+    own = ("--config.data.num_classes=-1 --config.data.extra_num_classes='' for the set's own "
+           "counts, or " if offered else "")
+    assert str(several.value).endswith(
+        "set --config.data.num_classes=3 --config.data.extra_num_classes=2 (or "
+        f"{own}--config.data.num_classes=0 to train unconditionally)")
+
+
 def test_class_counts_from_a_prepared_sets_info(tmp_path):
   """data.num_classes=-1: every attribute's count from dataset_info.json, before validation (a
   forgotten count used to train unconditionally for the whole run)."""

@@ -286,6 +286,11 @@ _LABELS_FROM = {"folder": " (a folder's classes are its first-level subfolders)"
                             "its manifest's --label-column: prepare it again with them)"}
 
 
+# Where the data says its own class counts (a prepared set's dataset_info.json), the fix names
+# data.num_classes=-1 too (class_counts.FROM_DATA; that module imports this one).
+_READS_OWN_COUNTS = ("prepared",)
+
+
 def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence[str],
                         where: str) -> None:
   """data.num_classes must match what the data holds (0 for unconditional training)."""
@@ -302,7 +307,9 @@ def require_num_classes(config: ml_collections.ConfigDict, class_names: Sequence
     shown = ", ".join(class_names[:8]) + (" ..." if len(class_names) > 8 else "")
     raise ConfigError(f"config key data.num_classes: {where} has {len(class_names)} classes "
                       f"({shown}), got {want}; set --config.data.num_classes={len(class_names)} "
-                      "(or 0 to train unconditionally)",
+                      + ("(or -1 for the set's own count, or 0 to train unconditionally)"
+                         if config.data.source in _READS_OWN_COUNTS
+                         else "(or 0 to train unconditionally)"),
                       f"{where} has {len(class_names)} classes ({shown}), the run {want}")
 
 
@@ -323,8 +330,10 @@ def require_attributes(config: ml_collections.ConfigDict, attributes: Attributes
   key = "data.num_classes" if not have or want[0] != have[0] else "data.extra_num_classes"
   held = ", ".join(f"{c}: {len(n)} classes" for c, n in attributes) or "no labels"
   extra = ",".join(str(n) for n in have[1:]) or "''"
+  own = ("--config.data.num_classes=-1 --config.data.extra_num_classes='' for the set's own "
+         "counts, or " if config.data.source in _READS_OWN_COUNTS else "")
   fix = (f"--config.data.num_classes={have[0]} --config.data.extra_num_classes={extra} (or "
-         "--config.data.num_classes=0 to train unconditionally)" if have
+         f"{own}--config.data.num_classes=0 to train unconditionally)" if have
          else "--config.data.num_classes=0 --config.data.extra_num_classes=''")
   raise ConfigError(f"config key {key}: {where} has {len(have)} attribute(s) ({held}), the config "
                     f"asks for classes {list(want)}; set {fix}",
