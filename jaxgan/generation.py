@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxgan import atomic_write, label_choices, resources, stopping
 from jaxgan import progress as progress_lib
+from jaxgan.config import paths as config_paths
 
 log = logging.getLogger("jaxgan.generate")  # the CLI's name: its INFO lines are shown
 
@@ -258,9 +259,7 @@ def _out_error(out: str, e: OSError) -> OSError:
   if name and e.errno in (errno.EEXIST, errno.ENOTDIR):
     # Something other than a folder where the path needs one: makedirs says 'File exists' (for
     # that path) or 'Not a directory' (for one below it). The one in the way is named.
-    existing = os.path.abspath(name)
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-      existing = os.path.dirname(existing)
+    existing = config_paths.nearest_existing(name)
     if not os.path.isdir(existing):
       name = existing
       why = "is a file, not a folder" if os.path.isfile(existing) else "is not a folder"

@@ -28,12 +28,19 @@ def is_uri(value: Any) -> bool:
   return isinstance(value, str) and "://" in value
 
 
+def nearest_existing(path: str) -> str:
+  """`path` made absolute if it exists (a link counts, broken or not), else the nearest folder
+  above it that does: what stands where a folder is to be made."""
+  above = os.path.abspath(path)
+  while not os.path.lexists(above) and os.path.dirname(above) != above:
+    above = os.path.dirname(above)
+  return above
+
+
 def not_a_folder(folder: str) -> str:
   """'FOLDER: is a file, not a folder' (with the file above it in brackets where that is the
   file: no folder can be made there), or '' where `folder` is, or can be, a folder (or is '')."""
-  above = os.path.abspath(folder)
-  while folder and not os.path.exists(above) and os.path.dirname(above) != above:
-    above = os.path.dirname(above)
+  above = nearest_existing(folder) if folder else ""
   if not folder or not os.path.isfile(above):
     return ""
   where = "" if above == os.path.abspath(folder) else f" ({above})"
