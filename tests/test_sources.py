@@ -2112,6 +2112,17 @@ def test_a_folder_without_images_or_without_classes_says_so(tmp_path, caplog):
     scan_folder(str(classes))
   assert (f"{classes}: 3 folders have no image in them or below them, so no class: Docs, Empty, "
           "Linked") in caplog.text
+  # A class folder linked into a store not mounted, and a link looping on itself: named as links
+  # leading nowhere (they were counted among the files passed over for their extension).
+  caplog.clear()
+  os.symlink(str(tmp_path / "not-mounted" / "Shoes"), classes / "Shoes")
+  os.symlink("Loop", classes / "Loop")
+  with caplog.at_level(logging.WARNING):
+    assert sorted(set(scan_folder(str(classes))[1])) == ["Caf\u00e9", "Shirts"]
+  assert (f"{classes}: 2 links lead nowhere (their targets missing, e.g. on a store not mounted, "
+          f"or a loop), so nothing is read through them: Loop -> Loop, Shoes -> "
+          f"{tmp_path / 'not-mounted' / 'Shoes'}") in caplog.text
+  assert "passed over for their extension" not in caplog.text  # Docs/notes.txt's alone
 
   junk = tmp_path / "junk"
   junk.mkdir()

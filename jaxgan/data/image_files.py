@@ -38,13 +38,15 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   """Image files under `root`, recursively, in a stable (sorted, depth-first) order; hidden files
   and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are
   followed (a class folder is often a link into shared storage), each real folder once; a folder
-  that cannot be listed raises OSError, rather than a class silently missing. `others` counts
+  that cannot be listed raises OSError, rather than a class silently missing, and links that
+  lead nowhere are named in a warning. `others` counts
   the files passed over for their extension, by extension (lower case, '' for none). A jaxgan
   run's workdir below `root` is skipped: its images are its sample grids (and `generate`'s
   output kept there), not photos."""
   from jaxgan import run_folders  # pylint: disable=g-import-not-at-top  (decoding workers: light)
 
   seen: dict[str, str] = {}  # real folder -> the path it was listed under
+  broken: list[str] = []  # links leading nowhere (no image extension: maybe folders)
 
   def fail(error: OSError) -> None:
     raise OSError(error.errno, f"cannot list folder ({error.strerror})", error.filename)
@@ -110,8 +112,31 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
           continue
       if is_image_path(path):
         yield path
+      elif name in links and not name.startswith(".") and not os.path.exists(path):
+        # A link os.walk could not follow, so listed as a file: a class folder linked into a
+        # store not mounted (or a loop) vanished, counted among the files passed over.
+        broken.append(path)
       elif others is not None and not name.startswith("."):
         others[os.path.splitext(name)[1].lower()] += 1
+  if broken:
+    _warn_of_broken_links(root, broken)
+
+
+def _warn_of_broken_links(root: str, paths: list[str]) -> None:
+  """Names the links under `root` that lead nowhere (their targets missing, or a loop): each may
+  be a class folder whose images are not there to read."""
+  def shown(path: str) -> str:
+    try:
+      return f"{os.path.relpath(path, root)} -> {os.readlink(path)}"
+    except OSError:  # removed since
+      return os.path.relpath(path, root)
+
+  count = len(paths)
+  log.warning("%s: %d %s nowhere (%s missing, e.g. on a store not mounted, or a loop), so "
+              "nothing is read through %s: %s", root, count,
+              "link leads" if count == 1 else "links lead",
+              "its target" if count == 1 else "their targets", "it" if count == 1 else "them",
+              ", ".join(shown(p) for p in paths[:8]) + (", ..." if count > 8 else ""))
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
