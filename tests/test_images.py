@@ -44,6 +44,12 @@ def test_truncated_jpeg_is_rejected(tmp_path):
   data = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
   out = load_image(_write(tmp_path, "t.jpg", data[: len(data) // 2]), OPTS)
   assert out.image is None and out.reason.startswith("truncated or corrupt")
+  # Cut inside its header: Pillow's OSError at open, of the bytes, not of the storage (it read
+  # 'unreadable', as a permission or disk problem does).
+  small = _encode(Image.new("RGB", (8, 8), "red"), "JPEG")
+  out = load_image(_write(tmp_path, "h.jpg", small[: len(small) // 2]), OPTS)
+  assert (out.image, out.reason, out.transient) == (None, "truncated or corrupt: Truncated File "
+                                                    "Read", False)
 
 
 def test_zero_bytes_is_rejected(tmp_path):

@@ -261,6 +261,8 @@ def load_image(source: Union[str, bytes], options: LoadOptions) -> Loaded:
     except (UnidentifiedImageError, ValueError):
       return Loaded(None, "not an image")
     except OSError as e:
+      if e.errno is None:  # Pillow's own, of the bytes ('Truncated File Read' in a header)
+        return Loaded(None, f"truncated or corrupt: {e}")
       return _unreadable(e) if e.errno in TRANSIENT_ERRNOS else Loaded(None, f"unreadable: {e}")
     with img:
       problem = size_problem(*img.size, options)
