@@ -126,11 +126,19 @@ def resolve_between(text: str, attributes: Attributes, classes: Sequence[int]
     raise ValueError(f"--between {text!r}: expected FROM:TO or ATTRIBUTE=FROM:TO (class names or "
                      "indices)")
   resolve = lambda v: resolve_label(v, attributes[i][1], classes[i], named, "--between")
+  same = None  # a split naming one class twice ('Dress:Dress', or '2:Dress' where 2 is Dress)
   for a, b in splits:
     try:
-      return i, resolve(a), resolve(b)
+      start, stop = resolve(a), resolve(b)
     except ValueError:
       continue
+    if start != stop:
+      return i, start, stop
+    same = same if same is not None else start
+  if same is not None:  # the grid's columns were all one image
+    shown = attributes[i][1][same] if same < len(attributes[i][1]) else same
+    raise ValueError(f"--between {text!r}: FROM and TO are the same class ({shown}), so the "
+                     "columns would not move; name two different classes")
   if sep and named is None:  # 'colour=Black:White' with no attribute 'colour': name the choices
     raise ValueError(f"--between {text!r}: this model has no attribute {prefix.strip()!r}; choose "
                      f"one of: {', '.join(names)}")

@@ -212,6 +212,11 @@ def test_between_needs_interpolate_and_a_conditional_model(tmp_path):
   assert label_choices.resolve_between("a:b:c", attributes, (2, 2)) == (0, 0, 1)
   assert label_choices.resolve_between("colour=Black : Navy Blue", attributes, (2, 2)) == (1, 1, 0)
   assert label_choices.resolve_between("1:0", attributes, (2, 2)) == (0, 1, 0)
+  # One class twice, by name or by its index: columns that do not move (it wrote such a grid).
+  for same in ("c:c", "1:c", "colour=Black:1", "a:b:a:b"):
+    with pytest.raises(ValueError, match=r"FROM and TO are the same class \((c|Black|a:b)\), so the "
+                                         r"columns would not move; name two different classes$"):
+      label_choices.resolve_between(same, attributes, (2, 2))
 
 
 def test_cli_between(workdir, tmp_path):
