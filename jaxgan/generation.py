@@ -118,6 +118,12 @@ def generate(workdir: str, num: int, out: str,
   managed = run_folders.managed_refusal("--out", out)
   if managed:
     raise ValueError(managed)
+  if singles and run_folders.is_run(out.rstrip(os.sep) or os.sep):
+    # `evaluate --fake` skips a run's workdir (its images are grids): a set written there
+    # took the whole generation, then was refused.
+    raise ValueError(f"--out {out}: is a training run's workdir, which `evaluate --fake` does not "
+                     "read as a set of images; pass a folder of their own, e.g. "
+                     f"{os.path.join(out, 'fakes', '')}")
   given = [label] if isinstance(label, str) else list(label or [])
   run_config = saved_run.load_config(workdir)
   classes = config_lib.attribute_classes(run_config)

@@ -242,8 +242,18 @@ def test_generate_refuses_an_out_inside_a_runs_own_folders(runs, tmp_path):
       generate.generate(str(copy), 2, out)
     assert str(info.value) == (f"--out {out} is inside {copy / managed}, a folder of the run in "
                                f"{copy}, which writes and prunes it; pass a --out outside it")
+  # Single PNGs into the workdir itself: a set `evaluate --fake` refuses (it skips runs'
+  # workdirs), refused before the generation; a grid there, or a folder inside it, is fine.
+  for out in (f"{copy}/", f"{copy}/samples/../"):
+    with pytest.raises(ValueError, match=rf"^--out {re.escape(out)}: is a training run's workdir, "
+                                         r"which `evaluate --fake` does not read as a set of "
+                                         rf"images; pass a folder of their own, e\.g\. "
+                                         rf"{re.escape(os.path.join(out, 'fakes', ''))}$"):
+      generate.generate(str(copy), 2, out)
   assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before
   generate.generate(str(copy), 2, f"{copy}/grids/g.png")  # elsewhere in the workdir: fine
+  generate.generate(str(copy), 2, f"{copy}/fakes/")
+  assert sorted(os.listdir(copy / "fakes")) == ["000000.png", "000001.png", "labels.csv"]
 
 
 def test_an_edited_config_json_is_named_not_the_checkpoint(runs, tmp_path):
