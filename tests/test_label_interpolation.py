@@ -214,8 +214,9 @@ def test_between_needs_interpolate_and_a_conditional_model(tmp_path):
   assert label_choices.resolve_between("1:0", attributes, (2, 2)) == (0, 1, 0)
   # One class twice, by name or by its index: columns that do not move (it wrote such a grid).
   for same in ("c:c", "1:c", "colour=Black:1", "a:b:a:b"):
-    with pytest.raises(ValueError, match=r"FROM and TO are the same class \((c|Black|a:b)\), so the "
-                                         r"columns would not move; name two different classes$"):
+    with pytest.raises(ValueError, match=r"FROM and TO are the same class \((c|Black|a:b)\), so "
+                                         r"the columns would not move; name two different "
+                                         r"classes$"):
       label_choices.resolve_between(same, attributes, (2, 2))
 
 
