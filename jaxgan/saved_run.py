@@ -24,6 +24,7 @@ from jaxgan import config as config_lib
 from jaxgan import run_folders
 from jaxgan import state as state_lib
 from jaxgan import workdir as workdir_lib
+from jaxgan import writers
 
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,15 @@ def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> s
   except OSError:
     holder = ""
   pid, host = workdir_lib.lock_holder(holder)
+  # No trainer's lock (a killed one's may have died mid-write: its own message below), and the
+  # log past the first checkpoint: the folder was moved or deleted ('train first' sent the
+  # operator of a finished run after a run it had).
+  logged = [row.get("step", 0) for row in writers.read_metrics(workdir)] if not holder else []
+  if subdir == "checkpoints" and logged and max(logged) >= first:
+    folder = os.path.join(workdir, subdir)
+    return (f"no checkpoint in {workdir}, though its metrics.jsonl logs steps up to "
+            f"{max(logged)}: {folder} {'is empty' if os.path.isdir(folder) else 'is missing'} "
+            "(moved or deleted?); put its step folders back to read this run")
   if not holder:
     then = ": train first"
   elif host == socket.gethostname() and pid.isdecimal() and not atomic_write.process_alive(

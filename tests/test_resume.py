@@ -1941,3 +1941,23 @@ def test_a_workdir_without_checkpoints_yet_says_when_the_first_comes(tmp_path):
   with open(os.path.join(workdir, workdir_lib.RUN_LOCK), "w") as f:
     f.write(f"pid {dead.pid} on another-host\n")  # cannot be told from here: maybe running
   first_step(r".*names a trainer there \(pid \d+ on another-host\): wait for that step$")
+  # No trainer, and the log past the first checkpoint: the folder was emptied or removed (a
+  # finished run was told to 'train first'). Before that step, the run may still write it.
+  os.remove(os.path.join(workdir, workdir_lib.RUN_LOCK))
+  startup.write_run_files(tiny_config(**{"train.eval_every": 2}), workdir, 0)
+
+  def logged(message, *steps, checkpoint="latest"):  # the run's log: rows of these steps
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(f'{{"step": {step}, "d_loss": 0.5}}\n' for step in steps)
+    with pytest.raises(FileNotFoundError, match=message):
+      saved_run.load_checkpoint(workdir, checkpoint)
+
+  logged(r"^no checkpoint in .*w yet: its run writes the first at step 2: train first$", 1)
+  missing = (r"^no checkpoint in .*w, though its metrics.jsonl logs steps up to 4: .*w/checkpoints "
+             r"is {} \(moved or deleted\?\); put its step folders back to read this run$")
+  logged(missing.format("empty"), 2, 4)
+  os.rmdir(os.path.join(workdir, "checkpoints"))
+  logged(missing.format("missing"), 2, 4)
+  # The best-FID one is kept only where an evaluation gave a value: its absence is no loss.
+  logged(r"^no best-FID checkpoint in .*w yet: its run writes the first at step 2: ", 2, 4,
+         checkpoint="best")
