@@ -368,6 +368,10 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
   _check_singles_folder(out, num)
+  earlier = sum(map(_numbered, os.listdir(out))) if os.path.isdir(out) else 0
+  if earlier:  # said, not refused: the same command again is how a stopped set is completed
+    log.info("%s: replacing the %s numbered PNGs an earlier generate left there", out,
+             f"{earlier:,}")
   os.makedirs(out, exist_ok=True)
   # Until the last file is written: a run cut short over an earlier set leaves a mix of the two,
   # which `evaluate --fake` refuses while this is there.

@@ -466,8 +466,13 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     image_sets.count_images(str(tmp_path / "whole"))
   assert evaluate.main(["--real", str(tmp_path / "whole"), "--fake", str(tmp_path / "whole")]) == 2
   assert "did not finish writing" in capsys.readouterr().err
-  generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="jaxgan"):
+    generate.generate(workdir, 5, str(tmp_path / "whole") + "/", seed=1)
   assert len(list(image_sets.iter_image_set(str(tmp_path / "whole")))) == 5
+  # Replaced, and said so (those of the first run and of the stopped one: files it overwrote).
+  assert (f"{tmp_path / 'whole'}/: replacing the 5 numbered PNGs an earlier generate left there"
+          ) in caplog.messages
   # Other images there (a grid, a subfolder's) would join the set too: refused, nothing written.
   before = sorted(os.listdir(tmp_path / "whole"))
   for other in ("sub/x.jpg", "grid.png"):
