@@ -330,20 +330,22 @@ def _numbered(name: str) -> bool:
   return bool(re.fullmatch(r"\d{6,}\.png", name)) and name == f"{int(name[:-4]):06d}.png"
 
 
-def _check_singles_folder(out: str, num: Optional[int]) -> None:
+def _check_singles_folder(out: str, num: Optional[int]) -> int:
   """Refuses a singles --out that `evaluate --fake` would not read as these `num` images alone
   (None: the count is not known yet): one holding a prepared set (read instead), numbered PNGs
-  past `num` (an earlier, larger run), or any other image."""
+  past `num` (an earlier, larger run), or any other image. Returns how many numbered PNGs (of an
+  earlier generate) it holds, which these replace."""
   from jaxgan.data import image_sets  # pylint: disable=g-import-not-at-top
   from jaxgan.data.prepared import INFO_FILE  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(out):
-    return
+    return 0
   if os.path.isfile(os.path.join(out, INFO_FILE)):  # tools given the folder read the set instead
     raise ValueError(f"--out {out} holds a prepared set ({INFO_FILE}), which `evaluate --fake` "
                      "would read instead of these images; use an empty folder")
-  stale = sorted((n for n in os.listdir(out) if num is not None and _numbered(n)
-                  and int(n[:-4]) >= num), key=lambda n: int(n[:-4]))
+  numbered = [n for n in os.listdir(out) if _numbered(n)]
+  stale = sorted((n for n in numbered if num is not None and int(n[:-4]) >= num),
+                 key=lambda n: int(n[:-4]))
   if stale:
     raise ValueError(f"--out {out} already holds {len(stale)} numbered PNGs past --num={num} "
                      f"({stale[0]} ...) from an earlier run; use an empty folder or delete them")
@@ -356,6 +358,7 @@ def _check_singles_folder(out: str, num: Optional[int]) -> None:
     raise ValueError(f"--out {out} already holds {len(others)} other image file(s) "
                      f"({os.path.relpath(others[0], out)} ...), which `evaluate --fake` would "
                      "read with these as one set; use an empty folder or move them")
+  return len(numbered)
 
 
 def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None) -> list[str]:
@@ -367,8 +370,7 @@ def _write_singles(chunks, out: str, num: int, label_rows: Optional[list] = None
   from jaxgan import sampling  # pylint: disable=g-import-not-at-top
   from jaxgan.data.image_sets import INCOMPLETE_MARKER  # pylint: disable=g-import-not-at-top
 
-  _check_singles_folder(out, num)
-  earlier = sum(map(_numbered, os.listdir(out))) if os.path.isdir(out) else 0
+  earlier = _check_singles_folder(out, num)
   if earlier:  # said, not refused: the same command again is how a stopped set is completed
     log.info("%s: replacing the %s numbered PNGs an earlier generate left there", out,
              f"{earlier:,}")

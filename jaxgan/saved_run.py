@@ -216,8 +216,9 @@ def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> s
   # No trainer's lock (a killed one's may have died mid-write: its own message below), and the
   # log past the first checkpoint: the folder was moved or deleted ('train first' sent the
   # operator of a finished run after a run it had).
-  logged = [row.get("step", 0) for row in writers.read_metrics(workdir)] if not holder else []
-  if subdir == "checkpoints" and logged and max(logged) >= first:
+  logged = ([row.get("step", 0) for row in writers.read_metrics(workdir)]
+            if subdir == "checkpoints" and not holder else [])
+  if logged and max(logged) >= first:
     folder = os.path.join(workdir, subdir)
     return (f"no checkpoint in {workdir}, though its metrics.jsonl logs steps up to "
             f"{max(logged)}: {folder} {'is empty' if os.path.isdir(folder) else 'is missing'} "

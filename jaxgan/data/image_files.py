@@ -39,10 +39,9 @@ def find_images(root: str, others: Optional[collections.Counter] = None) -> Iter
   and hidden folders (.ipynb_checkpoints, .thumbnails, ...) are skipped. Symlinked folders are
   followed (a class folder is often a link into shared storage), each real folder once; a folder
   that cannot be listed raises OSError, rather than a class silently missing, and links that
-  lead nowhere are named in a warning. `others` counts
-  the files passed over for their extension, by extension (lower case, '' for none). A jaxgan
-  run's workdir below `root` is skipped: its images are its sample grids (and `generate`'s
-  output kept there), not photos."""
+  lead nowhere are named in a warning. `others` counts the files passed over for their
+  extension, by extension (lower case, '' for none). A jaxgan run's workdir below `root` is
+  skipped: its images are its sample grids (and `generate`'s output kept there), not photos."""
   from jaxgan import run_folders  # pylint: disable=g-import-not-at-top  (decoding workers: light)
 
   seen: dict[str, str] = {}  # real folder -> the path it was listed under
