@@ -17,15 +17,21 @@ from absl import flags
 from jaxgan.cli import fail, flag_spelling
 
 
-def _flag_value(argv: list[str], name: str) -> Optional[str]:
-  """The value of the last `--name VALUE` or `--name=VALUE` in argv (absl's pick), or None."""
-  value = None
+def _flag_values(argv: list[str], name: str) -> list[str]:
+  """The values of every `--name VALUE` and `--name=VALUE` in argv, in order."""
+  values = []
   for i, arg in enumerate(argv):
     if arg.startswith(f"--{name}="):
-      value = arg.split("=", 1)[1]
+      values.append(arg.split("=", 1)[1])
     elif arg == f"--{name}" and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
+      values.append(argv[i + 1])
+  return values
+
+
+def _flag_value(argv: list[str], name: str) -> Optional[str]:
+  """The value of the last `--name VALUE` or `--name=VALUE` in argv (absl's pick), or None."""
+  values = _flag_values(argv, name)
+  return values[-1] if values else None
 
 
 # A --config.KEY override's key: dotted names (ml_collections raises a traceback for others).
@@ -113,6 +119,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       # (--config.distributed.*), so "your overrides need it" misled whoever gave none.
       fail("--config is required (see --help): the config file, e.g. configs/default.py, that "
            "the --config.KEY overrides apply to")
+    given = _flag_values(args, "config")
+    if len(given) > 1:  # with overrides, absl said the first override was 'defined twice'
+      fail(f"--config given {len(given)} times ({', '.join(given)}); pass one config file, and "
+           "change its keys with --config.KEY=VALUE")
     for arg in args:
       if arg.startswith("--config.") and not _OVERRIDE_KEY.fullmatch(arg.split("=")[0]):
         fail(f"{arg.split('=')[0]}: not a config key; overrides name a schema key, e.g. "

@@ -612,6 +612,15 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_a_section_is_named_so():
      "ModuleNotFoundError: No module named 'not_a_module_here' (T/imports.py:1)"),
     (["--config", "configs", "--workdir", "W"],
      "error: --config configs: a folder; pass a config file, e.g. configs/default.py"),
+    # Two config files: with an override, absl named that override 'defined twice'; without,
+    # the second file won unsaid.
+    (["--config", "configs/default.py", "--config=configs/catalog64.py", "--workdir", "W",
+      "--config.train.num_steps=2"],
+     "error: --config given 2 times (configs/default.py, configs/catalog64.py); pass one config "
+     "file, and change its keys with --config.KEY=VALUE"),
+    (["--config", "configs/default.py", "--config", "configs/default.py", "--workdir", "W"],
+     "error: --config given 2 times (configs/default.py, configs/default.py); pass one config "
+     "file, and change its keys with --config.KEY=VALUE"),
     (["--config", "configs/default.py", "--workdir", "W", "--config.model.name.x=1"],
      "error: --config.model.name.x: model.name is a value, not a section of keys"),
     (["configs/default.py", "--config", "configs/default.py", "--workdir", "W"],
