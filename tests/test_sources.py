@@ -513,6 +513,11 @@ def test_manifest_labels_read_as_pandas_would(tmp_path):
   # space after a comma (header cells are stripped, as the others are)
   assert scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
                                ["articleType"])[1] == [["Shirts"]]
+  # Quoted after a comma and a space: the quotes are quotes ('"Shirts"' was a class of its own
+  # beside 'Shirts', and a quoted comma split its row).
+  path.write_text('id, "articleType", x\n1, "Shirts", a\n5, Shirts, "b, c"\n')
+  assert scan_manifest_columns(str(path), "", "id", str(images), "{id}.jpg",
+                               ["articleType"])[1] == [["Shirts", "Shirts"]]
 
 
 def test_manifest_json_array_and_bad_json_rows(tmp_path):

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def duplicated_header(path: str) -> set[str]:
   """The column names a CSV's header holds more than once (csv.DictReader keeps the last)."""
   with open(path, encoding="utf-8-sig", newline="") as f:
-    header = [name.strip() for name in next(csv.reader(f), [])]
+    header = [name.strip() for name in next(csv.reader(f, skipinitialspace=True), [])]
   return {name for name in header if header.count(name) > 1}
 
 
@@ -43,7 +43,9 @@ def _csv_rows(path: str, f) -> list[tuple[int, dict]]:
   # A row starts on the first non-empty line after the previous row's last one.
   first_after = lambda n: (content[bisect.bisect_right(content, n)] if content and content[-1] > n
                            else n + 1)
-  reader = csv.DictReader(iter(lines))
+  # skipinitialspace: in `10001, "Skirts"` (a space after the comma) the quotes are quotes;
+  # without it csv kept them, and '"Skirts"' trained as a class beside 'Skirts'.
+  reader = csv.DictReader(iter(lines), skipinitialspace=True)
   # end: the last line of the last row read (0: none yet, so an error in the header names its
   # line, not the one after it)
   rows, spanning, end = [], None, 0
