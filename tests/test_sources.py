@@ -723,6 +723,13 @@ def test_manifest_rows_that_misfit_or_repeat_are_skipped_with_their_reason(tmp_p
   paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
                                                  ["baseColour", "usage"])
   assert values == [["Black", "Red"], ["Casual", "Formal"]] and not skipped
+  # One on the header line alone names an empty last column, which no row misses (each was
+  # skipped as a field short); a named column short is still one.
+  path.write_text("id,baseColour,usage,\n1,Black,Casual\n2,Red,Formal,\n3,Red\n")
+  paths, values, skipped = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id}.jpg",
+                                                 ["baseColour", "usage"])
+  assert values == [["Black", "Red"], ["Casual", "Formal"]]
+  assert [s["reason"] for s in skipped] == ["2 fields where the header has 4 (line 4)"]
 
 
 def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path):
