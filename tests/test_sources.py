@@ -743,6 +743,14 @@ def test_manifest_ids_keep_their_type_and_any_column_fills_the_pattern(tmp_path)
   paths, _, _ = scan_manifest_columns(str(path), "", "id", str(tmp_path), "{id:05d}.jpg",
                                       ["colour"])
   assert [os.path.basename(p) for p in paths] == ["00007.jpg"]
+  # A CSV's ids are text: a number format cannot pad them, and the error says so.
+  (tmp_path / "skus.csv").write_text("id,colour\n7,Red\n")
+  with pytest.raises(DataError, match=r"\(ValueError: Unknown format code 'd' .*\); use \{id\} or "
+                     r"column names; a CSV's cells are text, which a number format cannot fill: "
+                     r"write the ids as the files are named \(00042\), or use a JSON Lines "
+                     r"manifest, whose numbers stay numbers$"):
+    scan_manifest_columns(str(tmp_path / "skus.csv"), "", "id", str(tmp_path), "{id:05d}.jpg",
+                          ["colour"])
   path = tmp_path / "skus.csv"
   path.write_text("sku,brand,colour\n 7 , a ,Red\n")
   paths, _, skipped = scan_manifest_columns(str(path), "", "sku", str(tmp_path),

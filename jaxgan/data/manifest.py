@@ -129,9 +129,13 @@ def scan_manifest_columns(path: str, image_column: str = "", id_column: str = "i
         image = os.path.join(base, image_pattern.format(id=name, **fields))
       # AttributeError: '{id.real}' of a text id.
       except (AttributeError, KeyError, IndexError, ValueError) as e:
+        text = isinstance(name, str) and "format code" in str(e)  # '{id:05d}' of a CSV's id
         raise DataError(f"data.image_pattern (prepare: --image-pattern) {image_pattern!r} "
                         f"cannot be filled from {path} {at} ({type(e).__name__}: {e}); use "
-                        "{id} or column names") from e
+                        "{id} or column names" + (
+                            "; a CSV's cells are text, which a number format cannot fill: write "
+                            "the ids as the files are named (00042), or use a JSON Lines "
+                            "manifest, whose numbers stay numbers" if text else "")) from e
     nested = [c for c in sorted(read) if isinstance(cells.get(c), (list, dict))]
     if nested:  # its text would be a class of its own per distinct list, or a file name
       raise DataError(f"{path} ({at}): {nested[0]} is a JSON {type(cells[nested[0]]).__name__}; "
