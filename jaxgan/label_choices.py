@@ -20,6 +20,8 @@ def resolve_label(label: str, class_names: list[str], num_classes: int,
   if label in class_names:  # the last of a name given twice, as labels were encoded (an older
     # prepared set's 'other' twice: every 'other' row took the second; the first trained none)
     return len(class_names) - 1 - class_names[::-1].index(label)
+  if label.strip() != label:  # ' Watches ' (a shell's quoting): labels are stripped when read
+    return resolve_label(label.strip(), class_names, num_classes, attribute, flag)
   # One Unicode form: a class folder made on macOS names 'Täschen' decomposed (a + U+0308), a
   # terminal types it composed; they print alike ("did you mean 'Täschen'?" for 'Täschen').
   composed = [unicodedata.normalize("NFC", name) for name in class_names]

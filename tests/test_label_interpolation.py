@@ -260,6 +260,15 @@ def test_a_label_in_another_unicode_form_is_the_same_class():
   decomposed = unicodedata.normalize("NFD", "Täschen")
   assert decomposed != "Täschen"
   assert label_choices.resolve_label("Täschen", ["Schuhe", decomposed], 2) == 1
+
+
+def test_a_label_padded_with_spaces_is_its_class():
+  """' Watches ' (a shell's quoting) was refused with "did you mean 'Watches'?", though labels
+  are stripped when read; an index likewise, and a padded name of no class is still refused."""
+  assert label_choices.resolve_label(" Schuhe ", ["Schuhe", "Taschen"], 2) == 0
+  assert label_choices.resolve_label("1 ", ["Schuhe", "Taschen"], 2) == 1
+  with pytest.raises(ValueError, match=r"^--label 'Hosen' is not a class of this model"):
+    label_choices.resolve_label(" Hosen", ["Schuhe", "Taschen"], 2)
   assert label_choices.resolve_label(decomposed, ["Schuhe", "Täschen"], 2) == 1
 
 
