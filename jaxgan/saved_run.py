@@ -216,7 +216,8 @@ def _none_yet(workdir: str, config: ml_collections.ConfigDict, subdir: str) -> s
   # No trainer's lock (a killed one's may have died mid-write: its own message below), and the
   # log past the first checkpoint: the folder was moved or deleted ('train first' sent the
   # operator of a finished run after a run it had).
-  logged = ([row.get("step", 0) for row in writers.read_metrics(workdir)]
+  logged = ([row["step"] for row in writers.read_metrics(workdir)
+             if isinstance(row.get("step"), int)]  # a hand-edited row's text or null: not one
             if subdir == "checkpoints" and not holder else [])
   if logged and max(logged) >= first:
     folder = os.path.join(workdir, subdir)
