@@ -110,7 +110,7 @@ def _ready_step(config, warmup: int, step: Optional[Callable] = None):
   config = run_lib.with_data_counts(config)  # a catalog config's -1: its set's class counts
   run = run_lib.build_run(config, reads_data=False)  # made-up batches: no data needed
   step = step or run.train_step
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  state = run.make_state()
   n = config.train.batch_size * config.train.n_critic
   size = config.data.image_size
   key = jax.random.PRNGKey(0)

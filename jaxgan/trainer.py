@@ -267,7 +267,7 @@ def _initial_state(checkpointer: ckpt_lib.Checkpointer, run: run_lib.Run,
     restore.keep_first_start_keys(meta, config)
     checkpointer.prune(start_step)
     return start_step, state, meta.get(restore.DONOR_NAMED_KEY, "")
-  state = jax.jit(run.init, out_shardings=run.state_shardings)()
+  state = run.make_state()
   if donor is None:
     return 0, state, ""
   state = init_from.initialise_from(state, donor, attributes)

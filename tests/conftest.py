@@ -203,6 +203,16 @@ def tiny_config(**overrides):
   return c
 
 
+@pytest.fixture(autouse=True)
+def _programs_of_this_test_only():
+  """Each test builds its runs' programs afresh (run.build_run keeps the last few a process
+  built): one kept from another test may have been traced under that test's monkeypatch. A
+  test's own runs share theirs, as a process's do. jaxgan.run is not imported for this."""
+  run = sys.modules.get("jaxgan.run")
+  if run is not None:
+    run.forget_programs()
+
+
 @pytest.fixture
 def make_config():
   return tiny_config
