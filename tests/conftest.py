@@ -204,13 +204,25 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(autouse=True)
-def _programs_of_this_test_only():
-  """Each test builds its runs' programs afresh (run.build_run keeps the last few a process
-  built): one kept from another test may have been traced under that test's monkeypatch. A
-  test's own runs share theirs, as a process's do. jaxgan.run is not imported for this."""
-  run = sys.modules.get("jaxgan.run")
-  if run is not None:
-    run.forget_programs()
+def _programs_kept_only_without_monkeypatch(request):
+  """run.build_run keeps the programs of the last few runs a process built, for a run built
+  again; a worker's tests share them, as a process's runs do (a third of the tiny runs the
+  suite trains in its workers are built again). A test that monkeypatches builds its own
+  afresh, before and after it, so that no program traced under its patches serves another
+  test, nor one traced without them its own. (The tests' other patches, mock.patch, touch
+  nothing a program traces.) jaxgan.run is not imported for this."""
+
+  def forget():
+    run = sys.modules.get("jaxgan.run")
+    if run is not None:
+      run.forget_programs()
+
+  patches = "monkeypatch" in request.fixturenames
+  if patches:
+    forget()
+  yield
+  if patches:
+    forget()
 
 
 @pytest.fixture
