@@ -32,9 +32,10 @@ from jaxgan.config import mesh_checks
 from jaxgan.config import validation as config_validation
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-  """What a run is made of, before any state exists."""
+  """What a run is made of, before any state exists. Frozen: build_run gives a run built again
+  the same object (_programs)."""
 
   mesh: Any
   generator: Any
@@ -76,18 +77,6 @@ class _ProgramKey:
   config: Any = dataclasses.field(compare=False, hash=False)  # a copy: the programs trace later
 
 
-@dataclasses.dataclass(frozen=True)
-class _Programs:
-  generator: Any
-  discriminator: Any
-  init: Callable[[], state_lib.TrainState]
-  abstract_state: Any
-  state_shardings: Any
-  batch_sharding: Any
-  train_step: Any
-  make_state: Callable[[], state_lib.TrainState]
-
-
 # The programs of the last runs built in this process, by _ProgramKey: a run built again (a
 # resume or a longer run in the same process: a notebook, a sweep, the tests' resume scenarios)
 # calls the jitted functions it called before, whose traces, lowerings and executables JAX keeps,
@@ -95,7 +84,8 @@ class _Programs:
 # the tests' tiny DCGAN took to start and train 4 steps (2-core CPU, 2026-12-06). A few runs
 # only: each entry keeps its executables alive.
 @functools.lru_cache(maxsize=4)
-def _programs(key: _ProgramKey) -> _Programs:
+def _programs(key: _ProgramKey) -> Run:
+  """The run of `key`: build_run's, its checks aside (one object for every build of the key)."""
   config, mesh = key.config, key.mesh
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -110,8 +100,8 @@ def _programs(key: _ProgramKey) -> _Programs:
                                         config.train.steps_per_call),
                        in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  return _Programs(generator, discriminator, init, abstract_state, state_sh, batch_sh,
-                   train_step, jax.jit(init, out_shardings=state_sh))
+  return Run(mesh, generator, discriminator, init, abstract_state, state_sh, batch_sh,
+             train_step, config.train.steps_per_call, jax.jit(init, out_shardings=state_sh))
 
 
 def program_key(config: ml_collections.ConfigDict, mesh: Any) -> _ProgramKey:
@@ -136,12 +126,11 @@ def build_run(config: ml_collections.ConfigDict, reads_data: bool = True,
   join_processes(config)
   config_validation.validate(config, jax.device_count(), jax.process_count(), reads_data=reads_data)
   mesh = sharding.make_mesh(config)
-  p = _programs(program_key(config, mesh))
+  run = _programs(program_key(config, mesh))
   if makes_state:
-    _check_state_fits(config, p.abstract_state, p.state_shardings, mesh)
-  sharding.warn_if_fsdp_splits_little(p.abstract_state, mesh.shape[sharding.FSDP_AXIS])
-  return Run(mesh, p.generator, p.discriminator, p.init, p.abstract_state, p.state_shardings,
-             p.batch_sharding, p.train_step, config.train.steps_per_call, p.make_state)
+    _check_state_fits(config, run.abstract_state, run.state_shardings, mesh)
+  sharding.warn_if_fsdp_splits_little(run.abstract_state, mesh.shape[sharding.FSDP_AXIS])
+  return run
 
 
 def _check_state_fits(config: ml_collections.ConfigDict, abstract_state: Any, shardings: Any,
