@@ -206,11 +206,11 @@ def tiny_config(**overrides):
 @pytest.fixture(autouse=True)
 def _programs_kept_only_without_monkeypatch(request):
   """run.build_run keeps the programs of the last few runs a process built, for a run built
-  again; a worker's tests share them, as a process's runs do (a third of the tiny runs the
-  suite trains in its workers are built again). A test that monkeypatches builds its own
-  afresh, before and after it, so that no program traced under its patches serves another
-  test, nor one traced without them its own. (The tests' other patches, mock.patch, touch
-  nothing a program traces.) jaxgan.run is not imported for this."""
+  again; a worker's tests share them, as a process's runs do (many tests train the same tiny
+  config). A test that monkeypatches builds its own afresh, before and after it, so that no
+  program traced under its patches serves another test, nor one traced without them its own.
+  (The tests' other patches, mock.patch, touch nothing a program traces.) jaxgan.run is not
+  imported for this."""
 
   def forget():
     run = sys.modules.get("jaxgan.run")
