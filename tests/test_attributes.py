@@ -248,7 +248,6 @@ def test_init_from_reads_each_class_table_from_the_donors_attribute_of_its_colum
   column's, its classes' rows past that table's end NaN: the run's losses NaN from step 1, and
   "copied 35 of 35 arrays" in the log), or kept one-attribute and two-attribute tables apart."""
   import flax
-  import jax
 
   from jaxgan import checkpoint as ckpt_lib
   from jaxgan import data as data_lib
@@ -274,7 +273,7 @@ def test_init_from_reads_each_class_table_from_the_donors_attribute_of_its_colum
                             "data.num_classes": 2, "data.extra_num_classes": extra})
     run = run_lib.build_run(config)
     attributes = [[c, list(n)] for c, n in data_lib.attribute_names(build_source(config))]
-    fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+    fresh = run.make_state()
     donor = init_from.read_donor(
         donor_dir, ckpt_lib.abstract_like(run.abstract_state, run.state_shardings), "dcgan", 16,
         state_lib.class_axes(config), attributes)

@@ -52,7 +52,7 @@ def test_matching_arrays_are_copied_and_the_others_keep_their_initial_values(don
   # their initial values, listed with why.
   config = tiny_config(**{"data.num_classes": 2, "seed": 7})
   run = run_lib.build_run(config)
-  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  fresh = run.make_state()
   with caplog.at_level(logging.INFO):
     state = init_from.initialise_from(
         fresh, _read(run, workdir, config=config, attributes=[["category", ["a", "b"]]]),
@@ -86,7 +86,7 @@ def test_an_unconditional_run_from_a_conditional_one_is_told_why_layers_differ(d
   initial values, and the warning says that conditioning is why, not just the shapes."""
   config = tiny_config(**{"data.num_classes": 0})
   run = run_lib.build_run(config)
-  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  fresh = run.make_state()
   with caplog.at_level(logging.WARNING):
     init_from.initialise_from(fresh, _read(run, donor[0], config=config, attributes=[]), [])
   assert re.search(r"keep their initial values \(e.g. g_params/project/kernel \(shape \(\d+, "
@@ -109,7 +109,7 @@ def test_class_embeddings_are_matched_by_class_name(donor, caplog):
   here = [there[2], "Sandals", there[0], there[1]]
   config = tiny_config(**{"data.num_classes": 4, "seed": 7})
   run = run_lib.build_run(config)
-  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  fresh = run.make_state()
   donated = _read(run, workdir, config=config, attributes=[["category", here]])
   with caplog.at_level(logging.INFO):
     state = init_from.initialise_from(fresh, donated, [["category", here]])
@@ -258,7 +258,7 @@ def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
   config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
                           "model.shared_dim": 4})
   run = run_lib.build_run(config)
-  fresh = jax.jit(run.init, out_shardings=run.state_shardings)()
+  fresh = run.make_state()
   # The donor: a checkpoint of this state with every float changed (no ResNet step compiled for
   # it, for the suite's time), written as a run writes its checkpoints.
   trained = jax.tree_util.tree_map(

@@ -124,7 +124,7 @@ def _started(config):
   """(run, a fresh state) placed as the step expects it (as training does): a state without the
   step's shardings would compile the step a second time at the second call, when it has them."""
   run = run_lib.build_run(config)
-  return run, jax.jit(run.init, out_shardings=run.state_shardings)()
+  return run, run.make_state()
 
 
 def _batch(rng, images, size):

@@ -33,7 +33,7 @@ def run(mesh_data, fsdp):
   c = tiny_config(**{'train.batch_size': 16, 'model.g_width': 16, 'model.d_width': 16,
                      'mesh.data': mesh_data, 'mesh.fsdp': fsdp})
   r = run_lib.build_run(c)
-  state = jax.jit(r.init, out_shardings=r.state_shardings)()
+  state = r.make_state()
   specs = [s.spec for s in jax.tree_util.tree_leaves(r.state_shardings)]
   specs = {'replicated': sum(s == jax.sharding.PartitionSpec() for s in specs),
            'fsdp_split': sum('fsdp' in tuple(s) for s in specs)}
