@@ -31,7 +31,13 @@ def make_sampler(generator: nn.Module, out_sharding: Optional[NamedSharding] = N
 
   `out_sharding`: replicated (training's grids), every process holds the whole output; a batch
   sharding (the evaluation's fakes, `generate`), each device keeps the images of its rows.
+  One function per generator and sharding in a process (`_kept`): a run built again samples with
+  the program it traced and compiled before.
   """
+  return _kept(_sampler, generator, out_sharding)
+
+
+def _sampler(generator: nn.Module, out_sharding: Optional[NamedSharding]) -> Callable:
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def sample(ema_params, g_batch_stats, z, labels):
@@ -42,6 +48,30 @@ def make_sampler(generator: nn.Module, out_sharding: Optional[NamedSharding] = N
     return to_uint8(images)
 
   return sample
+
+
+# The jitted functions of the last few generators, shardings and shapes a process sampled with,
+# by their arguments (flax modules compare and hash by their fields). JAX keeps a jitted
+# function's traces and executables, but a new function object traces and lowers again: the
+# trainer, each evaluation and `generate` made their own, and a resume or a second run in one
+# process (the tests', a notebook's) traced the standing statistics' three generator passes anew
+# each time. A few only: each keeps its executables alive.
+@functools.lru_cache(maxsize=8)
+def _kept_program(make: Callable, *args) -> Callable:
+  return make(*args)
+
+
+def _kept(make: Callable, *args) -> Callable:
+  """`make(*args)`, the one made before for equal arguments where they hash."""
+  try:
+    return _kept_program(make, *args)
+  except TypeError:  # an argument that cannot be hashed (a module holding a list): made afresh
+    return make(*args)
+
+
+def forget_programs() -> None:
+  """Drops the kept samplers (tests that patch what they trace)."""
+  _kept_program.cache_clear()
 
 
 def _is_norm_statistic(path) -> bool:
@@ -117,8 +147,6 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
   classes = tuple(classes)
   if batch_sharding is not None and batch_size % batch_sharding.num_devices:
     batch_sharding = None
-  split = (lambda x: x) if batch_sharding is None else (
-      lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
   rng = np.random.default_rng([seed, 0x5751])
   shape = (num_batches, batch_size, z_dim)
   z = (host_truncated_normal(rng, shape, truncation) if truncation > 0
@@ -131,6 +159,22 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
     labels = np.stack([rng.integers(0, n, (num_batches, batch_size)) for n in classes],
                       -1).astype(np.int32)
     labels = labels if len(classes) > 1 else labels[..., 0]
+
+  standing_from = _kept(_standing_program, generator, num_batches, out_sharding, batch_sharding)
+
+  def standing(params, batch_stats):
+    return standing_from(params, batch_stats, z, labels)
+
+  standing.lower = lambda params, batch_stats: standing_from.lower(params, batch_stats, z, labels)
+  return standing
+
+
+def _standing_program(generator: nn.Module, num_batches: int,
+                      out_sharding: Optional[NamedSharding],
+                      batch_sharding: Optional[NamedSharding]) -> Callable:
+  """Jitted `(params, batch_stats, z, labels) -> standing statistics` (make_standing_stats')."""
+  split = (lambda x: x) if batch_sharding is None else (
+      lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
 
   def updated_from(params, batch_stats, value, z_k, labels_k):
     start = jax.tree_util.tree_map_with_path(
@@ -160,11 +204,7 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
         lambda p, old, t, m: t / (num_batches * (1.0 - m)) if _is_norm_statistic(p) else old,
         batch_stats, total, momentum)
 
-  def standing(params, batch_stats):
-    return standing_from(params, batch_stats, z, labels)
-
-  standing.lower = lambda params, batch_stats: standing_from.lower(params, batch_stats, z, labels)
-  return standing
+  return standing_from
 
 
 def make_ema_statistics(config: ml_collections.ConfigDict, generator: nn.Module,

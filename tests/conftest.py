@@ -203,19 +203,24 @@ def tiny_config(**overrides):
   return c
 
 
+# The modules that keep programs for a process's later runs (each has forget_programs()).
+KEEPING_MODULES = ("jaxgan.run", "jaxgan.sampling")
+
+
 @pytest.fixture(autouse=True)
 def _programs_kept_only_without_monkeypatch(request):
   """run.build_run keeps the programs of the last few runs a process built, for a run built
-  again; a worker's tests share them, as a process's runs do (many tests train the same tiny
-  config). A test that monkeypatches builds its own afresh, before and after it, so that no
-  program traced under its patches serves another test, nor one traced without them its own.
-  (The tests' other patches, mock.patch, touch nothing a program traces.) jaxgan.run is not
-  imported for this."""
+  again, and sampling its samplers; a worker's tests share them, as a process's runs do (many
+  tests train the same tiny config). A test that monkeypatches builds its own afresh, before and
+  after it, so that no program traced under its patches serves another test, nor one traced
+  without them its own. (The tests' other patches, mock.patch, touch nothing a program traces.)
+  Modules not imported yet are not imported for this."""
 
   def forget():
-    run = sys.modules.get("jaxgan.run")
-    if run is not None:
-      run.forget_programs()
+    for name in KEEPING_MODULES:
+      module = sys.modules.get(name)
+      if module is not None:
+        module.forget_programs()
 
   patches = "monkeypatch" in request.fixturenames
   if patches:

@@ -125,6 +125,43 @@ def test_standing_statistics_average_the_generators_own_batch_statistics(family)
       np.testing.assert_array_equal(got, old)
 
 
+def test_equal_generators_share_their_traced_programs_each_with_its_own_latents():
+  """A run built again in one process (a resume, the tests' runs) samples and gathers standing
+  statistics with the programs traced before: its generator, an equal new object, traces
+  nothing again. The seeds' latents are arguments, not part of the kept program: two seeds
+  still give their own statistics."""
+  import flax.linen as nn
+
+  traces = []
+
+  class Norm(nn.Module):
+    width: int
+
+    @nn.compact
+    def __call__(self, z, labels=None, train=True):
+      traces.append(self.width)  # runs when traced, not when a compiled program runs
+      x = nn.Dense(self.width)(z)
+      return jnp.tanh(nn.BatchNorm(use_running_average=not train)(x))[:, None, None, :3]
+
+  z = jnp.ones((2, 4))
+  variables = Norm(3).init(jax.random.PRNGKey(0), z, train=False)
+  stats = []
+  for seed in (0, 1, 0):
+    stats.append(sampling.make_standing_stats(Norm(3), 4, (), 2, 8, seed=seed)(
+        variables["params"], variables["batch_stats"]))
+    passes = passes if stats[1:] else len(traces)  # G's passes in one trace
+    assert len(traces) == passes >= 3  # the later makes traced nothing
+  np.testing.assert_array_equal(stats[0]["BatchNorm_0"]["mean"], stats[2]["BatchNorm_0"]["mean"])
+  assert not np.allclose(stats[0]["BatchNorm_0"]["mean"], stats[1]["BatchNorm_0"]["mean"])
+  sampling.make_standing_stats(Norm(4), 4, (), 2, 8)(*Norm(4).init(
+      jax.random.PRNGKey(0), z, train=False).values())
+  assert traces[passes:] == [4] * passes  # another generator: its own program
+  del traces[:]
+  samples = [sampling.make_sampler(Norm(3))(variables["params"], variables["batch_stats"], z, None)
+             for _ in range(2)]
+  assert traces == [3] and samples[0].dtype == np.uint8
+
+
 def test_standing_statistics_of_truncated_samples_come_from_truncated_latents():
   """BigGAN's standing statistics per truncation: a BatchNorm of the latents themselves reads
   the truncated normal's variance (0.0806 at t = 0.5), not the normal's 1."""
