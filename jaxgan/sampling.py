@@ -19,7 +19,7 @@ from PIL import Image
 
 from jaxgan.atomic_write import publish
 from jaxgan.config import attribute_classes
-from jaxgan import stopping
+from jaxgan import kept_programs, stopping
 from jaxgan.sample_inputs import host_truncated_normal
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ def make_sampler(generator: nn.Module, out_sharding: Optional[NamedSharding] = N
 
   `out_sharding`: replicated (training's grids), every process holds the whole output; a batch
   sharding (the evaluation's fakes, `generate`), each device keeps the images of its rows.
-  One function per generator and sharding in a process (`_kept`): a run built again samples with
-  the program it traced and compiled before.
+  One function per generator and sharding in a process (`kept_programs`): a run built again
+  samples with the program it traced and compiled before.
   """
-  return _kept(_sampler, generator, out_sharding)
+  return kept_programs.kept(_sampler, generator, out_sharding)
 
 
 def _sampler(generator: nn.Module, out_sharding: Optional[NamedSharding]) -> Callable:
@@ -48,30 +48,6 @@ def _sampler(generator: nn.Module, out_sharding: Optional[NamedSharding]) -> Cal
     return to_uint8(images)
 
   return sample
-
-
-# The jitted functions of the last few generators, shardings and shapes a process sampled with,
-# by their arguments (flax modules compare and hash by their fields). JAX keeps a jitted
-# function's traces and executables, but a new function object traces and lowers again: the
-# trainer, each evaluation and `generate` made their own, and a resume or a second run in one
-# process (the tests', a notebook's) traced the standing statistics' three generator passes anew
-# each time. A few only: each keeps its executables alive.
-@functools.lru_cache(maxsize=8)
-def _kept_program(make: Callable, *args) -> Callable:
-  return make(*args)
-
-
-def _kept(make: Callable, *args) -> Callable:
-  """`make(*args)`, the one made before for equal arguments where they hash."""
-  try:
-    return _kept_program(make, *args)
-  except TypeError:  # an argument that cannot be hashed (a module holding a list): made afresh
-    return make(*args)
-
-
-def forget_programs() -> None:
-  """Drops the kept samplers (tests that patch what they trace)."""
-  _kept_program.cache_clear()
 
 
 def _is_norm_statistic(path) -> bool:
@@ -160,7 +136,8 @@ def make_standing_stats(generator: nn.Module, z_dim: int, classes: Sequence[int]
                       -1).astype(np.int32)
     labels = labels if len(classes) > 1 else labels[..., 0]
 
-  standing_from = _kept(_standing_program, generator, num_batches, out_sharding, batch_sharding)
+  standing_from = kept_programs.kept(_standing_program, generator, num_batches, out_sharding,
+                                     batch_sharding)
 
   def standing(params, batch_stats):
     return standing_from(params, batch_stats, z, labels)

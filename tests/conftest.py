@@ -204,17 +204,17 @@ def tiny_config(**overrides):
 
 
 # The modules that keep programs for a process's later runs (each has forget_programs()).
-KEEPING_MODULES = ("jaxgan.run", "jaxgan.sampling")
+KEEPING_MODULES = ("jaxgan.run", "jaxgan.kept_programs")
 
 
 @pytest.fixture(autouse=True)
 def _programs_kept_only_without_monkeypatch(request):
   """run.build_run keeps the programs of the last few runs a process built, for a run built
-  again, and sampling its samplers; a worker's tests share them, as a process's runs do (many
-  tests train the same tiny config). A test that monkeypatches builds its own afresh, before and
-  after it, so that no program traced under its patches serves another test, nor one traced
-  without them its own. (The tests' other patches, mock.patch, touch nothing a program traces.)
-  Modules not imported yet are not imported for this."""
+  again, and kept_programs the samplers and Inception programs; a worker's tests share them, as
+  a process's runs do (many tests train the same tiny config). A test that monkeypatches builds
+  its own afresh, before and after it, so that no program traced under its patches serves
+  another test, nor one traced without them its own. (The tests' other patches, mock.patch,
+  touch nothing a program traces.) Modules not imported yet are not imported for this."""
 
   def forget():
     for name in KEEPING_MODULES:

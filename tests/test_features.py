@@ -97,6 +97,32 @@ class _StandIn(nn.Module):
     return nn.Dense(16)(x.mean((1, 2)))
 
 
+def test_a_second_extractor_of_the_network_compiles_nothing_and_uses_its_own_weights():
+  """Another evaluation in one process (the trainer's next, or evaluate after training) reuses
+  the network's programs (kept per network and mesh): no trace, no compile; the weights are an
+  argument, so other weights of the same shapes give their own features."""
+  traces = []
+
+  class Counted(_StandIn):
+    def __call__(self, x):
+      traces.append(x.shape)  # runs when traced only
+      return super().__call__(x)
+
+  net = Counted()
+  images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+  features = []
+  for seed in (0, 1):
+    params = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 299, 299, 3)))
+    traces.clear()
+    extractor = FeatureExtractor(params=params, weights_id=f"stand-in {seed}", batch_size=2,
+                                 network=Counted())
+    features.append(extractor(images))
+    want = np.asarray(jax.jit(lambda x: net.apply(params, resize_for_inception(x)))(images))
+    np.testing.assert_allclose(features[-1], want, rtol=1e-5, atol=1e-6)
+    assert len(traces) == (1 if seed == 0 else 0) + 1  # the network's trace, then jit's above
+  assert not np.allclose(features[0], features[1])
+
+
 def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(monkeypatch,
                                                                             capsys):
   """`stream` takes chunks of any length (empty ones too) and of two sizes, runs each size's
@@ -135,7 +161,9 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
   # Small images 3 and 6 filled a batch each before the last chunk was made.
   assert runs_when_made == [0, 0, 0, 0, 2] and runs[0] == 5
   # Each size compiled its resize; the network, fed 299x299 batches of either, compiled once.
-  assert len(extractor._compiled) == 2 and list(extractor._compiled_network) == [(3, 299, 299, 3)]
+  programs = extractor._programs
+  assert len(programs._compiled) == 2
+  assert [shape for shape, _ in programs._compiled_network] == [(3, 299, 299, 3)]
   alone = jax.jit(lambda x: net.apply(params, resize_for_inception(x)))
   want = np.concatenate([np.asarray(alone(c[i:i + 1])) for c in chunks for i in range(len(c))])
   assert got.shape == (11, 16) and np.abs(got - want).max() / np.abs(want).max() < 1e-5

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgan import kept_programs
 from jaxgan import progress as progress_lib
 from jaxgan import stopping
 from jaxgan.metrics import inception, inception_weights
@@ -101,31 +102,14 @@ class FeatureExtractor:
     # Names the weights in reference-feature caches: features of other weights never mix.
     self.weights_id = weights_id or inception_weights.weights_digest(weights_path)
     net = network if network is not None else inception.FIDInception()
-    # Two programs: the resize, compiled for each input size, and the network, compiled once per
-    # batch shape (its input is always [batch, 299, 299, 3]). As one program, a set of many sizes
-    # (photos at their native sizes) compiled the whole network again for each: ~5 s of a 2-core
-    # CPU each (2026-12-06); the resized batch's trip through memory between them is small
-    # against the network's forward.
-    self._resize = jax.jit(resize_for_inception, out_shardings=self._batch_sharding)
-    self._network = jax.jit(net.apply, out_shardings=replicated)
-    self._compiled: dict = {}  # per input shape, compiled before timing starts
-    self._compiled_network: dict = {}  # per resized batch shape
+    # Kept per network and mesh in a process: another evaluation (the trainer's next, an
+    # evaluate after training in one process) traces, lowers and compiles nothing again.
+    self._programs = kept_programs.kept(_Programs, net, self.mesh)
     self.last_images_per_sec: Optional[float] = None
 
   def _compiled_for(self, shape: tuple, dtype) -> Callable:
     """`(params, images of `shape`) -> features`, compiled (`.out_info`: the features' shape)."""
-    key = (shape, np.dtype(dtype).name)
-    if key not in self._compiled:
-      spec = jax.ShapeDtypeStruct(shape, dtype, sharding=self._batch_sharding)
-      resize = self._resize.lower(spec).compile(COMPILER_OPTIONS)
-      resized = resize.out_info
-      if resized.shape not in self._compiled_network:
-        self._compiled_network[resized.shape] = self._network.lower(
-            self.params, jax.ShapeDtypeStruct(resized.shape, resized.dtype,
-                                              sharding=self._batch_sharding)
-        ).compile(COMPILER_OPTIONS)
-      self._compiled[key] = _ResizeThenNetwork(resize, self._compiled_network[resized.shape])
-    return self._compiled[key]
+    return self._programs.compiled_for(shape, dtype, self.params)
 
   def __call__(self, images: np.ndarray, desc: str = "") -> np.ndarray:
     return self.stream([np.asarray(images)], len(images), desc)
@@ -184,6 +168,40 @@ class FeatureExtractor:
       raise ValueError("no images to extract features of (not even an empty batch)")
     self.last_images_per_sec = count / seconds if seconds > 0 and count else None
     return out[:count]
+
+
+class _Programs:
+  """A network's programs on a mesh: two, the resize, compiled for each input size, and the
+  network, compiled once per batch shape (its input is always [batch, 299, 299, 3]). As one
+  program, a set of many sizes (photos at their native sizes) compiled the whole network again
+  for each: ~5 s of a 2-core CPU each (2026-12-06); the resized batch's trip through memory
+  between them is small against the network's forward. The weights are an argument: one
+  program serves any weights of the network's shapes."""
+
+  def __init__(self, network: nn.Module, mesh: Mesh):
+    self._batch_sharding = NamedSharding(mesh, P("data"))
+    self._resize = jax.jit(resize_for_inception, out_shardings=self._batch_sharding)
+    self._network = jax.jit(network.apply, out_shardings=NamedSharding(mesh, P()))
+    self._compiled: dict = {}  # per input shape and dtype, compiled before timing starts
+    self._compiled_network: dict = {}  # per resized batch shape and the weights' shapes
+
+  def compiled_for(self, shape: tuple, dtype, params: dict) -> Callable:
+    """`(params, images of `shape`) -> features`, compiled for weights shaped as `params`."""
+    weights = jax.tree_util.tree_structure(params), tuple(
+        (x.shape, x.dtype) for x in jax.tree_util.tree_leaves(params))
+    key = (shape, np.dtype(dtype).name, weights)
+    if key not in self._compiled:
+      spec = jax.ShapeDtypeStruct(shape, dtype, sharding=self._batch_sharding)
+      resize = self._resize.lower(spec).compile(COMPILER_OPTIONS)
+      resized = resize.out_info
+      if (resized.shape, weights) not in self._compiled_network:
+        self._compiled_network[resized.shape, weights] = self._network.lower(
+            params, jax.ShapeDtypeStruct(resized.shape, resized.dtype,
+                                         sharding=self._batch_sharding)
+        ).compile(COMPILER_OPTIONS)
+      self._compiled[key] = _ResizeThenNetwork(resize, self._compiled_network[resized.shape,
+                                                                              weights])
+    return self._compiled[key]
 
 
 class _ResizeThenNetwork:

@@ -1,0 +1,34 @@
+"""Jitted functions kept for a process's later calls with equal arguments.
+
+JAX keeps a jitted function's traces, lowerings and executables, but only for that function
+object: a new one traces and lowers again, and reads its executable back from the persistent
+compilation cache at best. The trainer, each evaluation and each tool made their own samplers,
+standing statistics and Inception programs, so a run built again in one process (a resume, a
+sweep, a notebook, the tests' runs) traced them all anew. `kept(make, *args)` returns the
+function `make(*args)` made before for equal arguments (flax modules, meshes and shardings
+compare and hash by value). A few only: each keeps its executables alive.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+
+@functools.lru_cache(maxsize=16)
+def _kept(make: Callable, *args: Any) -> Any:
+  return make(*args)
+
+
+def kept(make: Callable, *args: Any) -> Any:
+  """`make(*args)`, or the one made before for equal arguments where they hash. `make` must
+  build a fresh object from its arguments alone (no other state it could read differently)."""
+  try:
+    return _kept(make, *args)
+  except TypeError:  # an argument that cannot be hashed (a module holding a list): made afresh
+    return make(*args)
+
+
+def forget_programs() -> None:
+  """Drops every kept function (tests that patch what they trace)."""
+  _kept.cache_clear()
