@@ -12,15 +12,22 @@ import sys
 #   DCGAN's train step compiles in 0.85 s instead of 2.9 s, the tiny ResNet's in 6.4 s instead
 #   of 9.8 s (jaxlib 0.10.2, 2 cores, 2026-12-03), with step times unchanged;
 # - one thread per Eigen convolution or matmul: xdist already runs a worker per core, and each
-#   worker's (and subprocess's) own thread pool only fought the others for the same cores.
+#   worker's (and subprocess's) own thread pool only fought the others for the same cores;
+# - LLVM code generated as one module, not split into parts compiled in parallel: the parts
+#   only fought the other workers for the cores, each with its own setup. Compiling the tiny
+#   DCGAN, ADA and ResNet steps and inits in a fresh process (5 runs each way, interleaved,
+#   2026-12-06): median process CPU 35.3 s split (the default) vs 26.3 s not split; the ResNet
+#   step's compile 5.45 vs 4.47 s, its init's 9.04 vs 6.80 s; lowering, which the flag leaves
+#   alone, 3.16 vs 3.32 s.
 # The suite's CPU time on 2 cores, in the working tree before the two-process evaluation test:
-# 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40 with all three (wall 7:32 and
-# 5:38, one run each). The last two are added only where a probe process accepts each: XLA
-# aborts on a flag it does not know, and the fusion-emitter flag is younger than the oldest
+# 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40 with the first three (wall 7:32
+# and 5:38, one run each). All but the first are added only where a probe process accepts each:
+# XLA aborts on a flag it does not know, and the fusion-emitter flag is younger than the oldest
 # jaxlib the package allows (and the kind XLA removes once the old emitters go). A flag of the
 # same name in the user's XLA_FLAGS is left as the user set it.
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-OPTIONAL_FAST_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_multi_thread_eigen=false")
+OPTIONAL_FAST_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_multi_thread_eigen=false",
+                       "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def _flag_names(flags: str) -> set:
