@@ -18,7 +18,8 @@ import sys
 #   DCGAN, ADA and ResNet steps and inits in a fresh process (5 runs each way, interleaved,
 #   2026-12-06): median process CPU 35.3 s split (the default) vs 26.3 s not split; the ResNet
 #   step's compile 5.45 vs 4.47 s, its init's 9.04 vs 6.80 s; lowering, which the flag leaves
-#   alone, 3.16 vs 3.32 s.
+#   alone, 3.16 vs 3.32 s. The whole suite showed no gain beyond its noise (README).
+#   Code generation only: the kernels, and so every number the tests check, are the same.
 # The suite's CPU time on 2 cores, in the working tree before the two-process evaluation test:
 # 12:50 user + 1:22 sys with the first flag alone, 8:47 + 1:40 with the first three (wall 7:32
 # and 5:38, one run each). All but the first are added only where a probe process accepts each:
