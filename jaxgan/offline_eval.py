@@ -217,17 +217,28 @@ def _check_features_fit(num_samples: int, reals: int, z_dim: int) -> None:
                      f"latents take {beyond}; evaluate fewer (--num-samples, --num-real)")
 
 
+# Inception's feature width: an FID from fewer images a side has a covariance of lower rank.
+FEATURE_WIDTH = 2048
+
+
 def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend: str,
                  asked: int = 0) -> str:
   """What an evaluation of a checkpoint is about to do (`asked`: the real images wanted, more
-  than `reals` where the data holds fewer), and on a CPU, where more than a first look's samples
-  take an hour of Inception, how to make it shorter."""
+  than `reals` where the data holds fewer), on a CPU, where more than a first look's samples
+  take an hour of Inception, how to make it shorter, and for an FID of few images, that it is
+  comparable only with FIDs of the same counts."""
   cpu = (" Inception runs at a few images/s on a CPU: --num-samples 500 for a first look"
          if backend == "cpu" and num_samples > 500 else "")
+  # Said, not refused: a first look's FID is worth having. Its bias grows as the counts shrink
+  # (FID is biased upwards at any finite count), so one of 500 samples next to one of 50k reads
+  # as a worse model.
+  few = (f" An FID of fewer than {FEATURE_WIDTH:,} images a side reads high: compare it only "
+         "with FIDs of the same counts." if "fid" in metrics.split(",")
+         and min(num_samples, reals) < FEATURE_WIDTH else "")
   # Said, not refused: the reference is then the whole set (as training's evaluations warn).
   fewer = f", all the data holds ({asked:,} were asked for)" if asked > reals else ""
   return (f"evaluating {metrics} of checkpoint step {step}: {num_samples:,} samples against "
-          f"{reals:,} real images{fewer} (their features are cached once computed).{cpu}")
+          f"{reals:,} real images{fewer} (their features are cached once computed).{cpu}{few}")
 
 
 def record(workdir: str, results: dict) -> str:

@@ -196,8 +196,20 @@ def test_the_opening_line_says_how_to_shorten_a_long_evaluation_on_a_cpu():
   line = offline_eval.opening_line("fid,kid", 4000, 10000, 8610, "cpu")
   assert line == ("evaluating fid,kid of checkpoint step 4000: 10,000 samples against 8,610 real "
                   "images (their features are cached once computed)." + hint)
-  assert offline_eval.opening_line("fid", 1, 500, 10, "cpu").endswith("computed).")
-  assert offline_eval.opening_line("fid", 1, 10000, 10, "gpu").endswith("computed).")
+  assert offline_eval.opening_line("kid", 1, 500, 10, "cpu").endswith("computed).")
+  assert offline_eval.opening_line("kid", 1, 10000, 10, "gpu").endswith("computed).")
+
+
+def test_the_opening_line_says_an_fid_of_few_images_compares_only_at_equal_counts():
+  """A first look's FID (500 samples) reads higher than the same model's at 50k: said before
+  it is set beside one, where the FID has fewer images on either side than Inception's 2048
+  features."""
+  note = (" An FID of fewer than 2,048 images a side reads high: compare it only with FIDs of "
+          "the same counts.")
+  assert offline_eval.opening_line("fid,kid", 7, 500, 8610, "gpu").endswith("computed)." + note)
+  assert offline_eval.opening_line("kid,fid", 7, 5000, 2047, "gpu").endswith(note)
+  assert offline_eval.opening_line("fid", 7, 2048, 8610, "cpu").endswith("first look")
+  assert note not in offline_eval.opening_line("kid,pr", 7, 500, 500, "gpu")
 
 
 def test_the_opening_line_says_when_the_data_holds_fewer_reals_than_asked_for():
