@@ -24,9 +24,10 @@ def kept(make: Callable, *args: Any) -> Any:
   """`make(*args)`, or the one made before for equal arguments where they hash. `make` must
   build a fresh object from its arguments alone (no other state it could read differently)."""
   try:
-    return _kept(make, *args)
+    hash(args)
   except TypeError:  # an argument that cannot be hashed (a module holding a list): made afresh
     return make(*args)
+  return _kept(make, *args)
 
 
 def forget_programs() -> None:

@@ -232,9 +232,13 @@ def opening_line(metrics: str, step: int, num_samples: int, reals: int, backend:
   # Said, not refused: a first look's FID is worth having. Its bias grows as the counts shrink
   # (FID is biased upwards at any finite count), so one of 500 samples next to one of 50k reads
   # as a worse model.
+  from jaxgan.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  # Per-class FIDs have fewer images still (each class's N is in the results).
+  fids = {"fid", "per_class_fid"} & set(suite.split_names(metrics))
   few = (f" An FID of fewer than {FEATURE_WIDTH:,} images a side reads high: compare it only "
-         "with FIDs of the same counts." if "fid" in metrics.split(",")
-         and min(num_samples, reals) < FEATURE_WIDTH else "")
+         "with FIDs of the same counts." if fids and min(num_samples, reals) < FEATURE_WIDTH
+         else "")
   # Said, not refused: the reference is then the whole set (as training's evaluations warn).
   fewer = f", all the data holds ({asked:,} were asked for)" if asked > reals else ""
   return (f"evaluating {metrics} of checkpoint step {step}: {num_samples:,} samples against "

@@ -207,7 +207,8 @@ def test_the_opening_line_says_an_fid_of_few_images_compares_only_at_equal_count
   note = (" An FID of fewer than 2,048 images a side reads high: compare it only with FIDs of "
           "the same counts.")
   assert offline_eval.opening_line("fid,kid", 7, 500, 8610, "gpu").endswith("computed)." + note)
-  assert offline_eval.opening_line("kid,fid", 7, 5000, 2047, "gpu").endswith(note)
+  assert offline_eval.opening_line("kid, fid", 7, 5000, 2047, "gpu").endswith(note)
+  assert offline_eval.opening_line("per_class_fid", 7, 500, 5000, "gpu").endswith(note)
   assert offline_eval.opening_line("fid", 7, 2048, 8610, "cpu").endswith("first look")
   assert note not in offline_eval.opening_line("kid,pr", 7, 500, 500, "gpu")
 

@@ -161,9 +161,8 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
   # Small images 3 and 6 filled a batch each before the last chunk was made.
   assert runs_when_made == [0, 0, 0, 0, 2] and runs[0] == 5
   # Each size compiled its resize; the network, fed 299x299 batches of either, compiled once.
-  programs = extractor._programs
-  assert len(programs._compiled) == 2
-  assert [shape for shape, _ in programs._compiled_network] == [(3, 299, 299, 3)]
+  assert len(extractor._compiled) == 2
+  assert [shape for shape, _ in extractor._programs._compiled_network] == [(3, 299, 299, 3)]
   alone = jax.jit(lambda x: net.apply(params, resize_for_inception(x)))
   want = np.concatenate([np.asarray(alone(c[i:i + 1])) for c in chunks for i in range(len(c))])
   assert got.shape == (11, 16) and np.abs(got - want).max() / np.abs(want).max() < 1e-5

@@ -160,6 +160,11 @@ def test_equal_generators_share_their_traced_programs_each_with_its_own_latents(
   samples = [sampling.make_sampler(Norm(3))(variables["params"], variables["batch_stats"], z, None)
              for _ in range(2)]
   assert traces == [3] and samples[0].dtype == np.uint8
+  # Another output sharding is another program (its outputs are placed otherwise).
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sampling.make_sampler(Norm(3), replicated)(variables["params"], variables["batch_stats"], z, None)
+  assert traces == [3, 3]
 
 
 def test_standing_statistics_of_truncated_samples_come_from_truncated_latents():

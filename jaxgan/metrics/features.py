@@ -105,11 +105,17 @@ class FeatureExtractor:
     # Kept per network and mesh in a process: another evaluation (the trainer's next, an
     # evaluate after training in one process) traces, lowers and compiles nothing again.
     self._programs = kept_programs.kept(_Programs, net, self.mesh)
+    # Per input shape, compiled before timing starts: this extractor's own, not kept with the
+    # programs, since a folder of photos at their native sizes may have thousands of sizes.
+    self._compiled: dict = {}
     self.last_images_per_sec: Optional[float] = None
 
   def _compiled_for(self, shape: tuple, dtype) -> Callable:
     """`(params, images of `shape`) -> features`, compiled (`.out_info`: the features' shape)."""
-    return self._programs.compiled_for(shape, dtype, self.params)
+    key = (shape, np.dtype(dtype).name)
+    if key not in self._compiled:
+      self._compiled[key] = self._programs.compiled_for(shape, dtype, self.params)
+    return self._compiled[key]
 
   def __call__(self, images: np.ndarray, desc: str = "") -> np.ndarray:
     return self.stream([np.asarray(images)], len(images), desc)
@@ -182,26 +188,23 @@ class _Programs:
     self._batch_sharding = NamedSharding(mesh, P("data"))
     self._resize = jax.jit(resize_for_inception, out_shardings=self._batch_sharding)
     self._network = jax.jit(network.apply, out_shardings=NamedSharding(mesh, P()))
-    self._compiled: dict = {}  # per input shape and dtype, compiled before timing starts
     self._compiled_network: dict = {}  # per resized batch shape and the weights' shapes
 
   def compiled_for(self, shape: tuple, dtype, params: dict) -> Callable:
-    """`(params, images of `shape`) -> features`, compiled for weights shaped as `params`."""
+    """`(params, images of `shape`) -> features`, compiled for weights shaped as `params`: the
+    resize compiled now, the network once per batch and weights' shapes."""
     weights = jax.tree_util.tree_structure(params), tuple(
         (x.shape, x.dtype) for x in jax.tree_util.tree_leaves(params))
-    key = (shape, np.dtype(dtype).name, weights)
-    if key not in self._compiled:
-      spec = jax.ShapeDtypeStruct(shape, dtype, sharding=self._batch_sharding)
-      resize = self._resize.lower(spec).compile(COMPILER_OPTIONS)
-      resized = resize.out_info
-      if (resized.shape, weights) not in self._compiled_network:
-        self._compiled_network[resized.shape, weights] = self._network.lower(
-            params, jax.ShapeDtypeStruct(resized.shape, resized.dtype,
-                                         sharding=self._batch_sharding)
-        ).compile(COMPILER_OPTIONS)
-      self._compiled[key] = _ResizeThenNetwork(resize, self._compiled_network[resized.shape,
-                                                                              weights])
-    return self._compiled[key]
+    spec = jax.ShapeDtypeStruct(shape, dtype, sharding=self._batch_sharding)
+    resize = self._resize.lower(spec).compile(COMPILER_OPTIONS)
+    resized = resize.out_info
+    key = resized.shape, weights
+    if key not in self._compiled_network:
+      self._compiled_network[key] = self._network.lower(
+          params, jax.ShapeDtypeStruct(resized.shape, resized.dtype,
+                                       sharding=self._batch_sharding)
+      ).compile(COMPILER_OPTIONS)
+    return _ResizeThenNetwork(resize, self._compiled_network[key])
 
 
 class _ResizeThenNetwork:
