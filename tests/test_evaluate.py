@@ -146,10 +146,13 @@ def test_eval_during_training_then_evaluate_the_best_checkpoint(tmp_path, capsys
   assert code == 0, err
   result = json.loads(out)
   assert KEYS <= set(result) and result["step"] == best_step and result["num_samples"] == 6
-  # Said before the work: what and how many (6 samples: no hint to take fewer, on any backend).
+  # Said before the work: what and how many (6 samples: no hint to take fewer, on any backend;
+  # that so few make a high FID).
   said = err.splitlines()
   before = said.index(f"evaluating fid,kid,pr,per_class_fid of checkpoint step {best_step}: 6 "
-                      "samples against 8 real images (their features are cached once computed).")
+                      "samples against 8 real images (their features are cached once computed). "
+                      "An FID of fewer than 2,048 images a side reads high: compare it only with "
+                      "FIDs of the same counts.")
   assert said[before + 1].startswith("inception (fakes): 6/6 images done"), err
   assert result["num_real"] == 8 == evals[best_step]["eval/num_real"]  # the run's eval.num_real
   # tiny_config has 3 classes: each one is reported, with its count (the smaller side's; with 6
