@@ -6,7 +6,8 @@ compilation cache at best. The trainer, each evaluation and each tool made their
 standing statistics and Inception programs, so a run built again in one process (a resume, a
 sweep, a notebook, the tests' runs) traced them all anew. `kept(make, *args)` returns the
 function `make(*args)` made before for equal arguments (flax modules, meshes and shardings
-compare and hash by value). A few only: each keeps its executables alive.
+compare and hash by value): the runs' init and train step (`run`), samplers, standing
+statistics and Inception programs. A few only: each keeps its executables alive.
 """
 
 from __future__ import annotations

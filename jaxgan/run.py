@@ -21,6 +21,7 @@ import numpy as np
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
+from jaxgan import kept_programs
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
 from jaxgan import multihost
@@ -77,15 +78,18 @@ class _ProgramKey:
   config: Any = dataclasses.field(compare=False, hash=False)  # a copy: the programs trace later
 
 
-# The programs of the last runs built in this process, by _ProgramKey: a run built again (a
-# resume or a longer run in the same process: a notebook, a sweep, the tests' resume scenarios)
-# calls the jitted functions it called before, whose traces, lowerings and executables JAX keeps,
-# instead of tracing, lowering and loading them again: the tests' tiny DCGAN, run again in one
-# process (start and 4 steps), took 0.66 s instead of 2.84 s (2-core CPU, 2026-12-06). A few
-# runs only: each entry keeps its executables alive.
-@functools.lru_cache(maxsize=4)
 def _programs(key: _ProgramKey) -> Run:
-  """The run of `key`: build_run's, its checks aside (one object for every build of the key)."""
+  """The run of `key`: build_run's, its checks aside; one object for every build of the key in
+  a process (kept_programs): a run built again (a resume or a longer run in the same process: a
+  notebook, a sweep, the tests' resume scenarios) calls the jitted functions it called before,
+  whose traces, lowerings and executables JAX keeps, instead of tracing, lowering and loading
+  them again: the tests' tiny DCGAN, run again in one process (start and 4 steps), took 0.66 s
+  instead of 2.84 s (2-core CPU, 2026-12-06)."""
+  return kept_programs.kept(_build_programs, key)
+
+
+def _build_programs(key: _ProgramKey) -> Run:
+  """Models, shardings, the jitted init and train step of `key` (traced when first called)."""
   config, mesh = key.config, key.mesh
   generator, discriminator = models_lib.build_models(config)
   loss = losses_lib.build_loss(config)
@@ -109,11 +113,6 @@ def program_key(config: ml_collections.ConfigDict, mesh: Any) -> _ProgramKey:
   entering = {k: v for k, v in config_lib.flat_items(config) if k not in HOST_ONLY_KEYS}
   return _ProgramKey(json.dumps(entering, sort_keys=True, default=repr), mesh,
                      copy.deepcopy(config))
-
-
-def forget_programs() -> None:
-  """Drops the programs kept for runs built again (tests that patch what the programs trace)."""
-  _programs.cache_clear()
 
 
 def build_run(config: ml_collections.ConfigDict, reads_data: bool = True,

@@ -211,24 +211,19 @@ def tiny_config(**overrides):
   return c
 
 
-# The modules that keep programs for a process's later runs (each has forget_programs()).
-KEEPING_MODULES = ("jaxgan.run", "jaxgan.kept_programs")
-
-
 @pytest.fixture(autouse=True)
 def _programs_kept_only_without_monkeypatch(request):
-  """run.build_run keeps the programs of the last few runs a process built, for a run built
-  again, and kept_programs the samplers and Inception programs; a worker's tests share them, as
-  a process's runs do (many tests train the same tiny config). A test that monkeypatches builds
-  its own afresh, before and after it, so that no program traced under its patches serves
-  another test, nor one traced without them its own. (The tests' other patches, mock.patch,
-  touch nothing a program traces.) Modules not imported yet are not imported for this."""
+  """kept_programs keeps the programs of the last runs, samplers and Inception networks a
+  process built, for one built again; a worker's tests share them, as a process's runs do (many
+  tests train the same tiny config). A test that monkeypatches builds its own afresh, before and
+  after it, so that no program traced under its patches serves another test, nor one traced
+  without them its own. (The tests' other patches, mock.patch, touch nothing a program traces.)
+  jaxgan.kept_programs is not imported for this."""
 
   def forget():
-    for name in KEEPING_MODULES:
-      module = sys.modules.get(name)
-      if module is not None:
-        module.forget_programs()
+    module = sys.modules.get("jaxgan.kept_programs")
+    if module is not None:
+      module.forget_programs()
 
   patches = "monkeypatch" in request.fixturenames
   if patches:

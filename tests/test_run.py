@@ -4,7 +4,8 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from jaxgan import checkpoint as ckpt_lib, config as config_lib, run as run_lib, sharding
+from jaxgan import checkpoint as ckpt_lib, config as config_lib, kept_programs
+from jaxgan import run as run_lib, sharding
 
 
 def _changed(value):
@@ -19,7 +20,7 @@ def _changed(value):
 def _lowered_texts(config) -> list[str]:
   """The HLO text of `config`'s init and train step, built afresh (no kept programs)."""
   mesh = sharding.make_mesh(config)
-  run_lib.forget_programs()
+  kept_programs.forget_programs()
   p = run_lib._programs(run_lib.program_key(config, mesh))
   state = ckpt_lib.abstract_like(p.abstract_state, p.state_shardings)
   batch = run_lib.abstract_batch(config, p.batch_sharding)
@@ -59,5 +60,5 @@ def test_a_run_built_again_reuses_its_programs():
   assert run_lib.build_run(tiny_config(**{"seed": 5})).make_state is not first.make_state
   state = first.make_state()
   np.testing.assert_array_equal(jax.device_get(state.step), 0)
-  run_lib.forget_programs()
+  kept_programs.forget_programs()
   assert run_lib.build_run(tiny_config(**{"train.num_steps": 2})).train_step is not first.train_step
