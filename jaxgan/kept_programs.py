@@ -12,13 +12,23 @@ statistics and Inception programs. A few only: each keeps its executables alive.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+# How many functions are kept: each keeps its executables alive.
+KEPT = 16
 
 
-@functools.lru_cache(maxsize=16)
-def _kept(make: Callable, *args: Any) -> Any:
+def _made(make: Callable, *args: Any) -> Any:
   return make(*args)
+
+
+def _new_cache() -> Callable:
+  return functools.lru_cache(maxsize=KEPT)(_made)
+
+
+_kept = _new_cache()
 
 
 def kept(make: Callable, *args: Any) -> Any:
@@ -34,3 +44,16 @@ def kept(make: Callable, *args: Any) -> Any:
 def forget_programs() -> None:
   """Drops every kept function (tests that patch what they trace)."""
   _kept.cache_clear()
+
+
+@contextlib.contextmanager
+def kept_apart() -> Iterator[None]:
+  """Inside: functions are kept apart from those kept before, and dropped at its end; the ones
+  kept before are kept again after. For code that patches what the functions trace (tests):
+  nothing traced under the patches serves code outside, nor the reverse."""
+  global _kept  # pylint: disable=global-statement
+  outer, _kept = _kept, _new_cache()
+  try:
+    yield
+  finally:
+    _kept = outer

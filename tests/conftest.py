@@ -215,22 +215,23 @@ def tiny_config(**overrides):
 def _programs_kept_only_without_monkeypatch(request):
   """kept_programs keeps the programs of the last runs, samplers and Inception networks a
   process built, for one built again; a worker's tests share them, as a process's runs do (many
-  tests train the same tiny config). A test that monkeypatches builds its own afresh, before and
-  after it, so that no program traced under its patches serves another test, nor one traced
-  without them its own. (The tests' other patches, mock.patch, touch nothing a program traces.)
-  jaxgan.kept_programs is not imported for this."""
-
-  def forget():
+  tests train the same tiny config). A test that monkeypatches keeps its own apart, dropped after
+  it, so that no program traced under its patches serves another test, nor one traced without
+  them its own; the others' are kept through it (they were dropped before and after it: the
+  next test traced, lowered and loaded its programs again). (The tests' other patches,
+  mock.patch, touch nothing a program traces.) jaxgan.kept_programs is not imported for this."""
+  if "monkeypatch" not in request.fixturenames:
+    yield
+    return
+  module = sys.modules.get("jaxgan.kept_programs")
+  if module is None:  # nothing kept yet: what the test keeps is dropped after it
+    yield
     module = sys.modules.get("jaxgan.kept_programs")
     if module is not None:
       module.forget_programs()
-
-  patches = "monkeypatch" in request.fixturenames
-  if patches:
-    forget()
-  yield
-  if patches:
-    forget()
+    return
+  with module.kept_apart():
+    yield
 
 
 @pytest.fixture
