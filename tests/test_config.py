@@ -752,8 +752,9 @@ def test_every_shipped_config_validates_and_builds(name):
   g, d = models.build_models(config)
   z = jnp.zeros((2, config.model.z_dim))
   labels = jnp.zeros((2,), jnp.int32) if config.data.num_classes else None
-  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, labels, train=False))
-  images = jax.eval_shape(lambda v: g.apply(v, z, labels, train=False), g_vars)
+  # One trace of G gives its output with its variables (init, then apply, traced it twice).
+  images, _ = jax.eval_shape(lambda: g.init_with_output(jax.random.PRNGKey(0), z, labels,
+                                                        train=False))
   size = config.data.image_size
   assert images.shape == (2, size, size, 3)
   jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)), labels,
