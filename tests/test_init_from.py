@@ -258,9 +258,14 @@ def test_a_resnet_starts_from_a_resnet_spectral_norm_state_included(tmp_path):
   config = tiny_config(**{"model.name": "resnet", "data.image_size": 32, "model.max_width": 16,
                           "model.shared_dim": 4})
   run = run_lib.build_run(config)
-  fresh = run.make_state()
-  # The donor: a checkpoint of this state with every float changed (no ResNet step compiled for
-  # it, for the suite's time), written as a run writes its checkpoints.
+  # A state of the init's layout with made-up values (compiling a ResNet's init took ~7 s of the
+  # suite's CPU), and the donor: a checkpoint of it with every float changed (no ResNet step
+  # compiled for it either), written as a run writes its checkpoints.
+  rng = np.random.default_rng(0)
+  fresh = jax.tree_util.tree_map(
+      lambda a: jax.numpy.asarray(rng.standard_normal(a.shape).astype(a.dtype)
+                                  if jax.numpy.issubdtype(a.dtype, jax.numpy.floating)
+                                  else np.zeros(a.shape, a.dtype)), run.abstract_state)
   trained = jax.tree_util.tree_map(
       lambda x: x + 1 if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, fresh)
   attributes = [["category", CATEGORY_NAMES[:3]]]

@@ -39,11 +39,11 @@ def test_one_hot_soft_labels_match_int_labels(kind, classes):
   ints, soft = _int_labels(classes)
   z = jax.random.normal(jax.random.PRNGKey(1), (B, Z_DIM))
   variables = g.init(jax.random.PRNGKey(0), z, ints, train=False)
-  # Initialising with soft labels builds the same parameters: old checkpoints keep loading.
-  soft_vars = g.init(jax.random.PRNGKey(0), z, soft, train=False)
-  assert jax.tree_util.tree_structure(soft_vars) == jax.tree_util.tree_structure(variables)
-  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(soft_vars)):
-    np.testing.assert_array_equal(a, b)
+  # Initialising with soft labels builds the same parameters' layout: old checkpoints keep
+  # loading. (Traced only: a second eager init of the ResNet cost ~4 s of the suite's CPU.)
+  layout = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
+  soft_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, soft, train=False))
+  assert layout(soft_vars) == layout(variables)
   # Unit-variance tables (DCGAN initialises them at N(0, 0.02)): the labels then visibly matter.
   variables = jax.tree_util.tree_map_with_path(
       lambda path, x: (jax.random.normal(jax.random.PRNGKey(x.size), x.shape)
