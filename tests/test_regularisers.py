@@ -144,11 +144,17 @@ def _run_steps(config, n, size):
   return snapshots, metrics
 
 
+# ADA with LeCam and lazy R1 (on a layer-normed D): the ADA tests below share two programs of it,
+# this one and ADA_STEP's (each ADA step program took ~3-5 s of the suite's CPU to compile).
+ADA_R1_LECAM = {"augment.name": "ada", "augment.ada_interval": 4, "augment.ada_kimg": 1,
+                "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3,
+                "loss.r1_gamma": 1.0, "loss.r1_interval": 2, "model.d_norm": "layer"}
+# An interval of 2 steps, and G's orthogonal penalty.
+ADA_STEP = {**ADA_R1_LECAM, "augment.ada_interval": 2, "model.orthogonal_reg": 1e-4}
+
+
 def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
-  overrides = {"augment.name": "ada", "augment.ada_interval": 2, "augment.ada_kimg": 1,
-               "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3,
-               "loss.r1_gamma": 1.0, "loss.r1_interval": 2, "model.d_norm": "layer"}
-  config = tiny_config(**overrides, **{"model.orthogonal_reg": 1e-4})
+  config = tiny_config(**ADA_STEP)
   (s0, s1, s2), metrics = _run_steps(config, 2, 16)
   assert metrics[0]["nonfinite"] == 0 and metrics[1]["nonfinite"] == 0
   # LeCam's state: EMAs (decay 0.99, from 0) of D's mean outputs, which the step logs (the
@@ -162,7 +168,9 @@ def test_ada_lecam_and_orthogonal_regularisation_in_the_step():
   # rounding (the two are different programs, which XLA may round differently), and G by about
   # a step. In units of the learning rate (Adam's first step moves each element by about lr):
   # measured 1e-5 for D, 1.16 for G; a penalty leaking into D would flip some of its signs too.
-  (_, plain), _ = _run_steps(tiny_config(**overrides, **{"model.orthogonal_reg": 0.0}), 1, 16)
+  # (ADA_R1_LECAM: the interval differs too, which the first step does not reach.)
+  (_, plain), _ = _run_steps(tiny_config(**ADA_R1_LECAM), 1, 16)
+  assert plain.augment.p == s1.augment.p and int(plain.augment.count) == 16
   lr = config.optim.g_lr
   assert config.optim.d_lr == lr
 
@@ -189,8 +197,7 @@ def test_ada_logs_its_sign_statistic():
   """ada_rt, the step's mean sign(D(real)) (StyleGAN2-ADA's Loss/signs/real), is what ADA adds
   up, over every D pass's reals (here the lazy-R1 pass's too, on even steps): a log row's mean
   tells where p is heading; no such metric without ADA."""
-  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 4,
-                          "loss.r1_gamma": 1.0, "loss.r1_interval": 2, "model.d_norm": "layer"})
+  config = tiny_config(**ADA_R1_LECAM)  # an interval of 4 steps: no update in these 2
   (_, s1, s2), metrics = _run_steps(config, 2, 16)
   assert [int(s1.augment.count), int(s2.augment.count)] == [16, 24]  # 8 + 8 R1, then 8
   assert float(metrics[0]["ada_rt"]) == float(s1.augment.signs_sum) / 16
@@ -241,20 +248,20 @@ def test_a_skipped_step_that_ends_an_ada_interval_still_moves_p():
   """A non-finite step drops its own signs (they may be NaN), but when it ends an interval p
   moves from the interval's other steps and the sums restart; the skip used to carry them over,
   so the next update averaged two intervals and moved p once."""
-  config = tiny_config(**{"augment.name": "ada", "augment.ada_interval": 2,
-                          "augment.ada_kimg": 1, "augment.ada_p_init": 0.5})
+  config = tiny_config(**ADA_STEP)
   run, state = _started(config)
   rng = np.random.default_rng(0)
   state, _ = run.train_step(state, _batch(rng, 8, 16))
   first = jax.device_get(state.augment)
-  assert int(first.count) == 8 and float(first.p) == 0.5
+  assert int(first.count) == 16 and float(first.p) == 0.5  # 8 reals, and 8 in the R1 pass
   bias = state.g_params["to_rgb"]["bias"]
   poisoned = state.replace(g_params={**state.g_params, "to_rgb": {
       **state.g_params["to_rgb"], "bias": bias + jnp.nan}})
   state, metrics = jax.device_get(run.train_step(poisoned, _batch(rng, 8, 16)))
   assert int(metrics["nonfinite"]) == 1
-  # Step 1 ends the interval: p moves by 8 * 2 / 1000 in the direction of step 0's signs alone.
-  direction = np.sign(float(first.signs_sum) / 8 - config.augment.ada_target)
+  # Step 1 ends the interval: p moves by the 8 * 2 reals shown / 1000, in the direction of step
+  # 0's signs alone.
+  direction = np.sign(float(first.signs_sum) / 16 - config.augment.ada_target)
   assert float(state.augment.p) == pytest.approx(0.5 + direction * 16 / 1000)
   assert int(state.augment.count) == 0 and float(state.augment.signs_sum) == 0.0
 
