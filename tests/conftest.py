@@ -2,6 +2,7 @@
 
 import os
 import sys
+import types
 
 # Tests compile many tiny programs and time none of them, so the suite asks XLA to compile
 # cheaply and run single-threaded kernels, set before JAX starts and inherited by the subprocesses
@@ -211,27 +212,71 @@ def tiny_config(**overrides):
   return c
 
 
+# Where code that kept programs trace lives (their init and train step, samplers, standing
+# statistics, Inception): a monkeypatch of an attribute of these modules' objects may change what
+# a program traces, so a test that makes one must keep its programs apart (PATCHES_TRACED_CODE).
+TRACED_MODULES = ("jax", "jaxlib", "flax", "optax", "numpy", "jaxgan.models", "jaxgan.losses",
+                  "jaxgan.augment", "jaxgan.augment_ada", "jaxgan.steps", "jaxgan.state",
+                  "jaxgan.sampling", "jaxgan.sharding", "jaxgan.run", "jaxgan.kept_programs",
+                  "jaxgan.metrics.features", "jaxgan.metrics.inception", "jaxgan.config",
+                  "jaxgan.registry")
+# Host functions of those modules, which no program traces: writing a PNG, moving a batch to the
+# devices or values back, waiting for the devices.
+HOST_FUNCTIONS = ("jaxgan.sampling.save_png", "jaxgan.sharding.put_batch",
+                  "jaxgan.sharding.to_host", "jax.block_until_ready")
+PATCHES_TRACED_CODE = "patches_traced_code"
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", f"{PATCHES_TRACED_CODE}: the test monkeypatches code that jitted programs trace "
+      "(conftest.TRACED_MODULES); its programs are kept apart from other tests'")
+
+
+def _traced_patches(monkeypatch) -> list:
+  """The patches of `monkeypatch` that may reach traced code: attributes of objects of
+  TRACED_MODULES, and items set in dicts (a registry's entries)."""
+  found = []
+  for target, name, _ in getattr(monkeypatch, "_setattr", []):
+    where = (target.__name__ if isinstance(target, types.ModuleType)
+             else getattr(target, "__module__", None) if isinstance(target, type)
+             else type(target).__module__)
+    if (any(where == m or str(where).startswith(m + ".") for m in TRACED_MODULES)
+        and f"{where}.{name}" not in HOST_FUNCTIONS):
+      found.append(f"{where}.{name}")
+  # os.environ and sys.modules (a package made absent) reach no program.
+  found += [f"[{key!r}]" for target, key, _ in getattr(monkeypatch, "_setitem", [])
+            if target is not os.environ and target is not sys.modules]
+  return found
+
+
 @pytest.fixture(autouse=True)
-def _programs_kept_only_without_monkeypatch(request):
+def _programs_kept_apart_where_traced_code_is_patched(request, monkeypatch):
   """kept_programs keeps the programs of the last runs, samplers and Inception networks a
   process built, for one built again; a worker's tests share them, as a process's runs do (many
-  tests train the same tiny config). A test that monkeypatches keeps its own apart, dropped after
-  it, so that no program traced under its patches serves another test, nor one traced without
-  them its own; the others' are kept through it (they were dropped before and after it: the
-  next test traced, lowered and loaded its programs again). (The tests' other patches,
-  mock.patch, touch nothing a program traces.) jaxgan.kept_programs is not imported for this."""
-  if "monkeypatch" not in request.fixturenames:
-    yield
-    return
+  tests train the same tiny config), also those that monkeypatch host code (checkpoints, writers,
+  the loop's timing). A test marked PATCHES_TRACED_CODE keeps its own apart, dropped after it, so
+  that no program traced under its patches serves another test, nor one traced without them its
+  own. An unmarked test found (after it) to have patched traced code fails, and every kept
+  program is dropped. (Every test that monkeypatched kept its programs apart before: the default
+  config's were built 39 times in a suite run, on 3 workers.) mock.patch and
+  pytest.MonkeyPatch.context() are not seen here: the tests' patches through them patch host code
+  or record calls on their way to the real functions. Requests monkeypatch so that its patches are still listed at the end here.
+  jaxgan.kept_programs is not imported for this."""
+  marked = request.node.get_closest_marker(PATCHES_TRACED_CODE) is not None
   module = sys.modules.get("jaxgan.kept_programs")
-  if module is None:  # nothing kept yet: what the test keeps is dropped after it
-    yield
-    module = sys.modules.get("jaxgan.kept_programs")
-    if module is not None:
-      module.forget_programs()
+  if marked and module is not None:
+    with module.kept_apart():
+      yield
     return
-  with module.kept_apart():
-    yield
+  yield
+  module = sys.modules.get("jaxgan.kept_programs")
+  traced = _traced_patches(monkeypatch)
+  if module is not None and (marked or traced):
+    module.forget_programs()  # what it kept (nothing was kept before it), or what it may have
+  if traced and not marked:
+    pytest.fail(f"{request.node.nodeid} monkeypatches code that programs trace ({', '.join(traced)}"
+                f"): mark it @pytest.mark.{PATCHES_TRACED_CODE}", pytrace=False)
 
 
 @pytest.fixture

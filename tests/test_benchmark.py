@@ -329,6 +329,7 @@ def test_peak_table():
   assert throughput.peak_flops("NVIDIA GH200 480GB", "bfloat16") == 989e12
 
 
+@pytest.mark.patches_traced_code
 def test_mfu_and_device_count_are_the_meshs_not_the_hosts(monkeypatch):
   """A mesh of 2 of the host's 8 devices: MFU against 2 devices' peak, num_devices 2."""
   monkeypatch.setattr(throughput.jax, "device_count", lambda: 8)

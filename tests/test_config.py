@@ -315,6 +315,7 @@ def test_an_eval_cache_dir_that_is_a_file_is_refused_where_training_evaluates(
   assert int(trainer.train_and_evaluate(config, str(tmp_path / "w")).step) == 1
 
 
+@pytest.mark.patches_traced_code
 def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatch):
   """Not read, then killed by the OS with no message (after writing the workdir's config)."""
   with pytest.raises(config_lib.ConfigError, match=r"^config key train.batch_size: a step's "
@@ -349,6 +350,7 @@ def test_a_batch_larger_than_the_hosts_memory_is_refused(make_config, monkeypatc
   config_validation.validate(config, num_devices=1)
 
 
+@pytest.mark.patches_traced_code
 def test_a_train_state_larger_than_the_hosts_memory_is_refused_before_compiling(monkeypatch):
   """A typo'd model.z_dim of 10^8 (800 GB of state) started, then ended in a MemoryError
   traceback (or the OS's kill) after writing the workdir."""

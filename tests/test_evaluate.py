@@ -594,6 +594,7 @@ def test_workdir_mode_refuses_data_the_run_was_not_trained_on(tmp_path, capsys, 
   assert str(e.value) == "data.tfds_name 'x' could not be loaded: no network"
 
 
+@pytest.mark.patches_traced_code
 def test_sets_of_other_native_sizes_are_warned_of_before_any_inception_work(tmp_path, monkeypatch,
                                                                            capsys):
   """224x224 photos against 16x16 samples gave an FID of 538 without a word: the metrics then

@@ -732,6 +732,7 @@ def _forbid_features(monkeypatch) -> None:
   monkeypatch.setattr(features, "FeatureExtractor", NoInception)
 
 
+@pytest.mark.patches_traced_code
 def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monkeypatch):
   """4 files pass the count, but one cannot be read: 3 images are too few for pr (k = 3), said
   before Inception runs on either set."""
@@ -754,6 +755,7 @@ def test_too_few_readable_images_stop_before_any_feature(tmp_path, capsys, monke
       "set: 3 readable image(s) left, the metrics need at least 4 per set")
 
 
+@pytest.mark.patches_traced_code
 def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, monkeypatch):
   """Every --fake file fails to decode (the count saw files): said before Inception runs on
   the reals, which took minutes to hours first. A folder whose first files all fail is read
@@ -807,6 +809,7 @@ def test_unreadable_fakes_are_found_before_the_reals_features(tmp_path, capsys, 
                                           "integer); prepare the data set again\n")
 
 
+@pytest.mark.patches_traced_code
 def test_a_subfolder_evaluate_cannot_list_is_a_one_line_error(tmp_path, capsys, monkeypatch):
   """find_images raises OSError for a folder it cannot list (a class would vanish otherwise);
   evaluate let it out as a traceback. Permissions are simulated: root reads any folder."""

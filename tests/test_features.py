@@ -123,6 +123,7 @@ def test_a_second_extractor_of_the_network_compiles_nothing_and_uses_its_own_wei
   assert not np.allclose(features[0], features[1])
 
 
+@pytest.mark.patches_traced_code
 def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(monkeypatch,
                                                                             capsys):
   """`stream` takes chunks of any length (empty ones too) and of two sizes, runs each size's
@@ -182,6 +183,7 @@ def test_a_stream_is_batched_as_it_arrives_in_order_across_lengths_and_sizes(mon
     extractor.stream(iter([]))
 
 
+@pytest.mark.patches_traced_code
 def test_images_of_many_sizes_wait_for_their_batch_without_a_buffer_each(monkeypatch):
   """A folder of native sizes: each size's images wait as they are (one each here) and a batch is
   built only to run; a padded batch buffer per size (256 images each) would hold far more."""

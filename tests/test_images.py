@@ -102,6 +102,7 @@ def test_16bit_tiff_is_scaled_not_clipped(tmp_path):
   np.testing.assert_allclose(out.image[16, 16].astype(int), [128, 128, 128], atol=1)
 
 
+@pytest.mark.patches_traced_code
 def test_dark_16bit_png_opened_as_mode_i_stays_16bit(tmp_path, monkeypatch):
   """Pillow 10 (allowed by pyproject) opens 16-bit grey PNGs as mode "I", not "I;16": a dark one
   (every value <= 255) must still scale by 65535, not read as 8-bit. Pillow 10's mode table is

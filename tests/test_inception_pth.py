@@ -220,6 +220,7 @@ def test_a_damaged_or_unreadable_weights_file_is_a_one_line_error(tmp_path, caps
   assert err.startswith(f"error: {tmp_path / 'cut.pt'}: damaged") and err.count("\n") == 1
 
 
+@pytest.mark.patches_traced_code
 def test_conversion_removes_dead_converters_temporaries_and_device_errors_stay_themselves(
     tmp_path, monkeypatch):
   """A killed converter leaves a 90 MB temporary that the next conversion removes; and a

@@ -387,6 +387,7 @@ def test_the_data_error_says_only_what_the_source_counts(monkeypatch):
     data.check_same_on_every_process(arrays)
 
 
+@pytest.mark.patches_traced_code
 def test_joining_says_so_before_jax_waits_for_every_process(monkeypatch, caplog):
   """JAX waits 5 minutes for every process to join, silently, and a process that never does
   ends the others with a C++ abort: the log says what it is waiting for, first."""

@@ -119,6 +119,7 @@ def test_a_real_trace_is_attributed_to_the_model_layer(tmp_path):
   assert all(op["kind"] in profiling.KINDS for op in report["top_ops"])
 
 
+@pytest.mark.patches_traced_code
 def test_cpu_op_times_are_per_device_of_the_mesh(tmp_path, monkeypatch):
   """XLA:CPU thunks of every device of a mesh land on the one host plane: averaged over the
   devices, as device planes are, not summed (a 4-device CPU profile read 4x the time)."""

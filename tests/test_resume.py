@@ -647,6 +647,7 @@ def test_allowed_and_forced_config_changes(tmp_path, caplog, capsys):
   assert "train:" not in err and "train (compiling)" not in err, err
 
 
+@pytest.mark.patches_traced_code
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
   # A loss that is always NaN, registered for this test only (the registry is process-wide).
   nan = lambda *logits: logits[0].mean() * np.nan

@@ -396,6 +396,7 @@ def test_a_sub_mesh_says_how_many_devices_it_leaves_idle(caplog):
   assert caplog.messages == []
 
 
+@pytest.mark.patches_traced_code
 def test_a_mesh_jax_cannot_lay_out_falls_back_to_device_order(monkeypatch, caplog):
   """create_device_mesh refuses some TPU shapes (an axis that is no product of physical axes,
   several slices): the run still gets a mesh, in jax.devices() order, with a warning."""

@@ -1615,6 +1615,7 @@ def test_file_cache_gives_the_same_data(folder, tmp_path):
   assert tuple(np.asarray(again.images)[0, 8, 8]) == (200, 0, 0)
 
 
+@pytest.mark.patches_traced_code
 def test_a_decode_with_nothing_skipped_writes_the_set_once(folder, tmp_path, monkeypatch):
   """Where no image was skipped, the decoded file is the cache (renamed): not copied into a
   second file of the same size (a 50 GB set would be written twice)."""

@@ -145,6 +145,7 @@ def test_same_seed_gives_bit_identical_parameters(make_config):
 
 
 @pytest.mark.parametrize("n_critic", [1, 3])
+@pytest.mark.patches_traced_code
 def test_generator_runs_forward_once_per_d_update(make_config, monkeypatch, n_critic):
   calls = []
   original = dcgan.Generator.__call__
@@ -175,6 +176,7 @@ def test_wgan_gp_with_several_critic_steps(make_config):
   assert float(metrics["gradient_penalty"]) > 0 and np.isfinite(float(metrics["d_loss"]))
 
 
+@pytest.mark.patches_traced_code
 def test_wgan_gp_is_taken_through_the_augmentation(make_config, monkeypatch):
   """D judges augmented images only, so its gradient penalty is on what it judges: through an
   augmentation that discards its input, D's output does not depend on the interpolate and every
@@ -443,6 +445,7 @@ def test_a_fresh_states_ema_is_a_copy_of_the_generator():
   assert any(float(np.max(np.abs(g))) > 0 for g in leaves(state.g_params))
 
 
+@pytest.mark.patches_traced_code
 def test_every_d_pass_of_a_step_augments_with_its_own_draw(make_config, monkeypatch):
   """Reals, fakes, R1's reals and G's fakes each get their own augmentation draw (as each call
   of StyleGAN2-ADA's augment pipe does): one draw shared by reals and fakes lets D compare them

@@ -198,6 +198,7 @@ def test_a_ctrl_c_after_a_stop_request_quits_at_once(first):
   assert proc.stdout.split() == ["True"] and proc.returncode == -signal.SIGINT, proc.stderr
 
 
+@pytest.mark.patches_traced_code
 def test_several_processes_exchange_every_few_calls_or_when_asked(monkeypatch):
   exchanged = []
   monkeypatch.setattr(jax, "process_count", lambda: 2)

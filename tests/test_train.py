@@ -572,6 +572,7 @@ def test_generate_in_batches_from_either_checkpoint(runs, tmp_path, capsys, monk
     generate.generate(workdir, 1, str(tmp_path / "s.png"), checkpoint="newest")
 
 
+@pytest.mark.patches_traced_code
 def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp_path,
                                                                         monkeypatch):
   """A grid as training's (a row per class); single PNGs for `evaluate --fake` take their labels
@@ -607,6 +608,7 @@ def test_generate_grids_show_a_row_per_class_and_fid_sets_the_data_mix(runs, tmp
   assert drawn[-1].tolist() != sorted(drawn[-1].tolist())  # drawn, not class after class
 
 
+@pytest.mark.patches_traced_code
 def test_truncation_and_interpolation_grids(runs, tmp_path, monkeypatch):
   from PIL import Image
 
@@ -826,6 +828,7 @@ class _ProtocolSource:
       step += 1
 
 
+@pytest.mark.patches_traced_code
 def test_a_source_written_to_the_documented_protocol_trains(tmp_path, monkeypatch):
   """What jaxgan.data's docstring (and docs/architecture.md) asks of a source is all the run
   needs: the optional attributes are optional (folder_key was read without a default: an
@@ -1063,6 +1066,7 @@ def test_off_a_terminal_a_run_logs_a_line_per_row_and_keeps_log_txt(tmp_path, ca
   assert last.startswith("done: step 7 of 7, nothing left to train; checkpoints in ")
 
 
+@pytest.mark.patches_traced_code
 def test_the_progress_bar_says_it_compiles_and_times_the_steps_after(tmp_path, capsys,
                                                                      monkeypatch):
   """The first call (the compile: a minute for a ResNet on a CPU) is 1000 s on tqdm's clock
@@ -1145,6 +1149,7 @@ def test_a_run_that_fails_on_its_data_leaves_no_empty_workdir(tmp_path):
     assert (tmp_path / "runs").exists() == existed
 
 
+@pytest.mark.patches_traced_code
 def test_single_pngs_come_with_their_classes(runs, tmp_path, monkeypatch):
   """One PNG per image said nothing of its class: labels.csv names each file's class (and index),
   the labels the generator was given; none for soft labels, and an earlier run's is removed."""
