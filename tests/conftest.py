@@ -260,9 +260,9 @@ def _programs_kept_apart_where_traced_code_is_patched(request, monkeypatch):
   own. An unmarked test found (after it) to have patched traced code fails, and every kept
   program is dropped. (Every test that monkeypatched kept its programs apart before: the default
   config's were built 39 times in a suite run, on 3 workers.) mock.patch and
-  pytest.MonkeyPatch.context() are not seen here: the tests' patches through them patch host code
-  or record calls on their way to the real functions. Requests monkeypatch so that its patches are still listed at the end here.
-  jaxgan.kept_programs is not imported for this."""
+  pytest.MonkeyPatch.context() are not seen here: the tests' patches through them patch host
+  code, or record calls on their way to the real functions. Requests monkeypatch, so that its
+  patches are still listed when this ends. jaxgan.kept_programs is not imported for this."""
   marked = request.node.get_closest_marker(PATCHES_TRACED_CODE) is not None
   module = sys.modules.get("jaxgan.kept_programs")
   if marked and module is not None:

@@ -144,7 +144,7 @@ def _run_steps(config, n, size):
   return snapshots, metrics
 
 
-# ADA with LeCam and lazy R1 (on a layer-normed D): the ADA tests below share two programs of it,
+# ADA with LeCam and lazy R1 (on a layer-normed D): three ADA tests share two programs of it,
 # this one and ADA_STEP's (each ADA step program took ~3-5 s of the suite's CPU to compile).
 ADA_R1_LECAM = {"augment.name": "ada", "augment.ada_interval": 4, "augment.ada_kimg": 1,
                 "augment.ada_p_init": 0.5, "augment.ada_target": 0.6, "loss.lecam_weight": 0.3,
